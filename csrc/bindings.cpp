@@ -1,0 +1,277 @@
+// The only file that includes pybind11: converts numpy arrays to raw pointers + sizes, releases
+// the GIL around native work, and returns numpy arrays. Argument checking with user-facing
+// messages lives in the Python layer (python/flagcore); the checks here only keep a direct
+// caller of the private module from crashing the process.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/check.hpp"
+#include "common/parallel.hpp"
+#include "common/simd.hpp"
+#include "flag/flag_cpu.hpp"
+#include "flag/gram.hpp"
+#ifdef FLAGCORE_WITH_CUDA
+#include "cuda/device.hpp"
+#endif
+
+namespace py = pybind11;
+using namespace flagcore;
+
+#ifndef FLAGCORE_VERSION
+#define FLAGCORE_VERSION "0.0.0"
+#endif
+
+namespace {
+
+// A stack of gradient rows: a (b, p, n) array whose last axis is contiguous (any strides on the
+// first two), or a list/tuple of p one-dimensional contiguous arrays (b = 1). The handles keep
+// the arrays alive while the GIL is released.
+template <typename T>
+struct Rows {
+  std::vector<py::array> keep;
+  std::vector<const T*> ptr;
+  int64_t b = 0, p = 0, n = 0;
+};
+
+bool is_dtype(const py::array& a, char kind, int size) {
+  return a.dtype().kind() == kind && a.itemsize() == size;
+}
+
+char dtype_code(const py::object& x) {
+  py::array first;
+  if (py::isinstance<py::list>(x) || py::isinstance<py::tuple>(x)) {
+    py::sequence seq = x;
+    FLAGCORE_CHECK_ARG(seq.size() > 0, "gradients: empty list");
+    first = seq[0].cast<py::array>();
+  } else {
+    first = x.cast<py::array>();
+  }
+  if (is_dtype(first, 'f', 4)) return 'f';
+  if (is_dtype(first, 'f', 8)) return 'd';
+  FLAGCORE_CHECK_ARG(false, "gradients: dtype must be float32 or float64, got " << std::string(py::str(first.dtype())));
+  return 0;
+}
+
+template <typename T>
+Rows<T> make_rows(const py::object& x) {
+  Rows<T> rows;
+  if (py::isinstance<py::list>(x) || py::isinstance<py::tuple>(x)) {
+    py::sequence seq = x;
+    rows.b = 1;
+    rows.p = static_cast<int64_t>(seq.size());
+    for (size_t i = 0; i < seq.size(); ++i) {
+      py::array a = seq[i].cast<py::array>();
+      FLAGCORE_CHECK_ARG(py::isinstance<py::array_t<T>>(a) && a.ndim() == 1,
+                         "gradients[" << i << "]: must be a one-dimensional array of the same dtype as gradients[0]");
+      FLAGCORE_CHECK_ARG(a.shape(0) <= 1 || a.strides(0) == static_cast<py::ssize_t>(sizeof(T)),
+                         "gradients[" << i << "]: must be contiguous");
+      if (i == 0) rows.n = a.shape(0);
+      FLAGCORE_CHECK_ARG(a.shape(0) == rows.n, "gradients[" << i << "]: has " << a.shape(0)
+                                                            << " elements, gradients[0] has " << rows.n);
+      rows.ptr.push_back(static_cast<const T*>(a.data()));
+      rows.keep.push_back(a);
+    }
+    return rows;
+  }
+  py::array a = x.cast<py::array>();
+  FLAGCORE_CHECK_ARG(py::isinstance<py::array_t<T>>(a), "gradients: dtype mismatch");
+  FLAGCORE_CHECK_ARG(a.ndim() == 3, "gradients: must be (b, p, n), got ndim " << a.ndim());
+  rows.b = a.shape(0);
+  rows.p = a.shape(1);
+  rows.n = a.shape(2);
+  FLAGCORE_CHECK_ARG(rows.n <= 1 || a.strides(2) == static_cast<py::ssize_t>(sizeof(T)),
+                     "gradients: the last axis must be contiguous");
+  const char* base = static_cast<const char*>(a.data());
+  rows.ptr.reserve(static_cast<size_t>(rows.b * rows.p));
+  for (int64_t q = 0; q < rows.b; ++q)
+    for (int64_t i = 0; i < rows.p; ++i)
+      rows.ptr.push_back(reinterpret_cast<const T*>(base + q * a.strides(0) + i * a.strides(1)));
+  rows.keep.push_back(a);
+  return rows;
+}
+
+FlagParams make_params(int64_t r, double lam, int max_iter, double eps, double tol,
+                       const std::string& scale) {
+  FLAGCORE_CHECK_ARG(r >= 1, "flag_aggregate: r must be >= 1, got " << r);
+  FLAGCORE_CHECK_ARG(max_iter >= 1, "flag_aggregate: max_iter must be >= 1, got " << max_iter);
+  FLAGCORE_CHECK_ARG(scale == "paper" || scale == "median_norm",
+                     "flag_aggregate: scale must be 'paper' or 'median_norm', got '" << scale << "'");
+  FlagParams prm;
+  prm.r = r;
+  prm.lam = lam;
+  prm.max_iter = max_iter;
+  prm.eps = eps;
+  prm.tol = tol;
+  prm.scale = scale == "paper" ? 0 : 1;
+  return prm;
+}
+
+struct InfoArrays {
+  py::array_t<double> coef, weights, ratios, objective;
+  py::array_t<uint8_t> excluded, rejected;
+  py::array_t<int32_t> iterations, rank;
+  InfoArrays(int64_t b, int64_t p, int max_iter)
+      : coef({b, p}), weights({b, p}), ratios({b, p}), objective({b, int64_t(max_iter) + 1}),
+        excluded({b, p}), rejected({b}), iterations({b}), rank({b}) {}
+  FlagIrlsOut view() {
+    return FlagIrlsOut{coef.mutable_data(),     weights.mutable_data(),  ratios.mutable_data(),
+                       objective.mutable_data(), excluded.mutable_data(), iterations.mutable_data(),
+                       rejected.mutable_data(),  rank.mutable_data()};
+  }
+  py::dict to_dict() const {
+    py::dict d;
+    d["coefficients"] = coef;
+    d["weights"] = weights;
+    d["reconstruction_ratios"] = ratios;
+    d["objective"] = objective;
+    d["excluded"] = excluded.attr("astype")("bool");
+    d["iterations"] = iterations;
+    d["last_step_rejected"] = rejected.attr("astype")("bool");
+    d["rank"] = rank;
+    return d;
+  }
+};
+
+template <typename T>
+py::array_t<double> gram_impl(const py::object& x) {
+  Rows<T> rows = make_rows<T>(x);
+  py::array_t<double> out({rows.b, rows.p, rows.p});
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    gram_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, o);
+  }
+  return out;
+}
+
+template <typename T>
+py::array weighted_sum_impl(const py::object& x, const py::array_t<double, py::array::c_style | py::array::forcecast>& coef) {
+  Rows<T> rows = make_rows<T>(x);
+  FLAGCORE_CHECK_ARG(coef.ndim() == 2 && coef.shape(0) == rows.b && coef.shape(1) == rows.p,
+                     "weighted_sum: coef must be (b, p) = (" << rows.b << ", " << rows.p << ")");
+  py::array_t<T> out({rows.b, rows.n});
+  T* o = out.mutable_data();
+  const double* c = coef.data();
+  {
+    py::gil_scoped_release release;
+    weighted_sum_cpu<T>(rows.ptr.data(), c, rows.b, rows.p, rows.n, o);
+  }
+  return out;
+}
+
+template <typename T>
+py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
+  Rows<T> rows = make_rows<T>(x);
+  FLAGCORE_CHECK_ARG(rows.p >= 1, "flag_aggregate: p must be >= 1");
+  py::array_t<T> out({rows.b, rows.n});
+  InfoArrays info(rows.b, rows.p, prm.max_iter);
+  FlagIrlsOut view = info.view();
+  T* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    flag_aggregate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, prm, o, view);
+  }
+  return py::make_tuple(out, info.to_dict());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "flagcore native core (private: use the flagcore package)";
+
+  m.def("build_info", []() {
+    py::dict d;
+    d["version"] = FLAGCORE_VERSION;
+#ifdef FLAGCORE_WITH_CUDA
+    d["cuda_compiled"] = true;
+    std::string archs = FLAGCORE_CUDA_ARCHS;
+    py::list al;
+    size_t start = 0;
+    while (start <= archs.size()) {
+      size_t end = archs.find(',', start);
+      if (end == std::string::npos) end = archs.size();
+      if (end > start) al.append(archs.substr(start, end - start));
+      start = end + 1;
+    }
+    d["cuda_architectures"] = al;
+#else
+    d["cuda_compiled"] = false;
+    d["cuda_architectures"] = py::list();
+#endif
+    d["simd_supported"] = simd_level_name(simd_level_supported());
+    d["compiler"] =
+#if defined(__clang__)
+        std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+        std::string("gcc ") + __VERSION__;
+#else
+        std::string("unknown");
+#endif
+    return d;
+  });
+
+  m.def("cuda_device_count", []() -> int {
+#ifdef FLAGCORE_WITH_CUDA
+    return cuda::device_count();
+#else
+    return 0;
+#endif
+  });
+
+  m.def("cuda_selftest_saxpy",
+        [](float a, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+           py::array_t<float, py::array::c_style | py::array::forcecast> y) -> py::array_t<float> {
+#ifdef FLAGCORE_WITH_CUDA
+          FLAGCORE_CHECK_ARG(x.size() == y.size(), "cuda_selftest_saxpy: x and y differ in size");
+          py::array_t<float> out(y.size());
+          std::copy(y.data(), y.data() + y.size(), out.mutable_data());
+          {
+            py::gil_scoped_release release;
+            cuda::selftest_saxpy(a, x.data(), out.mutable_data(), static_cast<int64_t>(x.size()));
+          }
+          return out;
+#else
+          (void)a; (void)x; (void)y;
+          throw std::runtime_error("flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+#endif
+        });
+
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("simd_level", []() { return simd_level_name(simd_level()); });
+  m.def("set_simd_level", &set_simd_level, py::arg("name"));
+
+  m.def("gram", [](const py::object& x) -> py::array {
+    return dtype_code(x) == 'f' ? gram_impl<float>(x) : gram_impl<double>(x);
+  }, py::arg("x"), "(b, p, n) or list of p (n,) float32/float64 -> (b, p, p) float64 Gram matrices");
+
+  m.def("weighted_sum", [](const py::object& x, const py::array_t<double, py::array::c_style | py::array::forcecast>& coef) -> py::array {
+    return dtype_code(x) == 'f' ? weighted_sum_impl<float>(x, coef) : weighted_sum_impl<double>(x, coef);
+  }, py::arg("x"), py::arg("coef"), "sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read");
+
+  m.def("flag_irls", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r,
+                        double lam, int max_iter, double eps, double tol, const std::string& scale) {
+    FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2), "flag_irls: gram must be (b, p, p)");
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    const int64_t b = gram.shape(0), p = gram.shape(1);
+    InfoArrays info(b, p, max_iter);
+    FlagIrlsOut view = info.view();
+    const double* g = gram.data();
+    {
+      py::gil_scoped_release release;
+      flag_irls_batch_cpu(g, b, p, prm, view);
+    }
+    return info.to_dict();
+  }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
+
+  m.def("flag_aggregate", [](const py::object& x, int64_t r, double lam, int max_iter, double eps,
+                             double tol, const std::string& scale) {
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    return dtype_code(x) == 'f' ? flag_aggregate_impl<float>(x, prm) : flag_aggregate_impl<double>(x, prm);
+  }, py::arg("x"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
+}

@@ -1,0 +1,280 @@
+// The Flag Aggregator's IRLS on one p x p Gram matrix (the "p-space" form of SPEC_FA.md).
+//
+// Inputs
+//   graw : p x p Gram matrix of the raw gradients, float64, both triangles        // [P, P]
+//   prm  : r (subspace dimension, 1 <= r), lam (pairwise term), max_iter >= 1, eps, tol,
+//          scale (0 = "paper": (1/r) sum_i Y Y^T x_i; 1 = "median_norm": the same direction
+//          with the median norm of the finite workers).
+//   work : flag_irls_workspace(p) doubles of scratch.
+// Outputs (FlagIrlsOut, each pointer to caller-owned memory)
+//   coef       : p coefficients on the RAW rows: aggregate = sum_i coef[i] * g_i       // [P]
+//   weights    : IRLS weights (|1 - v_i| + eps)^(-1/2) at the final iterate, 0 if excluded
+//   ratios     : reconstruction ratios v_i = ||Y^T x_i||^2 at the final iterate        // [P]
+//   objective  : max_iter + 1 values, F at the initial point (all v_i = 0) then after each
+//                step; NaN after the last step taken                                 // [I+1]
+//   excluded   : 1 for workers whose squared norm is not finite (NaN/Inf in the data) // [P]
+//   iterations : steps taken (eigen-solves); rejected : 1 if the last step increased F and
+//                was discarded; rank : dimension q <= r of the subspace used.
+//
+// Semantics (SPEC_FA.md): normalised x_i = g_i / max(||g_i||, 1e-12); uniform initial weights
+// (the reference code's random start gives equal weights to within r/n); IRLS weights
+// (|1 - v_i| + eps)^(-1/2), pair weights mu^2 (|1 - ||Y^T(x_i - x_j)||^2| + eps)^(-1/2) with
+// mu = lam / (p'(p'-1)) over ordered pairs of the p' finite workers; stop after max_iter steps,
+// when F decreases by at most tol, or when F <= tol; a step that does not decrease F is
+// rejected and the previous iterate kept. The first step is always accepted (its start point is
+// the implicit all-orthogonal one).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#include "common/check.hpp"
+#include "common/small_linalg.hpp"
+
+namespace flagcore {
+
+struct FlagParams {
+  int64_t r = 1;
+  double lam = 0.0;
+  int max_iter = 1;
+  double eps = 1e-7;
+  double tol = 1e-10;
+  int scale = 0;  // 0 paper, 1 median_norm
+};
+
+struct FlagIrlsOut {
+  double* coef;
+  double* weights;
+  double* ratios;
+  double* objective;
+  uint8_t* excluded;
+  int32_t* iterations;
+  uint8_t* rejected;
+  int32_t* rank;
+};
+
+constexpr double kFlagNormFloor = 1e-12;   // as torch.nn.functional.normalize
+constexpr double kFlagRankTol = 1e-12;     // eigenvalues of K below this * largest are dropped
+
+FLAGCORE_HD inline int64_t flag_irls_workspace(int64_t p) { return 10 * p * p + 4 * p; }
+
+namespace detail {
+
+// One weighted solve: C (p x q, column-major in the sense C[i * p + k] = C_ik for k < q) and
+// P = C^T G (q x p, P[k * p + i]). Returns q.
+FLAGCORE_HD inline int flag_solve(const double* G, int p, int r, bool pairs, const double* w,
+                                  const double* V, double* Mh, double* K, double* U, double* ev,
+                                  double* tmp, double* C, double* P) {
+  if (!pairs) {
+    for (int i = 0; i < p; ++i)
+      for (int j = 0; j < p; ++j) Mh[i * p + j] = (i == j) ? sqrt(w[i]) : 0.0;
+  } else {
+    // M = diag(w) + 2 (Diag(V 1) - V): the pairwise terms form a weighted graph Laplacian.
+    for (int i = 0; i < p; ++i) {
+      double rowsum = 0.0;
+      for (int j = 0; j < p; ++j) rowsum += V[i * p + j];
+      for (int j = 0; j < p; ++j) K[i * p + j] = -2.0 * V[i * p + j];
+      K[i * p + i] = w[i] + 2.0 * rowsum - 2.0 * V[i * p + i];
+    }
+    linalg::jacobi_eigh(K, p, ev, U);
+    for (int i = 0; i < p; ++i)
+      for (int j = 0; j < p; ++j) {
+        double s = 0.0;
+        for (int k = 0; k < p; ++k) s += U[i * p + k] * sqrt(ev[k] > 0.0 ? ev[k] : 0.0) * U[j * p + k];
+        Mh[i * p + j] = s;
+      }
+  }
+  // K = Mh G Mh
+  for (int i = 0; i < p; ++i)
+    for (int j = 0; j < p; ++j) {
+      double s = 0.0;
+      for (int k = 0; k < p; ++k) s += G[i * p + k] * Mh[k * p + j];
+      tmp[i * p + j] = s;
+    }
+  for (int i = 0; i < p; ++i)
+    for (int j = 0; j < p; ++j) {
+      double s = 0.0;
+      for (int k = 0; k < p; ++k) s += Mh[i * p + k] * tmp[k * p + j];
+      K[i * p + j] = s;
+    }
+  for (int i = 0; i < p; ++i)  // exact symmetry for Jacobi
+    for (int j = i + 1; j < p; ++j) {
+      const double s = 0.5 * (K[i * p + j] + K[j * p + i]);
+      K[i * p + j] = s;
+      K[j * p + i] = s;
+    }
+  linalg::jacobi_eigh(K, p, ev, U);
+  int q = 0;
+  if (ev[0] > 0.0 && isfinite(ev[0])) {
+    const int qmax = r < p ? r : p;
+    while (q < qmax && ev[q] > kFlagRankTol * ev[0]) ++q;
+  }
+  for (int k = 0; k < q; ++k) {
+    const double inv = 1.0 / sqrt(ev[k]);
+    for (int i = 0; i < p; ++i) {
+      double s = 0.0;
+      for (int m = 0; m < p; ++m) s += Mh[i * p + m] * U[m * p + k];
+      C[i * p + k] = s * inv;
+    }
+  }
+  for (int k = 0; k < q; ++k)
+    for (int i = 0; i < p; ++i) {
+      double s = 0.0;
+      for (int m = 0; m < p; ++m) s += C[m * p + k] * G[m * p + i];
+      P[k * p + i] = s;
+    }
+  return q;
+}
+
+FLAGCORE_HD inline double flag_ratio(const double* P, int q, int p, int i) {
+  double v = 0.0;
+  for (int k = 0; k < q; ++k) v += P[k * p + i] * P[k * p + i];
+  return v;
+}
+
+FLAGCORE_HD inline double flag_pair_dist(const double* P, int q, int p, int i, int j) {
+  double d = 0.0;
+  for (int k = 0; k < q; ++k) {
+    const double t = P[k * p + i] - P[k * p + j];
+    d += t * t;
+  }
+  return d;
+}
+
+FLAGCORE_HD inline double flag_objective(const double* P, int q, int p, const uint8_t* bad,
+                                         double mu2) {
+  double F = 0.0;
+  for (int i = 0; i < p; ++i) {
+    if (bad[i]) continue;
+    const double v = flag_ratio(P, q, p, i);
+    F += sqrt(1.0 - v > 0.0 ? 1.0 - v : 0.0);
+  }
+  if (mu2 > 0.0)
+    for (int i = 0; i < p; ++i)
+      for (int j = 0; j < p; ++j) {
+        if (i == j || bad[i] || bad[j]) continue;
+        F += mu2 * sqrt(fabs(1.0 - flag_pair_dist(P, q, p, i, j)));
+      }
+  return F;
+}
+
+}  // namespace detail
+
+FLAGCORE_HD inline void flag_irls(const double* graw, int p, const FlagParams& prm, double* work,
+                                  FlagIrlsOut out) {
+  const int64_t pp = static_cast<int64_t>(p) * p;
+  double* G = work;
+  double* Mh = G + pp;
+  double* K = Mh + pp;
+  double* U = K + pp;
+  double* tmp = U + pp;
+  double* V = tmp + pp;
+  double* C = V + pp;
+  double* P = C + pp;
+  double* Cn = P + pp;
+  double* Pn = Cn + pp;
+  double* ev = Pn + pp;
+  double* s = ev + p;
+  double* w = s + p;
+  double* a = w + p;
+  uint8_t* bad = out.excluded;
+
+  int pv = 0;
+  for (int i = 0; i < p; ++i) {
+    const double d = graw[i * p + i];
+    bad[i] = (isfinite(d) && d >= 0.0) ? 0 : 1;
+    s[i] = bad[i] ? 0.0 : sqrt(d);
+    pv += bad[i] ? 0 : 1;
+  }
+  for (int i = 0; i < p; ++i)
+    for (int j = 0; j < p; ++j) {
+      double g = 0.0;
+      if (!bad[i] && !bad[j]) {
+        const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
+        const double sj = s[j] > kFlagNormFloor ? s[j] : kFlagNormFloor;
+        g = graw[i * p + j] / si / sj;
+      }
+      G[i * p + j] = g;
+    }
+  const double mu = (pv >= 2 && prm.lam > 0.0) ? prm.lam / (double(pv) * double(pv - 1)) : 0.0;
+  const double mu2 = mu * mu;
+  const bool pairs = mu2 > 0.0;
+  for (int i = 0; i < p; ++i) {
+    w[i] = bad[i] ? 0.0 : 1.0;
+    for (int j = 0; j < p; ++j) V[i * p + j] = (i != j && !bad[i] && !bad[j]) ? mu2 : 0.0;
+  }
+  for (int it = 0; it <= prm.max_iter; ++it) out.objective[it] = NAN;
+  double F_prev = double(pv) + mu2 * double(pv) * double(pv - 1 > 0 ? pv - 1 : 0);
+  out.objective[0] = F_prev;
+  *out.iterations = 0;
+  *out.rejected = 0;
+  int q = 0;
+  if (pv > 0) {
+    for (int it = 1; it <= prm.max_iter; ++it) {
+      const int qn = detail::flag_solve(G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U, ev,
+                                        tmp, Cn, Pn);
+      const double Fn = detail::flag_objective(Pn, qn, p, bad, mu2);
+      out.objective[it] = Fn;
+      *out.iterations = it;
+      if (it > 1 && !(Fn < F_prev)) {
+        *out.rejected = 1;
+        break;
+      }
+      q = qn;
+      for (int64_t t = 0; t < pp; ++t) {
+        C[t] = Cn[t];
+        P[t] = Pn[t];
+      }
+      if (!(F_prev - Fn > prm.tol) || !(Fn > prm.tol)) break;
+      F_prev = Fn;
+      if (it == prm.max_iter) break;
+      for (int i = 0; i < p; ++i) {
+        const double v = detail::flag_ratio(P, q, p, i);
+        w[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - v) + prm.eps);
+        if (pairs)
+          for (int j = 0; j < p; ++j)
+            V[i * p + j] = (i != j && !bad[i] && !bad[j])
+                               ? mu2 / sqrt(fabs(1.0 - detail::flag_pair_dist(P, q, p, i, j)) + prm.eps)
+                               : 0.0;
+      }
+    }
+  }
+  *out.rank = q;
+  // a = C (P 1) / r on the normalised gradients.
+  for (int i = 0; i < p; ++i) a[i] = 0.0;
+  for (int k = 0; k < q; ++k) {
+    double pk = 0.0;
+    for (int i = 0; i < p; ++i) pk += P[k * p + i];
+    for (int i = 0; i < p; ++i) a[i] += C[i * p + k] * pk;
+  }
+  for (int i = 0; i < p; ++i) a[i] /= double(prm.r);
+  if (prm.scale == 1) {
+    double n2 = 0.0;
+    for (int i = 0; i < p; ++i)
+      for (int j = 0; j < p; ++j) n2 += a[i] * G[i * p + j] * a[j];
+    // median of the finite workers' norms (midpoint for an even count); tmp as scratch
+    int m = 0;
+    for (int i = 0; i < p; ++i)
+      if (!bad[i]) tmp[m++] = s[i];
+    for (int i = 1; i < m; ++i) {  // insertion sort: p is small
+      const double x = tmp[i];
+      int j = i - 1;
+      while (j >= 0 && tmp[j] > x) {
+        tmp[j + 1] = tmp[j];
+        --j;
+      }
+      tmp[j + 1] = x;
+    }
+    const double med = m == 0 ? 0.0 : (m % 2 ? tmp[m / 2] : 0.5 * (tmp[m / 2 - 1] + tmp[m / 2]));
+    const double factor = (n2 > 0.0 && isfinite(n2)) ? med / sqrt(n2) : 0.0;
+    for (int i = 0; i < p; ++i) a[i] *= factor;
+  }
+  for (int i = 0; i < p; ++i) {
+    const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
+    out.coef[i] = bad[i] ? 0.0 : a[i] / si;
+    const double v = bad[i] ? 0.0 : detail::flag_ratio(P, q, p, i);
+    out.ratios[i] = v;
+    out.weights[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - v) + prm.eps);
+  }
+}
+
+}  // namespace flagcore

@@ -1,0 +1,109 @@
+// Body of the Gram micro-kernel, compiled once per instruction set. The including file defines
+//   FLAGCORE_SIMD_NS  namespace of this variant (simd_generic, simd_avx2, simd_avx512)
+//   FLAGCORE_VLEN     float64 lanes per vector register (2, 4, 8)
+//   FLAGCORE_TILE     rows per register tile (the tile is TILE x TILE pairs of rows)
+// GCC/Clang vector extensions keep the code portable while pinning the vectorisation: each
+// tile keeps TILE*TILE vector accumulators in registers and loads 2*TILE vectors per step.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "flag/gram.hpp"
+
+namespace flagcore {
+namespace FLAGCORE_SIMD_NS {
+namespace {
+
+constexpr int V = FLAGCORE_VLEN;
+constexpr int TL = FLAGCORE_TILE;
+typedef double vd __attribute__((vector_size(V * 8)));
+typedef float vf __attribute__((vector_size(V * 4)));
+
+inline vd load(const double* p) {
+  vd v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vd load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, vd);
+}
+
+template <int MR, int NR, typename T>
+inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc,
+                 int64_t ld) {
+  vd s[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) s[i][j] = vd{0};
+  int64_t k = k0;
+  for (; k + V <= k1; k += V) {
+    vd a[MR], b[NR];
+    for (int i = 0; i < MR; ++i) a[i] = load(ri[i] + k);
+    for (int j = 0; j < NR; ++j) b[j] = load(rj[j] + k);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) s[i][j] += a[i] * b[j];
+  }
+  double t[MR][NR] = {};
+  for (; k < k1; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) t[i][j] += double(ri[i][k]) * double(rj[j][k]);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      double sum = t[i][j];
+      for (int l = 0; l < V; ++l) sum += s[i][j][l];
+      acc[i * ld + j] += sum;
+    }
+}
+
+template <typename T>
+inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int64_t k0,
+                     int64_t k1, double* acc, int64_t ld) {
+#define FLAGCORE_TILE_CASE(M, N) \
+  case M * 8 + N:                \
+    if constexpr (M <= TL && N <= TL) tile<M, N, T>(ri, rj, k0, k1, acc, ld); \
+    return;
+  switch (mi * 8 + nj) {
+    FLAGCORE_TILE_CASE(1, 1) FLAGCORE_TILE_CASE(1, 2) FLAGCORE_TILE_CASE(1, 3) FLAGCORE_TILE_CASE(1, 4)
+    FLAGCORE_TILE_CASE(2, 1) FLAGCORE_TILE_CASE(2, 2) FLAGCORE_TILE_CASE(2, 3) FLAGCORE_TILE_CASE(2, 4)
+    FLAGCORE_TILE_CASE(3, 1) FLAGCORE_TILE_CASE(3, 2) FLAGCORE_TILE_CASE(3, 3) FLAGCORE_TILE_CASE(3, 4)
+    FLAGCORE_TILE_CASE(4, 1) FLAGCORE_TILE_CASE(4, 2) FLAGCORE_TILE_CASE(4, 3) FLAGCORE_TILE_CASE(4, 4)
+    default: break;
+  }
+#undef FLAGCORE_TILE_CASE
+}
+
+// Columns per chunk: the chunk of all p rows should stay in L2 (~256 KiB) while every tile
+// passes over it.
+inline int64_t chunk_columns(int64_t p, int64_t elem_size) {
+  int64_t c = (256 * 1024) / std::max<int64_t>(1, p * elem_size);
+  c = std::max<int64_t>(64, std::min<int64_t>(8192, c));
+  return c - c % 16;
+}
+
+template <typename T>
+void accumulate(const T* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
+  const int64_t ch = chunk_columns(p, static_cast<int64_t>(sizeof(T)));
+  for (int64_t c0 = k0; c0 < k1; c0 += ch) {
+    const int64_t c1 = std::min(c0 + ch, k1);
+    for (int64_t I = 0; I < p; I += TL) {
+      const int mi = static_cast<int>(std::min<int64_t>(TL, p - I));
+      for (int64_t J = I; J < p; J += TL) {
+        const int nj = static_cast<int>(std::min<int64_t>(TL, p - J));
+        tile_any<T>(mi, nj, rows + I, rows + J, c0, c1, acc + I * p + J, p);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
+  accumulate<float>(rows, p, k0, k1, acc);
+}
+void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
+  accumulate<double>(rows, p, k0, k1, acc);
+}
+
+}  // namespace FLAGCORE_SIMD_NS
+}  // namespace flagcore

@@ -1,0 +1,20 @@
+"""flagcore: robust gradient aggregation (the Flag Aggregator and classic rules) and energy /
+latency models of fork-join services, on a C++/CUDA core.
+
+Start with ``flag_aggregate`` (robust aggregation) and ``flagcore.energy`` (fork-join energy and
+latency). ``build_info()`` says what this build contains.
+"""
+from ._backend import build_info, cuda_available, get_num_threads, set_num_threads
+from .flag import FlagInfo, flag_aggregate
+
+__version__ = build_info()["version"]
+
+__all__ = [
+    "FlagInfo",
+    "build_info",
+    "cuda_available",
+    "flag_aggregate",
+    "get_num_threads",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,62 @@
+"""Access to the native module and to the optional torch dependency."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from . import _core  # noqa: F401  (the compiled extension; import errors surface here)
+
+core = _core
+
+
+def torch_module() -> Any | None:
+    """The torch module if it is importable, else None (torch is optional)."""
+    try:
+        return importlib.import_module("torch")
+    except ImportError:
+        return None
+
+
+def is_torch_tensor(x: Any) -> bool:
+    """True for a torch.Tensor; never imports torch (a tensor implies torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def build_info() -> dict:
+    """What this build of flagcore contains.
+
+    Keys: ``version``, ``cuda_compiled`` (bool), ``cuda_architectures`` (list of str),
+    ``cuda_devices`` (int, 0 without a GPU or driver), ``simd_supported`` (the best CPU
+    instruction set the kernels use here), ``simd_level`` (the one in use), ``num_threads``,
+    ``compiler``, ``torch`` (version string or None).
+    """
+    info = dict(core.build_info())
+    info["cuda_devices"] = core.cuda_device_count()
+    info["simd_level"] = core.simd_level()
+    info["num_threads"] = core.num_threads()
+    torch = torch_module()
+    info["torch"] = getattr(torch, "__version__", None) if torch is not None else None
+    return info
+
+
+def cuda_available() -> bool:
+    """True when flagcore was built with CUDA and a CUDA device is visible. Never raises."""
+    try:
+        return bool(core.build_info()["cuda_compiled"]) and core.cuda_device_count() > 0
+    except Exception:  # noqa: BLE001 - documented to never raise
+        return False
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the native CPU kernels (0 restores the default: all cores, or
+    FLAGCORE_NUM_THREADS from the environment)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
+    core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the native CPU kernels use."""
+    return int(core.num_threads())
