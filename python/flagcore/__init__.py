@@ -6,11 +6,15 @@ latency). ``build_info()`` says what this build contains.
 """
 from ._backend import build_info, cuda_available, get_num_threads, set_num_threads
 from .flag import FlagInfo, flag_aggregate
+from .rules import aggregate
+from . import attacks
 
 __version__ = build_info()["version"]
 
 __all__ = [
     "FlagInfo",
+    "aggregate",
+    "attacks",
     "build_info",
     "cuda_available",
     "flag_aggregate",
