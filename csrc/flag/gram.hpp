@@ -6,9 +6,14 @@
 //   out  : b * p * p doubles, out[q*p*p + i*p + j] = sum_k rows[q*p+i][k] * rows[q*p+j][k],
 //          both triangles filled.                                               // [B, P, P]
 //   Every input element is read once from memory: columns are processed in cache-sized chunks
-//   and every pair of rows is formed from the chunk while it is in cache. Products and sums are
-//   in float64. The columns of each problem are cut into a number of parts that depends on n
-//   only, and the parts are added in order, so the result does not depend on the thread count.
+//   and every pair of rows is formed from the chunk while it is in cache. float64 input: products
+//   and sums in float64. float32 input: products and partial sums over at most 32 vector steps
+//   in float32, reduced in float64 (the relative error of an entry stays near 1e-7 of the sum of
+//   |products|); a row whose float32 diagonal is not finite (NaN/Inf data, or values so large
+//   that float32 products overflow) is recomputed against every row in float64, so only real
+//   NaN/Inf data yields a non-finite diagonal. The columns of each problem are cut into a
+//   number of parts that depends on n only, and the parts are added in order, so the result
+//   does not depend on the thread count.
 //
 // weighted_sum_cpu
 //   coef : b * p doubles                                                        // [B, P]
@@ -27,18 +32,29 @@ template <typename T>
 void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n,
                       T* out);
 
-// The per-instruction-set micro-kernels: acc (p x p, row-major) += X[:, k0:k1] X[:, k0:k1]^T on
-// the upper triangle (i <= j; entries below the diagonal are scratch).
+// The per-instruction-set micro-kernels.
+//   gram_accumulate: acc (p x p, row-major) += X[:, k0:k1] X[:, k0:k1]^T on the upper triangle
+//     (i <= j; entries below the diagonal are scratch). float64 inputs: float64 products and
+//     sums; float32 inputs: float32 products summed in float32 over at most 32 vector steps,
+//     then in float64.
+//   weighted_sum_accumulate: acc[0:len] += sum_i coef[i] * rows[i][k0:k0+len] in float64,
+//     skipping rows with coef 0.
 namespace simd_generic {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_generic
 namespace simd_avx2 {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_avx2
 namespace simd_avx512 {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_avx512
 

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cmath>
+#include <utility>
 #include <vector>
 
 #include "common/parallel.hpp"
@@ -32,10 +34,8 @@ AccumulateFn<T> pick_kernel() {
   }
 }
 
-}  // namespace
-
 template <typename T>
-void gram_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
   const int64_t parts = parts_for(n);
   const int64_t pp = p * p;
@@ -60,7 +60,49 @@ void gram_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out
   }
 }
 
-template void gram_cpu<float>(const float* const*, int64_t, int64_t, int64_t, double*);
-template void gram_cpu<double>(const double* const*, int64_t, int64_t, int64_t, double*);
+}  // namespace
+
+// Rare path for float32 input: rows whose diagonal came out non-finite are recomputed in float64
+// against every row (finite data whose float32 products overflowed gets its exact value; real
+// NaN/Inf data stays non-finite).
+void refine_nonfinite_rows(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+  std::vector<std::pair<int64_t, int64_t>> bad;
+  for (int64_t q = 0; q < b; ++q)
+    for (int64_t i = 0; i < p; ++i)
+      if (!std::isfinite(out[q * p * p + i * p + i])) bad.emplace_back(q, i);
+  if (bad.empty()) return;
+  std::vector<double> vals(bad.size() * static_cast<size_t>(p));
+  parallel_for(bad.size(), [&](size_t t) {
+    const int64_t q = bad[t].first, i = bad[t].second;
+    const float* xi = rows[q * p + i];
+    for (int64_t j = 0; j < p; ++j) {
+      const float* xj = rows[q * p + j];
+      double s = 0.0;
+      for (int64_t k = 0; k < n; ++k) s += double(xi[k]) * double(xj[k]);
+      vals[t * p + j] = s;
+    }
+  });
+  for (size_t t = 0; t < bad.size(); ++t) {
+    double* g = out + bad[t].first * p * p;
+    const int64_t i = bad[t].second;
+    for (int64_t j = 0; j < p; ++j) {
+      g[i * p + j] = vals[t * p + j];
+      g[j * p + i] = vals[t * p + j];
+    }
+  }
+}
+
+template <>
+void gram_cpu<float>(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+  gram_cpu_impl<float>(rows, b, p, n, out);
+  refine_nonfinite_rows(rows, b, p, n, out);
+}
+
+template <>
+void gram_cpu<double>(const double* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+  gram_cpu_impl<double>(rows, b, p, n, out);
+}
+
+
 
 }  // namespace flagcore

@@ -56,12 +56,79 @@ inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
     }
 }
 
+// float32 inputs: products and short partial sums in float32 (twice the lanes of float64),
+// flushed into float64 accumulators every kFlushSteps vector steps, so each float32 partial sum
+// holds at most kFlushSteps products (relative error ~ kFlushSteps * 2^-24 in the worst case).
+// A product that overflows float32 (|x| > ~1e19) shows up as a non-finite diagonal, and
+// gram_cpu recomputes such rows in float64.
+constexpr int VF = 2 * V;
+constexpr int kFlushSteps = 32;
+typedef float vf2 __attribute__((vector_size(VF * 4)));
+
+inline vf2 loadf(const float* p) {
+  vf2 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline vd widen_sum(const vf2& s) {
+  float tmp[VF];
+  std::memcpy(tmp, &s, sizeof tmp);
+  vf lo, hi;
+  std::memcpy(&lo, tmp, sizeof lo);
+  std::memcpy(&hi, tmp + V, sizeof hi);
+  return __builtin_convertvector(lo, vd) + __builtin_convertvector(hi, vd);
+}
+
+template <int MR, int NR>
+inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0, int64_t k1,
+                     double* acc, int64_t ld) {
+  vd d[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) d[i][j] = vd{0};
+  int64_t k = k0;
+  while (k + VF <= k1) {
+    const int64_t steps = std::min<int64_t>(kFlushSteps, (k1 - k) / VF);
+    vf2 s[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) s[i][j] = vf2{0};
+    for (int64_t st = 0; st < steps; ++st, k += VF) {
+      vf2 a[MR], b[NR];
+      for (int i = 0; i < MR; ++i) a[i] = loadf(ri[i] + k);
+      for (int j = 0; j < NR; ++j) b[j] = loadf(rj[j] + k);
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) s[i][j] += a[i] * b[j];
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) d[i][j] += widen_sum(s[i][j]);
+  }
+  double t[MR][NR] = {};
+  for (; k < k1; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) t[i][j] += double(ri[i][k]) * double(rj[j][k]);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      double sum = t[i][j];
+      for (int l = 0; l < V; ++l) sum += d[i][j][l];
+      acc[i * ld + j] += sum;
+    }
+}
+
+template <int MR, int NR, typename T>
+inline void tile_dispatch(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
+                          double* acc, int64_t ld) {
+  if constexpr (sizeof(T) == 4)
+    tile_f32<MR, NR>(ri, rj, k0, k1, acc, ld);
+  else
+    tile<MR, NR, T>(ri, rj, k0, k1, acc, ld);
+}
+
 template <typename T>
 inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int64_t k0,
                      int64_t k1, double* acc, int64_t ld) {
 #define FLAGCORE_TILE_CASE(M, N) \
   case M * 8 + N:                \
-    if constexpr (M <= TL && N <= TL) tile<M, N, T>(ri, rj, k0, k1, acc, ld); \
+    if constexpr (M <= TL && N <= TL) tile_dispatch<M, N, T>(ri, rj, k0, k1, acc, ld); \
     return;
   switch (mi * 8 + nj) {
     FLAGCORE_TILE_CASE(1, 1) FLAGCORE_TILE_CASE(1, 2) FLAGCORE_TILE_CASE(1, 3) FLAGCORE_TILE_CASE(1, 4)
@@ -96,7 +163,43 @@ void accumulate(const T* const* rows, int64_t p, int64_t k0, int64_t k1, double*
   }
 }
 
+template <typename T>
+void wsum(const T* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
+          double* acc) {
+  int idx[4];
+  int m = 0;
+  for (int64_t i = 0; i <= p; ++i) {
+    if (i < p && coef[i] != 0.0) idx[m++] = static_cast<int>(i);
+    if (m == 4 || (i == p && m > 0)) {
+      const T* x0 = rows[idx[0]] + k0;
+      const double c0 = coef[idx[0]];
+      if (m == 4) {
+        const T *x1 = rows[idx[1]] + k0, *x2 = rows[idx[2]] + k0, *x3 = rows[idx[3]] + k0;
+        const double c1 = coef[idx[1]], c2 = coef[idx[2]], c3 = coef[idx[3]];
+        for (int64_t k = 0; k < len; ++k)
+          acc[k] += (c0 * double(x0[k]) + c1 * double(x1[k])) + (c2 * double(x2[k]) + c3 * double(x3[k]));
+      } else {
+        for (int r = 0; r < m; ++r) {
+          const T* x = rows[idx[r]] + k0;
+          const double c = coef[idx[r]];
+          for (int64_t k = 0; k < len; ++k) acc[k] += c * double(x[k]);
+        }
+      }
+      m = 0;
+    }
+  }
+}
+
 }  // namespace
+
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0,
+                             int64_t len, double* acc) {
+  wsum<float>(rows, coef, p, k0, len, acc);
+}
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
+                             int64_t len, double* acc) {
+  wsum<double>(rows, coef, p, k0, len, acc);
+}
 
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
   accumulate<float>(rows, p, k0, k1, acc);
