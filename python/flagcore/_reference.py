@@ -84,3 +84,14 @@ def flag_aggregate_reference(x: np.ndarray, r: int, lam: float = 0.0, max_iter: 
         w_full[valid] = 1.0 / np.sqrt(np.abs(1.0 - v_full[valid]) + eps)
     result.update(aggregate=agg, ratios=v_full, weights=w_full)
     return result
+
+
+def make_gradients(p: int, n: int, *, byzantine: int = 0, seed: int = 0, dtype=np.float64,
+                   spread: float = 1.0) -> np.ndarray:
+    """p gradients: honest ones share a direction plus noise; byzantine ones send U[0, 1)."""
+    rng = np.random.default_rng(seed)
+    true = rng.standard_normal(n)
+    honest = true + spread * rng.standard_normal((p - byzantine, n))
+    honest *= rng.uniform(0.5, 2.0, size=(p - byzantine, 1))  # different norms
+    byz = rng.random((byzantine, n))
+    return np.concatenate([honest, byz]).astype(dtype)

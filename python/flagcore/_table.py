@@ -21,7 +21,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(c, justify="right")
     for r in cells:
         table.add_row(*r)
-    Console().print(table)
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _fmt(v: Any) -> str:
