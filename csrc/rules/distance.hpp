@@ -44,6 +44,9 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
 // Pillutla et al. 2022): z = sum_i a_i x_i, starting from the mean of the active workers;
 // a <- w / sum(w), w_i = 1 / max(||z - x_i||, nu). Stops when the objective
 // F(z) = sum_i ||z - x_i|| decreases by at most tol * F (converged) or after max_iter steps.
+// Before iterating, each worker is tested exactly for being a minimiser (the unit vectors to
+// the other points sum to a norm at most its multiplicity); if one is, it is returned with 0
+// iterations (Weiszfeld only creeps towards a data point that is the minimiser).
 // objective: F at the returned z.
 void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter,
                           double* coef, uint8_t* excluded, int64_t* iterations,

@@ -115,6 +115,34 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
   std::vector<double> g(c * c);
   for (size_t i = 0; i < c; ++i)
     for (size_t j = 0; j < c; ++j) g[i * c + j] = G[act[i] * p + act[j]];
+  // A data point is the geometric median iff the unit vectors from it to the other points
+  // sum to a norm at most its multiplicity (Weiszfeld's iteration only creeps towards such a
+  // point). Checked exactly for each worker: ||R_k||^2 = sum_ij <x_i - x_k, x_j - x_k> /
+  // (d_ik d_jk) over the points not equal to x_k, O(p^3) in all.
+  std::vector<double> dk(c);
+  for (size_t k = 0; k < c; ++k) {
+    double mult = 0.0, F = 0.0;
+    for (size_t i = 0; i < c; ++i) {
+      const double d2 = g[i * c + i] + g[k * c + k] - 2.0 * g[i * c + k];
+      const double thr = 1e-14 * (g[i * c + i] + g[k * c + k]);
+      dk[i] = d2 > thr ? std::sqrt(d2) : 0.0;
+      if (dk[i] == 0.0) mult += 1.0;
+      F += dk[i];
+    }
+    double r2 = 0.0;
+    for (size_t i = 0; i < c; ++i) {
+      if (dk[i] == 0.0) continue;
+      for (size_t j = 0; j < c; ++j) {
+        if (dk[j] == 0.0) continue;
+        r2 += (g[i * c + j] - g[i * c + k] - g[j * c + k] + g[k * c + k]) / (dk[i] * dk[j]);
+      }
+    }
+    if (std::sqrt(std::max(r2, 0.0)) <= mult) {
+      coef[act[k]] = 1.0;
+      *objective = F;
+      return;
+    }
+  }
   std::vector<double> a(c, 1.0 / double(c)), ga(c), dist(c), w(c);
   auto eval = [&](const std::vector<double>& al) {  // distances ||z - x_i|| and F
     double aga = 0.0;

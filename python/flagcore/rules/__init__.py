@@ -120,6 +120,7 @@ class Rule:
         self.pre = parse_pre(pre, self._fn)
         self.bucket_size = check_int(bucket_size, self._fn, "bucket_size", low=1)
         self.seed = check_int(seed, self._fn, "seed", low=0)
+        self._gen = np.random.default_rng(self.seed)  # one stream: each call reshuffles the buckets
 
     # ------------------------------------------------------------------ per rule
     def _check(self, p: int) -> None:
@@ -150,7 +151,7 @@ class Rule:
         return agg, self._info(st, src, d)
 
     def _rng(self) -> np.random.Generator:
-        return np.random.default_rng(self.seed)
+        return self._gen
 
     def _info(self, st: Any, src: Source, d: dict) -> RuleInfo:
         sq = (lambda a: a) if st.batched else (lambda a: None if a is None else np.asarray(a)[0])
