@@ -125,3 +125,30 @@ def test_errors_name_the_function_and_argument():
         flagcore.aggregate(np.ones(7), "median")
     with pytest.raises(ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"):
         flagcore.aggregate(x, "mean", f=4, pre="nnm")
+
+
+def test_device_path_matches_native(monkeypatch):
+    """The path for tensors on a non-CPU device (torch Gram / weighted sum, plain-torch
+    coordinate rules, mixing by torch matmul) run on CPU tensors agrees with the native path,
+    with a NaN worker, a batch and pre-aggregation."""
+    torch = pytest.importorskip("torch")
+    import flagcore.rules as rules_mod
+    from flagcore import _arrays
+
+    def as_device_stack(g, fn, **kw):
+        st = _arrays.as_stack(g, fn, **kw)
+        st.torch_data, st.data = torch.as_tensor(st.data), None
+        return st
+
+    x = ref.make_gradients(15, 120, seed=9, byzantine=2, dtype=np.float64)
+    x[3, 5] = np.nan
+    xb = np.stack([x, x[::-1].copy()])
+    cases = [(r, None) for r in RULES if r != "flag"] + [("krum", "nnm"), ("median", "bucketing"),
+                                                        ("bulyan", "nnm"), ("flag", "nnm")]
+    for rule, pre in cases:
+        kw = {} if rule == "flag" else {"f": 2}
+        want = flagcore.aggregate(xb, rule, pre=pre, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(rules_mod, "as_stack", as_device_stack)
+            got = flagcore.aggregate(torch.from_numpy(xb), rule, pre=pre, **kw)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}")

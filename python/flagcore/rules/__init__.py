@@ -368,16 +368,16 @@ _CLASSES = {c.name: c for c in (Mean, Median, TrimmedMean, MeaMed, Phocas, Krum,
                                 GeometricMedian, CenteredClipping, Flag)}
 
 
-def make_rule(rule: str, _fn: str = "make_rule", **params: Any) -> Rule:
+def make_rule(rule: str, _fn: str | None = None, **params: Any) -> Rule:
     """The configured rule object for a name in RULES (parameters as in ``aggregate``)."""
     if not isinstance(rule, str) or rule not in _CLASSES:
-        raise ValueError(f"{_fn}: rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise ValueError(f"{_fn or 'make_rule'}: rule must be one of {', '.join(RULES)}, got {rule!r}")
     try:
         return _CLASSES[rule](_fn=_fn, **params)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             bad = str(exc).split("argument")[-1].strip()
-            raise TypeError(f"{_fn}: rule {rule!r} takes no parameter {bad}") from None
+            raise TypeError(f"{_fn or _CLASSES[rule].__name__}: rule {rule!r} takes no parameter {bad}") from None
         raise
 
 

@@ -29,9 +29,15 @@ from .coordinate import run_coordinate
 
 def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
     d = core.krum(src.gram(), f, m, src.excluded_u8())
-    out = src.combine(d["coefficients"])
+    sel = d["selected"].astype(bool)
+    if src.mix is None:
+        # The mean of the selected rows through the coordinate kernel's mean (a streaming pass
+        # that reads only those rows), which is faster than the general weighted sum.
+        out, _ = run_coordinate(Source(src.st, excluded=~sel), "mean", 0)
+    else:
+        out = src.combine(d["coefficients"])
     return out, dict(coefficients=d["coefficients"], scores=d["scores"],
-                     selected=d["selected"].astype(bool), excluded=d["excluded"].astype(bool))
+                     selected=sel, excluded=d["excluded"].astype(bool))
 
 
 def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
