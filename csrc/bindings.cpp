@@ -15,8 +15,11 @@
 #include "common/simd.hpp"
 #include "flag/flag_cpu.hpp"
 #include "flag/gram.hpp"
+#include "rules/coordinate.hpp"
+#include "rules/distance.hpp"
 #ifdef FLAGCORE_WITH_CUDA
 #include "cuda/device.hpp"
+#include "rules/coordinate_cuda.hpp"
 #endif
 
 namespace py = pybind11;
@@ -179,6 +182,169 @@ py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
   return py::make_tuple(out, info.to_dict());
 }
 
+// ---------------------------------------------------------------- robust rules (csrc/rules)
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// The caller's (b, p) exclusion mask, copied (the natives write to it), or zeros.
+py::array_t<uint8_t> excluded_in(const py::object& mask, int64_t b, int64_t p, const char* fn) {
+  py::array_t<uint8_t> out({b, p});
+  uint8_t* o = out.mutable_data();
+  if (mask.is_none()) {
+    std::fill(o, o + b * p, uint8_t(0));
+    return out;
+  }
+  U8Array m = mask.cast<U8Array>();
+  FLAGCORE_CHECK_ARG(m.ndim() == 2 && m.shape(0) == b && m.shape(1) == p,
+                     fn << ": excluded must be (b, p) = (" << b << ", " << p << ")");
+  std::copy(m.data(), m.data() + b * p, o);
+  return out;
+}
+
+template <typename T>
+py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep, const py::object& mask) {
+  Rows<T> rows = make_rows<T>(x);
+  FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate: unknown rule " << rule);
+  FLAGCORE_CHECK_ARG(f >= 0, "coordinate: f must be >= 0");
+  CoordSpec spec;
+  spec.rule = static_cast<CoordRule>(rule);
+  spec.f = f;
+  spec.keep = keep;
+  py::array_t<T> out({rows.b, rows.n});
+  py::array_t<uint8_t> excl = excluded_in(mask, rows.b, rows.p, "coordinate");
+  T* o = out.mutable_data();
+  uint8_t* e = excl.mutable_data();
+  {
+    py::gil_scoped_release release;
+    coordinate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, spec, o, e);
+  }
+  return py::make_tuple(out, excl);
+}
+
+void check_gram(const F64Array& g, int64_t extra, const char* fn) {
+  FLAGCORE_CHECK_ARG(g.ndim() == 3 && g.shape(1) == g.shape(2) && g.shape(1) >= extra,
+                     fn << ": gram must be (b, p, p)");
+}
+
+void register_rules(py::module_& m) {
+  m.def("coordinate", [](const py::object& x, int rule, int64_t f, int64_t keep, const py::object& excluded) {
+    return dtype_code(x) == 'f' ? coordinate_impl<float>(x, rule, f, keep, excluded)
+                                : coordinate_impl<double>(x, rule, f, keep, excluded);
+  }, py::arg("x"), py::arg("rule"), py::arg("f"), py::arg("keep"), py::arg("excluded") = py::none(),
+  "coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, p))");
+
+  m.def("coordinate_network", [](int pe, int rule, int t, int k) {
+    FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork, "coordinate_network: pe must be in [1, 32]");
+    CoordCounts c;
+    c.pe = pe; c.t = t; c.k = k;
+    return coordinate_network(pe, static_cast<CoordRule>(rule), c);
+  }, py::arg("pe"), py::arg("rule"), py::arg("t"), py::arg("k"));
+
+  m.def("krum", [](const F64Array& gram, int64_t f, int64_t mm, const py::object& excluded) {
+    check_gram(gram, 0, "krum");
+    const int64_t b = gram.shape(0), p = gram.shape(1);
+    py::array_t<double> coef({b, p}), scores({b, p});
+    py::array_t<uint8_t> sel({b, p});
+    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "krum");
+    for (int64_t q = 0; q < b; ++q)
+      krum_cpu(gram.data() + q * p * p, p, f, mm, coef.mutable_data() + q * p,
+               scores.mutable_data() + q * p, sel.mutable_data() + q * p, excl.mutable_data() + q * p);
+    py::dict d;
+    d["coefficients"] = coef; d["scores"] = scores; d["selected"] = sel; d["excluded"] = excl;
+    return d;
+  }, py::arg("gram"), py::arg("f"), py::arg("m"), py::arg("excluded") = py::none());
+
+  m.def("bulyan_select", [](const F64Array& gram, int64_t f, const py::object& excluded) {
+    check_gram(gram, 0, "bulyan_select");
+    const int64_t b = gram.shape(0), p = gram.shape(1);
+    py::array_t<uint8_t> sel({b, p});
+    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "bulyan_select");
+    py::array_t<int64_t> theta(b);
+    for (int64_t q = 0; q < b; ++q)
+      theta.mutable_data()[q] = bulyan_select_cpu(gram.data() + q * p * p, p, f, sel.mutable_data() + q * p,
+                                                  excl.mutable_data() + q * p);
+    py::dict d;
+    d["selected"] = sel; d["excluded"] = excl; d["theta"] = theta;
+    return d;
+  }, py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
+
+  m.def("geometric_median", [](const F64Array& gram, const F64Array& nu, double tol, int64_t max_iter,
+                               const py::object& excluded) {
+    check_gram(gram, 0, "geometric_median");
+    const int64_t b = gram.shape(0), p = gram.shape(1);
+    FLAGCORE_CHECK_ARG(nu.ndim() == 1 && nu.shape(0) == b, "geometric_median: nu must be (b,)");
+    py::array_t<double> coef({b, p}), obj(b);
+    py::array_t<int64_t> iters(b);
+    py::array_t<uint8_t> conv(b);
+    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "geometric_median");
+    {
+      py::gil_scoped_release release;
+      for (int64_t q = 0; q < b; ++q)
+        geometric_median_cpu(gram.data() + q * p * p, p, nu.data()[q], tol, max_iter,
+                             coef.mutable_data() + q * p, excl.mutable_data() + q * p,
+                             iters.mutable_data() + q, conv.mutable_data() + q, obj.mutable_data() + q);
+    }
+    py::dict d;
+    d["coefficients"] = coef; d["objective"] = obj; d["iterations"] = iters; d["converged"] = conv;
+    d["excluded"] = excl;
+    return d;
+  }, py::arg("gram"), py::arg("nu"), py::arg("tol"), py::arg("max_iter"), py::arg("excluded") = py::none());
+
+  m.def("centered_clipping", [](const F64Array& gram, double tau, int64_t iterations, const py::object& excluded) {
+    check_gram(gram, 2, "centered_clipping");
+    const int64_t b = gram.shape(0), q1 = gram.shape(1), p = q1 - 1;
+    py::array_t<double> coef({b, q1});
+    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "centered_clipping");
+    for (int64_t q = 0; q < b; ++q)
+      centered_clipping_cpu(gram.data() + q * q1 * q1, p, tau, iterations, coef.mutable_data() + q * q1,
+                            excl.mutable_data() + q * p);
+    py::dict d;
+    d["coefficients"] = coef; d["excluded"] = excl;
+    return d;
+  }, py::arg("gram"), py::arg("tau"), py::arg("iterations"), py::arg("excluded") = py::none());
+
+  m.def("nnm_matrix", [](const F64Array& gram, int64_t f, const py::object& excluded) {
+    check_gram(gram, 0, "nnm_matrix");
+    const int64_t b = gram.shape(0), p = gram.shape(1);
+    py::array_t<double> mix({b, p, p});
+    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "nnm_matrix");
+    for (int64_t q = 0; q < b; ++q)
+      nnm_matrix_cpu(gram.data() + q * p * p, p, f, mix.mutable_data() + q * p * p, excl.mutable_data() + q * p);
+    py::dict d;
+    d["matrix"] = mix; d["excluded"] = excl;
+    return d;
+  }, py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
+
+  // CUDA: raw device pointers from the Python layer (torch tensors), launched on `stream`.
+  m.def("coordinate_cuda", [](std::uintptr_t x, int64_t b, int64_t p, int64_t n, int64_t stride_b,
+                              int64_t stride_p, bool is_double, int rule, int64_t f, int64_t keep,
+                              std::uintptr_t out, std::uintptr_t active_mask, std::uintptr_t flags,
+                              std::uintptr_t stream) {
+#ifdef FLAGCORE_WITH_CUDA
+    FLAGCORE_CHECK_ARG(p >= 1 && p <= cuda::kCoordMaxP, "coordinate_cuda: p must be in [1, " << cuda::kCoordMaxP << "]");
+    FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate_cuda: unknown rule " << rule);
+    CoordSpec spec;
+    spec.rule = static_cast<CoordRule>(rule);
+    spec.f = f;
+    spec.keep = keep;
+    py::gil_scoped_release release;
+    if (is_double)
+      cuda::coordinate_cuda<double>(reinterpret_cast<const double*>(x), b, p, n, stride_b, stride_p, spec,
+                                    reinterpret_cast<double*>(out), reinterpret_cast<const uint32_t*>(active_mask),
+                                    reinterpret_cast<int32_t*>(flags), stream);
+    else
+      cuda::coordinate_cuda<float>(reinterpret_cast<const float*>(x), b, p, n, stride_b, stride_p, spec,
+                                   reinterpret_cast<float*>(out), reinterpret_cast<const uint32_t*>(active_mask),
+                                   reinterpret_cast<int32_t*>(flags), stream);
+#else
+    (void)x; (void)b; (void)p; (void)n; (void)stride_b; (void)stride_p; (void)is_double; (void)rule;
+    (void)f; (void)keep; (void)out; (void)active_mask; (void)flags; (void)stream;
+    throw std::runtime_error("flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+#endif
+  });
+  m.attr("coordinate_cuda_max_p") = 32;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -274,4 +440,6 @@ PYBIND11_MODULE(_core, m) {
     FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
     return dtype_code(x) == 'f' ? flag_aggregate_impl<float>(x, prm) : flag_aggregate_impl<double>(x, prm);
   }, py::arg("x"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
+
+  register_rules(m);
 }

@@ -1,0 +1,145 @@
+#include <algorithm>
+#include <vector>
+
+#include "common/parallel.hpp"
+#include "common/simd.hpp"
+#include "rules/coordinate.hpp"
+
+namespace flagcore {
+namespace {
+
+// Columns per task: large enough to amortise the task overhead, small enough to balance.
+constexpr int64_t kTaskColumns = 16384;
+
+template <typename T>
+using BlockFn = void (*)(const T* const*, int, const int*, int, CoordRule, CoordCounts, int64_t,
+                         int64_t, T*, uint8_t*);
+
+template <typename T>
+BlockFn<T> pick_kernel() {
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512: return static_cast<BlockFn<T>>(&simd_avx512::coordinate_block);
+    case SimdLevel::avx2: return static_cast<BlockFn<T>>(&simd_avx2::coordinate_block);
+#endif
+    default: return static_cast<BlockFn<T>>(&simd_generic::coordinate_block);
+  }
+}
+
+// One problem's state for a pass: its active rows and the network for their count.
+template <typename T>
+struct Problem {
+  int64_t q = 0;
+  std::vector<const T*> rows;
+  std::vector<int> active;  // index in 0..p-1 of each active row
+  std::vector<int> comp;    // flattened comparator pairs
+  CoordCounts counts;
+};
+
+template <typename T>
+void run_pass(std::vector<Problem<T>>& probs, int64_t p, int64_t n, CoordRule rule, T* out,
+              uint8_t* excluded) {
+  if (probs.empty()) return;
+  const int64_t chunks = std::max<int64_t>(1, (n + kTaskColumns - 1) / kTaskColumns);
+  const BlockFn<T> kernel = pick_kernel<T>();
+  const size_t tasks = probs.size() * static_cast<size_t>(chunks);
+  std::vector<uint8_t> bad(tasks * static_cast<size_t>(p), 0);
+  parallel_for(tasks, [&](size_t t) {
+    Problem<T>& pr = probs[t / static_cast<size_t>(chunks)];
+    const int64_t ch = static_cast<int64_t>(t % static_cast<size_t>(chunks));
+    const int64_t k0 = ch * kTaskColumns, k1 = std::min(n, k0 + kTaskColumns);
+    const int pe = pr.counts.pe;
+    if (pe == 0) {
+      std::fill(out + pr.q * n + k0, out + pr.q * n + k1, T(0));
+      return;
+    }
+    kernel(pr.rows.data(), pe, pr.comp.data(), static_cast<int>(pr.comp.size() / 2), rule,
+           pr.counts, k0, k1, out + pr.q * n, bad.data() + t * static_cast<size_t>(p));
+  });
+  for (size_t t = 0; t < tasks; ++t) {
+    const Problem<T>& pr = probs[t / static_cast<size_t>(chunks)];
+    for (int j = 0; j < pr.counts.pe; ++j)
+      if (bad[t * static_cast<size_t>(p) + j]) excluded[pr.q * p + pr.active[j]] = 1;
+  }
+}
+
+template <typename T>
+Problem<T> make_problem(const T* const* rows, int64_t q, int64_t p, const uint8_t* excl,
+                        const CoordSpec& spec) {
+  Problem<T> pr;
+  pr.q = q;
+  for (int64_t i = 0; i < p; ++i)
+    if (!excl[q * p + i]) {
+      pr.rows.push_back(rows[q * p + i]);
+      pr.active.push_back(static_cast<int>(i));
+    }
+  const int64_t pe = static_cast<int64_t>(pr.rows.size());
+  pr.counts = coord_counts(spec, p, pe);
+  if (pe > 0 && pe <= kMaxNetwork) {
+    for (const auto& cp : coordinate_network(static_cast<int>(pe), spec.rule, pr.counts)) {
+      pr.comp.push_back(cp.first);
+      pr.comp.push_back(cp.second);
+    }
+  }
+  return pr;
+}
+
+}  // namespace
+
+std::vector<std::pair<int, int>> coordinate_network(int pe, CoordRule rule, CoordCounts c) {
+  int N = 1;
+  while (N < pe) N *= 2;
+  // Batcher's odd-even merge sort on N >= pe inputs; comparators touching a position >= pe
+  // are dropped (think of those inputs as +inf: such a comparator never moves anything).
+  std::vector<std::pair<int, int>> all;
+  if (rule == CoordRule::mean) return all;
+  for (int pp = 1; pp < N; pp *= 2)
+    for (int k = pp; k >= 1; k /= 2)
+      for (int j = k % pp; j <= N - 1 - k; j += 2 * k)
+        for (int i = 0; i <= std::min(k - 1, N - j - k - 1); ++i)
+          if ((i + j) / (2 * pp) == (i + j + k) / (2 * pp) && i + j + k < pe)
+            all.emplace_back(i + j, i + j + k);
+  // Keep only the comparators that can influence the positions the rule reads.
+  std::vector<char> need(static_cast<size_t>(pe), 0);
+  if (rule == CoordRule::median) {
+    need[(pe - 1) / 2] = need[pe / 2] = 1;
+  } else if (rule == CoordRule::trimmed_mean) {
+    for (int i = c.t; i < pe - c.t; ++i) need[i] = 1;
+  } else {
+    std::fill(need.begin(), need.end(), 1);
+  }
+  std::vector<std::pair<int, int>> kept;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (need[it->first] || need[it->second]) {
+      kept.push_back(*it);
+      need[it->first] = need[it->second] = 1;
+    }
+  }
+  std::reverse(kept.begin(), kept.end());
+  return kept;
+}
+
+template <typename T>
+void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const CoordSpec& spec,
+                    T* out, uint8_t* excluded) {
+  if (b <= 0 || n <= 0) return;
+  std::vector<uint8_t> before(excluded, excluded + b * p);
+  std::vector<Problem<T>> probs;
+  for (int64_t q = 0; q < b; ++q) probs.push_back(make_problem(rows, q, p, excluded, spec));
+  run_pass(probs, p, n, spec.rule, out, excluded);
+  // Problems in which some worker turned out to be non-finite are recomputed without it.
+  std::vector<Problem<T>> again;
+  for (int64_t q = 0; q < b; ++q) {
+    bool any = false;
+    for (int64_t i = 0; i < p; ++i) any = any || (excluded[q * p + i] && !before[q * p + i]);
+    if (any) again.push_back(make_problem(rows, q, p, excluded, spec));
+  }
+  run_pass(again, p, n, spec.rule, out, excluded);
+}
+
+template void coordinate_cpu<float>(const float* const*, int64_t, int64_t, int64_t,
+                                    const CoordSpec&, float*, uint8_t*);
+template void coordinate_cpu<double>(const double* const*, int64_t, int64_t, int64_t,
+                                     const CoordSpec&, double*, uint8_t*);
+
+}  // namespace flagcore

@@ -1,0 +1,123 @@
+"""Coordinate-wise rules: mean, median, trimmed mean, MeaMed, Phocas.
+
+Each reduces, independently per coordinate, the p values of the workers to one number
+(csrc/rules/coordinate.hpp states the contract):
+
+- median: midpoint of the two middle values for even p (numpy's convention; note that
+  ``torch.median(dim=0)`` returns the lower one);
+- trimmed_mean(f): drop the f largest and f smallest, mean of the p - 2f others (p > 2f);
+- meamed(f): mean of the p - f values closest to the median (p > 2f);
+- phocas(f): mean of the p - f values closest to the f-trimmed mean (p > 2f);
+- mean: the plain mean (with the same handling of non-finite workers).
+
+"Closest" ties keep the smaller value. Means and midpoints are formed in float64 and rounded
+once to the output dtype.
+
+Non-finite workers: a worker with any NaN/Inf value is excluded from its problem (reported in
+``RuleInfo.excluded``) and the rule runs on the remaining p - e workers with
+f_eff = max(f - e, 0): an excluded worker counts as one of the f Byzantine ones, and the
+preconditions still hold for the survivors. A problem whose workers are all excluded gives 0.
+
+Backends: the native CPU kernel (vectorised sorting networks up to p = 32, std::sort beyond;
+finiteness checked in the same read), the CUDA kernel for CUDA tensors when flagcore was built
+with CUDA (p <= 32), and plain torch (sort along the worker axis) otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._backend import core
+from ._source import Source
+
+RULE_IDS = {"median": 0, "trimmed_mean": 1, "meamed": 2, "phocas": 3, "mean": 4}
+
+
+def run_coordinate(src: Source, rule: str, f: int, keep: int = -1) -> tuple[Any, np.ndarray]:
+    """Apply a coordinate-wise rule to the rows ``src`` exposes. Returns ((b, n) result as numpy
+    in the compute dtype or torch on the caller's device, excluded (b, p') bool)."""
+    rid = RULE_IDS[rule]
+    rows = src.rows()
+    if src.st.on_cpu:
+        out, excl = core.coordinate(rows, rid, int(f), int(keep), src.excluded_u8())
+        return out, excl.astype(bool)
+    return _coordinate_device(rows, rid, f, keep, src.excluded)
+
+
+def _coordinate_device(x: Any, rid: int, f: int, keep: int, excluded: np.ndarray | None) -> tuple[Any, np.ndarray]:
+    import torch
+
+    b, p, n = x.shape
+    excl = np.zeros((b, p), bool) if excluded is None else excluded.copy()
+    if x.device.type == "cuda" and core.build_info()["cuda_compiled"] and p <= core.coordinate_cuda_max_p:
+        return _coordinate_cuda(x, rid, f, keep, excl)
+    bad = (~torch.isfinite(x).all(dim=2)).cpu().numpy()
+    excl |= bad
+    return _coordinate_torch(x, rid, f, keep, excl), excl
+
+
+def _coordinate_cuda(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> tuple[Any, np.ndarray]:
+    import torch
+
+    b, p, n = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    if n > 1 and work.stride(2) != 1:
+        work = work.contiguous()
+    out = torch.empty((b, n), dtype=work.dtype, device=x.device)
+    flags = torch.zeros((b, p), dtype=torch.int32, device=x.device)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    with torch.cuda.device(x.device):
+        for _ in range(2):  # the second launch only when a non-finite worker turned up
+            bits = (~excl).astype(np.int64) << np.arange(p, dtype=np.int64)
+            mask = torch.from_numpy(bits.sum(axis=1).astype(np.int64).astype(np.uint32).view(np.int32)).to(x.device)
+            core.coordinate_cuda(work.data_ptr(), b, p, n, work.stride(0), work.stride(1),
+                                 work.dtype == torch.float64, rid, int(f), int(keep), out.data_ptr(),
+                                 mask.data_ptr(), flags.data_ptr(), stream)
+            bad = flags.cpu().numpy().astype(bool) & ~excl
+            if not bad.any():
+                break
+            excl |= bad
+    return out, excl
+
+
+def _coordinate_torch(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> Any:
+    """Plain torch: sort along the worker axis, reduce in float64."""
+    import torch
+
+    b, p, n = x.shape
+    out = torch.zeros((b, n), dtype=torch.float64, device=x.device)
+    for q in range(b):
+        idx = torch.from_numpy(np.flatnonzero(~excl[q])).to(x.device)
+        pe = int(idx.numel())
+        if pe == 0:
+            continue
+        s = torch.sort(x[q].index_select(0, idx).to(torch.float64), dim=0).values
+        e = p - pe
+        t = max(f - e, 0)
+        k = min(keep, pe) if keep >= 0 else pe - t
+        k = max(k, 1)
+        if 2 * t >= pe:
+            t = (pe - 1) // 2
+        if rid == 4:
+            out[q] = s.mean(dim=0)
+            continue
+        if rid in (0, 2):
+            centre = 0.5 * (s[(pe - 1) // 2] + s[pe // 2])
+        else:
+            centre = s[t:pe - t].mean(dim=0)
+        if rid in (0, 1):
+            out[q] = centre
+            continue
+        lo = torch.zeros(n, dtype=torch.long, device=x.device)
+        hi = torch.full((n,), pe - 1, dtype=torch.long, device=x.device)
+        for _ in range(pe - k):
+            vl = s.gather(0, lo[None])[0]
+            vh = s.gather(0, hi[None])[0]
+            left = (centre - vl) > (vh - centre)
+            lo = lo + left.long()
+            hi = hi - (~left).long()
+        pos = torch.arange(pe, device=x.device)[:, None]
+        inside = (pos >= lo[None]) & (pos <= hi[None])
+        out[q] = (s * inside).sum(dim=0) / k
+    return out

@@ -1,0 +1,115 @@
+"""Pre-aggregation steps, composable with any rule: nearest-neighbour mixing and bucketing.
+
+Both are linear maps of the workers' rows, Y = M X:
+
+- NNM (Allouah et al. 2023, "Fixing by Mixing"): row i of M averages the p - f workers nearest
+  to worker i (itself included; squared distances from the Gram matrix, ties to the lower
+  index). Needs p > 2f. The rule then runs on the p mixed rows with the same f.
+- Bucketing (Karimireddy, He and Jaggi 2022): the workers are shuffled (numpy Generator from
+  ``seed``) and cut into ceil(p / s) buckets of s consecutive workers (the last one smaller);
+  each bucket is replaced by the mean of its members. The rule runs on the buckets with the
+  same f (at most f buckets hold a Byzantine worker), so its precondition is checked on
+  ceil(p / s).
+
+Non-finite workers are excluded before mixing (their columns of M are 0). A mixed row with no
+member left (an NNM row of an excluded worker, a bucket of excluded workers only) is itself
+excluded from the rule, which then runs with f_eff = max(f - e, 0) as usual.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._arrays import Stack, as_stack, check_int
+from .._backend import core
+from ._source import Source, _zero_excluded, stack_gram
+
+PRE_STEPS = ("nnm", "bucketing")
+
+
+def parse_pre(pre: Any, fn: str) -> tuple:
+    if pre is None:
+        return ()
+    steps = (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    if steps is None or not all(isinstance(s, str) and s in PRE_STEPS for s in steps):
+        raise ValueError(f"{fn}: pre must be None, 'nnm', 'bucketing' or a sequence of them, got {pre!r}")
+    return steps
+
+
+def rows_after(steps: Sequence[str], p: int, bucket_size: int) -> int:
+    for s in steps:
+        if s == "bucketing":
+            p = math.ceil(p / bucket_size)
+    return p
+
+
+def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
+                 rng: np.random.Generator) -> Source:
+    if not steps:
+        return Source(st, f=f)
+    g = stack_gram(st)
+    b, p = st.b, st.p
+    diag = np.diagonal(g, axis1=1, axis2=2)
+    excl0 = ~np.isfinite(diag)
+    g0 = _zero_excluded(g, excl0)
+    mix = np.repeat(np.eye(p)[None], b, axis=0)
+    mix[excl0] = 0.0
+    excl = excl0.copy()
+    for step in steps:
+        if step == "nnm":
+            gc = np.einsum("qij,qjk,qlk->qil", mix, g0, mix)
+            d = core.nnm_matrix(gc, f, excl.astype(np.uint8))
+            mix = d["matrix"] @ mix
+        else:
+            pc = mix.shape[1]
+            nb = math.ceil(pc / bucket_size)
+            new = np.zeros((b, nb, p))
+            new_excl = np.zeros((b, nb), bool)
+            for q in range(b):
+                perm = rng.permutation(pc)
+                for j in range(nb):
+                    members = [i for i in perm[j * bucket_size:(j + 1) * bucket_size] if not excl[q, i]]
+                    if members:
+                        new[q, j] = mix[q, members].mean(axis=0)
+                    else:
+                        new_excl[q, j] = True
+            mix, excl = new, new_excl
+    return Source(st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f)
+
+
+def nnm(gradients: Any, f: int) -> Any:
+    """The NNM-mixed rows of a stack: same shape, framework, dtype and device as the input
+    ((p, n), (b, p, n); a list gives a (p, *shape) stack). Rows of non-finite workers come back
+    as zeros."""
+    fn = "nnm"
+    st = as_stack(gradients, fn)
+    f = check_int(f, fn, "f", low=0)
+    if not st.p > 2 * f:
+        raise ValueError(f"{fn}: needs p > 2f, got p = {st.p}, f = {f}")
+    src = build_source(st, f, ("nnm",), 1, np.random.default_rng(0))
+    return _restore_rows(st, src.rows())
+
+
+def bucketing(gradients: Any, bucket_size: int, *, seed: int = 0) -> Any:
+    """Bucket means of a shuffled stack: (ceil(p / s), n) or (b, ceil(p / s), n), in the input's
+    framework, dtype and device. Buckets holding only non-finite workers come back as zeros."""
+    fn = "bucketing"
+    st = as_stack(gradients, fn)
+    s = check_int(bucket_size, fn, "bucket_size", low=1)
+    src = build_source(st, 0, ("bucketing",), s, np.random.default_rng(check_int(seed, fn, "seed", low=0)))
+    return _restore_rows(st, src.rows())
+
+
+def _restore_rows(st: Stack, y: Any) -> Any:
+    if st.framework == "torch":
+        import torch
+
+        t = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
+        t = t.to(device=st.device, dtype=st.dtype)
+    else:
+        t = np.asarray(y).astype(st.dtype, copy=False)
+    if st.from_list:
+        return t.reshape((t.shape[1],) + tuple(st.item_shape))
+    return t if st.batched else t[0]

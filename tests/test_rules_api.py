@@ -1,0 +1,154 @@
+"""The aggregate() API: input forms, rule classes, pre-aggregation, "flag" routing, errors."""
+import numpy as np
+import pytest
+
+import flagcore
+from flagcore import _reference_rules as ref
+from flagcore.rules import RULES
+
+F_RULES = {"trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan"}
+
+
+def _kw(rule, f=2):
+    return {"f": f} if rule != "flag" else {}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_every_input_form(rule):
+    torch = pytest.importorskip("torch")
+    x = ref.make_gradients(11, 60, seed=1, byzantine=2)
+    want = flagcore.aggregate(x, rule, **_kw(rule))
+    assert want.shape == (60,) and want.dtype == np.float32
+    b = flagcore.aggregate(np.stack([x, x]), rule, **_kw(rule))
+    assert b.shape == (2, 60)
+    np.testing.assert_allclose(b[1], want, rtol=1e-6, atol=1e-7)
+    lst = flagcore.aggregate([r.reshape(6, 10) for r in x], rule, **_kw(rule))
+    assert lst.shape == (6, 10)
+    np.testing.assert_allclose(lst.ravel(), want, rtol=1e-6, atol=1e-7)
+    t = flagcore.aggregate(torch.from_numpy(x).double(), rule, **_kw(rule))
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float64
+    np.testing.assert_allclose(t.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_flag_routes_to_flag_aggregate():
+    x = ref.make_gradients(15, 100, seed=2, byzantine=3)
+    a, info = flagcore.aggregate(x, "flag", r=4, max_iter=3, return_info=True)
+    b, binfo = flagcore.flag_aggregate(x, r=4, max_iter=3, return_info=True)
+    np.testing.assert_array_equal(a, b)
+    assert isinstance(info, flagcore.FlagInfo) and info.iterations == binfo.iterations
+
+
+def test_classes_match_aggregate():
+    x = ref.make_gradients(15, 100, seed=3, byzantine=3)
+    pairs = [(flagcore.rules.Median(), "median", {}), (flagcore.rules.TrimmedMean(f=3), "trimmed_mean", {"f": 3}),
+             (flagcore.rules.MultiKrum(f=3, m=5), "multi_krum", {"f": 3, "m": 5}),
+             (flagcore.rules.Bulyan(f=3), "bulyan", {"f": 3}),
+             (flagcore.rules.make_rule("phocas", f=2), "phocas", {"f": 2})]
+    for obj, name, kw in pairs:
+        np.testing.assert_array_equal(obj(x), flagcore.aggregate(x, name, **kw))
+        assert obj.name == name
+
+
+def test_nnm_then_rule_matches_reference():
+    x = ref.make_gradients(11, 80, seed=4, byzantine=2, dtype=np.float64)
+    mixed = ref.nnm_ref(x, 2)
+    np.testing.assert_allclose(flagcore.rules.nnm(x, 2), mixed, rtol=1e-12)
+    for rule, want in [("median", ref.median_ref(mixed)), ("trimmed_mean", ref.trimmed_mean_ref(mixed, 2)),
+                       ("krum", ref.multi_krum_ref(mixed, 2, 1)[0]),
+                       ("multi_krum", ref.multi_krum_ref(mixed, 2, 9)[0]),
+                       ("bulyan", ref.bulyan_ref(mixed, 2)[0])]:
+        got, info = flagcore.aggregate(x, rule, f=2, pre="nnm", return_info=True)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=rule)
+        assert info.mixing.shape == (11, 11)
+        if info.coefficients is not None:  # distance rules never formed the mixed rows
+            np.testing.assert_allclose(info.coefficients @ x, got, rtol=1e-10, atol=1e-12)
+    # the geometric median is flat at its minimum: compare objectives, not points
+    got = flagcore.aggregate(x, "geometric_median", f=2, pre="nnm")
+    obj = np.linalg.norm(mixed - got, axis=1).sum()
+    assert obj <= ref.geometric_median_ref(mixed)[1] * (1 + 1e-9)
+
+
+def test_bucketing_then_rule_matches_reference():
+    x = ref.make_gradients(15, 80, seed=5, byzantine=2, dtype=np.float64)
+    perm = np.random.default_rng(7).permutation(15)
+    buckets = ref.bucketing_ref(x, 2, perm)
+    np.testing.assert_allclose(flagcore.rules.bucketing(x, 2, seed=7), buckets, rtol=1e-12)
+    got = flagcore.aggregate(x, "krum", f=2, pre="bucketing", bucket_size=2, seed=7)
+    np.testing.assert_allclose(got, ref.multi_krum_ref(buckets, 2, 1)[0], rtol=1e-10)
+    got = flagcore.aggregate(x, "median", f=2, pre=["bucketing", "nnm"], bucket_size=2, seed=7)
+    np.testing.assert_allclose(got, ref.median_ref(ref.nnm_ref(buckets, 2)), rtol=1e-10)
+    # preconditions are checked on the buckets: 15 workers, s = 3 -> 5 buckets < 2f + 3 = 7
+    with pytest.raises(ValueError, match=r"rule 'krum' needs p >= 2f \+ 3, got p = 5, f = 2"):
+        flagcore.aggregate(x, "krum", f=2, pre="bucketing", bucket_size=3)
+
+
+def test_bucketing_class_reshuffles_each_call():
+    x = ref.make_gradients(12, 30, seed=6, dtype=np.float64)
+    rule = flagcore.rules.Median(pre="bucketing", bucket_size=3, seed=1)
+    _, a = rule(x, return_info=True)
+    _, b = rule(x, return_info=True)
+    assert not np.array_equal(a.mixing, b.mixing)
+    _, c = flagcore.rules.Median(pre="bucketing", bucket_size=3, seed=1)(x, return_info=True)
+    np.testing.assert_array_equal(a.mixing, c.mixing)
+
+
+def test_pre_aggregation_excludes_nonfinite_before_mixing():
+    x = ref.make_gradients(9, 40, seed=8, dtype=np.float64)
+    x[2, 0] = np.nan
+    got, info = flagcore.aggregate(x, "median", f=2, pre="nnm", return_info=True)
+    assert np.isfinite(got).all() and info.excluded.tolist() == [i == 2 for i in range(9)]
+    rest = np.delete(x, 2, axis=0)
+    np.testing.assert_allclose(got, ref.median_ref(ref.nnm_ref(rest, 1)), rtol=1e-12)
+    got = flagcore.aggregate(x, "trimmed_mean", f=1, pre="bucketing", bucket_size=2)
+    assert np.isfinite(got).all()
+
+
+def test_errors_name_the_function_and_argument():
+    x = np.ones((7, 4))
+    with pytest.raises(ValueError, match=r"aggregate: rule must be one of .*got 'krumm'"):
+        flagcore.aggregate(x, "krumm", f=1)
+    with pytest.raises(TypeError, match=r"aggregate: rule 'krum' needs f"):
+        flagcore.aggregate(x, "krum")
+    with pytest.raises(TypeError, match=r"aggregate: rule 'median' takes no parameter 'tau'"):
+        flagcore.aggregate(x, "median", tau=1.0)
+    with pytest.raises(ValueError, match=r"aggregate: pre must be"):
+        flagcore.aggregate(x, "median", pre="mix")
+    with pytest.raises(ValueError, match=r"aggregate: f must be in \[0, inf\], got -1"):
+        flagcore.aggregate(x, "median", f=-1)
+    with pytest.raises(ValueError, match=r"aggregate: tau must be > 0"):
+        flagcore.aggregate(x, "centered_clipping", tau=0.0)
+    with pytest.raises(ValueError, match=r"aggregate: reference must have shape \(4,\) or \(1, 4\), got \(3,\)"):
+        flagcore.aggregate(x, "centered_clipping", reference=np.zeros(3))
+    with pytest.raises(ValueError, match=r"aggregate: reference='previous' needs state"):
+        flagcore.aggregate(x, "centered_clipping", reference="previous")
+    with pytest.raises(ValueError, match=r"aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(7,\)"):
+        flagcore.aggregate(np.ones(7), "median")
+    with pytest.raises(ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"):
+        flagcore.aggregate(x, "mean", f=4, pre="nnm")
+
+
+def test_device_path_matches_native(monkeypatch):
+    """The path for tensors on a non-CPU device (torch Gram / weighted sum, plain-torch
+    coordinate rules, mixing by torch matmul) run on CPU tensors agrees with the native path,
+    with a NaN worker, a batch and pre-aggregation."""
+    torch = pytest.importorskip("torch")
+    import flagcore.rules as rules_mod
+    from flagcore import _arrays
+
+    def as_device_stack(g, fn, **kw):
+        st = _arrays.as_stack(g, fn, **kw)
+        st.torch_data, st.data = torch.as_tensor(st.data), None
+        return st
+
+    x = ref.make_gradients(15, 120, seed=9, byzantine=2, dtype=np.float64)
+    x[3, 5] = np.nan
+    xb = np.stack([x, x[::-1].copy()])
+    cases = [(r, None) for r in RULES if r != "flag"] + [("krum", "nnm"), ("median", "bucketing"),
+                                                        ("bulyan", "nnm"), ("flag", "nnm")]
+    for rule, pre in cases:
+        kw = {} if rule == "flag" else {"f": 2}
+        want = flagcore.aggregate(xb, rule, pre=pre, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(rules_mod, "as_stack", as_device_stack)
+            got = flagcore.aggregate(torch.from_numpy(xb), rule, pre=pre, **kw)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}")

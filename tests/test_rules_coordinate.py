@@ -1,0 +1,160 @@
+"""Coordinate-wise rules against float64 NumPy references, hand-computed cases, non-finite
+workers, every instruction-set variant, and the p-space sorting networks."""
+import numpy as np
+import pytest
+
+import flagcore
+from flagcore import _reference_rules as ref
+from flagcore._backend import core
+
+TOL = {np.float32: 2e-6, np.float64: 1e-12}
+REFS = {
+    "mean": lambda x, f: ref.mean_ref(x),
+    "median": lambda x, f: ref.median_ref(x),
+    "trimmed_mean": ref.trimmed_mean_ref,
+    "meamed": ref.meamed_ref,
+    "phocas": ref.phocas_ref,
+}
+PS = [1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 40]
+
+
+def _fs(p):
+    return sorted({0, (p - 1) // 2, max(0, (p - 1) // 4)})
+
+
+@pytest.mark.parametrize("rule", list(REFS))
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_reference(rule, p, dtype):
+    n = 203  # several blocks plus a ragged tail for every vector width
+    x = ref.make_gradients(p, n, seed=p, dtype=dtype)
+    for f in _fs(p):
+        got = flagcore.aggregate(x, rule, f=f)
+        assert got.dtype == dtype and got.shape == (n,)
+        want = REFS[rule](x.astype(np.float64), f)
+        np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype] * 4)
+
+
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_simd_levels_agree(level):
+    if level == "avx512" and flagcore.build_info()["simd_supported"] != "avx512":
+        pytest.skip("this CPU has no AVX-512")
+    if level == "avx2" and flagcore.build_info()["simd_supported"] == "generic":
+        pytest.skip("this CPU has no AVX2")
+    x = ref.make_gradients(15, 1000, seed=3)
+    try:
+        core.set_simd_level(level)
+        for rule in REFS:
+            np.testing.assert_allclose(flagcore.aggregate(x, rule, f=3), REFS[rule](x, 3), rtol=2e-6, atol=1e-6)
+    finally:
+        core.set_simd_level("auto")
+
+
+def test_hand_computed():
+    x = np.array([[1.0, 10.0], [2.0, -1.0], [3.0, 0.0], [100.0, 4.0]])
+    np.testing.assert_array_equal(flagcore.aggregate(x, "median"), [2.5, 2.0])  # midpoints
+    np.testing.assert_array_equal(flagcore.aggregate(x, "trimmed_mean", f=1), [2.5, 2.0])
+    # meamed f=1: 3 values closest to the median 2.5 of column 0: {1, 2, 3}; column 1 median
+    # 2: distances 8, 3, 2, 2 -> {-1, 0, 4}
+    np.testing.assert_allclose(flagcore.aggregate(x, "meamed", f=1), [2.0, 1.0])
+    y = np.array([[0.0], [1.0], [2.0], [3.0]])
+    # tie: 3 values closest to 1.5 from {0,1,2,3}: 0 and 3 tie at 1.5, the smaller is kept
+    np.testing.assert_allclose(flagcore.aggregate(y, "meamed", f=1), [1.0])
+    # phocas f=1: trimmed mean of {1, 2, 3, 100} is 2.5, closest 3 are {1, 2, 3}
+    np.testing.assert_allclose(flagcore.aggregate(x[:, :1], "phocas", f=1), [2.0])
+    assert flagcore.aggregate(np.array([[5.0], [1.0], [3.0]], np.float32), "median")[0] == 3.0
+
+
+def test_midpoint_does_not_overflow_float32():
+    big = np.finfo(np.float32).max
+    x = np.array([[big], [big]], np.float32)
+    assert flagcore.aggregate(x, "median")[0] == big
+
+
+@pytest.mark.parametrize("rule", list(REFS))
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_worker_is_excluded(rule, bad):
+    p, f = 9, 2
+    x = ref.make_gradients(p, 300, seed=1, dtype=np.float64)
+    x[4, 17] = bad
+    got, info = flagcore.aggregate(x, rule, f=f, return_info=True)
+    assert info.excluded.tolist() == [i == 4 for i in range(p)]
+    want = REFS[rule](np.delete(x, 4, axis=0), f - 1)  # one excluded worker counts toward f
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.isfinite(got).all()
+
+
+def test_more_nonfinite_than_f_and_all_nonfinite():
+    x = ref.make_gradients(7, 50, seed=2, dtype=np.float64)
+    x[[0, 1, 2], 3] = np.nan
+    got = flagcore.aggregate(x, "trimmed_mean", f=1)
+    np.testing.assert_allclose(got, ref.trimmed_mean_ref(x[3:], 0), rtol=1e-12)
+    x[:] = np.inf
+    got, info = flagcore.aggregate(x, "median", return_info=True)
+    assert info.excluded.all() and np.all(got == 0)
+
+
+def test_batch_with_different_exclusions():
+    x = np.stack([ref.make_gradients(8, 100, seed=s, dtype=np.float64) for s in range(3)])
+    x[1, 2, 5] = np.nan
+    got, info = flagcore.aggregate(x, "phocas", f=2, return_info=True)
+    assert got.shape == (3, 100) and info.excluded.shape == (3, 8) and info.excluded.sum() == 1
+    for q in range(3):
+        keep = ~info.excluded[q]
+        np.testing.assert_allclose(got[q], ref.phocas_ref(x[q][keep], 2 - (~keep).sum()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("pe", range(1, 33))
+def test_networks_sort_every_zero_one_input(pe):
+    """0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input.
+    Checked exhaustively for the full networks up to 16 inputs, on random 0/1 inputs beyond."""
+    comp = core.coordinate_network(pe, 2, 0, pe)  # meamed keeps every position: the full network
+    rng = np.random.default_rng(pe)
+    if pe <= 16:
+        v = ((np.arange(2 ** pe)[:, None] >> np.arange(pe)[None]) & 1).astype(np.int8)
+    else:
+        v = rng.integers(0, 2, size=(20000, pe)).astype(np.int8)
+    for i, j in comp:
+        lo, hi = np.minimum(v[:, i], v[:, j]), np.maximum(v[:, i], v[:, j])
+        v[:, i], v[:, j] = lo, hi
+    assert np.all(np.diff(v, axis=1) >= 0)
+
+
+def test_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+    x = ref.make_gradients(10, 64, seed=4)
+    t = torch.from_numpy(x).to(torch.bfloat16)
+    got = flagcore.aggregate(t, "trimmed_mean", f=2)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.bfloat16 and got.shape == (64,)
+    want = ref.trimmed_mean_ref(t.float().numpy(), 2)
+    np.testing.assert_allclose(got.float().numpy(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_torch_fallback_matches_native():
+    """The plain-torch path (used for device tensors without the CUDA kernel) agrees with the
+    native CPU kernel, exclusions included."""
+    torch = pytest.importorskip("torch")
+    from flagcore.rules.coordinate import RULE_IDS, _coordinate_torch
+
+    x = np.stack([ref.make_gradients(11, 77, seed=s, dtype=np.float64) for s in range(2)])
+    excl = np.zeros((2, 11), bool)
+    excl[1, 3] = True
+    for rule, rid in RULE_IDS.items():
+        got = _coordinate_torch(torch.from_numpy(x), rid, 3, -1, excl).numpy()
+        want, _ = core.coordinate(x, rid, 3, -1, excl.astype(np.uint8))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=rule)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    torch = pytest.importorskip("torch")
+    if not flagcore.cuda_available():
+        pytest.skip("no CUDA device or flagcore built without CUDA")
+    x = np.stack([ref.make_gradients(15, 5000, seed=s) for s in range(2)])
+    x[1, 4, 7] = np.nan
+    t = torch.from_numpy(x).cuda()
+    for rule in REFS:
+        got, info = flagcore.aggregate(t, rule, f=3, return_info=True)
+        want, winfo = flagcore.aggregate(x, rule, f=3, return_info=True)
+        np.testing.assert_allclose(got.cpu().numpy(), want, rtol=2e-6, atol=2e-6, err_msg=rule)
+        np.testing.assert_array_equal(info.excluded, winfo.excluded)

@@ -1,0 +1,172 @@
+"""Distance-based rules (p-space) against float64 NumPy references on the full data."""
+import numpy as np
+import pytest
+
+import flagcore
+from flagcore import _reference_rules as ref
+
+
+@pytest.mark.parametrize("p,f", [(3, 0), (7, 2), (15, 3), (15, 6), (20, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_krum_and_multi_krum(p, f, dtype):
+    x = ref.make_gradients(p, 500, seed=p + f, byzantine=f, dtype=dtype)
+    x64 = x.astype(np.float64)
+    got, info = flagcore.aggregate(x, "krum", f=f, return_info=True)
+    want, sel = ref.multi_krum_ref(x64, f, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+    np.testing.assert_allclose(info.scores, ref.krum_scores_ref(x64, f), rtol=1e-6)
+    for m in (None, 1, max(1, (p - f) // 2)):
+        kw = {} if m is None else {"m": m}
+        got, info = flagcore.aggregate(x, "multi_krum", f=f, return_info=True, **kw)
+        want, sel = ref.multi_krum_ref(x64, f, p - f if m is None else m)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+        assert not info.selected[p - f:].any() or f == 0  # the far-off attackers are never chosen
+
+
+def test_krum_hand_computed():
+    # points on a line at 0, 1, 2, 10; f = 0 -> p - f - 2 = 2 nearest: scores 1+4, 1+1, 1+4, 64+81
+    x = np.array([[0.0], [1.0], [2.0], [10.0]])
+    got, info = flagcore.aggregate(x, "krum", f=0, return_info=True)
+    assert got.tolist() == [1.0]
+    np.testing.assert_array_equal(info.scores, [5.0, 2.0, 5.0, 145.0])
+
+
+@pytest.mark.parametrize("p,f", [(3, 0), (7, 1), (11, 2), (15, 3)])
+def test_bulyan(p, f):
+    x = ref.make_gradients(p, 400, seed=10 + p, byzantine=f, dtype=np.float64)
+    got, info = flagcore.aggregate(x, "bulyan", f=f, return_info=True)
+    want, sel = ref.bulyan_ref(x, f)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+
+
+def test_geometric_median_converges_to_reference():
+    x = ref.make_gradients(15, 2000, seed=5, byzantine=3, dtype=np.float64)
+    got, info = flagcore.aggregate(x, "geometric_median", return_info=True)
+    z, obj = ref.geometric_median_ref(x)
+    assert info.converged and 1 <= info.iterations < 1000
+    assert abs(info.objective - obj) <= 1e-10 * obj
+    true_obj = np.linalg.norm(x - got, axis=1).sum()
+    assert true_obj <= obj * (1 + 1e-10)
+    np.testing.assert_allclose(got, z, rtol=1e-5, atol=1e-5 * np.abs(z).max())
+
+
+def test_geometric_median_reports_non_convergence():
+    x = ref.make_gradients(9, 300, seed=6, dtype=np.float64)
+    _, info = flagcore.aggregate(x, "geometric_median", max_iter=1, tol=0.0, return_info=True)
+    assert info.iterations == 1 and info.converged is False
+
+
+def test_geometric_median_of_collinear_points_is_their_median():
+    x = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [50.0, 50.0]])
+    got = flagcore.aggregate(x, "geometric_median", tol=1e-15, max_iter=100000)
+    np.testing.assert_allclose(got, [2.0, 2.0], atol=1e-5)
+
+
+@pytest.mark.parametrize("tau,iters", [(0.5, 1), (3.0, 3), (1e6, 2)])
+def test_centered_clipping(tau, iters):
+    x = ref.make_gradients(12, 300, seed=7, byzantine=2, dtype=np.float64)
+    got = flagcore.aggregate(x, "centered_clipping", tau=tau, iterations=iters)
+    np.testing.assert_allclose(got, ref.centered_clipping_ref(x, tau, iters), rtol=1e-10, atol=1e-12)
+    v0 = x[:10].mean(axis=0) + 0.1
+    got = flagcore.aggregate(x, "centered_clipping", tau=tau, iterations=iters, reference=v0)
+    np.testing.assert_allclose(got, ref.centered_clipping_ref(x, tau, iters, v0), rtol=1e-10, atol=1e-12)
+
+
+def test_centered_clipping_with_huge_tau_is_the_mean():
+    x = ref.make_gradients(6, 100, seed=8, dtype=np.float64)
+    np.testing.assert_allclose(flagcore.aggregate(x, "centered_clipping", tau=1e12, iterations=1),
+                               x.mean(axis=0), rtol=1e-12)
+
+
+def test_centered_clipping_previous_reference_is_stateful():
+    x = ref.make_gradients(8, 100, seed=9, dtype=np.float64)
+    cc = flagcore.rules.CenteredClipping(tau=1.0, iterations=1, reference="previous")
+    a = cc(x)
+    np.testing.assert_allclose(a, ref.centered_clipping_ref(x, 1.0, 1), rtol=1e-10)
+    b = cc(x)
+    np.testing.assert_allclose(b, ref.centered_clipping_ref(x, 1.0, 1, a), rtol=1e-10)
+
+
+def test_nearly_equal_gradients_cancellation():
+    """Distances from the Gram matrix: gradients equal up to 1e-6 of their norm still give
+    Krum's choice and Multi-Krum's mean of the reference (differences 1e-12 relative in D)."""
+    rng = np.random.default_rng(11)
+    base = 100.0 * rng.standard_normal(1000)
+    x = base + 1e-4 * rng.standard_normal((9, 1000))
+    x[8] += 1e-2  # the odd one out, still nearly equal
+    got, info = flagcore.aggregate(x, "multi_krum", f=1, m=3, return_info=True)
+    want, sel = ref.multi_krum_ref(x, 1, 3)
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # identical gradients: squared distances may come out as tiny negatives; clamped to 0
+    same = np.repeat(base[None], 5, axis=0)
+    _, info = flagcore.aggregate(same, "krum", f=1, return_info=True)
+    assert np.all(info.scores >= 0) and np.all(info.scores <= 1e-9 * base @ base)
+
+
+@pytest.mark.parametrize("rule", ["krum", "multi_krum", "bulyan", "geometric_median", "centered_clipping"])
+def test_nonfinite_worker_is_excluded(rule):
+    p, f = 11, 2
+    x = ref.make_gradients(p, 200, seed=12, byzantine=1, dtype=np.float64)
+    x[3, 7] = np.nan
+    got, info = flagcore.aggregate(x, rule, f=f, return_info=True)
+    assert info.excluded.tolist() == [i == 3 for i in range(p)]
+    assert np.isfinite(got).all()
+    rest = np.delete(x, 3, axis=0)
+    want, _ = flagcore.aggregate(rest, rule, f=f - 1, return_info=True)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    x[:] = np.inf
+    got, info = flagcore.aggregate(x, rule, f=f, return_info=True)
+    assert info.excluded.all() and np.all(got == 0)
+
+
+@pytest.mark.parametrize("rule,kw,p,f,need", [
+    ("krum", {}, 6, 2, "p >= 2f + 3"),
+    ("multi_krum", {}, 4, 1, "p >= 2f + 3"),
+    ("bulyan", {}, 10, 2, "p >= 4f + 3"),
+    ("trimmed_mean", {}, 6, 3, "p > 2f"),
+    ("meamed", {}, 4, 2, "p > 2f"),
+    ("phocas", {}, 2, 1, "p > 2f"),
+    ("median", {}, 4, 2, "p > 2f"),
+    ("geometric_median", {}, 4, 2, "p > 2f"),
+    ("centered_clipping", {}, 2, 1, "p > 2f"),
+    ("mean", {}, 3, 3, "f < p"),
+])
+def test_preconditions(rule, kw, p, f, need):
+    x = np.ones((p, 5))
+    with pytest.raises(ValueError, match=rf"rule '{rule}' needs {need.replace('+', '[+]')}, got p = {p}, f = {f}"):
+        flagcore.aggregate(x, rule, f=f, **kw)
+
+
+def test_multi_krum_m_range():
+    x = np.ones((9, 5))
+    with pytest.raises(ValueError, match=r"m <= p - f, got m = 8, p = 9, f = 2"):
+        flagcore.aggregate(x, "multi_krum", f=2, m=8)
+    with pytest.raises(ValueError, match=r"m must be in \[1, inf\], got 0"):
+        flagcore.aggregate(x, "multi_krum", f=2, m=0)
+
+
+def test_batch_and_list_inputs():
+    xs = np.stack([ref.make_gradients(9, 64, seed=s, byzantine=2) for s in range(3)])
+    got = flagcore.aggregate(xs, "multi_krum", f=2)
+    for q in range(3):
+        np.testing.assert_allclose(got[q], ref.multi_krum_ref(xs[q].astype(np.float64), 2, 7)[0], rtol=1e-5)
+    lst = [r.reshape(8, 8) for r in xs[0]]
+    got = flagcore.aggregate(lst, "geometric_median")
+    assert got.shape == (8, 8)
+    np.testing.assert_allclose(got.ravel(), ref.geometric_median_ref(xs[0].astype(np.float64))[0], rtol=1e-4, atol=1e-5)
+
+
+def test_geometric_median_at_a_data_point_is_exact():
+    """Three equal workers out of five: their point is the minimiser (the unit vectors to the
+    two others sum to norm <= 3); returned exactly, without Weiszfeld's slow creep."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 50))
+    x[1] = x[2] = x[0]
+    got, info = flagcore.aggregate(x, "geometric_median", return_info=True)
+    np.testing.assert_array_equal(got, x[0])
+    assert info.iterations == 0 and info.converged
+    np.testing.assert_allclose(info.objective, np.linalg.norm(x - x[0], axis=1).sum(), rtol=1e-12)
