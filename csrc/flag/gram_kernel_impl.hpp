@@ -163,29 +163,38 @@ void accumulate(const T* const* rows, int64_t p, int64_t k0, int64_t k1, double*
   }
 }
 
+// Column-vector outer loop, rows inner: each group of U vectors of columns is accumulated in
+// registers over all contributing rows (U independent FMA chains), so the float64
+// accumulators never travel to memory until they are final.
 template <typename T>
 void wsum(const T* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
           double* acc) {
-  int idx[4];
-  int m = 0;
-  for (int64_t i = 0; i <= p; ++i) {
-    if (i < p && coef[i] != 0.0) idx[m++] = static_cast<int>(i);
-    if (m == 4 || (i == p && m > 0)) {
-      const T* x0 = rows[idx[0]] + k0;
-      const double c0 = coef[idx[0]];
-      if (m == 4) {
-        const T *x1 = rows[idx[1]] + k0, *x2 = rows[idx[2]] + k0, *x3 = rows[idx[3]] + k0;
-        const double c1 = coef[idx[1]], c2 = coef[idx[2]], c3 = coef[idx[3]];
-        for (int64_t k = 0; k < len; ++k)
-          acc[k] += (c0 * double(x0[k]) + c1 * double(x1[k])) + (c2 * double(x2[k]) + c3 * double(x3[k]));
-      } else {
-        for (int r = 0; r < m; ++r) {
-          const T* x = rows[idx[r]] + k0;
-          const double c = coef[idx[r]];
-          for (int64_t k = 0; k < len; ++k) acc[k] += c * double(x[k]);
-        }
+  constexpr int U = 4;
+  const T* xs[256];
+  double cs[256];
+  for (int64_t base = 0; base < p; base += 256) {
+    int m = 0;
+    for (int64_t i = base; i < std::min<int64_t>(p, base + 256); ++i)
+      if (coef[i] != 0.0) {
+        xs[m] = rows[i] + k0;
+        cs[m] = coef[i];
+        ++m;
       }
-      m = 0;
+    if (m == 0) continue;
+    int64_t k = 0;
+    for (; k + U * V <= len; k += U * V) {
+      vd a[U];
+      for (int u = 0; u < U; ++u) a[u] = load(acc + k + u * V);
+      for (int r = 0; r < m; ++r) {
+        const vd c = vd{0} + cs[r];
+        for (int u = 0; u < U; ++u) a[u] += c * load(xs[r] + k + u * V);
+      }
+      for (int u = 0; u < U; ++u) std::memcpy(acc + k + u * V, &a[u], sizeof(vd));
+    }
+    for (; k < len; ++k) {
+      double a = acc[k];
+      for (int r = 0; r < m; ++r) a += cs[r] * double(xs[r][k]);
+      acc[k] = a;
     }
   }
 }
