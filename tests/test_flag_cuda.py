@@ -333,3 +333,38 @@ def test_gpu_float64_uses_the_torch_fallback():
     got = flagcore.flag_aggregate(torch.from_numpy(x).cuda(), r=3, max_iter=2)
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.cpu().numpy(), flagcore.flag_aggregate(x, r=3, max_iter=2), rtol=1e-9, atol=1e-13)
+
+
+def test_info_decoding_from_a_workspace_buffer():
+    """The Python side of the CUDA path reads the IRLS outputs at the plan's offsets; check the
+    decoding on a CPU buffer filled by hand."""
+    torch = require_torch()
+    from flagcore.flag import _info_from_workspace, _native_cuda_ok
+
+    b, p, it = 2, 3, 4
+    pl = _core.flag_cuda_plan_uniform(b, p, 10, it)
+    ws = np.zeros(pl["bytes"], np.uint8)
+
+    def put(key, arr):
+        raw = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+        ws[pl[key]:pl[key] + raw.size] = raw
+
+    coef = np.arange(b * p, dtype=np.float64) + 0.5
+    put("off_coef", coef)
+    put("off_weights", coef * 2)
+    put("off_ratios", coef / 10)
+    put("off_objective", np.arange(b * (it + 1), dtype=np.float64))
+    put("off_iterations", np.array([3, 1], np.int32))
+    put("off_rank", np.array([2, 1], np.int32))
+    put("off_excluded", np.array([0, 1, 0, 0, 0, 1], np.uint8))
+    put("off_rejected", np.array([1, 0], np.uint8))
+    d = _info_from_workspace(torch.from_numpy(ws), pl, (b, p), (b,))
+    np.testing.assert_array_equal(d["coefficients"], coef.reshape(b, p))
+    np.testing.assert_array_equal(d["weights"], 2 * coef.reshape(b, p))
+    np.testing.assert_array_equal(d["objective"], np.arange(b * (it + 1)).reshape(b, it + 1))
+    assert d["iterations"].tolist() == [3, 1] and d["rank"].tolist() == [2, 1]
+    assert d["excluded"].tolist() == [[False, True, False], [False, False, True]]
+    assert d["last_step_rejected"].tolist() == [True, False]
+    info = flagcore.FlagInfo._from_native(d, True)
+    assert info.iterations.tolist() == [3, 1]
+    assert _native_cuda_ok(torch.zeros(3)) is False  # CPU tensors never take the CUDA path

@@ -108,8 +108,8 @@ gram_partial_kernel(DeviceProblems d, int npairs,
   using S = TileShape<MI, SYM>;
   constexpr int E32 = S::E32;
   constexpr int NR = S::NR;
-  // Bytes per row per load: 16, or 8 when the accumulators leave too few registers (P = 16:
-  // 136 accumulators; 16-byte loads of 16 rows would spill).
+  // Bytes per row per load: 16, or 8 for a tile of more than 64 accumulators (none is
+  // instantiated now: an all-pairs P = 16 tile spilled even with 8-byte loads).
   constexpr int LB = S::E > 64 ? 8 : 16;
   constexpr int VEC = LB / sizeof(T);
   constexpr int FLUSH_IT = kProductsPerFlush / VEC;  // vector iterations per flush

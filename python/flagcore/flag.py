@@ -14,6 +14,8 @@ each layer as its own problem in one native call (one launch sequence on the GPU
 """
 from __future__ import annotations
 
+import collections
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,10 +186,15 @@ def _cuda_dtype_code(dtype: Any) -> int | None:
     return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}.get(dtype)
 
 
+@functools.lru_cache(maxsize=1)
+def _cuda_built_and_visible() -> bool:
+    return cuda_available()  # the device count does not change within a process
+
+
 def _native_cuda_ok(x: Any) -> bool:
     """flagcore's CUDA kernels take this tensor: on a CUDA device, float32/16/bfloat16, and the
     build has CUDA with a visible device."""
-    return x.device.type == "cuda" and _cuda_dtype_code(x.dtype) is not None and cuda_available()
+    return x.device.type == "cuda" and _cuda_dtype_code(x.dtype) is not None and _cuda_built_and_visible()
 
 
 def _require_native_cuda(fn: str) -> None:
@@ -244,6 +251,9 @@ def _flag_aggregate_cuda(x: Any, r: int, lam: float, max_iter: int, eps: float, 
     return out, d
 
 
+_LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+
 def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str,
                                 return_info: bool, variant: int = 0) -> tuple:
     """List of (p_q, n_q) CUDA tensors of one dtype -> (flat [sum n] tensor, info dict or None)."""
@@ -253,17 +263,35 @@ def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps
     xs = [x if (x.shape[1] <= 1 or x.stride(1) == 1) else x.contiguous() for x in xs]
     ps = [int(x.shape[0]) for x in xs]
     ns = [int(x.shape[1]) for x in xs]
-    plan = core.flag_cuda_plan(ps, ns, max_iter)
-    item = xs[0].element_size()
-    addrs = np.concatenate([x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item) for x in xs])
-    aligned = bool(np.all(addrs % 16 == 0))
-    table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
     dev = xs[0].device
-    table_dev = torch.from_numpy(table).pin_memory().to(dev, non_blocking=True)
+    item = xs[0].element_size()
+    # The device table depends only on the sizes and the row addresses: reuse it while the same
+    # tensors come back (a training loop's gradient buffers), saving the host work and the copy.
+    key = (str(dev), item, max_iter, tuple((x.data_ptr(), x.stride(0), p, n) for x, p, n in zip(xs, ps, ns)))
+    hit = _LAYER_TABLES.get(key)
+    if hit is None:
+        plan = core.flag_cuda_plan(ps, ns, max_iter)
+        addrs = np.concatenate([x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item) for x in xs])
+        aligned = bool(np.all(addrs % 16 == 0))
+        table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
+        with torch.cuda.device(dev):
+            table_dev = torch.from_numpy(table).pin_memory().to(dev, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()  # later calls on other streams wait for the copy
+        hit = (plan, aligned, table_dev, ready)
+        _LAYER_TABLES[key] = hit
+        while len(_LAYER_TABLES) > 8:
+            _LAYER_TABLES.popitem(last=False)
+    else:
+        _LAYER_TABLES.move_to_end(key)
+    plan, aligned, table_dev, ready = hit
     out = torch.empty(sum(ns), dtype=xs[0].dtype, device=dev)
     ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=dev)
     with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
+        current = torch.cuda.current_stream(dev)
+        current.wait_event(ready)
+        table_dev.record_stream(current)  # not reused by the allocator before this stream is done
+        stream = current.cuda_stream
         core.flag_aggregate_cuda_ragged(table_dev.data_ptr(), ps, ns, aligned, _cuda_dtype_code(xs[0].dtype),
                                         out.data_ptr(), ws.data_ptr(), plan["bytes"], r, lam, max_iter, eps, tol,
                                         scale, stream, dev.index, variant)
