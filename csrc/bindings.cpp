@@ -14,12 +14,14 @@
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "flag/flag_cpu.hpp"
+#include "flag/flag_plan.hpp"
 #include "flag/gram.hpp"
 #include "rules/coordinate.hpp"
 #include "rules/distance.hpp"
 #ifdef FLAGCORE_WITH_CUDA
 #include "cuda/device.hpp"
 #include "rules/coordinate_cuda.hpp"
+#include "flag/flag_cuda.hpp"
 #endif
 
 namespace py = pybind11;
@@ -344,6 +346,71 @@ void register_rules(py::module_& m) {
   });
   m.attr("coordinate_cuda_max_p") = 32;
 }
+template <typename T>
+py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& prm) {
+  const int64_t b = static_cast<int64_t>(layers.size());
+  std::vector<Rows<T>> all;
+  std::vector<const T*> ptr;
+  std::vector<int64_t> ps, ns;
+  int64_t cols = 0;
+  for (int64_t q = 0; q < b; ++q) {
+    all.push_back(make_rows<T>(layers[q]));
+    const Rows<T>& r = all.back();
+    FLAGCORE_CHECK_ARG(r.b == 1 && r.p >= 1, "flag_aggregate_layers: layers[" << q << "] must be one (p, n) stack");
+    ptr.insert(ptr.end(), r.ptr.begin(), r.ptr.end());
+    ps.push_back(r.p);
+    ns.push_back(r.n);
+    cols += r.n;
+  }
+  int64_t rows = static_cast<int64_t>(ptr.size());
+  py::array_t<T> out(cols);
+  py::array_t<double> coef(rows), weights(rows), ratios(rows), objective({b, int64_t(prm.max_iter) + 1});
+  py::array_t<uint8_t> excluded(rows), rejected(b);
+  py::array_t<int32_t> iterations(b), rank(b);
+  FlagIrlsOut view{coef.mutable_data(), weights.mutable_data(), ratios.mutable_data(), objective.mutable_data(),
+                   excluded.mutable_data(), iterations.mutable_data(), rejected.mutable_data(), rank.mutable_data()};
+  T* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    flag_aggregate_ragged_cpu<T>(ptr.data(), ps.data(), ns.data(), b, prm, o, view);
+  }
+  py::dict d;
+  d["coefficients"] = coef;
+  d["weights"] = weights;
+  d["reconstruction_ratios"] = ratios;
+  d["objective"] = objective;
+  d["excluded"] = excluded.attr("astype")("bool");
+  d["iterations"] = iterations;
+  d["last_step_rejected"] = rejected.attr("astype")("bool");
+  d["rank"] = rank;
+  return py::make_tuple(out, d);
+}
+
+py::dict plan_to_dict(const FlagCudaPlan& pl) {
+  py::dict d;
+  d["b"] = pl.b; d["rows"] = pl.rows; d["cols"] = pl.cols; d["p_max"] = pl.p_max; d["p_min"] = pl.p_min;
+  d["parts"] = pl.parts; d["partials"] = pl.partials; d["gram"] = pl.gram;
+  d["irls_ws_each"] = pl.irls_ws_each; d["irls_smem"] = pl.irls_smem; d["max_iter"] = pl.max_iter;
+  d["off_gram"] = pl.off_gram; d["off_partials"] = pl.off_partials; d["off_irls"] = pl.off_irls;
+  d["off_coef"] = pl.off_coef; d["off_weights"] = pl.off_weights; d["off_ratios"] = pl.off_ratios;
+  d["off_objective"] = pl.off_objective; d["off_iterations"] = pl.off_iterations; d["off_rank"] = pl.off_rank;
+  d["off_excluded"] = pl.off_excluded; d["off_rejected"] = pl.off_rejected; d["bytes"] = pl.bytes;
+  return d;
+}
+
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+}
+
+#ifdef FLAGCORE_WITH_CUDA
+void check_cuda_call(int device, int64_t ws_bytes, const FlagCudaPlan& plan, int dtype) {
+  if (cuda::device_count() <= 0)
+    throw std::runtime_error("flagcore: no CUDA device is visible (the CUDA path needs a GPU and a driver)");
+  FLAGCORE_CHECK_ARG(device >= 0 && device < cuda::device_count(), "flagcore: CUDA device " << device << " does not exist");
+  FLAGCORE_CHECK_ARG(ws_bytes >= plan.bytes, "flagcore: workspace of " << ws_bytes << " bytes, the plan needs " << plan.bytes);
+  FLAGCORE_CHECK_ARG(dtype >= 0 && dtype <= 2, "flagcore: dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16), got " << dtype);
+}
+#endif
 
 }  // namespace
 
@@ -434,6 +501,116 @@ PYBIND11_MODULE(_core, m) {
     }
     return info.to_dict();
   }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
+
+  m.def("flag_aggregate_layers", [](const py::list& layers, int64_t r, double lam, int max_iter, double eps,
+                                    double tol, const std::string& scale) {
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    FLAGCORE_CHECK_ARG(layers.size() > 0, "flag_aggregate_layers: no layers");
+    return dtype_code(layers[0]) == 'f' ? flag_aggregate_layers_impl<float>(layers, prm)
+                                        : flag_aggregate_layers_impl<double>(layers, prm);
+  }, py::arg("layers"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
+     "list of (1, p_q, n_q) float32/float64 stacks (one dtype) -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
+
+  m.def("flag_irls_team_emulation", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r,
+                                       double lam, int max_iter, double eps, double tol, const std::string& scale, int threads) {
+    FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2), "flag_irls_team_emulation: gram must be (b, p, p)");
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    const int64_t b = gram.shape(0), p = gram.shape(1);
+    InfoArrays info(b, p, max_iter);
+    FlagIrlsOut view = info.view();
+    const double* g = gram.data();
+    {
+      py::gil_scoped_release release;
+      flag_irls_team_emulation_cpu(g, b, p, prm, view, threads);
+    }
+    return info.to_dict();
+  }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"), py::arg("threads"),
+     "flag_irls with each problem run by a team of CPU threads and a barrier, as a CUDA block runs it (tests)");
+
+  m.def("flag_cuda_plan", [](const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, int max_iter) {
+    FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(), "flag_cuda_plan: ps and ns must be non-empty and of one length");
+    const int64_t b = static_cast<int64_t>(ps.size());
+    py::array_t<int64_t> meta({b, int64_t(kMetaCols)});
+    FlagCudaPlan pl = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, meta.mutable_data());
+    py::dict d = plan_to_dict(pl);
+    d["meta"] = meta;
+    return d;
+  }, py::arg("ps"), py::arg("ns"), py::arg("max_iter"), "workspace layout of a ragged batch for the CUDA path (host only)");
+
+  m.def("flag_cuda_plan_uniform", [](int64_t b, int64_t p, int64_t n, int max_iter) {
+    return plan_to_dict(flag_cuda_plan_uniform(b, p, n, max_iter));
+  }, py::arg("b"), py::arg("p"), py::arg("n"), py::arg("max_iter"), "workspace layout of a (b, p, n) batch for the CUDA path (host only)");
+
+  m.def("flag_aggregate_cuda_uniform", [](std::uintptr_t x, int dtype, int64_t b, int64_t p, int64_t n, int64_t stride_b,
+                                          int64_t stride_p, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, int64_t r,
+                                          double lam, int max_iter, double eps, double tol, const std::string& scale,
+                                          std::uintptr_t stream, int device, int variant) {
+#ifdef FLAGCORE_WITH_CUDA
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, n, max_iter);
+    check_cuda_call(device, ws_bytes, plan, dtype);
+    cuda::DeviceProblems d;
+    d.b = b; d.base = reinterpret_cast<const void*>(x); d.stride_b = stride_b; d.stride_p = stride_p;
+    d.p = p; d.n = n; d.p_max = p; d.rows = plan.rows; d.parts = plan.parts;
+    const int64_t es = cuda::dtype_size(dtype);
+    d.aligned16 = x % 16 == 0 && (stride_b * es) % 16 == 0 && (stride_p * es) % 16 == 0;
+    py::gil_scoped_release release;
+    cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out), reinterpret_cast<unsigned char*>(ws),
+                              stream, device, variant);
+#else
+    (void)x; (void)dtype; (void)b; (void)p; (void)n; (void)stride_b; (void)stride_p; (void)out; (void)ws; (void)ws_bytes;
+    (void)r; (void)lam; (void)max_iter; (void)eps; (void)tol; (void)scale; (void)stream; (void)device; (void)variant;
+    no_cuda();
+#endif
+  }, py::arg("x"), py::arg("dtype"), py::arg("b"), py::arg("p"), py::arg("n"), py::arg("stride_b"), py::arg("stride_p"),
+     py::arg("out"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"),
+     py::arg("tol"), py::arg("scale"), py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
+     "FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs in out and ws");
+
+  m.def("flag_aggregate_cuda_ragged", [](std::uintptr_t table, const std::vector<int64_t>& ps, const std::vector<int64_t>& ns,
+                                         bool aligned16, int dtype, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes,
+                                         int64_t r, double lam, int max_iter, double eps, double tol, const std::string& scale,
+                                         std::uintptr_t stream, int device, int variant) {
+#ifdef FLAGCORE_WITH_CUDA
+    FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(), "flag_aggregate_cuda_ragged: ps and ns must be non-empty and of one length");
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    const int64_t b = static_cast<int64_t>(ps.size());
+    FlagCudaPlan plan = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, nullptr);
+    check_cuda_call(device, ws_bytes, plan, dtype);
+    cuda::DeviceProblems d;
+    d.b = b; d.table = reinterpret_cast<const int64_t*>(table); d.p_max = plan.p_max; d.rows = plan.rows;
+    d.parts = plan.parts; d.aligned16 = aligned16;
+    py::gil_scoped_release release;
+    cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out), reinterpret_cast<unsigned char*>(ws),
+                              stream, device, variant);
+#else
+    (void)table; (void)ps; (void)ns; (void)aligned16; (void)dtype; (void)out; (void)ws; (void)ws_bytes; (void)r; (void)lam;
+    (void)max_iter; (void)eps; (void)tol; (void)scale; (void)stream; (void)device; (void)variant;
+    no_cuda();
+#endif
+  }, py::arg("table"), py::arg("ps"), py::arg("ns"), py::arg("aligned16"), py::arg("dtype"), py::arg("out"), py::arg("ws"),
+     py::arg("ws_bytes"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
+     py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
+     "FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]");
+
+  m.def("flag_irls_cuda", [](std::uintptr_t gram, int64_t b, int64_t p, std::uintptr_t ws, int64_t ws_bytes, int64_t r,
+                             double lam, int max_iter, double eps, double tol, const std::string& scale,
+                             std::uintptr_t stream, int device) {
+#ifdef FLAGCORE_WITH_CUDA
+    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+    FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, 0, max_iter);
+    check_cuda_call(device, ws_bytes, plan, 0);
+    py::gil_scoped_release release;
+    cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram), b, p, plan, prm, reinterpret_cast<unsigned char*>(ws),
+                              stream, device);
+#else
+    (void)gram; (void)b; (void)p; (void)ws; (void)ws_bytes; (void)r; (void)lam; (void)max_iter; (void)eps; (void)tol;
+    (void)scale; (void)stream; (void)device;
+    no_cuda();
+#endif
+  }, py::arg("gram"), py::arg("b"), py::arg("p"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"),
+     py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"), py::arg("stream"), py::arg("device"),
+     "the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets");
 
   m.def("flag_aggregate", [](const py::object& x, int64_t r, double lam, int max_iter, double eps,
                              double tol, const std::string& scale) {

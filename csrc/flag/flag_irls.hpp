@@ -5,7 +5,10 @@
 //   prm  : r (subspace dimension, 1 <= r), lam (pairwise term), max_iter >= 1, eps, tol,
 //          scale (0 = "paper": (1/r) sum_i Y Y^T x_i; 1 = "median_norm": the same direction
 //          with the median norm of the finite workers).
-//   work : flag_irls_workspace(p) doubles of scratch.
+//   work : flag_irls_workspace(p) doubles of scratch (shared memory on the GPU when it fits).
+//   team : the threads that run this problem (common/team.hpp): SerialTeam on the CPU, one CUDA
+//          block on the GPU. Every loop is split over the team with one owner per output element
+//          and a fixed order inside it, so the result does not depend on the team size.
 // Outputs (FlagIrlsOut, each pointer to caller-owned memory)
 //   coef       : p coefficients on the RAW rows: aggregate = sum_i coef[i] * g_i       // [P]
 //   weights    : IRLS weights (|1 - v_i| + eps)^(-1/2) at the final iterate, 0 if excluded
@@ -29,6 +32,7 @@
 
 #include "common/check.hpp"
 #include "common/small_linalg.hpp"
+#include "common/team.hpp"
 
 namespace flagcore {
 
@@ -55,73 +59,95 @@ struct FlagIrlsOut {
 constexpr double kFlagNormFloor = 1e-12;   // as torch.nn.functional.normalize
 constexpr double kFlagRankTol = 1e-12;     // eigenvalues of K below this * largest are dropped
 
-FLAGCORE_HD inline int64_t flag_irls_workspace(int64_t p) { return 10 * p * p + 4 * p; }
+// Scratch doubles for one problem: 10 p x p matrices, 4 vectors, the Jacobi scratch, one vector
+// of per-row partial sums and a few scalars.
+FLAGCORE_HD inline int64_t flag_irls_workspace(int64_t p) {
+  return 10 * p * p + 5 * p + linalg::jacobi_scratch(static_cast<int>(p)) + 8;
+}
 
 namespace detail {
 
-// One weighted solve: C (p x q, column-major in the sense C[i * p + k] = C_ik for k < q) and
-// P = C^T G (q x p, P[k * p + i]). Returns q.
-FLAGCORE_HD inline int flag_solve(const double* G, int p, int r, bool pairs, const double* w,
-                                  const double* V, double* Mh, double* K, double* U, double* ev,
-                                  double* tmp, double* C, double* P) {
+// One weighted solve: C (p x q, C[i * p + k] = C_ik for k < q) and P = C^T G (q x p,
+// P[k * p + i]). Returns q (the same in every thread); ends with a sync.
+template <class Team>
+FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, bool pairs,
+                                  const double* w, const double* V, double* Mh, double* K,
+                                  double* U, double* ev, double* tmp, double* rows, double* jac,
+                                  double* C, double* P) {
+  const int r0 = t.rank(), nt = t.size();
+  const int pp = p * p;
   if (!pairs) {
-    for (int i = 0; i < p; ++i)
-      for (int j = 0; j < p; ++j) Mh[i * p + j] = (i == j) ? sqrt(w[i]) : 0.0;
+    for (int e = r0; e < pp; e += nt) {
+      const int i = e / p, j = e % p;
+      Mh[e] = (i == j) ? sqrt(w[i]) : 0.0;
+    }
   } else {
     // M = diag(w) + 2 (Diag(V 1) - V): the pairwise terms form a weighted graph Laplacian.
-    for (int i = 0; i < p; ++i) {
+    for (int i = r0; i < p; i += nt) {
       double rowsum = 0.0;
       for (int j = 0; j < p; ++j) rowsum += V[i * p + j];
-      for (int j = 0; j < p; ++j) K[i * p + j] = -2.0 * V[i * p + j];
-      K[i * p + i] = w[i] + 2.0 * rowsum - 2.0 * V[i * p + i];
+      rows[i] = rowsum;
     }
-    linalg::jacobi_eigh(K, p, ev, U);
-    for (int i = 0; i < p; ++i)
-      for (int j = 0; j < p; ++j) {
-        double s = 0.0;
-        for (int k = 0; k < p; ++k) s += U[i * p + k] * sqrt(ev[k] > 0.0 ? ev[k] : 0.0) * U[j * p + k];
-        Mh[i * p + j] = s;
-      }
+    t.sync();
+    for (int e = r0; e < pp; e += nt) {
+      const int i = e / p, j = e % p;
+      K[e] = (i == j) ? w[i] + 2.0 * rows[i] - 2.0 * V[e] : -2.0 * V[e];
+    }
+    t.sync();
+    linalg::jacobi_eigh(t, K, p, ev, U, jac);
+    for (int e = r0; e < pp; e += nt) {
+      const int i = e / p, j = e % p;
+      double s = 0.0;
+      for (int k = 0; k < p; ++k) s += U[i * p + k] * sqrt(ev[k] > 0.0 ? ev[k] : 0.0) * U[j * p + k];
+      Mh[e] = s;
+    }
   }
+  t.sync();
   // K = Mh G Mh
-  for (int i = 0; i < p; ++i)
-    for (int j = 0; j < p; ++j) {
-      double s = 0.0;
-      for (int k = 0; k < p; ++k) s += G[i * p + k] * Mh[k * p + j];
-      tmp[i * p + j] = s;
-    }
-  for (int i = 0; i < p; ++i)
-    for (int j = 0; j < p; ++j) {
-      double s = 0.0;
-      for (int k = 0; k < p; ++k) s += Mh[i * p + k] * tmp[k * p + j];
-      K[i * p + j] = s;
-    }
-  for (int i = 0; i < p; ++i)  // exact symmetry for Jacobi
-    for (int j = i + 1; j < p; ++j) {
+  for (int e = r0; e < pp; e += nt) {
+    const int i = e / p, j = e % p;
+    double s = 0.0;
+    for (int k = 0; k < p; ++k) s += G[i * p + k] * Mh[k * p + j];
+    tmp[e] = s;
+  }
+  t.sync();
+  for (int e = r0; e < pp; e += nt) {
+    const int i = e / p, j = e % p;
+    double s = 0.0;
+    for (int k = 0; k < p; ++k) s += Mh[i * p + k] * tmp[k * p + j];
+    K[e] = s;
+  }
+  t.sync();
+  for (int e = r0; e < pp; e += nt) {  // exact symmetry for Jacobi; item (i < j) owns both
+    const int i = e / p, j = e % p;
+    if (i < j) {
       const double s = 0.5 * (K[i * p + j] + K[j * p + i]);
       K[i * p + j] = s;
       K[j * p + i] = s;
     }
-  linalg::jacobi_eigh(K, p, ev, U);
+  }
+  t.sync();
+  linalg::jacobi_eigh(t, K, p, ev, U, jac);
   int q = 0;
   if (ev[0] > 0.0 && isfinite(ev[0])) {
     const int qmax = r < p ? r : p;
     while (q < qmax && ev[q] > kFlagRankTol * ev[0]) ++q;
   }
-  for (int k = 0; k < q; ++k) {
+  for (int e = r0; e < p * q; e += nt) {
+    const int i = e / q, k = e % q;
     const double inv = 1.0 / sqrt(ev[k]);
-    for (int i = 0; i < p; ++i) {
-      double s = 0.0;
-      for (int m = 0; m < p; ++m) s += Mh[i * p + m] * U[m * p + k];
-      C[i * p + k] = s * inv;
-    }
+    double s = 0.0;
+    for (int m = 0; m < p; ++m) s += Mh[i * p + m] * U[m * p + k];
+    C[i * p + k] = s * inv;
   }
-  for (int k = 0; k < q; ++k)
-    for (int i = 0; i < p; ++i) {
-      double s = 0.0;
-      for (int m = 0; m < p; ++m) s += C[m * p + k] * G[m * p + i];
-      P[k * p + i] = s;
-    }
+  t.sync();
+  for (int e = r0; e < q * p; e += nt) {
+    const int k = e / p, i = e % p;
+    double s = 0.0;
+    for (int m = 0; m < p; ++m) s += C[m * p + k] * G[m * p + i];
+    P[k * p + i] = s;
+  }
+  t.sync();
   return q;
 }
 
@@ -140,28 +166,38 @@ FLAGCORE_HD inline double flag_pair_dist(const double* P, int q, int p, int i, i
   return d;
 }
 
-FLAGCORE_HD inline double flag_objective(const double* P, int q, int p, const uint8_t* bad,
-                                         double mu2) {
-  double F = 0.0;
-  for (int i = 0; i < p; ++i) {
-    if (bad[i]) continue;
-    const double v = flag_ratio(P, q, p, i);
-    F += sqrt(1.0 - v > 0.0 ? 1.0 - v : 0.0);
+// F = sum_i sqrt(max(0, 1 - v_i)) + mu^2 sum_{i != j} sqrt(|1 - ||P_i - P_j||^2|): one term per
+// worker in parallel, then the same sequential sum in every thread. Ends with a sync.
+template <class Team>
+FLAGCORE_HD inline double flag_objective(const Team& t, const double* P, int q, int p,
+                                         const uint8_t* bad, double mu2, double* rows) {
+  for (int i = t.rank(); i < p; i += t.size()) {
+    double term = 0.0;
+    if (!bad[i]) {
+      const double v = flag_ratio(P, q, p, i);
+      term = sqrt(1.0 - v > 0.0 ? 1.0 - v : 0.0);
+      if (mu2 > 0.0)
+        for (int j = 0; j < p; ++j) {
+          if (i == j || bad[j]) continue;
+          term += mu2 * sqrt(fabs(1.0 - flag_pair_dist(P, q, p, i, j)));
+        }
+    }
+    rows[i] = term;
   }
-  if (mu2 > 0.0)
-    for (int i = 0; i < p; ++i)
-      for (int j = 0; j < p; ++j) {
-        if (i == j || bad[i] || bad[j]) continue;
-        F += mu2 * sqrt(fabs(1.0 - flag_pair_dist(P, q, p, i, j)));
-      }
+  t.sync();
+  double F = 0.0;
+  for (int i = 0; i < p; ++i) F += rows[i];
+  t.sync();  // rows may be overwritten next
   return F;
 }
 
 }  // namespace detail
 
-FLAGCORE_HD inline void flag_irls(const double* graw, int p, const FlagParams& prm, double* work,
-                                  FlagIrlsOut out) {
-  const int64_t pp = static_cast<int64_t>(p) * p;
+template <class Team>
+FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, const FlagParams& prm,
+                                  double* work, FlagIrlsOut out) {
+  const int r0 = t.rank(), nt = t.size();
+  const int pp = p * p;
   double* G = work;
   double* Mh = G + pp;
   double* K = Mh + pp;
@@ -176,105 +212,136 @@ FLAGCORE_HD inline void flag_irls(const double* graw, int p, const FlagParams& p
   double* s = ev + p;
   double* w = s + p;
   double* a = w + p;
+  double* rows = a + p;
+  double* jac = rows + p;
+  double* scal = jac + linalg::jacobi_scratch(p);
   uint8_t* bad = out.excluded;
 
-  int pv = 0;
-  for (int i = 0; i < p; ++i) {
+  for (int i = r0; i < p; i += nt) {
     const double d = graw[i * p + i];
     bad[i] = (isfinite(d) && d >= 0.0) ? 0 : 1;
     s[i] = bad[i] ? 0.0 : sqrt(d);
-    pv += bad[i] ? 0 : 1;
   }
-  for (int i = 0; i < p; ++i)
-    for (int j = 0; j < p; ++j) {
-      double g = 0.0;
-      if (!bad[i] && !bad[j]) {
-        const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
-        const double sj = s[j] > kFlagNormFloor ? s[j] : kFlagNormFloor;
-        g = graw[i * p + j] / si / sj;
-      }
-      G[i * p + j] = g;
-    }
+  t.sync();
+  int pv = 0;
+  for (int i = 0; i < p; ++i) pv += bad[i] ? 0 : 1;
   const double mu = (pv >= 2 && prm.lam > 0.0) ? prm.lam / (double(pv) * double(pv - 1)) : 0.0;
   const double mu2 = mu * mu;
   const bool pairs = mu2 > 0.0;
-  for (int i = 0; i < p; ++i) {
-    w[i] = bad[i] ? 0.0 : 1.0;
-    for (int j = 0; j < p; ++j) V[i * p + j] = (i != j && !bad[i] && !bad[j]) ? mu2 : 0.0;
+  for (int e = r0; e < pp; e += nt) {
+    const int i = e / p, j = e % p;
+    double g = 0.0;
+    if (!bad[i] && !bad[j]) {
+      const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
+      const double sj = s[j] > kFlagNormFloor ? s[j] : kFlagNormFloor;
+      g = graw[e] / si / sj;
+    }
+    G[e] = g;
+    V[e] = (i != j && !bad[i] && !bad[j]) ? mu2 : 0.0;
   }
-  for (int it = 0; it <= prm.max_iter; ++it) out.objective[it] = NAN;
+  for (int i = r0; i < p; i += nt) w[i] = bad[i] ? 0.0 : 1.0;
   double F_prev = double(pv) + mu2 * double(pv) * double(pv - 1 > 0 ? pv - 1 : 0);
-  out.objective[0] = F_prev;
-  *out.iterations = 0;
-  *out.rejected = 0;
+  if (r0 == 0) {
+    for (int it = 0; it <= prm.max_iter; ++it) out.objective[it] = NAN;
+    out.objective[0] = F_prev;
+    *out.iterations = 0;
+    *out.rejected = 0;
+  }
+  t.sync();
   int q = 0;
   if (pv > 0) {
     for (int it = 1; it <= prm.max_iter; ++it) {
-      const int qn = detail::flag_solve(G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U, ev,
-                                        tmp, Cn, Pn);
-      const double Fn = detail::flag_objective(Pn, qn, p, bad, mu2);
-      out.objective[it] = Fn;
-      *out.iterations = it;
+      const int qn = detail::flag_solve(t, G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U,
+                                        ev, tmp, rows, jac, Cn, Pn);
+      const double Fn = detail::flag_objective(t, Pn, qn, p, bad, mu2, rows);
+      if (r0 == 0) {
+        out.objective[it] = Fn;
+        *out.iterations = it;
+      }
       if (it > 1 && !(Fn < F_prev)) {
-        *out.rejected = 1;
+        if (r0 == 0) *out.rejected = 1;
         break;
       }
       q = qn;
-      for (int64_t t = 0; t < pp; ++t) {
-        C[t] = Cn[t];
-        P[t] = Pn[t];
-      }
+      double* sw = C;  // accept: the new iterate becomes the current one (pointer swap)
+      C = Cn;
+      Cn = sw;
+      sw = P;
+      P = Pn;
+      Pn = sw;
       if (!(F_prev - Fn > prm.tol) || !(Fn > prm.tol)) break;
       F_prev = Fn;
       if (it == prm.max_iter) break;
-      for (int i = 0; i < p; ++i) {
-        const double v = detail::flag_ratio(P, q, p, i);
-        w[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - v) + prm.eps);
+      for (int e = r0; e < pp; e += nt) {
+        const int i = e / p, j = e % p;
+        if (j == 0) w[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - detail::flag_ratio(P, q, p, i)) + prm.eps);
         if (pairs)
-          for (int j = 0; j < p; ++j)
-            V[i * p + j] = (i != j && !bad[i] && !bad[j])
-                               ? mu2 / sqrt(fabs(1.0 - detail::flag_pair_dist(P, q, p, i, j)) + prm.eps)
-                               : 0.0;
+          V[e] = (i != j && !bad[i] && !bad[j])
+                     ? mu2 / sqrt(fabs(1.0 - detail::flag_pair_dist(P, q, p, i, j)) + prm.eps)
+                     : 0.0;
       }
+      t.sync();
     }
   }
-  *out.rank = q;
+  t.sync();
+  if (r0 == 0) *out.rank = q;
   // a = C (P 1) / r on the normalised gradients.
-  for (int i = 0; i < p; ++i) a[i] = 0.0;
-  for (int k = 0; k < q; ++k) {
+  for (int k = r0; k < q; k += nt) {
     double pk = 0.0;
     for (int i = 0; i < p; ++i) pk += P[k * p + i];
-    for (int i = 0; i < p; ++i) a[i] += C[i * p + k] * pk;
+    rows[k] = pk;
   }
-  for (int i = 0; i < p; ++i) a[i] /= double(prm.r);
+  t.sync();
+  for (int i = r0; i < p; i += nt) {
+    double ai = 0.0;
+    for (int k = 0; k < q; ++k) ai += C[i * p + k] * rows[k];
+    a[i] = ai / double(prm.r);
+  }
+  t.sync();
   if (prm.scale == 1) {
-    double n2 = 0.0;
-    for (int i = 0; i < p; ++i)
-      for (int j = 0; j < p; ++j) n2 += a[i] * G[i * p + j] * a[j];
-    // median of the finite workers' norms (midpoint for an even count); tmp as scratch
-    int m = 0;
-    for (int i = 0; i < p; ++i)
-      if (!bad[i]) tmp[m++] = s[i];
-    for (int i = 1; i < m; ++i) {  // insertion sort: p is small
-      const double x = tmp[i];
-      int j = i - 1;
-      while (j >= 0 && tmp[j] > x) {
-        tmp[j + 1] = tmp[j];
-        --j;
-      }
-      tmp[j + 1] = x;
+    for (int i = r0; i < p; i += nt) {
+      double ri = 0.0;
+      for (int j = 0; j < p; ++j) ri += a[i] * G[i * p + j] * a[j];
+      rows[i] = ri;
     }
-    const double med = m == 0 ? 0.0 : (m % 2 ? tmp[m / 2] : 0.5 * (tmp[m / 2 - 1] + tmp[m / 2]));
-    const double factor = (n2 > 0.0 && isfinite(n2)) ? med / sqrt(n2) : 0.0;
-    for (int i = 0; i < p; ++i) a[i] *= factor;
+    t.sync();
+    if (r0 == 0) {
+      double n2 = 0.0;
+      for (int i = 0; i < p; ++i) n2 += rows[i];
+      // median of the finite workers' norms (midpoint for an even count); tmp as scratch
+      int m = 0;
+      for (int i = 0; i < p; ++i)
+        if (!bad[i]) tmp[m++] = s[i];
+      for (int i = 1; i < m; ++i) {  // insertion sort: p is small
+        const double x = tmp[i];
+        int j = i - 1;
+        while (j >= 0 && tmp[j] > x) {
+          tmp[j + 1] = tmp[j];
+          --j;
+        }
+        tmp[j + 1] = x;
+      }
+      const double med = m == 0 ? 0.0 : (m % 2 ? tmp[m / 2] : 0.5 * (tmp[m / 2 - 1] + tmp[m / 2]));
+      scal[0] = (n2 > 0.0 && isfinite(n2)) ? med / sqrt(n2) : 0.0;
+    }
+    t.sync();
+    const double factor = scal[0];
+    for (int i = r0; i < p; i += nt) a[i] *= factor;
+    t.sync();
   }
-  for (int i = 0; i < p; ++i) {
+  for (int i = r0; i < p; i += nt) {
     const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
     out.coef[i] = bad[i] ? 0.0 : a[i] / si;
     const double v = bad[i] ? 0.0 : detail::flag_ratio(P, q, p, i);
     out.ratios[i] = v;
     out.weights[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - v) + prm.eps);
   }
+}
+
+// One thread (the CPU path).
+FLAGCORE_HD inline void flag_irls(const double* graw, int p, const FlagParams& prm, double* work,
+                                  FlagIrlsOut out) {
+  flag_irls(SerialTeam{}, graw, p, prm, work, out);
 }
 
 }  // namespace flagcore

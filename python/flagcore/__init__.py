@@ -5,7 +5,7 @@ Start with ``flag_aggregate`` (robust aggregation) and ``flagcore.energy`` (fork
 latency). ``build_info()`` says what this build contains.
 """
 from ._backend import build_info, cuda_available, get_num_threads, set_num_threads
-from .flag import FlagInfo, flag_aggregate
+from .flag import FlagInfo, flag_aggregate, flag_aggregate_layers
 from .rules import aggregate
 from . import attacks
 
@@ -18,6 +18,7 @@ __all__ = [
     "build_info",
     "cuda_available",
     "flag_aggregate",
+    "flag_aggregate_layers",
     "get_num_threads",
     "set_num_threads",
     "__version__",

@@ -2,18 +2,27 @@
 
 See ``flag_aggregate`` and ../shared/SPEC_FA.md for the math. The native CPU path reads the
 gradients twice (one Gram pass, one weighted-sum pass) and does the IRLS on p x p matrices in
-float64. Tensors on other torch devices use the same p-space algorithm with torch matmuls for
-the two passes (the IRLS always runs in the native code, in float64).
+float64. CUDA tensors of float32/float16/bfloat16 go to flagcore's CUDA kernels when this build
+has them and a GPU is visible (csrc/flag/flag_cuda.hpp: Gram, IRLS in one block per problem,
+weighted sum, all on torch's current stream, no host synchronisation unless return_info asks
+for the diagnostics). Other device tensors (float64 on CUDA, other devices, or a build without
+CUDA) use the same p-space algorithm with torch matmuls for the two passes and the native IRLS
+on the host.
+
+``flag_aggregate_layers`` takes a list of per-layer stacks of different sizes and aggregates
+each layer as its own problem in one native call (one launch sequence on the GPU).
 """
 from __future__ import annotations
 
+import collections
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._arrays import Stack, as_stack, check_choice, check_float, check_int
-from ._backend import core
+from ._backend import core, cuda_available
 
 SCALES = ("paper", "median_norm")
 
@@ -115,6 +124,8 @@ def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, ma
     r, lam, max_iter, eps, tol, scale = _check_params(fn, st.p, r, lam, max_iter, eps, tol, scale, return_info)
     if st.on_cpu:
         out, d = core.flag_aggregate(st.data, r, lam, max_iter, eps, tol, scale)
+    elif _native_cuda_ok(st.torch_data):
+        out, d = _flag_aggregate_cuda(st.torch_data, r, lam, max_iter, eps, tol, scale, return_info)
     else:
         out, d = _flag_aggregate_torch(st, r, lam, max_iter, eps, tol, scale)
     agg = st.restore(out)
@@ -165,3 +176,216 @@ def torch_weighted_sum(x: Any, coef: Any) -> Any:
         c = coef[q].index_select(0, keep)
         out[q] = (c[None, :] @ rows.to(torch.float64))[0]
     return out
+
+
+# ---------------------------------------------------------------- CUDA path
+
+def _cuda_dtype_code(dtype: Any) -> int | None:
+    import torch
+
+    return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}.get(dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_built_and_visible() -> bool:
+    return cuda_available()  # the device count does not change within a process
+
+
+def _native_cuda_ok(x: Any) -> bool:
+    """flagcore's CUDA kernels take this tensor: on a CUDA device, float32/16/bfloat16, and the
+    build has CUDA with a visible device."""
+    return x.device.type == "cuda" and _cuda_dtype_code(x.dtype) is not None and _cuda_built_and_visible()
+
+
+def _require_native_cuda(fn: str) -> None:
+    if not core.build_info()["cuda_compiled"]:
+        raise RuntimeError(f"{fn}: flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)")
+    if core.cuda_device_count() <= 0:
+        raise RuntimeError(f"{fn}: no CUDA device is visible")
+
+
+def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tuple) -> dict:
+    """Copies the IRLS outputs out of the workspace (one device-to-host copy, which waits for
+    the kernels) into the dict layout of the native CPU functions."""
+    base = plan["off_coef"]
+    host = ws[base:plan["bytes"]].cpu().numpy()
+    rows, b, steps = plan["rows"], plan["b"], plan["max_iter"] + 1
+
+    def take(key: str, dtype: Any, count: int) -> np.ndarray:
+        off = plan[key] - base
+        return np.frombuffer(host[off:off + count * np.dtype(dtype).itemsize].tobytes(), dtype=dtype).copy()
+
+    return {
+        "coefficients": take("off_coef", np.float64, rows).reshape(per_worker),
+        "weights": take("off_weights", np.float64, rows).reshape(per_worker),
+        "reconstruction_ratios": take("off_ratios", np.float64, rows).reshape(per_worker),
+        "objective": take("off_objective", np.float64, b * steps).reshape(b, steps),
+        "excluded": take("off_excluded", np.uint8, rows).astype(bool).reshape(per_worker),
+        "iterations": take("off_iterations", np.int32, b).reshape(per_problem),
+        "last_step_rejected": take("off_rejected", np.uint8, b).astype(bool).reshape(per_problem),
+        "rank": take("off_rank", np.int32, b).reshape(per_problem),
+    }
+
+
+def _flag_aggregate_cuda(x: Any, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str,
+                         return_info: bool, variant: int = 0) -> tuple:
+    """(b, p, n) CUDA tensor -> ((b, n) tensor in x's dtype, info dict or None), on torch's
+    current stream of x's device. variant (tests): 0 automatic, 1 register Gram kernel (p <= 8),
+    2 tile-pair Gram kernel."""
+    import torch
+
+    _require_native_cuda("flag_aggregate")
+    if x.shape[2] > 1 and x.stride(2) != 1:
+        x = x.contiguous()
+    b, p, n = x.shape
+    plan = core.flag_cuda_plan_uniform(b, p, n, max_iter)
+    dev = x.device
+    out = torch.empty((b, n), dtype=x.dtype, device=dev)
+    ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=dev)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        core.flag_aggregate_cuda_uniform(x.data_ptr(), _cuda_dtype_code(x.dtype), b, p, n, x.stride(0), x.stride(1),
+                                         out.data_ptr(), ws.data_ptr(), plan["bytes"], r, lam, max_iter, eps, tol,
+                                         scale, stream, dev.index, variant)
+    d = _info_from_workspace(ws, plan, (b, p), (b,)) if return_info else None
+    return out, d
+
+
+_LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+
+def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str,
+                                return_info: bool, variant: int = 0) -> tuple:
+    """List of (p_q, n_q) CUDA tensors of one dtype -> (flat [sum n] tensor, info dict or None)."""
+    import torch
+
+    _require_native_cuda("flag_aggregate_layers")
+    xs = [x if (x.shape[1] <= 1 or x.stride(1) == 1) else x.contiguous() for x in xs]
+    ps = [int(x.shape[0]) for x in xs]
+    ns = [int(x.shape[1]) for x in xs]
+    dev = xs[0].device
+    item = xs[0].element_size()
+    # The device table depends only on the sizes and the row addresses: reuse it while the same
+    # tensors come back (a training loop's gradient buffers), saving the host work and the copy.
+    key = (str(dev), item, max_iter, tuple((x.data_ptr(), x.stride(0), p, n) for x, p, n in zip(xs, ps, ns)))
+    hit = _LAYER_TABLES.get(key)
+    if hit is None:
+        plan = core.flag_cuda_plan(ps, ns, max_iter)
+        addrs = np.concatenate([x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item) for x in xs])
+        aligned = bool(np.all(addrs % 16 == 0))
+        table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
+        with torch.cuda.device(dev):
+            table_dev = torch.from_numpy(table).pin_memory().to(dev, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()  # later calls on other streams wait for the copy
+        hit = (plan, aligned, table_dev, ready)
+        _LAYER_TABLES[key] = hit
+        while len(_LAYER_TABLES) > 8:
+            _LAYER_TABLES.popitem(last=False)
+    else:
+        _LAYER_TABLES.move_to_end(key)
+    plan, aligned, table_dev, ready = hit
+    out = torch.empty(sum(ns), dtype=xs[0].dtype, device=dev)
+    ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=dev)
+    with torch.cuda.device(dev):
+        current = torch.cuda.current_stream(dev)
+        current.wait_event(ready)
+        table_dev.record_stream(current)  # not reused by the allocator before this stream is done
+        stream = current.cuda_stream
+        core.flag_aggregate_cuda_ragged(table_dev.data_ptr(), ps, ns, aligned, _cuda_dtype_code(xs[0].dtype),
+                                        out.data_ptr(), ws.data_ptr(), plan["bytes"], r, lam, max_iter, eps, tol,
+                                        scale, stream, dev.index, variant)
+    d = _info_from_workspace(ws, plan, (plan["rows"],), (plan["b"],)) if return_info else None
+    return out, d
+
+
+# ---------------------------------------------------------------- layers (ragged batches)
+
+def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0, max_iter: int = 1,
+                          eps: float = 1e-7, tol: float = 1e-10, scale: str = "paper",
+                          return_info: bool = False) -> Any:
+    """Aggregate each layer of a model as its own FA problem, all in one native call.
+
+    Parameters
+    ----------
+    layers : list/tuple of L stacks, one per layer: each a (p, n_l) array/tensor (one row per
+        worker; any further axes, (p, *shape_l), are flattened and restored), or a list of p
+        arrays/tensors of one shape (that layer's gradient from each worker). All layers share
+        the framework, dtype and device; their sizes n_l (and even p) may differ. On a CUDA
+        device the L problems run in one launch sequence (no Python loop over layers); on the
+        CPU in one native call.
+    r, lam, max_iter, eps, tol, scale, return_info : as in ``flag_aggregate``, the same for
+        every layer; r defaults to (p + 1) // 2 and must be at most the smallest p.
+
+    Returns
+    -------
+    A list of L aggregates, each with the shape of one worker's gradient of that layer
+    (shape_l), in the caller's framework, dtype and device; with return_info, (list, list of
+    L FlagInfo), one unbatched FlagInfo per layer.
+
+    Equal, layer by layer, to ``flag_aggregate(layers[l], ...)``.
+    """
+    fn = "flag_aggregate_layers"
+    if not isinstance(layers, (list, tuple)):
+        raise TypeError(f"{fn}: layers must be a list or tuple of per-layer stacks, got {type(layers).__name__}")
+    if len(layers) == 0:
+        raise ValueError(f"{fn}: layers must hold at least one layer, got an empty {type(layers).__name__}")
+    stacks = []
+    for i, layer in enumerate(layers):
+        arg = f"layers[{i}]"
+        if isinstance(layer, np.ndarray) or _is_tensor(layer):
+            if layer.ndim < 2:
+                raise ValueError(f"{fn}: {arg} must be (p, ...) with one row per worker, got shape {tuple(layer.shape)}")
+            layer = layer.reshape(layer.shape[0], -1) if layer.ndim > 2 else layer
+            st = as_stack(layer, fn, arg=arg)
+            st.item_shape = tuple(layers[i].shape[1:])
+            st.from_list = True
+        else:
+            st = as_stack(layer, fn, arg=arg)
+        stacks.append(st)
+    first = stacks[0]
+    for i, st in enumerate(stacks[1:], start=1):
+        if st.framework != first.framework:
+            raise TypeError(f"{fn}: layers[{i}] is a {st.framework} stack, but layers[0] is {first.framework}")
+        if st.dtype != first.dtype:
+            raise TypeError(f"{fn}: layers[{i}] has dtype {st.dtype}, but layers[0] has dtype {first.dtype}")
+        if st.framework == "torch" and st.device != first.device:
+            raise ValueError(f"{fn}: layers[{i}] is on {st.device}, but layers[0] is on {first.device}")
+    p_min = min(st.p for st in stacks)
+    r = (p_min + 1) // 2 if r is None else r
+    r, lam, max_iter, eps, tol, scale = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
+    if first.on_cpu:
+        out, d = core.flag_aggregate_layers([st.data for st in stacks], r, lam, max_iter, eps, tol, scale)
+    elif _native_cuda_ok(first.torch_data):
+        out, d = _flag_aggregate_layers_cuda([st.torch_data[0] for st in stacks], r, lam, max_iter, eps, tol, scale,
+                                             return_info)
+    else:  # no CUDA kernels here: one problem at a time through the torch fallback
+        outs, ds = [], []
+        for st in stacks:
+            o, dd = _flag_aggregate_torch(st, r, lam, max_iter, eps, tol, scale)
+            outs.append(o.reshape(-1))
+            ds.append(dd)
+        import torch
+
+        out = torch.cat(outs)
+        per_worker = ("coefficients", "weights", "reconstruction_ratios", "excluded")
+        d = {k: np.concatenate([np.asarray(dd[k])[0] if k in per_worker else np.asarray(dd[k]) for dd in ds])
+             for k in ds[0]}
+    results, infos = [], []
+    col = row = 0
+    for q, st in enumerate(stacks):
+        results.append(st.restore(out[col:col + st.n].reshape(1, st.n)))
+        if return_info:
+            sub = {k: np.asarray(v[row:row + st.p])[None] for k, v in d.items()
+                   if k in ("coefficients", "weights", "reconstruction_ratios", "excluded")}
+            sub.update({k: np.asarray(d[k][q:q + 1]) for k in ("objective", "iterations", "last_step_rejected", "rank")})
+            infos.append(FlagInfo._from_native(sub, False))
+        col += st.n
+        row += st.p
+    return (results, infos) if return_info else results
+
+
+def _is_tensor(x: Any) -> bool:
+    from ._backend import is_torch_tensor
+
+    return is_torch_tensor(x)

@@ -1,0 +1,72 @@
+// The Flag Aggregator on a CUDA GPU: raw device pointers, sizes and a stream (a cudaStream_t
+// passed as an integer); no framework headers. The caller (Python, through bindings.cpp)
+// validates, allocates the output and ONE workspace of plan.bytes (flag_plan.hpp) on the device,
+// and passes torch's current stream. Nothing here synchronises with the host.
+//
+// Inputs (DeviceProblems): b problems, problem q = p_q rows of n_q elements of one dtype
+// (float32, float16 or bfloat16), each row contiguous, living on the current device:
+//   uniform (table == nullptr): row i of problem q at base + q*stride_b + i*stride_p elements
+//                                                                          // [B, P, N], strided
+//   ragged: table = device int64 [b * kMetaCols meta | sum_q p_q row addresses]
+//                                                                          // [B*7 + R]
+// Outputs
+//   out   : aggregates in the input dtype, problem q at q*n (uniform) or col_off_q  // [B, N] / [sum n]
+//   ws    : plan.bytes; after the call it holds the Gram matrices and every IRLS output at
+//           the plan's offsets (coef/weights/ratios/excluded per worker, objective/iterations/
+//           rejected/rank per problem), read by Python only when return_info asks for them.
+// Steps, all on `stream`:
+//   gram_cuda         (b, p, n) -> float64 (b, p, p): float32 products summed in float32 over at
+//                     most 32 columns, then float64 (warp reduce-scatter, block sum, part sum in a
+//                     fixed order): deterministic, every input element read once from memory.
+//                     p <= 8: all pairs in registers per thread; p > 8: 8 x 8 tile pairs per
+//                     block (the rows of a part are re-read from L2, once from DRAM).
+//                     Rows whose float32 diagonal is not finite are recomputed in float64.
+//   flag_irls_cuda    one block per problem runs flag_irls (flag_irls.hpp, the CPU's code) with
+//                     its scratch in shared memory (p <= 44) or in ws; float64; no FMA contraction,
+//                     so it matches the CPU bitwise where the host does not contract either.
+//   weighted_sum_cuda agg = X^T c, float64 accumulation, rows with coefficient 0 are not read.
+#pragma once
+#include <cstdint>
+
+#include "flag/flag_irls.hpp"
+#include "flag/flag_plan.hpp"
+
+namespace flagcore {
+namespace cuda {
+
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct DeviceProblems {
+  int64_t b = 0;
+  const void* base = nullptr;  // uniform
+  int64_t stride_b = 0, stride_p = 0, p = 0, n = 0;
+  const int64_t* table = nullptr;  // ragged
+  int64_t p_max = 0, rows = 0, parts = 0;
+  bool aligned16 = false;  // every row starts on a 16-byte boundary
+};
+
+inline int dtype_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
+
+// Each launcher checks its launch (FLAGCORE_CUDA_CHECK_LAUNCH) and returns early on empty input.
+// variant: 0 automatic, 1 the register kernel (p <= 8 only), 2 the tile-pair kernel (tests).
+void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials,
+               double* gram, std::uintptr_t stream, int variant = 0);
+void flag_irls_cuda(const double* gram, const DeviceProblems& d, const FlagCudaPlan& plan,
+                    const FlagParams& prm, unsigned char* ws, std::uintptr_t stream);
+void weighted_sum_cuda(const DeviceProblems& d, int dtype, const double* coef, void* out,
+                       std::uintptr_t stream);
+
+// All three on one workspace laid out by `plan`; `device` is the CUDA device of the data (made
+// current for the call and restored after).
+void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan,
+                         const FlagParams& prm, void* out, unsigned char* ws,
+                         std::uintptr_t stream, int device, int variant = 0);
+
+// flag_irls_cuda alone on b Gram matrices of p x p already on the device (tests): outputs at
+// the plan's offsets in ws (plan = flag_cuda_plan_uniform(b, p, 0, max_iter)).
+void flag_irls_only_cuda(const double* gram, int64_t b, int64_t p, const FlagCudaPlan& plan,
+                         const FlagParams& prm, unsigned char* ws, std::uintptr_t stream,
+                         int device);
+
+}  // namespace cuda
+}  // namespace flagcore

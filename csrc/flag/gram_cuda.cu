@@ -1,0 +1,350 @@
+// Batched Gram matrices on the GPU (see flag_cuda.hpp for the contract).
+//
+// Pass 1 (one block per (part, tile pair)): float32 products, summed in float32 over at most 32
+// columns per thread, then a warp reduce-scatter (each lane ends up owning a few entries) adds
+// them into float64 registers; at the end of the part the 8 warps are added in order and the
+// block writes one float64 partial per upper-triangle entry. Pass 2 adds the parts of each
+// problem in a fixed order and writes both triangles. Pass 3 recomputes in float64 the rows
+// whose float32 diagonal overflowed (or holds NaN/Inf): a no-op launch on ordinary data.
+#include "flag/flag_cuda_common.cuh"
+
+namespace flagcore {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kProductsPerFlush = 32;
+constexpr unsigned kFull = 0xffffffffu;
+
+// acc[0:E32] summed over the warp; afterwards lane l owns entries l * (E32 / 32) + [0, E32 / 32)
+// in acc[0:E32/32]. E32 is a multiple of 32. One template instance per level, so every index
+// is a compile-time constant and acc stays in registers.
+template <int E32, int LVL>
+__device__ __forceinline__ void reduce_scatter_level(float (&acc)[E32], int lane) {
+  if constexpr (LVL < 5) {
+    constexpr int H = E32 >> (LVL + 1);
+    constexpr int o = 16 >> LVL;
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      const float send = upper ? acc[i] : acc[i + H];
+      const float keep = upper ? acc[i + H] : acc[i];
+      acc[i] = keep + __shfl_xor_sync(kFull, send, o);
+    }
+    reduce_scatter_level<E32, LVL + 1>(acc, lane);
+  }
+}
+
+template <int E32>
+__device__ __forceinline__ void warp_reduce_scatter(float (&acc)[E32], int lane) {
+  reduce_scatter_level<E32, 0>(acc, lane);
+}
+
+template <int E32>
+__device__ __forceinline__ void flush(float (&acc)[E32], double (&dacc)[E32 / 32], int lane) {
+  warp_reduce_scatter<E32>(acc, lane);
+#pragma unroll
+  for (int i = 0; i < E32 / 32; ++i) dacc[i] += static_cast<double>(acc[i]);
+#pragma unroll
+  for (int i = 0; i < E32; ++i) acc[i] = 0.0f;
+}
+
+// Rows [RI, RI + MI) x [RJ, RJ + MJ) of one part: the "tile" of entries this block owns.
+//   REGS (p <= 8): MI = MJ = P, all upper-triangle pairs of one P x P tile, E = P (P + 1) / 2.
+//   TILE (p > 8):   MI = MJ = 8, all 64 pairs of rows I*8.. x J*8.. (I <= J).
+// The accumulation is the same: per column, x_i * x_j for each owned pair.
+template <int MI, bool SYM>
+struct TileShape {
+  static constexpr int E = SYM ? MI * (MI + 1) / 2 : MI * MI;
+  static constexpr int E32 = (E + 31) / 32 * 32;
+  static constexpr int NR = SYM ? MI : 2 * MI;  // rows loaded per column
+};
+
+template <int MI, bool SYM>
+__device__ __forceinline__ void accumulate(const float (&x)[TileShape<MI, SYM>::NR],
+                                           float (&acc)[TileShape<MI, SYM>::E32]) {
+  if constexpr (SYM) {
+    int e = 0;
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+      for (int j = i; j < MI; ++j) acc[e++] += x[i] * x[j];
+  } else {
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+      for (int j = 0; j < MI; ++j) acc[i * MI + j] += x[i] * x[MI + j];
+  }
+}
+
+// Entry e of the tile -> (row, column) offsets inside it.
+template <int MI, bool SYM>
+__device__ __forceinline__ void tile_entry(int e, int& i, int& j) {
+  if constexpr (SYM) {
+    i = 0;
+    int rowlen = MI;
+    while (e >= rowlen) {
+      e -= rowlen;
+      --rowlen;
+      ++i;
+    }
+    j = i + e;
+  } else {
+    i = e / MI;
+    j = e % MI;
+  }
+}
+
+__device__ __forceinline__ int64_t tri_index(int64_t p, int64_t i, int64_t j) {  // i <= j
+  return i * p - i * (i - 1) / 2 + (j - i);
+}
+
+// SYM: one P x P tile covers the whole problem (p <= P). !SYM: one 8 x 8 tile pair (I, J).
+template <typename T, int MI, bool SYM>
+__global__ void __launch_bounds__(kThreads, 1)
+gram_partial_kernel(DeviceProblems d, int npairs,
+                    double* __restrict__ partials /* [parts, tri(p)] per problem */) {
+  using S = TileShape<MI, SYM>;
+  constexpr int E32 = S::E32;
+  constexpr int NR = S::NR;
+  // Bytes per row per load: 16, or 8 for a tile of more than 64 accumulators (none is
+  // instantiated now: an all-pairs P = 16 tile spilled even with 8-byte loads).
+  constexpr int LB = S::E > 64 ? 8 : 16;
+  constexpr int VEC = LB / sizeof(T);
+  constexpr int FLUSH_IT = kProductsPerFlush / VEC;  // vector iterations per flush
+  __shared__ const T* s_rows[NR];
+  __shared__ double s_red[kWarps][E32];
+
+  // SYM: one block per part. Otherwise npairs consecutive blocks per part (its tile pairs run
+  // side by side, so the part's rows come from DRAM once and from L2 after).
+  const int64_t part = SYM ? int64_t(blockIdx.x) : int64_t(blockIdx.x) / npairs;
+  const int64_t q = problem_of_part(d, part);
+  const Problem pr = problem_at(d, q);
+  const int64_t p = pr.p;
+  int RI = 0, RJ = 0;
+  if constexpr (!SYM) {
+    // tile pair index -> (I, J), I <= J, row-major over the upper triangle of tiles
+    const int64_t tiles = (p + MI - 1) / MI;
+    int64_t t = int64_t(blockIdx.x) % npairs;
+    if (t >= tiles * (tiles + 1) / 2) return;  // uniform for the block
+    int I = 0;
+    while (t >= tiles - I) {
+      t -= tiles - I;
+      ++I;
+    }
+    RI = I * MI;
+    RJ = (I + static_cast<int>(t)) * MI;
+  }
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid < NR) {
+    const int64_t row = (SYM || tid < MI) ? RI + tid : RJ + (tid - MI);
+    s_rows[tid] = row < p ? row_ptr<T>(d, pr, row) : nullptr;
+  }
+  __syncthreads();
+  // Read the row addresses from shared memory at each use (volatile): kept in registers they
+  // would take 2 * NR of them and push the accumulators into local memory.
+  const T* const volatile* rows_v = s_rows;
+  const int64_t local = part - pr.part_off;
+  const int64_t k0 = local * kGramPartColumns;
+  const int64_t k1 = min(pr.n, k0 + kGramPartColumns);
+
+  float acc[E32];
+#pragma unroll
+  for (int i = 0; i < E32; ++i) acc[i] = 0.0f;
+  double dacc[E32 / 32];
+#pragma unroll
+  for (int i = 0; i < E32 / 32; ++i) dacc[i] = 0.0;
+
+  int64_t ks = k0;  // start of the scalar remainder
+  if (d.aligned16) {
+    const int64_t kv1 = k0 + (k1 - k0) / VEC * VEC;
+    constexpr int64_t step = int64_t(kThreads) * VEC;
+    for (int64_t base = k0; base < kv1; base += step * FLUSH_IT) {
+#pragma unroll 1
+      for (int f = 0; f < FLUSH_IT; ++f) {
+        const int64_t k = base + f * step + int64_t(tid) * VEC;
+        if (k < kv1) {
+          uint4 v[NR];
+#pragma unroll
+          for (int i = 0; i < NR; ++i) {
+            const T* r = rows_v[i];
+            if constexpr (LB == 16) {
+              v[i] = r ? load16(r + k) : make_uint4(0u, 0u, 0u, 0u);
+            } else {
+              const uint2 h = r ? __ldg(reinterpret_cast<const uint2*>(r + k)) : make_uint2(0u, 0u);
+              v[i] = make_uint4(h.x, h.y, 0u, 0u);
+            }
+          }
+#pragma unroll
+          for (int c = 0; c < VEC; ++c) {
+            float x[NR];
+#pragma unroll
+            for (int i = 0; i < NR; ++i) x[i] = vec_elem<T>(v[i], c);
+            accumulate<MI, SYM>(x, acc);
+          }
+        }
+      }
+      flush<E32>(acc, dacc, lane);
+    }
+    ks = kv1;
+  }
+  for (int64_t base = ks; base < k1; base += int64_t(kThreads) * kProductsPerFlush) {
+#pragma unroll 1
+    for (int f = 0; f < kProductsPerFlush; ++f) {
+      const int64_t k = base + int64_t(f) * kThreads + tid;
+      if (k < k1) {
+        float x[NR];
+#pragma unroll
+        for (int i = 0; i < NR; ++i) {
+          const T* r = rows_v[i];
+          x[i] = r ? to_float<T>(r[k]) : 0.0f;
+        }
+        accumulate<MI, SYM>(x, acc);
+      }
+    }
+    flush<E32>(acc, dacc, lane);
+  }
+
+#pragma unroll
+  for (int i = 0; i < E32 / 32; ++i) s_red[warp][lane * (E32 / 32) + i] = dacc[i];
+  __syncthreads();
+  const int64_t tp = tri(p);
+  for (int e = tid; e < S::E; e += kThreads) {
+    int ti, tj;
+    tile_entry<MI, SYM>(e, ti, tj);
+    const int64_t i = RI + ti, j = (SYM ? RI : RJ) + tj;
+    if (i > j || j >= p) continue;  // lower half of a diagonal tile pair, or padding
+    double s = 0.0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += s_red[w][e];
+    partials[pr.partial_off + local * tp + tri_index(p, i, j)] = s;
+  }
+}
+
+// Pass 2: gram[q] = sum over the parts of problem q, in order, both triangles.
+constexpr int kRedX = 32, kRedY = 32;
+__global__ void __launch_bounds__(kRedX * kRedY)
+gram_reduce_kernel(DeviceProblems d, const double* __restrict__ partials, double* __restrict__ gram /* [sum p^2] */) {
+  __shared__ double s[kRedY][kRedX + 1];
+  const Problem pr = problem_at(d, blockIdx.x);
+  const int64_t tp = tri(pr.p);
+  const int64_t e = int64_t(blockIdx.y) * kRedX + threadIdx.x;
+  const int64_t parts = gram_parts(pr.n);
+  double acc = 0.0;
+  if (e < tp)
+    for (int64_t t = threadIdx.y; t < parts; t += kRedY) acc += partials[pr.partial_off + t * tp + e];
+  s[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && e < tp) {
+    double sum = 0.0;
+    for (int y = 0; y < kRedY; ++y) sum += s[y][threadIdx.x];
+    int64_t i = 0, rem = e, rowlen = pr.p;
+    while (rem >= rowlen) {
+      rem -= rowlen;
+      --rowlen;
+      ++i;
+    }
+    const int64_t j = i + rem;
+    gram[pr.gram_off + i * pr.p + j] = sum;
+    gram[pr.gram_off + j * pr.p + i] = sum;
+  }
+}
+
+// Block sum in a fixed order (tree over shared memory).
+__device__ double block_sum(double v, double* s) {
+  s[threadIdx.x] = v;
+  __syncthreads();
+  for (int h = kThreads / 2; h > 0; h /= 2) {
+    if (threadIdx.x < h) s[threadIdx.x] += s[threadIdx.x + h];
+    __syncthreads();
+  }
+  const double r = s[0];
+  __syncthreads();
+  return r;
+}
+
+// Pass 3: one block per row; rows whose diagonal is finite leave at once. Otherwise the
+// diagonal is recomputed in float64; if it is finite (float32 products overflowed), the whole
+// row and column are too. Two such rows of one problem both write their shared entry, with the
+// same value (the products commute and the order of the sum is the same).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+gram_refine_kernel(DeviceProblems d, double* __restrict__ gram) {
+  __shared__ double s[kThreads];
+  const int64_t row = blockIdx.x;
+  const Problem pr = problem_at(d, problem_of_row(d, row));
+  const int64_t i = row - pr.row_off, p = pr.p;
+  double* g = gram + pr.gram_off;
+  if (isfinite(g[i * p + i])) return;  // uniform for the block
+  const T* xi = row_ptr<T>(d, pr, i);
+  double acc = 0.0;
+  for (int64_t k = threadIdx.x; k < pr.n; k += kThreads) {
+    const double v = to_float<T>(xi[k]);
+    acc += v * v;
+  }
+  const double diag = block_sum(acc, s);
+  if (!isfinite(diag)) {
+    if (threadIdx.x == 0) g[i * p + i] = diag;
+    return;
+  }
+  for (int64_t j = 0; j < p; ++j) {
+    const T* xj = row_ptr<T>(d, pr, j);
+    double a = 0.0;
+    for (int64_t k = threadIdx.x; k < pr.n; k += kThreads)
+      a += static_cast<double>(to_float<T>(xi[k])) * static_cast<double>(to_float<T>(xj[k]));
+    const double v = block_sum(a, s);
+    if (threadIdx.x == 0) {
+      g[i * p + j] = v;
+      g[j * p + i] = v;
+    }
+  }
+}
+
+template <typename T>
+void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* partials, double* gram,
+                 cudaStream_t st, int variant) {
+  // An all-pairs kernel for P = 16 (136 accumulators) spilled (255 registers, ~550 bytes of
+  // local memory under nvcc 13.0), so 8 < p <= 16 goes to the tile pairs: 3 blocks per part.
+  const bool regs = variant == 1 || (variant == 0 && plan.p_max <= 8);
+  if (regs) {
+    FLAGCORE_CHECK_ARG(plan.p_max <= 8, "gram_cuda: the register kernel takes p <= 8, got " << plan.p_max);
+    const dim3 grid(static_cast<unsigned>(plan.parts));
+    if (plan.p_max <= 4)
+      gram_partial_kernel<T, 4, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
+    else
+      gram_partial_kernel<T, 8, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
+    FLAGCORE_CUDA_CHECK_LAUNCH();
+  } else {
+    const int64_t tiles = (plan.p_max + 7) / 8;
+    const int64_t pairs = tiles * (tiles + 1) / 2;
+    FLAGCORE_CHECK_ARG(plan.parts * pairs <= 2147483647LL, "gram_cuda: too many blocks (parts x tile pairs)");
+    const dim3 grid(static_cast<unsigned>(plan.parts * pairs));
+    gram_partial_kernel<T, 8, false><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
+    FLAGCORE_CUDA_CHECK_LAUNCH();
+  }
+  const dim3 rgrid(static_cast<unsigned>(d.b), static_cast<unsigned>((tri(plan.p_max) + kRedX - 1) / kRedX));
+  gram_reduce_kernel<<<rgrid, dim3(kRedX, kRedY), 0, st>>>(d, partials, gram);
+  FLAGCORE_CUDA_CHECK_LAUNCH();
+  gram_refine_kernel<T><<<static_cast<unsigned>(plan.rows), kThreads, 0, st>>>(d, gram);
+  FLAGCORE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials,
+               double* gram, std::uintptr_t stream, int variant) {
+  if (d.b <= 0 || plan.rows <= 0) return;
+  FLAGCORE_CHECK_ARG(d.b <= 2147483647LL && plan.parts <= 2147483647LL && plan.rows <= 2147483647LL,
+                     "gram_cuda: batch too large");
+  const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case kFloat32: launch_gram<float>(d, plan, partials, gram, st, variant); break;
+    case kFloat16: launch_gram<__half>(d, plan, partials, gram, st, variant); break;
+    case kBFloat16: launch_gram<__nv_bfloat16>(d, plan, partials, gram, st, variant); break;
+    default: FLAGCORE_CHECK_ARG(false, "gram_cuda: unknown dtype code " << dtype);
+  }
+}
+
+}  // namespace cuda
+}  // namespace flagcore
