@@ -309,11 +309,13 @@ def run_robustness(config: RobustnessConfig | None = None, *, task: _data.TaskDa
     task: a TaskData (see flagcore.experiments.data.from_torch_dataset) instead of
         config.dataset. model: a torch nn.Module (copied per run, re-initialised per seed when
         it has reset_parameters on its layers) or a callable (input_shape, n_classes) -> Module,
-        instead of config.model. overrides: config fields, e.g. steps=50.
+        instead of config.model (a string here is a built-in model's name). overrides: config fields, e.g. steps=50.
     """
     import torch
 
     cfg = copy.deepcopy(config) if config is not None else RobustnessConfig()
+    if isinstance(model, str):  # a built-in model's name: the config field
+        overrides["model"], model = model, None
     for k, v in overrides.items():
         if not hasattr(cfg, k):
             raise TypeError(f"run_robustness: unknown option {k!r}")
