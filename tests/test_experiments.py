@@ -60,6 +60,12 @@ def test_output_files_and_schema(tmp_path):
     v = np.asarray(fl["flag"]["ratios"])
     assert w.shape == v.shape == (2, 5, 7)
     assert np.all((v >= -1e-9) & (v <= 1 + 1e-9)) and np.all(w > 0)
+    for s in range(2):  # the per-seed summary is the mean of the kept history
+        assert fl["flag"]["mean_ratio"][s]["byzantine"] == pytest.approx(v[s][:, 5:].mean(), rel=1e-4)
+        assert fl["flag"]["mean_ratio"][s]["honest"] == pytest.approx(v[s][:, :5].mean(), rel=1e-4)
+    short = run_robustness(rules=["flag"], attack="random", flag_history="first_seed", **FAST)
+    assert np.asarray(short["rules"]["flag"]["flag"]["ratios"]).shape == (1, 5, 7)
+    assert len(short["rules"]["flag"]["flag"]["mean_ratio"]) == 2
 
 
 def test_mean_fails_fa_and_median_survive_random_attack():
@@ -187,6 +193,7 @@ def test_rule_specs():
     (dict(scale="huge"), "scale must be one of"),
     (dict(lr=0.0), "lr must be > 0"),
     (dict(steps=0), "steps must be in"),
+    (dict(flag_history="some"), "flag_history must be one of"),
     (dict(device="tpu"), "device must be 'cpu', 'cuda' or 'cuda:N'"),
     (dict(batch_size=1000), "batch_size must be at most the shard size"),
 ])

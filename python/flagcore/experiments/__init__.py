@@ -26,9 +26,9 @@ __all__ = [
 
 
 def _clean(v: Any) -> Any:
-    """NaN/Inf -> None so results.json is strict JSON."""
+    """NaN/Inf -> None so results.json is strict JSON; floats to 6 significant digits."""
     if isinstance(v, float):
-        return v if math.isfinite(v) else None
+        return float(f"{v:.6g}") if math.isfinite(v) else None
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

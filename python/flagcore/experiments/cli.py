@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lam", type=float, default=0.0, help="FA pairwise-term weight")
     p.add_argument("--max-iter", type=int, default=1, help="FA IRLS iterations (1 = the paper's runs)")
     p.add_argument("--scale", default="paper", help="FA output scale: paper or median_norm")
+    p.add_argument("--flag-history", default="all", help="keep FA's per-step weights/ratios for: all, first_seed, none")
     p.add_argument("--out", default="flagcore_robustness", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> object:
         model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, seeds=args.seeds, seed=args.seed, device=args.device,
         r=args.r, lam=args.lam, max_iter=args.max_iter, scale=args.scale, eval_every=args.eval_every,
-        threads=args.threads or None, attack_params=attack_params)
+        threads=args.threads or None, flag_history=args.flag_history, attack_params=attack_params)
 
 
 def run_cli(args: argparse.Namespace) -> int:

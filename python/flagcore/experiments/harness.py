@@ -35,6 +35,8 @@ SCHEMA = "flagcore.robustness/1"
 # e.g. "multi_krum[f=2,m=10]".
 RULES_TAKING_F = ("trimmed_mean", "krum", "multi_krum", "bulyan", "meamed", "phocas")
 
+FLAG_HISTORY = ("all", "first_seed", "none")
+
 _SPEC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?$")
 
 
@@ -133,6 +135,8 @@ class RobustnessConfig:
     threads: torch intra-op threads during the run (restored after); None leaves torch's
         setting. Default 1: these models are tiny, so more threads buy little and, on cores
         shared with other work, OpenMP oversubscription can slow a run tenfold.
+    flag_history: FA's per-step, per-worker weights and ratios kept in the results for "all"
+        seeds, the "first_seed" only, or "none" (the per-seed mean ratios are always kept).
     attack_params: extra keyword arguments for the gradient attack (e.g. {"scale": 4.0}).
     """
 
@@ -156,6 +160,7 @@ class RobustnessConfig:
     scale: str = "paper"
     eval_every: int = 10
     threads: int | None = 1
+    flag_history: str = "all"
     attack_params: dict = field(default_factory=dict)
 
     def validate(self, custom_data: bool = False, custom_model: bool = False) -> list:
@@ -179,6 +184,7 @@ class RobustnessConfig:
         check_float(self.lam, fn, "lam", low=0.0)
         check_int(self.max_iter, fn, "max_iter", low=1, high=1_000_000)
         check_choice(self.scale, fn, "scale", SCALES)
+        check_choice(self.flag_history, fn, "flag_history", FLAG_HISTORY)
         check_choice(self.attack, fn, "attack", all_attacks())
         if not custom_data:
             check_choice(self.dataset, fn, "dataset", _data.DATASETS)
@@ -453,6 +459,10 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
            "final_accuracy": acc_curve[-1], "final_loss": loss_curve[-1], "wall_time_s": wall,
            "agg_time_ms": 1e3 * agg_time / cfg.steps}
     if is_flag:
+        rat = np.asarray(ratios_hist)
+        bad = sorted(set(byz))
+        out["flag_mean_ratio"] = {"honest": float(rat[:, honest].mean()) if honest else None,
+                                  "byzantine": float(rat[:, bad].mean()) if bad else None}
         out["flag_weights"] = weights_hist
         out["flag_ratios"] = ratios_hist
     return out
@@ -494,17 +504,12 @@ def _collect(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: li
             "agg_time_ms_mean": float(np.mean([r["agg_time_ms"] for r in rs])),
         }
         if s.name == "flag":
-            honest = [w for w in range(cfg.workers) if w not in set(byz)]
-            summ = []
-            for r in rs:
-                rat = np.asarray(r["flag_ratios"])
-                summ.append({"honest": float(rat[:, honest].mean()) if honest else None,
-                             "byzantine": float(rat[:, byz].mean()) if byz else None})
+            keep = {"all": len(rs), "first_seed": 1, "none": 0}[cfg.flag_history]
             entry["flag"] = {
-                "mean_ratio": summ,
-                # per seed, per step, per worker
-                "weights": [r["flag_weights"] for r in rs],
-                "ratios": [r["flag_ratios"] for r in rs],
+                "mean_ratio": [r["flag_mean_ratio"] for r in rs],
+                # per kept seed (the first `keep`), per step, per worker
+                "weights": [r["flag_weights"] for r in rs[:keep]],
+                "ratios": [r["flag_ratios"] for r in rs[:keep]],
             }
         rules_out[s.label] = entry
     c = asdict(cfg)

@@ -103,7 +103,7 @@ def write_plots(res: dict, out_dir: str, prefix: str = "") -> list:
     """All plots of one results dict into out_dir; returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [plot_accuracy(res, os.path.join(out_dir, f"{prefix}accuracy.png"))]
-    flag_labels = [k for k, e in res["rules"].items() if "flag" in e]
+    flag_labels = [k for k, e in res["rules"].items() if "flag" in e and e["flag"]["ratios"]]
     for k in flag_labels:
         name = "flag_workers.png" if len(flag_labels) == 1 else f"flag_workers_{_safe(k)}.png"
         paths.append(plot_flag_heatmap(res, k, os.path.join(out_dir, prefix + name)))
