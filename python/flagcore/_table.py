@@ -1,6 +1,7 @@
 """Terminal tables: rich when installed, plain aligned text otherwise."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 
@@ -8,6 +9,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     cells = [[_fmt(v) for v in row] for row in rows]
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
@@ -16,13 +18,12 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         for r in cells:
             print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
         return
-    table = Table(title=title)
+    # Cells are data, not rich markup: "flag[max_iter=3]" must print as written.
+    table = Table(title=escape(title))
     for c in columns:
-        table.add_column(c, justify="right")
+        table.add_column(escape(c), justify="right")
     for r in cells:
-        table.add_row(*r)
-    import sys
-
+        table.add_row(*(escape(v) for v in r))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.register(sub)
 
+    from .experiments import cli as experiments_cli
+
+    experiments_cli.register(sub)
+
     info = sub.add_parser("info", help="print what this build contains (CUDA, SIMD, threads)")
     info.set_defaults(func=_cmd_info)
     return parser

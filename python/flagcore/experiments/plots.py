@@ -1,0 +1,115 @@
+"""PNG plots of a robustness results dict (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(res: dict) -> str:
+    c = res["config"]
+    return (f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = {c['byzantine']}, "
+            f"attack = {c['attack']}, {len(res['seeds'])} seed(s)")
+
+
+def plot_accuracy(res: dict, path: str) -> str:
+    """Test accuracy vs step per rule: mean over seeds, min-max band."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for label, e in res["rules"].items():
+        acc = np.asarray(e["accuracy"], dtype=float)
+        st = np.asarray(e["step"])
+        line, = ax.plot(st, acc.mean(axis=0), label=f"{label} ({e['final_accuracy_mean']:.3f})")
+        if acc.shape[0] > 1:
+            ax.fill_between(st, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", title="rule (final mean)", title_fontsize=8)
+    ax.set_title(_title(res), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_flag_heatmap(res: dict, label: str, path: str, seed_index: int = 0) -> str:
+    """Which workers FA trusted: reconstruction ratios and IRLS weights per worker over steps
+    (one seed); the Byzantine / distorted workers are marked on the worker axis."""
+    plt = _plt()
+    e = res["rules"][label]
+    ratios = np.asarray(e["flag"]["ratios"][seed_index], dtype=float).T  # (p, steps)
+    weights = np.asarray(e["flag"]["weights"][seed_index], dtype=float).T
+    p, steps = ratios.shape
+    byz = set(res["byzantine_workers"])
+    fig, axes = plt.subplots(2, 1, figsize=(8, 1.6 + 0.2 * min(p, 30) * 2), sharex=True)
+    extent = (0.5, steps + 0.5, p - 0.5, -0.5)
+    im0 = axes[0].imshow(ratios, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1,
+                         extent=extent)
+    fig.colorbar(im0, ax=axes[0], label="ratio v_i")
+    axes[0].set_title(f"FA ({label}): reconstruction ratio per worker, seed {res['seeds'][seed_index]}", fontsize=9)
+    lw = np.log10(np.maximum(weights, 1e-12))
+    im1 = axes[1].imshow(lw, aspect="auto", interpolation="nearest", cmap="magma", extent=extent)
+    fig.colorbar(im1, ax=axes[1], label="log10 IRLS weight")
+    axes[1].set_title("IRLS weight per worker (large = trusted)", fontsize=9)
+    axes[1].set_xlabel("step")
+    ticks = list(range(p)) if p <= 30 else list(range(0, p, max(1, p // 15)))
+    for ax in axes:
+        ax.set_ylabel("worker")
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{w}*" if w in byz else str(w) for w in ticks], fontsize=7)
+        for w, tl in zip(ticks, ax.get_yticklabels()):
+            if w in byz:
+                tl.set_color("red")
+    fig.text(0.01, 0.005, f"* red: Byzantine/distorted workers ({res['config']['attack']})", fontsize=7, color="red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_agg_time(res: dict, path: str) -> str:
+    """Aggregation time per step, per rule (mean over seeds; min-max as error bar)."""
+    plt = _plt()
+    labels = list(res["rules"])
+    t = [np.asarray(res["rules"][k]["agg_time_ms"], dtype=float) for k in labels]
+    mean = np.array([v.mean() for v in t])
+    err = np.array([[v.mean() - v.min() for v in t], [v.max() - v.mean() for v in t]])
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 3.6))
+    ax.bar(range(len(labels)), mean, yerr=err, capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("ms per aggregation")
+    n = res["model"]["parameters"]
+    ax.set_title(f"Aggregation time: p = {res['config']['workers']}, n = {n}, {res['config']['device']}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(res: dict, out_dir: str, prefix: str = "") -> list:
+    """All plots of one results dict into out_dir; returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [plot_accuracy(res, os.path.join(out_dir, f"{prefix}accuracy.png"))]
+    flag_labels = [k for k, e in res["rules"].items() if "flag" in e and e["flag"]["ratios"]]
+    for k in flag_labels:
+        name = "flag_workers.png" if len(flag_labels) == 1 else f"flag_workers_{_safe(k)}.png"
+        paths.append(plot_flag_heatmap(res, k, os.path.join(out_dir, prefix + name)))
+    paths.append(plot_agg_time(res, os.path.join(out_dir, f"{prefix}agg_time.png")))
+    return paths
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s).strip("_")
