@@ -11,7 +11,7 @@ namespace flagcore {
 namespace linalg {
 
 // Scratch (doubles) that jacobi_eigh needs beside its arguments.
-FLAGCORE_HD inline int jacobi_scratch(int n) { return 5 * n + 2; }
+FLAGCORE_HD inline int jacobi_scratch(int n) { return 6 * n + 4; }
 
 // Pair k of round r of the round-robin ("circle") schedule on m (even) indices: over the m - 1
 // rounds every pair of indices meets exactly once, and the m / 2 pairs of a round are disjoint.
@@ -51,6 +51,7 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
   double* rowtot = rowoff + n;    // [n]
   double* dval = rowtot + n;      // [n] (after the sweeps)
   double* rank = dval + n;        // [n]
+  double* pairs = rank + n;       // [m]: the round's pairs (x, y), as exact small integers
   for (int w = r0; w < n * n; w += nt) evecs[w] = (w / n == w % n) ? 1.0 : 0.0;
   t.sync();
   int sweep = 0;
@@ -95,6 +96,8 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
         }
         cs[2 * k] = c;
         cs[2 * k + 1] = s;
+        pairs[2 * k] = x;
+        pairs[2 * k + 1] = y;
       }
       t.sync();
       // A <- J^T A J, one 2 x 2 block (pair P rows, pair Q columns) per item: the blocks are
@@ -104,9 +107,8 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
       for (int w = r0; w < items; w += nt) {
         if (w < nblocks) {
           const int P = w / half, Q = w % half;
-          int x1, y1, x2, y2;
-          round_robin_pair(m, rd, P, x1, y1);
-          round_robin_pair(m, rd, Q, x2, y2);
+          const int x1 = static_cast<int>(pairs[2 * P]), y1 = static_cast<int>(pairs[2 * P + 1]);
+          const int x2 = static_cast<int>(pairs[2 * Q]), y2 = static_cast<int>(pairs[2 * Q + 1]);
           const double c1 = cs[2 * P], s1 = cs[2 * P + 1];
           const double c2 = cs[2 * Q], s2 = cs[2 * Q + 1];
           if (s1 == 0.0 && s2 == 0.0) continue;
@@ -138,8 +140,7 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
           const int row = v / half, Q = v % half;
           const double c2 = cs[2 * Q], s2 = cs[2 * Q + 1];
           if (s2 == 0.0) continue;
-          int x2, y2;
-          round_robin_pair(m, rd, Q, x2, y2);
+          const int x2 = static_cast<int>(pairs[2 * Q]), y2 = static_cast<int>(pairs[2 * Q + 1]);
           const double vp = evecs[row * n + x2], vq = evecs[row * n + y2];
           evecs[row * n + x2] = c2 * vp - s2 * vq;
           evecs[row * n + y2] = s2 * vp + c2 * vq;
