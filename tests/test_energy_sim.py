@@ -333,9 +333,15 @@ def test_samplers_and_rng():
         assert abs(s.mean() - 1) < 4 * math.sqrt(var / N), (kind, param)
         assert abs(s.var() / var - 1) < 0.05, (kind, param)
     # exponential: the empirical CDF at a few points (Dvoretzky-Kiefer-Wolfowitz, 4/sqrt(N))
+    N = 4_000_000
     s = _core.sim_sample(0, 0, [], 9, 1, N)
     for t in (0.1, 0.5, 1, 2, 4):
         assert abs((s <= t).mean() - (1 - math.exp(-t))) < 4 / math.sqrt(N)
+    # the ziggurat's tail (beyond r = 7.697) and its wedges: counts in (7, 9] and beyond 9
+    for lo, hi in ((7.0, 9.0), (9.0, math.inf)):
+        p = math.exp(-lo) - math.exp(-hi)
+        cnt = ((s > lo) & (s <= hi)).sum()
+        assert abs(cnt - N * p) < 4 * math.sqrt(N * p) + 1, (lo, hi, cnt, N * p)
 
 
 def test_histogram_percentiles_match_the_sample():

@@ -129,9 +129,20 @@ class Engine {
   }
   int next_slot() const {
     if (use_tree_) return tree_[1];
+    // branch-free scan: the comparisons of random times would mispredict half the time
+    const double* tm = ev_time_.data();
+    const uint64_t* sq = ev_seq_.data();
     int best = 0;
-    for (int i = 1; i <= n_; ++i)
-      if (before(i, best)) best = i;
+    double bt = tm[0];
+    uint64_t bs = sq[0];
+    for (int i = 1; i <= n_; ++i) {
+      const double t = tm[i];
+      const uint64_t s = sq[i];
+      const bool lt = (t < bt) | ((t == bt) & (s < bs));
+      bt = lt ? t : bt;
+      bs = lt ? s : bs;
+      best = lt ? i : best;
+    }
     return best;
   }
 

@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.register(sub)
 
+    from .energy import cli as energy_cli
+
+    energy_cli.register(sub)
+
     info = sub.add_parser("info", help="print what this build contains (CUDA, SIMD, threads)")
     info.set_defaults(func=_cmd_info)
     return parser
