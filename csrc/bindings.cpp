@@ -214,6 +214,7 @@ py::dict forkjoin_result_to_dict(const sim::ForkJoinResult& r, int batches) {
   d["max_in_system_seen"] = r.max_in_system_seen;
   d["aborted"] = r.aborted;
   d["wall_seconds"] = r.wall_seconds;
+  d["cpu_seconds"] = r.cpu_seconds;
   return d;
 }
 

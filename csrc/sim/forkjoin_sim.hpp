@@ -74,6 +74,7 @@ struct ForkJoinResult {
   int64_t max_in_system_seen = 0;
   bool aborted = false;  // number in system exceeded max_in_system
   double wall_seconds = 0.0;
+  double cpu_seconds = 0.0;  // CPU time of the thread that ran it (wall time where unavailable)
   static constexpr int kBatchFields = 9;
 };
 

@@ -59,8 +59,9 @@ class SimResult:
     stability_note: str
     events: int
     wall_seconds: float  # longest replication
-    events_per_second: float
-    requests_per_second: float  # simulated (warm-up included) per second of one thread
+    events_per_second: float  # per second of one thread's CPU time
+    requests_per_second: float  # simulated (warm-up included) per second of one thread's CPU time
+    cpu_seconds: float  # CPU time of all replications together
     replications: int
     histogram: np.ndarray = field(repr=False)
     _rep_hists: list = field(repr=False, default_factory=list)  # per replication: (batches, buckets)
@@ -339,7 +340,7 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int)
 
     wall = max(r["wall_seconds"] for r in raw)
     events = int(sum(r["events"] for r in raw))
-    thread_seconds = sum(r["wall_seconds"] for r in raw)
+    thread_seconds = sum(r["cpu_seconds"] for r in raw)
     simulated = sum(r["arrivals"] for r in raw)
     total_hist = np.zeros(hists[0].shape[1], dtype=np.int64)
     for h in hists:
@@ -362,7 +363,7 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int)
         wasted_time_per_request=mean_w, wasted_time_per_request_ci=ci[4],
         wasted_energy_per_request=mean_we,
         window=W, requests=int(tot_meas), stable=stable, stability_note=note,
-        events=events, wall_seconds=wall,
+        events=events, wall_seconds=wall, cpu_seconds=thread_seconds,
         events_per_second=events / thread_seconds if thread_seconds > 0 else math.nan,
         requests_per_second=simulated / thread_seconds if thread_seconds > 0 else math.nan,
         replications=R, histogram=total_hist, _rep_hists=hists,
