@@ -295,8 +295,11 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     from .design import _metric_name, latency_ci, latency_of
+
+    short = FuncFormatter(lambda v, _: f"{v:g}")  # log-axis labels without 3x10^-1 clutter
 
     name = _metric_name(metric)
     xlabel = "probability of the high level p" if res.over == "p" else "arrival rate"
@@ -320,6 +323,8 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
         ax.set_ylabel(lab)
         if what == "latency":
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(short)
+            ax.yaxis.set_minor_formatter(short)
         ax.set_title(f"({res.n}, {res.k}) fork-join")
         ax.legend()
         fig.tight_layout()
@@ -337,6 +342,8 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
         ok = np.isfinite(lat)
         ax.plot(lat[ok], en[ok], "--", label=f"approximation ({m})")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(short)
+    ax.xaxis.set_minor_formatter(short)
     ax.set_xlabel(ylabel)
     ax.set_ylabel("energy per request")
     ax.set_title("energy-latency trade-off")
