@@ -18,6 +18,9 @@
 #include "flag/gram.hpp"
 #include "rules/coordinate.hpp"
 #include "rules/distance.hpp"
+#include "sim/forkjoin_sim.hpp"
+#include "sim/histogram.hpp"
+#include "sim/rng.hpp"
 #ifdef FLAGCORE_WITH_CUDA
 #include "cuda/device.hpp"
 #include "rules/coordinate_cuda.hpp"
@@ -412,6 +415,142 @@ void check_cuda_call(int device, int64_t ws_bytes, const FlagCudaPlan& plan, int
 }
 #endif
 
+
+// ---------------------------------------------------------------- fork-join simulator
+using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::dict forkjoin_result_to_dict(const sim::ForkJoinResult& r, int batches) {
+  py::dict d;
+  d["measured"] = r.measured;
+  d["t_start"] = r.t_start;
+  d["t_end"] = r.t_end;
+  d["sum_response"] = r.sum_response;
+  d["min_response"] = r.min_response;
+  d["max_response"] = r.max_response;
+  d["sum_energy"] = r.sum_energy;
+  d["sum_wasted_time"] = r.sum_wasted_time;
+  d["sum_wasted_energy"] = r.sum_wasted_energy;
+  d["integral_in_system"] = r.integral_in_system;
+  d["busy_time"] = py::array_t<double>(py::ssize_t(r.busy_time.size()), r.busy_time.data());
+  d["completions"] = py::array_t<double>(py::ssize_t(r.completions.size()), r.completions.data());
+  d["dynamic_energy_window"] = r.dynamic_energy_window;
+  const py::ssize_t nb = sim::LogHistogramLayout::kBuckets;
+  const py::ssize_t fields = sim::ForkJoinResult::kBatchFields;
+  py::array_t<double> batch({py::ssize_t(batches), fields});
+  if (!r.batch.empty()) std::copy(r.batch.begin(), r.batch.end(), batch.mutable_data());
+  d["batch"] = batch;
+  py::array_t<uint32_t> hist({py::ssize_t(batches), nb});
+  if (!r.batch_hist.empty()) std::copy(r.batch_hist.begin(), r.batch_hist.end(), hist.mutable_data());
+  d["batch_hist"] = hist;
+  d["events"] = r.events;
+  d["arrivals"] = r.arrivals;
+  d["max_in_system_seen"] = r.max_in_system_seen;
+  d["aborted"] = r.aborted;
+  d["wall_seconds"] = r.wall_seconds;
+  d["cpu_seconds"] = r.cpu_seconds;
+  return d;
+}
+
+void bind_forkjoin(py::module_& m) {
+  m.def("forkjoin_simulate",
+        [](int n, int k, double arrival_rate, std::vector<double> rates, std::vector<double> powers,
+           std::vector<double> probs, double idle_power, int service_kind, double service_param,
+           std::vector<double> empirical, bool cancel, bool redraw, int64_t requests, int64_t warmup,
+           int batches, uint64_t seed, int replications, int threads, int64_t max_in_system,
+           py::object progress) {
+          sim::ForkJoinConfig c;
+          c.n = n; c.k = k; c.arrival_rate = arrival_rate;
+          c.rates = std::move(rates); c.powers = std::move(powers); c.probs = std::move(probs);
+          c.idle_power = idle_power;
+          c.service = static_cast<sim::ServiceKind>(service_kind);
+          c.service_param = service_param;
+          c.empirical = std::move(empirical);
+          c.cancel = cancel; c.redraw_on_arrival = redraw;
+          c.requests = requests; c.warmup = warmup; c.batches = batches;
+          c.seed = seed; c.stream = 0; c.max_in_system = max_in_system;
+          int64_t* prog = nullptr;
+          py::array_t<int64_t> prog_arr;
+          if (!progress.is_none()) {
+            prog_arr = progress.cast<py::array_t<int64_t>>();
+            FLAGCORE_CHECK_ARG(prog_arr.ndim() == 1 && prog_arr.shape(0) >= replications && prog_arr.writeable(),
+                               "forkjoin_simulate: progress must be a writable int64 array with one slot per replication");
+            prog = prog_arr.mutable_data();
+          }
+          std::vector<sim::ForkJoinResult> res;
+          {
+            py::gil_scoped_release release;
+            res = sim::simulate_forkjoin_replications(c, replications, threads, prog);
+          }
+          py::list out;
+          for (const auto& r : res) out.append(forkjoin_result_to_dict(r, batches));
+          return out;
+        },
+        py::arg("n"), py::arg("k"), py::arg("arrival_rate"), py::arg("rates"), py::arg("powers"),
+        py::arg("probs"), py::arg("idle_power"), py::arg("service_kind"), py::arg("service_param"),
+        py::arg("empirical"), py::arg("cancel"), py::arg("redraw"), py::arg("requests"),
+        py::arg("warmup"), py::arg("batches"), py::arg("seed"), py::arg("replications"),
+        py::arg("threads"), py::arg("max_in_system"), py::arg("progress") = py::none(),
+        "one dict of raw sums per replication (see flagcore.energy._stats for their reading)");
+
+  m.def("forkjoin_trace", [](int n, int k, bool cancel, const DArray& arrivals, const DArray& services) {
+    FLAGCORE_CHECK_ARG(arrivals.ndim() == 1, "forkjoin_trace: arrivals must be one-dimensional");
+    const py::ssize_t R = arrivals.shape(0);
+    FLAGCORE_CHECK_ARG(services.ndim() == 2 && services.shape(0) == R && services.shape(1) == n,
+                       "forkjoin_trace: services must be (requests, n) = (" << R << ", " << n << ")");
+    py::array_t<double> dep(R), busy(R), wasted(R);
+    const double* a = arrivals.data();
+    const double* s = services.data();
+    double *pd = dep.mutable_data(), *pb = busy.mutable_data(), *pw = wasted.mutable_data();
+    {
+      py::gil_scoped_release release;
+      sim::simulate_forkjoin_trace(n, k, cancel, int64_t(R), a, s, pd, pb, pw);
+    }
+    return py::make_tuple(dep, busy, wasted);
+  }, py::arg("n"), py::arg("k"), py::arg("cancel"), py::arg("arrivals"), py::arg("services"));
+
+  m.def("sim_histogram_layout", []() {
+    py::dict d;
+    d["sub_bits"] = sim::LogHistogramLayout::kSubBits;
+    d["emin"] = sim::LogHistogramLayout::kEmin;
+    d["emax"] = sim::LogHistogramLayout::kEmax;
+    d["buckets"] = sim::LogHistogramLayout::kBuckets;
+    return d;
+  });
+  m.def("sim_histogram_index", [](const DArray& x) {
+    py::array_t<int64_t> out(x.size());
+    for (py::ssize_t i = 0; i < x.size(); ++i) out.mutable_data()[i] = sim::LogHistogramLayout::index(x.data()[i]);
+    return out;
+  });
+  m.def("sim_philox", [](std::vector<uint32_t> ctr, std::vector<uint32_t> key) {
+    FLAGCORE_CHECK_ARG(ctr.size() == 4 && key.size() == 2, "sim_philox: ctr has 4 words, key 2");
+    uint32_t out[4];
+    sim::philox4x32_10(ctr.data(), key.data(), out);
+    return std::vector<uint32_t>(out, out + 4);
+  });
+  m.def("sim_log", [](const DArray& x) {
+    py::array_t<double> out(x.size());
+    sim::det_log_cpu(x.data(), int64_t(x.size()), out.mutable_data());
+    return out;
+  });
+  m.def("sim_exp", [](const DArray& x) {
+    py::array_t<double> out(x.size());
+    sim::det_exp_cpu(x.data(), int64_t(x.size()), out.mutable_data());
+    return out;
+  });
+  m.def("sim_sample", [](int kind, double param, std::vector<double> table, uint64_t seed, uint64_t stream,
+                         int64_t count) {
+    FLAGCORE_CHECK_ARG(kind >= 0 && kind <= 5, "sim_sample: unknown kind " << kind);
+    FLAGCORE_CHECK_ARG(kind != 5 || !table.empty(), "sim_sample: empirical needs a table");
+    py::array_t<double> out(count);
+    double* o = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      sim::sample_service_cpu(static_cast<sim::ServiceKind>(kind), param, table.data(), table.size(), seed,
+                              stream, count, o);
+    }
+    return out;
+  }, "unit-mean service samples (kind: 0 exponential, 1 deterministic, 2 gamma, 3 lognormal, 4 pareto, 5 empirical)");
+}
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -619,4 +758,5 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("x"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
 
   register_rules(m);
+  bind_forkjoin(m);
 }

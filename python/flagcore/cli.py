@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiments_cli.register(sub)
 
+    from .energy import cli as energy_cli
+
+    energy_cli.register(sub)
+
     info = sub.add_parser("info", help="print what this build contains (CUDA, SIMD, threads)")
     info.set_defaults(func=_cmd_info)
     return parser

@@ -1,0 +1,169 @@
+"""Fork-join simulator speed: flagcore's C++ event loop against SimPy on the same model, in one run.
+
+Model: (n, k) fork-join, Poisson arrivals, exponential service, one speed level, FCFS servers,
+cancellation of the n - k late tasks (SimPy: by interrupting their processes). Cases: M/M/1,
+(4, 2) and (10, 5), load 0.7-0.75. Correctness first: flagcore's M/M/1 mean against 1/(mu-lam),
+and flagcore against SimPy on every case (within their combined 95% confidence intervals).
+Then requests per second on one thread (best of --repeat), and replications on 1..T threads.
+
+    python bench/bench_energy.py [--requests 1000000] [--simpy-requests 50000] [--repeat 3]
+                                 [--threads 1,2] [--out bench/results/energy.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import time
+
+import numpy as np
+
+from flagcore.energy import simulate
+from flagcore.energy._stats import half_width
+
+CASES = [  # name, n, k, arrival rate (mu = 1)
+    ("M/M/1", 1, 1, 0.7),
+    ("(4,2) cancel", 4, 2, 1.5),
+    ("(10,5) cancel", 10, 5, 1.5),
+]
+
+
+def simpy_forkjoin(n: int, k: int, lam: float, mu: float, requests: int, seed: int) -> np.ndarray:
+    """The same model written the usual SimPy way: a process per task, a Resource per server,
+    the k-th completion interrupts the request's other task processes."""
+    import simpy
+
+    env = simpy.Environment()
+    servers = [simpy.Resource(env, capacity=1) for _ in range(n)]
+    rng = random.Random(seed)
+    out = []
+
+    class Req:
+        __slots__ = ("arrival", "done", "procs")
+
+    def task(rq: Req, j: int):
+        with servers[j].request() as slot:
+            try:
+                yield slot
+                yield env.timeout(rng.expovariate(mu))
+            except simpy.Interrupt:
+                return  # cancelled, queued or running; leaving `with` frees the server
+            rq.done += 1
+            if rq.done == k:
+                out.append(env.now - rq.arrival)
+                me = env.active_process
+                for p in rq.procs:
+                    if p is not me and p.is_alive:
+                        p.interrupt()
+
+    def source():
+        for _ in range(requests):
+            yield env.timeout(rng.expovariate(lam))
+            rq = Req()
+            rq.arrival, rq.done = env.now, 0
+            rq.procs = [env.process(task(rq, j)) for j in range(n)]
+
+    env.process(source())
+    env.run()
+    return np.array(out)
+
+
+def batch_ci(x: np.ndarray, batches: int = 20) -> float:
+    m = len(x) // batches
+    return half_width(x[: m * batches].reshape(batches, m).mean(axis=1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1_000_000, help="flagcore: measured requests per run")
+    ap.add_argument("--simpy-requests", type=int, default=50_000, help="SimPy: requests per run (it is slow)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per case (best is reported)")
+    ap.add_argument("--threads", default="1,2", help="thread counts for the replication scaling")
+    ap.add_argument("--replications", type=int, default=4)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "energy.json"))
+    a = ap.parse_args()
+
+    rows, results = [], {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                         "requests": a.requests, "simpy_requests": a.simpy_requests, "cases": []}
+    lvl = [(1.0, 1.0, 1.0)]
+    warm = a.requests // 10
+    simulate(4, 2, 1.5, lvl, requests=100_000)  # warm-up (page faults, code)
+
+    for name, n, k, lam in CASES:
+        # correctness: flagcore against SimPy (and the exact M/M/1 mean)
+        fc = simulate(n, k, lam, lvl, requests=a.requests, seed=1)
+        t0 = time.perf_counter()
+        sp_t = simpy_forkjoin(n, k, lam, 1.0, a.simpy_requests, seed=1)
+        sp_wall = time.perf_counter() - t0
+        sp_t = sp_t[len(sp_t) // 10:]
+        sp_mean, sp_ci = float(sp_t.mean()), batch_ci(sp_t)
+        agree = abs(fc.mean_response_time - sp_mean) < 1.5 * (fc.mean_response_time_ci + sp_ci)
+        if n == 1:
+            assert abs(fc.mean_response_time - 1 / (1 - lam)) < 4 * fc.mean_response_time_ci, "M/M/1 mean is off"
+        assert agree, f"{name}: flagcore {fc.mean_response_time} vs SimPy {sp_mean} ± {sp_ci}"
+
+        # speed: one thread, best of --repeat (requests simulated, warm-up included), by wall
+        # time and by the thread's CPU time (the latter is what other processes on a shared
+        # machine do not distort)
+        best_w = best_c = math.inf
+        for _ in range(a.repeat):
+            r = simulate(n, k, lam, lvl, requests=a.requests, seed=2, threads=1)
+            best_w, best_c = min(best_w, r.wall_seconds), min(best_c, r.cpu_seconds)
+        fc_w, fc_c = (a.requests + warm) / best_w, (a.requests + warm) / best_c
+        sp_bw = sp_bc = math.inf
+        for _ in range(a.repeat):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            simpy_forkjoin(n, k, lam, 1.0, a.simpy_requests, seed=3)
+            sp_bw, sp_bc = min(sp_bw, time.perf_counter() - t0), min(sp_bc, time.thread_time() - c0)
+        sp_w, sp_c = a.simpy_requests / sp_bw, a.simpy_requests / sp_bc
+        case = dict(name=name, n=n, k=k, arrival_rate=lam, flagcore_mean=fc.mean_response_time,
+                    flagcore_ci=fc.mean_response_time_ci, simpy_mean=sp_mean, simpy_ci=sp_ci,
+                    flagcore_requests_per_s_wall=fc_w, flagcore_requests_per_s_cpu=fc_c,
+                    flagcore_events_per_s_cpu=r.events_per_second,
+                    simpy_requests_per_s_wall=sp_w, simpy_requests_per_s_cpu=sp_c,
+                    speedup_wall=fc_w / sp_w, speedup_cpu=fc_c / sp_c)
+        results["cases"].append(case)
+        rows.append([name, f"{fc.mean_response_time:.4f} ± {fc.mean_response_time_ci:.4f}", f"{sp_mean:.4f} ± {sp_ci:.4f}",
+                     f"{fc_w / 1e6:.2f} M / {fc_c / 1e6:.2f} M", f"{sp_w / 1e3:.1f} k / {sp_c / 1e3:.1f} k",
+                     f"{fc_w / sp_w:.0f}x / {fc_c / sp_c:.0f}x"])
+
+    # replications on several threads: wall time of `replications` runs of the (4,2) case
+    scale = []
+    for t in [int(x) for x in a.threads.split(",")]:
+        t0 = time.perf_counter()
+        r = simulate(4, 2, 1.5, lvl, requests=a.requests, replications=a.replications, threads=t, seed=5)
+        wall = time.perf_counter() - t0
+        scale.append(dict(threads=t, wall_s=wall, requests_per_s=a.replications * (a.requests + warm) / wall,
+                          busy_cores=r.cpu_seconds / wall))
+    results["replication_scaling"] = scale
+
+    try:
+        load = os.getloadavg()
+        results["load_average"] = load
+    except OSError:
+        load = None
+    print(f"\nload average during the run: {load} (other processes slow the wall-time rates)")
+    print(f"fork-join simulation speed ({os.cpu_count()} CPUs; flagcore {a.requests:,} requests/run, "
+          f"SimPy {a.simpy_requests:,}; one thread)")
+    print("rates: by wall time / by the thread's CPU time (best of --repeat)")
+    hdr = ["case", "flagcore E[T]", "SimPy E[T]", "flagcore req/s", "SimPy req/s", "speed-up"]
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)]
+    print("  ".join(h.rjust(x) for h, x in zip(hdr, w)))
+    for r in rows:
+        print("  ".join(v.rjust(x) for v, x in zip(r, w)))
+    print(f"\nreplications of (4,2) ({a.replications} x {a.requests:,} requests):")
+    for s in scale:
+        print(f"  threads={s['threads']}: {s['wall_s']:.2f} s, {s['requests_per_s'] / 1e6:.2f} M requests/s "
+              f"(speed-up {scale[0]['wall_s'] / s['wall_s']:.2f}x; CPU time / wall = {s['busy_cores']:.2f} cores busy)")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+// Event-driven simulator of the (n, k) fork-join service with speed levels and energy
+// (the model of /work/shared/SPEC_ENERGY.md, README_energy.md).
+//
+// A request arriving (Poisson, rate arrival_rate) is forked into n tasks, one per server; each
+// server is FCFS with an unbounded queue; the request departs at the k-th completion of its
+// tasks, and with `cancel` its n - k other tasks are then cancelled (the running ones stop, their
+// partial work still costs energy). A task has a unit-mean amount of work W drawn from the
+// service distribution; a server at level s works at rate rates[s] and draws powers[s], so the
+// task takes W / rates[s]. The level is drawn with probabilities probs when the server starts a
+// task, or, with `redraw_on_arrival`, by every server at every arrival (the task in service
+// keeps its remaining work and continues at the new rate; idle time costs idle_power).
+//
+// Structure (why there is no heap): every request is forked to all n servers and each is FCFS,
+// so server j's queue is always the requests [cur[j], tail) in arrival order, and requests
+// depart and are finalised in arrival order. A server therefore needs one pending event (its
+// current task's completion) and the arrival stream one: n + 1 event slots, each keyed by
+// (time, sequence number) for deterministic ties, searched linearly for n <= 15 and by a
+// tournament tree above. Cancelling a task just moves its server to its next request: no stale
+// events exist. Per-request state lives in a ring buffer over the requests still in the system
+// (or, without cancellation, still running somewhere), so memory is bounded by the number in
+// system, not by the number simulated.
+//
+// Statistics stream: response times go to a log-bucketed histogram (histogram.hpp) per batch;
+// sums per batch give batch-means confidence intervals; time averages (number in system, busy
+// time per level, energy) are integrated over the window from the arrival of the first measured
+// request to the arrival of the first request after the measured ones.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "sim/rng.hpp"
+
+namespace flagcore {
+namespace sim {
+
+struct ForkJoinConfig {
+  int n = 1, k = 1;
+  double arrival_rate = 0.5;
+  std::vector<double> rates{1.0}, powers{1.0}, probs{1.0};  // one entry per speed level
+  double idle_power = 0.0;
+  ServiceKind service = ServiceKind::exponential;
+  double service_param = 0.0;
+  std::vector<double> empirical;  // ServiceKind::empirical: values with mean 1
+  bool cancel = true;
+  bool redraw_on_arrival = false;
+  int64_t requests = 100000;  // measured requests
+  int64_t warmup = 10000;     // requests discarded before them
+  int batches = 32;           // batch means; requests >= batches
+  uint64_t seed = 0;
+  uint64_t stream = 0;            // Philox stream (the replication index)
+  int64_t max_in_system = 1 << 22;  // abort (flagged unstable) above this many in system
+};
+
+// One replication. Time-window quantities cover [t_start, t_end]; per-request quantities the
+// `measured` requests warmup .. warmup + requests - 1 (all of them unless `aborted`).
+struct ForkJoinResult {
+  int64_t measured = 0;
+  double t_start = 0.0, t_end = 0.0;
+  double sum_response = 0.0, min_response = 0.0, max_response = 0.0;
+  double sum_energy = 0.0;         // per-request energy, summed (dynamic only)
+  double sum_wasted_time = 0.0;    // busy time on tasks that were not among the k completions
+  double sum_wasted_energy = 0.0;
+  double integral_in_system = 0.0;          // integral of N(t) over the window
+  std::vector<double> busy_time;            // per level: core-time busy in the window
+  std::vector<double> completions;          // per level: tasks completed in the window
+  double dynamic_energy_window = 0.0;
+  // batches x: requests, sum response, sum energy, sum wasted time, integral N, duration,
+  // dynamic energy and busy core-time (segments attributed to the batch in which they end),
+  // N at the batch's end
+  std::vector<double> batch;  // [batches][kBatchFields]
+  std::vector<uint32_t> batch_hist;  // [batches][LogHistogramLayout::kBuckets]
+  int64_t events = 0;  // arrivals + task completions + task cancellations
+  int64_t arrivals = 0;
+  int64_t max_in_system_seen = 0;
+  bool aborted = false;  // number in system exceeded max_in_system
+  double wall_seconds = 0.0;
+  double cpu_seconds = 0.0;  // CPU time of the thread that ran it (wall time where unavailable)
+  static constexpr int kBatchFields = 9;
+};
+
+// Validates cfg (throws std::invalid_argument) and runs one replication. `progress`, if not
+// null, is updated (relaxed atomic store) with the number of finalised requests, warm-up
+// included, every few thousand events.
+ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress = nullptr);
+
+// Replications 0..replications-1 (streams cfg.stream + r) on up to `threads` threads
+// (0: flagcore::num_threads()); progress[r] as above if progress is not null.
+std::vector<ForkJoinResult> simulate_forkjoin_replications(const ForkJoinConfig& cfg,
+                                                           int replications, int threads,
+                                                           int64_t* progress = nullptr);
+
+// The same event loop fed with given arrival times (non-decreasing, `requests` of them) and
+// service times (services[r * n + j]: request r's task on server j, in time units; one level
+// of rate 1 and power 1). Outputs per request: departure time, busy time of its tasks and the
+// part of it that was wasted (cancelled or late). For the path-wise tests.
+void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests,
+                             const double* arrivals,   // [requests]
+                             const double* services,   // [requests, n]
+                             double* departures,       // [requests]
+                             double* busy,             // [requests]
+                             double* wasted);          // [requests]
+
+// Helpers for tests, compiled here with the simulator's floating-point flags: count unit-mean
+// service samples from stream (seed, stream); det_log / det_exp over an array.
+void sample_service_cpu(ServiceKind kind, double param, const double* table, uint64_t table_size,
+                        uint64_t seed, uint64_t stream, int64_t count, double* out);
+void det_log_cpu(const double* x, int64_t count, double* out);
+void det_exp_cpu(const double* x, int64_t count, double* out);
+
+}  // namespace sim
+}  // namespace flagcore

@@ -1,0 +1,27 @@
+"""Energy and latency of (n, k) fork-join services with speed levels.
+
+``simulate`` runs the C++ event-driven simulator (confidence intervals, tails, energy);
+``approximate`` evaluates the closed forms; ``sweep`` runs both over a speed-probability or
+arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
+energy, or power, that meets a latency target). See README_energy.md.
+"""
+from ._model import Service, SpeedLevel
+from .approx import ApproxResult, approximate
+from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
+from .simulate import SimResult, UnstableError, simulate, simulate_trace
+
+__all__ = [
+    "ApproxResult",
+    "OptimizeResult",
+    "Service",
+    "SimResult",
+    "SpeedLevel",
+    "SweepResult",
+    "UnstableError",
+    "approximate",
+    "optimize",
+    "pareto_front",
+    "simulate",
+    "simulate_trace",
+    "sweep",
+]

@@ -1,0 +1,195 @@
+"""The model's inputs: speed levels, service distributions, and their validation."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpeedLevel:
+    """One speed (DVFS) level: service rate while busy, busy power, and the probability that a
+    core picks this level when it starts a task."""
+
+    rate: float
+    power: float
+    probability: float = 1.0
+
+
+LevelsLike = Union[Sequence[SpeedLevel], Sequence[Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Levels:
+    rates: tuple
+    powers: tuple
+    probs: tuple
+
+    @property
+    def m(self) -> int:
+        return len(self.rates)
+
+    @property
+    def max_rate(self) -> float:
+        return max(r for r, p in zip(self.rates, self.probs) if p > 0)
+
+    def as_speed_levels(self) -> list[SpeedLevel]:
+        return [SpeedLevel(r, w, p) for r, w, p in zip(self.rates, self.powers, self.probs)]
+
+    def with_probs(self, probs: Sequence[float]) -> "Levels":
+        return Levels(self.rates, self.powers, tuple(float(p) for p in probs))
+
+
+def _num(x: Any, fn: str, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {what} must be a number, got {type(x).__name__}")
+    return float(x)
+
+
+def as_levels(levels: Any, fn: str) -> Levels:
+    """[(rate, power, probability), ...] or [SpeedLevel, ...] -> Levels, validated."""
+    if isinstance(levels, SpeedLevel):
+        levels = [levels]
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__") or len(levels) == 0:
+        raise ValueError(f"{fn}: levels must be a non-empty list of (rate, power, probability), got {levels!r}")
+    rates, powers, probs = [], [], []
+    for i, lv in enumerate(levels):
+        if isinstance(lv, SpeedLevel):
+            r, w, p = lv.rate, lv.power, lv.probability
+        else:
+            try:
+                r, w, p = lv
+            except (TypeError, ValueError):
+                raise ValueError(f"{fn}: levels[{i}] must be (rate, power, probability), got {lv!r}") from None
+        r = _num(r, fn, f"levels[{i}].rate")
+        w = _num(w, fn, f"levels[{i}].power")
+        p = _num(p, fn, f"levels[{i}].probability")
+        if not (r > 0 and math.isfinite(r)):
+            raise ValueError(f"{fn}: levels[{i}].rate must be positive and finite, got {r}")
+        if not (w >= 0 and math.isfinite(w)):
+            raise ValueError(f"{fn}: levels[{i}].power must be >= 0 and finite, got {w}")
+        if not (0.0 <= p <= 1.0):
+            raise ValueError(f"{fn}: levels[{i}].probability must be in [0, 1], got {p}")
+        rates.append(r)
+        powers.append(w)
+        probs.append(p)
+    total = math.fsum(probs)
+    if abs(total - 1.0) > 1e-9:
+        raise ValueError(f"{fn}: level probabilities must sum to 1, got {total!r} (from {probs})")
+    return Levels(tuple(rates), tuple(powers), tuple(probs))
+
+
+def check_nk(n: Any, k: Any, fn: str) -> tuple[int, int]:
+    for name, v in (("n", n), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{fn}: {name} must be an int, got {type(v).__name__}")
+    n, k = int(n), int(k)
+    if n < 1:
+        raise ValueError(f"{fn}: n must be >= 1, got {n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"{fn}: k must be in [1, n] = [1, {n}], got k={k}")
+    return n, k
+
+
+def check_rate(x: Any, fn: str, what: str = "arrival_rate") -> float:
+    v = _num(x, fn, what)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{fn}: {what} must be positive and finite, got {v}")
+    return v
+
+
+def check_power(x: Any, fn: str, what: str = "idle_power") -> float:
+    v = _num(x, fn, what)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{fn}: {what} must be >= 0 and finite, got {v}")
+    return v
+
+
+# ---------------------------------------------------------------- service distributions
+_KINDS = {"exponential": 0, "deterministic": 1, "gamma": 2, "erlang": 2, "lognormal": 3, "pareto": 4, "empirical": 5}
+
+
+@dataclass(frozen=True)
+class Service:
+    """A unit-mean work distribution; a task at level s takes work / rate_s.
+
+    kind: exponential | deterministic | erlang (param: integer shape) | gamma (param: shape) |
+    lognormal (param: sigma of the underlying normal) | pareto (param: alpha > 1) | empirical
+    (samples, rescaled to mean 1: the sample gives the shape, the level rates the scale).
+    """
+
+    kind: str = "exponential"
+    param: float = 0.0
+    samples: tuple = ()
+
+    @property
+    def code(self) -> int:
+        return _KINDS[self.kind]
+
+    @property
+    def scv(self) -> float:
+        """Squared coefficient of variation of the work (its variance, the mean being 1)."""
+        if self.kind == "exponential":
+            return 1.0
+        if self.kind == "deterministic":
+            return 0.0
+        if self.kind in ("gamma", "erlang"):
+            return 1.0 / self.param
+        if self.kind == "lognormal":
+            return math.expm1(self.param ** 2)
+        if self.kind == "pareto":
+            a = self.param
+            return math.inf if a <= 2 else 1.0 / (a * (a - 2))
+        s = np.asarray(self.samples)
+        return float(s.var())
+
+    def describe(self) -> str:
+        if self.kind in ("exponential", "deterministic"):
+            return self.kind
+        if self.kind == "empirical":
+            return f"empirical({len(self.samples)} samples)"
+        return f"{self.kind}({self.param:g})"
+
+
+def as_service(service: Any, fn: str) -> Service:
+    """'exponential' | 'deterministic' | ('erlang', m) | ('gamma', shape) | ('lognormal', sigma)
+    | ('pareto', alpha) | ('empirical', samples) | an array of samples | 'erlang:3' | Service."""
+    if isinstance(service, Service):
+        return service
+    if isinstance(service, np.ndarray):
+        service = ("empirical", service)
+    if isinstance(service, str):
+        name, _, arg = service.partition(":")
+        name = name.strip().lower()
+        if name in ("exponential", "exp", "deterministic", "det"):
+            if arg:
+                raise ValueError(f"{fn}: service '{name}' takes no parameter, got {service!r}")
+            return Service("exponential" if name.startswith("exp") else "deterministic")
+        if not arg:
+            raise ValueError(f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got {service!r}")
+        try:
+            service = (name, float(arg))
+        except ValueError:
+            raise ValueError(f"{fn}: service parameter must be a number, got {service!r}") from None
+    if not isinstance(service, (tuple, list)) or len(service) != 2 or not isinstance(service[0], str):
+        raise ValueError(f"{fn}: service must be a name or (name, parameter), got {service!r}")
+    name, arg = service[0].lower(), service[1]
+    if name == "empirical":
+        s = np.asarray(arg, dtype=np.float64).ravel()
+        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or s.sum() <= 0:
+            raise ValueError(f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values")
+        return Service("empirical", 0.0, tuple((s / s.mean()).tolist()))
+    if name not in _KINDS:
+        raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {name!r}")
+    if name in ("exponential", "deterministic"):
+        return Service(name)
+    v = _num(arg, fn, f"service parameter of {name}")
+    if name == "erlang" and (v < 1 or v != int(v)):
+        raise ValueError(f"{fn}: Erlang shape must be an integer >= 1, got {v}")
+    if name in ("gamma", "lognormal") and not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{fn}: {name} parameter must be positive, got {v}")
+    if name == "pareto" and not (v > 1 and math.isfinite(v)):
+        raise ValueError(f"{fn}: Pareto alpha must be > 1 (finite mean), got {v}")
+    return Service(name, v)

@@ -1,0 +1,408 @@
+"""``approximate``: closed forms and approximations for the (n, k) fork-join service with speed
+levels (SPEC_ENERGY.md, README_energy.md).
+
+Effective rate of several speed levels (``method``):
+  arithmetic  sum_s p_s mu_s (optimistic),
+  harmonic    1 / sum_s p_s / mu_s (the exact capacity when k = n),
+  race        k / sum_s tau_s, where tau_s is the expected busy time at level s of one isolated
+              request on n idle cores whose levels are drawn i.i.d. (a Markov chain over the
+              counts of cores still running at each level, run to the k-th completion).
+Response time with cancellation: the tandem approximation (stage i of k is an M/M/1 queue with
+rate (n - i) mu - (k - 1 - i) lambda, so T is hypoexponential with rates
+theta_i = (n - i) mu - (k - i) lambda), replaced by an exact or better formula where one exists:
+  k = 1              exact: M/G/1 with service Exp(R), R the sum of the n drawn rates
+                     (Pollaczek-Khinchine; with one speed, M/M/1 with rate n mu, tails too),
+  n = k = 2, 1 speed exact: Flatto-Hahn (12 - rho) / 8 / (mu - lambda),
+  k = n > 2          Nelson-Tantawi (a few % for rho <= 0.8).
+Without cancellation every task runs: T ~ the k-th order statistic of n independent M/M/1
+sojourn times at the harmonic rate (an upper bound for k = n, by association).
+Energy: the race's sum_s P_s tau_s (exact with one speed, for k = 1 and for k = n; about 1% off
+otherwise), or n sum_s p_s P_s / mu_s without cancellation (exact).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations_with_replacement
+from typing import Any, Optional
+
+import numpy as np
+
+from ._model import Levels, LevelsLike, as_levels, check_nk, check_power, check_rate
+
+METHODS = ("race", "harmonic", "arithmetic")
+
+
+def harmonic_number(j: int) -> float:
+    return math.fsum(1.0 / i for i in range(1, j + 1))
+
+
+# ---------------------------------------------------------------- the race of one request
+def _compositions(total: int, parts: int):
+    """All tuples of `parts` non-negative ints summing to `total`."""
+    for bars in combinations_with_replacement(range(total + 1), parts - 1):
+        prev, out = 0, []
+        for b in bars:
+            out.append(b - prev)
+            prev = b
+        out.append(total - prev)
+        yield tuple(out)
+
+
+def race_chain(n: int, k: int, rates, probs) -> dict:
+    """The isolated request as a Markov chain over c = (cores still running at each level).
+
+    Returns tau (expected busy time per level, summed over cores), completion_times
+    (E[time of the i-th completion], i = 1..k) and states (how many were visited)."""
+    keep = [s for s, p in enumerate(probs) if p > 0]
+    mu = np.array([rates[s] for s in keep])
+    pr = np.array([probs[s] for s in keep])
+    m = len(keep)
+    # layer 0: multinomial(n, p)
+    layer: dict = {}
+    lf = math.lgamma(n + 1)
+    for c in _compositions(n, m):
+        lp = lf + sum(ci * math.log(pi) - math.lgamma(ci + 1) for ci, pi in zip(c, pr))
+        layer[c] = math.exp(lp)
+    tau = np.zeros(m)
+    times = []
+    t_acc = 0.0
+    states = 0
+    for _ in range(k):
+        nxt: dict = {}
+        dt = 0.0
+        for c, pc in layer.items():
+            states += 1
+            ca = np.array(c, dtype=np.float64)
+            R = float(ca @ mu)
+            dt += pc / R
+            tau += pc * ca / R
+            for s in range(m):
+                if c[s]:
+                    d = list(c)
+                    d[s] -= 1
+                    d = tuple(d)
+                    nxt[d] = nxt.get(d, 0.0) + pc * c[s] * mu[s] / R
+        t_acc += dt
+        times.append(t_acc)
+        layer = nxt
+    full = np.zeros(len(rates))
+    full[keep] = tau
+    return {"tau": full, "completion_times": np.array(times), "states": states}
+
+
+_GL = np.polynomial.legendre.leggauss(400)
+
+
+def _binom_cdf_below(N: int, k: int, F: np.ndarray) -> np.ndarray:
+    """P(Binomial(N, F) < k) for an array F."""
+    F = np.clip(F, 0.0, 1.0)
+    out = np.zeros_like(F)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lF, l1F = np.log(F), np.log1p(-F)
+        for j in range(min(k, N + 1)):
+            lc = math.lgamma(N + 1) - math.lgamma(j + 1) - math.lgamma(N - j + 1)
+            a = np.where(F > 0, j * lF, 0.0 if j == 0 else -np.inf)
+            b = np.where(F < 1, (N - j) * l1F, 0.0 if j == N else -np.inf)
+            out += np.exp(lc + a + b)
+    return out
+
+
+def race_integral(n: int, k: int, rates, probs) -> dict:
+    """The same quantities as race_chain, by one-dimensional quadrature: with F the mixture CDF
+    of one core's time, tau_s = n p_s int e^{-mu_s t} P(Bin(n-1, F(t)) < k) dt and
+    E[i-th completion] = int P(Bin(n, F(t)) < i) dt. For many levels or cores."""
+    mu = np.asarray(rates, dtype=np.float64)
+    pr = np.asarray(probs, dtype=np.float64)
+    x, w = _GL
+    x = 0.5 * (x + 1.0)  # (0, 1)
+    w = 0.5 * w
+    scale = (harmonic_number(n) - harmonic_number(n - k)) / float(pr @ mu) + 1e-300
+    t = scale * x / (1.0 - x)
+    jac = scale / (1.0 - x) ** 2
+    surv_one = (pr[:, None] * np.exp(-mu[:, None] * t[None, :])).sum(axis=0)  # P(one core still running)
+    F = 1.0 - surv_one
+    g = _binom_cdf_below(n - 1, k, F)
+    tau = n * pr * (np.exp(-mu[:, None] * t[None, :]) * (g * w * jac)[None, :]).sum(axis=1)
+    times = np.array([float((_binom_cdf_below(n, i, F) * w * jac).sum()) for i in range(1, k + 1)])
+    return {"tau": tau, "completion_times": times, "states": 0}
+
+
+def race(n: int, k: int, rates, probs, max_states: int = 20000) -> dict:
+    m = sum(1 for p in probs if p > 0)
+    if math.comb(n + m - 1, m - 1) * k <= max_states:
+        return race_chain(n, k, rates, probs)
+    return race_integral(n, k, rates, probs)
+
+
+def effective_rates(n: int, k: int, lv: Levels) -> dict:
+    r = race(n, k, lv.rates, lv.probs)
+    return {
+        "arithmetic": math.fsum(p * m for m, p in zip(lv.rates, lv.probs)),
+        "harmonic": 1.0 / math.fsum(p / m for m, p in zip(lv.rates, lv.probs)),
+        "race": k / float(r["tau"].sum()),
+    }
+
+
+# ---------------------------------------------------------------- tail distributions
+def _expm(A: np.ndarray) -> np.ndarray:
+    """exp(A) by scaling and squaring with a degree-20 Taylor sum (A is a small sub-generator)."""
+    norm = float(np.abs(A).sum(axis=0).max())
+    s = max(0, int(math.ceil(math.log2(norm))) + 1) if norm > 0.5 else 0
+    B = A / (2.0 ** s)
+    E = np.eye(A.shape[0])
+    term = np.eye(A.shape[0])
+    for j in range(1, 21):
+        term = term @ B / j
+        E = E + term
+    for _ in range(s):
+        E = E @ E
+    return E
+
+
+class Hypoexponential:
+    """Sum of independent exponentials with the given rates (any, equal ones included)."""
+
+    def __init__(self, rates):
+        self.rates = np.asarray(rates, dtype=np.float64)
+        k = self.rates.size
+        S = np.diag(-self.rates)
+        S[np.arange(k - 1), np.arange(1, k)] = self.rates[:-1]
+        self._S = S
+
+    @property
+    def mean(self) -> float:
+        return float((1.0 / self.rates).sum())
+
+    def survival(self, t: float) -> float:
+        if t <= 0:
+            return 1.0
+        if self.rates.size == 1:
+            return math.exp(-self.rates[0] * t)
+        return float(min(max(_expm(self._S * t)[0].sum(), 0.0), 1.0))
+
+
+class OrderStatistic:
+    """k-th smallest of n i.i.d. Exp(rate)."""
+
+    def __init__(self, n: int, k: int, rate: float):
+        self.n, self.k, self.rate = n, k, rate
+
+    @property
+    def mean(self) -> float:
+        return (harmonic_number(self.n) - harmonic_number(self.n - self.k)) / self.rate
+
+    def survival(self, t: float) -> float:
+        if t <= 0:
+            return 1.0
+        F = -math.expm1(-self.rate * t)
+        return float(_binom_cdf_below(self.n, self.k, np.array([F]))[0])
+
+
+def _quantile(dist: Any, q: float) -> float:
+    target = 1.0 - q
+    hi = max(dist.mean, 1e-300)
+    while dist.survival(hi) > target:
+        hi *= 2.0
+    lo = 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if dist.survival(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------- result
+@dataclass
+class ApproxResult:
+    """Closed-form estimates (fields named as in SimResult where they exist)."""
+
+    params: dict
+    method: str
+    mean_method: str
+    percentile_method: str
+    effective_rate: float
+    effective_rates: dict
+    stable: bool
+    stability_limit: float  # largest stable arrival rate under this method's model
+    mean_response_time: float
+    tandem_response_time: float
+    mean_in_system: float
+    light_traffic_response_time: float  # E[k-th completion] of an isolated request
+    lower_bound: float
+    upper_bound: float
+    stage_rates: list
+    energy_per_request: float
+    average_power: float
+    utilisation: np.ndarray
+    busy_cores: np.ndarray
+    busy_time_per_request: np.ndarray
+    idle_fraction: float
+    wasted_time_per_request: float
+    _tail: Any = field(default=None, repr=False)
+
+    def percentile(self, q: float) -> float:
+        if not 0.0 < float(q) < 1.0:
+            raise ValueError(f"percentile: q must be in (0, 1), got {q!r}")
+        if self._tail is None:
+            return math.inf
+        return _quantile(self._tail, float(q))
+
+    def deadline_miss(self, d: float) -> float:
+        if self._tail is None:
+            return 1.0
+        return self._tail.survival(float(d))
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(0.5)
+
+    @property
+    def p95(self) -> float:
+        return self.percentile(0.95)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(0.99)
+
+    @property
+    def p999(self) -> float:
+        return self.percentile(0.999)
+
+    def to_dict(self) -> dict:
+        out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()
+               if not k.startswith("_")}
+        out["percentiles"] = {str(q): self.percentile(q) for q in (0.5, 0.95, 0.99, 0.999)}
+        return out
+
+
+def _pk_random_speeds(n: int, lam: float, lv: Levels) -> tuple[float, float, float]:
+    """M/G/1 with service Exp(R), R = sum of n i.i.d. drawn rates: E[1/R] = int phi(t)^n dt and
+    E[1/R^2] = int t phi(t)^n dt with phi(t) = E[e^{-mu t}] of one core. Returns (E[S], E[S^2], E[T])."""
+    mu = np.asarray(lv.rates)
+    pr = np.asarray(lv.probs)
+    x, w = _GL
+    x = 0.5 * (x + 1.0)
+    w = 0.5 * w
+    scale = 1.0 / (n * float(pr @ mu))
+    t = scale * x / (1.0 - x)
+    jac = scale / (1.0 - x) ** 2
+    phi_n = (pr[:, None] * np.exp(-mu[:, None] * t[None, :])).sum(axis=0) ** n
+    es = float((phi_n * w * jac).sum())
+    es2 = 2.0 * float((t * phi_n * w * jac).sum())
+    rho = lam * es
+    et = es + lam * es2 / (2.0 * (1.0 - rho)) if rho < 1 else math.inf
+    return es, es2, et
+
+
+def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle_power: float = 0.0,
+                method: str = "race", cancel: bool = True) -> ApproxResult:
+    """Closed-form estimates for the (n, k) fork-join service (module docstring). Unstable
+    loads are not an error here: the result has stable=False and infinite latencies."""
+    fn = "approximate"
+    n, k = check_nk(n, k, fn)
+    lam = check_rate(arrival_rate, fn)
+    lv = as_levels(levels, fn)
+    p0 = check_power(idle_power, fn)
+    if method not in METHODS:
+        raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
+    if not isinstance(cancel, bool):
+        raise TypeError(f"{fn}: cancel must be a bool, got {type(cancel).__name__}")
+
+    rc = race(n, k, lv.rates, lv.probs)
+    rates = {
+        "arithmetic": math.fsum(p * m for m, p in zip(lv.rates, lv.probs)),
+        "harmonic": 1.0 / math.fsum(p / m for m, p in zip(lv.rates, lv.probs)),
+        "race": k / float(rc["tau"].sum()),
+    }
+    distinct = {r for r, p in zip(lv.rates, lv.probs) if p > 0}
+    single = len(distinct) == 1
+    mu = next(iter(distinct)) if single else rates[method]
+    mu_h = rates["harmonic"]
+    Hn, Hnk = harmonic_number(n), harmonic_number(n - k)
+    light = float(rc["completion_times"][-1])
+    pr = np.asarray(lv.probs)
+    mus = np.asarray(lv.rates)
+    pw = np.asarray(lv.powers)
+
+    # ------------------------------------------------------------ energy and utilisation
+    if cancel:
+        tau = rc["tau"]
+        wasted = (n - k) * light  # the n - k losers run from 0 to the k-th completion
+    else:
+        tau = n * pr / mus
+        wasted = float(tau.sum()) - float(rc["completion_times"].sum())
+    energy = float(pw @ tau)
+    busy_cores = lam * tau
+    util = busy_cores / n
+    idle_frac = 1.0 - float(util.sum())
+    power = lam * energy + p0 * n * max(idle_frac, 0.0)
+
+    # ------------------------------------------------------------ latency
+    stages = [(n - i) * mu - (k - i) * lam for i in range(k)]
+    lower = math.fsum(1.0 / ((n - j) * mu - lam) for j in range(k)) if (n - k + 1) * mu > lam else math.inf
+    es = math.fsum(1.0 / ((n - j) * mu) for j in range(k))
+    es2 = math.fsum(1.0 / ((n - j) * mu) ** 2 for j in range(k)) + es * es
+    upper = es + lam * es2 / (2 * (1 - lam * es)) if lam * es < 1 else math.inf
+    tail: Any = None
+    if cancel:
+        limit = n * mu / k if k < n else mu_h
+        if k == n and single:
+            limit = mu
+        stable = lam < limit
+        tandem = math.fsum(1.0 / s for s in stages) if stable and all(s > 0 for s in stages) else math.inf
+        mean, mean_method = tandem, f"tandem ({'one speed' if single else method + ' rate'})"
+        pct_method = "hypoexponential (tandem stages)"
+        if k == 1:
+            if single:
+                mean, mean_method = 1.0 / (n * mu - lam), "exact (M/M/1 with rate n*mu)"
+                pct_method = "exact (exponential)"
+                limit = n * mu
+            else:
+                _, _, mean = _pk_random_speeds(n, lam, lv)
+                limit = 1.0 / _pk_random_speeds(n, lam, lv)[0]
+                mean_method = "exact (M/G/1, Pollaczek-Khinchine)"
+            stable = lam < limit
+        elif k == n and stable:
+            rho = lam / mu
+            nt = (Hn / 1.5 + (4.0 / 11.0) * (1.0 - Hn / 1.5) * rho) * (12.0 - rho) / (8.0 * (mu - lam))
+            if n == 2 and single:
+                mean, mean_method = (12.0 - rho) / 8.0 / (mu - lam), "exact (Flatto-Hahn)"
+            else:
+                mean = nt
+                mean_method = "Nelson-Tantawi" + ("" if single else f" ({method} rate)")
+            upper = min(upper, Hn / (mu - lam))
+        if stable and all(s > 0 for s in stages):
+            tail = Hypoexponential(stages)
+        else:
+            mean = tandem = math.inf
+    else:
+        mu_q = mu if single else mu_h
+        limit = mu_q
+        stable = lam < limit
+        tandem = (Hn - Hnk) / (mu_q - lam) if stable else math.inf
+        mean = tandem
+        mean_method = "k-th of n independent M/M/1 sojourns (harmonic rate)"
+        pct_method = mean_method
+        lower = float(light) + 0.0 if stable else math.inf
+        if stable:
+            tail = OrderStatistic(n, k, mu_q - lam)
+    if not stable:
+        mean = tandem = math.inf
+
+    params = dict(n=n, k=k, arrival_rate=lam, levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
+                  idle_power=p0, cancel=cancel, method=method)
+    return ApproxResult(
+        params=params, method=method, mean_method=mean_method, percentile_method=pct_method,
+        effective_rate=float(mu), effective_rates=rates, stable=bool(stable), stability_limit=float(limit),
+        mean_response_time=float(mean), tandem_response_time=float(tandem),
+        mean_in_system=float(lam * mean), light_traffic_response_time=light,
+        lower_bound=float(lower), upper_bound=float(upper), stage_rates=[float(s) for s in stages],
+        energy_per_request=energy, average_power=float(power), utilisation=util, busy_cores=busy_cores,
+        busy_time_per_request=tau, idle_fraction=idle_frac, wasted_time_per_request=float(wasted),
+        _tail=tail,
+    )

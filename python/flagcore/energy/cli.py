@@ -1,0 +1,377 @@
+"""``flagcore energy simulate|approx|sweep|optimize``: the fork-join energy/latency tools on the
+terminal (tables), in JSON (--json) and as PNG plots (sweep --out)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from .._table import print_table
+
+_EPILOG = ("levels are rate:power[:probability] separated by commas, e.g. 1:1:0.5,3:9:0.5 "
+           "(low level: rate 1, busy power 1; high level: rate 3, power 9; half the tasks each)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("energy", help="energy and latency of (n, k) fork-join services (simulate, approx, sweep, optimize)")
+    esub = p.add_subparsers(dest="energy_command", metavar="ACTION")
+    esub.required = True
+
+    def common(q: argparse.ArgumentParser, probs_needed: bool = True) -> None:
+        q.add_argument("--n", type=int, required=True, help="servers (tasks per request)")
+        q.add_argument("--k", type=int, required=True, help="completions that finish a request")
+        q.add_argument("--arrival-rate", "--lam", dest="arrival_rate", type=float, required=True,
+                       help="Poisson arrival rate of requests")
+        q.add_argument("--levels", required=True,
+                       help="rate:power:probability per level" if probs_needed else "rate:power per level (probabilities are swept/chosen)")
+        q.add_argument("--idle-power", type=float, default=0.0, help="power of an idle core (default 0)")
+        q.add_argument("--no-cancel", dest="cancel", action="store_false",
+                       help="let the n - k late tasks run to completion")
+        q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+    def simopts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--service", default="exponential",
+                       help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | pareto:ALPHA | empirical:FILE")
+        q.add_argument("--redraw-on-arrival", action="store_true", help="every core redraws its level at every arrival")
+        q.add_argument("--requests", type=int, default=1_000_000, help="measured requests per replication")
+        q.add_argument("--warmup", type=int, default=None, help="discarded requests (default requests/10)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--replications", type=int, default=1)
+        q.add_argument("--threads", type=int, default=None)
+        q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    q = esub.add_parser("simulate", help="run the event-driven simulator", epilog=_EPILOG)
+    common(q)
+    simopts(q)
+    q.add_argument("--deadline", type=float, action="append", default=[], help="report P(T > D) (repeatable)")
+    q.set_defaults(func=_cmd_simulate)
+
+    q = esub.add_parser("approx", help="closed forms and approximations", epilog=_EPILOG)
+    common(q)
+    q.add_argument("--method", default="all", choices=["all", "race", "harmonic", "arithmetic"])
+    q.add_argument("--deadline", type=float, action="append", default=[])
+    q.set_defaults(func=_cmd_approx)
+
+    q = esub.add_parser("sweep", help="simulation beside the closed forms over p or the arrival rate; plots", epilog=_EPILOG)
+    common(q, probs_needed=False)
+    simopts(q)
+    q.add_argument("--over", choices=["p", "arrival-rate"], default="p",
+                   help="p: probability of the last (high) level; arrival-rate: the load (levels need probabilities)")
+    q.add_argument("--values", default="0:1:11", help="START:STOP:COUNT or comma-separated values (default 0:1:11)")
+    q.add_argument("--methods", default="race,harmonic,arithmetic", help="approximations to show beside the simulation")
+    q.add_argument("--no-sim", dest="simulate", action="store_false", help="closed forms only")
+    q.add_argument("--metric", default="mean", help="latency shown: mean | mean_in_system | p99 | 0.999 ...")
+    q.add_argument("--out", metavar="DIR", help="write PNG plots (and sweep.json) into DIR")
+    q.set_defaults(func=_cmd_sweep)
+
+    q = esub.add_parser("optimize", help="least energy (or power) meeting a latency target", epilog=_EPILOG)
+    common(q, probs_needed=False)
+    simopts(q)
+    q.add_argument("--target", type=float, required=True, help="latency target (same unit as 1/rate)")
+    q.add_argument("--metric", default="mean", help="mean | mean_in_system | p99 | 0.999 ...")
+    q.add_argument("--objective", choices=["energy", "power"], default="energy")
+    q.add_argument("--evaluator", choices=["approx", "simulate"], default="approx")
+    q.add_argument("--method", choices=["race", "harmonic", "arithmetic"], default="race")
+    q.add_argument("--grid", type=int, default=11, help="grid points per probability axis")
+    q.set_defaults(func=_cmd_optimize)
+
+
+# ---------------------------------------------------------------- parsing helpers
+def parse_levels(text: str, need_probs: bool = True) -> list:
+    out = []
+    for part in text.split(","):
+        f = [x for x in part.strip().split(":") if x != ""]
+        try:
+            nums = [float(x) for x in f]
+        except ValueError:
+            raise ValueError(f"--levels: expected numbers rate:power[:probability], got {part!r}") from None
+        if len(nums) == 2:
+            nums.append(1.0 if (need_probs and len(text.split(",")) == 1) else math.nan)
+        if len(nums) != 3:
+            raise ValueError(f"--levels: each level is rate:power[:probability], got {part!r}")
+        out.append(tuple(nums))
+    if need_probs and any(math.isnan(t[2]) for t in out):
+        raise ValueError("--levels: give every level a probability (rate:power:probability)")
+    if not need_probs:
+        out = [t if not math.isnan(t[2]) else (t[0], t[1]) for t in out]
+    return out
+
+
+def parse_values(text: str) -> list:
+    if text.count(":") == 2:
+        a, b, c = text.split(":")
+        return np.linspace(float(a), float(b), int(c)).tolist()
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--values: expected START:STOP:COUNT or a comma-separated list, got {text!r}") from None
+
+
+def parse_service(text: str) -> Any:
+    if text.startswith("empirical:"):
+        path = text.split(":", 1)[1]
+        if not os.path.exists(path):
+            raise ValueError(f"--service: no such file {path!r}")
+        return ("empirical", np.loadtxt(path, dtype=np.float64).ravel())
+    return text
+
+
+def _progress_bar(label: str):
+    """A rich progress bar when rich is installed, else the plain stderr bar."""
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    except ImportError:
+        from .simulate import _stderr_bar
+
+        return None, _stderr_bar()
+    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True)
+    task = prog.add_task(label, total=None)
+
+    def report(done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total)
+
+    return prog, report
+
+
+def _sim_kwargs(a: argparse.Namespace) -> dict:
+    return dict(requests=a.requests, warmup=a.warmup, seed=a.seed, replications=a.replications,
+                threads=a.threads, service=parse_service(a.service), redraw_on_arrival=a.redraw_on_arrival)
+
+
+def _dump(path: str | None, obj: Any) -> None:
+    if not path:
+        return
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+    print(f"wrote {path}")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    return str(x)
+
+
+def _level_rows(res: Any, levels: list) -> list:
+    rows = []
+    for i, lv in enumerate(levels):
+        rows.append([i, lv[0], lv[1], lv[2] if len(lv) > 2 else "", float(res.utilisation[i]),
+                     float(res.busy_time_per_request[i])])
+    return rows
+
+
+# ---------------------------------------------------------------- commands
+def _cmd_simulate(a: argparse.Namespace) -> int:
+    from .simulate import simulate
+
+    levels = parse_levels(a.levels)
+    kw = _sim_kwargs(a)
+    prog, report = (None, None)
+    if a.progress and (a.requests + (a.warmup or a.requests // 10)) * a.replications >= 2_000_000:
+        prog, report = _progress_bar("simulating")
+    if prog is not None:
+        with prog:
+            r = simulate(a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, cancel=a.cancel, progress=report, **kw)
+    else:
+        r = simulate(a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, cancel=a.cancel,
+                     progress=report, **kw)
+    rows = [
+        ["mean response time E[T]", r.mean_response_time, r.mean_response_time_ci],
+        ["mean number in system E[N]", r.mean_in_system, r.mean_in_system_ci],
+        ["p50", r.p50, r.percentile_ci(0.5)],
+        ["p95", r.p95, r.percentile_ci(0.95)],
+        ["p99", r.p99, r.percentile_ci(0.99)],
+        ["p99.9", r.p999, r.percentile_ci(0.999)],
+        *[[f"P(T > {d:g})", r.deadline_miss(d), r.deadline_miss_ci(d)] for d in a.deadline],
+        ["energy per request", r.energy_per_request, r.energy_per_request_ci],
+        ["average power", r.average_power, r.average_power_ci],
+        ["wasted busy time per request", r.wasted_time_per_request, r.wasted_time_per_request_ci],
+        ["idle fraction of core-time", r.idle_fraction, ""],
+    ]
+    print_table(f"simulation: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}, "
+                f"{r.requests:,} requests{'' if a.cancel else ', no cancellation'}", ["metric", "estimate", "± 95%"], rows)
+    print_table("speed levels", ["level", "rate", "power", "prob", "utilisation", "busy time / request"],
+                _level_rows(r, levels))
+    print(f"stable: {r.stable} ({r.stability_note}); {r.events_per_second / 1e6:.2f} M events/s, "
+          f"{r.requests_per_second / 1e6:.2f} M requests/s per thread, wall {r.wall_seconds:.2f}s")
+    _dump(a.json, r.to_dict())
+    return 0
+
+
+def _cmd_approx(a: argparse.Namespace) -> int:
+    from .approx import METHODS, approximate
+
+    levels = parse_levels(a.levels)
+    methods = METHODS if a.method == "all" else (a.method,)
+    res = {m: approximate(a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, method=m, cancel=a.cancel)
+           for m in methods}
+    names = [
+        ("mean response time E[T]", lambda r: r.mean_response_time),
+        ("mean number in system E[N]", lambda r: r.mean_in_system),
+        ("p50", lambda r: r.p50), ("p99", lambda r: r.p99), ("p99.9", lambda r: r.p999),
+        *[(f"P(T > {d:g})", (lambda d: lambda r: r.deadline_miss(d))(d)) for d in a.deadline],
+        ("energy per request", lambda r: r.energy_per_request),
+        ("average power", lambda r: r.average_power),
+        ("effective rate", lambda r: r.effective_rate),
+        ("stability limit (arrival rate)", lambda r: r.stability_limit),
+        ("lower bound E[T]", lambda r: r.lower_bound),
+        ("upper bound E[T]", lambda r: r.upper_bound),
+        ("light-traffic E[T]", lambda r: r.light_traffic_response_time),
+    ]
+    rows = [[nm, *[f(res[m]) for m in methods]] for nm, f in names]
+    print_table(f"closed forms: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}", ["metric", *methods], rows)
+    for m in methods:
+        print(f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; stable={res[m].stable}")
+    _dump(a.json, {m: r.to_dict() for m, r in res.items()})
+    return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from .design import _metric_name, latency_ci, latency_of, pareto_front, sweep
+
+    over = "p" if a.over == "p" else "arrival_rate"
+    levels = parse_levels(a.levels, need_probs=(over == "arrival_rate"))
+    values = parse_values(a.values)
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    kw = _sim_kwargs(a) if a.simulate else {}
+    prog, report = (_progress_bar("sweep") if a.progress else (None, None))
+    args = (a.n, a.k, a.arrival_rate, levels)
+    skw = dict(over=over, values=values, idle_power=a.idle_power, cancel=a.cancel, run_simulation=a.simulate,
+               methods=methods, progress=report, **kw)
+    if prog is not None:
+        with prog:
+            res = sweep(*args, **skw)
+    else:
+        res = sweep(*args, **skw)
+    metric = a.metric
+    name = _metric_name(metric)
+    cols = ["p (high level)" if over == "p" else "arrival rate"]
+    if a.simulate:
+        cols += [f"sim {name}", "±", "sim energy", "±"]
+    for m in methods:
+        cols += [f"{m} {name}", f"{m} energy"]
+    rows = []
+    for pt in res.points:
+        row: list = [pt.x]
+        if a.simulate:
+            if pt.sim is None:
+                row += ["unstable", "", "", ""]
+            else:
+                flag = "" if pt.sim.stable else " (unstable?)"
+                row += [f"{latency_of(pt.sim, metric):.4g}{flag}", latency_ci(pt.sim, metric),
+                        pt.sim.energy_per_request, pt.sim.energy_per_request_ci]
+        for m in methods:
+            row += [latency_of(pt.approx[m], metric), pt.approx[m].energy_per_request]
+        rows.append(row)
+    print_table(f"sweep over {'p' if over == 'p' else 'the arrival rate'}: ({a.n}, {a.k}) fork-join", cols, rows)
+    front = pareto_front(res, metric=metric, source="sim" if a.simulate else methods[0])
+    print("energy-latency Pareto front (" + ("simulation" if a.simulate else methods[0]) + "): " +
+          ", ".join(f"x={res.points[i].x:g}: E={e:.4g}, {name}={lat:.4g}" for i, e, lat in front))
+    out = res.to_dict(metric)
+    _dump(a.json, out)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        _dump(os.path.join(a.out, "sweep.json"), out)
+        for f in plot_sweep(res, metric, a.out, methods):
+            print(f"wrote {f}")
+    return 0
+
+
+def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
+    """Latency vs x, energy vs x, and the energy-latency trade-off, simulation (with 95% CI)
+    beside the approximations. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    from .design import _metric_name, latency_ci, latency_of
+
+    short = FuncFormatter(lambda v, _: f"{v:g}")  # log-axis labels without 3x10^-1 clutter
+
+    name = _metric_name(metric)
+    xlabel = "probability of the high level p" if res.over == "p" else "arrival rate"
+    xs = np.array([float(pt.x) for pt in res.points])
+    sim_pts = [(float(pt.x), latency_of(pt.sim, metric), latency_ci(pt.sim, metric), pt.sim.energy_per_request,
+                pt.sim.energy_per_request_ci) for pt in res.points if pt.sim is not None and pt.sim.stable]
+    files = []
+    ylabel = {"mean": "mean response time E[T]", "mean_in_system": "mean number in system E[N]"}.get(name, f"{name} response time")
+    for what, fname, lab in (("latency", "latency_vs_x.png", ylabel), ("energy", "energy_vs_x.png", "energy per request")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if sim_pts:
+            s = np.array(sim_pts)
+            y, e = (s[:, 1], s[:, 2]) if what == "latency" else (s[:, 3], s[:, 4])
+            ax.errorbar(s[:, 0], y, yerr=e, fmt="o", color="k", capsize=3, label="simulation (95% CI)")
+        for m in methods:
+            ys = [latency_of(pt.approx[m], metric) if what == "latency" else pt.approx[m].energy_per_request
+                  for pt in res.points]
+            ys = np.array([v if math.isfinite(v) else np.nan for v in ys])
+            ax.plot(xs, ys, "-", label=f"approximation ({m})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(lab)
+        if what == "latency":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(short)
+            ax.yaxis.set_minor_formatter(short)
+        ax.set_title(f"({res.n}, {res.k}) fork-join")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, fname)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        files.append(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if sim_pts:
+        s = np.array(sim_pts)
+        ax.errorbar(s[:, 1], s[:, 3], xerr=s[:, 2], yerr=s[:, 4], fmt="o-", color="k", capsize=3, label="simulation")
+    for m in methods:
+        lat = np.array([latency_of(pt.approx[m], metric) for pt in res.points])
+        en = np.array([pt.approx[m].energy_per_request for pt in res.points])
+        ok = np.isfinite(lat)
+        ax.plot(lat[ok], en[ok], "--", label=f"approximation ({m})")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(short)
+    ax.xaxis.set_minor_formatter(short)
+    ax.set_xlabel(ylabel)
+    ax.set_ylabel("energy per request")
+    ax.set_title("energy-latency trade-off")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, "tradeoff.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    files.append(path)
+    return files
+
+
+def _cmd_optimize(a: argparse.Namespace) -> int:
+    from .design import optimize
+
+    levels = parse_levels(a.levels, need_probs=False)
+    kw = _sim_kwargs(a) if a.evaluator == "simulate" else {}
+    metric: Any = a.metric
+    r = optimize(a.n, a.k, a.arrival_rate, levels, target=a.target, metric=metric, objective=a.objective,
+                 idle_power=a.idle_power, cancel=a.cancel, evaluator=a.evaluator, method=a.method, grid=a.grid, **kw)
+    if not r.feasible:
+        print(f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} evaluated)")
+    else:
+        rows = [[i, lv[0], lv[1], p] for i, (lv, p) in enumerate(zip(levels, r.probs))]
+        print_table(f"least {a.objective} with {r.metric} <= {a.target:g} ({a.evaluator})",
+                    ["level", "rate", "power", "probability"], rows)
+        print(f"{a.objective}: {r.value:.6g}   {r.metric}: {r.latency:.6g}"
+              + (f" ± {r.latency_ci:.3g}" if a.evaluator == "simulate" else "")
+              + f"   ({len(r.evaluations)} evaluations)")
+    _dump(a.json, r.to_dict())
+    return 0 if r.feasible else 1

@@ -1,0 +1,336 @@
+"""Design questions: ``sweep`` (simulation and closed forms over a grid), ``pareto_front`` (the
+energy-latency trade-off) and ``optimize`` (the least energy, or power, that meets a latency
+target on the mean or a percentile)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ._model import Levels, as_levels, check_nk, check_power, check_rate
+from .approx import METHODS, ApproxResult, approximate
+from .simulate import SimResult, certainly_unstable, simulate
+
+Metric = Union[str, float]
+
+
+def _metric_name(metric: Metric) -> str:
+    if metric in ("mean", "mean_in_system"):
+        return str(metric)
+    return f"p{_q(metric) * 100:g}"
+
+
+def _q(metric: Metric) -> float:
+    if isinstance(metric, str):
+        s = metric.lower().lstrip("p")
+        try:
+            v = float(s)
+        except ValueError:
+            raise ValueError(f"metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, got {metric!r}") from None
+        q = v / 100.0 if metric.lower().startswith("p") else v
+    else:
+        q = float(metric)
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"metric quantile must be in (0, 1), got {metric!r}")
+    return q
+
+
+def latency_of(res: Union[SimResult, ApproxResult], metric: Metric) -> float:
+    """'mean' (response time), 'mean_in_system' (E[N]), or a quantile (0.99 or 'p99')."""
+    if metric == "mean":
+        return res.mean_response_time
+    if metric == "mean_in_system":
+        return res.mean_in_system
+    if isinstance(res, ApproxResult) and not res.stable:
+        return math.inf
+    return res.percentile(_q(metric))
+
+
+def latency_ci(res: SimResult, metric: Metric) -> float:
+    if metric == "mean":
+        return res.mean_response_time_ci
+    if metric == "mean_in_system":
+        return res.mean_in_system_ci
+    return res.percentile_ci(_q(metric))
+
+
+def _probs_with_high(base: Levels, p: float) -> tuple:
+    """p on the last level; 1 - p over the others in proportion to their given probabilities."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"sweep: p values must be in [0, 1], got {p}")
+    m = base.m
+    if m == 1:
+        return (1.0,)
+    rest = np.array(base.probs[:-1], dtype=np.float64)
+    rest = rest / rest.sum() if rest.sum() > 0 else np.eye(m - 1)[0]
+    return tuple((rest * (1.0 - p)).tolist()) + (p,)
+
+
+def _levels_any_probs(levels: Any, fn: str) -> Levels:
+    """Levels whose probabilities the caller will choose: (rate, power) pairs accepted."""
+    fixed = []
+    for lv in levels:
+        t = tuple(lv) if not hasattr(lv, "rate") else (lv.rate, lv.power)
+        fixed.append((t[0], t[1], 0.0))
+    if not fixed:
+        raise ValueError(f"{fn}: levels must not be empty")
+    fixed[0] = (fixed[0][0], fixed[0][1], 1.0)
+    lv = as_levels(fixed, fn)
+    given = [tuple(x)[2] if not hasattr(x, "rate") and len(tuple(x)) > 2 else None for x in levels]
+    if all(g is not None for g in given) and abs(math.fsum(given) - 1.0) <= 1e-9:
+        lv = lv.with_probs(given)
+    return lv
+
+
+@dataclass
+class SweepPoint:
+    x: Any
+    arrival_rate: float
+    probs: tuple
+    sim: Optional[SimResult]
+    approx: dict  # method -> ApproxResult
+    note: str = ""
+
+
+@dataclass
+class SweepResult:
+    over: str
+    n: int
+    k: int
+    levels: Levels
+    points: list = field(default_factory=list)
+
+    def rows(self, metric: Metric = "mean") -> list:
+        name = _metric_name(metric)
+        out = []
+        for pt in self.points:
+            row = {"x": pt.x, "arrival_rate": pt.arrival_rate, "probs": list(pt.probs)}
+            if pt.sim is not None:
+                row[f"sim_{name}"] = latency_of(pt.sim, metric)
+                row[f"sim_{name}_ci"] = latency_ci(pt.sim, metric)
+                row["sim_energy"] = pt.sim.energy_per_request
+                row["sim_energy_ci"] = pt.sim.energy_per_request_ci
+                row["sim_power"] = pt.sim.average_power
+                row["sim_stable"] = pt.sim.stable
+            for meth, a in pt.approx.items():
+                row[f"{meth}_{name}"] = latency_of(a, metric)
+                row[f"{meth}_energy"] = a.energy_per_request
+                row[f"{meth}_power"] = a.average_power
+            if pt.note:
+                row["note"] = pt.note
+            out.append(row)
+        return out
+
+    def to_dict(self, metric: Metric = "mean") -> dict:
+        return {"over": self.over, "n": self.n, "k": self.k,
+                "levels": [list(t) for t in zip(self.levels.rates, self.levels.powers)],
+                "metric": _metric_name(metric), "points": self.rows(metric)}
+
+
+def sweep(n: int, k: int, arrival_rate: float, levels: Any, *, over: str = "p", values: Sequence = (),
+          idle_power: float = 0.0, cancel: bool = True, run_simulation: bool = True,
+          methods: Sequence[str] = ("race",), progress: Optional[Callable[[int, int], None]] = None,
+          **sim_kwargs: Any) -> SweepResult:
+    """Simulate and approximate over a grid.
+
+    over="p": values are probabilities of the last (high-speed) level, the rest sharing 1 - p
+    in proportion to their given probabilities; over="probs": values are probability vectors;
+    over="arrival_rate": values are arrival rates at the given levels. Points that are
+    certainly unstable get no simulation (note says why); the others run with
+    on_unstable="return" so a detected instability shows as sim.stable = False.
+    """
+    fn = "sweep"
+    n, k = check_nk(n, k, fn)
+    lam0 = check_rate(arrival_rate, fn)
+    p0 = check_power(idle_power, fn)
+    if over not in ("p", "probs", "arrival_rate"):
+        raise ValueError(f"{fn}: over must be 'p', 'probs' or 'arrival_rate', got {over!r}")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"{fn}: methods must be among {METHODS}, got {m!r}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{fn}: values must not be empty")
+    base = as_levels(levels, fn) if over == "arrival_rate" else _levels_any_probs(levels, fn)
+    if over == "p" and base.m < 2:
+        raise ValueError(f"{fn}: over='p' needs at least two levels, got {base.m}")
+    redraw = bool(sim_kwargs.get("redraw_on_arrival", False))
+    out = SweepResult(over, n, k, base)
+    for i, v in enumerate(values):
+        if over == "p":
+            probs, lam = _probs_with_high(base, float(v)), lam0
+        elif over == "probs":
+            probs, lam = tuple(float(x) for x in v), lam0
+            as_levels(list(zip(base.rates, base.powers, probs)), fn)
+        else:
+            probs, lam = base.probs, check_rate(v, fn, "values")
+        lv = base.with_probs(probs)
+        lvl = list(zip(lv.rates, lv.powers, lv.probs))
+        approx = {m: approximate(n, k, lam, lvl, idle_power=p0, method=m, cancel=cancel) for m in methods}
+        sim, note = None, ""
+        if run_simulation:
+            why = certainly_unstable(n, k, lam, lv, cancel, redraw)
+            if why:
+                note = "not simulated: " + why
+            else:
+                kw = dict(sim_kwargs)
+                kw.setdefault("on_unstable", "return")
+                sim = simulate(n, k, lam, lvl, idle_power=p0, cancel=cancel, **kw)
+        out.points.append(SweepPoint(v if over != "probs" else list(probs), lam, probs, sim, approx, note))
+        if progress:
+            progress(i + 1, len(values))
+    return out
+
+
+def pareto_front(points: Any, *, metric: Metric = "mean", objective: str = "energy",
+                 source: str = "sim") -> list:
+    """Non-dominated (objective, latency) points, sorted by objective: no other point is at
+    least as good on both and better on one. ``points``: a SweepResult, or a list of
+    SimResult/ApproxResult, or of (objective, latency) pairs. ``source``: 'sim' or an
+    approximation method, for a SweepResult. Returns [(index, objective, latency)]."""
+    if objective not in ("energy", "power"):
+        raise ValueError(f"pareto_front: objective must be 'energy' or 'power', got {objective!r}")
+    if isinstance(points, SweepResult):
+        items = []
+        for pt in points.points:
+            r = pt.sim if source == "sim" else pt.approx.get(source)
+            items.append(r)
+    else:
+        items = list(points)
+    pairs = []
+    for i, r in enumerate(items):
+        if r is None:
+            continue
+        if isinstance(r, (tuple, list)):
+            e, lat = float(r[0]), float(r[1])
+        else:
+            if hasattr(r, "stable") and not r.stable:
+                continue
+            e = r.energy_per_request if objective == "energy" else r.average_power
+            lat = latency_of(r, metric)
+        if math.isfinite(e) and math.isfinite(lat):
+            pairs.append((i, e, lat))
+    pairs.sort(key=lambda t: (t[1], t[2]))
+    front, best = [], math.inf
+    for i, e, lat in pairs:
+        if lat < best:
+            front.append((i, e, lat))
+            best = lat
+    return front
+
+
+@dataclass
+class OptimizeResult:
+    """The cheapest probability vector found that meets the target, and every evaluation."""
+
+    feasible: bool
+    probs: Optional[tuple]
+    objective: str
+    value: float  # energy per request or average power at the optimum
+    latency: float
+    latency_ci: float
+    metric: str
+    target: float
+    evaluator: str
+    evaluations: list
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _simplex_grid(m: int, steps: int) -> list:
+    if m == 1:
+        return [(1.0,)]
+    pts = []
+    for c in product(range(steps + 1), repeat=m - 1):
+        if sum(c) <= steps:
+            pts.append(tuple(x / steps for x in c) + ((steps - sum(c)) / steps,))
+    return pts
+
+
+def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float, metric: Metric = "mean",
+             objective: str = "energy", idle_power: float = 0.0, cancel: bool = True,
+             evaluator: str = "approx", method: str = "race", grid: int = 11, refine: int = 2,
+             progress: Optional[Callable[[int, int], None]] = None, **sim_kwargs: Any) -> OptimizeResult:
+    """The level probabilities with the least energy per request (objective='energy') or
+    average power ('power') whose latency metric ('mean', 'mean_in_system' or a quantile such
+    as 0.99 / 'p99') is at most ``target``.
+
+    Searches the probability simplex on a grid of ``grid`` points per axis, then (two levels)
+    ``refine`` times on a finer grid around the best point. evaluator='approx' uses the closed
+    forms (method); 'simulate' runs the simulator and requires the upper 95% confidence limit
+    of the latency to meet the target. ``levels``: (rate, power) or (rate, power, probability)
+    per level; the probabilities are what is chosen.
+    """
+    fn = "optimize"
+    n, k = check_nk(n, k, fn)
+    lam = check_rate(arrival_rate, fn)
+    p0 = check_power(idle_power, fn)
+    tgt = check_rate(target, fn, "target")
+    name = _metric_name(metric)
+    if objective not in ("energy", "power"):
+        raise ValueError(f"{fn}: objective must be 'energy' or 'power', got {objective!r}")
+    if evaluator not in ("approx", "simulate"):
+        raise ValueError(f"{fn}: evaluator must be 'approx' or 'simulate', got {evaluator!r}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+        raise ValueError(f"{fn}: grid must be an int >= 2, got {grid!r}")
+    base = _levels_any_probs(levels, fn)
+    redraw = bool(sim_kwargs.get("redraw_on_arrival", False))
+    evals: list = []
+    seen: dict = {}
+
+    def evaluate(probs: tuple) -> dict:
+        key = tuple(round(p, 12) for p in probs)
+        if key in seen:
+            return seen[key]
+        lv = base.with_probs(probs)
+        lvl = list(zip(lv.rates, lv.powers, lv.probs))
+        row: dict = {"probs": list(probs)}
+        if evaluator == "approx":
+            a = approximate(n, k, lam, lvl, idle_power=p0, method=method, cancel=cancel)
+            row.update(latency=latency_of(a, metric), latency_ci=0.0, stable=a.stable,
+                       value=a.energy_per_request if objective == "energy" else a.average_power)
+        else:
+            why = certainly_unstable(n, k, lam, lv, cancel, redraw)
+            if why:
+                row.update(latency=math.inf, latency_ci=0.0, stable=False, value=math.nan, note=why)
+            else:
+                kw = dict(sim_kwargs)
+                kw.setdefault("on_unstable", "return")
+                s = simulate(n, k, lam, lvl, idle_power=p0, cancel=cancel, **kw)
+                row.update(latency=latency_of(s, metric), latency_ci=latency_ci(s, metric), stable=s.stable,
+                           value=s.energy_per_request if objective == "energy" else s.average_power)
+        row["feasible"] = bool(row["stable"] and row["latency"] + row["latency_ci"] <= tgt)
+        seen[key] = row
+        evals.append(row)
+        return row
+
+    cands = _simplex_grid(base.m, grid - 1)
+    for i, c in enumerate(cands):
+        evaluate(c)
+        if progress:
+            progress(i + 1, len(cands))
+
+    def best_row() -> Optional[dict]:
+        feas = [r for r in evals if r["feasible"] and math.isfinite(r["value"])]
+        return min(feas, key=lambda r: (r["value"], r["latency"])) if feas else None
+
+    if base.m == 2:
+        step = 1.0 / (grid - 1)
+        for _ in range(max(refine, 0)):
+            b = best_row()
+            if b is None:
+                break
+            p = b["probs"][1]
+            step /= (grid - 1) / 2.0
+            for j in range(-(grid // 2), grid // 2 + 1):
+                q = min(max(p + j * step, 0.0), 1.0)
+                evaluate((1.0 - q, q))
+    b = best_row()
+    if b is None:
+        return OptimizeResult(False, None, objective, math.nan, math.nan, math.nan, name, tgt, evaluator, evals)
+    return OptimizeResult(True, tuple(b["probs"]), objective, b["value"], b["latency"], b["latency_ci"], name,
+                          tgt, evaluator, evals)

@@ -1,0 +1,392 @@
+"""``simulate``: the event-driven (n, k) fork-join simulator (C++, csrc/sim/) and its result."""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from .._backend import core
+from . import _stats
+from ._model import (Levels, LevelsLike, Service, as_levels, as_service, check_nk, check_power,
+                     check_rate)
+
+_BATCH_FIELDS = 9  # csrc/sim/forkjoin_sim.hpp ForkJoinResult::kBatchFields
+
+
+class UnstableError(ValueError):
+    """The run's number in system kept growing: the load is (very likely) unstable.
+    ``result`` holds the flagged SimResult."""
+
+    def __init__(self, message: str, result: "SimResult"):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class SimResult:
+    """Estimates of one ``simulate`` call. Every ``*_ci`` is a 95% confidence half-width (batch
+    means over one replication, or the spread across replications when there are several).
+    Time averages cover the window from the first measured arrival to the first arrival after
+    the measured ones; per-request means cover the measured requests."""
+
+    params: dict
+    mean_response_time: float
+    mean_response_time_ci: float
+    mean_in_system: float
+    mean_in_system_ci: float
+    energy_per_request: float
+    energy_per_request_ci: float
+    average_power: float
+    average_power_ci: float
+    throughput: float  # measured arrivals per unit time
+    utilisation: np.ndarray  # per level: fraction of core-time busy at that level
+    busy_cores: np.ndarray  # per level: mean number of cores busy at that level (B_s)
+    busy_time: np.ndarray  # per level: core-time busy in the window
+    busy_time_per_request: np.ndarray  # per level: busy_time / measured arrivals (tau_s)
+    completion_rate: np.ndarray  # per level: task completions per unit time
+    idle_fraction: float
+    wasted_time_per_request: float  # busy time on tasks that were cancelled or finished late
+    wasted_time_per_request_ci: float
+    wasted_energy_per_request: float
+    window: float
+    requests: int  # measured requests, all replications
+    stable: bool
+    stability_note: str
+    events: int
+    wall_seconds: float  # longest replication
+    events_per_second: float  # per second of one thread's CPU time
+    requests_per_second: float  # simulated (warm-up included) per second of one thread's CPU time
+    cpu_seconds: float  # CPU time of all replications together
+    replications: int
+    histogram: np.ndarray = field(repr=False)
+    _rep_hists: list = field(repr=False, default_factory=list)  # per replication: (batches, buckets)
+    _minmax: tuple = (0.0, 0.0)
+
+    #: relative error of percentile() against the sample percentile (histogram resolution)
+    percentile_relative_error: float = _stats.PERCENTILE_RELATIVE_ERROR
+
+    # ------------------------------------------------------------ tails
+    def percentile(self, q: float) -> float:
+        """The q-quantile of the response time, q in (0, 1)."""
+        q = _check_q(q)
+        return _stats.hist_percentile(self.histogram, q, *self._minmax)
+
+    def percentile_ci(self, q: float) -> float:
+        """95% half-width of percentile(q): batch quantiles (one replication) or replication
+        quantiles."""
+        q = _check_q(q)
+        if len(self._rep_hists) >= 2:
+            est = [_stats.hist_percentile(h.sum(axis=0), q, *self._minmax) for h in self._rep_hists]
+        else:
+            est = [_stats.hist_percentile(b, q, *self._minmax) for b in self._rep_hists[0]]
+        return _stats.half_width(np.array(est))
+
+    def deadline_miss(self, d: float) -> float:
+        """P(T > d): the fraction of requests that missed deadline d."""
+        return _stats.hist_exceed(self.histogram, float(d))
+
+    def deadline_miss_ci(self, d: float) -> float:
+        if len(self._rep_hists) >= 2:
+            est = [_stats.hist_exceed(h.sum(axis=0), float(d)) for h in self._rep_hists]
+        else:
+            est = [_stats.hist_exceed(b, float(d)) for b in self._rep_hists[0]]
+        return _stats.half_width(np.array(est))
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(0.5)
+
+    @property
+    def p95(self) -> float:
+        return self.percentile(0.95)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(0.99)
+
+    @property
+    def p999(self) -> float:
+        return self.percentile(0.999)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no histogram)."""
+        out = {}
+        for k, v in self.__dict__.items():
+            if k.startswith("_") or k == "histogram":
+                continue
+            out[k] = v.tolist() if isinstance(v, np.ndarray) else v
+        out["percentiles"] = {str(q): self.percentile(q) for q in (0.5, 0.95, 0.99, 0.999)}
+        out["percentiles_ci"] = {str(q): self.percentile_ci(q) for q in (0.5, 0.95, 0.99, 0.999)}
+        return out
+
+
+def _check_q(q: Any) -> float:
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0.0 < float(q) < 1.0:
+        raise ValueError(f"percentile: q must be in (0, 1), got {q!r}")
+    return float(q)
+
+
+def _check_count(x: Any, fn: str, what: str, lo: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) < lo:
+        raise ValueError(f"{fn}: {what} must be an int >= {lo}, got {x!r}")
+    return int(x)
+
+
+def certainly_unstable(n: int, k: int, lam: float, lv: Levels, cancel: bool, redraw: bool) -> Optional[str]:
+    """A reason when no schedule could keep up, else None. k*lam >= n * fastest rate always
+    overloads; without cancellation (or with k = n, where nothing is cancelled) every server
+    must serve every task, so lam * E[service] >= 1 does too (unless speeds change mid-task)."""
+    fastest = lv.max_rate
+    if k * lam >= n * fastest:
+        return (f"k * arrival_rate = {k * lam:g} >= n * fastest rate = {n * fastest:g}: "
+                f"the load is unstable at any speed choice")
+    if (not cancel or k == n) and not redraw:
+        load = lam * math.fsum(p / r for r, p in zip(lv.rates, lv.probs))
+        if load >= 1.0:
+            why = "k = n" if cancel else "without cancellation"
+            return (f"arrival_rate * E[service time] = {load:g} >= 1 on every server ({why}, each "
+                    f"server serves every task): the load is unstable")
+    return None
+
+
+def _stability(batch_n: np.ndarray, aborted: bool, max_seen: int, cap: int) -> tuple[bool, str]:
+    """batch_n: (replications, batches) time-average number in system per batch."""
+    if aborted:
+        return False, f"the number in system passed max_in_system = {cap}"
+    b = batch_n.shape[1]
+    if b < 8:
+        return True, "not checked (fewer than 8 batches)"
+    x = batch_n.mean(axis=0)
+    idx = np.arange(b, dtype=np.float64)
+    xc = idx - idx.mean()
+    slope = float(xc @ (x - x.mean()) / (xc @ xc))
+    resid = x - x.mean() - slope * xc
+    se = math.sqrt(max(float(resid @ resid) / (b - 2), 1e-300) / float(xc @ xc))
+    q = max(b // 4, 1)
+    first, last = float(x[:q].mean()), float(x[-q:].mean())
+    growing = slope / se > 6.0 and last > 1.5 * first + 1.0
+    note = (f"mean number in system {first:.4g} over the first quarter of the batches, "
+            f"{last:.4g} over the last (trend t = {slope / se:.3g})")
+    return (not growing), note
+
+
+def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, requests: int = 1_000_000,
+             warmup: Optional[int] = None, seed: int = 0, idle_power: float = 0.0,
+             service: Any = "exponential", cancel: bool = True, redraw_on_arrival: bool = False,
+             replications: int = 1, threads: Optional[int] = None, batches: int = 32,
+             on_unstable: str = "raise", max_in_system: int = 1 << 22,
+             progress: Union[None, bool, Callable[[int, int], None]] = None) -> SimResult:
+    """Simulate the (n, k) fork-join service with speed levels and energy.
+
+    Each request is forked to all n servers (FCFS, unbounded queues) and departs at its k-th
+    task completion; with ``cancel`` its other n - k tasks are then cancelled. ``levels`` is a
+    list of (rate, power, probability) or SpeedLevel; a core draws a level when it starts a task
+    (``redraw_on_arrival``: every core redraws at every arrival, the task in service continuing
+    at the new rate). ``service`` is the unit-mean work distribution (see ``Service``).
+
+    ``requests`` are measured after ``warmup`` discarded ones (default requests // 10), per
+    replication; replications run on ``threads`` threads (default: as many as useful) with
+    independent Philox streams of ``seed``; the result does not depend on ``threads``.
+
+    Inputs that are certainly unstable raise ValueError. If the run's number in system keeps
+    growing (the load is unstable, or the run too short to reach steady state), ``on_unstable``
+    decides: "raise" (default) raises UnstableError (a ValueError; ``.result`` holds the flagged
+    result), "warn" warns and returns it, "return" returns it; either way ``stable`` is False.
+    ``progress``: True draws a bar on stderr, a callable gets (done, total) about 10 times a second.
+    """
+    fn = "simulate"
+    n, k = check_nk(n, k, fn)
+    lam = check_rate(arrival_rate, fn)
+    lv = as_levels(levels, fn)
+    p0 = check_power(idle_power, fn)
+    svc = as_service(service, fn)
+    requests = _check_count(requests, fn, "requests", 1)
+    batches = _check_count(batches, fn, "batches", 1)
+    batches = min(batches, requests)
+    warmup = requests // 10 if warmup is None else _check_count(warmup, fn, "warmup", 0)
+    replications = _check_count(replications, fn, "replications", 1)
+    max_in_system = _check_count(max_in_system, fn, "max_in_system", 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
+        raise ValueError(f"{fn}: seed must be an int in [0, 2^64), got {seed!r}")
+    if threads is None:
+        threads = min(replications, int(core.num_threads()))
+    threads = _check_count(threads, fn, "threads", 1)
+    if on_unstable not in ("raise", "warn", "return"):
+        raise ValueError(f"{fn}: on_unstable must be 'raise', 'warn' or 'return', got {on_unstable!r}")
+    for name, v in (("cancel", cancel), ("redraw_on_arrival", redraw_on_arrival)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
+    reason = certainly_unstable(n, k, lam, lv, cancel, redraw_on_arrival)
+    if reason:
+        raise ValueError(f"{fn}: {reason} (n={n}, k={k}, arrival_rate={lam:g})")
+
+    params = dict(n=n, k=k, arrival_rate=lam, levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
+                  idle_power=p0, service=svc.describe(), cancel=cancel, redraw_on_arrival=redraw_on_arrival,
+                  requests=requests, warmup=warmup, seed=int(seed), replications=replications,
+                  threads=threads, batches=batches)
+    args = (n, k, lam, list(lv.rates), list(lv.powers), list(lv.probs), p0, svc.code, svc.param,
+            list(svc.samples), cancel, redraw_on_arrival, requests, warmup, batches, int(seed),
+            replications, threads, max_in_system)
+    raw = _run_native(args, replications, (requests + warmup) * replications, progress)
+    res = _summarise(raw, params, lv, p0, n, max_in_system)
+    if not res.stable and on_unstable != "return":
+        msg = (f"{fn}: the number in system kept growing ({res.stability_note}); the load looks unstable "
+               f"or the run is too short to reach steady state (n={n}, k={k}, arrival_rate={lam:g}, "
+               f"k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the flagged result.")
+        if on_unstable == "raise":
+            raise UnstableError(msg, res)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    return res
+
+
+def _run_native(args: tuple, replications: int, total: int, progress: Any) -> list:
+    if not progress:
+        return core.forkjoin_simulate(*args)
+    counter = np.zeros(replications, dtype=np.int64)
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["out"] = core.forkjoin_simulate(*args, progress=counter)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["err"] = exc
+
+    report = progress if callable(progress) else _stderr_bar()
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    while th.is_alive():
+        th.join(0.1)
+        report(int(counter.sum()), total)
+    report(total if "out" in box else int(counter.sum()), total)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _stderr_bar() -> Callable[[int, int], None]:
+    import sys
+
+    start = time.perf_counter()
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        pct = int(100 * done / max(total, 1))
+        if pct == state["last"]:
+            return
+        state["last"] = pct
+        bar = "#" * (pct // 4)
+        el = time.perf_counter() - start
+        sys.stderr.write(f"\r  simulating [{bar:<25}] {pct:3d}%  {done:,}/{total:,} requests  {el:.1f}s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int) -> SimResult:
+    R = len(raw)
+    m = lv.m
+    measured = np.array([r["measured"] for r in raw], dtype=np.float64)
+    window = np.array([r["t_end"] - r["t_start"] for r in raw])
+    arrivals_w = np.array([params["requests"]] * R, dtype=np.float64)
+    sum_t = np.array([r["sum_response"] for r in raw])
+    sum_e = np.array([r["sum_energy"] for r in raw])
+    sum_w = np.array([r["sum_wasted_time"] for r in raw])
+    sum_we = np.array([r["sum_wasted_energy"] for r in raw])
+    nint = np.array([r["integral_in_system"] for r in raw])
+    busy = np.array([r["busy_time"] for r in raw]).reshape(R, m)
+    comps = np.array([r["completions"] for r in raw]).reshape(R, m)
+    dyn = np.array([r["dynamic_energy_window"] for r in raw])
+    aborted = any(r["aborted"] for r in raw)
+    batch = np.stack([r["batch"] for r in raw])  # (R, B, fields)
+    hists = [r["batch_hist"] for r in raw]
+
+    if aborted:  # partial runs: the window may be unset, per-request sums still mean something
+        window = np.where(window > 0, window, np.nan)
+    W = float(np.nansum(window))
+    tot_meas = float(measured.sum())
+    mean_t = float(sum_t.sum() / tot_meas) if tot_meas else math.nan
+    mean_e = float(sum_e.sum() / tot_meas) if tot_meas else math.nan
+    mean_w = float(sum_w.sum() / tot_meas) if tot_meas else math.nan
+    mean_we = float(sum_we.sum() / tot_meas) if tot_meas else math.nan
+    mean_n = float(nint.sum() / W) if W > 0 else math.nan
+    busy_tot = busy.sum(axis=0)
+    idle_time = n * W - float(busy_tot.sum())
+    power = float((dyn.sum() + p0 * idle_time) / W) if W > 0 else math.nan
+    lam_hat = float(arrivals_w.sum() / W) if W > 0 else math.nan
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cnt = batch[..., 0]
+        b_t = batch[..., 1] / cnt
+        b_e = batch[..., 2] / cnt
+        b_w = batch[..., 3] / cnt
+        b_n = batch[..., 4] / batch[..., 5]
+        b_p = (batch[..., 6] + p0 * (n * batch[..., 5] - batch[..., 7])) / batch[..., 5]
+        if R >= 2:
+            r_t, r_e, r_w = sum_t / measured, sum_e / measured, sum_w / measured
+            r_n = nint / window
+            r_p = (dyn + p0 * (n * window - busy.sum(axis=1))) / window
+            ci = [_stats.half_width(v) for v in (r_t, r_n, r_e, r_p, r_w)]
+        else:
+            ci = [_stats.half_width(v[0]) for v in (b_t, b_n, b_e, b_p, b_w)]
+    stable, note = _stability(np.nan_to_num(b_n, nan=0.0), aborted,
+                              max(r["max_in_system_seen"] for r in raw), cap)
+
+    wall = max(r["wall_seconds"] for r in raw)
+    events = int(sum(r["events"] for r in raw))
+    thread_seconds = sum(r["cpu_seconds"] for r in raw)
+    simulated = sum(r["arrivals"] for r in raw)
+    total_hist = np.zeros(hists[0].shape[1], dtype=np.int64)
+    for h in hists:
+        total_hist += h.sum(axis=0, dtype=np.int64)
+    mins = [r["min_response"] for r in raw if r["measured"] > 0]
+    maxs = [r["max_response"] for r in raw if r["measured"] > 0]
+    return SimResult(
+        params=params,
+        mean_response_time=mean_t, mean_response_time_ci=ci[0],
+        mean_in_system=mean_n, mean_in_system_ci=ci[1],
+        energy_per_request=mean_e, energy_per_request_ci=ci[2],
+        average_power=power, average_power_ci=ci[3],
+        throughput=lam_hat,
+        utilisation=busy_tot / (n * W) if W > 0 else np.full(m, np.nan),
+        busy_cores=busy_tot / W if W > 0 else np.full(m, np.nan),
+        busy_time=busy_tot,
+        busy_time_per_request=busy_tot / arrivals_w.sum(),
+        completion_rate=comps.sum(axis=0) / W if W > 0 else np.full(m, np.nan),
+        idle_fraction=idle_time / (n * W) if W > 0 else math.nan,
+        wasted_time_per_request=mean_w, wasted_time_per_request_ci=ci[4],
+        wasted_energy_per_request=mean_we,
+        window=W, requests=int(tot_meas), stable=stable, stability_note=note,
+        events=events, wall_seconds=wall, cpu_seconds=thread_seconds,
+        events_per_second=events / thread_seconds if thread_seconds > 0 else math.nan,
+        requests_per_second=simulated / thread_seconds if thread_seconds > 0 else math.nan,
+        replications=R, histogram=total_hist, _rep_hists=hists,
+        _minmax=(min(mins) if mins else 0.0, max(maxs) if maxs else 0.0),
+    )
+
+
+def simulate_trace(n: int, k: int, arrivals: Any, services: Any, *, cancel: bool = True) -> dict:
+    """Run the simulator's event loop on given arrival times (non-decreasing) and service times
+    (``services[r, j]``: request r's task on server j, in time units). Returns departures,
+    busy time per request (its tasks' time on the servers) and wasted time (cancelled or late
+    tasks). The hook for path-wise checks against a recursion."""
+    fn = "simulate_trace"
+    n, k = check_nk(n, k, fn)
+    a = np.ascontiguousarray(arrivals, dtype=np.float64)
+    s = np.ascontiguousarray(services, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{fn}: arrivals must be a non-empty 1-D array, got shape {a.shape}")
+    if s.shape != (a.size, n):
+        raise ValueError(f"{fn}: services must be (requests, n) = ({a.size}, {n}), got {s.shape}")
+    if not np.all(np.isfinite(a)) or np.any(np.diff(a) < 0) or a[0] < 0:
+        raise ValueError(f"{fn}: arrivals must be finite, >= 0 and non-decreasing")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"{fn}: services must be finite and >= 0")
+    dep, busy, wasted = core.forkjoin_trace(n, k, bool(cancel), a, s)
+    return {"departures": dep, "response_times": dep - a, "busy": busy, "wasted": wasted}
