@@ -253,6 +253,13 @@ def test_demo_quick(tmp_path, capsys):
     d = _strict_load(tmp_path / "results.json")
     assert set(d["rules"]) == {"flag", "median", "mean"} and d["dataset"]["name"] == "digits"
     assert (tmp_path / "flag_workers.png").exists()
+    # part 2: the energy/latency trade-off, approximation beside simulation
+    e = _strict_load(tmp_path / "energy_tradeoff.json")
+    assert e["columns"][0] == "p_high" and len(e["rows"]) == 3
+    for q, et_a, et_s, p99, en_a, en_s in e["rows"]:
+        assert en_s == pytest.approx(en_a, rel=0.05)  # race energy is within ~1 % of simulation
+        assert et_s <= p99
+    assert (tmp_path / "energy_tradeoff.png").exists()
 
 
 def test_results_json_turns_nonfinite_into_null():
