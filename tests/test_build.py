@@ -71,3 +71,9 @@ def test_num_threads_roundtrip_and_validation():
 def test_cli_info_prints_json():
     out = subprocess.run([sys.executable, "-m", "flagcore", "info"], capture_output=True, text=True, check=True)
     assert '"cuda_compiled"' in out.stdout
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, flagcore, flagcore.energy; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
