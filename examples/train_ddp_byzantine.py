@@ -113,7 +113,8 @@ def main() -> None:
         stats = ps.stats
 
     if rank == 0:
-        print(f"{world} ranks, mode {args.mode}, rule {args.rule} {rule_params or ''}, "
+        shown = args.rule + (f" {rule_params}" if rule_params else "")
+        print(f"{world} ranks, mode {args.mode}, rule {shown}, "
               f"Byzantine ranks {sorted(byzantine) or 'none'} ({args.attack})", flush=True)
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):

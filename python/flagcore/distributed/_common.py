@@ -105,8 +105,9 @@ class CommStats:
     """Counters of a hook or a parameter server (this rank), in seconds of wall time.
 
     barrier_s: liveness checks through the c10d store (waiting for slower ranks included);
-    comm_s: the collectives (all_gather / gather + broadcast); aggregate_s: the rule (with the
-    non-finite scan). calls: collectives issued; elements: gradient entries this rank sent.
+    comm_s: the collectives (all_gather / gather + broadcast), from launch to completion (the
+    hook's gather is asynchronous and overlaps the backward pass); aggregate_s: the rule (with
+    the non-finite scan). calls: collectives issued; elements: gradient entries this rank sent.
     nonfinite_calls: global rank -> number of calls in which it sent NaN or Inf;
     last_nonfinite_ranks: those of the last call (the rule's policy decides what they do to
     the aggregate).
@@ -115,7 +116,7 @@ class CommStats:
     calls: int = 0
     elements: int = 0
     barrier_s: float = 0.0
-    comm_s: float = 0.0  # not measured by a hook with timeout=None (its gather is asynchronous)
+    comm_s: float = 0.0
     aggregate_s: float = 0.0
     nonfinite_calls: dict = field(default_factory=dict)
     last_nonfinite_ranks: tuple = ()

@@ -1,10 +1,9 @@
 """Checking that replicas agree bitwise across ranks, and a clean shutdown."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 from typing import Any
-
-import datetime
 
 from ._common import ArrivalBarrier, all_gather_flat, check_timeout, default_store, group_ranks, torch_dist
 

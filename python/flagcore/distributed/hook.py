@@ -13,6 +13,7 @@ buckets). Large buckets lose DDP's overlap of communication with the backward pa
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +66,15 @@ def register_robust_hook(ddp_model: Any, rule: str = "flag", attack: str | None 
         omniscient: its own gradient is the attack's only "honest" input.
     timeout : seconds a rank waits for the others at each bucket before raising
         RankFailureError naming the ranks that did not arrive (dead or stalled). The check goes
-        through the c10d store (3 small store requests per bucket). None disables it: the hook
-        then runs the collective asynchronously and a stalled peer is only caught by the
-        process group's own timeout (``init_process_group(timeout=...)``, keep it >= timeout).
+        through the c10d store (3 small store requests per bucket) before the bucket's
+        all_gather is launched. None disables it: a stalled peer is then only caught by the
+        process group's own timeout (``init_process_group(timeout=...)``; keep that one >=
+        ``timeout`` in any case, it also guards the collective itself). The all_gather is
+        asynchronous and the rule runs when it completes, overlapping the rest of the backward.
     process_group : the group to aggregate over (default: the default group).
-    store : the c10d store for the liveness check (default: the default group's store).
+    store : the c10d store for the liveness check (default: the default group's store). Its
+        keys are named after the order in which hooks / parameter servers are created in a
+        process, so every rank must create them in the same order (as with collectives).
 
     Returns the hook's RobustHookState (its ``stats`` split the time into liveness check,
     communication and aggregation). NaN/Inf sent by a rank are given to the rule as they are
@@ -134,24 +139,28 @@ def robust_hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
 
         return timed(st, "aggregate_s", agg)
 
-    if state.barrier is None:
-        work = all_gather_flat(dist, gathered, own, state.process_group, async_op=True)
-        def done(fut: Any) -> Any:
-            fut.value()  # re-raises a failed collective
-            return finish()
-
-        return work.get_future().then(done)
-
     where = f"robust DDP hook, bucket {idx}, call {call}"
-    timed(st, "barrier_s", lambda: state.barrier.arrive(where))
+    if state.barrier is not None:
+        timed(st, "barrier_s", lambda: state.barrier.arrive(where))
 
-    def gather() -> None:
+    # The gather runs asynchronously and the rule runs in its completion callback, so both
+    # overlap with the backward pass of the layers still to come (as DDP's allreduce does).
+    t_launch = time.perf_counter()
+    try:
+        work = all_gather_flat(dist, gathered, own, state.process_group, async_op=True)
+    except RuntimeError as exc:
+        if state.barrier is None:
+            raise
+        raise state.barrier.after_failure(where, exc) from exc
+
+    def done(fut: Any) -> Any:
+        st.comm_s += time.perf_counter() - t_launch
         try:
-            all_gather_flat(dist, gathered, own, state.process_group)
+            fut.value()  # re-raises a failed collective
         except RuntimeError as exc:
+            if state.barrier is None:
+                raise
             raise state.barrier.after_failure(where, exc) from exc
+        return finish()
 
-    timed(st, "comm_s", gather)
-    fut = torch.futures.Future()
-    fut.set_result(finish())
-    return fut
+    return work.get_future().then(done)

@@ -50,7 +50,8 @@ class ParameterServer:
         RankFailureError naming the ranks that did not arrive; None disables the check (the
         process group's own timeout still applies).
     process_group, store : the group (default: the default group) and the c10d store for the
-        liveness check (default: the default group's store).
+        liveness check (default: the default group's store). Every rank must create its
+        parameter servers and hooks in the same order (the store keys are numbered by it).
     """
 
     def __init__(self, params: Any, optimizer: Any = None, *, rule: str = "flag", server_rank: int = 0,
