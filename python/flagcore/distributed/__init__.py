@@ -1,0 +1,30 @@
+"""Robust aggregation in real distributed training, on torch.distributed (gloo on CPUs, NCCL
+on GPUs; launch with torchrun).
+
+- ``register_robust_hook(ddp_model, rule="flag", attack=None, **rule_params)``: a
+  DistributedDataParallel communication hook; every rank all-gathers each gradient bucket and
+  aggregates it with the rule (per bucket: see ``flagcore.distributed.hook``).
+- ``ParameterServer``: a synchronous parameter server over the whole flattened model.
+- ``RankFailureError``: raised when ranks do not arrive within the timeout; names them.
+- ``assert_replicas_identical(module)``: check that every rank holds bitwise the same
+  parameters; ``shutdown()``: leave without gloo's teardown race.
+
+torch is needed here (flagcore itself imports without it).
+"""
+from .errors import RankFailureError
+from .hook import RobustHookState, register_robust_hook, robust_hook
+from .server import ParameterServer
+from ._common import CommStats
+from ._tools import assert_replicas_identical, parameter_digest, shutdown
+
+__all__ = [
+    "CommStats",
+    "ParameterServer",
+    "RankFailureError",
+    "RobustHookState",
+    "assert_replicas_identical",
+    "parameter_digest",
+    "register_robust_hook",
+    "robust_hook",
+    "shutdown",
+]

@@ -1,0 +1,247 @@
+"""Pieces shared by the DDP hook and the parameter server: rank-liveness checks through the
+c10d store, argument checks, Byzantine contributions, and timing counters."""
+from __future__ import annotations
+
+import datetime
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .._arrays import check_float, check_int
+from .errors import RankFailureError
+
+_instance_ids = itertools.count()
+
+
+def torch_dist() -> Any:
+    """torch.distributed, with a clear error when torch (or its distributed package) is absent."""
+    try:
+        import torch.distributed as dist
+    except ImportError as exc:  # pragma: no cover - torch is optional for flagcore, not here
+        raise ImportError("flagcore.distributed needs torch with torch.distributed") from exc
+    if not dist.is_available():  # pragma: no cover
+        raise ImportError("flagcore.distributed: this torch build has no torch.distributed")
+    return dist
+
+
+def group_ranks(dist: Any, group: Any) -> tuple[int, ...]:
+    """Global ranks of ``group`` (None = the default group), in group-rank order."""
+    if group is None:
+        return tuple(range(dist.get_world_size()))
+    return tuple(int(r) for r in dist.get_process_group_ranks(group))
+
+
+def all_gather_flat(dist: Any, out: Any, tensor: Any, group: Any, async_op: bool = False) -> Any:
+    """All-gather ``tensor`` (n,) from every rank of ``group`` into ``out`` (p * n,), rank order.
+    gloo accepts only this concatenated form; newer torch renamed the call."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, tensor, group=group, async_op=async_op)
+
+
+def check_timeout(fn: str, timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    return check_float(timeout, fn, "timeout", low=0.0, strict_low=True)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (base seed, rank, step, bucket): the same on every run and
+    independent between ranks, steps and buckets."""
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def rule_params_with_defaults(rule: str, params: dict) -> dict:
+    """For training, "flag" defaults to scale="median_norm": the paper's scaling returns a
+    direction of norm at most p / r with no gradient magnitude, so a learning rate tuned for the
+    mean would not transfer. An explicit ``scale`` is kept."""
+    out = dict(params)
+    if rule == "flag" and "scale" not in out:
+        out["scale"] = "median_norm"
+    return out
+
+
+def validate_rule(fn: str, rule: Any, params: dict, p: int) -> None:
+    """Run the rule once on a tiny stack so that a bad name or parameter raises now, on every
+    rank, with flagcore's own message, instead of inside the first backward pass."""
+    from .. import aggregate
+
+    if not isinstance(rule, str):
+        raise TypeError(f"{fn}: rule must be a str, got {rule!r} ({type(rule).__name__})")
+    probe = np.arange(p * 3, dtype=np.float64).reshape(p, 3) + 1.0
+    aggregate(probe, rule, **params)
+
+
+def validate_attack(fn: str, attack: Any, params: dict) -> None:
+    from .. import attacks
+
+    if attack is None:
+        if params:
+            raise ValueError(f"{fn}: attack_params given without an attack: {params!r}")
+        return
+    if not isinstance(attack, str):
+        raise TypeError(f"{fn}: attack must be None or an attack name (str), got {attack!r}")
+    out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
+    if tuple(out.shape) != (1, 3):
+        raise ValueError(f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)")
+
+
+def byzantine_contribution(attack: str, params: dict, own: Any, seed: int) -> Any:
+    """What a Byzantine rank sends instead of its gradient ``own`` (a 1-D tensor): the attack
+    applied with this rank's own gradient as the only "honest" input (a single rank does not
+    see the others' gradients: attacks built from honest statistics, e.g. ALIE, then see a
+    standard deviation of zero)."""
+    from .. import attacks
+
+    out = attacks.attack(attack, own.reshape(1, -1), 1, seed=seed, **params)
+    return out.reshape(own.shape).to(dtype=own.dtype, device=own.device)
+
+
+@dataclass
+class CommStats:
+    """Counters of a hook or a parameter server (this rank), in seconds of wall time.
+
+    barrier_s: liveness checks through the c10d store (waiting for slower ranks included);
+    comm_s: the collectives (all_gather / gather + broadcast), from launch to completion (the
+    hook's gather is asynchronous and overlaps the backward pass); aggregate_s: the rule (with
+    the non-finite scan). calls: collectives issued; elements: gradient entries this rank sent.
+    nonfinite_calls: global rank -> number of calls in which it sent NaN or Inf;
+    last_nonfinite_ranks: those of the last call (the rule's policy decides what they do to
+    the aggregate).
+    """
+
+    calls: int = 0
+    elements: int = 0
+    barrier_s: float = 0.0
+    comm_s: float = 0.0
+    aggregate_s: float = 0.0
+    nonfinite_calls: dict = field(default_factory=dict)
+    last_nonfinite_ranks: tuple = ()
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def as_dict(self) -> dict:
+        return {
+            "calls": self.calls, "elements": self.elements, "barrier_s": self.barrier_s,
+            "comm_s": self.comm_s, "aggregate_s": self.aggregate_s,
+            "nonfinite_calls": dict(self.nonfinite_calls),
+            "last_nonfinite_ranks": list(self.last_nonfinite_ranks),
+        }
+
+
+def record_nonfinite(stats: CommStats, stack: Any, ranks: Sequence[int]) -> None:
+    """Note which rows of the (p, n) tensor ``stack`` hold NaN or Inf."""
+    import torch
+
+    bad = (~torch.isfinite(stack)).any(dim=1).cpu().tolist()
+    names = tuple(r for r, b in zip(ranks, bad) if b)
+    stats.last_nonfinite_ranks = names
+    for r in names:
+        stats.nonfinite_calls[r] = stats.nonfinite_calls.get(r, 0) + 1
+
+
+def default_store(dist: Any) -> Any:
+    """The store of the default process group (the one init_process_group / torchrun set up)."""
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+class ArrivalBarrier:
+    """Names the ranks that do not reach a collective within ``timeout`` seconds.
+
+    On call k every rank sets its key ``<prefix>/<k>/<rank>`` in the c10d store and waits for
+    the keys of all ``ranks``; k counts calls, so it is the same on every rank (collectives are
+    issued in the same order everywhere anyway). On timeout the ranks whose key is absent are
+    named in a RankFailureError. A rank that has passed call k deletes its key of call k - 1:
+    every rank has passed call k - 1 by then, so no one still waits for it.
+
+    A stalled rank and a dead rank look the same here (neither arrives); a dead rank may also
+    make a collective fail fast, which ``run`` turns into the same error after a probe.
+    """
+
+    def __init__(self, store: Any, kind: str, rank: int, ranks: Sequence[int], timeout: float) -> None:
+        self.store = store
+        self.prefix = f"flagcore/{kind}/{next(_instance_ids)}"
+        self.rank = int(rank)
+        self.ranks = tuple(ranks)
+        self.timeout = float(timeout)
+        self._k = 0
+        self._probe = 0
+        self._last_key: str | None = None
+
+    def _key(self, tag: str, k: int, r: int) -> str:
+        return f"{self.prefix}/{tag}/{k}/{r}"
+
+    def _wait_all(self, tag: str, k: int, where: str) -> None:
+        store = self.store
+        keys = [self._key(tag, k, r) for r in self.ranks]
+        try:
+            store.set(keys[self.ranks.index(self.rank)], b"1")
+            store.wait(keys, datetime.timedelta(seconds=self.timeout))
+            return
+        except RuntimeError as exc:  # DistStoreError (timeout) or a lost store connection
+            cause = exc
+        try:
+            missing = [r for r, key in zip(self.ranks, keys) if not store.check([key])]
+        except RuntimeError as exc2:
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
+                f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
+                f"init_method tcp:// / env://) has probably died",
+                where=where, timeout=self.timeout,
+            ) from cause
+        if not missing:  # every key arrived just after the wait gave up: not a failure
+            return
+        raise RankFailureError(
+            f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
+            f"{self.timeout:g} s (dead or stalled); seen from rank {self.rank}",
+            missing_ranks=missing, where=where, timeout=self.timeout,
+        ) from cause
+
+    def arrive(self, where: str) -> None:
+        """Block until every rank has arrived at this call, or raise RankFailureError."""
+        k = self._k
+        self._k += 1
+        self._wait_all("a", k, where)
+        if self._last_key is not None:
+            try:
+                self.store.delete_key(self._last_key)
+            except RuntimeError:  # cleanup only; a lost store surfaces at the next arrival
+                pass
+        self._last_key = self._key("a", k, self.rank)
+
+    def after_failure(self, where: str, exc: BaseException) -> RankFailureError:
+        """A collective failed after every rank had arrived (a peer died in between, or the
+        process group's own timeout fired). Probe which ranks still answer and return the
+        error to raise: RankFailureError naming those that do not answer within the timeout
+        (a rank whose collective succeeded does not probe either, and is named too)."""
+        k = self._probe
+        self._probe += 1
+        try:
+            self._wait_all("probe", k, f"{where} (the collective failed: {exc})")
+        except RankFailureError as err:
+            return err
+        return RankFailureError(
+            f"flagcore.distributed: {where}: the collective failed on rank {self.rank} although "
+            f"every rank is still reachable: {exc}", where=where, timeout=self.timeout,
+        )
+
+
+def timed(stats: CommStats, attr: str, op: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return op()
+    finally:
+        setattr(stats, attr, getattr(stats, attr) + time.perf_counter() - t0)
+
+
+def check_rank(fn: str, name: str, value: Any, ranks: Sequence[int]) -> int:
+    v = check_int(value, fn, name, low=0)
+    if v not in ranks:
+        raise ValueError(f"{fn}: {name} must be one of the group's ranks {list(ranks)}, got {v}")
+    return v

@@ -1,0 +1,74 @@
+"""Checking that replicas agree bitwise across ranks, and a clean shutdown."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+from typing import Any
+
+from ._common import ArrivalBarrier, all_gather_flat, check_timeout, default_store, group_ranks, torch_dist
+
+
+def parameter_digest(module: Any) -> str:
+    """SHA-256 of the bytes of every parameter and buffer of ``module`` (name, dtype, shape
+    and values, in state_dict order): equal digests mean bitwise-equal replicas."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def assert_replicas_identical(module: Any, process_group: Any = None) -> str:
+    """Collective: raise RuntimeError naming the ranks whose parameters differ from the group's
+    first rank (bitwise); returns the common digest."""
+    import torch
+
+    dist = torch_dist()
+    ranks = group_ranks(dist, process_group)
+    mine = parameter_digest(module)
+    # a plain all_gather of the 32 digest bytes (all_gather_object pickles through extra
+    # collectives); on the device the parameters live on, as NCCL needs
+    dev = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
+    if dev.type == "cpu" or dist.get_backend(process_group) == "gloo":
+        dev = torch.device("cpu")
+    own = torch.tensor(list(bytes.fromhex(mine)), dtype=torch.uint8, device=dev)
+    out = torch.empty(len(ranks) * own.numel(), dtype=torch.uint8, device=dev)
+    all_gather_flat(dist, out, own, process_group)
+    digests = [bytes(row.tolist()).hex() for row in out.view(len(ranks), -1).cpu()]
+    differ = [r for r, d in zip(ranks, digests) if d != digests[0]]
+    if differ:
+        raise RuntimeError(f"assert_replicas_identical: rank(s) {differ} hold parameters that differ from "
+                           f"rank {ranks[0]}'s")
+    return mine
+
+
+def shutdown(process_group: Any = None, *, timeout: float = 60.0, store: Any = None) -> None:
+    """Collective: wait until every rank of the group is here, then destroy the process group.
+
+    Use it instead of a bare ``destroy_process_group()`` at the end of training. With gloo
+    (torch 2.13 measured here: 1 to 4 runs in 10 of 4 processes), a rank that tears down while
+    a peer is still finishing the last collective sometimes makes that peer abort with
+    "terminate called without an active exception"; a gloo barrier does not help (it is a
+    collective itself). This waits through the c10d store instead, so no gloo traffic is in
+    flight when any rank leaves; the group's first rank (the store's host under env:// or
+    tcp:// init) leaves last, after every other rank has passed. Missing ranks raise
+    RankFailureError after ``timeout`` seconds.
+    """
+    dist = torch_dist()
+    timeout = check_timeout("shutdown", timeout)
+    ranks = group_ranks(dist, process_group)
+    rank = dist.get_rank()
+    st = store if store is not None else default_store(dist)
+    barrier = ArrivalBarrier(st, "shutdown", rank, ranks, timeout)
+    barrier.arrive("shutdown")
+    done = [f"{barrier.prefix}/done/{r}" for r in ranks[1:]]
+    if rank == ranks[0]:
+        if done:
+            st.wait(done, datetime.timedelta(seconds=timeout))
+    else:
+        st.set(done[ranks.index(rank) - 1], b"1")
+    dist.destroy_process_group(process_group)

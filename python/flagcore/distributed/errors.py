@@ -1,0 +1,26 @@
+"""Errors raised by flagcore.distributed."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class RankFailureError(RuntimeError):
+    """Some ranks did not take part in a collective within the timeout (dead or stalled).
+
+    ``missing_ranks`` lists their global ranks (empty when they could not be determined, for
+    example when the c10d store itself became unreachable); ``where`` names the operation
+    (e.g. "robust DDP hook, bucket 0, call 12"); ``timeout`` is the limit in seconds.
+
+    It subclasses RuntimeError because DistributedDataParallel re-raises errors from a
+    communication hook as RuntimeError with the same message: catch RuntimeError around
+    ``loss.backward()`` and read the message, or catch RankFailureError around a
+    ``ParameterServer`` call. After this error the process group is unusable: exit (torchrun's
+    ``--max-restarts`` restarts the whole group) rather than retry.
+    """
+
+    def __init__(self, message: str, *, missing_ranks: Sequence[int] = (), where: str = "",
+                 timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.missing_ranks = tuple(int(r) for r in missing_ranks)
+        self.where = where
+        self.timeout = timeout
