@@ -126,6 +126,10 @@ struct InfoArrays {
   InfoArrays(int64_t b, int64_t p, int max_iter)
       : coef({b, p}), weights({b, p}), ratios({b, p}), objective({b, int64_t(max_iter) + 1}),
         excluded({b, p}), rejected({b}), iterations({b}), rank({b}) {}
+  // Ragged batches: the per-worker arrays run over the rows of all problems, one after another.
+  InfoArrays(int64_t rows, int64_t b, int max_iter, bool /*ragged*/)
+      : coef(rows), weights(rows), ratios(rows), objective({b, int64_t(max_iter) + 1}),
+        excluded(rows), rejected(b), iterations(b), rank(b) {}
   FlagIrlsOut view() {
     return FlagIrlsOut{coef.mutable_data(),     weights.mutable_data(),  ratios.mutable_data(),
                        objective.mutable_data(), excluded.mutable_data(), iterations.mutable_data(),
@@ -367,26 +371,14 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
   }
   int64_t rows = static_cast<int64_t>(ptr.size());
   py::array_t<T> out(cols);
-  py::array_t<double> coef(rows), weights(rows), ratios(rows), objective({b, int64_t(prm.max_iter) + 1});
-  py::array_t<uint8_t> excluded(rows), rejected(b);
-  py::array_t<int32_t> iterations(b), rank(b);
-  FlagIrlsOut view{coef.mutable_data(), weights.mutable_data(), ratios.mutable_data(), objective.mutable_data(),
-                   excluded.mutable_data(), iterations.mutable_data(), rejected.mutable_data(), rank.mutable_data()};
+  InfoArrays info(rows, b, prm.max_iter, true);
+  FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
   {
     py::gil_scoped_release release;
     flag_aggregate_ragged_cpu<T>(ptr.data(), ps.data(), ns.data(), b, prm, o, view);
   }
-  py::dict d;
-  d["coefficients"] = coef;
-  d["weights"] = weights;
-  d["reconstruction_ratios"] = ratios;
-  d["objective"] = objective;
-  d["excluded"] = excluded.attr("astype")("bool");
-  d["iterations"] = iterations;
-  d["last_step_rejected"] = rejected.attr("astype")("bool");
-  d["rank"] = rank;
-  return py::make_tuple(out, d);
+  return py::make_tuple(out, info.to_dict());
 }
 
 py::dict plan_to_dict(const FlagCudaPlan& pl) {

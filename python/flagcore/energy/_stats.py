@@ -88,3 +88,26 @@ def hist_exceed(counts: np.ndarray, d: float) -> float:
     if math.isfinite(hi) and hi > lo:
         above += counts[i] * (hi - max(d, lo)) / (hi - lo)
     return float(above / total)
+
+
+class PercentileShortcuts:
+    """p50 / p95 / p99 / p999 for any result class that defines percentile(q)."""
+
+    def percentile(self, q: float) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(0.5)
+
+    @property
+    def p95(self) -> float:
+        return self.percentile(0.95)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(0.99)
+
+    @property
+    def p999(self) -> float:
+        return self.percentile(0.999)

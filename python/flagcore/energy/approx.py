@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _stats
 from ._model import Levels, LevelsLike, as_levels, check_nk, check_power, check_rate
 
 METHODS = ("race", "harmonic", "arithmetic")
@@ -218,7 +219,7 @@ def _quantile(dist: Any, q: float) -> float:
 
 # ---------------------------------------------------------------- result
 @dataclass
-class ApproxResult:
+class ApproxResult(_stats.PercentileShortcuts):
     """Closed-form estimates (fields named as in SimResult where they exist)."""
 
     params: dict
@@ -256,22 +257,6 @@ class ApproxResult:
         if self._tail is None:
             return 1.0
         return self._tail.survival(float(d))
-
-    @property
-    def p50(self) -> float:
-        return self.percentile(0.5)
-
-    @property
-    def p95(self) -> float:
-        return self.percentile(0.95)
-
-    @property
-    def p99(self) -> float:
-        return self.percentile(0.99)
-
-    @property
-    def p999(self) -> float:
-        return self.percentile(0.999)
 
     def to_dict(self) -> dict:
         out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()

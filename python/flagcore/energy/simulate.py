@@ -28,7 +28,7 @@ class UnstableError(ValueError):
 
 
 @dataclass
-class SimResult:
+class SimResult(_stats.PercentileShortcuts):
     """Estimates of one ``simulate`` call. Every ``*_ci`` is a 95% confidence half-width (batch
     means over one replication, or the spread across replications when there are several).
     Time averages cover the window from the first measured arrival to the first arrival after
@@ -96,22 +96,6 @@ class SimResult:
         else:
             est = [_stats.hist_exceed(b, float(d)) for b in self._rep_hists[0]]
         return _stats.half_width(np.array(est))
-
-    @property
-    def p50(self) -> float:
-        return self.percentile(0.5)
-
-    @property
-    def p95(self) -> float:
-        return self.percentile(0.95)
-
-    @property
-    def p99(self) -> float:
-        return self.percentile(0.99)
-
-    @property
-    def p999(self) -> float:
-        return self.percentile(0.999)
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no histogram)."""
