@@ -75,7 +75,7 @@ def worker(out_dir: str, cfg: dict) -> None:
     torch.set_num_threads(cfg["threads"])
     flagcore.set_num_threads(cfg["threads"])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     results = []
     kw = {} if cfg["bucket_cap_mb"] is None else {"bucket_cap_mb": cfg["bucket_cap_mb"]}
 

@@ -95,9 +95,7 @@ def main() -> int:
     for name, n, k, lam in CASES:
         # correctness: flagcore against SimPy (and the exact M/M/1 mean)
         fc = simulate(n, k, lam, lvl, requests=a.requests, seed=1)
-        t0 = time.perf_counter()
         sp_t = simpy_forkjoin(n, k, lam, 1.0, a.simpy_requests, seed=1)
-        sp_wall = time.perf_counter() - t0
         sp_t = sp_t[len(sp_t) // 10:]
         sp_mean, sp_ci = float(sp_t.mean()), batch_ci(sp_t)
         agree = abs(fc.mean_response_time - sp_mean) < 1.5 * (fc.mean_response_time_ci + sp_ci)

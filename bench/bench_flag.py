@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -24,51 +23,7 @@ import flagcore
 from flagcore._reference import make_gradients
 from flagcore._table import print_table
 
-
-def svd_flag_torch(x, r: int, lam: float, max_iter: int, eps: float = 1e-7, tol: float = 1e-10):
-    """The authors' method: per iteration, the n x m matrix of weighted columns (m = p, or
-    p + p(p-1) with lam > 0) and its SVD; then agg = (1/r) sum_i Y Y^T x_i."""
-    import torch
-
-    xh = torch.nn.functional.normalize(x, dim=1)  # (p, n)
-    p = xh.shape[0]
-    mu2 = (lam / (p * (p - 1))) ** 2 if lam > 0 and p > 1 else 0.0
-    ii, jj = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    off = ii != jj
-    ii, jj = ii[off], jj[off]
-    w = torch.ones(p, dtype=x.dtype)
-    v = torch.full((len(ii),), mu2, dtype=x.dtype)
-
-    def solve(w, v):
-        cols = [xh * w.sqrt()[:, None]]
-        if mu2 > 0:
-            cols.append((xh[ii] - xh[jj]) * v.sqrt()[:, None])
-        a = torch.cat(cols).T  # (n, m)
-        return torch.linalg.svd(a, full_matrices=False)[0][:, :r]
-
-    def objective(y):
-        proj = xh @ y
-        f = torch.sqrt(torch.clamp(1 - (proj ** 2).sum(1), min=0)).sum()
-        if mu2 > 0:
-            f = f + mu2 * torch.sqrt(torch.abs(1 - ((proj[ii] - proj[jj]) ** 2).sum(1))).sum()
-        return float(f)
-
-    f_prev = p + mu2 * p * (p - 1)
-    y = None
-    for it in range(1, max_iter + 1):
-        yn = solve(w, v)
-        fn = objective(yn)
-        if it > 1 and not fn < f_prev:
-            break
-        y = yn
-        if not (f_prev - fn > tol) or not fn > tol:
-            break
-        f_prev = fn
-        proj = xh @ y
-        w = 1 / torch.sqrt(torch.abs(1 - (proj ** 2).sum(1)) + eps)
-        if mu2 > 0:
-            v = mu2 / torch.sqrt(torch.abs(1 - ((proj[ii] - proj[jj]) ** 2).sum(1)) + eps)
-    return y @ (xh @ y).sum(0) / r
+from _common import git_commit, svd_flag_torch
 
 
 def best_time(fn, repeat: int) -> float:
@@ -79,14 +34,6 @@ def best_time(fn, repeat: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return min(ts)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 
@@ -31,16 +30,10 @@ import numpy as np
 
 import flagcore
 
+from _common import git_commit, svd_flag_torch
+
 TOL = {"float32": 1e-4, "float16": 3e-3, "bfloat16": 2e-2}
 GOALS = dict(fa_over_mean=2.5, frac_copy_bw=0.70, svd_speedup=100.0, layers_over_flat=1.5)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def time_cuda(torch, fns, repeat: int, warmup: int = 3) -> float:
@@ -66,7 +59,6 @@ def copy_bandwidth(torch, repeat: int) -> float:
     src = torch.empty(n, dtype=torch.float32, device="cuda").normal_()
     dst = torch.empty_like(src)
     ms = time_cuda(torch, [lambda: dst.copy_(src)], repeat)
-    del src, dst
     return 2 * n * 4 / (ms * 1e-3)
 
 
@@ -85,26 +77,6 @@ def make_input(torch, p: int, n: int, dtype, seed: int):
         x[: p - byz, k0:k1] = (honest * scale).to(dtype)
         x[p - byz:, k0:k1] = torch.rand((byz, k1 - k0), generator=g, device="cuda").to(dtype)
     return x
-
-
-def svd_flag_torch(torch, x, r: int, max_iter: int, eps: float = 1e-7, tol: float = 1e-10):
-    """The authors' method (lam = 0): per iteration the SVD of the n x p weighted matrix."""
-    xh = torch.nn.functional.normalize(x.float(), dim=1)
-    p = xh.shape[0]
-    w = torch.ones(p, dtype=xh.dtype, device=x.device)
-    f_prev, y = float(p), None
-    for it in range(1, max_iter + 1):
-        yn = torch.linalg.svd((xh * w.sqrt()[:, None]).T, full_matrices=False)[0][:, :r]
-        proj = xh @ yn
-        fn = float(torch.sqrt(torch.clamp(1 - (proj ** 2).sum(1), min=0)).sum())
-        if it > 1 and not fn < f_prev:
-            break
-        y = yn
-        if not (f_prev - fn > tol) or not fn > tol:
-            break
-        f_prev = fn
-        w = 1 / torch.sqrt(torch.abs(1 - ((xh @ y) ** 2).sum(1)) + eps)
-    return y @ (xh @ y).sum(0) / r
 
 
 def rel_err(a, b) -> float:
@@ -199,7 +171,7 @@ def main(argv=None) -> int:
             t_svd = {1: None, 5: None}
             if n <= args.svd_max_n and p <= args.svd_max_p:
                 for it in (1, 5):
-                    t_svd[it] = time_cuda(torch, [lambda it=it: svd_flag_torch(torch, x, r, it)], 2, warmup=1)
+                    t_svd[it] = time_cuda(torch, [lambda it=it: svd_flag_torch(x.float(), r, 0.0, it)], 2, warmup=1)
             bytes_fa = 2 * p * n * es + n * es
             bytes_mean = p * n * es + n * es
             floor_fa, floor_mean = bytes_fa / bw * 1e3, bytes_mean / bw * 1e3

@@ -17,7 +17,6 @@ bench/results/robustness_<scenario>.json, PNG plots and robustness_summary.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import flagcore
 from flagcore import attacks
 from flagcore.distributed import (ParameterServer, RankFailureError, assert_replicas_identical,
-                                  parameter_digest, register_robust_hook)
+                                  register_robust_hook)
 from flagcore.distributed._common import derive_seed
 
 BYZANTINE = 3

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from flagcore import cli  # noqa: E402
-from flagcore.experiments import (RobustnessConfig, parse_rule_spec, run_robustness, split_rule_list,  # noqa: E402
+from flagcore.experiments import (parse_rule_spec, run_robustness, split_rule_list,  # noqa: E402
                                   write_outputs)
 from flagcore.experiments import data as xdata  # noqa: E402
 from flagcore.experiments.harness import _Gradients  # noqa: E402

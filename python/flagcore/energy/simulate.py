@@ -6,13 +6,13 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from .._backend import core
 from . import _stats
-from ._model import (Levels, LevelsLike, Service, as_levels, as_service, check_nk, check_power,
+from ._model import (Levels, LevelsLike, as_levels, as_service, check_nk, check_power,
                      check_rate)
 
 _BATCH_FIELDS = 9  # csrc/sim/forkjoin_sim.hpp ForkJoinResult::kBatchFields

@@ -51,7 +51,7 @@ import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
 from .._backend import is_torch_tensor
-from ..flag import FlagInfo, flag_aggregate
+from ..flag import flag_aggregate
 from ._source import Source
 from .coordinate import run_coordinate
 from .distance import run_bulyan, run_centered_clipping, run_geometric_median, run_krum

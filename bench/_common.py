@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts (run as `python bench/<script>.py`)."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+def svd_flag_torch(x, r: int, lam: float = 0.0, max_iter: int = 1, eps: float = 1e-7, tol: float = 1e-10):
+    """The authors' method: per iteration, the n x m matrix of weighted columns (m = p, or
+    p + p(p-1) with lam > 0) and its SVD; then agg = (1/r) sum_i Y Y^T x_i."""
+    import torch
+
+    xh = torch.nn.functional.normalize(x, dim=1)  # (p, n)
+    p = xh.shape[0]
+    mu2 = (lam / (p * (p - 1))) ** 2 if lam > 0 and p > 1 else 0.0
+    ii, jj = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    off = ii != jj
+    ii, jj = ii[off], jj[off]
+    ii, jj = ii.to(x.device), jj.to(x.device)
+    w = torch.ones(p, dtype=xh.dtype, device=x.device)
+    v = torch.full((len(ii),), mu2, dtype=xh.dtype, device=x.device)
+
+    def solve(w, v):
+        cols = [xh * w.sqrt()[:, None]]
+        if mu2 > 0:
+            cols.append((xh[ii] - xh[jj]) * v.sqrt()[:, None])
+        a = torch.cat(cols).T  # (n, m)
+        return torch.linalg.svd(a, full_matrices=False)[0][:, :r]
+
+    def objective(y):
+        proj = xh @ y
+        f = torch.sqrt(torch.clamp(1 - (proj ** 2).sum(1), min=0)).sum()
+        if mu2 > 0:
+            f = f + mu2 * torch.sqrt(torch.abs(1 - ((proj[ii] - proj[jj]) ** 2).sum(1))).sum()
+        return float(f)
+
+    f_prev = p + mu2 * p * (p - 1)
+    y = None
+    for it in range(1, max_iter + 1):
+        yn = solve(w, v)
+        fn = objective(yn)
+        if it > 1 and not fn < f_prev:
+            break
+        y = yn
+        if not (f_prev - fn > tol) or not fn > tol:
+            break
+        f_prev = fn
+        proj = xh @ y
+        w = 1 / torch.sqrt(torch.abs(1 - (proj ** 2).sum(1)) + eps)
+        if mu2 > 0:
+            v = mu2 / torch.sqrt(torch.abs(1 - ((proj[ii] - proj[jj]) ** 2).sum(1)) + eps)
+    return y @ (xh @ y).sum(0) / r
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return "unknown"
