@@ -58,6 +58,10 @@ def _sim(prm, **kw):
 @bounded(40)
 @given(prm=valid_params())
 def test_simulate_invariants(prm):
+    """Random valid (n, k, levels, load, service, cancel): Little's law, completion balance,
+    utilisation + idle = 1, power above the idle floor, ordered percentiles, no waste when k = n,
+    bit-reproducible.
+    """
     n, k = prm["n"], prm["k"]
     res = _sim(prm)
     assert res.requests == 4000
@@ -88,6 +92,7 @@ def test_simulate_invariants(prm):
 @bounded(12)
 @given(prm=valid_params())
 def test_simulate_replications_do_not_depend_on_threads(prm):
+    """Replications on 1 or 3 threads give identical estimates."""
     a = _sim(prm, requests=1500, replications=3, threads=1)
     b = _sim(prm, requests=1500, replications=3, threads=3)
     assert (a.mean_response_time, a.energy_per_request, a.average_power) == (
@@ -97,6 +102,9 @@ def test_simulate_replications_do_not_depend_on_threads(prm):
 @bounded(25)
 @given(prm=valid_params())
 def test_approximate_invariants_and_exact_energy(prm):
+    """Closed forms for every method: finite energy, inf latency exactly when unstable, bounds ordered
+    (one speed), energy equal to the simulation where exact.
+    """
     n, k, lam, lv = prm["n"], prm["k"], prm["arrival_rate"], prm["levels"]
     for method in ("race", "harmonic", "arithmetic"):
         a = approximate(n, k, lam, lv, idle_power=prm["idle_power"], method=method, cancel=prm["cancel"])
@@ -179,6 +187,9 @@ def _call(fn_name, prm, field, value):
 @bounded(80)
 @given(prm=valid_params(), brk=st.sampled_from(BREAKS + SIM_ONLY + APPROX_ONLY), fn=st.sampled_from(["simulate", "approximate"]))
 def test_invalid_parameter_sets_are_refused(prm, brk, fn):
+    """A valid set with one field broken is refused by simulate/approximate with ValueError/TypeError
+    naming the field.
+    """
     field, value, exc, msg = brk
     if (fn == "approximate" and (brk in SIM_ONLY or field == "service")) or (fn == "simulate" and brk in APPROX_ONLY):
         fn = "simulate" if fn == "approximate" else "approximate"
@@ -191,6 +202,9 @@ def test_invalid_parameter_sets_are_refused(prm, brk, fn):
 @bounded(20)
 @given(prm=valid_params(), factor=st.sampled_from([1.0, 1.5, 10.0]))
 def test_certainly_unstable_loads_are_refused_with_the_reason(prm, factor):
+    """Loads no speed choice can carry: simulate refuses them with the reason, approximate reports
+    stable=False.
+    """
     n, k, lv = prm["n"], prm["k"], prm["levels"]
     lam = factor * n * max(r for r, _, _ in lv) / k  # k * lam >= n * fastest rate
     with pytest.raises(ValueError, match=r"^simulate: k \* arrival_rate = .* the load is unstable"):
@@ -203,6 +217,9 @@ def test_certainly_unstable_loads_are_refused_with_the_reason(prm, factor):
 @given(prm=valid_params().filter(lambda d: len(d["levels"]) >= 2),
        target_factor=st.sampled_from([0.5, 1.0, 1.5, 3.0]))
 def test_sweep_and_optimize(prm, target_factor):
+    """sweep's probability grids are distributions; optimize returns the cheapest feasible evaluation
+    or reports infeasible; bad targets/values refused.
+    """
     n, k, lam, lv = prm["n"], prm["k"], prm["arrival_rate"], prm["levels"]
     sw = sweep(n, k, lam, lv, over="p", values=[0.0, 0.5, 1.0], run_simulation=False, cancel=prm["cancel"])
     assert len(sw.points) == 3 and all(pt.sim is None for pt in sw.points)

@@ -82,6 +82,9 @@ params = st.fixed_dictionaries({
 @bounded(120)
 @given(case=stacks(big_p=True), prm=params, r_frac=st.floats(0.0, 1.0))
 def test_flag_aggregate_properties(case, prm, r_frac):
+    """Any stack, any valid parameters: finite, shaped, excluded = non-finite squared norms, ratios in
+    [0, 1], aggregate = sum c_i g_i, objective non-increasing, median_norm norm, input unchanged.
+    """
     r = max(1, int(round(r_frac * case.p)))
     snap = case.snapshot()
     out, info = flagcore.flag_aggregate(case.x, r=r, return_info=True, **prm)
@@ -152,6 +155,7 @@ BAD_PARAMS = [
 @bounded(30)
 @given(case=stacks(p_max=6, n_max=8), bad=st.sampled_from(BAD_PARAMS))
 def test_flag_aggregate_bad_params_name_the_argument(case, bad):
+    """Each invalid parameter raises ValueError/TypeError naming it; the input is unchanged."""
     kw, exc, msg = bad
     snap = case.snapshot()
     with pytest.raises(exc, match=f"flag_aggregate: {msg}"):

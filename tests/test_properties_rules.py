@@ -131,6 +131,10 @@ def _check_reference(case: StackCase, rule: str, out64: np.ndarray, info, f: int
 @bounded(250)
 @given(case=stacks(p_max=14), call=rule_calls())
 def test_aggregate_properties(case, call):
+    """Every rule, f and pre-aggregation: refused exactly when the precondition fails, else finite,
+    shaped, exclusions as documented, equal to the float64 reference (or Krum's/Weiszfeld's defining
+    property), input unchanged.
+    """
     rule, kw, pre, f, m = call
     snap = case.snapshot()
     p_seen = _rows_seen(case.p, pre)
@@ -167,6 +171,9 @@ def test_aggregate_properties(case, call):
 @given(case=stacks(p_min=3, p_max=10, kinds=("normal", "normal", "zero", "duplicate", "nan", "inf")),
        tau=st.sampled_from([0.01, 0.5, 2.0, 1e9]), iterations=st.sampled_from([1, 4]))
 def test_centered_clipping_reference(case, tau, iterations):
+    """Centered clipping equals its float64 reference on the surviving rows for clipping radii from
+    tiny to huge.
+    """
     norms = np.linalg.norm(np.where(np.isfinite(case.x64), case.x64, 0), axis=2)
     tau_abs = tau * max(float(norms.max()), 1e-300)
     out = flagcore.aggregate(case.x, "centered_clipping", tau=tau_abs, iterations=iterations)
@@ -209,6 +216,7 @@ def test_rule_classes_refuse_bad_parameters(cls, kw, exc, msg):
 @given(case=stacks(p_min=7, p_max=12, allow_batch=False, kinds=("normal", "normal", "duplicate", "nan")),
        rule=st.sampled_from(RULES))
 def test_rule_classes_equal_aggregate(case, rule):
+    """The rule classes give the same bits as aggregate(), call after call."""
     kw = {"f": 1}
     obj = make_rule(rule, **kw)
     np.testing.assert_array_equal(obj(case.x), flagcore.aggregate(case.x, rule, **kw))
@@ -221,6 +229,9 @@ def test_rule_classes_equal_aggregate(case, rule):
                    kinds=("normal", "normal", "zero", "duplicate", "tiny")),
        name=st.sampled_from(ATTACKS), f=st.integers(0, 4), seed=st.integers(0, 2 ** 31))
 def test_attack_properties(case, name, f, seed):
+    """Every attack: (f, n) in the input's dtype, seeded and reproducible, finite for finite input,
+    defining property (mimic, zero/drop, sign_flip), input unchanged.
+    """
     h = case.x
     snap = case.snapshot()
     if name == "alie" and case.p < 2:
