@@ -47,7 +47,10 @@ def check_flag_result(case: StackCase, out, info: FlagInfo, *, r: int, lam: floa
     coefs = []
     for q, d in enumerate(_infos(info, case)):
         np.testing.assert_array_equal(d["excluded"], bad[q])
-        assert np.all(d["ratios"] >= -1e-9) and np.all(d["ratios"] <= 1 + 1e-9)
+        # float32 input: the Gram's products and short partial sums are float32 (gram_kernel_impl.hpp),
+        # so a ratio can pass 1 by a few float32 ulps
+        slack = 1e-9 if case.dtype == np.float64 else 1e-5
+        assert np.all(d["ratios"] >= -slack) and np.all(d["ratios"] <= 1 + slack)
         assert np.all(d["ratios"][bad[q]] == 0) and np.all(d["weights"][bad[q]] == 0)
         assert np.all(d["coef"][bad[q]] == 0)
         assert np.all(np.isfinite(d["coef"])) and np.all(np.isfinite(d["weights"]))
