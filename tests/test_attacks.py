@@ -101,3 +101,22 @@ def test_errors(honest):
     with pytest.raises(ValueError, match=r"attack: fraction must be in \[0, 1\], got 1.5"):
         attack("drop", honest, 1, fraction=1.5)
     assert attacks.ATTACKS == ATTACKS
+
+
+@pytest.mark.parametrize("scale", [1e200, 0.5 * np.finfo(np.float64).max])
+def test_statistics_of_huge_honest_gradients_do_not_overflow(scale):
+    # Squares (std) overflow beyond ~1e154 and sums near DBL_MAX; the statistics themselves do not.
+    h = np.random.default_rng(3).uniform(0.5, 1.0, (6, 20)) * scale
+    small = h / scale
+    z = 0.5
+    np.testing.assert_allclose(attack("alie", h, 2, z=z)[0] / scale,
+                               small.mean(0) - z * small.std(0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(attack("sign_flip", h, 1)[0] / scale, -small.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(attack("ipm", h, 1)[0] / scale, -0.1 * small.mean(0), rtol=1e-12)
+
+
+def test_non_finite_honest_gradients_give_non_finite_attacks_without_warnings():
+    h = np.ones((4, 5))
+    h[1, 2] = np.inf
+    out = attack("alie", h, 2)  # warnings are errors in this test suite
+    assert not np.isfinite(out[:, 2]).any() and np.isfinite(np.delete(out, 2, axis=1)).all()

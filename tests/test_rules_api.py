@@ -152,3 +152,10 @@ def test_device_path_matches_native(monkeypatch):
             m.setattr(rules_mod, "as_stack", as_device_stack)
             got = flagcore.aggregate(torch.from_numpy(xb), rule, pre=pre, **kw)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}")
+
+
+def test_flag_checks_f_without_pre_aggregation_too():
+    x = ref.make_gradients(3, 10, seed=5)
+    with pytest.raises(ValueError, match="aggregate: rule 'flag' needs f < p, got p = 3, f = 3"):
+        flagcore.aggregate(x, "flag", f=3)
+    np.testing.assert_array_equal(flagcore.aggregate(x, "flag", f=2), flagcore.flag_aggregate(x))

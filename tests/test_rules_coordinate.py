@@ -158,3 +158,21 @@ def test_cuda_matches_cpu():
         want, winfo = flagcore.aggregate(x, rule, f=3, return_info=True)
         np.testing.assert_allclose(got.cpu().numpy(), want, rtol=2e-6, atol=2e-6, err_msg=rule)
         np.testing.assert_array_equal(info.excluded, winfo.excluded)
+
+
+@pytest.mark.parametrize("rule,kw", [("mean", {}), ("median", {}), ("trimmed_mean", {"f": 1}),
+                                     ("meamed", {"f": 1}), ("phocas", {"f": 1})])
+@pytest.mark.parametrize("p", [4, 5, 40])  # sorting network and std::sort paths
+def test_float64_near_max_does_not_overflow(rule, kw, p):
+    # Sums of values near DBL_MAX overflow; the rules' results (means of such values) do not.
+    big = np.finfo(np.float64).max
+    x = np.full((p, 9), 0.9 * big)
+    x[1::2] = 0.7 * big
+    x[0, :3] = -0.8 * big  # mixed signs: centre-to-value distances overflow too
+    got = flagcore.aggregate(x, rule, **kw)
+    want = {"mean": ref.mean_ref, "median": ref.median_ref}.get(rule)
+    with np.errstate(over="ignore"):
+        scaled = x / 64  # the references on scaled data (exact: a power of 2), scaled back
+        want = (want(scaled) if want else getattr(ref, f"{rule}_ref")(scaled, 1)) * 64
+    assert np.all(np.isfinite(got)), got
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -30,6 +30,8 @@
 // column is sorted with std::sort. Parallel over blocks of columns; results do not depend on
 // the thread count.
 #pragma once
+#include <math.h>  // isfinite in host and device code, as in flag_irls.hpp
+
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -65,39 +67,59 @@ FLAGCORE_HD inline CoordCounts coord_counts(const CoordSpec& s, int64_t p, int64
   return c;
 }
 
+// float64 sums of values near DBL_MAX overflow although their mean does not. The helpers below
+// compute as before and, only when that overflowed, again with halved or pre-divided terms
+// (partial sums of v_i / cnt stay within max |v_i|). Finite inputs thus give finite results;
+// a non-finite input still gives a non-finite value (its worker is then excluded anyway).
+template <typename T>
+FLAGCORE_HD inline double mean_of(const T* v, int stride, int lo, int hi, int cnt) {
+  double s = 0.0;
+  for (int i = lo; i < hi; ++i) s += double(v[i * stride]);
+  const double m = s / double(cnt);
+  if (isfinite(m)) return m;
+  const double inv = 1.0 / double(cnt);
+  s = 0.0;
+  for (int i = lo; i < hi; ++i) s += double(v[i * stride]) * inv;
+  return s;
+}
+
+FLAGCORE_HD inline double midpoint(double a, double b) {
+  const double m = 0.5 * (a + b);
+  return isfinite(m) ? m : 0.5 * a + 0.5 * b;
+}
+
 // The rule applied to pe sorted values v[0], v[stride], ..., v[(pe - 1) * stride]. Shared by
 // the CPU kernels and the CUDA kernel so that both compute the same thing by construction.
 template <typename T>
 FLAGCORE_HD inline double reduce_sorted(const T* v, int stride, CoordRule rule, CoordCounts c) {
   const int pe = c.pe;
   if (pe <= 0) return 0.0;
-  if (rule == CoordRule::mean) {
-    double s = 0.0;
-    for (int i = 0; i < pe; ++i) s += double(v[i * stride]);
-    return s / double(pe);
-  }
+  if (rule == CoordRule::mean) return mean_of(v, stride, 0, pe, pe);
   double centre;
   if (rule == CoordRule::median || rule == CoordRule::meamed) {
-    centre = 0.5 * (double(v[((pe - 1) / 2) * stride]) + double(v[(pe / 2) * stride]));
+    centre = midpoint(double(v[((pe - 1) / 2) * stride]), double(v[(pe / 2) * stride]));
     if (rule == CoordRule::median) return centre;
   } else {
-    double s = 0.0;
-    for (int i = c.t; i < pe - c.t; ++i) s += double(v[i * stride]);
-    centre = s / double(pe - 2 * c.t);
+    centre = mean_of(v, stride, c.t, pe - c.t, pe - 2 * c.t);
     if (rule == CoordRule::trimmed_mean) return centre;
   }
   // The k values closest to the centre are a window of the sorted values: shrink [l, r] from
-  // the farther end; on a tie drop the right (larger) one.
+  // the farther end; on a tie drop the right (larger) one. Distances that overflow are
+  // compared halved (exact for normal numbers, and such values are far from subnormal).
   int l = 0, r = pe - 1;
   for (int d = 0; d < pe - c.k; ++d) {
-    if (centre - double(v[l * stride]) > double(v[r * stride]) - centre)
+    const double vl = double(v[l * stride]), vr = double(v[r * stride]);
+    double dl = centre - vl, dr = vr - centre;
+    if (!isfinite(dl) || !isfinite(dr)) {
+      dl = 0.5 * centre - 0.5 * vl;
+      dr = 0.5 * vr - 0.5 * centre;
+    }
+    if (dl > dr)
       ++l;
     else
       --r;
   }
-  double s = 0.0;
-  for (int i = l; i <= r; ++i) s += double(v[i * stride]);
-  return s / double(c.k);
+  return mean_of(v, stride, l, r + 1, c.k);
 }
 
 constexpr int kMaxNetwork = 32;

@@ -71,7 +71,7 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
     T* o = out + k;
     if (rule == CoordRule::median) {
       for (int w = 0; w < valid; ++w)
-        o[w] = static_cast<T>(0.5 * (double(s[m1 * L + w]) + double(s[m2 * L + w])));
+        o[w] = static_cast<T>(midpoint(double(s[m1 * L + w]), double(s[m2 * L + w])));
     } else if (rule == CoordRule::trimmed_mean || rule == CoordRule::mean) {
       const int t = rule == CoordRule::mean ? 0 : c.t;
       double acc[L];
@@ -79,7 +79,10 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
       for (int i = t; i < pe - t; ++i)
         for (int w = 0; w < L; ++w) acc[w] += double(s[i * L + w]);
       const double inv = 1.0 / double(pe - 2 * t);
-      for (int w = 0; w < valid; ++w) o[w] = static_cast<T>(acc[w] * inv);
+      for (int w = 0; w < valid; ++w) {
+        const double m = acc[w] * inv;  // overflowed only for float64 values near DBL_MAX
+        o[w] = static_cast<T>(std::isfinite(m) ? m : mean_of(s + w, L, t, pe - t, pe - 2 * t));
+      }
     } else {
       for (int w = 0; w < valid; ++w) o[w] = static_cast<T>(reduce_sorted(s + w, L, rule, c));
     }

@@ -85,12 +85,24 @@ def attack(name: str, honest: Any, f: int, *, seed: int = 0, **params: Any) -> A
         if not np.issubdtype(honest.dtype, np.floating):
             raise TypeError(f"{fn}: honest must have a floating dtype, got {honest.dtype}")
         h = np.asarray(honest, dtype=np.float64)
-    out = _make(name, h, f, np.random.default_rng(seed), prm, fn)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite honest input gives non-finite attacks
+        out = _make(name, h, f, np.random.default_rng(seed), prm, fn)
     if torch_in:
         import torch
 
         return torch.from_numpy(out).to(dtype=honest.dtype, device=honest.device)
     return out.astype(honest.dtype)
+
+
+def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple:
+    """Per-coordinate mean (and std, ddof = 1) of the honest rows, computed on the rows divided
+    by their largest magnitude per coordinate: plain sums and squares overflow for finite float64
+    values beyond ~1e154 (squares) or near DBL_MAX (sums) although the statistics do not."""
+    s = np.max(np.abs(h), axis=0)
+    s = np.where(np.isfinite(s) & (s > 0), s, 1.0)
+    u = h / s
+    mean = u.mean(axis=0) * s
+    return (mean, u.std(axis=0, ddof=1) * s) if std else (mean, None)
 
 
 def _make(name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict, fn: str) -> np.ndarray:
@@ -99,7 +111,7 @@ def _make(name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict,
         return rng.random((f, n))
     if name == "sign_flip":
         scale = check_float(prm["scale"], fn, "scale")
-        return np.repeat(-scale * h.mean(axis=0, keepdims=True), f, axis=0)
+        return np.repeat(-scale * _scaled_mean_std(h)[0][None], f, axis=0)
     if name == "gaussian":
         mu = check_float(prm["mu"], fn, "mu")
         sigma = check_float(prm["sigma"], fn, "sigma", low=0.0)
@@ -121,10 +133,11 @@ def _make(name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict,
         if nh < 2:
             raise ValueError(f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, got {nh}")
         z = alie_z(nh + f, f) if prm["z"] is None else check_float(prm["z"], fn, "z")
-        row = h.mean(axis=0) - z * h.std(axis=0, ddof=1)
+        mean, sd = _scaled_mean_std(h, std=True)
+        row = mean - z * sd
         return np.repeat(row[None], f, axis=0)
     if name == "ipm":
         eps = check_float(prm["eps"], fn, "eps")
-        return np.repeat(-eps * h.mean(axis=0, keepdims=True), f, axis=0)
+        return np.repeat(-eps * _scaled_mean_std(h)[0][None], f, axis=0)
     target = check_int(prm["target"], fn, "target", low=0, high=nh - 1)  # mimic
     return np.repeat(h[target][None], f, axis=0)

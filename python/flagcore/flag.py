@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,6 +253,7 @@ def _flag_aggregate_cuda(x: Any, r: int, lam: float, max_iter: int, eps: float, 
 
 
 _LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_LAYER_TABLES_LOCK = threading.Lock()  # calls from several Python threads share the cache
 
 
 def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str,
@@ -268,22 +270,23 @@ def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps
     # The device table depends only on the sizes and the row addresses: reuse it while the same
     # tensors come back (a training loop's gradient buffers), saving the host work and the copy.
     key = (str(dev), item, max_iter, tuple((x.data_ptr(), x.stride(0), p, n) for x, p, n in zip(xs, ps, ns)))
-    hit = _LAYER_TABLES.get(key)
-    if hit is None:
-        plan = core.flag_cuda_plan(ps, ns, max_iter)
-        addrs = np.concatenate([x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item) for x in xs])
-        aligned = bool(np.all(addrs % 16 == 0))
-        table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
-        with torch.cuda.device(dev):
-            table_dev = torch.from_numpy(table).pin_memory().to(dev, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()  # later calls on other streams wait for the copy
-        hit = (plan, aligned, table_dev, ready)
-        _LAYER_TABLES[key] = hit
-        while len(_LAYER_TABLES) > 8:
-            _LAYER_TABLES.popitem(last=False)
-    else:
-        _LAYER_TABLES.move_to_end(key)
+    with _LAYER_TABLES_LOCK:
+        hit = _LAYER_TABLES.get(key)
+        if hit is None:
+            plan = core.flag_cuda_plan(ps, ns, max_iter)
+            addrs = np.concatenate([x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item) for x in xs])
+            aligned = bool(np.all(addrs % 16 == 0))
+            table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
+            with torch.cuda.device(dev):
+                table_dev = torch.from_numpy(table).pin_memory().to(dev, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()  # later calls on other streams wait for the copy
+            hit = (plan, aligned, table_dev, ready)
+            _LAYER_TABLES[key] = hit
+            while len(_LAYER_TABLES) > 8:
+                _LAYER_TABLES.popitem(last=False)
+        else:
+            _LAYER_TABLES.move_to_end(key)
     plan, aligned, table_dev, ready = hit
     out = torch.empty(sum(ns), dtype=xs[0].dtype, device=dev)
     ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=dev)

@@ -167,6 +167,8 @@ def as_service(service: Any, fn: str) -> Service:
             if arg:
                 raise ValueError(f"{fn}: service '{name}' takes no parameter, got {service!r}")
             return Service("exponential" if name.startswith("exp") else "deterministic")
+        if name not in _KINDS:
+            raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {service!r}")
         if not arg:
             raise ValueError(f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got {service!r}")
         try:

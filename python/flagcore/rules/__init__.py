@@ -355,6 +355,7 @@ class Flag(Rule):
         if not self.pre:
             if not isinstance(return_info, bool):
                 raise TypeError(f"{self._fn}: return_info must be a bool, got {return_info!r}")
+            self._check(as_stack(gradients, self._fn).p)  # f < p, as with pre-aggregation
             return flag_aggregate(gradients, return_info=return_info, **self.params)
         return super().__call__(gradients, return_info=return_info)
 

@@ -1,0 +1,297 @@
+"""Property-based tests (hypothesis) of flagcore.aggregate over every rule in RULES (with and
+without pre-aggregation), the rule classes, and flagcore.attacks.attack over every attack.
+
+For every drawn stack (see _props.py) and parameter set, a call either
+- refuses it with a ValueError/TypeError that names the function and the violated condition,
+  exactly when the documented precondition fails, or
+- returns a finite result of the right shape and dtype, leaves the input unchanged, excludes
+  exactly the documented rows (NaN/Inf; for distance rules also a squared norm that overflows
+  float64), and agrees with the float64 reference of _reference_rules.py on the surviving rows
+  with f_eff = max(f - e, 0), or, where the reference is not unique (Krum-type selections
+  among tied distances), with the rule's defining property (selected scores are the lowest,
+  output = mean of the selected rows, geometric median objective not above the reference's).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import flagcore
+from flagcore import _reference_rules as ref
+from flagcore.attacks import ATTACKS, attack
+from flagcore.rules import RULES, make_rule
+
+from _props import RTOL, StackCase, assert_weighted_sum, bounded, stacks
+
+DISTANCE = {"krum", "multi_krum", "bulyan", "geometric_median", "centered_clipping", "flag"}
+
+
+def precondition(rule: str, p: int, f: int, m) -> bool:
+    if rule in ("mean", "flag"):
+        return f < p
+    if rule in ("krum", "multi_krum"):
+        return p >= 2 * f + 3 and (m is None or m <= p - f)
+    if rule == "bulyan":
+        return p >= 4 * f + 3
+    return p > 2 * f
+
+
+def _rows_seen(p: int, pre) -> int:
+    steps = () if pre is None else ((pre,) if isinstance(pre, str) else pre)
+    for s in steps:
+        if s == "bucketing":
+            p = math.ceil(p / 2)
+    return p
+
+
+@st.composite
+def rule_calls(draw):
+    rule = draw(st.sampled_from(RULES))
+    pre = draw(st.sampled_from([None, None, None, "nnm", "bucketing", ("nnm", "bucketing")]))
+    f = draw(st.integers(0, 3))
+    kw = {"f": f} if rule != "flag" or pre is not None or f else {}
+    m = None
+    if rule == "multi_krum" and draw(st.booleans()):
+        m = kw["m"] = draw(st.integers(1, 6))
+    if rule == "centered_clipping":
+        kw["tau"] = draw(st.sampled_from([0.1, 1.0, 10.0, 1e6]))
+        kw["iterations"] = draw(st.sampled_from([1, 3]))
+    if rule == "flag":
+        kw["max_iter"] = draw(st.sampled_from([1, 3]))
+    if pre is not None:
+        kw["pre"] = pre
+    return rule, kw, pre, f, m
+
+
+def _valid_rows(case: StackCase, rule: str) -> np.ndarray:
+    return case.sq_overflow_rows() if rule in DISTANCE else case.nonfinite_rows()
+
+
+def _check_reference(case: StackCase, rule: str, out64: np.ndarray, info, f: int, m) -> None:
+    bad = _valid_rows(case, rule)
+    rt = RTOL[np.dtype(case.dtype)]
+    for q in range(case.b):
+        x = case.x64[q][~bad[q]]
+        pe = x.shape[0]
+        got = out64[q]
+        if pe == 0:
+            assert np.all(got == 0)
+            continue
+        fe = max(f - (case.p - pe), 0)
+        scale = float(np.max(np.abs(x))) if x.size else 0.0
+        tol = 4 * rt * scale + 1e-300
+        sel = None if info.selected is None else np.asarray(info.selected).reshape(case.b, -1)[q]
+        if rule == "mean":
+            want = ref.mean_ref(x)
+        elif rule == "median":
+            want = ref.median_ref(x)
+        elif rule == "trimmed_mean":
+            want = ref.trimmed_mean_ref(x, fe)
+        elif rule == "meamed":
+            want = ref.meamed_ref(x, fe)
+        elif rule == "phocas":
+            want = ref.phocas_ref(x, fe)
+        elif rule in ("krum", "multi_krum"):
+            scores = np.asarray(info.scores).reshape(case.b, -1)[q]
+            want_scores = ref.krum_scores_ref(x, fe)
+            sq = np.einsum("ij,ij->i", x, x)
+            # float32 input: the Gram's products and short partial sums are float32
+            gtol = 1e-9 if case.dtype == np.float64 else 2e-5
+            stol = gtol * (float(sq.max()) + 1e-300) * pe
+            np.testing.assert_allclose(scores[~bad[q]], want_scores, rtol=gtol, atol=stol)
+            assert np.all(np.isnan(scores[bad[q]]))
+            mm = 1 if rule == "krum" else max(1, min(m if m is not None else case.p - f, pe))
+            assert sel.sum() == mm and not np.any(sel & bad[q])
+            chosen, rest = scores[sel], scores[~sel & ~bad[q]]
+            if rest.size:
+                assert chosen.max() <= rest.min() + stol
+            want = case.x64[q][sel].mean(axis=0)
+        elif rule == "bulyan":
+            theta = max(1, pe - 2 * fe)
+            assert sel.sum() == theta and not np.any(sel & bad[q])
+            beta = max(theta - 2 * fe, 1)
+            xs = case.x64[q][sel]
+            want = ref._closest_mean(xs, ref.median_ref(xs), beta)
+        elif rule == "geometric_median":
+            conv = np.asarray(info.converged).reshape(case.b)[q]
+            if not conv:
+                continue
+            zref, obj_ref = ref.geometric_median_ref(x)
+            obj = float(np.linalg.norm(x - got, axis=1).sum())
+            norms = np.linalg.norm(x, axis=1)
+            assert obj <= obj_ref + 1e-5 * float(np.median(norms)) * pe + 8 * rt * float(norms.max()) * pe, (obj, obj_ref)
+            continue
+        else:  # centered_clipping: through its coefficients and test_centered_clipping_reference
+            continue
+        assert np.max(np.abs(got - want)) <= tol, (rule, np.max(np.abs(got - want)), tol)
+
+
+@bounded(250)
+@given(case=stacks(p_max=14), call=rule_calls())
+def test_aggregate_properties(case, call):
+    """Every rule, f and pre-aggregation: refused exactly when the precondition fails, else finite,
+    shaped, exclusions as documented, equal to the float64 reference (or Krum's/Weiszfeld's defining
+    property), input unchanged.
+    """
+    rule, kw, pre, f, m = call
+    snap = case.snapshot()
+    p_seen = _rows_seen(case.p, pre)
+    ok = precondition(rule, p_seen, f, m) and not (pre is not None and "nnm" in pre and not case.p > 2 * f)
+    if not ok:
+        with pytest.raises(ValueError, match=r"^aggregate: .*needs .*got"):
+            flagcore.aggregate(case.x, rule, **kw)
+        assert case.unchanged(snap)
+        return
+    out, info = flagcore.aggregate(case.x, rule, return_info=True, **kw)
+    assert case.unchanged(snap), f"{rule} changed its input"
+    assert isinstance(out, np.ndarray) and out.dtype == case.dtype and out.shape == case.item_shape
+    assert np.all(np.isfinite(out)), (rule, kw, case.kinds)
+    out64 = np.asarray(out, np.float64).reshape(case.b, case.n)
+    excluded = np.asarray(info.excluded).reshape(case.b, case.p)
+    if rule == "flag" and pre is None:
+        np.testing.assert_array_equal(excluded, case.sq_overflow_rows())
+        assert_weighted_sum(case, out, info.coefficients, excluded)
+        return
+    want_excl = case.sq_overflow_rows() if (pre is not None or rule in DISTANCE) else case.nonfinite_rows()
+    np.testing.assert_array_equal(excluded, want_excl)
+    if info.coefficients is not None:
+        assert_weighted_sum(case, out, info.coefficients, excluded)
+    if pre is None:
+        _check_reference(case, rule, out64, info, f, m)
+    else:
+        mix = np.asarray(info.mixing).reshape(case.b, p_seen, case.p)
+        assert np.all(mix[:, :, :][np.broadcast_to(excluded[:, None, :], mix.shape)] == 0)
+        sums = mix.sum(axis=2)
+        assert np.all((np.abs(sums - 1) < 1e-12) | (sums == 0))
+
+
+@bounded(60)
+@given(case=stacks(p_min=3, p_max=10, kinds=("normal", "normal", "zero", "duplicate", "nan", "inf")),
+       tau=st.sampled_from([0.01, 0.5, 2.0, 1e9]), iterations=st.sampled_from([1, 4]))
+def test_centered_clipping_reference(case, tau, iterations):
+    """Centered clipping equals its float64 reference on the surviving rows for clipping radii from
+    tiny to huge.
+    """
+    norms = np.linalg.norm(np.where(np.isfinite(case.x64), case.x64, 0), axis=2)
+    tau_abs = tau * max(float(norms.max()), 1e-300)
+    out = flagcore.aggregate(case.x, "centered_clipping", tau=tau_abs, iterations=iterations)
+    out64 = np.asarray(out, np.float64).reshape(case.b, case.n)
+    bad = case.sq_overflow_rows()
+    for q in range(case.b):
+        x = case.x64[q][~bad[q]]
+        if x.shape[0] == 0:
+            assert np.all(out64[q] == 0)
+            continue
+        with np.errstate(over="ignore", divide="ignore"):  # tau / 0 for a row at v: clip factor 1
+            want = ref.centered_clipping_ref(x, tau_abs, iterations)
+        scale = float(np.abs(x).max()) + 1e-300
+        assert np.max(np.abs(out64[q] - want)) <= 1e-6 * scale + 4 * RTOL[np.dtype(case.dtype)] * scale
+
+
+CLASS_BAD = [
+    ("TrimmedMean", {}, TypeError, "needs f"),
+    ("Krum", {"f": -1}, ValueError, "f must be in"),
+    ("Krum", {"f": 1.5}, TypeError, "f must be an int"),
+    ("MultiKrum", {"f": 1, "m": 0}, ValueError, "m must be in"),
+    ("GeometricMedian", {"nu": 0.0}, ValueError, "nu must be > 0"),
+    ("GeometricMedian", {"max_iter": 0}, ValueError, "max_iter must be in"),
+    ("CenteredClipping", {"tau": float("nan")}, ValueError, "tau must be finite"),
+    ("CenteredClipping", {"reference": "last"}, ValueError, "reference must be"),
+    ("Median", {"pre": "sort"}, ValueError, "pre must be"),
+    ("Median", {"bucket_size": 0}, ValueError, "bucket_size must be in"),
+    ("Flag", {"scale": "max"}, ValueError, "scale must be one of"),
+    ("Median", {"seed": -3}, ValueError, "seed must be in"),
+]
+
+
+@pytest.mark.parametrize("cls,kw,exc,msg", CLASS_BAD)
+def test_rule_classes_refuse_bad_parameters(cls, kw, exc, msg):
+    with pytest.raises(exc, match=f"{cls}: .*{msg}"):
+        getattr(flagcore.rules, cls)(**kw)
+
+
+@bounded(40)
+@given(case=stacks(p_min=7, p_max=12, allow_batch=False, kinds=("normal", "normal", "duplicate", "nan")),
+       rule=st.sampled_from(RULES))
+def test_rule_classes_equal_aggregate(case, rule):
+    """The rule classes give the same bits as aggregate(), call after call."""
+    kw = {"f": 1}
+    obj = make_rule(rule, **kw)
+    np.testing.assert_array_equal(obj(case.x), flagcore.aggregate(case.x, rule, **kw))
+    np.testing.assert_array_equal(obj(case.x), flagcore.aggregate(case.x, rule, **kw))  # stateless rules
+
+
+# ---------------------------------------------------------------- attacks
+@bounded(120)
+@given(case=stacks(p_max=8, allow_batch=False, layouts=("c", "fortran", "strided"),
+                   kinds=("normal", "normal", "zero", "duplicate", "tiny")),
+       name=st.sampled_from(ATTACKS), f=st.integers(0, 4), seed=st.integers(0, 2 ** 31))
+def test_attack_properties(case, name, f, seed):
+    """Every attack: (f, n) in the input's dtype, seeded and reproducible, finite for finite input,
+    defining property (mimic, zero/drop, sign_flip), input unchanged.
+    """
+    h = case.x
+    snap = case.snapshot()
+    if name == "alie" and case.p < 2:
+        with pytest.raises(ValueError, match="attack: attack 'alie' needs at least 2"):
+            attack(name, h, f, seed=seed)
+        return
+    if name == "alie" and f > 0:
+        p = case.p + f
+        s = math.floor(p / 2 + 1) - f
+        if not 0.0 < (p - s) / p < 1.0:
+            with pytest.raises(ValueError, match=r"alie_z: \(p - s\) / p must be in"):
+                attack(name, h, f, seed=seed)
+            return
+    out = attack(name, h, f, seed=seed)
+    assert case.unchanged(snap)
+    assert isinstance(out, np.ndarray) and out.shape == (f, case.n) and out.dtype == case.dtype
+    again = attack(name, h, f, seed=seed)
+    np.testing.assert_array_equal(out, again)  # seeded: reproducible
+    if name == "nan":
+        assert np.all(np.isnan(out))
+    elif name == "inf":
+        assert np.all(np.isposinf(out))
+    elif f and case.dtype != np.float16:
+        assert np.all(np.isfinite(out)), name
+    x = case.x64[0]
+    if f and name == "mimic":
+        np.testing.assert_array_equal(out, np.repeat(np.asarray(h)[:1], f, axis=0))
+    if f and name in ("zero", "drop"):
+        k = int(round(0.5 * case.n))
+        for j in range(f):
+            src = np.asarray(h)[j % case.p]
+            changed = out[j] != src
+            assert np.all(out[j][changed] == 0) and np.count_nonzero(out[j] == 0) >= min(k, case.n)
+    if f and name == "sign_flip" and case.dtype == np.float64:
+        np.testing.assert_allclose(out[0], -x.mean(axis=0), rtol=1e-12, atol=1e-300)
+
+
+ATTACK_BAD = [
+    (("nope", None, 1), {}, ValueError, "attack: name must be one of"),
+    (("random", "x", 1), {}, TypeError, "attack: honest must be a numpy array"),
+    (("random", np.zeros(3), 1), {}, ValueError, r"attack: honest must be \(h, n\)"),
+    (("random", np.zeros((0, 3)), 1), {}, ValueError, r"attack: honest must be \(h, n\)"),
+    (("random", np.zeros((2, 3), int), 1), {}, TypeError, "attack: honest must have a floating dtype"),
+    (("random", np.zeros((2, 3)), -1), {}, ValueError, "attack: f must be in"),
+    (("random", np.zeros((2, 3)), 1.0), {}, TypeError, "attack: f must be an int"),
+    (("random", np.zeros((2, 3)), 1), {"seed": -1}, ValueError, "attack: seed must be in"),
+    (("gaussian", np.zeros((2, 3)), 1), {"sigma": -1.0}, ValueError, "attack: sigma must be >= 0"),
+    (("zero", np.zeros((2, 3)), 1), {"fraction": 1.5}, ValueError, "attack: fraction must be in"),
+    (("mimic", np.zeros((2, 3)), 1), {"target": 2}, ValueError, "attack: target must be in"),
+    (("ipm", np.zeros((2, 3)), 1), {"eps": float("inf")}, ValueError, "attack: eps must be finite"),
+    (("ipm", np.zeros((2, 3)), 1), {"scale": 1.0}, TypeError, "attack: attack 'ipm' takes no parameter 'scale'"),
+]
+
+
+@pytest.mark.parametrize("args,kw,exc,msg", ATTACK_BAD)
+def test_attack_refuses_bad_input(args, kw, exc, msg):
+    name, h, f = args
+    if h is None:
+        h = np.zeros((2, 3))
+    with pytest.raises(exc, match=msg):
+        attack(name, h, f, **kw)
