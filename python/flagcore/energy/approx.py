@@ -15,7 +15,12 @@ theta_i = (n - i) mu - (k - i) lambda), replaced by an exact or better formula w
   n = k = 2, 1 speed exact: Flatto-Hahn (12 - rho) / 8 / (mu - lambda),
   k = n > 2          Nelson-Tantawi (a few % for rho <= 0.8).
 Without cancellation every task runs: T ~ the k-th order statistic of n independent M/M/1
-sojourn times at the harmonic rate (an upper bound for k = n, by association).
+sojourn times at the harmonic rate (an upper bound for k = n with one speed, by association;
+with several speeds a task's service is a mixture of exponentials, and at light load this
+approximation can fall below the light-traffic lower bound ``lower_bound``: compare the two).
+Bounds: ``lower_bound``/``upper_bound`` are the proven ones (one speed with cancellation:
+Joshi-Liu-Soljanin below, split-merge above; without cancellation the light-traffic value below)
+and NaN where no proven bound exists (several speeds with cancellation; above, without it).
 Energy: the race's sum_s P_s tau_s (exact with one speed, for k = 1 and for k = n; about 1% off
 otherwise), or n sum_s p_s P_s / mu_s without cancellation (exact).
 """
@@ -234,8 +239,8 @@ class ApproxResult(_stats.PercentileShortcuts):
     tandem_response_time: float
     mean_in_system: float
     light_traffic_response_time: float  # E[k-th completion] of an isolated request
-    lower_bound: float
-    upper_bound: float
+    lower_bound: float  # one speed with cancellation: Joshi-Liu-Soljanin; cancel=False: light traffic; else NaN
+    upper_bound: float  # one speed with cancellation: split-merge (and H_n/(mu-lam) for k = n); else NaN
     stage_rates: list
     energy_per_request: float
     average_power: float
@@ -320,7 +325,8 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
         wasted = (n - k) * light  # the n - k losers run from 0 to the k-th completion
     else:
         tau = n * pr / mus
-        wasted = float(tau.sum()) - float(rc["completion_times"].sum())
+        # late tasks run on after the request left; none are late when k == n
+        wasted = 0.0 if k == n else float(tau.sum()) - float(rc["completion_times"].sum())
     energy = float(pw @ tau)
     busy_cores = lam * tau
     util = busy_cores / n
@@ -365,6 +371,8 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
             tail = Hypoexponential(stages)
         else:
             mean = tandem = math.inf
+        if not single:  # the bounds are proven for one service rate only
+            lower = upper = math.nan
     else:
         mu_q = mu if single else mu_h
         limit = mu_q
@@ -373,7 +381,8 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
         mean = tandem
         mean_method = "k-th of n independent M/M/1 sojourns (harmonic rate)"
         pct_method = mean_method
-        lower = float(light) + 0.0 if stable else math.inf
+        lower = float(light) + 0.0 if stable else math.inf  # no queueing at all: a true bound
+        upper = math.nan  # the split-merge bound assumes cancellation
         if stable:
             tail = OrderStatistic(n, k, mu_q - lam)
     if not stable:
