@@ -225,8 +225,8 @@ def _cmd_approx(a: argparse.Namespace) -> int:
         ("average power", lambda r: r.average_power),
         ("effective rate", lambda r: r.effective_rate),
         ("stability limit (arrival rate)", lambda r: r.stability_limit),
-        ("lower bound E[T]", lambda r: r.lower_bound),
-        ("upper bound E[T]", lambda r: r.upper_bound),
+        ("lower bound E[T]", lambda r: "n/a" if math.isnan(r.lower_bound) else r.lower_bound),
+        ("upper bound E[T]", lambda r: "n/a" if math.isnan(r.upper_bound) else r.upper_bound),
         ("light-traffic E[T]", lambda r: r.light_traffic_response_time),
     ]
     rows = [[nm, *[f(res[m]) for m in methods]] for nm, f in names]
