@@ -30,12 +30,8 @@ from .coordinate import run_coordinate
 def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
     d = core.krum(src.gram(), f, m, src.excluded_u8())
     sel = d["selected"].astype(bool)
-    if src.mix is None:
-        # The mean of the selected rows through the coordinate kernel's mean (a streaming pass
-        # that reads only those rows), which is faster than the general weighted sum.
-        out, _ = run_coordinate(Source(src.st, excluded=~sel), "mean", 0)
-    else:
-        out = src.combine(d["coefficients"])
+    # one weighted-sum pass that reads only the selected rows (coefficient 1/m, others 0)
+    out = src.combine(d["coefficients"])
     return out, dict(coefficients=d["coefficients"], scores=d["scores"],
                      selected=sel, excluded=d["excluded"].astype(bool))
 
