@@ -619,7 +619,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("x"), py::arg("coef"), "sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read");
 
   m.def("flag_irls", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r,
-                        double lam, int max_iter, double eps, double tol, const std::string& scale) {
+                        double lam, int max_iter, double eps, double tol, const std::string& scale, int threads) {
     FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2), "flag_irls: gram must be (b, p, p)");
     FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
     const int64_t b = gram.shape(0), p = gram.shape(1);
@@ -628,10 +628,15 @@ PYBIND11_MODULE(_core, m) {
     const double* g = gram.data();
     {
       py::gil_scoped_release release;
-      flag_irls_batch_cpu(g, b, p, prm, view);
+      if (threads <= 1)
+        flag_irls_batch_cpu(g, b, p, prm, view);
+      else  // each problem run by a team of CPU threads with a barrier, as a CUDA block runs it
+        flag_irls_team_emulation_cpu(g, b, p, prm, view, threads);
     }
     return info.to_dict();
-  }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
+  }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
+     py::arg("team_threads") = 1,
+     "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)");
 
   m.def("flag_aggregate_layers", [](const py::list& layers, int64_t r, double lam, int max_iter, double eps,
                                     double tol, const std::string& scale) {
@@ -642,21 +647,6 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("layers"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
      "list of (1, p_q, n_q) float32/float64 stacks (one dtype) -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
 
-  m.def("flag_irls_team_emulation", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r,
-                                       double lam, int max_iter, double eps, double tol, const std::string& scale, int threads) {
-    FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2), "flag_irls_team_emulation: gram must be (b, p, p)");
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-    const int64_t b = gram.shape(0), p = gram.shape(1);
-    InfoArrays info(b, p, max_iter);
-    FlagIrlsOut view = info.view();
-    const double* g = gram.data();
-    {
-      py::gil_scoped_release release;
-      flag_irls_team_emulation_cpu(g, b, p, prm, view, threads);
-    }
-    return info.to_dict();
-  }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"), py::arg("threads"),
-     "flag_irls with each problem run by a team of CPU threads and a barrier, as a CUDA block runs it (tests)");
 
   m.def("flag_cuda_plan", [](const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, int max_iter) {
     FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(), "flag_cuda_plan: ps and ns must be non-empty and of one length");

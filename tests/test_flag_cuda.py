@@ -129,7 +129,7 @@ def test_team_emulation_equals_serial_bitwise(p, threads):
     for lam, max_iter, scale in [(0.0, 3, "paper"), (0.7, 4, "median_norm")]:
         r = max(1, p // 2)
         serial = _core.flag_irls(g, r, lam, max_iter, 1e-7, 1e-10, scale)
-        team = _core.flag_irls_team_emulation(g, r, lam, max_iter, 1e-7, 1e-10, scale, threads)
+        team = _core.flag_irls(g, r, lam, max_iter, 1e-7, 1e-10, scale, threads)
         _assert_info_equal(team, serial)
 
 
