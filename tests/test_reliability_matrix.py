@@ -54,7 +54,7 @@ def test_committed_table_is_up_to_date(results):
         f"the bad-input matrix changed; regenerate it with `{rc.REGENERATE}` ({changed[:3]})")
     section = rc.render(results, rc.property_tests())
     checked = 0
-    for name in ("README_reliability.md", "README.md"):
+    for name in ("README.md",):
         p = os.path.join(ROOT, name)
         if os.path.exists(p) and rc.BEGIN in _read(p):
             assert rc.splice(_read(p), section) == _read(p), (

@@ -1,8 +1,7 @@
 """Run the bad-input matrix (tests/reliability_cases.py) and write its results.
 
     python tools/reliability_table.py            # write bench/results/reliability_matrix.json and
-                                                 # the Reliability section of README_reliability.md
-                                                 # (and of README.md when it holds the markers)
+                                                 # the Reliability section of README.md
     python tools/reliability_table.py --check    # exit 1 when any of them is out of date
 
 Run from the repository root with flagcore installed.
@@ -28,9 +27,8 @@ def _read(path: str) -> str:
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "reliability_matrix.json"))
-    ap.add_argument("--readme", nargs="*", default=[os.path.join(ROOT, "README_reliability.md"),
-                                                   os.path.join(ROOT, "README.md")],
-                    help="files whose section between the markers is replaced (README_reliability.md is created)")
+    ap.add_argument("--readme", nargs="*", default=[os.path.join(ROOT, "README.md")],
+                    help="files whose section between the markers is replaced")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when something is out of date")
     args = ap.parse_args(argv)
 
@@ -53,8 +51,6 @@ def main(argv: list | None = None) -> int:
             if rc.BEGIN not in text:
                 continue
             new = rc.splice(text, section)
-        elif os.path.basename(path) == "README_reliability.md":
-            text, new = None, section
         else:
             continue
         if new != text:
