@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
-from .._backend import is_torch_tensor
+from .._backend import core, is_torch_tensor
 from ..flag import flag_aggregate
 from ._source import Source
 from .coordinate import run_coordinate
@@ -182,6 +182,16 @@ class Mean(_Coordinate):
     """Plain mean (non-finite workers excluded)."""
 
     name = "mean"
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        if src.mix is None and src.excluded is None and src.st.on_cpu:
+            # Fast path: one weighted-sum pass. A non-finite input value makes its output
+            # coordinate non-finite, so a finite result proves every worker finite; otherwise
+            # the coordinate kernel excludes the bad workers (and handles overflow).
+            out = core.weighted_sum(src.rows(), np.full((src.b, src.p), 1.0 / src.p))
+            if np.isfinite(out).all():
+                return out, dict(excluded=np.zeros((src.b, src.p), bool))
+        return super()._run(src)
 
     def _check(self, p: int) -> None:
         if not self.f < p:
