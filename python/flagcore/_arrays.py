@@ -8,7 +8,7 @@ float result back into the caller's framework, dtype, device and shape.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,7 +51,6 @@ class Stack:
     item_shape: tuple = ()  # shape of one gradient for list input
     data: Any = None
     torch_data: Any = None
-    compute_dtype: Any = field(default=None)
 
     @property
     def on_cpu(self) -> bool:
@@ -71,14 +70,6 @@ class Stack:
         if self.from_list:
             return t.reshape(self.item_shape)
         return t if self.batched else t.reshape(self.n)
-
-    def empty_result(self) -> Any:
-        shape = (self.b, self.n)
-        if self.framework == "torch":
-            import torch
-
-            return self.restore(torch.zeros(shape, dtype=torch.float64))
-        return self.restore(np.zeros(shape))
 
 
 def _numpy_float(a: np.ndarray, fn: str, what: str) -> np.ndarray:
@@ -136,7 +127,6 @@ def _array_stack(x: Any, fn: str, arg: str, framework: str) -> Stack:
     if n > 1 and arr.strides[2] != arr.itemsize:
         arr = np.ascontiguousarray(arr)  # the kernels need a contiguous last axis
     st.data = arr
-    st.compute_dtype = arr.dtype
     return st
 
 
@@ -178,17 +168,7 @@ def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
     else:
         rows = [np.ascontiguousarray(_numpy_float(g, fn, f"{arg}[{i}]")).reshape(n) for i, g in enumerate(items)]
     st.data = rows
-    st.compute_dtype = rows[0].dtype
     return st
-
-
-def as_numpy_stack(st: Stack) -> np.ndarray:
-    """The stack as one (b, p, n) numpy array (copies list input); for pure-numpy code paths."""
-    if isinstance(st.data, list):
-        return np.stack(st.data)[None]
-    if st.data is None:
-        return st.torch_data.detach().cpu().double().numpy()
-    return st.data
 
 
 def check_int(value: Any, fn: str, name: str, *, low: int | None = None, high: int | None = None) -> int:
