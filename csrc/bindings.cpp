@@ -233,6 +233,8 @@ py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep
   Rows<T> rows = make_rows<T>(x);
   FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate: unknown rule " << rule);
   FLAGCORE_CHECK_ARG(f >= 0, "coordinate: f must be >= 0");
+  FLAGCORE_CHECK_ARG(rows.p <= kMaxNetwork, "coordinate: at most " << kMaxNetwork
+                     << " workers per problem for the coordinate-wise rules, got p = " << rows.p);
   CoordSpec spec;
   spec.rule = static_cast<CoordRule>(rule);
   spec.f = f;
@@ -261,7 +263,7 @@ void register_rules(py::module_& m) {
   "coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, p))");
 
   m.def("coordinate_network", [](int pe, int rule, int t, int k) {
-    FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork, "coordinate_network: pe must be in [1, 32]");
+    FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork, "coordinate_network: pe must be in [1, " << kMaxNetwork << "], got " << pe);
     CoordCounts c;
     c.pe = pe; c.t = t; c.k = k;
     return coordinate_network(pe, static_cast<CoordRule>(rule), c);

@@ -179,19 +179,11 @@ class _Coordinate(Rule):
 
 
 class Mean(_Coordinate):
-    """Plain mean (non-finite workers excluded)."""
+    """Plain mean (non-finite workers excluded): the rows are summed in order in float64, then
+    divided by their count (numpy's and torch's convention; for float64 input the result is
+    numpy's ``mean(axis=0)`` bit for bit)."""
 
     name = "mean"
-
-    def _run(self, src: Source) -> tuple[Any, dict]:
-        if src.mix is None and src.excluded is None and src.st.on_cpu:
-            # Fast path: one weighted-sum pass. A non-finite input value makes its output
-            # coordinate non-finite, so a finite result proves every worker finite; otherwise
-            # the coordinate kernel excludes the bad workers (and handles overflow).
-            out = core.weighted_sum(src.rows(), np.full((src.b, src.p), 1.0 / src.p))
-            if np.isfinite(out).all():
-                return out, dict(excluded=np.zeros((src.b, src.p), bool))
-        return super()._run(src)
 
     def _check(self, p: int) -> None:
         if not self.f < p:
