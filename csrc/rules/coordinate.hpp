@@ -159,6 +159,10 @@ void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t 
                 double* acc);                                                                   \
   void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,  \
                 double* acc);                                                                   \
+  void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div,           \
+                int64_t i0, int64_t i1, int64_t k0, int64_t len, float* const* out);            \
+  void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div,        \
+                int64_t i0, int64_t i1, int64_t k0, int64_t len, double* const* out);           \
   }
 FLAGCORE_COORD_DECL(simd_generic)
 FLAGCORE_COORD_DECL(simd_avx2)

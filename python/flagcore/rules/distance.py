@@ -17,6 +17,7 @@ Non-finite workers (a NaN/Inf value makes G_ii non-finite) are excluded, reporte
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,12 @@ from .coordinate import run_coordinate
 def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
     d = core.krum(src.gram(), f, m, src.excluded_u8())
     sel = d["selected"].astype(bool)
-    # one weighted-sum pass that reads only the selected rows (coefficient 1/m, others 0)
-    out = src.combine(d["coefficients"])
+    if src.mix is None:
+        # the mean of the selected rows (summed in order, then divided: numpy's mean), one pass
+        # that reads only those rows
+        out, _ = run_coordinate(dataclasses.replace(src, excluded=~sel), "mean", 0)
+    else:  # through pre-aggregation: the weighted sum (c M) X of the caller's rows
+        out = src.combine(d["coefficients"])
     return out, dict(coefficients=d["coefficients"], scores=d["scores"],
                      selected=sel, excluded=d["excluded"].astype(bool))
 
@@ -48,7 +53,7 @@ def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
     pe = (~excl).sum(axis=1)
     f_eff = np.maximum(f - (src.p - pe), 0)
     beta = np.maximum(theta - 2 * f_eff, 1)
-    sub = Source(src.st, src.mix, ~sel, src.excluded_orig, src.gram_orig, f)
+    sub = dataclasses.replace(src, excluded=~sel, f=f)
     if np.all(beta == beta[0]):
         out, _ = run_coordinate(sub, "meamed", 0, int(beta[0]))
     else:  # differing exclusions across a batch: one problem at a time
@@ -56,7 +61,7 @@ def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
         for q in range(b):
             ex = np.ones_like(sel)
             ex[q] = ~sel[q]
-            part, _ = run_coordinate(Source(src.st, src.mix, ex, src.excluded_orig, src.gram_orig, f),
+            part, _ = run_coordinate(dataclasses.replace(src, excluded=ex, f=f),
                                      "meamed", 0, int(beta[q]))
             parts.append(part[q:q + 1])
         out = np.concatenate(parts) if src.st.on_cpu else _torch_cat(parts)

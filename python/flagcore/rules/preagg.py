@@ -24,7 +24,7 @@ import numpy as np
 
 from .._arrays import Stack, as_stack, check_int
 from .._backend import core
-from ._source import Source, _zero_excluded, stack_gram
+from ._source import Source, _zero_excluded, mix_matrix, mixed_gram, stack_gram
 
 PRE_STEPS = ("nnm", "bucketing")
 
@@ -54,29 +54,34 @@ def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
     diag = np.diagonal(g, axis1=1, axis2=2)
     excl0 = ~np.isfinite(diag)
     g0 = _zero_excluded(g, excl0)
-    mix = np.repeat(np.eye(p)[None], b, axis=0)
-    mix[excl0] = 0.0
+    mix = None  # the composed (b, p', p) map; None: the identity with excluded rows zeroed
     excl = excl0.copy()
+    done: list = []
     for step in steps:
         if step == "nnm":
-            gc = np.einsum("qij,qjk,qlk->qil", mix, g0, mix)
-            d = core.nnm_matrix(gc, f, excl.astype(np.uint8))
-            mix = d["matrix"] @ mix
+            gc = mixed_gram(g0, tuple(done)) if done else g0
+            m = core.nnm_matrix(gc, f, excl.astype(np.uint8))["matrix"]
+            a = (m != 0).astype(np.float64)
+            d = np.maximum(a.sum(axis=2), 1.0)  # rows of excluded workers: empty, d = 1
+            new_excl = excl.copy()
         else:
-            pc = mix.shape[1]
+            pc = p if mix is None else mix.shape[1]
             nb = math.ceil(pc / bucket_size)
-            new = np.zeros((b, nb, p))
+            a = np.zeros((b, nb, pc))
             new_excl = np.zeros((b, nb), bool)
             for q in range(b):
                 perm = rng.permutation(pc)
                 for j in range(nb):
                     members = [i for i in perm[j * bucket_size:(j + 1) * bucket_size] if not excl[q, i]]
                     if members:
-                        new[q, j] = mix[q, members].mean(axis=0)
+                        a[q, j, members] = 1.0
                     else:
                         new_excl[q, j] = True
-            mix, excl = new, new_excl
-    return Source(st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f)
+            d = np.maximum(a.sum(axis=2), 1.0)
+        mix = a / d[:, :, None] if mix is None else mix_matrix(mix, a, d)
+        done.append((a, d))
+        excl = new_excl
+    return Source(st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f, steps=tuple(done))
 
 
 def nnm(gradients: Any, f: int) -> Any:
