@@ -156,47 +156,45 @@ void sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
 
 // out[i, k] = (sum_j A[i, j] x_j[k]) / div[i] for rows i in [i0, i1) and columns
 // [k0, k0 + len), accumulated in T (the data's precision, as a BLAS GEMM would) in the order
-// j = 0, 1, ..., m - 1. Register tile: 4 output rows x 2 vectors of columns; the caller sizes
-// [k0, k0 + len) so that the m row segments stay in L2.
+// j = 0, 1, ..., m - 1. Register tile: MR output rows x 2 vectors of columns (MR = 8 with 32
+// vector registers, else 4); the caller sizes [k0, k0 + len) so that the m row segments stay
+// in L2.
 template <typename T>
 void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t i0, int64_t i1,
                 int64_t k0, int64_t len, T* const* out) {
   typedef typename Vec<T>::type vec;
   constexpr int W = VB / int(sizeof(T));
-  constexpr int CW = 2 * W;  // columns per register tile
-  constexpr int MR = 4;      // output rows per register tile
-  int64_t i = i0;
-  for (; i < i1; i += MR) {
+  constexpr int NC = 2;                 // vectors of columns per register tile
+  constexpr int MR = VB == 64 ? 8 : 4;  // output rows per register tile
+  constexpr int CW = NC * W;            // columns per register tile
+  for (int64_t i = i0; i < i1; i += MR) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, i1 - i));
     const T* a[MR];
     for (int r = 0; r < MR; ++r) a[r] = A + (i + std::min(r, rows - 1)) * m;
-    int64_t k = 0;
-    for (; k < len; k += CW) {
+    for (int64_t k = 0; k < len; k += CW) {
       const int valid = static_cast<int>(std::min<int64_t>(CW, len - k));
-      vec acc[MR][2];
-      for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vec{};
+      vec acc[MR][NC];
+      for (int r = 0; r < MR; ++r)
+        for (int u = 0; u < NC; ++u) acc[r][u] = vec{};
       if (valid == CW) {
         for (int64_t j = 0; j < m; ++j) {
-          vec x0, x1;
-          std::memcpy(&x0, xs[j] + k0 + k, sizeof(vec));
-          std::memcpy(&x1, xs[j] + k0 + k + W, sizeof(vec));
+          const T* xj = xs[j] + k0 + k;
+          vec x[NC];
+          for (int u = 0; u < NC; ++u) std::memcpy(&x[u], xj + u * W, sizeof(vec));
           for (int r = 0; r < MR; ++r) {
-            const vec c = vec{} + a[r][j];
-            acc[r][0] += c * x0;
-            acc[r][1] += c * x1;
+            const vec c = a[r][j] - vec{};  // a broadcast (x - 0 is x: no add is emitted)
+            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
           }
         }
       } else {
         for (int64_t j = 0; j < m; ++j) {
           alignas(64) T buf[CW] = {};
           std::memcpy(buf, xs[j] + k0 + k, sizeof(T) * static_cast<size_t>(valid));
-          vec x0, x1;
-          std::memcpy(&x0, buf, sizeof(vec));
-          std::memcpy(&x1, buf + W, sizeof(vec));
+          vec x[NC];
+          std::memcpy(x, buf, sizeof(x));
           for (int r = 0; r < MR; ++r) {
-            const vec c = vec{} + a[r][j];
-            acc[r][0] += c * x0;
-            acc[r][1] += c * x1;
+            const vec c = a[r][j] - vec{};
+            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
           }
         }
       }

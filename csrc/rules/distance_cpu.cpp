@@ -386,11 +386,11 @@ void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64
 #endif
     default: kernel = static_cast<Fn>(&simd_generic::mix_rows); break;
   }
-  // Column block: the m row segments take ~512 KiB (L2); a multiple of 32 columns (every
+  // Column block: the m row segments take ~512 KiB (L2); a multiple of 192 columns (of every
   // register tile width). Output rows in groups of 64 per step, so a task polls for Ctrl-C
   // every few milliseconds.
   const int64_t cols = std::max<int64_t>(
-      32, std::min<int64_t>(4096, (int64_t(1) << 19) / (std::max<int64_t>(m, 1) * int64_t(sizeof(T)))) / 32 * 32);
+      192, std::min<int64_t>(4032, (int64_t(1) << 19) / (std::max<int64_t>(m, 1) * int64_t(sizeof(T)))) / 192 * 192);
   const int64_t tasks = (n + cols - 1) / cols;
   parallel_for(static_cast<size_t>(tasks), [&](size_t t) {
     const int64_t k0 = static_cast<int64_t>(t) * cols;
