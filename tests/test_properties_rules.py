@@ -295,3 +295,116 @@ def test_attack_refuses_bad_input(args, kw, exc, msg):
         h = np.zeros((2, 3))
     with pytest.raises(exc, match=msg):
         attack(name, h, f, **kw)
+
+
+# ---------------------------------------------------------------- large p (issue 11)
+# Vectorised float64 textbook references from explicit differences (the per-row Python loops of
+# _reference_rules.py are too slow at p = 1024); the coordinate rules use _reference_rules.
+def _sqd(x: np.ndarray) -> np.ndarray:
+    return ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+
+
+def _krum_scores(d: np.ndarray, idx: np.ndarray, f: int) -> np.ndarray:
+    sub = d[np.ix_(idx, idx)]
+    nb = max(len(idx) - f - 2, 0)
+    off = np.sort(sub + np.diag(np.full(len(idx), np.inf)), axis=1)[:, :nb]
+    return off.sum(axis=1)
+
+
+def _bulyan_select(d: np.ndarray, f: int) -> np.ndarray:
+    remaining = np.arange(d.shape[0])
+    chosen = []
+    for _ in range(d.shape[0] - 2 * f):
+        best = remaining[int(np.argmin(_krum_scores(d, remaining, f)))]
+        chosen.append(best)
+        remaining = remaining[remaining != best]
+    return np.sort(chosen)
+
+
+LARGE_P = [33, 64, 100, 257, 1024]
+
+
+@pytest.mark.parametrize("p", LARGE_P)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_p_coordinate_rules(p, dtype):
+    x = ref.make_gradients(p, 21, seed=p, byzantine=p // 5, dtype=dtype)
+    x64 = x.astype(np.float64)
+    f = p // 4
+    tol = RTOL[np.dtype(dtype)]
+    for rule, want in (("median", ref.median_ref(x64)), ("trimmed_mean", ref.trimmed_mean_ref(x64, f)),
+                       ("meamed", ref.meamed_ref(x64, f)), ("phocas", ref.phocas_ref(x64, f)),
+                       ("mean", ref.mean_ref(x64))):
+        got = flagcore.aggregate(x, rule, f=f if rule != "mean" else 0)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=rule)
+    x[p // 2, 3] = np.nan  # one NaN worker: excluded, counted in f
+    got, info = flagcore.aggregate(x, "trimmed_mean", f=f, return_info=True)
+    assert np.flatnonzero(info.excluded).tolist() == [p // 2]
+    np.testing.assert_allclose(got, ref.trimmed_mean_ref(np.delete(x64, p // 2, 0), f - 1), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("p", [64, 257, 1024])
+def test_large_p_krum_nnm_clipping_gm(p):
+    f = (p - 3) // 4
+    x = ref.make_gradients(p, 8, seed=p + 1, byzantine=f, dtype=np.float64)
+    d = _sqd(x)
+    sc = _krum_scores(d, np.arange(p), f)
+    got, info = flagcore.aggregate(x, "krum", f=f, return_info=True)
+    assert np.flatnonzero(info.selected).tolist() == [int(np.argmin(sc))]
+    np.testing.assert_allclose(info.scores, sc, rtol=1e-9)
+    m = p - f
+    got, info = flagcore.aggregate(x, "multi_krum", f=f, return_info=True)
+    sel = np.sort(np.argsort(sc, kind="stable")[:m])
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+    np.testing.assert_array_equal(got, x[sel].mean(axis=0))
+    # NNM: row i is the mean of the p - f workers nearest to i (itself first, ties by index)
+    key = d + np.diag(np.full(p, -1.0))
+    nbrs = np.argsort(key, axis=1, kind="stable")[:, :p - f]
+    np.testing.assert_allclose(flagcore.rules.nnm(x, f), x[nbrs].mean(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(flagcore.aggregate(x, "centered_clipping", tau=2.0, iterations=3),
+                               ref.centered_clipping_ref(x, 2.0, 3), rtol=1e-9, atol=1e-9)
+    z, info = flagcore.aggregate(x, "geometric_median", return_info=True)
+    _, obj = ref.geometric_median_ref(x, iters=3000, tol=1e-13)
+    assert np.linalg.norm(x - z, axis=1).sum() <= obj * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("p,f", [(35, 8), (103, 25), (403, 100)])
+def test_large_p_bulyan(p, f):
+    x = ref.make_gradients(p, 6, seed=p, byzantine=f, dtype=np.float64)
+    sel = _bulyan_select(_sqd(x), f)
+    got, info = flagcore.aggregate(x, "bulyan", f=f, return_info=True)
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+    beta = len(sel) - 2 * f
+    want = ref._closest_mean(x[sel], ref.median_ref(x[sel]), beta)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_bulyan_with_duplicated_attackers_and_ties():
+    """Many identical rows (an attack sends one vector many times) and mutual nearest
+    neighbours give exactly tied Krum scores; the lower index wins, as in the reference."""
+    rng = np.random.default_rng(5)
+    p, f = 67, 16
+    x = rng.standard_normal((p, 5))
+    x[-f:] = x[-1] + 0.5
+    x[10] = x[11]
+    sel = _bulyan_select(_sqd(x), f)
+    _, info = flagcore.aggregate(x, "bulyan", f=f, return_info=True)
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+
+
+@pytest.mark.parametrize("rule,kw", [
+    ("median", {}), ("trimmed_mean", {"f": 100}), ("meamed", {"f": 100}), ("phocas", {"f": 100}),
+    ("mean", {}), ("krum", {"f": 100}), ("multi_krum", {"f": 100}), ("bulyan", {"f": 100}),
+    ("geometric_median", {}), ("centered_clipping", {"tau": 1.0}), ("median", {"f": 100, "pre": "nnm"}),
+    ("krum", {"f": 50, "pre": ("nnm", "bucketing")}),
+])
+def test_large_p_results_do_not_depend_on_thread_count(rule, kw):
+    x = ref.make_gradients(403, 3000, seed=9, byzantine=100)
+    core = flagcore._backend.core
+    outs = []
+    try:
+        for threads in (1, 2):
+            core.set_num_threads(threads)
+            outs.append(flagcore.aggregate(x, rule, **kw))
+    finally:
+        core.set_num_threads(0)
+    np.testing.assert_array_equal(outs[0], outs[1])

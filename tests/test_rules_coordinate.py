@@ -176,3 +176,56 @@ def test_float64_near_max_does_not_overflow(rule, kw, p):
         want = (want(scaled) if want else getattr(ref, f"{rule}_ref")(scaled, 1)) * 64
     assert np.all(np.isfinite(got)), got
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- exact means (issue 14)
+def test_mean_sums_then_divides_hand_case():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    assert flagcore.aggregate(x, "mean").tolist() == [4.0, 5.0, 6.0]
+    assert flagcore.aggregate(x.T, "mean").tolist() == [2.0, 5.0, 8.0]
+    assert flagcore.aggregate(x, "trimmed_mean", f=0).tolist() == [4.0, 5.0, 6.0]
+    assert flagcore.aggregate(x, "multi_krum", f=0, m=3).tolist() == [4.0, 5.0, 6.0]
+    assert flagcore.aggregate([r for r in x], "mean").tolist() == [4.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_means_equal_numpy_bit_for_bit(seed):
+    """float64 input: flagcore adds the rows in order and divides, as numpy's mean(axis=0)
+    does, so the results are identical bit for bit; float32 input: the same in float64, then
+    one rounding (numpy's float64 mean of the upcast rows, rounded)."""
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(1, 80))
+    n = int(rng.integers(1, 300))
+    scale = 10.0 ** rng.integers(-5, 6)
+    x = scale * rng.standard_normal((p, n))
+    x[:, : n // 3] = np.round(x[:, : n // 3], 1)  # decimal-looking values, where 1/p-first errs
+    f = int(rng.integers(0, (p + 1) // 2))
+    for dtype in (np.float64, np.float32):
+        xd = x.astype(dtype)
+        x64 = xd.astype(np.float64)
+        want = {
+            "mean": x64.mean(axis=0),
+            "trimmed_mean": np.sort(x64, axis=0)[f:p - f].mean(axis=0),
+        }
+        for rule, w in want.items():
+            got = flagcore.aggregate(xd, rule, f=f if rule != "mean" else 0)
+            np.testing.assert_array_equal(got, w.astype(dtype), err_msg=f"{rule} {dtype.__name__}")
+        got = flagcore.aggregate(np.stack([xd, xd[::-1]]), "mean")
+        np.testing.assert_array_equal(got[0], want["mean"].astype(dtype))
+        np.testing.assert_array_equal(got[1], x64[::-1].mean(axis=0).astype(dtype))
+    if p >= 3:
+        fk = (p - 3) // 2
+        got, info = flagcore.aggregate(x, "multi_krum", f=fk, return_info=True)
+        np.testing.assert_array_equal(got, x[info.selected].mean(axis=0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_closest_means_within_an_ulp_class(seed):
+    """MeaMed, Phocas and Bulyan's final step average a window of sorted values in value order
+    (the reference orders by distance), so they agree to a few ulps rather than bit for bit."""
+    rng = np.random.default_rng(100 + seed)
+    p, n, f = 9 + 4 * seed, 200, 2 + seed
+    x = rng.standard_normal((p, n))
+    for rule in ("meamed", "phocas"):
+        got = flagcore.aggregate(x, rule, f=f)
+        np.testing.assert_allclose(got, REFS[rule](x, f), rtol=4e-16 * p, atol=4e-16 * p)
