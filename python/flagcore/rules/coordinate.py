@@ -11,16 +11,22 @@ Each reduces, independently per coordinate, the p values of the workers to one n
 - mean: the plain mean (with the same handling of non-finite workers).
 
 "Closest" ties keep the smaller value. Means and midpoints are formed in float64 and rounded
-once to the output dtype.
+once to the output dtype; every mean adds its values in order and then divides by their count
+(numpy's and torch's convention: for float64 input ``mean`` and ``trimmed_mean`` equal numpy's
+``x.mean(axis=0)`` and ``np.sort(x, axis=0)[f:p - f].mean(axis=0)`` bit for bit, and the mean
+of 1, 4 and 7 is exactly 4).
 
 Non-finite workers: a worker with any NaN/Inf value is excluded from its problem (reported in
 ``RuleInfo.excluded``) and the rule runs on the remaining p - e workers with
 f_eff = max(f - e, 0): an excluded worker counts as one of the f Byzantine ones, and the
 preconditions still hold for the survivors. A problem whose workers are all excluded gives 0.
 
-Backends: the native CPU kernel (vectorised sorting networks up to p = 32, std::sort beyond;
-finiteness checked in the same read), the CUDA kernel for CUDA tensors when flagcore was built
-with CUDA (p <= 32), and plain torch (sort along the worker axis) otherwise.
+Backends: the native CPU kernel (vectorised sorting networks at every p up to 65536: Batcher's
+odd-even merge sort over blocks of 8-16 columns, pruned to the positions the rule reads, so the
+cost per value grows like log^2 p with no step at any p; the mean streams the rows through
+float64 accumulators; finiteness is checked in the same read), the CUDA kernel for CUDA tensors
+when flagcore was built with CUDA (p <= 32), and plain torch (sort along the worker axis)
+otherwise.
 """
 from __future__ import annotations
 

@@ -12,6 +12,12 @@ the absolute error of a squared distance is about 1e-16 (G_ii + G_jj). Negative 
 clamped to 0. Rules only compare distances, so this can only reorder workers whose distance is
 below ~1e-8 of their norms.
 
+Cost after the Gram (c active workers): Krum, Multi-Krum and NNM O(c^2 log c); Bulyan
+O(c^2 log c) (each worker's neighbours sorted once, Krum scores updated as workers are removed,
+kept exact with compensated sums so that tied scores stay tied); geometric median O(c^2) per
+Weiszfeld step; centered clipping O(c^2) per step. Multi-Krum's and Bulyan's averages add the
+rows and then divide. Every long native loop stops at Ctrl-C (KeyboardInterrupt).
+
 Non-finite workers (a NaN/Inf value makes G_ii non-finite) are excluded, reported in
 ``RuleInfo.excluded``, and the rule runs on the p - e others with f_eff = max(f - e, 0).
 """

@@ -1,6 +1,10 @@
 """Pre-aggregation steps, composable with any rule: nearest-neighbour mixing and bucketing.
 
-Both are linear maps of the workers' rows, Y = M X:
+Both are linear maps of the workers' rows, Y = M X, kept as a 0/1 membership matrix and a
+count per mixed row: a mixed row is the sum of its members divided by their number (numpy's
+mean), formed by a native product whose result does not depend on the thread count. The
+p-space work (the Gram of mixed rows, the composed map) is O(p^3) matrix products, never the
+O(p^4) of a contraction without order.
 
 - NNM (Allouah et al. 2023, "Fixing by Mixing"): row i of M averages the p - f workers nearest
   to worker i (itself included; squared distances from the Gram matrix, ties to the lower
