@@ -159,6 +159,8 @@ void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t 
                 double* acc);                                                                   \
   void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,  \
                 double* acc);                                                                   \
+  bool divide_rows(const double* acc, int64_t len, double d, float* out);                        \
+  bool divide_rows(const double* acc, int64_t len, double d, double* out);                       \
   void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div,           \
                 int64_t i0, int64_t i1, int64_t k0, int64_t len, float* const* out);            \
   void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div,        \

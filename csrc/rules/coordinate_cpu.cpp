@@ -37,6 +37,20 @@ SumFn<T> pick_sum() {
   }
 }
 
+template <typename T>
+using DivFn = bool (*)(const double*, int64_t, double, T*);
+
+template <typename T>
+DivFn<T> pick_divide() {
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512: return static_cast<DivFn<T>>(&simd_avx512::divide_rows);
+    case SimdLevel::avx2: return static_cast<DivFn<T>>(&simd_avx2::divide_rows);
+#endif
+    default: return static_cast<DivFn<T>>(&simd_generic::divide_rows);
+  }
+}
+
 // The mean of columns [k0, k1) of the pe rows: their sum in row order, divided by pe (numpy's
 // convention). A non-finite mean means a non-finite value (its rows are flagged in bad and the
 // problem is recomputed without them) or a float64 sum that overflowed (recomputed per column
@@ -45,19 +59,14 @@ template <typename T>
 void mean_block(const T* const* rows, int pe, int64_t k0, int64_t k1, T* out, uint8_t* bad) {
   constexpr int64_t kChunk = 2048;  // 16 KiB of float64 accumulators: stays in L1
   const SumFn<T> sum = pick_sum<T>();
+  const DivFn<T> divide = pick_divide<T>();
   double acc[kChunk];
   std::vector<T> col;
   for (int64_t kk = k0; kk < k1; kk += kChunk) {
     check_cancel();
     const int64_t len = std::min(kChunk, k1 - kk);
     sum(rows, nullptr, pe, kk, len, acc);
-    bool finite = true;
-    for (int64_t k = 0; k < len; ++k) {
-      const double m = acc[k] / double(pe);
-      finite = finite && std::isfinite(m);
-      out[kk + k] = static_cast<T>(m);
-    }
-    if (finite) continue;
+    if (divide(acc, len, double(pe), out + kk)) continue;  // every sum finite
     bool any_bad = false;
     for (int i = 0; i < pe; ++i)
       for (int64_t k = kk; k < kk + len; ++k)

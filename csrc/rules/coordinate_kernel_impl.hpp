@@ -209,7 +209,29 @@ void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t
   }
 }
 
+// out[k] = T(acc[k] / d) (a true division: the mean is the rounded quotient of the sum, as in
+// numpy); returns whether every acc[k] was finite (an integer OR over the exponent bits, so
+// both loops vectorise).
+template <typename T>
+bool divide_kernel(const double* __restrict acc, int64_t len, double d, T* __restrict out) {
+  for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] / d);
+  uint64_t nonfinite = 0;
+  for (int64_t k = 0; k < len; ++k) {
+    uint64_t bits;
+    std::memcpy(&bits, acc + k, sizeof(bits));
+    nonfinite |= uint64_t(((bits >> 52) & 0x7ff) == 0x7ff);
+  }
+  return nonfinite == 0;
+}
+
 }  // namespace
+
+bool divide_rows(const double* acc, int64_t len, double d, float* out) {
+  return divide_kernel<float>(acc, len, d, out);
+}
+bool divide_rows(const double* acc, int64_t len, double d, double* out) {
+  return divide_kernel<double>(acc, len, d, out);
+}
 
 void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0,
               int64_t i1, int64_t k0, int64_t len, float* const* out) {
