@@ -16,7 +16,7 @@ predicted time (the previous p's time scaled by the rule's complexity) exceeds -
 is skipped and marked. Output: a table, a JSON file and a log-log plot of time against p.
 
     python bench/bench_scale.py [--sizes 8 15 ... | --sizes 64:100000 ...] [--rules ...]
-                                [--budget 1e7] [--repeat 3] [--max-seconds 60] [--quick]
+                                [--budget 1e7] [--repeat 3] [--max-seconds 60] [--threads 1] [--quick]
                                 [--out bench/results/scale.json] [--plot bench/results/scale.png]
 """
 from __future__ import annotations
@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e7, help="values per case: n = budget / p")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-seconds", type=float, default=60.0, help="skip a case predicted to take longer")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for flagcore, torch and numpy's BLAS (0: flagcore's default for all)")
     ap.add_argument("--quick", action="store_true", help="p up to 1024, budget 2e6, max 10 s per call")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "scale.json"))
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
@@ -222,6 +224,14 @@ def main() -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a"):
             pass
+    if args.threads:
+        flagcore.set_num_threads(args.threads)
+        try:  # numpy's BLAS (eigh, np.median's helpers); optional
+            import threadpoolctl
+
+            threadpoolctl.threadpool_limits(args.threads)
+        except ImportError:
+            print("threadpoolctl not installed: numpy's BLAS keeps its default thread count")
     torch.set_num_threads(flagcore.get_num_threads())
     rows: list[dict] = []
     last: dict = {}
