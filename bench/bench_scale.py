@@ -43,7 +43,7 @@ DEFAULT_P = [8, 15, 30, 64, 128, 256, 512, 1024, 4096]
 GROWTH = {"fa1": 2, "fa5": 2, "krum": 1, "bulyan": 2, "nnm": 1, "geometric_median": 1, "median": 0.5,
           "trimmed_mean": 0.5, "mean": 0, "torch X@X.T": 1, "torch.sum": 0, "torch.median": 0.3,
           "np.median": 0.3, "numpy eigh": 3, "plain fa1": 2, "plain krum": 1, "plain bulyan": 2,
-          "plain nnm": 1, "plain geometric_median (3 steps)": 0, "plain trimmed_mean": 0.5, "torch.mean": 0}
+          "plain nnm": 1, "plain geometric_median (3 steps)": 0, "flagcore gram": 1, "plain trimmed_mean": 0.5, "torch.mean": 0}
 RULES = ["fa1", "fa5", "krum", "bulyan", "nnm", "geometric_median", "median", "trimmed_mean", "mean"]
 
 
@@ -100,6 +100,8 @@ def run_case(p: int, n: int, rules: list[str], repeat: int, max_s: float, last: 
         "torch.median": lambda: torch.median(t, dim=0),
         "np.median": lambda: np.median(x, axis=0),
         "numpy eigh": lambda: np.linalg.eigh(sym),
+        # the shared Gram kernel (flagcore.flag's): the distance rules' first pass
+        "flagcore gram": lambda: flagcore._backend.core.gram(x[None]),
     }
     ours = {
         "fa1": lambda: flagcore.flag_aggregate(x, max_iter=1),
@@ -132,7 +134,8 @@ def run_case(p: int, n: int, rules: list[str], repeat: int, max_s: float, last: 
         prev = last.get(name)
         predicted = None if prev is None else prev[1] / 1e3 * (p / prev[0]) ** GROWTH.get(name, 2)
         # The budgets need torch X @ X.T, torch.sum and eigh at every p: never skipped.
-        if predicted is not None and predicted > max_s and name not in ("torch X@X.T", "torch.sum", "numpy eigh"):
+        if predicted is not None and predicted > max_s and name not in ("torch X@X.T", "torch.sum", "numpy eigh",
+                                                                         "flagcore gram"):
             rows.append(dict(p=p, n=n, f=f, name=name, ms=None, note=f"skipped: predicted {predicted:.0f} s"))
             last[name] = (p, predicted * 1e3)
             continue

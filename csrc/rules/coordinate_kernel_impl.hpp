@@ -209,12 +209,18 @@ void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t
   }
 }
 
-// out[k] = T(acc[k] / d) (a true division: the mean is the rounded quotient of the sum, as in
-// numpy); returns whether every acc[k] was finite (an integer OR over the exponent bits, so
-// both loops vectorise).
+// out[k] = T(acc[k] / d), the rounded quotient of the sum as in numpy (for a power-of-two d the
+// product with 1/d, which is the same rounded quotient and cheaper); returns whether every
+// acc[k] was finite (an integer OR over the exponent bits, so both loops vectorise).
 template <typename T>
 bool divide_kernel(const double* __restrict acc, int64_t len, double d, T* __restrict out) {
-  for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] / d);
+  int e = 0;
+  if (std::frexp(d, &e) == 0.5) {  // d = 2^(e-1): x * 2^(1-e) is the same rounded quotient
+    const double inv = 1.0 / d;
+    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] * inv);
+  } else {
+    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] / d);
+  }
   uint64_t nonfinite = 0;
   for (int64_t k = 0; k < len; ++k) {
     uint64_t bits;
