@@ -336,18 +336,22 @@ class _Deviation:
     """D(b) = ||rule(H + f copies of b) - rule(H + f copies of mu)||, counting evaluations."""
 
     def __init__(self, target: Callable, h: np.ndarray, f: int, mu: np.ndarray) -> None:
-        self.target, self.h, self.f = target, h, f
+        self.target, self.f, self.k = target, f, h.shape[0]
+        self.buf = np.empty((h.shape[0] + f, h.shape[1]))  # honest rows once, attackers rewritten
+        self.buf[: self.k] = h
         self.evaluations = 0
         self.ref = self._agg(mu)
 
     def _agg(self, b: np.ndarray) -> np.ndarray:
         self.evaluations += 1
-        return self.target(np.concatenate([self.h, np.repeat(b[None], self.f, axis=0)]))
+        self.buf[self.k:] = b
+        return self.target(self.buf)
 
     def __call__(self, b: np.ndarray) -> float:
         if not np.isfinite(b).all():
             return -math.inf
-        d = float(np.linalg.norm(self._agg(b) - self.ref))
+        e = self._agg(b) - self.ref
+        d = math.sqrt(float(np.sum(e * e)))  # not np.linalg.norm: BLAS threads stall on busy cores
         return d if math.isfinite(d) else -math.inf
 
 
@@ -401,7 +405,7 @@ def _search_params(prm: dict, fn: str, with_start: bool = True) -> dict:
 
 def _perturbation(kind: str, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarray:
     if kind == "unit_vec":
-        nrm = np.linalg.norm(mu)
+        nrm = math.sqrt(float(np.sum(mu * mu)))
         return mu / nrm if nrm > 0 else np.zeros_like(mu)
     if kind == "std":
         return sd
@@ -414,12 +418,9 @@ def min_max_gamma(h: np.ndarray, d: np.ndarray) -> float:
     is a convex quadratic in gamma, at most D^2 at gamma = 0, so the feasible set is [0, min_i
     of the positive roots]. 0 when d = 0 or all honest rows coincide."""
     mu = h.mean(axis=0)
-    diff = h[:, None, :] - h[None, :, :] if h.shape[0] <= 64 else None
-    if diff is not None:
-        dmax2 = float(np.max(np.sum(diff * diff, axis=2)))
-    else:
-        sq = np.sum(h * h, axis=1)
-        dmax2 = float(np.max(sq[:, None] + sq[None, :] - 2 * h @ h.T))
+    c0 = h - mu  # centred rows: pairwise distances from their Gram lose no precision to a common offset
+    sq = np.sum(c0 * c0, axis=1)
+    dmax2 = float(max(np.max(sq[:, None] + sq[None, :] - 2 * (c0 @ c0.T)), 0.0))
     a = float(d @ d)
     if a == 0.0 or dmax2 == 0.0:
         return 0.0
@@ -436,11 +437,11 @@ def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
     min-sum condition): the left side is k gamma^2 ||d||^2 + sum_i ||mu - g_i||^2 (mu is the
     mean, cross terms vanish), so gamma = sqrt((S_max - S_mu) / (k ||d||^2))."""
     k = h.shape[0]
-    mu = h.mean(axis=0)
-    s_mu = float(np.sum((h - mu) ** 2))
-    sq = np.sum(h * h, axis=1)
-    gram = h @ h.T
-    s_max = float(np.max(k * sq + np.sum(sq) - 2 * gram.sum(axis=1)))
+    c0 = h - h.mean(axis=0)
+    sq = np.sum(c0 * c0, axis=1)
+    s_mu = float(np.sum(sq))
+    # sum_i ||g_j - g_i||^2 = k ||c_j||^2 + sum_i ||c_i||^2 (the centred rows sum to zero)
+    s_max = float(np.max(k * sq + s_mu))
     a = float(d @ d)
     if a == 0.0:
         return 0.0
@@ -486,7 +487,7 @@ def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, pr
         if dev is None:
             return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
         y0 = dev(mu - g0 * d)
-        scale = g0 if g0 > 0 else float(np.linalg.norm(mu)) / max(float(np.linalg.norm(d)), 1e-300)
+        scale = g0 if g0 > 0 else math.sqrt(float(np.sum(mu * mu)) / max(float(np.sum(d * d)), 1e-300))
         x, y = line_maximize(lambda g: dev(mu - g * d), start=g0, delta=max(scale, 1e-300) * 0.5, **sp)
         if y0 >= y:
             x, y = g0, y0
@@ -528,9 +529,9 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
     if bad:
         raise TypeError(f"{fn}: flag_params takes no parameter {sorted(bad)[0]!r}")
     k = h.shape[0]
-    norms = np.linalg.norm(h, axis=1)
+    norms = np.sqrt(np.sum(h * h, axis=1))
     g_med = float(np.median(norms))
-    nmu = float(np.linalg.norm(mu))
+    nmu = math.sqrt(float(np.sum(mu * mu)))
     u = mu / nmu if nmu > 0 else np.zeros(n)
     # w: the honest normalised gradients' main direction of spread, orthogonal to u (the
     # direction FA's subspace captures after u); a seeded random direction when there is none.
@@ -539,12 +540,14 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
     xc = xc - np.outer(xc @ u, u)
     w = np.zeros(n)
     if k >= 2 and np.any(xc):
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)
-        w = vt[0] - (vt[0] @ u) * u
+        # top right singular vector of xc from its k x k Gram (no n x k SVD)
+        ev, evec = np.linalg.eigh(xc @ xc.T)
+        w = evec[:, -1] @ xc
+        w = w - (w @ u) * u
     if not np.any(w):
         w = rng.standard_normal(n)
         w -= (w @ u) * u
-    w /= max(float(np.linalg.norm(w)), 1e-300)
+    w /= max(math.sqrt(float(np.sum(w * w))), 1e-300)
     cands: list = []
     for i in range(angles):
         th = 2 * math.pi * i / angles
@@ -554,8 +557,10 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
     cands.append(("ipm", -_PARAMS["ipm"]["eps"] * mu))
     best = None
     stealth = None
+    stack = np.empty((k + f, n))
+    stack[:k] = h
     for label, b in cands:
-        stack = np.concatenate([h, np.repeat(b[None], f, axis=0)])
+        stack[k:] = b
         _, info = flag_aggregate(stack, return_info=True, **fparams)
         v = np.asarray(info.reconstruction_ratios, dtype=np.float64)
         thr = float(np.quantile(v[:k], q)) - slack
