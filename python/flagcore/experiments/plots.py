@@ -117,8 +117,7 @@ def _safe(s: str) -> str:
 
 def _heatmap(ax, mat: np.ndarray, rows: list, cols: list, fig) -> None:
     masked = np.ma.masked_invalid(mat)
-    cmap = _plt().get_cmap("RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = _plt().get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=30, ha="right", fontsize=8)
