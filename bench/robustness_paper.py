@@ -25,7 +25,7 @@ import numpy as np
 
 from flagcore.experiments import RobustnessConfig, print_summary, run_robustness, write_outputs
 from flagcore.experiments.harness import available_rules, split_rule_list
-from flagcore.experiments.plots import write_plots
+from flagcore.experiments.grid import check_out_dir, have_matplotlib
 
 PAPER_RULES = ["flag", "multi_krum", "bulyan", "median", "trimmed_mean", "meamed", "phocas", "mean"]
 FA_VARIANTS = ["flag", "flag[max_iter=50]", "flag[scale=median_norm]", "flag[max_iter=50,scale=median_norm]"]
@@ -66,7 +66,10 @@ def run_one(name: str, cfg: RobustnessConfig, out: str, progress: bool, md: list
     print_summary(res, title=f"[{name}] {note} ({elapsed:.0f} s)")
     write_outputs(res, out, plots=False)
     os.replace(os.path.join(out, "results.json"), os.path.join(out, f"robustness_{name}.json"))
-    write_plots(res, out, prefix=f"robustness_{name}_")
+    if have_matplotlib():
+        from flagcore.experiments.plots import write_plots
+
+        write_plots(res, out, prefix=f"robustness_{name}_")
     md.append(markdown_table(name, note, res, elapsed))
     return res
 
@@ -134,7 +137,14 @@ def main(argv=None) -> int:
     rules, skipped = pick_rules(a.rules)
     if skipped:
         print(f"note: this build has no rule(s) {', '.join(skipped)} (available: {', '.join(available_rules())}); skipped")
-    os.makedirs(a.out, exist_ok=True)
+    try:
+        check_out_dir(a.out, "robustness_paper")  # before hours of work, not after
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not have_matplotlib():
+        print("note: matplotlib is not installed: writing the JSON and the summary only "
+              "(pip install 'flagcore[cli]' for the plots)")
     base = dict(dataset=a.dataset, model=a.model, steps=a.steps, seeds=a.seeds, lr=a.lr, batch_size=a.batch_size,
                 device=a.device, eval_every=max(1, a.steps // 30), flag_history="first_seed")
     md = ["# Robustness comparisons (flagcore bench/robustness_paper.py)", "",
@@ -154,7 +164,7 @@ def main(argv=None) -> int:
             res_c[p] = run_one(f"c{p}", RobustnessConfig(rules=rules, attack="distorted", workers=p, byzantine=f,
                                                          r=PAPER_R.get(p, (p + 1) // 2), **base),
                                a.out, prog, md, f"scalability: {f} of {p} workers on distorted data")
-        if len(res_c) > 1:
+        if len(res_c) > 1 and have_matplotlib():
             scaling_plot(res_c, os.path.join(a.out, "robustness_c_scaling.png"))
     if "fa" in scen:
         for s, attack, note in (("fa_a", "random", "FA variants, 3 of 15 send uniform random vectors"),

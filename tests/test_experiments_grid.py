@@ -250,3 +250,16 @@ def test_quick_grid_is_valid_and_small():
     q = xgrid.make_quick(xgrid.grid_from_dict(dict(TINY, base=dict(TINY["base"], steps=500, seeds=5))))
     assert q.base["steps"] == 30 and q.base["seeds"] == 1
     assert list(itertools.chain(q.lr)) == TINY["lr"]
+
+
+def test_cli_single_run_with_heterogeneity_and_adaptive_attack(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "o"
+    rc = cli.main(["robustness", "--dataset", "blobs", "--workers", "5", "--byzantine", "1", "--steps", "2",
+                   "--batch-size", "8", "--seeds", "1", "--rules", "median,flag", "--attack", "min_sum",
+                   "--heterogeneity", "gamma:0.5", "--out", str(out), "--no-progress", "--no-plots"])
+    assert rc == 0
+    d = _strict_load(out / "results.json")
+    assert d["config"]["heterogeneity"] == "gamma:0.5" and d["config"]["attack"] == "min_sum"
+    rc = cli.main(["robustness", "--dataset", "blobs", "--heterogeneity", "dirichlet", "--out", str(out)])
+    assert rc == 2 and "heterogeneity must be 'iid'" in capsys.readouterr().err
