@@ -135,8 +135,9 @@ def test_rule_is_built_once_per_run(monkeypatch):
 
     monkeypatch.setattr(harness, "make_rule", counting)
     run_robustness(**dict(FAST, rules=["median", "mean"], attack="optimal_ipm", steps=4, seeds=2))
-    # per rule: one probe before training, then per seed one server copy and one attacker copy
-    assert sorted(built) == sorted(["median"] * 5 + ["mean"] * 5)
+    # per rule: two probes before training (the rule; the attack against it), then per seed one
+    # server copy and one attacker copy; none per step
+    assert sorted(built) == sorted(["median"] * 6 + ["mean"] * 6)
 
 
 # ------------------------------------------------------------------ the grid
@@ -263,3 +264,22 @@ def test_cli_single_run_with_heterogeneity_and_adaptive_attack(tmp_path, capsys,
     assert d["config"]["heterogeneity"] == "gamma:0.5" and d["config"]["attack"] == "min_sum"
     rc = cli.main(["robustness", "--dataset", "blobs", "--heterogeneity", "dirichlet", "--out", str(out)])
     assert rc == 2 and "heterogeneity must be 'iid'" in capsys.readouterr().err
+
+
+def test_bad_attack_parameters_fail_before_training(monkeypatch):
+    ran = []
+    monkeypatch.setattr(harness, "_run_all", lambda *a, **k: ran.append(1))
+    with pytest.raises(ValueError, match=r"robustness: attack 'optimal_alie' .* cannot run against rule 'median': "
+                                         r"attack: ratio must be in"):
+        run_robustness(**dict(FAST, rules=["median"], attack="optimal_alie", attack_params={"ratio": 2.0}))
+    with pytest.raises(ValueError, match="attack: attack 'min_max' takes no parameter 'z'"):
+        xgrid.grid_from_dict(dict(TINY, attacks=["min_max"], attack_params={"min_max": {"z": 1.0}}))
+    assert ran == []
+
+
+def test_attack_params_rule_makes_a_transfer_attack():
+    spec = harness.parse_rule_spec("flag")
+    cfg = harness.RobustnessConfig(attack="optimal_ipm", attack_params={"rule": "median"})
+    assert harness._attack_kwargs(cfg, spec, {})["rule"] == "median"
+    cfg = harness.RobustnessConfig(attack="optimal_ipm")
+    assert isinstance(harness._attack_kwargs(cfg, spec, {"r": 8})["rule"], harness.make_rule("flag").__class__)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import data as _data
-from .harness import RobustnessConfig, parse_rule_spec, run_robustness
+from .harness import RobustnessConfig, check_attack_runs, parse_rule_spec, rule_params, run_robustness
 
 GRID_SCHEMA = "flagcore.robustness_grid/1"
 # Fields of RobustnessConfig that the grid itself sweeps or sets (not allowed in "base").
@@ -82,9 +82,12 @@ class GridConfig:
                 raise ValueError(f"{fn}: base must not set {k!r}: the grid sets it (use the grid's own list)")
             if k not in known:
                 raise ValueError(f"{fn}: base has unknown option {k!r}; known: {', '.join(sorted(known - set(_SWEPT)))}")
-        # Every combination must be a valid config: check them all before any training.
+        # Every combination must be a valid config, and every attack must run against every
+        # rule with its parameters: check them all before any training.
         for f, h, lr, a in self.combinations():
-            self.config_for(f, h, lr, a).validate()
+            cfg = self.config_for(f, h, lr, a)
+            for spec in cfg.validate():
+                check_attack_runs(cfg, spec, rule_params(spec, cfg))
 
     def combinations(self) -> list:
         return list(itertools.product(self.byzantine, self.heterogeneity, self.lr, self.attacks))

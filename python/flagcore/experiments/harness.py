@@ -248,13 +248,27 @@ def _check_rule_runs(spec: RuleSpec, params: dict, p: int) -> None:
 
 def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> dict:
     """Keyword arguments for flagcore.attacks.attack: the config's attack parameters and, for an
-    adaptive attack, the attacker's own copy of the rule under test (built once per run)."""
+    adaptive attack, the attacker's own copy of the rule under test (built once per run) unless
+    attack_params names a rule itself (a transfer attack)."""
     kw = dict(cfg.attack_params)
-    if cfg.attack in _attacks.ADAPTIVE_ATTACKS:
+    if cfg.attack in _attacks.ADAPTIVE_ATTACKS and "rule" not in kw:
         kw["rule"] = make_rule(spec.name, _fn="robustness", **params)
         if cfg.attack == "fa_aware" and spec.name == "flag" and "flag_params" not in kw:
             kw["flag_params"] = {k: v for k, v in params.items() if k in ("r", "lam", "max_iter", "eps", "tol", "scale")}
     return kw
+
+
+def check_attack_runs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> None:
+    """Call the gradient attack once on small random honest gradients, against this rule, so
+    bad attack parameters fail before any training, with the attack and rule named."""
+    if cfg.attack not in gradient_attacks() or cfg.byzantine == 0:
+        return
+    h = np.random.default_rng(0).standard_normal((cfg.workers - cfg.byzantine, 8))
+    try:
+        _attacks.attack(cfg.attack, h, cfg.byzantine, **_attack_kwargs(cfg, spec, params))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"robustness: attack {cfg.attack!r} with {cfg.attack_params} cannot run against rule "
+                         f"{spec.label!r}: {exc}") from exc
 
 
 class _Gradients:
@@ -345,6 +359,7 @@ def run_robustness(config: RobustnessConfig | None = None, *, task: _data.TaskDa
     params_by_rule = {s.label: rule_params(s, cfg) for s in specs}
     for s in specs:
         _check_rule_runs(s, params_by_rule[s.label], p)
+        check_attack_runs(cfg, s, params_by_rule[s.label])
     grad_attack = cfg.attack in gradient_attacks()
     data_attack = cfg.attack in _data.DATA_ATTACKS
     byz = list(range(p - f, p))
