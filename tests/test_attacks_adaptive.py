@@ -259,3 +259,11 @@ def test_list_input_errors_name_the_argument():
         attack("ipm", [np.zeros(3), np.zeros(4)], 1)
     with pytest.raises(ValueError, match="attack: honest must hold at least one worker"):
         attack("ipm", [], 1)
+
+
+def test_optimal_alie_runs_where_alie_z_max_is_undefined():
+    h = honest_stack(13, h=3, n=20)
+    with pytest.raises(ValueError, match="alie_z"):
+        attack("alie", h, 4)  # p = 7, f = 4: s = 0, (p - s) / p = 1
+    out, info = attack("optimal_alie", h, 4, rule="mean", return_info=True)
+    assert np.isfinite(out).all() and info.evaluations == 16 + 1

@@ -48,7 +48,8 @@ output is not on the gradients' scale (FA's "paper" scale) on their own footing.
 "optimal_alie"         ALIE's vector mu - z * std with z chosen by ByzFL's line maximisation
                        (LineMaximize: start 0, step delta, expansion while D improves, then
                        contraction by ``ratio``; ``evals`` evaluations of the rule); ALIE's
-                       z_max is evaluated too, so the result is never below plain "alie".
+                       z_max is evaluated too where it is defined, so the result is never
+                       below plain "alie".
                        evals = 16, start = 0.0, delta = 1.0, ratio = 0.8. Needs rule.
 "optimal_ipm"          IPM's vector -eps * mu with eps chosen the same way (plain "ipm"'s
                        eps = 0.1 evaluated too). Needs rule.
@@ -470,14 +471,20 @@ def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, pr
 
     if name in ("optimal_alie", "optimal_ipm"):
         sp = _search_params(prm, fn)
+        default: float | None
         if name == "optimal_alie":
-            vec, default = (lambda z: mu - z * sd), alie_z(h_all.shape[0] + f, f)
+            vec = lambda z: mu - z * sd  # noqa: E731
+            try:
+                default = alie_z(h_all.shape[0] + f, f)
+            except ValueError:  # z_max undefined for this (p, f): the line search alone decides
+                default = None
         else:
             vec, default = (lambda e: -e * mu), _PARAMS["ipm"]["eps"]
         x, y = line_maximize(lambda t: dev(vec(t)), **sp)
-        y0 = dev(vec(default))
-        if y0 >= y:
-            x, y = default, y0
+        if default is not None:
+            y0 = dev(vec(default))
+            if y0 >= y:
+                x, y = default, y0
         return rep(vec(x)), AttackInfo(name, parameter=x, deviation=y, evaluations=dev.evaluations)
 
     if name in ("min_max", "min_sum"):
