@@ -58,6 +58,7 @@ class Stack:
 
     def restore(self, out: Any) -> Any:
         """(b, n) float result (numpy or torch) -> the caller's type, dtype, device and shape."""
+        t: Any
         if self.framework == "torch":
             import torch
 
@@ -73,12 +74,32 @@ class Stack:
 
 
 def _numpy_float(a: np.ndarray, fn: str, what: str) -> np.ndarray:
-    """float32/float64 as they are; float16 upcast to float32; anything else is a TypeError."""
+    """float32/float64 as they are; float16 upcast to float32; a non-native byte order
+    (big-endian on x86) converted to the native one, values unchanged; anything else is a
+    TypeError."""
+    if a.dtype.kind == "f" and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype in _NATIVE_DTYPES:
         return a
     if a.dtype == np.float16:
         return a.astype(np.float32)
     raise TypeError(f"{fn}: {what} must have a floating dtype (float16, float32 or float64), got {a.dtype}")
+
+
+def _check_torch_tensor(t: Any, fn: str, what: str) -> Any:
+    """Refuse what the kernels cannot read (sparse layouts, meta tensors), with the function and
+    argument named; give back a tensor without the lazy negation bit (``torch._neg_view``),
+    whose raw memory holds -x: the native code reads raw memory."""
+    import torch
+
+    if t.layout != torch.strided:
+        raise TypeError(f"{fn}: {what} must be a dense (strided) torch tensor, got layout {t.layout}; "
+                        "call .to_dense() first")
+    if t.device.type == "meta":
+        raise ValueError(f"{fn}: {what} is on the meta device (it holds no data), got {_describe(t)}")
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t
 
 
 def _torch_to_numpy(t: Any, fn: str, what: str) -> np.ndarray:
@@ -89,7 +110,7 @@ def _torch_to_numpy(t: Any, fn: str, what: str) -> np.ndarray:
     t = t.detach()
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)  # float16 / bfloat16: computed in float32
-    return t.numpy()
+    return np.asarray(t.numpy())
 
 
 def as_stack(gradients: Any, fn: str, *, arg: str = "gradients") -> Stack:
@@ -112,7 +133,10 @@ def _array_stack(x: Any, fn: str, arg: str, framework: str) -> Stack:
     b, p, n = shape if batched else (1, *shape)
     if p == 0:
         raise ValueError(f"{fn}: {arg} must hold at least one worker (p >= 1), got shape {shape}")
+    if b == 0:
+        raise ValueError(f"{fn}: {arg} must hold at least one problem (b >= 1), got shape {shape}")
     if framework == "torch":
+        x = _check_torch_tensor(x, fn, arg)
         if not _torch_dtype_ok(x):
             raise TypeError(f"{fn}: {arg} must have a floating dtype, got {x.dtype}")
         st = Stack(b, p, n, batched, "torch", x.dtype, device=x.device)
@@ -151,15 +175,18 @@ def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
             raise ValueError(f"{fn}: {arg}[{i}] has shape {tuple(g.shape)}, but {arg}[0] has shape {shape}")
         if g.dtype != dtype:
             raise TypeError(f"{fn}: {arg}[{i}] has dtype {g.dtype}, but {arg}[0] has dtype {dtype}")
-        if framework == "torch" and g.device != device:
-            raise ValueError(f"{fn}: {arg}[{i}] is on {g.device}, but {arg}[0] is on {device}")
+        if framework == "torch":
+            if g.device != device:
+                raise ValueError(f"{fn}: {arg}[{i}] is on {g.device}, but {arg}[0] is on {device}")
+            _check_torch_tensor(g, fn, f"{arg}[{i}]")
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     p = len(items)
     st = Stack(1, p, n, False, framework, dtype, device=device, from_list=True, item_shape=shape)
     if framework == "torch":
         if not _torch_dtype_ok(first):
             raise TypeError(f"{fn}: {arg} must have a floating dtype, got {dtype}")
-        if device.type != "cpu":
+        items = [_check_torch_tensor(g, fn, f"{arg}[{i}]") for i, g in enumerate(items)]
+        if device is not None and device.type != "cpu":
             import torch
 
             st.torch_data = torch.stack([g.detach().reshape(n) for g in items]).reshape(1, p, n)

@@ -8,25 +8,35 @@ output folder.
 
 Part 2 (when flagcore.energy is installed): a short energy/latency trade-off of a (4, 2)
 fork-join service as the probability of the high-speed level varies.
+
+Without matplotlib both parts write their JSON and say how to get the plots; the output folder
+is checked before part 1 starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
+from typing import Any
+
+from . import _paths
+
+_WHERE = "flagcore demo"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the built-in demonstration (tables on the terminal, plots in --out)")
-    p.add_argument("--out", default="flagcore_demo", help="folder for plots and JSON (default: ./flagcore_demo)")
+    p.add_argument("--out", default="flagcore_demo",
+                   help="folder for plots and JSON (default: ./flagcore_demo)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def robustness_part(out: str, seed: int = 0, quick: bool = False, progress: bool = True) -> list:
+def robustness_part(out: str, seed: int = 0, quick: bool = False, progress: bool = True) -> list[str]:
     """FA vs mean vs median under the random attack on digits; returns the files written."""
     from .experiments import RobustnessConfig, print_summary, run_robustness, write_outputs
 
@@ -44,10 +54,14 @@ def robustness_part(out: str, seed: int = 0, quick: bool = False, progress: bool
     b = sum(x["byzantine"] for x in mr) / len(mr)
     print(f"FA's mean reconstruction ratio: honest workers {h:.3f}, attackers {b:.3f} "
           f"(1 = inside FA's subspace); the heat map shows it per step.")
-    return write_outputs(res, out)
+    plots = _paths.have_matplotlib()
+    if not plots:
+        print(f"{_WHERE}: matplotlib is not installed, so part 1 writes results.json without plots; "
+              f"{_paths.PLOTS_HINT}", file=sys.stderr)
+    return list(write_outputs(res, out, plots=plots))
 
 
-def _energy_sweep(energy, quick: bool) -> list:
+def _energy_sweep(energy: Any, quick: bool) -> list[list[float]]:
     """(4, 2) fork-join with cancellation, two speed levels (rate 1 at power 1, rate 2 at power
     4), arrival rate 1; sweep of the probability q of the high-speed level: closed-form
     approximation (race rate) beside the simulator."""
@@ -62,7 +76,7 @@ def _energy_sweep(energy, quick: bool) -> list:
     return rows
 
 
-def energy_part(out: str, quick: bool = False) -> list:
+def energy_part(out: str, quick: bool = False) -> list[str]:
     from ._table import print_table
 
     try:
@@ -79,28 +93,23 @@ def energy_part(out: str, quick: bool = False) -> list:
         json.dump({"columns": ["p_high", "ET_approx", "ET_sim", "p99_sim", "energy_approx", "energy_sim"], "rows": rows}, fh,
                   indent=2)
     written = [path]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.plot([r[2] for r in rows], [r[5] for r in rows], "o-", label="simulation")
-        ax.plot([r[1] for r in rows], [r[4] for r in rows], "s--", label="approximation")
-        for r in rows:
-            ax.annotate(f"q={r[0]:g}", (r[2], r[5]), fontsize=7)
-        ax.set_xlabel("mean response time")
-        ax.set_ylabel("energy per request")
-        ax.set_title("(4, 2) fork-join: energy vs latency", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        png = os.path.join(out, "energy_tradeoff.png")
-        fig.savefig(png, dpi=120)
-        plt.close(fig)
-        written.append(png)
-    except ImportError:  # pragma: no cover
-        pass
+    plt = _paths.pyplot_or_none(f"{_WHERE} (part 2)")
+    if plt is None:
+        return written
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([r[2] for r in rows], [r[5] for r in rows], "o-", label="simulation")
+    ax.plot([r[1] for r in rows], [r[4] for r in rows], "s--", label="approximation")
+    for r in rows:
+        ax.annotate(f"q={r[0]:g}", (r[2], r[5]), fontsize=7)
+    ax.set_xlabel("mean response time")
+    ax.set_ylabel("energy per request")
+    ax.set_title("(4, 2) fork-join: energy vs latency", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = os.path.join(out, "energy_tradeoff.png")
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    written.append(png)
     return written
 
 
@@ -110,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError("demo: needs torch (install the torch build for your machine first)") from exc
     t0 = time.perf_counter()
+    _paths.check_output_dir(args.out, _WHERE)  # before minutes of training, not after
     os.makedirs(args.out, exist_ok=True)
     written = robustness_part(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
     written += energy_part(args.out, quick=args.quick)
