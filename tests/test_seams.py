@@ -3,6 +3,7 @@ costs the plots but never the JSON (nor the demo's energy part), and unusual arr
 (an empty batch, big-endian floats, sparse/meta tensors, the lazy negation bit) are either
 accepted with the right answer or refused with a message that names the function and the
 argument, never a raw torch or pybind11 message."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,12 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(demo, "robustness_part", _boom)
     monkeypatch.setattr(experiments, "run_robustness", _boom)
-    for mod, name in (("flagcore.energy.simulate", "simulate"), ("flagcore.energy.approx", "approximate"),
-                      ("flagcore.energy.design", "sweep"), ("flagcore.energy.design", "optimize")):
+    for mod, name in (
+        ("flagcore.energy.simulate", "simulate"),
+        ("flagcore.energy.approx", "approximate"),
+        ("flagcore.energy.design", "sweep"),
+        ("flagcore.energy.design", "optimize"),
+    ):
         __import__(mod)
         monkeypatch.setattr(sys.modules[mod], name, _boom)
 
@@ -48,9 +53,18 @@ COMMANDS = {
     "robustness": (["robustness", "--dataset", "blobs", "--steps", "1"], "--out"),
     "energy simulate": (["energy", "simulate", *_ENERGY, "--levels", "1:1:0.5,3:9:0.5"], "--json"),
     "energy approx": (["energy", "approx", *_ENERGY, "--levels", "1:1:0.5,3:9:0.5"], "--json"),
-    "energy sweep --json": (["energy", "sweep", *_ENERGY, "--levels", "1:1,3:9", "--no-sim"], "--json"),
-    "energy sweep --out": (["energy", "sweep", *_ENERGY, "--levels", "1:1,3:9", "--no-sim"], "--out"),
-    "energy optimize": (["energy", "optimize", *_ENERGY, "--levels", "1:1,3:9", "--target", "2"], "--json"),
+    "energy sweep --json": (
+        ["energy", "sweep", *_ENERGY, "--levels", "1:1,3:9", "--no-sim"],
+        "--json",
+    ),
+    "energy sweep --out": (
+        ["energy", "sweep", *_ENERGY, "--levels", "1:1,3:9", "--no-sim"],
+        "--out",
+    ),
+    "energy optimize": (
+        ["energy", "optimize", *_ENERGY, "--levels", "1:1,3:9", "--target", "2"],
+        "--json",
+    ),
 }
 
 
@@ -74,7 +88,9 @@ def test_bad_output_path_is_refused_before_the_work(name, tmp_path, capsys, no_w
         rc = cli.main([*argv, option, path])
         err = capsys.readouterr().err
         assert rc == 2, err
-        assert f"flagcore {name.split(' --')[0]}: error: {option} {path!r}" in err and why in err, err
+        assert f"flagcore {name.split(' --')[0]}: error: {option} {path!r}" in err and why in err, (
+            err
+        )
     assert sorted(os.listdir(tmp_path)) == ["a_dir", "a_file"]  # nothing created
 
 
@@ -88,7 +104,9 @@ def test_good_output_path_lets_the_work_start(name, tmp_path, no_work):
 
 def test_path_checks_directly(tmp_path):
     assert _paths.check_output_dir(tmp_path / "x" / "y", "f") == str(tmp_path / "x" / "y")
-    assert _paths.check_output_file(tmp_path / "x" / "r.json", "f") == str(tmp_path / "x" / "r.json")
+    assert _paths.check_output_file(tmp_path / "x" / "r.json", "f") == str(
+        tmp_path / "x" / "r.json"
+    )
     with pytest.raises(ValueError, match="f: --out must be a folder path, got ''"):
         _paths.check_output_dir("", "f")
     with pytest.raises(ValueError, match="g: --json must be a file path, got None"):
@@ -96,7 +114,9 @@ def test_path_checks_directly(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere"
+)
 def test_unwritable_folder_is_refused(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -113,7 +133,9 @@ def test_unwritable_folder_is_refused(tmp_path):
 
 @pytest.fixture
 def no_matplotlib(monkeypatch):
-    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + [
+        "matplotlib"
+    ]:
         monkeypatch.setitem(sys.modules, name, None)
     assert not _paths.have_matplotlib()
 
@@ -122,7 +144,9 @@ def _pngs(folder):
     return sorted(f for f in os.listdir(folder) if f.endswith(".png"))
 
 
-def test_demo_without_matplotlib_writes_json_and_goes_on_to_energy(tmp_path, capsys, monkeypatch, no_matplotlib):
+def test_demo_without_matplotlib_writes_json_and_goes_on_to_energy(
+    tmp_path, capsys, monkeypatch, no_matplotlib
+):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     import flagcore.experiments as experiments
@@ -145,8 +169,26 @@ def test_demo_without_matplotlib_writes_json_and_goes_on_to_energy(tmp_path, cap
 
 def test_robustness_without_matplotlib_writes_json(tmp_path, capsys, no_matplotlib):
     pytest.importorskip("torch")
-    rc = cli.main(["robustness", "--dataset", "blobs", "--workers", "5", "--byzantine", "1", "--steps", "2",
-                   "--seeds", "1", "--rules", "mean", "--out", str(tmp_path), "--no-progress"])
+    rc = cli.main(
+        [
+            "robustness",
+            "--dataset",
+            "blobs",
+            "--workers",
+            "5",
+            "--byzantine",
+            "1",
+            "--steps",
+            "2",
+            "--seeds",
+            "1",
+            "--rules",
+            "mean",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert (tmp_path / "results.json").exists() and _pngs(tmp_path) == []
@@ -155,12 +197,27 @@ def test_robustness_without_matplotlib_writes_json(tmp_path, capsys, no_matplotl
 
 def test_energy_sweep_without_matplotlib_writes_json(tmp_path, capsys, no_matplotlib):
     out = tmp_path / "s"
-    rc = cli.main(["energy", "sweep", *_ENERGY, "--levels", "1:1,3:9", "--no-sim", "--values", "0:1:3",
-                   "--out", str(out)])
+    rc = cli.main(
+        [
+            "energy",
+            "sweep",
+            *_ENERGY,
+            "--levels",
+            "1:1,3:9",
+            "--no-sim",
+            "--values",
+            "0:1:3",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert (out / "sweep.json").exists() and _pngs(out) == []
-    assert "flagcore energy sweep: matplotlib is not installed" in err and "pip install matplotlib" in err
+    assert (
+        "flagcore energy sweep: matplotlib is not installed" in err
+        and "pip install matplotlib" in err
+    )
 
 
 def test_pyplot_or_none_says_how_to_get_plots(capsys, no_matplotlib):
@@ -188,8 +245,11 @@ def _stack(p=6, n=10, seed=0):
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_empty_batch_is_refused_naming_the_argument(call):
     for x in (np.zeros((0, 6, 10), np.float32), np.zeros((0, 6, 10))):
-        with pytest.raises(ValueError, match=rf"^{_fn_name(call)}: gradients must hold at least one problem "
-                                             r"\(b >= 1\), got shape \(0, 6, 10\)$"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^{_fn_name(call)}: gradients must hold at least one problem "
+            r"\(b >= 1\), got shape \(0, 6, 10\)$",
+        ):
             CALLS[call](x)
 
 
@@ -223,8 +283,11 @@ def test_sparse_tensors_are_refused_naming_the_argument(call, layout):
         warnings.simplefilter("ignore", UserWarning)
         sparse = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
     fn = _fn_name(call)
-    with pytest.raises(TypeError, match=rf"^{fn}: gradients must be a dense \(strided\) torch tensor, "
-                                        rf"got layout torch.sparse_{layout}; call .to_dense\(\) first$"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^{fn}: gradients must be a dense \(strided\) torch tensor, "
+        rf"got layout torch.sparse_{layout}; call .to_dense\(\) first$",
+    ):
         CALLS[call](sparse)
     if layout == "coo":
         with pytest.raises(TypeError, match=rf"^{fn}: gradients\[0\] must be a dense"):
@@ -235,7 +298,9 @@ def test_sparse_tensors_are_refused_naming_the_argument(call, layout):
 def test_meta_tensors_are_refused_naming_the_argument(call):
     torch = pytest.importorskip("torch")
     fn = _fn_name(call)
-    with pytest.raises(ValueError, match=rf"^{fn}: gradients is on the meta device \(it holds no data\)"):
+    with pytest.raises(
+        ValueError, match=rf"^{fn}: gradients is on the meta device \(it holds no data\)"
+    ):
         CALLS[call](torch.empty(6, 10, device="meta"))
     with pytest.raises(ValueError, match=rf"^{fn}: gradients\[0\] is on the meta device"):
         CALLS[call]([torch.empty(10, device="meta")] * 6)

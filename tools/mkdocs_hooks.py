@@ -6,6 +6,7 @@ and turns links to it into plain text, so ``mkdocs build --strict`` passes befor
 page lands; once the file exists nothing is changed. Only the pages named there are treated
 this way: any other missing page or broken link still fails the strict build.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,10 @@ def on_config(config: Any) -> Any:
         if not os.path.exists(os.path.join(config["docs_dir"], page)):
             _missing.add(page)
     if _missing:
-        log.info("pending pages not in this checkout (left out of the nav): %s", ", ".join(sorted(_missing)))
+        log.info(
+            "pending pages not in this checkout (left out of the nav): %s",
+            ", ".join(sorted(_missing)),
+        )
         if config.get("nav"):
             config["nav"] = _prune(config["nav"])
     return config

@@ -6,6 +6,7 @@
 
 Run from the repository root with flagcore installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,20 @@ def _read(path: str) -> str:
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "reliability_matrix.json"))
-    ap.add_argument("--pages", "--readme", dest="pages", nargs="*", default=[PAGE],
-                    help="Markdown files whose section between the markers is replaced (default docs/reliability.md)")
-    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when something is out of date")
+    ap.add_argument(
+        "--out", default=os.path.join(ROOT, "bench", "results", "reliability_matrix.json")
+    )
+    ap.add_argument(
+        "--pages",
+        "--readme",
+        dest="pages",
+        nargs="*",
+        default=[PAGE],
+        help="Markdown files whose marked section is replaced (default docs/reliability.md)",
+    )
+    ap.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 when something is out of date"
+    )
     args = ap.parse_args(argv)
 
     results = rc.run_all()
@@ -60,9 +71,13 @@ def main(argv: list | None = None) -> int:
             if not args.check:
                 with open(path, "w") as fh:
                     fh.write(new)
-    n_err = sum(r.outcome.split(":")[0].endswith("Error") or "Error (a" in r.outcome for r in results)
-    print(f"{len(results)} cases: {n_err} refused with an error, {len(results) - n_err - len(bugs)} returned, "
-          f"{len(bugs)} bugs")
+    n_err = sum(
+        r.outcome.split(":")[0].endswith("Error") or "Error (a" in r.outcome for r in results
+    )
+    print(
+        f"{len(results)} cases: {n_err} refused with an error, "
+        f"{len(results) - n_err - len(bugs)} returned, {len(bugs)} bugs"
+    )
     for r in bugs:
         print(f"  BUG  {r.entry} | {r.input} | {r.outcome}")
     for path in stale:

@@ -6,10 +6,12 @@ that name the calling function, the argument and what was received) and turns it
 the native code can read without copying where possible; ``Stack.restore`` puts a (b, n)
 float result back into the caller's framework, dtype, device and shape.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +64,11 @@ class Stack:
         if self.framework == "torch":
             import torch
 
-            t = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(out))
+            t = (
+                out
+                if isinstance(out, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(out))
+            )
             t = t.to(device=self.device, dtype=self.dtype)
         else:
             t = np.asarray(out)
@@ -83,7 +89,9 @@ def _numpy_float(a: np.ndarray, fn: str, what: str) -> np.ndarray:
         return a
     if a.dtype == np.float16:
         return a.astype(np.float32)
-    raise TypeError(f"{fn}: {what} must have a floating dtype (float16, float32 or float64), got {a.dtype}")
+    raise TypeError(
+        f"{fn}: {what} must have a floating dtype (float16, float32 or float64), got {a.dtype}"
+    )
 
 
 def _check_torch_tensor(t: Any, fn: str, what: str) -> Any:
@@ -93,10 +101,14 @@ def _check_torch_tensor(t: Any, fn: str, what: str) -> Any:
     import torch
 
     if t.layout != torch.strided:
-        raise TypeError(f"{fn}: {what} must be a dense (strided) torch tensor, got layout {t.layout}; "
-                        "call .to_dense() first")
+        raise TypeError(
+            f"{fn}: {what} must be a dense (strided) torch tensor, got layout {t.layout}; "
+            "call .to_dense() first"
+        )
     if t.device.type == "meta":
-        raise ValueError(f"{fn}: {what} is on the meta device (it holds no data), got {_describe(t)}")
+        raise ValueError(
+            f"{fn}: {what} is on the meta device (it holds no data), got {_describe(t)}"
+        )
     if t.is_neg():
         t = t.resolve_neg()
     return t
@@ -121,7 +133,8 @@ def as_stack(gradients: Any, fn: str, *, arg: str = "gradients") -> Stack:
     if is_torch_tensor(gradients):
         return _array_stack(gradients, fn, arg, "torch")
     raise TypeError(
-        f"{fn}: {arg} must be a numpy array, a torch tensor, or a list/tuple of them, got {_describe(gradients)}"
+        f"{fn}: {arg} must be a numpy array, a torch tensor, or a list/tuple of them, "
+        f"got {_describe(gradients)}"
     )
 
 
@@ -156,23 +169,33 @@ def _array_stack(x: Any, fn: str, arg: str, framework: str) -> Stack:
 
 def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
     if len(items) == 0:
-        raise ValueError(f"{fn}: {arg} must hold at least one worker (p >= 1), got an empty {type(items).__name__}")
+        raise ValueError(
+            f"{fn}: {arg} must hold at least one worker (p >= 1), "
+            f"got an empty {type(items).__name__}"
+        )
     first = items[0]
     if isinstance(first, np.ndarray):
         framework = "numpy"
     elif is_torch_tensor(first):
         framework = "torch"
     else:
-        raise TypeError(f"{fn}: {arg}[0] must be a numpy array or a torch tensor, got {_describe(first)}")
+        raise TypeError(
+            f"{fn}: {arg}[0] must be a numpy array or a torch tensor, got {_describe(first)}"
+        )
     shape = tuple(first.shape)
     dtype = first.dtype
     device = getattr(first, "device", None)
     for i, g in enumerate(items):
         ok_type = isinstance(g, np.ndarray) if framework == "numpy" else is_torch_tensor(g)
         if not ok_type:
-            raise TypeError(f"{fn}: {arg}[{i}] must be a {framework} {'array' if framework == 'numpy' else 'tensor'} like {arg}[0], got {_describe(g)}")
+            raise TypeError(
+                f"{fn}: {arg}[{i}] must be a {framework} "
+                f"{'array' if framework == 'numpy' else 'tensor'} like {arg}[0], got {_describe(g)}"
+            )
         if tuple(g.shape) != shape:
-            raise ValueError(f"{fn}: {arg}[{i}] has shape {tuple(g.shape)}, but {arg}[0] has shape {shape}")
+            raise ValueError(
+                f"{fn}: {arg}[{i}] has shape {tuple(g.shape)}, but {arg}[0] has shape {shape}"
+            )
         if g.dtype != dtype:
             raise TypeError(f"{fn}: {arg}[{i}] has dtype {g.dtype}, but {arg}[0] has dtype {dtype}")
         if framework == "torch":
@@ -191,14 +214,22 @@ def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
 
             st.torch_data = torch.stack([g.detach().reshape(n) for g in items]).reshape(1, p, n)
             return st
-        rows = [np.ascontiguousarray(_torch_to_numpy(g.reshape(n), fn, f"{arg}[{i}]")) for i, g in enumerate(items)]
+        rows = [
+            np.ascontiguousarray(_torch_to_numpy(g.reshape(n), fn, f"{arg}[{i}]"))
+            for i, g in enumerate(items)
+        ]
     else:
-        rows = [np.ascontiguousarray(_numpy_float(g, fn, f"{arg}[{i}]")).reshape(n) for i, g in enumerate(items)]
+        rows = [
+            np.ascontiguousarray(_numpy_float(g, fn, f"{arg}[{i}]")).reshape(n)
+            for i, g in enumerate(items)
+        ]
     st.data = rows
     return st
 
 
-def check_int(value: Any, fn: str, name: str, *, low: int | None = None, high: int | None = None) -> int:
+def check_int(
+    value: Any, fn: str, name: str, *, low: int | None = None, high: int | None = None
+) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{fn}: {name} must be an int, got {value!r} ({type(value).__name__})")
     v = int(value)
@@ -209,9 +240,13 @@ def check_int(value: Any, fn: str, name: str, *, low: int | None = None, high: i
     return v
 
 
-def check_float(value: Any, fn: str, name: str, *, low: float | None = None, strict_low: bool = False) -> float:
+def check_float(
+    value: Any, fn: str, name: str, *, low: float | None = None, strict_low: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{fn}: {name} must be a real number, got {value!r} ({type(value).__name__})"
+        )
     v = float(value)
     if not np.isfinite(v):
         raise ValueError(f"{fn}: {name} must be finite, got {v}")
@@ -223,6 +258,7 @@ def check_float(value: Any, fn: str, name: str, *, low: float | None = None, str
 
 def check_choice(value: Any, fn: str, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{fn}: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        raise ValueError(
+            f"{fn}: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        )
     return value
-

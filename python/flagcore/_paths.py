@@ -9,6 +9,7 @@ read-only file systems and permissions that ``os.access`` misreports for root).
 ``pyplot_or_none`` returns matplotlib's pyplot (Agg backend) or None with the reason printed
 once, so a command without matplotlib still writes its JSON and says how to get plots.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,10 @@ import sys
 import tempfile
 from typing import Any
 
-PLOTS_HINT = "install matplotlib for the plots: pip install matplotlib (or the 'cli' extra: pip install 'flagcore[cli]')"
+PLOTS_HINT = (
+    "install matplotlib for the plots: pip install matplotlib "
+    "(or the 'cli' extra: pip install 'flagcore[cli]')"
+)
 
 
 def _nearest_existing(path: str) -> str:
@@ -33,8 +37,10 @@ def _probe_writable(folder: str, where: str, option: str, path: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".flagcore-write-check-", dir=folder)
     except OSError as exc:
-        raise ValueError(f"{where}: {option} {path!r} cannot be written: no permission to create files in "
-                         f"{folder!r} ({exc.strerror or exc})") from None
+        raise ValueError(
+            f"{where}: {option} {path!r} cannot be written: no permission to create files in "
+            f"{folder!r} ({exc.strerror or exc})"
+        ) from None
     os.close(fd)
     os.remove(probe)
 
@@ -53,7 +59,9 @@ def check_output_dir(path: Any, where: str, option: str = "--out") -> str:
         raise ValueError(f"{where}: {option} {path!r} is an existing file, not a folder")
     base = _nearest_existing(path)
     if not os.path.isdir(base):
-        raise ValueError(f"{where}: {option} {path!r} cannot be created: {base!r} is a file, not a folder")
+        raise ValueError(
+            f"{where}: {option} {path!r} cannot be created: {base!r} is a file, not a folder"
+        )
     _probe_writable(base, where, option, path)
     return path
 
@@ -74,7 +82,9 @@ def check_output_file(path: Any, where: str, option: str = "--json") -> str:
     parent = os.path.dirname(os.path.abspath(path))
     base = _nearest_existing(parent)
     if not os.path.isdir(base):
-        raise ValueError(f"{where}: {option} {path!r} cannot be created: {base!r} is a file, not a folder")
+        raise ValueError(
+            f"{where}: {option} {path!r} cannot be created: {base!r} is a file, not a folder"
+        )
     _probe_writable(base, where, option, path)
     return path
 
@@ -97,7 +107,10 @@ def pyplot_or_none(where: str) -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"{where}: matplotlib is not installed, so no plots were written (the JSON was); "
-              f"{PLOTS_HINT}", file=sys.stderr)
+        print(
+            f"{where}: matplotlib is not installed, so no plots were written (the JSON was); "
+            f"{PLOTS_HINT}",
+            file=sys.stderr,
+        )
         return None
     return plt

@@ -9,6 +9,7 @@ file only lists them, and applies what every command shares before it runs:
 - errors: ValueError/TypeError (bad options, bad input) exit with status 2 and one line naming
   the command; OSError while writing exits with status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,9 @@ def _is_matplotlib_missing(exc: ImportError) -> bool:
     return (exc.name or "").split(".")[0] == "matplotlib"
 
 
-def _skip_plots_on_missing_matplotlib(func: Callable[[argparse.Namespace], Any], where: str
-                                      ) -> Callable[[argparse.Namespace], Any]:
+def _skip_plots_on_missing_matplotlib(
+    func: Callable[[argparse.Namespace], Any], where: str
+) -> Callable[[argparse.Namespace], Any]:
     """``func`` with a missing matplotlib turned into a note: for commands that write their JSON
     before they plot (tests/test_seams.py checks that they do)."""
 
@@ -95,8 +97,11 @@ def _skip_plots_on_missing_matplotlib(func: Callable[[argparse.Namespace], Any],
         except ImportError as exc:
             if not _is_matplotlib_missing(exc):
                 raise
-            print(f"{where}: matplotlib is not installed, so no plots were written (the JSON was); "
-                  f"{_paths.PLOTS_HINT}", file=sys.stderr)
+            print(
+                f"{where}: matplotlib is not installed, so no plots were written (the JSON was); "
+                f"{_paths.PLOTS_HINT}",
+                file=sys.stderr,
+            )
             return 0
 
     return run
@@ -109,8 +114,11 @@ def prepare_plots(args: argparse.Namespace, where: str) -> None:
         return
     if args.command == "robustness" and not getattr(args, "no_plots", True):
         args.no_plots = True
-        print(f"{where}: matplotlib is not installed: results.json only, no plots; {_paths.PLOTS_HINT}",
-              file=sys.stderr)
+        print(
+            f"{where}: matplotlib is not installed: results.json only, no plots; "
+            f"{_paths.PLOTS_HINT}",
+            file=sys.stderr,
+        )
     elif getattr(args, "energy_command", None) == "sweep" and getattr(args, "out", None):
         args.func = _skip_plots_on_missing_matplotlib(args.func, where)
 
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         if msg.startswith(where + ": "):
-            msg = msg[len(where) + 2:]
+            msg = msg[len(where) + 2 :]
         print(f"{where}: error: {msg}", file=sys.stderr)
         return 2
     except OSError as exc:
