@@ -8,7 +8,9 @@
 #   pip install --no-build-isolation --no-deps . && bash tools/gen_stubs.sh
 # Needs pybind11-stubgen (the `dev` extra). PYTHON selects the interpreter (default python3).
 # CPU and CUDA builds bind the same functions (the CUDA entry points raise without CUDA), so
-# either build gives the same stub.
+# either build gives the same stub. The signatures pybind11 renders depend on its version (the
+# build's, resolved from [build-system] requires: 3.1.0 when this was written) and on the
+# pybind11-stubgen version (pinned in the dev extra).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
