@@ -50,7 +50,7 @@ class Stack:
     dtype: Any  # the caller's dtype (numpy dtype or torch dtype)
     device: Any = None  # torch device, or None for numpy
     from_list: bool = False
-    item_shape: tuple = ()  # shape of one gradient for list input
+    item_shape: tuple[int, ...] = ()  # shape of one gradient for list input
     data: Any = None
     torch_data: Any = None
 

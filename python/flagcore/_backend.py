@@ -25,7 +25,7 @@ def is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """What this build of flagcore contains.
 
     Keys: ``version``, ``cuda_compiled`` (bool), ``cuda_architectures`` (list of str),

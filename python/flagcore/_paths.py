@@ -45,6 +45,12 @@ def _probe_writable(folder: str, where: str, option: str, path: str) -> None:
     os.remove(probe)
 
 
+def _as_path(path: Any, where: str, option: str, what: str) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"{where}: {option} must be a {what} path, got {path!r}")
+    return str(os.fspath(path))
+
+
 def check_output_dir(path: Any, where: str, option: str = "--out") -> str:
     """Check that ``path`` is, or can become, a folder this process can write files into.
 
@@ -52,9 +58,11 @@ def check_output_dir(path: Any, where: str, option: str = "--out") -> str:
     function) and ``option`` when the path is an existing file, when a component above it is a
     file, or when its nearest existing folder does not let us create files.
     """
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise ValueError(f"{where}: {option} must be a folder path, got {path!r}")
-    path = os.fspath(path)
+    path = _as_path(path, where, option, "folder")
+    return _check_dir(path, where, option)
+
+
+def _check_dir(path: str, where: str, option: str) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{where}: {option} {path!r} is an existing file, not a folder")
     base = _nearest_existing(path)
@@ -70,9 +78,10 @@ def check_output_file(path: Any, where: str, option: str = "--json") -> str:
     """Check that ``path`` can be written as a file (its folder may not exist yet: the command
     creates it). Creates nothing. Returns the path; raises ValueError naming ``where`` and
     ``option`` otherwise (an existing folder at that path, a file above it, no permission)."""
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise ValueError(f"{where}: {option} must be a file path, got {path!r}")
-    path = os.fspath(path)
+    return _check_file(_as_path(path, where, option, "file"), where, option)
+
+
+def _check_file(path: str, where: str, option: str) -> str:
     if os.path.isdir(path):
         raise ValueError(f"{where}: {option} {path!r} is an existing folder, not a file")
     if os.path.exists(path):
