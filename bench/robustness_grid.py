@@ -9,30 +9,43 @@ without attack (the clean reference), and writes into --out:
     heatmap_*.png         rule x attack per heterogeneity, rule x heterogeneity
     worst_case.md         the table docs/evaluation.md quotes
 
-    python bench/robustness_grid.py                       # the committed run (~15-25 min on 2 shared cores)
+    python bench/robustness_grid.py               # the committed run (~12 min on 2 shared cores)
     python bench/robustness_grid.py --quick               # 30 steps, 1 seed: a smoke run
     python bench/robustness_grid.py --grid my.json --out /tmp/g
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
-import time
 
-from flagcore.experiments.grid import (check_out_dir, load_grid, make_quick, print_grid_summary, run_grid,
-                                       write_grid_outputs)
+from flagcore.experiments.grid import (
+    check_out_dir,
+    load_grid,
+    make_quick,
+    print_grid_summary,
+    run_grid,
+    write_grid_outputs,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", default=os.path.join(HERE, "robustness_grid_paper.json"), help="grid config (JSON)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--grid",
+        default=os.path.join(HERE, "robustness_grid_paper.json"),
+        help="grid config (JSON)",
+    )
     ap.add_argument("--quick", action="store_true", help="cap the grid at 30 steps and 1 seed")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "robustness_grid"), help="output folder")
+    ap.add_argument(
+        "--out", default=os.path.join(HERE, "results", "robustness_grid"), help="output folder"
+    )
     ap.add_argument("--no-clean", action="store_true", help="skip the no-attack reference run")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -47,16 +60,38 @@ def markdown(res: dict, clean: dict | None, command: str) -> str:
     b = g["base"]
     hets = g["heterogeneity"]
     worst = {(w["rule"], w["byzantine"], w["heterogeneity"]): w for w in res["worst_case"]}
-    cw = {} if clean is None else {(w["rule"], w["byzantine"], w["heterogeneity"]): w for w in clean["worst_case"]}
-    lines = [f"Command: `{command}` ({res['elapsed_s'] / 60:.1f} min"
-             + ("" if clean is None else f" + {clean['elapsed_s'] / 60:.1f} min without attack") + ").", "",
-             f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} parameters), "
-             f"{b.get('workers')} workers, {b.get('steps')} steps, batch {b.get('batch_size')} per worker, "
-             f"lr {', '.join(map(str, g['lr']))}, seeds {res['seeds']}; attacks: {', '.join(g['attacks'])}.", ""]
+    cw = (
+        {}
+        if clean is None
+        else {(w["rule"], w["byzantine"], w["heterogeneity"]): w for w in clean["worst_case"]}
+    )
+    lines = [
+        f"Command: `{command}` ({res['elapsed_s'] / 60:.1f} min"
+        + ("" if clean is None else f" + {clean['elapsed_s'] / 60:.1f} min without attack")
+        + ").",
+        "",
+        f"{res['dataset']['name']} / {res['model']['name']} "
+        f"({res['model']['parameters']} parameters), {b.get('workers')} workers, "
+        f"{b.get('steps')} steps, batch {b.get('batch_size')} per worker, "
+        f"lr {', '.join(map(str, g['lr']))}, seeds {res['seeds']}; "
+        f"attacks: {', '.join(g['attacks'])}.",
+        "",
+    ]
     for f in g["byzantine"]:
-        head = "| rule | " + " | ".join(f"{h}: worst case (attack)" + ("" if clean is None else f" | {h}: no attack")
-                                        for h in hets) + " |"
-        lines += [f"f = {f}:", "", head, "|" + "---|" * (1 + len(hets) * (1 if clean is None else 2))]
+        head = (
+            "| rule | "
+            + " | ".join(
+                f"{h}: worst case (attack)" + ("" if clean is None else f" | {h}: no attack")
+                for h in hets
+            )
+            + " |"
+        )
+        lines += [
+            f"f = {f}:",
+            "",
+            head,
+            "|" + "---|" * (1 + len(hets) * (1 if clean is None else 2)),
+        ]
         for r in res["rules"]:
             cells = []
             for h in hets:
@@ -67,15 +102,25 @@ def markdown(res: dict, clean: dict | None, command: str) -> str:
             lines.append(f"| {r} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Accuracy per attack (rows: rules; at each rule's chosen lr):", ""]
-    cell = {(c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
-            for c in res["cells"]}
+    cell = {
+        (c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
+        for c in res["cells"]
+    }
     for f in g["byzantine"]:
         for h in hets:
-            lines += [f"f = {f}, {h}:", "", "| rule | " + " | ".join(g["attacks"]) + " |",
-                      "|" + "---|" * (1 + len(g["attacks"]))]
+            lines += [
+                f"f = {f}, {h}:",
+                "",
+                "| rule | " + " | ".join(g["attacks"]) + " |",
+                "|" + "---|" * (1 + len(g["attacks"])),
+            ]
             for r in res["rules"]:
                 lr = worst[(r, f, h)]["lr"]
-                lines.append(f"| {r} | " + " | ".join(_fmt(cell[(r, f, h, lr, a)]) for a in g["attacks"]) + " |")
+                lines.append(
+                    f"| {r} | "
+                    + " | ".join(_fmt(cell[(r, f, h, lr, a)]) for a in g["attacks"])
+                    + " |"
+                )
             lines.append("")
     return "\n".join(lines)
 
@@ -86,9 +131,15 @@ def main(argv=None) -> int:
     if args.quick:
         grid = make_quick(grid)
     check_out_dir(args.out, "robustness_grid")
-    command = "python bench/robustness_grid.py" + (" --quick" if args.quick else "") + (
-        "" if args.grid == parse_args([]).grid else f" --grid {args.grid}")
-    print(f"{len(grid.combinations())} runs of {len(grid.rules)} rules; writing to {args.out}", flush=True)
+    command = (
+        "python bench/robustness_grid.py"
+        + (" --quick" if args.quick else "")
+        + ("" if args.grid == parse_args([]).grid else f" --grid {args.grid}")
+    )
+    print(
+        f"{len(grid.combinations())} runs of {len(grid.rules)} rules; writing to {args.out}",
+        flush=True,
+    )
     res = run_grid(grid, progress=not args.no_progress, log=lambda s: print(s, flush=True))
     print_grid_summary(res)
     written = write_grid_outputs(res, args.out)

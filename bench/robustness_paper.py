@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from flagcore.experiments import RobustnessConfig, print_summary, run_robustness, write_outputs
-from flagcore.experiments.harness import available_rules, split_rule_list
 from flagcore.experiments.grid import check_out_dir, have_matplotlib
+from flagcore.experiments.harness import available_rules, split_rule_list
 
 PAPER_RULES = ["flag", "multi_krum", "bulyan", "median", "trimmed_mean", "meamed", "phocas", "mean"]
 FA_VARIANTS = ["flag", "flag[max_iter=50]", "flag[scale=median_norm]", "flag[max_iter=50,scale=median_norm]"]

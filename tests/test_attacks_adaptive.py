@@ -6,6 +6,7 @@ flagcore.aggregate (and, for mean, a float64 NumPy mean). The property: an adapt
 deviation on the rule it targets is at least that of its non-adaptive version on the same input,
 and strictly more where the rule lets a scale matter.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,12 +17,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flagcore
-from flagcore.attacks import (ADAPTIVE_ATTACKS, ALL_ATTACKS, ATTACKS, alie_z, attack, line_maximize,
-                              min_max_gamma, min_sum_gamma)
-
 from conftest import require_torch
+from flagcore.attacks import (
+    ADAPTIVE_ATTACKS,
+    ALL_ATTACKS,
+    ATTACKS,
+    alie_z,
+    attack,
+    line_maximize,
+    min_max_gamma,
+    min_sum_gamma,
+)
 
-TARGETS = ["mean", "median", "trimmed_mean", "multi_krum", "geometric_median", "centered_clipping", "flag"]
+TARGETS = [
+    "mean",
+    "median",
+    "trimmed_mean",
+    "multi_krum",
+    "geometric_median",
+    "centered_clipping",
+    "flag",
+]
 F = 3
 
 
@@ -33,8 +49,16 @@ def honest_stack(seed=0, h=12, n=300, spread=1.0):
 def deviation(rule, h, b, f=F):
     """The test's own D(b) (float64)."""
     mu = h.mean(axis=0)
-    agg = (lambda x: x.mean(axis=0)) if rule == "mean" else (lambda x: np.asarray(flagcore.aggregate(x, rule, f=f)))
-    return float(np.linalg.norm(agg(np.vstack([h, np.tile(b, (f, 1))])) - agg(np.vstack([h, np.tile(mu, (f, 1))]))))
+    agg = (
+        (lambda x: x.mean(axis=0))
+        if rule == "mean"
+        else (lambda x: np.asarray(flagcore.aggregate(x, rule, f=f)))
+    )
+    return float(
+        np.linalg.norm(
+            agg(np.vstack([h, np.tile(b, (f, 1))])) - agg(np.vstack([h, np.tile(mu, (f, 1))]))
+        )
+    )
 
 
 def agnostic(name, h):
@@ -42,8 +66,12 @@ def agnostic(name, h):
 
 
 # ------------------------------------------------------------------ the defining property
-NON_ADAPTIVE = {"optimal_alie": ("alie", {}), "optimal_ipm": ("ipm", {}), "min_max": ("min_max", None),
-                "min_sum": ("min_sum", None)}
+NON_ADAPTIVE = {
+    "optimal_alie": ("alie", {}),
+    "optimal_ipm": ("ipm", {}),
+    "min_max": ("min_max", None),
+    "min_sum": ("min_sum", None),
+}
 
 
 @pytest.mark.parametrize("rule", TARGETS)
@@ -56,14 +84,25 @@ def test_adaptive_beats_its_non_adaptive_version(rule, name):
     assert out.shape == (F, h.shape[1]) and np.all(out == out[0])  # f identical attackers
     d_adapt, d_base = deviation(rule, h, out[0]), deviation(rule, h, base)
     assert d_adapt >= d_base * (1 - 1e-9) - 1e-12, (rule, name, d_adapt, d_base)
-    assert info.deviation == pytest.approx(d_adapt, rel=1e-6, abs=1e-9)  # the attack's D is the test's D
+    assert info.deviation == pytest.approx(
+        d_adapt, rel=1e-6, abs=1e-9
+    )  # the attack's D is the test's D
 
 
-@pytest.mark.parametrize("rule, name", [
-    ("mean", "optimal_alie"), ("mean", "optimal_ipm"), ("mean", "min_max"), ("mean", "min_sum"),
-    ("median", "optimal_alie"), ("trimmed_mean", "optimal_alie"), ("trimmed_mean", "optimal_ipm"),
-    ("multi_krum", "optimal_alie"), ("multi_krum", "optimal_ipm"),
-])
+@pytest.mark.parametrize(
+    "rule, name",
+    [
+        ("mean", "optimal_alie"),
+        ("mean", "optimal_ipm"),
+        ("mean", "min_max"),
+        ("mean", "min_sum"),
+        ("median", "optimal_alie"),
+        ("trimmed_mean", "optimal_alie"),
+        ("trimmed_mean", "optimal_ipm"),
+        ("multi_krum", "optimal_alie"),
+        ("multi_krum", "optimal_ipm"),
+    ],
+)
 def test_adaptive_strictly_better_where_scale_matters(rule, name):
     """Cases where the non-adaptive scale is not the best one: the optimiser must move."""
     h = honest_stack(1)
@@ -74,14 +113,19 @@ def test_adaptive_strictly_better_where_scale_matters(rule, name):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2 ** 31), h=st.integers(4, 10), f=st.integers(1, 3),
-       spread=st.sampled_from([0.01, 1.0, 30.0]), rule=st.sampled_from(["mean", "median", "trimmed_mean", "flag"]),
-       name=st.sampled_from(["optimal_alie", "optimal_ipm", "min_max", "min_sum"]))
+@given(
+    seed=st.integers(0, 2**31),
+    h=st.integers(4, 10),
+    f=st.integers(1, 3),
+    spread=st.sampled_from([0.01, 1.0, 30.0]),
+    rule=st.sampled_from(["mean", "median", "trimmed_mean", "flag"]),
+    name=st.sampled_from(["optimal_alie", "optimal_ipm", "min_max", "min_sum"]),
+)
 def test_adaptive_never_below_non_adaptive(seed, h, f, spread, rule, name):
     x = honest_stack(seed, h=h, n=40, spread=spread)
     if rule == "trimmed_mean" and not h + f > 2 * f:
         return
-    base_name, kw = NON_ADAPTIVE[name]
+    base_name, _ = NON_ADAPTIVE[name]
     if name == "optimal_alie":
         p = h + f
         if not 0 < (p - (math.floor(p / 2 + 1) - f)) / p < 1:
@@ -97,9 +141,11 @@ def test_adaptive_never_below_non_adaptive(seed, h, f, spread, rule, name):
 def test_min_max_and_min_sum_gamma_are_the_largest_feasible(pert):
     h = honest_stack(2, h=9, n=50)
     mu = h.mean(axis=0)
-    d = {"unit_vec": mu / np.linalg.norm(mu), "std": h.std(axis=0, ddof=1), "sign": np.sign(mu)}[pert]
+    d = {"unit_vec": mu / np.linalg.norm(mu), "std": h.std(axis=0, ddof=1), "sign": np.sign(mu)}[
+        pert
+    ]
     pair = np.linalg.norm(h[:, None] - h[None], axis=2)
-    sums = (pair ** 2).sum(axis=1)
+    sums = (pair**2).sum(axis=1)
 
     def ok_max(g):
         return np.linalg.norm(mu - g * d - h, axis=1).max() <= pair.max() * (1 + 1e-12)
@@ -123,17 +169,21 @@ def test_min_sum_gamma_matches_bisection():
     lo, hi = 0.0, 1e6
     for _ in range(200):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if (np.linalg.norm(mu - mid * d - h, axis=1) ** 2).sum() <= sums else (lo, mid)
+        lo, hi = (
+            (mid, hi)
+            if (np.linalg.norm(mu - mid * d - h, axis=1) ** 2).sum() <= sums
+            else (lo, mid)
+        )
     assert min_sum_gamma(h, d) == pytest.approx(lo, rel=1e-9)
 
 
-# ------------------------------------------------------------------ line search (ByzFL's LineMaximize)
+# ------------------------------------------------------------ line search (ByzFL's LineMaximize)
 def test_line_maximize_finds_the_peak_within_its_budget():
     calls = []
 
     def obj(x):
         calls.append(x)
-        return -(x - 5.3) ** 2
+        return -((x - 5.3) ** 2)
 
     x, y = line_maximize(obj, evals=30, start=0.0, delta=1.0, ratio=0.8)
     assert len(calls) == 30 and all(c >= 0 for c in calls)
@@ -155,13 +205,17 @@ def test_fa_aware_keeps_ratios_at_honest_level_and_beats_feasible_baselines(fa):
     _, fi = flagcore.flag_aggregate(stack, return_info=True, **fa)
     v = np.asarray(fi.reconstruction_ratios)
     assert info.feasible
-    assert v[-F:].min() >= np.median(v[:-F]) - 1e-12  # attackers look at least as trusted as the median honest worker
+    assert (
+        v[-F:].min() >= np.median(v[:-F]) - 1e-12
+    )  # attackers look at least as trusted as the median honest worker
     assert info.byzantine_ratio == pytest.approx(v[-F:].min())
 
     def dev(b):
         mu = h.mean(axis=0)
         ref = flagcore.flag_aggregate(np.vstack([h, np.tile(mu, (F, 1))]), **fa)
-        return float(np.linalg.norm(flagcore.flag_aggregate(np.vstack([h, np.tile(b, (F, 1))]), **fa) - ref))
+        return float(
+            np.linalg.norm(flagcore.flag_aggregate(np.vstack([h, np.tile(b, (F, 1))]), **fa) - ref)
+        )
 
     assert info.deviation == pytest.approx(dev(out[0]), rel=1e-6)
     for base in ("alie", "ipm", "sign_flip"):
@@ -175,7 +229,9 @@ def test_fa_aware_keeps_ratios_at_honest_level_and_beats_feasible_baselines(fa):
 def test_fa_aware_targets_another_rule_with_fa_ratios():
     h = honest_stack(6)
     out, info = attack("fa_aware", h, F, rule="median", return_info=True)
-    assert info.feasible and info.deviation == pytest.approx(deviation("median", h, out[0]), rel=1e-6)
+    assert info.feasible and info.deviation == pytest.approx(
+        deviation("median", h, out[0]), rel=1e-6
+    )
 
 
 # ------------------------------------------------------------------ rule as callable / list input
@@ -200,7 +256,10 @@ def test_list_input_numpy_and_torch():
     titems = [torch.from_numpy(i).to(torch.float64) for i in items]
     out = attack("min_max", titems, 2, rule="trimmed_mean")
     ref = attack("min_max", h.astype(np.float64), 2, rule="trimmed_mean")
-    assert all(isinstance(o, torch.Tensor) and o.dtype == torch.float64 and tuple(o.shape) == (4, 6) for o in out)
+    assert all(
+        isinstance(o, torch.Tensor) and o.dtype == torch.float64 and tuple(o.shape) == (4, 6)
+        for o in out
+    )
     np.testing.assert_allclose(torch.stack([o.reshape(-1) for o in out]).numpy(), ref, rtol=1e-12)
 
 
@@ -209,7 +268,11 @@ def test_torch_stack_round_trip_and_seed():
     h = torch.from_numpy(honest_stack(9, n=64)).float()
     for name in ADAPTIVE_ATTACKS:
         out = attack(name, h, 2, rule="median", seed=4)
-        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and tuple(out.shape) == (2, 64)
+        assert (
+            isinstance(out, torch.Tensor)
+            and out.dtype == torch.float32
+            and tuple(out.shape) == (2, 64)
+        )
         assert torch.equal(out, attack(name, h, 2, rule="median", seed=4))
 
 
@@ -218,7 +281,9 @@ def test_non_finite_honest_rows_are_ignored():
     bad = h.copy()
     bad[3] = np.nan
     for name in ("min_max", "min_sum"):
-        np.testing.assert_allclose(attack(name, bad, F), attack(name, np.delete(h, 3, axis=0), F), rtol=1e-12)
+        np.testing.assert_allclose(
+            attack(name, bad, F), attack(name, np.delete(h, 3, axis=0), F), rtol=1e-12
+        )
     out = attack("optimal_alie", bad, F, rule="median")
     assert np.isfinite(out).all()
     allnan = np.full((4, 5), np.nan)
@@ -232,23 +297,51 @@ def test_non_adaptive_attacks_ignore_rule():
     assert alie_z(15, 3) > 0
 
 
-@pytest.mark.parametrize("name, kw, exc, msg", [
-    ("optimal_alie", {}, TypeError, "attack: attack 'optimal_alie' needs rule="),
-    ("optimal_ipm", {"rule": 5}, TypeError, "attack: rule must be None, a rule name"),
-    ("optimal_ipm", {"rule": "nosuch"}, ValueError, "attack: rule must be one of"),
-    ("optimal_ipm", {"rule": "median", "rule_params": [1]}, TypeError, "attack: rule_params must be a dict"),
-    ("optimal_ipm", {"rule": np.mean, "rule_params": {"f": 1}}, ValueError, "rule_params applies to a rule name"),
-    ("optimal_ipm", {"rule": "krum", "rule_params": {"f": 6}}, ValueError, r"attack: rule 'krum' needs p >= 2f \+ 3"),
-    ("min_max", {"perturbation": "up"}, ValueError, "attack: perturbation must be one of"),
-    ("min_max", {"rule_params": {"f": 1}}, ValueError, "rule_params given without a rule"),
-    ("optimal_alie", {"rule": "mean", "ratio": 1.5}, ValueError, r"attack: ratio must be in \(0.5, 1\)"),
-    ("optimal_alie", {"rule": "mean", "evals": 0}, ValueError, "attack: evals must be in"),
-    ("optimal_alie", {"rule": "mean", "delta": 0.0}, ValueError, "attack: delta must be > 0"),
-    ("fa_aware", {"quantile": 2.0}, ValueError, r"attack: quantile must be in \[0, 1\]"),
-    ("fa_aware", {"flag_params": {"rank": 2}}, TypeError, "flag_params takes no parameter 'rank'"),
-    ("fa_aware", {"angles": 0}, ValueError, "attack: angles must be in"),
-    ("min_sum", {"return_info": 1}, TypeError, "attack: return_info must be a bool"),
-])
+@pytest.mark.parametrize(
+    "name, kw, exc, msg",
+    [
+        ("optimal_alie", {}, TypeError, "attack: attack 'optimal_alie' needs rule="),
+        ("optimal_ipm", {"rule": 5}, TypeError, "attack: rule must be None, a rule name"),
+        ("optimal_ipm", {"rule": "nosuch"}, ValueError, "attack: rule must be one of"),
+        (
+            "optimal_ipm",
+            {"rule": "median", "rule_params": [1]},
+            TypeError,
+            "attack: rule_params must be a dict",
+        ),
+        (
+            "optimal_ipm",
+            {"rule": np.mean, "rule_params": {"f": 1}},
+            ValueError,
+            "rule_params applies to a rule name",
+        ),
+        (
+            "optimal_ipm",
+            {"rule": "krum", "rule_params": {"f": 6}},
+            ValueError,
+            r"attack: rule 'krum' needs p >= 2f \+ 3",
+        ),
+        ("min_max", {"perturbation": "up"}, ValueError, "attack: perturbation must be one of"),
+        ("min_max", {"rule_params": {"f": 1}}, ValueError, "rule_params given without a rule"),
+        (
+            "optimal_alie",
+            {"rule": "mean", "ratio": 1.5},
+            ValueError,
+            r"attack: ratio must be in \(0.5, 1\)",
+        ),
+        ("optimal_alie", {"rule": "mean", "evals": 0}, ValueError, "attack: evals must be in"),
+        ("optimal_alie", {"rule": "mean", "delta": 0.0}, ValueError, "attack: delta must be > 0"),
+        ("fa_aware", {"quantile": 2.0}, ValueError, r"attack: quantile must be in \[0, 1\]"),
+        (
+            "fa_aware",
+            {"flag_params": {"rank": 2}},
+            TypeError,
+            "flag_params takes no parameter 'rank'",
+        ),
+        ("fa_aware", {"angles": 0}, ValueError, "attack: angles must be in"),
+        ("min_sum", {"return_info": 1}, TypeError, "attack: return_info must be a bool"),
+    ],
+)
 def test_adaptive_bad_arguments(name, kw, exc, msg):
     with pytest.raises(exc, match=msg):
         attack(name, honest_stack(12, n=20), 2, **kw)

@@ -1,4 +1,5 @@
 """Non-iid splits (class histograms), the robustness grid end to end, its config checks and CLI."""
+
 from __future__ import annotations
 
 import itertools
@@ -56,10 +57,12 @@ def test_dirichlet_is_a_partition_reproducible_per_seed(het):
 
 def test_dirichlet_alpha_controls_the_class_histograms():
     y = _labels(n_per_class=200)
+
     def dominant(alpha):
         hist = _hist(y, xdata.split_indices(y, 15, seed=0, heterogeneity=f"dirichlet:{alpha}"))
         frac = hist / hist.sum(axis=1, keepdims=True)
         return frac.max(axis=1).mean(), np.abs(frac - 0.1).max()
+
     dom_small, _ = dominant(0.05)
     dom_mid, _ = dominant(1.0)
     dom_big, dev_big = dominant(1000.0)
@@ -73,12 +76,14 @@ def test_gamma_similarity_histograms():
     n, p = len(y), 10
     iid = _hist(y, xdata.split_indices(y, p, seed=0, heterogeneity="gamma:1.0"))
     sorted_ = xdata.split_indices(y, p, seed=0, heterogeneity="gamma:0.0")
-    for parts in (xdata.split_indices(y, p, seed=0, heterogeneity=f"gamma:{g}") for g in (0.0, 0.3, 1.0)):
+    for parts in (
+        xdata.split_indices(y, p, seed=0, heterogeneity=f"gamma:{g}") for g in (0.0, 0.3, 1.0)
+    ):
         sizes = [len(s) for s in parts]
         assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n // p * p
         assert len(np.unique(np.concatenate(parts))) == sum(sizes)  # disjoint
     # gamma = 0: label-sorted chunks, 60 samples per worker = exactly one class each here
-    for w, s in enumerate(sorted_):
+    for s in sorted_:
         assert len(np.unique(y[s])) == 1
     assert sorted(int(np.unique(y[s])[0]) for s in sorted_) == list(range(10))
     # gamma = 1: iid; with 60 samples per worker every class is present
@@ -97,25 +102,48 @@ def test_shard_pads_with_real_samples_and_reports_sizes():
     hist = xdata.class_histograms(ys, sizes, task.n_classes)
     np.testing.assert_array_equal(hist, _hist(task.y_train.numpy(), parts, task.n_classes))
     for w, s in enumerate(parts):  # padded rows repeat the worker's own samples
-        np.testing.assert_array_equal(ys[w].numpy(), task.y_train.numpy()[np.resize(s, xs.shape[1])])
+        np.testing.assert_array_equal(
+            ys[w].numpy(), task.y_train.numpy()[np.resize(s, xs.shape[1])]
+        )
 
 
-@pytest.mark.parametrize("spec, msg", [
-    ("dirichlet:0", "needs alpha > 0"), ("dirichlet:x", "needs alpha > 0"), ("gamma:1.5", r"needs gamma in \[0, 1\]"),
-    ("noniid", "heterogeneity must be 'iid'"), ("iid:3", "heterogeneity must be 'iid'"),
-])
+@pytest.mark.parametrize(
+    "spec, msg",
+    [
+        ("dirichlet:0", "needs alpha > 0"),
+        ("dirichlet:x", "needs alpha > 0"),
+        ("gamma:1.5", r"needs gamma in \[0, 1\]"),
+        ("noniid", "heterogeneity must be 'iid'"),
+        ("iid:3", "heterogeneity must be 'iid'"),
+    ],
+)
 def test_bad_heterogeneity(spec, msg):
     with pytest.raises(ValueError, match=msg):
         xdata.split_indices(np.zeros(10, int), 2, 0, spec)
 
 
 # ------------------------------------------------------------------ the harness with non-iid data
-FAST = dict(dataset="blobs", model="mlp", workers=5, byzantine=1, steps=3, batch_size=8, seeds=1, eval_every=3,
-            progress=False)
+FAST = dict(
+    dataset="blobs",
+    model="mlp",
+    workers=5,
+    byzantine=1,
+    steps=3,
+    batch_size=8,
+    seeds=1,
+    eval_every=3,
+    progress=False,
+)
 
 
 def test_noniid_run_records_histograms_and_is_reproducible():
-    kw = dict(FAST, rules=["median", "flag"], attack="min_max", heterogeneity="dirichlet:0.2", batch_size=64)
+    kw = dict(
+        FAST,
+        rules=["median", "flag"],
+        attack="min_max",
+        heterogeneity="dirichlet:0.2",
+        batch_size=64,
+    )
     a = run_robustness(**kw)
     b = run_robustness(**kw)
     assert a["rules"]["median"]["final_accuracy"] == b["rules"]["median"]["final_accuracy"]
@@ -141,9 +169,21 @@ def test_rule_is_built_once_per_run(monkeypatch):
 
 
 # ------------------------------------------------------------------ the grid
-TINY = dict(rules=["mean", "median", "flag"], attacks=["sign_flip", "optimal_ipm"], byzantine=[1],
-            heterogeneity=["iid", "gamma:0.0"], lr=[0.02, 0.1],
-            base={"dataset": "blobs", "workers": 5, "steps": 3, "batch_size": 8, "seeds": 1, "eval_every": 3})
+TINY = dict(
+    rules=["mean", "median", "flag"],
+    attacks=["sign_flip", "optimal_ipm"],
+    byzantine=[1],
+    heterogeneity=["iid", "gamma:0.0"],
+    lr=[0.02, 0.1],
+    base={
+        "dataset": "blobs",
+        "workers": 5,
+        "steps": 3,
+        "batch_size": 8,
+        "seeds": 1,
+        "eval_every": 3,
+    },
+)
 
 
 def test_grid_end_to_end(tmp_path):
@@ -151,16 +191,30 @@ def test_grid_end_to_end(tmp_path):
     res = xgrid.run_grid(g, progress=False)
     assert len(res["cells"]) == 3 * 2 * 2 * 2
     # worst case, recomputed: max over lr of min over attacks
-    acc = {(c["rule"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"] for c in res["cells"]}
+    acc = {
+        (c["rule"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
+        for c in res["cells"]
+    }
     for w in res["worst_case"]:
-        best = max(min(acc[(w["rule"], w["heterogeneity"], lr, a)] for a in TINY["attacks"]) for lr in TINY["lr"])
+        best = max(
+            min(acc[(w["rule"], w["heterogeneity"], lr, a)] for a in TINY["attacks"])
+            for lr in TINY["lr"]
+        )
         assert w["accuracy"] == pytest.approx(best)
-        assert min(acc[(w["rule"], w["heterogeneity"], w["lr"], a)] for a in TINY["attacks"]) == pytest.approx(best)
-        assert acc[(w["rule"], w["heterogeneity"], w["lr"], w["worst_attack"])] == pytest.approx(best)
+        assert min(
+            acc[(w["rule"], w["heterogeneity"], w["lr"], a)] for a in TINY["attacks"]
+        ) == pytest.approx(best)
+        assert acc[(w["rule"], w["heterogeneity"], w["lr"], w["worst_attack"])] == pytest.approx(
+            best
+        )
     written = xgrid.write_grid_outputs(res, str(tmp_path))
     names = sorted(p.split("/")[-1] for p in written)
-    assert names == ["heatmap_attack_f1_gamma_0_0.png", "heatmap_attack_f1_iid.png", "heatmap_heterogeneity_f1.png",
-                     "results.json"]
+    assert names == [
+        "heatmap_attack_f1_gamma_0_0.png",
+        "heatmap_attack_f1_iid.png",
+        "heatmap_heterogeneity_f1.png",
+        "results.json",
+    ]
     d = _strict_load(tmp_path / "results.json")
     assert d["schema"] == xgrid.GRID_SCHEMA and d["rules"] == TINY["rules"]
     # reproducible per seed: the same grid gives the same cells
@@ -170,26 +224,42 @@ def test_grid_end_to_end(tmp_path):
 
 def test_worst_case_counts_a_diverged_run_as_the_worst():
     g = xgrid.GridConfig(rules=["mean"], attacks=["a", "b"], lr=[0.1])
-    cells = [{"rule": "mean", "byzantine": 3, "heterogeneity": "iid", "lr": 0.1, "attack": a, "accuracy_mean": v}
-             for a, v in (("a", 0.9), ("b", float("nan")))]
+    cells = [
+        {
+            "rule": "mean",
+            "byzantine": 3,
+            "heterogeneity": "iid",
+            "lr": 0.1,
+            "attack": a,
+            "accuracy_mean": v,
+        }
+        for a, v in (("a", 0.9), ("b", float("nan")))
+    ]
     w = xgrid.worst_case(cells, ["mean"], g)[0]
     assert w["accuracy"] is None and w["worst_attack"] == "b"
 
 
-@pytest.mark.parametrize("d, exc, msg", [
-    ({"rules": ["mean"]}, ValueError, "needs attacks"),
-    (dict(TINY, colour="red"), ValueError, "unknown key 'colour'"),
-    (dict(TINY, lr=[]), ValueError, "lr must be a non-empty list"),
-    (dict(TINY, lr=[0.1, 0.1]), ValueError, "lr must not repeat"),
-    (dict(TINY, heterogeneity=["dirichlet:-1"]), ValueError, "needs alpha > 0"),
-    (dict(TINY, base={"steps": 3, "attack": "nan"}), ValueError, "base must not set 'attack'"),
-    (dict(TINY, base={"stepz": 3}), ValueError, "base has unknown option 'stepz'"),
-    (dict(TINY, attacks=["teleport"]), ValueError, "attack must be one of"),
-    (dict(TINY, rules=["nosuch"]), ValueError, "unknown rule 'nosuch'"),
-    (dict(TINY, byzantine=[9]), ValueError, r"byzantine must be in \[0, 4\]"),
-    (dict(TINY, attack_params={"alie": {"z": 1}}), ValueError, "attack_params names attacks not in the grid"),
-    ([1, 2], TypeError, "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "d, exc, msg",
+    [
+        ({"rules": ["mean"]}, ValueError, "needs attacks"),
+        (dict(TINY, colour="red"), ValueError, "unknown key 'colour'"),
+        (dict(TINY, lr=[]), ValueError, "lr must be a non-empty list"),
+        (dict(TINY, lr=[0.1, 0.1]), ValueError, "lr must not repeat"),
+        (dict(TINY, heterogeneity=["dirichlet:-1"]), ValueError, "needs alpha > 0"),
+        (dict(TINY, base={"steps": 3, "attack": "nan"}), ValueError, "base must not set 'attack'"),
+        (dict(TINY, base={"stepz": 3}), ValueError, "base has unknown option 'stepz'"),
+        (dict(TINY, attacks=["teleport"]), ValueError, "attack must be one of"),
+        (dict(TINY, rules=["nosuch"]), ValueError, "unknown rule 'nosuch'"),
+        (dict(TINY, byzantine=[9]), ValueError, r"byzantine must be in \[0, 4\]"),
+        (
+            dict(TINY, attack_params={"alie": {"z": 1}}),
+            ValueError,
+            "attack_params names attacks not in the grid",
+        ),
+        ([1, 2], TypeError, "must be a JSON object"),
+    ],
+)
 def test_grid_config_errors(d, exc, msg):
     with pytest.raises(exc, match=msg):
         xgrid.grid_from_dict(d)
@@ -210,7 +280,9 @@ def test_load_grid_errors(tmp_path):
 def test_cli_grid_and_quick(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     cfg = tmp_path / "g.json"
-    cfg.write_text(json.dumps(dict(TINY, lr=[0.05], heterogeneity=["iid"], rules=["median", "flag"])))
+    cfg.write_text(
+        json.dumps(dict(TINY, lr=[0.05], heterogeneity=["iid"], rules=["median", "flag"]))
+    )
     out = tmp_path / "o"
     rc = cli.main(["robustness", "--grid", str(cfg), "--quick", "--out", str(out), "--no-progress"])
     assert rc == 0
@@ -241,14 +313,18 @@ def test_without_matplotlib_the_json_is_written_with_a_note(tmp_path, capsys, mo
     assert [p.split("/")[-1] for p in write_outputs(res, str(tmp_path))] == ["results.json"]
     assert "matplotlib is not installed" in capsys.readouterr().out
     fake = {"grid": {}, "cells": []}
-    assert [p.split("/")[-1] for p in xgrid.write_grid_outputs(fake, str(tmp_path / "g"))] == ["results.json"]
+    assert [p.split("/")[-1] for p in xgrid.write_grid_outputs(fake, str(tmp_path / "g"))] == [
+        "results.json"
+    ]
 
 
 def test_quick_grid_is_valid_and_small():
     g = xgrid.quick_grid()
     g.validate()
     assert len(g.combinations()) <= 8 and g.base["steps"] <= 10
-    q = xgrid.make_quick(xgrid.grid_from_dict(dict(TINY, base=dict(TINY["base"], steps=500, seeds=5))))
+    q = xgrid.make_quick(
+        xgrid.grid_from_dict(dict(TINY, base=dict(TINY["base"], steps=500, seeds=5)))
+    )
     assert q.base["steps"] == 30 and q.base["seeds"] == 1
     assert list(itertools.chain(q.lr)) == TINY["lr"]
 
@@ -256,22 +332,53 @@ def test_quick_grid_is_valid_and_small():
 def test_cli_single_run_with_heterogeneity_and_adaptive_attack(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "o"
-    rc = cli.main(["robustness", "--dataset", "blobs", "--workers", "5", "--byzantine", "1", "--steps", "2",
-                   "--batch-size", "8", "--seeds", "1", "--rules", "median,flag", "--attack", "min_sum",
-                   "--heterogeneity", "gamma:0.5", "--out", str(out), "--no-progress", "--no-plots"])
+    rc = cli.main(
+        [
+            "robustness",
+            "--dataset",
+            "blobs",
+            "--workers",
+            "5",
+            "--byzantine",
+            "1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--seeds",
+            "1",
+            "--rules",
+            "median,flag",
+            "--attack",
+            "min_sum",
+            "--heterogeneity",
+            "gamma:0.5",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     d = _strict_load(out / "results.json")
     assert d["config"]["heterogeneity"] == "gamma:0.5" and d["config"]["attack"] == "min_sum"
-    rc = cli.main(["robustness", "--dataset", "blobs", "--heterogeneity", "dirichlet", "--out", str(out)])
+    rc = cli.main(
+        ["robustness", "--dataset", "blobs", "--heterogeneity", "dirichlet", "--out", str(out)]
+    )
     assert rc == 2 and "heterogeneity must be 'iid'" in capsys.readouterr().err
 
 
 def test_bad_attack_parameters_fail_before_training(monkeypatch):
     ran = []
     monkeypatch.setattr(harness, "_run_all", lambda *a, **k: ran.append(1))
-    with pytest.raises(ValueError, match=r"robustness: attack 'optimal_alie' .* cannot run against rule 'median': "
-                                         r"attack: ratio must be in"):
-        run_robustness(**dict(FAST, rules=["median"], attack="optimal_alie", attack_params={"ratio": 2.0}))
+    with pytest.raises(
+        ValueError,
+        match=r"robustness: attack 'optimal_alie' .* cannot run against rule 'median': "
+        r"attack: ratio must be in",
+    ):
+        run_robustness(
+            **dict(FAST, rules=["median"], attack="optimal_alie", attack_params={"ratio": 2.0})
+        )
     with pytest.raises(ValueError, match="attack: attack 'min_max' takes no parameter 'z'"):
         xgrid.grid_from_dict(dict(TINY, attacks=["min_max"], attack_params={"min_max": {"z": 1.0}}))
     assert ran == []
@@ -282,4 +389,6 @@ def test_attack_params_rule_makes_a_transfer_attack():
     cfg = harness.RobustnessConfig(attack="optimal_ipm", attack_params={"rule": "median"})
     assert harness._attack_kwargs(cfg, spec, {})["rule"] == "median"
     cfg = harness.RobustnessConfig(attack="optimal_ipm")
-    assert isinstance(harness._attack_kwargs(cfg, spec, {"r": 8})["rule"], harness.make_rule("flag").__class__)
+    assert isinstance(
+        harness._attack_kwargs(cfg, spec, {"r": 8})["rule"], harness.make_rule("flag").__class__
+    )

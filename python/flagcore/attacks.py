@@ -90,6 +90,7 @@ the experiment harness.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -108,8 +109,8 @@ NEEDS_RULE = ("optimal_alie", "optimal_ipm")
 PERTURBATIONS = ("unit_vec", "std", "sign")
 _FLAG_OPTIONS = ("r", "lam", "max_iter", "eps", "tol", "scale")
 
-_SEARCH = {"evals": 16, "start": 0.0, "delta": 1.0, "ratio": 0.8}
-_PARAMS = {
+_SEARCH: dict[str, Any] = {"evals": 16, "start": 0.0, "delta": 1.0, "ratio": 0.8}
+_PARAMS: dict[str, dict[str, Any]] = {
     "random": {}, "sign_flip": {"scale": 1.0}, "gaussian": {"mu": 0.0, "sigma": 1.0},
     "zero": {"fraction": 0.5}, "drop": {"fraction": 0.5}, "nan": {}, "inf": {},
     "alie": {"z": None}, "ipm": {"eps": 0.1}, "mimic": {"target": 0},
@@ -393,7 +394,7 @@ def line_maximize(objective: Callable[[float], float], *, evals: int = 16, start
 
 
 def _search_params(prm: dict, fn: str, with_start: bool = True) -> dict:
-    out = {"evals": check_int(prm["evals"], fn, "evals", low=1, high=10_000)}
+    out: dict[str, Any] = {"evals": check_int(prm["evals"], fn, "evals", low=1, high=10_000)}
     r = check_float(prm["ratio"], fn, "ratio")
     if not 0.5 < r < 1.0:
         raise ValueError(f"{fn}: ratio must be in (0.5, 1), got {r}")
@@ -409,6 +410,7 @@ def _perturbation(kind: str, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarra
         nrm = math.sqrt(float(np.sum(mu * mu)))
         return mu / nrm if nrm > 0 else np.zeros_like(mu)
     if kind == "std":
+        assert sd is not None  # callers compute std whenever this perturbation is asked for
         return sd
     return np.sign(mu)
 
@@ -466,20 +468,40 @@ def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, pr
         _validate_only(name, prm, fn)
         return _make(fallback, h_all, f, rng, _PARAMS[fallback], fn), AttackInfo(name)
     mu, sd = _scaled_mean_std(h, std=h.shape[0] >= 2)
-    dev = _Deviation(target, h, f, mu) if target is not None else None
-    rep = lambda b: np.repeat(b[None], f, axis=0)  # noqa: E731
+    def rep(b: np.ndarray) -> np.ndarray:
+        return np.repeat(b[None], f, axis=0)
+
+    g0 = 0.0
+    d = mu
+    if name in ("min_max", "min_sum"):
+        d = _perturbation(prm["perturbation"], mu, sd)
+        g0 = min_max_gamma(h, d) if name == "min_max" else min_sum_gamma(h, d)
+        if target is None:  # AGR-agnostic: the paper's attack; the only adaptive case without a rule
+            _search_params(prm, fn, with_start=False)
+            return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
+    dev = _Deviation(target, h, f, mu)
 
     if name in ("optimal_alie", "optimal_ipm"):
         sp = _search_params(prm, fn)
         default: float | None
+        vec: Callable[[float], np.ndarray]
         if name == "optimal_alie":
-            vec = lambda z: mu - z * sd  # noqa: E731
+            assert sd is not None  # h >= 2 here (need = 2)
+            sdv = sd
+
+            def vec(z: float) -> np.ndarray:
+                return mu - z * sdv
+
             try:
                 default = alie_z(h_all.shape[0] + f, f)
             except ValueError:  # z_max undefined for this (p, f): the line search alone decides
                 default = None
         else:
-            vec, default = (lambda e: -e * mu), _PARAMS["ipm"]["eps"]
+
+            def vec(e: float) -> np.ndarray:
+                return -e * mu
+
+            default = _PARAMS["ipm"]["eps"]
         x, y = line_maximize(lambda t: dev(vec(t)), **sp)
         if default is not None:
             y0 = dev(vec(default))
@@ -489,10 +511,6 @@ def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, pr
 
     if name in ("min_max", "min_sum"):
         sp = _search_params(prm, fn, with_start=False)
-        d = _perturbation(prm["perturbation"], mu, sd)
-        g0 = min_max_gamma(h, d) if name == "min_max" else min_sum_gamma(h, d)
-        if dev is None:
-            return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
         y0 = dev(mu - g0 * d)
         scale = g0 if g0 > 0 else math.sqrt(float(np.sum(mu * mu)) / max(float(np.sum(d * d)), 1e-300))
         x, y = line_maximize(lambda g: dev(mu - g * d), start=g0, delta=max(scale, 1e-300) * 0.5, **sp)
@@ -548,7 +566,7 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
     w = np.zeros(n)
     if k >= 2 and np.any(xc):
         # top right singular vector of xc from its k x k Gram (no n x k SVD)
-        ev, evec = np.linalg.eigh(xc @ xc.T)
+        _, evec = np.linalg.eigh(xc @ xc.T)
         w = evec[:, -1] @ xc
         w = w - (w @ u) * u
     if not np.any(w):
@@ -560,10 +578,11 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
         th = 2 * math.pi * i / angles
         cands.append((th, g_med * (-math.cos(th) * u + math.sin(th) * w)))
     if sd is not None:
-        cands.append(("alie", mu - alie_z(k + f, f) * sd))
+        with contextlib.suppress(ValueError):  # z_max is undefined for some (p, f)
+            cands.append(("alie", mu - alie_z(k + f, f) * sd))
     cands.append(("ipm", -_PARAMS["ipm"]["eps"] * mu))
-    best = None
-    stealth = None
+    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio, threshold)
+    records: list = []
     stack = np.empty((k + f, n))
     stack[:k] = h
     for label, b in cands:
@@ -572,18 +591,14 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
         v = np.asarray(info.reconstruction_ratios, dtype=np.float64)
         thr = float(np.quantile(v[:k], q)) - slack
         vb = float(np.min(v[k:]))
-        if stealth is None or vb - thr > stealth[0]:
-            stealth = (vb - thr, label, b, vb, thr)
-        if vb >= thr:
-            d = dev(b)
-            if best is None or d > best[0]:
-                best = (d, label, b, vb, thr)
-    feasible = best is not None
-    if not feasible:
-        _, label, b, vb, thr = stealth
+        records.append((vb - thr, label, b, vb, thr))
+    ok = [(dev(r[2]), r) for r in records if r[0] >= 0]
+    feasible = bool(ok)
+    if feasible:
+        d, (_, label, b, vb, thr) = max(ok, key=lambda t: t[0])  # first of equal deviations
+    else:  # nothing FA trusts enough: the most trusted candidate
+        _, label, b, vb, thr = max(records, key=lambda r: r[0])
         d = dev(b)
-    else:
-        d, label, b, vb, thr = best
     return (np.repeat(b[None], f, axis=0),
             AttackInfo("fa_aware", parameter=label, deviation=d, evaluations=dev.evaluations,
                        byzantine_ratio=vb, honest_ratio=thr, feasible=feasible))

@@ -26,10 +26,26 @@ from .harness import (RULES_TAKING_F, SCHEMA, RobustnessConfig, RuleSpec, all_at
                       parse_rule_spec, run_robustness, split_rule_list)
 
 __all__ = [
-    "GRID_SCHEMA", "GridConfig", "grid_from_dict", "load_grid", "print_grid_summary", "quick_grid", "run_grid",
+    "GRID_SCHEMA",
+    "RULES_TAKING_F",
+    "SCHEMA",
+    "GridConfig",
+    "RobustnessConfig",
+    "RuleSpec",
+    "all_attacks",
+    "available_rules",
+    "grid_from_dict",
+    "load_grid",
+    "parse_rule_spec",
+    "print_grid_summary",
+    "print_summary",
+    "quick_grid",
+    "run_grid",
+    "run_robustness",
+    "split_rule_list",
+    "summary_rows",
     "write_grid_outputs",
-    "RULES_TAKING_F", "SCHEMA", "RobustnessConfig", "RuleSpec", "all_attacks", "available_rules",
-    "parse_rule_spec", "print_summary", "run_robustness", "split_rule_list", "summary_rows", "write_outputs",
+    "write_outputs",
 ]
 
 

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a command runs
+    from .harness import RobustnessConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cli)
 
 
-def config_from_args(args: argparse.Namespace) -> object:
+def config_from_args(args: argparse.Namespace) -> RobustnessConfig:
     from . import harness
 
     rules = harness.split_rule_list(args.rules)
@@ -106,7 +110,15 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def run_grid_cli(args: argparse.Namespace) -> int:
-    from .grid import check_out_dir, load_grid, make_quick, print_grid_summary, quick_grid, run_grid, write_grid_outputs
+    from .grid import (
+        check_out_dir,
+        load_grid,
+        make_quick,
+        print_grid_summary,
+        quick_grid,
+        run_grid,
+        write_grid_outputs,
+    )
 
     grid = load_grid(args.grid) if args.grid is not None else quick_grid()
     if args.grid is not None and args.quick:

@@ -12,18 +12,19 @@ it and the attack that is worst at it, beside every cell of the grid.
 The config (strict JSON; unknown keys are an error)::
 
     {
-      "rules": ["mean", "median", "flag"],                 # rule specs (NAME or NAME[k=v,...])
-      "attacks": ["sign_flip", "optimal_alie", "fa_aware"],
-      "byzantine": [3],                                     # f values
-      "heterogeneity": ["iid", "dirichlet:0.5"],           # see data.split_indices
-      "lr": [0.05],
-      "attack_params": {"optimal_alie": {"evals": 8}},     # optional, per attack
-      "base": {"workers": 15, "steps": 100, "seeds": 2}    # any other RobustnessConfig field
+        "rules": ["mean", "median", "flag"],  # rule specs (NAME or NAME[k=v,...])
+        "attacks": ["sign_flip", "optimal_alie", "fa_aware"],
+        "byzantine": [3],  # f values
+        "heterogeneity": ["iid", "dirichlet:0.5"],  # see data.split_indices
+        "lr": [0.05],
+        "attack_params": {"optimal_alie": {"evals": 8}},  # optional, per attack
+        "base": {"workers": 15, "steps": 100, "seeds": 2},  # any other RobustnessConfig field
     }
 
 ``run_grid`` returns the results dict; ``write_grid_outputs`` writes results.json (strict JSON:
 NaN/Inf become null) and the heat maps (rule x attack per setting, rule x heterogeneity per f).
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from . import data as _data
-from .harness import RobustnessConfig, check_attack_runs, parse_rule_spec, rule_params, run_robustness
+from .harness import (
+    RobustnessConfig,
+    check_attack_runs,
+    parse_rule_spec,
+    rule_params,
+    run_robustness,
+)
 
 GRID_SCHEMA = "flagcore.robustness_grid/1"
 # Fields of RobustnessConfig that the grid itself sweeps or sets (not allowed in "base").
@@ -69,19 +76,30 @@ class GridConfig:
                 raise ValueError(f"{fn}: {name} must not repeat values, got {v!r}")
         for h in self.heterogeneity:
             _data.parse_heterogeneity(h, fn)
-        if not isinstance(self.attack_params, dict) or not all(isinstance(v, dict) for v in self.attack_params.values()):
-            raise TypeError(f"{fn}: attack_params must map attack names to dicts, got {self.attack_params!r}")
+        if not isinstance(self.attack_params, dict) or not all(
+            isinstance(v, dict) for v in self.attack_params.values()
+        ):
+            raise TypeError(
+                f"{fn}: attack_params must map attack names to dicts, got {self.attack_params!r}"
+            )
         extra = set(self.attack_params) - set(self.attacks)
         if extra:
             raise ValueError(f"{fn}: attack_params names attacks not in the grid: {sorted(extra)}")
         if not isinstance(self.base, dict):
-            raise TypeError(f"{fn}: base must be a dict of RobustnessConfig options, got {self.base!r}")
+            raise TypeError(
+                f"{fn}: base must be a dict of RobustnessConfig options, got {self.base!r}"
+            )
         known = {f.name for f in fields(RobustnessConfig)}
         for k in self.base:
             if k in _SWEPT:
-                raise ValueError(f"{fn}: base must not set {k!r}: the grid sets it (use the grid's own list)")
+                raise ValueError(
+                    f"{fn}: base must not set {k!r}: the grid sets it (use the grid's own list)"
+                )
             if k not in known:
-                raise ValueError(f"{fn}: base has unknown option {k!r}; known: {', '.join(sorted(known - set(_SWEPT)))}")
+                raise ValueError(
+                    f"{fn}: base has unknown option {k!r}; "
+                    f"known: {', '.join(sorted(known - set(_SWEPT)))}"
+                )
         # Every combination must be a valid config, and every attack must run against every
         # rule with its parameters: check them all before any training.
         for f, h, lr, a in self.combinations():
@@ -95,18 +113,29 @@ class GridConfig:
     def config_for(self, f: int, heterogeneity: str, lr: float, attack: str) -> RobustnessConfig:
         kw = dict(self.base)
         kw.setdefault("flag_history", "none")  # per-step FA traces of a whole grid would be huge
-        return RobustnessConfig(rules=list(self.rules), attack=attack, byzantine=f, heterogeneity=heterogeneity,
-                                lr=lr, attack_params=dict(self.attack_params.get(attack, {})), **kw)
+        return RobustnessConfig(
+            rules=list(self.rules),
+            attack=attack,
+            byzantine=f,
+            heterogeneity=heterogeneity,
+            lr=lr,
+            attack_params=dict(self.attack_params.get(attack, {})),
+            **kw,
+        )
 
 
 def grid_from_dict(d: Any) -> GridConfig:
     """A GridConfig from a parsed JSON object (unknown keys are an error)."""
     if not isinstance(d, dict):
-        raise TypeError(f"robustness grid: the config must be a JSON object, got {type(d).__name__}")
+        raise TypeError(
+            f"robustness grid: the config must be a JSON object, got {type(d).__name__}"
+        )
     known = {f.name for f in fields(GridConfig)}
     bad = set(d) - known
     if bad:
-        raise ValueError(f"robustness grid: unknown key {sorted(bad)[0]!r}; known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"robustness grid: unknown key {sorted(bad)[0]!r}; known: {', '.join(sorted(known))}"
+        )
     missing = {"rules", "attacks"} - set(d)
     if missing:
         raise ValueError(f"robustness grid: the config needs {' and '.join(sorted(missing))}")
@@ -137,9 +166,19 @@ def quick_grid() -> GridConfig:
     return GridConfig(
         rules=["mean", "median", "trimmed_mean", "flag"],
         attacks=["sign_flip", "optimal_alie", "min_max", "fa_aware"],
-        byzantine=[1], heterogeneity=["iid", "dirichlet:0.5"], lr=[0.05],
-        base={"dataset": "blobs", "model": "mlp", "workers": 7, "steps": 8, "batch_size": 8, "seeds": 1,
-              "eval_every": 4})
+        byzantine=[1],
+        heterogeneity=["iid", "dirichlet:0.5"],
+        lr=[0.05],
+        base={
+            "dataset": "blobs",
+            "model": "mlp",
+            "workers": 7,
+            "steps": 8,
+            "batch_size": 8,
+            "seeds": 1,
+            "eval_every": 4,
+        },
+    )
 
 
 def make_quick(grid: GridConfig, steps: int = 30, seeds: int = 1) -> GridConfig:
@@ -147,7 +186,9 @@ def make_quick(grid: GridConfig, steps: int = 30, seeds: int = 1) -> GridConfig:
     g = copy.deepcopy(grid)
     g.base["steps"] = min(int(g.base.get("steps", RobustnessConfig.steps)), steps)
     g.base["seeds"] = min(int(g.base.get("seeds", RobustnessConfig.seeds)), seeds)
-    g.base["eval_every"] = min(int(g.base.get("eval_every", RobustnessConfig.eval_every)), g.base["steps"])
+    g.base["eval_every"] = min(
+        int(g.base.get("eval_every", RobustnessConfig.eval_every)), g.base["steps"]
+    )
     return g
 
 
@@ -168,13 +209,28 @@ def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict:
         meta = {"dataset": res["dataset"], "model": res["model"], "seeds": res["seeds"]}
         for lab in labels:
             e = res["rules"][lab]
-            cells.append({"rule": lab, "attack": att, "byzantine": f, "heterogeneity": het, "lr": lr,
-                          "accuracy_mean": e["final_accuracy_mean"], "accuracy_std": e["final_accuracy_std"],
-                          "accuracy": e["final_accuracy"], "final_loss": e["final_loss"],
-                          "agg_time_ms_mean": e["agg_time_ms_mean"]})
+            cells.append(
+                {
+                    "rule": lab,
+                    "attack": att,
+                    "byzantine": f,
+                    "heterogeneity": het,
+                    "lr": lr,
+                    "accuracy_mean": e["final_accuracy_mean"],
+                    "accuracy_std": e["final_accuracy_std"],
+                    "accuracy": e["final_accuracy"],
+                    "final_loss": e["final_loss"],
+                    "agg_time_ms_mean": e["agg_time_ms_mean"],
+                }
+            )
         if log is not None:
-            accs = ", ".join(f"{lab} {res['rules'][lab]['final_accuracy_mean']:.3f}" for lab in labels)
-            log(f"[{i + 1}/{len(combos)}] f={f} {het} lr={lr} {att}: {accs} ({time.perf_counter() - t1:.0f} s)")
+            accs = ", ".join(
+                f"{lab} {res['rules'][lab]['final_accuracy_mean']:.3f}" for lab in labels
+            )
+            log(
+                f"[{i + 1}/{len(combos)}] f={f} {het} lr={lr} {att}: {accs} "
+                f"({time.perf_counter() - t1:.0f} s)"
+            )
     return {
         "schema": GRID_SCHEMA,
         "grid": asdict(grid),
@@ -183,8 +239,12 @@ def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict:
         "cells": cells,
         "worst_case": worst_case(cells, labels, grid),
         "elapsed_s": time.perf_counter() - t0,
-        "environment": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                        "python": platform.python_version(), "machine": platform.machine()},
+        "environment": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
     }
 
 
@@ -197,7 +257,10 @@ def _nan_min(values: list) -> tuple:
 
 def worst_case(cells: list, labels: list, grid: GridConfig) -> list:
     """Per rule and (f, heterogeneity): max over lr of min over attacks of the mean accuracy."""
-    by = {(c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"] for c in cells}
+    by = {
+        (c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
+        for c in cells
+    }
     out = []
     for lab, f, het in itertools.product(labels, grid.byzantine, grid.heterogeneity):
         per_lr = {}
@@ -206,10 +269,20 @@ def worst_case(cells: list, labels: list, grid: GridConfig) -> list:
             per_lr[lr] = (acc, grid.attacks[j])
         best_lr = max(grid.lr, key=lambda lr: per_lr[lr][0])
         acc, att = per_lr[best_lr]
-        out.append({"rule": lab, "byzantine": f, "heterogeneity": het,
-                    "accuracy": acc if math.isfinite(acc) else None, "lr": best_lr, "worst_attack": att,
-                    "per_lr": [{"lr": lr, "accuracy": a if math.isfinite(a) else None, "worst_attack": w}
-                               for lr, (a, w) in per_lr.items()]})
+        out.append(
+            {
+                "rule": lab,
+                "byzantine": f,
+                "heterogeneity": het,
+                "accuracy": acc if math.isfinite(acc) else None,
+                "lr": best_lr,
+                "worst_attack": att,
+                "per_lr": [
+                    {"lr": lr, "accuracy": a if math.isfinite(a) else None, "worst_attack": w}
+                    for lr, (a, w) in per_lr.items()
+                ],
+            }
+        )
     return out
 
 
@@ -249,7 +322,10 @@ def write_grid_outputs(res: dict, out_dir: str, plots: bool = True, prefix: str 
     written = [path]
     if plots:
         if not have_matplotlib():
-            print("(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' for the heat maps)")
+            print(
+                "(matplotlib is not installed: wrote the JSON only; "
+                "pip install 'flagcore[cli]' for the heat maps)"
+            )
             return written
         from .plots import write_grid_heatmaps
 
@@ -260,7 +336,16 @@ def write_grid_outputs(res: dict, out_dir: str, plots: bool = True, prefix: str 
 def summary_rows(res: dict) -> list:
     rows = []
     for w in res["worst_case"]:
-        rows.append([w["rule"], w["byzantine"], w["heterogeneity"], w["accuracy"], w["lr"], w["worst_attack"]])
+        rows.append(
+            [
+                w["rule"],
+                w["byzantine"],
+                w["heterogeneity"],
+                w["accuracy"],
+                w["lr"],
+                w["worst_attack"],
+            ]
+        )
     return rows
 
 
@@ -269,7 +354,13 @@ def print_grid_summary(res: dict, title: str | None = None) -> None:
 
     if title is None:
         b = res["grid"]["base"]
-        title = (f"Worst-case accuracy over {len(res['grid']['attacks'])} attacks (best lr): "
-                 f"{res['dataset']['name']} / {res['model']['name']}, {b.get('workers', 15)} workers, "
-                 f"{b.get('steps', 200)} steps, {len(res['seeds'])} seed(s)")
-    print_table(title, ["rule", "f", "heterogeneity", "worst-case acc", "lr", "worst attack"], summary_rows(res))
+        title = (
+            f"Worst-case accuracy over {len(res['grid']['attacks'])} attacks (best lr): "
+            f"{res['dataset']['name']} / {res['model']['name']}, {b.get('workers', 15)} workers, "
+            f"{b.get('steps', 200)} steps, {len(res['seeds'])} seed(s)"
+        )
+    print_table(
+        title,
+        ["rule", "f", "heterogeneity", "worst-case acc", "lr", "worst attack"],
+        summary_rows(res),
+    )

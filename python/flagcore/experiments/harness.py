@@ -425,8 +425,9 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
     elif isinstance(model, nn.Module):
         net = copy.deepcopy(model)
         for mod in net.modules():
-            if hasattr(mod, "reset_parameters"):
-                mod.reset_parameters()
+            reset = getattr(mod, "reset_parameters", None)
+            if callable(reset):
+                reset()
     elif callable(model):
         net = model(task.input_shape, task.n_classes)
         if not isinstance(net, nn.Module):
@@ -459,7 +460,9 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
     weights_hist, ratios_hist = [], []
     agg_time = 0.0
     acc, loss = _evaluate(net, x_test, y_test)
-    steps_eval.append(0), acc_curve.append(acc), loss_curve.append(_finite_or_none(loss))
+    steps_eval.append(0)
+    acc_curve.append(acc)
+    loss_curve.append(_finite_or_none(loss))
     t_start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         if equal:
@@ -500,7 +503,9 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             acc, loss = _evaluate(net, x_test, y_test)
-            steps_eval.append(step), acc_curve.append(acc), loss_curve.append(_finite_or_none(loss))
+            steps_eval.append(step)
+            acc_curve.append(acc)
+            loss_curve.append(_finite_or_none(loss))
         if bar is not None:
             bar.update(1)
     wall = time.perf_counter() - t_start
