@@ -301,9 +301,9 @@ def test_cli_checks_the_output_path_before_the_work(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(harness, "_run_all", lambda *a, **k: ran.append(1))
     for argv in (["--quick"], ["--dataset", "blobs", "--steps", "1"]):
         rc = cli.main(["robustness", *argv, "--out", str(blocker), "--no-progress"])
-        assert rc == 2 and "exists and is not a folder" in capsys.readouterr().err
+        assert rc == 2 and "is an existing file, not a folder" in capsys.readouterr().err
     rc = cli.main(["robustness", "--quick", "--out", str(blocker / "sub"), "--no-progress"])
-    assert rc == 2 and "cannot write to --out" in capsys.readouterr().err
+    assert rc == 2 and "cannot be created" in capsys.readouterr().err
     assert ran == []
 
 

@@ -287,27 +287,17 @@ def worst_case(cells: list, labels: list, grid: GridConfig) -> list:
 
 
 def check_out_dir(out_dir: str, fn: str = "robustness") -> str:
-    """Create ``out_dir`` if needed and prove it writable, before any work (a bad path must not
-    lose a finished run)."""
-    if not isinstance(out_dir, str) or not out_dir:
-        raise ValueError(f"{fn}: --out must be a folder path, got {out_dir!r}")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"{fn}: --out {out_dir!r} exists and is not a folder")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".flagcore_write_test_{os.getpid()}")
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.remove(probe)
-    except OSError as exc:
-        raise ValueError(f"{fn}: cannot write to --out {out_dir!r}: {exc.strerror}") from exc
-    return out_dir
+    """Check, before any work, that ``out_dir`` is or can become a writable folder (a bad path
+    must not lose a finished run); flagcore._paths.check_output_dir, which creates nothing."""
+    from .._paths import check_output_dir
+
+    return check_output_dir(out_dir, fn, "--out")
 
 
 def have_matplotlib() -> bool:
-    import importlib.util
+    from .._paths import have_matplotlib as have
 
-    return importlib.util.find_spec("matplotlib") is not None
+    return have()
 
 
 def write_grid_outputs(res: dict, out_dir: str, plots: bool = True, prefix: str = "") -> list:
