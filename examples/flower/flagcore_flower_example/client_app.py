@@ -70,3 +70,28 @@ def make_client_app(overrides: dict | None = None, extra_mods: list | None = Non
 
 
 app = make_client_app()
+
+
+def hostile_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Demonstration of broken clients (``simulate.py --hostile``): on TRAIN messages partition 0
+    sends NaN in its first array, 1 leaves its first array out, 2 crashes (Flower turns the
+    exception into an error reply), 3 sends its first array as float64."""
+    import numpy as np
+    from flwr.app import Array
+
+    pid = int(context.node_config["partition-id"])
+    if msg.metadata.message_type != "train" or pid > 3:
+        return call_next(msg, context)
+    if pid == 2:
+        raise RuntimeError("hostile_mod: partition 2 crashed on purpose")
+    out = call_next(msg, context)
+    arrays = {k: a.numpy() for k, a in out.content["arrays"].items()}
+    first = next(iter(arrays))
+    if pid == 0:
+        arrays[first] = np.full_like(arrays[first], np.nan)
+    elif pid == 1:
+        del arrays[first]
+    else:
+        arrays[first] = arrays[first].astype(np.float64)
+    out.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return out

@@ -143,7 +143,7 @@ class RobustStrategy(FedAvg):
             try:
                 why, views = "", None
                 if msg.has_error():
-                    why = f"error reply ({msg.error.reason})"
+                    why = f"error reply ({_first_line(msg.error.reason)})"
                 else:
                     content = msg.content
                     if self.arrayrecord_key in content.array_records:
@@ -242,6 +242,12 @@ def _node_id(msg: Any, j: int) -> int:
         return int(msg.metadata.src_node_id)
     except Exception:  # e.g. a test double without metadata: its position names it
         return j
+
+
+def _first_line(text: Any, limit: int = 160) -> str:
+    """An error reason fit for one log line (a ClientApp exception arrives with its traceback)."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _weight(msg: Any, key: str) -> float | None:
