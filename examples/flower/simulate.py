@@ -30,8 +30,8 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--f", type=int, default=None, help="f given to the robust rules (default: --num-byzantine)")
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--local-epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=0.3)
+    ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--dataset", default="digits", choices=["digits", "blobs"])
     ap.add_argument("--model", default="mlp", choices=["mlp", "linear", "cnn"])
     ap.add_argument("--seed", type=int, default=0)
@@ -77,7 +77,9 @@ def main(argv: list | None = None) -> int:
                                        for k, v in m.items()} for r, m in res.train_metrics_clientapp.items()},
             "final-model-finite": finite,
         }
-    missing = [r for r in a.rules.split(",") if r.strip() and r.strip() not in results]
+    from flagcore.experiments import split_rule_list
+
+    missing = [r for r in split_rule_list(a.rules) if r not in results]
     text = json.dumps(out, indent=1, allow_nan=False)
     if a.out:
         Path(a.out).write_text(text)

@@ -2,8 +2,9 @@
 RobustStrategy), each trained from the same initial model, with a server-side evaluation of
 the global model on the held-out test set after every round.
 
-``rule`` may list several strategies separated by commas ("fedavg,flag,median"): they run one
-after the other in the same federation, which is how the table in docs/flower.md was made.
+``rule`` may list several strategies separated by commas ("fedavg,flag,centered_clipping[tau=1.0]"):
+they run one after the other in the same federation, which is how the table in docs/flower.md
+was made.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
+from flagcore.experiments import parse_rule_spec, split_rule_list
 from flagcore.flower import RobustStrategy
 from flagcore.rules import RULES
 
@@ -22,18 +24,21 @@ from .task import DEFAULTS, build_model, evaluate, test_data
 FLOWER_STRATEGIES = ("fedavg", "flower-krum", "flower-median")
 
 
-def make_strategy(rule: str, f: int, num_nodes: int) -> Any:
-    """Strategy by name: fedavg, flower-krum, flower-median, or a flagcore rule (given f)."""
+def make_strategy(spec: str, f: int, num_nodes: int) -> Any:
+    """Strategy by name: fedavg, flower-krum, flower-median, or a flagcore rule with optional
+    parameters, "centered_clipping[tau=1.0]" (the harness's rule-spec syntax); robust rules get f."""
     common = dict(fraction_evaluate=0.0, min_available_nodes=num_nodes, min_train_nodes=num_nodes)
-    if rule == "fedavg":
+    if spec == "fedavg":
         return FedAvg(**common)
-    if rule == "flower-krum":
+    if spec == "flower-krum":
         return Krum(num_malicious_nodes=f, **common)
-    if rule == "flower-median":
+    if spec == "flower-median":
         return FedMedian(**common)
-    if rule not in RULES:
-        raise ValueError(f"server_app: rule must be one of {', '.join(FLOWER_STRATEGIES + RULES)}, got {rule!r}")
-    return RobustStrategy(rule, **({} if rule == "mean" else {"f": f}), **common)
+    rs = parse_rule_spec(spec)
+    if rs.name not in RULES:
+        raise ValueError(f"server_app: rule must be one of {', '.join(FLOWER_STRATEGIES + RULES)}, got {spec!r}")
+    params = {**({} if rs.name == "mean" else {"f": f}), **rs.params}
+    return RobustStrategy(rs.name, **params, **common)
 
 
 def _wait_for_nodes(grid: Grid, timeout: float = 60.0) -> int:
@@ -69,7 +74,7 @@ def make_server_app(overrides: dict | None = None,
             loss, acc = evaluate(net, x_test, y_test)
             return MetricRecord({"test-loss": loss, "test-acc": acc})
 
-        for rule in [r.strip() for r in str(rc["rule"]).split(",") if r.strip()]:
+        for rule in split_rule_list(str(rc["rule"])):
             strategy = make_strategy(rule, int(rc["f"]), num_nodes)
             train_config = ConfigRecord({k[len("train-config-"):]: v for k, v in rc.items()
                                          if k.startswith("train-config-")})
