@@ -12,7 +12,7 @@ from flagcore.experiments.models import make_model
 
 # The [tool.flwr.app.config] defaults of pyproject.toml, for runs without a run config
 # (flwr.simulation.run_simulation); `flwr run` passes the pyproject values and -c overrides.
-DEFAULTS = {"num-server-rounds": 15, "rule": "flag", "f": 3, "num-byzantine": 3, "attack": "alie",
+DEFAULTS = {"num-server-rounds": 15, "rule": "flag[scale=median_norm]", "f": 3, "num-byzantine": 3, "attack": "alie",
             "dataset": "digits", "model": "mlp", "local-epochs": 2, "batch-size": 32, "lr": 0.3, "seed": 0}
 
 __all__ = ["DATA_ATTACKS", "DEFAULTS", "build_model", "client_data", "evaluate", "test_data", "train"]
