@@ -438,3 +438,29 @@ def test_attack_mod_arguments_are_checked():
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match="no 'partition-id'"):
         attack_mod("random", byzantine=[0])(_train_msg(model()), ctx, _honest_app(0.0)[0])
+
+
+# ---------------------------------------------------------------------------------------- against Flower's own rules
+def test_median_matches_flowers_fedmedian():
+    from flwr.serverapp.strategy import FedMedian
+
+    g = model(28)
+    ours, _ = strategy_with("median", g).aggregate_train(1, honest_replies(g, 8, seed=29))
+    theirs, _ = FedMedian().aggregate_train(1, honest_replies(g, 8, seed=29))
+    for k in g:  # median(x_i) = g + median(x_i - g) up to the float32 rounding of the subtraction
+        np.testing.assert_allclose(ours[k].numpy(), theirs[k].numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("f", [1, 2])
+def test_krum_picks_the_client_flowers_krum_picks(f):
+    from flwr.serverapp.strategy import Krum
+
+    g = model(30)
+    reps = honest_replies(g, 9, seed=31 + f)
+    ours, metrics = strategy_with("krum", g, f=f).aggregate_train(1, reps)
+    theirs, _ = Krum(num_malicious_nodes=f).aggregate_train(1, honest_replies(g, 9, seed=31 + f))
+    picked = metrics["agg-nodes"][int(np.argmax(metrics["agg-coefficients"]))]
+    chosen = next(m for m in reps if m.metadata.src_node_id == picked)
+    for k in g:
+        np.testing.assert_allclose(ours[k].numpy(), chosen.content["arrays"][k].numpy(), rtol=0, atol=1e-6)
+        assert np.array_equal(theirs[k].numpy(), chosen.content["arrays"][k].numpy())

@@ -79,14 +79,19 @@ def attack_mod(name: str, *, byzantine: Any = None, samples: int | None = None, 
         content = msg.content
         key = next(iter(content.array_records.keys()))
         global_arrays = content.array_records[key]
-        config = content.config_records.get("config")
+        config = content.config_records.get("config") or next(iter(content.config_records.values()), None)
+        if samples > 1 and config is None:
+            raise ValueError(f"{fn}: samples = {samples} needs a ConfigRecord in the TRAIN message to pass "
+                             f"{SAMPLE_KEY!r} to the ClientApp, got none")
         replies = []
-        for k in range(samples):
-            if samples > 1 and config is not None:
-                config[SAMPLE_KEY] = k
-            replies.append(call_next(msg, context))
-        if samples > 1 and config is not None:
-            del config[SAMPLE_KEY]
+        try:
+            for k in range(samples):
+                if samples > 1:
+                    config[SAMPLE_KEY] = k
+                replies.append(call_next(msg, context))
+        finally:
+            if samples > 1 and SAMPLE_KEY in config:
+                del config[SAMPLE_KEY]
         out = replies[0]
         if any(r.has_error() for r in replies):
             return out

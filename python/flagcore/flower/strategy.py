@@ -82,8 +82,9 @@ class RobustStrategy(FedAvg):
         self.rule = rule
         self.per_array = per_array
         self.weighted = weighted
-        self.f = int(self.rule_params.get("f") or 0)
-        self._rules = {self.f: make_rule(rule, _fn=fn, **self.rule_params)}  # validates the parameters now
+        built = make_rule(rule, _fn=fn, **self.rule_params)  # validates the parameters now
+        self.f = built.f
+        self._rules = {self.f: built}
         self.current_arrays: ArrayRecord | None = None
 
     # ------------------------------------------------------------------ Flower hooks
