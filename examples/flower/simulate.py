@@ -80,7 +80,7 @@ def main(argv: list | None = None) -> int:
     from flagcore.experiments import split_rule_list
 
     missing = [r for r in split_rule_list(a.rules) if r not in results]
-    text = json.dumps(out, indent=1, allow_nan=False)
+    text = json.dumps(out, separators=(",", ":"), allow_nan=False)
     if a.out:
         Path(a.out).write_text(text)
     print("rule".ljust(20), "final test accuracy")
