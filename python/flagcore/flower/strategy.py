@@ -43,7 +43,8 @@ class RobustStrategy(FedAvg):
     against f (the rule runs with f_eff = max(f - excluded, 0) on the rest, flagcore's own
     policy), and its node id is named in the round's MetricRecord and log line. A round whose
     valid replies do not meet the rule's precondition (e.g. Krum's p >= 2f + 3) keeps the
-    global model unchanged and logs why.
+    global model unchanged and logs why. (One rule object is kept per f_eff, so a stateful
+    rule such as ``centered_clipping(reference="previous")`` keeps one state per f_eff.)
 
     ``weighted``: only for rule "mean": weight each update by the reply's ``weighted_by_key``
     value ("num-examples"), which is Flower's FedAvg. Robust rules ignore num-examples: a
