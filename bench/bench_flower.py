@@ -13,6 +13,7 @@ g + flagcore.aggregate(stack) bitwise.
 
     python bench/bench_flower.py [--p 100] [--n 1000000] [--f 10] [--repeat 3] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover
 from flagcore.flower import RobustStrategy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import git_commit  # noqa: E402
+from _common import git_commit
 
 
 def shapes_for(n: int) -> dict:
@@ -56,18 +57,35 @@ def make_problem(p: int, n: int, seed: int) -> tuple:
     models = []
     for i in range(p):
         r = np.random.default_rng([seed, i])
-        models.append({k: v + np.float32(0.05 * (1 + i % 7)) * r.standard_normal(v.shape, dtype=np.float32)
-                       for k, v in g.items()})
+        models.append(
+            {
+                k: v + np.float32(0.05 * (1 + i % 7)) * r.standard_normal(v.shape, dtype=np.float32)
+                for k, v in g.items()
+            }
+        )
     return g, models
 
 
 def replies_of(models: list) -> list:
     out = []
     for i, m in enumerate(models):
-        md = Metadata(run_id=1, message_id="", src_node_id=1000 + i, dst_node_id=0, reply_to_message_id="",
-                      group_id="", created_at=0.0, ttl=600.0, message_type="train")
-        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in m.items()}),
-                              "metrics": MetricRecord({"num-examples": 10})})
+        md = Metadata(
+            run_id=1,
+            message_id="",
+            src_node_id=1000 + i,
+            dst_node_id=0,
+            reply_to_message_id="",
+            group_id="",
+            created_at=0.0,
+            ttl=600.0,
+            message_type="train",
+        )
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in m.items()}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        )
         out.append(Message(content, metadata=md))
     return out
 
@@ -77,13 +95,17 @@ def flat(arrays: ArrayRecord, keys) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--p", type=int, default=100, help="clients (replies)")
     ap.add_argument("--n", type=int, default=1_000_000, help="model parameters")
     ap.add_argument("--f", type=int, default=10, help="f for Krum")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "flower_aggregate.json"))
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "flower_aggregate.json")
+    )
     a = ap.parse_args()
     out_dir = os.path.dirname(os.path.abspath(a.out))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
@@ -105,7 +127,9 @@ def main() -> None:
         "flagcore flag": ours("flag"),
         "flagcore median": ours("median"),
         "flagcore krum": ours("krum", f=a.f),
-        "flower FedMedian": lambda: FedMedian().aggregate_train(1, replies_of(models))[0],  # it pops the arrays
+        "flower FedMedian": lambda: FedMedian().aggregate_train(1, replies_of(models))[
+            0
+        ],  # it pops the arrays
         "flower Krum": lambda: Krum(num_malicious_nodes=a.f).aggregate_train(1, reps)[0],
         "flower FedAvg": lambda: FedAvg().aggregate_train(1, reps)[0],
     }
@@ -113,7 +137,9 @@ def main() -> None:
     # ---------------------------------------------------------------- correctness
     res = {k: flat(fn(), keys) for k, fn in cands.items()}
     st = np.stack([np.concatenate([m[k].ravel() for k in keys]) for m in models]) - gflat
-    assert np.array_equal(res["flagcore flag"], gflat + flagcore.aggregate(st, "flag")), "flag != flagcore.aggregate"
+    assert np.array_equal(res["flagcore flag"], gflat + flagcore.aggregate(st, "flag")), (
+        "flag != flagcore.aggregate"
+    )
     med_err = float(np.max(np.abs(res["flagcore median"] - res["flower FedMedian"])))
     assert med_err <= 1e-5 * max(1.0, float(np.max(np.abs(res["flower FedMedian"])))), med_err
     flats = [np.concatenate([m[k].ravel() for k in keys]) for m in models]
@@ -123,8 +149,10 @@ def main() -> None:
     krum_err = float(np.max(np.abs(res["flagcore krum"] - res["flower Krum"])))
     assert krum_err <= 1e-5 * max(1.0, float(np.max(np.abs(res["flower Krum"])))), krum_err
     del res, st
-    print(f"correct: flag == g + flagcore.aggregate bitwise; |median - FedMedian| <= {med_err:.2e}; "
-          f"krum picks Flower's Krum client (|diff| <= {krum_err:.2e})")
+    print(
+        f"correct: flag == g + flagcore.aggregate bitwise; |median - FedMedian| <= {med_err:.2e}; "
+        f"krum picks Flower's Krum client (|diff| <= {krum_err:.2e})"
+    )
 
     # ---------------------------------------------------------------- timing (interleaved)
     # FedMedian consumes its replies: build them before each of its calls, outside the clock.
@@ -139,20 +167,51 @@ def main() -> None:
             t0 = time.perf_counter()
             call()
             best[k] = min(best[k], time.perf_counter() - t0)
-    rows = [{"strategy": k, "best_s": v, "vs_flower_fedmedian": best["flower FedMedian"] / v,
-             "vs_flower_krum": best["flower Krum"] / v} for k, v in best.items()]
-    print(f"\naggregate_train, p = {a.p} clients x n = {a.n} float32 parameters, best of {a.repeat} "
-          f"(threads: {flagcore.get_num_threads()})")
+    rows = [
+        {
+            "strategy": k,
+            "best_s": v,
+            "vs_flower_fedmedian": best["flower FedMedian"] / v,
+            "vs_flower_krum": best["flower Krum"] / v,
+        }
+        for k, v in best.items()
+    ]
+    print(
+        f"\naggregate_train, p = {a.p} clients x n = {a.n} float32 parameters, best of {a.repeat} "
+        f"(threads: {flagcore.get_num_threads()})"
+    )
     print(f"{'strategy':20s} {'best s':>8s} {'FedMedian / this':>17s} {'Krum / this':>12s}")
     for r in rows:
-        print(f"{r['strategy']:20s} {r['best_s']:8.3f} {r['vs_flower_fedmedian']:17.2f} {r['vs_flower_krum']:12.2f}")
-    doc = {"bench": "flower_aggregate", "p": a.p, "n": a.n, "f": a.f, "repeat": a.repeat, "dtype": "float32",
-           "rows": rows, "median_max_abs_diff": med_err, "krum_max_abs_diff": krum_err,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": flagcore.get_num_threads(),
-                       "note": "2 cores shared with other jobs: compare ratios, not absolute times"},
-           "versions": {"flagcore": flagcore.__version__, "numpy": np.__version__,
-                        "flwr": __import__("flwr").__version__ if hasattr(__import__("flwr"), "__version__") else "?"},
-           "commit": git_commit(), "command": " ".join(["python"] + sys.argv)}
+        print(
+            f"{r['strategy']:20s} {r['best_s']:8.3f} {r['vs_flower_fedmedian']:17.2f} "
+            f"{r['vs_flower_krum']:12.2f}"
+        )
+    doc = {
+        "bench": "flower_aggregate",
+        "p": a.p,
+        "n": a.n,
+        "f": a.f,
+        "repeat": a.repeat,
+        "dtype": "float32",
+        "rows": rows,
+        "median_max_abs_diff": med_err,
+        "krum_max_abs_diff": krum_err,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": flagcore.get_num_threads(),
+            "note": "2 cores shared with other jobs: compare ratios, not absolute times",
+        },
+        "versions": {
+            "flagcore": flagcore.__version__,
+            "numpy": np.__version__,
+            "flwr": __import__("flwr").__version__
+            if hasattr(__import__("flwr"), "__version__")
+            else "?",
+        },
+        "commit": git_commit(),
+        "command": " ".join(["python"] + sys.argv),
+    }
     with open(a.out, "w") as fh:
         json.dump(doc, fh, indent=1)
     print(f"\nwrote {a.out}")

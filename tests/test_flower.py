@@ -3,6 +3,7 @@
 Unit tests build real flwr Messages (real Array payloads, real Metadata); the federation tests
 in test_flower_simulation.py run Flower's simulation engine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,27 +19,54 @@ import flagcore
 
 flwr = pytest.importorskip("flwr", reason="flwr not installed (pip install 'flagcore[flower]')")
 
-from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType,  # noqa: E402
-                      Metadata, MetricRecord, RecordDict)
+from flwr.app import (  # noqa: E402
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp.exception import AggregationError  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
 from flagcore.flower import SAMPLE_KEY, RobustStrategy, attack_mod  # noqa: E402
 
 
-# ---------------------------------------------------------------------------------------- helpers
-def _md(node: int, mtype: str = MessageType.TRAIN, src: int | None = None, dst: int = 0) -> Metadata:
-    return Metadata(run_id=1, message_id="", src_node_id=node if src is None else src, dst_node_id=dst,
-                    reply_to_message_id="", group_id="", created_at=0.0, ttl=600.0, message_type=mtype)
+# ----------------------------------------------------------------------------------------- helpers
+def _md(
+    node: int, mtype: str = MessageType.TRAIN, src: int | None = None, dst: int = 0
+) -> Metadata:
+    return Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node if src is None else src,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="",
+        created_at=0.0,
+        ttl=600.0,
+        message_type=mtype,
+    )
 
 
 def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({k: (v if isinstance(v, Array) else Array(np.asarray(v))) for k, v in arrays.items()})
+    return ArrayRecord(
+        {k: (v if isinstance(v, Array) else Array(np.asarray(v))) for k, v in arrays.items()}
+    )
 
 
 def reply(node: int, arrays: dict, num_examples: float = 10, **metrics) -> Message:
-    content = RecordDict({"arrays": _record(arrays),
-                          "metrics": MetricRecord({"num-examples": num_examples, **metrics})})
+    content = RecordDict(
+        {
+            "arrays": _record(arrays),
+            "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
+        }
+    )
     return Message(content, metadata=_md(node))
 
 
@@ -48,22 +76,33 @@ def error_reply(node: int, reason: str = "client crashed") -> Message:
 
 def model(seed: int = 0, dtype=np.float32) -> dict:
     rng = np.random.default_rng(seed)
-    return {"fc.weight": rng.standard_normal((5, 7)).astype(dtype), "fc.bias": rng.standard_normal(5).astype(dtype),
-            "out.weight": rng.standard_normal((3, 5)).astype(dtype)}
+    return {
+        "fc.weight": rng.standard_normal((5, 7)).astype(dtype),
+        "fc.bias": rng.standard_normal(5).astype(dtype),
+        "out.weight": rng.standard_normal((3, 5)).astype(dtype),
+    }
 
 
 def honest_replies(g: dict, p: int, seed: int = 1, first_node: int = 100) -> list:
     rng = np.random.default_rng(seed)
-    return [reply(first_node + i, {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in g.items()},
-                  num_examples=int(rng.integers(5, 50)), loss=float(i))
-            for i in range(p)]
+    return [
+        reply(
+            first_node + i,
+            {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in g.items()},
+            num_examples=int(rng.integers(5, 50)),
+            loss=float(i),
+        )
+        for i in range(p)
+    ]
 
 
 def stack_of(g: dict, replies: list) -> np.ndarray:
     """The reference (p, n) update stack: rows in ascending node id, arrays in the global order."""
     rows = sorted(replies, key=lambda m: m.metadata.src_node_id)
     gflat = np.concatenate([v.ravel() for v in g.values()]).astype(np.float32)
-    st = np.stack([np.concatenate([m.content["arrays"][k].numpy().ravel() for k in g]) for m in rows])
+    st = np.stack(
+        [np.concatenate([m.content["arrays"][k].numpy().ravel() for k in g]) for m in rows]
+    )
     return st.astype(np.float32) - gflat, gflat
 
 
@@ -77,17 +116,29 @@ def flat(arrays: ArrayRecord, keys) -> np.ndarray:
     return np.concatenate([arrays[k].numpy().ravel() for k in keys])
 
 
-# ---------------------------------------------------------------------------------------- import
+# ------------------------------------------------------------------------------------------ import
 def test_import_flagcore_does_not_import_flwr():
-    code = "import sys, flagcore, flagcore.rules, flagcore.attacks; sys.exit(1 if 'flwr' in sys.modules else 0)"
+    code = (
+        "import sys, flagcore, flagcore.rules, flagcore.attacks; "
+        "sys.exit(1 if 'flwr' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-# ---------------------------------------------------------------------------------------- bitwise
-@pytest.mark.parametrize("rule,params", [
-    ("flag", {}), ("flag", {"f": 2, "r": 3}), ("median", {}), ("multi_krum", {"f": 2}),
-    ("centered_clipping", {"tau": 0.5}), ("mean", {}), ("krum", {"f": 1}), ("trimmed_mean", {"f": 2}),
-])
+# ----------------------------------------------------------------------------------------- bitwise
+@pytest.mark.parametrize(
+    "rule,params",
+    [
+        ("flag", {}),
+        ("flag", {"f": 2, "r": 3}),
+        ("median", {}),
+        ("multi_krum", {"f": 2}),
+        ("centered_clipping", {"tau": 0.5}),
+        ("mean", {}),
+        ("krum", {"f": 1}),
+        ("trimmed_mean", {"f": 2}),
+    ],
+)
 def test_aggregate_equals_flagcore_aggregate_bitwise(rule, params):
     g = model()
     reps = honest_replies(g, 9)
@@ -120,12 +171,26 @@ def test_per_array_aggregates_each_array_on_its_own(rule, params):
 def test_float64_and_integer_arrays_keep_their_dtype():
     rng = np.random.default_rng(5)
     g = {"w": rng.standard_normal((4, 3)), "count": np.array(7, dtype=np.int64)}
-    reps = [reply(i, {"w": g["w"] + rng.standard_normal((4, 3)), "count": np.array(8 + i % 2, dtype=np.int64)})
-            for i in range(5)]
+    reps = [
+        reply(
+            i,
+            {
+                "w": g["w"] + rng.standard_normal((4, 3)),
+                "count": np.array(8 + i % 2, dtype=np.int64),
+            },
+        )
+        for i in range(5)
+    ]
     arrays, _ = strategy_with("median", g).aggregate_train(1, reps)
     assert arrays["w"].numpy().dtype == np.float64 and arrays["count"].numpy().dtype == np.int64
-    st = np.stack([np.concatenate([m.content["arrays"]["w"].numpy().ravel(), [m.content["arrays"]["count"].numpy()]])
-                   for m in reps]) - np.concatenate([g["w"].ravel(), [7.0]])
+    st = np.stack(
+        [
+            np.concatenate(
+                [m.content["arrays"]["w"].numpy().ravel(), [m.content["arrays"]["count"].numpy()]]
+            )
+            for m in reps
+        ]
+    ) - np.concatenate([g["w"].ravel(), [7.0]])
     exp = np.concatenate([g["w"].ravel(), [7.0]]) + flagcore.aggregate(st, "median")
     assert np.array_equal(arrays["w"].numpy().ravel(), exp[:-1])
     assert int(arrays["count"].numpy()) == 8  # median of 8, 9, 8, 9, 8
@@ -151,7 +216,7 @@ def test_coefficients_reported_for_weighted_sum_rules():
     assert metrics["agg-coefficients"] == [float(v) for v in info.coefficients]
 
 
-# ---------------------------------------------------------------------------------------- hostile
+# ----------------------------------------------------------------------------------------- hostile
 def _hostile(g: dict) -> list:
     """(node id, reply, reason fragment) for every way a reply can be broken."""
     bad = []
@@ -170,19 +235,41 @@ def _hostile(g: dict) -> list:
     inf = g["fc.bias"].copy()
     inf[0] = -np.inf
     bad.append((900, mutate(900, **{"fc.bias": None}), "missing array 'fc.bias'"))
-    bad.append((901, mutate(901, **{"fc.weight": g["fc.weight"].T.copy()}), "shape (7, 5), expected (5, 7)"))
-    bad.append((902, mutate(902, **{"fc.weight": g["fc.weight"].astype(np.float64)}), "dtype float64, expected float32"))
+    bad.append(
+        (
+            901,
+            mutate(901, **{"fc.weight": g["fc.weight"].T.copy()}),
+            "shape (7, 5), expected (5, 7)",
+        )
+    )
+    bad.append(
+        (
+            902,
+            mutate(902, **{"fc.weight": g["fc.weight"].astype(np.float64)}),
+            "dtype float64, expected float32",
+        )
+    )
     bad.append((903, mutate(903, extra=np.zeros(2, np.float32)), "unexpected array 'extra'"))
     bad.append((904, error_reply(904, "out of memory"), "error reply (out of memory)"))
     forged = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=b"\x93NUMPY garbage")
     bad.append((905, mutate(905, **{"fc.bias": forged}), "malformed .npy payload"))
     short = Array(np.zeros(4, np.float32))
     lying = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=short.data)
-    bad.append((906, mutate(906, **{"fc.bias": lying}), "payload header says float32(4,), expected float32(5,)"))
+    bad.append(
+        (
+            906,
+            mutate(906, **{"fc.bias": lying}),
+            "payload header says float32(4,), expected float32(5,)",
+        )
+    )
     other = Array(dtype="float32", shape=(5,), stype="torch.Tensor", data=b"")
     bad.append((907, mutate(907, **{"fc.bias": other}), "serialization type 'torch.Tensor'"))
-    two = Message(RecordDict({"a": _record(g), "b": _record(g), "metrics": MetricRecord({"num-examples": 1})}),
-                  metadata=_md(908))
+    two = Message(
+        RecordDict(
+            {"a": _record(g), "b": _record(g), "metrics": MetricRecord({"num-examples": 1})}
+        ),
+        metadata=_md(908),
+    )
     bad.append((908, two, "2 ArrayRecords and none named 'arrays'"))
     bad.append((909, mutate(909, **{"fc.weight": nan}), "non-finite values"))
     bad.append((910, mutate(910, **{"fc.bias": inf}), "non-finite values"))
@@ -231,7 +318,9 @@ def test_hostile_count_against_f_keeps_krum_running():
 def test_round_with_too_few_valid_replies_is_skipped(caplog):
     g = model(15)
     s = strategy_with("krum", g, f=2)
-    reps = honest_replies(g, 5, seed=16) + [error_reply(77)]  # 5 valid, f_eff = 1: krum needs 5 >= 5: runs
+    reps = honest_replies(g, 5, seed=16) + [
+        error_reply(77)
+    ]  # 5 valid, f_eff = 1: krum needs 5 >= 5: runs
     assert s.aggregate_train(1, reps)[0] is not None
     reps = honest_replies(g, 4, seed=16) + [error_reply(77)]  # 4 valid, f_eff = 1: needs p >= 5
     with caplog.at_level(logging.INFO, logger="flwr"):
@@ -243,7 +332,10 @@ def test_round_with_too_few_valid_replies_is_skipped(caplog):
     with caplog.at_level(logging.INFO, logger="flwr"):
         arrays, metrics = s.aggregate_train(3, [error_reply(1), error_reply(2)])
     assert arrays is None and metrics["agg-excluded"] == 2
-    assert any("round 3 skipped" in r.getMessage() and "no valid reply" in r.getMessage() for r in caplog.records)
+    assert any(
+        "round 3 skipped" in r.getMessage() and "no valid reply" in r.getMessage()
+        for r in caplog.records
+    )
     assert s.aggregate_train(4, [])[0] is None
 
 
@@ -260,7 +352,7 @@ def test_aggregate_train_needs_the_round_global_model():
         RobustStrategy("median").aggregate_train(1, honest_replies(model(), 3))
 
 
-# ---------------------------------------------------------------------------------------- weighting
+# --------------------------------------------------------------------------------------- weighting
 def test_weighted_mean_is_fedavg():
     g = model(18)
     reps = honest_replies(g, 6, seed=19)
@@ -275,7 +367,7 @@ def test_weighted_mean_excludes_replies_without_a_usable_weight():
     g = model(20)
     reps = honest_replies(g, 4, seed=21)
     reps.append(reply(555, {k: v + 1 for k, v in g.items()}, num_examples=-3))
-    arrays, metrics = strategy_with("mean", g, weighted=True).aggregate_train(1, reps)
+    _, metrics = strategy_with("mean", g, weighted=True).aggregate_train(1, reps)
     assert metrics["agg-excluded-nodes"] == [555]
 
 
@@ -286,17 +378,17 @@ def test_robust_rules_ignore_num_examples(rule):
     a, _ = strategy_with(rule, g, **params).aggregate_train(1, honest_replies(g, 7, seed=23))
     reps = honest_replies(g, 7, seed=23)
     for m in reps:  # a Byzantine client could claim any count
-        m.content["metrics"]["num-examples"] = 10 ** 9 if m.metadata.src_node_id == 100 else 1
+        m.content["metrics"]["num-examples"] = 10**9 if m.metadata.src_node_id == 100 else 1
     b, _ = strategy_with(rule, g, **params).aggregate_train(1, reps)
     assert np.array_equal(flat(a, g), flat(b, g))
 
 
 def test_weighted_only_for_mean():
-    with pytest.raises(ValueError, match="weighted=True .* only for rule 'mean', got rule 'flag'"):
+    with pytest.raises(ValueError, match=r"weighted=True .* only for rule 'mean', got rule 'flag'"):
         RobustStrategy("flag", weighted=True)
 
 
-# ---------------------------------------------------------------------------------------- construction
+# ------------------------------------------------------------------------------------ construction
 def test_parameters_are_routed_and_checked():
     s = RobustStrategy("flag", f=2, r=3, fraction_train=0.5, min_available_nodes=4)
     assert s.fraction_train == 0.5 and s.min_available_nodes == 4
@@ -311,7 +403,7 @@ def test_parameters_are_routed_and_checked():
         RobustStrategy("median", per_array=1)
 
 
-# ---------------------------------------------------------------------------------------- Flower's side untouched
+# ------------------------------------------------------------------------- Flower's side untouched
 @pytest.fixture
 def task_identity():
     """What a running ServerApp has: Message() reads the run and node id of its process."""
@@ -344,10 +436,23 @@ def test_configure_and_evaluate_are_fedavgs(fraction, task_identity):
         for x, y in zip(a, b):
             assert x.metadata.message_type == y.metadata.message_type
             assert x.content["arrays"].object_id == y.content["arrays"].object_id
-            assert dict(x.content["config"]) == dict(y.content["config"]) == {"lr": 0.1, "server-round": 3}
-    ev = [Message(RecordDict({"metrics": MetricRecord({"num-examples": n, "acc": a})}), metadata=_md(i, MessageType.EVALUATE))
-          for i, (n, a) in enumerate([(10, 0.5), (30, 0.9)])]
-    assert dict(ours.aggregate_evaluate(1, ev)) == dict(ref.aggregate_evaluate(1, ev)) == {"acc": pytest.approx(0.8)}
+            assert (
+                dict(x.content["config"])
+                == dict(y.content["config"])
+                == {"lr": 0.1, "server-round": 3}
+            )
+    ev = [
+        Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": n, "acc": a})}),
+            metadata=_md(i, MessageType.EVALUATE),
+        )
+        for i, (n, a) in enumerate([(10, 0.5), (30, 0.9)])
+    ]
+    assert (
+        dict(ours.aggregate_evaluate(1, ev))
+        == dict(ref.aggregate_evaluate(1, ev))
+        == {"acc": pytest.approx(0.8)}
+    )
 
 
 def test_fraction_train_zero_configures_nothing(task_identity):
@@ -355,10 +460,15 @@ def test_fraction_train_zero_configures_nothing(task_identity):
     assert list(s.configure_train(1, _record(model()), ConfigRecord(), _grid())) == []
 
 
-# ---------------------------------------------------------------------------------------- attack_mod
+# -------------------------------------------------------------------------------------- attack_mod
 def _context(partition: int) -> Context:
-    return Context(run_id=1, node_id=1000 + partition, node_config={"partition-id": partition, "num-partitions": 10},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=1000 + partition,
+        node_config={"partition-id": partition, "num-partitions": 10},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def _train_msg(g: dict, node: int = 1000, rnd: int = 4) -> Message:
@@ -374,9 +484,14 @@ def _honest_app(delta: float):
         k = msg.content["config"].get(SAMPLE_KEY)
         calls.append(k)
         shift = delta + (0.0 if k is None else 0.01 * k)
-        arrays = {key: a.numpy() + np.asarray(shift, a.numpy().dtype) for key, a in msg.content["arrays"].items()}
-        return Message(RecordDict({"arrays": _record(arrays), "metrics": MetricRecord({"num-examples": 12})}),
-                       metadata=_md(msg.metadata.dst_node_id))
+        arrays = {
+            key: a.numpy() + np.asarray(shift, a.numpy().dtype)
+            for key, a in msg.content["arrays"].items()
+        }
+        return Message(
+            RecordDict({"arrays": _record(arrays), "metrics": MetricRecord({"num-examples": 12})}),
+            metadata=_md(msg.metadata.dst_node_id),
+        )
 
     return app, calls
 
@@ -391,9 +506,14 @@ def test_attack_mod_sign_flip_and_passthrough():
         assert out.content["arrays"][k].numpy().dtype == v.dtype
     assert out.content["metrics"]["num-examples"] == 12 and calls == [None]
     honest = mod(_train_msg(g), _context(5), app)  # not Byzantine
-    np.testing.assert_allclose(flat(honest.content["arrays"], g), np.concatenate([v.ravel() for v in g.values()]) + 0.5,
-                               atol=1e-6)
-    ev = Message(RecordDict({"arrays": _record(g)}), metadata=_md(0, MessageType.EVALUATE, src=0, dst=1000))
+    np.testing.assert_allclose(
+        flat(honest.content["arrays"], g),
+        np.concatenate([v.ravel() for v in g.values()]) + 0.5,
+        atol=1e-6,
+    )
+    ev = Message(
+        RecordDict({"arrays": _record(g)}), metadata=_md(0, MessageType.EVALUATE, src=0, dst=1000)
+    )
     assert mod(ev, _context(0), lambda m, c: "passed through") == "passed through"
 
 
@@ -440,7 +560,7 @@ def test_attack_mod_arguments_are_checked():
         attack_mod("random", byzantine=[0])(_train_msg(model()), ctx, _honest_app(0.0)[0])
 
 
-# ---------------------------------------------------------------------------------------- against Flower's own rules
+# ---------------------------------------------------------------------- against Flower's own rules
 def test_median_matches_flowers_fedmedian():
     from flwr.serverapp.strategy import FedMedian
 
@@ -462,5 +582,7 @@ def test_krum_picks_the_client_flowers_krum_picks(f):
     picked = metrics["agg-nodes"][int(np.argmax(metrics["agg-coefficients"]))]
     chosen = next(m for m in reps if m.metadata.src_node_id == picked)
     for k in g:
-        np.testing.assert_allclose(ours[k].numpy(), chosen.content["arrays"][k].numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            ours[k].numpy(), chosen.content["arrays"][k].numpy(), rtol=0, atol=1e-6
+        )
         assert np.array_equal(theirs[k].numpy(), chosen.content["arrays"][k].numpy())

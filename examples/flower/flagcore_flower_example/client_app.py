@@ -3,6 +3,7 @@
 Gradient attacks come from ``flagcore.flower.attack_mod`` (a client mod: the training code below
 knows nothing about them); data attacks (label_flip, distorted, ...) poison the shard itself.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,8 +42,14 @@ def make_client_app(overrides: dict | None = None, extra_mods: list | None = Non
     def setup(context: Context) -> tuple:
         rc, nc = cfg(context), context.node_config
         dataset, seed = str(rc["dataset"]), int(rc["seed"])
-        x, y = client_data(dataset, seed, int(nc["partition-id"]), int(nc["num-partitions"]),
-                           str(rc["attack"]), int(rc["num-byzantine"]))
+        x, y = client_data(
+            dataset,
+            seed,
+            int(nc["partition-id"]),
+            int(nc["num-partitions"]),
+            str(rc["attack"]),
+            int(rc["num-byzantine"]),
+        )
         return rc, build_model(dataset, str(rc["model"]), seed), x, y
 
     @app.train()
@@ -51,11 +58,27 @@ def make_client_app(overrides: dict | None = None, extra_mods: list | None = Non
         net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         conf = msg.content["config"]
         sample = conf.get(SAMPLE_KEY)
-        seed = int(rc["seed"]) * 7919 + int(conf["server-round"]) * 131 + int(context.node_config["partition-id"])
-        loss = train(net, x, y, epochs=int(rc["local-epochs"]), batch_size=int(rc["batch-size"]),
-                     lr=float(rc["lr"]), seed=seed, bootstrap=None if sample is None else int(sample))
-        content = RecordDict({"arrays": ArrayRecord(net.state_dict()),
-                              "metrics": MetricRecord({"train-loss": loss, "num-examples": len(y)})})
+        seed = (
+            int(rc["seed"]) * 7919
+            + int(conf["server-round"]) * 131
+            + int(context.node_config["partition-id"])
+        )
+        loss = train(
+            net,
+            x,
+            y,
+            epochs=int(rc["local-epochs"]),
+            batch_size=int(rc["batch-size"]),
+            lr=float(rc["lr"]),
+            seed=seed,
+            bootstrap=None if sample is None else int(sample),
+        )
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(net.state_dict()),
+                "metrics": MetricRecord({"train-loss": loss, "num-examples": len(y)}),
+            }
+        )
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

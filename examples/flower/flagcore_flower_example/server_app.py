@@ -6,6 +6,7 @@ the global model on the held-out test set after every round.
 they run one after the other in the same federation, which is how the table in docs/flower.md
 was made.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,7 +27,8 @@ FLOWER_STRATEGIES = ("fedavg", "flower-krum", "flower-median")
 
 def make_strategy(spec: str, f: int, num_nodes: int) -> Any:
     """Strategy by name: fedavg, flower-krum, flower-median, or a flagcore rule with optional
-    parameters, "centered_clipping[tau=1.0]" (the harness's rule-spec syntax); robust rules get f."""
+    parameters, "centered_clipping[tau=1.0]" (the harness's rule-spec syntax); robust rules get
+    f."""
     common = dict(fraction_evaluate=0.0, min_available_nodes=num_nodes, min_train_nodes=num_nodes)
     if spec == "fedavg":
         return FedAvg(**common)
@@ -36,13 +38,16 @@ def make_strategy(spec: str, f: int, num_nodes: int) -> Any:
         return FedMedian(**common)
     rs = parse_rule_spec(spec)
     if rs.name not in RULES:
-        raise ValueError(f"server_app: rule must be one of {', '.join(FLOWER_STRATEGIES + RULES)}, got {spec!r}")
+        raise ValueError(
+            f"server_app: rule must be one of {', '.join(FLOWER_STRATEGIES + RULES)}, got {spec!r}"
+        )
     params = {**({} if rs.name == "mean" else {"f": f}), **rs.params}
     return RobustStrategy(rs.name, **params, **common)
 
 
 def _wait_for_nodes(grid: Grid, timeout: float = 60.0) -> int:
-    """Number of connected nodes once it has stopped growing (simulation nodes register at start)."""
+    """Number of connected nodes once it has stopped growing (simulation nodes register at
+    start)."""
     n, stable, t0 = 0, 0, time.time()
     while time.time() - t0 < timeout and stable < 3:
         m = len(list(grid.get_node_ids()))
@@ -52,8 +57,9 @@ def _wait_for_nodes(grid: Grid, timeout: float = 60.0) -> int:
     return n
 
 
-def make_server_app(overrides: dict | None = None,
-                    on_result: Callable[[str, Any], None] | None = None) -> ServerApp:
+def make_server_app(
+    overrides: dict | None = None, on_result: Callable[[str, Any], None] | None = None
+) -> ServerApp:
     """The ServerApp; ``overrides`` take precedence over the run config; ``on_result(rule,
     result)`` receives each strategy's flwr Result (the ServerApp runs in the caller's process
     under run_simulation)."""
@@ -76,13 +82,27 @@ def make_server_app(overrides: dict | None = None,
 
         for rule in split_rule_list(str(rc["rule"])):
             strategy = make_strategy(rule, int(rc["f"]), num_nodes)
-            train_config = ConfigRecord({k[len("train-config-"):]: v for k, v in rc.items()
-                                         if k.startswith("train-config-")})
-            result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=int(rc["num-server-rounds"]),
-                                    train_config=train_config, evaluate_fn=central_eval)
+            train_config = ConfigRecord(
+                {
+                    k[len("train-config-") :]: v
+                    for k, v in rc.items()
+                    if k.startswith("train-config-")
+                }
+            )
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=int(rc["num-server-rounds"]),
+                train_config=train_config,
+                evaluate_fn=central_eval,
+            )
             final = result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]
-            print(f"flagcore-flower-example: rule={rule} attack={rc['attack']} byzantine={rc['num-byzantine']}"
-                  f"/{num_nodes} final test-acc={final['test-acc']:.4f}", flush=True)
+            print(
+                f"flagcore-flower-example: rule={rule} attack={rc['attack']} "
+                f"byzantine={rc['num-byzantine']}/{num_nodes} "
+                f"final test-acc={final['test-acc']:.4f}",
+                flush=True,
+            )
             if on_result is not None:
                 on_result(rule, result)
 

@@ -11,14 +11,17 @@ of ``flagcore.aggregate``; ``attack_mod`` is a client ``Mod`` running a ``flagco
 attack. Needs ``pip install 'flagcore[flower]'`` (flwr, pinned to the tested release).
 ``import flagcore`` never imports this module or flwr.
 """
+
 from __future__ import annotations
 
 try:
     import flwr  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without flwr
-    raise ImportError("flagcore.flower needs Flower: pip install 'flagcore[flower]' (flwr==1.42.0)") from exc
+    raise ImportError(
+        "flagcore.flower needs Flower: pip install 'flagcore[flower]' (flwr==1.42.0)"
+    ) from exc
 
 from .mods import SAMPLE_KEY, attack_mod
 from .strategy import RobustStrategy
 
-__all__ = ["RobustStrategy", "SAMPLE_KEY", "attack_mod"]
+__all__ = ["SAMPLE_KEY", "RobustStrategy", "attack_mod"]

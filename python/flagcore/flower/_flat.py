@@ -1,17 +1,20 @@
 """One (p, n) stack from Flower ArrayRecords, without intermediate copies.
 
-A Flower ``Array`` holds its values as the bytes of an ``.npy`` file (``np.save``). ``Array.numpy()``
+A Flower ``Array`` holds its values as the bytes of an ``.npy`` file (``np.save``).
+``Array.numpy()``
 decodes them into a fresh array; here the header is parsed once per array and the payload is
 read as a zero-copy ``np.frombuffer`` view, then copied straight into its slot of the stack.
 So the only copy of the clients' models the server makes is the stack itself.
 
 Nothing here imports flwr: an Array is used through its four fields (dtype, shape, stype, data).
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -37,7 +40,7 @@ class Layout:
     dtype: np.dtype
 
     @classmethod
-    def of(cls, global_arrays: Mapping[str, Any], fn: str) -> "Layout":
+    def of(cls, global_arrays: Mapping[str, Any], fn: str) -> Layout:
         keys, shapes, dtypes, sizes, offsets = [], [], [], [], []
         off = 0
         for key, arr in global_arrays.items():
@@ -55,8 +58,15 @@ class Layout:
         if not keys:
             raise ValueError(f"{fn}: the global ArrayRecord holds no arrays")
         small = all(d.kind == "f" and d.itemsize <= 4 for d in dtypes)
-        return cls(tuple(keys), tuple(shapes), tuple(dtypes), tuple(sizes), tuple(offsets), off,
-                   np.dtype(np.float32 if small else np.float64))
+        return cls(
+            tuple(keys),
+            tuple(shapes),
+            tuple(dtypes),
+            tuple(sizes),
+            tuple(offsets),
+            off,
+            np.dtype(np.float32 if small else np.float64),
+        )
 
     # ------------------------------------------------------------------ slots
     def new_buffer(self, p: int) -> np.ndarray:
@@ -70,22 +80,25 @@ class Layout:
     def block(self, buf: np.ndarray, p: int, k: int) -> np.ndarray:
         """Per-array layout: array k of every model is one contiguous (p, size_k) block."""
         o, s = self.offsets[k], self.sizes[k]
-        return buf[p * o: p * (o + s)].reshape(p, s)
+        return buf[p * o : p * (o + s)].reshape(p, s)
 
     def flat_global(self, global_arrays: Mapping[str, Any]) -> np.ndarray:
         """The global model as one (n,) vector in the stack's dtype."""
         out = np.empty(self.n, dtype=self.dtype)
         for k, key in enumerate(self.keys):
             o, s = self.offsets[k], self.sizes[k]
-            np.copyto(out[o: o + s].reshape(self.shapes[k]), global_arrays[key].numpy(), casting="unsafe")
+            np.copyto(
+                out[o : o + s].reshape(self.shapes[k]), global_arrays[key].numpy(), casting="unsafe"
+            )
         return out
 
     def unflatten(self, vec: np.ndarray) -> list:
-        """Per key, an array of the global dtype and shape from an (n,) vector (integers rounded)."""
+        """Per key, an array of the global dtype and shape from an (n,) vector (integers
+        rounded)."""
         out = []
         for k in range(len(self.keys)):
             o, s = self.offsets[k], self.sizes[k]
-            v = vec[o: o + s]
+            v = vec[o : o + s]
             if self.dtypes[k].kind in "iu":
                 v = np.rint(v)
             out.append(v.astype(self.dtypes[k]).reshape(self.shapes[k]))
@@ -103,7 +116,9 @@ class Layout:
         got = set(arrays.keys())
         missing = [k for k in self.keys if k not in got]
         if missing:
-            return None, f"missing array {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+            return None, f"missing array {missing[0]!r}" + (
+                f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+            )
         extra = sorted(got - set(self.keys))
         if extra:
             return None, f"unexpected array {extra[0]!r}"
@@ -119,7 +134,11 @@ class Layout:
         """Copy one reply's views into row i of the buffer (casting to the stack's dtype)."""
         whole = None if per_array else self.whole(buf, p)
         for k, (view, fortran) in enumerate(views):
-            dst = self.block(buf, p, k)[i] if per_array else whole[i, self.offsets[k]: self.offsets[k] + self.sizes[k]]
+            dst = (
+                self.block(buf, p, k)[i]
+                if per_array
+                else cast(np.ndarray, whole)[i, self.offsets[k] : self.offsets[k] + self.sizes[k]]
+            )
             src = view.reshape(self.shapes[k], order="F" if fortran else "C")
             np.copyto(dst.reshape(self.shapes[k]), src, casting="unsafe")
 
@@ -131,7 +150,7 @@ class Layout:
             return
         for k in range(len(self.keys)):
             b = self.block(buf, p, k)
-            np.subtract(b, g[self.offsets[k]: self.offsets[k] + self.sizes[k]], out=b)
+            np.subtract(b, g[self.offsets[k] : self.offsets[k] + self.sizes[k]], out=b)
 
 
 def _payload(arr: Any, shape: tuple, dtype: np.dtype) -> tuple:
@@ -167,4 +186,7 @@ def _payload(arr: Any, shape: tuple, dtype: np.dtype) -> tuple:
     offset = fh.tell()
     if len(data) - offset != size * hdtype.itemsize:
         return None, f"payload holds {len(data) - offset} bytes, expected {size * hdtype.itemsize}"
-    return (np.frombuffer(data, dtype=hdtype, count=size, offset=offset), bool(fortran) and len(shape) > 1), ""
+    return (
+        np.frombuffer(data, dtype=hdtype, count=size, offset=offset),
+        bool(fortran) and len(shape) > 1,
+    ), ""

@@ -8,11 +8,12 @@ sends global + attack as the node's model. Metrics and num-examples of the hones
 kept, so the attacker looks like any other client. Other messages and honest nodes pass
 through untouched.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from logging import DEBUG
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
@@ -29,9 +30,16 @@ SAMPLE_KEY = "flagcore-sample"
 _DEFAULT_SAMPLES = {"alie": 3}
 
 
-def attack_mod(name: str, *, byzantine: Any = None, samples: int | None = None, seed: int = 0,
-               num_nodes: int | None = None, num_byzantine: int | None = None,
-               **params: Any) -> Callable[[Message, Context, Callable], Message]:
+def attack_mod(
+    name: str,
+    *,
+    byzantine: Any = None,
+    samples: int | None = None,
+    seed: int = 0,
+    num_nodes: int | None = None,
+    num_byzantine: int | None = None,
+    **params: Any,
+) -> Callable[[Message, Context, Callable], Message]:
     """A Flower client mod that makes chosen supernodes Byzantine with a flagcore attack.
 
     Parameters
@@ -62,13 +70,19 @@ def attack_mod(name: str, *, byzantine: Any = None, samples: int | None = None, 
         raise ValueError(f"{fn}: seed must be an int >= 0, got {seed!r}")
     if name == "alie":
         if samples < 2:
-            raise ValueError(f"{fn}: attack 'alie' needs samples >= 2 (a standard deviation), got {samples}")
+            raise ValueError(
+                f"{fn}: attack 'alie' needs samples >= 2 (a standard deviation), got {samples}"
+            )
         if params.get("z") is None:
             if num_nodes is None or num_byzantine is None:
-                raise TypeError(f"{fn}: attack 'alie' needs z, or num_nodes and num_byzantine to derive it")
+                raise TypeError(
+                    f"{fn}: attack 'alie' needs z, or num_nodes and num_byzantine to derive it"
+                )
             params["z"] = _attacks.alie_z(num_nodes, num_byzantine)
     elif num_nodes is not None or num_byzantine is not None:
-        raise TypeError(f"{fn}: num_nodes and num_byzantine only apply to attack 'alie', got attack {name!r}")
+        raise TypeError(
+            f"{fn}: num_nodes and num_byzantine only apply to attack 'alie', got attack {name!r}"
+        )
     # Check the attack's parameters now, on a tiny problem, rather than inside a running federation.
     _attacks.attack(name, np.zeros((2, 3)), 1, **params)
     is_byzantine = _selector(byzantine, fn)
@@ -79,18 +93,22 @@ def attack_mod(name: str, *, byzantine: Any = None, samples: int | None = None, 
         content = msg.content
         key = next(iter(content.array_records.keys()))
         global_arrays = content.array_records[key]
-        config = content.config_records.get("config") or next(iter(content.config_records.values()), None)
+        config = content.config_records.get("config") or next(
+            iter(content.config_records.values()), None
+        )
         if samples > 1 and config is None:
-            raise ValueError(f"{fn}: samples = {samples} needs a ConfigRecord in the TRAIN message to pass "
-                             f"{SAMPLE_KEY!r} to the ClientApp, got none")
+            raise ValueError(
+                f"{fn}: samples = {samples} needs a ConfigRecord in the TRAIN message to pass "
+                f"{SAMPLE_KEY!r} to the ClientApp, got none"
+            )
         replies = []
         try:
             for k in range(samples):
-                if samples > 1:
+                if samples > 1 and config is not None:
                     config[SAMPLE_KEY] = k
                 replies.append(call_next(msg, context))
         finally:
-            if samples > 1 and SAMPLE_KEY in config:
+            if samples > 1 and config is not None and SAMPLE_KEY in config:
                 del config[SAMPLE_KEY]
         out = replies[0]
         if any(r.has_error() for r in replies):
@@ -100,23 +118,29 @@ def attack_mod(name: str, *, byzantine: Any = None, samples: int | None = None, 
         for r in replies:
             views, why = layout.views(next(iter(r.content.array_records.values())))
             if views is None:
-                raise ValueError(f"{fn}: the wrapped ClientApp's reply does not match the global model: {why}")
+                raise ValueError(
+                    f"{fn}: the wrapped ClientApp's reply does not match the global model: {why}"
+                )
             rows.append(views)
         buf = np.empty(len(rows) * layout.n, dtype=np.float64)
         for i, views in enumerate(rows):
             layout.fill_row(buf, len(rows), i, views, per_array=False)
         g = np.empty(layout.n, dtype=np.float64)
         for k, gk in enumerate(global_arrays.values()):
-            g[layout.offsets[k]: layout.offsets[k] + layout.sizes[k]] = gk.numpy().ravel()
+            g[layout.offsets[k] : layout.offsets[k] + layout.sizes[k]] = gk.numpy().ravel()
         honest = buf.reshape(len(rows), layout.n) - g
-        rnd = int(config.get("server-round", 0)) if config is not None else 0
+        rnd = int(cast(int, config.get("server-round", 0))) if config is not None else 0
         node = int(msg.metadata.dst_node_id)
-        s = int(np.random.SeedSequence([seed, node & 0xFFFFFFFF, node >> 32, rnd]).generate_state(1)[0])
+        s = int(
+            np.random.SeedSequence([seed, node & 0xFFFFFFFF, node >> 32, rnd]).generate_state(1)[0]
+        )
         bad = _attacks.attack(name, honest, 1, seed=s, **params)[0]
         with np.errstate(over="ignore", invalid="ignore"):
             model = g + bad
         rkey = next(iter(out.content.array_records.keys()))
-        out.content[rkey] = ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(layout.keys, _cast(layout, model))})
+        out.content[rkey] = ArrayRecord(
+            {k: Array(np.asarray(a)) for k, a in zip(layout.keys, _cast(layout, model))}
+        )
         log(DEBUG, "attack_mod: node %d sent a %r update in round %d", node, name, rnd)
         return out
 
@@ -130,7 +154,7 @@ def _cast(layout: Layout, vec: np.ndarray) -> list:
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(len(layout.keys)):
             o, s = layout.offsets[k], layout.sizes[k]
-            v = vec[o: o + s]
+            v = vec[o : o + s]
             if layout.dtypes[k].kind in "iu":
                 v = np.nan_to_num(np.rint(v))
             out.append(v.astype(layout.dtypes[k]).reshape(layout.shapes[k]))
@@ -152,10 +176,14 @@ def _selector(byzantine: Any, fn: str) -> Callable[[Context], bool]:
         def by_partition(context: Context) -> bool:
             pid = context.node_config.get("partition-id")
             if pid is None:
-                raise ValueError(f"{fn}: byzantine is a set of partition ids but this node's node_config has no "
-                                 f"'partition-id' (got keys {sorted(context.node_config)})")
+                raise ValueError(
+                    f"{fn}: byzantine is a set of partition ids but this node's node_config has no "
+                    f"'partition-id' (got keys {sorted(context.node_config)})"
+                )
             return int(pid) in ids
 
         return by_partition
-    raise TypeError(f"{fn}: byzantine must be None, a collection of partition ids or a callable, got "
-                    f"{type(byzantine).__name__}")
+    raise TypeError(
+        f"{fn}: byzantine must be None, a collection of partition ids or a callable, got "
+        f"{type(byzantine).__name__}"
+    )

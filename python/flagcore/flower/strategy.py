@@ -1,4 +1,5 @@
 """``RobustStrategy``: flagcore's aggregation rules as a Flower strategy (Message API)."""
+
 from __future__ import annotations
 
 import inspect
@@ -6,7 +7,7 @@ import math
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -67,7 +68,9 @@ class RobustStrategy(FedAvg):
     ==================== ==================================================================
     """
 
-    def __init__(self, rule: str = "flag", *, per_array: bool = False, weighted: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, rule: str = "flag", *, per_array: bool = False, weighted: bool = False, **kwargs: Any
+    ) -> None:
         fn = "RobustStrategy"
         if not isinstance(rule, str) or rule not in RULES:
             raise ValueError(f"{fn}: rule must be one of {', '.join(RULES)}, got {rule!r}")
@@ -75,8 +78,10 @@ class RobustStrategy(FedAvg):
             if not isinstance(v, bool):
                 raise TypeError(f"{fn}: {name} must be a bool, got {v!r}")
         if weighted and rule != "mean":
-            raise ValueError(f"{fn}: weighted=True (num-examples weighting) is only for rule 'mean', got rule {rule!r}: "
-                             "a robust rule must not let clients choose their own weight")
+            raise ValueError(
+                f"{fn}: weighted=True (num-examples weighting) is only for rule 'mean', "
+                f"got rule {rule!r}: a robust rule must not let clients choose their own weight"
+            )
         fedavg_kw = {k: v for k, v in kwargs.items() if k in _FEDAVG_ARGS}
         self.rule_params = {k: v for k, v in kwargs.items() if k not in _FEDAVG_ARGS}
         super().__init__(**fedavg_kw)
@@ -91,22 +96,32 @@ class RobustStrategy(FedAvg):
     # ------------------------------------------------------------------ Flower hooks
     def summary(self) -> None:
         """Log the rule and its parameters, then FedAvg's summary."""
-        log(INFO, "\t├──> flagcore rule: %s %s (per_array=%s, weighted=%s)", self.rule,
-            self.rule_params or "", self.per_array, self.weighted)
+        log(
+            INFO,
+            "\t├──> flagcore rule: %s %s (per_array=%s, weighted=%s)",
+            self.rule,
+            self.rule_params or "",
+            self.per_array,
+            self.weighted,
+        )
         super().summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """FedAvg's configure_train; remembers the round's global model (the updates' origin)."""
         self.current_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies' updates with the rule; see the class doc."""
         if self.current_arrays is None:
-            raise AggregationError("RobustStrategy.aggregate_train: no global model of the round; "
-                                   "configure_train must run first (Strategy.start does this)")
+            raise AggregationError(
+                "RobustStrategy.aggregate_train: no global model of the round; "
+                "configure_train must run first (Strategy.start does this)"
+            )
         t0 = time.perf_counter()
         replies = list(replies)
         layout = Layout.of(self.current_arrays, "RobustStrategy.aggregate_train")
@@ -122,23 +137,35 @@ class RobustStrategy(FedAvg):
         g = layout.flat_global(self.current_arrays)
         layout.subtract_global(buf, p, g, self.per_array)
         try:
-            update, excluded_rows = self._aggregate(buf, p, layout, [m for _, m, _ in valid], metrics)
+            update, excluded_rows = self._aggregate(
+                buf, p, layout, [m for _, m, _ in valid], metrics
+            )
         except ValueError as exc:  # the rule's precondition on the valid replies
             return self._skip(server_round, metrics, invalid, str(exc))
         np.add(update, g, out=update)
         arrays = ArrayRecord({k: Array(a) for k, a in zip(layout.keys, layout.unflatten(update))})
-        excluded = [(node, why) for node, why in invalid] + [(nodes[i], "non-finite values") for i in excluded_rows]
+        excluded = [(node, why) for node, why in invalid] + [
+            (nodes[i], "non-finite values") for i in excluded_rows
+        ]
         self._add_exclusions(metrics, excluded)
         metrics["agg-seconds"] = time.perf_counter() - t0
         dropped = set(excluded_rows)
         self._client_metrics(metrics, [m for i, (_, m, _) in enumerate(valid) if i not in dropped])
-        log(INFO, "aggregate_train: round %d: rule '%s' aggregated %d of %d replies%s", server_round, self.rule,
-            p - len(excluded_rows), len(replies), _describe(excluded))
+        log(
+            INFO,
+            "aggregate_train: round %d: rule '%s' aggregated %d of %d replies%s",
+            server_round,
+            self.rule,
+            p - len(excluded_rows),
+            len(replies),
+            _describe(excluded),
+        )
         return arrays, metrics
 
     # ------------------------------------------------------------------ pieces
     def _screen(self, replies: list, layout: Layout) -> tuple[list, list]:
-        """Split replies into valid (node, message, views) sorted by node id, and invalid (node, reason)."""
+        """Split replies into valid (node, message, views) sorted by node id, and invalid
+        (node, reason)."""
         valid, invalid = [], []
         for j, msg in enumerate(replies):
             node = _node_id(msg, j)
@@ -154,7 +181,10 @@ class RobustStrategy(FedAvg):
                         record = next(iter(content.array_records.values()))
                     else:
                         record = None
-                        why = f"{len(content.array_records)} ArrayRecords and none named {self.arrayrecord_key!r}"
+                        why = (
+                            f"{len(content.array_records)} ArrayRecords and none named "
+                            f"{self.arrayrecord_key!r}"
+                        )
                     if record is not None:
                         views, why = layout.views(record)
                     if not why and self.weighted and _weight(msg, self.weighted_by_key) is None:
@@ -170,16 +200,22 @@ class RobustStrategy(FedAvg):
 
     def _rule_for(self, f_eff: int) -> Any:
         if f_eff not in self._rules:
-            self._rules[f_eff] = make_rule(self.rule, _fn="RobustStrategy", **{**self.rule_params, "f": f_eff})
+            self._rules[f_eff] = make_rule(
+                self.rule, _fn="RobustStrategy", **{**self.rule_params, "f": f_eff}
+            )
         return self._rules[f_eff]
 
-    def _aggregate(self, buf: np.ndarray, p: int, layout: Layout, msgs: list,
-                   metrics: MetricRecord) -> tuple[np.ndarray, list]:
-        """(update (n,), excluded stack rows). Raises ValueError when the rule's precondition fails."""
-        n_invalid = metrics["agg-replies"] - p
+    def _aggregate(
+        self, buf: np.ndarray, p: int, layout: Layout, msgs: list, metrics: MetricRecord
+    ) -> tuple[np.ndarray, list]:
+        """(update (n,), excluded stack rows). Raises ValueError when the rule's precondition
+        fails."""
+        n_invalid = cast(int, metrics["agg-replies"]) - p
         f_eff = max(self.f - n_invalid, 0)
         if self.weighted:
-            return _weighted_mean(layout.whole(buf, p), np.array([_weight(m, self.weighted_by_key) for m in msgs]))
+            return _weighted_mean(
+                layout.whole(buf, p), np.array([_weight(m, self.weighted_by_key) for m in msgs])
+            )
         rule = self._rule_for(f_eff)
         if not self.per_array:
             out, info = rule(layout.whole(buf, p), return_info=True)
@@ -194,7 +230,7 @@ class RobustStrategy(FedAvg):
         else:
             outs, infos = zip(*(rule(b, return_info=True) for b in blocks))
         for k, (o, info) in enumerate(zip(outs, infos)):
-            update[layout.offsets[k]: layout.offsets[k] + layout.sizes[k]] = o
+            update[layout.offsets[k] : layout.offsets[k] + layout.sizes[k]] = o
             bad |= np.asarray(info.excluded, bool)
         return update, list(np.flatnonzero(bad))
 
@@ -211,11 +247,18 @@ class RobustStrategy(FedAvg):
         metrics["agg-excluded-nodes"] = [int(node) for node, _ in excluded]
         metrics["agg-excluded"] = len(excluded)
 
-    def _skip(self, server_round: int, metrics: MetricRecord, invalid: list,
-              why: str) -> tuple[None, MetricRecord]:
+    def _skip(
+        self, server_round: int, metrics: MetricRecord, invalid: list, why: str
+    ) -> tuple[None, MetricRecord]:
         self._add_exclusions(metrics, invalid)
-        log(WARNING, "aggregate_train: round %d skipped, global model unchanged: %s (%d replies%s)", server_round,
-            why, metrics["agg-replies"], _describe(invalid))
+        log(
+            WARNING,
+            "aggregate_train: round %d skipped, global model unchanged: %s (%d replies%s)",
+            server_round,
+            why,
+            metrics["agg-replies"],
+            _describe(invalid),
+        )
         return None, metrics
 
     def _client_metrics(self, metrics: MetricRecord, msgs: list) -> None:
@@ -232,7 +275,12 @@ class RobustStrategy(FedAvg):
         try:
             client = self.train_metrics_aggr_fn(ok, self.weighted_by_key)
         except Exception as exc:  # client-reported metrics must not stop the round
-            log(WARNING, "aggregate_train: client metrics not aggregated: %s: %s", type(exc).__name__, exc)
+            log(
+                WARNING,
+                "aggregate_train: client metrics not aggregated: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
             return
         for k, v in client.items():
             if k not in metrics:
