@@ -33,7 +33,8 @@ MODES = ("gradients", "parameters")
 log = logging.getLogger("flagcore.distributed")
 
 # status of a rank in a step, sent by the server with the result so every rank can name it
-USED, LATE, REJECTED, NOT_WORKER, MISSING = 0, 1, 2, 3, 4
+_STATUS_NAMES = ("used", "late", "rejected", "not a worker", "missing", "non-finite")
+USED, LATE, REJECTED, NOT_WORKER, MISSING, NONFINITE = 0, 1, 2, 3, 4, 5
 
 
 class ParameterServer:
@@ -314,6 +315,8 @@ class ParameterServer:
         for r in self.ranks:
             if r in bad:
                 status.append(REJECTED)
+            elif r in self.stats.last_nonfinite_ranks:
+                status.append(NONFINITE)
             elif r in used:
                 status.append(USED)
             elif r in late:
@@ -392,7 +395,8 @@ class ParameterServer:
             for r, h in status.items():
                 if h[0] == LATE:
                     st.late_calls[r] = st.late_calls.get(r, 0) + 1
-        self.last_status = {r: ("used", "late", "rejected", "not a worker", "missing")[h[0]] for r, h in status.items()}
+            record_nonfinite_mask(st, [h[0] == NONFINITE for h in status.values()], self.ranks)
+        self.last_status = {r: _STATUS_NAMES[h[0]] for r, h in status.items()}
         return result[:nb].view(self.dtype)
 
     def flat_gradient(self) -> Any:
