@@ -322,3 +322,44 @@ def test_parameter_digest_sees_one_bit() -> None:
         w = model.weight.view(-1)
         w[0] = torch.nextafter(w[0], torch.tensor(float("inf")))
     assert parameter_digest(model) != d0
+
+
+def test_new_argument_errors(world_of_one: object) -> None:
+    from flagcore.distributed import ParameterServer, register_robust_hook
+
+    model = torch.nn.Linear(3, 1)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    with pytest.raises(TypeError, match="register_robust_hook: whole_model must be a bool, got 1"):
+        register_robust_hook(ddp, "mean", whole_model=1)
+    with pytest.raises(ValueError, match="register_robust_hook: centered_clipping takes no reference"):
+        register_robust_hook(ddp, "centered_clipping", reference=torch.zeros(4))
+    with pytest.raises(ValueError, match="attack_params are for a named attack"):
+        register_robust_hook(ddp, "mean", lambda g, s: g, attack_params={"scale": 2.0})
+    with pytest.raises(ValueError, match=r"ParameterServer: quorum must be in \[1, 1\], got 2"):
+        ParameterServer(model, quorum=2)
+
+
+def test_callable_attack_and_rejection_in_world_of_one(world_of_one: object) -> None:
+    from flagcore.distributed import ParameterServer
+
+    model = torch.nn.Linear(3, 1)
+    ps = ParameterServer(model, rule="mean", attack=lambda g, s: g[:2])  # the only worker is malformed
+    out = ps.aggregate(torch.ones(4))
+    assert torch.equal(out, torch.zeros(4))  # every worker excluded: the aggregate is 0, never NaN
+    assert ps.stats.last_rejected == {0: "rank 0 sent a gradient of 2 float32 values, expected 4 float32"}
+    assert ps.last_status == {0: "rejected"}
+    assert len(ps.stats.step_times) == 1 and ps.stats.step_times[0] > 0
+
+
+def test_wire_format_roundtrip() -> None:
+    from flagcore.distributed._wire import HEADER_BYTES, pack, unpack
+
+    g = torch.arange(5, dtype=torch.float32)
+    rows = torch.stack([pack(g, 5, torch.float32, "cpu", (3, 7)),
+                        pack(g.double(), 5, torch.float32, "cpu", (3, 7)),
+                        pack(g, 5, torch.float32, "cpu", (2, 7))])
+    assert rows.shape == (3, 20 + HEADER_BYTES)
+    stack, bad = unpack(rows, 5, torch.float32, (3, 7), (0, 4, 9), "a bucket")
+    assert torch.equal(stack[0], g) and stack[1:].isnan().all()
+    assert bad == {4: "rank 4 sent a bucket of 5 float64 values, expected 5 float32",
+                   9: "rank 9 sent a bucket tagged (2, 7), expected (3, 7): the ranks are out of step"}

@@ -151,10 +151,10 @@ def register_robust_hook(ddp_model: Any, rule: str = "flag", attack: Any = None,
     timeout = check_timeout(fn, timeout)
     ranks = group_ranks(dist, process_group)
     params = rule_params_with_defaults(rule, rule_params)
-    validate_rule(fn, rule, params, len(ranks))
     if params.get("reference") is not None:
         raise ValueError(f"{fn}: centered_clipping takes no reference in the DDP hook (the reference is a "
-                         f"whole-model vector); got reference={params['reference']!r}")
+                         f"whole-model vector); got a {type(params['reference']).__name__}")
+    validate_rule(fn, rule, params, len(ranks))
     attack_params = dict(attack_params or {})
     validate_attack(fn, attack, attack_params)
     if isinstance(seed, bool) or not isinstance(seed, int):

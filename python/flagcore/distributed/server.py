@@ -122,6 +122,10 @@ class ParameterServer:
             raise ValueError(f"{fn}: no worker rank left (a group of one with include_server=False)")
         self.quorum = len(self.workers) if quorum is None else check_int(quorum, fn, "quorum", low=1,
                                                                           high=len(self.workers))
+        if self.quorum < len(self.workers) and dist.get_backend(process_group) != "gloo":
+            raise ValueError(f"{fn}: quorum needs the gloo backend (it finds the first arrivals by waiting on "
+                             f"point-to-point receives in threads; NCCL's wait does not block the host), got "
+                             f"backend {dist.get_backend(process_group)!r}")
         self.rule = rule
         self.rule_params = rule_params_with_defaults(rule, rule_params)
         validate_rule(fn, rule, self.rule_params, self.quorum)
