@@ -80,6 +80,17 @@ def whole_model(rank: int, world: int) -> dict:
             out[f"{rule}/{cap}"] = {
                 "relerr": float((got - want).abs().max() / want.abs().max()), "digest": digest,
                 "buckets": len(state.bucket_calls), "calls": state.stats.calls}
+    # a rule gram_plan does not cover (simulated): the hook aggregates the concatenated buckets
+    from flagcore.rules import gram_plan
+    real = gram_plan.has_plan
+    gram_plan.has_plan = lambda rule: False
+    try:
+        want = flagcore.aggregate(grads, "krum", f=0)
+        got, state, digest = ddp_grad(rank, "krum", 0.001, f=0)
+        out["fallback/krum"] = {"relerr": float((got - want).abs().max() / want.abs().max()), "digest": digest,
+                                "buckets": len(state.bucket_calls), "plan": state.last_plan is not None}
+    finally:
+        gram_plan.has_plan = real
     # block-wise: the same for a coordinate rule, another rule for flag when buckets split the model
     want = flagcore.aggregate(grads, "median")
     got, state, _ = ddp_grad(rank, "median", 0.001, whole_model=False)

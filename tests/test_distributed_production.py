@@ -55,6 +55,13 @@ def test_hook_equals_whole_model_aggregate(whole: dict, rule: str, cap: str) -> 
     assert whole[0][key]["calls"] == 1 + want_buckets  # DDP's first pass has one bucket
 
 
+def test_rule_without_gram_plan_falls_back_to_the_concatenated_stack(whole: dict) -> None:
+    for r in range(WORLD):
+        v = whole[r]["fallback/krum"]
+        assert v["relerr"] == 0.0 and v["buckets"] == 4 and not v["plan"], v
+    assert len({whole[r]["fallback/krum"]["digest"] for r in range(WORLD)}) == 1
+
+
 def test_blockwise_option(whole: dict) -> None:
     assert whole[0]["blockwise/median"]["relerr"] == 0.0  # coordinate-wise: the same rule
     assert whole[0]["blockwise/median"]["buckets"] == 4

@@ -221,7 +221,7 @@ def robust_hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
 
 def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     """Completion callback of one bucket's gather (communication thread)."""
-    from ..rules.gram_plan import block_gram, needs_gram
+    from ..rules.gram_plan import block_gram, has_plan, needs_gram
 
     fut.value()  # re-raises a failed collective (named by _wait_step)
     t0 = time.perf_counter()
@@ -232,7 +232,9 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     e.stack, e.bad = stack, bad
     out = None
     if state.whole_model:
-        if needs_gram(state.rule_obj):
+        if not has_plan(state.rule_obj):  # aggregated at the end on the concatenated buckets
+            nonfinite = (~stack.isfinite()).any(dim=1).cpu().numpy()
+        elif needs_gram(state.rule_obj):
             e.gram = block_gram(stack)
             nonfinite = ~np.isfinite(np.diagonal(e.gram))
         else:  # coordinate-wise: aggregate now; redone at the end only if another bucket excludes more
@@ -267,10 +269,23 @@ def _wait_step(state: RobustHookState, pending: list) -> None:
 
 def _finish_whole_model(state: RobustHookState, pending: list) -> None:
     """Solve once in p-space on the step's summed Gram, then finish every bucket."""
-    from ..rules.gram_plan import apply_plan, needs_gram, plan_coordinate, plan_from_gram
+    import torch
+
+    from ..rules.gram_plan import apply_plan, has_plan, needs_gram, plan_coordinate, plan_from_gram
 
     rule = state.rule_obj
     p = len(state.ranks)
+    if not has_plan(rule):
+        # a rule (or option) flagcore.rules.gram_plan does not cover: the whole stack, once
+        whole = rule(torch.cat([e.stack for e in pending], dim=1))
+        off = 0
+        for e in pending:
+            n = e.buf.numel()
+            # a tensor of its own: DDP reads the result with as_strided at absolute offsets
+            e.result.set_result(whole[off:off + n].to(e.buf.dtype).clone())
+            off += n
+        state.last_plan = None
+        return
     if needs_gram(rule):
         gram = np.zeros((p, p))
         for e in pending:

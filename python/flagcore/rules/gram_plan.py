@@ -18,11 +18,20 @@ need no Gram: ``plan_coordinate(rule, p, excluded)`` finishes blocks with the wh
 of non-finite workers (a worker with a NaN anywhere is left out of every block, as in the
 whole-model call).
 
-Only single problems (a (p, n) block, b = 1) are planned. ``centered_clipping`` with a
-``reference`` is not supported (the reference is a whole-model vector).
+Only single problems (a (p, n) block, b = 1) are planned. ``has_plan(rule)`` says whether a
+configured rule is covered: the rules above with pre-aggregation None, "nnm" and "bucketing";
+not ``centered_clipping`` with a ``reference`` (a whole-model vector), nor rules, options or
+pre-aggregation steps added to flagcore.rules after this module: a caller then concatenates
+the blocks and calls the rule once (exact too, without the per-block overlap).
+
+If ``preagg.build_source`` accepts the Gram (``gram=``), the pre-aggregation is built by it;
+otherwise this module repeats its steps for the layout it knows (and ``has_plan`` says False
+for a layout it does not know).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +43,9 @@ from .._backend import core
 from ..flag import _check_params
 from ._source import Source, _zero_excluded, stack_gram, stack_weighted_sum
 from .coordinate import RULE_IDS, run_coordinate
-from .distance import run_centered_clipping, run_geometric_median, run_krum
-from .preagg import rows_after
+from .preagg import build_source, rows_after
 
-__all__ = ["GramPlan", "block_gram", "plan_from_gram", "plan_coordinate", "apply_plan", "needs_gram"]
+__all__ = ["GramPlan", "block_gram", "plan_from_gram", "plan_coordinate", "apply_plan", "needs_gram", "has_plan"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,8 @@ class GramPlan:
 
     Either ``coefficients`` (p,) (the block's result is sum_i c_i x_i over the caller's rows),
     or a coordinate rule ``coordinate`` (a name of RULE_IDS) with ``f`` and ``keep`` applied to
-    the rows ``mixing @ x`` (or the caller's rows when ``mixing`` is None), leaving out the rows
-    in ``excluded``. ``excluded_workers`` are the caller's workers left out (non-finite);
+    the rows ``source`` exposes of a block (the caller's rows, or the pre-aggregated rows),
+    leaving out the rows in ``excluded``. ``excluded_workers`` are the caller's workers left out (non-finite);
     ``selected`` the rows Krum / Multi-Krum / Bulyan chose (None otherwise).
     """
 
@@ -58,10 +66,9 @@ class GramPlan:
     coordinate: str | None = None
     f: int = 0
     keep: int = -1
-    mixing: np.ndarray | None = None
     excluded: np.ndarray | None = None
-    gram: np.ndarray | None = None
     selected: np.ndarray | None = None
+    source: Any = None  # the rules' Source of the whole model without data (mixing, steps)
 
 
 def needs_gram(rule: Any) -> bool:
@@ -75,41 +82,35 @@ def block_gram(block: Any) -> np.ndarray:
     return stack_gram(as_stack(block, "block_gram"))[0]
 
 
-class _PlanSource(Source):
-    """A Source with no data: the rules' p-space code reads ``gram()`` and hands its output
-    coefficients to ``combine``, which records them (over the caller's rows) instead of reading
-    any data."""
-
-    def __init__(self, gram: np.ndarray, mix: Any, excluded: Any, excluded_orig: Any, f: int) -> None:
-        super().__init__(st=None, mix=mix, excluded=excluded, excluded_orig=excluded_orig, gram_orig=gram, f=f)
-        self.captured: np.ndarray | None = None
-
-    @property
-    def b(self) -> int:
-        return 1
-
-    @property
-    def p(self) -> int:
-        return self.gram_orig.shape[1] if self.mix is None else self.mix.shape[1]
-
-    @property
-    def n(self) -> int:
-        return 0
-
-    def gram(self) -> np.ndarray:
-        return self.gram_orig if self.mix is None else super().gram()
-
-    def combine(self, coef: np.ndarray) -> Any:
-        self.captured = np.ascontiguousarray(self.original_coefficients(coef), dtype=np.float64)
-        return None
+def has_plan(rule: Any) -> bool:
+    """Whether ``plan_from_gram`` / ``plan_coordinate`` cover this configured rule exactly.
+    Rules, options or pre-aggregation steps this module does not know (added to
+    flagcore.rules later) say False: a caller then aggregates the concatenated blocks."""
+    if rule.name not in _PLANNED or getattr(rule, "reference", None) is not None:
+        return False
+    if getattr(rule, "neighbours", "textbook") != "textbook":
+        return False
+    if not set(rule.pre) <= {"nnm", "bucketing"}:
+        return False
+    if rule.pre and not (_BUILD_TAKES_GRAM or "steps" not in Source.__dataclass_fields__):
+        return False  # pre-aggregation kept in a layout _source_from_gram does not reproduce
+    return True
 
 
-def _source_from_gram(rule: Any, g: np.ndarray) -> _PlanSource:
-    """``preagg.build_source`` with the Gram given instead of read from the data (the same
-    steps, the same use of the rule's random stream for bucketing)."""
+_PLANNED = ("mean", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan",
+            "geometric_median", "centered_clipping", "flag")
+_BUILD_TAKES_GRAM = "gram" in inspect.signature(build_source).parameters
+
+
+def _source_from_gram(rule: Any, g: np.ndarray) -> Source:
+    """What ``preagg.build_source`` makes of the whole stack, from its Gram alone (no data:
+    ``st`` is None). Uses build_source itself when it accepts the Gram (``gram=``); otherwise
+    repeats its steps (NNM, bucketing, with the rule's own random stream)."""
     f, steps = rule.f, rule.pre
     if not steps:
-        return _PlanSource(g, None, None, None, f)
+        return Source(None, f=f)
+    if _BUILD_TAKES_GRAM:
+        return build_source(None, f, steps, rule.bucket_size, rule._rng(), gram=g)
     b, p = g.shape[0], g.shape[1]
     diag = np.diagonal(g, axis1=1, axis2=2)
     excl0 = ~np.isfinite(diag)
@@ -137,7 +138,7 @@ def _source_from_gram(rule: Any, g: np.ndarray) -> _PlanSource:
                     else:
                         new_excl[q, j] = True
             mix, excl = new, new_excl
-    return _PlanSource(g, mix, excl, excl0, f)
+    return Source(None, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f)
 
 
 def _check_rows(rule: Any, p: int) -> None:
@@ -156,65 +157,80 @@ def plan_coordinate(rule: Any, p: int, excluded: Any) -> GramPlan:
     ex = np.asarray(excluded, dtype=bool).reshape(p)
     if rule.name == "mean" and not ex.any():  # Mean's fast path: one weighted-sum pass
         return GramPlan("mean", p, ex, coefficients=np.full(p, 1.0 / p))
-    return GramPlan(rule.name, p, ex, coordinate=rule.name, f=rule.f, excluded=ex)
+    return GramPlan(rule.name, p, ex, coordinate=rule.name, f=rule.f, excluded=ex, source=Source(None, f=rule.f))
 
 
 def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
     """Run the p-space part of ``rule`` (a ``flagcore.rules.Rule``, e.g. from ``make_rule``)
     on the whole model's (p, p) float64 Gram matrix. Advances the rule's random stream exactly
-    as one whole-model call does (bucketing)."""
+    as one whole-model call does (bucketing). Raises ValueError for a rule ``has_plan`` rejects."""
     g = np.ascontiguousarray(gram, dtype=np.float64)
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"plan_from_gram: gram must be (p, p), got shape {g.shape}")
+    if getattr(rule, "reference", None) is not None and rule.name == "centered_clipping":
+        raise ValueError(f"{rule._fn}: centered_clipping with a reference cannot be planned from blocks "
+                         f"(the reference is a whole-model vector); use reference=None")
+    if not has_plan(rule):
+        raise ValueError(f"plan_from_gram: rule {rule.name!r} with pre={rule.pre!r} has no Gram plan here")
     p = g.shape[0]
     _check_rows(rule, p)
-    g3 = g[None]
     name = rule.name
-    src = _source_from_gram(rule, g3)
+    src = _source_from_gram(rule, g[None])
     diag = np.diagonal(g)
-    workers_out = ~np.isfinite(diag) if src.excluded_orig is None else src.excluded_orig[0]
+    if src.mix is None:
+        gs = g[None]
+        workers_out = ~np.isfinite(diag)
+    else:
+        gs = Source.gram(src)  # M G0 M^T, in the same order as the rules compute it
+        workers_out = src.excluded_orig[0]
+    ex_u8 = None if src.excluded is None else src.excluded.astype(np.uint8)
+
+    def coef(c: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(src.original_coefficients(c)[0], dtype=np.float64)
+
+    def out_workers(d: dict) -> np.ndarray:
+        return np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
+
     if name in RULE_IDS:
         if src.mix is None:  # a coordinate rule: only the exclusions matter
             return plan_coordinate(rule, p, ~np.isfinite(diag))
-        return GramPlan(name, p, workers_out, coordinate=name, f=rule.f, mixing=src.mix[0],
-                        excluded=src.excluded[0], gram=g)
+        return GramPlan(name, p, workers_out, coordinate=name, f=rule.f, excluded=src.excluded[0], source=src)
     if name in ("krum", "multi_krum"):
-        _, d = run_krum(src, rule.f, rule._m(src.p))
-        return GramPlan(name, p, _excl(d, src, workers_out), coefficients=src.captured[0], gram=g,
-                        selected=d["selected"][0])
-    if name == "geometric_median":
-        _, d = run_geometric_median(src, rule.nu, rule.tol, rule.max_iter)
-        return GramPlan(name, p, _excl(d, src, workers_out), coefficients=src.captured[0], gram=g)
-    if name == "centered_clipping":
-        if rule.reference is not None:
-            raise ValueError(f"{rule._fn}: centered_clipping with a reference cannot be planned from blocks "
-                             f"(the reference is a whole-model vector); use reference=None")
-        _, d = run_centered_clipping(src, rule.tau, rule.iterations, None)
-        return GramPlan(name, p, _excl(d, src, workers_out), coefficients=src.captured[0], gram=g)
+        d = core.krum(gs, rule.f, rule._m(gs.shape[1]), ex_u8)
+        return GramPlan(name, p, out_workers(d), coefficients=coef(d["coefficients"]),
+                        selected=np.asarray(d["selected"], bool)[0])
+    if name == "geometric_median":  # nu relative to the median norm of the rows, as the rule does
+        dg = np.diagonal(gs, axis1=1, axis2=2)
+        with np.errstate(invalid="ignore"):
+            norms = np.sqrt(np.where(np.isfinite(dg) & (dg >= 0), dg, np.nan))
+        if src.excluded is not None:
+            norms = np.where(src.excluded, np.nan, norms)
+        scale = np.array([np.nanmedian(r) if np.isfinite(r).any() else 0.0 for r in norms])
+        nu_abs = np.maximum(rule.nu * scale, np.finfo(np.float64).tiny)
+        d = core.geometric_median(gs, nu_abs, rule.tol, rule.max_iter, ex_u8)
+        return GramPlan(name, p, out_workers(d), coefficients=coef(d["coefficients"]))
+    if name == "centered_clipping":  # reference None: the zero vector as row p of the Gram
+        pp = gs.shape[1]
+        ga = np.zeros((1, pp + 1, pp + 1))
+        ga[:, :pp, :pp] = gs
+        d = core.centered_clipping(ga, rule.tau, rule.iterations, ex_u8)
+        return GramPlan(name, p, out_workers(d), coefficients=coef(np.ascontiguousarray(d["coefficients"][:, :pp])))
     if name == "bulyan":
-        d = core.bulyan_select(src.gram(), rule.f, src.excluded_u8())
+        d = core.bulyan_select(gs, rule.f, ex_u8)
         sel = d["selected"].astype(bool)[0]
         excl = d["excluded"].astype(bool)[0]
         pe = int((~excl).sum())
-        f_eff = max(rule.f - (src.p - pe), 0)
+        f_eff = max(rule.f - (gs.shape[1] - pe), 0)
         beta = max(int(d["theta"][0]) - 2 * f_eff, 1)
-        mix = None if src.mix is None else src.mix[0]
         return GramPlan(name, p, excl if src.mix is None else workers_out, coordinate="meamed", f=0,
-                        keep=beta, mixing=mix, excluded=~sel, gram=g, selected=sel)
-    if name == "flag":
-        prm = rule.params
-        gs = src.gram()
-        r, lam, max_iter, eps, tol, scale = _check_params(rule._fn, src.p, prm["r"], prm["lam"], prm["max_iter"],
-                                                          prm["eps"], prm["tol"], prm["scale"], False)
-        d = core.flag_irls(gs, r, lam, max_iter, eps, tol, scale)
-        coef = np.ascontiguousarray(src.original_coefficients(d["coefficients"])[0], dtype=np.float64)
-        ex = np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
-        return GramPlan(name, p, ex, coefficients=coef, gram=g)
-    raise ValueError(f"plan_from_gram: rule {name!r} has no Gram plan")  # pragma: no cover - every rule has one
-
-
-def _excl(d: dict, src: _PlanSource, workers_out: np.ndarray) -> np.ndarray:
-    return np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
+                        keep=beta, excluded=~sel, selected=sel, source=src)
+    # flag
+    prm = rule.params
+    r, lam, max_iter, eps, tol, scale = _check_params(rule._fn, gs.shape[1], prm["r"], prm["lam"], prm["max_iter"],
+                                                      prm["eps"], prm["tol"], prm["scale"], False)
+    d = core.flag_irls(gs, r, lam, max_iter, eps, tol, scale)
+    ex = np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
+    return GramPlan(name, p, ex, coefficients=coef(d["coefficients"]))
 
 
 def apply_plan(plan: GramPlan, block: Any) -> Any:
@@ -232,10 +248,7 @@ def apply_plan(plan: GramPlan, block: Any) -> Any:
         src = Source(st, excluded=plan.excluded_workers[None])
         out, _ = run_coordinate(src, "mean", 0)
         return st.restore(out)
-    mix = None if plan.mixing is None else plan.mixing[None]
-    ex_orig = None if plan.mixing is None else plan.excluded_workers[None]
-    gram = None if plan.gram is None else plan.gram[None]
-    src = Source(st, mix, plan.excluded[None], ex_orig, gram, plan.f)
+    src = dataclasses.replace(plan.source, st=st, excluded=plan.excluded[None], f=plan.f)
     out, _ = run_coordinate(src, plan.coordinate, plan.f, plan.keep)
     return st.restore(out)
 
