@@ -162,8 +162,9 @@ class ParameterServer:
 
     # -- collectives -------------------------------------------------------------------------
 
-    def _collective(self, where: str, op: Any) -> None:
-        """Run an asynchronous collective ``op()`` (returns a work) with the deadline check."""
+    def _collective(self, where: str, op: Any, min_wait: float = 0.0) -> None:
+        """Run an asynchronous collective ``op()`` (returns a work) with the deadline check
+        (``timeout``, or ``min_wait`` seconds if longer)."""
         k = timed(self.stats, "barrier_s", self.barrier.launched) if self.barrier is not None else None
 
         def run() -> None:
@@ -176,7 +177,7 @@ class ParameterServer:
             if self.barrier is None:
                 work.wait()
             else:
-                self.barrier.wait_work(work, k, where, time.monotonic() + self.timeout)
+                self.barrier.wait_work(work, k, where, time.monotonic() + max(self.timeout, min_wait))
 
         timed(self.stats, "comm_s", run)
 
@@ -190,8 +191,9 @@ class ParameterServer:
         own = torch.tensor([self.numel, dtype_code(self.dtype)], dtype=torch.int64)
         dev = self.device if dist.get_backend(self.group) != "gloo" else torch.device("cpu")
         out = torch.empty(2 * p, dtype=torch.int64, device=dev)
+        # ranks construct at different times (start-up): a longer wait than a step's
         self._collective("parameter server (model check)",
-                         lambda: _all_gather(dist, out, own.to(dev), self.group))
+                         lambda: _all_gather(dist, out, own.to(dev), self.group), min_wait=60.0)
         sig = out.view(p, 2).cpu().tolist()
         ref = sig[self.ranks.index(self.server_rank)]
         differ = [f"rank {r} has {s[0]} {dtype_name(s[1])} parameters" for r, s in zip(self.ranks, sig) if s != ref]
