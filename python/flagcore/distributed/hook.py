@@ -59,6 +59,7 @@ class RobustHookState:
     bucket_calls: dict = field(default_factory=dict)  # bucket index -> calls so far
     rule_obj: Any = None  # the configured flagcore rule, built once
     last_plan: Any = None
+    steps: int = 0  # steps completed (last buckets seen)
     _pending: list = field(default_factory=list)
     _lock: Any = field(default_factory=threading.Lock)
 
@@ -113,7 +114,8 @@ def register_robust_hook(ddp_model: Any, rule: str = "flag", attack: Any = None,
         is not omniscient: its own gradient is the attack's only "honest" input. ``attack`` may
         also be a callable ``attack(own, s)`` returning what to send (any tensor: one of another
         size or dtype is rejected by every rank, see below).
-    timeout : seconds. At the last bucket of each step every rank waits at most this long for
+    timeout : seconds. At the last bucket of each step every rank waits at most this long (the
+        first step at least 60 s: ranks reach it at different times) for
         the step's gathers, then raises RankFailureError naming the ranks that never launched
         their gather (dead, or stalled anywhere in the step); if every rank launched, a probe
         through the c10d store names those that no longer answer (within another ``timeout``).
@@ -258,7 +260,10 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
 
 def _wait_step(state: RobustHookState, pending: list) -> None:
     """Wait for the step's gathers (at most ``timeout`` in all) and their callbacks."""
-    deadline = None if state.timeout is None else time.monotonic() + state.timeout
+    # the first step may wait longer: ranks reach it at different times (start-up, first batch)
+    wait = None if state.timeout is None else (state.timeout if state.steps else max(state.timeout, 60.0))
+    state.steps += 1
+    deadline = None if wait is None else time.monotonic() + wait
     for e in pending:
         if state.barrier is not None:
             state.barrier.wait_work(e.work, e.k, e.where, deadline)

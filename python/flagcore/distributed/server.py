@@ -20,8 +20,6 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-
 from ._common import (_instance_ids, ArrivalBarrier, CommStats, check_rank, check_timeout, contribution_of, default_store,
                       derive_seed, group_ranks, record_nonfinite_mask, rule_params_with_defaults, timed,
                       torch_dist, validate_attack, validate_rule)
