@@ -176,6 +176,14 @@ def robust_hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
     dist.GradBucket, the result a torch.futures.Future[torch.Tensor]. Those two are not
     annotated because DDP compares annotations to the real classes, and this module's
     annotations are strings (``from __future__ import annotations``)."""
+    try:
+        return _hook(state, bucket)
+    except BaseException:
+        state._pending = []  # a failed step leaves nothing behind for the next one
+        raise
+
+
+def _hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
     import torch
 
     dist = torch_dist()

@@ -59,8 +59,9 @@ class ParameterServer:
         SyncReplicasOptimizer's ``replicas_to_aggregate``: the server aggregates the first k
         worker gradients of the step to arrive (rows in rank order) and drops the others,
         counted per rank in ``stats.late_calls``; a late worker still receives and applies the
-        step's result, so replicas stay identical. The rule's preconditions must hold for k
-        rows (checked here). ``stats.step_times`` holds each step's time on each rank (the
+        step's result, so replicas stay identical. The server's own gradient (include_server)
+        counts as arrived at once. The rule's preconditions must hold for k rows (checked
+        here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds each step's time on each rank (the
         server's is the PS step time; ``predict_step_time`` models it).
     attack, attack_params, seed : make THIS rank Byzantine (experiments): it sends
         ``flagcore.attacks.attack(attack, own[None], 1, seed=s, **attack_params)`` instead of its
