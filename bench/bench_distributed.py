@@ -280,7 +280,9 @@ def main() -> None:
     rules = [r for r in args.rules.split(",") if r]
     cfg = {"sizes": args.sizes, "rules": rules, "repeat": args.repeat, "warmup": args.warmup,
            "threads": args.threads, "bucket_cap_mb": args.bucket_cap_mb, "timeout": args.timeout}
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     results = launch(cfg, args.world)
+    load_after = os.getloadavg()
     rows, coll_rows = [], []
     for n in args.sizes:
         base = next(r for r in results if r["target"] == n and r["kind"] == "ddp")
@@ -309,7 +311,9 @@ def main() -> None:
                         [[r["p"], r["n"], r["rule"], r["gpu_ms"], r["cpu_ms"]] for r in gpu_rows])
     import flagcore
 
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     out = {"config": dict(cfg, world=args.world), "build": flagcore.build_info(), "ddp": results,
+           "loadavg_before": load_before, "loadavg_after": load_after,
            "gpu_aggregation": gpu_rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
