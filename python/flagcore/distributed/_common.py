@@ -158,17 +158,11 @@ class CommStats:
         }
 
 
-def record_nonfinite(stats: CommStats, stack: Any, ranks: Sequence[int], skip: Sequence[int] = ()) -> None:
-    """Note which rows of the (p, n) tensor ``stack`` hold NaN or Inf (rows of ranks in
-    ``skip``, already rejected as malformed, are not counted again)."""
-    import torch
-
-    bad = (~torch.isfinite(stack)).any(dim=1).cpu().tolist()
-    record_nonfinite_mask(stats, bad, ranks, skip)
-
-
 def record_nonfinite_mask(stats: CommStats, bad: Sequence[bool], ranks: Sequence[int],
                           skip: Sequence[int] = ()) -> None:
+    """Note the ranks whose row is flagged in ``bad`` (the rule's own exclusion of non-finite
+    workers: no extra pass over the data); ranks in ``skip``, already rejected as malformed,
+    are not counted again."""
     names = tuple(r for r, b in zip(ranks, bad) if b and r not in skip)
     stats.last_nonfinite_ranks = names
     for r in names:

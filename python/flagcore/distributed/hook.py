@@ -243,7 +243,7 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     out = None
     if state.whole_model:
         if not has_plan(state.rule_obj):  # aggregated at the end on the concatenated buckets
-            nonfinite = (~stack.isfinite()).any(dim=1).cpu().numpy()
+            nonfinite = None  # known only then
         elif needs_gram(state.rule_obj):
             e.gram = block_gram(stack)
             nonfinite = ~np.isfinite(np.diagonal(e.gram))
@@ -252,11 +252,13 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
             e.excl = np.asarray(info.excluded, bool)
             nonfinite = e.excl
     else:
-        out = state.rule_obj(stack).to(buf.dtype)
-        nonfinite = (~stack.isfinite()).any(dim=1).cpu().numpy()
+        out, info = state.rule_obj(stack, return_info=True)  # the rule's own finiteness check
+        out = out.to(buf.dtype)
+        nonfinite = np.asarray(info.excluded, bool)
     with state._lock:
         st.comm_s += t0 - e.t_launch
-        record_nonfinite_mask(st, nonfinite, state.ranks, skip=tuple(bad))
+        if nonfinite is not None:
+            record_nonfinite_mask(st, nonfinite, state.ranks, skip=tuple(bad))
         if bad:
             st.last_rejected = dict(bad)
             for r, m in bad.items():
@@ -290,7 +292,10 @@ def _finish_whole_model(state: RobustHookState, pending: list) -> None:
     p = len(state.ranks)
     if not has_plan(rule):
         # a rule (or option) flagcore.rules.gram_plan does not cover: the whole stack, once
-        whole = rule(torch.cat([e.stack for e in pending], dim=1))
+        whole, info = rule(torch.cat([e.stack for e in pending], dim=1), return_info=True)
+        with state._lock:
+            record_nonfinite_mask(state.stats, np.asarray(info.excluded, bool), state.ranks,
+                                  skip=tuple(r for e in pending for r in e.bad))
         off = 0
         for e in pending:
             n = e.buf.numel()

@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from ._common import (_instance_ids, ArrivalBarrier, CommStats, check_rank, check_timeout, contribution_of, default_store,
                       derive_seed, group_ranks, record_nonfinite_mask, rule_params_with_defaults, timed,
                       torch_dist, validate_attack, validate_rule)
@@ -306,9 +308,8 @@ class ParameterServer:
         rows = torch.stack([recvs[r][1] for r in used])
         stack, bad = unpack(rows, self.numel, self.dtype, (step, 0), used, "a gradient")
         t0 = time.perf_counter()
-        agg = self.rule_obj(stack)
-        nonfinite = (~stack.isfinite()).any(dim=1).cpu().numpy()
-        record_nonfinite_mask(self.stats, nonfinite, used, skip=tuple(bad))
+        agg, info = self.rule_obj(stack, return_info=True)  # info.excluded: the rule's finiteness check
+        record_nonfinite_mask(self.stats, np.asarray(info.excluded, bool), used, skip=tuple(bad))
         self.stats.aggregate_s += time.perf_counter() - t0
         if mode == "parameters":
             self._write(agg, "grad")
