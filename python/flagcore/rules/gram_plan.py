@@ -24,15 +24,13 @@ not ``centered_clipping`` with a ``reference`` (a whole-model vector), nor rules
 pre-aggregation steps added to flagcore.rules after this module: a caller then concatenates
 the blocks and calls the rule once (exact too, without the per-block overlap).
 
-If ``preagg.build_source`` accepts the Gram (``gram=``), the pre-aggregation is built by it;
-otherwise this module repeats its steps for the layout it knows (and ``has_plan`` says False
-for a layout it does not know).
+Pre-aggregation is built by ``preagg.build_source`` itself: with ``gram=`` when it accepts
+the Gram, otherwise on a p x p stand-in whose Gram is the given one (to float64 rounding).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +39,7 @@ import numpy as np
 from .._arrays import as_stack
 from .._backend import core
 from ..flag import _check_params
-from ._source import Source, _zero_excluded, stack_gram, stack_weighted_sum
+from ._source import Source, stack_gram, stack_weighted_sum
 from .coordinate import RULE_IDS, run_coordinate
 from .preagg import build_source, rows_after
 
@@ -90,11 +88,7 @@ def has_plan(rule: Any) -> bool:
         return False
     if getattr(rule, "neighbours", "textbook") != "textbook":
         return False
-    if not set(rule.pre) <= {"nnm", "bucketing"}:
-        return False
-    if rule.pre and not (_BUILD_TAKES_GRAM or "steps" not in Source.__dataclass_fields__):
-        return False  # pre-aggregation kept in a layout _source_from_gram does not reproduce
-    return True
+    return set(rule.pre) <= {"nnm", "bucketing"}
 
 
 _PLANNED = ("mean", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan",
@@ -103,42 +97,35 @@ _BUILD_TAKES_GRAM = "gram" in inspect.signature(build_source).parameters
 
 
 def _source_from_gram(rule: Any, g: np.ndarray) -> Source:
-    """What ``preagg.build_source`` makes of the whole stack, from its Gram alone (no data:
-    ``st`` is None). Uses build_source itself when it accepts the Gram (``gram=``); otherwise
-    repeats its steps (NNM, bucketing, with the rule's own random stream)."""
+    """What ``preagg.build_source`` makes of the whole stack, from its (1, p, p) Gram alone.
+
+    build_source is called itself (whatever its internal layout), on a (p, p) float64 stand-in
+    X with X X^T = G (eigen-factorisation; NaN rows for the workers whose squared norm is not
+    finite, which build_source excludes as it would the real rows), or with ``gram=`` when it
+    accepts the Gram directly. The returned Source holds the stand-in; ``apply_plan`` swaps in
+    each block's data."""
     f, steps = rule.f, rule.pre
     if not steps:
         return Source(None, f=f)
     if _BUILD_TAKES_GRAM:
         return build_source(None, f, steps, rule.bucket_size, rule._rng(), gram=g)
-    b, p = g.shape[0], g.shape[1]
-    diag = np.diagonal(g, axis1=1, axis2=2)
-    excl0 = ~np.isfinite(diag)
-    g0 = _zero_excluded(g, excl0)
-    mix = np.repeat(np.eye(p)[None], b, axis=0)
-    mix[excl0] = 0.0
-    excl = excl0.copy()
-    rng = rule._rng()
-    for step in steps:
-        if step == "nnm":
-            gc = np.einsum("qij,qjk,qlk->qil", mix, g0, mix)
-            d = core.nnm_matrix(gc, f, excl.astype(np.uint8))
-            mix = d["matrix"] @ mix
-        else:
-            pc = mix.shape[1]
-            nb = math.ceil(pc / rule.bucket_size)
-            new = np.zeros((b, nb, p))
-            new_excl = np.zeros((b, nb), bool)
-            for q in range(b):
-                perm = rng.permutation(pc)
-                for j in range(nb):
-                    members = [i for i in perm[j * rule.bucket_size:(j + 1) * rule.bucket_size] if not excl[q, i]]
-                    if members:
-                        new[q, j] = mix[q, members].mean(axis=0)
-                    else:
-                        new_excl[q, j] = True
-            mix, excl = new, new_excl
-    return Source(None, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f)
+    st = as_stack(_gram_factor(g[0]), "plan_from_gram")
+    return build_source(st, f, steps, rule.bucket_size, rule._rng())
+
+
+def _gram_factor(g: np.ndarray) -> np.ndarray:
+    """(p, p) float64 rows whose Gram is g to float64 rounding (relative to its largest
+    eigenvalue); rows of non-finite diagonal entries are NaN."""
+    p = g.shape[0]
+    finite = np.isfinite(np.diagonal(g))
+    x = np.full((p, p), np.nan)
+    if finite.any():
+        sub = g[np.ix_(finite, finite)]
+        sub = 0.5 * (sub + sub.T)
+        w, v = np.linalg.eigh(sub)
+        x[finite] = 0.0
+        x[np.ix_(finite, np.arange(int(finite.sum())))] = v * np.sqrt(np.clip(w, 0.0, None))
+    return x
 
 
 def _check_rows(rule: Any, p: int) -> None:
