@@ -26,6 +26,7 @@ rounding); hook-whole and the parameter server give hook-1bucket's whole-model a
 over --repeat steps after --warmup) are reported. Timings taken while other jobs use the CPU are
 noisy: compare ratios within one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,23 +47,40 @@ def parse_sizes(text: str) -> list:
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="robust distributed training vs plain DDP allreduce")
-    ap.add_argument("--sizes", type=parse_sizes, default=parse_sizes("1e6,1e7"),
-                    help="model sizes (number of parameters), comma-separated")
+    ap.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=parse_sizes("1e6,1e7"),
+        help="model sizes (number of parameters), comma-separated",
+    )
     ap.add_argument("--world", type=int, default=4, help="processes")
-    ap.add_argument("--rules", default="flag", help="rules timed (mean is always checked against DDP)")
+    ap.add_argument(
+        "--rules", default="flag", help="rules timed (mean is always checked against DDP)"
+    )
     ap.add_argument("--repeat", type=int, default=5, help="timed steps per configuration")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch and flagcore threads per process")
-    ap.add_argument("--bucket-cap-mb", type=float, default=None, help="DDP bucket size (default: DDP's)")
-    ap.add_argument("--timeout", type=float, default=120.0, help="liveness timeout of the hook and the server")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                    help="cuda: also time the rules on the bucket shapes on the GPU")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "distributed.json"))
+    ap.add_argument(
+        "--bucket-cap-mb", type=float, default=None, help="DDP bucket size (default: DDP's)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=120.0, help="liveness timeout of the hook and the server"
+    )
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: also time the rules on the bucket shapes on the GPU",
+    )
+    ap.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "distributed.json")
+    )
     ap.add_argument("--_worker", nargs=2, metavar=("OUT_DIR", "CONFIG"), help=argparse.SUPPRESS)
     return ap
 
 
 # -- one rank ---------------------------------------------------------------------------------
+
 
 def make_model(n: int) -> object:
     import torch
@@ -79,7 +97,12 @@ def worker(out_dir: str, cfg: dict) -> None:
     import torch.distributed as dist
 
     import flagcore
-    from flagcore.distributed import ParameterServer, assert_replicas_identical, register_robust_hook, shutdown
+    from flagcore.distributed import (
+        ParameterServer,
+        assert_replicas_identical,
+        register_robust_hook,
+        shutdown,
+    )
 
     torch.set_num_threads(cfg["threads"])
     flagcore.set_num_threads(cfg["threads"])
@@ -93,13 +116,24 @@ def worker(out_dir: str, cfg: dict) -> None:
         state = ps = None
         if kind.startswith("ps"):
             net = model
-            opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step sees the same gradients
-            ps = ParameterServer(model, opt, rule=rule, timeout=cfg["timeout"],
-                                 quorum=world - 1 if kind == "ps-quorum" else None)
+            opt = torch.optim.SGD(
+                model.parameters(), lr=0.0
+            )  # lr 0: every step sees the same gradients
+            ps = ParameterServer(
+                model,
+                opt,
+                rule=rule,
+                timeout=cfg["timeout"],
+                quorum=world - 1 if kind == "ps-quorum" else None,
+            )
         else:
-            net = torch.nn.parallel.DistributedDataParallel(model, **({} if cap is None else {"bucket_cap_mb": cap}))
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, **({} if cap is None else {"bucket_cap_mb": cap})
+            )
             if kind != "ddp":
-                state = register_robust_hook(net, rule, whole_model=kind != "hook-block", timeout=cfg["timeout"])
+                state = register_robust_hook(
+                    net, rule, whole_model=kind != "hook-block", timeout=cfg["timeout"]
+                )
         g = torch.Generator().manual_seed(rank)
         x = torch.randn(32, d, generator=g)
         times = []
@@ -119,13 +153,23 @@ def worker(out_dir: str, cfg: dict) -> None:
         for p in model.parameters():  # make the replicas comparable: one SGD step
             p.data.add_(p.grad, alpha=-0.01)
         assert_replicas_identical(model)
-        out = {"target": n, "n": sum(p.numel() for p in model.parameters()), "kind": kind, "rule": rule or "allreduce",
-               "step_ms": 1e3 * statistics.median(times[cfg["warmup"]:]), "grads": grads,
-               "bytes_per_step": bytes_per_step(kind, n_params(model), world)}
+        out = {
+            "target": n,
+            "n": sum(p.numel() for p in model.parameters()),
+            "kind": kind,
+            "rule": rule or "allreduce",
+            "step_ms": 1e3 * statistics.median(times[cfg["warmup"] :]),
+            "grads": grads,
+            "bytes_per_step": bytes_per_step(kind, n_params(model), world),
+        }
         if state is not None:
             st, steps = state.stats, cfg["repeat"]
-            out.update(buckets=len(state.bucket_calls), barrier_ms=1e3 * st.barrier_s / steps,
-                       comm_ms=1e3 * st.comm_s / steps, aggregate_ms=1e3 * st.aggregate_s / steps)
+            out.update(
+                buckets=len(state.bucket_calls),
+                barrier_ms=1e3 * st.barrier_s / steps,
+                comm_ms=1e3 * st.comm_s / steps,
+                aggregate_ms=1e3 * st.aggregate_s / steps,
+            )
         elif kind == "ddp":
             out["buckets"] = len(bucket_sizes(net)) or ""
         return out
@@ -134,8 +178,10 @@ def worker(out_dir: str, cfg: dict) -> None:
         err = float((a["grads"] - b["grads"]).abs().max())
         scale = float(b["grads"].abs().max())
         if err > tol * max(scale, 1e-30):
-            raise SystemExit(f"{a['kind']} {a['rule']} differs from {b['kind']} {b['rule']} by {err} "
-                             f"(scale {scale}) at n={a['n']}")
+            raise SystemExit(
+                f"{a['kind']} {a['rule']} differs from {b['kind']} {b['rule']} by {err} "
+                f"(scale {scale}) at n={a['n']}"
+            )
 
     for n in cfg["sizes"]:
         base = run(n, "ddp", None)
@@ -191,19 +237,22 @@ def collectives(n: int, cfg: dict) -> dict:
     t = torch.randn(n)
     out = torch.empty(world * n)
     res = {"target": n, "n": n, "rule": "collectives"}
-    for name, op in (("allreduce_ms", lambda: dist.all_reduce(t)),
-                     ("all_gather_ms", lambda: all_gather_flat(dist, out, t, None))):
+    for name, op in (
+        ("allreduce_ms", lambda: dist.all_reduce(t)),
+        ("all_gather_ms", lambda: all_gather_flat(dist, out, t, None)),
+    ):
         times = []
         for i in range(cfg["warmup"] + cfg["repeat"]):
             dist.barrier()
             t0 = time.perf_counter()
             op()
             times.append(time.perf_counter() - t0)
-        res[name] = 1e3 * statistics.median(times[cfg["warmup"]:])
+        res[name] = 1e3 * statistics.median(times[cfg["warmup"] :])
     return res
 
 
 # -- GPU aggregation of the same bucket shapes --------------------------------------------------
+
 
 def gpu_aggregation(shapes: list, rules: list, repeat: int, warmup: int) -> list:
     import torch
@@ -237,12 +286,20 @@ def gpu_aggregation(shapes: list, rules: list, repeat: int, warmup: int) -> list
                 t0 = time.perf_counter()
                 flagcore.aggregate(cpu, rule, **params)
                 tc.append(1e3 * (time.perf_counter() - t0))
-            rows.append({"p": p, "n": n, "rule": rule, "gpu_ms": statistics.median(ts[warmup:]),
-                         "cpu_ms": statistics.median(tc[warmup:])})
+            rows.append(
+                {
+                    "p": p,
+                    "n": n,
+                    "rule": rule,
+                    "gpu_ms": statistics.median(ts[warmup:]),
+                    "cpu_ms": statistics.median(tc[warmup:]),
+                }
+            )
     return rows
 
 
 # -- driver -------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -252,10 +309,21 @@ def free_port() -> int:
 
 def launch(cfg: dict, world: int) -> list:
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-                   OMP_NUM_THREADS=str(cfg["threads"]), FLAGCORE_NUM_THREADS=str(cfg["threads"]))
-        procs = [subprocess.Popen([sys.executable, __file__, "--_worker", tmp, json.dumps(cfg)],
-                                  env=dict(env, RANK=str(r))) for r in range(world)]
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+            WORLD_SIZE=str(world),
+            OMP_NUM_THREADS=str(cfg["threads"]),
+            FLAGCORE_NUM_THREADS=str(cfg["threads"]),
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--_worker", tmp, json.dumps(cfg)],
+                env=dict(env, RANK=str(r)),
+            )
+            for r in range(world)
+        ]
         deadline = time.monotonic() + 3600
         codes = []
         for p in procs:
@@ -278,8 +346,15 @@ def main() -> None:
     from flagcore._table import print_table
 
     rules = [r for r in args.rules.split(",") if r]
-    cfg = {"sizes": args.sizes, "rules": rules, "repeat": args.repeat, "warmup": args.warmup,
-           "threads": args.threads, "bucket_cap_mb": args.bucket_cap_mb, "timeout": args.timeout}
+    cfg = {
+        "sizes": args.sizes,
+        "rules": rules,
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "bucket_cap_mb": args.bucket_cap_mb,
+        "timeout": args.timeout,
+    }
     load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     results = launch(cfg, args.world)
     load_after = os.getloadavg()
@@ -289,32 +364,60 @@ def main() -> None:
         for r in results:
             if r["target"] != n or r["rule"] == "collectives":
                 continue
-            rows.append([r["n"], r["kind"], r["rule"], r["step_ms"], r["step_ms"] / base["step_ms"],
-                         r["bytes_per_step"] / 2**20, r.get("comm_ms", ""), r.get("aggregate_ms", ""),
-                         r.get("buckets", "")])
+            rows.append(
+                [
+                    r["n"],
+                    r["kind"],
+                    r["rule"],
+                    r["step_ms"],
+                    r["step_ms"] / base["step_ms"],
+                    r["bytes_per_step"] / 2**20,
+                    r.get("comm_ms", ""),
+                    r.get("aggregate_ms", ""),
+                    r.get("buckets", ""),
+                ]
+            )
         c = next(r for r in results if r["target"] == n and r["rule"] == "collectives")
-        coll_rows.append([n, c["allreduce_ms"], c["all_gather_ms"], c["all_gather_ms"] / c["allreduce_ms"]])
-    print(f"Robust distributed training vs DDP allreduce: {args.world} CPU processes x {args.threads} thread(s),\n"
-          "rank 0. step: median ms per forward + backward + exchange; x ddp: step / DDP's step; MiB: sent\n"
-          "over the network per step, all ranks; gather / agg: the hook's all_gather (launch to completion,\n"
-          "overlapping the backward) and aggregation ms per step; bkts: buckets per step")
-    print_table("step time", ["params", "config", "rule", "step ms", "x ddp", "MiB", "gather", "agg", "bkts"], rows)
-    print_table("one collective of the whole gradient, float32, median ms",
-                ["n", "allreduce", "all_gather", "ratio"], coll_rows)
+        coll_rows.append(
+            [n, c["allreduce_ms"], c["all_gather_ms"], c["all_gather_ms"] / c["allreduce_ms"]]
+        )
+    print(
+        f"Robust distributed training vs DDP allreduce: {args.world} CPU processes x {args.threads} thread(s),\n"
+        "rank 0. step: median ms per forward + backward + exchange; x ddp: step / DDP's step; MiB: sent\n"
+        "over the network per step, all ranks; gather / agg: the hook's all_gather (launch to completion,\n"
+        "overlapping the backward) and aggregation ms per step; bkts: buckets per step"
+    )
+    print_table(
+        "step time",
+        ["params", "config", "rule", "step ms", "x ddp", "MiB", "gather", "agg", "bkts"],
+        rows,
+    )
+    print_table(
+        "one collective of the whole gradient, float32, median ms",
+        ["n", "allreduce", "all_gather", "ratio"],
+        coll_rows,
+    )
     gpu_rows = []
     if args.device == "cuda":
         shapes = sorted({(args.world, r["n"]) for r in results if r.get("kind") == "hook-1bucket"})
         gpu_rows = gpu_aggregation(shapes, rules, args.repeat, args.warmup)
         if gpu_rows:
-            print_table("Aggregation of the same buckets: GPU (CUDA events) vs CPU, ms",
-                        ["p", "n", "rule", "GPU ms", "CPU ms"],
-                        [[r["p"], r["n"], r["rule"], r["gpu_ms"], r["cpu_ms"]] for r in gpu_rows])
+            print_table(
+                "Aggregation of the same buckets: GPU (CUDA events) vs CPU, ms",
+                ["p", "n", "rule", "GPU ms", "CPU ms"],
+                [[r["p"], r["n"], r["rule"], r["gpu_ms"], r["cpu_ms"]] for r in gpu_rows],
+            )
     import flagcore
 
     print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
-    out = {"config": dict(cfg, world=args.world), "build": flagcore.build_info(), "ddp": results,
-           "loadavg_before": load_before, "loadavg_after": load_after,
-           "gpu_aggregation": gpu_rows}
+    out = {
+        "config": dict(cfg, world=args.world),
+        "build": flagcore.build_info(),
+        "ddp": results,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "gpu_aggregation": gpu_rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

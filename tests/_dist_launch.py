@@ -1,5 +1,6 @@
 """Launching the ranks of a multi-process test (one process per rank, gloo on 127.0.0.1) with
 a hard deadline, shared by test_distributed.py and test_distributed_production.py."""
+
 from __future__ import annotations
 
 import json
@@ -21,21 +22,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(worker: Path, scenario: str, out_dir: Path, *, deadline: float, env: dict | None = None,
-           expect_exit: dict | None = None) -> dict:
+def launch(
+    worker: Path,
+    scenario: str,
+    out_dir: Path,
+    *,
+    deadline: float,
+    env: dict | None = None,
+    expect_exit: dict | None = None,
+) -> dict:
     """Run the 4 ranks of ``scenario``; wait for at most ``deadline`` seconds for the ranks not
     listed in ``expect_exit`` (rank -> "killed"/"stalled"), kill everything left, return
     {rank: result json} for the ranks that wrote one."""
     port = free_port()
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
-                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FLAGCORE_NUM_THREADS="1",
-                PYTHONUNBUFFERED="1", **(env or {}))
+    base = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        FLAGCORE_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        **(env or {}),
+    )
     procs = []
     for r in range(WORLD):
-        log = open(out_dir / f"rank{r}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, str(worker), scenario, str(out_dir)],
-                                       env=dict(base, RANK=str(r)), stdout=log, stderr=subprocess.STDOUT),
-                      log))
+        log = open(out_dir / f"rank{r}.log", "w")  # noqa: SIM115 - closed by the caller after wait()
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, str(worker), scenario, str(out_dir)],
+                    env=dict(base, RANK=str(r)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
     expect_exit = expect_exit or {}
     end = time.monotonic() + deadline
     try:
@@ -45,8 +69,12 @@ def launch(worker: Path, scenario: str, out_dir: Path, *, deadline: float, env: 
             try:
                 p.wait(timeout=max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logs = "\n".join((out_dir / f"rank{q}.log").read_text()[-2000:] for q in range(WORLD))
-                pytest.fail(f"scenario {scenario}: rank {r} still running after {deadline} s (hang)\n{logs}")
+                logs = "\n".join(
+                    (out_dir / f"rank{q}.log").read_text()[-2000:] for q in range(WORLD)
+                )
+                pytest.fail(
+                    f"scenario {scenario}: rank {r} still running after {deadline} s (hang)\n{logs}"
+                )
     finally:
         for p, log in procs:
             if p.poll() is None:
@@ -68,5 +96,6 @@ def host_store() -> object:
 
     import torch.distributed
 
-    return torch.distributed.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=60),
-                                      wait_for_workers=False)
+    return torch.distributed.TCPStore(
+        "127.0.0.1", 0, None, True, datetime.timedelta(seconds=60), wait_for_workers=False
+    )

@@ -1,6 +1,7 @@
 """flagcore.rules.gram_plan: whole-model aggregation from blocks (the DDP hook's seam) equals
 flagcore.aggregate on the whole stack, for every rule, with and without pre-aggregation and a
 non-finite worker, over uneven block layouts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,14 +9,32 @@ import pytest
 
 import flagcore
 from flagcore.rules import make_rule
-from flagcore.rules.gram_plan import apply_plan, block_gram, needs_gram, plan_coordinate, plan_from_gram
+from flagcore.rules.gram_plan import (
+    apply_plan,
+    block_gram,
+    needs_gram,
+    plan_coordinate,
+    plan_from_gram,
+)
 
 CASES = [
-    ("flag", {}), ("flag", {"scale": "median_norm", "max_iter": 5}), ("krum", {"f": 2}), ("multi_krum", {"f": 2}),
-    ("geometric_median", {}), ("centered_clipping", {"tau": 1.0}), ("bulyan", {"f": 1}),
-    ("median", {}), ("mean", {}), ("trimmed_mean", {"f": 2}), ("meamed", {"f": 2}), ("phocas", {"f": 1}),
-    ("median", {"f": 2, "pre": "nnm"}), ("krum", {"f": 1, "pre": "nnm"}), ("flag", {"f": 1, "pre": "nnm"}),
-    ("geometric_median", {"pre": "bucketing", "bucket_size": 2, "seed": 3}), ("bulyan", {"f": 1, "pre": "nnm"}),
+    ("flag", {}),
+    ("flag", {"scale": "median_norm", "max_iter": 5}),
+    ("krum", {"f": 2}),
+    ("multi_krum", {"f": 2}),
+    ("geometric_median", {}),
+    ("centered_clipping", {"tau": 1.0}),
+    ("bulyan", {"f": 1}),
+    ("median", {}),
+    ("mean", {}),
+    ("trimmed_mean", {"f": 2}),
+    ("meamed", {"f": 2}),
+    ("phocas", {"f": 1}),
+    ("median", {"f": 2, "pre": "nnm"}),
+    ("krum", {"f": 1, "pre": "nnm"}),
+    ("flag", {"f": 1, "pre": "nnm"}),
+    ("geometric_median", {"pre": "bucketing", "bucket_size": 2, "seed": 3}),
+    ("bulyan", {"f": 1, "pre": "nnm"}),
     ("mean", {"pre": "bucketing", "seed": 1}),
 ]
 TOL = {np.float32: 1e-6, np.float64: 1e-12}
@@ -32,11 +51,15 @@ def _planned(rule_name: str, kw: dict, blocks: list) -> np.ndarray:
     if needs_gram(rule):
         plan = plan_from_gram(rule, sum(block_gram(b) for b in reversed(blocks)))
     else:
-        plan = plan_coordinate(rule, p, np.any([~np.isfinite(b).all(axis=1) for b in blocks], axis=0))
+        plan = plan_coordinate(
+            rule, p, np.any([~np.isfinite(b).all(axis=1) for b in blocks], axis=0)
+        )
     return np.concatenate([apply_plan(plan, b) for b in blocks])
 
 
-@pytest.mark.parametrize("rule,kw", CASES, ids=[f"{r}-{'-'.join(map(str, k.values()))}" for r, k in CASES])
+@pytest.mark.parametrize(
+    "rule,kw", CASES, ids=[f"{r}-{'-'.join(map(str, k.values()))}" for r, k in CASES]
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nan_worker", [None, 3])
 def test_blocks_equal_whole_model(rule: str, kw: dict, dtype: type, nan_worker: int | None) -> None:
@@ -65,7 +88,9 @@ def test_torch_blocks_come_back_as_torch() -> None:
 
 
 def test_plan_errors() -> None:
-    with pytest.raises(ValueError, match=r"plan_from_gram: gram must be \(p, p\), got shape \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"plan_from_gram: gram must be \(p, p\), got shape \(2, 3\)"
+    ):
         plan_from_gram(make_rule("krum", f=0), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="needs p >= 2f \\+ 3, got p = 4, f = 1"):
         plan_from_gram(make_rule("krum", f=1), np.eye(4))

@@ -1,5 +1,6 @@
 """predict_step_time: the parameter server's step time with backup workers from flagcore.energy's
 (n, k) fork-join model, against the k-th order statistic computed directly and exact theory."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,11 @@ from flagcore.distributed.quorum import lognormal_times, predict_step_time
 
 
 def test_equals_kth_order_statistic_of_the_same_samples() -> None:
-    times = [lognormal_times(0.02, 0.5), lognormal_times(0.02, 0.5), lognormal_times(0.02, 0.5, shift=0.06)]
+    times = [
+        lognormal_times(0.02, 0.5),
+        lognormal_times(0.02, 0.5),
+        lognormal_times(0.02, 0.5, shift=0.06),
+    ]
     res = predict_step_time(times, 2, steps=5000, overhead=0.001, seed=4)
     rng = np.random.default_rng(4)  # the same draws, in the same order
     s = np.stack([t(rng, 5000) for t in times], axis=1)
@@ -33,13 +38,17 @@ def test_deterministic_and_empirical_inputs() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match=r"predict_step_time: quorum must be an int in \[1, 2\] or None, got 3"):
+    with pytest.raises(
+        ValueError, match=r"predict_step_time: quorum must be an int in \[1, 2\] or None, got 3"
+    ):
         predict_step_time([1.0, 2.0], 3)
     with pytest.raises(ValueError, match="worker_times must be a non-empty sequence"):
         predict_step_time([], 1)
     with pytest.raises(ValueError, match=r"worker_times\[1\] must give finite times >= 0"):
         predict_step_time([1.0, -1.0], 1)
-    with pytest.raises(ValueError, match=r"worker_times\[0\] \(a callable\) returned 3 samples, expected 10"):
+    with pytest.raises(
+        ValueError, match=r"worker_times\[0\] \(a callable\) returned 3 samples, expected 10"
+    ):
         predict_step_time([lambda rng, m: np.ones(3)], 1, steps=10)
     with pytest.raises(ValueError, match="overhead must be finite and >= 0"):
         predict_step_time([1.0], 1, overhead=-1.0)

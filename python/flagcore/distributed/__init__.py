@@ -15,6 +15,7 @@ on GPUs; launch with torchrun).
 
 torch is needed here (flagcore itself imports without it).
 """
+
 from .errors import RankFailureError
 from .hook import RobustHookState, register_robust_hook, robust_hook
 from .quorum import lognormal_times, predict_step_time

@@ -1,5 +1,6 @@
 """Pieces shared by the DDP hook and the parameter server: rank-liveness checks through the
 c10d store, argument checks, Byzantine contributions, and timing counters."""
+
 from __future__ import annotations
 
 import datetime
@@ -50,7 +51,9 @@ def check_timeout(fn: str, timeout: Any) -> float | None:
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (base seed, rank, step, bucket): the same on every run and
     independent between ranks, steps and buckets."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(
+        2, dtype=np.uint32
+    )
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
@@ -80,17 +83,23 @@ def validate_attack(fn: str, attack: Any, params: dict) -> None:
 
     if callable(attack) and not isinstance(attack, str):
         if params:
-            raise ValueError(f"{fn}: attack_params are for a named attack, got a callable attack and {params!r}")
+            raise ValueError(
+                f"{fn}: attack_params are for a named attack, got a callable attack and {params!r}"
+            )
         return
     if attack is None:
         if params:
             raise ValueError(f"{fn}: attack_params given without an attack: {params!r}")
         return
     if not isinstance(attack, str):
-        raise TypeError(f"{fn}: attack must be None, an attack name (str) or a callable, got {attack!r}")
+        raise TypeError(
+            f"{fn}: attack must be None, an attack name (str) or a callable, got {attack!r}"
+        )
     out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
     if tuple(out.shape) != (1, 3):
-        raise ValueError(f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)")
+        raise ValueError(
+            f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)"
+        )
 
 
 def byzantine_contribution(attack: str, params: dict, own: Any, seed: int) -> Any:
@@ -148,18 +157,23 @@ class CommStats:
 
     def as_dict(self) -> dict:
         return {
-            "calls": self.calls, "elements": self.elements, "barrier_s": self.barrier_s,
-            "comm_s": self.comm_s, "aggregate_s": self.aggregate_s,
+            "calls": self.calls,
+            "elements": self.elements,
+            "barrier_s": self.barrier_s,
+            "comm_s": self.comm_s,
+            "aggregate_s": self.aggregate_s,
             "nonfinite_calls": dict(self.nonfinite_calls),
             "last_nonfinite_ranks": list(self.last_nonfinite_ranks),
             "rejected_calls": dict(self.rejected_calls),
             "last_rejected": {int(k): v for k, v in self.last_rejected.items()},
-            "step_times": list(self.step_times), "late_calls": dict(self.late_calls),
+            "step_times": list(self.step_times),
+            "late_calls": dict(self.late_calls),
         }
 
 
-def record_nonfinite_mask(stats: CommStats, bad: Sequence[bool], ranks: Sequence[int],
-                          skip: Sequence[int] = ()) -> None:
+def record_nonfinite_mask(
+    stats: CommStats, bad: Sequence[bool], ranks: Sequence[int], skip: Sequence[int] = ()
+) -> None:
     """Note the ranks whose row is flagged in ``bad`` (the rule's own exclusion of non-finite
     workers: no extra pass over the data); ranks in ``skip``, already rejected as malformed,
     are not counted again."""
@@ -189,7 +203,9 @@ class ArrivalBarrier:
     make a collective fail fast, which ``run`` turns into the same error after a probe.
     """
 
-    def __init__(self, store: Any, kind: str, rank: int, ranks: Sequence[int], timeout: float) -> None:
+    def __init__(
+        self, store: Any, kind: str, rank: int, ranks: Sequence[int], timeout: float
+    ) -> None:
         self.store = store
         self.prefix = f"flagcore/{kind}/{next(_instance_ids)}"
         self.rank = int(rank)
@@ -219,14 +235,17 @@ class ArrivalBarrier:
                 f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
-                where=where, timeout=self.timeout,
+                where=where,
+                timeout=self.timeout,
             ) from cause
         if not missing:  # every key arrived just after the wait gave up: not a failure
             return
         raise RankFailureError(
             f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
             f"{self.timeout:g} s (dead or stalled); seen from rank {self.rank}",
-            missing_ranks=missing, where=where, timeout=self.timeout,
+            missing_ranks=missing,
+            where=where,
+            timeout=self.timeout,
         ) from cause
 
     def arrive(self, where: str) -> None:
@@ -280,13 +299,16 @@ class ArrivalBarrier:
                 f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
-                where=where, timeout=self.timeout,
+                where=where,
+                timeout=self.timeout,
             ) from cause
         if missing:
             raise RankFailureError(
                 f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
                 f"{self.timeout:g} s (dead or stalled); seen from rank {self.rank}",
-                missing_ranks=missing, where=where, timeout=self.timeout,
+                missing_ranks=missing,
+                where=where,
+                timeout=self.timeout,
             ) from cause
         raise self.after_failure(where, cause) from cause
 
@@ -303,7 +325,9 @@ class ArrivalBarrier:
             return err
         return RankFailureError(
             f"flagcore.distributed: {where}: the collective failed on rank {self.rank} although "
-            f"every rank is still reachable: {exc}", where=where, timeout=self.timeout,
+            f"every rank is still reachable: {exc}",
+            where=where,
+            timeout=self.timeout,
         )
 
 

@@ -21,9 +21,11 @@ or the training loop of one rank, wrong dtypes, ranks out of step). A process th
 flagcore and writes other byte counts into the transport itself cannot be defended at this
 level: gloo checks sizes in C++ and aborts.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 HEADER_WORDS = 4
 HEADER_BYTES = 8 * HEADER_WORDS
@@ -32,9 +34,20 @@ HEADER_BYTES = 8 * HEADER_WORDS
 def _dtype_table() -> dict:
     import torch
 
-    return {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3,
-            torch.int64: 4, torch.int32: 5, torch.uint8: 6, torch.int8: 7, torch.int16: 8, torch.bool: 9,
-            torch.complex64: 10, torch.complex128: 11}
+    return {
+        torch.float32: 0,
+        torch.float64: 1,
+        torch.float16: 2,
+        torch.bfloat16: 3,
+        torch.int64: 4,
+        torch.int32: 5,
+        torch.uint8: 6,
+        torch.int8: 7,
+        torch.int16: 8,
+        torch.bool: 9,
+        torch.complex64: 10,
+        torch.complex128: 11,
+    }
 
 
 def dtype_code(dtype: Any) -> int:
@@ -75,25 +88,34 @@ def pack(contribution: Any, numel: int, dtype: Any, device: Any, tag: Sequence[i
     return msg
 
 
-def unpack(rows: Any, numel: int, dtype: Any, tag: Sequence[int], ranks: Sequence[int],
-           what: str) -> tuple[Any, dict]:
+def unpack(
+    rows: Any, numel: int, dtype: Any, tag: Sequence[int], ranks: Sequence[int], what: str
+) -> tuple[Any, dict]:
     """``rows``: (p, payload + header) uint8, row i from ``ranks[i]``. Returns the (p, numel)
     payload view in ``dtype`` (rows of mismatching headers filled with NaN, in place) and
     {rank: message} for those rows."""
     import torch
 
     nb = payload_bytes(numel, dtype)
-    heads = torch.empty((rows.shape[0], HEADER_BYTES), dtype=torch.uint8).copy_(rows[:, nb:])  # aligned
+    heads = torch.empty((rows.shape[0], HEADER_BYTES), dtype=torch.uint8).copy_(
+        rows[:, nb:]
+    )  # aligned
     heads = heads.view(torch.int64).tolist()
     stack = rows[:, :nb].view(dtype)
     code = dtype_code(dtype)
     bad = {}
     for i, (r, h) in enumerate(zip(ranks, heads)):
         if (h[0], h[1]) != (int(tag[0]), int(tag[1])):
-            bad[r] = (f"rank {r} sent {what} tagged ({h[0]}, {h[1]}), expected ({tag[0]}, {tag[1]}): "
-                      f"the ranks are out of step")
+            bad[r] = (
+                f"rank {r} sent {what} tagged ({h[0]}, {h[1]}), expected ({tag[0]}, {tag[1]}): "
+                f"the ranks are out of step"
+            )
         elif (h[2], h[3]) != (numel, code):
-            got = "something that is not a tensor" if h[2] < 0 else f"{h[2]} {dtype_name(h[3])} values"
+            got = (
+                "something that is not a tensor"
+                if h[2] < 0
+                else f"{h[2]} {dtype_name(h[3])} values"
+            )
             bad[r] = f"rank {r} sent {what} of {got}, expected {numel} {dtype_name(code)}"
         if r in bad:
             stack[i].fill_(float("nan"))

@@ -20,6 +20,7 @@ Failure model: see ``flagcore.distributed._wire`` (a malformed contribution beco
 excluded and counted against f, named in ``stats.last_rejected`` on every rank) and
 ``register_robust_hook`` (a dead or stalled rank is named within ``timeout``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,22 @@ from typing import Any
 
 import numpy as np
 
-from ._common import (ArrivalBarrier, CommStats, all_gather_flat, check_timeout, default_store, derive_seed,
-                      group_ranks, record_nonfinite_mask, rule_params_with_defaults, timed,
-                      torch_dist, validate_attack, validate_rule, contribution_of)
+from ._common import (
+    ArrivalBarrier,
+    CommStats,
+    all_gather_flat,
+    check_timeout,
+    default_store,
+    derive_seed,
+    group_ranks,
+    record_nonfinite_mask,
+    rule_params_with_defaults,
+    timed,
+    torch_dist,
+    validate_attack,
+    validate_rule,
+    contribution_of,
+)
 from ._wire import pack, unpack
 
 log = logging.getLogger("flagcore.distributed")
@@ -85,10 +99,19 @@ class _Bucket:
     excl: Any = None
 
 
-def register_robust_hook(ddp_model: Any, rule: str = "flag", attack: Any = None, *, whole_model: bool = True,
-                         attack_params: dict | None = None, seed: int = 0,
-                         timeout: float | None = 300.0, process_group: Any = None,
-                         store: Any = None, **rule_params: Any) -> RobustHookState:
+def register_robust_hook(
+    ddp_model: Any,
+    rule: str = "flag",
+    attack: Any = None,
+    *,
+    whole_model: bool = True,
+    attack_params: dict | None = None,
+    seed: int = 0,
+    timeout: float | None = 300.0,
+    process_group: Any = None,
+    store: Any = None,
+    **rule_params: Any,
+) -> RobustHookState:
     """Make ``ddp_model`` (a torch DistributedDataParallel) aggregate gradients with a
     flagcore rule instead of averaging them.
 
@@ -145,28 +168,46 @@ def register_robust_hook(ddp_model: Any, rule: str = "flag", attack: Any = None,
     from ..rules import make_rule
 
     if not isinstance(ddp_model, DistributedDataParallel):
-        raise TypeError(f"{fn}: ddp_model must be a torch DistributedDataParallel, got {type(ddp_model).__name__}")
+        raise TypeError(
+            f"{fn}: ddp_model must be a torch DistributedDataParallel, got {type(ddp_model).__name__}"
+        )
     if not dist.is_initialized():
-        raise ValueError(f"{fn}: torch.distributed is not initialised (call init_process_group first)")
+        raise ValueError(
+            f"{fn}: torch.distributed is not initialised (call init_process_group first)"
+        )
     if not isinstance(whole_model, bool):
         raise TypeError(f"{fn}: whole_model must be a bool, got {whole_model!r}")
     timeout = check_timeout(fn, timeout)
     ranks = group_ranks(dist, process_group)
     params = rule_params_with_defaults(rule, rule_params)
     if params.get("reference") is not None:
-        raise ValueError(f"{fn}: centered_clipping takes no reference in the DDP hook (the reference is a "
-                         f"whole-model vector); got a {type(params['reference']).__name__}")
+        raise ValueError(
+            f"{fn}: centered_clipping takes no reference in the DDP hook (the reference is a "
+            f"whole-model vector); got a {type(params['reference']).__name__}"
+        )
     validate_rule(fn, rule, params, len(ranks))
     attack_params = dict(attack_params or {})
     validate_attack(fn, attack, attack_params)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
     rank = dist.get_rank()
-    state = RobustHookState(rule, params, attack, attack_params, seed, timeout, process_group, rank, ranks,
-                            whole_model=whole_model, rule_obj=make_rule(rule, _fn=fn, **params))
+    state = RobustHookState(
+        rule,
+        params,
+        attack,
+        attack_params,
+        seed,
+        timeout,
+        process_group,
+        rank,
+        ranks,
+        whole_model=whole_model,
+        rule_obj=make_rule(rule, _fn=fn, **params),
+    )
     if timeout is not None:
-        state.barrier = ArrivalBarrier(store if store is not None else default_store(dist), "hook",
-                                       rank, ranks, timeout)
+        state.barrier = ArrivalBarrier(
+            store if store is not None else default_store(dist), "hook", rank, ranks, timeout
+        )
     ddp_model.register_comm_hook(state, robust_hook)
     return state
 
@@ -191,7 +232,9 @@ def _hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
     idx = bucket.index()
     call = state.bucket_calls.get(idx, 0)
     state.bucket_calls[idx] = call + 1
-    own = contribution_of(state.attack, state.attack_params, buf, derive_seed(state.seed, state.rank, idx, call))
+    own = contribution_of(
+        state.attack, state.attack_params, buf, derive_seed(state.seed, state.rank, idx, call)
+    )
     p, n = len(state.ranks), buf.numel()
     msg = pack(own, n, buf.dtype, buf.device, (idx, call))
     gathered = torch.empty(p * msg.numel(), dtype=torch.uint8, device=buf.device)
@@ -263,7 +306,9 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
             st.last_rejected = dict(bad)
             for r, m in bad.items():
                 st.rejected_calls[r] = st.rejected_calls.get(r, 0) + 1
-                log.warning("flagcore.distributed: %s: %s; excluded and counted against f", e.where, m)
+                log.warning(
+                    "flagcore.distributed: %s: %s; excluded and counted against f", e.where, m
+                )
         st.aggregate_s += time.perf_counter() - t0
     return out
 
@@ -271,7 +316,11 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
 def _wait_step(state: RobustHookState, pending: list) -> None:
     """Wait for the step's gathers (at most ``timeout`` in all) and their callbacks."""
     # the first step may wait longer: ranks reach it at different times (start-up, first batch)
-    wait = None if state.timeout is None else (state.timeout if state.steps else max(state.timeout, 60.0))
+    wait = (
+        None
+        if state.timeout is None
+        else (state.timeout if state.steps else max(state.timeout, 60.0))
+    )
     state.steps += 1
     deadline = None if wait is None else time.monotonic() + wait
     for e in pending:
@@ -294,13 +343,17 @@ def _finish_whole_model(state: RobustHookState, pending: list) -> None:
         # a rule (or option) flagcore.rules.gram_plan does not cover: the whole stack, once
         whole, info = rule(torch.cat([e.stack for e in pending], dim=1), return_info=True)
         with state._lock:
-            record_nonfinite_mask(state.stats, np.asarray(info.excluded, bool), state.ranks,
-                                  skip=tuple(r for e in pending for r in e.bad))
+            record_nonfinite_mask(
+                state.stats,
+                np.asarray(info.excluded, bool),
+                state.ranks,
+                skip=tuple(r for e in pending for r in e.bad),
+            )
         off = 0
         for e in pending:
             n = e.buf.numel()
             # a tensor of its own: DDP reads the result with as_strided at absolute offsets
-            e.result.set_result(whole[off:off + n].to(e.buf.dtype).clone())
+            e.result.set_result(whole[off : off + n].to(e.buf.dtype).clone())
             off += n
         state.last_plan = None
         return

@@ -11,9 +11,11 @@ the previous step starts later in a real run (it first finishes and sends its st
 so the prediction is exact when the late workers are always the same (deliberately slowed
 ranks, say) and optimistic when the order of the workers changes from step to step.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,7 +27,9 @@ def _samples(spec: Any, steps: int, rng: np.random.Generator, i: int) -> np.ndar
     if callable(spec):
         s = np.asarray(spec(rng, steps), dtype=np.float64).reshape(-1)
         if s.size != steps:
-            raise ValueError(f"{fn}: worker_times[{i}] (a callable) returned {s.size} samples, expected {steps}")
+            raise ValueError(
+                f"{fn}: worker_times[{i}] (a callable) returned {s.size} samples, expected {steps}"
+            )
     elif isinstance(spec, (int, float, np.integer, np.floating)) and not isinstance(spec, bool):
         s = np.full(steps, float(spec))
     else:
@@ -38,8 +42,14 @@ def _samples(spec: Any, steps: int, rng: np.random.Generator, i: int) -> np.ndar
     return s
 
 
-def predict_step_time(worker_times: Sequence[Any], quorum: int | None = None, *, steps: int = 20000,
-                      overhead: float = 0.0, seed: int = 0) -> dict:
+def predict_step_time(
+    worker_times: Sequence[Any],
+    quorum: int | None = None,
+    *,
+    steps: int = 20000,
+    overhead: float = 0.0,
+    seed: int = 0,
+) -> dict:
     """Step-time distribution of a parameter server that aggregates the first ``quorum`` of n
     workers (None: all n), as an (n, k) fork-join with cancellation (flagcore.energy).
 
@@ -54,13 +64,21 @@ def predict_step_time(worker_times: Sequence[Any], quorum: int | None = None, *,
     overhead : seconds added to every step (the server's aggregation and the result's trip).
     seed : seed of the numpy Generator the samples are drawn with.
 
-    Returns a dict: ``samples`` (steps,), ``mean``, ``p50``, ``p90``, ``p99`` (seconds), ``n``, ``k``.
+    Returns a dict: ``samples`` (steps,), ``mean``, ``p50``, ``p90``, ``p99`` (seconds), ``n``,
+    ``k``.
     """
     from ..energy import simulate_trace
 
     fn = "predict_step_time"
-    if isinstance(worker_times, (str, bytes)) or not hasattr(worker_times, "__len__") or len(worker_times) == 0:
-        raise ValueError(f"{fn}: worker_times must be a non-empty sequence (one entry per worker), got {worker_times!r}")
+    if (
+        isinstance(worker_times, (str, bytes))
+        or not hasattr(worker_times, "__len__")
+        or len(worker_times) == 0
+    ):
+        raise ValueError(
+            f"{fn}: worker_times must be a non-empty sequence (one entry per worker), "
+            f"got {worker_times!r}"
+        )
     n = len(worker_times)
     k = n if quorum is None else quorum
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n:
@@ -71,20 +89,30 @@ def predict_step_time(worker_times: Sequence[Any], quorum: int | None = None, *,
     if not np.isfinite(overhead) or overhead < 0:
         raise ValueError(f"{fn}: overhead must be finite and >= 0, got {overhead}")
     rng = np.random.default_rng(seed)
-    services = np.stack([_samples(w, int(steps), rng, i) for i, w in enumerate(worker_times)], axis=1)
+    services = np.stack(
+        [_samples(w, int(steps), rng, i) for i, w in enumerate(worker_times)], axis=1
+    )
     gap = float(services.max()) * 2.0 + 1.0  # every step finds the system empty: a synchronous loop
     arrivals = np.arange(int(steps), dtype=np.float64) * gap
     out = simulate_trace(n, int(k), arrivals, services, cancel=True)
     t = out["response_times"] + overhead
-    return {"samples": t, "mean": float(t.mean()), "p50": float(np.percentile(t, 50)),
-            "p90": float(np.percentile(t, 90)), "p99": float(np.percentile(t, 99)), "n": n, "k": int(k)}
+    return {
+        "samples": t,
+        "mean": float(t.mean()),
+        "p50": float(np.percentile(t, 50)),
+        "p90": float(np.percentile(t, 90)),
+        "p99": float(np.percentile(t, 99)),
+        "n": n,
+        "k": int(k),
+    }
 
 
 def lognormal_times(mean: float, sigma: float, shift: float = 0.0) -> Callable:
     """A sampler for ``predict_step_time``: shift + a lognormal of the given mean and sigma (of
     the underlying normal)."""
-    mu = np.log(mean) - sigma ** 2 / 2
+    mu = np.log(mean) - sigma**2 / 2
 
     def draw(rng: np.random.Generator, size: int) -> np.ndarray:
         return shift + rng.lognormal(mu, sigma, size)
+
     return draw

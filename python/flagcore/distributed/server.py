@@ -10,8 +10,9 @@ keeps an optimizer). Every rank calls the same methods in the same order::
     for x, y in batches:
         optimizer.zero_grad()
         loss_fn(model(x), y).backward()
-        ps.step()          # gather -> aggregate on the server -> broadcast -> optimizer step
+        ps.step()  # gather -> aggregate on the server -> broadcast -> optimizer step
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from ._common import (_instance_ids, ArrivalBarrier, CommStats, check_rank, check_timeout, contribution_of, default_store,
-                      derive_seed, group_ranks, record_nonfinite_mask, rule_params_with_defaults, timed,
-                      torch_dist, validate_attack, validate_rule)
+from ._common import (
+    _instance_ids,
+    ArrivalBarrier,
+    CommStats,
+    check_rank,
+    check_timeout,
+    contribution_of,
+    default_store,
+    derive_seed,
+    group_ranks,
+    record_nonfinite_mask,
+    rule_params_with_defaults,
+    timed,
+    torch_dist,
+    validate_attack,
+    validate_rule,
+)
 from ._wire import HEADER_BYTES, dtype_code, dtype_name, pack, payload_bytes, unpack
 from .errors import RankFailureError
 from .._arrays import check_choice, check_int
@@ -85,11 +100,24 @@ class ParameterServer:
     a tag per step, so a late gradient never mixes with the next step's.
     """
 
-    def __init__(self, params: Any, optimizer: Any = None, *, rule: str = "flag", server_rank: int = 0,
-                 include_server: bool = True, mode: str = "gradients", quorum: int | None = None,
-                 attack: Any = None, attack_params: dict | None = None, seed: int = 0,
-                 timeout: float | None = 300.0, process_group: Any = None, store: Any = None,
-                 **rule_params: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        optimizer: Any = None,
+        *,
+        rule: str = "flag",
+        server_rank: int = 0,
+        include_server: bool = True,
+        mode: str = "gradients",
+        quorum: int | None = None,
+        attack: Any = None,
+        attack_params: dict | None = None,
+        seed: int = 0,
+        timeout: float | None = 300.0,
+        process_group: Any = None,
+        store: Any = None,
+        **rule_params: Any,
+    ) -> None:
         fn = "ParameterServer"
         dist = torch_dist()
         import torch
@@ -97,7 +125,9 @@ class ParameterServer:
         from ..rules import make_rule
 
         if not dist.is_initialized():
-            raise ValueError(f"{fn}: torch.distributed is not initialised (call init_process_group first)")
+            raise ValueError(
+                f"{fn}: torch.distributed is not initialised (call init_process_group first)"
+            )
         if isinstance(params, torch.nn.Module):
             params = params.parameters()
         self.params = [p for p in params if p.requires_grad]
@@ -106,8 +136,10 @@ class ParameterServer:
         dtypes = {p.dtype for p in self.params}
         devices = {p.device for p in self.params}
         if len(dtypes) > 1 or len(devices) > 1:
-            raise ValueError(f"{fn}: params must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
-                             f"and devices {sorted(map(str, devices))}")
+            raise ValueError(
+                f"{fn}: params must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
+                f"and devices {sorted(map(str, devices))}"
+            )
         self.optimizer = optimizer
         self.mode = check_choice(mode, fn, "mode", MODES)
         if not isinstance(include_server, bool):
@@ -120,13 +152,20 @@ class ParameterServer:
         self.include_server = include_server
         self.workers = tuple(r for r in self.ranks if include_server or r != self.server_rank)
         if not self.workers:
-            raise ValueError(f"{fn}: no worker rank left (a group of one with include_server=False)")
-        self.quorum = len(self.workers) if quorum is None else check_int(quorum, fn, "quorum", low=1,
-                                                                          high=len(self.workers))
+            raise ValueError(
+                f"{fn}: no worker rank left (a group of one with include_server=False)"
+            )
+        self.quorum = (
+            len(self.workers)
+            if quorum is None
+            else check_int(quorum, fn, "quorum", low=1, high=len(self.workers))
+        )
         if self.quorum < len(self.workers) and dist.get_backend(process_group) != "gloo":
-            raise ValueError(f"{fn}: quorum needs the gloo backend (it finds the first arrivals by waiting on "
-                             f"point-to-point receives in threads; NCCL's wait does not block the host), got "
-                             f"backend {dist.get_backend(process_group)!r}")
+            raise ValueError(
+                f"{fn}: quorum needs the gloo backend (it finds the first arrivals by waiting on "
+                f"point-to-point receives in threads; NCCL's wait does not block the host), got "
+                f"backend {dist.get_backend(process_group)!r}"
+            )
         self.rule = rule
         self.rule_params = rule_params_with_defaults(rule, rule_params)
         validate_rule(fn, rule, self.rule_params, self.quorum)
@@ -144,8 +183,13 @@ class ParameterServer:
         self.steps = 0
         self.barrier = None
         if self.timeout is not None:
-            self.barrier = ArrivalBarrier(store if store is not None else default_store(dist), "ps",
-                                          self.rank, self.ranks, self.timeout)
+            self.barrier = ArrivalBarrier(
+                store if store is not None else default_store(dist),
+                "ps",
+                self.rank,
+                self.ranks,
+                self.timeout,
+            )
         # tags of this instance's messages: its creation number (the same on every rank, like
         # the store keys) and the step, so messages of instances and steps never mix
         self._tag_base = (next(_instance_ids) % 256) << 21
@@ -166,7 +210,11 @@ class ParameterServer:
     def _collective(self, where: str, op: Any, min_wait: float = 0.0) -> None:
         """Run an asynchronous collective ``op()`` (returns a work) with the deadline check
         (``timeout``, or ``min_wait`` seconds if longer)."""
-        k = timed(self.stats, "barrier_s", self.barrier.launched) if self.barrier is not None else None
+        k = (
+            timed(self.stats, "barrier_s", self.barrier.launched)
+            if self.barrier is not None
+            else None
+        )
 
         def run() -> None:
             try:
@@ -178,7 +226,9 @@ class ParameterServer:
             if self.barrier is None:
                 work.wait()
             else:
-                self.barrier.wait_work(work, k, where, time.monotonic() + max(self.timeout, min_wait))
+                self.barrier.wait_work(
+                    work, k, where, time.monotonic() + max(self.timeout, min_wait)
+                )
 
         timed(self.stats, "comm_s", run)
 
@@ -193,14 +243,23 @@ class ParameterServer:
         dev = self.device if dist.get_backend(self.group) != "gloo" else torch.device("cpu")
         out = torch.empty(2 * p, dtype=torch.int64, device=dev)
         # ranks construct at different times (start-up): a longer wait than a step's
-        self._collective("parameter server (model check)",
-                         lambda: _all_gather(dist, out, own.to(dev), self.group), min_wait=60.0)
+        self._collective(
+            "parameter server (model check)",
+            lambda: _all_gather(dist, out, own.to(dev), self.group),
+            min_wait=60.0,
+        )
         sig = out.view(p, 2).cpu().tolist()
         ref = sig[self.ranks.index(self.server_rank)]
-        differ = [f"rank {r} has {s[0]} {dtype_name(s[1])} parameters" for r, s in zip(self.ranks, sig) if s != ref]
+        differ = [
+            f"rank {r} has {s[0]} {dtype_name(s[1])} parameters"
+            for r, s in zip(self.ranks, sig)
+            if s != ref
+        ]
         if differ:
-            raise ValueError(f"{fn}: the ranks disagree on the model: {'; '.join(differ)}; the server "
-                             f"(rank {self.server_rank}) has {ref[0]} {dtype_name(ref[1])}")
+            raise ValueError(
+                f"{fn}: the ranks disagree on the model: {'; '.join(differ)}; the server "
+                f"(rank {self.server_rank}) has {ref[0]} {dtype_name(ref[1])}"
+            )
 
     def _reap(self) -> None:
         self._outstanding = [w for w in self._outstanding if not w.done.is_set()]
@@ -228,10 +287,14 @@ class ParameterServer:
                 raise ValueError(f"{fn}: rank {self.rank} is a worker and must pass its gradient")
         else:
             if not isinstance(flat_gradient, torch.Tensor):
-                raise TypeError(f"{fn}: flat_gradient must be a torch tensor, got {type(flat_gradient).__name__}")
+                raise TypeError(
+                    f"{fn}: flat_gradient must be a torch tensor, got {type(flat_gradient).__name__}"
+                )
             flat_gradient = flat_gradient.detach().reshape(-1)
             if flat_gradient.numel() != self.numel:
-                raise ValueError(f"{fn}: flat_gradient must have {self.numel} elements, got {flat_gradient.numel()}")
+                raise ValueError(
+                    f"{fn}: flat_gradient must have {self.numel} elements, got {flat_gradient.numel()}"
+                )
             flat_gradient = flat_gradient.to(dtype=self.dtype, device=self.device)
         st = self.stats
         st.calls += 1
@@ -244,14 +307,24 @@ class ParameterServer:
         res_bytes = payload_bytes(self.numel, self.dtype) + HEADER_BYTES * (p + 1)
         msg = None
         if self.is_worker:
-            own = contribution_of(self.attack, self.attack_params, flat_gradient,
-                                  derive_seed(self.seed, self.rank, step))
+            own = contribution_of(
+                self.attack,
+                self.attack_params,
+                flat_gradient,
+                derive_seed(self.seed, self.rank, step),
+            )
             msg = pack(own, self.numel, self.dtype, self.device, (step, 0))
         if self.is_server:
-            result = timed(st, "comm_s", lambda: self._serve(step, tag, msg, res_bytes, where, k, mode))
+            result = timed(
+                st, "comm_s", lambda: self._serve(step, tag, msg, res_bytes, where, k, mode)
+            )
         else:
             t0 = time.perf_counter()
-            send = dist.isend(msg, self.server_rank, group=self.group, tag=tag) if msg is not None else None
+            send = (
+                dist.isend(msg, self.server_rank, group=self.group, tag=tag)
+                if msg is not None
+                else None
+            )
             if send is not None:
                 self._outstanding.append(_Waiter(send, msg))
             result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
@@ -267,8 +340,16 @@ class ParameterServer:
         self._t_prev = now
         return out
 
-    def _serve(self, step: int, tag: int, own_msg: Any, res_bytes: int, where: str, k: int | None,
-               mode: str) -> Any:
+    def _serve(
+        self,
+        step: int,
+        tag: int,
+        own_msg: Any,
+        res_bytes: int,
+        where: str,
+        k: int | None,
+        mode: str,
+    ) -> Any:
         """Server side of one step: receive the quorum, aggregate, send the result."""
         import torch
 
@@ -284,7 +365,10 @@ class ParameterServer:
             buf = torch.empty(msg_bytes, dtype=torch.uint8, device=self.device)
             # gloo's point-to-point works report completion only through wait(): one waiting
             # thread per receive, so the first ``quorum`` arrivals can be taken in order
-            recvs[r] = (_Waiter(dist.irecv(buf, r, group=self.group, tag=tag), buf, arrivals, r), buf)
+            recvs[r] = (
+                _Waiter(dist.irecv(buf, r, group=self.group, tag=tag), buf, arrivals, r),
+                buf,
+            )
         if own_msg is not None:
             recvs[self.rank] = (None, own_msg)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -296,9 +380,13 @@ class ParameterServer:
             except queue.Empty:
                 self._abort(step, tag, res_bytes, waiting, where)
             if err is not None:
-                raise RankFailureError(f"flagcore.distributed: {where}: receiving rank {r}'s gradient failed "
-                                       f"on the server (rank {self.rank}): {err}", missing_ranks=[r],
-                                       where=where, timeout=self.timeout) from err
+                raise RankFailureError(
+                    f"flagcore.distributed: {where}: receiving rank {r}'s gradient failed "
+                    f"on the server (rank {self.rank}): {err}",
+                    missing_ranks=[r],
+                    where=where,
+                    timeout=self.timeout,
+                ) from err
             arrived.append(r)
             waiting.remove(r)
         used = sorted(arrived, key=self.ranks.index)
@@ -308,7 +396,9 @@ class ParameterServer:
         rows = torch.stack([recvs[r][1] for r in used])
         stack, bad = unpack(rows, self.numel, self.dtype, (step, 0), used, "a gradient")
         t0 = time.perf_counter()
-        agg, info = self.rule_obj(stack, return_info=True)  # info.excluded: the rule's finiteness check
+        agg, info = self.rule_obj(
+            stack, return_info=True
+        )  # info.excluded: the rule's finiteness check
         record_nonfinite_mask(self.stats, np.asarray(info.excluded, bool), used, skip=tuple(bad))
         self.stats.aggregate_s += time.perf_counter() - t0
         if mode == "parameters":
@@ -329,7 +419,9 @@ class ParameterServer:
                 status.append(LATE)
             else:
                 status.append(NOT_WORKER)
-        heads = _heads(self, step, 0, len(used), status, {r: _claimed(rows, used, r, self) for r in bad})
+        heads = _heads(
+            self, step, 0, len(used), status, {r: _claimed(rows, used, r, self) for r in bad}
+        )
         result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
         nb = payload_bytes(self.numel, self.dtype)
         result[:nb].view(self.dtype).copy_(payload.reshape(-1))
@@ -346,8 +438,11 @@ class ParameterServer:
 
     def _send_all(self, result: Any, tag: int) -> list:
         dist = torch_dist()
-        sends = [_Waiter(dist.isend(result, r, group=self.group, tag=tag + 1), result)
-                 for r in self.ranks if r != self.rank]
+        sends = [
+            _Waiter(dist.isend(result, r, group=self.group, tag=tag + 1), result)
+            for r in self.ranks
+            if r != self.rank
+        ]
         self._outstanding.extend(sends)
         return sends
 
@@ -358,12 +453,15 @@ class ParameterServer:
         status = [MISSING if r in missing else USED for r in self.ranks]
         heads = _heads(self, step, 1, 0, status, {})
         result = torch.zeros(res_bytes, dtype=torch.uint8, device=self.device)
-        result[payload_bytes(self.numel, self.dtype):].copy_(heads.to(self.device))
+        result[payload_bytes(self.numel, self.dtype) :].copy_(heads.to(self.device))
         self._send_all(result, tag)
         raise RankFailureError(
             f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
             f"(dead or stalled); seen from rank {self.rank} (the server, quorum {self.quorum})",
-            missing_ranks=missing, where=where, timeout=self.timeout)
+            missing_ranks=missing,
+            where=where,
+            timeout=self.timeout,
+        )
 
     def _read_result(self, result: Any, step: int, where: str) -> Any:
         """Every rank: the payload (n,) of the server's message, and the per-rank status in it."""
@@ -371,24 +469,40 @@ class ParameterServer:
 
         nb = payload_bytes(self.numel, self.dtype)
         p = len(self.ranks)
-        heads = torch.empty(HEADER_BYTES * (p + 1), dtype=torch.uint8).copy_(result[nb:]).view(torch.int64)
+        heads = (
+            torch.empty(HEADER_BYTES * (p + 1), dtype=torch.uint8)
+            .copy_(result[nb:])
+            .view(torch.int64)
+        )
         heads = heads.view(p + 1, 4).tolist()
         g_step, abort = heads[0][0], heads[0][1]
         if g_step != step:
-            raise RankFailureError(f"flagcore.distributed: {where}: the server's result is for step {g_step} "
-                                   f"(the ranks are out of step); seen from rank {self.rank}", where=where)
-        status = {r: h for r, h in zip(self.ranks, heads[1:])}
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: the server's result is for step {g_step} "
+                f"(the ranks are out of step); seen from rank {self.rank}",
+                where=where,
+            )
+        status = dict(zip(self.ranks, heads[1:]))
         if abort:
             missing = [r for r, h in status.items() if h[0] == MISSING]
             raise RankFailureError(
                 f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
                 f"(dead or stalled); reported by the server (rank {self.server_rank}) to rank {self.rank}",
-                missing_ranks=missing, where=where, timeout=self.timeout)
+                missing_ranks=missing,
+                where=where,
+                timeout=self.timeout,
+            )
         bad = {}
         for r, h in status.items():
             if h[0] == REJECTED:
-                got = "something that is not a tensor" if h[1] < 0 else f"{h[1]} {dtype_name(h[2])} values"
-                bad[r] = f"rank {r} sent a gradient of {got}, expected {self.numel} {dtype_name(dtype_code(self.dtype))}"
+                got = (
+                    "something that is not a tensor"
+                    if h[1] < 0
+                    else f"{h[1]} {dtype_name(h[2])} values"
+                )
+                bad[r] = (
+                    f"rank {r} sent a gradient of {got}, expected {self.numel} {dtype_name(dtype_code(self.dtype))}"
+                )
                 if h[1] == -2:
                     bad[r] = f"rank {r} sent a gradient out of step (for another step than {step})"
         st = self.stats
@@ -396,7 +510,9 @@ class ParameterServer:
             st.last_rejected = bad
             for r, m in bad.items():
                 st.rejected_calls[r] = st.rejected_calls.get(r, 0) + 1
-                log.warning("flagcore.distributed: %s: %s; excluded and counted against f", where, m)
+                log.warning(
+                    "flagcore.distributed: %s: %s; excluded and counted against f", where, m
+                )
         if not self.is_server:
             for r, h in status.items():
                 if h[0] == LATE:
@@ -409,8 +525,12 @@ class ParameterServer:
         """This rank's gradients as one (n,) tensor (zeros for parameters without .grad)."""
         import torch
 
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self.params])
+        return torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in self.params
+            ]
+        )
 
     def _write(self, flat: Any, attr: str) -> None:
         import torch
@@ -418,7 +538,7 @@ class ParameterServer:
         off = 0
         with torch.no_grad():
             for p in self.params:
-                chunk = flat[off:off + p.numel()].view_as(p)
+                chunk = flat[off : off + p.numel()].view_as(p)
                 off += p.numel()
                 if attr == "grad":
                     if p.grad is None:
@@ -443,7 +563,9 @@ class ParameterServer:
         parameters to every rank.
         """
         if self.optimizer is None and (self.mode == "gradients" or self.is_server):
-            raise ValueError("ParameterServer.step: no optimizer was given (pass one, or call aggregate_gradients)")
+            raise ValueError(
+                "ParameterServer.step: no optimizer was given (pass one, or call aggregate_gradients)"
+            )
         if self.mode == "gradients":
             self.aggregate_gradients()
             self.optimizer.step()
@@ -458,8 +580,10 @@ class ParameterServer:
 
         dist = torch_dist()
         flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-        self._collective("parameter server (initial parameters)",
-                         lambda: dist.broadcast(flat, src=self.server_rank, group=self.group, async_op=True))
+        self._collective(
+            "parameter server (initial parameters)",
+            lambda: dist.broadcast(flat, src=self.server_rank, group=self.group, async_op=True),
+        )
         if not self.is_server:
             self._write(flat, "param")
 
@@ -487,7 +611,7 @@ class _Waiter:
         err = None
         try:
             self.work.wait()
-        except BaseException as exc:  # noqa: BLE001 - handed to the step that waits for it
+        except BaseException as exc:
             err = exc
         self.done.set()
         if self.arrivals is not None:
@@ -504,13 +628,20 @@ def _claimed(rows: Any, used: list, r: int, ps: ParameterServer) -> tuple:
     import torch
 
     nb = payload_bytes(ps.numel, ps.dtype)
-    h = torch.empty(HEADER_BYTES, dtype=torch.uint8).copy_(rows[used.index(r), nb:]).view(torch.int64).tolist()
+    h = (
+        torch.empty(HEADER_BYTES, dtype=torch.uint8)
+        .copy_(rows[used.index(r), nb:])
+        .view(torch.int64)
+        .tolist()
+    )
     if h[0] != ps.steps - 1:
         return (-2, -2)
     return (h[2], h[3])
 
 
-def _heads(ps: ParameterServer, step: int, abort: int, used: int, status: list, claimed: dict) -> Any:
+def _heads(
+    ps: ParameterServer, step: int, abort: int, used: int, status: list, claimed: dict
+) -> Any:
     import torch
 
     h = [[step, abort, used, 0]]

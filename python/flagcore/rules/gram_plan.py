@@ -27,6 +27,7 @@ the blocks and calls the rule once (exact too, without the per-block overlap).
 Pre-aggregation is built by ``preagg.build_source`` itself: with ``gram=`` when it accepts
 the Gram, otherwise on a p x p stand-in whose Gram is the given one (to float64 rounding).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,15 @@ from ._source import Source, stack_gram, stack_weighted_sum
 from .coordinate import RULE_IDS, run_coordinate
 from .preagg import build_source, rows_after
 
-__all__ = ["GramPlan", "block_gram", "plan_from_gram", "plan_coordinate", "apply_plan", "needs_gram", "has_plan"]
+__all__ = [
+    "GramPlan",
+    "apply_plan",
+    "block_gram",
+    "has_plan",
+    "needs_gram",
+    "plan_coordinate",
+    "plan_from_gram",
+]
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,8 @@ class GramPlan:
     Either ``coefficients`` (p,) (the block's result is sum_i c_i x_i over the caller's rows),
     or a coordinate rule ``coordinate`` (a name of RULE_IDS) with ``f`` and ``keep`` applied to
     the rows ``source`` exposes of a block (the caller's rows, or the pre-aggregated rows),
-    leaving out the rows in ``excluded``. ``excluded_workers`` are the caller's workers left out (non-finite);
+    leaving out the rows in ``excluded``. ``excluded_workers`` are the caller's workers left out
+    (non-finite);
     ``selected`` the rows Krum / Multi-Krum / Bulyan chose (None otherwise).
     """
 
@@ -91,8 +101,19 @@ def has_plan(rule: Any) -> bool:
     return set(rule.pre) <= {"nnm", "bucketing"}
 
 
-_PLANNED = ("mean", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan",
-            "geometric_median", "centered_clipping", "flag")
+_PLANNED = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "meamed",
+    "phocas",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clipping",
+    "flag",
+)
 _BUILD_TAKES_GRAM = "gram" in inspect.signature(build_source).parameters
 
 
@@ -139,12 +160,17 @@ def plan_coordinate(rule: Any, p: int, excluded: Any) -> GramPlan:
     """Plan of a coordinate-wise rule without pre-aggregation: ``excluded`` (p,) bool are the
     workers holding a non-finite value anywhere in the model."""
     if needs_gram(rule):
-        raise ValueError(f"plan_coordinate: rule {rule.name!r} (pre={rule.pre!r}) needs the Gram: use plan_from_gram")
+        raise ValueError(
+            f"plan_coordinate: rule {rule.name!r} (pre={rule.pre!r}) needs the Gram: "
+            "use plan_from_gram"
+        )
     _check_rows(rule, p)
     ex = np.asarray(excluded, dtype=bool).reshape(p)
     if rule.name == "mean" and not ex.any():  # Mean's fast path: one weighted-sum pass
         return GramPlan("mean", p, ex, coefficients=np.full(p, 1.0 / p))
-    return GramPlan(rule.name, p, ex, coordinate=rule.name, f=rule.f, excluded=ex, source=Source(None, f=rule.f))
+    return GramPlan(
+        rule.name, p, ex, coordinate=rule.name, f=rule.f, excluded=ex, source=Source(None, f=rule.f)
+    )
 
 
 def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
@@ -155,10 +181,14 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"plan_from_gram: gram must be (p, p), got shape {g.shape}")
     if getattr(rule, "reference", None) is not None and rule.name == "centered_clipping":
-        raise ValueError(f"{rule._fn}: centered_clipping with a reference cannot be planned from blocks "
-                         f"(the reference is a whole-model vector); use reference=None")
+        raise ValueError(
+            f"{rule._fn}: centered_clipping with a reference cannot be planned from blocks "
+            f"(the reference is a whole-model vector); use reference=None"
+        )
     if not has_plan(rule):
-        raise ValueError(f"plan_from_gram: rule {rule.name!r} with pre={rule.pre!r} has no Gram plan here")
+        raise ValueError(
+            f"plan_from_gram: rule {rule.name!r} with pre={rule.pre!r} has no Gram plan here"
+        )
     p = g.shape[0]
     _check_rows(rule, p)
     name = rule.name
@@ -181,11 +211,18 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
     if name in RULE_IDS:
         if src.mix is None:  # a coordinate rule: only the exclusions matter
             return plan_coordinate(rule, p, ~np.isfinite(diag))
-        return GramPlan(name, p, workers_out, coordinate=name, f=rule.f, excluded=src.excluded[0], source=src)
+        return GramPlan(
+            name, p, workers_out, coordinate=name, f=rule.f, excluded=src.excluded[0], source=src
+        )
     if name in ("krum", "multi_krum"):
         d = core.krum(gs, rule.f, rule._m(gs.shape[1]), ex_u8)
-        return GramPlan(name, p, out_workers(d), coefficients=coef(d["coefficients"]),
-                        selected=np.asarray(d["selected"], bool)[0])
+        return GramPlan(
+            name,
+            p,
+            out_workers(d),
+            coefficients=coef(d["coefficients"]),
+            selected=np.asarray(d["selected"], bool)[0],
+        )
     if name == "geometric_median":  # nu relative to the median norm of the rows, as the rule does
         dg = np.diagonal(gs, axis1=1, axis2=2)
         with np.errstate(invalid="ignore"):
@@ -201,7 +238,12 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
         ga = np.zeros((1, pp + 1, pp + 1))
         ga[:, :pp, :pp] = gs
         d = core.centered_clipping(ga, rule.tau, rule.iterations, ex_u8)
-        return GramPlan(name, p, out_workers(d), coefficients=coef(np.ascontiguousarray(d["coefficients"][:, :pp])))
+        return GramPlan(
+            name,
+            p,
+            out_workers(d),
+            coefficients=coef(np.ascontiguousarray(d["coefficients"][:, :pp])),
+        )
     if name == "bulyan":
         d = core.bulyan_select(gs, rule.f, ex_u8)
         sel = d["selected"].astype(bool)[0]
@@ -209,12 +251,30 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
         pe = int((~excl).sum())
         f_eff = max(rule.f - (gs.shape[1] - pe), 0)
         beta = max(int(d["theta"][0]) - 2 * f_eff, 1)
-        return GramPlan(name, p, excl if src.mix is None else workers_out, coordinate="meamed", f=0,
-                        keep=beta, excluded=~sel, selected=sel, source=src)
+        return GramPlan(
+            name,
+            p,
+            excl if src.mix is None else workers_out,
+            coordinate="meamed",
+            f=0,
+            keep=beta,
+            excluded=~sel,
+            selected=sel,
+            source=src,
+        )
     # flag
     prm = rule.params
-    r, lam, max_iter, eps, tol, scale = _check_params(rule._fn, gs.shape[1], prm["r"], prm["lam"], prm["max_iter"],
-                                                      prm["eps"], prm["tol"], prm["scale"], False)
+    r, lam, max_iter, eps, tol, scale = _check_params(
+        rule._fn,
+        gs.shape[1],
+        prm["r"],
+        prm["lam"],
+        prm["max_iter"],
+        prm["eps"],
+        prm["tol"],
+        prm["scale"],
+        False,
+    )
     d = core.flag_irls(gs, r, lam, max_iter, eps, tol, scale)
     ex = np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
     return GramPlan(name, p, ex, coefficients=coef(d["coefficients"]))
