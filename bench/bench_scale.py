@@ -16,14 +16,14 @@ predicted time (the previous p's time scaled by the rule's complexity) exceeds -
 is skipped and marked. Output: a table, a JSON file and a log-log plot of time against p.
 
     python bench/bench_scale.py [--sizes 8 15 ... | --sizes 64:100000 ...] [--rules ...]
-                                [--budget 1e7] [--repeat 3] [--max-seconds 60] [--threads 1] [--quick]
-                                [--out bench/results/scale.json] [--plot bench/results/scale.png]
+        [--budget 1e7] [--repeat 3] [--max-seconds 60] [--threads 1] [--quick]
+        [--out bench/results/scale.json] [--plot bench/results/scale.png]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import time
@@ -32,19 +32,48 @@ import numpy as np
 import torch
 
 import flagcore
-from flagcore import _reference_rules as ref
-
 from _common import git_commit, svd_flag_torch
 from bench_rules import torch_bulyan, torch_multi_krum, torch_trimmed_mean, torch_weiszfeld
+from flagcore import _reference_rules as ref
 
 DEFAULT_P = [8, 15, 30, 64, 128, 256, 512, 1024, 4096]
 # Growth exponent in p of each timed function at fixed p * n (for skipping: the time at the
 # next p is predicted as t * (p_new / p_old) ** e).
-GROWTH = {"fa1": 2, "fa5": 2, "krum": 1, "bulyan": 2, "nnm": 1, "geometric_median": 1, "median": 0.5,
-          "trimmed_mean": 0.5, "mean": 0, "torch X@X.T": 1, "torch.sum": 0, "torch.median": 0.3,
-          "np.median": 0.3, "numpy eigh": 3, "plain fa1": 2, "plain krum": 1, "plain bulyan": 2,
-          "plain nnm": 1, "plain geometric_median (3 steps)": 0, "flagcore gram": 1, "plain trimmed_mean": 0.5, "torch.mean": 0}
-RULES = ["fa1", "fa5", "krum", "bulyan", "nnm", "geometric_median", "median", "trimmed_mean", "mean"]
+GROWTH = {
+    "fa1": 2,
+    "fa5": 2,
+    "krum": 1,
+    "bulyan": 2,
+    "nnm": 1,
+    "geometric_median": 1,
+    "median": 0.5,
+    "trimmed_mean": 0.5,
+    "mean": 0,
+    "torch X@X.T": 1,
+    "torch.sum": 0,
+    "torch.median": 0.3,
+    "np.median": 0.3,
+    "numpy eigh": 3,
+    "plain fa1": 2,
+    "plain krum": 1,
+    "plain bulyan": 2,
+    "plain nnm": 1,
+    "plain geometric_median (3 steps)": 0,
+    "flagcore gram": 1,
+    "plain trimmed_mean": 0.5,
+    "torch.mean": 0,
+}
+RULES = [
+    "fa1",
+    "fa5",
+    "krum",
+    "bulyan",
+    "nnm",
+    "geometric_median",
+    "median",
+    "trimmed_mean",
+    "mean",
+]
 
 
 def f_of(p: int) -> int:
@@ -56,7 +85,7 @@ def torch_nnm(t: torch.Tensor, f: int) -> torch.Tensor:
     p = t.shape[0]
     d = torch.cdist(t, t) ** 2
     d.fill_diagonal_(-1.0)
-    idx = torch.argsort(d, dim=1, stable=True)[:, :p - f]
+    idx = torch.argsort(d, dim=1, stable=True)[:, : p - f]
     a = torch.zeros((p, p), dtype=t.dtype)
     a.scatter_(1, idx, 1.0)
     return (a @ t) / (p - f)
@@ -67,18 +96,32 @@ def check(p: int, x: np.ndarray, t: torch.Tensor, f: int, rules: list[str]) -> N
     x64 = x.astype(np.float64)
     t64 = t.double()
     if "median" in rules:
-        np.testing.assert_allclose(flagcore.aggregate(x, "median"), np.median(x64, axis=0), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            flagcore.aggregate(x, "median"), np.median(x64, axis=0), rtol=1e-6, atol=1e-7
+        )
     if "trimmed_mean" in rules:
-        np.testing.assert_allclose(flagcore.aggregate(x, "trimmed_mean", f=f), torch_trimmed_mean(t64, f).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            flagcore.aggregate(x, "trimmed_mean", f=f),
+            torch_trimmed_mean(t64, f).numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
     if "mean" in rules:
-        np.testing.assert_array_equal(flagcore.aggregate(x, "mean"), x64.mean(axis=0).astype(np.float32))
+        np.testing.assert_array_equal(
+            flagcore.aggregate(x, "mean"), x64.mean(axis=0).astype(np.float32)
+        )
     if "krum" in rules and p >= 2 * f + 3:
-        np.testing.assert_allclose(flagcore.aggregate(x, "krum", f=f), torch_multi_krum(t64, f, 1).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            flagcore.aggregate(x, "krum", f=f), torch_multi_krum(t64, f, 1).numpy(), rtol=1e-6
+        )
     if "nnm" in rules and x.shape[1] * p * p <= 4e10:
-        np.testing.assert_allclose(flagcore.rules.nnm(x, f), torch_nnm(t64, f).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            flagcore.rules.nnm(x, f), torch_nnm(t64, f).numpy(), rtol=1e-4, atol=1e-5
+        )
     if "bulyan" in rules and p <= 256:
-        np.testing.assert_allclose(flagcore.aggregate(x, "bulyan", f=f), torch_bulyan(t64, f).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            flagcore.aggregate(x, "bulyan", f=f), torch_bulyan(t64, f).numpy(), rtol=1e-5, atol=1e-6
+        )
     if "geometric_median" in rules and p <= 1024:
         gm = flagcore.aggregate(x, "geometric_median").astype(np.float64)
         w = torch_weiszfeld(t64, 50).numpy()
@@ -134,9 +177,16 @@ def run_case(p: int, n: int, rules: list[str], repeat: int, max_s: float, last: 
         prev = last.get(name)
         predicted = None if prev is None else prev[1] / 1e3 * (p / prev[0]) ** GROWTH.get(name, 2)
         # The budgets need torch X @ X.T, torch.sum and eigh at every p: never skipped.
-        if predicted is not None and predicted > max_s and name not in ("torch X@X.T", "torch.sum", "numpy eigh",
-                                                                         "flagcore gram"):
-            rows.append(dict(p=p, n=n, f=f, name=name, ms=None, note=f"skipped: predicted {predicted:.0f} s"))
+        if (
+            predicted is not None
+            and predicted > max_s
+            and name not in ("torch X@X.T", "torch.sum", "numpy eigh", "flagcore gram")
+        ):
+            rows.append(
+                dict(
+                    p=p, n=n, f=f, name=name, ms=None, note=f"skipped: predicted {predicted:.0f} s"
+                )
+            )
             last[name] = (p, predicted * 1e3)
             continue
         t0 = time.perf_counter()
@@ -162,15 +212,21 @@ def goals(rows: list[dict]) -> list[dict]:
         xx, eig, tsum = ms.get("torch X@X.T"), ms.get("numpy eigh"), ms.get("torch.sum")
         if None in (xx, eig, tsum):
             continue
-        budget = {"nnm": 2 * xx + eig, "bulyan": 2 * xx + 5 * eig, "krum": 1.5 * xx + eig,
-                  "geometric_median": 1.5 * xx + eig, "mean": ms.get("torch.mean"),
-                  "fa1": 0.55 * xx + 1.5 * eig + 1.2 * tsum}
-        fastest_median = min(v for v in (ms.get("torch.median"), ms.get("np.median")) if v is not None)
+        budget = {
+            "nnm": 2 * xx + eig,
+            "bulyan": 2 * xx + 5 * eig,
+            "krum": 1.5 * xx + eig,
+            "geometric_median": 1.5 * xx + eig,
+            "mean": ms.get("torch.mean"),
+            "fa1": 0.55 * xx + 1.5 * eig + 1.2 * tsum,
+        }
+        fastest_median = min(
+            v for v in (ms.get("torch.median"), ms.get("np.median")) if v is not None
+        )
         budget["median"] = budget["trimmed_mean"] = fastest_median / 3
         for rule, b in budget.items():
-            if p >= 64 or rule == "mean":
-                if ms.get(rule) is not None and b is not None:
-                    out.append(dict(p=p, rule=rule, ms=ms[rule], budget_ms=b, ratio=ms[rule] / b))
+            if (p >= 64 or rule == "mean") and ms.get(rule) is not None and b is not None:
+                out.append(dict(p=p, rule=rule, ms=ms[rule], budget_ms=b, ratio=ms[rule] / b))
     return out
 
 
@@ -202,16 +258,30 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=None,
-                    help="p values, or p:n pairs (default: %s)" % " ".join(map(str, DEFAULT_P)))
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        help=f"p values, or p:n pairs (default: {' '.join(map(str, DEFAULT_P))})",
+    )
     ap.add_argument("--rules", nargs="+", default=RULES, choices=RULES)
     ap.add_argument("--budget", type=float, default=1e7, help="values per case: n = budget / p")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=60.0, help="skip a case predicted to take longer")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads for flagcore, torch and numpy's BLAS (0: flagcore's default for all)")
-    ap.add_argument("--quick", action="store_true", help="p up to 1024, budget 2e6, max 10 s per call")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "scale.json"))
+    ap.add_argument(
+        "--max-seconds", type=float, default=60.0, help="skip a case predicted to take longer"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for flagcore, torch and numpy's BLAS (0: flagcore's default for all)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="p up to 1024, budget 2e6, max 10 s per call"
+    )
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "scale.json")
+    )
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     args = ap.parse_args()
     if args.quick:
@@ -242,11 +312,18 @@ def main() -> None:
     for p, n in sizes:
         case = run_case(p, n, args.rules, args.repeat, args.max_seconds, last)
         rows += case
-        print(f"p = {p:5d}, n = {n:8d}: " + ", ".join(
-            f"{r['name']} {r['ms']:.1f}" if r["ms"] is not None else f"{r['name']} skipped" for r in case), flush=True)
+        print(
+            f"p = {p:5d}, n = {n:8d}: "
+            + ", ".join(
+                f"{r['name']} {r['ms']:.1f}" if r["ms"] is not None else f"{r['name']} skipped"
+                for r in case
+            ),
+            flush=True,
+        )
     names = list(dict.fromkeys(r["name"] for r in rows))
     ps = [p for p, _ in sizes]
-    print(f"\nfloat32, threads: flagcore {flagcore.get_num_threads()}, torch {torch.get_num_threads()}; ms per call")
+    threads = f"flagcore {flagcore.get_num_threads()}, torch {torch.get_num_threads()}"
+    print(f"\nfloat32, threads: {threads}; ms per call")
     print(f"{'':34}" + "".join(f"{p:>10}" for p in ps))
     print(f"{'n':34}" + "".join(f"{n:>10}" for _, n in sizes))
     for name in names:
@@ -259,10 +336,21 @@ def main() -> None:
     if g:
         print("\nbudgets of issue 11 (same run): ratio = time / budget, <= 1 meets it")
         for r in g:
-            print(f"  p = {r['p']:5d}  {r['rule']:<18} {r['ms']:10.1f} ms  budget {r['budget_ms']:10.1f} ms  ratio {r['ratio']:.2f}")
-    meta = dict(machine=platform.machine(), cpu_count=os.cpu_count(), build=flagcore.build_info(), torch=torch.__version__,
-                numpy=np.__version__, threads=flagcore.get_num_threads(), commit=git_commit(), budget=args.budget,
-                command="python bench/bench_scale.py " + " ".join(os.sys.argv[1:]))
+            print(
+                f"  p = {r['p']:5d}  {r['rule']:<18} {r['ms']:10.1f} ms"
+                f"  budget {r['budget_ms']:10.1f} ms  ratio {r['ratio']:.2f}"
+            )
+    meta = dict(
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        build=flagcore.build_info(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        threads=flagcore.get_num_threads(),
+        commit=git_commit(),
+        budget=args.budget,
+        command="python bench/bench_scale.py " + " ".join(os.sys.argv[1:]),
+    )
     with open(out, "w") as fh:
         json.dump(dict(meta=meta, rows=rows, goals=g), fh, indent=2, default=str)
     plot(rows, png)

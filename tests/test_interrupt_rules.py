@@ -1,6 +1,7 @@
 """Ctrl-C reaches the long native loops of the rules: a subprocess starts a call that would run
 for many seconds, gets SIGINT about 1 s later, and must raise KeyboardInterrupt within a few
 seconds (the natives poll for signals at a bounded interval: csrc/common/cancel.hpp)."""
+
 import os
 import signal
 import subprocess
@@ -63,11 +64,18 @@ except KeyboardInterrupt:
 def test_sigint_stops_a_long_rule_call(case):
     body = textwrap.indent(textwrap.dedent(CASES[case]).strip(), "    ")
     env = dict(os.environ, FLAGCORE_NUM_THREADS="2")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(body=body)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(body=body)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
-        assert line.strip() == "ready", f"child failed before the call: {line!r} {proc.stderr.read()}"
+        assert line.strip() == "ready", (
+            f"child failed before the call: {line!r} {proc.stderr.read()}"
+        )
         time.sleep(1.0)
         assert proc.poll() is None, "the call finished before the signal: make the case longer"
         t0 = time.perf_counter()

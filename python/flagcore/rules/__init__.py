@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
-from .._backend import core, is_torch_tensor
+from .._backend import is_torch_tensor
 from ..flag import flag_aggregate
 from ._source import Source
 from .coordinate import run_coordinate

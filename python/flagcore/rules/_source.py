@@ -15,6 +15,7 @@ OpenBLAS's does not deliver it: replicas of a job must agree).
 Non-finite workers (any NaN/Inf, or a squared norm that overflows float64) are excluded before
 mixing: their columns of A are 0, so they are never read.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,12 +49,12 @@ def stack_weighted_sum(st: Stack, coef: np.ndarray) -> Any:
 @dataclass
 class Source:
     st: Stack
-    mix: np.ndarray | None = None        # (b, p', p) or None: the rule sees the caller's rows
-    excluded: np.ndarray | None = None   # (b, p') bool: rows the rule must leave out (counted in f)
+    mix: np.ndarray | None = None  # (b, p', p) or None: the rule sees the caller's rows
+    excluded: np.ndarray | None = None  # (b, p') bool: rows the rule must leave out (counted in f)
     excluded_orig: np.ndarray | None = None  # (b, p) bool: caller's workers excluded before mixing
     gram_orig: np.ndarray | None = None  # (b, p, p) Gram of the caller's rows, when already known
-    f: int = 0                           # Byzantine count the rule assumes among its rows
-    steps: tuple = ()                    # ((A (b, p_out, p_in) 0/1, d (b, p_out)), ...): Y = (A Y_prev) / d
+    f: int = 0  # Byzantine count the rule assumes among its rows
+    steps: tuple = ()  # ((A (b, p_out, p_in) 0/1, d (b, p_out)), ...): Y = (A Y_prev) / d
 
     @property
     def b(self) -> int:
@@ -116,9 +117,9 @@ def mix_matrix(matrix: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
 def mixed_gram(g: np.ndarray, steps: tuple) -> np.ndarray:
     """Gram of the mixed rows, M G M^T, one step at a time: G <- (A G A^T) / (d d^T)."""
     for a, d in steps:
-        h = mix_matrix(g, a, d)                       # (A G) / d, (b, p_out, p_in)
-        g = mix_matrix(np.swapaxes(h, 1, 2), a, d)    # (A (A G / d)^T) / d = M G M^T (G symmetric)
-        g = 0.5 * (g + np.swapaxes(g, 1, 2))          # exactly symmetric, as a Gram from data is
+        h = mix_matrix(g, a, d)  # (A G) / d, (b, p_out, p_in)
+        g = mix_matrix(np.swapaxes(h, 1, 2), a, d)  # (A (A G / d)^T) / d = M G M^T (G symmetric)
+        g = 0.5 * (g + np.swapaxes(g, 1, 2))  # exactly symmetric, as a Gram from data is
     return g
 
 

@@ -21,6 +21,7 @@ rows and then divide. Every long native loop stops at Ctrl-C (KeyboardInterrupt)
 Non-finite workers (a NaN/Inf value makes G_ii non-finite) are excluded, reported in
 ``RuleInfo.excluded``, and the rule runs on the p - e others with f_eff = max(f - e, 0).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,12 @@ def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
         out, _ = run_coordinate(dataclasses.replace(src, excluded=~sel), "mean", 0)
     else:  # through pre-aggregation: the weighted sum (c M) X of the caller's rows
         out = src.combine(d["coefficients"])
-    return out, dict(coefficients=d["coefficients"], scores=d["scores"],
-                     selected=sel, excluded=d["excluded"].astype(bool))
+    return out, dict(
+        coefficients=d["coefficients"],
+        scores=d["scores"],
+        selected=sel,
+        excluded=d["excluded"].astype(bool),
+    )
 
 
 def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
@@ -67,9 +72,10 @@ def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
         for q in range(b):
             ex = np.ones_like(sel)
             ex[q] = ~sel[q]
-            part, _ = run_coordinate(dataclasses.replace(src, excluded=ex, f=f),
-                                     "meamed", 0, int(beta[q]))
-            parts.append(part[q:q + 1])
+            part, _ = run_coordinate(
+                dataclasses.replace(src, excluded=ex, f=f), "meamed", 0, int(beta[q])
+            )
+            parts.append(part[q : q + 1])
         out = np.concatenate(parts) if src.st.on_cpu else _torch_cat(parts)
     return out, dict(selected=sel, excluded=excl, beta=beta)
 
@@ -91,12 +97,18 @@ def run_geometric_median(src: Source, nu: float, tol: float, max_iter: int) -> t
     nu_abs = np.maximum(nu * scale, np.finfo(np.float64).tiny)
     d = core.geometric_median(g, nu_abs, tol, max_iter, src.excluded_u8())
     out = src.combine(d["coefficients"])
-    return out, dict(coefficients=d["coefficients"], excluded=d["excluded"].astype(bool),
-                     iterations=d["iterations"], converged=d["converged"].astype(bool),
-                     objective=d["objective"])
+    return out, dict(
+        coefficients=d["coefficients"],
+        excluded=d["excluded"].astype(bool),
+        iterations=d["iterations"],
+        converged=d["converged"].astype(bool),
+        objective=d["objective"],
+    )
 
 
-def run_centered_clipping(src: Source, tau: float, iterations: int, reference: Any) -> tuple[Any, dict]:
+def run_centered_clipping(
+    src: Source, tau: float, iterations: int, reference: Any
+) -> tuple[Any, dict]:
     """reference: None (the zero vector) or a (b, n) array/tensor (validated by the caller)."""
     if reference is None:
         g = src.gram()
@@ -116,10 +128,15 @@ def run_centered_clipping(src: Source, tau: float, iterations: int, reference: A
         else:
             import torch
 
-            out = (out.to(torch.float64) + torch.from_numpy(c).to(out.device)[:, None]
-                   * reference.to(torch.float64)).to(out.dtype)
-    return out, dict(coefficients=coef[:, :p], reference_coefficient=coef[:, p],
-                     excluded=d["excluded"].astype(bool))
+            out = (
+                out.to(torch.float64)
+                + torch.from_numpy(c).to(out.device)[:, None] * reference.to(torch.float64)
+            ).to(out.dtype)
+    return out, dict(
+        coefficients=coef[:, :p],
+        reference_coefficient=coef[:, p],
+        excluded=d["excluded"].astype(bool),
+    )
 
 
 def _augmented_gram(src: Source, ref: Any) -> np.ndarray:

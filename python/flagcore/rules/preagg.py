@@ -19,6 +19,7 @@ Non-finite workers are excluded before mixing (their columns of M are 0). A mixe
 member left (an NNM row of an excluded worker, a bucket of excluded workers only) is itself
 excluded from the rule, which then runs with f_eff = max(f - e, 0) as usual.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,13 @@ PRE_STEPS = ("nnm", "bucketing")
 def parse_pre(pre: Any, fn: str) -> tuple:
     if pre is None:
         return ()
-    steps = (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    steps = (
+        (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    )
     if steps is None or not all(isinstance(s, str) and s in PRE_STEPS for s in steps):
-        raise ValueError(f"{fn}: pre must be None, 'nnm', 'bucketing' or a sequence of them, got {pre!r}")
+        raise ValueError(
+            f"{fn}: pre must be None, 'nnm', 'bucketing' or a sequence of them, got {pre!r}"
+        )
     return steps
 
 
@@ -49,8 +54,9 @@ def rows_after(steps: Sequence[str], p: int, bucket_size: int) -> int:
     return p
 
 
-def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
-                 rng: np.random.Generator) -> Source:
+def build_source(
+    st: Stack, f: int, steps: Sequence[str], bucket_size: int, rng: np.random.Generator
+) -> Source:
     if not steps:
         return Source(st, f=f)
     g = stack_gram(st)
@@ -76,7 +82,9 @@ def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
             for q in range(b):
                 perm = rng.permutation(pc)
                 for j in range(nb):
-                    members = [i for i in perm[j * bucket_size:(j + 1) * bucket_size] if not excl[q, i]]
+                    members = [
+                        i for i in perm[j * bucket_size : (j + 1) * bucket_size] if not excl[q, i]
+                    ]
                     if members:
                         a[q, j, members] = 1.0
                     else:
@@ -85,7 +93,9 @@ def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
         mix = a / d[:, :, None] if mix is None else mix_matrix(mix, a, d)
         done.append((a, d))
         excl = new_excl
-    return Source(st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f, steps=tuple(done))
+    return Source(
+        st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f, steps=tuple(done)
+    )
 
 
 def nnm(gradients: Any, f: int) -> Any:
@@ -107,7 +117,9 @@ def bucketing(gradients: Any, bucket_size: int, *, seed: int = 0) -> Any:
     fn = "bucketing"
     st = as_stack(gradients, fn)
     s = check_int(bucket_size, fn, "bucket_size", low=1)
-    src = build_source(st, 0, ("bucketing",), s, np.random.default_rng(check_int(seed, fn, "seed", low=0)))
+    src = build_source(
+        st, 0, ("bucketing",), s, np.random.default_rng(check_int(seed, fn, "seed", low=0))
+    )
     return _restore_rows(st, src.rows())
 
 
