@@ -58,7 +58,9 @@ def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
     mix[excl0] = 0.0
     excl = excl0.copy()
     for step in steps:
-        if step == "nnm":
+        if callable(step):  # a row-scaling step object (rules/clipping.py: clipping, arc)
+            mix = step(mix, excl, g0)
+        elif step == "nnm":
             gc = np.einsum("qij,qjk,qlk->qil", mix, g0, mix)
             d = core.nnm_matrix(gc, f, excl.astype(np.uint8))
             mix = d["matrix"] @ mix

@@ -1,0 +1,375 @@
+"""Rules that select or weight whole workers, computed in p-space: minimum-diameter averaging
+(MDA), smallest maximum eigenvalue averaging (SMEA), MoNNA, comparative gradient elimination
+(CGE), the covariance-bound agnostic filter (CAF), FLTrust, divide and conquer (DnC) and Krum's
+peer variant (p - f - 1 neighbours).
+
+Every one of them needs only inner products of the workers (the (p, p) Gram matrix, one read of
+the data; FLTrust adds the server's reference as row p+1; DnC reads a random subset of the
+coordinates) and returns sum_i c_i g_i, one weighted-sum read. Means over a selected set are
+formed as a sum, then divided by the count (float64 inputs), so that the mean of [1, 2, 3],
+[4, 5, 6], [7, 8, 9] is exactly [4, 5, 6] as in numpy and torch.
+
+Non-finite workers are excluded (their Gram diagonal is NaN/Inf) and the rule runs on the
+p - e others with f_eff = max(f - e, 0) (see the rules package docstring). A problem whose
+workers are all excluded aggregates to 0.
+
+Combinatorial rules (mda, smea) enumerate the C(p, f) subsets of p - f workers; they refuse,
+with a ValueError, a problem with more than ``max_subsets`` subsets instead of running for hours.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .._backend import core
+from ..flag import torch_gram
+from ._source import Source
+
+# ---------------------------------------------------------------- shared machinery
+
+
+def sq_distances(g: np.ndarray) -> np.ndarray:
+    """Squared distances from a Gram matrix, clamped at 0."""
+    d = np.diag(g)
+    return np.maximum(d[:, None] + d[None, :] - 2.0 * g, 0.0)
+
+
+def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
+    """(b, p') rows the rule leaves out: those pre-aggregation excluded, and any row whose
+    squared norm is not finite (a NaN/Inf value, or overflow)."""
+    diag = np.diagonal(g, axis1=1, axis2=2)
+    excl = ~np.isfinite(diag)
+    if src.excluded is not None:
+        excl = excl | src.excluded
+    return excl
+
+
+def _f64_output(src: Source) -> bool:
+    st = src.st
+    if not st.on_cpu:
+        return True  # torch_weighted_sum returns float64
+    data = st.data
+    return (data[0] if isinstance(data, list) else data).dtype == np.float64
+
+
+def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
+    """sum_i unit_i y_i / count per problem, (b, n). For float64 outputs the sum is formed first
+    and then divided (numpy's rounding); otherwise the float64 accumulation of unit / count is
+    rounded once. count 0 gives 0."""
+    count = np.asarray(count, dtype=np.float64)
+    safe = np.where(count > 0, count, 1.0)
+    if _f64_output(src):
+        out = src.combine(np.ascontiguousarray(unit, dtype=np.float64))
+        if isinstance(out, np.ndarray):
+            return out / safe[:, None]
+        import torch
+
+        return out / torch.from_numpy(safe).to(out.device)[:, None]
+    return src.combine(np.ascontiguousarray(unit / safe[:, None]))
+
+
+def per_problem(src: Source, f: int, solve: Callable[[np.ndarray, int, int, np.ndarray], dict],
+                g: np.ndarray | None = None) -> dict:
+    """Run ``solve(G_survivors, f_eff, q, keep)`` per problem on the Gram of the surviving rows
+    (``keep``: their indices among the rows the rule sees).
+
+    solve returns a dict with ``unit`` (per-survivor coefficients before division) and
+    ``count`` (the divisor), or ``coef`` (final coefficients); optional ``selected`` (bool),
+    ``scores`` (float), ``objective``, ``iterations``. Returns the info dict over the rows the
+    rule sees, with the (b, p') ``unit`` and (b,) ``count`` that ``finish`` combines."""
+    g = src.gram() if g is None else g
+    b, p = g.shape[0], g.shape[1]
+    excl = excluded_rows(src, g)
+    unit = np.zeros((b, p))
+    count = np.zeros(b)
+    selected = np.zeros((b, p), bool)
+    scores = np.full((b, p), np.nan)
+    objective = np.full(b, np.nan)
+    iterations = np.zeros(b, np.int64)
+    have = set()
+    for q in range(b):
+        keep = np.flatnonzero(~excl[q])
+        if keep.size == 0:
+            continue
+        f_eff = max(f - (p - keep.size), 0)
+        r = solve(g[q][np.ix_(keep, keep)], f_eff, q, keep)
+        if "coef" in r:
+            unit[q, keep] = r["coef"]
+            count[q] = 1.0
+        else:
+            unit[q, keep] = r["unit"]
+            count[q] = r["count"]
+        for key in ("selected", "scores"):
+            if key in r:
+                have.add(key)
+                (selected if key == "selected" else scores)[q, keep] = r[key]
+        for key, arr in (("objective", objective), ("iterations", iterations)):
+            if key in r:
+                have.add(key)
+                arr[q] = r[key]
+    d = dict(excluded=excl, unit=unit, count=count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d["coefficients"] = np.where(count[:, None] > 0, unit / np.where(count > 0, count, 1.0)[:, None], 0.0)
+    for key, arr in (("selected", selected), ("scores", scores), ("objective", objective),
+                     ("iterations", iterations)):
+        if key in have:
+            d[key] = arr
+    return d
+
+
+def finish(src: Source, d: dict) -> tuple[Any, dict]:
+    out = weighted_mean(src, d.pop("unit"), d.pop("count"))
+    return out, d
+
+
+def select_mean(sel: np.ndarray) -> dict:
+    sel = np.asarray(sel, bool)
+    return dict(unit=sel.astype(np.float64), count=int(sel.sum()), selected=sel)
+
+
+# ---------------------------------------------------------------- subsets: MDA, SMEA
+
+
+def check_subsets(fn: str, rule: str, p: int, f: int, max_subsets: int) -> None:
+    count = math.comb(p, f)
+    if count > max_subsets:
+        raise ValueError(
+            f"{fn}: rule {rule!r} enumerates the C(p, f) = C({p}, {f}) = {count} subsets of p - f workers "
+            f"(time ~ C(p, f) (p - f)^{3 if rule == 'smea' else 2}), more than max_subsets = {max_subsets}; "
+            f"raise max_subsets to run it anyway, or use a polynomial rule (e.g. krum, caf)")
+
+
+def _subset_chunks(p: int, k: int, chunk: int = 8192):
+    it = itertools.combinations(range(p), k)
+    while True:
+        block = list(itertools.islice(it, chunk))
+        if not block:
+            return
+        yield np.asarray(block, dtype=np.intp).reshape(len(block), k)
+
+
+def mda_solve(g: np.ndarray, f: int) -> dict:
+    """Minimum-diameter averaging (El Mhamdi, Guerraoui and Rouault 2018 / ByzFL): the mean of
+    the p - f workers whose largest pairwise distance is smallest; ties: the first subset in
+    lexicographic (itertools.combinations) order, as ByzFL."""
+    p = g.shape[0]
+    k = p - f
+    d2 = sq_distances(g)
+    best, best_sub = np.inf, None
+    for idx in _subset_chunks(p, k):
+        diam = d2[idx[:, :, None], idx[:, None, :]].reshape(idx.shape[0], -1).max(axis=1)
+        j = int(np.argmin(diam))
+        if diam[j] < best:
+            best, best_sub = float(diam[j]), idx[j]
+    sel = np.zeros(p, bool)
+    sel[best_sub] = True
+    return dict(select_mean(sel), objective=math.sqrt(best))
+
+
+def centred_top_eigenvalues(gs: np.ndarray) -> np.ndarray:
+    """Largest eigenvalue of the empirical covariance (1/k) sum (x_i - mu)(x_i - mu)^T of each
+    (.., k, k) Gram block, from the doubly centred Gram (same nonzero spectrum, times k)."""
+    k = gs.shape[-1]
+    c = gs - gs.mean(axis=-1, keepdims=True) - gs.mean(axis=-2, keepdims=True) + gs.mean(axis=(-1, -2), keepdims=True)
+    return np.linalg.eigvalsh(c)[..., -1] / k
+
+
+def smea_solve(g: np.ndarray, f: int) -> dict:
+    """Smallest maximum eigenvalue averaging (Allouah et al. 2023): the mean of the p - f
+    workers whose empirical covariance has the smallest largest eigenvalue (exact eigenvalues;
+    ties: the first subset in lexicographic order)."""
+    p = g.shape[0]
+    k = p - f
+    best, best_sub = np.inf, None
+    for idx in _subset_chunks(p, k, 4096):
+        lam = centred_top_eigenvalues(g[idx[:, :, None], idx[:, None, :]])
+        j = int(np.argmin(lam))
+        if lam[j] < best:
+            best, best_sub = float(lam[j]), idx[j]
+    sel = np.zeros(p, bool)
+    sel[best_sub] = True
+    return dict(select_mean(sel), objective=max(best, 0.0))
+
+
+# ---------------------------------------------------------------- MoNNA, CGE, Krum (peer)
+
+
+def monna_solve(g: np.ndarray, f: int, centre: int) -> dict:
+    """Mean of the p - f nearest neighbours of worker ``centre`` (itself included; ties to the
+    lower index)."""
+    p = g.shape[0]
+    d = np.maximum(g[centre, centre] + np.diag(g) - 2.0 * g[centre], 0.0)
+    d[centre] = -1.0  # itself first even when a duplicate has a lower index
+    sel = np.zeros(p, bool)
+    sel[np.argsort(d, kind="stable")[:p - f]] = True
+    d[centre] = 0.0
+    return dict(select_mean(sel), scores=d)
+
+
+def cge_solve(g: np.ndarray, f: int) -> dict:
+    """Comparative gradient elimination (Gupta and Vaidya 2020): drop the f largest norms,
+    average the p - f others (ties: the lower index is kept)."""
+    p = g.shape[0]
+    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+    sel = np.zeros(p, bool)
+    sel[np.argsort(norms, kind="stable")[:p - f]] = True
+    return dict(select_mean(sel), scores=norms)
+
+
+def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict:
+    """Krum as ByzFL and Garfield compute it: the score of worker i sums its squared distances
+    to its p - f - 1 nearest others (the textbook takes p - f - 2); the m lowest scores are
+    averaged (ties: the lower index)."""
+    p = g.shape[0]
+    d2 = sq_distances(g)
+    np.fill_diagonal(d2, np.inf)
+    nb = max(p - f - 1, 0)
+    scores = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
+    sel = np.zeros(p, bool)
+    sel[np.argsort(scores, kind="stable")[:min(m, p)]] = True
+    return dict(select_mean(sel), scores=scores)
+
+
+# ---------------------------------------------------------------- CAF
+
+
+def caf_solve(g: np.ndarray, f: int) -> dict:
+    """Covariance-bound agnostic filter (Allouah, Guerraoui and Stephan 2025), in p-space.
+
+    Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
+    (x_i - mu)^T / sum c, (lam, v) its top eigenpair (exact, from the p x p matrix
+    C^1/2 D D^T C^1/2 / sum c with D the centred rows), tau_i = ((x_i - mu) . v)^2 and
+    c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j). Returns the mu with the smallest lam seen.
+    Each step zeroes at least one weight, so it stops after at most 2f + 1 steps."""
+    p = g.shape[0]
+    c = np.ones(p)
+    best_lam, best_w = np.inf, np.full(p, 1.0 / p)
+    steps = 0
+    while c.sum() > p - 2 * f:
+        steps += 1
+        s = c.sum()
+        w = c / s
+        a = np.eye(p) - w[None, :]
+        k = a @ g @ a.T  # D D^T, D = rows - mu
+        sq = np.sqrt(c)
+        lam_all, u_all = np.linalg.eigh(sq[:, None] * k * sq[None, :] / s)
+        lam, u = float(lam_all[-1]), u_all[:, -1]
+        if lam < best_lam:
+            best_lam, best_w = lam, w
+        if not lam > 0.0:
+            break
+        proj = k @ (sq * u) / math.sqrt(s * lam)
+        tau = proj * proj
+        tmax = tau[c > 0].max()
+        if not tmax > 0.0:
+            break
+        c = np.where(c > 0, c * (1.0 - tau / tmax), 0.0)
+        c[(c > 0) & (tau >= tmax)] = 0.0  # exactly zero for the maximiser(s), whatever the rounding
+    return dict(coef=best_w, objective=max(best_lam, 0.0), iterations=steps)
+
+
+# ---------------------------------------------------------------- FLTrust
+
+
+def fltrust_solve(ga: np.ndarray) -> dict:
+    """FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) from the Gram of the workers plus the
+    server's reference g_0 as the last row: trust TS_i = ReLU(cos(g_i, g_0)), each g_i rescaled
+    to ||g_0||, aggregate = sum_i TS_i ||g_0|| / ||g_i|| g_i / sum_i TS_i (0 when every trust
+    score is 0; a zero gradient gets trust 0)."""
+    p = ga.shape[0] - 1
+    g = ga[:p, :p]
+    n0 = math.sqrt(max(ga[p, p], 0.0))
+    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where((norms > 0) & (n0 > 0), ga[:p, p] / (norms * n0), 0.0)
+    ts = np.maximum(cos, 0.0)
+    total = ts.sum()
+    if not total > 0:
+        return dict(coef=np.zeros(p), scores=ts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = np.where(ts > 0, ts * n0 / norms, 0.0) / total
+    return dict(coef=coef, scores=ts)
+
+
+def reference_gram(src: Source, ref: Any) -> np.ndarray:
+    """(b, p'+1, p'+1) Gram of the rows the rule sees plus the reference as the last row (one
+    read of the data); the reference is a (b, n) float64 array / tensor."""
+    st = src.st
+    if st.on_cpu:
+        data = st.data
+        out = []
+        for q in range(st.b):
+            rows = list(data) if isinstance(data, list) else [data[q, i] for i in range(st.p)]
+            rows.append(np.ascontiguousarray(ref[q], dtype=rows[0].dtype))
+            out.append(core.gram(rows)[0])
+        ga = np.stack(out)
+    else:
+        import torch
+
+        x = st.torch_data
+        ga = torch_gram(torch.cat([x, ref.to(x.dtype)[:, None, :]], dim=1)).cpu().numpy()
+    if src.mix is None:
+        return ga
+    b, pp, p = src.mix.shape
+    ga = ga.copy()
+    for q in range(b):
+        bad = np.append(src.excluded_orig[q], False)
+        ga[q][bad, :] = 0.0
+        ga[q][:, bad] = 0.0
+    ma = np.zeros((b, pp + 1, p + 1))
+    ma[:, :pp, :p] = src.mix
+    ma[:, pp, p] = 1.0
+    return np.einsum("qij,qjk,qlk->qil", ma, ga, ma)
+
+
+# ---------------------------------------------------------------- DnC
+
+
+def columns(src: Source, cols: np.ndarray) -> np.ndarray:
+    """(b, p', len(cols)) float64 values of the rows the rule sees at the given coordinates
+    (non-finite rows are read as they are; callers leave excluded rows out)."""
+    st = src.st
+    if st.on_cpu:
+        data = st.data
+        if isinstance(data, list):
+            x = np.stack([r[cols] for r in data])[None].astype(np.float64)
+        else:
+            x = data[:, :, cols].astype(np.float64)
+    else:
+        import torch
+
+        t = st.torch_data.index_select(2, torch.from_numpy(cols).to(st.torch_data.device))
+        x = t.to(torch.float64).cpu().numpy()
+    if src.mix is None:
+        return x
+    x = np.where(src.excluded_orig[:, :, None], 0.0, x)
+    return np.einsum("qjp,qpc->qjc", src.mix, x)
+
+
+def dnc_scores(xs: np.ndarray) -> np.ndarray:
+    """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
+    centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T."""
+    d = xs - xs.mean(axis=0, keepdims=True)
+    lam, u = np.linalg.eigh(d @ d.T)
+    return max(float(lam[-1]), 0.0) * u[:, -1] ** 2
+
+
+def dnc_keep(p: int, f: int, fraction: float) -> int:
+    return p - int(math.floor(fraction * f))
+
+
+def nonfinite_rows(src: Source) -> np.ndarray:
+    """(b, p') rows to leave out without forming the Gram: the rows pre-aggregation excluded, or
+    the caller's rows holding a NaN/Inf (one read, row by row, no (p, n) temporary)."""
+    if src.mix is not None:
+        return src.excluded.copy()
+    st = src.st
+    if not st.on_cpu:
+        return (~st.torch_data.isfinite().all(dim=2)).cpu().numpy()
+    data = st.data
+    if isinstance(data, list):
+        return np.array([[not np.isfinite(r).all() for r in data]])
+    return np.array([[not np.isfinite(data[q, i]).all() for i in range(st.p)] for q in range(st.b)])
