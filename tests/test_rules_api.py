@@ -9,8 +9,12 @@ from flagcore.rules import RULES
 F_RULES = {"trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan"}
 
 
-def _kw(rule, f=2):
-    return {"f": f} if rule != "flag" else {}
+def _kw(rule, f=2, n=60):
+    if rule == "flag":
+        return {}
+    if rule == "fltrust":
+        return {"f": f, "reference": np.linspace(-1.0, 1.0, n)}
+    return {"f": f}
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -146,7 +150,7 @@ def test_device_path_matches_native(monkeypatch):
     cases = [(r, None) for r in RULES if r != "flag"] + [("krum", "nnm"), ("median", "bucketing"),
                                                         ("bulyan", "nnm"), ("flag", "nnm")]
     for rule, pre in cases:
-        kw = {} if rule == "flag" else {"f": 2}
+        kw = _kw(rule, n=120)
         want = flagcore.aggregate(xb, rule, pre=pre, **kw)
         with monkeypatch.context() as m:
             m.setattr(rules_mod, "as_stack", as_device_stack)

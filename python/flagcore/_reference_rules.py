@@ -93,7 +93,7 @@ def geometric_median_ref(x: np.ndarray, *, iters: int = 20000, tol: float = 1e-1
     f_prev = obj(z)
     for _ in range(iters):
         d = np.maximum(np.linalg.norm(x - z, axis=1), 1e-300)
-        w = 1.0 / d
+        w = d.min() / d  # 1 / d scaled to max 1: no overflow when z sits on a data point
         z = (w[:, None] * x).sum(axis=0) / w.sum()
         f_new = obj(z)
         if f_prev - f_new <= tol * f_new:

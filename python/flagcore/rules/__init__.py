@@ -96,7 +96,7 @@ __all__ = [
     "RULES", "PRE_STEPS", "RuleInfo", "Rule", "make_rule", "aggregate", "nnm", "bucketing",
     "Mean", "Median", "TrimmedMean", "MeaMed", "Phocas", "Krum", "MultiKrum", "Bulyan",
     "GeometricMedian", "CenteredClipping", "Flag", "MDA", "SMEA", "MoNNA", "CGE", "CAF", "DnC",
-    "SignGuard", "ClippedClustering", "FLTrust", "arc_clip_count",
+    "SignGuard", "ClippedClustering", "FLTrust", "arc_clip_count", "RULES_NEEDING_F", "RULES_NEEDING_REFERENCE",
 ]
 
 
@@ -509,7 +509,8 @@ class MoNNA(Rule):
     Learning with Linear Gradient Overhead", ICML 2023): the mean of the p - f nearest
     neighbours of worker ``idx`` (a worker known to be correct, e.g. the node itself in
     peer-to-peer learning), itself included. idx indexes the rows the rule sees (after
-    pre-aggregation). Needs p > 2f; a non-finite worker idx is an error."""
+    pre-aggregation). Needs p > 2f. If worker idx itself is excluded (non-finite) the aggregate
+    is 0 (no step) and ``RuleInfo.excluded`` says so."""
 
     name = "monna"
     needs_f = True
@@ -525,9 +526,8 @@ class MoNNA(Rule):
 
     def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict:
         pos = np.flatnonzero(keep == self.idx)
-        if pos.size == 0:
-            raise ValueError(f"{self._fn}: rule 'monna': worker idx = {self.idx} (the trusted one) is non-finite"
-                             + (f" in problem {q}" if q else ""))
+        if pos.size == 0:  # the trusted worker itself is broken: no step (reported in excluded)
+            return dict(unit=np.zeros(keep.size), count=0, selected=np.zeros(keep.size, bool))
         return _sel.monna_solve(g, f, int(pos[0]))
 
     def _run(self, src: Source) -> tuple[Any, dict]:
@@ -709,6 +709,11 @@ class ClippedClustering(Rule):
 _CLASSES = {c.name: c for c in (Mean, Median, TrimmedMean, MeaMed, Phocas, Krum, MultiKrum, Bulyan,
                                 GeometricMedian, CenteredClipping, Flag, MDA, SMEA, MoNNA, CGE, CAF, DnC,
                                 SignGuard, ClippedClustering, FLTrust)}
+
+RULES_NEEDING_F = tuple(name for name, cls in _CLASSES.items() if cls.needs_f)
+"""Rules whose constructor requires f (the others default to f = 0)."""
+RULES_NEEDING_REFERENCE = ("fltrust",)
+"""Rules that require ``reference`` (the server's gradient)."""
 
 
 def make_rule(rule: str, _fn: str | None = None, **params: Any) -> Rule:

@@ -362,14 +362,25 @@ def dnc_keep(p: int, f: int, fraction: float) -> int:
 
 
 def nonfinite_rows(src: Source) -> np.ndarray:
-    """(b, p') rows to leave out without forming the Gram: the rows pre-aggregation excluded, or
-    the caller's rows holding a NaN/Inf (one read, row by row, no (p, n) temporary)."""
+    """(b, p') rows to leave out without forming the Gram: the rows pre-aggregation excluded,
+    or the caller's rows whose float64 squared norm is not finite (a NaN/Inf value or overflow:
+    the same rows as a Gram diagonal flags), one read, row by row."""
     if src.mix is not None:
         return src.excluded.copy()
     st = src.st
     if not st.on_cpu:
-        return (~st.torch_data.isfinite().all(dim=2)).cpu().numpy()
+        import torch
+
+        x = st.torch_data
+        sq = torch.stack([(x[q].to(torch.float64) ** 2).sum(dim=1) for q in range(st.b)])
+        return (~sq.isfinite()).cpu().numpy()
+
+    def bad(r: np.ndarray) -> bool:
+        r64 = r.astype(np.float64, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return not np.isfinite(np.dot(r64, r64))
+
     data = st.data
     if isinstance(data, list):
-        return np.array([[not np.isfinite(r).all() for r in data]])
-    return np.array([[not np.isfinite(data[q, i]).all() for i in range(st.p)] for q in range(st.b)])
+        return np.array([[bad(r) for r in data]])
+    return np.array([[bad(data[q, i]) for i in range(st.p)] for q in range(st.b)])
