@@ -242,11 +242,12 @@ def caf_solve(g: np.ndarray, f: int) -> dict:
     Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
     (x_i - mu)^T / sum c, (lam, v) its top eigenpair (exact, from the p x p matrix
     C^1/2 D D^T C^1/2 / sum c with D the centred rows), tau_i = ((x_i - mu) . v)^2 and
-    c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j). Returns the mu with the smallest lam seen.
+    c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a ratio within 1e-12 of 1). Returns
+    the mu with the smallest lam seen.
     Each step zeroes at least one weight, so it stops after at most 2f + 1 steps."""
     p = g.shape[0]
     c = np.ones(p)
-    best_lam, best_w = np.inf, np.full(p, 1.0 / p)
+    best_lam, best_c, best_s = np.inf, np.ones(p), float(p)
     steps = 0
     while c.sum() > p - 2 * f:
         steps += 1
@@ -258,7 +259,7 @@ def caf_solve(g: np.ndarray, f: int) -> dict:
         lam_all, u_all = np.linalg.eigh(sq[:, None] * k * sq[None, :] / s)
         lam, u = float(lam_all[-1]), u_all[:, -1]
         if lam < best_lam:
-            best_lam, best_w = lam, w
+            best_lam, best_c, best_s = lam, c, s
         if not lam > 0.0:
             break
         proj = k @ (sq * u) / math.sqrt(s * lam)
@@ -266,9 +267,12 @@ def caf_solve(g: np.ndarray, f: int) -> dict:
         tmax = tau[c > 0].max()
         if not tmax > 0.0:
             break
-        c = np.where(c > 0, c * (1.0 - tau / tmax), 0.0)
-        c[(c > 0) & (tau >= tmax)] = 0.0  # exactly zero for the maximiser(s), whatever the rounding
-    return dict(coef=best_w, objective=max(best_lam, 0.0), iterations=steps)
+        ratio = tau / tmax
+        # projections within 1e-12 of the maximum count as maximal: equal projections (symmetric
+        # workers) zero together whatever the rounding of the p-space products
+        c = np.where((c > 0) & (ratio < 1.0 - 1e-12), c * (1.0 - ratio), 0.0)
+    # mu = sum c_i x_i / sum c: summed, then divided (numpy's rounding for float64)
+    return dict(unit=best_c, count=best_s, objective=max(best_lam, 0.0), iterations=steps)
 
 
 # ---------------------------------------------------------------- FLTrust
