@@ -163,3 +163,62 @@ def test_flag_checks_f_without_pre_aggregation_too():
     with pytest.raises(ValueError, match="aggregate: rule 'flag' needs f < p, got p = 3, f = 3"):
         flagcore.aggregate(x, "flag", f=3)
     np.testing.assert_array_equal(flagcore.aggregate(x, "flag", f=2), flagcore.flag_aggregate(x))
+
+
+# ---------------------------------------------------------------- one result type (issue 16)
+PRES = [None, "nnm", "bucketing", "clipping", "arc", ("arc", "nnm"), ("bucketing", "clipping")]
+
+
+@pytest.mark.parametrize("pre", PRES)
+def test_one_info_type_for_every_rule_and_pre(pre):
+    x = ref.make_gradients(15, 40, seed=20, byzantine=2, dtype=np.float64)
+    for rule in RULES:
+        kw = _kw(rule, f=1, n=40)
+        if pre is not None:
+            kw = dict(kw, f=1, pre=pre)
+            if "clipping" in ((pre,) if isinstance(pre, str) else pre):
+                kw["c"] = 3.0
+        out, info = flagcore.aggregate(x, rule, return_info=True, **kw)
+        assert type(info) is flagcore.rules.RuleInfo, (rule, pre)
+        assert isinstance(info, flagcore.FlagInfo)  # FA's info fields, kept by the subclass
+        assert info.rule == rule and info.excluded.shape == (15,)
+        if info.coefficients is not None:
+            np.testing.assert_allclose(info.coefficients @ x, out, rtol=1e-9, atol=1e-10, err_msg=f"{rule} {pre}")
+
+
+def test_flag_weights_and_ratios_survive_pre_aggregation():
+    x = ref.make_gradients(11, 50, seed=21, byzantine=2, dtype=np.float64)
+    out, info = flagcore.aggregate(x, "flag", r=3, max_iter=4, f=2, pre="arc", return_info=True)
+    mixed = ref.arc_ref(x, 2)
+    want, winfo = flagcore.flag_aggregate(mixed, r=3, max_iter=4, return_info=True)
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
+    for name in ("weights", "reconstruction_ratios", "objective"):
+        np.testing.assert_allclose(getattr(info, name), getattr(winfo, name), rtol=1e-8, atol=1e-12, err_msg=name)
+    assert info.iterations == winfo.iterations and info.rank == winfo.rank
+    assert info.last_step_rejected == winfo.last_step_rejected
+    np.testing.assert_allclose(info.coefficients @ x, out, rtol=1e-10, atol=1e-12)  # over the caller's rows
+    # without pre: the same fields, the same values as flag_aggregate's FlagInfo
+    out, info = flagcore.aggregate(x, "flag", r=3, max_iter=4, return_info=True)
+    _, winfo = flagcore.flag_aggregate(x, r=3, max_iter=4, return_info=True)
+    assert type(info) is flagcore.rules.RuleInfo and info.rule == "flag" and info.mixing is None
+    np.testing.assert_array_equal(info.weights, winfo.weights)
+    np.testing.assert_array_equal(info.reconstruction_ratios, winfo.reconstruction_ratios)
+    # batched, with pre: per-problem fields gain the batch axis
+    xb = np.stack([x, x[::-1].copy()])
+    _, info = flagcore.aggregate(xb, "flag", r=3, f=2, pre="bucketing", return_info=True)
+    assert info.weights.shape == (2, 6) and info.coefficients.shape == (2, 11) and info.iterations.shape == (2,)
+
+
+def test_a_rule_built_once_draws_a_new_shuffle_per_call_reproducibly():
+    x = ref.make_gradients(12, 30, seed=22, dtype=np.float64)
+    rule = flagcore.rules.make_rule("median", pre="bucketing", bucket_size=3, seed=9)
+    mixes = [rule(x, return_info=True)[1].mixing for _ in range(4)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(mixes) for b in mixes[i + 1:])
+    again = flagcore.rules.make_rule("median", pre="bucketing", bucket_size=3, seed=9)
+    for m in mixes:
+        np.testing.assert_array_equal(again(x, return_info=True)[1].mixing, m)
+    # the sequence is the generator's: call k uses the k-th permutation of default_rng(seed)
+    rng = np.random.default_rng(9)
+    for m in mixes:
+        perm = rng.permutation(12)
+        np.testing.assert_allclose(m @ x, ref.bucketing_ref(x, 3, perm), rtol=1e-12)
