@@ -605,7 +605,8 @@ class DnC(Rule):
     squared projection on the top singular vector, keep the p - floor(filter_fraction * f)
     lowest scores (the paper's c is filter_fraction); the aggregate is the mean of the workers
     kept in every iteration (0 if none). The coordinates come from the rule's generator
-    (``seed``): one ``choice(n, sub_dim, replace=False)`` per iteration, shared by a batch.
+    (``seed``): one ``choice(n, sub_dim, replace=False)`` per iteration, shared by a batch (no
+    draw when sub_dim >= n).
     Needs p > 2f and at least one worker kept."""
 
     name = "dnc"
@@ -629,8 +630,8 @@ class DnC(Rule):
         good = ~excl
         scores = np.full((b, p), np.nan)
         for _ in range(self.iterations):
-            cols = np.sort(self._gen.choice(n, size=n, replace=False) if self.sub_dim >= n
-                           else self._gen.choice(n, size=self.sub_dim, replace=False))
+            cols = (np.arange(n) if self.sub_dim >= n
+                    else np.sort(self._gen.choice(n, size=self.sub_dim, replace=False)))
             xs = _sel.columns(src, cols)
             for q in range(b):
                 keep = np.flatnonzero(~excl[q])

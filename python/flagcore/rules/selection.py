@@ -142,7 +142,10 @@ def check_subsets(fn: str, rule: str, p: int, f: int, max_subsets: int) -> None:
             f"raise max_subsets to run it anyway, or use a polynomial rule (e.g. krum, caf)")
 
 
-def _subset_chunks(p: int, k: int, chunk: int = 8192):
+def _subset_chunks(p: int, k: int):
+    """The k-subsets of range(p) in lexicographic order, as (m, k) index blocks of at most
+    ~2M entries of k x k (about 16 MB of float64 per temporary)."""
+    chunk = max(1, min(8192, (1 << 21) // max(k * k, 1)))
     it = itertools.combinations(range(p), k)
     while True:
         block = list(itertools.islice(it, chunk))
@@ -184,7 +187,7 @@ def smea_solve(g: np.ndarray, f: int) -> dict:
     p = g.shape[0]
     k = p - f
     best, best_sub = np.inf, None
-    for idx in _subset_chunks(p, k, 4096):
+    for idx in _subset_chunks(p, k):
         lam = centred_top_eigenvalues(g[idx[:, :, None], idx[:, None, :]])
         j = int(np.argmin(lam))
         if lam[j] < best:
