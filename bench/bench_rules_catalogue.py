@@ -258,7 +258,7 @@ def run(p: int, n: int, repeat: int, seed: int) -> list:
             raise SystemExit(f"{name} p={p}: flagcore differs from the float64 reference by {err:.3g}")
         torch.manual_seed(seed)
         peer_err = float(np.max(np.abs(peer(t).double().numpy() - w)))
-        ms = interleaved_best_ms({"flagcore": ours, "peer": lambda: peer(t)}, repeat)
+        ms = interleaved_best_ms({"flagcore": ours, "peer": lambda peer=peer: peer(t)}, repeat)
         rows.append(dict(rule=name, p=p, n=n, f=f, flagcore_ms=ms["flagcore"], peer_ms=ms["peer"],
                          speedup=ms["peer"] / ms["flagcore"], flagcore_err=err, peer_err=peer_err))
         print(f"  {name:20s} p={p:3d} f={f:2d}  flagcore {ms['flagcore']:9.2f} ms  peer {ms['peer']:9.2f} ms  "
@@ -289,7 +289,7 @@ def main() -> None:
             rows += run(p, n, args.repeat, args.seed)
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=2, default=str)
-    print(f"\n| rule | p | f | n | flagcore ms | peer ms | speed-up |\n|---|---|---|---|---|---|---|")
+    print("\n| rule | p | f | n | flagcore ms | peer ms | speed-up |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rule']} | {r['p']} | {r['f']} | {r['n']} | {r['flagcore_ms']:.2f} | {r['peer_ms']:.2f} "
               f"| {r['speedup']:.1f}x |")

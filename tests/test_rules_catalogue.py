@@ -6,8 +6,6 @@ reference of _reference_rules.py (n-space, independent of the p-space code): han
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -307,7 +305,8 @@ def test_clipping_parameter_errors():
     ("signguard", {"sample": 1.5}, ValueError, r"aggregate: sample must be in \(0, 1\], got 1.5"),
     ("clipped_clustering", {"tau": 0.0}, ValueError, r"aggregate: tau must be > 0"),
     ("fltrust", {}, TypeError, r"aggregate: rule 'fltrust' needs reference"),
-    ("fltrust", {"reference": np.ones(3)}, ValueError, r"aggregate: reference must have shape \(5,\) or \(1, 5\), got \(3,\)"),
+    ("fltrust", {"reference": np.ones(3)}, ValueError,
+     r"aggregate: reference must have shape \(5,\) or \(1, 5\), got \(3,\)"),
     ("fltrust", {"reference": np.full(5, np.nan)}, ValueError, r"aggregate: reference must be finite"),
     ("caf", {"f": 1, "tau": 1.0}, TypeError, r"aggregate: rule 'caf' takes no parameter 'tau'"),
 ])

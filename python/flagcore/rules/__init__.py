@@ -355,7 +355,8 @@ class MultiKrum(Krum):
     def _check(self, p: int) -> None:
         super()._check(p)
         if self.m is not None and self.m > p - self.f:
-            raise ValueError(f"{self._fn}: rule 'multi_krum' needs 1 <= m <= p - f, got m = {self.m}, p = {p}, f = {self.f}")
+            raise ValueError(f"{self._fn}: rule 'multi_krum' needs 1 <= m <= p - f, got m = {self.m}, p = {p}, "
+                             f"f = {self.f}")
 
     def _m(self, p: int) -> int:
         return p - self.f if self.m is None else self.m
