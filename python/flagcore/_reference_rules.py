@@ -161,7 +161,7 @@ def mda_ref(x: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
     p = x.shape[0]
     best, best_s = np.inf, None
     for s in itertools.combinations(range(p), p - f):
-        diam = max((np.linalg.norm(x[i] - x[j]) for i, j in itertools.combinations(s, 2)), default=0.0)
+        diam = max((float(np.linalg.norm(x[i] - x[j])) for i, j in itertools.combinations(s, 2)), default=0.0)
         if diam < best:
             best, best_s = diam, s
     return _subset_mean(x, best_s)
@@ -237,7 +237,7 @@ def fltrust_ref(x: np.ndarray, g0: np.ndarray) -> np.ndarray:
     out = np.zeros(x.shape[1])
     total = 0.0
     for g in x:
-        ng = np.linalg.norm(g)
+        ng = float(np.linalg.norm(g))
         ts = max(float(g @ g0) / (ng * n0), 0.0) if ng > 0 and n0 > 0 else 0.0
         if ts > 0:
             out += ts * (n0 / ng) * g

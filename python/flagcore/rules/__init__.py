@@ -132,13 +132,13 @@ class RuleInfo(FlagInfo):
         rows it saw), None for the other rules.
     """
 
-    weights: np.ndarray | None = None
-    reconstruction_ratios: np.ndarray | None = None
-    coefficients: np.ndarray | None = None
+    weights: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
+    reconstruction_ratios: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
+    coefficients: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
     objective: Any = None
     iterations: Any = None
     last_step_rejected: Any = None
-    excluded: np.ndarray | None = None
+    excluded: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
     rank: Any = None
     rule: str = ""
     selected: np.ndarray | None = None
@@ -155,6 +155,7 @@ class RuleInfo(FlagInfo):
 def as_reference(ref: Any, st: Any, fn: str) -> Any:
     """A reference vector ((n,) / (b, n), or one gradient's shape for list input) as a (b, n)
     float64 numpy array, or a float64 torch tensor on the stack's device; must be finite."""
+    r: Any
     if st.on_cpu:
         if is_torch_tensor(ref):
             ref = ref.detach().cpu().numpy()
@@ -416,7 +417,7 @@ class CenteredClipping(Rule):
         if isinstance(reference, str) and reference != "previous":
             raise ValueError(f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}")
         self.reference = reference
-        self._previous = None
+        self._previous: Any = None
 
     def _reference_for(self, src: Source) -> Any:
         ref = self._previous if isinstance(self.reference, str) else self.reference
@@ -439,7 +440,7 @@ class Flag(Rule):
     def __init__(self, *, r: int | None = None, lam: float = 0.0, max_iter: int = 1, eps: float = 1e-7,
                  tol: float = 1e-10, scale: str = "paper", **kw: Any) -> None:
         super().__init__(**kw)
-        self.params = dict(r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale)
+        self.params: dict[str, Any] = dict(r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale)
         check_choice(scale, self._fn, "scale", ("paper", "median_norm"))
 
     def _check(self, p: int) -> None:

@@ -103,7 +103,7 @@ def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple:
     if steps is None or not all(isinstance(s, str) and s in ALL_PRE_STEPS for s in steps):
         raise ValueError(f"{fn}: pre must be None, one of {', '.join(repr(s) for s in ALL_PRE_STEPS)} "
                          f"or a sequence of them, got {pre!r}")
-    out = []
+    out: list[Any] = []
     for s in steps:
         if s == "clipping":
             if c is None:

@@ -89,7 +89,7 @@ def per_problem(src: Source, f: int, solve: Callable[[np.ndarray, int, int, np.n
     scores = np.full((b, p), np.nan)
     objective = np.full(b, np.nan)
     iterations = np.zeros(b, np.int64)
-    have = set()
+    have: set[str] = set()
     for q in range(b):
         keep = np.flatnonzero(~excl[q])
         if keep.size == 0:
@@ -113,11 +113,18 @@ def per_problem(src: Source, f: int, solve: Callable[[np.ndarray, int, int, np.n
     d = dict(excluded=excl, unit=unit, count=count)
     with np.errstate(invalid="ignore", divide="ignore"):
         d["coefficients"] = np.where(count[:, None] > 0, unit / np.where(count > 0, count, 1.0)[:, None], 0.0)
-    for key, arr in (("selected", selected), ("scores", scores), ("objective", objective),
+    for key, out in (("selected", selected), ("scores", scores), ("objective", objective),
                      ("iterations", iterations)):
         if key in have:
-            d[key] = arr
+            d[key] = out
     return d
+
+
+def _excluded_orig(src: Source) -> np.ndarray:
+    """The caller's excluded workers (set together with the mixing matrix by build_source)."""
+    if src.excluded_orig is None:
+        return np.zeros((src.b, src.st.p), bool)
+    return src.excluded_orig
 
 
 def finish(src: Source, d: dict) -> tuple[Any, dict]:
@@ -321,9 +328,10 @@ def reference_gram(src: Source, ref: Any) -> np.ndarray:
     if src.mix is None:
         return ga
     b, pp, p = src.mix.shape
+    excl0 = _excluded_orig(src)
     ga = ga.copy()
     for q in range(b):
-        bad = np.append(src.excluded_orig[q], False)
+        bad = np.append(excl0[q], False)
         ga[q][bad, :] = 0.0
         ga[q][:, bad] = 0.0
     ma = np.zeros((b, pp + 1, p + 1))
@@ -352,7 +360,7 @@ def columns(src: Source, cols: np.ndarray) -> np.ndarray:
         x = t.to(torch.float64).cpu().numpy()
     if src.mix is None:
         return x
-    x = np.where(src.excluded_orig[:, :, None], 0.0, x)
+    x = np.where(_excluded_orig(src)[:, :, None], 0.0, x)
     return np.einsum("qjp,qpc->qjc", src.mix, x)
 
 
@@ -373,7 +381,7 @@ def nonfinite_rows(src: Source) -> np.ndarray:
     or the caller's rows whose float64 squared norm is not finite (a NaN/Inf value or overflow:
     the same rows as a Gram diagonal flags), one read, row by row."""
     if src.mix is not None:
-        return src.excluded.copy()
+        return np.array(src.excluded, dtype=bool)  # set with mix by build_source
     st = src.st
     if not st.on_cpu:
         import torch
