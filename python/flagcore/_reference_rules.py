@@ -207,8 +207,9 @@ def krum_byzfl_ref(x: np.ndarray, f: int, m: int = 1) -> tuple[np.ndarray, np.nd
 
 
 def caf_ref(x: np.ndarray, f: int) -> np.ndarray:
-    """Covariance-bound agnostic filter with the explicit n x n covariance and eigh; the maximum
-    projection is taken over the rows still weighted (ratios within 1e-12 of 1 count as 1)."""
+    """Covariance-bound agnostic filter in n-space (the weighted covariance's top eigenpair from
+    the SVD of the weighted centred rows); the maximum projection is taken over the rows still
+    weighted (ratios within 1e-12 of 1 count as 1)."""
     x = np.asarray(x, np.float64)
     p = x.shape[0]
     c = np.ones(p)
@@ -216,13 +217,14 @@ def caf_ref(x: np.ndarray, f: int) -> np.ndarray:
     while c.sum() > p - 2 * f:
         mu = (c[:, None] * x).sum(axis=0) / c.sum()
         d = x - mu
-        cov = (c[:, None] * d).T @ d / c.sum()
-        lam, vec = np.linalg.eigh(cov)
-        if lam[-1] < best:
-            best, best_mu = lam[-1], mu
-        if not lam[-1] > 0:
+        # Sigma = B^T B with B = C^1/2 D / sqrt(sum c): its top eigenpair is B's top singular pair
+        _, sv, vt = np.linalg.svd(np.sqrt(c)[:, None] * d / np.sqrt(c.sum()), full_matrices=False)
+        lam = sv[0] ** 2
+        if lam < best:
+            best, best_mu = lam, mu
+        if not lam > 0:
             break
-        tau = (d @ vec[:, -1]) ** 2
+        tau = (d @ vt[0]) ** 2
         tmax = tau[c > 0].max()
         if not tmax > 0:
             break
@@ -233,7 +235,7 @@ def caf_ref(x: np.ndarray, f: int) -> np.ndarray:
 def fltrust_ref(x: np.ndarray, g0: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     g0 = np.asarray(g0, np.float64)
-    n0 = np.linalg.norm(g0)
+    n0 = float(np.linalg.norm(g0))
     out = np.zeros(x.shape[1])
     total = 0.0
     for g in x:
