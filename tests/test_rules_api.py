@@ -222,3 +222,15 @@ def test_a_rule_built_once_draws_a_new_shuffle_per_call_reproducibly():
     for m in mixes:
         perm = rng.permutation(12)
         np.testing.assert_allclose(m @ x, ref.bucketing_ref(x, 3, perm), rtol=1e-12)
+
+
+def test_rules_needing_f_and_reference_are_listed():
+    x = np.ones((9, 4))
+    for rule in RULES:
+        kw = {"reference": np.ones(4)} if rule in flagcore.rules.RULES_NEEDING_REFERENCE else {}
+        if rule in flagcore.rules.RULES_NEEDING_F:
+            with pytest.raises(TypeError, match=rf"aggregate: rule '{rule}' needs f"):
+                flagcore.aggregate(x, rule, **kw)
+        else:
+            assert flagcore.aggregate(x, rule, **kw).shape == (4,)
+    assert set(flagcore.rules.RULES_NEEDING_F) >= {"mda", "smea", "monna", "cge", "caf", "dnc"} | F_RULES
