@@ -323,3 +323,18 @@ def test_classes_validate_at_construction():
         flagcore.rules.FLTrust()
     with pytest.raises(TypeError, match=r"DnC: iterations must be an int"):
         flagcore.rules.DnC(f=1, iterations=1.5)
+
+
+@pytest.mark.parametrize("scale", [1e-155, 2e153])
+@pytest.mark.parametrize("rule", CATALOGUE)
+def test_huge_and_tiny_gradients_scale_through(rule, scale):
+    """Distances and centred Grams of gradients of norm ~1e154 overflow float64 unless the rules
+    work on a rescaled Gram: they do, so the result scales with the input (no warning, finite)."""
+    x = _x(9, 12, seed=16)
+    x /= np.linalg.norm(x, axis=1).max()
+    kw = _kw(rule, 2, 12)
+    want = flagcore.aggregate(x, rule, **kw)
+    got, info = flagcore.aggregate(x * scale, rule, return_info=True, **kw)
+    assert np.isfinite(got).all() and not info.excluded.any()
+    expect = want if rule == "fltrust" else want * scale  # fltrust rescales to ||reference||
+    np.testing.assert_allclose(got, expect, rtol=1e-9, atol=1e-300)

@@ -20,6 +20,7 @@ already 0).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,12 @@ ALL_PRE_STEPS = PRE_STEPS + CLIP_STEPS
 
 def _row_norms(mix: np.ndarray, g0: np.ndarray) -> np.ndarray:
     """(b, p') norms of the mixed rows from the caller's Gram (excluded rows zeroed)."""
-    sq = np.einsum("qij,qjk,qik->qi", mix, g0, mix)
-    return np.sqrt(np.maximum(sq, 0.0))
+    diag = np.diagonal(g0, axis1=1, axis2=2)
+    top = np.max(np.where(np.isfinite(diag), diag, 0.0), axis=1, initial=0.0)
+    # a power of two (exact division) per problem: mixed norms of huge rows stay finite
+    scale = np.array([math.ldexp(1.0, math.frexp(float(t))[1]) if t > 0 else 1.0 for t in top])
+    sq = np.einsum("qij,qjk,qik->qi", mix, g0 / scale[:, None, None], mix)
+    return np.sqrt(np.maximum(sq, 0.0)) * np.sqrt(scale)[:, None]
 
 
 def _scale_rows(mix: np.ndarray, norms: np.ndarray, thr: np.ndarray) -> np.ndarray:

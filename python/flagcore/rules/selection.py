@@ -47,6 +47,14 @@ def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
     return excl
 
 
+def pow2_scale(v: float) -> float:
+    """The power of two nearest above v (1 for 0, NaN or Inf): dividing by it is exact, so
+    rescaling keeps exact ties exact."""
+    if not (v > 0.0 and math.isfinite(v)):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(v)[1])
+
+
 def _f64_output(src: Source) -> bool:
     st = src.st
     if not st.on_cpu:
@@ -95,7 +103,14 @@ def per_problem(src: Source, f: int, solve: Callable[[np.ndarray, int, int, np.n
         if keep.size == 0:
             continue
         f_eff = max(f - (p - keep.size), 0)
-        r = solve(g[q][np.ix_(keep, keep)], f_eff, q, keep)
+        # every rule here is invariant to a common scale of the workers: work on G / max G_ii so
+        # that distances and centred Grams of huge (or subnormal) gradients stay finite
+        gs = g[q][np.ix_(keep, keep)]
+        scale = pow2_scale(float(np.max(np.diag(gs))))
+        r = solve(gs / scale, f_eff, q, keep)
+        if "objective" in r:  # back to the caller's units: objective ~ G ** objective_power
+            with np.errstate(over="ignore"):
+                r["objective"] = r["objective"] * scale ** r.get("objective_power", 1.0)
         if "coef" in r:
             unit[q, keep] = r["coef"]
             count[q] = 1.0
@@ -176,7 +191,7 @@ def mda_solve(g: np.ndarray, f: int) -> dict:
             best, best_sub = float(diam[j]), idx[j]
     sel = np.zeros(p, bool)
     sel[best_sub] = True
-    return dict(select_mean(sel), objective=math.sqrt(best))
+    return dict(select_mean(sel), objective=math.sqrt(best), objective_power=0.5)
 
 
 def centred_top_eigenvalues(gs: np.ndarray) -> np.ndarray:
@@ -294,6 +309,7 @@ def fltrust_solve(ga: np.ndarray) -> dict:
     to ||g_0||, aggregate = sum_i TS_i ||g_0|| / ||g_i|| g_i / sum_i TS_i (0 when every trust
     score is 0; a zero gradient gets trust 0)."""
     p = ga.shape[0] - 1
+    ga = ga / pow2_scale(float(np.max(np.diag(ga))))  # scale-free: no overflow
     g = ga[:p, :p]
     n0 = math.sqrt(max(ga[p, p], 0.0))
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
@@ -367,9 +383,12 @@ def columns(src: Source, cols: np.ndarray) -> np.ndarray:
 def dnc_scores(xs: np.ndarray) -> np.ndarray:
     """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
     centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T."""
+    top = pow2_scale(float(np.max(np.abs(xs)))) if xs.size else 1.0
+    xs = xs / top  # scale-free selection: no overflow for huge gradients
     d = xs - xs.mean(axis=0, keepdims=True)
     lam, u = np.linalg.eigh(d @ d.T)
-    return max(float(lam[-1]), 0.0) * u[:, -1] ** 2
+    with np.errstate(over="ignore"):
+        return max(float(lam[-1]), 0.0) * top * top * u[:, -1] ** 2
 
 
 def dnc_keep(p: int, f: int, fraction: float) -> int:
