@@ -44,7 +44,7 @@ Rules (``RULES``) and their parameters:
 =================== ========================================================================
 
 Krum and Multi-Krum take ``neighbours="textbook"`` (p - f - 2, the paper) or ``"byzfl"``
-(p - f - 1, as ByzFL and Garfield compute it; needs only p > 2f). docs/rules.md lists every
+(p - f - 1, as ByzFL and ByzPy compute it; needs only p > 2f). docs/rules.md lists every
 rule's paper and its conventions against ByzFL, ByzPy and Flower.
 
 Every rule also takes ``f`` (default 0 where it is not required: it then only matters for

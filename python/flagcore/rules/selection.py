@@ -245,7 +245,7 @@ def cge_solve(g: np.ndarray, f: int) -> dict:
 
 
 def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict:
-    """Krum as ByzFL and Garfield compute it: the score of worker i sums its squared distances
+    """Krum as ByzFL and ByzPy compute it: the score of worker i sums its squared distances
     to its p - f - 1 nearest others (the textbook takes p - f - 2); the m lowest scores are
     averaged (ties: the lower index)."""
     p = g.shape[0]
