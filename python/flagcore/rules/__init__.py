@@ -70,11 +70,10 @@ which is the same exclusion.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as _fields
 from typing import Any
 
 import numpy as np
-
-from dataclasses import fields as _fields
 
 from .._arrays import as_stack, check_choice, check_float, check_int
 from .._backend import core, is_torch_tensor
@@ -114,9 +113,8 @@ class RuleInfo(FlagInfo):
     rule: the rule's name.
     excluded: the caller's workers excluded for non-finite values.
     coefficients: c with aggregate = sum_i c_i g_i over the caller's rows, for the rules whose
-        output is a weighted sum of the workers (every rule but the coordinate-wise ones,
-        bulyan, signguard / clipped_clustering (whose clipping is inside c) included, and flag);
-        None otherwise.
+        output is a weighted sum of the workers: all but the coordinate-wise ones and bulyan
+        (for signguard and clipped_clustering the clipping factors are inside c); None otherwise.
     selected: rows chosen (over the rows the rule saw): krum, multi_krum, bulyan, mda, smea,
         monna, cge, dnc, signguard, clipped_clustering; None otherwise.
     scores: the per-row score the rule ranks by (over the rows the rule saw; NaN for excluded
