@@ -24,8 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._backend import core
-from ..flag import torch_gram
 from ._source import Source
 
 # ---------------------------------------------------------------- shared machinery
@@ -325,35 +323,54 @@ def fltrust_solve(ga: np.ndarray) -> dict:
 
 
 def reference_gram(src: Source, ref: Any) -> np.ndarray:
-    """(b, p'+1, p'+1) Gram of the rows the rule sees plus the reference as the last row (one
-    read of the data); the reference is a (b, n) float64 array / tensor."""
+    """(b, p'+1, p'+1) inner products of the rows the rule sees and the reference (the last
+    row), from one O(p n) read: the squared norms, the products with the reference and
+    ||ref||^2. Without pre-aggregation only the diagonal and the last row/column are filled
+    (FLTrust needs nothing else); with it, the rows block is M G M^T from the Gram that
+    pre-aggregation already holds. ``ref`` is a (b, n) float64 array / tensor."""
     st = src.st
-    if st.on_cpu:
-        data = st.data
-        out = []
-        for q in range(st.b):
-            rows = list(data) if isinstance(data, list) else [data[q, i] for i in range(st.p)]
-            rows.append(np.ascontiguousarray(ref[q], dtype=rows[0].dtype))
-            out.append(core.gram(rows)[0])
-        ga = np.stack(out)
-    else:
-        import torch
+    b, p = st.b, st.p
+    diag = np.empty((b, p))
+    cross = np.empty((b, p))
+    r2 = np.empty(b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if st.on_cpu:
+            data = st.data
+            for q in range(b):
+                rq = np.asarray(ref[q], dtype=np.float64)
+                r2[q] = float(np.square(rq).sum())
+                rows = data if isinstance(data, list) else data[q]
+                for i in range(p):
+                    diag[q, i] = np.square(rows[i], dtype=np.float64).sum()
+                    cross[q, i] = np.multiply(rows[i], rq, dtype=np.float64).sum()
+        else:
+            import torch
 
-        x = st.torch_data
-        ga = torch_gram(torch.cat([x, ref.to(x.dtype)[:, None, :]], dim=1)).cpu().numpy()
+            x = st.torch_data
+            for q in range(b):
+                rq = ref[q].to(torch.float64)
+                r2[q] = float((rq * rq).sum())
+                for i in range(p):  # one row at a time: no (p, n) float64 temporary
+                    xi = x[q, i].to(torch.float64)
+                    diag[q, i] = float((xi * xi).sum())
+                    cross[q, i] = float((xi * rq).sum())
     if src.mix is None:
-        return ga
-    b, pp, p = src.mix.shape
-    excl0 = _excluded_orig(src)
-    ga = ga.copy()
-    for q in range(b):
-        bad = np.append(excl0[q], False)
-        ga[q][bad, :] = 0.0
-        ga[q][:, bad] = 0.0
-    ma = np.zeros((b, pp + 1, p + 1))
-    ma[:, :pp, :p] = src.mix
-    ma[:, pp, p] = 1.0
-    return np.einsum("qij,qjk,qlk->qil", ma, ga, ma)
+        ga = np.zeros((b, p + 1, p + 1))
+        ga[:, np.arange(p), np.arange(p)] = diag
+    else:
+        b, pp, p = src.mix.shape
+        excl0 = _excluded_orig(src)
+        g0 = np.where(excl0[:, :, None] | excl0[:, None, :], 0.0,
+                      src.gram_orig if src.gram_orig is not None else np.zeros((b, p, p)))
+        cross = np.where(excl0, 0.0, cross)
+        ga = np.zeros((b, pp + 1, pp + 1))
+        ga[:, :pp, :pp] = np.einsum("qij,qjk,qlk->qil", src.mix, g0, src.mix)
+        cross = np.einsum("qij,qj->qi", src.mix, cross)
+        p = pp
+    ga[:, :p, p] = cross
+    ga[:, p, :p] = cross
+    ga[:, p, p] = r2
+    return ga
 
 
 # ---------------------------------------------------------------- DnC
@@ -410,9 +427,8 @@ def nonfinite_rows(src: Source) -> np.ndarray:
         return (~sq.isfinite()).cpu().numpy()
 
     def bad(r: np.ndarray) -> bool:
-        r64 = r.astype(np.float64, copy=False)
-        with np.errstate(over="ignore", invalid="ignore"):
-            return not np.isfinite(np.dot(r64, r64))
+        with np.errstate(over="ignore", invalid="ignore"):  # no BLAS: its threads stall under load
+            return not np.isfinite(np.square(r, dtype=np.float64).sum())
 
     data = st.data
     if isinstance(data, list):
