@@ -548,7 +548,8 @@ class CGE(Rule):
             self._fail("f < p", p)
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        return _sel.finish(src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.cge_solve(g, f)))
+        return _sel.finish(src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.cge_solve(g, f),
+                                                 g=_sel.norms_gram(src)))  # norms only: O(p n)
 
 
 class CAF(Rule):
@@ -681,8 +682,10 @@ class SignGuard(Rule):
         k = max(1, int(np.ceil(self.sample * n)))
         cols = np.sort(self._gen.choice(n, size=k, replace=False))
         xs = _sel.columns(src, cols)
+        # only the norms are needed: one O(p n) read instead of the Gram
         d = _sel.per_problem(src, self.f, lambda g, f, q, keep: _clu.signguard_solve(g, xs[q, keep], self.lower,
-                                                                                     self.upper))
+                                                                                     self.upper),
+                             g=_sel.norms_gram(src))
         return _sel.finish(src, d)
 
 

@@ -322,6 +322,35 @@ def fltrust_solve(ga: np.ndarray) -> dict:
     return dict(coef=coef, scores=ts)
 
 
+def norms_gram(src: Source) -> np.ndarray:
+    """A (b, p', p') matrix whose diagonal holds the squared norms of the rows the rule sees, for
+    rules that need only the norms (one O(p n) read; off-diagonal entries are 0). With
+    pre-aggregation it is the full mixed Gram (already known)."""
+    if src.mix is not None:
+        return src.gram()
+    st = src.st
+    b, p = st.b, st.p
+    diag = np.empty((b, p))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if st.on_cpu:
+            data = st.data
+            for q in range(b):
+                rows = data if isinstance(data, list) else data[q]
+                for i in range(p):
+                    diag[q, i] = np.square(rows[i], dtype=np.float64).sum()
+        else:
+            import torch
+
+            x = st.torch_data
+            for q in range(b):
+                for i in range(p):
+                    xi = x[q, i].to(torch.float64)
+                    diag[q, i] = float((xi * xi).sum())
+    g = np.zeros((b, p, p))
+    g[:, np.arange(p), np.arange(p)] = diag
+    return g
+
+
 def reference_gram(src: Source, ref: Any) -> np.ndarray:
     """(b, p'+1, p'+1) inner products of the rows the rule sees and the reference (the last
     row), from one O(p n) read: the squared norms, the products with the reference and
