@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
@@ -35,6 +36,23 @@ using namespace flagcore;
 #endif
 
 namespace {
+
+// Releases the GIL for long native work and makes it interruptible: a CancelScope on this thread
+// whose poll takes the GIL and asks Python for pending signals (Ctrl-C). The native loops throw
+// Cancelled (translated to the pending KeyboardInterrupt) at their next check_cancel().
+class Interruptible {
+ public:
+  Interruptible() : guard_(scope_), release_() {}
+
+ private:
+  static bool poll_signals() {
+    py::gil_scoped_acquire acquire;
+    return PyErr_CheckSignals() != 0;
+  }
+  CancelScope scope_{{false}, &poll_signals};
+  CancelScopeGuard guard_;
+  py::gil_scoped_release release_;
+};
 
 // A stack of gradient rows: a (b, p, n) array whose last axis is contiguous (any strides on the
 // first two), or a list/tuple of p one-dimensional contiguous arrays (b = 1). The handles keep
@@ -155,7 +173,7 @@ py::array_t<double> gram_impl(const py::object& x) {
   py::array_t<double> out({rows.b, rows.p, rows.p});
   double* o = out.mutable_data();
   {
-    py::gil_scoped_release release;
+    Interruptible interruptible;
     gram_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, o);
   }
   return out;
@@ -170,7 +188,7 @@ py::array weighted_sum_impl(const py::object& x, const py::array_t<double, py::a
   T* o = out.mutable_data();
   const double* c = coef.data();
   {
-    py::gil_scoped_release release;
+    Interruptible interruptible;
     weighted_sum_cpu<T>(rows.ptr.data(), c, rows.b, rows.p, rows.n, o);
   }
   return out;
@@ -185,7 +203,7 @@ py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
   {
-    py::gil_scoped_release release;
+    Interruptible interruptible;
     flag_aggregate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, prm, o, view);
   }
   return py::make_tuple(out, info.to_dict());
@@ -224,7 +242,7 @@ py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep
   T* o = out.mutable_data();
   uint8_t* e = excl.mutable_data();
   {
-    py::gil_scoped_release release;
+    Interruptible interruptible;
     coordinate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, spec, o, e);
   }
   return py::make_tuple(out, excl);
@@ -255,9 +273,14 @@ void register_rules(py::module_& m) {
     py::array_t<double> coef({b, p}), scores({b, p});
     py::array_t<uint8_t> sel({b, p});
     py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "krum");
-    for (int64_t q = 0; q < b; ++q)
-      krum_cpu(gram.data() + q * p * p, p, f, mm, coef.mutable_data() + q * p,
-               scores.mutable_data() + q * p, sel.mutable_data() + q * p, excl.mutable_data() + q * p);
+    const double* g = gram.data();
+    double *c = coef.mutable_data(), *sc = scores.mutable_data();
+    uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
+    {
+      Interruptible interruptible;
+      for (int64_t q = 0; q < b; ++q)
+        krum_cpu(g + q * p * p, p, f, mm, c + q * p, sc + q * p, se + q * p, ex + q * p);
+    }
     py::dict d;
     d["coefficients"] = coef; d["scores"] = scores; d["selected"] = sel; d["excluded"] = excl;
     return d;
@@ -269,9 +292,13 @@ void register_rules(py::module_& m) {
     py::array_t<uint8_t> sel({b, p});
     py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "bulyan_select");
     py::array_t<int64_t> theta(b);
-    for (int64_t q = 0; q < b; ++q)
-      theta.mutable_data()[q] = bulyan_select_cpu(gram.data() + q * p * p, p, f, sel.mutable_data() + q * p,
-                                                  excl.mutable_data() + q * p);
+    const double* g = gram.data();
+    int64_t* th = theta.mutable_data();
+    uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
+    {
+      Interruptible interruptible;
+      for (int64_t q = 0; q < b; ++q) th[q] = bulyan_select_cpu(g + q * p * p, p, f, se + q * p, ex + q * p);
+    }
     py::dict d;
     d["selected"] = sel; d["excluded"] = excl; d["theta"] = theta;
     return d;
@@ -287,7 +314,7 @@ void register_rules(py::module_& m) {
     py::array_t<uint8_t> conv(b);
     py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "geometric_median");
     {
-      py::gil_scoped_release release;
+      Interruptible interruptible;
       for (int64_t q = 0; q < b; ++q)
         geometric_median_cpu(gram.data() + q * p * p, p, nu.data()[q], tol, max_iter,
                              coef.mutable_data() + q * p, excl.mutable_data() + q * p,
@@ -304,9 +331,14 @@ void register_rules(py::module_& m) {
     const int64_t b = gram.shape(0), q1 = gram.shape(1), p = q1 - 1;
     py::array_t<double> coef({b, q1});
     py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "centered_clipping");
-    for (int64_t q = 0; q < b; ++q)
-      centered_clipping_cpu(gram.data() + q * q1 * q1, p, tau, iterations, coef.mutable_data() + q * q1,
-                            excl.mutable_data() + q * p);
+    const double* g = gram.data();
+    double* c = coef.mutable_data();
+    uint8_t* ex = excl.mutable_data();
+    {
+      Interruptible interruptible;
+      for (int64_t q = 0; q < b; ++q)
+        centered_clipping_cpu(g + q * q1 * q1, p, tau, iterations, c + q * q1, ex + q * p);
+    }
     py::dict d;
     d["coefficients"] = coef; d["excluded"] = excl;
     return d;
@@ -317,8 +349,13 @@ void register_rules(py::module_& m) {
     const int64_t b = gram.shape(0), p = gram.shape(1);
     py::array_t<double> mix({b, p, p});
     py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "nnm_matrix");
-    for (int64_t q = 0; q < b; ++q)
-      nnm_matrix_cpu(gram.data() + q * p * p, p, f, mix.mutable_data() + q * p * p, excl.mutable_data() + q * p);
+    const double* g = gram.data();
+    double* mx = mix.mutable_data();
+    uint8_t* ex = excl.mutable_data();
+    {
+      Interruptible interruptible;
+      for (int64_t q = 0; q < b; ++q) nnm_matrix_cpu(g + q * p * p, p, f, mx + q * p * p, ex + q * p);
+    }
     py::dict d;
     d["matrix"] = mix; d["excluded"] = excl;
     return d;
@@ -375,7 +412,7 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
   {
-    py::gil_scoped_release release;
+    Interruptible interruptible;
     flag_aggregate_ragged_cpu<T>(ptr.data(), ps.data(), ns.data(), b, prm, o, view);
   }
   return py::make_tuple(out, info.to_dict());
@@ -470,7 +507,7 @@ void bind_forkjoin(py::module_& m) {
           }
           std::vector<sim::ForkJoinResult> res;
           {
-            py::gil_scoped_release release;
+            Interruptible interruptible;
             res = sim::simulate_forkjoin_replications(c, replications, threads, prog);
           }
           py::list out;
@@ -494,7 +531,7 @@ void bind_forkjoin(py::module_& m) {
     const double* s = services.data();
     double *pd = dep.mutable_data(), *pb = busy.mutable_data(), *pw = wasted.mutable_data();
     {
-      py::gil_scoped_release release;
+      Interruptible interruptible;
       sim::simulate_forkjoin_trace(n, k, cancel, int64_t(R), a, s, pd, pb, pw);
     }
     return py::make_tuple(dep, busy, wasted);
@@ -536,7 +573,7 @@ void bind_forkjoin(py::module_& m) {
     py::array_t<double> out(count);
     double* o = out.mutable_data();
     {
-      py::gil_scoped_release release;
+      Interruptible interruptible;
       sim::sample_service_cpu(static_cast<sim::ServiceKind>(kind), param, table.data(), table.size(), seed,
                               stream, count, o);
     }
@@ -547,6 +584,15 @@ void bind_forkjoin(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "flagcore native core (private: use the flagcore package)";
+
+  // An interrupted native call raises the KeyboardInterrupt that its poll found pending.
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const Cancelled&) {
+      if (PyErr_Occurred() == nullptr) PyErr_SetNone(PyExc_KeyboardInterrupt);
+    }
+  });
 
   m.def("build_info", []() {
     py::dict d;
@@ -627,7 +673,7 @@ PYBIND11_MODULE(_core, m) {
     FlagIrlsOut view = info.view();
     const double* g = gram.data();
     {
-      py::gil_scoped_release release;
+      Interruptible interruptible;
       if (threads <= 1)
         flag_irls_batch_cpu(g, b, p, prm, view);
       else  // each problem run by a team of CPU threads with a barrier, as a CUDA block runs it
