@@ -238,13 +238,15 @@ def cases(p: int, n: int, x64: np.ndarray, seed: int):
     return out
 
 
-def run(p: int, n: int, repeat: int, seed: int) -> list:
+def run(p: int, n: int, repeat: int, seed: int, only: list | None = None) -> list:
     f_byz = 3 if p <= 15 else 15
     x = ref.make_gradients(p, n, seed=seed, byzantine=f_byz, dtype=np.float32)
     x64 = x.astype(np.float64)
     t = torch.from_numpy(x)
     rows = []
     for name, f, kw, peer, want in cases(p, n, x64, seed):
+        if only and name not in only:
+            continue
         kw = dict(kw)
         rule = kw.pop("rule")
 
@@ -276,6 +278,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rules", nargs="*", default=None, help="only these rows (names as in the table)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_rules_catalogue.json"))
     args = ap.parse_args()
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -290,7 +293,7 @@ def main() -> None:
     for n in args.sizes:
         for p in args.ps:
             print(f"p = {p}, n = {n}, float32")
-            rows += run(p, n, args.repeat, args.seed)
+            rows += run(p, n, args.repeat, args.seed, args.rules)
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=2, default=str)
     print("\n| rule | p | f | n | flagcore ms | peer ms | speed-up |\n|---|---|---|---|---|---|---|")

@@ -268,6 +268,12 @@ class Mean(_Coordinate):
     name = "mean"
 
     def _run(self, src: Source) -> tuple[Any, dict]:
+        if src.mix is not None and src.excluded is not None:
+            # after pre-aggregation the mean of the mixed rows is one weighted sum of the
+            # caller's rows: no (p', n) mixed stack is formed
+            keep = ~src.excluded
+            out = _sel.weighted_mean(src, keep.astype(np.float64), keep.sum(axis=1))
+            return out, dict(excluded=src.excluded.copy())
         if src.mix is None and src.excluded is None and src.st.on_cpu:
             # Fast path: one weighted-sum pass. A non-finite input value makes its output
             # coordinate non-finite, so a finite result proves every worker finite; otherwise
