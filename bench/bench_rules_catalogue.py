@@ -24,6 +24,7 @@ The combinatorial rules (mda, smea) run with f = 3 at p = 15 and f = 1 at p = 64
 41664 subsets would take ByzFL's loop minutes); the other rules with f = 3 (p = 15) and
 f = 15 (p = 64).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ import flagcore
 from flagcore import _reference_rules as ref
 
 
-def interleaved_best_ms(fns: dict, repeat: int, slow_s: float = 2.0, first_out: dict | None = None) -> dict:
+def interleaved_best_ms(
+    fns: dict, repeat: int, slow_s: float = 2.0, first_out: dict | None = None
+) -> dict:
     """Best times of several functions measured in turn (a shared machine's load comes and goes,
     so the ratio between them is not skewed). The first call of each is a warm-up (its result is
     stored in first_out); a function whose warm-up took more than slow_s seconds is timed by
@@ -115,7 +118,7 @@ def peer_caf(t, f):
 
 
 def peer_monna(t, f, idx=0):
-    d = torch.cdist(t, t[idx:idx + 1]).reshape(-1)
+    d = torch.cdist(t, t[idx : idx + 1]).reshape(-1)
     k = t.shape[0] - f
     return t[torch.topk(d, k, largest=False).indices].mean(dim=0)
 
@@ -127,7 +130,7 @@ def peer_cge(t, f):
 
 def peer_krum_byzfl(t, f):
     d = torch.cdist(t, t) ** 2
-    d = torch.sort(d, dim=1).values[:, 1: t.shape[0] - f].mean(dim=1)
+    d = torch.sort(d, dim=1).values[:, 1 : t.shape[0] - f].mean(dim=1)
     return t[torch.argmin(d)]
 
 
@@ -144,7 +147,9 @@ def _scipy_majority(dist):
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
-    lab = fcluster(linkage(squareform(dist, checks=False), method="average"), t=2, criterion="maxclust")
+    lab = fcluster(
+        linkage(squareform(dist, checks=False), method="average"), t=2, criterion="maxclust"
+    )
     a = lab == lab[0]
     return a if a.sum() >= a.size - a.sum() else ~a
 
@@ -163,8 +168,14 @@ def peer_signguard(t, cols):
     m = torch.median(norms)
     s1 = (norms / m >= 0.1) & (norms / m <= 3.0)
     sub = t[:, torch.from_numpy(cols)]
-    feats = torch.stack([(sub > 0).float().mean(dim=1), (sub == 0).float().mean(dim=1),
-                         (sub < 0).float().mean(dim=1)], dim=1)
+    feats = torch.stack(
+        [
+            (sub > 0).float().mean(dim=1),
+            (sub == 0).float().mean(dim=1),
+            (sub < 0).float().mean(dim=1),
+        ],
+        dim=1,
+    )
     s2 = torch.from_numpy(_scipy_majority(torch.cdist(feats, feats).double().numpy()))
     sel = s1 & s2
     clipped = t * torch.clamp(m / norms, max=1.0)[:, None]
@@ -194,7 +205,7 @@ def peer_arc_mean(t, f):
     k = int((2 * f / n) * (n - f))
     thr = mags[n - k - 1][0]
     out = t.clone()
-    for _, i in mags[n - k:]:
+    for _, i in mags[n - k :]:
         nv = torch.linalg.norm(out[i])
         if nv > thr:
             out[i] = out[i] * (thr / nv)
@@ -214,26 +225,78 @@ def cases(p: int, n: int, x64: np.ndarray, seed: int):
     g0 = x64[: p - f].mean(axis=0) + 0.1
     c = float(np.median(np.linalg.norm(x64, axis=1)))
     out = [
-        ("mda", fc, dict(rule="mda", f=fc), lambda t: peer_mda(t, fc), lambda: ref.mda_ref(x64, fc)[0]),
-        ("smea", fc, dict(rule="smea", f=fc), lambda t: peer_smea(t, fc), lambda: ref.smea_ref(x64, fc)[0]),
+        (
+            "mda",
+            fc,
+            dict(rule="mda", f=fc),
+            lambda t: peer_mda(t, fc),
+            lambda: ref.mda_ref(x64, fc)[0],
+        ),
+        (
+            "smea",
+            fc,
+            dict(rule="smea", f=fc),
+            lambda t: peer_smea(t, fc),
+            lambda: ref.smea_ref(x64, fc)[0],
+        ),
         ("caf", f, dict(rule="caf", f=f), lambda t: peer_caf(t, f), lambda: ref.caf_ref(x64, f)),
-        ("monna", f, dict(rule="monna", f=f), lambda t: peer_monna(t, f), lambda: ref.monna_ref(x64, f, 0)[0]),
+        (
+            "monna",
+            f,
+            dict(rule="monna", f=f),
+            lambda t: peer_monna(t, f),
+            lambda: ref.monna_ref(x64, f, 0)[0],
+        ),
         ("cge", f, dict(rule="cge", f=f), lambda t: peer_cge(t, f), lambda: ref.cge_ref(x64, f)[0]),
-        ("krum[byzfl]", f, dict(rule="krum", f=f, neighbours="byzfl"), lambda t: peer_krum_byzfl(t, f),
-         lambda: ref.krum_byzfl_ref(x64, f)[0]),
-        ("dnc", f, dict(rule="dnc", f=f, sub_dim=sub_dim, seed=seed), lambda t: peer_dnc(t, f, dnc_cols),
-         lambda: ref.dnc_ref(x64, f, [dnc_cols])[0]),
-        ("signguard", 0, dict(rule="signguard", seed=seed), lambda t: peer_signguard(t, sg_cols),
-         lambda: ref.signguard_ref(x64, sg_cols)),
-        ("clipped_clustering", 0, dict(rule="clipped_clustering"), peer_clipped_clustering,
-         lambda: ref.clipped_clustering_ref(x64)),
-        ("fltrust", 0, dict(rule="fltrust", reference=g0.astype(np.float32)),
-         lambda t: peer_fltrust(t, torch.from_numpy(g0.astype(np.float32))),
-         lambda: ref.fltrust_ref(x64, g0.astype(np.float32))),
-        ("clipping+mean", 0, dict(rule="mean", pre="clipping", c=c), lambda t: peer_clipping_mean(t, c),
-         lambda: ref.clipping_ref(x64, c).mean(axis=0)),
-        ("arc+mean", f, dict(rule="mean", f=f, pre="arc"), lambda t: peer_arc_mean(t, f),
-         lambda: ref.arc_ref(x64, f).mean(axis=0)),
+        (
+            "krum[byzfl]",
+            f,
+            dict(rule="krum", f=f, neighbours="byzfl"),
+            lambda t: peer_krum_byzfl(t, f),
+            lambda: ref.krum_byzfl_ref(x64, f)[0],
+        ),
+        (
+            "dnc",
+            f,
+            dict(rule="dnc", f=f, sub_dim=sub_dim, seed=seed),
+            lambda t: peer_dnc(t, f, dnc_cols),
+            lambda: ref.dnc_ref(x64, f, [dnc_cols])[0],
+        ),
+        (
+            "signguard",
+            0,
+            dict(rule="signguard", seed=seed),
+            lambda t: peer_signguard(t, sg_cols),
+            lambda: ref.signguard_ref(x64, sg_cols),
+        ),
+        (
+            "clipped_clustering",
+            0,
+            dict(rule="clipped_clustering"),
+            peer_clipped_clustering,
+            lambda: ref.clipped_clustering_ref(x64),
+        ),
+        (
+            "fltrust",
+            0,
+            dict(rule="fltrust", reference=g0.astype(np.float32)),
+            lambda t: peer_fltrust(t, torch.from_numpy(g0.astype(np.float32))),
+            lambda: ref.fltrust_ref(x64, g0.astype(np.float32)),
+        ),
+        (
+            "clipping+mean",
+            0,
+            dict(rule="mean", pre="clipping", c=c),
+            lambda t: peer_clipping_mean(t, c),
+            lambda: ref.clipping_ref(x64, c).mean(axis=0),
+        ),
+        (
+            "arc+mean",
+            f,
+            dict(rule="mean", f=f, pre="arc"),
+            lambda t: peer_arc_mean(t, f),
+            lambda: ref.arc_ref(x64, f).mean(axis=0),
+        ),
     ]
     return out
 
@@ -260,15 +323,34 @@ def run(p: int, n: int, repeat: int, seed: int, only: list | None = None) -> lis
         err = float(np.max(np.abs(got - w)))
         ok = err <= 1e-5 * scale
         if not ok:
-            raise SystemExit(f"{name} p={p}: flagcore differs from the float64 reference by {err:.3g}")
+            raise SystemExit(
+                f"{name} p={p}: flagcore differs from the float64 reference by {err:.3g}"
+            )
         torch.manual_seed(seed)
         first: dict = {}
-        ms = interleaved_best_ms({"flagcore": ours, "peer": lambda peer=peer: peer(t)}, repeat, first_out=first)
+        ms = interleaved_best_ms(
+            {"flagcore": ours, "peer": lambda peer=peer: peer(t)}, repeat, first_out=first
+        )
         peer_err = float(np.max(np.abs(first["peer"].double().numpy() - w)))
-        rows.append(dict(rule=name, p=p, n=n, f=f, flagcore_ms=ms["flagcore"], peer_ms=ms["peer"],
-                         speedup=ms["peer"] / ms["flagcore"], flagcore_err=err, peer_err=peer_err))
-        print(f"  {name:20s} p={p:3d} f={f:2d}  flagcore {ms['flagcore']:9.2f} ms  peer {ms['peer']:9.2f} ms  "
-              f"x{ms['peer'] / ms['flagcore']:7.1f}   |err| {err:.1e} (peer {peer_err:.1e})", flush=True)
+        rows.append(
+            dict(
+                rule=name,
+                p=p,
+                n=n,
+                f=f,
+                flagcore_ms=ms["flagcore"],
+                peer_ms=ms["peer"],
+                speedup=ms["peer"] / ms["flagcore"],
+                flagcore_err=err,
+                peer_err=peer_err,
+            )
+        )
+        print(
+            f"  {name:20s} p={p:3d} f={f:2d}  flagcore {ms['flagcore']:9.2f} ms  "
+            f"peer {ms['peer']:9.2f} ms  "
+            f"x{ms['peer'] / ms['flagcore']:7.1f}   |err| {err:.1e} (peer {peer_err:.1e})",
+            flush=True,
+        )
     return rows
 
 
@@ -278,17 +360,34 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rules", nargs="*", default=None, help="only these rows (names as in the table)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_rules_catalogue.json"))
+    ap.add_argument(
+        "--rules", nargs="*", default=None, help="only these rows (names as in the table)"
+    )
+    ap.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(__file__), "results", "bench_rules_catalogue.json"),
+    )
     args = ap.parse_args()
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        raise SystemExit(f"bench_rules_catalogue: --out directory {out_dir!r} does not exist or is not writable")
-    meta = dict(machine=platform.machine(), processor=platform.processor(), python=platform.python_version(),
-                torch=torch.__version__, numpy=np.__version__, torch_threads=torch.get_num_threads(),
-                build=flagcore.build_info(), command="python bench/bench_rules_catalogue.py " + " ".join(
-                    f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-                    if k != "out"))
+        raise SystemExit(
+            f"bench_rules_catalogue: --out directory {out_dir!r} does not exist or is not writable"
+        )
+    meta = dict(
+        machine=platform.machine(),
+        processor=platform.processor(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        torch_threads=torch.get_num_threads(),
+        build=flagcore.build_info(),
+        command="python bench/bench_rules_catalogue.py "
+        + " ".join(
+            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "out"
+        ),
+    )
     rows = []
     for n in args.sizes:
         for p in args.ps:
@@ -296,10 +395,15 @@ def main() -> None:
             rows += run(p, n, args.repeat, args.seed, args.rules)
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, rows=rows), fh, indent=2, default=str)
-    print("\n| rule | p | f | n | flagcore ms | peer ms | speed-up |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| rule | p | f | n | flagcore ms | peer ms | speed-up |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['rule']} | {r['p']} | {r['f']} | {r['n']} | {r['flagcore_ms']:.2f} | {r['peer_ms']:.2f} "
-              f"| {r['speedup']:.1f}x |")
+        print(
+            f"| {r['rule']} | {r['p']} | {r['f']} | {r['n']} | {r['flagcore_ms']:.2f} "
+            f"| {r['peer_ms']:.2f} "
+            f"| {r['speedup']:.1f}x |"
+        )
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,5 @@
 """The aggregate() API: input forms, rule classes, pre-aggregation, "flag" routing, errors."""
+
 import numpy as np
 import pytest
 
@@ -44,10 +45,13 @@ def test_flag_routes_to_flag_aggregate():
 
 def test_classes_match_aggregate():
     x = ref.make_gradients(15, 100, seed=3, byzantine=3)
-    pairs = [(flagcore.rules.Median(), "median", {}), (flagcore.rules.TrimmedMean(f=3), "trimmed_mean", {"f": 3}),
-             (flagcore.rules.MultiKrum(f=3, m=5), "multi_krum", {"f": 3, "m": 5}),
-             (flagcore.rules.Bulyan(f=3), "bulyan", {"f": 3}),
-             (flagcore.rules.make_rule("phocas", f=2), "phocas", {"f": 2})]
+    pairs = [
+        (flagcore.rules.Median(), "median", {}),
+        (flagcore.rules.TrimmedMean(f=3), "trimmed_mean", {"f": 3}),
+        (flagcore.rules.MultiKrum(f=3, m=5), "multi_krum", {"f": 3, "m": 5}),
+        (flagcore.rules.Bulyan(f=3), "bulyan", {"f": 3}),
+        (flagcore.rules.make_rule("phocas", f=2), "phocas", {"f": 2}),
+    ]
     for obj, name, kw in pairs:
         np.testing.assert_array_equal(obj(x), flagcore.aggregate(x, name, **kw))
         assert obj.name == name
@@ -57,10 +61,13 @@ def test_nnm_then_rule_matches_reference():
     x = ref.make_gradients(11, 80, seed=4, byzantine=2, dtype=np.float64)
     mixed = ref.nnm_ref(x, 2)
     np.testing.assert_allclose(flagcore.rules.nnm(x, 2), mixed, rtol=1e-12)
-    for rule, want in [("median", ref.median_ref(mixed)), ("trimmed_mean", ref.trimmed_mean_ref(mixed, 2)),
-                       ("krum", ref.multi_krum_ref(mixed, 2, 1)[0]),
-                       ("multi_krum", ref.multi_krum_ref(mixed, 2, 9)[0]),
-                       ("bulyan", ref.bulyan_ref(mixed, 2)[0])]:
+    for rule, want in [
+        ("median", ref.median_ref(mixed)),
+        ("trimmed_mean", ref.trimmed_mean_ref(mixed, 2)),
+        ("krum", ref.multi_krum_ref(mixed, 2, 1)[0]),
+        ("multi_krum", ref.multi_krum_ref(mixed, 2, 9)[0]),
+        ("bulyan", ref.bulyan_ref(mixed, 2)[0]),
+    ]:
         got, info = flagcore.aggregate(x, rule, f=2, pre="nnm", return_info=True)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=rule)
         assert info.mixing.shape == (11, 11)
@@ -121,13 +128,19 @@ def test_errors_name_the_function_and_argument():
         flagcore.aggregate(x, "median", f=-1)
     with pytest.raises(ValueError, match=r"aggregate: tau must be > 0"):
         flagcore.aggregate(x, "centered_clipping", tau=0.0)
-    with pytest.raises(ValueError, match=r"aggregate: reference must have shape \(4,\) or \(1, 4\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"aggregate: reference must have shape \(4,\) or \(1, 4\), got \(3,\)"
+    ):
         flagcore.aggregate(x, "centered_clipping", reference=np.zeros(3))
     with pytest.raises(ValueError, match=r"aggregate: reference='previous' needs state"):
         flagcore.aggregate(x, "centered_clipping", reference="previous")
-    with pytest.raises(ValueError, match=r"aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(7,\)"):
+    with pytest.raises(
+        ValueError, match=r"aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(7,\)"
+    ):
         flagcore.aggregate(np.ones(7), "median")
-    with pytest.raises(ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"):
+    with pytest.raises(
+        ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"
+    ):
         flagcore.aggregate(x, "mean", f=4, pre="nnm")
 
 
@@ -147,15 +160,21 @@ def test_device_path_matches_native(monkeypatch):
     x = ref.make_gradients(15, 120, seed=9, byzantine=2, dtype=np.float64)
     x[3, 5] = np.nan
     xb = np.stack([x, x[::-1].copy()])
-    cases = [(r, None) for r in RULES if r != "flag"] + [("krum", "nnm"), ("median", "bucketing"),
-                                                        ("bulyan", "nnm"), ("flag", "nnm")]
+    cases = [(r, None) for r in RULES if r != "flag"] + [
+        ("krum", "nnm"),
+        ("median", "bucketing"),
+        ("bulyan", "nnm"),
+        ("flag", "nnm"),
+    ]
     for rule, pre in cases:
         kw = _kw(rule, n=120)
         want = flagcore.aggregate(xb, rule, pre=pre, **kw)
         with monkeypatch.context() as m:
             m.setattr(rules_mod, "as_stack", as_device_stack)
             got = flagcore.aggregate(torch.from_numpy(xb), rule, pre=pre, **kw)
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}")
+        np.testing.assert_allclose(
+            got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}"
+        )
 
 
 def test_flag_checks_f_without_pre_aggregation_too():
@@ -183,7 +202,9 @@ def test_one_info_type_for_every_rule_and_pre(pre):
         assert isinstance(info, flagcore.FlagInfo)  # FA's info fields, kept by the subclass
         assert info.rule == rule and info.excluded.shape == (15,)
         if info.coefficients is not None:
-            np.testing.assert_allclose(info.coefficients @ x, out, rtol=1e-9, atol=1e-10, err_msg=f"{rule} {pre}")
+            np.testing.assert_allclose(
+                info.coefficients @ x, out, rtol=1e-9, atol=1e-10, err_msg=f"{rule} {pre}"
+            )
 
 
 def test_flag_weights_and_ratios_survive_pre_aggregation():
@@ -193,10 +214,14 @@ def test_flag_weights_and_ratios_survive_pre_aggregation():
     want, winfo = flagcore.flag_aggregate(mixed, r=3, max_iter=4, return_info=True)
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
     for name in ("weights", "reconstruction_ratios", "objective"):
-        np.testing.assert_allclose(getattr(info, name), getattr(winfo, name), rtol=1e-8, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(info, name), getattr(winfo, name), rtol=1e-8, atol=1e-12, err_msg=name
+        )
     assert info.iterations == winfo.iterations and info.rank == winfo.rank
     assert info.last_step_rejected == winfo.last_step_rejected
-    np.testing.assert_allclose(info.coefficients @ x, out, rtol=1e-10, atol=1e-12)  # over the caller's rows
+    np.testing.assert_allclose(
+        info.coefficients @ x, out, rtol=1e-10, atol=1e-12
+    )  # over the caller's rows
     # without pre: the same fields, the same values as flag_aggregate's FlagInfo
     out, info = flagcore.aggregate(x, "flag", r=3, max_iter=4, return_info=True)
     _, winfo = flagcore.flag_aggregate(x, r=3, max_iter=4, return_info=True)
@@ -206,14 +231,18 @@ def test_flag_weights_and_ratios_survive_pre_aggregation():
     # batched, with pre: per-problem fields gain the batch axis
     xb = np.stack([x, x[::-1].copy()])
     _, info = flagcore.aggregate(xb, "flag", r=3, f=2, pre="bucketing", return_info=True)
-    assert info.weights.shape == (2, 6) and info.coefficients.shape == (2, 11) and info.iterations.shape == (2,)
+    assert (
+        info.weights.shape == (2, 6)
+        and info.coefficients.shape == (2, 11)
+        and info.iterations.shape == (2,)
+    )
 
 
 def test_a_rule_built_once_draws_a_new_shuffle_per_call_reproducibly():
     x = ref.make_gradients(12, 30, seed=22, dtype=np.float64)
     rule = flagcore.rules.make_rule("median", pre="bucketing", bucket_size=3, seed=9)
     mixes = [rule(x, return_info=True)[1].mixing for _ in range(4)]
-    assert all(not np.array_equal(a, b) for i, a in enumerate(mixes) for b in mixes[i + 1:])
+    assert all(not np.array_equal(a, b) for i, a in enumerate(mixes) for b in mixes[i + 1 :])
     again = flagcore.rules.make_rule("median", pre="bucketing", bucket_size=3, seed=9)
     for m in mixes:
         np.testing.assert_array_equal(again(x, return_info=True)[1].mixing, m)
@@ -233,4 +262,7 @@ def test_rules_needing_f_and_reference_are_listed():
                 flagcore.aggregate(x, rule, **kw)
         else:
             assert flagcore.aggregate(x, rule, **kw).shape == (4,)
-    assert set(flagcore.rules.RULES_NEEDING_F) >= {"mda", "smea", "monna", "cge", "caf", "dnc"} | F_RULES
+    assert (
+        set(flagcore.rules.RULES_NEEDING_F)
+        >= {"mda", "smea", "monna", "cge", "caf", "dnc"} | F_RULES
+    )

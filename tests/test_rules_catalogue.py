@@ -4,6 +4,7 @@ reference of _reference_rules.py (n-space, independent of the p-space code): han
 (ByzFL's documented examples), random inputs, ties, rank deficiency, NaN workers, batched / list
 / torch inputs, and the errors on bad parameters.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,17 @@ from flagcore.rules import RuleInfo
 
 X3 = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
 
-CATALOGUE = ("mda", "smea", "monna", "cge", "caf", "dnc", "signguard", "clipped_clustering", "fltrust")
+CATALOGUE = (
+    "mda",
+    "smea",
+    "monna",
+    "cge",
+    "caf",
+    "dnc",
+    "signguard",
+    "clipped_clustering",
+    "fltrust",
+)
 
 
 def _x(p=9, n=30, seed=0, byz=2):
@@ -55,20 +66,23 @@ def _want(rule, x, f, n=None):
 
 
 # ---------------------------------------------------------------- hand-computed (ByzFL's docs)
-@pytest.mark.parametrize("rule,kw,want", [
-    ("mda", {"f": 1}, [2.5, 3.5, 4.5]),
-    ("smea", {"f": 1}, [2.5, 3.5, 4.5]),
-    ("monna", {"f": 1, "idx": 1}, [2.5, 3.5, 4.5]),
-    ("caf", {"f": 1}, [4.0, 5.0, 6.0]),
-    ("krum", {"f": 1, "neighbours": "byzfl"}, [1.0, 2.0, 3.0]),
-    ("multi_krum", {"f": 1, "neighbours": "byzfl"}, [2.5, 3.5, 4.5]),
-    ("cge", {"f": 1}, [2.5, 3.5, 4.5]),
-    # sums first, then divides: exactly numpy's mean of the three rows (issue 14's rounding defect)
-    ("mda", {"f": 0}, [4.0, 5.0, 6.0]),
-    ("cge", {"f": 0}, [4.0, 5.0, 6.0]),
-    ("caf", {"f": 0}, [4.0, 5.0, 6.0]),
-    ("dnc", {"f": 0}, [4.0, 5.0, 6.0]),
-])
+@pytest.mark.parametrize(
+    "rule,kw,want",
+    [
+        ("mda", {"f": 1}, [2.5, 3.5, 4.5]),
+        ("smea", {"f": 1}, [2.5, 3.5, 4.5]),
+        ("monna", {"f": 1, "idx": 1}, [2.5, 3.5, 4.5]),
+        ("caf", {"f": 1}, [4.0, 5.0, 6.0]),
+        ("krum", {"f": 1, "neighbours": "byzfl"}, [1.0, 2.0, 3.0]),
+        ("multi_krum", {"f": 1, "neighbours": "byzfl"}, [2.5, 3.5, 4.5]),
+        ("cge", {"f": 1}, [2.5, 3.5, 4.5]),
+        # sums first, then divides: exactly numpy's mean of the three rows (issue 14's defect)
+        ("mda", {"f": 0}, [4.0, 5.0, 6.0]),
+        ("cge", {"f": 0}, [4.0, 5.0, 6.0]),
+        ("caf", {"f": 0}, [4.0, 5.0, 6.0]),
+        ("dnc", {"f": 0}, [4.0, 5.0, 6.0]),
+    ],
+)
 def test_byzfl_documented_examples(rule, kw, want):
     np.testing.assert_array_equal(flagcore.aggregate(X3, rule, **kw), np.array(want))
     torch = pytest.importorskip("torch")
@@ -80,12 +94,19 @@ def test_byzfl_documented_examples(rule, kw, want):
 def test_clipping_and_arc_byzfl_examples():
     # ByzFL's Clipping(2) and ARC(1) documented outputs on X3
     _, info = flagcore.aggregate(X3, "mean", pre="clipping", c=2.0, return_info=True)
-    np.testing.assert_allclose(info.mixing @ X3, [[0.53452248, 1.06904497, 1.60356745],
-                                                  [0.91168461, 1.13960576, 1.36752692],
-                                                  [1.00514142, 1.14873305, 1.29232469]], rtol=1e-8)
+    np.testing.assert_allclose(
+        info.mixing @ X3,
+        [
+            [0.53452248, 1.06904497, 1.60356745],
+            [0.91168461, 1.13960576, 1.36752692],
+            [1.00514142, 1.14873305, 1.29232469],
+        ],
+        rtol=1e-8,
+    )
     _, info = flagcore.aggregate(X3, "mean", f=1, pre="arc", return_info=True)
-    np.testing.assert_allclose(info.mixing @ X3, [[1, 2, 3], [4, 5, 6], [4.41004009, 5.04004582, 5.67005155]],
-                               rtol=1e-8)
+    np.testing.assert_allclose(
+        info.mixing @ X3, [[1, 2, 3], [4, 5, 6], [4.41004009, 5.04004582, 5.67005155]], rtol=1e-8
+    )
 
 
 def test_arc_count_is_the_exact_integer_floor():
@@ -106,7 +127,9 @@ def test_random_inputs_match_reference(rule, seed):
     x = _x(9, 30, seed=seed)
     for f in (0, 1, 2, 3):
         got, info = flagcore.aggregate(x, rule, return_info=True, **_kw(rule, f, 30))
-        np.testing.assert_allclose(got, _want(rule, x, f), rtol=1e-9, atol=1e-11, err_msg=f"{rule} f={f}")
+        np.testing.assert_allclose(
+            got, _want(rule, x, f), rtol=1e-9, atol=1e-11, err_msg=f"{rule} f={f}"
+        )
         assert type(info) is RuleInfo and info.rule == rule
         np.testing.assert_allclose(info.coefficients @ x, got, rtol=1e-9, atol=1e-11)
 
@@ -125,13 +148,20 @@ def test_krum_neighbour_counts_differ_and_are_named():
     variant is an explicit option, never chosen silently."""
     x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
     tb = flagcore.aggregate(x, "krum", f=1)  # 2 neighbours: worker 1 (score 1 + 1)
-    bz = flagcore.aggregate(x, "krum", f=1, neighbours="byzfl")  # 3 neighbours: worker 2 (1 + 4 + 64)
+    bz = flagcore.aggregate(
+        x, "krum", f=1, neighbours="byzfl"
+    )  # 3 neighbours: worker 2 (1 + 4 + 64)
     np.testing.assert_array_equal(tb, ref.multi_krum_ref(x, 1, 1)[0])
     np.testing.assert_array_equal(bz, ref.krum_byzfl_ref(x, 1)[0])
     assert tb.tolist() == [1.0] and bz.tolist() == [2.0]
-    with pytest.raises(ValueError, match=r"aggregate: neighbours must be one of 'textbook', 'byzfl', got 'garfield'"):
+    with pytest.raises(
+        ValueError,
+        match=r"aggregate: neighbours must be one of 'textbook', 'byzfl', got 'garfield'",
+    ):
         flagcore.aggregate(x, "krum", f=1, neighbours="garfield")
-    with pytest.raises(ValueError, match=r"rule 'krum' needs p > 2f \(neighbours='byzfl'\), got p = 5, f = 3"):
+    with pytest.raises(
+        ValueError, match=r"rule 'krum' needs p > 2f \(neighbours='byzfl'\), got p = 5, f = 3"
+    ):
         flagcore.aggregate(x, "krum", f=3, neighbours="byzfl")
 
 
@@ -168,10 +198,14 @@ def test_duplicates_and_rank_deficiency():
     for rule in CATALOGUE:
         for f in (1, 3):
             got = flagcore.aggregate(x, rule, **_kw(rule, f, 40))
-            np.testing.assert_allclose(got, _want(rule, x, f), rtol=1e-8, atol=1e-10, err_msg=f"{rule} f={f}")
+            np.testing.assert_allclose(
+                got, _want(rule, x, f), rtol=1e-8, atol=1e-10, err_msg=f"{rule} f={f}"
+            )
     same = np.tile(rng.standard_normal(7), (6, 1))  # every worker equal: rank 1, zero covariance
     for rule in ("mda", "smea", "caf", "dnc", "cge", "monna"):
-        np.testing.assert_allclose(flagcore.aggregate(same, rule, f=2), same[0], rtol=1e-14, err_msg=rule)
+        np.testing.assert_allclose(
+            flagcore.aggregate(same, rule, f=2), same[0], rtol=1e-14, err_msg=rule
+        )
 
 
 # ---------------------------------------------------------------- NaN workers, batch, list, torch
@@ -217,8 +251,9 @@ def test_batched_list_and_torch_inputs(rule):
     np.testing.assert_allclose(t.numpy(), a, rtol=1e-12)
     t32 = flagcore.aggregate(torch.from_numpy(x).float(), rule, **kw)
     assert t32.dtype == torch.float32
-    np.testing.assert_allclose(t32.numpy(), _want(rule, x.astype(np.float32).astype(np.float64), 2),
-                               rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        t32.numpy(), _want(rule, x.astype(np.float32).astype(np.float64), 2), rtol=2e-5, atol=2e-5
+    )
     f32 = flagcore.aggregate(x.astype(np.float32), rule, **kw)
     assert f32.dtype == np.float32
     np.testing.assert_allclose(f32, t32.numpy(), rtol=1e-6, atol=1e-6)
@@ -232,7 +267,9 @@ def test_fltrust_reference_per_problem_and_zero_trust():
     np.testing.assert_allclose(got[1], ref.fltrust_ref(x, g0[1]), rtol=1e-12)
     neg = -np.abs(x) - 0.1  # every cosine with +1 is negative: trust 0, no step
     _, info = flagcore.aggregate(neg, "fltrust", reference=np.ones(10), return_info=True)
-    np.testing.assert_array_equal(flagcore.aggregate(neg, "fltrust", reference=np.ones(10)), np.zeros(10))
+    np.testing.assert_array_equal(
+        flagcore.aggregate(neg, "fltrust", reference=np.ones(10)), np.zeros(10)
+    )
     assert np.all(info.scores == 0)
 
 
@@ -252,7 +289,7 @@ def test_signguard_draws_coordinates_from_the_seeded_generator():
     rng = np.random.default_rng(3)
     for _ in range(2):
         cols = np.sort(rng.choice(300, size=60, replace=False))
-        got, info = rule(x, return_info=True)
+        got = rule(x)
         np.testing.assert_allclose(got, ref.signguard_ref(x, cols), rtol=1e-12)
 
 
@@ -261,12 +298,18 @@ def test_clipping_and_arc_compose_with_nnm_and_bucketing():
     x = _x(11, 40, seed=14)
     c = float(np.median(np.linalg.norm(x, axis=1)))
     got = flagcore.aggregate(x, "median", f=2, pre=["clipping", "nnm"], c=c)
-    np.testing.assert_allclose(got, ref.median_ref(ref.nnm_ref(ref.clipping_ref(x, c), 2)), rtol=1e-10)
+    np.testing.assert_allclose(
+        got, ref.median_ref(ref.nnm_ref(ref.clipping_ref(x, c), 2)), rtol=1e-10
+    )
     got = flagcore.aggregate(x, "trimmed_mean", f=2, pre=["nnm", "arc"])
-    np.testing.assert_allclose(got, ref.trimmed_mean_ref(ref.arc_ref(ref.nnm_ref(x, 2), 2), 2), rtol=1e-10)
+    np.testing.assert_allclose(
+        got, ref.trimmed_mean_ref(ref.arc_ref(ref.nnm_ref(x, 2), 2), 2), rtol=1e-10
+    )
     got = flagcore.aggregate(x, "krum", f=1, pre=["bucketing", "arc"], bucket_size=2, seed=4)
     buckets = ref.bucketing_ref(x, 2, np.random.default_rng(4).permutation(11))
-    np.testing.assert_allclose(got, ref.multi_krum_ref(ref.arc_ref(buckets, 1), 1, 1)[0], rtol=1e-10)
+    np.testing.assert_allclose(
+        got, ref.multi_krum_ref(ref.arc_ref(buckets, 1), 1, 1)[0], rtol=1e-10
+    )
     # Gram rules never form the clipped rows (not cge: clipped rows tie in norm by design)
     for rule in ("mda", "caf", "monna"):
         got, info = flagcore.aggregate(x, rule, f=2, pre="arc", return_info=True)
@@ -280,36 +323,92 @@ def test_clipping_parameter_errors():
         flagcore.aggregate(x, "median", pre="clipping")
     with pytest.raises(ValueError, match=r"aggregate: c must be > 0.0, got -1.0"):
         flagcore.aggregate(x, "median", pre="clipping", c=-1.0)
-    with pytest.raises(TypeError, match=r"aggregate: c \(the clipping threshold\) is only used with pre='clipping'"):
+    with pytest.raises(
+        TypeError, match=r"aggregate: c \(the clipping threshold\) is only used with pre='clipping'"
+    ):
         flagcore.aggregate(x, "median", pre="nnm", c=1.0)
-    with pytest.raises(ValueError, match=r"aggregate: pre must be None, one of 'nnm', 'bucketing', 'clipping', 'arc'"):
+    with pytest.raises(
+        ValueError,
+        match=r"aggregate: pre must be None, one of 'nnm', 'bucketing', 'clipping', 'arc'",
+    ):
         flagcore.aggregate(x, "median", pre="clip")
 
 
 # ---------------------------------------------------------------- bad parameters
-@pytest.mark.parametrize("rule,kw,exc,msg", [
-    ("mda", {}, TypeError, r"aggregate: rule 'mda' needs f"),
-    ("mda", {"f": 4}, ValueError, r"aggregate: rule 'mda' needs p > 2f, got p = 8, f = 4"),
-    ("mda", {"f": 3, "max_subsets": 10}, ValueError,
-     r"aggregate: rule 'mda' enumerates the C\(p, f\) = C\(8, 3\) = 56 subsets .* more than max_subsets = 10"),
-    ("smea", {"f": 1, "max_subsets": 0}, ValueError, r"aggregate: max_subsets must be in \[1, inf\], got 0"),
-    ("monna", {"f": 1, "idx": 8}, ValueError, r"aggregate: rule 'monna' needs idx < p, got idx = 8, p = 8"),
-    ("monna", {"f": 1, "idx": -1}, ValueError, r"aggregate: idx must be in \[0, inf\], got -1"),
-    ("cge", {"f": 8}, ValueError, r"aggregate: rule 'cge' needs f < p, got p = 8, f = 8"),
-    ("caf", {"f": 4}, ValueError, r"aggregate: rule 'caf' needs p > 2f, got p = 8, f = 4"),
-    ("dnc", {"f": 1, "sub_dim": 0}, ValueError, r"aggregate: sub_dim must be in \[1, inf\], got 0"),
-    ("dnc", {"f": 1, "filter_fraction": -0.5}, ValueError, r"aggregate: filter_fraction must be >= 0.0"),
-    ("dnc", {"f": 3, "filter_fraction": 3.0}, ValueError,
-     r"aggregate: rule 'dnc' needs p - floor\(filter_fraction \* f\) >= 1, got p = 8, f = 3"),
-    ("signguard", {"lower": 2.0, "upper": 1.0}, ValueError, r"aggregate: upper must be >= lower"),
-    ("signguard", {"sample": 1.5}, ValueError, r"aggregate: sample must be in \(0, 1\], got 1.5"),
-    ("clipped_clustering", {"tau": 0.0}, ValueError, r"aggregate: tau must be > 0"),
-    ("fltrust", {}, TypeError, r"aggregate: rule 'fltrust' needs reference"),
-    ("fltrust", {"reference": np.ones(3)}, ValueError,
-     r"aggregate: reference must have shape \(5,\) or \(1, 5\), got \(3,\)"),
-    ("fltrust", {"reference": np.full(5, np.nan)}, ValueError, r"aggregate: reference must be finite"),
-    ("caf", {"f": 1, "tau": 1.0}, TypeError, r"aggregate: rule 'caf' takes no parameter 'tau'"),
-])
+@pytest.mark.parametrize(
+    "rule,kw,exc,msg",
+    [
+        ("mda", {}, TypeError, r"aggregate: rule 'mda' needs f"),
+        ("mda", {"f": 4}, ValueError, r"aggregate: rule 'mda' needs p > 2f, got p = 8, f = 4"),
+        (
+            "mda",
+            {"f": 3, "max_subsets": 10},
+            ValueError,
+            r"aggregate: rule 'mda' enumerates the C\(p, f\) = C\(8, 3\) = 56 subsets .* "
+            r"more than max_subsets = 10",
+        ),
+        (
+            "smea",
+            {"f": 1, "max_subsets": 0},
+            ValueError,
+            r"aggregate: max_subsets must be in \[1, inf\], got 0",
+        ),
+        (
+            "monna",
+            {"f": 1, "idx": 8},
+            ValueError,
+            r"aggregate: rule 'monna' needs idx < p, got idx = 8, p = 8",
+        ),
+        ("monna", {"f": 1, "idx": -1}, ValueError, r"aggregate: idx must be in \[0, inf\], got -1"),
+        ("cge", {"f": 8}, ValueError, r"aggregate: rule 'cge' needs f < p, got p = 8, f = 8"),
+        ("caf", {"f": 4}, ValueError, r"aggregate: rule 'caf' needs p > 2f, got p = 8, f = 4"),
+        (
+            "dnc",
+            {"f": 1, "sub_dim": 0},
+            ValueError,
+            r"aggregate: sub_dim must be in \[1, inf\], got 0",
+        ),
+        (
+            "dnc",
+            {"f": 1, "filter_fraction": -0.5},
+            ValueError,
+            r"aggregate: filter_fraction must be >= 0.0",
+        ),
+        (
+            "dnc",
+            {"f": 3, "filter_fraction": 3.0},
+            ValueError,
+            r"aggregate: rule 'dnc' needs p - floor\(filter_fraction \* f\) >= 1, got p = 8, f = 3",
+        ),
+        (
+            "signguard",
+            {"lower": 2.0, "upper": 1.0},
+            ValueError,
+            r"aggregate: upper must be >= lower",
+        ),
+        (
+            "signguard",
+            {"sample": 1.5},
+            ValueError,
+            r"aggregate: sample must be in \(0, 1\], got 1.5",
+        ),
+        ("clipped_clustering", {"tau": 0.0}, ValueError, r"aggregate: tau must be > 0"),
+        ("fltrust", {}, TypeError, r"aggregate: rule 'fltrust' needs reference"),
+        (
+            "fltrust",
+            {"reference": np.ones(3)},
+            ValueError,
+            r"aggregate: reference must have shape \(5,\) or \(1, 5\), got \(3,\)",
+        ),
+        (
+            "fltrust",
+            {"reference": np.full(5, np.nan)},
+            ValueError,
+            r"aggregate: reference must be finite",
+        ),
+        ("caf", {"f": 1, "tau": 1.0}, TypeError, r"aggregate: rule 'caf' takes no parameter 'tau'"),
+    ],
+)
 def test_bad_parameters_name_function_argument_and_value(rule, kw, exc, msg):
     x = _x(8, 5, seed=15)
     with pytest.raises(exc, match=msg):

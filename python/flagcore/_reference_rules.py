@@ -5,6 +5,7 @@ caller's business) and follows the published definition directly: distances from
 differences, per-coordinate sorts, Weiszfeld on the full data. Also the input factory that
 the tests and the benchmark share.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,15 +13,16 @@ import math
 import numpy as np
 
 
-def make_gradients(p: int, n: int, *, seed: int = 0, byzantine: int = 0, dtype=np.float32,
-                   spread: float = 1.0) -> np.ndarray:
+def make_gradients(
+    p: int, n: int, *, seed: int = 0, byzantine: int = 0, dtype=np.float32, spread: float = 1.0
+) -> np.ndarray:
     """(p, n) test gradients: honest rows = a common direction + noise; the last ``byzantine``
     rows are far off (uniform [0, 1) scaled by 10, like the FA paper's random attack)."""
     rng = np.random.default_rng(seed)
     base = rng.standard_normal(n)
     x = base + spread * rng.standard_normal((p, n))
     if byzantine:
-        x[p - byzantine:] = 10.0 * rng.random((byzantine, n))
+        x[p - byzantine :] = 10.0 * rng.random((byzantine, n))
     return x.astype(dtype)
 
 
@@ -34,7 +36,7 @@ def median_ref(x: np.ndarray) -> np.ndarray:
 
 def trimmed_mean_ref(x: np.ndarray, f: int) -> np.ndarray:
     s = np.sort(np.asarray(x, np.float64), axis=0)
-    return s[f:s.shape[0] - f].mean(axis=0)
+    return s[f : s.shape[0] - f].mean(axis=0)
 
 
 def _closest_mean(x: np.ndarray, centre: np.ndarray, k: int) -> np.ndarray:
@@ -85,7 +87,9 @@ def bulyan_ref(x: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
     return _closest_mean(x[sel], median_ref(x[sel]), beta), sel
 
 
-def geometric_median_ref(x: np.ndarray, *, iters: int = 20000, tol: float = 1e-15) -> tuple[np.ndarray, float]:
+def geometric_median_ref(
+    x: np.ndarray, *, iters: int = 20000, tol: float = 1e-15
+) -> tuple[np.ndarray, float]:
     """Weiszfeld on the full data from the mean, to (near) machine precision."""
     x = np.asarray(x, np.float64)
     z = x.mean(axis=0)
@@ -112,7 +116,9 @@ def weiszfeld_full(x: np.ndarray, iters: int) -> np.ndarray:
     return z
 
 
-def centered_clipping_ref(x: np.ndarray, tau: float, iterations: int, v0: np.ndarray | None = None) -> np.ndarray:
+def centered_clipping_ref(
+    x: np.ndarray, tau: float, iterations: int, v0: np.ndarray | None = None
+) -> np.ndarray:
     x = np.asarray(x, np.float64)
     v = np.zeros(x.shape[1]) if v0 is None else np.asarray(v0, np.float64).copy()
     for _ in range(iterations):
@@ -131,7 +137,7 @@ def nnm_ref(x: np.ndarray, f: int) -> np.ndarray:
     for i in range(p):
         key = d[i].copy()
         key[i] = -1.0
-        nb = np.argsort(key, kind="stable")[:p - f]
+        nb = np.argsort(key, kind="stable")[: p - f]
         out[i] = x[nb].mean(axis=0)
     return out
 
@@ -139,7 +145,7 @@ def nnm_ref(x: np.ndarray, f: int) -> np.ndarray:
 def bucketing_ref(x: np.ndarray, s: int, perm: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     nb = math.ceil(x.shape[0] / s)
-    return np.stack([x[perm[j * s:(j + 1) * s]].mean(axis=0) for j in range(nb)])
+    return np.stack([x[perm[j * s : (j + 1) * s]].mean(axis=0) for j in range(nb)])
 
 
 # ---------------------------------------------------------------- the catalogue (issue 14)
@@ -161,7 +167,10 @@ def mda_ref(x: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
     p = x.shape[0]
     best, best_s = np.inf, None
     for s in itertools.combinations(range(p), p - f):
-        diam = max((float(np.linalg.norm(x[i] - x[j])) for i, j in itertools.combinations(s, 2)), default=0.0)
+        diam = max(
+            (float(np.linalg.norm(x[i] - x[j])) for i, j in itertools.combinations(s, 2)),
+            default=0.0,
+        )
         if diam < best:
             best, best_s = diam, s
     return _subset_mean(x, best_s)
@@ -202,7 +211,7 @@ def krum_byzfl_ref(x: np.ndarray, f: int, m: int = 1) -> tuple[np.ndarray, np.nd
     x = np.asarray(x, np.float64)
     p = x.shape[0]
     d = np.array([[np.sum((a - b) ** 2) for b in x] for a in x])
-    sc = np.sort(d, axis=1)[:, 1: p - f].mean(axis=1)
+    sc = np.sort(d, axis=1)[:, 1 : p - f].mean(axis=1)
     return _subset_mean(x, np.argsort(sc, kind="stable")[:m])
 
 
@@ -247,7 +256,9 @@ def fltrust_ref(x: np.ndarray, g0: np.ndarray) -> np.ndarray:
     return out / total if total > 0 else out
 
 
-def dnc_ref(x: np.ndarray, f: int, col_sets: list, fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def dnc_ref(
+    x: np.ndarray, f: int, col_sets: list, fraction: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Divide and conquer (NDSS 2021, Algorithm 2) on given coordinate subsets: top right
     singular vector of the centred sub-rows, squared projections, the p - floor(c f) lowest."""
     x = np.asarray(x, np.float64)
@@ -258,7 +269,7 @@ def dnc_ref(x: np.ndarray, f: int, col_sets: list, fraction: float = 1.0) -> tup
         d = xs - xs.mean(axis=0)
         v = np.linalg.svd(d, full_matrices=False)[2][0]
         s = (d @ v) ** 2
-        good &= set(np.argsort(s, kind="stable")[: p - int(math.floor(fraction * f))].tolist())
+        good &= set(np.argsort(s, kind="stable")[: p - math.floor(fraction * f)].tolist())
     if not good:
         return np.zeros(x.shape[1]), np.array([], int)
     return _subset_mean(x, good)
@@ -272,7 +283,9 @@ def _majority_scipy(dist: np.ndarray) -> np.ndarray:
     p = dist.shape[0]
     if p == 1:
         return np.ones(1, bool)
-    lab = fcluster(linkage(squareform(dist, checks=False), method="average"), t=2, criterion="maxclust")
+    lab = fcluster(
+        linkage(squareform(dist, checks=False), method="average"), t=2, criterion="maxclust"
+    )
     a = lab == lab[0]
     return a if a.sum() >= p - a.sum() else ~a
 
@@ -287,7 +300,9 @@ def clipped_clustering_ref(x: np.ndarray, tau: float | None = None) -> np.ndarra
     return clipped[sel].sum(axis=0) / sel.sum()
 
 
-def signguard_ref(x: np.ndarray, cols: np.ndarray, lower: float = 0.1, upper: float = 3.0) -> np.ndarray:
+def signguard_ref(
+    x: np.ndarray, cols: np.ndarray, lower: float = 0.1, upper: float = 3.0
+) -> np.ndarray:
     x = np.asarray(x, np.float64)
     norms = np.linalg.norm(x, axis=1)
     m = np.median(norms)
@@ -320,7 +335,7 @@ def arc_ref(x: np.ndarray, f: int) -> np.ndarray:
     order = np.argsort(norms, kind="stable")
     thr = norms[order[p - k - 1]]
     out = x.copy()
-    for i in order[p - k:]:
+    for i in order[p - k :]:
         if norms[i] > thr:
             out[i] *= thr / norms[i]
     return out

@@ -67,6 +67,7 @@ one of the f Byzantine ones, which keeps every precondition true on the survivor
 whose workers are all excluded aggregates to 0. ("flag" follows flag_aggregate's own policy,
 which is the same exclusion.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,15 +88,61 @@ from .coordinate import run_coordinate
 from .distance import run_bulyan, run_centered_clipping, run_geometric_median, run_krum
 from .preagg import bucketing, build_source, nnm, rows_after
 
-RULES = ("mean", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan",
-         "geometric_median", "centered_clipping", "flag", "mda", "smea", "monna", "cge", "caf", "dnc",
-         "signguard", "clipped_clustering", "fltrust")
+RULES = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "meamed",
+    "phocas",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clipping",
+    "flag",
+    "mda",
+    "smea",
+    "monna",
+    "cge",
+    "caf",
+    "dnc",
+    "signguard",
+    "clipped_clustering",
+    "fltrust",
+)
 
 __all__ = [
-    "RULES", "PRE_STEPS", "RuleInfo", "Rule", "make_rule", "aggregate", "nnm", "bucketing",
-    "Mean", "Median", "TrimmedMean", "MeaMed", "Phocas", "Krum", "MultiKrum", "Bulyan",
-    "GeometricMedian", "CenteredClipping", "Flag", "MDA", "SMEA", "MoNNA", "CGE", "CAF", "DnC",
-    "SignGuard", "ClippedClustering", "FLTrust", "arc_clip_count", "RULES_NEEDING_F", "RULES_NEEDING_REFERENCE",
+    "RULES",
+    "PRE_STEPS",
+    "RuleInfo",
+    "Rule",
+    "make_rule",
+    "aggregate",
+    "nnm",
+    "bucketing",
+    "Mean",
+    "Median",
+    "TrimmedMean",
+    "MeaMed",
+    "Phocas",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "GeometricMedian",
+    "CenteredClipping",
+    "Flag",
+    "MDA",
+    "SMEA",
+    "MoNNA",
+    "CGE",
+    "CAF",
+    "DnC",
+    "SignGuard",
+    "ClippedClustering",
+    "FLTrust",
+    "arc_clip_count",
+    "RULES_NEEDING_F",
+    "RULES_NEEDING_REFERENCE",
 ]
 
 
@@ -146,7 +193,7 @@ class RuleInfo(FlagInfo):
     mixing: np.ndarray | None = None
 
     @classmethod
-    def from_flag(cls, info: FlagInfo) -> "RuleInfo":
+    def from_flag(cls, info: FlagInfo) -> RuleInfo:
         return cls(rule="flag", **{fl.name: getattr(info, fl.name) for fl in _fields(FlagInfo)})
 
 
@@ -162,10 +209,14 @@ def as_reference(ref: Any, st: Any, fn: str) -> Any:
         import torch
 
         r = torch.as_tensor(ref).to(device=st.torch_data.device, dtype=torch.float64)
-    if tuple(r.shape) == (st.n,) or (st.from_list and int(np.prod(r.shape)) == st.n and r.ndim == len(st.item_shape)):
+    if tuple(r.shape) == (st.n,) or (
+        st.from_list and int(np.prod(r.shape)) == st.n and r.ndim == len(st.item_shape)
+    ):
         r = r.reshape(1, st.n).repeat(st.b, 0) if st.on_cpu else r.reshape(1, st.n).repeat(st.b, 1)
     elif tuple(r.shape) != (st.b, st.n):
-        raise ValueError(f"{fn}: reference must have shape ({st.n},) or ({st.b}, {st.n}), got {tuple(r.shape)}")
+        raise ValueError(
+            f"{fn}: reference must have shape ({st.n},) or ({st.b}, {st.n}), got {tuple(r.shape)}"
+        )
     finite = np.isfinite(r).all() if st.on_cpu else bool(r.isfinite().all())
     if not finite:
         raise ValueError(f"{fn}: reference must be finite")
@@ -186,12 +237,22 @@ class Rule:
     name = ""
     needs_f = False
 
-    def __init__(self, *, f: int | None = None, pre: Any = None, bucket_size: int = 2, c: float | None = None,
-                 seed: int = 0, _fn: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        f: int | None = None,
+        pre: Any = None,
+        bucket_size: int = 2,
+        c: float | None = None,
+        seed: int = 0,
+        _fn: str | None = None,
+    ) -> None:
         self._fn = _fn or type(self).__name__
         if f is None:
             if self.needs_f:
-                raise TypeError(f"{self._fn}: rule {self.name!r} needs f (the number of Byzantine workers)")
+                raise TypeError(
+                    f"{self._fn}: rule {self.name!r} needs f (the number of Byzantine workers)"
+                )
             f = 0
         self.f = check_int(f, self._fn, "f", low=0)
         self.pre = parse_pre_steps(pre, self._fn, f=self.f, c=c)
@@ -218,7 +279,9 @@ class Rule:
             raise TypeError(f"{fn}: return_info must be a bool, got {return_info!r}")
         st = as_stack(gradients, fn)
         if "nnm" in self.pre and not st.p > 2 * self.f:
-            raise ValueError(f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {st.p}, f = {self.f}")
+            raise ValueError(
+                f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {st.p}, f = {self.f}"
+            )
         self._check(rows_after(self.pre, st.p, self.bucket_size))
         src = build_source(st, self.f, self.pre, self.bucket_size, self._rng())
         out, d = self._run(src)
@@ -239,20 +302,33 @@ class Rule:
         coef = d.get("coefficients")
         if coef is not None:
             coef = src.original_coefficients(coef)
-        scalar = (lambda a: a) if st.batched else (lambda a: None if a is None else np.asarray(a)[0].item())
+        scalar = (
+            (lambda a: a)
+            if st.batched
+            else (lambda a: None if a is None else np.asarray(a)[0].item())
+        )
         objective = d.get("objective")
         if objective is not None and np.ndim(objective) == 2:  # FA's trajectory, (b, max_iter + 1)
-            objective = objective if st.batched else objective[0, : int(d["iterations"][0]) + 1].copy()
+            objective = (
+                objective if st.batched else objective[0, : int(d["iterations"][0]) + 1].copy()
+            )
         else:
             objective = scalar(objective)
         return RuleInfo(
-            rule=self.name, excluded=sq(excluded), coefficients=sq(coef), selected=sq(d.get("selected")),
-            scores=sq(d.get("scores")), iterations=scalar(d.get("iterations")),
-            converged=scalar(d.get("converged")), objective=objective,
+            rule=self.name,
+            excluded=sq(excluded),
+            coefficients=sq(coef),
+            selected=sq(d.get("selected")),
+            scores=sq(d.get("scores")),
+            iterations=scalar(d.get("iterations")),
+            converged=scalar(d.get("converged")),
+            objective=objective,
             reference_coefficient=scalar(d.get("reference_coefficient")),
-            mixing=sq(src.mix), weights=sq(d.get("weights")),
+            mixing=sq(src.mix),
+            weights=sq(d.get("weights")),
             reconstruction_ratios=sq(d.get("reconstruction_ratios")),
-            last_step_rejected=scalar(d.get("last_step_rejected")), rank=scalar(d.get("rank")),
+            last_step_rejected=scalar(d.get("last_step_rejected")),
+            rank=scalar(d.get("rank")),
         )
 
 
@@ -340,8 +416,11 @@ class Krum(Rule):
         if self.neighbours == "textbook":
             return run_krum(src, self.f, self._m(src.p))
         # ByzFL's count: p - f - 1 nearest others (Multi-Krum keeps m of the p - e rows left)
-        d = _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.krum_peer_solve(
-            g, f, self._m_survivors(g.shape[0], f)))
+        d = _sel.per_problem(
+            src,
+            self.f,
+            lambda g, f, q, keep: _sel.krum_peer_solve(g, f, self._m_survivors(g.shape[0], f)),
+        )
         return _sel.finish(src, d)
 
     def _m_survivors(self, pe: int, f_eff: int) -> int:
@@ -360,8 +439,10 @@ class MultiKrum(Krum):
     def _check(self, p: int) -> None:
         super()._check(p)
         if self.m is not None and self.m > p - self.f:
-            raise ValueError(f"{self._fn}: rule 'multi_krum' needs 1 <= m <= p - f, got m = {self.m}, p = {p}, "
-                             f"f = {self.f}")
+            raise ValueError(
+                f"{self._fn}: rule 'multi_krum' needs 1 <= m <= p - f, got m = {self.m}, p = {p}, "
+                f"f = {self.f}"
+            )
 
     def _m(self, p: int) -> int:
         return p - self.f if self.m is None else self.m
@@ -394,7 +475,9 @@ class GeometricMedian(Rule):
 
     name = "geometric_median"
 
-    def __init__(self, *, nu: float = 1e-6, tol: float = 1e-12, max_iter: int = 1000, **kw: Any) -> None:
+    def __init__(
+        self, *, nu: float = 1e-6, tol: float = 1e-12, max_iter: int = 1000, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.nu = check_float(nu, self._fn, "nu", low=0.0, strict_low=True)
         self.tol = check_float(tol, self._fn, "tol", low=0.0)
@@ -414,12 +497,16 @@ class CenteredClipping(Rule):
 
     name = "centered_clipping"
 
-    def __init__(self, *, tau: float = 10.0, iterations: int = 3, reference: Any = None, **kw: Any) -> None:
+    def __init__(
+        self, *, tau: float = 10.0, iterations: int = 3, reference: Any = None, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.tau = check_float(tau, self._fn, "tau", low=0.0, strict_low=True)
         self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=1_000_000)
         if isinstance(reference, str) and reference != "previous":
-            raise ValueError(f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}")
+            raise ValueError(
+                f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}"
+            )
         self.reference = reference
         self._previous: Any = None
 
@@ -441,10 +528,21 @@ class Flag(Rule):
 
     name = "flag"
 
-    def __init__(self, *, r: int | None = None, lam: float = 0.0, max_iter: int = 1, eps: float = 1e-7,
-                 tol: float = 1e-10, scale: str = "paper", **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        r: int | None = None,
+        lam: float = 0.0,
+        max_iter: int = 1,
+        eps: float = 1e-7,
+        tol: float = 1e-10,
+        scale: str = "paper",
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
-        self.params: dict[str, Any] = dict(r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale)
+        self.params: dict[str, Any] = dict(
+            r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale
+        )
         check_choice(scale, self._fn, "scale", ("paper", "median_norm"))
 
     def _check(self, p: int) -> None:
@@ -465,10 +563,16 @@ class Flag(Rule):
     def _run(self, src: Source) -> tuple[Any, dict]:
         y = src.rows()  # (b, p', n): the info comes back batched
         out, info = flag_aggregate(y, return_info=True, **self.params)
-        return out, dict(excluded=src.excluded_orig, coefficients=info.coefficients, weights=info.weights,
-                         reconstruction_ratios=info.reconstruction_ratios, objective=info.objective,
-                         iterations=info.iterations, last_step_rejected=info.last_step_rejected,
-                         rank=info.rank)
+        return out, dict(
+            excluded=src.excluded_orig,
+            coefficients=info.coefficients,
+            weights=info.weights,
+            reconstruction_ratios=info.reconstruction_ratios,
+            objective=info.objective,
+            iterations=info.iterations,
+            last_step_rejected=info.last_step_rejected,
+            rank=info.rank,
+        )
 
 
 class MDA(Rule):
@@ -493,7 +597,9 @@ class MDA(Rule):
         return _sel.mda_solve(g, f)
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        return _sel.finish(src, _sel.per_problem(src, self.f, lambda g, f, q, keep: self._solve(g, f)))
+        return _sel.finish(
+            src, _sel.per_problem(src, self.f, lambda g, f, q, keep: self._solve(g, f))
+        )
 
 
 class SMEA(MDA):
@@ -528,7 +634,9 @@ class MoNNA(Rule):
     def _check(self, p: int) -> None:
         super()._check(p)
         if self.idx >= p:
-            raise ValueError(f"{self._fn}: rule 'monna' needs idx < p, got idx = {self.idx}, p = {p}")
+            raise ValueError(
+                f"{self._fn}: rule 'monna' needs idx < p, got idx = {self.idx}, p = {p}"
+            )
 
     def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict:
         pos = np.flatnonzero(keep == self.idx)
@@ -554,8 +662,12 @@ class CGE(Rule):
             self._fail("f < p", p)
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        return _sel.finish(src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.cge_solve(g, f),
-                                                 g=_sel.norms_gram(src)))  # norms only: O(p n)
+        return _sel.finish(
+            src,
+            _sel.per_problem(
+                src, self.f, lambda g, f, q, keep: _sel.cge_solve(g, f), g=_sel.norms_gram(src)
+            ),
+        )  # norms only: O(p n)
 
 
 class CAF(Rule):
@@ -571,7 +683,9 @@ class CAF(Rule):
     needs_f = True
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        return _sel.finish(src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.caf_solve(g, f)))
+        return _sel.finish(
+            src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.caf_solve(g, f))
+        )
 
 
 class FLTrust(Rule):
@@ -587,8 +701,10 @@ class FLTrust(Rule):
     def __init__(self, *, reference: Any = None, **kw: Any) -> None:
         super().__init__(**kw)
         if reference is None or isinstance(reference, str):
-            raise TypeError(f"{self._fn}: rule 'fltrust' needs reference (the server's gradient, an (n,) or "
-                            f"(b, n) array or tensor), got {reference!r}")
+            raise TypeError(
+                f"{self._fn}: rule 'fltrust' needs reference (the server's gradient, an (n,) or "
+                f"(b, n) array or tensor), got {reference!r}"
+            )
         self.reference = reference
 
     def _check(self, p: int) -> None:
@@ -598,9 +714,14 @@ class FLTrust(Rule):
     def _run(self, src: Source) -> tuple[Any, dict]:
         ga = _sel.reference_gram(src, as_reference(self.reference, src.st, self._fn))
         p = ga.shape[1] - 1
-        d = _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.fltrust_solve(ga[q][np.ix_(np.append(keep, p),
-                                                                                              np.append(keep, p))]),
-                             g=np.ascontiguousarray(ga[:, :p, :p]))
+        d = _sel.per_problem(
+            src,
+            self.f,
+            lambda g, f, q, keep: _sel.fltrust_solve(
+                ga[q][np.ix_(np.append(keep, p), np.append(keep, p))]
+            ),
+            g=np.ascontiguousarray(ga[:, :p, :p]),
+        )
         return _sel.finish(src, d)
 
 
@@ -619,8 +740,9 @@ class DnC(Rule):
     name = "dnc"
     needs_f = True
 
-    def __init__(self, *, sub_dim: int = 10_000, iterations: int = 1, filter_fraction: float = 1.0,
-                 **kw: Any) -> None:
+    def __init__(
+        self, *, sub_dim: int = 10_000, iterations: int = 1, filter_fraction: float = 1.0, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.sub_dim = check_int(sub_dim, self._fn, "sub_dim", low=1)
         self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=10_000)
@@ -637,8 +759,11 @@ class DnC(Rule):
         good = ~excl
         scores = np.full((b, p), np.nan)
         for _ in range(self.iterations):
-            cols = (np.arange(n) if self.sub_dim >= n
-                    else np.sort(self._gen.choice(n, size=self.sub_dim, replace=False)))
+            cols = (
+                np.arange(n)
+                if self.sub_dim >= n
+                else np.sort(self._gen.choice(n, size=self.sub_dim, replace=False))
+            )
             xs = _sel.columns(src, cols)
             for q in range(b):
                 keep = np.flatnonzero(~excl[q])
@@ -648,14 +773,22 @@ class DnC(Rule):
                 s = _sel.dnc_scores(xs[q, keep])
                 scores[q] = np.nan
                 scores[q, keep] = s
-                low = keep[np.argsort(s, kind="stable")[:_sel.dnc_keep(keep.size, f_eff, self.filter_fraction)]]
+                low = keep[
+                    np.argsort(s, kind="stable")[
+                        : _sel.dnc_keep(keep.size, f_eff, self.filter_fraction)
+                    ]
+                ]
                 mask = np.zeros(p, bool)
                 mask[low] = True
                 good[q] &= mask
         unit = good.astype(np.float64)
         count = good.sum(axis=1)
-        d = dict(excluded=excl, selected=good, scores=scores,
-                 coefficients=np.where(count[:, None] > 0, unit / np.maximum(count, 1)[:, None], 0.0))
+        d = dict(
+            excluded=excl,
+            selected=good,
+            scores=scores,
+            coefficients=np.where(count[:, None] > 0, unit / np.maximum(count, 1)[:, None], 0.0),
+        )
         return _sel.weighted_mean(src, unit, count), d
 
 
@@ -669,12 +802,16 @@ class SignGuard(Rule):
 
     name = "signguard"
 
-    def __init__(self, *, lower: float = 0.1, upper: float = 3.0, sample: float = 0.1, **kw: Any) -> None:
+    def __init__(
+        self, *, lower: float = 0.1, upper: float = 3.0, sample: float = 0.1, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.lower = check_float(lower, self._fn, "lower", low=0.0)
         self.upper = check_float(upper, self._fn, "upper", low=0.0)
         if not self.upper >= self.lower:
-            raise ValueError(f"{self._fn}: upper must be >= lower, got lower = {lower}, upper = {upper}")
+            raise ValueError(
+                f"{self._fn}: upper must be >= lower, got lower = {lower}, upper = {upper}"
+            )
         self.sample = check_float(sample, self._fn, "sample", low=0.0, strict_low=True)
         if self.sample > 1.0:
             raise ValueError(f"{self._fn}: sample must be in (0, 1], got {sample}")
@@ -689,9 +826,12 @@ class SignGuard(Rule):
         cols = np.sort(self._gen.choice(n, size=k, replace=False))
         xs = _sel.columns(src, cols)
         # only the norms are needed: one O(p n) read instead of the Gram
-        d = _sel.per_problem(src, self.f, lambda g, f, q, keep: _clu.signguard_solve(g, xs[q, keep], self.lower,
-                                                                                     self.upper),
-                             g=_sel.norms_gram(src))
+        d = _sel.per_problem(
+            src,
+            self.f,
+            lambda g, f, q, keep: _clu.signguard_solve(g, xs[q, keep], self.lower, self.upper),
+            g=_sel.norms_gram(src),
+        )
         return _sel.finish(src, d)
 
 
@@ -705,20 +845,48 @@ class ClippedClustering(Rule):
 
     def __init__(self, *, tau: float | None = None, **kw: Any) -> None:
         super().__init__(**kw)
-        self.tau = None if tau is None else check_float(tau, self._fn, "tau", low=0.0, strict_low=True)
+        self.tau = (
+            None if tau is None else check_float(tau, self._fn, "tau", low=0.0, strict_low=True)
+        )
 
     def _check(self, p: int) -> None:
         if not self.f < p:
             self._fail("f < p", p)
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        return _sel.finish(src, _sel.per_problem(src, self.f,
-                                                 lambda g, f, q, keep: _clu.clipped_clustering_solve(g, self.tau)))
+        return _sel.finish(
+            src,
+            _sel.per_problem(
+                src, self.f, lambda g, f, q, keep: _clu.clipped_clustering_solve(g, self.tau)
+            ),
+        )
 
 
-_CLASSES = {c.name: c for c in (Mean, Median, TrimmedMean, MeaMed, Phocas, Krum, MultiKrum, Bulyan,
-                                GeometricMedian, CenteredClipping, Flag, MDA, SMEA, MoNNA, CGE, CAF, DnC,
-                                SignGuard, ClippedClustering, FLTrust)}
+_CLASSES = {
+    c.name: c
+    for c in (
+        Mean,
+        Median,
+        TrimmedMean,
+        MeaMed,
+        Phocas,
+        Krum,
+        MultiKrum,
+        Bulyan,
+        GeometricMedian,
+        CenteredClipping,
+        Flag,
+        MDA,
+        SMEA,
+        MoNNA,
+        CGE,
+        CAF,
+        DnC,
+        SignGuard,
+        ClippedClustering,
+        FLTrust,
+    )
+}
 
 RULES_NEEDING_F = tuple(name for name, cls in _CLASSES.items() if cls.needs_f)
 """Rules whose constructor requires f (the others default to f = 0)."""
@@ -729,13 +897,17 @@ RULES_NEEDING_REFERENCE = ("fltrust",)
 def make_rule(rule: str, _fn: str | None = None, **params: Any) -> Rule:
     """The configured rule object for a name in RULES (parameters as in ``aggregate``)."""
     if not isinstance(rule, str) or rule not in _CLASSES:
-        raise ValueError(f"{_fn or 'make_rule'}: rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise ValueError(
+            f"{_fn or 'make_rule'}: rule must be one of {', '.join(RULES)}, got {rule!r}"
+        )
     try:
         return _CLASSES[rule](_fn=_fn, **params)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             bad = str(exc).split("argument")[-1].strip()
-            raise TypeError(f"{_fn or _CLASSES[rule].__name__}: rule {rule!r} takes no parameter {bad}") from None
+            raise TypeError(
+                f"{_fn or _CLASSES[rule].__name__}: rule {rule!r} takes no parameter {bad}"
+            ) from None
         raise
 
 
@@ -747,5 +919,7 @@ def aggregate(gradients: Any, rule: str, *, return_info: bool = False, **params:
     rule and pre-aggregation (RuleInfo subclasses FlagInfo and keeps FA's fields).
     """
     if isinstance(params.get("reference"), str):
-        raise ValueError("aggregate: reference='previous' needs state: use the CenteredClipping class")
+        raise ValueError(
+            "aggregate: reference='previous' needs state: use the CenteredClipping class"
+        )
     return make_rule(rule, _fn="aggregate", **params)(gradients, return_info=return_info)

@@ -18,6 +18,7 @@ that pre-aggregation already has (||y_i||^2 = (M G M^T)_ii): no extra read of th
 A row with zero norm is left as it is. Excluded rows are never scaled (their columns of M are
 already 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -104,21 +105,29 @@ def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple:
     current mixing matrix)."""
     if pre is None:
         return ()
-    steps = (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    steps = (
+        (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    )
     if steps is None or not all(isinstance(s, str) and s in ALL_PRE_STEPS for s in steps):
-        raise ValueError(f"{fn}: pre must be None, one of {', '.join(repr(s) for s in ALL_PRE_STEPS)} "
-                         f"or a sequence of them, got {pre!r}")
+        raise ValueError(
+            f"{fn}: pre must be None, one of {', '.join(repr(s) for s in ALL_PRE_STEPS)} "
+            f"or a sequence of them, got {pre!r}"
+        )
     out: list[Any] = []
     for s in steps:
         if s == "clipping":
             if c is None:
-                raise TypeError(f"{fn}: pre-aggregation 'clipping' needs c (the clipping threshold)")
+                raise TypeError(
+                    f"{fn}: pre-aggregation 'clipping' needs c (the clipping threshold)"
+                )
             out.append(StaticClipping(check_float(c, fn, "c", low=0.0, strict_low=True)))
         elif s == "arc":
             out.append(AdaptiveClipping(f))
         else:
             out.append(s)
     if c is not None and not any(isinstance(s, StaticClipping) for s in out):
-        raise TypeError(f"{fn}: c (the clipping threshold) is only used with pre='clipping', got c = {c!r} "
-                        f"with pre = {pre!r}")
+        raise TypeError(
+            f"{fn}: c (the clipping threshold) is only used with pre='clipping', got c = {c!r} "
+            f"with pre = {pre!r}"
+        )
     return tuple(out)

@@ -15,6 +15,7 @@ by average-linkage agglomerative clustering, keep the larger group, clip it and 
 Ties: the larger cluster wins; equal sizes keep the cluster of the lowest-index worker; the
 closest pair of clusters is merged first, ties to the lowest (i, j).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,14 +68,20 @@ def clipped_clustering_solve(g: np.ndarray, tau: float | None) -> dict:
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     t = float(np.median(norms)) if tau is None else tau
     sel = majority(two_clusters(cosine_distances(g)))
-    return dict(unit=np.where(sel, clip_factors(norms, t), 0.0), count=int(sel.sum()), selected=sel,
-                scores=norms)
+    return dict(
+        unit=np.where(sel, clip_factors(norms, t), 0.0),
+        count=int(sel.sum()),
+        selected=sel,
+        scores=norms,
+    )
 
 
 def sign_features(xs: np.ndarray) -> np.ndarray:
     """(p, 3) fractions of positive, zero and negative values of each row."""
     k = xs.shape[1]
-    return np.stack([(xs > 0).sum(axis=1), (xs == 0).sum(axis=1), (xs < 0).sum(axis=1)], axis=1) / max(k, 1)
+    return np.stack(
+        [(xs > 0).sum(axis=1), (xs == 0).sum(axis=1), (xs < 0).sum(axis=1)], axis=1
+    ) / max(k, 1)
 
 
 def signguard_solve(g: np.ndarray, xs: np.ndarray, lower: float, upper: float) -> dict:
@@ -88,5 +95,9 @@ def signguard_solve(g: np.ndarray, xs: np.ndarray, lower: float, upper: float) -
     diff = feats[:, None, :] - feats[None, :, :]
     s2 = majority(two_clusters(np.sqrt((diff * diff).sum(axis=2))))
     sel = s1 & s2
-    return dict(unit=np.where(sel, clip_factors(norms, m), 0.0), count=int(sel.sum()), selected=sel,
-                scores=norms)
+    return dict(
+        unit=np.where(sel, clip_factors(norms, m), 0.0),
+        count=int(sel.sum()),
+        selected=sel,
+        scores=norms,
+    )

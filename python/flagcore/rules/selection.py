@@ -16,6 +16,7 @@ workers are all excluded aggregates to 0.
 Combinatorial rules (mda, smea) enumerate the C(p, f) subsets of p - f workers; they refuse,
 with a ValueError, a problem with more than ``max_subsets`` subsets instead of running for hours.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -77,8 +78,12 @@ def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
     return src.combine(np.ascontiguousarray(unit / safe[:, None]))
 
 
-def per_problem(src: Source, f: int, solve: Callable[[np.ndarray, int, int, np.ndarray], dict],
-                g: np.ndarray | None = None) -> dict:
+def per_problem(
+    src: Source,
+    f: int,
+    solve: Callable[[np.ndarray, int, int, np.ndarray], dict],
+    g: np.ndarray | None = None,
+) -> dict:
     """Run ``solve(G_survivors, f_eff, q, keep)`` per problem on the Gram of the surviving rows
     (``keep``: their indices among the rows the rule sees).
 
@@ -125,9 +130,15 @@ def per_problem(src: Source, f: int, solve: Callable[[np.ndarray, int, int, np.n
                 arr[q] = r[key]
     d = dict(excluded=excl, unit=unit, count=count)
     with np.errstate(invalid="ignore", divide="ignore"):
-        d["coefficients"] = np.where(count[:, None] > 0, unit / np.where(count > 0, count, 1.0)[:, None], 0.0)
-    for key, out in (("selected", selected), ("scores", scores), ("objective", objective),
-                     ("iterations", iterations)):
+        d["coefficients"] = np.where(
+            count[:, None] > 0, unit / np.where(count > 0, count, 1.0)[:, None], 0.0
+        )
+    for key, out in (
+        ("selected", selected),
+        ("scores", scores),
+        ("objective", objective),
+        ("iterations", iterations),
+    ):
         if key in have:
             d[key] = out
     return d
@@ -157,9 +168,11 @@ def check_subsets(fn: str, rule: str, p: int, f: int, max_subsets: int) -> None:
     count = math.comb(p, f)
     if count > max_subsets:
         raise ValueError(
-            f"{fn}: rule {rule!r} enumerates the C(p, f) = C({p}, {f}) = {count} subsets of p - f workers "
-            f"(time ~ C(p, f) (p - f)^{3 if rule == 'smea' else 2}), more than max_subsets = {max_subsets}; "
-            f"raise max_subsets to run it anyway, or use a polynomial rule (e.g. krum, caf)")
+            f"{fn}: rule {rule!r} enumerates the C(p, f) = C({p}, {f}) = {count} subsets of "
+            f"p - f workers (time ~ C(p, f) (p - f)^{3 if rule == 'smea' else 2}), more than "
+            f"max_subsets = {max_subsets}; "
+            f"raise max_subsets to run it anyway, or use a polynomial rule (e.g. krum, caf)"
+        )
 
 
 def _subset_chunks(p: int, k: int):
@@ -196,7 +209,12 @@ def centred_top_eigenvalues(gs: np.ndarray) -> np.ndarray:
     """Largest eigenvalue of the empirical covariance (1/k) sum (x_i - mu)(x_i - mu)^T of each
     (.., k, k) Gram block, from the doubly centred Gram (same nonzero spectrum, times k)."""
     k = gs.shape[-1]
-    c = gs - gs.mean(axis=-1, keepdims=True) - gs.mean(axis=-2, keepdims=True) + gs.mean(axis=(-1, -2), keepdims=True)
+    c = (
+        gs
+        - gs.mean(axis=-1, keepdims=True)
+        - gs.mean(axis=-2, keepdims=True)
+        + gs.mean(axis=(-1, -2), keepdims=True)
+    )
     return np.linalg.eigvalsh(c)[..., -1] / k
 
 
@@ -227,7 +245,7 @@ def monna_solve(g: np.ndarray, f: int, centre: int) -> dict:
     d = np.maximum(g[centre, centre] + np.diag(g) - 2.0 * g[centre], 0.0)
     d[centre] = -1.0  # itself first even when a duplicate has a lower index
     sel = np.zeros(p, bool)
-    sel[np.argsort(d, kind="stable")[:p - f]] = True
+    sel[np.argsort(d, kind="stable")[: p - f]] = True
     d[centre] = 0.0
     return dict(select_mean(sel), scores=d)
 
@@ -238,7 +256,7 @@ def cge_solve(g: np.ndarray, f: int) -> dict:
     p = g.shape[0]
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     sel = np.zeros(p, bool)
-    sel[np.argsort(norms, kind="stable")[:p - f]] = True
+    sel[np.argsort(norms, kind="stable")[: p - f]] = True
     return dict(select_mean(sel), scores=norms)
 
 
@@ -252,7 +270,7 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict:
     nb = max(p - f - 1, 0)
     scores = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
     sel = np.zeros(p, bool)
-    sel[np.argsort(scores, kind="stable")[:min(m, p)]] = True
+    sel[np.argsort(scores, kind="stable")[: min(m, p)]] = True
     return dict(select_mean(sel), scores=scores)
 
 
@@ -389,8 +407,11 @@ def reference_gram(src: Source, ref: Any) -> np.ndarray:
     else:
         b, pp, p = src.mix.shape
         excl0 = _excluded_orig(src)
-        g0 = np.where(excl0[:, :, None] | excl0[:, None, :], 0.0,
-                      src.gram_orig if src.gram_orig is not None else np.zeros((b, p, p)))
+        g0 = np.where(
+            excl0[:, :, None] | excl0[:, None, :],
+            0.0,
+            src.gram_orig if src.gram_orig is not None else np.zeros((b, p, p)),
+        )
         cross = np.where(excl0, 0.0, cross)
         ga = np.zeros((b, pp + 1, pp + 1))
         ga[:, :pp, :pp] = np.einsum("qij,qjk,qlk->qil", src.mix, g0, src.mix)
@@ -438,7 +459,7 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
 
 
 def dnc_keep(p: int, f: int, fraction: float) -> int:
-    return p - int(math.floor(fraction * f))
+    return p - math.floor(fraction * f)
 
 
 def nonfinite_rows(src: Source) -> np.ndarray:
