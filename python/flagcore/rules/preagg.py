@@ -54,6 +54,13 @@ def rows_after(steps: Sequence[str], p: int, bucket_size: int) -> int:
     return p
 
 
+def _identity_mix(b: int, p: int, excluded: np.ndarray) -> np.ndarray:
+    """The (b, p, p) identity with the rows of excluded workers zeroed (mix None stands for it)."""
+    m = np.repeat(np.eye(p)[None], b, axis=0)
+    m[excluded] = 0.0
+    return m
+
+
 def build_source(
     st: Stack, f: int, steps: Sequence[str], bucket_size: int, rng: np.random.Generator
 ) -> Source:
@@ -68,7 +75,15 @@ def build_source(
     excl = excl0.copy()
     done: list = []
     for step in steps:
-        if step == "nnm":
+        if callable(step):  # row scaling (rules/clipping.py: clipping, arc): Y <- diag(s) Y
+            cur = mix if mix is not None else _identity_mix(b, p, excl0)
+            s = step.factors(cur, excl, g0)  # (b, p')
+            pc = s.shape[1]
+            a = np.zeros((b, pc, pc))
+            a[:, np.arange(pc), np.arange(pc)] = s
+            d = np.ones((b, pc))
+            new_excl = excl.copy()
+        elif step == "nnm":
             gc = mixed_gram(g0, tuple(done)) if done else g0
             m = core.nnm_matrix(gc, f, excl.astype(np.uint8))["matrix"]
             a = (m != 0).astype(np.float64)
