@@ -5,7 +5,7 @@
 arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
 energy, or power, that meets a latency target). See README.md, section "Energy and latency".
 """
-from ._model import Service, SpeedLevel
+from ._model import Service, SleepState, SpeedLevel
 from .approx import ApproxResult, approximate
 from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
@@ -15,6 +15,7 @@ __all__ = [
     "OptimizeResult",
     "Service",
     "SimResult",
+    "SleepState",
     "SpeedLevel",
     "SweepResult",
     "UnstableError",

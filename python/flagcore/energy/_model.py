@@ -108,6 +108,11 @@ def check_power(x: Any, fn: str, what: str = "idle_power") -> float:
 
 
 # ---------------------------------------------------------------- service distributions
+#: Largest squared coefficient of variation of a parametric work distribution (lognormal,
+#: gamma) that the simulator accepts: beyond it the unit mean is carried by draws too rare to
+#: appear in any feasible run.
+MAX_SCV = 1e4
+MAX_LOGNORMAL_SIGMA = math.sqrt(math.log1p(MAX_SCV))
 _KINDS = {"exponential": 0, "deterministic": 1, "gamma": 2, "erlang": 2, "lognormal": 3, "pareto": 4, "empirical": 5}
 
 
@@ -127,6 +132,11 @@ class Service:
     @property
     def code(self) -> int:
         return _KINDS[self.kind]
+
+    @property
+    def native_kind(self) -> str:
+        """The name of the native ServiceKind value."""
+        return "gamma" if self.kind == "erlang" else self.kind
 
     @property
     def scv(self) -> float:
@@ -180,9 +190,15 @@ def as_service(service: Any, fn: str) -> Service:
     name, arg = service[0].lower(), service[1]
     if name == "empirical":
         s = np.asarray(arg, dtype=np.float64).ravel()
-        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or s.sum() <= 0:
+        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or not np.any(s > 0):
             raise ValueError(f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values")
-        return Service("empirical", 0.0, tuple((s / s.mean()).tolist()))
+        # normalise in a safe scale: dividing by the largest value first keeps every
+        # intermediate in [0, 1], so samples whose sum overflows are not rescaled to zeros
+        t = s / s.max()
+        unit = t / t.mean()
+        if not np.all(np.isfinite(unit)):
+            raise ValueError(f"{fn}: empirical service samples could not be normalised to mean 1")
+        return Service("empirical", 0.0, tuple(unit.tolist()))
     if name not in _KINDS:
         raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {name!r}")
     if name in ("exponential", "deterministic"):
@@ -192,6 +208,61 @@ def as_service(service: Any, fn: str) -> Service:
         raise ValueError(f"{fn}: Erlang shape must be an integer >= 1, got {v}")
     if name in ("gamma", "lognormal") and not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{fn}: {name} parameter must be positive, got {v}")
+    # Unit-mean work whose mass sits in draws too rare to occur: the simulated mean work would
+    # be ~0 instead of 1 (every draw underflows or is tiny), a silently wrong answer.
+    if name == "lognormal" and v > MAX_LOGNORMAL_SIGMA:
+        raise ValueError(f"{fn}: lognormal sigma must be <= {MAX_LOGNORMAL_SIGMA:.4g} (squared coefficient of "
+                         f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = {math.expm1(min(v * v, 709.0)):.3g} "
+                         f"the mean work is carried by draws too rare to simulate, so every run would report ~0")
+    if name == "gamma" and v < 1.0 / MAX_SCV:
+        raise ValueError(f"{fn}: gamma shape must be >= {1.0 / MAX_SCV:g} (squared coefficient of variation "
+                         f"<= {MAX_SCV:g}), got {v}: the mean work would be carried by draws too rare to "
+                         f"simulate, so every run would report ~0")
     if name == "pareto" and not (v > 1 and math.isfinite(v)):
         raise ValueError(f"{fn}: Pareto alpha must be > 1 (finite mean), got {v}")
     return Service(name, v)
+
+
+# ---------------------------------------------------------------- sleep states
+@dataclass(frozen=True)
+class SleepState:
+    """A low-power state: entered after ``after`` time in the previous state (plain idle for
+    the first state: the delay-off timer), drawing ``power``; leaving it takes a wake-up of
+    ``wake_latency`` at ``wake_power`` before the server can work."""
+
+    after: float
+    power: float
+    wake_latency: float
+    wake_power: float = 0.0
+
+    def __iter__(self):
+        return iter((self.after, self.power, self.wake_latency, self.wake_power))
+
+
+def as_sleep_states(states: Any, fn: str) -> tuple:
+    """None / [] -> (); a list of SleepState or (after, power, wake_latency[, wake_power])."""
+    if states is None:
+        return ()
+    if isinstance(states, SleepState):
+        states = [states]
+    if isinstance(states, (str, bytes)) or not hasattr(states, "__len__"):
+        raise TypeError(f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, wake_power), "
+                        f"got {type(states).__name__}")
+    out = []
+    for i, st in enumerate(states):
+        if not isinstance(st, SleepState):
+            try:
+                vals = tuple(st)
+            except TypeError:
+                raise TypeError(f"{fn}: sleep[{i}] must be a SleepState or a tuple, got {st!r}") from None
+            if len(vals) not in (3, 4):
+                raise ValueError(f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}")
+            st = SleepState(*vals)
+        vals = []
+        for name in ("after", "power", "wake_latency", "wake_power"):
+            v = _num(getattr(st, name), fn, f"sleep[{i}].{name}")
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{fn}: sleep[{i}].{name} must be >= 0 and finite, got {v}")
+            vals.append(v)
+        out.append(SleepState(*vals))
+    return tuple(out)
