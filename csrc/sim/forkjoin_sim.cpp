@@ -64,14 +64,15 @@ struct TraceOut {
   double* wasted = nullptr;
 };
 
-template <class Source>
+// kSleep / kRedraw: sleep states configured / levels redrawn at arrivals. Compile-time, so that
+// a run without them pays nothing for them.
+template <class Source, bool kSleep, bool kRedraw>
 class Engine {
  public:
   Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress,
          TraceOut trace)
       : n_(cfg.n), k_(cfg.k), m_(int(cfg.rates.size())), S_(int(cfg.sleep_states.size())),
-        cancel_(cfg.cancel), redraw_(cfg.redraw_on_arrival), sleep_(!cfg.sleep_states.empty()),
-        sleep_exp_(cfg.sleep_exponential), wake_exp_(cfg.wake_exponential),
+        cancel_(cfg.cancel), sleep_exp_(cfg.sleep_exponential), wake_exp_(cfg.wake_exponential),
         rates_(cfg.rates), powers_(cfg.powers), states_(cfg.sleep_states),
         switch_energy_(cfg.switch_energy),
         w0_(cfg.warmup), w1_(cfg.warmup + cfg.requests), requests_(cfg.requests),
@@ -94,7 +95,7 @@ class Engine {
     work_left_.assign(size_t(n_), 0.0);
     task_busy_.assign(size_t(n_), 0.0);
     task_energy_.assign(size_t(n_), 0.0);
-    task_win_e_.assign(size_t(n_) * size_t(m_), 0.0);
+    task_win_e_.assign(size_t(n_) * size_t(kRedraw ? m_ : 1), 0.0);
     ring_.resize(1024);
     mask_ = int64_t(ring_.size()) - 1;
     res_.busy_time.assign(size_t(m_), 0.0);
@@ -107,7 +108,7 @@ class Engine {
       res_.batch.assign(size_t(batches_), BatchRow{});
       hist_.assign(size_t(LogHistogramLayout::kBuckets), 0u);
     }
-    if (sleep_) {
+    if constexpr (kSleep) {
       waking_.assign(size_t(n_), 0);
       wake_state_.assign(size_t(n_), 0);
       wake_start_.assign(size_t(n_), 0.0);
@@ -116,7 +117,7 @@ class Engine {
       enter_.assign(size_t(n_) * size_t(S_ + 1), kInf);
       for (int j = 0; j < n_; ++j) go_idle(j, 0.0);
     }
-    if (redraw_)
+    if constexpr (kRedraw)
       for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level();
   }
 
@@ -228,7 +229,7 @@ class Engine {
       res_.busy_time[size_t(lev)] += w;
       res_.busy_energy[size_t(lev)] += p * w;
       res_.dynamic_energy_window += p * w;
-      task_win_e_[size_t(j) * size_t(m_) + size_t(lev)] += p * w;
+      task_win_e_[kRedraw ? size_t(j) * size_t(m_) + size_t(lev) : size_t(j)] += p * w;
       if (window_ == 1) {
         BatchRow& row = batch_row(tb_);
         row.dynamic_energy += p * w;
@@ -243,7 +244,7 @@ class Engine {
     batch_row(tb_).other_energy += switch_energy_;
   }
   void start_task(int j, int64_t r, double t) {
-    if (!redraw_) {
+    if constexpr (!kRedraw) {
       const int lev = src_.level();
       if (m_ > 1 && lev != level_[size_t(j)]) count_switch();
       level_[size_t(j)] = lev;
@@ -252,9 +253,16 @@ class Engine {
     seg_start_[size_t(j)] = t;
     task_busy_[size_t(j)] = 0.0;
     task_energy_[size_t(j)] = 0.0;
-    for (int s = 0; s < m_; ++s) task_win_e_[size_t(j) * size_t(m_) + size_t(s)] = 0.0;
-    if (redraw_) work_left_[size_t(j)] = w;
+    clear_win_e(j);
+    if constexpr (kRedraw) work_left_[size_t(j)] = w;
     schedule(j, t + w / rates_[size_t(level_[size_t(j)])]);
+  }
+  void clear_win_e(int j) {
+    if constexpr (kRedraw) {
+      for (int s = 0; s < m_; ++s) task_win_e_[size_t(j) * size_t(m_) + size_t(s)] = 0.0;
+    } else {
+      task_win_e_[size_t(j)] = 0.0;
+    }
   }
   void end_task(int j, Request& q, bool wasted) {
     q.energy += task_energy_[size_t(j)];
@@ -262,8 +270,12 @@ class Engine {
     if (wasted) {
       q.wasted_time += task_busy_[size_t(j)];
       q.wasted_energy += task_energy_[size_t(j)];
-      for (int s = 0; s < m_; ++s)
-        res_.wasted_busy_energy[size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
+      if constexpr (kRedraw) {
+        for (int s = 0; s < m_; ++s)
+          res_.wasted_busy_energy[size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
+      } else {
+        res_.wasted_busy_energy[size_t(level_[size_t(j)])] += task_win_e_[size_t(j)];
+      }
     }
     ++q.ended;
   }
@@ -318,7 +330,7 @@ class Engine {
   }
   // Work reaches idle server j at t: start it, or wake the server first.
   void wake_or_start(int j, int64_t r, double t) {
-    if (sleep_) {
+    if constexpr (kSleep) {
       const int state = account_sleep(j, t);
       if (state >= 0) {
         const SleepState& st = states_[size_t(state)];
@@ -369,7 +381,7 @@ class Engine {
         tb_ = 0;
       } else if (r == w1_) {
         batch_row(tb_).in_system_at_end = double(tail_ - head_);
-        if (sleep_) close_window_sleep(t);
+        if constexpr (kSleep) close_window_sleep(t);
         window_ = 2;
         res_.t_end = t;
       } else if (window_ == 1) {
@@ -392,7 +404,7 @@ class Engine {
       res_.aborted = true;
       return;
     }
-    if (redraw_) {
+    if constexpr (kRedraw) {
       for (int j = 0; j < n_; ++j) {
         const int lev_old = level_[size_t(j)];
         const int lev = src_.level();
@@ -440,7 +452,7 @@ class Engine {
         if (sleep_ && waking_[size_t(i)]) {  // the task never started: nothing ran
           task_busy_[size_t(i)] = 0.0;
           task_energy_[size_t(i)] = 0.0;
-          for (int s = 0; s < m_; ++s) task_win_e_[size_t(i) * size_t(m_) + size_t(s)] = 0.0;
+          clear_win_e(i);
         } else {
           close_segment(i, t);
         }
@@ -508,7 +520,8 @@ class Engine {
   }
 
   const int n_, k_, m_, S_;
-  const bool cancel_, redraw_, sleep_, sleep_exp_, wake_exp_;
+  const bool cancel_, sleep_exp_, wake_exp_;
+  static constexpr bool sleep_ = kSleep, redraw_ = kRedraw;
   const std::vector<double> rates_, powers_;
   const std::vector<SleepState> states_;
   const double switch_energy_;
@@ -529,7 +542,7 @@ class Engine {
   std::vector<int64_t> cur_;
   std::vector<int> level_;
   std::vector<double> seg_start_, work_left_, task_busy_, task_energy_;
-  std::vector<double> task_win_e_;  // [n][m]: the current task's busy energy inside the window
+  std::vector<double> task_win_e_;  // [n][m] (kRedraw) or [n]: the current task's busy energy in the window
 
   std::vector<char> waking_;
   std::vector<int> wake_state_;
@@ -626,8 +639,11 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
     src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
   }
   ForkJoinResult res;
-  Engine<RandomSource> engine(cfg, src, res, progress, TraceOut{});
-  engine.run();
+  const bool sleep = !cfg.sleep_states.empty();
+  if (sleep && cfg.redraw_on_arrival) Engine<RandomSource, true, true>(cfg, src, res, progress, TraceOut{}).run();
+  else if (sleep) Engine<RandomSource, true, false>(cfg, src, res, progress, TraceOut{}).run();
+  else if (cfg.redraw_on_arrival) Engine<RandomSource, false, true>(cfg, src, res, progress, TraceOut{}).run();
+  else Engine<RandomSource, false, false>(cfg, src, res, progress, TraceOut{}).run();
   res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.cpu_seconds = thread_cpu_seconds() - c0;
   return res;
@@ -667,7 +683,7 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
   cfg.max_in_system = std::numeric_limits<int64_t>::max();
   TraceSource src{arrivals, services, requests, n};
   ForkJoinResult res;
-  Engine<TraceSource> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
+  Engine<TraceSource, false, false> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
   engine.run();
   FLAGCORE_CHECK_STATE(res.arrivals == requests, "simulate_trace: not every request arrived");
 }
