@@ -533,6 +533,8 @@ void bind_forkjoin(py::module_& m) {
       .def_readwrite("sleep_exponential", &Cfg::sleep_exponential)
       .def_readwrite("wake_exponential", &Cfg::wake_exponential)
       .def_readwrite("switch_energy", &Cfg::switch_energy)
+      .def_readwrite("mmpp_rates", &Cfg::mmpp_rates)
+      .def_readwrite("mmpp_switch", &Cfg::mmpp_switch)
       .def_readwrite("requests", &Cfg::requests)
       .def_readwrite("warmup", &Cfg::warmup)
       .def_readwrite("batches", &Cfg::batches)

@@ -27,8 +27,25 @@ struct RandomSource {
   ServiceSampler service;
   std::vector<double> cum;  // cumulative level probabilities, last one forced to 1
   int m;
+  // MMPP arrivals (empty: Poisson): per phase the arrival rate, the total rate of events
+  // (arrivals + phase changes) and the cumulative probabilities of the next phase on a change
+  std::vector<double> ph_rate, ph_total, ph_cum;  // ph_cum: [phases][phases]
+  int phases = 0, phase = 0;
 
-  double next_arrival(int64_t /*r*/, double now) { return now + sample_exponential(rng) * inv_rate; }
+  double next_arrival(int64_t /*r*/, double now) {
+    if (phases == 0) return now + sample_exponential(rng) * inv_rate;
+    double t = now;
+    for (;;) {  // competing exponentials: an arrival, or a change of phase
+      const double tot = ph_total[size_t(phase)];
+      t += sample_exponential(rng) / tot;
+      if (rng.uniform() * tot < ph_rate[size_t(phase)]) return t;
+      const double u = rng.uniform();
+      const double* c = &ph_cum[size_t(phase) * size_t(phases)];
+      int next = 0;
+      while (next < phases - 1 && u >= c[next]) ++next;
+      phase = next;
+    }
+  }
   double work(int64_t /*r*/, int /*j*/) { return service(rng); }
   Rng& rng_ref() { return rng; }
   int level() {
@@ -605,6 +622,20 @@ void validate(const ForkJoinConfig& c) {
     FLAGCORE_CHECK_ARG(st.wake_power >= 0 && std::isfinite(st.wake_power),
                        "simulate: sleep state wake_power must be >= 0 and finite");
   }
+  if (!c.mmpp_rates.empty()) {
+    const size_t P = c.mmpp_rates.size();
+    FLAGCORE_CHECK_ARG(c.mmpp_switch.size() == P * P, "simulate: mmpp_switch must be phases x phases");
+    for (size_t i = 0; i < P; ++i) {
+      double tot = c.mmpp_rates[i];
+      FLAGCORE_CHECK_ARG(tot >= 0 && std::isfinite(tot), "simulate: MMPP rates must be >= 0 and finite");
+      for (size_t j = 0; j < P; ++j) {
+        const double w = c.mmpp_switch[i * P + j];
+        FLAGCORE_CHECK_ARG(w >= 0 && std::isfinite(w), "simulate: MMPP switch rates must be >= 0 and finite");
+        if (j != i) tot += w;
+      }
+      FLAGCORE_CHECK_ARG(tot > 0, "simulate: every MMPP phase needs an arrival or a switch rate");
+    }
+  }
   switch (c.service) {
     case ServiceKind::exponential:
     case ServiceKind::deterministic: break;
@@ -637,6 +668,29 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   for (size_t s = 0; s < cfg.probs.size(); ++s) {
     acc += cfg.probs[s];
     src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
+  }
+  if (!cfg.mmpp_rates.empty()) {
+    const int P = int(cfg.mmpp_rates.size());
+    src.phases = P;
+    src.phase = 0;  // the first phase at time 0 (the warm-up forgets it)
+    src.ph_rate = cfg.mmpp_rates;
+    src.ph_total.assign(size_t(P), 0.0);
+    src.ph_cum.assign(size_t(P) * size_t(P), 2.0);
+    for (int i = 0; i < P; ++i) {
+      double q = 0.0;
+      for (int j = 0; j < P; ++j)
+        if (j != i) q += cfg.mmpp_switch[size_t(i) * size_t(P) + size_t(j)];
+      src.ph_total[size_t(i)] = cfg.mmpp_rates[size_t(i)] + q;
+      double c = 0.0;
+      int last = -1;
+      for (int j = 0; j < P; ++j) {
+        const double w = j == i ? 0.0 : cfg.mmpp_switch[size_t(i) * size_t(P) + size_t(j)];
+        c += q > 0 ? w / q : 0.0;
+        src.ph_cum[size_t(i) * size_t(P) + size_t(j)] = c;
+        if (w > 0) last = j;
+      }
+      if (last >= 0) src.ph_cum[size_t(i) * size_t(P) + size_t(last)] = 2.0;  // u < 1 lands somewhere
+    }
   }
   ForkJoinResult res;
   const bool sleep = !cfg.sleep_states.empty();

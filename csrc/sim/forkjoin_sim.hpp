@@ -60,6 +60,10 @@ struct ForkJoinConfig {
   bool sleep_exponential = false;  // timers exponential (true) or deterministic
   bool wake_exponential = false;   // wake-up latencies exponential (true) or deterministic
   double switch_energy = 0.0;      // energy of one change of a server's speed level
+  // Markov-modulated Poisson arrivals (empty: Poisson at arrival_rate): in phase i requests
+  // arrive at mmpp_rates[i] and the phase changes to j at mmpp_switch[i * phases + j]
+  // (diagonal ignored). The run starts in phase 0.
+  std::vector<double> mmpp_rates, mmpp_switch;
   int64_t requests = 100000;  // measured requests
   int64_t warmup = 10000;     // requests discarded before them
   int batches = 32;           // batch means; requests >= batches

@@ -5,13 +5,14 @@
 arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
 energy, or power, that meets a latency target). See README.md, section "Energy and latency".
 """
-from ._model import Service, SleepState, SpeedLevel
+from ._model import MMPP, Service, SleepState, SpeedLevel
 from .approx import ApproxResult, approximate
 from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
 
 __all__ = [
     "ApproxResult",
+    "MMPP",
     "OptimizeResult",
     "Service",
     "SimResult",

@@ -266,3 +266,58 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
             vals.append(v)
         out.append(SleepState(*vals))
     return tuple(out)
+
+
+# ---------------------------------------------------------------- arrival processes
+@dataclass(frozen=True)
+class MMPP:
+    """Markov-modulated Poisson arrivals: in phase i requests arrive at rates[i]; the phase
+    changes from i to j at switch[i][j] (diagonal ignored). ``simulate`` scales the rates so
+    that the long-run mean rate is its arrival_rate (pass arrival_rate = mean_rate to use them
+    as given)."""
+
+    rates: tuple
+    switch: tuple
+
+    @property
+    def generator(self) -> np.ndarray:
+        Q = np.array(self.switch, dtype=np.float64)
+        np.fill_diagonal(Q, 0.0)
+        np.fill_diagonal(Q, -Q.sum(axis=1))
+        return Q
+
+    @property
+    def stationary(self) -> np.ndarray:
+        """Long-run share of time in each phase."""
+        Q = self.generator
+        P = Q.shape[0]
+        A = np.vstack([Q.T, np.ones(P)])
+        b = np.zeros(P + 1)
+        b[-1] = 1.0
+        return np.linalg.lstsq(A, b, rcond=None)[0]
+
+    @property
+    def mean_rate(self) -> float:
+        return float(self.stationary @ np.asarray(self.rates, dtype=np.float64))
+
+
+def as_arrivals(arrivals: Any, fn: str) -> "MMPP | None":
+    """None (Poisson) or an MMPP, validated: non-negative finite rates, an irreducible phase
+    process, a positive mean rate."""
+    if arrivals is None:
+        return None
+    if not isinstance(arrivals, MMPP):
+        raise TypeError(f"{fn}: arrivals must be None (Poisson) or an MMPP, got {type(arrivals).__name__}")
+    r = np.asarray(arrivals.rates, dtype=np.float64)
+    S = np.asarray(arrivals.switch, dtype=np.float64)
+    P = r.size
+    if r.ndim != 1 or P < 1 or S.shape != (P, P):
+        raise ValueError(f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and {S.shape}")
+    if not (np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(np.isfinite(S)) and np.all(S >= 0)):
+        raise ValueError(f"{fn}: MMPP rates and switch rates must be finite and >= 0")
+    m = MMPP(tuple(r.tolist()), tuple(map(tuple, S.tolist())))
+    if P > 1 and np.linalg.matrix_rank(m.generator) != P - 1:
+        raise ValueError(f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every other)")
+    if not m.mean_rate > 0:
+        raise ValueError(f"{fn}: the MMPP mean arrival rate must be positive")
+    return m
