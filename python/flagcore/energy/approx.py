@@ -274,12 +274,16 @@ class ApproxResult(_stats.PercentileShortcuts):
             raise ValueError(f"percentile: q must be in (0, 1), got {q!r}")
         if self._tail is None:
             return math.inf
-        return _quantile(self._tail, float(q))
+        with np.errstate(all="ignore"):  # near the stability limit the stage rates are tiny
+            v = _quantile(self._tail, float(q))
+        return v if math.isfinite(v) else math.inf
 
     def deadline_miss(self, d: float) -> float:
         if self._tail is None:
             return 1.0
-        return self._tail.survival(float(d))
+        with np.errstate(all="ignore"):
+            v = self._tail.survival(float(d))
+        return v if math.isfinite(v) else 1.0
 
     def to_dict(self) -> dict:
         out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()
