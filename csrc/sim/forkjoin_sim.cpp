@@ -136,6 +136,7 @@ class Engine {
     }
     if constexpr (kRedraw)
       for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level();
+    tb_next_ = fb_next_ = batch_start(1);
   }
 
   void run() {
@@ -209,9 +210,14 @@ class Engine {
     ring_.swap(bigger);
     mask_ = bmask;
   }
-  // (r - w0) * batches / requests without overflow (requests and batches may both be large)
-  int64_t batch_of(int64_t r) const {
-    return int64_t((__int128(r - w0_) * batches_) / requests_);
+  // The first request of batch b: batch_of(r) = floor((r - w0) * batches / requests), so batch
+  // b starts at w0 + ceil(b * requests / batches) (128-bit: both factors may be large). The
+  // callers see r in increasing order and only cross a boundary `batches` times, so they keep
+  // the next boundary instead of dividing per request.
+  int64_t batch_start(int64_t b) const {
+    if (b >= batches_) return std::numeric_limits<int64_t>::max();
+    const __int128 num = __int128(b) * requests_;
+    return w0_ + int64_t((num + batches_ - 1) / batches_);
   }
   BatchRow& batch_row(int64_t b) { return res_.batch[size_t(b)]; }
 
@@ -396,17 +402,15 @@ class Engine {
         res_.t_start = t;
         last_t_ = t;
         tb_ = 0;
+        tb_next_ = batch_start(1);
       } else if (r == w1_) {
         batch_row(tb_).in_system_at_end = double(tail_ - head_);
         if constexpr (kSleep) close_window_sleep(t);
         window_ = 2;
         res_.t_end = t;
-      } else if (window_ == 1) {
-        const int64_t b = batch_of(r);
-        if (b != tb_) {
-          batch_row(tb_).in_system_at_end = double(tail_ - head_);
-          tb_ = b;
-        }
+      } else if (window_ == 1 && r >= tb_next_) {
+        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        while (r >= tb_next_) tb_next_ = batch_start(++tb_ + 1);
       }
     }
     if (tail_ - fin_ == int64_t(ring_.size())) grow_ring();
@@ -518,7 +522,10 @@ class Engine {
     res_.sum_energy += q.energy;
     res_.sum_wasted_time += q.wasted_time;
     res_.sum_wasted_energy += q.wasted_energy;
-    const int64_t b = batch_of(r);
+    if (r >= fb_next_) {  // the next batch of finalised requests
+      while (r >= fb_next_) fb_next_ = batch_start(++fb_ + 1);
+    }
+    const int64_t b = fb_;
     BatchRow& row = batch_row(b);
     row.requests += 1.0;
     row.sum_response += T;
@@ -575,6 +582,8 @@ class Engine {
 
   int window_ = 0;  // 0 warm-up, 1 measuring, 2 past the measured arrivals
   int64_t tb_ = 0;  // batch of the time window
+  int64_t tb_next_ = 0;  // first request of batch tb_ + 1
+  int64_t fb_ = 0, fb_next_ = 0;  // batch of the finalised requests, first request of the next
   double last_t_ = 0.0;
 };
 
