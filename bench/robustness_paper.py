@@ -1,6 +1,6 @@
 """Reproduce the FA paper's robustness comparisons at laptop scale (digits, small MLP).
 
-Scenarios (SPEC_FA.md, "The paper's experimental setup"; 15 workers, r = 8 unless stated):
+Scenarios (docs/spec_fa.md, "The paper's experimental setup"; 15 workers, r = 8 unless stated):
   a   3 of 15 workers send uniform [0, 1) vectors (the paper's "random" attack)
   b   3 of 15 workers are honest but train on distorted data (warp / heavy noise / shuffled labels)
   c   scalability: 15, 30, 60 workers with 20 % distorted workers, r = 8, 16, 32

@@ -1,5 +1,6 @@
 // Event-driven simulator of the (n, k) fork-join service with speed levels and energy
-// (the model is described in docs/energy.md).
+// (the model of docs/spec_energy.md; usage in docs/energy-usage.md; options and validation in
+// docs/energy.md).
 //
 // A request arriving (Poisson, rate arrival_rate) is forked into n tasks, one per server; each
 // server is FCFS with an unbounded queue; the request departs at the k-th completion of its

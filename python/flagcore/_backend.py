@@ -1,11 +1,12 @@
 """Access to the native module and to the optional torch dependency."""
+
 from __future__ import annotations
 
 import importlib
 import sys
 from typing import Any
 
-from . import _core  # noqa: F401  (the compiled extension; import errors surface here)
+from . import _core
 
 core = _core
 
@@ -24,7 +25,7 @@ def is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """What this build of flagcore contains.
 
     Keys: ``version``, ``cuda_compiled`` (bool), ``cuda_architectures`` (list of str),
@@ -45,7 +46,7 @@ def cuda_available() -> bool:
     """True when flagcore was built with CUDA and a CUDA device is visible. Never raises."""
     try:
         return bool(core.build_info()["cuda_compiled"]) and core.cuda_device_count() > 0
-    except Exception:  # noqa: BLE001 - documented to never raise
+    except Exception:
         return False
 
 

@@ -30,7 +30,7 @@ from . import models as _models
 
 SCHEMA = "flagcore.robustness/1"
 
-# Rules whose definition needs the number of Byzantine workers f (SPEC_FA.md); the harness
+# Rules whose definition needs the number of Byzantine workers f (docs/spec_fa.md); the harness
 # passes f = byzantine to them. Any rule parameter can also be given in the rule spec,
 # e.g. "multi_krum[f=2,m=10]".
 RULES_TAKING_F = ("trimmed_mean", "krum", "multi_krum", "bulyan", "meamed", "phocas")
