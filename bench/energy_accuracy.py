@@ -11,7 +11,6 @@ power a C-state table saves at 30 % load and its p99 cost (bench/results/energy_
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 

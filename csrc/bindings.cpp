@@ -565,7 +565,7 @@ void bind_forkjoin(py::module_& m) {
       .def_readonly("wake_energy", &Res::wake_energy)
       .def_readonly("wakeups", &Res::wakeups)
       .def_readonly("switches", &Res::switches)
-      .def_property_readonly("batch", [](const Res& r) { return to_numpy(r.batch); },
+      .def_property_readonly("batch", [](const Res& r) { return py::array(to_numpy(r.batch)); },
                              "one structured row per batch (named columns: sim.BatchRow)")
       .def_property_readonly("hist_batch", [](const Res& r) { return to_numpy(r.hist_batch); })
       .def_property_readonly("hist_bucket", [](const Res& r) { return to_numpy(r.hist_bucket); })

@@ -1,6 +1,7 @@
 """Arrivals beyond Poisson: MMPP/M/1 against its matrix-geometric solution (Neuts), and an
 MMPP with equal phase rates against the Poisson result. Seeded; tolerances from each run's own
 95% confidence half-width (test_energy_sim.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,7 @@ from flagcore.energy import MMPP, simulate
 
 def mmpp_m1_mean_in_system(rates, switch, mu):
     """Level-independent QBD: levels = number in system, phases = MMPP phase. Up: diag(rates);
-    local: D0 - mu I (levels >= 1), D0 at level 0; down: mu I. R is the minimal solution of
+    local: D0 - mu eye (levels >= 1), D0 at level 0; down: mu eye. R is the minimal solution of
     A0 + R A1 + R^2 A2 = 0; pi_n = pi_1 R^(n-1) for n >= 1."""
     lam = np.diag(rates)
     Q = np.array(switch, dtype=float)
@@ -30,19 +31,24 @@ def mmpp_m1_mean_in_system(rates, switch, mu):
     R = Rn
     # boundary: pi0 D0 + pi1 A2 = 0, pi0 A0 + pi1 (A1 + R A2) = 0, normalisation
     M = np.block([[D0, A0], [A2, A1 + R @ A2]])
-    I = np.eye(P)
-    norm = np.concatenate([np.ones(P), np.linalg.solve(I - R, np.ones(P))])
+    eye = np.eye(P)
+    norm = np.concatenate([np.ones(P), np.linalg.solve(eye - R, np.ones(P))])
     A = np.vstack([M.T, norm])
     b = np.zeros(2 * P + 1)
     b[-1] = 1.0
     x = np.linalg.lstsq(A, b, rcond=None)[0]
     pi1 = x[P:]
-    IR = np.linalg.inv(I - R)
+    IR = np.linalg.inv(eye - R)
     return float(pi1 @ IR @ IR @ np.ones(P)), float(x[:P].sum())
 
 
-@pytest.mark.parametrize("rates,switch", [((0.2, 1.2), ((0, 0.1), (0.1, 0))),
-                                          ((0.0, 0.6, 1.2), ((0, 0.3, 0.1), (0.2, 0, 0.2), (0.1, 0.4, 0)))])
+@pytest.mark.parametrize(
+    "rates,switch",
+    [
+        ((0.2, 1.2), ((0, 0.1), (0.1, 0))),
+        ((0.0, 0.6, 1.2), ((0, 0.3, 0.1), (0.2, 0, 0.2), (0.1, 0.4, 0))),
+    ],
+)
 def test_mmpp_m1_matches_the_matrix_geometric_solution(rates, switch):
     mu = 1.0
     m = MMPP(rates, switch)
@@ -51,7 +57,10 @@ def test_mmpp_m1_matches_the_matrix_geometric_solution(rates, switch):
     exact_t = EN / lam  # Little's law
     r = simulate(1, 1, lam, [(mu, 1.0, 1.0)], arrivals=m, requests=400_000, seed=13, batches=20)
     assert r.mean_response_time_ci < 0.06 * exact_t
-    assert abs(r.mean_response_time - exact_t) < 4 * r.mean_response_time_ci, (r.mean_response_time, exact_t)
+    assert abs(r.mean_response_time - exact_t) < 4 * r.mean_response_time_ci, (
+        r.mean_response_time,
+        exact_t,
+    )
     assert r.idle_fraction == pytest.approx(p0, abs=0.01)
     assert r.throughput == pytest.approx(lam, rel=0.02)
     # burstiness costs latency: worse than the Poisson M/M/1 at the same load

@@ -2,6 +2,7 @@
 stability limit, extreme service distributions and rates, huge counts, memory that follows the
 work, bounded design searches, strict JSON, the energy split identity, progress and the bound
 native types. Every run is seeded."""
+
 from __future__ import annotations
 
 import json
@@ -50,24 +51,28 @@ def test_empirical_samples_whose_sum_overflows():
     assert a.energy_per_request == b.energy_per_request
 
 
-@pytest.mark.parametrize("service,what", [(("lognormal", 30.0), "lognormal sigma"),
-                                          (("gamma", 1e-300), "gamma shape")])
+@pytest.mark.parametrize(
+    "service,what", [(("lognormal", 30.0), "lognormal sigma"), (("gamma", 1e-300), "gamma shape")]
+)
 def test_service_whose_mean_is_carried_by_unreachable_draws_is_refused(service, what):
     with pytest.raises(ValueError, match=f"simulate: {what} must be"):
         simulate(4, 2, 1.0, ONE, requests=1000, service=service)
 
 
 # ---------------------------------------------------------------- counts beyond native ranges
-@pytest.mark.parametrize("kw,what", [
-    (dict(warmup=2 ** 63 - 10), "warmup"),
-    (dict(requests=2 ** 60), "requests"),
-    (dict(requests=2 ** 52, warmup=2 ** 53 - 2 ** 51), "warmup \\+ requests"),
-    (dict(replications=2 ** 40), "replications"),
-    (dict(threads=10 ** 6), "threads"),
-    (dict(batches=10 ** 9), "batches"),
-    (dict(max_in_system=2 ** 70), "max_in_system"),
-    (dict(requests=10 ** 11, batches=2), "requests / batches"),
-])
+@pytest.mark.parametrize(
+    "kw,what",
+    [
+        (dict(warmup=2**63 - 10), "warmup"),
+        (dict(requests=2**60), "requests"),
+        (dict(requests=2**52, warmup=2**53 - 2**51), "warmup \\+ requests"),
+        (dict(replications=2**40), "replications"),
+        (dict(threads=10**6), "threads"),
+        (dict(batches=10**9), "batches"),
+        (dict(max_in_system=2**70), "max_in_system"),
+        (dict(requests=10**11, batches=2), "requests / batches"),
+    ],
+)
 def test_counts_beyond_native_ranges_get_clear_errors(kw, what):
     kw = dict(dict(requests=1000), **kw)
     with pytest.raises(ValueError, match=f"^simulate: {what}"):
@@ -75,13 +80,13 @@ def test_counts_beyond_native_ranges_get_clear_errors(kw, what):
 
 
 def test_huge_n_gets_a_clear_error():
-    with pytest.raises(ValueError, match="^simulate: n must be <="):
-        simulate(2 ** 40, 2, 1.0, ONE, requests=1000)
+    with pytest.raises(ValueError, match=r"^simulate: n must be <="):
+        simulate(2**40, 2, 1.0, ONE, requests=1000)
 
 
 def test_native_config_refuses_overflowing_warmup():
     cfg = _core.SimConfig()
-    cfg.requests, cfg.warmup, cfg.batches = 10, 2 ** 63 - 5, 1
+    cfg.requests, cfg.warmup, cfg.batches = 10, 2**63 - 5, 1
     with pytest.raises(ValueError, match="warmup"):
         _core.forkjoin_simulate(cfg)
 
@@ -94,11 +99,14 @@ def test_memory_follows_the_work():
         from flagcore.energy import simulate
         simulate(4, 2, 1.0, [(1.0, 1.0, 1.0)], requests=1000, seed=0)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        r = simulate(4, 2, 1.0, [(1.0, 1.0, 1.0)], requests=1000, replications=1000, threads=2, seed=0)
+        r = simulate(4, 2, 1.0, [(1.0, 1.0, 1.0)], requests=1000, replications=1000, threads=2,
+                     seed=0)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print((after - before) / 1024, sum(len(b) for _, b, _ in r._rep_hists))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     grown_mb, entries = out.split()
     assert float(grown_mb) < 150, out
     assert int(entries) <= 1000 * 1000  # sparse: at most one entry per measured request
@@ -106,8 +114,13 @@ def test_memory_follows_the_work():
 
 # ---------------------------------------------------------------- approximate at its edges
 def test_approximate_at_the_stability_limit_reports_unstable():
-    for n, k, lam, lv in ((1, 1, 1.0, ONE), (4, 2, 2.0, ONE), (2, 2, 1.0, ONE), (4, 1, 4.0, ONE),
-                          (3, 1, 6.0, [(1.0, 1.0, 0.5), (3.0, 1.0, 0.5)])):
+    for n, k, lam, lv in (
+        (1, 1, 1.0, ONE),
+        (4, 2, 2.0, ONE),
+        (2, 2, 1.0, ONE),
+        (4, 1, 4.0, ONE),
+        (3, 1, 6.0, [(1.0, 1.0, 0.5), (3.0, 1.0, 0.5)]),
+    ):
         for cancel in (True, False):
             r = approximate(n, k, lam, lv, cancel=cancel)
             assert not r.stable and math.isinf(r.mean_response_time), (n, k, lam, cancel)
@@ -139,10 +152,13 @@ def test_race_quadrature_completion_times_match_the_direct_sum():
     x, w = _GL
     x, w = 0.5 * (x + 1.0), 0.5 * w
     from flagcore.energy.approx import harmonic_number
+
     scale = (harmonic_number(n) - harmonic_number(n - k)) / float(np.dot(probs, rates)) + 1e-300
     t = scale * x / (1.0 - x)
     jac = scale / (1.0 - x) ** 2
-    F = 1.0 - (np.array(probs)[:, None] * np.exp(-np.array(rates)[:, None] * t[None, :])).sum(axis=0)
+    F = 1.0 - (np.array(probs)[:, None] * np.exp(-np.array(rates)[:, None] * t[None, :])).sum(
+        axis=0
+    )
     ref = [float((_binom_cdf_below(n, i, F) * w * jac).sum()) for i in range(1, k + 1)]
     np.testing.assert_allclose(got, ref, rtol=1e-12)
 
@@ -150,7 +166,9 @@ def test_race_quadrature_completion_times_match_the_direct_sum():
 # ---------------------------------------------------------------- design searches
 def test_optimize_refuses_a_grid_too_large_with_the_grid_that_fits():
     levels = [(1.0 + i, (1.0 + i) ** 2) for i in range(12)]
-    with pytest.raises(ValueError, match=r"optimize: grid=11 over 12 levels has 352,716 .*grid=\d+ gives"):
+    with pytest.raises(
+        ValueError, match=r"optimize: grid=11 over 12 levels has 352,716 .*grid=\d+ gives"
+    ):
         optimize(50, 10, 1.0, levels, target=1.0)
 
 
@@ -177,21 +195,65 @@ def test_energy_json_is_strict(tmp_path):
 
     js = tmp_path / "approx.json"
     # unstable load: infinite latencies become null
-    assert main(["energy", "approx", "--n", "4", "--k", "2", "--lam", "5", "--levels", "1:1:1",
-                 "--json", str(js)]) == 0
+    assert (
+        main(
+            [
+                "energy",
+                "approx",
+                "--n",
+                "4",
+                "--k",
+                "2",
+                "--lam",
+                "5",
+                "--levels",
+                "1:1:1",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     d = strict(js.read_text())
     assert d["race"]["mean_response_time"] is None and d["race"]["stable"] is False
     js = tmp_path / "sim.json"
-    assert main(["energy", "simulate", "--n", "4", "--k", "2", "--lam", "1", "--levels", "1:1:1",
-                 "--requests", "2000", "--no-progress", "--json", str(js)]) == 0
+    assert (
+        main(
+            [
+                "energy",
+                "simulate",
+                "--n",
+                "4",
+                "--k",
+                "2",
+                "--lam",
+                "1",
+                "--levels",
+                "1:1:1",
+                "--requests",
+                "2000",
+                "--no-progress",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     strict(js.read_text())
 
 
 # ---------------------------------------------------------------- the energy split
-@pytest.mark.parametrize("kw", [dict(), dict(cancel=False), dict(redraw_on_arrival=True, switch_energy=0.3),
-                                dict(idle_power=0.5, switch_energy=0.1),
-                                dict(idle_power=0.4, sleep=[(0.5, 0.1, 0.2, 3.0), (2.0, 0.0, 1.0, 2.0)]),
-                                dict(replications=3, idle_power=0.2)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(cancel=False),
+        dict(redraw_on_arrival=True, switch_energy=0.3),
+        dict(idle_power=0.5, switch_energy=0.1),
+        dict(idle_power=0.4, sleep=[(0.5, 0.1, 0.2, 3.0), (2.0, 0.0, 1.0, 2.0)]),
+        dict(replications=3, idle_power=0.2),
+    ],
+)
 def test_energy_split_sums_to_the_total(kw):
     n, k, lam = 4, 2, 1.0
     r = simulate(n, k, lam, TWO, requests=30_000, seed=11, **kw)
@@ -200,11 +262,15 @@ def test_energy_split_sums_to_the_total(kw):
     assert set(ps) == {"busy", "wasted", "idle", "sleep", "wakeup", "switching"}
     assert all(p >= 0 for p in parts)
     assert math.fsum(parts) == pytest.approx(r.average_power, rel=1e-12)
-    assert math.fsum(np.sum(v) for v in es.values()) == pytest.approx(r.total_energy_per_request, rel=1e-12)
+    assert math.fsum(np.sum(v) for v in es.values()) == pytest.approx(
+        r.total_energy_per_request, rel=1e-12
+    )
     assert r.total_energy_per_request == pytest.approx(r.average_power / r.throughput, rel=1e-12)
     # busy + wasted is the dynamic energy of the window
     assert np.sum(ps["busy"]) + ps["wasted"] == pytest.approx(
-        r.average_power - ps["idle"] - np.sum(ps["sleep"]) - ps["wakeup"] - ps["switching"], rel=1e-12)
+        r.average_power - ps["idle"] - np.sum(ps["sleep"]) - ps["wakeup"] - ps["switching"],
+        rel=1e-12,
+    )
     # wasted: the window's share matches the per-request accounting within the statistics
     assert es["wasted"] == pytest.approx(r.wasted_energy_per_request, rel=0.03, abs=1e-9)
     if not kw.get("switch_energy"):
@@ -226,7 +292,15 @@ def test_energy_split_k_equals_n_wastes_nothing():
 def test_progress_callback_runs_on_the_calling_thread_and_can_stop_the_run():
     seen = []
     me = threading.get_ident()
-    simulate(4, 2, 1.5, ONE, requests=300_000, seed=1, progress=lambda d, t: seen.append((threading.get_ident(), d, t)))
+    simulate(
+        4,
+        2,
+        1.5,
+        ONE,
+        requests=300_000,
+        seed=1,
+        progress=lambda d, t: seen.append((threading.get_ident(), d, t)),
+    )
     assert seen and all(tid == me for tid, _, _ in seen)
     assert seen[-1][1] == seen[-1][2] == 330_000
     assert all(a[1] <= b[1] for a, b in zip(seen, seen[1:]))
@@ -238,7 +312,7 @@ def test_progress_callback_runs_on_the_calling_thread_and_can_stop_the_run():
         raise Stop()
 
     with pytest.raises(Stop):
-        simulate(4, 2, 1.5, ONE, requests=10 ** 9, seed=1, progress=stop)
+        simulate(4, 2, 1.5, ONE, requests=10**9, seed=1, progress=stop)
 
 
 # ---------------------------------------------------------------- bound native types
@@ -252,6 +326,6 @@ def test_native_types_have_names():
     assert cols[:3] == ("requests", "sum_response", "sum_energy") and "in_system_at_end" in cols
     assert rep.batch.shape == (8,) and rep.batch["requests"].sum() == rep.measured == 2000
     assert rep.hist_count.sum() == 2000
-    assert set(int(b) for b in rep.hist_batch) == set(range(8))
+    assert {int(b) for b in rep.hist_batch} == set(range(8))
     with pytest.raises(TypeError):
         cfg.service = 3  # an enum, not a bare integer

@@ -4,6 +4,7 @@ M/M/1 with setup and delayed off in the style of Gandhi and Harchol-Balter, and 
 cancellation, where a wake-up continues after its task is cancelled), the M/G/1 setup-time
 decomposition for deterministic wake-ups, and per-server marginals for k = n. Tolerances come
 from each run's own 95% confidence half-width (see test_energy_sim.py). Every run is seeded."""
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ def chain_n1(n, lam, mu, alpha, beta, nmax=150):
     while todo:
         st = todo.pop()
         N, modes = st
-        if N < nmax:  # arrival
+        if nmax > N:  # arrival
             add(st, (N + 1, tuple({"I": "B", "O": "S"}.get(m, m) for m in modes)), lam)
         busy = sum(m == "B" for m in modes)
         if busy:  # the head request completes (first of the busy servers)
@@ -48,9 +49,9 @@ def chain_n1(n, lam, mu, alpha, beta, nmax=150):
             add(st, (N - 1, nxt), busy * mu)
         for i, m in enumerate(modes):
             if m == "S":
-                add(st, (N, modes[:i] + ("B" if N >= 1 else "I",) + modes[i + 1:]), beta)
+                add(st, (N, modes[:i] + ("B" if N >= 1 else "I",) + modes[i + 1 :]), beta)
             elif m == "I":
-                add(st, (N, modes[:i] + ("O",) + modes[i + 1:]), alpha)
+                add(st, (N, modes[:i] + ("O",) + modes[i + 1 :]), alpha)
     S = len(states)
     Q = np.zeros((S, S))
     for i, j, r in trans:
@@ -64,26 +65,42 @@ def chain_n1(n, lam, mu, alpha, beta, nmax=150):
     power = {"B": P_BUSY, "I": P_IDLE, "O": P_OFF, "S": P_WAKE}
     pw = np.array([sum(power[m] for m in s[1]) for s in states])
     share = {m: float(sum(p * s[1].count(m) for p, s in zip(pi, states)) / n) for m in "BIOS"}
-    assert pi[N == nmax].sum() < 1e-10  # truncation is harmless
+    assert pi[nmax == N].sum() < 1e-10  # truncation is harmless
     return float(pi @ N) / lam, float(pi @ pw), share
 
 
-@pytest.mark.parametrize("n,lam,alpha,beta", [(1, 0.5, 1.0, 0.5), (1, 0.7, 0.2, 2.0), (2, 1.0, 0.5, 1.0),
-                                              (3, 1.5, 2.0, 0.25)])
+@pytest.mark.parametrize(
+    "n,lam,alpha,beta",
+    [(1, 0.5, 1.0, 0.5), (1, 0.7, 0.2, 2.0), (2, 1.0, 0.5, 1.0), (3, 1.5, 2.0, 0.25)],
+)
 def test_exponential_setup_and_delay_off_against_the_chain(n, lam, alpha, beta):
     exact_t, exact_p, share = chain_n1(n, lam, 1.0, alpha, beta)
-    r = simulate(n, 1, lam, [(1.0, P_BUSY, 1.0)], idle_power=P_IDLE, requests=200_000, seed=n + 7,
-                 sleep=[SleepState(1.0 / alpha, P_OFF, 1.0 / beta, P_WAKE)],
-                 sleep_timer="exponential", wake_time="exponential")
+    r = simulate(
+        n,
+        1,
+        lam,
+        [(1.0, P_BUSY, 1.0)],
+        idle_power=P_IDLE,
+        requests=200_000,
+        seed=n + 7,
+        sleep=[SleepState(1.0 / alpha, P_OFF, 1.0 / beta, P_WAKE)],
+        sleep_timer="exponential",
+        wake_time="exponential",
+    )
     assert r.mean_response_time_ci < 0.05 * exact_t
-    assert close(r.mean_response_time, r.mean_response_time_ci, exact_t), (r.mean_response_time, exact_t)
+    assert close(r.mean_response_time, r.mean_response_time_ci, exact_t), (
+        r.mean_response_time,
+        exact_t,
+    )
     assert close(r.average_power, r.average_power_ci, exact_p), (r.average_power, exact_p)
     # where the time went, state by state (no CI of their own: 3% of the value or 0.003)
     assert r.utilisation[0] == pytest.approx(share["B"], rel=0.03, abs=0.003)
     assert r.idle_fraction == pytest.approx(share["I"], rel=0.03, abs=0.003)
     assert r.sleep_fraction[0] == pytest.approx(share["O"], rel=0.03, abs=0.003)
     assert r.wake_fraction == pytest.approx(share["S"], rel=0.03, abs=0.003)
-    assert math.fsum(np.sum(v) for v in r.power_split.values()) == pytest.approx(r.average_power, rel=1e-12)
+    assert math.fsum(np.sum(v) for v in r.power_split.values()) == pytest.approx(
+        r.average_power, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("wake", ["deterministic", "exponential"])
@@ -95,9 +112,20 @@ def test_mg1_setup_decomposition(wake):
     lam, mu, D = 0.5, 1.0, 2.0
     EI, EI2 = D, (D * D if wake == "deterministic" else 2 * D * D)
     exact = 1 / (mu - lam) + (2 * EI + lam * EI2) / (2 * (1 + lam * EI))
-    r = simulate(1, 1, lam, [(mu, P_BUSY, 1.0)], requests=300_000, seed=3,
-                 sleep=[(0.0, P_OFF, D, P_WAKE)], wake_time=wake)
-    assert close(r.mean_response_time, r.mean_response_time_ci, exact), (r.mean_response_time, exact)
+    r = simulate(
+        1,
+        1,
+        lam,
+        [(mu, P_BUSY, 1.0)],
+        requests=300_000,
+        seed=3,
+        sleep=[(0.0, P_OFF, D, P_WAKE)],
+        wake_time=wake,
+    )
+    assert close(r.mean_response_time, r.mean_response_time_ci, exact), (
+        r.mean_response_time,
+        exact,
+    )
     rho = lam / mu
     off = (1 - rho) / (1 + lam * EI)
     assert r.sleep_fraction[0] == pytest.approx(off, rel=0.02)
@@ -112,9 +140,18 @@ def test_k_equals_n_servers_follow_their_marginal_chain():
     setup and delayed off, whatever the other servers do."""
     n, lam, alpha, beta = 3, 0.5, 1.0, 0.5
     _, p1, share = chain_n1(1, lam, 1.0, alpha, beta)
-    r = simulate(n, n, lam, [(1.0, P_BUSY, 1.0)], idle_power=P_IDLE, requests=200_000, seed=5,
-                 sleep=[(1.0 / alpha, P_OFF, 1.0 / beta, P_WAKE)], sleep_timer="exponential",
-                 wake_time="exponential")
+    r = simulate(
+        n,
+        n,
+        lam,
+        [(1.0, P_BUSY, 1.0)],
+        idle_power=P_IDLE,
+        requests=200_000,
+        seed=5,
+        sleep=[(1.0 / alpha, P_OFF, 1.0 / beta, P_WAKE)],
+        sleep_timer="exponential",
+        wake_time="exponential",
+    )
     assert close(r.average_power, r.average_power_ci, n * p1), (r.average_power, n * p1)
     assert r.sleep_fraction[0] == pytest.approx(share["O"], rel=0.03)
     # every wake-up ends a sleep period: wake-ups per unit time = per-server rate of entering setup
@@ -128,7 +165,9 @@ def test_deeper_states_and_split():
     server, an idle period is Exp(lam), so P(idle period > a) = exp(-lam a)."""
     lam = 0.3
     st = [SleepState(0.5, 0.2, 0.1, 1.0), SleepState(2.0, 0.0, 1.0, 2.5)]
-    r = simulate(1, 1, lam, [(1.0, P_BUSY, 1.0)], idle_power=P_IDLE, requests=300_000, seed=9, sleep=st)
+    r = simulate(
+        1, 1, lam, [(1.0, P_BUSY, 1.0)], idle_power=P_IDLE, requests=300_000, seed=9, sleep=st
+    )
     # An idle period of M/M/1 with setup ends at the next arrival: Exp(lam) long. Per idle
     # period, the expected time in state 0 is E[(min(X, 2.5) - 0.5)+] and in state 1
     # E[(X - 2.5)+]; their ratio does not depend on how many idle periods there are.
@@ -137,10 +176,13 @@ def test_deeper_states_and_split():
     t1 = math.exp(-lam * a1) / lam
     assert r.sleep_fraction[0] / r.sleep_fraction[1] == pytest.approx(t0 / t1, rel=0.03)
     # and the plain idle time per idle period is E[min(X, 0.5)]
-    assert r.idle_fraction / r.sleep_fraction[1] == pytest.approx((1 - math.exp(-lam * a0)) / lam / t1, rel=0.03)
+    assert r.idle_fraction / r.sleep_fraction[1] == pytest.approx(
+        (1 - math.exp(-lam * a0)) / lam / t1, rel=0.03
+    )
     assert r.energy_split["sleep"].shape == (2,)
-    assert math.fsum(np.sum(v) for v in r.energy_split.values()) == pytest.approx(r.total_energy_per_request,
-                                                                                 rel=1e-12)
+    assert math.fsum(np.sum(v) for v in r.energy_split.values()) == pytest.approx(
+        r.total_energy_per_request, rel=1e-12
+    )
 
 
 def test_without_sleep_states_nothing_changes():
@@ -151,11 +193,13 @@ def test_without_sleep_states_nothing_changes():
 
 
 def test_bad_sleep_states_are_refused():
-    with pytest.raises(ValueError, match="simulate: sleep\\[0\\].wake_latency must be >= 0"):
+    with pytest.raises(ValueError, match=r"simulate: sleep\[0\]\.wake_latency must be >= 0"):
         simulate(2, 1, 0.5, [(1.0, 1.0, 1.0)], requests=100, sleep=[(1.0, 0.1, -1.0, 1.0)])
     with pytest.raises(ValueError, match="simulate: sleep\\[0\\] must be"):
         simulate(2, 1, 0.5, [(1.0, 1.0, 1.0)], requests=100, sleep=[(1.0, 0.1)])
     with pytest.raises(TypeError, match="simulate: sleep must be a list"):
         simulate(2, 1, 0.5, [(1.0, 1.0, 1.0)], requests=100, sleep="deep")
     with pytest.raises(ValueError, match="simulate: sleep_timer must be"):
-        simulate(2, 1, 0.5, [(1.0, 1.0, 1.0)], requests=100, sleep=[(1, 0, 1, 1)], sleep_timer="weibull")
+        simulate(
+            2, 1, 0.5, [(1.0, 1.0, 1.0)], requests=100, sleep=[(1, 0, 1, 1)], sleep_timer="weibull"
+        )

@@ -1,6 +1,7 @@
 """Ctrl-C reaches a running simulation: a subprocess gets SIGINT while the native event loop
 runs (without progress, with a progress callback, with replications on two threads) and must
 raise KeyboardInterrupt within a second, leaving no thread running and no core busy."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ CHILD = textwrap.dedent("""
         c0 = time.process_time()
         time.sleep(0.5)
         busy = time.process_time() - c0
-        print(f"interrupted {t_int:.6f} threads={threading.active_count()} busy={busy:.3f}", flush=True)
+        n = threading.active_count()
+        print(f"interrupted {t_int:.6f} threads={n} busy={busy:.3f}", flush=True)
         sys.exit(0)
     print("finished without interrupt", flush=True)
     sys.exit(1)
@@ -39,8 +41,12 @@ CHILD = textwrap.dedent("""
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT delivery to a subprocess needs POSIX")
 @pytest.mark.parametrize("mode", ["plain", "progress", "threads"])
 def test_sigint_stops_simulation(mode):
-    with subprocess.Popen([sys.executable, "-c", CHILD, mode], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             assert proc.stdout.readline().strip() == "started"
             time.sleep(0.5)  # inside the native loop by now

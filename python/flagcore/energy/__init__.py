@@ -11,8 +11,8 @@ from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
 
 __all__ = [
-    "ApproxResult",
     "MMPP",
+    "ApproxResult",
     "OptimizeResult",
     "Service",
     "SimResult",

@@ -1,5 +1,6 @@
 """Strict JSON for the energy tools: NaN and infinities become null (json's default writes
 the non-standard tokens NaN and Infinity, which strict parsers reject)."""
+
 from __future__ import annotations
 
 import json

@@ -258,23 +258,23 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
             if len(vals) not in (3, 4):
                 raise ValueError(f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}")
             st = SleepState(*vals)
-        vals = []
+        checked: list[float] = []
         for name in ("after", "power", "wake_latency", "wake_power"):
             v = _num(getattr(st, name), fn, f"sleep[{i}].{name}")
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{fn}: sleep[{i}].{name} must be >= 0 and finite, got {v}")
-            vals.append(v)
-        out.append(SleepState(*vals))
+            checked.append(v)
+        out.append(SleepState(*checked))
     return tuple(out)
 
 
 # ---------------------------------------------------------------- arrival processes
 @dataclass(frozen=True)
 class MMPP:
-    """Markov-modulated Poisson arrivals: in phase i requests arrive at rates[i]; the phase
-    changes from i to j at switch[i][j] (diagonal ignored). ``simulate`` scales the rates so
-    that the long-run mean rate is its arrival_rate (pass arrival_rate = mean_rate to use them
-    as given)."""
+    """Markov-modulated Poisson arrivals: in phase i requests arrive at ``rates[i]``; the phase
+    changes from i to j at rate ``switch[i, j]`` (a P x P nested sequence; diagonal ignored).
+    ``simulate`` scales the rates so that the long-run mean rate is its arrival_rate (pass
+    arrival_rate = mean_rate to use them as given)."""
 
     rates: tuple
     switch: tuple

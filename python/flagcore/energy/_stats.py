@@ -83,7 +83,9 @@ def sparse_hist(buckets: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np
     return u, c.astype(np.int64)
 
 
-def sparse_percentile(buckets: np.ndarray, counts: np.ndarray, q: float, vmin: float, vmax: float) -> float:
+def sparse_percentile(
+    buckets: np.ndarray, counts: np.ndarray, q: float, vmin: float, vmax: float
+) -> float:
     """hist_percentile of a sparse histogram (sorted unique buckets and their counts); the same
     value the dense histogram gives."""
     counts = np.asarray(counts)

@@ -358,7 +358,7 @@ class _Scaled:
         return self.dist.survival(t * self.c)
 
 
-def _rescale(r: "ApproxResult", c: float, params: dict) -> "ApproxResult":
+def _rescale(r: ApproxResult, c: float, params: dict) -> ApproxResult:
     """Times scale by 1/c, rates by c, energies by 1/c; powers, loads and fractions stay."""
     if c == 1.0:
         r.params = params
@@ -380,7 +380,7 @@ def _rescale(r: "ApproxResult", c: float, params: dict) -> "ApproxResult":
 
 
 def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method: str,
-                      cancel: bool) -> "ApproxResult":
+                      cancel: bool) -> ApproxResult:
     rc = race(n, k, lv.rates, lv.probs)
     rates = {
         "arithmetic": math.fsum(p * m for m, p in zip(lv.rates, lv.probs)),

@@ -5,13 +5,14 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
+from collections.abc import Sequence
 
 import numpy as np
 
 from .._backend import core
 from . import _stats
-from ._model import (MMPP, Levels, LevelsLike, SleepState, as_arrivals, as_levels, as_service, as_sleep_states,
+from ._model import (MMPP, Levels, LevelsLike, as_arrivals, as_levels, as_service, as_sleep_states,
                      check_nk, check_power, check_rate)
 
 #: Largest requests + warmup per replication (csrc/sim/forkjoin_sim.hpp kMaxRequests).
