@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flagcore.energy import MMPP, simulate
+from flagcore.energy import MMPP, Renewal, simulate
 
 
 def mmpp_m1_mean_in_system(rates, switch, mu):
@@ -88,3 +88,47 @@ def test_bad_mmpp_is_refused():
         simulate(1, 1, 0.5, [(1, 1, 1)], arrivals=MMPP((1.0, 2.0), ((0, 1),)), requests=100)
     with pytest.raises(TypeError, match="simulate: arrivals must be None"):
         simulate(1, 1, 0.5, [(1, 1, 1)], arrivals="bursty", requests=100)
+
+
+def gm1_sigma(lst, mu):
+    """G/M/1: sigma in (0, 1) solving sigma = A*(mu (1 - sigma)), A* the inter-arrival LST;
+    the sojourn time is then Exp(mu (1 - sigma))."""
+    sigma = 0.5
+    for _ in range(10_000):
+        nxt = lst(mu * (1.0 - sigma))
+        if abs(nxt - sigma) < 1e-15:
+            break
+        sigma = nxt
+    return nxt
+
+
+@pytest.mark.parametrize(
+    "dist,lst",
+    [
+        ("deterministic", lambda lam: lambda s: np.exp(-s / lam)),
+        (("erlang", 3), lambda lam: lambda s: (3 * lam / (3 * lam + s)) ** 3),
+        (("gamma", 0.5), lambda lam: lambda s: (0.5 * lam / (0.5 * lam + s)) ** 0.5),
+    ],
+)
+def test_renewal_arrivals_gm1(dist, lst):
+    """Renewal arrivals at an M/M/1-type server: the G/M/1 closed form (mean and p90)."""
+    lam, mu = 0.6, 1.0
+    sigma = gm1_sigma(lst(lam), mu)
+    rate = mu * (1 - sigma)
+    r = simulate(1, 1, lam, [(mu, 1.0, 1.0)], arrivals=Renewal(dist), requests=200_000, seed=17)
+    assert abs(r.mean_response_time - 1 / rate) < 4 * r.mean_response_time_ci, (
+        r.mean_response_time,
+        1 / rate,
+    )
+    p90 = -np.log(0.1) / rate
+    assert abs(r.percentile(0.9) - p90) < 4 * r.percentile_ci(0.9) + 0.004 * p90
+    assert r.params["arrivals"]["kind"] == "renewal"
+    assert r.throughput == pytest.approx(lam, rel=0.01)
+
+
+def test_renewal_with_exponential_shape_is_poisson_exactly():
+    a = simulate(4, 2, 1.2, [(1.0, 1.0, 1.0)], requests=20_000, seed=5)
+    b = simulate(
+        4, 2, 1.2, [(1.0, 1.0, 1.0)], arrivals=Renewal("exponential"), requests=20_000, seed=5
+    )
+    assert a.mean_response_time == b.mean_response_time  # the same draws, the same path

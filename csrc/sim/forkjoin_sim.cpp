@@ -32,8 +32,15 @@ struct RandomSource {
   std::vector<double> ph_rate, ph_total, ph_cum;  // ph_cum: [phases][phases]
   int phases = 0, phase = 0;
 
+  // renewal arrivals: unit-mean inter-arrival times from this sampler, scaled by 1 / rate
+  bool renewal = false;
+  ServiceSampler interarrival;
+
   double next_arrival(int64_t /*r*/, double now) {
-    if (phases == 0) return now + sample_exponential(rng) * inv_rate;
+    if (phases == 0) {
+      if (!renewal) return now + sample_exponential(rng) * inv_rate;
+      return now + interarrival(rng) * inv_rate;
+    }
     double t = now;
     for (;;) {  // competing exponentials: an arrival, or a change of phase
       const double tot = ph_total[size_t(phase)];
@@ -645,6 +652,15 @@ void validate(const ForkJoinConfig& c) {
       FLAGCORE_CHECK_ARG(tot > 0, "simulate: every MMPP phase needs an arrival or a switch rate");
     }
   }
+  if (c.renewal_arrivals) {
+    FLAGCORE_CHECK_ARG(c.mmpp_rates.empty(), "simulate: renewal and MMPP arrivals are exclusive");
+    FLAGCORE_CHECK_ARG(c.arrival_kind != ServiceKind::empirical || !c.arrival_table.empty(),
+                       "simulate: empirical inter-arrival times need a table");
+    FLAGCORE_CHECK_ARG(c.arrival_kind == ServiceKind::exponential || c.arrival_kind == ServiceKind::deterministic ||
+                           c.arrival_kind == ServiceKind::empirical ||
+                           (c.arrival_param > 0 && std::isfinite(c.arrival_param)),
+                       "simulate: inter-arrival parameter must be positive");
+  }
   switch (c.service) {
     case ServiceKind::exponential:
     case ServiceKind::deterministic: break;
@@ -677,6 +693,11 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   for (size_t s = 0; s < cfg.probs.size(); ++s) {
     acc += cfg.probs[s];
     src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
+  }
+  if (cfg.renewal_arrivals) {
+    src.renewal = true;
+    src.interarrival = ServiceSampler{cfg.arrival_kind, cfg.arrival_param, cfg.arrival_table.data(),
+                                      cfg.arrival_table.size()};
   }
   if (!cfg.mmpp_rates.empty()) {
     const int P = int(cfg.mmpp_rates.size());

@@ -65,6 +65,12 @@ struct ForkJoinConfig {
   // arrive at mmpp_rates[i] and the phase changes to j at mmpp_switch[i * phases + j]
   // (diagonal ignored). The run starts in phase 0.
   std::vector<double> mmpp_rates, mmpp_switch;
+  // Renewal arrivals (when renewal_arrivals): i.i.d. inter-arrival times, unit-mean draws of
+  // arrival_kind (arrival_param, arrival_table as for the service) divided by arrival_rate.
+  bool renewal_arrivals = false;
+  ServiceKind arrival_kind = ServiceKind::exponential;
+  double arrival_param = 0.0;
+  std::vector<double> arrival_table;
   int64_t requests = 100000;  // measured requests
   int64_t warmup = 10000;     // requests discarded before them
   int batches = 32;           // batch means; requests >= batches

@@ -102,18 +102,32 @@ class SimConfig:
     """
     parameters of one simulation (csrc/sim/forkjoin_sim.hpp)
     """
+    arrival_kind: ServiceKind
     cancel: bool
     redraw_on_arrival: bool
+    renewal_arrivals: bool
     service: ServiceKind
     sleep_exponential: bool
     wake_exponential: bool
     def __init__(self) -> None:
         ...
     @property
+    def arrival_param(self) -> float:
+        ...
+    @arrival_param.setter
+    def arrival_param(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
     def arrival_rate(self) -> float:
         ...
     @arrival_rate.setter
     def arrival_rate(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def arrival_table(self) -> list[float]:
+        ...
+    @arrival_table.setter
+    def arrival_table(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
         ...
     @property
     def batches(self) -> int:

@@ -301,13 +301,24 @@ class MMPP:
         return float(self.stationary @ np.asarray(self.rates, dtype=np.float64))
 
 
-def as_arrivals(arrivals: Any, fn: str) -> "MMPP | None":
-    """None (Poisson) or an MMPP, validated: non-negative finite rates, an irreducible phase
-    process, a positive mean rate."""
+@dataclass(frozen=True)
+class Renewal:
+    """Renewal arrivals: i.i.d. inter-arrival times with the shape of ``distribution`` (any
+    service distribution: "deterministic", ("erlang", 2), ("lognormal", 1.0), samples, ...),
+    scaled to the mean 1 / arrival_rate."""
+
+    distribution: Any
+
+
+def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
+    """None (Poisson), a Renewal process (its distribution validated as a Service) or an MMPP,
+    validated: non-negative finite rates, an irreducible phase process, a positive mean rate."""
     if arrivals is None:
         return None
+    if isinstance(arrivals, Renewal):
+        return Renewal(as_service(arrivals.distribution, fn))
     if not isinstance(arrivals, MMPP):
-        raise TypeError(f"{fn}: arrivals must be None (Poisson) or an MMPP, got {type(arrivals).__name__}")
+        raise TypeError(f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got {type(arrivals).__name__}")
     r = np.asarray(arrivals.rates, dtype=np.float64)
     S = np.asarray(arrivals.switch, dtype=np.float64)
     P = r.size

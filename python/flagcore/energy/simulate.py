@@ -12,7 +12,7 @@ import numpy as np
 
 from .._backend import core
 from . import _stats
-from ._model import (MMPP, Levels, LevelsLike, as_arrivals, as_levels, as_service, as_sleep_states,
+from ._model import (MMPP, Levels, Renewal, LevelsLike, as_arrivals, as_levels, as_service, as_sleep_states,
                      check_nk, check_power, check_rate)
 
 #: Largest requests + warmup per replication (csrc/sim/forkjoin_sim.hpp kMaxRequests).
@@ -210,7 +210,7 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
              service: Any = "exponential", cancel: bool = True, redraw_on_arrival: bool = False,
              sleep: Optional[Sequence[Any]] = None, sleep_timer: str = "deterministic",
              wake_time: str = "deterministic", switch_energy: float = 0.0,
-             arrivals: Optional[MMPP] = None, replications: int = 1, threads: Optional[int] = None, batches: int = 32,
+             arrivals: Union[None, MMPP, Renewal] = None, replications: int = 1, threads: Optional[int] = None, batches: int = 32,
              on_unstable: str = "raise", max_in_system: int = 1 << 22,
              progress: Union[None, bool, Callable[[int, int], None]] = None) -> SimResult:
     """Simulate the (n, k) fork-join service with speed levels and energy.
@@ -227,8 +227,9 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
     sleeping server waits for a wake-up of that state's wake_latency at wake_power (a wake-up
     always completes, even when the task that caused it is cancelled). ``sleep_timer`` and
     ``wake_time``: "deterministic" or "exponential" (with those means). ``switch_energy``:
-    energy of each change of a server's speed level. ``arrivals``: None (Poisson) or an MMPP
-    (bursty arrivals), whose phase rates are scaled to the mean rate ``arrival_rate``.
+    energy of each change of a server's speed level. ``arrivals``: None (Poisson), an MMPP
+    (bursty arrivals), whose phase rates are scaled to the mean rate ``arrival_rate``, or a
+    Renewal process (i.i.d. inter-arrival times of a given shape, mean 1 / arrival_rate).
 
     ``requests`` are measured after ``warmup`` discarded ones (default requests // 10), per
     replication; replications run on ``threads`` threads (default: as many as useful) with
@@ -290,7 +291,9 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
         params.update(sleep=[list(st) for st in states], sleep_timer=sleep_timer, wake_time=wake_time)
     if sw:
         params["switch_energy"] = sw
-    if mmpp is not None:
+    if isinstance(mmpp, Renewal):
+        params["arrivals"] = dict(kind="renewal", distribution=mmpp.distribution.describe())
+    elif mmpp is not None:
         scale = lam / mmpp.mean_rate
         params["arrivals"] = dict(kind="mmpp", rates=[x * scale for x in mmpp.rates],
                                   switch=[list(row) for row in mmpp.switch])
@@ -306,7 +309,13 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
     cfg.sleep_exponential = sleep_timer == "exponential"
     cfg.wake_exponential = wake_time == "exponential"
     cfg.switch_energy = sw
-    if mmpp is not None:
+    if isinstance(mmpp, Renewal):
+        d = mmpp.distribution
+        cfg.renewal_arrivals = True
+        cfg.arrival_kind = getattr(core.ServiceKind, d.native_kind)
+        cfg.arrival_param = d.param
+        cfg.arrival_table = list(d.samples)
+    elif mmpp is not None:
         cfg.mmpp_rates = params["arrivals"]["rates"]
         cfg.mmpp_switch = [x for row in mmpp.switch for x in row]
     cfg.requests, cfg.warmup, cfg.batches = requests, warmup, batches
