@@ -585,7 +585,9 @@ void bind_forkjoin(py::module_& m) {
         [](const Cfg& config, int replications, int threads, py::object progress) {
           FLAGCORE_CHECK_ARG(replications >= 1, "forkjoin_simulate: replications must be >= 1");
           std::vector<int64_t> counters(size_t(replications), 0);
-          const int64_t total = (config.requests + config.warmup) * int64_t(replications);
+          // in 128 bits: the config is validated only inside the call, so the sum may overflow
+          const __int128 wide = (__int128(config.requests) + config.warmup) * replications;
+          const int64_t total = wide > INT64_MAX ? INT64_MAX : wide < 0 ? 0 : int64_t(wide);
           std::vector<sim::ForkJoinResult> res;
           {
             SimInterruptible interruptible(progress, counters.data(), replications, total);
