@@ -1,13 +1,19 @@
-"""Fork-join simulator speed: flagcore's C++ event loop against SimPy on the same model, in one run.
+"""Fork-join simulator speed: flagcore's C++ event loop against SimPy and Ciw on the same model,
+and against an older flagcore build (--baseline), in one run.
 
 Model: (n, k) fork-join, Poisson arrivals, exponential service, one speed level, FCFS servers,
 cancellation of the n - k late tasks (SimPy: by interrupting their processes). Cases: M/M/1,
 (4, 2) and (10, 5), load 0.7-0.75. Correctness first: flagcore's M/M/1 mean against 1/(mu-lam),
 and flagcore against SimPy on every case (within their combined 95% confidence intervals).
 Then requests per second on one thread (best of --repeat), and replications on 1..T threads.
+Ciw (no fork-join) runs M/M/1, checked against 1/(mu - lam). The feature cases time flagcore's
+event loop with the model options on (two speed levels, sleep states, MMPP arrivals) and off,
+and, with --baseline DIR (a directory holding an older `flagcore` package, e.g. main's build),
+the same plain cases with that build in a subprocess: the new options must cost nothing when off.
 
-    python bench/bench_energy.py [--requests 1000000] [--simpy-requests 50000] [--repeat 3]
-                                 [--threads 1,2] [--out bench/results/energy.json]
+    python bench/bench_energy.py [--requests 1000000] [--simpy-requests 50000] [--ciw-requests 20000]
+                                 [--repeat 3] [--threads 1,2] [--baseline DIR]
+                                 [--out bench/results/energy.json]
 """
 from __future__ import annotations
 
@@ -17,12 +23,70 @@ import math
 import os
 import platform
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-from flagcore.energy import simulate
+from flagcore.energy import MMPP, SleepState, simulate
+from flagcore.energy._json import dump as strict_dump
 from flagcore.energy._stats import half_width
+
+#: Event-loop speed cases: name, n, k, arrival rate, options (one thread, requests/s and tasks/s)
+FEATURE_CASES = [
+    ("(4,2) cancel", 4, 2, 1.5, {}),
+    ("(100,50) cancel", 100, 50, 1.5, {}),
+    ("(4,2) two levels", 4, 2, 1.5, {"levels": [(1.0, 1.0, 0.5), (3.0, 9.0, 0.5)]}),
+    ("(4,2) sleep states", 4, 2, 1.5, {"sleep": [SleepState(0.5, 0.1, 0.2, 2.0), SleepState(5.0, 0.0, 1.0, 2.0)]}),
+    ("(4,2) MMPP", 4, 2, 1.5, {"arrivals": MMPP((0.5, 2.5), ((0, 0.2), (0.2, 0)))}),
+]
+PLAIN = ("(4,2) cancel", "(100,50) cancel")
+
+_BASELINE_CHILD = """
+import json, sys
+from flagcore.energy import simulate
+out = {}
+for name, n, k, lam, req, repeat in json.loads(sys.argv[1]):
+    best = min(simulate(n, k, lam, [(1.0, 1.0, 1.0)], requests=req, warmup=0, seed=s, threads=1).cpu_seconds
+               for s in range(repeat))
+    out[name] = req / best
+print(json.dumps(out))
+"""
+
+
+def time_features(requests: int, repeat: int) -> list:
+    out = []
+    for name, n, k, lam, opt in FEATURE_CASES:
+        opt = dict(opt)
+        levels = opt.pop("levels", [(1.0, 1.0, 1.0)])
+        req = requests if n < 50 else max(requests // 20, 1000)
+        best = min(simulate(n, k, lam, levels, requests=req, warmup=0, seed=s, threads=1, **opt).cpu_seconds
+                   for s in range(repeat))
+        out.append(dict(name=name, n=n, k=k, requests=req, requests_per_s_cpu=req / best,
+                        tasks_per_s_cpu=req * n / best))
+    return out
+
+
+def time_baseline(path: str, requests: int, repeat: int) -> dict:
+    cases = [(name, n, k, lam, requests if n < 50 else max(requests // 20, 1000), repeat)
+             for name, n, k, lam, _ in FEATURE_CASES if name in PLAIN]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
+    res = subprocess.run([sys.executable, "-c", _BASELINE_CHILD, json.dumps(cases)], env=env, cwd="/",
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout)
+
+
+def ciw_mm1(lam: float, mu: float, customers: int, seed: int) -> np.ndarray:
+    import ciw
+
+    ciw.seed(seed)
+    net = ciw.create_network(arrival_distributions=[ciw.dists.Exponential(rate=lam)],
+                             service_distributions=[ciw.dists.Exponential(rate=mu)], number_of_servers=[1])
+    sim = ciw.Simulation(net)
+    sim.simulate_until_max_customers(customers, method="Finish")
+    recs = sorted(sim.get_all_records(), key=lambda r: r.arrival_date)
+    return np.array([r.exit_date - r.arrival_date for r in recs])
 
 CASES = [  # name, n, k, arrival rate (mu = 1)
     ("M/M/1", 1, 1, 0.7),
@@ -83,8 +147,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per case (best is reported)")
     ap.add_argument("--threads", default="1,2", help="thread counts for the replication scaling")
     ap.add_argument("--replications", type=int, default=4)
+    ap.add_argument("--ciw-requests", type=int, default=20_000, help="Ciw: customers per run (M/M/1)")
+    ap.add_argument("--baseline", metavar="DIR", help="directory with an older flagcore package to time beside")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "energy.json"))
     a = ap.parse_args()
+    out_dir = os.path.dirname(os.path.abspath(a.out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
 
     rows, results = [], {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                          "requests": a.requests, "simpy_requests": a.simpy_requests, "cases": []}
@@ -138,6 +207,28 @@ def main() -> int:
                           busy_cores=r.cpu_seconds / wall))
     results["replication_scaling"] = scale
 
+    # Ciw, M/M/1 (it has no fork-join): correctness, then speed
+    lam_c = 0.7
+    ct = ciw_mm1(lam_c, 1.0, a.ciw_requests, seed=1)
+    ct = ct[len(ct) // 10:]
+    c_mean, c_ci = float(ct.mean()), batch_ci(ct)
+    assert abs(c_mean - 1 / (1 - lam_c)) < 4 * c_ci + 0.05 / (1 - lam_c), f"Ciw M/M/1 mean {c_mean} is off"
+    c_best = c_cpu = math.inf
+    for _ in range(a.repeat):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        ciw_mm1(lam_c, 1.0, a.ciw_requests, seed=2)
+        c_best, c_cpu = min(c_best, time.perf_counter() - t0), min(c_cpu, time.thread_time() - c0)
+    mm1 = next(c for c in results["cases"] if c["n"] == 1)
+    results["ciw_mm1"] = dict(mean=c_mean, ci=c_ci, exact=1 / (1 - lam_c), customers=a.ciw_requests,
+                              requests_per_s_wall=a.ciw_requests / c_best, requests_per_s_cpu=a.ciw_requests / c_cpu,
+                              flagcore_speedup_cpu=mm1["flagcore_requests_per_s_cpu"] / (a.ciw_requests / c_cpu))
+
+    # the event loop with the model options on and off, and the older build
+    feats = time_features(a.requests, a.repeat)
+    results["features"] = feats
+    base = time_baseline(a.baseline, a.requests, a.repeat) if a.baseline else {}
+    results["baseline"] = dict(path=a.baseline, requests_per_s_cpu=base) if a.baseline else None
+
     try:
         load = os.getloadavg()
         results["load_average"] = load
@@ -156,9 +247,20 @@ def main() -> int:
     for s in scale:
         print(f"  threads={s['threads']}: {s['wall_s']:.2f} s, {s['requests_per_s'] / 1e6:.2f} M requests/s "
               f"(speed-up {scale[0]['wall_s'] / s['wall_s']:.2f}x; CPU time / wall = {s['busy_cores']:.2f} cores busy)")
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    c = results["ciw_mm1"]
+    print(f"\nCiw M/M/1 (lam 0.7, {a.ciw_requests:,} customers): E[T] {c['mean']:.3f} ± {c['ci']:.3f} "
+          f"(exact {c['exact']:.3f}); {c['requests_per_s_cpu'] / 1e3:.1f} k customers/s CPU; flagcore "
+          f"{c['flagcore_speedup_cpu']:.0f}x faster")
+    print("\nevent loop, one thread, by CPU time (best of --repeat):")
+    print(f"  {'case':<20} {'requests/s':>12} {'tasks/s':>12} {'baseline req/s':>15} {'ratio':>6}")
+    for f_ in feats:
+        b = base.get(f_["name"])
+        ratio = f"{f_['requests_per_s_cpu'] / b:.2f}" if b else ""
+        bs = f"{b / 1e6:.2f} M" if b else ""
+        print(f"  {f_['name']:<20} {f_['requests_per_s_cpu'] / 1e6:>10.2f} M {f_['tasks_per_s_cpu'] / 1e6:>10.2f} M "
+              f"{bs:>15} {ratio:>6}")
     with open(a.out, "w") as f:
-        json.dump(results, f, indent=2)
+        strict_dump(results, f, indent=2)
     print(f"wrote {a.out}")
     return 0
 

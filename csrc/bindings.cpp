@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -500,78 +501,156 @@ void check_cuda_call(int device, int64_t ws_bytes, const FlagCudaPlan& plan, int
 // ---------------------------------------------------------------- fork-join simulator
 using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
-py::dict forkjoin_result_to_dict(const sim::ForkJoinResult& r, int batches) {
-  py::dict d;
-  d["measured"] = r.measured;
-  d["t_start"] = r.t_start;
-  d["t_end"] = r.t_end;
-  d["sum_response"] = r.sum_response;
-  d["min_response"] = r.min_response;
-  d["max_response"] = r.max_response;
-  d["sum_energy"] = r.sum_energy;
-  d["sum_wasted_time"] = r.sum_wasted_time;
-  d["sum_wasted_energy"] = r.sum_wasted_energy;
-  d["integral_in_system"] = r.integral_in_system;
-  d["busy_time"] = py::array_t<double>(py::ssize_t(r.busy_time.size()), r.busy_time.data());
-  d["completions"] = py::array_t<double>(py::ssize_t(r.completions.size()), r.completions.data());
-  d["dynamic_energy_window"] = r.dynamic_energy_window;
-  const py::ssize_t nb = sim::LogHistogramLayout::kBuckets;
-  const py::ssize_t fields = sim::ForkJoinResult::kBatchFields;
-  py::array_t<double> batch({py::ssize_t(batches), fields});
-  if (!r.batch.empty()) std::copy(r.batch.begin(), r.batch.end(), batch.mutable_data());
-  d["batch"] = batch;
-  py::array_t<uint32_t> hist({py::ssize_t(batches), nb});
-  if (!r.batch_hist.empty()) std::copy(r.batch_hist.begin(), r.batch_hist.end(), hist.mutable_data());
-  d["batch_hist"] = hist;
-  d["events"] = r.events;
-  d["arrivals"] = r.arrivals;
-  d["max_in_system_seen"] = r.max_in_system_seen;
-  d["aborted"] = r.aborted;
-  d["wall_seconds"] = r.wall_seconds;
-  d["cpu_seconds"] = r.cpu_seconds;
-  return d;
+// The simulator's Ctrl-C scope: like Interruptible, and its poll (every ~50 ms on the calling
+// thread, with the GIL) also reports progress to an optional Python callable, so the callback
+// runs on the caller's thread and an exception it raises stops the run and propagates.
+class SimInterruptible {
+ public:
+  SimInterruptible(py::object callback, const int64_t* counters, int count, int64_t total)
+      : callback_(std::move(callback)), counters_(counters), count_(count), total_(total),
+        scope_{{false}, [this] { return poll(); }}, guard_(scope_), release_() {}
+
+ private:
+  bool poll() {
+    py::gil_scoped_acquire acquire;
+    if (PyErr_CheckSignals() != 0) return true;
+    if (callback_.is_none() || counters_ == nullptr) return false;
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_report_) return false;
+    next_report_ = now + std::chrono::milliseconds(100);
+    int64_t done = 0;
+    for (int i = 0; i < count_; ++i) done += __atomic_load_n(counters_ + i, __ATOMIC_RELAXED);
+    try {
+      callback_(done, total_);
+    } catch (py::error_already_set& e) {
+      e.restore();  // the pending exception: raised when Cancelled reaches the translator
+      return true;
+    }
+    return false;
+  }
+  py::object callback_;
+  const int64_t* counters_;
+  int count_;
+  int64_t total_;
+  std::chrono::steady_clock::time_point next_report_{};
+  CancelScope scope_;
+  CancelScopeGuard guard_;
+  py::gil_scoped_release release_;
+};
+
+template <typename T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  return py::array_t<T>(py::ssize_t(v.size()), v.data());
 }
 
 void bind_forkjoin(py::module_& m) {
+  PYBIND11_NUMPY_DTYPE(sim::BatchRow, requests, sum_response, sum_energy, sum_wasted_time,
+                       integral_in_system, duration, dynamic_energy, busy_time, in_system_at_end,
+                       other_energy, other_time);
+
+  py::enum_<sim::ServiceKind>(m, "ServiceKind", "unit-mean work distribution of the simulator")
+      .value("exponential", sim::ServiceKind::exponential)
+      .value("deterministic", sim::ServiceKind::deterministic)
+      .value("gamma", sim::ServiceKind::gamma)
+      .value("lognormal", sim::ServiceKind::lognormal)
+      .value("pareto", sim::ServiceKind::pareto)
+      .value("empirical", sim::ServiceKind::empirical);
+
+  py::class_<sim::SleepState>(m, "SleepState", "a low-power state (see csrc/sim/forkjoin_sim.hpp)")
+      .def(py::init([](double after, double power, double wake_latency, double wake_power) {
+             return sim::SleepState{after, power, wake_latency, wake_power};
+           }),
+           py::arg("after"), py::arg("power"), py::arg("wake_latency"), py::arg("wake_power"))
+      .def_readwrite("after", &sim::SleepState::after)
+      .def_readwrite("power", &sim::SleepState::power)
+      .def_readwrite("wake_latency", &sim::SleepState::wake_latency)
+      .def_readwrite("wake_power", &sim::SleepState::wake_power);
+
+  using Cfg = sim::ForkJoinConfig;
+  py::class_<Cfg>(m, "SimConfig", "parameters of one simulation (csrc/sim/forkjoin_sim.hpp)")
+      .def(py::init<>())
+      .def_readwrite("n", &Cfg::n)
+      .def_readwrite("k", &Cfg::k)
+      .def_readwrite("arrival_rate", &Cfg::arrival_rate)
+      .def_readwrite("rates", &Cfg::rates)
+      .def_readwrite("powers", &Cfg::powers)
+      .def_readwrite("probs", &Cfg::probs)
+      .def_readwrite("idle_power", &Cfg::idle_power)
+      .def_readwrite("service", &Cfg::service)
+      .def_readwrite("service_param", &Cfg::service_param)
+      .def_readwrite("empirical", &Cfg::empirical)
+      .def_readwrite("cancel", &Cfg::cancel)
+      .def_readwrite("redraw_on_arrival", &Cfg::redraw_on_arrival)
+      .def_readwrite("sleep_states", &Cfg::sleep_states)
+      .def_readwrite("sleep_exponential", &Cfg::sleep_exponential)
+      .def_readwrite("wake_exponential", &Cfg::wake_exponential)
+      .def_readwrite("switch_energy", &Cfg::switch_energy)
+      .def_readwrite("mmpp_rates", &Cfg::mmpp_rates)
+      .def_readwrite("mmpp_switch", &Cfg::mmpp_switch)
+      .def_readwrite("renewal_arrivals", &Cfg::renewal_arrivals)
+      .def_readwrite("arrival_kind", &Cfg::arrival_kind)
+      .def_readwrite("arrival_param", &Cfg::arrival_param)
+      .def_readwrite("arrival_table", &Cfg::arrival_table)
+      .def_readwrite("requests", &Cfg::requests)
+      .def_readwrite("warmup", &Cfg::warmup)
+      .def_readwrite("batches", &Cfg::batches)
+      .def_readwrite("seed", &Cfg::seed)
+      .def_readwrite("stream", &Cfg::stream)
+      .def_readwrite("max_in_system", &Cfg::max_in_system);
+
+  using Res = sim::ForkJoinResult;
+  py::class_<Res>(m, "SimReplication", "raw sums of one replication (read by flagcore.energy._stats)")
+      .def_readonly("measured", &Res::measured)
+      .def_readonly("t_start", &Res::t_start)
+      .def_readonly("t_end", &Res::t_end)
+      .def_readonly("sum_response", &Res::sum_response)
+      .def_readonly("min_response", &Res::min_response)
+      .def_readonly("max_response", &Res::max_response)
+      .def_readonly("sum_energy", &Res::sum_energy)
+      .def_readonly("sum_wasted_time", &Res::sum_wasted_time)
+      .def_readonly("sum_wasted_energy", &Res::sum_wasted_energy)
+      .def_readonly("integral_in_system", &Res::integral_in_system)
+      .def_property_readonly("busy_time", [](const Res& r) { return to_numpy(r.busy_time); })
+      .def_property_readonly("busy_energy", [](const Res& r) { return to_numpy(r.busy_energy); })
+      .def_property_readonly("wasted_busy_energy", [](const Res& r) { return to_numpy(r.wasted_busy_energy); })
+      .def_property_readonly("completions", [](const Res& r) { return to_numpy(r.completions); })
+      .def_readonly("dynamic_energy_window", &Res::dynamic_energy_window)
+      .def_property_readonly("sleep_time", [](const Res& r) { return to_numpy(r.sleep_time); })
+      .def_property_readonly("sleep_energy", [](const Res& r) { return to_numpy(r.sleep_energy); })
+      .def_readonly("wake_time", &Res::wake_time)
+      .def_readonly("wake_energy", &Res::wake_energy)
+      .def_readonly("wakeups", &Res::wakeups)
+      .def_readonly("switches", &Res::switches)
+      .def_property_readonly("batch", [](const Res& r) { return py::array(to_numpy(r.batch)); },
+                             "one structured row per batch (named columns: sim.BatchRow)")
+      .def_property_readonly("hist_batch", [](const Res& r) { return to_numpy(r.hist_batch); })
+      .def_property_readonly("hist_bucket", [](const Res& r) { return to_numpy(r.hist_bucket); })
+      .def_property_readonly("hist_count", [](const Res& r) { return to_numpy(r.hist_count); })
+      .def_readonly("events", &Res::events)
+      .def_readonly("arrivals", &Res::arrivals)
+      .def_readonly("max_in_system_seen", &Res::max_in_system_seen)
+      .def_readonly("aborted", &Res::aborted)
+      .def_readonly("wall_seconds", &Res::wall_seconds)
+      .def_readonly("cpu_seconds", &Res::cpu_seconds);
+
   m.def("forkjoin_simulate",
-        [](int n, int k, double arrival_rate, std::vector<double> rates, std::vector<double> powers,
-           std::vector<double> probs, double idle_power, int service_kind, double service_param,
-           std::vector<double> empirical, bool cancel, bool redraw, int64_t requests, int64_t warmup,
-           int batches, uint64_t seed, int replications, int threads, int64_t max_in_system,
-           py::object progress) {
-          sim::ForkJoinConfig c;
-          c.n = n; c.k = k; c.arrival_rate = arrival_rate;
-          c.rates = std::move(rates); c.powers = std::move(powers); c.probs = std::move(probs);
-          c.idle_power = idle_power;
-          c.service = static_cast<sim::ServiceKind>(service_kind);
-          c.service_param = service_param;
-          c.empirical = std::move(empirical);
-          c.cancel = cancel; c.redraw_on_arrival = redraw;
-          c.requests = requests; c.warmup = warmup; c.batches = batches;
-          c.seed = seed; c.stream = 0; c.max_in_system = max_in_system;
-          int64_t* prog = nullptr;
-          py::array_t<int64_t> prog_arr;
-          if (!progress.is_none()) {
-            prog_arr = progress.cast<py::array_t<int64_t>>();
-            FLAGCORE_CHECK_ARG(prog_arr.ndim() == 1 && prog_arr.shape(0) >= replications && prog_arr.writeable(),
-                               "forkjoin_simulate: progress must be a writable int64 array with one slot per replication");
-            prog = prog_arr.mutable_data();
-          }
+        [](const Cfg& config, int replications, int threads, py::object progress) {
+          FLAGCORE_CHECK_ARG(replications >= 1, "forkjoin_simulate: replications must be >= 1");
+          std::vector<int64_t> counters(size_t(replications), 0);
+          // in 128 bits: the config is validated only inside the call, so the sum may overflow
+          const __int128 wide = (__int128(config.requests) + config.warmup) * replications;
+          const int64_t total = wide > INT64_MAX ? INT64_MAX : wide < 0 ? 0 : int64_t(wide);
           std::vector<sim::ForkJoinResult> res;
           {
-            Interruptible interruptible;
-            res = sim::simulate_forkjoin_replications(c, replications, threads, prog);
+            SimInterruptible interruptible(progress, counters.data(), replications, total);
+            res = sim::simulate_forkjoin_replications(config, replications, threads, counters.data());
           }
-          py::list out;
-          for (const auto& r : res) out.append(forkjoin_result_to_dict(r, batches));
-          return out;
+          return res;
         },
-        py::arg("n"), py::arg("k"), py::arg("arrival_rate"), py::arg("rates"), py::arg("powers"),
-        py::arg("probs"), py::arg("idle_power"), py::arg("service_kind"), py::arg("service_param"),
-        py::arg("empirical"), py::arg("cancel"), py::arg("redraw"), py::arg("requests"),
-        py::arg("warmup"), py::arg("batches"), py::arg("seed"), py::arg("replications"),
-        py::arg("threads"), py::arg("max_in_system"), py::arg("progress") = py::none(),
-        "one dict of raw sums per replication (see flagcore.energy._stats for their reading)");
+        py::arg("config"), py::arg("replications") = 1, py::arg("threads") = 1,
+        py::arg("progress") = py::none(),
+        "one SimReplication per replication (streams 0..replications-1); progress(done, total), "
+        "if given, is called on this thread about 10 times a second");
 
   m.def("forkjoin_trace", [](int n, int k, bool cancel, const DArray& arrivals, const DArray& services) {
     FLAGCORE_CHECK_ARG(arrivals.ndim() == 1, "forkjoin_trace: arrivals must be one-dimensional");

@@ -9,6 +9,7 @@
 #define FLAGCORE_THREAD_CPUTIME 1
 #endif
 
+#include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
 #include "sim/histogram.hpp"
@@ -26,9 +27,34 @@ struct RandomSource {
   ServiceSampler service;
   std::vector<double> cum;  // cumulative level probabilities, last one forced to 1
   int m;
+  // MMPP arrivals (empty: Poisson): per phase the arrival rate, the total rate of events
+  // (arrivals + phase changes) and the cumulative probabilities of the next phase on a change
+  std::vector<double> ph_rate, ph_total, ph_cum;  // ph_cum: [phases][phases]
+  int phases = 0, phase = 0;
 
-  double next_arrival(int64_t /*r*/, double now) { return now + sample_exponential(rng) * inv_rate; }
+  // renewal arrivals: unit-mean inter-arrival times from this sampler, scaled by 1 / rate
+  bool renewal = false;
+  ServiceSampler interarrival;
+
+  double next_arrival(int64_t /*r*/, double now) {
+    if (phases == 0) {
+      if (!renewal) return now + sample_exponential(rng) * inv_rate;
+      return now + interarrival(rng) * inv_rate;
+    }
+    double t = now;
+    for (;;) {  // competing exponentials: an arrival, or a change of phase
+      const double tot = ph_total[size_t(phase)];
+      t += sample_exponential(rng) / tot;
+      if (rng.uniform() * tot < ph_rate[size_t(phase)]) return t;
+      const double u = rng.uniform();
+      const double* c = &ph_cum[size_t(phase) * size_t(phases)];
+      int next = 0;
+      while (next < phases - 1 && u >= c[next]) ++next;
+      phase = next;
+    }
+  }
   double work(int64_t /*r*/, int /*j*/) { return service(rng); }
+  Rng& rng_ref() { return rng; }
   int level() {
     if (m == 1) return 0;
     const double u = rng.uniform();
@@ -47,6 +73,8 @@ struct TraceSource {
   double next_arrival(int64_t r, double /*now*/) { return r < requests ? arrivals[r] : kInf; }
   double work(int64_t r, int j) { return services[r * n + j]; }
   int level() { return 0; }
+  Rng rng{0, 0};  // unused: the trace replay has no sleep states
+  Rng& rng_ref() { return rng; }
 };
 
 struct Request {
@@ -60,13 +88,17 @@ struct TraceOut {
   double* wasted = nullptr;
 };
 
-template <class Source>
+// kSleep / kRedraw: sleep states configured / levels redrawn at arrivals. Compile-time, so that
+// a run without them pays nothing for them.
+template <class Source, bool kSleep, bool kRedraw>
 class Engine {
  public:
   Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress,
          TraceOut trace)
-      : n_(cfg.n), k_(cfg.k), m_(int(cfg.rates.size())), cancel_(cfg.cancel),
-        redraw_(cfg.redraw_on_arrival), rates_(cfg.rates), powers_(cfg.powers),
+      : n_(cfg.n), k_(cfg.k), m_(int(cfg.rates.size())), S_(int(cfg.sleep_states.size())),
+        cancel_(cfg.cancel), sleep_exp_(cfg.sleep_exponential), wake_exp_(cfg.wake_exponential),
+        rates_(cfg.rates), powers_(cfg.powers), states_(cfg.sleep_states),
+        switch_energy_(cfg.switch_energy),
         w0_(cfg.warmup), w1_(cfg.warmup + cfg.requests), requests_(cfg.requests),
         batches_(cfg.batches), max_in_system_(cfg.max_in_system), src_(src), res_(res),
         progress_(progress), trace_(trace), trace_mode_(trace.departures != nullptr) {
@@ -87,20 +119,36 @@ class Engine {
     work_left_.assign(size_t(n_), 0.0);
     task_busy_.assign(size_t(n_), 0.0);
     task_energy_.assign(size_t(n_), 0.0);
+    task_win_e_.assign(size_t(n_) * size_t(kRedraw ? m_ : 1), 0.0);
     ring_.resize(1024);
     mask_ = int64_t(ring_.size()) - 1;
     res_.busy_time.assign(size_t(m_), 0.0);
+    res_.busy_energy.assign(size_t(m_), 0.0);
+    res_.wasted_busy_energy.assign(size_t(m_), 0.0);
     res_.completions.assign(size_t(m_), 0.0);
+    res_.sleep_time.assign(size_t(S_), 0.0);
+    res_.sleep_energy.assign(size_t(S_), 0.0);
     if (!trace_mode_) {
-      res_.batch.assign(size_t(batches_) * ForkJoinResult::kBatchFields, 0.0);
-      res_.batch_hist.assign(size_t(batches_) * LogHistogramLayout::kBuckets, 0u);
+      res_.batch.assign(size_t(batches_), BatchRow{});
+      hist_.assign(size_t(LogHistogramLayout::kBuckets), 0u);
     }
-    if (redraw_)
+    if constexpr (kSleep) {
+      waking_.assign(size_t(n_), 0);
+      wake_state_.assign(size_t(n_), 0);
+      wake_start_.assign(size_t(n_), 0.0);
+      idle_since_.assign(size_t(n_), 0.0);
+      idle_acct_.assign(size_t(n_), 0.0);
+      enter_.assign(size_t(n_) * size_t(S_ + 1), kInf);
+      for (int j = 0; j < n_; ++j) go_idle(j, 0.0);
+    }
+    if constexpr (kRedraw)
       for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level();
+    tb_next_ = fb_next_ = batch_start(1);
   }
 
   void run() {
     schedule(n_, src_.next_arrival(0, 0.0));
+    int64_t countdown = kCheckInterval;
     for (;;) {
       const int slot = next_slot();
       const double t = ev_time_[size_t(slot)];
@@ -108,15 +156,25 @@ class Engine {
       if (slot == n_) {
         on_arrival(t);
         if (res_.aborted) break;
+      } else if (sleep_ && waking_[size_t(slot)]) {
+        on_wake_done(slot, t);
       } else {
         on_completion(slot, t);
       }
       if (fin_ >= w1_ && (window_ == 2 || trace_mode_)) break;
+      if (--countdown == 0) {
+        countdown = kCheckInterval;
+        if (progress_) __atomic_store_n(progress_, fin_, __ATOMIC_RELAXED);
+        check_cancel();
+      }
     }
+    if (!trace_mode_) flush_hist();
     if (progress_) __atomic_store_n(progress_, fin_, __ATOMIC_RELAXED);
   }
 
  private:
+  static constexpr int64_t kCheckInterval = int64_t(1) << 16;
+
   // ------------------------------------------------------------ event slots
   bool before(int a, int b) const {
     const double ta = ev_time_[size_t(a)], tb = ev_time_[size_t(b)];
@@ -159,18 +217,33 @@ class Engine {
     ring_.swap(bigger);
     mask_ = bmask;
   }
-  int64_t batch_of(int64_t r) const { return (r - w0_) * batches_ / requests_; }
-  double* batch_row(int64_t b) { return &res_.batch[size_t(b) * ForkJoinResult::kBatchFields]; }
+  // The first request of batch b: batch_of(r) = floor((r - w0) * batches / requests), so batch
+  // b starts at w0 + ceil(b * requests / batches) (128-bit: both factors may be large). The
+  // callers see r in increasing order and only cross a boundary `batches` times, so they keep
+  // the next boundary instead of dividing per request.
+  int64_t batch_start(int64_t b) const {
+    if (b >= batches_) return std::numeric_limits<int64_t>::max();
+    const __int128 num = __int128(b) * requests_;
+    return w0_ + int64_t((num + batches_ - 1) / batches_);
+  }
+  BatchRow& batch_row(int64_t b) { return res_.batch[size_t(b)]; }
 
   void integrate(double t) {
     if (window_ != 1) return;
     const double dt = t - last_t_;
     const double area = double(tail_ - head_) * dt;
     res_.integral_in_system += area;
-    double* row = batch_row(tb_);
-    row[4] += area;
-    row[5] += dt;
+    BatchRow& row = batch_row(tb_);
+    row.integral_in_system += area;
+    row.duration += dt;
     last_t_ = t;
+  }
+  // The part of [lo, hi] inside the measurement window (0 outside it).
+  double in_window(double& lo, double& hi) const {
+    if (window_ == 0) return 0.0;
+    lo = std::max(lo, res_.t_start);
+    if (window_ == 2) hi = std::min(hi, res_.t_end);
+    return hi > lo ? hi - lo : 0.0;
   }
 
   // ------------------------------------------------------------ servers
@@ -180,29 +253,46 @@ class Engine {
     const double d = t - s, p = powers_[size_t(lev)];
     task_busy_[size_t(j)] += d;
     task_energy_[size_t(j)] += p * d;
-    if (window_ != 0) {
-      const double lo = std::max(s, res_.t_start);
-      const double hi = window_ == 2 ? std::min(t, res_.t_end) : t;
-      if (hi > lo) {
-        res_.busy_time[size_t(lev)] += hi - lo;
-        res_.dynamic_energy_window += p * (hi - lo);
-        if (window_ == 1) {
-          double* row = batch_row(tb_);
-          row[6] += p * (hi - lo);
-          row[7] += hi - lo;
-        }
+    double lo = s, hi = t;
+    const double w = in_window(lo, hi);
+    if (w > 0.0) {
+      res_.busy_time[size_t(lev)] += w;
+      res_.busy_energy[size_t(lev)] += p * w;
+      res_.dynamic_energy_window += p * w;
+      task_win_e_[kRedraw ? size_t(j) * size_t(m_) + size_t(lev) : size_t(j)] += p * w;
+      if (window_ == 1) {
+        BatchRow& row = batch_row(tb_);
+        row.dynamic_energy += p * w;
+        row.busy_time += w;
       }
     }
     seg_start_[size_t(j)] = t;
   }
+  void count_switch() {
+    if (window_ != 1) return;
+    ++res_.switches;
+    batch_row(tb_).other_energy += switch_energy_;
+  }
   void start_task(int j, int64_t r, double t) {
-    if (!redraw_) level_[size_t(j)] = src_.level();
+    if constexpr (!kRedraw) {
+      const int lev = src_.level();
+      if (m_ > 1 && lev != level_[size_t(j)]) count_switch();
+      level_[size_t(j)] = lev;
+    }
     const double w = src_.work(r, j);
     seg_start_[size_t(j)] = t;
     task_busy_[size_t(j)] = 0.0;
     task_energy_[size_t(j)] = 0.0;
-    if (redraw_) work_left_[size_t(j)] = w;
+    clear_win_e(j);
+    if constexpr (kRedraw) work_left_[size_t(j)] = w;
     schedule(j, t + w / rates_[size_t(level_[size_t(j)])]);
+  }
+  void clear_win_e(int j) {
+    if constexpr (kRedraw) {
+      for (int s = 0; s < m_; ++s) task_win_e_[size_t(j) * size_t(m_) + size_t(s)] = 0.0;
+    } else {
+      task_win_e_[size_t(j)] = 0.0;
+    }
   }
   void end_task(int j, Request& q, bool wasted) {
     q.energy += task_energy_[size_t(j)];
@@ -210,13 +300,103 @@ class Engine {
     if (wasted) {
       q.wasted_time += task_busy_[size_t(j)];
       q.wasted_energy += task_energy_[size_t(j)];
+      if constexpr (kRedraw) {
+        for (int s = 0; s < m_; ++s)
+          res_.wasted_busy_energy[size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
+      } else {
+        res_.wasted_busy_energy[size_t(level_[size_t(j)])] += task_win_e_[size_t(j)];
+      }
     }
     ++q.ended;
   }
   void advance(int j, int64_t r, double t) {
     cur_[size_t(j)] = r + 1;
+    if (sleep_ && waking_[size_t(j)]) return;  // the wake-up event stays; it starts the next task
     if (r + 1 < tail_) start_task(j, r + 1, t);
-    else schedule(j, kInf);
+    else go_idle(j, t);
+  }
+
+  // ------------------------------------------------------------ sleep states
+  // Server j becomes idle at t: its entry times into the sleep states are fixed now.
+  void go_idle(int j, double t) {
+    schedule(j, kInf);
+    if (!sleep_) return;
+    idle_since_[size_t(j)] = t;
+    idle_acct_[size_t(j)] = t;
+    double* e = &enter_[size_t(j) * size_t(S_ + 1)];
+    double at = t;
+    for (int i = 0; i < S_; ++i) {
+      const double a = states_[size_t(i)].after;
+      at += sleep_exp_ ? a * sample_exponential(src_.rng_ref()) : a;
+      e[i] = at;
+    }
+    e[S_] = kInf;
+  }
+  // Accounts server j's sleep-state time in [idle_acct, t] (the window part) and returns the
+  // state it is in at t (-1: plain idle).
+  int account_sleep(int j, double t) {
+    const double* e = &enter_[size_t(j) * size_t(S_ + 1)];
+    const double from = idle_acct_[size_t(j)];
+    idle_acct_[size_t(j)] = t;
+    int state = -1;
+    for (int i = 0; i < S_; ++i) {
+      if (e[i] > t) break;
+      state = i;
+      double lo = std::max(e[i], from), hi = std::min(e[i + 1], t);
+      if (!(hi > lo)) continue;
+      const double w = in_window(lo, hi);
+      if (w > 0.0) {
+        const double p = states_[size_t(i)].power;
+        res_.sleep_time[size_t(i)] += w;
+        res_.sleep_energy[size_t(i)] += p * w;
+        if (window_ == 1) {
+          BatchRow& row = batch_row(tb_);
+          row.other_energy += p * w;
+          row.other_time += w;
+        }
+      }
+    }
+    return state;
+  }
+  // Work reaches idle server j at t: start it, or wake the server first.
+  void wake_or_start(int j, int64_t r, double t) {
+    if constexpr (kSleep) {
+      const int state = account_sleep(j, t);
+      if (state >= 0) {
+        const SleepState& st = states_[size_t(state)];
+        const double lat = wake_exp_ ? st.wake_latency * sample_exponential(src_.rng_ref()) : st.wake_latency;
+        waking_[size_t(j)] = 1;
+        wake_start_[size_t(j)] = t;
+        wake_state_[size_t(j)] = state;
+        if (window_ == 1) ++res_.wakeups;
+        schedule(j, t + lat);
+        return;
+      }
+    }
+    start_task(j, r, t);
+  }
+  void on_wake_done(int j, double t) {
+    waking_[size_t(j)] = 0;
+    const double p = states_[size_t(wake_state_[size_t(j)])].wake_power;
+    double lo = wake_start_[size_t(j)], hi = t;
+    const double w = in_window(lo, hi);
+    if (w > 0.0) {
+      res_.wake_time += w;
+      res_.wake_energy += p * w;
+      if (window_ == 1) {
+        BatchRow& row = batch_row(tb_);
+        row.other_energy += p * w;
+        row.other_time += w;
+      }
+    }
+    const int64_t r = cur_[size_t(j)];
+    if (r < tail_) start_task(j, r, t);
+    else go_idle(j, t);
+  }
+  // The window closes at t: account the sleep time of the servers asleep now.
+  void close_window_sleep(double t) {
+    for (int j = 0; j < n_; ++j)
+      if (cur_[size_t(j)] == tail_ && !waking_[size_t(j)]) account_sleep(j, t);
   }
 
   // ------------------------------------------------------------ events
@@ -229,16 +409,15 @@ class Engine {
         res_.t_start = t;
         last_t_ = t;
         tb_ = 0;
+        tb_next_ = batch_start(1);
       } else if (r == w1_) {
-        batch_row(tb_)[8] = double(tail_ - head_);
+        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        if constexpr (kSleep) close_window_sleep(t);
         window_ = 2;
         res_.t_end = t;
-      } else if (window_ == 1) {
-        const int64_t b = batch_of(r);
-        if (b != tb_) {
-          batch_row(tb_)[8] = double(tail_ - head_);
-          tb_ = b;
-        }
+      } else if (window_ == 1 && r >= tb_next_) {
+        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        while (r >= tb_next_) tb_next_ = batch_start(++tb_ + 1);
       }
     }
     if (tail_ - fin_ == int64_t(ring_.size())) grow_ring();
@@ -253,11 +432,13 @@ class Engine {
       res_.aborted = true;
       return;
     }
-    if (redraw_) {
+    if constexpr (kRedraw) {
       for (int j = 0; j < n_; ++j) {
         const int lev_old = level_[size_t(j)];
         const int lev = src_.level();
-        if (cur_[size_t(j)] < r) {  // busy: the task keeps its remaining work
+        if (lev != lev_old) count_switch();
+        if (cur_[size_t(j)] < r && !(sleep_ && waking_[size_t(j)])) {
+          // busy: the task keeps its remaining work
           double left = work_left_[size_t(j)] - (t - seg_start_[size_t(j)]) * rates_[size_t(lev_old)];
           work_left_[size_t(j)] = left > 0.0 ? left : 0.0;
           close_segment(j, t);
@@ -269,7 +450,7 @@ class Engine {
       }
     }
     for (int j = 0; j < n_; ++j)
-      if (cur_[size_t(j)] == r) start_task(j, r, t);
+      if (cur_[size_t(j)] == r && !(sleep_ && waking_[size_t(j)])) wake_or_start(j, r, t);
     schedule(n_, src_.next_arrival(r + 1, t));
   }
 
@@ -296,13 +477,33 @@ class Engine {
     if (cancel_) {
       for (int i = 0; i < n_; ++i) {
         if (cur_[size_t(i)] != r) continue;
-        close_segment(i, t);
+        if (sleep_ && waking_[size_t(i)]) {  // the task never started: nothing ran
+          task_busy_[size_t(i)] = 0.0;
+          task_energy_[size_t(i)] = 0.0;
+          clear_win_e(i);
+        } else {
+          close_segment(i, t);
+        }
         end_task(i, q, true);
         ++res_.events;
         advance(i, r, t);
       }
     }
     if (q.ended == n_) finalize(r);
+  }
+
+  void flush_hist() {
+    if (hist_hi_ < hist_lo_) return;
+    for (int b = hist_lo_; b <= hist_hi_; ++b) {
+      const uint32_t c = hist_[size_t(b)];
+      if (c == 0) continue;
+      res_.hist_batch.push_back(int32_t(hist_b_));
+      res_.hist_bucket.push_back(int32_t(b));
+      res_.hist_count.push_back(c);
+      hist_[size_t(b)] = 0;
+    }
+    hist_lo_ = LogHistogramLayout::kBuckets;
+    hist_hi_ = -1;
   }
 
   void finalize(int64_t r) {
@@ -315,7 +516,6 @@ class Engine {
       trace_.wasted[r] = q.wasted_time;
       return;
     }
-    if (progress_ && (fin_ & 8191) == 0) __atomic_store_n(progress_, fin_, __ATOMIC_RELAXED);
     if (r < w0_ || r >= w1_) return;
     const double T = q.departure - q.arrival;
     if (res_.measured == 0) {
@@ -329,18 +529,33 @@ class Engine {
     res_.sum_energy += q.energy;
     res_.sum_wasted_time += q.wasted_time;
     res_.sum_wasted_energy += q.wasted_energy;
-    const int64_t b = batch_of(r);
-    double* row = batch_row(b);
-    row[0] += 1.0;
-    row[1] += T;
-    row[2] += q.energy;
-    row[3] += q.wasted_time;
-    ++res_.batch_hist[size_t(b) * LogHistogramLayout::kBuckets + size_t(LogHistogramLayout::index(T))];
+    if (r >= fb_next_) {  // the next batch of finalised requests
+      while (r >= fb_next_) fb_next_ = batch_start(++fb_ + 1);
+    }
+    const int64_t b = fb_;
+    BatchRow& row = batch_row(b);
+    row.requests += 1.0;
+    row.sum_response += T;
+    row.sum_energy += q.energy;
+    row.sum_wasted_time += q.wasted_time;
+    // requests are finalised in arrival order, so batches arrive one after the other: one
+    // dense histogram for the current batch, flushed to the sparse result when it changes
+    if (b != hist_b_) {
+      flush_hist();
+      hist_b_ = b;
+    }
+    const int idx = LogHistogramLayout::index(T);
+    ++hist_[size_t(idx)];
+    hist_lo_ = std::min(hist_lo_, idx);
+    hist_hi_ = std::max(hist_hi_, idx);
   }
 
-  const int n_, k_, m_;
-  const bool cancel_, redraw_;
+  const int n_, k_, m_, S_;
+  const bool cancel_, sleep_exp_, wake_exp_;
+  static constexpr bool sleep_ = kSleep, redraw_ = kRedraw;
   const std::vector<double> rates_, powers_;
+  const std::vector<SleepState> states_;
+  const double switch_energy_;
   const int64_t w0_, w1_, requests_, batches_, max_in_system_;
   Source& src_;
   ForkJoinResult& res_;
@@ -358,13 +573,24 @@ class Engine {
   std::vector<int64_t> cur_;
   std::vector<int> level_;
   std::vector<double> seg_start_, work_left_, task_busy_, task_energy_;
+  std::vector<double> task_win_e_;  // [n][m] (kRedraw) or [n]: the current task's busy energy in the window
+
+  std::vector<char> waking_;
+  std::vector<int> wake_state_;
+  std::vector<double> wake_start_, idle_since_, idle_acct_, enter_;  // enter_: [n][S + 1]
 
   std::vector<Request> ring_;
   int64_t mask_ = 0;
   int64_t tail_ = 0, head_ = 0, fin_ = 0;  // next to arrive, to depart, to finalise
 
+  std::vector<uint32_t> hist_;  // the current batch's response-time histogram
+  int64_t hist_b_ = 0;
+  int hist_lo_ = LogHistogramLayout::kBuckets, hist_hi_ = -1;
+
   int window_ = 0;  // 0 warm-up, 1 measuring, 2 past the measured arrivals
   int64_t tb_ = 0;  // batch of the time window
+  int64_t tb_next_ = 0;  // first request of batch tb_ + 1
+  int64_t fb_ = 0, fb_next_ = 0;  // batch of the finalised requests, first request of the next
   double last_t_ = 0.0;
 };
 
@@ -395,11 +621,46 @@ void validate(const ForkJoinConfig& c) {
   }
   FLAGCORE_CHECK_ARG(std::fabs(sum - 1.0) <= 1e-9, "simulate: probs must sum to 1, got " << sum);
   FLAGCORE_CHECK_ARG(c.idle_power >= 0 && std::isfinite(c.idle_power), "simulate: idle_power must be >= 0");
+  FLAGCORE_CHECK_ARG(c.requests >= 1 && c.requests <= kMaxRequests,
+                     "simulate: requests must be in [1, 2^53], got " << c.requests);
+  FLAGCORE_CHECK_ARG(c.warmup >= 0 && c.warmup <= kMaxRequests - c.requests,
+                     "simulate: warmup must be >= 0 and warmup + requests <= 2^53, got warmup " << c.warmup);
   FLAGCORE_CHECK_ARG(c.batches >= 1 && c.requests >= c.batches,
                      "simulate: requests (" << c.requests << ") must be >= batches (" << c.batches << ")");
-  FLAGCORE_CHECK_ARG(c.warmup >= 0, "simulate: warmup must be >= 0, got " << c.warmup);
   FLAGCORE_CHECK_ARG(c.requests / c.batches < (int64_t(1) << 32), "simulate: too many requests per batch");
   FLAGCORE_CHECK_ARG(c.max_in_system >= 1, "simulate: max_in_system must be >= 1");
+  FLAGCORE_CHECK_ARG(c.switch_energy >= 0 && std::isfinite(c.switch_energy), "simulate: switch_energy must be >= 0");
+  for (const SleepState& st : c.sleep_states) {
+    FLAGCORE_CHECK_ARG(st.after >= 0 && std::isfinite(st.after), "simulate: sleep state 'after' must be >= 0 and finite");
+    FLAGCORE_CHECK_ARG(st.power >= 0 && std::isfinite(st.power), "simulate: sleep state power must be >= 0 and finite");
+    FLAGCORE_CHECK_ARG(st.wake_latency >= 0 && std::isfinite(st.wake_latency),
+                       "simulate: sleep state wake_latency must be >= 0 and finite");
+    FLAGCORE_CHECK_ARG(st.wake_power >= 0 && std::isfinite(st.wake_power),
+                       "simulate: sleep state wake_power must be >= 0 and finite");
+  }
+  if (!c.mmpp_rates.empty()) {
+    const size_t P = c.mmpp_rates.size();
+    FLAGCORE_CHECK_ARG(c.mmpp_switch.size() == P * P, "simulate: mmpp_switch must be phases x phases");
+    for (size_t i = 0; i < P; ++i) {
+      double tot = c.mmpp_rates[i];
+      FLAGCORE_CHECK_ARG(tot >= 0 && std::isfinite(tot), "simulate: MMPP rates must be >= 0 and finite");
+      for (size_t j = 0; j < P; ++j) {
+        const double w = c.mmpp_switch[i * P + j];
+        FLAGCORE_CHECK_ARG(w >= 0 && std::isfinite(w), "simulate: MMPP switch rates must be >= 0 and finite");
+        if (j != i) tot += w;
+      }
+      FLAGCORE_CHECK_ARG(tot > 0, "simulate: every MMPP phase needs an arrival or a switch rate");
+    }
+  }
+  if (c.renewal_arrivals) {
+    FLAGCORE_CHECK_ARG(c.mmpp_rates.empty(), "simulate: renewal and MMPP arrivals are exclusive");
+    FLAGCORE_CHECK_ARG(c.arrival_kind != ServiceKind::empirical || !c.arrival_table.empty(),
+                       "simulate: empirical inter-arrival times need a table");
+    FLAGCORE_CHECK_ARG(c.arrival_kind == ServiceKind::exponential || c.arrival_kind == ServiceKind::deterministic ||
+                           c.arrival_kind == ServiceKind::empirical ||
+                           (c.arrival_param > 0 && std::isfinite(c.arrival_param)),
+                       "simulate: inter-arrival parameter must be positive");
+  }
   switch (c.service) {
     case ServiceKind::exponential:
     case ServiceKind::deterministic: break;
@@ -433,9 +694,40 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
     acc += cfg.probs[s];
     src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
   }
+  if (cfg.renewal_arrivals) {
+    src.renewal = true;
+    src.interarrival = ServiceSampler{cfg.arrival_kind, cfg.arrival_param, cfg.arrival_table.data(),
+                                      cfg.arrival_table.size()};
+  }
+  if (!cfg.mmpp_rates.empty()) {
+    const int P = int(cfg.mmpp_rates.size());
+    src.phases = P;
+    src.phase = 0;  // the first phase at time 0 (the warm-up forgets it)
+    src.ph_rate = cfg.mmpp_rates;
+    src.ph_total.assign(size_t(P), 0.0);
+    src.ph_cum.assign(size_t(P) * size_t(P), 2.0);
+    for (int i = 0; i < P; ++i) {
+      double q = 0.0;
+      for (int j = 0; j < P; ++j)
+        if (j != i) q += cfg.mmpp_switch[size_t(i) * size_t(P) + size_t(j)];
+      src.ph_total[size_t(i)] = cfg.mmpp_rates[size_t(i)] + q;
+      double c = 0.0;
+      int last = -1;
+      for (int j = 0; j < P; ++j) {
+        const double w = j == i ? 0.0 : cfg.mmpp_switch[size_t(i) * size_t(P) + size_t(j)];
+        c += q > 0 ? w / q : 0.0;
+        src.ph_cum[size_t(i) * size_t(P) + size_t(j)] = c;
+        if (w > 0) last = j;
+      }
+      if (last >= 0) src.ph_cum[size_t(i) * size_t(P) + size_t(last)] = 2.0;  // u < 1 lands somewhere
+    }
+  }
   ForkJoinResult res;
-  Engine<RandomSource> engine(cfg, src, res, progress, TraceOut{});
-  engine.run();
+  const bool sleep = !cfg.sleep_states.empty();
+  if (sleep && cfg.redraw_on_arrival) Engine<RandomSource, true, true>(cfg, src, res, progress, TraceOut{}).run();
+  else if (sleep) Engine<RandomSource, true, false>(cfg, src, res, progress, TraceOut{}).run();
+  else if (cfg.redraw_on_arrival) Engine<RandomSource, false, true>(cfg, src, res, progress, TraceOut{}).run();
+  else Engine<RandomSource, false, false>(cfg, src, res, progress, TraceOut{}).run();
   res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.cpu_seconds = thread_cpu_seconds() - c0;
   return res;
@@ -475,7 +767,7 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
   cfg.max_in_system = std::numeric_limits<int64_t>::max();
   TraceSource src{arrivals, services, requests, n};
   ForkJoinResult res;
-  Engine<TraceSource> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
+  Engine<TraceSource, false, false> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
   engine.run();
   FLAGCORE_CHECK_STATE(res.arrivals == requests, "simulate_trace: not every request arrived");
 }

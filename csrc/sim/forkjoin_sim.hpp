@@ -1,5 +1,6 @@
 // Event-driven simulator of the (n, k) fork-join service with speed levels and energy
-// (the model of docs/spec_energy.md; usage in docs/energy-usage.md).
+// (the model of docs/spec_energy.md; usage in docs/energy-usage.md; options and validation in
+// docs/energy.md).
 //
 // A request arriving (Poisson, rate arrival_rate) is forked into n tasks, one per server; each
 // server is FCFS with an unbounded queue; the request departs at the k-th completion of its
@@ -33,6 +34,19 @@
 namespace flagcore {
 namespace sim {
 
+// What a server does between tasks when sleep states are configured: idle at idle_power for
+// SleepState[0].after, then in state 0 for SleepState[1].after, and so on (the last state holds
+// until work arrives). Work arriving at a server in state i first pays a wake-up (setup) of
+// wake_latency at wake_power; the server is unavailable meanwhile, and a wake-up, once started,
+// completes even if the task that caused it is cancelled. Timers and latencies are
+// deterministic, or exponential with those means (sleep_exponential / wake_exponential).
+struct SleepState {
+  double after = 0.0;        // time in the previous state (idle for state 0) before entering
+  double power = 0.0;        // power while in this state
+  double wake_latency = 0.0; // setup time to leave it
+  double wake_power = 0.0;   // power during that setup
+};
+
 struct ForkJoinConfig {
   int n = 1, k = 1;
   double arrival_rate = 0.5;
@@ -43,12 +57,42 @@ struct ForkJoinConfig {
   std::vector<double> empirical;  // ServiceKind::empirical: values with mean 1
   bool cancel = true;
   bool redraw_on_arrival = false;
+  std::vector<SleepState> sleep_states;  // empty: a server idles at idle_power
+  bool sleep_exponential = false;  // timers exponential (true) or deterministic
+  bool wake_exponential = false;   // wake-up latencies exponential (true) or deterministic
+  double switch_energy = 0.0;      // energy of one change of a server's speed level
+  // Markov-modulated Poisson arrivals (empty: Poisson at arrival_rate): in phase i requests
+  // arrive at mmpp_rates[i] and the phase changes to j at mmpp_switch[i * phases + j]
+  // (diagonal ignored). The run starts in phase 0.
+  std::vector<double> mmpp_rates, mmpp_switch;
+  // Renewal arrivals (when renewal_arrivals): i.i.d. inter-arrival times, unit-mean draws of
+  // arrival_kind (arrival_param, arrival_table as for the service) divided by arrival_rate.
+  bool renewal_arrivals = false;
+  ServiceKind arrival_kind = ServiceKind::exponential;
+  double arrival_param = 0.0;
+  std::vector<double> arrival_table;
   int64_t requests = 100000;  // measured requests
   int64_t warmup = 10000;     // requests discarded before them
   int batches = 32;           // batch means; requests >= batches
   uint64_t seed = 0;
   uint64_t stream = 0;            // Philox stream (the replication index)
   int64_t max_in_system = 1 << 22;  // abort (flagged unstable) above this many in system
+};
+
+// Sums over the requests of one batch (per-request columns) and over the part of the time
+// window attributed to it (time columns: a segment counts in the batch during which it ends).
+struct BatchRow {
+  double requests;            // measured requests finalised in this batch
+  double sum_response;        // their response times, summed
+  double sum_energy;          // their dynamic energy (all their tasks, wasted included)
+  double sum_wasted_time;     // their busy time on cancelled or late tasks
+  double integral_in_system;  // integral of N(t) over the batch's time
+  double duration;            // the batch's time
+  double dynamic_energy;      // busy energy in the batch's time
+  double busy_time;           // busy core-time in the batch's time
+  double in_system_at_end;    // N at the batch's end
+  double other_energy;        // sleep + wake-up + switching energy in the batch's time
+  double other_time;          // core-time asleep or waking in the batch's time
 };
 
 // One replication. Time-window quantities cover [t_start, t_end]; per-request quantities the
@@ -62,25 +106,36 @@ struct ForkJoinResult {
   double sum_wasted_energy = 0.0;
   double integral_in_system = 0.0;          // integral of N(t) over the window
   std::vector<double> busy_time;            // per level: core-time busy in the window
+  std::vector<double> busy_energy;          // per level: energy of that busy time
+  std::vector<double> wasted_busy_energy;   // per level: part of busy_energy on wasted tasks
   std::vector<double> completions;          // per level: tasks completed in the window
   double dynamic_energy_window = 0.0;
-  // batches x: requests, sum response, sum energy, sum wasted time, integral N, duration,
-  // dynamic energy and busy core-time (segments attributed to the batch in which they end),
-  // N at the batch's end
-  std::vector<double> batch;  // [batches][kBatchFields]
-  std::vector<uint32_t> batch_hist;  // [batches][LogHistogramLayout::kBuckets]
+  std::vector<double> sleep_time;    // per sleep state: core-time in it within the window
+  std::vector<double> sleep_energy;  // per sleep state: energy in it within the window
+  double wake_time = 0.0, wake_energy = 0.0;  // core-time and energy of wake-ups (window)
+  int64_t wakeups = 0;                        // wake-ups that started in the window
+  int64_t switches = 0;                       // level changes in the window
+  std::vector<BatchRow> batch;  // [batches]
+  // Response-time histogram per batch, sparse: entry i adds hist_count[i] to bucket
+  // hist_bucket[i] (LogHistogramLayout) of batch hist_batch[i]; batches ascending, buckets
+  // ascending within a batch. Memory follows the requests, not the histogram's size.
+  std::vector<int32_t> hist_batch, hist_bucket;
+  std::vector<uint32_t> hist_count;
   int64_t events = 0;  // arrivals + task completions + task cancellations
   int64_t arrivals = 0;
   int64_t max_in_system_seen = 0;
   bool aborted = false;  // number in system exceeded max_in_system
   double wall_seconds = 0.0;
   double cpu_seconds = 0.0;  // CPU time of the thread that ran it (wall time where unavailable)
-  static constexpr int kBatchFields = 9;
 };
+
+// Largest requests + warmup accepted (the event counters stay far from int64 overflow).
+constexpr int64_t kMaxRequests = int64_t(1) << 53;
 
 // Validates cfg (throws std::invalid_argument) and runs one replication. `progress`, if not
 // null, is updated (relaxed atomic store) with the number of finalised requests, warm-up
-// included, every few thousand events.
+// included, every 2^16 events; flagcore::check_cancel() is called at the same interval
+// (a few milliseconds), so a CancelScope on the calling thread can stop the run.
 ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress = nullptr);
 
 // Replications 0..replications-1 (streams cfg.stream + r) on up to `threads` threads

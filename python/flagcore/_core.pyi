@@ -8,7 +8,334 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+class ServiceKind:
+    """
+    unit-mean work distribution of the simulator
+    
+    Members:
+    
+      exponential
+    
+      deterministic
+    
+      gamma
+    
+      lognormal
+    
+      pareto
+    
+      empirical
+    """
+    __members__: typing.ClassVar[dict[str, ServiceKind]]
+    deterministic: typing.ClassVar[ServiceKind]
+    empirical: typing.ClassVar[ServiceKind]
+    exponential: typing.ClassVar[ServiceKind]
+    gamma: typing.ClassVar[ServiceKind]
+    lognormal: typing.ClassVar[ServiceKind]
+    pareto: typing.ClassVar[ServiceKind]
+    @typing.overload
+    def __eq__(self, other: ServiceKind) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: ServiceKind) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
+class SleepState:
+    """
+    a low-power state (see csrc/sim/forkjoin_sim.hpp)
+    """
+    def __init__(self, after: typing.SupportsFloat | typing.SupportsIndex, power: typing.SupportsFloat | typing.SupportsIndex, wake_latency: typing.SupportsFloat | typing.SupportsIndex, wake_power: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def after(self) -> float:
+        ...
+    @after.setter
+    def after(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def power(self) -> float:
+        ...
+    @power.setter
+    def power(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def wake_latency(self) -> float:
+        ...
+    @wake_latency.setter
+    def wake_latency(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def wake_power(self) -> float:
+        ...
+    @wake_power.setter
+    def wake_power(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+class SimConfig:
+    """
+    parameters of one simulation (csrc/sim/forkjoin_sim.hpp)
+    """
+    arrival_kind: ServiceKind
+    cancel: bool
+    redraw_on_arrival: bool
+    renewal_arrivals: bool
+    service: ServiceKind
+    sleep_exponential: bool
+    wake_exponential: bool
+    def __init__(self) -> None:
+        ...
+    @property
+    def arrival_param(self) -> float:
+        ...
+    @arrival_param.setter
+    def arrival_param(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def arrival_rate(self) -> float:
+        ...
+    @arrival_rate.setter
+    def arrival_rate(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def arrival_table(self) -> list[float]:
+        ...
+    @arrival_table.setter
+    def arrival_table(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def batches(self) -> int:
+        ...
+    @batches.setter
+    def batches(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def empirical(self) -> list[float]:
+        ...
+    @empirical.setter
+    def empirical(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def idle_power(self) -> float:
+        ...
+    @idle_power.setter
+    def idle_power(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def k(self) -> int:
+        ...
+    @k.setter
+    def k(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def max_in_system(self) -> int:
+        ...
+    @max_in_system.setter
+    def max_in_system(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def mmpp_rates(self) -> list[float]:
+        ...
+    @mmpp_rates.setter
+    def mmpp_rates(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def mmpp_switch(self) -> list[float]:
+        ...
+    @mmpp_switch.setter
+    def mmpp_switch(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def n(self) -> int:
+        ...
+    @n.setter
+    def n(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def powers(self) -> list[float]:
+        ...
+    @powers.setter
+    def powers(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def probs(self) -> list[float]:
+        ...
+    @probs.setter
+    def probs(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def rates(self) -> list[float]:
+        ...
+    @rates.setter
+    def rates(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def requests(self) -> int:
+        ...
+    @requests.setter
+    def requests(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def seed(self) -> int:
+        ...
+    @seed.setter
+    def seed(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def service_param(self) -> float:
+        ...
+    @service_param.setter
+    def service_param(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def sleep_states(self) -> list[SleepState]:
+        ...
+    @sleep_states.setter
+    def sleep_states(self, arg0: collections.abc.Sequence[SleepState]) -> None:
+        ...
+    @property
+    def stream(self) -> int:
+        ...
+    @stream.setter
+    def stream(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def switch_energy(self) -> float:
+        ...
+    @switch_energy.setter
+    def switch_energy(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def warmup(self) -> int:
+        ...
+    @warmup.setter
+    def warmup(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+class SimReplication:
+    """
+    raw sums of one replication (read by flagcore.energy._stats)
+    """
+    @property
+    def aborted(self) -> bool:
+        ...
+    @property
+    def arrivals(self) -> int:
+        ...
+    @property
+    def batch(self) -> numpy.ndarray:
+        """
+        one structured row per batch (named columns: sim.BatchRow)
+        """
+    @property
+    def busy_energy(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def busy_time(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def completions(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def cpu_seconds(self) -> float:
+        ...
+    @property
+    def dynamic_energy_window(self) -> float:
+        ...
+    @property
+    def events(self) -> int:
+        ...
+    @property
+    def hist_batch(self) -> numpy.typing.NDArray[numpy.int32]:
+        ...
+    @property
+    def hist_bucket(self) -> numpy.typing.NDArray[numpy.int32]:
+        ...
+    @property
+    def hist_count(self) -> numpy.typing.NDArray[numpy.uint32]:
+        ...
+    @property
+    def integral_in_system(self) -> float:
+        ...
+    @property
+    def max_in_system_seen(self) -> int:
+        ...
+    @property
+    def max_response(self) -> float:
+        ...
+    @property
+    def measured(self) -> int:
+        ...
+    @property
+    def min_response(self) -> float:
+        ...
+    @property
+    def sleep_energy(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def sleep_time(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def sum_energy(self) -> float:
+        ...
+    @property
+    def sum_response(self) -> float:
+        ...
+    @property
+    def sum_wasted_energy(self) -> float:
+        ...
+    @property
+    def sum_wasted_time(self) -> float:
+        ...
+    @property
+    def switches(self) -> int:
+        ...
+    @property
+    def t_end(self) -> float:
+        ...
+    @property
+    def t_start(self) -> float:
+        ...
+    @property
+    def wake_energy(self) -> float:
+        ...
+    @property
+    def wake_time(self) -> float:
+        ...
+    @property
+    def wakeups(self) -> int:
+        ...
+    @property
+    def wall_seconds(self) -> float:
+        ...
+    @property
+    def wasted_busy_energy(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
 def build_info() -> dict:
     ...
 def bulyan_select(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], f: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
@@ -57,9 +384,9 @@ def flag_irls_cuda(gram: typing.SupportsInt | typing.SupportsIndex, b: typing.Su
     """
     the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets
     """
-def forkjoin_simulate(n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, arrival_rate: typing.SupportsFloat | typing.SupportsIndex, rates: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], powers: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], probs: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], idle_power: typing.SupportsFloat | typing.SupportsIndex, service_kind: typing.SupportsInt | typing.SupportsIndex, service_param: typing.SupportsFloat | typing.SupportsIndex, empirical: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], cancel: bool, redraw: bool, requests: typing.SupportsInt | typing.SupportsIndex, warmup: typing.SupportsInt | typing.SupportsIndex, batches: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, replications: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex, max_in_system: typing.SupportsInt | typing.SupportsIndex, progress: typing.Any = None) -> list:
+def forkjoin_simulate(config: SimConfig, replications: typing.SupportsInt | typing.SupportsIndex = 1, threads: typing.SupportsInt | typing.SupportsIndex = 1, progress: typing.Any = None) -> list[SimReplication]:
     """
-    one dict of raw sums per replication (see flagcore.energy._stats for their reading)
+    one SimReplication per replication (streams 0..replications-1); progress(done, total), if given, is called on this thread about 10 times a second
     """
 def forkjoin_trace(n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, cancel: bool, arrivals: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], services: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> tuple[numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.float64]]:
     ...

@@ -5,16 +5,19 @@
 arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
 energy, or power, that meets a latency target). See docs/spec_energy.md (the model) and docs/energy-usage.md.
 """
-from ._model import Service, SpeedLevel
+from ._model import MMPP, Renewal, Service, SleepState, SpeedLevel
 from .approx import ApproxResult, approximate
 from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
 
 __all__ = [
+    "MMPP",
     "ApproxResult",
     "OptimizeResult",
+    "Renewal",
     "Service",
     "SimResult",
+    "SleepState",
     "SpeedLevel",
     "SweepResult",
     "UnstableError",

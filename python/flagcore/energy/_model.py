@@ -108,6 +108,11 @@ def check_power(x: Any, fn: str, what: str = "idle_power") -> float:
 
 
 # ---------------------------------------------------------------- service distributions
+#: Largest squared coefficient of variation of a parametric work distribution (lognormal,
+#: gamma) that the simulator accepts: beyond it the unit mean is carried by draws too rare to
+#: appear in any feasible run.
+MAX_SCV = 1e4
+MAX_LOGNORMAL_SIGMA = math.sqrt(math.log1p(MAX_SCV))
 _KINDS = {"exponential": 0, "deterministic": 1, "gamma": 2, "erlang": 2, "lognormal": 3, "pareto": 4, "empirical": 5}
 
 
@@ -127,6 +132,11 @@ class Service:
     @property
     def code(self) -> int:
         return _KINDS[self.kind]
+
+    @property
+    def native_kind(self) -> str:
+        """The name of the native ServiceKind value."""
+        return "gamma" if self.kind == "erlang" else self.kind
 
     @property
     def scv(self) -> float:
@@ -180,9 +190,15 @@ def as_service(service: Any, fn: str) -> Service:
     name, arg = service[0].lower(), service[1]
     if name == "empirical":
         s = np.asarray(arg, dtype=np.float64).ravel()
-        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or s.sum() <= 0:
+        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or not np.any(s > 0):
             raise ValueError(f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values")
-        return Service("empirical", 0.0, tuple((s / s.mean()).tolist()))
+        # normalise in a safe scale: dividing by the largest value first keeps every
+        # intermediate in [0, 1], so samples whose sum overflows are not rescaled to zeros
+        t = s / s.max()
+        unit = t / t.mean()
+        if not np.all(np.isfinite(unit)):
+            raise ValueError(f"{fn}: empirical service samples could not be normalised to mean 1")
+        return Service("empirical", 0.0, tuple(unit.tolist()))
     if name not in _KINDS:
         raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {name!r}")
     if name in ("exponential", "deterministic"):
@@ -192,6 +208,127 @@ def as_service(service: Any, fn: str) -> Service:
         raise ValueError(f"{fn}: Erlang shape must be an integer >= 1, got {v}")
     if name in ("gamma", "lognormal") and not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{fn}: {name} parameter must be positive, got {v}")
+    # Unit-mean work whose mass sits in draws too rare to occur: the simulated mean work would
+    # be ~0 instead of 1 (every draw underflows or is tiny), a silently wrong answer.
+    if name == "lognormal" and v > MAX_LOGNORMAL_SIGMA:
+        raise ValueError(f"{fn}: lognormal sigma must be <= {MAX_LOGNORMAL_SIGMA:.4g} (squared coefficient of "
+                         f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = {math.expm1(min(v * v, 709.0)):.3g} "
+                         f"the mean work is carried by draws too rare to simulate, so every run would report ~0")
+    if name == "gamma" and v < 1.0 / MAX_SCV:
+        raise ValueError(f"{fn}: gamma shape must be >= {1.0 / MAX_SCV:g} (squared coefficient of variation "
+                         f"<= {MAX_SCV:g}), got {v}: the mean work would be carried by draws too rare to "
+                         f"simulate, so every run would report ~0")
     if name == "pareto" and not (v > 1 and math.isfinite(v)):
         raise ValueError(f"{fn}: Pareto alpha must be > 1 (finite mean), got {v}")
     return Service(name, v)
+
+
+# ---------------------------------------------------------------- sleep states
+@dataclass(frozen=True)
+class SleepState:
+    """A low-power state: entered after ``after`` time in the previous state (plain idle for
+    the first state: the delay-off timer), drawing ``power``; leaving it takes a wake-up of
+    ``wake_latency`` at ``wake_power`` before the server can work."""
+
+    after: float
+    power: float
+    wake_latency: float
+    wake_power: float = 0.0
+
+    def __iter__(self):
+        return iter((self.after, self.power, self.wake_latency, self.wake_power))
+
+
+def as_sleep_states(states: Any, fn: str) -> tuple:
+    """None / [] -> (); a list of SleepState or (after, power, wake_latency[, wake_power])."""
+    if states is None:
+        return ()
+    if isinstance(states, SleepState):
+        states = [states]
+    if isinstance(states, (str, bytes)) or not hasattr(states, "__len__"):
+        raise TypeError(f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, wake_power), "
+                        f"got {type(states).__name__}")
+    out = []
+    for i, st in enumerate(states):
+        if not isinstance(st, SleepState):
+            try:
+                vals = tuple(st)
+            except TypeError:
+                raise TypeError(f"{fn}: sleep[{i}] must be a SleepState or a tuple, got {st!r}") from None
+            if len(vals) not in (3, 4):
+                raise ValueError(f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}")
+            st = SleepState(*vals)
+        checked: list[float] = []
+        for name in ("after", "power", "wake_latency", "wake_power"):
+            v = _num(getattr(st, name), fn, f"sleep[{i}].{name}")
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{fn}: sleep[{i}].{name} must be >= 0 and finite, got {v}")
+            checked.append(v)
+        out.append(SleepState(*checked))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- arrival processes
+@dataclass(frozen=True)
+class MMPP:
+    """Markov-modulated Poisson arrivals: in phase i requests arrive at ``rates[i]``; the phase
+    changes from i to j at rate ``switch[i, j]`` (a P x P nested sequence; diagonal ignored).
+    ``simulate`` scales the rates so that the long-run mean rate is its arrival_rate (pass
+    arrival_rate = mean_rate to use them as given)."""
+
+    rates: tuple
+    switch: tuple
+
+    @property
+    def generator(self) -> np.ndarray:
+        Q = np.array(self.switch, dtype=np.float64)
+        np.fill_diagonal(Q, 0.0)
+        np.fill_diagonal(Q, -Q.sum(axis=1))
+        return Q
+
+    @property
+    def stationary(self) -> np.ndarray:
+        """Long-run share of time in each phase."""
+        Q = self.generator
+        P = Q.shape[0]
+        A = np.vstack([Q.T, np.ones(P)])
+        b = np.zeros(P + 1)
+        b[-1] = 1.0
+        return np.linalg.lstsq(A, b, rcond=None)[0]
+
+    @property
+    def mean_rate(self) -> float:
+        return float(self.stationary @ np.asarray(self.rates, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """Renewal arrivals: i.i.d. inter-arrival times with the shape of ``distribution`` (any
+    service distribution: "deterministic", ("erlang", 2), ("lognormal", 1.0), samples, ...),
+    scaled to the mean 1 / arrival_rate."""
+
+    distribution: Any
+
+
+def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
+    """None (Poisson), a Renewal process (its distribution validated as a Service) or an MMPP,
+    validated: non-negative finite rates, an irreducible phase process, a positive mean rate."""
+    if arrivals is None:
+        return None
+    if isinstance(arrivals, Renewal):
+        return Renewal(as_service(arrivals.distribution, fn))
+    if not isinstance(arrivals, MMPP):
+        raise TypeError(f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got {type(arrivals).__name__}")
+    r = np.asarray(arrivals.rates, dtype=np.float64)
+    S = np.asarray(arrivals.switch, dtype=np.float64)
+    P = r.size
+    if r.ndim != 1 or P < 1 or S.shape != (P, P):
+        raise ValueError(f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and {S.shape}")
+    if not (np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(np.isfinite(S)) and np.all(S >= 0)):
+        raise ValueError(f"{fn}: MMPP rates and switch rates must be finite and >= 0")
+    m = MMPP(tuple(r.tolist()), tuple(map(tuple, S.tolist())))
+    if P > 1 and np.linalg.matrix_rank(m.generator) != P - 1:
+        raise ValueError(f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every other)")
+    if not m.mean_rate > 0:
+        raise ValueError(f"{fn}: the MMPP mean arrival rate must be positive")
+    return m

@@ -73,6 +73,59 @@ def hist_percentile(counts: np.ndarray, q: float, vmin: float, vmax: float) -> f
     return float(lo + frac * (hi - lo))
 
 
+def sparse_hist(buckets: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge sparse (bucket, count) entries: sorted unique buckets and their summed counts."""
+    b = np.asarray(buckets, dtype=np.int64)
+    if b.size == 0:
+        return b, np.zeros(0, dtype=np.int64)
+    u, inv = np.unique(b, return_inverse=True)
+    c = np.bincount(inv, weights=np.asarray(counts, dtype=np.float64), minlength=u.size)
+    return u, c.astype(np.int64)
+
+
+def sparse_percentile(
+    buckets: np.ndarray, counts: np.ndarray, q: float, vmin: float, vmax: float
+) -> float:
+    """hist_percentile of a sparse histogram (sorted unique buckets and their counts); the same
+    value the dense histogram gives."""
+    counts = np.asarray(counts)
+    total = int(counts.sum())
+    if total == 0:
+        return math.nan
+    lower, upper = histogram_edges()
+    cum = np.cumsum(counts, dtype=np.float64)
+    target = q * total
+    i = min(int(np.searchsorted(cum, target, side="left")), counts.size - 1)
+    before = cum[i - 1] if i > 0 else 0.0
+    c = float(counts[i])
+    frac = (target - before) / c if c > 0 else 0.0
+    b = int(buckets[i])
+    lo = max(lower[b], vmin)
+    hi = min(upper[b], vmax)
+    if hi < lo:
+        hi = lo
+    return float(lo + frac * (hi - lo))
+
+
+def sparse_exceed(buckets: np.ndarray, counts: np.ndarray, d: float) -> float:
+    """hist_exceed of a sparse histogram."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if total == 0:
+        return math.nan
+    if d < 0:
+        return 1.0
+    lower, upper = histogram_edges()
+    i = int(core.sim_histogram_index(np.array([d]))[0])
+    buckets = np.asarray(buckets)
+    above = counts[buckets > i].sum()
+    at = counts[buckets == i].sum()
+    lo, hi = lower[i], upper[i]
+    if at and math.isfinite(hi) and hi > lo:
+        above += at * (hi - max(d, lo)) / (hi - lo)
+    return float(above / total)
+
+
 def hist_exceed(counts: np.ndarray, d: float) -> float:
     """Fraction of the histogram above d (linear within d's bucket)."""
     counts = np.asarray(counts, dtype=np.float64)

@@ -130,8 +130,26 @@ def race_integral(n: int, k: int, rates, probs) -> dict:
     F = 1.0 - surv_one
     g = _binom_cdf_below(n - 1, k, F)
     tau = n * pr * (np.exp(-mu[:, None] * t[None, :]) * (g * w * jac)[None, :]).sum(axis=1)
-    times = np.array([float((_binom_cdf_below(n, i, F) * w * jac).sum()) for i in range(1, k + 1)])
+    times = _completion_times(n, k, F, w * jac)
     return {"tau": tau, "completion_times": times, "states": 0}
+
+
+def _completion_times(N: int, k: int, F: np.ndarray, wj: np.ndarray) -> np.ndarray:
+    """E[i-th completion] = int P(Bin(N, F(t)) < i) dt for i = 1..k in O(k * grid): the CDFs
+    below i accumulate the binomial pmf term by term (in logs, so large N neither overflows nor
+    underflows to NaN)."""
+    F = np.clip(F, 0.0, 1.0)
+    times = np.empty(k)
+    cdf = np.zeros_like(F)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lF, l1F = np.log(F), np.log1p(-F)
+        for j in range(k):
+            lc = math.lgamma(N + 1) - math.lgamma(j + 1) - math.lgamma(N - j + 1)
+            a = np.where(F > 0, j * lF, 0.0 if j == 0 else -np.inf)
+            b = np.where(F < 1, (N - j) * l1F, 0.0 if j == N else -np.inf)
+            cdf = cdf + np.exp(lc + a + b)
+            times[j] = float((np.minimum(cdf, 1.0) * wj).sum())
+    return times
 
 
 def race(n: int, k: int, rates, probs, max_states: int = 20000) -> dict:
@@ -256,12 +274,16 @@ class ApproxResult(_stats.PercentileShortcuts):
             raise ValueError(f"percentile: q must be in (0, 1), got {q!r}")
         if self._tail is None:
             return math.inf
-        return _quantile(self._tail, float(q))
+        with np.errstate(all="ignore"):  # near the stability limit the stage rates are tiny
+            v = _quantile(self._tail, float(q))
+        return v if math.isfinite(v) else math.inf
 
     def deadline_miss(self, d: float) -> float:
         if self._tail is None:
             return 1.0
-        return self._tail.survival(float(d))
+        with np.errstate(all="ignore"):
+            v = self._tail.survival(float(d))
+        return v if math.isfinite(v) else 1.0
 
     def to_dict(self) -> dict:
         out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()
@@ -302,7 +324,63 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
     if not isinstance(cancel, bool):
         raise TypeError(f"{fn}: cancel must be a bool, got {type(cancel).__name__}")
+    used = [r for r, p in zip(lv.rates, lv.probs) if p > 0]
+    if max(used) / min(used) > MAX_RATE_RATIO:
+        raise ValueError(f"{fn}: the rates of the levels in use span more than {MAX_RATE_RATIO:g} "
+                         f"(from {min(used):g} to {max(used):g}); the slow levels' times are not representable "
+                         f"beside the fast ones")
+    # The model is invariant under a change of time unit: solve it with the fastest rate = 1
+    # (no overflow or underflow at extreme absolute rates) and scale the results back.
+    c = max(used)
+    unit = Levels(tuple(r / c for r in lv.rates), lv.powers, lv.probs)
+    with np.errstate(all="ignore"):
+        res = _approximate_unit(n, k, lam / c, unit, p0, method, cancel)
+    return _rescale(res, c, dict(n=n, k=k, arrival_rate=lam,
+                                 levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
+                                 idle_power=p0, cancel=cancel, method=method))
 
+
+#: Largest ratio between the fastest and the slowest level in use that approximate accepts.
+MAX_RATE_RATIO = 1e100
+
+
+class _Scaled:
+    """A tail distribution in the caller's time unit: times = unit times / c."""
+
+    def __init__(self, dist: Any, c: float):
+        self.dist, self.c = dist, c
+
+    @property
+    def mean(self) -> float:
+        return self.dist.mean / self.c
+
+    def survival(self, t: float) -> float:
+        return self.dist.survival(t * self.c)
+
+
+def _rescale(r: ApproxResult, c: float, params: dict) -> ApproxResult:
+    """Times scale by 1/c, rates by c, energies by 1/c; powers, loads and fractions stay."""
+    if c == 1.0:
+        r.params = params
+        return r
+    inv = 1.0 / c
+    return ApproxResult(
+        params=params, method=r.method, mean_method=r.mean_method, percentile_method=r.percentile_method,
+        effective_rate=r.effective_rate * c, effective_rates={m: v * c for m, v in r.effective_rates.items()},
+        stable=r.stable, stability_limit=r.stability_limit * c,
+        mean_response_time=r.mean_response_time * inv, tandem_response_time=r.tandem_response_time * inv,
+        mean_in_system=r.mean_in_system, light_traffic_response_time=r.light_traffic_response_time * inv,
+        lower_bound=r.lower_bound * inv, upper_bound=r.upper_bound * inv,
+        stage_rates=[x * c for x in r.stage_rates], energy_per_request=r.energy_per_request * inv,
+        average_power=r.average_power, utilisation=r.utilisation, busy_cores=r.busy_cores,
+        busy_time_per_request=r.busy_time_per_request * inv, idle_fraction=r.idle_fraction,
+        wasted_time_per_request=r.wasted_time_per_request * inv,
+        _tail=None if r._tail is None else _Scaled(r._tail, c),
+    )
+
+
+def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method: str,
+                      cancel: bool) -> ApproxResult:
     rc = race(n, k, lv.rates, lv.probs)
     rates = {
         "arithmetic": math.fsum(p * m for m, p in zip(lv.rates, lv.probs)),
@@ -350,7 +428,8 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
         pct_method = "hypoexponential (tandem stages)"
         if k == 1:
             if single:
-                mean, mean_method = 1.0 / (n * mu - lam), "exact (M/M/1 with rate n*mu)"
+                mean = 1.0 / (n * mu - lam) if n * mu > lam else math.inf
+                mean_method = "exact (M/M/1 with rate n*mu)"
                 pct_method = "exact (exponential)"
                 limit = n * mu
             else:
@@ -388,8 +467,7 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
     if not stable:
         mean = tandem = math.inf
 
-    params = dict(n=n, k=k, arrival_rate=lam, levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
-                  idle_power=p0, cancel=cancel, method=method)
+    params: dict = {}
     return ApproxResult(
         params=params, method=method, mean_method=mean_method, percentile_method=pct_method,
         effective_rate=float(mu), effective_rates=rates, stable=bool(stable), stability_limit=float(limit),

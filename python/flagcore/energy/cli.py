@@ -3,7 +3,6 @@ terminal (tables), in JSON (--json) and as PNG plots (sweep --out)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._table import print_table
+from . import _json
 
 _EPILOG = ("levels are rate:power[:probability] separated by commas, e.g. 1:1:0.5,3:9:0.5 "
            "(low level: rate 1, busy power 1; high level: rate 3, power 9; half the tasks each)")
@@ -149,18 +149,8 @@ def _dump(path: str | None, obj: Any) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_jsonable)
+        _json.dump(obj, f, indent=2)
     print(f"wrote {path}")
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    return str(x)
 
 
 def _level_rows(res: Any, levels: list) -> list:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import product
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -151,6 +150,9 @@ def sweep(n: int, k: int, arrival_rate: float, levels: Any, *, over: str = "p", 
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"{fn}: methods must be among {METHODS}, got {m!r}")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{fn}: values must be a sequence of numbers (or of probability vectors), "
+                        f"got {type(values).__name__} {values!r}")
     values = list(values)
     if not values:
         raise ValueError(f"{fn}: values must not be empty")
@@ -241,20 +243,39 @@ class OptimizeResult:
         return dict(self.__dict__)
 
 
+#: Most candidates optimize evaluates on its grid (the grid has comb(grid - 2 + m, m - 1) points).
+MAX_CANDIDATES = 100_000
+
+
+def grid_size(m: int, grid: int) -> int:
+    """Points of the probability simplex grid with `grid` points per axis over m levels."""
+    return math.comb(grid - 1 + m - 1, m - 1)
+
+
 def _simplex_grid(m: int, steps: int) -> list:
+    """Probability vectors with entries in multiples of 1/steps, in the lexicographic order of
+    their first m - 1 entries; generated directly (never by filtering the (steps+1)^(m-1) cube)."""
     if m == 1:
         return [(1.0,)]
     pts = []
-    for c in product(range(steps + 1), repeat=m - 1):
-        if sum(c) <= steps:
-            pts.append(tuple(x / steps for x in c) + ((steps - sum(c)) / steps,))
+
+    def rec(prefix: list, left: int) -> None:
+        if len(prefix) == m - 1:
+            pts.append(tuple(x / steps for x in prefix) + (left / steps,))
+            return
+        for x in range(left + 1):
+            prefix.append(x)
+            rec(prefix, left - x)
+            prefix.pop()
+
+    rec([], steps)
     return pts
 
 
 def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float, metric: Metric = "mean",
              objective: str = "energy", idle_power: float = 0.0, cancel: bool = True,
              evaluator: str = "approx", method: str = "race", grid: int = 11, refine: int = 2,
-             progress: Optional[Callable[[int, int], None]] = None, **sim_kwargs: Any) -> OptimizeResult:
+             max_candidates: int = MAX_CANDIDATES, progress: Optional[Callable[[int, int], None]] = None, **sim_kwargs: Any) -> OptimizeResult:
     """The level probabilities with the least energy per request (objective='energy') or
     average power ('power') whose latency metric ('mean', 'mean_in_system' or a quantile such
     as 0.99 / 'p99') is at most ``target``.
@@ -263,7 +284,9 @@ def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float,
     ``refine`` times on a finer grid around the best point. evaluator='approx' uses the closed
     forms (method); 'simulate' runs the simulator and requires the upper 95% confidence limit
     of the latency to meet the target. ``levels``: (rate, power) or (rate, power, probability)
-    per level; the probabilities are what is chosen.
+    per level; the probabilities are what is chosen. A grid with more than ``max_candidates``
+    points (12 levels at grid=11 would be 352,716) is refused with a message naming the largest
+    grid that fits.
     """
     fn = "optimize"
     n, k = check_nk(n, k, fn)
@@ -277,7 +300,16 @@ def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float,
         raise ValueError(f"{fn}: evaluator must be 'approx' or 'simulate', got {evaluator!r}")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise ValueError(f"{fn}: grid must be an int >= 2, got {grid!r}")
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+        raise ValueError(f"{fn}: max_candidates must be an int >= 1, got {max_candidates!r}")
     base = _levels_any_probs(levels, fn)
+    size = grid_size(base.m, grid)
+    if size > max_candidates:
+        fit = max((g for g in range(2, grid) if grid_size(base.m, g) <= max_candidates), default=None)
+        hint = f"grid={fit} gives {grid_size(base.m, fit):,}" if fit else "no grid fits"
+        raise ValueError(f"{fn}: grid={grid} over {base.m} levels has {size:,} candidate probability vectors "
+                         f"(more than max_candidates={max_candidates:,}); pass a smaller grid ({hint}), "
+                         f"fewer levels, or a larger max_candidates")
     redraw = bool(sim_kwargs.get("redraw_on_arrival", False))
     evals: list = []
     seen: dict = {}

@@ -2,20 +2,27 @@
 from __future__ import annotations
 
 import math
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
+from collections.abc import Sequence
 
 import numpy as np
 
 from .._backend import core
 from . import _stats
-from ._model import (Levels, LevelsLike, as_levels, as_service, check_nk, check_power,
-                     check_rate)
+from ._model import (MMPP, Levels, Renewal, LevelsLike, as_arrivals, as_levels, as_service, as_sleep_states,
+                     check_nk, check_power, check_rate)
 
-_BATCH_FIELDS = 9  # csrc/sim/forkjoin_sim.hpp ForkJoinResult::kBatchFields
+#: Largest requests + warmup per replication (csrc/sim/forkjoin_sim.hpp kMaxRequests).
+MAX_REQUESTS = 2 ** 53
+MAX_SERVERS = 1 << 20
+MAX_BATCHES = 100_000
+MAX_REPLICATIONS = 1 << 20
+MAX_THREADS = 1024
+#: A run shorter than this many relaxation times is flagged as not converged.
+MIN_RELAXATION_TIMES = 10.0
 
 
 class UnstableError(ValueError):
@@ -69,6 +76,18 @@ class SimResult(_stats.PercentileShortcuts):
 
     #: relative error of percentile() against the sample percentile (histogram resolution)
     percentile_relative_error: float = _stats.PERCENTILE_RELATIVE_ERROR
+    #: Energy per request (window energy / measured arrivals) split by where it went:
+    #: busy (per level, useful work), wasted (busy on cancelled or late tasks), idle (at
+    #: idle_power), sleep (per sleep state), wakeup, switching. The parts sum to
+    #: total_energy_per_request = average_power / throughput.
+    energy_split: dict = field(default_factory=dict)
+    #: The same split as average power (sums to average_power).
+    power_split: dict = field(default_factory=dict)
+    total_energy_per_request: float = math.nan
+    sleep_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per state: core-time share
+    wake_fraction: float = 0.0  # core-time share spent waking up
+    wakeups_per_request: float = 0.0
+    switches_per_request: float = 0.0
 
     # ------------------------------------------------------------ tails
     def percentile(self, q: float) -> float:
@@ -76,14 +95,20 @@ class SimResult(_stats.PercentileShortcuts):
         q = _check_q(q)
         return _stats.hist_percentile(self.histogram, q, *self._minmax)
 
+    def _groups(self) -> list:
+        """Sparse histograms of the independent estimates: one per replication (several), else
+        one per batch."""
+        if len(self._rep_hists) >= 2:
+            return [_stats.sparse_hist(b, c) for _, b, c in self._rep_hists]
+        bat, b, c = self._rep_hists[0]
+        cuts = np.flatnonzero(np.diff(bat)) + 1
+        return list(zip(np.split(b, cuts), np.split(c, cuts)))
+
     def percentile_ci(self, q: float) -> float:
         """95% half-width of percentile(q): batch quantiles (one replication) or replication
         quantiles."""
         q = _check_q(q)
-        if len(self._rep_hists) >= 2:
-            est = [_stats.hist_percentile(h.sum(axis=0), q, *self._minmax) for h in self._rep_hists]
-        else:
-            est = [_stats.hist_percentile(b, q, *self._minmax) for b in self._rep_hists[0]]
+        est = [_stats.sparse_percentile(b, c, q, *self._minmax) for b, c in self._groups()]
         return _stats.half_width(np.array(est))
 
     def deadline_miss(self, d: float) -> float:
@@ -91,10 +116,7 @@ class SimResult(_stats.PercentileShortcuts):
         return _stats.hist_exceed(self.histogram, float(d))
 
     def deadline_miss_ci(self, d: float) -> float:
-        if len(self._rep_hists) >= 2:
-            est = [_stats.hist_exceed(h.sum(axis=0), float(d)) for h in self._rep_hists]
-        else:
-            est = [_stats.hist_exceed(b, float(d)) for b in self._rep_hists[0]]
+        est = [_stats.sparse_exceed(b, c, float(d)) for b, c in self._groups()]
         return _stats.half_width(np.array(est))
 
     def to_dict(self) -> dict:
@@ -115,9 +137,11 @@ def _check_q(q: Any) -> float:
     return float(q)
 
 
-def _check_count(x: Any, fn: str, what: str, lo: int) -> int:
+def _check_count(x: Any, fn: str, what: str, lo: int, hi: Optional[int] = None) -> int:
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) < lo:
         raise ValueError(f"{fn}: {what} must be an int >= {lo}, got {x!r}")
+    if hi is not None and int(x) > hi:
+        raise ValueError(f"{fn}: {what} must be an int <= {hi}, got {x!r}")
     return int(x)
 
 
@@ -159,10 +183,34 @@ def _stability(batch_n: np.ndarray, aborted: bool, max_seen: int, cap: int) -> t
     return (not growing), note
 
 
+def _converged(util: float, mean_service: float, window: float) -> tuple[bool, str]:
+    """Whether the run spans enough relaxation times for its estimates to mean something.
+
+    Near the stability limit a stable queue relaxes so slowly that a run of any practical
+    length still drifts (its batch means trend up while each batch looks steady). The
+    relaxation time of M/M/1 at load u, tau = E[S] / (1 - sqrt(u))^2 (Morse 1955), measured
+    at the run's own utilisation (busy + waking core-time share, which tends to 1 at every
+    model's stability limit), is the yardstick: a run shorter than MIN_RELAXATION_TIMES tau
+    is flagged."""
+    if not (util > 0 and math.isfinite(util) and window > 0 and mean_service > 0):
+        return True, ""
+    gap = 1.0 - math.sqrt(min(util, 1.0))
+    tau = math.inf if gap <= 0 else mean_service / (gap * gap)
+    spans = window / tau
+    if spans >= MIN_RELAXATION_TIMES:
+        return True, ""
+    return False, (f"the run covers {spans:.3g} relaxation times (utilisation {util:.6g}, relaxation "
+                   f"time ~ E[S]/(1-sqrt(u))^2 = {tau:.4g}, window {window:.4g}; at least "
+                   f"{MIN_RELAXATION_TIMES:g} are needed): the estimates have not converged and keep "
+                   f"changing with the run length")
+
+
 def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, requests: int = 1_000_000,
              warmup: Optional[int] = None, seed: int = 0, idle_power: float = 0.0,
              service: Any = "exponential", cancel: bool = True, redraw_on_arrival: bool = False,
-             replications: int = 1, threads: Optional[int] = None, batches: int = 32,
+             sleep: Optional[Sequence[Any]] = None, sleep_timer: str = "deterministic",
+             wake_time: str = "deterministic", switch_energy: float = 0.0,
+             arrivals: Union[None, MMPP, Renewal] = None, replications: int = 1, threads: Optional[int] = None, batches: int = 32,
              on_unstable: str = "raise", max_in_system: int = 1 << 22,
              progress: Union[None, bool, Callable[[int, int], None]] = None) -> SimResult:
     """Simulate the (n, k) fork-join service with speed levels and energy.
@@ -173,33 +221,59 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
     (``redraw_on_arrival``: every core redraws at every arrival, the task in service continuing
     at the new rate). ``service`` is the unit-mean work distribution (see ``Service``).
 
+    ``sleep``: low-power states, a list of SleepState (or (after, power, wake_latency,
+    wake_power) tuples): an idle server enters state 0 after ``after`` of idleness (the
+    delay-off timer), state i + 1 after a further states[i + 1].after, and work arriving at a
+    sleeping server waits for a wake-up of that state's wake_latency at wake_power (a wake-up
+    always completes, even when the task that caused it is cancelled). ``sleep_timer`` and
+    ``wake_time``: "deterministic" or "exponential" (with those means). ``switch_energy``:
+    energy of each change of a server's speed level. ``arrivals``: None (Poisson), an MMPP
+    (bursty arrivals), whose phase rates are scaled to the mean rate ``arrival_rate``, or a
+    Renewal process (i.i.d. inter-arrival times of a given shape, mean 1 / arrival_rate).
+
     ``requests`` are measured after ``warmup`` discarded ones (default requests // 10), per
     replication; replications run on ``threads`` threads (default: as many as useful) with
     independent Philox streams of ``seed``; the result does not depend on ``threads``.
 
     Inputs that are certainly unstable raise ValueError. If the run's number in system keeps
-    growing (the load is unstable, or the run too short to reach steady state), ``on_unstable``
-    decides: "raise" (default) raises UnstableError (a ValueError; ``.result`` holds the flagged
-    result), "warn" warns and returns it, "return" returns it; either way ``stable`` is False.
-    ``progress``: True draws a bar on stderr, a callable gets (done, total) about 10 times a second.
+    growing, or the run spans too few relaxation times to have converged (near the stability
+    limit), ``on_unstable`` decides: "raise" (default) raises UnstableError (a ValueError;
+    ``.result`` holds the flagged result), "warn" warns and returns it, "return" returns it;
+    either way ``stable`` is False and ``stability_note`` says why.
+    ``progress``: True draws a bar on stderr, a callable gets (done, total) about 10 times a
+    second, on the calling thread (an exception it raises stops the run and propagates).
+    Ctrl-C stops a run within a fraction of a second (KeyboardInterrupt).
     """
     fn = "simulate"
     n, k = check_nk(n, k, fn)
+    if n > MAX_SERVERS:
+        raise ValueError(f"{fn}: n must be <= {MAX_SERVERS}, got {n}")
     lam = check_rate(arrival_rate, fn)
     lv = as_levels(levels, fn)
     p0 = check_power(idle_power, fn)
     svc = as_service(service, fn)
-    requests = _check_count(requests, fn, "requests", 1)
-    batches = _check_count(batches, fn, "batches", 1)
+    states = as_sleep_states(sleep, fn)
+    sw = check_power(switch_energy, fn, "switch_energy")
+    mmpp = as_arrivals(arrivals, fn)
+    for name, v in (("sleep_timer", sleep_timer), ("wake_time", wake_time)):
+        if v not in ("deterministic", "exponential"):
+            raise ValueError(f"{fn}: {name} must be 'deterministic' or 'exponential', got {v!r}")
+    requests = _check_count(requests, fn, "requests", 1, MAX_REQUESTS)
+    batches = _check_count(batches, fn, "batches", 1, MAX_BATCHES)
     batches = min(batches, requests)
-    warmup = requests // 10 if warmup is None else _check_count(warmup, fn, "warmup", 0)
-    replications = _check_count(replications, fn, "replications", 1)
-    max_in_system = _check_count(max_in_system, fn, "max_in_system", 1)
+    warmup = requests // 10 if warmup is None else _check_count(warmup, fn, "warmup", 0, MAX_REQUESTS)
+    if warmup + requests > MAX_REQUESTS:
+        raise ValueError(f"{fn}: warmup + requests must be <= 2^53, got {warmup} + {requests}")
+    if requests // batches >= 2 ** 32:
+        raise ValueError(f"{fn}: requests / batches must be < 2^32 (32-bit histogram counts per batch), got "
+                         f"{requests} / {batches}; raise batches")
+    replications = _check_count(replications, fn, "replications", 1, MAX_REPLICATIONS)
+    max_in_system = _check_count(max_in_system, fn, "max_in_system", 1, 2 ** 62)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
         raise ValueError(f"{fn}: seed must be an int in [0, 2^64), got {seed!r}")
     if threads is None:
         threads = min(replications, int(core.num_threads()))
-    threads = _check_count(threads, fn, "threads", 1)
+    threads = _check_count(threads, fn, "threads", 1, MAX_THREADS)
     if on_unstable not in ("raise", "warn", "return"):
         raise ValueError(f"{fn}: on_unstable must be 'raise', 'warn' or 'return', got {on_unstable!r}")
     for name, v in (("cancel", cancel), ("redraw_on_arrival", redraw_on_arrival)):
@@ -213,43 +287,67 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
                   idle_power=p0, service=svc.describe(), cancel=cancel, redraw_on_arrival=redraw_on_arrival,
                   requests=requests, warmup=warmup, seed=int(seed), replications=replications,
                   threads=threads, batches=batches)
-    args = (n, k, lam, list(lv.rates), list(lv.powers), list(lv.probs), p0, svc.code, svc.param,
-            list(svc.samples), cancel, redraw_on_arrival, requests, warmup, batches, int(seed),
-            replications, threads, max_in_system)
-    raw = _run_native(args, replications, (requests + warmup) * replications, progress)
-    res = _summarise(raw, params, lv, p0, n, max_in_system)
+    if states:
+        params.update(sleep=[list(st) for st in states], sleep_timer=sleep_timer, wake_time=wake_time)
+    if sw:
+        params["switch_energy"] = sw
+    if isinstance(mmpp, Renewal):
+        params["arrivals"] = dict(kind="renewal", distribution=mmpp.distribution.describe())
+    elif mmpp is not None:
+        scale = lam / mmpp.mean_rate
+        params["arrivals"] = dict(kind="mmpp", rates=[x * scale for x in mmpp.rates],
+                                  switch=[list(row) for row in mmpp.switch])
+    cfg = core.SimConfig()
+    cfg.n, cfg.k, cfg.arrival_rate = n, k, lam
+    cfg.rates, cfg.powers, cfg.probs = list(lv.rates), list(lv.powers), list(lv.probs)
+    cfg.idle_power = p0
+    cfg.service = getattr(core.ServiceKind, svc.native_kind)
+    cfg.service_param = svc.param
+    cfg.empirical = list(svc.samples)
+    cfg.cancel, cfg.redraw_on_arrival = cancel, redraw_on_arrival
+    cfg.sleep_states = [core.SleepState(*st) for st in states]
+    cfg.sleep_exponential = sleep_timer == "exponential"
+    cfg.wake_exponential = wake_time == "exponential"
+    cfg.switch_energy = sw
+    if isinstance(mmpp, Renewal):
+        d = mmpp.distribution
+        cfg.renewal_arrivals = True
+        cfg.arrival_kind = getattr(core.ServiceKind, d.native_kind)
+        cfg.arrival_param = d.param
+        cfg.arrival_table = list(d.samples)
+    elif mmpp is not None:
+        cfg.mmpp_rates = params["arrivals"]["rates"]
+        cfg.mmpp_switch = [x for row in mmpp.switch for x in row]
+    cfg.requests, cfg.warmup, cfg.batches = requests, warmup, batches
+    cfg.seed, cfg.max_in_system = int(seed), max_in_system
+    raw = _run_native(cfg, replications, threads, progress)
+    res = _summarise(raw, params, lv, p0, n, max_in_system, states, sw, svc)
     if not res.stable and on_unstable != "return":
-        msg = (f"{fn}: the number in system kept growing ({res.stability_note}); the load looks unstable "
-               f"or the run is too short to reach steady state (n={n}, k={k}, arrival_rate={lam:g}, "
-               f"k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the flagged result.")
+        if res.stability_note.startswith("the run covers"):
+            msg = (f"{fn}: the estimates have not converged ({res.stability_note}); the load is at or very "
+                   f"near the stability limit: run (much) longer or lower the load (n={n}, k={k}, "
+                   f"arrival_rate={lam:g}, k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the "
+                   f"flagged result.")
+        else:
+            msg = (f"{fn}: the number in system kept growing ({res.stability_note}); the load looks unstable "
+                   f"or the run is too short to reach steady state (n={n}, k={k}, arrival_rate={lam:g}, "
+                   f"k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the flagged result.")
         if on_unstable == "raise":
             raise UnstableError(msg, res)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return res
 
 
-def _run_native(args: tuple, replications: int, total: int, progress: Any) -> list:
+def _run_native(cfg: Any, replications: int, threads: int, progress: Any) -> list:
+    """The native call runs on this thread (Ctrl-C reaches it); progress is reported from the
+    native call's own signal poll, on this thread too."""
     if not progress:
-        return core.forkjoin_simulate(*args)
-    counter = np.zeros(replications, dtype=np.int64)
-    box: dict = {}
-
-    def work() -> None:
-        try:
-            box["out"] = core.forkjoin_simulate(*args, progress=counter)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box["err"] = exc
-
+        return core.forkjoin_simulate(cfg, replications, threads)
     report = progress if callable(progress) else _stderr_bar()
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    while th.is_alive():
-        th.join(0.1)
-        report(int(counter.sum()), total)
-    report(total if "out" in box else int(counter.sum()), total)
-    if "err" in box:
-        raise box["err"]
-    return box["out"]
+    total = (cfg.requests + cfg.warmup) * replications
+    out = core.forkjoin_simulate(cfg, replications, threads, report)
+    report(total, total)
+    return out
 
 
 def _stderr_bar() -> Callable[[int, int], None]:
@@ -273,23 +371,33 @@ def _stderr_bar() -> Callable[[int, int], None]:
     return report
 
 
-def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int) -> SimResult:
+def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
+               states: tuple = (), switch_energy: float = 0.0, svc: Any = None) -> SimResult:
     R = len(raw)
     m = lv.m
-    measured = np.array([r["measured"] for r in raw], dtype=np.float64)
-    window = np.array([r["t_end"] - r["t_start"] for r in raw])
+    S = len(states)
+    measured = np.array([r.measured for r in raw], dtype=np.float64)
+    window = np.array([r.t_end - r.t_start for r in raw])
     arrivals_w = np.array([params["requests"]] * R, dtype=np.float64)
-    sum_t = np.array([r["sum_response"] for r in raw])
-    sum_e = np.array([r["sum_energy"] for r in raw])
-    sum_w = np.array([r["sum_wasted_time"] for r in raw])
-    sum_we = np.array([r["sum_wasted_energy"] for r in raw])
-    nint = np.array([r["integral_in_system"] for r in raw])
-    busy = np.array([r["busy_time"] for r in raw]).reshape(R, m)
-    comps = np.array([r["completions"] for r in raw]).reshape(R, m)
-    dyn = np.array([r["dynamic_energy_window"] for r in raw])
-    aborted = any(r["aborted"] for r in raw)
-    batch = np.stack([r["batch"] for r in raw])  # (R, B, fields)
-    hists = [r["batch_hist"] for r in raw]
+    sum_t = np.array([r.sum_response for r in raw])
+    sum_e = np.array([r.sum_energy for r in raw])
+    sum_w = np.array([r.sum_wasted_time for r in raw])
+    sum_we = np.array([r.sum_wasted_energy for r in raw])
+    nint = np.array([r.integral_in_system for r in raw])
+    busy = np.array([r.busy_time for r in raw]).reshape(R, m)
+    busy_e = np.array([r.busy_energy for r in raw]).reshape(R, m)
+    wasted_e = np.array([r.wasted_busy_energy for r in raw]).reshape(R, m)
+    comps = np.array([r.completions for r in raw]).reshape(R, m)
+    dyn = np.array([r.dynamic_energy_window for r in raw])
+    sleep_t = np.array([r.sleep_time for r in raw]).reshape(R, S)
+    sleep_e = np.array([r.sleep_energy for r in raw]).reshape(R, S)
+    wake_t = np.array([r.wake_time for r in raw])
+    wake_e = np.array([r.wake_energy for r in raw])
+    wakeups = float(sum(r.wakeups for r in raw))
+    switches = float(sum(r.switches for r in raw))
+    aborted = any(r.aborted for r in raw)
+    batch = np.stack([r.batch for r in raw])  # (R, B) structured rows, named columns
+    hists = [(r.hist_batch, r.hist_bucket, r.hist_count) for r in raw]
 
     if aborted:  # partial runs: the window may be unset, per-request sums still mean something
         window = np.where(window > 0, window, np.nan)
@@ -301,36 +409,67 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int)
     mean_we = float(sum_we.sum() / tot_meas) if tot_meas else math.nan
     mean_n = float(nint.sum() / W) if W > 0 else math.nan
     busy_tot = busy.sum(axis=0)
-    idle_time = n * W - float(busy_tot.sum())
-    power = float((dyn.sum() + p0 * idle_time) / W) if W > 0 else math.nan
+    sleep_tot = sleep_t.sum(axis=0)
+    wake_tot = float(wake_t.sum())
+    idle_time = n * W - float(busy_tot.sum()) - float(sleep_tot.sum()) - wake_tot
+    other_e = sleep_e.sum(axis=1) + wake_e + switch_energy * np.array([float(r.switches) for r in raw])
+    power = float((dyn.sum() + other_e.sum() + p0 * idle_time) / W) if W > 0 else math.nan
     lam_hat = float(arrivals_w.sum() / W) if W > 0 else math.nan
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        cnt = batch[..., 0]
-        b_t = batch[..., 1] / cnt
-        b_e = batch[..., 2] / cnt
-        b_w = batch[..., 3] / cnt
-        b_n = batch[..., 4] / batch[..., 5]
-        b_p = (batch[..., 6] + p0 * (n * batch[..., 5] - batch[..., 7])) / batch[..., 5]
+        cnt = batch["requests"]
+        dur = batch["duration"]
+        b_t = batch["sum_response"] / cnt
+        b_e = batch["sum_energy"] / cnt
+        b_w = batch["sum_wasted_time"] / cnt
+        b_n = batch["integral_in_system"] / dur
+        b_p = (batch["dynamic_energy"] + batch["other_energy"]
+               + p0 * (n * dur - batch["busy_time"] - batch["other_time"])) / dur
         if R >= 2:
             r_t, r_e, r_w = sum_t / measured, sum_e / measured, sum_w / measured
             r_n = nint / window
-            r_p = (dyn + p0 * (n * window - busy.sum(axis=1))) / window
+            r_idle = n * window - busy.sum(axis=1) - sleep_t.sum(axis=1) - wake_t
+            r_p = (dyn + other_e + p0 * r_idle) / window
             ci = [_stats.half_width(v) for v in (r_t, r_n, r_e, r_p, r_w)]
         else:
             ci = [_stats.half_width(v[0]) for v in (b_t, b_n, b_e, b_p, b_w)]
     stable, note = _stability(np.nan_to_num(b_n, nan=0.0), aborted,
-                              max(r["max_in_system_seen"] for r in raw), cap)
+                              max(r.max_in_system_seen for r in raw), cap)
+    if stable and W > 0:
+        occupied = (float(busy_tot.sum()) + wake_tot) / (n * W)
+        mean_service = math.fsum(p / r for r, p in zip(lv.rates, lv.probs))
+        ok, why = _converged(occupied, mean_service, W / R)
+        if not ok:
+            stable, note = False, why
 
-    wall = max(r["wall_seconds"] for r in raw)
-    events = int(sum(r["events"] for r in raw))
-    thread_seconds = sum(r["cpu_seconds"] for r in raw)
-    simulated = sum(r["arrivals"] for r in raw)
-    total_hist = np.zeros(hists[0].shape[1], dtype=np.int64)
-    for h in hists:
-        total_hist += h.sum(axis=0, dtype=np.int64)
-    mins = [r["min_response"] for r in raw if r["measured"] > 0]
-    maxs = [r["max_response"] for r in raw if r["measured"] > 0]
+    # ------------------------------------------------------------ energy split (window energy)
+    if W > 0:
+        busy_useful = busy_e.sum(axis=0) - wasted_e.sum(axis=0)
+        parts = {
+            "busy": busy_useful,
+            "wasted": float(wasted_e.sum()),
+            "idle": p0 * idle_time,
+            "sleep": sleep_e.sum(axis=0),
+            "wakeup": float(wake_e.sum()),
+            "switching": switch_energy * switches,
+        }
+        per_req = float(arrivals_w.sum())
+        energy_split = {key: (v / per_req) for key, v in parts.items()}
+        power_split = {key: (v / W) for key, v in parts.items()}
+        total_e = float(sum(np.sum(v) for v in energy_split.values()))
+    else:
+        energy_split, power_split, total_e = {}, {}, math.nan
+
+    wall = max(r.wall_seconds for r in raw)
+    events = int(sum(r.events for r in raw))
+    thread_seconds = sum(r.cpu_seconds for r in raw)
+    simulated = sum(r.arrivals for r in raw)
+    nb = int(core.sim_histogram_layout()["buckets"])
+    total_hist = np.zeros(nb, dtype=np.int64)
+    for _, bk, c in hists:
+        total_hist += np.bincount(bk, weights=c, minlength=nb).astype(np.int64)
+    mins = [r.min_response for r in raw if r.measured > 0]
+    maxs = [r.max_response for r in raw if r.measured > 0]
     return SimResult(
         params=params,
         mean_response_time=mean_t, mean_response_time_ci=ci[0],
@@ -352,6 +491,11 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int)
         requests_per_second=simulated / thread_seconds if thread_seconds > 0 else math.nan,
         replications=R, histogram=total_hist, _rep_hists=hists,
         _minmax=(min(mins) if mins else 0.0, max(maxs) if maxs else 0.0),
+        energy_split=energy_split, power_split=power_split, total_energy_per_request=total_e,
+        sleep_fraction=sleep_tot / (n * W) if W > 0 else np.full(S, np.nan),
+        wake_fraction=wake_tot / (n * W) if W > 0 else math.nan,
+        wakeups_per_request=wakeups / float(arrivals_w.sum()),
+        switches_per_request=switches / float(arrivals_w.sum()),
     )
 
 
