@@ -97,10 +97,10 @@ def unpack(
     import torch
 
     nb = payload_bytes(numel, dtype)
-    heads = torch.empty((rows.shape[0], HEADER_BYTES), dtype=torch.uint8).copy_(
+    head_bytes = torch.empty((rows.shape[0], HEADER_BYTES), dtype=torch.uint8).copy_(
         rows[:, nb:]
     )  # aligned
-    heads = heads.view(torch.int64).tolist()
+    heads = head_bytes.view(torch.int64).tolist()
     stack = rows[:, :nb].view(dtype)
     code = dtype_code(dtype)
     bad = {}

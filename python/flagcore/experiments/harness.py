@@ -13,6 +13,7 @@ Byzantine workers are the last f (indices p - f .. p - 1); results say so. Adapt
 copy of the configured rule (built once per run), so its probing never touches the server's
 rule state.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,9 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import attacks as _attacks
+from .. import rules as _rules
 from .._arrays import check_choice, check_float, check_int
 from ..flag import SCALES
-from .. import rules as _rules
 from ..rules import make_rule
 from . import data as _data
 from . import models as _models
@@ -71,7 +72,9 @@ class RuleSpec:
     def __post_init__(self) -> None:
         if not self.label:
             if self.params:
-                self.label = self.name + "[" + ",".join(f"{k}={v}" for k, v in self.params.items()) + "]"
+                self.label = (
+                    self.name + "[" + ",".join(f"{k}={v}" for k, v in self.params.items()) + "]"
+                )
             else:
                 self.label = self.name
 
@@ -88,7 +91,7 @@ def _parse_value(s: str) -> Any:
 
 
 def parse_rule_spec(spec: str) -> RuleSpec:
-    """"median" or "flag[max_iter=50,scale=median_norm]" -> RuleSpec."""
+    """ "median" or "flag[max_iter=50,scale=median_norm]" -> RuleSpec."""
     if not isinstance(spec, str):
         raise TypeError(f"parse_rule_spec: spec must be a str, got {spec!r}")
     m = _SPEC_RE.match(spec.strip())
@@ -207,10 +210,14 @@ class RobustnessConfig:
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError(f"{fn}: device {self.device!r} requested but torch sees no CUDA GPU "
-                                 f"(torch {torch.__version__})")
+                raise ValueError(
+                    f"{fn}: device {self.device!r} requested but torch sees no CUDA GPU "
+                    f"(torch {torch.__version__})"
+                )
         if isinstance(self.rules, str) or len(self.rules) == 0:
-            raise ValueError(f"{fn}: rules must be a non-empty list of rule names, got {self.rules!r}")
+            raise ValueError(
+                f"{fn}: rules must be a non-empty list of rule names, got {self.rules!r}"
+            )
         specs = [s if isinstance(s, RuleSpec) else parse_rule_spec(s) for s in self.rules]
         known = available_rules()
         for s in specs:
@@ -226,8 +233,12 @@ def rule_params(spec: RuleSpec, cfg: RobustnessConfig) -> dict:
     """The keyword arguments passed to the rule: FA's options from the config, f for the rules
     that need it, then the spec's own parameters (which win)."""
     if spec.name == "flag":
-        base = {"r": cfg.r if cfg.r is not None else (cfg.workers + 1) // 2, "lam": cfg.lam,
-                "max_iter": cfg.max_iter, "scale": cfg.scale}
+        base = {
+            "r": cfg.r if cfg.r is not None else (cfg.workers + 1) // 2,
+            "lam": cfg.lam,
+            "max_iter": cfg.max_iter,
+            "scale": cfg.scale,
+        }
     elif spec.name in RULES_TAKING_F:
         base = {"f": cfg.byzantine}
     else:
@@ -243,8 +254,10 @@ def _check_rule_runs(spec: RuleSpec, params: dict, p: int) -> None:
     try:
         make_rule(spec.name, _fn="robustness", **params)(x)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"robustness: rule {spec.label!r} cannot run with {p} workers and params "
-                         f"{params}: {exc}") from exc
+        raise ValueError(
+            f"robustness: rule {spec.label!r} cannot run with {p} workers and params "
+            f"{params}: {exc}"
+        ) from exc
 
 
 def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> dict:
@@ -255,7 +268,11 @@ def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> dict:
     if cfg.attack in _attacks.ADAPTIVE_ATTACKS and "rule" not in kw:
         kw["rule"] = make_rule(spec.name, _fn="robustness", **params)
         if cfg.attack == "fa_aware" and spec.name == "flag" and "flag_params" not in kw:
-            kw["flag_params"] = {k: v for k, v in params.items() if k in ("r", "lam", "max_iter", "eps", "tol", "scale")}
+            kw["flag_params"] = {
+                k: v
+                for k, v in params.items()
+                if k in ("r", "lam", "max_iter", "eps", "tol", "scale")
+            }
     return kw
 
 
@@ -268,8 +285,10 @@ def check_attack_runs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> No
     try:
         _attacks.attack(cfg.attack, h, cfg.byzantine, **_attack_kwargs(cfg, spec, params))
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"robustness: attack {cfg.attack!r} with {cfg.attack_params} cannot run against rule "
-                         f"{spec.label!r}: {exc}") from exc
+        raise ValueError(
+            f"robustness: attack {cfg.attack!r} with {cfg.attack_params} cannot run against rule "
+            f"{spec.label!r}: {exc}"
+        ) from exc
 
 
 class _Gradients:
@@ -337,8 +356,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_robustness(config: RobustnessConfig | None = None, *, task: _data.TaskData | None = None,
-                   model: Any = None, progress: bool = True, **overrides: Any) -> dict:
+def run_robustness(
+    config: RobustnessConfig | None = None,
+    *,
+    task: _data.TaskData | None = None,
+    model: Any = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict:
     """Run every (rule, seed) of ``config`` and return the results dict (results.json's content).
 
     task: a TaskData (see flagcore.experiments.data.from_torch_dataset) instead of
@@ -372,8 +397,9 @@ def run_robustness(config: RobustnessConfig | None = None, *, task: _data.TaskDa
         torch.set_num_threads(cfg.threads)
     bar = _progress_bar(len(seeds) * len(specs) * cfg.steps, progress)
     try:
-        results, meta = _run_all(cfg, specs, params_by_rule, seeds, task, model, byz, grad_attack, data_attack,
-                                 dev, bar)
+        results, meta = _run_all(
+            cfg, specs, params_by_rule, seeds, task, model, byz, grad_attack, data_attack, dev, bar
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -381,8 +407,19 @@ def run_robustness(config: RobustnessConfig | None = None, *, task: _data.TaskDa
     return _collect(cfg, specs, params_by_rule, seeds, byz, meta, results)
 
 
-def _run_all(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: list, task: Any, model: Any,
-             byz: list, grad_attack: bool, data_attack: bool, dev: Any, bar: Any) -> tuple:
+def _run_all(
+    cfg: RobustnessConfig,
+    specs: list,
+    params_by_rule: dict,
+    seeds: list,
+    task: Any,
+    model: Any,
+    byz: list,
+    grad_attack: bool,
+    data_attack: bool,
+    dev: Any,
+    bar: Any,
+) -> tuple:
     import torch
 
     p = cfg.workers
@@ -390,30 +427,63 @@ def _run_all(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: li
     meta: dict = {}
     for seed in seeds:
         t_task = task if task is not None else _data.load_task(cfg.dataset, seed)
-        distorted = [(w, _data.distortion_of(cfg.attack, k)) for k, w in enumerate(byz)] if data_attack else []
-        xs, ys, sizes = _data.shard(t_task, p, seed, distorted, heterogeneity=cfg.heterogeneity,
-                                    return_sizes=True)
+        distorted = (
+            [(w, _data.distortion_of(cfg.attack, k)) for k, w in enumerate(byz)]
+            if data_attack
+            else []
+        )
+        xs, ys, sizes = _data.shard(
+            t_task, p, seed, distorted, heterogeneity=cfg.heterogeneity, return_sizes=True
+        )
         m = xs.shape[1]
         if cfg.heterogeneity == "iid" and cfg.batch_size > m:
-            raise ValueError(f"robustness: batch_size must be at most the shard size {m} "
-                             f"({t_task.x_train.shape[0]} training samples / {p} workers), got {cfg.batch_size}")
+            raise ValueError(
+                f"robustness: batch_size must be at most the shard size {m} "
+                f"({t_task.x_train.shape[0]} training samples / {p} workers), got {cfg.batch_size}"
+            )
         xs, ys = xs.to(dev), ys.to(dev)
         x_test, y_test = t_task.x_test.to(dev), t_task.y_test.to(dev)
         torch.manual_seed(seed)
         net0 = _build_model(model, cfg, t_task)
         n_params = _models.count_parameters(net0)
-        meta = {"dataset": {"name": t_task.name, "train": int(t_task.x_train.shape[0]),
-                            "test": int(t_task.x_test.shape[0]), "classes": t_task.n_classes,
-                            "input_shape": list(t_task.input_shape), "shard_size": int(m),
-                            "shard_sizes": sizes.tolist(),
-                            "class_histograms": _data.class_histograms(ys.cpu(), sizes, t_task.n_classes).tolist()},
-                "model": {"name": cfg.model if model is None else type(net0).__name__, "parameters": n_params},
-                "distortions": {str(w): k for w, k in distorted}}
+        meta = {
+            "dataset": {
+                "name": t_task.name,
+                "train": int(t_task.x_train.shape[0]),
+                "test": int(t_task.x_test.shape[0]),
+                "classes": t_task.n_classes,
+                "input_shape": list(t_task.input_shape),
+                "shard_size": int(m),
+                "shard_sizes": sizes.tolist(),
+                "class_histograms": _data.class_histograms(
+                    ys.cpu(), sizes, t_task.n_classes
+                ).tolist(),
+            },
+            "model": {
+                "name": cfg.model if model is None else type(net0).__name__,
+                "parameters": n_params,
+            },
+            "distortions": {str(w): k for w, k in distorted},
+        }
         for s in specs:
             if bar is not None:
                 bar.set_postfix_str(f"{s.label} seed {seed}")
-            run = _train_one(s, params_by_rule[s.label], cfg, seed, net0, xs, ys, sizes.to(dev), x_test, y_test,
-                             byz, grad_attack, dev, bar)
+            run = _train_one(
+                s,
+                params_by_rule[s.label],
+                cfg,
+                seed,
+                net0,
+                xs,
+                ys,
+                sizes.to(dev),
+                x_test,
+                y_test,
+                byz,
+                grad_attack,
+                dev,
+                bar,
+            )
             results.setdefault(s.label, []).append(run)
     return results, meta
 
@@ -432,19 +502,39 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
     elif callable(model):
         net = model(task.input_shape, task.n_classes)
         if not isinstance(net, nn.Module):
-            raise TypeError(f"run_robustness: model callable must return a torch nn.Module, got {type(net).__name__}")
+            raise TypeError(
+                f"run_robustness: model callable must return a torch nn.Module, got {type(net).__name__}"
+            )
     else:
-        raise TypeError(f"run_robustness: model must be an nn.Module or a callable, got {type(model).__name__}")
+        raise TypeError(
+            f"run_robustness: model must be an nn.Module or a callable, got {type(model).__name__}"
+        )
     return net.to(cfg.device)
 
 
-def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, net0: Any, xs: Any, ys: Any,
-               sizes: Any, x_test: Any, y_test: Any, byz: list, grad_attack: bool, dev: Any, bar: Any) -> dict:
+def _train_one(
+    spec: RuleSpec,
+    params: dict,
+    cfg: RobustnessConfig,
+    seed: int,
+    net0: Any,
+    xs: Any,
+    ys: Any,
+    sizes: Any,
+    x_test: Any,
+    y_test: Any,
+    byz: list,
+    grad_attack: bool,
+    dev: Any,
+    bar: Any,
+) -> dict:
     import torch
 
     p, f, B = cfg.workers, cfg.byzantine, cfg.batch_size
     net = copy.deepcopy(net0)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     grads_of = _Gradients(net)
     plist = [v for v in net.parameters() if v.requires_grad]
     gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
@@ -480,8 +570,12 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
         stack = stack.detach()
         train_loss.append(_finite_or_none(float(losses[honest_idx].mean())))
         if grad_attack and f > 0:
-            bad = _attacks.attack(cfg.attack, stack[honest_idx], f, seed=seed * 1_000_003 + step, **attack_kw)
-            stack = torch.cat([stack[honest_idx], torch.as_tensor(bad, dtype=stack.dtype, device=dev)])
+            bad = _attacks.attack(
+                cfg.attack, stack[honest_idx], f, seed=seed * 1_000_003 + step, **attack_kw
+            )
+            stack = torch.cat(
+                [stack[honest_idx], torch.as_tensor(bad, dtype=stack.dtype, device=dev)]
+            )
         _sync(cfg.device)
         t0 = time.perf_counter()
         if is_flag:
@@ -499,7 +593,7 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
         off = 0
         for prm in plist:
             k = prm.numel()
-            prm.grad = agg[off:off + k].view_as(prm).clone()
+            prm.grad = agg[off : off + k].view_as(prm).clone()
             off += k
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -510,14 +604,24 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
         if bar is not None:
             bar.update(1)
     wall = time.perf_counter() - t_start
-    out = {"seed": seed, "step": steps_eval, "accuracy": acc_curve, "loss": loss_curve, "train_loss": train_loss,
-           "final_accuracy": acc_curve[-1], "final_loss": loss_curve[-1], "wall_time_s": wall,
-           "agg_time_ms": 1e3 * agg_time / cfg.steps}
+    out = {
+        "seed": seed,
+        "step": steps_eval,
+        "accuracy": acc_curve,
+        "loss": loss_curve,
+        "train_loss": train_loss,
+        "final_accuracy": acc_curve[-1],
+        "final_loss": loss_curve[-1],
+        "wall_time_s": wall,
+        "agg_time_ms": 1e3 * agg_time / cfg.steps,
+    }
     if is_flag and ratios_hist:
         rat = np.asarray(ratios_hist)
         bad = sorted(set(byz))
-        out["flag_mean_ratio"] = {"honest": float(rat[:, honest].mean()) if honest else None,
-                                  "byzantine": float(rat[:, bad].mean()) if bad else None}
+        out["flag_mean_ratio"] = {
+            "honest": float(rat[:, honest].mean()) if honest else None,
+            "byzantine": float(rat[:, bad].mean()) if bad else None,
+        }
         out["flag_weights"] = weights_hist
         out["flag_ratios"] = ratios_hist
     return out
@@ -533,8 +637,15 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
 
 
-def _collect(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: list, byz: list, meta: dict,
-             runs: dict) -> dict:
+def _collect(
+    cfg: RobustnessConfig,
+    specs: list,
+    params_by_rule: dict,
+    seeds: list,
+    byz: list,
+    meta: dict,
+    runs: dict,
+) -> dict:
     import torch
 
     from .. import build_info
@@ -576,7 +687,12 @@ def _collect(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: li
         "byzantine_workers": byz,
         **meta,
         "rules": rules_out,
-        "environment": {"flagcore": build_info()["version"], "torch": torch.__version__,
-                        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                        "machine": platform.machine(), "device": cfg.device},
+        "environment": {
+            "flagcore": build_info()["version"],
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "device": cfg.device,
+        },
     }

@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
-from .._backend import core, is_torch_tensor
+from .._backend import is_torch_tensor
 from ..flag import FlagInfo, flag_aggregate
 from . import clustering as _clu
 from . import selection as _sel

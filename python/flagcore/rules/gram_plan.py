@@ -31,7 +31,6 @@ the Gram, otherwise on a p x p stand-in whose Gram is the given one (to float64 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +113,8 @@ _PLANNED = (
     "centered_clipping",
     "flag",
 )
-_BUILD_TAKES_GRAM = "gram" in inspect.signature(build_source).parameters
+# A plan's Source has no data until apply_plan puts in each block's stack.
+_NO_STACK: Any = None
 
 
 def _source_from_gram(rule: Any, g: np.ndarray) -> Source:
@@ -127,9 +127,7 @@ def _source_from_gram(rule: Any, g: np.ndarray) -> Source:
     each block's data."""
     f, steps = rule.f, rule.pre
     if not steps:
-        return Source(None, f=f)
-    if _BUILD_TAKES_GRAM:
-        return build_source(None, f, steps, rule.bucket_size, rule._rng(), gram=g)
+        return Source(_NO_STACK, f=f)
     st = as_stack(_gram_factor(g[0]), "plan_from_gram")
     return build_source(st, f, steps, rule.bucket_size, rule._rng())
 
@@ -167,7 +165,13 @@ def plan_coordinate(rule: Any, p: int, excluded: Any) -> GramPlan:
     _check_rows(rule, p)
     ex = np.asarray(excluded, dtype=bool).reshape(p)
     return GramPlan(
-        rule.name, p, ex, coordinate=rule.name, f=rule.f, excluded=ex, source=Source(None, f=rule.f)
+        rule.name,
+        p,
+        ex,
+        coordinate=rule.name,
+        f=rule.f,
+        excluded=ex,
+        source=Source(_NO_STACK, f=rule.f),
     )
 
 
@@ -197,6 +201,7 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
         workers_out = ~np.isfinite(diag)
     else:
         gs = Source.gram(src)  # M G0 M^T, in the same order as the rules compute it
+        assert src.excluded_orig is not None  # set with the mixing by build_source
         workers_out = src.excluded_orig[0]
     ex_u8 = None if src.excluded is None else src.excluded.astype(np.uint8)
 
@@ -209,6 +214,7 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
     if name in RULE_IDS:
         if src.mix is None:  # a coordinate rule: only the exclusions matter
             return plan_coordinate(rule, p, ~np.isfinite(diag))
+        assert src.excluded is not None  # set with the mixing by build_source
         return GramPlan(
             name, p, workers_out, coordinate=name, f=rule.f, excluded=src.excluded[0], source=src
         )
@@ -293,6 +299,7 @@ def apply_plan(plan: GramPlan, block: Any) -> Any:
         src = Source(st, excluded=plan.excluded_workers[None])
         out, _ = run_coordinate(src, "mean", 0)
         return st.restore(out)
+    assert plan.coordinate is not None and plan.excluded is not None  # a coordinate plan
     src = dataclasses.replace(plan.source, st=st, excluded=plan.excluded[None], f=plan.f)
     out, _ = run_coordinate(src, plan.coordinate, plan.f, plan.keep)
     return st.restore(out)
