@@ -85,10 +85,16 @@ def test_layers_torch_inputs_and_half_precision():
 
 def test_layers_different_p_and_default_r():
     layers = _layers(ps=(3, 8, 5), ns=(50, 60, 70), seed=9)
-    outs, infos = flagcore.flag_aggregate_layers(layers, return_info=True)  # r = (3 + 1) // 2 = 2
+    outs, infos = flagcore.flag_aggregate_layers(layers, return_info=True)  # r = (p_l + 1) // 2 per layer
     for x, out, info in zip(layers, outs, infos):
-        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x, r=2))
+        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x))  # the same default r as flag_aggregate
         assert info.weights.shape == (x.shape[0],)
+        assert info.rank == (x.shape[0] + 1) // 2
+    explicit = flagcore.flag_aggregate_layers(layers, r=2)  # an explicit r applies to every layer
+    for x, out in zip(layers, explicit):
+        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x, r=2))
+    with pytest.raises(ValueError, match="r must be"):
+        flagcore.flag_aggregate_layers(layers, r=4)  # above the smallest p (3)
 
 
 LAYER_BAD = [
@@ -122,7 +128,7 @@ def _grams(p, b=3, seed=0, n=200):
     return np.stack(gs)
 
 
-@pytest.mark.parametrize("p", [1, 2, 7, 15, 33])
+@pytest.mark.parametrize("p", [1, 2, 7, 15, 32])  # the Jacobi range (kJacobiMaxP = 32); above, host LAPACK
 @pytest.mark.parametrize("threads", [2, 5, 16])
 def test_team_emulation_equals_serial_bitwise(p, threads):
     g = _grams(p, seed=p)

@@ -10,6 +10,8 @@ namespace cuda {
 namespace {
 
 struct BlockTeam {
+  static constexpr bool host_blas = false;
+  FLAGCORE_HD void poll() const {}
   FLAGCORE_HD int rank() const {
 #ifdef __CUDA_ARCH__
     return static_cast<int>(threadIdx.x);

@@ -5,6 +5,8 @@ import importlib
 import sys
 from typing import Any
 
+import scipy_openblas32  # noqa: F401,E402  (loads the private OpenBLAS that _core links)
+
 from . import _core  # noqa: F401  (the compiled extension; import errors surface here)
 
 core = _core
