@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/blas.hpp"
 #include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
@@ -443,6 +444,7 @@ py::dict plan_to_dict(const FlagCudaPlan& pl) {
   d["b"] = pl.b; d["rows"] = pl.rows; d["cols"] = pl.cols; d["p_max"] = pl.p_max; d["p_min"] = pl.p_min;
   d["parts"] = pl.parts; d["partials"] = pl.partials; d["gram"] = pl.gram;
   d["irls_ws_each"] = pl.irls_ws_each; d["irls_smem"] = pl.irls_smem; d["max_iter"] = pl.max_iter;
+  d["objective_steps"] = pl.objective_steps; d["irls_on_host"] = pl.irls_on_host;
   d["off_gram"] = pl.off_gram; d["off_partials"] = pl.off_partials; d["off_irls"] = pl.off_irls;
   d["off_coef"] = pl.off_coef; d["off_weights"] = pl.off_weights; d["off_ratios"] = pl.off_ratios;
   d["off_objective"] = pl.off_objective; d["off_iterations"] = pl.off_iterations; d["off_rank"] = pl.off_rank;
@@ -634,6 +636,7 @@ PYBIND11_MODULE(_core, m) {
     d["cuda_architectures"] = py::list();
 #endif
     d["simd_supported"] = simd_level_name(simd_level_supported());
+    d["blas"] = blas::library_name();
     d["compiler"] =
 #if defined(__clang__)
         std::string("clang ") + __clang_version__;
@@ -703,6 +706,21 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
      py::arg("team_threads") = 1,
      "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)");
+
+  m.def("eigh_top", [](const F64Array& a, int want) {
+    FLAGCORE_CHECK_ARG(a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
+                       "eigh_top: a must be a square (p, p) matrix");
+    const int p = static_cast<int>(a.shape(0));
+    FLAGCORE_CHECK_ARG(want >= 1 && want <= p, "eigh_top: want must be in [1, " << p << "], got " << want);
+    py::array_t<double> evals(want), evecs({p, p});
+    std::fill(evecs.mutable_data(), evecs.mutable_data() + int64_t(p) * p, 0.0);
+    {
+      Interruptible interruptible;
+      blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data());
+    }
+    return py::make_tuple(evals, evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))]);
+  }, py::arg("a"), py::arg("want"),
+     "top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the FA's host LAPACK path (tests)");
 
   m.def("flag_aggregate_layers", [](const py::list& layers, const std::vector<int64_t>& r, double lam, int max_iter,
                                     double eps, double tol, const std::string& scale) {

@@ -170,8 +170,8 @@ def test_cuda_plan_layout():
     assert uni["irls_smem"] is True and uni["parts"] == 4 * 782
     assert _core.flag_cuda_plan([44], [10], 1)["irls_smem"] is True
     assert _core.flag_cuda_plan([45], [10], 1)["irls_smem"] is False
-    with pytest.raises(ValueError, match="p <= 1024"):
-        _core.flag_cuda_plan_uniform(1, 1025, 10, 1)
+    with pytest.raises(ValueError, match="p <= 6144"):
+        _core.flag_cuda_plan_uniform(1, 6145, 10, 1)
 
 
 def test_cuda_entry_points_refuse_cleanly_without_gpu():

@@ -1,5 +1,7 @@
 #include "flag/flag_cpu.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -101,6 +103,20 @@ void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagPar
   parallel_for(static_cast<size_t>(b), [&](size_t qi) {
     const int64_t q = static_cast<int64_t>(qi);
     run_one(gram + q * p * p, static_cast<int>(p), prm, info, q * p, q, hist[qi]);
+  });
+}
+
+void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps,
+                           const int64_t* gram_off, const int64_t* row_off, const FlagParams& prm,
+                           FlagIrlsOut base, int64_t steps) {
+  for (int64_t q = 0; q < b; ++q) check_params(ps[q], prm);
+  std::fill(base.objective, base.objective + b * steps, NAN);
+  parallel_for(static_cast<size_t>(b), [&](size_t qi) {
+    const int64_t q = static_cast<int64_t>(qi);
+    std::vector<double> hist;
+    run_one(gram + gram_off[q], static_cast<int>(ps[q]), prm, base, row_off[q], q, hist);
+    std::copy(hist.begin(), hist.begin() + std::min<int64_t>(steps, int64_t(hist.size())),
+              base.objective + q * steps);
   });
 }
 

@@ -39,7 +39,7 @@ class FlagInfo:
     For a (p, n) or list input each field is per worker (p,) or a scalar; for a (b, p, n) input
     each gains a leading batch axis b, and ``objective`` is (b, 1 + the most steps any problem
     took) padded with NaN after each problem's last step (on the native CUDA path: (b,
-    max_iter + 1), at most 1025 columns).
+    min(max_iter, 1024) + 1), the first 1024 steps).
 
     weights: IRLS weights (|1 - v_i| + eps)^(-1/2) at the final subspace (what a further
         iteration would use); 0 for excluded workers. Large means trusted.
@@ -224,7 +224,7 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
     the kernels) into the dict layout of the native CPU functions."""
     base = plan["off_coef"]
     host = ws[base:plan["bytes"]].cpu().numpy()
-    rows, b, steps = plan["rows"], plan["b"], plan["max_iter"] + 1
+    rows, b, steps = plan["rows"], plan["b"], plan["objective_steps"]
 
     def take(key: str, dtype: Any, count: int) -> np.ndarray:
         off = plan[key] - base
