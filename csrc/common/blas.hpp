@@ -19,8 +19,10 @@ namespace blas {
 //   evals  : evals[k] for k < want, descending                                          // [P]
 //   evecs  : p x p row-major, column k (evecs[i * p + k]) the unit eigenvector of evals[k] for
 //            k < want; the other columns are left untouched                           // [P, P]
-// want < p: LAPACK dsyevr (tridiagonal reduction, then bisection + inverse iteration for the
-// wanted pairs only); want == p, or when dsyevr reports a failure: dsyevd (divide and conquer).
+// want <= p / 4: LAPACK dsytrd (Householder tridiagonalisation) + dstemr (MRRR, only the wanted
+// pairs; dsyevr's subset path uses bisection + inverse iteration instead, 3-4x slower on the FA's
+// clustered spectra) + dormtr (back-transformation of those vectors only). More wanted, or when
+// MRRR reports a failure: dsyevd (divide and conquer, all pairs), faster there.
 // A non-finite entry in `a` gives NaN eigenvalues (the caller's rank test then yields 0).
 // Calls check_cancel() before the O(p^3) work.
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs);
