@@ -1,6 +1,6 @@
 """Small runs through every CUDA path of the Flag Aggregator, for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck  --error-exitcode 9 python bench/sanitize_flag_cuda.py
+    compute-sanitizer --tool memcheck  --error-exitcode 9 python bench/sanitize_flag_cuda.py [--rules]
     compute-sanitizer --tool racecheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
     compute-sanitizer --tool synccheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
 
@@ -24,6 +24,7 @@ from flagcore._reference import make_gradients
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="fewer, smaller cases (racecheck is slow)")
+    ap.add_argument("--rules", action="store_true", help="also the coordinate-wise rules' CUDA kernel")
     args = ap.parse_args(argv)
     import torch
 
@@ -70,6 +71,20 @@ def main(argv=None) -> int:
     outs = flagcore.flag_aggregate_layers(layers, r=8, max_iter=3)
     for q, (layer, out) in enumerate(zip(layers, outs)):
         compare(f"layers[{q}] n={layer.shape[1]}", out, layer.double().cpu().numpy(), r=8, max_iter=3)
+    if args.rules:  # the coordinate kernel: every rule, a NaN worker, even and odd p, an unaligned view
+        for p in ([5, 16] if args.small else [3, 5, 16, 31]):
+            x = make_gradients(p, n, byzantine=1, seed=100 + p).astype(np.float32)
+            x[0, 3] = np.nan
+            xt = torch.from_numpy(x).cuda()
+            for rule, kw in (("median", {}), ("trimmed_mean", {"f": 1}), ("meamed", {"f": 1}),
+                             ("phocas", {"f": 1}), ("mean", {})):
+                for view, label in ((xt, "aligned"), (xt[:, 1:], "unaligned")):
+                    got = flagcore.aggregate(view, rule, **kw).double().cpu().numpy()
+                    exp = flagcore.aggregate(view.cpu().numpy(), rule, **kw).astype(np.float64)
+                    err = float(np.nanmax(np.abs(got - exp)) / max(np.nanmax(np.abs(exp)), 1e-300))
+                    ok = err < 1e-5 and bool(np.array_equal(np.isnan(got), np.isnan(exp)))
+                    bad += not ok
+                    print(f"{'ok ' if ok else 'BAD'} {rule} p={p} {label}: rel err {err:.1e}", flush=True)
     torch.cuda.synchronize()
     print("all ok" if bad == 0 else f"{bad} BAD", flush=True)
     return 1 if bad else 0

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One prepared GPU verification run (the GPU issue): build for sm_90, CUDA tests, compute-sanitizer
+# memcheck + racecheck on small FA / rules / ragged-layer cases, then the GPU benchmarks with short
+# repeats. Every step has its own time limit; the whole run is sized for ~8 minutes on an H200
+# (16 cores) so that a 15-minute device budget leaves room for one rerun.
+#
+#   bash bench/gpu_check.sh OUTDIR            # e.g. on the device machine: bash bench/gpu_check.sh "$OUT"
+#
+# Writes at most 8 files into OUTDIR (the device tool brings back 8): summary.json (device, driver,
+# commit, date, each step's exit code and seconds), build.log, tests.log, sanitize.log, bench.log,
+# flag_cuda.json, gpu_goals.json. On a machine without a GPU (the CPU rehearsal) the GPU steps
+# report "skipped" and the script still exits 0 when the build and the (skipped) tests are fine.
+# If a wheel directory .whl/ exists in the repository root (packages the offline device machine
+# lacks), its wheels are installed first.
+set -uo pipefail
+out="${1:?usage: bash bench/gpu_check.sh OUTDIR}"
+mkdir -p "$out" || { echo "gpu_check: cannot create $out" >&2; exit 2; }
+[ -w "$out" ] || { echo "gpu_check: $out is not writable" >&2; exit 2; }
+out="$(cd "$out" && pwd)"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+steps_json=""
+t_all=$(date +%s)
+
+step() {  # step NAME LIMIT_SECONDS LOGFILE CMD...
+  local name="$1" limit="$2" log="$3"; shift 3
+  local t0 rc
+  t0=$(date +%s)
+  echo "== $name (limit ${limit}s)" | tee -a "$out/$log"
+  timeout --signal=INT --kill-after=20 "$limit" "$@" >>"$out/$log" 2>&1
+  rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  echo "== $name: exit $rc in ${dt}s" | tee -a "$out/$log"
+  steps_json="${steps_json}${steps_json:+,}\"$name\": {\"rc\": $rc, \"seconds\": $dt}"
+  return $rc
+}
+
+have_gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then have_gpu=1; fi
+gpu_name=$( [ $have_gpu = 1 ] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo none)
+driver=$( [ $have_gpu = 1 ] && nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1 || echo none)
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain 2>/dev/null | grep -v '^??' | wc -l)
+echo "gpu_check: device=$gpu_name driver=$driver commit=$commit (modified files: $dirty)"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  step wheels 120 build.log "$PY" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
+fi
+# sm_90 only, all cores: the build is the longest step.
+step build 300 build.log env FLAGCORE_CUDA=ON FLAGCORE_CUDA_ARCHITECTURES=90 \
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY" -m pip install --no-build-isolation --no-deps -q . || {
+  echo "gpu_check: build failed (see $out/build.log)" >&2; }
+build_rc=$?
+
+if [ $build_rc = 0 ]; then
+  "$PY" -c "import flagcore, json; print(json.dumps(flagcore.build_info()))" >>"$out/build.log" 2>&1
+  # -m cuda: every test that needs the GPU; -x: stop at the first failure to save device time.
+  step tests 180 tests.log "$PY" -m pytest -m cuda -x -q -p no:cacheprovider tests
+  tests_rc=$?
+  if [ $have_gpu = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+    step memcheck 150 sanitize.log compute-sanitizer --tool memcheck --error-exitcode 9 \
+      "$PY" bench/sanitize_flag_cuda.py --small --rules
+    step racecheck 150 sanitize.log compute-sanitizer --tool racecheck --error-exitcode 9 \
+      "$PY" bench/sanitize_flag_cuda.py --small --rules
+  else
+    echo "gpu_check: no GPU or no compute-sanitizer: sanitizer steps skipped" | tee -a "$out/sanitize.log"
+    steps_json="${steps_json},\"memcheck\": \"skipped\", \"racecheck\": \"skipped\""
+  fi
+  step bench_goals 150 bench.log "$PY" bench/bench_gpu_goals.py --repeat 10 --out "$out/gpu_goals.json"
+  step bench_flag_cuda 120 bench.log "$PY" bench/bench_flag_cuda.py --quick --repeat 10 --out "$out/flag_cuda.json"
+else
+  tests_rc=1
+fi
+
+cat >"$out/summary.json" <<EOF
+{"schema": "flagcore.gpu_check/1", "device": "$gpu_name", "driver": "$driver", "gpu_visible": $have_gpu,
+ "commit": "$commit", "modified_tracked_files": $dirty, "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+ "host_cores": $(nproc), "total_seconds": $(( $(date +%s) - t_all )),
+ "steps": {${steps_json}}}
+EOF
+echo "gpu_check: summary in $out/summary.json ($(( $(date +%s) - t_all )) s)"
+[ $build_rc = 0 ] && [ $tests_rc = 0 ]
