@@ -7,7 +7,7 @@ GEMM), ``numpy.linalg.eigh`` of a p x p float64 matrix (one eigensolve), ``torch
     python bench/bench_flag_scale.py --sizes 256:200000,1024:50000 --repeat 3
 
 Goals (issue 11): Gram <= 0.55x X@X.T at p >= 64; one IRLS step <= 1.5x eigh at p in {256, 1024,
-4096}; five steps <= 4x eigh; FA with 1 step <= 0.55x X@X.T + 1.5x eigh + 1.2x sum at p >= 64;
+4096}; five steps <= 4x eigh (eigh: the faster of numpy's default-threaded and one-thread eigh); FA with 1 step <= 0.55x X@X.T + 1.5x eigh + 1.2x sum at p >= 64;
 FA <= 2.2x sum at p = 15 and 2.6x at p = 30 (n >= 2e6). Correctness is checked before timing
 (the IRLS coefficients against a float64 NumPy p-space solve). Writes JSON (default
 bench/results/flag_scale.json) and prints a table.
@@ -43,6 +43,16 @@ def best_time(fn, repeat: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return min(ts)
+
+
+def eigh_one_thread(a: np.ndarray):
+    """numpy.linalg.eigh with numpy's BLAS limited to one thread (threadpoolctl), the setting of
+    flagcore's own single-threaded LAPACK; on a loaded machine numpy's threaded LAPACK can be
+    many times slower than this, which would flatter the ratios."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return np.linalg.eigh(a)
 
 
 def pspace_coefficients(gram: np.ndarray, r: int) -> np.ndarray:
@@ -99,6 +109,7 @@ def main(argv=None) -> int:
             "torch_mm": best_time(lambda: xt @ xt.T, rep),
             "torch_sum": best_time(lambda: torch.sum(xt, 0), rep),
             "numpy_eigh": best_time(lambda: np.linalg.eigh(gn), rep),
+            "numpy_eigh_1t": best_time(lambda: eigh_one_thread(gn), rep),
             "gram": best_time(lambda: _core.gram(x[None]), rep),
             "irls1": best_time(lambda: _core.flag_irls(gram, r, 0.0, 1, 1e-7, 1e-10, "paper"), rep),
             "irls5": best_time(lambda: _core.flag_irls(gram, r, 0.0, 5, 1e-7, 0.0, "paper"), rep),
@@ -106,14 +117,15 @@ def main(argv=None) -> int:
             "fa5": best_time(lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep),
         }
         steps5 = int(_core.flag_irls(gram, r, 0.0, 5, 1e-7, 0.0, "paper")["iterations"][0])
-        budget = 0.55 * t["torch_mm"] + 1.5 * t["numpy_eigh"] + 1.2 * t["torch_sum"]
+        eigh = min(t["numpy_eigh"], t["numpy_eigh_1t"])  # the faster of the two: the stricter goal
+        budget = 0.55 * t["torch_mm"] + 1.5 * eigh + 1.2 * t["torch_sum"]
         goals = {}
         if p >= 64:
             goals["gram<=0.55mm"] = t["gram"] <= 0.55 * t["torch_mm"]
             goals["fa1<=budget"] = t["fa1"] <= budget
         if p in (256, 1024, 4096):
-            goals["irls1<=1.5eigh"] = t["irls1"] <= 1.5 * t["numpy_eigh"]
-            goals["irls5<=4eigh"] = t["irls5"] <= 4.0 * t["numpy_eigh"]
+            goals["irls1<=1.5eigh"] = t["irls1"] <= 1.5 * eigh
+            goals["irls5<=4eigh"] = t["irls5"] <= 4.0 * eigh
         if p == 15 and n >= 2_000_000:
             goals["fa1<=2.2sum"] = t["fa1"] <= 2.2 * t["torch_sum"]
         if p == 30 and n >= 2_000_000:
@@ -122,13 +134,13 @@ def main(argv=None) -> int:
                    fa1_budget_s=budget, goals=goals)
         records.append(rec)
         ms = {k: v * 1e3 for k, v in t.items()}
-        rows.append([p, n, ms["torch_mm"], ms["gram"], t["gram"] / t["torch_mm"], ms["numpy_eigh"], ms["irls1"],
-                     t["irls1"] / t["numpy_eigh"], ms["irls5"], t["irls5"] / t["numpy_eigh"], ms["torch_sum"],
+        rows.append([p, n, ms["torch_mm"], ms["gram"], t["gram"] / t["torch_mm"], ms["numpy_eigh"], ms["numpy_eigh_1t"],
+                     ms["irls1"], t["irls1"] / eigh, ms["irls5"], t["irls5"] / eigh, ms["torch_sum"],
                      ms["fa1"], t["fa1"] / budget, ms["fa5"],
                      " ".join(f"{k}:{'ok' if v else 'MISS'}" for k, v in goals.items())])
         print(f"p={p} n={n} done", file=sys.stderr, flush=True)
     print_table(f"FA scaling in p (float32, {threads} threads; times in ms, best of --repeat)",
-                ["p", "n", "X@X.T", "gram", "gram/mm", "eigh", "irls1", "irls1/eigh", "irls5", "irls5/eigh",
+                ["p", "n", "X@X.T", "gram", "gram/mm", "eigh", "eigh 1t", "irls1", "irls1/eigh", "irls5", "irls5/eigh",
                  "sum", "FA1", "FA1/budget", "FA5", "goals"], rows)
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=git_commit(),
                 command="python bench/bench_flag_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),

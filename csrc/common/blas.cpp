@@ -136,6 +136,13 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
       return;
     }
   EighScratch& s = scratch();
+  struct Release {  // a thread-local of the caller's thread: do not keep large buffers
+    EighScratch& s;
+    size_t pp;
+    ~Release() {
+      if (pp > (size_t(4) << 20)) s = EighScratch();
+    }
+  } release{s, pp};
   grow(s.a, pp);
   grow(s.w, static_cast<size_t>(p));
   std::copy(a, a + pp, s.a.begin());

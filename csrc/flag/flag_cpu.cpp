@@ -45,6 +45,15 @@ struct Scratch {
     }
     return buf.get();
   }
+  // Large buffers are not kept past the problem: a thread-local of the caller's thread would
+  // otherwise hold them for the life of the process.
+  void trim() {
+    if (size > kKeepDoubles) {
+      buf.reset();
+      size = 0;
+    }
+  }
+  static constexpr int64_t kKeepDoubles = int64_t(8) << 20;  // 64 MiB
 };
 
 // One problem on this thread; its objective history (the steps taken) into hist.
@@ -54,6 +63,14 @@ void run_one(const double* gram, int p, const FlagParams& prm, const FlagIrlsOut
   const int64_t cap = int64_t(prm.max_iter) + 1;
   double* ws = work.get(flag_irls_workspace(p));
   double* ob = obj.get(cap);
+  struct Trim {
+    Scratch& a;
+    Scratch& b;
+    ~Trim() {
+      a.trim();
+      b.trim();
+    }
+  } trim{work, obj};
   flag_irls(gram, p, prm, ws, slice(info, row0, q, ob, cap));
   const int64_t used = int64_t(info.iterations[q]) + 1;
   hist.assign(ob, ob + (used < cap ? used : cap));
