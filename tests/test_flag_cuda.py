@@ -156,7 +156,8 @@ def test_cuda_plan_layout():
     np.testing.assert_array_equal(meta[:, 5], np.concatenate([[0], np.cumsum(tri)[:-1]]))
     np.testing.assert_array_equal(meta[:, 6], np.concatenate([[0], np.cumsum(ns)[:-1]]))
     assert pl["rows"] == sum(ps) and pl["parts"] == sum(parts) and pl["p_max"] == 128 and pl["p_min"] == 3
-    assert pl["irls_smem"] is False  # p = 128: the IRLS scratch lives in the workspace
+    # p = 128 > 32: the IRLS runs on the host (LAPACK), no device scratch
+    assert pl["irls_on_host"] is True and pl["irls_smem"] is False and pl["irls_ws_each"] == 0
     # regions in order, 256-byte aligned, non-overlapping, inside the buffer
     keys = ["off_gram", "off_partials", "off_irls", "off_coef", "off_weights", "off_ratios", "off_objective",
             "off_iterations", "off_rank", "off_excluded", "off_rejected"]
@@ -168,8 +169,11 @@ def test_cuda_plan_layout():
         assert pl[k] + size <= end
     uni = _core.flag_cuda_plan_uniform(4, 15, 25_600_000, 1)
     assert uni["irls_smem"] is True and uni["parts"] == 4 * 782
-    assert _core.flag_cuda_plan([44], [10], 1)["irls_smem"] is True
-    assert _core.flag_cuda_plan([45], [10], 1)["irls_smem"] is False
+    small = _core.flag_cuda_plan([32], [10], 1)  # the Jacobi block, scratch in shared memory
+    assert small["irls_smem"] is True and small["irls_on_host"] is False and small["irls_ws_each"] > 0
+    big = _core.flag_cuda_plan([33], [10], 1)
+    assert big["irls_on_host"] is True and big["irls_smem"] is False
+    assert _core.flag_cuda_plan_uniform(2, 8, 10, 10**6)["objective_steps"] == 1025  # history capped on the GPU
     with pytest.raises(ValueError, match="p <= 6144"):
         _core.flag_cuda_plan_uniform(1, 6145, 10, 1)
 

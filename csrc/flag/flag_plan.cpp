@@ -12,7 +12,7 @@ void finish(FlagCudaPlan& pl) {
   FLAGCORE_CHECK_ARG(pl.p_max <= kCudaMaxP, "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << pl.p_max);
   pl.irls_on_host = pl.p_max > kJacobiMaxP;
   pl.irls_ws_each = pl.irls_on_host ? 0 : flag_irls_workspace(pl.p_max);
-  pl.irls_smem = pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;
+  pl.irls_smem = !pl.irls_on_host && pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;
   pl.objective_steps = (pl.max_iter < kCudaObjectiveSteps ? pl.max_iter : kCudaObjectiveSteps) + 1;
   int64_t o = 0;
   auto take = [&](int64_t bytes) {
