@@ -1,21 +1,32 @@
-"""Overhead of flagcore's robust DDP hook against plain DDP allreduce.
+"""Step time of robust distributed training against plain DDP allreduce.
 
-    python bench/bench_distributed.py --sizes 1e4,1e5,1e6 --world 4 --repeat 20
+    python bench/bench_distributed.py --sizes 1e6,1e7 --world 4 --repeat 5
 
 Launches --world CPU processes on this machine (gloo, localhost), each training the same MLP
-with about n parameters on a fixed batch, and measures per step (forward + backward, which
-includes DDP's communication):
-  - plain DDP (allreduce, DDP's default hook);
-  - flagcore's hook for each --rules, split into liveness check (c10d store), communication
-    (all_gather) and aggregation (the rule on the (world, bucket) stack);
-and, outside DDP, one allreduce against one all_gather of the whole n-element gradient.
-With --device cuda (and a GPU) it also times the rules on the same bucket shapes on the GPU
-(CUDA events), in this process, against the same rules on the CPU.
+with about n parameters on a fixed batch, and measures per step (forward + backward + the
+gradient exchange, after a barrier so that all ranks start together):
 
-Before timing it checks that the hook with rule "mean" gives DDP's gradients (to float32
-rounding) and that all replicas agree bitwise. Rank 0's numbers are reported; medians over
---repeat steps after --warmup steps. Timings taken while other jobs use the CPU are noisy.
+  ddp            plain DDP (allreduce, DDP's default buckets);
+  hook-1bucket   flagcore's hook with every parameter in one bucket (the old workaround for
+                 whole-model rules: no overlap with the backward pass);
+  hook-whole     flagcore's hook with DDP's buckets, whole_model=True (exact whole-model rule,
+                 per-bucket overlap): the default;
+  hook-block     the same, whole_model=False (each bucket its own problem);
+  ps             ParameterServer (rank 0 also a worker), mode "gradients": backward, then the
+                 exchange, then the optimizer step (SGD);
+  ps-quorum      the same with quorum = world - 1 (backup workers; all ranks equally fast here);
+
+for each rule in --rules, plus the bytes sent over the network per step (all ranks together,
+from the message sizes: ring allreduce 2 (p-1) 4n, ring all_gather p (p-1) (4n + 32), parameter
+server (p-1) (4n + 32) up and (p-1) (4n + 32 (p+1)) down).
+
+Correctness before timing: the hook with rule "mean" gives DDP's gradients (to float32
+rounding); hook-whole and the parameter server give hook-1bucket's whole-model aggregate (to
+1e-5 relative); replicas agree bitwise after every configuration. Rank 0's numbers (medians
+over --repeat steps after --warmup) are reported. Timings taken while other jobs use the CPU are
+noisy: compare ratios within one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,25 +46,41 @@ def parse_sizes(text: str) -> list:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="robust DDP hook vs plain DDP allreduce")
-    ap.add_argument("--sizes", type=parse_sizes, default=parse_sizes("1e4,1e5,1e6"),
-                    help="model sizes (number of parameters), comma-separated")
+    ap = argparse.ArgumentParser(description="robust distributed training vs plain DDP allreduce")
+    ap.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=parse_sizes("1e6,1e7"),
+        help="model sizes (number of parameters), comma-separated",
+    )
     ap.add_argument("--world", type=int, default=4, help="processes")
-    ap.add_argument("--rules", default="mean,median,flag")
-    ap.add_argument("--repeat", type=int, default=20, help="timed steps per configuration")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--rules", default="flag", help="rules timed (mean is always checked against DDP)"
+    )
+    ap.add_argument("--repeat", type=int, default=5, help="timed steps per configuration")
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch and flagcore threads per process")
-    ap.add_argument("--bucket-cap-mb", type=float, default=None, help="DDP bucket size (default: DDP's)")
-    ap.add_argument("--timeout", type=float, default=60.0,
-                    help="hook liveness timeout; every rule is also timed without the check (async gather)")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                    help="cuda: also time the rules on the bucket shapes on the GPU")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "distributed.json"))
+    ap.add_argument(
+        "--bucket-cap-mb", type=float, default=None, help="DDP bucket size (default: DDP's)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=120.0, help="liveness timeout of the hook and the server"
+    )
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: also time the rules on the bucket shapes on the GPU",
+    )
+    ap.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "distributed.json")
+    )
     ap.add_argument("--_worker", nargs=2, metavar=("OUT_DIR", "CONFIG"), help=argparse.SUPPRESS)
     return ap
 
 
 # -- one rank ---------------------------------------------------------------------------------
+
 
 def make_model(n: int) -> object:
     import torch
@@ -70,61 +97,124 @@ def worker(out_dir: str, cfg: dict) -> None:
     import torch.distributed as dist
 
     import flagcore
-    from flagcore.distributed import assert_replicas_identical, register_robust_hook, shutdown
+    from flagcore.distributed import (
+        ParameterServer,
+        assert_replicas_identical,
+        register_robust_hook,
+        shutdown,
+    )
 
     torch.set_num_threads(cfg["threads"])
     flagcore.set_num_threads(cfg["threads"])
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
-    rank = dist.get_rank()
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
+    rank, world = dist.get_rank(), dist.get_world_size()
     results = []
-    kw = {} if cfg["bucket_cap_mb"] is None else {"bucket_cap_mb": cfg["bucket_cap_mb"]}
 
-    def run(n: int, rule: str | None, timeout: float | None = None) -> dict:
+    def run(n: int, kind: str, rule: str | None) -> dict:
         model, d = make_model(n)
-        ddp = torch.nn.parallel.DistributedDataParallel(model, **kw)
-        state = register_robust_hook(ddp, rule, timeout=timeout) if rule else None
+        cap = {"hook-1bucket": 1e6}.get(kind, cfg["bucket_cap_mb"])
+        state = ps = None
+        if kind.startswith("ps"):
+            net = model
+            opt = torch.optim.SGD(
+                model.parameters(), lr=0.0
+            )  # lr 0: every step sees the same gradients
+            ps = ParameterServer(
+                model,
+                opt,
+                rule=rule,
+                timeout=cfg["timeout"],
+                quorum=world - 1 if kind == "ps-quorum" else None,
+            )
+        else:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, **({} if cap is None else {"bucket_cap_mb": cap})
+            )
+            if kind != "ddp":
+                state = register_robust_hook(
+                    net, rule, whole_model=kind != "hook-block", timeout=cfg["timeout"]
+                )
         g = torch.Generator().manual_seed(rank)
         x = torch.randn(32, d, generator=g)
         times = []
         for step in range(cfg["warmup"] + cfg["repeat"]):
             if step == cfg["warmup"] and state is not None:
                 state.stats.reset()
-            ddp.zero_grad(set_to_none=False)
+            net.zero_grad(set_to_none=False)
             dist.barrier()  # steps start together: waiting for a slow rank is not counted
             t0 = time.perf_counter()
-            ddp(x).square().mean().backward()
+            net(x).square().mean().backward()
+            if ps is not None:
+                ps.step()
             times.append(time.perf_counter() - t0)
+        if ps is not None:
+            ps.finish()
         grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
         for p in model.parameters():  # make the replicas comparable: one SGD step
             p.data.add_(p.grad, alpha=-0.01)
         assert_replicas_identical(model)
-        out = {"target": n, "n": sum(p.numel() for p in model.parameters()), "rule": rule or "ddp",
-               "liveness": timeout is not None, "step_ms": 1e3 * statistics.median(times[cfg["warmup"]:]), "grads": grads}
+        out = {
+            "target": n,
+            "n": sum(p.numel() for p in model.parameters()),
+            "kind": kind,
+            "rule": rule or "allreduce",
+            "step_ms": 1e3 * statistics.median(times[cfg["warmup"] :]),
+            "grads": grads,
+            "bytes_per_step": bytes_per_step(kind, n_params(model), world),
+        }
         if state is not None:
             st, steps = state.stats, cfg["repeat"]
-            out.update(buckets=len(state.bucket_calls), barrier_ms=1e3 * st.barrier_s / steps,
-                       comm_ms=1e3 * st.comm_s / steps, aggregate_ms=1e3 * st.aggregate_s / steps)
-            out["bucket_sizes"] = bucket_sizes(ddp)
+            out.update(
+                buckets=len(state.bucket_calls),
+                barrier_ms=1e3 * st.barrier_s / steps,
+                comm_ms=1e3 * st.comm_s / steps,
+                aggregate_ms=1e3 * st.aggregate_s / steps,
+            )
+        elif kind == "ddp":
+            out["buckets"] = len(bucket_sizes(net)) or ""
         return out
 
+    def check(a: dict, b: dict, tol: float) -> None:
+        err = float((a["grads"] - b["grads"]).abs().max())
+        scale = float(b["grads"].abs().max())
+        if err > tol * max(scale, 1e-30):
+            raise SystemExit(
+                f"{a['kind']} {a['rule']} differs from {b['kind']} {b['rule']} by {err} "
+                f"(scale {scale}) at n={a['n']}"
+            )
+
     for n in cfg["sizes"]:
-        base = run(n, None)
+        base = run(n, "ddp", None)
+        check(run(n, "hook-whole", "mean"), base, 1e-5)  # the hook's mean is DDP's allreduce
+        batch = [base]
         for rule in cfg["rules"]:
-            for timeout in (cfg["timeout"], None):
-                r = run(n, rule, timeout)
-                if rule == "mean":  # correctness before trusting the timings
-                    err = float((r["grads"] - base["grads"]).abs().max())
-                    scale = float(base["grads"].abs().max())
-                    if err > 1e-5 * max(scale, 1e-30):
-                        raise SystemExit(f"hook mean differs from DDP allreduce by {err} (scale {scale}) at n={n}")
-                r.pop("grads")
-                results.append(r)
-        base.pop("grads")
-        results.append(base)
+            one = run(n, "hook-1bucket", rule)
+            batch.append(one)
+            for kind in ("hook-whole", "hook-block", "ps", "ps-quorum"):
+                r = run(n, kind, rule)
+                if kind in ("hook-whole", "ps"):
+                    check(r, one, 1e-5)  # whole-model aggregate, whatever the buckets
+                batch.append(r)
+        for r in batch:
+            r.pop("grads")
+        results.extend(batch)
         results.append(collectives(n, cfg))
     if rank == 0:
         Path(out_dir, "rank0.json").write_text(json.dumps(results))
     shutdown()
+
+
+def n_params(model: object) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def bytes_per_step(kind: str, n: int, p: int) -> int:
+    """Bytes sent over the network per step, all ranks together, from the message sizes."""
+    if kind == "ddp":
+        return 2 * (p - 1) * 4 * n  # ring allreduce
+    if kind.startswith("hook"):
+        return p * (p - 1) * (4 * n + 32)  # ring all_gather of payload + header
+    return (p - 1) * (4 * n + 32) + (p - 1) * (4 * n + 32 * (p + 1))  # PS: up, then down
 
 
 def bucket_sizes(ddp: object) -> list:
@@ -147,19 +237,22 @@ def collectives(n: int, cfg: dict) -> dict:
     t = torch.randn(n)
     out = torch.empty(world * n)
     res = {"target": n, "n": n, "rule": "collectives"}
-    for name, op in (("allreduce_ms", lambda: dist.all_reduce(t)),
-                     ("all_gather_ms", lambda: all_gather_flat(dist, out, t, None))):
+    for name, op in (
+        ("allreduce_ms", lambda: dist.all_reduce(t)),
+        ("all_gather_ms", lambda: all_gather_flat(dist, out, t, None)),
+    ):
         times = []
         for i in range(cfg["warmup"] + cfg["repeat"]):
             dist.barrier()
             t0 = time.perf_counter()
             op()
             times.append(time.perf_counter() - t0)
-        res[name] = 1e3 * statistics.median(times[cfg["warmup"]:])
+        res[name] = 1e3 * statistics.median(times[cfg["warmup"] :])
     return res
 
 
 # -- GPU aggregation of the same bucket shapes --------------------------------------------------
+
 
 def gpu_aggregation(shapes: list, rules: list, repeat: int, warmup: int) -> list:
     import torch
@@ -193,12 +286,20 @@ def gpu_aggregation(shapes: list, rules: list, repeat: int, warmup: int) -> list
                 t0 = time.perf_counter()
                 flagcore.aggregate(cpu, rule, **params)
                 tc.append(1e3 * (time.perf_counter() - t0))
-            rows.append({"p": p, "n": n, "rule": rule, "gpu_ms": statistics.median(ts[warmup:]),
-                         "cpu_ms": statistics.median(tc[warmup:])})
+            rows.append(
+                {
+                    "p": p,
+                    "n": n,
+                    "rule": rule,
+                    "gpu_ms": statistics.median(ts[warmup:]),
+                    "cpu_ms": statistics.median(tc[warmup:]),
+                }
+            )
     return rows
 
 
 # -- driver -------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -208,10 +309,21 @@ def free_port() -> int:
 
 def launch(cfg: dict, world: int) -> list:
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-                   OMP_NUM_THREADS=str(cfg["threads"]), FLAGCORE_NUM_THREADS=str(cfg["threads"]))
-        procs = [subprocess.Popen([sys.executable, __file__, "--_worker", tmp, json.dumps(cfg)],
-                                  env=dict(env, RANK=str(r))) for r in range(world)]
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+            WORLD_SIZE=str(world),
+            OMP_NUM_THREADS=str(cfg["threads"]),
+            FLAGCORE_NUM_THREADS=str(cfg["threads"]),
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--_worker", tmp, json.dumps(cfg)],
+                env=dict(env, RANK=str(r)),
+            )
+            for r in range(world)
+        ]
         deadline = time.monotonic() + 3600
         codes = []
         for p in procs:
@@ -234,41 +346,78 @@ def main() -> None:
     from flagcore._table import print_table
 
     rules = [r for r in args.rules.split(",") if r]
-    cfg = {"sizes": args.sizes, "rules": rules, "repeat": args.repeat, "warmup": args.warmup,
-           "threads": args.threads, "bucket_cap_mb": args.bucket_cap_mb, "timeout": args.timeout}
+    cfg = {
+        "sizes": args.sizes,
+        "rules": rules,
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "bucket_cap_mb": args.bucket_cap_mb,
+        "timeout": args.timeout,
+    }
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     results = launch(cfg, args.world)
+    load_after = os.getloadavg()
     rows, coll_rows = [], []
     for n in args.sizes:
-        base = next(r for r in results if r["target"] == n and r["rule"] == "ddp")
-        rows.append([base["n"], "ddp", "", base["step_ms"], 0.0, "", "", "", ""])
+        base = next(r for r in results if r["target"] == n and r["kind"] == "ddp")
         for r in results:
-            if r["target"] == n and r["rule"] in rules:
-                rows.append([r["n"], r["rule"], "yes" if r["liveness"] else "no", r["step_ms"],
-                             r["step_ms"] - base["step_ms"], r["barrier_ms"] if r["liveness"] else "",
-                             r["comm_ms"], r["aggregate_ms"], r["buckets"]])
+            if r["target"] != n or r["rule"] == "collectives":
+                continue
+            rows.append(
+                [
+                    r["n"],
+                    r["kind"],
+                    r["rule"],
+                    r["step_ms"],
+                    r["step_ms"] / base["step_ms"],
+                    r["bytes_per_step"] / 2**20,
+                    r.get("comm_ms", ""),
+                    r.get("aggregate_ms", ""),
+                    r.get("buckets", ""),
+                ]
+            )
         c = next(r for r in results if r["target"] == n and r["rule"] == "collectives")
-        coll_rows.append([n, c["allreduce_ms"], c["all_gather_ms"], c["all_gather_ms"] / c["allreduce_ms"]])
-    print(f"Robust DDP hook vs DDP allreduce: {args.world} CPU processes x {args.threads} thread(s), rank 0.\n"
-          "step: median ms per forward + backward (incl. communication); +ms: step - DDP's step; check:\n"
-          "liveness check through the c10d store (yes/no, then its ms per step, waiting for slower ranks\n"
-          "included); gather: all_gather ms per step, launch to completion (asynchronous: it overlaps\n"
-          "the backward); agg: the rule's ms per step (in the gather's completion callback)")
-    print_table("robust DDP hook",
-                ["params", "rule", "check", "step", "+ms", "check", "gather", "agg", "bkts"], rows)
-    print_table("one collective of the whole gradient, float32, median ms",
-                ["n", "allreduce", "all_gather", "ratio"], coll_rows)
+        coll_rows.append(
+            [n, c["allreduce_ms"], c["all_gather_ms"], c["all_gather_ms"] / c["allreduce_ms"]]
+        )
+    print(
+        f"Robust distributed training vs DDP allreduce: {args.world} CPU processes x {args.threads} thread(s),\n"
+        "rank 0. step: median ms per forward + backward + exchange; x ddp: step / DDP's step; MiB: sent\n"
+        "over the network per step, all ranks; gather / agg: the hook's all_gather (launch to completion,\n"
+        "overlapping the backward) and aggregation ms per step; bkts: buckets per step"
+    )
+    print_table(
+        "step time",
+        ["params", "config", "rule", "step ms", "x ddp", "MiB", "gather", "agg", "bkts"],
+        rows,
+    )
+    print_table(
+        "one collective of the whole gradient, float32, median ms",
+        ["n", "allreduce", "all_gather", "ratio"],
+        coll_rows,
+    )
     gpu_rows = []
     if args.device == "cuda":
-        shapes = sorted({(args.world, s) for r in results if r.get("bucket_sizes") for s in r["bucket_sizes"]})
+        shapes = sorted({(args.world, r["n"]) for r in results if r.get("kind") == "hook-1bucket"})
         gpu_rows = gpu_aggregation(shapes, rules, args.repeat, args.warmup)
         if gpu_rows:
-            print_table("Aggregation of the same buckets: GPU (CUDA events) vs CPU, ms",
-                        ["p", "n", "rule", "GPU ms", "CPU ms"],
-                        [[r["p"], r["n"], r["rule"], r["gpu_ms"], r["cpu_ms"]] for r in gpu_rows])
+            print_table(
+                "Aggregation of the same buckets: GPU (CUDA events) vs CPU, ms",
+                ["p", "n", "rule", "GPU ms", "CPU ms"],
+                [[r["p"], r["n"], r["rule"], r["gpu_ms"], r["cpu_ms"]] for r in gpu_rows],
+            )
     import flagcore
 
-    out = {"config": dict(cfg, world=args.world), "build": flagcore.build_info(), "ddp": results,
-           "gpu_aggregation": gpu_rows}
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    out = {
+        "config": dict(cfg, world=args.world),
+        "build": flagcore.build_info(),
+        "ddp": results,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "gpu_aggregation": gpu_rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

@@ -1,6 +1,6 @@
 """Reproduce the FA paper's robustness comparisons at laptop scale (digits, small MLP).
 
-Scenarios (SPEC_FA.md, "The paper's experimental setup"; 15 workers, r = 8 unless stated):
+Scenarios (docs/spec_fa.md, "The paper's experimental setup"; 15 workers, r = 8 unless stated):
   a   3 of 15 workers send uniform [0, 1) vectors (the paper's "random" attack)
   b   3 of 15 workers are honest but train on distorted data (warp / heavy noise / shuffled labels)
   c   scalability: 15, 30, 60 workers with 20 % distorted workers, r = 8, 16, 32
@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from flagcore.experiments import RobustnessConfig, print_summary, run_robustness, write_outputs
+from flagcore.experiments.grid import check_out_dir, have_matplotlib
 from flagcore.experiments.harness import available_rules, split_rule_list
-from flagcore.experiments.plots import write_plots
 
 PAPER_RULES = ["flag", "multi_krum", "bulyan", "median", "trimmed_mean", "meamed", "phocas", "mean"]
 FA_VARIANTS = ["flag", "flag[max_iter=50]", "flag[scale=median_norm]", "flag[max_iter=50,scale=median_norm]"]
@@ -66,7 +66,10 @@ def run_one(name: str, cfg: RobustnessConfig, out: str, progress: bool, md: list
     print_summary(res, title=f"[{name}] {note} ({elapsed:.0f} s)")
     write_outputs(res, out, plots=False)
     os.replace(os.path.join(out, "results.json"), os.path.join(out, f"robustness_{name}.json"))
-    write_plots(res, out, prefix=f"robustness_{name}_")
+    if have_matplotlib():
+        from flagcore.experiments.plots import write_plots
+
+        write_plots(res, out, prefix=f"robustness_{name}_")
     md.append(markdown_table(name, note, res, elapsed))
     return res
 
@@ -134,7 +137,14 @@ def main(argv=None) -> int:
     rules, skipped = pick_rules(a.rules)
     if skipped:
         print(f"note: this build has no rule(s) {', '.join(skipped)} (available: {', '.join(available_rules())}); skipped")
-    os.makedirs(a.out, exist_ok=True)
+    try:
+        check_out_dir(a.out, "robustness_paper")  # before hours of work, not after
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not have_matplotlib():
+        print("note: matplotlib is not installed: writing the JSON and the summary only "
+              "(pip install 'flagcore[cli]' for the plots)")
     base = dict(dataset=a.dataset, model=a.model, steps=a.steps, seeds=a.seeds, lr=a.lr, batch_size=a.batch_size,
                 device=a.device, eval_every=max(1, a.steps // 30), flag_history="first_seed")
     md = ["# Robustness comparisons (flagcore bench/robustness_paper.py)", "",
@@ -154,7 +164,7 @@ def main(argv=None) -> int:
             res_c[p] = run_one(f"c{p}", RobustnessConfig(rules=rules, attack="distorted", workers=p, byzantine=f,
                                                          r=PAPER_R.get(p, (p + 1) // 2), **base),
                                a.out, prog, md, f"scalability: {f} of {p} workers on distorted data")
-        if len(res_c) > 1:
+        if len(res_c) > 1 and have_matplotlib():
             scaling_plot(res_c, os.path.join(a.out, "robustness_c_scaling.png"))
     if "fa" in scen:
         for s, attack, note in (("fa_a", "random", "FA variants, 3 of 15 send uniform random vectors"),

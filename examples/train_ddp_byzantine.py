@@ -6,7 +6,8 @@ the gradients robustly with flagcore.
 Every rank draws its own mini-batches of one synthetic 4-class problem (Gaussian clusters in
 20 dimensions) and trains the same MLP. The ranks listed in --byzantine send an attack instead
 of their gradients. --mode ddp uses DistributedDataParallel with flagcore's communication hook
-(per-bucket aggregation); --mode ps uses flagcore's synchronous parameter server (rank 0
+(whole-model aggregation with per-bucket overlap; --block-wise aggregates each bucket on its
+own); --mode ps uses flagcore's synchronous parameter server (rank 0
 aggregates the whole flattened gradient). Compare --rule mean (breaks) with --rule median or
 --rule flag (trains). CPU processes use gloo; with one GPU per process, NCCL.
 """
@@ -56,8 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds before missing ranks are reported")
-    ap.add_argument("--bucket-cap-mb", type=float, default=None,
-                    help="DDP bucket size; larger than the model (e.g. 100) = whole-model aggregation")
+    ap.add_argument("--bucket-cap-mb", type=float, default=None, help="DDP bucket size in MiB")
+    ap.add_argument("--block-wise", action="store_true", help="aggregate each DDP bucket on its own")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -102,7 +103,7 @@ def main() -> None:
         kw = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
         net = torch.nn.parallel.DistributedDataParallel(model, **kw)
         state = register_robust_hook(net, args.rule, attack, attack_params=attack_params,
-                                     seed=args.seed, timeout=args.timeout, **rule_params)
+                                     whole_model=not args.block_wise, seed=args.seed, timeout=args.timeout, **rule_params)
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
         stats = state.stats
     else:
@@ -139,7 +140,8 @@ def main() -> None:
         print(f"replicas bitwise identical on all {world} ranks (sha256 {digest[:16]}...)")
         print(f"{wall:.2f} s for {args.steps} steps; on rank 0: liveness checks {stats.barrier_s:.3f} s, "
               f"communication {stats.comm_s:.3f} s, aggregation {stats.aggregate_s:.3f} s; ranks that "
-              f"sent NaN/Inf: {stats.nonfinite_calls or 'none'}", flush=True)
+              f"sent NaN/Inf: {stats.nonfinite_calls or 'none'}; malformed contributions rejected: "
+              f"{stats.rejected_calls or 'none'}", flush=True)
     shutdown()
 
 

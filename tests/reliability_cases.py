@@ -405,7 +405,7 @@ def render(results: list[Outcome], props: list) -> str:
     lines += ["", "### Error messages of the data table", ""]
     for msg, i in messages.items():
         lines.append(f"{i}. `{msg}`")
-    lines += ["", f"Regenerate with `{REGENERATE}` (writes this section into README.md between the",
+    lines += ["", f"Regenerate with `{REGENERATE}` (writes this section into docs/reliability.md between the",
               "markers, and bench/results/reliability_matrix.json);",
               "`tests/test_reliability_matrix.py` fails when the committed section is out of date.", END]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,14 @@ from flagcore import _core
 
 def test_build_info_keys():
     info = flagcore.build_info()
-    for key in ("version", "cuda_compiled", "cuda_architectures", "cuda_devices", "simd_supported", "num_threads"):
+    for key in (
+        "version",
+        "cuda_compiled",
+        "cuda_architectures",
+        "cuda_devices",
+        "simd_supported",
+        "num_threads",
+    ):
         assert key in info
     assert info["version"] == flagcore.__version__
     assert isinstance(info["cuda_compiled"], bool)
@@ -69,7 +76,9 @@ def test_num_threads_roundtrip_and_validation():
 
 
 def test_cli_info_prints_json():
-    out = subprocess.run([sys.executable, "-m", "flagcore", "info"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "flagcore", "info"], capture_output=True, text=True, check=True
+    )
     assert '"cuda_compiled"' in out.stdout
 
 

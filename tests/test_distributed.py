@@ -5,9 +5,7 @@ deadline enforced here, so a hang fails the test instead of blocking the suite.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,64 +18,18 @@ torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():  # pragma: no cover
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
+import _dist_launch  # noqa: E402 - after the torch check
+
 WORKER = Path(__file__).with_name("_dist_worker.py")
 WORLD = 4
 BYZANTINE = 3
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def launch(scenario: str, out_dir: Path, **kw: object) -> dict:
+    return _dist_launch.launch(WORKER, scenario, out_dir, **kw)
 
 
-def launch(scenario: str, out_dir: Path, *, deadline: float, env: dict | None = None,
-           expect_exit: dict | None = None) -> dict:
-    """Run the 4 ranks of ``scenario``; wait for at most ``deadline`` seconds for the ranks not
-    listed in ``expect_exit`` (rank -> "killed"/"stalled"), kill everything left, return
-    {rank: result json} for the ranks that wrote one."""
-    port = free_port()
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
-                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FLAGCORE_NUM_THREADS="1",
-                PYTHONUNBUFFERED="1", **(env or {}))
-    procs = []
-    for r in range(WORLD):
-        log = open(out_dir / f"rank{r}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, str(WORKER), scenario, str(out_dir)],
-                                       env=dict(base, RANK=str(r)), stdout=log, stderr=subprocess.STDOUT),
-                      log))
-    expect_exit = expect_exit or {}
-    end = time.monotonic() + deadline
-    try:
-        for r, (p, _) in enumerate(procs):
-            if r in expect_exit:
-                continue
-            try:
-                p.wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logs = "\n".join((out_dir / f"rank{q}.log").read_text()[-2000:] for q in range(WORLD))
-                pytest.fail(f"scenario {scenario}: rank {r} still running after {deadline} s (hang)\n{logs}")
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
-    results = {}
-    for r in range(WORLD):
-        f = out_dir / f"rank{r}.json"
-        if f.exists():
-            results[r] = json.loads(f.read_text())
-    return results
-
-
-def host_store() -> object:
-    """A c10d TCPStore served by this (test) process, like torchrun's agent serves one: the
-    ranks' exits then cannot take the store down while survivors still read it."""
-    import datetime
-
-    return torch.distributed.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=60),
-                                      wait_for_workers=False)
+host_store = _dist_launch.host_store
 
 
 # -- training with a Byzantine rank, bitwise replicas, parameter-server equivalence ----------
@@ -370,3 +322,44 @@ def test_parameter_digest_sees_one_bit() -> None:
         w = model.weight.view(-1)
         w[0] = torch.nextafter(w[0], torch.tensor(float("inf")))
     assert parameter_digest(model) != d0
+
+
+def test_new_argument_errors(world_of_one: object) -> None:
+    from flagcore.distributed import ParameterServer, register_robust_hook
+
+    model = torch.nn.Linear(3, 1)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    with pytest.raises(TypeError, match="register_robust_hook: whole_model must be a bool, got 1"):
+        register_robust_hook(ddp, "mean", whole_model=1)
+    with pytest.raises(ValueError, match="register_robust_hook: centered_clipping takes no reference"):
+        register_robust_hook(ddp, "centered_clipping", reference=torch.zeros(4))
+    with pytest.raises(ValueError, match="attack_params are for a named attack"):
+        register_robust_hook(ddp, "mean", lambda g, s: g, attack_params={"scale": 2.0})
+    with pytest.raises(ValueError, match=r"ParameterServer: quorum must be in \[1, 1\], got 2"):
+        ParameterServer(model, quorum=2)
+
+
+def test_callable_attack_and_rejection_in_world_of_one(world_of_one: object) -> None:
+    from flagcore.distributed import ParameterServer
+
+    model = torch.nn.Linear(3, 1)
+    ps = ParameterServer(model, rule="mean", attack=lambda g, s: g[:2])  # the only worker is malformed
+    out = ps.aggregate(torch.ones(4))
+    assert torch.equal(out, torch.zeros(4))  # every worker excluded: the aggregate is 0, never NaN
+    assert ps.stats.last_rejected == {0: "rank 0 sent a gradient of 2 float32 values, expected 4 float32"}
+    assert ps.last_status == {0: "rejected"}
+    assert len(ps.stats.step_times) == 1 and ps.stats.step_times[0] > 0
+
+
+def test_wire_format_roundtrip() -> None:
+    from flagcore.distributed._wire import HEADER_BYTES, pack, unpack
+
+    g = torch.arange(5, dtype=torch.float32)
+    rows = torch.stack([pack(g, 5, torch.float32, "cpu", (3, 7)),
+                        pack(g.double(), 5, torch.float32, "cpu", (3, 7)),
+                        pack(g, 5, torch.float32, "cpu", (2, 7))])
+    assert rows.shape == (3, 20 + HEADER_BYTES)
+    stack, bad = unpack(rows, 5, torch.float32, (3, 7), (0, 4, 9), "a bucket")
+    assert torch.equal(stack[0], g) and stack[1:].isnan().all()
+    assert bad == {4: "rank 4 sent a bucket of 5 float64 values, expected 5 float32",
+                   9: "rank 9 sent a bucket tagged (2, 7), expected (3, 7): the ranks are out of step"}

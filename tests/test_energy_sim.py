@@ -1,4 +1,4 @@
-"""Validation of the fork-join simulator against exact results and invariants (SPEC_ENERGY.md).
+"""Validation of the fork-join simulator against exact results and invariants (docs/spec_energy.md).
 
 Statistical tolerances come from each run's own 95% confidence half-width (hw): an estimate
 passes when |est - exact| < 4 hw (with 32 batch means, hw ~ 2 standard errors, so this is a
@@ -42,7 +42,7 @@ def check_percentiles(res, quantile_fn, qs=(0.5, 0.9, 0.99)):
 
 # ---------------------------------------------------------------- path-wise oracle
 def recursion(n, k, A, S, cancel=True):
-    """SPEC_ENERGY.md's recursion: B_j = max(A, E_j), C_j = B_j + S_j, D = k-th smallest C_j,
+    """docs/spec_energy.md's recursion: B_j = max(A, E_j), C_j = B_j + S_j, D = k-th smallest C_j,
     E_j' = max(B_j, min(C_j, D)) with cancellation (E_j' = C_j without)."""
     E = np.zeros(n)
     R = len(A)

@@ -5,6 +5,7 @@ SIGINT with KeyboardInterrupt and no native thread left running.
 Each case runs in a subprocess (resource limits and signals must not touch the test process), with
 a hard deadline.
 """
+
 from __future__ import annotations
 
 import signal
@@ -21,8 +22,12 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and 
 
 
 def _run(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_set_num_threads_refuses_absurd_counts():
@@ -71,11 +76,6 @@ def test_thread_creation_failure_is_a_python_error_not_an_abort():
         assert "NO ERROR" in r.stdout
 
 
-def _threads_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        return [int(line.split()[1]) for line in fh if line.startswith("Threads:")][0]
-
-
 def test_long_multithreaded_call_stops_on_sigint():
     # A Gram of 1536 rows that all reference one 2e6-element array: ~2.4e12 multiply-adds (far more
     # than a minute at any speed on this machine), no memory beyond the one row.
@@ -99,11 +99,16 @@ def test_long_multithreaded_call_stops_on_sigint():
                 after = [int(l.split()[1]) for l in fh if l.startswith("Threads:")][0]
             print("INTERRUPTED", before, after, round(time.monotonic() - t0, 2), flush=True)
     """
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
-        assert line.startswith("READY"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        early = proc.stderr.read() if proc.poll() is not None else ""
+        assert line.startswith("READY"), (line, early)
         time.sleep(1.5)
         assert proc.poll() is None, "the call finished before the signal: make it longer"
         t_sig = time.monotonic()

@@ -1,11 +1,12 @@
 """Run the bad-input matrix (tests/reliability_cases.py) and write its results.
 
     python tools/reliability_table.py            # write bench/results/reliability_matrix.json and
-                                                 # the Reliability section of README.md
+                                                 # the generated part of docs/reliability.md
     python tools/reliability_table.py --check    # exit 1 when any of them is out of date
 
 Run from the repository root with flagcore installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import reliability_cases as rc  # noqa: E402
 
+PAGE = os.path.join(ROOT, "docs", "reliability.md")
+
 
 def _read(path: str) -> str:
     with open(path) as fh:
@@ -26,10 +29,20 @@ def _read(path: str) -> str:
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "reliability_matrix.json"))
-    ap.add_argument("--readme", nargs="*", default=[os.path.join(ROOT, "README.md")],
-                    help="files whose section between the markers is replaced")
-    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when something is out of date")
+    ap.add_argument(
+        "--out", default=os.path.join(ROOT, "bench", "results", "reliability_matrix.json")
+    )
+    ap.add_argument(
+        "--pages",
+        "--readme",
+        dest="pages",
+        nargs="*",
+        default=[PAGE],
+        help="Markdown files whose marked section is replaced (default docs/reliability.md)",
+    )
+    ap.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 when something is out of date"
+    )
     args = ap.parse_args(argv)
 
     results = rc.run_all()
@@ -45,7 +58,7 @@ def main(argv: list | None = None) -> int:
             os.makedirs(os.path.dirname(args.out), exist_ok=True)
             with open(args.out, "w") as fh:
                 fh.write(new_json)
-    for path in args.readme:
+    for path in args.pages:
         if os.path.exists(path):
             text = _read(path)
             if rc.BEGIN not in text:
@@ -58,9 +71,13 @@ def main(argv: list | None = None) -> int:
             if not args.check:
                 with open(path, "w") as fh:
                     fh.write(new)
-    n_err = sum(r.outcome.split(":")[0].endswith("Error") or "Error (a" in r.outcome for r in results)
-    print(f"{len(results)} cases: {n_err} refused with an error, {len(results) - n_err - len(bugs)} returned, "
-          f"{len(bugs)} bugs")
+    n_err = sum(
+        r.outcome.split(":")[0].endswith("Error") or "Error (a" in r.outcome for r in results
+    )
+    print(
+        f"{len(results)} cases: {n_err} refused with an error, "
+        f"{len(results) - n_err - len(bugs)} returned, {len(bugs)} bugs"
+    )
     for r in bugs:
         print(f"  BUG  {r.entry} | {r.input} | {r.outcome}")
     for path in stale:

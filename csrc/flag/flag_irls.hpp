@@ -1,4 +1,4 @@
-// The Flag Aggregator's IRLS on one p x p Gram matrix (the "p-space" form of SPEC_FA.md).
+// The Flag Aggregator's IRLS on one p x p Gram matrix (the "p-space" form of docs/spec_fa.md).
 //
 // Inputs
 //   graw : p x p Gram matrix of the raw gradients, float64, both triangles        // [P, P]
@@ -20,7 +20,7 @@
 //   iterations : steps taken (eigen-solves); rejected : 1 if the last step increased F and
 //                was discarded; rank : dimension q <= r of the subspace used.
 //
-// Semantics (SPEC_FA.md): normalised x_i = g_i / max(||g_i||, 1e-12); uniform initial weights
+// Semantics (docs/spec_fa.md): normalised x_i = g_i / max(||g_i||, 1e-12); uniform initial weights
 // (the reference code's random start gives equal weights to within r/n); IRLS weights
 // (|1 - v_i| + eps)^(-1/2), pair weights mu^2 (|1 - ||Y^T(x_i - x_j)||^2| + eps)^(-1/2) with
 // mu = lam / (p'(p'-1)) over ordered pairs of the p' finite workers; stop after max_iter steps,

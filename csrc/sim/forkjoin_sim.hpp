@@ -1,5 +1,5 @@
 // Event-driven simulator of the (n, k) fork-join service with speed levels and energy
-// (the model of /work/shared/SPEC_ENERGY.md, README_energy.md).
+// (the model of docs/spec_energy.md; usage in docs/energy-usage.md).
 //
 // A request arriving (Poisson, rate arrival_rate) is forked into n tasks, one per server; each
 // server is FCFS with an unbounded queue; the request departs at the k-th completion of its

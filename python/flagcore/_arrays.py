@@ -6,10 +6,12 @@ that name the calling function, the argument and what was received) and turns it
 the native code can read without copying where possible; ``Stack.restore`` puts a (b, n)
 float result back into the caller's framework, dtype, device and shape.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +50,7 @@ class Stack:
     dtype: Any  # the caller's dtype (numpy dtype or torch dtype)
     device: Any = None  # torch device, or None for numpy
     from_list: bool = False
-    item_shape: tuple = ()  # shape of one gradient for list input
+    item_shape: tuple[int, ...] = ()  # shape of one gradient for list input
     data: Any = None
     torch_data: Any = None
 
@@ -58,10 +60,15 @@ class Stack:
 
     def restore(self, out: Any) -> Any:
         """(b, n) float result (numpy or torch) -> the caller's type, dtype, device and shape."""
+        t: Any
         if self.framework == "torch":
             import torch
 
-            t = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(out))
+            t = (
+                out
+                if isinstance(out, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(out))
+            )
             t = t.to(device=self.device, dtype=self.dtype)
         else:
             t = np.asarray(out)
@@ -73,12 +80,38 @@ class Stack:
 
 
 def _numpy_float(a: np.ndarray, fn: str, what: str) -> np.ndarray:
-    """float32/float64 as they are; float16 upcast to float32; anything else is a TypeError."""
+    """float32/float64 as they are; float16 upcast to float32; a non-native byte order
+    (big-endian on x86) converted to the native one, values unchanged; anything else is a
+    TypeError."""
+    if a.dtype.kind == "f" and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype in _NATIVE_DTYPES:
         return a
     if a.dtype == np.float16:
         return a.astype(np.float32)
-    raise TypeError(f"{fn}: {what} must have a floating dtype (float16, float32 or float64), got {a.dtype}")
+    raise TypeError(
+        f"{fn}: {what} must have a floating dtype (float16, float32 or float64), got {a.dtype}"
+    )
+
+
+def _check_torch_tensor(t: Any, fn: str, what: str) -> Any:
+    """Refuse what the kernels cannot read (sparse layouts, meta tensors), with the function and
+    argument named; give back a tensor without the lazy negation bit (``torch._neg_view``),
+    whose raw memory holds -x: the native code reads raw memory."""
+    import torch
+
+    if t.layout != torch.strided:
+        raise TypeError(
+            f"{fn}: {what} must be a dense (strided) torch tensor, got layout {t.layout}; "
+            "call .to_dense() first"
+        )
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{fn}: {what} is on the meta device (it holds no data), got {_describe(t)}"
+        )
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t
 
 
 def _torch_to_numpy(t: Any, fn: str, what: str) -> np.ndarray:
@@ -89,7 +122,7 @@ def _torch_to_numpy(t: Any, fn: str, what: str) -> np.ndarray:
     t = t.detach()
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)  # float16 / bfloat16: computed in float32
-    return t.numpy()
+    return np.asarray(t.numpy())
 
 
 def as_stack(gradients: Any, fn: str, *, arg: str = "gradients") -> Stack:
@@ -100,7 +133,8 @@ def as_stack(gradients: Any, fn: str, *, arg: str = "gradients") -> Stack:
     if is_torch_tensor(gradients):
         return _array_stack(gradients, fn, arg, "torch")
     raise TypeError(
-        f"{fn}: {arg} must be a numpy array, a torch tensor, or a list/tuple of them, got {_describe(gradients)}"
+        f"{fn}: {arg} must be a numpy array, a torch tensor, or a list/tuple of them, "
+        f"got {_describe(gradients)}"
     )
 
 
@@ -112,7 +146,10 @@ def _array_stack(x: Any, fn: str, arg: str, framework: str) -> Stack:
     b, p, n = shape if batched else (1, *shape)
     if p == 0:
         raise ValueError(f"{fn}: {arg} must hold at least one worker (p >= 1), got shape {shape}")
+    if b == 0:
+        raise ValueError(f"{fn}: {arg} must hold at least one problem (b >= 1), got shape {shape}")
     if framework == "torch":
+        x = _check_torch_tensor(x, fn, arg)
         if not _torch_dtype_ok(x):
             raise TypeError(f"{fn}: {arg} must have a floating dtype, got {x.dtype}")
         st = Stack(b, p, n, batched, "torch", x.dtype, device=x.device)
@@ -132,46 +169,67 @@ def _array_stack(x: Any, fn: str, arg: str, framework: str) -> Stack:
 
 def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
     if len(items) == 0:
-        raise ValueError(f"{fn}: {arg} must hold at least one worker (p >= 1), got an empty {type(items).__name__}")
+        raise ValueError(
+            f"{fn}: {arg} must hold at least one worker (p >= 1), "
+            f"got an empty {type(items).__name__}"
+        )
     first = items[0]
     if isinstance(first, np.ndarray):
         framework = "numpy"
     elif is_torch_tensor(first):
         framework = "torch"
     else:
-        raise TypeError(f"{fn}: {arg}[0] must be a numpy array or a torch tensor, got {_describe(first)}")
+        raise TypeError(
+            f"{fn}: {arg}[0] must be a numpy array or a torch tensor, got {_describe(first)}"
+        )
     shape = tuple(first.shape)
     dtype = first.dtype
     device = getattr(first, "device", None)
     for i, g in enumerate(items):
         ok_type = isinstance(g, np.ndarray) if framework == "numpy" else is_torch_tensor(g)
         if not ok_type:
-            raise TypeError(f"{fn}: {arg}[{i}] must be a {framework} {'array' if framework == 'numpy' else 'tensor'} like {arg}[0], got {_describe(g)}")
+            raise TypeError(
+                f"{fn}: {arg}[{i}] must be a {framework} "
+                f"{'array' if framework == 'numpy' else 'tensor'} like {arg}[0], got {_describe(g)}"
+            )
         if tuple(g.shape) != shape:
-            raise ValueError(f"{fn}: {arg}[{i}] has shape {tuple(g.shape)}, but {arg}[0] has shape {shape}")
+            raise ValueError(
+                f"{fn}: {arg}[{i}] has shape {tuple(g.shape)}, but {arg}[0] has shape {shape}"
+            )
         if g.dtype != dtype:
             raise TypeError(f"{fn}: {arg}[{i}] has dtype {g.dtype}, but {arg}[0] has dtype {dtype}")
-        if framework == "torch" and g.device != device:
-            raise ValueError(f"{fn}: {arg}[{i}] is on {g.device}, but {arg}[0] is on {device}")
+        if framework == "torch":
+            if g.device != device:
+                raise ValueError(f"{fn}: {arg}[{i}] is on {g.device}, but {arg}[0] is on {device}")
+            _check_torch_tensor(g, fn, f"{arg}[{i}]")
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     p = len(items)
     st = Stack(1, p, n, False, framework, dtype, device=device, from_list=True, item_shape=shape)
     if framework == "torch":
         if not _torch_dtype_ok(first):
             raise TypeError(f"{fn}: {arg} must have a floating dtype, got {dtype}")
-        if device.type != "cpu":
+        items = [_check_torch_tensor(g, fn, f"{arg}[{i}]") for i, g in enumerate(items)]
+        if device is not None and device.type != "cpu":
             import torch
 
             st.torch_data = torch.stack([g.detach().reshape(n) for g in items]).reshape(1, p, n)
             return st
-        rows = [np.ascontiguousarray(_torch_to_numpy(g.reshape(n), fn, f"{arg}[{i}]")) for i, g in enumerate(items)]
+        rows = [
+            np.ascontiguousarray(_torch_to_numpy(g.reshape(n), fn, f"{arg}[{i}]"))
+            for i, g in enumerate(items)
+        ]
     else:
-        rows = [np.ascontiguousarray(_numpy_float(g, fn, f"{arg}[{i}]")).reshape(n) for i, g in enumerate(items)]
+        rows = [
+            np.ascontiguousarray(_numpy_float(g, fn, f"{arg}[{i}]")).reshape(n)
+            for i, g in enumerate(items)
+        ]
     st.data = rows
     return st
 
 
-def check_int(value: Any, fn: str, name: str, *, low: int | None = None, high: int | None = None) -> int:
+def check_int(
+    value: Any, fn: str, name: str, *, low: int | None = None, high: int | None = None
+) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{fn}: {name} must be an int, got {value!r} ({type(value).__name__})")
     v = int(value)
@@ -182,9 +240,13 @@ def check_int(value: Any, fn: str, name: str, *, low: int | None = None, high: i
     return v
 
 
-def check_float(value: Any, fn: str, name: str, *, low: float | None = None, strict_low: bool = False) -> float:
+def check_float(
+    value: Any, fn: str, name: str, *, low: float | None = None, strict_low: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{fn}: {name} must be a real number, got {value!r} ({type(value).__name__})"
+        )
     v = float(value)
     if not np.isfinite(v):
         raise ValueError(f"{fn}: {name} must be finite, got {v}")
@@ -196,6 +258,7 @@ def check_float(value: Any, fn: str, name: str, *, low: float | None = None, str
 
 def check_choice(value: Any, fn: str, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{fn}: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        raise ValueError(
+            f"{fn}: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        )
     return value
-

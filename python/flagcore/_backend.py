@@ -1,13 +1,14 @@
 """Access to the native module and to the optional torch dependency."""
+
 from __future__ import annotations
 
 import importlib
 import sys
 from typing import Any
 
-import scipy_openblas32  # noqa: F401,E402  (loads the private OpenBLAS that _core links)
+import scipy_openblas32  # noqa: F401  (loads the private OpenBLAS that _core links)
 
-from . import _core  # noqa: F401  (the compiled extension; import errors surface here)
+from . import _core
 
 core = _core
 
@@ -26,7 +27,7 @@ def is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """What this build of flagcore contains.
 
     Keys: ``version``, ``cuda_compiled`` (bool), ``cuda_architectures`` (list of str),
@@ -47,7 +48,7 @@ def cuda_available() -> bool:
     """True when flagcore was built with CUDA and a CUDA device is visible. Never raises."""
     try:
         return bool(core.build_info()["cuda_compiled"]) and core.cuda_device_count() > 0
-    except Exception:  # noqa: BLE001 - documented to never raise
+    except Exception:
         return False
 
 

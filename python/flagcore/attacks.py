@@ -1,10 +1,15 @@
 """Byzantine attacks: given the honest gradients of one step, produce the f Byzantine ones.
 
-``attack(name, honest, f, *, seed=0, **params)``: honest is an (h, n) numpy array or torch
-tensor (h >= 1 honest workers); returns an (f, n) stack in the same framework, dtype and device.
-Stack it with the honest gradients to get the p = h + f inputs of a rule. Random attacks draw
-from ``numpy.random.default_rng(seed)``; statistics of the honest gradients are taken in
+``attack(name, honest, f, *, seed=0, rule=None, rule_params=None, return_info=False, **params)``
+
+honest: an (h, n) numpy array or torch tensor, or a list/tuple of h arrays/tensors of one shape
+(like every peer library); h >= 1 honest workers. Returns an (f, n) stack in the same framework,
+dtype and device, or, for list input, a list of f arrays/tensors of the items' shape. Stack (or
+concatenate) it with the honest gradients to get the p = h + f inputs of a rule. Random attacks
+draw from ``numpy.random.default_rng(seed)``; statistics of the honest gradients are taken in
 float64.
+
+Non-adaptive attacks (``ATTACKS``):
 
 ====================== =====================================================================
 "random"               i.i.d. uniform [0, 1) vectors (the FA paper's attack; the attackers
@@ -26,27 +31,117 @@ float64.
                        (Karimireddy, He and Jaggi 2022)
 ====================== =====================================================================
 
+Adaptive (omniscient) attacks (``ADAPTIVE_ATTACKS``) choose their parameter against the rule
+under attack, given as ``rule``: a name of ``flagcore.aggregate`` (configured with
+``rule_params``; f is filled in when absent) or a callable taking a float64 (p, n) numpy stack and
+returning the (n,) aggregate. The rule is built once per call (``flagcore.rules.make_rule``).
+All f attackers send the same vector. The *deviation* they maximise is
+
+    D(B) = || rule(H + B) - rule(H + M) ||,   M = f copies of the honest mean mu,
+
+the distance between the aggregate under attack and the aggregate had the attackers sent the
+honest mean. For ``mean`` this is ByzFL's criterion ||rule(H + B) - mu||; the reference
+rule(H + M) keeps p and f unchanged, so every rule's preconditions hold, and it puts rules whose
+output is not on the gradients' scale (FA's "paper" scale) on their own footing.
+
+====================== =====================================================================
+"optimal_alie"         ALIE's vector mu - z * std with z chosen by ByzFL's line maximisation
+                       (LineMaximize: start 0, step delta, expansion while D improves, then
+                       contraction by ``ratio``; ``evals`` evaluations of the rule); ALIE's
+                       z_max is evaluated too where it is defined, so the result is never
+                       below plain "alie".
+                       evals = 16, start = 0.0, delta = 1.0, ratio = 0.8. Needs rule.
+"optimal_ipm"          IPM's vector -eps * mu with eps chosen the same way (plain "ipm"'s
+                       eps = 0.1 evaluated too). Needs rule.
+"min_max", "min_sum"   Shejwalkar and Houmansadr (NDSS 2021): mu - gamma * d with d the
+                       perturbation ("unit_vec": mu / ||mu||, "std": per-coordinate std,
+                       "sign": sign(mu)). Without rule (AGR-agnostic, the paper's): the largest
+                       gamma with max_i ||b - g_i|| <= max_{i,j} ||g_i - g_j|| (min-max) or
+                       sum_i ||b - g_i||^2 <= max_j sum_i ||g_j - g_i||^2 (min-sum), solved in
+                       closed form (no bisection). With rule (AGR-tailored): gamma maximises D
+                       by line maximisation started at the agnostic gamma, which is kept when
+                       nothing beats it. perturbation = "unit_vec", evals = 16, ratio = 0.8.
+"fa_aware"             an attack on the Flag Aggregator designed from its objective (see
+                       docs/evaluation.md): b(theta) = ||g||_med * (cos theta (-u) +
+                       sin theta w), u = mu / ||mu||, w the honest gradients' main direction of
+                       spread orthogonal to u, theta on a grid of ``angles`` points in
+                       [0, 2 pi) (theta = 0 is a sign flip of the mean at the median honest
+                       norm), plus ALIE's and IPM's default vectors as candidates. FA's
+                       reconstruction ratios v_i (from flag_aggregate on the attacked stack)
+                       must stay at the honest level: min over attackers of v_b >= the
+                       ``quantile`` of the honest ratios minus ``slack``. Among the candidates
+                       that meet it, the one with the largest D on ``rule`` (default "flag");
+                       if none meets it, the most FA-trusted one (largest min v_b).
+                       angles = 24, quantile = 0.5, slack = 0.0; FA's own options (r, lam,
+                       max_iter, eps, tol, scale) come from rule_params when rule is "flag",
+                       else from ``flag_params``.
+====================== =====================================================================
+
+Non-adaptive attacks accept ``rule``/``rule_params`` and ignore them (so a harness can pass the
+rule under test to any attack). Adaptive attacks ignore honest rows holding NaN/Inf (the rules
+exclude them too); with fewer finite rows than the statistics need they send the non-adaptive
+attack's vector of the full input (non-finite, as that attack's would be).
+
+``return_info=True`` also returns an ``AttackInfo`` (the parameter chosen, its deviation, the
+rule evaluations spent, and for fa_aware the ratios).
+
 Label flipping and distorted-data workers act on the data, not on gradients: they belong to
 the experiment harness.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ._arrays import check_float, check_int
+from ._arrays import as_stack, check_choice, check_float, check_int
 from ._backend import is_torch_tensor
 
 ATTACKS = ("random", "sign_flip", "gaussian", "zero", "drop", "nan", "inf", "alie", "ipm", "mimic")
+ADAPTIVE_ATTACKS = ("optimal_alie", "optimal_ipm", "min_max", "min_sum", "fa_aware")
+ALL_ATTACKS = ATTACKS + ADAPTIVE_ATTACKS
+# Adaptive attacks that cannot run without a rule to target.
+NEEDS_RULE = ("optimal_alie", "optimal_ipm")
+PERTURBATIONS = ("unit_vec", "std", "sign")
+_FLAG_OPTIONS = ("r", "lam", "max_iter", "eps", "tol", "scale")
 
-_PARAMS = {
+_SEARCH: dict[str, Any] = {"evals": 16, "start": 0.0, "delta": 1.0, "ratio": 0.8}
+_PARAMS: dict[str, dict[str, Any]] = {
     "random": {}, "sign_flip": {"scale": 1.0}, "gaussian": {"mu": 0.0, "sigma": 1.0},
     "zero": {"fraction": 0.5}, "drop": {"fraction": 0.5}, "nan": {}, "inf": {},
     "alie": {"z": None}, "ipm": {"eps": 0.1}, "mimic": {"target": 0},
+    "optimal_alie": dict(_SEARCH), "optimal_ipm": dict(_SEARCH),
+    "min_max": {"perturbation": "unit_vec", "evals": 16, "ratio": 0.8},
+    "min_sum": {"perturbation": "unit_vec", "evals": 16, "ratio": 0.8},
+    "fa_aware": {"angles": 24, "quantile": 0.5, "slack": 0.0, "flag_params": None},
 }
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """What an attack chose.
+
+    name: the attack. parameter: z (optimal_alie), eps (optimal_ipm), gamma (min_max, min_sum),
+        theta in radians or the name of the candidate kept (fa_aware); None for non-adaptive
+        attacks. deviation: D at that parameter (None without a rule). agnostic_parameter:
+        min_max/min_sum's AGR-agnostic gamma. evaluations: calls of the targeted rule.
+    byzantine_ratio, honest_ratio: fa_aware's min FA ratio over the attackers and the honest
+        threshold it had to meet. feasible: whether fa_aware met it.
+    """
+
+    name: str
+    parameter: Any = None
+    deviation: float | None = None
+    agnostic_parameter: float | None = None
+    evaluations: int = 0
+    byzantine_ratio: float | None = None
+    honest_ratio: float | None = None
+    feasible: bool | None = None
+    extra: dict = field(default_factory=dict)
 
 
 def alie_z(p: int, f: int) -> float:
@@ -61,20 +156,67 @@ def alie_z(p: int, f: int) -> float:
     return NormalDist().inv_cdf(q)
 
 
-def attack(name: str, honest: Any, f: int, *, seed: int = 0, **params: Any) -> Any:
-    """The f Byzantine gradients of the named attack (see ATTACKS and the module doc)."""
+def attack(name: str, honest: Any, f: int, *, seed: int = 0, rule: Any = None, rule_params: dict | None = None,
+           return_info: bool = False, **params: Any) -> Any:
+    """The f Byzantine gradients of the named attack (see ALL_ATTACKS and the module doc).
+
+    honest: (h, n) array/tensor or a list/tuple of h arrays/tensors of one shape.
+    rule, rule_params: the rule an adaptive attack targets (a name of flagcore.aggregate and its
+        parameters, or a callable (p, n) float64 stack -> (n,)); ignored by the others.
+    return_info: also return an AttackInfo.
+    """
     fn = "attack"
-    if not isinstance(name, str) or name not in ATTACKS:
-        raise ValueError(f"{fn}: name must be one of {', '.join(ATTACKS)}, got {name!r}")
+    if not isinstance(name, str) or name not in ALL_ATTACKS:
+        raise ValueError(f"{fn}: name must be one of {', '.join(ALL_ATTACKS)}, got {name!r}")
     unknown = set(params) - set(_PARAMS[name])
     if unknown:
         raise TypeError(f"{fn}: attack {name!r} takes no parameter {sorted(unknown)[0]!r}")
+    if not isinstance(return_info, bool):
+        raise TypeError(f"{fn}: return_info must be a bool, got {return_info!r}")
     prm = {**_PARAMS[name], **params}
     f = check_int(f, fn, "f", low=0)
     seed = check_int(seed, fn, "seed", low=0)
+    h, restore = _honest_rows(honest, fn)
+    target = None
+    if name in ADAPTIVE_ATTACKS:
+        target = _target(name, rule, rule_params, f, h.shape[0] + f, fn)
+    elif rule_params is not None and not isinstance(rule_params, dict):
+        raise TypeError(f"{fn}: rule_params must be a dict, got {rule_params!r}")
+    rng = np.random.default_rng(seed)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite honest input gives non-finite attacks
+        if name in ADAPTIVE_ATTACKS:
+            out, info = _adaptive(name, h, f, rng, prm, target, rule, rule_params, fn)
+        else:
+            out, info = _make(name, h, f, rng, prm, fn), AttackInfo(name)
+    res = restore(out)
+    return (res, info) if return_info else res
+
+
+# ---------------------------------------------------------------------- input / output
+def _honest_rows(honest: Any, fn: str) -> tuple:
+    """(h, n) float64 rows and a function that puts an (f, n) float64 result back into the
+    caller's framework, dtype, device and form."""
+    if isinstance(honest, (list, tuple)):
+        st = as_stack(honest, fn, arg="honest")
+        if st.on_cpu:
+            h = np.stack([np.asarray(r, dtype=np.float64) for r in st.data])
+        else:
+            h = st.torch_data[0].detach().cpu().double().numpy()
+        first = honest[0]
+
+        def restore_list(out: np.ndarray) -> list:
+            if st.framework == "torch":
+                import torch
+
+                t = torch.from_numpy(np.ascontiguousarray(out)).to(dtype=first.dtype, device=first.device)
+                return [t[j].reshape(st.item_shape) for j in range(out.shape[0])]
+            return [out[j].astype(first.dtype).reshape(st.item_shape) for j in range(out.shape[0])]
+
+        return h, restore_list
     torch_in = is_torch_tensor(honest)
     if not torch_in and not isinstance(honest, np.ndarray):
-        raise TypeError(f"{fn}: honest must be a numpy array or a torch tensor, got {type(honest).__name__}")
+        raise TypeError(f"{fn}: honest must be a numpy array, a torch tensor, or a list/tuple of them, "
+                        f"got {type(honest).__name__}")
     if len(honest.shape) != 2 or honest.shape[0] < 1:
         raise ValueError(f"{fn}: honest must be (h, n) with h >= 1, got shape {tuple(honest.shape)}")
     if torch_in:
@@ -85,15 +227,63 @@ def attack(name: str, honest: Any, f: int, *, seed: int = 0, **params: Any) -> A
         if not np.issubdtype(honest.dtype, np.floating):
             raise TypeError(f"{fn}: honest must have a floating dtype, got {honest.dtype}")
         h = np.asarray(honest, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):  # non-finite honest input gives non-finite attacks
-        out = _make(name, h, f, np.random.default_rng(seed), prm, fn)
-    if torch_in:
-        import torch
 
-        return torch.from_numpy(out).to(dtype=honest.dtype, device=honest.device)
-    return out.astype(honest.dtype)
+    def restore(out: np.ndarray) -> Any:
+        if torch_in:
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(out)).to(dtype=honest.dtype, device=honest.device)
+        return out.astype(honest.dtype)
+
+    return h, restore
 
 
+def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> Callable | None:
+    """The targeted rule as a function (p, n) float64 -> (n,) float64, built once; None when an
+    agnostic attack got no rule."""
+    if rule_params is not None and not isinstance(rule_params, dict):
+        raise TypeError(f"{fn}: rule_params must be a dict, got {rule_params!r}")
+    if rule is None:
+        if name == "fa_aware":
+            rule = "flag"
+        elif name in NEEDS_RULE:
+            raise TypeError(f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a callable)")
+        else:
+            if rule_params:
+                raise ValueError(f"{fn}: rule_params given without a rule: {rule_params!r}")
+            return None
+    if isinstance(rule, str):
+        from .rules import make_rule
+
+        kw = dict(rule_params or {})
+        kw.setdefault("f", f)
+        try:
+            obj = make_rule(rule, _fn=fn, **kw)
+        except ValueError as exc:
+            raise ValueError(f"{fn}: attack {name!r} cannot target rule {rule!r}: {exc}") from exc
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(obj(x), dtype=np.float64).reshape(-1)
+
+        return run
+    if callable(rule):
+        if rule_params:
+            raise ValueError(f"{fn}: rule_params applies to a rule name; a callable rule got {rule_params!r}")
+
+        def run_callable(x: np.ndarray) -> np.ndarray:
+            out = rule(x)
+            if is_torch_tensor(out):
+                out = out.detach().cpu().double().numpy()
+            out = np.asarray(out, dtype=np.float64).reshape(-1)
+            if out.shape[0] != x.shape[1]:
+                raise ValueError(f"{fn}: rule callable returned {out.shape[0]} values for n = {x.shape[1]}")
+            return out
+
+        return run_callable
+    raise TypeError(f"{fn}: rule must be None, a rule name (str) or a callable, got {type(rule).__name__}")
+
+
+# ---------------------------------------------------------------------- non-adaptive
 def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple:
     """Per-coordinate mean (and std, ddof = 1) of the honest rows, computed on the rows divided
     by their largest magnitude per coordinate: plain sums and squares overflow for finite float64
@@ -141,3 +331,274 @@ def _make(name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict,
         return np.repeat(-eps * _scaled_mean_std(h)[0][None], f, axis=0)
     target = check_int(prm["target"], fn, "target", low=0, high=nh - 1)  # mimic
     return np.repeat(h[target][None], f, axis=0)
+
+
+# ---------------------------------------------------------------------- adaptive
+class _Deviation:
+    """D(b) = ||rule(H + f copies of b) - rule(H + f copies of mu)||, counting evaluations."""
+
+    def __init__(self, target: Callable, h: np.ndarray, f: int, mu: np.ndarray) -> None:
+        self.target, self.f, self.k = target, f, h.shape[0]
+        self.buf = np.empty((h.shape[0] + f, h.shape[1]))  # honest rows once, attackers rewritten
+        self.buf[: self.k] = h
+        self.evaluations = 0
+        self.ref = self._agg(mu)
+
+    def _agg(self, b: np.ndarray) -> np.ndarray:
+        self.evaluations += 1
+        self.buf[self.k:] = b
+        return self.target(self.buf)
+
+    def __call__(self, b: np.ndarray) -> float:
+        if not np.isfinite(b).all():
+            return -math.inf
+        e = self._agg(b) - self.ref
+        d = math.sqrt(float(np.sum(e * e)))  # not np.linalg.norm: BLAS threads stall on busy cores
+        return d if math.isfinite(d) else -math.inf
+
+
+def line_maximize(objective: Callable[[float], float], *, evals: int = 16, start: float = 0.0,
+                  delta: float = 1.0, ratio: float = 0.8) -> tuple:
+    """ByzFL's LineMaximize: best-effort argmax of objective over x >= 0 with ``evals``
+    evaluations. Expansion: from ``start``, step by delta (doubling after each improvement) until
+    the objective stops improving; contraction: step back and forth around the best point with
+    the step shrinking by ``ratio``. Returns (best_x, best_y)."""
+    best_x = start
+    best_y = objective(best_x)
+    evals -= 1
+    prop_x = best_x
+    while evals > 0:
+        prop_x = best_x + delta
+        prop_y = objective(prop_x)
+        evals -= 1
+        if prop_y > best_y:
+            best_x, best_y = prop_x, prop_y
+            delta *= 2
+        else:
+            delta *= ratio
+            break
+    while evals > 0:
+        if prop_x < best_x:
+            prop_x += delta
+        else:
+            x = prop_x - delta
+            while x < 0:
+                x = (x + prop_x) / 2
+            prop_x = x
+        prop_y = objective(prop_x)
+        evals -= 1
+        if prop_y > best_y:
+            best_x, best_y = prop_x, prop_y
+        delta *= ratio
+    return best_x, best_y
+
+
+def _search_params(prm: dict, fn: str, with_start: bool = True) -> dict:
+    out: dict[str, Any] = {"evals": check_int(prm["evals"], fn, "evals", low=1, high=10_000)}
+    r = check_float(prm["ratio"], fn, "ratio")
+    if not 0.5 < r < 1.0:
+        raise ValueError(f"{fn}: ratio must be in (0.5, 1), got {r}")
+    out["ratio"] = r
+    if with_start:
+        out["start"] = check_float(prm["start"], fn, "start", low=0.0)
+        out["delta"] = check_float(prm["delta"], fn, "delta", low=0.0, strict_low=True)
+    return out
+
+
+def _perturbation(kind: str, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarray:
+    if kind == "unit_vec":
+        nrm = math.sqrt(float(np.sum(mu * mu)))
+        return mu / nrm if nrm > 0 else np.zeros_like(mu)
+    if kind == "std":
+        assert sd is not None  # callers compute std whenever this perturbation is asked for
+        return sd
+    return np.sign(mu)
+
+
+def min_max_gamma(h: np.ndarray, d: np.ndarray) -> float:
+    """The largest gamma with max_i ||mu - gamma d - g_i|| <= max_{i,j} ||g_i - g_j||
+    (Shejwalkar and Houmansadr's min-max condition) in closed form: each ||mu - g_i - gamma d||^2
+    is a convex quadratic in gamma, at most D^2 at gamma = 0, so the feasible set is [0, min_i
+    of the positive roots]. 0 when d = 0 or all honest rows coincide."""
+    mu = h.mean(axis=0)
+    c0 = h - mu  # centred rows: pairwise distances from their Gram lose no precision to a common offset
+    sq = np.sum(c0 * c0, axis=1)
+    dmax2 = float(max(np.max(sq[:, None] + sq[None, :] - 2 * (c0 @ c0.T)), 0.0))
+    a = float(d @ d)
+    if a == 0.0 or dmax2 == 0.0:
+        return 0.0
+    e = mu[None, :] - h  # (h, n)
+    b = -2.0 * (e @ d)
+    c = np.sum(e * e, axis=1) - dmax2
+    disc = np.maximum(b * b - 4 * a * c, 0.0)
+    roots = (-b + np.sqrt(disc)) / (2 * a)
+    return float(max(np.min(roots), 0.0))
+
+
+def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
+    """The largest gamma with sum_i ||mu - gamma d - g_i||^2 <= max_j sum_i ||g_j - g_i||^2 (the
+    min-sum condition): the left side is k gamma^2 ||d||^2 + sum_i ||mu - g_i||^2 (mu is the
+    mean, cross terms vanish), so gamma = sqrt((S_max - S_mu) / (k ||d||^2))."""
+    k = h.shape[0]
+    c0 = h - h.mean(axis=0)
+    sq = np.sum(c0 * c0, axis=1)
+    s_mu = float(np.sum(sq))
+    # sum_i ||g_j - g_i||^2 = k ||c_j||^2 + sum_i ||c_i||^2 (the centred rows sum to zero)
+    s_max = float(np.max(k * sq + s_mu))
+    a = float(d @ d)
+    if a == 0.0:
+        return 0.0
+    return math.sqrt(max(s_max - s_mu, 0.0) / (k * a))
+
+
+def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, prm: dict, target: Any,
+              rule: Any, rule_params: Any, fn: str) -> tuple:
+    n = h_all.shape[1]
+    finite = np.isfinite(h_all).all(axis=1)
+    h = h_all[finite]
+    need = 1 if name == "optimal_ipm" or (name in ("min_max", "min_sum") and prm["perturbation"] != "std") else 2
+    if name in ("min_max", "min_sum"):
+        check_choice(prm["perturbation"], fn, "perturbation", PERTURBATIONS)
+    if h.shape[0] < need or f == 0:
+        fallback = {"optimal_alie": "alie", "optimal_ipm": "ipm", "min_max": "ipm", "min_sum": "ipm",
+                    "fa_aware": "sign_flip"}[name]
+        if fallback == "alie" and h_all.shape[0] < 2:
+            raise ValueError(f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard deviation, "
+                             f"got {h_all.shape[0]}")
+        _validate_only(name, prm, fn)
+        return _make(fallback, h_all, f, rng, _PARAMS[fallback], fn), AttackInfo(name)
+    mu, sd = _scaled_mean_std(h, std=h.shape[0] >= 2)
+    def rep(b: np.ndarray) -> np.ndarray:
+        return np.repeat(b[None], f, axis=0)
+
+    g0 = 0.0
+    d = mu
+    if name in ("min_max", "min_sum"):
+        d = _perturbation(prm["perturbation"], mu, sd)
+        g0 = min_max_gamma(h, d) if name == "min_max" else min_sum_gamma(h, d)
+        if target is None:  # AGR-agnostic: the paper's attack; the only adaptive case without a rule
+            _search_params(prm, fn, with_start=False)
+            return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
+    dev = _Deviation(target, h, f, mu)
+
+    if name in ("optimal_alie", "optimal_ipm"):
+        sp = _search_params(prm, fn)
+        default: float | None
+        vec: Callable[[float], np.ndarray]
+        if name == "optimal_alie":
+            assert sd is not None  # h >= 2 here (need = 2)
+            sdv = sd
+
+            def vec(z: float) -> np.ndarray:
+                return mu - z * sdv
+
+            try:
+                default = alie_z(h_all.shape[0] + f, f)
+            except ValueError:  # z_max undefined for this (p, f): the line search alone decides
+                default = None
+        else:
+
+            def vec(e: float) -> np.ndarray:
+                return -e * mu
+
+            default = _PARAMS["ipm"]["eps"]
+        x, y = line_maximize(lambda t: dev(vec(t)), **sp)
+        if default is not None:
+            y0 = dev(vec(default))
+            if y0 >= y:
+                x, y = default, y0
+        return rep(vec(x)), AttackInfo(name, parameter=x, deviation=y, evaluations=dev.evaluations)
+
+    if name in ("min_max", "min_sum"):
+        sp = _search_params(prm, fn, with_start=False)
+        y0 = dev(mu - g0 * d)
+        scale = g0 if g0 > 0 else math.sqrt(float(np.sum(mu * mu)) / max(float(np.sum(d * d)), 1e-300))
+        x, y = line_maximize(lambda g: dev(mu - g * d), start=g0, delta=max(scale, 1e-300) * 0.5, **sp)
+        if y0 >= y:
+            x, y = g0, y0
+        return rep(mu - x * d), AttackInfo(name, parameter=x, deviation=y, agnostic_parameter=g0,
+                                           evaluations=dev.evaluations)
+
+    return _fa_aware(h, f, mu, sd, dev, prm, rule, rule_params, rng, fn, n)
+
+
+def _validate_only(name: str, prm: dict, fn: str) -> None:
+    if name in ("optimal_alie", "optimal_ipm"):
+        _search_params(prm, fn)
+    elif name in ("min_max", "min_sum"):
+        _search_params(prm, fn, with_start=False)
+    elif name == "fa_aware":
+        _fa_params(prm, fn)
+
+
+def _fa_params(prm: dict, fn: str) -> tuple:
+    angles = check_int(prm["angles"], fn, "angles", low=1, high=10_000)
+    q = check_float(prm["quantile"], fn, "quantile", low=0.0)
+    if q > 1.0:
+        raise ValueError(f"{fn}: quantile must be in [0, 1], got {q}")
+    slack = check_float(prm["slack"], fn, "slack", low=0.0)
+    fp = prm["flag_params"]
+    if fp is not None and not isinstance(fp, dict):
+        raise TypeError(f"{fn}: flag_params must be a dict or None, got {fp!r}")
+    return angles, q, slack, dict(fp or {})
+
+
+def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev: _Deviation, prm: dict,
+              rule: Any, rule_params: Any, rng: np.random.Generator, fn: str, n: int) -> tuple:
+    from .flag import flag_aggregate
+
+    angles, q, slack, fparams = _fa_params(prm, fn)
+    if rule in (None, "flag") and rule_params:
+        fparams = {**{k: v for k, v in rule_params.items() if k in _FLAG_OPTIONS}, **fparams}
+    bad = set(fparams) - set(_FLAG_OPTIONS)
+    if bad:
+        raise TypeError(f"{fn}: flag_params takes no parameter {sorted(bad)[0]!r}")
+    k = h.shape[0]
+    norms = np.sqrt(np.sum(h * h, axis=1))
+    g_med = float(np.median(norms))
+    nmu = math.sqrt(float(np.sum(mu * mu)))
+    u = mu / nmu if nmu > 0 else np.zeros(n)
+    # w: the honest normalised gradients' main direction of spread, orthogonal to u (the
+    # direction FA's subspace captures after u); a seeded random direction when there is none.
+    xs = h / np.maximum(norms, 1e-300)[:, None]
+    xc = xs - xs.mean(axis=0)
+    xc = xc - np.outer(xc @ u, u)
+    w = np.zeros(n)
+    if k >= 2 and np.any(xc):
+        # top right singular vector of xc from its k x k Gram (no n x k SVD)
+        _, evec = np.linalg.eigh(xc @ xc.T)
+        w = evec[:, -1] @ xc
+        w = w - (w @ u) * u
+    if not np.any(w):
+        w = rng.standard_normal(n)
+        w -= (w @ u) * u
+    w /= max(math.sqrt(float(np.sum(w * w))), 1e-300)
+    cands: list = []
+    for i in range(angles):
+        th = 2 * math.pi * i / angles
+        cands.append((th, g_med * (-math.cos(th) * u + math.sin(th) * w)))
+    if sd is not None:
+        with contextlib.suppress(ValueError):  # z_max is undefined for some (p, f)
+            cands.append(("alie", mu - alie_z(k + f, f) * sd))
+    cands.append(("ipm", -_PARAMS["ipm"]["eps"] * mu))
+    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio, threshold)
+    records: list = []
+    stack = np.empty((k + f, n))
+    stack[:k] = h
+    for label, b in cands:
+        stack[k:] = b
+        _, info = flag_aggregate(stack, return_info=True, **fparams)
+        v = np.asarray(info.reconstruction_ratios, dtype=np.float64)
+        thr = float(np.quantile(v[:k], q)) - slack
+        vb = float(np.min(v[k:]))
+        records.append((vb - thr, label, b, vb, thr))
+    ok = [(dev(r[2]), r) for r in records if r[0] >= 0]
+    feasible = bool(ok)
+    if feasible:
+        d, (_, label, b, vb, thr) = max(ok, key=lambda t: t[0])  # first of equal deviations
+    else:  # nothing FA trusts enough: the most trusted candidate
+        _, label, b, vb, thr = max(records, key=lambda r: r[0])
+        d = dev(b)
+    return (np.repeat(b[None], f, axis=0),
+            AttackInfo("fa_aware", parameter=label, deviation=d, evaluations=dev.evaluations,
+                       byzantine_ratio=vb, honest_ratio=thr, feasible=feasible))

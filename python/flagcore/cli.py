@@ -1,12 +1,27 @@
 """The ``flagcore`` command line.
 
 Each area registers its own sub-command from its own module (``register(subparsers)``), so this
-file only lists them.
+file only lists them, and applies what every command shares before it runs:
+
+- output paths: every ``--out`` (a folder) and ``--json`` (a file) is checked before the work
+  starts (``_paths``), so a long run never ends in a traceback about its output path;
+- plots: without matplotlib a command that plots writes its JSON and says how to get plots;
+- errors: ValueError/TypeError (bad options, bad input) exit with status 2 and one line naming
+  the command; OSError while writing exits with status 1.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import _paths
+
+# Options that name an output, and what they must be. Every command's options are checked
+# against this table before the command runs.
+OUTPUT_OPTIONS = {"out": "folder", "json": "file"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +58,88 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """'flagcore demo', 'flagcore energy sweep', ...: how messages name the command."""
+    parts = ["flagcore", str(args.command)]
+    sub = getattr(args, "energy_command", None)
+    if sub:
+        parts.append(str(sub))
+    return " ".join(parts)
+
+
+def check_outputs(args: argparse.Namespace, where: str) -> None:
+    """Raise ValueError (naming the command and the option) for an output path that cannot be
+    written; creates nothing."""
+    for attr, kind in OUTPUT_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        option = "--" + attr.replace("_", "-")
+        if kind == "folder":
+            _paths.check_output_dir(value, where, option)
+        else:
+            _paths.check_output_file(value, where, option)
+
+
+def _is_matplotlib_missing(exc: ImportError) -> bool:
+    return (exc.name or "").split(".")[0] == "matplotlib"
+
+
+def _skip_plots_on_missing_matplotlib(
+    func: Callable[[argparse.Namespace], Any], where: str
+) -> Callable[[argparse.Namespace], Any]:
+    """``func`` with a missing matplotlib turned into a note: for commands that write their JSON
+    before they plot (tests/test_seams.py checks that they do)."""
+
+    def run(args: argparse.Namespace) -> Any:
+        try:
+            return func(args)
+        except ImportError as exc:
+            if not _is_matplotlib_missing(exc):
+                raise
+            print(
+                f"{where}: matplotlib is not installed, so no plots were written (the JSON was); "
+                f"{_paths.PLOTS_HINT}",
+                file=sys.stderr,
+            )
+            return 0
+
+    return run
+
+
+def prepare_plots(args: argparse.Namespace, where: str) -> None:
+    """Without matplotlib: the robustness run writes results.json only; the energy sweep
+    writes sweep.json and skips its plots. Both say so and how to get plots."""
+    if _paths.have_matplotlib():
+        return
+    if args.command == "robustness" and not getattr(args, "no_plots", True):
+        args.no_plots = True
+        print(
+            f"{where}: matplotlib is not installed: results.json only, no plots; "
+            f"{_paths.PLOTS_HINT}",
+            file=sys.stderr,
+        )
+    elif getattr(args, "energy_command", None) == "sweep" and getattr(args, "out", None):
+        args.func = _skip_plots_on_missing_matplotlib(args.func, where)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    where = command_name(args)
     try:
+        check_outputs(args, where)
+        prepare_plots(args, where)
         return int(args.func(args) or 0)
     except (ValueError, TypeError) as exc:
-        print(f"flagcore {args.command}: error: {exc}", file=sys.stderr)
+        msg = str(exc)
+        if msg.startswith(where + ": "):
+            msg = msg[len(where) + 2 :]
+        print(f"{where}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,46 +8,87 @@ output folder.
 
 Part 2 (when flagcore.energy is installed): a short energy/latency trade-off of a (4, 2)
 fork-join service as the probability of the high-speed level varies.
+
+Without matplotlib both parts write their JSON and say how to get the plots; the output folder
+is checked before part 1 starts.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
+from typing import Any
+
+from . import _paths
+
+_WHERE = "flagcore demo"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the built-in demonstration (tables on the terminal, plots in --out)")
-    p.add_argument("--out", default="flagcore_demo", help="folder for plots and JSON (default: ./flagcore_demo)")
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo", help="run the built-in demonstration (tables on the terminal, plots in --out)"
+    )
+    p.add_argument(
+        "--out",
+        default="flagcore_demo",
+        help="folder for plots and JSON (default: ./flagcore_demo)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def robustness_part(out: str, seed: int = 0, quick: bool = False, progress: bool = True) -> list:
+def robustness_part(
+    out: str, seed: int = 0, quick: bool = False, progress: bool = True
+) -> list[str]:
     """FA vs mean vs median under the random attack on digits; returns the files written."""
     from .experiments import RobustnessConfig, print_summary, run_robustness, write_outputs
 
-    cfg = RobustnessConfig(rules=["flag", "median", "mean"], attack="random", workers=15, byzantine=3,
-                           dataset="digits", model="mlp", steps=20 if quick else 300, batch_size=32, lr=0.05,
-                           seeds=1 if quick else 3, seed=seed, eval_every=5 if quick else 15)
-    print(f"Part 1: robustness. {cfg.workers} workers on scikit-learn's digits (MLP), the last {cfg.byzantine} "
-          f"send uniform [0, 1) vectors; SGD lr {cfg.lr}, momentum {cfg.momentum}, {cfg.steps} steps, "
-          f"{cfg.seeds} seed(s); FA with r = {(cfg.workers + 1) // 2}, 1 IRLS step (the paper's setting).")
+    cfg = RobustnessConfig(
+        rules=["flag", "median", "mean"],
+        attack="random",
+        workers=15,
+        byzantine=3,
+        dataset="digits",
+        model="mlp",
+        steps=20 if quick else 300,
+        batch_size=32,
+        lr=0.05,
+        seeds=1 if quick else 3,
+        seed=seed,
+        eval_every=5 if quick else 15,
+    )
+    print(
+        f"Part 1: robustness. {cfg.workers} workers on scikit-learn's digits (MLP), "
+        f"the last {cfg.byzantine} send uniform [0, 1) vectors; SGD lr {cfg.lr}, "
+        f"momentum {cfg.momentum}, {cfg.steps} steps, {cfg.seeds} seed(s); "
+        f"FA with r = {(cfg.workers + 1) // 2}, 1 IRLS step (the paper's setting)."
+    )
     res = run_robustness(cfg, progress=progress)
     print_summary(res, title="Final test accuracy under the random attack (higher is better)")
     fa = res["rules"]["flag"]
     mr = fa["flag"]["mean_ratio"]
     h = sum(x["honest"] for x in mr) / len(mr)
     b = sum(x["byzantine"] for x in mr) / len(mr)
-    print(f"FA's mean reconstruction ratio: honest workers {h:.3f}, attackers {b:.3f} "
-          f"(1 = inside FA's subspace); the heat map shows it per step.")
-    return write_outputs(res, out)
+    print(
+        f"FA's mean reconstruction ratio: honest workers {h:.3f}, attackers {b:.3f} "
+        f"(1 = inside FA's subspace); the heat map shows it per step."
+    )
+    plots = _paths.have_matplotlib()
+    if not plots:
+        print(
+            f"{_WHERE}: matplotlib is not installed, so part 1 writes results.json without plots; "
+            f"{_paths.PLOTS_HINT}",
+            file=sys.stderr,
+        )
+    return list(write_outputs(res, out, plots=plots))
 
 
-def _energy_sweep(energy, quick: bool) -> list:
+def _energy_sweep(energy: Any, quick: bool) -> list[list[float]]:
     """(4, 2) fork-join with cancellation, two speed levels (rate 1 at power 1, rate 2 at power
     4), arrival rate 1; sweep of the probability q of the high-speed level: closed-form
     approximation (race rate) beside the simulator."""
@@ -57,12 +98,20 @@ def _energy_sweep(energy, quick: bool) -> list:
         levels = [(1.0, 1.0, 1.0 - q), (2.0, 4.0, q)]
         a = energy.approximate(4, 2, 1.0, levels)
         s = energy.simulate(4, 2, 1.0, levels, requests=20_000 if quick else 200_000, seed=0)
-        rows.append([q, a.mean_response_time, s.mean_response_time, s.p99,
-                     a.energy_per_request, s.energy_per_request])
+        rows.append(
+            [
+                q,
+                a.mean_response_time,
+                s.mean_response_time,
+                s.p99,
+                a.energy_per_request,
+                s.energy_per_request,
+            ]
+        )
     return rows
 
 
-def energy_part(out: str, quick: bool = False) -> list:
+def energy_part(out: str, quick: bool = False) -> list[str]:
     from ._table import print_table
 
     try:
@@ -70,37 +119,58 @@ def energy_part(out: str, quick: bool = False) -> list:
     except ImportError:
         print("Part 2: energy module not available (flagcore.energy); skipped.")
         return []
-    print("Part 2: energy/latency trade-off of a (4, 2) fork-join service as the high-speed probability varies.")
+    print(
+        "Part 2: energy/latency trade-off of a (4, 2) fork-join service "
+        "as the high-speed probability varies."
+    )
     rows = _energy_sweep(energy, quick)
-    print_table("Energy vs latency, (4, 2) with cancellation, arrival rate 1",
-                ["p(high speed)", "E[T] approx", "E[T] sim", "p99 sim", "energy/req approx", "energy/req sim"], rows)
+    print_table(
+        "Energy vs latency, (4, 2) with cancellation, arrival rate 1",
+        [
+            "p(high speed)",
+            "E[T] approx",
+            "E[T] sim",
+            "p99 sim",
+            "energy/req approx",
+            "energy/req sim",
+        ],
+        rows,
+    )
     path = os.path.join(out, "energy_tradeoff.json")
     with open(path, "w") as fh:
-        json.dump({"columns": ["p_high", "ET_approx", "ET_sim", "p99_sim", "energy_approx", "energy_sim"], "rows": rows}, fh,
-                  indent=2)
+        json.dump(
+            {
+                "columns": [
+                    "p_high",
+                    "ET_approx",
+                    "ET_sim",
+                    "p99_sim",
+                    "energy_approx",
+                    "energy_sim",
+                ],
+                "rows": rows,
+            },
+            fh,
+            indent=2,
+        )
     written = [path]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.plot([r[2] for r in rows], [r[5] for r in rows], "o-", label="simulation")
-        ax.plot([r[1] for r in rows], [r[4] for r in rows], "s--", label="approximation")
-        for r in rows:
-            ax.annotate(f"q={r[0]:g}", (r[2], r[5]), fontsize=7)
-        ax.set_xlabel("mean response time")
-        ax.set_ylabel("energy per request")
-        ax.set_title("(4, 2) fork-join: energy vs latency", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        png = os.path.join(out, "energy_tradeoff.png")
-        fig.savefig(png, dpi=120)
-        plt.close(fig)
-        written.append(png)
-    except ImportError:  # pragma: no cover
-        pass
+    plt = _paths.pyplot_or_none(f"{_WHERE} (part 2)")
+    if plt is None:
+        return written
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([r[2] for r in rows], [r[5] for r in rows], "o-", label="simulation")
+    ax.plot([r[1] for r in rows], [r[4] for r in rows], "s--", label="approximation")
+    for r in rows:
+        ax.annotate(f"q={r[0]:g}", (r[2], r[5]), fontsize=7)
+    ax.set_xlabel("mean response time")
+    ax.set_ylabel("energy per request")
+    ax.set_title("(4, 2) fork-join: energy vs latency", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = os.path.join(out, "energy_tradeoff.png")
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    written.append(png)
     return written
 
 
@@ -108,12 +178,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        raise ValueError("demo: needs torch (install the torch build for your machine first)") from exc
+        raise ValueError(
+            "demo: needs torch (install the torch build for your machine first)"
+        ) from exc
     t0 = time.perf_counter()
+    _paths.check_output_dir(args.out, _WHERE)  # before minutes of training, not after
     os.makedirs(args.out, exist_ok=True)
-    written = robustness_part(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
+    written = robustness_part(
+        args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress
+    )
     written += energy_part(args.out, quick=args.quick)
     where = os.path.abspath(args.out)
-    print(f"Done in {time.perf_counter() - t0:.0f} s. Wrote to {where}: " +
-          ", ".join(os.path.basename(w) for w in written))
+    print(
+        f"Done in {time.perf_counter() - t0:.0f} s. Wrote to {where}: "
+        + ", ".join(os.path.basename(w) for w in written)
+    )
     return 0

@@ -1,6 +1,6 @@
 """The Flag Aggregator (Almasi et al., ICLR 2024), computed in p-space.
 
-See ``flag_aggregate`` and ../shared/SPEC_FA.md for the math. The native CPU path reads the
+See ``flag_aggregate`` and docs/spec_fa.md for the math. The native CPU path reads the
 gradients twice (one Gram pass, one weighted-sum pass) and does the IRLS on p x p matrices in
 float64. CUDA tensors of float32/float16/bfloat16 go to flagcore's CUDA kernels when this build
 has them and a GPU is visible (csrc/flag/flag_cuda.hpp: Gram, IRLS in one block per problem,
@@ -108,7 +108,7 @@ def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, ma
         computed natively; float16/bfloat16 are computed in float32.
     r : subspace dimension, 1 <= r <= p; default (p + 1) // 2 (the paper used about p/2).
     lam : weight of the pairwise term, 0 <= lam <= 1e150; mu = lam / (p (p - 1)) enters squared
-        (SPEC_FA.md).
+        (docs/spec_fa.md).
     max_iter : IRLS steps; 1 reproduces the paper's runs (uncentred PCA of the normalised
         gradients). Iteration stops early when the objective decreases by at most ``tol``; a
         step that increases it is discarded. Memory does not grow with max_iter: the objective

@@ -1,5 +1,6 @@
 """Pieces shared by the DDP hook and the parameter server: rank-liveness checks through the
 c10d store, argument checks, Byzantine contributions, and timing counters."""
+
 from __future__ import annotations
 
 import datetime
@@ -50,7 +51,9 @@ def check_timeout(fn: str, timeout: Any) -> float | None:
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (base seed, rank, step, bucket): the same on every run and
     independent between ranks, steps and buckets."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(
+        2, dtype=np.uint32
+    )
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
@@ -78,15 +81,25 @@ def validate_rule(fn: str, rule: Any, params: dict, p: int) -> None:
 def validate_attack(fn: str, attack: Any, params: dict) -> None:
     from .. import attacks
 
+    if callable(attack) and not isinstance(attack, str):
+        if params:
+            raise ValueError(
+                f"{fn}: attack_params are for a named attack, got a callable attack and {params!r}"
+            )
+        return
     if attack is None:
         if params:
             raise ValueError(f"{fn}: attack_params given without an attack: {params!r}")
         return
     if not isinstance(attack, str):
-        raise TypeError(f"{fn}: attack must be None or an attack name (str), got {attack!r}")
+        raise TypeError(
+            f"{fn}: attack must be None, an attack name (str) or a callable, got {attack!r}"
+        )
     out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
     if tuple(out.shape) != (1, 3):
-        raise ValueError(f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)")
+        raise ValueError(
+            f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)"
+        )
 
 
 def byzantine_contribution(attack: str, params: dict, own: Any, seed: int) -> Any:
@@ -100,6 +113,16 @@ def byzantine_contribution(attack: str, params: dict, own: Any, seed: int) -> An
     return out.reshape(own.shape).to(dtype=own.dtype, device=own.device)
 
 
+def contribution_of(attack: Any, params: dict, own: Any, seed: int) -> Any:
+    """What this rank sends for its 1-D tensor ``own``: itself, the named attack's output, or
+    whatever the callable ``attack(own, seed)`` returns (checked by the wire format, not here)."""
+    if attack is None:
+        return own
+    if callable(attack) and not isinstance(attack, str):
+        return attack(own, seed)
+    return byzantine_contribution(attack, params, own, seed)
+
+
 @dataclass
 class CommStats:
     """Counters of a hook or a parameter server (this rank), in seconds of wall time.
@@ -110,7 +133,11 @@ class CommStats:
     the non-finite scan). calls: collectives issued; elements: gradient entries this rank sent.
     nonfinite_calls: global rank -> number of calls in which it sent NaN or Inf;
     last_nonfinite_ranks: those of the last call (the rule's policy decides what they do to
-    the aggregate).
+    the aggregate). rejected_calls: global rank -> number of calls in which it sent a malformed
+    contribution (wrong size, dtype, or out of step), which was replaced by NaN and so excluded
+    and counted against f; last_rejected: {rank: message} of the last call that rejected one.
+    step_times: (parameter server) seconds per step, see ``ParameterServer``; late_calls:
+    (parameter server with a quorum) global rank -> steps whose quorum closed without it.
     """
 
     calls: int = 0
@@ -120,25 +147,37 @@ class CommStats:
     aggregate_s: float = 0.0
     nonfinite_calls: dict = field(default_factory=dict)
     last_nonfinite_ranks: tuple = ()
+    rejected_calls: dict = field(default_factory=dict)
+    last_rejected: dict = field(default_factory=dict)
+    step_times: list = field(default_factory=list)
+    late_calls: dict = field(default_factory=dict)
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
     def as_dict(self) -> dict:
         return {
-            "calls": self.calls, "elements": self.elements, "barrier_s": self.barrier_s,
-            "comm_s": self.comm_s, "aggregate_s": self.aggregate_s,
+            "calls": self.calls,
+            "elements": self.elements,
+            "barrier_s": self.barrier_s,
+            "comm_s": self.comm_s,
+            "aggregate_s": self.aggregate_s,
             "nonfinite_calls": dict(self.nonfinite_calls),
             "last_nonfinite_ranks": list(self.last_nonfinite_ranks),
+            "rejected_calls": dict(self.rejected_calls),
+            "last_rejected": {int(k): v for k, v in self.last_rejected.items()},
+            "step_times": list(self.step_times),
+            "late_calls": dict(self.late_calls),
         }
 
 
-def record_nonfinite(stats: CommStats, stack: Any, ranks: Sequence[int]) -> None:
-    """Note which rows of the (p, n) tensor ``stack`` hold NaN or Inf."""
-    import torch
-
-    bad = (~torch.isfinite(stack)).any(dim=1).cpu().tolist()
-    names = tuple(r for r, b in zip(ranks, bad) if b)
+def record_nonfinite_mask(
+    stats: CommStats, bad: Sequence[bool], ranks: Sequence[int], skip: Sequence[int] = ()
+) -> None:
+    """Note the ranks whose row is flagged in ``bad`` (the rule's own exclusion of non-finite
+    workers: no extra pass over the data); ranks in ``skip``, already rejected as malformed,
+    are not counted again."""
+    names = tuple(r for r, b in zip(ranks, bad) if b and r not in skip)
     stats.last_nonfinite_ranks = names
     for r in names:
         stats.nonfinite_calls[r] = stats.nonfinite_calls.get(r, 0) + 1
@@ -164,13 +203,16 @@ class ArrivalBarrier:
     make a collective fail fast, which ``run`` turns into the same error after a probe.
     """
 
-    def __init__(self, store: Any, kind: str, rank: int, ranks: Sequence[int], timeout: float) -> None:
+    def __init__(
+        self, store: Any, kind: str, rank: int, ranks: Sequence[int], timeout: float
+    ) -> None:
         self.store = store
         self.prefix = f"flagcore/{kind}/{next(_instance_ids)}"
         self.rank = int(rank)
         self.ranks = tuple(ranks)
         self.timeout = float(timeout)
         self._k = 0
+        self._launch = 0
         self._probe = 0
         self._last_key: str | None = None
 
@@ -193,14 +235,17 @@ class ArrivalBarrier:
                 f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
-                where=where, timeout=self.timeout,
+                where=where,
+                timeout=self.timeout,
             ) from cause
         if not missing:  # every key arrived just after the wait gave up: not a failure
             return
         raise RankFailureError(
             f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
             f"{self.timeout:g} s (dead or stalled); seen from rank {self.rank}",
-            missing_ranks=missing, where=where, timeout=self.timeout,
+            missing_ranks=missing,
+            where=where,
+            timeout=self.timeout,
         ) from cause
 
     def arrive(self, where: str) -> None:
@@ -215,6 +260,58 @@ class ArrivalBarrier:
                 pass
         self._last_key = self._key("a", k, self.rank)
 
+    # -- launch counters: cheaper than ``arrive`` (one store request per collective, no waiting)
+    def launched(self) -> int:
+        """Record (one store request, no waiting) that this rank is about to launch its next
+        collective; returns that collective's number k (the same on every rank)."""
+        k = self._launch
+        self._launch += 1
+        self.store.set(f"{self.prefix}/l/{self.rank}", str(k).encode())
+        return k
+
+    def behind(self, k: int) -> list:
+        """Ranks that have not launched collective k (their counter is older, or absent)."""
+        out = []
+        for r in self.ranks:
+            key = f"{self.prefix}/l/{r}"
+            if not self.store.check([key]) or int(self.store.get(key)) < k:
+                out.append(r)
+        return out
+
+    def wait_work(self, work: Any, k: int, where: str, deadline: float | None) -> None:
+        """Wait for an asynchronous collective (number k) until ``deadline`` (a
+        time.monotonic() value; None: no limit). On a timeout or a failed collective raise
+        RankFailureError naming the ranks that never launched it (dead, or stalled after their
+        previous collective); if every rank launched it, probe which ranks still answer."""
+        try:
+            if deadline is None:
+                work.wait()
+            else:
+                remaining = max(deadline - time.monotonic(), 1e-3)
+                work.wait(timeout=datetime.timedelta(seconds=remaining))
+            return
+        except RuntimeError as exc:
+            cause = exc
+        try:
+            missing = self.behind(k)
+        except RuntimeError as exc2:
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
+                f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
+                f"init_method tcp:// / env://) has probably died",
+                where=where,
+                timeout=self.timeout,
+            ) from cause
+        if missing:
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
+                f"{self.timeout:g} s (dead or stalled); seen from rank {self.rank}",
+                missing_ranks=missing,
+                where=where,
+                timeout=self.timeout,
+            ) from cause
+        raise self.after_failure(where, cause) from cause
+
     def after_failure(self, where: str, exc: BaseException) -> RankFailureError:
         """A collective failed after every rank had arrived (a peer died in between, or the
         process group's own timeout fired). Probe which ranks still answer and return the
@@ -228,7 +325,9 @@ class ArrivalBarrier:
             return err
         return RankFailureError(
             f"flagcore.distributed: {where}: the collective failed on rank {self.rank} although "
-            f"every rank is still reachable: {exc}", where=where, timeout=self.timeout,
+            f"every rank is still reachable: {exc}",
+            where=where,
+            timeout=self.timeout,
         )
 
 

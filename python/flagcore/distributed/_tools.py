@@ -1,11 +1,19 @@
 """Checking that replicas agree bitwise across ranks, and a clean shutdown."""
+
 from __future__ import annotations
 
 import datetime
 import hashlib
 from typing import Any
 
-from ._common import ArrivalBarrier, all_gather_flat, check_timeout, default_store, group_ranks, torch_dist
+from ._common import (
+    ArrivalBarrier,
+    all_gather_flat,
+    check_timeout,
+    default_store,
+    group_ranks,
+    torch_dist,
+)
 
 
 def parameter_digest(module: Any) -> str:
@@ -41,8 +49,10 @@ def assert_replicas_identical(module: Any, process_group: Any = None) -> str:
     digests = [bytes(row.tolist()).hex() for row in out.view(len(ranks), -1).cpu()]
     differ = [r for r, d in zip(ranks, digests) if d != digests[0]]
     if differ:
-        raise RuntimeError(f"assert_replicas_identical: rank(s) {differ} hold parameters that differ from "
-                           f"rank {ranks[0]}'s")
+        raise RuntimeError(
+            f"assert_replicas_identical: rank(s) {differ} hold parameters that differ from "
+            f"rank {ranks[0]}'s"
+        )
     return mine
 
 

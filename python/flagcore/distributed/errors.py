@@ -1,4 +1,5 @@
 """Errors raised by flagcore.distributed."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -18,8 +19,14 @@ class RankFailureError(RuntimeError):
     ``--max-restarts`` restarts the whole group) rather than retry.
     """
 
-    def __init__(self, message: str, *, missing_ranks: Sequence[int] = (), where: str = "",
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing_ranks: Sequence[int] = (),
+        where: str = "",
+        timeout: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.missing_ranks = tuple(int(r) for r in missing_ranks)
         self.where = where

@@ -1,107 +1,213 @@
 """Robust aggregation inside DistributedDataParallel: a communication hook that all-gathers
-each gradient bucket from every rank and aggregates it with a flagcore rule.
+each gradient bucket from every rank and aggregates the whole model with a flagcore rule.
 
-Per-bucket semantics: DDP hands the hook one bucket at a time (a flat slice of the model's
-gradients, about ``bucket_cap_mb`` MiB, parameters in roughly reverse order), so the rule runs
-on each bucket separately: a (p, n_bucket) stack, p = number of ranks. For coordinate-wise
-rules (mean, median, trimmed mean, ...) this is exactly whole-model aggregation; for rules that
-look at whole vectors (flag, krum, geometric median, ...) each bucket gets its own subspace /
-selection, which is a different (block-wise) rule. For whole-model aggregation put every
-parameter in one bucket: ``DistributedDataParallel(model, bucket_cap_mb=<more than the model's
-gradient size in MiB>)`` (parameters of different dtypes or devices still get separate
-buckets). Large buckets lose DDP's overlap of communication with the backward pass.
+Whole-model aggregation at bucket speed (``whole_model=True``, the default): DDP hands the
+hook one bucket at a time (a flat slice of the gradients, about ``bucket_cap_mb`` MiB), while
+the backward pass is still running. Each bucket is all-gathered asynchronously; when its
+gather completes, a completion callback adds the bucket's (p, p) Gram matrix to the step's
+sum (coordinate-wise rules without pre-aggregation skip the Gram and aggregate the bucket
+right away). When the last bucket of the step has arrived, the rule's p-space part runs once
+on the whole model's Gram (``flagcore.rules.gram_plan``: Krum scores, Weiszfeld, clipping, the
+Flag Aggregator's IRLS, Bulyan's selection, NNM mixing) and every bucket is finished with one
+weighted sum (or a coordinate rule on the selected / mixed rows). The result equals
+``flagcore.aggregate(whole_model_stack, rule, ...)`` to rounding (the Gram is summed in another
+order), whatever the bucket layout, and is bitwise the same on every rank.
+
+``whole_model=False`` aggregates each bucket as its own problem (block-wise: for rules that
+look at whole vectors, a different rule; for coordinate-wise rules the same).
+
+Failure model: see ``flagcore.distributed._wire`` (a malformed contribution becomes a NaN row,
+excluded and counted against f, named in ``stats.last_rejected`` on every rank) and
+``register_robust_hook`` (a dead or stalled rank is named within ``timeout``).
 """
+
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import (ArrivalBarrier, CommStats, all_gather_flat, byzantine_contribution,
-                      check_timeout, default_store, derive_seed, group_ranks, record_nonfinite,
-                      rule_params_with_defaults, timed, torch_dist, validate_attack, validate_rule)
+import numpy as np
+
+from ._common import (
+    ArrivalBarrier,
+    CommStats,
+    all_gather_flat,
+    check_timeout,
+    default_store,
+    derive_seed,
+    group_ranks,
+    record_nonfinite_mask,
+    rule_params_with_defaults,
+    timed,
+    torch_dist,
+    validate_attack,
+    validate_rule,
+    contribution_of,
+)
+from ._wire import pack, unpack
+
+log = logging.getLogger("flagcore.distributed")
 
 
 @dataclass
 class RobustHookState:
     """State of one robust hook (this rank). Returned by ``register_robust_hook``; read
-    ``stats`` for timings and for the ranks that sent non-finite values."""
+    ``stats`` for timings, the ranks that sent non-finite values and the rejected (malformed)
+    contributions; ``last_plan`` is the whole-model plan of the last step (whole_model=True)."""
 
     rule: str
     rule_params: dict
-    attack: str | None
+    attack: Any
     attack_params: dict
     seed: int
     timeout: float | None
     process_group: Any
     rank: int  # global rank of this process
     ranks: tuple  # global ranks of the group, in group order (row i of a stack = ranks[i])
+    whole_model: bool = True
     barrier: ArrivalBarrier | None = None
     stats: CommStats = field(default_factory=CommStats)
     bucket_calls: dict = field(default_factory=dict)  # bucket index -> calls so far
+    rule_obj: Any = None  # the configured flagcore rule, built once
+    last_plan: Any = None
+    steps: int = 0  # steps completed (last buckets seen)
+    _pending: list = field(default_factory=list)
+    _lock: Any = field(default_factory=threading.Lock)
 
 
-def register_robust_hook(ddp_model: Any, rule: str = "flag", attack: str | None = None, *,
-                         attack_params: dict | None = None, seed: int = 0,
-                         timeout: float | None = 300.0, process_group: Any = None,
-                         store: Any = None, **rule_params: Any) -> RobustHookState:
+@dataclass
+class _Bucket:
+    """One bucket of the current step: its gather and what its completion callback made."""
+
+    index: int
+    call: int
+    buf: Any
+    gathered: Any
+    where: str
+    t_launch: float
+    k: int | None = None
+    work: Any = None
+    done: Any = None  # the gather's future chained with the completion callback
+    result: Any = None  # whole_model: the future handed to DDP, completed at the end of the step
+    stack: Any = None
+    bad: dict = field(default_factory=dict)
+    gram: Any = None
+    out: Any = None
+    excl: Any = None
+
+
+def register_robust_hook(
+    ddp_model: Any,
+    rule: str = "flag",
+    attack: Any = None,
+    *,
+    whole_model: bool = True,
+    attack_params: dict | None = None,
+    seed: int = 0,
+    timeout: float | None = 300.0,
+    process_group: Any = None,
+    store: Any = None,
+    **rule_params: Any,
+) -> RobustHookState:
     """Make ``ddp_model`` (a torch DistributedDataParallel) aggregate gradients with a
     flagcore rule instead of averaging them.
 
-    For every bucket, every rank all-gathers the bucket from all ranks of the group into a
-    (p, n) stack (row i = the i-th rank of the group), calls
-    ``flagcore.aggregate(stack, rule, **rule_params)`` and writes the result into its gradients.
-    Every rank runs the same code on the same stack, so all replicas get the same update and
-    never drift (bitwise, on identical hardware: flagcore's kernels do not depend on the thread
-    count). See the module docstring for the per-bucket semantics and whole-model aggregation.
+    Every rank all-gathers every gradient bucket from all ranks of the group (row i = the i-th
+    rank of the group) and computes the same aggregate: with ``whole_model=True`` (default)
+    exactly ``flagcore.aggregate(whole_model_stack, rule, **rule_params)`` (to rounding), the
+    rule's p-space solve running once per step after the last bucket arrived (see the module
+    docstring); with ``whole_model=False`` each bucket separately. Every rank runs the same
+    code on the same data, so all replicas get the same update and never drift (bitwise, on
+    identical hardware). The rule object is built once (``flagcore.rules.make_rule``) and
+    reused, so stateful options (bucketing's shuffle stream) advance once per step.
 
     Parameters
     ----------
     rule, **rule_params : the flagcore rule and its parameters. For ``rule="flag"`` without an
         explicit ``scale``, ``scale="median_norm"`` is used (the paper's scaling has no gradient
-        magnitude, so learning rates tuned for the mean would not transfer).
+        magnitude, so learning rates tuned for the mean would not transfer). centered_clipping
+        takes no ``reference`` here.
+    whole_model : True: whole-model aggregation with per-bucket overlap. False: block-wise.
     attack, attack_params : make THIS rank Byzantine (for experiments): it sends
         ``flagcore.attacks.attack(attack, own[None], 1, seed=s, **attack_params)`` instead of its
-        gradient ``own``, where ``s`` is derived from (seed, rank, bucket, call). The rank is not
-        omniscient: its own gradient is the attack's only "honest" input.
-    timeout : seconds a rank waits for the others at each bucket before raising
-        RankFailureError naming the ranks that did not arrive (dead or stalled). The check goes
-        through the c10d store (3 small store requests per bucket) before the bucket's
-        all_gather is launched. None disables it: a stalled peer is then only caught by the
-        process group's own timeout (``init_process_group(timeout=...)``; keep that one >=
-        ``timeout`` in any case, it also guards the collective itself). The all_gather is
-        asynchronous and the rule runs when it completes, overlapping the rest of the backward.
+        gradient bucket ``own``, where ``s`` is derived from (seed, rank, bucket, call). The rank
+        is not omniscient: its own gradient is the attack's only "honest" input. ``attack`` may
+        also be a callable ``attack(own, s)`` returning what to send (any tensor: one of another
+        size or dtype is rejected by every rank, see below).
+    timeout : seconds. At the last bucket of each step every rank waits at most this long (the
+        first step at least 60 s: ranks reach it at different times) for
+        the step's gathers, then raises RankFailureError naming the ranks that never launched
+        their gather (dead, or stalled anywhere in the step); if every rank launched, a probe
+        through the c10d store names those that no longer answer (within another ``timeout``).
+        Costs one small store request per bucket. None: no check (a stalled peer is then only
+        caught by the process group's own timeout, ``init_process_group(timeout=...)``; keep
+        that one larger than ``timeout`` in any case).
     process_group : the group to aggregate over (default: the default group).
     store : the c10d store for the liveness check (default: the default group's store). Its
         keys are named after the order in which hooks / parameter servers are created in a
         process, so every rank must create them in the same order (as with collectives).
 
+    Malformed contributions: a rank whose bucket has another number of values or another dtype
+    than the bucket (or is out of step) never puts it on the wire; every rank replaces its row
+    by NaN, the rule excludes it and counts it against f for that step (f_eff = max(f - e, 0)),
+    and ``stats.last_rejected`` holds e.g. "rank 2 sent a bucket of 1005 float64 values,
+    expected 1000 float32" on every rank (also logged as a warning on logger
+    "flagcore.distributed"). NaN/Inf values are excluded the same way (every flagcore rule
+    excludes non-finite workers); ``stats.last_nonfinite_ranks`` says who sent them.
+
     Returns the hook's RobustHookState (its ``stats`` split the time into liveness check,
-    communication and aggregation). NaN/Inf sent by a rank are given to the rule as they are
-    (its documented policy decides; "mean" propagates them); ``stats.last_nonfinite_ranks``
-    says who sent them.
+    communication and aggregation).
     """
     fn = "register_robust_hook"
     dist = torch_dist()
     from torch.nn.parallel import DistributedDataParallel
 
+    from ..rules import make_rule
+
     if not isinstance(ddp_model, DistributedDataParallel):
-        raise TypeError(f"{fn}: ddp_model must be a torch DistributedDataParallel, got {type(ddp_model).__name__}")
+        raise TypeError(
+            f"{fn}: ddp_model must be a torch DistributedDataParallel, got {type(ddp_model).__name__}"
+        )
     if not dist.is_initialized():
-        raise ValueError(f"{fn}: torch.distributed is not initialised (call init_process_group first)")
+        raise ValueError(
+            f"{fn}: torch.distributed is not initialised (call init_process_group first)"
+        )
+    if not isinstance(whole_model, bool):
+        raise TypeError(f"{fn}: whole_model must be a bool, got {whole_model!r}")
     timeout = check_timeout(fn, timeout)
     ranks = group_ranks(dist, process_group)
     params = rule_params_with_defaults(rule, rule_params)
+    if params.get("reference") is not None:
+        raise ValueError(
+            f"{fn}: centered_clipping takes no reference in the DDP hook (the reference is a "
+            f"whole-model vector); got a {type(params['reference']).__name__}"
+        )
     validate_rule(fn, rule, params, len(ranks))
     attack_params = dict(attack_params or {})
     validate_attack(fn, attack, attack_params)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
     rank = dist.get_rank()
-    state = RobustHookState(rule, params, attack, attack_params, seed, timeout, process_group, rank, ranks)
+    state = RobustHookState(
+        rule,
+        params,
+        attack,
+        attack_params,
+        seed,
+        timeout,
+        process_group,
+        rank,
+        ranks,
+        whole_model=whole_model,
+        rule_obj=make_rule(rule, _fn=fn, **params),
+    )
     if timeout is not None:
-        state.barrier = ArrivalBarrier(store if store is not None else default_store(dist), "hook",
-                                       rank, ranks, timeout)
+        state.barrier = ArrivalBarrier(
+            store if store is not None else default_store(dist), "hook", rank, ranks, timeout
+        )
     ddp_model.register_comm_hook(state, robust_hook)
     return state
 
@@ -111,6 +217,14 @@ def robust_hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
     dist.GradBucket, the result a torch.futures.Future[torch.Tensor]. Those two are not
     annotated because DDP compares annotations to the real classes, and this module's
     annotations are strings (``from __future__ import annotations``)."""
+    try:
+        return _hook(state, bucket)
+    except BaseException:
+        state._pending = []  # a failed step leaves nothing behind for the next one
+        raise
+
+
+def _hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
     import torch
 
     dist = torch_dist()
@@ -118,49 +232,142 @@ def robust_hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
     idx = bucket.index()
     call = state.bucket_calls.get(idx, 0)
     state.bucket_calls[idx] = call + 1
-    own = buf
-    if state.attack is not None:
-        own = byzantine_contribution(state.attack, state.attack_params, buf,
-                                     derive_seed(state.seed, state.rank, idx, call))
-    own = own.contiguous()
+    own = contribution_of(
+        state.attack, state.attack_params, buf, derive_seed(state.seed, state.rank, idx, call)
+    )
     p, n = len(state.ranks), buf.numel()
-    gathered = torch.empty(p * n, dtype=buf.dtype, device=buf.device)
+    msg = pack(own, n, buf.dtype, buf.device, (idx, call))
+    gathered = torch.empty(p * msg.numel(), dtype=torch.uint8, device=buf.device)
     st = state.stats
     st.calls += 1
     st.elements += n
-
-    def finish() -> Any:
-        def agg() -> Any:
-            from .. import aggregate
-
-            stack = gathered.view(p, n)
-            record_nonfinite(st, stack, state.ranks)
-            return aggregate(stack, state.rule, **state.rule_params).to(buf.dtype)
-
-        return timed(st, "aggregate_s", agg)
-
-    where = f"robust DDP hook, bucket {idx}, call {call}"
+    entry = _Bucket(idx, call, buf, gathered, f"robust DDP hook, bucket {idx}, call {call}", 0.0)
     if state.barrier is not None:
-        timed(st, "barrier_s", lambda: state.barrier.arrive(where))
-
-    # The gather runs asynchronously and the rule runs in its completion callback, so both
-    # overlap with the backward pass of the layers still to come (as DDP's allreduce does).
-    t_launch = time.perf_counter()
+        entry.k = timed(st, "barrier_s", state.barrier.launched)
+    # The gather runs asynchronously and its completion callback (Gram, or the block's rule)
+    # runs in the communication thread, so both overlap with the rest of the backward pass.
+    entry.t_launch = time.perf_counter()
     try:
-        work = all_gather_flat(dist, gathered, own, state.process_group, async_op=True)
+        entry.work = all_gather_flat(dist, gathered, msg, state.process_group, async_op=True)
     except RuntimeError as exc:
         if state.barrier is None:
             raise
-        raise state.barrier.after_failure(where, exc) from exc
+        raise state.barrier.after_failure(entry.where, exc) from exc
+    entry.done = entry.work.get_future().then(lambda fut: _received(state, entry, fut))
+    if state.whole_model:
+        entry.result = torch.futures.Future()
+    state._pending.append(entry)
+    if not bucket.is_last():
+        return entry.result if state.whole_model else entry.done
+    pending, state._pending = state._pending, []
+    try:
+        _wait_step(state, pending)
+        if state.whole_model:
+            timed(st, "aggregate_s", lambda: _finish_whole_model(state, pending))
+    except BaseException as exc:
+        for e in pending:
+            if e.result is not None and not e.result.done():
+                e.result.set_exception(exc)
+        raise
+    return entry.result if state.whole_model else entry.done
 
-    def done(fut: Any) -> Any:
-        st.comm_s += time.perf_counter() - t_launch
-        try:
-            fut.value()  # re-raises a failed collective
-        except RuntimeError as exc:
-            if state.barrier is None:
-                raise
-            raise state.barrier.after_failure(where, exc) from exc
-        return finish()
 
-    return work.get_future().then(done)
+def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
+    """Completion callback of one bucket's gather (communication thread)."""
+    from ..rules.gram_plan import block_gram, has_plan, needs_gram
+
+    fut.value()  # re-raises a failed collective (named by _wait_step)
+    t0 = time.perf_counter()
+    st = state.stats
+    buf = e.buf
+    rows = e.gathered.view(len(state.ranks), -1)
+    stack, bad = unpack(rows, buf.numel(), buf.dtype, (e.index, e.call), state.ranks, "a bucket")
+    e.stack, e.bad = stack, bad
+    out = None
+    if state.whole_model:
+        if not has_plan(state.rule_obj):  # aggregated at the end on the concatenated buckets
+            nonfinite = None  # known only then
+        elif needs_gram(state.rule_obj):
+            e.gram = block_gram(stack)
+            nonfinite = ~np.isfinite(np.diagonal(e.gram))
+        else:  # coordinate-wise: aggregate now; redone at the end only if another bucket excludes more
+            e.out, info = state.rule_obj(stack, return_info=True)
+            e.excl = np.asarray(info.excluded, bool)
+            nonfinite = e.excl
+    else:
+        out, info = state.rule_obj(stack, return_info=True)  # the rule's own finiteness check
+        out = out.to(buf.dtype)
+        nonfinite = np.asarray(info.excluded, bool)
+    with state._lock:
+        st.comm_s += t0 - e.t_launch
+        if nonfinite is not None:
+            record_nonfinite_mask(st, nonfinite, state.ranks, skip=tuple(bad))
+        if bad:
+            st.last_rejected = dict(bad)
+            for r, m in bad.items():
+                st.rejected_calls[r] = st.rejected_calls.get(r, 0) + 1
+                log.warning(
+                    "flagcore.distributed: %s: %s; excluded and counted against f", e.where, m
+                )
+        st.aggregate_s += time.perf_counter() - t0
+    return out
+
+
+def _wait_step(state: RobustHookState, pending: list) -> None:
+    """Wait for the step's gathers (at most ``timeout`` in all) and their callbacks."""
+    # the first step may wait longer: ranks reach it at different times (start-up, first batch)
+    wait = (
+        None
+        if state.timeout is None
+        else (state.timeout if state.steps else max(state.timeout, 60.0))
+    )
+    state.steps += 1
+    deadline = None if wait is None else time.monotonic() + wait
+    for e in pending:
+        if state.barrier is not None:
+            state.barrier.wait_work(e.work, e.k, e.where, deadline)
+        else:
+            e.work.wait()
+        e.done.wait()  # the callback's own work (re-raises its error)
+
+
+def _finish_whole_model(state: RobustHookState, pending: list) -> None:
+    """Solve once in p-space on the step's summed Gram, then finish every bucket."""
+    import torch
+
+    from ..rules.gram_plan import apply_plan, has_plan, needs_gram, plan_coordinate, plan_from_gram
+
+    rule = state.rule_obj
+    p = len(state.ranks)
+    if not has_plan(rule):
+        # a rule (or option) flagcore.rules.gram_plan does not cover: the whole stack, once
+        whole, info = rule(torch.cat([e.stack for e in pending], dim=1), return_info=True)
+        with state._lock:
+            record_nonfinite_mask(
+                state.stats,
+                np.asarray(info.excluded, bool),
+                state.ranks,
+                skip=tuple(r for e in pending for r in e.bad),
+            )
+        off = 0
+        for e in pending:
+            n = e.buf.numel()
+            # a tensor of its own: DDP reads the result with as_strided at absolute offsets
+            e.result.set_result(whole[off : off + n].to(e.buf.dtype).clone())
+            off += n
+        state.last_plan = None
+        return
+    if needs_gram(rule):
+        gram = np.zeros((p, p))
+        for e in pending:
+            gram += e.gram
+        plan = plan_from_gram(rule, gram)
+        for e in pending:
+            e.result.set_result(apply_plan(plan, e.stack).to(e.buf.dtype))
+    else:
+        excl = np.any([e.excl for e in pending], axis=0)
+        plan = plan_coordinate(rule, p, excl)
+        for e in pending:
+            same = np.array_equal(e.excl, excl)
+            e.result.set_result((e.out if same else apply_plan(plan, e.stack)).to(e.buf.dtype))
+    state.last_plan = plan

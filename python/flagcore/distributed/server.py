@@ -10,60 +10,124 @@ keeps an optimizer). Every rank calls the same methods in the same order::
     for x, y in batches:
         optimizer.zero_grad()
         loss_fn(model(x), y).backward()
-        ps.step()          # gather -> aggregate on the server -> broadcast -> optimizer step
+        ps.step()  # gather -> aggregate on the server -> broadcast -> optimizer step
 """
+
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+import time
 from typing import Any
 
-from ._common import (ArrivalBarrier, CommStats, byzantine_contribution, check_rank, check_timeout,
-                      default_store, derive_seed, group_ranks, record_nonfinite,
-                      rule_params_with_defaults, timed, torch_dist, validate_attack, validate_rule)
-from .._arrays import check_choice
+import numpy as np
+
+from ._common import (
+    _instance_ids,
+    ArrivalBarrier,
+    CommStats,
+    check_rank,
+    check_timeout,
+    contribution_of,
+    default_store,
+    derive_seed,
+    group_ranks,
+    record_nonfinite_mask,
+    rule_params_with_defaults,
+    timed,
+    torch_dist,
+    validate_attack,
+    validate_rule,
+)
+from ._wire import HEADER_BYTES, dtype_code, dtype_name, pack, payload_bytes, unpack
+from .errors import RankFailureError
+from .._arrays import check_choice, check_int
 
 MODES = ("gradients", "parameters")
+log = logging.getLogger("flagcore.distributed")
+
+# status of a rank in a step, sent by the server with the result so every rank can name it
+_STATUS_NAMES = ("used", "late", "rejected", "not a worker", "missing", "non-finite")
+USED, LATE, REJECTED, NOT_WORKER, MISSING, NONFINITE = 0, 1, 2, 3, 4, 5
 
 
 class ParameterServer:
-    """Synchronous parameter server (see the module docstring for the loop).
+    """Synchronous parameter server with optional backup workers (see the module docstring).
 
     Parameters
     ----------
     params : a torch.nn.Module or an iterable of parameters (those with requires_grad are
-        used); all of one dtype and device. Every rank must hold the same shapes in the same
-        order, and the same initial values (e.g. seed the model, or ``broadcast_parameters()``).
+        used); all of one dtype and device. Every rank must hold the same number of values
+        and dtype (checked here, collectively: every rank raises ValueError naming the ranks
+        that differ) and the same initial values (seed the model, or ``broadcast_parameters()``).
     optimizer : the torch optimizer over ``params``; needed by ``step`` (in mode "parameters"
         only on the server). None when only ``aggregate`` / ``aggregate_gradients`` are used.
-    rule, **rule_params : the flagcore rule; ``rule="flag"`` defaults to scale="median_norm".
+    rule, **rule_params : the flagcore rule (built once with ``flagcore.rules.make_rule`` and
+        reused); ``rule="flag"`` defaults to scale="median_norm".
     server_rank : global rank of the server.
     include_server : the server also trains and sends its gradient (default). False is the
-        paper's setting: the server only aggregates; its own row is dropped (it may skip the
-        backward pass: ``ps.is_worker`` is False there).
-    mode : "gradients" (broadcast the aggregate; each rank steps its own optimizer, identical
+        paper's setting: the server only aggregates (it may skip the backward pass:
+        ``ps.is_worker`` is False there).
+    mode : "gradients" (send the aggregate back; each rank steps its own optimizer, identical
         on every rank because every rank gets the same aggregate) or "parameters" (the server
-        steps, then broadcasts the parameters).
+        steps, then sends the parameters).
+    quorum : None (wait for every worker) or k: backup workers, as TensorFlow's
+        SyncReplicasOptimizer's ``replicas_to_aggregate``: the server aggregates the first k
+        worker gradients of the step to arrive (rows in rank order) and drops the others,
+        counted per rank in ``stats.late_calls``; a late worker still receives and applies the
+        step's result, so replicas stay identical. The server's own gradient (include_server)
+        counts as arrived at once. The rule's preconditions must hold for k rows (checked
+        here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds each step's time on each rank (the
+        server's is the PS step time; ``predict_step_time`` models it).
     attack, attack_params, seed : make THIS rank Byzantine (experiments): it sends
         ``flagcore.attacks.attack(attack, own[None], 1, seed=s, **attack_params)`` instead of its
-        flattened gradient, s derived from (seed, rank, step); its own gradient is the only
-        "honest" input the attack sees.
-    timeout : seconds a rank waits for the others before each collective, then
-        RankFailureError naming the ranks that did not arrive; None disables the check (the
-        process group's own timeout still applies).
+        flattened gradient, s derived from (seed, rank, step), or ``attack(own, s)`` for a
+        callable attack; its own gradient is the only "honest" input the attack sees.
+    timeout : seconds a rank waits for a step's messages: the server for the quorum, a worker
+        for the result (2 x timeout: the server itself may wait ``timeout`` for a slow worker).
+        On expiry RankFailureError names the ranks that did not arrive (the server tells every
+        worker which ones, so every rank raises the same error); None: wait forever.
     process_group, store : the group (default: the default group) and the c10d store for the
         liveness check (default: the default group's store). Every rank must create its
         parameter servers and hooks in the same order (the store keys are numbered by it).
+
+    Malformed contributions (another size or dtype than the parameters, or not a tensor) are
+    never put on the wire (``flagcore.distributed._wire``): the server replaces the row by NaN,
+    the rule excludes it and counts it against f, and every rank gets
+    ``stats.last_rejected`` = {rank: "rank 2 sent a gradient of 1005 float64 values, expected
+    1000 float32"} with the result. Messages are sent point to point (isend/irecv) with
+    a tag per step, so a late gradient never mixes with the next step's.
     """
 
-    def __init__(self, params: Any, optimizer: Any = None, *, rule: str = "flag", server_rank: int = 0,
-                 include_server: bool = True, mode: str = "gradients", attack: str | None = None,
-                 attack_params: dict | None = None, seed: int = 0, timeout: float | None = 300.0,
-                 process_group: Any = None, store: Any = None, **rule_params: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        optimizer: Any = None,
+        *,
+        rule: str = "flag",
+        server_rank: int = 0,
+        include_server: bool = True,
+        mode: str = "gradients",
+        quorum: int | None = None,
+        attack: Any = None,
+        attack_params: dict | None = None,
+        seed: int = 0,
+        timeout: float | None = 300.0,
+        process_group: Any = None,
+        store: Any = None,
+        **rule_params: Any,
+    ) -> None:
         fn = "ParameterServer"
         dist = torch_dist()
         import torch
 
+        from ..rules import make_rule
+
         if not dist.is_initialized():
-            raise ValueError(f"{fn}: torch.distributed is not initialised (call init_process_group first)")
+            raise ValueError(
+                f"{fn}: torch.distributed is not initialised (call init_process_group first)"
+            )
         if isinstance(params, torch.nn.Module):
             params = params.parameters()
         self.params = [p for p in params if p.requires_grad]
@@ -72,8 +136,10 @@ class ParameterServer:
         dtypes = {p.dtype for p in self.params}
         devices = {p.device for p in self.params}
         if len(dtypes) > 1 or len(devices) > 1:
-            raise ValueError(f"{fn}: params must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
-                             f"and devices {sorted(map(str, devices))}")
+            raise ValueError(
+                f"{fn}: params must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
+                f"and devices {sorted(map(str, devices))}"
+            )
         self.optimizer = optimizer
         self.mode = check_choice(mode, fn, "mode", MODES)
         if not isinstance(include_server, bool):
@@ -86,10 +152,24 @@ class ParameterServer:
         self.include_server = include_server
         self.workers = tuple(r for r in self.ranks if include_server or r != self.server_rank)
         if not self.workers:
-            raise ValueError(f"{fn}: no worker rank left (a group of one with include_server=False)")
+            raise ValueError(
+                f"{fn}: no worker rank left (a group of one with include_server=False)"
+            )
+        self.quorum = (
+            len(self.workers)
+            if quorum is None
+            else check_int(quorum, fn, "quorum", low=1, high=len(self.workers))
+        )
+        if self.quorum < len(self.workers) and dist.get_backend(process_group) != "gloo":
+            raise ValueError(
+                f"{fn}: quorum needs the gloo backend (it finds the first arrivals by waiting on "
+                f"point-to-point receives in threads; NCCL's wait does not block the host), got "
+                f"backend {dist.get_backend(process_group)!r}"
+            )
         self.rule = rule
         self.rule_params = rule_params_with_defaults(rule, rule_params)
-        validate_rule(fn, rule, self.rule_params, len(self.workers))
+        validate_rule(fn, rule, self.rule_params, self.quorum)
+        self.rule_obj = make_rule(rule, _fn=fn, **self.rule_params)
         self.attack = attack
         self.attack_params = dict(attack_params or {})
         validate_attack(fn, attack, self.attack_params)
@@ -103,8 +183,19 @@ class ParameterServer:
         self.steps = 0
         self.barrier = None
         if self.timeout is not None:
-            self.barrier = ArrivalBarrier(store if store is not None else default_store(dist), "ps",
-                                          self.rank, self.ranks, self.timeout)
+            self.barrier = ArrivalBarrier(
+                store if store is not None else default_store(dist),
+                "ps",
+                self.rank,
+                self.ranks,
+                self.timeout,
+            )
+        # tags of this instance's messages: its creation number (the same on every rank, like
+        # the store keys) and the step, so messages of instances and steps never mix
+        self._tag_base = (next(_instance_ids) % 256) << 21
+        self._outstanding: list = []  # (work, buffer) of sends and dropped receives still in flight
+        self._t_prev: float | None = None
+        self._check_signatures(fn)
 
     @property
     def is_server(self) -> bool:
@@ -116,84 +207,330 @@ class ParameterServer:
 
     # -- collectives -------------------------------------------------------------------------
 
-    def _collective(self, where: str, op: Any) -> None:
-        if self.barrier is not None:
-            timed(self.stats, "barrier_s", lambda: self.barrier.arrive(where))
+    def _collective(self, where: str, op: Any, min_wait: float = 0.0) -> None:
+        """Run an asynchronous collective ``op()`` (returns a work) with the deadline check
+        (``timeout``, or ``min_wait`` seconds if longer)."""
+        k = (
+            timed(self.stats, "barrier_s", self.barrier.launched)
+            if self.barrier is not None
+            else None
+        )
 
         def run() -> None:
             try:
-                op()
+                work = op()
             except RuntimeError as exc:
                 if self.barrier is None:
                     raise
                 raise self.barrier.after_failure(where, exc) from exc
+            if self.barrier is None:
+                work.wait()
+            else:
+                self.barrier.wait_work(
+                    work, k, where, time.monotonic() + max(self.timeout, min_wait)
+                )
 
         timed(self.stats, "comm_s", run)
 
-    def aggregate(self, flat_gradient: Any = None) -> Any:
-        """Collective (every rank of the group calls it): gather each worker's flat gradient
-        (n,) on the server, aggregate the (workers, n) stack there with the rule (rows in the
-        order of ``workers``), broadcast the result; returns it (n,) on every rank. A
-        non-worker server may pass None. A Byzantine rank's attack is applied here."""
-        dist = torch_dist()
-        result = self._gather_aggregate(flat_gradient)
-        self._collective(f"parameter server step {self.steps - 1} (broadcast)",
-                         lambda: dist.broadcast(result, src=self.server_rank, group=self.group))
-        return result
+    def _check_signatures(self, fn: str) -> None:
+        """Every rank must send the same number of values of one dtype (gloo aborts a process
+        that receives another size): checked once, collectively, with a fixed-size message."""
+        import torch
 
-    def _gather_aggregate(self, flat_gradient: Any) -> Any:
-        """Gather on the server and aggregate there; returns a (n,) tensor that holds the
-        aggregate on the server (and is uninitialised elsewhere)."""
+        dist = torch_dist()
+        p = len(self.ranks)
+        own = torch.tensor([self.numel, dtype_code(self.dtype)], dtype=torch.int64)
+        dev = self.device if dist.get_backend(self.group) != "gloo" else torch.device("cpu")
+        out = torch.empty(2 * p, dtype=torch.int64, device=dev)
+        # ranks construct at different times (start-up): a longer wait than a step's
+        self._collective(
+            "parameter server (model check)",
+            lambda: _all_gather(dist, out, own.to(dev), self.group),
+            min_wait=60.0,
+        )
+        sig = out.view(p, 2).cpu().tolist()
+        ref = sig[self.ranks.index(self.server_rank)]
+        differ = [
+            f"rank {r} has {s[0]} {dtype_name(s[1])} parameters"
+            for r, s in zip(self.ranks, sig)
+            if s != ref
+        ]
+        if differ:
+            raise ValueError(
+                f"{fn}: the ranks disagree on the model: {'; '.join(differ)}; the server "
+                f"(rank {self.server_rank}) has {ref[0]} {dtype_name(ref[1])}"
+            )
+
+    def _reap(self) -> None:
+        self._outstanding = [w for w in self._outstanding if not w.done.is_set()]
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def aggregate(self, flat_gradient: Any = None) -> Any:
+        """Collective (every rank of the group calls it): the server receives the workers' flat
+        gradients (n,) (the first ``quorum`` to arrive), aggregates them with the rule (rows in
+        rank order) and sends the result to every rank; returns it (n,) on every rank. A
+        non-worker server may pass None. A Byzantine rank's attack is applied here."""
+        return self._step(flat_gradient, "gradients")
+
+    def _step(self, flat_gradient: Any, mode: str) -> Any:
         import torch
 
         dist = torch_dist()
         fn = "ParameterServer.aggregate"
+        t_call = time.perf_counter()
+        t_start = self._t_prev if self._t_prev is not None else t_call
         step = self.steps
         self.steps += 1
         if flat_gradient is None:
             if self.is_worker:
                 raise ValueError(f"{fn}: rank {self.rank} is a worker and must pass its gradient")
-            flat_gradient = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
-        if not isinstance(flat_gradient, torch.Tensor):
-            raise TypeError(f"{fn}: flat_gradient must be a torch tensor, got {type(flat_gradient).__name__}")
-        own = flat_gradient.detach().reshape(-1)
-        if own.numel() != self.numel:
-            raise ValueError(f"{fn}: flat_gradient must have {self.numel} elements, got {own.numel()}")
-        own = own.to(dtype=self.dtype, device=self.device)
-        if self.attack is not None and self.is_worker:
-            own = byzantine_contribution(self.attack, self.attack_params, own,
-                                         derive_seed(self.seed, self.rank, step))
-        own = own.contiguous()
-        p = len(self.ranks)
+        else:
+            if not isinstance(flat_gradient, torch.Tensor):
+                raise TypeError(
+                    f"{fn}: flat_gradient must be a torch tensor, got {type(flat_gradient).__name__}"
+                )
+            flat_gradient = flat_gradient.detach().reshape(-1)
+            if flat_gradient.numel() != self.numel:
+                raise ValueError(
+                    f"{fn}: flat_gradient must have {self.numel} elements, got {flat_gradient.numel()}"
+                )
+            flat_gradient = flat_gradient.to(dtype=self.dtype, device=self.device)
         st = self.stats
         st.calls += 1
         st.elements += self.numel
-        stack = gather_list = None
+        self._reap()
+        k = timed(st, "barrier_s", self.barrier.launched) if self.barrier is not None else None
+        where = f"parameter server step {step}"
+        tag = self._tag_base + (2 * step) % (1 << 21)
+        p = len(self.ranks)
+        res_bytes = payload_bytes(self.numel, self.dtype) + HEADER_BYTES * (p + 1)
+        msg = None
+        if self.is_worker:
+            own = contribution_of(
+                self.attack,
+                self.attack_params,
+                flat_gradient,
+                derive_seed(self.seed, self.rank, step),
+            )
+            msg = pack(own, self.numel, self.dtype, self.device, (step, 0))
         if self.is_server:
-            stack = torch.empty((p, self.numel), dtype=self.dtype, device=self.device)
-            gather_list = list(stack.unbind(0))
-        self._collective(f"parameter server step {step} (gather)",
-                         lambda: dist.gather(own, gather_list, dst=self.server_rank, group=self.group))
-        result = torch.empty(self.numel, dtype=self.dtype, device=self.device)
-        if self.is_server:
-            rows = [self.ranks.index(r) for r in self.workers]
-            workers_stack = stack if len(rows) == p else stack[rows]
+            result = timed(
+                st, "comm_s", lambda: self._serve(step, tag, msg, res_bytes, where, k, mode)
+            )
+        else:
+            t0 = time.perf_counter()
+            send = (
+                dist.isend(msg, self.server_rank, group=self.group, tag=tag)
+                if msg is not None
+                else None
+            )
+            if send is not None:
+                self._outstanding.append(_Waiter(send, msg))
+            result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
+            recv = dist.irecv(result, self.server_rank, group=self.group, tag=tag + 1)
+            if self.barrier is None:
+                recv.wait()
+            else:
+                self.barrier.wait_work(recv, k, where, time.monotonic() + 2 * self.timeout)
+            st.comm_s += time.perf_counter() - t0
+        out = self._read_result(result, step, where)
+        now = time.perf_counter()
+        st.step_times.append(now - t_start)
+        self._t_prev = now
+        return out
 
-            def agg() -> None:
-                from .. import aggregate
+    def _serve(
+        self,
+        step: int,
+        tag: int,
+        own_msg: Any,
+        res_bytes: int,
+        where: str,
+        k: int | None,
+        mode: str,
+    ) -> Any:
+        """Server side of one step: receive the quorum, aggregate, send the result."""
+        import torch
 
-                record_nonfinite(st, workers_stack, self.workers)
-                result.copy_(aggregate(workers_stack, self.rule, **self.rule_params))
-
-            timed(st, "aggregate_s", agg)
+        dist = torch_dist()
+        msg_bytes = payload_bytes(self.numel, self.dtype) + HEADER_BYTES
+        arrivals: queue.Queue = queue.Queue()
+        recvs = {}
+        arrived: list = []
+        for r in self.workers:
+            if r == self.rank:
+                arrived.append(r)
+                continue
+            buf = torch.empty(msg_bytes, dtype=torch.uint8, device=self.device)
+            # gloo's point-to-point works report completion only through wait(): one waiting
+            # thread per receive, so the first ``quorum`` arrivals can be taken in order
+            recvs[r] = (
+                _Waiter(dist.irecv(buf, r, group=self.group, tag=tag), buf, arrivals, r),
+                buf,
+            )
+        if own_msg is not None:
+            recvs[self.rank] = (None, own_msg)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        waiting = [r for r in self.workers if r != self.rank]
+        while len(arrived) < self.quorum:
+            try:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                r, err = arrivals.get(timeout=left)
+            except queue.Empty:
+                self._abort(step, tag, res_bytes, waiting, where)
+            if err is not None:
+                raise RankFailureError(
+                    f"flagcore.distributed: {where}: receiving rank {r}'s gradient failed "
+                    f"on the server (rank {self.rank}): {err}",
+                    missing_ranks=[r],
+                    where=where,
+                    timeout=self.timeout,
+                ) from err
+            arrived.append(r)
+            waiting.remove(r)
+        used = sorted(arrived, key=self.ranks.index)
+        late = [r for r in self.workers if r not in used]
+        for r in late:  # dropped: its waiting thread finishes when the gradient comes
+            self.stats.late_calls[r] = self.stats.late_calls.get(r, 0) + 1
+        rows = torch.stack([recvs[r][1] for r in used])
+        stack, bad = unpack(rows, self.numel, self.dtype, (step, 0), used, "a gradient")
+        t0 = time.perf_counter()
+        agg, info = self.rule_obj(
+            stack, return_info=True
+        )  # info.excluded: the rule's finiteness check
+        record_nonfinite_mask(self.stats, np.asarray(info.excluded, bool), used, skip=tuple(bad))
+        self.stats.aggregate_s += time.perf_counter() - t0
+        if mode == "parameters":
+            self._write(agg, "grad")
+            self.optimizer.step()
+            payload = torch.cat([q.detach().reshape(-1) for q in self.params])
+        else:
+            payload = agg
+        status = []
+        for r in self.ranks:
+            if r in bad:
+                status.append(REJECTED)
+            elif r in self.stats.last_nonfinite_ranks:
+                status.append(NONFINITE)
+            elif r in used:
+                status.append(USED)
+            elif r in late:
+                status.append(LATE)
+            else:
+                status.append(NOT_WORKER)
+        heads = _heads(
+            self, step, 0, len(used), status, {r: _claimed(rows, used, r, self) for r in bad}
+        )
+        result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
+        nb = payload_bytes(self.numel, self.dtype)
+        result[:nb].view(self.dtype).copy_(payload.reshape(-1))
+        result[nb:].copy_(heads.to(self.device))
+        sends = self._send_all(result, tag)
+        if not late:
+            # without a quorum every worker is waiting for this message already: wait until it
+            # is delivered (gloo's isend completes only then), so the server never runs ahead
+            # and exits with results undelivered; with a quorum, ``finish`` does it at the end
+            end = None if self.timeout is None else time.monotonic() + self.timeout
+            for w in sends:
+                w.done.wait(None if end is None else max(end - time.monotonic(), 0.0))
         return result
+
+    def _send_all(self, result: Any, tag: int) -> list:
+        dist = torch_dist()
+        sends = [
+            _Waiter(dist.isend(result, r, group=self.group, tag=tag + 1), result)
+            for r in self.ranks
+            if r != self.rank
+        ]
+        self._outstanding.extend(sends)
+        return sends
+
+    def _abort(self, step: int, tag: int, res_bytes: int, missing: list, where: str) -> None:
+        """The quorum did not arrive in time: tell every rank who is missing, then raise."""
+        import torch
+
+        status = [MISSING if r in missing else USED for r in self.ranks]
+        heads = _heads(self, step, 1, 0, status, {})
+        result = torch.zeros(res_bytes, dtype=torch.uint8, device=self.device)
+        result[payload_bytes(self.numel, self.dtype) :].copy_(heads.to(self.device))
+        self._send_all(result, tag)
+        raise RankFailureError(
+            f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
+            f"(dead or stalled); seen from rank {self.rank} (the server, quorum {self.quorum})",
+            missing_ranks=missing,
+            where=where,
+            timeout=self.timeout,
+        )
+
+    def _read_result(self, result: Any, step: int, where: str) -> Any:
+        """Every rank: the payload (n,) of the server's message, and the per-rank status in it."""
+        import torch
+
+        nb = payload_bytes(self.numel, self.dtype)
+        p = len(self.ranks)
+        heads = (
+            torch.empty(HEADER_BYTES * (p + 1), dtype=torch.uint8)
+            .copy_(result[nb:])
+            .view(torch.int64)
+        )
+        heads = heads.view(p + 1, 4).tolist()
+        g_step, abort = heads[0][0], heads[0][1]
+        if g_step != step:
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: the server's result is for step {g_step} "
+                f"(the ranks are out of step); seen from rank {self.rank}",
+                where=where,
+            )
+        status = dict(zip(self.ranks, heads[1:]))
+        if abort:
+            missing = [r for r, h in status.items() if h[0] == MISSING]
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
+                f"(dead or stalled); reported by the server (rank {self.server_rank}) to rank {self.rank}",
+                missing_ranks=missing,
+                where=where,
+                timeout=self.timeout,
+            )
+        bad = {}
+        for r, h in status.items():
+            if h[0] == REJECTED:
+                got = (
+                    "something that is not a tensor"
+                    if h[1] < 0
+                    else f"{h[1]} {dtype_name(h[2])} values"
+                )
+                bad[r] = (
+                    f"rank {r} sent a gradient of {got}, expected {self.numel} {dtype_name(dtype_code(self.dtype))}"
+                )
+                if h[1] == -2:
+                    bad[r] = f"rank {r} sent a gradient out of step (for another step than {step})"
+        st = self.stats
+        if bad:
+            st.last_rejected = bad
+            for r, m in bad.items():
+                st.rejected_calls[r] = st.rejected_calls.get(r, 0) + 1
+                log.warning(
+                    "flagcore.distributed: %s: %s; excluded and counted against f", where, m
+                )
+        if not self.is_server:
+            for r, h in status.items():
+                if h[0] == LATE:
+                    st.late_calls[r] = st.late_calls.get(r, 0) + 1
+            record_nonfinite_mask(st, [h[0] == NONFINITE for h in status.values()], self.ranks)
+        self.last_status = {r: _STATUS_NAMES[h[0]] for r, h in status.items()}
+        return result[:nb].view(self.dtype)
 
     def flat_gradient(self) -> Any:
         """This rank's gradients as one (n,) tensor (zeros for parameters without .grad)."""
         import torch
 
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self.params])
+        return torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in self.params
+            ]
+        )
 
     def _write(self, flat: Any, attr: str) -> None:
         import torch
@@ -201,7 +538,7 @@ class ParameterServer:
         off = 0
         with torch.no_grad():
             for p in self.params:
-                chunk = flat[off:off + p.numel()].view_as(p)
+                chunk = flat[off : off + p.numel()].view_as(p)
                 off += p.numel()
                 if attr == "grad":
                     if p.grad is None:
@@ -222,26 +559,18 @@ class ParameterServer:
         """Collective: one synchronous parameter-server step after ``backward()``.
 
         mode "gradients": aggregate, write it to ``.grad``, ``optimizer.step()`` on every rank.
-        mode "parameters": gather and aggregate on the server, ``optimizer.step()`` there, then
-        broadcast the parameters to every rank.
+        mode "parameters": aggregate on the server, ``optimizer.step()`` there, then send the
+        parameters to every rank.
         """
-        import torch
-
-        dist = torch_dist()
         if self.optimizer is None and (self.mode == "gradients" or self.is_server):
-            raise ValueError("ParameterServer.step: no optimizer was given (pass one, or call aggregate_gradients)")
+            raise ValueError(
+                "ParameterServer.step: no optimizer was given (pass one, or call aggregate_gradients)"
+            )
         if self.mode == "gradients":
             self.aggregate_gradients()
             self.optimizer.step()
             return
-        # mode "parameters": the server steps with the aggregate, then sends the weights
-        agg = self._gather_aggregate(self.flat_gradient() if self.is_worker else None)
-        if self.is_server:
-            self._write(agg, "grad")
-            self.optimizer.step()
-        flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-        self._collective(f"parameter server step {self.steps - 1} (parameters)",
-                         lambda: dist.broadcast(flat, src=self.server_rank, group=self.group))
+        flat = self._step(self.flat_gradient() if self.is_worker else None, "parameters")
         if not self.is_server:
             self._write(flat, "param")
 
@@ -251,7 +580,72 @@ class ParameterServer:
 
         dist = torch_dist()
         flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-        self._collective("parameter server (initial parameters)",
-                         lambda: dist.broadcast(flat, src=self.server_rank, group=self.group))
+        self._collective(
+            "parameter server (initial parameters)",
+            lambda: dist.broadcast(flat, src=self.server_rank, group=self.group, async_op=True),
+        )
         if not self.is_server:
             self._write(flat, "param")
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` s) until this rank's outstanding messages are delivered:
+        the results sent to late workers, their dropped gradients. Call it on every rank after
+        the last step (before ``shutdown``) when a quorum is used."""
+        end = time.monotonic() + timeout
+        for w in self._outstanding:
+            w.done.wait(max(end - time.monotonic(), 0.0))
+        self._reap()
+
+
+class _Waiter:
+    """Waits for a point-to-point work in a daemon thread (gloo's isend/irecv report completion
+    only through wait()); keeps the buffer alive until then. On completion puts (key, error or
+    None) on ``arrivals``."""
+
+    def __init__(self, work: Any, buf: Any, arrivals: Any = None, key: Any = None) -> None:
+        self.work, self.buf, self.arrivals, self.key = work, buf, arrivals, key
+        self.done = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        err = None
+        try:
+            self.work.wait()
+        except BaseException as exc:
+            err = exc
+        self.done.set()
+        if self.arrivals is not None:
+            self.arrivals.put((self.key, err))
+
+
+def _all_gather(dist: Any, out: Any, own: Any, group: Any) -> Any:
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, own, group=group, async_op=True)
+
+
+def _claimed(rows: Any, used: list, r: int, ps: ParameterServer) -> tuple:
+    """(numel, dtype code) rank r's header claimed (-2 when its tag was another step's)."""
+    import torch
+
+    nb = payload_bytes(ps.numel, ps.dtype)
+    h = (
+        torch.empty(HEADER_BYTES, dtype=torch.uint8)
+        .copy_(rows[used.index(r), nb:])
+        .view(torch.int64)
+        .tolist()
+    )
+    if h[0] != ps.steps - 1:
+        return (-2, -2)
+    return (h[2], h[3])
+
+
+def _heads(
+    ps: ParameterServer, step: int, abort: int, used: int, status: list, claimed: dict
+) -> Any:
+    import torch
+
+    h = [[step, abort, used, 0]]
+    for r, s in zip(ps.ranks, status):
+        c = claimed.get(r, (0, 0))
+        h.append([s, c[0], c[1], 0])
+    return torch.tensor(h, dtype=torch.int64).reshape(-1).view(torch.uint8)

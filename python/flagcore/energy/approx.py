@@ -1,5 +1,5 @@
 """``approximate``: closed forms and approximations for the (n, k) fork-join service with speed
-levels (SPEC_ENERGY.md; README.md, section "Energy and latency").
+levels (docs/spec_energy.md, section "Closed forms"; docs/energy-usage.md).
 
 Effective rate of several speed levels (``method``):
   arithmetic  sum_s p_s mu_s (optimistic),

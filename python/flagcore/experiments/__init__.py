@@ -7,6 +7,10 @@ noise, shuffled labels), aggregated with any rule of flagcore.aggregate.
     write_outputs(res, "out")       # results.json + PNG plots
     print_summary(res)
 
+    from flagcore.experiments import load_grid, run_grid, write_grid_outputs
+    res = run_grid(load_grid("grid.json"))   # rules x attacks x f x heterogeneity x lr
+    write_grid_outputs(res, "out")           # results.json + heat maps; worst case per rule
+
 Needs torch (and scikit-learn for the digits data set; matplotlib for plots).
 """
 from __future__ import annotations
@@ -16,12 +20,32 @@ import math
 import os
 from typing import Any
 
+from .grid import (GRID_SCHEMA, GridConfig, grid_from_dict, load_grid, print_grid_summary, quick_grid, run_grid,
+                   write_grid_outputs)
 from .harness import (RULES_TAKING_F, SCHEMA, RobustnessConfig, RuleSpec, all_attacks, available_rules,
                       parse_rule_spec, run_robustness, split_rule_list)
 
 __all__ = [
-    "RULES_TAKING_F", "SCHEMA", "RobustnessConfig", "RuleSpec", "all_attacks", "available_rules",
-    "parse_rule_spec", "print_summary", "run_robustness", "split_rule_list", "summary_rows", "write_outputs",
+    "GRID_SCHEMA",
+    "RULES_TAKING_F",
+    "SCHEMA",
+    "GridConfig",
+    "RobustnessConfig",
+    "RuleSpec",
+    "all_attacks",
+    "available_rules",
+    "grid_from_dict",
+    "load_grid",
+    "parse_rule_spec",
+    "print_grid_summary",
+    "print_summary",
+    "quick_grid",
+    "run_grid",
+    "run_robustness",
+    "split_rule_list",
+    "summary_rows",
+    "write_grid_outputs",
+    "write_outputs",
 ]
 
 
@@ -45,11 +69,13 @@ def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
         json.dump(_clean(res), fh, allow_nan=False)
     written = [path]
     if plots:
-        try:
-            from .plots import write_plots
-        except ImportError:  # pragma: no cover
-            print("(matplotlib not installed: no plots; pip install 'flagcore[cli]')")
+        from .grid import have_matplotlib
+
+        if not have_matplotlib():  # plots.py imports matplotlib lazily: ask before calling it
+            print("(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' for the plots)")
             return written
+        from .plots import write_plots
+
         written += write_plots(res, out_dir)
     return written
 

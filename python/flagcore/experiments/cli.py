@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a command runs
+    from .harness import RobustnessConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,18 +21,28 @@ def register(sub: argparse._SubParsersAction) -> None:
             "server aggregates with each rule and steps SGD (momentum, weight decay). Writes results.json and "
             "PNG plots to --out and prints a table. Rules that need f ("
             + ", ".join(RULES_TAKING_F) + ") get f = --byzantine; any rule parameter can be set in the rule "
-            "spec: --rules 'flag[max_iter=50,scale=median_norm],multi_krum[m=10]'."),
+            "spec: --rules 'flag[max_iter=50,scale=median_norm],multi_krum[m=10]'. With --grid CONFIG.json (or --quick) "
+            "it sweeps rules x attacks x f x heterogeneity x learning rate instead and reports each rule's "
+            "worst-case accuracy over the attacks (flagcore.experiments.grid documents the config)."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--rules", default="flag,median,mean",
                    help="comma list of rule specs NAME or NAME[key=value,...]; 'all' = every rule of flagcore.rules.RULES")
     p.add_argument("--attack", default="random",
-                   help="none, a gradient attack of flagcore.attacks (random, sign_flip, ...), or a data attack: "
+                   help="none, a gradient attack of flagcore.attacks (random, sign_flip, ...; adaptive ones such as "
+                        "optimal_alie, min_max, fa_aware target each rule under test), or a data attack: "
                         "label_flip, shuffle_labels, noise, warp, distorted (warp/noise/shuffled labels in turn)")
     p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
                    help="extra attack parameter (repeatable)")
     p.add_argument("--workers", type=int, default=15, help="p, number of workers")
     p.add_argument("--byzantine", type=int, default=3, help="f, number of Byzantine (or distorted) workers: the last f")
+    p.add_argument("--heterogeneity", default="iid",
+                   help="data split over workers: iid, dirichlet:ALPHA or gamma:GAMMA (ByzFL's gamma-similarity)")
+    p.add_argument("--grid", default=None, metavar="CONFIG.json",
+                   help="run a grid from this JSON config (rules, attacks, byzantine, heterogeneity, lr, "
+                        "attack_params, base); the other training flags are ignored")
+    p.add_argument("--quick", action="store_true",
+                   help="without --grid: a built-in grid that runs in seconds; with --grid: cap it at 30 steps, 1 seed")
     p.add_argument("--dataset", default="digits", help="digits (sklearn's bundled 8x8 digits) or blobs (generated)")
     p.add_argument("--model", default="mlp", help="mlp, cnn (images only) or linear")
     p.add_argument("--steps", type=int, default=200)
@@ -52,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cli)
 
 
-def config_from_args(args: argparse.Namespace) -> object:
+def config_from_args(args: argparse.Namespace) -> RobustnessConfig:
     from . import harness
 
     rules = harness.split_rule_list(args.rules)
@@ -71,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> object:
         model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, seeds=args.seeds, seed=args.seed, device=args.device,
         r=args.r, lam=args.lam, max_iter=args.max_iter, scale=args.scale, eval_every=args.eval_every,
-        threads=args.threads or None, flag_history=args.flag_history, attack_params=attack_params)
+        threads=args.threads or None, flag_history=args.flag_history, attack_params=attack_params,
+        heterogeneity=args.heterogeneity)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -80,10 +95,42 @@ def run_cli(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError("robustness: needs torch (install the torch build for your machine first)") from exc
     from . import print_summary, run_robustness, write_outputs
+    from .grid import check_out_dir
 
+    if args.grid is not None or args.quick:
+        return run_grid_cli(args)
     cfg = config_from_args(args)
+    cfg.validate()
+    check_out_dir(args.out)  # before the work, so a bad path loses nothing
     res = run_robustness(cfg, progress=not args.no_progress)
     print_summary(res)
     written = write_outputs(res, args.out, plots=not args.no_plots)
+    print(f"wrote {len(written)} files to {os.path.abspath(args.out)}: " + ", ".join(os.path.basename(w) for w in written))
+    return 0
+
+
+def run_grid_cli(args: argparse.Namespace) -> int:
+    from .grid import (
+        check_out_dir,
+        load_grid,
+        make_quick,
+        print_grid_summary,
+        quick_grid,
+        run_grid,
+        write_grid_outputs,
+    )
+
+    grid = load_grid(args.grid) if args.grid is not None else quick_grid()
+    if args.grid is not None and args.quick:
+        grid = make_quick(grid)
+    grid.validate()
+    check_out_dir(args.out)
+    n = len(grid.combinations())
+    print(f"robustness grid: {n} runs of {len(grid.rules)} rules "
+          f"({len(grid.byzantine)} f x {len(grid.heterogeneity)} heterogeneity x {len(grid.lr)} lr x "
+          f"{len(grid.attacks)} attacks)")
+    res = run_grid(grid, progress=not args.no_progress, log=print)
+    print_grid_summary(res)
+    written = write_grid_outputs(res, args.out, plots=not args.no_plots)
     print(f"wrote {len(written)} files to {os.path.abspath(args.out)}: " + ", ".join(os.path.basename(w) for w in written))
     return 0

@@ -117,25 +117,110 @@ def distortion_of(attack: str, k: int) -> str:
     return _DISTORTED_CYCLE[k % len(_DISTORTED_CYCLE)] if attack == "distorted" else attack
 
 
-def shard(task: TaskData, p: int, seed: int, distorted: Sequence[tuple[int, str]] = ()) -> tuple:
-    """Split the training set into p equal iid shards (a seeded permutation; the remainder of
-    N / p samples is left out) and apply ``distorted`` = [(worker, distortion), ...].
+def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple:
+    """"iid" -> ("iid", None); "dirichlet:0.5" -> ("dirichlet", 0.5); "gamma:0.3" ->
+    ("gamma", 0.3) (see ``split_indices``)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got {spec!r}")
+    kind, _, val = spec.partition(":")
+    if kind == "iid" and not val:
+        return "iid", None
+    if kind in ("dirichlet", "gamma") and val:
+        try:
+            v = float(val)
+        except ValueError:
+            v = math.nan
+        if kind == "dirichlet" and math.isfinite(v) and v > 0:
+            return kind, v
+        if kind == "gamma" and 0.0 <= v <= 1.0:
+            return kind, v
+        rng = "alpha > 0" if kind == "dirichlet" else "gamma in [0, 1]"
+        raise ValueError(f"{fn}: heterogeneity {spec!r} needs {rng}")
+    raise ValueError(f"{fn}: heterogeneity must be 'iid', 'dirichlet:ALPHA' or 'gamma:GAMMA', got {spec!r}")
 
-    Returns (xs, ys): (p, m, *input_shape) float32 and (p, m) int64 tensors.
+
+def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") -> list:
+    """Worker shards as lists of training-sample indices (numpy int64 arrays), seeded.
+
+    "iid": a random permutation cut into p equal shards (the remainder of N / p is left out).
+    "dirichlet:ALPHA" (Hsu et al. 2019, as in ByzFL): for every class, proportions q ~
+    Dirichlet(ALPHA 1_p) and the class's samples (shuffled) are cut at the cumulative q; small
+    ALPHA gives each worker few classes, large ALPHA approaches iid. Shard sizes differ; the
+    draw is repeated (same stream) until every worker has at least one sample (at most 1000
+    draws, else ValueError). Every sample goes to exactly one worker.
+    "gamma:GAMMA" (ByzFL's gamma-similarity): a fraction GAMMA of the samples (random) is dealt
+    iid, the rest is sorted by label and cut into p contiguous chunks, one per worker; GAMMA = 1
+    is iid, GAMMA = 0 gives each worker a contiguous run of labels (one or two classes here).
+    Equal shards up to one sample; the remainder of N / p is left out.
+    """
+    kind, val = parse_heterogeneity(heterogeneity, "split_indices")
+    y = np.asarray(labels).reshape(-1)
+    n = y.shape[0]
+    if n < p:
+        raise ValueError(f"split_indices: {p} workers need at least {p} training samples, got {n}")
+    if kind == "iid":
+        import torch
+
+        g = torch.Generator().manual_seed(seed)  # the generator the iid split always used
+        m = n // p
+        perm = torch.randperm(n, generator=g)[: p * m].reshape(p, m).numpy()
+        return [perm[w].astype(np.int64) for w in range(p)]
+    rng = np.random.default_rng([seed, 0x5E11])
+    if kind == "dirichlet":
+        classes = np.unique(y)
+        for _ in range(1000):
+            parts: list = [[] for _ in range(p)]
+            for c in classes:
+                idx = rng.permutation(np.flatnonzero(y == c))
+                q = rng.dirichlet(np.full(p, val))
+                cuts = (np.cumsum(q)[:-1] * len(idx)).astype(np.int64)
+                for w, chunk in enumerate(np.split(idx, cuts)):
+                    parts[w].append(chunk)
+            shards = [np.sort(np.concatenate(ch)).astype(np.int64) for ch in parts]
+            if min(len(s) for s in shards) >= 1:
+                return shards
+        raise ValueError(f"split_indices: no Dirichlet({val}) split in 1000 draws gave all {p} workers a sample")
+    m = n // p
+    perm = rng.permutation(n)[: p * m]
+    k_iid = int(round(val * p * m)) // p * p  # a multiple of p, dealt evenly
+    iid_part, rest = perm[:k_iid], perm[k_iid:]
+    rest = rest[np.argsort(y[rest], kind="stable")]
+    iid_chunks = iid_part.reshape(p, -1) if k_iid else np.zeros((p, 0), np.int64)
+    sorted_chunks = np.array_split(rest, p)
+    return [np.sort(np.concatenate([iid_chunks[w], sorted_chunks[w]])).astype(np.int64) for w in range(p)]
+
+
+def shard(task: TaskData, p: int, seed: int, distorted: Sequence[tuple[int, str]] = (),
+          heterogeneity: str = "iid", return_sizes: bool = False) -> tuple:
+    """Split the training set into p worker shards (``split_indices``: iid by default) and apply
+    ``distorted`` = [(worker, distortion), ...].
+
+    Returns (xs, ys): (p, m, *input_shape) float32 and (p, m) int64 tensors, m the largest
+    shard; a shorter shard is padded by repeating its samples (so every row is a real sample)
+    and ``return_sizes=True`` adds the (p,) int64 tensor of true shard sizes, which the harness
+    uses to draw mini-batches from the real samples only.
     """
     import torch
 
-    n = task.x_train.shape[0]
-    m = n // p
-    if m < 1:
-        raise ValueError(f"shard: {p} workers need at least {p} training samples, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)[: p * m].reshape(p, m)
-    xs = task.x_train[perm].clone()
-    ys = task.y_train[perm].clone()
+    parts = split_indices(task.y_train.numpy(), p, seed, heterogeneity)
+    sizes = np.array([len(s) for s in parts], dtype=np.int64)
+    m = int(sizes.max())
+    idx = np.stack([np.resize(s, m) for s in parts])  # np.resize repeats the shard cyclically
+    t_idx = torch.from_numpy(idx)
+    xs = task.x_train[t_idx].clone()
+    ys = task.y_train[t_idx].clone()
     for w, kind in distorted:
         xs[w], ys[w] = distort(xs[w], ys[w], kind, task.n_classes, seed=seed * 7919 + w)
+    if return_sizes:
+        return xs, ys, torch.from_numpy(sizes)
     return xs, ys
+
+
+def class_histograms(ys: Any, sizes: Any, n_classes: int) -> np.ndarray:
+    """(p, n_classes) label counts of the shards (the first sizes[w] rows of each)."""
+    y = np.asarray(ys)
+    s = np.asarray(sizes)
+    return np.stack([np.bincount(y[w, : s[w]], minlength=n_classes) for w in range(y.shape[0])])
 
 
 def distort(x: Any, y: Any, kind: str, n_classes: int, seed: int = 0) -> tuple:

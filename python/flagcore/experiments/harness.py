@@ -1,13 +1,17 @@
 """A synchronous parameter server with p simulated workers in one process.
 
-Every step, each worker draws a mini-batch from its own shard and computes its gradient (all p
+Every step, each worker draws a mini-batch from its own shard (iid, Dirichlet or
+gamma-similarity split: ``RobustnessConfig.heterogeneity``) and computes its gradient (all p
 at once with torch.func.vmap, flattened to a (p, n) stack); the f Byzantine workers either
 replace theirs with an attack from ``flagcore.attacks`` or train honestly on a distorted shard
-(label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule
-and steps SGD with momentum and weight decay (the FA paper's optimiser). Each (rule, seed)
+(label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule (built once per run with
+``flagcore.rules.make_rule`` and reused every step) and steps SGD with momentum and weight decay (the FA paper's optimiser). Each (rule, seed)
 run starts from the same initial model and draws the same mini-batches and attack seeds.
 
-Byzantine workers are the last f (indices p - f .. p - 1); results say so.
+Byzantine workers are the last f (indices p - f .. p - 1); results say so. Adaptive attacks
+(``flagcore.attacks.ADAPTIVE_ATTACKS``) target the rule under test: the attacker gets its own
+copy of the configured rule (built once per run), so its probing never touches the server's
+rule state.
 """
 from __future__ import annotations
 
@@ -23,14 +27,14 @@ import numpy as np
 
 from .. import attacks as _attacks
 from .._arrays import check_choice, check_float, check_int
-from ..flag import SCALES, flag_aggregate
-from ..rules import aggregate
+from ..flag import SCALES
+from ..rules import make_rule
 from . import data as _data
 from . import models as _models
 
 SCHEMA = "flagcore.robustness/1"
 
-# Rules whose definition needs the number of Byzantine workers f (SPEC_FA.md); the harness
+# Rules whose definition needs the number of Byzantine workers f (docs/spec_fa.md); the harness
 # passes f = byzantine to them. Any rule parameter can also be given in the rule spec,
 # e.g. "multi_krum[f=2,m=10]".
 RULES_TAKING_F = ("trimmed_mean", "krum", "multi_krum", "bulyan", "meamed", "phocas")
@@ -48,7 +52,7 @@ def available_rules() -> tuple:
 
 
 def gradient_attacks() -> tuple:
-    return tuple(getattr(_attacks, "ATTACKS", ()))
+    return tuple(_attacks.ALL_ATTACKS)
 
 
 def all_attacks() -> tuple:
@@ -138,6 +142,10 @@ class RobustnessConfig:
     flag_history: FA's per-step, per-worker weights and ratios kept in the results for "all"
         seeds, the "first_seed" only, or "none" (the per-seed mean ratios are always kept).
     attack_params: extra keyword arguments for the gradient attack (e.g. {"scale": 4.0}).
+    heterogeneity: how the training set is split over the workers: "iid", "dirichlet:ALPHA"
+        or "gamma:GAMMA" (flagcore.experiments.data.split_indices). Non-iid shards differ in
+        size; mini-batches are drawn from each worker's own samples (with replacement when a
+        shard is smaller than batch_size).
     """
 
     rules: Sequence[str] = ("flag", "median", "mean")
@@ -162,6 +170,7 @@ class RobustnessConfig:
     threads: int | None = 1
     flag_history: str = "all"
     attack_params: dict = field(default_factory=dict)
+    heterogeneity: str = "iid"
 
     def validate(self, custom_data: bool = False, custom_model: bool = False) -> list:
         fn = "robustness"
@@ -186,6 +195,7 @@ class RobustnessConfig:
         check_choice(self.scale, fn, "scale", SCALES)
         check_choice(self.flag_history, fn, "flag_history", FLAG_HISTORY)
         check_choice(self.attack, fn, "attack", all_attacks())
+        _data.parse_heterogeneity(self.heterogeneity, fn)
         if not custom_data:
             check_choice(self.dataset, fn, "dataset", _data.DATASETS)
         if not custom_model:
@@ -226,21 +236,39 @@ def rule_params(spec: RuleSpec, cfg: RobustnessConfig) -> dict:
 
 
 def _check_rule_runs(spec: RuleSpec, params: dict, p: int) -> None:
-    """Call the rule once on a small random stack so a rule that cannot run with these
-    options fails before any training, with the rule named."""
+    """Build the rule and call it once on a small random stack so a rule that cannot run with
+    these options fails before any training, with the rule named."""
     x = np.random.default_rng(0).standard_normal((p, 8))
     try:
-        _aggregate(spec.name, x, params, want_info=False)
+        make_rule(spec.name, _fn="robustness", **params)(x)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"robustness: rule {spec.label!r} cannot run with {p} workers and params "
                          f"{params}: {exc}") from exc
 
 
-def _aggregate(name: str, stack: Any, params: dict, want_info: bool) -> tuple:
-    if name == "flag":
-        agg, info = flag_aggregate(stack, return_info=True, **params)
-        return agg, (info if want_info else None)
-    return aggregate(stack, name, **params), None
+def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> dict:
+    """Keyword arguments for flagcore.attacks.attack: the config's attack parameters and, for an
+    adaptive attack, the attacker's own copy of the rule under test (built once per run) unless
+    attack_params names a rule itself (a transfer attack)."""
+    kw = dict(cfg.attack_params)
+    if cfg.attack in _attacks.ADAPTIVE_ATTACKS and "rule" not in kw:
+        kw["rule"] = make_rule(spec.name, _fn="robustness", **params)
+        if cfg.attack == "fa_aware" and spec.name == "flag" and "flag_params" not in kw:
+            kw["flag_params"] = {k: v for k, v in params.items() if k in ("r", "lam", "max_iter", "eps", "tol", "scale")}
+    return kw
+
+
+def check_attack_runs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> None:
+    """Call the gradient attack once on small random honest gradients, against this rule, so
+    bad attack parameters fail before any training, with the attack and rule named."""
+    if cfg.attack not in gradient_attacks() or cfg.byzantine == 0:
+        return
+    h = np.random.default_rng(0).standard_normal((cfg.workers - cfg.byzantine, 8))
+    try:
+        _attacks.attack(cfg.attack, h, cfg.byzantine, **_attack_kwargs(cfg, spec, params))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"robustness: attack {cfg.attack!r} with {cfg.attack_params} cannot run against rule "
+                         f"{spec.label!r}: {exc}") from exc
 
 
 class _Gradients:
@@ -331,6 +359,7 @@ def run_robustness(config: RobustnessConfig | None = None, *, task: _data.TaskDa
     params_by_rule = {s.label: rule_params(s, cfg) for s in specs}
     for s in specs:
         _check_rule_runs(s, params_by_rule[s.label], p)
+        check_attack_runs(cfg, s, params_by_rule[s.label])
     grad_attack = cfg.attack in gradient_attacks()
     data_attack = cfg.attack in _data.DATA_ATTACKS
     byz = list(range(p - f, p))
@@ -361,9 +390,10 @@ def _run_all(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: li
     for seed in seeds:
         t_task = task if task is not None else _data.load_task(cfg.dataset, seed)
         distorted = [(w, _data.distortion_of(cfg.attack, k)) for k, w in enumerate(byz)] if data_attack else []
-        xs, ys = _data.shard(t_task, p, seed, distorted)
+        xs, ys, sizes = _data.shard(t_task, p, seed, distorted, heterogeneity=cfg.heterogeneity,
+                                    return_sizes=True)
         m = xs.shape[1]
-        if cfg.batch_size > m:
+        if cfg.heterogeneity == "iid" and cfg.batch_size > m:
             raise ValueError(f"robustness: batch_size must be at most the shard size {m} "
                              f"({t_task.x_train.shape[0]} training samples / {p} workers), got {cfg.batch_size}")
         xs, ys = xs.to(dev), ys.to(dev)
@@ -373,13 +403,15 @@ def _run_all(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: li
         n_params = _models.count_parameters(net0)
         meta = {"dataset": {"name": t_task.name, "train": int(t_task.x_train.shape[0]),
                             "test": int(t_task.x_test.shape[0]), "classes": t_task.n_classes,
-                            "input_shape": list(t_task.input_shape), "shard_size": int(m)},
+                            "input_shape": list(t_task.input_shape), "shard_size": int(m),
+                            "shard_sizes": sizes.tolist(),
+                            "class_histograms": _data.class_histograms(ys.cpu(), sizes, t_task.n_classes).tolist()},
                 "model": {"name": cfg.model if model is None else type(net0).__name__, "parameters": n_params},
                 "distortions": {str(w): k for w, k in distorted}}
         for s in specs:
             if bar is not None:
                 bar.set_postfix_str(f"{s.label} seed {seed}")
-            run = _train_one(s, params_by_rule[s.label], cfg, seed, net0, xs, ys, x_test, y_test,
+            run = _train_one(s, params_by_rule[s.label], cfg, seed, net0, xs, ys, sizes.to(dev), x_test, y_test,
                              byz, grad_attack, dev, bar)
             results.setdefault(s.label, []).append(run)
     return results, meta
@@ -393,8 +425,9 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
     elif isinstance(model, nn.Module):
         net = copy.deepcopy(model)
         for mod in net.modules():
-            if hasattr(mod, "reset_parameters"):
-                mod.reset_parameters()
+            reset = getattr(mod, "reset_parameters", None)
+            if callable(reset):
+                reset()
     elif callable(model):
         net = model(task.input_shape, task.n_classes)
         if not isinstance(net, nn.Module):
@@ -405,7 +438,7 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
 
 
 def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, net0: Any, xs: Any, ys: Any,
-               x_test: Any, y_test: Any, byz: list, grad_attack: bool, dev: Any, bar: Any) -> dict:
+               sizes: Any, x_test: Any, y_test: Any, byz: list, grad_attack: bool, dev: Any, bar: Any) -> dict:
     import torch
 
     p, f, B = cfg.workers, cfg.byzantine, cfg.batch_size
@@ -419,24 +452,43 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
     honest = [w for w in range(p) if w not in set(byz)]
     honest_idx = torch.tensor(honest, device=dev)
     is_flag = spec.name == "flag"
+    rule = make_rule(spec.name, _fn="robustness", **params)  # built once, reused every step
+    attack_kw = _attack_kwargs(cfg, spec, params) if grad_attack else {}
+    equal = bool((sizes == m).all())
+    short = sizes < B  # shards smaller than a batch: drawn with replacement
     steps_eval, acc_curve, loss_curve, train_loss = [], [], [], []
     weights_hist, ratios_hist = [], []
     agg_time = 0.0
     acc, loss = _evaluate(net, x_test, y_test)
-    steps_eval.append(0), acc_curve.append(acc), loss_curve.append(_finite_or_none(loss))
+    steps_eval.append(0)
+    acc_curve.append(acc)
+    loss_curve.append(_finite_or_none(loss))
     t_start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
-        idx = torch.rand(p, m, generator=gen).argsort(dim=1)[:, :B].to(dev)
+        if equal:
+            idx = torch.rand(p, m, generator=gen).argsort(dim=1)[:, :B].to(dev)
+        else:  # only each worker's real samples: padding keys sort last
+            keys = torch.rand(p, m, generator=gen).to(dev)
+            keys[torch.arange(m, device=dev)[None, :] >= sizes[:, None]] = 2.0
+            idx = keys.argsort(dim=1)[:, :B]
+            if bool(short.any()):
+                draw = (torch.rand(p, B, generator=gen).to(dev) * sizes[:, None]).long()
+                idx = torch.where(short[:, None], draw, idx)
         xb, yb = xs[rows, idx], ys[rows, idx]
         stack, losses = grads_of(xb, yb)
         stack = stack.detach()
         train_loss.append(_finite_or_none(float(losses[honest_idx].mean())))
         if grad_attack and f > 0:
-            bad = _attacks.attack(cfg.attack, stack[honest_idx], f, seed=seed * 1_000_003 + step, **cfg.attack_params)
+            bad = _attacks.attack(cfg.attack, stack[honest_idx], f, seed=seed * 1_000_003 + step, **attack_kw)
             stack = torch.cat([stack[honest_idx], torch.as_tensor(bad, dtype=stack.dtype, device=dev)])
         _sync(cfg.device)
         t0 = time.perf_counter()
-        agg, info = _aggregate(spec.name, stack, params, want_info=is_flag)
+        if is_flag:
+            agg, info = rule(stack, return_info=True)
+            if not hasattr(info, "reconstruction_ratios"):
+                info = None
+        else:
+            agg, info = rule(stack), None
         _sync(cfg.device)
         agg_time += time.perf_counter() - t0
         if info is not None:
@@ -451,14 +503,16 @@ def _train_one(spec: RuleSpec, params: dict, cfg: RobustnessConfig, seed: int, n
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             acc, loss = _evaluate(net, x_test, y_test)
-            steps_eval.append(step), acc_curve.append(acc), loss_curve.append(_finite_or_none(loss))
+            steps_eval.append(step)
+            acc_curve.append(acc)
+            loss_curve.append(_finite_or_none(loss))
         if bar is not None:
             bar.update(1)
     wall = time.perf_counter() - t_start
     out = {"seed": seed, "step": steps_eval, "accuracy": acc_curve, "loss": loss_curve, "train_loss": train_loss,
            "final_accuracy": acc_curve[-1], "final_loss": loss_curve[-1], "wall_time_s": wall,
            "agg_time_ms": 1e3 * agg_time / cfg.steps}
-    if is_flag:
+    if is_flag and ratios_hist:
         rat = np.asarray(ratios_hist)
         bad = sorted(set(byz))
         out["flag_mean_ratio"] = {"honest": float(rat[:, honest].mean()) if honest else None,
@@ -503,7 +557,7 @@ def _collect(cfg: RobustnessConfig, specs: list, params_by_rule: dict, seeds: li
             "agg_time_ms": [r["agg_time_ms"] for r in rs],
             "agg_time_ms_mean": float(np.mean([r["agg_time_ms"] for r in rs])),
         }
-        if s.name == "flag":
+        if s.name == "flag" and "flag_mean_ratio" in rs[0]:
             keep = {"all": len(rs), "first_seed": 1, "none": 0}[cfg.flag_history]
             entry["flag"] = {
                 "mean_ratio": [r["flag_mean_ratio"] for r in rs],

@@ -113,3 +113,62 @@ def write_plots(res: dict, out_dir: str, prefix: str = "") -> list:
 
 def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s).strip("_")
+
+
+def _heatmap(ax, mat: np.ndarray, rows: list, cols: list, fig) -> None:
+    masked = np.ma.masked_invalid(mat)
+    cmap = _plt().get_cmap("RdYlGn").with_extremes(bad="lightgrey")
+    im = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows, fontsize=8)
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            v = mat[i, j]
+            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, label="test accuracy")
+
+
+def _acc(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def write_grid_heatmaps(res: dict, out_dir: str, prefix: str = "") -> list:
+    """Heat maps of a grid's results: per (f, heterogeneity), rule x attack accuracy at each
+    rule's chosen learning rate with the worst case as the last column; per f, rule x
+    heterogeneity worst-case accuracy. Returns the paths written."""
+    plt = _plt()
+    g = res["grid"]
+    rules, attacks = res["rules"], g["attacks"]
+    cell = {(c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
+            for c in res["cells"]}
+    worst = {(w["rule"], w["byzantine"], w["heterogeneity"]): w for w in res["worst_case"]}
+    base = g["base"]
+    sub = (f"{res['dataset']['name']}/{res['model']['name']}, {base.get('workers', 15)} workers, "
+           f"{base.get('steps', 200)} steps, {len(res['seeds'])} seed(s)")
+    paths = []
+    for f in g["byzantine"]:
+        for het in g["heterogeneity"]:
+            mat = np.array([[_acc(cell[(r, f, het, worst[(r, f, het)]["lr"], a)]) for a in attacks]
+                            + [_acc(worst[(r, f, het)]["accuracy"])] for r in rules])
+            fig, ax = plt.subplots(figsize=(1.1 * (len(attacks) + 1) + 3, 0.45 * len(rules) + 1.8))
+            _heatmap(ax, mat, rules, list(attacks) + ["worst case"], fig)
+            ax.axvline(len(attacks) - 0.5, color="black", lw=1.5)
+            ax.set_title(f"Accuracy, rule x attack: f = {f}, {het}\n{sub}", fontsize=9)
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"{prefix}heatmap_attack_f{f}_{_safe(het)}.png")
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            paths.append(path)
+        hets = g["heterogeneity"]
+        mat = np.array([[_acc(worst[(r, f, h)]["accuracy"]) for h in hets] for r in rules])
+        fig, ax = plt.subplots(figsize=(1.3 * len(hets) + 4.5, 0.45 * len(rules) + 1.8))
+        _heatmap(ax, mat, rules, hets, fig)
+        ax.set_title(f"Worst-case accuracy over attacks: f = {f}\n{sub}", fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{prefix}heatmap_heterogeneity_f{f}.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,118 @@
+"""Predicting a parameter server's step time with backup workers (``ParameterServer(quorum=k)``).
+
+One synchronous step forks a task (compute a gradient, send it) to n workers and completes when
+the k-th gradient has arrived; the rest is dropped. That is an (n, k) fork-join with
+cancellation, the model ``flagcore.energy`` simulates: ``predict_step_time`` feeds per-worker
+step-time samples to ``flagcore.energy.simulate_trace`` (each step arriving at an empty system,
+as in a synchronous loop) and returns the distribution of the step time.
+
+The model assumes a worker starts every step when the step begins. A worker that was late in
+the previous step starts later in a real run (it first finishes and sends its stale gradient),
+so the prediction is exact when the late workers are always the same (deliberately slowed
+ranks, say) and optimistic when the order of the workers changes from step to step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["predict_step_time"]
+
+
+def _samples(spec: Any, steps: int, rng: np.random.Generator, i: int) -> np.ndarray:
+    fn = "predict_step_time"
+    if callable(spec):
+        s = np.asarray(spec(rng, steps), dtype=np.float64).reshape(-1)
+        if s.size != steps:
+            raise ValueError(
+                f"{fn}: worker_times[{i}] (a callable) returned {s.size} samples, expected {steps}"
+            )
+    elif isinstance(spec, (int, float, np.integer, np.floating)) and not isinstance(spec, bool):
+        s = np.full(steps, float(spec))
+    else:
+        a = np.asarray(spec, dtype=np.float64).reshape(-1)
+        if a.size == 0:
+            raise ValueError(f"{fn}: worker_times[{i}] is empty")
+        s = rng.choice(a, size=steps, replace=True)
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"{fn}: worker_times[{i}] must give finite times >= 0")
+    return s
+
+
+def predict_step_time(
+    worker_times: Sequence[Any],
+    quorum: int | None = None,
+    *,
+    steps: int = 20000,
+    overhead: float = 0.0,
+    seed: int = 0,
+) -> dict:
+    """Step-time distribution of a parameter server that aggregates the first ``quorum`` of n
+    workers (None: all n), as an (n, k) fork-join with cancellation (flagcore.energy).
+
+    Parameters
+    ----------
+    worker_times : n entries, one per worker, each the time (seconds) from the start of a step
+        to the arrival of that worker's gradient: a number (always that long), a 1-D array of
+        measured times (resampled with replacement), or a callable ``(rng, size) -> array``
+        drawing ``size`` samples from a numpy Generator.
+    quorum : k, 1 <= k <= n; None means n.
+    steps : simulated steps.
+    overhead : seconds added to every step (the server's aggregation and the result's trip).
+    seed : seed of the numpy Generator the samples are drawn with.
+
+    Returns a dict: ``samples`` (steps,), ``mean``, ``p50``, ``p90``, ``p99`` (seconds), ``n``,
+    ``k``.
+    """
+    from ..energy import simulate_trace
+
+    fn = "predict_step_time"
+    if (
+        isinstance(worker_times, (str, bytes))
+        or not hasattr(worker_times, "__len__")
+        or len(worker_times) == 0
+    ):
+        raise ValueError(
+            f"{fn}: worker_times must be a non-empty sequence (one entry per worker), "
+            f"got {worker_times!r}"
+        )
+    n = len(worker_times)
+    k = n if quorum is None else quorum
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n:
+        raise ValueError(f"{fn}: quorum must be an int in [1, {n}] or None, got {quorum!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"{fn}: steps must be an int >= 1, got {steps!r}")
+    overhead = float(overhead)
+    if not np.isfinite(overhead) or overhead < 0:
+        raise ValueError(f"{fn}: overhead must be finite and >= 0, got {overhead}")
+    rng = np.random.default_rng(seed)
+    services = np.stack(
+        [_samples(w, int(steps), rng, i) for i, w in enumerate(worker_times)], axis=1
+    )
+    gap = float(services.max()) * 2.0 + 1.0  # every step finds the system empty: a synchronous loop
+    arrivals = np.arange(int(steps), dtype=np.float64) * gap
+    out = simulate_trace(n, int(k), arrivals, services, cancel=True)
+    t = out["response_times"] + overhead
+    return {
+        "samples": t,
+        "mean": float(t.mean()),
+        "p50": float(np.percentile(t, 50)),
+        "p90": float(np.percentile(t, 90)),
+        "p99": float(np.percentile(t, 99)),
+        "n": n,
+        "k": int(k),
+    }
+
+
+def lognormal_times(mean: float, sigma: float, shift: float = 0.0) -> Callable:
+    """A sampler for ``predict_step_time``: shift + a lognormal of the given mean and sigma (of
+    the underlying normal)."""
+    mu = np.log(mean) - sigma**2 / 2
+
+    def draw(rng: np.random.Generator, size: int) -> np.ndarray:
+        return shift + rng.lognormal(mu, sigma, size)
+
+    return draw

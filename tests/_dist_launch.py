@@ -1,0 +1,101 @@
+"""Launching the ranks of a multi-process test (one process per rank, gloo on 127.0.0.1) with
+a hard deadline, shared by test_distributed.py and test_distributed_production.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+WORLD = 4
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    worker: Path,
+    scenario: str,
+    out_dir: Path,
+    *,
+    deadline: float,
+    env: dict | None = None,
+    expect_exit: dict | None = None,
+) -> dict:
+    """Run the 4 ranks of ``scenario``; wait for at most ``deadline`` seconds for the ranks not
+    listed in ``expect_exit`` (rank -> "killed"/"stalled"), kill everything left, return
+    {rank: result json} for the ranks that wrote one."""
+    port = free_port()
+    base = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        FLAGCORE_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        **(env or {}),
+    )
+    procs = []
+    for r in range(WORLD):
+        log = open(out_dir / f"rank{r}.log", "w")  # noqa: SIM115 - closed by the caller after wait()
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, str(worker), scenario, str(out_dir)],
+                    env=dict(base, RANK=str(r)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
+    expect_exit = expect_exit or {}
+    end = time.monotonic() + deadline
+    try:
+        for r, (p, _) in enumerate(procs):
+            if r in expect_exit:
+                continue
+            try:
+                p.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logs = "\n".join(
+                    (out_dir / f"rank{q}.log").read_text()[-2000:] for q in range(WORLD)
+                )
+                pytest.fail(
+                    f"scenario {scenario}: rank {r} still running after {deadline} s (hang)\n{logs}"
+                )
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    results = {}
+    for r in range(WORLD):
+        f = out_dir / f"rank{r}.json"
+        if f.exists():
+            results[r] = json.loads(f.read_text())
+    return results
+
+
+def host_store() -> object:
+    """A c10d TCPStore served by this (test) process, like torchrun's agent serves one: the
+    ranks' exits then cannot take the store down while survivors still read it."""
+    import datetime
+
+    import torch.distributed
+
+    return torch.distributed.TCPStore(
+        "127.0.0.1", 0, None, True, datetime.timedelta(seconds=60), wait_for_workers=False
+    )

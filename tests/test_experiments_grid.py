@@ -1,0 +1,394 @@
+"""Non-iid splits (class histograms), the robustness grid end to end, its config checks and CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from flagcore import cli  # noqa: E402
+from flagcore.experiments import data as xdata  # noqa: E402
+from flagcore.experiments import grid as xgrid  # noqa: E402
+from flagcore.experiments import harness, run_robustness, write_outputs  # noqa: E402
+
+
+def _strict_load(path):
+    def bad(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    with open(path) as fh:
+        return json.load(fh, parse_constant=bad)
+
+
+def _labels(n_per_class=60, classes=10, seed=0):
+    y = np.repeat(np.arange(classes), n_per_class)
+    return np.random.default_rng(seed).permutation(y)
+
+
+def _hist(y, parts, classes=10):
+    return np.stack([np.bincount(y[s], minlength=classes) for s in parts])
+
+
+# ------------------------------------------------------------------ splits
+def test_iid_split_is_the_historical_permutation():
+    y = _labels()
+    parts = xdata.split_indices(y, 7, seed=3)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(3))[: 7 * (len(y) // 7)]
+    np.testing.assert_array_equal(np.stack(parts), perm.reshape(7, -1).numpy())
+
+
+@pytest.mark.parametrize("het", ["dirichlet:0.1", "dirichlet:1.0", "dirichlet:100"])
+def test_dirichlet_is_a_partition_reproducible_per_seed(het):
+    y = _labels()
+    parts = xdata.split_indices(y, 15, seed=1, heterogeneity=het)
+    allidx = np.concatenate(parts)
+    assert len(parts) == 15 and min(len(s) for s in parts) >= 1
+    np.testing.assert_array_equal(np.sort(allidx), np.arange(len(y)))  # every sample exactly once
+    again = xdata.split_indices(y, 15, seed=1, heterogeneity=het)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = xdata.split_indices(y, 15, seed=2, heterogeneity=het)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_dirichlet_alpha_controls_the_class_histograms():
+    y = _labels(n_per_class=200)
+
+    def dominant(alpha):
+        hist = _hist(y, xdata.split_indices(y, 15, seed=0, heterogeneity=f"dirichlet:{alpha}"))
+        frac = hist / hist.sum(axis=1, keepdims=True)
+        return frac.max(axis=1).mean(), np.abs(frac - 0.1).max()
+
+    dom_small, _ = dominant(0.05)
+    dom_mid, _ = dominant(1.0)
+    dom_big, dev_big = dominant(1000.0)
+    assert dom_small > 0.7  # few classes per worker
+    assert dom_small > dom_mid > dom_big
+    assert dev_big < 0.08  # close to the global 10 % per class
+
+
+def test_gamma_similarity_histograms():
+    y = _labels(n_per_class=60)
+    n, p = len(y), 10
+    iid = _hist(y, xdata.split_indices(y, p, seed=0, heterogeneity="gamma:1.0"))
+    sorted_ = xdata.split_indices(y, p, seed=0, heterogeneity="gamma:0.0")
+    for parts in (
+        xdata.split_indices(y, p, seed=0, heterogeneity=f"gamma:{g}") for g in (0.0, 0.3, 1.0)
+    ):
+        sizes = [len(s) for s in parts]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n // p * p
+        assert len(np.unique(np.concatenate(parts))) == sum(sizes)  # disjoint
+    # gamma = 0: label-sorted chunks, 60 samples per worker = exactly one class each here
+    for s in sorted_:
+        assert len(np.unique(y[s])) == 1
+    assert sorted(int(np.unique(y[s])[0]) for s in sorted_) == list(range(10))
+    # gamma = 1: iid; with 60 samples per worker every class is present
+    assert (iid > 0).all()
+    # gamma = 0.5: half of each shard is iid, half a sorted run of labels: in between
+    half = _hist(y, xdata.split_indices(y, p, seed=0, heterogeneity="gamma:0.5"))
+    dominant = [h.max(axis=1).mean() / 60 for h in (half, iid)]
+    assert 0.4 < dominant[0] < 1.0 and dominant[1] < 0.3
+
+
+def test_shard_pads_with_real_samples_and_reports_sizes():
+    task = xdata.make_blobs(seed=0, n_samples=300)
+    xs, ys, sizes = xdata.shard(task, 5, seed=0, heterogeneity="dirichlet:0.3", return_sizes=True)
+    parts = xdata.split_indices(task.y_train.numpy(), 5, 0, "dirichlet:0.3")
+    assert sizes.tolist() == [len(s) for s in parts] and xs.shape[1] == max(sizes.tolist())
+    hist = xdata.class_histograms(ys, sizes, task.n_classes)
+    np.testing.assert_array_equal(hist, _hist(task.y_train.numpy(), parts, task.n_classes))
+    for w, s in enumerate(parts):  # padded rows repeat the worker's own samples
+        np.testing.assert_array_equal(
+            ys[w].numpy(), task.y_train.numpy()[np.resize(s, xs.shape[1])]
+        )
+
+
+@pytest.mark.parametrize(
+    "spec, msg",
+    [
+        ("dirichlet:0", "needs alpha > 0"),
+        ("dirichlet:x", "needs alpha > 0"),
+        ("gamma:1.5", r"needs gamma in \[0, 1\]"),
+        ("noniid", "heterogeneity must be 'iid'"),
+        ("iid:3", "heterogeneity must be 'iid'"),
+    ],
+)
+def test_bad_heterogeneity(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        xdata.split_indices(np.zeros(10, int), 2, 0, spec)
+
+
+# ------------------------------------------------------------------ the harness with non-iid data
+FAST = dict(
+    dataset="blobs",
+    model="mlp",
+    workers=5,
+    byzantine=1,
+    steps=3,
+    batch_size=8,
+    seeds=1,
+    eval_every=3,
+    progress=False,
+)
+
+
+def test_noniid_run_records_histograms_and_is_reproducible():
+    kw = dict(
+        FAST,
+        rules=["median", "flag"],
+        attack="min_max",
+        heterogeneity="dirichlet:0.2",
+        batch_size=64,
+    )
+    a = run_robustness(**kw)
+    b = run_robustness(**kw)
+    assert a["rules"]["median"]["final_accuracy"] == b["rules"]["median"]["final_accuracy"]
+    assert a["rules"]["flag"]["train_loss"] == b["rules"]["flag"]["train_loss"]
+    hist = np.array(a["dataset"]["class_histograms"])
+    assert hist.shape == (5, 4) and hist.sum(axis=1).tolist() == a["dataset"]["shard_sizes"]
+    assert a["config"]["heterogeneity"] == "dirichlet:0.2"
+
+
+def test_rule_is_built_once_per_run(monkeypatch):
+    built = []
+    real = harness.make_rule
+
+    def counting(name, **kw):
+        built.append(name)
+        return real(name, **kw)
+
+    monkeypatch.setattr(harness, "make_rule", counting)
+    run_robustness(**dict(FAST, rules=["median", "mean"], attack="optimal_ipm", steps=4, seeds=2))
+    # per rule: two probes before training (the rule; the attack against it), then per seed one
+    # server copy and one attacker copy; none per step
+    assert sorted(built) == sorted(["median"] * 6 + ["mean"] * 6)
+
+
+# ------------------------------------------------------------------ the grid
+TINY = dict(
+    rules=["mean", "median", "flag"],
+    attacks=["sign_flip", "optimal_ipm"],
+    byzantine=[1],
+    heterogeneity=["iid", "gamma:0.0"],
+    lr=[0.02, 0.1],
+    base={
+        "dataset": "blobs",
+        "workers": 5,
+        "steps": 3,
+        "batch_size": 8,
+        "seeds": 1,
+        "eval_every": 3,
+    },
+)
+
+
+def test_grid_end_to_end(tmp_path):
+    g = xgrid.grid_from_dict(json.loads(json.dumps(TINY)))
+    res = xgrid.run_grid(g, progress=False)
+    assert len(res["cells"]) == 3 * 2 * 2 * 2
+    # worst case, recomputed: max over lr of min over attacks
+    acc = {
+        (c["rule"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
+        for c in res["cells"]
+    }
+    for w in res["worst_case"]:
+        best = max(
+            min(acc[(w["rule"], w["heterogeneity"], lr, a)] for a in TINY["attacks"])
+            for lr in TINY["lr"]
+        )
+        assert w["accuracy"] == pytest.approx(best)
+        assert min(
+            acc[(w["rule"], w["heterogeneity"], w["lr"], a)] for a in TINY["attacks"]
+        ) == pytest.approx(best)
+        assert acc[(w["rule"], w["heterogeneity"], w["lr"], w["worst_attack"])] == pytest.approx(
+            best
+        )
+    written = xgrid.write_grid_outputs(res, str(tmp_path))
+    names = sorted(p.split("/")[-1] for p in written)
+    assert names == [
+        "heatmap_attack_f1_gamma_0_0.png",
+        "heatmap_attack_f1_iid.png",
+        "heatmap_heterogeneity_f1.png",
+        "results.json",
+    ]
+    d = _strict_load(tmp_path / "results.json")
+    assert d["schema"] == xgrid.GRID_SCHEMA and d["rules"] == TINY["rules"]
+    # reproducible per seed: the same grid gives the same cells
+    res2 = xgrid.run_grid(g, progress=False)
+    assert [c["accuracy"] for c in res2["cells"]] == [c["accuracy"] for c in res["cells"]]
+
+
+def test_worst_case_counts_a_diverged_run_as_the_worst():
+    g = xgrid.GridConfig(rules=["mean"], attacks=["a", "b"], lr=[0.1])
+    cells = [
+        {
+            "rule": "mean",
+            "byzantine": 3,
+            "heterogeneity": "iid",
+            "lr": 0.1,
+            "attack": a,
+            "accuracy_mean": v,
+        }
+        for a, v in (("a", 0.9), ("b", float("nan")))
+    ]
+    w = xgrid.worst_case(cells, ["mean"], g)[0]
+    assert w["accuracy"] is None and w["worst_attack"] == "b"
+
+
+@pytest.mark.parametrize(
+    "d, exc, msg",
+    [
+        ({"rules": ["mean"]}, ValueError, "needs attacks"),
+        (dict(TINY, colour="red"), ValueError, "unknown key 'colour'"),
+        (dict(TINY, lr=[]), ValueError, "lr must be a non-empty list"),
+        (dict(TINY, lr=[0.1, 0.1]), ValueError, "lr must not repeat"),
+        (dict(TINY, heterogeneity=["dirichlet:-1"]), ValueError, "needs alpha > 0"),
+        (dict(TINY, base={"steps": 3, "attack": "nan"}), ValueError, "base must not set 'attack'"),
+        (dict(TINY, base={"stepz": 3}), ValueError, "base has unknown option 'stepz'"),
+        (dict(TINY, attacks=["teleport"]), ValueError, "attack must be one of"),
+        (dict(TINY, rules=["nosuch"]), ValueError, "unknown rule 'nosuch'"),
+        (dict(TINY, byzantine=[9]), ValueError, r"byzantine must be in \[0, 4\]"),
+        (
+            dict(TINY, attack_params={"alie": {"z": 1}}),
+            ValueError,
+            "attack_params names attacks not in the grid",
+        ),
+        ([1, 2], TypeError, "must be a JSON object"),
+    ],
+)
+def test_grid_config_errors(d, exc, msg):
+    with pytest.raises(exc, match=msg):
+        xgrid.grid_from_dict(d)
+
+
+def test_load_grid_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rules": ["mean"], "attacks": ["nan"], "lr": [NaN]}')
+    with pytest.raises(ValueError, match="NaN is not strict JSON"):
+        xgrid.load_grid(str(bad))
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        xgrid.load_grid(str(bad))
+    with pytest.raises(ValueError, match="cannot read --grid"):
+        xgrid.load_grid(str(tmp_path / "missing.json"))
+
+
+def test_cli_grid_and_quick(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    cfg = tmp_path / "g.json"
+    cfg.write_text(
+        json.dumps(dict(TINY, lr=[0.05], heterogeneity=["iid"], rules=["median", "flag"]))
+    )
+    out = tmp_path / "o"
+    rc = cli.main(["robustness", "--grid", str(cfg), "--quick", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "worst" in text.lower() and "median" in text
+    d = _strict_load(out / "results.json")
+    assert {w["rule"] for w in d["worst_case"]} == {"median", "flag"}
+    assert (out / "heatmap_heterogeneity_f1.png").exists()
+
+
+def test_cli_checks_the_output_path_before_the_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    ran = []
+    monkeypatch.setattr(xgrid, "run_grid", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(harness, "_run_all", lambda *a, **k: ran.append(1))
+    for argv in (["--quick"], ["--dataset", "blobs", "--steps", "1"]):
+        rc = cli.main(["robustness", *argv, "--out", str(blocker), "--no-progress"])
+        assert rc == 2 and "is an existing file, not a folder" in capsys.readouterr().err
+    rc = cli.main(["robustness", "--quick", "--out", str(blocker / "sub"), "--no-progress"])
+    assert rc == 2 and "cannot be created" in capsys.readouterr().err
+    assert ran == []
+
+
+def test_without_matplotlib_the_json_is_written_with_a_note(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(xgrid, "have_matplotlib", lambda: False)
+    res = run_robustness(**dict(FAST, rules=["mean"], attack="none"))
+    assert [p.split("/")[-1] for p in write_outputs(res, str(tmp_path))] == ["results.json"]
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    fake = {"grid": {}, "cells": []}
+    assert [p.split("/")[-1] for p in xgrid.write_grid_outputs(fake, str(tmp_path / "g"))] == [
+        "results.json"
+    ]
+
+
+def test_quick_grid_is_valid_and_small():
+    g = xgrid.quick_grid()
+    g.validate()
+    assert len(g.combinations()) <= 8 and g.base["steps"] <= 10
+    q = xgrid.make_quick(
+        xgrid.grid_from_dict(dict(TINY, base=dict(TINY["base"], steps=500, seeds=5)))
+    )
+    assert q.base["steps"] == 30 and q.base["seeds"] == 1
+    assert list(itertools.chain(q.lr)) == TINY["lr"]
+
+
+def test_cli_single_run_with_heterogeneity_and_adaptive_attack(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "o"
+    rc = cli.main(
+        [
+            "robustness",
+            "--dataset",
+            "blobs",
+            "--workers",
+            "5",
+            "--byzantine",
+            "1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--seeds",
+            "1",
+            "--rules",
+            "median,flag",
+            "--attack",
+            "min_sum",
+            "--heterogeneity",
+            "gamma:0.5",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
+    assert rc == 0
+    d = _strict_load(out / "results.json")
+    assert d["config"]["heterogeneity"] == "gamma:0.5" and d["config"]["attack"] == "min_sum"
+    rc = cli.main(
+        ["robustness", "--dataset", "blobs", "--heterogeneity", "dirichlet", "--out", str(out)]
+    )
+    assert rc == 2 and "heterogeneity must be 'iid'" in capsys.readouterr().err
+
+
+def test_bad_attack_parameters_fail_before_training(monkeypatch):
+    ran = []
+    monkeypatch.setattr(harness, "_run_all", lambda *a, **k: ran.append(1))
+    with pytest.raises(
+        ValueError,
+        match=r"robustness: attack 'optimal_alie' .* cannot run against rule 'median': "
+        r"attack: ratio must be in",
+    ):
+        run_robustness(
+            **dict(FAST, rules=["median"], attack="optimal_alie", attack_params={"ratio": 2.0})
+        )
+    with pytest.raises(ValueError, match="attack: attack 'min_max' takes no parameter 'z'"):
+        xgrid.grid_from_dict(dict(TINY, attacks=["min_max"], attack_params={"min_max": {"z": 1.0}}))
+    assert ran == []
+
+
+def test_attack_params_rule_makes_a_transfer_attack():
+    spec = harness.parse_rule_spec("flag")
+    cfg = harness.RobustnessConfig(attack="optimal_ipm", attack_params={"rule": "median"})
+    assert harness._attack_kwargs(cfg, spec, {})["rule"] == "median"
+    cfg = harness.RobustnessConfig(attack="optimal_ipm")
+    assert isinstance(
+        harness._attack_kwargs(cfg, spec, {"r": 8})["rule"], harness.make_rule("flag").__class__
+    )
