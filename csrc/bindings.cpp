@@ -707,7 +707,7 @@ PYBIND11_MODULE(_core, m) {
      py::arg("team_threads") = 1,
      "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)");
 
-  m.def("eigh_top", [](const F64Array& a, int want) {
+  m.def("eigh_top", [](const F64Array& a, int want) -> py::tuple {
     FLAGCORE_CHECK_ARG(a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
                        "eigh_top: a must be a square (p, p) matrix");
     const int p = static_cast<int>(a.shape(0));
@@ -718,7 +718,8 @@ PYBIND11_MODULE(_core, m) {
       Interruptible interruptible;
       blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data());
     }
-    return py::make_tuple(evals, evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))]);
+    py::object top = evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))];
+    return py::make_tuple(evals, top);
   }, py::arg("a"), py::arg("want"),
      "top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the FA's host LAPACK path (tests)");
 

@@ -3,6 +3,7 @@ p = 32) against numpy.linalg.eigh on adversarial spectra: clustered, repeated, r
 graded, up to p = 1024. Vectors of repeated eigenvalues are not unique, so the checks are the
 eigen-equation residual, orthonormality, the eigenvalues, and the projector onto the top
 subspace wherever the spectrum has a gap at its edge."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,7 @@ def _spectrum(kind, p, seed):
     if kind == "repeated":  # identical workers: a few exactly repeated values, the rest zero
         v = np.zeros(p)
         v[: p // 4] = 3.0
-        v[p // 4: p // 2] = 2.0
+        v[p // 4 : p // 2] = 2.0
         return v
     if kind == "rank3":  # rank-deficient: three non-zero values
         v = np.zeros(p)
@@ -45,7 +46,9 @@ def _check(a, want, evals, vecs, ref_eigh=None):
     w, v = np.linalg.eigh(a) if ref_eigh is None else ref_eigh
     ref = w[::-1]
     scale = max(np.abs(ref).max(), 1e-300)
-    np.testing.assert_allclose(evals, ref[:want], rtol=0, atol=1e-12 * scale * max(1, np.sqrt(p) / 4))
+    np.testing.assert_allclose(
+        evals, ref[:want], rtol=0, atol=1e-12 * scale * max(1, np.sqrt(p) / 4)
+    )
     assert vecs.shape == (p, want)
     assert np.abs(vecs.T @ vecs - np.eye(want)).max() < 1e-11
     resid = a @ vecs - vecs * evals

@@ -1,5 +1,6 @@
 """Ctrl-C stops a long FA call: a subprocess that gets SIGINT about a second into the call must
 raise KeyboardInterrupt within a few seconds and leave no native thread busy."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,9 @@ CHILD = textwrap.dedent("""
         c0 = time.process_time()
         time.sleep(0.5)
         busy = time.process_time() - c0   # CPU used by every thread of the process meanwhile
-        print(f"interrupted after {t1 - t0:.2f} s; cpu while idle {busy:.3f} s; threads {threading.active_count()}",
+        n_threads = threading.active_count()
+        print(f"interrupted after {t1 - t0:.2f} s; cpu while idle {busy:.3f} s; "
+              f"threads {n_threads}",
               flush=True)
         sys.exit(3)
 """)
@@ -43,8 +46,13 @@ CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("case", ["irls", "gram"])
 def test_sigint_interrupts_long_flag_call(case):
     env = dict(os.environ, FLAGCORE_NUM_THREADS="2")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, case], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, case],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout.readline().strip() == "started"
         time.sleep(1.0)

@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Any
 
-import scipy_openblas32  # noqa: F401  (loads the private OpenBLAS that _core links)
+import scipy_openblas32  # type: ignore[import-untyped]  # noqa: F401  (loads the OpenBLAS _core links)
 
 from . import _core
 
