@@ -134,3 +134,14 @@ def test_lam_range():
         flagcore.flag_aggregate(x, r=2, lam=1e156)
     with pytest.raises(ValueError, match="lam must be"):
         _core.flag_aggregate(x[None], 2, 1e200, 1, 1e-7, 1e-10, "paper")
+
+
+@pytest.mark.parametrize("p", [2, 40])
+def test_tiny_float32_rows_are_recomputed(p):
+    """float32 products of values below ~1e-19 underflow: such rows are redone in float64."""
+    rng = np.random.default_rng(p)
+    x = (rng.standard_normal((p, 37)) * 1e-38).astype(np.float32)
+    x[1] = 0.0  # an exactly zero row stays zero
+    g = _core.gram(x[None])[0]
+    ref = x.astype(np.float64) @ x.astype(np.float64).T
+    np.testing.assert_allclose(g, ref, rtol=1e-12, atol=0)

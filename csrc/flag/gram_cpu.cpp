@@ -218,14 +218,26 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 // Rare path for float32 input: rows whose diagonal came out non-finite are recomputed in float64
 // against every row (finite data whose float32 products overflowed gets its exact value; real
 // NaN/Inf data stays non-finite).
+// The same for rows so small that float32 products underflow (|x| below ~1e-19: products are
+// subnormal or zero): a diagonal below n * 2^-100 (average square far above FLT_MIN otherwise)
+// that is not an exactly zero row.
 void refine_nonfinite_rows(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   std::vector<std::pair<int64_t, int64_t>> bad;
+  const double tiny = double(n) * 0x1p-100;
   for (int64_t q = 0; q < b; ++q)
-    for (int64_t i = 0; i < p; ++i)
-      if (!std::isfinite(out[q * p * p + i * p + i])) bad.emplace_back(q, i);
+    for (int64_t i = 0; i < p; ++i) {
+      const double d = out[q * p * p + i * p + i];
+      bool redo = !std::isfinite(d);
+      if (!redo && d < tiny) {
+        const float* xi = rows[q * p + i];
+        for (int64_t k = 0; k < n && !redo; ++k) redo = xi[k] != 0.0f;
+      }
+      if (redo) bad.emplace_back(q, i);
+    }
   if (bad.empty()) return;
   std::vector<double> vals(bad.size() * static_cast<size_t>(p));
   parallel_for(bad.size(), [&](size_t t) {
+    check_cancel();
     const int64_t q = bad[t].first, i = bad[t].second;
     const float* xi = rows[q * p + i];
     for (int64_t j = 0; j < p; ++j) {
