@@ -11,6 +11,7 @@ relative objective in less time than 3 plain Weiszfeld iterations on the full da
 
     python bench/bench_rules.py [--p 15] [--f 3] [--sizes 1000000] [--repeat 5] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def interleaved_best_ms(fns: dict, repeat: int) -> dict:
 # ---------------------------------------------------------------- peers (plain torch / numpy)
 def torch_trimmed_mean(t, f):
     s = torch.sort(t, dim=0).values
-    return s[f:t.shape[0] - f].mean(dim=0)
+    return s[f : t.shape[0] - f].mean(dim=0)
 
 
 def torch_closest_mean(t, centre, k):
@@ -64,8 +65,11 @@ def torch_closest_mean(t, centre, k):
 
 
 def torch_meamed(t, f):
-    return torch_closest_mean(t, torch.quantile(t, 0.5, dim=0) if t.shape[0] % 2 == 0 else torch.median(t, dim=0).values,
-                              t.shape[0] - f)
+    return torch_closest_mean(
+        t,
+        torch.quantile(t, 0.5, dim=0) if t.shape[0] % 2 == 0 else torch.median(t, dim=0).values,
+        t.shape[0] - f,
+    )
 
 
 def torch_phocas(t, f):
@@ -97,8 +101,11 @@ def torch_bulyan(t, f):
         chosen.append(best)
         remaining.remove(best)
     sel = t[torch.tensor(sorted(chosen))]
-    return torch_closest_mean(sel, torch.median(sel, dim=0).values if sel.shape[0] % 2 else torch.quantile(sel, 0.5, dim=0),
-                              sel.shape[0] - 2 * f)
+    return torch_closest_mean(
+        sel,
+        torch.median(sel, dim=0).values if sel.shape[0] % 2 else torch.quantile(sel, 0.5, dim=0),
+        sel.shape[0] - 2 * f,
+    )
 
 
 def torch_weiszfeld(t, iters):
@@ -126,25 +133,59 @@ def run(p: int, f: int, n: int, repeat: int) -> list[dict]:
     rows = []
 
     def add(rule, ours_ms, peer, peer_ms, note=""):
-        rows.append(dict(rule=rule, n=n, p=p, f=f, flagcore_ms=ours_ms, peer=peer, peer_ms=peer_ms,
-                         speedup=peer_ms / ours_ms if ours_ms else None, note=note))
+        rows.append(
+            dict(
+                rule=rule,
+                n=n,
+                p=p,
+                f=f,
+                flagcore_ms=ours_ms,
+                peer=peer,
+                peer_ms=peer_ms,
+                speedup=peer_ms / ours_ms if ours_ms else None,
+                note=note,
+            )
+        )
 
     # correctness before timing
     med = flagcore.aggregate(x, "median")
-    assert np.array_equal(med, np.median(x, axis=0).astype(np.float32)) or np.allclose(med, np.median(x, axis=0), rtol=1e-6)
+    assert np.array_equal(med, np.median(x, axis=0).astype(np.float32)) or np.allclose(
+        med, np.median(x, axis=0), rtol=1e-6
+    )
     if p % 2:
         assert np.array_equal(med, torch.median(t, dim=0).values.numpy())  # odd p: same convention
     tm = flagcore.aggregate(x, "trimmed_mean", f=f)
     np.testing.assert_allclose(tm, torch_trimmed_mean(t.double(), f).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(flagcore.aggregate(x, "meamed", f=f), torch_meamed(t.double(), f).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(flagcore.aggregate(x, "phocas", f=f), torch_phocas(t.double(), f).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        flagcore.aggregate(x, "meamed", f=f),
+        torch_meamed(t.double(), f).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        flagcore.aggregate(x, "phocas", f=f),
+        torch_phocas(t.double(), f).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     kr = flagcore.aggregate(x, "krum", f=f)
     np.testing.assert_allclose(kr, torch_multi_krum(t.double(), f, 1).numpy(), rtol=1e-6)
     mk = flagcore.aggregate(x, "multi_krum", f=f)
-    np.testing.assert_allclose(mk, torch_multi_krum(t.double(), f, p - f).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(flagcore.aggregate(x, "bulyan", f=f), torch_bulyan(t.double(), f).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(flagcore.aggregate(x, "centered_clipping", tau=10.0, iterations=3),
-                               torch_cc(t.double(), 10.0, 3).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        mk, torch_multi_krum(t.double(), f, p - f).numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        flagcore.aggregate(x, "bulyan", f=f),
+        torch_bulyan(t.double(), f).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        flagcore.aggregate(x, "centered_clipping", tau=10.0, iterations=3),
+        torch_cc(t.double(), 10.0, 3).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     gm, info = flagcore.aggregate(x, "geometric_median", return_info=True)
     x64 = x.astype(np.float64)
     _, obj_ref = ref.geometric_median_ref(x64, iters=2000, tol=1e-15)
@@ -155,40 +196,95 @@ def run(p: int, f: int, n: int, repeat: int) -> list[dict]:
     w3 = torch_weiszfeld(t.double(), 3).numpy()
     w3_gap = (float(np.linalg.norm(x64 - w3, axis=1).sum()) - obj_ref) / obj_ref
 
-    ratio = interleaved_best_ms({"gram": lambda: core.gram(x3),
-                                 "krum": lambda: flagcore.aggregate(x, "krum", f=f),
-                                 "multi_krum": lambda: flagcore.aggregate(x, "multi_krum", f=f)}, repeat)
+    ratio = interleaved_best_ms(
+        {
+            "gram": lambda: core.gram(x3),
+            "krum": lambda: flagcore.aggregate(x, "krum", f=f),
+            "multi_krum": lambda: flagcore.aggregate(x, "multi_krum", f=f),
+        },
+        repeat,
+    )
     gram_ms = ratio["gram"]
     add("gram (one Gram matrix)", gram_ms, "-", float("nan"))
-    add("mean", best_ms(lambda: flagcore.aggregate(x, "mean"), repeat), "torch.mean(dim=0)",
-        best_ms(lambda: t.mean(dim=0), repeat))
+    add(
+        "mean",
+        best_ms(lambda: flagcore.aggregate(x, "mean"), repeat),
+        "torch.mean(dim=0)",
+        best_ms(lambda: t.mean(dim=0), repeat),
+    )
     ours = best_ms(lambda: flagcore.aggregate(x, "median"), repeat)
     add("median", ours, "torch.median(dim=0)", best_ms(lambda: torch.median(t, dim=0), repeat))
-    add("median", ours, "np.median(axis=0)", best_ms(lambda: np.median(x, axis=0), max(1, repeat // 2)))
+    add(
+        "median",
+        ours,
+        "np.median(axis=0)",
+        best_ms(lambda: np.median(x, axis=0), max(1, repeat // 2)),
+    )
     ours = best_ms(lambda: flagcore.aggregate(x, "trimmed_mean", f=f), repeat)
     add("trimmed_mean", ours, "torch sort-based", best_ms(lambda: torch_trimmed_mean(t, f), repeat))
     add("trimmed_mean", ours, "torch.median(dim=0)", rows[2]["peer_ms"], "goal: >= 5x this")
     add("trimmed_mean", ours, "np.median(axis=0)", rows[3]["peer_ms"], "goal: >= 5x this")
-    add("meamed", best_ms(lambda: flagcore.aggregate(x, "meamed", f=f), repeat), "torch sort/topk-based",
-        best_ms(lambda: torch_meamed(t, f), repeat))
-    add("phocas", best_ms(lambda: flagcore.aggregate(x, "phocas", f=f), repeat), "torch sort/topk-based",
-        best_ms(lambda: torch_phocas(t, f), repeat))
+    add(
+        "meamed",
+        best_ms(lambda: flagcore.aggregate(x, "meamed", f=f), repeat),
+        "torch sort/topk-based",
+        best_ms(lambda: torch_meamed(t, f), repeat),
+    )
+    add(
+        "phocas",
+        best_ms(lambda: flagcore.aggregate(x, "phocas", f=f), repeat),
+        "torch sort/topk-based",
+        best_ms(lambda: torch_phocas(t, f), repeat),
+    )
     ours = ratio["krum"]
-    add("krum", ours, "torch cdist-based", best_ms(lambda: torch_multi_krum(t, f, 1), repeat),
-        f"{ours / gram_ms:.2f}x one Gram (goal <= 1.5x)")
+    add(
+        "krum",
+        ours,
+        "torch cdist-based",
+        best_ms(lambda: torch_multi_krum(t, f, 1), repeat),
+        f"{ours / gram_ms:.2f}x one Gram (goal <= 1.5x)",
+    )
     ours = ratio["multi_krum"]
-    add("multi_krum", ours, "torch cdist-based", best_ms(lambda: torch_multi_krum(t, f, p - f), repeat),
-        f"{ours / gram_ms:.2f}x one Gram (goal <= 1.5x)")
-    add("bulyan", best_ms(lambda: flagcore.aggregate(x, "bulyan", f=f), repeat), "torch cdist + sort-based",
-        best_ms(lambda: torch_bulyan(t, f), repeat))
+    add(
+        "multi_krum",
+        ours,
+        "torch cdist-based",
+        best_ms(lambda: torch_multi_krum(t, f, p - f), repeat),
+        f"{ours / gram_ms:.2f}x one Gram (goal <= 1.5x)",
+    )
+    add(
+        "bulyan",
+        best_ms(lambda: flagcore.aggregate(x, "bulyan", f=f), repeat),
+        "torch cdist + sort-based",
+        best_ms(lambda: torch_bulyan(t, f), repeat),
+    )
     ours = best_ms(lambda: flagcore.aggregate(x, "geometric_median"), repeat)
-    add("geometric_median", ours, "3 Weiszfeld steps on the data (torch)", best_ms(lambda: torch_weiszfeld(t, 3), repeat),
-        f"ours: {info.iterations} p-space iterations, rel. objective gap {gm_gap:.1e}; 3 plain steps: gap {w3_gap:.1e}")
-    add("geometric_median", ours, "3 Weiszfeld steps on the data (numpy)",
-        best_ms(lambda: ref.weiszfeld_full(x, 3), max(1, repeat // 2)), "goal: faster than this")
-    add("centered_clipping", best_ms(lambda: flagcore.aggregate(x, "centered_clipping", tau=10.0, iterations=3), repeat),
-        "torch on the data (3 iterations)", best_ms(lambda: torch_cc(t, 10.0, 3), repeat))
-    add("krum + pre='nnm'", best_ms(lambda: flagcore.aggregate(x, "krum", f=f, pre="nnm"), repeat), "-", float("nan"))
+    add(
+        "geometric_median",
+        ours,
+        "3 Weiszfeld steps on the data (torch)",
+        best_ms(lambda: torch_weiszfeld(t, 3), repeat),
+        f"ours: {info.iterations} p-space iterations, rel. objective gap {gm_gap:.1e}; 3 plain steps: gap {w3_gap:.1e}",
+    )
+    add(
+        "geometric_median",
+        ours,
+        "3 Weiszfeld steps on the data (numpy)",
+        best_ms(lambda: ref.weiszfeld_full(x, 3), max(1, repeat // 2)),
+        "goal: faster than this",
+    )
+    add(
+        "centered_clipping",
+        best_ms(lambda: flagcore.aggregate(x, "centered_clipping", tau=10.0, iterations=3), repeat),
+        "torch on the data (3 iterations)",
+        best_ms(lambda: torch_cc(t, 10.0, 3), repeat),
+    )
+    add(
+        "krum + pre='nnm'",
+        best_ms(lambda: flagcore.aggregate(x, "krum", f=f, pre="nnm"), repeat),
+        "-",
+        float("nan"),
+    )
     return rows
 
 
@@ -198,20 +294,33 @@ def main() -> None:
     ap.add_argument("--f", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_rules.json"))
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_rules.json")
+    )
     args = ap.parse_args()
     torch.set_num_threads(flagcore.get_num_threads())
     all_rows = []
     for n in args.sizes:
         all_rows += run(args.p, args.f, n, args.repeat)
-    print(f"p = {args.p}, f = {args.f}, float32, threads: flagcore {flagcore.get_num_threads()}, torch {torch.get_num_threads()}")
-    print(f"{'rule':<24}{'n':>9}{'flagcore ms':>13}  {'peer':<40}{'peer ms':>9}{'speedup':>9}  note")
+    print(
+        f"p = {args.p}, f = {args.f}, float32, threads: flagcore {flagcore.get_num_threads()}, torch {torch.get_num_threads()}"
+    )
+    print(
+        f"{'rule':<24}{'n':>9}{'flagcore ms':>13}  {'peer':<40}{'peer ms':>9}{'speedup':>9}  note"
+    )
     for r in all_rows:
         sp = "" if r["speedup"] is None or np.isnan(r["peer_ms"]) else f"{r['speedup']:.1f}x"
         peer_ms = "" if np.isnan(r["peer_ms"]) else f"{r['peer_ms']:.1f}"
-        print(f"{r['rule']:<24}{r['n']:>9}{r['flagcore_ms']:>13.2f}  {r['peer']:<40}{peer_ms:>9}{sp:>9}  {r['note']}")
+        print(
+            f"{r['rule']:<24}{r['n']:>9}{r['flagcore_ms']:>13.2f}  {r['peer']:<40}{peer_ms:>9}{sp:>9}  {r['note']}"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    meta = dict(machine=platform.machine(), cpu_count=os.cpu_count(), build=flagcore.build_info(), torch=torch.__version__)
+    meta = dict(
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        build=flagcore.build_info(),
+        torch=torch.__version__,
+    )
     with open(args.out, "w") as fh:
         json.dump(dict(meta=meta, rows=all_rows), fh, indent=2, default=str)
     print(f"wrote {args.out}")

@@ -250,6 +250,8 @@ py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep
   Rows<T> rows = make_rows<T>(x);
   FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate: unknown rule " << rule);
   FLAGCORE_CHECK_ARG(f >= 0, "coordinate: f must be >= 0");
+  FLAGCORE_CHECK_ARG(rows.p <= kMaxNetwork, "coordinate: at most " << kMaxNetwork
+                     << " workers per problem for the coordinate-wise rules, got p = " << rows.p);
   CoordSpec spec;
   spec.rule = static_cast<CoordRule>(rule);
   spec.f = f;
@@ -265,6 +267,51 @@ py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep
   return py::make_tuple(out, excl);
 }
 
+// Mixed rows (b, p_out, n) = (A x) / div per problem; a worker whose column of A is all 0 is
+// not read (excluded NaN/Inf rows stay out of the products).
+template <typename T>
+py::array mix_rows_impl(const py::object& x, const F64Array& A, const F64Array& div) {
+  Rows<T> rows = make_rows<T>(x);
+  FLAGCORE_CHECK_ARG(A.ndim() == 3 && A.shape(0) == rows.b && A.shape(2) == rows.p,
+                     "mix_rows: matrix must be (b, p_out, p) = (" << rows.b << ", p_out, " << rows.p << ")");
+  const int64_t b = rows.b, p = rows.p, po = A.shape(1), n = rows.n;
+  FLAGCORE_CHECK_ARG(div.ndim() == 2 && div.shape(0) == b && div.shape(1) == po,
+                     "mix_rows: div must be (b, p_out) = (" << b << ", " << po << ")");
+  py::array_t<T> out({b, po, n});
+  T* o = out.mutable_data();
+  const double* a = A.data();
+  const double* d = div.data();
+  {
+    Interruptible interruptible;
+    std::vector<const T*> xs;
+    std::vector<T> at, dt;
+    std::vector<T*> outs(static_cast<size_t>(po));
+    for (int64_t q = 0; q < b; ++q) {
+      std::vector<int64_t> used;
+      for (int64_t j = 0; j < p; ++j) {
+        bool any = false;
+        for (int64_t i = 0; i < po && !any; ++i) any = a[(q * po + i) * p + j] != 0.0;
+        if (any) used.push_back(j);
+      }
+      const int64_t m = static_cast<int64_t>(used.size());
+      xs.assign(static_cast<size_t>(m), nullptr);
+      at.assign(static_cast<size_t>(po * m), T(0));
+      for (int64_t t = 0; t < m; ++t) {
+        xs[t] = rows.ptr[q * p + used[t]];
+        for (int64_t i = 0; i < po; ++i) at[i * m + t] = static_cast<T>(a[(q * po + i) * p + used[t]]);
+      }
+      dt.assign(d + q * po, d + (q + 1) * po);
+      for (int64_t i = 0; i < po; ++i) outs[i] = o + (q * po + i) * n;
+      if (m == 0) {
+        std::fill(o + q * po * n, o + (q + 1) * po * n, T(0));
+        continue;
+      }
+      mix_rows_cpu<T>(xs.data(), m, at.data(), dt.data(), po, n, outs.data());
+    }
+  }
+  return out;
+}
+
 void check_gram(const F64Array& g, int64_t extra, const char* fn) {
   FLAGCORE_CHECK_ARG(g.ndim() == 3 && g.shape(1) == g.shape(2) && g.shape(1) >= extra,
                      fn << ": gram must be (b, p, p)");
@@ -277,8 +324,13 @@ void register_rules(py::module_& m) {
   }, py::arg("x"), py::arg("rule"), py::arg("f"), py::arg("keep"), py::arg("excluded") = py::none(),
   "coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, p))");
 
+  m.def("mix_rows", [](const py::object& x, const F64Array& matrix, const F64Array& div) -> py::array {
+    return dtype_code(x) == 'f' ? mix_rows_impl<float>(x, matrix, div) : mix_rows_impl<double>(x, matrix, div);
+  }, py::arg("x"), py::arg("matrix"), py::arg("div"),
+  "(b, p_out, n) mixed rows: out[q, i] = (sum_j matrix[q, i, j] x[q, j]) / div[q, i], in the data dtype");
+
   m.def("coordinate_network", [](int pe, int rule, int t, int k) {
-    FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork, "coordinate_network: pe must be in [1, 32]");
+    FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork, "coordinate_network: pe must be in [1, " << kMaxNetwork << "], got " << pe);
     CoordCounts c;
     c.pe = pe; c.t = t; c.k = k;
     return coordinate_network(pe, static_cast<CoordRule>(rule), c);

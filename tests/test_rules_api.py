@@ -1,4 +1,5 @@
 """The aggregate() API: input forms, rule classes, pre-aggregation, "flag" routing, errors."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,12 @@ from flagcore.rules import RULES
 F_RULES = {"trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan"}
 
 
-def _kw(rule, f=2):
-    return {"f": f} if rule != "flag" else {}
+def _kw(rule, f=2, n=60):
+    if rule == "flag":
+        return {}
+    if rule == "fltrust":
+        return {"f": f, "reference": np.linspace(-1.0, 1.0, n)}
+    return {"f": f}
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -40,10 +45,13 @@ def test_flag_routes_to_flag_aggregate():
 
 def test_classes_match_aggregate():
     x = ref.make_gradients(15, 100, seed=3, byzantine=3)
-    pairs = [(flagcore.rules.Median(), "median", {}), (flagcore.rules.TrimmedMean(f=3), "trimmed_mean", {"f": 3}),
-             (flagcore.rules.MultiKrum(f=3, m=5), "multi_krum", {"f": 3, "m": 5}),
-             (flagcore.rules.Bulyan(f=3), "bulyan", {"f": 3}),
-             (flagcore.rules.make_rule("phocas", f=2), "phocas", {"f": 2})]
+    pairs = [
+        (flagcore.rules.Median(), "median", {}),
+        (flagcore.rules.TrimmedMean(f=3), "trimmed_mean", {"f": 3}),
+        (flagcore.rules.MultiKrum(f=3, m=5), "multi_krum", {"f": 3, "m": 5}),
+        (flagcore.rules.Bulyan(f=3), "bulyan", {"f": 3}),
+        (flagcore.rules.make_rule("phocas", f=2), "phocas", {"f": 2}),
+    ]
     for obj, name, kw in pairs:
         np.testing.assert_array_equal(obj(x), flagcore.aggregate(x, name, **kw))
         assert obj.name == name
@@ -53,10 +61,13 @@ def test_nnm_then_rule_matches_reference():
     x = ref.make_gradients(11, 80, seed=4, byzantine=2, dtype=np.float64)
     mixed = ref.nnm_ref(x, 2)
     np.testing.assert_allclose(flagcore.rules.nnm(x, 2), mixed, rtol=1e-12)
-    for rule, want in [("median", ref.median_ref(mixed)), ("trimmed_mean", ref.trimmed_mean_ref(mixed, 2)),
-                       ("krum", ref.multi_krum_ref(mixed, 2, 1)[0]),
-                       ("multi_krum", ref.multi_krum_ref(mixed, 2, 9)[0]),
-                       ("bulyan", ref.bulyan_ref(mixed, 2)[0])]:
+    for rule, want in [
+        ("median", ref.median_ref(mixed)),
+        ("trimmed_mean", ref.trimmed_mean_ref(mixed, 2)),
+        ("krum", ref.multi_krum_ref(mixed, 2, 1)[0]),
+        ("multi_krum", ref.multi_krum_ref(mixed, 2, 9)[0]),
+        ("bulyan", ref.bulyan_ref(mixed, 2)[0]),
+    ]:
         got, info = flagcore.aggregate(x, rule, f=2, pre="nnm", return_info=True)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=rule)
         assert info.mixing.shape == (11, 11)
@@ -117,13 +128,19 @@ def test_errors_name_the_function_and_argument():
         flagcore.aggregate(x, "median", f=-1)
     with pytest.raises(ValueError, match=r"aggregate: tau must be > 0"):
         flagcore.aggregate(x, "centered_clipping", tau=0.0)
-    with pytest.raises(ValueError, match=r"aggregate: reference must have shape \(4,\) or \(1, 4\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"aggregate: reference must have shape \(4,\) or \(1, 4\), got \(3,\)"
+    ):
         flagcore.aggregate(x, "centered_clipping", reference=np.zeros(3))
     with pytest.raises(ValueError, match=r"aggregate: reference='previous' needs state"):
         flagcore.aggregate(x, "centered_clipping", reference="previous")
-    with pytest.raises(ValueError, match=r"aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(7,\)"):
+    with pytest.raises(
+        ValueError, match=r"aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(7,\)"
+    ):
         flagcore.aggregate(np.ones(7), "median")
-    with pytest.raises(ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"):
+    with pytest.raises(
+        ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"
+    ):
         flagcore.aggregate(x, "mean", f=4, pre="nnm")
 
 
@@ -143,15 +160,21 @@ def test_device_path_matches_native(monkeypatch):
     x = ref.make_gradients(15, 120, seed=9, byzantine=2, dtype=np.float64)
     x[3, 5] = np.nan
     xb = np.stack([x, x[::-1].copy()])
-    cases = [(r, None) for r in RULES if r != "flag"] + [("krum", "nnm"), ("median", "bucketing"),
-                                                        ("bulyan", "nnm"), ("flag", "nnm")]
+    cases = [(r, None) for r in RULES if r != "flag"] + [
+        ("krum", "nnm"),
+        ("median", "bucketing"),
+        ("bulyan", "nnm"),
+        ("flag", "nnm"),
+    ]
     for rule, pre in cases:
-        kw = {} if rule == "flag" else {"f": 2}
+        kw = _kw(rule, n=120)
         want = flagcore.aggregate(xb, rule, pre=pre, **kw)
         with monkeypatch.context() as m:
             m.setattr(rules_mod, "as_stack", as_device_stack)
             got = flagcore.aggregate(torch.from_numpy(xb), rule, pre=pre, **kw)
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}")
+        np.testing.assert_allclose(
+            got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=f"{rule} {pre}"
+        )
 
 
 def test_flag_checks_f_without_pre_aggregation_too():
@@ -159,3 +182,87 @@ def test_flag_checks_f_without_pre_aggregation_too():
     with pytest.raises(ValueError, match="aggregate: rule 'flag' needs f < p, got p = 3, f = 3"):
         flagcore.aggregate(x, "flag", f=3)
     np.testing.assert_array_equal(flagcore.aggregate(x, "flag", f=2), flagcore.flag_aggregate(x))
+
+
+# ---------------------------------------------------------------- one result type (issue 16)
+PRES = [None, "nnm", "bucketing", "clipping", "arc", ("arc", "nnm"), ("bucketing", "clipping")]
+
+
+@pytest.mark.parametrize("pre", PRES)
+def test_one_info_type_for_every_rule_and_pre(pre):
+    x = ref.make_gradients(15, 40, seed=20, byzantine=2, dtype=np.float64)
+    for rule in RULES:
+        kw = _kw(rule, f=1, n=40)
+        if pre is not None:
+            kw = dict(kw, f=1, pre=pre)
+            if "clipping" in ((pre,) if isinstance(pre, str) else pre):
+                kw["c"] = 3.0
+        out, info = flagcore.aggregate(x, rule, return_info=True, **kw)
+        assert type(info) is flagcore.rules.RuleInfo, (rule, pre)
+        assert isinstance(info, flagcore.FlagInfo)  # FA's info fields, kept by the subclass
+        assert info.rule == rule and info.excluded.shape == (15,)
+        if info.coefficients is not None:
+            np.testing.assert_allclose(
+                info.coefficients @ x, out, rtol=1e-9, atol=1e-10, err_msg=f"{rule} {pre}"
+            )
+
+
+def test_flag_weights_and_ratios_survive_pre_aggregation():
+    x = ref.make_gradients(11, 50, seed=21, byzantine=2, dtype=np.float64)
+    out, info = flagcore.aggregate(x, "flag", r=3, max_iter=4, f=2, pre="arc", return_info=True)
+    mixed = ref.arc_ref(x, 2)
+    want, winfo = flagcore.flag_aggregate(mixed, r=3, max_iter=4, return_info=True)
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
+    for name in ("weights", "reconstruction_ratios", "objective"):
+        np.testing.assert_allclose(
+            getattr(info, name), getattr(winfo, name), rtol=1e-8, atol=1e-12, err_msg=name
+        )
+    assert info.iterations == winfo.iterations and info.rank == winfo.rank
+    assert info.last_step_rejected == winfo.last_step_rejected
+    np.testing.assert_allclose(
+        info.coefficients @ x, out, rtol=1e-10, atol=1e-12
+    )  # over the caller's rows
+    # without pre: the same fields, the same values as flag_aggregate's FlagInfo
+    out, info = flagcore.aggregate(x, "flag", r=3, max_iter=4, return_info=True)
+    _, winfo = flagcore.flag_aggregate(x, r=3, max_iter=4, return_info=True)
+    assert type(info) is flagcore.rules.RuleInfo and info.rule == "flag" and info.mixing is None
+    np.testing.assert_array_equal(info.weights, winfo.weights)
+    np.testing.assert_array_equal(info.reconstruction_ratios, winfo.reconstruction_ratios)
+    # batched, with pre: per-problem fields gain the batch axis
+    xb = np.stack([x, x[::-1].copy()])
+    _, info = flagcore.aggregate(xb, "flag", r=3, f=2, pre="bucketing", return_info=True)
+    assert (
+        info.weights.shape == (2, 6)
+        and info.coefficients.shape == (2, 11)
+        and info.iterations.shape == (2,)
+    )
+
+
+def test_a_rule_built_once_draws_a_new_shuffle_per_call_reproducibly():
+    x = ref.make_gradients(12, 30, seed=22, dtype=np.float64)
+    rule = flagcore.rules.make_rule("median", pre="bucketing", bucket_size=3, seed=9)
+    mixes = [rule(x, return_info=True)[1].mixing for _ in range(4)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(mixes) for b in mixes[i + 1 :])
+    again = flagcore.rules.make_rule("median", pre="bucketing", bucket_size=3, seed=9)
+    for m in mixes:
+        np.testing.assert_array_equal(again(x, return_info=True)[1].mixing, m)
+    # the sequence is the generator's: call k uses the k-th permutation of default_rng(seed)
+    rng = np.random.default_rng(9)
+    for m in mixes:
+        perm = rng.permutation(12)
+        np.testing.assert_allclose(m @ x, ref.bucketing_ref(x, 3, perm), rtol=1e-12)
+
+
+def test_rules_needing_f_and_reference_are_listed():
+    x = np.ones((9, 4))
+    for rule in RULES:
+        kw = {"reference": np.ones(4)} if rule in flagcore.rules.RULES_NEEDING_REFERENCE else {}
+        if rule in flagcore.rules.RULES_NEEDING_F:
+            with pytest.raises(TypeError, match=rf"aggregate: rule '{rule}' needs f"):
+                flagcore.aggregate(x, rule, **kw)
+        else:
+            assert flagcore.aggregate(x, rule, **kw).shape == (4,)
+    assert (
+        set(flagcore.rules.RULES_NEEDING_F)
+        >= {"mda", "smea", "monna", "cge", "caf", "dnc"} | F_RULES
+    )

@@ -1,5 +1,6 @@
 """Coordinate-wise rules against float64 NumPy references, hand-computed cases, non-finite
 workers, every instruction-set variant, and the p-space sorting networks."""
+
 import numpy as np
 import pytest
 
@@ -45,7 +46,9 @@ def test_simd_levels_agree(level):
     try:
         core.set_simd_level(level)
         for rule in REFS:
-            np.testing.assert_allclose(flagcore.aggregate(x, rule, f=3), REFS[rule](x, 3), rtol=2e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                flagcore.aggregate(x, rule, f=3), REFS[rule](x, 3), rtol=2e-6, atol=1e-6
+            )
     finally:
         core.set_simd_level("auto")
 
@@ -101,7 +104,9 @@ def test_batch_with_different_exclusions():
     assert got.shape == (3, 100) and info.excluded.shape == (3, 8) and info.excluded.sum() == 1
     for q in range(3):
         keep = ~info.excluded[q]
-        np.testing.assert_allclose(got[q], ref.phocas_ref(x[q][keep], 2 - (~keep).sum()), rtol=1e-12)
+        np.testing.assert_allclose(
+            got[q], ref.phocas_ref(x[q][keep], 2 - (~keep).sum()), rtol=1e-12
+        )
 
 
 @pytest.mark.parametrize("pe", range(1, 33))
@@ -111,7 +116,7 @@ def test_networks_sort_every_zero_one_input(pe):
     comp = core.coordinate_network(pe, 2, 0, pe)  # meamed keeps every position: the full network
     rng = np.random.default_rng(pe)
     if pe <= 16:
-        v = ((np.arange(2 ** pe)[:, None] >> np.arange(pe)[None]) & 1).astype(np.int8)
+        v = ((np.arange(2**pe)[:, None] >> np.arange(pe)[None]) & 1).astype(np.int8)
     else:
         v = rng.integers(0, 2, size=(20000, pe)).astype(np.int8)
     for i, j in comp:
@@ -160,8 +165,16 @@ def test_cuda_matches_cpu():
         np.testing.assert_array_equal(info.excluded, winfo.excluded)
 
 
-@pytest.mark.parametrize("rule,kw", [("mean", {}), ("median", {}), ("trimmed_mean", {"f": 1}),
-                                     ("meamed", {"f": 1}), ("phocas", {"f": 1})])
+@pytest.mark.parametrize(
+    "rule,kw",
+    [
+        ("mean", {}),
+        ("median", {}),
+        ("trimmed_mean", {"f": 1}),
+        ("meamed", {"f": 1}),
+        ("phocas", {"f": 1}),
+    ],
+)
 @pytest.mark.parametrize("p", [4, 5, 40])  # sorting network and std::sort paths
 def test_float64_near_max_does_not_overflow(rule, kw, p):
     # Sums of values near DBL_MAX overflow; the rules' results (means of such values) do not.
@@ -176,3 +189,56 @@ def test_float64_near_max_does_not_overflow(rule, kw, p):
         want = (want(scaled) if want else getattr(ref, f"{rule}_ref")(scaled, 1)) * 64
     assert np.all(np.isfinite(got)), got
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- exact means (issue 14)
+def test_mean_sums_then_divides_hand_case():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    assert flagcore.aggregate(x, "mean").tolist() == [4.0, 5.0, 6.0]
+    assert flagcore.aggregate(x.T, "mean").tolist() == [2.0, 5.0, 8.0]
+    assert flagcore.aggregate(x, "trimmed_mean", f=0).tolist() == [4.0, 5.0, 6.0]
+    assert flagcore.aggregate(x, "multi_krum", f=0, m=3).tolist() == [4.0, 5.0, 6.0]
+    assert flagcore.aggregate(list(x), "mean").tolist() == [4.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_means_equal_numpy_bit_for_bit(seed):
+    """float64 input: flagcore adds the rows in order and divides, as numpy's mean(axis=0)
+    does, so the results are identical bit for bit; float32 input: the same in float64, then
+    one rounding (numpy's float64 mean of the upcast rows, rounded)."""
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(1, 80))
+    n = int(rng.integers(1, 300))
+    scale = 10.0 ** rng.integers(-5, 6)
+    x = scale * rng.standard_normal((p, n))
+    x[:, : n // 3] = np.round(x[:, : n // 3], 1)  # decimal-looking values, where 1/p-first errs
+    f = int(rng.integers(0, (p + 1) // 2))
+    for dtype in (np.float64, np.float32):
+        xd = x.astype(dtype)
+        x64 = xd.astype(np.float64)
+        want = {
+            "mean": x64.mean(axis=0),
+            "trimmed_mean": np.sort(x64, axis=0)[f : p - f].mean(axis=0),
+        }
+        for rule, w in want.items():
+            got = flagcore.aggregate(xd, rule, f=f if rule != "mean" else 0)
+            np.testing.assert_array_equal(got, w.astype(dtype), err_msg=f"{rule} {dtype.__name__}")
+        got = flagcore.aggregate(np.stack([xd, xd[::-1]]), "mean")
+        np.testing.assert_array_equal(got[0], want["mean"].astype(dtype))
+        np.testing.assert_array_equal(got[1], x64[::-1].mean(axis=0).astype(dtype))
+    if p >= 3:
+        fk = (p - 3) // 2
+        got, info = flagcore.aggregate(x, "multi_krum", f=fk, return_info=True)
+        np.testing.assert_array_equal(got, x[info.selected].mean(axis=0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_closest_means_within_an_ulp_class(seed):
+    """MeaMed, Phocas and Bulyan's final step average a window of sorted values in value order
+    (the reference orders by distance), so they agree to a few ulps rather than bit for bit."""
+    rng = np.random.default_rng(100 + seed)
+    p, n, f = 9 + 4 * seed, 200, 2 + seed
+    x = rng.standard_normal((p, n))
+    for rule in ("meamed", "phocas"):
+        got = flagcore.aggregate(x, rule, f=f)
+        np.testing.assert_allclose(got, REFS[rule](x, f), rtol=4e-16 * p, atol=4e-16 * p)

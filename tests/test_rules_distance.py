@@ -1,4 +1,5 @@
 """Distance-based rules (p-space) against float64 NumPy references on the full data."""
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def test_krum_and_multi_krum(p, f, dtype):
         want, sel = ref.multi_krum_ref(x64, f, p - f if m is None else m)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert np.flatnonzero(info.selected).tolist() == sel.tolist()
-        assert not info.selected[p - f:].any() or f == 0  # the far-off attackers are never chosen
+        assert not info.selected[p - f :].any() or f == 0  # the far-off attackers are never chosen
 
 
 def test_krum_hand_computed():
@@ -69,16 +70,23 @@ def test_geometric_median_of_collinear_points_is_their_median():
 def test_centered_clipping(tau, iters):
     x = ref.make_gradients(12, 300, seed=7, byzantine=2, dtype=np.float64)
     got = flagcore.aggregate(x, "centered_clipping", tau=tau, iterations=iters)
-    np.testing.assert_allclose(got, ref.centered_clipping_ref(x, tau, iters), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        got, ref.centered_clipping_ref(x, tau, iters), rtol=1e-10, atol=1e-12
+    )
     v0 = x[:10].mean(axis=0) + 0.1
     got = flagcore.aggregate(x, "centered_clipping", tau=tau, iterations=iters, reference=v0)
-    np.testing.assert_allclose(got, ref.centered_clipping_ref(x, tau, iters, v0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        got, ref.centered_clipping_ref(x, tau, iters, v0), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_centered_clipping_with_huge_tau_is_the_mean():
     x = ref.make_gradients(6, 100, seed=8, dtype=np.float64)
-    np.testing.assert_allclose(flagcore.aggregate(x, "centered_clipping", tau=1e12, iterations=1),
-                               x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        flagcore.aggregate(x, "centered_clipping", tau=1e12, iterations=1),
+        x.mean(axis=0),
+        rtol=1e-12,
+    )
 
 
 def test_centered_clipping_previous_reference_is_stateful():
@@ -107,7 +115,9 @@ def test_nearly_equal_gradients_cancellation():
     assert np.all(info.scores >= 0) and np.all(info.scores <= 1e-9 * base @ base)
 
 
-@pytest.mark.parametrize("rule", ["krum", "multi_krum", "bulyan", "geometric_median", "centered_clipping"])
+@pytest.mark.parametrize(
+    "rule", ["krum", "multi_krum", "bulyan", "geometric_median", "centered_clipping"]
+)
 def test_nonfinite_worker_is_excluded(rule):
     p, f = 11, 2
     x = ref.make_gradients(p, 200, seed=12, byzantine=1, dtype=np.float64)
@@ -123,21 +133,26 @@ def test_nonfinite_worker_is_excluded(rule):
     assert info.excluded.all() and np.all(got == 0)
 
 
-@pytest.mark.parametrize("rule,kw,p,f,need", [
-    ("krum", {}, 6, 2, "p >= 2f + 3"),
-    ("multi_krum", {}, 4, 1, "p >= 2f + 3"),
-    ("bulyan", {}, 10, 2, "p >= 4f + 3"),
-    ("trimmed_mean", {}, 6, 3, "p > 2f"),
-    ("meamed", {}, 4, 2, "p > 2f"),
-    ("phocas", {}, 2, 1, "p > 2f"),
-    ("median", {}, 4, 2, "p > 2f"),
-    ("geometric_median", {}, 4, 2, "p > 2f"),
-    ("centered_clipping", {}, 2, 1, "p > 2f"),
-    ("mean", {}, 3, 3, "f < p"),
-])
+@pytest.mark.parametrize(
+    "rule,kw,p,f,need",
+    [
+        ("krum", {}, 6, 2, "p >= 2f + 3"),
+        ("multi_krum", {}, 4, 1, "p >= 2f + 3"),
+        ("bulyan", {}, 10, 2, "p >= 4f + 3"),
+        ("trimmed_mean", {}, 6, 3, "p > 2f"),
+        ("meamed", {}, 4, 2, "p > 2f"),
+        ("phocas", {}, 2, 1, "p > 2f"),
+        ("median", {}, 4, 2, "p > 2f"),
+        ("geometric_median", {}, 4, 2, "p > 2f"),
+        ("centered_clipping", {}, 2, 1, "p > 2f"),
+        ("mean", {}, 3, 3, "f < p"),
+    ],
+)
 def test_preconditions(rule, kw, p, f, need):
     x = np.ones((p, 5))
-    with pytest.raises(ValueError, match=rf"rule '{rule}' needs {need.replace('+', '[+]')}, got p = {p}, f = {f}"):
+    with pytest.raises(
+        ValueError, match=rf"rule '{rule}' needs {need.replace('+', '[+]')}, got p = {p}, f = {f}"
+    ):
         flagcore.aggregate(x, rule, f=f, **kw)
 
 
@@ -153,11 +168,15 @@ def test_batch_and_list_inputs():
     xs = np.stack([ref.make_gradients(9, 64, seed=s, byzantine=2) for s in range(3)])
     got = flagcore.aggregate(xs, "multi_krum", f=2)
     for q in range(3):
-        np.testing.assert_allclose(got[q], ref.multi_krum_ref(xs[q].astype(np.float64), 2, 7)[0], rtol=1e-5)
+        np.testing.assert_allclose(
+            got[q], ref.multi_krum_ref(xs[q].astype(np.float64), 2, 7)[0], rtol=1e-5
+        )
     lst = [r.reshape(8, 8) for r in xs[0]]
     got = flagcore.aggregate(lst, "geometric_median")
     assert got.shape == (8, 8)
-    np.testing.assert_allclose(got.ravel(), ref.geometric_median_ref(xs[0].astype(np.float64))[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        got.ravel(), ref.geometric_median_ref(xs[0].astype(np.float64))[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_geometric_median_at_a_data_point_is_exact():

@@ -1,47 +1,53 @@
+// weighted_sum_cpu (contract in flag/gram.hpp): out[q] = sum_i coef[q, i] x[q, i] in float64.
+//
+// Each task owns one problem and a range of columns whose width depends on n and p only (never
+// on the thread count), cut into L1-sized chunks; within a chunk the rows with a nonzero
+// coefficient are streamed one after another into float64 accumulators (rules/coordinate.hpp,
+// sum_rows), so the additions happen in row order and the result does not depend on the thread
+// count. Streaming whole rows keeps the hardware prefetcher on one or two streams, which is
+// what makes this run at memory (or L3) speed at large p.
 #include <algorithm>
+#include <vector>
 
+#include "common/cancel.hpp"
 #include "common/parallel.hpp"
-#include "common/simd.hpp"
 #include "flag/gram.hpp"
+#include "rules/coordinate.hpp"
 
 namespace flagcore {
-namespace {
-
-template <typename T>
-using WsumFn = void (*)(const T* const*, const double*, int64_t, int64_t, int64_t, double*);
-
-template <typename T>
-WsumFn<T> pick_wsum() {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512: return static_cast<WsumFn<T>>(&simd_avx512::weighted_sum_accumulate);
-    case SimdLevel::avx2: return static_cast<WsumFn<T>>(&simd_avx2::weighted_sum_accumulate);
-#endif
-    default: return static_cast<WsumFn<T>>(&simd_generic::weighted_sum_accumulate);
-  }
-}
-
-}  // namespace
 
 template <typename T>
 void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n,
                       T* out) {
   if (b <= 0 || n <= 0) return;
   constexpr int64_t kChunk = 2048;  // 16 KiB of float64 accumulators: stays in L1
-  constexpr int64_t kChunksPerTask = 16;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  const int64_t tasks_per_problem = (chunks + kChunksPerTask - 1) / kChunksPerTask;
-  const WsumFn<T> kernel = pick_wsum<T>();
+  // Rows with a nonzero coefficient, per problem (a zero-coefficient row is never read, so an
+  // excluded NaN/Inf worker cannot poison the sum).
+  std::vector<std::vector<const T*>> xs(static_cast<size_t>(b));
+  std::vector<std::vector<double>> cs(static_cast<size_t>(b));
+  int64_t most = 1;
+  for (int64_t q = 0; q < b; ++q) {
+    for (int64_t i = 0; i < p; ++i)
+      if (coef[q * p + i] != 0.0) {
+        xs[q].push_back(rows[q * p + i]);
+        cs[q].push_back(coef[q * p + i]);
+      }
+    most = std::max<int64_t>(most, static_cast<int64_t>(xs[q].size()));
+  }
+  // About 2^20 values per task, in whole multiples of 256 columns.
+  const int64_t cols = std::max<int64_t>(
+      256, std::min<int64_t>(8 * kChunk, (int64_t(1) << 20) / most) / 256 * 256);
+  const int64_t tasks_per_problem = (n + cols - 1) / cols;
   parallel_for(static_cast<size_t>(b * tasks_per_problem), [&](size_t t) {
     const int64_t q = static_cast<int64_t>(t) / tasks_per_problem;
-    const int64_t c_begin = (static_cast<int64_t>(t) % tasks_per_problem) * kChunksPerTask;
-    const int64_t c_end = std::min(chunks, c_begin + kChunksPerTask);
+    const int64_t k_begin = (static_cast<int64_t>(t) % tasks_per_problem) * cols;
+    const int64_t k_end = std::min(n, k_begin + cols);
+    const int64_t m = static_cast<int64_t>(xs[q].size());
     double acc[kChunk];
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      const int64_t k0 = c * kChunk;
-      const int64_t len = std::min(kChunk, n - k0);
-      std::fill(acc, acc + len, 0.0);
-      kernel(rows + q * p, coef + q * p, p, k0, len, acc);
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
+      check_cancel();
+      const int64_t len = std::min(kChunk, k_end - k0);
+      sum_rows_dispatch<T>(xs[q].data(), cs[q].data(), m, k0, len, acc);
       T* o = out + q * n + k0;
       for (int64_t k = 0; k < len; ++k) o[k] = static_cast<T>(acc[k]);
     }

@@ -25,9 +25,10 @@
 //   excluded : b * p bytes, in/out. On entry 1 marks a worker to leave out (it counts as
 //              excluded: f_eff shrinks); on exit also 1 where a worker held a non-finite
 //              value.                                                          // [B, P]
-// Up to kMaxNetwork workers a block of columns is sorted with a vectorised sorting network
-// (Batcher's odd-even merge sort, pruned to the positions the rule reads); beyond it each
-// column is sorted with std::sort. Parallel over blocks of columns; results do not depend on
+// A block of columns is sorted with a vectorised sorting network (Batcher's odd-even merge
+// sort on the next power of two, comparators touching the +inf padding dropped, pruned to the
+// positions the rule reads): O(p log^2 p) vector min/max per block of 8-16 columns, no branch,
+// at every p (up to kMaxNetwork). Parallel over blocks of columns; results do not depend on
 // the thread count.
 #pragma once
 #include <math.h>  // isfinite in host and device code, as in flag_irls.hpp
@@ -122,7 +123,9 @@ FLAGCORE_HD inline double reduce_sorted(const T* v, int stride, CoordRule rule, 
   return mean_of(v, stride, l, r + 1, c.k);
 }
 
-constexpr int kMaxNetwork = 32;
+// Largest number of workers the native coordinate rules accept (the network for 2^16 values
+// has ~4e6 comparators, 32 MB; the binding refuses more with a clear error).
+constexpr int64_t kMaxNetwork = int64_t(1) << 16;
 
 // Comparators (i, j), i < j, min to i, of a sorting network for pe <= kMaxNetwork values,
 // restricted to those that can affect the positions the rule reads.
@@ -131,6 +134,15 @@ std::vector<std::pair<int, int>> coordinate_network(int pe, CoordRule rule, Coor
 template <typename T>
 void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const CoordSpec& spec,
                     T* out, uint8_t* excluded);
+
+// Row sums in a fixed order (the plain mean, and flag/weighted_sum_cpu.cpp), with the
+// instruction-set variant picked at run time:
+//   acc[0:len] = sum_{r < m} cs[r] * xs[r][k0:k0+len], the rows added one after another in
+//   order, in float64 (cs == nullptr: every coefficient 1, so the float64 sum of a float64
+//   input is numpy's sum along axis 0 bit for bit). m == 0 gives zeros.
+template <typename T>
+void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
+                       double* acc);
 
 // Per-instruction-set block kernels: columns [k0, k1) of the pe active rows sorted by the
 // network `comp` (ncomp comparators, pairs flattened), reduced into out[k0:k1]; bad[i] is set
@@ -143,6 +155,16 @@ void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const
   void coordinate_block(const double* const* rows, int pe, const int* comp, int ncomp,          \
                         CoordRule rule, CoordCounts c, int64_t k0, int64_t k1, double* out,     \
                         uint8_t* bad);                                                          \
+  void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,   \
+                double* acc);                                                                   \
+  void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,  \
+                double* acc);                                                                   \
+  bool divide_rows(const double* acc, int64_t len, double d, float* out);                        \
+  bool divide_rows(const double* acc, int64_t len, double d, double* out);                       \
+  void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div,           \
+                int64_t i0, int64_t i1, int64_t k0, int64_t len, float* const* out);            \
+  void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div,        \
+                int64_t i0, int64_t i1, int64_t k0, int64_t len, double* const* out);           \
   }
 FLAGCORE_COORD_DECL(simd_generic)
 FLAGCORE_COORD_DECL(simd_avx2)

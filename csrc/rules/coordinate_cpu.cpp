@@ -1,6 +1,8 @@
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
+#include "common/cancel.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "rules/coordinate.hpp"
@@ -8,8 +10,80 @@
 namespace flagcore {
 namespace {
 
-// Columns per task: large enough to amortise the task overhead, small enough to balance.
-constexpr int64_t kTaskColumns = 16384;
+// Columns per task: about kTaskWork comparator steps (a fraction of a millisecond), so that
+// large p with small n still spreads over the threads; a multiple of every block width. The
+// split depends on the problem only, never on the thread count.
+constexpr int64_t kTaskWork = int64_t(1) << 24;
+constexpr int64_t kMaxTaskColumns = 16384;
+
+int64_t task_columns(int64_t pe, int64_t ncomp, CoordRule rule) {
+  if (rule == CoordRule::mean)  // ~1e6 values per task
+    return std::max<int64_t>(256, std::min(kMaxTaskColumns, (int64_t(1) << 20) / std::max<int64_t>(1, pe)) / 64 * 64);
+  const int64_t cols = kTaskWork / std::max<int64_t>(1, ncomp + pe);
+  return std::max<int64_t>(64, std::min(kMaxTaskColumns, cols) / 64 * 64);
+}
+
+template <typename T>
+using SumFn = void (*)(const T* const*, const double*, int64_t, int64_t, int64_t, double*);
+
+template <typename T>
+SumFn<T> pick_sum() {
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512: return static_cast<SumFn<T>>(&simd_avx512::sum_rows);
+    case SimdLevel::avx2: return static_cast<SumFn<T>>(&simd_avx2::sum_rows);
+#endif
+    default: return static_cast<SumFn<T>>(&simd_generic::sum_rows);
+  }
+}
+
+template <typename T>
+using DivFn = bool (*)(const double*, int64_t, double, T*);
+
+template <typename T>
+DivFn<T> pick_divide() {
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512: return static_cast<DivFn<T>>(&simd_avx512::divide_rows);
+    case SimdLevel::avx2: return static_cast<DivFn<T>>(&simd_avx2::divide_rows);
+#endif
+    default: return static_cast<DivFn<T>>(&simd_generic::divide_rows);
+  }
+}
+
+// The mean of columns [k0, k1) of the pe rows: their sum in row order, divided by pe (numpy's
+// convention). A non-finite mean means a non-finite value (its rows are flagged in bad and the
+// problem is recomputed without them) or a float64 sum that overflowed (recomputed per column
+// with pre-divided terms).
+template <typename T>
+void mean_block(const T* const* rows, int pe, int64_t k0, int64_t k1, T* out, uint8_t* bad) {
+  constexpr int64_t kChunk = 2048;  // 16 KiB of float64 accumulators: stays in L1
+  const SumFn<T> sum = pick_sum<T>();
+  const DivFn<T> divide = pick_divide<T>();
+  double acc[kChunk];
+  std::vector<T> col;
+  for (int64_t kk = k0; kk < k1; kk += kChunk) {
+    check_cancel();
+    const int64_t len = std::min(kChunk, k1 - kk);
+    sum(rows, nullptr, pe, kk, len, acc);
+    if (divide(acc, len, double(pe), out + kk)) continue;  // every sum finite
+    bool any_bad = false;
+    for (int i = 0; i < pe; ++i)
+      for (int64_t k = kk; k < kk + len; ++k)
+        if (!std::isfinite(rows[i][k])) {
+          bad[i] = 1;
+          any_bad = true;
+          break;
+        }
+    if (any_bad) continue;
+    col.resize(static_cast<size_t>(pe));
+    for (int64_t k = kk; k < kk + len; ++k) {
+      if (std::isfinite(acc[k - kk] / double(pe))) continue;
+      for (int i = 0; i < pe; ++i) col[i] = rows[i][k];
+      out[k] = static_cast<T>(mean_of(col.data(), 1, 0, pe, pe));
+    }
+  }
+}
 
 template <typename T>
 using BlockFn = void (*)(const T* const*, int, const int*, int, CoordRule, CoordCounts, int64_t,
@@ -40,24 +114,37 @@ template <typename T>
 void run_pass(std::vector<Problem<T>>& probs, int64_t p, int64_t n, CoordRule rule, T* out,
               uint8_t* excluded) {
   if (probs.empty()) return;
-  const int64_t chunks = std::max<int64_t>(1, (n + kTaskColumns - 1) / kTaskColumns);
   const BlockFn<T> kernel = pick_kernel<T>();
-  const size_t tasks = probs.size() * static_cast<size_t>(chunks);
+  // Task t belongs to problem owner[t] and covers its columns [k0, k1).
+  std::vector<size_t> owner;
+  std::vector<int64_t> start;
+  for (size_t q = 0; q < probs.size(); ++q) {
+    const int64_t w = task_columns(probs[q].counts.pe, static_cast<int64_t>(probs[q].comp.size() / 2), rule);
+    for (int64_t k0 = 0; k0 < n; k0 += w) {
+      owner.push_back(q);
+      start.push_back(k0);
+    }
+  }
+  const size_t tasks = owner.size();
   std::vector<uint8_t> bad(tasks * static_cast<size_t>(p), 0);
   parallel_for(tasks, [&](size_t t) {
-    Problem<T>& pr = probs[t / static_cast<size_t>(chunks)];
-    const int64_t ch = static_cast<int64_t>(t % static_cast<size_t>(chunks));
-    const int64_t k0 = ch * kTaskColumns, k1 = std::min(n, k0 + kTaskColumns);
+    Problem<T>& pr = probs[owner[t]];
+    const int64_t k0 = start[t];
+    const int64_t k1 = t + 1 < tasks && owner[t + 1] == owner[t] ? start[t + 1] : n;
     const int pe = pr.counts.pe;
     if (pe == 0) {
       std::fill(out + pr.q * n + k0, out + pr.q * n + k1, T(0));
+      return;
+    }
+    if (rule == CoordRule::mean) {
+      mean_block(pr.rows.data(), pe, k0, k1, out + pr.q * n, bad.data() + t * static_cast<size_t>(p));
       return;
     }
     kernel(pr.rows.data(), pe, pr.comp.data(), static_cast<int>(pr.comp.size() / 2), rule,
            pr.counts, k0, k1, out + pr.q * n, bad.data() + t * static_cast<size_t>(p));
   });
   for (size_t t = 0; t < tasks; ++t) {
-    const Problem<T>& pr = probs[t / static_cast<size_t>(chunks)];
+    const Problem<T>& pr = probs[owner[t]];
     for (int j = 0; j < pr.counts.pe; ++j)
       if (bad[t * static_cast<size_t>(p) + j]) excluded[pr.q * p + pr.active[j]] = 1;
   }
@@ -75,7 +162,7 @@ Problem<T> make_problem(const T* const* rows, int64_t q, int64_t p, const uint8_
     }
   const int64_t pe = static_cast<int64_t>(pr.rows.size());
   pr.counts = coord_counts(spec, p, pe);
-  if (pe > 0 && pe <= kMaxNetwork) {
+  if (pe > 0) {
     for (const auto& cp : coordinate_network(static_cast<int>(pe), spec.rule, pr.counts)) {
       pr.comp.push_back(cp.first);
       pr.comp.push_back(cp.second);
@@ -137,6 +224,16 @@ void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const
   run_pass(again, p, n, spec.rule, out, excluded);
 }
 
+template <typename T>
+void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
+                       double* acc) {
+  pick_sum<T>()(xs, cs, m, k0, len, acc);
+}
+
+template void sum_rows_dispatch<float>(const float* const*, const double*, int64_t, int64_t,
+                                       int64_t, double*);
+template void sum_rows_dispatch<double>(const double* const*, const double*, int64_t, int64_t,
+                                        int64_t, double*);
 template void coordinate_cpu<float>(const float* const*, int64_t, int64_t, int64_t,
                                     const CoordSpec&, float*, uint8_t*);
 template void coordinate_cpu<double>(const double* const*, int64_t, int64_t, int64_t,

@@ -4,12 +4,17 @@
 //   FLAGCORE_VEC_BYTES   bytes per vector register (16, 32, 64)
 // A block holds L consecutive columns of every active row (row i's L values are contiguous in
 // memory, so a row is loaded with plain vector loads); each comparator of the network is a
-// vector min and max over the block, so L columns are sorted at once without branches.
+// vector min and max over the block, so L columns are sorted at once without branches. The
+// block (pe rows of L values) lives in a scratch buffer that stays in L1 up to a few hundred
+// workers and in L2 beyond, so the cost per column is the comparator count times a small
+// constant at every p (no switch to a per-column sort).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
+#include "common/cancel.hpp"
 #include "rules/coordinate.hpp"
 
 namespace flagcore {
@@ -36,30 +41,42 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
   typedef typename Vec<T>::type vec;
   constexpr int W = VB / int(sizeof(T));  // lanes per vector
   constexpr int L = NV * W;               // columns per block
-  alignas(64) vec buf[kMaxNetwork][NV];
-  vec nan_probe[kMaxNetwork][NV];  // x * 0 summed: NaN exactly when some x is NaN or Inf
+  struct Row {
+    vec v[NV];
+  };
+  std::vector<Row> buf(static_cast<size_t>(pe));
+  std::vector<Row> nan_probe(static_cast<size_t>(pe));  // x * 0 summed: NaN iff some x is NaN/Inf
   for (int i = 0; i < pe; ++i)
-    for (int u = 0; u < NV; ++u) nan_probe[i][u] = vec{} * T(0);
+    for (int u = 0; u < NV; ++u) nan_probe[i].v[u] = vec{} * T(0);
   const int m1 = (pe - 1) / 2, m2 = pe / 2;
+  // Ctrl-C: poll about every 2^18 comparator-or-load steps (well under a millisecond).
+  const int64_t work_per_block = int64_t(ncomp) + pe;
+  int64_t work = 0;
 
   for (int64_t k = k0; k < k1; k += L) {
+    work += work_per_block;
+    if (work >= (int64_t(1) << 18)) {
+      work = 0;
+      check_cancel();
+    }
     const int valid = static_cast<int>(std::min<int64_t>(L, k1 - k));
     if (valid == L) {
       for (int i = 0; i < pe; ++i) {
-        std::memcpy(buf[i], rows[i] + k, sizeof(buf[i]));
-        for (int u = 0; u < NV; ++u) nan_probe[i][u] += buf[i][u] * T(0);
+        std::memcpy(buf[i].v, rows[i] + k, sizeof(Row));
+        for (int u = 0; u < NV; ++u) nan_probe[i].v[u] += buf[i].v[u] * T(0);
       }
     } else {
       for (int i = 0; i < pe; ++i) {
-        T* dst = reinterpret_cast<T*>(buf[i]);
+        T* dst = reinterpret_cast<T*>(buf[i].v);
         std::memcpy(dst, rows[i] + k, sizeof(T) * static_cast<size_t>(valid));
         std::fill(dst + valid, dst + L, T(0));
-        for (int u = 0; u < NV; ++u) nan_probe[i][u] += buf[i][u] * T(0);
+        for (int u = 0; u < NV; ++u) nan_probe[i].v[u] += buf[i].v[u] * T(0);
       }
     }
+    Row* B = buf.data();
     for (int ci = 0; ci < ncomp; ++ci) {
-      vec* a = buf[comp[2 * ci]];
-      vec* b = buf[comp[2 * ci + 1]];
+      vec* a = B[comp[2 * ci]].v;
+      vec* b = B[comp[2 * ci + 1]].v;
       for (int u = 0; u < NV; ++u) {
         const vec x = a[u], y = b[u];
         const auto lt = x < y;
@@ -67,20 +84,22 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
         b[u] = lt ? y : x;
       }
     }
-    const T* s = reinterpret_cast<const T*>(buf);  // s[i * L + w]: i-th smallest of column w
+    const T* s = reinterpret_cast<const T*>(B);  // s[i * L + w]: i-th smallest of column w
     T* o = out + k;
     if (rule == CoordRule::median) {
       for (int w = 0; w < valid; ++w)
         o[w] = static_cast<T>(midpoint(double(s[m1 * L + w]), double(s[m2 * L + w])));
     } else if (rule == CoordRule::trimmed_mean || rule == CoordRule::mean) {
+      // Sum in order, then divide (numpy's convention: float64 input gives numpy's result
+      // bit for bit; the mean of 1, 4, 7 is exactly 4).
       const int t = rule == CoordRule::mean ? 0 : c.t;
       double acc[L];
       for (int w = 0; w < L; ++w) acc[w] = 0.0;
       for (int i = t; i < pe - t; ++i)
         for (int w = 0; w < L; ++w) acc[w] += double(s[i * L + w]);
-      const double inv = 1.0 / double(pe - 2 * t);
+      const double cnt = double(pe - 2 * t);
       for (int w = 0; w < valid; ++w) {
-        const double m = acc[w] * inv;  // overflowed only for float64 values near DBL_MAX
+        const double m = acc[w] / cnt;  // overflowed only for float64 values near DBL_MAX
         o[w] = static_cast<T>(std::isfinite(m) ? m : mean_of(s + w, L, t, pe - t, pe - 2 * t));
       }
     } else {
@@ -90,42 +109,167 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
   for (int i = 0; i < pe; ++i)
     for (int u = 0; u < NV; ++u)
       for (int w = 0; w < W; ++w)
-        if (std::isnan(nan_probe[i][u][w])) bad[i] = 1;
+        if (std::isnan(nan_probe[i].v[u][w])) bad[i] = 1;
 }
 
-// pe > kMaxNetwork: gather each column and sort it.
-template <typename T>
-void sort_kernel(const T* const* rows, int pe, CoordRule rule, CoordCounts c, int64_t k0,
-                 int64_t k1, T* out, uint8_t* bad) {
-  std::vector<T> v(static_cast<size_t>(pe));
-  for (int64_t k = k0; k < k1; ++k) {
-    for (int i = 0; i < pe; ++i) {
-      v[i] = rows[i][k];
-      if (!std::isfinite(v[i])) bad[i] = 1;
-    }
-    std::sort(v.begin(), v.end());
-    out[k] = static_cast<T>(reduce_sorted(v.data(), 1, rule, c));
+// acc[0:len] = sum_r cs[r] * xs[r][k0:k0+len] (cs == nullptr: every coefficient 1), rows added
+// one after another in the order given, in float64. The accumulators (len <= a few thousand)
+// stay in L1; R rows at a time are streamed through them, so the memory system sees R
+// contiguous streams (enough to keep the prefetchers busy) and the accumulators are loaded and
+// stored once per R rows, without changing the order of the additions.
+template <typename T, bool kOnes, int R>
+inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0, int64_t len,
+                     double* __restrict acc) {
+  const T* __restrict x[R];
+  double c[R];
+  for (int j = 0; j < R; ++j) {
+    x[j] = xs[r + j] + k0;
+    c[j] = kOnes ? 1.0 : cs[r + j];
+  }
+  for (int64_t k = 0; k < len; ++k) {
+    double a = acc[k];
+    for (int j = 0; j < R; ++j) a += kOnes ? double(x[j][k]) : c[j] * double(x[j][k]);
+    acc[k] = a;
   }
 }
 
+template <typename T, bool kOnes>
+void sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
+                     double* __restrict acc) {
+  if (m == 0) {
+    std::fill(acc, acc + len, 0.0);
+    return;
+  }
+  {
+    const T* __restrict x = xs[0] + k0;
+    const double c = kOnes ? 1.0 : cs[0];
+    for (int64_t k = 0; k < len; ++k) acc[k] = kOnes ? double(x[k]) : c * double(x[k]);
+  }
+  int64_t r = 1;
+  for (; r + 8 <= m; r += 8) add_rows<T, kOnes, 8>(xs, cs, r, k0, len, acc);
+  if (r + 4 <= m) {
+    add_rows<T, kOnes, 4>(xs, cs, r, k0, len, acc);
+    r += 4;
+  }
+  for (; r < m; ++r) add_rows<T, kOnes, 1>(xs, cs, r, k0, len, acc);
+}
+
+// out[i, k] = (sum_j A[i, j] x_j[k]) / div[i] for rows i in [i0, i1) and columns
+// [k0, k0 + len), accumulated in T (the data's precision, as a BLAS GEMM would) in the order
+// j = 0, 1, ..., m - 1. Register tile: MR output rows x 2 vectors of columns (MR = 8 with 32
+// vector registers, else 4); the caller sizes [k0, k0 + len) so that the m row segments stay
+// in L2.
 template <typename T>
-void dispatch(const T* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,
-              CoordCounts c, int64_t k0, int64_t k1, T* out, uint8_t* bad) {
-  if (pe <= kMaxNetwork)
-    block_kernel<T>(rows, pe, comp, ncomp, rule, c, k0, k1, out, bad);
-  else
-    sort_kernel<T>(rows, pe, rule, c, k0, k1, out, bad);
+void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t i0, int64_t i1,
+                int64_t k0, int64_t len, T* const* out) {
+  typedef typename Vec<T>::type vec;
+  constexpr int W = VB / int(sizeof(T));
+  constexpr int NC = 2;                 // vectors of columns per register tile
+  constexpr int MR = VB == 64 ? 8 : 4;  // output rows per register tile
+  constexpr int CW = NC * W;            // columns per register tile
+  for (int64_t i = i0; i < i1; i += MR) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, i1 - i));
+    const T* a[MR];
+    for (int r = 0; r < MR; ++r) a[r] = A + (i + std::min(r, rows - 1)) * m;
+    for (int64_t k = 0; k < len; k += CW) {
+      const int valid = static_cast<int>(std::min<int64_t>(CW, len - k));
+      vec acc[MR][NC];
+      for (int r = 0; r < MR; ++r)
+        for (int u = 0; u < NC; ++u) acc[r][u] = vec{};
+      if (valid == CW) {
+        for (int64_t j = 0; j < m; ++j) {
+          const T* xj = xs[j] + k0 + k;
+          vec x[NC];
+          for (int u = 0; u < NC; ++u) std::memcpy(&x[u], xj + u * W, sizeof(vec));
+          for (int r = 0; r < MR; ++r) {
+            const vec c = a[r][j] - vec{};  // a broadcast (x - 0 is x: no add is emitted)
+            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < m; ++j) {
+          alignas(64) T buf[CW] = {};
+          std::memcpy(buf, xs[j] + k0 + k, sizeof(T) * static_cast<size_t>(valid));
+          vec x[NC];
+          std::memcpy(x, buf, sizeof(x));
+          for (int r = 0; r < MR; ++r) {
+            const vec c = a[r][j] - vec{};
+            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
+          }
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        alignas(64) T res[CW];
+        std::memcpy(res, acc[r], sizeof(res));
+        T* o = out[i + r] + k0 + k;
+        const T d = div[i + r];
+        for (int w = 0; w < valid; ++w) o[w] = res[w] / d;
+      }
+    }
+  }
+}
+
+// out[k] = T(acc[k] / d), the rounded quotient of the sum as in numpy (for a power-of-two d the
+// product with 1/d, which is the same rounded quotient and cheaper); returns whether every
+// acc[k] was finite (an integer OR over the exponent bits, so both loops vectorise).
+template <typename T>
+bool divide_kernel(const double* __restrict acc, int64_t len, double d, T* __restrict out) {
+  int e = 0;
+  if (std::frexp(d, &e) == 0.5) {  // d = 2^(e-1): x * 2^(1-e) is the same rounded quotient
+    const double inv = 1.0 / d;
+    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] * inv);
+  } else {
+    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] / d);
+  }
+  uint64_t nonfinite = 0;
+  for (int64_t k = 0; k < len; ++k) {
+    uint64_t bits;
+    std::memcpy(&bits, acc + k, sizeof(bits));
+    nonfinite |= uint64_t(((bits >> 52) & 0x7ff) == 0x7ff);
+  }
+  return nonfinite == 0;
 }
 
 }  // namespace
 
+bool divide_rows(const double* acc, int64_t len, double d, float* out) {
+  return divide_kernel<float>(acc, len, d, out);
+}
+bool divide_rows(const double* acc, int64_t len, double d, double* out) {
+  return divide_kernel<double>(acc, len, d, out);
+}
+
+void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0,
+              int64_t i1, int64_t k0, int64_t len, float* const* out) {
+  mix_kernel<float>(xs, m, A, div, i0, i1, k0, len, out);
+}
+void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div, int64_t i0,
+              int64_t i1, int64_t k0, int64_t len, double* const* out) {
+  mix_kernel<double>(xs, m, A, div, i0, i1, k0, len, out);
+}
+
+void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
+              double* acc) {
+  if (cs == nullptr)
+    sum_rows_kernel<float, true>(xs, cs, m, k0, len, acc);
+  else
+    sum_rows_kernel<float, false>(xs, cs, m, k0, len, acc);
+}
+void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
+              double* acc) {
+  if (cs == nullptr)
+    sum_rows_kernel<double, true>(xs, cs, m, k0, len, acc);
+  else
+    sum_rows_kernel<double, false>(xs, cs, m, k0, len, acc);
+}
+
 void coordinate_block(const float* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,
                       CoordCounts c, int64_t k0, int64_t k1, float* out, uint8_t* bad) {
-  dispatch<float>(rows, pe, comp, ncomp, rule, c, k0, k1, out, bad);
+  block_kernel<float>(rows, pe, comp, ncomp, rule, c, k0, k1, out, bad);
 }
 void coordinate_block(const double* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,
                       CoordCounts c, int64_t k0, int64_t k1, double* out, uint8_t* bad) {
-  dispatch<double>(rows, pe, comp, ncomp, rule, c, k0, k1, out, bad);
+  block_kernel<double>(rows, pe, comp, ncomp, rule, c, k0, k1, out, bad);
 }
 
 }  // namespace FLAGCORE_SIMD_NS

@@ -64,4 +64,15 @@ void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t itera
 // excluded workers are 0.
 void nnm_matrix_cpu(const double* G, int64_t p, int64_t f, double* M, uint8_t* excluded);
 
+// Mixed rows of a linear pre-aggregation step (NNM, bucketing): out[i] = (sum_j A[i, j]
+// x_j) / div[i] for i < p_out, over the m = p_in rows xs (the caller leaves excluded workers
+// out, so a NaN row is never multiplied by 0). A is p_out x m, row-major, in the data type
+// (NNM and bucketing pass 0/1 membership, so the products are exact and each mixed row is a
+// sum divided by its count). Accumulated in T, each out[i, k] summed over j in order by one
+// thread: the result does not depend on the thread count. Column blocks are sized to keep the
+// m row segments in L2; parallel over column blocks.                    // out: [P_OUT] -> [N]
+template <typename T>
+void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64_t p_out,
+                  int64_t n, T* const* out);
+
 }  // namespace flagcore

@@ -1,8 +1,18 @@
+// Distance rules in p-space (contract in rules/distance.hpp). Costs after the Gram, with c
+// active workers: Krum O(c^2 log c); Bulyan O(c^2 log c) (sorted neighbour lists built once,
+// Krum scores maintained as workers are removed); NNM O(c^2 log c); geometric median O(c^2)
+// per Weiszfeld step plus O(c^2) for the data-point test; centered clipping O(c^2) per step.
+// Work over rows is split into fixed tasks (parallel_for) whose results do not depend on the
+// thread count; long loops call check_cancel() (Ctrl-C).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
 
+#include "common/cancel.hpp"
+#include "common/parallel.hpp"
+#include "common/simd.hpp"
+#include "rules/coordinate.hpp"
 #include "rules/distance.hpp"
 
 namespace flagcore {
@@ -19,23 +29,59 @@ int64_t f_effective(int64_t f, int64_t p, int64_t pe) {
   return std::max<int64_t>(0, f - (p - pe));
 }
 
-// Krum scores of the workers in `cand` against the other workers in `cand`.
+// Runs fn(i) for i in [0, c) in fixed blocks of rows (each row's result is computed by one
+// thread, the same way whatever the thread count), checking for Ctrl-C between blocks.
+template <typename Fn>
+void for_rows(int64_t c, int64_t cost_per_row, const Fn& fn) {
+  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, cost_per_row));
+  const int64_t tasks = (c + rows_per_task - 1) / rows_per_task;
+  auto body = [&](size_t t) {
+    check_cancel();
+    const int64_t i0 = static_cast<int64_t>(t) * rows_per_task;
+    const int64_t i1 = std::min(c, i0 + rows_per_task);
+    for (int64_t i = i0; i < i1; ++i) fn(i);
+  };
+  if (tasks <= 1)
+    for (int64_t t = 0; t < tasks; ++t) body(static_cast<size_t>(t));
+  else
+    parallel_for(static_cast<size_t>(tasks), body);
+}
+
+// A sum kept as an unevaluated pair (hi, lo) (Knuth's TwoSum on every term): value() is the
+// sum of the terms rounded once (up to an error ~1e-32 relative), whatever their order and
+// however many were added and taken away. Krum scores use it, so equal multisets of distances
+// give bitwise equal scores (two workers that are each other's nearest neighbour tie exactly
+// and the lower index wins), and Bulyan can update its scores by subtraction and still get
+// the values a recomputation would.
+struct Exact {
+  double hi = 0.0, lo = 0.0;
+  void add(double x) {
+    const double s = hi + x;
+    const double bp = s - hi;
+    lo += (hi - (s - bp)) + (x - bp);
+    hi = s;
+  }
+  double value() const { return hi + lo; }
+};
+
+// Krum scores of the workers in `cand` against the other workers in `cand`: the sum of the nb
+// smallest squared distances (rounded once).
 void krum_scores(const std::vector<double>& D, int64_t p, const std::vector<int64_t>& cand,
                  int64_t f_eff, std::vector<double>& score) {
   const int64_t c = static_cast<int64_t>(cand.size());
   const int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
-  std::vector<double> d;
   score.assign(static_cast<size_t>(c), 0.0);
-  for (int64_t a = 0; a < c; ++a) {
-    d.clear();
+  for_rows(c, c * 8, [&](int64_t a) {
+    std::vector<double> d;
+    d.reserve(static_cast<size_t>(c));
     for (int64_t b = 0; b < c; ++b)
       if (b != a) d.push_back(D[cand[a] * p + cand[b]]);
     const int64_t k = std::min<int64_t>(nb, static_cast<int64_t>(d.size()));
-    std::partial_sort(d.begin(), d.begin() + k, d.end());
-    double s = 0.0;
-    for (int64_t j = 0; j < k; ++j) s += d[j];
-    score[a] = s;
-  }
+    std::nth_element(d.begin(), d.begin() + k, d.end());
+    Exact s;
+    for (int64_t j = 0; j < k; ++j) s.add(d[j]);
+    score[a] = s.value();
+  });
 }
 
 }  // namespace
@@ -89,13 +135,65 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
   const int64_t theta = std::max<int64_t>(1, pe - 2 * f_eff);
   std::vector<double> D(static_cast<size_t>(p * p));
   squared_distances(G, p, D.data());
-  std::vector<int64_t> remaining = active_list(excluded, p);
-  std::vector<double> sc;
+  const std::vector<int64_t> act = active_list(excluded, p);
+  const int64_t c = pe;
+  // ord[a]: the other active workers (local indices) by ascending distance to a (ties: lower
+  // index); pos[a][b]: the place of b in ord[a]. A worker's Krum score on the current set is
+  // the sum over the first nb living entries of its list, nb = |set| - f_eff - 2; `last[a]` is
+  // the place of the last of them. Removing a worker r and shrinking nb by one changes the
+  // score by one term: r's own if r was counted, else the last counted one; `last` only moves
+  // towards the front, so all the updates cost O(c^2) in total.
+  const int64_t w = c - 1;  // list length
+  std::vector<int32_t> ord(static_cast<size_t>(c * std::max<int64_t>(w, 1)));
+  std::vector<int32_t> pos(static_cast<size_t>(c * c), -1);
+  std::vector<Exact> score(static_cast<size_t>(c));
+  std::vector<int64_t> last(static_cast<size_t>(c));
+  int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
+  for_rows(c, c * 16, [&](int64_t a) {
+    const double* Da = D.data() + act[a] * p;
+    int32_t* o = ord.data() + a * w;
+    int64_t j = 0;
+    for (int64_t b = 0; b < c; ++b)
+      if (b != a) o[j++] = static_cast<int32_t>(b);
+    std::stable_sort(o, o + w, [&](int32_t x, int32_t y) { return Da[act[x]] < Da[act[y]]; });
+    for (int64_t t = 0; t < w; ++t) pos[a * c + o[t]] = static_cast<int32_t>(t);
+    for (int64_t t = 0; t < nb; ++t) score[a].add(Da[act[o[t]]]);  // as krum_scores
+    last[a] = nb - 1;
+  });
+  std::vector<uint8_t> gone(static_cast<size_t>(c), 0);
+  int64_t size = c;
   for (int64_t s = 0; s < theta; ++s) {
-    krum_scores(D, p, remaining, f_eff, sc);
-    const size_t best = static_cast<size_t>(std::min_element(sc.begin(), sc.end()) - sc.begin());
-    selected[remaining[best]] = 1;
-    remaining.erase(remaining.begin() + static_cast<std::ptrdiff_t>(best));
+    check_cancel();
+    int64_t best = -1;
+    double best_v = 0.0;
+    for (int64_t a = 0; a < c; ++a) {
+      if (gone[a]) continue;
+      const double v = score[a].value();
+      if (best < 0 || v < best_v) {
+        best = a;
+        best_v = v;
+      }
+    }
+    selected[act[best]] = 1;
+    gone[best] = 1;
+    --size;
+    const int64_t nb_new = std::max<int64_t>(0, size - f_eff - 2);
+    if (nb_new == nb) continue;  // both 0: every score stays 0
+    nb = nb_new;
+    for (int64_t a = 0; a < c; ++a) {
+      if (gone[a]) continue;
+      const int32_t* o = ord.data() + a * w;
+      const double* Da = D.data() + act[a] * p;
+      const int64_t pr = pos[a * c + best];
+      int64_t& l = last[a];
+      if (pr <= l) {
+        score[a].add(-Da[act[best]]);
+        if (pr == l) do --l; while (l >= 0 && gone[o[l]]);
+      } else {
+        score[a].add(-Da[act[o[l]]]);
+        do --l; while (l >= 0 && gone[o[l]]);
+      }
+    }
   }
   return theta;
 }
@@ -115,43 +213,65 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
   std::vector<double> g(c * c);
   for (size_t i = 0; i < c; ++i)
     for (size_t j = 0; j < c; ++j) g[i * c + j] = G[act[i] * p + act[j]];
-  // A data point is the geometric median iff the unit vectors from it to the other points
-  // sum to a norm at most its multiplicity (Weiszfeld's iteration only creeps towards such a
-  // point). Checked exactly for each worker: ||R_k||^2 = sum_ij <x_i - x_k, x_j - x_k> /
-  // (d_ik d_jk) over the points not equal to x_k, O(p^3) in all.
-  std::vector<double> dk(c);
-  for (size_t k = 0; k < c; ++k) {
-    double mult = 0.0, F = 0.0;
+  // A data point is the geometric median iff the unit vectors from it to the other points sum
+  // to a norm at most its multiplicity (Weiszfeld's iteration only creeps towards such a
+  // point). A minimiser x_k has the smallest objective F(x_k) = sum_i ||x_i - x_k|| among the
+  // data points, so the exact test (O(c^2) each: ||R_k||^2 = sum_ij u_i u_j <x_i - x_k,
+  // x_j - x_k> with u_i = 1 / d_ik over the points not equal to x_k) runs only on the points
+  // whose F is within 1e-6 (far above rounding) of the smallest, in index order.
+  auto dist_k = [&](size_t k, std::vector<double>& dk) {
+    double F = 0.0;
     for (size_t i = 0; i < c; ++i) {
       const double d2 = g[i * c + i] + g[k * c + k] - 2.0 * g[i * c + k];
       const double thr = 1e-14 * (g[i * c + i] + g[k * c + k]);
       dk[i] = d2 > thr ? std::sqrt(d2) : 0.0;
-      if (dk[i] == 0.0) mult += 1.0;
       F += dk[i];
     }
-    double r2 = 0.0;
-    for (size_t i = 0; i < c; ++i) {
-      if (dk[i] == 0.0) continue;
-      for (size_t j = 0; j < c; ++j) {
-        if (dk[j] == 0.0) continue;
-        r2 += (g[i * c + j] - g[i * c + k] - g[j * c + k] + g[k * c + k]) / (dk[i] * dk[j]);
+    return F;
+  };
+  std::vector<double> Fk(c);
+  for_rows(static_cast<int64_t>(c), static_cast<int64_t>(c) * 4, [&](int64_t k) {
+    std::vector<double> dk(c);
+    Fk[k] = dist_k(static_cast<size_t>(k), dk);
+  });
+  const double F_min = *std::min_element(Fk.begin(), Fk.end());
+  {
+    std::vector<double> dk(c), u(c);
+    for (size_t k = 0; k < c; ++k) {
+      if (!(Fk[k] <= F_min + 1e-6 * F_min)) continue;
+      check_cancel();
+      const double F = dist_k(k, dk);
+      double mult = 0.0;
+      for (size_t i = 0; i < c; ++i) {
+        u[i] = dk[i] == 0.0 ? 0.0 : 1.0 / dk[i];
+        if (dk[i] == 0.0) mult += 1.0;
       }
-    }
-    if (std::sqrt(std::max(r2, 0.0)) <= mult) {
-      coef[act[k]] = 1.0;
-      *objective = F;
-      return;
+      // sum_ij u_i u_j (g_ij - g_ik - g_jk + g_kk): the cancellation stays local to each term.
+      double r2 = 0.0;
+      for (size_t i = 0; i < c; ++i) {
+        if (u[i] == 0.0) continue;
+        double s = 0.0;
+        for (size_t j = 0; j < c; ++j)
+          s += (g[i * c + j] - g[i * c + k] - g[j * c + k] + g[k * c + k]) * u[j];
+        r2 += u[i] * s;
+      }
+      if (std::sqrt(std::max(r2, 0.0)) <= mult) {
+        coef[act[k]] = 1.0;
+        *objective = F;
+        return;
+      }
     }
   }
   std::vector<double> a(c, 1.0 / double(c)), ga(c), dist(c), w(c);
   auto eval = [&](const std::vector<double>& al) {  // distances ||z - x_i|| and F
-    double aga = 0.0;
-    for (size_t i = 0; i < c; ++i) {
+    for_rows(static_cast<int64_t>(c), static_cast<int64_t>(c), [&](int64_t i) {
+      const double* gi = g.data() + i * c;
       double s = 0.0;
-      for (size_t j = 0; j < c; ++j) s += g[i * c + j] * al[j];
+      for (size_t j = 0; j < c; ++j) s += gi[j] * al[j];
       ga[i] = s;
-      aga += al[i] * s;
-    }
+    });
+    double aga = 0.0;
+    for (size_t i = 0; i < c; ++i) aga += al[i] * ga[i];
     double F = 0.0;
     for (size_t i = 0; i < c; ++i) {
       const double d2 = aga - 2.0 * ga[i] + g[i * c + i];
@@ -166,6 +286,7 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
   std::vector<double> best = a;
   double F_best = F;
   while (it < max_iter) {
+    check_cancel();
     double sw = 0.0;
     for (size_t i = 0; i < c; ++i) {
       w[i] = 1.0 / std::max(dist[i], nu);
@@ -202,17 +323,21 @@ void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t itera
   coef[p] = 1.0;
   if (pe == 0) return;
   std::vector<double> gv(static_cast<size_t>(q)), next(static_cast<size_t>(q));
+  std::vector<int64_t> nz;  // indices with a nonzero coefficient
   for (int64_t l = 0; l < iterations; ++l) {
-    double vgv = 0.0;
-    for (int64_t i = 0; i < q; ++i) {
-      if (i < p && excluded[i]) continue;
+    check_cancel();
+    nz.clear();
+    for (int64_t j = 0; j < q; ++j)
+      if (coef[j] != 0.0) nz.push_back(j);
+    for_rows(q, static_cast<int64_t>(nz.size()), [&](int64_t i) {
+      if (i < p && excluded[i]) return;
+      const double* gi = G + i * q;
       double s = 0.0;
-      for (int64_t j = 0; j < q; ++j)
-        if (coef[j] != 0.0) s += G[i * q + j] * coef[j];
+      for (int64_t j : nz) s += gi[j] * coef[j];
       gv[i] = s;
-    }
-    for (int64_t i = 0; i < q; ++i)
-      if (coef[i] != 0.0) vgv += coef[i] * gv[i];
+    });
+    double vgv = 0.0;
+    for (int64_t i : nz) vgv += coef[i] * gv[i];
     double csum = 0.0;
     std::fill(next.begin(), next.end(), 0.0);
     for (int64_t i = 0; i < p; ++i) {
@@ -236,15 +361,53 @@ void nnm_matrix_cpu(const double* G, int64_t p, int64_t f, double* M, uint8_t* e
   std::vector<double> D(static_cast<size_t>(p * p));
   squared_distances(G, p, D.data());
   const std::vector<int64_t> act = active_list(excluded, p);
-  std::vector<int64_t> order;
-  for (int64_t i : act) {
-    order = act;
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      const double da = a == i ? -1.0 : D[i * p + a], db = b == i ? -1.0 : D[i * p + b];
-      return da < db;
+  // The k nearest as a set (their order does not matter): a selection by (distance, index),
+  // i.e. the first k of a stable sort, in O(pe) per row.
+  for_rows(pe, pe * 4, [&](int64_t ai) {
+    const int64_t i = act[ai];
+    std::vector<int64_t> order = act;
+    auto key = [&](int64_t a) { return a == i ? -1.0 : D[i * p + a]; };
+    std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [&](int64_t a, int64_t b) {
+      const double da = key(a), db = key(b);
+      return da < db || (da == db && a < b);
     });
     for (int64_t j = 0; j < k; ++j) M[i * p + order[j]] = 1.0 / double(k);
-  }
+  });
 }
+
+template <typename T>
+void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64_t p_out,
+                  int64_t n, T* const* out) {
+  if (p_out <= 0 || n <= 0) return;
+  using Fn = void (*)(const T* const*, int64_t, const T*, const T*, int64_t, int64_t, int64_t,
+                      int64_t, T* const*);
+  Fn kernel;
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512: kernel = static_cast<Fn>(&simd_avx512::mix_rows); break;
+    case SimdLevel::avx2: kernel = static_cast<Fn>(&simd_avx2::mix_rows); break;
+#endif
+    default: kernel = static_cast<Fn>(&simd_generic::mix_rows); break;
+  }
+  // Column block: the m row segments take ~512 KiB (L2); a multiple of 192 columns (of every
+  // register tile width). Output rows in groups of 64 per step, so a task polls for Ctrl-C
+  // every few milliseconds.
+  const int64_t cols = std::max<int64_t>(
+      192, std::min<int64_t>(4032, (int64_t(1) << 19) / (std::max<int64_t>(m, 1) * int64_t(sizeof(T)))) / 192 * 192);
+  const int64_t tasks = (n + cols - 1) / cols;
+  parallel_for(static_cast<size_t>(tasks), [&](size_t t) {
+    const int64_t k0 = static_cast<int64_t>(t) * cols;
+    const int64_t len = std::min(cols, n - k0);
+    for (int64_t i0 = 0; i0 < p_out; i0 += 64) {
+      check_cancel();
+      kernel(xs, m, A, div, i0, std::min(p_out, i0 + 64), k0, len, out);
+    }
+  });
+}
+
+template void mix_rows_cpu<float>(const float* const*, int64_t, const float*, const float*, int64_t,
+                                  int64_t, float* const*);
+template void mix_rows_cpu<double>(const double* const*, int64_t, const double*, const double*,
+                                   int64_t, int64_t, double* const*);
 
 }  // namespace flagcore

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
 def build_info() -> dict:
     ...
 def bulyan_select(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], f: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
@@ -75,6 +75,10 @@ def gram(x: typing.Any) -> numpy.ndarray:
     """
 def krum(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], f: typing.SupportsInt | typing.SupportsIndex, m: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
     ...
+def mix_rows(x: typing.Any, matrix: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], div: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.ndarray:
+    """
+    (b, p_out, n) mixed rows: out[q, i] = (sum_j matrix[q, i, j] x[q, j]) / div[q, i], in the data dtype
+    """
 def nnm_matrix(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], f: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
     ...
 def num_threads() -> int:

@@ -28,6 +28,7 @@ import numpy as np
 from .. import attacks as _attacks
 from .._arrays import check_choice, check_float, check_int
 from ..flag import SCALES
+from .. import rules as _rules
 from ..rules import make_rule
 from . import data as _data
 from . import models as _models
@@ -37,7 +38,8 @@ SCHEMA = "flagcore.robustness/1"
 # Rules whose definition needs the number of Byzantine workers f (docs/spec_fa.md); the harness
 # passes f = byzantine to them. Any rule parameter can also be given in the rule spec,
 # e.g. "multi_krum[f=2,m=10]".
-RULES_TAKING_F = ("trimmed_mean", "krum", "multi_krum", "bulyan", "meamed", "phocas")
+# Rules that get f = the number of Byzantine workers: every rule whose constructor requires it.
+RULES_TAKING_F = _rules.RULES_NEEDING_F
 
 FLAG_HISTORY = ("all", "first_seed", "none")
 
@@ -45,10 +47,9 @@ _SPEC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?$")
 
 
 def available_rules() -> tuple:
-    """The rule names ``flagcore.aggregate`` accepts (flagcore.rules.RULES)."""
-    from .. import rules
-
-    return tuple(getattr(rules, "RULES", ("mean", "median", "flag")))
+    """The rule names ``flagcore.aggregate`` accepts (flagcore.rules.RULES) that the harness can
+    run: rules that need a server reference gradient (fltrust) are left out."""
+    return tuple(r for r in _rules.RULES if r not in _rules.RULES_NEEDING_REFERENCE)
 
 
 def gradient_attacks() -> tuple:

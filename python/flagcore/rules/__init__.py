@@ -27,13 +27,38 @@ Rules (``RULES``) and their parameters:
                     vector; or an (n,)/(b, n) array/tensor; the ``CenteredClipping`` class
                     also accepts "previous": its own last output) (p > 2f)
 "flag"              the Flag Aggregator: r, lam, max_iter, eps, tol, scale (see flag_aggregate)
+"mda"               f, max_subsets = 100000: mean of the p - f workers of smallest diameter
+                    (enumerates C(p, f) subsets; refuses more than max_subsets) (p > 2f)
+"smea"              f, max_subsets = 100000: mean of the p - f workers whose covariance has
+                    the smallest largest eigenvalue (C(p, f) subsets, as mda) (p > 2f)
+"monna"             f, idx = 0: mean of the p - f nearest neighbours of worker idx (p > 2f)
+"cge"               f: mean of the p - f workers of smallest norm (f < p)
+"caf"               f: covariance-bound agnostic filter (exact eigenpairs, p-space) (p > 2f)
+"dnc"               f, sub_dim = 10000, iterations = 1, filter_fraction = 1.0: divide and
+                    conquer on random coordinate subsets (p > 2f)
+"signguard"         lower = 0.1, upper = 3.0, sample = 0.1: norm filter + sign clustering,
+                    clipped to the median norm
+"clipped_clustering" tau = None (median norm): clip, cosine clustering, larger cluster
+"fltrust"           reference (required: the server's gradient, (n,) or (b, n)): trust
+                    ReLU(cos) to the reference, gradients rescaled to its norm
 =================== ========================================================================
+
+Krum and Multi-Krum take ``neighbours="textbook"`` (p - f - 2, the paper) or ``"byzfl"``
+(p - f - 1, as ByzFL and ByzPy compute it; needs only p > 2f). docs/rules.md lists every
+rule's paper and its conventions against ByzFL, ByzPy and Flower.
 
 Every rule also takes ``f`` (default 0 where it is not required: it then only matters for
 pre-aggregation and for counting excluded workers) and the pre-aggregation options
-``pre`` (None, "nnm", "bucketing", or a sequence applied in order), ``bucket_size`` (2) and
-``seed`` (0, the bucketing shuffle). Preconditions are checked on the number of rows the rule
-sees (after bucketing) and raise ValueError naming the rule, p and f.
+``pre`` (None, "nnm", "bucketing", "clipping" (with ``c``), "arc", or a sequence applied in
+order), ``bucket_size`` (2), ``c`` (the static clipping threshold) and ``seed`` (0: the
+bucketing shuffle and the random coordinates of dnc / signguard). A rule object draws from one
+generator seeded once, so each call reshuffles, and the sequence of calls is reproducible from
+the seed. Preconditions are checked on the number of rows the rule sees (after bucketing) and
+raise ValueError naming the rule, p and f.
+
+Every rule returns, with ``return_info=True``, one ``RuleInfo`` (a subclass of ``FlagInfo``,
+whose fields it keeps: the Flag Aggregator's weights and reconstruction ratios survive
+pre-aggregation).
 
 Non-finite workers: a worker with any NaN/Inf value is excluded (for the distance rules also
 one whose squared norm overflows float64), reported in ``RuleInfo.excluded``, and the rule
@@ -42,85 +67,198 @@ one of the f Byzantine ones, which keeps every precondition true on the survivor
 whose workers are all excluded aggregates to 0. ("flag" follows flag_aggregate's own policy,
 which is the same exclusion.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as _fields
 from typing import Any
 
 import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
 from .._backend import core, is_torch_tensor
-from ..flag import flag_aggregate
+from ..flag import FlagInfo, flag_aggregate
+from . import clustering as _clu
+from . import selection as _sel
 from ._source import Source
+from .clipping import ALL_PRE_STEPS as PRE_STEPS
+from .clipping import arc_clip_count, parse_pre_steps
 from .coordinate import run_coordinate
 from .distance import run_bulyan, run_centered_clipping, run_geometric_median, run_krum
-from .preagg import PRE_STEPS, bucketing, build_source, nnm, parse_pre, rows_after
+from .preagg import bucketing, build_source, nnm, rows_after
 
-RULES = ("mean", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "bulyan",
-         "geometric_median", "centered_clipping", "flag")
+RULES = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "meamed",
+    "phocas",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clipping",
+    "flag",
+    "mda",
+    "smea",
+    "monna",
+    "cge",
+    "caf",
+    "dnc",
+    "signguard",
+    "clipped_clustering",
+    "fltrust",
+)
 
 __all__ = [
-    "RULES", "PRE_STEPS", "RuleInfo", "Rule", "make_rule", "aggregate", "nnm", "bucketing",
-    "Mean", "Median", "TrimmedMean", "MeaMed", "Phocas", "Krum", "MultiKrum", "Bulyan",
-    "GeometricMedian", "CenteredClipping", "Flag",
+    "RULES",
+    "PRE_STEPS",
+    "RuleInfo",
+    "Rule",
+    "make_rule",
+    "aggregate",
+    "nnm",
+    "bucketing",
+    "Mean",
+    "Median",
+    "TrimmedMean",
+    "MeaMed",
+    "Phocas",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "GeometricMedian",
+    "CenteredClipping",
+    "Flag",
+    "MDA",
+    "SMEA",
+    "MoNNA",
+    "CGE",
+    "CAF",
+    "DnC",
+    "SignGuard",
+    "ClippedClustering",
+    "FLTrust",
+    "arc_clip_count",
+    "RULES_NEEDING_F",
+    "RULES_NEEDING_REFERENCE",
 ]
 
 
 @dataclass(frozen=True)
-class RuleInfo:
-    """Diagnostics of one rule call. Per-worker fields are (p,) for a (p, n) or list input and
-    (b, p) for a (b, p, n) input; scalars gain a (b,) axis.
+class RuleInfo(FlagInfo):
+    """Diagnostics of one rule call: the one result type of ``aggregate(..., return_info=True)``
+    and of every rule object, whatever the rule and the pre-aggregation. It subclasses
+    ``FlagInfo`` and keeps its fields, so code written for the Flag Aggregator's info keeps
+    working; a field a rule does not produce is None.
+
+    Per-worker fields are (p,) for a (p, n) or list input and (b, p) for a (b, p, n) input;
+    scalars gain a (b,) axis. "Rows the rule saw" are the caller's workers, or the mixed rows
+    after pre-aggregation (see ``mixing``).
 
     rule: the rule's name.
     excluded: the caller's workers excluded for non-finite values.
     coefficients: c with aggregate = sum_i c_i g_i over the caller's rows, for the rules whose
-        output is a weighted sum (krum, multi_krum, geometric_median, centered_clipping, and any
-        of them after pre-aggregation); None otherwise.
-    selected: rows chosen by krum, multi_krum, bulyan (over the rows the rule saw, i.e. after
-        pre-aggregation); None otherwise.
-    scores: Krum scores of those rows (NaN for excluded ones); None otherwise.
+        output is a weighted sum of the workers: all but the coordinate-wise ones and bulyan
+        (for signguard and clipped_clustering the clipping factors are inside c); None otherwise.
+    selected: rows chosen (over the rows the rule saw): krum, multi_krum, bulyan, mda, smea,
+        monna, cge, dnc, signguard, clipped_clustering; None otherwise.
+    scores: the per-row score the rule ranks by (over the rows the rule saw; NaN for excluded
+        rows): Krum scores (krum, multi_krum), the distance to the centre (monna), the norm (cge,
+        signguard, clipped_clustering), the last outlier score (dnc), the trust score (fltrust).
     iterations, converged, objective: geometric_median's Weiszfeld steps, whether the relative
-        tolerance was met, and sum_i ||z - g_i|| at the result (over the rows it saw).
+        tolerance was met, and sum_i ||z - g_i|| at the result; caf's filter steps and the
+        largest covariance eigenvalue at its result; mda's diameter and smea's largest
+        eigenvalue (objective only); flag's IRLS steps and objective trajectory (as FlagInfo).
     reference_coefficient: centered_clipping's weight on its reference point.
     mixing: the (p', p) pre-aggregation matrix (rows seen = mixing @ caller's rows), or None.
+    weights, reconstruction_ratios, last_step_rejected, rank: the Flag Aggregator's (over the
+        rows it saw), None for the other rules.
     """
 
-    rule: str
-    excluded: np.ndarray
-    coefficients: np.ndarray | None = None
+    weights: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
+    reconstruction_ratios: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
+    coefficients: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
+    objective: Any = None
+    iterations: Any = None
+    last_step_rejected: Any = None
+    excluded: np.ndarray | None = None  # type: ignore[assignment]  # None for the other rules
+    rank: Any = None
+    rule: str = ""
     selected: np.ndarray | None = None
     scores: np.ndarray | None = None
-    iterations: Any = None
     converged: Any = None
-    objective: Any = None
     reference_coefficient: Any = None
     mixing: np.ndarray | None = None
+
+    @classmethod
+    def from_flag(cls, info: FlagInfo) -> RuleInfo:
+        return cls(rule="flag", **{fl.name: getattr(info, fl.name) for fl in _fields(FlagInfo)})
+
+
+def as_reference(ref: Any, st: Any, fn: str) -> Any:
+    """A reference vector ((n,) / (b, n), or one gradient's shape for list input) as a (b, n)
+    float64 numpy array, or a float64 torch tensor on the stack's device; must be finite."""
+    r: Any
+    if st.on_cpu:
+        if is_torch_tensor(ref):
+            ref = ref.detach().cpu().numpy()
+        r = np.asarray(ref, dtype=np.float64)
+    else:
+        import torch
+
+        r = torch.as_tensor(ref).to(device=st.torch_data.device, dtype=torch.float64)
+    if tuple(r.shape) == (st.n,) or (
+        st.from_list and int(np.prod(r.shape)) == st.n and r.ndim == len(st.item_shape)
+    ):
+        r = r.reshape(1, st.n).repeat(st.b, 0) if st.on_cpu else r.reshape(1, st.n).repeat(st.b, 1)
+    elif tuple(r.shape) != (st.b, st.n):
+        raise ValueError(
+            f"{fn}: reference must have shape ({st.n},) or ({st.b}, {st.n}), got {tuple(r.shape)}"
+        )
+    finite = np.isfinite(r).all() if st.on_cpu else bool(r.isfinite().all())
+    if not finite:
+        raise ValueError(f"{fn}: reference must be finite")
+    return r
 
 
 class Rule:
     """A configured aggregation rule; call it on a stack of gradients.
 
     ``rule(gradients, return_info=False)`` returns the aggregate in the caller's framework,
-    dtype, device and shape, or (aggregate, RuleInfo) (a FlagInfo for Flag without
-    pre-aggregation).
+    dtype, device and shape, or (aggregate, RuleInfo).
+
+    Build a rule once and call it every step: its generator (seeded by ``seed``) advances at
+    each call, so bucketing reshuffles and dnc / signguard draw new coordinates every call,
+    while the whole sequence is reproducible from the seed.
     """
 
     name = ""
     needs_f = False
 
-    def __init__(self, *, f: int | None = None, pre: Any = None, bucket_size: int = 2, seed: int = 0,
-                 _fn: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        f: int | None = None,
+        pre: Any = None,
+        bucket_size: int = 2,
+        c: float | None = None,
+        seed: int = 0,
+        _fn: str | None = None,
+    ) -> None:
         self._fn = _fn or type(self).__name__
         if f is None:
             if self.needs_f:
-                raise TypeError(f"{self._fn}: rule {self.name!r} needs f (the number of Byzantine workers)")
+                raise TypeError(
+                    f"{self._fn}: rule {self.name!r} needs f (the number of Byzantine workers)"
+                )
             f = 0
         self.f = check_int(f, self._fn, "f", low=0)
-        self.pre = parse_pre(pre, self._fn)
+        self.pre = parse_pre_steps(pre, self._fn, f=self.f, c=c)
         self.bucket_size = check_int(bucket_size, self._fn, "bucket_size", low=1)
         self.seed = check_int(seed, self._fn, "seed", low=0)
-        self._gen = np.random.default_rng(self.seed)  # one stream: each call reshuffles the buckets
+        self._gen = np.random.default_rng(self.seed)  # one stream: each call draws anew
 
     # ------------------------------------------------------------------ per rule
     def _check(self, p: int) -> None:
@@ -141,7 +279,9 @@ class Rule:
             raise TypeError(f"{fn}: return_info must be a bool, got {return_info!r}")
         st = as_stack(gradients, fn)
         if "nnm" in self.pre and not st.p > 2 * self.f:
-            raise ValueError(f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {st.p}, f = {self.f}")
+            raise ValueError(
+                f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {st.p}, f = {self.f}"
+            )
         self._check(rows_after(self.pre, st.p, self.bucket_size))
         src = build_source(st, self.f, self.pre, self.bucket_size, self._rng())
         out, d = self._run(src)
@@ -162,13 +302,33 @@ class Rule:
         coef = d.get("coefficients")
         if coef is not None:
             coef = src.original_coefficients(coef)
-        scalar = (lambda a: a) if st.batched else (lambda a: None if a is None else np.asarray(a)[0].item())
+        scalar = (
+            (lambda a: a)
+            if st.batched
+            else (lambda a: None if a is None else np.asarray(a)[0].item())
+        )
+        objective = d.get("objective")
+        if objective is not None and np.ndim(objective) == 2:  # FA's trajectory, (b, max_iter + 1)
+            objective = (
+                objective if st.batched else objective[0, : int(d["iterations"][0]) + 1].copy()
+            )
+        else:
+            objective = scalar(objective)
         return RuleInfo(
-            rule=self.name, excluded=sq(excluded), coefficients=sq(coef), selected=sq(d.get("selected")),
-            scores=sq(d.get("scores")), iterations=scalar(d.get("iterations")),
-            converged=scalar(d.get("converged")), objective=scalar(d.get("objective")),
+            rule=self.name,
+            excluded=sq(excluded),
+            coefficients=sq(coef),
+            selected=sq(d.get("selected")),
+            scores=sq(d.get("scores")),
+            iterations=scalar(d.get("iterations")),
+            converged=scalar(d.get("converged")),
+            objective=objective,
             reference_coefficient=scalar(d.get("reference_coefficient")),
             mixing=sq(src.mix),
+            weights=sq(d.get("weights")),
+            reconstruction_ratios=sq(d.get("reconstruction_ratios")),
+            last_step_rejected=scalar(d.get("last_step_rejected")),
+            rank=scalar(d.get("rank")),
         )
 
 
@@ -179,19 +339,11 @@ class _Coordinate(Rule):
 
 
 class Mean(_Coordinate):
-    """Plain mean (non-finite workers excluded)."""
+    """Plain mean (non-finite workers excluded): the rows are summed in order in float64, then
+    divided by their count (numpy's and torch's convention; for float64 input the result is
+    numpy's ``mean(axis=0)`` bit for bit)."""
 
     name = "mean"
-
-    def _run(self, src: Source) -> tuple[Any, dict]:
-        if src.mix is None and src.excluded is None and src.st.on_cpu:
-            # Fast path: one weighted-sum pass. A non-finite input value makes its output
-            # coordinate non-finite, so a finite result proves every worker finite; otherwise
-            # the coordinate kernel excludes the bad workers (and handles overflow).
-            out = core.weighted_sum(src.rows(), np.full((src.b, src.p), 1.0 / src.p))
-            if np.isfinite(out).all():
-                return out, dict(excluded=np.zeros((src.b, src.p), bool))
-        return super()._run(src)
 
     def _check(self, p: int) -> None:
         if not self.f < p:
@@ -232,15 +384,33 @@ class Krum(Rule):
     name = "krum"
     needs_f = True
 
+    def __init__(self, *, neighbours: str = "textbook", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.neighbours = check_choice(neighbours, self._fn, "neighbours", ("textbook", "byzfl"))
+
     def _check(self, p: int) -> None:
-        if not p >= 2 * self.f + 3:
+        if self.neighbours == "byzfl":
+            if not p > 2 * self.f:
+                self._fail("p > 2f (neighbours='byzfl')", p)
+        elif not p >= 2 * self.f + 3:
             self._fail("p >= 2f + 3", p)
 
     def _m(self, p: int) -> int:
         return 1
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        return run_krum(src, self.f, self._m(src.p))
+        if self.neighbours == "textbook":
+            return run_krum(src, self.f, self._m(src.p))
+        # ByzFL's count: p - f - 1 nearest others (Multi-Krum keeps m of the p - e rows left)
+        d = _sel.per_problem(
+            src,
+            self.f,
+            lambda g, f, q, keep: _sel.krum_peer_solve(g, f, self._m_survivors(g.shape[0], f)),
+        )
+        return _sel.finish(src, d)
+
+    def _m_survivors(self, pe: int, f_eff: int) -> int:
+        return 1
 
 
 class MultiKrum(Krum):
@@ -255,10 +425,16 @@ class MultiKrum(Krum):
     def _check(self, p: int) -> None:
         super()._check(p)
         if self.m is not None and self.m > p - self.f:
-            raise ValueError(f"{self._fn}: rule 'multi_krum' needs 1 <= m <= p - f, got m = {self.m}, p = {p}, f = {self.f}")
+            raise ValueError(
+                f"{self._fn}: rule 'multi_krum' needs 1 <= m <= p - f, got m = {self.m}, p = {p}, "
+                f"f = {self.f}"
+            )
 
     def _m(self, p: int) -> int:
         return p - self.f if self.m is None else self.m
+
+    def _m_survivors(self, pe: int, f_eff: int) -> int:
+        return max(pe - f_eff if self.m is None else min(self.m, pe - f_eff), 1)
 
 
 class Bulyan(Rule):
@@ -285,7 +461,9 @@ class GeometricMedian(Rule):
 
     name = "geometric_median"
 
-    def __init__(self, *, nu: float = 1e-6, tol: float = 1e-12, max_iter: int = 1000, **kw: Any) -> None:
+    def __init__(
+        self, *, nu: float = 1e-6, tol: float = 1e-12, max_iter: int = 1000, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.nu = check_float(nu, self._fn, "nu", low=0.0, strict_low=True)
         self.tol = check_float(tol, self._fn, "tol", low=0.0)
@@ -305,37 +483,22 @@ class CenteredClipping(Rule):
 
     name = "centered_clipping"
 
-    def __init__(self, *, tau: float = 10.0, iterations: int = 3, reference: Any = None, **kw: Any) -> None:
+    def __init__(
+        self, *, tau: float = 10.0, iterations: int = 3, reference: Any = None, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.tau = check_float(tau, self._fn, "tau", low=0.0, strict_low=True)
         self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=1_000_000)
         if isinstance(reference, str) and reference != "previous":
-            raise ValueError(f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}")
+            raise ValueError(
+                f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}"
+            )
         self.reference = reference
-        self._previous = None
+        self._previous: Any = None
 
     def _reference_for(self, src: Source) -> Any:
         ref = self._previous if isinstance(self.reference, str) else self.reference
-        if ref is None:
-            return None
-        st = src.st
-        fn = self._fn
-        if st.on_cpu:
-            if is_torch_tensor(ref):
-                ref = ref.detach().cpu().numpy()
-            r = np.asarray(ref, dtype=np.float64)
-        else:
-            import torch
-
-            r = torch.as_tensor(ref).to(device=st.torch_data.device, dtype=torch.float64)
-        if tuple(r.shape) == (st.n,) or (st.from_list and int(np.prod(r.shape)) == st.n and r.ndim == len(st.item_shape)):
-            r = r.reshape(1, st.n).repeat(st.b, 0) if st.on_cpu else r.reshape(1, st.n).repeat(st.b, 1)
-        elif tuple(r.shape) != (st.b, st.n):
-            raise ValueError(f"{fn}: reference must have shape ({st.n},) or ({st.b}, {st.n}), got {tuple(r.shape)}")
-        finite = np.isfinite(r).all() if st.on_cpu else bool(r.isfinite().all())
-        if not finite:
-            raise ValueError(f"{fn}: reference must be finite")
-        return r
+        return None if ref is None else as_reference(ref, src.st, self._fn)
 
     def _run(self, src: Source) -> tuple[Any, dict]:
         out, d = run_centered_clipping(src, self.tau, self.iterations, self._reference_for(src))
@@ -351,10 +514,21 @@ class Flag(Rule):
 
     name = "flag"
 
-    def __init__(self, *, r: int | None = None, lam: float = 0.0, max_iter: int = 1, eps: float = 1e-7,
-                 tol: float = 1e-10, scale: str = "paper", **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        r: int | None = None,
+        lam: float = 0.0,
+        max_iter: int = 1,
+        eps: float = 1e-7,
+        tol: float = 1e-10,
+        scale: str = "paper",
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
-        self.params = dict(r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale)
+        self.params: dict[str, Any] = dict(
+            r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale
+        )
         check_choice(scale, self._fn, "scale", ("paper", "median_norm"))
 
     def _check(self, p: int) -> None:
@@ -366,29 +540,360 @@ class Flag(Rule):
             if not isinstance(return_info, bool):
                 raise TypeError(f"{self._fn}: return_info must be a bool, got {return_info!r}")
             self._check(as_stack(gradients, self._fn).p)  # f < p, as with pre-aggregation
-            return flag_aggregate(gradients, return_info=return_info, **self.params)
+            if not return_info:
+                return flag_aggregate(gradients, **self.params)
+            out, info = flag_aggregate(gradients, return_info=True, **self.params)
+            return out, RuleInfo.from_flag(info)
         return super().__call__(gradients, return_info=return_info)
 
     def _run(self, src: Source) -> tuple[Any, dict]:
-        y = src.rows()
+        y = src.rows()  # (b, p', n): the info comes back batched
         out, info = flag_aggregate(y, return_info=True, **self.params)
-        return (out if y.ndim == 3 else out[None]), dict(excluded=src.excluded_orig, flag_info=info)
+        return out, dict(
+            excluded=src.excluded_orig,
+            coefficients=info.coefficients,
+            weights=info.weights,
+            reconstruction_ratios=info.reconstruction_ratios,
+            objective=info.objective,
+            iterations=info.iterations,
+            last_step_rejected=info.last_step_rejected,
+            rank=info.rank,
+        )
 
 
-_CLASSES = {c.name: c for c in (Mean, Median, TrimmedMean, MeaMed, Phocas, Krum, MultiKrum, Bulyan,
-                                GeometricMedian, CenteredClipping, Flag)}
+class MDA(Rule):
+    """Minimum-diameter averaging (El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability
+    of Distributed Learning in Byzantium", ICML 2018): the mean of the p - f workers whose
+    largest pairwise distance is smallest. Enumerates the C(p, f) subsets on the Gram matrix
+    (time ~ C(p, f) (p - f)^2, after one read of the data); refuses more than ``max_subsets``.
+    Ties: the first subset in lexicographic order (as ByzFL's ``MDA``). Needs p > 2f."""
+
+    name = "mda"
+    needs_f = True
+
+    def __init__(self, *, max_subsets: int = 100_000, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.max_subsets = check_int(max_subsets, self._fn, "max_subsets", low=1)
+
+    def _check(self, p: int) -> None:
+        super()._check(p)
+        _sel.check_subsets(self._fn, self.name, p, self.f, self.max_subsets)
+
+    def _solve(self, g: np.ndarray, f: int) -> dict:
+        return _sel.mda_solve(g, f)
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        return _sel.finish(
+            src, _sel.per_problem(src, self.f, lambda g, f, q, keep: self._solve(g, f))
+        )
+
+
+class SMEA(MDA):
+    """Smallest maximum eigenvalue averaging (Allouah, Guerraoui, Gupta, Pinot and Stephan, "On
+    the Privacy-Robustness-Utility Trilemma in Distributed Learning", ICML 2023): the mean of the
+    p - f workers whose empirical covariance has the smallest largest eigenvalue, computed
+    exactly from each subset's centred Gram (ByzFL uses one power iteration from a random
+    vector). Enumerates C(p, f) subsets (time ~ C(p, f) (p - f)^3); refuses more than
+    ``max_subsets``. Needs p > 2f."""
+
+    name = "smea"
+
+    def _solve(self, g: np.ndarray, f: int) -> dict:
+        return _sel.smea_solve(g, f)
+
+
+class MoNNA(Rule):
+    """MoNNA (Farhadkhani, Guerraoui, Gupta, Hoang, Pinot and Stephan, "Robust Collaborative
+    Learning with Linear Gradient Overhead", ICML 2023): the mean of the p - f nearest
+    neighbours of worker ``idx`` (a worker known to be correct, e.g. the node itself in
+    peer-to-peer learning), itself included. idx indexes the rows the rule sees (after
+    pre-aggregation). Needs p > 2f. If worker idx itself is excluded (non-finite) the aggregate
+    is 0 (no step) and ``RuleInfo.excluded`` says so."""
+
+    name = "monna"
+    needs_f = True
+
+    def __init__(self, *, idx: int = 0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.idx = check_int(idx, self._fn, "idx", low=0)
+
+    def _check(self, p: int) -> None:
+        super()._check(p)
+        if self.idx >= p:
+            raise ValueError(
+                f"{self._fn}: rule 'monna' needs idx < p, got idx = {self.idx}, p = {p}"
+            )
+
+    def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict:
+        pos = np.flatnonzero(keep == self.idx)
+        if pos.size == 0:  # the trusted worker itself is broken: no step (reported in excluded)
+            return dict(unit=np.zeros(keep.size), count=0, selected=np.zeros(keep.size, bool))
+        return _sel.monna_solve(g, f, int(pos[0]))
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        return _sel.finish(src, _sel.per_problem(src, self.f, self._solve))
+
+
+class CGE(Rule):
+    """Comparative gradient elimination (Gupta and Vaidya, "Fault-Tolerance in Distributed
+    Optimization: The Case of Redundancy", PODC 2020; Gupta, Liu and Vaidya 2021): drop the f
+    gradients of largest norm and average the p - f others. The paper sums them; flagcore,
+    ByzPy and Flower-style rules average (scale by 1 / (p - f)). Needs f < p."""
+
+    name = "cge"
+    needs_f = True
+
+    def _check(self, p: int) -> None:
+        if not self.f < p:
+            self._fail("f < p", p)
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        return _sel.finish(
+            src,
+            _sel.per_problem(
+                src, self.f, lambda g, f, q, keep: _sel.cge_solve(g, f), g=_sel.norms_gram(src)
+            ),
+        )  # norms only: O(p n)
+
+
+class CAF(Rule):
+    """Covariance-bound agnostic filter (Allouah, Guerraoui and Stephan, "Towards Trustworthy
+    Federated Learning with Untrusted Participants", ICML 2025): iterative filtering of the
+    workers along the top eigenvector of their weighted covariance, returning the weighted mean
+    with the smallest top eigenvalue seen. Computed in p-space with exact eigenpairs (ByzFL and
+    ByzPy use 1 or 3 power iterations from a random vector) and the maximum projection taken
+    over the workers still weighted (ByzFL: over all); stops after at most 2f + 1 steps.
+    Needs p > 2f."""
+
+    name = "caf"
+    needs_f = True
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        return _sel.finish(
+            src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.caf_solve(g, f))
+        )
+
+
+class FLTrust(Rule):
+    """FLTrust (Cao, Fang, Liu and Gong, "FLTrust: Byzantine-robust Federated Learning via Trust
+    Bootstrapping", NDSS 2021). reference: the server's gradient on its root data set, an (n,) /
+    (b, n) array or tensor (required; pass the new one each round, e.g. ``FLTrust(reference=g0)``
+    per round or ``aggregate(x, "fltrust", reference=g0)``). Trust TS_i = ReLU(cos(g_i, g_0));
+    aggregate = sum_i TS_i (||g_0|| / ||g_i||) g_i / sum_i TS_i, 0 when every trust is 0. f only
+    counts excluded workers (f < p)."""
+
+    name = "fltrust"
+
+    def __init__(self, *, reference: Any = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        if reference is None or isinstance(reference, str):
+            raise TypeError(
+                f"{self._fn}: rule 'fltrust' needs reference (the server's gradient, an (n,) or "
+                f"(b, n) array or tensor), got {reference!r}"
+            )
+        self.reference = reference
+
+    def _check(self, p: int) -> None:
+        if not self.f < p:
+            self._fail("f < p", p)
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        ga = _sel.reference_gram(src, as_reference(self.reference, src.st, self._fn))
+        p = ga.shape[1] - 1
+        d = _sel.per_problem(
+            src,
+            self.f,
+            lambda g, f, q, keep: _sel.fltrust_solve(
+                ga[q][np.ix_(np.append(keep, p), np.append(keep, p))]
+            ),
+            g=np.ascontiguousarray(ga[:, :p, :p]),
+        )
+        return _sel.finish(src, d)
+
+
+class DnC(Rule):
+    """Divide and conquer (Shejwalkar and Houmansadr, "Manipulating the Byzantine: Optimizing
+    Model Poisoning Attacks and Defenses for Federated Learning", NDSS 2021, Algorithm 2).
+    ``iterations`` times: draw ``sub_dim`` coordinates at random (without replacement, sorted;
+    all of them when sub_dim >= n), centre the workers' values there, score each worker by its
+    squared projection on the top singular vector, keep the p - floor(filter_fraction * f)
+    lowest scores (the paper's c is filter_fraction); the aggregate is the mean of the workers
+    kept in every iteration (0 if none). The coordinates come from the rule's generator
+    (``seed``): one ``choice(n, sub_dim, replace=False)`` per iteration, shared by a batch (no
+    draw when sub_dim >= n).
+    Needs p > 2f and at least one worker kept."""
+
+    name = "dnc"
+    needs_f = True
+
+    def __init__(
+        self, *, sub_dim: int = 10_000, iterations: int = 1, filter_fraction: float = 1.0, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.sub_dim = check_int(sub_dim, self._fn, "sub_dim", low=1)
+        self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=10_000)
+        self.filter_fraction = check_float(filter_fraction, self._fn, "filter_fraction", low=0.0)
+
+    def _check(self, p: int) -> None:
+        super()._check(p)
+        if _sel.dnc_keep(p, self.f, self.filter_fraction) < 1:
+            self._fail("p - floor(filter_fraction * f) >= 1", p)
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        b, p, n = src.b, src.p, src.n
+        excl = _sel.nonfinite_rows(src)
+        good = ~excl
+        scores = np.full((b, p), np.nan)
+        for _ in range(self.iterations):
+            cols = (
+                np.arange(n)
+                if self.sub_dim >= n
+                else np.sort(self._gen.choice(n, size=self.sub_dim, replace=False))
+            )
+            xs = _sel.columns(src, cols)
+            for q in range(b):
+                keep = np.flatnonzero(~excl[q])
+                if keep.size == 0:
+                    continue
+                f_eff = max(self.f - (p - keep.size), 0)
+                s = _sel.dnc_scores(xs[q, keep])
+                scores[q] = np.nan
+                scores[q, keep] = s
+                low = keep[
+                    np.argsort(s, kind="stable")[
+                        : _sel.dnc_keep(keep.size, f_eff, self.filter_fraction)
+                    ]
+                ]
+                mask = np.zeros(p, bool)
+                mask[low] = True
+                good[q] &= mask
+        unit = good.astype(np.float64)
+        count = good.sum(axis=1)
+        d = dict(
+            excluded=excl,
+            selected=good,
+            scores=scores,
+            coefficients=np.where(count[:, None] > 0, unit / np.maximum(count, 1)[:, None], 0.0),
+        )
+        return _sel.weighted_mean(src, unit, count), d
+
+
+class SignGuard(Rule):
+    """SignGuard (Xu, Huang, Wang, Liu and Shen, ICDCS 2022): workers whose norm ratio to the
+    median norm lies in [lower, upper], intersected with the larger of two clusters of sign
+    statistics (fractions of positive / zero / negative values on a random ``sample`` fraction
+    of the coordinates, drawn from the rule's generator), clipped to the median norm and
+    averaged. The paper clusters with mean-shift; flagcore splits in two by average-linkage
+    agglomerative clustering (no scikit-learn dependency) and keeps the larger group."""
+
+    name = "signguard"
+
+    def __init__(
+        self, *, lower: float = 0.1, upper: float = 3.0, sample: float = 0.1, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.lower = check_float(lower, self._fn, "lower", low=0.0)
+        self.upper = check_float(upper, self._fn, "upper", low=0.0)
+        if not self.upper >= self.lower:
+            raise ValueError(
+                f"{self._fn}: upper must be >= lower, got lower = {lower}, upper = {upper}"
+            )
+        self.sample = check_float(sample, self._fn, "sample", low=0.0, strict_low=True)
+        if self.sample > 1.0:
+            raise ValueError(f"{self._fn}: sample must be in (0, 1], got {sample}")
+
+    def _check(self, p: int) -> None:
+        if not self.f < p:
+            self._fail("f < p", p)
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        n = src.n
+        k = max(1, int(np.ceil(self.sample * n)))
+        cols = np.sort(self._gen.choice(n, size=k, replace=False))
+        xs = _sel.columns(src, cols)
+        # only the norms are needed: one O(p n) read instead of the Gram
+        d = _sel.per_problem(
+            src,
+            self.f,
+            lambda g, f, q, keep: _clu.signguard_solve(g, xs[q, keep], self.lower, self.upper),
+            g=_sel.norms_gram(src),
+        )
+        return _sel.finish(src, d)
+
+
+class ClippedClustering(Rule):
+    """Clipped clustering (Li, Ngai and Voigt, IEEE Trans. Big Data 2023): clip every gradient to
+    tau (None: the median norm of this call's workers; Blades keeps the median of all norms seen
+    so far), split the workers in two by average-linkage clustering of the cosine distances,
+    and average the clipped members of the larger cluster. Entirely in p-space."""
+
+    name = "clipped_clustering"
+
+    def __init__(self, *, tau: float | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.tau = (
+            None if tau is None else check_float(tau, self._fn, "tau", low=0.0, strict_low=True)
+        )
+
+    def _check(self, p: int) -> None:
+        if not self.f < p:
+            self._fail("f < p", p)
+
+    def _run(self, src: Source) -> tuple[Any, dict]:
+        return _sel.finish(
+            src,
+            _sel.per_problem(
+                src, self.f, lambda g, f, q, keep: _clu.clipped_clustering_solve(g, self.tau)
+            ),
+        )
+
+
+_CLASSES = {
+    c.name: c
+    for c in (
+        Mean,
+        Median,
+        TrimmedMean,
+        MeaMed,
+        Phocas,
+        Krum,
+        MultiKrum,
+        Bulyan,
+        GeometricMedian,
+        CenteredClipping,
+        Flag,
+        MDA,
+        SMEA,
+        MoNNA,
+        CGE,
+        CAF,
+        DnC,
+        SignGuard,
+        ClippedClustering,
+        FLTrust,
+    )
+}
+
+RULES_NEEDING_F = tuple(name for name, cls in _CLASSES.items() if cls.needs_f)
+"""Rules whose constructor requires f (the others default to f = 0)."""
+RULES_NEEDING_REFERENCE = ("fltrust",)
+"""Rules that require ``reference`` (the server's gradient)."""
 
 
 def make_rule(rule: str, _fn: str | None = None, **params: Any) -> Rule:
     """The configured rule object for a name in RULES (parameters as in ``aggregate``)."""
     if not isinstance(rule, str) or rule not in _CLASSES:
-        raise ValueError(f"{_fn or 'make_rule'}: rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise ValueError(
+            f"{_fn or 'make_rule'}: rule must be one of {', '.join(RULES)}, got {rule!r}"
+        )
     try:
         return _CLASSES[rule](_fn=_fn, **params)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             bad = str(exc).split("argument")[-1].strip()
-            raise TypeError(f"{_fn or _CLASSES[rule].__name__}: rule {rule!r} takes no parameter {bad}") from None
+            raise TypeError(
+                f"{_fn or _CLASSES[rule].__name__}: rule {rule!r} takes no parameter {bad}"
+            ) from None
         raise
 
 
@@ -396,9 +901,11 @@ def aggregate(gradients: Any, rule: str, *, return_info: bool = False, **params:
     """Aggregate a stack of p gradients with the named rule (see RULES and the module doc).
 
     Returns the aggregate in the caller's framework, dtype, device and shape ((n,), (b, n), or
-    one gradient's shape for list input); with return_info, (aggregate, RuleInfo) (FlagInfo
-    for "flag" without pre-aggregation).
+    one gradient's shape for list input); with return_info, (aggregate, RuleInfo) for every
+    rule and pre-aggregation (RuleInfo subclasses FlagInfo and keeps FA's fields).
     """
     if isinstance(params.get("reference"), str):
-        raise ValueError("aggregate: reference='previous' needs state: use the CenteredClipping class")
+        raise ValueError(
+            "aggregate: reference='previous' needs state: use the CenteredClipping class"
+        )
     return make_rule(rule, _fn="aggregate", **params)(gradients, return_info=return_info)

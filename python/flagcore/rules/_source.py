@@ -1,14 +1,21 @@
-"""What a rule reads: the caller's stack, possibly seen through a pre-aggregation step.
+"""What a rule reads: the caller's stack, possibly seen through pre-aggregation steps.
 
 A pre-aggregation step (NNM, bucketing) is linear: the rows the rule sees are Y = M X for a
-(p', p) mixing matrix M over the caller's p rows X. Distance rules never form Y: their Gram is
-M G M^T and their output sum_j c_j y_j is the weighted sum (c M) X of the original rows, so the
-data is still read twice (one Gram, one weighted sum). Coordinate-wise rules, Bulyan's final
-step and FA need the values of Y and form it (a (p', p) x (p, n) product).
+(p', p) mixing matrix M over the caller's p rows X. Each step is kept as a 0/1 membership
+matrix A and a count per mixed row d (Y_i = (sum_{j in row i} Y_prev_j) / d_i: a sum, then a
+division, as numpy's mean). Distance rules never form Y: their Gram is M G M^T (step by step,
+in p-space) and their output sum_j c_j y_j is the weighted sum (c M) X of the original rows,
+so the data is still read twice (one Gram, one weighted sum). Coordinate-wise rules, Bulyan's
+final step and FA need the values of Y and form them, one (p', p) x (p, n) product per step.
+
+Every product here (core.mix_rows, natively) sums in a fixed order per output element, so the
+result does not depend on the thread count (a multithreaded BLAS does not promise that, and
+OpenBLAS's does not deliver it: replicas of a job must agree).
 
 Non-finite workers (any NaN/Inf, or a squared norm that overflows float64) are excluded before
-mixing: their columns of M are 0, so they never reach a mixed row.
+mixing: their columns of A are 0, so they are never read.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,11 +49,12 @@ def stack_weighted_sum(st: Stack, coef: np.ndarray) -> Any:
 @dataclass
 class Source:
     st: Stack
-    mix: np.ndarray | None = None        # (b, p', p) or None: the rule sees the caller's rows
-    excluded: np.ndarray | None = None   # (b, p') bool: rows the rule must leave out (counted in f)
+    mix: np.ndarray | None = None  # (b, p', p) or None: the rule sees the caller's rows
+    excluded: np.ndarray | None = None  # (b, p') bool: rows the rule must leave out (counted in f)
     excluded_orig: np.ndarray | None = None  # (b, p) bool: caller's workers excluded before mixing
     gram_orig: np.ndarray | None = None  # (b, p, p) Gram of the caller's rows, when already known
-    f: int = 0                           # Byzantine count the rule assumes among its rows
+    f: int = 0  # Byzantine count the rule assumes among its rows
+    steps: tuple = ()  # ((A (b, p_out, p_in) 0/1, d (b, p_out)), ...): Y = (A Y_prev) / d
 
     @property
     def b(self) -> int:
@@ -66,8 +74,7 @@ class Source:
     def gram(self) -> np.ndarray:
         if self.mix is None:
             return stack_gram(self.st)
-        g = _zero_excluded(self.gram_orig, self.excluded_orig)
-        return np.einsum("qij,qjk,qlk->qil", self.mix, g, self.mix)
+        return mixed_gram(_zero_excluded(self.gram_orig, self.excluded_orig), self.steps)
 
     def combine(self, coef: np.ndarray) -> Any:
         """The rule's sum_j coef_j y_j as (b, n), read from the caller's rows."""
@@ -81,25 +88,39 @@ class Source:
         tensor), or the mixed rows Y = M X in the compute dtype."""
         if self.mix is None:
             return self.st.data if self.st.on_cpu else self.st.torch_data
-        b, pp, p = self.mix.shape
         if self.st.on_cpu:
-            data = self.st.data
-            x = np.stack(data)[None] if isinstance(data, list) else data
-            y = np.empty((b, pp, self.n), dtype=x.dtype)
-            for q in range(b):
-                keep = np.flatnonzero(~self.excluded_orig[q])
-                y[q] = (self.mix[q][:, keep].astype(x.dtype) @ x[q, keep]) if keep.size else 0
+            y = self.st.data  # a list of rows or a (b, p, n) array: core.mix_rows reads both
+            for a, d in self.steps:
+                y = core.mix_rows(y, a, d)
             return y
         import torch
 
-        x = self.st.torch_data
-        y = torch.zeros((b, pp, self.n), dtype=x.dtype, device=x.device)
-        for q in range(b):
-            keep = np.flatnonzero(~self.excluded_orig[q])
-            if keep.size:
-                m = torch.from_numpy(self.mix[q][:, keep]).to(device=x.device, dtype=x.dtype)
-                y[q] = m @ x[q, torch.from_numpy(keep).to(x.device)]
+        y = self.st.torch_data
+        for a, d in self.steps:
+            am = torch.from_numpy(a).to(device=y.device, dtype=y.dtype)
+            dm = torch.from_numpy(d).to(device=y.device, dtype=y.dtype)
+            nxt = torch.zeros((y.shape[0], a.shape[1], y.shape[2]), dtype=y.dtype, device=y.device)
+            for q in range(y.shape[0]):
+                keep = torch.from_numpy(np.flatnonzero(a[q].any(axis=0))).to(y.device)
+                if keep.numel():  # unread columns: excluded NaN/Inf rows never meet a 0
+                    nxt[q] = (am[q][:, keep] @ y[q].index_select(0, keep)) / dm[q][:, None]
+            y = nxt
         return y
+
+
+def mix_matrix(matrix: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(A matrix) / d per problem for float64 p-space matrices (b, p_in, m) -> (b, p_out, m),
+    summed in a fixed order (core.mix_rows)."""
+    return core.mix_rows(np.ascontiguousarray(matrix, dtype=np.float64), a, d)
+
+
+def mixed_gram(g: np.ndarray, steps: tuple) -> np.ndarray:
+    """Gram of the mixed rows, M G M^T, one step at a time: G <- (A G A^T) / (d d^T)."""
+    for a, d in steps:
+        h = mix_matrix(g, a, d)  # (A G) / d, (b, p_out, p_in)
+        g = mix_matrix(np.swapaxes(h, 1, 2), a, d)  # (A (A G / d)^T) / d = M G M^T (G symmetric)
+        g = 0.5 * (g + np.swapaxes(g, 1, 2))  # exactly symmetric, as a Gram from data is
+    return g
 
 
 def _zero_excluded(g: np.ndarray, excl: np.ndarray) -> np.ndarray:

@@ -11,17 +11,24 @@ Each reduces, independently per coordinate, the p values of the workers to one n
 - mean: the plain mean (with the same handling of non-finite workers).
 
 "Closest" ties keep the smaller value. Means and midpoints are formed in float64 and rounded
-once to the output dtype.
+once to the output dtype; every mean adds its values in order and then divides by their count
+(numpy's and torch's convention: for float64 input ``mean`` and ``trimmed_mean`` equal numpy's
+``x.mean(axis=0)`` and ``np.sort(x, axis=0)[f:p - f].mean(axis=0)`` bit for bit, and the mean
+of 1, 4 and 7 is exactly 4).
 
 Non-finite workers: a worker with any NaN/Inf value is excluded from its problem (reported in
 ``RuleInfo.excluded``) and the rule runs on the remaining p - e workers with
 f_eff = max(f - e, 0): an excluded worker counts as one of the f Byzantine ones, and the
 preconditions still hold for the survivors. A problem whose workers are all excluded gives 0.
 
-Backends: the native CPU kernel (vectorised sorting networks up to p = 32, std::sort beyond;
-finiteness checked in the same read), the CUDA kernel for CUDA tensors when flagcore was built
-with CUDA (p <= 32), and plain torch (sort along the worker axis) otherwise.
+Backends: the native CPU kernel (vectorised sorting networks at every p up to 65536: Batcher's
+odd-even merge sort over blocks of 8-16 columns, pruned to the positions the rule reads, so the
+cost per value grows like log^2 p with no step at any p; the mean streams the rows through
+float64 accumulators; finiteness is checked in the same read), the CUDA kernel for CUDA tensors
+when flagcore was built with CUDA (p <= 32), and plain torch (sort along the worker axis)
+otherwise.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,19 +52,27 @@ def run_coordinate(src: Source, rule: str, f: int, keep: int = -1) -> tuple[Any,
     return _coordinate_device(rows, rid, f, keep, src.excluded)
 
 
-def _coordinate_device(x: Any, rid: int, f: int, keep: int, excluded: np.ndarray | None) -> tuple[Any, np.ndarray]:
+def _coordinate_device(
+    x: Any, rid: int, f: int, keep: int, excluded: np.ndarray | None
+) -> tuple[Any, np.ndarray]:
     import torch
 
     b, p, n = x.shape
     excl = np.zeros((b, p), bool) if excluded is None else excluded.copy()
-    if x.device.type == "cuda" and core.build_info()["cuda_compiled"] and p <= core.coordinate_cuda_max_p:
+    if (
+        x.device.type == "cuda"
+        and core.build_info()["cuda_compiled"]
+        and p <= core.coordinate_cuda_max_p
+    ):
         return _coordinate_cuda(x, rid, f, keep, excl)
     bad = (~torch.isfinite(x).all(dim=2)).cpu().numpy()
     excl |= bad
     return _coordinate_torch(x, rid, f, keep, excl), excl
 
 
-def _coordinate_cuda(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> tuple[Any, np.ndarray]:
+def _coordinate_cuda(
+    x: Any, rid: int, f: int, keep: int, excl: np.ndarray
+) -> tuple[Any, np.ndarray]:
     import torch
 
     b, p, n = x.shape
@@ -70,10 +85,25 @@ def _coordinate_cuda(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> t
     with torch.cuda.device(x.device):
         for _ in range(2):  # the second launch only when a non-finite worker turned up
             bits = (~excl).astype(np.int64) << np.arange(p, dtype=np.int64)
-            mask = torch.from_numpy(bits.sum(axis=1).astype(np.int64).astype(np.uint32).view(np.int32)).to(x.device)
-            core.coordinate_cuda(work.data_ptr(), b, p, n, work.stride(0), work.stride(1),
-                                 work.dtype == torch.float64, rid, int(f), int(keep), out.data_ptr(),
-                                 mask.data_ptr(), flags.data_ptr(), stream)
+            mask = torch.from_numpy(
+                bits.sum(axis=1).astype(np.int64).astype(np.uint32).view(np.int32)
+            ).to(x.device)
+            core.coordinate_cuda(
+                work.data_ptr(),
+                b,
+                p,
+                n,
+                work.stride(0),
+                work.stride(1),
+                work.dtype == torch.float64,
+                rid,
+                int(f),
+                int(keep),
+                out.data_ptr(),
+                mask.data_ptr(),
+                flags.data_ptr(),
+                stream,
+            )
             bad = flags.cpu().numpy().astype(bool) & ~excl
             if not bad.any():
                 break
@@ -105,7 +135,7 @@ def _coordinate_torch(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> 
         if rid in (0, 2):
             centre = 0.5 * (s[(pe - 1) // 2] + s[pe // 2])
         else:
-            centre = s[t:pe - t].mean(dim=0)
+            centre = s[t : pe - t].mean(dim=0)
         if rid in (0, 1):
             out[q] = centre
             continue

@@ -12,11 +12,19 @@ the absolute error of a squared distance is about 1e-16 (G_ii + G_jj). Negative 
 clamped to 0. Rules only compare distances, so this can only reorder workers whose distance is
 below ~1e-8 of their norms.
 
+Cost after the Gram (c active workers): Krum, Multi-Krum and NNM O(c^2 log c); Bulyan
+O(c^2 log c) (each worker's neighbours sorted once, Krum scores updated as workers are removed,
+kept exact with compensated sums so that tied scores stay tied); geometric median O(c^2) per
+Weiszfeld step; centered clipping O(c^2) per step. Multi-Krum's and Bulyan's averages add the
+rows and then divide. Every long native loop stops at Ctrl-C (KeyboardInterrupt).
+
 Non-finite workers (a NaN/Inf value makes G_ii non-finite) are excluded, reported in
 ``RuleInfo.excluded``, and the rule runs on the p - e others with f_eff = max(f - e, 0).
 """
+
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -30,10 +38,18 @@ from .coordinate import run_coordinate
 def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
     d = core.krum(src.gram(), f, m, src.excluded_u8())
     sel = d["selected"].astype(bool)
-    # one weighted-sum pass that reads only the selected rows (coefficient 1/m, others 0)
-    out = src.combine(d["coefficients"])
-    return out, dict(coefficients=d["coefficients"], scores=d["scores"],
-                     selected=sel, excluded=d["excluded"].astype(bool))
+    if src.mix is None:
+        # the mean of the selected rows (summed in order, then divided: numpy's mean), one pass
+        # that reads only those rows
+        out, _ = run_coordinate(dataclasses.replace(src, excluded=~sel), "mean", 0)
+    else:  # through pre-aggregation: the weighted sum (c M) X of the caller's rows
+        out = src.combine(d["coefficients"])
+    return out, dict(
+        coefficients=d["coefficients"],
+        scores=d["scores"],
+        selected=sel,
+        excluded=d["excluded"].astype(bool),
+    )
 
 
 def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
@@ -48,7 +64,7 @@ def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
     pe = (~excl).sum(axis=1)
     f_eff = np.maximum(f - (src.p - pe), 0)
     beta = np.maximum(theta - 2 * f_eff, 1)
-    sub = Source(src.st, src.mix, ~sel, src.excluded_orig, src.gram_orig, f)
+    sub = dataclasses.replace(src, excluded=~sel, f=f)
     if np.all(beta == beta[0]):
         out, _ = run_coordinate(sub, "meamed", 0, int(beta[0]))
     else:  # differing exclusions across a batch: one problem at a time
@@ -56,9 +72,10 @@ def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
         for q in range(b):
             ex = np.ones_like(sel)
             ex[q] = ~sel[q]
-            part, _ = run_coordinate(Source(src.st, src.mix, ex, src.excluded_orig, src.gram_orig, f),
-                                     "meamed", 0, int(beta[q]))
-            parts.append(part[q:q + 1])
+            part, _ = run_coordinate(
+                dataclasses.replace(src, excluded=ex, f=f), "meamed", 0, int(beta[q])
+            )
+            parts.append(part[q : q + 1])
         out = np.concatenate(parts) if src.st.on_cpu else _torch_cat(parts)
     return out, dict(selected=sel, excluded=excl, beta=beta)
 
@@ -80,12 +97,18 @@ def run_geometric_median(src: Source, nu: float, tol: float, max_iter: int) -> t
     nu_abs = np.maximum(nu * scale, np.finfo(np.float64).tiny)
     d = core.geometric_median(g, nu_abs, tol, max_iter, src.excluded_u8())
     out = src.combine(d["coefficients"])
-    return out, dict(coefficients=d["coefficients"], excluded=d["excluded"].astype(bool),
-                     iterations=d["iterations"], converged=d["converged"].astype(bool),
-                     objective=d["objective"])
+    return out, dict(
+        coefficients=d["coefficients"],
+        excluded=d["excluded"].astype(bool),
+        iterations=d["iterations"],
+        converged=d["converged"].astype(bool),
+        objective=d["objective"],
+    )
 
 
-def run_centered_clipping(src: Source, tau: float, iterations: int, reference: Any) -> tuple[Any, dict]:
+def run_centered_clipping(
+    src: Source, tau: float, iterations: int, reference: Any
+) -> tuple[Any, dict]:
     """reference: None (the zero vector) or a (b, n) array/tensor (validated by the caller)."""
     if reference is None:
         g = src.gram()
@@ -105,10 +128,15 @@ def run_centered_clipping(src: Source, tau: float, iterations: int, reference: A
         else:
             import torch
 
-            out = (out.to(torch.float64) + torch.from_numpy(c).to(out.device)[:, None]
-                   * reference.to(torch.float64)).to(out.dtype)
-    return out, dict(coefficients=coef[:, :p], reference_coefficient=coef[:, p],
-                     excluded=d["excluded"].astype(bool))
+            out = (
+                out.to(torch.float64)
+                + torch.from_numpy(c).to(out.device)[:, None] * reference.to(torch.float64)
+            ).to(out.dtype)
+    return out, dict(
+        coefficients=coef[:, :p],
+        reference_coefficient=coef[:, p],
+        excluded=d["excluded"].astype(bool),
+    )
 
 
 def _augmented_gram(src: Source, ref: Any) -> np.ndarray:

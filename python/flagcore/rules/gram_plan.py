@@ -166,8 +166,6 @@ def plan_coordinate(rule: Any, p: int, excluded: Any) -> GramPlan:
         )
     _check_rows(rule, p)
     ex = np.asarray(excluded, dtype=bool).reshape(p)
-    if rule.name == "mean" and not ex.any():  # Mean's fast path: one weighted-sum pass
-        return GramPlan("mean", p, ex, coefficients=np.full(p, 1.0 / p))
     return GramPlan(
         rule.name, p, ex, coordinate=rule.name, f=rule.f, excluded=ex, source=Source(None, f=rule.f)
     )

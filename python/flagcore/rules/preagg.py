@@ -1,6 +1,10 @@
 """Pre-aggregation steps, composable with any rule: nearest-neighbour mixing and bucketing.
 
-Both are linear maps of the workers' rows, Y = M X:
+Both are linear maps of the workers' rows, Y = M X, kept as a 0/1 membership matrix and a
+count per mixed row: a mixed row is the sum of its members divided by their number (numpy's
+mean), formed by a native product whose result does not depend on the thread count. The
+p-space work (the Gram of mixed rows, the composed map) is O(p^3) matrix products, never the
+O(p^4) of a contraction without order.
 
 - NNM (Allouah et al. 2023, "Fixing by Mixing"): row i of M averages the p - f workers nearest
   to worker i (itself included; squared distances from the Gram matrix, ties to the lower
@@ -15,6 +19,7 @@ Non-finite workers are excluded before mixing (their columns of M are 0). A mixe
 member left (an NNM row of an excluded worker, a bucket of excluded workers only) is itself
 excluded from the rule, which then runs with f_eff = max(f - e, 0) as usual.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +29,7 @@ import numpy as np
 
 from .._arrays import Stack, as_stack, check_int
 from .._backend import core
-from ._source import Source, _zero_excluded, stack_gram
+from ._source import Source, _zero_excluded, mix_matrix, mixed_gram, stack_gram
 
 PRE_STEPS = ("nnm", "bucketing")
 
@@ -32,9 +37,13 @@ PRE_STEPS = ("nnm", "bucketing")
 def parse_pre(pre: Any, fn: str) -> tuple:
     if pre is None:
         return ()
-    steps = (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    steps = (
+        (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+    )
     if steps is None or not all(isinstance(s, str) and s in PRE_STEPS for s in steps):
-        raise ValueError(f"{fn}: pre must be None, 'nnm', 'bucketing' or a sequence of them, got {pre!r}")
+        raise ValueError(
+            f"{fn}: pre must be None, 'nnm', 'bucketing' or a sequence of them, got {pre!r}"
+        )
     return steps
 
 
@@ -45,8 +54,16 @@ def rows_after(steps: Sequence[str], p: int, bucket_size: int) -> int:
     return p
 
 
-def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
-                 rng: np.random.Generator) -> Source:
+def _identity_mix(b: int, p: int, excluded: np.ndarray) -> np.ndarray:
+    """The (b, p, p) identity with the rows of excluded workers zeroed (mix None stands for it)."""
+    m = np.repeat(np.eye(p)[None], b, axis=0)
+    m[excluded] = 0.0
+    return m
+
+
+def build_source(
+    st: Stack, f: int, steps: Sequence[str], bucket_size: int, rng: np.random.Generator
+) -> Source:
     if not steps:
         return Source(st, f=f)
     g = stack_gram(st)
@@ -54,29 +71,46 @@ def build_source(st: Stack, f: int, steps: Sequence[str], bucket_size: int,
     diag = np.diagonal(g, axis1=1, axis2=2)
     excl0 = ~np.isfinite(diag)
     g0 = _zero_excluded(g, excl0)
-    mix = np.repeat(np.eye(p)[None], b, axis=0)
-    mix[excl0] = 0.0
+    mix = None  # the composed (b, p', p) map; None: the identity with excluded rows zeroed
     excl = excl0.copy()
+    done: list = []
     for step in steps:
-        if step == "nnm":
-            gc = np.einsum("qij,qjk,qlk->qil", mix, g0, mix)
-            d = core.nnm_matrix(gc, f, excl.astype(np.uint8))
-            mix = d["matrix"] @ mix
+        if callable(step):  # row scaling (rules/clipping.py: clipping, arc): Y <- diag(s) Y
+            cur = mix if mix is not None else _identity_mix(b, p, excl0)
+            s = step.factors(cur, excl, g0)  # (b, p')
+            pc = s.shape[1]
+            a = np.zeros((b, pc, pc))
+            a[:, np.arange(pc), np.arange(pc)] = s
+            d = np.ones((b, pc))
+            new_excl = excl.copy()
+        elif step == "nnm":
+            gc = mixed_gram(g0, tuple(done)) if done else g0
+            m = core.nnm_matrix(gc, f, excl.astype(np.uint8))["matrix"]
+            a = (m != 0).astype(np.float64)
+            d = np.maximum(a.sum(axis=2), 1.0)  # rows of excluded workers: empty, d = 1
+            new_excl = excl.copy()
         else:
-            pc = mix.shape[1]
+            pc = p if mix is None else mix.shape[1]
             nb = math.ceil(pc / bucket_size)
-            new = np.zeros((b, nb, p))
+            a = np.zeros((b, nb, pc))
             new_excl = np.zeros((b, nb), bool)
             for q in range(b):
                 perm = rng.permutation(pc)
                 for j in range(nb):
-                    members = [i for i in perm[j * bucket_size:(j + 1) * bucket_size] if not excl[q, i]]
+                    members = [
+                        i for i in perm[j * bucket_size : (j + 1) * bucket_size] if not excl[q, i]
+                    ]
                     if members:
-                        new[q, j] = mix[q, members].mean(axis=0)
+                        a[q, j, members] = 1.0
                     else:
                         new_excl[q, j] = True
-            mix, excl = new, new_excl
-    return Source(st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f)
+            d = np.maximum(a.sum(axis=2), 1.0)
+        mix = a / d[:, :, None] if mix is None else mix_matrix(mix, a, d)
+        done.append((a, d))
+        excl = new_excl
+    return Source(
+        st, mix=mix, excluded=excl, excluded_orig=excl0, gram_orig=g, f=f, steps=tuple(done)
+    )
 
 
 def nnm(gradients: Any, f: int) -> Any:
@@ -98,7 +132,9 @@ def bucketing(gradients: Any, bucket_size: int, *, seed: int = 0) -> Any:
     fn = "bucketing"
     st = as_stack(gradients, fn)
     s = check_int(bucket_size, fn, "bucket_size", low=1)
-    src = build_source(st, 0, ("bucketing",), s, np.random.default_rng(check_int(seed, fn, "seed", low=0)))
+    src = build_source(
+        st, 0, ("bucketing",), s, np.random.default_rng(check_int(seed, fn, "seed", low=0))
+    )
     return _restore_rows(st, src.rows())
 
 

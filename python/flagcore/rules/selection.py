@@ -1,0 +1,486 @@
+"""Rules that select or weight whole workers, computed in p-space: minimum-diameter averaging
+(MDA), smallest maximum eigenvalue averaging (SMEA), MoNNA, comparative gradient elimination
+(CGE), the covariance-bound agnostic filter (CAF), FLTrust, divide and conquer (DnC) and Krum's
+peer variant (p - f - 1 neighbours).
+
+Every one of them needs only inner products of the workers (the (p, p) Gram matrix, one read of
+the data; FLTrust adds the server's reference as row p+1; DnC reads a random subset of the
+coordinates) and returns sum_i c_i g_i, one weighted-sum read. Means over a selected set are
+formed as a sum, then divided by the count (float64 inputs), so that the mean of [1, 2, 3],
+[4, 5, 6], [7, 8, 9] is exactly [4, 5, 6] as in numpy and torch.
+
+Non-finite workers are excluded (their Gram diagonal is NaN/Inf) and the rule runs on the
+p - e others with f_eff = max(f - e, 0) (see the rules package docstring). A problem whose
+workers are all excluded aggregates to 0.
+
+Combinatorial rules (mda, smea) enumerate the C(p, f) subsets of p - f workers; they refuse,
+with a ValueError, a problem with more than ``max_subsets`` subsets instead of running for hours.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from ._source import Source
+
+# ---------------------------------------------------------------- shared machinery
+
+
+def sq_distances(g: np.ndarray) -> np.ndarray:
+    """Squared distances from a Gram matrix, clamped at 0."""
+    d = np.diag(g)
+    return np.maximum(d[:, None] + d[None, :] - 2.0 * g, 0.0)
+
+
+def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
+    """(b, p') rows the rule leaves out: those pre-aggregation excluded, and any row whose
+    squared norm is not finite (a NaN/Inf value, or overflow)."""
+    diag = np.diagonal(g, axis1=1, axis2=2)
+    excl = ~np.isfinite(diag)
+    if src.excluded is not None:
+        excl = excl | src.excluded
+    return excl
+
+
+def pow2_scale(v: float) -> float:
+    """The power of two nearest above v (1 for 0, NaN or Inf): dividing by it is exact, so
+    rescaling keeps exact ties exact."""
+    if not (v > 0.0 and math.isfinite(v)):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(v)[1])
+
+
+def _f64_output(src: Source) -> bool:
+    st = src.st
+    if not st.on_cpu:
+        return True  # torch_weighted_sum returns float64
+    data = st.data
+    return (data[0] if isinstance(data, list) else data).dtype == np.float64
+
+
+def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
+    """sum_i unit_i y_i / count per problem, (b, n). For float64 outputs the sum is formed first
+    and then divided (numpy's rounding); otherwise the float64 accumulation of unit / count is
+    rounded once. count 0 gives 0."""
+    count = np.asarray(count, dtype=np.float64)
+    safe = np.where(count > 0, count, 1.0)
+    if _f64_output(src):
+        out = src.combine(np.ascontiguousarray(unit, dtype=np.float64))
+        if isinstance(out, np.ndarray):
+            return out / safe[:, None]
+        import torch
+
+        return out / torch.from_numpy(safe).to(out.device)[:, None]
+    return src.combine(np.ascontiguousarray(unit / safe[:, None]))
+
+
+def per_problem(
+    src: Source,
+    f: int,
+    solve: Callable[[np.ndarray, int, int, np.ndarray], dict],
+    g: np.ndarray | None = None,
+) -> dict:
+    """Run ``solve(G_survivors, f_eff, q, keep)`` per problem on the Gram of the surviving rows
+    (``keep``: their indices among the rows the rule sees).
+
+    solve returns a dict with ``unit`` (per-survivor coefficients before division) and
+    ``count`` (the divisor), or ``coef`` (final coefficients); optional ``selected`` (bool),
+    ``scores`` (float), ``objective``, ``iterations``. Returns the info dict over the rows the
+    rule sees, with the (b, p') ``unit`` and (b,) ``count`` that ``finish`` combines."""
+    g = src.gram() if g is None else g
+    b, p = g.shape[0], g.shape[1]
+    excl = excluded_rows(src, g)
+    unit = np.zeros((b, p))
+    count = np.zeros(b)
+    selected = np.zeros((b, p), bool)
+    scores = np.full((b, p), np.nan)
+    objective = np.full(b, np.nan)
+    iterations = np.zeros(b, np.int64)
+    have: set[str] = set()
+    for q in range(b):
+        keep = np.flatnonzero(~excl[q])
+        if keep.size == 0:
+            continue
+        f_eff = max(f - (p - keep.size), 0)
+        # every rule here is invariant to a common scale of the workers: work on G / max G_ii so
+        # that distances and centred Grams of huge (or subnormal) gradients stay finite
+        gs = g[q][np.ix_(keep, keep)]
+        scale = pow2_scale(float(np.max(np.diag(gs))))
+        r = solve(gs / scale, f_eff, q, keep)
+        if "objective" in r:  # back to the caller's units: objective ~ G ** objective_power
+            with np.errstate(over="ignore"):
+                r["objective"] = r["objective"] * scale ** r.get("objective_power", 1.0)
+        if "coef" in r:
+            unit[q, keep] = r["coef"]
+            count[q] = 1.0
+        else:
+            unit[q, keep] = r["unit"]
+            count[q] = r["count"]
+        for key in ("selected", "scores"):
+            if key in r:
+                have.add(key)
+                (selected if key == "selected" else scores)[q, keep] = r[key]
+        for key, arr in (("objective", objective), ("iterations", iterations)):
+            if key in r:
+                have.add(key)
+                arr[q] = r[key]
+    d = dict(excluded=excl, unit=unit, count=count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d["coefficients"] = np.where(
+            count[:, None] > 0, unit / np.where(count > 0, count, 1.0)[:, None], 0.0
+        )
+    for key, out in (
+        ("selected", selected),
+        ("scores", scores),
+        ("objective", objective),
+        ("iterations", iterations),
+    ):
+        if key in have:
+            d[key] = out
+    return d
+
+
+def _excluded_orig(src: Source) -> np.ndarray:
+    """The caller's excluded workers (set together with the mixing matrix by build_source)."""
+    if src.excluded_orig is None:
+        return np.zeros((src.b, src.st.p), bool)
+    return src.excluded_orig
+
+
+def finish(src: Source, d: dict) -> tuple[Any, dict]:
+    out = weighted_mean(src, d.pop("unit"), d.pop("count"))
+    return out, d
+
+
+def select_mean(sel: np.ndarray) -> dict:
+    sel = np.asarray(sel, bool)
+    return dict(unit=sel.astype(np.float64), count=int(sel.sum()), selected=sel)
+
+
+# ---------------------------------------------------------------- subsets: MDA, SMEA
+
+
+def check_subsets(fn: str, rule: str, p: int, f: int, max_subsets: int) -> None:
+    count = math.comb(p, f)
+    if count > max_subsets:
+        raise ValueError(
+            f"{fn}: rule {rule!r} enumerates the C(p, f) = C({p}, {f}) = {count} subsets of "
+            f"p - f workers (time ~ C(p, f) (p - f)^{3 if rule == 'smea' else 2}), more than "
+            f"max_subsets = {max_subsets}; "
+            f"raise max_subsets to run it anyway, or use a polynomial rule (e.g. krum, caf)"
+        )
+
+
+def _subset_chunks(p: int, k: int):
+    """The k-subsets of range(p) in lexicographic order, as (m, k) index blocks of at most
+    ~2M entries of k x k (about 16 MB of float64 per temporary)."""
+    chunk = max(1, min(8192, (1 << 21) // max(k * k, 1)))
+    it = itertools.combinations(range(p), k)
+    while True:
+        block = list(itertools.islice(it, chunk))
+        if not block:
+            return
+        yield np.asarray(block, dtype=np.intp).reshape(len(block), k)
+
+
+def mda_solve(g: np.ndarray, f: int) -> dict:
+    """Minimum-diameter averaging (El Mhamdi, Guerraoui and Rouault 2018 / ByzFL): the mean of
+    the p - f workers whose largest pairwise distance is smallest; ties: the first subset in
+    lexicographic (itertools.combinations) order, as ByzFL."""
+    p = g.shape[0]
+    k = p - f
+    d2 = sq_distances(g)
+    best, best_sub = np.inf, None
+    for idx in _subset_chunks(p, k):
+        diam = d2[idx[:, :, None], idx[:, None, :]].reshape(idx.shape[0], -1).max(axis=1)
+        j = int(np.argmin(diam))
+        if diam[j] < best:
+            best, best_sub = float(diam[j]), idx[j]
+    sel = np.zeros(p, bool)
+    sel[best_sub] = True
+    return dict(select_mean(sel), objective=math.sqrt(best), objective_power=0.5)
+
+
+def centred_top_eigenvalues(gs: np.ndarray) -> np.ndarray:
+    """Largest eigenvalue of the empirical covariance (1/k) sum (x_i - mu)(x_i - mu)^T of each
+    (.., k, k) Gram block, from the doubly centred Gram (same nonzero spectrum, times k)."""
+    k = gs.shape[-1]
+    c = (
+        gs
+        - gs.mean(axis=-1, keepdims=True)
+        - gs.mean(axis=-2, keepdims=True)
+        + gs.mean(axis=(-1, -2), keepdims=True)
+    )
+    return np.linalg.eigvalsh(c)[..., -1] / k
+
+
+def smea_solve(g: np.ndarray, f: int) -> dict:
+    """Smallest maximum eigenvalue averaging (Allouah et al. 2023): the mean of the p - f
+    workers whose empirical covariance has the smallest largest eigenvalue (exact eigenvalues;
+    ties: the first subset in lexicographic order)."""
+    p = g.shape[0]
+    k = p - f
+    best, best_sub = np.inf, None
+    for idx in _subset_chunks(p, k):
+        lam = centred_top_eigenvalues(g[idx[:, :, None], idx[:, None, :]])
+        j = int(np.argmin(lam))
+        if lam[j] < best:
+            best, best_sub = float(lam[j]), idx[j]
+    sel = np.zeros(p, bool)
+    sel[best_sub] = True
+    return dict(select_mean(sel), objective=max(best, 0.0))
+
+
+# ---------------------------------------------------------------- MoNNA, CGE, Krum (peer)
+
+
+def monna_solve(g: np.ndarray, f: int, centre: int) -> dict:
+    """Mean of the p - f nearest neighbours of worker ``centre`` (itself included; ties to the
+    lower index)."""
+    p = g.shape[0]
+    d = np.maximum(g[centre, centre] + np.diag(g) - 2.0 * g[centre], 0.0)
+    d[centre] = -1.0  # itself first even when a duplicate has a lower index
+    sel = np.zeros(p, bool)
+    sel[np.argsort(d, kind="stable")[: p - f]] = True
+    d[centre] = 0.0
+    return dict(select_mean(sel), scores=d)
+
+
+def cge_solve(g: np.ndarray, f: int) -> dict:
+    """Comparative gradient elimination (Gupta and Vaidya 2020): drop the f largest norms,
+    average the p - f others (ties: the lower index is kept)."""
+    p = g.shape[0]
+    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+    sel = np.zeros(p, bool)
+    sel[np.argsort(norms, kind="stable")[: p - f]] = True
+    return dict(select_mean(sel), scores=norms)
+
+
+def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict:
+    """Krum as ByzFL and ByzPy compute it: the score of worker i sums its squared distances
+    to its p - f - 1 nearest others (the textbook takes p - f - 2); the m lowest scores are
+    averaged (ties: the lower index)."""
+    p = g.shape[0]
+    d2 = sq_distances(g)
+    np.fill_diagonal(d2, np.inf)
+    nb = max(p - f - 1, 0)
+    scores = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
+    sel = np.zeros(p, bool)
+    sel[np.argsort(scores, kind="stable")[: min(m, p)]] = True
+    return dict(select_mean(sel), scores=scores)
+
+
+# ---------------------------------------------------------------- CAF
+
+
+def caf_solve(g: np.ndarray, f: int) -> dict:
+    """Covariance-bound agnostic filter (Allouah, Guerraoui and Stephan 2025), in p-space.
+
+    Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
+    (x_i - mu)^T / sum c, (lam, v) its top eigenpair (exact, from the p x p matrix
+    C^1/2 D D^T C^1/2 / sum c with D the centred rows), tau_i = ((x_i - mu) . v)^2 and
+    c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a ratio within 1e-12 of 1). Returns
+    the mu with the smallest lam seen.
+    Each step zeroes at least one weight, so it stops after at most 2f + 1 steps."""
+    p = g.shape[0]
+    c = np.ones(p)
+    best_lam, best_c, best_s = np.inf, np.ones(p), float(p)
+    steps = 0
+    while c.sum() > p - 2 * f:
+        steps += 1
+        s = c.sum()
+        w = c / s
+        a = np.eye(p) - w[None, :]
+        k = a @ g @ a.T  # D D^T, D = rows - mu
+        sq = np.sqrt(c)
+        lam_all, u_all = np.linalg.eigh(sq[:, None] * k * sq[None, :] / s)
+        lam, u = float(lam_all[-1]), u_all[:, -1]
+        if lam < best_lam:
+            best_lam, best_c, best_s = lam, c, s
+        if not lam > 0.0:
+            break
+        proj = k @ (sq * u) / math.sqrt(s * lam)
+        tau = proj * proj
+        tmax = tau[c > 0].max()
+        if not tmax > 0.0:
+            break
+        ratio = tau / tmax
+        # projections within 1e-12 of the maximum count as maximal: equal projections (symmetric
+        # workers) zero together whatever the rounding of the p-space products
+        c = np.where((c > 0) & (ratio < 1.0 - 1e-12), c * (1.0 - ratio), 0.0)
+    # mu = sum c_i x_i / sum c: summed, then divided (numpy's rounding for float64)
+    return dict(unit=best_c, count=best_s, objective=max(best_lam, 0.0), iterations=steps)
+
+
+# ---------------------------------------------------------------- FLTrust
+
+
+def fltrust_solve(ga: np.ndarray) -> dict:
+    """FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) from the Gram of the workers plus the
+    server's reference g_0 as the last row: trust TS_i = ReLU(cos(g_i, g_0)), each g_i rescaled
+    to ||g_0||, aggregate = sum_i TS_i ||g_0|| / ||g_i|| g_i / sum_i TS_i (0 when every trust
+    score is 0; a zero gradient gets trust 0)."""
+    p = ga.shape[0] - 1
+    ga = ga / pow2_scale(float(np.max(np.diag(ga))))  # scale-free: no overflow
+    g = ga[:p, :p]
+    n0 = math.sqrt(max(ga[p, p], 0.0))
+    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where((norms > 0) & (n0 > 0), ga[:p, p] / (norms * n0), 0.0)
+    ts = np.maximum(cos, 0.0)
+    total = ts.sum()
+    if not total > 0:
+        return dict(coef=np.zeros(p), scores=ts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = np.where(ts > 0, ts * n0 / norms, 0.0) / total
+    return dict(coef=coef, scores=ts)
+
+
+def norms_gram(src: Source) -> np.ndarray:
+    """A (b, p', p') matrix whose diagonal holds the squared norms of the rows the rule sees, for
+    rules that need only the norms (one O(p n) read; off-diagonal entries are 0). With
+    pre-aggregation it is the full mixed Gram (already known)."""
+    if src.mix is not None:
+        return src.gram()
+    st = src.st
+    b, p = st.b, st.p
+    diag = np.empty((b, p))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if st.on_cpu:
+            data = st.data
+            for q in range(b):
+                rows = data if isinstance(data, list) else data[q]
+                for i in range(p):
+                    diag[q, i] = np.square(rows[i], dtype=np.float64).sum()
+        else:
+            import torch
+
+            x = st.torch_data
+            for q in range(b):
+                for i in range(p):
+                    xi = x[q, i].to(torch.float64)
+                    diag[q, i] = float((xi * xi).sum())
+    g = np.zeros((b, p, p))
+    g[:, np.arange(p), np.arange(p)] = diag
+    return g
+
+
+def reference_gram(src: Source, ref: Any) -> np.ndarray:
+    """(b, p'+1, p'+1) inner products of the rows the rule sees and the reference (the last
+    row), from one O(p n) read: the squared norms, the products with the reference and
+    ||ref||^2. Without pre-aggregation only the diagonal and the last row/column are filled
+    (FLTrust needs nothing else); with it, the rows block is M G M^T from the Gram that
+    pre-aggregation already holds. ``ref`` is a (b, n) float64 array / tensor."""
+    st = src.st
+    b, p = st.b, st.p
+    diag = np.empty((b, p))
+    cross = np.empty((b, p))
+    r2 = np.empty(b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if st.on_cpu:
+            data = st.data
+            for q in range(b):
+                rq = np.asarray(ref[q], dtype=np.float64)
+                r2[q] = float(np.square(rq).sum())
+                rows = data if isinstance(data, list) else data[q]
+                for i in range(p):
+                    diag[q, i] = np.square(rows[i], dtype=np.float64).sum()
+                    cross[q, i] = np.multiply(rows[i], rq, dtype=np.float64).sum()
+        else:
+            import torch
+
+            x = st.torch_data
+            for q in range(b):
+                rq = ref[q].to(torch.float64)
+                r2[q] = float((rq * rq).sum())
+                for i in range(p):  # one row at a time: no (p, n) float64 temporary
+                    xi = x[q, i].to(torch.float64)
+                    diag[q, i] = float((xi * xi).sum())
+                    cross[q, i] = float((xi * rq).sum())
+    if src.mix is None:
+        ga = np.zeros((b, p + 1, p + 1))
+        ga[:, np.arange(p), np.arange(p)] = diag
+    else:
+        b, pp, p = src.mix.shape
+        excl0 = _excluded_orig(src)
+        g0 = np.where(
+            excl0[:, :, None] | excl0[:, None, :],
+            0.0,
+            src.gram_orig if src.gram_orig is not None else np.zeros((b, p, p)),
+        )
+        cross = np.where(excl0, 0.0, cross)
+        ga = np.zeros((b, pp + 1, pp + 1))
+        ga[:, :pp, :pp] = np.einsum("qij,qjk,qlk->qil", src.mix, g0, src.mix)
+        cross = np.einsum("qij,qj->qi", src.mix, cross)
+        p = pp
+    ga[:, :p, p] = cross
+    ga[:, p, :p] = cross
+    ga[:, p, p] = r2
+    return ga
+
+
+# ---------------------------------------------------------------- DnC
+
+
+def columns(src: Source, cols: np.ndarray) -> np.ndarray:
+    """(b, p', len(cols)) float64 values of the rows the rule sees at the given coordinates
+    (non-finite rows are read as they are; callers leave excluded rows out)."""
+    st = src.st
+    if st.on_cpu:
+        data = st.data
+        if isinstance(data, list):
+            x = np.stack([r[cols] for r in data])[None].astype(np.float64)
+        else:
+            x = data[:, :, cols].astype(np.float64)
+    else:
+        import torch
+
+        t = st.torch_data.index_select(2, torch.from_numpy(cols).to(st.torch_data.device))
+        x = t.to(torch.float64).cpu().numpy()
+    if src.mix is None:
+        return x
+    x = np.where(_excluded_orig(src)[:, :, None], 0.0, x)
+    return np.einsum("qjp,qpc->qjc", src.mix, x)
+
+
+def dnc_scores(xs: np.ndarray) -> np.ndarray:
+    """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
+    centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T."""
+    top = pow2_scale(float(np.max(np.abs(xs)))) if xs.size else 1.0
+    xs = xs / top  # scale-free selection: no overflow for huge gradients
+    d = xs - xs.mean(axis=0, keepdims=True)
+    lam, u = np.linalg.eigh(d @ d.T)
+    with np.errstate(over="ignore"):
+        return max(float(lam[-1]), 0.0) * top * top * u[:, -1] ** 2
+
+
+def dnc_keep(p: int, f: int, fraction: float) -> int:
+    return p - math.floor(fraction * f)
+
+
+def nonfinite_rows(src: Source) -> np.ndarray:
+    """(b, p') rows to leave out without forming the Gram: the rows pre-aggregation excluded,
+    or the caller's rows whose float64 squared norm is not finite (a NaN/Inf value or overflow:
+    the same rows as a Gram diagonal flags), one read, row by row."""
+    if src.mix is not None:
+        return np.array(src.excluded, dtype=bool)  # set with mix by build_source
+    st = src.st
+    if not st.on_cpu:
+        import torch
+
+        x = st.torch_data
+        sq = torch.stack([(x[q].to(torch.float64) ** 2).sum(dim=1) for q in range(st.b)])
+        return (~sq.isfinite()).cpu().numpy()
+
+    def bad(r: np.ndarray) -> bool:
+        with np.errstate(over="ignore", invalid="ignore"):  # no BLAS: its threads stall under load
+            return not np.isfinite(np.square(r, dtype=np.float64).sum())
+
+    data = st.data
+    if isinstance(data, list):
+        return np.array([[bad(r) for r in data]])
+    return np.array([[bad(data[q, i]) for i in range(st.p)] for q in range(st.b)])
