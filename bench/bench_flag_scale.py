@@ -60,7 +60,7 @@ def eigh_one_thread(a: np.ndarray):
 
 
 def pspace_coefficients(gram: np.ndarray, r: int) -> np.ndarray:
-    """One FA step from uniform weights in float64 NumPy (SPEC_FA.md, p-space)."""
+    """One FA step from uniform weights in float64 NumPy (docs/spec_fa.md, p-space)."""
     s = np.sqrt(np.diag(gram))
     g = gram / np.outer(np.maximum(s, 1e-12), np.maximum(s, 1e-12))
     w, u = np.linalg.eigh(g)
