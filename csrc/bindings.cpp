@@ -6,11 +6,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/blas.hpp"
 #include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
@@ -126,6 +129,7 @@ FlagParams make_params(int64_t r, double lam, int max_iter, double eps, double t
                        const std::string& scale) {
   FLAGCORE_CHECK_ARG(r >= 1, "flag_aggregate: r must be >= 1, got " << r);
   FLAGCORE_CHECK_ARG(max_iter >= 1, "flag_aggregate: max_iter must be >= 1, got " << max_iter);
+  FLAGCORE_CHECK_ARG(lam >= 0.0 && lam <= kFlagMaxLam, "flag_aggregate: lam must be in [0, " << kFlagMaxLam << "], got " << lam);
   FLAGCORE_CHECK_ARG(scale == "paper" || scale == "median_norm",
                      "flag_aggregate: scale must be 'paper' or 'median_norm', got '" << scale << "'");
   FlagParams prm;
@@ -138,23 +142,36 @@ FlagParams make_params(int64_t r, double lam, int max_iter, double eps, double t
   return prm;
 }
 
+// The IRLS outputs of b problems. The objective is not preallocated at (b, max_iter + 1): each
+// problem's history (the steps it took) comes back in an ObjectiveHistory and becomes a
+// (b, 1 + most steps taken) array padded with NaN, so memory follows the work, not max_iter.
 struct InfoArrays {
   py::array_t<double> coef, weights, ratios, objective;
   py::array_t<uint8_t> excluded, rejected;
   py::array_t<int32_t> iterations, rank;
-  InfoArrays(int64_t b, int64_t p, int max_iter)
-      : coef({b, p}), weights({b, p}), ratios({b, p}), objective({b, int64_t(max_iter) + 1}),
+  ObjectiveHistory hist;
+  InfoArrays(int64_t b, int64_t p)
+      : coef({b, p}), weights({b, p}), ratios({b, p}),
         excluded({b, p}), rejected({b}), iterations({b}), rank({b}) {}
   // Ragged batches: the per-worker arrays run over the rows of all problems, one after another.
-  InfoArrays(int64_t rows, int64_t b, int max_iter, bool /*ragged*/)
-      : coef(rows), weights(rows), ratios(rows), objective({b, int64_t(max_iter) + 1}),
+  InfoArrays(int64_t rows, int64_t b, bool /*ragged*/)
+      : coef(rows), weights(rows), ratios(rows),
         excluded(rows), rejected(b), iterations(b), rank(b) {}
   FlagIrlsOut view() {
     return FlagIrlsOut{coef.mutable_data(),     weights.mutable_data(),  ratios.mutable_data(),
-                       objective.mutable_data(), excluded.mutable_data(), iterations.mutable_data(),
-                       rejected.mutable_data(),  rank.mutable_data()};
+                       nullptr,                  excluded.mutable_data(), iterations.mutable_data(),
+                       rejected.mutable_data(),  rank.mutable_data(),     0};
   }
-  py::dict to_dict() const {
+  py::dict to_dict() {
+    size_t steps = 1;
+    for (const auto& h : hist) steps = std::max(steps, h.size());
+    const int64_t b = static_cast<int64_t>(hist.size());
+    objective = py::array_t<double>({b, static_cast<int64_t>(steps)});
+    double* o = objective.mutable_data();
+    for (int64_t q = 0; q < b; ++q) {
+      const auto& h = hist[static_cast<size_t>(q)];
+      for (size_t k = 0; k < steps; ++k) o[q * int64_t(steps) + int64_t(k)] = k < h.size() ? h[k] : NAN;
+    }
     py::dict d;
     d["coefficients"] = coef;
     d["weights"] = weights;
@@ -200,12 +217,12 @@ py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
   Rows<T> rows = make_rows<T>(x);
   FLAGCORE_CHECK_ARG(rows.p >= 1, "flag_aggregate: p must be >= 1");
   py::array_t<T> out({rows.b, rows.n});
-  InfoArrays info(rows.b, rows.p, prm.max_iter);
+  InfoArrays info(rows.b, rows.p);
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
   {
     Interruptible interruptible;
-    flag_aggregate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, prm, o, view);
+    flag_aggregate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, prm, o, view, info.hist);
   }
   return py::make_tuple(out, info.to_dict());
 }
@@ -444,7 +461,8 @@ void register_rules(py::module_& m) {
   m.attr("coordinate_cuda_max_p") = 32;
 }
 template <typename T>
-py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& prm) {
+py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& prm,
+                                     const std::vector<int64_t>& rs) {
   const int64_t b = static_cast<int64_t>(layers.size());
   std::vector<Rows<T>> all;
   std::vector<const T*> ptr;
@@ -461,12 +479,15 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
   }
   int64_t rows = static_cast<int64_t>(ptr.size());
   py::array_t<T> out(cols);
-  InfoArrays info(rows, b, prm.max_iter, true);
+  FLAGCORE_CHECK_ARG(rs.empty() || static_cast<int64_t>(rs.size()) == b,
+                     "flag_aggregate_layers: r must be one int or one per layer (" << b << "), got " << rs.size());
+  InfoArrays info(rows, b, true);
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
   {
     Interruptible interruptible;
-    flag_aggregate_ragged_cpu<T>(ptr.data(), ps.data(), ns.data(), b, prm, o, view);
+    flag_aggregate_ragged_cpu<T>(ptr.data(), ps.data(), ns.data(), b, prm, o, view, info.hist,
+                                 rs.empty() ? nullptr : rs.data());
   }
   return py::make_tuple(out, info.to_dict());
 }
@@ -476,6 +497,7 @@ py::dict plan_to_dict(const FlagCudaPlan& pl) {
   d["b"] = pl.b; d["rows"] = pl.rows; d["cols"] = pl.cols; d["p_max"] = pl.p_max; d["p_min"] = pl.p_min;
   d["parts"] = pl.parts; d["partials"] = pl.partials; d["gram"] = pl.gram;
   d["irls_ws_each"] = pl.irls_ws_each; d["irls_smem"] = pl.irls_smem; d["max_iter"] = pl.max_iter;
+  d["objective_steps"] = pl.objective_steps; d["irls_on_host"] = pl.irls_on_host;
   d["off_gram"] = pl.off_gram; d["off_partials"] = pl.off_partials; d["off_irls"] = pl.off_irls;
   d["off_coef"] = pl.off_coef; d["off_weights"] = pl.off_weights; d["off_ratios"] = pl.off_ratios;
   d["off_objective"] = pl.off_objective; d["off_iterations"] = pl.off_iterations; d["off_rank"] = pl.off_rank;
@@ -745,6 +767,7 @@ PYBIND11_MODULE(_core, m) {
     d["cuda_architectures"] = py::list();
 #endif
     d["simd_supported"] = simd_level_name(simd_level_supported());
+    d["blas"] = blas::library_name();
     d["compiler"] =
 #if defined(__clang__)
         std::string("clang ") + __clang_version__;
@@ -800,29 +823,46 @@ PYBIND11_MODULE(_core, m) {
     FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2), "flag_irls: gram must be (b, p, p)");
     FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
     const int64_t b = gram.shape(0), p = gram.shape(1);
-    InfoArrays info(b, p, max_iter);
+    InfoArrays info(b, p);
     FlagIrlsOut view = info.view();
     const double* g = gram.data();
     {
       Interruptible interruptible;
       if (threads <= 1)
-        flag_irls_batch_cpu(g, b, p, prm, view);
+        flag_irls_batch_cpu(g, b, p, prm, view, info.hist);
       else  // each problem run by a team of CPU threads with a barrier, as a CUDA block runs it
-        flag_irls_team_emulation_cpu(g, b, p, prm, view, threads);
+        flag_irls_team_emulation_cpu(g, b, p, prm, view, info.hist, threads);
     }
     return info.to_dict();
   }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
      py::arg("team_threads") = 1,
      "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)");
 
-  m.def("flag_aggregate_layers", [](const py::list& layers, int64_t r, double lam, int max_iter, double eps,
-                                    double tol, const std::string& scale) {
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+  m.def("eigh_top", [](const F64Array& a, int want) -> py::tuple {
+    FLAGCORE_CHECK_ARG(a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
+                       "eigh_top: a must be a square (p, p) matrix");
+    const int p = static_cast<int>(a.shape(0));
+    FLAGCORE_CHECK_ARG(want >= 1 && want <= p, "eigh_top: want must be in [1, " << p << "], got " << want);
+    py::array_t<double> evals(want), evecs({p, p});
+    std::fill(evecs.mutable_data(), evecs.mutable_data() + int64_t(p) * p, 0.0);
+    {
+      Interruptible interruptible;
+      blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data());
+    }
+    py::object top = evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))];
+    return py::make_tuple(evals, top);
+  }, py::arg("a"), py::arg("want"),
+     "top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the FA's host LAPACK path (tests)");
+
+  m.def("flag_aggregate_layers", [](const py::list& layers, const std::vector<int64_t>& r, double lam, int max_iter,
+                                    double eps, double tol, const std::string& scale) {
+    FLAGCORE_CHECK_ARG(!r.empty(), "flag_aggregate_layers: r must hold one value per layer");
+    FlagParams prm = make_params(r[0], lam, max_iter, eps, tol, scale);
     FLAGCORE_CHECK_ARG(layers.size() > 0, "flag_aggregate_layers: no layers");
-    return dtype_code(layers[0]) == 'f' ? flag_aggregate_layers_impl<float>(layers, prm)
-                                        : flag_aggregate_layers_impl<double>(layers, prm);
+    return dtype_code(layers[0]) == 'f' ? flag_aggregate_layers_impl<float>(layers, prm, r)
+                                        : flag_aggregate_layers_impl<double>(layers, prm, r);
   }, py::arg("layers"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
-     "list of (1, p_q, n_q) float32/float64 stacks (one dtype) -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
+     "list of (1, p_q, n_q) float32/float64 stacks (one dtype), r per layer -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
 
 
   m.def("flag_cuda_plan", [](const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, int max_iter) {

@@ -85,10 +85,16 @@ def test_layers_torch_inputs_and_half_precision():
 
 def test_layers_different_p_and_default_r():
     layers = _layers(ps=(3, 8, 5), ns=(50, 60, 70), seed=9)
-    outs, infos = flagcore.flag_aggregate_layers(layers, return_info=True)  # r = (3 + 1) // 2 = 2
+    outs, infos = flagcore.flag_aggregate_layers(layers, return_info=True)  # r = (p_l + 1) // 2 per layer
     for x, out, info in zip(layers, outs, infos):
-        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x, r=2))
+        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x))  # the same default r as flag_aggregate
         assert info.weights.shape == (x.shape[0],)
+        assert info.rank == (x.shape[0] + 1) // 2
+    explicit = flagcore.flag_aggregate_layers(layers, r=2)  # an explicit r applies to every layer
+    for x, out in zip(layers, explicit):
+        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x, r=2))
+    with pytest.raises(ValueError, match="r must be"):
+        flagcore.flag_aggregate_layers(layers, r=4)  # above the smallest p (3)
 
 
 LAYER_BAD = [
@@ -122,7 +128,7 @@ def _grams(p, b=3, seed=0, n=200):
     return np.stack(gs)
 
 
-@pytest.mark.parametrize("p", [1, 2, 7, 15, 33])
+@pytest.mark.parametrize("p", [1, 2, 7, 15, 32])  # the Jacobi range (kJacobiMaxP = 32); above, host LAPACK
 @pytest.mark.parametrize("threads", [2, 5, 16])
 def test_team_emulation_equals_serial_bitwise(p, threads):
     g = _grams(p, seed=p)
@@ -150,7 +156,8 @@ def test_cuda_plan_layout():
     np.testing.assert_array_equal(meta[:, 5], np.concatenate([[0], np.cumsum(tri)[:-1]]))
     np.testing.assert_array_equal(meta[:, 6], np.concatenate([[0], np.cumsum(ns)[:-1]]))
     assert pl["rows"] == sum(ps) and pl["parts"] == sum(parts) and pl["p_max"] == 128 and pl["p_min"] == 3
-    assert pl["irls_smem"] is False  # p = 128: the IRLS scratch lives in the workspace
+    # p = 128 > 32: the IRLS runs on the host (LAPACK), no device scratch
+    assert pl["irls_on_host"] is True and pl["irls_smem"] is False and pl["irls_ws_each"] == 0
     # regions in order, 256-byte aligned, non-overlapping, inside the buffer
     keys = ["off_gram", "off_partials", "off_irls", "off_coef", "off_weights", "off_ratios", "off_objective",
             "off_iterations", "off_rank", "off_excluded", "off_rejected"]
@@ -162,10 +169,13 @@ def test_cuda_plan_layout():
         assert pl[k] + size <= end
     uni = _core.flag_cuda_plan_uniform(4, 15, 25_600_000, 1)
     assert uni["irls_smem"] is True and uni["parts"] == 4 * 782
-    assert _core.flag_cuda_plan([44], [10], 1)["irls_smem"] is True
-    assert _core.flag_cuda_plan([45], [10], 1)["irls_smem"] is False
-    with pytest.raises(ValueError, match="p <= 1024"):
-        _core.flag_cuda_plan_uniform(1, 1025, 10, 1)
+    small = _core.flag_cuda_plan([32], [10], 1)  # the Jacobi block, scratch in shared memory
+    assert small["irls_smem"] is True and small["irls_on_host"] is False and small["irls_ws_each"] > 0
+    big = _core.flag_cuda_plan([33], [10], 1)
+    assert big["irls_on_host"] is True and big["irls_smem"] is False
+    assert _core.flag_cuda_plan_uniform(2, 8, 10, 10**6)["objective_steps"] == 1025  # history capped on the GPU
+    with pytest.raises(ValueError, match="p <= 6144"):
+        _core.flag_cuda_plan_uniform(1, 6145, 10, 1)
 
 
 def test_cuda_entry_points_refuse_cleanly_without_gpu():

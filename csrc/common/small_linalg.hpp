@@ -1,4 +1,4 @@
-// Dense linear algebra on small matrices (p x p, p up to a few hundred), float64, row-major.
+// Dense linear algebra on small matrices (p x p, p up to kJacobiMaxP = 32 in the FA), float64, row-major.
 // Header-only and marked host/device, written against a team (common/team.hpp), so the CPU
 // path (one thread) and the CUDA kernels (one block per matrix) run the same code.
 #pragma once
@@ -56,6 +56,7 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
   t.sync();
   int sweep = 0;
   for (; sweep < max_sweeps; ++sweep) {
+    t.poll();
     for (int i = r0; i < n; i += nt) {
       double off = 0.0, tot = 0.0;
       for (int j = 0; j < n; ++j) {

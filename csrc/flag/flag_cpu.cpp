@@ -1,10 +1,14 @@
 #include "flag/flag_cpu.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
 #include "flag/gram.hpp"
@@ -14,14 +18,62 @@ namespace {
 
 void check_params(int64_t p, const FlagParams& prm) {
   FLAGCORE_CHECK_ARG(p >= 1, "flag_irls: p must be >= 1, got " << p);
+  FLAGCORE_CHECK_ARG(p <= 46340, "flag_irls: p must be <= 46340 (p * p must fit an int), got " << p);
   FLAGCORE_CHECK_ARG(prm.r >= 1, "flag_irls: r must be >= 1, got " << prm.r);
   FLAGCORE_CHECK_ARG(prm.max_iter >= 1, "flag_irls: max_iter must be >= 1, got " << prm.max_iter);
+  FLAGCORE_CHECK_ARG(prm.lam >= 0.0 && prm.lam <= kFlagMaxLam,
+                     "flag_irls: lam must be in [0, " << kFlagMaxLam << "], got " << prm.lam);
 }
 
-FlagIrlsOut slice(const FlagIrlsOut& info, int64_t row0, int64_t q, int64_t steps) {
-  return FlagIrlsOut{info.coef + row0,        info.weights + row0,  info.ratios + row0,
-                     info.objective + q * steps, info.excluded + row0, info.iterations + q,
-                     info.rejected + q,      info.rank + q};
+// Per-problem outputs; the objective goes to `obj` (capacity `cap`).
+FlagIrlsOut slice(const FlagIrlsOut& info, int64_t row0, int64_t q, double* obj, int64_t cap) {
+  return FlagIrlsOut{info.coef + row0,    info.weights + row0,  info.ratios + row0,
+                     obj,                 info.excluded + row0, info.iterations + q,
+                     info.rejected + q,   info.rank + q,        cap};
+}
+
+// Uninitialised scratch that grows on demand and is reused by the thread's next problem: the
+// IRLS writes before it reads, and pages it never touches (the pairwise matrices when lam = 0,
+// the tail of a long objective history) are never committed.
+struct Scratch {
+  std::unique_ptr<double[]> buf;
+  int64_t size = 0;
+  double* get(int64_t n) {
+    if (n > size) {
+      buf.reset(new double[static_cast<size_t>(n)]);
+      size = n;
+    }
+    return buf.get();
+  }
+  // Large buffers are not kept past the problem: a thread-local of the caller's thread would
+  // otherwise hold them for the life of the process.
+  void trim() {
+    if (size > kKeepDoubles) {
+      buf.reset();
+      size = 0;
+    }
+  }
+  static constexpr int64_t kKeepDoubles = int64_t(8) << 20;  // 64 MiB
+};
+
+// One problem on this thread; its objective history (the steps taken) into hist.
+void run_one(const double* gram, int p, const FlagParams& prm, const FlagIrlsOut& info,
+             int64_t row0, int64_t q, std::vector<double>& hist) {
+  thread_local Scratch work, obj;
+  const int64_t cap = int64_t(prm.max_iter) + 1;
+  double* ws = work.get(flag_irls_workspace(p));
+  double* ob = obj.get(cap);
+  struct Trim {
+    Scratch& a;
+    Scratch& b;
+    ~Trim() {
+      a.trim();
+      b.trim();
+    }
+  } trim{work, obj};
+  flag_irls(gram, p, prm, ws, slice(info, row0, q, ob, cap));
+  const int64_t used = int64_t(info.iterations[q]) + 1;
+  hist.assign(ob, ob + (used < cap ? used : cap));
 }
 
 // A reusable barrier for the team emulation (C++17 has no std::barrier).
@@ -48,9 +100,12 @@ class Barrier {
   long gen_ = 0;
 };
 
+// Its threads leave a barrier together only when none throws: poll() is a no-op.
 struct ThreadTeam {
+  static constexpr bool host_blas = false;
   int r, n;
   Barrier* bar;
+  void poll() const {}
   int rank() const { return r; }
   int size() const { return n; }
   void sync() const { bar->wait(); }
@@ -59,46 +114,65 @@ struct ThreadTeam {
 }  // namespace
 
 void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,
-                         FlagIrlsOut info) {
+                         FlagIrlsOut info, ObjectiveHistory& hist) {
   check_params(p, prm);
-  const int64_t steps = prm.max_iter + 1;
+  hist.assign(static_cast<size_t>(b), {});
   parallel_for(static_cast<size_t>(b), [&](size_t qi) {
     const int64_t q = static_cast<int64_t>(qi);
-    std::vector<double> work(static_cast<size_t>(flag_irls_workspace(p)));
-    flag_irls(gram + q * p * p, static_cast<int>(p), prm, work.data(), slice(info, q * p, q, steps));
+    run_one(gram + q * p * p, static_cast<int>(p), prm, info, q * p, q, hist[qi]);
+  });
+}
+
+void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps,
+                           const int64_t* gram_off, const int64_t* row_off, const FlagParams& prm,
+                           FlagIrlsOut base, int64_t steps) {
+  for (int64_t q = 0; q < b; ++q) check_params(ps[q], prm);
+  std::fill(base.objective, base.objective + b * steps, NAN);
+  parallel_for(static_cast<size_t>(b), [&](size_t qi) {
+    const int64_t q = static_cast<int64_t>(qi);
+    std::vector<double> hist;
+    run_one(gram + gram_off[q], static_cast<int>(ps[q]), prm, base, row_off[q], q, hist);
+    std::copy(hist.begin(), hist.begin() + std::min<int64_t>(steps, int64_t(hist.size())),
+              base.objective + q * steps);
   });
 }
 
 void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,
-                                  FlagIrlsOut info, int threads) {
+                                  FlagIrlsOut info, ObjectiveHistory& hist, int threads) {
   check_params(p, prm);
   FLAGCORE_CHECK_ARG(threads >= 1 && threads <= 1024, "flag_irls_team_emulation: threads must be in [1, 1024], got " << threads);
-  const int64_t steps = prm.max_iter + 1;
+  const int64_t cap = int64_t(prm.max_iter) + 1;
   std::vector<double> work(static_cast<size_t>(flag_irls_workspace(p)));
+  std::vector<double> obj(static_cast<size_t>(cap));
+  hist.assign(static_cast<size_t>(b), {});
   for (int64_t q = 0; q < b; ++q) {
+    check_cancel();
     Barrier bar(threads);
     std::vector<std::thread> pool;
     for (int r = 0; r < threads; ++r)
       pool.emplace_back([&, r] {
         flag_irls(ThreadTeam{r, threads, &bar}, gram + q * p * p, static_cast<int>(p), prm,
-                  work.data(), slice(info, q * p, q, steps));
+                  work.data(), slice(info, q * p, q, obj.data(), cap));
       });
     for (auto& th : pool) th.join();
+    hist[static_cast<size_t>(q)].assign(obj.begin(), obj.begin() + (info.iterations[q] + 1));
   }
 }
 
 template <typename T>
 void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n,
-                        const FlagParams& prm, T* out, FlagIrlsOut info) {
+                        const FlagParams& prm, T* out, FlagIrlsOut info, ObjectiveHistory& hist) {
+  check_params(p, prm);
   std::vector<double> gram(static_cast<size_t>(b * p * p));
   gram_cpu<T>(rows, b, p, n, gram.data());
-  flag_irls_batch_cpu(gram.data(), b, p, prm, info);
+  flag_irls_batch_cpu(gram.data(), b, p, prm, info, hist);
   weighted_sum_cpu<T>(rows, info.coef, b, p, n, out);
 }
 
 template <typename T>
 void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const int64_t* ns,
-                               int64_t b, const FlagParams& prm, T* out, FlagIrlsOut info) {
+                               int64_t b, const FlagParams& prm, T* out, FlagIrlsOut info,
+                               ObjectiveHistory& hist, const int64_t* rs) {
   FLAGCORE_CHECK_ARG(prm.r >= 1 && prm.max_iter >= 1, "flag_aggregate_layers: bad parameters");
   std::vector<int64_t> row0(static_cast<size_t>(b) + 1, 0), col0(static_cast<size_t>(b) + 1, 0),
       g0(static_cast<size_t>(b) + 1, 0);
@@ -110,24 +184,32 @@ void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const in
   }
   std::vector<double> gram(static_cast<size_t>(g0[b]));
   // Each problem's Gram is itself parallel over column parts; the problems go in order.
+  for (int64_t q = 0; q < b; ++q) {
+    FlagParams pq = prm;
+    if (rs != nullptr) pq.r = rs[q];
+    check_params(ps[q], pq);
+  }
   for (int64_t q = 0; q < b; ++q) gram_cpu<T>(rows + row0[q], 1, ps[q], ns[q], gram.data() + g0[q]);
-  const int64_t steps = prm.max_iter + 1;
+  hist.assign(static_cast<size_t>(b), {});
   parallel_for(static_cast<size_t>(b), [&](size_t qi) {
     const int64_t q = static_cast<int64_t>(qi);
-    std::vector<double> work(static_cast<size_t>(flag_irls_workspace(ps[q])));
-    flag_irls(gram.data() + g0[q], static_cast<int>(ps[q]), prm, work.data(), slice(info, row0[q], q, steps));
+    FlagParams pq = prm;
+    if (rs != nullptr) pq.r = rs[q];
+    run_one(gram.data() + g0[q], static_cast<int>(ps[q]), pq, info, row0[q], q, hist[qi]);
   });
   for (int64_t q = 0; q < b; ++q)
     weighted_sum_cpu<T>(rows + row0[q], info.coef + row0[q], 1, ps[q], ns[q], out + col0[q]);
 }
 
 template void flag_aggregate_cpu<float>(const float* const*, int64_t, int64_t, int64_t,
-                                        const FlagParams&, float*, FlagIrlsOut);
+                                        const FlagParams&, float*, FlagIrlsOut, ObjectiveHistory&);
 template void flag_aggregate_cpu<double>(const double* const*, int64_t, int64_t, int64_t,
-                                         const FlagParams&, double*, FlagIrlsOut);
+                                         const FlagParams&, double*, FlagIrlsOut, ObjectiveHistory&);
 template void flag_aggregate_ragged_cpu<float>(const float* const*, const int64_t*, const int64_t*,
-                                               int64_t, const FlagParams&, float*, FlagIrlsOut);
+                                               int64_t, const FlagParams&, float*, FlagIrlsOut,
+                                               ObjectiveHistory&, const int64_t*);
 template void flag_aggregate_ragged_cpu<double>(const double* const*, const int64_t*, const int64_t*,
-                                                int64_t, const FlagParams&, double*, FlagIrlsOut);
+                                                int64_t, const FlagParams&, double*, FlagIrlsOut,
+                                                ObjectiveHistory&, const int64_t*);
 
 }  // namespace flagcore

@@ -21,8 +21,10 @@
 //                     p <= 8: all pairs in registers per thread; p > 8: 8 x 8 tile pairs per
 //                     block (the rows of a part are re-read from L2, once from DRAM).
 //                     Rows whose float32 diagonal is not finite are recomputed in float64.
-//   flag_irls_cuda    one block per problem runs flag_irls (flag_irls.hpp, the CPU's code) with
-//                     its scratch in shared memory (p <= 44) or in ws; float64; no FMA contraction,
+//   flag_irls_cuda    p <= 32 (kJacobiMaxP): one block per problem runs flag_irls (flag_irls.hpp,
+//                     the CPU's code, Jacobi) with its scratch in shared memory; above, the Gram
+//                     matrices go to the host and the CPU's LAPACK path runs there (one stream
+//                     synchronisation; the outputs are copied back into ws). float64; no FMA contraction,
 //                     so it matches the CPU bitwise where the host does not contract either.
 //   weighted_sum_cuda agg = X^T c, float64 accumulation, rows with coefficient 0 are not read.
 #pragma once

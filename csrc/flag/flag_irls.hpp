@@ -13,8 +13,9 @@
 //   coef       : p coefficients on the RAW rows: aggregate = sum_i coef[i] * g_i       // [P]
 //   weights    : IRLS weights (|1 - v_i| + eps)^(-1/2) at the final iterate, 0 if excluded
 //   ratios     : reconstruction ratios v_i = ||Y^T x_i||^2 at the final iterate        // [P]
-//   objective  : max_iter + 1 values, F at the initial point (all v_i = 0) then after each
-//                step; NaN after the last step taken                                 // [I+1]
+//   objective  : objective_cap (>= 1) values: F at the initial point (all v_i = 0), then after
+//                each step while it fits; entries after the last step taken are NOT written
+//                (the caller pads them)                                              // [cap]
 //   excluded   : 1 for workers whose squared norm is not finite (NaN/Inf in the data) // [P]
 //   iterations : steps taken (eigen-solves); rejected : 1 if the last step increased F and
 //                was discarded; rank : dimension q <= r of the subspace used.
@@ -31,6 +32,9 @@
 #include <stdint.h>
 
 #include "common/check.hpp"
+#if !defined(__CUDA_ARCH__)
+#include "common/blas.hpp"
+#endif
 #include "common/small_linalg.hpp"
 #include "common/team.hpp"
 
@@ -54,10 +58,17 @@ struct FlagIrlsOut {
   int32_t* iterations;
   uint8_t* rejected;
   int32_t* rank;
+  int64_t objective_cap;  // entries of `objective`; steps beyond it are not recorded
 };
 
 constexpr double kFlagNormFloor = 1e-12;   // as torch.nn.functional.normalize
 constexpr double kFlagRankTol = 1e-12;     // eigenvalues of K below this * largest are dropped
+// Largest p solved by the team-parallel Jacobi eigensolver (CPU and GPU alike, so both agree
+// bitwise); above it the host LAPACK (common/blas.hpp), and the GPU hands the IRLS to the host.
+constexpr int kJacobiMaxP = 32;
+// Largest lam accepted: mu^2 = (lam / (p (p - 1)))^2 and the pair weights mu^2 / sqrt(eps) must
+// stay finite in float64 (above ~1e155 mu^2 overflows and every weight becomes Inf).
+constexpr double kFlagMaxLam = 1e150;
 
 // Scratch doubles for one problem: 10 p x p matrices, 4 vectors, the Jacobi scratch, one vector
 // of per-row partial sums and a few scalars.
@@ -67,8 +78,37 @@ FLAGCORE_HD inline int64_t flag_irls_workspace(int64_t p) {
 
 namespace detail {
 
+// Whether this team does the p x p work with the host LAPACK/BLAS (common/blas.hpp): one host
+// thread and p above kJacobiMaxP. Below, and on the GPU, the team-parallel Jacobi solver.
+template <class Team>
+FLAGCORE_HD inline bool use_host_blas(const Team&, int p) {
+#if defined(__CUDA_ARCH__)
+  (void)p;
+  return false;
+#else
+  return Team::host_blas && p > kJacobiMaxP;
+#endif
+}
+
+// Eigenpairs of the symmetric K (destroyed on the Jacobi path): ev descending, column k of U
+// the vector of ev[k], for k < want at least (all p on the Jacobi path). Ends with a sync.
+template <class Team>
+FLAGCORE_HD inline void flag_eigh(const Team& t, double* K, int p, int want, double* ev, double* U,
+                                  double* jac) {
+#if !defined(__CUDA_ARCH__)
+  if (use_host_blas(t, p)) {
+    blas::eigh_top(K, p, want, ev, U);
+    return;
+  }
+#endif
+  (void)want;
+  linalg::jacobi_eigh(t, K, p, ev, U, jac);
+}
+
 // One weighted solve: C (p x q, C[i * p + k] = C_ik for k < q) and P = C^T G (q x p,
 // P[k * p + i]). Returns q (the same in every thread); ends with a sync.
+// Without the pairwise term M^(1/2) is diagonal: K = D G D and C = D U diag(1/S) are formed
+// elementwise (O(p^2)); with it, M^(1/2) is a full matrix (one more eigensolve, two products).
 template <class Team>
 FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, bool pairs,
                                   const double* w, const double* V, double* Mh, double* K,
@@ -76,10 +116,14 @@ FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, 
                                   double* C, double* P) {
   const int r0 = t.rank(), nt = t.size();
   const int pp = p * p;
+  const bool blas = use_host_blas(t, p);
+  (void)blas;
   if (!pairs) {
+    for (int i = r0; i < p; i += nt) rows[i] = sqrt(w[i]);  // the diagonal of M^(1/2)
+    t.sync();
     for (int e = r0; e < pp; e += nt) {
       const int i = e / p, j = e % p;
-      Mh[e] = (i == j) ? sqrt(w[i]) : 0.0;
+      K[e] = rows[i] * (G[e] * rows[j]);
     }
   } else {
     // M = diag(w) + 2 (Diag(V 1) - V): the pairwise terms form a weighted graph Laplacian.
@@ -94,31 +138,41 @@ FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, 
       K[e] = (i == j) ? w[i] + 2.0 * rows[i] - 2.0 * V[e] : -2.0 * V[e];
     }
     t.sync();
-    linalg::jacobi_eigh(t, K, p, ev, U, jac);
-    for (int e = r0; e < pp; e += nt) {
-      const int i = e / p, j = e % p;
-      double s = 0.0;
-      for (int k = 0; k < p; ++k) s += U[i * p + k] * sqrt(ev[k] > 0.0 ? ev[k] : 0.0) * U[j * p + k];
-      Mh[e] = s;
+    flag_eigh(t, K, p, p, ev, U, jac);
+#if !defined(__CUDA_ARCH__)
+    if (blas) {  // Mh = U diag(sqrt(ev)) U^T; K = Mh G Mh
+      for (int i = 0; i < p; ++i)
+        for (int k = 0; k < p; ++k) tmp[i * p + k] = U[i * p + k] * sqrt(ev[k] > 0.0 ? ev[k] : 0.0);
+      blas::dgemm_rm(false, true, p, p, p, 1.0, tmp, p, U, p, 0.0, Mh, p);
+      blas::dgemm_rm(false, false, p, p, p, 1.0, G, p, Mh, p, 0.0, tmp, p);
+      blas::dgemm_rm(false, false, p, p, p, 1.0, Mh, p, tmp, p, 0.0, K, p);
+    } else
+#endif
+    {
+      for (int e = r0; e < pp; e += nt) {
+        const int i = e / p, j = e % p;
+        double s = 0.0;
+        for (int k = 0; k < p; ++k) s += U[i * p + k] * sqrt(ev[k] > 0.0 ? ev[k] : 0.0) * U[j * p + k];
+        Mh[e] = s;
+      }
+      t.sync();
+      for (int e = r0; e < pp; e += nt) {
+        const int i = e / p, j = e % p;
+        double s = 0.0;
+        for (int k = 0; k < p; ++k) s += G[i * p + k] * Mh[k * p + j];
+        tmp[e] = s;
+      }
+      t.sync();
+      for (int e = r0; e < pp; e += nt) {
+        const int i = e / p, j = e % p;
+        double s = 0.0;
+        for (int k = 0; k < p; ++k) s += Mh[i * p + k] * tmp[k * p + j];
+        K[e] = s;
+      }
     }
   }
   t.sync();
-  // K = Mh G Mh
-  for (int e = r0; e < pp; e += nt) {
-    const int i = e / p, j = e % p;
-    double s = 0.0;
-    for (int k = 0; k < p; ++k) s += G[i * p + k] * Mh[k * p + j];
-    tmp[e] = s;
-  }
-  t.sync();
-  for (int e = r0; e < pp; e += nt) {
-    const int i = e / p, j = e % p;
-    double s = 0.0;
-    for (int k = 0; k < p; ++k) s += Mh[i * p + k] * tmp[k * p + j];
-    K[e] = s;
-  }
-  t.sync();
-  for (int e = r0; e < pp; e += nt) {  // exact symmetry for Jacobi; item (i < j) owns both
+  for (int e = r0; e < pp; e += nt) {  // exact symmetry for the solvers; item (i < j) owns both
     const int i = e / p, j = e % p;
     if (i < j) {
       const double s = 0.5 * (K[i * p + j] + K[j * p + i]);
@@ -127,20 +181,42 @@ FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, 
     }
   }
   t.sync();
-  linalg::jacobi_eigh(t, K, p, ev, U, jac);
+  const int qmax = r < p ? r : p;
+  flag_eigh(t, K, p, qmax, ev, U, jac);
   int q = 0;
   if (ev[0] > 0.0 && isfinite(ev[0])) {
-    const int qmax = r < p ? r : p;
     while (q < qmax && ev[q] > kFlagRankTol * ev[0]) ++q;
   }
-  for (int e = r0; e < p * q; e += nt) {
-    const int i = e / q, k = e % q;
-    const double inv = 1.0 / sqrt(ev[k]);
-    double s = 0.0;
-    for (int m = 0; m < p; ++m) s += Mh[i * p + m] * U[m * p + k];
-    C[i * p + k] = s * inv;
+  if (!pairs) {
+    for (int e = r0; e < p * q; e += nt) {
+      const int i = e / q, k = e % q;
+      C[i * p + k] = (rows[i] * U[i * p + k]) * (1.0 / sqrt(ev[k]));
+    }
+  } else {
+#if !defined(__CUDA_ARCH__)
+    if (blas) {
+      if (q > 0) blas::dgemm_rm(false, false, p, q, p, 1.0, Mh, p, U, p, 0.0, C, p);
+      for (int i = 0; i < p; ++i)
+        for (int k = 0; k < q; ++k) C[i * p + k] *= 1.0 / sqrt(ev[k]);
+    } else
+#endif
+    {
+      for (int e = r0; e < p * q; e += nt) {
+        const int i = e / q, k = e % q;
+        const double inv = 1.0 / sqrt(ev[k]);
+        double s = 0.0;
+        for (int m = 0; m < p; ++m) s += Mh[i * p + m] * U[m * p + k];
+        C[i * p + k] = s * inv;
+      }
+    }
   }
   t.sync();
+#if !defined(__CUDA_ARCH__)
+  if (blas) {
+    if (q > 0) blas::dgemm_rm(true, false, q, p, p, 1.0, C, p, G, p, 0.0, P, p);
+    return q;
+  }
+#endif
   for (int e = r0; e < q * p; e += nt) {
     const int k = e / p, i = e % p;
     double s = 0.0;
@@ -242,8 +318,7 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
   for (int i = r0; i < p; i += nt) w[i] = bad[i] ? 0.0 : 1.0;
   double F_prev = double(pv) + mu2 * double(pv) * double(pv - 1 > 0 ? pv - 1 : 0);
   if (r0 == 0) {
-    for (int it = 0; it <= prm.max_iter; ++it) out.objective[it] = NAN;
-    out.objective[0] = F_prev;
+    out.objective[0] = F_prev;  // entries after the last step are the caller's (NaN padding)
     *out.iterations = 0;
     *out.rejected = 0;
   }
@@ -251,11 +326,12 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
   int q = 0;
   if (pv > 0) {
     for (int it = 1; it <= prm.max_iter; ++it) {
+      t.poll();
       const int qn = detail::flag_solve(t, G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U,
                                         ev, tmp, rows, jac, Cn, Pn);
       const double Fn = detail::flag_objective(t, Pn, qn, p, bad, mu2, rows);
       if (r0 == 0) {
-        out.objective[it] = Fn;
+        if (it < out.objective_cap) out.objective[it] = Fn;
         *out.iterations = it;
       }
       if (it > 1 && !(Fn < F_prev)) {

@@ -10,8 +10,10 @@ int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
 
 void finish(FlagCudaPlan& pl) {
   FLAGCORE_CHECK_ARG(pl.p_max <= kCudaMaxP, "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << pl.p_max);
-  pl.irls_ws_each = flag_irls_workspace(pl.p_max);
-  pl.irls_smem = pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;
+  pl.irls_on_host = pl.p_max > kJacobiMaxP;
+  pl.irls_ws_each = pl.irls_on_host ? 0 : flag_irls_workspace(pl.p_max);
+  pl.irls_smem = !pl.irls_on_host && pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;
+  pl.objective_steps = (pl.max_iter < kCudaObjectiveSteps ? pl.max_iter : kCudaObjectiveSteps) + 1;
   int64_t o = 0;
   auto take = [&](int64_t bytes) {
     const int64_t at = o;
@@ -24,7 +26,7 @@ void finish(FlagCudaPlan& pl) {
   pl.off_coef = take(pl.rows * 8);
   pl.off_weights = take(pl.rows * 8);
   pl.off_ratios = take(pl.rows * 8);
-  pl.off_objective = take(pl.b * (int64_t(pl.max_iter) + 1) * 8);
+  pl.off_objective = take(pl.b * pl.objective_steps * 8);
   pl.off_iterations = take(pl.b * 4);
   pl.off_rank = take(pl.b * 4);
   pl.off_excluded = take(pl.rows);

@@ -16,7 +16,7 @@
 //   gram      float64 [sum p^2]           Gram matrices, both triangles
 //   partials  float64 [sum parts*tri(p)]  Gram partial sums per part
 //   irls      float64 [b * irls_ws_each]  IRLS scratch when it does not fit in shared memory
-//   coef, weights, ratios  float64 [sum p]; objective float64 [b, max_iter + 1]
+//   coef, weights, ratios  float64 [sum p]; objective float64 [b, objective_steps] (NaN-padded)
 //   iterations, rank  int32 [b];  excluded uint8 [sum p];  rejected uint8 [b]
 #pragma once
 #include <cstdint>
@@ -31,9 +31,12 @@ constexpr int kMetaCols = 7;
 // The IRLS scratch goes to shared memory up to this size (fits the opt-in limit of sm_80,
 // 163 KiB, and sm_90, 227 KiB); beyond (p > 44) it lives in the global workspace.
 constexpr int64_t kIrlsSmemMaxBytes = 160 * 1024;
-// Largest p the CUDA path takes (the Gram kernels have no limit; the IRLS block is the limit
-// in practice: O(p^3) per Jacobi sweep in one block).
-constexpr int64_t kCudaMaxP = 1024;
+// Largest p the CUDA path takes (the weighted-sum kernel keeps p coefficients in 48 KiB of
+// shared memory). Above kJacobiMaxP the IRLS runs on the host (flag_irls_cuda.cu).
+constexpr int64_t kCudaMaxP = 6144;
+// Objective history kept per problem on the GPU: the first kCudaObjectiveSteps steps (memory
+// must follow the work, not max_iter).
+constexpr int64_t kCudaObjectiveSteps = 1024;
 
 FLAGCORE_HD inline int64_t gram_parts(int64_t n) { return n <= 0 ? 1 : (n + kGramPartColumns - 1) / kGramPartColumns; }
 FLAGCORE_HD inline int64_t tri(int64_t p) { return p * (p + 1) / 2; }
@@ -45,6 +48,8 @@ struct FlagCudaPlan {
   int64_t irls_ws_each = 0;  // doubles of IRLS scratch per problem
   bool irls_smem = true;
   int max_iter = 1;
+  int64_t objective_steps = 2;  // entries per problem: min(max_iter, kCudaObjectiveSteps) + 1
+  bool irls_on_host = false;    // p_max > kJacobiMaxP: the IRLS runs on the host
   int64_t off_gram = 0, off_partials = 0, off_irls = 0, off_coef = 0, off_weights = 0,
           off_ratios = 0, off_objective = 0, off_iterations = 0, off_rank = 0, off_excluded = 0,
           off_rejected = 0, bytes = 0;

@@ -3,6 +3,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/blas.hpp"
+#include "common/cancel.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "flag/gram.hpp"
@@ -14,6 +16,10 @@ namespace {
 // on any machine with the same instruction set.
 constexpr int64_t kMinPartColumns = 32768;
 constexpr int64_t kMaxParts = 32;
+// Above this p the Gram is compute-bound and goes to OpenBLAS; at and below, the register-tiled
+// kernels run at memory speed.
+constexpr int64_t kGramBlasMinP = 32;
+constexpr int64_t kCancelColumns = int64_t(1) << 16;
 
 int64_t parts_for(int64_t n) {
   if (n <= 0) return 1;
@@ -35,8 +41,12 @@ AccumulateFn<T> pick_kernel() {
 }
 
 template <typename T>
+void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out);
+
+template <typename T>
 void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
+  if (p > kGramBlasMinP) return gram_blas_impl<T>(rows, b, p, n, out);
   const int64_t parts = parts_for(n);
   const int64_t pp = p * p;
   const AccumulateFn<T> kernel = pick_kernel<T>();
@@ -46,7 +56,12 @@ void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double
     const int64_t part = static_cast<int64_t>(t) % parts;
     const int64_t k0 = n * part / parts;
     const int64_t k1 = n * (part + 1) / parts;
-    kernel(rows + q * p, p, k0, k1, partial.data() + t * pp);
+    // sub-ranges at fixed offsets (n decides them, not the threads): a cancellation point
+    // every ~kCancelColumns * p^2 / 2 multiply-adds
+    for (int64_t k = k0; k < k1; k += kCancelColumns) {
+      check_cancel();
+      kernel(rows + q * p, p, k, std::min(k1, k + kCancelColumns), partial.data() + t * pp);
+    }
   });
   for (int64_t q = 0; q < b; ++q) {
     double* g = out + q * pp;
@@ -60,19 +75,169 @@ void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double
   }
 }
 
+// ---- BLAS path (p > kGramBlasMinP, where the Gram is compute-bound) ----
+// Work items: (problem, tile pair (I <= J) of kTile rows each, column group). The column groups
+// depend on n and p only (never on the thread count); each item walks its columns in chunks of
+// kChunk, gets the chunk's block from OpenBLAS (ssyrk on the diagonal, sgemm off it; one thread)
+// in the input precision and adds it to its float64 accumulator, and the groups are added in
+// order at the end. So every entry is the same sum in the same order on any thread count, and
+// float32 partial sums hold at most kChunk products (relative error ~2e-6 typical, kChunk * 2^-24
+// ~ 6e-5 of the sum of |products| at worst), reduced in float64. kChunk = 1024 and kTile = 512
+// keep the float32 -> float64 accumulation (one pass over a tile per chunk) near 1/kChunk of the
+// multiply-adds and the tile in L2; the groups give parallelism at small p (at least
+// kMinChunksPerGroup chunks each, at most kGroupBytes of float64 partials in all), the tile
+// pairs at large p.
+constexpr int kTile = 512;
+constexpr int64_t kChunk = 1024;
+constexpr int64_t kMinChunksPerGroup = 4;
+constexpr int64_t kGroupBytes = int64_t(64) << 20;  // float64 partials of all groups: at most this
+
+bool blas_ld(const void* const* rows, int64_t p, int64_t esize, int64_t k, int64_t& ld) {
+  // Rows equally spaced (a strided (p, n) view) with a leading dimension BLAS accepts.
+  if (p == 1) {
+    ld = k;
+    return true;
+  }
+  const char* r0 = static_cast<const char*>(rows[0]);
+  const int64_t d = static_cast<const char*>(rows[1]) - r0;
+  if (d % esize != 0) return false;
+  for (int64_t i = 2; i < p; ++i)
+    if (static_cast<const char*>(rows[i]) - static_cast<const char*>(rows[i - 1]) != d) return false;
+  ld = d / esize;
+  return ld >= k && ld <= 2147483647LL;
+}
+
+template <typename T>
+struct BlasOps;
+template <>
+struct BlasOps<float> {
+  static void syrk(int ni, int k, const float* A, int64_t lda, float* C, int ldc) { blas::ssyrk_rows(ni, k, A, lda, C, ldc); }
+  static void gemm(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int ldc) {
+    blas::sgemm_rows(ni, nj, k, A, lda, B, ldb, C, ldc);
+  }
+};
+template <>
+struct BlasOps<double> {
+  static void syrk(int ni, int k, const double* A, int64_t lda, double* C, int ldc) { blas::dsyrk_rows(ni, k, A, lda, C, ldc); }
+  static void gemm(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb, double* C, int ldc) {
+    blas::dgemm_rows(ni, nj, k, A, lda, B, ldb, C, ldc);
+  }
+};
+
+template <typename T>
+struct BlasScratch {
+  std::vector<T> a, b, c;
+};
+
+template <typename T>
+void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+  const int64_t pp = p * p;
+  const int64_t tiles = (p + kTile - 1) / kTile;
+  const int64_t pairs = tiles * (tiles + 1) / 2;
+  const int64_t per_group = b * pp * int64_t(sizeof(double));
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  int64_t groups = std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
+  groups = std::max<int64_t>(1, std::min<int64_t>(groups, chunks / kMinChunksPerGroup));
+  // groups == 1: accumulate straight into out
+  std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
+  if (groups == 1) std::fill(out, out + b * pp, 0.0);
+  std::vector<int64_t> ld(static_cast<size_t>(b));
+  std::vector<char> direct(static_cast<size_t>(b));
+  for (int64_t q = 0; q < b; ++q)
+    direct[q] = blas_ld(reinterpret_cast<const void* const*>(rows + q * p), p, sizeof(T), kChunk, ld[q]) ? 1 : 0;
+  std::vector<std::pair<int32_t, int32_t>> pair_ij;
+  for (int32_t I = 0; I < tiles; ++I)
+    for (int32_t J = I; J < tiles; ++J) pair_ij.emplace_back(I, J);
+  parallel_for(static_cast<size_t>(b * pairs * groups), [&](size_t t) {
+    const int64_t g = static_cast<int64_t>(t) % groups;
+    const int64_t pr = (static_cast<int64_t>(t) / groups) % pairs;
+    const int64_t q = static_cast<int64_t>(t) / (groups * pairs);
+    const int64_t i0 = int64_t(pair_ij[pr].first) * kTile, j0 = int64_t(pair_ij[pr].second) * kTile;
+    const int ni = static_cast<int>(std::min<int64_t>(kTile, p - i0));
+    const int nj = static_cast<int>(std::min<int64_t>(kTile, p - j0));
+    const bool diag = i0 == j0;
+    double* acc = groups > 1 ? partial.data() + (g * b + q) * pp : out + q * pp;
+    const T* const* rq = rows + q * p;
+    thread_local BlasScratch<T> sc;
+    if (sc.c.size() < size_t(kTile) * kTile) sc.c.resize(size_t(kTile) * kTile);
+    // group boundaries on chunk boundaries
+    const int64_t k0 = std::min(n, chunks * g / groups * kChunk), k1 = std::min(n, chunks * (g + 1) / groups * kChunk);
+    for (int64_t k = k0; k < k1; k += kChunk) {
+      check_cancel();
+      const int len = static_cast<int>(std::min<int64_t>(kChunk, k1 - k));
+      const T* A;
+      const T* B;
+      int64_t lda, ldb;
+      if (direct[q]) {
+        A = rq[i0] + k;
+        B = rq[j0] + k;
+        lda = ldb = ld[q];
+      } else {  // rows anywhere in memory: pack this chunk of the tile rows
+        if (sc.a.size() < size_t(kTile) * kChunk) sc.a.resize(size_t(kTile) * kChunk);
+        if (sc.b.size() < size_t(kTile) * kChunk) sc.b.resize(size_t(kTile) * kChunk);
+        for (int i = 0; i < ni; ++i) std::copy(rq[i0 + i] + k, rq[i0 + i] + k + len, sc.a.data() + size_t(i) * kChunk);
+        if (!diag)
+          for (int j = 0; j < nj; ++j) std::copy(rq[j0 + j] + k, rq[j0 + j] + k + len, sc.b.data() + size_t(j) * kChunk);
+        A = sc.a.data();
+        B = diag ? sc.a.data() : sc.b.data();
+        lda = ldb = kChunk;
+      }
+      T* C = sc.c.data();
+      if (diag) {
+        BlasOps<T>::syrk(ni, len, A, lda, C, kTile);
+        for (int i = 0; i < ni; ++i) {
+          double* arow = acc + (i0 + i) * p + j0;
+          const T* crow = C + size_t(i) * kTile;
+          for (int j = i; j < nj; ++j) arow[j] += double(crow[j]);
+        }
+      } else {
+        BlasOps<T>::gemm(ni, nj, len, A, lda, B, ldb, C, kTile);
+        for (int i = 0; i < ni; ++i) {
+          double* arow = acc + (i0 + i) * p + j0;
+          const T* crow = C + size_t(i) * kTile;
+          for (int j = 0; j < nj; ++j) arow[j] += double(crow[j]);
+        }
+      }
+    }
+  });
+  for (int64_t q = 0; q < b; ++q) {
+    check_cancel();
+    double* gq = out + q * pp;
+    for (int64_t i = 0; i < p; ++i)
+      for (int64_t j = i; j < p; ++j) {
+        double s = groups > 1 ? 0.0 : gq[i * p + j];
+        for (int64_t g = 0; g < groups && groups > 1; ++g) s += partial[(g * b + q) * pp + i * p + j];
+        gq[i * p + j] = s;
+        gq[j * p + i] = s;
+      }
+  }
+}
+
 }  // namespace
 
 // Rare path for float32 input: rows whose diagonal came out non-finite are recomputed in float64
 // against every row (finite data whose float32 products overflowed gets its exact value; real
 // NaN/Inf data stays non-finite).
+// The same for rows so small that float32 products underflow (|x| below ~1e-19: products are
+// subnormal or zero): a diagonal below n * 2^-100 (average square far above FLT_MIN otherwise)
+// that is not an exactly zero row.
 void refine_nonfinite_rows(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   std::vector<std::pair<int64_t, int64_t>> bad;
+  const double tiny = double(n) * 0x1p-100;
   for (int64_t q = 0; q < b; ++q)
-    for (int64_t i = 0; i < p; ++i)
-      if (!std::isfinite(out[q * p * p + i * p + i])) bad.emplace_back(q, i);
+    for (int64_t i = 0; i < p; ++i) {
+      const double d = out[q * p * p + i * p + i];
+      bool redo = !std::isfinite(d);
+      if (!redo && d < tiny) {
+        const float* xi = rows[q * p + i];
+        for (int64_t k = 0; k < n && !redo; ++k) redo = xi[k] != 0.0f;
+      }
+      if (redo) bad.emplace_back(q, i);
+    }
   if (bad.empty()) return;
   std::vector<double> vals(bad.size() * static_cast<size_t>(p));
   parallel_for(bad.size(), [&](size_t t) {
+    check_cancel();
     const int64_t q = bad[t].first, i = bad[t].second;
     const float* xi = rows[q * p + i];
     for (int64_t j = 0; j < p; ++j) {

@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import Any
 
+import scipy_openblas32  # type: ignore[import-untyped]  # noqa: F401  (loads the OpenBLAS _core links)
+
 from . import _core
 
 core = _core

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
 class ServiceKind:
     """
     unit-mean work distribution of the simulator
@@ -354,6 +354,10 @@ def cuda_device_count() -> int:
     ...
 def cuda_selftest_saxpy(arg0: typing.SupportsFloat | typing.SupportsIndex, arg1: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], arg2: typing.Annotated[numpy.typing.ArrayLike, numpy.float32]) -> numpy.typing.NDArray[numpy.float32]:
     ...
+def eigh_top(a: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], want: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+    """
+    top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the FA's host LAPACK path (tests)
+    """
 def flag_aggregate(x: typing.Any, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str) -> tuple:
     ...
 def flag_aggregate_cuda_ragged(table: typing.SupportsInt | typing.SupportsIndex, ps: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ns: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], aligned16: bool, dtype: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
@@ -364,9 +368,9 @@ def flag_aggregate_cuda_uniform(x: typing.SupportsInt | typing.SupportsIndex, dt
     """
     FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs in out and ws
     """
-def flag_aggregate_layers(layers: list, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str) -> tuple:
+def flag_aggregate_layers(layers: list, r: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str) -> tuple:
     """
-    list of (1, p_q, n_q) float32/float64 stacks (one dtype) -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])
+    list of (1, p_q, n_q) float32/float64 stacks (one dtype), r per layer -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])
     """
 def flag_cuda_plan(ps: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ns: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], max_iter: typing.SupportsInt | typing.SupportsIndex) -> dict:
     """

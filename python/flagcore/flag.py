@@ -26,6 +26,10 @@ from ._arrays import Stack, as_stack, check_choice, check_float, check_int
 from ._backend import core, cuda_available
 
 SCALES = ("paper", "median_norm")
+# Largest lam accepted (kFlagMaxLam in csrc/flag/flag_irls.hpp): the pair weights carry
+# mu^2 = (lam / (p (p - 1)))^2, which overflows float64 above ~1e155 and would turn every
+# weight to Inf (an all-zero aggregate); refused rather than silently wrong.
+MAX_LAM = 1e150
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,9 @@ class FlagInfo:
     """Diagnostics of one flag_aggregate call.
 
     For a (p, n) or list input each field is per worker (p,) or a scalar; for a (b, p, n) input
-    each gains a leading batch axis b, and ``objective`` is (b, max_iter + 1) padded with NaN
-    after each problem's last step.
+    each gains a leading batch axis b, and ``objective`` is (b, 1 + the most steps any problem
+    took) padded with NaN after each problem's last step (on the native CUDA path: (b,
+    min(max_iter, 1024) + 1), the first 1024 steps).
 
     weights: IRLS weights (|1 - v_i| + eps)^(-1/2) at the final subspace (what a further
         iteration would use); 0 for excluded workers. Large means trusted.
@@ -79,6 +84,8 @@ def _check_params(fn: str, p: int, r: Any, lam: Any, max_iter: Any, eps: Any, to
                   return_info: Any) -> tuple:
     r = (p + 1) // 2 if r is None else check_int(r, fn, "r", low=1, high=p)
     lam = check_float(lam, fn, "lam", low=0.0)
+    if lam > MAX_LAM:
+        raise ValueError(f"{fn}: lam must be <= {MAX_LAM:g} (mu^2 = (lam / (p (p - 1)))^2 would overflow float64), got {lam!r}")
     max_iter = check_int(max_iter, fn, "max_iter", low=1, high=1_000_000)
     eps = check_float(eps, fn, "eps", low=0.0, strict_low=True)
     tol = check_float(tol, fn, "tol", low=0.0)
@@ -100,10 +107,12 @@ def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, ma
         one shape (flattened inside; the result has that shape). float32 and float64 are
         computed natively; float16/bfloat16 are computed in float32.
     r : subspace dimension, 1 <= r <= p; default (p + 1) // 2 (the paper used about p/2).
-    lam : weight of the pairwise term; mu = lam / (p (p - 1)) enters squared (docs/spec_fa.md).
+    lam : weight of the pairwise term, 0 <= lam <= 1e150; mu = lam / (p (p - 1)) enters squared
+        (docs/spec_fa.md).
     max_iter : IRLS steps; 1 reproduces the paper's runs (uncentred PCA of the normalised
         gradients). Iteration stops early when the objective decreases by at most ``tol``; a
-        step that increases it is discarded.
+        step that increases it is discarded. Memory does not grow with max_iter: the objective
+        history holds the steps actually taken.
     eps : IRLS weight regulariser, weights (|1 - v_i| + eps)^(-1/2).
     scale : "paper": (1/r) sum_i Y Y^T x_i over the normalised gradients x_i (norm at most p/r,
         carries no gradient magnitude). "median_norm": the same direction rescaled to the median
@@ -119,6 +128,11 @@ def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, ma
     Workers with NaN or Inf get weight 0 and are reported in ``info.excluded``; when every
     worker of a problem is excluded its aggregate is zero. Zero gradients are valid (they add
     nothing); p = 1 returns g / (r ||g||) (paper) or g (median_norm).
+
+    Cost (docs/scaling.md): one Gram pass (p(p+1)/2 * n multiply-adds; OpenBLAS ssyrk/sgemm
+    per fixed column part above p = 32, register-tiled kernels below), O(p^3) per IRLS step
+    (LAPACK dsyevr for the top r eigenpairs above p = 32, Jacobi below), one weighted-sum pass.
+    The result does not depend on the thread count, and Ctrl-C interrupts a long call.
     """
     fn = "flag_aggregate"
     st = as_stack(gradients, fn)
@@ -210,7 +224,7 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
     the kernels) into the dict layout of the native CPU functions."""
     base = plan["off_coef"]
     host = ws[base:plan["bytes"]].cpu().numpy()
-    rows, b, steps = plan["rows"], plan["b"], plan["max_iter"] + 1
+    rows, b, steps = plan["rows"], plan["b"], plan["objective_steps"]
 
     def take(key: str, dtype: Any, count: int) -> np.ndarray:
         off = plan[key] - base
@@ -318,7 +332,9 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
         device the L problems run in one launch sequence (no Python loop over layers); on the
         CPU in one native call.
     r, lam, max_iter, eps, tol, scale, return_info : as in ``flag_aggregate``, the same for
-        every layer; r defaults to (p + 1) // 2 and must be at most the smallest p.
+        every layer, except r: by default each layer gets (p_l + 1) // 2 from its own p_l (as
+        ``flag_aggregate`` would choose for it); an explicit r applies to every layer and must be
+        at most the smallest p.
 
     Returns
     -------
@@ -355,25 +371,29 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
         if st.framework == "torch" and st.device != first.device:
             raise ValueError(f"{fn}: layers[{i}] is on {st.device}, but layers[0] is on {first.device}")
     p_min = min(st.p for st in stacks)
-    r = (p_min + 1) // 2 if r is None else r
+    r_given = r
     r, lam, max_iter, eps, tol, scale = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
+    rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [r] * len(stacks)
     if first.on_cpu:
-        out, d = core.flag_aggregate_layers([st.data for st in stacks], r, lam, max_iter, eps, tol, scale)
+        out, d = core.flag_aggregate_layers([st.data for st in stacks], rs, lam, max_iter, eps, tol, scale)
+    elif _native_cuda_ok(first.torch_data) and len(set(rs)) > 1:  # one r per launch: layer by layer
+        outs, ds = [], []
+        for st, rl in zip(stacks, rs):
+            o, dd = _flag_aggregate_cuda(st.torch_data, rl, lam, max_iter, eps, tol, scale, True)
+            outs.append(o.reshape(-1))
+            ds.append(dd)
+        out, d = _concat_layers(outs, ds)
     elif _native_cuda_ok(first.torch_data):
+        r = rs[0]
         out, d = _flag_aggregate_layers_cuda([st.torch_data[0] for st in stacks], r, lam, max_iter, eps, tol, scale,
                                              return_info)
     else:  # no CUDA kernels here: one problem at a time through the torch fallback
         outs, ds = [], []
-        for st in stacks:
-            o, dd = _flag_aggregate_torch(st, r, lam, max_iter, eps, tol, scale)
+        for st, rl in zip(stacks, rs):
+            o, dd = _flag_aggregate_torch(st, rl, lam, max_iter, eps, tol, scale)
             outs.append(o.reshape(-1))
             ds.append(dd)
-        import torch
-
-        out = torch.cat(outs)
-        per_worker = ("coefficients", "weights", "reconstruction_ratios", "excluded")
-        d = {k: np.concatenate([np.asarray(dd[k])[0] if k in per_worker else np.asarray(dd[k]) for dd in ds])
-             for k in ds[0]}
+        out, d = _concat_layers(outs, ds)
     results, infos = [], []
     col = row = 0
     for q, st in enumerate(stacks):
@@ -386,6 +406,25 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
         col += st.n
         row += st.p
     return (results, infos) if return_info else results
+
+
+def _concat_layers(outs: list, ds: list) -> tuple:
+    """Per-layer (flat tensor, (1, ...) info dict) results -> one flat tensor and one ragged
+    info dict (per-worker arrays over all rows; objective padded with NaN to the longest)."""
+    import torch
+
+    per_worker = ("coefficients", "weights", "reconstruction_ratios", "excluded")
+    steps = max(np.asarray(dd["objective"]).shape[1] for dd in ds)
+    d = {}
+    for k in ds[0]:
+        if k in per_worker:
+            d[k] = np.concatenate([np.asarray(dd[k])[0] for dd in ds])
+        elif k == "objective":
+            rows = [np.asarray(dd[k]) for dd in ds]
+            d[k] = np.concatenate([np.pad(o, ((0, 0), (0, steps - o.shape[1])), constant_values=np.nan) for o in rows])
+        else:
+            d[k] = np.concatenate([np.asarray(dd[k]).reshape(-1) for dd in ds])
+    return torch.cat(outs), d
 
 
 def _is_tensor(x: Any) -> bool:

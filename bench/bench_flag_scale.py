@@ -1,0 +1,234 @@
+"""Flag Aggregator cost as the number of workers p grows, against its three essential parts
+measured in the same run on the same data and threads: torch ``X @ X.T`` (the Gram, as a full
+GEMM), ``numpy.linalg.eigh`` of a p x p float64 matrix (one eigensolve), ``torch.sum(X, 0)``
+(one read of the data).
+
+    python bench/bench_flag_scale.py                                   # p in 8 .. 4096
+    python bench/bench_flag_scale.py --sizes 256:200000,1024:50000 --repeat 3
+
+Goals (issue 11): Gram <= 0.55x X@X.T at p >= 64; one IRLS step <= 1.5x eigh at p in {256, 1024,
+4096}; five steps <= 4x eigh (eigh: the faster of numpy's default-threaded and one-thread
+eigh); FA with 1 step <= 0.55x X@X.T + 1.5x eigh + 1.2x sum at p >= 64;
+FA <= 2.2x sum at p = 15 and 2.6x at p = 30 (n >= 2e6). Correctness is checked before timing
+(the IRLS coefficients against a float64 NumPy p-space solve). Writes JSON (default
+bench/results/flag_scale.json) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import flagcore
+from _common import git_commit
+from flagcore import _core
+from flagcore._reference import make_gradients
+from flagcore._table import print_table
+
+DEFAULT = (
+    "8:4000000,15:4000000,30:2000000,64:1000000,128:500000,256:200000,512:100000,"
+    "1024:50000,4096:10000"
+)
+
+
+def best_time(fn, repeat: int) -> float:
+    if repeat > 1:
+        fn()  # warm-up (skipped for the single-run large cases: they are seconds long)
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def eigh_one_thread(a: np.ndarray):
+    """numpy.linalg.eigh with numpy's BLAS limited to one thread (threadpoolctl), the setting of
+    flagcore's own single-threaded LAPACK; on a loaded machine numpy's threaded LAPACK can be
+    many times slower than this, which would flatter the ratios."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return np.linalg.eigh(a)
+
+
+def pspace_coefficients(gram: np.ndarray, r: int) -> np.ndarray:
+    """One FA step from uniform weights in float64 NumPy (docs/spec_fa.md, p-space)."""
+    s = np.sqrt(np.diag(gram))
+    g = gram / np.outer(np.maximum(s, 1e-12), np.maximum(s, 1e-12))
+    w, u = np.linalg.eigh(g)
+    w, u = w[::-1], u[:, ::-1]
+    q = int(np.sum(w[:r] > 1e-12 * w[0]))
+    c = u[:, :q] / np.sqrt(w[:q])
+    a = c @ (c.T @ g).sum(1) / r
+    return a / np.maximum(s, 1e-12)
+
+
+def time_case(x, xt, gram, gn, r: int, rep: int) -> dict:
+    """Seconds, best of rep: the three baselines and flagcore's parts and wholes."""
+    import torch
+
+    return {
+        "torch_mm": best_time(lambda: xt @ xt.T, rep),
+        "torch_sum": best_time(lambda: torch.sum(xt, 0), rep),
+        "numpy_eigh": best_time(lambda: np.linalg.eigh(gn), rep),
+        "numpy_eigh_1t": best_time(lambda: eigh_one_thread(gn), rep),
+        "gram": best_time(lambda: _core.gram(x[None]), rep),
+        "irls1": best_time(lambda: _core.flag_irls(gram, r, 0.0, 1, 1e-7, 1e-10, "paper"), rep),
+        "irls5": best_time(lambda: _core.flag_irls(gram, r, 0.0, 5, 1e-7, 0.0, "paper"), rep),
+        "fa1": best_time(lambda: flagcore.flag_aggregate(x, r=r), rep),
+        "fa5": best_time(lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sizes", default=DEFAULT, help="comma-separated p:n pairs (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed runs per case, best taken (default 3; 1 at p >= 2048)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads for flagcore and torch (0: all cores)"
+    )
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "flag_scale.json")
+    )
+    args = ap.parse_args(argv)
+    import torch
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+    sizes = []
+    for item in args.sizes.split(","):
+        p, n = item.split(":")
+        sizes.append((int(p), int(float(n))))
+    threads = args.threads or os.cpu_count() or 1
+    flagcore.set_num_threads(threads)
+    torch.set_num_threads(threads)
+
+    rows, records = [], []
+    for p, n in sizes:
+        rep = 1 if p >= 2048 else args.repeat
+        x = make_gradients(p, n, byzantine=max(1, p // 5), seed=p, dtype=np.float32)
+        xt = torch.from_numpy(x)
+        r = (p + 1) // 2
+        gram = _core.gram(x[None])
+        # correctness first
+        d = _core.flag_irls(gram, r, 0.0, 1, 1e-7, 1e-10, "paper")
+        ref = pspace_coefficients(gram[0], r)
+        err = float(np.abs(d["coefficients"][0] - ref).max() / np.abs(ref).max())
+        assert err < 1e-6, (
+            f"p={p}: IRLS coefficients differ from the NumPy p-space solve by {err:.2e}"
+        )
+        agg = flagcore.flag_aggregate(x, r=r)
+        chk = ref @ x.astype(np.float64)
+        agg_err = float(np.abs(agg - chk).max() / np.abs(chk).max())
+        assert agg_err < 1e-4, f"p={p}: aggregate differs by {agg_err:.2e}"
+        s = np.sqrt(np.diag(gram[0]))
+        gn = gram[0] / np.outer(s, s)
+        t = time_case(x, xt, gram, gn, r, rep)
+        steps5 = int(_core.flag_irls(gram, r, 0.0, 5, 1e-7, 0.0, "paper")["iterations"][0])
+        eigh = min(t["numpy_eigh"], t["numpy_eigh_1t"])  # the faster of the two: the stricter goal
+        budget = 0.55 * t["torch_mm"] + 1.5 * eigh + 1.2 * t["torch_sum"]
+        goals = {}
+        if p >= 64:
+            goals["gram<=0.55mm"] = t["gram"] <= 0.55 * t["torch_mm"]
+            goals["fa1<=budget"] = t["fa1"] <= budget
+        if p in (256, 1024, 4096):
+            goals["irls1<=1.5eigh"] = t["irls1"] <= 1.5 * eigh
+            goals["irls5<=4eigh"] = t["irls5"] <= 4.0 * eigh
+        if p == 15 and n >= 2_000_000:
+            goals["fa1<=2.2sum"] = t["fa1"] <= 2.2 * t["torch_sum"]
+        if p == 30 and n >= 2_000_000:
+            goals["fa1<=2.6sum"] = t["fa1"] <= 2.6 * t["torch_sum"]
+        rec = dict(
+            p=p,
+            n=n,
+            r=r,
+            repeat=rep,
+            irls5_steps=steps5,
+            check_rel_err=err,
+            times_s=t,
+            fa1_budget_s=budget,
+            goals=goals,
+        )
+        records.append(rec)
+        ms = {k: v * 1e3 for k, v in t.items()}
+        rows.append(
+            [
+                p,
+                n,
+                ms["torch_mm"],
+                ms["gram"],
+                t["gram"] / t["torch_mm"],
+                ms["numpy_eigh"],
+                ms["numpy_eigh_1t"],
+                ms["irls1"],
+                t["irls1"] / eigh,
+                ms["irls5"],
+                t["irls5"] / eigh,
+                ms["torch_sum"],
+                ms["fa1"],
+                t["fa1"] / budget,
+                ms["fa5"],
+                " ".join(f"{k}:{'ok' if v else 'MISS'}" for k, v in goals.items()),
+            ]
+        )
+        print(f"p={p} n={n} done", file=sys.stderr, flush=True)
+    print_table(
+        f"FA scaling in p (float32, {threads} threads; times in ms, best of --repeat)",
+        [
+            "p",
+            "n",
+            "X@X.T",
+            "gram",
+            "gram/mm",
+            "eigh",
+            "eigh 1t",
+            "irls1",
+            "irls1/eigh",
+            "irls5",
+            "irls5/eigh",
+            "sum",
+            "FA1",
+            "FA1/budget",
+            "FA5",
+            "goals",
+        ],
+        rows,
+    )
+    meta = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        commit=git_commit(),
+        command="python bench/bench_flag_scale.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        threads=threads,
+        torch=torch.__version__,
+        numpy=np.__version__,
+        build=flagcore.build_info(),
+    )
+    with open(args.out, "w") as f:
+        json.dump(dict(meta=meta, results=records), f, indent=1, default=str)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+// Host BLAS/LAPACK for the p x p work of the Flag Aggregator and for its Gram pass at large p.
+//
+// The library is the private OpenBLAS of the `scipy-openblas32` wheel (symbols prefixed
+// `scipy_`, so it never clashes with the OpenBLAS/MKL of numpy or torch in the same process).
+// It is run single-threaded (set once, on first use): flagcore parallelises over its own fixed
+// work items (Gram column parts, problems of a batch), and a BLAS whose result depends on its
+// thread count (threaded dsymv inside dsytrd sums per-thread partials) would break replicas that
+// run with different thread counts. Every function here is host-only, thread-safe and
+// reentrant: scratch lives in thread-local buffers.
+#pragma once
+#include <cstdint>
+
+namespace flagcore {
+namespace blas {
+
+// Top eigenpairs of a symmetric p x p float64 matrix.
+//   a      : p x p, both triangles equal (row- or column-major: the same by symmetry); read only
+//   want   : eigenpairs wanted, 1 <= want <= p
+//   evals  : evals[k] for k < want, descending                                          // [P]
+//   evecs  : p x p row-major, column k (evecs[i * p + k]) the unit eigenvector of evals[k] for
+//            k < want; the other columns are left untouched                           // [P, P]
+// want <= p / 4: LAPACK dsytrd (Householder tridiagonalisation) + dstemr (MRRR, only the wanted
+// pairs; dsyevr's subset path uses bisection + inverse iteration instead, 3-4x slower on the FA's
+// clustered spectra) + dormtr (back-transformation of those vectors only). More wanted, or when
+// MRRR reports a failure: dsyevd (divide and conquer, all pairs), faster there.
+// A non-finite entry in `a` gives NaN eigenvalues (the caller's rank test then yields 0).
+// Calls check_cancel() before the O(p^3) work.
+void eigh_top(const double* a, int p, int want, double* evals, double* evecs);
+
+// Row-major C = alpha * op(A) op(B) + beta * C (op = transpose when ta / tb), float64.
+void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda,
+              const double* B, int ldb, double beta, double* C, int ldc);
+
+// Gram blocks of float32 data, float32 results (column-major view of row-major data: row i of
+// the data is column i of an (k x p) column-major matrix with leading dimension ld).
+//   syrk: C (ni x ni, row-major, upper triangle i <= j written) = A A^T, A = ni rows of k
+//         elements, row i at A + i * lda
+//   gemm: C (ni x nj, row-major) = A B^T, A = ni rows, B = nj rows, k elements each
+void ssyrk_rows(int ni, int k, const float* A, int64_t lda, float* C, int ldc);
+void sgemm_rows(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb,
+                float* C, int ldc);
+void dsyrk_rows(int ni, int k, const double* A, int64_t lda, double* C, int ldc);
+void dgemm_rows(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb,
+                double* C, int ldc);
+
+// "scipy-openblas32 <version>": for build_info().
+const char* library_name();
+
+}  // namespace blas
+}  // namespace flagcore
