@@ -23,13 +23,14 @@ CASES = {
         print("ready", flush=True)
         flagcore.aggregate(x, "median")
     """,
-    # NNM's mixing product: 600 mixed rows of 2000 workers over 1e5 coordinates (2.4e11 flops).
+    # NNM's mixing product: 600 mixed rows of 20000 workers over 1e5 coordinates (2.4e12 flops:
+    # tens of seconds, so the call is still running when the signal comes).
     "nnm_product": """
         v = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
-        a = np.ones((1, 600, 2000))
-        d = np.full((1, 600), 2000.0)
+        a = np.ones((1, 600, 20000))
+        d = np.full((1, 600), 20000.0)
         print("ready", flush=True)
-        core.mix_rows([v] * 2000, a, d)
+        core.mix_rows([v] * 20000, a, d)
     """,
     # Weiszfeld iterations in p-space that never stop (tol = -1: no step counts as converged).
     "geometric_median": """

@@ -236,7 +236,8 @@ class RobustStrategy(FedAvg):
 
     @staticmethod
     def _report(info: Any, metrics: MetricRecord) -> None:
-        if isinstance(info, FlagInfo):
+        # Every rule returns a RuleInfo (a FlagInfo subclass); FA's fields are set for "flag" only.
+        if isinstance(info, FlagInfo) and info.weights is not None:
             metrics["flag-weights"] = [float(v) for v in info.weights]
             metrics["flag-ratios"] = [float(v) for v in info.reconstruction_ratios]
         elif getattr(info, "coefficients", None) is not None:
