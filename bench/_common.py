@@ -1,11 +1,14 @@
 """Helpers shared by the benchmark scripts (run as `python bench/<script>.py`)."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 
 
-def svd_flag_torch(x, r: int, lam: float = 0.0, max_iter: int = 1, eps: float = 1e-7, tol: float = 1e-10):
+def svd_flag_torch(
+    x, r: int, lam: float = 0.0, max_iter: int = 1, eps: float = 1e-7, tol: float = 1e-10
+):
     """The authors' method: per iteration, the n x m matrix of weighted columns (m = p, or
     p + p(p-1) with lam > 0) and its SVD; then agg = (1/r) sum_i Y Y^T x_i."""
     import torch
@@ -29,7 +32,7 @@ def svd_flag_torch(x, r: int, lam: float = 0.0, max_iter: int = 1, eps: float = 
 
     def objective(y):
         proj = xh @ y
-        f = torch.sqrt(torch.clamp(1 - (proj ** 2).sum(1), min=0)).sum()
+        f = torch.sqrt(torch.clamp(1 - (proj**2).sum(1), min=0)).sum()
         if mu2 > 0:
             f = f + mu2 * torch.sqrt(torch.abs(1 - ((proj[ii] - proj[jj]) ** 2).sum(1))).sum()
         return float(f)
@@ -46,7 +49,7 @@ def svd_flag_torch(x, r: int, lam: float = 0.0, max_iter: int = 1, eps: float = 
             break
         f_prev = fn
         proj = xh @ y
-        w = 1 / torch.sqrt(torch.abs(1 - (proj ** 2).sum(1)) + eps)
+        w = 1 / torch.sqrt(torch.abs(1 - (proj**2).sum(1)) + eps)
         if mu2 > 0:
             v = mu2 / torch.sqrt(torch.abs(1 - ((proj[ii] - proj[jj]) ** 2).sum(1)) + eps)
     return y @ (xh @ y).sum(0) / r
@@ -54,7 +57,11 @@ def svd_flag_torch(x, r: int, lam: float = 0.0, max_iter: int = 1, eps: float = 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
     except OSError:
         return "unknown"

@@ -14,6 +14,7 @@ The floor is bytes moved / measured copy bandwidth, bytes = two reads of X plus 
 the aggregate for FA, one read plus one write for the mean. Writes bench/results/flag_cuda_<gpu>.json.
 Exits 0 with a message when there is no GPU (or flagcore was built without CUDA).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,7 @@ def make_input(torch, p: int, n: int, dtype, seed: int):
         honest = true + torch.randn((p - byz, k1 - k0), generator=g, device="cuda")
         scale = torch.linspace(0.5, 2.0, p - byz, device="cuda")[:, None]
         x[: p - byz, k0:k1] = (honest * scale).to(dtype)
-        x[p - byz:, k0:k1] = torch.rand((byz, k1 - k0), generator=g, device="cuda").to(dtype)
+        x[p - byz :, k0:k1] = torch.rand((byz, k1 - k0), generator=g, device="cuda").to(dtype)
     return x
 
 
@@ -106,16 +107,26 @@ def resnet50_sizes() -> list:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="15:25600000,7:25600000,30:25600000,60:25600000,128:25600000,"
-                    "15:1000000,15:10000000,15:100000000", help="comma list of p:n")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sizes",
+        default="15:25600000,7:25600000,30:25600000,60:25600000,128:25600000,"
+        "15:1000000,15:10000000,15:100000000",
+        help="comma list of p:n",
+    )
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--svd-max-n", type=float, default=3e7, help="run the SVD method up to this n")
     ap.add_argument("--svd-max-p", type=int, default=60)
-    ap.add_argument("--max-input-gb", type=float, default=20.0, help="skip configurations whose input is larger")
+    ap.add_argument(
+        "--max-input-gb", type=float, default=20.0, help="skip configurations whose input is larger"
+    )
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer batched case")
-    ap.add_argument("--quick", action="store_true", help="p = 15, n = 25.6M and the layers case only")
+    ap.add_argument(
+        "--quick", action="store_true", help="p = 15, n = 25.6M and the layers case only"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -125,22 +136,30 @@ def main(argv=None) -> int:
         print("bench_flag_cuda: torch is not installed; nothing to measure")
         return 0
     if not flagcore.cuda_available() or not torch.cuda.is_available():
-        why = "flagcore was built without CUDA" if not flagcore.build_info()["cuda_compiled"] else "no CUDA device is visible"
+        why = (
+            "flagcore was built without CUDA"
+            if not flagcore.build_info()["cuda_compiled"]
+            else "no CUDA device is visible"
+        )
         print(f"bench_flag_cuda: {why}; nothing to measure (run this on a GPU machine)")
         return 0
 
     props = torch.cuda.get_device_properties(0)
     gpu = props.name
     tag = re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
-    out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"flag_cuda_{tag}.json")
+    out_path = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"flag_cuda_{tag}.json"
+    )
     sizes = [tuple(int(float(v)) for v in s.split(":")) for s in args.sizes.split(",")]
     if args.quick:
         sizes = [(15, 25_600_000)]
     dtypes = [d.strip() for d in args.dtypes.split(",")]
     t_start = time.time()
     bw = copy_bandwidth(torch, max(5, args.repeat // 2))
-    print(f"GPU {gpu}, {props.multi_processor_count} SMs; device copy bandwidth {bw / 1e12:.2f} TB/s (read + write)",
-          flush=True)
+    print(
+        f"GPU {gpu}, {props.multi_processor_count} SMs; device copy bandwidth {bw / 1e12:.2f} TB/s (read + write)",
+        flush=True,
+    )
 
     records, rows = [], []
     for dname in dtypes:
@@ -149,43 +168,88 @@ def main(argv=None) -> int:
         for p, n in sizes:
             gb = p * n * es / 1e9
             if gb > args.max_input_gb:
-                print(f"skip p={p} n={n:.0e} {dname}: {gb:.1f} GB input > --max-input-gb", flush=True)
+                print(
+                    f"skip p={p} n={n:.0e} {dname}: {gb:.1f} GB input > --max-input-gb", flush=True
+                )
                 continue
             r = (p + 1) // 2
             x = make_input(torch, p, n, dt, seed=p * 7 + n % 1000)
             headline = (p, n) == (15, 25_600_000)
             err = check(torch, x, r, 5, full=headline and dname == "float32")
             if not err < TOL[dname]:
-                print(f"CORRECTNESS FAILURE p={p} n={n} {dname}: rel err {err:.2e} vs the CPU path", file=sys.stderr)
+                print(
+                    f"CORRECTNESS FAILURE p={p} n={n} {dname}: rel err {err:.2e} vs the CPU path",
+                    file=sys.stderr,
+                )
                 return 1
-            nbuf = max(1, min(4, math.ceil(200e6 / (p * n * es))))  # defeat L2 (50 MB) on small inputs
+            nbuf = max(
+                1, min(4, math.ceil(200e6 / (p * n * es)))
+            )  # defeat L2 (50 MB) on small inputs
             xs = [x] + [x.clone() for _ in range(nbuf - 1)]
             reps = args.repeat if n <= 3e7 else max(5, args.repeat // 4)
             t_mean = time_cuda(torch, [lambda xx=xx: xx.mean(0) for xx in xs], reps)
             t_fa = {}
             iters = {}
             for it in (1, 5):
-                t_fa[it] = time_cuda(torch, [lambda xx=xx, it=it: flagcore.flag_aggregate(xx, r=r, max_iter=it, tol=0.0)
-                                             for xx in xs], reps)
-                iters[it] = int(flagcore.flag_aggregate(x, r=r, max_iter=it, tol=0.0, return_info=True)[1].iterations)
+                t_fa[it] = time_cuda(
+                    torch,
+                    [
+                        lambda xx=xx, it=it: flagcore.flag_aggregate(xx, r=r, max_iter=it, tol=0.0)
+                        for xx in xs
+                    ],
+                    reps,
+                )
+                iters[it] = int(
+                    flagcore.flag_aggregate(x, r=r, max_iter=it, tol=0.0, return_info=True)[
+                        1
+                    ].iterations
+                )
             t_svd = {1: None, 5: None}
             if n <= args.svd_max_n and p <= args.svd_max_p:
                 for it in (1, 5):
-                    t_svd[it] = time_cuda(torch, [lambda it=it: svd_flag_torch(x.float(), r, 0.0, it)], 2, warmup=1)
+                    t_svd[it] = time_cuda(
+                        torch, [lambda it=it: svd_flag_torch(x.float(), r, 0.0, it)], 2, warmup=1
+                    )
             bytes_fa = 2 * p * n * es + n * es
             bytes_mean = p * n * es + n * es
             floor_fa, floor_mean = bytes_fa / bw * 1e3, bytes_mean / bw * 1e3
             for it in (1, 5):
-                rec = dict(dtype=dname, p=p, n=n, r=r, max_iter=it, iterations_done=iters[it], mean_ms=t_mean,
-                           fa_ms=t_fa[it], svd_ms=t_svd[it], floor_fa_ms=floor_fa, floor_mean_ms=floor_mean,
-                           fa_over_mean=t_fa[it] / t_mean, fa_bw_frac=(bytes_fa / (t_fa[it] * 1e-3)) / bw,
-                           svd_over_fa=(t_svd[it] / t_fa[it]) if t_svd[it] else None, rel_err_vs_cpu=err,
-                           input_copies=nbuf)
+                rec = dict(
+                    dtype=dname,
+                    p=p,
+                    n=n,
+                    r=r,
+                    max_iter=it,
+                    iterations_done=iters[it],
+                    mean_ms=t_mean,
+                    fa_ms=t_fa[it],
+                    svd_ms=t_svd[it],
+                    floor_fa_ms=floor_fa,
+                    floor_mean_ms=floor_mean,
+                    fa_over_mean=t_fa[it] / t_mean,
+                    fa_bw_frac=(bytes_fa / (t_fa[it] * 1e-3)) / bw,
+                    svd_over_fa=(t_svd[it] / t_fa[it]) if t_svd[it] else None,
+                    rel_err_vs_cpu=err,
+                    input_copies=nbuf,
+                )
                 records.append(rec)
-                rows.append([dname, p, f"{n:.3g}", it, f"{t_mean:.3f}", f"{floor_mean:.3f}", f"{t_fa[it]:.3f}",
-                             f"{floor_fa:.3f}", f"{rec['fa_over_mean']:.2f}", f"{rec['fa_bw_frac'] * 100:.0f}%",
-                             "-" if t_svd[it] is None else f"{t_svd[it]:.1f}",
-                             "-" if t_svd[it] is None else f"{rec['svd_over_fa']:.0f}x", f"{err:.1e}"])
+                rows.append(
+                    [
+                        dname,
+                        p,
+                        f"{n:.3g}",
+                        it,
+                        f"{t_mean:.3f}",
+                        f"{floor_mean:.3f}",
+                        f"{t_fa[it]:.3f}",
+                        f"{floor_fa:.3f}",
+                        f"{rec['fa_over_mean']:.2f}",
+                        f"{rec['fa_bw_frac'] * 100:.0f}%",
+                        "-" if t_svd[it] is None else f"{t_svd[it]:.1f}",
+                        "-" if t_svd[it] is None else f"{rec['svd_over_fa']:.0f}x",
+                        f"{err:.1e}",
+                    ]
+                )
             print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
             del xs, x
             torch.cuda.empty_cache()
@@ -203,45 +267,119 @@ def main(argv=None) -> int:
             outs = flagcore.flag_aggregate_layers(layers, r=r, max_iter=5, tol=0.0)
             worst = 0.0
             for q in list(range(0, len(layers), max(1, len(layers) // 12))):
-                exp = flagcore.flag_aggregate(layers[q].float().cpu().numpy(), r=r, max_iter=5, tol=0.0)
+                exp = flagcore.flag_aggregate(
+                    layers[q].float().cpu().numpy(), r=r, max_iter=5, tol=0.0
+                )
                 worst = max(worst, rel_err(outs[q].double().cpu().numpy(), exp))
             if not worst < TOL[dname]:
-                print(f"CORRECTNESS FAILURE layers {dname}: rel err {worst:.2e} vs the CPU path", file=sys.stderr)
+                print(
+                    f"CORRECTNESS FAILURE layers {dname}: rel err {worst:.2e} vs the CPU path",
+                    file=sys.stderr,
+                )
                 return 1
             for it in (1, 5):
-                t_flat = time_cuda(torch, [lambda: flagcore.flag_aggregate(x, r=r, max_iter=it, tol=0.0)], args.repeat)
-                t_layers = time_cuda(torch, [lambda: flagcore.flag_aggregate_layers(layers, r=r, max_iter=it, tol=0.0)],
-                                     args.repeat)
-                t_loop = time_cuda(torch, [lambda: [flagcore.flag_aggregate(v, r=r, max_iter=it, tol=0.0) for v in layers]],
-                                   max(3, args.repeat // 4))
+                t_flat = time_cuda(
+                    torch,
+                    [lambda: flagcore.flag_aggregate(x, r=r, max_iter=it, tol=0.0)],
+                    args.repeat,
+                )
+                t_layers = time_cuda(
+                    torch,
+                    [lambda: flagcore.flag_aggregate_layers(layers, r=r, max_iter=it, tol=0.0)],
+                    args.repeat,
+                )
+                t_loop = time_cuda(
+                    torch,
+                    [
+                        lambda: [
+                            flagcore.flag_aggregate(v, r=r, max_iter=it, tol=0.0) for v in layers
+                        ]
+                    ],
+                    max(3, args.repeat // 4),
+                )
                 floor = (2 * p * total * es + total * es) / bw * 1e3
-                rec = dict(dtype=dname, layers=len(ls), n=total, p=p, r=r, max_iter=it, flat_ms=t_flat,
-                           layers_ms=t_layers, python_loop_ms=t_loop, floor_ms=floor, layers_over_flat=t_layers / t_flat,
-                           rel_err_vs_cpu=worst)
+                rec = dict(
+                    dtype=dname,
+                    layers=len(ls),
+                    n=total,
+                    p=p,
+                    r=r,
+                    max_iter=it,
+                    flat_ms=t_flat,
+                    layers_ms=t_layers,
+                    python_loop_ms=t_loop,
+                    floor_ms=floor,
+                    layers_over_flat=t_layers / t_flat,
+                    rel_err_vs_cpu=worst,
+                )
                 layer_recs.append(rec)
-                print(f"  layers {dname} it={it}: flat {t_flat:.3f} ms, batched {t_layers:.3f} ms "
-                      f"({rec['layers_over_flat']:.2f}x), python loop {t_loop:.1f} ms, floor {floor:.3f} ms", flush=True)
+                print(
+                    f"  layers {dname} it={it}: flat {t_flat:.3f} ms, batched {t_layers:.3f} ms "
+                    f"({rec['layers_over_flat']:.2f}x), python loop {t_loop:.1f} ms, floor {floor:.3f} ms",
+                    flush=True,
+                )
             del x, layers, outs
             torch.cuda.empty_cache()
 
     from flagcore._table import print_table
 
-    print_table(f"Flag Aggregator on {gpu} (median ms; floor = bytes / {bw / 1e12:.2f} TB/s copy bandwidth)",
-                ["dtype", "p", "n", "iters", "mean", "mean floor", "FA", "FA floor", "FA/mean", "FA % copy bw",
-                 "SVD method", "SVD/FA", "err vs CPU"], rows)
+    print_table(
+        f"Flag Aggregator on {gpu} (median ms; floor = bytes / {bw / 1e12:.2f} TB/s copy bandwidth)",
+        [
+            "dtype",
+            "p",
+            "n",
+            "iters",
+            "mean",
+            "mean floor",
+            "FA",
+            "FA floor",
+            "FA/mean",
+            "FA % copy bw",
+            "SVD method",
+            "SVD/FA",
+            "err vs CPU",
+        ],
+        rows,
+    )
     head = [rec for rec in records if rec["p"] == 15 and rec["n"] == 25_600_000]
     goals = dict(
-        fa_le_2_5x_mean=all(rec["fa_over_mean"] <= GOALS["fa_over_mean"] for rec in head) if head else None,
-        fa_ge_70pct_copy_bw=all(rec["fa_bw_frac"] >= GOALS["frac_copy_bw"] for rec in head) if head else None,
-        svd_ge_100x=all(rec["svd_over_fa"] >= GOALS["svd_speedup"] for rec in head if rec["svd_over_fa"]) if head else None,
-        layers_le_1_5x_flat=all(rec["layers_over_flat"] <= GOALS["layers_over_flat"] for rec in layer_recs) if layer_recs else None,
+        fa_le_2_5x_mean=all(rec["fa_over_mean"] <= GOALS["fa_over_mean"] for rec in head)
+        if head
+        else None,
+        fa_ge_70pct_copy_bw=all(rec["fa_bw_frac"] >= GOALS["frac_copy_bw"] for rec in head)
+        if head
+        else None,
+        svd_ge_100x=all(
+            rec["svd_over_fa"] >= GOALS["svd_speedup"] for rec in head if rec["svd_over_fa"]
+        )
+        if head
+        else None,
+        layers_le_1_5x_flat=all(
+            rec["layers_over_flat"] <= GOALS["layers_over_flat"] for rec in layer_recs
+        )
+        if layer_recs
+        else None,
     )
-    print("goals at p = 15, n = 25.6M (all dtypes, 1 and 5 iterations):",
-          ", ".join(f"{k}: {'met' if v else ('MISSED' if v is not None else 'not measured')}" for k, v in goals.items()))
-    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=git_commit(),
-                gpu=gpu, sms=props.multi_processor_count, copy_bandwidth_Bps=bw, torch=torch.__version__,
-                torch_cuda=torch.version.cuda, host=platform.node(), build=flagcore.build_info(),
-                wall_s=time.time() - t_start)
+    print(
+        "goals at p = 15, n = 25.6M (all dtypes, 1 and 5 iterations):",
+        ", ".join(
+            f"{k}: {'met' if v else ('MISSED' if v is not None else 'not measured')}"
+            for k, v in goals.items()
+        ),
+    )
+    meta = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        commit=git_commit(),
+        gpu=gpu,
+        sms=props.multi_processor_count,
+        copy_bandwidth_Bps=bw,
+        torch=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        host=platform.node(),
+        build=flagcore.build_info(),
+        wall_s=time.time() - t_start,
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as fh:
         json.dump(dict(meta=meta, goals=goals, results=records, layers=layer_recs), fh, indent=2)

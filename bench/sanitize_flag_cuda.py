@@ -10,6 +10,7 @@ shared memory (p <= 44) and in global memory (p > 44), pairwise terms, both scal
 ragged per-layer batch. Each result is checked against the CPU path. Exits 0 with a message
 without a GPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,13 @@ from flagcore._reference import make_gradients
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--small", action="store_true", help="fewer, smaller cases (racecheck is slow)")
-    ap.add_argument("--rules", action="store_true", help="also the coordinate-wise rules' CUDA kernel")
+    ap.add_argument(
+        "--rules", action="store_true", help="also the coordinate-wise rules' CUDA kernel"
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -41,7 +46,9 @@ def main(argv=None) -> int:
     def compare(name, got, x64, **kw):
         nonlocal bad
         exp = flagcore.flag_aggregate(x64, **kw)
-        err = float(np.max(np.abs(got.double().cpu().numpy() - exp)) / max(np.max(np.abs(exp)), 1e-300))
+        err = float(
+            np.max(np.abs(got.double().cpu().numpy() - exp)) / max(np.max(np.abs(exp)), 1e-300)
+        )
         ok = err < tol[got.dtype]
         bad += not ok
         print(f"{'ok ' if ok else 'BAD'} {name}: rel err {err:.1e}", flush=True)
@@ -53,38 +60,71 @@ def main(argv=None) -> int:
                 x[p - 1, 11] = np.nan
             xt = torch.from_numpy(x).to(dt).cuda()
             for view, label in ((xt, "aligned"), (xt[:, 1:], "unaligned")):
-                kw = dict(r=max(1, p // 2), lam=0.5 if p <= 15 else 0.0, max_iter=3, scale="median_norm" if p == 7 else "paper")
+                kw = dict(
+                    r=max(1, p // 2),
+                    lam=0.5 if p <= 15 else 0.0,
+                    max_iter=3,
+                    scale="median_norm" if p == 7 else "paper",
+                )
                 got = flagcore.flag_aggregate(view, **kw)
                 compare(f"{dt} p={p} {label}", got, view.double().cpu().numpy(), **kw)
             if p <= 8:
                 for variant in (1, 2):
-                    got, _ = _flag_aggregate_cuda(xt[None], max(1, p // 2), 0.0, 2, 1e-7, 1e-10, "paper", False, variant)
-                    compare(f"{dt} p={p} variant {variant}", got[0], x.astype(np.float32).astype(np.float64) if dt == torch.float32
-                            else xt.double().cpu().numpy(), r=max(1, p // 2), max_iter=2)
+                    got, _ = _flag_aggregate_cuda(
+                        xt[None], max(1, p // 2), 0.0, 2, 1e-7, 1e-10, "paper", False, variant
+                    )
+                    compare(
+                        f"{dt} p={p} variant {variant}",
+                        got[0],
+                        x.astype(np.float32).astype(np.float64)
+                        if dt == torch.float32
+                        else xt.double().cpu().numpy(),
+                        r=max(1, p // 2),
+                        max_iter=2,
+                    )
     huge = make_gradients(5, n, seed=1).astype(np.float32)
     huge[0] *= np.float32(1e25)
-    compare("float32 overflowing row", flagcore.flag_aggregate(torch.from_numpy(huge).cuda(), r=2), huge.astype(np.float64), r=2)
-    flat = torch.from_numpy(make_gradients(15, 3 * n + 17, byzantine=3, seed=2).astype(np.float32)).cuda()
+    compare(
+        "float32 overflowing row",
+        flagcore.flag_aggregate(torch.from_numpy(huge).cuda(), r=2),
+        huge.astype(np.float64),
+        r=2,
+    )
+    flat = torch.from_numpy(
+        make_gradients(15, 3 * n + 17, byzantine=3, seed=2).astype(np.float32)
+    ).cuda()
     sizes = [1, 5, n, 16, n + 3, n - 7]
     sizes.append(flat.shape[1] - sum(sizes))
     layers = list(torch.split(flat, sizes, dim=1))
     outs = flagcore.flag_aggregate_layers(layers, r=8, max_iter=3)
     for q, (layer, out) in enumerate(zip(layers, outs)):
-        compare(f"layers[{q}] n={layer.shape[1]}", out, layer.double().cpu().numpy(), r=8, max_iter=3)
-    if args.rules:  # the coordinate kernel: every rule, a NaN worker, even and odd p, an unaligned view
-        for p in ([5, 16] if args.small else [3, 5, 16, 31]):
+        compare(
+            f"layers[{q}] n={layer.shape[1]}", out, layer.double().cpu().numpy(), r=8, max_iter=3
+        )
+    if (
+        args.rules
+    ):  # the coordinate kernel: every rule, a NaN worker, even and odd p, an unaligned view
+        for p in [5, 16] if args.small else [3, 5, 16, 31]:
             x = make_gradients(p, n, byzantine=1, seed=100 + p).astype(np.float32)
             x[0, 3] = np.nan
             xt = torch.from_numpy(x).cuda()
-            for rule, kw in (("median", {}), ("trimmed_mean", {"f": 1}), ("meamed", {"f": 1}),
-                             ("phocas", {"f": 1}), ("mean", {})):
+            for rule, kw in (
+                ("median", {}),
+                ("trimmed_mean", {"f": 1}),
+                ("meamed", {"f": 1}),
+                ("phocas", {"f": 1}),
+                ("mean", {}),
+            ):
                 for view, label in ((xt, "aligned"), (xt[:, 1:], "unaligned")):
                     got = flagcore.aggregate(view, rule, **kw).double().cpu().numpy()
                     exp = flagcore.aggregate(view.cpu().numpy(), rule, **kw).astype(np.float64)
                     err = float(np.nanmax(np.abs(got - exp)) / max(np.nanmax(np.abs(exp)), 1e-300))
                     ok = err < 1e-5 and bool(np.array_equal(np.isnan(got), np.isnan(exp)))
                     bad += not ok
-                    print(f"{'ok ' if ok else 'BAD'} {rule} p={p} {label}: rel err {err:.1e}", flush=True)
+                    print(
+                        f"{'ok ' if ok else 'BAD'} {rule} p={p} {label}: rel err {err:.1e}",
+                        flush=True,
+                    )
     torch.cuda.synchronize()
     print("all ok" if bad == 0 else f"{bad} BAD", flush=True)
     return 1 if bad else 0

@@ -28,8 +28,8 @@
 #include "sim/rng.hpp"
 #ifdef FLAGCORE_WITH_CUDA
 #include "cuda/device.hpp"
-#include "rules/coordinate_cuda.hpp"
 #include "flag/flag_cuda.hpp"
+#include "rules/coordinate_cuda.hpp"
 #endif
 
 namespace py = pybind11;
@@ -83,7 +83,8 @@ char dtype_code(const py::object& x) {
   }
   if (is_dtype(first, 'f', 4)) return 'f';
   if (is_dtype(first, 'f', 8)) return 'd';
-  FLAGCORE_CHECK_ARG(false, "gradients: dtype must be float32 or float64, got " << std::string(py::str(first.dtype())));
+  FLAGCORE_CHECK_ARG(
+      false, "gradients: dtype must be float32 or float64, got " << std::string(py::str(first.dtype())));
   return 0;
 }
 
@@ -96,8 +97,9 @@ Rows<T> make_rows(const py::object& x) {
     rows.p = static_cast<int64_t>(seq.size());
     for (size_t i = 0; i < seq.size(); ++i) {
       py::array a = seq[i].cast<py::array>();
-      FLAGCORE_CHECK_ARG(py::isinstance<py::array_t<T>>(a) && a.ndim() == 1,
-                         "gradients[" << i << "]: must be a one-dimensional array of the same dtype as gradients[0]");
+      FLAGCORE_CHECK_ARG(
+          py::isinstance<py::array_t<T>>(a) && a.ndim() == 1,
+          "gradients[" << i << "]: must be a one-dimensional array of the same dtype as gradients[0]");
       FLAGCORE_CHECK_ARG(a.shape(0) <= 1 || a.strides(0) == static_cast<py::ssize_t>(sizeof(T)),
                          "gradients[" << i << "]: must be contiguous");
       if (i == 0) rows.n = a.shape(0);
@@ -129,7 +131,8 @@ FlagParams make_params(int64_t r, double lam, int max_iter, double eps, double t
                        const std::string& scale) {
   FLAGCORE_CHECK_ARG(r >= 1, "flag_aggregate: r must be >= 1, got " << r);
   FLAGCORE_CHECK_ARG(max_iter >= 1, "flag_aggregate: max_iter must be >= 1, got " << max_iter);
-  FLAGCORE_CHECK_ARG(lam >= 0.0 && lam <= kFlagMaxLam, "flag_aggregate: lam must be in [0, " << kFlagMaxLam << "], got " << lam);
+  FLAGCORE_CHECK_ARG(lam >= 0.0 && lam <= kFlagMaxLam,
+                     "flag_aggregate: lam must be in [0, " << kFlagMaxLam << "], got " << lam);
   FLAGCORE_CHECK_ARG(scale == "paper" || scale == "median_norm",
                      "flag_aggregate: scale must be 'paper' or 'median_norm', got '" << scale << "'");
   FlagParams prm;
@@ -151,16 +154,26 @@ struct InfoArrays {
   py::array_t<int32_t> iterations, rank;
   ObjectiveHistory hist;
   InfoArrays(int64_t b, int64_t p)
-      : coef({b, p}), weights({b, p}), ratios({b, p}),
-        excluded({b, p}), rejected({b}), iterations({b}), rank({b}) {}
+      : coef({b, p}),
+        weights({b, p}),
+        ratios({b, p}),
+        excluded({b, p}),
+        rejected({b}),
+        iterations({b}),
+        rank({b}) {}
   // Ragged batches: the per-worker arrays run over the rows of all problems, one after another.
   InfoArrays(int64_t rows, int64_t b, bool /*ragged*/)
-      : coef(rows), weights(rows), ratios(rows),
-        excluded(rows), rejected(b), iterations(b), rank(b) {}
+      : coef(rows), weights(rows), ratios(rows), excluded(rows), rejected(b), iterations(b), rank(b) {}
   FlagIrlsOut view() {
-    return FlagIrlsOut{coef.mutable_data(),     weights.mutable_data(),  ratios.mutable_data(),
-                       nullptr,                  excluded.mutable_data(), iterations.mutable_data(),
-                       rejected.mutable_data(),  rank.mutable_data(),     0};
+    return FlagIrlsOut{coef.mutable_data(),
+                       weights.mutable_data(),
+                       ratios.mutable_data(),
+                       nullptr,
+                       excluded.mutable_data(),
+                       iterations.mutable_data(),
+                       rejected.mutable_data(),
+                       rank.mutable_data(),
+                       0};
   }
   py::dict to_dict() {
     size_t steps = 1;
@@ -198,7 +211,8 @@ py::array_t<double> gram_impl(const py::object& x) {
 }
 
 template <typename T>
-py::array weighted_sum_impl(const py::object& x, const py::array_t<double, py::array::c_style | py::array::forcecast>& coef) {
+py::array weighted_sum_impl(const py::object& x,
+                            const py::array_t<double, py::array::c_style | py::array::forcecast>& coef) {
   Rows<T> rows = make_rows<T>(x);
   FLAGCORE_CHECK_ARG(coef.ndim() == 2 && coef.shape(0) == rows.b && coef.shape(1) == rows.p,
                      "weighted_sum: coef must be (b, p) = (" << rows.b << ", " << rows.p << ")");
@@ -251,8 +265,10 @@ py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep
   Rows<T> rows = make_rows<T>(x);
   FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate: unknown rule " << rule);
   FLAGCORE_CHECK_ARG(f >= 0, "coordinate: f must be >= 0");
-  FLAGCORE_CHECK_ARG(rows.p <= kMaxNetwork, "coordinate: at most " << kMaxNetwork
-                     << " workers per problem for the coordinate-wise rules, got p = " << rows.p);
+  FLAGCORE_CHECK_ARG(rows.p <= kMaxNetwork,
+                     "coordinate: at most "
+                         << kMaxNetwork
+                         << " workers per problem for the coordinate-wise rules, got p = " << rows.p);
   CoordSpec spec;
   spec.rule = static_cast<CoordRule>(rule);
   spec.f = f;
@@ -319,117 +335,156 @@ void check_gram(const F64Array& g, int64_t extra, const char* fn) {
 }
 
 void register_rules(py::module_& m) {
-  m.def("coordinate", [](const py::object& x, int rule, int64_t f, int64_t keep, const py::object& excluded) {
-    return dtype_code(x) == 'f' ? coordinate_impl<float>(x, rule, f, keep, excluded)
-                                : coordinate_impl<double>(x, rule, f, keep, excluded);
-  }, py::arg("x"), py::arg("rule"), py::arg("f"), py::arg("keep"), py::arg("excluded") = py::none(),
-  "coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, p))");
+  m.def(
+      "coordinate",
+      [](const py::object& x, int rule, int64_t f, int64_t keep, const py::object& excluded) {
+        return dtype_code(x) == 'f' ? coordinate_impl<float>(x, rule, f, keep, excluded)
+                                    : coordinate_impl<double>(x, rule, f, keep, excluded);
+      },
+      py::arg("x"), py::arg("rule"), py::arg("f"), py::arg("keep"), py::arg("excluded") = py::none(),
+      "coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, "
+      "p))");
 
-  m.def("mix_rows", [](const py::object& x, const F64Array& matrix, const F64Array& div) -> py::array {
-    return dtype_code(x) == 'f' ? mix_rows_impl<float>(x, matrix, div) : mix_rows_impl<double>(x, matrix, div);
-  }, py::arg("x"), py::arg("matrix"), py::arg("div"),
-  "(b, p_out, n) mixed rows: out[q, i] = (sum_j matrix[q, i, j] x[q, j]) / div[q, i], in the data dtype");
+  m.def(
+      "mix_rows",
+      [](const py::object& x, const F64Array& matrix, const F64Array& div) -> py::array {
+        return dtype_code(x) == 'f' ? mix_rows_impl<float>(x, matrix, div)
+                                    : mix_rows_impl<double>(x, matrix, div);
+      },
+      py::arg("x"), py::arg("matrix"), py::arg("div"),
+      "(b, p_out, n) mixed rows: out[q, i] = (sum_j matrix[q, i, j] x[q, j]) / div[q, i], in the data dtype");
 
-  m.def("coordinate_network", [](int pe, int rule, int t, int k) {
-    FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork, "coordinate_network: pe must be in [1, " << kMaxNetwork << "], got " << pe);
-    CoordCounts c;
-    c.pe = pe; c.t = t; c.k = k;
-    return coordinate_network(pe, static_cast<CoordRule>(rule), c);
-  }, py::arg("pe"), py::arg("rule"), py::arg("t"), py::arg("k"));
+  m.def(
+      "coordinate_network",
+      [](int pe, int rule, int t, int k) {
+        FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork,
+                           "coordinate_network: pe must be in [1, " << kMaxNetwork << "], got " << pe);
+        CoordCounts c;
+        c.pe = pe;
+        c.t = t;
+        c.k = k;
+        return coordinate_network(pe, static_cast<CoordRule>(rule), c);
+      },
+      py::arg("pe"), py::arg("rule"), py::arg("t"), py::arg("k"));
 
-  m.def("krum", [](const F64Array& gram, int64_t f, int64_t mm, const py::object& excluded) {
-    check_gram(gram, 0, "krum");
-    const int64_t b = gram.shape(0), p = gram.shape(1);
-    py::array_t<double> coef({b, p}), scores({b, p});
-    py::array_t<uint8_t> sel({b, p});
-    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "krum");
-    const double* g = gram.data();
-    double *c = coef.mutable_data(), *sc = scores.mutable_data();
-    uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
-    {
-      Interruptible interruptible;
-      for (int64_t q = 0; q < b; ++q)
-        krum_cpu(g + q * p * p, p, f, mm, c + q * p, sc + q * p, se + q * p, ex + q * p);
-    }
-    py::dict d;
-    d["coefficients"] = coef; d["scores"] = scores; d["selected"] = sel; d["excluded"] = excl;
-    return d;
-  }, py::arg("gram"), py::arg("f"), py::arg("m"), py::arg("excluded") = py::none());
+  m.def(
+      "krum",
+      [](const F64Array& gram, int64_t f, int64_t mm, const py::object& excluded) {
+        check_gram(gram, 0, "krum");
+        const int64_t b = gram.shape(0), p = gram.shape(1);
+        py::array_t<double> coef({b, p}), scores({b, p});
+        py::array_t<uint8_t> sel({b, p});
+        py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "krum");
+        const double* g = gram.data();
+        double *c = coef.mutable_data(), *sc = scores.mutable_data();
+        uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
+        {
+          Interruptible interruptible;
+          for (int64_t q = 0; q < b; ++q)
+            krum_cpu(g + q * p * p, p, f, mm, c + q * p, sc + q * p, se + q * p, ex + q * p);
+        }
+        py::dict d;
+        d["coefficients"] = coef;
+        d["scores"] = scores;
+        d["selected"] = sel;
+        d["excluded"] = excl;
+        return d;
+      },
+      py::arg("gram"), py::arg("f"), py::arg("m"), py::arg("excluded") = py::none());
 
-  m.def("bulyan_select", [](const F64Array& gram, int64_t f, const py::object& excluded) {
-    check_gram(gram, 0, "bulyan_select");
-    const int64_t b = gram.shape(0), p = gram.shape(1);
-    py::array_t<uint8_t> sel({b, p});
-    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "bulyan_select");
-    py::array_t<int64_t> theta(b);
-    const double* g = gram.data();
-    int64_t* th = theta.mutable_data();
-    uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
-    {
-      Interruptible interruptible;
-      for (int64_t q = 0; q < b; ++q) th[q] = bulyan_select_cpu(g + q * p * p, p, f, se + q * p, ex + q * p);
-    }
-    py::dict d;
-    d["selected"] = sel; d["excluded"] = excl; d["theta"] = theta;
-    return d;
-  }, py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
+  m.def(
+      "bulyan_select",
+      [](const F64Array& gram, int64_t f, const py::object& excluded) {
+        check_gram(gram, 0, "bulyan_select");
+        const int64_t b = gram.shape(0), p = gram.shape(1);
+        py::array_t<uint8_t> sel({b, p});
+        py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "bulyan_select");
+        py::array_t<int64_t> theta(b);
+        const double* g = gram.data();
+        int64_t* th = theta.mutable_data();
+        uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
+        {
+          Interruptible interruptible;
+          for (int64_t q = 0; q < b; ++q)
+            th[q] = bulyan_select_cpu(g + q * p * p, p, f, se + q * p, ex + q * p);
+        }
+        py::dict d;
+        d["selected"] = sel;
+        d["excluded"] = excl;
+        d["theta"] = theta;
+        return d;
+      },
+      py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
 
-  m.def("geometric_median", [](const F64Array& gram, const F64Array& nu, double tol, int64_t max_iter,
-                               const py::object& excluded) {
-    check_gram(gram, 0, "geometric_median");
-    const int64_t b = gram.shape(0), p = gram.shape(1);
-    FLAGCORE_CHECK_ARG(nu.ndim() == 1 && nu.shape(0) == b, "geometric_median: nu must be (b,)");
-    py::array_t<double> coef({b, p}), obj(b);
-    py::array_t<int64_t> iters(b);
-    py::array_t<uint8_t> conv(b);
-    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "geometric_median");
-    {
-      Interruptible interruptible;
-      for (int64_t q = 0; q < b; ++q)
-        geometric_median_cpu(gram.data() + q * p * p, p, nu.data()[q], tol, max_iter,
-                             coef.mutable_data() + q * p, excl.mutable_data() + q * p,
-                             iters.mutable_data() + q, conv.mutable_data() + q, obj.mutable_data() + q);
-    }
-    py::dict d;
-    d["coefficients"] = coef; d["objective"] = obj; d["iterations"] = iters; d["converged"] = conv;
-    d["excluded"] = excl;
-    return d;
-  }, py::arg("gram"), py::arg("nu"), py::arg("tol"), py::arg("max_iter"), py::arg("excluded") = py::none());
+  m.def(
+      "geometric_median",
+      [](const F64Array& gram, const F64Array& nu, double tol, int64_t max_iter, const py::object& excluded) {
+        check_gram(gram, 0, "geometric_median");
+        const int64_t b = gram.shape(0), p = gram.shape(1);
+        FLAGCORE_CHECK_ARG(nu.ndim() == 1 && nu.shape(0) == b, "geometric_median: nu must be (b,)");
+        py::array_t<double> coef({b, p}), obj(b);
+        py::array_t<int64_t> iters(b);
+        py::array_t<uint8_t> conv(b);
+        py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "geometric_median");
+        {
+          Interruptible interruptible;
+          for (int64_t q = 0; q < b; ++q)
+            geometric_median_cpu(gram.data() + q * p * p, p, nu.data()[q], tol, max_iter,
+                                 coef.mutable_data() + q * p, excl.mutable_data() + q * p,
+                                 iters.mutable_data() + q, conv.mutable_data() + q, obj.mutable_data() + q);
+        }
+        py::dict d;
+        d["coefficients"] = coef;
+        d["objective"] = obj;
+        d["iterations"] = iters;
+        d["converged"] = conv;
+        d["excluded"] = excl;
+        return d;
+      },
+      py::arg("gram"), py::arg("nu"), py::arg("tol"), py::arg("max_iter"), py::arg("excluded") = py::none());
 
-  m.def("centered_clipping", [](const F64Array& gram, double tau, int64_t iterations, const py::object& excluded) {
-    check_gram(gram, 2, "centered_clipping");
-    const int64_t b = gram.shape(0), q1 = gram.shape(1), p = q1 - 1;
-    py::array_t<double> coef({b, q1});
-    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "centered_clipping");
-    const double* g = gram.data();
-    double* c = coef.mutable_data();
-    uint8_t* ex = excl.mutable_data();
-    {
-      Interruptible interruptible;
-      for (int64_t q = 0; q < b; ++q)
-        centered_clipping_cpu(g + q * q1 * q1, p, tau, iterations, c + q * q1, ex + q * p);
-    }
-    py::dict d;
-    d["coefficients"] = coef; d["excluded"] = excl;
-    return d;
-  }, py::arg("gram"), py::arg("tau"), py::arg("iterations"), py::arg("excluded") = py::none());
+  m.def(
+      "centered_clipping",
+      [](const F64Array& gram, double tau, int64_t iterations, const py::object& excluded) {
+        check_gram(gram, 2, "centered_clipping");
+        const int64_t b = gram.shape(0), q1 = gram.shape(1), p = q1 - 1;
+        py::array_t<double> coef({b, q1});
+        py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "centered_clipping");
+        const double* g = gram.data();
+        double* c = coef.mutable_data();
+        uint8_t* ex = excl.mutable_data();
+        {
+          Interruptible interruptible;
+          for (int64_t q = 0; q < b; ++q)
+            centered_clipping_cpu(g + q * q1 * q1, p, tau, iterations, c + q * q1, ex + q * p);
+        }
+        py::dict d;
+        d["coefficients"] = coef;
+        d["excluded"] = excl;
+        return d;
+      },
+      py::arg("gram"), py::arg("tau"), py::arg("iterations"), py::arg("excluded") = py::none());
 
-  m.def("nnm_matrix", [](const F64Array& gram, int64_t f, const py::object& excluded) {
-    check_gram(gram, 0, "nnm_matrix");
-    const int64_t b = gram.shape(0), p = gram.shape(1);
-    py::array_t<double> mix({b, p, p});
-    py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "nnm_matrix");
-    const double* g = gram.data();
-    double* mx = mix.mutable_data();
-    uint8_t* ex = excl.mutable_data();
-    {
-      Interruptible interruptible;
-      for (int64_t q = 0; q < b; ++q) nnm_matrix_cpu(g + q * p * p, p, f, mx + q * p * p, ex + q * p);
-    }
-    py::dict d;
-    d["matrix"] = mix; d["excluded"] = excl;
-    return d;
-  }, py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
+  m.def(
+      "nnm_matrix",
+      [](const F64Array& gram, int64_t f, const py::object& excluded) {
+        check_gram(gram, 0, "nnm_matrix");
+        const int64_t b = gram.shape(0), p = gram.shape(1);
+        py::array_t<double> mix({b, p, p});
+        py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "nnm_matrix");
+        const double* g = gram.data();
+        double* mx = mix.mutable_data();
+        uint8_t* ex = excl.mutable_data();
+        {
+          Interruptible interruptible;
+          for (int64_t q = 0; q < b; ++q) nnm_matrix_cpu(g + q * p * p, p, f, mx + q * p * p, ex + q * p);
+        }
+        py::dict d;
+        d["matrix"] = mix;
+        d["excluded"] = excl;
+        return d;
+      },
+      py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
 
   // CUDA: raw device pointers from the Python layer (torch tensors), launched on `stream`.
   m.def("coordinate_cuda", [](std::uintptr_t x, int64_t b, int64_t p, int64_t n, int64_t stride_b,
@@ -437,7 +492,8 @@ void register_rules(py::module_& m) {
                               std::uintptr_t out, std::uintptr_t active_mask, std::uintptr_t flags,
                               std::uintptr_t stream) {
 #ifdef FLAGCORE_WITH_CUDA
-    FLAGCORE_CHECK_ARG(p >= 1 && p <= cuda::kCoordMaxP, "coordinate_cuda: p must be in [1, " << cuda::kCoordMaxP << "]");
+    FLAGCORE_CHECK_ARG(p >= 1 && p <= cuda::kCoordMaxP,
+                       "coordinate_cuda: p must be in [1, " << cuda::kCoordMaxP << "]");
     FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate_cuda: unknown rule " << rule);
     CoordSpec spec;
     spec.rule = static_cast<CoordRule>(rule);
@@ -446,12 +502,13 @@ void register_rules(py::module_& m) {
     py::gil_scoped_release release;
     if (is_double)
       cuda::coordinate_cuda<double>(reinterpret_cast<const double*>(x), b, p, n, stride_b, stride_p, spec,
-                                    reinterpret_cast<double*>(out), reinterpret_cast<const uint32_t*>(active_mask),
+                                    reinterpret_cast<double*>(out),
+                                    reinterpret_cast<const uint32_t*>(active_mask),
                                     reinterpret_cast<int32_t*>(flags), stream);
     else
-      cuda::coordinate_cuda<float>(reinterpret_cast<const float*>(x), b, p, n, stride_b, stride_p, spec,
-                                   reinterpret_cast<float*>(out), reinterpret_cast<const uint32_t*>(active_mask),
-                                   reinterpret_cast<int32_t*>(flags), stream);
+      cuda::coordinate_cuda<float>(
+          reinterpret_cast<const float*>(x), b, p, n, stride_b, stride_p, spec, reinterpret_cast<float*>(out),
+          reinterpret_cast<const uint32_t*>(active_mask), reinterpret_cast<int32_t*>(flags), stream);
 #else
     (void)x; (void)b; (void)p; (void)n; (void)stride_b; (void)stride_p; (void)is_double; (void)rule;
     (void)f; (void)keep; (void)out; (void)active_mask; (void)flags; (void)stream;
@@ -471,7 +528,8 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
   for (int64_t q = 0; q < b; ++q) {
     all.push_back(make_rows<T>(layers[q]));
     const Rows<T>& r = all.back();
-    FLAGCORE_CHECK_ARG(r.b == 1 && r.p >= 1, "flag_aggregate_layers: layers[" << q << "] must be one (p, n) stack");
+    FLAGCORE_CHECK_ARG(r.b == 1 && r.p >= 1,
+                       "flag_aggregate_layers: layers[" << q << "] must be one (p, n) stack");
     ptr.insert(ptr.end(), r.ptr.begin(), r.ptr.end());
     ps.push_back(r.p);
     ns.push_back(r.n);
@@ -479,8 +537,9 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
   }
   int64_t rows = static_cast<int64_t>(ptr.size());
   py::array_t<T> out(cols);
-  FLAGCORE_CHECK_ARG(rs.empty() || static_cast<int64_t>(rs.size()) == b,
-                     "flag_aggregate_layers: r must be one int or one per layer (" << b << "), got " << rs.size());
+  FLAGCORE_CHECK_ARG(
+      rs.empty() || static_cast<int64_t>(rs.size()) == b,
+      "flag_aggregate_layers: r must be one int or one per layer (" << b << "), got " << rs.size());
   InfoArrays info(rows, b, true);
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
@@ -494,31 +553,51 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
 
 py::dict plan_to_dict(const FlagCudaPlan& pl) {
   py::dict d;
-  d["b"] = pl.b; d["rows"] = pl.rows; d["cols"] = pl.cols; d["p_max"] = pl.p_max; d["p_min"] = pl.p_min;
-  d["parts"] = pl.parts; d["partials"] = pl.partials; d["gram"] = pl.gram;
-  d["irls_ws_each"] = pl.irls_ws_each; d["irls_smem"] = pl.irls_smem; d["max_iter"] = pl.max_iter;
-  d["objective_steps"] = pl.objective_steps; d["irls_on_host"] = pl.irls_on_host;
-  d["off_gram"] = pl.off_gram; d["off_partials"] = pl.off_partials; d["off_irls"] = pl.off_irls;
-  d["off_coef"] = pl.off_coef; d["off_weights"] = pl.off_weights; d["off_ratios"] = pl.off_ratios;
-  d["off_objective"] = pl.off_objective; d["off_iterations"] = pl.off_iterations; d["off_rank"] = pl.off_rank;
-  d["off_excluded"] = pl.off_excluded; d["off_rejected"] = pl.off_rejected; d["bytes"] = pl.bytes;
+  d["b"] = pl.b;
+  d["rows"] = pl.rows;
+  d["cols"] = pl.cols;
+  d["p_max"] = pl.p_max;
+  d["p_min"] = pl.p_min;
+  d["parts"] = pl.parts;
+  d["partials"] = pl.partials;
+  d["gram"] = pl.gram;
+  d["irls_ws_each"] = pl.irls_ws_each;
+  d["irls_smem"] = pl.irls_smem;
+  d["max_iter"] = pl.max_iter;
+  d["objective_steps"] = pl.objective_steps;
+  d["irls_on_host"] = pl.irls_on_host;
+  d["off_gram"] = pl.off_gram;
+  d["off_partials"] = pl.off_partials;
+  d["off_irls"] = pl.off_irls;
+  d["off_coef"] = pl.off_coef;
+  d["off_weights"] = pl.off_weights;
+  d["off_ratios"] = pl.off_ratios;
+  d["off_objective"] = pl.off_objective;
+  d["off_iterations"] = pl.off_iterations;
+  d["off_rank"] = pl.off_rank;
+  d["off_excluded"] = pl.off_excluded;
+  d["off_rejected"] = pl.off_rejected;
+  d["bytes"] = pl.bytes;
   return d;
 }
 
 [[noreturn]] void no_cuda() {
-  throw std::runtime_error("flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+  throw std::runtime_error(
+      "flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
 }
 
 #ifdef FLAGCORE_WITH_CUDA
 void check_cuda_call(int device, int64_t ws_bytes, const FlagCudaPlan& plan, int dtype) {
   if (cuda::device_count() <= 0)
     throw std::runtime_error("flagcore: no CUDA device is visible (the CUDA path needs a GPU and a driver)");
-  FLAGCORE_CHECK_ARG(device >= 0 && device < cuda::device_count(), "flagcore: CUDA device " << device << " does not exist");
-  FLAGCORE_CHECK_ARG(ws_bytes >= plan.bytes, "flagcore: workspace of " << ws_bytes << " bytes, the plan needs " << plan.bytes);
-  FLAGCORE_CHECK_ARG(dtype >= 0 && dtype <= 2, "flagcore: dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16), got " << dtype);
+  FLAGCORE_CHECK_ARG(device >= 0 && device < cuda::device_count(),
+                     "flagcore: CUDA device " << device << " does not exist");
+  FLAGCORE_CHECK_ARG(ws_bytes >= plan.bytes,
+                     "flagcore: workspace of " << ws_bytes << " bytes, the plan needs " << plan.bytes);
+  FLAGCORE_CHECK_ARG(dtype >= 0 && dtype <= 2,
+                     "flagcore: dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16), got " << dtype);
 }
 #endif
-
 
 // ---------------------------------------------------------------- fork-join simulator
 using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -529,8 +608,13 @@ using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 class SimInterruptible {
  public:
   SimInterruptible(py::object callback, const int64_t* counters, int count, int64_t total)
-      : callback_(std::move(callback)), counters_(counters), count_(count), total_(total),
-        scope_{{false}, [this] { return poll(); }}, guard_(scope_), release_() {}
+      : callback_(std::move(callback)),
+        counters_(counters),
+        count_(count),
+        total_(total),
+        scope_{{false}, [this] { return poll(); }},
+        guard_(scope_),
+        release_() {}
 
  private:
   bool poll() {
@@ -566,9 +650,8 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
 }
 
 void bind_forkjoin(py::module_& m) {
-  PYBIND11_NUMPY_DTYPE(sim::BatchRow, requests, sum_response, sum_energy, sum_wasted_time,
-                       integral_in_system, duration, dynamic_energy, busy_time, in_system_at_end,
-                       other_energy, other_time);
+  PYBIND11_NUMPY_DTYPE(sim::BatchRow, requests, sum_response, sum_energy, sum_wasted_time, integral_in_system,
+                       duration, dynamic_energy, busy_time, in_system_at_end, other_energy, other_time);
 
   py::enum_<sim::ServiceKind>(m, "ServiceKind", "unit-mean work distribution of the simulator")
       .value("exponential", sim::ServiceKind::exponential)
@@ -634,7 +717,8 @@ void bind_forkjoin(py::module_& m) {
       .def_readonly("integral_in_system", &Res::integral_in_system)
       .def_property_readonly("busy_time", [](const Res& r) { return to_numpy(r.busy_time); })
       .def_property_readonly("busy_energy", [](const Res& r) { return to_numpy(r.busy_energy); })
-      .def_property_readonly("wasted_busy_energy", [](const Res& r) { return to_numpy(r.wasted_busy_energy); })
+      .def_property_readonly("wasted_busy_energy",
+                             [](const Res& r) { return to_numpy(r.wasted_busy_energy); })
       .def_property_readonly("completions", [](const Res& r) { return to_numpy(r.completions); })
       .def_readonly("dynamic_energy_window", &Res::dynamic_energy_window)
       .def_property_readonly("sleep_time", [](const Res& r) { return to_numpy(r.sleep_time); })
@@ -643,8 +727,9 @@ void bind_forkjoin(py::module_& m) {
       .def_readonly("wake_energy", &Res::wake_energy)
       .def_readonly("wakeups", &Res::wakeups)
       .def_readonly("switches", &Res::switches)
-      .def_property_readonly("batch", [](const Res& r) { return py::array(to_numpy(r.batch)); },
-                             "one structured row per batch (named columns: sim.BatchRow)")
+      .def_property_readonly(
+          "batch", [](const Res& r) { return py::array(to_numpy(r.batch)); },
+          "one structured row per batch (named columns: sim.BatchRow)")
       .def_property_readonly("hist_batch", [](const Res& r) { return to_numpy(r.hist_batch); })
       .def_property_readonly("hist_bucket", [](const Res& r) { return to_numpy(r.hist_bucket); })
       .def_property_readonly("hist_count", [](const Res& r) { return to_numpy(r.hist_count); })
@@ -655,40 +740,44 @@ void bind_forkjoin(py::module_& m) {
       .def_readonly("wall_seconds", &Res::wall_seconds)
       .def_readonly("cpu_seconds", &Res::cpu_seconds);
 
-  m.def("forkjoin_simulate",
-        [](const Cfg& config, int replications, int threads, py::object progress) {
-          FLAGCORE_CHECK_ARG(replications >= 1, "forkjoin_simulate: replications must be >= 1");
-          std::vector<int64_t> counters(size_t(replications), 0);
-          // in 128 bits: the config is validated only inside the call, so the sum may overflow
-          const __int128 wide = (__int128(config.requests) + config.warmup) * replications;
-          const int64_t total = wide > INT64_MAX ? INT64_MAX : wide < 0 ? 0 : int64_t(wide);
-          std::vector<sim::ForkJoinResult> res;
-          {
-            SimInterruptible interruptible(progress, counters.data(), replications, total);
-            res = sim::simulate_forkjoin_replications(config, replications, threads, counters.data());
-          }
-          return res;
-        },
-        py::arg("config"), py::arg("replications") = 1, py::arg("threads") = 1,
-        py::arg("progress") = py::none(),
-        "one SimReplication per replication (streams 0..replications-1); progress(done, total), "
-        "if given, is called on this thread about 10 times a second");
+  m.def(
+      "forkjoin_simulate",
+      [](const Cfg& config, int replications, int threads, py::object progress) {
+        FLAGCORE_CHECK_ARG(replications >= 1, "forkjoin_simulate: replications must be >= 1");
+        std::vector<int64_t> counters(size_t(replications), 0);
+        // in 128 bits: the config is validated only inside the call, so the sum may overflow
+        const __int128 wide = (__int128(config.requests) + config.warmup) * replications;
+        const int64_t total = wide > INT64_MAX ? INT64_MAX : wide < 0 ? 0 : int64_t(wide);
+        std::vector<sim::ForkJoinResult> res;
+        {
+          SimInterruptible interruptible(progress, counters.data(), replications, total);
+          res = sim::simulate_forkjoin_replications(config, replications, threads, counters.data());
+        }
+        return res;
+      },
+      py::arg("config"), py::arg("replications") = 1, py::arg("threads") = 1,
+      py::arg("progress") = py::none(),
+      "one SimReplication per replication (streams 0..replications-1); progress(done, total), "
+      "if given, is called on this thread about 10 times a second");
 
-  m.def("forkjoin_trace", [](int n, int k, bool cancel, const DArray& arrivals, const DArray& services) {
-    FLAGCORE_CHECK_ARG(arrivals.ndim() == 1, "forkjoin_trace: arrivals must be one-dimensional");
-    const py::ssize_t R = arrivals.shape(0);
-    FLAGCORE_CHECK_ARG(services.ndim() == 2 && services.shape(0) == R && services.shape(1) == n,
-                       "forkjoin_trace: services must be (requests, n) = (" << R << ", " << n << ")");
-    py::array_t<double> dep(R), busy(R), wasted(R);
-    const double* a = arrivals.data();
-    const double* s = services.data();
-    double *pd = dep.mutable_data(), *pb = busy.mutable_data(), *pw = wasted.mutable_data();
-    {
-      Interruptible interruptible;
-      sim::simulate_forkjoin_trace(n, k, cancel, int64_t(R), a, s, pd, pb, pw);
-    }
-    return py::make_tuple(dep, busy, wasted);
-  }, py::arg("n"), py::arg("k"), py::arg("cancel"), py::arg("arrivals"), py::arg("services"));
+  m.def(
+      "forkjoin_trace",
+      [](int n, int k, bool cancel, const DArray& arrivals, const DArray& services) {
+        FLAGCORE_CHECK_ARG(arrivals.ndim() == 1, "forkjoin_trace: arrivals must be one-dimensional");
+        const py::ssize_t R = arrivals.shape(0);
+        FLAGCORE_CHECK_ARG(services.ndim() == 2 && services.shape(0) == R && services.shape(1) == n,
+                           "forkjoin_trace: services must be (requests, n) = (" << R << ", " << n << ")");
+        py::array_t<double> dep(R), busy(R), wasted(R);
+        const double* a = arrivals.data();
+        const double* s = services.data();
+        double *pd = dep.mutable_data(), *pb = busy.mutable_data(), *pw = wasted.mutable_data();
+        {
+          Interruptible interruptible;
+          sim::simulate_forkjoin_trace(n, k, cancel, int64_t(R), a, s, pd, pb, pw);
+        }
+        return py::make_tuple(dep, busy, wasted);
+      },
+      py::arg("n"), py::arg("k"), py::arg("cancel"), py::arg("arrivals"), py::arg("services"));
 
   m.def("sim_histogram_layout", []() {
     py::dict d;
@@ -700,7 +789,8 @@ void bind_forkjoin(py::module_& m) {
   });
   m.def("sim_histogram_index", [](const DArray& x) {
     py::array_t<int64_t> out(x.size());
-    for (py::ssize_t i = 0; i < x.size(); ++i) out.mutable_data()[i] = sim::LogHistogramLayout::index(x.data()[i]);
+    for (py::ssize_t i = 0; i < x.size(); ++i)
+      out.mutable_data()[i] = sim::LogHistogramLayout::index(x.data()[i]);
     return out;
   });
   m.def("sim_philox", [](std::vector<uint32_t> ctr, std::vector<uint32_t> key) {
@@ -719,19 +809,22 @@ void bind_forkjoin(py::module_& m) {
     sim::det_exp_cpu(x.data(), int64_t(x.size()), out.mutable_data());
     return out;
   });
-  m.def("sim_sample", [](int kind, double param, std::vector<double> table, uint64_t seed, uint64_t stream,
-                         int64_t count) {
-    FLAGCORE_CHECK_ARG(kind >= 0 && kind <= 5, "sim_sample: unknown kind " << kind);
-    FLAGCORE_CHECK_ARG(kind != 5 || !table.empty(), "sim_sample: empirical needs a table");
-    py::array_t<double> out(count);
-    double* o = out.mutable_data();
-    {
-      Interruptible interruptible;
-      sim::sample_service_cpu(static_cast<sim::ServiceKind>(kind), param, table.data(), table.size(), seed,
-                              stream, count, o);
-    }
-    return out;
-  }, "unit-mean service samples (kind: 0 exponential, 1 deterministic, 2 gamma, 3 lognormal, 4 pareto, 5 empirical)");
+  m.def(
+      "sim_sample",
+      [](int kind, double param, std::vector<double> table, uint64_t seed, uint64_t stream, int64_t count) {
+        FLAGCORE_CHECK_ARG(kind >= 0 && kind <= 5, "sim_sample: unknown kind " << kind);
+        FLAGCORE_CHECK_ARG(kind != 5 || !table.empty(), "sim_sample: empirical needs a table");
+        py::array_t<double> out(count);
+        double* o = out.mutable_data();
+        {
+          Interruptible interruptible;
+          sim::sample_service_cpu(static_cast<sim::ServiceKind>(kind), param, table.data(), table.size(),
+                                  seed, stream, count, o);
+        }
+        return out;
+      },
+      "unit-mean service samples (kind: 0 exponential, 1 deterministic, 2 gamma, 3 lognormal, 4 pareto, 5 "
+      "empirical)");
 }
 }  // namespace
 
@@ -810,151 +903,255 @@ PYBIND11_MODULE(_core, m) {
   m.def("simd_level", []() { return simd_level_name(simd_level()); });
   m.def("set_simd_level", &set_simd_level, py::arg("name"));
 
-  m.def("gram", [](const py::object& x) -> py::array {
-    return dtype_code(x) == 'f' ? gram_impl<float>(x) : gram_impl<double>(x);
-  }, py::arg("x"), "(b, p, n) or list of p (n,) float32/float64 -> (b, p, p) float64 Gram matrices");
+  m.def(
+      "gram",
+      [](const py::object& x) -> py::array {
+        return dtype_code(x) == 'f' ? gram_impl<float>(x) : gram_impl<double>(x);
+      },
+      py::arg("x"), "(b, p, n) or list of p (n,) float32/float64 -> (b, p, p) float64 Gram matrices");
 
-  m.def("weighted_sum", [](const py::object& x, const py::array_t<double, py::array::c_style | py::array::forcecast>& coef) -> py::array {
-    return dtype_code(x) == 'f' ? weighted_sum_impl<float>(x, coef) : weighted_sum_impl<double>(x, coef);
-  }, py::arg("x"), py::arg("coef"), "sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read");
+  m.def(
+      "weighted_sum",
+      [](const py::object& x,
+         const py::array_t<double, py::array::c_style | py::array::forcecast>& coef) -> py::array {
+        return dtype_code(x) == 'f' ? weighted_sum_impl<float>(x, coef) : weighted_sum_impl<double>(x, coef);
+      },
+      py::arg("x"), py::arg("coef"),
+      "sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read");
 
-  m.def("flag_irls", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r,
-                        double lam, int max_iter, double eps, double tol, const std::string& scale, int threads) {
-    FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2), "flag_irls: gram must be (b, p, p)");
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-    const int64_t b = gram.shape(0), p = gram.shape(1);
-    InfoArrays info(b, p);
-    FlagIrlsOut view = info.view();
-    const double* g = gram.data();
-    {
-      Interruptible interruptible;
-      if (threads <= 1)
-        flag_irls_batch_cpu(g, b, p, prm, view, info.hist);
-      else  // each problem run by a team of CPU threads with a barrier, as a CUDA block runs it
-        flag_irls_team_emulation_cpu(g, b, p, prm, view, info.hist, threads);
-    }
-    return info.to_dict();
-  }, py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
-     py::arg("team_threads") = 1,
-     "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)");
+  m.def(
+      "flag_irls",
+      [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r, double lam,
+         int max_iter, double eps, double tol, const std::string& scale, int threads) {
+        FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2),
+                           "flag_irls: gram must be (b, p, p)");
+        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+        const int64_t b = gram.shape(0), p = gram.shape(1);
+        InfoArrays info(b, p);
+        FlagIrlsOut view = info.view();
+        const double* g = gram.data();
+        {
+          Interruptible interruptible;
+          if (threads <= 1)
+            flag_irls_batch_cpu(g, b, p, prm, view, info.hist);
+          else  // each problem run by a team of CPU threads with a barrier, as a CUDA block runs it
+            flag_irls_team_emulation_cpu(g, b, p, prm, view, info.hist, threads);
+        }
+        return info.to_dict();
+      },
+      py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"),
+      py::arg("scale"), py::arg("team_threads") = 1,
+      "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads "
+      "(tests)");
 
-  m.def("eigh_top", [](const F64Array& a, int want) -> py::tuple {
-    FLAGCORE_CHECK_ARG(a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
-                       "eigh_top: a must be a square (p, p) matrix");
-    const int p = static_cast<int>(a.shape(0));
-    FLAGCORE_CHECK_ARG(want >= 1 && want <= p, "eigh_top: want must be in [1, " << p << "], got " << want);
-    py::array_t<double> evals(want), evecs({p, p});
-    std::fill(evecs.mutable_data(), evecs.mutable_data() + int64_t(p) * p, 0.0);
-    {
-      Interruptible interruptible;
-      blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data());
-    }
-    py::object top = evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))];
-    return py::make_tuple(evals, top);
-  }, py::arg("a"), py::arg("want"),
-     "top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the FA's host LAPACK path (tests)");
+  m.def(
+      "eigh_top",
+      [](const F64Array& a, int want) -> py::tuple {
+        FLAGCORE_CHECK_ARG(
+            a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
+            "eigh_top: a must be a square (p, p) matrix");
+        const int p = static_cast<int>(a.shape(0));
+        FLAGCORE_CHECK_ARG(want >= 1 && want <= p,
+                           "eigh_top: want must be in [1, " << p << "], got " << want);
+        py::array_t<double> evals(want), evecs({p, p});
+        std::fill(evecs.mutable_data(), evecs.mutable_data() + int64_t(p) * p, 0.0);
+        {
+          Interruptible interruptible;
+          blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data());
+        }
+        py::object top = evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))];
+        return py::make_tuple(evals, top);
+      },
+      py::arg("a"), py::arg("want"),
+      "top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the "
+      "FA's host LAPACK path (tests)");
 
-  m.def("flag_aggregate_layers", [](const py::list& layers, const std::vector<int64_t>& r, double lam, int max_iter,
-                                    double eps, double tol, const std::string& scale) {
-    FLAGCORE_CHECK_ARG(!r.empty(), "flag_aggregate_layers: r must hold one value per layer");
-    FlagParams prm = make_params(r[0], lam, max_iter, eps, tol, scale);
-    FLAGCORE_CHECK_ARG(layers.size() > 0, "flag_aggregate_layers: no layers");
-    return dtype_code(layers[0]) == 'f' ? flag_aggregate_layers_impl<float>(layers, prm, r)
-                                        : flag_aggregate_layers_impl<double>(layers, prm, r);
-  }, py::arg("layers"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
-     "list of (1, p_q, n_q) float32/float64 stacks (one dtype), r per layer -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
+  m.def(
+      "flag_aggregate_layers",
+      [](const py::list& layers, const std::vector<int64_t>& r, double lam, int max_iter, double eps,
+         double tol, const std::string& scale) {
+        FLAGCORE_CHECK_ARG(!r.empty(), "flag_aggregate_layers: r must hold one value per layer");
+        FlagParams prm = make_params(r[0], lam, max_iter, eps, tol, scale);
+        FLAGCORE_CHECK_ARG(layers.size() > 0, "flag_aggregate_layers: no layers");
+        return dtype_code(layers[0]) == 'f' ? flag_aggregate_layers_impl<float>(layers, prm, r)
+                                            : flag_aggregate_layers_impl<double>(layers, prm, r);
+      },
+      py::arg("layers"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"),
+      py::arg("scale"),
+      "list of (1, p_q, n_q) float32/float64 stacks (one dtype), r per layer -> (concatenated aggregates "
+      "[sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
 
+  m.def(
+      "flag_cuda_plan",
+      [](const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, int max_iter) {
+        FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(),
+                           "flag_cuda_plan: ps and ns must be non-empty and of one length");
+        const int64_t b = static_cast<int64_t>(ps.size());
+        py::array_t<int64_t> meta({b, int64_t(kMetaCols)});
+        FlagCudaPlan pl = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, meta.mutable_data());
+        py::dict d = plan_to_dict(pl);
+        d["meta"] = meta;
+        return d;
+      },
+      py::arg("ps"), py::arg("ns"), py::arg("max_iter"),
+      "workspace layout of a ragged batch for the CUDA path (host only)");
 
-  m.def("flag_cuda_plan", [](const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, int max_iter) {
-    FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(), "flag_cuda_plan: ps and ns must be non-empty and of one length");
-    const int64_t b = static_cast<int64_t>(ps.size());
-    py::array_t<int64_t> meta({b, int64_t(kMetaCols)});
-    FlagCudaPlan pl = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, meta.mutable_data());
-    py::dict d = plan_to_dict(pl);
-    d["meta"] = meta;
-    return d;
-  }, py::arg("ps"), py::arg("ns"), py::arg("max_iter"), "workspace layout of a ragged batch for the CUDA path (host only)");
+  m.def(
+      "flag_cuda_plan_uniform",
+      [](int64_t b, int64_t p, int64_t n, int max_iter) {
+        return plan_to_dict(flag_cuda_plan_uniform(b, p, n, max_iter));
+      },
+      py::arg("b"), py::arg("p"), py::arg("n"), py::arg("max_iter"),
+      "workspace layout of a (b, p, n) batch for the CUDA path (host only)");
 
-  m.def("flag_cuda_plan_uniform", [](int64_t b, int64_t p, int64_t n, int max_iter) {
-    return plan_to_dict(flag_cuda_plan_uniform(b, p, n, max_iter));
-  }, py::arg("b"), py::arg("p"), py::arg("n"), py::arg("max_iter"), "workspace layout of a (b, p, n) batch for the CUDA path (host only)");
-
-  m.def("flag_aggregate_cuda_uniform", [](std::uintptr_t x, int dtype, int64_t b, int64_t p, int64_t n, int64_t stride_b,
-                                          int64_t stride_p, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, int64_t r,
-                                          double lam, int max_iter, double eps, double tol, const std::string& scale,
-                                          std::uintptr_t stream, int device, int variant) {
+  m.def(
+      "flag_aggregate_cuda_uniform",
+      [](std::uintptr_t x, int dtype, int64_t b, int64_t p, int64_t n, int64_t stride_b, int64_t stride_p,
+         std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, int64_t r, double lam, int max_iter,
+         double eps, double tol, const std::string& scale, std::uintptr_t stream, int device, int variant) {
 #ifdef FLAGCORE_WITH_CUDA
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-    FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, n, max_iter);
-    check_cuda_call(device, ws_bytes, plan, dtype);
-    cuda::DeviceProblems d;
-    d.b = b; d.base = reinterpret_cast<const void*>(x); d.stride_b = stride_b; d.stride_p = stride_p;
-    d.p = p; d.n = n; d.p_max = p; d.rows = plan.rows; d.parts = plan.parts;
-    const int64_t es = cuda::dtype_size(dtype);
-    d.aligned16 = x % 16 == 0 && (stride_b * es) % 16 == 0 && (stride_p * es) % 16 == 0;
-    py::gil_scoped_release release;
-    cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out), reinterpret_cast<unsigned char*>(ws),
-                              stream, device, variant);
+        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+        FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, n, max_iter);
+        check_cuda_call(device, ws_bytes, plan, dtype);
+        cuda::DeviceProblems d;
+        d.b = b;
+        d.base = reinterpret_cast<const void*>(x);
+        d.stride_b = stride_b;
+        d.stride_p = stride_p;
+        d.p = p;
+        d.n = n;
+        d.p_max = p;
+        d.rows = plan.rows;
+        d.parts = plan.parts;
+        const int64_t es = cuda::dtype_size(dtype);
+        d.aligned16 = x % 16 == 0 && (stride_b * es) % 16 == 0 && (stride_p * es) % 16 == 0;
+        py::gil_scoped_release release;
+        cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out),
+                                  reinterpret_cast<unsigned char*>(ws), stream, device, variant);
 #else
-    (void)x; (void)dtype; (void)b; (void)p; (void)n; (void)stride_b; (void)stride_p; (void)out; (void)ws; (void)ws_bytes;
-    (void)r; (void)lam; (void)max_iter; (void)eps; (void)tol; (void)scale; (void)stream; (void)device; (void)variant;
-    no_cuda();
+        (void)x;
+        (void)dtype;
+        (void)b;
+        (void)p;
+        (void)n;
+        (void)stride_b;
+        (void)stride_p;
+        (void)out;
+        (void)ws;
+        (void)ws_bytes;
+        (void)r;
+        (void)lam;
+        (void)max_iter;
+        (void)eps;
+        (void)tol;
+        (void)scale;
+        (void)stream;
+        (void)device;
+        (void)variant;
+        no_cuda();
 #endif
-  }, py::arg("x"), py::arg("dtype"), py::arg("b"), py::arg("p"), py::arg("n"), py::arg("stride_b"), py::arg("stride_p"),
-     py::arg("out"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"),
-     py::arg("tol"), py::arg("scale"), py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
-     "FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs in out and ws");
+      },
+      py::arg("x"), py::arg("dtype"), py::arg("b"), py::arg("p"), py::arg("n"), py::arg("stride_b"),
+      py::arg("stride_p"), py::arg("out"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"),
+      py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"), py::arg("stream"),
+      py::arg("device"), py::arg("variant") = 0,
+      "FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs "
+      "in out and ws");
 
-  m.def("flag_aggregate_cuda_ragged", [](std::uintptr_t table, const std::vector<int64_t>& ps, const std::vector<int64_t>& ns,
-                                         bool aligned16, int dtype, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes,
-                                         int64_t r, double lam, int max_iter, double eps, double tol, const std::string& scale,
-                                         std::uintptr_t stream, int device, int variant) {
+  m.def(
+      "flag_aggregate_cuda_ragged",
+      [](std::uintptr_t table, const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, bool aligned16,
+         int dtype, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, int64_t r, double lam,
+         int max_iter, double eps, double tol, const std::string& scale, std::uintptr_t stream, int device,
+         int variant) {
 #ifdef FLAGCORE_WITH_CUDA
-    FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(), "flag_aggregate_cuda_ragged: ps and ns must be non-empty and of one length");
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-    const int64_t b = static_cast<int64_t>(ps.size());
-    FlagCudaPlan plan = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, nullptr);
-    check_cuda_call(device, ws_bytes, plan, dtype);
-    cuda::DeviceProblems d;
-    d.b = b; d.table = reinterpret_cast<const int64_t*>(table); d.p_max = plan.p_max; d.rows = plan.rows;
-    d.parts = plan.parts; d.aligned16 = aligned16;
-    py::gil_scoped_release release;
-    cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out), reinterpret_cast<unsigned char*>(ws),
-                              stream, device, variant);
+        FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(),
+                           "flag_aggregate_cuda_ragged: ps and ns must be non-empty and of one length");
+        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+        const int64_t b = static_cast<int64_t>(ps.size());
+        FlagCudaPlan plan = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, nullptr);
+        check_cuda_call(device, ws_bytes, plan, dtype);
+        cuda::DeviceProblems d;
+        d.b = b;
+        d.table = reinterpret_cast<const int64_t*>(table);
+        d.p_max = plan.p_max;
+        d.rows = plan.rows;
+        d.parts = plan.parts;
+        d.aligned16 = aligned16;
+        py::gil_scoped_release release;
+        cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out),
+                                  reinterpret_cast<unsigned char*>(ws), stream, device, variant);
 #else
-    (void)table; (void)ps; (void)ns; (void)aligned16; (void)dtype; (void)out; (void)ws; (void)ws_bytes; (void)r; (void)lam;
-    (void)max_iter; (void)eps; (void)tol; (void)scale; (void)stream; (void)device; (void)variant;
-    no_cuda();
+        (void)table;
+        (void)ps;
+        (void)ns;
+        (void)aligned16;
+        (void)dtype;
+        (void)out;
+        (void)ws;
+        (void)ws_bytes;
+        (void)r;
+        (void)lam;
+        (void)max_iter;
+        (void)eps;
+        (void)tol;
+        (void)scale;
+        (void)stream;
+        (void)device;
+        (void)variant;
+        no_cuda();
 #endif
-  }, py::arg("table"), py::arg("ps"), py::arg("ns"), py::arg("aligned16"), py::arg("dtype"), py::arg("out"), py::arg("ws"),
-     py::arg("ws_bytes"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
-     py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
-     "FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]");
+      },
+      py::arg("table"), py::arg("ps"), py::arg("ns"), py::arg("aligned16"), py::arg("dtype"), py::arg("out"),
+      py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"),
+      py::arg("tol"), py::arg("scale"), py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
+      "FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]");
 
-  m.def("flag_irls_cuda", [](std::uintptr_t gram, int64_t b, int64_t p, std::uintptr_t ws, int64_t ws_bytes, int64_t r,
-                             double lam, int max_iter, double eps, double tol, const std::string& scale,
-                             std::uintptr_t stream, int device) {
+  m.def(
+      "flag_irls_cuda",
+      [](std::uintptr_t gram, int64_t b, int64_t p, std::uintptr_t ws, int64_t ws_bytes, int64_t r,
+         double lam, int max_iter, double eps, double tol, const std::string& scale, std::uintptr_t stream,
+         int device) {
 #ifdef FLAGCORE_WITH_CUDA
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-    FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, 0, max_iter);
-    check_cuda_call(device, ws_bytes, plan, 0);
-    py::gil_scoped_release release;
-    cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram), b, p, plan, prm, reinterpret_cast<unsigned char*>(ws),
-                              stream, device);
+        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+        FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, 0, max_iter);
+        check_cuda_call(device, ws_bytes, plan, 0);
+        py::gil_scoped_release release;
+        cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram), b, p, plan, prm,
+                                  reinterpret_cast<unsigned char*>(ws), stream, device);
 #else
-    (void)gram; (void)b; (void)p; (void)ws; (void)ws_bytes; (void)r; (void)lam; (void)max_iter; (void)eps; (void)tol;
-    (void)scale; (void)stream; (void)device;
-    no_cuda();
+        (void)gram;
+        (void)b;
+        (void)p;
+        (void)ws;
+        (void)ws_bytes;
+        (void)r;
+        (void)lam;
+        (void)max_iter;
+        (void)eps;
+        (void)tol;
+        (void)scale;
+        (void)stream;
+        (void)device;
+        no_cuda();
 #endif
-  }, py::arg("gram"), py::arg("b"), py::arg("p"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"),
-     py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"), py::arg("stream"), py::arg("device"),
-     "the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets");
+      },
+      py::arg("gram"), py::arg("b"), py::arg("p"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"),
+      py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
+      py::arg("stream"), py::arg("device"),
+      "the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at "
+      "flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets");
 
-  m.def("flag_aggregate", [](const py::object& x, int64_t r, double lam, int max_iter, double eps,
-                             double tol, const std::string& scale) {
-    FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-    return dtype_code(x) == 'f' ? flag_aggregate_impl<float>(x, prm) : flag_aggregate_impl<double>(x, prm);
-  }, py::arg("x"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"));
+  m.def(
+      "flag_aggregate",
+      [](const py::object& x, int64_t r, double lam, int max_iter, double eps, double tol,
+         const std::string& scale) {
+        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+        return dtype_code(x) == 'f' ? flag_aggregate_impl<float>(x, prm)
+                                    : flag_aggregate_impl<double>(x, prm);
+      },
+      py::arg("x"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"),
+      py::arg("scale"));
 
   register_rules(m);
   bind_forkjoin(m);

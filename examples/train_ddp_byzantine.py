@@ -11,6 +11,7 @@ own); --mode ps uses flagcore's synchronous parameter server (rank 0
 aggregates the whole flattened gradient). Compare --rule mean (breaks) with --rule median or
 --rule flag (trains). CPU processes use gloo; with one GPU per process, NCCL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,12 @@ import time
 import torch
 import torch.distributed as dist
 
-from flagcore.distributed import ParameterServer, assert_replicas_identical, register_robust_hook, shutdown
+from flagcore.distributed import (
+    ParameterServer,
+    assert_replicas_identical,
+    register_robust_hook,
+    shutdown,
+)
 
 FEATURES, CLASSES = 20, 4
 
@@ -48,17 +54,29 @@ def key_values(items: list) -> dict:
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rule", default="flag", help="flagcore rule (mean, median, flag, ...)")
-    ap.add_argument("--rule-param", action="append", default=[], metavar="K=V", help="rule parameter, repeatable")
+    ap.add_argument(
+        "--rule-param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="rule parameter, repeatable",
+    )
     ap.add_argument("--attack", default="random", help="attack of the Byzantine ranks, or 'none'")
     ap.add_argument("--attack-param", action="append", default=[], metavar="K=V")
-    ap.add_argument("--byzantine", default="last", help="comma-separated ranks, 'last' (default) or 'none'")
+    ap.add_argument(
+        "--byzantine", default="last", help="comma-separated ranks, 'last' (default) or 'none'"
+    )
     ap.add_argument("--mode", choices=("ddp", "ps"), default="ddp")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds before missing ranks are reported")
+    ap.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds before missing ranks are reported"
+    )
     ap.add_argument("--bucket-cap-mb", type=float, default=None, help="DDP bucket size in MiB")
-    ap.add_argument("--block-wise", action="store_true", help="aggregate each DDP bucket on its own")
+    ap.add_argument(
+        "--block-wise", action="store_true", help="aggregate each DDP bucket on its own"
+    )
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -79,8 +97,10 @@ def main() -> None:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(1)  # several processes share the CPU cores
-    dist.init_process_group("nccl" if use_cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=max(300.0, 2 * args.timeout)))
+    dist.init_process_group(
+        "nccl" if use_cuda else "gloo",
+        timeout=datetime.timedelta(seconds=max(300.0, 2 * args.timeout)),
+    )
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.byzantine == "none" or args.attack == "none":
         byzantine: set = set()
@@ -92,31 +112,53 @@ def main() -> None:
     attack_params = key_values(args.attack_param) if attack else None
     rule_params = key_values(args.rule_param)
 
-    centers = 0.6 * torch.randn(CLASSES, FEATURES, generator=torch.Generator().manual_seed(args.seed))
+    centers = 0.6 * torch.randn(
+        CLASSES, FEATURES, generator=torch.Generator().manual_seed(args.seed)
+    )
     test_x, test_y = batch(torch.Generator().manual_seed(args.seed + 1), centers, 2000, device)
     torch.manual_seed(args.seed)  # the same initial model on every rank
-    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(),
-                                torch.nn.Linear(64, CLASSES)).to(device)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, CLASSES)
+    ).to(device)
     gen = torch.Generator().manual_seed(args.seed + 100 + rank)  # each rank its own data stream
 
     if args.mode == "ddp":
         kw = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
         net = torch.nn.parallel.DistributedDataParallel(model, **kw)
-        state = register_robust_hook(net, args.rule, attack, attack_params=attack_params,
-                                     whole_model=not args.block_wise, seed=args.seed, timeout=args.timeout, **rule_params)
+        state = register_robust_hook(
+            net,
+            args.rule,
+            attack,
+            attack_params=attack_params,
+            whole_model=not args.block_wise,
+            seed=args.seed,
+            timeout=args.timeout,
+            **rule_params,
+        )
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
         stats = state.stats
     else:
         net = model
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-        ps = ParameterServer(model, opt, rule=args.rule, attack=attack, attack_params=attack_params,
-                             seed=args.seed, timeout=args.timeout, **rule_params)
+        ps = ParameterServer(
+            model,
+            opt,
+            rule=args.rule,
+            attack=attack,
+            attack_params=attack_params,
+            seed=args.seed,
+            timeout=args.timeout,
+            **rule_params,
+        )
         stats = ps.stats
 
     if rank == 0:
         shown = args.rule + (f" {rule_params}" if rule_params else "")
-        print(f"{world} ranks, mode {args.mode}, rule {shown}, "
-              f"Byzantine ranks {sorted(byzantine) or 'none'} ({args.attack})", flush=True)
+        print(
+            f"{world} ranks, mode {args.mode}, rule {shown}, "
+            f"Byzantine ranks {sorted(byzantine) or 'none'} ({args.attack})",
+            flush=True,
+        )
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         x, y = batch(gen, centers, args.batch, device)
@@ -132,16 +174,22 @@ def main() -> None:
                 logits = model(test_x)
                 acc = (logits.argmax(1) == test_y).float().mean().item()
                 test_loss = torch.nn.functional.cross_entropy(logits, test_y).item()
-            print(f"step {step:5d}  train loss {loss.item():9.4f}  test loss {test_loss:9.4f}  "
-                  f"test accuracy {acc:6.3f}", flush=True)
+            print(
+                f"step {step:5d}  train loss {loss.item():9.4f}  test loss {test_loss:9.4f}  "
+                f"test accuracy {acc:6.3f}",
+                flush=True,
+            )
     wall = time.perf_counter() - t0
     digest = assert_replicas_identical(model)
     if rank == 0:
         print(f"replicas bitwise identical on all {world} ranks (sha256 {digest[:16]}...)")
-        print(f"{wall:.2f} s for {args.steps} steps; on rank 0: liveness checks {stats.barrier_s:.3f} s, "
-              f"communication {stats.comm_s:.3f} s, aggregation {stats.aggregate_s:.3f} s; ranks that "
-              f"sent NaN/Inf: {stats.nonfinite_calls or 'none'}; malformed contributions rejected: "
-              f"{stats.rejected_calls or 'none'}", flush=True)
+        print(
+            f"{wall:.2f} s for {args.steps} steps; on rank 0: liveness checks {stats.barrier_s:.3f} s, "
+            f"communication {stats.comm_s:.3f} s, aggregation {stats.aggregate_s:.3f} s; ranks that "
+            f"sent NaN/Inf: {stats.nonfinite_calls or 'none'}; malformed contributions rejected: "
+            f"{stats.rejected_calls or 'none'}",
+            flush=True,
+        )
     shutdown()
 
 

@@ -1,6 +1,7 @@
 """One rank of the multi-process tests in test_distributed.py (run as a script, one process
 per rank, by ``launch`` there): ``python _dist_worker.py SCENARIO OUT_DIR``. Writes
 OUT_DIR/rank<r>.json and exits with os._exit so that no teardown can hang."""
+
 from __future__ import annotations
 
 import datetime
@@ -15,8 +16,12 @@ import torch.distributed as dist
 
 import flagcore
 from flagcore import attacks
-from flagcore.distributed import (ParameterServer, RankFailureError, assert_replicas_identical,
-                                  register_robust_hook)
+from flagcore.distributed import (
+    ParameterServer,
+    RankFailureError,
+    assert_replicas_identical,
+    register_robust_hook,
+)
 from flagcore.distributed._common import derive_seed
 
 BYZANTINE = 3
@@ -43,14 +48,22 @@ def flat_params(model: torch.nn.Module) -> list:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist()
 
 
-def train_ddp(rank: int, rule: str | None, attack: str | None, stop_at: int | None = None,
-              timeout: float = 30.0, bucket_cap_mb: float | None = None) -> dict:
+def train_ddp(
+    rank: int,
+    rule: str | None,
+    attack: str | None,
+    stop_at: int | None = None,
+    timeout: float = 30.0,
+    bucket_cap_mb: float | None = None,
+) -> dict:
     model = new_model()
     kw = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
     ddp = torch.nn.parallel.DistributedDataParallel(model, **kw)
     state = None
     if rule is not None:
-        state = register_robust_hook(ddp, rule, attack if rank == BYZANTINE else None, seed=7, timeout=timeout)
+        state = register_robust_hook(
+            ddp, rule, attack if rank == BYZANTINE else None, seed=7, timeout=timeout
+        )
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
     x, y = rank_data(rank)
     for step in range(STEPS):
@@ -67,12 +80,25 @@ def train_ddp(rank: int, rule: str | None, attack: str | None, stop_at: int | No
     return out
 
 
-def train_ps(rank: int, rule: str, attack: str | None, mode: str, stop_at: int | None = None,
-             timeout: float = 30.0) -> dict:
+def train_ps(
+    rank: int,
+    rule: str,
+    attack: str | None,
+    mode: str,
+    stop_at: int | None = None,
+    timeout: float = 30.0,
+) -> dict:
     model = new_model()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    ps = ParameterServer(model, opt, rule=rule, mode=mode, attack=attack if rank == BYZANTINE else None,
-                         seed=7, timeout=timeout)
+    ps = ParameterServer(
+        model,
+        opt,
+        rule=rule,
+        mode=mode,
+        attack=attack if rank == BYZANTINE else None,
+        seed=7,
+        timeout=timeout,
+    )
     x, y = rank_data(rank)
     for step in range(STEPS):
         if stop_at is not None and step == stop_at:
@@ -80,8 +106,11 @@ def train_ps(rank: int, rule: str, attack: str | None, mode: str, stop_at: int |
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
         ps.step()
-    return {"params": flat_params(model), "digest": assert_replicas_identical(model),
-            "stats": ps.stats.as_dict()}
+    return {
+        "params": flat_params(model),
+        "digest": assert_replicas_identical(model),
+        "stats": ps.stats.as_dict(),
+    }
 
 
 def misbehave(rank: int, step: int) -> None:
@@ -101,8 +130,14 @@ def ps_equivalence(rank: int, world: int) -> dict:
         for include_server in (True, False):
             for attack in (None, "sign_flip"):
                 model = torch.nn.Linear(n, 1, bias=False)  # n parameters, only shapes matter
-                ps = ParameterServer(model, rule=rule, include_server=include_server, seed=3,
-                                     attack=attack if rank == BYZANTINE else None, timeout=30.0)
+                ps = ParameterServer(
+                    model,
+                    rule=rule,
+                    include_server=include_server,
+                    seed=3,
+                    attack=attack if rank == BYZANTINE else None,
+                    timeout=30.0,
+                )
                 got = ps.aggregate(grads[rank] if ps.is_worker else None)
                 rows = []
                 for r in ps.workers:
@@ -110,11 +145,14 @@ def ps_equivalence(rank: int, world: int) -> dict:
                     if attack is not None and r == BYZANTINE:
                         g = attacks.attack(attack, g[None], 1, seed=derive_seed(3, r, 0))[0]
                     rows.append(g)
-                want = flagcore.aggregate(torch.stack(rows), rule,
-                                          **({"scale": "median_norm"} if rule == "flag" else {}))
+                want = flagcore.aggregate(
+                    torch.stack(rows), rule, **({"scale": "median_norm"} if rule == "flag" else {})
+                )
                 key = f"{rule}/server={include_server}/attack={attack}"
-                checks[key] = {"equal": bool(torch.equal(got, want)),
-                               "maxdiff": float((got - want).abs().max())}
+                checks[key] = {
+                    "equal": bool(torch.equal(got, want)),
+                    "maxdiff": float((got - want).abs().max()),
+                }
     return checks
 
 
@@ -124,9 +162,15 @@ def main() -> None:
     world = int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
     pg_timeout = datetime.timedelta(seconds=60)
-    if "FC_STORE_PORT" in os.environ:  # a store hosted by the test process, as torchrun's agent does
-        store = dist.TCPStore("127.0.0.1", int(os.environ["FC_STORE_PORT"]), world, False, pg_timeout)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=pg_timeout)
+    if (
+        "FC_STORE_PORT" in os.environ
+    ):  # a store hosted by the test process, as torchrun's agent does
+        store = dist.TCPStore(
+            "127.0.0.1", int(os.environ["FC_STORE_PORT"]), world, False, pg_timeout
+        )
+        dist.init_process_group(
+            "gloo", store=store, rank=rank, world_size=world, timeout=pg_timeout
+        )
     else:  # env://: rank 0 hosts the store at MASTER_ADDR:MASTER_PORT
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=pg_timeout)
     out: dict = {"rank": rank}
@@ -144,11 +188,22 @@ def main() -> None:
         elif scenario == "kill_hook":
             train_ddp(rank, "flag", "random", stop_at=5, timeout=float(os.environ["FC_TIMEOUT"]))
         elif scenario == "stall_ps":
-            train_ps(rank, "median", None, "gradients", stop_at=5, timeout=float(os.environ["FC_TIMEOUT"]))
+            train_ps(
+                rank,
+                "median",
+                None,
+                "gradients",
+                stop_at=5,
+                timeout=float(os.environ["FC_TIMEOUT"]),
+            )
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
     except RankFailureError as exc:
-        out["error"] = {"type": "RankFailureError", "message": str(exc), "missing": list(exc.missing_ranks)}
+        out["error"] = {
+            "type": "RankFailureError",
+            "message": str(exc),
+            "missing": list(exc.missing_ranks),
+        }
     except RuntimeError as exc:  # DDP re-raises a hook's error as RuntimeError
         out["error"] = {"type": type(exc).__name__, "message": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - reported to the test, never swallowed silently

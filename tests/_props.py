@@ -10,6 +10,7 @@ single NaN among finite values. ``x64`` is the float64 (b, p, n) array the compu
 Runs are bounded and reproducible: every test uses ``SETTINGS`` (derandomize, no database, a
 fixed example budget), so CI sees the same examples on every run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,20 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-ROW_KINDS = ("normal", "normal", "normal", "normal", "zero", "duplicate", "huge", "tiny", "nan", "inf",
-             "neg_inf", "one_nan")
+ROW_KINDS = (
+    "normal",
+    "normal",
+    "normal",
+    "normal",
+    "zero",
+    "duplicate",
+    "huge",
+    "tiny",
+    "nan",
+    "inf",
+    "neg_inf",
+    "one_nan",
+)
 LAYOUTS = ("c", "fortran", "strided", "last_axis_strided", "list")
 DTYPES = (np.float64, np.float32, np.float16)
 # Relative tolerance of a result rounded to the output dtype (plus float32 intermediates).
@@ -28,20 +41,28 @@ RTOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-5, np.dtype(np.floa
 
 
 def bounded(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
+    )
 
 
 @dataclass
 class StackCase:
-    x: Any                 # what the caller passes
-    x64: np.ndarray        # (b, p, n) float64 values the computation sees
+    x: Any  # what the caller passes
+    x64: np.ndarray  # (b, p, n) float64 values the computation sees
     dtype: np.dtype
     batched: bool
     layout: str
-    kinds: list            # per row kind (same for every problem of a batch)
-    item_shape: tuple      # shape of one aggregate as returned
+    kinds: list  # per row kind (same for every problem of a batch)
+    item_shape: tuple  # shape of one aggregate as returned
 
     @property
     def b(self) -> int:
@@ -62,7 +83,9 @@ class StackCase:
 
     def unchanged(self, snap: Any) -> bool:
         if isinstance(self.x, list):
-            return all(a.tobytes() == s.tobytes() for a, s in zip(self.x, snap)) and len(self.x) == len(snap)
+            return all(a.tobytes() == s.tobytes() for a, s in zip(self.x, snap)) and len(
+                self.x
+            ) == len(snap)
         return np.array_equal(np.asarray(self.x), snap, equal_nan=True)
 
     def nonfinite_rows(self) -> np.ndarray:
@@ -76,14 +99,20 @@ class StackCase:
         return ~np.isfinite(sq)
 
 
-def _fill_row(kind: str, rng: np.random.Generator, n: int, scale: float, dtype: np.dtype) -> np.ndarray:
+def _fill_row(
+    kind: str, rng: np.random.Generator, n: int, scale: float, dtype: np.dtype
+) -> np.ndarray:
     info = np.finfo(dtype)
     if kind == "normal":
         return rng.standard_normal(n) * scale
     if kind == "zero":
         return np.zeros(n)
     if kind == "huge":  # finite, but the squared norm overflows float64 (float64 only)
-        return np.sign(rng.standard_normal(n)) * 1e200 if dtype == np.float64 else rng.standard_normal(n) * float(info.max) / 8
+        return (
+            np.sign(rng.standard_normal(n)) * 1e200
+            if dtype == np.float64
+            else rng.standard_normal(n) * float(info.max) / 8
+        )
     if kind == "tiny":
         return rng.standard_normal(n) * float(info.tiny) * 4
     if kind == "nan":
@@ -100,9 +129,18 @@ def _fill_row(kind: str, rng: np.random.Generator, n: int, scale: float, dtype: 
 
 
 @st.composite
-def stacks(draw: Any, *, p_min: int = 1, p_max: int = 10, n_max: int = 24, big_p: bool = False,
-           dtypes: tuple = DTYPES, kinds: tuple = ROW_KINDS, allow_batch: bool = True,
-           layouts: tuple = LAYOUTS) -> StackCase:
+def stacks(
+    draw: Any,
+    *,
+    p_min: int = 1,
+    p_max: int = 10,
+    n_max: int = 24,
+    big_p: bool = False,
+    dtypes: tuple = DTYPES,
+    kinds: tuple = ROW_KINDS,
+    allow_batch: bool = True,
+    layouts: tuple = LAYOUTS,
+) -> StackCase:
     """A gradient stack. big_p: p up to 128 in a few examples (kept rare: FA's IRLS at p = 128
     costs ~0.1 s)."""
     if big_p and draw(st.integers(0, 9)) == 0:
@@ -116,7 +154,7 @@ def stacks(draw: Any, *, p_min: int = 1, p_max: int = 10, n_max: int = 24, big_p
     e_max = {np.dtype(np.float64): 30, np.dtype(np.float32): 15, np.dtype(np.float16): 2}[dtype]
     scale = 10.0 ** draw(st.integers(-e_max, e_max))
     row_kinds = draw(st.lists(st.sampled_from(kinds), min_size=p, max_size=p))
-    seed = draw(st.integers(0, 2 ** 32 - 1))
+    seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     bb = 1 if b is None else b
     x = np.empty((bb, p, n), dtype=np.float64)
@@ -149,7 +187,9 @@ def stacks(draw: Any, *, p_min: int = 1, p_max: int = 10, n_max: int = 24, big_p
     return StackCase(arr, x64, dtype, b is not None, layout, row_kinds, item_shape)
 
 
-def assert_weighted_sum(case: StackCase, out: np.ndarray, coef: np.ndarray, excluded: np.ndarray) -> None:
+def assert_weighted_sum(
+    case: StackCase, out: np.ndarray, coef: np.ndarray, excluded: np.ndarray
+) -> None:
     """out == sum_i coef_i g_i over the non-excluded rows, to the output dtype's rounding."""
     out64 = np.asarray(out, np.float64).reshape(case.b, case.n)
     coef = np.asarray(coef, np.float64).reshape(case.b, case.p)

@@ -1,4 +1,5 @@
 """Shared fixtures and input factories (benchmarks reuse make_gradients)."""
+
 from __future__ import annotations
 
 import os
@@ -23,4 +24,3 @@ def require_torch():
     if torch is None:
         pytest.skip("torch is not installed")
     return torch
-

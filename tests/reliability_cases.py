@@ -10,6 +10,7 @@ input, a changed input) is marked "BUG: ..." and fails tests/test_reliability_ma
 tools/reliability_table.py writes it (and bench/results/reliability_matrix.json), and the test
 checks that the committed section is what the cases produce today.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,6 +39,7 @@ def _with(x: np.ndarray, fn: Callable[[np.ndarray], None]) -> np.ndarray:
 def _set(rows, value):
     def f(x):
         x[rows] = value
+
     return f
 
 
@@ -61,10 +63,22 @@ DATA = [
     ("one zero worker", lambda: _with(_g(), _set(2, 0.0))),
     ("every worker zero", lambda: np.zeros((9, 16), np.float32)),
     ("every worker identical", lambda: np.repeat(_g()[:1], 9, axis=0)),
-    ("x and -x only (cancelling)", lambda: np.concatenate([np.repeat(_g()[:1], 5, 0), -np.repeat(_g()[:1], 4, 0)])),
-    ("huge float64 rows (1e200: squared norm overflows)", lambda: _with(_g(dtype=F64), _set([1, 5], 1e200))),
-    ("float64 near DBL_MAX everywhere (0.9 max)", lambda: np.full((9, 16), 0.9 * np.finfo(F64).max)),
-    ("float32 near FLT_MAX everywhere (0.9 max)", lambda: np.full((9, 16), 0.9 * np.finfo(np.float32).max, np.float32)),
+    (
+        "x and -x only (cancelling)",
+        lambda: np.concatenate([np.repeat(_g()[:1], 5, 0), -np.repeat(_g()[:1], 4, 0)]),
+    ),
+    (
+        "huge float64 rows (1e200: squared norm overflows)",
+        lambda: _with(_g(dtype=F64), _set([1, 5], 1e200)),
+    ),
+    (
+        "float64 near DBL_MAX everywhere (0.9 max)",
+        lambda: np.full((9, 16), 0.9 * np.finfo(F64).max),
+    ),
+    (
+        "float32 near FLT_MAX everywhere (0.9 max)",
+        lambda: np.full((9, 16), 0.9 * np.finfo(np.float32).max, np.float32),
+    ),
     ("subnormal float64 (1e-310)", lambda: _g(dtype=F64) * 1e-310),
     ("rows of scales 1e-30 .. 1e30", lambda: _g(dtype=F64) * np.logspace(-30, 30, 9)[:, None]),
     ("p = 1", lambda: _g(p=1)),
@@ -72,13 +86,18 @@ DATA = [
     ("n = 1", lambda: _g(n=1)),
     ("n = 0 (empty gradients)", lambda: np.zeros((9, 0), np.float32)),
     ("p = 0 (no workers)", lambda: np.zeros((0, 16), np.float32)),
-    ("batched (3, 9, 16), NaN worker in problem 1", lambda: _with(np.stack([_g(seed=s) for s in range(3)]),
-                                                                  _set((1, 4), np.nan))),
+    (
+        "batched (3, 9, 16), NaN worker in problem 1",
+        lambda: _with(np.stack([_g(seed=s) for s in range(3)]), _set((1, 4), np.nan)),
+    ),
     ("Fortran order", lambda: np.asfortranarray(_g())),
     ("strided view (every other column)", lambda: _g(n=32)[:, ::2]),
     ("read-only array", lambda: _readonly(_g())),
     ("list of 9 (4, 4) arrays", lambda: [r.reshape(4, 4) for r in _g()]),
-    ("list with mismatched shapes", lambda: [np.zeros(16, np.float32)] * 8 + [np.zeros(15, np.float32)]),
+    (
+        "list with mismatched shapes",
+        lambda: [np.zeros(16, np.float32)] * 8 + [np.zeros(15, np.float32)],
+    ),
     ("list with mixed dtypes", lambda: [np.zeros(16, np.float32)] * 8 + [np.zeros(16)]),
     ("list of Python lists", lambda: [[0.0] * 16] * 9),
     ("1-D array", lambda: _g()[0]),
@@ -128,7 +147,10 @@ def _param_cases() -> list:
 
     x = _g()
     two = [(1.0, 1.0, 0.5), (2.0, 4.0, 0.5)]
-    sim = lambda **kw: energy.simulate(4, 2, kw.pop("lam", 1.0), kw.pop("levels", two), requests=2000, **kw)  # noqa: E731
+
+    def sim(**kw):
+        return energy.simulate(4, 2, kw.pop("lam", 1.0), kw.pop("levels", two), requests=2000, **kw)
+
     apx = lambda **kw: energy.approximate(4, 2, kw.pop("lam", 1.0), kw.pop("levels", two), **kw)  # noqa: E731
     fa = lambda **kw: flagcore.flag_aggregate(x, **kw)  # noqa: E731
     ag = lambda rule, **kw: flagcore.aggregate(x, rule, **kw)  # noqa: E731
@@ -145,8 +167,16 @@ def _param_cases() -> list:
         ("flag_aggregate", "return_info = 1", lambda: fa(return_info=1)),
         ("flag_aggregate_layers", "not a list", lambda: flagcore.flag_aggregate_layers(x)),
         ("flag_aggregate_layers", "empty list", lambda: flagcore.flag_aggregate_layers([])),
-        ("flag_aggregate_layers", "float32 and float64 layers", lambda: flagcore.flag_aggregate_layers([x, x.astype(F64)])),
-        ("flag_aggregate_layers", "r > smallest p", lambda: flagcore.flag_aggregate_layers([x, x[:3]], r=4)),
+        (
+            "flag_aggregate_layers",
+            "float32 and float64 layers",
+            lambda: flagcore.flag_aggregate_layers([x, x.astype(F64)]),
+        ),
+        (
+            "flag_aggregate_layers",
+            "r > smallest p",
+            lambda: flagcore.flag_aggregate_layers([x, x[:3]], r=4),
+        ),
         ("aggregate", "unknown rule", lambda: ag("average")),
         ("aggregate", "trimmed_mean without f", lambda: ag("trimmed_mean")),
         ("aggregate", "f = -1", lambda: ag("median", f=-1)),
@@ -154,14 +184,30 @@ def _param_cases() -> list:
         ("aggregate", "bulyan f = 2 with p = 9", lambda: ag("bulyan", f=2)),
         ("aggregate", "multi_krum m > p - f", lambda: ag("multi_krum", f=1, m=9)),
         ("aggregate", "pre = 'sort'", lambda: ag("median", pre="sort")),
-        ("aggregate", "bucketing leaves too few rows", lambda: ag("trimmed_mean", f=3, pre="bucketing")),
+        (
+            "aggregate",
+            "bucketing leaves too few rows",
+            lambda: ag("trimmed_mean", f=3, pre="bucketing"),
+        ),
         ("aggregate", "bucket_size = 0", lambda: ag("median", pre="bucketing", bucket_size=0)),
         ("aggregate", "unknown parameter", lambda: ag("median", tau=1.0)),
         ("aggregate", "geometric_median nu = 0", lambda: ag("geometric_median", nu=0.0)),
         ("aggregate", "centered_clipping tau = -1", lambda: ag("centered_clipping", tau=-1.0)),
-        ("aggregate", "centered_clipping reference of wrong shape", lambda: ag("centered_clipping", reference=np.zeros(3))),
-        ("aggregate", "centered_clipping reference with NaN", lambda: ag("centered_clipping", reference=np.full(16, np.nan))),
-        ("aggregate", "reference = 'previous'", lambda: ag("centered_clipping", reference="previous")),
+        (
+            "aggregate",
+            "centered_clipping reference of wrong shape",
+            lambda: ag("centered_clipping", reference=np.zeros(3)),
+        ),
+        (
+            "aggregate",
+            "centered_clipping reference with NaN",
+            lambda: ag("centered_clipping", reference=np.full(16, np.nan)),
+        ),
+        (
+            "aggregate",
+            "reference = 'previous'",
+            lambda: ag("centered_clipping", reference="previous"),
+        ),
         ("CenteredClipping", "reference = 'last'", lambda: CenteredClipping(reference="last")),
         ("attacks.attack", "unknown attack", lambda: attack("flip", x, 2)),
         ("attacks.attack", "f = -1", lambda: attack("random", x, -1)),
@@ -174,32 +220,71 @@ def _param_cases() -> list:
         ("energy.simulate", "n = 2.5", lambda: energy.simulate(2.5, 1, 0.5, two)),
         ("energy.simulate", "arrival_rate = NaN", lambda: sim(lam=math.nan)),
         ("energy.simulate", "arrival_rate = 0", lambda: sim(lam=0.0)),
-        ("energy.simulate", "probabilities sum to 0.9", lambda: sim(levels=[(1.0, 1.0, 0.5), (2.0, 4.0, 0.4)])),
+        (
+            "energy.simulate",
+            "probabilities sum to 0.9",
+            lambda: sim(levels=[(1.0, 1.0, 0.5), (2.0, 4.0, 0.4)]),
+        ),
         ("energy.simulate", "negative rate", lambda: sim(levels=[(-1.0, 1.0, 1.0)])),
         ("energy.simulate", "negative power", lambda: sim(levels=[(1.0, -1.0, 1.0)])),
-        ("energy.simulate", "level (rate, power) without probability", lambda: sim(levels=[(1.0, 1.0)])),
+        (
+            "energy.simulate",
+            "level (rate, power) without probability",
+            lambda: sim(levels=[(1.0, 1.0)]),
+        ),
         ("energy.simulate", "empty levels", lambda: sim(levels=[])),
         ("energy.simulate", "unknown service", lambda: sim(service="weibull")),
-        ("energy.simulate", "Pareto alpha = 1 (infinite mean)", lambda: sim(service=("pareto", 1.0))),
-        ("energy.simulate", "empirical samples with a negative", lambda: sim(service=("empirical", [1.0, -1.0]))),
+        (
+            "energy.simulate",
+            "Pareto alpha = 1 (infinite mean)",
+            lambda: sim(service=("pareto", 1.0)),
+        ),
+        (
+            "energy.simulate",
+            "empirical samples with a negative",
+            lambda: sim(service=("empirical", [1.0, -1.0])),
+        ),
         ("energy.simulate", "requests = 0", lambda: energy.simulate(4, 2, 1.0, two, requests=0)),
         ("energy.simulate", "seed = -1", lambda: sim(seed=-1)),
         ("energy.simulate", "threads = 0", lambda: sim(threads=0)),
         ("energy.simulate", "k * rate >= n * fastest rate", lambda: sim(lam=5.0)),
-        ("energy.simulate", "k = n, load >= 1 per server", lambda: energy.simulate(3, 3, 1.7, two, requests=2000)),
-        ("energy.simulate", "unstable run (grows), on_unstable='raise'",
-         lambda: energy.simulate(4, 2, 3.3, two, requests=50_000, seed=1)),
+        (
+            "energy.simulate",
+            "k = n, load >= 1 per server",
+            lambda: energy.simulate(3, 3, 1.7, two, requests=2000),
+        ),
+        (
+            "energy.simulate",
+            "unstable run (grows), on_unstable='raise'",
+            lambda: energy.simulate(4, 2, 3.3, two, requests=50_000, seed=1),
+        ),
         ("energy.simulate", "on_unstable = 'ignore'", lambda: sim(on_unstable="ignore")),
         ("energy.approximate", "unstable load", lambda: apx(lam=5.0)),
         ("energy.approximate", "method = 'geometric'", lambda: apx(method="geometric")),
         ("energy.approximate", "idle_power = NaN", lambda: apx(idle_power=math.nan)),
         ("energy.sweep", "empty values", lambda: energy.sweep(4, 2, 1.0, two, values=[])),
         ("energy.sweep", "over = 'n'", lambda: energy.sweep(4, 2, 1.0, two, over="n", values=[1])),
-        ("energy.sweep", "p value 1.5", lambda: energy.sweep(4, 2, 1.0, two, values=[1.5], run_simulation=False)),
+        (
+            "energy.sweep",
+            "p value 1.5",
+            lambda: energy.sweep(4, 2, 1.0, two, values=[1.5], run_simulation=False),
+        ),
         ("energy.optimize", "target = -1", lambda: energy.optimize(4, 2, 1.0, two, target=-1.0)),
-        ("energy.optimize", "grid = 1", lambda: energy.optimize(4, 2, 1.0, two, target=5.0, grid=1)),
-        ("energy.optimize", "evaluator = 'guess'", lambda: energy.optimize(4, 2, 1.0, two, target=5.0, evaluator="guess")),
-        ("energy.optimize", "unreachable target", lambda: energy.optimize(4, 2, 1.0, two, target=1e-6)),
+        (
+            "energy.optimize",
+            "grid = 1",
+            lambda: energy.optimize(4, 2, 1.0, two, target=5.0, grid=1),
+        ),
+        (
+            "energy.optimize",
+            "evaluator = 'guess'",
+            lambda: energy.optimize(4, 2, 1.0, two, target=5.0, evaluator="guess"),
+        ),
+        (
+            "energy.optimize",
+            "unreachable target",
+            lambda: energy.optimize(4, 2, 1.0, two, target=1e-6),
+        ),
     ]
 
 
@@ -246,9 +331,15 @@ def _describe(res: Any, finite_input: bool, entry: str) -> str:
     if res is None:
         return "returns None"
     if isinstance(res, SimResult):
-        return f"finite result, stable={res.stable}" if math.isfinite(res.mean_response_time) else "BUG: non-finite"
+        return (
+            f"finite result, stable={res.stable}"
+            if math.isfinite(res.mean_response_time)
+            else "BUG: non-finite"
+        )
     if isinstance(res, ApproxResult):
-        return f"stable={res.stable}, E[T]={'inf' if math.isinf(res.mean_response_time) else 'finite'}"
+        return (
+            f"stable={res.stable}, E[T]={'inf' if math.isinf(res.mean_response_time) else 'finite'}"
+        )
     if isinstance(res, OptimizeResult):
         return f"feasible={res.feasible}"
     if isinstance(res, SweepResult):
@@ -263,7 +354,9 @@ def _describe(res: Any, finite_input: bool, entry: str) -> str:
     if entry.startswith("attacks") and res.size and not np.isfinite(res).all():
         return f"non-finite {res.shape} (from non-finite honest input)"
     if not np.isfinite(res).all():
-        return "BUG: non-finite result from finite input" if finite_input else "BUG: non-finite result"
+        return (
+            "BUG: non-finite result from finite input" if finite_input else "BUG: non-finite result"
+        )
     shape = "x".join(str(s) for s in res.shape)
     return f"finite ({shape}){_excluded(info)}"
 
@@ -284,7 +377,10 @@ def _call(entry: str, fn: Callable[[], Any], x: Any = None) -> str:
             res = fn()
     except (ValueError, TypeError) as exc:
         msg = str(exc).split("\n")[0]
-        if type(exc) not in (ValueError, TypeError):  # UnstableError: its statistics stay out of the table
+        if type(exc) not in (
+            ValueError,
+            TypeError,
+        ):  # UnstableError: its statistics stay out of the table
             return f"{type(exc).__name__} (a {type(exc).__mro__[1].__name__}): {msg.split(' (')[0]}"
         return f"{type(exc).__name__}: {msg}"
     except Exception as exc:  # noqa: BLE001 - anything else is a bug in the entry point
@@ -336,7 +432,9 @@ def property_tests() -> list:
             st = getattr(fn, "_hypothesis_internal_use_settings", None)
             if st is None or not hasattr(fn, "hypothesis"):
                 continue
-            doc = " ".join(line.strip() for line in (fn.__doc__ or "").strip().split("\n\n")[0].split("\n"))
+            doc = " ".join(
+                line.strip() for line in (fn.__doc__ or "").strip().split("\n\n")[0].split("\n")
+            )
             rows.append((f"{mod}.py::{name}", st.max_examples, doc))
     return rows
 
@@ -378,15 +476,15 @@ def render(results: list[Outcome], props: list) -> str:
         "Thread-safety notes: every function of the API may be called from several threads at once.",
         "`set_num_threads` is a process-wide setting; changing it while other threads compute is safe",
         "and does not change any result (results never depend on the thread count), only the speed.",
-        "A rule *object* with state (`CenteredClipping(reference=\"previous\")`, any rule with",
-        "`pre=\"bucketing\"`, whose shuffle advances on every call) should not be shared between",
+        'A rule *object* with state (`CenteredClipping(reference="previous")`, any rule with',
+        '`pre="bucketing"`, whose shuffle advances on every call) should not be shared between',
         "threads: its result would depend on the order of the calls. `aggregate()` builds a fresh",
         "rule on every call and is unaffected.",
         "",
         "### Bad input: data",
         "",
         "Each entry point against each kind of gradient stack (p = 9 workers of n = 16 values unless",
-        "the row says otherwise). \"finite (shape), k of p excluded\": a finite result, with the",
+        'the row says otherwise). "finite (shape), k of p excluded": a finite result, with the',
         "workers it left out (NaN/Inf; for FA and the distance rules also a squared norm that",
         "overflows float64). Errors are numbered; their messages follow the table.",
         "",
@@ -394,10 +492,20 @@ def render(results: list[Outcome], props: list) -> str:
         "|---|" + "---|" * len(entries),
     ]
     for k in kinds:
-        lines.append(f"| {_cell(k)} | " + " | ".join(_cell(_short(cell[(e, k)], messages)) for e in entries) + " |")
-    lines += ["", "### Bad input: parameters", "",
-              "Each entry point with valid data and one parameter out of its domain.", "",
-              "| entry point | input | outcome |", "|---|---|---|"]
+        lines.append(
+            f"| {_cell(k)} | "
+            + " | ".join(_cell(_short(cell[(e, k)], messages)) for e in entries)
+            + " |"
+        )
+    lines += [
+        "",
+        "### Bad input: parameters",
+        "",
+        "Each entry point with valid data and one parameter out of its domain.",
+        "",
+        "| entry point | input | outcome |",
+        "|---|---|---|",
+    ]
     for r in results:
         if r.group == "data":
             continue
@@ -405,9 +513,13 @@ def render(results: list[Outcome], props: list) -> str:
     lines += ["", "### Error messages of the data table", ""]
     for msg, i in messages.items():
         lines.append(f"{i}. `{msg}`")
-    lines += ["", f"Regenerate with `{REGENERATE}` (writes this section into docs/reliability.md between the",
-              "markers, and bench/results/reliability_matrix.json);",
-              "`tests/test_reliability_matrix.py` fails when the committed section is out of date.", END]
+    lines += [
+        "",
+        f"Regenerate with `{REGENERATE}` (writes this section into docs/reliability.md between the",
+        "markers, and bench/results/reliability_matrix.json);",
+        "`tests/test_reliability_matrix.py` fails when the committed section is out of date.",
+        END,
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,5 @@
 """Each attack's defining property, framework round trips and argument errors."""
+
 import math
 
 import numpy as np
@@ -29,8 +30,12 @@ def test_random(honest):
 
 def test_sign_flip_and_ipm(honest):
     mean = honest.astype(np.float64).mean(axis=0)
-    np.testing.assert_allclose(attack("sign_flip", honest, 2), np.stack([-mean, -mean]), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(attack("sign_flip", honest, 1, scale=3.0)[0], -3.0 * mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        attack("sign_flip", honest, 2), np.stack([-mean, -mean]), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        attack("sign_flip", honest, 1, scale=3.0)[0], -3.0 * mean, rtol=1e-6, atol=1e-6
+    )
     ipm = attack("ipm", honest, 2, eps=0.5)
     np.testing.assert_allclose(ipm[0], -0.5 * mean, rtol=1e-6, atol=1e-7)
     assert ipm[0].astype(np.float64) @ mean < 0  # the defining property: negative inner product
@@ -67,7 +72,12 @@ def test_alie_matches_paper(honest):
     assert math.isclose(z, 0.4307272992954576, rel_tol=1e-12)
     out = attack("alie", honest, 3)
     np.testing.assert_allclose(out[0], h.mean(0) - z * h.std(0, ddof=1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(attack("alie", honest, 1, z=2.0)[0], h.mean(0) - 2.0 * h.std(0, ddof=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        attack("alie", honest, 1, z=2.0)[0],
+        h.mean(0) - 2.0 * h.std(0, ddof=1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert np.isfinite(out).all()  # the FA code's ALIE sent NaN
     with pytest.raises(ValueError, match=r"attack: attack 'alie' needs at least 2 honest"):
         attack("alie", honest[:1], 2)
@@ -84,9 +94,17 @@ def test_torch_round_trip(honest):
     t = torch.from_numpy(honest).to(torch.float16)
     for name in ATTACKS:
         out = attack(name, t, 2, seed=1)
-        assert isinstance(out, torch.Tensor) and out.dtype == torch.float16 and tuple(out.shape) == (2, 400)
-    np.testing.assert_allclose(attack("ipm", t, 1).float().numpy()[0],
-                               -0.1 * t.double().numpy().mean(0), rtol=1e-2, atol=1e-3)
+        assert (
+            isinstance(out, torch.Tensor)
+            and out.dtype == torch.float16
+            and tuple(out.shape) == (2, 400)
+        )
+    np.testing.assert_allclose(
+        attack("ipm", t, 1).float().numpy()[0],
+        -0.1 * t.double().numpy().mean(0),
+        rtol=1e-2,
+        atol=1e-3,
+    )
 
 
 def test_errors(honest):
@@ -109,8 +127,9 @@ def test_statistics_of_huge_honest_gradients_do_not_overflow(scale):
     h = np.random.default_rng(3).uniform(0.5, 1.0, (6, 20)) * scale
     small = h / scale
     z = 0.5
-    np.testing.assert_allclose(attack("alie", h, 2, z=z)[0] / scale,
-                               small.mean(0) - z * small.std(0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        attack("alie", h, 2, z=z)[0] / scale, small.mean(0) - z * small.std(0, ddof=1), rtol=1e-12
+    )
     np.testing.assert_allclose(attack("sign_flip", h, 1)[0] / scale, -small.mean(0), rtol=1e-12)
     np.testing.assert_allclose(attack("ipm", h, 1)[0] / scale, -0.1 * small.mean(0), rtol=1e-12)
 

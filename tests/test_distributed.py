@@ -3,6 +3,7 @@
 Every scenario runs 4 real processes (tests/_dist_worker.py, one per rank) with a hard
 deadline enforced here, so a hang fails the test instead of blocking the suite.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ host_store = _dist_launch.host_store
 
 # -- training with a Byzantine rank, bitwise replicas, parameter-server equivalence ----------
 
+
 @pytest.fixture(scope="module")
 def train_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("dist_train")
@@ -45,11 +47,21 @@ def train_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _dist(res: dict, run: str) -> float:
-    return float(np.linalg.norm(np.array(res[0][run]["params"]) - np.array(res[0]["clean"]["params"])))
+    return float(
+        np.linalg.norm(np.array(res[0][run]["params"]) - np.array(res[0]["clean"]["params"]))
+    )
 
 
-RUNS = ["clean", "mean_clean", "mean_random", "median_random", "flag_random", "flag_nan",
-        "ps_flag_random", "ps_median_random"]
+RUNS = [
+    "clean",
+    "mean_clean",
+    "mean_random",
+    "median_random",
+    "flag_random",
+    "flag_nan",
+    "ps_flag_random",
+    "ps_median_random",
+]
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -71,7 +83,9 @@ def test_mean_breaks_under_random_attack(train_results: dict) -> None:
     assert _dist(train_results, "mean_random") > 0.15
 
 
-@pytest.mark.parametrize("run", ["median_random", "flag_random", "flag_nan", "ps_flag_random", "ps_median_random"])
+@pytest.mark.parametrize(
+    "run", ["median_random", "flag_random", "flag_nan", "ps_flag_random", "ps_median_random"]
+)
 def test_robust_rules_converge_to_clean_result(train_results: dict, run: str) -> None:
     d = _dist(train_results, run)
     assert d < 0.03
@@ -105,17 +119,30 @@ def test_parameter_server_matches_rule_on_stacked_gradients(train_results: dict)
 TIMEOUT = 3.0
 
 
-@pytest.mark.parametrize("scenario,fail,culprit", [
-    ("kill_hook", "kill", 3),    # DDP hook; rank 3 os._exit()s at step 5
-    ("kill_hook", "kill", 0),    # ... rank 0 (which also hosts nothing here: the store is ours)
-    ("stall_ps", "stall", 1),    # parameter server; rank 1 sleeps at step 5
-])
-def test_failed_rank_is_named_within_timeout(tmp_path: Path, scenario: str, fail: str, culprit: int) -> None:
+@pytest.mark.parametrize(
+    "scenario,fail,culprit",
+    [
+        ("kill_hook", "kill", 3),  # DDP hook; rank 3 os._exit()s at step 5
+        ("kill_hook", "kill", 0),  # ... rank 0 (which also hosts nothing here: the store is ours)
+        ("stall_ps", "stall", 1),  # parameter server; rank 1 sleeps at step 5
+    ],
+)
+def test_failed_rank_is_named_within_timeout(
+    tmp_path: Path, scenario: str, fail: str, culprit: int
+) -> None:
     store = host_store()
     t0 = time.monotonic()
-    res = launch(scenario, tmp_path, deadline=60, expect_exit={culprit: fail},
-                 env={"FC_TIMEOUT": str(TIMEOUT), "FC_TEST_FAIL": f"{fail}{culprit}",
-                      "FC_STORE_PORT": str(store.port)})
+    res = launch(
+        scenario,
+        tmp_path,
+        deadline=60,
+        expect_exit={culprit: fail},
+        env={
+            "FC_TIMEOUT": str(TIMEOUT),
+            "FC_TEST_FAIL": f"{fail}{culprit}",
+            "FC_STORE_PORT": str(store.port),
+        },
+    )
     wall = time.monotonic() - t0
     survivors = [r for r in range(WORLD) if r != culprit]
     assert sorted(res) == survivors
@@ -129,12 +156,28 @@ def test_failed_rank_is_named_within_timeout(tmp_path: Path, scenario: str, fail
 
 # -- the README's torchrun command ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["ddp"])
 def test_example_runs_under_torchrun(tmp_path: Path, mode: str) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "train_ddp_byzantine.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-           str(example), "--rule", "flag", "--attack", "random", "--mode", mode, "--steps", "20",
-           "--log-every", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        str(example),
+        "--rule",
+        "flag",
+        "--attack",
+        "random",
+        "--mode",
+        mode,
+        "--steps",
+        "20",
+        "--log-every",
+        "10",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", FLAGCORE_NUM_THREADS="1")
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path)
@@ -147,6 +190,7 @@ def test_example_runs_under_torchrun(tmp_path: Path, mode: str) -> None:
 
 
 # -- single-process checks (a world of one, in this process) ---------------------------------
+
 
 @pytest.fixture()
 def world_of_one() -> object:
@@ -169,10 +213,16 @@ def test_arrival_barrier_names_missing_rank() -> None:
     b = ArrivalBarrier(store, "t", 0, (0, 1, 2), 0.2)
     store.set(f"{b.prefix}/a/0/2", b"1")  # rank 2 arrives at call 0, rank 1 never does
     t0 = time.monotonic()
-    with pytest.raises(RankFailureError, match=r"unit test call: rank\(s\) \[1\] did not arrive within 0.2 s") as ei:
+    with pytest.raises(
+        RankFailureError, match=r"unit test call: rank\(s\) \[1\] did not arrive within 0.2 s"
+    ) as ei:
         b.arrive("unit test call")
     assert 0.15 < time.monotonic() - t0 < 5
-    assert ei.value.missing_ranks == (1,) and ei.value.where == "unit test call" and ei.value.timeout == 0.2
+    assert (
+        ei.value.missing_ranks == (1,)
+        and ei.value.where == "unit test call"
+        and ei.value.timeout == 0.2
+    )
     assert isinstance(ei.value, RuntimeError)
 
 
@@ -214,7 +264,10 @@ def test_flag_defaults_to_median_norm_scale() -> None:
     from flagcore.distributed._common import rule_params_with_defaults
 
     assert rule_params_with_defaults("flag", {}) == {"scale": "median_norm"}
-    assert rule_params_with_defaults("flag", {"scale": "paper", "r": 2}) == {"scale": "paper", "r": 2}
+    assert rule_params_with_defaults("flag", {"scale": "paper", "r": 2}) == {
+        "scale": "paper",
+        "r": 2,
+    }
     assert rule_params_with_defaults("median", {}) == {}
 
 
@@ -222,7 +275,10 @@ def test_hook_argument_errors(world_of_one: object) -> None:
     from flagcore.distributed import register_robust_hook
 
     model = torch.nn.Linear(3, 1)
-    with pytest.raises(TypeError, match="register_robust_hook: ddp_model must be a torch DistributedDataParallel, got Linear"):
+    with pytest.raises(
+        TypeError,
+        match="register_robust_hook: ddp_model must be a torch DistributedDataParallel, got Linear",
+    ):
         register_robust_hook(model)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     with pytest.raises(ValueError, match="rule must be one of"):
@@ -231,14 +287,18 @@ def test_hook_argument_errors(world_of_one: object) -> None:
         register_robust_hook(ddp, "mean", "no_such_attack")
     with pytest.raises(ValueError, match="register_robust_hook: timeout must be > 0.0, got 0.0"):
         register_robust_hook(ddp, "mean", timeout=0.0)
-    with pytest.raises(ValueError, match="register_robust_hook: attack_params given without an attack"):
+    with pytest.raises(
+        ValueError, match="register_robust_hook: attack_params given without an attack"
+    ):
         register_robust_hook(ddp, "mean", attack_params={"scale": 2.0})
     with pytest.raises(TypeError, match="register_robust_hook: seed must be an int"):
         register_robust_hook(ddp, "mean", seed=1.5)
 
 
 @pytest.mark.parametrize("timeout", [5.0, None])
-def test_hook_in_world_of_one_gives_local_gradient(world_of_one: object, timeout: float | None) -> None:
+def test_hook_in_world_of_one_gives_local_gradient(
+    world_of_one: object, timeout: float | None
+) -> None:
     from flagcore.distributed import register_robust_hook
 
     torch.manual_seed(0)
@@ -273,25 +333,42 @@ def test_parameter_server_argument_errors(world_of_one: object) -> None:
     from flagcore.distributed import ParameterServer
 
     model = torch.nn.Linear(3, 1)
-    with pytest.raises(ValueError, match="ParameterServer: mode must be one of 'gradients', 'parameters', got 'weights'"):
+    with pytest.raises(
+        ValueError,
+        match="ParameterServer: mode must be one of 'gradients', 'parameters', got 'weights'",
+    ):
         ParameterServer(model, mode="weights")
-    with pytest.raises(ValueError, match=r"ParameterServer: server_rank must be one of the group's ranks \[0\], got 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"ParameterServer: server_rank must be one of the group's ranks \[0\], got 1",
+    ):
         ParameterServer(model, server_rank=1)
     with pytest.raises(ValueError, match="ParameterServer: no worker rank left"):
         ParameterServer(model, include_server=False)
     with pytest.raises(ValueError, match="ParameterServer: params must share one dtype"):
-        ParameterServer([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2, dtype=torch.float64))])
-    with pytest.raises(ValueError, match="ParameterServer: params holds no parameter that requires grad"):
+        ParameterServer(
+            [
+                torch.nn.Parameter(torch.ones(2)),
+                torch.nn.Parameter(torch.ones(2, dtype=torch.float64)),
+            ]
+        )
+    with pytest.raises(
+        ValueError, match="ParameterServer: params holds no parameter that requires grad"
+    ):
         ParameterServer([torch.ones(2)])
     ps = ParameterServer(model, rule="median")
-    with pytest.raises(ValueError, match="ParameterServer.aggregate: flat_gradient must have 4 elements, got 3"):
+    with pytest.raises(
+        ValueError, match="ParameterServer.aggregate: flat_gradient must have 4 elements, got 3"
+    ):
         ps.aggregate(torch.ones(3))
     with pytest.raises(ValueError, match="ParameterServer.step: no optimizer was given"):
         ps.step()
 
 
 @pytest.mark.parametrize("mode", ["gradients", "parameters"])
-def test_parameter_server_world_of_one_steps_like_plain_sgd(world_of_one: object, mode: str) -> None:
+def test_parameter_server_world_of_one_steps_like_plain_sgd(
+    world_of_one: object, mode: str
+) -> None:
     from flagcore.distributed import ParameterServer, assert_replicas_identical, parameter_digest
 
     torch.manual_seed(1)
@@ -331,7 +408,9 @@ def test_new_argument_errors(world_of_one: object) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     with pytest.raises(TypeError, match="register_robust_hook: whole_model must be a bool, got 1"):
         register_robust_hook(ddp, "mean", whole_model=1)
-    with pytest.raises(ValueError, match="register_robust_hook: centered_clipping takes no reference"):
+    with pytest.raises(
+        ValueError, match="register_robust_hook: centered_clipping takes no reference"
+    ):
         register_robust_hook(ddp, "centered_clipping", reference=torch.zeros(4))
     with pytest.raises(ValueError, match="attack_params are for a named attack"):
         register_robust_hook(ddp, "mean", lambda g, s: g, attack_params={"scale": 2.0})
@@ -343,10 +422,14 @@ def test_callable_attack_and_rejection_in_world_of_one(world_of_one: object) -> 
     from flagcore.distributed import ParameterServer
 
     model = torch.nn.Linear(3, 1)
-    ps = ParameterServer(model, rule="mean", attack=lambda g, s: g[:2])  # the only worker is malformed
+    ps = ParameterServer(
+        model, rule="mean", attack=lambda g, s: g[:2]
+    )  # the only worker is malformed
     out = ps.aggregate(torch.ones(4))
     assert torch.equal(out, torch.zeros(4))  # every worker excluded: the aggregate is 0, never NaN
-    assert ps.stats.last_rejected == {0: "rank 0 sent a gradient of 2 float32 values, expected 4 float32"}
+    assert ps.stats.last_rejected == {
+        0: "rank 0 sent a gradient of 2 float32 values, expected 4 float32"
+    }
     assert ps.last_status == {0: "rejected"}
     assert len(ps.stats.step_times) == 1 and ps.stats.step_times[0] > 0
 
@@ -355,11 +438,17 @@ def test_wire_format_roundtrip() -> None:
     from flagcore.distributed._wire import HEADER_BYTES, pack, unpack
 
     g = torch.arange(5, dtype=torch.float32)
-    rows = torch.stack([pack(g, 5, torch.float32, "cpu", (3, 7)),
-                        pack(g.double(), 5, torch.float32, "cpu", (3, 7)),
-                        pack(g, 5, torch.float32, "cpu", (2, 7))])
+    rows = torch.stack(
+        [
+            pack(g, 5, torch.float32, "cpu", (3, 7)),
+            pack(g.double(), 5, torch.float32, "cpu", (3, 7)),
+            pack(g, 5, torch.float32, "cpu", (2, 7)),
+        ]
+    )
     assert rows.shape == (3, 20 + HEADER_BYTES)
     stack, bad = unpack(rows, 5, torch.float32, (3, 7), (0, 4, 9), "a bucket")
     assert torch.equal(stack[0], g) and stack[1:].isnan().all()
-    assert bad == {4: "rank 4 sent a bucket of 5 float64 values, expected 5 float32",
-                   9: "rank 9 sent a bucket tagged (2, 7), expected (3, 7): the ranks are out of step"}
+    assert bad == {
+        4: "rank 4 sent a bucket of 5 float64 values, expected 5 float32",
+        9: "rank 9 sent a bucket tagged (2, 7), expected (3, 7): the ranks are out of step",
+    }

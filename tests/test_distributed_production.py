@@ -2,6 +2,7 @@
 127.0.0.1, tests/_dist_worker_prod.py, hard deadlines): whole-model aggregation in the DDP hook
 over several bucket layouts, malformed contributions that every rank survives and names, a
 rank stalling in the middle of a step, and the parameter server's quorum (backup workers)."""
+
 from __future__ import annotations
 
 import time
@@ -117,8 +118,13 @@ def test_stall_inside_a_step_is_named_within_timeout(tmp_path: Path) -> None:
     # group's 120 s)
     store = _dist_launch.host_store()
     t0 = time.monotonic()
-    res = run("stall_hook", tmp_path, deadline=90, expect_exit={1: "stalled"},
-              env={"FC_TIMEOUT": "3", "FC_STORE_PORT": str(store.port)})
+    res = run(
+        "stall_hook",
+        tmp_path,
+        deadline=90,
+        expect_exit={1: "stalled"},
+        env={"FC_TIMEOUT": "3", "FC_STORE_PORT": str(store.port)},
+    )
     assert time.monotonic() - t0 < 80
     assert sorted(res) == [0, 2, 3]
     for r in (0, 2, 3):

@@ -5,6 +5,7 @@ passes when |est - exact| < 4 hw (with 32 batch means, hw ~ 2 standard errors, s
 ~8-sigma band that a correct simulator essentially never leaves, while the runs are sized so
 that hw is below ~1.5% of the value and a real bias of a few % fails). Every run is seeded.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,10 @@ def close(est: float, hw: float, exact: float, rel_floor: float = 0.0) -> bool:
 def check_mean(res, exact, rel_floor=0.0):
     assert res.mean_response_time_ci < 0.02 * exact, "run too short to test anything"
     assert close(res.mean_response_time, res.mean_response_time_ci, exact, rel_floor), (
-        res.mean_response_time, res.mean_response_time_ci, exact)
+        res.mean_response_time,
+        res.mean_response_time_ci,
+        exact,
+    )
 
 
 def check_percentiles(res, quantile_fn, qs=(0.5, 0.9, 0.99)):
@@ -119,10 +123,10 @@ def test_n1_random_speeds_is_mg1():
     (m0, _, p0), (m1, _, p1) = TWO
     es = es2 = 0.0
     for j in range(n + 1):
-        w = math.comb(n, j) * p1 ** j * p0 ** (n - j)
+        w = math.comb(n, j) * p1**j * p0 ** (n - j)
         R = j * m1 + (n - j) * m0
         es += w / R
-        es2 += 2 * w / R ** 2
+        es2 += 2 * w / R**2
     exact = es + lam * es2 / (2 * (1 - lam * es))
     check_mean(res, exact)
     assert abs(approximate(n, 1, lam, TWO).mean_response_time - exact) < 1e-9 * exact
@@ -176,7 +180,9 @@ def test_energy_without_cancellation():
 
 
 # ---------------------------------------------------------------- exact Markov chain
-def exact_chain_mean_response(n: int, k: int, lam: float, mu: float, nmax: int) -> tuple[float, float]:
+def exact_chain_mean_response(
+    n: int, k: int, lam: float, mu: float, nmax: int
+) -> tuple[float, float]:
     """Single-speed (n, k) fork-join with cancellation, solved exactly (truncated at nmax in
     system). State: N in system and the positions of the servers ahead of the head request
     (positions in 1..N, at most k - 1 of them; the rest are at the head, or idle when N = 0).
@@ -196,8 +202,12 @@ def exact_chain_mean_response(n: int, k: int, lam: float, mu: float, nmax: int) 
 
     def add(i, st, rate):
         j = index[st]
-        rows.append(i); cols.append(j); vals.append(rate)
-        rows.append(i); cols.append(i); vals.append(-rate)
+        rows.append(i)
+        cols.append(j)
+        vals.append(rate)
+        rows.append(i)
+        cols.append(i)
+        vals.append(-rate)
 
     for i, (N, pos) in enumerate(states):
         if N < nmax:
@@ -243,13 +253,24 @@ def test_exact_markov_chain(n, k, lam, nmax):
 
 
 # ---------------------------------------------------------------- invariants
-@pytest.mark.parametrize("kw", [dict(), dict(cancel=False), dict(redraw_on_arrival=True),
-                                dict(service=("erlang", 3)), dict(service="deterministic")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(cancel=False),
+        dict(redraw_on_arrival=True),
+        dict(service=("erlang", 3)),
+        dict(service="deterministic"),
+    ],
+)
 def test_littles_law_and_completion_balance(kw):
     n, k, lam = 4, 2, 1.2  # without cancellation the servers' load is lam * 0.6
     res = simulate(n, k, lam, TWO, requests=200_000, seed=9, **kw)
     # Little: both sides from one sample path; they differ only by edge effects of the window
-    assert abs(res.mean_in_system - res.throughput * res.mean_response_time) < 0.005 * res.mean_in_system
+    assert (
+        abs(res.mean_in_system - res.throughput * res.mean_response_time)
+        < 0.005 * res.mean_in_system
+    )
     # each measured request completes k tasks (all n without cancellation)
     per_req = k if kw.get("cancel", True) else n
     total = res.completion_rate.sum() * res.window
@@ -263,7 +284,9 @@ def test_littles_law_and_completion_balance(kw):
         if kw.get("cancel", True):
             # completion balance: sum_s mu_s B_s = k lambda (arrival count noise 1/sqrt(N))
             bal = float(rates @ res.busy_cores)
-            assert abs(bal - k * lam) < k * lam * (4 / math.sqrt(res.requests) + 4 / math.sqrt(counts.sum()))
+            assert abs(bal - k * lam) < k * lam * (
+                4 / math.sqrt(res.requests) + 4 / math.sqrt(counts.sum())
+            )
 
 
 def test_redraw_single_level_is_the_same_path():
@@ -273,15 +296,21 @@ def test_redraw_single_level_is_the_same_path():
 
 
 # ---------------------------------------------------------------- service distributions
-@pytest.mark.parametrize("service,scv", [
-    ("deterministic", 0.0), (("erlang", 4), 0.25), (("gamma", 0.5), 2.0),
-    (("lognormal", 0.8), math.expm1(0.64)), (("pareto", 4.5), 1 / (4.5 * 2.5)),
-])
+@pytest.mark.parametrize(
+    "service,scv",
+    [
+        ("deterministic", 0.0),
+        (("erlang", 4), 0.25),
+        (("gamma", 0.5), 2.0),
+        (("lognormal", 0.8), math.expm1(0.64)),
+        (("pareto", 4.5), 1 / (4.5 * 2.5)),
+    ],
+)
 def test_mg1_pollaczek_khinchine(service, scv):
     lam, mu = 0.6, 2.0  # work / rate: mean service 1/mu
     res = simulate(1, 1, lam, [(mu, 1.0, 1.0)], service=service, requests=300_000, seed=13)
     rho = lam / mu
-    exact = 1 / mu + lam * (1 + scv) / mu ** 2 / (2 * (1 - rho))
+    exact = 1 / mu + lam * (1 + scv) / mu**2 / (2 * (1 - rho))
     check_mean(res, exact)
 
 
@@ -316,9 +345,15 @@ def test_samplers_and_rng():
 
     # Random123 known answers for Philox4x32-10
     assert _core.sim_philox([0] * 4, [0] * 2) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
-    assert _core.sim_philox([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
-    assert _core.sim_philox([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0]) == [
-        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+    assert _core.sim_philox([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2) == [
+        0x408F276D,
+        0x41C83B0E,
+        0xA20BC7C6,
+        0x6D5451FD,
+    ]
+    assert _core.sim_philox(
+        [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0]
+    ) == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
     # our log / exp: within 1 ulp of the platform's
     rng = np.random.default_rng(0)
     x = np.exp(rng.uniform(-700, 700, 200_000))
@@ -327,8 +362,13 @@ def test_samplers_and_rng():
     assert np.all(np.abs(_core.sim_exp(y) - np.exp(y)) <= np.spacing(np.exp(y)))
     # samplers: unit mean and the right variance (4 standard errors)
     N = 400_000
-    for kind, param, var in [(0, 0, 1.0), (2, 0.5, 2.0), (2, 3.0, 1 / 3), (3, 0.5, math.expm1(0.25)),
-                             (4, 6.0, 1 / 24)]:
+    for kind, param, var in [
+        (0, 0, 1.0),
+        (2, 0.5, 2.0),
+        (2, 3.0, 1 / 3),
+        (3, 0.5, math.expm1(0.25)),
+        (4, 6.0, 1 / 24),
+    ]:
         s = _core.sim_sample(kind, param, [], 7, 0, N)
         assert abs(s.mean() - 1) < 4 * math.sqrt(var / N), (kind, param)
         assert abs(s.var() / var - 1) < 0.05, (kind, param)
@@ -349,10 +389,15 @@ def test_histogram_percentiles_match_the_sample():
     from flagcore.energy._stats import hist_percentile
 
     x = np.random.default_rng(3).lognormal(0.0, 2.0, 100_000)
-    counts = np.bincount(_core.sim_histogram_index(x), minlength=_core.sim_histogram_layout()["buckets"])
+    counts = np.bincount(
+        _core.sim_histogram_index(x), minlength=_core.sim_histogram_layout()["buckets"]
+    )
     for q in (0.01, 0.5, 0.9, 0.99, 0.999):
         exact = np.quantile(x, q, method="inverted_cdf")
-        assert abs(hist_percentile(counts, q, x.min(), x.max()) / exact - 1) <= PERCENTILE_RELATIVE_ERROR
+        assert (
+            abs(hist_percentile(counts, q, x.min(), x.max()) / exact - 1)
+            <= PERCENTILE_RELATIVE_ERROR
+        )
 
 
 # ---------------------------------------------------------------- bad input and instability

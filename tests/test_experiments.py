@@ -1,4 +1,5 @@
 """Robustness harness: output schema, attack behaviour, reproducibility, option checks."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,26 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from flagcore import cli  # noqa: E402
-from flagcore.experiments import (parse_rule_spec, run_robustness, split_rule_list,  # noqa: E402
-                                  write_outputs)
+from flagcore.experiments import (  # noqa: E402
+    parse_rule_spec,
+    run_robustness,
+    split_rule_list,
+    write_outputs,
+)
 from flagcore.experiments import data as xdata  # noqa: E402
 from flagcore.experiments.harness import _Gradients  # noqa: E402
 
-FAST = dict(dataset="blobs", model="mlp", workers=7, byzantine=2, steps=5, batch_size=16, seeds=2,
-            eval_every=2, progress=False)
+FAST = dict(
+    dataset="blobs",
+    model="mlp",
+    workers=7,
+    byzantine=2,
+    steps=5,
+    batch_size=16,
+    seeds=2,
+    eval_every=2,
+    progress=False,
+)
 
 
 def _strict_load(path):
@@ -50,7 +64,9 @@ def test_output_files_and_schema(tmp_path):
         assert len(e["loss"]) == 2 and len(e["train_loss"][0]) == 5
         assert e["final_accuracy"] == [a[-1] for a in e["accuracy"]]
         assert e["final_accuracy_mean"] == pytest.approx(np.mean(e["final_accuracy"]), rel=1e-5)
-        assert e["final_accuracy_std"] == pytest.approx(np.std(e["final_accuracy"], ddof=1), rel=1e-4, abs=1e-6)
+        assert e["final_accuracy_std"] == pytest.approx(
+            np.std(e["final_accuracy"], ddof=1), rel=1e-4, abs=1e-6
+        )
         assert len(e["wall_time_s"]) == 2 and all(t > 0 for t in e["wall_time_s"])
         assert e["agg_time_ms_mean"] > 0
         assert ("flag" in e) == (label == "flag")
@@ -61,7 +77,9 @@ def test_output_files_and_schema(tmp_path):
     assert w.shape == v.shape == (2, 5, 7)
     assert np.all((v >= -1e-9) & (v <= 1 + 1e-9)) and np.all(w > 0)
     for s in range(2):  # the per-seed summary is the mean of the kept history
-        assert fl["flag"]["mean_ratio"][s]["byzantine"] == pytest.approx(v[s][:, 5:].mean(), rel=1e-4)
+        assert fl["flag"]["mean_ratio"][s]["byzantine"] == pytest.approx(
+            v[s][:, 5:].mean(), rel=1e-4
+        )
         assert fl["flag"]["mean_ratio"][s]["honest"] == pytest.approx(v[s][:, :5].mean(), rel=1e-4)
     short = run_robustness(rules=["flag"], attack="random", flag_history="first_seed", **FAST)
     assert np.asarray(short["rules"]["flag"]["flag"]["ratios"]).shape == (1, 5, 7)
@@ -69,8 +87,19 @@ def test_output_files_and_schema(tmp_path):
 
 
 def test_mean_fails_fa_and_median_survive_random_attack():
-    res = run_robustness(rules=["flag", "median", "mean"], attack="random", dataset="blobs", model="mlp",
-                         workers=15, byzantine=3, steps=40, batch_size=16, seeds=1, eval_every=40, progress=False)
+    res = run_robustness(
+        rules=["flag", "median", "mean"],
+        attack="random",
+        dataset="blobs",
+        model="mlp",
+        workers=15,
+        byzantine=3,
+        steps=40,
+        batch_size=16,
+        seeds=1,
+        eval_every=40,
+        progress=False,
+    )
     acc = {k: e["final_accuracy_mean"] for k, e in res["rules"].items()}
     assert acc["mean"] < 0.5, acc  # 4 balanced classes: chance is 0.25
     assert acc["flag"] > 0.85, acc
@@ -78,13 +107,27 @@ def test_mean_fails_fa_and_median_survive_random_attack():
 
 
 def test_clean_run_mean_learns():
-    res = run_robustness(rules=["mean"], attack="none", dataset="blobs", model="linear", workers=5, byzantine=0,
-                         steps=30, batch_size=16, seeds=1, eval_every=30, progress=False)
+    res = run_robustness(
+        rules=["mean"],
+        attack="none",
+        dataset="blobs",
+        model="linear",
+        workers=5,
+        byzantine=0,
+        steps=30,
+        batch_size=16,
+        seeds=1,
+        eval_every=30,
+        progress=False,
+    )
     assert res["rules"]["mean"]["final_accuracy_mean"] > 0.85
 
 
 def _curves(res):
-    return {k: (e["accuracy"], e["loss"], e["train_loss"], e.get("flag", {}).get("ratios")) for k, e in res["rules"].items()}
+    return {
+        k: (e["accuracy"], e["loss"], e["train_loss"], e.get("flag", {}).get("ratios"))
+        for k, e in res["rules"].items()
+    }
 
 
 def test_seeds_make_runs_reproducible():
@@ -116,8 +159,12 @@ def test_nan_attack_keeps_json_strict(tmp_path):
 
 def test_vmapped_gradients_match_per_worker_autograd():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(4 * 8 * 8, 3)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 3),
+    ).double()
     x = torch.randn(5, 6, 1, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (5, 6))
     stack, losses = _Gradients(net)(x, y)
@@ -160,45 +207,70 @@ def test_custom_dataset_and_model():
     g = torch.Generator().manual_seed(0)
     xtr, xte = torch.randn(120, 6, generator=g), torch.randn(40, 6, generator=g)
     ytr, yte = (xtr[:, 0] > 0).long(), (xte[:, 0] > 0).long()
-    task = xdata.from_torch_dataset(torch.utils.data.TensorDataset(xtr, ytr),
-                                    torch.utils.data.TensorDataset(xte, yte), n_classes=2)
-    res = run_robustness(rules=["median"], attack="sign_flip", workers=4, byzantine=1, steps=3, batch_size=8,
-                         seeds=1, task=task, model=lambda shape, c: torch.nn.Linear(shape[0], c), progress=False)
+    task = xdata.from_torch_dataset(
+        torch.utils.data.TensorDataset(xtr, ytr),
+        torch.utils.data.TensorDataset(xte, yte),
+        n_classes=2,
+    )
+    res = run_robustness(
+        rules=["median"],
+        attack="sign_flip",
+        workers=4,
+        byzantine=1,
+        steps=3,
+        batch_size=8,
+        seeds=1,
+        task=task,
+        model=lambda shape, c: torch.nn.Linear(shape[0], c),
+        progress=False,
+    )
     assert res["dataset"]["name"] == "custom" and res["model"]["parameters"] == 14
     with pytest.raises(ValueError, match="labels must be in"):
-        xdata.from_torch_dataset(torch.utils.data.TensorDataset(xtr, ytr + 5), torch.utils.data.TensorDataset(xte, yte), 2)
+        xdata.from_torch_dataset(
+            torch.utils.data.TensorDataset(xtr, ytr + 5),
+            torch.utils.data.TensorDataset(xte, yte),
+            2,
+        )
 
 
 def test_rule_specs():
     assert split_rule_list("flag[max_iter=5,scale=median_norm], mean ,median") == [
-        "flag[max_iter=5,scale=median_norm]", "mean", "median"]
+        "flag[max_iter=5,scale=median_norm]",
+        "mean",
+        "median",
+    ]
     s = parse_rule_spec("flag[max_iter=5,scale=median_norm,lam=0.5]")
     assert s.name == "flag" and s.params == {"max_iter": 5, "scale": "median_norm", "lam": 0.5}
     assert s.label == "flag[max_iter=5,scale=median_norm,lam=0.5]"
-    res = run_robustness(rules=["flag", "flag[max_iter=20,scale=median_norm]"], attack="random", **FAST)
+    res = run_robustness(
+        rules=["flag", "flag[max_iter=20,scale=median_norm]"], attack="random", **FAST
+    )
     assert res["rules"]["flag[max_iter=20,scale=median_norm]"]["params"]["max_iter"] == 20
     assert res["rules"]["flag"]["params"]["max_iter"] == 1
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(workers=0), "workers must be in"),
-    (dict(byzantine=7), r"byzantine must be in \[0, 6\], got 7"),
-    (dict(rules=["nosuchrule"]), "unknown rule 'nosuchrule'"),
-    (dict(rules=["flag[max_iter]"]), "expected key=value"),
-    (dict(rules=["flag", "flag"]), "rules must be distinct"),
-    (dict(rules=[]), "rules must be a non-empty list"),
-    (dict(rules=["flag[r=99]"]), "rule 'flag\\[r=99\\]' cannot run"),
-    (dict(attack="teleport"), "attack must be one of"),
-    (dict(dataset="cifar"), "dataset must be one of"),
-    (dict(model="resnet"), "model must be one of"),
-    (dict(r=8), r"r must be in \[1, 7\], got 8"),
-    (dict(scale="huge"), "scale must be one of"),
-    (dict(lr=0.0), "lr must be > 0"),
-    (dict(steps=0), "steps must be in"),
-    (dict(flag_history="some"), "flag_history must be one of"),
-    (dict(device="tpu"), "device must be 'cpu', 'cuda' or 'cuda:N'"),
-    (dict(batch_size=1000), "batch_size must be at most the shard size"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(workers=0), "workers must be in"),
+        (dict(byzantine=7), r"byzantine must be in \[0, 6\], got 7"),
+        (dict(rules=["nosuchrule"]), "unknown rule 'nosuchrule'"),
+        (dict(rules=["flag[max_iter]"]), "expected key=value"),
+        (dict(rules=["flag", "flag"]), "rules must be distinct"),
+        (dict(rules=[]), "rules must be a non-empty list"),
+        (dict(rules=["flag[r=99]"]), "rule 'flag\\[r=99\\]' cannot run"),
+        (dict(attack="teleport"), "attack must be one of"),
+        (dict(dataset="cifar"), "dataset must be one of"),
+        (dict(model="resnet"), "model must be one of"),
+        (dict(r=8), r"r must be in \[1, 7\], got 8"),
+        (dict(scale="huge"), "scale must be one of"),
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(steps=0), "steps must be in"),
+        (dict(flag_history="some"), "flag_history must be one of"),
+        (dict(device="tpu"), "device must be 'cpu', 'cuda' or 'cuda:N'"),
+        (dict(batch_size=1000), "batch_size must be at most the shard size"),
+    ],
+)
 def test_bad_options_raise_clear_errors(kw, match):
     opts = dict(FAST, rules=["flag", "mean"], attack="random")
     opts.update(kw)
@@ -222,9 +294,28 @@ def test_cuda_without_gpu_is_a_clear_error():
 def test_cli_robustness(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells to the terminal width
     out = tmp_path / "o"
-    rc = cli.main(["robustness", "--dataset", "blobs", "--workers", "5", "--byzantine", "1", "--steps", "3",
-                   "--batch-size", "8", "--seeds", "1", "--rules", "flag[max_iter=3],mean", "--out", str(out),
-                   "--no-progress"])
+    rc = cli.main(
+        [
+            "robustness",
+            "--dataset",
+            "blobs",
+            "--workers",
+            "5",
+            "--byzantine",
+            "1",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--seeds",
+            "1",
+            "--rules",
+            "flag[max_iter=3],mean",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "flag[max_iter=3]" in text and str(out) in text
@@ -233,14 +324,19 @@ def test_cli_robustness(tmp_path, capsys, monkeypatch):
     assert (out / "accuracy.png").exists() and (out / "flag_workers.png").exists()
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--workers", "3", "--byzantine", "3"], "byzantine must be in"),
-    (["--attack", "teleport"], "attack must be one of"),
-    (["--rules", "flag,krum_typo"], "unknown rule 'krum_typo'"),
-    (["--attack-param", "scale"], "--attack-param must be KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--workers", "3", "--byzantine", "3"], "byzantine must be in"),
+        (["--attack", "teleport"], "attack must be one of"),
+        (["--rules", "flag,krum_typo"], "unknown rule 'krum_typo'"),
+        (["--attack-param", "scale"], "--attack-param must be KEY=VALUE"),
+    ],
+)
 def test_cli_bad_options(argv, match, capsys, tmp_path):
-    rc = cli.main(["robustness", "--dataset", "blobs", "--steps", "1", "--out", str(tmp_path), *argv])
+    rc = cli.main(
+        ["robustness", "--dataset", "blobs", "--steps", "1", "--out", str(tmp_path), *argv]
+    )
     assert rc == 2
     assert match.replace("\\", "") in capsys.readouterr().err
 
@@ -265,4 +361,7 @@ def test_demo_quick(tmp_path, capsys):
 def test_results_json_turns_nonfinite_into_null():
     from flagcore.experiments import _clean
 
-    assert _clean({"a": [float("nan"), 1.23456789, float("inf")], "b": (2.0,)}) == {"a": [None, 1.23457, None], "b": [2.0]}
+    assert _clean({"a": [float("nan"), 1.23456789, float("inf")], "b": (2.0,)}) == {
+        "a": [None, 1.23457, None],
+        "b": [2.0],
+    }

@@ -1,5 +1,6 @@
 """flag_aggregate against the float64 SVD reference (the authors' formulation), plus properties,
 input forms and bad input."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,7 +22,9 @@ def _rel(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-@pytest.mark.parametrize("r,lam,max_iter,byz", list(itertools.product([1, 3, P // 2], [0.0, 0.5, 100.0], [1, 5], [0, 2])))
+@pytest.mark.parametrize(
+    "r,lam,max_iter,byz", list(itertools.product([1, 3, P // 2], [0.0, 0.5, 100.0], [1, 5], [0, 2]))
+)
 def test_matches_svd_reference_float64(r, lam, max_iter, byz):
     x = make_gradients(P, N, byzantine=byz, seed=r * 100 + max_iter + byz)
     agg, info = flagcore.flag_aggregate(x, r=r, lam=lam, max_iter=max_iter, return_info=True)
@@ -77,7 +80,7 @@ def test_batched_equals_per_problem():
         a, i = flagcore.flag_aggregate(xs[q], r=3, lam=0.5, max_iter=4, return_info=True)
         np.testing.assert_array_equal(agg[q], a)
         np.testing.assert_array_equal(info.objective[q, : i.iterations + 1], i.objective)
-        assert np.all(np.isnan(info.objective[q, i.iterations + 1:]))
+        assert np.all(np.isnan(info.objective[q, i.iterations + 1 :]))
         assert info.iterations[q] == i.iterations
 
 
@@ -211,7 +214,12 @@ def test_torch_inputs_all_dtypes_and_lists():
     torch = require_torch()
     x = make_gradients(7, 1000, byzantine=1, seed=14)
     ref = flagcore.flag_aggregate(x, r=3)
-    for dt, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)]:
+    for dt, tol in [
+        (torch.float64, 1e-12),
+        (torch.float32, 1e-5),
+        (torch.float16, 5e-3),
+        (torch.bfloat16, 3e-2),
+    ]:
         t = torch.from_numpy(x).to(dt)
         out = flagcore.flag_aggregate(t, r=3)
         assert isinstance(out, torch.Tensor) and out.dtype == dt and out.shape == (1000,)
@@ -252,28 +260,72 @@ def test_objective_decreases_until_stop():
 
 
 BAD = [
-    (lambda: flagcore.flag_aggregate(np.zeros(3)), ValueError, r"flag_aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(3,\)"),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros(3)),
+        ValueError,
+        r"flag_aggregate: gradients must be \(p, n\) or \(b, p, n\), got shape \(3,\)",
+    ),
     (lambda: flagcore.flag_aggregate(np.zeros((1, 2, 3, 4))), ValueError, "got shape"),
     (lambda: flagcore.flag_aggregate(np.zeros((0, 5))), ValueError, "p >= 1"),
     (lambda: flagcore.flag_aggregate([]), ValueError, "p >= 1"),
-    (lambda: flagcore.flag_aggregate([np.zeros(3), np.zeros(4)]), ValueError, r"gradients\[1\] has shape \(4,\)"),
-    (lambda: flagcore.flag_aggregate([np.zeros(3), np.zeros(3, np.float32)]), TypeError, r"gradients\[1\] has dtype float32"),
-    (lambda: flagcore.flag_aggregate([np.zeros(3), [0.0, 1.0, 2.0]]), TypeError, r"gradients\[1\] must be a numpy array"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4), np.int64)), TypeError, "floating dtype.*int64"),
+    (
+        lambda: flagcore.flag_aggregate([np.zeros(3), np.zeros(4)]),
+        ValueError,
+        r"gradients\[1\] has shape \(4,\)",
+    ),
+    (
+        lambda: flagcore.flag_aggregate([np.zeros(3), np.zeros(3, np.float32)]),
+        TypeError,
+        r"gradients\[1\] has dtype float32",
+    ),
+    (
+        lambda: flagcore.flag_aggregate([np.zeros(3), [0.0, 1.0, 2.0]]),
+        TypeError,
+        r"gradients\[1\] must be a numpy array",
+    ),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4), np.int64)),
+        TypeError,
+        "floating dtype.*int64",
+    ),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4), bool)), TypeError, "floating dtype"),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4), np.complex128)), TypeError, "floating dtype"),
     (lambda: flagcore.flag_aggregate("abc"), TypeError, "gradients must be a numpy array"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), r=0), ValueError, r"flag_aggregate: r must be in \[1, 3\], got 0"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), r=4), ValueError, r"r must be in \[1, 3\], got 4"),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4)), r=0),
+        ValueError,
+        r"flag_aggregate: r must be in \[1, 3\], got 0",
+    ),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4)), r=4),
+        ValueError,
+        r"r must be in \[1, 3\], got 4",
+    ),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), r=1.5), TypeError, "r must be an int"),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), r=True), TypeError, "r must be an int"),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), lam=-1), ValueError, "lam must be >= 0"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), lam=float("nan")), ValueError, "lam must be finite"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), max_iter=0), ValueError, "max_iter must be in"),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4)), lam=float("nan")),
+        ValueError,
+        "lam must be finite",
+    ),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4)), max_iter=0),
+        ValueError,
+        "max_iter must be in",
+    ),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), eps=0.0), ValueError, "eps must be > 0"),
     (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), tol=-1.0), ValueError, "tol must be >= 0"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), scale="mean"), ValueError, "scale must be one of 'paper', 'median_norm', got 'mean'"),
-    (lambda: flagcore.flag_aggregate(np.zeros((3, 4)), return_info=1), TypeError, "return_info must be a bool"),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4)), scale="mean"),
+        ValueError,
+        "scale must be one of 'paper', 'median_norm', got 'mean'",
+    ),
+    (
+        lambda: flagcore.flag_aggregate(np.zeros((3, 4)), return_info=1),
+        TypeError,
+        "return_info must be a bool",
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ clean refusals of the CUDA entry points. GPU tests (marked cuda) compare the ker
 CPU path and the float64 reference for float32/float16/bfloat16, batched and unbatched,
 p in {2, 7, 15, 64, 128}; they skip, with the reason shown, where there is no GPU.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,16 @@ from flagcore._reference import flag_aggregate_reference as reference
 
 from conftest import make_gradients, require_torch
 
-INFO_KEYS = ("coefficients", "weights", "reconstruction_ratios", "objective", "excluded", "iterations",
-             "last_step_rejected", "rank")
+INFO_KEYS = (
+    "coefficients",
+    "weights",
+    "reconstruction_ratios",
+    "objective",
+    "excluded",
+    "iterations",
+    "last_step_rejected",
+    "rank",
+)
 
 
 def _rel(a, b):
@@ -34,18 +43,28 @@ def _assert_info_equal(a: dict, b: dict):
 
 # ---------------------------------------------------------------- layers API (CPU)
 
+
 def _layers(seed=0, dtype=np.float64, ps=(7, 7, 7, 7), ns=(1, 300, 5000, 33)):
-    return [make_gradients(p, n, byzantine=1 if p > 3 else 0, seed=seed + i, dtype=dtype) for i, (p, n) in enumerate(zip(ps, ns))]
+    return [
+        make_gradients(p, n, byzantine=1 if p > 3 else 0, seed=seed + i, dtype=dtype)
+        for i, (p, n) in enumerate(zip(ps, ns))
+    ]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("lam,max_iter,scale", [(0.0, 1, "paper"), (0.5, 4, "paper"), (0.0, 3, "median_norm")])
+@pytest.mark.parametrize(
+    "lam,max_iter,scale", [(0.0, 1, "paper"), (0.5, 4, "paper"), (0.0, 3, "median_norm")]
+)
 def test_layers_equal_per_layer_calls(dtype, lam, max_iter, scale):
     layers = _layers(dtype=dtype, ps=(7, 9, 7, 12), ns=(1, 300, 40_000, 33))
-    outs, infos = flagcore.flag_aggregate_layers(layers, r=3, lam=lam, max_iter=max_iter, scale=scale, return_info=True)
+    outs, infos = flagcore.flag_aggregate_layers(
+        layers, r=3, lam=lam, max_iter=max_iter, scale=scale, return_info=True
+    )
     assert len(outs) == len(layers) == len(infos)
     for x, out, info in zip(layers, outs, infos):
-        exp, ei = flagcore.flag_aggregate(x, r=3, lam=lam, max_iter=max_iter, scale=scale, return_info=True)
+        exp, ei = flagcore.flag_aggregate(
+            x, r=3, lam=lam, max_iter=max_iter, scale=scale, return_info=True
+        )
         assert out.dtype == dtype and out.shape == (x.shape[1],)
         np.testing.assert_array_equal(out, exp)  # same native code per problem: bitwise
         np.testing.assert_array_equal(info.objective, ei.objective)
@@ -85,9 +104,13 @@ def test_layers_torch_inputs_and_half_precision():
 
 def test_layers_different_p_and_default_r():
     layers = _layers(ps=(3, 8, 5), ns=(50, 60, 70), seed=9)
-    outs, infos = flagcore.flag_aggregate_layers(layers, return_info=True)  # r = (p_l + 1) // 2 per layer
+    outs, infos = flagcore.flag_aggregate_layers(
+        layers, return_info=True
+    )  # r = (p_l + 1) // 2 per layer
     for x, out, info in zip(layers, outs, infos):
-        np.testing.assert_array_equal(out, flagcore.flag_aggregate(x))  # the same default r as flag_aggregate
+        np.testing.assert_array_equal(
+            out, flagcore.flag_aggregate(x)
+        )  # the same default r as flag_aggregate
         assert info.weights.shape == (x.shape[0],)
         assert info.rank == (x.shape[0] + 1) // 2
     explicit = flagcore.flag_aggregate_layers(layers, r=2)  # an explicit r applies to every layer
@@ -98,13 +121,33 @@ def test_layers_different_p_and_default_r():
 
 
 LAYER_BAD = [
-    (lambda: flagcore.flag_aggregate_layers(np.zeros((3, 4))), TypeError, "layers must be a list or tuple"),
+    (
+        lambda: flagcore.flag_aggregate_layers(np.zeros((3, 4))),
+        TypeError,
+        "layers must be a list or tuple",
+    ),
     (lambda: flagcore.flag_aggregate_layers([]), ValueError, "at least one layer"),
-    (lambda: flagcore.flag_aggregate_layers([np.zeros(4)]), ValueError, r"layers\[0\] must be \(p, \.\.\.\)"),
-    (lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4)), np.zeros((3, 4), np.float32)]), TypeError, r"layers\[1\] has dtype float32"),
+    (
+        lambda: flagcore.flag_aggregate_layers([np.zeros(4)]),
+        ValueError,
+        r"layers\[0\] must be \(p, \.\.\.\)",
+    ),
+    (
+        lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4)), np.zeros((3, 4), np.float32)]),
+        TypeError,
+        r"layers\[1\] has dtype float32",
+    ),
     (lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4)), "x"]), TypeError, r"layers\[1\]"),
-    (lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4)), np.zeros((2, 4))], r=3), ValueError, r"r must be in \[1, 2\], got 3"),
-    (lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4), np.int32)]), TypeError, "floating dtype"),
+    (
+        lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4)), np.zeros((2, 4))], r=3),
+        ValueError,
+        r"r must be in \[1, 2\], got 3",
+    ),
+    (
+        lambda: flagcore.flag_aggregate_layers([np.zeros((3, 4), np.int32)]),
+        TypeError,
+        "floating dtype",
+    ),
 ]
 
 
@@ -115,6 +158,7 @@ def test_layers_bad_input(call, exc, match):
 
 
 # ---------------------------------------------------------------- the IRLS as a team (CPU)
+
 
 def _grams(p, b=3, seed=0, n=200):
     gs = []
@@ -128,7 +172,9 @@ def _grams(p, b=3, seed=0, n=200):
     return np.stack(gs)
 
 
-@pytest.mark.parametrize("p", [1, 2, 7, 15, 32])  # the Jacobi range (kJacobiMaxP = 32); above, host LAPACK
+@pytest.mark.parametrize(
+    "p", [1, 2, 7, 15, 32]
+)  # the Jacobi range (kJacobiMaxP = 32); above, host LAPACK
 @pytest.mark.parametrize("threads", [2, 5, 16])
 def test_team_emulation_equals_serial_bitwise(p, threads):
     g = _grams(p, seed=p)
@@ -140,6 +186,7 @@ def test_team_emulation_equals_serial_bitwise(p, threads):
 
 
 # ---------------------------------------------------------------- plan and refusals (CPU)
+
 
 def test_cuda_plan_layout():
     ps, ns = [7, 15, 3, 128], [0, 100_000, 32768, 70_000]
@@ -155,14 +202,41 @@ def test_cuda_plan_layout():
     tri = [p * (p + 1) // 2 * k for p, k in zip(ps, parts)]
     np.testing.assert_array_equal(meta[:, 5], np.concatenate([[0], np.cumsum(tri)[:-1]]))
     np.testing.assert_array_equal(meta[:, 6], np.concatenate([[0], np.cumsum(ns)[:-1]]))
-    assert pl["rows"] == sum(ps) and pl["parts"] == sum(parts) and pl["p_max"] == 128 and pl["p_min"] == 3
+    assert (
+        pl["rows"] == sum(ps)
+        and pl["parts"] == sum(parts)
+        and pl["p_max"] == 128
+        and pl["p_min"] == 3
+    )
     # p = 128 > 32: the IRLS runs on the host (LAPACK), no device scratch
     assert pl["irls_on_host"] is True and pl["irls_smem"] is False and pl["irls_ws_each"] == 0
     # regions in order, 256-byte aligned, non-overlapping, inside the buffer
-    keys = ["off_gram", "off_partials", "off_irls", "off_coef", "off_weights", "off_ratios", "off_objective",
-            "off_iterations", "off_rank", "off_excluded", "off_rejected"]
-    sizes = [pl["gram"] * 8, pl["partials"] * 8, pl["b"] * pl["irls_ws_each"] * 8, pl["rows"] * 8, pl["rows"] * 8,
-             pl["rows"] * 8, pl["b"] * 6 * 8, pl["b"] * 4, pl["b"] * 4, pl["rows"], pl["b"]]
+    keys = [
+        "off_gram",
+        "off_partials",
+        "off_irls",
+        "off_coef",
+        "off_weights",
+        "off_ratios",
+        "off_objective",
+        "off_iterations",
+        "off_rank",
+        "off_excluded",
+        "off_rejected",
+    ]
+    sizes = [
+        pl["gram"] * 8,
+        pl["partials"] * 8,
+        pl["b"] * pl["irls_ws_each"] * 8,
+        pl["rows"] * 8,
+        pl["rows"] * 8,
+        pl["rows"] * 8,
+        pl["b"] * 6 * 8,
+        pl["b"] * 4,
+        pl["b"] * 4,
+        pl["rows"],
+        pl["b"],
+    ]
     for i, (k, size) in enumerate(zip(keys, sizes)):
         assert pl[k] % 256 == 0
         end = pl[keys[i + 1]] if i + 1 < len(keys) else pl["bytes"]
@@ -170,10 +244,14 @@ def test_cuda_plan_layout():
     uni = _core.flag_cuda_plan_uniform(4, 15, 25_600_000, 1)
     assert uni["irls_smem"] is True and uni["parts"] == 4 * 782
     small = _core.flag_cuda_plan([32], [10], 1)  # the Jacobi block, scratch in shared memory
-    assert small["irls_smem"] is True and small["irls_on_host"] is False and small["irls_ws_each"] > 0
+    assert (
+        small["irls_smem"] is True and small["irls_on_host"] is False and small["irls_ws_each"] > 0
+    )
     big = _core.flag_cuda_plan([33], [10], 1)
     assert big["irls_on_host"] is True and big["irls_smem"] is False
-    assert _core.flag_cuda_plan_uniform(2, 8, 10, 10**6)["objective_steps"] == 1025  # history capped on the GPU
+    assert (
+        _core.flag_cuda_plan_uniform(2, 8, 10, 10**6)["objective_steps"] == 1025
+    )  # history capped on the GPU
     with pytest.raises(ValueError, match="p <= 6144"):
         _core.flag_cuda_plan_uniform(1, 6145, 10, 1)
 
@@ -182,21 +260,29 @@ def test_cuda_entry_points_refuse_cleanly_without_gpu():
     if flagcore.cuda_available():
         pytest.skip("a GPU is present: the cuda-marked tests cover these entry points")
     with pytest.raises(RuntimeError, match="not compiled with GPU support|no CUDA device"):
-        _core.flag_aggregate_cuda_uniform(0, 0, 1, 3, 10, 30, 10, 0, 0, 1 << 20, 1, 0.0, 1, 1e-7, 1e-10, "paper", 0, 0)
+        _core.flag_aggregate_cuda_uniform(
+            0, 0, 1, 3, 10, 30, 10, 0, 0, 1 << 20, 1, 0.0, 1, 1e-7, 1e-10, "paper", 0, 0
+        )
     with pytest.raises(RuntimeError, match="not compiled with GPU support|no CUDA device"):
         _core.flag_irls_cuda(0, 1, 3, 0, 1 << 20, 1, 0.0, 1, 1e-7, 1e-10, "paper", 0, 0)
     from flagcore.flag import _require_native_cuda
 
-    with pytest.raises(RuntimeError, match="flag_aggregate: .*(not compiled with GPU support|no CUDA device)"):
+    with pytest.raises(
+        RuntimeError, match="flag_aggregate: .*(not compiled with GPU support|no CUDA device)"
+    ):
         _require_native_cuda("flag_aggregate")
 
 
 # ---------------------------------------------------------------- GPU
 
+
 def _cuda_torch():
     if not flagcore.cuda_available():
-        reason = ("flagcore was built without CUDA" if not flagcore.build_info()["cuda_compiled"]
-                  else "no CUDA device visible")
+        reason = (
+            "flagcore was built without CUDA"
+            if not flagcore.build_info()["cuda_compiled"]
+            else "no CUDA device visible"
+        )
         pytest.skip(f"GPU test: {reason}")
     torch = require_torch()
     if not torch.cuda.is_available():
@@ -204,7 +290,11 @@ def _cuda_torch():
     return torch
 
 
-TOL = {"float32": 1e-4, "float16": 3e-3, "bfloat16": 2e-2}  # max |gpu - cpu| / max |cpu|, output rounding included
+TOL = {
+    "float32": 1e-4,
+    "float16": 3e-3,
+    "bfloat16": 2e-2,
+}  # max |gpu - cpu| / max |cpu|, output rounding included
 
 
 @pytest.mark.cuda
@@ -216,7 +306,9 @@ def test_gpu_matches_cpu_and_reference(dtype, p, batched):
     dt = getattr(torch, dtype)
     n = 70_001  # three parts, a ragged tail
     b = 3 if batched else 1
-    x = np.stack([make_gradients(p, n, byzantine=max(1, p // 5), seed=p * 10 + q) for q in range(b)])
+    x = np.stack(
+        [make_gradients(p, n, byzantine=max(1, p // 5), seed=p * 10 + q) for q in range(b)]
+    )
     xt = torch.from_numpy(x).to(dt)
     x_rounded = xt.double().numpy()  # the values the GPU actually sees
     for lam, max_iter in [(0.0, 1), (0.5, 3)]:
@@ -226,13 +318,19 @@ def test_gpu_matches_cpu_and_reference(dtype, p, batched):
         assert out.device.type == "cuda" and out.dtype == dt
         assert out.shape == ((b, n) if batched else (n,))
         got = out.double().cpu().numpy().reshape(b, n)
-        cpu, cinfo = flagcore.flag_aggregate(x_rounded, r=r, lam=lam, max_iter=max_iter, return_info=True)
+        cpu, cinfo = flagcore.flag_aggregate(
+            x_rounded, r=r, lam=lam, max_iter=max_iter, return_info=True
+        )
         cpu = cpu.reshape(b, n)
         assert _rel(got, cpu) < TOL[dtype], (lam, max_iter)
         w_gpu = np.asarray(info.weights).reshape(b, p)
         np.testing.assert_allclose(w_gpu, np.asarray(cinfo.weights).reshape(b, p), rtol=1e-3)
-        assert np.array_equal(np.asarray(info.iterations).reshape(-1), np.asarray(cinfo.iterations).reshape(-1))
-        if p <= 15 and max_iter == 1 and lam == 0.0:  # the float64 SVD reference (small enough here)
+        assert np.array_equal(
+            np.asarray(info.iterations).reshape(-1), np.asarray(cinfo.iterations).reshape(-1)
+        )
+        if (
+            p <= 15 and max_iter == 1 and lam == 0.0
+        ):  # the float64 SVD reference (small enough here)
             ref = reference(x_rounded[0], r, lam, max_iter)["aggregate"]
             assert _rel(got[0], ref) < TOL[dtype]
 
@@ -250,15 +348,30 @@ def test_gpu_irls_equals_cpu(p):
         plan = _core.flag_cuda_plan_uniform(3, p, 0, max_iter)
         gd = torch.from_numpy(g).cuda()
         ws = torch.empty(plan["bytes"], dtype=torch.uint8, device="cuda")
-        _core.flag_irls_cuda(gd.data_ptr(), 3, p, ws.data_ptr(), plan["bytes"], r, lam, max_iter, 1e-7, 1e-10, scale,
-                             torch.cuda.current_stream().cuda_stream, torch.cuda.current_device())
+        _core.flag_irls_cuda(
+            gd.data_ptr(),
+            3,
+            p,
+            ws.data_ptr(),
+            plan["bytes"],
+            r,
+            lam,
+            max_iter,
+            1e-7,
+            1e-10,
+            scale,
+            torch.cuda.current_stream().cuda_stream,
+            torch.cuda.current_device(),
+        )
         from flagcore.flag import _info_from_workspace
 
         gpu = _info_from_workspace(ws, plan, (3, p), (3,))
         for k in ("iterations", "rank", "excluded", "last_step_rejected"):
             np.testing.assert_array_equal(gpu[k], np.asarray(cpu[k]), err_msg=k)
         for k in ("coefficients", "weights", "reconstruction_ratios", "objective"):
-            np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-11, atol=1e-300, equal_nan=True, err_msg=k)
+            np.testing.assert_allclose(
+                gpu[k], cpu[k], rtol=1e-11, atol=1e-300, equal_nan=True, err_msg=k
+            )
 
 
 @pytest.mark.cuda
@@ -267,7 +380,11 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype):
     torch = _cuda_torch()
     from flagcore.flag import _flag_aggregate_cuda
 
-    x = torch.from_numpy(make_gradients(7, 300_001, byzantine=2, seed=1)).to(getattr(torch, dtype)).cuda()[None]
+    x = (
+        torch.from_numpy(make_gradients(7, 300_001, byzantine=2, seed=1))
+        .to(getattr(torch, dtype))
+        .cuda()[None]
+    )
     a1, d1 = _flag_aggregate_cuda(x, 3, 0.0, 3, 1e-7, 1e-10, "paper", True, variant=1)
     a1b, d1b = _flag_aggregate_cuda(x, 3, 0.0, 3, 1e-7, 1e-10, "paper", True, variant=1)
     a2, d2 = _flag_aggregate_cuda(x, 3, 0.0, 3, 1e-7, 1e-10, "paper", True, variant=2)
@@ -282,7 +399,9 @@ def test_gpu_nonfinite_and_huge_workers():
     x = make_gradients(8, 50_000, seed=9).astype(np.float32)
     clean = flagcore.flag_aggregate(np.delete(x, 2, axis=0), r=4, max_iter=3)
     x[2, 17] = np.nan
-    out, info = flagcore.flag_aggregate(torch.from_numpy(x).cuda(), r=4, max_iter=3, return_info=True)
+    out, info = flagcore.flag_aggregate(
+        torch.from_numpy(x).cuda(), r=4, max_iter=3, return_info=True
+    )
     assert info.excluded.tolist() == [i == 2 for i in range(8)] and info.coefficients[2] == 0
     assert _rel(out.cpu().numpy(), clean) < 1e-4
     y = make_gradients(5, 40_000, seed=10).astype(np.float32)
@@ -325,7 +444,9 @@ def test_gpu_layers_match_per_layer_and_cpu(dtype):
 @pytest.mark.cuda
 def test_gpu_runs_on_the_current_stream():
     torch = _cuda_torch()
-    x = torch.from_numpy(make_gradients(15, 1_000_000, byzantine=3, seed=13).astype(np.float32)).cuda()
+    x = torch.from_numpy(
+        make_gradients(15, 1_000_000, byzantine=3, seed=13).astype(np.float32)
+    ).cuda()
     expected = flagcore.flag_aggregate(x, r=8, max_iter=2)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -342,7 +463,9 @@ def test_gpu_float64_uses_the_torch_fallback():
     x = make_gradients(6, 5000, seed=14)
     got = flagcore.flag_aggregate(torch.from_numpy(x).cuda(), r=3, max_iter=2)
     assert got.dtype == torch.float64
-    np.testing.assert_allclose(got.cpu().numpy(), flagcore.flag_aggregate(x, r=3, max_iter=2), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(
+        got.cpu().numpy(), flagcore.flag_aggregate(x, r=3, max_iter=2), rtol=1e-9, atol=1e-13
+    )
 
 
 def test_info_decoding_from_a_workspace_buffer():
@@ -357,7 +480,7 @@ def test_info_decoding_from_a_workspace_buffer():
 
     def put(key, arr):
         raw = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
-        ws[pl[key]:pl[key] + raw.size] = raw
+        ws[pl[key] : pl[key] + raw.size] = raw
 
     coef = np.arange(b * p, dtype=np.float64) + 0.5
     put("off_coef", coef)

@@ -8,6 +8,7 @@ for bit (also across thread counts), and agree with the closed forms where those
 (energy with one speed). Random invalid ones (each a valid set with one field broken) are
 refused with a ValueError/TypeError naming the function and the argument.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,15 @@ from flagcore.energy import approximate, optimize, simulate, sweep
 
 from _props import bounded
 
-SERVICES = ["exponential", "deterministic", ("erlang", 3), ("gamma", 0.5), ("lognormal", 1.0), ("pareto", 3.5),
-            ("empirical", [0.5, 1.0, 3.0])]
+SERVICES = [
+    "exponential",
+    "deterministic",
+    ("erlang", 3),
+    ("gamma", 0.5),
+    ("lognormal", 1.0),
+    ("pareto", 3.5),
+    ("empirical", [0.5, 1.0, 3.0]),
+]
 
 
 @st.composite
@@ -30,8 +38,14 @@ def valid_params(draw):
     n = draw(st.integers(1, 8))
     k = draw(st.integers(1, n))
     m = draw(st.integers(1, 3))
-    rates = sorted(draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0, 5.0]), min_size=m, max_size=m, unique=True)))
-    powers = [r ** 2 for r in rates]  # P ~ rate^2 (DVFS-like)
+    rates = sorted(
+        draw(
+            st.lists(
+                st.sampled_from([0.5, 1.0, 2.0, 3.0, 5.0]), min_size=m, max_size=m, unique=True
+            )
+        )
+    )
+    powers = [r**2 for r in rates]  # P ~ rate^2 (DVFS-like)
     w = draw(st.lists(st.integers(1, 4), min_size=m, max_size=m))
     probs = [x / sum(w) for x in w]
     probs[-1] = 1.0 - math.fsum(probs[:-1])
@@ -43,16 +57,33 @@ def valid_params(draw):
     lam = load * min(n * rates[0] / k, 1.0 / math.fsum(p / r for r, _, p in levels))
     service = draw(st.sampled_from(SERVICES))
     idle = draw(st.sampled_from([0.0, 0.3]))
-    seed = draw(st.integers(0, 2 ** 32))
-    return dict(n=n, k=k, arrival_rate=lam, levels=levels, cancel=cancel, service=service, idle_power=idle,
-                seed=seed)
+    seed = draw(st.integers(0, 2**32))
+    return dict(
+        n=n,
+        k=k,
+        arrival_rate=lam,
+        levels=levels,
+        cancel=cancel,
+        service=service,
+        idle_power=idle,
+        seed=seed,
+    )
 
 
 def _sim(prm, **kw):
     kw.setdefault("requests", 4000)
     kw.setdefault("on_unstable", "return")
-    return simulate(prm["n"], prm["k"], prm["arrival_rate"], prm["levels"], cancel=prm["cancel"],
-                    service=prm["service"], idle_power=prm["idle_power"], seed=prm["seed"], **kw)
+    return simulate(
+        prm["n"],
+        prm["k"],
+        prm["arrival_rate"],
+        prm["levels"],
+        cancel=prm["cancel"],
+        service=prm["service"],
+        idle_power=prm["idle_power"],
+        seed=prm["seed"],
+        **kw,
+    )
 
 
 @bounded(40)
@@ -65,15 +96,30 @@ def test_simulate_invariants(prm):
     n, k = prm["n"], prm["k"]
     res = _sim(prm)
     assert res.requests == 4000
-    fields = [res.mean_response_time, res.mean_in_system, res.energy_per_request, res.average_power,
-              res.throughput, res.window, res.idle_fraction, res.wasted_time_per_request]
+    fields = [
+        res.mean_response_time,
+        res.mean_in_system,
+        res.energy_per_request,
+        res.average_power,
+        res.throughput,
+        res.window,
+        res.idle_fraction,
+        res.wasted_time_per_request,
+    ]
     assert all(math.isfinite(v) for v in fields), fields
-    assert res.mean_response_time > 0 and res.energy_per_request >= 0 and res.wasted_time_per_request >= 0
+    assert (
+        res.mean_response_time > 0
+        and res.energy_per_request >= 0
+        and res.wasted_time_per_request >= 0
+    )
     assert np.all(res.utilisation >= 0) and res.utilisation.sum() <= 1 + 1e-9
     assert abs(res.idle_fraction - (1 - res.utilisation.sum())) < 1e-9
     assert res.average_power >= prm["idle_power"] * n * res.idle_fraction * (1 - 1e-12)
     # Little's law on one sample path: equal up to the window's edge effects
-    assert abs(res.mean_in_system - res.throughput * res.mean_response_time) <= 0.05 * res.mean_in_system + 0.05
+    assert (
+        abs(res.mean_in_system - res.throughput * res.mean_response_time)
+        <= 0.05 * res.mean_in_system + 0.05
+    )
     # each measured request completes k tasks (n without cancellation), up to the window edges
     per_req = k if prm["cancel"] else n
     total = float(res.completion_rate.sum() * res.window)
@@ -85,7 +131,10 @@ def test_simulate_invariants(prm):
     assert 0.0 <= res.deadline_miss(res.p50) <= 1.0
     # reproducible bit for bit, also when replications run on other threads
     again = _sim(prm)
-    assert again.mean_response_time == res.mean_response_time and again.energy_per_request == res.energy_per_request
+    assert (
+        again.mean_response_time == res.mean_response_time
+        and again.energy_per_request == res.energy_per_request
+    )
     np.testing.assert_array_equal(again.histogram, res.histogram)
 
 
@@ -96,7 +145,10 @@ def test_simulate_replications_do_not_depend_on_threads(prm):
     a = _sim(prm, requests=1500, replications=3, threads=1)
     b = _sim(prm, requests=1500, replications=3, threads=3)
     assert (a.mean_response_time, a.energy_per_request, a.average_power) == (
-        b.mean_response_time, b.energy_per_request, b.average_power)
+        b.mean_response_time,
+        b.energy_per_request,
+        b.average_power,
+    )
 
 
 @bounded(25)
@@ -107,11 +159,17 @@ def test_approximate_invariants_and_exact_energy(prm):
     """
     n, k, lam, lv = prm["n"], prm["k"], prm["arrival_rate"], prm["levels"]
     for method in ("race", "harmonic", "arithmetic"):
-        a = approximate(n, k, lam, lv, idle_power=prm["idle_power"], method=method, cancel=prm["cancel"])
+        a = approximate(
+            n, k, lam, lv, idle_power=prm["idle_power"], method=method, cancel=prm["cancel"]
+        )
         assert a.energy_per_request >= 0 and math.isfinite(a.energy_per_request)
         assert np.all(a.utilisation >= 0)
         if len(lv) == 1 and prm["cancel"]:  # the proven bounds: one speed, with cancellation
-            assert a.lower_bound <= a.upper_bound * (1 + 1e-12), (method, a.lower_bound, a.upper_bound)
+            assert a.lower_bound <= a.upper_bound * (1 + 1e-12), (
+                method,
+                a.lower_bound,
+                a.upper_bound,
+            )
             if a.stable:
                 assert a.lower_bound <= a.mean_response_time * (1 + 1e-12) or k == 1
         elif len(set(r for r, _, _ in lv)) > 1 and prm["cancel"]:
@@ -130,7 +188,10 @@ def test_approximate_invariants_and_exact_energy(prm):
         # one speed: the race energy is exact (with or without cancellation)
         res = _sim(prm, requests=20_000)
         a = approximate(n, k, lam, lv, cancel=prm["cancel"])
-        assert abs(res.energy_per_request - a.energy_per_request) <= 5 * res.energy_per_request_ci + 0.03 * a.energy_per_request
+        assert (
+            abs(res.energy_per_request - a.energy_per_request)
+            <= 5 * res.energy_per_request_ci + 0.03 * a.energy_per_request
+        )
 
 
 # ---------------------------------------------------------------- invalid parameter sets
@@ -166,7 +227,7 @@ SIM_ONLY = [
     ("requests", 0, ValueError, "requests must be an int >= 1"),
     ("warmup", -1, ValueError, "warmup must be an int >= 0"),
     ("seed", -1, ValueError, r"seed must be an int in \[0, 2\^64\)"),
-    ("seed", 2 ** 64, ValueError, r"seed must be an int in \[0, 2\^64\)"),
+    ("seed", 2**64, ValueError, r"seed must be an int in \[0, 2\^64\)"),
     ("threads", 0, ValueError, "threads must be an int >= 1"),
     ("replications", 0, ValueError, "replications must be an int >= 1"),
     ("batches", 0, ValueError, "batches must be an int >= 1"),
@@ -179,8 +240,12 @@ APPROX_ONLY = [("method", "geometric", ValueError, "method must be one of")]
 
 def _call(fn_name, prm, field, value):
     args = dict(prm)
-    kw = dict(cancel=args.pop("cancel"), service=args.pop("service"), idle_power=args.pop("idle_power"),
-              seed=args.pop("seed"))
+    kw = dict(
+        cancel=args.pop("cancel"),
+        service=args.pop("service"),
+        idle_power=args.pop("idle_power"),
+        seed=args.pop("seed"),
+    )
     if field in ("n", "k", "arrival_rate", "levels"):
         args[field] = value
     else:
@@ -195,13 +260,19 @@ def _call(fn_name, prm, field, value):
 
 
 @bounded(80)
-@given(prm=valid_params(), brk=st.sampled_from(BREAKS + SIM_ONLY + APPROX_ONLY), fn=st.sampled_from(["simulate", "approximate"]))
+@given(
+    prm=valid_params(),
+    brk=st.sampled_from(BREAKS + SIM_ONLY + APPROX_ONLY),
+    fn=st.sampled_from(["simulate", "approximate"]),
+)
 def test_invalid_parameter_sets_are_refused(prm, brk, fn):
     """A valid set with one field broken is refused by simulate/approximate with ValueError/TypeError
     naming the field.
     """
     field, value, exc, msg = brk
-    if (fn == "approximate" and (brk in SIM_ONLY or field == "service")) or (fn == "simulate" and brk in APPROX_ONLY):
+    if (fn == "approximate" and (brk in SIM_ONLY or field == "service")) or (
+        fn == "simulate" and brk in APPROX_ONLY
+    ):
         fn = "simulate" if fn == "approximate" else "approximate"
     if field == "k" and value == 99 and prm["n"] >= 99:
         return
@@ -224,20 +295,33 @@ def test_certainly_unstable_loads_are_refused_with_the_reason(prm, factor):
 
 
 @bounded(15)
-@given(prm=valid_params().filter(lambda d: len(d["levels"]) >= 2),
-       target_factor=st.sampled_from([0.5, 1.0, 1.5, 3.0]))
+@given(
+    prm=valid_params().filter(lambda d: len(d["levels"]) >= 2),
+    target_factor=st.sampled_from([0.5, 1.0, 1.5, 3.0]),
+)
 def test_sweep_and_optimize(prm, target_factor):
     """sweep's probability grids are distributions; optimize returns the cheapest feasible evaluation
     or reports infeasible; bad targets/values refused.
     """
     n, k, lam, lv = prm["n"], prm["k"], prm["arrival_rate"], prm["levels"]
-    sw = sweep(n, k, lam, lv, over="p", values=[0.0, 0.5, 1.0], run_simulation=False, cancel=prm["cancel"])
+    sw = sweep(
+        n, k, lam, lv, over="p", values=[0.0, 0.5, 1.0], run_simulation=False, cancel=prm["cancel"]
+    )
     assert len(sw.points) == 3 and all(pt.sim is None for pt in sw.points)
     for pt in sw.points:
         assert abs(sum(pt.probs) - 1) < 1e-12 and all(0 <= p <= 1 for p in pt.probs)
     base = approximate(n, k, lam, lv, cancel=prm["cancel"]).mean_response_time
     target = target_factor * base
-    res = optimize(n, k, lam, [(r, pw) for r, pw, _ in lv], target=target, cancel=prm["cancel"], grid=5, refine=1)
+    res = optimize(
+        n,
+        k,
+        lam,
+        [(r, pw) for r, pw, _ in lv],
+        target=target,
+        cancel=prm["cancel"],
+        grid=5,
+        refine=1,
+    )
     feasible = [e for e in res.evaluations if e["feasible"]]
     assert res.feasible == bool(feasible)
     if res.feasible:

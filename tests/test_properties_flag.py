@@ -14,6 +14,7 @@ satisfies the Flag Aggregator's invariants, and leave the input untouched:
   every row, so the aggregate is sum_i g_i / max(||g_i||, 1e-12) / r exactly.
 Invalid parameters raise ValueError/TypeError naming the argument.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,16 +31,34 @@ from _props import RTOL, StackCase, assert_weighted_sum, bounded, stacks
 def _infos(info, case: StackCase) -> list:
     """The FlagInfo as per-problem dicts of numpy arrays."""
     if not case.batched:
-        return [dict(excluded=info.excluded, ratios=info.reconstruction_ratios, weights=info.weights,
-                     coef=info.coefficients, objective=np.asarray(info.objective), iterations=info.iterations,
-                     rejected=info.last_step_rejected)]
-    return [dict(excluded=info.excluded[q], ratios=info.reconstruction_ratios[q], weights=info.weights[q],
-                 coef=info.coefficients[q], objective=info.objective[q, : info.iterations[q] + 1],
-                 iterations=int(info.iterations[q]), rejected=bool(info.last_step_rejected[q]))
-            for q in range(case.b)]
+        return [
+            dict(
+                excluded=info.excluded,
+                ratios=info.reconstruction_ratios,
+                weights=info.weights,
+                coef=info.coefficients,
+                objective=np.asarray(info.objective),
+                iterations=info.iterations,
+                rejected=info.last_step_rejected,
+            )
+        ]
+    return [
+        dict(
+            excluded=info.excluded[q],
+            ratios=info.reconstruction_ratios[q],
+            weights=info.weights[q],
+            coef=info.coefficients[q],
+            objective=info.objective[q, : info.iterations[q] + 1],
+            iterations=int(info.iterations[q]),
+            rejected=bool(info.last_step_rejected[q]),
+        )
+        for q in range(case.b)
+    ]
 
 
-def check_flag_result(case: StackCase, out, info: FlagInfo, *, r: int, lam: float, scale: str) -> None:
+def check_flag_result(
+    case: StackCase, out, info: FlagInfo, *, r: int, lam: float, scale: str
+) -> None:
     assert isinstance(out, np.ndarray) and out.dtype == case.dtype
     assert out.shape == case.item_shape
     assert np.all(np.isfinite(out)), "non-finite aggregate"
@@ -59,7 +78,7 @@ def check_flag_result(case: StackCase, out, info: FlagInfo, *, r: int, lam: floa
         # From the first step on (step 1 is always taken: with lam > 0 it can raise F above its
         # all-zero starting value, as pair distances reach 4), F never increases: a step that
         # would raise it is rejected and not applied.
-        accepted = obj[1: len(obj) - 1] if d["rejected"] else obj[1:]
+        accepted = obj[1 : len(obj) - 1] if d["rejected"] else obj[1:]
         assert np.all(np.diff(accepted) <= 1e-9 * (1.0 + np.abs(accepted[:-1]))), obj
         if d["rejected"]:
             assert not obj[-1] < obj[-2]
@@ -74,12 +93,14 @@ def check_flag_result(case: StackCase, out, info: FlagInfo, *, r: int, lam: floa
     assert_weighted_sum(case, out, np.stack(coefs), bad)
 
 
-params = st.fixed_dictionaries({
-    "lam": st.sampled_from([0.0, 0.5, 10.0]),
-    "max_iter": st.sampled_from([1, 2, 5]),
-    "scale": st.sampled_from(["paper", "median_norm"]),
-    "eps": st.sampled_from([1e-7, 1e-3]),
-})
+params = st.fixed_dictionaries(
+    {
+        "lam": st.sampled_from([0.0, 0.5, 10.0]),
+        "max_iter": st.sampled_from([1, 2, 5]),
+        "scale": st.sampled_from(["paper", "median_norm"]),
+        "eps": st.sampled_from([1e-7, 1e-3]),
+    }
+)
 
 
 @bounded(120)
@@ -99,8 +120,10 @@ def test_flag_aggregate_properties(case, prm, r_frac):
 
 
 @bounded(60)
-@given(case=stacks(kinds=("normal", "normal", "zero", "duplicate", "nan", "inf", "one_nan")),
-       scale=st.sampled_from(["paper", "median_norm"]))
+@given(
+    case=stacks(kinds=("normal", "normal", "zero", "duplicate", "nan", "inf", "one_nan")),
+    scale=st.sampled_from(["paper", "median_norm"]),
+)
 def test_flag_aggregate_full_rank_matches_reference(case, scale):
     """r = p, lam = 0: Y spans all the data, so agg = sum_i x_i / r on the normalised rows."""
     p = case.p
@@ -118,18 +141,29 @@ def test_flag_aggregate_full_rank_matches_reference(case, scale):
             continue
         tol = 1e-7 if case.dtype == np.float64 else 4 * RTOL[np.dtype(case.dtype)]
         unit = max(np.linalg.norm(ref), np.median(norms) if norms.size else 0.0, 1e-300)
-        assert np.max(np.abs(agg64[q] - ref)) <= tol * unit, (np.max(np.abs(agg64[q] - ref)) / unit, case.kinds)
+        assert np.max(np.abs(agg64[q] - ref)) <= tol * unit, (
+            np.max(np.abs(agg64[q] - ref)) / unit,
+            case.kinds,
+        )
 
 
 @bounded(40)
-@given(layers=st.lists(stacks(p_min=2, p_max=6, n_max=12, allow_batch=False, dtypes=(np.float32,)),
-                       min_size=1, max_size=4), prm=params)
+@given(
+    layers=st.lists(
+        stacks(p_min=2, p_max=6, n_max=12, allow_batch=False, dtypes=(np.float32,)),
+        min_size=1,
+        max_size=4,
+    ),
+    prm=params,
+)
 def test_flag_aggregate_layers_equals_per_layer(layers, prm):
     """One native call over ragged layers == flag_aggregate on each layer, bit for bit."""
     p_min = min(c.p for c in layers)
     r = max(1, p_min // 2)
     snaps = [c.snapshot() for c in layers]
-    outs, infos = flagcore.flag_aggregate_layers([c.x for c in layers], r=r, return_info=True, **prm)
+    outs, infos = flagcore.flag_aggregate_layers(
+        [c.x for c in layers], r=r, return_info=True, **prm
+    )
     assert len(outs) == len(layers) == len(infos)
     for c, s, o, inf in zip(layers, snaps, outs, infos):
         assert c.unchanged(s)

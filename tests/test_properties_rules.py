@@ -28,9 +28,24 @@ from flagcore.rules import RULES, make_rule
 
 from _props import RTOL, StackCase, assert_weighted_sum, bounded, stacks
 
-DISTANCE = {"krum", "multi_krum", "bulyan", "geometric_median", "centered_clipping", "flag",
-            # the catalogue rules (test_rules_catalogue.py checks them against their references)
-            "mda", "smea", "monna", "cge", "caf", "dnc", "signguard", "clipped_clustering", "fltrust"}
+DISTANCE = {
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clipping",
+    "flag",
+    # the catalogue rules (test_rules_catalogue.py checks them against their references)
+    "mda",
+    "smea",
+    "monna",
+    "cge",
+    "caf",
+    "dnc",
+    "signguard",
+    "clipped_clustering",
+    "fltrust",
+}
 # fltrust needs a reference of the drawn n; signguard draws new coordinates at every call
 DRAWN_RULES = tuple(r for r in RULES if r != "fltrust")
 

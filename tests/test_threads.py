@@ -2,6 +2,7 @@
 calls, the native code releases the GIL while it works, and results do not depend on
 set_num_threads (so changing it while other threads compute is harmless; see the README's
 Reliability section for what is and is not meant to be shared between threads)."""
+
 from __future__ import annotations
 
 import itertools
@@ -22,23 +23,60 @@ THREADS = 4
 
 def _tasks():
     """(name, callable) pairs, each deterministic; inputs built once and shared read-only."""
-    xs = [make_gradients(p, 30_000, seed=s, byzantine=2, dtype=dt)
-          for s, (p, dt) in enumerate([(9, np.float32), (13, np.float64), (16, np.float32)])]
+    xs = [
+        make_gradients(p, 30_000, seed=s, byzantine=2, dtype=dt)
+        for s, (p, dt) in enumerate([(9, np.float32), (13, np.float64), (16, np.float32)])
+    ]
     xs[1][3, 7] = np.nan  # one excluded worker
     layers = [make_gradients(7, n, seed=10 + n, dtype=np.float32) for n in (300, 5000, 20_000)]
     tasks = []
     for i, x in enumerate(xs):
-        tasks.append((f"flag[{i}]", lambda x=x: flagcore.flag_aggregate(x, r=4, max_iter=5, lam=0.5)))
-        for rule, kw in [("median", {}), ("trimmed_mean", {"f": 2}), ("phocas", {"f": 2}), ("krum", {"f": 2}),
-                         ("bulyan", {"f": 1}), ("geometric_median", {}), ("centered_clipping", {"tau": 5.0}),
-                         ("multi_krum", {"f": 1, "pre": "bucketing"}), ("mean", {"f": 2, "pre": "nnm"})]:
-            tasks.append((f"{rule}[{i}]", lambda x=x, rule=rule, kw=kw: flagcore.aggregate(x, rule, **kw)))
-    tasks.append(("layers", lambda: np.concatenate(flagcore.flag_aggregate_layers(layers, r=3, max_iter=3))))
+        tasks.append(
+            (f"flag[{i}]", lambda x=x: flagcore.flag_aggregate(x, r=4, max_iter=5, lam=0.5))
+        )
+        for rule, kw in [
+            ("median", {}),
+            ("trimmed_mean", {"f": 2}),
+            ("phocas", {"f": 2}),
+            ("krum", {"f": 2}),
+            ("bulyan", {"f": 1}),
+            ("geometric_median", {}),
+            ("centered_clipping", {"tau": 5.0}),
+            ("multi_krum", {"f": 1, "pre": "bucketing"}),
+            ("mean", {"f": 2, "pre": "nnm"}),
+        ]:
+            tasks.append(
+                (f"{rule}[{i}]", lambda x=x, rule=rule, kw=kw: flagcore.aggregate(x, rule, **kw))
+            )
+    tasks.append(
+        ("layers", lambda: np.concatenate(flagcore.flag_aggregate_layers(layers, r=3, max_iter=3)))
+    )
     tasks.append(("gram", lambda: _core.gram(xs[0][None])))
     for seed in (1, 2):
-        tasks.append((f"simulate[{seed}]", lambda seed=seed: np.array(
-            [simulate(4, 2, 1.0, [(1.0, 1.0, 0.5), (2.0, 4.0, 0.5)], requests=20_000, seed=seed, threads=1).to_dict()[k]
-             for k in ("mean_response_time", "energy_per_request", "average_power", "mean_in_system")])))
+        tasks.append(
+            (
+                f"simulate[{seed}]",
+                lambda seed=seed: np.array(
+                    [
+                        simulate(
+                            4,
+                            2,
+                            1.0,
+                            [(1.0, 1.0, 0.5), (2.0, 4.0, 0.5)],
+                            requests=20_000,
+                            seed=seed,
+                            threads=1,
+                        ).to_dict()[k]
+                        for k in (
+                            "mean_response_time",
+                            "energy_per_request",
+                            "average_power",
+                            "mean_in_system",
+                        )
+                    ]
+                ),
+            )
+        )
     return tasks
 
 

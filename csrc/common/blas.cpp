@@ -17,17 +17,15 @@
 extern "C" {
 void scipy_dsytrd_(const char* uplo, const int* n, double* a, const int* lda, double* d, double* e,
                    double* tau, double* work, const int* lwork, int* info, size_t);
-void scipy_dstemr_(const char* jobz, const char* range, const int* n, double* d, double* e,
-                   const double* vl, const double* vu, const int* il, const int* iu, int* m,
-                   double* w, double* z, const int* ldz, const int* nzc, int* isuppz, int* tryrac,
-                   double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t,
-                   size_t);
+void scipy_dstemr_(const char* jobz, const char* range, const int* n, double* d, double* e, const double* vl,
+                   const double* vu, const int* il, const int* iu, int* m, double* w, double* z,
+                   const int* ldz, const int* nzc, int* isuppz, int* tryrac, double* work, const int* lwork,
+                   int* iwork, const int* liwork, int* info, size_t, size_t);
 void scipy_dormtr_(const char* side, const char* uplo, const char* trans, const int* m, const int* n,
                    const double* a, const int* lda, const double* tau, double* c, const int* ldc,
                    double* work, const int* lwork, int* info, size_t, size_t, size_t);
-void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
-                   double* w, double* work, const int* lwork, int* iwork, const int* liwork,
-                   int* info, size_t, size_t);
+void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
+                   double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
 }
 
 #ifndef FLAGCORE_OPENBLAS_VERSION
@@ -73,8 +71,8 @@ int syevd(EighScratch& s, int p) {
   liwork = iw;
   grow(s.work, static_cast<size_t>(lwork));
   grow(s.iwork, static_cast<size_t>(liwork));
-  scipy_dsyevd_(&jobz, &uplo, &p, s.a.data(), &p, s.w.data(), s.work.data(), &lwork,
-                s.iwork.data(), &liwork, &info, 1, 1);
+  scipy_dsyevd_(&jobz, &uplo, &p, s.a.data(), &p, s.w.data(), s.work.data(), &lwork, s.iwork.data(), &liwork,
+                &info, 1, 1);
   return info;
 }
 
@@ -92,7 +90,8 @@ int tridiagonal_mrrr(EighScratch& s, int p, int want, int& m) {
   scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), &wq, &lwork, &info, 1);
   lwork = static_cast<int>(wq) + 1;
   grow(s.work, static_cast<size_t>(lwork));
-  scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), s.work.data(), &lwork, &info, 1);
+  scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), s.work.data(), &lwork, &info,
+                1);
   if (info != 0) return info;
   check_cancel();
   const char jobz = 'V', range = 'I';
@@ -102,31 +101,32 @@ int tridiagonal_mrrr(EighScratch& s, int p, int want, int& m) {
   grow(s.z, static_cast<size_t>(p) * static_cast<size_t>(want));
   grow(s.isuppz, 2 * static_cast<size_t>(want));
   lwork = -1;
-  scipy_dstemr_(&jobz, &range, &p, s.d.data(), s.e.data(), &vl, &vu, &il, &iu, &m, s.w.data(),
-                s.z.data(), &p, &nzc, s.isuppz.data(), &tryrac, &wq, &lwork, &iw, &liwork, &info, 1, 1);
+  scipy_dstemr_(&jobz, &range, &p, s.d.data(), s.e.data(), &vl, &vu, &il, &iu, &m, s.w.data(), s.z.data(), &p,
+                &nzc, s.isuppz.data(), &tryrac, &wq, &lwork, &iw, &liwork, &info, 1, 1);
   if (info != 0) return info;
   lwork = static_cast<int>(wq) + 1;
   liwork = iw;
   grow(s.work, static_cast<size_t>(lwork));
   grow(s.iwork, static_cast<size_t>(liwork));
-  scipy_dstemr_(&jobz, &range, &p, s.d.data(), s.e.data(), &vl, &vu, &il, &iu, &m, s.w.data(),
-                s.z.data(), &p, &nzc, s.isuppz.data(), &tryrac, s.work.data(), &lwork,
-                s.iwork.data(), &liwork, &info, 1, 1);
+  scipy_dstemr_(&jobz, &range, &p, s.d.data(), s.e.data(), &vl, &vu, &il, &iu, &m, s.w.data(), s.z.data(), &p,
+                &nzc, s.isuppz.data(), &tryrac, s.work.data(), &lwork, s.iwork.data(), &liwork, &info, 1, 1);
   if (info != 0 || m != want) return info != 0 ? info : -1000;
   const char side = 'L', trans = 'N';
   lwork = -1;
-  scipy_dormtr_(&side, &uplo, &trans, &p, &m, s.a.data(), &p, s.tau.data(), s.z.data(), &p, &wq, &lwork, &info, 1, 1, 1);
+  scipy_dormtr_(&side, &uplo, &trans, &p, &m, s.a.data(), &p, s.tau.data(), s.z.data(), &p, &wq, &lwork,
+                &info, 1, 1, 1);
   lwork = static_cast<int>(wq) + 1;
   grow(s.work, static_cast<size_t>(lwork));
-  scipy_dormtr_(&side, &uplo, &trans, &p, &m, s.a.data(), &p, s.tau.data(), s.z.data(), &p,
-                s.work.data(), &lwork, &info, 1, 1, 1);
+  scipy_dormtr_(&side, &uplo, &trans, &p, &m, s.a.data(), &p, s.tau.data(), s.z.data(), &p, s.work.data(),
+                &lwork, &info, 1, 1, 1);
   return info;
 }
 
 }  // namespace
 
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
-  FLAGCORE_CHECK_ARG(p >= 1 && want >= 1 && want <= p, "eigh_top: need 1 <= want <= p, got want = " << want << ", p = " << p);
+  FLAGCORE_CHECK_ARG(p >= 1 && want >= 1 && want <= p,
+                     "eigh_top: need 1 <= want <= p, got want = " << want << ", p = " << p);
   single_thread();
   check_cancel();
   const size_t pp = static_cast<size_t>(p) * static_cast<size_t>(p);
@@ -160,7 +160,8 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
   if (info != 0) {
     check_cancel();
     info = syevd(s, p);
-    FLAGCORE_CHECK_STATE(info == 0, "eigh_top: LAPACK dsyevd failed (info = " << info << ") on a " << p << " x " << p << " matrix");
+    FLAGCORE_CHECK_STATE(info == 0, "eigh_top: LAPACK dsyevd failed (info = " << info << ") on a " << p
+                                                                              << " x " << p << " matrix");
     // the top `want` of p ascending values
     z = s.a.data() + static_cast<size_t>(p - want) * p;
     for (int k = 0; k < want; ++k) s.w[k] = s.w[p - want + k];
@@ -174,40 +175,42 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
   }
 }
 
-void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda,
-              const double* B, int ldb, double beta, double* C, int ldc) {
+void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,
+              int ldb, double beta, double* C, int ldc) {
   single_thread();
-  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
-              k, alpha, A, lda, B, ldb, beta, C, ldc);
+  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k,
+                    alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void ssyrk_rows(int ni, int k, const float* A, int64_t lda, float* C, int ldc) {
   single_thread();
-  scipy_cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, k, 1.0f, A, static_cast<int>(lda), 0.0f,
-              C, ldc);
+  scipy_cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, k, 1.0f, A, static_cast<int>(lda), 0.0f, C,
+                    ldc);
 }
 
-void sgemm_rows(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb,
-                float* C, int ldc) {
+void sgemm_rows(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                int ldc) {
   single_thread();
-  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nj, k, 1.0f, A, static_cast<int>(lda),
-              B, static_cast<int>(ldb), 0.0f, C, ldc);
+  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nj, k, 1.0f, A, static_cast<int>(lda), B,
+                    static_cast<int>(ldb), 0.0f, C, ldc);
 }
 
 void dsyrk_rows(int ni, int k, const double* A, int64_t lda, double* C, int ldc) {
   single_thread();
-  scipy_cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, k, 1.0, A, static_cast<int>(lda), 0.0,
-              C, ldc);
+  scipy_cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, k, 1.0, A, static_cast<int>(lda), 0.0, C,
+                    ldc);
 }
 
-void dgemm_rows(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb,
-                double* C, int ldc) {
+void dgemm_rows(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb, double* C,
+                int ldc) {
   single_thread();
-  scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nj, k, 1.0, A, static_cast<int>(lda),
-              B, static_cast<int>(ldb), 0.0, C, ldc);
+  scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nj, k, 1.0, A, static_cast<int>(lda), B,
+                    static_cast<int>(ldb), 0.0, C, ldc);
 }
 
-const char* library_name() { return "scipy-openblas32 " FLAGCORE_OPENBLAS_VERSION; }
+const char* library_name() {
+  return "scipy-openblas32 " FLAGCORE_OPENBLAS_VERSION;
+}
 
 }  // namespace blas
 }  // namespace flagcore

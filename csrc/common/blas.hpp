@@ -28,8 +28,8 @@ namespace blas {
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs);
 
 // Row-major C = alpha * op(A) op(B) + beta * C (op = transpose when ta / tb), float64.
-void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda,
-              const double* B, int ldb, double beta, double* C, int ldc);
+void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,
+              int ldb, double beta, double* C, int ldc);
 
 // Gram blocks of float32 data, float32 results (column-major view of row-major data: row i of
 // the data is column i of an (k x p) column-major matrix with leading dimension ld).
@@ -37,11 +37,11 @@ void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double*
 //         elements, row i at A + i * lda
 //   gemm: C (ni x nj, row-major) = A B^T, A = ni rows, B = nj rows, k elements each
 void ssyrk_rows(int ni, int k, const float* A, int64_t lda, float* C, int ldc);
-void sgemm_rows(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb,
-                float* C, int ldc);
+void sgemm_rows(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                int ldc);
 void dsyrk_rows(int ni, int k, const double* A, int64_t lda, double* C, int ldc);
-void dgemm_rows(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb,
-                double* C, int ldc);
+void dgemm_rows(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb, double* C,
+                int ldc);
 
 // "scipy-openblas32 <version>": for build_info().
 const char* library_name();

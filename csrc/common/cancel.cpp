@@ -6,7 +6,9 @@ thread_local CancelScope* tls_scope = nullptr;
 thread_local char tls_identity = 0;
 }  // namespace
 
-CancelScope* current_cancel_scope() noexcept { return tls_scope; }
+CancelScope* current_cancel_scope() noexcept {
+  return tls_scope;
+}
 
 CancelScope* set_cancel_scope(CancelScope* scope) noexcept {
   CancelScope* prev = tls_scope;
@@ -20,7 +22,9 @@ CancelScopeGuard::CancelScopeGuard(CancelScope& scope) {
   prev_ = set_cancel_scope(&scope);
 }
 
-CancelScopeGuard::~CancelScopeGuard() { set_cancel_scope(prev_); }
+CancelScopeGuard::~CancelScopeGuard() {
+  set_cancel_scope(prev_);
+}
 
 bool cancel_requested() {
   CancelScope* s = tls_scope;

@@ -30,7 +30,7 @@ class Cancelled : public std::exception {
 struct CancelScope {
   static constexpr std::chrono::milliseconds kPollInterval{50};
   std::atomic<bool> stop{false};
-  std::function<bool()> poll;  // owner thread only; true = cancel
+  std::function<bool()> poll;   // owner thread only; true = cancel
   const void* owner = nullptr;  // identity of the owner thread (address of a thread_local)
   std::chrono::steady_clock::time_point next_poll{};
 };

@@ -8,22 +8,22 @@
 #include <stdexcept>
 #include <string>
 
-#define FLAGCORE_CHECK_ARG(cond, msg)                                   \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      std::ostringstream flagcore_os_;                                  \
-      flagcore_os_ << msg;                                              \
-      throw std::invalid_argument(flagcore_os_.str());                  \
-    }                                                                   \
+#define FLAGCORE_CHECK_ARG(cond, msg)                  \
+  do {                                                 \
+    if (!(cond)) {                                     \
+      std::ostringstream flagcore_os_;                 \
+      flagcore_os_ << msg;                             \
+      throw std::invalid_argument(flagcore_os_.str()); \
+    }                                                  \
   } while (0)
 
-#define FLAGCORE_CHECK_STATE(cond, msg)                                 \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      std::ostringstream flagcore_os_;                                  \
-      flagcore_os_ << __FILE__ << ":" << __LINE__ << ": " << msg;       \
-      throw std::runtime_error(flagcore_os_.str());                     \
-    }                                                                   \
+#define FLAGCORE_CHECK_STATE(cond, msg)                           \
+  do {                                                            \
+    if (!(cond)) {                                                \
+      std::ostringstream flagcore_os_;                            \
+      flagcore_os_ << __FILE__ << ":" << __LINE__ << ": " << msg; \
+      throw std::runtime_error(flagcore_os_.str());               \
+    }                                                             \
   } while (0)
 
 // Marks functions compiled for both host and device (the per-matrix math shared by the CPU

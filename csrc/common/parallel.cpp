@@ -3,14 +3,14 @@
 #include "common/cancel.hpp"
 
 #include <algorithm>
-#include <condition_variable>
-#include <sstream>
-#include <stdexcept>
-#include <system_error>
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -44,8 +44,7 @@ void set_num_threads(int n) {
   g_threads.store(n, std::memory_order_relaxed);
 }
 
-void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn,
-                  int max_threads) {
+void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn, int max_threads) {
   if (n_tasks == 0) return;
   int threads = max_threads > 0 ? std::min(max_threads, num_threads()) : num_threads();
   threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), n_tasks));

@@ -22,7 +22,6 @@ int num_threads();
 // 0 restores the default (hardware concurrency, or FLAGCORE_NUM_THREADS from the environment).
 void set_num_threads(int n);
 
-void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn,
-                  int max_threads = 0);
+void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn, int max_threads = 0);
 
 }  // namespace flagcore

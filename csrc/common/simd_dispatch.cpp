@@ -23,8 +23,8 @@ SimdLevel parse(const std::string& name) {
   if (name == "generic") return SimdLevel::generic;
   if (name == "avx2") return SimdLevel::avx2;
   if (name == "avx512") return SimdLevel::avx512;
-  FLAGCORE_CHECK_ARG(false, "set_simd_level: level must be 'auto', 'generic', 'avx2' or 'avx512', got '"
-                                << name << "'");
+  FLAGCORE_CHECK_ARG(
+      false, "set_simd_level: level must be 'auto', 'generic', 'avx2' or 'avx512', got '" << name << "'");
   return SimdLevel::generic;
 }
 
@@ -57,16 +57,19 @@ void set_simd_level(const std::string& name) {
   }
   SimdLevel want = parse(name);
   FLAGCORE_CHECK_ARG(static_cast<int>(want) <= static_cast<int>(simd_level_supported()),
-                     "set_simd_level: this CPU does not support '" << name << "' (best: '"
-                         << simd_level_name(simd_level_supported()) << "')");
+                     "set_simd_level: this CPU does not support '"
+                         << name << "' (best: '" << simd_level_name(simd_level_supported()) << "')");
   g_forced.store(static_cast<int>(want));
 }
 
 std::string simd_level_name(SimdLevel level) {
   switch (level) {
-    case SimdLevel::avx512: return "avx512";
-    case SimdLevel::avx2: return "avx2";
-    default: return "generic";
+    case SimdLevel::avx512:
+      return "avx512";
+    case SimdLevel::avx2:
+      return "avx2";
+    default:
+      return "generic";
   }
 }
 

@@ -11,7 +11,9 @@ namespace flagcore {
 namespace linalg {
 
 // Scratch (doubles) that jacobi_eigh needs beside its arguments.
-FLAGCORE_HD inline int jacobi_scratch(int n) { return 6 * n + 4; }
+FLAGCORE_HD inline int jacobi_scratch(int n) {
+  return 6 * n + 4;
+}
 
 // Pair k of round r of the round-robin ("circle") schedule on m (even) indices: over the m - 1
 // rounds every pair of indices meets exactly once, and the m / 2 pairs of a round are disjoint.
@@ -29,7 +31,9 @@ FLAGCORE_HD inline void round_robin_pair(int m, int r, int k, int& x, int& y) {
 }
 
 // Ordering key for the eigenvalue sort: NaN sorts last.
-FLAGCORE_HD inline double eig_key(double v) { return isnan(v) ? -INFINITY : v; }
+FLAGCORE_HD inline double eig_key(double v) {
+  return isnan(v) ? -INFINITY : v;
+}
 
 // Symmetric eigendecomposition by Jacobi rotations in round-robin order (parallel Jacobi: the
 // n/2 rotations of a round touch disjoint index pairs, so a team applies them at once).
@@ -46,12 +50,12 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
   const int r0 = t.rank(), nt = t.size();
   const int m = n + (n & 1);  // odd n: one phantom index (n) that never rotates
   const int half = m / 2;
-  double* cs = scratch;           // [m]: (c, s) per pair of the round
-  double* rowoff = scratch + m;   // [n]
-  double* rowtot = rowoff + n;    // [n]
-  double* dval = rowtot + n;      // [n] (after the sweeps)
-  double* rank = dval + n;        // [n]
-  double* pairs = rank + n;       // [m]: the round's pairs (x, y), as exact small integers
+  double* cs = scratch;          // [m]: (c, s) per pair of the round
+  double* rowoff = scratch + m;  // [n]
+  double* rowtot = rowoff + n;   // [n]
+  double* dval = rowtot + n;     // [n] (after the sweeps)
+  double* rank = dval + n;       // [n]
+  double* pairs = rank + n;      // [m]: the round's pairs (x, y), as exact small integers
   for (int w = r0; w < n * n; w += nt) evecs[w] = (w / n == w % n) ? 1.0 : 0.0;
   t.sync();
   int sweep = 0;
@@ -121,12 +125,18 @@ FLAGCORE_HD inline int jacobi_eigh(const Team& t, double* a, int n, double* eval
           if (s1 != 0.0) {  // rows: J^T B
             const double t00 = c1 * b00 - s1 * b10, t01 = c1 * b01 - s1 * b11;
             const double t10 = s1 * b00 + c1 * b10, t11 = s1 * b01 + c1 * b11;
-            b00 = t00; b01 = t01; b10 = t10; b11 = t11;
+            b00 = t00;
+            b01 = t01;
+            b10 = t10;
+            b11 = t11;
           }
           if (s2 != 0.0) {  // columns: B J
             const double t00 = c2 * b00 - s2 * b01, t01 = s2 * b00 + c2 * b01;
             const double t10 = c2 * b10 - s2 * b11, t11 = s2 * b10 + c2 * b11;
-            b00 = t00; b01 = t01; b10 = t10; b11 = t11;
+            b00 = t00;
+            b01 = t01;
+            b10 = t10;
+            b11 = t11;
           }
           if (P == Q) {  // the rotated pair itself: its off-diagonal entry is zero by design
             b01 = 0.0;

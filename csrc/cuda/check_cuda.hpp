@@ -5,16 +5,15 @@
 #include <sstream>
 #include <stdexcept>
 
-#define FLAGCORE_CUDA_CHECK(expr)                                                         \
-  do {                                                                                    \
-    cudaError_t flagcore_err_ = (expr);                                                   \
-    if (flagcore_err_ != cudaSuccess) {                                                   \
-      std::ostringstream flagcore_os_;                                                    \
-      flagcore_os_ << __FILE__ << ":" << __LINE__ << ": CUDA error "                      \
-                   << cudaGetErrorName(flagcore_err_) << ": "                             \
-                   << cudaGetErrorString(flagcore_err_) << " in " #expr;                  \
-      throw std::runtime_error(flagcore_os_.str());                                       \
-    }                                                                                     \
+#define FLAGCORE_CUDA_CHECK(expr)                                                                       \
+  do {                                                                                                  \
+    cudaError_t flagcore_err_ = (expr);                                                                 \
+    if (flagcore_err_ != cudaSuccess) {                                                                 \
+      std::ostringstream flagcore_os_;                                                                  \
+      flagcore_os_ << __FILE__ << ":" << __LINE__ << ": CUDA error " << cudaGetErrorName(flagcore_err_) \
+                   << ": " << cudaGetErrorString(flagcore_err_) << " in " #expr;                        \
+      throw std::runtime_error(flagcore_os_.str());                                                     \
+    }                                                                                                   \
   } while (0)
 
 // Checks the launch that was just issued.

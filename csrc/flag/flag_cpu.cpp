@@ -27,9 +27,8 @@ void check_params(int64_t p, const FlagParams& prm) {
 
 // Per-problem outputs; the objective goes to `obj` (capacity `cap`).
 FlagIrlsOut slice(const FlagIrlsOut& info, int64_t row0, int64_t q, double* obj, int64_t cap) {
-  return FlagIrlsOut{info.coef + row0,    info.weights + row0,  info.ratios + row0,
-                     obj,                 info.excluded + row0, info.iterations + q,
-                     info.rejected + q,   info.rank + q,        cap};
+  return FlagIrlsOut{info.coef + row0,    info.weights + row0, info.ratios + row0, obj, info.excluded + row0,
+                     info.iterations + q, info.rejected + q,   info.rank + q,      cap};
 }
 
 // Uninitialised scratch that grows on demand and is reused by the thread's next problem: the
@@ -57,8 +56,8 @@ struct Scratch {
 };
 
 // One problem on this thread; its objective history (the steps taken) into hist.
-void run_one(const double* gram, int p, const FlagParams& prm, const FlagIrlsOut& info,
-             int64_t row0, int64_t q, std::vector<double>& hist) {
+void run_one(const double* gram, int p, const FlagParams& prm, const FlagIrlsOut& info, int64_t row0,
+             int64_t q, std::vector<double>& hist) {
   thread_local Scratch work, obj;
   const int64_t cap = int64_t(prm.max_iter) + 1;
   double* ws = work.get(flag_irls_workspace(p));
@@ -113,8 +112,8 @@ struct ThreadTeam {
 
 }  // namespace
 
-void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,
-                         FlagIrlsOut info, ObjectiveHistory& hist) {
+void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm, FlagIrlsOut info,
+                         ObjectiveHistory& hist) {
   check_params(p, prm);
   hist.assign(static_cast<size_t>(b), {});
   parallel_for(static_cast<size_t>(b), [&](size_t qi) {
@@ -123,9 +122,8 @@ void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagPar
   });
 }
 
-void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps,
-                           const int64_t* gram_off, const int64_t* row_off, const FlagParams& prm,
-                           FlagIrlsOut base, int64_t steps) {
+void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps, const int64_t* gram_off,
+                           const int64_t* row_off, const FlagParams& prm, FlagIrlsOut base, int64_t steps) {
   for (int64_t q = 0; q < b; ++q) check_params(ps[q], prm);
   std::fill(base.objective, base.objective + b * steps, NAN);
   parallel_for(static_cast<size_t>(b), [&](size_t qi) {
@@ -140,7 +138,8 @@ void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps,
 void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,
                                   FlagIrlsOut info, ObjectiveHistory& hist, int threads) {
   check_params(p, prm);
-  FLAGCORE_CHECK_ARG(threads >= 1 && threads <= 1024, "flag_irls_team_emulation: threads must be in [1, 1024], got " << threads);
+  FLAGCORE_CHECK_ARG(threads >= 1 && threads <= 1024,
+                     "flag_irls_team_emulation: threads must be in [1, 1024], got " << threads);
   const int64_t cap = int64_t(prm.max_iter) + 1;
   std::vector<double> work(static_cast<size_t>(flag_irls_workspace(p)));
   std::vector<double> obj(static_cast<size_t>(cap));
@@ -151,8 +150,8 @@ void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, cons
     std::vector<std::thread> pool;
     for (int r = 0; r < threads; ++r)
       pool.emplace_back([&, r] {
-        flag_irls(ThreadTeam{r, threads, &bar}, gram + q * p * p, static_cast<int>(p), prm,
-                  work.data(), slice(info, q * p, q, obj.data(), cap));
+        flag_irls(ThreadTeam{r, threads, &bar}, gram + q * p * p, static_cast<int>(p), prm, work.data(),
+                  slice(info, q * p, q, obj.data(), cap));
       });
     for (auto& th : pool) th.join();
     hist[static_cast<size_t>(q)].assign(obj.begin(), obj.begin() + (info.iterations[q] + 1));
@@ -160,8 +159,8 @@ void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, cons
 }
 
 template <typename T>
-void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n,
-                        const FlagParams& prm, T* out, FlagIrlsOut info, ObjectiveHistory& hist) {
+void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const FlagParams& prm, T* out,
+                        FlagIrlsOut info, ObjectiveHistory& hist) {
   check_params(p, prm);
   std::vector<double> gram(static_cast<size_t>(b * p * p));
   gram_cpu<T>(rows, b, p, n, gram.data());
@@ -170,14 +169,15 @@ void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n,
 }
 
 template <typename T>
-void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const int64_t* ns,
-                               int64_t b, const FlagParams& prm, T* out, FlagIrlsOut info,
-                               ObjectiveHistory& hist, const int64_t* rs) {
+void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const int64_t* ns, int64_t b,
+                               const FlagParams& prm, T* out, FlagIrlsOut info, ObjectiveHistory& hist,
+                               const int64_t* rs) {
   FLAGCORE_CHECK_ARG(prm.r >= 1 && prm.max_iter >= 1, "flag_aggregate_layers: bad parameters");
   std::vector<int64_t> row0(static_cast<size_t>(b) + 1, 0), col0(static_cast<size_t>(b) + 1, 0),
       g0(static_cast<size_t>(b) + 1, 0);
   for (int64_t q = 0; q < b; ++q) {
-    FLAGCORE_CHECK_ARG(ps[q] >= 1 && ns[q] >= 0, "flag_aggregate_layers: problem " << q << " has p = " << ps[q] << ", n = " << ns[q]);
+    FLAGCORE_CHECK_ARG(ps[q] >= 1 && ns[q] >= 0,
+                       "flag_aggregate_layers: problem " << q << " has p = " << ps[q] << ", n = " << ns[q]);
     row0[q + 1] = row0[q] + ps[q];
     col0[q + 1] = col0[q] + ns[q];
     g0[q + 1] = g0[q] + ps[q] * ps[q];
@@ -201,15 +201,15 @@ void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const in
     weighted_sum_cpu<T>(rows + row0[q], info.coef + row0[q], 1, ps[q], ns[q], out + col0[q]);
 }
 
-template void flag_aggregate_cpu<float>(const float* const*, int64_t, int64_t, int64_t,
-                                        const FlagParams&, float*, FlagIrlsOut, ObjectiveHistory&);
-template void flag_aggregate_cpu<double>(const double* const*, int64_t, int64_t, int64_t,
-                                         const FlagParams&, double*, FlagIrlsOut, ObjectiveHistory&);
-template void flag_aggregate_ragged_cpu<float>(const float* const*, const int64_t*, const int64_t*,
-                                               int64_t, const FlagParams&, float*, FlagIrlsOut,
-                                               ObjectiveHistory&, const int64_t*);
-template void flag_aggregate_ragged_cpu<double>(const double* const*, const int64_t*, const int64_t*,
-                                                int64_t, const FlagParams&, double*, FlagIrlsOut,
-                                                ObjectiveHistory&, const int64_t*);
+template void flag_aggregate_cpu<float>(const float* const*, int64_t, int64_t, int64_t, const FlagParams&,
+                                        float*, FlagIrlsOut, ObjectiveHistory&);
+template void flag_aggregate_cpu<double>(const double* const*, int64_t, int64_t, int64_t, const FlagParams&,
+                                         double*, FlagIrlsOut, ObjectiveHistory&);
+template void flag_aggregate_ragged_cpu<float>(const float* const*, const int64_t*, const int64_t*, int64_t,
+                                               const FlagParams&, float*, FlagIrlsOut, ObjectiveHistory&,
+                                               const int64_t*);
+template void flag_aggregate_ragged_cpu<double>(const double* const*, const int64_t*, const int64_t*, int64_t,
+                                                const FlagParams&, double*, FlagIrlsOut, ObjectiveHistory&,
+                                                const int64_t*);
 
 }  // namespace flagcore

@@ -29,17 +29,17 @@ using ObjectiveHistory = std::vector<std::vector<double>>;
 
 // Runs flag_irls on b Gram matrices (b * p * p doubles), in parallel over problems (each
 // problem single-threaded, so the result does not depend on the thread count).
-void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,
-                         FlagIrlsOut info, ObjectiveHistory& hist);
+void flag_irls_batch_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm, FlagIrlsOut info,
+                         ObjectiveHistory& hist);
 
 template <typename T>
-void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n,
-                        const FlagParams& prm, T* out, FlagIrlsOut info, ObjectiveHistory& hist);
+void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const FlagParams& prm, T* out,
+                        FlagIrlsOut info, ObjectiveHistory& hist);
 
 template <typename T>
-void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const int64_t* ns,
-                               int64_t b, const FlagParams& prm, T* out, FlagIrlsOut info,
-                               ObjectiveHistory& hist, const int64_t* rs = nullptr);
+void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const int64_t* ns, int64_t b,
+                               const FlagParams& prm, T* out, FlagIrlsOut info, ObjectiveHistory& hist,
+                               const int64_t* rs = nullptr);
 
 // Test support: flag_irls on each of the b problems run by a team of `threads` CPU threads with
 // a barrier, the way a CUDA block runs it. Results must equal flag_irls_batch_cpu's bitwise;
@@ -48,9 +48,8 @@ void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const in
 // its Gram at gram + gram_off[q], its per-worker outputs at base + row_off[q], its objective at
 // base.objective + q * steps, NaN-padded, the first `steps` values kept), in parallel over
 // problems, with the same code and results as flag_irls_batch_cpu.
-void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps,
-                           const int64_t* gram_off, const int64_t* row_off, const FlagParams& prm,
-                           FlagIrlsOut base, int64_t steps);
+void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps, const int64_t* gram_off,
+                           const int64_t* row_off, const FlagParams& prm, FlagIrlsOut base, int64_t steps);
 
 // Teams never use the host LAPACK (host_blas = false): this checks the Jacobi path the GPU runs.
 void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,

@@ -47,12 +47,14 @@ struct DeviceProblems {
   bool aligned16 = false;  // every row starts on a 16-byte boundary
 };
 
-inline int dtype_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
+inline int dtype_size(int dtype) {
+  return dtype == kFloat32 ? 4 : 2;
+}
 
 // Each launcher checks its launch (FLAGCORE_CUDA_CHECK_LAUNCH) and returns early on empty input.
 // variant: 0 automatic, 1 the register kernel (p <= 8 only), 2 the tile-pair kernel (tests).
-void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials,
-               double* gram, std::uintptr_t stream, int variant = 0);
+void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials, double* gram,
+               std::uintptr_t stream, int variant = 0);
 void flag_irls_cuda(const double* gram, const DeviceProblems& d, const FlagCudaPlan& plan,
                     const FlagParams& prm, unsigned char* ws, std::uintptr_t stream);
 void weighted_sum_cuda(const DeviceProblems& d, int dtype, const double* coef, void* out,
@@ -60,15 +62,13 @@ void weighted_sum_cuda(const DeviceProblems& d, int dtype, const double* coef, v
 
 // All three on one workspace laid out by `plan`; `device` is the CUDA device of the data (made
 // current for the call and restored after).
-void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan,
-                         const FlagParams& prm, void* out, unsigned char* ws,
-                         std::uintptr_t stream, int device, int variant = 0);
+void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, const FlagParams& prm,
+                         void* out, unsigned char* ws, std::uintptr_t stream, int device, int variant = 0);
 
 // flag_irls_cuda alone on b Gram matrices of p x p already on the device (tests): outputs at
 // the plan's offsets in ws (plan = flag_cuda_plan_uniform(b, p, 0, max_iter)).
 void flag_irls_only_cuda(const double* gram, int64_t b, int64_t p, const FlagCudaPlan& plan,
-                         const FlagParams& prm, unsigned char* ws, std::uintptr_t stream,
-                         int device);
+                         const FlagParams& prm, unsigned char* ws, std::uintptr_t stream, int device);
 
 }  // namespace cuda
 }  // namespace flagcore

@@ -49,7 +49,10 @@ __device__ __forceinline__ int64_t problem_of_part(const DeviceProblems& d, int6
   int64_t lo = 0, hi = d.b - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (d.table[mid * kMetaCols + 4] <= part) lo = mid; else hi = mid - 1;
+    if (d.table[mid * kMetaCols + 4] <= part)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -60,27 +63,49 @@ __device__ __forceinline__ int64_t problem_of_row(const DeviceProblems& d, int64
   int64_t lo = 0, hi = d.b - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (d.table[mid * kMetaCols + 2] <= row) lo = mid; else hi = mid - 1;
+    if (d.table[mid * kMetaCols + 2] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
 
 template <typename T>
 __device__ __forceinline__ const T* row_ptr(const DeviceProblems& d, const Problem& pr, int64_t i) {
-  if (d.table == nullptr)
-    return static_cast<const T*>(d.base) + pr.q * d.stride_b + i * d.stride_p;
+  if (d.table == nullptr) return static_cast<const T*>(d.base) + pr.q * d.stride_b + i * d.stride_p;
   return reinterpret_cast<const T*>(d.table[d.b * kMetaCols + pr.row_off + i]);
 }
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 
-template <typename T> __device__ __forceinline__ T from_double(double v);
-template <> __device__ __forceinline__ float from_double<float>(double v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ __half from_double<__half>(double v) { return __double2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double v) { return __double2bfloat16(v); }
+template <typename T>
+__device__ __forceinline__ T from_double(double v);
+template <>
+__device__ __forceinline__ float from_double<float>(double v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ __half from_double<__half>(double v) {
+  return __double2half(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
+  return __double2bfloat16(v);
+}
 
 // Element c of a 16-byte vector holding 16 / sizeof(T) values of type T (c a compile-time
 // constant after unrolling).
@@ -91,9 +116,12 @@ __device__ __forceinline__ float vec_elem(const uint4& v, int c) {
     return __uint_as_float(w[c]);
   } else {
     const unsigned word = w[c / 2];
-    const unsigned short bits = (c % 2) ? static_cast<unsigned short>(word >> 16) : static_cast<unsigned short>(word & 0xffffu);
-    if constexpr (std::is_same<T, __half>::value) return __half2float(__ushort_as_half(bits));
-    else return __uint_as_float(static_cast<unsigned>(bits) << 16);  // bfloat16
+    const unsigned short bits =
+        (c % 2) ? static_cast<unsigned short>(word >> 16) : static_cast<unsigned short>(word & 0xffffu);
+    if constexpr (std::is_same<T, __half>::value)
+      return __half2float(__ushort_as_half(bits));
+    else
+      return __uint_as_float(static_cast<unsigned>(bits) << 16);  // bfloat16
   }
 }
 
@@ -102,10 +130,20 @@ __device__ __forceinline__ uint4 load16(const void* p) {
 }
 
 // Device code for dtype codes.
-template <int D> struct DTypeOf;
-template <> struct DTypeOf<kFloat32> { using type = float; };
-template <> struct DTypeOf<kFloat16> { using type = __half; };
-template <> struct DTypeOf<kBFloat16> { using type = __nv_bfloat16; };
+template <int D>
+struct DTypeOf;
+template <>
+struct DTypeOf<kFloat32> {
+  using type = float;
+};
+template <>
+struct DTypeOf<kFloat16> {
+  using type = __half;
+};
+template <>
+struct DTypeOf<kBFloat16> {
+  using type = __nv_bfloat16;
+};
 
 // Makes `device` current for the scope (restores the previous one), since the caller's
 // framework may have another device current on this thread.

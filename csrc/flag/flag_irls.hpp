@@ -61,8 +61,8 @@ struct FlagIrlsOut {
   int64_t objective_cap;  // entries of `objective`; steps beyond it are not recorded
 };
 
-constexpr double kFlagNormFloor = 1e-12;   // as torch.nn.functional.normalize
-constexpr double kFlagRankTol = 1e-12;     // eigenvalues of K below this * largest are dropped
+constexpr double kFlagNormFloor = 1e-12;  // as torch.nn.functional.normalize
+constexpr double kFlagRankTol = 1e-12;    // eigenvalues of K below this * largest are dropped
 // Largest p solved by the team-parallel Jacobi eigensolver (CPU and GPU alike, so both agree
 // bitwise); above it the host LAPACK (common/blas.hpp), and the GPU hands the IRLS to the host.
 constexpr int kJacobiMaxP = 32;
@@ -110,10 +110,9 @@ FLAGCORE_HD inline void flag_eigh(const Team& t, double* K, int p, int want, dou
 // Without the pairwise term M^(1/2) is diagonal: K = D G D and C = D U diag(1/S) are formed
 // elementwise (O(p^2)); with it, M^(1/2) is a full matrix (one more eigensolve, two products).
 template <class Team>
-FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, bool pairs,
-                                  const double* w, const double* V, double* Mh, double* K,
-                                  double* U, double* ev, double* tmp, double* rows, double* jac,
-                                  double* C, double* P) {
+FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, bool pairs, const double* w,
+                                  const double* V, double* Mh, double* K, double* U, double* ev, double* tmp,
+                                  double* rows, double* jac, double* C, double* P) {
   const int r0 = t.rank(), nt = t.size();
   const int pp = p * p;
   const bool blas = use_host_blas(t, p);
@@ -245,8 +244,8 @@ FLAGCORE_HD inline double flag_pair_dist(const double* P, int q, int p, int i, i
 // F = sum_i sqrt(max(0, 1 - v_i)) + mu^2 sum_{i != j} sqrt(|1 - ||P_i - P_j||^2|): one term per
 // worker in parallel, then the same sequential sum in every thread. Ends with a sync.
 template <class Team>
-FLAGCORE_HD inline double flag_objective(const Team& t, const double* P, int q, int p,
-                                         const uint8_t* bad, double mu2, double* rows) {
+FLAGCORE_HD inline double flag_objective(const Team& t, const double* P, int q, int p, const uint8_t* bad,
+                                         double mu2, double* rows) {
   for (int i = t.rank(); i < p; i += t.size()) {
     double term = 0.0;
     if (!bad[i]) {
@@ -327,8 +326,8 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
   if (pv > 0) {
     for (int it = 1; it <= prm.max_iter; ++it) {
       t.poll();
-      const int qn = detail::flag_solve(t, G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U,
-                                        ev, tmp, rows, jac, Cn, Pn);
+      const int qn = detail::flag_solve(t, G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U, ev, tmp,
+                                        rows, jac, Cn, Pn);
       const double Fn = detail::flag_objective(t, Pn, qn, p, bad, mu2, rows);
       if (r0 == 0) {
         if (it < out.objective_cap) out.objective[it] = Fn;

@@ -6,10 +6,13 @@
 namespace flagcore {
 namespace {
 
-int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
+int64_t align256(int64_t x) {
+  return (x + 255) / 256 * 256;
+}
 
 void finish(FlagCudaPlan& pl) {
-  FLAGCORE_CHECK_ARG(pl.p_max <= kCudaMaxP, "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << pl.p_max);
+  FLAGCORE_CHECK_ARG(pl.p_max <= kCudaMaxP,
+                     "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << pl.p_max);
   pl.irls_on_host = pl.p_max > kJacobiMaxP;
   pl.irls_ws_each = pl.irls_on_host ? 0 : flag_irls_workspace(pl.p_max);
   pl.irls_smem = !pl.irls_on_host && pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;
@@ -36,8 +39,7 @@ void finish(FlagCudaPlan& pl) {
 
 }  // namespace
 
-FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int max_iter,
-                            int64_t* meta) {
+FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int max_iter, int64_t* meta) {
   FLAGCORE_CHECK_ARG(b >= 1, "flag_cuda_plan: need at least one problem");
   FLAGCORE_CHECK_ARG(max_iter >= 1, "flag_cuda_plan: max_iter must be >= 1, got " << max_iter);
   FlagCudaPlan pl;
@@ -46,7 +48,8 @@ FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int
   pl.p_min = ps[0];
   for (int64_t q = 0; q < b; ++q) {
     const int64_t p = ps[q], n = ns[q];
-    FLAGCORE_CHECK_ARG(p >= 1 && n >= 0, "flag_cuda_plan: problem " << q << " has p = " << p << ", n = " << n);
+    FLAGCORE_CHECK_ARG(p >= 1 && n >= 0,
+                       "flag_cuda_plan: problem " << q << " has p = " << p << ", n = " << n);
     if (meta) {
       int64_t* m = meta + q * kMetaCols;
       m[0] = p;
@@ -70,7 +73,8 @@ FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int
 }
 
 FlagCudaPlan flag_cuda_plan_uniform(int64_t b, int64_t p, int64_t n, int max_iter) {
-  FLAGCORE_CHECK_ARG(b >= 1 && p >= 1 && n >= 0, "flag_cuda_plan: bad sizes b = " << b << ", p = " << p << ", n = " << n);
+  FLAGCORE_CHECK_ARG(b >= 1 && p >= 1 && n >= 0,
+                     "flag_cuda_plan: bad sizes b = " << b << ", p = " << p << ", n = " << n);
   FLAGCORE_CHECK_ARG(max_iter >= 1, "flag_cuda_plan: max_iter must be >= 1, got " << max_iter);
   FlagCudaPlan pl;
   pl.b = b;

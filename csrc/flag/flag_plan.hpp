@@ -38,10 +38,16 @@ constexpr int64_t kCudaMaxP = 6144;
 // must follow the work, not max_iter).
 constexpr int64_t kCudaObjectiveSteps = 1024;
 
-FLAGCORE_HD inline int64_t gram_parts(int64_t n) { return n <= 0 ? 1 : (n + kGramPartColumns - 1) / kGramPartColumns; }
-FLAGCORE_HD inline int64_t tri(int64_t p) { return p * (p + 1) / 2; }
+FLAGCORE_HD inline int64_t gram_parts(int64_t n) {
+  return n <= 0 ? 1 : (n + kGramPartColumns - 1) / kGramPartColumns;
+}
+FLAGCORE_HD inline int64_t tri(int64_t p) {
+  return p * (p + 1) / 2;
+}
 // Threads of the IRLS block for problems of at most p workers.
-inline int irls_threads(int64_t p) { return p <= 8 ? 128 : (p <= 64 ? 256 : 512); }
+inline int irls_threads(int64_t p) {
+  return p <= 8 ? 128 : (p <= 64 ? 256 : 512);
+}
 
 struct FlagCudaPlan {
   int64_t b = 0, rows = 0, cols = 0, p_max = 0, p_min = 0, parts = 0, partials = 0, gram = 0;
@@ -50,14 +56,12 @@ struct FlagCudaPlan {
   int max_iter = 1;
   int64_t objective_steps = 2;  // entries per problem: min(max_iter, kCudaObjectiveSteps) + 1
   bool irls_on_host = false;    // p_max > kJacobiMaxP: the IRLS runs on the host
-  int64_t off_gram = 0, off_partials = 0, off_irls = 0, off_coef = 0, off_weights = 0,
-          off_ratios = 0, off_objective = 0, off_iterations = 0, off_rank = 0, off_excluded = 0,
-          off_rejected = 0, bytes = 0;
+  int64_t off_gram = 0, off_partials = 0, off_irls = 0, off_coef = 0, off_weights = 0, off_ratios = 0,
+          off_objective = 0, off_iterations = 0, off_rank = 0, off_excluded = 0, off_rejected = 0, bytes = 0;
 };
 
 // Ragged: ps, ns of b problems. Fills meta (b * kMetaCols) when it is not null.
-FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int max_iter,
-                            int64_t* meta);
+FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int max_iter, int64_t* meta);
 // Uniform: b problems of p x n.
 FlagCudaPlan flag_cuda_plan_uniform(int64_t b, int64_t p, int64_t n, int max_iter);
 

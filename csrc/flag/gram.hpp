@@ -29,8 +29,7 @@ template <typename T>
 void gram_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out);
 
 template <typename T>
-void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n,
-                      T* out);
+void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n, T* out);
 
 // The per-instruction-set micro-kernels.
 //   gram_accumulate: acc (p x p, row-major) += X[:, k0:k1] X[:, k0:k1]^T on the upper triangle
@@ -41,20 +40,26 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
 //     skipping rows with coef 0.
 namespace simd_generic {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
+                             double* acc);
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
+                             int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_generic
 namespace simd_avx2 {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
+                             double* acc);
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
+                             int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_avx2
 namespace simd_avx512 {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc);
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
+                             double* acc);
+void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
+                             int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_avx512
 

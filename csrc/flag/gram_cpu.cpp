@@ -33,10 +33,13 @@ template <typename T>
 AccumulateFn<T> pick_kernel() {
   switch (simd_level()) {
 #if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512: return static_cast<AccumulateFn<T>>(&simd_avx512::gram_accumulate);
-    case SimdLevel::avx2: return static_cast<AccumulateFn<T>>(&simd_avx2::gram_accumulate);
+    case SimdLevel::avx512:
+      return static_cast<AccumulateFn<T>>(&simd_avx512::gram_accumulate);
+    case SimdLevel::avx2:
+      return static_cast<AccumulateFn<T>>(&simd_avx2::gram_accumulate);
 #endif
-    default: return static_cast<AccumulateFn<T>>(&simd_generic::gram_accumulate);
+    default:
+      return static_cast<AccumulateFn<T>>(&simd_generic::gram_accumulate);
   }
 }
 
@@ -111,15 +114,21 @@ template <typename T>
 struct BlasOps;
 template <>
 struct BlasOps<float> {
-  static void syrk(int ni, int k, const float* A, int64_t lda, float* C, int ldc) { blas::ssyrk_rows(ni, k, A, lda, C, ldc); }
-  static void gemm(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int ldc) {
+  static void syrk(int ni, int k, const float* A, int64_t lda, float* C, int ldc) {
+    blas::ssyrk_rows(ni, k, A, lda, C, ldc);
+  }
+  static void gemm(int ni, int nj, int k, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                   int ldc) {
     blas::sgemm_rows(ni, nj, k, A, lda, B, ldb, C, ldc);
   }
 };
 template <>
 struct BlasOps<double> {
-  static void syrk(int ni, int k, const double* A, int64_t lda, double* C, int ldc) { blas::dsyrk_rows(ni, k, A, lda, C, ldc); }
-  static void gemm(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb, double* C, int ldc) {
+  static void syrk(int ni, int k, const double* A, int64_t lda, double* C, int ldc) {
+    blas::dsyrk_rows(ni, k, A, lda, C, ldc);
+  }
+  static void gemm(int ni, int nj, int k, const double* A, int64_t lda, const double* B, int64_t ldb,
+                   double* C, int ldc) {
     blas::dgemm_rows(ni, nj, k, A, lda, B, ldb, C, ldc);
   }
 };
@@ -136,7 +145,8 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
   const int64_t pairs = tiles * (tiles + 1) / 2;
   const int64_t per_group = b * pp * int64_t(sizeof(double));
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  int64_t groups = std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
+  int64_t groups =
+      std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
   groups = std::max<int64_t>(1, std::min<int64_t>(groups, chunks / kMinChunksPerGroup));
   // groups == 1: accumulate straight into out
   std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
@@ -144,7 +154,8 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
   std::vector<int64_t> ld(static_cast<size_t>(b));
   std::vector<char> direct(static_cast<size_t>(b));
   for (int64_t q = 0; q < b; ++q)
-    direct[q] = blas_ld(reinterpret_cast<const void* const*>(rows + q * p), p, sizeof(T), kChunk, ld[q]) ? 1 : 0;
+    direct[q] =
+        blas_ld(reinterpret_cast<const void* const*>(rows + q * p), p, sizeof(T), kChunk, ld[q]) ? 1 : 0;
   std::vector<std::pair<int32_t, int32_t>> pair_ij;
   for (int32_t I = 0; I < tiles; ++I)
     for (int32_t J = I; J < tiles; ++J) pair_ij.emplace_back(I, J);
@@ -161,7 +172,8 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
     thread_local BlasScratch<T> sc;
     if (sc.c.size() < size_t(kTile) * kTile) sc.c.resize(size_t(kTile) * kTile);
     // group boundaries on chunk boundaries
-    const int64_t k0 = std::min(n, chunks * g / groups * kChunk), k1 = std::min(n, chunks * (g + 1) / groups * kChunk);
+    const int64_t k0 = std::min(n, chunks * g / groups * kChunk),
+                  k1 = std::min(n, chunks * (g + 1) / groups * kChunk);
     for (int64_t k = k0; k < k1; k += kChunk) {
       check_cancel();
       const int len = static_cast<int>(std::min<int64_t>(kChunk, k1 - k));
@@ -175,9 +187,11 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
       } else {  // rows anywhere in memory: pack this chunk of the tile rows
         if (sc.a.size() < size_t(kTile) * kChunk) sc.a.resize(size_t(kTile) * kChunk);
         if (sc.b.size() < size_t(kTile) * kChunk) sc.b.resize(size_t(kTile) * kChunk);
-        for (int i = 0; i < ni; ++i) std::copy(rq[i0 + i] + k, rq[i0 + i] + k + len, sc.a.data() + size_t(i) * kChunk);
+        for (int i = 0; i < ni; ++i)
+          std::copy(rq[i0 + i] + k, rq[i0 + i] + k + len, sc.a.data() + size_t(i) * kChunk);
         if (!diag)
-          for (int j = 0; j < nj; ++j) std::copy(rq[j0 + j] + k, rq[j0 + j] + k + len, sc.b.data() + size_t(j) * kChunk);
+          for (int j = 0; j < nj; ++j)
+            std::copy(rq[j0 + j] + k, rq[j0 + j] + k + len, sc.b.data() + size_t(j) * kChunk);
         A = sc.a.data();
         B = diag ? sc.a.data() : sc.b.data();
         lda = ldb = kChunk;
@@ -267,7 +281,5 @@ template <>
 void gram_cpu<double>(const double* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   gram_cpu_impl<double>(rows, b, p, n, out);
 }
-
-
 
 }  // namespace flagcore

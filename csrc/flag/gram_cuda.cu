@@ -103,8 +103,8 @@ __device__ __forceinline__ int64_t tri_index(int64_t p, int64_t i, int64_t j) { 
 // SYM: one P x P tile covers the whole problem (p <= P). !SYM: one 8 x 8 tile pair (I, J).
 template <typename T, int MI, bool SYM>
 __global__ void __launch_bounds__(kThreads, 1)
-gram_partial_kernel(DeviceProblems d, int npairs,
-                    double* __restrict__ partials /* [parts, tri(p)] per problem */) {
+    gram_partial_kernel(DeviceProblems d, int npairs,
+                        double* __restrict__ partials /* [parts, tri(p)] per problem */) {
   using S = TileShape<MI, SYM>;
   constexpr int E32 = S::E32;
   constexpr int NR = S::NR;
@@ -224,8 +224,9 @@ gram_partial_kernel(DeviceProblems d, int npairs,
 
 // Pass 2: gram[q] = sum over the parts of problem q, in order, both triangles.
 constexpr int kRedX = 32, kRedY = 32;
-__global__ void __launch_bounds__(kRedX * kRedY)
-gram_reduce_kernel(DeviceProblems d, const double* __restrict__ partials, double* __restrict__ gram /* [sum p^2] */) {
+__global__ void __launch_bounds__(kRedX* kRedY)
+    gram_reduce_kernel(DeviceProblems d, const double* __restrict__ partials,
+                       double* __restrict__ gram /* [sum p^2] */) {
   __shared__ double s[kRedY][kRedX + 1];
   const Problem pr = problem_at(d, blockIdx.x);
   const int64_t tp = tri(pr.p);
@@ -269,8 +270,7 @@ __device__ double block_sum(double v, double* s) {
 // row and column are too. Two such rows of one problem both write their shared entry, with the
 // same value (the products commute and the order of the sum is the same).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-gram_refine_kernel(DeviceProblems d, double* __restrict__ gram) {
+__global__ void __launch_bounds__(kThreads) gram_refine_kernel(DeviceProblems d, double* __restrict__ gram) {
   __shared__ double s[kThreads];
   const int64_t row = blockIdx.x;
   const Problem pr = problem_at(d, problem_of_row(d, row));
@@ -332,17 +332,24 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
 
 }  // namespace
 
-void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials,
-               double* gram, std::uintptr_t stream, int variant) {
+void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials, double* gram,
+               std::uintptr_t stream, int variant) {
   if (d.b <= 0 || plan.rows <= 0) return;
   FLAGCORE_CHECK_ARG(d.b <= 2147483647LL && plan.parts <= 2147483647LL && plan.rows <= 2147483647LL,
                      "gram_cuda: batch too large");
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case kFloat32: launch_gram<float>(d, plan, partials, gram, st, variant); break;
-    case kFloat16: launch_gram<__half>(d, plan, partials, gram, st, variant); break;
-    case kBFloat16: launch_gram<__nv_bfloat16>(d, plan, partials, gram, st, variant); break;
-    default: FLAGCORE_CHECK_ARG(false, "gram_cuda: unknown dtype code " << dtype);
+    case kFloat32:
+      launch_gram<float>(d, plan, partials, gram, st, variant);
+      break;
+    case kFloat16:
+      launch_gram<__half>(d, plan, partials, gram, st, variant);
+      break;
+    case kBFloat16:
+      launch_gram<__nv_bfloat16>(d, plan, partials, gram, st, variant);
+      break;
+    default:
+      FLAGCORE_CHECK_ARG(false, "gram_cuda: unknown dtype code " << dtype);
   }
 }
 

@@ -31,8 +31,7 @@ inline vd load(const float* p) {
 }
 
 template <int MR, int NR, typename T>
-inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc,
-                 int64_t ld) {
+inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc, int64_t ld) {
   vd s[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) s[i][j] = vd{0};
@@ -81,8 +80,8 @@ inline vd widen_sum(const vf2& s) {
 }
 
 template <int MR, int NR>
-inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0, int64_t k1,
-                     double* acc, int64_t ld) {
+inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0, int64_t k1, double* acc,
+                     int64_t ld) {
   vd d[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) d[i][j] = vd{0};
@@ -115,8 +114,8 @@ inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0,
 }
 
 template <int MR, int NR, typename T>
-inline void tile_dispatch(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
-                          double* acc, int64_t ld) {
+inline void tile_dispatch(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc,
+                          int64_t ld) {
   if constexpr (sizeof(T) == 4)
     tile_f32<MR, NR>(ri, rj, k0, k1, acc, ld);
   else
@@ -124,8 +123,9 @@ inline void tile_dispatch(const T* const* ri, const T* const* rj, int64_t k0, in
 }
 
 template <typename T>
-inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int64_t k0,
-                     int64_t k1, double* acc, int64_t ld) {
+inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
+                     double* acc, int64_t ld) {
+  // clang-format off: one row of the 4 x 4 tile table per line
 #define FLAGCORE_TILE_CASE(M, N) \
   case M * 8 + N:                \
     if constexpr (M <= TL && N <= TL) tile_dispatch<M, N, T>(ri, rj, k0, k1, acc, ld); \
@@ -138,6 +138,7 @@ inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int
     default: break;
   }
 #undef FLAGCORE_TILE_CASE
+  // clang-format on
 }
 
 // Columns per chunk: the chunk of all p rows should stay in L2 (~256 KiB) while every tile
@@ -167,8 +168,7 @@ void accumulate(const T* const* rows, int64_t p, int64_t k0, int64_t k1, double*
 // registers over all contributing rows (U independent FMA chains), so the float64
 // accumulators never travel to memory until they are final.
 template <typename T>
-void wsum(const T* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
-          double* acc) {
+void wsum(const T* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc) {
   constexpr int U = 4;
   const T* xs[256];
   double cs[256];
@@ -201,8 +201,8 @@ void wsum(const T* const* rows, const double* coef, int64_t p, int64_t k0, int64
 
 }  // namespace
 
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0,
-                             int64_t len, double* acc) {
+void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
+                             double* acc) {
   wsum<float>(rows, coef, p, k0, len, acc);
 }
 void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,

@@ -17,8 +17,7 @@
 namespace flagcore {
 
 template <typename T>
-void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n,
-                      T* out) {
+void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n, T* out) {
   if (b <= 0 || n <= 0) return;
   constexpr int64_t kChunk = 2048;  // 16 KiB of float64 accumulators: stays in L1
   // Rows with a nonzero coefficient, per problem (a zero-coefficient row is never read, so an
@@ -35,8 +34,8 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
     most = std::max<int64_t>(most, static_cast<int64_t>(xs[q].size()));
   }
   // About 2^20 values per task, in whole multiples of 256 columns.
-  const int64_t cols = std::max<int64_t>(
-      256, std::min<int64_t>(8 * kChunk, (int64_t(1) << 20) / most) / 256 * 256);
+  const int64_t cols =
+      std::max<int64_t>(256, std::min<int64_t>(8 * kChunk, (int64_t(1) << 20) / most) / 256 * 256);
   const int64_t tasks_per_problem = (n + cols - 1) / cols;
   parallel_for(static_cast<size_t>(b * tasks_per_problem), [&](size_t t) {
     const int64_t q = static_cast<int64_t>(t) / tasks_per_problem;
@@ -54,9 +53,8 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
   });
 }
 
-template void weighted_sum_cpu<float>(const float* const*, const double*, int64_t, int64_t,
-                                      int64_t, float*);
-template void weighted_sum_cpu<double>(const double* const*, const double*, int64_t, int64_t,
-                                       int64_t, double*);
+template void weighted_sum_cpu<float>(const float* const*, const double*, int64_t, int64_t, int64_t, float*);
+template void weighted_sum_cpu<double>(const double* const*, const double*, int64_t, int64_t, int64_t,
+                                       double*);
 
 }  // namespace flagcore

@@ -12,8 +12,8 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-weighted_sum_kernel(DeviceProblems d, const double* __restrict__ coef /* [sum p] */,
-                    T* __restrict__ out /* [sum n] */) {
+    weighted_sum_kernel(DeviceProblems d, const double* __restrict__ coef /* [sum p] */,
+                        T* __restrict__ out /* [sum n] */) {
   extern __shared__ double s_coef[];  // [p_max]
   constexpr int VEC = 16 / sizeof(T);
   const int64_t part = blockIdx.x;
@@ -61,7 +61,8 @@ weighted_sum_kernel(DeviceProblems d, const double* __restrict__ coef /* [sum p]
 template <typename T>
 void launch(const DeviceProblems& d, const double* coef, void* out, cudaStream_t st) {
   const size_t smem = static_cast<size_t>(d.p_max) * sizeof(double);
-  weighted_sum_kernel<T><<<static_cast<unsigned>(d.parts), kThreads, smem, st>>>(d, coef, static_cast<T*>(out));
+  weighted_sum_kernel<T>
+      <<<static_cast<unsigned>(d.parts), kThreads, smem, st>>>(d, coef, static_cast<T*>(out));
   FLAGCORE_CUDA_CHECK_LAUNCH();
 }
 
@@ -74,16 +75,22 @@ void weighted_sum_cuda(const DeviceProblems& d, int dtype, const double* coef, v
   FLAGCORE_CHECK_ARG(d.p_max * 8 <= 48 * 1024, "weighted_sum_cuda: p too large");
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case kFloat32: launch<float>(d, coef, out, st); break;
-    case kFloat16: launch<__half>(d, coef, out, st); break;
-    case kBFloat16: launch<__nv_bfloat16>(d, coef, out, st); break;
-    default: FLAGCORE_CHECK_ARG(false, "weighted_sum_cuda: unknown dtype code " << dtype);
+    case kFloat32:
+      launch<float>(d, coef, out, st);
+      break;
+    case kFloat16:
+      launch<__half>(d, coef, out, st);
+      break;
+    case kBFloat16:
+      launch<__nv_bfloat16>(d, coef, out, st);
+      break;
+    default:
+      FLAGCORE_CHECK_ARG(false, "weighted_sum_cuda: unknown dtype code " << dtype);
   }
 }
 
-void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan,
-                         const FlagParams& prm, void* out, unsigned char* ws,
-                         std::uintptr_t stream, int device, int variant) {
+void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, const FlagParams& prm,
+                         void* out, unsigned char* ws, std::uintptr_t stream, int device, int variant) {
   if (d.b <= 0) return;
   DeviceGuard guard(device);
   double* gram = reinterpret_cast<double*>(ws + plan.off_gram);

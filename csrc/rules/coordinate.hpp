@@ -132,8 +132,8 @@ constexpr int64_t kMaxNetwork = int64_t(1) << 16;
 std::vector<std::pair<int, int>> coordinate_network(int pe, CoordRule rule, CoordCounts c);
 
 template <typename T>
-void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const CoordSpec& spec,
-                    T* out, uint8_t* excluded);
+void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const CoordSpec& spec, T* out,
+                    uint8_t* excluded);
 
 // Row sums in a fixed order (the plain mean, and flag/weighted_sum_cpu.cpp), with the
 // instruction-set variant picked at run time:
@@ -141,30 +141,25 @@ void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const
 //   order, in float64 (cs == nullptr: every coefficient 1, so the float64 sum of a float64
 //   input is numpy's sum along axis 0 bit for bit). m == 0 gives zeros.
 template <typename T>
-void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
-                       double* acc);
+void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc);
 
 // Per-instruction-set block kernels: columns [k0, k1) of the pe active rows sorted by the
 // network `comp` (ncomp comparators, pairs flattened), reduced into out[k0:k1]; bad[i] is set
 // to 1 when row i holds a non-finite value in these columns (out is then meaningless).
-#define FLAGCORE_COORD_DECL(NS)                                                                 \
-  namespace NS {                                                                                \
-  void coordinate_block(const float* const* rows, int pe, const int* comp, int ncomp,           \
-                        CoordRule rule, CoordCounts c, int64_t k0, int64_t k1, float* out,      \
-                        uint8_t* bad);                                                          \
-  void coordinate_block(const double* const* rows, int pe, const int* comp, int ncomp,          \
-                        CoordRule rule, CoordCounts c, int64_t k0, int64_t k1, double* out,     \
-                        uint8_t* bad);                                                          \
-  void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,   \
-                double* acc);                                                                   \
-  void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,  \
-                double* acc);                                                                   \
-  bool divide_rows(const double* acc, int64_t len, double d, float* out);                        \
-  bool divide_rows(const double* acc, int64_t len, double d, double* out);                       \
-  void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div,           \
-                int64_t i0, int64_t i1, int64_t k0, int64_t len, float* const* out);            \
-  void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div,        \
-                int64_t i0, int64_t i1, int64_t k0, int64_t len, double* const* out);           \
+#define FLAGCORE_COORD_DECL(NS)                                                                              \
+  namespace NS {                                                                                             \
+  void coordinate_block(const float* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,        \
+                        CoordCounts c, int64_t k0, int64_t k1, float* out, uint8_t* bad);                    \
+  void coordinate_block(const double* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,       \
+                        CoordCounts c, int64_t k0, int64_t k1, double* out, uint8_t* bad);                   \
+  void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc);  \
+  void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc); \
+  bool divide_rows(const double* acc, int64_t len, double d, float* out);                                    \
+  bool divide_rows(const double* acc, int64_t len, double d, double* out);                                   \
+  void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0, int64_t i1, \
+                int64_t k0, int64_t len, float* const* out);                                                 \
+  void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div, int64_t i0,          \
+                int64_t i1, int64_t k0, int64_t len, double* const* out);                                    \
   }
 FLAGCORE_COORD_DECL(simd_generic)
 FLAGCORE_COORD_DECL(simd_avx2)

@@ -18,7 +18,8 @@ constexpr int64_t kMaxTaskColumns = 16384;
 
 int64_t task_columns(int64_t pe, int64_t ncomp, CoordRule rule) {
   if (rule == CoordRule::mean)  // ~1e6 values per task
-    return std::max<int64_t>(256, std::min(kMaxTaskColumns, (int64_t(1) << 20) / std::max<int64_t>(1, pe)) / 64 * 64);
+    return std::max<int64_t>(
+        256, std::min(kMaxTaskColumns, (int64_t(1) << 20) / std::max<int64_t>(1, pe)) / 64 * 64);
   const int64_t cols = kTaskWork / std::max<int64_t>(1, ncomp + pe);
   return std::max<int64_t>(64, std::min(kMaxTaskColumns, cols) / 64 * 64);
 }
@@ -30,10 +31,13 @@ template <typename T>
 SumFn<T> pick_sum() {
   switch (simd_level()) {
 #if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512: return static_cast<SumFn<T>>(&simd_avx512::sum_rows);
-    case SimdLevel::avx2: return static_cast<SumFn<T>>(&simd_avx2::sum_rows);
+    case SimdLevel::avx512:
+      return static_cast<SumFn<T>>(&simd_avx512::sum_rows);
+    case SimdLevel::avx2:
+      return static_cast<SumFn<T>>(&simd_avx2::sum_rows);
 #endif
-    default: return static_cast<SumFn<T>>(&simd_generic::sum_rows);
+    default:
+      return static_cast<SumFn<T>>(&simd_generic::sum_rows);
   }
 }
 
@@ -44,10 +48,13 @@ template <typename T>
 DivFn<T> pick_divide() {
   switch (simd_level()) {
 #if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512: return static_cast<DivFn<T>>(&simd_avx512::divide_rows);
-    case SimdLevel::avx2: return static_cast<DivFn<T>>(&simd_avx2::divide_rows);
+    case SimdLevel::avx512:
+      return static_cast<DivFn<T>>(&simd_avx512::divide_rows);
+    case SimdLevel::avx2:
+      return static_cast<DivFn<T>>(&simd_avx2::divide_rows);
 #endif
-    default: return static_cast<DivFn<T>>(&simd_generic::divide_rows);
+    default:
+      return static_cast<DivFn<T>>(&simd_generic::divide_rows);
   }
 }
 
@@ -86,17 +93,20 @@ void mean_block(const T* const* rows, int pe, int64_t k0, int64_t k1, T* out, ui
 }
 
 template <typename T>
-using BlockFn = void (*)(const T* const*, int, const int*, int, CoordRule, CoordCounts, int64_t,
-                         int64_t, T*, uint8_t*);
+using BlockFn = void (*)(const T* const*, int, const int*, int, CoordRule, CoordCounts, int64_t, int64_t, T*,
+                         uint8_t*);
 
 template <typename T>
 BlockFn<T> pick_kernel() {
   switch (simd_level()) {
 #if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512: return static_cast<BlockFn<T>>(&simd_avx512::coordinate_block);
-    case SimdLevel::avx2: return static_cast<BlockFn<T>>(&simd_avx2::coordinate_block);
+    case SimdLevel::avx512:
+      return static_cast<BlockFn<T>>(&simd_avx512::coordinate_block);
+    case SimdLevel::avx2:
+      return static_cast<BlockFn<T>>(&simd_avx2::coordinate_block);
 #endif
-    default: return static_cast<BlockFn<T>>(&simd_generic::coordinate_block);
+    default:
+      return static_cast<BlockFn<T>>(&simd_generic::coordinate_block);
   }
 }
 
@@ -140,8 +150,8 @@ void run_pass(std::vector<Problem<T>>& probs, int64_t p, int64_t n, CoordRule ru
       mean_block(pr.rows.data(), pe, k0, k1, out + pr.q * n, bad.data() + t * static_cast<size_t>(p));
       return;
     }
-    kernel(pr.rows.data(), pe, pr.comp.data(), static_cast<int>(pr.comp.size() / 2), rule,
-           pr.counts, k0, k1, out + pr.q * n, bad.data() + t * static_cast<size_t>(p));
+    kernel(pr.rows.data(), pe, pr.comp.data(), static_cast<int>(pr.comp.size() / 2), rule, pr.counts, k0, k1,
+           out + pr.q * n, bad.data() + t * static_cast<size_t>(p));
   });
   for (size_t t = 0; t < tasks; ++t) {
     const Problem<T>& pr = probs[owner[t]];
@@ -207,8 +217,8 @@ std::vector<std::pair<int, int>> coordinate_network(int pe, CoordRule rule, Coor
 }
 
 template <typename T>
-void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const CoordSpec& spec,
-                    T* out, uint8_t* excluded) {
+void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const CoordSpec& spec, T* out,
+                    uint8_t* excluded) {
   if (b <= 0 || n <= 0) return;
   std::vector<uint8_t> before(excluded, excluded + b * p);
   std::vector<Problem<T>> probs;
@@ -230,13 +240,13 @@ void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t 
   pick_sum<T>()(xs, cs, m, k0, len, acc);
 }
 
-template void sum_rows_dispatch<float>(const float* const*, const double*, int64_t, int64_t,
-                                       int64_t, double*);
-template void sum_rows_dispatch<double>(const double* const*, const double*, int64_t, int64_t,
-                                        int64_t, double*);
-template void coordinate_cpu<float>(const float* const*, int64_t, int64_t, int64_t,
-                                    const CoordSpec&, float*, uint8_t*);
-template void coordinate_cpu<double>(const double* const*, int64_t, int64_t, int64_t,
-                                     const CoordSpec&, double*, uint8_t*);
+template void sum_rows_dispatch<float>(const float* const*, const double*, int64_t, int64_t, int64_t,
+                                       double*);
+template void sum_rows_dispatch<double>(const double* const*, const double*, int64_t, int64_t, int64_t,
+                                        double*);
+template void coordinate_cpu<float>(const float* const*, int64_t, int64_t, int64_t, const CoordSpec&, float*,
+                                    uint8_t*);
+template void coordinate_cpu<double>(const double* const*, int64_t, int64_t, int64_t, const CoordSpec&,
+                                     double*, uint8_t*);
 
 }  // namespace flagcore

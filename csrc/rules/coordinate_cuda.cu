@@ -7,9 +7,8 @@ namespace {
 
 template <typename T>
 __global__ void coordinate_kernel(const T* __restrict__ x,  // [B, P, N] (strided)
-                                  int64_t p, int64_t n, int64_t stride_b, int64_t stride_p,
-                                  CoordSpec spec,
-                                  T* __restrict__ out,                      // [B, N]
+                                  int64_t p, int64_t n, int64_t stride_b, int64_t stride_p, CoordSpec spec,
+                                  T* __restrict__ out,                       // [B, N]
                                   const uint32_t* __restrict__ active_mask,  // [B]
                                   int32_t* __restrict__ flags) {             // [B, P]
   const int64_t q = blockIdx.y;
@@ -40,9 +39,9 @@ __global__ void coordinate_kernel(const T* __restrict__ x,  // [B, P, N] (stride
 }  // namespace
 
 template <typename T>
-void coordinate_cuda(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride_b,
-                     int64_t stride_p, const CoordSpec& spec, T* out,
-                     const uint32_t* active_mask, int32_t* flags, std::uintptr_t stream) {
+void coordinate_cuda(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride_b, int64_t stride_p,
+                     const CoordSpec& spec, T* out, const uint32_t* active_mask, int32_t* flags,
+                     std::uintptr_t stream) {
   if (b <= 0 || n <= 0) return;
   const int threads = 256;
   const int64_t want = (n + threads - 1) / threads;
@@ -53,11 +52,9 @@ void coordinate_cuda(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride
 }
 
 template void coordinate_cuda<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                     const CoordSpec&, float*, const uint32_t*, int32_t*,
-                                     std::uintptr_t);
+                                     const CoordSpec&, float*, const uint32_t*, int32_t*, std::uintptr_t);
 template void coordinate_cuda<double>(const double*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                      const CoordSpec&, double*, const uint32_t*, int32_t*,
-                                      std::uintptr_t);
+                                      const CoordSpec&, double*, const uint32_t*, int32_t*, std::uintptr_t);
 
 }  // namespace cuda
 }  // namespace flagcore

@@ -24,9 +24,9 @@ namespace cuda {
 constexpr int kCoordMaxP = 32;
 
 template <typename T>
-void coordinate_cuda(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride_b,
-                     int64_t stride_p, const CoordSpec& spec, T* out,
-                     const uint32_t* active_mask, int32_t* flags, std::uintptr_t stream);
+void coordinate_cuda(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride_b, int64_t stride_p,
+                     const CoordSpec& spec, T* out, const uint32_t* active_mask, int32_t* flags,
+                     std::uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace flagcore

@@ -36,8 +36,8 @@ struct Vec<double> {
 };
 
 template <typename T>
-void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,
-                  CoordCounts c, int64_t k0, int64_t k1, T* out, uint8_t* bad) {
+void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, CoordRule rule, CoordCounts c,
+                  int64_t k0, int64_t k1, T* out, uint8_t* bad) {
   typedef typename Vec<T>::type vec;
   constexpr int W = VB / int(sizeof(T));  // lanes per vector
   constexpr int L = NV * W;               // columns per block
@@ -160,8 +160,8 @@ void sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
 // vector registers, else 4); the caller sizes [k0, k0 + len) so that the m row segments stay
 // in L2.
 template <typename T>
-void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t i0, int64_t i1,
-                int64_t k0, int64_t len, T* const* out) {
+void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t i0, int64_t i1, int64_t k0,
+                int64_t len, T* const* out) {
   typedef typename Vec<T>::type vec;
   constexpr int W = VB / int(sizeof(T));
   constexpr int NC = 2;                 // vectors of columns per register tile
@@ -239,24 +239,22 @@ bool divide_rows(const double* acc, int64_t len, double d, double* out) {
   return divide_kernel<double>(acc, len, d, out);
 }
 
-void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0,
-              int64_t i1, int64_t k0, int64_t len, float* const* out) {
+void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0, int64_t i1,
+              int64_t k0, int64_t len, float* const* out) {
   mix_kernel<float>(xs, m, A, div, i0, i1, k0, len, out);
 }
-void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div, int64_t i0,
-              int64_t i1, int64_t k0, int64_t len, double* const* out) {
+void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div, int64_t i0, int64_t i1,
+              int64_t k0, int64_t len, double* const* out) {
   mix_kernel<double>(xs, m, A, div, i0, i1, k0, len, out);
 }
 
-void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
-              double* acc) {
+void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc) {
   if (cs == nullptr)
     sum_rows_kernel<float, true>(xs, cs, m, k0, len, acc);
   else
     sum_rows_kernel<float, false>(xs, cs, m, k0, len, acc);
 }
-void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
-              double* acc) {
+void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc) {
   if (cs == nullptr)
     sum_rows_kernel<double, true>(xs, cs, m, k0, len, acc);
   else

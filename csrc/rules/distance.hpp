@@ -37,8 +37,7 @@ void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, do
 // each the Krum choice (with f_eff, neighbour count clamped at 0) among the workers not yet
 // chosen. selected: p bytes. Returns theta; the caller then takes, per coordinate, the mean of
 // the beta = theta - 2 f_eff selected values closest to their median.
-int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* selected,
-                          uint8_t* excluded);
+int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* selected, uint8_t* excluded);
 
 // Geometric median by smoothed Weiszfeld iterations (Weiszfeld 1937; the smoothing of
 // Pillutla et al. 2022): z = sum_i a_i x_i, starting from the mean of the active workers;
@@ -48,16 +47,15 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
 // the other points sum to a norm at most its multiplicity); if one is, it is returned with 0
 // iterations (Weiszfeld only creeps towards a data point that is the minimiser).
 // objective: F at the returned z.
-void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter,
-                          double* coef, uint8_t* excluded, int64_t* iterations,
-                          uint8_t* converged, double* objective);
+void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter, double* coef,
+                          uint8_t* excluded, int64_t* iterations, uint8_t* converged, double* objective);
 
 // Centered clipping (Karimireddy et al. 2021): G is (p + 1) x (p + 1), its last row the
 // reference point v0. iterations times: v <- v + (1/pe) sum_i (x_i - v) min(1, tau / ||x_i - v||).
 // coef: p + 1 doubles, v = sum_i coef_i x_i + coef_p v0. excluded: p bytes (workers only;
 // the reference must be finite, which the caller checks).
-void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t iterations,
-                           double* coef, uint8_t* excluded);
+void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t iterations, double* coef,
+                           uint8_t* excluded);
 
 // Nearest-neighbour mixing (Allouah et al. 2023): row i of M (p x p) averages the
 // pe - f_eff active workers nearest to worker i (itself included; ties: lower index). Rows of
@@ -72,7 +70,7 @@ void nnm_matrix_cpu(const double* G, int64_t p, int64_t f, double* M, uint8_t* e
 // thread: the result does not depend on the thread count. Column blocks are sized to keep the
 // m row segments in L2; parallel over column blocks.                    // out: [P_OUT] -> [N]
 template <typename T>
-void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64_t p_out,
-                  int64_t n, T* const* out);
+void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64_t p_out, int64_t n,
+                  T* const* out);
 
 }  // namespace flagcore

@@ -66,8 +66,8 @@ struct Exact {
 
 // Krum scores of the workers in `cand` against the other workers in `cand`: the sum of the nb
 // smallest squared distances (rounded once).
-void krum_scores(const std::vector<double>& D, int64_t p, const std::vector<int64_t>& cand,
-                 int64_t f_eff, std::vector<double>& score) {
+void krum_scores(const std::vector<double>& D, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff,
+                 std::vector<double>& score) {
   const int64_t c = static_cast<int64_t>(cand.size());
   const int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
   score.assign(static_cast<size_t>(c), 0.0);
@@ -126,8 +126,7 @@ void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, do
   }
 }
 
-int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* selected,
-                          uint8_t* excluded) {
+int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* selected, uint8_t* excluded) {
   const int64_t pe = mark_nonfinite(G, p, excluded);
   std::fill(selected, selected + p, uint8_t(0));
   if (pe == 0) return 0;
@@ -188,19 +187,21 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
       int64_t& l = last[a];
       if (pr <= l) {
         score[a].add(-Da[act[best]]);
-        if (pr == l) do --l; while (l >= 0 && gone[o[l]]);
+        if (pr == l) do
+            --l;
+          while (l >= 0 && gone[o[l]]);
       } else {
         score[a].add(-Da[act[o[l]]]);
-        do --l; while (l >= 0 && gone[o[l]]);
+        do --l;
+        while (l >= 0 && gone[o[l]]);
       }
     }
   }
   return theta;
 }
 
-void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter,
-                          double* coef, uint8_t* excluded, int64_t* iterations,
-                          uint8_t* converged, double* objective) {
+void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter, double* coef,
+                          uint8_t* excluded, int64_t* iterations, uint8_t* converged, double* objective) {
   const int64_t pe = mark_nonfinite(G, p, excluded);
   std::fill(coef, coef + p, 0.0);
   *iterations = 0;
@@ -311,8 +312,8 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
   *objective = F_best;
 }
 
-void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t iterations,
-                           double* coef, uint8_t* excluded) {
+void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t iterations, double* coef,
+                           uint8_t* excluded) {
   const int64_t q = p + 1;  // the reference is row p
   int64_t pe = 0;
   for (int64_t i = 0; i < p; ++i) {
@@ -376,24 +377,31 @@ void nnm_matrix_cpu(const double* G, int64_t p, int64_t f, double* M, uint8_t* e
 }
 
 template <typename T>
-void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64_t p_out,
-                  int64_t n, T* const* out) {
+void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64_t p_out, int64_t n,
+                  T* const* out) {
   if (p_out <= 0 || n <= 0) return;
-  using Fn = void (*)(const T* const*, int64_t, const T*, const T*, int64_t, int64_t, int64_t,
-                      int64_t, T* const*);
+  using Fn =
+      void (*)(const T* const*, int64_t, const T*, const T*, int64_t, int64_t, int64_t, int64_t, T* const*);
   Fn kernel;
   switch (simd_level()) {
 #if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512: kernel = static_cast<Fn>(&simd_avx512::mix_rows); break;
-    case SimdLevel::avx2: kernel = static_cast<Fn>(&simd_avx2::mix_rows); break;
+    case SimdLevel::avx512:
+      kernel = static_cast<Fn>(&simd_avx512::mix_rows);
+      break;
+    case SimdLevel::avx2:
+      kernel = static_cast<Fn>(&simd_avx2::mix_rows);
+      break;
 #endif
-    default: kernel = static_cast<Fn>(&simd_generic::mix_rows); break;
+    default:
+      kernel = static_cast<Fn>(&simd_generic::mix_rows);
+      break;
   }
   // Column block: the m row segments take ~512 KiB (L2); a multiple of 192 columns (of every
   // register tile width). Output rows in groups of 64 per step, so a task polls for Ctrl-C
   // every few milliseconds.
   const int64_t cols = std::max<int64_t>(
-      192, std::min<int64_t>(4032, (int64_t(1) << 19) / (std::max<int64_t>(m, 1) * int64_t(sizeof(T)))) / 192 * 192);
+      192, std::min<int64_t>(4032, (int64_t(1) << 19) / (std::max<int64_t>(m, 1) * int64_t(sizeof(T)))) /
+               192 * 192);
   const int64_t tasks = (n + cols - 1) / cols;
   parallel_for(static_cast<size_t>(tasks), [&](size_t t) {
     const int64_t k0 = static_cast<int64_t>(t) * cols;
@@ -405,9 +413,9 @@ void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64
   });
 }
 
-template void mix_rows_cpu<float>(const float* const*, int64_t, const float*, const float*, int64_t,
-                                  int64_t, float* const*);
-template void mix_rows_cpu<double>(const double* const*, int64_t, const double*, const double*,
-                                   int64_t, int64_t, double* const*);
+template void mix_rows_cpu<float>(const float* const*, int64_t, const float*, const float*, int64_t, int64_t,
+                                  float* const*);
+template void mix_rows_cpu<double>(const double* const*, int64_t, const double*, const double*, int64_t,
+                                   int64_t, double* const*);
 
 }  // namespace flagcore

@@ -93,15 +93,28 @@ struct TraceOut {
 template <class Source, bool kSleep, bool kRedraw>
 class Engine {
  public:
-  Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress,
-         TraceOut trace)
-      : n_(cfg.n), k_(cfg.k), m_(int(cfg.rates.size())), S_(int(cfg.sleep_states.size())),
-        cancel_(cfg.cancel), sleep_exp_(cfg.sleep_exponential), wake_exp_(cfg.wake_exponential),
-        rates_(cfg.rates), powers_(cfg.powers), states_(cfg.sleep_states),
+  Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress, TraceOut trace)
+      : n_(cfg.n),
+        k_(cfg.k),
+        m_(int(cfg.rates.size())),
+        S_(int(cfg.sleep_states.size())),
+        cancel_(cfg.cancel),
+        sleep_exp_(cfg.sleep_exponential),
+        wake_exp_(cfg.wake_exponential),
+        rates_(cfg.rates),
+        powers_(cfg.powers),
+        states_(cfg.sleep_states),
         switch_energy_(cfg.switch_energy),
-        w0_(cfg.warmup), w1_(cfg.warmup + cfg.requests), requests_(cfg.requests),
-        batches_(cfg.batches), max_in_system_(cfg.max_in_system), src_(src), res_(res),
-        progress_(progress), trace_(trace), trace_mode_(trace.departures != nullptr) {
+        w0_(cfg.warmup),
+        w1_(cfg.warmup + cfg.requests),
+        requests_(cfg.requests),
+        batches_(cfg.batches),
+        max_in_system_(cfg.max_in_system),
+        src_(src),
+        res_(res),
+        progress_(progress),
+        trace_(trace),
+        trace_mode_(trace.departures != nullptr) {
     const int slots = n_ + 1;
     use_tree_ = slots > 16;
     leaves_ = 1;
@@ -111,7 +124,8 @@ class Engine {
     if (use_tree_) {
       tree_.assign(size_t(2 * leaves_), 0);
       for (int i = 0; i < leaves_; ++i) tree_[size_t(leaves_ + i)] = i;
-      for (int i = leaves_ - 1; i >= 1; --i) tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+      for (int i = leaves_ - 1; i >= 1; --i)
+        tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
     }
     cur_.assign(size_t(n_), 0);
     level_.assign(size_t(n_), 0);
@@ -312,8 +326,10 @@ class Engine {
   void advance(int j, int64_t r, double t) {
     cur_[size_t(j)] = r + 1;
     if (sleep_ && waking_[size_t(j)]) return;  // the wake-up event stays; it starts the next task
-    if (r + 1 < tail_) start_task(j, r + 1, t);
-    else go_idle(j, t);
+    if (r + 1 < tail_)
+      start_task(j, r + 1, t);
+    else
+      go_idle(j, t);
   }
 
   // ------------------------------------------------------------ sleep states
@@ -390,8 +406,10 @@ class Engine {
       }
     }
     const int64_t r = cur_[size_t(j)];
-    if (r < tail_) start_task(j, r, t);
-    else go_idle(j, t);
+    if (r < tail_)
+      start_task(j, r, t);
+    else
+      go_idle(j, t);
   }
   // The window closes at t: account the sleep time of the servers asleep now.
   void close_window_sleep(double t) {
@@ -465,8 +483,10 @@ class Engine {
     const bool late = r < head_;  // only without cancellation
     end_task(j, q, late);
     advance(j, r, t);
-    if (!late && q.done == k_) depart(r, t);
-    else if (late && q.ended == n_) finalize(r);
+    if (!late && q.done == k_)
+      depart(r, t);
+    else if (late && q.ended == n_)
+      finalize(r);
   }
 
   void depart(int64_t r, double t) {
@@ -587,9 +607,9 @@ class Engine {
   int64_t hist_b_ = 0;
   int hist_lo_ = LogHistogramLayout::kBuckets, hist_hi_ = -1;
 
-  int window_ = 0;  // 0 warm-up, 1 measuring, 2 past the measured arrivals
-  int64_t tb_ = 0;  // batch of the time window
-  int64_t tb_next_ = 0;  // first request of batch tb_ + 1
+  int window_ = 0;                // 0 warm-up, 1 measuring, 2 past the measured arrivals
+  int64_t tb_ = 0;                // batch of the time window
+  int64_t tb_next_ = 0;           // first request of batch tb_ + 1
   int64_t fb_ = 0, fb_next_ = 0;  // batch of the finalised requests, first request of the next
   double last_t_ = 0.0;
 };
@@ -614,9 +634,12 @@ void validate(const ForkJoinConfig& c) {
                      "simulate: rates, powers and probs must have one entry per level");
   double sum = 0.0;
   for (size_t s = 0; s < m; ++s) {
-    FLAGCORE_CHECK_ARG(c.rates[s] > 0 && std::isfinite(c.rates[s]), "simulate: rates must be positive, got " << c.rates[s]);
-    FLAGCORE_CHECK_ARG(c.powers[s] >= 0 && std::isfinite(c.powers[s]), "simulate: powers must be >= 0, got " << c.powers[s]);
-    FLAGCORE_CHECK_ARG(c.probs[s] >= 0 && c.probs[s] <= 1, "simulate: probs must be in [0, 1], got " << c.probs[s]);
+    FLAGCORE_CHECK_ARG(c.rates[s] > 0 && std::isfinite(c.rates[s]),
+                       "simulate: rates must be positive, got " << c.rates[s]);
+    FLAGCORE_CHECK_ARG(c.powers[s] >= 0 && std::isfinite(c.powers[s]),
+                       "simulate: powers must be >= 0, got " << c.powers[s]);
+    FLAGCORE_CHECK_ARG(c.probs[s] >= 0 && c.probs[s] <= 1,
+                       "simulate: probs must be in [0, 1], got " << c.probs[s]);
     sum += c.probs[s];
   }
   FLAGCORE_CHECK_ARG(std::fabs(sum - 1.0) <= 1e-9, "simulate: probs must sum to 1, got " << sum);
@@ -629,10 +652,13 @@ void validate(const ForkJoinConfig& c) {
                      "simulate: requests (" << c.requests << ") must be >= batches (" << c.batches << ")");
   FLAGCORE_CHECK_ARG(c.requests / c.batches < (int64_t(1) << 32), "simulate: too many requests per batch");
   FLAGCORE_CHECK_ARG(c.max_in_system >= 1, "simulate: max_in_system must be >= 1");
-  FLAGCORE_CHECK_ARG(c.switch_energy >= 0 && std::isfinite(c.switch_energy), "simulate: switch_energy must be >= 0");
+  FLAGCORE_CHECK_ARG(c.switch_energy >= 0 && std::isfinite(c.switch_energy),
+                     "simulate: switch_energy must be >= 0");
   for (const SleepState& st : c.sleep_states) {
-    FLAGCORE_CHECK_ARG(st.after >= 0 && std::isfinite(st.after), "simulate: sleep state 'after' must be >= 0 and finite");
-    FLAGCORE_CHECK_ARG(st.power >= 0 && std::isfinite(st.power), "simulate: sleep state power must be >= 0 and finite");
+    FLAGCORE_CHECK_ARG(st.after >= 0 && std::isfinite(st.after),
+                       "simulate: sleep state 'after' must be >= 0 and finite");
+    FLAGCORE_CHECK_ARG(st.power >= 0 && std::isfinite(st.power),
+                       "simulate: sleep state power must be >= 0 and finite");
     FLAGCORE_CHECK_ARG(st.wake_latency >= 0 && std::isfinite(st.wake_latency),
                        "simulate: sleep state wake_latency must be >= 0 and finite");
     FLAGCORE_CHECK_ARG(st.wake_power >= 0 && std::isfinite(st.wake_power),
@@ -656,25 +682,30 @@ void validate(const ForkJoinConfig& c) {
     FLAGCORE_CHECK_ARG(c.mmpp_rates.empty(), "simulate: renewal and MMPP arrivals are exclusive");
     FLAGCORE_CHECK_ARG(c.arrival_kind != ServiceKind::empirical || !c.arrival_table.empty(),
                        "simulate: empirical inter-arrival times need a table");
-    FLAGCORE_CHECK_ARG(c.arrival_kind == ServiceKind::exponential || c.arrival_kind == ServiceKind::deterministic ||
+    FLAGCORE_CHECK_ARG(c.arrival_kind == ServiceKind::exponential ||
+                           c.arrival_kind == ServiceKind::deterministic ||
                            c.arrival_kind == ServiceKind::empirical ||
                            (c.arrival_param > 0 && std::isfinite(c.arrival_param)),
                        "simulate: inter-arrival parameter must be positive");
   }
   switch (c.service) {
     case ServiceKind::exponential:
-    case ServiceKind::deterministic: break;
+    case ServiceKind::deterministic:
+      break;
     case ServiceKind::gamma:
     case ServiceKind::lognormal:
-      FLAGCORE_CHECK_ARG(c.service_param > 0 && std::isfinite(c.service_param), "simulate: service parameter must be positive");
+      FLAGCORE_CHECK_ARG(c.service_param > 0 && std::isfinite(c.service_param),
+                         "simulate: service parameter must be positive");
       break;
     case ServiceKind::pareto:
-      FLAGCORE_CHECK_ARG(c.service_param > 1 && std::isfinite(c.service_param), "simulate: Pareto alpha must be > 1");
+      FLAGCORE_CHECK_ARG(c.service_param > 1 && std::isfinite(c.service_param),
+                         "simulate: Pareto alpha must be > 1");
       break;
     case ServiceKind::empirical:
       FLAGCORE_CHECK_ARG(!c.empirical.empty(), "simulate: empirical service needs at least one value");
       break;
-    default: FLAGCORE_CHECK_ARG(false, "simulate: unknown service kind " << int(c.service));
+    default:
+      FLAGCORE_CHECK_ARG(false, "simulate: unknown service kind " << int(c.service));
   }
 }
 
@@ -684,7 +715,8 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   validate(cfg);
   const auto t0 = std::chrono::steady_clock::now();
   const double c0 = thread_cpu_seconds();
-  RandomSource src{Rng(cfg.seed, cfg.stream), 1.0 / cfg.arrival_rate, ServiceSampler{}, {}, int(cfg.rates.size())};
+  RandomSource src{
+      Rng(cfg.seed, cfg.stream), 1.0 / cfg.arrival_rate, ServiceSampler{}, {}, int(cfg.rates.size())};
   src.service.kind = cfg.service;
   src.service.param = cfg.service_param;
   src.service.table = cfg.empirical.data();
@@ -724,10 +756,14 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   }
   ForkJoinResult res;
   const bool sleep = !cfg.sleep_states.empty();
-  if (sleep && cfg.redraw_on_arrival) Engine<RandomSource, true, true>(cfg, src, res, progress, TraceOut{}).run();
-  else if (sleep) Engine<RandomSource, true, false>(cfg, src, res, progress, TraceOut{}).run();
-  else if (cfg.redraw_on_arrival) Engine<RandomSource, false, true>(cfg, src, res, progress, TraceOut{}).run();
-  else Engine<RandomSource, false, false>(cfg, src, res, progress, TraceOut{}).run();
+  if (sleep && cfg.redraw_on_arrival)
+    Engine<RandomSource, true, true>(cfg, src, res, progress, TraceOut{}).run();
+  else if (sleep)
+    Engine<RandomSource, true, false>(cfg, src, res, progress, TraceOut{}).run();
+  else if (cfg.redraw_on_arrival)
+    Engine<RandomSource, false, true>(cfg, src, res, progress, TraceOut{}).run();
+  else
+    Engine<RandomSource, false, false>(cfg, src, res, progress, TraceOut{}).run();
   res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.cpu_seconds = thread_cpu_seconds() - c0;
   return res;
@@ -738,21 +774,26 @@ std::vector<ForkJoinResult> simulate_forkjoin_replications(const ForkJoinConfig&
   FLAGCORE_CHECK_ARG(replications >= 1, "simulate: replications must be >= 1, got " << replications);
   validate(cfg);
   std::vector<ForkJoinResult> out(static_cast<size_t>(replications));
-  parallel_for(size_t(replications), [&](size_t r) {
-    ForkJoinConfig c = cfg;
-    c.stream = cfg.stream + r;
-    out[r] = simulate_forkjoin(c, progress ? progress + r : nullptr);
-  }, threads);
+  parallel_for(
+      size_t(replications),
+      [&](size_t r) {
+        ForkJoinConfig c = cfg;
+        c.stream = cfg.stream + r;
+        out[r] = simulate_forkjoin(c, progress ? progress + r : nullptr);
+      },
+      threads);
   return out;
 }
 
 void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const double* arrivals,
                              const double* services, double* departures, double* busy, double* wasted) {
-  FLAGCORE_CHECK_ARG(n >= 1 && k >= 1 && k <= n, "simulate_trace: need 1 <= k <= n, got n=" << n << ", k=" << k);
+  FLAGCORE_CHECK_ARG(n >= 1 && k >= 1 && k <= n,
+                     "simulate_trace: need 1 <= k <= n, got n=" << n << ", k=" << k);
   FLAGCORE_CHECK_ARG(requests >= 1, "simulate_trace: need at least one request");
   for (int64_t r = 0; r < requests; ++r) {
-    FLAGCORE_CHECK_ARG(std::isfinite(arrivals[r]) && arrivals[r] >= 0 && (r == 0 || arrivals[r] >= arrivals[r - 1]),
-                       "simulate_trace: arrivals must be finite, >= 0 and non-decreasing (index " << r << ")");
+    FLAGCORE_CHECK_ARG(
+        std::isfinite(arrivals[r]) && arrivals[r] >= 0 && (r == 0 || arrivals[r] >= arrivals[r - 1]),
+        "simulate_trace: arrivals must be finite, >= 0 and non-decreasing (index " << r << ")");
   }
   for (int64_t i = 0; i < requests * n; ++i)
     FLAGCORE_CHECK_ARG(std::isfinite(services[i]) && services[i] >= 0,

@@ -41,10 +41,10 @@ namespace sim {
 // completes even if the task that caused it is cancelled. Timers and latencies are
 // deterministic, or exponential with those means (sleep_exponential / wake_exponential).
 struct SleepState {
-  double after = 0.0;        // time in the previous state (idle for state 0) before entering
-  double power = 0.0;        // power while in this state
-  double wake_latency = 0.0; // setup time to leave it
-  double wake_power = 0.0;   // power during that setup
+  double after = 0.0;         // time in the previous state (idle for state 0) before entering
+  double power = 0.0;         // power while in this state
+  double wake_latency = 0.0;  // setup time to leave it
+  double wake_power = 0.0;    // power during that setup
 };
 
 struct ForkJoinConfig {
@@ -58,9 +58,9 @@ struct ForkJoinConfig {
   bool cancel = true;
   bool redraw_on_arrival = false;
   std::vector<SleepState> sleep_states;  // empty: a server idles at idle_power
-  bool sleep_exponential = false;  // timers exponential (true) or deterministic
-  bool wake_exponential = false;   // wake-up latencies exponential (true) or deterministic
-  double switch_energy = 0.0;      // energy of one change of a server's speed level
+  bool sleep_exponential = false;        // timers exponential (true) or deterministic
+  bool wake_exponential = false;         // wake-up latencies exponential (true) or deterministic
+  double switch_energy = 0.0;            // energy of one change of a server's speed level
   // Markov-modulated Poisson arrivals (empty: Poisson at arrival_rate): in phase i requests
   // arrive at mmpp_rates[i] and the phase changes to j at mmpp_switch[i * phases + j]
   // (diagonal ignored). The run starts in phase 0.
@@ -75,7 +75,7 @@ struct ForkJoinConfig {
   int64_t warmup = 10000;     // requests discarded before them
   int batches = 32;           // batch means; requests >= batches
   uint64_t seed = 0;
-  uint64_t stream = 0;            // Philox stream (the replication index)
+  uint64_t stream = 0;              // Philox stream (the replication index)
   int64_t max_in_system = 1 << 22;  // abort (flagged unstable) above this many in system
 };
 
@@ -101,21 +101,21 @@ struct ForkJoinResult {
   int64_t measured = 0;
   double t_start = 0.0, t_end = 0.0;
   double sum_response = 0.0, min_response = 0.0, max_response = 0.0;
-  double sum_energy = 0.0;         // per-request energy, summed (dynamic only)
-  double sum_wasted_time = 0.0;    // busy time on tasks that were not among the k completions
+  double sum_energy = 0.0;       // per-request energy, summed (dynamic only)
+  double sum_wasted_time = 0.0;  // busy time on tasks that were not among the k completions
   double sum_wasted_energy = 0.0;
-  double integral_in_system = 0.0;          // integral of N(t) over the window
-  std::vector<double> busy_time;            // per level: core-time busy in the window
-  std::vector<double> busy_energy;          // per level: energy of that busy time
-  std::vector<double> wasted_busy_energy;   // per level: part of busy_energy on wasted tasks
-  std::vector<double> completions;          // per level: tasks completed in the window
+  double integral_in_system = 0.0;         // integral of N(t) over the window
+  std::vector<double> busy_time;           // per level: core-time busy in the window
+  std::vector<double> busy_energy;         // per level: energy of that busy time
+  std::vector<double> wasted_busy_energy;  // per level: part of busy_energy on wasted tasks
+  std::vector<double> completions;         // per level: tasks completed in the window
   double dynamic_energy_window = 0.0;
-  std::vector<double> sleep_time;    // per sleep state: core-time in it within the window
-  std::vector<double> sleep_energy;  // per sleep state: energy in it within the window
+  std::vector<double> sleep_time;             // per sleep state: core-time in it within the window
+  std::vector<double> sleep_energy;           // per sleep state: energy in it within the window
   double wake_time = 0.0, wake_energy = 0.0;  // core-time and energy of wake-ups (window)
   int64_t wakeups = 0;                        // wake-ups that started in the window
   int64_t switches = 0;                       // level changes in the window
-  std::vector<BatchRow> batch;  // [batches]
+  std::vector<BatchRow> batch;                // [batches]
   // Response-time histogram per batch, sparse: entry i adds hist_count[i] to bucket
   // hist_bucket[i] (LogHistogramLayout) of batch hist_batch[i]; batches ascending, buckets
   // ascending within a batch. Memory follows the requests, not the histogram's size.
@@ -140,20 +140,19 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress = 
 
 // Replications 0..replications-1 (streams cfg.stream + r) on up to `threads` threads
 // (0: flagcore::num_threads()); progress[r] as above if progress is not null.
-std::vector<ForkJoinResult> simulate_forkjoin_replications(const ForkJoinConfig& cfg,
-                                                           int replications, int threads,
-                                                           int64_t* progress = nullptr);
+std::vector<ForkJoinResult> simulate_forkjoin_replications(const ForkJoinConfig& cfg, int replications,
+                                                           int threads, int64_t* progress = nullptr);
 
 // The same event loop fed with given arrival times (non-decreasing, `requests` of them) and
 // service times (services[r * n + j]: request r's task on server j, in time units; one level
 // of rate 1 and power 1). Outputs per request: departure time, busy time of its tasks and the
 // part of it that was wasted (cancelled or late). For the path-wise tests.
 void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests,
-                             const double* arrivals,   // [requests]
-                             const double* services,   // [requests, n]
-                             double* departures,       // [requests]
-                             double* busy,             // [requests]
-                             double* wasted);          // [requests]
+                             const double* arrivals,  // [requests]
+                             const double* services,  // [requests, n]
+                             double* departures,      // [requests]
+                             double* busy,            // [requests]
+                             double* wasted);         // [requests]
 
 // Helpers for tests, compiled here with the simulator's floating-point flags: count unit-mean
 // service samples from stream (seed, stream); det_log / det_exp over an array.

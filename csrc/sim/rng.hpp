@@ -36,15 +36,17 @@ inline void philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2], ui
     c2 = hi0 ^ c3 ^ k1;
     c3 = lo0;
   }
-  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
 // A stream of 64-bit words: Philox blocks (key = seed, counter = (block, stream)) generated
 // kBlocks at a time into a buffer, each block giving two words (out[1]:out[0], out[3]:out[2]).
 class Rng {
  public:
-  Rng(uint64_t seed, uint64_t stream)
-      : key_{uint32_t(seed), uint32_t(seed >> 32)}, stream_(stream) {}
+  Rng(uint64_t seed, uint64_t stream) : key_{uint32_t(seed), uint32_t(seed >> 32)}, stream_(stream) {}
 
   uint64_t next_u64() {
     if (pos_ == kWords) refill();
@@ -106,8 +108,16 @@ class Rng {
 
 // ---------------------------------------------------------------- log and exp (fdlibm)
 namespace detail {
-inline uint64_t bits(double x) { uint64_t u; std::memcpy(&u, &x, 8); return u; }
-inline double from_bits(uint64_t u) { double x; std::memcpy(&x, &u, 8); return x; }
+inline uint64_t bits(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  return u;
+}
+inline double from_bits(uint64_t u) {
+  double x;
+  std::memcpy(&x, &u, 8);
+  return x;
+}
 }  // namespace detail
 
 // Natural log for x > 0 finite (the only use here); fdlibm e_log.c.
@@ -153,16 +163,14 @@ inline double det_log(double x) {
   const double R = t2 + t1;
   if (i > 0) {
     const double hfsq = 0.5 * f * f;
-    return k == 0 ? f - (hfsq - s * (hfsq + R))
-                  : dk * ln2_hi - ((hfsq - (s * (hfsq + R) + dk * ln2_lo)) - f);
+    return k == 0 ? f - (hfsq - s * (hfsq + R)) : dk * ln2_hi - ((hfsq - (s * (hfsq + R) + dk * ln2_lo)) - f);
   }
   return k == 0 ? f - s * (f - R) : dk * ln2_hi - ((s * (f - R) - dk * ln2_lo) - f);
 }
 
 // e^x; fdlibm e_exp.c (overflow -> inf, underflow -> 0).
 inline double det_exp(double x) {
-  constexpr double o_threshold = 7.09782712893383973096e+02,
-                   u_threshold = -7.45133219101941108420e+02,
+  constexpr double o_threshold = 7.09782712893383973096e+02, u_threshold = -7.45133219101941108420e+02,
                    ln2HI = 6.93147180369123816490e-01, ln2LO = 1.90821492927058770002e-10,
                    invln2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
                    P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
@@ -174,7 +182,7 @@ inline double det_exp(double x) {
   const int xsb = x < 0 ? 1 : 0;
   double hi = 0, lo = 0;
   int k = 0;
-  if (hx > 0x3fd62e42) {  // |x| > 0.5 ln2
+  if (hx > 0x3fd62e42) {    // |x| > 0.5 ln2
     if (hx < 0x3FF0A2B2) {  // and |x| < 1.5 ln2
       hi = xsb ? x + ln2HI : x - ln2HI;
       lo = xsb ? -ln2LO : ln2LO;
@@ -211,8 +219,8 @@ enum class ServiceKind : int {
 // first comparison. The tables are computed once with det_log / det_exp, so they are the
 // same everywhere.
 struct ExpZiggurat {
-  static constexpr double kR = 7.69711747013104972;           // start of the tail
-  static constexpr double kV = 3.9496598225815571993e-3;      // area of each layer
+  static constexpr double kR = 7.69711747013104972;       // start of the tail
+  static constexpr double kV = 3.9496598225815571993e-3;  // area of each layer
   double x[257];  // x[0] = kV / f(kR) (base strip), x[1] = kR > x[2] > ... > x[256] = 0
   double f[257];  // f[i] = exp(-x[i])
   ExpZiggurat() {
@@ -236,7 +244,8 @@ struct ExpZiggurat {
 #if defined(__GNUC__)
 __attribute__((always_inline))  // the hot path of every run: an out-of-line call costs ~5%
 #endif
-inline double sample_exponential(Rng& rng) {
+inline double
+sample_exponential(Rng& rng) {
   const ExpZiggurat& z = ExpZiggurat::get();
   for (;;) {
     const uint64_t bits = rng.next_u64();
@@ -293,16 +302,21 @@ struct ServiceSampler {
 #if defined(__GNUC__)
   __attribute__((noinline))
 #endif
-  double other(Rng& rng) const {
+  double
+  other(Rng& rng) const {
     switch (kind) {
-      case ServiceKind::exponential: return sample_exponential(rng);
-      case ServiceKind::deterministic: return 1.0;
-      case ServiceKind::gamma: return sample_gamma_unit_scale(rng, param) / param;
+      case ServiceKind::exponential:
+        return sample_exponential(rng);
+      case ServiceKind::deterministic:
+        return 1.0;
+      case ServiceKind::gamma:
+        return sample_gamma_unit_scale(rng, param) / param;
       case ServiceKind::lognormal:
         return det_exp(param * sample_normal(rng) - 0.5 * param * param);
       case ServiceKind::pareto:
         return (param - 1.0) / param * det_exp(-det_log(rng.uniform_pos()) / param);
-      case ServiceKind::empirical: return table[rng.below(table_size)];
+      case ServiceKind::empirical:
+        return table[rng.below(table_size)];
     }
     return 1.0;
   }

@@ -4,6 +4,7 @@ latency models of fork-join services, on a C++/CUDA core.
 Start with ``flag_aggregate`` (robust aggregation) and ``flagcore.energy`` (fork-join energy and
 latency). ``build_info()`` says what this build contains.
 """
+
 from ._backend import build_info, core as _native, cuda_available, get_num_threads, set_num_threads
 from .flag import FlagInfo, flag_aggregate, flag_aggregate_layers
 from .rules import aggregate

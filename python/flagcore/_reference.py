@@ -4,13 +4,21 @@ They follow the textbook / reference-code formulation, not flagcore's fast paths
 the n x m weighted matrix (one column per worker, plus one per ordered pair when lam > 0) and
 takes its SVD on every iteration, the way the authors' code does.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def flag_aggregate_reference(x: np.ndarray, r: int, lam: float = 0.0, max_iter: int = 1,
-                             eps: float = 1e-7, tol: float = 1e-10, scale: str = "paper") -> dict:
+def flag_aggregate_reference(
+    x: np.ndarray,
+    r: int,
+    lam: float = 0.0,
+    max_iter: int = 1,
+    eps: float = 1e-7,
+    tol: float = 1e-10,
+    scale: str = "paper",
+) -> dict:
     """FA of one (p, n) stack by SVD of the n x m weighted matrix. Returns a dict with
     ``aggregate`` (n,), ``ratios`` (p,), ``weights`` (p,), ``objective`` (list), ``iterations``,
     ``rejected``, ``excluded`` (p,)."""
@@ -86,8 +94,9 @@ def flag_aggregate_reference(x: np.ndarray, r: int, lam: float = 0.0, max_iter: 
     return result
 
 
-def make_gradients(p: int, n: int, *, byzantine: int = 0, seed: int = 0, dtype=np.float64,
-                   spread: float = 1.0) -> np.ndarray:
+def make_gradients(
+    p: int, n: int, *, byzantine: int = 0, seed: int = 0, dtype=np.float64, spread: float = 1.0
+) -> np.ndarray:
     """p gradients: honest ones share a direction plus noise; byzantine ones send U[0, 1)."""
     rng = np.random.default_rng(seed)
     true = rng.standard_normal(n)

@@ -1,4 +1,5 @@
 """Terminal tables: rich when installed, plain aligned text otherwise."""
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,10 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         from rich.markup import escape
         from rich.table import Table
     except ImportError:
-        widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+        widths = [
+            max(len(c), *(len(r[i]) for r in cells)) if cells else len(c)
+            for i, c in enumerate(columns)
+        ]
         print(title)
         print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
         for r in cells:

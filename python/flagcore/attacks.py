@@ -88,6 +88,7 @@ rule evaluations spent, and for fa_aware the ratios).
 Label flipping and distorted-data workers act on the data, not on gradients: they belong to
 the experiment harness.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -111,10 +112,18 @@ _FLAG_OPTIONS = ("r", "lam", "max_iter", "eps", "tol", "scale")
 
 _SEARCH: dict[str, Any] = {"evals": 16, "start": 0.0, "delta": 1.0, "ratio": 0.8}
 _PARAMS: dict[str, dict[str, Any]] = {
-    "random": {}, "sign_flip": {"scale": 1.0}, "gaussian": {"mu": 0.0, "sigma": 1.0},
-    "zero": {"fraction": 0.5}, "drop": {"fraction": 0.5}, "nan": {}, "inf": {},
-    "alie": {"z": None}, "ipm": {"eps": 0.1}, "mimic": {"target": 0},
-    "optimal_alie": dict(_SEARCH), "optimal_ipm": dict(_SEARCH),
+    "random": {},
+    "sign_flip": {"scale": 1.0},
+    "gaussian": {"mu": 0.0, "sigma": 1.0},
+    "zero": {"fraction": 0.5},
+    "drop": {"fraction": 0.5},
+    "nan": {},
+    "inf": {},
+    "alie": {"z": None},
+    "ipm": {"eps": 0.1},
+    "mimic": {"target": 0},
+    "optimal_alie": dict(_SEARCH),
+    "optimal_ipm": dict(_SEARCH),
     "min_max": {"perturbation": "unit_vec", "evals": 16, "ratio": 0.8},
     "min_sum": {"perturbation": "unit_vec", "evals": 16, "ratio": 0.8},
     "fa_aware": {"angles": 24, "quantile": 0.5, "slack": 0.0, "flag_params": None},
@@ -152,12 +161,23 @@ def alie_z(p: int, f: int) -> float:
     s = math.floor(p / 2 + 1) - f
     q = (p - s) / p
     if not 0.0 < q < 1.0:
-        raise ValueError(f"alie_z: (p - s) / p must be in (0, 1), got {q} for p = {p}, f = {f} (s = {s})")
+        raise ValueError(
+            f"alie_z: (p - s) / p must be in (0, 1), got {q} for p = {p}, f = {f} (s = {s})"
+        )
     return NormalDist().inv_cdf(q)
 
 
-def attack(name: str, honest: Any, f: int, *, seed: int = 0, rule: Any = None, rule_params: dict | None = None,
-           return_info: bool = False, **params: Any) -> Any:
+def attack(
+    name: str,
+    honest: Any,
+    f: int,
+    *,
+    seed: int = 0,
+    rule: Any = None,
+    rule_params: dict | None = None,
+    return_info: bool = False,
+    **params: Any,
+) -> Any:
     """The f Byzantine gradients of the named attack (see ALL_ATTACKS and the module doc).
 
     honest: (h, n) array/tensor or a list/tuple of h arrays/tensors of one shape.
@@ -183,7 +203,9 @@ def attack(name: str, honest: Any, f: int, *, seed: int = 0, rule: Any = None, r
     elif rule_params is not None and not isinstance(rule_params, dict):
         raise TypeError(f"{fn}: rule_params must be a dict, got {rule_params!r}")
     rng = np.random.default_rng(seed)
-    with np.errstate(over="ignore", invalid="ignore"):  # non-finite honest input gives non-finite attacks
+    with np.errstate(
+        over="ignore", invalid="ignore"
+    ):  # non-finite honest input gives non-finite attacks
         if name in ADAPTIVE_ATTACKS:
             out, info = _adaptive(name, h, f, rng, prm, target, rule, rule_params, fn)
         else:
@@ -208,17 +230,23 @@ def _honest_rows(honest: Any, fn: str) -> tuple:
             if st.framework == "torch":
                 import torch
 
-                t = torch.from_numpy(np.ascontiguousarray(out)).to(dtype=first.dtype, device=first.device)
+                t = torch.from_numpy(np.ascontiguousarray(out)).to(
+                    dtype=first.dtype, device=first.device
+                )
                 return [t[j].reshape(st.item_shape) for j in range(out.shape[0])]
             return [out[j].astype(first.dtype).reshape(st.item_shape) for j in range(out.shape[0])]
 
         return h, restore_list
     torch_in = is_torch_tensor(honest)
     if not torch_in and not isinstance(honest, np.ndarray):
-        raise TypeError(f"{fn}: honest must be a numpy array, a torch tensor, or a list/tuple of them, "
-                        f"got {type(honest).__name__}")
+        raise TypeError(
+            f"{fn}: honest must be a numpy array, a torch tensor, or a list/tuple of them, "
+            f"got {type(honest).__name__}"
+        )
     if len(honest.shape) != 2 or honest.shape[0] < 1:
-        raise ValueError(f"{fn}: honest must be (h, n) with h >= 1, got shape {tuple(honest.shape)}")
+        raise ValueError(
+            f"{fn}: honest must be (h, n) with h >= 1, got shape {tuple(honest.shape)}"
+        )
     if torch_in:
         if not honest.dtype.is_floating_point:
             raise TypeError(f"{fn}: honest must have a floating dtype, got {honest.dtype}")
@@ -232,7 +260,9 @@ def _honest_rows(honest: Any, fn: str) -> tuple:
         if torch_in:
             import torch
 
-            return torch.from_numpy(np.ascontiguousarray(out)).to(dtype=honest.dtype, device=honest.device)
+            return torch.from_numpy(np.ascontiguousarray(out)).to(
+                dtype=honest.dtype, device=honest.device
+            )
         return out.astype(honest.dtype)
 
     return h, restore
@@ -247,7 +277,9 @@ def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> 
         if name == "fa_aware":
             rule = "flag"
         elif name in NEEDS_RULE:
-            raise TypeError(f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a callable)")
+            raise TypeError(
+                f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a callable)"
+            )
         else:
             if rule_params:
                 raise ValueError(f"{fn}: rule_params given without a rule: {rule_params!r}")
@@ -268,7 +300,9 @@ def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> 
         return run
     if callable(rule):
         if rule_params:
-            raise ValueError(f"{fn}: rule_params applies to a rule name; a callable rule got {rule_params!r}")
+            raise ValueError(
+                f"{fn}: rule_params applies to a rule name; a callable rule got {rule_params!r}"
+            )
 
         def run_callable(x: np.ndarray) -> np.ndarray:
             out = rule(x)
@@ -276,11 +310,15 @@ def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> 
                 out = out.detach().cpu().double().numpy()
             out = np.asarray(out, dtype=np.float64).reshape(-1)
             if out.shape[0] != x.shape[1]:
-                raise ValueError(f"{fn}: rule callable returned {out.shape[0]} values for n = {x.shape[1]}")
+                raise ValueError(
+                    f"{fn}: rule callable returned {out.shape[0]} values for n = {x.shape[1]}"
+                )
             return out
 
         return run_callable
-    raise TypeError(f"{fn}: rule must be None, a rule name (str) or a callable, got {type(rule).__name__}")
+    raise TypeError(
+        f"{fn}: rule must be None, a rule name (str) or a callable, got {type(rule).__name__}"
+    )
 
 
 # ---------------------------------------------------------------------- non-adaptive
@@ -295,7 +333,9 @@ def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple:
     return (mean, u.std(axis=0, ddof=1) * s) if std else (mean, None)
 
 
-def _make(name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict, fn: str) -> np.ndarray:
+def _make(
+    name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict, fn: str
+) -> np.ndarray:
     nh, n = h.shape
     if name == "random":
         return rng.random((f, n))
@@ -321,7 +361,9 @@ def _make(name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict,
         return np.full((f, n), np.inf)
     if name == "alie":
         if nh < 2:
-            raise ValueError(f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, got {nh}")
+            raise ValueError(
+                f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, got {nh}"
+            )
         z = alie_z(nh + f, f) if prm["z"] is None else check_float(prm["z"], fn, "z")
         mean, sd = _scaled_mean_std(h, std=True)
         row = mean - z * sd
@@ -346,7 +388,7 @@ class _Deviation:
 
     def _agg(self, b: np.ndarray) -> np.ndarray:
         self.evaluations += 1
-        self.buf[self.k:] = b
+        self.buf[self.k :] = b
         return self.target(self.buf)
 
     def __call__(self, b: np.ndarray) -> float:
@@ -357,8 +399,14 @@ class _Deviation:
         return d if math.isfinite(d) else -math.inf
 
 
-def line_maximize(objective: Callable[[float], float], *, evals: int = 16, start: float = 0.0,
-                  delta: float = 1.0, ratio: float = 0.8) -> tuple:
+def line_maximize(
+    objective: Callable[[float], float],
+    *,
+    evals: int = 16,
+    start: float = 0.0,
+    delta: float = 1.0,
+    ratio: float = 0.8,
+) -> tuple:
     """ByzFL's LineMaximize: best-effort argmax of objective over x >= 0 with ``evals``
     evaluations. Expansion: from ``start``, step by delta (doubling after each improvement) until
     the objective stops improving; contraction: step back and forth around the best point with
@@ -421,7 +469,9 @@ def min_max_gamma(h: np.ndarray, d: np.ndarray) -> float:
     is a convex quadratic in gamma, at most D^2 at gamma = 0, so the feasible set is [0, min_i
     of the positive roots]. 0 when d = 0 or all honest rows coincide."""
     mu = h.mean(axis=0)
-    c0 = h - mu  # centred rows: pairwise distances from their Gram lose no precision to a common offset
+    c0 = (
+        h - mu
+    )  # centred rows: pairwise distances from their Gram lose no precision to a common offset
     sq = np.sum(c0 * c0, axis=1)
     dmax2 = float(max(np.max(sq[:, None] + sq[None, :] - 2 * (c0 @ c0.T)), 0.0))
     a = float(d @ d)
@@ -451,23 +501,45 @@ def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
     return math.sqrt(max(s_max - s_mu, 0.0) / (k * a))
 
 
-def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, prm: dict, target: Any,
-              rule: Any, rule_params: Any, fn: str) -> tuple:
+def _adaptive(
+    name: str,
+    h_all: np.ndarray,
+    f: int,
+    rng: np.random.Generator,
+    prm: dict,
+    target: Any,
+    rule: Any,
+    rule_params: Any,
+    fn: str,
+) -> tuple:
     n = h_all.shape[1]
     finite = np.isfinite(h_all).all(axis=1)
     h = h_all[finite]
-    need = 1 if name == "optimal_ipm" or (name in ("min_max", "min_sum") and prm["perturbation"] != "std") else 2
+    need = (
+        1
+        if name == "optimal_ipm"
+        or (name in ("min_max", "min_sum") and prm["perturbation"] != "std")
+        else 2
+    )
     if name in ("min_max", "min_sum"):
         check_choice(prm["perturbation"], fn, "perturbation", PERTURBATIONS)
     if h.shape[0] < need or f == 0:
-        fallback = {"optimal_alie": "alie", "optimal_ipm": "ipm", "min_max": "ipm", "min_sum": "ipm",
-                    "fa_aware": "sign_flip"}[name]
+        fallback = {
+            "optimal_alie": "alie",
+            "optimal_ipm": "ipm",
+            "min_max": "ipm",
+            "min_sum": "ipm",
+            "fa_aware": "sign_flip",
+        }[name]
         if fallback == "alie" and h_all.shape[0] < 2:
-            raise ValueError(f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard deviation, "
-                             f"got {h_all.shape[0]}")
+            raise ValueError(
+                f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard deviation, "
+                f"got {h_all.shape[0]}"
+            )
         _validate_only(name, prm, fn)
         return _make(fallback, h_all, f, rng, _PARAMS[fallback], fn), AttackInfo(name)
     mu, sd = _scaled_mean_std(h, std=h.shape[0] >= 2)
+
     def rep(b: np.ndarray) -> np.ndarray:
         return np.repeat(b[None], f, axis=0)
 
@@ -476,7 +548,9 @@ def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, pr
     if name in ("min_max", "min_sum"):
         d = _perturbation(prm["perturbation"], mu, sd)
         g0 = min_max_gamma(h, d) if name == "min_max" else min_sum_gamma(h, d)
-        if target is None:  # AGR-agnostic: the paper's attack; the only adaptive case without a rule
+        if (
+            target is None
+        ):  # AGR-agnostic: the paper's attack; the only adaptive case without a rule
             _search_params(prm, fn, with_start=False)
             return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
     dev = _Deviation(target, h, f, mu)
@@ -512,12 +586,17 @@ def _adaptive(name: str, h_all: np.ndarray, f: int, rng: np.random.Generator, pr
     if name in ("min_max", "min_sum"):
         sp = _search_params(prm, fn, with_start=False)
         y0 = dev(mu - g0 * d)
-        scale = g0 if g0 > 0 else math.sqrt(float(np.sum(mu * mu)) / max(float(np.sum(d * d)), 1e-300))
-        x, y = line_maximize(lambda g: dev(mu - g * d), start=g0, delta=max(scale, 1e-300) * 0.5, **sp)
+        scale = (
+            g0 if g0 > 0 else math.sqrt(float(np.sum(mu * mu)) / max(float(np.sum(d * d)), 1e-300))
+        )
+        x, y = line_maximize(
+            lambda g: dev(mu - g * d), start=g0, delta=max(scale, 1e-300) * 0.5, **sp
+        )
         if y0 >= y:
             x, y = g0, y0
-        return rep(mu - x * d), AttackInfo(name, parameter=x, deviation=y, agnostic_parameter=g0,
-                                           evaluations=dev.evaluations)
+        return rep(mu - x * d), AttackInfo(
+            name, parameter=x, deviation=y, agnostic_parameter=g0, evaluations=dev.evaluations
+        )
 
     return _fa_aware(h, f, mu, sd, dev, prm, rule, rule_params, rng, fn, n)
 
@@ -543,8 +622,19 @@ def _fa_params(prm: dict, fn: str) -> tuple:
     return angles, q, slack, dict(fp or {})
 
 
-def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev: _Deviation, prm: dict,
-              rule: Any, rule_params: Any, rng: np.random.Generator, fn: str, n: int) -> tuple:
+def _fa_aware(
+    h: np.ndarray,
+    f: int,
+    mu: np.ndarray,
+    sd: np.ndarray | None,
+    dev: _Deviation,
+    prm: dict,
+    rule: Any,
+    rule_params: Any,
+    rng: np.random.Generator,
+    fn: str,
+    n: int,
+) -> tuple:
     from .flag import flag_aggregate
 
     angles, q, slack, fparams = _fa_params(prm, fn)
@@ -599,6 +689,15 @@ def _fa_aware(h: np.ndarray, f: int, mu: np.ndarray, sd: np.ndarray | None, dev:
     else:  # nothing FA trusts enough: the most trusted candidate
         _, label, b, vb, thr = max(records, key=lambda r: r[0])
         d = dev(b)
-    return (np.repeat(b[None], f, axis=0),
-            AttackInfo("fa_aware", parameter=label, deviation=d, evaluations=dev.evaluations,
-                       byzantine_ratio=vb, honest_ratio=thr, feasible=feasible))
+    return (
+        np.repeat(b[None], f, axis=0),
+        AttackInfo(
+            "fa_aware",
+            parameter=label,
+            deviation=d,
+            evaluations=dev.evaluations,
+            byzantine_ratio=vb,
+            honest_ratio=thr,
+            feasible=feasible,
+        ),
+    )

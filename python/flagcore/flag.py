@@ -12,6 +12,7 @@ on the host.
 ``flag_aggregate_layers`` takes a list of per-layer stacks of different sizes and aggregates
 each layer as its own problem in one native call (one launch sequence on the GPU).
 """
+
 from __future__ import annotations
 
 import collections
@@ -66,26 +67,45 @@ class FlagInfo:
     def _from_native(cls, d: dict, batched: bool) -> "FlagInfo":
         if batched:
             return cls(
-                weights=d["weights"], reconstruction_ratios=d["reconstruction_ratios"],
-                coefficients=d["coefficients"], objective=d["objective"],
-                iterations=d["iterations"].astype(np.int64), last_step_rejected=d["last_step_rejected"],
-                excluded=d["excluded"], rank=d["rank"].astype(np.int64),
+                weights=d["weights"],
+                reconstruction_ratios=d["reconstruction_ratios"],
+                coefficients=d["coefficients"],
+                objective=d["objective"],
+                iterations=d["iterations"].astype(np.int64),
+                last_step_rejected=d["last_step_rejected"],
+                excluded=d["excluded"],
+                rank=d["rank"].astype(np.int64),
             )
         it = int(d["iterations"][0])
         return cls(
-            weights=d["weights"][0], reconstruction_ratios=d["reconstruction_ratios"][0],
-            coefficients=d["coefficients"][0], objective=d["objective"][0, : it + 1].copy(),
-            iterations=it, last_step_rejected=bool(d["last_step_rejected"][0]),
-            excluded=d["excluded"][0], rank=int(d["rank"][0]),
+            weights=d["weights"][0],
+            reconstruction_ratios=d["reconstruction_ratios"][0],
+            coefficients=d["coefficients"][0],
+            objective=d["objective"][0, : it + 1].copy(),
+            iterations=it,
+            last_step_rejected=bool(d["last_step_rejected"][0]),
+            excluded=d["excluded"][0],
+            rank=int(d["rank"][0]),
         )
 
 
-def _check_params(fn: str, p: int, r: Any, lam: Any, max_iter: Any, eps: Any, tol: Any, scale: Any,
-                  return_info: Any) -> tuple:
+def _check_params(
+    fn: str,
+    p: int,
+    r: Any,
+    lam: Any,
+    max_iter: Any,
+    eps: Any,
+    tol: Any,
+    scale: Any,
+    return_info: Any,
+) -> tuple:
     r = (p + 1) // 2 if r is None else check_int(r, fn, "r", low=1, high=p)
     lam = check_float(lam, fn, "lam", low=0.0)
     if lam > MAX_LAM:
-        raise ValueError(f"{fn}: lam must be <= {MAX_LAM:g} (mu^2 = (lam / (p (p - 1)))^2 would overflow float64), got {lam!r}")
+        raise ValueError(
+            f"{fn}: lam must be <= {MAX_LAM:g} (mu^2 = (lam / (p (p - 1)))^2 would overflow float64), got {lam!r}"
+        )
     max_iter = check_int(max_iter, fn, "max_iter", low=1, high=1_000_000)
     eps = check_float(eps, fn, "eps", low=0.0, strict_low=True)
     tol = check_float(tol, fn, "tol", low=0.0)
@@ -95,9 +115,17 @@ def _check_params(fn: str, p: int, r: Any, lam: Any, max_iter: Any, eps: Any, to
     return r, lam, max_iter, eps, tol, scale
 
 
-def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, max_iter: int = 1,
-                   eps: float = 1e-7, tol: float = 1e-10, scale: str = "paper",
-                   return_info: bool = False) -> Any:
+def flag_aggregate(
+    gradients: Any,
+    *,
+    r: int | None = None,
+    lam: float = 0.0,
+    max_iter: int = 1,
+    eps: float = 1e-7,
+    tol: float = 1e-10,
+    scale: str = "paper",
+    return_info: bool = False,
+) -> Any:
     """Aggregate p gradients with the Flag Aggregator.
 
     Parameters
@@ -136,7 +164,9 @@ def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, ma
     """
     fn = "flag_aggregate"
     st = as_stack(gradients, fn)
-    r, lam, max_iter, eps, tol, scale = _check_params(fn, st.p, r, lam, max_iter, eps, tol, scale, return_info)
+    r, lam, max_iter, eps, tol, scale = _check_params(
+        fn, st.p, r, lam, max_iter, eps, tol, scale, return_info
+    )
     if st.on_cpu:
         out, d = core.flag_aggregate(st.data, r, lam, max_iter, eps, tol, scale)
     elif _native_cuda_ok(st.torch_data):
@@ -149,8 +179,9 @@ def flag_aggregate(gradients: Any, *, r: int | None = None, lam: float = 0.0, ma
     return agg
 
 
-def _flag_aggregate_torch(st: Stack, r: int, lam: float, max_iter: int, eps: float, tol: float,
-                          scale: str) -> tuple:
+def _flag_aggregate_torch(
+    st: Stack, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str
+) -> tuple:
     """p-space FA for tensors on a non-CPU torch device: Gram and weighted sum with torch
     matmuls on the device, IRLS in the native float64 code on the host."""
     import torch
@@ -171,7 +202,7 @@ def torch_gram(x: Any, chunk: int = 1 << 22) -> Any:
     g = torch.zeros((b, p, p), dtype=torch.float64, device=x.device)
     step = max(1, chunk // max(1, b * p))
     for k0 in range(0, n, step):
-        xc = x[:, :, k0:k0 + step].to(torch.float64)
+        xc = x[:, :, k0 : k0 + step].to(torch.float64)
         g += xc @ xc.transpose(1, 2)
     return g
 
@@ -195,6 +226,7 @@ def torch_weighted_sum(x: Any, coef: Any) -> Any:
 
 # ---------------------------------------------------------------- CUDA path
 
+
 def _cuda_dtype_code(dtype: Any) -> int | None:
     import torch
 
@@ -209,12 +241,18 @@ def _cuda_built_and_visible() -> bool:
 def _native_cuda_ok(x: Any) -> bool:
     """flagcore's CUDA kernels take this tensor: on a CUDA device, float32/16/bfloat16, and the
     build has CUDA with a visible device."""
-    return x.device.type == "cuda" and _cuda_dtype_code(x.dtype) is not None and _cuda_built_and_visible()
+    return (
+        x.device.type == "cuda"
+        and _cuda_dtype_code(x.dtype) is not None
+        and _cuda_built_and_visible()
+    )
 
 
 def _require_native_cuda(fn: str) -> None:
     if not core.build_info()["cuda_compiled"]:
-        raise RuntimeError(f"{fn}: flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)")
+        raise RuntimeError(
+            f"{fn}: flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)"
+        )
     if core.cuda_device_count() <= 0:
         raise RuntimeError(f"{fn}: no CUDA device is visible")
 
@@ -223,12 +261,14 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
     """Copies the IRLS outputs out of the workspace (one device-to-host copy, which waits for
     the kernels) into the dict layout of the native CPU functions."""
     base = plan["off_coef"]
-    host = ws[base:plan["bytes"]].cpu().numpy()
+    host = ws[base : plan["bytes"]].cpu().numpy()
     rows, b, steps = plan["rows"], plan["b"], plan["objective_steps"]
 
     def take(key: str, dtype: Any, count: int) -> np.ndarray:
         off = plan[key] - base
-        return np.frombuffer(host[off:off + count * np.dtype(dtype).itemsize].tobytes(), dtype=dtype).copy()
+        return np.frombuffer(
+            host[off : off + count * np.dtype(dtype).itemsize].tobytes(), dtype=dtype
+        ).copy()
 
     return {
         "coefficients": take("off_coef", np.float64, rows).reshape(per_worker),
@@ -242,8 +282,17 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
     }
 
 
-def _flag_aggregate_cuda(x: Any, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str,
-                         return_info: bool, variant: int = 0) -> tuple:
+def _flag_aggregate_cuda(
+    x: Any,
+    r: int,
+    lam: float,
+    max_iter: int,
+    eps: float,
+    tol: float,
+    scale: str,
+    return_info: bool,
+    variant: int = 0,
+) -> tuple:
     """(b, p, n) CUDA tensor -> ((b, n) tensor in x's dtype, info dict or None), on torch's
     current stream of x's device. variant (tests): 0 automatic, 1 register Gram kernel (p <= 8),
     2 tile-pair Gram kernel."""
@@ -259,9 +308,27 @@ def _flag_aggregate_cuda(x: Any, r: int, lam: float, max_iter: int, eps: float, 
     ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=dev)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
-        core.flag_aggregate_cuda_uniform(x.data_ptr(), _cuda_dtype_code(x.dtype), b, p, n, x.stride(0), x.stride(1),
-                                         out.data_ptr(), ws.data_ptr(), plan["bytes"], r, lam, max_iter, eps, tol,
-                                         scale, stream, dev.index, variant)
+        core.flag_aggregate_cuda_uniform(
+            x.data_ptr(),
+            _cuda_dtype_code(x.dtype),
+            b,
+            p,
+            n,
+            x.stride(0),
+            x.stride(1),
+            out.data_ptr(),
+            ws.data_ptr(),
+            plan["bytes"],
+            r,
+            lam,
+            max_iter,
+            eps,
+            tol,
+            scale,
+            stream,
+            dev.index,
+            variant,
+        )
     d = _info_from_workspace(ws, plan, (b, p), (b,)) if return_info else None
     return out, d
 
@@ -270,8 +337,17 @@ _LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict
 _LAYER_TABLES_LOCK = threading.Lock()  # calls from several Python threads share the cache
 
 
-def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str,
-                                return_info: bool, variant: int = 0) -> tuple:
+def _flag_aggregate_layers_cuda(
+    xs: list,
+    r: int,
+    lam: float,
+    max_iter: int,
+    eps: float,
+    tol: float,
+    scale: str,
+    return_info: bool,
+    variant: int = 0,
+) -> tuple:
     """List of (p_q, n_q) CUDA tensors of one dtype -> (flat [sum n] tensor, info dict or None)."""
     import torch
 
@@ -283,12 +359,22 @@ def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps
     item = xs[0].element_size()
     # The device table depends only on the sizes and the row addresses: reuse it while the same
     # tensors come back (a training loop's gradient buffers), saving the host work and the copy.
-    key = (str(dev), item, max_iter, tuple((x.data_ptr(), x.stride(0), p, n) for x, p, n in zip(xs, ps, ns)))
+    key = (
+        str(dev),
+        item,
+        max_iter,
+        tuple((x.data_ptr(), x.stride(0), p, n) for x, p, n in zip(xs, ps, ns)),
+    )
     with _LAYER_TABLES_LOCK:
         hit = _LAYER_TABLES.get(key)
         if hit is None:
             plan = core.flag_cuda_plan(ps, ns, max_iter)
-            addrs = np.concatenate([x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item) for x in xs])
+            addrs = np.concatenate(
+                [
+                    x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item)
+                    for x in xs
+                ]
+            )
             aligned = bool(np.all(addrs % 16 == 0))
             table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
             with torch.cuda.device(dev):
@@ -309,18 +395,43 @@ def _flag_aggregate_layers_cuda(xs: list, r: int, lam: float, max_iter: int, eps
         current.wait_event(ready)
         table_dev.record_stream(current)  # not reused by the allocator before this stream is done
         stream = current.cuda_stream
-        core.flag_aggregate_cuda_ragged(table_dev.data_ptr(), ps, ns, aligned, _cuda_dtype_code(xs[0].dtype),
-                                        out.data_ptr(), ws.data_ptr(), plan["bytes"], r, lam, max_iter, eps, tol,
-                                        scale, stream, dev.index, variant)
+        core.flag_aggregate_cuda_ragged(
+            table_dev.data_ptr(),
+            ps,
+            ns,
+            aligned,
+            _cuda_dtype_code(xs[0].dtype),
+            out.data_ptr(),
+            ws.data_ptr(),
+            plan["bytes"],
+            r,
+            lam,
+            max_iter,
+            eps,
+            tol,
+            scale,
+            stream,
+            dev.index,
+            variant,
+        )
     d = _info_from_workspace(ws, plan, (plan["rows"],), (plan["b"],)) if return_info else None
     return out, d
 
 
 # ---------------------------------------------------------------- layers (ragged batches)
 
-def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0, max_iter: int = 1,
-                          eps: float = 1e-7, tol: float = 1e-10, scale: str = "paper",
-                          return_info: bool = False) -> Any:
+
+def flag_aggregate_layers(
+    layers: Any,
+    *,
+    r: int | None = None,
+    lam: float = 0.0,
+    max_iter: int = 1,
+    eps: float = 1e-7,
+    tol: float = 1e-10,
+    scale: str = "paper",
+    return_info: bool = False,
+) -> Any:
     """Aggregate each layer of a model as its own FA problem, all in one native call.
 
     Parameters
@@ -346,15 +457,21 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
     """
     fn = "flag_aggregate_layers"
     if not isinstance(layers, (list, tuple)):
-        raise TypeError(f"{fn}: layers must be a list or tuple of per-layer stacks, got {type(layers).__name__}")
+        raise TypeError(
+            f"{fn}: layers must be a list or tuple of per-layer stacks, got {type(layers).__name__}"
+        )
     if len(layers) == 0:
-        raise ValueError(f"{fn}: layers must hold at least one layer, got an empty {type(layers).__name__}")
+        raise ValueError(
+            f"{fn}: layers must hold at least one layer, got an empty {type(layers).__name__}"
+        )
     stacks = []
     for i, layer in enumerate(layers):
         arg = f"layers[{i}]"
         if isinstance(layer, np.ndarray) or _is_tensor(layer):
             if layer.ndim < 2:
-                raise ValueError(f"{fn}: {arg} must be (p, ...) with one row per worker, got shape {tuple(layer.shape)}")
+                raise ValueError(
+                    f"{fn}: {arg} must be (p, ...) with one row per worker, got shape {tuple(layer.shape)}"
+                )
             layer = layer.reshape(layer.shape[0], -1) if layer.ndim > 2 else layer
             st = as_stack(layer, fn, arg=arg)
             st.item_shape = tuple(layers[i].shape[1:])
@@ -365,17 +482,27 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
     first = stacks[0]
     for i, st in enumerate(stacks[1:], start=1):
         if st.framework != first.framework:
-            raise TypeError(f"{fn}: layers[{i}] is a {st.framework} stack, but layers[0] is {first.framework}")
+            raise TypeError(
+                f"{fn}: layers[{i}] is a {st.framework} stack, but layers[0] is {first.framework}"
+            )
         if st.dtype != first.dtype:
-            raise TypeError(f"{fn}: layers[{i}] has dtype {st.dtype}, but layers[0] has dtype {first.dtype}")
+            raise TypeError(
+                f"{fn}: layers[{i}] has dtype {st.dtype}, but layers[0] has dtype {first.dtype}"
+            )
         if st.framework == "torch" and st.device != first.device:
-            raise ValueError(f"{fn}: layers[{i}] is on {st.device}, but layers[0] is on {first.device}")
+            raise ValueError(
+                f"{fn}: layers[{i}] is on {st.device}, but layers[0] is on {first.device}"
+            )
     p_min = min(st.p for st in stacks)
     r_given = r
-    r, lam, max_iter, eps, tol, scale = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
+    r, lam, max_iter, eps, tol, scale = _check_params(
+        fn, p_min, r, lam, max_iter, eps, tol, scale, return_info
+    )
     rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [r] * len(stacks)
     if first.on_cpu:
-        out, d = core.flag_aggregate_layers([st.data for st in stacks], rs, lam, max_iter, eps, tol, scale)
+        out, d = core.flag_aggregate_layers(
+            [st.data for st in stacks], rs, lam, max_iter, eps, tol, scale
+        )
     elif _native_cuda_ok(first.torch_data) and len(set(rs)) > 1:  # one r per launch: layer by layer
         outs, ds = [], []
         for st, rl in zip(stacks, rs):
@@ -385,8 +512,9 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
         out, d = _concat_layers(outs, ds)
     elif _native_cuda_ok(first.torch_data):
         r = rs[0]
-        out, d = _flag_aggregate_layers_cuda([st.torch_data[0] for st in stacks], r, lam, max_iter, eps, tol, scale,
-                                             return_info)
+        out, d = _flag_aggregate_layers_cuda(
+            [st.torch_data[0] for st in stacks], r, lam, max_iter, eps, tol, scale, return_info
+        )
     else:  # no CUDA kernels here: one problem at a time through the torch fallback
         outs, ds = [], []
         for st, rl in zip(stacks, rs):
@@ -397,11 +525,19 @@ def flag_aggregate_layers(layers: Any, *, r: int | None = None, lam: float = 0.0
     results, infos = [], []
     col = row = 0
     for q, st in enumerate(stacks):
-        results.append(st.restore(out[col:col + st.n].reshape(1, st.n)))
+        results.append(st.restore(out[col : col + st.n].reshape(1, st.n)))
         if return_info:
-            sub = {k: np.asarray(v[row:row + st.p])[None] for k, v in d.items()
-                   if k in ("coefficients", "weights", "reconstruction_ratios", "excluded")}
-            sub.update({k: np.asarray(d[k][q:q + 1]) for k in ("objective", "iterations", "last_step_rejected", "rank")})
+            sub = {
+                k: np.asarray(v[row : row + st.p])[None]
+                for k, v in d.items()
+                if k in ("coefficients", "weights", "reconstruction_ratios", "excluded")
+            }
+            sub.update(
+                {
+                    k: np.asarray(d[k][q : q + 1])
+                    for k in ("objective", "iterations", "last_step_rejected", "rank")
+                }
+            )
             infos.append(FlagInfo._from_native(sub, False))
         col += st.n
         row += st.p
@@ -421,7 +557,9 @@ def _concat_layers(outs: list, ds: list) -> tuple:
             d[k] = np.concatenate([np.asarray(dd[k])[0] for dd in ds])
         elif k == "objective":
             rows = [np.asarray(dd[k]) for dd in ds]
-            d[k] = np.concatenate([np.pad(o, ((0, 0), (0, steps - o.shape[1])), constant_values=np.nan) for o in rows])
+            d[k] = np.concatenate(
+                [np.pad(o, ((0, 0), (0, steps - o.shape[1])), constant_values=np.nan) for o in rows]
+            )
         else:
             d[k] = np.concatenate([np.asarray(dd[k]).reshape(-1) for dd in ds])
     return torch.cat(outs), d

@@ -5,6 +5,7 @@
 arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
 energy, or power, that meets a latency target). See docs/spec_energy.md (the model) and docs/energy-usage.md.
 """
+
 from ._model import MMPP, Renewal, Service, SleepState, SpeedLevel
 from .approx import ApproxResult, approximate
 from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep

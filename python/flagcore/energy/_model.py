@@ -1,4 +1,5 @@
 """The model's inputs: speed levels, service distributions, and their validation."""
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ def as_levels(levels: Any, fn: str) -> Levels:
     if isinstance(levels, SpeedLevel):
         levels = [levels]
     if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__") or len(levels) == 0:
-        raise ValueError(f"{fn}: levels must be a non-empty list of (rate, power, probability), got {levels!r}")
+        raise ValueError(
+            f"{fn}: levels must be a non-empty list of (rate, power, probability), got {levels!r}"
+        )
     rates, powers, probs = [], [], []
     for i, lv in enumerate(levels):
         if isinstance(lv, SpeedLevel):
@@ -62,7 +65,9 @@ def as_levels(levels: Any, fn: str) -> Levels:
             try:
                 r, w, p = lv
             except (TypeError, ValueError):
-                raise ValueError(f"{fn}: levels[{i}] must be (rate, power, probability), got {lv!r}") from None
+                raise ValueError(
+                    f"{fn}: levels[{i}] must be (rate, power, probability), got {lv!r}"
+                ) from None
         r = _num(r, fn, f"levels[{i}].rate")
         w = _num(w, fn, f"levels[{i}].power")
         p = _num(p, fn, f"levels[{i}].probability")
@@ -113,7 +118,15 @@ def check_power(x: Any, fn: str, what: str = "idle_power") -> float:
 #: appear in any feasible run.
 MAX_SCV = 1e4
 MAX_LOGNORMAL_SIGMA = math.sqrt(math.log1p(MAX_SCV))
-_KINDS = {"exponential": 0, "deterministic": 1, "gamma": 2, "erlang": 2, "lognormal": 3, "pareto": 4, "empirical": 5}
+_KINDS = {
+    "exponential": 0,
+    "deterministic": 1,
+    "gamma": 2,
+    "erlang": 2,
+    "lognormal": 3,
+    "pareto": 4,
+    "empirical": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -148,7 +161,7 @@ class Service:
         if self.kind in ("gamma", "erlang"):
             return 1.0 / self.param
         if self.kind == "lognormal":
-            return math.expm1(self.param ** 2)
+            return math.expm1(self.param**2)
         if self.kind == "pareto":
             a = self.param
             return math.inf if a <= 2 else 1.0 / (a * (a - 2))
@@ -180,18 +193,26 @@ def as_service(service: Any, fn: str) -> Service:
         if name not in _KINDS:
             raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {service!r}")
         if not arg:
-            raise ValueError(f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got {service!r}")
+            raise ValueError(
+                f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got {service!r}"
+            )
         try:
             service = (name, float(arg))
         except ValueError:
             raise ValueError(f"{fn}: service parameter must be a number, got {service!r}") from None
-    if not isinstance(service, (tuple, list)) or len(service) != 2 or not isinstance(service[0], str):
+    if (
+        not isinstance(service, (tuple, list))
+        or len(service) != 2
+        or not isinstance(service[0], str)
+    ):
         raise ValueError(f"{fn}: service must be a name or (name, parameter), got {service!r}")
     name, arg = service[0].lower(), service[1]
     if name == "empirical":
         s = np.asarray(arg, dtype=np.float64).ravel()
         if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or not np.any(s > 0):
-            raise ValueError(f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values")
+            raise ValueError(
+                f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values"
+            )
         # normalise in a safe scale: dividing by the largest value first keeps every
         # intermediate in [0, 1], so samples whose sum overflows are not rescaled to zeros
         t = s / s.max()
@@ -211,13 +232,17 @@ def as_service(service: Any, fn: str) -> Service:
     # Unit-mean work whose mass sits in draws too rare to occur: the simulated mean work would
     # be ~0 instead of 1 (every draw underflows or is tiny), a silently wrong answer.
     if name == "lognormal" and v > MAX_LOGNORMAL_SIGMA:
-        raise ValueError(f"{fn}: lognormal sigma must be <= {MAX_LOGNORMAL_SIGMA:.4g} (squared coefficient of "
-                         f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = {math.expm1(min(v * v, 709.0)):.3g} "
-                         f"the mean work is carried by draws too rare to simulate, so every run would report ~0")
+        raise ValueError(
+            f"{fn}: lognormal sigma must be <= {MAX_LOGNORMAL_SIGMA:.4g} (squared coefficient of "
+            f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = {math.expm1(min(v * v, 709.0)):.3g} "
+            f"the mean work is carried by draws too rare to simulate, so every run would report ~0"
+        )
     if name == "gamma" and v < 1.0 / MAX_SCV:
-        raise ValueError(f"{fn}: gamma shape must be >= {1.0 / MAX_SCV:g} (squared coefficient of variation "
-                         f"<= {MAX_SCV:g}), got {v}: the mean work would be carried by draws too rare to "
-                         f"simulate, so every run would report ~0")
+        raise ValueError(
+            f"{fn}: gamma shape must be >= {1.0 / MAX_SCV:g} (squared coefficient of variation "
+            f"<= {MAX_SCV:g}), got {v}: the mean work would be carried by draws too rare to "
+            f"simulate, so every run would report ~0"
+        )
     if name == "pareto" and not (v > 1 and math.isfinite(v)):
         raise ValueError(f"{fn}: Pareto alpha must be > 1 (finite mean), got {v}")
     return Service(name, v)
@@ -246,17 +271,23 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
     if isinstance(states, SleepState):
         states = [states]
     if isinstance(states, (str, bytes)) or not hasattr(states, "__len__"):
-        raise TypeError(f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, wake_power), "
-                        f"got {type(states).__name__}")
+        raise TypeError(
+            f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, wake_power), "
+            f"got {type(states).__name__}"
+        )
     out = []
     for i, st in enumerate(states):
         if not isinstance(st, SleepState):
             try:
                 vals = tuple(st)
             except TypeError:
-                raise TypeError(f"{fn}: sleep[{i}] must be a SleepState or a tuple, got {st!r}") from None
+                raise TypeError(
+                    f"{fn}: sleep[{i}] must be a SleepState or a tuple, got {st!r}"
+                ) from None
             if len(vals) not in (3, 4):
-                raise ValueError(f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}")
+                raise ValueError(
+                    f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}"
+                )
             st = SleepState(*vals)
         checked: list[float] = []
         for name in ("after", "power", "wake_latency", "wake_power"):
@@ -318,17 +349,25 @@ def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
     if isinstance(arrivals, Renewal):
         return Renewal(as_service(arrivals.distribution, fn))
     if not isinstance(arrivals, MMPP):
-        raise TypeError(f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got {type(arrivals).__name__}")
+        raise TypeError(
+            f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got {type(arrivals).__name__}"
+        )
     r = np.asarray(arrivals.rates, dtype=np.float64)
     S = np.asarray(arrivals.switch, dtype=np.float64)
     P = r.size
     if r.ndim != 1 or P < 1 or S.shape != (P, P):
-        raise ValueError(f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and {S.shape}")
-    if not (np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(np.isfinite(S)) and np.all(S >= 0)):
+        raise ValueError(
+            f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and {S.shape}"
+        )
+    if not (
+        np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(np.isfinite(S)) and np.all(S >= 0)
+    ):
         raise ValueError(f"{fn}: MMPP rates and switch rates must be finite and >= 0")
     m = MMPP(tuple(r.tolist()), tuple(map(tuple, S.tolist())))
     if P > 1 and np.linalg.matrix_rank(m.generator) != P - 1:
-        raise ValueError(f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every other)")
+        raise ValueError(
+            f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every other)"
+        )
     if not m.mean_rate > 0:
         raise ValueError(f"{fn}: the MMPP mean arrival rate must be positive")
     return m

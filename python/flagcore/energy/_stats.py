@@ -1,4 +1,5 @@
 """Reading the simulator's streaming statistics: histogram percentiles, confidence intervals."""
+
 from __future__ import annotations
 
 import math
@@ -10,9 +11,38 @@ from .._backend import core
 
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30; the normal value beyond
 # (the error is < 2% at df = 31 and shrinks after).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -48,7 +78,7 @@ def histogram_edges() -> tuple[np.ndarray, np.ndarray]:
 
 #: Relative error of a percentile read off the histogram against the sample's own percentile:
 #: both lie in one bucket, whose width is at most 2^-8 of its lower edge.
-PERCENTILE_RELATIVE_ERROR = 2.0 ** -8
+PERCENTILE_RELATIVE_ERROR = 2.0**-8
 
 
 def hist_percentile(counts: np.ndarray, q: float, vmin: float, vmax: float) -> float:
@@ -136,7 +166,7 @@ def hist_exceed(counts: np.ndarray, d: float) -> float:
         return 1.0
     lower, upper = histogram_edges()
     i = int(core.sim_histogram_index(np.array([d]))[0])
-    above = counts[i + 1:].sum()
+    above = counts[i + 1 :].sum()
     lo, hi = lower[i], upper[i]
     if math.isfinite(hi) and hi > lo:
         above += counts[i] * (hi - max(d, lo)) / (hi - lo)

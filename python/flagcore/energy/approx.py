@@ -24,6 +24,7 @@ and NaN where no proven bound exists (several speeds with cancellation; above, w
 Energy: the race's sum_s P_s tau_s (exact with one speed, for k = 1 and for k = n; about 1% off
 otherwise), or n sum_s p_s P_s / mu_s without cancellation (exact).
 """
+
 from __future__ import annotations
 
 import math
@@ -126,7 +127,9 @@ def race_integral(n: int, k: int, rates, probs) -> dict:
     scale = (harmonic_number(n) - harmonic_number(n - k)) / float(pr @ mu) + 1e-300
     t = scale * x / (1.0 - x)
     jac = scale / (1.0 - x) ** 2
-    surv_one = (pr[:, None] * np.exp(-mu[:, None] * t[None, :])).sum(axis=0)  # P(one core still running)
+    surv_one = (pr[:, None] * np.exp(-mu[:, None] * t[None, :])).sum(
+        axis=0
+    )  # P(one core still running)
     F = 1.0 - surv_one
     g = _binom_cdf_below(n - 1, k, F)
     tau = n * pr * (np.exp(-mu[:, None] * t[None, :]) * (g * w * jac)[None, :]).sum(axis=1)
@@ -173,7 +176,7 @@ def _expm(A: np.ndarray) -> np.ndarray:
     """exp(A) by scaling and squaring with a degree-20 Taylor sum (A is a small sub-generator)."""
     norm = float(np.abs(A).sum(axis=0).max())
     s = max(0, int(math.ceil(math.log2(norm))) + 1) if norm > 0.5 else 0
-    B = A / (2.0 ** s)
+    B = A / (2.0**s)
     E = np.eye(A.shape[0])
     term = np.eye(A.shape[0])
     for j in range(1, 21):
@@ -258,7 +261,9 @@ class ApproxResult(_stats.PercentileShortcuts):
     mean_in_system: float
     light_traffic_response_time: float  # E[k-th completion] of an isolated request
     lower_bound: float  # one speed with cancellation: Joshi-Liu-Soljanin; cancel=False: light traffic; else NaN
-    upper_bound: float  # one speed with cancellation: split-merge (and H_n/(mu-lam) for k = n); else NaN
+    upper_bound: (
+        float  # one speed with cancellation: split-merge (and H_n/(mu-lam) for k = n); else NaN
+    )
     stage_rates: list
     energy_per_request: float
     average_power: float
@@ -286,8 +291,11 @@ class ApproxResult(_stats.PercentileShortcuts):
         return v if math.isfinite(v) else 1.0
 
     def to_dict(self) -> dict:
-        out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()
-               if not k.startswith("_")}
+        out = {
+            k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in self.__dict__.items()
+            if not k.startswith("_")
+        }
         out["percentiles"] = {str(q): self.percentile(q) for q in (0.5, 0.95, 0.99, 0.999)}
         return out
 
@@ -311,8 +319,16 @@ def _pk_random_speeds(n: int, lam: float, lv: Levels) -> tuple[float, float, flo
     return es, es2, et
 
 
-def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle_power: float = 0.0,
-                method: str = "race", cancel: bool = True) -> ApproxResult:
+def approximate(
+    n: int,
+    k: int,
+    arrival_rate: float,
+    levels: LevelsLike,
+    *,
+    idle_power: float = 0.0,
+    method: str = "race",
+    cancel: bool = True,
+) -> ApproxResult:
     """Closed-form estimates for the (n, k) fork-join service (module docstring). Unstable
     loads are not an error here: the result has stable=False and infinite latencies."""
     fn = "approximate"
@@ -326,18 +342,30 @@ def approximate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, idle
         raise TypeError(f"{fn}: cancel must be a bool, got {type(cancel).__name__}")
     used = [r for r, p in zip(lv.rates, lv.probs) if p > 0]
     if max(used) / min(used) > MAX_RATE_RATIO:
-        raise ValueError(f"{fn}: the rates of the levels in use span more than {MAX_RATE_RATIO:g} "
-                         f"(from {min(used):g} to {max(used):g}); the slow levels' times are not representable "
-                         f"beside the fast ones")
+        raise ValueError(
+            f"{fn}: the rates of the levels in use span more than {MAX_RATE_RATIO:g} "
+            f"(from {min(used):g} to {max(used):g}); the slow levels' times are not representable "
+            f"beside the fast ones"
+        )
     # The model is invariant under a change of time unit: solve it with the fastest rate = 1
     # (no overflow or underflow at extreme absolute rates) and scale the results back.
     c = max(used)
     unit = Levels(tuple(r / c for r in lv.rates), lv.powers, lv.probs)
     with np.errstate(all="ignore"):
         res = _approximate_unit(n, k, lam / c, unit, p0, method, cancel)
-    return _rescale(res, c, dict(n=n, k=k, arrival_rate=lam,
-                                 levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
-                                 idle_power=p0, cancel=cancel, method=method))
+    return _rescale(
+        res,
+        c,
+        dict(
+            n=n,
+            k=k,
+            arrival_rate=lam,
+            levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
+            idle_power=p0,
+            cancel=cancel,
+            method=method,
+        ),
+    )
 
 
 #: Largest ratio between the fastest and the slowest level in use that approximate accepts.
@@ -365,22 +393,35 @@ def _rescale(r: ApproxResult, c: float, params: dict) -> ApproxResult:
         return r
     inv = 1.0 / c
     return ApproxResult(
-        params=params, method=r.method, mean_method=r.mean_method, percentile_method=r.percentile_method,
-        effective_rate=r.effective_rate * c, effective_rates={m: v * c for m, v in r.effective_rates.items()},
-        stable=r.stable, stability_limit=r.stability_limit * c,
-        mean_response_time=r.mean_response_time * inv, tandem_response_time=r.tandem_response_time * inv,
-        mean_in_system=r.mean_in_system, light_traffic_response_time=r.light_traffic_response_time * inv,
-        lower_bound=r.lower_bound * inv, upper_bound=r.upper_bound * inv,
-        stage_rates=[x * c for x in r.stage_rates], energy_per_request=r.energy_per_request * inv,
-        average_power=r.average_power, utilisation=r.utilisation, busy_cores=r.busy_cores,
-        busy_time_per_request=r.busy_time_per_request * inv, idle_fraction=r.idle_fraction,
+        params=params,
+        method=r.method,
+        mean_method=r.mean_method,
+        percentile_method=r.percentile_method,
+        effective_rate=r.effective_rate * c,
+        effective_rates={m: v * c for m, v in r.effective_rates.items()},
+        stable=r.stable,
+        stability_limit=r.stability_limit * c,
+        mean_response_time=r.mean_response_time * inv,
+        tandem_response_time=r.tandem_response_time * inv,
+        mean_in_system=r.mean_in_system,
+        light_traffic_response_time=r.light_traffic_response_time * inv,
+        lower_bound=r.lower_bound * inv,
+        upper_bound=r.upper_bound * inv,
+        stage_rates=[x * c for x in r.stage_rates],
+        energy_per_request=r.energy_per_request * inv,
+        average_power=r.average_power,
+        utilisation=r.utilisation,
+        busy_cores=r.busy_cores,
+        busy_time_per_request=r.busy_time_per_request * inv,
+        idle_fraction=r.idle_fraction,
         wasted_time_per_request=r.wasted_time_per_request * inv,
         _tail=None if r._tail is None else _Scaled(r._tail, c),
     )
 
 
-def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method: str,
-                      cancel: bool) -> ApproxResult:
+def _approximate_unit(
+    n: int, k: int, lam: float, lv: Levels, p0: float, method: str, cancel: bool
+) -> ApproxResult:
     rc = race(n, k, lv.rates, lv.probs)
     rates = {
         "arithmetic": math.fsum(p * m for m, p in zip(lv.rates, lv.probs)),
@@ -413,7 +454,11 @@ def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method:
 
     # ------------------------------------------------------------ latency
     stages = [(n - i) * mu - (k - i) * lam for i in range(k)]
-    lower = math.fsum(1.0 / ((n - j) * mu - lam) for j in range(k)) if (n - k + 1) * mu > lam else math.inf
+    lower = (
+        math.fsum(1.0 / ((n - j) * mu - lam) for j in range(k))
+        if (n - k + 1) * mu > lam
+        else math.inf
+    )
     es = math.fsum(1.0 / ((n - j) * mu) for j in range(k))
     es2 = math.fsum(1.0 / ((n - j) * mu) ** 2 for j in range(k)) + es * es
     upper = es + lam * es2 / (2 * (1 - lam * es)) if lam * es < 1 else math.inf
@@ -423,7 +468,11 @@ def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method:
         if k == n and single:
             limit = mu
         stable = lam < limit
-        tandem = math.fsum(1.0 / s for s in stages) if stable and all(s > 0 for s in stages) else math.inf
+        tandem = (
+            math.fsum(1.0 / s for s in stages)
+            if stable and all(s > 0 for s in stages)
+            else math.inf
+        )
         mean, mean_method = tandem, f"tandem ({'one speed' if single else method + ' rate'})"
         pct_method = "hypoexponential (tandem stages)"
         if k == 1:
@@ -439,7 +488,11 @@ def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method:
             stable = lam < limit
         elif k == n and stable:
             rho = lam / mu
-            nt = (Hn / 1.5 + (4.0 / 11.0) * (1.0 - Hn / 1.5) * rho) * (12.0 - rho) / (8.0 * (mu - lam))
+            nt = (
+                (Hn / 1.5 + (4.0 / 11.0) * (1.0 - Hn / 1.5) * rho)
+                * (12.0 - rho)
+                / (8.0 * (mu - lam))
+            )
             if n == 2 and single:
                 mean, mean_method = (12.0 - rho) / 8.0 / (mu - lam), "exact (Flatto-Hahn)"
             else:
@@ -469,12 +522,27 @@ def _approximate_unit(n: int, k: int, lam: float, lv: Levels, p0: float, method:
 
     params: dict = {}
     return ApproxResult(
-        params=params, method=method, mean_method=mean_method, percentile_method=pct_method,
-        effective_rate=float(mu), effective_rates=rates, stable=bool(stable), stability_limit=float(limit),
-        mean_response_time=float(mean), tandem_response_time=float(tandem),
-        mean_in_system=float(lam * mean), light_traffic_response_time=light,
-        lower_bound=float(lower), upper_bound=float(upper), stage_rates=[float(s) for s in stages],
-        energy_per_request=energy, average_power=float(power), utilisation=util, busy_cores=busy_cores,
-        busy_time_per_request=tau, idle_fraction=idle_frac, wasted_time_per_request=float(wasted),
+        params=params,
+        method=method,
+        mean_method=mean_method,
+        percentile_method=pct_method,
+        effective_rate=float(mu),
+        effective_rates=rates,
+        stable=bool(stable),
+        stability_limit=float(limit),
+        mean_response_time=float(mean),
+        tandem_response_time=float(tandem),
+        mean_in_system=float(lam * mean),
+        light_traffic_response_time=light,
+        lower_bound=float(lower),
+        upper_bound=float(upper),
+        stage_rates=[float(s) for s in stages],
+        energy_per_request=energy,
+        average_power=float(power),
+        utilisation=util,
+        busy_cores=busy_cores,
+        busy_time_per_request=tau,
+        idle_fraction=idle_frac,
+        wasted_time_per_request=float(wasted),
         _tail=tail,
     )

@@ -1,5 +1,6 @@
 """``flagcore energy simulate|approx|sweep|optimize``: the fork-join energy/latency tools on the
 terminal (tables), in JSON (--json) and as PNG plots (sweep --out)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,42 +13,79 @@ import numpy as np
 from .._table import print_table
 from . import _json
 
-_EPILOG = ("levels are rate:power[:probability] separated by commas, e.g. 1:1:0.5,3:9:0.5 "
-           "(low level: rate 1, busy power 1; high level: rate 3, power 9; half the tasks each)")
+_EPILOG = (
+    "levels are rate:power[:probability] separated by commas, e.g. 1:1:0.5,3:9:0.5 "
+    "(low level: rate 1, busy power 1; high level: rate 3, power 9; half the tasks each)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("energy", help="energy and latency of (n, k) fork-join services (simulate, approx, sweep, optimize)")
+    p = sub.add_parser(
+        "energy",
+        help="energy and latency of (n, k) fork-join services (simulate, approx, sweep, optimize)",
+    )
     esub = p.add_subparsers(dest="energy_command", metavar="ACTION")
     esub.required = True
 
     def common(q: argparse.ArgumentParser, probs_needed: bool = True) -> None:
         q.add_argument("--n", type=int, required=True, help="servers (tasks per request)")
         q.add_argument("--k", type=int, required=True, help="completions that finish a request")
-        q.add_argument("--arrival-rate", "--lam", dest="arrival_rate", type=float, required=True,
-                       help="Poisson arrival rate of requests")
-        q.add_argument("--levels", required=True,
-                       help="rate:power:probability per level" if probs_needed else "rate:power per level (probabilities are swept/chosen)")
-        q.add_argument("--idle-power", type=float, default=0.0, help="power of an idle core (default 0)")
-        q.add_argument("--no-cancel", dest="cancel", action="store_false",
-                       help="let the n - k late tasks run to completion")
+        q.add_argument(
+            "--arrival-rate",
+            "--lam",
+            dest="arrival_rate",
+            type=float,
+            required=True,
+            help="Poisson arrival rate of requests",
+        )
+        q.add_argument(
+            "--levels",
+            required=True,
+            help="rate:power:probability per level"
+            if probs_needed
+            else "rate:power per level (probabilities are swept/chosen)",
+        )
+        q.add_argument(
+            "--idle-power", type=float, default=0.0, help="power of an idle core (default 0)"
+        )
+        q.add_argument(
+            "--no-cancel",
+            dest="cancel",
+            action="store_false",
+            help="let the n - k late tasks run to completion",
+        )
         q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
     def simopts(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--service", default="exponential",
-                       help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | pareto:ALPHA | empirical:FILE")
-        q.add_argument("--redraw-on-arrival", action="store_true", help="every core redraws its level at every arrival")
-        q.add_argument("--requests", type=int, default=1_000_000, help="measured requests per replication")
-        q.add_argument("--warmup", type=int, default=None, help="discarded requests (default requests/10)")
+        q.add_argument(
+            "--service",
+            default="exponential",
+            help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | pareto:ALPHA | empirical:FILE",
+        )
+        q.add_argument(
+            "--redraw-on-arrival",
+            action="store_true",
+            help="every core redraws its level at every arrival",
+        )
+        q.add_argument(
+            "--requests", type=int, default=1_000_000, help="measured requests per replication"
+        )
+        q.add_argument(
+            "--warmup", type=int, default=None, help="discarded requests (default requests/10)"
+        )
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--replications", type=int, default=1)
         q.add_argument("--threads", type=int, default=None)
-        q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        q.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="no progress bar"
+        )
 
     q = esub.add_parser("simulate", help="run the event-driven simulator", epilog=_EPILOG)
     common(q)
     simopts(q)
-    q.add_argument("--deadline", type=float, action="append", default=[], help="report P(T > D) (repeatable)")
+    q.add_argument(
+        "--deadline", type=float, action="append", default=[], help="report P(T > D) (repeatable)"
+    )
     q.set_defaults(func=_cmd_simulate)
 
     q = esub.add_parser("approx", help="closed forms and approximations", epilog=_EPILOG)
@@ -56,22 +94,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--deadline", type=float, action="append", default=[])
     q.set_defaults(func=_cmd_approx)
 
-    q = esub.add_parser("sweep", help="simulation beside the closed forms over p or the arrival rate; plots", epilog=_EPILOG)
+    q = esub.add_parser(
+        "sweep",
+        help="simulation beside the closed forms over p or the arrival rate; plots",
+        epilog=_EPILOG,
+    )
     common(q, probs_needed=False)
     simopts(q)
-    q.add_argument("--over", choices=["p", "arrival-rate"], default="p",
-                   help="p: probability of the last (high) level; arrival-rate: the load (levels need probabilities)")
-    q.add_argument("--values", default="0:1:11", help="START:STOP:COUNT or comma-separated values (default 0:1:11)")
-    q.add_argument("--methods", default="race,harmonic,arithmetic", help="approximations to show beside the simulation")
+    q.add_argument(
+        "--over",
+        choices=["p", "arrival-rate"],
+        default="p",
+        help="p: probability of the last (high) level; arrival-rate: the load (levels need probabilities)",
+    )
+    q.add_argument(
+        "--values",
+        default="0:1:11",
+        help="START:STOP:COUNT or comma-separated values (default 0:1:11)",
+    )
+    q.add_argument(
+        "--methods",
+        default="race,harmonic,arithmetic",
+        help="approximations to show beside the simulation",
+    )
     q.add_argument("--no-sim", dest="simulate", action="store_false", help="closed forms only")
-    q.add_argument("--metric", default="mean", help="latency shown: mean | mean_in_system | p99 | 0.999 ...")
+    q.add_argument(
+        "--metric", default="mean", help="latency shown: mean | mean_in_system | p99 | 0.999 ..."
+    )
     q.add_argument("--out", metavar="DIR", help="write PNG plots (and sweep.json) into DIR")
     q.set_defaults(func=_cmd_sweep)
 
-    q = esub.add_parser("optimize", help="least energy (or power) meeting a latency target", epilog=_EPILOG)
+    q = esub.add_parser(
+        "optimize", help="least energy (or power) meeting a latency target", epilog=_EPILOG
+    )
     common(q, probs_needed=False)
     simopts(q)
-    q.add_argument("--target", type=float, required=True, help="latency target (same unit as 1/rate)")
+    q.add_argument(
+        "--target", type=float, required=True, help="latency target (same unit as 1/rate)"
+    )
     q.add_argument("--metric", default="mean", help="mean | mean_in_system | p99 | 0.999 ...")
     q.add_argument("--objective", choices=["energy", "power"], default="energy")
     q.add_argument("--evaluator", choices=["approx", "simulate"], default="approx")
@@ -88,7 +148,9 @@ def parse_levels(text: str, need_probs: bool = True) -> list:
         try:
             nums = [float(x) for x in f]
         except ValueError:
-            raise ValueError(f"--levels: expected numbers rate:power[:probability], got {part!r}") from None
+            raise ValueError(
+                f"--levels: expected numbers rate:power[:probability], got {part!r}"
+            ) from None
         if len(nums) == 2:
             nums.append(1.0 if (need_probs and len(text.split(",")) == 1) else math.nan)
         if len(nums) != 3:
@@ -108,7 +170,9 @@ def parse_values(text: str) -> list:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--values: expected START:STOP:COUNT or a comma-separated list, got {text!r}") from None
+        raise ValueError(
+            f"--values: expected START:STOP:COUNT or a comma-separated list, got {text!r}"
+        ) from None
 
 
 def parse_service(text: str) -> Any:
@@ -128,8 +192,13 @@ def _progress_bar(label: str):
         from .simulate import _stderr_bar
 
         return None, _stderr_bar()
-    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=True)
+    prog = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
     task = prog.add_task(label, total=None)
 
     def report(done: int, total: int) -> None:
@@ -139,8 +208,15 @@ def _progress_bar(label: str):
 
 
 def _sim_kwargs(a: argparse.Namespace) -> dict:
-    return dict(requests=a.requests, warmup=a.warmup, seed=a.seed, replications=a.replications,
-                threads=a.threads, service=parse_service(a.service), redraw_on_arrival=a.redraw_on_arrival)
+    return dict(
+        requests=a.requests,
+        warmup=a.warmup,
+        seed=a.seed,
+        replications=a.replications,
+        threads=a.threads,
+        service=parse_service(a.service),
+        redraw_on_arrival=a.redraw_on_arrival,
+    )
 
 
 def _dump(path: str | None, obj: Any) -> None:
@@ -156,8 +232,16 @@ def _dump(path: str | None, obj: Any) -> None:
 def _level_rows(res: Any, levels: list) -> list:
     rows = []
     for i, lv in enumerate(levels):
-        rows.append([i, lv[0], lv[1], lv[2] if len(lv) > 2 else "", float(res.utilisation[i]),
-                     float(res.busy_time_per_request[i])])
+        rows.append(
+            [
+                i,
+                lv[0],
+                lv[1],
+                lv[2] if len(lv) > 2 else "",
+                float(res.utilisation[i]),
+                float(res.busy_time_per_request[i]),
+            ]
+        )
     return rows
 
 
@@ -172,10 +256,27 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         prog, report = _progress_bar("simulating")
     if prog is not None:
         with prog:
-            r = simulate(a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, cancel=a.cancel, progress=report, **kw)
+            r = simulate(
+                a.n,
+                a.k,
+                a.arrival_rate,
+                levels,
+                idle_power=a.idle_power,
+                cancel=a.cancel,
+                progress=report,
+                **kw,
+            )
     else:
-        r = simulate(a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, cancel=a.cancel,
-                     progress=report, **kw)
+        r = simulate(
+            a.n,
+            a.k,
+            a.arrival_rate,
+            levels,
+            idle_power=a.idle_power,
+            cancel=a.cancel,
+            progress=report,
+            **kw,
+        )
     rows = [
         ["mean response time E[T]", r.mean_response_time, r.mean_response_time_ci],
         ["mean number in system E[N]", r.mean_in_system, r.mean_in_system_ci],
@@ -189,12 +290,21 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         ["wasted busy time per request", r.wasted_time_per_request, r.wasted_time_per_request_ci],
         ["idle fraction of core-time", r.idle_fraction, ""],
     ]
-    print_table(f"simulation: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}, "
-                f"{r.requests:,} requests{'' if a.cancel else ', no cancellation'}", ["metric", "estimate", "± 95%"], rows)
-    print_table("speed levels", ["level", "rate", "power", "prob", "utilisation", "busy time / request"],
-                _level_rows(r, levels))
-    print(f"stable: {r.stable} ({r.stability_note}); {r.events_per_second / 1e6:.2f} M events/s, "
-          f"{r.requests_per_second / 1e6:.2f} M requests/s per thread, wall {r.wall_seconds:.2f}s")
+    print_table(
+        f"simulation: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}, "
+        f"{r.requests:,} requests{'' if a.cancel else ', no cancellation'}",
+        ["metric", "estimate", "± 95%"],
+        rows,
+    )
+    print_table(
+        "speed levels",
+        ["level", "rate", "power", "prob", "utilisation", "busy time / request"],
+        _level_rows(r, levels),
+    )
+    print(
+        f"stable: {r.stable} ({r.stability_note}); {r.events_per_second / 1e6:.2f} M events/s, "
+        f"{r.requests_per_second / 1e6:.2f} M requests/s per thread, wall {r.wall_seconds:.2f}s"
+    )
     _dump(a.json, r.to_dict())
     return 0
 
@@ -204,12 +314,18 @@ def _cmd_approx(a: argparse.Namespace) -> int:
 
     levels = parse_levels(a.levels)
     methods = METHODS if a.method == "all" else (a.method,)
-    res = {m: approximate(a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, method=m, cancel=a.cancel)
-           for m in methods}
+    res = {
+        m: approximate(
+            a.n, a.k, a.arrival_rate, levels, idle_power=a.idle_power, method=m, cancel=a.cancel
+        )
+        for m in methods
+    }
     names = [
         ("mean response time E[T]", lambda r: r.mean_response_time),
         ("mean number in system E[N]", lambda r: r.mean_in_system),
-        ("p50", lambda r: r.p50), ("p99", lambda r: r.p99), ("p99.9", lambda r: r.p999),
+        ("p50", lambda r: r.p50),
+        ("p99", lambda r: r.p99),
+        ("p99.9", lambda r: r.p999),
         *[(f"P(T > {d:g})", (lambda d: lambda r: r.deadline_miss(d))(d)) for d in a.deadline],
         ("energy per request", lambda r: r.energy_per_request),
         ("average power", lambda r: r.average_power),
@@ -220,9 +336,15 @@ def _cmd_approx(a: argparse.Namespace) -> int:
         ("light-traffic E[T]", lambda r: r.light_traffic_response_time),
     ]
     rows = [[nm, *[f(res[m]) for m in methods]] for nm, f in names]
-    print_table(f"closed forms: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}", ["metric", *methods], rows)
+    print_table(
+        f"closed forms: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}",
+        ["metric", *methods],
+        rows,
+    )
     for m in methods:
-        print(f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; stable={res[m].stable}")
+        print(
+            f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; stable={res[m].stable}"
+        )
     _dump(a.json, {m: r.to_dict() for m, r in res.items()})
     return 0
 
@@ -235,10 +357,18 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     values = parse_values(a.values)
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     kw = _sim_kwargs(a) if a.simulate else {}
-    prog, report = (_progress_bar("sweep") if a.progress else (None, None))
+    prog, report = _progress_bar("sweep") if a.progress else (None, None)
     args = (a.n, a.k, a.arrival_rate, levels)
-    skw = dict(over=over, values=values, idle_power=a.idle_power, cancel=a.cancel, run_simulation=a.simulate,
-               methods=methods, progress=report, **kw)
+    skw = dict(
+        over=over,
+        values=values,
+        idle_power=a.idle_power,
+        cancel=a.cancel,
+        run_simulation=a.simulate,
+        methods=methods,
+        progress=report,
+        **kw,
+    )
     if prog is not None:
         with prog:
             res = sweep(*args, **skw)
@@ -259,15 +389,27 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
                 row += ["unstable", "", "", ""]
             else:
                 flag = "" if pt.sim.stable else " (unstable?)"
-                row += [f"{latency_of(pt.sim, metric):.4g}{flag}", latency_ci(pt.sim, metric),
-                        pt.sim.energy_per_request, pt.sim.energy_per_request_ci]
+                row += [
+                    f"{latency_of(pt.sim, metric):.4g}{flag}",
+                    latency_ci(pt.sim, metric),
+                    pt.sim.energy_per_request,
+                    pt.sim.energy_per_request_ci,
+                ]
         for m in methods:
             row += [latency_of(pt.approx[m], metric), pt.approx[m].energy_per_request]
         rows.append(row)
-    print_table(f"sweep over {'p' if over == 'p' else 'the arrival rate'}: ({a.n}, {a.k}) fork-join", cols, rows)
+    print_table(
+        f"sweep over {'p' if over == 'p' else 'the arrival rate'}: ({a.n}, {a.k}) fork-join",
+        cols,
+        rows,
+    )
     front = pareto_front(res, metric=metric, source="sim" if a.simulate else methods[0])
-    print("energy-latency Pareto front (" + ("simulation" if a.simulate else methods[0]) + "): " +
-          ", ".join(f"x={res.points[i].x:g}: E={e:.4g}, {name}={lat:.4g}" for i, e, lat in front))
+    print(
+        "energy-latency Pareto front ("
+        + ("simulation" if a.simulate else methods[0])
+        + "): "
+        + ", ".join(f"x={res.points[i].x:g}: E={e:.4g}, {name}={lat:.4g}" for i, e, lat in front)
+    )
     out = res.to_dict(metric)
     _dump(a.json, out)
     if a.out:
@@ -294,19 +436,40 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
     name = _metric_name(metric)
     xlabel = "probability of the high level p" if res.over == "p" else "arrival rate"
     xs = np.array([float(pt.x) for pt in res.points])
-    sim_pts = [(float(pt.x), latency_of(pt.sim, metric), latency_ci(pt.sim, metric), pt.sim.energy_per_request,
-                pt.sim.energy_per_request_ci) for pt in res.points if pt.sim is not None and pt.sim.stable]
+    sim_pts = [
+        (
+            float(pt.x),
+            latency_of(pt.sim, metric),
+            latency_ci(pt.sim, metric),
+            pt.sim.energy_per_request,
+            pt.sim.energy_per_request_ci,
+        )
+        for pt in res.points
+        if pt.sim is not None and pt.sim.stable
+    ]
     files = []
-    ylabel = {"mean": "mean response time E[T]", "mean_in_system": "mean number in system E[N]"}.get(name, f"{name} response time")
-    for what, fname, lab in (("latency", "latency_vs_x.png", ylabel), ("energy", "energy_vs_x.png", "energy per request")):
+    ylabel = {
+        "mean": "mean response time E[T]",
+        "mean_in_system": "mean number in system E[N]",
+    }.get(name, f"{name} response time")
+    for what, fname, lab in (
+        ("latency", "latency_vs_x.png", ylabel),
+        ("energy", "energy_vs_x.png", "energy per request"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         if sim_pts:
             s = np.array(sim_pts)
             y, e = (s[:, 1], s[:, 2]) if what == "latency" else (s[:, 3], s[:, 4])
-            ax.errorbar(s[:, 0], y, yerr=e, fmt="o", color="k", capsize=3, label="simulation (95% CI)")
+            ax.errorbar(
+                s[:, 0], y, yerr=e, fmt="o", color="k", capsize=3, label="simulation (95% CI)"
+            )
         for m in methods:
-            ys = [latency_of(pt.approx[m], metric) if what == "latency" else pt.approx[m].energy_per_request
-                  for pt in res.points]
+            ys = [
+                latency_of(pt.approx[m], metric)
+                if what == "latency"
+                else pt.approx[m].energy_per_request
+                for pt in res.points
+            ]
             ys = np.array([v if math.isfinite(v) else np.nan for v in ys])
             ax.plot(xs, ys, "-", label=f"approximation ({m})")
         ax.set_xlabel(xlabel)
@@ -325,7 +488,16 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
     fig, ax = plt.subplots(figsize=(6, 4))
     if sim_pts:
         s = np.array(sim_pts)
-        ax.errorbar(s[:, 1], s[:, 3], xerr=s[:, 2], yerr=s[:, 4], fmt="o-", color="k", capsize=3, label="simulation")
+        ax.errorbar(
+            s[:, 1],
+            s[:, 3],
+            xerr=s[:, 2],
+            yerr=s[:, 4],
+            fmt="o-",
+            color="k",
+            capsize=3,
+            label="simulation",
+        )
     for m in methods:
         lat = np.array([latency_of(pt.approx[m], metric) for pt in res.points])
         en = np.array([pt.approx[m].energy_per_request for pt in res.points])
@@ -352,16 +524,36 @@ def _cmd_optimize(a: argparse.Namespace) -> int:
     levels = parse_levels(a.levels, need_probs=False)
     kw = _sim_kwargs(a) if a.evaluator == "simulate" else {}
     metric: Any = a.metric
-    r = optimize(a.n, a.k, a.arrival_rate, levels, target=a.target, metric=metric, objective=a.objective,
-                 idle_power=a.idle_power, cancel=a.cancel, evaluator=a.evaluator, method=a.method, grid=a.grid, **kw)
+    r = optimize(
+        a.n,
+        a.k,
+        a.arrival_rate,
+        levels,
+        target=a.target,
+        metric=metric,
+        objective=a.objective,
+        idle_power=a.idle_power,
+        cancel=a.cancel,
+        evaluator=a.evaluator,
+        method=a.method,
+        grid=a.grid,
+        **kw,
+    )
     if not r.feasible:
-        print(f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} evaluated)")
+        print(
+            f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} evaluated)"
+        )
     else:
         rows = [[i, lv[0], lv[1], p] for i, (lv, p) in enumerate(zip(levels, r.probs))]
-        print_table(f"least {a.objective} with {r.metric} <= {a.target:g} ({a.evaluator})",
-                    ["level", "rate", "power", "probability"], rows)
-        print(f"{a.objective}: {r.value:.6g}   {r.metric}: {r.latency:.6g}"
-              + (f" ± {r.latency_ci:.3g}" if a.evaluator == "simulate" else "")
-              + f"   ({len(r.evaluations)} evaluations)")
+        print_table(
+            f"least {a.objective} with {r.metric} <= {a.target:g} ({a.evaluator})",
+            ["level", "rate", "power", "probability"],
+            rows,
+        )
+        print(
+            f"{a.objective}: {r.value:.6g}   {r.metric}: {r.latency:.6g}"
+            + (f" ± {r.latency_ci:.3g}" if a.evaluator == "simulate" else "")
+            + f"   ({len(r.evaluations)} evaluations)"
+        )
     _dump(a.json, r.to_dict())
     return 0 if r.feasible else 1

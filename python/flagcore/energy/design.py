@@ -1,6 +1,7 @@
 """Design questions: ``sweep`` (simulation and closed forms over a grid), ``pareto_front`` (the
 energy-latency trade-off) and ``optimize`` (the least energy, or power, that meets a latency
 target on the mean or a percentile)."""
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,9 @@ def _q(metric: Metric) -> float:
         try:
             v = float(s)
         except ValueError:
-            raise ValueError(f"metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, got {metric!r}") from None
+            raise ValueError(
+                f"metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, got {metric!r}"
+            ) from None
         q = v / 100.0 if metric.lower().startswith("p") else v
     else:
         q = float(metric)
@@ -124,15 +127,31 @@ class SweepResult:
         return out
 
     def to_dict(self, metric: Metric = "mean") -> dict:
-        return {"over": self.over, "n": self.n, "k": self.k,
-                "levels": [list(t) for t in zip(self.levels.rates, self.levels.powers)],
-                "metric": _metric_name(metric), "points": self.rows(metric)}
+        return {
+            "over": self.over,
+            "n": self.n,
+            "k": self.k,
+            "levels": [list(t) for t in zip(self.levels.rates, self.levels.powers)],
+            "metric": _metric_name(metric),
+            "points": self.rows(metric),
+        }
 
 
-def sweep(n: int, k: int, arrival_rate: float, levels: Any, *, over: str = "p", values: Sequence = (),
-          idle_power: float = 0.0, cancel: bool = True, run_simulation: bool = True,
-          methods: Sequence[str] = ("race",), progress: Optional[Callable[[int, int], None]] = None,
-          **sim_kwargs: Any) -> SweepResult:
+def sweep(
+    n: int,
+    k: int,
+    arrival_rate: float,
+    levels: Any,
+    *,
+    over: str = "p",
+    values: Sequence = (),
+    idle_power: float = 0.0,
+    cancel: bool = True,
+    run_simulation: bool = True,
+    methods: Sequence[str] = ("race",),
+    progress: Optional[Callable[[int, int], None]] = None,
+    **sim_kwargs: Any,
+) -> SweepResult:
     """Simulate and approximate over a grid.
 
     over="p": values are probabilities of the last (high-speed) level, the rest sharing 1 - p
@@ -151,8 +170,10 @@ def sweep(n: int, k: int, arrival_rate: float, levels: Any, *, over: str = "p", 
         if m not in METHODS:
             raise ValueError(f"{fn}: methods must be among {METHODS}, got {m!r}")
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"{fn}: values must be a sequence of numbers (or of probability vectors), "
-                        f"got {type(values).__name__} {values!r}")
+        raise TypeError(
+            f"{fn}: values must be a sequence of numbers (or of probability vectors), "
+            f"got {type(values).__name__} {values!r}"
+        )
     values = list(values)
     if not values:
         raise ValueError(f"{fn}: values must not be empty")
@@ -171,7 +192,9 @@ def sweep(n: int, k: int, arrival_rate: float, levels: Any, *, over: str = "p", 
             probs, lam = base.probs, check_rate(v, fn, "values")
         lv = base.with_probs(probs)
         lvl = list(zip(lv.rates, lv.powers, lv.probs))
-        approx = {m: approximate(n, k, lam, lvl, idle_power=p0, method=m, cancel=cancel) for m in methods}
+        approx = {
+            m: approximate(n, k, lam, lvl, idle_power=p0, method=m, cancel=cancel) for m in methods
+        }
         sim, note = None, ""
         if run_simulation:
             why = certainly_unstable(n, k, lam, lv, cancel, redraw)
@@ -181,14 +204,17 @@ def sweep(n: int, k: int, arrival_rate: float, levels: Any, *, over: str = "p", 
                 kw = dict(sim_kwargs)
                 kw.setdefault("on_unstable", "return")
                 sim = simulate(n, k, lam, lvl, idle_power=p0, cancel=cancel, **kw)
-        out.points.append(SweepPoint(v if over != "probs" else list(probs), lam, probs, sim, approx, note))
+        out.points.append(
+            SweepPoint(v if over != "probs" else list(probs), lam, probs, sim, approx, note)
+        )
         if progress:
             progress(i + 1, len(values))
     return out
 
 
-def pareto_front(points: Any, *, metric: Metric = "mean", objective: str = "energy",
-                 source: str = "sim") -> list:
+def pareto_front(
+    points: Any, *, metric: Metric = "mean", objective: str = "energy", source: str = "sim"
+) -> list:
     """Non-dominated (objective, latency) points, sorted by objective: no other point is at
     least as good on both and better on one. ``points``: a SweepResult, or a list of
     SimResult/ApproxResult, or of (objective, latency) pairs. ``source``: 'sim' or an
@@ -272,10 +298,25 @@ def _simplex_grid(m: int, steps: int) -> list:
     return pts
 
 
-def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float, metric: Metric = "mean",
-             objective: str = "energy", idle_power: float = 0.0, cancel: bool = True,
-             evaluator: str = "approx", method: str = "race", grid: int = 11, refine: int = 2,
-             max_candidates: int = MAX_CANDIDATES, progress: Optional[Callable[[int, int], None]] = None, **sim_kwargs: Any) -> OptimizeResult:
+def optimize(
+    n: int,
+    k: int,
+    arrival_rate: float,
+    levels: Any,
+    *,
+    target: float,
+    metric: Metric = "mean",
+    objective: str = "energy",
+    idle_power: float = 0.0,
+    cancel: bool = True,
+    evaluator: str = "approx",
+    method: str = "race",
+    grid: int = 11,
+    refine: int = 2,
+    max_candidates: int = MAX_CANDIDATES,
+    progress: Optional[Callable[[int, int], None]] = None,
+    **sim_kwargs: Any,
+) -> OptimizeResult:
     """The level probabilities with the least energy per request (objective='energy') or
     average power ('power') whose latency metric ('mean', 'mean_in_system' or a quantile such
     as 0.99 / 'p99') is at most ``target``.
@@ -300,16 +341,24 @@ def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float,
         raise ValueError(f"{fn}: evaluator must be 'approx' or 'simulate', got {evaluator!r}")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise ValueError(f"{fn}: grid must be an int >= 2, got {grid!r}")
-    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+    if (
+        isinstance(max_candidates, bool)
+        or not isinstance(max_candidates, int)
+        or max_candidates < 1
+    ):
         raise ValueError(f"{fn}: max_candidates must be an int >= 1, got {max_candidates!r}")
     base = _levels_any_probs(levels, fn)
     size = grid_size(base.m, grid)
     if size > max_candidates:
-        fit = max((g for g in range(2, grid) if grid_size(base.m, g) <= max_candidates), default=None)
+        fit = max(
+            (g for g in range(2, grid) if grid_size(base.m, g) <= max_candidates), default=None
+        )
         hint = f"grid={fit} gives {grid_size(base.m, fit):,}" if fit else "no grid fits"
-        raise ValueError(f"{fn}: grid={grid} over {base.m} levels has {size:,} candidate probability vectors "
-                         f"(more than max_candidates={max_candidates:,}); pass a smaller grid ({hint}), "
-                         f"fewer levels, or a larger max_candidates")
+        raise ValueError(
+            f"{fn}: grid={grid} over {base.m} levels has {size:,} candidate probability vectors "
+            f"(more than max_candidates={max_candidates:,}); pass a smaller grid ({hint}), "
+            f"fewer levels, or a larger max_candidates"
+        )
     redraw = bool(sim_kwargs.get("redraw_on_arrival", False))
     evals: list = []
     seen: dict = {}
@@ -323,8 +372,12 @@ def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float,
         row: dict = {"probs": list(probs)}
         if evaluator == "approx":
             a = approximate(n, k, lam, lvl, idle_power=p0, method=method, cancel=cancel)
-            row.update(latency=latency_of(a, metric), latency_ci=0.0, stable=a.stable,
-                       value=a.energy_per_request if objective == "energy" else a.average_power)
+            row.update(
+                latency=latency_of(a, metric),
+                latency_ci=0.0,
+                stable=a.stable,
+                value=a.energy_per_request if objective == "energy" else a.average_power,
+            )
         else:
             why = certainly_unstable(n, k, lam, lv, cancel, redraw)
             if why:
@@ -333,8 +386,12 @@ def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float,
                 kw = dict(sim_kwargs)
                 kw.setdefault("on_unstable", "return")
                 s = simulate(n, k, lam, lvl, idle_power=p0, cancel=cancel, **kw)
-                row.update(latency=latency_of(s, metric), latency_ci=latency_ci(s, metric), stable=s.stable,
-                           value=s.energy_per_request if objective == "energy" else s.average_power)
+                row.update(
+                    latency=latency_of(s, metric),
+                    latency_ci=latency_ci(s, metric),
+                    stable=s.stable,
+                    value=s.energy_per_request if objective == "energy" else s.average_power,
+                )
         row["feasible"] = bool(row["stable"] and row["latency"] + row["latency_ci"] <= tgt)
         seen[key] = row
         evals.append(row)
@@ -363,6 +420,18 @@ def optimize(n: int, k: int, arrival_rate: float, levels: Any, *, target: float,
                 evaluate((1.0 - q, q))
     b = best_row()
     if b is None:
-        return OptimizeResult(False, None, objective, math.nan, math.nan, math.nan, name, tgt, evaluator, evals)
-    return OptimizeResult(True, tuple(b["probs"]), objective, b["value"], b["latency"], b["latency_ci"], name,
-                          tgt, evaluator, evals)
+        return OptimizeResult(
+            False, None, objective, math.nan, math.nan, math.nan, name, tgt, evaluator, evals
+        )
+    return OptimizeResult(
+        True,
+        tuple(b["probs"]),
+        objective,
+        b["value"],
+        b["latency"],
+        b["latency_ci"],
+        name,
+        tgt,
+        evaluator,
+        evals,
+    )

@@ -1,4 +1,5 @@
 """``simulate``: the event-driven (n, k) fork-join simulator (C++, csrc/sim/) and its result."""
+
 from __future__ import annotations
 
 import math
@@ -12,11 +13,22 @@ import numpy as np
 
 from .._backend import core
 from . import _stats
-from ._model import (MMPP, Levels, Renewal, LevelsLike, as_arrivals, as_levels, as_service, as_sleep_states,
-                     check_nk, check_power, check_rate)
+from ._model import (
+    MMPP,
+    Levels,
+    Renewal,
+    LevelsLike,
+    as_arrivals,
+    as_levels,
+    as_service,
+    as_sleep_states,
+    check_nk,
+    check_power,
+    check_rate,
+)
 
 #: Largest requests + warmup per replication (csrc/sim/forkjoin_sim.hpp kMaxRequests).
-MAX_REQUESTS = 2 ** 53
+MAX_REQUESTS = 2**53
 MAX_SERVERS = 1 << 20
 MAX_BATCHES = 100_000
 MAX_REPLICATIONS = 1 << 20
@@ -71,7 +83,9 @@ class SimResult(_stats.PercentileShortcuts):
     cpu_seconds: float  # CPU time of all replications together
     replications: int
     histogram: np.ndarray = field(repr=False)
-    _rep_hists: list = field(repr=False, default_factory=list)  # per replication: (batches, buckets)
+    _rep_hists: list = field(
+        repr=False, default_factory=list
+    )  # per replication: (batches, buckets)
     _minmax: tuple = (0.0, 0.0)
 
     #: relative error of percentile() against the sample percentile (histogram resolution)
@@ -84,7 +98,9 @@ class SimResult(_stats.PercentileShortcuts):
     #: The same split as average power (sums to average_power).
     power_split: dict = field(default_factory=dict)
     total_energy_per_request: float = math.nan
-    sleep_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per state: core-time share
+    sleep_fraction: np.ndarray = field(
+        default_factory=lambda: np.zeros(0)
+    )  # per state: core-time share
     wake_fraction: float = 0.0  # core-time share spent waking up
     wakeups_per_request: float = 0.0
     switches_per_request: float = 0.0
@@ -132,7 +148,11 @@ class SimResult(_stats.PercentileShortcuts):
 
 
 def _check_q(q: Any) -> float:
-    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0.0 < float(q) < 1.0:
+    if (
+        isinstance(q, bool)
+        or not isinstance(q, (int, float, np.floating))
+        or not 0.0 < float(q) < 1.0
+    ):
         raise ValueError(f"percentile: q must be in (0, 1), got {q!r}")
     return float(q)
 
@@ -145,20 +165,26 @@ def _check_count(x: Any, fn: str, what: str, lo: int, hi: Optional[int] = None) 
     return int(x)
 
 
-def certainly_unstable(n: int, k: int, lam: float, lv: Levels, cancel: bool, redraw: bool) -> Optional[str]:
+def certainly_unstable(
+    n: int, k: int, lam: float, lv: Levels, cancel: bool, redraw: bool
+) -> Optional[str]:
     """A reason when no schedule could keep up, else None. k*lam >= n * fastest rate always
     overloads; without cancellation (or with k = n, where nothing is cancelled) every server
     must serve every task, so lam * E[service] >= 1 does too (unless speeds change mid-task)."""
     fastest = lv.max_rate
     if k * lam >= n * fastest:
-        return (f"k * arrival_rate = {k * lam:g} >= n * fastest rate = {n * fastest:g}: "
-                f"the load is unstable at any speed choice")
+        return (
+            f"k * arrival_rate = {k * lam:g} >= n * fastest rate = {n * fastest:g}: "
+            f"the load is unstable at any speed choice"
+        )
     if (not cancel or k == n) and not redraw:
         load = lam * math.fsum(p / r for r, p in zip(lv.rates, lv.probs))
         if load >= 1.0:
             why = "k = n" if cancel else "without cancellation"
-            return (f"arrival_rate * E[service time] = {load:g} >= 1 on every server ({why}, each "
-                    f"server serves every task): the load is unstable")
+            return (
+                f"arrival_rate * E[service time] = {load:g} >= 1 on every server ({why}, each "
+                f"server serves every task): the load is unstable"
+            )
     return None
 
 
@@ -178,8 +204,10 @@ def _stability(batch_n: np.ndarray, aborted: bool, max_seen: int, cap: int) -> t
     q = max(b // 4, 1)
     first, last = float(x[:q].mean()), float(x[-q:].mean())
     growing = slope / se > 6.0 and last > 1.5 * first + 1.0
-    note = (f"mean number in system {first:.4g} over the first quarter of the batches, "
-            f"{last:.4g} over the last (trend t = {slope / se:.3g})")
+    note = (
+        f"mean number in system {first:.4g} over the first quarter of the batches, "
+        f"{last:.4g} over the last (trend t = {slope / se:.3g})"
+    )
     return (not growing), note
 
 
@@ -199,20 +227,39 @@ def _converged(util: float, mean_service: float, window: float) -> tuple[bool, s
     spans = window / tau
     if spans >= MIN_RELAXATION_TIMES:
         return True, ""
-    return False, (f"the run covers {spans:.3g} relaxation times (utilisation {util:.6g}, relaxation "
-                   f"time ~ E[S]/(1-sqrt(u))^2 = {tau:.4g}, window {window:.4g}; at least "
-                   f"{MIN_RELAXATION_TIMES:g} are needed): the estimates have not converged and keep "
-                   f"changing with the run length")
+    return False, (
+        f"the run covers {spans:.3g} relaxation times (utilisation {util:.6g}, relaxation "
+        f"time ~ E[S]/(1-sqrt(u))^2 = {tau:.4g}, window {window:.4g}; at least "
+        f"{MIN_RELAXATION_TIMES:g} are needed): the estimates have not converged and keep "
+        f"changing with the run length"
+    )
 
 
-def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, requests: int = 1_000_000,
-             warmup: Optional[int] = None, seed: int = 0, idle_power: float = 0.0,
-             service: Any = "exponential", cancel: bool = True, redraw_on_arrival: bool = False,
-             sleep: Optional[Sequence[Any]] = None, sleep_timer: str = "deterministic",
-             wake_time: str = "deterministic", switch_energy: float = 0.0,
-             arrivals: Union[None, MMPP, Renewal] = None, replications: int = 1, threads: Optional[int] = None, batches: int = 32,
-             on_unstable: str = "raise", max_in_system: int = 1 << 22,
-             progress: Union[None, bool, Callable[[int, int], None]] = None) -> SimResult:
+def simulate(
+    n: int,
+    k: int,
+    arrival_rate: float,
+    levels: LevelsLike,
+    *,
+    requests: int = 1_000_000,
+    warmup: Optional[int] = None,
+    seed: int = 0,
+    idle_power: float = 0.0,
+    service: Any = "exponential",
+    cancel: bool = True,
+    redraw_on_arrival: bool = False,
+    sleep: Optional[Sequence[Any]] = None,
+    sleep_timer: str = "deterministic",
+    wake_time: str = "deterministic",
+    switch_energy: float = 0.0,
+    arrivals: Union[None, MMPP, Renewal] = None,
+    replications: int = 1,
+    threads: Optional[int] = None,
+    batches: int = 32,
+    on_unstable: str = "raise",
+    max_in_system: int = 1 << 22,
+    progress: Union[None, bool, Callable[[int, int], None]] = None,
+) -> SimResult:
     """Simulate the (n, k) fork-join service with speed levels and energy.
 
     Each request is forked to all n servers (FCFS, unbounded queues) and departs at its k-th
@@ -261,21 +308,31 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
     requests = _check_count(requests, fn, "requests", 1, MAX_REQUESTS)
     batches = _check_count(batches, fn, "batches", 1, MAX_BATCHES)
     batches = min(batches, requests)
-    warmup = requests // 10 if warmup is None else _check_count(warmup, fn, "warmup", 0, MAX_REQUESTS)
+    warmup = (
+        requests // 10 if warmup is None else _check_count(warmup, fn, "warmup", 0, MAX_REQUESTS)
+    )
     if warmup + requests > MAX_REQUESTS:
         raise ValueError(f"{fn}: warmup + requests must be <= 2^53, got {warmup} + {requests}")
-    if requests // batches >= 2 ** 32:
-        raise ValueError(f"{fn}: requests / batches must be < 2^32 (32-bit histogram counts per batch), got "
-                         f"{requests} / {batches}; raise batches")
+    if requests // batches >= 2**32:
+        raise ValueError(
+            f"{fn}: requests / batches must be < 2^32 (32-bit histogram counts per batch), got "
+            f"{requests} / {batches}; raise batches"
+        )
     replications = _check_count(replications, fn, "replications", 1, MAX_REPLICATIONS)
-    max_in_system = _check_count(max_in_system, fn, "max_in_system", 1, 2 ** 62)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
+    max_in_system = _check_count(max_in_system, fn, "max_in_system", 1, 2**62)
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer))
+        or not 0 <= int(seed) < 2**64
+    ):
         raise ValueError(f"{fn}: seed must be an int in [0, 2^64), got {seed!r}")
     if threads is None:
         threads = min(replications, int(core.num_threads()))
     threads = _check_count(threads, fn, "threads", 1, MAX_THREADS)
     if on_unstable not in ("raise", "warn", "return"):
-        raise ValueError(f"{fn}: on_unstable must be 'raise', 'warn' or 'return', got {on_unstable!r}")
+        raise ValueError(
+            f"{fn}: on_unstable must be 'raise', 'warn' or 'return', got {on_unstable!r}"
+        )
     for name, v in (("cancel", cancel), ("redraw_on_arrival", redraw_on_arrival)):
         if not isinstance(v, bool):
             raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
@@ -283,20 +340,37 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
     if reason:
         raise ValueError(f"{fn}: {reason} (n={n}, k={k}, arrival_rate={lam:g})")
 
-    params = dict(n=n, k=k, arrival_rate=lam, levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
-                  idle_power=p0, service=svc.describe(), cancel=cancel, redraw_on_arrival=redraw_on_arrival,
-                  requests=requests, warmup=warmup, seed=int(seed), replications=replications,
-                  threads=threads, batches=batches)
+    params = dict(
+        n=n,
+        k=k,
+        arrival_rate=lam,
+        levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
+        idle_power=p0,
+        service=svc.describe(),
+        cancel=cancel,
+        redraw_on_arrival=redraw_on_arrival,
+        requests=requests,
+        warmup=warmup,
+        seed=int(seed),
+        replications=replications,
+        threads=threads,
+        batches=batches,
+    )
     if states:
-        params.update(sleep=[list(st) for st in states], sleep_timer=sleep_timer, wake_time=wake_time)
+        params.update(
+            sleep=[list(st) for st in states], sleep_timer=sleep_timer, wake_time=wake_time
+        )
     if sw:
         params["switch_energy"] = sw
     if isinstance(mmpp, Renewal):
         params["arrivals"] = dict(kind="renewal", distribution=mmpp.distribution.describe())
     elif mmpp is not None:
         scale = lam / mmpp.mean_rate
-        params["arrivals"] = dict(kind="mmpp", rates=[x * scale for x in mmpp.rates],
-                                  switch=[list(row) for row in mmpp.switch])
+        params["arrivals"] = dict(
+            kind="mmpp",
+            rates=[x * scale for x in mmpp.rates],
+            switch=[list(row) for row in mmpp.switch],
+        )
     cfg = core.SimConfig()
     cfg.n, cfg.k, cfg.arrival_rate = n, k, lam
     cfg.rates, cfg.powers, cfg.probs = list(lv.rates), list(lv.powers), list(lv.probs)
@@ -324,14 +398,18 @@ def simulate(n: int, k: int, arrival_rate: float, levels: LevelsLike, *, request
     res = _summarise(raw, params, lv, p0, n, max_in_system, states, sw, svc)
     if not res.stable and on_unstable != "return":
         if res.stability_note.startswith("the run covers"):
-            msg = (f"{fn}: the estimates have not converged ({res.stability_note}); the load is at or very "
-                   f"near the stability limit: run (much) longer or lower the load (n={n}, k={k}, "
-                   f"arrival_rate={lam:g}, k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the "
-                   f"flagged result.")
+            msg = (
+                f"{fn}: the estimates have not converged ({res.stability_note}); the load is at or very "
+                f"near the stability limit: run (much) longer or lower the load (n={n}, k={k}, "
+                f"arrival_rate={lam:g}, k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the "
+                f"flagged result."
+            )
         else:
-            msg = (f"{fn}: the number in system kept growing ({res.stability_note}); the load looks unstable "
-                   f"or the run is too short to reach steady state (n={n}, k={k}, arrival_rate={lam:g}, "
-                   f"k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the flagged result.")
+            msg = (
+                f"{fn}: the number in system kept growing ({res.stability_note}); the load looks unstable "
+                f"or the run is too short to reach steady state (n={n}, k={k}, arrival_rate={lam:g}, "
+                f"k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the flagged result."
+            )
         if on_unstable == "raise":
             raise UnstableError(msg, res)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -363,7 +441,9 @@ def _stderr_bar() -> Callable[[int, int], None]:
         state["last"] = pct
         bar = "#" * (pct // 4)
         el = time.perf_counter() - start
-        sys.stderr.write(f"\r  simulating [{bar:<25}] {pct:3d}%  {done:,}/{total:,} requests  {el:.1f}s")
+        sys.stderr.write(
+            f"\r  simulating [{bar:<25}] {pct:3d}%  {done:,}/{total:,} requests  {el:.1f}s"
+        )
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -371,8 +451,17 @@ def _stderr_bar() -> Callable[[int, int], None]:
     return report
 
 
-def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
-               states: tuple = (), switch_energy: float = 0.0, svc: Any = None) -> SimResult:
+def _summarise(
+    raw: list,
+    params: dict,
+    lv: Levels,
+    p0: float,
+    n: int,
+    cap: int,
+    states: tuple = (),
+    switch_energy: float = 0.0,
+    svc: Any = None,
+) -> SimResult:
     R = len(raw)
     m = lv.m
     S = len(states)
@@ -412,7 +501,9 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
     sleep_tot = sleep_t.sum(axis=0)
     wake_tot = float(wake_t.sum())
     idle_time = n * W - float(busy_tot.sum()) - float(sleep_tot.sum()) - wake_tot
-    other_e = sleep_e.sum(axis=1) + wake_e + switch_energy * np.array([float(r.switches) for r in raw])
+    other_e = (
+        sleep_e.sum(axis=1) + wake_e + switch_energy * np.array([float(r.switches) for r in raw])
+    )
     power = float((dyn.sum() + other_e.sum() + p0 * idle_time) / W) if W > 0 else math.nan
     lam_hat = float(arrivals_w.sum() / W) if W > 0 else math.nan
 
@@ -423,8 +514,11 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
         b_e = batch["sum_energy"] / cnt
         b_w = batch["sum_wasted_time"] / cnt
         b_n = batch["integral_in_system"] / dur
-        b_p = (batch["dynamic_energy"] + batch["other_energy"]
-               + p0 * (n * dur - batch["busy_time"] - batch["other_time"])) / dur
+        b_p = (
+            batch["dynamic_energy"]
+            + batch["other_energy"]
+            + p0 * (n * dur - batch["busy_time"] - batch["other_time"])
+        ) / dur
         if R >= 2:
             r_t, r_e, r_w = sum_t / measured, sum_e / measured, sum_w / measured
             r_n = nint / window
@@ -433,8 +527,9 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
             ci = [_stats.half_width(v) for v in (r_t, r_n, r_e, r_p, r_w)]
         else:
             ci = [_stats.half_width(v[0]) for v in (b_t, b_n, b_e, b_p, b_w)]
-    stable, note = _stability(np.nan_to_num(b_n, nan=0.0), aborted,
-                              max(r.max_in_system_seen for r in raw), cap)
+    stable, note = _stability(
+        np.nan_to_num(b_n, nan=0.0), aborted, max(r.max_in_system_seen for r in raw), cap
+    )
     if stable and W > 0:
         occupied = (float(busy_tot.sum()) + wake_tot) / (n * W)
         mean_service = math.fsum(p / r for r, p in zip(lv.rates, lv.probs))
@@ -472,10 +567,14 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
     maxs = [r.max_response for r in raw if r.measured > 0]
     return SimResult(
         params=params,
-        mean_response_time=mean_t, mean_response_time_ci=ci[0],
-        mean_in_system=mean_n, mean_in_system_ci=ci[1],
-        energy_per_request=mean_e, energy_per_request_ci=ci[2],
-        average_power=power, average_power_ci=ci[3],
+        mean_response_time=mean_t,
+        mean_response_time_ci=ci[0],
+        mean_in_system=mean_n,
+        mean_in_system_ci=ci[1],
+        energy_per_request=mean_e,
+        energy_per_request_ci=ci[2],
+        average_power=power,
+        average_power_ci=ci[3],
         throughput=lam_hat,
         utilisation=busy_tot / (n * W) if W > 0 else np.full(m, np.nan),
         busy_cores=busy_tot / W if W > 0 else np.full(m, np.nan),
@@ -483,15 +582,25 @@ def _summarise(raw: list, params: dict, lv: Levels, p0: float, n: int, cap: int,
         busy_time_per_request=busy_tot / arrivals_w.sum(),
         completion_rate=comps.sum(axis=0) / W if W > 0 else np.full(m, np.nan),
         idle_fraction=idle_time / (n * W) if W > 0 else math.nan,
-        wasted_time_per_request=mean_w, wasted_time_per_request_ci=ci[4],
+        wasted_time_per_request=mean_w,
+        wasted_time_per_request_ci=ci[4],
         wasted_energy_per_request=mean_we,
-        window=W, requests=int(tot_meas), stable=stable, stability_note=note,
-        events=events, wall_seconds=wall, cpu_seconds=thread_seconds,
+        window=W,
+        requests=int(tot_meas),
+        stable=stable,
+        stability_note=note,
+        events=events,
+        wall_seconds=wall,
+        cpu_seconds=thread_seconds,
         events_per_second=events / thread_seconds if thread_seconds > 0 else math.nan,
         requests_per_second=simulated / thread_seconds if thread_seconds > 0 else math.nan,
-        replications=R, histogram=total_hist, _rep_hists=hists,
+        replications=R,
+        histogram=total_hist,
+        _rep_hists=hists,
         _minmax=(min(mins) if mins else 0.0, max(maxs) if maxs else 0.0),
-        energy_split=energy_split, power_split=power_split, total_energy_per_request=total_e,
+        energy_split=energy_split,
+        power_split=power_split,
+        total_energy_per_request=total_e,
         sleep_fraction=sleep_tot / (n * W) if W > 0 else np.full(S, np.nan),
         wake_fraction=wake_tot / (n * W) if W > 0 else math.nan,
         wakeups_per_request=wakeups / float(arrivals_w.sum()),

@@ -13,6 +13,7 @@ noise, shuffled labels), aggregated with any rule of flagcore.aggregate.
 
 Needs torch (and scikit-learn for the digits data set; matplotlib for plots).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,27 @@ import math
 import os
 from typing import Any
 
-from .grid import (GRID_SCHEMA, GridConfig, grid_from_dict, load_grid, print_grid_summary, quick_grid, run_grid,
-                   write_grid_outputs)
-from .harness import (RULES_TAKING_F, SCHEMA, RobustnessConfig, RuleSpec, all_attacks, available_rules,
-                      parse_rule_spec, run_robustness, split_rule_list)
+from .grid import (
+    GRID_SCHEMA,
+    GridConfig,
+    grid_from_dict,
+    load_grid,
+    print_grid_summary,
+    quick_grid,
+    run_grid,
+    write_grid_outputs,
+)
+from .harness import (
+    RULES_TAKING_F,
+    SCHEMA,
+    RobustnessConfig,
+    RuleSpec,
+    all_attacks,
+    available_rules,
+    parse_rule_spec,
+    run_robustness,
+    split_rule_list,
+)
 
 __all__ = [
     "GRID_SCHEMA",
@@ -72,7 +90,9 @@ def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
         from .grid import have_matplotlib
 
         if not have_matplotlib():  # plots.py imports matplotlib lazily: ask before calling it
-            print("(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' for the plots)")
+            print(
+                "(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' for the plots)"
+            )
             return written
         from .plots import write_plots
 
@@ -89,13 +109,29 @@ def summary_rows(res: dict) -> list:
             h = sum(x["honest"] for x in fl["mean_ratio"]) / len(fl["mean_ratio"])
             b = sum(x["byzantine"] for x in fl["mean_ratio"]) / len(fl["mean_ratio"])
             trust = f"{h:.2f} / {b:.2f}"
-        rows.append([label, e["final_accuracy_mean"], e["final_accuracy_std"],
-                     " ".join(f"{a:.3f}" for a in e["final_accuracy"]), e["agg_time_ms_mean"],
-                     sum(e["wall_time_s"]) / len(e["wall_time_s"]), trust])
+        rows.append(
+            [
+                label,
+                e["final_accuracy_mean"],
+                e["final_accuracy_std"],
+                " ".join(f"{a:.3f}" for a in e["final_accuracy"]),
+                e["agg_time_ms_mean"],
+                sum(e["wall_time_s"]) / len(e["wall_time_s"]),
+                trust,
+            ]
+        )
     return rows
 
 
-SUMMARY_COLUMNS = ["rule", "acc mean", "acc std", "acc per seed", "agg ms", "s/run", "FA v honest/bad"]
+SUMMARY_COLUMNS = [
+    "rule",
+    "acc mean",
+    "acc std",
+    "acc per seed",
+    "agg ms",
+    "s/run",
+    "FA v honest/bad",
+]
 
 
 def print_summary(res: dict, title: str | None = None) -> None:
@@ -103,7 +139,9 @@ def print_summary(res: dict, title: str | None = None) -> None:
 
     c = res["config"]
     if title is None:
-        title = (f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} params): "
-                 f"{c['workers']} workers, {c['byzantine']} bad ({c['attack']}), {c['steps']} steps, "
-                 f"{len(res['seeds'])} seed(s)")
+        title = (
+            f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} params): "
+            f"{c['workers']} workers, {c['byzantine']} bad ({c['attack']}), {c['steps']} steps, "
+            f"{len(res['seeds'])} seed(s)"
+        )
     print_table(title, SUMMARY_COLUMNS, summary_rows(res))

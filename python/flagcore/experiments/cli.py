@@ -1,4 +1,5 @@
 """``flagcore robustness``: compare aggregation rules on a simulated parameter server."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,30 +21,62 @@ def register(sub: argparse._SubParsersAction) -> None:
             "f are Byzantine (a gradient attack, label flipping, or honest workers on distorted data). The "
             "server aggregates with each rule and steps SGD (momentum, weight decay). Writes results.json and "
             "PNG plots to --out and prints a table. Rules that need f ("
-            + ", ".join(RULES_TAKING_F) + ") get f = --byzantine; any rule parameter can be set in the rule "
+            + ", ".join(RULES_TAKING_F)
+            + ") get f = --byzantine; any rule parameter can be set in the rule "
             "spec: --rules 'flag[max_iter=50,scale=median_norm],multi_krum[m=10]'. With --grid CONFIG.json (or --quick) "
             "it sweeps rules x attacks x f x heterogeneity x learning rate instead and reports each rule's "
-            "worst-case accuracy over the attacks (flagcore.experiments.grid documents the config)."),
+            "worst-case accuracy over the attacks (flagcore.experiments.grid documents the config)."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--rules", default="flag,median,mean",
-                   help="comma list of rule specs NAME or NAME[key=value,...]; 'all' = every rule of flagcore.rules.RULES")
-    p.add_argument("--attack", default="random",
-                   help="none, a gradient attack of flagcore.attacks (random, sign_flip, ...; adaptive ones such as "
-                        "optimal_alie, min_max, fa_aware target each rule under test), or a data attack: "
-                        "label_flip, shuffle_labels, noise, warp, distorted (warp/noise/shuffled labels in turn)")
-    p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra attack parameter (repeatable)")
+    p.add_argument(
+        "--rules",
+        default="flag,median,mean",
+        help="comma list of rule specs NAME or NAME[key=value,...]; 'all' = every rule of flagcore.rules.RULES",
+    )
+    p.add_argument(
+        "--attack",
+        default="random",
+        help="none, a gradient attack of flagcore.attacks (random, sign_flip, ...; adaptive ones such as "
+        "optimal_alie, min_max, fa_aware target each rule under test), or a data attack: "
+        "label_flip, shuffle_labels, noise, warp, distorted (warp/noise/shuffled labels in turn)",
+    )
+    p.add_argument(
+        "--attack-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra attack parameter (repeatable)",
+    )
     p.add_argument("--workers", type=int, default=15, help="p, number of workers")
-    p.add_argument("--byzantine", type=int, default=3, help="f, number of Byzantine (or distorted) workers: the last f")
-    p.add_argument("--heterogeneity", default="iid",
-                   help="data split over workers: iid, dirichlet:ALPHA or gamma:GAMMA (ByzFL's gamma-similarity)")
-    p.add_argument("--grid", default=None, metavar="CONFIG.json",
-                   help="run a grid from this JSON config (rules, attacks, byzantine, heterogeneity, lr, "
-                        "attack_params, base); the other training flags are ignored")
-    p.add_argument("--quick", action="store_true",
-                   help="without --grid: a built-in grid that runs in seconds; with --grid: cap it at 30 steps, 1 seed")
-    p.add_argument("--dataset", default="digits", help="digits (sklearn's bundled 8x8 digits) or blobs (generated)")
+    p.add_argument(
+        "--byzantine",
+        type=int,
+        default=3,
+        help="f, number of Byzantine (or distorted) workers: the last f",
+    )
+    p.add_argument(
+        "--heterogeneity",
+        default="iid",
+        help="data split over workers: iid, dirichlet:ALPHA or gamma:GAMMA (ByzFL's gamma-similarity)",
+    )
+    p.add_argument(
+        "--grid",
+        default=None,
+        metavar="CONFIG.json",
+        help="run a grid from this JSON config (rules, attacks, byzantine, heterogeneity, lr, "
+        "attack_params, base); the other training flags are ignored",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="without --grid: a built-in grid that runs in seconds; with --grid: cap it at 30 steps, 1 seed",
+    )
+    p.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits (sklearn's bundled 8x8 digits) or blobs (generated)",
+    )
     p.add_argument("--model", default="mlp", help="mlp, cnn (images only) or linear")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32, help="per worker")
@@ -53,13 +86,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds: --seed, --seed + 1, ...")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)"
+    )
     p.add_argument("--eval-every", type=int, default=10, help="test accuracy every that many steps")
-    p.add_argument("--r", type=int, default=None, help="FA subspace dimension (default (p + 1) // 2)")
+    p.add_argument(
+        "--r", type=int, default=None, help="FA subspace dimension (default (p + 1) // 2)"
+    )
     p.add_argument("--lam", type=float, default=0.0, help="FA pairwise-term weight")
-    p.add_argument("--max-iter", type=int, default=1, help="FA IRLS iterations (1 = the paper's runs)")
+    p.add_argument(
+        "--max-iter", type=int, default=1, help="FA IRLS iterations (1 = the paper's runs)"
+    )
     p.add_argument("--scale", default="paper", help="FA output scale: paper or median_norm")
-    p.add_argument("--flag-history", default="all", help="keep FA's per-step weights/ratios for: all, first_seed, none")
+    p.add_argument(
+        "--flag-history",
+        default="all",
+        help="keep FA's per-step weights/ratios for: all, first_seed, none",
+    )
     p.add_argument("--out", default="flagcore_robustness", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -81,19 +124,39 @@ def config_from_args(args: argparse.Namespace) -> RobustnessConfig:
     if args.threads < 0:
         raise ValueError(f"robustness: threads must be >= 0, got {args.threads}")
     return harness.RobustnessConfig(
-        rules=rules, attack=args.attack, workers=args.workers, byzantine=args.byzantine, dataset=args.dataset,
-        model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, seeds=args.seeds, seed=args.seed, device=args.device,
-        r=args.r, lam=args.lam, max_iter=args.max_iter, scale=args.scale, eval_every=args.eval_every,
-        threads=args.threads or None, flag_history=args.flag_history, attack_params=attack_params,
-        heterogeneity=args.heterogeneity)
+        rules=rules,
+        attack=args.attack,
+        workers=args.workers,
+        byzantine=args.byzantine,
+        dataset=args.dataset,
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        seeds=args.seeds,
+        seed=args.seed,
+        device=args.device,
+        r=args.r,
+        lam=args.lam,
+        max_iter=args.max_iter,
+        scale=args.scale,
+        eval_every=args.eval_every,
+        threads=args.threads or None,
+        flag_history=args.flag_history,
+        attack_params=attack_params,
+        heterogeneity=args.heterogeneity,
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        raise ValueError("robustness: needs torch (install the torch build for your machine first)") from exc
+        raise ValueError(
+            "robustness: needs torch (install the torch build for your machine first)"
+        ) from exc
     from . import print_summary, run_robustness, write_outputs
     from .grid import check_out_dir
 
@@ -105,7 +168,10 @@ def run_cli(args: argparse.Namespace) -> int:
     res = run_robustness(cfg, progress=not args.no_progress)
     print_summary(res)
     written = write_outputs(res, args.out, plots=not args.no_plots)
-    print(f"wrote {len(written)} files to {os.path.abspath(args.out)}: " + ", ".join(os.path.basename(w) for w in written))
+    print(
+        f"wrote {len(written)} files to {os.path.abspath(args.out)}: "
+        + ", ".join(os.path.basename(w) for w in written)
+    )
     return 0
 
 
@@ -126,11 +192,16 @@ def run_grid_cli(args: argparse.Namespace) -> int:
     grid.validate()
     check_out_dir(args.out)
     n = len(grid.combinations())
-    print(f"robustness grid: {n} runs of {len(grid.rules)} rules "
-          f"({len(grid.byzantine)} f x {len(grid.heterogeneity)} heterogeneity x {len(grid.lr)} lr x "
-          f"{len(grid.attacks)} attacks)")
+    print(
+        f"robustness grid: {n} runs of {len(grid.rules)} rules "
+        f"({len(grid.byzantine)} f x {len(grid.heterogeneity)} heterogeneity x {len(grid.lr)} lr x "
+        f"{len(grid.attacks)} attacks)"
+    )
     res = run_grid(grid, progress=not args.no_progress, log=print)
     print_grid_summary(res)
     written = write_grid_outputs(res, args.out, plots=not args.no_plots)
-    print(f"wrote {len(written)} files to {os.path.abspath(args.out)}: " + ", ".join(os.path.basename(w) for w in written))
+    print(
+        f"wrote {len(written)} files to {os.path.abspath(args.out)}: "
+        + ", ".join(os.path.basename(w) for w in written)
+    )
     return 0

@@ -9,6 +9,7 @@ Every worker gets its own shard (a seeded, iid, equal-size split of the training
 distorted worker's shard is transformed once at the start ("honest workers on distorted
 data", the FA paper's augmented-data setting).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,10 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> TaskData:
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as exc:  # pragma: no cover - sklearn is in the demo/test extras
-        raise ImportError("dataset 'digits' needs scikit-learn (pip install 'flagcore[demo]'); "
-                          "or use --dataset blobs") from exc
+        raise ImportError(
+            "dataset 'digits' needs scikit-learn (pip install 'flagcore[demo]'); "
+            "or use --dataset blobs"
+        ) from exc
     d = _sk_load_digits()
     x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
     y = d.target.astype(np.int64)
@@ -66,8 +69,14 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> TaskData:
     return TaskData("digits", t(xtr), t(ytr), t(xte), t(yte), 10)
 
 
-def make_blobs(seed: int = 0, n_samples: int = 3000, n_features: int = 20, n_classes: int = 4,
-               separation: float = 3.0, test_fraction: float = 0.2) -> TaskData:
+def make_blobs(
+    seed: int = 0,
+    n_samples: int = 3000,
+    n_features: int = 20,
+    n_classes: int = 4,
+    separation: float = 3.0,
+    test_fraction: float = 0.2,
+) -> TaskData:
     """A generated task: n_classes Gaussian clusters (unit covariance) in n_features dimensions
     whose centres are random directions scaled to ``separation``; features standardised."""
     import torch
@@ -90,17 +99,22 @@ def from_torch_dataset(train: Any, test: Any, n_classes: int, name: str = "custo
 
     def stack(ds: Any, which: str) -> tuple:
         if not hasattr(ds, "__len__") or len(ds) == 0:
-            raise ValueError(f"from_torch_dataset: {which} must be a non-empty map-style Dataset, got {ds!r}")
+            raise ValueError(
+                f"from_torch_dataset: {which} must be a non-empty map-style Dataset, got {ds!r}"
+            )
         xs, ys = zip(*(ds[i] for i in range(len(ds))))
-        return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs]), \
-            torch.as_tensor([int(v) for v in ys], dtype=torch.int64)
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs]), torch.as_tensor(
+            [int(v) for v in ys], dtype=torch.int64
+        )
 
     xtr, ytr = stack(train, "train")
     xte, yte = stack(test, "test")
     for which, yy in (("train", ytr), ("test", yte)):
         if int(yy.min()) < 0 or int(yy.max()) >= n_classes:
-            raise ValueError(f"from_torch_dataset: {which} labels must be in [0, {n_classes - 1}], "
-                             f"got [{int(yy.min())}, {int(yy.max())}]")
+            raise ValueError(
+                f"from_torch_dataset: {which} labels must be in [0, {n_classes - 1}], "
+                f"got [{int(yy.min())}, {int(yy.max())}]"
+            )
     return TaskData(name, xtr, ytr, xte, yte, int(n_classes))
 
 
@@ -118,10 +132,12 @@ def distortion_of(attack: str, k: int) -> str:
 
 
 def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple:
-    """"iid" -> ("iid", None); "dirichlet:0.5" -> ("dirichlet", 0.5); "gamma:0.3" ->
+    """ "iid" -> ("iid", None); "dirichlet:0.5" -> ("dirichlet", 0.5); "gamma:0.3" ->
     ("gamma", 0.3) (see ``split_indices``)."""
     if not isinstance(spec, str):
-        raise TypeError(f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got {spec!r}")
+        raise TypeError(
+            f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got {spec!r}"
+        )
     kind, _, val = spec.partition(":")
     if kind == "iid" and not val:
         return "iid", None
@@ -136,7 +152,9 @@ def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple:
             return kind, v
         rng = "alpha > 0" if kind == "dirichlet" else "gamma in [0, 1]"
         raise ValueError(f"{fn}: heterogeneity {spec!r} needs {rng}")
-    raise ValueError(f"{fn}: heterogeneity must be 'iid', 'dirichlet:ALPHA' or 'gamma:GAMMA', got {spec!r}")
+    raise ValueError(
+        f"{fn}: heterogeneity must be 'iid', 'dirichlet:ALPHA' or 'gamma:GAMMA', got {spec!r}"
+    )
 
 
 def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") -> list:
@@ -179,7 +197,9 @@ def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") ->
             shards = [np.sort(np.concatenate(ch)).astype(np.int64) for ch in parts]
             if min(len(s) for s in shards) >= 1:
                 return shards
-        raise ValueError(f"split_indices: no Dirichlet({val}) split in 1000 draws gave all {p} workers a sample")
+        raise ValueError(
+            f"split_indices: no Dirichlet({val}) split in 1000 draws gave all {p} workers a sample"
+        )
     m = n // p
     perm = rng.permutation(n)[: p * m]
     k_iid = int(round(val * p * m)) // p * p  # a multiple of p, dealt evenly
@@ -187,11 +207,20 @@ def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") ->
     rest = rest[np.argsort(y[rest], kind="stable")]
     iid_chunks = iid_part.reshape(p, -1) if k_iid else np.zeros((p, 0), np.int64)
     sorted_chunks = np.array_split(rest, p)
-    return [np.sort(np.concatenate([iid_chunks[w], sorted_chunks[w]])).astype(np.int64) for w in range(p)]
+    return [
+        np.sort(np.concatenate([iid_chunks[w], sorted_chunks[w]])).astype(np.int64)
+        for w in range(p)
+    ]
 
 
-def shard(task: TaskData, p: int, seed: int, distorted: Sequence[tuple[int, str]] = (),
-          heterogeneity: str = "iid", return_sizes: bool = False) -> tuple:
+def shard(
+    task: TaskData,
+    p: int,
+    seed: int,
+    distorted: Sequence[tuple[int, str]] = (),
+    heterogeneity: str = "iid",
+    return_sizes: bool = False,
+) -> tuple:
     """Split the training set into p worker shards (``split_indices``: iid by default) and apply
     ``distorted`` = [(worker, distortion), ...].
 
@@ -243,7 +272,9 @@ def distort(x: Any, y: Any, kind: str, n_classes: int, seed: int = 0) -> tuple:
         flat = x.reshape(len(x), -1)
         q, _ = torch.linalg.qr(torch.randn(flat.shape[1], flat.shape[1], generator=g))
         return (flat @ q).reshape(x.shape), y
-    raise ValueError(f"distort: kind must be one of label_flip, shuffle_labels, noise, warp, got {kind!r}")
+    raise ValueError(
+        f"distort: kind must be one of label_flip, shuffle_labels, noise, warp, got {kind!r}"
+    )
 
 
 def _affine_warp(x: Any, g: Any) -> Any:
@@ -256,7 +287,12 @@ def _affine_warp(x: Any, g: Any) -> Any:
     sh = (torch.rand(b, generator=g) * 2 - 1) * 0.5
     tr = (torch.rand(b, 2, generator=g) * 2 - 1) * 0.3
     c, s = torch.cos(ang), torch.sin(ang)
-    theta = torch.stack([torch.stack([c * sc, -s * sc + sh, tr[:, 0]], 1),
-                         torch.stack([s * sc, c * sc, tr[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([c * sc, -s * sc + sh, tr[:, 0]], 1),
+            torch.stack([s * sc, c * sc, tr[:, 1]], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")

@@ -1,5 +1,6 @@
 """Small models for the robustness harness (no batch norm, so per-worker gradients can be
 computed with torch.func.vmap in one pass)."""
+
 from __future__ import annotations
 
 import math
@@ -16,18 +17,33 @@ def make_model(name: str, input_shape: tuple, n_classes: int) -> Any:
 
     d = int(math.prod(input_shape))
     if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
-                             nn.Linear(64, n_classes))
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(d, 128),
+            nn.ReLU(),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+            nn.Linear(64, n_classes),
+        )
     if name == "linear":
         return nn.Sequential(nn.Flatten(), nn.Linear(d, n_classes))
     if name == "cnn":
         if len(input_shape) != 3:
-            raise ValueError(f"make_model: model 'cnn' needs (channels, height, width) inputs, got {input_shape}")
+            raise ValueError(
+                f"make_model: model 'cnn' needs (channels, height, width) inputs, got {input_shape}"
+            )
         c, h, w = input_shape
         return nn.Sequential(
-            nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), 32), nn.ReLU(),
-            nn.Linear(32, n_classes))
+            nn.Conv2d(c, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (h // 2) * (w // 2), 32),
+            nn.ReLU(),
+            nn.Linear(32, n_classes),
+        )
     raise ValueError(f"make_model: model must be one of {', '.join(MODELS)}, got {name!r}")
 
 

@@ -1,4 +1,5 @@
 """PNG plots of a robustness results dict (matplotlib, Agg backend)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ def _plt():
 
 def _title(res: dict) -> str:
     c = res["config"]
-    return (f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = {c['byzantine']}, "
-            f"attack = {c['attack']}, {len(res['seeds'])} seed(s)")
+    return (
+        f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = {c['byzantine']}, "
+        f"attack = {c['attack']}, {len(res['seeds'])} seed(s)"
+    )
 
 
 def plot_accuracy(res: dict, path: str) -> str:
@@ -28,9 +31,11 @@ def plot_accuracy(res: dict, path: str) -> str:
     for label, e in res["rules"].items():
         acc = np.asarray(e["accuracy"], dtype=float)
         st = np.asarray(e["step"])
-        line, = ax.plot(st, acc.mean(axis=0), label=f"{label} ({e['final_accuracy_mean']:.3f})")
+        (line,) = ax.plot(st, acc.mean(axis=0), label=f"{label} ({e['final_accuracy_mean']:.3f})")
         if acc.shape[0] > 1:
-            ax.fill_between(st, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.15)
+            ax.fill_between(
+                st, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.15
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
@@ -54,10 +59,20 @@ def plot_flag_heatmap(res: dict, label: str, path: str, seed_index: int = 0) -> 
     byz = set(res["byzantine_workers"])
     fig, axes = plt.subplots(2, 1, figsize=(8, 1.6 + 0.2 * min(p, 30) * 2), sharex=True)
     extent = (0.5, steps + 0.5, p - 0.5, -0.5)
-    im0 = axes[0].imshow(ratios, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1,
-                         extent=extent)
+    im0 = axes[0].imshow(
+        ratios,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        extent=extent,
+    )
     fig.colorbar(im0, ax=axes[0], label="ratio v_i")
-    axes[0].set_title(f"FA ({label}): reconstruction ratio per worker, seed {res['seeds'][seed_index]}", fontsize=9)
+    axes[0].set_title(
+        f"FA ({label}): reconstruction ratio per worker, seed {res['seeds'][seed_index]}",
+        fontsize=9,
+    )
     lw = np.log10(np.maximum(weights, 1e-12))
     im1 = axes[1].imshow(lw, aspect="auto", interpolation="nearest", cmap="magma", extent=extent)
     fig.colorbar(im1, ax=axes[1], label="log10 IRLS weight")
@@ -71,7 +86,13 @@ def plot_flag_heatmap(res: dict, label: str, path: str, seed_index: int = 0) -> 
         for w, tl in zip(ticks, ax.get_yticklabels()):
             if w in byz:
                 tl.set_color("red")
-    fig.text(0.01, 0.005, f"* red: Byzantine/distorted workers ({res['config']['attack']})", fontsize=7, color="red")
+    fig.text(
+        0.01,
+        0.005,
+        f"* red: Byzantine/distorted workers ({res['config']['attack']})",
+        fontsize=7,
+        color="red",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -91,7 +112,10 @@ def plot_agg_time(res: dict, path: str) -> str:
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("ms per aggregation")
     n = res["model"]["parameters"]
-    ax.set_title(f"Aggregation time: p = {res['config']['workers']}, n = {n}, {res['config']['device']}", fontsize=9)
+    ax.set_title(
+        f"Aggregation time: p = {res['config']['workers']}, n = {n}, {res['config']['device']}",
+        fontsize=9,
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -126,7 +150,14 @@ def _heatmap(ax, mat: np.ndarray, rows: list, cols: list, fig) -> None:
     for i in range(mat.shape[0]):
         for j in range(mat.shape[1]):
             v = mat[i, j]
-            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+            ax.text(
+                j,
+                i,
+                "n/a" if not np.isfinite(v) else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+            )
     fig.colorbar(im, ax=ax, label="test accuracy")
 
 
@@ -141,17 +172,26 @@ def write_grid_heatmaps(res: dict, out_dir: str, prefix: str = "") -> list:
     plt = _plt()
     g = res["grid"]
     rules, attacks = res["rules"], g["attacks"]
-    cell = {(c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
-            for c in res["cells"]}
+    cell = {
+        (c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
+        for c in res["cells"]
+    }
     worst = {(w["rule"], w["byzantine"], w["heterogeneity"]): w for w in res["worst_case"]}
     base = g["base"]
-    sub = (f"{res['dataset']['name']}/{res['model']['name']}, {base.get('workers', 15)} workers, "
-           f"{base.get('steps', 200)} steps, {len(res['seeds'])} seed(s)")
+    sub = (
+        f"{res['dataset']['name']}/{res['model']['name']}, {base.get('workers', 15)} workers, "
+        f"{base.get('steps', 200)} steps, {len(res['seeds'])} seed(s)"
+    )
     paths = []
     for f in g["byzantine"]:
         for het in g["heterogeneity"]:
-            mat = np.array([[_acc(cell[(r, f, het, worst[(r, f, het)]["lr"], a)]) for a in attacks]
-                            + [_acc(worst[(r, f, het)]["accuracy"])] for r in rules])
+            mat = np.array(
+                [
+                    [_acc(cell[(r, f, het, worst[(r, f, het)]["lr"], a)]) for a in attacks]
+                    + [_acc(worst[(r, f, het)]["accuracy"])]
+                    for r in rules
+                ]
+            )
             fig, ax = plt.subplots(figsize=(1.1 * (len(attacks) + 1) + 3, 0.45 * len(rules) + 1.8))
             _heatmap(ax, mat, rules, list(attacks) + ["worst case"], fig)
             ax.axvline(len(attacks) - 0.5, color="black", lw=1.5)
