@@ -81,8 +81,10 @@ def time_case(x, xt, gram, gn, r: int, rep: int) -> dict:
         "numpy_eigh": best_time(lambda: np.linalg.eigh(gn), rep),
         "numpy_eigh_1t": best_time(lambda: eigh_one_thread(gn), rep),
         "gram": best_time(lambda: _core.gram(x[None]), rep),
-        "irls1": best_time(lambda: _core.flag_irls(gram, r, 0.0, 1, 1e-7, 1e-10, "paper"), rep),
-        "irls5": best_time(lambda: _core.flag_irls(gram, r, 0.0, 5, 1e-7, 0.0, "paper"), rep),
+        "irls1": best_time(lambda: _core.flag_irls(gram, _core.FlagParams(r=r)), rep),
+        "irls5": best_time(
+            lambda: _core.flag_irls(gram, _core.FlagParams(r=r, max_iter=5, tol=0.0)), rep
+        ),
         "fa1": best_time(lambda: flagcore.flag_aggregate(x, r=r), rep),
         "fa5": best_time(lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep),
     }
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
         r = (p + 1) // 2
         gram = _core.gram(x[None])
         # correctness first
-        d = _core.flag_irls(gram, r, 0.0, 1, 1e-7, 1e-10, "paper")
+        d = _core.flag_irls(gram, _core.FlagParams(r=r))
         ref = pspace_coefficients(gram[0], r)
         err = float(np.abs(d["coefficients"][0] - ref).max() / np.abs(ref).max())
         assert err < 1e-6, (
@@ -142,7 +144,9 @@ def main(argv=None) -> int:
         s = np.sqrt(np.diag(gram[0]))
         gn = gram[0] / np.outer(s, s)
         t = time_case(x, xt, gram, gn, r, rep)
-        steps5 = int(_core.flag_irls(gram, r, 0.0, 5, 1e-7, 0.0, "paper")["iterations"][0])
+        steps5 = int(
+            _core.flag_irls(gram, _core.FlagParams(r=r, max_iter=5, tol=0.0))["iterations"][0]
+        )
         eigh = min(t["numpy_eigh"], t["numpy_eigh_1t"])  # the faster of the two: the stricter goal
         budget = 0.55 * t["torch_mm"] + 1.5 * eigh + 1.2 * t["torch_sum"]
         goals = {}

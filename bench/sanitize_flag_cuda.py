@@ -70,9 +70,8 @@ def main(argv=None) -> int:
                 compare(f"{dt} p={p} {label}", got, view.double().cpu().numpy(), **kw)
             if p <= 8:
                 for variant in (1, 2):
-                    got, _ = _flag_aggregate_cuda(
-                        xt[None], max(1, p // 2), 0.0, 2, 1e-7, 1e-10, "paper", False, variant
-                    )
+                    prm = flagcore._native.FlagParams(r=max(1, p // 2), max_iter=2)
+                    got, _ = _flag_aggregate_cuda(xt[None], prm, False, variant)
                     compare(
                         f"{dt} p={p} variant {variant}",
                         got[0],

@@ -129,12 +129,14 @@ Rows<T> make_rows(const py::object& x) {
 
 FlagParams make_params(int64_t r, double lam, int max_iter, double eps, double tol,
                        const std::string& scale) {
-  FLAGCORE_CHECK_ARG(r >= 1, "flag_aggregate: r must be >= 1, got " << r);
-  FLAGCORE_CHECK_ARG(max_iter >= 1, "flag_aggregate: max_iter must be >= 1, got " << max_iter);
+  FLAGCORE_CHECK_ARG(r >= 1, "FlagParams: r must be >= 1, got " << r);
+  FLAGCORE_CHECK_ARG(max_iter >= 1, "FlagParams: max_iter must be >= 1, got " << max_iter);
   FLAGCORE_CHECK_ARG(lam >= 0.0 && lam <= kFlagMaxLam,
-                     "flag_aggregate: lam must be in [0, " << kFlagMaxLam << "], got " << lam);
+                     "FlagParams: lam must be in [0, " << kFlagMaxLam << "], got " << lam);
+  FLAGCORE_CHECK_ARG(eps > 0.0, "FlagParams: eps must be > 0, got " << eps);
+  FLAGCORE_CHECK_ARG(tol >= 0.0, "FlagParams: tol must be >= 0, got " << tol);
   FLAGCORE_CHECK_ARG(scale == "paper" || scale == "median_norm",
-                     "flag_aggregate: scale must be 'paper' or 'median_norm', got '" << scale << "'");
+                     "FlagParams: scale must be 'paper' or 'median_norm', got '" << scale << "'");
   FlagParams prm;
   prm.r = r;
   prm.lam = lam;
@@ -919,13 +921,33 @@ PYBIND11_MODULE(_core, m) {
       py::arg("x"), py::arg("coef"),
       "sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read");
 
+  py::class_<FlagParams>(m, "FlagParams",
+                         "The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, "
+                         "scale ('paper' or 'median_norm'); read-only")
+      .def(py::init([](int64_t r, double lam, int max_iter, double eps, double tol,
+                       const std::string& scale) { return make_params(r, lam, max_iter, eps, tol, scale); }),
+           py::kw_only(), py::arg("r"), py::arg("lam") = 0.0, py::arg("max_iter") = 1, py::arg("eps") = 1e-7,
+           py::arg("tol") = 1e-10, py::arg("scale") = "paper")
+      .def_readonly("r", &FlagParams::r)
+      .def_readonly("lam", &FlagParams::lam)
+      .def_readonly("max_iter", &FlagParams::max_iter)
+      .def_readonly("eps", &FlagParams::eps)
+      .def_readonly("tol", &FlagParams::tol)
+      .def_property_readonly(
+          "scale", [](const FlagParams& p) { return std::string(p.scale == 0 ? "paper" : "median_norm"); })
+      .def("__repr__", [](const FlagParams& p) {
+        std::ostringstream os;
+        os << "FlagParams(r=" << p.r << ", lam=" << p.lam << ", max_iter=" << p.max_iter << ", eps=" << p.eps
+           << ", tol=" << p.tol << ", scale='" << (p.scale == 0 ? "paper" : "median_norm") << "')";
+        return os.str();
+      });
+
   m.def(
       "flag_irls",
-      [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, int64_t r, double lam,
-         int max_iter, double eps, double tol, const std::string& scale, int threads) {
+      [](const py::array_t<double, py::array::c_style | py::array::forcecast>& gram, const FlagParams& prm,
+         int threads) {
         FLAGCORE_CHECK_ARG(gram.ndim() == 3 && gram.shape(1) == gram.shape(2),
                            "flag_irls: gram must be (b, p, p)");
-        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
         const int64_t b = gram.shape(0), p = gram.shape(1);
         InfoArrays info(b, p);
         FlagIrlsOut view = info.view();
@@ -939,8 +961,7 @@ PYBIND11_MODULE(_core, m) {
         }
         return info.to_dict();
       },
-      py::arg("gram"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"),
-      py::arg("scale"), py::arg("team_threads") = 1,
+      py::arg("gram"), py::arg("params"), py::arg("team_threads") = 1,
       "IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads "
       "(tests)");
 
@@ -968,16 +989,16 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "flag_aggregate_layers",
-      [](const py::list& layers, const std::vector<int64_t>& r, double lam, int max_iter, double eps,
-         double tol, const std::string& scale) {
+      [](const py::list& layers, const std::vector<int64_t>& r, const FlagParams& params) {
         FLAGCORE_CHECK_ARG(!r.empty(), "flag_aggregate_layers: r must hold one value per layer");
-        FlagParams prm = make_params(r[0], lam, max_iter, eps, tol, scale);
+        for (int64_t v : r) FLAGCORE_CHECK_ARG(v >= 1, "flag_aggregate_layers: r must be >= 1, got " << v);
+        FlagParams prm = params;
+        prm.r = r[0];
         FLAGCORE_CHECK_ARG(layers.size() > 0, "flag_aggregate_layers: no layers");
         return dtype_code(layers[0]) == 'f' ? flag_aggregate_layers_impl<float>(layers, prm, r)
                                             : flag_aggregate_layers_impl<double>(layers, prm, r);
       },
-      py::arg("layers"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"),
-      py::arg("scale"),
+      py::arg("layers"), py::arg("r"), py::arg("params"),
       "list of (1, p_q, n_q) float32/float64 stacks (one dtype), r per layer -> (concatenated aggregates "
       "[sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])");
 
@@ -1007,11 +1028,10 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "flag_aggregate_cuda_uniform",
       [](std::uintptr_t x, int dtype, int64_t b, int64_t p, int64_t n, int64_t stride_b, int64_t stride_p,
-         std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, int64_t r, double lam, int max_iter,
-         double eps, double tol, const std::string& scale, std::uintptr_t stream, int device, int variant) {
+         std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, const FlagParams& prm,
+         std::uintptr_t stream, int device, int variant) {
 #ifdef FLAGCORE_WITH_CUDA
-        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-        FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, n, max_iter);
+        FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, n, prm.max_iter);
         check_cuda_call(device, ws_bytes, plan, dtype);
         cuda::DeviceProblems d;
         d.b = b;
@@ -1039,12 +1059,7 @@ PYBIND11_MODULE(_core, m) {
         (void)out;
         (void)ws;
         (void)ws_bytes;
-        (void)r;
-        (void)lam;
-        (void)max_iter;
-        (void)eps;
-        (void)tol;
-        (void)scale;
+        (void)prm;
         (void)stream;
         (void)device;
         (void)variant;
@@ -1052,24 +1067,21 @@ PYBIND11_MODULE(_core, m) {
 #endif
       },
       py::arg("x"), py::arg("dtype"), py::arg("b"), py::arg("p"), py::arg("n"), py::arg("stride_b"),
-      py::arg("stride_p"), py::arg("out"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"),
-      py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"), py::arg("stream"),
-      py::arg("device"), py::arg("variant") = 0,
+      py::arg("stride_p"), py::arg("out"), py::arg("ws"), py::arg("ws_bytes"), py::arg("params"),
+      py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
       "FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs "
       "in out and ws");
 
   m.def(
       "flag_aggregate_cuda_ragged",
       [](std::uintptr_t table, const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, bool aligned16,
-         int dtype, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, int64_t r, double lam,
-         int max_iter, double eps, double tol, const std::string& scale, std::uintptr_t stream, int device,
-         int variant) {
+         int dtype, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, const FlagParams& prm,
+         std::uintptr_t stream, int device, int variant) {
 #ifdef FLAGCORE_WITH_CUDA
         FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(),
                            "flag_aggregate_cuda_ragged: ps and ns must be non-empty and of one length");
-        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
         const int64_t b = static_cast<int64_t>(ps.size());
-        FlagCudaPlan plan = flag_cuda_plan(ps.data(), ns.data(), b, max_iter, nullptr);
+        FlagCudaPlan plan = flag_cuda_plan(ps.data(), ns.data(), b, prm.max_iter, nullptr);
         check_cuda_call(device, ws_bytes, plan, dtype);
         cuda::DeviceProblems d;
         d.b = b;
@@ -1090,12 +1102,7 @@ PYBIND11_MODULE(_core, m) {
         (void)out;
         (void)ws;
         (void)ws_bytes;
-        (void)r;
-        (void)lam;
-        (void)max_iter;
-        (void)eps;
-        (void)tol;
-        (void)scale;
+        (void)prm;
         (void)stream;
         (void)device;
         (void)variant;
@@ -1103,18 +1110,16 @@ PYBIND11_MODULE(_core, m) {
 #endif
       },
       py::arg("table"), py::arg("ps"), py::arg("ns"), py::arg("aligned16"), py::arg("dtype"), py::arg("out"),
-      py::arg("ws"), py::arg("ws_bytes"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"),
-      py::arg("tol"), py::arg("scale"), py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
+      py::arg("ws"), py::arg("ws_bytes"), py::arg("params"), py::arg("stream"), py::arg("device"),
+      py::arg("variant") = 0,
       "FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]");
 
   m.def(
       "flag_irls_cuda",
-      [](std::uintptr_t gram, int64_t b, int64_t p, std::uintptr_t ws, int64_t ws_bytes, int64_t r,
-         double lam, int max_iter, double eps, double tol, const std::string& scale, std::uintptr_t stream,
-         int device) {
+      [](std::uintptr_t gram, int64_t b, int64_t p, std::uintptr_t ws, int64_t ws_bytes,
+         const FlagParams& prm, std::uintptr_t stream, int device) {
 #ifdef FLAGCORE_WITH_CUDA
-        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
-        FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, 0, max_iter);
+        FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, 0, prm.max_iter);
         check_cuda_call(device, ws_bytes, plan, 0);
         py::gil_scoped_release release;
         cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram), b, p, plan, prm,
@@ -1125,33 +1130,24 @@ PYBIND11_MODULE(_core, m) {
         (void)p;
         (void)ws;
         (void)ws_bytes;
-        (void)r;
-        (void)lam;
-        (void)max_iter;
-        (void)eps;
-        (void)tol;
-        (void)scale;
+        (void)prm;
         (void)stream;
         (void)device;
         no_cuda();
 #endif
       },
-      py::arg("gram"), py::arg("b"), py::arg("p"), py::arg("ws"), py::arg("ws_bytes"), py::arg("r"),
-      py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"), py::arg("scale"),
+      py::arg("gram"), py::arg("b"), py::arg("p"), py::arg("ws"), py::arg("ws_bytes"), py::arg("params"),
       py::arg("stream"), py::arg("device"),
       "the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at "
       "flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets");
 
   m.def(
       "flag_aggregate",
-      [](const py::object& x, int64_t r, double lam, int max_iter, double eps, double tol,
-         const std::string& scale) {
-        FlagParams prm = make_params(r, lam, max_iter, eps, tol, scale);
+      [](const py::object& x, const FlagParams& prm) {
         return dtype_code(x) == 'f' ? flag_aggregate_impl<float>(x, prm)
                                     : flag_aggregate_impl<double>(x, prm);
       },
-      py::arg("x"), py::arg("r"), py::arg("lam"), py::arg("max_iter"), py::arg("eps"), py::arg("tol"),
-      py::arg("scale"));
+      py::arg("x"), py::arg("params"));
 
   register_rules(m);
   bind_forkjoin(m);

@@ -244,7 +244,7 @@ def test_torch_device_path_matches_native():
     x[4, 10] = np.nan
     st = as_stack(torch.from_numpy(x), "t")
     st.torch_data = torch.from_numpy(x)[None]  # force the device path on the CPU
-    out, d = _flag_aggregate_torch(st, 4, 0.5, 3, 1e-7, 1e-10, "paper")
+    out, d = _flag_aggregate_torch(st, flagcore._native.FlagParams(r=4, lam=0.5, max_iter=3))
     native = flagcore.flag_aggregate(x, r=4, lam=0.5, max_iter=3)
     np.testing.assert_allclose(out[0].numpy(), native, rtol=1e-9, atol=1e-13)
     assert d["excluded"][0, 4]

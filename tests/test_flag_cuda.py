@@ -180,8 +180,9 @@ def test_team_emulation_equals_serial_bitwise(p, threads):
     g = _grams(p, seed=p)
     for lam, max_iter, scale in [(0.0, 3, "paper"), (0.7, 4, "median_norm")]:
         r = max(1, p // 2)
-        serial = _core.flag_irls(g, r, lam, max_iter, 1e-7, 1e-10, scale)
-        team = _core.flag_irls(g, r, lam, max_iter, 1e-7, 1e-10, scale, threads)
+        prm = _core.FlagParams(r=r, lam=lam, max_iter=max_iter, scale=scale)
+        serial = _core.flag_irls(g, prm)
+        team = _core.flag_irls(g, prm, threads)
         _assert_info_equal(team, serial)
 
 
@@ -261,10 +262,10 @@ def test_cuda_entry_points_refuse_cleanly_without_gpu():
         pytest.skip("a GPU is present: the cuda-marked tests cover these entry points")
     with pytest.raises(RuntimeError, match="not compiled with GPU support|no CUDA device"):
         _core.flag_aggregate_cuda_uniform(
-            0, 0, 1, 3, 10, 30, 10, 0, 0, 1 << 20, 1, 0.0, 1, 1e-7, 1e-10, "paper", 0, 0
+            0, 0, 1, 3, 10, 30, 10, 0, 0, 1 << 20, _core.FlagParams(r=1), 0, 0
         )
     with pytest.raises(RuntimeError, match="not compiled with GPU support|no CUDA device"):
-        _core.flag_irls_cuda(0, 1, 3, 0, 1 << 20, 1, 0.0, 1, 1e-7, 1e-10, "paper", 0, 0)
+        _core.flag_irls_cuda(0, 1, 3, 0, 1 << 20, _core.FlagParams(r=1), 0, 0)
     from flagcore.flag import _require_native_cuda
 
     with pytest.raises(
@@ -344,7 +345,8 @@ def test_gpu_irls_equals_cpu(p):
     g = _grams(p, b=3, seed=p)
     for lam, max_iter, scale in [(0.0, 5, "paper"), (0.7, 4, "median_norm")]:
         r = max(1, p // 2)
-        cpu = _core.flag_irls(g, r, lam, max_iter, 1e-7, 1e-10, scale)
+        prm = _core.FlagParams(r=r, lam=lam, max_iter=max_iter, scale=scale)
+        cpu = _core.flag_irls(g, prm)
         plan = _core.flag_cuda_plan_uniform(3, p, 0, max_iter)
         gd = torch.from_numpy(g).cuda()
         ws = torch.empty(plan["bytes"], dtype=torch.uint8, device="cuda")
@@ -354,12 +356,7 @@ def test_gpu_irls_equals_cpu(p):
             p,
             ws.data_ptr(),
             plan["bytes"],
-            r,
-            lam,
-            max_iter,
-            1e-7,
-            1e-10,
-            scale,
+            prm,
             torch.cuda.current_stream().cuda_stream,
             torch.cuda.current_device(),
         )
@@ -385,9 +382,10 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype):
         .to(getattr(torch, dtype))
         .cuda()[None]
     )
-    a1, d1 = _flag_aggregate_cuda(x, 3, 0.0, 3, 1e-7, 1e-10, "paper", True, variant=1)
-    a1b, d1b = _flag_aggregate_cuda(x, 3, 0.0, 3, 1e-7, 1e-10, "paper", True, variant=1)
-    a2, d2 = _flag_aggregate_cuda(x, 3, 0.0, 3, 1e-7, 1e-10, "paper", True, variant=2)
+    prm = _core.FlagParams(r=3, max_iter=3)
+    a1, d1 = _flag_aggregate_cuda(x, prm, True, variant=1)
+    a1b, d1b = _flag_aggregate_cuda(x, prm, True, variant=1)
+    a2, d2 = _flag_aggregate_cuda(x, prm, True, variant=2)
     assert torch.equal(a1, a1b)  # deterministic: no atomics, fixed reduction order
     np.testing.assert_array_equal(d1["coefficients"], d1b["coefficients"])
     np.testing.assert_allclose(d1["coefficients"], d2["coefficients"], rtol=1e-5)

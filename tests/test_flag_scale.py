@@ -133,7 +133,7 @@ def test_lam_range():
     with pytest.raises(ValueError, match="flag_aggregate: lam must be <= 1e"):
         flagcore.flag_aggregate(x, r=2, lam=1e156)
     with pytest.raises(ValueError, match="lam must be"):
-        _core.flag_aggregate(x[None], 2, 1e200, 1, 1e-7, 1e-10, "paper")
+        _core.FlagParams(r=2, lam=1e200)
 
 
 @pytest.mark.parametrize("p", [2, 40])

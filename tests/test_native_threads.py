@@ -52,17 +52,17 @@ def test_thread_creation_failure_is_a_python_error_not_an_abort():
         import flagcore
         from flagcore._backend import core
         g = np.stack([np.eye(4)] * 1000)            # 1000 independent IRLS problems -> 1000 tasks
-        core.flag_irls(g, 2, 0.0, 1, 1e-7, 1e-10, "paper")   # warm up allocations first
+        core.flag_irls(g, core.FlagParams(r=2))   # warm up allocations first
         with open("/proc/self/status") as fh:
             vm = [int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize")][0]
         resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
         flagcore.set_num_threads(1000)
         try:
-            core.flag_irls(g, 2, 0.0, 1, 1e-7, 1e-10, "paper")
+            core.flag_irls(g, core.FlagParams(r=2))
         except RuntimeError as e:
             print("RAISED", e)
             flagcore.set_num_threads(1)
-            out = core.flag_irls(g, 2, 0.0, 1, 1e-7, 1e-10, "paper")   # the process goes on
+            out = core.flag_irls(g, core.FlagParams(r=2))   # the process goes on
             print("AFTER", out["rank"][0])
             sys.exit(0)
         print("NO ERROR")   # enough address space after all: not a failure of the contract

@@ -8,7 +8,33 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['FlagParams', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+class FlagParams:
+    """
+    The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, scale ('paper' or 'median_norm'); read-only
+    """
+    def __init__(self, *, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex = 0.0, max_iter: typing.SupportsInt | typing.SupportsIndex = 1, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-07, tol: typing.SupportsFloat | typing.SupportsIndex = 1e-10, scale: str = 'paper') -> None:
+        ...
+    def __repr__(self) -> str:
+        ...
+    @property
+    def eps(self) -> float:
+        ...
+    @property
+    def lam(self) -> float:
+        ...
+    @property
+    def max_iter(self) -> int:
+        ...
+    @property
+    def r(self) -> int:
+        ...
+    @property
+    def scale(self) -> str:
+        ...
+    @property
+    def tol(self) -> float:
+        ...
 class ServiceKind:
     """
     unit-mean work distribution of the simulator
@@ -358,17 +384,17 @@ def eigh_top(a: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], want: t
     """
     top `want` eigenpairs (descending values, vectors as columns) of a symmetric float64 matrix by the FA's host LAPACK path (tests)
     """
-def flag_aggregate(x: typing.Any, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str) -> tuple:
+def flag_aggregate(x: typing.Any, params: FlagParams) -> tuple:
     ...
-def flag_aggregate_cuda_ragged(table: typing.SupportsInt | typing.SupportsIndex, ps: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ns: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], aligned16: bool, dtype: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def flag_aggregate_cuda_ragged(table: typing.SupportsInt | typing.SupportsIndex, ps: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ns: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], aligned16: bool, dtype: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, params: FlagParams, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     """
     FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]
     """
-def flag_aggregate_cuda_uniform(x: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, stride_b: typing.SupportsInt | typing.SupportsIndex, stride_p: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def flag_aggregate_cuda_uniform(x: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, stride_b: typing.SupportsInt | typing.SupportsIndex, stride_p: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, params: FlagParams, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     """
     FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs in out and ws
     """
-def flag_aggregate_layers(layers: list, r: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str) -> tuple:
+def flag_aggregate_layers(layers: list, r: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: FlagParams) -> tuple:
     """
     list of (1, p_q, n_q) float32/float64 stacks (one dtype), r per layer -> (concatenated aggregates [sum n], info dict with per-worker arrays [sum p] and per-problem arrays [b])
     """
@@ -380,11 +406,11 @@ def flag_cuda_plan_uniform(b: typing.SupportsInt | typing.SupportsIndex, p: typi
     """
     workspace layout of a (b, p, n) batch for the CUDA path (host only)
     """
-def flag_irls(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str, team_threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
+def flag_irls(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], params: FlagParams, team_threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
     """
     IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)
     """
-def flag_irls_cuda(gram: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, r: typing.SupportsInt | typing.SupportsIndex, lam: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, tol: typing.SupportsFloat | typing.SupportsIndex, scale: str, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex) -> None:
+def flag_irls_cuda(gram: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, params: FlagParams, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets
     """

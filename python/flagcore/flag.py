@@ -99,7 +99,8 @@ def _check_params(
     tol: Any,
     scale: Any,
     return_info: Any,
-) -> tuple:
+) -> Any:
+    """Validated parameters as one native ``FlagParams`` (messages name fn and the argument)."""
     r = (p + 1) // 2 if r is None else check_int(r, fn, "r", low=1, high=p)
     lam = check_float(lam, fn, "lam", low=0.0)
     if lam > MAX_LAM:
@@ -112,7 +113,14 @@ def _check_params(
     scale = check_choice(scale, fn, "scale", SCALES)
     if not isinstance(return_info, bool):
         raise TypeError(f"{fn}: return_info must be a bool, got {return_info!r}")
-    return r, lam, max_iter, eps, tol, scale
+    return core.FlagParams(r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale)
+
+
+def _with_r(prm: Any, r: int) -> Any:
+    """The same parameters with another r (per-layer defaults)."""
+    return core.FlagParams(
+        r=r, lam=prm.lam, max_iter=prm.max_iter, eps=prm.eps, tol=prm.tol, scale=prm.scale
+    )
 
 
 def flag_aggregate(
@@ -164,31 +172,27 @@ def flag_aggregate(
     """
     fn = "flag_aggregate"
     st = as_stack(gradients, fn)
-    r, lam, max_iter, eps, tol, scale = _check_params(
-        fn, st.p, r, lam, max_iter, eps, tol, scale, return_info
-    )
+    prm = _check_params(fn, st.p, r, lam, max_iter, eps, tol, scale, return_info)
     if st.on_cpu:
-        out, d = core.flag_aggregate(st.data, r, lam, max_iter, eps, tol, scale)
+        out, d = core.flag_aggregate(st.data, prm)
     elif _native_cuda_ok(st.torch_data):
-        out, d = _flag_aggregate_cuda(st.torch_data, r, lam, max_iter, eps, tol, scale, return_info)
+        out, d = _flag_aggregate_cuda(st.torch_data, prm, return_info)
     else:
-        out, d = _flag_aggregate_torch(st, r, lam, max_iter, eps, tol, scale)
+        out, d = _flag_aggregate_torch(st, prm)
     agg = st.restore(out)
     if return_info:
         return agg, FlagInfo._from_native(d, st.batched)
     return agg
 
 
-def _flag_aggregate_torch(
-    st: Stack, r: int, lam: float, max_iter: int, eps: float, tol: float, scale: str
-) -> tuple:
+def _flag_aggregate_torch(st: Stack, prm: Any) -> tuple:
     """p-space FA for tensors on a non-CPU torch device: Gram and weighted sum with torch
     matmuls on the device, IRLS in the native float64 code on the host."""
     import torch
 
     x = st.torch_data  # (b, p, n)
     gram = torch_gram(x)
-    d = core.flag_irls(gram.cpu().numpy(), r, lam, max_iter, eps, tol, scale)
+    d = core.flag_irls(gram.cpu().numpy(), prm)
     coef = torch.from_numpy(d["coefficients"]).to(x.device)
     return torch_weighted_sum(x, coef), d
 
@@ -282,17 +286,7 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
     }
 
 
-def _flag_aggregate_cuda(
-    x: Any,
-    r: int,
-    lam: float,
-    max_iter: int,
-    eps: float,
-    tol: float,
-    scale: str,
-    return_info: bool,
-    variant: int = 0,
-) -> tuple:
+def _flag_aggregate_cuda(x: Any, prm: Any, return_info: bool, variant: int = 0) -> tuple:
     """(b, p, n) CUDA tensor -> ((b, n) tensor in x's dtype, info dict or None), on torch's
     current stream of x's device. variant (tests): 0 automatic, 1 register Gram kernel (p <= 8),
     2 tile-pair Gram kernel."""
@@ -302,7 +296,7 @@ def _flag_aggregate_cuda(
     if x.shape[2] > 1 and x.stride(2) != 1:
         x = x.contiguous()
     b, p, n = x.shape
-    plan = core.flag_cuda_plan_uniform(b, p, n, max_iter)
+    plan = core.flag_cuda_plan_uniform(b, p, n, prm.max_iter)
     dev = x.device
     out = torch.empty((b, n), dtype=x.dtype, device=dev)
     ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=dev)
@@ -319,12 +313,7 @@ def _flag_aggregate_cuda(
             out.data_ptr(),
             ws.data_ptr(),
             plan["bytes"],
-            r,
-            lam,
-            max_iter,
-            eps,
-            tol,
-            scale,
+            prm,
             stream,
             dev.index,
             variant,
@@ -337,17 +326,7 @@ _LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict
 _LAYER_TABLES_LOCK = threading.Lock()  # calls from several Python threads share the cache
 
 
-def _flag_aggregate_layers_cuda(
-    xs: list,
-    r: int,
-    lam: float,
-    max_iter: int,
-    eps: float,
-    tol: float,
-    scale: str,
-    return_info: bool,
-    variant: int = 0,
-) -> tuple:
+def _flag_aggregate_layers_cuda(xs: list, prm: Any, return_info: bool, variant: int = 0) -> tuple:
     """List of (p_q, n_q) CUDA tensors of one dtype -> (flat [sum n] tensor, info dict or None)."""
     import torch
 
@@ -362,13 +341,13 @@ def _flag_aggregate_layers_cuda(
     key = (
         str(dev),
         item,
-        max_iter,
+        prm.max_iter,
         tuple((x.data_ptr(), x.stride(0), p, n) for x, p, n in zip(xs, ps, ns)),
     )
     with _LAYER_TABLES_LOCK:
         hit = _LAYER_TABLES.get(key)
         if hit is None:
-            plan = core.flag_cuda_plan(ps, ns, max_iter)
+            plan = core.flag_cuda_plan(ps, ns, prm.max_iter)
             addrs = np.concatenate(
                 [
                     x.data_ptr() + np.arange(x.shape[0], dtype=np.int64) * (x.stride(0) * item)
@@ -404,12 +383,7 @@ def _flag_aggregate_layers_cuda(
             out.data_ptr(),
             ws.data_ptr(),
             plan["bytes"],
-            r,
-            lam,
-            max_iter,
-            eps,
-            tol,
-            scale,
+            prm,
             stream,
             dev.index,
             variant,
@@ -495,30 +469,25 @@ def flag_aggregate_layers(
             )
     p_min = min(st.p for st in stacks)
     r_given = r
-    r, lam, max_iter, eps, tol, scale = _check_params(
-        fn, p_min, r, lam, max_iter, eps, tol, scale, return_info
-    )
-    rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [r] * len(stacks)
+    prm = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
+    rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [prm.r] * len(stacks)
     if first.on_cpu:
-        out, d = core.flag_aggregate_layers(
-            [st.data for st in stacks], rs, lam, max_iter, eps, tol, scale
-        )
+        out, d = core.flag_aggregate_layers([st.data for st in stacks], rs, prm)
     elif _native_cuda_ok(first.torch_data) and len(set(rs)) > 1:  # one r per launch: layer by layer
         outs, ds = [], []
         for st, rl in zip(stacks, rs):
-            o, dd = _flag_aggregate_cuda(st.torch_data, rl, lam, max_iter, eps, tol, scale, True)
+            o, dd = _flag_aggregate_cuda(st.torch_data, _with_r(prm, rl), True)
             outs.append(o.reshape(-1))
             ds.append(dd)
         out, d = _concat_layers(outs, ds)
     elif _native_cuda_ok(first.torch_data):
-        r = rs[0]
         out, d = _flag_aggregate_layers_cuda(
-            [st.torch_data[0] for st in stacks], r, lam, max_iter, eps, tol, scale, return_info
+            [st.torch_data[0] for st in stacks], _with_r(prm, rs[0]), return_info
         )
     else:  # no CUDA kernels here: one problem at a time through the torch fallback
         outs, ds = [], []
         for st, rl in zip(stacks, rs):
-            o, dd = _flag_aggregate_torch(st, rl, lam, max_iter, eps, tol, scale)
+            o, dd = _flag_aggregate_torch(st, _with_r(prm, rl))
             outs.append(o.reshape(-1))
             ds.append(dd)
         out, d = _concat_layers(outs, ds)

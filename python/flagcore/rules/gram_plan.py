@@ -268,7 +268,7 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
         )
     # flag
     prm = rule.params
-    r, lam, max_iter, eps, tol, scale = _check_params(
+    fprm = _check_params(
         rule._fn,
         gs.shape[1],
         prm["r"],
@@ -279,7 +279,7 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
         prm["scale"],
         False,
     )
-    d = core.flag_irls(gs, r, lam, max_iter, eps, tol, scale)
+    d = core.flag_irls(gs, fprm)
     ex = np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
     return GramPlan(name, p, ex, coefficients=coef(d["coefficients"]))
 
