@@ -63,9 +63,6 @@ class StaticClipping:
         """(b, p') row factors given the current (b, p', p) map and the caller's Gram."""
         return _scale_factors(_row_norms(mix, g0), np.full(mix.shape[0], self.c))
 
-    def __call__(self, mix: np.ndarray, excl: np.ndarray, g0: np.ndarray) -> np.ndarray:
-        return mix * self.factors(mix, excl, g0)[:, :, None]
-
     def __repr__(self) -> str:
         return f"clipping(c={self.c})"
 
@@ -82,9 +79,6 @@ class AdaptiveClipping:
 
     def __init__(self, f: int) -> None:
         self.f = f
-
-    def __call__(self, mix: np.ndarray, excl: np.ndarray, g0: np.ndarray) -> np.ndarray:
-        return mix * self.factors(mix, excl, g0)[:, :, None]
 
     def factors(self, mix: np.ndarray, excl: np.ndarray, g0: np.ndarray) -> np.ndarray:
         """(b, p') row factors given the current (b, p', p) map and the caller's Gram."""
@@ -108,8 +102,8 @@ class AdaptiveClipping:
 
 def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple:
     """The pre-aggregation steps of a rule: "nnm" / "bucketing" stay strings (preagg.py runs
-    them), "clipping" / "arc" become step objects (called by preagg.build_source with the
-    current mixing matrix)."""
+    them), "clipping" / "arc" become step objects (preagg.build_source asks their `factors` for the
+    current mixing matrix and applies them as a diagonal step)."""
     if pre is None:
         return ()
     steps = (

@@ -75,7 +75,9 @@ def build_source(
     excl = excl0.copy()
     done: list = []
     for step in steps:
-        if callable(step):  # row scaling (rules/clipping.py: clipping, arc): Y <- diag(s) Y
+        if not isinstance(
+            step, str
+        ):  # row scaling (rules/clipping.py: clipping, arc): Y <- diag(s) Y
             cur = mix if mix is not None else _identity_mix(b, p, excl0)
             s = step.factors(cur, excl, g0)  # (b, p')
             pc = s.shape[1]
