@@ -8,6 +8,7 @@
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "flag/gram.hpp"
+#include "flag/gram_packed.hpp"
 
 namespace flagcore {
 namespace {
@@ -16,8 +17,9 @@ namespace {
 // on any machine with the same instruction set.
 constexpr int64_t kMinPartColumns = 32768;
 constexpr int64_t kMaxParts = 32;
-// Above this p the Gram is compute-bound and goes to OpenBLAS; at and below, the register-tiled
-// kernels run at memory speed.
+// Above this p the Gram is compute-bound: float32 on AVX-512 CPUs below p = 512 runs the packed
+// kernel (gram_packed.hpp), everything else OpenBLAS; at and below, the register-tiled kernels run
+// at memory speed.
 constexpr int64_t kGramBlasMinP = 32;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
 
@@ -45,11 +47,16 @@ AccumulateFn<T> pick_kernel() {
 
 template <typename T>
 void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out);
+bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out);
 
 template <typename T>
 void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
-  if (p > kGramBlasMinP) return gram_blas_impl<T>(rows, b, p, n, out);
+  if (p > kGramBlasMinP) {
+    if constexpr (sizeof(T) == 4)
+      if (gram_packed_impl(rows, b, p, n, out)) return;
+    return gram_blas_impl<T>(rows, b, p, n, out);
+  }
   const int64_t parts = parts_for(n);
   const int64_t pp = p * p;
   const AccumulateFn<T> kernel = pick_kernel<T>();
@@ -225,6 +232,74 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
         gq[j * p + i] = s;
       }
   }
+}
+
+// ---- Packed AVX-512 path (float32, p > kGramBlasMinP, CPUs with AVX-512) ----
+// Work items: (problem, row part, column group). Row parts are runs of kGramPackedMR-row strips
+// of about equal work (a strip's work is the number of columns right of its diagonal), more of
+// them as p grows (one up to p = 511, p / 256 up to 16); column groups as in the BLAS path, in
+// whole kGramPackedKC slices. Both depend on p and n only. Each item writes its rows'
+// upper-triangle entries of its group's float64 partial (gram_packed.hpp: the same operations in
+// the same order whatever the thread count), and the groups are added in order.
+// Measured (bench/bench_flag_scale.py; CPU time, one thread, against torch X @ X.T): the packed
+// kernel wins below p = 512 (0.64-0.73 of torch at p = 64..256, OpenBLAS 0.81-1.17), OpenBLAS from
+// p = 512 on (0.78 against 0.84 at p = 512 and 1024), where re-packing the columns per row part
+// and the float64 tile accumulators outgrow L2. So the switch is at kGramPackedMaxP.
+constexpr int64_t kGramPackedMaxP = 511;
+bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+#if defined(FLAGCORE_X86_DISPATCH)
+  if (simd_level() != SimdLevel::avx512 || p > kGramPackedMaxP) return false;
+  const int64_t pp = p * p;
+  const int64_t strips = (p + kGramPackedMR - 1) / kGramPackedMR;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, strips}));
+  std::vector<int64_t> bound(static_cast<size_t>(parts + 1), strips);
+  {
+    // work before strip s: sum_{t < s} (strips - t)
+    const double total = double(strips) * double(strips + 1) / 2.0;
+    int64_t s = 0;
+    bound[0] = 0;
+    for (int64_t k = 1; k < parts; ++k) {
+      while (s < strips &&
+             double(s) * double(strips) - double(s) * double(s - 1) / 2.0 < total * double(k) / double(parts))
+        ++s;
+      bound[static_cast<size_t>(k)] = std::max(s, bound[static_cast<size_t>(k - 1)] + 1);
+    }
+  }
+  const int64_t slices = (n + kGramPackedKC - 1) / kGramPackedKC;
+  const int64_t per_group = b * pp * int64_t(sizeof(double));
+  int64_t groups =
+      std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
+  groups = std::max<int64_t>(1, std::min<int64_t>(groups, slices / kMinChunksPerGroup));
+  std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
+  if (groups == 1) std::fill(out, out + b * pp, 0.0);
+  parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
+    const int64_t g = static_cast<int64_t>(t) % groups;
+    const int64_t part = (static_cast<int64_t>(t) / groups) % parts;
+    const int64_t q = static_cast<int64_t>(t) / (groups * parts);
+    const int64_t i0 = bound[static_cast<size_t>(part)] * kGramPackedMR;
+    const int64_t i1 = std::min(p, bound[static_cast<size_t>(part + 1)] * kGramPackedMR);
+    if (i0 >= i1) return;
+    const int64_t k0 = std::min(n, slices * g / groups * kGramPackedKC);
+    const int64_t k1 = std::min(n, slices * (g + 1) / groups * kGramPackedKC);
+    double* acc = groups > 1 ? partial.data() + (g * b + q) * pp : out + q * pp;
+    simd_avx512::gram_packed_rows(rows + q * p, p, i0, i1, k0, k1, acc);
+  });
+  for (int64_t q = 0; q < b; ++q) {
+    check_cancel();
+    double* gq = out + q * pp;
+    for (int64_t i = 0; i < p; ++i)
+      for (int64_t j = i; j < p; ++j) {
+        double s = groups > 1 ? 0.0 : gq[i * p + j];
+        for (int64_t g = 0; g < groups && groups > 1; ++g) s += partial[(g * b + q) * pp + i * p + j];
+        gq[i * p + j] = s;
+        gq[j * p + i] = s;
+      }
+  }
+  return true;
+#else
+  (void)rows, (void)b, (void)p, (void)n, (void)out;
+  return false;
+#endif
 }
 
 }  // namespace

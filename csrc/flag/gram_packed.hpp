@@ -1,0 +1,31 @@
+// The float32 Gram at large p on AVX-512: a packed outer-product micro-kernel (the GotoBLAS/BLIS
+// structure, specialised to X X^T with row-major X).
+//
+// gram_packed_rows (one work item of gram_cpu's large-p path)
+//   rows  : p pointers, rows[i] -> the n contiguous float32 elements of worker i    // [P] -> [N]
+//   i0,i1 : the item's block of rows, i0 a multiple of kGramPackedMR, i0 < i1 <= p
+//   k0,k1 : the item's columns
+//   g     : p x p row-major float64; the item writes (=, not +=) g[i * p + j] for i0 <= i < i1,
+//           i <= j < p: sum over k in [k0, k1) of rows[i][k] * rows[j][k]          // [P, P]
+// Columns go in slices of kGramPackedKC. Per slice, rows i0 .. p are packed into k-major strips of
+// kGramPackedMR rows (a 16 x 16 register transpose; rows past p read as zeros), and a 32 x 8
+// register tile of float32 accumulators multiplies two 16-lane vectors of the row strip by 8
+// broadcast values of the column strip per step; tiles entirely below the diagonal are skipped and
+// tiles whose lower half is below it run on the upper 16 rows only. Each slice's float32 tile
+// (kGramPackedKC products per entry, summed in order) is added into float64 accumulators, so the
+// sum over a slice is the same sequence of operations whatever the thread count, the block or the
+// position in memory of the data; slices are added in order. Calls check_cancel() once per slice.
+#pragma once
+#include <cstdint>
+
+namespace flagcore {
+
+constexpr int64_t kGramPackedMR = 32;
+constexpr int64_t kGramPackedKC = 512;
+
+namespace simd_avx512 {
+void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
+                      double* g);
+}  // namespace simd_avx512
+
+}  // namespace flagcore

@@ -1,0 +1,226 @@
+// The packed AVX-512 micro-kernel of the float32 Gram at large p (contract in gram_packed.hpp).
+// Compiled with -mavx512f -mavx512dq -mavx512vl; called only when the CPU reports them.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "common/cancel.hpp"
+#include "flag/gram_packed.hpp"
+
+namespace flagcore {
+namespace simd_avx512 {
+namespace {
+
+constexpr int MR = static_cast<int>(kGramPackedMR);  // rows per packed strip (two 16-lane vectors)
+constexpr int NR = 8;                                // columns per register tile
+constexpr int64_t KC = kGramPackedKC;
+constexpr int64_t kBlockStrips = 4;  // row strips per L2 block (4 x 32 rows x KC floats = 256 KiB)
+
+struct FreeDeleter {
+  void operator()(void* ptr) const { std::free(ptr); }
+};
+
+// 64-byte aligned scratch that only grows (one per thread).
+template <typename T>
+struct Scratch {
+  std::unique_ptr<T, FreeDeleter> data;
+  size_t size = 0;
+  T* get(size_t count) {
+    if (count > size) {
+      const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+      T* ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
+      if (ptr == nullptr) throw std::bad_alloc();
+      data.reset(ptr);
+      size = count;
+    }
+    return data.get();
+  }
+};
+
+// In-register transpose of a 16 x 16 block: r[i] holds row i on entry, column i on exit.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m512 u[16];
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    u[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  // u[4 i + c], 128-bit lane L: rows 4i .. 4i+3 of column 4 L + c
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+}
+
+// out[s * kc * MR + k * MR + r] = rows[s * MR + r][k0 + k] for s < strips, k < kc, r < MR
+// (zero for rows at or past nrows).
+void pack(const float* const* rows, int64_t nrows, int64_t k0, int64_t kc, int64_t strips, float* out) {
+  for (int64_t s = 0; s < strips; ++s)
+    for (int h = 0; h < MR / 16; ++h) {
+      const int64_t r0 = s * MR + h * 16;
+      const float* src[16];
+      for (int r = 0; r < 16; ++r) src[r] = r0 + r < nrows ? rows[r0 + r] + k0 : nullptr;
+      float* dst = out + s * kc * MR + h * 16;
+      int64_t k = 0;
+      __m512 v[16];
+      for (; k + 16 <= kc; k += 16) {
+        for (int r = 0; r < 16; ++r) v[r] = src[r] ? _mm512_loadu_ps(src[r] + k) : _mm512_setzero_ps();
+        transpose16(v);
+        for (int c = 0; c < 16; ++c) _mm512_store_ps(dst + (k + c) * MR, v[c]);
+      }
+      if (k < kc) {
+        const int rest = static_cast<int>(kc - k);
+        const __mmask16 m = static_cast<__mmask16>((1u << rest) - 1u);
+        for (int r = 0; r < 16; ++r)
+          v[r] = src[r] ? _mm512_maskz_loadu_ps(m, src[r] + k) : _mm512_setzero_ps();
+        transpose16(v);
+        for (int c = 0; c < rest; ++c) _mm512_store_ps(dst + (k + c) * MR, v[c]);
+      }
+    }
+}
+
+// Software prefetch of the next slice's rows into L2 while the current slice is multiplied, so
+// the memory reads of the packing overlap with the arithmetic: one cache line every `every`
+// k-steps of the tiles.
+struct Prefetch {
+  const float* const* rows = nullptr;
+  int64_t nrows = 0, k = 0, lines = 0;  // rows to fetch, first column, lines per row
+  int64_t row = 0, line = 0;
+  int64_t every = 1, count = 1;
+  inline void one() {
+    if (row >= nrows) return;
+    _mm_prefetch(reinterpret_cast<const char*>(rows[row] + k + line * 16), _MM_HINT_T1);
+    if (++line == lines) {
+      line = 0;
+      ++row;
+    }
+  }
+};
+
+// acc[t * MR + r] += sum_k a[k * MR + r] * b[k * MR + t] (float32 over the slice, then float64);
+// Half: rows r < 16 only.
+template <bool Half>
+inline void tile(int64_t kc, const float* __restrict a, const float* __restrict b, double* __restrict acc,
+                 Prefetch& pf) {
+  __m512 c0[NR], c1[NR];
+  for (int t = 0; t < NR; ++t) {
+    c0[t] = _mm512_setzero_ps();
+    c1[t] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* ak = a + k * MR;
+    const float* bk = b + k * MR;
+    _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR), _MM_HINT_T0);
+    if (--pf.count == 0) {
+      pf.count = pf.every;
+      pf.one();
+    }
+    const __m512 a0 = _mm512_load_ps(ak);
+    if (Half) {
+#pragma GCC unroll 8
+      for (int t = 0; t < NR; ++t) c0[t] = _mm512_fmadd_ps(a0, _mm512_set1_ps(bk[t]), c0[t]);
+    } else {
+      const __m512 a1 = _mm512_load_ps(ak + 16);
+#pragma GCC unroll 8
+      for (int t = 0; t < NR; ++t) {
+        const __m512 bt = _mm512_set1_ps(bk[t]);
+        c0[t] = _mm512_fmadd_ps(a0, bt, c0[t]);
+        c1[t] = _mm512_fmadd_ps(a1, bt, c1[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NR; ++t) {
+    double* g = acc + t * MR;
+    _mm512_store_pd(g, _mm512_add_pd(_mm512_load_pd(g), _mm512_cvtps_pd(_mm512_castps512_ps256(c0[t]))));
+    _mm512_store_pd(g + 8,
+                    _mm512_add_pd(_mm512_load_pd(g + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(c0[t], 1))));
+    if (!Half) {
+      _mm512_store_pd(g + 16,
+                      _mm512_add_pd(_mm512_load_pd(g + 16), _mm512_cvtps_pd(_mm512_castps512_ps256(c1[t]))));
+      _mm512_store_pd(
+          g + 24, _mm512_add_pd(_mm512_load_pd(g + 24), _mm512_cvtps_pd(_mm512_extractf32x8_ps(c1[t], 1))));
+    }
+  }
+}
+
+}  // namespace
+
+void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
+                      double* g) {
+  const int64_t rest = p - i0;                  // rows i0 .. p - 1 are packed
+  const int64_t strips = (rest + MR - 1) / MR;  // packed strips (the column side)
+  const int64_t sa = (i1 - i0 + MR - 1) / MR;   // strips of the item's own rows
+  const int64_t ntj = (rest + NR - 1) / NR;     // column tiles
+  thread_local Scratch<float> pk_s;
+  thread_local Scratch<double> acc_s;
+  float* pk = pk_s.get(static_cast<size_t>(strips * KC * MR));
+  double* acc = acc_s.get(static_cast<size_t>(sa * ntj * NR * MR));
+  std::fill(acc, acc + sa * ntj * NR * MR, 0.0);
+  for (int64_t k = k0; k < k1; k += KC) {
+    check_cancel();
+    const int64_t kc = std::min(KC, k1 - k);
+    pack(rows + i0, rest, k, kc, strips, pk);
+    Prefetch pf;
+    if (k + kc < k1) {
+      // k-steps of this slice's tiles (about): the strip pairs at or right of the diagonal
+      const int64_t steps = std::max<int64_t>(1, sa * (2 * ntj - sa * (MR / NR)) / 2 * kc);
+      pf.rows = rows + i0;
+      pf.nrows = rest;
+      pf.k = k + kc;
+      pf.lines = (std::min(KC, k1 - k - kc) + 15) / 16;
+      pf.every = std::max<int64_t>(1, steps / std::max<int64_t>(1, rest * pf.lines));
+    }
+    // blocks of kBlockStrips row strips (their packed rows stay in L2) against every column tile
+    // at or right of the block's diagonal (each tile's packed columns stay in L1 for the block)
+    for (int64_t sb = 0; sb < sa; sb += kBlockStrips) {
+      const int64_t se = std::min(sa, sb + kBlockStrips);
+      for (int64_t jt = sb * MR / NR; jt < ntj; ++jt) {
+        const int64_t c0 = jt * NR;  // first column of the tile (relative to i0)
+        const float* b = pk + (c0 / MR) * kc * MR + c0 % MR;
+        for (int64_t s = sb; s < se; ++s) {
+          const int64_t r0 = s * MR;
+          if (c0 + NR - 1 < r0) continue;  // every entry below the diagonal
+          double* a = acc + (s * ntj + jt) * NR * MR;
+          if (c0 + NR - 1 < r0 + 16)
+            tile<true>(kc, pk + s * kc * MR, b, a, pf);
+          else
+            tile<false>(kc, pk + s * kc * MR, b, a, pf);
+        }
+      }
+    }
+  }
+  for (int64_t s = 0; s < sa; ++s)
+    for (int64_t jt = 0; jt < ntj; ++jt) {
+      const double* a = acc + (s * ntj + jt) * NR * MR;
+      for (int t = 0; t < NR; ++t) {
+        const int64_t j = i0 + jt * NR + t;
+        if (j >= p) break;
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + s * MR + r;
+          if (i >= i1 || i > j) break;
+          g[i * p + j] = a[t * MR + r];
+        }
+      }
+    }
+}
+
+}  // namespace simd_avx512
+}  // namespace flagcore
