@@ -469,3 +469,16 @@ def test_approximate_never_raises_and_its_tail_is_a_distribution(
     assert ds[0] == 1.0 and all(0.0 <= y <= x <= 1.0 for x, y in zip(ds, ds[1:]))
     for q, x in zip((0.1, 0.5, 0.9, 0.99), qs):
         assert a.deadline_miss(x) == pytest.approx(1 - q, rel=1e-6)
+
+
+def test_hypoexponential_stiff_general_rates_do_not_hang():
+    """Rates 1e-3 .. 1e6 not in progression: uniformisation would need ~1e9 steps at t = 1e3;
+    the dense fallback answers at once (to ~1e-8: its squarings), and a case too large for it
+    is refused with the reason instead of running for hours."""
+    rates = [1e-3, 5.0, 7.0, 1e6]
+    assert Hypoexponential(rates).survival(1e3) == pytest.approx(
+        _expm_survival(rates, 1e3), rel=1e-6
+    )
+    many = [*np.linspace(1.0, 2.0, 500).tolist(), 3.3, 1e6]
+    with pytest.raises(ValueError, match=r"Hypoexponential.survival: rates from 1 to 1e\+06"):
+        Hypoexponential(many).survival(10.0)

@@ -205,21 +205,45 @@ def effective_rates(n: int, k: int, lv: Levels) -> dict:
 
 
 # ---------------------------------------------------------------- tail distributions
+#: Largest steps x stages of one uniformised survival evaluation (about a second), and the
+#: most stages for the dense fallback beyond it (general rates only; arithmetic rates, which is
+#: all that approximate uses, never need either).
+_UNIFORMISATION_WORK = 2e7
+_DENSE_MAX_K = 400
+
+
+def _expm(A: np.ndarray) -> np.ndarray:
+    """exp(A) by scaling and squaring with a degree-20 Taylor sum (A a small sub-generator)."""
+    norm = float(np.abs(A).sum(axis=0).max())
+    sq = max(0, math.ceil(math.log2(norm)) + 1) if norm > 0.5 else 0
+    B = A / (2.0**sq)
+    E = np.eye(A.shape[0])
+    term = np.eye(A.shape[0])
+    for j in range(1, 21):
+        term = term @ B / j
+        E = E + term
+    for _ in range(sq):
+        E = E @ E
+    return E
+
+
 class Hypoexponential:
     """Sum of independent exponentials with the given rates (any positive rates, equal ones
-    included); the order of the rates does not matter.
+            included); the order of the rates does not matter.
 
-    Rates in arithmetic progression r_0 + i * d (i = 0..k-1, d >= 0), which is what the tandem
-    stages and the k-th order statistic of i.i.d. exponentials give, use a closed form: with
-    g(t) = (1 - e^{-d t}) / d (g = t for d = 0),
+            Rates in arithmetic progression r_0 + i * d (i = 0..k-1, d >= 0), which is what the tandem
+            stages and the k-th order statistic of i.i.d. exponentials give, use a closed form: with
+            g(t) = (1 - e^{-d t}) / d (g = t for d = 0),
 
-        P(T > t) = sum_{j<k} e^{-r_0 t} g(t)^j prod_{i<j} r_i / (i + 1),
+                P(T > t) = sum_{j<k} e^{-r_0 t} g(t)^j prod_{i<j} r_i / (i + 1),
 
-    a sum of positive terms (for d > 0, e^{-d T} ~ Beta(r_0/d, k) and this is the regularised
-    incomplete beta I_x(r_0/d, k) at x = e^{-d t} written as a negative-binomial sum; for d = 0
-    the Erlang survival). It is evaluated in logs, O(k) per time, with no cancellation, so it
-    scales to any k and keeps relative accuracy deep in the tail. Other rates use
-    uniformisation (O(k * max_rate * t) per time): no dense matrix exponential anywhere."""
+            a sum of positive terms (for d > 0, e^{-d T} ~ Beta(r_0/d, k) and this is the regularised
+            incomplete beta I_x(r_0/d, k) at x = e^{-d t} written as a negative-binomial sum; for d = 0
+            the Erlang survival). It is evaluated in logs, O(k) per time, with no cancellation, so it
+            scales to any k and keeps relative accuracy deep in the tail. Other rates use
+            uniformisation (O(k * max_rate * t) per time), or for stiff rates (max_rate * t * k beyond
+        2e7) a dense scaling-and-squaring exponential up to 400 stages (relative error ~1e-8 after
+    its many squarings; ValueError beyond)."""
 
     def __init__(self, rates):
         r = np.sort(np.asarray(rates, dtype=np.float64).ravel())
@@ -288,10 +312,21 @@ class Hypoexponential:
         r = self.rates
         lam = float(r[-1])
         a = lam * t
+        m_max = int(min(a + 12.0 * math.sqrt(a) + 40.0, 1e15))
+        if m_max * r.size > _UNIFORMISATION_WORK:
+            # stiff (max rate * t huge): the steps would take minutes or forever; a dense
+            # scaling-and-squaring exponential costs O(k^3 log(max rate * t)) instead
+            if r.size <= _DENSE_MAX_K:
+                S = np.diag(-r) + np.diag(r[:-1], 1)
+                return float(min(max(_expm(S * t)[0].sum(), 0.0), 1.0))
+            raise ValueError(
+                f"Hypoexponential.survival: rates from {r[0]:g} to {r[-1]:g} (not in arithmetic "
+                f"progression) at t={t:g} need {m_max:,} uniformisation steps over {r.size} "
+                f"stages; more than {_DENSE_MAX_K} stages with rates this spread are not supported"
+            )
         adv = r / lam  # probability that a step advances the stage
         v = np.zeros(r.size)
         v[0] = 1.0
-        m_max = int(a + 12.0 * math.sqrt(a) + 40.0)
         total = 0.0
         lw_base = -a
         la = math.log(a)
