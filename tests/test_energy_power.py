@@ -194,6 +194,8 @@ def test_levels_run_through_simulate_approximate_and_optimize():
         (lambda: service_time(-1.0, 2.0), ValueError, r"service_time: frequency .*-1.0"),
         (lambda: service_time(1.0, math.inf), ValueError, r"service_time: f_ref .*inf"),
         (lambda: service_rate(1.0, 2.0, 0.0, 0.0), ValueError, r"service_rate: rate_at_ref"),
+        (lambda: service_rate(1.0, 2.0, -0.1), ValueError, r"service_rate: memory_fraction"),
+        (lambda: service_rate([1.0, 0.0], 2.0), ValueError, r"service_rate: frequency\[1\]"),
         (
             lambda: levels_from_frequencies([1.0, 2.0]),
             ValueError,

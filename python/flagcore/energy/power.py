@@ -114,11 +114,7 @@ class PowerModel:
             return self.static + self.coeff * fs**self.alpha
 
 
-def service_time(frequency: Any, f_ref: float, memory_fraction: float = 0.0) -> Any:
-    """time(f) = (1 - m) * f_ref / f + m: the time of one unit of work (one time unit at f_ref)
-    at frequency f, when a fraction m of it is memory-bound and does not scale with f.
-    A float for one frequency, a float64 array for a sequence."""
-    fn = "service_time"
+def _service_time(frequency: Any, f_ref: Any, memory_fraction: Any, fn: str) -> Any:
     fr = _positive(f_ref, fn, "f_ref")
     m = _memory_fraction(memory_fraction, fn)
     # written as 1 + (1 - m)(f_ref / f - 1): exactly 1 at f = f_ref for every m
@@ -127,13 +123,21 @@ def service_time(frequency: Any, f_ref: float, memory_fraction: float = 0.0) -> 
     return 1.0 + (1.0 - m) * (fr / _vector(frequency, fn, "frequency", positive=True) - 1.0)
 
 
+def service_time(frequency: Any, f_ref: float, memory_fraction: float = 0.0) -> Any:
+    """time(f) = (1 - m) * f_ref / f + m: the time of one unit of work (one time unit at f_ref)
+    at frequency f, when a fraction m of it is memory-bound and does not scale with f.
+    A float for one frequency, a float64 array for a sequence."""
+    return _service_time(frequency, f_ref, memory_fraction, "service_time")
+
+
 def service_rate(
     frequency: Any, f_ref: float, memory_fraction: float = 0.0, rate_at_ref: float = 1.0
 ) -> Any:
     """rate(f) = rate_at_ref / time(f): tasks per time unit at frequency f, given the rate at
     f_ref (service_time). With m = 0 the rate is proportional to f; with m = 1 it is constant."""
-    r = _positive(rate_at_ref, "service_rate", "rate_at_ref")
-    return r / service_time(frequency, f_ref, memory_fraction)
+    fn = "service_rate"
+    r = _positive(rate_at_ref, fn, "rate_at_ref")
+    return r / _service_time(frequency, f_ref, memory_fraction, fn)
 
 
 def levels_from_frequencies(
@@ -147,8 +151,8 @@ def levels_from_frequencies(
 ) -> list[SpeedLevel]:
     """One SpeedLevel per frequency, in the order given: rate = service_rate(f, max(f),
     memory_fraction, rate_at_max), power = the measured ``powers`` or ``model.power(f)``
-    (exactly one of the two), probability = ``probabilities`` (default: 1/m each; ``optimize``
-    ignores them and chooses its own).
+    (exactly one of the two), probability = ``probabilities`` (default: 1 / len(frequencies)
+    each; ``optimize`` ignores them and chooses its own).
 
     frequencies: GHz (any positive unit, used only as ratios and in ``model``), distinct.
     rate_at_max: the service rate at the highest frequency, in the time unit of arrival_rate
