@@ -482,3 +482,14 @@ def test_hypoexponential_stiff_general_rates_do_not_hang():
     many = [*np.linspace(1.0, 2.0, 500).tolist(), 3.3, 1e6]
     with pytest.raises(ValueError, match=r"Hypoexponential.survival: rates from 1 to 1e\+06"):
         Hypoexponential(many).survival(10.0)
+
+
+def test_approximate_deadline_miss_refuses_what_is_not_a_deadline():
+    a = approximate(4, 2, 1.0, ONE)
+    assert a.deadline_miss(-1.0) == 1.0 and a.deadline_miss(math.inf) == 0.0
+    with pytest.raises(ValueError, match="deadline_miss: d must be a number, got nan"):
+        a.deadline_miss(math.nan)
+    with pytest.raises(TypeError, match="deadline_miss: d must be a number, got str"):
+        a.deadline_miss("2")
+    with pytest.raises(ValueError, match=r"percentile: q must be in \(0, 1\), got nan"):
+        a.percentile(math.nan)

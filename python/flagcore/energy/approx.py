@@ -414,6 +414,11 @@ class ApproxResult(_stats.PercentileShortcuts):
         return v if math.isfinite(v) else math.inf
 
     def deadline_miss(self, d: float) -> float:
+        """P(T > d) under this approximation (1 for d <= 0; 1 when unstable)."""
+        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
+            raise TypeError(f"deadline_miss: d must be a number, got {type(d).__name__}")
+        if math.isnan(d):
+            raise ValueError(f"deadline_miss: d must be a number, got {d!r}")
         if self._tail is None:
             return 1.0
         with np.errstate(all="ignore"):
