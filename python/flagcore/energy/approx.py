@@ -229,20 +229,20 @@ def _expm(A: np.ndarray) -> np.ndarray:
 
 class Hypoexponential:
     """Sum of independent exponentials with the given rates (any positive rates, equal ones
-            included); the order of the rates does not matter.
+    included); the order of the rates does not matter.
 
-            Rates in arithmetic progression r_0 + i * d (i = 0..k-1, d >= 0), which is what the tandem
-            stages and the k-th order statistic of i.i.d. exponentials give, use a closed form: with
-            g(t) = (1 - e^{-d t}) / d (g = t for d = 0),
+    Rates in arithmetic progression r_0 + i * d (i = 0..k-1, d >= 0), which is what the tandem
+    stages and the k-th order statistic of i.i.d. exponentials give, use a closed form: with
+    g(t) = (1 - e^{-d t}) / d (g = t for d = 0),
 
-                P(T > t) = sum_{j<k} e^{-r_0 t} g(t)^j prod_{i<j} r_i / (i + 1),
+        P(T > t) = sum_{j<k} e^{-r_0 t} g(t)^j prod_{i<j} r_i / (i + 1),
 
-            a sum of positive terms (for d > 0, e^{-d T} ~ Beta(r_0/d, k) and this is the regularised
-            incomplete beta I_x(r_0/d, k) at x = e^{-d t} written as a negative-binomial sum; for d = 0
-            the Erlang survival). It is evaluated in logs, O(k) per time, with no cancellation, so it
-            scales to any k and keeps relative accuracy deep in the tail. Other rates use
-            uniformisation (O(k * max_rate * t) per time), or for stiff rates (max_rate * t * k beyond
-        2e7) a dense scaling-and-squaring exponential up to 400 stages (relative error ~1e-8 after
+    a sum of positive terms (for d > 0, e^{-d T} ~ Beta(r_0/d, k) and this is the regularised
+    incomplete beta I_x(r_0/d, k) at x = e^{-d t}, written as a negative-binomial sum; for d = 0
+    the Erlang survival). It is evaluated in logs, O(k) per time, with no cancellation, so it
+    scales to any k and keeps relative accuracy deep in the tail. Other rates use
+    uniformisation (O(k * max_rate * t) per time), or for stiff rates (max_rate * t * k beyond
+    2e7) a dense scaling-and-squaring exponential up to 400 stages (relative error ~1e-8 after
     its many squarings; ValueError beyond)."""
 
     def __init__(self, rates):
