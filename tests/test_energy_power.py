@@ -267,6 +267,11 @@ def test_levels_run_through_simulate_approximate_and_optimize():
             r"fit_power_model: alpha must be positive and finite, got -1",
         ),
         (
+            lambda: fit_power_model([1e9, 2e9, 3e9], [1.0, 2.0, 9.0], alpha=40.0),
+            ValueError,
+            r"fit_power_model: coeff = .* is not representable; give the frequencies in GHz",
+        ),
+        (
             lambda: fit_power_model(np.ones((2, 2)), [1.0, 2.0]),
             ValueError,
             r"fit_power_model: frequencies must be one-dimensional",
@@ -276,3 +281,16 @@ def test_levels_run_through_simulate_approximate_and_optimize():
 def test_bad_input_is_refused_with_the_reason(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-3, 1e200])
+def test_fit_is_invariant_under_the_power_unit(scale):
+    """Powers in any unit (mW, W, or absurd magnitudes): the same alpha, static and coeff
+    scaled with them, no overflow in the squared errors."""
+    p = PowerModel(0.8, 0.4, 2.7).power(TABLE)
+    ref = fit_power_model(TABLE, p)
+    fit = fit_power_model(TABLE, p * scale)
+    assert fit.alpha == pytest.approx(ref.alpha, rel=1e-9)
+    assert fit.static == pytest.approx(ref.static * scale, rel=1e-6)
+    assert fit.coeff == pytest.approx(ref.coeff * scale, rel=1e-6)
+    assert fit_power_model(TABLE, [0.0] * len(TABLE)).power(2.0) == 0.0  # all-zero readings

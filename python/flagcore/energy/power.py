@@ -234,12 +234,25 @@ def fit_power_model(
     distinct = len(set(f.tolist()))
     fmax = float(f.max())
     u = f / fmax  # conditioning: fit coeff' = coeff * fmax**alpha on u in (0, 1]
+    pmax = float(p.max())
+    scale = pmax if pmax > 0 else 1.0
+    p = p / scale  # and powers in [0, 1]: no overflow in the squared errors at any magnitude
+
+    def model_of(s: float, c: float, a: float) -> PowerModel:
+        coeff = c * scale * math.exp(-a * math.log(fmax)) if c > 0 else 0.0
+        if c > 0 and not (0.0 < coeff < math.inf):
+            raise ValueError(
+                f"{fn}: coeff = {c * scale:g} / {fmax:g}**{a:g} is not representable; give the "
+                f"frequencies in GHz"
+            )
+        return PowerModel(s * scale, coeff, a)
+
     if alpha is not None:
         a = _positive(alpha, fn, "alpha")
         if distinct < 2:
             raise ValueError(f"{fn}: needs at least 2 distinct frequencies, got {distinct}")
         s, c, _ = _fit_linear(u**a, p)
-        return PowerModel(s, c / fmax**a, a)
+        return model_of(s, c, a)
     if (
         not isinstance(alpha_bounds, (tuple, list))
         or len(alpha_bounds) != 2
@@ -282,4 +295,4 @@ def fit_power_model(
     if vals[i] < sse(a):  # a flat profile: keep the grid point
         a = float(grid[i])
     s, c, _ = _fit_linear(u**a, p)
-    return PowerModel(s, c / fmax**a, a)
+    return model_of(s, c, a)
