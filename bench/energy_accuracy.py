@@ -7,13 +7,28 @@ power a C-state table saves at 30 % load and its p99 cost (bench/results/energy_
     python bench/energy_accuracy.py [--requests 400000] [--out bench/results/energy_accuracy.json]
     python bench/energy_accuracy.py --validation [--requests 300000]
     python bench/energy_accuracy.py --cstates [--requests 1000000]
+    python bench/energy_accuracy.py --scale [--sizes 10,100,1000,10000] [--baseline REV]
+    python bench/energy_accuracy.py --pstates [--requests 400000]
+
+--scale: approximate() and its p99 at (n, k) = (2k, k), one and two speed levels, against the
+approximate of git revision --baseline (default: the revision before the dense matrix
+exponential was replaced) loaded from git and timed in the same run, up to --baseline-max-k;
+both are checked to agree first (bench/results/energy_approx_scale.json). --pstates: the
+worked example of docs/energy-power.md, speed levels from a CPU's P-state table (a fitted power
+model, a memory-bound fraction) and the least power that meets a p99 target
+(bench/results/energy_pstates.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import os
+import subprocess
 import sys
+import tempfile
+import time
 
 from flagcore.energy import MMPP, SleepState, approximate, simulate
 from flagcore.energy._json import dump as strict_dump
@@ -163,6 +178,281 @@ def cstates(requests: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- --scale
+#: The last revision whose approximate() used dense matrix exponentials for its percentiles.
+BASELINE_REV = "ef9f0f5"
+
+
+def _load_baseline(rev: str):
+    """approx.py of git revision `rev`, imported as a module of the installed flagcore.energy
+    package (its relative imports resolve there); None when git or the revision is missing."""
+    root = os.path.dirname(HERE)
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{rev}:python/flagcore/energy/approx.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", rev], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"baseline {rev}: not available ({e}); timing the current version only")
+        return None, None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "approx_baseline.py")
+        with open(path, "w") as f:
+            f.write(src)
+        name = "flagcore.energy._approx_baseline"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+    return mod, sha
+
+
+def _time(fn, repeat: int) -> tuple[float, object]:
+    best, out = math.inf, None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def scale(
+    sizes: list, repeat: int, baseline_rev: str, baseline_max_k: int, baseline_repeat: int
+) -> dict:
+    """approximate(2k, k, rho = 0.5) and its p99, now and at the baseline revision."""
+    old, sha = (None, None) if baseline_rev == "none" else _load_baseline(baseline_rev)
+    rows = []
+    cases = [("one speed", [(1.0, 1.0, 1.0)]), ("two speeds", [(1.0, 1.0, 0.4), (3.0, 9.0, 0.6)])]
+    for k in sizes:
+        n = 2 * k
+        for name, lv in cases:
+            lam = 0.5 * approximate(n, k, 1e-9, lv).stability_limit
+            args = (n, k, lam, lv)
+            t_new, a = _time(lambda args=args: approximate(*args), repeat)
+            t_p99, p99 = _time(lambda a=a: a.p99, repeat)  # percentiles are not cached
+            row = dict(
+                n=n,
+                k=k,
+                levels=name,
+                arrival_rate=lam,
+                mean=a.mean_response_time,
+                p99=p99,
+                approximate_s=t_new,
+                p99_s=t_p99,
+                baseline_approximate_s=None,
+                baseline_p99_s=None,
+                speedup_p99=None,
+                speedup_total=None,
+            )
+            if old is not None and k <= baseline_max_k:
+                tb, b = _time(lambda args=args: old.approximate(*args), baseline_repeat)
+                # correctness before timing the tails: the same model, the same answers
+                assert math.isclose(b.mean_response_time, a.mean_response_time, rel_tol=1e-9)
+                assert math.isclose(b.energy_per_request, a.energy_per_request, rel_tol=1e-9)
+                tb99, b99 = _time(lambda b=b: b.p99, baseline_repeat)
+                assert math.isclose(b99, p99, rel_tol=1e-6), (b99, p99)
+                row.update(
+                    baseline_approximate_s=tb,
+                    baseline_p99_s=tb99,
+                    speedup_p99=tb99 / t_p99,
+                    speedup_total=(tb + tb99) / (t_new + t_p99),
+                )
+            rows.append(row)
+            b_txt = (
+                f"{row['baseline_approximate_s']:10.4f} {row['baseline_p99_s']:10.3f} "
+                f"{row['speedup_p99']:8.0f}x {row['speedup_total']:8.0f}x"
+                if row["baseline_p99_s"] is not None
+                else f"{'-':>10} {'-':>10} {'-':>9} {'-':>9}"
+            )
+            print(
+                f"{n:>7} {k:>6} {name:<10} {t_new:10.4f} {t_p99:10.4f} {b_txt} {p99:10.4f}",
+                flush=True,
+            )
+    return dict(
+        repeat=repeat,
+        baseline_repeat=baseline_repeat,
+        baseline=baseline_rev,
+        baseline_commit=sha,
+        rows=rows,
+    )
+
+
+# ---------------------------------------------------------------- --pstates
+#: The worked example of docs/energy-power.md: the non-turbo P-states of a 2.1 GHz server part
+#: (a subset of its 100 MHz steps); the per-core busy powers are illustrative figures (W),
+#: not a measurement: substitute RAPL or power-meter readings for a real machine.
+PSTATES_GHZ = [1.0, 1.2, 1.4, 1.6, 1.8, 2.1]
+PSTATES_W = [4.1, 4.8, 5.7, 6.8, 8.1, 10.0]
+P_IDLE_PSTATES = 4.0  # idle in C0, as the C-state example
+P99_TARGET_MS = 6.0
+
+
+def pstates(requests: int) -> dict:
+    """(4, 3) fork-join with cancellation, 1 ms mean task at 2.1 GHz, 0.4 requests/ms (30 %
+    utilisation at full speed): every P-state alone, for a compute-bound and a partly
+    memory-bound workload, by simulation; the cheapest one whose p99 (upper 95 % limit) meets
+    the target; then optimize over mixes of the two P-states around it."""
+    from flagcore.energy import fit_power_model, levels_from_frequencies, optimize
+
+    n, k, lam = 4, 3, 0.4
+    model = fit_power_model(PSTATES_GHZ, PSTATES_W)
+    fit_err = [model.power(f) / w - 1 for f, w in zip(PSTATES_GHZ, PSTATES_W)]
+    print(
+        f"fit: P(f) = {model.static:.3f} + {model.coeff:.3f} f^{model.alpha:.3f} W "
+        f"(largest relative error {max(abs(e) for e in fit_err):.2%})"
+    )
+    out = dict(
+        model=dict(
+            n=n,
+            k=k,
+            arrival_rate_per_ms=lam,
+            service_mean_ms_at_max=1.0,
+            idle_power_w=P_IDLE_PSTATES,
+            frequencies_ghz=PSTATES_GHZ,
+            powers_w=PSTATES_W,
+            p99_target_ms=P99_TARGET_MS,
+            requests=requests,
+        ),
+        fit=dict(static=model.static, coeff=model.coeff, alpha=model.alpha, rel_err=fit_err),
+        rows=[],
+        mixes=[],
+    )
+    print(
+        f"{'m':>4} {'GHz':>5} {'rate/ms':>8} {'busy W':>7} {'rho':>5} {'power W':>15} "
+        f"{'mJ/req':>7} {'mean ms':>8} {'p99 ms':>15} meets"
+    )
+    for m in (0.0, 0.3):
+        for j, f in enumerate(PSTATES_GHZ):
+            probs = [1.0 if i == j else 0.0 for i in range(len(PSTATES_GHZ))]
+            lv = levels_from_frequencies(
+                PSTATES_GHZ, PSTATES_W, memory_fraction=m, probabilities=probs
+            )
+            mu = lv[j].rate
+            rho = k * lam / (n * mu)
+            if rho >= 0.95:
+                print(f"{m:4.1f} {f:5.1f} {mu:8.4f} {lv[j].power:7.2f} {rho:5.2f}  (too slow)")
+                continue
+            s = simulate(n, k, lam, lv, idle_power=P_IDLE_PSTATES, requests=requests, seed=1 + j)
+            p99_ci = s.percentile_ci(0.99)
+            meets = s.p99 + p99_ci <= P99_TARGET_MS
+            out["rows"].append(
+                dict(
+                    memory_fraction=m,
+                    ghz=f,
+                    rate_per_ms=mu,
+                    busy_power_w=lv[j].power,
+                    utilisation=rho,
+                    power_w=s.average_power,
+                    power_ci=s.average_power_ci,
+                    energy_mj_per_request=s.total_energy_per_request,
+                    mean_ms=s.mean_response_time,
+                    p99_ms=s.p99,
+                    p99_ci=p99_ci,
+                    meets_target=meets,
+                )
+            )
+            print(
+                f"{m:4.1f} {f:5.1f} {mu:8.4f} {lv[j].power:7.2f} {rho:5.2f} "
+                f"{s.average_power:7.3f} ± {s.average_power_ci:.3f} "
+                f"{s.total_energy_per_request:7.2f} {s.mean_response_time:8.3f} "
+                f"{s.p99:7.3f} ± {p99_ci:.3f} {'yes' if meets else 'no'}",
+                flush=True,
+            )
+        ok = [r for r in out["rows"] if r["memory_fraction"] == m and r["meets_target"]]
+        if not ok:
+            continue
+        best = min(ok, key=lambda r: r["power_w"])
+        # a mix of the cheapest single P-state that meets the target and the next slower one
+        j = PSTATES_GHZ.index(best["ghz"])
+        if j == 0:
+            continue
+        pair = [j - 1, j]
+        lv2 = levels_from_frequencies(
+            [PSTATES_GHZ[i] for i in pair], [PSTATES_W[i] for i in pair], memory_fraction=m
+        )
+        # rates relative to the table's top frequency, not the pair's
+        scale_ = levels_from_frequencies(PSTATES_GHZ, PSTATES_W, memory_fraction=m)
+        lv2 = [(scale_[i].rate, PSTATES_W[i]) for i in pair]
+        o = optimize(
+            n,
+            k,
+            lam,
+            lv2,
+            target=P99_TARGET_MS,
+            metric="p99",
+            objective="power",
+            idle_power=P_IDLE_PSTATES,
+            evaluator="simulate",
+            grid=6,
+            refine=1,
+            requests=requests,
+            seed=7,
+        )
+        out["mixes"].append(
+            dict(
+                memory_fraction=m,
+                ghz=[PSTATES_GHZ[i] for i in pair],
+                feasible=o.feasible,
+                probs=list(o.probs),
+                power_w=o.value,
+                p99_ms=o.latency,
+                p99_ci=o.latency_ci,
+                best_single_ghz=best["ghz"],
+                best_single_power_w=best["power_w"],
+            )
+        )
+        print(
+            f"m = {m}: cheapest single P-state meeting p99 <= {P99_TARGET_MS} ms: "
+            f"{best['ghz']} GHz at {best['power_w']:.3f} W; best mix of "
+            f"{PSTATES_GHZ[pair[0]]}/{PSTATES_GHZ[pair[1]]} GHz: p = {tuple(round(x, 3) for x in o.probs)}, "
+            f"{o.value:.3f} W, p99 {o.latency:.3f} ± {o.latency_ci:.3f} ms (feasible: {o.feasible})"
+        )
+    full = next(r for r in out["rows"] if r["ghz"] == PSTATES_GHZ[-1])
+    out["full_speed_power_w"] = full["power_w"]
+    # slow down, or race to idle? The C-state table of --cstates with the full-speed P-state
+    # and with the cheapest P-state that meets the target (compute-bound work, m = 0).
+    out["with_cstates"] = []
+    ok = [r for r in out["rows"] if r["memory_fraction"] == 0.0 and r["meets_target"]]
+    best = min(ok, key=lambda r: r["power_w"]) if ok else None
+    for f in sorted({PSTATES_GHZ[-1]} | ({best["ghz"]} if best else set())):
+        j = PSTATES_GHZ.index(f)
+        probs = [1.0 if i == j else 0.0 for i in range(len(PSTATES_GHZ))]
+        lv = levels_from_frequencies(PSTATES_GHZ, PSTATES_W, probabilities=probs)
+        s = simulate(
+            n,
+            k,
+            lam,
+            lv,
+            idle_power=P_IDLE_PSTATES,
+            requests=requests,
+            seed=1 + j,
+            sleep=[SleepState(a, pw, lat, PSTATES_W[j]) for a, pw, lat, _ in CSTATES],
+        )
+        p99_ci = s.percentile_ci(0.99)
+        out["with_cstates"].append(
+            dict(
+                ghz=f,
+                power_w=s.average_power,
+                power_ci=s.average_power_ci,
+                p99_ms=s.p99,
+                p99_ci=p99_ci,
+                mean_ms=s.mean_response_time,
+                meets_target=s.p99 + p99_ci <= P99_TARGET_MS,
+            )
+        )
+        print(
+            f"{f} GHz + C1/C1E/C6: {s.average_power:.3f} ± {s.average_power_ci:.3f} W, "
+            f"p99 {s.p99:.3f} ± {p99_ci:.3f} ms, mean {s.mean_response_time:.3f} ms"
+        )
+    return out
+
+
 TWO = [(1.0, 1.0, 0.5), (3.0, 9.0, 0.5)]
 
 
@@ -182,11 +472,64 @@ def main() -> int:
     ap.add_argument(
         "--cstates", action="store_true", help="the worked C-state example of docs/energy.md"
     )
+    ap.add_argument(
+        "--scale", action="store_true", help="approximate() at large k against --baseline"
+    )
+    ap.add_argument("--sizes", default="10,100,1000,10000", help="--scale: values of k")
+    ap.add_argument("--repeat", type=int, default=3, help="--scale: best of this many runs")
+    ap.add_argument(
+        "--baseline",
+        default=BASELINE_REV,
+        help="--scale: git revision of the approximate() to compare with ('none': skip)",
+    )
+    ap.add_argument(
+        "--baseline-max-k", type=int, default=300, help="--scale: largest k for the baseline"
+    )
+    ap.add_argument(
+        "--baseline-repeat", type=int, default=1, help="--scale: best of this many baseline runs"
+    )
+    ap.add_argument(
+        "--pstates", action="store_true", help="the worked P-state example of docs/energy-power.md"
+    )
     a = ap.parse_args()
-    which = "validation" if a.validation else "cstates" if a.cstates else "accuracy"
+    which = (
+        "validation"
+        if a.validation
+        else "cstates"
+        if a.cstates
+        else "approx_scale"
+        if a.scale
+        else "pstates"
+        if a.pstates
+        else "accuracy"
+    )
     a.out = a.out or os.path.join(HERE, "results", f"energy_{which}.json")
     if not os.access(os.path.dirname(os.path.abspath(a.out)), os.W_OK):
         ap.error(f"--out: cannot write into {os.path.dirname(os.path.abspath(a.out))}")
+    if a.repeat < 1:
+        ap.error(f"--repeat must be >= 1, got {a.repeat}")
+    if a.scale:
+        try:
+            sizes = [int(x) for x in a.sizes.split(",")]
+        except ValueError:
+            ap.error(f"--sizes must be comma-separated ints, got {a.sizes!r}")
+        if not sizes or min(sizes) < 1:
+            ap.error(f"--sizes must be positive ints, got {a.sizes!r}")
+        print(
+            f"{'n':>7} {'k':>6} {'levels':<10} {'approx s':>10} {'p99 s':>10} "
+            f"{'base appr s':>10} {'base p99 s':>10} {'x p99':>9} {'x total':>9} {'p99':>10}"
+        )
+        res = scale(sizes, a.repeat, a.baseline, a.baseline_max_k, max(a.baseline_repeat, 1))
+        with open(a.out, "w") as f:
+            strict_dump(res, f, indent=2)
+        print(f"wrote {a.out}")
+        return 0
+    if a.pstates:
+        res = pstates(a.requests)
+        with open(a.out, "w") as f:
+            strict_dump(res, f, indent=2)
+        print(f"wrote {a.out}")
+        return 0
     if a.validation:
         rows = validation(a.requests)
         print(f"{'case':<62} {'exact':>9} {'simulated':>18} ok")

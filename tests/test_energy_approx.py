@@ -8,7 +8,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from _props import bounded
 from flagcore.energy import approximate, optimize, pareto_front, simulate, sweep
 from flagcore.energy.approx import Hypoexponential, race_chain, race_integral
 
@@ -275,3 +278,218 @@ def test_cli(tmp_path, capsys):
         == 2
     )
     assert "sum to 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- tails without dense expm
+def _expm_survival(rates, t):
+    """Independent reference: P(T > t) = e_1' expm(S t) 1 for the bidiagonal sub-generator,
+    by scipy's Pade expm in float64 (small k only)."""
+    linalg = pytest.importorskip("scipy.linalg")
+    r = np.asarray(rates, dtype=np.float64)
+    S = np.diag(-r) + np.diag(r[:-1], 1)
+    return float(linalg.expm(S * t)[0].sum())
+
+
+@pytest.mark.parametrize(
+    "rates",
+    [
+        [2.0],
+        [1.0, 1.7, 2.4, 3.1],  # arithmetic, distinct
+        [0.3] * 6,  # Erlang
+        [5.0, 3.5, 2.0, 0.5],  # arithmetic, given in decreasing order
+        [3.0, 2.0, 0.5, 0.45, 7.0],  # not arithmetic: uniformisation
+        [1e-3, 1.0, 1.0, 40.0],  # not arithmetic, wide spread
+    ],
+)
+def test_hypoexponential_matches_dense_expm(rates):
+    d = Hypoexponential(rates)
+    mean = sum(1.0 / r for r in rates)
+    assert d.mean == pytest.approx(mean, rel=1e-12)
+    for t in (0.05 * mean, 0.5 * mean, mean, 3.0 * mean):
+        assert d.survival(t) == pytest.approx(_expm_survival(rates, t), rel=1e-9, abs=1e-14)
+    assert d.survival(0.0) == 1.0 and d.survival(-1.0) == 1.0 and d.survival(math.inf) == 0.0
+
+
+def test_arithmetic_tail_is_the_incomplete_beta():
+    """For step d > 0, exp(-d T) ~ Beta(r0 / d, k): P(T > t) = I_{exp(-d t)}(r0 / d, k)."""
+    special = pytest.importorskip("scipy.special")
+    for r0, d, k in ((0.7, 0.3, 1), (0.7, 0.3, 12), (2.5, 1.0, 40), (1e-3, 2.0, 200)):
+        h = Hypoexponential.arithmetic(r0, d, k)
+        for t in np.geomspace(0.01, 50.0, 9) * h.mean:
+            if d * t > 700.0:  # exp(-d t) underflows: the reference cannot be evaluated
+                continue
+            ref = float(special.betainc(r0 / d, k, math.exp(-d * t)))
+            assert h.survival(t) == pytest.approx(ref, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 1000, 10000])
+def test_arithmetic_tail_exact_at_large_k(k):
+    """Rates mu, 2 mu, ..., k mu: the maximum of k i.i.d. Exp(mu), 1 - (1 - e^{-mu t})^k; step 0:
+    the Erlang(k) survival, a Poisson sum computed here term by term in logs."""
+    mu = 1.3
+    h = Hypoexponential.arithmetic(mu, mu, k)
+    for t in (0.1, 1.0, 5.0, 12.0, 30.0):
+        exact = -math.expm1(k * math.log1p(-math.exp(-mu * t)))
+        assert h.survival(t) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+    e = Hypoexponential.arithmetic(mu, 0.0, k)
+    for x in (0.5 * k, k - 0.9 * math.sqrt(k), float(k), k + 3 * math.sqrt(k) + 1):
+        logs = [-x + j * math.log(x) - math.lgamma(j + 1) for j in range(k)]
+        top = max(logs)
+        exact = math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
+        assert e.survival(x / mu) == pytest.approx(exact, rel=1e-9)
+
+
+def test_tail_keeps_relative_accuracy_deep_in_the_tail():
+    h = Hypoexponential.arithmetic(2.0, 0.5, 3)  # rates 2, 2.5, 3
+    for t in (50.0, 200.0, 300.0):
+        # distinct rates: the partial-fraction sum is exact and, for large t, dominated by e^{-2t}
+        ref = sum(
+            math.exp(-ri * t) * math.prod(rj / (rj - ri) for rj in (2.0, 2.5, 3.0) if rj != ri)
+            for ri in (2.0, 2.5, 3.0)
+        )
+        assert h.survival(t) == pytest.approx(ref, rel=1e-9)
+    assert 0.0 < h.survival(300.0) < 1e-250
+
+
+def test_order_statistic_tail_is_binomial():
+    from flagcore.energy.approx import OrderStatistic
+
+    for n, k, rate in ((5, 3, 0.7), (40, 40, 2.0), (200, 37, 1.0)):
+        o = OrderStatistic(n, k, rate)
+        for t in (0.05, 0.5, 2.0, 6.0):
+            F = -math.expm1(-rate * t)
+            exact = math.fsum(math.comb(n, j) * F**j * (1 - F) ** (n - j) for j in range(k))
+            assert o.survival(t) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+
+
+def test_hypoexponential_refuses_bad_rates():
+    for bad in ([], [1.0, 0.0], [1.0, math.nan], [math.inf]):
+        with pytest.raises(ValueError, match="Hypoexponential: rates must be"):
+            Hypoexponential(bad)
+    with pytest.raises(ValueError, match=r"Hypoexponential.arithmetic: needs r0 > 0"):
+        Hypoexponential.arithmetic(0.0, 1.0, 3)
+    with pytest.raises(ValueError, match=r"Hypoexponential.arithmetic: k must be"):
+        Hypoexponential.arithmetic(1.0, 1.0, 0)
+
+
+def test_approximate_tail_matches_the_stage_matrix():
+    """approximate's percentile and deadline_miss are the tandem stages' hypoexponential."""
+    for n, k, lam, lv in ((4, 2, 1.2, ONE), (6, 4, 0.5, TWO), (5, 5, 0.8, ONE), (8, 2, 3.0, ONE)):
+        a = approximate(n, k, lam, lv)
+        assert a.stable
+        for d in (0.5, 1.0, 3.0):
+            assert a.deadline_miss(d) == pytest.approx(
+                _expm_survival(a.stage_rates, d), rel=1e-9, abs=1e-14
+            )
+        p = a.p99
+        assert _expm_survival(a.stage_rates, p) == pytest.approx(0.01, rel=1e-8)
+    a = approximate(6, 3, 1.0, TWO, cancel=False)  # k-th of n M/M/1 sojourns at the harmonic rate
+    rate = 1.0 / (0.4 / 1.0 + 0.6 / 3.0) - 1.0
+    F = -math.expm1(-rate * a.p99)
+    assert math.fsum(math.comb(6, j) * F**j * (1 - F) ** (6 - j) for j in range(3)) == (
+        pytest.approx(0.01, rel=1e-8)
+    )
+
+
+@pytest.mark.parametrize("levels", [ONE, TWO])
+def test_approximate_scales_to_large_k(levels):
+    """k = 5000 (the dense version took minutes for its percentiles): the pieces stay exact where
+    theory gives them; timing is bench/energy_accuracy.py --scale."""
+    n, k = 10000, 5000
+    a = approximate(n, k, 1.0, levels)
+    assert a.stable and math.isfinite(a.p99) and a.percentile(0.5) < a.p99 < a.percentile(0.999)
+    if levels is ONE:
+        assert a.light_traffic_response_time == pytest.approx(H(n) - H(n - k), rel=1e-12)
+        assert a.energy_per_request == pytest.approx(k * 1.0, rel=1e-12)
+    assert a.tandem_response_time == pytest.approx(sum(1 / s for s in a.stage_rates), rel=1e-9)
+    # the tail's median sits within a few stage-spreads of the mean (most stages are fast)
+    assert abs(a.percentile(0.5) - a.tandem_response_time) < 0.05 * a.tandem_response_time
+
+
+# ---------------------------------------------------------------- edges of approximate
+@pytest.mark.parametrize("mu", [1e-150, 1e-5, 1.0, 1e150])
+@pytest.mark.parametrize("n,k", [(5, 3), (4, 2), (50, 49), (3, 1), (6, 6)])
+def test_approximate_within_rounding_of_the_limit(mu, n, k):
+    """A load within rounding of the limit is stable with finite latencies or stable=False
+    with infinite ones, never an exception or stable=True with an infinite mean."""
+    limit = n * mu / k if k < n else mu
+    for frac in (1 - 1e-9, 1 - 1e-15, 1.0, 1 + 1e-15):
+        for lv in ([(mu, 1.0, 1.0)], [(mu, 1.0, 0.5), (2 * mu, 3.0, 0.5)]):
+            for cancel in (True, False):
+                a = approximate(n, k, limit * frac, lv, cancel=cancel)
+                finite = math.isfinite(a.mean_response_time)
+                assert a.stable == finite == math.isfinite(a.p99), (frac, lv, cancel)
+                # at frac = 1 a change of time unit can round the load to either side
+                if len(lv) == 1 and (frac > 1.0 or (frac == 1.0 and mu == 1.0)):
+                    assert not a.stable
+                json.dumps(a.to_dict(), allow_nan=True)
+
+
+@pytest.mark.parametrize("c", [1e-300, 1e300, 1e308])
+def test_approximate_tails_at_extreme_rates(c):
+    """At extreme absolute rates every query answers (deadline_miss at a deadline 1e300 times
+    the mean used to raise OverflowError in the dense matrix exponential)."""
+    a = approximate(4, 2, c, [(c, 1.0, 1.0)])
+    assert a.stable and a.mean_response_time * c == pytest.approx(
+        sum(1 / s for s in (4 - 2, 3 - 1)), rel=1e-12
+    )
+    assert a.deadline_miss(0.0) == 1.0
+    assert a.deadline_miss(1e300 / c if c < 1 else 1.0) == 0.0
+    assert a.deadline_miss(a.p99) == pytest.approx(0.01, rel=1e-9)
+
+
+@bounded(60)
+@given(
+    n=st.integers(1, 60),
+    kf=st.floats(0.0, 1.0),
+    load=st.sampled_from([1e-12, 0.3, 0.9, 0.999999, 1 - 1e-14, 1.0, 1.5]),
+    scale=st.sampled_from([1e-200, 1e-3, 1.0, 1e3, 1e200]),
+    spread=st.sampled_from([None, 1.5, 40.0]),
+    cancel=st.booleans(),
+    method=st.sampled_from(["race", "harmonic", "arithmetic"]),
+)
+def test_approximate_never_raises_and_its_tail_is_a_distribution(
+    n, kf, load, scale, spread, cancel, method
+):
+    """Any valid input up to and past the stability limit: no exception, no warning;
+    stable exactly when the mean, p50 and p99 are finite; percentiles increase with q and
+    deadline_miss decreases with d, within [0, 1]."""
+    k = max(1, min(n, round(kf * n)))
+    lv = [(scale, 1.0, 1.0)] if spread is None else [(scale, 1.0, 0.5), (scale * spread, 5.0, 0.5)]
+    limit = approximate(n, k, scale * 1e-9, lv, cancel=cancel, method=method).stability_limit
+    a = approximate(n, k, limit * load, lv, cancel=cancel, method=method)
+    ok = math.isfinite(a.mean_response_time)
+    assert a.stable == ok == math.isfinite(a.p50) == math.isfinite(a.p99)
+    if not a.stable:
+        assert a.deadline_miss(1e300) == 1.0
+        return
+    qs = [a.percentile(q) for q in (0.1, 0.5, 0.9, 0.99, 0.999999)]
+    assert all(0 < x <= y for x, y in zip(qs, qs[1:]))
+    ds = [a.deadline_miss(x) for x in [0.0] + qs + [qs[-1] * 10]]
+    assert ds[0] == 1.0 and all(0.0 <= y <= x <= 1.0 for x, y in zip(ds, ds[1:]))
+    for q, x in zip((0.1, 0.5, 0.9, 0.99), qs):
+        assert a.deadline_miss(x) == pytest.approx(1 - q, rel=1e-6)
+
+
+def test_hypoexponential_stiff_general_rates_do_not_hang():
+    """Rates 1e-3 .. 1e6 not in progression: uniformisation would need ~1e9 steps at t = 1e3;
+    the dense fallback answers at once (to ~1e-8: its squarings), and a case too large for it
+    is refused with the reason instead of running for hours."""
+    rates = [1e-3, 5.0, 7.0, 1e6]
+    assert Hypoexponential(rates).survival(1e3) == pytest.approx(
+        _expm_survival(rates, 1e3), rel=1e-6
+    )
+    many = [*np.linspace(1.0, 2.0, 500).tolist(), 3.3, 1e6]
+    with pytest.raises(ValueError, match=r"Hypoexponential.survival: rates from 1 to 1e\+06"):
+        Hypoexponential(many).survival(10.0)
+
+
+def test_approximate_deadline_miss_refuses_what_is_not_a_deadline():
+    a = approximate(4, 2, 1.0, ONE)
+    assert a.deadline_miss(-1.0) == 1.0 and a.deadline_miss(math.inf) == 0.0
+    with pytest.raises(ValueError, match="deadline_miss: d must be a number, got nan"):
+        a.deadline_miss(math.nan)
+    with pytest.raises(TypeError, match="deadline_miss: d must be a number, got str"):
+        a.deadline_miss("2")
+    with pytest.raises(ValueError, match=r"percentile: q must be in \(0, 1\), got nan"):
+        a.percentile(math.nan)

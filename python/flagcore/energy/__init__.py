@@ -9,12 +9,14 @@ energy, or power, that meets a latency target). See docs/spec_energy.md (the mod
 from ._model import MMPP, Renewal, Service, SleepState, SpeedLevel
 from .approx import ApproxResult, approximate
 from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
+from .power import PowerModel, fit_power_model, levels_from_frequencies, service_rate, service_time
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
 
 __all__ = [
     "MMPP",
     "ApproxResult",
     "OptimizeResult",
+    "PowerModel",
     "Renewal",
     "Service",
     "SimResult",
@@ -23,8 +25,12 @@ __all__ = [
     "SweepResult",
     "UnstableError",
     "approximate",
+    "fit_power_model",
+    "levels_from_frequencies",
     "optimize",
     "pareto_front",
+    "service_rate",
+    "service_time",
     "simulate",
     "simulate_trace",
     "sweep",
