@@ -1,6 +1,7 @@
 """Small runs through every CUDA path of the Flag Aggregator, for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck  --error-exitcode 9 python bench/sanitize_flag_cuda.py [--rules]
+    compute-sanitizer --tool memcheck  --error-exitcode 9 \
+        python bench/sanitize_flag_cuda.py [--rules]
     compute-sanitizer --tool racecheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
     compute-sanitizer --tool synccheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
 

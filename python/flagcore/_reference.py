@@ -39,7 +39,7 @@ def flag_aggregate_reference(
         cols = [np.sqrt(w[i]) * xh[i] for i in range(pv)]
         cols += [np.sqrt(vpair[k]) * (xh[i] - xh[j]) for k, (i, j) in enumerate(pairs)]
         a = np.stack(cols, axis=1)  # (n, m)
-        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        u, _s, _ = np.linalg.svd(a, full_matrices=False)
         return u[:, : min(r, u.shape[1])]
 
     def ratios(y):

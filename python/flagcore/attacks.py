@@ -278,7 +278,8 @@ def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> 
             rule = "flag"
         elif name in NEEDS_RULE:
             raise TypeError(
-                f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a callable)"
+                f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a "
+                "callable)"
             )
         else:
             if rule_params:
@@ -350,7 +351,7 @@ def _make(
         frac = check_float(prm["fraction"], fn, "fraction", low=0.0)
         if frac > 1.0:
             raise ValueError(f"{fn}: fraction must be in [0, 1], got {frac}")
-        k = int(round(frac * n))
+        k = round(float(frac * n))
         out = np.stack([h[j % nh] for j in range(f)]) if f else np.zeros((0, n))
         for j in range(f):
             out[j, rng.choice(n, size=k, replace=False)] = 0.0
@@ -362,7 +363,8 @@ def _make(
     if name == "alie":
         if nh < 2:
             raise ValueError(
-                f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, got {nh}"
+                f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, "
+                f"got {nh}"
             )
         z = alie_z(nh + f, f) if prm["z"] is None else check_float(prm["z"], fn, "z")
         mean, sd = _scaled_mean_std(h, std=True)
@@ -533,7 +535,8 @@ def _adaptive(
         }[name]
         if fallback == "alie" and h_all.shape[0] < 2:
             raise ValueError(
-                f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard deviation, "
+                f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard "
+                "deviation, "
                 f"got {h_all.shape[0]}"
             )
         _validate_only(name, prm, fn)
@@ -671,7 +674,8 @@ def _fa_aware(
         with contextlib.suppress(ValueError):  # z_max is undefined for some (p, f)
             cands.append(("alie", mu - alie_z(k + f, f) * sd))
     cands.append(("ipm", -_PARAMS["ipm"]["eps"] * mu))
-    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio, threshold)
+    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio,
+    # threshold)
     records: list = []
     stack = np.empty((k + f, n))
     stack[:k] = h

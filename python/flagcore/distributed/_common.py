@@ -3,11 +3,13 @@ c10d store, argument checks, Byzantine contributions, and timing counters."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -98,7 +100,8 @@ def validate_attack(fn: str, attack: Any, params: dict) -> None:
     out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
     if tuple(out.shape) != (1, 3):
         raise ValueError(
-            f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)"
+            f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, "
+            "3)"
         )
 
 
@@ -232,7 +235,8 @@ class ArrivalBarrier:
             missing = [r for r, key in zip(self.ranks, keys) if not store.check([key])]
         except RuntimeError as exc2:
             raise RankFailureError(
-                f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
+                f"flagcore.distributed: {where}: the c10d store is unreachable from rank "
+                f"{self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
                 where=where,
@@ -254,10 +258,9 @@ class ArrivalBarrier:
         self._k += 1
         self._wait_all("a", k, where)
         if self._last_key is not None:
-            try:
+            # cleanup only; a lost store surfaces at the next arrival
+            with contextlib.suppress(RuntimeError):
                 self.store.delete_key(self._last_key)
-            except RuntimeError:  # cleanup only; a lost store surfaces at the next arrival
-                pass
         self._last_key = self._key("a", k, self.rank)
 
     # -- launch counters: cheaper than ``arrive`` (one store request per collective, no waiting)
@@ -296,7 +299,8 @@ class ArrivalBarrier:
             missing = self.behind(k)
         except RuntimeError as exc2:
             raise RankFailureError(
-                f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
+                f"flagcore.distributed: {where}: the c10d store is unreachable from rank "
+                f"{self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
                 where=where,

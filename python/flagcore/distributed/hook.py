@@ -36,6 +36,7 @@ from ._common import (
     CommStats,
     all_gather_flat,
     check_timeout,
+    contribution_of,
     default_store,
     derive_seed,
     group_ranks,
@@ -45,7 +46,6 @@ from ._common import (
     torch_dist,
     validate_attack,
     validate_rule,
-    contribution_of,
 )
 from ._wire import pack, unpack
 
@@ -169,7 +169,8 @@ def register_robust_hook(
 
     if not isinstance(ddp_model, DistributedDataParallel):
         raise TypeError(
-            f"{fn}: ddp_model must be a torch DistributedDataParallel, got {type(ddp_model).__name__}"
+            f"{fn}: ddp_model must be a torch DistributedDataParallel, got "
+            f"{type(ddp_model).__name__}"
         )
     if not dist.is_initialized():
         raise ValueError(
@@ -290,7 +291,9 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
         elif needs_gram(state.rule_obj):
             e.gram = block_gram(stack)
             nonfinite = ~np.isfinite(np.diagonal(e.gram))
-        else:  # coordinate-wise: aggregate now; redone at the end only if another bucket excludes more
+        else:
+            # coordinate-wise: aggregate now; redone at the end only if another bucket excludes
+            # more
             e.out, info = state.rule_obj(stack, return_info=True)
             e.excl = np.asarray(info.excluded, bool)
             nonfinite = e.excl

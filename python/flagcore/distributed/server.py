@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import check_choice, check_int
 from ._common import (
-    _instance_ids,
     ArrivalBarrier,
     CommStats,
+    _instance_ids,
     check_rank,
     check_timeout,
     contribution_of,
@@ -42,7 +43,6 @@ from ._common import (
 )
 from ._wire import HEADER_BYTES, dtype_code, dtype_name, pack, payload_bytes, unpack
 from .errors import RankFailureError
-from .._arrays import check_choice, check_int
 
 MODES = ("gradients", "parameters")
 log = logging.getLogger("flagcore.distributed")
@@ -78,8 +78,9 @@ class ParameterServer:
         counted per rank in ``stats.late_calls``; a late worker still receives and applies the
         step's result, so replicas stay identical. The server's own gradient (include_server)
         counts as arrived at once. The rule's preconditions must hold for k rows (checked
-        here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds each step's time on each rank (the
-        server's is the PS step time; ``predict_step_time`` models it).
+        here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds
+        each step's time on each rank (the server's is the PS step time;
+        ``predict_step_time`` models it).
     attack, attack_params, seed : make THIS rank Byzantine (experiments): it sends
         ``flagcore.attacks.attack(attack, own[None], 1, seed=s, **attack_params)`` instead of its
         flattened gradient, s derived from (seed, rank, step), or ``attack(own, s)`` for a
@@ -137,7 +138,8 @@ class ParameterServer:
         devices = {p.device for p in self.params}
         if len(dtypes) > 1 or len(devices) > 1:
             raise ValueError(
-                f"{fn}: params must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
+                f"{fn}: params must share one dtype and device, got dtypes "
+                f"{sorted(map(str, dtypes))} "
                 f"and devices {sorted(map(str, devices))}"
             )
         self.optimizer = optimizer
@@ -288,12 +290,14 @@ class ParameterServer:
         else:
             if not isinstance(flat_gradient, torch.Tensor):
                 raise TypeError(
-                    f"{fn}: flat_gradient must be a torch tensor, got {type(flat_gradient).__name__}"
+                    f"{fn}: flat_gradient must be a torch tensor, got "
+                    f"{type(flat_gradient).__name__}"
                 )
             flat_gradient = flat_gradient.detach().reshape(-1)
             if flat_gradient.numel() != self.numel:
                 raise ValueError(
-                    f"{fn}: flat_gradient must have {self.numel} elements, got {flat_gradient.numel()}"
+                    f"{fn}: flat_gradient must have {self.numel} elements, got "
+                    f"{flat_gradient.numel()}"
                 )
             flat_gradient = flat_gradient.to(dtype=self.dtype, device=self.device)
         st = self.stats
@@ -456,7 +460,8 @@ class ParameterServer:
         result[payload_bytes(self.numel, self.dtype) :].copy_(heads.to(self.device))
         self._send_all(result, tag)
         raise RankFailureError(
-            f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
+            f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
+            f"{self.timeout:g} s "
             f"(dead or stalled); seen from rank {self.rank} (the server, quorum {self.quorum})",
             missing_ranks=missing,
             where=where,
@@ -486,8 +491,10 @@ class ParameterServer:
         if abort:
             missing = [r for r, h in status.items() if h[0] == MISSING]
             raise RankFailureError(
-                f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
-                f"(dead or stalled); reported by the server (rank {self.server_rank}) to rank {self.rank}",
+                f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
+                f"{self.timeout:g} s "
+                f"(dead or stalled); reported by the server (rank {self.server_rank}) to rank "
+                f"{self.rank}",
                 missing_ranks=missing,
                 where=where,
                 timeout=self.timeout,
@@ -501,7 +508,8 @@ class ParameterServer:
                     else f"{h[1]} {dtype_name(h[2])} values"
                 )
                 bad[r] = (
-                    f"rank {r} sent a gradient of {got}, expected {self.numel} {dtype_name(dtype_code(self.dtype))}"
+                    f"rank {r} sent a gradient of {got}, expected {self.numel} "
+                    f"{dtype_name(dtype_code(self.dtype))}"
                 )
                 if h[1] == -2:
                     bad[r] = f"rank {r} sent a gradient out of step (for another step than {step})"
@@ -564,7 +572,8 @@ class ParameterServer:
         """
         if self.optimizer is None and (self.mode == "gradients" or self.is_server):
             raise ValueError(
-                "ParameterServer.step: no optimizer was given (pass one, or call aggregate_gradients)"
+                "ParameterServer.step: no optimizer was given (pass one, or call "
+                "aggregate_gradients)"
             )
         if self.mode == "gradients":
             self.aggregate_gradients()

@@ -91,7 +91,8 @@ def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
 
         if not have_matplotlib():  # plots.py imports matplotlib lazily: ask before calling it
             print(
-                "(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' for the plots)"
+                "(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' "
+                "for the plots)"
             )
             return written
         from .plots import write_plots
@@ -140,7 +141,8 @@ def print_summary(res: dict, title: str | None = None) -> None:
     c = res["config"]
     if title is None:
         title = (
-            f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} params): "
+            f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} "
+            "params): "
             f"{c['workers']} workers, {c['byzantine']} bad ({c['attack']}), {c['steps']} steps, "
             f"{len(res['seeds'])} seed(s)"
         )

@@ -13,8 +13,9 @@ data", the FA paper's augmented-data setting).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class TaskData:
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple:
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
-    n_test = int(round(test_fraction * len(y)))
+    n_test = round(float(test_fraction * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
     return x[tr], y[tr], x[te], y[te]
 
@@ -136,7 +137,8 @@ def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple:
     ("gamma", 0.3) (see ``split_indices``)."""
     if not isinstance(spec, str):
         raise TypeError(
-            f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got {spec!r}"
+            f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got "
+            f"{spec!r}"
         )
     kind, _, val = spec.partition(":")
     if kind == "iid" and not val:
@@ -202,7 +204,7 @@ def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") ->
         )
     m = n // p
     perm = rng.permutation(n)[: p * m]
-    k_iid = int(round(val * p * m)) // p * p  # a multiple of p, dealt evenly
+    k_iid = round(float(val * p * m)) // p * p  # a multiple of p, dealt evenly
     iid_part, rest = perm[:k_iid], perm[k_iid:]
     rest = rest[np.argsort(y[rest], kind="stable")]
     iid_chunks = iid_part.reshape(p, -1) if k_iid else np.zeros((p, 0), np.int64)

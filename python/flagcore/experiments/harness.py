@@ -4,9 +4,10 @@ Every step, each worker draws a mini-batch from its own shard (iid, Dirichlet or
 gamma-similarity split: ``RobustnessConfig.heterogeneity``) and computes its gradient (all p
 at once with torch.func.vmap, flattened to a (p, n) stack); the f Byzantine workers either
 replace theirs with an attack from ``flagcore.attacks`` or train honestly on a distorted shard
-(label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule (built once per run with
-``flagcore.rules.make_rule`` and reused every step) and steps SGD with momentum and weight decay (the FA paper's optimiser). Each (rule, seed)
-run starts from the same initial model and draws the same mini-batches and attack seeds.
+(label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule
+(built once per run with ``flagcore.rules.make_rule`` and reused every step) and steps SGD with
+momentum and weight decay (the FA paper's optimiser). Each (rule, seed) run starts from the same
+initial model and draws the same mini-batches and attack seeds.
 
 Byzantine workers are the last f (indices p - f .. p - 1); results say so. Adaptive attacks
 (``flagcore.attacks.ADAPTIVE_ATTACKS``) target the rule under test: the attacker gets its own
@@ -21,8 +22,9 @@ import math
 import platform
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -369,7 +371,8 @@ def run_robustness(
     task: a TaskData (see flagcore.experiments.data.from_torch_dataset) instead of
         config.dataset. model: a torch nn.Module (copied per run, re-initialised per seed when
         it has reset_parameters on its layers) or a callable (input_shape, n_classes) -> Module,
-        instead of config.model (a string here is a built-in model's name). overrides: config fields, e.g. steps=50.
+        instead of config.model (a string here is a built-in model's name). overrides: config
+        fields, e.g. steps=50.
     """
     import torch
 
@@ -503,7 +506,8 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
         net = model(task.input_shape, task.n_classes)
         if not isinstance(net, nn.Module):
             raise TypeError(
-                f"run_robustness: model callable must return a torch nn.Module, got {type(net).__name__}"
+                "run_robustness: model callable must return a torch nn.Module, got "
+                f"{type(net).__name__}"
             )
     else:
         raise TypeError(

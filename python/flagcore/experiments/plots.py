@@ -19,7 +19,8 @@ def _plt():
 def _title(res: dict) -> str:
     c = res["config"]
     return (
-        f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = {c['byzantine']}, "
+        f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = "
+        f"{c['byzantine']}, "
         f"attack = {c['attack']}, {len(res['seeds'])} seed(s)"
     )
 

@@ -16,7 +16,8 @@ Rules (``RULES``) and their parameters:
 "phocas"            f: the same around the f-trimmed mean (p > 2f)
 "krum"              f: the worker whose squared distances to its p - f - 2 nearest are
                     smallest (p >= 2f + 3)
-"multi_krum"        f, m = p - f: the mean of the m lowest Krum scores (p >= 2f + 3, 1 <= m <= p - f)
+"multi_krum"        f, m = p - f: the mean of the m lowest Krum scores (p >= 2f + 3,
+                    1 <= m <= p - f)
 "bulyan"            f: p - 2f Krum selections on the shrinking set, then per coordinate the
                     mean of the p - 4f selected values closest to their median (p >= 4f + 3)
 "geometric_median"  nu = 1e-6, tol = 1e-12, max_iter = 1000: smoothed Weiszfeld in p-space;
@@ -112,37 +113,37 @@ RULES = (
 )
 
 __all__ = [
-    "RULES",
-    "PRE_STEPS",
-    "RuleInfo",
-    "Rule",
-    "make_rule",
-    "aggregate",
-    "nnm",
-    "bucketing",
-    "Mean",
-    "Median",
-    "TrimmedMean",
-    "MeaMed",
-    "Phocas",
-    "Krum",
-    "MultiKrum",
-    "Bulyan",
-    "GeometricMedian",
-    "CenteredClipping",
-    "Flag",
-    "MDA",
-    "SMEA",
-    "MoNNA",
-    "CGE",
     "CAF",
-    "DnC",
-    "SignGuard",
-    "ClippedClustering",
-    "FLTrust",
-    "arc_clip_count",
+    "CGE",
+    "MDA",
+    "PRE_STEPS",
+    "RULES",
     "RULES_NEEDING_F",
     "RULES_NEEDING_REFERENCE",
+    "SMEA",
+    "Bulyan",
+    "CenteredClipping",
+    "ClippedClustering",
+    "DnC",
+    "FLTrust",
+    "Flag",
+    "GeometricMedian",
+    "Krum",
+    "MeaMed",
+    "Mean",
+    "Median",
+    "MoNNA",
+    "MultiKrum",
+    "Phocas",
+    "Rule",
+    "RuleInfo",
+    "SignGuard",
+    "TrimmedMean",
+    "aggregate",
+    "arc_clip_count",
+    "bucketing",
+    "make_rule",
+    "nnm",
 ]
 
 
@@ -491,7 +492,8 @@ class CenteredClipping(Rule):
         self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=1_000_000)
         if isinstance(reference, str) and reference != "previous":
             raise ValueError(
-                f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}"
+                f"{self._fn}: reference must be None, an array/tensor or 'previous', got "
+                f"{reference!r}"
             )
         self.reference = reference
         self._previous: Any = None

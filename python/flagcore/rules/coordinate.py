@@ -65,7 +65,7 @@ def _coordinate_device(
 ) -> tuple[Any, np.ndarray]:
     import torch
 
-    b, p, n = x.shape
+    b, p, _n = x.shape
     excl = np.zeros((b, p), bool) if excluded is None else excluded.copy()
     if (
         x.device.type == "cuda"

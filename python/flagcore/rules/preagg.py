@@ -23,7 +23,8 @@ excluded from the rule, which then runs with f_eff = max(f - e, 0) as usual.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
