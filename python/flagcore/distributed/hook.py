@@ -59,22 +59,24 @@ class RobustHookState:
     contributions; ``last_plan`` is the whole-model plan of the last step (whole_model=True)."""
 
     rule: str
-    rule_params: dict
+    rule_params: dict[str, Any]
     attack: Any
-    attack_params: dict
+    attack_params: dict[str, Any]
     seed: int
     timeout: float | None
     process_group: Any
     rank: int  # global rank of this process
-    ranks: tuple  # global ranks of the group, in group order (row i of a stack = ranks[i])
+    ranks: tuple[
+        Any, ...
+    ]  # global ranks of the group, in group order (row i of a stack = ranks[i])
     whole_model: bool = True
     barrier: ArrivalBarrier | None = None
     stats: CommStats = field(default_factory=CommStats)
-    bucket_calls: dict = field(default_factory=dict)  # bucket index -> calls so far
+    bucket_calls: dict[int, int] = field(default_factory=dict)  # bucket index -> calls so far
     rule_obj: Any = None  # the configured flagcore rule, built once
     last_plan: Any = None
     steps: int = 0  # steps completed (last buckets seen)
-    _pending: list = field(default_factory=list)
+    _pending: list[Any] = field(default_factory=list)
     _lock: Any = field(default_factory=threading.Lock)
 
 
@@ -93,7 +95,7 @@ class _Bucket:
     done: Any = None  # the gather's future chained with the completion callback
     result: Any = None  # whole_model: the future handed to DDP, completed at the end of the step
     stack: Any = None
-    bad: dict = field(default_factory=dict)
+    bad: dict[int, str] = field(default_factory=dict)
     gram: Any = None
     out: Any = None
     excl: Any = None
@@ -105,7 +107,7 @@ def register_robust_hook(
     attack: Any = None,
     *,
     whole_model: bool = True,
-    attack_params: dict | None = None,
+    attack_params: dict[str, Any] | None = None,
     seed: int = 0,
     timeout: float | None = 300.0,
     process_group: Any = None,
@@ -316,7 +318,7 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     return out
 
 
-def _wait_step(state: RobustHookState, pending: list) -> None:
+def _wait_step(state: RobustHookState, pending: list[Any]) -> None:
     """Wait for the step's gathers (at most ``timeout`` in all) and their callbacks."""
     # the first step may wait longer: ranks reach it at different times (start-up, first batch)
     wait = (
@@ -334,7 +336,7 @@ def _wait_step(state: RobustHookState, pending: list) -> None:
         e.done.wait()  # the callback's own work (re-raises its error)
 
 
-def _finish_whole_model(state: RobustHookState, pending: list) -> None:
+def _finish_whole_model(state: RobustHookState, pending: list[Any]) -> None:
     """Solve once in p-space on the step's summed Gram, then finish every bucket."""
     import torch
 

@@ -112,7 +112,7 @@ class ParameterServer:
         mode: str = "gradients",
         quorum: int | None = None,
         attack: Any = None,
-        attack_params: dict | None = None,
+        attack_params: dict[str, Any] | None = None,
         seed: int = 0,
         timeout: float | None = 300.0,
         process_group: Any = None,
@@ -195,17 +195,19 @@ class ParameterServer:
         # tags of this instance's messages: its creation number (the same on every rank, like
         # the store keys) and the step, so messages of instances and steps never mix
         self._tag_base = (next(_instance_ids) % 256) << 21
-        self._outstanding: list = []  # (work, buffer) of sends and dropped receives still in flight
+        self._outstanding: list[
+            Any
+        ] = []  # (work, buffer) of sends and dropped receives still in flight
         self._t_prev: float | None = None
         self._check_signatures(fn)
 
     @property
     def is_server(self) -> bool:
-        return self.rank == self.server_rank
+        return bool(self.rank == self.server_rank)
 
     @property
     def is_worker(self) -> bool:
-        return self.rank in self.workers
+        return bool(self.rank in self.workers)
 
     # -- collectives -------------------------------------------------------------------------
 
@@ -228,6 +230,7 @@ class ParameterServer:
             if self.barrier is None:
                 work.wait()
             else:
+                assert k is not None and self.timeout is not None  # a barrier implies both
                 self.barrier.wait_work(
                     work, k, where, time.monotonic() + max(self.timeout, min_wait)
                 )
@@ -336,6 +339,7 @@ class ParameterServer:
             if self.barrier is None:
                 recv.wait()
             else:
+                assert k is not None and self.timeout is not None  # a barrier implies both
                 self.barrier.wait_work(recv, k, where, time.monotonic() + 2 * self.timeout)
             st.comm_s += time.perf_counter() - t0
         out = self._read_result(result, step, where)
@@ -359,9 +363,9 @@ class ParameterServer:
 
         dist = torch_dist()
         msg_bytes = payload_bytes(self.numel, self.dtype) + HEADER_BYTES
-        arrivals: queue.Queue = queue.Queue()
-        recvs = {}
-        arrived: list = []
+        arrivals: queue.Queue[Any] = queue.Queue()
+        recvs: dict[int, tuple[Any, Any]] = {}
+        arrived: list[Any] = []
         for r in self.workers:
             if r == self.rank:
                 arrived.append(r)
@@ -440,7 +444,7 @@ class ParameterServer:
                 w.done.wait(None if end is None else max(end - time.monotonic(), 0.0))
         return result
 
-    def _send_all(self, result: Any, tag: int) -> list:
+    def _send_all(self, result: Any, tag: int) -> list[Any]:
         dist = torch_dist()
         sends = [
             _Waiter(dist.isend(result, r, group=self.group, tag=tag + 1), result)
@@ -450,7 +454,7 @@ class ParameterServer:
         self._outstanding.extend(sends)
         return sends
 
-    def _abort(self, step: int, tag: int, res_bytes: int, missing: list, where: str) -> None:
+    def _abort(self, step: int, tag: int, res_bytes: int, missing: list[Any], where: str) -> None:
         """The quorum did not arrive in time: tell every rank who is missing, then raise."""
         import torch
 
@@ -474,12 +478,12 @@ class ParameterServer:
 
         nb = payload_bytes(self.numel, self.dtype)
         p = len(self.ranks)
-        heads = (
+        words = (
             torch.empty(HEADER_BYTES * (p + 1), dtype=torch.uint8)
             .copy_(result[nb:])
             .view(torch.int64)
         )
-        heads = heads.view(p + 1, 4).tolist()
+        heads = words.view(p + 1, 4).tolist()
         g_step, abort = heads[0][0], heads[0][1]
         if g_step != step:
             raise RankFailureError(
@@ -632,7 +636,7 @@ def _all_gather(dist: Any, out: Any, own: Any, group: Any) -> Any:
     return fn(out, own, group=group, async_op=True)
 
 
-def _claimed(rows: Any, used: list, r: int, ps: ParameterServer) -> tuple:
+def _claimed(rows: Any, used: list[Any], r: int, ps: ParameterServer) -> tuple[Any, ...]:
     """(numel, dtype code) rank r's header claimed (-2 when its tag was another step's)."""
     import torch
 
@@ -649,7 +653,12 @@ def _claimed(rows: Any, used: list, r: int, ps: ParameterServer) -> tuple:
 
 
 def _heads(
-    ps: ParameterServer, step: int, abort: int, used: int, status: list, claimed: dict
+    ps: ParameterServer,
+    step: int,
+    abort: int,
+    used: int,
+    status: list[Any],
+    claimed: dict[int, tuple[int, int]],
 ) -> Any:
     import torch
 

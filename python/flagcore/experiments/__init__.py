@@ -78,7 +78,7 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
+def write_outputs(res: dict[str, Any], out_dir: str, plots: bool = True) -> list[Any]:
     """results.json (+ accuracy.png, flag_workers.png, agg_time.png) into out_dir; returns the
     paths written. Without matplotlib only the JSON is written (and a note printed)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -101,7 +101,7 @@ def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
     return written
 
 
-def summary_rows(res: dict) -> list:
+def summary_rows(res: dict[str, Any]) -> list[Any]:
     rows = []
     for label, e in res["rules"].items():
         fl = e.get("flag")
@@ -135,7 +135,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def print_summary(res: dict, title: str | None = None) -> None:
+def print_summary(res: dict[str, Any], title: str | None = None) -> None:
     from .._table import print_table
 
     c = res["config"]

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a com
     from .harness import RobustnessConfig
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .harness import RULES_TAKING_F
 
     p = sub.add_parser(

@@ -270,7 +270,7 @@ class Rule:
     def _fail(self, need: str, p: int) -> None:
         raise ValueError(f"{self._fn}: rule {self.name!r} needs {need}, got p = {p}, f = {self.f}")
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ call
@@ -294,7 +294,7 @@ class Rule:
     def _rng(self) -> np.random.Generator:
         return self._gen
 
-    def _info(self, st: Any, src: Source, d: dict) -> RuleInfo:
+    def _info(self, st: Any, src: Source, d: dict[str, Any]) -> RuleInfo:
         sq = (lambda a: a) if st.batched else (lambda a: None if a is None else np.asarray(a)[0])
         if src.mix is None:
             excluded = d["excluded"]
@@ -334,7 +334,7 @@ class Rule:
 
 
 class _Coordinate(Rule):
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         out, excl = run_coordinate(src, self.name, self.f)
         return out, dict(excluded=excl)
 
@@ -399,7 +399,7 @@ class Krum(Rule):
     def _m(self, p: int) -> int:
         return 1
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         if self.neighbours == "textbook":
             return run_krum(src, self.f, self._m(src.p))
         # ByzFL's count: p - f - 1 nearest others (Multi-Krum keeps m of the p - e rows left)
@@ -451,7 +451,7 @@ class Bulyan(Rule):
         if not p >= 4 * self.f + 3:
             self._fail("p >= 4f + 3", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return run_bulyan(src, self.f)
 
 
@@ -470,7 +470,7 @@ class GeometricMedian(Rule):
         self.tol = check_float(tol, self._fn, "tol", low=0.0)
         self.max_iter = check_int(max_iter, self._fn, "max_iter", low=1, high=10_000_000)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return run_geometric_median(src, self.nu, self.tol, self.max_iter)
 
 
@@ -502,7 +502,7 @@ class CenteredClipping(Rule):
         ref = self._previous if isinstance(self.reference, str) else self.reference
         return None if ref is None else as_reference(ref, src.st, self._fn)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         out, d = run_centered_clipping(src, self.tau, self.iterations, self._reference_for(src))
         if isinstance(self.reference, str):
             self._previous = out.copy() if isinstance(out, np.ndarray) else out.clone()
@@ -548,7 +548,7 @@ class Flag(Rule):
             return out, RuleInfo.from_flag(info)
         return super().__call__(gradients, return_info=return_info)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         y = src.rows()  # (b, p', n): the info comes back batched
         out, info = flag_aggregate(y, return_info=True, **self.params)
         return out, dict(
@@ -581,10 +581,10 @@ class MDA(Rule):
         super()._check(p)
         _sel.check_subsets(self._fn, self.name, p, self.f, self.max_subsets)
 
-    def _solve(self, g: np.ndarray, f: int) -> dict:
+    def _solve(self, g: np.ndarray, f: int) -> dict[str, Any]:
         return _sel.mda_solve(g, f)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src, _sel.per_problem(src, self.f, lambda g, f, q, keep: self._solve(g, f))
         )
@@ -600,7 +600,7 @@ class SMEA(MDA):
 
     name = "smea"
 
-    def _solve(self, g: np.ndarray, f: int) -> dict:
+    def _solve(self, g: np.ndarray, f: int) -> dict[str, Any]:
         return _sel.smea_solve(g, f)
 
 
@@ -626,13 +626,13 @@ class MoNNA(Rule):
                 f"{self._fn}: rule 'monna' needs idx < p, got idx = {self.idx}, p = {p}"
             )
 
-    def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict:
+    def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict[str, Any]:
         pos = np.flatnonzero(keep == self.idx)
         if pos.size == 0:  # the trusted worker itself is broken: no step (reported in excluded)
             return dict(unit=np.zeros(keep.size), count=0, selected=np.zeros(keep.size, bool))
         return _sel.monna_solve(g, f, int(pos[0]))
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(src, _sel.per_problem(src, self.f, self._solve))
 
 
@@ -649,7 +649,7 @@ class CGE(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src,
             _sel.per_problem(
@@ -670,7 +670,7 @@ class CAF(Rule):
     name = "caf"
     needs_f = True
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.caf_solve(g, f))
         )
@@ -699,7 +699,7 @@ class FLTrust(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         ga = _sel.reference_gram(src, as_reference(self.reference, src.st, self._fn))
         p = ga.shape[1] - 1
         d = _sel.per_problem(
@@ -741,7 +741,7 @@ class DnC(Rule):
         if _sel.dnc_keep(p, self.f, self.filter_fraction) < 1:
             self._fail("p - floor(filter_fraction * f) >= 1", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         b, p, n = src.b, src.p, src.n
         excl = _sel.nonfinite_rows(src)
         good = ~excl
@@ -808,7 +808,7 @@ class SignGuard(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         n = src.n
         k = max(1, int(np.ceil(self.sample * n)))
         cols = np.sort(self._gen.choice(n, size=k, replace=False))
@@ -841,7 +841,7 @@ class ClippedClustering(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src,
             _sel.per_problem(
