@@ -100,7 +100,10 @@ def geometric_median_ref(
     """Weiszfeld on the full data from the mean, to (near) machine precision."""
     x = np.asarray(x, np.float64)
     z = x.mean(axis=0)
-    obj = lambda v: float(np.linalg.norm(x - v, axis=1).sum())  # noqa: E731
+
+    def obj(v: np.ndarray) -> float:
+        return float(np.linalg.norm(x - v, axis=1).sum())
+
     f_prev = obj(z)
     for _ in range(iters):
         d = np.maximum(np.linalg.norm(x - z, axis=1), 1e-300)

@@ -295,7 +295,14 @@ class Rule:
         return self._gen
 
     def _info(self, st: Any, src: Source, d: dict[str, Any]) -> RuleInfo:
-        sq = (lambda a: a) if st.batched else (lambda a: None if a is None else np.asarray(a)[0])
+        batched = bool(st.batched)
+
+        def sq(a: Any) -> Any:  # one problem: drop the batch axis
+            return a if batched or a is None else np.asarray(a)[0]
+
+        def scalar(a: Any) -> Any:  # one problem: a Python scalar
+            return a if batched or a is None else np.asarray(a)[0].item()
+
         if src.mix is None:
             excluded = d["excluded"]
         else:
@@ -303,11 +310,6 @@ class Rule:
         coef = d.get("coefficients")
         if coef is not None:
             coef = src.original_coefficients(coef)
-        scalar = (
-            (lambda a: a)
-            if st.batched
-            else (lambda a: None if a is None else np.asarray(a)[0].item())
-        )
         objective = d.get("objective")
         if objective is not None and np.ndim(objective) == 2:  # FA's trajectory, (b, max_iter + 1)
             objective = (
