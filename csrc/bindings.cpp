@@ -295,8 +295,9 @@ int64_t numel(const CudaArray& a) {
   return k;
 }
 
-// Dense row-major (dimensions of size 1 may have any stride).
+// Dense row-major (dimensions of size 1 may have any stride; an empty array is dense).
 bool is_contiguous(const CudaArray& a) {
+  if (numel(a) == 0) return true;
   int64_t want = 1;
   for (size_t i = a.shape.size(); i-- > 0;) {
     if (a.shape[i] != 1 && a.strides[i] != want) return false;

@@ -299,6 +299,15 @@ def test_cuda_entry_points_refuse_cleanly_without_gpu():
             aligned16=True,
             stream=0,
         )
+    empty = _core.flag_cuda_plan_uniform(2, 3, 0, 1)  # n = 0: torch's strides of empty arrays
+    with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
+        _core.flag_aggregate_cuda_uniform(
+            _dev([2, 3, 0], strides=[0, 0, 1]),
+            _dev([2, 0], strides=[1, 1]),
+            _ws(empty["bytes"]),
+            prm,
+            stream=0,
+        )
     irls = _core.flag_cuda_plan_uniform(1, 3, 0, 1)
     with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
         _core.flag_irls_cuda(_dev([1, 3, 3], "float64"), _ws(irls["bytes"]), prm, stream=0)
