@@ -222,7 +222,7 @@ def bucket_sizes(ddp: object) -> list:
     try:
         data = ddp._get_ddp_logging_data()
         return [int(s) for s in str(data.get("bucket_sizes", "")).split(",") if s.strip()]
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:
         return []
 
 
@@ -242,7 +242,7 @@ def collectives(n: int, cfg: dict) -> dict:
         ("all_gather_ms", lambda: all_gather_flat(dist, out, t, None)),
     ):
         times = []
-        for i in range(cfg["warmup"] + cfg["repeat"]):
+        for _i in range(cfg["warmup"] + cfg["repeat"]):
             dist.barrier()
             t0 = time.perf_counter()
             op()
@@ -275,14 +275,14 @@ def gpu_aggregation(shapes: list, rules: list, repeat: int, warmup: int) -> list
                 raise SystemExit(f"GPU {rule} differs from CPU at shape {(p, n)}")
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             ts = []
-            for i in range(warmup + repeat):
+            for _i in range(warmup + repeat):
                 start.record()
                 flagcore.aggregate(gpu, rule, **params)
                 end.record()
                 end.synchronize()
                 ts.append(start.elapsed_time(end))
             tc = []
-            for i in range(warmup + repeat):
+            for _i in range(warmup + repeat):
                 t0 = time.perf_counter()
                 flagcore.aggregate(cpu, rule, **params)
                 tc.append(1e3 * (time.perf_counter() - t0))
@@ -332,7 +332,7 @@ def launch(cfg: dict, world: int) -> list:
             except subprocess.TimeoutExpired:
                 for q in procs:
                     q.kill()
-                raise SystemExit("benchmark processes did not finish within an hour")
+                raise SystemExit("benchmark processes did not finish within an hour") from None
         if any(codes):
             raise SystemExit(f"benchmark processes failed with exit codes {codes}")
         return json.loads(Path(tmp, "rank0.json").read_text())
@@ -382,9 +382,12 @@ def main() -> None:
             [n, c["allreduce_ms"], c["all_gather_ms"], c["all_gather_ms"] / c["allreduce_ms"]]
         )
     print(
-        f"Robust distributed training vs DDP allreduce: {args.world} CPU processes x {args.threads} thread(s),\n"
-        "rank 0. step: median ms per forward + backward + exchange; x ddp: step / DDP's step; MiB: sent\n"
-        "over the network per step, all ranks; gather / agg: the hook's all_gather (launch to completion,\n"
+        f"Robust distributed training vs DDP allreduce: {args.world} CPU processes x "
+        f"{args.threads} thread(s),\n"
+        "rank 0. step: median ms per forward + backward + exchange; x ddp: step / DDP's step; MiB: "
+        "sent\n"
+        "over the network per step, all ranks; gather / agg: the hook's all_gather (launch to "
+        "completion,\n"
         "overlapping the backward) and aggregation ms per step; bkts: buckets per step"
     )
     print_table(

@@ -1,7 +1,7 @@
 """Flag Aggregator speed: flagcore (p-space, native) vs the SVD-per-iteration method (the
 authors' formulation, in torch) vs a plain mean, on the same float32 data, in one run.
 
-    python bench/bench_flag.py                       # full table (p in 7,15,30,60; n in 1e5,1e6,1e7)
+    python bench/bench_flag.py             # full table (p in 7,15,30,60; n in 1e5,1e6,1e7)
     python bench/bench_flag.py --sizes 15:1000000 --repeat 5
 
 Prints a table and writes JSON (default bench/results/flag_cpu.json). Correctness is checked
@@ -21,10 +21,9 @@ import time
 import numpy as np
 
 import flagcore
+from _common import git_commit, svd_flag_torch
 from flagcore._reference import make_gradients
 from flagcore._table import print_table
-
-from _common import git_commit, svd_flag_torch
 
 
 def best_time(fn, repeat: int) -> float:
@@ -74,16 +73,22 @@ def main(argv=None) -> int:
         xt = torch.from_numpy(x)
         r = (p + 1) // 2
         reps = args.repeat if n <= 1_000_000 else max(1, args.repeat // 2)
-        t_mean = best_time(lambda: x.mean(axis=0), reps)
-        t_mean_torch = best_time(lambda: xt.mean(0), reps)
+        t_mean = best_time(lambda x=x: x.mean(axis=0), reps)
+        t_mean_torch = best_time(lambda xt=xt: xt.mean(0), reps)
         for label, lam, it in configs:
             fa = flagcore.flag_aggregate(x, r=r, lam=lam, max_iter=it)
-            t_fa = best_time(lambda: flagcore.flag_aggregate(x, r=r, lam=lam, max_iter=it), reps)
+            t_fa = best_time(
+                lambda x=x, r=r, lam=lam, it=it: flagcore.flag_aggregate(
+                    x, r=r, lam=lam, max_iter=it
+                ),
+                reps,
+            )
             m = p + (p * (p - 1) if lam > 0 else 0)
             t_svd = err = err32 = None
             if n * m <= args.svd_max_elements:
                 t_svd = best_time(
-                    lambda: svd_flag_torch(xt, r, lam, it), 1 if n * m > 3e7 else reps
+                    lambda xt=xt, r=r, lam=lam, it=it: svd_flag_torch(xt, r, lam, it),
+                    1 if n * m > 3e7 else reps,
                 )
             if n * m <= args.check_max_elements:
                 # correctness first: against the same method in float64 (the float32 SVD
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
         rows,
     )
     print(
-        "err: max relative difference from the SVD method run in float64 (FA err: flagcore; SVD32 err:"
+        "err: max relative difference from the SVD method run in float64 (FA err: flagcore; SVD32 "
+        "err:"
         " the SVD method in float32, as the authors run it)"
     )
     goal = [rec for rec in records if rec["p"] == 15 and rec["n"] >= 1_000_000]

@@ -11,7 +11,8 @@ Before timing, every configuration is checked against flagcore's CPU path on the
 data (on the first 1e6 columns; the whole tensor for the headline size). Times are medians of
 CUDA-event timings after warm-up, rotating among input copies when one copy would fit in L2.
 The floor is bytes moved / measured copy bandwidth, bytes = two reads of X plus one write of
-the aggregate for FA, one read plus one write for the mean. Writes bench/results/flag_cuda_<gpu>.json.
+the aggregate for FA, one read plus one write for the mean. Writes
+bench/results/flag_cuda_<gpu>.json.
 Exits 0 with a message when there is no GPU (or flagcore was built without CUDA).
 """
 
@@ -30,7 +31,6 @@ import time
 import numpy as np
 
 import flagcore
-
 from _common import git_commit, svd_flag_torch
 
 TOL = {"float32": 1e-4, "float16": 3e-3, "bfloat16": 2e-2}
@@ -38,7 +38,8 @@ GOALS = dict(fa_over_mean=2.5, frac_copy_bw=0.70, svd_speedup=100.0, layers_over
 
 
 def time_cuda(torch, fns, repeat: int, warmup: int = 3) -> float:
-    """Median milliseconds of fns[i % len(fns)]() over `repeat` runs, each bracketed by CUDA events."""
+    """Median milliseconds of fns[i % len(fns)]() over `repeat` runs, each bracketed by CUDA
+    events."""
     for i in range(warmup):
         fns[i % len(fns)]()
     torch.cuda.synchronize()
@@ -99,7 +100,7 @@ def resnet50_sizes() -> list:
         import torchvision
 
         return [int(p.numel()) for p in torchvision.models.resnet50().parameters()]
-    except Exception:  # noqa: BLE001 - torchvision optional: a synthetic list of the same total
+    except Exception:
         rng = np.random.default_rng(0)
         s = np.exp(rng.uniform(np.log(64), np.log(2.4e6), 161))
         s = np.maximum(1, np.round(s * 25_557_032 / s.sum())).astype(int)
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
     t_start = time.time()
     bw = copy_bandwidth(torch, max(5, args.repeat // 2))
     print(
-        f"GPU {gpu}, {props.multi_processor_count} SMs; device copy bandwidth {bw / 1e12:.2f} TB/s (read + write)",
+        f"GPU {gpu}, {props.multi_processor_count} SMs; device copy bandwidth {bw / 1e12:.2f} TB/s "
+        "(read + write)",
         flush=True,
     )
 
@@ -194,7 +196,9 @@ def main(argv=None) -> int:
                 t_fa[it] = time_cuda(
                     torch,
                     [
-                        lambda xx=xx, it=it: flagcore.flag_aggregate(xx, r=r, max_iter=it, tol=0.0)
+                        lambda xx=xx, it=it, r=r: flagcore.flag_aggregate(
+                            xx, r=r, max_iter=it, tol=0.0
+                        )
                         for xx in xs
                     ],
                     reps,
@@ -208,7 +212,10 @@ def main(argv=None) -> int:
             if n <= args.svd_max_n and p <= args.svd_max_p:
                 for it in (1, 5):
                     t_svd[it] = time_cuda(
-                        torch, [lambda it=it: svd_flag_torch(x.float(), r, 0.0, it)], 2, warmup=1
+                        torch,
+                        [lambda it=it, x=x, r=r: svd_flag_torch(x.float(), r, 0.0, it)],
+                        2,
+                        warmup=1,
                     )
             bytes_fa = 2 * p * n * es + n * es
             bytes_mean = p * n * es + n * es
@@ -280,18 +287,22 @@ def main(argv=None) -> int:
             for it in (1, 5):
                 t_flat = time_cuda(
                     torch,
-                    [lambda: flagcore.flag_aggregate(x, r=r, max_iter=it, tol=0.0)],
+                    [lambda x=x, r=r, it=it: flagcore.flag_aggregate(x, r=r, max_iter=it, tol=0.0)],
                     args.repeat,
                 )
                 t_layers = time_cuda(
                     torch,
-                    [lambda: flagcore.flag_aggregate_layers(layers, r=r, max_iter=it, tol=0.0)],
+                    [
+                        lambda layers=layers, r=r, it=it: flagcore.flag_aggregate_layers(
+                            layers, r=r, max_iter=it, tol=0.0
+                        )
+                    ],
                     args.repeat,
                 )
                 t_loop = time_cuda(
                     torch,
                     [
-                        lambda: [
+                        lambda layers=layers, r=r, it=it: [
                             flagcore.flag_aggregate(v, r=r, max_iter=it, tol=0.0) for v in layers
                         ]
                     ],
@@ -315,7 +326,8 @@ def main(argv=None) -> int:
                 layer_recs.append(rec)
                 print(
                     f"  layers {dname} it={it}: flat {t_flat:.3f} ms, batched {t_layers:.3f} ms "
-                    f"({rec['layers_over_flat']:.2f}x), python loop {t_loop:.1f} ms, floor {floor:.3f} ms",
+                    f"({rec['layers_over_flat']:.2f}x), python loop {t_loop:.1f} ms, floor "
+                    f"{floor:.3f} ms",
                     flush=True,
                 )
             del x, layers, outs
@@ -324,7 +336,8 @@ def main(argv=None) -> int:
     from flagcore._table import print_table
 
     print_table(
-        f"Flag Aggregator on {gpu} (median ms; floor = bytes / {bw / 1e12:.2f} TB/s copy bandwidth)",
+        f"Flag Aggregator on {gpu} (median ms; floor = bytes / {bw / 1e12:.2f} TB/s copy "
+        "bandwidth)",
         [
             "dtype",
             "p",

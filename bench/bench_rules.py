@@ -264,7 +264,8 @@ def run(p: int, f: int, n: int, repeat: int) -> list[dict]:
         ours,
         "3 Weiszfeld steps on the data (torch)",
         best_ms(lambda: torch_weiszfeld(t, 3), repeat),
-        f"ours: {info.iterations} p-space iterations, rel. objective gap {gm_gap:.1e}; 3 plain steps: gap {w3_gap:.1e}",
+        f"ours: {info.iterations} p-space iterations, rel. objective gap {gm_gap:.1e}; 3 plain "
+        f"steps: gap {w3_gap:.1e}",
     )
     add(
         "geometric_median",
@@ -303,7 +304,8 @@ def main() -> None:
     for n in args.sizes:
         all_rows += run(args.p, args.f, n, args.repeat)
     print(
-        f"p = {args.p}, f = {args.f}, float32, threads: flagcore {flagcore.get_num_threads()}, torch {torch.get_num_threads()}"
+        f"p = {args.p}, f = {args.f}, float32, threads: flagcore {flagcore.get_num_threads()}, "
+        f"torch {torch.get_num_threads()}"
     )
     print(
         f"{'rule':<24}{'n':>9}{'flagcore ms':>13}  {'peer':<40}{'peer ms':>9}{'speedup':>9}  note"
@@ -312,7 +314,8 @@ def main() -> None:
         sp = "" if r["speedup"] is None or np.isnan(r["peer_ms"]) else f"{r['speedup']:.1f}x"
         peer_ms = "" if np.isnan(r["peer_ms"]) else f"{r['peer_ms']:.1f}"
         print(
-            f"{r['rule']:<24}{r['n']:>9}{r['flagcore_ms']:>13.2f}  {r['peer']:<40}{peer_ms:>9}{sp:>9}  {r['note']}"
+            f"{r['rule']:<24}{r['n']:>9}{r['flagcore_ms']:>13.2f}  "
+            f"{r['peer']:<40}{peer_ms:>9}{sp:>9}  {r['note']}"
         )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = dict(

@@ -93,12 +93,16 @@ def markdown_table(name: str, note: str, res: dict, elapsed: float) -> str:
     lines = [
         f"### {name}: {note}",
         "",
-        f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} parameters), "
-        f"p = {c['workers']}, f = {c['byzantine']} ({c['attack']}), {c['steps']} steps, batch {c['batch_size']} "
+        f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} "
+        "parameters), "
+        f"p = {c['workers']}, f = {c['byzantine']} ({c['attack']}), {c['steps']} steps, batch "
+        f"{c['batch_size']} "
         f"per worker, lr {c['lr']}, momentum {c['momentum']}, weight decay {c['weight_decay']}, "
-        f"seeds {res['seeds']}, FA r = {c['r'] or (c['workers'] + 1) // 2}; {elapsed:.0f} s in all.",
+        f"seeds {res['seeds']}, FA r = {c['r'] or (c['workers'] + 1) // 2}; {elapsed:.0f} s in "
+        "all.",
         "",
-        "| rule | final test accuracy (mean ± std) | per seed | agg ms/step | FA ratio honest / bad |",
+        "| rule | final test accuracy (mean ± std) | per seed | agg ms/step | FA ratio honest / "
+        "bad |",
         "|---|---|---|---|---|",
     ]
     order = sorted(res["rules"].items(), key=lambda kv: -kv[1]["final_accuracy_mean"])
@@ -161,7 +165,8 @@ def main(argv=None) -> int:
     rules, skipped = pick_rules(a.rules)
     if skipped:
         print(
-            f"note: this build has no rule(s) {', '.join(skipped)} (available: {', '.join(available_rules())}); skipped"
+            f"note: this build has no rule(s) {', '.join(skipped)} (available: "
+            f"{', '.join(available_rules())}); skipped"
         )
     try:
         check_out_dir(a.out, "robustness_paper")  # before hours of work, not after
@@ -187,7 +192,8 @@ def main(argv=None) -> int:
     md = [
         "# Robustness comparisons (flagcore bench/robustness_paper.py)",
         "",
-        f"Command: `python bench/robustness_paper.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "Command: `python bench/robustness_paper.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"Rules skipped (not in this build): {', '.join(skipped) or 'none'}.",
         "",
     ]

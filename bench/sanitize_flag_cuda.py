@@ -1,6 +1,7 @@
 """Small runs through every CUDA path of the Flag Aggregator, for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck  --error-exitcode 9 python bench/sanitize_flag_cuda.py [--rules]
+    compute-sanitizer --tool memcheck  --error-exitcode 9 \
+        python bench/sanitize_flag_cuda.py [--rules]
     compute-sanitizer --tool racecheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
     compute-sanitizer --tool synccheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
 
@@ -19,6 +20,7 @@ import sys
 import numpy as np
 
 import flagcore
+from flagcore._backend import core
 from flagcore._reference import make_gradients
 
 
@@ -69,11 +71,11 @@ def main(argv=None) -> int:
                 got = flagcore.flag_aggregate(view, **kw)
                 compare(f"{dt} p={p} {label}", got, view.double().cpu().numpy(), **kw)
             if p <= 8:
-                for variant in (1, 2):
-                    prm = flagcore._native.FlagParams(r=max(1, p // 2), max_iter=2)
-                    got, _ = _flag_aggregate_cuda(xt[None], prm, False, variant)
+                for kernel in (core.GramKernel.registers, core.GramKernel.tile_pairs):
+                    prm = core.FlagParams(r=max(1, p // 2), max_iter=2)
+                    got, _ = _flag_aggregate_cuda(xt[None], prm, False, kernel)
                     compare(
-                        f"{dt} p={p} variant {variant}",
+                        f"{dt} p={p} kernel {kernel.name}",
                         got[0],
                         x.astype(np.float32).astype(np.float64)
                         if dt == torch.float32

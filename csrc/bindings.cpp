@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "common/check.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
+#include "cuda/dtype.hpp"
 #include "flag/flag_cpu.hpp"
 #include "flag/flag_plan.hpp"
 #include "flag/gram.hpp"
@@ -243,6 +245,149 @@ py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
   return py::make_tuple(out, info.to_dict());
 }
 
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error(
+      "flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+}
+
+// ---------------------------------------------------------------- CUDA arrays at the boundary
+// A device array as the CUDA entry points take it: address, element type, shape, element strides
+// and device, built by the Python layer from a torch tensor (flagcore._backend.cuda_array), which
+// keeps the tensor alive until the work on the stream is done. Plain data, so the checks below
+// (shapes, dtypes, devices, workspace size) run in every build, before any device is touched.
+struct CudaArray {
+  std::uintptr_t data = 0;
+  cuda::DType dtype = cuda::DType::float32;
+  std::vector<int64_t> shape, strides;
+  int device = 0;
+};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+CudaArray make_cuda_array(std::uintptr_t data, cuda::DType dtype, const std::vector<int64_t>& shape,
+                          const std::vector<int64_t>& strides, int device) {
+  FLAGCORE_CHECK_ARG(cuda::dtype_size(dtype) > 0,
+                     "CudaArray: dtype must be a CudaDtype, got the value " << static_cast<int>(dtype));
+  FLAGCORE_CHECK_ARG(shape.size() == strides.size(), "CudaArray: shape "
+                                                         << shape_str(shape) << " and strides "
+                                                         << shape_str(strides) << " differ in length");
+  for (int64_t v : shape)
+    FLAGCORE_CHECK_ARG(v >= 0, "CudaArray: shape must be >= 0, got " << shape_str(shape));
+  FLAGCORE_CHECK_ARG(device >= 0, "CudaArray: device must be >= 0, got " << device);
+  CudaArray a;
+  a.data = data;
+  a.dtype = dtype;
+  a.shape = shape;
+  a.strides = strides;
+  a.device = device;
+  return a;
+}
+
+int64_t numel(const CudaArray& a) {
+  int64_t k = 1;
+  for (int64_t v : a.shape) k *= v;
+  return k;
+}
+
+// Dense row-major (dimensions of size 1 may have any stride; an empty array is dense).
+bool is_contiguous(const CudaArray& a) {
+  if (numel(a) == 0) return true;
+  int64_t want = 1;
+  for (size_t i = a.shape.size(); i-- > 0;) {
+    if (a.shape[i] != 1 && a.strides[i] != want) return false;
+    want *= a.shape[i];
+  }
+  return true;
+}
+
+// One array argument of a CUDA entry point: its dtype, its shape, its device (the data's), dense.
+void check_cuda_arg(const CudaArray& a, const char* fn, const char* arg, cuda::DType dtype,
+                    const std::vector<int64_t>& shape, int device) {
+  FLAGCORE_CHECK_ARG(a.dtype == dtype, fn << ": " << arg << " must be " << cuda::dtype_name(dtype) << ", got "
+                                          << cuda::dtype_name(a.dtype));
+  FLAGCORE_CHECK_ARG(a.shape == shape,
+                     fn << ": " << arg << " must be " << shape_str(shape) << ", got " << shape_str(a.shape));
+  FLAGCORE_CHECK_ARG(a.device == device,
+                     fn << ": " << arg << " is on CUDA device " << a.device << ", the data on " << device);
+  FLAGCORE_CHECK_ARG(is_contiguous(a),
+                     fn << ": " << arg << " must be contiguous, got strides " << shape_str(a.strides));
+}
+
+// The one workspace of an FA call: a dense uint8 array of at least plan.bytes.
+void check_workspace(const CudaArray& ws, const char* fn, const FlagCudaPlan& plan, int device) {
+  FLAGCORE_CHECK_ARG(ws.dtype == cuda::DType::uint8 && ws.shape.size() == 1 && is_contiguous(ws),
+                     fn << ": ws must be a one-dimensional uint8 array, got " << cuda::dtype_name(ws.dtype)
+                        << " " << shape_str(ws.shape));
+  FLAGCORE_CHECK_ARG(ws.shape[0] >= plan.bytes,
+                     fn << ": ws holds " << ws.shape[0] << " bytes, the plan needs " << plan.bytes);
+  FLAGCORE_CHECK_ARG(ws.device == device,
+                     fn << ": ws is on CUDA device " << ws.device << ", the data on " << device);
+}
+
+void check_gram_kernel(cuda::GramKernel kernel, const char* fn) {
+  FLAGCORE_CHECK_ARG(kernel == cuda::GramKernel::automatic || kernel == cuda::GramKernel::registers ||
+                         kernel == cuda::GramKernel::tile_pairs,
+                     fn << ": kernel must be a GramKernel, got the value " << static_cast<int>(kernel));
+}
+
+void check_fa_dtype(cuda::DType dtype, const char* fn, const char* arg) {
+  FLAGCORE_CHECK_ARG(cuda::is_fa_dtype(dtype), fn << ": " << arg
+                                                  << " must be float32, float16 or bfloat16, got "
+                                                  << cuda::dtype_name(dtype));
+}
+
+#ifdef FLAGCORE_WITH_CUDA
+void check_cuda_device(int device) {
+  if (cuda::device_count() <= 0)
+    throw std::runtime_error("flagcore: no CUDA device is visible (the CUDA path needs a GPU and a driver)");
+  FLAGCORE_CHECK_ARG(device >= 0 && device < cuda::device_count(),
+                     "flagcore: CUDA device " << device << " does not exist");
+}
+#endif
+
+void register_cuda_types(py::module_& m) {
+  py::enum_<cuda::DType>(m, "CudaDtype", "element type of a device array (torch's dtype names)")
+      .value("float32", cuda::DType::float32)
+      .value("float16", cuda::DType::float16)
+      .value("bfloat16", cuda::DType::bfloat16)
+      .value("float64", cuda::DType::float64)
+      .value("uint8", cuda::DType::uint8)
+      .value("int32", cuda::DType::int32)
+      .value("int64", cuda::DType::int64);
+
+  py::enum_<cuda::GramKernel>(m, "GramKernel",
+                              "the FA's CUDA Gram kernel: automatic (registers for p <= 8, tile pairs "
+                              "above) or one pinned (tests)")
+      .value("automatic", cuda::GramKernel::automatic)
+      .value("registers", cuda::GramKernel::registers)
+      .value("tile_pairs", cuda::GramKernel::tile_pairs);
+
+  py::class_<CudaArray>(m, "CudaArray",
+                        "a device array for the CUDA entry points: address, dtype, shape, element "
+                        "strides, device (flagcore._backend.cuda_array builds it from a torch tensor); "
+                        "read-only")
+      .def(py::init(&make_cuda_array), py::kw_only(), py::arg("data"), py::arg("dtype"), py::arg("shape"),
+           py::arg("strides"), py::arg("device"))
+      .def_readonly("data", &CudaArray::data)
+      .def_readonly("dtype", &CudaArray::dtype)
+      .def_readonly("shape", &CudaArray::shape)
+      .def_readonly("strides", &CudaArray::strides)
+      .def_readonly("device", &CudaArray::device)
+      .def("__repr__", [](const CudaArray& a) {
+        std::ostringstream os;
+        os << "CudaArray(data=0x" << std::hex << a.data << std::dec << ", dtype=" << cuda::dtype_name(a.dtype)
+           << ", shape=" << shape_str(a.shape) << ", strides=" << shape_str(a.strides)
+           << ", device=" << a.device << ")";
+        return os.str();
+      });
+}
+
 // ---------------------------------------------------------------- robust rules (csrc/rules)
 using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -262,17 +407,26 @@ py::array_t<uint8_t> excluded_in(const py::object& mask, int64_t b, int64_t p, c
   return out;
 }
 
+// A CoordRule made from an out-of-range integer (CoordRule(7)) is refused by name.
+void check_coord_rule(CoordRule rule, const char* fn) {
+  const int v = static_cast<int>(rule);
+  FLAGCORE_CHECK_ARG(
+      v >= static_cast<int>(CoordRule::median) && v <= static_cast<int>(CoordRule::mean),
+      fn << ": rule must be a CoordRule (median, trimmed_mean, meamed, phocas, mean), got the value " << v);
+}
+
 template <typename T>
-py::tuple coordinate_impl(const py::object& x, int rule, int64_t f, int64_t keep, const py::object& mask) {
+py::tuple coordinate_impl(const py::object& x, CoordRule rule, int64_t f, int64_t keep,
+                          const py::object& mask) {
   Rows<T> rows = make_rows<T>(x);
-  FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate: unknown rule " << rule);
+  check_coord_rule(rule, "coordinate");
   FLAGCORE_CHECK_ARG(f >= 0, "coordinate: f must be >= 0");
   FLAGCORE_CHECK_ARG(rows.p <= kMaxNetwork,
                      "coordinate: at most "
                          << kMaxNetwork
                          << " workers per problem for the coordinate-wise rules, got p = " << rows.p);
   CoordSpec spec;
-  spec.rule = static_cast<CoordRule>(rule);
+  spec.rule = rule;
   spec.f = f;
   spec.keep = keep;
   py::array_t<T> out({rows.b, rows.n});
@@ -337,15 +491,21 @@ void check_gram(const F64Array& g, int64_t extra, const char* fn) {
 }
 
 void register_rules(py::module_& m) {
+  py::enum_<CoordRule>(m, "CoordRule", "the coordinate-wise rules (csrc/rules/coordinate.hpp)")
+      .value("median", CoordRule::median)
+      .value("trimmed_mean", CoordRule::trimmed_mean)
+      .value("meamed", CoordRule::meamed)
+      .value("phocas", CoordRule::phocas)
+      .value("mean", CoordRule::mean);
+
   m.def(
       "coordinate",
-      [](const py::object& x, int rule, int64_t f, int64_t keep, const py::object& excluded) {
+      [](const py::object& x, CoordRule rule, int64_t f, int64_t keep, const py::object& excluded) {
         return dtype_code(x) == 'f' ? coordinate_impl<float>(x, rule, f, keep, excluded)
                                     : coordinate_impl<double>(x, rule, f, keep, excluded);
       },
       py::arg("x"), py::arg("rule"), py::arg("f"), py::arg("keep"), py::arg("excluded") = py::none(),
-      "coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, "
-      "p))");
+      "coordinate-wise rule -> ((b, n), excluded (b, p))");
 
   m.def(
       "mix_rows",
@@ -358,14 +518,15 @@ void register_rules(py::module_& m) {
 
   m.def(
       "coordinate_network",
-      [](int pe, int rule, int t, int k) {
+      [](int pe, CoordRule rule, int t, int k) {
         FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork,
                            "coordinate_network: pe must be in [1, " << kMaxNetwork << "], got " << pe);
+        check_coord_rule(rule, "coordinate_network");
         CoordCounts c;
         c.pe = pe;
         c.t = t;
         c.k = k;
-        return coordinate_network(pe, static_cast<CoordRule>(rule), c);
+        return coordinate_network(pe, rule, c);
       },
       py::arg("pe"), py::arg("rule"), py::arg("t"), py::arg("k"));
 
@@ -488,35 +649,51 @@ void register_rules(py::module_& m) {
       },
       py::arg("gram"), py::arg("f"), py::arg("excluded") = py::none());
 
-  // CUDA: raw device pointers from the Python layer (torch tensors), launched on `stream`.
-  m.def("coordinate_cuda", [](std::uintptr_t x, int64_t b, int64_t p, int64_t n, int64_t stride_b,
-                              int64_t stride_p, bool is_double, int rule, int64_t f, int64_t keep,
-                              std::uintptr_t out, std::uintptr_t active_mask, std::uintptr_t flags,
-                              std::uintptr_t stream) {
+  // CUDA: device arrays from the Python layer (torch tensors), launched on `stream`.
+  m.def(
+      "coordinate_cuda",
+      [](const CudaArray& x, const CudaArray& out, const CudaArray& active_mask, const CudaArray& flags,
+         CoordRule rule, int64_t f, int64_t keep, std::uintptr_t stream) {
+        const char* fn = "coordinate_cuda";
+        FLAGCORE_CHECK_ARG(x.shape.size() == 3, fn << ": x must be (b, p, n), got " << shape_str(x.shape));
+        FLAGCORE_CHECK_ARG(x.dtype == cuda::DType::float32 || x.dtype == cuda::DType::float64,
+                           fn << ": x must be float32 or float64, got " << cuda::dtype_name(x.dtype));
+        const int64_t b = x.shape[0], p = x.shape[1], n = x.shape[2];
+        FLAGCORE_CHECK_ARG(p >= 1 && p <= 32, fn << ": p must be in [1, 32], got " << p);
+        FLAGCORE_CHECK_ARG(n <= 1 || x.strides[2] == 1, fn << ": x's last axis must be contiguous");
+        check_cuda_arg(out, fn, "out", x.dtype, {b, n}, x.device);
+        check_cuda_arg(active_mask, fn, "active_mask", cuda::DType::int32, {b}, x.device);
+        check_cuda_arg(flags, fn, "flags", cuda::DType::int32, {b, p}, x.device);
+        check_coord_rule(rule, fn);
+        FLAGCORE_CHECK_ARG(f >= 0, fn << ": f must be >= 0, got " << f);
 #ifdef FLAGCORE_WITH_CUDA
-    FLAGCORE_CHECK_ARG(p >= 1 && p <= cuda::kCoordMaxP,
-                       "coordinate_cuda: p must be in [1, " << cuda::kCoordMaxP << "]");
-    FLAGCORE_CHECK_ARG(rule >= 0 && rule <= 4, "coordinate_cuda: unknown rule " << rule);
-    CoordSpec spec;
-    spec.rule = static_cast<CoordRule>(rule);
-    spec.f = f;
-    spec.keep = keep;
-    py::gil_scoped_release release;
-    if (is_double)
-      cuda::coordinate_cuda<double>(reinterpret_cast<const double*>(x), b, p, n, stride_b, stride_p, spec,
-                                    reinterpret_cast<double*>(out),
-                                    reinterpret_cast<const uint32_t*>(active_mask),
-                                    reinterpret_cast<int32_t*>(flags), stream);
-    else
-      cuda::coordinate_cuda<float>(
-          reinterpret_cast<const float*>(x), b, p, n, stride_b, stride_p, spec, reinterpret_cast<float*>(out),
-          reinterpret_cast<const uint32_t*>(active_mask), reinterpret_cast<int32_t*>(flags), stream);
+        check_cuda_device(x.device);
+        CoordSpec spec;
+        spec.rule = rule;
+        spec.f = f;
+        spec.keep = keep;
+        const auto* mask = reinterpret_cast<const uint32_t*>(active_mask.data);
+        auto* fl = reinterpret_cast<int32_t*>(flags.data);
+        py::gil_scoped_release release;
+        if (x.dtype == cuda::DType::float64)
+          cuda::coordinate_cuda<double>(reinterpret_cast<const double*>(x.data), b, p, n, x.strides[0],
+                                        x.strides[1], spec, reinterpret_cast<double*>(out.data), mask, fl,
+                                        stream);
+        else
+          cuda::coordinate_cuda<float>(reinterpret_cast<const float*>(x.data), b, p, n, x.strides[0],
+                                       x.strides[1], spec, reinterpret_cast<float*>(out.data), mask, fl,
+                                       stream);
 #else
-    (void)x; (void)b; (void)p; (void)n; (void)stride_b; (void)stride_p; (void)is_double; (void)rule;
-    (void)f; (void)keep; (void)out; (void)active_mask; (void)flags; (void)stream;
-    throw std::runtime_error("flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+        (void)keep;
+        (void)stream;
+        no_cuda();
 #endif
-  });
+      },
+      py::arg("x"), py::arg("out"), py::arg("active_mask"), py::arg("flags"), py::kw_only(), py::arg("rule"),
+      py::arg("f"), py::arg("keep"), py::arg("stream"),
+      "coordinate-wise rule of a (b, p <= 32, n) float32/float64 device array into out (b, n); active_mask "
+      "(b,) int32 bits of the workers taking part; flags (b, p) int32 set to 1 for an active worker holding "
+      "NaN/Inf");
   m.attr("coordinate_cuda_max_p") = 32;
 }
 template <typename T>
@@ -582,24 +759,6 @@ py::dict plan_to_dict(const FlagCudaPlan& pl) {
   d["bytes"] = pl.bytes;
   return d;
 }
-
-[[noreturn]] void no_cuda() {
-  throw std::runtime_error(
-      "flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
-}
-
-#ifdef FLAGCORE_WITH_CUDA
-void check_cuda_call(int device, int64_t ws_bytes, const FlagCudaPlan& plan, int dtype) {
-  if (cuda::device_count() <= 0)
-    throw std::runtime_error("flagcore: no CUDA device is visible (the CUDA path needs a GPU and a driver)");
-  FLAGCORE_CHECK_ARG(device >= 0 && device < cuda::device_count(),
-                     "flagcore: CUDA device " << device << " does not exist");
-  FLAGCORE_CHECK_ARG(ws_bytes >= plan.bytes,
-                     "flagcore: workspace of " << ws_bytes << " bytes, the plan needs " << plan.bytes);
-  FLAGCORE_CHECK_ARG(dtype >= 0 && dtype <= 2,
-                     "flagcore: dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16), got " << dtype);
-}
-#endif
 
 // ---------------------------------------------------------------- fork-join simulator
 using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -832,6 +991,7 @@ void bind_forkjoin(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "flagcore native core (private: use the flagcore package)";
+  register_cuda_types(m);
 
   // An interrupted native call raises the KeyboardInterrupt that its poll found pending.
   py::register_exception_translator([](std::exception_ptr e) {
@@ -1027,118 +1187,107 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "flag_aggregate_cuda_uniform",
-      [](std::uintptr_t x, int dtype, int64_t b, int64_t p, int64_t n, int64_t stride_b, int64_t stride_p,
-         std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, const FlagParams& prm,
-         std::uintptr_t stream, int device, int variant) {
-#ifdef FLAGCORE_WITH_CUDA
+      [](const CudaArray& x, const CudaArray& out, const CudaArray& ws, const FlagParams& prm,
+         std::uintptr_t stream, cuda::GramKernel kernel) {
+        const char* fn = "flag_aggregate_cuda_uniform";
+        FLAGCORE_CHECK_ARG(x.shape.size() == 3, fn << ": x must be (b, p, n), got " << shape_str(x.shape));
+        check_fa_dtype(x.dtype, fn, "x");
+        const int64_t b = x.shape[0], p = x.shape[1], n = x.shape[2];
+        FLAGCORE_CHECK_ARG(n <= 1 || x.strides[2] == 1, fn << ": x's last axis must be contiguous");
+        check_cuda_arg(out, fn, "out", x.dtype, {b, n}, x.device);
+        check_gram_kernel(kernel, fn);
         FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, n, prm.max_iter);
-        check_cuda_call(device, ws_bytes, plan, dtype);
+        check_workspace(ws, fn, plan, x.device);
+#ifdef FLAGCORE_WITH_CUDA
+        check_cuda_device(x.device);
         cuda::DeviceProblems d;
         d.b = b;
-        d.base = reinterpret_cast<const void*>(x);
-        d.stride_b = stride_b;
-        d.stride_p = stride_p;
+        d.base = reinterpret_cast<const void*>(x.data);
+        d.stride_b = x.strides[0];
+        d.stride_p = x.strides[1];
         d.p = p;
         d.n = n;
         d.p_max = p;
         d.rows = plan.rows;
         d.parts = plan.parts;
-        const int64_t es = cuda::dtype_size(dtype);
-        d.aligned16 = x % 16 == 0 && (stride_b * es) % 16 == 0 && (stride_p * es) % 16 == 0;
+        const int64_t es = cuda::dtype_size(x.dtype);
+        d.aligned16 = x.data % 16 == 0 && (d.stride_b * es) % 16 == 0 && (d.stride_p * es) % 16 == 0;
         py::gil_scoped_release release;
-        cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out),
-                                  reinterpret_cast<unsigned char*>(ws), stream, device, variant);
+        cuda::flag_aggregate_cuda(d, x.dtype, plan, prm, reinterpret_cast<void*>(out.data),
+                                  reinterpret_cast<unsigned char*>(ws.data), stream, x.device, kernel);
 #else
-        (void)x;
-        (void)dtype;
-        (void)b;
-        (void)p;
-        (void)n;
-        (void)stride_b;
-        (void)stride_p;
-        (void)out;
-        (void)ws;
-        (void)ws_bytes;
-        (void)prm;
         (void)stream;
-        (void)device;
-        (void)variant;
         no_cuda();
 #endif
       },
-      py::arg("x"), py::arg("dtype"), py::arg("b"), py::arg("p"), py::arg("n"), py::arg("stride_b"),
-      py::arg("stride_p"), py::arg("out"), py::arg("ws"), py::arg("ws_bytes"), py::arg("params"),
-      py::arg("stream"), py::arg("device"), py::arg("variant") = 0,
-      "FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs "
-      "in out and ws");
+      py::arg("x"), py::arg("out"), py::arg("ws"), py::arg("params"), py::kw_only(), py::arg("stream"),
+      py::arg_v("kernel", cuda::GramKernel::automatic, "GramKernel.automatic"),
+      "FA of a (b, p, n) float32/float16/bfloat16 device array (last axis contiguous) into out (b, n); the "
+      "IRLS outputs in ws (uint8, flag_cuda_plan_uniform(b, p, n, max_iter)['bytes'] at least)");
 
   m.def(
       "flag_aggregate_cuda_ragged",
-      [](std::uintptr_t table, const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, bool aligned16,
-         int dtype, std::uintptr_t out, std::uintptr_t ws, int64_t ws_bytes, const FlagParams& prm,
-         std::uintptr_t stream, int device, int variant) {
-#ifdef FLAGCORE_WITH_CUDA
+      [](const CudaArray& table, const CudaArray& out, const CudaArray& ws, const FlagParams& prm,
+         const std::vector<int64_t>& ps, const std::vector<int64_t>& ns, bool aligned16,
+         std::uintptr_t stream, cuda::GramKernel kernel) {
+        const char* fn = "flag_aggregate_cuda_ragged";
         FLAGCORE_CHECK_ARG(ps.size() == ns.size() && !ps.empty(),
-                           "flag_aggregate_cuda_ragged: ps and ns must be non-empty and of one length");
+                           fn << ": ps and ns must be non-empty and of one length");
         const int64_t b = static_cast<int64_t>(ps.size());
         FlagCudaPlan plan = flag_cuda_plan(ps.data(), ns.data(), b, prm.max_iter, nullptr);
-        check_cuda_call(device, ws_bytes, plan, dtype);
+        check_fa_dtype(out.dtype, fn, "out");
+        check_cuda_arg(table, fn, "table", cuda::DType::int64, {b * kMetaCols + plan.rows}, table.device);
+        check_cuda_arg(out, fn, "out", out.dtype, {plan.cols}, table.device);
+        check_gram_kernel(kernel, fn);
+        check_workspace(ws, fn, plan, table.device);
+#ifdef FLAGCORE_WITH_CUDA
+        check_cuda_device(table.device);
         cuda::DeviceProblems d;
         d.b = b;
-        d.table = reinterpret_cast<const int64_t*>(table);
+        d.table = reinterpret_cast<const int64_t*>(table.data);
         d.p_max = plan.p_max;
         d.rows = plan.rows;
         d.parts = plan.parts;
         d.aligned16 = aligned16;
         py::gil_scoped_release release;
-        cuda::flag_aggregate_cuda(d, dtype, plan, prm, reinterpret_cast<void*>(out),
-                                  reinterpret_cast<unsigned char*>(ws), stream, device, variant);
+        cuda::flag_aggregate_cuda(d, out.dtype, plan, prm, reinterpret_cast<void*>(out.data),
+                                  reinterpret_cast<unsigned char*>(ws.data), stream, table.device, kernel);
 #else
-        (void)table;
-        (void)ps;
-        (void)ns;
         (void)aligned16;
-        (void)dtype;
-        (void)out;
-        (void)ws;
-        (void)ws_bytes;
-        (void)prm;
         (void)stream;
-        (void)device;
-        (void)variant;
         no_cuda();
 #endif
       },
-      py::arg("table"), py::arg("ps"), py::arg("ns"), py::arg("aligned16"), py::arg("dtype"), py::arg("out"),
-      py::arg("ws"), py::arg("ws_bytes"), py::arg("params"), py::arg("stream"), py::arg("device"),
-      py::arg("variant") = 0,
-      "FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]");
+      py::arg("table"), py::arg("out"), py::arg("ws"), py::arg("params"), py::kw_only(), py::arg("ps"),
+      py::arg("ns"), py::arg("aligned16"), py::arg("stream"),
+      py::arg_v("kernel", cuda::GramKernel::automatic, "GramKernel.automatic"),
+      "FA of a ragged batch (problem q: ps[q] rows of ns[q] elements, all of out's dtype) into out (sum "
+      "ns,); "
+      "table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]; aligned16: every row starts on 16 "
+      "bytes");
 
   m.def(
       "flag_irls_cuda",
-      [](std::uintptr_t gram, int64_t b, int64_t p, std::uintptr_t ws, int64_t ws_bytes,
-         const FlagParams& prm, std::uintptr_t stream, int device) {
-#ifdef FLAGCORE_WITH_CUDA
+      [](const CudaArray& gram, const CudaArray& ws, const FlagParams& prm, std::uintptr_t stream) {
+        const char* fn = "flag_irls_cuda";
+        FLAGCORE_CHECK_ARG(gram.shape.size() == 3 && gram.shape[1] == gram.shape[2],
+                           fn << ": gram must be (b, p, p), got " << shape_str(gram.shape));
+        const int64_t b = gram.shape[0], p = gram.shape[1];
+        check_cuda_arg(gram, fn, "gram", cuda::DType::float64, {b, p, p}, gram.device);
         FlagCudaPlan plan = flag_cuda_plan_uniform(b, p, 0, prm.max_iter);
-        check_cuda_call(device, ws_bytes, plan, 0);
+        check_workspace(ws, fn, plan, gram.device);
+#ifdef FLAGCORE_WITH_CUDA
+        check_cuda_device(gram.device);
         py::gil_scoped_release release;
-        cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram), b, p, plan, prm,
-                                  reinterpret_cast<unsigned char*>(ws), stream, device);
+        cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram.data), b, p, plan, prm,
+                                  reinterpret_cast<unsigned char*>(ws.data), stream, gram.device);
 #else
-        (void)gram;
-        (void)b;
-        (void)p;
-        (void)ws;
-        (void)ws_bytes;
-        (void)prm;
         (void)stream;
-        (void)device;
         no_cuda();
 #endif
       },
-      py::arg("gram"), py::arg("b"), py::arg("p"), py::arg("ws"), py::arg("ws_bytes"), py::arg("params"),
-      py::arg("stream"), py::arg("device"),
-      "the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at "
+      py::arg("gram"), py::arg("ws"), py::arg("params"), py::kw_only(), py::arg("stream"),
+      "the IRLS alone on a float64 (b, p, p) device array of Gram matrices; outputs in ws at "
       "flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets");
 
   m.def(

@@ -1,7 +1,8 @@
 """Train a small classifier with torch.distributed while one rank is Byzantine, aggregating
 the gradients robustly with flagcore.
 
-    torchrun --standalone --nproc_per_node=4 examples/train_ddp_byzantine.py --rule flag --attack random
+    torchrun --standalone --nproc_per_node=4 examples/train_ddp_byzantine.py \
+        --rule flag --attack random
 
 Every rank draws its own mini-batches of one synthetic 4-class problem (Gaussian clusters in
 20 dimensions) and trains the same MLP. The ranks listed in --byzantine send an attack instead
@@ -184,8 +185,10 @@ def main() -> None:
     if rank == 0:
         print(f"replicas bitwise identical on all {world} ranks (sha256 {digest[:16]}...)")
         print(
-            f"{wall:.2f} s for {args.steps} steps; on rank 0: liveness checks {stats.barrier_s:.3f} s, "
-            f"communication {stats.comm_s:.3f} s, aggregation {stats.aggregate_s:.3f} s; ranks that "
+            f"{wall:.2f} s for {args.steps} steps; on rank 0: liveness checks "
+            f"{stats.barrier_s:.3f} s, "
+            f"communication {stats.comm_s:.3f} s, aggregation {stats.aggregate_s:.3f} s; ranks "
+            "that "
             f"sent NaN/Inf: {stats.nonfinite_calls or 'none'}; malformed contributions rejected: "
             f"{stats.rejected_calls or 'none'}",
             flush=True,

@@ -192,7 +192,7 @@ def test_example_runs_under_torchrun(tmp_path: Path, mode: str) -> None:
 # -- single-process checks (a world of one, in this process) ---------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def world_of_one() -> object:
     import torch.distributed as dist
 
@@ -285,7 +285,7 @@ def test_hook_argument_errors(world_of_one: object) -> None:
         register_robust_hook(ddp, "no_such_rule")
     with pytest.raises(ValueError, match="attack: name must be one of"):
         register_robust_hook(ddp, "mean", "no_such_attack")
-    with pytest.raises(ValueError, match="register_robust_hook: timeout must be > 0.0, got 0.0"):
+    with pytest.raises(ValueError, match=r"register_robust_hook: timeout must be > 0.0, got 0.0"):
         register_robust_hook(ddp, "mean", timeout=0.0)
     with pytest.raises(
         ValueError, match="register_robust_hook: attack_params given without an attack"
@@ -358,10 +358,10 @@ def test_parameter_server_argument_errors(world_of_one: object) -> None:
         ParameterServer([torch.ones(2)])
     ps = ParameterServer(model, rule="median")
     with pytest.raises(
-        ValueError, match="ParameterServer.aggregate: flat_gradient must have 4 elements, got 3"
+        ValueError, match=r"ParameterServer.aggregate: flat_gradient must have 4 elements, got 3"
     ):
         ps.aggregate(torch.ones(3))
-    with pytest.raises(ValueError, match="ParameterServer.step: no optimizer was given"):
+    with pytest.raises(ValueError, match=r"ParameterServer.step: no optimizer was given"):
         ps.step()
 
 

@@ -12,13 +12,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from flagcore import cli  # noqa: E402
+from flagcore.experiments import data as xdata  # noqa: E402
 from flagcore.experiments import (  # noqa: E402
     parse_rule_spec,
     run_robustness,
     split_rule_list,
     write_outputs,
 )
-from flagcore.experiments import data as xdata  # noqa: E402
 from flagcore.experiments.harness import _Gradients  # noqa: E402
 
 FAST = dict(
@@ -188,7 +188,7 @@ def test_distortions():
     x, y = task.x_train[:50], task.y_train[:50]
     xf, yf = xdata.distort(x, y, "label_flip", 4)
     assert torch.equal(xf, x) and torch.equal(yf, 3 - y)
-    xs, ys = xdata.distort(x, y, "shuffle_labels", 4, seed=1)
+    _xs, ys = xdata.distort(x, y, "shuffle_labels", 4, seed=1)
     assert torch.equal(torch.sort(ys).values, torch.sort(y).values) and not torch.equal(ys, y)
     xn, _ = xdata.distort(x, y, "noise", 4)
     assert float((xn - x).std()) == pytest.approx(2 * float(x.std()), rel=0.15)
@@ -352,7 +352,7 @@ def test_demo_quick(tmp_path, capsys):
     # part 2: the energy/latency trade-off, approximation beside simulation
     e = _strict_load(tmp_path / "energy_tradeoff.json")
     assert e["columns"][0] == "p_high" and len(e["rows"]) == 3
-    for q, et_a, et_s, p99, en_a, en_s in e["rows"]:
+    for _q, _et_a, et_s, p99, en_a, en_s in e["rows"]:
         assert en_s == pytest.approx(en_a, rel=0.05)  # race energy is within ~1 % of simulation
         assert et_s <= p99
     assert (tmp_path / "energy_tradeoff.png").exists()

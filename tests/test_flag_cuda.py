@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import flagcore
-from flagcore import _core
-from flagcore._reference import flag_aggregate_reference as reference
-
 from conftest import make_gradients, require_torch
+from flagcore import _core
+from flagcore._backend import cuda_array
+from flagcore._reference import flag_aggregate_reference as reference
 
 INFO_KEYS = (
     "coefficients",
@@ -257,21 +257,142 @@ def test_cuda_plan_layout():
         _core.flag_cuda_plan_uniform(1, 6145, 10, 1)
 
 
+def _dev(shape, dtype="float32", strides=None, device=0, data=1 << 20):
+    """A CudaArray describing a dense array at a made-up address (never dereferenced: the
+    checks below run before any device work)."""
+    if strides is None:
+        strides, k = [], 1
+        for v in reversed(shape):
+            strides.insert(0, k)
+            k *= v
+    return _core.CudaArray(
+        data=data,
+        dtype=getattr(_core.CudaDtype, dtype),
+        shape=list(shape),
+        strides=list(strides),
+        device=device,
+    )
+
+
+def _ws(bytes_):
+    return _dev([bytes_], "uint8")
+
+
 def test_cuda_entry_points_refuse_cleanly_without_gpu():
     if flagcore.cuda_available():
         pytest.skip("a GPU is present: the cuda-marked tests cover these entry points")
-    with pytest.raises(RuntimeError, match="not compiled with GPU support|no CUDA device"):
+    prm = _core.FlagParams(r=1)
+    plan = _core.flag_cuda_plan_uniform(1, 3, 10, 1)
+    with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
         _core.flag_aggregate_cuda_uniform(
-            0, 0, 1, 3, 10, 30, 10, 0, 0, 1 << 20, _core.FlagParams(r=1), 0, 0
+            _dev([1, 3, 10]), _dev([1, 10]), _ws(plan["bytes"]), prm, stream=0
         )
-    with pytest.raises(RuntimeError, match="not compiled with GPU support|no CUDA device"):
-        _core.flag_irls_cuda(0, 1, 3, 0, 1 << 20, _core.FlagParams(r=1), 0, 0)
+    ragged = _core.flag_cuda_plan([3], [10], 1)
+    with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
+        _core.flag_aggregate_cuda_ragged(
+            _dev([7 + 3], "int64"),
+            _dev([10]),
+            _ws(ragged["bytes"]),
+            prm,
+            ps=[3],
+            ns=[10],
+            aligned16=True,
+            stream=0,
+        )
+    empty = _core.flag_cuda_plan_uniform(2, 3, 0, 1)  # n = 0: torch's strides of empty arrays
+    with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
+        _core.flag_aggregate_cuda_uniform(
+            _dev([2, 3, 0], strides=[0, 0, 1]),
+            _dev([2, 0], strides=[1, 1]),
+            _ws(empty["bytes"]),
+            prm,
+            stream=0,
+        )
+    irls = _core.flag_cuda_plan_uniform(1, 3, 0, 1)
+    with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
+        _core.flag_irls_cuda(_dev([1, 3, 3], "float64"), _ws(irls["bytes"]), prm, stream=0)
+    with pytest.raises(RuntimeError, match=r"not compiled with GPU support|no CUDA device"):
+        _core.coordinate_cuda(
+            _dev([1, 3, 10]),
+            _dev([1, 10]),
+            _dev([1], "int32"),
+            _dev([1, 3], "int32"),
+            rule=_core.CoordRule.median,
+            f=0,
+            keep=-1,
+            stream=0,
+        )
     from flagcore.flag import _require_native_cuda
 
     with pytest.raises(
-        RuntimeError, match="flag_aggregate: .*(not compiled with GPU support|no CUDA device)"
+        RuntimeError, match=r"flag_aggregate: .*(not compiled with GPU support|no CUDA device)"
     ):
         _require_native_cuda("flag_aggregate")
+
+
+def test_cuda_entry_points_check_their_arrays_before_any_device_work():
+    """The bound CudaArray arguments are checked (dtype, shape, device, density, workspace size,
+    enum values) on the host in every build, with messages naming the function and argument."""
+    prm = _core.FlagParams(r=1)
+    plan = _core.flag_cuda_plan_uniform(2, 3, 10, 1)
+    x, out, ws = _dev([2, 3, 10]), _dev([2, 10]), _ws(plan["bytes"])
+    fn = _core.flag_aggregate_cuda_uniform
+    cases = [
+        ((_dev([3, 10]), out, ws), "x must be \\(b, p, n\\), got \\(3, 10\\)"),
+        (
+            (_dev([2, 3, 10], "float64"), out, ws),
+            "x must be float32, float16 or bfloat16, got float64",
+        ),
+        ((_dev([2, 3, 10], strides=[60, 20, 2]), out, ws), "x's last axis must be contiguous"),
+        ((x, _dev([2, 10], "float16"), ws), "out must be float32, got float16"),
+        ((x, _dev([2, 11]), ws), "out must be \\(2, 10\\), got \\(2, 11\\)"),
+        ((x, _dev([2, 10], device=1), ws), "out is on CUDA device 1, the data on 0"),
+        ((x, _dev([2, 10], strides=[1, 2]), ws), "out must be contiguous"),
+        ((x, out, _ws(plan["bytes"] - 1)), f"ws holds {plan['bytes'] - 1} bytes, the plan needs"),
+        ((x, out, _dev([plan["bytes"]], "int64")), "ws must be a one-dimensional uint8 array"),
+    ]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match="flag_aggregate_cuda_uniform: " + msg):
+            fn(*args, prm, stream=0)
+    with pytest.raises(ValueError, match="kernel must be a GramKernel, got the value 9"):
+        fn(x, out, ws, prm, stream=0, kernel=_core.GramKernel(9))
+    with pytest.raises(TypeError):  # a bare int is not a GramKernel
+        fn(x, out, ws, prm, stream=0, kernel=1)
+    with pytest.raises(TypeError):  # nor an address a CudaArray
+        fn(0, out, ws, prm, stream=0)
+    with pytest.raises(ValueError, match=r"table must be \(11,\), got \(10,\)"):
+        _core.flag_aggregate_cuda_ragged(
+            _dev([10], "int64"), _dev([10]), ws, prm, ps=[4], ns=[10], aligned16=True, stream=0
+        )
+    with pytest.raises(ValueError, match="flag_irls_cuda: gram must be float64, got float32"):
+        _core.flag_irls_cuda(_dev([1, 3, 3]), ws, prm, stream=0)
+    with pytest.raises(ValueError, match="coordinate_cuda: flags must be int32, got uint8"):
+        _core.coordinate_cuda(
+            x,
+            out,
+            _dev([2], "int32"),
+            _dev([2, 3], "uint8"),
+            rule=_core.CoordRule.mean,
+            f=0,
+            keep=-1,
+            stream=0,
+        )
+
+
+def test_cuda_array_describes_its_tensor():
+    torch = require_torch()
+    from flagcore._backend import cuda_dtype
+
+    assert cuda_dtype(torch.bfloat16) == _core.CudaDtype.bfloat16
+    assert cuda_dtype(torch.complex64) is None and cuda_dtype(np.float32) is None
+    with pytest.raises(TypeError, match="cuda_array: t must be a CUDA tensor"):
+        cuda_array(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"CudaArray: shape .* and strides .* differ in length"):
+        _core.CudaArray(data=0, dtype=_core.CudaDtype.float32, shape=[2, 3], strides=[1], device=0)
+    with pytest.raises(ValueError, match="CudaArray: dtype must be a CudaDtype, got the value 42"):
+        _core.CudaArray(data=0, dtype=_core.CudaDtype(42), shape=[2], strides=[1], device=0)
+    a = _dev([2, 3])
+    assert (a.shape, a.strides, a.dtype, a.device) == ([2, 3], [3, 1], _core.CudaDtype.float32, 0)
 
 
 # ---------------------------------------------------------------- GPU
@@ -351,14 +472,7 @@ def test_gpu_irls_equals_cpu(p):
         gd = torch.from_numpy(g).cuda()
         ws = torch.empty(plan["bytes"], dtype=torch.uint8, device="cuda")
         _core.flag_irls_cuda(
-            gd.data_ptr(),
-            3,
-            p,
-            ws.data_ptr(),
-            plan["bytes"],
-            prm,
-            torch.cuda.current_stream().cuda_stream,
-            torch.cuda.current_device(),
+            cuda_array(gd), cuda_array(ws), prm, stream=torch.cuda.current_stream().cuda_stream
         )
         from flagcore.flag import _info_from_workspace
 
@@ -383,9 +497,9 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype):
         .cuda()[None]
     )
     prm = _core.FlagParams(r=3, max_iter=3)
-    a1, d1 = _flag_aggregate_cuda(x, prm, True, variant=1)
-    a1b, d1b = _flag_aggregate_cuda(x, prm, True, variant=1)
-    a2, d2 = _flag_aggregate_cuda(x, prm, True, variant=2)
+    a1, d1 = _flag_aggregate_cuda(x, prm, True, kernel=_core.GramKernel.registers)
+    a1b, d1b = _flag_aggregate_cuda(x, prm, True, kernel=_core.GramKernel.registers)
+    _a2, d2 = _flag_aggregate_cuda(x, prm, True, kernel=_core.GramKernel.tile_pairs)
     assert torch.equal(a1, a1b)  # deterministic: no atomics, fixed reduction order
     np.testing.assert_array_equal(d1["coefficients"], d1b["coefficients"])
     np.testing.assert_allclose(d1["coefficients"], d2["coefficients"], rtol=1e-5)

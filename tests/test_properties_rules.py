@@ -22,11 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import flagcore
+from _props import RTOL, StackCase, assert_weighted_sum, bounded, stacks
 from flagcore import _reference_rules as ref
 from flagcore.attacks import ATTACKS, attack
 from flagcore.rules import RULES, make_rule
-
-from _props import RTOL, StackCase, assert_weighted_sum, bounded, stacks
 
 DISTANCE = {
     "krum",
@@ -140,7 +139,7 @@ def _check_reference(case: StackCase, rule: str, out64: np.ndarray, info, f: int
             conv = np.asarray(info.converged).reshape(case.b)[q]
             if not conv:
                 continue
-            zref, obj_ref = ref.geometric_median_ref(x)
+            _zref, obj_ref = ref.geometric_median_ref(x)
             obj = float(np.linalg.norm(x - got, axis=1).sum())
             norms = np.linalg.norm(x, axis=1)
             assert (
@@ -308,7 +307,7 @@ def test_attack_properties(case, name, f, seed):
     if f and name == "mimic":
         np.testing.assert_array_equal(out, np.repeat(np.asarray(h)[:1], f, axis=0))
     if f and name in ("zero", "drop"):
-        k = int(round(0.5 * case.n))
+        k = round(float(0.5 * case.n))
         for j in range(f):
             src = np.asarray(h)[j % case.p]
             changed = out[j] != src

@@ -109,11 +109,31 @@ def test_batch_with_different_exclusions():
         )
 
 
+def test_rules_cross_the_boundary_by_name():
+    """The rule is a bound enum on both sides: the Python names map one to one onto
+    core.CoordRule, a bare int is refused by pybind11 and an out-of-range value by name."""
+    from flagcore.rules.coordinate import RULE_IDS
+
+    assert {k: v.name for k, v in RULE_IDS.items()} == {k: k for k in RULE_IDS}
+    assert set(core.CoordRule.__members__) == set(RULE_IDS)
+    x = ref.make_gradients(5, 9, seed=1)[None]
+    with pytest.raises(TypeError):
+        core.coordinate(x, 0, 0, -1)
+    with pytest.raises(
+        ValueError, match=r"coordinate: rule must be a CoordRule .* got the value 7"
+    ):
+        core.coordinate(x, core.CoordRule(7), 0, -1)
+    with pytest.raises(ValueError, match="coordinate_network: rule must be a CoordRule"):
+        core.coordinate_network(5, core.CoordRule(-1), 0, 5)
+
+
 @pytest.mark.parametrize("pe", range(1, 33))
 def test_networks_sort_every_zero_one_input(pe):
     """0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input.
     Checked exhaustively for the full networks up to 16 inputs, on random 0/1 inputs beyond."""
-    comp = core.coordinate_network(pe, 2, 0, pe)  # meamed keeps every position: the full network
+    comp = core.coordinate_network(
+        pe, core.CoordRule.meamed, 0, pe
+    )  # keeps every position: full network
     rng = np.random.default_rng(pe)
     if pe <= 16:
         v = ((np.arange(2**pe)[:, None] >> np.arange(pe)[None]) & 1).astype(np.int8)

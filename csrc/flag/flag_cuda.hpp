@@ -30,13 +30,12 @@
 #pragma once
 #include <cstdint>
 
+#include "cuda/dtype.hpp"
 #include "flag/flag_irls.hpp"
 #include "flag/flag_plan.hpp"
 
 namespace flagcore {
 namespace cuda {
-
-enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct DeviceProblems {
   int64_t b = 0;
@@ -47,23 +46,21 @@ struct DeviceProblems {
   bool aligned16 = false;  // every row starts on a 16-byte boundary
 };
 
-inline int dtype_size(int dtype) {
-  return dtype == kFloat32 ? 4 : 2;
-}
-
 // Each launcher checks its launch (FLAGCORE_CUDA_CHECK_LAUNCH) and returns early on empty input.
-// variant: 0 automatic, 1 the register kernel (p <= 8 only), 2 the tile-pair kernel (tests).
-void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials, double* gram,
-               std::uintptr_t stream, int variant = 0);
+// dtype: float32, float16 or bfloat16 (dtype.hpp); kernel: automatic, or the register kernel
+// (p <= 8 only) or the tile-pair kernel pinned (tests).
+void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, double* partials, double* gram,
+               std::uintptr_t stream, GramKernel kernel = GramKernel::automatic);
 void flag_irls_cuda(const double* gram, const DeviceProblems& d, const FlagCudaPlan& plan,
                     const FlagParams& prm, unsigned char* ws, std::uintptr_t stream);
-void weighted_sum_cuda(const DeviceProblems& d, int dtype, const double* coef, void* out,
+void weighted_sum_cuda(const DeviceProblems& d, DType dtype, const double* coef, void* out,
                        std::uintptr_t stream);
 
 // All three on one workspace laid out by `plan`; `device` is the CUDA device of the data (made
 // current for the call and restored after).
-void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, const FlagParams& prm,
-                         void* out, unsigned char* ws, std::uintptr_t stream, int device, int variant = 0);
+void flag_aggregate_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan,
+                         const FlagParams& prm, void* out, unsigned char* ws, std::uintptr_t stream,
+                         int device, GramKernel kernel = GramKernel::automatic);
 
 // flag_irls_cuda alone on b Gram matrices of p x p already on the device (tests): outputs at
 // the plan's offsets in ws (plan = flag_cuda_plan_uniform(b, p, 0, max_iter)).

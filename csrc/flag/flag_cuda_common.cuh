@@ -129,19 +129,19 @@ __device__ __forceinline__ uint4 load16(const void* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
 }
 
-// Device code for dtype codes.
-template <int D>
+// Device code for the data types (DType, cuda/dtype.hpp).
+template <DType D>
 struct DTypeOf;
 template <>
-struct DTypeOf<kFloat32> {
+struct DTypeOf<DType::float32> {
   using type = float;
 };
 template <>
-struct DTypeOf<kFloat16> {
+struct DTypeOf<DType::float16> {
   using type = __half;
 };
 template <>
-struct DTypeOf<kBFloat16> {
+struct DTypeOf<DType::bfloat16> {
   using type = __nv_bfloat16;
 };
 

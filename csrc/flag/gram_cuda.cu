@@ -303,10 +303,10 @@ __global__ void __launch_bounds__(kThreads) gram_refine_kernel(DeviceProblems d,
 
 template <typename T>
 void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* partials, double* gram,
-                 cudaStream_t st, int variant) {
+                 cudaStream_t st, GramKernel kernel) {
   // An all-pairs kernel for P = 16 (136 accumulators) spilled (255 registers, ~550 bytes of
   // local memory under nvcc 13.0), so 8 < p <= 16 goes to the tile pairs: 3 blocks per part.
-  const bool regs = variant == 1 || (variant == 0 && plan.p_max <= 8);
+  const bool regs = kernel == GramKernel::registers || (kernel == GramKernel::automatic && plan.p_max <= 8);
   if (regs) {
     FLAGCORE_CHECK_ARG(plan.p_max <= 8, "gram_cuda: the register kernel takes p <= 8, got " << plan.p_max);
     const dim3 grid(static_cast<unsigned>(plan.parts));
@@ -332,24 +332,28 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
 
 }  // namespace
 
-void gram_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, double* partials, double* gram,
-               std::uintptr_t stream, int variant) {
+void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, double* partials, double* gram,
+               std::uintptr_t stream, GramKernel kernel) {
   if (d.b <= 0 || plan.rows <= 0) return;
   FLAGCORE_CHECK_ARG(d.b <= 2147483647LL && plan.parts <= 2147483647LL && plan.rows <= 2147483647LL,
                      "gram_cuda: batch too large");
+  FLAGCORE_CHECK_ARG(
+      kernel == GramKernel::automatic || kernel == GramKernel::registers || kernel == GramKernel::tile_pairs,
+      "gram_cuda: unknown Gram kernel " << static_cast<int>(kernel));
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case kFloat32:
-      launch_gram<float>(d, plan, partials, gram, st, variant);
+    case DType::float32:
+      launch_gram<float>(d, plan, partials, gram, st, kernel);
       break;
-    case kFloat16:
-      launch_gram<__half>(d, plan, partials, gram, st, variant);
+    case DType::float16:
+      launch_gram<__half>(d, plan, partials, gram, st, kernel);
       break;
-    case kBFloat16:
-      launch_gram<__nv_bfloat16>(d, plan, partials, gram, st, variant);
+    case DType::bfloat16:
+      launch_gram<__nv_bfloat16>(d, plan, partials, gram, st, kernel);
       break;
     default:
-      FLAGCORE_CHECK_ARG(false, "gram_cuda: unknown dtype code " << dtype);
+      FLAGCORE_CHECK_ARG(false,
+                         "gram_cuda: dtype must be float32, float16 or bfloat16, got " << dtype_name(dtype));
   }
 }
 

@@ -68,34 +68,36 @@ void launch(const DeviceProblems& d, const double* coef, void* out, cudaStream_t
 
 }  // namespace
 
-void weighted_sum_cuda(const DeviceProblems& d, int dtype, const double* coef, void* out,
+void weighted_sum_cuda(const DeviceProblems& d, DType dtype, const double* coef, void* out,
                        std::uintptr_t stream) {
   if (d.b <= 0 || d.parts <= 0) return;
   FLAGCORE_CHECK_ARG(d.parts <= 2147483647LL, "weighted_sum_cuda: too many parts");
   FLAGCORE_CHECK_ARG(d.p_max * 8 <= 48 * 1024, "weighted_sum_cuda: p too large");
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case kFloat32:
+    case DType::float32:
       launch<float>(d, coef, out, st);
       break;
-    case kFloat16:
+    case DType::float16:
       launch<__half>(d, coef, out, st);
       break;
-    case kBFloat16:
+    case DType::bfloat16:
       launch<__nv_bfloat16>(d, coef, out, st);
       break;
     default:
-      FLAGCORE_CHECK_ARG(false, "weighted_sum_cuda: unknown dtype code " << dtype);
+      FLAGCORE_CHECK_ARG(
+          false, "weighted_sum_cuda: dtype must be float32, float16 or bfloat16, got " << dtype_name(dtype));
   }
 }
 
-void flag_aggregate_cuda(const DeviceProblems& d, int dtype, const FlagCudaPlan& plan, const FlagParams& prm,
-                         void* out, unsigned char* ws, std::uintptr_t stream, int device, int variant) {
+void flag_aggregate_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan,
+                         const FlagParams& prm, void* out, unsigned char* ws, std::uintptr_t stream,
+                         int device, GramKernel kernel) {
   if (d.b <= 0) return;
   DeviceGuard guard(device);
   double* gram = reinterpret_cast<double*>(ws + plan.off_gram);
   double* partials = reinterpret_cast<double*>(ws + plan.off_partials);
-  gram_cuda(d, dtype, plan, partials, gram, stream, variant);
+  gram_cuda(d, dtype, plan, partials, gram, stream, kernel);
   flag_irls_cuda(gram, d, plan, prm, ws, stream);
   weighted_sum_cuda(d, dtype, reinterpret_cast<const double*>(ws + plan.off_coef), out, stream);
 }

@@ -5,15 +5,17 @@ Start with ``flag_aggregate`` (robust aggregation) and ``flagcore.energy`` (fork
 latency). ``build_info()`` says what this build contains.
 """
 
-from ._backend import build_info, core as _native, cuda_available, get_num_threads, set_num_threads
+from . import attacks
+from ._backend import build_info, cuda_available, get_num_threads, set_num_threads
+from ._backend import core as _native
 from .flag import FlagInfo, flag_aggregate, flag_aggregate_layers
 from .rules import aggregate
-from . import attacks
 
 __version__ = _native.build_info()["version"]  # not build_info(): that imports torch to report it
 
 __all__ = [
     "FlagInfo",
+    "__version__",
     "aggregate",
     "attacks",
     "build_info",
@@ -22,5 +24,4 @@ __all__ = [
     "flag_aggregate_layers",
     "get_num_threads",
     "set_num_threads",
-    "__version__",
 ]

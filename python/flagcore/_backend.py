@@ -63,3 +63,28 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads the native CPU kernels use."""
     return int(core.num_threads())
+
+
+def cuda_dtype(dtype: Any) -> _core.CudaDtype | None:
+    """The CudaDtype of a torch dtype (``torch.float32`` -> ``CudaDtype.float32``), None for a
+    dtype the CUDA entry points do not take."""
+    name = str(dtype)
+    return core.CudaDtype.__members__.get(name[6:]) if name.startswith("torch.") else None
+
+
+def cuda_array(t: Any) -> _core.CudaArray:
+    """A torch CUDA tensor as the native CUDA entry points take it: address, dtype, shape,
+    element strides, device. The caller keeps ``t`` alive until the work on the stream is done."""
+    dtype = cuda_dtype(t.dtype)
+    if dtype is None or t.device.type != "cuda":
+        raise TypeError(
+            f"cuda_array: t must be a CUDA tensor of one of {list(core.CudaDtype.__members__)}, "
+            f"got {t.dtype} on {t.device}"
+        )
+    return core.CudaArray(
+        data=t.data_ptr(),
+        dtype=dtype,
+        shape=list(t.shape),
+        strides=list(t.stride()),
+        device=t.device.index,
+    )

@@ -8,7 +8,142 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['FlagParams', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+class CudaDtype:
+    """
+    element type of a device array (torch's dtype names)
+    
+    Members:
+    
+      float32
+    
+      float16
+    
+      bfloat16
+    
+      float64
+    
+      uint8
+    
+      int32
+    
+      int64
+    """
+    __members__: typing.ClassVar[dict[str, CudaDtype]]
+    bfloat16: typing.ClassVar[CudaDtype]
+    float16: typing.ClassVar[CudaDtype]
+    float32: typing.ClassVar[CudaDtype]
+    float64: typing.ClassVar[CudaDtype]
+    int32: typing.ClassVar[CudaDtype]
+    int64: typing.ClassVar[CudaDtype]
+    uint8: typing.ClassVar[CudaDtype]
+    @typing.overload
+    def __eq__(self, other: CudaDtype) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: CudaDtype) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
+class GramKernel:
+    """
+    the FA's CUDA Gram kernel: automatic (registers for p <= 8, tile pairs above) or one pinned (tests)
+    
+    Members:
+    
+      automatic
+    
+      registers
+    
+      tile_pairs
+    """
+    __members__: typing.ClassVar[dict[str, GramKernel]]
+    automatic: typing.ClassVar[GramKernel]
+    registers: typing.ClassVar[GramKernel]
+    tile_pairs: typing.ClassVar[GramKernel]
+    @typing.overload
+    def __eq__(self, other: GramKernel) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: GramKernel) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
+class CudaArray:
+    """
+    a device array for the CUDA entry points: address, dtype, shape, element strides, device (flagcore._backend.cuda_array builds it from a torch tensor); read-only
+    """
+    def __init__(self, *, data: typing.SupportsInt | typing.SupportsIndex, dtype: CudaDtype, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], strides: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], device: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __repr__(self) -> str:
+        ...
+    @property
+    def data(self) -> int:
+        ...
+    @property
+    def device(self) -> int:
+        ...
+    @property
+    def dtype(self) -> CudaDtype:
+        ...
+    @property
+    def shape(self) -> list[int]:
+        ...
+    @property
+    def strides(self) -> list[int]:
+        ...
 class FlagParams:
     """
     The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, scale ('paper' or 'median_norm'); read-only
@@ -34,6 +169,62 @@ class FlagParams:
         ...
     @property
     def tol(self) -> float:
+        ...
+class CoordRule:
+    """
+    the coordinate-wise rules (csrc/rules/coordinate.hpp)
+    
+    Members:
+    
+      median
+    
+      trimmed_mean
+    
+      meamed
+    
+      phocas
+    
+      mean
+    """
+    __members__: typing.ClassVar[dict[str, CoordRule]]
+    meamed: typing.ClassVar[CoordRule]
+    mean: typing.ClassVar[CoordRule]
+    median: typing.ClassVar[CoordRule]
+    phocas: typing.ClassVar[CoordRule]
+    trimmed_mean: typing.ClassVar[CoordRule]
+    @typing.overload
+    def __eq__(self, other: CoordRule) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: CoordRule) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
         ...
 class ServiceKind:
     """
@@ -368,13 +559,15 @@ def bulyan_select(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64],
     ...
 def centered_clipping(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], tau: typing.SupportsFloat | typing.SupportsIndex, iterations: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
     ...
-def coordinate(x: typing.Any, rule: typing.SupportsInt | typing.SupportsIndex, f: typing.SupportsInt | typing.SupportsIndex, keep: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> tuple:
+def coordinate(x: typing.Any, rule: CoordRule, f: typing.SupportsInt | typing.SupportsIndex, keep: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> tuple:
     """
-    coordinate-wise rule (0 median, 1 trimmed_mean, 2 meamed, 3 phocas, 4 mean) -> ((b, n), excluded (b, p))
+    coordinate-wise rule -> ((b, n), excluded (b, p))
     """
-def coordinate_cuda(arg0: typing.SupportsInt | typing.SupportsIndex, arg1: typing.SupportsInt | typing.SupportsIndex, arg2: typing.SupportsInt | typing.SupportsIndex, arg3: typing.SupportsInt | typing.SupportsIndex, arg4: typing.SupportsInt | typing.SupportsIndex, arg5: typing.SupportsInt | typing.SupportsIndex, arg6: bool, arg7: typing.SupportsInt | typing.SupportsIndex, arg8: typing.SupportsInt | typing.SupportsIndex, arg9: typing.SupportsInt | typing.SupportsIndex, arg10: typing.SupportsInt | typing.SupportsIndex, arg11: typing.SupportsInt | typing.SupportsIndex, arg12: typing.SupportsInt | typing.SupportsIndex, arg13: typing.SupportsInt | typing.SupportsIndex) -> None:
-    ...
-def coordinate_network(pe: typing.SupportsInt | typing.SupportsIndex, rule: typing.SupportsInt | typing.SupportsIndex, t: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex) -> list[tuple[int, int]]:
+def coordinate_cuda(x: CudaArray, out: CudaArray, active_mask: CudaArray, flags: CudaArray, *, rule: CoordRule, f: typing.SupportsInt | typing.SupportsIndex, keep: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    coordinate-wise rule of a (b, p <= 32, n) float32/float64 device array into out (b, n); active_mask (b,) int32 bits of the workers taking part; flags (b, p) int32 set to 1 for an active worker holding NaN/Inf
+    """
+def coordinate_network(pe: typing.SupportsInt | typing.SupportsIndex, rule: CoordRule, t: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex) -> list[tuple[int, int]]:
     ...
 def cuda_device_count() -> int:
     ...
@@ -386,13 +579,13 @@ def eigh_top(a: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], want: t
     """
 def flag_aggregate(x: typing.Any, params: FlagParams) -> tuple:
     ...
-def flag_aggregate_cuda_ragged(table: typing.SupportsInt | typing.SupportsIndex, ps: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ns: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], aligned16: bool, dtype: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, params: FlagParams, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def flag_aggregate_cuda_ragged(table: CudaArray, out: CudaArray, ws: CudaArray, params: FlagParams, *, ps: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], ns: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], aligned16: bool, stream: typing.SupportsInt | typing.SupportsIndex, kernel: GramKernel = ...) -> None:
     """
-    FA of a ragged batch: table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]
+    FA of a ragged batch (problem q: ps[q] rows of ns[q] elements, all of out's dtype) into out (sum ns,); table = device int64 [b*7 meta (flag_cuda_plan) | row addresses]; aligned16: every row starts on 16 bytes
     """
-def flag_aggregate_cuda_uniform(x: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, stride_b: typing.SupportsInt | typing.SupportsIndex, stride_p: typing.SupportsInt | typing.SupportsIndex, out: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, params: FlagParams, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex, variant: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def flag_aggregate_cuda_uniform(x: CudaArray, out: CudaArray, ws: CudaArray, params: FlagParams, *, stream: typing.SupportsInt | typing.SupportsIndex, kernel: GramKernel = ...) -> None:
     """
-    FA of a (b, p, n) device tensor given by address and element strides (last axis contiguous); outputs in out and ws
+    FA of a (b, p, n) float32/float16/bfloat16 device array (last axis contiguous) into out (b, n); the IRLS outputs in ws (uint8, flag_cuda_plan_uniform(b, p, n, max_iter)['bytes'] at least)
     """
 def flag_aggregate_layers(layers: list, r: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], params: FlagParams) -> tuple:
     """
@@ -410,9 +603,9 @@ def flag_irls(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], par
     """
     IRLS on b float64 (p, p) Gram matrices; team_threads > 1 runs each problem as a team of threads (tests)
     """
-def flag_irls_cuda(gram: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsInt | typing.SupportsIndex, ws: typing.SupportsInt | typing.SupportsIndex, ws_bytes: typing.SupportsInt | typing.SupportsIndex, params: FlagParams, stream: typing.SupportsInt | typing.SupportsIndex, device: typing.SupportsInt | typing.SupportsIndex) -> None:
+def flag_irls_cuda(gram: CudaArray, ws: CudaArray, params: FlagParams, *, stream: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
-    the IRLS alone on b float64 (p, p) Gram matrices on the device; outputs in ws at flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets
+    the IRLS alone on a float64 (b, p, p) device array of Gram matrices; outputs in ws at flag_cuda_plan_uniform(b, p, 0, max_iter)'s offsets
     """
 def forkjoin_simulate(config: SimConfig, replications: typing.SupportsInt | typing.SupportsIndex = 1, threads: typing.SupportsInt | typing.SupportsIndex = 1, progress: typing.Any = None) -> list[SimReplication]:
     """

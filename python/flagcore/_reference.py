@@ -7,6 +7,8 @@ takes its SVD on every iteration, the way the authors' code does.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 
@@ -18,7 +20,7 @@ def flag_aggregate_reference(
     eps: float = 1e-7,
     tol: float = 1e-10,
     scale: str = "paper",
-) -> dict:
+) -> dict[str, Any]:
     """FA of one (p, n) stack by SVD of the n x m weighted matrix. Returns a dict with
     ``aggregate`` (n,), ``ratios`` (p,), ``weights`` (p,), ``objective`` (list), ``iterations``,
     ``rejected``, ``excluded`` (p,)."""
@@ -35,26 +37,26 @@ def flag_aggregate_reference(
     mu2 = mu * mu
     pairs = [(i, j) for i in range(pv) for j in range(pv) if i != j] if mu2 > 0 else []
 
-    def solve(w, vpair):
+    def solve(w: np.ndarray, vpair: np.ndarray) -> np.ndarray:
         cols = [np.sqrt(w[i]) * xh[i] for i in range(pv)]
         cols += [np.sqrt(vpair[k]) * (xh[i] - xh[j]) for k, (i, j) in enumerate(pairs)]
         a = np.stack(cols, axis=1)  # (n, m)
-        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        u, _s, _ = np.linalg.svd(a, full_matrices=False)
         return u[:, : min(r, u.shape[1])]
 
-    def ratios(y):
-        return np.sum((xh @ y) ** 2, axis=1)
+    def ratios(y: np.ndarray) -> np.ndarray:
+        return cast(np.ndarray, np.sum((xh @ y) ** 2, axis=1))
 
-    def pair_d(y):
+    def pair_d(y: np.ndarray) -> np.ndarray:
         proj = xh @ y
         return np.array([np.sum((proj[i] - proj[j]) ** 2) for (i, j) in pairs])
 
-    def objective(y):
+    def objective(y: np.ndarray) -> float:
         v = ratios(y)
         f = np.sum(np.sqrt(np.maximum(0.0, 1.0 - v)))
         if pairs:
             f += mu2 * np.sum(np.sqrt(np.abs(1.0 - pair_d(y))))
-        return f
+        return cast(float, f)
 
     agg = np.zeros(n)
     result = dict(objective=[], iterations=0, rejected=False, excluded=excluded)
@@ -62,7 +64,7 @@ def flag_aggregate_reference(
     vpair = np.full(len(pairs), mu2)
     f_prev = pv + mu2 * pv * max(pv - 1, 0)
     result["objective"].append(f_prev)
-    y = None
+    y: np.ndarray | None = None
     if pv > 0:
         for it in range(1, max_iter + 1):
             yn = solve(w, vpair)
@@ -80,6 +82,7 @@ def flag_aggregate_reference(
             w = 1.0 / np.sqrt(np.abs(1.0 - v) + eps)
             if pairs:
                 vpair = mu2 / np.sqrt(np.abs(1.0 - pair_d(y)) + eps)
+        assert y is not None  # the loop ran: max_iter >= 1
         proj = xh @ y  # (pv, q)
         agg = y @ proj.sum(axis=0) / r
         if scale == "median_norm":
@@ -95,7 +98,13 @@ def flag_aggregate_reference(
 
 
 def make_gradients(
-    p: int, n: int, *, byzantine: int = 0, seed: int = 0, dtype=np.float64, spread: float = 1.0
+    p: int,
+    n: int,
+    *,
+    byzantine: int = 0,
+    seed: int = 0,
+    dtype: Any = np.float64,
+    spread: float = 1.0,
 ) -> np.ndarray:
     """p gradients: honest ones share a direction plus noise; byzantine ones send U[0, 1)."""
     rng = np.random.default_rng(seed)

@@ -9,12 +9,19 @@ the tests and the benchmark share.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 
 
 def make_gradients(
-    p: int, n: int, *, seed: int = 0, byzantine: int = 0, dtype=np.float32, spread: float = 1.0
+    p: int,
+    n: int,
+    *,
+    seed: int = 0,
+    byzantine: int = 0,
+    dtype: Any = np.float32,
+    spread: float = 1.0,
 ) -> np.ndarray:
     """(p, n) test gradients: honest rows = a common direction + noise; the last ``byzantine``
     rows are far off (uniform [0, 1) scaled by 10, like the FA paper's random attack)."""
@@ -27,7 +34,7 @@ def make_gradients(
 
 
 def mean_ref(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, np.float64).mean(axis=0)
+    return cast(np.ndarray, np.asarray(x, np.float64).mean(axis=0))
 
 
 def median_ref(x: np.ndarray) -> np.ndarray:
@@ -36,14 +43,14 @@ def median_ref(x: np.ndarray) -> np.ndarray:
 
 def trimmed_mean_ref(x: np.ndarray, f: int) -> np.ndarray:
     s = np.sort(np.asarray(x, np.float64), axis=0)
-    return s[f : s.shape[0] - f].mean(axis=0)
+    return cast(np.ndarray, s[f : s.shape[0] - f].mean(axis=0))
 
 
 def _closest_mean(x: np.ndarray, centre: np.ndarray, k: int) -> np.ndarray:
     s = np.sort(np.asarray(x, np.float64), axis=0)
     d = np.abs(s - centre[None])
     order = np.argsort(d, axis=0, kind="stable")[:k]  # ties: the smaller value first
-    return np.take_along_axis(s, order, axis=0).mean(axis=0)
+    return cast(np.ndarray, np.take_along_axis(s, order, axis=0).mean(axis=0))
 
 
 def meamed_ref(x: np.ndarray, f: int) -> np.ndarray:
@@ -59,7 +66,7 @@ def sq_dist_ref(x: np.ndarray) -> np.ndarray:
     return np.array([[np.sum((a - b) ** 2) for b in x] for a in x])
 
 
-def krum_scores_ref(x: np.ndarray, f: int, idx: list | None = None) -> np.ndarray:
+def krum_scores_ref(x: np.ndarray, f: int, idx: list[Any] | None = None) -> np.ndarray:
     d = sq_dist_ref(x)
     idx = list(range(x.shape[0])) if idx is None else list(idx)
     nb = max(len(idx) - f - 2, 0)
@@ -93,7 +100,10 @@ def geometric_median_ref(
     """Weiszfeld on the full data from the mean, to (near) machine precision."""
     x = np.asarray(x, np.float64)
     z = x.mean(axis=0)
-    obj = lambda v: float(np.linalg.norm(x - v, axis=1).sum())  # noqa: E731
+
+    def obj(v: np.ndarray) -> float:
+        return float(np.linalg.norm(x - v, axis=1).sum())
+
     f_prev = obj(z)
     for _ in range(iters):
         d = np.maximum(np.linalg.norm(x - z, axis=1), 1e-300)
@@ -113,7 +123,7 @@ def weiszfeld_full(x: np.ndarray, iters: int) -> np.ndarray:
     for _ in range(iters):
         w = 1.0 / np.maximum(np.linalg.norm(x - z, axis=1), 1e-12)
         z = (w[:, None] * x).sum(axis=0) / w.sum()
-    return z
+    return cast(np.ndarray, z)
 
 
 def centered_clipping_ref(
@@ -153,7 +163,7 @@ def bucketing_ref(x: np.ndarray, s: int, perm: np.ndarray) -> np.ndarray:
 # matrices and SVDs, scipy's hierarchical clustering), independent of the p-space code.
 
 
-def _subset_mean(x: np.ndarray, sel) -> tuple[np.ndarray, np.ndarray]:
+def _subset_mean(x: np.ndarray, sel: Any) -> tuple[np.ndarray, np.ndarray]:
     sel = np.asarray(sorted(sel))
     return x[sel].sum(axis=0) / sel.size, sel
 
@@ -238,7 +248,7 @@ def caf_ref(x: np.ndarray, f: int) -> np.ndarray:
         if not tmax > 0:
             break
         c = np.where((c > 0) & (tau / tmax < 1 - 1e-12), c * (1 - tau / tmax), 0.0)
-    return best_mu
+    return cast(np.ndarray, best_mu)
 
 
 def fltrust_ref(x: np.ndarray, g0: np.ndarray) -> np.ndarray:
@@ -257,7 +267,7 @@ def fltrust_ref(x: np.ndarray, g0: np.ndarray) -> np.ndarray:
 
 
 def dnc_ref(
-    x: np.ndarray, f: int, col_sets: list, fraction: float = 1.0
+    x: np.ndarray, f: int, col_sets: list[Any], fraction: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divide and conquer (NDSS 2021, Algorithm 2) on given coordinate subsets: top right
     singular vector of the centred sub-rows, squared projections, the p - floor(c f) lowest."""
@@ -287,7 +297,7 @@ def _majority_scipy(dist: np.ndarray) -> np.ndarray:
         linkage(squareform(dist, checks=False), method="average"), t=2, criterion="maxclust"
     )
     a = lab == lab[0]
-    return a if a.sum() >= p - a.sum() else ~a
+    return cast(np.ndarray, a if a.sum() >= p - a.sum() else ~a)
 
 
 def clipped_clustering_ref(x: np.ndarray, tau: float | None = None) -> np.ndarray:
@@ -297,7 +307,7 @@ def clipped_clustering_ref(x: np.ndarray, tau: float | None = None) -> np.ndarra
     cos = (x @ x.T) / np.outer(norms, norms)
     sel = _majority_scipy(1 - np.clip(cos, -1, 1))
     clipped = x * np.minimum(1.0, t / norms)[:, None]
-    return clipped[sel].sum(axis=0) / sel.sum()
+    return cast(np.ndarray, clipped[sel].sum(axis=0) / sel.sum())
 
 
 def signguard_ref(
@@ -314,7 +324,7 @@ def signguard_ref(
     if not sel.any():
         return np.zeros(x.shape[1])
     clipped = x * np.minimum(1.0, m / norms)[:, None]
-    return clipped[sel].sum(axis=0) / sel.sum()
+    return cast(np.ndarray, clipped[sel].sum(axis=0) / sel.sum())
 
 
 def clipping_ref(x: np.ndarray, c: float) -> np.ndarray:

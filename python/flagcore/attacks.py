@@ -95,7 +95,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -150,7 +150,7 @@ class AttackInfo:
     byzantine_ratio: float | None = None
     honest_ratio: float | None = None
     feasible: bool | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def alie_z(p: int, f: int) -> float:
@@ -174,7 +174,7 @@ def attack(
     *,
     seed: int = 0,
     rule: Any = None,
-    rule_params: dict | None = None,
+    rule_params: dict[str, Any] | None = None,
     return_info: bool = False,
     **params: Any,
 ) -> Any:
@@ -215,7 +215,7 @@ def attack(
 
 
 # ---------------------------------------------------------------------- input / output
-def _honest_rows(honest: Any, fn: str) -> tuple:
+def _honest_rows(honest: Any, fn: str) -> tuple[Any, ...]:
     """(h, n) float64 rows and a function that puts an (f, n) float64 result back into the
     caller's framework, dtype, device and form."""
     if isinstance(honest, (list, tuple)):
@@ -226,7 +226,7 @@ def _honest_rows(honest: Any, fn: str) -> tuple:
             h = st.torch_data[0].detach().cpu().double().numpy()
         first = honest[0]
 
-        def restore_list(out: np.ndarray) -> list:
+        def restore_list(out: np.ndarray) -> list[Any]:
             if st.framework == "torch":
                 import torch
 
@@ -268,7 +268,9 @@ def _honest_rows(honest: Any, fn: str) -> tuple:
     return h, restore
 
 
-def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> Callable | None:
+def _target(
+    name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str
+) -> Callable[..., Any] | None:
     """The targeted rule as a function (p, n) float64 -> (n,) float64, built once; None when an
     agnostic attack got no rule."""
     if rule_params is not None and not isinstance(rule_params, dict):
@@ -278,7 +280,8 @@ def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> 
             rule = "flag"
         elif name in NEEDS_RULE:
             raise TypeError(
-                f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a callable)"
+                f"{fn}: attack {name!r} needs rule= (a rule name of flagcore.aggregate or a "
+                "callable)"
             )
         else:
             if rule_params:
@@ -322,7 +325,7 @@ def _target(name: str, rule: Any, rule_params: Any, f: int, p: int, fn: str) -> 
 
 
 # ---------------------------------------------------------------------- non-adaptive
-def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple:
+def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple[Any, ...]:
     """Per-coordinate mean (and std, ddof = 1) of the honest rows, computed on the rows divided
     by their largest magnitude per coordinate: plain sums and squares overflow for finite float64
     values beyond ~1e154 (squares) or near DBL_MAX (sums) although the statistics do not."""
@@ -334,7 +337,7 @@ def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple:
 
 
 def _make(
-    name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict, fn: str
+    name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict[str, Any], fn: str
 ) -> np.ndarray:
     nh, n = h.shape
     if name == "random":
@@ -350,7 +353,7 @@ def _make(
         frac = check_float(prm["fraction"], fn, "fraction", low=0.0)
         if frac > 1.0:
             raise ValueError(f"{fn}: fraction must be in [0, 1], got {frac}")
-        k = int(round(frac * n))
+        k = round(float(frac * n))
         out = np.stack([h[j % nh] for j in range(f)]) if f else np.zeros((0, n))
         for j in range(f):
             out[j, rng.choice(n, size=k, replace=False)] = 0.0
@@ -362,7 +365,8 @@ def _make(
     if name == "alie":
         if nh < 2:
             raise ValueError(
-                f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, got {nh}"
+                f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, "
+                f"got {nh}"
             )
         z = alie_z(nh + f, f) if prm["z"] is None else check_float(prm["z"], fn, "z")
         mean, sd = _scaled_mean_std(h, std=True)
@@ -379,7 +383,7 @@ def _make(
 class _Deviation:
     """D(b) = ||rule(H + f copies of b) - rule(H + f copies of mu)||, counting evaluations."""
 
-    def __init__(self, target: Callable, h: np.ndarray, f: int, mu: np.ndarray) -> None:
+    def __init__(self, target: Callable[..., Any], h: np.ndarray, f: int, mu: np.ndarray) -> None:
         self.target, self.f, self.k = target, f, h.shape[0]
         self.buf = np.empty((h.shape[0] + f, h.shape[1]))  # honest rows once, attackers rewritten
         self.buf[: self.k] = h
@@ -389,7 +393,7 @@ class _Deviation:
     def _agg(self, b: np.ndarray) -> np.ndarray:
         self.evaluations += 1
         self.buf[self.k :] = b
-        return self.target(self.buf)
+        return cast(np.ndarray, self.target(self.buf))
 
     def __call__(self, b: np.ndarray) -> float:
         if not np.isfinite(b).all():
@@ -406,7 +410,7 @@ def line_maximize(
     start: float = 0.0,
     delta: float = 1.0,
     ratio: float = 0.8,
-) -> tuple:
+) -> tuple[Any, ...]:
     """ByzFL's LineMaximize: best-effort argmax of objective over x >= 0 with ``evals``
     evaluations. Expansion: from ``start``, step by delta (doubling after each improvement) until
     the objective stops improving; contraction: step back and forth around the best point with
@@ -441,7 +445,7 @@ def line_maximize(
     return best_x, best_y
 
 
-def _search_params(prm: dict, fn: str, with_start: bool = True) -> dict:
+def _search_params(prm: dict[str, Any], fn: str, with_start: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"evals": check_int(prm["evals"], fn, "evals", low=1, high=10_000)}
     r = check_float(prm["ratio"], fn, "ratio")
     if not 0.5 < r < 1.0:
@@ -460,7 +464,7 @@ def _perturbation(kind: str, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarra
     if kind == "std":
         assert sd is not None  # callers compute std whenever this perturbation is asked for
         return sd
-    return np.sign(mu)
+    return cast(np.ndarray, np.sign(mu))
 
 
 def min_max_gamma(h: np.ndarray, d: np.ndarray) -> float:
@@ -506,12 +510,12 @@ def _adaptive(
     h_all: np.ndarray,
     f: int,
     rng: np.random.Generator,
-    prm: dict,
+    prm: dict[str, Any],
     target: Any,
     rule: Any,
     rule_params: Any,
     fn: str,
-) -> tuple:
+) -> tuple[Any, ...]:
     n = h_all.shape[1]
     finite = np.isfinite(h_all).all(axis=1)
     h = h_all[finite]
@@ -533,7 +537,8 @@ def _adaptive(
         }[name]
         if fallback == "alie" and h_all.shape[0] < 2:
             raise ValueError(
-                f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard deviation, "
+                f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard "
+                "deviation, "
                 f"got {h_all.shape[0]}"
             )
         _validate_only(name, prm, fn)
@@ -564,7 +569,7 @@ def _adaptive(
             sdv = sd
 
             def vec(z: float) -> np.ndarray:
-                return mu - z * sdv
+                return cast(np.ndarray, mu - z * sdv)
 
             try:
                 default = alie_z(h_all.shape[0] + f, f)
@@ -573,7 +578,7 @@ def _adaptive(
         else:
 
             def vec(e: float) -> np.ndarray:
-                return -e * mu
+                return cast(np.ndarray, -e * mu)
 
             default = _PARAMS["ipm"]["eps"]
         x, y = line_maximize(lambda t: dev(vec(t)), **sp)
@@ -601,7 +606,7 @@ def _adaptive(
     return _fa_aware(h, f, mu, sd, dev, prm, rule, rule_params, rng, fn, n)
 
 
-def _validate_only(name: str, prm: dict, fn: str) -> None:
+def _validate_only(name: str, prm: dict[str, Any], fn: str) -> None:
     if name in ("optimal_alie", "optimal_ipm"):
         _search_params(prm, fn)
     elif name in ("min_max", "min_sum"):
@@ -610,7 +615,7 @@ def _validate_only(name: str, prm: dict, fn: str) -> None:
         _fa_params(prm, fn)
 
 
-def _fa_params(prm: dict, fn: str) -> tuple:
+def _fa_params(prm: dict[str, Any], fn: str) -> tuple[Any, ...]:
     angles = check_int(prm["angles"], fn, "angles", low=1, high=10_000)
     q = check_float(prm["quantile"], fn, "quantile", low=0.0)
     if q > 1.0:
@@ -628,13 +633,13 @@ def _fa_aware(
     mu: np.ndarray,
     sd: np.ndarray | None,
     dev: _Deviation,
-    prm: dict,
+    prm: dict[str, Any],
     rule: Any,
     rule_params: Any,
     rng: np.random.Generator,
     fn: str,
     n: int,
-) -> tuple:
+) -> tuple[Any, ...]:
     from .flag import flag_aggregate
 
     angles, q, slack, fparams = _fa_params(prm, fn)
@@ -663,7 +668,7 @@ def _fa_aware(
         w = rng.standard_normal(n)
         w -= (w @ u) * u
     w /= max(math.sqrt(float(np.sum(w * w))), 1e-300)
-    cands: list = []
+    cands: list[Any] = []
     for i in range(angles):
         th = 2 * math.pi * i / angles
         cands.append((th, g_med * (-math.cos(th) * u + math.sin(th) * w)))
@@ -671,8 +676,9 @@ def _fa_aware(
         with contextlib.suppress(ValueError):  # z_max is undefined for some (p, f)
             cands.append(("alie", mu - alie_z(k + f, f) * sd))
     cands.append(("ipm", -_PARAMS["ipm"]["eps"] * mu))
-    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio, threshold)
-    records: list = []
+    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio,
+    # threshold)
+    records: list[Any] = []
     stack = np.empty((k + f, n))
     stack[:k] = h
     for label, b in cands:

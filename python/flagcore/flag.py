@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import Stack, as_stack, check_choice, check_float, check_int
-from ._backend import core, cuda_available
+from ._backend import core, cuda_array, cuda_available, cuda_dtype
 
 SCALES = ("paper", "median_norm")
 # Largest lam accepted (kFlagMaxLam in csrc/flag/flag_irls.hpp): the pair weights carry
@@ -231,10 +231,13 @@ def torch_weighted_sum(x: Any, coef: Any) -> Any:
 # ---------------------------------------------------------------- CUDA path
 
 
-def _cuda_dtype_code(dtype: Any) -> int | None:
-    import torch
+def _cuda_dtype_code(dtype: Any) -> Any:
+    """The CudaDtype of a torch dtype the FA's CUDA kernels take (float32/16, bfloat16), or None."""
+    code = cuda_dtype(dtype)
+    return code if code in _FA_CUDA_DTYPES else None
 
-    return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}.get(dtype)
+
+_FA_CUDA_DTYPES = (core.CudaDtype.float32, core.CudaDtype.float16, core.CudaDtype.bfloat16)
 
 
 @functools.lru_cache(maxsize=1)
@@ -286,10 +289,11 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
     }
 
 
-def _flag_aggregate_cuda(x: Any, prm: Any, return_info: bool, variant: int = 0) -> tuple:
+def _flag_aggregate_cuda(
+    x: Any, prm: Any, return_info: bool, kernel: Any = core.GramKernel.automatic
+) -> tuple:
     """(b, p, n) CUDA tensor -> ((b, n) tensor in x's dtype, info dict or None), on torch's
-    current stream of x's device. variant (tests): 0 automatic, 1 register Gram kernel (p <= 8),
-    2 tile-pair Gram kernel."""
+    current stream of x's device. kernel (tests): a core.GramKernel, automatic or one pinned."""
     import torch
 
     _require_native_cuda("flag_aggregate")
@@ -303,20 +307,7 @@ def _flag_aggregate_cuda(x: Any, prm: Any, return_info: bool, variant: int = 0) 
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
         core.flag_aggregate_cuda_uniform(
-            x.data_ptr(),
-            _cuda_dtype_code(x.dtype),
-            b,
-            p,
-            n,
-            x.stride(0),
-            x.stride(1),
-            out.data_ptr(),
-            ws.data_ptr(),
-            plan["bytes"],
-            prm,
-            stream,
-            dev.index,
-            variant,
+            cuda_array(x), cuda_array(out), cuda_array(ws), prm, stream=stream, kernel=kernel
         )
     d = _info_from_workspace(ws, plan, (b, p), (b,)) if return_info else None
     return out, d
@@ -326,7 +317,9 @@ _LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict
 _LAYER_TABLES_LOCK = threading.Lock()  # calls from several Python threads share the cache
 
 
-def _flag_aggregate_layers_cuda(xs: list, prm: Any, return_info: bool, variant: int = 0) -> tuple:
+def _flag_aggregate_layers_cuda(
+    xs: list, prm: Any, return_info: bool, kernel: Any = core.GramKernel.automatic
+) -> tuple:
     """List of (p_q, n_q) CUDA tensors of one dtype -> (flat [sum n] tensor, info dict or None)."""
     import torch
 
@@ -375,18 +368,15 @@ def _flag_aggregate_layers_cuda(xs: list, prm: Any, return_info: bool, variant: 
         table_dev.record_stream(current)  # not reused by the allocator before this stream is done
         stream = current.cuda_stream
         core.flag_aggregate_cuda_ragged(
-            table_dev.data_ptr(),
-            ps,
-            ns,
-            aligned,
-            _cuda_dtype_code(xs[0].dtype),
-            out.data_ptr(),
-            ws.data_ptr(),
-            plan["bytes"],
+            cuda_array(table_dev),
+            cuda_array(out),
+            cuda_array(ws),
             prm,
-            stream,
-            dev.index,
-            variant,
+            ps=ps,
+            ns=ns,
+            aligned16=aligned,
+            stream=stream,
+            kernel=kernel,
         )
     d = _info_from_workspace(ws, plan, (plan["rows"],), (plan["b"],)) if return_info else None
     return out, d

@@ -16,12 +16,12 @@ on GPUs; launch with torchrun).
 torch is needed here (flagcore itself imports without it).
 """
 
+from ._common import CommStats
+from ._tools import assert_replicas_identical, parameter_digest, shutdown
 from .errors import RankFailureError
 from .hook import RobustHookState, register_robust_hook, robust_hook
 from .quorum import lognormal_times, predict_step_time
 from .server import ParameterServer
-from ._common import CommStats
-from ._tools import assert_replicas_identical, parameter_digest, shutdown
 
 __all__ = [
     "CommStats",

@@ -3,11 +3,13 @@ c10d store, argument checks, Byzantine contributions, and timing counters."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,7 +59,7 @@ def derive_seed(*parts: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-def rule_params_with_defaults(rule: str, params: dict) -> dict:
+def rule_params_with_defaults(rule: str, params: dict[str, Any]) -> dict[str, Any]:
     """For training, "flag" defaults to scale="median_norm": the paper's scaling returns a
     direction of norm at most p / r with no gradient magnitude, so a learning rate tuned for the
     mean would not transfer. An explicit ``scale`` is kept."""
@@ -67,7 +69,7 @@ def rule_params_with_defaults(rule: str, params: dict) -> dict:
     return out
 
 
-def validate_rule(fn: str, rule: Any, params: dict, p: int) -> None:
+def validate_rule(fn: str, rule: Any, params: dict[str, Any], p: int) -> None:
     """Run the rule once on a tiny stack so that a bad name or parameter raises now, on every
     rank, with flagcore's own message, instead of inside the first backward pass."""
     from .. import aggregate
@@ -78,7 +80,7 @@ def validate_rule(fn: str, rule: Any, params: dict, p: int) -> None:
     aggregate(probe, rule, **params)
 
 
-def validate_attack(fn: str, attack: Any, params: dict) -> None:
+def validate_attack(fn: str, attack: Any, params: dict[str, Any]) -> None:
     from .. import attacks
 
     if callable(attack) and not isinstance(attack, str):
@@ -98,11 +100,12 @@ def validate_attack(fn: str, attack: Any, params: dict) -> None:
     out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
     if tuple(out.shape) != (1, 3):
         raise ValueError(
-            f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, 3)"
+            f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, "
+            "3)"
         )
 
 
-def byzantine_contribution(attack: str, params: dict, own: Any, seed: int) -> Any:
+def byzantine_contribution(attack: str, params: dict[str, Any], own: Any, seed: int) -> Any:
     """What a Byzantine rank sends instead of its gradient ``own`` (a 1-D tensor): the attack
     applied with this rank's own gradient as the only "honest" input (a single rank does not
     see the others' gradients: attacks built from honest statistics, e.g. ALIE, then see a
@@ -113,7 +116,7 @@ def byzantine_contribution(attack: str, params: dict, own: Any, seed: int) -> An
     return out.reshape(own.shape).to(dtype=own.dtype, device=own.device)
 
 
-def contribution_of(attack: Any, params: dict, own: Any, seed: int) -> Any:
+def contribution_of(attack: Any, params: dict[str, Any], own: Any, seed: int) -> Any:
     """What this rank sends for its 1-D tensor ``own``: itself, the named attack's output, or
     whatever the callable ``attack(own, seed)`` returns (checked by the wire format, not here)."""
     if attack is None:
@@ -145,17 +148,17 @@ class CommStats:
     barrier_s: float = 0.0
     comm_s: float = 0.0
     aggregate_s: float = 0.0
-    nonfinite_calls: dict = field(default_factory=dict)
-    last_nonfinite_ranks: tuple = ()
-    rejected_calls: dict = field(default_factory=dict)
-    last_rejected: dict = field(default_factory=dict)
-    step_times: list = field(default_factory=list)
-    late_calls: dict = field(default_factory=dict)
+    nonfinite_calls: dict[int, int] = field(default_factory=dict)
+    last_nonfinite_ranks: tuple[int, ...] = ()
+    rejected_calls: dict[int, int] = field(default_factory=dict)
+    last_rejected: dict[int, str] = field(default_factory=dict)
+    step_times: list[Any] = field(default_factory=list)
+    late_calls: dict[int, int] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "elements": self.elements,
@@ -172,7 +175,7 @@ class CommStats:
 
 
 def record_nonfinite_mask(
-    stats: CommStats, bad: Sequence[bool], ranks: Sequence[int], skip: Sequence[int] = ()
+    stats: CommStats, bad: Any, ranks: Sequence[int], skip: Sequence[int] = ()
 ) -> None:
     """Note the ranks whose row is flagged in ``bad`` (the rule's own exclusion of non-finite
     workers: no extra pass over the data); ranks in ``skip``, already rejected as malformed,
@@ -232,7 +235,8 @@ class ArrivalBarrier:
             missing = [r for r, key in zip(self.ranks, keys) if not store.check([key])]
         except RuntimeError as exc2:
             raise RankFailureError(
-                f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
+                f"flagcore.distributed: {where}: the c10d store is unreachable from rank "
+                f"{self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
                 where=where,
@@ -254,10 +258,9 @@ class ArrivalBarrier:
         self._k += 1
         self._wait_all("a", k, where)
         if self._last_key is not None:
-            try:
+            # cleanup only; a lost store surfaces at the next arrival
+            with contextlib.suppress(RuntimeError):
                 self.store.delete_key(self._last_key)
-            except RuntimeError:  # cleanup only; a lost store surfaces at the next arrival
-                pass
         self._last_key = self._key("a", k, self.rank)
 
     # -- launch counters: cheaper than ``arrive`` (one store request per collective, no waiting)
@@ -269,7 +272,7 @@ class ArrivalBarrier:
         self.store.set(f"{self.prefix}/l/{self.rank}", str(k).encode())
         return k
 
-    def behind(self, k: int) -> list:
+    def behind(self, k: int) -> list[Any]:
         """Ranks that have not launched collective k (their counter is older, or absent)."""
         out = []
         for r in self.ranks:
@@ -296,7 +299,8 @@ class ArrivalBarrier:
             missing = self.behind(k)
         except RuntimeError as exc2:
             raise RankFailureError(
-                f"flagcore.distributed: {where}: the c10d store is unreachable from rank {self.rank} "
+                f"flagcore.distributed: {where}: the c10d store is unreachable from rank "
+                f"{self.rank} "
                 f"({exc2}); the process that hosts it (the torchrun agent, or rank 0 with "
                 f"init_method tcp:// / env://) has probably died",
                 where=where,

@@ -6,10 +6,10 @@ import datetime
 import hashlib
 from typing import Any
 
+from .._arrays import check_float
 from ._common import (
     ArrivalBarrier,
     all_gather_flat,
-    check_timeout,
     default_store,
     group_ranks,
     torch_dist,
@@ -69,16 +69,16 @@ def shutdown(process_group: Any = None, *, timeout: float = 60.0, store: Any = N
     RankFailureError after ``timeout`` seconds.
     """
     dist = torch_dist()
-    timeout = check_timeout("shutdown", timeout)
+    limit = check_float(timeout, "shutdown", "timeout", low=0.0, strict_low=True)
     ranks = group_ranks(dist, process_group)
     rank = dist.get_rank()
     st = store if store is not None else default_store(dist)
-    barrier = ArrivalBarrier(st, "shutdown", rank, ranks, timeout)
+    barrier = ArrivalBarrier(st, "shutdown", rank, ranks, limit)
     barrier.arrive("shutdown")
     done = [f"{barrier.prefix}/done/{r}" for r in ranks[1:]]
     if rank == ranks[0]:
         if done:
-            st.wait(done, datetime.timedelta(seconds=timeout))
+            st.wait(done, datetime.timedelta(seconds=limit))
     else:
         st.set(done[ranks.index(rank) - 1], b"1")
     dist.destroy_process_group(process_group)

@@ -31,7 +31,7 @@ HEADER_WORDS = 4
 HEADER_BYTES = 8 * HEADER_WORDS
 
 
-def _dtype_table() -> dict:
+def _dtype_table() -> dict[Any, int]:
     import torch
 
     return {
@@ -90,7 +90,7 @@ def pack(contribution: Any, numel: int, dtype: Any, device: Any, tag: Sequence[i
 
 def unpack(
     rows: Any, numel: int, dtype: Any, tag: Sequence[int], ranks: Sequence[int], what: str
-) -> tuple[Any, dict]:
+) -> tuple[Any, dict[int, str]]:
     """``rows``: (p, payload + header) uint8, row i from ``ranks[i]``. Returns the (p, numel)
     payload view in ``dtype`` (rows of mismatching headers filled with NaN, in place) and
     {rank: message} for those rows."""

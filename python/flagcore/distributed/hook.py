@@ -36,6 +36,7 @@ from ._common import (
     CommStats,
     all_gather_flat,
     check_timeout,
+    contribution_of,
     default_store,
     derive_seed,
     group_ranks,
@@ -45,7 +46,6 @@ from ._common import (
     torch_dist,
     validate_attack,
     validate_rule,
-    contribution_of,
 )
 from ._wire import pack, unpack
 
@@ -59,22 +59,24 @@ class RobustHookState:
     contributions; ``last_plan`` is the whole-model plan of the last step (whole_model=True)."""
 
     rule: str
-    rule_params: dict
+    rule_params: dict[str, Any]
     attack: Any
-    attack_params: dict
+    attack_params: dict[str, Any]
     seed: int
     timeout: float | None
     process_group: Any
     rank: int  # global rank of this process
-    ranks: tuple  # global ranks of the group, in group order (row i of a stack = ranks[i])
+    ranks: tuple[
+        Any, ...
+    ]  # global ranks of the group, in group order (row i of a stack = ranks[i])
     whole_model: bool = True
     barrier: ArrivalBarrier | None = None
     stats: CommStats = field(default_factory=CommStats)
-    bucket_calls: dict = field(default_factory=dict)  # bucket index -> calls so far
+    bucket_calls: dict[int, int] = field(default_factory=dict)  # bucket index -> calls so far
     rule_obj: Any = None  # the configured flagcore rule, built once
     last_plan: Any = None
     steps: int = 0  # steps completed (last buckets seen)
-    _pending: list = field(default_factory=list)
+    _pending: list[Any] = field(default_factory=list)
     _lock: Any = field(default_factory=threading.Lock)
 
 
@@ -93,7 +95,7 @@ class _Bucket:
     done: Any = None  # the gather's future chained with the completion callback
     result: Any = None  # whole_model: the future handed to DDP, completed at the end of the step
     stack: Any = None
-    bad: dict = field(default_factory=dict)
+    bad: dict[int, str] = field(default_factory=dict)
     gram: Any = None
     out: Any = None
     excl: Any = None
@@ -105,7 +107,7 @@ def register_robust_hook(
     attack: Any = None,
     *,
     whole_model: bool = True,
-    attack_params: dict | None = None,
+    attack_params: dict[str, Any] | None = None,
     seed: int = 0,
     timeout: float | None = 300.0,
     process_group: Any = None,
@@ -169,7 +171,8 @@ def register_robust_hook(
 
     if not isinstance(ddp_model, DistributedDataParallel):
         raise TypeError(
-            f"{fn}: ddp_model must be a torch DistributedDataParallel, got {type(ddp_model).__name__}"
+            f"{fn}: ddp_model must be a torch DistributedDataParallel, got "
+            f"{type(ddp_model).__name__}"
         )
     if not dist.is_initialized():
         raise ValueError(
@@ -290,7 +293,9 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
         elif needs_gram(state.rule_obj):
             e.gram = block_gram(stack)
             nonfinite = ~np.isfinite(np.diagonal(e.gram))
-        else:  # coordinate-wise: aggregate now; redone at the end only if another bucket excludes more
+        else:
+            # coordinate-wise: aggregate now; redone at the end only if another bucket excludes
+            # more
             e.out, info = state.rule_obj(stack, return_info=True)
             e.excl = np.asarray(info.excluded, bool)
             nonfinite = e.excl
@@ -313,7 +318,7 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     return out
 
 
-def _wait_step(state: RobustHookState, pending: list) -> None:
+def _wait_step(state: RobustHookState, pending: list[Any]) -> None:
     """Wait for the step's gathers (at most ``timeout`` in all) and their callbacks."""
     # the first step may wait longer: ranks reach it at different times (start-up, first batch)
     wait = (
@@ -331,7 +336,7 @@ def _wait_step(state: RobustHookState, pending: list) -> None:
         e.done.wait()  # the callback's own work (re-raises its error)
 
 
-def _finish_whole_model(state: RobustHookState, pending: list) -> None:
+def _finish_whole_model(state: RobustHookState, pending: list[Any]) -> None:
     """Solve once in p-space on the step's summed Gram, then finish every bucket."""
     import torch
 

@@ -49,7 +49,7 @@ def predict_step_time(
     steps: int = 20000,
     overhead: float = 0.0,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Step-time distribution of a parameter server that aggregates the first ``quorum`` of n
     workers (None: all n), as an (n, k) fork-join with cancellation (flagcore.energy).
 
@@ -107,7 +107,7 @@ def predict_step_time(
     }
 
 
-def lognormal_times(mean: float, sigma: float, shift: float = 0.0) -> Callable:
+def lognormal_times(mean: float, sigma: float, shift: float = 0.0) -> Callable[..., Any]:
     """A sampler for ``predict_step_time``: shift + a lognormal of the given mean and sigma (of
     the underlying normal)."""
     mu = np.log(mean) - sigma**2 / 2

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import check_choice, check_int
 from ._common import (
-    _instance_ids,
     ArrivalBarrier,
     CommStats,
+    _instance_ids,
     check_rank,
     check_timeout,
     contribution_of,
@@ -42,7 +43,6 @@ from ._common import (
 )
 from ._wire import HEADER_BYTES, dtype_code, dtype_name, pack, payload_bytes, unpack
 from .errors import RankFailureError
-from .._arrays import check_choice, check_int
 
 MODES = ("gradients", "parameters")
 log = logging.getLogger("flagcore.distributed")
@@ -78,8 +78,9 @@ class ParameterServer:
         counted per rank in ``stats.late_calls``; a late worker still receives and applies the
         step's result, so replicas stay identical. The server's own gradient (include_server)
         counts as arrived at once. The rule's preconditions must hold for k rows (checked
-        here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds each step's time on each rank (the
-        server's is the PS step time; ``predict_step_time`` models it).
+        here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds
+        each step's time on each rank (the server's is the PS step time;
+        ``predict_step_time`` models it).
     attack, attack_params, seed : make THIS rank Byzantine (experiments): it sends
         ``flagcore.attacks.attack(attack, own[None], 1, seed=s, **attack_params)`` instead of its
         flattened gradient, s derived from (seed, rank, step), or ``attack(own, s)`` for a
@@ -111,7 +112,7 @@ class ParameterServer:
         mode: str = "gradients",
         quorum: int | None = None,
         attack: Any = None,
-        attack_params: dict | None = None,
+        attack_params: dict[str, Any] | None = None,
         seed: int = 0,
         timeout: float | None = 300.0,
         process_group: Any = None,
@@ -137,7 +138,8 @@ class ParameterServer:
         devices = {p.device for p in self.params}
         if len(dtypes) > 1 or len(devices) > 1:
             raise ValueError(
-                f"{fn}: params must share one dtype and device, got dtypes {sorted(map(str, dtypes))} "
+                f"{fn}: params must share one dtype and device, got dtypes "
+                f"{sorted(map(str, dtypes))} "
                 f"and devices {sorted(map(str, devices))}"
             )
         self.optimizer = optimizer
@@ -193,17 +195,19 @@ class ParameterServer:
         # tags of this instance's messages: its creation number (the same on every rank, like
         # the store keys) and the step, so messages of instances and steps never mix
         self._tag_base = (next(_instance_ids) % 256) << 21
-        self._outstanding: list = []  # (work, buffer) of sends and dropped receives still in flight
+        self._outstanding: list[
+            Any
+        ] = []  # (work, buffer) of sends and dropped receives still in flight
         self._t_prev: float | None = None
         self._check_signatures(fn)
 
     @property
     def is_server(self) -> bool:
-        return self.rank == self.server_rank
+        return bool(self.rank == self.server_rank)
 
     @property
     def is_worker(self) -> bool:
-        return self.rank in self.workers
+        return bool(self.rank in self.workers)
 
     # -- collectives -------------------------------------------------------------------------
 
@@ -226,6 +230,7 @@ class ParameterServer:
             if self.barrier is None:
                 work.wait()
             else:
+                assert k is not None and self.timeout is not None  # a barrier implies both
                 self.barrier.wait_work(
                     work, k, where, time.monotonic() + max(self.timeout, min_wait)
                 )
@@ -288,12 +293,14 @@ class ParameterServer:
         else:
             if not isinstance(flat_gradient, torch.Tensor):
                 raise TypeError(
-                    f"{fn}: flat_gradient must be a torch tensor, got {type(flat_gradient).__name__}"
+                    f"{fn}: flat_gradient must be a torch tensor, got "
+                    f"{type(flat_gradient).__name__}"
                 )
             flat_gradient = flat_gradient.detach().reshape(-1)
             if flat_gradient.numel() != self.numel:
                 raise ValueError(
-                    f"{fn}: flat_gradient must have {self.numel} elements, got {flat_gradient.numel()}"
+                    f"{fn}: flat_gradient must have {self.numel} elements, got "
+                    f"{flat_gradient.numel()}"
                 )
             flat_gradient = flat_gradient.to(dtype=self.dtype, device=self.device)
         st = self.stats
@@ -332,6 +339,7 @@ class ParameterServer:
             if self.barrier is None:
                 recv.wait()
             else:
+                assert k is not None and self.timeout is not None  # a barrier implies both
                 self.barrier.wait_work(recv, k, where, time.monotonic() + 2 * self.timeout)
             st.comm_s += time.perf_counter() - t0
         out = self._read_result(result, step, where)
@@ -355,9 +363,9 @@ class ParameterServer:
 
         dist = torch_dist()
         msg_bytes = payload_bytes(self.numel, self.dtype) + HEADER_BYTES
-        arrivals: queue.Queue = queue.Queue()
-        recvs = {}
-        arrived: list = []
+        arrivals: queue.Queue[Any] = queue.Queue()
+        recvs: dict[int, tuple[Any, Any]] = {}
+        arrived: list[Any] = []
         for r in self.workers:
             if r == self.rank:
                 arrived.append(r)
@@ -436,7 +444,7 @@ class ParameterServer:
                 w.done.wait(None if end is None else max(end - time.monotonic(), 0.0))
         return result
 
-    def _send_all(self, result: Any, tag: int) -> list:
+    def _send_all(self, result: Any, tag: int) -> list[Any]:
         dist = torch_dist()
         sends = [
             _Waiter(dist.isend(result, r, group=self.group, tag=tag + 1), result)
@@ -446,7 +454,7 @@ class ParameterServer:
         self._outstanding.extend(sends)
         return sends
 
-    def _abort(self, step: int, tag: int, res_bytes: int, missing: list, where: str) -> None:
+    def _abort(self, step: int, tag: int, res_bytes: int, missing: list[Any], where: str) -> None:
         """The quorum did not arrive in time: tell every rank who is missing, then raise."""
         import torch
 
@@ -456,7 +464,8 @@ class ParameterServer:
         result[payload_bytes(self.numel, self.dtype) :].copy_(heads.to(self.device))
         self._send_all(result, tag)
         raise RankFailureError(
-            f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
+            f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
+            f"{self.timeout:g} s "
             f"(dead or stalled); seen from rank {self.rank} (the server, quorum {self.quorum})",
             missing_ranks=missing,
             where=where,
@@ -469,12 +478,12 @@ class ParameterServer:
 
         nb = payload_bytes(self.numel, self.dtype)
         p = len(self.ranks)
-        heads = (
+        words = (
             torch.empty(HEADER_BYTES * (p + 1), dtype=torch.uint8)
             .copy_(result[nb:])
             .view(torch.int64)
         )
-        heads = heads.view(p + 1, 4).tolist()
+        heads = words.view(p + 1, 4).tolist()
         g_step, abort = heads[0][0], heads[0][1]
         if g_step != step:
             raise RankFailureError(
@@ -486,8 +495,10 @@ class ParameterServer:
         if abort:
             missing = [r for r, h in status.items() if h[0] == MISSING]
             raise RankFailureError(
-                f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within {self.timeout:g} s "
-                f"(dead or stalled); reported by the server (rank {self.server_rank}) to rank {self.rank}",
+                f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
+                f"{self.timeout:g} s "
+                f"(dead or stalled); reported by the server (rank {self.server_rank}) to rank "
+                f"{self.rank}",
                 missing_ranks=missing,
                 where=where,
                 timeout=self.timeout,
@@ -501,7 +512,8 @@ class ParameterServer:
                     else f"{h[1]} {dtype_name(h[2])} values"
                 )
                 bad[r] = (
-                    f"rank {r} sent a gradient of {got}, expected {self.numel} {dtype_name(dtype_code(self.dtype))}"
+                    f"rank {r} sent a gradient of {got}, expected {self.numel} "
+                    f"{dtype_name(dtype_code(self.dtype))}"
                 )
                 if h[1] == -2:
                     bad[r] = f"rank {r} sent a gradient out of step (for another step than {step})"
@@ -564,7 +576,8 @@ class ParameterServer:
         """
         if self.optimizer is None and (self.mode == "gradients" or self.is_server):
             raise ValueError(
-                "ParameterServer.step: no optimizer was given (pass one, or call aggregate_gradients)"
+                "ParameterServer.step: no optimizer was given (pass one, or call "
+                "aggregate_gradients)"
             )
         if self.mode == "gradients":
             self.aggregate_gradients()
@@ -623,7 +636,7 @@ def _all_gather(dist: Any, out: Any, own: Any, group: Any) -> Any:
     return fn(out, own, group=group, async_op=True)
 
 
-def _claimed(rows: Any, used: list, r: int, ps: ParameterServer) -> tuple:
+def _claimed(rows: Any, used: list[Any], r: int, ps: ParameterServer) -> tuple[Any, ...]:
     """(numel, dtype code) rank r's header claimed (-2 when its tag was another step's)."""
     import torch
 
@@ -640,7 +653,12 @@ def _claimed(rows: Any, used: list, r: int, ps: ParameterServer) -> tuple:
 
 
 def _heads(
-    ps: ParameterServer, step: int, abort: int, used: int, status: list, claimed: dict
+    ps: ParameterServer,
+    step: int,
+    abort: int,
+    used: int,
+    status: list[Any],
+    claimed: dict[int, tuple[int, int]],
 ) -> Any:
     import torch
 

@@ -78,7 +78,7 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
+def write_outputs(res: dict[str, Any], out_dir: str, plots: bool = True) -> list[Any]:
     """results.json (+ accuracy.png, flag_workers.png, agg_time.png) into out_dir; returns the
     paths written. Without matplotlib only the JSON is written (and a note printed)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -91,7 +91,8 @@ def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
 
         if not have_matplotlib():  # plots.py imports matplotlib lazily: ask before calling it
             print(
-                "(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' for the plots)"
+                "(matplotlib is not installed: wrote the JSON only; pip install 'flagcore[cli]' "
+                "for the plots)"
             )
             return written
         from .plots import write_plots
@@ -100,7 +101,7 @@ def write_outputs(res: dict, out_dir: str, plots: bool = True) -> list:
     return written
 
 
-def summary_rows(res: dict) -> list:
+def summary_rows(res: dict[str, Any]) -> list[Any]:
     rows = []
     for label, e in res["rules"].items():
         fl = e.get("flag")
@@ -134,13 +135,14 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def print_summary(res: dict, title: str | None = None) -> None:
+def print_summary(res: dict[str, Any], title: str | None = None) -> None:
     from .._table import print_table
 
     c = res["config"]
     if title is None:
         title = (
-            f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} params): "
+            f"{res['dataset']['name']} / {res['model']['name']} ({res['model']['parameters']} "
+            "params): "
             f"{c['workers']} workers, {c['byzantine']} bad ({c['attack']}), {c['steps']} steps, "
             f"{len(res['seeds'])} seed(s)"
         )

@@ -10,21 +10,26 @@ if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a com
     from .harness import RobustnessConfig
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .harness import RULES_TAKING_F
 
     p = sub.add_parser(
         "robustness",
         help="train with p simulated workers, f of them Byzantine, under each aggregation rule",
         description=(
-            "A synchronous parameter server with p workers in one process, each on its own shard; the last "
-            "f are Byzantine (a gradient attack, label flipping, or honest workers on distorted data). The "
-            "server aggregates with each rule and steps SGD (momentum, weight decay). Writes results.json and "
+            "A synchronous parameter server with p workers in one process, each on its own shard; "
+            "the last "
+            "f are Byzantine (a gradient attack, label flipping, or honest workers on distorted "
+            "data). The "
+            "server aggregates with each rule and steps SGD (momentum, weight decay). Writes "
+            "results.json and "
             "PNG plots to --out and prints a table. Rules that need f ("
             + ", ".join(RULES_TAKING_F)
             + ") get f = --byzantine; any rule parameter can be set in the rule "
-            "spec: --rules 'flag[max_iter=50,scale=median_norm],multi_krum[m=10]'. With --grid CONFIG.json (or --quick) "
-            "it sweeps rules x attacks x f x heterogeneity x learning rate instead and reports each rule's "
+            "spec: --rules 'flag[max_iter=50,scale=median_norm],multi_krum[m=10]'. With --grid "
+            "CONFIG.json (or --quick) "
+            "it sweeps rules x attacks x f x heterogeneity x learning rate instead and reports "
+            "each rule's "
             "worst-case accuracy over the attacks (flagcore.experiments.grid documents the config)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -32,12 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rules",
         default="flag,median,mean",
-        help="comma list of rule specs NAME or NAME[key=value,...]; 'all' = every rule of flagcore.rules.RULES",
+        help="comma list of rule specs NAME or NAME[key=value,...]; 'all' = every rule of "
+        "flagcore.rules.RULES",
     )
     p.add_argument(
         "--attack",
         default="random",
-        help="none, a gradient attack of flagcore.attacks (random, sign_flip, ...; adaptive ones such as "
+        help="none, a gradient attack of flagcore.attacks (random, sign_flip, ...; adaptive ones "
+        "such as "
         "optimal_alie, min_max, fa_aware target each rule under test), or a data attack: "
         "label_flip, shuffle_labels, noise, warp, distorted (warp/noise/shuffled labels in turn)",
     )
@@ -58,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--heterogeneity",
         default="iid",
-        help="data split over workers: iid, dirichlet:ALPHA or gamma:GAMMA (ByzFL's gamma-similarity)",
+        help="data split over workers: iid, dirichlet:ALPHA or gamma:GAMMA (ByzFL's "
+        "gamma-similarity)",
     )
     p.add_argument(
         "--grid",
@@ -70,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="without --grid: a built-in grid that runs in seconds; with --grid: cap it at 30 steps, 1 seed",
+        help="without --grid: a built-in grid that runs in seconds; with --grid: cap it at 30 "
+        "steps, 1 seed",
     )
     p.add_argument(
         "--dataset",

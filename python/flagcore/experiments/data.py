@@ -13,8 +13,9 @@ data", the FA paper's augmented-data setting).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,14 @@ class TaskData:
     n_classes: int
 
     @property
-    def input_shape(self) -> tuple:
+    def input_shape(self) -> tuple[Any, ...]:
         return tuple(self.x_train.shape[1:])
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple:
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[Any, ...]:
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
-    n_test = int(round(test_fraction * len(y)))
+    n_test = round(float(test_fraction * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
     return x[tr], y[tr], x[te], y[te]
 
@@ -97,7 +98,7 @@ def from_torch_dataset(train: Any, test: Any, n_classes: int, name: str = "custo
     (the harness keeps every shard in memory; meant for small data sets)."""
     import torch
 
-    def stack(ds: Any, which: str) -> tuple:
+    def stack(ds: Any, which: str) -> tuple[Any, ...]:
         if not hasattr(ds, "__len__") or len(ds) == 0:
             raise ValueError(
                 f"from_torch_dataset: {which} must be a non-empty map-style Dataset, got {ds!r}"
@@ -131,12 +132,13 @@ def distortion_of(attack: str, k: int) -> str:
     return _DISTORTED_CYCLE[k % len(_DISTORTED_CYCLE)] if attack == "distorted" else attack
 
 
-def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple:
+def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple[Any, ...]:
     """ "iid" -> ("iid", None); "dirichlet:0.5" -> ("dirichlet", 0.5); "gamma:0.3" ->
     ("gamma", 0.3) (see ``split_indices``)."""
     if not isinstance(spec, str):
         raise TypeError(
-            f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got {spec!r}"
+            f"{fn}: heterogeneity must be a str like 'iid', 'dirichlet:0.5' or 'gamma:0.3', got "
+            f"{spec!r}"
         )
     kind, _, val = spec.partition(":")
     if kind == "iid" and not val:
@@ -157,7 +159,7 @@ def parse_heterogeneity(spec: str, fn: str = "robustness") -> tuple:
     )
 
 
-def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") -> list:
+def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") -> list[Any]:
     """Worker shards as lists of training-sample indices (numpy int64 arrays), seeded.
 
     "iid": a random permutation cut into p equal shards (the remainder of N / p is left out).
@@ -187,7 +189,7 @@ def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") ->
     if kind == "dirichlet":
         classes = np.unique(y)
         for _ in range(1000):
-            parts: list = [[] for _ in range(p)]
+            parts: list[Any] = [[] for _ in range(p)]
             for c in classes:
                 idx = rng.permutation(np.flatnonzero(y == c))
                 q = rng.dirichlet(np.full(p, val))
@@ -202,7 +204,7 @@ def split_indices(labels: Any, p: int, seed: int, heterogeneity: str = "iid") ->
         )
     m = n // p
     perm = rng.permutation(n)[: p * m]
-    k_iid = int(round(val * p * m)) // p * p  # a multiple of p, dealt evenly
+    k_iid = round(float(val * p * m)) // p * p  # a multiple of p, dealt evenly
     iid_part, rest = perm[:k_iid], perm[k_iid:]
     rest = rest[np.argsort(y[rest], kind="stable")]
     iid_chunks = iid_part.reshape(p, -1) if k_iid else np.zeros((p, 0), np.int64)
@@ -220,7 +222,7 @@ def shard(
     distorted: Sequence[tuple[int, str]] = (),
     heterogeneity: str = "iid",
     return_sizes: bool = False,
-) -> tuple:
+) -> tuple[Any, ...]:
     """Split the training set into p worker shards (``split_indices``: iid by default) and apply
     ``distorted`` = [(worker, distortion), ...].
 
@@ -252,7 +254,7 @@ def class_histograms(ys: Any, sizes: Any, n_classes: int) -> np.ndarray:
     return np.stack([np.bincount(y[w, : s[w]], minlength=n_classes) for w in range(y.shape[0])])
 
 
-def distort(x: Any, y: Any, kind: str, n_classes: int, seed: int = 0) -> tuple:
+def distort(x: Any, y: Any, kind: str, n_classes: int, seed: int = 0) -> tuple[Any, ...]:
     """Transform one shard. label_flip: y -> C - 1 - y. shuffle_labels: labels permuted (no
     longer related to inputs). noise: x + N(0, (2 std(x))^2). warp: images get a strong random
     affine map per sample (rotation up to 60 degrees, shear, scale 0.6-1.4, shift); flat

@@ -58,13 +58,13 @@ class GridConfig:
     """One grid: every combination of byzantine x heterogeneity x lr x attacks is one
     ``run_robustness`` over all ``rules`` with the ``base`` options."""
 
-    rules: list
-    attacks: list
-    byzantine: list = field(default_factory=lambda: [3])
-    heterogeneity: list = field(default_factory=lambda: ["iid"])
-    lr: list = field(default_factory=lambda: [0.05])
-    attack_params: dict = field(default_factory=dict)
-    base: dict = field(default_factory=dict)
+    rules: list[Any]
+    attacks: list[Any]
+    byzantine: list[Any] = field(default_factory=lambda: [3])
+    heterogeneity: list[Any] = field(default_factory=lambda: ["iid"])
+    lr: list[Any] = field(default_factory=lambda: [0.05])
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         fn = "robustness grid"
@@ -107,7 +107,7 @@ class GridConfig:
             for spec in cfg.validate():
                 check_attack_runs(cfg, spec, rule_params(spec, cfg))
 
-    def combinations(self) -> list:
+    def combinations(self) -> list[Any]:
         return list(itertools.product(self.byzantine, self.heterogeneity, self.lr, self.attacks))
 
     def config_for(self, f: int, heterogeneity: str, lr: float, attack: str) -> RobustnessConfig:
@@ -192,15 +192,15 @@ def make_quick(grid: GridConfig, steps: int = 30, seeds: int = 1) -> GridConfig:
     return g
 
 
-def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict:
+def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict[str, Any]:
     """Run every combination (rules share one run per combination) and return results.json's
     content. ``log``: a callable taking one line of text per finished combination."""
     import torch
 
     grid.validate()
     labels = [parse_rule_spec(r).label for r in grid.rules]
-    cells: list = []
-    meta: dict = {}
+    cells: list[Any] = []
+    meta: dict[str, Any] = {}
     t0 = time.perf_counter()
     combos = grid.combinations()
     for i, (f, het, lr, att) in enumerate(combos):
@@ -248,14 +248,14 @@ def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict:
     }
 
 
-def _nan_min(values: list) -> tuple:
+def _nan_min(values: list[Any]) -> tuple[Any, ...]:
     """(min, index) treating NaN as the worst value (a diverged run is an attack success)."""
     vals = [-math.inf if (v is None or not math.isfinite(v)) else v for v in values]
     i = int(np.argmin(vals))
     return vals[i], i
 
 
-def worst_case(cells: list, labels: list, grid: GridConfig) -> list:
+def worst_case(cells: list[Any], labels: list[Any], grid: GridConfig) -> list[Any]:
     """Per rule and (f, heterogeneity): max over lr of min over attacks of the mean accuracy."""
     by = {
         (c["rule"], c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]): c["accuracy_mean"]
@@ -300,7 +300,9 @@ def have_matplotlib() -> bool:
     return have()
 
 
-def write_grid_outputs(res: dict, out_dir: str, plots: bool = True, prefix: str = "") -> list:
+def write_grid_outputs(
+    res: dict[str, Any], out_dir: str, plots: bool = True, prefix: str = ""
+) -> list[Any]:
     """``{prefix}results.json`` and the heat maps into out_dir; returns the paths written.
     Without matplotlib only the JSON is written, and a note says how to get the plots."""
     from . import _clean
@@ -323,7 +325,7 @@ def write_grid_outputs(res: dict, out_dir: str, plots: bool = True, prefix: str 
     return written
 
 
-def summary_rows(res: dict) -> list:
+def summary_rows(res: dict[str, Any]) -> list[Any]:
     rows = []
     for w in res["worst_case"]:
         rows.append(
@@ -339,7 +341,7 @@ def summary_rows(res: dict) -> list:
     return rows
 
 
-def print_grid_summary(res: dict, title: str | None = None) -> None:
+def print_grid_summary(res: dict[str, Any], title: str | None = None) -> None:
     from .._table import print_table
 
     if title is None:

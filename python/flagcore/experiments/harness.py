@@ -4,9 +4,10 @@ Every step, each worker draws a mini-batch from its own shard (iid, Dirichlet or
 gamma-similarity split: ``RobustnessConfig.heterogeneity``) and computes its gradient (all p
 at once with torch.func.vmap, flattened to a (p, n) stack); the f Byzantine workers either
 replace theirs with an attack from ``flagcore.attacks`` or train honestly on a distorted shard
-(label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule (built once per run with
-``flagcore.rules.make_rule`` and reused every step) and steps SGD with momentum and weight decay (the FA paper's optimiser). Each (rule, seed)
-run starts from the same initial model and draws the same mini-batches and attack seeds.
+(label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule
+(built once per run with ``flagcore.rules.make_rule`` and reused every step) and steps SGD with
+momentum and weight decay (the FA paper's optimiser). Each (rule, seed) run starts from the same
+initial model and draws the same mini-batches and attack seeds.
 
 Byzantine workers are the last f (indices p - f .. p - 1); results say so. Adaptive attacks
 (``flagcore.attacks.ADAPTIVE_ATTACKS``) target the rule under test: the attacker gets its own
@@ -21,8 +22,9 @@ import math
 import platform
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,17 +49,17 @@ FLAG_HISTORY = ("all", "first_seed", "none")
 _SPEC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?$")
 
 
-def available_rules() -> tuple:
+def available_rules() -> tuple[Any, ...]:
     """The rule names ``flagcore.aggregate`` accepts (flagcore.rules.RULES) that the harness can
     run: rules that need a server reference gradient (fltrust) are left out."""
     return tuple(r for r in _rules.RULES if r not in _rules.RULES_NEEDING_REFERENCE)
 
 
-def gradient_attacks() -> tuple:
+def gradient_attacks() -> tuple[Any, ...]:
     return tuple(_attacks.ALL_ATTACKS)
 
 
-def all_attacks() -> tuple:
+def all_attacks() -> tuple[Any, ...]:
     return ("none",) + gradient_attacks() + _data.DATA_ATTACKS
 
 
@@ -66,7 +68,7 @@ class RuleSpec:
     """One aggregation rule to compare: its name, extra parameters and a display label."""
 
     name: str
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     label: str = ""
 
     def __post_init__(self) -> None:
@@ -107,7 +109,7 @@ def parse_rule_spec(spec: str) -> RuleSpec:
     return RuleSpec(m.group(1), params, spec.strip() if params else "")
 
 
-def split_rule_list(text: str) -> list:
+def split_rule_list(text: str) -> list[Any]:
     """Split "flag[max_iter=5,scale=paper],mean" at the commas outside brackets."""
     out, depth, cur = [], 0, ""
     for ch in text:
@@ -173,10 +175,10 @@ class RobustnessConfig:
     eval_every: int = 10
     threads: int | None = 1
     flag_history: str = "all"
-    attack_params: dict = field(default_factory=dict)
+    attack_params: dict[str, Any] = field(default_factory=dict)
     heterogeneity: str = "iid"
 
-    def validate(self, custom_data: bool = False, custom_model: bool = False) -> list:
+    def validate(self, custom_data: bool = False, custom_model: bool = False) -> list[Any]:
         fn = "robustness"
         p = check_int(self.workers, fn, "workers", low=1, high=100_000)
         check_int(self.byzantine, fn, "byzantine", low=0, high=p - 1)
@@ -229,7 +231,7 @@ class RobustnessConfig:
         return specs
 
 
-def rule_params(spec: RuleSpec, cfg: RobustnessConfig) -> dict:
+def rule_params(spec: RuleSpec, cfg: RobustnessConfig) -> dict[str, Any]:
     """The keyword arguments passed to the rule: FA's options from the config, f for the rules
     that need it, then the spec's own parameters (which win)."""
     if spec.name == "flag":
@@ -247,7 +249,7 @@ def rule_params(spec: RuleSpec, cfg: RobustnessConfig) -> dict:
     return base
 
 
-def _check_rule_runs(spec: RuleSpec, params: dict, p: int) -> None:
+def _check_rule_runs(spec: RuleSpec, params: dict[str, Any], p: int) -> None:
     """Build the rule and call it once on a small random stack so a rule that cannot run with
     these options fails before any training, with the rule named."""
     x = np.random.default_rng(0).standard_normal((p, 8))
@@ -260,7 +262,7 @@ def _check_rule_runs(spec: RuleSpec, params: dict, p: int) -> None:
         ) from exc
 
 
-def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> dict:
+def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for flagcore.attacks.attack: the config's attack parameters and, for an
     adaptive attack, the attacker's own copy of the rule under test (built once per run) unless
     attack_params names a rule itself (a transfer attack)."""
@@ -276,7 +278,7 @@ def _attack_kwargs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> dict:
     return kw
 
 
-def check_attack_runs(cfg: RobustnessConfig, spec: RuleSpec, params: dict) -> None:
+def check_attack_runs(cfg: RobustnessConfig, spec: RuleSpec, params: dict[str, Any]) -> None:
     """Call the gradient attack once on small random honest gradients, against this rule, so
     bad attack parameters fail before any training, with the attack and rule named."""
     if cfg.attack not in gradient_attacks() or cfg.byzantine == 0:
@@ -304,7 +306,7 @@ class _Gradients:
         self.names = [k for k, v in model.named_parameters() if v.requires_grad]
         buffers = dict(model.named_buffers())
 
-        def loss_fn(params: dict, x: Any, y: Any) -> Any:
+        def loss_fn(params: dict[str, Any], x: Any, y: Any) -> Any:
             out = functional_call(model, (params, buffers), (x,))
             return F.cross_entropy(out, y)
 
@@ -313,7 +315,7 @@ class _Gradients:
         self._torch = torch
         self._F = F
 
-    def __call__(self, xb: Any, yb: Any) -> tuple:
+    def __call__(self, xb: Any, yb: Any) -> tuple[Any, ...]:
         torch = self._torch
         params = {k: v for k, v in self.model.named_parameters() if v.requires_grad}
         if self._use_vmap:
@@ -334,7 +336,7 @@ class _Gradients:
         return torch.stack(rows), torch.stack(losses)
 
 
-def _evaluate(model: Any, x: Any, y: Any) -> tuple:
+def _evaluate(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
     import torch
     import torch.nn.functional as F
 
@@ -363,13 +365,14 @@ def run_robustness(
     model: Any = None,
     progress: bool = True,
     **overrides: Any,
-) -> dict:
+) -> dict[str, Any]:
     """Run every (rule, seed) of ``config`` and return the results dict (results.json's content).
 
     task: a TaskData (see flagcore.experiments.data.from_torch_dataset) instead of
         config.dataset. model: a torch nn.Module (copied per run, re-initialised per seed when
         it has reset_parameters on its layers) or a callable (input_shape, n_classes) -> Module,
-        instead of config.model (a string here is a built-in model's name). overrides: config fields, e.g. steps=50.
+        instead of config.model (a string here is a built-in model's name). overrides: config
+        fields, e.g. steps=50.
     """
     import torch
 
@@ -409,22 +412,22 @@ def run_robustness(
 
 def _run_all(
     cfg: RobustnessConfig,
-    specs: list,
-    params_by_rule: dict,
-    seeds: list,
+    specs: list[Any],
+    params_by_rule: dict[str, Any],
+    seeds: list[Any],
     task: Any,
     model: Any,
-    byz: list,
+    byz: list[Any],
     grad_attack: bool,
     data_attack: bool,
     dev: Any,
     bar: Any,
-) -> tuple:
+) -> tuple[Any, ...]:
     import torch
 
     p = cfg.workers
-    results: dict = {}
-    meta: dict = {}
+    results: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
     for seed in seeds:
         t_task = task if task is not None else _data.load_task(cfg.dataset, seed)
         distorted = (
@@ -503,7 +506,8 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
         net = model(task.input_shape, task.n_classes)
         if not isinstance(net, nn.Module):
             raise TypeError(
-                f"run_robustness: model callable must return a torch nn.Module, got {type(net).__name__}"
+                "run_robustness: model callable must return a torch nn.Module, got "
+                f"{type(net).__name__}"
             )
     else:
         raise TypeError(
@@ -514,7 +518,7 @@ def _build_model(model: Any, cfg: RobustnessConfig, task: _data.TaskData) -> Any
 
 def _train_one(
     spec: RuleSpec,
-    params: dict,
+    params: dict[str, Any],
     cfg: RobustnessConfig,
     seed: int,
     net0: Any,
@@ -523,11 +527,11 @@ def _train_one(
     sizes: Any,
     x_test: Any,
     y_test: Any,
-    byz: list,
+    byz: list[Any],
     grad_attack: bool,
     dev: Any,
     bar: Any,
-) -> dict:
+) -> dict[str, Any]:
     import torch
 
     p, f, B = cfg.workers, cfg.byzantine, cfg.batch_size
@@ -639,13 +643,13 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 
 def _collect(
     cfg: RobustnessConfig,
-    specs: list,
-    params_by_rule: dict,
-    seeds: list,
-    byz: list,
-    meta: dict,
-    runs: dict,
-) -> dict:
+    specs: list[Any],
+    params_by_rule: dict[str, Any],
+    seeds: list[Any],
+    byz: list[Any],
+    meta: dict[str, Any],
+    runs: dict[str, Any],
+) -> dict[str, Any]:
     import torch
 
     from .. import build_info

@@ -9,7 +9,7 @@ from typing import Any
 MODELS = ("mlp", "cnn", "linear")
 
 
-def make_model(name: str, input_shape: tuple, n_classes: int) -> Any:
+def make_model(name: str, input_shape: tuple[Any, ...], n_classes: int) -> Any:
     """mlp: flatten -> 128 -> 64 -> classes (ReLU), 17k parameters on digits. cnn: two 3x3
     convolutions (16, 32 channels), 2x2 max-pool, 32 hidden units, 21k parameters on digits
     (images only). linear: multinomial logistic regression."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 
-def _plt():
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,15 +17,16 @@ def _plt():
     return plt
 
 
-def _title(res: dict) -> str:
+def _title(res: dict[str, Any]) -> str:
     c = res["config"]
     return (
-        f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = {c['byzantine']}, "
+        f"{res['dataset']['name']}/{res['model']['name']}, p = {c['workers']}, f = "
+        f"{c['byzantine']}, "
         f"attack = {c['attack']}, {len(res['seeds'])} seed(s)"
     )
 
 
-def plot_accuracy(res: dict, path: str) -> str:
+def plot_accuracy(res: dict[str, Any], path: str) -> str:
     """Test accuracy vs step per rule: mean over seeds, min-max band."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -48,7 +50,7 @@ def plot_accuracy(res: dict, path: str) -> str:
     return path
 
 
-def plot_flag_heatmap(res: dict, label: str, path: str, seed_index: int = 0) -> str:
+def plot_flag_heatmap(res: dict[str, Any], label: str, path: str, seed_index: int = 0) -> str:
     """Which workers FA trusted: reconstruction ratios and IRLS weights per worker over steps
     (one seed); the Byzantine / distorted workers are marked on the worker axis."""
     plt = _plt()
@@ -99,7 +101,7 @@ def plot_flag_heatmap(res: dict, label: str, path: str, seed_index: int = 0) -> 
     return path
 
 
-def plot_agg_time(res: dict, path: str) -> str:
+def plot_agg_time(res: dict[str, Any], path: str) -> str:
     """Aggregation time per step, per rule (mean over seeds; min-max as error bar)."""
     plt = _plt()
     labels = list(res["rules"])
@@ -123,7 +125,7 @@ def plot_agg_time(res: dict, path: str) -> str:
     return path
 
 
-def write_plots(res: dict, out_dir: str, prefix: str = "") -> list:
+def write_plots(res: dict[str, Any], out_dir: str, prefix: str = "") -> list[Any]:
     """All plots of one results dict into out_dir; returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [plot_accuracy(res, os.path.join(out_dir, f"{prefix}accuracy.png"))]
@@ -139,7 +141,7 @@ def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s).strip("_")
 
 
-def _heatmap(ax, mat: np.ndarray, rows: list, cols: list, fig) -> None:
+def _heatmap(ax: Any, mat: np.ndarray, rows: list[Any], cols: list[Any], fig: Any) -> None:
     masked = np.ma.masked_invalid(mat)
     cmap = _plt().get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
@@ -161,11 +163,11 @@ def _heatmap(ax, mat: np.ndarray, rows: list, cols: list, fig) -> None:
     fig.colorbar(im, ax=ax, label="test accuracy")
 
 
-def _acc(v) -> float:
+def _acc(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def write_grid_heatmaps(res: dict, out_dir: str, prefix: str = "") -> list:
+def write_grid_heatmaps(res: dict[str, Any], out_dir: str, prefix: str = "") -> list[Any]:
     """Heat maps of a grid's results: per (f, heterogeneity), rule x attack accuracy at each
     rule's chosen learning rate with the worst case as the last column; per f, rule x
     heterogeneity worst-case accuracy. Returns the paths written."""

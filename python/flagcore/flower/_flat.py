@@ -31,11 +31,11 @@ class Layout:
     integer buffers such as BatchNorm's ``num_batches_tracked`` are represented exactly).
     """
 
-    keys: tuple
-    shapes: tuple
-    dtypes: tuple
-    sizes: tuple
-    offsets: tuple
+    keys: tuple[Any, ...]
+    shapes: tuple[Any, ...]
+    dtypes: tuple[Any, ...]
+    sizes: tuple[Any, ...]
+    offsets: tuple[Any, ...]
     n: int
     dtype: np.dtype
 
@@ -92,7 +92,7 @@ class Layout:
             )
         return out
 
-    def unflatten(self, vec: np.ndarray) -> list:
+    def unflatten(self, vec: np.ndarray) -> list[Any]:
         """Per key, an array of the global dtype and shape from an (n,) vector (integers
         rounded)."""
         out = []
@@ -105,7 +105,7 @@ class Layout:
         return out
 
     # ------------------------------------------------------------------ reading replies
-    def views(self, arrays: Any) -> tuple[list | None, str]:
+    def views(self, arrays: Any) -> tuple[list[Any] | None, str]:
         """Zero-copy views of a reply's arrays, checked against this layout.
 
         Returns (views, "") where views[k] is (payload view, fortran_order), or (None, reason)
@@ -130,7 +130,7 @@ class Layout:
             out.append(v)
         return out, ""
 
-    def fill_row(self, buf: np.ndarray, p: int, i: int, views: list, per_array: bool) -> None:
+    def fill_row(self, buf: np.ndarray, p: int, i: int, views: list[Any], per_array: bool) -> None:
         """Copy one reply's views into row i of the buffer (casting to the stack's dtype)."""
         whole = None if per_array else self.whole(buf, p)
         for k, (view, fortran) in enumerate(views):
@@ -153,7 +153,7 @@ class Layout:
             np.subtract(b, g[self.offsets[k] : self.offsets[k] + self.sizes[k]], out=b)
 
 
-def _payload(arr: Any, shape: tuple, dtype: np.dtype) -> tuple:
+def _payload(arr: Any, shape: tuple[Any, ...], dtype: np.dtype) -> tuple[Any, Any]:
     """(zero-copy 1-D view, fortran_order) of an Array's .npy payload, or (None, reason)."""
     try:
         stype, adtype, ashape, data = arr.stype, arr.dtype, tuple(arr.shape), arr.data

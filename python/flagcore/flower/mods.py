@@ -39,7 +39,7 @@ def attack_mod(
     num_nodes: int | None = None,
     num_byzantine: int | None = None,
     **params: Any,
-) -> Callable[[Message, Context, Callable], Message]:
+) -> Callable[[Message, Context, Callable[..., Any]], Message]:
     """A Flower client mod that makes chosen supernodes Byzantine with a flagcore attack.
 
     Parameters
@@ -87,9 +87,9 @@ def attack_mod(
     _attacks.attack(name, np.zeros((2, 3)), 1, **params)
     is_byzantine = _selector(byzantine, fn)
 
-    def mod(msg: Message, context: Context, call_next: Callable) -> Message:
+    def mod(msg: Message, context: Context, call_next: Callable[..., Any]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or not is_byzantine(context):
-            return call_next(msg, context)
+            return cast("Message", call_next(msg, context))
         content = msg.content
         key = next(iter(content.array_records.keys()))
         global_arrays = content.array_records[key]
@@ -112,7 +112,7 @@ def attack_mod(
                 del config[SAMPLE_KEY]
         out = replies[0]
         if any(r.has_error() for r in replies):
-            return out
+            return cast("Message", out)
         layout = Layout.of(global_arrays, fn)
         rows = []
         for r in replies:
@@ -142,13 +142,13 @@ def attack_mod(
             {k: Array(np.asarray(a)) for k, a in zip(layout.keys, _cast(layout, model))}
         )
         log(DEBUG, "attack_mod: node %d sent a %r update in round %d", node, name, rnd)
-        return out
+        return cast("Message", out)
 
     mod.__name__ = f"attack_mod_{name}"
     return mod
 
 
-def _cast(layout: Layout, vec: np.ndarray) -> list:
+def _cast(layout: Layout, vec: np.ndarray) -> list[Any]:
     """Like Layout.unflatten, but without rounding a non-finite attack into an integer error."""
     out = []
     with np.errstate(over="ignore", invalid="ignore"):

@@ -163,7 +163,7 @@ class RobustStrategy(FedAvg):
         return arrays, metrics
 
     # ------------------------------------------------------------------ pieces
-    def _screen(self, replies: list, layout: Layout) -> tuple[list, list]:
+    def _screen(self, replies: list[Any], layout: Layout) -> tuple[list[Any], list[Any]]:
         """Split replies into valid (node, message, views) sorted by node id, and invalid
         (node, reason)."""
         valid, invalid = [], []
@@ -206,8 +206,8 @@ class RobustStrategy(FedAvg):
         return self._rules[f_eff]
 
     def _aggregate(
-        self, buf: np.ndarray, p: int, layout: Layout, msgs: list, metrics: MetricRecord
-    ) -> tuple[np.ndarray, list]:
+        self, buf: np.ndarray, p: int, layout: Layout, msgs: list[Any], metrics: MetricRecord
+    ) -> tuple[np.ndarray, list[Any]]:
         """(update (n,), excluded stack rows). Raises ValueError when the rule's precondition
         fails."""
         n_invalid = cast(int, metrics["agg-replies"]) - p
@@ -244,12 +244,12 @@ class RobustStrategy(FedAvg):
             metrics["agg-coefficients"] = [float(v) for v in info.coefficients]
 
     @staticmethod
-    def _add_exclusions(metrics: MetricRecord, excluded: list) -> None:
+    def _add_exclusions(metrics: MetricRecord, excluded: list[Any]) -> None:
         metrics["agg-excluded-nodes"] = [int(node) for node, _ in excluded]
         metrics["agg-excluded"] = len(excluded)
 
     def _skip(
-        self, server_round: int, metrics: MetricRecord, invalid: list, why: str
+        self, server_round: int, metrics: MetricRecord, invalid: list[Any], why: str
     ) -> tuple[None, MetricRecord]:
         self._add_exclusions(metrics, invalid)
         log(
@@ -262,7 +262,7 @@ class RobustStrategy(FedAvg):
         )
         return None, metrics
 
-    def _client_metrics(self, metrics: MetricRecord, msgs: list) -> None:
+    def _client_metrics(self, metrics: MetricRecord, msgs: list[Any]) -> None:
         """FedAvg's client-metric aggregation over the well-formed MetricRecords; never raises."""
         ok = []
         for m in msgs:
@@ -313,7 +313,7 @@ def _weight(msg: Any, key: str) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
-def _weighted_mean(stack: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, list]:
+def _weighted_mean(stack: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, list[Any]]:
     """FedAvg's sum_i (w_i / sum w) x_i in one pass; rows with non-finite values excluded."""
     c = (w / w.sum()).astype(stack.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -329,11 +329,11 @@ def _weighted_mean(stack: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, list]:
     return c @ stack, list(np.flatnonzero(~good))
 
 
-def _rows(excluded: Any) -> list:
+def _rows(excluded: Any) -> list[Any]:
     return [int(i) for i in np.flatnonzero(np.asarray(excluded, bool))]
 
 
-def _describe(excluded: list) -> str:
+def _describe(excluded: list[Any]) -> str:
     if not excluded:
         return ""
     return "; excluded " + ", ".join(f"node {node} ({why})" for node, why in excluded)

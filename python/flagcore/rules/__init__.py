@@ -16,7 +16,8 @@ Rules (``RULES``) and their parameters:
 "phocas"            f: the same around the f-trimmed mean (p > 2f)
 "krum"              f: the worker whose squared distances to its p - f - 2 nearest are
                     smallest (p >= 2f + 3)
-"multi_krum"        f, m = p - f: the mean of the m lowest Krum scores (p >= 2f + 3, 1 <= m <= p - f)
+"multi_krum"        f, m = p - f: the mean of the m lowest Krum scores (p >= 2f + 3,
+                    1 <= m <= p - f)
 "bulyan"            f: p - 2f Krum selections on the shrinking set, then per coordinate the
                     mean of the p - 4f selected values closest to their median (p >= 4f + 3)
 "geometric_median"  nu = 1e-6, tol = 1e-12, max_iter = 1000: smoothed Weiszfeld in p-space;
@@ -112,37 +113,37 @@ RULES = (
 )
 
 __all__ = [
-    "RULES",
-    "PRE_STEPS",
-    "RuleInfo",
-    "Rule",
-    "make_rule",
-    "aggregate",
-    "nnm",
-    "bucketing",
-    "Mean",
-    "Median",
-    "TrimmedMean",
-    "MeaMed",
-    "Phocas",
-    "Krum",
-    "MultiKrum",
-    "Bulyan",
-    "GeometricMedian",
-    "CenteredClipping",
-    "Flag",
-    "MDA",
-    "SMEA",
-    "MoNNA",
-    "CGE",
     "CAF",
-    "DnC",
-    "SignGuard",
-    "ClippedClustering",
-    "FLTrust",
-    "arc_clip_count",
+    "CGE",
+    "MDA",
+    "PRE_STEPS",
+    "RULES",
     "RULES_NEEDING_F",
     "RULES_NEEDING_REFERENCE",
+    "SMEA",
+    "Bulyan",
+    "CenteredClipping",
+    "ClippedClustering",
+    "DnC",
+    "FLTrust",
+    "Flag",
+    "GeometricMedian",
+    "Krum",
+    "MeaMed",
+    "Mean",
+    "Median",
+    "MoNNA",
+    "MultiKrum",
+    "Phocas",
+    "Rule",
+    "RuleInfo",
+    "SignGuard",
+    "TrimmedMean",
+    "aggregate",
+    "arc_clip_count",
+    "bucketing",
+    "make_rule",
+    "nnm",
 ]
 
 
@@ -269,7 +270,7 @@ class Rule:
     def _fail(self, need: str, p: int) -> None:
         raise ValueError(f"{self._fn}: rule {self.name!r} needs {need}, got p = {p}, f = {self.f}")
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ call
@@ -293,8 +294,15 @@ class Rule:
     def _rng(self) -> np.random.Generator:
         return self._gen
 
-    def _info(self, st: Any, src: Source, d: dict) -> RuleInfo:
-        sq = (lambda a: a) if st.batched else (lambda a: None if a is None else np.asarray(a)[0])
+    def _info(self, st: Any, src: Source, d: dict[str, Any]) -> RuleInfo:
+        batched = bool(st.batched)
+
+        def sq(a: Any) -> Any:  # one problem: drop the batch axis
+            return a if batched or a is None else np.asarray(a)[0]
+
+        def scalar(a: Any) -> Any:  # one problem: a Python scalar
+            return a if batched or a is None else np.asarray(a)[0].item()
+
         if src.mix is None:
             excluded = d["excluded"]
         else:
@@ -302,11 +310,6 @@ class Rule:
         coef = d.get("coefficients")
         if coef is not None:
             coef = src.original_coefficients(coef)
-        scalar = (
-            (lambda a: a)
-            if st.batched
-            else (lambda a: None if a is None else np.asarray(a)[0].item())
-        )
         objective = d.get("objective")
         if objective is not None and np.ndim(objective) == 2:  # FA's trajectory, (b, max_iter + 1)
             objective = (
@@ -333,7 +336,7 @@ class Rule:
 
 
 class _Coordinate(Rule):
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         out, excl = run_coordinate(src, self.name, self.f)
         return out, dict(excluded=excl)
 
@@ -398,7 +401,7 @@ class Krum(Rule):
     def _m(self, p: int) -> int:
         return 1
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         if self.neighbours == "textbook":
             return run_krum(src, self.f, self._m(src.p))
         # ByzFL's count: p - f - 1 nearest others (Multi-Krum keeps m of the p - e rows left)
@@ -450,7 +453,7 @@ class Bulyan(Rule):
         if not p >= 4 * self.f + 3:
             self._fail("p >= 4f + 3", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return run_bulyan(src, self.f)
 
 
@@ -469,7 +472,7 @@ class GeometricMedian(Rule):
         self.tol = check_float(tol, self._fn, "tol", low=0.0)
         self.max_iter = check_int(max_iter, self._fn, "max_iter", low=1, high=10_000_000)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return run_geometric_median(src, self.nu, self.tol, self.max_iter)
 
 
@@ -491,7 +494,8 @@ class CenteredClipping(Rule):
         self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=1_000_000)
         if isinstance(reference, str) and reference != "previous":
             raise ValueError(
-                f"{self._fn}: reference must be None, an array/tensor or 'previous', got {reference!r}"
+                f"{self._fn}: reference must be None, an array/tensor or 'previous', got "
+                f"{reference!r}"
             )
         self.reference = reference
         self._previous: Any = None
@@ -500,7 +504,7 @@ class CenteredClipping(Rule):
         ref = self._previous if isinstance(self.reference, str) else self.reference
         return None if ref is None else as_reference(ref, src.st, self._fn)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         out, d = run_centered_clipping(src, self.tau, self.iterations, self._reference_for(src))
         if isinstance(self.reference, str):
             self._previous = out.copy() if isinstance(out, np.ndarray) else out.clone()
@@ -546,7 +550,7 @@ class Flag(Rule):
             return out, RuleInfo.from_flag(info)
         return super().__call__(gradients, return_info=return_info)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         y = src.rows()  # (b, p', n): the info comes back batched
         out, info = flag_aggregate(y, return_info=True, **self.params)
         return out, dict(
@@ -579,10 +583,10 @@ class MDA(Rule):
         super()._check(p)
         _sel.check_subsets(self._fn, self.name, p, self.f, self.max_subsets)
 
-    def _solve(self, g: np.ndarray, f: int) -> dict:
+    def _solve(self, g: np.ndarray, f: int) -> dict[str, Any]:
         return _sel.mda_solve(g, f)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src, _sel.per_problem(src, self.f, lambda g, f, q, keep: self._solve(g, f))
         )
@@ -598,7 +602,7 @@ class SMEA(MDA):
 
     name = "smea"
 
-    def _solve(self, g: np.ndarray, f: int) -> dict:
+    def _solve(self, g: np.ndarray, f: int) -> dict[str, Any]:
         return _sel.smea_solve(g, f)
 
 
@@ -624,13 +628,13 @@ class MoNNA(Rule):
                 f"{self._fn}: rule 'monna' needs idx < p, got idx = {self.idx}, p = {p}"
             )
 
-    def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict:
+    def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict[str, Any]:
         pos = np.flatnonzero(keep == self.idx)
         if pos.size == 0:  # the trusted worker itself is broken: no step (reported in excluded)
             return dict(unit=np.zeros(keep.size), count=0, selected=np.zeros(keep.size, bool))
         return _sel.monna_solve(g, f, int(pos[0]))
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(src, _sel.per_problem(src, self.f, self._solve))
 
 
@@ -647,7 +651,7 @@ class CGE(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src,
             _sel.per_problem(
@@ -668,7 +672,7 @@ class CAF(Rule):
     name = "caf"
     needs_f = True
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.caf_solve(g, f))
         )
@@ -697,7 +701,7 @@ class FLTrust(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         ga = _sel.reference_gram(src, as_reference(self.reference, src.st, self._fn))
         p = ga.shape[1] - 1
         d = _sel.per_problem(
@@ -739,7 +743,7 @@ class DnC(Rule):
         if _sel.dnc_keep(p, self.f, self.filter_fraction) < 1:
             self._fail("p - floor(filter_fraction * f) >= 1", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         b, p, n = src.b, src.p, src.n
         excl = _sel.nonfinite_rows(src)
         good = ~excl
@@ -806,7 +810,7 @@ class SignGuard(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         n = src.n
         k = max(1, int(np.ceil(self.sample * n)))
         cols = np.sort(self._gen.choice(n, size=k, replace=False))
@@ -839,7 +843,7 @@ class ClippedClustering(Rule):
         if not self.f < p:
             self._fail("f < p", p)
 
-    def _run(self, src: Source) -> tuple[Any, dict]:
+    def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
             src,
             _sel.per_problem(

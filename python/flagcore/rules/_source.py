@@ -19,7 +19,7 @@ mixing: their columns of A are 0, so they are never read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def stack_gram(st: Stack) -> np.ndarray:
     """(b, p, p) float64 Gram matrices of the caller's rows (one read of the data)."""
     if st.on_cpu:
         return core.gram(st.data)
-    return torch_gram(st.torch_data).cpu().numpy()
+    return cast(np.ndarray, torch_gram(st.torch_data).cpu().numpy())
 
 
 def stack_weighted_sum(st: Stack, coef: np.ndarray) -> Any:
@@ -54,7 +54,7 @@ class Source:
     excluded_orig: np.ndarray | None = None  # (b, p) bool: caller's workers excluded before mixing
     gram_orig: np.ndarray | None = None  # (b, p, p) Gram of the caller's rows, when already known
     f: int = 0  # Byzantine count the rule assumes among its rows
-    steps: tuple = ()  # ((A (b, p_out, p_in) 0/1, d (b, p_out)), ...): Y = (A Y_prev) / d
+    steps: tuple[Any, ...] = ()  # ((A (b, p_out, p_in) 0/1, d (b, p_out)), ...): Y = (A Y_prev) / d
 
     @property
     def b(self) -> int:
@@ -74,6 +74,8 @@ class Source:
     def gram(self) -> np.ndarray:
         if self.mix is None:
             return stack_gram(self.st)
+        # build_source sets both with the mixing
+        assert self.gram_orig is not None and self.excluded_orig is not None
         return mixed_gram(_zero_excluded(self.gram_orig, self.excluded_orig), self.steps)
 
     def combine(self, coef: np.ndarray) -> Any:
@@ -114,7 +116,7 @@ def mix_matrix(matrix: np.ndarray, a: np.ndarray, d: np.ndarray) -> np.ndarray:
     return core.mix_rows(np.ascontiguousarray(matrix, dtype=np.float64), a, d)
 
 
-def mixed_gram(g: np.ndarray, steps: tuple) -> np.ndarray:
+def mixed_gram(g: np.ndarray, steps: tuple[Any, ...]) -> np.ndarray:
     """Gram of the mixed rows, M G M^T, one step at a time: G <- (A G A^T) / (d d^T)."""
     for a, d in steps:
         h = mix_matrix(g, a, d)  # (A G) / d, (b, p_out, p_in)

@@ -22,7 +22,7 @@ already 0).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def _row_norms(mix: np.ndarray, g0: np.ndarray) -> np.ndarray:
     # a power of two (exact division) per problem: mixed norms of huge rows stay finite
     scale = np.array([math.ldexp(1.0, math.frexp(float(t))[1]) if t > 0 else 1.0 for t in top])
     sq = np.einsum("qij,qjk,qik->qi", mix, g0 / scale[:, None, None], mix)
-    return np.sqrt(np.maximum(sq, 0.0)) * np.sqrt(scale)[:, None]
+    return cast(np.ndarray, np.sqrt(np.maximum(sq, 0.0)) * np.sqrt(scale)[:, None])
 
 
 def _scale_factors(norms: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ class AdaptiveClipping:
         return f"arc(f={self.f})"
 
 
-def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple:
+def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple[Any, ...]:
     """The pre-aggregation steps of a rule: "nnm" / "bucketing" stay strings (preagg.py runs
     them), "clipping" / "arc" become step objects (preagg.build_source asks their `factors` for the
     current mixing matrix and applies them as a diagonal step)."""

@@ -18,6 +18,8 @@ closest pair of clusters is merged first, ties to the lowest (i, j).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 
@@ -42,13 +44,13 @@ def two_clusters(dist: np.ndarray) -> np.ndarray:
         size[i] += size[j]
         active[j] = False
         owner[owner == j] = i
-    return (owner != owner[0]).astype(np.int64)
+    return cast(np.ndarray, (owner != owner[0]).astype(np.int64))
 
 
 def majority(labels: np.ndarray) -> np.ndarray:
     """Members of the larger cluster (equal sizes: the cluster of row 0)."""
     ones = int(labels.sum())
-    return labels == (1 if ones > labels.size - ones else 0)
+    return cast(np.ndarray, labels == (1 if ones > labels.size - ones else 0))
 
 
 def cosine_distances(g: np.ndarray) -> np.ndarray:
@@ -64,7 +66,7 @@ def clip_factors(norms: np.ndarray, tau: float) -> np.ndarray:
         return np.where(norms > tau, tau / norms, 1.0)
 
 
-def clipped_clustering_solve(g: np.ndarray, tau: float | None) -> dict:
+def clipped_clustering_solve(g: np.ndarray, tau: float | None) -> dict[str, Any]:
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     t = float(np.median(norms)) if tau is None else tau
     sel = majority(two_clusters(cosine_distances(g)))
@@ -79,12 +81,11 @@ def clipped_clustering_solve(g: np.ndarray, tau: float | None) -> dict:
 def sign_features(xs: np.ndarray) -> np.ndarray:
     """(p, 3) fractions of positive, zero and negative values of each row."""
     k = xs.shape[1]
-    return np.stack(
-        [(xs > 0).sum(axis=1), (xs == 0).sum(axis=1), (xs < 0).sum(axis=1)], axis=1
-    ) / max(k, 1)
+    counts = np.stack([(xs > 0).sum(axis=1), (xs == 0).sum(axis=1), (xs < 0).sum(axis=1)], axis=1)
+    return cast(np.ndarray, counts / max(k, 1))
 
 
-def signguard_solve(g: np.ndarray, xs: np.ndarray, lower: float, upper: float) -> dict:
+def signguard_solve(g: np.ndarray, xs: np.ndarray, lower: float, upper: float) -> dict[str, Any]:
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     m = float(np.median(norms))
     if m > 0:

@@ -38,7 +38,15 @@ import numpy as np
 from .._backend import core
 from ._source import Source
 
-RULE_IDS = {"median": 0, "trimmed_mean": 1, "meamed": 2, "phocas": 3, "mean": 4}
+CoordRule = core.CoordRule
+
+RULE_IDS: dict[str, CoordRule] = {
+    "median": CoordRule.median,
+    "trimmed_mean": CoordRule.trimmed_mean,
+    "meamed": CoordRule.meamed,
+    "phocas": CoordRule.phocas,
+    "mean": CoordRule.mean,
+}
 
 
 def run_coordinate(src: Source, rule: str, f: int, keep: int = -1) -> tuple[Any, np.ndarray]:
@@ -53,11 +61,11 @@ def run_coordinate(src: Source, rule: str, f: int, keep: int = -1) -> tuple[Any,
 
 
 def _coordinate_device(
-    x: Any, rid: int, f: int, keep: int, excluded: np.ndarray | None
+    x: Any, rid: CoordRule, f: int, keep: int, excluded: np.ndarray | None
 ) -> tuple[Any, np.ndarray]:
     import torch
 
-    b, p, n = x.shape
+    b, p, _n = x.shape
     excl = np.zeros((b, p), bool) if excluded is None else excluded.copy()
     if (
         x.device.type == "cuda"
@@ -71,9 +79,11 @@ def _coordinate_device(
 
 
 def _coordinate_cuda(
-    x: Any, rid: int, f: int, keep: int, excl: np.ndarray
+    x: Any, rid: CoordRule, f: int, keep: int, excl: np.ndarray
 ) -> tuple[Any, np.ndarray]:
     import torch
+
+    from .._backend import cuda_array
 
     b, p, n = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
@@ -89,20 +99,14 @@ def _coordinate_cuda(
                 bits.sum(axis=1).astype(np.int64).astype(np.uint32).view(np.int32)
             ).to(x.device)
             core.coordinate_cuda(
-                work.data_ptr(),
-                b,
-                p,
-                n,
-                work.stride(0),
-                work.stride(1),
-                work.dtype == torch.float64,
-                rid,
-                int(f),
-                int(keep),
-                out.data_ptr(),
-                mask.data_ptr(),
-                flags.data_ptr(),
-                stream,
+                cuda_array(work),
+                cuda_array(out),
+                cuda_array(mask),
+                cuda_array(flags),
+                rule=rid,
+                f=int(f),
+                keep=int(keep),
+                stream=stream,
             )
             bad = flags.cpu().numpy().astype(bool) & ~excl
             if not bad.any():
@@ -111,7 +115,7 @@ def _coordinate_cuda(
     return out, excl
 
 
-def _coordinate_torch(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> Any:
+def _coordinate_torch(x: Any, rid: CoordRule, f: int, keep: int, excl: np.ndarray) -> Any:
     """Plain torch: sort along the worker axis, reduce in float64."""
     import torch
 
@@ -129,14 +133,14 @@ def _coordinate_torch(x: Any, rid: int, f: int, keep: int, excl: np.ndarray) -> 
         k = max(k, 1)
         if 2 * t >= pe:
             t = (pe - 1) // 2
-        if rid == 4:
+        if rid == CoordRule.mean:
             out[q] = s.mean(dim=0)
             continue
-        if rid in (0, 2):
+        if rid in (CoordRule.median, CoordRule.meamed):
             centre = 0.5 * (s[(pe - 1) // 2] + s[pe // 2])
         else:
             centre = s[t : pe - t].mean(dim=0)
-        if rid in (0, 1):
+        if rid in (CoordRule.median, CoordRule.trimmed_mean):
             out[q] = centre
             continue
         lo = torch.zeros(n, dtype=torch.long, device=x.device)

@@ -25,7 +25,7 @@ Non-finite workers (a NaN/Inf value makes G_ii non-finite) are excluded, reporte
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from ._source import Source
 from .coordinate import run_coordinate
 
 
-def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
+def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict[str, Any]]:
     d = core.krum(src.gram(), f, m, src.excluded_u8())
     sel = d["selected"].astype(bool)
     if src.mix is None:
@@ -52,7 +52,7 @@ def run_krum(src: Source, f: int, m: int) -> tuple[Any, dict]:
     )
 
 
-def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
+def run_bulyan(src: Source, f: int) -> tuple[Any, dict[str, Any]]:
     d = core.bulyan_select(src.gram(), f, src.excluded_u8())
     sel = d["selected"].astype(bool)
     excl = d["excluded"].astype(bool)
@@ -80,13 +80,15 @@ def run_bulyan(src: Source, f: int) -> tuple[Any, dict]:
     return out, dict(selected=sel, excluded=excl, beta=beta)
 
 
-def _torch_cat(parts: list) -> Any:
+def _torch_cat(parts: list[Any]) -> Any:
     import torch
 
     return torch.cat(parts)
 
 
-def run_geometric_median(src: Source, nu: float, tol: float, max_iter: int) -> tuple[Any, dict]:
+def run_geometric_median(
+    src: Source, nu: float, tol: float, max_iter: int
+) -> tuple[Any, dict[str, Any]]:
     g = src.gram()
     diag = np.diagonal(g, axis1=1, axis2=2)
     with np.errstate(invalid="ignore"):
@@ -108,7 +110,7 @@ def run_geometric_median(src: Source, nu: float, tol: float, max_iter: int) -> t
 
 def run_centered_clipping(
     src: Source, tau: float, iterations: int, reference: Any
-) -> tuple[Any, dict]:
+) -> tuple[Any, dict[str, Any]]:
     """reference: None (the zero vector) or a (b, n) array/tensor (validated by the caller)."""
     if reference is None:
         g = src.gram()
@@ -145,7 +147,10 @@ def _augmented_gram(src: Source, ref: Any) -> np.ndarray:
     if not src.st.on_cpu:
         import torch
 
-        return torch_gram(torch.cat([rows, ref.to(rows.dtype)[:, None, :]], dim=1)).cpu().numpy()
+        return cast(
+            np.ndarray,
+            torch_gram(torch.cat([rows, ref.to(rows.dtype)[:, None, :]], dim=1)).cpu().numpy(),
+        )
     out = []
     for q in range(src.b):
         lst = list(rows) if isinstance(rows, list) else [rows[q, i] for i in range(rows.shape[1])]

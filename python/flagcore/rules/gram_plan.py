@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def needs_gram(rule: Any) -> bool:
 
 def block_gram(block: Any) -> np.ndarray:
     """(p, p) float64 Gram matrix of a (p, n) block (numpy array or torch tensor, any device)."""
-    return stack_gram(as_stack(block, "block_gram"))[0]
+    return cast(np.ndarray, stack_gram(as_stack(block, "block_gram"))[0])
 
 
 def has_plan(rule: Any) -> bool:
@@ -208,7 +208,7 @@ def plan_from_gram(rule: Any, gram: Any) -> GramPlan:
     def coef(c: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(src.original_coefficients(c)[0], dtype=np.float64)
 
-    def out_workers(d: dict) -> np.ndarray:
+    def out_workers(d: dict[str, Any]) -> np.ndarray:
         return np.asarray(d["excluded"], bool)[0] if src.mix is None else workers_out
 
     if name in RULE_IDS:

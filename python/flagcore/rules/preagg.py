@@ -23,7 +23,8 @@ excluded from the rule, which then runs with f_eff = max(f - e, 0) as usual.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from ._source import Source, _zero_excluded, mix_matrix, mixed_gram, stack_gram
 PRE_STEPS = ("nnm", "bucketing")
 
 
-def parse_pre(pre: Any, fn: str) -> tuple:
+def parse_pre(pre: Any, fn: str) -> tuple[Any, ...]:
     if pre is None:
         return ()
     steps = (
@@ -73,7 +74,7 @@ def build_source(
     g0 = _zero_excluded(g, excl0)
     mix = None  # the composed (b, p', p) map; None: the identity with excluded rows zeroed
     excl = excl0.copy()
-    done: list = []
+    done: list[Any] = []
     for step in steps:
         if not isinstance(
             step, str
@@ -144,7 +145,7 @@ def _restore_rows(st: Stack, y: Any) -> Any:
     if st.framework == "torch":
         import torch
 
-        t = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
+        t: Any = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
         t = t.to(device=st.device, dtype=st.dtype)
     else:
         t = np.asarray(y).astype(st.dtype, copy=False)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable
+from collections.abc import Iterator
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
     excl = ~np.isfinite(diag)
     if src.excluded is not None:
         excl = excl | src.excluded
-    return excl
+    return cast(np.ndarray, excl)
 
 
 def pow2_scale(v: float) -> float:
@@ -59,7 +60,7 @@ def _f64_output(src: Source) -> bool:
     if not st.on_cpu:
         return True  # torch_weighted_sum returns float64
     data = st.data
-    return (data[0] if isinstance(data, list) else data).dtype == np.float64
+    return bool((data[0] if isinstance(data, list) else data).dtype == np.float64)
 
 
 def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
@@ -81,9 +82,9 @@ def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
 def per_problem(
     src: Source,
     f: int,
-    solve: Callable[[np.ndarray, int, int, np.ndarray], dict],
+    solve: Callable[[np.ndarray, int, int, np.ndarray], dict[str, Any]],
     g: np.ndarray | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Run ``solve(G_survivors, f_eff, q, keep)`` per problem on the Gram of the surviving rows
     (``keep``: their indices among the rows the rule sees).
 
@@ -151,12 +152,12 @@ def _excluded_orig(src: Source) -> np.ndarray:
     return src.excluded_orig
 
 
-def finish(src: Source, d: dict) -> tuple[Any, dict]:
+def finish(src: Source, d: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     out = weighted_mean(src, d.pop("unit"), d.pop("count"))
     return out, d
 
 
-def select_mean(sel: np.ndarray) -> dict:
+def select_mean(sel: np.ndarray) -> dict[str, Any]:
     sel = np.asarray(sel, bool)
     return dict(unit=sel.astype(np.float64), count=int(sel.sum()), selected=sel)
 
@@ -175,7 +176,7 @@ def check_subsets(fn: str, rule: str, p: int, f: int, max_subsets: int) -> None:
         )
 
 
-def _subset_chunks(p: int, k: int):
+def _subset_chunks(p: int, k: int) -> Iterator[np.ndarray]:
     """The k-subsets of range(p) in lexicographic order, as (m, k) index blocks of at most
     ~2M entries of k x k (about 16 MB of float64 per temporary)."""
     chunk = max(1, min(8192, (1 << 21) // max(k * k, 1)))
@@ -187,7 +188,7 @@ def _subset_chunks(p: int, k: int):
         yield np.asarray(block, dtype=np.intp).reshape(len(block), k)
 
 
-def mda_solve(g: np.ndarray, f: int) -> dict:
+def mda_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     """Minimum-diameter averaging (El Mhamdi, Guerraoui and Rouault 2018 / ByzFL): the mean of
     the p - f workers whose largest pairwise distance is smallest; ties: the first subset in
     lexicographic (itertools.combinations) order, as ByzFL."""
@@ -215,10 +216,10 @@ def centred_top_eigenvalues(gs: np.ndarray) -> np.ndarray:
         - gs.mean(axis=-2, keepdims=True)
         + gs.mean(axis=(-1, -2), keepdims=True)
     )
-    return np.linalg.eigvalsh(c)[..., -1] / k
+    return cast(np.ndarray, np.linalg.eigvalsh(c)[..., -1] / k)
 
 
-def smea_solve(g: np.ndarray, f: int) -> dict:
+def smea_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     """Smallest maximum eigenvalue averaging (Allouah et al. 2023): the mean of the p - f
     workers whose empirical covariance has the smallest largest eigenvalue (exact eigenvalues;
     ties: the first subset in lexicographic order)."""
@@ -238,7 +239,7 @@ def smea_solve(g: np.ndarray, f: int) -> dict:
 # ---------------------------------------------------------------- MoNNA, CGE, Krum (peer)
 
 
-def monna_solve(g: np.ndarray, f: int, centre: int) -> dict:
+def monna_solve(g: np.ndarray, f: int, centre: int) -> dict[str, Any]:
     """Mean of the p - f nearest neighbours of worker ``centre`` (itself included; ties to the
     lower index)."""
     p = g.shape[0]
@@ -250,7 +251,7 @@ def monna_solve(g: np.ndarray, f: int, centre: int) -> dict:
     return dict(select_mean(sel), scores=d)
 
 
-def cge_solve(g: np.ndarray, f: int) -> dict:
+def cge_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     """Comparative gradient elimination (Gupta and Vaidya 2020): drop the f largest norms,
     average the p - f others (ties: the lower index is kept)."""
     p = g.shape[0]
@@ -260,7 +261,7 @@ def cge_solve(g: np.ndarray, f: int) -> dict:
     return dict(select_mean(sel), scores=norms)
 
 
-def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict:
+def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
     """Krum as ByzFL and ByzPy compute it: the score of worker i sums its squared distances
     to its p - f - 1 nearest others (the textbook takes p - f - 2); the m lowest scores are
     averaged (ties: the lower index)."""
@@ -277,7 +278,7 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict:
 # ---------------------------------------------------------------- CAF
 
 
-def caf_solve(g: np.ndarray, f: int) -> dict:
+def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     """Covariance-bound agnostic filter (Allouah, Guerraoui and Stephan 2025), in p-space.
 
     Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
@@ -319,7 +320,7 @@ def caf_solve(g: np.ndarray, f: int) -> dict:
 # ---------------------------------------------------------------- FLTrust
 
 
-def fltrust_solve(ga: np.ndarray) -> dict:
+def fltrust_solve(ga: np.ndarray) -> dict[str, Any]:
     """FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) from the Gram of the workers plus the
     server's reference g_0 as the last row: trust TS_i = ReLU(cos(g_i, g_0)), each g_i rescaled
     to ||g_0||, aggregate = sum_i TS_i ||g_0|| / ||g_i|| g_i / sum_i TS_i (0 when every trust
@@ -444,7 +445,7 @@ def columns(src: Source, cols: np.ndarray) -> np.ndarray:
     if src.mix is None:
         return x
     x = np.where(_excluded_orig(src)[:, :, None], 0.0, x)
-    return np.einsum("qjp,qpc->qjc", src.mix, x)
+    return cast(np.ndarray, np.einsum("qjp,qpc->qjc", src.mix, x))
 
 
 def dnc_scores(xs: np.ndarray) -> np.ndarray:
