@@ -23,24 +23,28 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Where arrivals, work amounts and levels come from: the seeded generator...
 struct RandomSource {
   Rng rng;
-  double inv_rate;
-  ServiceSampler service;
-  std::vector<double> cum;  // cumulative level probabilities, last one forced to 1
-  int m;
+  double inv_rate = 1.0;
+  ServiceSampler service{};
+  std::vector<double> cum{};  // cumulative level probabilities, last one forced to 1
+  int m = 1;
   // MMPP arrivals (empty: Poisson): per phase the arrival rate, the total rate of events
   // (arrivals + phase changes) and the cumulative probabilities of the next phase on a change
-  std::vector<double> ph_rate, ph_total, ph_cum;  // ph_cum: [phases][phases]
+  std::vector<double> ph_rate{}, ph_total{}, ph_cum{};  // ph_cum: [phases][phases]
   int phases = 0, phase = 0;
 
   // renewal arrivals: unit-mean inter-arrival times from this sampler, scaled by 1 / rate
-  bool renewal = false;
-  ServiceSampler interarrival;
+  ServiceSampler interarrival{};
+  // trace replay: given arrival times and (optional) task work amounts [requests][n]
+  const double* tr_arrivals = nullptr;
+  int64_t tr_count = 0;
+  const double* tr_sizes = nullptr;
+  int n = 1;
+  int mode = 0;  // 0 Poisson, 1 renewal, 2 MMPP, 3 trace: one test on the Poisson path
 
-  double next_arrival(int64_t /*r*/, double now) {
-    if (phases == 0) {
-      if (!renewal) return now + sample_exponential(rng) * inv_rate;
-      return now + interarrival(rng) * inv_rate;
-    }
+  double next_arrival(int64_t r, double now) {
+    if (mode == 0) return now + sample_exponential(rng) * inv_rate;
+    if (mode == 1) return now + interarrival(rng) * inv_rate;
+    if (mode == 3) return r < tr_count ? tr_arrivals[r] : kInf;
     double t = now;
     for (;;) {  // competing exponentials: an arrival, or a change of phase
       const double tot = ph_total[size_t(phase)];
@@ -53,7 +57,10 @@ struct RandomSource {
       phase = next;
     }
   }
-  double work(int64_t /*r*/, int /*j*/) { return service(rng); }
+  double work(int64_t r, int j) {
+    if (tr_sizes != nullptr) return tr_sizes[r * n + j];
+    return service(rng);
+  }
   Rng& rng_ref() { return rng; }
   int level() {
     if (m == 1) return 0;
@@ -88,10 +95,13 @@ struct TraceOut {
   double* wasted = nullptr;
 };
 
-// kSleep / kRedraw: sleep states configured / levels redrawn at arrivals. Compile-time, so that
-// a run without them pays nothing for them.
-template <class Source, bool kSleep, bool kRedraw>
+// kSleep / kRedraw: sleep states configured / levels redrawn at arrivals; kPolicy: the
+// SpeedPolicy. Compile-time, so that a run without them pays nothing for them.
+template <class Source, bool kSleep, bool kRedraw, int kPolicy>
 class Engine {
+  // a task's level may change while it runs (its remaining work is then tracked)
+  static constexpr bool kMid = kRedraw || kPolicy == int(SpeedPolicy::threshold);
+
  public:
   Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress, TraceOut trace)
       : n_(cfg.n),
@@ -105,6 +115,12 @@ class Engine {
         powers_(cfg.powers),
         states_(cfg.sleep_states),
         switch_energy_(cfg.switch_energy),
+        switch_time_(cfg.switch_time),
+        switch_power_(cfg.switch_power),
+        thresholds_(cfg.thresholds),
+        deadline_(cfg.deadline),
+        known_size_(cfg.deadline_known_size),
+        replay_(!cfg.trace_arrivals.empty()),
         w0_(cfg.warmup),
         w1_(cfg.warmup + cfg.requests),
         requests_(cfg.requests),
@@ -133,7 +149,12 @@ class Engine {
     work_left_.assign(size_t(n_), 0.0);
     task_busy_.assign(size_t(n_), 0.0);
     task_energy_.assign(size_t(n_), 0.0);
-    task_win_e_.assign(size_t(n_) * size_t(kRedraw ? m_ : 1), 0.0);
+    task_win_e_.assign(size_t(n_) * size_t(kMid ? m_ : 1), 0.0);
+    avail_.assign(size_t(n_), 0.0);
+    order_.resize(size_t(m_));
+    for (int s = 0; s < m_; ++s) order_[size_t(s)] = s;
+    std::stable_sort(order_.begin(), order_.end(),
+                     [this](int a, int b) { return rates_[size_t(a)] < rates_[size_t(b)]; });
     ring_.resize(1024);
     mask_ = int64_t(ring_.size()) - 1;
     res_.busy_time.assign(size_t(m_), 0.0);
@@ -175,7 +196,13 @@ class Engine {
       } else {
         on_completion(slot, t);
       }
-      if (fin_ >= w1_ && (window_ == 2 || trace_mode_)) break;
+      if (fin_ >= w1_) {
+        if (window_ == 2 || trace_mode_) break;
+        if (replay_) {  // the trace is over and the system has emptied: the window closes
+          close_window(t);
+          break;
+        }
+      }
       if (--countdown == 0) {
         countdown = kCheckInterval;
         if (progress_) __atomic_store_n(progress_, fin_, __ATOMIC_RELAXED);
@@ -264,7 +291,8 @@ class Engine {
   void close_segment(int j, double t) {
     const double s = seg_start_[size_t(j)];
     const int lev = level_[size_t(j)];
-    const double d = t - s, p = powers_[size_t(lev)];
+    const double d = t > s ? t - s : 0.0;  // t < s: closed during a switch stall, no work yet
+    const double p = powers_[size_t(lev)];
     task_busy_[size_t(j)] += d;
     task_energy_[size_t(j)] += p * d;
     double lo = s, hi = t;
@@ -273,7 +301,7 @@ class Engine {
       res_.busy_time[size_t(lev)] += w;
       res_.busy_energy[size_t(lev)] += p * w;
       res_.dynamic_energy_window += p * w;
-      task_win_e_[kRedraw ? size_t(j) * size_t(m_) + size_t(lev) : size_t(j)] += p * w;
+      task_win_e_[kMid ? size_t(j) * size_t(m_) + size_t(lev) : size_t(j)] += p * w;
       if (window_ == 1) {
         BatchRow& row = batch_row(tb_);
         row.dynamic_energy += p * w;
@@ -287,22 +315,74 @@ class Engine {
     ++res_.switches;
     batch_row(tb_).other_energy += switch_energy_;
   }
-  void start_task(int j, int64_t r, double t) {
-    if constexpr (!kRedraw) {
-      const int lev = src_.level();
-      if (m_ > 1 && lev != level_[size_t(j)]) count_switch();
-      level_[size_t(j)] = lev;
+  // A stall of switch_time for server j from `from` (a change of level); returns its end.
+  double stall(int j, double from) {
+    const double to = from + switch_time_;
+    double lo = from, hi = to;
+    const double w = in_window(lo, hi);
+    if (w > 0.0) {
+      res_.stall_time += w;
+      res_.stall_energy += switch_power_ * w;
+      if (window_ == 1) {
+        BatchRow& row = batch_row(tb_);
+        row.other_energy += switch_power_ * w;
+        row.other_time += w;
+      }
     }
-    const double w = src_.work(r, j);
-    seg_start_[size_t(j)] = t;
+    avail_[size_t(j)] = to;
+    return to;
+  }
+  // threshold policy: the level for a queue of q tasks
+  int threshold_level(int64_t q) const {
+    int s = 0;
+    while (s < m_ - 1 && q > thresholds_[size_t(s)]) ++s;
+    return s;
+  }
+  // deadline policy: the slowest level whose expected finish meets request r's deadline
+  int deadline_level(int j, int64_t r, double t, double w) {
+    const double due = req(r).arrival + deadline_;
+    const double x = known_size_ ? w : 1.0;
+    const double base = avail_[size_t(j)] > t ? avail_[size_t(j)] : t;
+    for (int i = 0; i < m_; ++i) {
+      const int s = order_[size_t(i)];
+      const double b = s != level_[size_t(j)] ? base + switch_time_ : base;
+      if (b + x / rates_[size_t(s)] <= due) return s;
+    }
+    return order_[size_t(m_ - 1)];
+  }
+  void start_task(int j, int64_t r, double t) {
+    double w;
+    double begin = t;
+    if (switch_time_ > 0.0 && avail_[size_t(j)] > t) begin = avail_[size_t(j)];  // a stall runs on
+    if constexpr (!kRedraw) {
+      int lev;
+      if constexpr (kPolicy == int(SpeedPolicy::random)) {
+        lev = src_.level();
+        w = src_.work(r, j);
+      } else if constexpr (kPolicy == int(SpeedPolicy::threshold)) {
+        w = src_.work(r, j);
+        lev = threshold_level(tail_ - r);
+      } else {
+        w = src_.work(r, j);
+        lev = deadline_level(j, r, t, w);
+      }
+      if (m_ > 1 && lev != level_[size_t(j)]) {
+        count_switch();
+        if (switch_time_ > 0.0) begin = stall(j, begin);
+      }
+      level_[size_t(j)] = lev;
+    } else {
+      w = src_.work(r, j);
+    }
+    seg_start_[size_t(j)] = begin;
     task_busy_[size_t(j)] = 0.0;
     task_energy_[size_t(j)] = 0.0;
     clear_win_e(j);
-    if constexpr (kRedraw) work_left_[size_t(j)] = w;
-    schedule(j, t + w / rates_[size_t(level_[size_t(j)])]);
+    if constexpr (kMid) work_left_[size_t(j)] = w;
+    schedule(j, begin + w / rates_[size_t(level_[size_t(j)])]);
   }
   void clear_win_e(int j) {
-    if constexpr (kRedraw) {
+    if constexpr (kMid) {
       for (int s = 0; s < m_; ++s) task_win_e_[size_t(j) * size_t(m_) + size_t(s)] = 0.0;
     } else {
       task_win_e_[size_t(j)] = 0.0;
@@ -314,7 +394,7 @@ class Engine {
     if (wasted) {
       q.wasted_time += task_busy_[size_t(j)];
       q.wasted_energy += task_energy_[size_t(j)];
-      if constexpr (kRedraw) {
+      if constexpr (kMid) {
         for (int s = 0; s < m_; ++s)
           res_.wasted_busy_energy[size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
       } else {
@@ -411,6 +491,14 @@ class Engine {
     else
       go_idle(j, t);
   }
+  // Trace replay: the window closes at t, when the system has emptied after the last arrival.
+  void close_window(double t) {
+    integrate(t);
+    batch_row(tb_).in_system_at_end = double(tail_ - head_);
+    if constexpr (kSleep) close_window_sleep(t);
+    window_ = 2;
+    res_.t_end = t;
+  }
   // The window closes at t: account the sleep time of the servers asleep now.
   void close_window_sleep(double t) {
     for (int j = 0; j < n_; ++j)
@@ -465,6 +553,26 @@ class Engine {
         } else {
           level_[size_t(j)] = lev;
         }
+      }
+    }
+    if constexpr (kPolicy == int(SpeedPolicy::threshold)) {
+      // every queue grew by one: a busy server whose level changes continues its task at the
+      // new rate with its remaining work (after a stall, if any)
+      for (int j = 0; j < n_; ++j) {
+        const int64_t c = cur_[size_t(j)];
+        if (c >= r || (sleep_ && waking_[size_t(j)])) continue;
+        const int lev = threshold_level(tail_ - c), old = level_[size_t(j)];
+        if (lev == old) continue;
+        const double s0 = seg_start_[size_t(j)];
+        const double left = work_left_[size_t(j)] - (t > s0 ? t - s0 : 0.0) * rates_[size_t(old)];
+        work_left_[size_t(j)] = left > 0.0 ? left : 0.0;
+        close_segment(j, t);
+        count_switch();
+        double begin = t;
+        if (switch_time_ > 0.0) begin = stall(j, avail_[size_t(j)] > t ? avail_[size_t(j)] : t);
+        level_[size_t(j)] = lev;
+        seg_start_[size_t(j)] = begin;
+        schedule(j, begin + work_left_[size_t(j)] / rates_[size_t(lev)]);
       }
     }
     for (int j = 0; j < n_; ++j)
@@ -575,7 +683,12 @@ class Engine {
   static constexpr bool sleep_ = kSleep, redraw_ = kRedraw;
   const std::vector<double> rates_, powers_;
   const std::vector<SleepState> states_;
-  const double switch_energy_;
+  const double switch_energy_, switch_time_, switch_power_;
+  const std::vector<int64_t> thresholds_;
+  const double deadline_;
+  const bool known_size_, replay_;
+  std::vector<double> avail_;  // per server: end of its current switch stall
+  std::vector<int> order_;     // levels by ascending rate (deadline policy)
   const int64_t w0_, w1_, requests_, batches_, max_in_system_;
   Source& src_;
   ForkJoinResult& res_;
@@ -593,7 +706,7 @@ class Engine {
   std::vector<int64_t> cur_;
   std::vector<int> level_;
   std::vector<double> seg_start_, work_left_, task_busy_, task_energy_;
-  std::vector<double> task_win_e_;  // [n][m] (kRedraw) or [n]: the current task's busy energy in the window
+  std::vector<double> task_win_e_;  // [n][m] (kMid) or [n]: the current task's busy energy in the window
 
   std::vector<char> waking_;
   std::vector<int> wake_state_;
@@ -664,6 +777,46 @@ void validate(const ForkJoinConfig& c) {
     FLAGCORE_CHECK_ARG(st.wake_power >= 0 && std::isfinite(st.wake_power),
                        "simulate: sleep state wake_power must be >= 0 and finite");
   }
+  FLAGCORE_CHECK_ARG(c.switch_time >= 0 && std::isfinite(c.switch_time),
+                     "simulate: switch_time must be >= 0 and finite, got " << c.switch_time);
+  FLAGCORE_CHECK_ARG(c.switch_power >= 0 && std::isfinite(c.switch_power),
+                     "simulate: switch_power must be >= 0 and finite, got " << c.switch_power);
+  FLAGCORE_CHECK_ARG(!c.redraw_on_arrival || (c.policy == SpeedPolicy::random && c.switch_time == 0.0),
+                     "simulate: redraw_on_arrival needs the random policy and switch_time = 0");
+  switch (c.policy) {
+    case SpeedPolicy::random:
+      break;
+    case SpeedPolicy::threshold:
+      FLAGCORE_CHECK_ARG(c.thresholds.size() + 1 == m, "simulate: the threshold policy needs m - 1 = "
+                                                           << m - 1 << " thresholds, got " << c.thresholds.size());
+      for (size_t i = 0; i < c.thresholds.size(); ++i)
+        FLAGCORE_CHECK_ARG(c.thresholds[i] >= 0 && (i == 0 || c.thresholds[i] >= c.thresholds[i - 1]),
+                           "simulate: thresholds must be >= 0 and non-decreasing, got " << c.thresholds[i]);
+      break;
+    case SpeedPolicy::deadline:
+      FLAGCORE_CHECK_ARG(c.deadline >= 0 && std::isfinite(c.deadline),
+                         "simulate: deadline must be >= 0 and finite, got " << c.deadline);
+      break;
+    default:
+      FLAGCORE_CHECK_ARG(false, "simulate: unknown speed policy " << int(c.policy));
+  }
+  if (!c.trace_arrivals.empty()) {
+    FLAGCORE_CHECK_ARG(c.mmpp_rates.empty() && !c.renewal_arrivals,
+                       "simulate: a trace excludes MMPP and renewal arrivals");
+    const int64_t R = int64_t(c.trace_arrivals.size());
+    FLAGCORE_CHECK_ARG(R == c.requests + c.warmup, "simulate: the trace has " << R << " arrivals, expected warmup + requests = "
+                                                                            << c.requests + c.warmup);
+    for (int64_t r = 0; r < R; ++r) {
+      const double a = c.trace_arrivals[size_t(r)];
+      FLAGCORE_CHECK_ARG(std::isfinite(a) && a >= 0 && (r == 0 || a >= c.trace_arrivals[size_t(r - 1)]),
+                         "simulate: trace arrivals must be finite, >= 0 and non-decreasing (index " << r << ")");
+    }
+    FLAGCORE_CHECK_ARG(c.trace_sizes.empty() || c.trace_sizes.size() == size_t(R) * size_t(c.n),
+                       "simulate: trace sizes must be [requests, n] = [" << R << ", " << c.n << "]");
+    for (size_t i = 0; i < c.trace_sizes.size(); ++i)
+      FLAGCORE_CHECK_ARG(std::isfinite(c.trace_sizes[i]) && c.trace_sizes[i] >= 0,
+                         "simulate: trace sizes must be finite and >= 0 (flat index " << i << ")");
+  }
   if (!c.mmpp_rates.empty()) {
     const size_t P = c.mmpp_rates.size();
     FLAGCORE_CHECK_ARG(c.mmpp_switch.size() == P * P, "simulate: mmpp_switch must be phases x phases");
@@ -709,14 +862,33 @@ void validate(const ForkJoinConfig& c) {
   }
 }
 
+template <bool kSleep>
+void run_engine(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& res, int64_t* progress) {
+  if (cfg.redraw_on_arrival) {
+    Engine<RandomSource, kSleep, true, 0>(cfg, src, res, progress, TraceOut{}).run();
+    return;
+  }
+  switch (cfg.policy) {
+    case SpeedPolicy::threshold:
+      Engine<RandomSource, kSleep, false, int(SpeedPolicy::threshold)>(cfg, src, res, progress, TraceOut{}).run();
+      break;
+    case SpeedPolicy::deadline:
+      Engine<RandomSource, kSleep, false, int(SpeedPolicy::deadline)>(cfg, src, res, progress, TraceOut{}).run();
+      break;
+    default:
+      Engine<RandomSource, kSleep, false, 0>(cfg, src, res, progress, TraceOut{}).run();
+  }
+}
+
 }  // namespace
 
 ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   validate(cfg);
   const auto t0 = std::chrono::steady_clock::now();
   const double c0 = thread_cpu_seconds();
-  RandomSource src{
-      Rng(cfg.seed, cfg.stream), 1.0 / cfg.arrival_rate, ServiceSampler{}, {}, int(cfg.rates.size())};
+  RandomSource src{Rng(cfg.seed, cfg.stream)};
+  src.inv_rate = 1.0 / cfg.arrival_rate;
+  src.m = int(cfg.rates.size());
   src.service.kind = cfg.service;
   src.service.param = cfg.service_param;
   src.service.table = cfg.empirical.data();
@@ -726,13 +898,21 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
     acc += cfg.probs[s];
     src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
   }
+  src.n = cfg.n;
+  if (!cfg.trace_arrivals.empty()) {
+    src.mode = 3;
+    src.tr_arrivals = cfg.trace_arrivals.data();
+    src.tr_count = int64_t(cfg.trace_arrivals.size());
+    src.tr_sizes = cfg.trace_sizes.empty() ? nullptr : cfg.trace_sizes.data();
+  }
   if (cfg.renewal_arrivals) {
-    src.renewal = true;
+    src.mode = 1;
     src.interarrival = ServiceSampler{cfg.arrival_kind, cfg.arrival_param, cfg.arrival_table.data(),
                                       cfg.arrival_table.size()};
   }
   if (!cfg.mmpp_rates.empty()) {
     const int P = int(cfg.mmpp_rates.size());
+    src.mode = 2;
     src.phases = P;
     src.phase = 0;  // the first phase at time 0 (the warm-up forgets it)
     src.ph_rate = cfg.mmpp_rates;
@@ -755,15 +935,10 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
     }
   }
   ForkJoinResult res;
-  const bool sleep = !cfg.sleep_states.empty();
-  if (sleep && cfg.redraw_on_arrival)
-    Engine<RandomSource, true, true>(cfg, src, res, progress, TraceOut{}).run();
-  else if (sleep)
-    Engine<RandomSource, true, false>(cfg, src, res, progress, TraceOut{}).run();
-  else if (cfg.redraw_on_arrival)
-    Engine<RandomSource, false, true>(cfg, src, res, progress, TraceOut{}).run();
+  if (!cfg.sleep_states.empty())
+    run_engine<true>(cfg, src, res, progress);
   else
-    Engine<RandomSource, false, false>(cfg, src, res, progress, TraceOut{}).run();
+    run_engine<false>(cfg, src, res, progress);
   res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.cpu_seconds = thread_cpu_seconds() - c0;
   return res;
@@ -808,7 +983,7 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
   cfg.max_in_system = std::numeric_limits<int64_t>::max();
   TraceSource src{arrivals, services, requests, n};
   ForkJoinResult res;
-  Engine<TraceSource, false, false> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
+  Engine<TraceSource, false, false, 0> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
   engine.run();
   FLAGCORE_CHECK_STATE(res.arrivals == requests, "simulate_trace: not every request arrived");
 }

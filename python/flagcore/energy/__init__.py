@@ -6,7 +6,16 @@ arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question 
 energy, or power, that meets a latency target). See docs/spec_energy.md (the model) and docs/energy-usage.md.
 """
 
-from ._model import MMPP, Renewal, Service, SleepState, SpeedLevel
+from ._model import (
+    MMPP,
+    DeadlinePolicy,
+    Renewal,
+    Service,
+    SleepState,
+    SpeedLevel,
+    ThresholdPolicy,
+    Trace,
+)
 from .approx import ApproxResult, approximate
 from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
@@ -14,6 +23,7 @@ from .simulate import SimResult, UnstableError, simulate, simulate_trace
 __all__ = [
     "MMPP",
     "ApproxResult",
+    "DeadlinePolicy",
     "OptimizeResult",
     "Renewal",
     "Service",
@@ -21,6 +31,8 @@ __all__ = [
     "SleepState",
     "SpeedLevel",
     "SweepResult",
+    "ThresholdPolicy",
+    "Trace",
     "UnstableError",
     "approximate",
     "optimize",

@@ -371,3 +371,142 @@ def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
     if not m.mean_rate > 0:
         raise ValueError(f"{fn}: the MMPP mean arrival rate must be positive")
     return m
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Trace replay: given arrival times (non-decreasing, >= 0) and, optionally, the work of
+    the tasks: ``sizes`` of shape (requests,) (every task of a request gets that work) or
+    (requests, n), in the units of the service distribution (a task at level s takes
+    size / rate_s). Without sizes the work is drawn from ``service``."""
+
+    arrivals: Any
+    sizes: Any = None
+
+
+def as_trace(trace: "Trace", n: int, fn: str) -> tuple:
+    """Validated (arrivals, sizes or None) as float64 arrays; sizes broadcast to (R, n)."""
+    try:
+        a = np.array(trace.arrivals, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{fn}: Trace.arrivals must be a 1-D array of numbers, got {type(trace.arrivals).__name__}"
+        ) from None
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{fn}: Trace.arrivals must be a non-empty 1-D array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or a[0] < 0 or np.any(np.diff(a) < 0):
+        bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0) | np.r_[False, np.diff(a) < 0])[0])
+        raise ValueError(
+            f"{fn}: Trace.arrivals must be finite, >= 0 and non-decreasing, got {a[bad]!r} at index {bad}"
+        )
+    if trace.sizes is None:
+        return a, None
+    try:
+        s = np.array(trace.sizes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{fn}: Trace.sizes must be an array of numbers, got {type(trace.sizes).__name__}"
+        ) from None
+    if s.shape == (a.size,):
+        s = np.repeat(s[:, None], n, axis=1)
+    if s.shape != (a.size, n):
+        raise ValueError(
+            f"{fn}: Trace.sizes must have shape (requests,) = ({a.size},) or (requests, n) = "
+            f"({a.size}, {n}), got {s.shape}"
+        )
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"{fn}: Trace.sizes must be finite and >= 0")
+    return a, np.ascontiguousarray(s)
+
+
+# ---------------------------------------------------------------- speed policies
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """Speed by queue length: a server whose queue (tasks waiting + in service at that server)
+    is q runs at level s = #{i : q > thresholds[i]}: with two levels and threshold T, the first
+    (low) level while q <= T and the second above. ``thresholds``: an int (two levels) or m - 1
+    non-decreasing ints >= 0. Evaluated when a server starts a task and at every arrival; a
+    task whose level changes continues its remaining work at the new rate."""
+
+    thresholds: Any
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    """Speed by deadline slack: every request must finish ``deadline`` after its arrival; a
+    server starting a task picks the slowest level whose expected finish (start + any switch
+    stall + work / rate, with the task's actual work if ``known_size`` else the mean work 1)
+    meets the deadline, else the fastest; the level holds for the whole task."""
+
+    deadline: float
+    known_size: bool = False
+
+
+PolicyLike = Union[None, ThresholdPolicy, DeadlinePolicy]
+
+
+def as_policy(policy: Any, m: int, fn: str) -> "ThresholdPolicy | DeadlinePolicy | None":
+    """None (the random choice), a ThresholdPolicy or a DeadlinePolicy, validated for m levels."""
+    if policy is None:
+        return None
+    if isinstance(policy, ThresholdPolicy):
+        th = policy.thresholds
+        vals = [th] if isinstance(th, (int, np.integer)) and not isinstance(th, bool) else th
+        if isinstance(vals, (str, bytes)) or not hasattr(vals, "__len__"):
+            raise TypeError(
+                f"{fn}: ThresholdPolicy.thresholds must be an int or a list of ints, got {th!r}"
+            )
+        out = []
+        for i, v in enumerate(vals):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{fn}: ThresholdPolicy.thresholds[{i}] must be an int, got {v!r}")
+            if not 0 <= int(v) < 2**62:
+                raise ValueError(
+                    f"{fn}: ThresholdPolicy.thresholds[{i}] must be in [0, 2^62), got {v!r}"
+                )
+            if out and int(v) < out[-1]:
+                raise ValueError(
+                    f"{fn}: ThresholdPolicy.thresholds must be non-decreasing, got {list(vals)!r}"
+                )
+            out.append(int(v))
+        if len(out) != m - 1:
+            raise ValueError(
+                f"{fn}: ThresholdPolicy needs m - 1 = {m - 1} thresholds for {m} levels, got {th!r}"
+            )
+        return ThresholdPolicy(tuple(out))
+    if isinstance(policy, DeadlinePolicy):
+        d = _num(policy.deadline, fn, "DeadlinePolicy.deadline")
+        if not (d >= 0 and math.isfinite(d)):
+            raise ValueError(f"{fn}: DeadlinePolicy.deadline must be >= 0 and finite, got {d}")
+        if not isinstance(policy.known_size, bool):
+            raise TypeError(
+                f"{fn}: DeadlinePolicy.known_size must be a bool, got {type(policy.known_size).__name__}"
+            )
+        return DeadlinePolicy(d, policy.known_size)
+    raise TypeError(
+        f"{fn}: policy must be None (random choice), a ThresholdPolicy or a DeadlinePolicy, got "
+        f"{type(policy).__name__}"
+    )
+
+
+def as_policy_levels(levels: Any, fn: str) -> Levels:
+    """Levels for a state-dependent policy: (rate, power) or (rate, power, probability) per
+    level; the probabilities are not used (the policy picks the level), so they are set equal."""
+    if isinstance(levels, SpeedLevel):
+        levels = [levels]
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__") or len(levels) == 0:
+        raise ValueError(f"{fn}: levels must be a non-empty list of (rate, power), got {levels!r}")
+    pairs = []
+    for i, lv in enumerate(levels):
+        if isinstance(lv, SpeedLevel):
+            pairs.append((lv.rate, lv.power))
+            continue
+        try:
+            t = tuple(lv)
+        except TypeError:
+            raise ValueError(f"{fn}: levels[{i}] must be (rate, power), got {lv!r}") from None
+        if len(t) not in (2, 3):
+            raise ValueError(f"{fn}: levels[{i}] must be (rate, power), got {lv!r}")
+        pairs.append(t[:2])
+    m = len(pairs)
+    return as_levels([(r, w, 1.0 / m) for r, w in pairs], fn)
