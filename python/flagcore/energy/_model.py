@@ -397,7 +397,7 @@ def as_trace(trace: "Trace", n: int, fn: str) -> tuple:
     if not np.all(np.isfinite(a)) or a[0] < 0 or np.any(np.diff(a) < 0):
         bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0) | np.r_[False, np.diff(a) < 0])[0])
         raise ValueError(
-            f"{fn}: Trace.arrivals must be finite, >= 0 and non-decreasing, got {a[bad]!r} at index {bad}"
+            f"{fn}: Trace.arrivals must be finite, >= 0 and non-decreasing, got {float(a[bad])!r} at index {bad}"
         )
     if trace.sizes is None:
         return a, None
