@@ -687,6 +687,7 @@ void bind_forkjoin(py::module_& m) {
       .def_readwrite("rates", &Cfg::rates)
       .def_readwrite("powers", &Cfg::powers)
       .def_readwrite("probs", &Cfg::probs)
+      .def_readwrite("server_levels", &Cfg::server_levels)
       .def_readwrite("idle_power", &Cfg::idle_power)
       .def_readwrite("service", &Cfg::service)
       .def_readwrite("service_param", &Cfg::service_param)

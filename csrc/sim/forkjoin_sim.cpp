@@ -62,12 +62,24 @@ struct RandomSource {
     return service(rng);
   }
   Rng& rng_ref() { return rng; }
-  int level() {
-    if (m == 1) return 0;
+  // per-server level sets (null: one set shared by every server): server j's levels are the
+  // global indices off[j] .. off[j] + cnt[j] - 1, with cumulative probabilities in cum
+  const int* off = nullptr;
+  const int* cnt = nullptr;
+  int level(int j) {
+    if (off == nullptr) {
+      if (m == 1) return 0;
+      const double u = rng.uniform();
+      int s = 0;
+      while (s < m - 1 && u >= cum[s]) ++s;
+      return s;
+    }
+    const int o = off[j], c = cnt[j];
+    if (c == 1) return o;
     const double u = rng.uniform();
     int s = 0;
-    while (s < m - 1 && u >= cum[s]) ++s;
-    return s;
+    while (s < c - 1 && u >= cum[size_t(o + s)]) ++s;
+    return o + s;
   }
 };
 
@@ -79,7 +91,7 @@ struct TraceSource {
   int n;
   double next_arrival(int64_t r, double /*now*/) { return r < requests ? arrivals[r] : kInf; }
   double work(int64_t r, int j) { return services[r * n + j]; }
-  int level() { return 0; }
+  int level(int /*j*/) { return 0; }
   Rng rng{0, 0};  // unused: the trace replay has no sleep states
   Rng& rng_ref() { return rng; }
 };
@@ -106,7 +118,9 @@ class Engine {
   Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress, TraceOut trace)
       : n_(cfg.n),
         k_(cfg.k),
-        m_(int(cfg.rates.size())),
+        m_(cfg.server_levels.empty() ? int(cfg.rates.size())
+                                     : *std::max_element(cfg.server_levels.begin(), cfg.server_levels.end())),
+        L_(int(cfg.rates.size())),
         S_(int(cfg.sleep_states.size())),
         cancel_(cfg.cancel),
         sleep_exp_(cfg.sleep_exponential),
@@ -151,16 +165,29 @@ class Engine {
     task_energy_.assign(size_t(n_), 0.0);
     task_win_e_.assign(size_t(n_) * size_t(kMid ? m_ : 1), 0.0);
     avail_.assign(size_t(n_), 0.0);
-    order_.resize(size_t(m_));
-    for (int s = 0; s < m_; ++s) order_[size_t(s)] = s;
-    std::stable_sort(order_.begin(), order_.end(),
-                     [this](int a, int b) { return rates_[size_t(a)] < rates_[size_t(b)]; });
+    off_.assign(size_t(n_), 0);
+    cnt_.assign(size_t(n_), L_);
+    if (!cfg.server_levels.empty()) {
+      int o = 0;
+      for (int j = 0; j < n_; ++j) {
+        off_[size_t(j)] = o;
+        cnt_[size_t(j)] = cfg.server_levels[size_t(j)];
+        o += cnt_[size_t(j)];
+        level_[size_t(j)] = off_[size_t(j)];
+      }
+    }
+    // each server's levels by ascending rate, ties by index (deadline policy)
+    order_.resize(size_t(L_));
+    for (int g = 0; g < L_; ++g) order_[size_t(g)] = g;
+    for (int j = 0; j < (cfg.server_levels.empty() ? 1 : n_); ++j)
+      std::stable_sort(order_.begin() + off_[size_t(j)], order_.begin() + off_[size_t(j)] + cnt_[size_t(j)],
+                       [this](int a, int b) { return rates_[size_t(a)] < rates_[size_t(b)]; });
     ring_.resize(1024);
     mask_ = int64_t(ring_.size()) - 1;
-    res_.busy_time.assign(size_t(m_), 0.0);
-    res_.busy_energy.assign(size_t(m_), 0.0);
-    res_.wasted_busy_energy.assign(size_t(m_), 0.0);
-    res_.completions.assign(size_t(m_), 0.0);
+    res_.busy_time.assign(size_t(L_), 0.0);
+    res_.busy_energy.assign(size_t(L_), 0.0);
+    res_.wasted_busy_energy.assign(size_t(L_), 0.0);
+    res_.completions.assign(size_t(L_), 0.0);
     res_.sleep_time.assign(size_t(S_), 0.0);
     res_.sleep_energy.assign(size_t(S_), 0.0);
     if (!trace_mode_) {
@@ -177,7 +204,7 @@ class Engine {
       for (int j = 0; j < n_; ++j) go_idle(j, 0.0);
     }
     if constexpr (kRedraw)
-      for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level();
+      for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level(j);
     tb_next_ = fb_next_ = batch_start(1);
   }
 
@@ -301,7 +328,7 @@ class Engine {
       res_.busy_time[size_t(lev)] += w;
       res_.busy_energy[size_t(lev)] += p * w;
       res_.dynamic_energy_window += p * w;
-      task_win_e_[kMid ? size_t(j) * size_t(m_) + size_t(lev) : size_t(j)] += p * w;
+      task_win_e_[kMid ? size_t(j) * size_t(m_) + size_t(lev - off_[size_t(j)]) : size_t(j)] += p * w;
       if (window_ == 1) {
         BatchRow& row = batch_row(tb_);
         row.dynamic_energy += p * w;
@@ -333,22 +360,23 @@ class Engine {
     return to;
   }
   // threshold policy: the level for a queue of q tasks
-  int threshold_level(int64_t q) const {
+  int threshold_level(int j, int64_t q) const {
     int s = 0;
     while (s < m_ - 1 && q > thresholds_[size_t(s)]) ++s;
-    return s;
+    return off_[size_t(j)] + s;
   }
   // deadline policy: the slowest level whose expected finish meets request r's deadline
   int deadline_level(int j, int64_t r, double t, double w) {
     const double due = req(r).arrival + deadline_;
     const double x = known_size_ ? w : 1.0;
     const double base = avail_[size_t(j)] > t ? avail_[size_t(j)] : t;
-    for (int i = 0; i < m_; ++i) {
+    const int o = off_[size_t(j)], c = cnt_[size_t(j)];
+    for (int i = o; i < o + c; ++i) {
       const int s = order_[size_t(i)];
       const double b = s != level_[size_t(j)] ? base + switch_time_ : base;
       if (b + x / rates_[size_t(s)] <= due) return s;
     }
-    return order_[size_t(m_ - 1)];
+    return order_[size_t(o + c - 1)];
   }
   void start_task(int j, int64_t r, double t) {
     double w;
@@ -357,16 +385,16 @@ class Engine {
     if constexpr (!kRedraw) {
       int lev;
       if constexpr (kPolicy == int(SpeedPolicy::random)) {
-        lev = src_.level();
+        lev = src_.level(j);
         w = src_.work(r, j);
       } else if constexpr (kPolicy == int(SpeedPolicy::threshold)) {
         w = src_.work(r, j);
-        lev = threshold_level(tail_ - r);
+        lev = threshold_level(j, tail_ - r);
       } else {
         w = src_.work(r, j);
         lev = deadline_level(j, r, t, w);
       }
-      if (m_ > 1 && lev != level_[size_t(j)]) {
+      if (m_ > 1 && lev != level_[size_t(j)]) {  // m_: the most levels of a server
         count_switch();
         if (switch_time_ > 0.0) begin = stall(j, begin);
       }
@@ -395,8 +423,9 @@ class Engine {
       q.wasted_time += task_busy_[size_t(j)];
       q.wasted_energy += task_energy_[size_t(j)];
       if constexpr (kMid) {
-        for (int s = 0; s < m_; ++s)
-          res_.wasted_busy_energy[size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
+        const size_t o = size_t(off_[size_t(j)]);
+        for (int s = 0; s < cnt_[size_t(j)]; ++s)
+          res_.wasted_busy_energy[o + size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
       } else {
         res_.wasted_busy_energy[size_t(level_[size_t(j)])] += task_win_e_[size_t(j)];
       }
@@ -541,7 +570,7 @@ class Engine {
     if constexpr (kRedraw) {
       for (int j = 0; j < n_; ++j) {
         const int lev_old = level_[size_t(j)];
-        const int lev = src_.level();
+        const int lev = src_.level(j);
         if (lev != lev_old) count_switch();
         if (cur_[size_t(j)] < r && !(sleep_ && waking_[size_t(j)])) {
           // busy: the task keeps its remaining work
@@ -561,7 +590,7 @@ class Engine {
       for (int j = 0; j < n_; ++j) {
         const int64_t c = cur_[size_t(j)];
         if (c >= r || (sleep_ && waking_[size_t(j)])) continue;
-        const int lev = threshold_level(tail_ - c), old = level_[size_t(j)];
+        const int lev = threshold_level(j, tail_ - c), old = level_[size_t(j)];
         if (lev == old) continue;
         const double s0 = seg_start_[size_t(j)];
         const double left = work_left_[size_t(j)] - (t > s0 ? t - s0 : 0.0) * rates_[size_t(old)];
@@ -678,7 +707,7 @@ class Engine {
     hist_hi_ = std::max(hist_hi_, idx);
   }
 
-  const int n_, k_, m_, S_;
+  const int n_, k_, m_, L_, S_;  // m_: most levels of one server; L_: levels of all servers
   const bool cancel_, sleep_exp_, wake_exp_;
   static constexpr bool sleep_ = kSleep, redraw_ = kRedraw;
   const std::vector<double> rates_, powers_;
@@ -689,6 +718,7 @@ class Engine {
   const bool known_size_, replay_;
   std::vector<double> avail_;  // per server: end of its current switch stall
   std::vector<int> order_;     // levels by ascending rate (deadline policy)
+  std::vector<int> off_, cnt_;  // per server: first global level index, number of levels
   const int64_t w0_, w1_, requests_, batches_, max_in_system_;
   Source& src_;
   ForkJoinResult& res_;
@@ -745,7 +775,27 @@ void validate(const ForkJoinConfig& c) {
   const size_t m = c.rates.size();
   FLAGCORE_CHECK_ARG(m >= 1 && c.powers.size() == m && c.probs.size() == m,
                      "simulate: rates, powers and probs must have one entry per level");
-  double sum = 0.0;
+  std::vector<int> sets = c.server_levels;  // the level sets whose probabilities sum to 1
+  if (sets.empty()) {
+    sets.push_back(int(m));
+  } else {
+    FLAGCORE_CHECK_ARG(int(sets.size()) == c.n, "simulate: server_levels must have n = " << c.n << " entries, got "
+                                                                                         << sets.size());
+    int64_t tot = 0;
+    for (int x : sets) {
+      FLAGCORE_CHECK_ARG(x >= 1, "simulate: every server needs at least one level, got " << x);
+      tot += x;
+    }
+    FLAGCORE_CHECK_ARG(tot == int64_t(m), "simulate: server_levels sum to " << tot << ", but there are " << m
+                                                                            << " levels");
+  }
+  size_t first = 0;
+  for (int x : sets) {
+    double sum = 0.0;
+    for (size_t s = first; s < first + size_t(x); ++s) sum += c.probs[s];
+    FLAGCORE_CHECK_ARG(std::fabs(sum - 1.0) <= 1e-9, "simulate: probs must sum to 1 per server, got " << sum);
+    first += size_t(x);
+  }
   for (size_t s = 0; s < m; ++s) {
     FLAGCORE_CHECK_ARG(c.rates[s] > 0 && std::isfinite(c.rates[s]),
                        "simulate: rates must be positive, got " << c.rates[s]);
@@ -753,9 +803,7 @@ void validate(const ForkJoinConfig& c) {
                        "simulate: powers must be >= 0, got " << c.powers[s]);
     FLAGCORE_CHECK_ARG(c.probs[s] >= 0 && c.probs[s] <= 1,
                        "simulate: probs must be in [0, 1], got " << c.probs[s]);
-    sum += c.probs[s];
   }
-  FLAGCORE_CHECK_ARG(std::fabs(sum - 1.0) <= 1e-9, "simulate: probs must sum to 1, got " << sum);
   FLAGCORE_CHECK_ARG(c.idle_power >= 0 && std::isfinite(c.idle_power), "simulate: idle_power must be >= 0");
   FLAGCORE_CHECK_ARG(c.requests >= 1 && c.requests <= kMaxRequests,
                      "simulate: requests must be in [1, 2^53], got " << c.requests);
@@ -787,8 +835,10 @@ void validate(const ForkJoinConfig& c) {
     case SpeedPolicy::random:
       break;
     case SpeedPolicy::threshold:
-      FLAGCORE_CHECK_ARG(c.thresholds.size() + 1 == m, "simulate: the threshold policy needs m - 1 = "
-                                                           << m - 1 << " thresholds, got " << c.thresholds.size());
+      for (int x : sets)
+        FLAGCORE_CHECK_ARG(c.thresholds.size() + 1 == size_t(x),
+                           "simulate: the threshold policy needs m - 1 = " << x - 1 << " thresholds, got "
+                                                                           << c.thresholds.size());
       for (size_t i = 0; i < c.thresholds.size(); ++i)
         FLAGCORE_CHECK_ARG(c.thresholds[i] >= 0 && (i == 0 || c.thresholds[i] >= c.thresholds[i - 1]),
                            "simulate: thresholds must be >= 0 and non-decreasing, got " << c.thresholds[i]);
@@ -893,10 +943,27 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   src.service.param = cfg.service_param;
   src.service.table = cfg.empirical.data();
   src.service.table_size = cfg.empirical.size();
-  double acc = 0.0;
-  for (size_t s = 0; s < cfg.probs.size(); ++s) {
-    acc += cfg.probs[s];
-    src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
+  std::vector<int> off, cnt;
+  if (cfg.server_levels.empty()) {
+    double acc = 0.0;
+    for (size_t s = 0; s < cfg.probs.size(); ++s) {
+      acc += cfg.probs[s];
+      src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
+    }
+  } else {
+    int o = 0;
+    for (int x : cfg.server_levels) {
+      off.push_back(o);
+      cnt.push_back(x);
+      double acc = 0.0;
+      for (int s = 0; s < x; ++s) {
+        acc += cfg.probs[size_t(o + s)];
+        src.cum.push_back(s + 1 == x ? 2.0 : acc);
+      }
+      o += x;
+    }
+    src.off = off.data();
+    src.cnt = cnt.data();
   }
   src.n = cfg.n;
   if (!cfg.trace_arrivals.empty()) {

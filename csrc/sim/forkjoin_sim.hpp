@@ -72,6 +72,10 @@ struct ForkJoinConfig {
   int n = 1, k = 1;
   double arrival_rate = 0.5;
   std::vector<double> rates{1.0}, powers{1.0}, probs{1.0};  // one entry per speed level
+  // Heterogeneous servers (empty: every server has the levels above): server j has
+  // server_levels[j] levels, and rates/powers/probs list server 0's, then server 1's, ...
+  // (each server's probabilities sum to 1). Per-level results follow the same order.
+  std::vector<int> server_levels;
   double idle_power = 0.0;
   ServiceKind service = ServiceKind::exponential;
   double service_param = 0.0;

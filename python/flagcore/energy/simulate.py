@@ -15,6 +15,7 @@ from .._backend import core
 from . import _stats
 from ._model import (
     MMPP,
+    SpeedLevel,
     DeadlinePolicy,
     Levels,
     PolicyLike,
@@ -353,7 +354,30 @@ def simulate(
         if requests is None:
             requests = 1_000_000
     pol = None
-    if policy is not None:
+    per_server = _per_server_levels(levels)
+    sets: list = []
+    if per_server:
+        if len(levels) != n:
+            raise ValueError(
+                f"{fn}: per-server levels must list n = {n} level sets, got {len(levels)}"
+            )
+        for j, one in enumerate(levels):
+            where = f"{fn} (levels of server {j})"
+            sets.append(as_policy_levels(one, where) if policy is not None else as_levels(one, where))
+        lv = Levels(
+            tuple(x for st in sets for x in st.rates),
+            tuple(x for st in sets for x in st.powers),
+            tuple(x for st in sets for x in st.probs),
+        )
+        if policy is not None:
+            ms = {st.m for st in sets}
+            pol = as_policy(policy, max(ms), fn)
+            if isinstance(pol, ThresholdPolicy) and len(ms) > 1:
+                raise ValueError(
+                    f"{fn}: the threshold policy needs the same number of levels on every server, "
+                    f"got {[st.m for st in sets]}"
+                )
+    elif policy is not None:
         lv = as_policy_levels(levels, fn)
         pol = as_policy(policy, lv.m, fn)
     else:
@@ -403,7 +427,11 @@ def simulate(
             f"{fn}: redraw_on_arrival works with the random level choice only and switch_time = 0 "
             f"(got policy={policy!r}, switch_time={st_time})"
         )
-    if trace is None:
+    if trace is None and sets:
+        reason = _hetero_unstable(k, lam, sets, cancel, redraw_on_arrival, pol is not None)
+        if reason:
+            raise ValueError(f"{fn}: {reason} (n={n}, k={k}, arrival_rate={lam:g})")
+    elif trace is None:
         reason = certainly_unstable(n, k, lam, lv, cancel, redraw_on_arrival, pol is not None)
         if reason:
             raise ValueError(f"{fn}: {reason} (n={n}, k={k}, arrival_rate={lam:g})")
@@ -412,11 +440,7 @@ def simulate(
         n=n,
         k=k,
         arrival_rate=lam,
-        levels=(
-            [list(t) for t in zip(lv.rates, lv.powers)]
-            if pol is not None
-            else [list(t) for t in zip(lv.rates, lv.powers, lv.probs)]
-        ),
+        levels=_levels_param(sets or [lv], pol is not None, bool(sets)),
         idle_power=p0,
         service=svc.describe(),
         cancel=cancel,
@@ -456,6 +480,8 @@ def simulate(
     cfg = core.SimConfig()
     cfg.n, cfg.k, cfg.arrival_rate = n, k, lam
     cfg.rates, cfg.powers, cfg.probs = list(lv.rates), list(lv.powers), list(lv.probs)
+    if sets:
+        cfg.server_levels = [st.m for st in sets]
     cfg.idle_power = p0
     cfg.service = getattr(core.ServiceKind, svc.native_kind)
     cfg.service_param = svc.param
@@ -489,7 +515,17 @@ def simulate(
     cfg.seed, cfg.max_in_system = int(seed), max_in_system
     raw = _run_native(cfg, replications, threads, progress)
     res = _summarise(
-        raw, params, lv, p0, n, max_in_system, states, sw, svc, pol is not None, trace is not None
+        raw,
+        params,
+        lv,
+        p0,
+        n,
+        max_in_system,
+        states,
+        sw,
+        svc,
+        pol is not None or bool(sets),
+        trace is not None,
     )
     if not res.stable and on_unstable != "return":
         if res.stability_note.startswith("the run covers"):
@@ -509,6 +545,49 @@ def simulate(
             raise UnstableError(msg, res)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return res
+
+
+def _per_server_levels(levels: Any) -> bool:
+    """Whether levels is a list of per-server level sets (a list of lists of levels)."""
+    seq = (list, tuple, np.ndarray)
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, seq) or len(levels) == 0:
+        return False
+    return all(
+        isinstance(x, seq)
+        and len(x) > 0
+        and all(isinstance(y, seq) or isinstance(y, SpeedLevel) for y in x)
+        for x in levels
+    )
+
+
+def _levels_param(sets: list, policy: bool, per_server: bool) -> list:
+    rows = [
+        [list(t) for t in (zip(s.rates, s.powers) if policy else zip(s.rates, s.powers, s.probs))]
+        for s in sets
+    ]
+    return rows if per_server else rows[0]
+
+
+def _hetero_unstable(
+    k: int, lam: float, sets: list, cancel: bool, redraw: bool, policy: bool
+) -> Optional[str]:
+    """certainly_unstable for per-server levels: k * lam >= the sum of the servers' fastest
+    rates always overloads; without cancellation (or k = n) every server serves every task."""
+    fastest = [max(r for r, p in zip(s.rates, s.probs) if p > 0 or policy) for s in sets]
+    if k * lam >= math.fsum(fastest):
+        return (
+            f"k * arrival_rate = {k * lam:g} >= the sum of the servers' fastest rates = "
+            f"{math.fsum(fastest):g}: the load is unstable at any speed choice"
+        )
+    if (not cancel or k == len(sets)) and not redraw:
+        for j, s in enumerate(sets):
+            es = 1.0 / fastest[j] if policy else math.fsum(p / r for r, p in zip(s.rates, s.probs))
+            if lam * es >= 1.0:
+                return (
+                    f"arrival_rate * E[service time] of server {j} = {lam * es:g} >= 1 (every server "
+                    f"serves every task): the load is unstable"
+                )
+    return None
 
 
 def _run_native(cfg: Any, replications: int, threads: int, progress: Any) -> list:
