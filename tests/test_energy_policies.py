@@ -344,3 +344,69 @@ def test_policy_levels_may_omit_probabilities_and_a_policy_cannot_outrun_the_fas
     assert r.params["policy"] == {"kind": "threshold", "thresholds": [3]}
     with pytest.raises(ValueError, match="unstable"):
         simulate(2, 2, 2.5, [SLOW, FAST], policy=ThresholdPolicy(1), requests=1000)
+
+
+# ---------------------------------------------------------------- optimiser over policy parameters
+def test_optimize_policy_finds_the_threshold_the_exact_chain_picks():
+    from flagcore.energy import optimize_policy
+
+    levels = [SLOW, FAST]
+    exact = {T: mm1_threshold(LAM, levels, (T,)) for T in range(8)}
+    # energy per request falls and the mean rises with T: the answer is the largest T whose
+    # mean meets the target (T = 3: 1.865; T = 4: 2.159)
+    e = [exact[T][1] / LAM for T in range(8)]
+    assert all(a > b for a, b in zip(e, e[1:]))
+    res = optimize_policy(1, 1, LAM, levels, target=2.0, thresholds=range(8), requests=200_000, seed=3)
+    assert res.feasible and res.policy == ThresholdPolicy((3,))
+    assert res.value == pytest.approx(exact[3][1] / LAM, rel=0.02)
+    assert len(res.evaluations) == 8
+    assert [row["feasible"] for row in res.evaluations] == [True] * 4 + [False] * 4
+    d = res.to_dict()
+    assert d["policy"] == {"kind": "threshold", "thresholds": [3]}
+    import json
+
+    json.dumps(d, allow_nan=False)
+
+
+def test_optimize_policy_deadline_and_percentile_targets():
+    from flagcore.energy import optimize_policy
+
+    res = optimize_policy(
+        2,
+        1,
+        1.0,
+        [SLOW, FAST],
+        target=3.0,
+        metric="p99",
+        policy="deadline",
+        deadlines=[0.5, 1.0, 2.0, 4.0],
+        requests=50_000,
+        seed=1,
+    )
+    assert res.feasible and isinstance(res.policy, DeadlinePolicy)
+    rows = [r for r in res.evaluations if r["feasible"]]
+    assert res.value == min(r["value"] for r in rows)
+    assert res.latency + res.latency_ci <= 3.0
+    none = optimize_policy(1, 1, LAM, [SLOW, FAST], target=0.1, thresholds=[0, 1], requests=20_000)
+    assert not none.feasible and none.policy is None
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(policy="random"), "policy must be 'threshold' or 'deadline'"),
+        (dict(policy="deadline"), "needs a sequence of deadlines"),
+        (dict(thresholds=[-1]), "thresholds must be ints >= 0"),
+        (dict(thresholds=range(200), max_candidates=50), "more than max_candidates"),
+        (dict(objective="time"), "objective must be"),
+        (dict(target=-1.0), "target must be positive"),
+    ],
+)
+def test_optimize_policy_refuses_bad_arguments(kw, match):
+    from flagcore.energy import optimize_policy
+
+    args = dict(target=2.0, requests=1000)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match) as e:
+        optimize_policy(1, 1, LAM, [SLOW, FAST], **args)
+    assert "optimize_policy" in str(e.value)

@@ -17,7 +17,15 @@ from ._model import (
     Trace,
 )
 from .approx import ApproxResult, approximate
-from .design import OptimizeResult, SweepResult, optimize, pareto_front, sweep
+from .design import (
+    OptimizeResult,
+    PolicyOptimizeResult,
+    SweepResult,
+    optimize,
+    optimize_policy,
+    pareto_front,
+    sweep,
+)
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
 
 __all__ = [
@@ -25,6 +33,7 @@ __all__ = [
     "ApproxResult",
     "DeadlinePolicy",
     "OptimizeResult",
+    "PolicyOptimizeResult",
     "Renewal",
     "Service",
     "SimResult",
@@ -36,6 +45,7 @@ __all__ = [
     "UnstableError",
     "approximate",
     "optimize",
+    "optimize_policy",
     "pareto_front",
     "simulate",
     "simulate_trace",
