@@ -410,3 +410,23 @@ def test_optimize_policy_refuses_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match) as e:
         optimize_policy(1, 1, LAM, [SLOW, FAST], **args)
     assert "optimize_policy" in str(e.value)
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_threshold_and_switch_options_write_strict_json(tmp_path, capsys):
+    import json
+
+    from flagcore.cli import main
+
+    js = tmp_path / "thr.json"
+    args = ["energy", "simulate", "--n", "1", "--k", "1", "--lam", "0.7", "--levels", "1:1,2:4"]
+    args += ["--threshold", "2", "--switch-time", "0.1", "--switch-power", "2", "--switch-energy", "0.3"]
+    args += ["--requests", "20000", "--no-progress", "--json", str(js)]
+    assert main(args) == 0
+    d = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard token {c}"))
+    assert d["params"]["policy"] == {"kind": "threshold", "thresholds": [2]}
+    assert d["params"]["switch_time"] == 0.1 and d["switch_fraction"] > 0
+    bad = ["energy", "simulate", "--n", "1", "--k", "1", "--lam", "0.7", "--levels", "1:1,2:4"]
+    assert main(bad + ["--threshold", "x", "--no-progress"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert main(bad + ["--deadline-policy", "2", "--known-size", "--requests", "5000", "--no-progress"]) == 0
