@@ -40,7 +40,9 @@ def test_identical_sets_are_bit_identical_to_the_shared_levels():
 
 def test_two_servers_k1_cancel_is_mm1_at_the_summed_rate():
     r1, r2, w1, w2, lam, idle = 1.0, 2.0, 1.0, 3.0, 1.5, 0.2
-    r = simulate(2, 1, lam, [[(r1, w1, 1.0)], [(r2, w2, 1.0)]], idle_power=idle, requests=300_000, seed=4)
+    r = simulate(
+        2, 1, lam, [[(r1, w1, 1.0)], [(r2, w2, 1.0)]], idle_power=idle, requests=300_000, seed=4
+    )
     rho = lam / (r1 + r2)
     assert close(r.mean_response_time, r.mean_response_time_ci, 1.0 / (r1 + r2 - lam))
     assert close(r.average_power, r.average_power_ci, rho * (w1 + w2) + (1 - rho) * 2 * idle)
@@ -99,7 +101,11 @@ def test_deadline_policy_picks_each_servers_own_slowest_level():
     [
         ([[(1, 1, 1)], [(1, 1, 1)]], {}, "must list n = 3 level sets, got 2"),
         ([[(1, 1, 1)], [(1, 1, 1)], [(1, -1, 1)]], {}, r"levels of server 2\): levels\[0\].power"),
-        ([[(1, 1, 1)], [(1, 1, 1)], [(1, 1, 0.5)]], {}, r"levels of server 2\): level probabilities"),
+        (
+            [[(1, 1, 1)], [(1, 1, 1)], [(1, 1, 0.5)]],
+            {},
+            r"levels of server 2\): level probabilities",
+        ),
         (
             [[(1, 1), (2, 2)], [(1, 1)], [(1, 1), (2, 2)]],
             dict(policy=ThresholdPolicy(1)),

@@ -97,14 +97,24 @@ def fj22_threshold(lam, levels, thresholds, idle_power=0.0, qmax=45):
 # (mean response time, average power) of simulate(requests=20000, seed=3, **case), written by
 # the build before the policies (main at ef9f0f5) with float.hex()
 BASELINE = {
-    "plain": (dict(n=4, k=2, arrival_rate=1.0, levels=[(1, 1, 1)]), "0x1.00f195feafb55p+0", "0x1.fff9c15c3c258p+0"),
+    "plain": (
+        dict(n=4, k=2, arrival_rate=1.0, levels=[(1, 1, 1)]),
+        "0x1.00f195feafb55p+0",
+        "0x1.fff9c15c3c258p+0",
+    ),
     "two": (
         dict(n=4, k=2, arrival_rate=1.0, levels=[(1, 1, 0.4), (3, 9, 0.6)], switch_energy=0.5),
         "0x1.83bd6fa37062cp-2",
         "0x1.7d5ff085e9524p+2",
     ),
     "sleep": (
-        dict(n=4, k=2, arrival_rate=1.0, levels=[(1, 1, 0.4), (3, 9, 0.6)], sleep=[SleepState(0.5, 0.1, 0.2, 3.0)]),
+        dict(
+            n=4,
+            k=2,
+            arrival_rate=1.0,
+            levels=[(1, 1, 0.4), (3, 9, 0.6)],
+            sleep=[SleepState(0.5, 0.1, 0.2, 3.0)],
+        ),
         "0x1.0067c53cc15adp-1",
         "0x1.8205f1ccf209fp+2",
     ),
@@ -113,7 +123,11 @@ BASELINE = {
         "0x1.6fe2428774e63p-2",
         "0x1.4433e281f3bf3p+2",
     ),
-    "big": (dict(n=100, k=50, arrival_rate=1.5, levels=[(1, 1, 1)]), "0x1.95db5a97af5abp+0", "0x1.2c442d6997405p+6"),
+    "big": (
+        dict(n=100, k=50, arrival_rate=1.5, levels=[(1, 1, 1)]),
+        "0x1.95db5a97af5abp+0",
+        "0x1.2c442d6997405p+6",
+    ),
 }
 
 
@@ -235,7 +249,7 @@ def test_deadline_policy_matches_the_recursion_on_a_trace(known, ts):
     x = g.exponential(1.0, R)
     levels = [(1.0, 1.0), (1.6, 2.5), (3.0, 8.0)]
     D = 2.5
-    dep, lev, sw, busy_e = deadline_recursion(a, x, levels, D, ts, known)
+    dep, _lev, sw, busy_e = deadline_recursion(a, x, levels, D, ts, known)
     r = simulate(
         1,
         1,
@@ -257,7 +271,7 @@ def test_deadline_policy_matches_the_recursion_on_a_trace(known, ts):
     assert r.deadline_miss(D) == pytest.approx(float(np.mean(dep - a > D)), abs=0.01)
 
 
-# ---------------------------------------------------------------- switch stalls with the threshold policy
+# ---------------------------------------------------------------- switch stalls (threshold policy)
 def test_threshold_switch_stall_by_hand():
     # n = 1, threshold 1, switch_time 0.5: request 0 starts slow at 0; the arrival at 0.1
     # (q = 2) switches to fast: 0.9 left, stall [0.1, 0.6], done at 0.6 + 0.45 = 1.05; request
@@ -312,7 +326,9 @@ def test_a_random_policy_switch_stall_delays_tasks():
     a = simulate(2, 1, 0.8, lv, **kw)
     b = simulate(2, 1, 0.8, lv, switch_time=0.2, **kw)
     assert b.mean_response_time > a.mean_response_time + 4 * a.mean_response_time_ci
-    assert b.switch_fraction == pytest.approx(0.2 * b.switches_per_request * b.throughput / 2, rel=1e-6)
+    assert b.switch_fraction == pytest.approx(
+        0.2 * b.switches_per_request * b.throughput / 2, rel=1e-6
+    )
 
 
 # ---------------------------------------------------------------- validation
@@ -356,7 +372,9 @@ def test_optimize_policy_finds_the_threshold_the_exact_chain_picks():
     # mean meets the target (T = 3: 1.865; T = 4: 2.159)
     e = [exact[T][1] / LAM for T in range(8)]
     assert all(a > b for a, b in zip(e, e[1:]))
-    res = optimize_policy(1, 1, LAM, levels, target=2.0, thresholds=range(8), requests=200_000, seed=3)
+    res = optimize_policy(
+        1, 1, LAM, levels, target=2.0, thresholds=range(8), requests=200_000, seed=3
+    )
     assert res.feasible and res.policy == ThresholdPolicy((3,))
     assert res.value == pytest.approx(exact[3][1] / LAM, rel=0.02)
     assert len(res.evaluations) == 8
@@ -420,7 +438,16 @@ def test_cli_threshold_and_switch_options_write_strict_json(tmp_path, capsys):
 
     js = tmp_path / "thr.json"
     args = ["energy", "simulate", "--n", "1", "--k", "1", "--lam", "0.7", "--levels", "1:1,2:4"]
-    args += ["--threshold", "2", "--switch-time", "0.1", "--switch-power", "2", "--switch-energy", "0.3"]
+    args += [
+        "--threshold",
+        "2",
+        "--switch-time",
+        "0.1",
+        "--switch-power",
+        "2",
+        "--switch-energy",
+        "0.3",
+    ]
     args += ["--requests", "20000", "--no-progress", "--json", str(js)]
     assert main(args) == 0
     d = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard token {c}"))
@@ -429,4 +456,9 @@ def test_cli_threshold_and_switch_options_write_strict_json(tmp_path, capsys):
     bad = ["energy", "simulate", "--n", "1", "--k", "1", "--lam", "0.7", "--levels", "1:1,2:4"]
     assert main(bad + ["--threshold", "x", "--no-progress"]) == 2
     assert "--threshold" in capsys.readouterr().err
-    assert main(bad + ["--deadline-policy", "2", "--known-size", "--requests", "5000", "--no-progress"]) == 0
+    assert (
+        main(
+            bad + ["--deadline-policy", "2", "--known-size", "--requests", "5000", "--no-progress"]
+        )
+        == 0
+    )

@@ -27,7 +27,9 @@ def test_trace_replay_matches_the_path_wise_loop(n, k, cancel):
     T = ref["response_times"]
     assert r.requests == R
     assert r.mean_response_time == pytest.approx(float(T.mean()), rel=1e-12)
-    assert r.wasted_time_per_request == pytest.approx(float(ref["wasted"].mean()), rel=1e-9, abs=1e-15)
+    assert r.wasted_time_per_request == pytest.approx(
+        float(ref["wasted"].mean()), rel=1e-9, abs=1e-15
+    )
     # power 1 at rate 1: a request's energy is its busy time
     assert r.energy_per_request == pytest.approx(float(ref["busy"].mean()), rel=1e-12)
     # the window runs from the first arrival until the system empties: the last departure
@@ -94,11 +96,23 @@ def test_trace_identities_with_sleep_and_warmup():
         (dict(arrival_rate=1.0), ValueError, "arrival_rate must be None with a Trace"),
         (dict(requests=5), ValueError, "requests must be None or"),
         (dict(warmup=4), ValueError, "warmup must be an int <= 3"),
-        (dict(arrivals=Trace([0.0, 2.0, 1.0, 3.0])), ValueError, r"non-decreasing, got 1.0 at index 2"),
+        (
+            dict(arrivals=Trace([0.0, 2.0, 1.0, 3.0])),
+            ValueError,
+            r"non-decreasing, got 1.0 at index 2",
+        ),
         (dict(arrivals=Trace([0.0, np.nan, 1.0, 3.0])), ValueError, "finite"),
         (dict(arrivals=Trace([[0.0, 1.0]])), ValueError, "1-D"),
-        (dict(arrivals=Trace([0.0, 1.0, 2.0, 3.0], sizes=np.ones((4, 3)))), ValueError, r"\(4, 2\)"),
-        (dict(arrivals=Trace([0.0, 1.0, 2.0, 3.0], sizes=[1, 1, -1, 1])), ValueError, "sizes must be finite"),
+        (
+            dict(arrivals=Trace([0.0, 1.0, 2.0, 3.0], sizes=np.ones((4, 3)))),
+            ValueError,
+            r"\(4, 2\)",
+        ),
+        (
+            dict(arrivals=Trace([0.0, 1.0, 2.0, 3.0], sizes=[1, 1, -1, 1])),
+            ValueError,
+            "sizes must be finite",
+        ),
         (dict(arrivals=Trace(["a"])), TypeError, "Trace.arrivals"),
     ],
 )

@@ -716,8 +716,8 @@ class Engine {
   const std::vector<int64_t> thresholds_;
   const double deadline_;
   const bool known_size_, replay_;
-  std::vector<double> avail_;  // per server: end of its current switch stall
-  std::vector<int> order_;     // levels by ascending rate (deadline policy)
+  std::vector<double> avail_;   // per server: end of its current switch stall
+  std::vector<int> order_;      // levels by ascending rate (deadline policy)
   std::vector<int> off_, cnt_;  // per server: first global level index, number of levels
   const int64_t w0_, w1_, requests_, batches_, max_in_system_;
   Source& src_;
@@ -779,15 +779,15 @@ void validate(const ForkJoinConfig& c) {
   if (sets.empty()) {
     sets.push_back(int(m));
   } else {
-    FLAGCORE_CHECK_ARG(int(sets.size()) == c.n, "simulate: server_levels must have n = " << c.n << " entries, got "
-                                                                                         << sets.size());
+    FLAGCORE_CHECK_ARG(int(sets.size()) == c.n,
+                       "simulate: server_levels must have n = " << c.n << " entries, got " << sets.size());
     int64_t tot = 0;
     for (int x : sets) {
       FLAGCORE_CHECK_ARG(x >= 1, "simulate: every server needs at least one level, got " << x);
       tot += x;
     }
-    FLAGCORE_CHECK_ARG(tot == int64_t(m), "simulate: server_levels sum to " << tot << ", but there are " << m
-                                                                            << " levels");
+    FLAGCORE_CHECK_ARG(tot == int64_t(m),
+                       "simulate: server_levels sum to " << tot << ", but there are " << m << " levels");
   }
   size_t first = 0;
   for (int x : sets) {
@@ -854,12 +854,14 @@ void validate(const ForkJoinConfig& c) {
     FLAGCORE_CHECK_ARG(c.mmpp_rates.empty() && !c.renewal_arrivals,
                        "simulate: a trace excludes MMPP and renewal arrivals");
     const int64_t R = int64_t(c.trace_arrivals.size());
-    FLAGCORE_CHECK_ARG(R == c.requests + c.warmup, "simulate: the trace has " << R << " arrivals, expected warmup + requests = "
-                                                                            << c.requests + c.warmup);
+    FLAGCORE_CHECK_ARG(R == c.requests + c.warmup,
+                       "simulate: the trace has "
+                           << R << " arrivals, expected warmup + requests = " << c.requests + c.warmup);
     for (int64_t r = 0; r < R; ++r) {
       const double a = c.trace_arrivals[size_t(r)];
-      FLAGCORE_CHECK_ARG(std::isfinite(a) && a >= 0 && (r == 0 || a >= c.trace_arrivals[size_t(r - 1)]),
-                         "simulate: trace arrivals must be finite, >= 0 and non-decreasing (index " << r << ")");
+      FLAGCORE_CHECK_ARG(
+          std::isfinite(a) && a >= 0 && (r == 0 || a >= c.trace_arrivals[size_t(r - 1)]),
+          "simulate: trace arrivals must be finite, >= 0 and non-decreasing (index " << r << ")");
     }
     FLAGCORE_CHECK_ARG(c.trace_sizes.empty() || c.trace_sizes.size() == size_t(R) * size_t(c.n),
                        "simulate: trace sizes must be [requests, n] = [" << R << ", " << c.n << "]");
@@ -920,10 +922,12 @@ void run_engine(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& re
   }
   switch (cfg.policy) {
     case SpeedPolicy::threshold:
-      Engine<RandomSource, kSleep, false, int(SpeedPolicy::threshold)>(cfg, src, res, progress, TraceOut{}).run();
+      Engine<RandomSource, kSleep, false, int(SpeedPolicy::threshold)>(cfg, src, res, progress, TraceOut{})
+          .run();
       break;
     case SpeedPolicy::deadline:
-      Engine<RandomSource, kSleep, false, int(SpeedPolicy::deadline)>(cfg, src, res, progress, TraceOut{}).run();
+      Engine<RandomSource, kSleep, false, int(SpeedPolicy::deadline)>(cfg, src, res, progress, TraceOut{})
+          .run();
       break;
     default:
       Engine<RandomSource, kSleep, false, 0>(cfg, src, res, progress, TraceOut{}).run();

@@ -89,8 +89,8 @@ struct ForkJoinConfig {
   double switch_time = 0.0;              // stall of one change of level (no work meanwhile)
   double switch_power = 0.0;             // power during that stall
   SpeedPolicy policy = SpeedPolicy::random;
-  std::vector<int64_t> thresholds;  // threshold policy: m - 1 non-decreasing queue lengths
-  double deadline = 0.0;            // deadline policy: every request's deadline after its arrival
+  std::vector<int64_t> thresholds;   // threshold policy: m - 1 non-decreasing queue lengths
+  double deadline = 0.0;             // deadline policy: every request's deadline after its arrival
   bool deadline_known_size = false;  // deadline policy: use the task's work (true) or its mean 1
   // Trace replay (non-empty: arrivals given; requests + warmup of them, non-decreasing)
   std::vector<double> trace_arrivals;
@@ -144,13 +144,13 @@ struct ForkJoinResult {
   std::vector<double> wasted_busy_energy;  // per level: part of busy_energy on wasted tasks
   std::vector<double> completions;         // per level: tasks completed in the window
   double dynamic_energy_window = 0.0;
-  std::vector<double> sleep_time;             // per sleep state: core-time in it within the window
-  std::vector<double> sleep_energy;           // per sleep state: energy in it within the window
-  double wake_time = 0.0, wake_energy = 0.0;  // core-time and energy of wake-ups (window)
-  int64_t wakeups = 0;                        // wake-ups that started in the window
-  int64_t switches = 0;                       // level changes in the window
+  std::vector<double> sleep_time;               // per sleep state: core-time in it within the window
+  std::vector<double> sleep_energy;             // per sleep state: energy in it within the window
+  double wake_time = 0.0, wake_energy = 0.0;    // core-time and energy of wake-ups (window)
+  int64_t wakeups = 0;                          // wake-ups that started in the window
+  int64_t switches = 0;                         // level changes in the window
   double stall_time = 0.0, stall_energy = 0.0;  // core-time and energy of switch stalls (window)
-  std::vector<BatchRow> batch;                // [batches]
+  std::vector<BatchRow> batch;                  // [batches]
   // Response-time histogram per batch, sparse: entry i adds hist_count[i] to bucket
   // hist_bucket[i] (LogHistogramLayout) of batch hist_batch[i]; batches ascending, buckets
   // ascending within a batch. Memory follows the requests, not the histogram's size.

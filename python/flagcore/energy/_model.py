@@ -456,7 +456,7 @@ def as_policy(policy: Any, m: int, fn: str) -> "ThresholdPolicy | DeadlinePolicy
             raise TypeError(
                 f"{fn}: ThresholdPolicy.thresholds must be an int or a list of ints, got {th!r}"
             )
-        out = []
+        out: list[int] = []
         for i, v in enumerate(vals):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{fn}: ThresholdPolicy.thresholds[{i}] must be an int, got {v!r}")

@@ -277,7 +277,9 @@ def _policy_of(a: argparse.Namespace) -> Any:
         try:
             th = [int(x) for x in a.threshold.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"--threshold: expected integers T[,T2,...], got {a.threshold!r}") from None
+            raise ValueError(
+                f"--threshold: expected integers T[,T2,...], got {a.threshold!r}"
+            ) from None
         return ThresholdPolicy(th)
     if a.deadline_policy is not None:
         return DeadlinePolicy(a.deadline_policy, a.known_size)

@@ -542,13 +542,20 @@ def optimize_policy(
             raise ValueError(f"{fn}: thresholds must be a sequence of ints, got {thresholds!r}")
         m = _policy_levels_count(levels, n, fn)
         cands: list = [
-            ThresholdPolicy(c) for c in _threshold_candidates(m, list(thresholds), max_candidates, fn)
+            ThresholdPolicy(c)
+            for c in _threshold_candidates(m, list(thresholds), max_candidates, fn)
         ]
     elif policy == "deadline":
         if thresholds is not None:
             raise ValueError(f"{fn}: thresholds are for policy='threshold'")
-        if deadlines is None or isinstance(deadlines, (str, bytes)) or not hasattr(deadlines, "__len__"):
-            raise ValueError(f"{fn}: policy='deadline' needs a sequence of deadlines, got {deadlines!r}")
+        if (
+            deadlines is None
+            or isinstance(deadlines, (str, bytes))
+            or not hasattr(deadlines, "__len__")
+        ):
+            raise ValueError(
+                f"{fn}: policy='deadline' needs a sequence of deadlines, got {deadlines!r}"
+            )
         if len(deadlines) == 0 or len(deadlines) > max_candidates:
             raise ValueError(
                 f"{fn}: deadlines must hold 1 to max_candidates={max_candidates} values, got {len(deadlines)}"
@@ -579,7 +586,9 @@ def optimize_policy(
                 value=s.energy_per_request if objective == "energy" else s.average_power,
             )
         row["feasible"] = bool(
-            row["stable"] and math.isfinite(row["value"]) and row["latency"] + row["latency_ci"] <= tgt
+            row["stable"]
+            and math.isfinite(row["value"])
+            and row["latency"] + row["latency_ci"] <= tgt
         )
         row["_policy"] = pol
         evals.append(row)
@@ -595,7 +604,15 @@ def optimize_policy(
             False, None, objective, math.nan, math.nan, math.nan, name, tgt, evals
         )
     return PolicyOptimizeResult(
-        True, chosen, objective, best["value"], best["latency"], best["latency_ci"], name, tgt, evals
+        True,
+        chosen,
+        objective,
+        best["value"],
+        best["latency"],
+        best["latency_ci"],
+        name,
+        tgt,
+        evals,
     )
 
 
@@ -606,7 +623,9 @@ def _policy_levels_count(levels: Any, n: int, fn: str) -> int:
     if _per_server_levels(levels):
         counts = {len(s) for s in levels}
         if len(counts) != 1:
-            raise ValueError(f"{fn}: the threshold policy needs the same number of levels on every server")
+            raise ValueError(
+                f"{fn}: the threshold policy needs the same number of levels on every server"
+            )
         return counts.pop()
     if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__") or len(levels) == 0:
         raise ValueError(f"{fn}: levels must be a non-empty list of (rate, power), got {levels!r}")

@@ -363,7 +363,9 @@ def simulate(
             )
         for j, one in enumerate(levels):
             where = f"{fn} (levels of server {j})"
-            sets.append(as_policy_levels(one, where) if policy is not None else as_levels(one, where))
+            sets.append(
+                as_policy_levels(one, where) if policy is not None else as_levels(one, where)
+            )
         lv = Levels(
             tuple(x for st in sets for x in st.rates),
             tuple(x for st in sets for x in st.powers),
@@ -553,9 +555,7 @@ def _per_server_levels(levels: Any) -> bool:
     if isinstance(levels, (str, bytes)) or not isinstance(levels, seq) or len(levels) == 0:
         return False
     return all(
-        isinstance(x, seq)
-        and len(x) > 0
-        and all(isinstance(y, seq) or isinstance(y, SpeedLevel) for y in x)
+        isinstance(x, seq) and len(x) > 0 and all(isinstance(y, (*seq, SpeedLevel)) for y in x)
         for x in levels
     )
 
