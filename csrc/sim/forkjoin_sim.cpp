@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #if defined(__unix__) || defined(__APPLE__)
 #include <time.h>
@@ -150,6 +151,7 @@ class Engine {
     leaves_ = 1;
     while (leaves_ < slots) leaves_ *= 2;
     ev_time_.assign(size_t(leaves_), kInf);
+    ev_key_.assign(size_t(leaves_), 0x7ff0000000000000ull);  // the bits of +inf
     ev_seq_.assign(size_t(leaves_), std::numeric_limits<uint64_t>::max());
     if (use_tree_) {
       tree_.assign(size_t(2 * leaves_), 0);
@@ -251,6 +253,12 @@ class Engine {
   int better(int a, int b) const { return before(b, a) ? b : a; }
   void schedule(int slot, double t) {
     ev_time_[size_t(slot)] = t;
+    // times are >= 0 or +inf, so their bit patterns order like the times (+ 0.0 turns a -0.0
+    // from a trace into +0.0): the scan compares integers, without branches
+    uint64_t key;
+    const double tz = t + 0.0;
+    std::memcpy(&key, &tz, sizeof key);
+    ev_key_[size_t(slot)] = key;
     ev_seq_[size_t(slot)] = ++seq_;
     if (use_tree_) {
       for (int i = (leaves_ + slot) >> 1; i >= 1; i >>= 1)
@@ -259,21 +267,21 @@ class Engine {
   }
   int next_slot() const {
     if (use_tree_) return tree_[1];
-    // branch-free scan: the comparisons of random times would mispredict half the time
-    const double* tm = ev_time_.data();
+    // branch-free scan over (time bits, sequence) with masks: the comparisons of random times
+    // would mispredict half the time, and compilers turn a select on a double compare back
+    // into a branch
+    const uint64_t* tk = ev_key_.data();
     const uint64_t* sq = ev_seq_.data();
-    int best = 0;
-    double bt = tm[0];
-    uint64_t bs = sq[0];
+    uint64_t best = 0, bk = tk[0], bs = sq[0];
     for (int i = 1; i <= n_; ++i) {
-      const double t = tm[i];
-      const uint64_t s = sq[i];
-      const bool lt = (t < bt) | ((t == bt) & (s < bs));
-      bt = lt ? t : bt;
-      bs = lt ? s : bs;
-      best = lt ? i : best;
+      const uint64_t k = tk[i], s = sq[i];
+      const uint64_t lt = uint64_t(k < bk) | (uint64_t(k == bk) & uint64_t(s < bs));
+      const uint64_t mask = uint64_t(0) - lt;
+      bk ^= (bk ^ k) & mask;
+      bs ^= (bs ^ s) & mask;
+      best ^= (best ^ uint64_t(i)) & mask;
     }
-    return best;
+    return int(best);
   }
 
   // ------------------------------------------------------------ requests
@@ -727,6 +735,7 @@ class Engine {
   const bool trace_mode_;
 
   std::vector<double> ev_time_;
+  std::vector<uint64_t> ev_key_;  // bits of ev_time_ (the scan's key)
   std::vector<uint64_t> ev_seq_;
   std::vector<int> tree_;
   int leaves_ = 1;
