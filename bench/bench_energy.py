@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from flagcore.energy import MMPP, SleepState, simulate
+from flagcore.energy import MMPP, DeadlinePolicy, SleepState, ThresholdPolicy, Trace, simulate
 from flagcore.energy._json import dump as strict_dump
 from flagcore.energy._stats import half_width
 
@@ -47,6 +47,28 @@ FEATURE_CASES = [
         {"sleep": [SleepState(0.5, 0.1, 0.2, 2.0), SleepState(5.0, 0.0, 1.0, 2.0)]},
     ),
     ("(4,2) MMPP", 4, 2, 1.5, {"arrivals": MMPP((0.5, 2.5), ((0, 0.2), (0.2, 0)))}),
+    (
+        "(4,2) threshold",
+        4,
+        2,
+        1.5,
+        {"levels": [(1.0, 1.0), (3.0, 9.0)], "policy": ThresholdPolicy(2)},
+    ),
+    (
+        "(4,2) deadline",
+        4,
+        2,
+        1.5,
+        {"levels": [(1.0, 1.0), (3.0, 9.0)], "policy": DeadlinePolicy(2.0)},
+    ),
+    (
+        "(4,2) hetero",
+        4,
+        2,
+        1.5,
+        {"levels": [[(1.0, 1.0, 1.0)], [(1.5, 2.0, 1.0)], [(2.0, 4.0, 1.0)], [(1.0, 1.0, 1.0)]]},
+    ),
+    ("(4,2) trace", 4, 2, 1.5, {"trace": True}),
 ]
 PLAIN = ("(4,2) cancel", "(100,50) cancel")
 
@@ -68,10 +90,15 @@ def time_features(requests: int, repeat: int) -> list:
         opt = dict(opt)
         levels = opt.pop("levels", [(1.0, 1.0, 1.0)])
         req = requests if n < 50 else max(requests // 20, 1000)
+        if opt.pop("trace", False):  # a Poisson trace of the same rate, replayed
+            times = np.cumsum(np.random.default_rng(0).exponential(1.0 / lam, req))
+            opt.update(arrivals=Trace(times), requests=None)
+            lam_arg = None
+        else:
+            opt["requests"] = req
+            lam_arg = lam
         best = min(
-            simulate(
-                n, k, lam, levels, requests=req, warmup=0, seed=s, threads=1, **opt
-            ).cpu_seconds
+            simulate(n, k, lam_arg, levels, warmup=0, seed=s, threads=1, **opt).cpu_seconds
             for s in range(repeat)
         )
         out.append(

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #if defined(__unix__) || defined(__APPLE__)
 #include <time.h>
@@ -109,8 +108,9 @@ struct TraceOut {
 };
 
 // kSleep / kRedraw: sleep states configured / levels redrawn at arrivals; kPolicy: the
-// SpeedPolicy. Compile-time, so that a run without them pays nothing for them.
-template <class Source, bool kSleep, bool kRedraw, int kPolicy>
+// SpeedPolicy; kStall: switch_time > 0. Compile-time, so that a run without them pays nothing
+// for them.
+template <class Source, bool kSleep, bool kRedraw, int kPolicy, bool kStall>
 class Engine {
   // a task's level may change while it runs (its remaining work is then tracked)
   static constexpr bool kMid = kRedraw || kPolicy == int(SpeedPolicy::threshold);
@@ -151,7 +151,6 @@ class Engine {
     leaves_ = 1;
     while (leaves_ < slots) leaves_ *= 2;
     ev_time_.assign(size_t(leaves_), kInf);
-    ev_key_.assign(size_t(leaves_), 0x7ff0000000000000ull);  // the bits of +inf
     ev_seq_.assign(size_t(leaves_), std::numeric_limits<uint64_t>::max());
     if (use_tree_) {
       tree_.assign(size_t(2 * leaves_), 0);
@@ -253,12 +252,6 @@ class Engine {
   int better(int a, int b) const { return before(b, a) ? b : a; }
   void schedule(int slot, double t) {
     ev_time_[size_t(slot)] = t;
-    // times are >= 0 or +inf, so their bit patterns order like the times (+ 0.0 turns a -0.0
-    // from a trace into +0.0): the scan compares integers, without branches
-    uint64_t key;
-    const double tz = t + 0.0;
-    std::memcpy(&key, &tz, sizeof key);
-    ev_key_[size_t(slot)] = key;
     ev_seq_[size_t(slot)] = ++seq_;
     if (use_tree_) {
       for (int i = (leaves_ + slot) >> 1; i >= 1; i >>= 1)
@@ -267,21 +260,21 @@ class Engine {
   }
   int next_slot() const {
     if (use_tree_) return tree_[1];
-    // branch-free scan over (time bits, sequence) with masks: the comparisons of random times
-    // would mispredict half the time, and compilers turn a select on a double compare back
-    // into a branch
-    const uint64_t* tk = ev_key_.data();
+    // branch-free scan: the comparisons of random times would mispredict half the time
+    const double* tm = ev_time_.data();
     const uint64_t* sq = ev_seq_.data();
-    uint64_t best = 0, bk = tk[0], bs = sq[0];
+    int best = 0;
+    double bt = tm[0];
+    uint64_t bs = sq[0];
     for (int i = 1; i <= n_; ++i) {
-      const uint64_t k = tk[i], s = sq[i];
-      const uint64_t lt = uint64_t(k < bk) | (uint64_t(k == bk) & uint64_t(s < bs));
-      const uint64_t mask = uint64_t(0) - lt;
-      bk ^= (bk ^ k) & mask;
-      bs ^= (bs ^ s) & mask;
-      best ^= (best ^ uint64_t(i)) & mask;
+      const double t = tm[i];
+      const uint64_t s = sq[i];
+      const bool lt = (t < bt) | ((t == bt) & (s < bs));
+      bt = lt ? t : bt;
+      bs = lt ? s : bs;
+      best = lt ? i : best;
     }
-    return int(best);
+    return best;
   }
 
   // ------------------------------------------------------------ requests
@@ -326,7 +319,8 @@ class Engine {
   void close_segment(int j, double t) {
     const double s = seg_start_[size_t(j)];
     const int lev = level_[size_t(j)];
-    const double d = t > s ? t - s : 0.0;  // t < s: closed during a switch stall, no work yet
+    // t < s only when closed during a switch stall, before the task's work began
+    const double d = kStall ? (t > s ? t - s : 0.0) : t - s;
     const double p = powers_[size_t(lev)];
     task_busy_[size_t(j)] += d;
     task_energy_[size_t(j)] += p * d;
@@ -389,7 +383,9 @@ class Engine {
   void start_task(int j, int64_t r, double t) {
     double w;
     double begin = t;
-    if (switch_time_ > 0.0 && avail_[size_t(j)] > t) begin = avail_[size_t(j)];  // a stall runs on
+    if constexpr (kStall) {
+      if (avail_[size_t(j)] > t) begin = avail_[size_t(j)];  // a stall runs on
+    }
     if constexpr (!kRedraw) {
       int lev;
       if constexpr (kPolicy == int(SpeedPolicy::random)) {
@@ -404,7 +400,7 @@ class Engine {
       }
       if (m_ > 1 && lev != level_[size_t(j)]) {  // m_: the most levels of a server
         count_switch();
-        if (switch_time_ > 0.0) begin = stall(j, begin);
+        if constexpr (kStall) begin = stall(j, begin);
       }
       level_[size_t(j)] = lev;
     } else {
@@ -606,7 +602,7 @@ class Engine {
         close_segment(j, t);
         count_switch();
         double begin = t;
-        if (switch_time_ > 0.0) begin = stall(j, avail_[size_t(j)] > t ? avail_[size_t(j)] : t);
+        if constexpr (kStall) begin = stall(j, avail_[size_t(j)] > t ? avail_[size_t(j)] : t);
         level_[size_t(j)] = lev;
         seg_start_[size_t(j)] = begin;
         schedule(j, begin + work_left_[size_t(j)] / rates_[size_t(lev)]);
@@ -735,7 +731,6 @@ class Engine {
   const bool trace_mode_;
 
   std::vector<double> ev_time_;
-  std::vector<uint64_t> ev_key_;  // bits of ev_time_ (the scan's key)
   std::vector<uint64_t> ev_seq_;
   std::vector<int> tree_;
   int leaves_ = 1;
@@ -923,24 +918,29 @@ void validate(const ForkJoinConfig& c) {
   }
 }
 
-template <bool kSleep>
-void run_engine(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& res, int64_t* progress) {
-  if (cfg.redraw_on_arrival) {
-    Engine<RandomSource, kSleep, true, 0>(cfg, src, res, progress, TraceOut{}).run();
-    return;
-  }
+template <bool kSleep, bool kStall>
+void run_policy(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& res, int64_t* progress) {
+  constexpr int kThreshold = int(SpeedPolicy::threshold), kDeadline = int(SpeedPolicy::deadline);
   switch (cfg.policy) {
     case SpeedPolicy::threshold:
-      Engine<RandomSource, kSleep, false, int(SpeedPolicy::threshold)>(cfg, src, res, progress, TraceOut{})
-          .run();
+      Engine<RandomSource, kSleep, false, kThreshold, kStall>(cfg, src, res, progress, TraceOut{}).run();
       break;
     case SpeedPolicy::deadline:
-      Engine<RandomSource, kSleep, false, int(SpeedPolicy::deadline)>(cfg, src, res, progress, TraceOut{})
-          .run();
+      Engine<RandomSource, kSleep, false, kDeadline, kStall>(cfg, src, res, progress, TraceOut{}).run();
       break;
     default:
-      Engine<RandomSource, kSleep, false, 0>(cfg, src, res, progress, TraceOut{}).run();
+      Engine<RandomSource, kSleep, false, 0, kStall>(cfg, src, res, progress, TraceOut{}).run();
   }
+}
+
+template <bool kSleep>
+void run_engine(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& res, int64_t* progress) {
+  if (cfg.redraw_on_arrival)  // validated: random policy, no switch stall
+    Engine<RandomSource, kSleep, true, 0, false>(cfg, src, res, progress, TraceOut{}).run();
+  else if (cfg.switch_time > 0.0)
+    run_policy<kSleep, true>(cfg, src, res, progress);
+  else
+    run_policy<kSleep, false>(cfg, src, res, progress);
 }
 
 }  // namespace
@@ -1063,7 +1063,8 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
   cfg.max_in_system = std::numeric_limits<int64_t>::max();
   TraceSource src{arrivals, services, requests, n};
   ForkJoinResult res;
-  Engine<TraceSource, false, false, 0> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
+  Engine<TraceSource, false, false, 0, false> engine(cfg, src, res, nullptr,
+                                                     TraceOut{departures, busy, wasted});
   engine.run();
   FLAGCORE_CHECK_STATE(res.arrivals == requests, "simulate_trace: not every request arrived");
 }
