@@ -3,7 +3,8 @@
 ``simulate`` runs the C++ event-driven simulator (confidence intervals, tails, energy);
 ``approximate`` evaluates the closed forms; ``sweep`` runs both over a speed-probability or
 arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
-energy, or power, that meets a latency target). See docs/spec_energy.md (the model) and docs/energy-usage.md.
+energy, or power, that meets a latency target; ``optimize_policy`` over the parameters of a
+speed policy). See docs/spec_energy.md (the model) and docs/energy-usage.md.
 """
 
 from ._model import (

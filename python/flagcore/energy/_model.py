@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Levels:
     def as_speed_levels(self) -> list[SpeedLevel]:
         return [SpeedLevel(r, w, p) for r, w, p in zip(self.rates, self.powers, self.probs)]
 
-    def with_probs(self, probs: Sequence[float]) -> "Levels":
+    def with_probs(self, probs: Sequence[float]) -> Levels:
         return Levels(self.rates, self.powers, tuple(float(p) for p in probs))
 
 
@@ -194,7 +195,8 @@ def as_service(service: Any, fn: str) -> Service:
             raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {service!r}")
         if not arg:
             raise ValueError(
-                f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got {service!r}"
+                f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got "
+                f"{service!r}"
             )
         try:
             service = (name, float(arg))
@@ -211,7 +213,8 @@ def as_service(service: Any, fn: str) -> Service:
         s = np.asarray(arg, dtype=np.float64).ravel()
         if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or not np.any(s > 0):
             raise ValueError(
-                f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values"
+                f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} "
+                "values"
             )
         # normalise in a safe scale: dividing by the largest value first keeps every
         # intermediate in [0, 1], so samples whose sum overflows are not rescaled to zeros
@@ -234,7 +237,8 @@ def as_service(service: Any, fn: str) -> Service:
     if name == "lognormal" and v > MAX_LOGNORMAL_SIGMA:
         raise ValueError(
             f"{fn}: lognormal sigma must be <= {MAX_LOGNORMAL_SIGMA:.4g} (squared coefficient of "
-            f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = {math.expm1(min(v * v, 709.0)):.3g} "
+            f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = "
+            f"{math.expm1(min(v * v, 709.0)):.3g} "
             f"the mean work is carried by draws too rare to simulate, so every run would report ~0"
         )
     if name == "gamma" and v < 1.0 / MAX_SCV:
@@ -272,7 +276,8 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
         states = [states]
     if isinstance(states, (str, bytes)) or not hasattr(states, "__len__"):
         raise TypeError(
-            f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, wake_power), "
+            f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, "
+            "wake_power), "
             f"got {type(states).__name__}"
         )
     out = []
@@ -286,7 +291,8 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
                 ) from None
             if len(vals) not in (3, 4):
                 raise ValueError(
-                    f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}"
+                    f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got "
+                    f"{st!r}"
                 )
             st = SleepState(*vals)
         checked: list[float] = []
@@ -341,7 +347,7 @@ class Renewal:
     distribution: Any
 
 
-def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
+def as_arrivals(arrivals: Any, fn: str) -> MMPP | Renewal | None:
     """None (Poisson), a Renewal process (its distribution validated as a Service) or an MMPP,
     validated: non-negative finite rates, an irreducible phase process, a positive mean rate."""
     if arrivals is None:
@@ -350,14 +356,16 @@ def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
         return Renewal(as_service(arrivals.distribution, fn))
     if not isinstance(arrivals, MMPP):
         raise TypeError(
-            f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got {type(arrivals).__name__}"
+            f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got "
+            f"{type(arrivals).__name__}"
         )
     r = np.asarray(arrivals.rates, dtype=np.float64)
     S = np.asarray(arrivals.switch, dtype=np.float64)
     P = r.size
     if r.ndim != 1 or P < 1 or S.shape != (P, P):
         raise ValueError(
-            f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and {S.shape}"
+            f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and "
+            f"{S.shape}"
         )
     if not (
         np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(np.isfinite(S)) and np.all(S >= 0)
@@ -366,7 +374,8 @@ def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
     m = MMPP(tuple(r.tolist()), tuple(map(tuple, S.tolist())))
     if P > 1 and np.linalg.matrix_rank(m.generator) != P - 1:
         raise ValueError(
-            f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every other)"
+            f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every "
+            "other)"
         )
     if not m.mean_rate > 0:
         raise ValueError(f"{fn}: the MMPP mean arrival rate must be positive")
@@ -384,20 +393,22 @@ class Trace:
     sizes: Any = None
 
 
-def as_trace(trace: "Trace", n: int, fn: str) -> tuple:
+def as_trace(trace: Trace, n: int, fn: str) -> tuple:
     """Validated (arrivals, sizes or None) as float64 arrays; sizes broadcast to (R, n)."""
     try:
         a = np.array(trace.arrivals, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(
-            f"{fn}: Trace.arrivals must be a 1-D array of numbers, got {type(trace.arrivals).__name__}"
+            f"{fn}: Trace.arrivals must be a 1-D array of numbers, got "
+            f"{type(trace.arrivals).__name__}"
         ) from None
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{fn}: Trace.arrivals must be a non-empty 1-D array, got shape {a.shape}")
     if not np.all(np.isfinite(a)) or a[0] < 0 or np.any(np.diff(a) < 0):
         bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0) | np.r_[False, np.diff(a) < 0])[0])
         raise ValueError(
-            f"{fn}: Trace.arrivals must be finite, >= 0 and non-decreasing, got {float(a[bad])!r} at index {bad}"
+            f"{fn}: Trace.arrivals must be finite, >= 0 and non-decreasing, got {float(a[bad])!r} "
+            f"at index {bad}"
         )
     if trace.sizes is None:
         return a, None
@@ -445,7 +456,7 @@ class DeadlinePolicy:
 PolicyLike = Union[None, ThresholdPolicy, DeadlinePolicy]
 
 
-def as_policy(policy: Any, m: int, fn: str) -> "ThresholdPolicy | DeadlinePolicy | None":
+def as_policy(policy: Any, m: int, fn: str) -> ThresholdPolicy | DeadlinePolicy | None:
     """None (the random choice), a ThresholdPolicy or a DeadlinePolicy, validated for m levels."""
     if policy is None:
         return None
@@ -480,7 +491,8 @@ def as_policy(policy: Any, m: int, fn: str) -> "ThresholdPolicy | DeadlinePolicy
             raise ValueError(f"{fn}: DeadlinePolicy.deadline must be >= 0 and finite, got {d}")
         if not isinstance(policy.known_size, bool):
             raise TypeError(
-                f"{fn}: DeadlinePolicy.known_size must be a bool, got {type(policy.known_size).__name__}"
+                f"{fn}: DeadlinePolicy.known_size must be a bool, got "
+                f"{type(policy.known_size).__name__}"
             )
         return DeadlinePolicy(d, policy.known_size)
     raise TypeError(

@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument(
             "--service",
             default="exponential",
-            help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | pareto:ALPHA | empirical:FILE",
+            help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | "
+            "pareto:ALPHA | empirical:FILE",
         )
         q.add_argument(
             "--redraw-on-arrival",
@@ -129,7 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--over",
         choices=["p", "arrival-rate"],
         default="p",
-        help="p: probability of the last (high) level; arrival-rate: the load (levels need probabilities)",
+        help="p: probability of the last (high) level; arrival-rate: the load (levels need "
+        "probabilities)",
     )
     q.add_argument(
         "--values",
@@ -375,7 +377,7 @@ def _cmd_approx(a: argparse.Namespace) -> int:
         ("p50", lambda r: r.p50),
         ("p99", lambda r: r.p99),
         ("p99.9", lambda r: r.p999),
-        *[(f"P(T > {d:g})", (lambda d: lambda r: r.deadline_miss(d))(d)) for d in a.deadline],
+        *[(f"P(T > {d:g})", lambda r, d=d: r.deadline_miss(d)) for d in a.deadline],
         ("energy per request", lambda r: r.energy_per_request),
         ("average power", lambda r: r.average_power),
         ("effective rate", lambda r: r.effective_rate),
@@ -392,7 +394,8 @@ def _cmd_approx(a: argparse.Namespace) -> int:
     )
     for m in methods:
         print(
-            f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; stable={res[m].stable}"
+            f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; "
+            f"stable={res[m].stable}"
         )
     _dump(a.json, {m: r.to_dict() for m, r in res.items()})
     return 0
@@ -590,7 +593,8 @@ def _cmd_optimize(a: argparse.Namespace) -> int:
     )
     if not r.feasible:
         print(
-            f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} evaluated)"
+            f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} "
+            "evaluated)"
         )
     else:
         rows = [[i, lv[0], lv[1], p] for i, (lv, p) in enumerate(zip(levels, r.probs))]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -40,7 +41,8 @@ def _q(metric: Metric) -> float:
             v = float(s)
         except ValueError:
             raise ValueError(
-                f"metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, got {metric!r}"
+                "metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, "
+                f"got {metric!r}"
             ) from None
         q = v / 100.0 if metric.lower().startswith("p") else v
     else:
@@ -50,7 +52,7 @@ def _q(metric: Metric) -> float:
     return q
 
 
-def latency_of(res: Union[SimResult, ApproxResult], metric: Metric) -> float:
+def latency_of(res: SimResult | ApproxResult, metric: Metric) -> float:
     """'mean' (response time), 'mean_in_system' (E[N]), or a quantile (0.99 or 'p99')."""
     if metric == "mean":
         return res.mean_response_time
@@ -102,7 +104,7 @@ class SweepPoint:
     x: Any
     arrival_rate: float
     probs: tuple
-    sim: Optional[SimResult]
+    sim: SimResult | None
     approx: dict  # method -> ApproxResult
     note: str = ""
 
@@ -159,7 +161,7 @@ def sweep(
     cancel: bool = True,
     run_simulation: bool = True,
     methods: Sequence[str] = ("race",),
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Callable[[int, int], None] | None = None,
     **sim_kwargs: Any,
 ) -> SweepResult:
     """Simulate and approximate over a grid.
@@ -265,7 +267,7 @@ class OptimizeResult:
     """The cheapest probability vector found that meets the target, and every evaluation."""
 
     feasible: bool
-    probs: Optional[tuple]
+    probs: tuple | None
     objective: str
     value: float  # energy per request or average power at the optimum
     latency: float
@@ -324,7 +326,7 @@ def optimize(
     grid: int = 11,
     refine: int = 2,
     max_candidates: int = MAX_CANDIDATES,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Callable[[int, int], None] | None = None,
     **sim_kwargs: Any,
 ) -> OptimizeResult:
     """The level probabilities with the least energy per request (objective='energy') or
@@ -413,7 +415,7 @@ def optimize(
         if progress:
             progress(i + 1, len(cands))
 
-    def best_row() -> Optional[dict]:
+    def best_row() -> dict | None:
         feas = [r for r in evals if r["feasible"] and math.isfinite(r["value"])]
         return min(feas, key=lambda r: (r["value"], r["latency"])) if feas else None
 
@@ -500,11 +502,11 @@ def optimize_policy(
     metric: Metric = "mean",
     objective: str = "energy",
     policy: str = "threshold",
-    thresholds: Optional[Sequence[int]] = None,
-    deadlines: Optional[Sequence[float]] = None,
+    thresholds: Sequence[int] | None = None,
+    deadlines: Sequence[float] | None = None,
     known_size: bool = False,
     max_candidates: int = 10_000,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Callable[[int, int], None] | None = None,
     **sim_kwargs: Any,
 ) -> PolicyOptimizeResult:
     """The speed-policy parameters with the least energy per request (objective='energy') or
@@ -558,7 +560,8 @@ def optimize_policy(
             )
         if len(deadlines) == 0 or len(deadlines) > max_candidates:
             raise ValueError(
-                f"{fn}: deadlines must hold 1 to max_candidates={max_candidates} values, got {len(deadlines)}"
+                f"{fn}: deadlines must hold 1 to max_candidates={max_candidates} values, got "
+                f"{len(deadlines)}"
             )
         cands = [DeadlinePolicy(d, known_size) for d in deadlines]
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,21 +15,21 @@ from .._backend import core
 from . import _stats
 from ._model import (
     MMPP,
-    SpeedLevel,
     DeadlinePolicy,
     Levels,
+    LevelsLike,
     PolicyLike,
     Renewal,
+    SpeedLevel,
     ThresholdPolicy,
     Trace,
-    LevelsLike,
     as_arrivals,
     as_levels,
     as_policy,
     as_policy_levels,
-    as_trace,
     as_service,
     as_sleep_states,
+    as_trace,
     check_nk,
     check_power,
     check_rate,
@@ -49,7 +49,7 @@ class UnstableError(ValueError):
     """The run's number in system kept growing: the load is (very likely) unstable.
     ``result`` holds the flagged SimResult."""
 
-    def __init__(self, message: str, result: "SimResult"):
+    def __init__(self, message: str, result: SimResult):
         super().__init__(message)
         self.result = result
 
@@ -166,7 +166,7 @@ def _check_q(q: Any) -> float:
     return float(q)
 
 
-def _check_count(x: Any, fn: str, what: str, lo: int, hi: Optional[int] = None) -> int:
+def _check_count(x: Any, fn: str, what: str, lo: int, hi: int | None = None) -> int:
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) < lo:
         raise ValueError(f"{fn}: {what} must be an int >= {lo}, got {x!r}")
     if hi is not None and int(x) > hi:
@@ -176,7 +176,7 @@ def _check_count(x: Any, fn: str, what: str, lo: int, hi: Optional[int] = None) 
 
 def certainly_unstable(
     n: int, k: int, lam: float, lv: Levels, cancel: bool, redraw: bool, policy: bool = False
-) -> Optional[str]:
+) -> str | None:
     """A reason when no schedule could keep up, else None. k*lam >= n * fastest rate always
     overloads; without cancellation (or with k = n, where nothing is cancelled) every server
     must serve every task, so lam * E[service] >= 1 does too (unless speeds change mid-task).
@@ -252,30 +252,30 @@ def _converged(util: float, mean_service: float, window: float) -> tuple[bool, s
 def simulate(
     n: int,
     k: int,
-    arrival_rate: Optional[float],
+    arrival_rate: float | None,
     levels: LevelsLike,
     *,
-    requests: Optional[int] = None,
-    warmup: Optional[int] = None,
+    requests: int | None = None,
+    warmup: int | None = None,
     seed: int = 0,
     idle_power: float = 0.0,
     service: Any = "exponential",
     cancel: bool = True,
     redraw_on_arrival: bool = False,
-    sleep: Optional[Sequence[Any]] = None,
+    sleep: Sequence[Any] | None = None,
     sleep_timer: str = "deterministic",
     wake_time: str = "deterministic",
     switch_energy: float = 0.0,
     switch_time: float = 0.0,
     switch_power: float = 0.0,
     policy: PolicyLike = None,
-    arrivals: Union[None, MMPP, Renewal, Trace] = None,
+    arrivals: MMPP | Renewal | Trace | None = None,
     replications: int = 1,
-    threads: Optional[int] = None,
+    threads: int | None = None,
     batches: int = 32,
     on_unstable: str = "raise",
     max_in_system: int = 1 << 22,
-    progress: Union[None, bool, Callable[[int, int], None]] = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> SimResult:
     """Simulate the (n, k) fork-join service with speed levels and energy.
 
@@ -309,8 +309,9 @@ def simulate(
     after the last arrival; the stability checks are skipped).
 
     ``requests`` (default 1,000,000) are measured after ``warmup`` discarded ones (default
-    requests // 10), per replication; replications run on ``threads`` threads (default: as many as useful) with
-    independent Philox streams of ``seed``; the result does not depend on ``threads``.
+    requests // 10), per replication; replications run on ``threads`` threads (default: as
+    many as useful) with independent Philox streams of ``seed``; the result does not depend on
+    ``threads``.
 
     Inputs that are certainly unstable raise ValueError. If the run's number in system keeps
     growing, or the run spans too few relaxation times to have converged (near the stability
@@ -532,15 +533,19 @@ def simulate(
     if not res.stable and on_unstable != "return":
         if res.stability_note.startswith("the run covers"):
             msg = (
-                f"{fn}: the estimates have not converged ({res.stability_note}); the load is at or very "
+                f"{fn}: the estimates have not converged ({res.stability_note}); the load is at "
+                "or very "
                 f"near the stability limit: run (much) longer or lower the load (n={n}, k={k}, "
-                f"arrival_rate={lam:g}, k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the "
+                f"arrival_rate={lam:g}, k*arrival_rate={k * lam:g}). Pass on_unstable='return' to "
+                "get the "
                 f"flagged result."
             )
         else:
             msg = (
-                f"{fn}: the number in system kept growing ({res.stability_note}); the load looks unstable "
-                f"or the run is too short to reach steady state (n={n}, k={k}, arrival_rate={lam:g}, "
+                f"{fn}: the number in system kept growing ({res.stability_note}); the load looks "
+                "unstable "
+                f"or the run is too short to reach steady state (n={n}, k={k}, "
+                f"arrival_rate={lam:g}, "
                 f"k*arrival_rate={k * lam:g}). Pass on_unstable='return' to get the flagged result."
             )
         if on_unstable == "raise":
@@ -570,7 +575,7 @@ def _levels_param(sets: list, policy: bool, per_server: bool) -> list:
 
 def _hetero_unstable(
     k: int, lam: float, sets: list, cancel: bool, redraw: bool, policy: bool
-) -> Optional[str]:
+) -> str | None:
     """certainly_unstable for per-server levels: k * lam >= the sum of the servers' fastest
     rates always overloads; without cancellation (or k = n) every server serves every task."""
     fastest = [max(r for r, p in zip(s.rates, s.probs) if p > 0 or policy) for s in sets]
@@ -584,7 +589,8 @@ def _hetero_unstable(
             es = 1.0 / fastest[j] if policy else math.fsum(p / r for r, p in zip(s.rates, s.probs))
             if lam * es >= 1.0:
                 return (
-                    f"arrival_rate * E[service time] of server {j} = {lam * es:g} >= 1 (every server "
+                    f"arrival_rate * E[service time] of server {j} = {lam * es:g} >= 1 (every "
+                    "server "
                     f"serves every task): the load is unstable"
                 )
     return None
