@@ -462,3 +462,41 @@ def test_cli_threshold_and_switch_options_write_strict_json(tmp_path, capsys):
         )
         == 0
     )
+
+
+# ---------------------------------------------------------------- Ctrl-C
+_CHILD = """
+import sys
+from flagcore.energy import ThresholdPolicy, simulate
+print("started", flush=True)
+try:
+    simulate(4, 2, 1.5, [(1.0, 1.0), (3.0, 9.0)], policy=ThresholdPolicy(2), switch_time=0.01,
+             requests=10**11, warmup=0, seed=1)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="SIGINT to a subprocess needs POSIX")
+def test_sigint_stops_a_policy_run():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "started"
+            time.sleep(0.5)  # inside the native loop by now
+            assert proc.poll() is None, proc.stderr.read()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0 and "interrupted" in out, (out, err)

@@ -284,6 +284,9 @@ def simulate(
     list of (rate, power, probability) or SpeedLevel; a core draws a level when it starts a task
     (``redraw_on_arrival``: every core redraws at every arrival, the task in service continuing
     at the new rate). ``service`` is the unit-mean work distribution (see ``Service``).
+    Heterogeneous servers: ``levels`` may be a list of n level sets, one per server (server j
+    picks among its own); the per-level result arrays then run over server 0's levels, then
+    server 1's, and so on.
 
     ``sleep``: low-power states, a list of SleepState (or (after, power, wake_latency,
     wake_power) tuples): an idle server enters state 0 after ``after`` of idleness (the
