@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flagcore.energy import SleepState, Trace, simulate, simulate_trace
+from flagcore.energy import SleepState, ThresholdPolicy, Trace, simulate, simulate_trace
 
 
 def poisson_trace(lam, R, seed):
@@ -127,3 +127,22 @@ def test_bad_traces_are_refused(kw, err, match):
 def test_a_model_run_needs_an_arrival_rate():
     with pytest.raises(ValueError, match="only a Trace"):
         simulate(2, 1, None, [(1, 1, 1)], requests=100)
+
+
+def test_trace_with_heterogeneous_servers_and_a_policy():
+    # (2, 1) with cancellation, rates 1 and 2: M/M/1 at rate 3 on a replayed Poisson trace
+    a = poisson_trace(1.2, 60_000, 8)
+    r = simulate(2, 1, None, [[(1.0, 1.0, 1.0)], [(2.0, 3.0, 1.0)]], arrivals=Trace(a), warmup=5000)
+    assert abs(r.mean_response_time - 1.0 / (3.0 - 1.2)) < 4 * r.mean_response_time_ci
+    p = simulate(
+        2,
+        1,
+        None,
+        [[(1.0, 1.0), (2.0, 2.0)], [(2.0, 3.0), (3.0, 5.0)]],
+        policy=ThresholdPolicy(2),
+        arrivals=Trace(a[:5000]),
+        sleep=[SleepState(0.1, 0.01, 0.05, 1.0)],
+    )
+    tot = sum(float(np.sum(v)) for v in p.power_split.values())
+    assert tot == pytest.approx(p.average_power, rel=1e-12)
+    assert p.params["policy"] == {"kind": "threshold", "thresholds": [2]}
