@@ -19,6 +19,7 @@ import pytest
 
 from flagcore.energy import (
     DeadlinePolicy,
+    Renewal,
     SleepState,
     ThresholdPolicy,
     Trace,
@@ -135,6 +136,48 @@ BASELINE = {
 def test_random_policy_is_bit_identical_to_the_build_before_policies(case):
     kw, t_hex, p_hex = BASELINE[case]
     r = simulate(requests=20000, seed=3, **kw)
+    assert r.mean_response_time == float.fromhex(t_hex)
+    assert r.average_power == float.fromhex(p_hex)
+
+
+# n >= 16 uses the tournament tree, now brought up to date lazily (in one rebuild after an
+# arrival or a departure that reschedules many servers): the same runs, ties included
+# (deterministic work and arrivals), as the build before (main at ef9f0f5, seed 5)
+TREE_BASELINE = [
+    (
+        dict(
+            n=40,
+            k=13,
+            arrival_rate=0.9,
+            levels=[(1, 1, 0.5), (2, 3, 0.5)],
+            service="deterministic",
+            arrivals=Renewal("deterministic"),
+            cancel=False,
+        ),
+        "0x1.023a29c779a6bp-1",
+        "0x1.68010f51ad3e1p+5",
+    ),
+    (
+        dict(
+            n=64, k=32, arrival_rate=1.5, levels=[(1, 1, 1)], sleep=[SleepState(0.2, 0.1, 0.3, 2.0)]
+        ),
+        "0x1.cb1a5d819e402p+0",
+        "0x1.c66eb71b74c85p+5",
+    ),
+    (
+        dict(
+            n=17, k=3, arrival_rate=2.0, levels=[(1, 1, 1)], service=("empirical", [0.5, 1.0, 1.5])
+        ),
+        "0x1.139cd8784c7d9p+8",
+        "0x1.0fffffffffffap+4",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TREE_BASELINE)))
+def test_many_servers_are_bit_identical_to_the_build_before(case):
+    kw, t_hex, p_hex = TREE_BASELINE[case]
+    r = simulate(requests=20000, seed=5, on_unstable="return", **kw)
     assert r.mean_response_time == float.fromhex(t_hex)
     assert r.average_power == float.fromhex(p_hex)
 

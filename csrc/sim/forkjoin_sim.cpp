@@ -153,6 +153,10 @@ class Engine {
     ev_time_.assign(size_t(leaves_), kInf);
     ev_seq_.assign(size_t(leaves_), std::numeric_limits<uint64_t>::max());
     if (use_tree_) {
+      dirty_.assign(size_t(slots), 0);
+      dirty_flag_.assign(size_t(slots), 0);
+      for (depth_ = 0; (1 << depth_) < leaves_; ++depth_) {
+      }
       tree_.assign(size_t(2 * leaves_), 0);
       for (int i = 0; i < leaves_; ++i) tree_[size_t(leaves_ + i)] = i;
       for (int i = leaves_ - 1; i >= 1; --i)
@@ -253,13 +257,34 @@ class Engine {
   void schedule(int slot, double t) {
     ev_time_[size_t(slot)] = t;
     ev_seq_[size_t(slot)] = ++seq_;
-    if (use_tree_) {
-      for (int i = (leaves_ + slot) >> 1; i >= 1; i >>= 1)
-        tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+    if (use_tree_ && !dirty_flag_[size_t(slot)]) {  // the tree is brought up to date lazily
+      dirty_flag_[size_t(slot)] = 1;
+      dirty_[size_t(n_dirty_++)] = slot;
     }
   }
-  int next_slot() const {
-    if (use_tree_) return tree_[1];
+  // Brings the tournament tree up to date with the slots scheduled since the last call: path by
+  // path when few changed, else one bottom-up rebuild (an arrival or a departure reschedules
+  // many servers at once). The winner is the unique minimum of (time, sequence), so the order
+  // of the updates does not matter: a node is last recomputed on the last dirty path through
+  // it, after every dirty leaf below it.
+  void update_tree() {
+    if (n_dirty_ == 0) return;
+    if (n_dirty_ * depth_ >= leaves_) {
+      for (int i = leaves_ - 1; i >= 1; --i)
+        tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+    } else {
+      for (int d = 0; d < n_dirty_; ++d)
+        for (int i = (leaves_ + dirty_[size_t(d)]) >> 1; i >= 1; i >>= 1)
+          tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+    }
+    for (int d = 0; d < n_dirty_; ++d) dirty_flag_[size_t(dirty_[size_t(d)])] = 0;
+    n_dirty_ = 0;
+  }
+  int next_slot() {
+    if (use_tree_) {
+      update_tree();
+      return tree_[1];
+    }
     // branch-free scan: the comparisons of random times would mispredict half the time
     const double* tm = ev_time_.data();
     const uint64_t* sq = ev_seq_.data();
@@ -733,6 +758,9 @@ class Engine {
   std::vector<double> ev_time_;
   std::vector<uint64_t> ev_seq_;
   std::vector<int> tree_;
+  std::vector<int> dirty_;        // slots scheduled since the tree was last brought up to date
+  std::vector<char> dirty_flag_;  // per slot: in dirty_
+  int n_dirty_ = 0, depth_ = 0;
   int leaves_ = 1;
   bool use_tree_ = false;
   uint64_t seq_ = 0;
