@@ -11,7 +11,8 @@ event loop with the model options on (two speed levels, sleep states, MMPP arriv
 and, with --baseline DIR (a directory holding an older `flagcore` package, e.g. main's build),
 the same plain cases with that build in a subprocess: the new options must cost nothing when off.
 
-    python bench/bench_energy.py [--requests 1000000] [--simpy-requests 50000] [--ciw-requests 20000]
+    python bench/bench_energy.py [--requests 1000000] [--simpy-requests 50000]
+                                 [--ciw-requests 20000]
                                  [--repeat 3] [--threads 1,2] [--baseline DIR]
                                  [--out bench/results/energy.json]
 """
@@ -30,7 +31,7 @@ import time
 
 import numpy as np
 
-from flagcore.energy import MMPP, SleepState, simulate
+from flagcore.energy import MMPP, DeadlinePolicy, SleepState, ThresholdPolicy, Trace, simulate
 from flagcore.energy._json import dump as strict_dump
 from flagcore.energy._stats import half_width
 
@@ -47,6 +48,28 @@ FEATURE_CASES = [
         {"sleep": [SleepState(0.5, 0.1, 0.2, 2.0), SleepState(5.0, 0.0, 1.0, 2.0)]},
     ),
     ("(4,2) MMPP", 4, 2, 1.5, {"arrivals": MMPP((0.5, 2.5), ((0, 0.2), (0.2, 0)))}),
+    (
+        "(4,2) threshold",
+        4,
+        2,
+        1.5,
+        {"levels": [(1.0, 1.0), (3.0, 9.0)], "policy": ThresholdPolicy(2)},
+    ),
+    (
+        "(4,2) deadline",
+        4,
+        2,
+        1.5,
+        {"levels": [(1.0, 1.0), (3.0, 9.0)], "policy": DeadlinePolicy(2.0)},
+    ),
+    (
+        "(4,2) hetero",
+        4,
+        2,
+        1.5,
+        {"levels": [[(1.0, 1.0, 1.0)], [(1.5, 2.0, 1.0)], [(2.0, 4.0, 1.0)], [(1.0, 1.0, 1.0)]]},
+    ),
+    ("(4,2) trace", 4, 2, 1.5, {"trace": True}),
 ]
 PLAIN = ("(4,2) cancel", "(100,50) cancel")
 
@@ -55,8 +78,8 @@ import json, sys
 from flagcore.energy import simulate
 out = {}
 for name, n, k, lam, req, repeat in json.loads(sys.argv[1]):
-    best = min(simulate(n, k, lam, [(1.0, 1.0, 1.0)], requests=req, warmup=0, seed=s, threads=1).cpu_seconds
-               for s in range(repeat))
+    best = min(simulate(n, k, lam, [(1.0, 1.0, 1.0)], requests=req, warmup=0, seed=s,
+                        threads=1).cpu_seconds for s in range(repeat))
     out[name] = req / best
 print(json.dumps(out))
 """
@@ -68,10 +91,15 @@ def time_features(requests: int, repeat: int) -> list:
         opt = dict(opt)
         levels = opt.pop("levels", [(1.0, 1.0, 1.0)])
         req = requests if n < 50 else max(requests // 20, 1000)
+        if opt.pop("trace", False):  # a Poisson trace of the same rate, replayed
+            times = np.cumsum(np.random.default_rng(0).exponential(1.0 / lam, req))
+            opt.update(arrivals=Trace(times), requests=None)
+            lam_arg = None
+        else:
+            opt["requests"] = req
+            lam_arg = lam
         best = min(
-            simulate(
-                n, k, lam, levels, requests=req, warmup=0, seed=s, threads=1, **opt
-            ).cpu_seconds
+            simulate(n, k, lam_arg, levels, warmup=0, seed=s, threads=1, **opt).cpu_seconds
             for s in range(repeat)
         )
         out.append(
@@ -336,13 +364,17 @@ def main() -> int:
     print(f"\nreplications of (4,2) ({a.replications} x {a.requests:,} requests):")
     for s in scale:
         print(
-            f"  threads={s['threads']}: {s['wall_s']:.2f} s, {s['requests_per_s'] / 1e6:.2f} M requests/s "
-            f"(speed-up {scale[0]['wall_s'] / s['wall_s']:.2f}x; CPU time / wall = {s['busy_cores']:.2f} cores busy)"
+            f"  threads={s['threads']}: {s['wall_s']:.2f} s, {s['requests_per_s'] / 1e6:.2f} M "
+            "requests/s "
+            f"(speed-up {scale[0]['wall_s'] / s['wall_s']:.2f}x; CPU time / wall = "
+            f"{s['busy_cores']:.2f} cores busy)"
         )
     c = results["ciw_mm1"]
     print(
-        f"\nCiw M/M/1 (lam 0.7, {a.ciw_requests:,} customers): E[T] {c['mean']:.3f} ± {c['ci']:.3f} "
-        f"(exact {c['exact']:.3f}); {c['requests_per_s_cpu'] / 1e3:.1f} k customers/s CPU; flagcore "
+        f"\nCiw M/M/1 (lam 0.7, {a.ciw_requests:,} customers): E[T] {c['mean']:.3f} ± "
+        f"{c['ci']:.3f} "
+        f"(exact {c['exact']:.3f}); {c['requests_per_s_cpu'] / 1e3:.1f} k customers/s CPU; "
+        "flagcore "
         f"{c['flagcore_speedup_cpu']:.0f}x faster"
     )
     print("\nevent loop, one thread, by CPU time (best of --repeat):")
@@ -352,7 +384,8 @@ def main() -> int:
         ratio = f"{f_['requests_per_s_cpu'] / b:.2f}" if b else ""
         bs = f"{b / 1e6:.2f} M" if b else ""
         print(
-            f"  {f_['name']:<20} {f_['requests_per_s_cpu'] / 1e6:>10.2f} M {f_['tasks_per_s_cpu'] / 1e6:>10.2f} M "
+            f"  {f_['name']:<20} {f_['requests_per_s_cpu'] / 1e6:>10.2f} M "
+            f"{f_['tasks_per_s_cpu'] / 1e6:>10.2f} M "
             f"{bs:>15} {ratio:>6}"
         )
     with open(a.out, "w") as f:

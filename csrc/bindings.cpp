@@ -822,6 +822,11 @@ void bind_forkjoin(py::module_& m) {
       .value("pareto", sim::ServiceKind::pareto)
       .value("empirical", sim::ServiceKind::empirical);
 
+  py::enum_<sim::SpeedPolicy>(m, "SpeedPolicy", "how a server picks its speed level (forkjoin_sim.hpp)")
+      .value("random", sim::SpeedPolicy::random)
+      .value("threshold", sim::SpeedPolicy::threshold)
+      .value("deadline", sim::SpeedPolicy::deadline);
+
   py::class_<sim::SleepState>(m, "SleepState", "a low-power state (see csrc/sim/forkjoin_sim.hpp)")
       .def(py::init([](double after, double power, double wake_latency, double wake_power) {
              return sim::SleepState{after, power, wake_latency, wake_power};
@@ -841,6 +846,7 @@ void bind_forkjoin(py::module_& m) {
       .def_readwrite("rates", &Cfg::rates)
       .def_readwrite("powers", &Cfg::powers)
       .def_readwrite("probs", &Cfg::probs)
+      .def_readwrite("server_levels", &Cfg::server_levels)
       .def_readwrite("idle_power", &Cfg::idle_power)
       .def_readwrite("service", &Cfg::service)
       .def_readwrite("service_param", &Cfg::service_param)
@@ -851,6 +857,14 @@ void bind_forkjoin(py::module_& m) {
       .def_readwrite("sleep_exponential", &Cfg::sleep_exponential)
       .def_readwrite("wake_exponential", &Cfg::wake_exponential)
       .def_readwrite("switch_energy", &Cfg::switch_energy)
+      .def_readwrite("switch_time", &Cfg::switch_time)
+      .def_readwrite("switch_power", &Cfg::switch_power)
+      .def_readwrite("policy", &Cfg::policy)
+      .def_readwrite("thresholds", &Cfg::thresholds)
+      .def_readwrite("deadline", &Cfg::deadline)
+      .def_readwrite("deadline_known_size", &Cfg::deadline_known_size)
+      .def_readwrite("trace_arrivals", &Cfg::trace_arrivals)
+      .def_readwrite("trace_sizes", &Cfg::trace_sizes)
       .def_readwrite("mmpp_rates", &Cfg::mmpp_rates)
       .def_readwrite("mmpp_switch", &Cfg::mmpp_switch)
       .def_readwrite("renewal_arrivals", &Cfg::renewal_arrivals)
@@ -888,6 +902,8 @@ void bind_forkjoin(py::module_& m) {
       .def_readonly("wake_energy", &Res::wake_energy)
       .def_readonly("wakeups", &Res::wakeups)
       .def_readonly("switches", &Res::switches)
+      .def_readonly("stall_time", &Res::stall_time)
+      .def_readonly("stall_energy", &Res::stall_energy)
       .def_property_readonly(
           "batch", [](const Res& r) { return py::array(to_numpy(r.batch)); },
           "one structured row per batch (named columns: sim.BatchRow)")

@@ -23,24 +23,28 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Where arrivals, work amounts and levels come from: the seeded generator...
 struct RandomSource {
   Rng rng;
-  double inv_rate;
-  ServiceSampler service;
-  std::vector<double> cum;  // cumulative level probabilities, last one forced to 1
-  int m;
+  double inv_rate = 1.0;
+  ServiceSampler service{};
+  std::vector<double> cum{};  // cumulative level probabilities, last one forced to 1
+  int m = 1;
   // MMPP arrivals (empty: Poisson): per phase the arrival rate, the total rate of events
   // (arrivals + phase changes) and the cumulative probabilities of the next phase on a change
-  std::vector<double> ph_rate, ph_total, ph_cum;  // ph_cum: [phases][phases]
+  std::vector<double> ph_rate{}, ph_total{}, ph_cum{};  // ph_cum: [phases][phases]
   int phases = 0, phase = 0;
 
   // renewal arrivals: unit-mean inter-arrival times from this sampler, scaled by 1 / rate
-  bool renewal = false;
-  ServiceSampler interarrival;
+  ServiceSampler interarrival{};
+  // trace replay: given arrival times and (optional) task work amounts [requests][n]
+  const double* tr_arrivals = nullptr;
+  int64_t tr_count = 0;
+  const double* tr_sizes = nullptr;
+  int n = 1;
+  int mode = 0;  // 0 Poisson, 1 renewal, 2 MMPP, 3 trace: one test on the Poisson path
 
-  double next_arrival(int64_t /*r*/, double now) {
-    if (phases == 0) {
-      if (!renewal) return now + sample_exponential(rng) * inv_rate;
-      return now + interarrival(rng) * inv_rate;
-    }
+  double next_arrival(int64_t r, double now) {
+    if (mode == 0) return now + sample_exponential(rng) * inv_rate;
+    if (mode == 1) return now + interarrival(rng) * inv_rate;
+    if (mode == 3) return r < tr_count ? tr_arrivals[r] : kInf;
     double t = now;
     for (;;) {  // competing exponentials: an arrival, or a change of phase
       const double tot = ph_total[size_t(phase)];
@@ -53,14 +57,29 @@ struct RandomSource {
       phase = next;
     }
   }
-  double work(int64_t /*r*/, int /*j*/) { return service(rng); }
+  double work(int64_t r, int j) {
+    if (tr_sizes != nullptr) return tr_sizes[r * n + j];
+    return service(rng);
+  }
   Rng& rng_ref() { return rng; }
-  int level() {
-    if (m == 1) return 0;
+  // per-server level sets (null: one set shared by every server): server j's levels are the
+  // global indices off[j] .. off[j] + cnt[j] - 1, with cumulative probabilities in cum
+  const int* off = nullptr;
+  const int* cnt = nullptr;
+  int level(int j) {
+    if (off == nullptr) {
+      if (m == 1) return 0;
+      const double u = rng.uniform();
+      int s = 0;
+      while (s < m - 1 && u >= cum[s]) ++s;
+      return s;
+    }
+    const int o = off[j], c = cnt[j];
+    if (c == 1) return o;
     const double u = rng.uniform();
     int s = 0;
-    while (s < m - 1 && u >= cum[s]) ++s;
-    return s;
+    while (s < c - 1 && u >= cum[size_t(o + s)]) ++s;
+    return o + s;
   }
 };
 
@@ -72,7 +91,7 @@ struct TraceSource {
   int n;
   double next_arrival(int64_t r, double /*now*/) { return r < requests ? arrivals[r] : kInf; }
   double work(int64_t r, int j) { return services[r * n + j]; }
-  int level() { return 0; }
+  int level(int /*j*/) { return 0; }
   Rng rng{0, 0};  // unused: the trace replay has no sleep states
   Rng& rng_ref() { return rng; }
 };
@@ -88,15 +107,21 @@ struct TraceOut {
   double* wasted = nullptr;
 };
 
-// kSleep / kRedraw: sleep states configured / levels redrawn at arrivals. Compile-time, so that
-// a run without them pays nothing for them.
-template <class Source, bool kSleep, bool kRedraw>
+// kSleep / kRedraw: sleep states configured / levels redrawn at arrivals; kPolicy: the
+// SpeedPolicy; kStall: switch_time > 0. Compile-time, so that a run without them pays nothing
+// for them.
+template <class Source, bool kSleep, bool kRedraw, int kPolicy, bool kStall>
 class Engine {
+  // a task's level may change while it runs (its remaining work is then tracked)
+  static constexpr bool kMid = kRedraw || kPolicy == int(SpeedPolicy::threshold);
+
  public:
   Engine(const ForkJoinConfig& cfg, Source& src, ForkJoinResult& res, int64_t* progress, TraceOut trace)
       : n_(cfg.n),
         k_(cfg.k),
-        m_(int(cfg.rates.size())),
+        m_(cfg.server_levels.empty() ? int(cfg.rates.size())
+                                     : *std::max_element(cfg.server_levels.begin(), cfg.server_levels.end())),
+        L_(int(cfg.rates.size())),
         S_(int(cfg.sleep_states.size())),
         cancel_(cfg.cancel),
         sleep_exp_(cfg.sleep_exponential),
@@ -105,6 +130,12 @@ class Engine {
         powers_(cfg.powers),
         states_(cfg.sleep_states),
         switch_energy_(cfg.switch_energy),
+        switch_time_(cfg.switch_time),
+        switch_power_(cfg.switch_power),
+        thresholds_(cfg.thresholds),
+        deadline_(cfg.deadline),
+        known_size_(cfg.deadline_known_size),
+        replay_(!cfg.trace_arrivals.empty()),
         w0_(cfg.warmup),
         w1_(cfg.warmup + cfg.requests),
         requests_(cfg.requests),
@@ -122,6 +153,10 @@ class Engine {
     ev_time_.assign(size_t(leaves_), kInf);
     ev_seq_.assign(size_t(leaves_), std::numeric_limits<uint64_t>::max());
     if (use_tree_) {
+      dirty_.assign(size_t(slots), 0);
+      dirty_flag_.assign(size_t(slots), 0);
+      for (depth_ = 0; (1 << depth_) < leaves_; ++depth_) {
+      }
       tree_.assign(size_t(2 * leaves_), 0);
       for (int i = 0; i < leaves_; ++i) tree_[size_t(leaves_ + i)] = i;
       for (int i = leaves_ - 1; i >= 1; --i)
@@ -133,13 +168,31 @@ class Engine {
     work_left_.assign(size_t(n_), 0.0);
     task_busy_.assign(size_t(n_), 0.0);
     task_energy_.assign(size_t(n_), 0.0);
-    task_win_e_.assign(size_t(n_) * size_t(kRedraw ? m_ : 1), 0.0);
+    task_win_e_.assign(size_t(n_) * size_t(kMid ? m_ : 1), 0.0);
+    avail_.assign(size_t(n_), 0.0);
+    off_.assign(size_t(n_), 0);
+    cnt_.assign(size_t(n_), L_);
+    if (!cfg.server_levels.empty()) {
+      int o = 0;
+      for (int j = 0; j < n_; ++j) {
+        off_[size_t(j)] = o;
+        cnt_[size_t(j)] = cfg.server_levels[size_t(j)];
+        o += cnt_[size_t(j)];
+        level_[size_t(j)] = off_[size_t(j)];
+      }
+    }
+    // each server's levels by ascending rate, ties by index (deadline policy)
+    order_.resize(size_t(L_));
+    for (int g = 0; g < L_; ++g) order_[size_t(g)] = g;
+    for (int j = 0; j < (cfg.server_levels.empty() ? 1 : n_); ++j)
+      std::stable_sort(order_.begin() + off_[size_t(j)], order_.begin() + off_[size_t(j)] + cnt_[size_t(j)],
+                       [this](int a, int b) { return rates_[size_t(a)] < rates_[size_t(b)]; });
     ring_.resize(1024);
     mask_ = int64_t(ring_.size()) - 1;
-    res_.busy_time.assign(size_t(m_), 0.0);
-    res_.busy_energy.assign(size_t(m_), 0.0);
-    res_.wasted_busy_energy.assign(size_t(m_), 0.0);
-    res_.completions.assign(size_t(m_), 0.0);
+    res_.busy_time.assign(size_t(L_), 0.0);
+    res_.busy_energy.assign(size_t(L_), 0.0);
+    res_.wasted_busy_energy.assign(size_t(L_), 0.0);
+    res_.completions.assign(size_t(L_), 0.0);
     res_.sleep_time.assign(size_t(S_), 0.0);
     res_.sleep_energy.assign(size_t(S_), 0.0);
     if (!trace_mode_) {
@@ -156,7 +209,7 @@ class Engine {
       for (int j = 0; j < n_; ++j) go_idle(j, 0.0);
     }
     if constexpr (kRedraw)
-      for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level();
+      for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level(j);
     tb_next_ = fb_next_ = batch_start(1);
   }
 
@@ -175,7 +228,13 @@ class Engine {
       } else {
         on_completion(slot, t);
       }
-      if (fin_ >= w1_ && (window_ == 2 || trace_mode_)) break;
+      if (fin_ >= w1_) {
+        if (window_ == 2 || trace_mode_) break;
+        if (replay_) {  // the trace is over and the system has emptied: the window closes
+          close_window(t);
+          break;
+        }
+      }
       if (--countdown == 0) {
         countdown = kCheckInterval;
         if (progress_) __atomic_store_n(progress_, fin_, __ATOMIC_RELAXED);
@@ -198,13 +257,34 @@ class Engine {
   void schedule(int slot, double t) {
     ev_time_[size_t(slot)] = t;
     ev_seq_[size_t(slot)] = ++seq_;
-    if (use_tree_) {
-      for (int i = (leaves_ + slot) >> 1; i >= 1; i >>= 1)
-        tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+    if (use_tree_ && !dirty_flag_[size_t(slot)]) {  // the tree is brought up to date lazily
+      dirty_flag_[size_t(slot)] = 1;
+      dirty_[size_t(n_dirty_++)] = slot;
     }
   }
-  int next_slot() const {
-    if (use_tree_) return tree_[1];
+  // Brings the tournament tree up to date with the slots scheduled since the last call: path by
+  // path when few changed, else one bottom-up rebuild (an arrival or a departure reschedules
+  // many servers at once). The winner is the unique minimum of (time, sequence), so the order
+  // of the updates does not matter: a node is last recomputed on the last dirty path through
+  // it, after every dirty leaf below it.
+  void update_tree() {
+    if (n_dirty_ == 0) return;
+    if (n_dirty_ * depth_ >= leaves_) {
+      for (int i = leaves_ - 1; i >= 1; --i)
+        tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+    } else {
+      for (int d = 0; d < n_dirty_; ++d)
+        for (int i = (leaves_ + dirty_[size_t(d)]) >> 1; i >= 1; i >>= 1)
+          tree_[size_t(i)] = better(tree_[size_t(2 * i)], tree_[size_t(2 * i + 1)]);
+    }
+    for (int d = 0; d < n_dirty_; ++d) dirty_flag_[size_t(dirty_[size_t(d)])] = 0;
+    n_dirty_ = 0;
+  }
+  int next_slot() {
+    if (use_tree_) {
+      update_tree();
+      return tree_[1];
+    }
     // branch-free scan: the comparisons of random times would mispredict half the time
     const double* tm = ev_time_.data();
     const uint64_t* sq = ev_seq_.data();
@@ -264,7 +344,9 @@ class Engine {
   void close_segment(int j, double t) {
     const double s = seg_start_[size_t(j)];
     const int lev = level_[size_t(j)];
-    const double d = t - s, p = powers_[size_t(lev)];
+    // t < s only when closed during a switch stall, before the task's work began
+    const double d = kStall ? (t > s ? t - s : 0.0) : t - s;
+    const double p = powers_[size_t(lev)];
     task_busy_[size_t(j)] += d;
     task_energy_[size_t(j)] += p * d;
     double lo = s, hi = t;
@@ -273,7 +355,7 @@ class Engine {
       res_.busy_time[size_t(lev)] += w;
       res_.busy_energy[size_t(lev)] += p * w;
       res_.dynamic_energy_window += p * w;
-      task_win_e_[kRedraw ? size_t(j) * size_t(m_) + size_t(lev) : size_t(j)] += p * w;
+      task_win_e_[kMid ? size_t(j) * size_t(m_) + size_t(lev - off_[size_t(j)]) : size_t(j)] += p * w;
       if (window_ == 1) {
         BatchRow& row = batch_row(tb_);
         row.dynamic_energy += p * w;
@@ -287,22 +369,77 @@ class Engine {
     ++res_.switches;
     batch_row(tb_).other_energy += switch_energy_;
   }
-  void start_task(int j, int64_t r, double t) {
-    if constexpr (!kRedraw) {
-      const int lev = src_.level();
-      if (m_ > 1 && lev != level_[size_t(j)]) count_switch();
-      level_[size_t(j)] = lev;
+  // A stall of switch_time for server j from `from` (a change of level); returns its end.
+  double stall(int j, double from) {
+    const double to = from + switch_time_;
+    double lo = from, hi = to;
+    const double w = in_window(lo, hi);
+    if (w > 0.0) {
+      res_.stall_time += w;
+      res_.stall_energy += switch_power_ * w;
+      if (window_ == 1) {
+        BatchRow& row = batch_row(tb_);
+        row.other_energy += switch_power_ * w;
+        row.other_time += w;
+      }
     }
-    const double w = src_.work(r, j);
-    seg_start_[size_t(j)] = t;
+    avail_[size_t(j)] = to;
+    return to;
+  }
+  // threshold policy: the level for a queue of q tasks
+  int threshold_level(int j, int64_t q) const {
+    int s = 0;
+    while (s < m_ - 1 && q > thresholds_[size_t(s)]) ++s;
+    return off_[size_t(j)] + s;
+  }
+  // deadline policy: the slowest level whose expected finish meets request r's deadline
+  int deadline_level(int j, int64_t r, double t, double w) {
+    const double due = req(r).arrival + deadline_;
+    const double x = known_size_ ? w : 1.0;
+    const double base = avail_[size_t(j)] > t ? avail_[size_t(j)] : t;
+    const int o = off_[size_t(j)], c = cnt_[size_t(j)];
+    for (int i = o; i < o + c; ++i) {
+      const int s = order_[size_t(i)];
+      const double b = s != level_[size_t(j)] ? base + switch_time_ : base;
+      if (b + x / rates_[size_t(s)] <= due) return s;
+    }
+    return order_[size_t(o + c - 1)];
+  }
+  void start_task(int j, int64_t r, double t) {
+    double w;
+    double begin = t;
+    if constexpr (kStall) {
+      if (avail_[size_t(j)] > t) begin = avail_[size_t(j)];  // a stall runs on
+    }
+    if constexpr (!kRedraw) {
+      int lev;
+      if constexpr (kPolicy == int(SpeedPolicy::random)) {
+        lev = src_.level(j);
+        w = src_.work(r, j);
+      } else if constexpr (kPolicy == int(SpeedPolicy::threshold)) {
+        w = src_.work(r, j);
+        lev = threshold_level(j, tail_ - r);
+      } else {
+        w = src_.work(r, j);
+        lev = deadline_level(j, r, t, w);
+      }
+      if (m_ > 1 && lev != level_[size_t(j)]) {  // m_: the most levels of a server
+        count_switch();
+        if constexpr (kStall) begin = stall(j, begin);
+      }
+      level_[size_t(j)] = lev;
+    } else {
+      w = src_.work(r, j);
+    }
+    seg_start_[size_t(j)] = begin;
     task_busy_[size_t(j)] = 0.0;
     task_energy_[size_t(j)] = 0.0;
     clear_win_e(j);
-    if constexpr (kRedraw) work_left_[size_t(j)] = w;
-    schedule(j, t + w / rates_[size_t(level_[size_t(j)])]);
+    if constexpr (kMid) work_left_[size_t(j)] = w;
+    schedule(j, begin + w / rates_[size_t(level_[size_t(j)])]);
   }
   void clear_win_e(int j) {
-    if constexpr (kRedraw) {
+    if constexpr (kMid) {
       for (int s = 0; s < m_; ++s) task_win_e_[size_t(j) * size_t(m_) + size_t(s)] = 0.0;
     } else {
       task_win_e_[size_t(j)] = 0.0;
@@ -314,9 +451,10 @@ class Engine {
     if (wasted) {
       q.wasted_time += task_busy_[size_t(j)];
       q.wasted_energy += task_energy_[size_t(j)];
-      if constexpr (kRedraw) {
-        for (int s = 0; s < m_; ++s)
-          res_.wasted_busy_energy[size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
+      if constexpr (kMid) {
+        const size_t o = size_t(off_[size_t(j)]);
+        for (int s = 0; s < cnt_[size_t(j)]; ++s)
+          res_.wasted_busy_energy[o + size_t(s)] += task_win_e_[size_t(j) * size_t(m_) + size_t(s)];
       } else {
         res_.wasted_busy_energy[size_t(level_[size_t(j)])] += task_win_e_[size_t(j)];
       }
@@ -411,6 +549,14 @@ class Engine {
     else
       go_idle(j, t);
   }
+  // Trace replay: the window closes at t, when the system has emptied after the last arrival.
+  void close_window(double t) {
+    integrate(t);
+    batch_row(tb_).in_system_at_end = double(tail_ - head_);
+    if constexpr (kSleep) close_window_sleep(t);
+    window_ = 2;
+    res_.t_end = t;
+  }
   // The window closes at t: account the sleep time of the servers asleep now.
   void close_window_sleep(double t) {
     for (int j = 0; j < n_; ++j)
@@ -453,7 +599,7 @@ class Engine {
     if constexpr (kRedraw) {
       for (int j = 0; j < n_; ++j) {
         const int lev_old = level_[size_t(j)];
-        const int lev = src_.level();
+        const int lev = src_.level(j);
         if (lev != lev_old) count_switch();
         if (cur_[size_t(j)] < r && !(sleep_ && waking_[size_t(j)])) {
           // busy: the task keeps its remaining work
@@ -465,6 +611,26 @@ class Engine {
         } else {
           level_[size_t(j)] = lev;
         }
+      }
+    }
+    if constexpr (kPolicy == int(SpeedPolicy::threshold)) {
+      // every queue grew by one: a busy server whose level changes continues its task at the
+      // new rate with its remaining work (after a stall, if any)
+      for (int j = 0; j < n_; ++j) {
+        const int64_t c = cur_[size_t(j)];
+        if (c >= r || (sleep_ && waking_[size_t(j)])) continue;
+        const int lev = threshold_level(j, tail_ - c), old = level_[size_t(j)];
+        if (lev == old) continue;
+        const double s0 = seg_start_[size_t(j)];
+        const double left = work_left_[size_t(j)] - (t > s0 ? t - s0 : 0.0) * rates_[size_t(old)];
+        work_left_[size_t(j)] = left > 0.0 ? left : 0.0;
+        close_segment(j, t);
+        count_switch();
+        double begin = t;
+        if constexpr (kStall) begin = stall(j, avail_[size_t(j)] > t ? avail_[size_t(j)] : t);
+        level_[size_t(j)] = lev;
+        seg_start_[size_t(j)] = begin;
+        schedule(j, begin + work_left_[size_t(j)] / rates_[size_t(lev)]);
       }
     }
     for (int j = 0; j < n_; ++j)
@@ -570,12 +736,18 @@ class Engine {
     hist_hi_ = std::max(hist_hi_, idx);
   }
 
-  const int n_, k_, m_, S_;
+  const int n_, k_, m_, L_, S_;  // m_: most levels of one server; L_: levels of all servers
   const bool cancel_, sleep_exp_, wake_exp_;
   static constexpr bool sleep_ = kSleep, redraw_ = kRedraw;
   const std::vector<double> rates_, powers_;
   const std::vector<SleepState> states_;
-  const double switch_energy_;
+  const double switch_energy_, switch_time_, switch_power_;
+  const std::vector<int64_t> thresholds_;
+  const double deadline_;
+  const bool known_size_, replay_;
+  std::vector<double> avail_;   // per server: end of its current switch stall
+  std::vector<int> order_;      // levels by ascending rate (deadline policy)
+  std::vector<int> off_, cnt_;  // per server: first global level index, number of levels
   const int64_t w0_, w1_, requests_, batches_, max_in_system_;
   Source& src_;
   ForkJoinResult& res_;
@@ -586,6 +758,9 @@ class Engine {
   std::vector<double> ev_time_;
   std::vector<uint64_t> ev_seq_;
   std::vector<int> tree_;
+  std::vector<int> dirty_;        // slots scheduled since the tree was last brought up to date
+  std::vector<char> dirty_flag_;  // per slot: in dirty_
+  int n_dirty_ = 0, depth_ = 0;
   int leaves_ = 1;
   bool use_tree_ = false;
   uint64_t seq_ = 0;
@@ -593,7 +768,7 @@ class Engine {
   std::vector<int64_t> cur_;
   std::vector<int> level_;
   std::vector<double> seg_start_, work_left_, task_busy_, task_energy_;
-  std::vector<double> task_win_e_;  // [n][m] (kRedraw) or [n]: the current task's busy energy in the window
+  std::vector<double> task_win_e_;  // [n][m] (kMid) or [n]: the current task's busy energy in the window
 
   std::vector<char> waking_;
   std::vector<int> wake_state_;
@@ -632,7 +807,27 @@ void validate(const ForkJoinConfig& c) {
   const size_t m = c.rates.size();
   FLAGCORE_CHECK_ARG(m >= 1 && c.powers.size() == m && c.probs.size() == m,
                      "simulate: rates, powers and probs must have one entry per level");
-  double sum = 0.0;
+  std::vector<int> sets = c.server_levels;  // the level sets whose probabilities sum to 1
+  if (sets.empty()) {
+    sets.push_back(int(m));
+  } else {
+    FLAGCORE_CHECK_ARG(int(sets.size()) == c.n,
+                       "simulate: server_levels must have n = " << c.n << " entries, got " << sets.size());
+    int64_t tot = 0;
+    for (int x : sets) {
+      FLAGCORE_CHECK_ARG(x >= 1, "simulate: every server needs at least one level, got " << x);
+      tot += x;
+    }
+    FLAGCORE_CHECK_ARG(tot == int64_t(m),
+                       "simulate: server_levels sum to " << tot << ", but there are " << m << " levels");
+  }
+  size_t first = 0;
+  for (int x : sets) {
+    double sum = 0.0;
+    for (size_t s = first; s < first + size_t(x); ++s) sum += c.probs[s];
+    FLAGCORE_CHECK_ARG(std::fabs(sum - 1.0) <= 1e-9, "simulate: probs must sum to 1 per server, got " << sum);
+    first += size_t(x);
+  }
   for (size_t s = 0; s < m; ++s) {
     FLAGCORE_CHECK_ARG(c.rates[s] > 0 && std::isfinite(c.rates[s]),
                        "simulate: rates must be positive, got " << c.rates[s]);
@@ -640,9 +835,7 @@ void validate(const ForkJoinConfig& c) {
                        "simulate: powers must be >= 0, got " << c.powers[s]);
     FLAGCORE_CHECK_ARG(c.probs[s] >= 0 && c.probs[s] <= 1,
                        "simulate: probs must be in [0, 1], got " << c.probs[s]);
-    sum += c.probs[s];
   }
-  FLAGCORE_CHECK_ARG(std::fabs(sum - 1.0) <= 1e-9, "simulate: probs must sum to 1, got " << sum);
   FLAGCORE_CHECK_ARG(c.idle_power >= 0 && std::isfinite(c.idle_power), "simulate: idle_power must be >= 0");
   FLAGCORE_CHECK_ARG(c.requests >= 1 && c.requests <= kMaxRequests,
                      "simulate: requests must be in [1, 2^53], got " << c.requests);
@@ -663,6 +856,50 @@ void validate(const ForkJoinConfig& c) {
                        "simulate: sleep state wake_latency must be >= 0 and finite");
     FLAGCORE_CHECK_ARG(st.wake_power >= 0 && std::isfinite(st.wake_power),
                        "simulate: sleep state wake_power must be >= 0 and finite");
+  }
+  FLAGCORE_CHECK_ARG(c.switch_time >= 0 && std::isfinite(c.switch_time),
+                     "simulate: switch_time must be >= 0 and finite, got " << c.switch_time);
+  FLAGCORE_CHECK_ARG(c.switch_power >= 0 && std::isfinite(c.switch_power),
+                     "simulate: switch_power must be >= 0 and finite, got " << c.switch_power);
+  FLAGCORE_CHECK_ARG(!c.redraw_on_arrival || (c.policy == SpeedPolicy::random && c.switch_time == 0.0),
+                     "simulate: redraw_on_arrival needs the random policy and switch_time = 0");
+  switch (c.policy) {
+    case SpeedPolicy::random:
+      break;
+    case SpeedPolicy::threshold:
+      for (int x : sets)
+        FLAGCORE_CHECK_ARG(c.thresholds.size() + 1 == size_t(x),
+                           "simulate: the threshold policy needs m - 1 = " << x - 1 << " thresholds, got "
+                                                                           << c.thresholds.size());
+      for (size_t i = 0; i < c.thresholds.size(); ++i)
+        FLAGCORE_CHECK_ARG(c.thresholds[i] >= 0 && (i == 0 || c.thresholds[i] >= c.thresholds[i - 1]),
+                           "simulate: thresholds must be >= 0 and non-decreasing, got " << c.thresholds[i]);
+      break;
+    case SpeedPolicy::deadline:
+      FLAGCORE_CHECK_ARG(c.deadline >= 0 && std::isfinite(c.deadline),
+                         "simulate: deadline must be >= 0 and finite, got " << c.deadline);
+      break;
+    default:
+      FLAGCORE_CHECK_ARG(false, "simulate: unknown speed policy " << int(c.policy));
+  }
+  if (!c.trace_arrivals.empty()) {
+    FLAGCORE_CHECK_ARG(c.mmpp_rates.empty() && !c.renewal_arrivals,
+                       "simulate: a trace excludes MMPP and renewal arrivals");
+    const int64_t R = int64_t(c.trace_arrivals.size());
+    FLAGCORE_CHECK_ARG(R == c.requests + c.warmup,
+                       "simulate: the trace has "
+                           << R << " arrivals, expected warmup + requests = " << c.requests + c.warmup);
+    for (int64_t r = 0; r < R; ++r) {
+      const double a = c.trace_arrivals[size_t(r)];
+      FLAGCORE_CHECK_ARG(
+          std::isfinite(a) && a >= 0 && (r == 0 || a >= c.trace_arrivals[size_t(r - 1)]),
+          "simulate: trace arrivals must be finite, >= 0 and non-decreasing (index " << r << ")");
+    }
+    FLAGCORE_CHECK_ARG(c.trace_sizes.empty() || c.trace_sizes.size() == size_t(R) * size_t(c.n),
+                       "simulate: trace sizes must be [requests, n] = [" << R << ", " << c.n << "]");
+    for (size_t i = 0; i < c.trace_sizes.size(); ++i)
+      FLAGCORE_CHECK_ARG(std::isfinite(c.trace_sizes[i]) && c.trace_sizes[i] >= 0,
+                         "simulate: trace sizes must be finite and >= 0 (flat index " << i << ")");
   }
   if (!c.mmpp_rates.empty()) {
     const size_t P = c.mmpp_rates.size();
@@ -709,30 +946,81 @@ void validate(const ForkJoinConfig& c) {
   }
 }
 
+template <bool kSleep, bool kStall>
+void run_policy(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& res, int64_t* progress) {
+  constexpr int kThreshold = int(SpeedPolicy::threshold), kDeadline = int(SpeedPolicy::deadline);
+  switch (cfg.policy) {
+    case SpeedPolicy::threshold:
+      Engine<RandomSource, kSleep, false, kThreshold, kStall>(cfg, src, res, progress, TraceOut{}).run();
+      break;
+    case SpeedPolicy::deadline:
+      Engine<RandomSource, kSleep, false, kDeadline, kStall>(cfg, src, res, progress, TraceOut{}).run();
+      break;
+    default:
+      Engine<RandomSource, kSleep, false, 0, kStall>(cfg, src, res, progress, TraceOut{}).run();
+  }
+}
+
+template <bool kSleep>
+void run_engine(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& res, int64_t* progress) {
+  if (cfg.redraw_on_arrival)  // validated: random policy, no switch stall
+    Engine<RandomSource, kSleep, true, 0, false>(cfg, src, res, progress, TraceOut{}).run();
+  else if (cfg.switch_time > 0.0)
+    run_policy<kSleep, true>(cfg, src, res, progress);
+  else
+    run_policy<kSleep, false>(cfg, src, res, progress);
+}
+
 }  // namespace
 
 ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   validate(cfg);
   const auto t0 = std::chrono::steady_clock::now();
   const double c0 = thread_cpu_seconds();
-  RandomSource src{
-      Rng(cfg.seed, cfg.stream), 1.0 / cfg.arrival_rate, ServiceSampler{}, {}, int(cfg.rates.size())};
+  RandomSource src{Rng(cfg.seed, cfg.stream)};
+  src.inv_rate = 1.0 / cfg.arrival_rate;
+  src.m = int(cfg.rates.size());
   src.service.kind = cfg.service;
   src.service.param = cfg.service_param;
   src.service.table = cfg.empirical.data();
   src.service.table_size = cfg.empirical.size();
-  double acc = 0.0;
-  for (size_t s = 0; s < cfg.probs.size(); ++s) {
-    acc += cfg.probs[s];
-    src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
+  std::vector<int> off, cnt;
+  if (cfg.server_levels.empty()) {
+    double acc = 0.0;
+    for (size_t s = 0; s < cfg.probs.size(); ++s) {
+      acc += cfg.probs[s];
+      src.cum.push_back(s + 1 == cfg.probs.size() ? 2.0 : acc);  // u < 1 always lands somewhere
+    }
+  } else {
+    int o = 0;
+    for (int x : cfg.server_levels) {
+      off.push_back(o);
+      cnt.push_back(x);
+      double acc = 0.0;
+      for (int s = 0; s < x; ++s) {
+        acc += cfg.probs[size_t(o + s)];
+        src.cum.push_back(s + 1 == x ? 2.0 : acc);
+      }
+      o += x;
+    }
+    src.off = off.data();
+    src.cnt = cnt.data();
+  }
+  src.n = cfg.n;
+  if (!cfg.trace_arrivals.empty()) {
+    src.mode = 3;
+    src.tr_arrivals = cfg.trace_arrivals.data();
+    src.tr_count = int64_t(cfg.trace_arrivals.size());
+    src.tr_sizes = cfg.trace_sizes.empty() ? nullptr : cfg.trace_sizes.data();
   }
   if (cfg.renewal_arrivals) {
-    src.renewal = true;
+    src.mode = 1;
     src.interarrival = ServiceSampler{cfg.arrival_kind, cfg.arrival_param, cfg.arrival_table.data(),
                                       cfg.arrival_table.size()};
   }
   if (!cfg.mmpp_rates.empty()) {
     const int P = int(cfg.mmpp_rates.size());
+    src.mode = 2;
     src.phases = P;
     src.phase = 0;  // the first phase at time 0 (the warm-up forgets it)
     src.ph_rate = cfg.mmpp_rates;
@@ -755,15 +1043,10 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
     }
   }
   ForkJoinResult res;
-  const bool sleep = !cfg.sleep_states.empty();
-  if (sleep && cfg.redraw_on_arrival)
-    Engine<RandomSource, true, true>(cfg, src, res, progress, TraceOut{}).run();
-  else if (sleep)
-    Engine<RandomSource, true, false>(cfg, src, res, progress, TraceOut{}).run();
-  else if (cfg.redraw_on_arrival)
-    Engine<RandomSource, false, true>(cfg, src, res, progress, TraceOut{}).run();
+  if (!cfg.sleep_states.empty())
+    run_engine<true>(cfg, src, res, progress);
   else
-    Engine<RandomSource, false, false>(cfg, src, res, progress, TraceOut{}).run();
+    run_engine<false>(cfg, src, res, progress);
   res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.cpu_seconds = thread_cpu_seconds() - c0;
   return res;
@@ -808,7 +1091,8 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
   cfg.max_in_system = std::numeric_limits<int64_t>::max();
   TraceSource src{arrivals, services, requests, n};
   ForkJoinResult res;
-  Engine<TraceSource, false, false> engine(cfg, src, res, nullptr, TraceOut{departures, busy, wasted});
+  Engine<TraceSource, false, false, 0, false> engine(cfg, src, res, nullptr,
+                                                     TraceOut{departures, busy, wasted});
   engine.run();
   FLAGCORE_CHECK_STATE(res.arrivals == requests, "simulate_trace: not every request arrived");
 }

@@ -21,6 +21,25 @@
 // (or, without cancellation, still running somewhere), so memory is bounded by the number in
 // system, not by the number simulated.
 //
+// Speed policies (`policy`): `random` is the paper's model above. With `threshold`, a server
+// runs at level s = #{i : q > thresholds[i]} where q = its queue (tasks waiting + in service at
+// that server, late tasks included); the level is evaluated when the server starts a task and
+// again at every arrival (the only event that raises q; every event that lowers it starts the
+// next task or idles the server), and a task in service whose level changes keeps its remaining
+// work and continues at the new rate. With `deadline`, every request has the deadline
+// arrival + deadline; a server starting a task picks the slowest level (ascending rate, ties by
+// index) whose expected finish, begin + w / rate (w: the task's work if deadline_known_size,
+// else the mean 1; begin: the start time plus any switch stall the level needs), meets it, else
+// the fastest; the level is kept for the whole task. An idle server keeps its last level.
+// A change of level costs switch_energy and, with switch_time > 0, a stall of switch_time at
+// switch_power during which the server does no work. A stall, once begun, completes (a
+// cancellation does not cut it; the next task starts at its end), and a further change during a
+// stall begins when it ends. Stalls are attributed to the measurement window by their start.
+//
+// Trace replay (trace_arrivals non-empty): the arrival times are given (trace_sizes, if given,
+// the work of every task, [requests, n]); the window runs from the first measured arrival until
+// the system has emptied after the last one.
+//
 // Statistics stream: response times go to a log-bucketed histogram (histogram.hpp) per batch;
 // sums per batch give batch-means confidence intervals; time averages (number in system, busy
 // time per level, energy) are integrated over the window from the arrival of the first measured
@@ -47,10 +66,16 @@ struct SleepState {
   double wake_power = 0.0;    // power during that setup
 };
 
+enum class SpeedPolicy : int { random = 0, threshold = 1, deadline = 2 };
+
 struct ForkJoinConfig {
   int n = 1, k = 1;
   double arrival_rate = 0.5;
   std::vector<double> rates{1.0}, powers{1.0}, probs{1.0};  // one entry per speed level
+  // Heterogeneous servers (empty: every server has the levels above): server j has
+  // server_levels[j] levels, and rates/powers/probs list server 0's, then server 1's, ...
+  // (each server's probabilities sum to 1). Per-level results follow the same order.
+  std::vector<int> server_levels;
   double idle_power = 0.0;
   ServiceKind service = ServiceKind::exponential;
   double service_param = 0.0;
@@ -61,6 +86,15 @@ struct ForkJoinConfig {
   bool sleep_exponential = false;        // timers exponential (true) or deterministic
   bool wake_exponential = false;         // wake-up latencies exponential (true) or deterministic
   double switch_energy = 0.0;            // energy of one change of a server's speed level
+  double switch_time = 0.0;              // stall of one change of level (no work meanwhile)
+  double switch_power = 0.0;             // power during that stall
+  SpeedPolicy policy = SpeedPolicy::random;
+  std::vector<int64_t> thresholds;   // threshold policy: m - 1 non-decreasing queue lengths
+  double deadline = 0.0;             // deadline policy: every request's deadline after its arrival
+  bool deadline_known_size = false;  // deadline policy: use the task's work (true) or its mean 1
+  // Trace replay (non-empty: arrivals given; requests + warmup of them, non-decreasing)
+  std::vector<double> trace_arrivals;
+  std::vector<double> trace_sizes;  // empty, or [requests + warmup, n] work amounts
   // Markov-modulated Poisson arrivals (empty: Poisson at arrival_rate): in phase i requests
   // arrive at mmpp_rates[i] and the phase changes to j at mmpp_switch[i * phases + j]
   // (diagonal ignored). The run starts in phase 0.
@@ -110,12 +144,13 @@ struct ForkJoinResult {
   std::vector<double> wasted_busy_energy;  // per level: part of busy_energy on wasted tasks
   std::vector<double> completions;         // per level: tasks completed in the window
   double dynamic_energy_window = 0.0;
-  std::vector<double> sleep_time;             // per sleep state: core-time in it within the window
-  std::vector<double> sleep_energy;           // per sleep state: energy in it within the window
-  double wake_time = 0.0, wake_energy = 0.0;  // core-time and energy of wake-ups (window)
-  int64_t wakeups = 0;                        // wake-ups that started in the window
-  int64_t switches = 0;                       // level changes in the window
-  std::vector<BatchRow> batch;                // [batches]
+  std::vector<double> sleep_time;               // per sleep state: core-time in it within the window
+  std::vector<double> sleep_energy;             // per sleep state: energy in it within the window
+  double wake_time = 0.0, wake_energy = 0.0;    // core-time and energy of wake-ups (window)
+  int64_t wakeups = 0;                          // wake-ups that started in the window
+  int64_t switches = 0;                         // level changes in the window
+  double stall_time = 0.0, stall_energy = 0.0;  // core-time and energy of switch stalls (window)
+  std::vector<BatchRow> batch;                  // [batches]
   // Response-time histogram per batch, sparse: entry i adds hist_count[i] to bucket
   // hist_bucket[i] (LogHistogramLayout) of batch hist_batch[i]; batches ascending, buckets
   // ascending within a batch. Memory follows the requests, not the histogram's size.

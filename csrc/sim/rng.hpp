@@ -235,7 +235,11 @@ struct ExpZiggurat {
     x[256] = 0.0;
     f[256] = 1.0;
   }
-  static const ExpZiggurat& get() {
+#if defined(__GNUC__)
+  __attribute__((always_inline))
+#endif
+  static const ExpZiggurat&
+  get() {
     static const ExpZiggurat z;
     return z;
   }
@@ -294,7 +298,11 @@ struct ServiceSampler {
   const double* table = nullptr;  // empirical: values with mean 1
   uint64_t table_size = 0;
 
-  double operator()(Rng& rng) const {
+#if defined(__GNUC__)
+  __attribute__((always_inline))  // an out-of-line call goes through the PLT
+#endif
+  double
+  operator()(Rng& rng) const {
     if (kind == ServiceKind::exponential) return sample_exponential(rng);  // the hot path
     return other(rng);
   }

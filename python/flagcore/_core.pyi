@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
 class CudaDtype:
     """
     element type of a device array (torch's dtype names)
@@ -285,6 +285,56 @@ class ServiceKind:
     @property
     def value(self) -> int:
         ...
+class SpeedPolicy:
+    """
+    how a server picks its speed level (forkjoin_sim.hpp)
+    
+    Members:
+    
+      random
+    
+      threshold
+    
+      deadline
+    """
+    __members__: typing.ClassVar[dict[str, SpeedPolicy]]
+    deadline: typing.ClassVar[SpeedPolicy]
+    random: typing.ClassVar[SpeedPolicy]
+    threshold: typing.ClassVar[SpeedPolicy]
+    @typing.overload
+    def __eq__(self, other: SpeedPolicy) -> bool:
+        ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool:
+        ...
+    def __getstate__(self) -> int:
+        ...
+    def __hash__(self) -> int:
+        ...
+    def __index__(self) -> int:
+        ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __int__(self) -> int:
+        ...
+    @typing.overload
+    def __ne__(self, other: SpeedPolicy) -> bool:
+        ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def __str__(self) -> str:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def value(self) -> int:
+        ...
 class SleepState:
     """
     a low-power state (see csrc/sim/forkjoin_sim.hpp)
@@ -321,6 +371,8 @@ class SimConfig:
     """
     arrival_kind: ServiceKind
     cancel: bool
+    deadline_known_size: bool
+    policy: SpeedPolicy
     redraw_on_arrival: bool
     renewal_arrivals: bool
     service: ServiceKind
@@ -351,6 +403,12 @@ class SimConfig:
         ...
     @batches.setter
     def batches(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def deadline(self) -> float:
+        ...
+    @deadline.setter
+    def deadline(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
     def empirical(self) -> list[float]:
@@ -425,6 +483,12 @@ class SimConfig:
     def seed(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
+    def server_levels(self) -> list[int]:
+        ...
+    @server_levels.setter
+    def server_levels(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    @property
     def service_param(self) -> float:
         ...
     @service_param.setter
@@ -447,6 +511,36 @@ class SimConfig:
         ...
     @switch_energy.setter
     def switch_energy(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def switch_power(self) -> float:
+        ...
+    @switch_power.setter
+    def switch_power(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def switch_time(self) -> float:
+        ...
+    @switch_time.setter
+    def switch_time(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def thresholds(self) -> list[int]:
+        ...
+    @thresholds.setter
+    def thresholds(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def trace_arrivals(self) -> list[float]:
+        ...
+    @trace_arrivals.setter
+    def trace_arrivals(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def trace_sizes(self) -> list[float]:
+        ...
+    @trace_sizes.setter
+    def trace_sizes(self, arg0: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]) -> None:
         ...
     @property
     def warmup(self) -> int:
@@ -516,6 +610,12 @@ class SimReplication:
         ...
     @property
     def sleep_time(self) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def stall_energy(self) -> float:
+        ...
+    @property
+    def stall_time(self) -> float:
         ...
     @property
     def sum_energy(self) -> float:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Levels:
     def as_speed_levels(self) -> list[SpeedLevel]:
         return [SpeedLevel(r, w, p) for r, w, p in zip(self.rates, self.powers, self.probs)]
 
-    def with_probs(self, probs: Sequence[float]) -> "Levels":
+    def with_probs(self, probs: Sequence[float]) -> Levels:
         return Levels(self.rates, self.powers, tuple(float(p) for p in probs))
 
 
@@ -194,7 +195,8 @@ def as_service(service: Any, fn: str) -> Service:
             raise ValueError(f"{fn}: service must be one of {sorted(_KINDS)}, got {service!r}")
         if not arg:
             raise ValueError(
-                f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got {service!r}"
+                f"{fn}: service '{name}' needs a parameter (e.g. 'erlang:3', 'pareto:2.5'), got "
+                f"{service!r}"
             )
         try:
             service = (name, float(arg))
@@ -211,7 +213,8 @@ def as_service(service: Any, fn: str) -> Service:
         s = np.asarray(arg, dtype=np.float64).ravel()
         if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0) or not np.any(s > 0):
             raise ValueError(
-                f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} values"
+                f"{fn}: empirical service samples must be finite, >= 0, not all 0, got {s.size} "
+                "values"
             )
         # normalise in a safe scale: dividing by the largest value first keeps every
         # intermediate in [0, 1], so samples whose sum overflows are not rescaled to zeros
@@ -234,7 +237,8 @@ def as_service(service: Any, fn: str) -> Service:
     if name == "lognormal" and v > MAX_LOGNORMAL_SIGMA:
         raise ValueError(
             f"{fn}: lognormal sigma must be <= {MAX_LOGNORMAL_SIGMA:.4g} (squared coefficient of "
-            f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = {math.expm1(min(v * v, 709.0)):.3g} "
+            f"variation <= {MAX_SCV:g}), got {v}: with exp(sigma^2) - 1 = "
+            f"{math.expm1(min(v * v, 709.0)):.3g} "
             f"the mean work is carried by draws too rare to simulate, so every run would report ~0"
         )
     if name == "gamma" and v < 1.0 / MAX_SCV:
@@ -272,7 +276,8 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
         states = [states]
     if isinstance(states, (str, bytes)) or not hasattr(states, "__len__"):
         raise TypeError(
-            f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, wake_power), "
+            f"{fn}: sleep must be a list of SleepState or (after, power, wake_latency, "
+            "wake_power), "
             f"got {type(states).__name__}"
         )
     out = []
@@ -286,7 +291,8 @@ def as_sleep_states(states: Any, fn: str) -> tuple:
                 ) from None
             if len(vals) not in (3, 4):
                 raise ValueError(
-                    f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got {st!r}"
+                    f"{fn}: sleep[{i}] must be (after, power, wake_latency[, wake_power]), got "
+                    f"{st!r}"
                 )
             st = SleepState(*vals)
         checked: list[float] = []
@@ -341,7 +347,7 @@ class Renewal:
     distribution: Any
 
 
-def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
+def as_arrivals(arrivals: Any, fn: str) -> MMPP | Renewal | None:
     """None (Poisson), a Renewal process (its distribution validated as a Service) or an MMPP,
     validated: non-negative finite rates, an irreducible phase process, a positive mean rate."""
     if arrivals is None:
@@ -350,14 +356,16 @@ def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
         return Renewal(as_service(arrivals.distribution, fn))
     if not isinstance(arrivals, MMPP):
         raise TypeError(
-            f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got {type(arrivals).__name__}"
+            f"{fn}: arrivals must be None (Poisson), a Renewal or an MMPP, got "
+            f"{type(arrivals).__name__}"
         )
     r = np.asarray(arrivals.rates, dtype=np.float64)
     S = np.asarray(arrivals.switch, dtype=np.float64)
     P = r.size
     if r.ndim != 1 or P < 1 or S.shape != (P, P):
         raise ValueError(
-            f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and {S.shape}"
+            f"{fn}: MMPP needs rates of length P and a P x P switch matrix, got {r.shape} and "
+            f"{S.shape}"
         )
     if not (
         np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(np.isfinite(S)) and np.all(S >= 0)
@@ -366,8 +374,151 @@ def as_arrivals(arrivals: Any, fn: str) -> "MMPP | Renewal | None":
     m = MMPP(tuple(r.tolist()), tuple(map(tuple, S.tolist())))
     if P > 1 and np.linalg.matrix_rank(m.generator) != P - 1:
         raise ValueError(
-            f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every other)"
+            f"{fn}: the MMPP phase process must be irreducible (every phase reachable from every "
+            "other)"
         )
     if not m.mean_rate > 0:
         raise ValueError(f"{fn}: the MMPP mean arrival rate must be positive")
     return m
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Trace replay: given arrival times (non-decreasing, >= 0) and, optionally, the work of
+    the tasks: ``sizes`` of shape (requests,) (every task of a request gets that work) or
+    (requests, n), in the units of the service distribution (a task at level s takes
+    size / rate_s). Without sizes the work is drawn from ``service``."""
+
+    arrivals: Any
+    sizes: Any = None
+
+
+def as_trace(trace: Trace, n: int, fn: str) -> tuple:
+    """Validated (arrivals, sizes or None) as float64 arrays; sizes broadcast to (R, n)."""
+    try:
+        a = np.array(trace.arrivals, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{fn}: Trace.arrivals must be a 1-D array of numbers, got "
+            f"{type(trace.arrivals).__name__}"
+        ) from None
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{fn}: Trace.arrivals must be a non-empty 1-D array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or a[0] < 0 or np.any(np.diff(a) < 0):
+        bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0) | np.r_[False, np.diff(a) < 0])[0])
+        raise ValueError(
+            f"{fn}: Trace.arrivals must be finite, >= 0 and non-decreasing, got {float(a[bad])!r} "
+            f"at index {bad}"
+        )
+    if trace.sizes is None:
+        return a, None
+    try:
+        s = np.array(trace.sizes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{fn}: Trace.sizes must be an array of numbers, got {type(trace.sizes).__name__}"
+        ) from None
+    if s.shape == (a.size,):
+        s = np.repeat(s[:, None], n, axis=1)
+    if s.shape != (a.size, n):
+        raise ValueError(
+            f"{fn}: Trace.sizes must have shape (requests,) = ({a.size},) or (requests, n) = "
+            f"({a.size}, {n}), got {s.shape}"
+        )
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"{fn}: Trace.sizes must be finite and >= 0")
+    return a, np.ascontiguousarray(s)
+
+
+# ---------------------------------------------------------------- speed policies
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """Speed by queue length: a server whose queue (tasks waiting + in service at that server)
+    is q runs at level s = #{i : q > thresholds[i]}: with two levels and threshold T, the first
+    (low) level while q <= T and the second above. ``thresholds``: an int (two levels) or m - 1
+    non-decreasing ints >= 0. Evaluated when a server starts a task and at every arrival; a
+    task whose level changes continues its remaining work at the new rate."""
+
+    thresholds: Any
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    """Speed by deadline slack: every request must finish ``deadline`` after its arrival; a
+    server starting a task picks the slowest level whose expected finish (start + any switch
+    stall + work / rate, with the task's actual work if ``known_size`` else the mean work 1)
+    meets the deadline, else the fastest; the level holds for the whole task."""
+
+    deadline: float
+    known_size: bool = False
+
+
+PolicyLike = Union[None, ThresholdPolicy, DeadlinePolicy]
+
+
+def as_policy(policy: Any, m: int, fn: str) -> ThresholdPolicy | DeadlinePolicy | None:
+    """None (the random choice), a ThresholdPolicy or a DeadlinePolicy, validated for m levels."""
+    if policy is None:
+        return None
+    if isinstance(policy, ThresholdPolicy):
+        th = policy.thresholds
+        vals = [th] if isinstance(th, (int, np.integer)) and not isinstance(th, bool) else th
+        if isinstance(vals, (str, bytes)) or not hasattr(vals, "__len__"):
+            raise TypeError(
+                f"{fn}: ThresholdPolicy.thresholds must be an int or a list of ints, got {th!r}"
+            )
+        out: list[int] = []
+        for i, v in enumerate(vals):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{fn}: ThresholdPolicy.thresholds[{i}] must be an int, got {v!r}")
+            if not 0 <= int(v) < 2**62:
+                raise ValueError(
+                    f"{fn}: ThresholdPolicy.thresholds[{i}] must be in [0, 2^62), got {v!r}"
+                )
+            if out and int(v) < out[-1]:
+                raise ValueError(
+                    f"{fn}: ThresholdPolicy.thresholds must be non-decreasing, got {list(vals)!r}"
+                )
+            out.append(int(v))
+        if len(out) != m - 1:
+            raise ValueError(
+                f"{fn}: ThresholdPolicy needs m - 1 = {m - 1} thresholds for {m} levels, got {th!r}"
+            )
+        return ThresholdPolicy(tuple(out))
+    if isinstance(policy, DeadlinePolicy):
+        d = _num(policy.deadline, fn, "DeadlinePolicy.deadline")
+        if not (d >= 0 and math.isfinite(d)):
+            raise ValueError(f"{fn}: DeadlinePolicy.deadline must be >= 0 and finite, got {d}")
+        if not isinstance(policy.known_size, bool):
+            raise TypeError(
+                f"{fn}: DeadlinePolicy.known_size must be a bool, got "
+                f"{type(policy.known_size).__name__}"
+            )
+        return DeadlinePolicy(d, policy.known_size)
+    raise TypeError(
+        f"{fn}: policy must be None (random choice), a ThresholdPolicy or a DeadlinePolicy, got "
+        f"{type(policy).__name__}"
+    )
+
+
+def as_policy_levels(levels: Any, fn: str) -> Levels:
+    """Levels for a state-dependent policy: (rate, power) or (rate, power, probability) per
+    level; the probabilities are not used (the policy picks the level), so they are set equal."""
+    if isinstance(levels, SpeedLevel):
+        levels = [levels]
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__") or len(levels) == 0:
+        raise ValueError(f"{fn}: levels must be a non-empty list of (rate, power), got {levels!r}")
+    pairs = []
+    for i, lv in enumerate(levels):
+        if isinstance(lv, SpeedLevel):
+            pairs.append((lv.rate, lv.power))
+            continue
+        try:
+            t = tuple(lv)
+        except TypeError:
+            raise ValueError(f"{fn}: levels[{i}] must be (rate, power), got {lv!r}") from None
+        if len(t) not in (2, 3):
+            raise ValueError(f"{fn}: levels[{i}] must be (rate, power), got {lv!r}")
+        pairs.append(t[:2])
+    m = len(pairs)
+    return as_levels([(r, w, 1.0 / m) for r, w in pairs], fn)

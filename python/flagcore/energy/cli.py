@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument(
             "--service",
             default="exponential",
-            help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | pareto:ALPHA | empirical:FILE",
+            help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | "
+            "pareto:ALPHA | empirical:FILE",
         )
         q.add_argument(
             "--redraw-on-arrival",
@@ -86,6 +87,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--deadline", type=float, action="append", default=[], help="report P(T > D) (repeatable)"
     )
+    pol = q.add_mutually_exclusive_group()
+    pol.add_argument(
+        "--threshold",
+        metavar="T[,T2,...]",
+        help="speed by queue length: level s while the server's queue exceeds s of these "
+        "thresholds (m - 1 of them; levels as rate:power)",
+    )
+    pol.add_argument(
+        "--deadline-policy",
+        type=float,
+        metavar="D",
+        help="speed by deadline slack: the slowest level expected to finish within D of the "
+        "request's arrival (levels as rate:power)",
+    )
+    q.add_argument(
+        "--known-size",
+        action="store_true",
+        help="--deadline-policy uses the task's actual work (default: the mean work 1)",
+    )
+    q.add_argument("--switch-energy", type=float, default=0.0, help="energy per level change")
+    q.add_argument(
+        "--switch-time", type=float, default=0.0, help="stall per level change (no work meanwhile)"
+    )
+    q.add_argument("--switch-power", type=float, default=0.0, help="power during that stall")
     q.set_defaults(func=_cmd_simulate)
 
     q = esub.add_parser("approx", help="closed forms and approximations", epilog=_EPILOG)
@@ -105,7 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--over",
         choices=["p", "arrival-rate"],
         default="p",
-        help="p: probability of the last (high) level; arrival-rate: the load (levels need probabilities)",
+        help="p: probability of the last (high) level; arrival-rate: the load (levels need "
+        "probabilities)",
     )
     q.add_argument(
         "--values",
@@ -246,11 +272,36 @@ def _level_rows(res: Any, levels: list) -> list:
 
 
 # ---------------------------------------------------------------- commands
+def _policy_of(a: argparse.Namespace) -> Any:
+    from ._model import DeadlinePolicy, ThresholdPolicy
+
+    if a.threshold is not None:
+        try:
+            th = [int(x) for x in a.threshold.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--threshold: expected integers T[,T2,...], got {a.threshold!r}"
+            ) from None
+        return ThresholdPolicy(th)
+    if a.deadline_policy is not None:
+        return DeadlinePolicy(a.deadline_policy, a.known_size)
+    if a.known_size:
+        raise ValueError("--known-size needs --deadline-policy")
+    return None
+
+
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from .simulate import simulate
 
-    levels = parse_levels(a.levels)
+    policy = _policy_of(a)
+    levels = parse_levels(a.levels, need_probs=policy is None)
     kw = _sim_kwargs(a)
+    kw.update(
+        policy=policy,
+        switch_energy=a.switch_energy,
+        switch_time=a.switch_time,
+        switch_power=a.switch_power,
+    )
     prog, report = (None, None)
     if a.progress and (a.requests + (a.warmup or a.requests // 10)) * a.replications >= 2_000_000:
         prog, report = _progress_bar("simulating")
@@ -326,7 +377,7 @@ def _cmd_approx(a: argparse.Namespace) -> int:
         ("p50", lambda r: r.p50),
         ("p99", lambda r: r.p99),
         ("p99.9", lambda r: r.p999),
-        *[(f"P(T > {d:g})", (lambda d: lambda r: r.deadline_miss(d))(d)) for d in a.deadline],
+        *[(f"P(T > {d:g})", lambda r, d=d: r.deadline_miss(d)) for d in a.deadline],
         ("energy per request", lambda r: r.energy_per_request),
         ("average power", lambda r: r.average_power),
         ("effective rate", lambda r: r.effective_rate),
@@ -343,7 +394,8 @@ def _cmd_approx(a: argparse.Namespace) -> int:
     )
     for m in methods:
         print(
-            f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; stable={res[m].stable}"
+            f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; "
+            f"stable={res[m].stable}"
         )
     _dump(a.json, {m: r.to_dict() for m, r in res.items()})
     return 0
@@ -541,7 +593,8 @@ def _cmd_optimize(a: argparse.Namespace) -> int:
     )
     if not r.feasible:
         print(
-            f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} evaluated)"
+            f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} "
+            "evaluated)"
         )
     else:
         rows = [[i, lv[0], lv[1], p] for i, (lv, p) in enumerate(zip(levels, r.probs))]

@@ -1,16 +1,27 @@
 """Design questions: ``sweep`` (simulation and closed forms over a grid), ``pareto_front`` (the
-energy-latency trade-off) and ``optimize`` (the least energy, or power, that meets a latency
-target on the mean or a percentile)."""
+energy-latency trade-off), ``optimize`` (the least energy, or power, that meets a latency
+target on the mean or a percentile) and ``optimize_policy`` (the same over the parameters of a
+speed policy: thresholds or deadlines)."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
-from ._model import Levels, as_levels, check_nk, check_power, check_rate
+from ._model import (
+    DeadlinePolicy,
+    Levels,
+    ThresholdPolicy,
+    as_levels,
+    check_nk,
+    check_power,
+    check_rate,
+)
 from .approx import METHODS, ApproxResult, approximate
 from .simulate import SimResult, certainly_unstable, simulate
 
@@ -30,7 +41,8 @@ def _q(metric: Metric) -> float:
             v = float(s)
         except ValueError:
             raise ValueError(
-                f"metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, got {metric!r}"
+                "metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, "
+                f"got {metric!r}"
             ) from None
         q = v / 100.0 if metric.lower().startswith("p") else v
     else:
@@ -40,7 +52,7 @@ def _q(metric: Metric) -> float:
     return q
 
 
-def latency_of(res: Union[SimResult, ApproxResult], metric: Metric) -> float:
+def latency_of(res: SimResult | ApproxResult, metric: Metric) -> float:
     """'mean' (response time), 'mean_in_system' (E[N]), or a quantile (0.99 or 'p99')."""
     if metric == "mean":
         return res.mean_response_time
@@ -92,7 +104,7 @@ class SweepPoint:
     x: Any
     arrival_rate: float
     probs: tuple
-    sim: Optional[SimResult]
+    sim: SimResult | None
     approx: dict  # method -> ApproxResult
     note: str = ""
 
@@ -149,7 +161,7 @@ def sweep(
     cancel: bool = True,
     run_simulation: bool = True,
     methods: Sequence[str] = ("race",),
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Callable[[int, int], None] | None = None,
     **sim_kwargs: Any,
 ) -> SweepResult:
     """Simulate and approximate over a grid.
@@ -255,7 +267,7 @@ class OptimizeResult:
     """The cheapest probability vector found that meets the target, and every evaluation."""
 
     feasible: bool
-    probs: Optional[tuple]
+    probs: tuple | None
     objective: str
     value: float  # energy per request or average power at the optimum
     latency: float
@@ -314,7 +326,7 @@ def optimize(
     grid: int = 11,
     refine: int = 2,
     max_candidates: int = MAX_CANDIDATES,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Callable[[int, int], None] | None = None,
     **sim_kwargs: Any,
 ) -> OptimizeResult:
     """The level probabilities with the least energy per request (objective='energy') or
@@ -403,7 +415,7 @@ def optimize(
         if progress:
             progress(i + 1, len(cands))
 
-    def best_row() -> Optional[dict]:
+    def best_row() -> dict | None:
         feas = [r for r in evals if r["feasible"] and math.isfinite(r["value"])]
         return min(feas, key=lambda r: (r["value"], r["latency"])) if feas else None
 
@@ -435,3 +447,191 @@ def optimize(
         evaluator,
         evals,
     )
+
+
+@dataclass
+class PolicyOptimizeResult:
+    """The cheapest speed-policy parameters found that meet the target, and every evaluation
+    (one row per candidate: its parameters, latency, half-width, stability, value)."""
+
+    feasible: bool
+    policy: Any  # ThresholdPolicy / DeadlinePolicy at the optimum, or None
+    objective: str
+    value: float
+    latency: float
+    latency_ci: float
+    metric: str
+    target: float
+    evaluations: list
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        p = self.policy
+        if isinstance(p, ThresholdPolicy):
+            out["policy"] = {"kind": "threshold", "thresholds": list(p.thresholds)}
+        elif isinstance(p, DeadlinePolicy):
+            out["policy"] = {"kind": "deadline", "deadline": p.deadline, "known_size": p.known_size}
+        return out
+
+
+def _threshold_candidates(m: int, values: Sequence[int], cap: int, fn: str) -> list:
+    vals = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 0:
+            raise ValueError(f"{fn}: thresholds must be ints >= 0, got {v!r}")
+        vals.append(int(v))
+    vals = sorted(set(vals))
+    if not vals:
+        raise ValueError(f"{fn}: thresholds must not be empty")
+    count = math.comb(len(vals) + m - 2, m - 1)
+    if count > cap:
+        raise ValueError(
+            f"{fn}: {len(vals)} threshold values over {m} levels give {count:,} candidates (more "
+            f"than max_candidates={cap:,}); pass fewer values or fewer levels"
+        )
+    return [tuple(c) for c in itertools.combinations_with_replacement(vals, m - 1)]
+
+
+def optimize_policy(
+    n: int,
+    k: int,
+    arrival_rate: float,
+    levels: Any,
+    *,
+    target: float,
+    metric: Metric = "mean",
+    objective: str = "energy",
+    policy: str = "threshold",
+    thresholds: Sequence[int] | None = None,
+    deadlines: Sequence[float] | None = None,
+    known_size: bool = False,
+    max_candidates: int = 10_000,
+    progress: Callable[[int, int], None] | None = None,
+    **sim_kwargs: Any,
+) -> PolicyOptimizeResult:
+    """The speed-policy parameters with the least energy per request (objective='energy') or
+    average power ('power') whose simulated latency metric ('mean', 'mean_in_system' or a
+    quantile such as 0.99 / 'p99') has its upper 95% confidence limit at most ``target``.
+
+    policy='threshold': every non-decreasing vector of m - 1 thresholds drawn from
+    ``thresholds`` (default 0..20) is simulated with ThresholdPolicy; policy='deadline': every
+    value of ``deadlines`` with DeadlinePolicy(d, known_size). ``levels`` are (rate, power)
+    pairs (fixed; the policy picks among them), or per-server sets as in ``simulate``.
+    ``sim_kwargs`` go to ``simulate`` (requests, seed, idle_power, sleep, switch_time, ...; an
+    unstable candidate is infeasible). Each candidate is one simulation, so the search is
+    exhaustive over the given values (at most ``max_candidates``)."""
+    fn = "optimize_policy"
+    n, k = check_nk(n, k, fn)
+    lam = check_rate(arrival_rate, fn)
+    tgt = check_rate(target, fn, "target")
+    name = _metric_name(metric)
+    if objective not in ("energy", "power"):
+        raise ValueError(f"{fn}: objective must be 'energy' or 'power', got {objective!r}")
+    if (
+        isinstance(max_candidates, bool)
+        or not isinstance(max_candidates, int)
+        or max_candidates < 1
+    ):
+        raise ValueError(f"{fn}: max_candidates must be an int >= 1, got {max_candidates!r}")
+    if "policy" in sim_kwargs:
+        raise ValueError(f"{fn}: pass policy='threshold' or 'deadline', not a policy object")
+    if policy == "threshold":
+        if deadlines is not None:
+            raise ValueError(f"{fn}: deadlines are for policy='deadline'")
+        if thresholds is None:
+            thresholds = range(21)
+        if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
+            raise ValueError(f"{fn}: thresholds must be a sequence of ints, got {thresholds!r}")
+        m = _policy_levels_count(levels, n, fn)
+        cands: list = [
+            ThresholdPolicy(c)
+            for c in _threshold_candidates(m, list(thresholds), max_candidates, fn)
+        ]
+    elif policy == "deadline":
+        if thresholds is not None:
+            raise ValueError(f"{fn}: thresholds are for policy='threshold'")
+        if (
+            deadlines is None
+            or isinstance(deadlines, (str, bytes))
+            or not hasattr(deadlines, "__len__")
+        ):
+            raise ValueError(
+                f"{fn}: policy='deadline' needs a sequence of deadlines, got {deadlines!r}"
+            )
+        if len(deadlines) == 0 or len(deadlines) > max_candidates:
+            raise ValueError(
+                f"{fn}: deadlines must hold 1 to max_candidates={max_candidates} values, got "
+                f"{len(deadlines)}"
+            )
+        cands = [DeadlinePolicy(d, known_size) for d in deadlines]
+    else:
+        raise ValueError(f"{fn}: policy must be 'threshold' or 'deadline', got {policy!r}")
+    kw = dict(sim_kwargs)
+    kw.setdefault("on_unstable", "return")
+    evals: list = []
+    for i, pol in enumerate(cands):
+        row: dict = (
+            {"thresholds": list(pol.thresholds)}
+            if isinstance(pol, ThresholdPolicy)
+            else {"deadline": pol.deadline}
+        )
+        try:
+            s = simulate(n, k, lam, levels, policy=pol, **kw)
+        except ValueError as e:  # certainly unstable, or a bad parameter for this candidate
+            if "unstable" not in str(e):
+                raise
+            row.update(latency=math.inf, latency_ci=0.0, stable=False, value=math.nan, note=str(e))
+        else:
+            row.update(
+                latency=latency_of(s, metric),
+                latency_ci=latency_ci(s, metric),
+                stable=s.stable,
+                value=s.energy_per_request if objective == "energy" else s.average_power,
+            )
+        row["feasible"] = bool(
+            row["stable"]
+            and math.isfinite(row["value"])
+            and row["latency"] + row["latency_ci"] <= tgt
+        )
+        row["_policy"] = pol
+        evals.append(row)
+        if progress:
+            progress(i + 1, len(cands))
+    feas = [r for r in evals if r["feasible"]]
+    best = min(feas, key=lambda r: (r["value"], r["latency"])) if feas else None
+    chosen = best["_policy"] if best is not None else None
+    for r in evals:
+        del r["_policy"]
+    if best is None:
+        return PolicyOptimizeResult(
+            False, None, objective, math.nan, math.nan, math.nan, name, tgt, evals
+        )
+    return PolicyOptimizeResult(
+        True,
+        chosen,
+        objective,
+        best["value"],
+        best["latency"],
+        best["latency_ci"],
+        name,
+        tgt,
+        evals,
+    )
+
+
+def _policy_levels_count(levels: Any, n: int, fn: str) -> int:
+    """Levels per server (the same on every server for the threshold policy)."""
+    from .simulate import _per_server_levels
+
+    if _per_server_levels(levels):
+        counts = {len(s) for s in levels}
+        if len(counts) != 1:
+            raise ValueError(
+                f"{fn}: the threshold policy needs the same number of levels on every server"
+            )
+        return counts.pop()
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__") or len(levels) == 0:
+        raise ValueError(f"{fn}: levels must be a non-empty list of (rate, power), got {levels!r}")
+    if len(levels) < 2:
+        raise ValueError(f"{fn}: a speed policy needs at least 2 levels, got {len(levels)}")
+    return len(levels)
