@@ -410,7 +410,8 @@ def pstates(requests: int) -> dict:
         print(
             f"m = {m}: cheapest single P-state meeting p99 <= {P99_TARGET_MS} ms: "
             f"{best['ghz']} GHz at {best['power_w']:.3f} W; best mix of "
-            f"{PSTATES_GHZ[pair[0]]}/{PSTATES_GHZ[pair[1]]} GHz: p = {tuple(round(x, 3) for x in o.probs)}, "
+            f"{PSTATES_GHZ[pair[0]]}/{PSTATES_GHZ[pair[1]]} "
+            f"GHz: p = {tuple(round(x, 3) for x in o.probs)}, "
             f"{o.value:.3f} W, p99 {o.latency:.3f} ± {o.latency_ci:.3f} ms (feasible: {o.feasible})"
         )
     full = next(r for r in out["rows"] if r["ghz"] == PSTATES_GHZ[-1])
@@ -535,7 +536,8 @@ def main() -> int:
         print(f"{'case':<62} {'exact':>9} {'simulated':>18} ok")
         for r in rows:
             print(
-                f"{r['case']:<62} {r['exact']:9.4f} {r['sim']:9.4f} ± {r['ci']:.4f} {'yes' if r['ok'] else 'NO'}"
+                f"{r['case']:<62} {r['exact']:9.4f} {r['sim']:9.4f} "
+                f"± {r['ci']:.4f} {'yes' if r['ok'] else 'NO'}"
             )
         with open(a.out, "w") as f:
             strict_dump({"requests": a.requests, "rows": rows}, f, indent=2)
@@ -544,7 +546,8 @@ def main() -> int:
     if a.cstates:
         res = cstates(a.requests)
         print(
-            f"{'configuration':<34} {'power W':>14} {'saving':>7} {'p99 ms':>14} {'wake-ups/req':>12}"
+            f"{'configuration':<34} {'power W':>14} "
+            f"{'saving':>7} {'p99 ms':>14} {'wake-ups/req':>12}"
         )
         for r in res["rows"]:
             print(
@@ -558,7 +561,8 @@ def main() -> int:
     out = {"tandem": [], "levels": []}
     print("tandem approximation vs simulation, one speed (mu = 1): E[T], p99")
     print(
-        f"{'(n,k)':>7} {'rho':>5} {'sim E[T]':>16} {'tandem':>8} {'err':>7} {'sim p99':>8} {'hypo p99':>8} {'err':>7}"
+        f"{'(n,k)':>7} {'rho':>5} {'sim E[T]':>16} {'tandem':>8} "
+        f"{'err':>7} {'sim p99':>8} {'hypo p99':>8} {'err':>7}"
     )
     for n, k in ((4, 2), (10, 5), (10, 9)):
         for rho in (0.2, 0.5, 0.7, 0.8, 0.9):
@@ -582,14 +586,17 @@ def main() -> int:
                 )
             )
             print(
-                f"{f'({n},{k})':>7} {rho:5.2f} {s.mean_response_time:9.4f}±{s.mean_response_time_ci:.4f} {t:8.4f} "
+                f"{f'({n},{k})':>7} {rho:5.2f} "
+                f"{s.mean_response_time:9.4f}±{s.mean_response_time_ci:.4f} {t:8.4f} "
                 f"{e:+7.1%} {s.p99:8.3f} {ap_.p99:8.3f} {e99:+7.1%}"
             )
     print(
-        "\ntwo levels (rate 1 power 1, rate 3 power 9, p = 0.5), (4, 2): effective rates vs simulation"
+        "\ntwo levels (rate 1 power 1, rate 3 power 9, "
+        "p = 0.5), (4, 2): effective rates vs simulation"
     )
     print(
-        f"{'lam':>5} {'sim E[T]':>16} {'race':>8} {'harm.':>8} {'arith.':>8} {'sim energy':>16} {'race energy':>11}"
+        f"{'lam':>5} {'sim E[T]':>16} {'race':>8} {'harm.':>8} "
+        f"{'arith.':>8} {'sim energy':>16} {'race energy':>11}"
     )
     for lam in (0.5, 1.5, 2.5, 3.2):
         s = simulate(4, 2, lam, TWO, requests=a.requests, seed=1)
@@ -606,9 +613,11 @@ def main() -> int:
             )
         )
         print(
-            f"{lam:5.2f} {s.mean_response_time:9.4f}±{s.mean_response_time_ci:.4f} {r['race'].mean_response_time:8.4f} "
+            f"{lam:5.2f} {s.mean_response_time:9.4f}±{s.mean_response_time_ci:.4f} "
+            f"{r['race'].mean_response_time:8.4f} "
             f"{r['harmonic'].mean_response_time:8.4f} {r['arithmetic'].mean_response_time:8.4f} "
-            f"{s.energy_per_request:9.4f}±{s.energy_per_request_ci:.4f} {r['race'].energy_per_request:11.4f}"
+            f"{s.energy_per_request:9.4f}±{s.energy_per_request_ci:.4f} "
+            f"{r['race'].energy_per_request:11.4f}"
         )
     with open(a.out, "w") as f:
         strict_dump(out, f, indent=2)

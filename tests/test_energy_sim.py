@@ -59,11 +59,11 @@ def recursion(n, k, A, S, cancel=True):
         if cancel:
             ran = np.maximum(np.minimum(C, d) - B, 0.0)
             busy[r] = ran.sum()
-            wasted[r] = ran[C > d].sum()
+            wasted[r] = ran[d < C].sum()
             E = np.maximum(B, np.minimum(C, d))
         else:
             busy[r] = S[r].sum()
-            wasted[r] = S[r][C > d].sum()
+            wasted[r] = S[r][d < C].sum()
             E = C
     return D, busy, wasted
 
@@ -194,7 +194,7 @@ def exact_chain_mean_response(
 
     states, index = [], {}
     for N in range(nmax + 1):
-        for a in range(0, min(k - 1, n) + 1):
+        for a in range(min(k - 1, n) + 1):
             for pos in combinations_with_replacement(range(1, N + 1), a):
                 index[(N, pos)] = len(states)
                 states.append((N, pos))
@@ -210,7 +210,7 @@ def exact_chain_mean_response(
         vals.append(-rate)
 
     for i, (N, pos) in enumerate(states):
-        if N < nmax:
+        if nmax > N:
             add(i, (N + 1, pos), lam)
         if N == 0:
             continue
@@ -416,7 +416,7 @@ def test_bad_input_raises_value_error():
         simulate(3, 3, 1.7, TWO)  # k = n: lam * E[service] = 1.02
     with pytest.raises(ValueError, match="Pareto alpha"):
         simulate(1, 1, 0.5, ONE, service=("pareto", 1.0))
-    with pytest.raises(TypeError, match="levels\\[0\\].rate"):
+    with pytest.raises(TypeError, match=r"levels\[0\]\.rate"):
         simulate(1, 1, 0.5, [("fast", 1, 1)])
     assert simulate(1, 1, 0.5, [SpeedLevel(1.0, 1.0, 1.0)], requests=1000).requests == 1000
 

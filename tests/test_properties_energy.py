@@ -18,9 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flagcore.energy import approximate, optimize, simulate, sweep
-
 from _props import bounded
+from flagcore.energy import approximate, optimize, simulate, sweep
 
 SERVICES = [
     "exponential",
@@ -154,7 +153,8 @@ def test_simulate_replications_do_not_depend_on_threads(prm):
 @bounded(25)
 @given(prm=valid_params())
 def test_approximate_invariants_and_exact_energy(prm):
-    """Closed forms for every method: finite energy, inf latency exactly when unstable, bounds ordered
+    """Closed forms for every method: finite energy, inf latency exactly when unstable,
+    bounds ordered
     (one speed), energy equal to the simulation where exact.
     """
     n, k, lam, lv = prm["n"], prm["k"], prm["arrival_rate"], prm["levels"]
@@ -172,7 +172,7 @@ def test_approximate_invariants_and_exact_energy(prm):
             )
             if a.stable:
                 assert a.lower_bound <= a.mean_response_time * (1 + 1e-12) or k == 1
-        elif len(set(r for r, _, _ in lv)) > 1 and prm["cancel"]:
+        elif len({r for r, _, _ in lv}) > 1 and prm["cancel"]:
             assert math.isnan(a.lower_bound) and math.isnan(a.upper_bound)  # no proven bound: NaN
         if not prm["cancel"]:
             assert math.isnan(a.upper_bound) and a.lower_bound > 0
@@ -266,7 +266,8 @@ def _call(fn_name, prm, field, value):
     fn=st.sampled_from(["simulate", "approximate"]),
 )
 def test_invalid_parameter_sets_are_refused(prm, brk, fn):
-    """A valid set with one field broken is refused by simulate/approximate with ValueError/TypeError
+    """A valid set with one field broken is refused by simulate/approximate with
+    ValueError/TypeError
     naming the field.
     """
     field, value, exc, msg = brk
@@ -300,7 +301,8 @@ def test_certainly_unstable_loads_are_refused_with_the_reason(prm, factor):
     target_factor=st.sampled_from([0.5, 1.0, 1.5, 3.0]),
 )
 def test_sweep_and_optimize(prm, target_factor):
-    """sweep's probability grids are distributions; optimize returns the cheapest feasible evaluation
+    """sweep's probability grids are distributions; optimize returns the cheapest feasible
+    evaluation
     or reports infeasible; bad targets/values refused.
     """
     n, k, lam, lv = prm["n"], prm["k"], prm["arrival_rate"], prm["levels"]
@@ -327,7 +329,7 @@ def test_sweep_and_optimize(prm, target_factor):
     if res.feasible:
         assert res.latency <= target and res.value == min(e["value"] for e in feasible)
         assert abs(sum(res.probs) - 1) < 1e-9
-    with pytest.raises(ValueError, match="^optimize: target must be positive"):
+    with pytest.raises(ValueError, match=r"^optimize: target must be positive"):
         optimize(n, k, lam, [(r, pw) for r, pw, _ in lv], target=-1.0)
-    with pytest.raises(ValueError, match="^sweep: values must not be empty"):
+    with pytest.raises(ValueError, match=r"^sweep: values must not be empty"):
         sweep(n, k, lam, lv, values=[])

@@ -342,7 +342,8 @@ class Hypoexponential:
 
 class OrderStatistic:
     """k-th smallest of n i.i.d. Exp(rate): the sum of Exp((n - i) rate), i = 0..k-1, so its
-    tail is the arithmetic-rate Hypoexponential's closed form (P(Binomial(n, 1 - e^{-rate t}) < k))."""
+    tail is the arithmetic-rate Hypoexponential's closed form (P(Binomial(n, 1 -
+    e^{-rate t}) < k))."""
 
     def __init__(self, n: int, k: int, rate: float):
         self.n, self.k, self.rate = n, k, rate
@@ -390,7 +391,8 @@ class ApproxResult(_stats.PercentileShortcuts):
     tandem_response_time: float
     mean_in_system: float
     light_traffic_response_time: float  # E[k-th completion] of an isolated request
-    lower_bound: float  # one speed with cancellation: Joshi-Liu-Soljanin; cancel=False: light traffic; else NaN
+    # one speed with cancellation: Joshi-Liu-Soljanin; cancel=False: light traffic; else NaN
+    lower_bound: float
     upper_bound: (
         float  # one speed with cancellation: split-merge (and H_n/(mu-lam) for k = n); else NaN
     )
@@ -437,7 +439,8 @@ class ApproxResult(_stats.PercentileShortcuts):
 
 def _pk_random_speeds(n: int, lam: float, lv: Levels) -> tuple[float, float, float]:
     """M/G/1 with service Exp(R), R = sum of n i.i.d. drawn rates: E[1/R] = int phi(t)^n dt and
-    E[1/R^2] = int t phi(t)^n dt with phi(t) = E[e^{-mu t}] of one core. Returns (E[S], E[S^2], E[T])."""
+    E[1/R^2] = int t phi(t)^n dt with phi(t) = E[e^{-mu t}] of one core. Returns (E[S],
+    E[S^2], E[T])."""
     mu = np.asarray(lv.rates)
     pr = np.asarray(lv.probs)
     x, w = _GL
