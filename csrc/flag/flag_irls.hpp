@@ -121,11 +121,16 @@ inline int flag_solve_host_diag(const double* G, int p, int r, const double* w, 
     double* k = K + static_cast<int64_t>(i) * p;
     for (int j = 0; j < p; ++j) k[j] = ri * (g[j] * rows[j]);
   }
-  for (int i = 0; i < p; ++i)  // exact symmetry for the solver
-    for (int j = i + 1; j < p; ++j) {
-      const double s = 0.5 * (K[static_cast<int64_t>(i) * p + j] + K[static_cast<int64_t>(j) * p + i]);
-      K[static_cast<int64_t>(i) * p + j] = s;
-      K[static_cast<int64_t>(j) * p + i] = s;
+  constexpr int kTile = 32;              // transposed accesses in tiles that stay in cache
+  for (int i0 = 0; i0 < p; i0 += kTile)  // exact symmetry for the solver
+    for (int j0 = i0; j0 < p; j0 += kTile) {
+      const int i1 = i0 + kTile < p ? i0 + kTile : p, j1 = j0 + kTile < p ? j0 + kTile : p;
+      for (int i = i0; i < i1; ++i)
+        for (int j = (j0 > i + 1 ? j0 : i + 1); j < j1; ++j) {
+          const double s = 0.5 * (K[static_cast<int64_t>(i) * p + j] + K[static_cast<int64_t>(j) * p + i]);
+          K[static_cast<int64_t>(i) * p + j] = s;
+          K[static_cast<int64_t>(j) * p + i] = s;
+        }
     }
   const int qmax = r < p ? r : p;
   blas::eigh_top(K, p, qmax, ev, U);
@@ -140,7 +145,6 @@ inline int flag_solve_host_diag(const double* G, int p, int r, const double* w, 
     double* c = C + static_cast<int64_t>(i) * p;
     for (int k = 0; k < q; ++k) c[k] = (rows[i] * u[k]) * (1.0 / sq[k]);
   }
-  constexpr int kTile = 32;  // P is the transpose of a row-scaled U: tiles keep both in cache
   for (int i0 = 0; i0 < p; i0 += kTile) {
     const int i1 = i0 + kTile < p ? i0 + kTile : p;
     for (int k = 0; k < q; ++k) {
@@ -516,10 +520,11 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
     for (int i = r0; i < p; i += nt) a[i] *= factor;
     t.sync();
   }
+  detail::flag_ratios(t, P, q, p, out.ratios);
   for (int i = r0; i < p; i += nt) {
     const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
     out.coef[i] = bad[i] ? 0.0 : a[i] / si;
-    const double v = bad[i] ? 0.0 : detail::flag_ratio(P, q, p, i);
+    const double v = bad[i] ? 0.0 : out.ratios[i];
     out.ratios[i] = v;
     out.weights[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - v) + prm.eps);
   }
