@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
@@ -11,6 +12,7 @@
 
 #include "common/cancel.hpp"
 #include "common/check.hpp"
+#include "common/parallel.hpp"
 
 // LAPACK's Fortran entry points of the scipy-openblas32 build (32-bit integers, gfortran hidden
 // string lengths at the end).
@@ -26,6 +28,8 @@ void scipy_dormtr_(const char* side, const char* uplo, const char* trans, const 
                    double* work, const int* lwork, int* info, size_t, size_t, size_t);
 void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
                    double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
+void scipy_dstedc_(const char* compz, const int* n, double* d, double* e, double* z, const int* ldz,
+                   double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t);
 }
 
 #ifndef FLAGCORE_OPENBLAS_VERSION
@@ -41,6 +45,8 @@ void single_thread() {
   std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
 }
 
+thread_local int t_inner_threads = 0;  // InnerThreads: 0 = flagcore's thread count
+
 struct EighScratch {
   std::vector<double> a, w, z, work, d, e, tau;
   std::vector<int> iwork, isuppz;
@@ -51,17 +57,26 @@ EighScratch& scratch() {
   return s;
 }
 
-// MRRR for at most p / kMrrrMaxFraction wanted pairs; above, divide and conquer for all p is
-// faster (measured on FA Grams: at p = 1024, MRRR + back-transformation of p/2 vectors 510 ms,
-// dsyevd of all 433 ms, MRRR for p/8 263 ms; its deflation makes D&C cheap on these spectra).
-constexpr int64_t kMrrrMaxFraction = 4;
+// MRRR (dstemr) for at most p / kMrrrMaxFraction wanted pairs; above, divide and conquer on the
+// tridiagonal (dstedc, all p vectors of T) is cheaper. MRRR's cost grows with the pairs wanted
+// and on FA Grams (a Marchenko-Pastur bulk plus a few spikes) it has a large constant: at
+// p = 1024, one thread, dstemr took 8 / 34 / 50 / 84 / 108 ms for 16 / 64 / 128 / 256 / 512
+// pairs against 43-45 ms for dstedc of all 1024 (same run, machine shared).
+constexpr int64_t kMrrrMaxFraction = 8;
+
+// The back-transformation (dormtr) works on fixed blocks of at most kBackCols eigenvector
+// columns, run in parallel: a column's result depends only on that column and on the block
+// layout, which is fixed by `want` alone (never by the thread count), so the result is the
+// same for any thread count.
+constexpr int kBackCols = 256;
 
 template <class V>
 void grow(V& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-// Full decomposition by divide and conquer; ascending values in s.w, vectors in s.a (column-major).
+// Full decomposition by divide and conquer (the fallback); ascending values in s.w, vectors in
+// s.a (column-major).
 int syevd(EighScratch& s, int p) {
   const char jobz = 'V', uplo = 'L';
   int lwork = -1, liwork = -1, info = 0, iw = 0;
@@ -76,11 +91,9 @@ int syevd(EighScratch& s, int p) {
   return info;
 }
 
-// Top `want` pairs: Householder tridiagonalisation (dsytrd), MRRR on the tridiagonal for the
-// wanted pairs only (dstemr, O(p * want), safe on clusters), back-transformation of those
-// `want` vectors (dormtr, 2 p^2 want). Ascending values in s.w, vectors in s.z (column-major).
-// Returns LAPACK's info (nonzero: the caller falls back to dsyevd).
-int tridiagonal_mrrr(EighScratch& s, int p, int want, int& m) {
+// Householder tridiagonalisation of s.a (lower triangle, column-major): d, e, tau; the
+// reflectors stay in s.a.
+int tridiagonalise(EighScratch& s, int p) {
   const char uplo = 'L';
   grow(s.d, static_cast<size_t>(p));
   grow(s.e, static_cast<size_t>(p));
@@ -92,15 +105,20 @@ int tridiagonal_mrrr(EighScratch& s, int p, int want, int& m) {
   grow(s.work, static_cast<size_t>(lwork));
   scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), s.work.data(), &lwork, &info,
                 1);
-  if (info != 0) return info;
-  check_cancel();
+  return info;
+}
+
+// MRRR on the tridiagonal for the top `want` pairs only: ascending values in s.w, vectors of T
+// in s.z (column-major, p x want). Returns LAPACK's info (nonzero, or fewer pairs than asked:
+// the caller falls back to dsyevd).
+int tridiagonal_mrrr(EighScratch& s, int p, int want) {
   const char jobz = 'V', range = 'I';
   const int il = p - want + 1, iu = p;
   const double vl = 0.0, vu = 0.0;
-  int nzc = want, tryrac = 1, liwork = -1, iw = 0;
+  int m = 0, nzc = want, tryrac = 1, liwork = -1, iw = 0, info = 0, lwork = -1;
+  double wq = 0.0;
   grow(s.z, static_cast<size_t>(p) * static_cast<size_t>(want));
   grow(s.isuppz, 2 * static_cast<size_t>(want));
-  lwork = -1;
   scipy_dstemr_(&jobz, &range, &p, s.d.data(), s.e.data(), &vl, &vu, &il, &iu, &m, s.w.data(), s.z.data(), &p,
                 &nzc, s.isuppz.data(), &tryrac, &wq, &lwork, &iw, &liwork, &info, 1, 1);
   if (info != 0) return info;
@@ -110,19 +128,72 @@ int tridiagonal_mrrr(EighScratch& s, int p, int want, int& m) {
   grow(s.iwork, static_cast<size_t>(liwork));
   scipy_dstemr_(&jobz, &range, &p, s.d.data(), s.e.data(), &vl, &vu, &il, &iu, &m, s.w.data(), s.z.data(), &p,
                 &nzc, s.isuppz.data(), &tryrac, s.work.data(), &lwork, s.iwork.data(), &liwork, &info, 1, 1);
-  if (info != 0 || m != want) return info != 0 ? info : -1000;
-  const char side = 'L', trans = 'N';
-  lwork = -1;
-  scipy_dormtr_(&side, &uplo, &trans, &p, &m, s.a.data(), &p, s.tau.data(), s.z.data(), &p, &wq, &lwork,
-                &info, 1, 1, 1);
+  if (info != 0) return info;
+  return m == want ? 0 : -1000;
+}
+
+// Divide and conquer on the tridiagonal, all p pairs: ascending values in s.w, vectors of T in
+// s.z (column-major, p x p). Returns LAPACK's info.
+int tridiagonal_dc(EighScratch& s, int p) {
+  const char compz = 'I';
+  int lwork = -1, liwork = -1, iw = 0, info = 0;
+  double wq = 0.0;
+  grow(s.z, static_cast<size_t>(p) * static_cast<size_t>(p));
+  std::copy(s.d.begin(), s.d.begin() + p, s.w.begin());  // dstedc overwrites d with the values
+  scipy_dstedc_(&compz, &p, s.w.data(), s.e.data(), s.z.data(), &p, &wq, &lwork, &iw, &liwork, &info, 1);
   lwork = static_cast<int>(wq) + 1;
+  liwork = iw;
   grow(s.work, static_cast<size_t>(lwork));
-  scipy_dormtr_(&side, &uplo, &trans, &p, &m, s.a.data(), &p, s.tau.data(), s.z.data(), &p, s.work.data(),
-                &lwork, &info, 1, 1, 1);
+  grow(s.iwork, static_cast<size_t>(liwork));
+  scipy_dstedc_(&compz, &p, s.w.data(), s.e.data(), s.z.data(), &p, s.work.data(), &lwork, s.iwork.data(),
+                &liwork, &info, 1);
   return info;
 }
 
+// Q z for the `want` columns z (column-major, leading dimension p) with Q from tridiagonalise,
+// then the columns written to evecs (row-major p x p) in descending order: column c of z (the
+// c-th smallest of the `want` values) becomes evecs column want - 1 - c. Fixed blocks of
+// kBackCols columns run in parallel (see kBackCols).
+void back_transform(const EighScratch& s, int p, double* z, int want, double* evecs) {
+  const int nblk = (want + kBackCols - 1) / kBackCols;
+  const int width = (want + nblk - 1) / nblk;  // balanced blocks, fixed by `want`
+  const char side = 'L', uplo = 'L', trans = 'N';
+  int lwork = -1, info = 0;
+  double wq = 0.0;
+  scipy_dormtr_(&side, &uplo, &trans, &p, &width, s.a.data(), &p, s.tau.data(), z, &p, &wq, &lwork, &info, 1,
+                1, 1);
+  lwork = static_cast<int>(wq) + 1;
+  auto block = [&](size_t bi) {
+    const int c0 = static_cast<int>(bi) * width;
+    int nc = want - c0 < width ? want - c0 : width;
+    double* zb = z + static_cast<size_t>(c0) * p;
+    std::vector<double> work(static_cast<size_t>(lwork));
+    int inf = 0;
+    scipy_dormtr_(&side, &uplo, &trans, &p, &nc, s.a.data(), &p, s.tau.data(), zb, &p, work.data(), &lwork,
+                  &inf, 1, 1, 1);
+    FLAGCORE_CHECK_STATE(inf == 0, "eigh_top: LAPACK dormtr failed (info = " << inf << ")");
+    // transpose into row-major evecs in tiles of 32 rows (cache-friendly on both sides)
+    for (int i0 = 0; i0 < p; i0 += 32) {
+      const int i1 = i0 + 32 < p ? i0 + 32 : p;
+      for (int c = c0; c < c0 + nc; ++c) {
+        const double* col = z + static_cast<size_t>(c) * p;
+        const int k = want - 1 - c;
+        for (int i = i0; i < i1; ++i) evecs[static_cast<size_t>(i) * p + k] = col[i];
+      }
+    }
+  };
+  parallel_for(static_cast<size_t>(nblk), block, t_inner_threads);
+}
+
 }  // namespace
+
+InnerThreads::InnerThreads(int n) : prev_(t_inner_threads) {
+  t_inner_threads = n < 0 ? 0 : n;
+}
+
+InnerThreads::~InnerThreads() {
+  t_inner_threads = prev_;
+}
 
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
   FLAGCORE_CHECK_ARG(p >= 1 && want >= 1 && want <= p,
@@ -146,31 +217,36 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
   grow(s.a, pp);
   grow(s.w, static_cast<size_t>(p));
   std::copy(a, a + pp, s.a.begin());
-  int info = 1;
-  int m = 0;
-  const double* z = nullptr;
-  if (int64_t(want) * kMrrrMaxFraction <= p) {
-    info = tridiagonal_mrrr(s, p, want, m);
-    z = s.z.data();
-    if (info != 0) {  // not converged (never seen): the robust solver on the original matrix
-      std::copy(a, a + pp, s.a.begin());
-      info = 1;
+  int info = tridiagonalise(s, p);
+  if (info == 0) {
+    check_cancel();
+    double* z = nullptr;
+    if (int64_t(want) * kMrrrMaxFraction <= p) {
+      info = tridiagonal_mrrr(s, p, want);  // s.w[0 .. want): the top values, ascending
+      z = s.z.data();
+    } else {
+      info = tridiagonal_dc(s, p);
+      if (info == 0)
+        for (int k = 0; k < want; ++k) s.w[k] = s.w[p - want + k];  // the top `want`, ascending
+      z = s.z.data() + static_cast<size_t>(p - want) * p;
+    }
+    if (info == 0) {
+      check_cancel();
+      back_transform(s, p, z, want, evecs);
+      for (int k = 0; k < want; ++k) evals[k] = s.w[want - 1 - k];
+      return;
     }
   }
-  if (info != 0) {
-    check_cancel();
-    info = syevd(s, p);
-    FLAGCORE_CHECK_STATE(info == 0, "eigh_top: LAPACK dsyevd failed (info = " << info << ") on a " << p
-                                                                              << " x " << p << " matrix");
-    // the top `want` of p ascending values
-    z = s.a.data() + static_cast<size_t>(p - want) * p;
-    for (int k = 0; k < want; ++k) s.w[k] = s.w[p - want + k];
-    m = want;
-  }
-  for (int k = 0; k < m; ++k) {
-    const int src = m - 1 - k;  // ascending -> descending
+  // not converged (never seen): the robust driver on the original matrix
+  check_cancel();
+  std::copy(a, a + pp, s.a.begin());
+  info = syevd(s, p);
+  FLAGCORE_CHECK_STATE(info == 0, "eigh_top: LAPACK dsyevd failed (info = " << info << ") on a " << p << " x "
+                                                                            << p << " matrix");
+  for (int k = 0; k < want; ++k) {
+    const int src = p - 1 - k;  // ascending -> descending
     evals[k] = s.w[src];
-    const double* col = z + static_cast<size_t>(src) * p;
+    const double* col = s.a.data() + static_cast<size_t>(src) * p;
     for (int i = 0; i < p; ++i) evecs[static_cast<size_t>(i) * p + k] = col[i];
   }
 }

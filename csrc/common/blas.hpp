@@ -19,13 +19,29 @@ namespace blas {
 //   evals  : evals[k] for k < want, descending                                          // [P]
 //   evecs  : p x p row-major, column k (evecs[i * p + k]) the unit eigenvector of evals[k] for
 //            k < want; the other columns are left untouched                           // [P, P]
-// want <= p / 4: LAPACK dsytrd (Householder tridiagonalisation) + dstemr (MRRR, only the wanted
-// pairs; dsyevr's subset path uses bisection + inverse iteration instead, 3-4x slower on the FA's
-// clustered spectra) + dormtr (back-transformation of those vectors only). More wanted, or when
-// MRRR reports a failure: dsyevd (divide and conquer, all pairs), faster there.
+// LAPACK dsytrd (Householder tridiagonalisation), then the wanted pairs of the tridiagonal T:
+// want <= p / 8 by MRRR (dstemr, only those pairs), more by divide and conquer (dstedc, all
+// pairs of T: cheaper than MRRR for many pairs on the FA's spectra); then the back-transformation
+// (dormtr) of the `want` wanted vectors only, on fixed blocks of columns run on flagcore's
+// threads (InnerThreads); the result does not depend on the thread count. dsyevd on the
+// original matrix if a tridiagonal solver reports a failure.
 // A non-finite entry in `a` gives NaN eigenvalues (the caller's rank test then yields 0).
-// Calls check_cancel() before the O(p^3) work.
+// Calls check_cancel() between the LAPACK calls and between the column blocks.
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs);
+
+// Threads eigh_top may use on the calling thread while this object lives (0: flagcore's thread
+// count, 1: none besides the caller); restores the previous value when destroyed. Callers that
+// already run several problems in parallel pass 1. Results never depend on it.
+class InnerThreads {
+ public:
+  explicit InnerThreads(int n);
+  ~InnerThreads();
+  InnerThreads(const InnerThreads&) = delete;
+  InnerThreads& operator=(const InnerThreads&) = delete;
+
+ private:
+  int prev_;
+};
 
 // Row-major C = alpha * op(A) op(B) + beta * C (op = transpose when ta / tb), float64.
 void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,

@@ -105,6 +105,58 @@ FLAGCORE_HD inline void flag_eigh(const Team& t, double* K, int p, int want, dou
   linalg::jacobi_eigh(t, K, p, ev, U, jac);
 }
 
+#if !defined(__CUDA_ARCH__)
+// The host path of flag_solve without the pairwise term (M = diag(w)). With D = diag(sqrt(w)),
+// K = D G D and its top pairs K u_k = l_k u_k: C = D U L^(-1/2) and, since G D u_k = l_k D^(-1) u_k
+// on the rows with w_i > 0 (the others, excluded workers, have zero rows in G, so P's column i is
+// 0), P = C^T G = L^(1/2) U^T D^(-1). That is O(p q) instead of the p x p x q product C^T G (as
+// many flops as the eigensolver's back-transformation), and more accurate for small l_k (no
+// rounding error of G C divided by sqrt(l_k)). Loops run row by row (cache order).
+inline int flag_solve_host_diag(const double* G, int p, int r, const double* w, double* K, double* U,
+                                double* ev, double* rows, double* tmp, double* C, double* P) {
+  for (int i = 0; i < p; ++i) rows[i] = sqrt(w[i]);
+  for (int i = 0; i < p; ++i) {
+    const double ri = rows[i];
+    const double* g = G + static_cast<int64_t>(i) * p;
+    double* k = K + static_cast<int64_t>(i) * p;
+    for (int j = 0; j < p; ++j) k[j] = ri * (g[j] * rows[j]);
+  }
+  constexpr int kTile = 32;              // transposed accesses in tiles that stay in cache
+  for (int i0 = 0; i0 < p; i0 += kTile)  // exact symmetry for the solver
+    for (int j0 = i0; j0 < p; j0 += kTile) {
+      const int i1 = i0 + kTile < p ? i0 + kTile : p, j1 = j0 + kTile < p ? j0 + kTile : p;
+      for (int i = i0; i < i1; ++i)
+        for (int j = (j0 > i + 1 ? j0 : i + 1); j < j1; ++j) {
+          const double s = 0.5 * (K[static_cast<int64_t>(i) * p + j] + K[static_cast<int64_t>(j) * p + i]);
+          K[static_cast<int64_t>(i) * p + j] = s;
+          K[static_cast<int64_t>(j) * p + i] = s;
+        }
+    }
+  const int qmax = r < p ? r : p;
+  blas::eigh_top(K, p, qmax, ev, U);
+  int q = 0;
+  if (ev[0] > 0.0 && isfinite(ev[0])) {
+    while (q < qmax && ev[q] > kFlagRankTol * ev[0]) ++q;
+  }
+  double* sq = tmp;
+  for (int k = 0; k < q; ++k) sq[k] = sqrt(ev[k]);
+  for (int i = 0; i < p; ++i) {
+    const double* u = U + static_cast<int64_t>(i) * p;
+    double* c = C + static_cast<int64_t>(i) * p;
+    for (int k = 0; k < q; ++k) c[k] = (rows[i] * u[k]) * (1.0 / sq[k]);
+  }
+  for (int i0 = 0; i0 < p; i0 += kTile) {
+    const int i1 = i0 + kTile < p ? i0 + kTile : p;
+    for (int k = 0; k < q; ++k) {
+      double* pk = P + static_cast<int64_t>(k) * p;
+      for (int i = i0; i < i1; ++i)
+        pk[i] = rows[i] > 0.0 ? U[static_cast<int64_t>(i) * p + k] * sq[k] / rows[i] : 0.0;
+    }
+  }
+  return q;
+}
+#endif
+
 // One weighted solve: C (p x q, C[i * p + k] = C_ik for k < q) and P = C^T G (q x p,
 // P[k * p + i]). Returns q (the same in every thread); ends with a sync.
 // Without the pairwise term M^(1/2) is diagonal: K = D G D and C = D U diag(1/S) are formed
@@ -117,6 +169,9 @@ FLAGCORE_HD inline int flag_solve(const Team& t, const double* G, int p, int r, 
   const int pp = p * p;
   const bool blas = use_host_blas(t, p);
   (void)blas;
+#if !defined(__CUDA_ARCH__)
+  if (blas && !pairs) return flag_solve_host_diag(G, p, r, w, K, U, ev, rows, tmp, C, P);
+#endif
   if (!pairs) {
     for (int i = r0; i < p; i += nt) rows[i] = sqrt(w[i]);  // the diagonal of M^(1/2)
     t.sync();
@@ -241,20 +296,64 @@ FLAGCORE_HD inline double flag_pair_dist(const double* P, int q, int p, int i, i
   return d;
 }
 
-// F = sum_i sqrt(max(0, 1 - v_i)) + mu^2 sum_{i != j} sqrt(|1 - ||P_i - P_j||^2|): one term per
-// worker in parallel, then the same sequential sum in every thread. Ends with a sync.
+// v_i = ||P_i||^2 for every worker into v (the same k-ordered sums as flag_ratio). Ends with a
+// sync.
 template <class Team>
-FLAGCORE_HD inline double flag_objective(const Team& t, const double* P, int q, int p, const uint8_t* bad,
-                                         double mu2, double* rows) {
+FLAGCORE_HD inline void flag_ratios(const Team& t, const double* P, int q, int p, double* v) {
+#if !defined(__CUDA_ARCH__)
+  if (use_host_blas(t, p)) {  // row by row of P (cache order), the same sum for each worker
+    for (int i = 0; i < p; ++i) v[i] = 0.0;
+    for (int k = 0; k < q; ++k) {
+      const double* pk = P + static_cast<int64_t>(k) * p;
+      for (int i = 0; i < p; ++i) v[i] += pk[i] * pk[i];
+    }
+    return;
+  }
+#endif
+  for (int i = t.rank(); i < p; i += t.size()) v[i] = flag_ratio(P, q, p, i);
+  t.sync();
+}
+
+#if !defined(__CUDA_ARCH__)
+// Host path: the pair distances ||P_i - P_j||^2 = v_i + v_j - 2 (P^T P)_ij, with P^T P by one
+// dgemm into D (p x p) instead of p^2 strided q-term loops (O(p^2 q) either way, level-3 here).
+inline void flag_pair_dists_host(const double* P, const double* v, int q, int p, double* D) {
+  if (q > 0) {
+    blas::dgemm_rm(true, false, p, p, q, 1.0, P, p, P, p, 0.0, D, p);
+  } else {
+    for (int64_t e = 0; e < int64_t(p) * p; ++e) D[e] = 0.0;
+  }
+  for (int i = 0; i < p; ++i) {
+    double* d = D + static_cast<int64_t>(i) * p;
+    for (int j = 0; j < p; ++j) d[j] = (v[i] + v[j]) - 2.0 * d[j];
+  }
+}
+#endif
+
+// F = sum_i sqrt(max(0, 1 - v_i)) + mu^2 sum_{i != j} sqrt(|1 - ||P_i - P_j||^2|), v from
+// flag_ratios: one term per worker in parallel, then the same sequential sum in every thread.
+// D: p x p scratch (the host path's pair distances). Ends with a sync.
+template <class Team>
+FLAGCORE_HD inline double flag_objective(const Team& t, const double* P, const double* v, int q, int p,
+                                         const uint8_t* bad, double mu2, double* rows, double* D) {
+  bool dist = false;  // pair distances precomputed in D
+#if !defined(__CUDA_ARCH__)
+  if (mu2 > 0.0 && use_host_blas(t, p)) {
+    flag_pair_dists_host(P, v, q, p, D);
+    dist = true;
+  }
+#else
+  (void)D;
+#endif
   for (int i = t.rank(); i < p; i += t.size()) {
     double term = 0.0;
     if (!bad[i]) {
-      const double v = flag_ratio(P, q, p, i);
-      term = sqrt(1.0 - v > 0.0 ? 1.0 - v : 0.0);
+      term = sqrt(1.0 - v[i] > 0.0 ? 1.0 - v[i] : 0.0);
       if (mu2 > 0.0)
         for (int j = 0; j < p; ++j) {
           if (i == j || bad[j]) continue;
-          term += mu2 * sqrt(fabs(1.0 - flag_pair_dist(P, q, p, i, j)));
+          const double d = dist ? D[i * p + j] : flag_pair_dist(P, q, p, i, j);
+          term += mu2 * sqrt(fabs(1.0 - d));
         }
     }
     rows[i] = term;
@@ -303,8 +402,8 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
   const double mu = (pv >= 2 && prm.lam > 0.0) ? prm.lam / (double(pv) * double(pv - 1)) : 0.0;
   const double mu2 = mu * mu;
   const bool pairs = mu2 > 0.0;
-  for (int e = r0; e < pp; e += nt) {
-    const int i = e / p, j = e % p;
+  // the normalised Gram G (and the pair weights V, read only with the pairwise term)
+  auto init = [&](int i, int j, int e) {
     double g = 0.0;
     if (!bad[i] && !bad[j]) {
       const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
@@ -312,8 +411,15 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
       g = graw[e] / si / sj;
     }
     G[e] = g;
-    V[e] = (i != j && !bad[i] && !bad[j]) ? mu2 : 0.0;
-  }
+    if (pairs) V[e] = (i != j && !bad[i] && !bad[j]) ? mu2 : 0.0;
+  };
+#if !defined(__CUDA_ARCH__)
+  if (detail::use_host_blas(t, p)) {  // one thread: plain row order, no index division
+    for (int i = 0; i < p; ++i)
+      for (int j = 0; j < p; ++j) init(i, j, i * p + j);
+  } else
+#endif
+    for (int e = r0; e < pp; e += nt) init(e / p, e % p, e);
   for (int i = r0; i < p; i += nt) w[i] = bad[i] ? 0.0 : 1.0;
   double F_prev = double(pv) + mu2 * double(pv) * double(pv - 1 > 0 ? pv - 1 : 0);
   if (r0 == 0) {
@@ -328,7 +434,10 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
       t.poll();
       const int qn = detail::flag_solve(t, G, p, static_cast<int>(prm.r), pairs, w, V, Mh, K, U, ev, tmp,
                                         rows, jac, Cn, Pn);
-      const double Fn = detail::flag_objective(t, Pn, qn, p, bad, mu2, rows);
+      // the ratios of the new iterate into `a` (free until the end): the objective's and, if the
+      // step is accepted, the next weights'
+      detail::flag_ratios(t, Pn, qn, p, a);
+      const double Fn = detail::flag_objective(t, Pn, a, qn, p, bad, mu2, rows, tmp);
       if (r0 == 0) {
         if (it < out.objective_cap) out.objective[it] = Fn;
         *out.iterations = it;
@@ -347,13 +456,20 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
       if (!(F_prev - Fn > prm.tol) || !(Fn > prm.tol)) break;
       F_prev = Fn;
       if (it == prm.max_iter) break;
-      for (int e = r0; e < pp; e += nt) {
-        const int i = e / p, j = e % p;
-        if (j == 0) w[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - detail::flag_ratio(P, q, p, i)) + prm.eps);
-        if (pairs)
-          V[e] = (i != j && !bad[i] && !bad[j])
-                     ? mu2 / sqrt(fabs(1.0 - detail::flag_pair_dist(P, q, p, i, j)) + prm.eps)
-                     : 0.0;
+      for (int i = r0; i < p; i += nt) w[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - a[i]) + prm.eps);
+      if (pairs) {
+        bool dist = false;  // pair distances of P in tmp (host path)
+#if !defined(__CUDA_ARCH__)
+        if (detail::use_host_blas(t, p)) {
+          detail::flag_pair_dists_host(P, a, q, p, tmp);
+          dist = true;
+        }
+#endif
+        for (int e = r0; e < pp; e += nt) {
+          const int i = e / p, j = e % p;
+          const double d = dist ? tmp[e] : detail::flag_pair_dist(P, q, p, i, j);
+          V[e] = (i != j && !bad[i] && !bad[j]) ? mu2 / sqrt(fabs(1.0 - d) + prm.eps) : 0.0;
+        }
       }
       t.sync();
     }
@@ -404,10 +520,11 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
     for (int i = r0; i < p; i += nt) a[i] *= factor;
     t.sync();
   }
+  detail::flag_ratios(t, P, q, p, out.ratios);
   for (int i = r0; i < p; i += nt) {
     const double si = s[i] > kFlagNormFloor ? s[i] : kFlagNormFloor;
     out.coef[i] = bad[i] ? 0.0 : a[i] / si;
-    const double v = bad[i] ? 0.0 : detail::flag_ratio(P, q, p, i);
+    const double v = bad[i] ? 0.0 : out.ratios[i];
     out.ratios[i] = v;
     out.weights[i] = bad[i] ? 0.0 : 1.0 / sqrt(fabs(1.0 - v) + prm.eps);
   }
