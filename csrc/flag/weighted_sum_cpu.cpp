@@ -37,9 +37,14 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
   const int64_t cols =
       std::max<int64_t>(256, std::min<int64_t>(8 * kChunk, (int64_t(1) << 20) / most) / 256 * 256);
   const int64_t tasks_per_problem = (n + cols - 1) / cols;
-  parallel_for(static_cast<size_t>(b * tasks_per_problem), [&](size_t t) {
-    const int64_t q = static_cast<int64_t>(t) / tasks_per_problem;
-    const int64_t k_begin = (static_cast<int64_t>(t) % tasks_per_problem) * cols;
+  const int64_t tasks = b * tasks_per_problem;
+  // Last columns first: the Gram pass that precedes this one in flag_aggregate reads the columns
+  // forward, so its last columns may still be in the last-level cache. Each task's output is
+  // the same whatever the order.
+  parallel_for(static_cast<size_t>(tasks), [&](size_t ti) {
+    const int64_t t = tasks - 1 - static_cast<int64_t>(ti);
+    const int64_t q = t / tasks_per_problem;
+    const int64_t k_begin = (t % tasks_per_problem) * cols;
     const int64_t k_end = std::min(n, k_begin + cols);
     const int64_t m = static_cast<int64_t>(xs[q].size());
     double acc[kChunk];

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/cancel.hpp"
@@ -115,22 +116,35 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
 // acc[0:len] = sum_r cs[r] * xs[r][k0:k0+len] (cs == nullptr: every coefficient 1), rows added
 // one after another in the order given, in float64. The accumulators (len <= a few thousand)
 // stay in L1; R rows at a time are streamed through them, so the memory system sees R
-// contiguous streams (enough to keep the prefetchers busy) and the accumulators are loaded and
-// stored once per R rows, without changing the order of the additions.
-template <typename T, bool kOnes, int R>
+// contiguous streams and the accumulators are loaded and stored once per R rows (the first
+// group writes them without reading), without changing the order of the additions. While a
+// group streams, the next group's rows (after the last group: the first rows of the next chunk)
+// are prefetched into L2, one cache line per row and line of columns: the hardware prefetchers
+// lose track of short row segments at page boundaries, and with p rows in flight they cannot
+// follow them all.
+constexpr int kSumGroup = 8;
+
+template <typename T, bool kOnes, int R, bool kFirst>
 inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0, int64_t len,
-                     double* __restrict acc) {
+                     double* __restrict acc, const T* const* pf, int npf) {
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));  // columns per cache line
   const T* __restrict x[R];
   double c[R];
   for (int j = 0; j < R; ++j) {
     x[j] = xs[r + j] + k0;
     c[j] = kOnes ? 1.0 : cs[r + j];
   }
-  for (int64_t k = 0; k < len; ++k) {
-    double a = acc[k];
-    for (int j = 0; j < R; ++j) a += kOnes ? double(x[j][k]) : c[j] * double(x[j][k]);
+  auto column = [&](int64_t k) {
+    double a = kFirst ? (kOnes ? double(x[0][k]) : c[0] * double(x[0][k])) : acc[k];
+    for (int j = kFirst ? 1 : 0; j < R; ++j) a += kOnes ? double(x[j][k]) : c[j] * double(x[j][k]);
     acc[k] = a;
+  };
+  int64_t k = 0;
+  for (; k + kLine <= len; k += kLine) {
+    for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
+    for (int64_t kk = k; kk < k + kLine; ++kk) column(kk);
   }
+  for (; k < len; ++k) column(k);
 }
 
 template <typename T, bool kOnes>
@@ -140,18 +154,24 @@ void sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
     std::fill(acc, acc + len, 0.0);
     return;
   }
-  {
-    const T* __restrict x = xs[0] + k0;
-    const double c = kOnes ? 1.0 : cs[0];
-    for (int64_t k = 0; k < len; ++k) acc[k] = kOnes ? double(x[k]) : c * double(x[k]);
-  }
-  int64_t r = 1;
-  for (; r + 8 <= m; r += 8) add_rows<T, kOnes, 8>(xs, cs, r, k0, len, acc);
-  if (r + 4 <= m) {
-    add_rows<T, kOnes, 4>(xs, cs, r, k0, len, acc);
-    r += 4;
-  }
-  for (; r < m; ++r) add_rows<T, kOnes, 1>(xs, cs, r, k0, len, acc);
+  const T* pf[kSumGroup];
+  int64_t r = 0;
+  auto group = [&](auto width) {
+    constexpr int R = decltype(width)::value;
+    // prefetch the next group's rows here, or the first rows of the next chunk
+    const int64_t nr = r + R < m ? r + R : 0;
+    const int64_t off = r + R < m ? k0 : k0 + len;
+    int npf = 0;
+    for (int64_t i = nr; i < m && npf < kSumGroup; ++i) pf[npf++] = xs[i] + off;
+    if (r == 0)
+      add_rows<T, kOnes, R, true>(xs, cs, r, k0, len, acc, pf, npf);
+    else
+      add_rows<T, kOnes, R, false>(xs, cs, r, k0, len, acc, pf, npf);
+    r += R;
+  };
+  while (r + kSumGroup <= m) group(std::integral_constant<int, kSumGroup>{});
+  if (r + 4 <= m) group(std::integral_constant<int, 4>{});
+  while (r < m) group(std::integral_constant<int, 1>{});
 }
 
 // out[i, k] = (sum_j A[i, j] x_j[k]) / div[i] for rows i in [i0, i1) and columns
