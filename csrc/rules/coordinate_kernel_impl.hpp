@@ -229,23 +229,30 @@ void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t
   }
 }
 
+inline uint64_t exponent_all_ones(double v) {
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return uint64_t(((bits >> 52) & 0x7ff) == 0x7ff);
+}
+
 // out[k] = T(acc[k] / d), the rounded quotient of the sum as in numpy (for a power-of-two d the
 // product with 1/d, which is the same rounded quotient and cheaper); returns whether every
-// acc[k] was finite (an integer OR over the exponent bits, so both loops vectorise).
+// acc[k] was finite (an integer OR over the exponent bits, in the same vectorised loop).
 template <typename T>
 bool divide_kernel(const double* __restrict acc, int64_t len, double d, T* __restrict out) {
   int e = 0;
+  uint64_t nonfinite = 0;
   if (std::frexp(d, &e) == 0.5) {  // d = 2^(e-1): x * 2^(1-e) is the same rounded quotient
     const double inv = 1.0 / d;
-    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] * inv);
-  } else {
-    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] / d);
+    for (int64_t k = 0; k < len; ++k) {
+      out[k] = static_cast<T>(acc[k] * inv);
+      nonfinite |= exponent_all_ones(acc[k]);
+    }
+    return nonfinite == 0;
   }
-  uint64_t nonfinite = 0;
   for (int64_t k = 0; k < len; ++k) {
-    uint64_t bits;
-    std::memcpy(&bits, acc + k, sizeof(bits));
-    nonfinite |= uint64_t(((bits >> 52) & 0x7ff) == 0x7ff);
+    out[k] = static_cast<T>(acc[k] / d);
+    nonfinite |= exponent_all_ones(acc[k]);
   }
   return nonfinite == 0;
 }
