@@ -17,9 +17,11 @@ constexpr int64_t kTaskWork = int64_t(1) << 24;
 constexpr int64_t kMaxTaskColumns = 16384;
 
 int64_t task_columns(int64_t pe, int64_t ncomp, CoordRule rule) {
-  if (rule == CoordRule::mean)  // ~1e6 values per task
+  // mean: ~2.6e5 values per task (tens of tasks at ~1e7 values, so two or three threads finish
+  // within a few percent of each other), at least 1024 columns (long row segments at large p)
+  if (rule == CoordRule::mean)
     return std::max<int64_t>(
-        256, std::min(kMaxTaskColumns, (int64_t(1) << 20) / std::max<int64_t>(1, pe)) / 64 * 64);
+        1024, std::min(kMaxTaskColumns, (int64_t(1) << 18) / std::max<int64_t>(1, pe)) / 64 * 64);
   const int64_t cols = kTaskWork / std::max<int64_t>(1, ncomp + pe);
   return std::max<int64_t>(64, std::min(kMaxTaskColumns, cols) / 64 * 64);
 }
