@@ -51,9 +51,8 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
     for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
       check_cancel();
       const int64_t len = std::min(kChunk, k_end - k0);
-      sum_rows_dispatch<T>(xs[q].data(), cs[q].data(), m, k0, len, acc);
-      T* o = out + q * n + k0;
-      for (int64_t k = 0; k < len; ++k) o[k] = static_cast<T>(acc[k]);
+      // the last row group writes out[q, k0:k0+len] (rounded to T) as it forms the sums
+      sum_rows_dispatch<T>(xs[q].data(), cs[q].data(), m, k0, len, acc, out + q * n + k0, 0.0);
     }
   });
 }
