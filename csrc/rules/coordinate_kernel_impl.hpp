@@ -161,7 +161,7 @@ inline uint64_t add_span(const T* const* x, const double* c, int64_t k, int64_t 
 
 template <typename T, bool kOnes, int R, bool kFirst, int kFinish>
 inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0, int64_t len, double* acc,
-                     const T* const* pf, int npf, SumOut<T>& fin) {
+                     [[maybe_unused]] const T* const* pf, [[maybe_unused]] int npf, SumOut<T>& fin) {
   constexpr int64_t kLine = 64 / int64_t(sizeof(T));  // columns per cache line
   const T* x[R];
   double c[R];
@@ -171,10 +171,14 @@ inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0
   }
   uint64_t nonfinite = 0;
   int64_t k = 0;
-  for (; k + kLine <= len; k += kLine) {
-    for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
-    nonfinite |= add_span<T, kOnes, R, kFirst, kFinish>(x, c, k, k + kLine, acc, fin.out, fin.d);
-  }
+  // A group of fewer than 4 rows (at most 3 of a count that is not a multiple of 8) has a body
+  // so small that GCC unrolls the line loop below into scalar code: one plain loop instead
+  // (vectorised), without the prefetch.
+  if constexpr (R >= 4)
+    for (; k + kLine <= len; k += kLine) {
+      for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
+      nonfinite |= add_span<T, kOnes, R, kFirst, kFinish>(x, c, k, k + kLine, acc, fin.out, fin.d);
+    }
   nonfinite |= add_span<T, kOnes, R, kFirst, kFinish>(x, c, k, len, acc, fin.out, fin.d);
   fin.nonfinite |= nonfinite;
 }
