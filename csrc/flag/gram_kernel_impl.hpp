@@ -7,6 +7,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "flag/gram.hpp"
 
@@ -55,14 +60,38 @@ inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
     }
 }
 
-// float32 inputs: products and short partial sums in float32 (twice the lanes of float64),
-// flushed into float64 accumulators every kFlushSteps vector steps, so each float32 partial sum
-// holds at most kFlushSteps products (relative error ~ kFlushSteps * 2^-24 in the worst case).
+// float32 inputs: products and short partial sums in float32 vectors of VF lanes, flushed into
+// float64 every kFlushSteps vector steps, so each float32 partial sum holds at most kFlushSteps
+// products (relative error ~ kFlushSteps * 2^-24 in the worst case, ~1e-7 typical).
 // A product that overflows float32 (|x| > ~1e19) shows up as a non-finite diagonal, and
 // gram_cpu recomputes such rows in float64.
-constexpr int VF = 2 * V;
+//
+// The columns go in chunks of exactly one flush block (kFlushSteps * VF columns): the rows of a
+// tile pair (2 * TF rows, a few KiB each) stay in L1 while the tile runs, and all p rows of the
+// chunk (p * 2 KiB with 16 lanes) stay in L2 while every tile pair of the triangle passes over
+// them. Each tile keeps MR x NR float32 accumulators in registers; at the end of the block they
+// are widened and added to float64 vector accumulators in memory (one per pair of rows, lanes
+// reduced once per call), so the float64 work is 1/kFlushSteps of the multiply-adds. Diagonal
+// tiles form only the pairs i <= j. While a chunk is computed, the next chunk of every row is
+// prefetched (one cache line per row and vector step, spread over the tile pairs), because the
+// hardware prefetchers follow few of the p concurrent row streams across page boundaries.
+// Chunks, blocks and tiles depend on p and the column range only, never on the thread count.
+#ifndef FLAGCORE_VF32
+#define FLAGCORE_VF32 (2 * FLAGCORE_VLEN)
+#endif
+#ifndef FLAGCORE_TILE32
+#define FLAGCORE_TILE32 FLAGCORE_TILE
+#endif
+constexpr int VF = FLAGCORE_VF32;
+constexpr int VH = VF / 2;  // float64 lanes of one widened half
+constexpr int TF = FLAGCORE_TILE32;
+static_assert(TF >= 1 && TF <= 6, "the float32 tile table covers tiles up to 6 x 6");
 constexpr int kFlushSteps = 32;
+constexpr int64_t kChunk32 = int64_t(kFlushSteps) * VF;
+constexpr int kMaxPrefetchRows = 8;
 typedef float vf2 __attribute__((vector_size(VF * 4)));
+typedef float vfh __attribute__((vector_size(VH * 4)));
+typedef double vdh __attribute__((vector_size(VH * 8)));
 
 inline vf2 loadf(const float* p) {
   vf2 v;
@@ -70,56 +99,134 @@ inline vf2 loadf(const float* p) {
   return v;
 }
 
-inline vd widen_sum(const vf2& s) {
-  float tmp[VF];
-  std::memcpy(tmp, &s, sizeof tmp);
-  vf lo, hi;
-  std::memcpy(&lo, tmp, sizeof lo);
-  std::memcpy(&hi, tmp + V, sizeof hi);
-  return __builtin_convertvector(lo, vd) + __builtin_convertvector(hi, vd);
+// The VF float32 lanes widened to float64 and added pairwise: lanes l and l + VH (two
+// vcvtps2pd of half-width halves; a memcpy split makes GCC go through 128-bit pieces).
+template <size_t... L>
+inline vdh widen_sum_impl(const vf2& s, std::index_sequence<L...>) {
+  const vfh lo = __builtin_shufflevector(s, s, static_cast<int>(L)...);
+  const vfh hi = __builtin_shufflevector(s, s, static_cast<int>(L + VH)...);
+#if defined(__AVX512F__)
+  if constexpr (VH == 8) {  // GCC 12 lowers the 8-lane __builtin_convertvector in 4-lane pieces
+    const __m512d a = _mm512_maskz_cvtps_pd(0xFF, reinterpret_cast<const __m256&>(lo));
+    const __m512d b = _mm512_maskz_cvtps_pd(0xFF, reinterpret_cast<const __m256&>(hi));
+    const __m512d sum = _mm512_add_pd(a, b);
+    return reinterpret_cast<const vdh&>(sum);
+  }
+#endif
+  return __builtin_convertvector(lo, vdh) + __builtin_convertvector(hi, vdh);
+}
+inline vdh widen_sum(const vf2& s) {
+  return widen_sum_impl(s, std::make_index_sequence<VH>{});
 }
 
-template <int MR, int NR>
-inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0, int64_t k1, double* acc,
-                     int64_t ld) {
-  vd d[MR][NR];
+// One chunk [k0, k1) (k1 - k0 <= kChunk32) of a tile pair: dv[i * ldv + j] (float64 vectors)
+// += the block's float32 vector partial sums; the columns after the last whole vector step go
+// in float64 into tail[i * ldt + j]. pf: rows whose next chunk is prefetched meanwhile.
+template <int MR, int NR, bool Diag>
+inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0, int64_t k1, vdh* dv,
+                     int64_t ldv, double* tail, int64_t ldt, const float* const* pf, int npf) {
+  vf2 s[MR][NR];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) d[i][j] = vd{0};
+    for (int j = 0; j < NR; ++j) s[i][j] = vf2{0};
   int64_t k = k0;
-  while (k + VF <= k1) {
-    const int64_t steps = std::min<int64_t>(kFlushSteps, (k1 - k) / VF);
-    vf2 s[MR][NR];
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) s[i][j] = vf2{0};
-    for (int64_t st = 0; st < steps; ++st, k += VF) {
-      vf2 a[MR], b[NR];
-      for (int i = 0; i < MR; ++i) a[i] = loadf(ri[i] + k);
-      for (int j = 0; j < NR; ++j) b[j] = loadf(rj[j] + k);
+  for (; k + VF <= k1; k += VF) {
+    for (int r = 0; r < npf; ++r) __builtin_prefetch(pf[r] + k, 0, 2);
+    vf2 a[MR];
+    for (int i = 0; i < MR; ++i) a[i] = loadf(ri[i] + k);
+    for (int j = 0; j < NR; ++j) {
+      const vf2 b = loadf(rj[j] + k);
       for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NR; ++j) s[i][j] += a[i] * b[j];
+        if (!Diag || i <= j) s[i][j] += a[i] * b;
     }
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) d[i][j] += widen_sum(s[i][j]);
   }
-  double t[MR][NR] = {};
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j)
+      if (!Diag || i <= j) dv[i * ldv + j] += widen_sum(s[i][j]);
   for (; k < k1; ++k)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) t[i][j] += double(ri[i][k]) * double(rj[j][k]);
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      double sum = t[i][j];
-      for (int l = 0; l < V; ++l) sum += d[i][j][l];
-      acc[i * ld + j] += sum;
+      for (int j = 0; j < NR; ++j)
+        if (!Diag || i <= j) tail[i * ldt + j] += double(ri[i][k]) * double(rj[j][k]);
+}
+
+inline void tile_f32_any(int mi, int nj, bool diag, const float* const* ri, const float* const* rj,
+                         int64_t k0, int64_t k1, vdh* dv, int64_t ldv, double* tail, int64_t ldt,
+                         const float* const* pf, int npf) {
+  // clang-format off: the tile table, full tiles first
+#define FLAGCORE_TILE_CASE(M, N)                                                                         \
+  case M * 8 + N:                                                                                        \
+    if constexpr (M <= TF && N <= TF) {                                                                  \
+      if (diag) tile_f32<M, N, true>(ri, rj, k0, k1, dv, ldv, tail, ldt, pf, npf);                      \
+      else tile_f32<M, N, false>(ri, rj, k0, k1, dv, ldv, tail, ldt, pf, npf);                          \
+    }                                                                                                    \
+    return;
+  switch (mi * 8 + nj) {
+    FLAGCORE_TILE_CASE(1, 1) FLAGCORE_TILE_CASE(1, 2) FLAGCORE_TILE_CASE(1, 3) FLAGCORE_TILE_CASE(1, 4)
+    FLAGCORE_TILE_CASE(1, 5) FLAGCORE_TILE_CASE(1, 6)
+    FLAGCORE_TILE_CASE(2, 1) FLAGCORE_TILE_CASE(2, 2) FLAGCORE_TILE_CASE(2, 3) FLAGCORE_TILE_CASE(2, 4)
+    FLAGCORE_TILE_CASE(2, 5) FLAGCORE_TILE_CASE(2, 6)
+    FLAGCORE_TILE_CASE(3, 1) FLAGCORE_TILE_CASE(3, 2) FLAGCORE_TILE_CASE(3, 3) FLAGCORE_TILE_CASE(3, 4)
+    FLAGCORE_TILE_CASE(3, 5) FLAGCORE_TILE_CASE(3, 6)
+    FLAGCORE_TILE_CASE(4, 1) FLAGCORE_TILE_CASE(4, 2) FLAGCORE_TILE_CASE(4, 3) FLAGCORE_TILE_CASE(4, 4)
+    FLAGCORE_TILE_CASE(4, 5) FLAGCORE_TILE_CASE(4, 6)
+    FLAGCORE_TILE_CASE(5, 1) FLAGCORE_TILE_CASE(5, 2) FLAGCORE_TILE_CASE(5, 3) FLAGCORE_TILE_CASE(5, 4)
+    FLAGCORE_TILE_CASE(5, 5) FLAGCORE_TILE_CASE(5, 6)
+    FLAGCORE_TILE_CASE(6, 1) FLAGCORE_TILE_CASE(6, 2) FLAGCORE_TILE_CASE(6, 3) FLAGCORE_TILE_CASE(6, 4)
+    FLAGCORE_TILE_CASE(6, 5) FLAGCORE_TILE_CASE(6, 6)
+    default: break;
+  }
+#undef FLAGCORE_TILE_CASE
+  // clang-format on
+}
+
+// float32: acc (p x p, upper triangle) += X[:, k0:k1] X[:, k0:k1]^T. The float64 vector
+// accumulators live in a thread-local scratch for the call; their lanes are added in order at
+// the end, after the scalar tail sums.
+void accumulate_f32(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
+  const int64_t tiles = (p + TF - 1) / TF;
+  const int64_t pairs = tiles * (tiles + 1) / 2;
+  thread_local std::vector<vdh> dv_store;
+  thread_local std::vector<double> tail_store;
+  const size_t pp = static_cast<size_t>(p * p);
+  if (dv_store.size() < pp) dv_store.resize(pp);
+  if (tail_store.size() < pp) tail_store.resize(pp);
+  vdh* dv = dv_store.data();
+  double* tail = tail_store.data();
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = i; j < p; ++j) {
+      dv[i * p + j] = vdh{0};
+      tail[i * p + j] = 0.0;
+    }
+  // Tile pair t prefetches rows t, t + pairs, ... of the next chunk.
+  const int per_pair = static_cast<int>(std::min<int64_t>(kMaxPrefetchRows, (p + pairs - 1) / pairs));
+  const float* pf[kMaxPrefetchRows];
+  for (int64_t c0 = k0; c0 < k1; c0 += kChunk32) {
+    const int64_t c1 = std::min(c0 + kChunk32, k1);
+    const bool next = c1 + kChunk32 <= k1;  // a whole next chunk: prefetch it
+    int64_t t = 0;
+    for (int64_t I = 0; I < p; I += TF) {
+      const int mi = static_cast<int>(std::min<int64_t>(TF, p - I));
+      for (int64_t J = I; J < p; J += TF, ++t) {
+        const int nj = static_cast<int>(std::min<int64_t>(TF, p - J));
+        int npf = 0;
+        if (next)
+          for (int64_t r = t; r < p && npf < per_pair; r += pairs) pf[npf++] = rows[r] + kChunk32;
+        tile_f32_any(mi, nj, I == J, rows + I, rows + J, c0, c1, dv + I * p + J, p, tail + I * p + J, p, pf,
+                     npf);
+      }
+    }
+  }
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = i; j < p; ++j) {
+      double s = tail[i * p + j];
+      for (int l = 0; l < VH; ++l) s += dv[i * p + j][l];
+      acc[i * p + j] += s;
     }
 }
 
 template <int MR, int NR, typename T>
 inline void tile_dispatch(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc,
                           int64_t ld) {
-  if constexpr (sizeof(T) == 4)
-    tile_f32<MR, NR>(ri, rj, k0, k1, acc, ld);
-  else
-    tile<MR, NR, T>(ri, rj, k0, k1, acc, ld);
+  tile<MR, NR, T>(ri, rj, k0, k1, acc, ld);
 }
 
 template <typename T>
@@ -141,8 +248,8 @@ inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int
   // clang-format on
 }
 
-// Columns per chunk: the chunk of all p rows should stay in L2 (~256 KiB) while every tile
-// passes over it.
+// Columns per chunk (float64): the chunk of all p rows should stay in L2 (~256 KiB) while every
+// tile passes over it.
 inline int64_t chunk_columns(int64_t p, int64_t elem_size) {
   int64_t c = (256 * 1024) / std::max<int64_t>(1, p * elem_size);
   c = std::max<int64_t>(64, std::min<int64_t>(8192, c));
@@ -211,7 +318,7 @@ void weighted_sum_accumulate(const double* const* rows, const double* coef, int6
 }
 
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
-  accumulate<float>(rows, p, k0, k1, acc);
+  accumulate_f32(rows, p, k0, k1, acc);
 }
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
   accumulate<double>(rows, p, k0, k1, acc);

@@ -37,18 +37,22 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
   const int64_t cols =
       std::max<int64_t>(256, std::min<int64_t>(8 * kChunk, (int64_t(1) << 20) / most) / 256 * 256);
   const int64_t tasks_per_problem = (n + cols - 1) / cols;
-  parallel_for(static_cast<size_t>(b * tasks_per_problem), [&](size_t t) {
-    const int64_t q = static_cast<int64_t>(t) / tasks_per_problem;
-    const int64_t k_begin = (static_cast<int64_t>(t) % tasks_per_problem) * cols;
+  const int64_t tasks = b * tasks_per_problem;
+  // Last columns first: the Gram pass that precedes this one in flag_aggregate reads the columns
+  // forward, so its last columns may still be in the last-level cache. Each task's output is
+  // the same whatever the order.
+  parallel_for(static_cast<size_t>(tasks), [&](size_t ti) {
+    const int64_t t = tasks - 1 - static_cast<int64_t>(ti);
+    const int64_t q = t / tasks_per_problem;
+    const int64_t k_begin = (t % tasks_per_problem) * cols;
     const int64_t k_end = std::min(n, k_begin + cols);
     const int64_t m = static_cast<int64_t>(xs[q].size());
     double acc[kChunk];
     for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
       check_cancel();
       const int64_t len = std::min(kChunk, k_end - k0);
-      sum_rows_dispatch<T>(xs[q].data(), cs[q].data(), m, k0, len, acc);
-      T* o = out + q * n + k0;
-      for (int64_t k = 0; k < len; ++k) o[k] = static_cast<T>(acc[k]);
+      // the last row group writes out[q, k0:k0+len] (rounded to T) as it forms the sums
+      sum_rows_dispatch<T>(xs[q].data(), cs[q].data(), m, k0, len, acc, out + q * n + k0, 0.0);
     }
   });
 }

@@ -140,8 +140,12 @@ void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const
 //   acc[0:len] = sum_{r < m} cs[r] * xs[r][k0:k0+len], the rows added one after another in
 //   order, in float64 (cs == nullptr: every coefficient 1, so the float64 sum of a float64
 //   input is numpy's sum along axis 0 bit for bit). m == 0 gives zeros.
+//   out (optional, [len]): T(acc / d) for d > 0 (the rounded quotient, numpy's mean when d is
+//   the row count) or T(acc) for d == 0, written in the same pass. Returns whether every sum
+//   is finite (true when out is null).
 template <typename T>
-void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc);
+bool sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc,
+                       T* out = nullptr, double d = 0.0);
 
 // Per-instruction-set block kernels: columns [k0, k1) of the pe active rows sorted by the
 // network `comp` (ncomp comparators, pairs flattened), reduced into out[k0:k1]; bad[i] is set
@@ -152,10 +156,10 @@ void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t 
                         CoordCounts c, int64_t k0, int64_t k1, float* out, uint8_t* bad);                    \
   void coordinate_block(const double* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,       \
                         CoordCounts c, int64_t k0, int64_t k1, double* out, uint8_t* bad);                   \
-  void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc);  \
-  void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc); \
-  bool divide_rows(const double* acc, int64_t len, double d, float* out);                                    \
-  bool divide_rows(const double* acc, int64_t len, double d, double* out);                                   \
+  bool sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc,   \
+                float* out, double d);                                                                       \
+  bool sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc,  \
+                double* out, double d);                                                                      \
   void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0, int64_t i1, \
                 int64_t k0, int64_t len, float* const* out);                                                 \
   void mix_rows(const double* const* xs, int64_t m, const double* A, const double* div, int64_t i0,          \

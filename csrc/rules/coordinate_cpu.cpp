@@ -17,15 +17,17 @@ constexpr int64_t kTaskWork = int64_t(1) << 24;
 constexpr int64_t kMaxTaskColumns = 16384;
 
 int64_t task_columns(int64_t pe, int64_t ncomp, CoordRule rule) {
-  if (rule == CoordRule::mean)  // ~1e6 values per task
+  // mean: ~2.6e5 values per task (tens of tasks at ~1e7 values, so two or three threads finish
+  // within a few percent of each other), at least 1024 columns (long row segments at large p)
+  if (rule == CoordRule::mean)
     return std::max<int64_t>(
-        256, std::min(kMaxTaskColumns, (int64_t(1) << 20) / std::max<int64_t>(1, pe)) / 64 * 64);
+        1024, std::min(kMaxTaskColumns, (int64_t(1) << 18) / std::max<int64_t>(1, pe)) / 64 * 64);
   const int64_t cols = kTaskWork / std::max<int64_t>(1, ncomp + pe);
   return std::max<int64_t>(64, std::min(kMaxTaskColumns, cols) / 64 * 64);
 }
 
 template <typename T>
-using SumFn = void (*)(const T* const*, const double*, int64_t, int64_t, int64_t, double*);
+using SumFn = bool (*)(const T* const*, const double*, int64_t, int64_t, int64_t, double*, T*, double);
 
 template <typename T>
 SumFn<T> pick_sum() {
@@ -41,23 +43,6 @@ SumFn<T> pick_sum() {
   }
 }
 
-template <typename T>
-using DivFn = bool (*)(const double*, int64_t, double, T*);
-
-template <typename T>
-DivFn<T> pick_divide() {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      return static_cast<DivFn<T>>(&simd_avx512::divide_rows);
-    case SimdLevel::avx2:
-      return static_cast<DivFn<T>>(&simd_avx2::divide_rows);
-#endif
-    default:
-      return static_cast<DivFn<T>>(&simd_generic::divide_rows);
-  }
-}
-
 // The mean of columns [k0, k1) of the pe rows: their sum in row order, divided by pe (numpy's
 // convention). A non-finite mean means a non-finite value (its rows are flagged in bad and the
 // problem is recomputed without them) or a float64 sum that overflowed (recomputed per column
@@ -66,14 +51,12 @@ template <typename T>
 void mean_block(const T* const* rows, int pe, int64_t k0, int64_t k1, T* out, uint8_t* bad) {
   constexpr int64_t kChunk = 2048;  // 16 KiB of float64 accumulators: stays in L1
   const SumFn<T> sum = pick_sum<T>();
-  const DivFn<T> divide = pick_divide<T>();
   double acc[kChunk];
   std::vector<T> col;
   for (int64_t kk = k0; kk < k1; kk += kChunk) {
     check_cancel();
     const int64_t len = std::min(kChunk, k1 - kk);
-    sum(rows, nullptr, pe, kk, len, acc);
-    if (divide(acc, len, double(pe), out + kk)) continue;  // every sum finite
+    if (sum(rows, nullptr, pe, kk, len, acc, out + kk, double(pe))) continue;  // every sum finite
     bool any_bad = false;
     for (int i = 0; i < pe; ++i)
       for (int64_t k = kk; k < kk + len; ++k)
@@ -235,15 +218,15 @@ void coordinate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const
 }
 
 template <typename T>
-void sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
-                       double* acc) {
-  pick_sum<T>()(xs, cs, m, k0, len, acc);
+bool sum_rows_dispatch(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc,
+                       T* out, double d) {
+  return pick_sum<T>()(xs, cs, m, k0, len, acc, out, d);
 }
 
-template void sum_rows_dispatch<float>(const float* const*, const double*, int64_t, int64_t, int64_t,
-                                       double*);
-template void sum_rows_dispatch<double>(const double* const*, const double*, int64_t, int64_t, int64_t,
-                                        double*);
+template bool sum_rows_dispatch<float>(const float* const*, const double*, int64_t, int64_t, int64_t, double*,
+                                       float*, double);
+template bool sum_rows_dispatch<double>(const double* const*, const double*, int64_t, int64_t, int64_t,
+                                        double*, double*, double);
 template void coordinate_cpu<float>(const float* const*, int64_t, int64_t, int64_t, const CoordSpec&, float*,
                                     uint8_t*);
 template void coordinate_cpu<double>(const double* const*, int64_t, int64_t, int64_t, const CoordSpec&,

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/cancel.hpp"
@@ -112,46 +113,149 @@ void block_kernel(const T* const* rows, int pe, const int* comp, int ncomp, Coor
         if (std::isnan(nan_probe[i].v[u][w])) bad[i] = 1;
 }
 
+inline uint64_t exponent_all_ones(double v) {
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return uint64_t(((bits >> 52) & 0x7ff) == 0x7ff);
+}
+
 // acc[0:len] = sum_r cs[r] * xs[r][k0:k0+len] (cs == nullptr: every coefficient 1), rows added
 // one after another in the order given, in float64. The accumulators (len <= a few thousand)
 // stay in L1; R rows at a time are streamed through them, so the memory system sees R
-// contiguous streams (enough to keep the prefetchers busy) and the accumulators are loaded and
-// stored once per R rows, without changing the order of the additions.
-template <typename T, bool kOnes, int R>
-inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0, int64_t len,
-                     double* __restrict acc) {
-  const T* __restrict x[R];
+// contiguous streams and the accumulators are loaded and stored once per R rows (the first
+// group writes them without reading), without changing the order of the additions. The groups
+// of 4 and 1 rows of a count that is not a multiple of 8 go first, so the last group is a full
+// one: it also writes the caller's output (kFinish: 1 the sum, 2 the sum times 1/d for a
+// power-of-two d, 3 the sum divided by d) and checks the sums for NaN/Inf, so the conversion
+// and the divisions overlap that group's loads instead of taking a pass of their own. While a
+// group streams, the next group's rows (after the last group: the first rows of the next chunk)
+// are prefetched into L2, one cache line per row and line of columns: the hardware prefetchers
+// lose track of short row segments at page boundaries, and with p rows in flight they cannot
+// follow them all.
+constexpr int kSumGroup = 8;
+
+template <typename T>
+struct SumOut {
+  T* out;    // nullptr: acc only
+  double d;  // divisor (kFinish 3), 1/d (kFinish 2)
+  uint64_t nonfinite;
+};
+
+// Columns [k, kend) of one group; the restrict-qualified outputs let the loop vectorise
+// without a run-time aliasing check.
+template <typename T, bool kOnes, int R, bool kFirst, int kFinish>
+inline uint64_t add_span(const T* const* x, const double* c, int64_t k, int64_t kend, double* __restrict acc,
+                         T* __restrict out, double d) {
+  uint64_t nonfinite = 0;
+  for (int64_t kk = k; kk < kend; ++kk) {
+    double a = kFirst ? (kOnes ? double(x[0][kk]) : c[0] * double(x[0][kk])) : acc[kk];
+    for (int j = kFirst ? 1 : 0; j < R; ++j) a += kOnes ? double(x[j][kk]) : c[j] * double(x[j][kk]);
+    acc[kk] = a;
+    if constexpr (kFinish == 1) out[kk] = static_cast<T>(a);
+    if constexpr (kFinish == 2) out[kk] = static_cast<T>(a * d);
+    if constexpr (kFinish == 3) out[kk] = static_cast<T>(a / d);
+    if constexpr (kFinish != 0) nonfinite |= exponent_all_ones(a);
+  }
+  return nonfinite;
+}
+
+template <typename T, bool kOnes, int R, bool kFirst, int kFinish>
+inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0, int64_t len, double* acc,
+                     [[maybe_unused]] const T* const* pf, [[maybe_unused]] int npf, SumOut<T>& fin) {
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));  // columns per cache line
+  const T* x[R];
   double c[R];
   for (int j = 0; j < R; ++j) {
     x[j] = xs[r + j] + k0;
     c[j] = kOnes ? 1.0 : cs[r + j];
   }
-  for (int64_t k = 0; k < len; ++k) {
-    double a = acc[k];
-    for (int j = 0; j < R; ++j) a += kOnes ? double(x[j][k]) : c[j] * double(x[j][k]);
-    acc[k] = a;
-  }
+  uint64_t nonfinite = 0;
+  int64_t k = 0;
+  // A group of fewer than 4 rows (at most 3 of a count that is not a multiple of 8) has a body
+  // so small that GCC unrolls the line loop below into scalar code: one plain loop instead
+  // (vectorised), without the prefetch.
+  if constexpr (R >= 4)
+    for (; k + kLine <= len; k += kLine) {
+      for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
+      nonfinite |= add_span<T, kOnes, R, kFirst, kFinish>(x, c, k, k + kLine, acc, fin.out, fin.d);
+    }
+  nonfinite |= add_span<T, kOnes, R, kFirst, kFinish>(x, c, k, len, acc, fin.out, fin.d);
+  fin.nonfinite |= nonfinite;
 }
 
+// out (when not null) gets T(acc / d) (d > 0: the rounded quotient as numpy forms it; for a
+// power-of-two d the product with 1/d, the same rounded quotient) or T(acc) (d == 0), at
+// out[0:len]. Returns whether every sum is finite (true when out is null).
 template <typename T, bool kOnes>
-void sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
-                     double* __restrict acc) {
+bool sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len,
+                     double* __restrict acc, T* out, double d) {
   if (m == 0) {
     std::fill(acc, acc + len, 0.0);
-    return;
+    if (out != nullptr) std::fill(out, out + len, T(0));
+    return true;
   }
-  {
-    const T* __restrict x = xs[0] + k0;
-    const double c = kOnes ? 1.0 : cs[0];
-    for (int64_t k = 0; k < len; ++k) acc[k] = kOnes ? double(x[k]) : c * double(x[k]);
+  int finish = 0;
+  SumOut<T> fin{out, d, 0};
+  if (out != nullptr) {
+    int e = 0;
+    if (d == 0.0) {
+      finish = 1;
+    } else if (std::frexp(d, &e) == 0.5) {  // d = 2^(e-1): x * 2^(1-e) is the same quotient
+      finish = 2;
+      fin.d = 1.0 / d;
+    } else {
+      finish = 3;
+    }
   }
-  int64_t r = 1;
-  for (; r + 8 <= m; r += 8) add_rows<T, kOnes, 8>(xs, cs, r, k0, len, acc);
-  if (r + 4 <= m) {
-    add_rows<T, kOnes, 4>(xs, cs, r, k0, len, acc);
-    r += 4;
-  }
-  for (; r < m; ++r) add_rows<T, kOnes, 1>(xs, cs, r, k0, len, acc);
+  const T* pf[kSumGroup];
+  int64_t r = 0;
+  auto group = [&](auto width) {
+    constexpr int R = decltype(width)::value;
+    // prefetch the next group's rows here, or the first rows of the next chunk
+    const int64_t nr = r + R < m ? r + R : 0;
+    const int64_t off = r + R < m ? k0 : k0 + len;
+    int npf = 0;
+    for (int64_t i = nr; i < m && npf < kSumGroup; ++i) pf[npf++] = xs[i] + off;
+    const int fm = r + R == m ? finish : 0;
+#define FLAGCORE_ADD_ROWS(FIRST, FM) add_rows<T, kOnes, R, FIRST, FM>(xs, cs, r, k0, len, acc, pf, npf, fin)
+    if (r == 0) {
+      switch (fm) {
+        case 1:
+          FLAGCORE_ADD_ROWS(true, 1);
+          break;
+        case 2:
+          FLAGCORE_ADD_ROWS(true, 2);
+          break;
+        case 3:
+          FLAGCORE_ADD_ROWS(true, 3);
+          break;
+        default:
+          FLAGCORE_ADD_ROWS(true, 0);
+          break;
+      }
+    } else {
+      switch (fm) {
+        case 1:
+          FLAGCORE_ADD_ROWS(false, 1);
+          break;
+        case 2:
+          FLAGCORE_ADD_ROWS(false, 2);
+          break;
+        case 3:
+          FLAGCORE_ADD_ROWS(false, 3);
+          break;
+        default:
+          FLAGCORE_ADD_ROWS(false, 0);
+          break;
+      }
+    }
+#undef FLAGCORE_ADD_ROWS
+    r += R;
+  };
+  if (m % kSumGroup >= 4) group(std::integral_constant<int, 4>{});
+  while (r < m && (m - r) % kSumGroup != 0) group(std::integral_constant<int, 1>{});
+  while (r < m) group(std::integral_constant<int, kSumGroup>{});
+  return fin.nonfinite == 0;
 }
 
 // out[i, k] = (sum_j A[i, j] x_j[k]) / div[i] for rows i in [i0, i1) and columns
@@ -209,35 +313,7 @@ void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t
   }
 }
 
-// out[k] = T(acc[k] / d), the rounded quotient of the sum as in numpy (for a power-of-two d the
-// product with 1/d, which is the same rounded quotient and cheaper); returns whether every
-// acc[k] was finite (an integer OR over the exponent bits, so both loops vectorise).
-template <typename T>
-bool divide_kernel(const double* __restrict acc, int64_t len, double d, T* __restrict out) {
-  int e = 0;
-  if (std::frexp(d, &e) == 0.5) {  // d = 2^(e-1): x * 2^(1-e) is the same rounded quotient
-    const double inv = 1.0 / d;
-    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] * inv);
-  } else {
-    for (int64_t k = 0; k < len; ++k) out[k] = static_cast<T>(acc[k] / d);
-  }
-  uint64_t nonfinite = 0;
-  for (int64_t k = 0; k < len; ++k) {
-    uint64_t bits;
-    std::memcpy(&bits, acc + k, sizeof(bits));
-    nonfinite |= uint64_t(((bits >> 52) & 0x7ff) == 0x7ff);
-  }
-  return nonfinite == 0;
-}
-
 }  // namespace
-
-bool divide_rows(const double* acc, int64_t len, double d, float* out) {
-  return divide_kernel<float>(acc, len, d, out);
-}
-bool divide_rows(const double* acc, int64_t len, double d, double* out) {
-  return divide_kernel<double>(acc, len, d, out);
-}
 
 void mix_rows(const float* const* xs, int64_t m, const float* A, const float* div, int64_t i0, int64_t i1,
               int64_t k0, int64_t len, float* const* out) {
@@ -248,17 +324,15 @@ void mix_rows(const double* const* xs, int64_t m, const double* A, const double*
   mix_kernel<double>(xs, m, A, div, i0, i1, k0, len, out);
 }
 
-void sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc) {
-  if (cs == nullptr)
-    sum_rows_kernel<float, true>(xs, cs, m, k0, len, acc);
-  else
-    sum_rows_kernel<float, false>(xs, cs, m, k0, len, acc);
+bool sum_rows(const float* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc,
+              float* out, double d) {
+  if (cs == nullptr) return sum_rows_kernel<float, true>(xs, cs, m, k0, len, acc, out, d);
+  return sum_rows_kernel<float, false>(xs, cs, m, k0, len, acc, out, d);
 }
-void sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc) {
-  if (cs == nullptr)
-    sum_rows_kernel<double, true>(xs, cs, m, k0, len, acc);
-  else
-    sum_rows_kernel<double, false>(xs, cs, m, k0, len, acc);
+bool sum_rows(const double* const* xs, const double* cs, int64_t m, int64_t k0, int64_t len, double* acc,
+              double* out, double d) {
+  if (cs == nullptr) return sum_rows_kernel<double, true>(xs, cs, m, k0, len, acc, out, d);
+  return sum_rows_kernel<double, false>(xs, cs, m, k0, len, acc, out, d);
 }
 
 void coordinate_block(const float* const* rows, int pe, const int* comp, int ncomp, CoordRule rule,

@@ -1,0 +1,76 @@
+"""The streamed row sums behind the coordinate mean and FA's weighted sum, at sizes that cross
+their cache-line steps, row groups (8, 4, 1 rows), chunks and column tasks: the mean equals
+numpy's (rows added in order, then divided) bit for bit for float64 input, the weighted sum
+equals the float64 sum in row order, and neither depends on the thread count or reads a row
+whose coefficient is 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flagcore
+from flagcore import _core
+
+PS = [1, 2, 3, 5, 8, 9, 12, 13, 17, 33]
+# n >= 2: for a single column numpy reduces the contiguous worker axis pairwise, not in order
+NS = [2, 15, 17, 2047, 2049, 16_385, 70_001]
+
+
+def _ordered_weighted_sum(x64: np.ndarray, c: np.ndarray) -> np.ndarray:
+    acc = np.zeros(x64.shape[1])
+    for ci, xi in zip(c, x64):
+        if ci != 0.0:
+            acc = acc + ci * xi
+    return acc
+
+
+@pytest.mark.parametrize("p", PS)
+def test_mean_is_numpys_bit_for_bit_across_chunks(p):
+    rng = np.random.default_rng(p)
+    for n in NS:
+        x = rng.standard_normal((p, n)) * 10.0 ** rng.integers(-3, 4)
+        x[:, ::3] = np.round(x[:, ::3], 1)
+        np.testing.assert_array_equal(flagcore.aggregate(x, "mean"), x.mean(axis=0))
+        x32 = x.astype(np.float32)
+        want32 = x32.astype(np.float64).mean(axis=0).astype(np.float32)
+        np.testing.assert_array_equal(flagcore.aggregate(x32, "mean"), want32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weighted_sum_in_row_order_and_zero_rows_unread(dtype):
+    rng = np.random.default_rng(5)
+    for p in PS:
+        n = 20_011
+        x = rng.standard_normal((p, n)).astype(dtype)
+        c = rng.standard_normal(p)
+        c[::4] = 0.0
+        x[::4, 7] = np.nan  # rows with coefficient 0 are never read
+        got = _core.weighted_sum(x[None], c[None])[0]
+        want = _ordered_weighted_sum(x.astype(np.float64), c)
+        if dtype == np.float64:
+            # the same additions in the same order; a fused multiply-add may round once less
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+        else:
+            np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+        assert np.all(np.isfinite(got))
+
+
+def test_thread_count_does_not_change_a_bit():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 13, 300_007)).astype(np.float32)
+    c = rng.standard_normal((2, 13))
+    try:
+        flagcore.set_num_threads(1)
+        m1 = flagcore.aggregate(x, "mean")
+        w1 = _core.weighted_sum(x, c)
+        a1 = flagcore.flag_aggregate(x[0])
+        flagcore.set_num_threads(2)
+        m2 = flagcore.aggregate(x, "mean")
+        w2 = _core.weighted_sum(x, c)
+        a2 = flagcore.flag_aggregate(x[0])
+    finally:
+        flagcore.set_num_threads(0)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(w1, w2)
+    np.testing.assert_array_equal(a1, a2)
