@@ -1,4 +1,4 @@
-"""The packed AVX-512 Gram kernel (float32, 32 < p < 512; csrc/flag/gram_packed_avx512.cpp):
+"""The packed AVX-512 Gram kernel (float32, p > 32; csrc/flag/gram_packed_avx512.cpp):
 against float64 NumPy within the float32 accuracy class, identical for any thread count and
 memory layout, row tails and column tails of every length, batches and column groups, and the
 same accuracy as the OpenBLAS path it replaces (forced with FLAGCORE's other instruction sets)."""
@@ -47,6 +47,8 @@ def level():
         (1, 255, 3000),
         (2, 511, 700),
         (1, 40, 40_000),
+        (2, 520, 9_001),  # p >= 512: slices packed once, shared by the row parts; 2 runs
+        (1, 1100, 300),
     ],
 )
 def test_matches_float64_and_is_layout_and_thread_independent(level, b, p, n):

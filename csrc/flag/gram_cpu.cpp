@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -17,8 +19,8 @@ namespace {
 // on any machine with the same instruction set.
 constexpr int64_t kMinPartColumns = 32768;
 constexpr int64_t kMaxParts = 32;
-// Above this p the Gram is compute-bound: float32 on AVX-512 CPUs below p = 512 runs the packed
-// kernel (gram_packed.hpp), everything else OpenBLAS; at and below, the register-tiled kernels run
+// Above this p the Gram is compute-bound: float32 on AVX-512 CPUs runs the packed kernel
+// (gram_packed.hpp), float64 and other CPUs OpenBLAS; at and below, the register-tiled kernels run
 // at memory speed.
 constexpr int64_t kGramBlasMinP = 32;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
@@ -238,17 +240,88 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 // Work items: (problem, row part, column group). Row parts are runs of kGramPackedMR-row strips
 // of about equal work (a strip's work is the number of columns right of its diagonal), more of
 // them as p grows (one up to p = 511, p / 256 up to 16); column groups as in the BLAS path, in
-// whole kGramPackedKC slices. Both depend on p and n only. Each item writes its rows'
+// whole kGramPackedKC slices (from p = 512 on, gram_packed_shared instead). Both depend on p and n
+// only. Each item writes its rows'
 // upper-triangle entries of its group's float64 partial (gram_packed.hpp: the same operations in
 // the same order whatever the thread count), and the groups are added in order.
-// Measured (bench/bench_flag_scale.py; CPU time, one thread, against torch X @ X.T): the packed
-// kernel wins below p = 512 (0.64-0.73 of torch at p = 64..256, OpenBLAS 0.81-1.17), OpenBLAS from
-// p = 512 on (0.78 against 0.84 at p = 512 and 1024), where re-packing the columns per row part
-// and the float64 tile accumulators outgrow L2. So the switch is at kGramPackedMaxP.
-constexpr int64_t kGramPackedMaxP = 511;
+#if defined(FLAGCORE_X86_DISPATCH)
+// Large p (>= kGramPackedSharedMinP): the row parts would each re-pack the rows right of them
+// (about p * parts / 2 rows per slice), so here a run of up to kSuper slices of all rows is
+// packed once (strips in parallel) and shared by the parts (in parallel), whose float64
+// accumulators persist over the runs; every part adds its slices in column order, so the sums
+// do not depend on the thread count.
+constexpr int64_t kGramPackedSharedMinP = 512;
+constexpr int64_t kSuperBytes = int64_t(32) << 20;  // packed floats shared by the parts
+
+// 64-byte aligned buffer (the kernel's aligned vector loads and stores).
+template <typename T>
+struct Aligned {
+  T* ptr = nullptr;
+  explicit Aligned(size_t count) {
+    ptr = static_cast<T*>(std::aligned_alloc(64, (std::max<size_t>(1, count) * sizeof(T) + 63) / 64 * 64));
+    if (ptr == nullptr) throw std::bad_alloc();
+  }
+  ~Aligned() { std::free(ptr); }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+};
+
+void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
+                        const std::vector<int64_t>& bound) {
+  const int64_t pp = p * p;
+  const int64_t KC = kGramPackedKC, MR = kGramPackedMR;
+  const int64_t strips = (p + MR - 1) / MR;
+  const int64_t parts = static_cast<int64_t>(bound.size()) - 1;
+  const int64_t per_slice = strips * KC * MR;
+  const int64_t super = std::max<int64_t>(1, std::min<int64_t>(16, kSuperBytes / (per_slice * 4)));
+  Aligned<float> pk(static_cast<size_t>(super * per_slice));
+  std::vector<int64_t> off(static_cast<size_t>(parts + 1), 0);
+  for (int64_t k = 0; k < parts; ++k) {
+    const int64_t i0 = std::min(p, bound[size_t(k)] * MR), i1 = std::min(p, bound[size_t(k + 1)] * MR);
+    off[size_t(k + 1)] = off[size_t(k)] + (i0 < i1 ? simd_avx512::gram_packed_acc_size(p, i0, i1) : 0);
+  }
+  const size_t acc_size = static_cast<size_t>(off[size_t(parts)]);
+  Aligned<double> acc(acc_size);
+  constexpr int64_t kPackStrips = 8;  // strips per packing task
+  const int64_t pack_tasks = (strips + kPackStrips - 1) / kPackStrips;
+  for (int64_t q = 0; q < b; ++q) {
+    const float* const* rq = rows + q * p;
+    for (int64_t k = 0; k < n; k += super * KC) {
+      check_cancel();
+      const int64_t ns = std::min(super, (n - k + KC - 1) / KC);
+      parallel_for(static_cast<size_t>(ns * pack_tasks), [&](size_t t) {
+        const int64_t j = static_cast<int64_t>(t) / pack_tasks, c = static_cast<int64_t>(t) % pack_tasks;
+        const int64_t kj = k + j * KC, kc = std::min(KC, n - kj);
+        simd_avx512::gram_packed_pack(rq, p, kj, kc, c * kPackStrips, std::min(strips, (c + 1) * kPackStrips),
+                                      pk.ptr + j * per_slice);
+      });
+      parallel_for(static_cast<size_t>(parts), [&](size_t t) {
+        const int64_t i0 = std::min(p, bound[t] * MR), i1 = std::min(p, bound[t + 1] * MR);
+        if (i0 >= i1) return;
+        if (k == 0) std::fill(acc.ptr + off[t], acc.ptr + off[t + 1], 0.0);
+        for (int64_t j = 0; j < ns; ++j) {
+          check_cancel();
+          const int64_t kc = std::min(KC, n - (k + j * KC));
+          simd_avx512::gram_packed_slice(pk.ptr + j * per_slice, kc, p, i0, i1, acc.ptr + off[t]);
+        }
+      });
+    }
+    double* gq = out + q * pp;
+    parallel_for(static_cast<size_t>(parts), [&](size_t t) {
+      const int64_t i0 = std::min(p, bound[t] * MR), i1 = std::min(p, bound[t + 1] * MR);
+      if (i0 >= i1) return;
+      simd_avx512::gram_packed_scatter(acc.ptr + off[t], p, i0, i1, gq);
+      // the mirror entries (j, i), j > i, of this part's rows: written by this part only
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = i + 1; j < p; ++j) gq[j * p + i] = gq[i * p + j];
+    });
+  }
+}
+#endif
+
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH)
-  if (simd_level() != SimdLevel::avx512 || p > kGramPackedMaxP) return false;
+  if (simd_level() != SimdLevel::avx512) return false;
   const int64_t pp = p * p;
   const int64_t strips = (p + kGramPackedMR - 1) / kGramPackedMR;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, strips}));
@@ -264,6 +337,10 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
         ++s;
       bound[static_cast<size_t>(k)] = std::max(s, bound[static_cast<size_t>(k - 1)] + 1);
     }
+  }
+  if (p >= kGramPackedSharedMinP) {
+    gram_packed_shared(rows, b, p, n, out, bound);
+    return true;
   }
   const int64_t slices = (n + kGramPackedKC - 1) / kGramPackedKC;
   const int64_t per_group = b * pp * int64_t(sizeof(double));

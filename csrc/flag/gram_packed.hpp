@@ -26,6 +26,19 @@ constexpr int64_t kGramPackedKC = 512;
 namespace simd_avx512 {
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
                       double* g);
+
+// The same work in three steps, for callers that pack a slice once and share it between row
+// parts (gram_cpu at large p):
+//   gram_packed_pack    : strips [s0, s1) of the slice [k0, k0 + kc) of all p rows into out
+//                         (out[s * kc * MR + k * MR + r], rows past p zero)       // [S, KC, MR]
+//   gram_packed_slice   : acc (gram_packed_acc_size doubles, zero before the first slice) +=
+//                         the slice's products for rows [i0, i1) against rows [i0, p)
+//   gram_packed_scatter : acc into g as gram_packed_rows writes it
+int64_t gram_packed_acc_size(int64_t p, int64_t i0, int64_t i1);
+void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
+                      float* out);
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* acc);
+void gram_packed_scatter(const double* acc, int64_t p, int64_t i0, int64_t i1, double* g);
 }  // namespace simd_avx512
 
 }  // namespace flagcore

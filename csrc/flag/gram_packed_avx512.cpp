@@ -163,6 +163,70 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
 
 }  // namespace
 
+namespace {
+
+// One slice (kc columns, packed strips from pk) of the tiles of rows [i0, i1) (i0 on a strip
+// boundary; pk's strip 0 holds row i0) into acc (sa x ntj tiles of NR x MR float64).
+void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* acc, Prefetch& pf) {
+  const int64_t rest = p - i0;
+  const int64_t sa = (i1 - i0 + MR - 1) / MR;
+  const int64_t ntj = (rest + NR - 1) / NR;
+  // blocks of kBlockStrips row strips (their packed rows stay in L2) against every column tile
+  // at or right of the block's diagonal (each tile's packed columns stay in L1 for the block)
+  for (int64_t sb = 0; sb < sa; sb += kBlockStrips) {
+    const int64_t se = std::min(sa, sb + kBlockStrips);
+    for (int64_t jt = sb * MR / NR; jt < ntj; ++jt) {
+      const int64_t c0 = jt * NR;  // first column of the tile (relative to i0)
+      const float* b = pk + (c0 / MR) * kc * MR + c0 % MR;
+      for (int64_t s = sb; s < se; ++s) {
+        const int64_t r0 = s * MR;
+        if (c0 + NR - 1 < r0) continue;  // every entry below the diagonal
+        double* a = acc + (s * ntj + jt) * NR * MR;
+        if (c0 + NR - 1 < r0 + 16)
+          tile<true>(kc, pk + s * kc * MR, b, a, pf);
+        else
+          tile<false>(kc, pk + s * kc * MR, b, a, pf);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int64_t gram_packed_acc_size(int64_t p, int64_t i0, int64_t i1) {
+  return (i1 - i0 + MR - 1) / MR * ((p - i0 + NR - 1) / NR) * NR * MR;
+}
+
+void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
+                      float* out) {
+  pack(rows + s0 * MR, p - s0 * MR, k0, kc, s1 - s0, out + s0 * kc * MR);
+}
+
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* acc) {
+  Prefetch pf;
+  pf.every = int64_t(1) << 62;
+  pf.count = pf.every;
+  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, acc, pf);
+}
+
+void gram_packed_scatter(const double* acc, int64_t p, int64_t i0, int64_t i1, double* g) {
+  const int64_t sa = (i1 - i0 + MR - 1) / MR;
+  const int64_t ntj = (p - i0 + NR - 1) / NR;
+  for (int64_t s = 0; s < sa; ++s)
+    for (int64_t jt = 0; jt < ntj; ++jt) {
+      const double* a = acc + (s * ntj + jt) * NR * MR;
+      for (int t = 0; t < NR; ++t) {
+        const int64_t j = i0 + jt * NR + t;
+        if (j >= p) break;
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + s * MR + r;
+          if (i >= i1 || i > j) break;
+          g[i * p + j] = a[t * MR + r];
+        }
+      }
+    }
+}
+
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
                       double* g) {
   const int64_t rest = p - i0;                  // rows i0 .. p - 1 are packed
@@ -172,8 +236,9 @@ void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i
   thread_local Scratch<float> pk_s;
   thread_local Scratch<double> acc_s;
   float* pk = pk_s.get(static_cast<size_t>(strips * KC * MR));
-  double* acc = acc_s.get(static_cast<size_t>(sa * ntj * NR * MR));
-  std::fill(acc, acc + sa * ntj * NR * MR, 0.0);
+  const int64_t acc_size = gram_packed_acc_size(p, i0, i1);
+  double* acc = acc_s.get(static_cast<size_t>(acc_size));
+  std::fill(acc, acc + acc_size, 0.0);
   for (int64_t k = k0; k < k1; k += KC) {
     check_cancel();
     const int64_t kc = std::min(KC, k1 - k);
@@ -188,38 +253,9 @@ void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i
       pf.lines = (std::min(KC, k1 - k - kc) + 15) / 16;
       pf.every = std::max<int64_t>(1, steps / std::max<int64_t>(1, rest * pf.lines));
     }
-    // blocks of kBlockStrips row strips (their packed rows stay in L2) against every column tile
-    // at or right of the block's diagonal (each tile's packed columns stay in L1 for the block)
-    for (int64_t sb = 0; sb < sa; sb += kBlockStrips) {
-      const int64_t se = std::min(sa, sb + kBlockStrips);
-      for (int64_t jt = sb * MR / NR; jt < ntj; ++jt) {
-        const int64_t c0 = jt * NR;  // first column of the tile (relative to i0)
-        const float* b = pk + (c0 / MR) * kc * MR + c0 % MR;
-        for (int64_t s = sb; s < se; ++s) {
-          const int64_t r0 = s * MR;
-          if (c0 + NR - 1 < r0) continue;  // every entry below the diagonal
-          double* a = acc + (s * ntj + jt) * NR * MR;
-          if (c0 + NR - 1 < r0 + 16)
-            tile<true>(kc, pk + s * kc * MR, b, a, pf);
-          else
-            tile<false>(kc, pk + s * kc * MR, b, a, pf);
-        }
-      }
-    }
+    slice_tiles(pk, kc, p, i0, i1, acc, pf);
   }
-  for (int64_t s = 0; s < sa; ++s)
-    for (int64_t jt = 0; jt < ntj; ++jt) {
-      const double* a = acc + (s * ntj + jt) * NR * MR;
-      for (int t = 0; t < NR; ++t) {
-        const int64_t j = i0 + jt * NR + t;
-        if (j >= p) break;
-        for (int r = 0; r < MR; ++r) {
-          const int64_t i = i0 + s * MR + r;
-          if (i >= i1 || i > j) break;
-          g[i * p + j] = a[t * MR + r];
-        }
-      }
-    }
+  gram_packed_scatter(acc, p, i0, i1, g);
 }
 
 }  // namespace simd_avx512
