@@ -15,14 +15,7 @@ import flagcore
 from conftest import make_gradients
 from flagcore import _core
 from flagcore._reference import flag_aggregate_reference as reference
-
-
-def _sym(evals, seed):
-    rng = np.random.default_rng(seed)
-    p = len(evals)
-    q, _ = np.linalg.qr(rng.standard_normal((p, p)))
-    a = (q * evals) @ q.T
-    return (a + a.T) / 2
+from test_eig import _sym  # a symmetric matrix with the given spectrum
 
 
 def _spectrum(kind, p, seed):

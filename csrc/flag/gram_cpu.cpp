@@ -87,6 +87,23 @@ void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double
   }
 }
 
+// out (b x p x p) = the sum over the column groups of partial[(g * b + q) * p * p + i * p + j]
+// on the upper triangle (groups == 1: out already holds it), added in group order, mirrored.
+void add_groups(const std::vector<double>& partial, int64_t b, int64_t p, int64_t groups, double* out) {
+  const int64_t pp = p * p;
+  for (int64_t q = 0; q < b; ++q) {
+    check_cancel();
+    double* gq = out + q * pp;
+    for (int64_t i = 0; i < p; ++i)
+      for (int64_t j = i; j < p; ++j) {
+        double s = groups > 1 ? 0.0 : gq[i * p + j];
+        for (int64_t g = 0; g < groups && groups > 1; ++g) s += partial[(g * b + q) * pp + i * p + j];
+        gq[i * p + j] = s;
+        gq[j * p + i] = s;
+      }
+  }
+}
+
 // ---- BLAS path (p > kGramBlasMinP, where the Gram is compute-bound) ----
 // Work items: (problem, tile pair (I <= J) of kTile rows each, column group). The column groups
 // depend on n and p only (never on the thread count); each item walks its columns in chunks of
@@ -223,17 +240,7 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
       }
     }
   });
-  for (int64_t q = 0; q < b; ++q) {
-    check_cancel();
-    double* gq = out + q * pp;
-    for (int64_t i = 0; i < p; ++i)
-      for (int64_t j = i; j < p; ++j) {
-        double s = groups > 1 ? 0.0 : gq[i * p + j];
-        for (int64_t g = 0; g < groups && groups > 1; ++g) s += partial[(g * b + q) * pp + i * p + j];
-        gq[i * p + j] = s;
-        gq[j * p + i] = s;
-      }
-  }
+  add_groups(partial, b, p, groups, out);
 }
 
 // ---- Packed AVX-512 path (float32, p > kGramBlasMinP, CPUs with AVX-512) ----
@@ -361,17 +368,7 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     double* acc = groups > 1 ? partial.data() + (g * b + q) * pp : out + q * pp;
     simd_avx512::gram_packed_rows(rows + q * p, p, i0, i1, k0, k1, acc);
   });
-  for (int64_t q = 0; q < b; ++q) {
-    check_cancel();
-    double* gq = out + q * pp;
-    for (int64_t i = 0; i < p; ++i)
-      for (int64_t j = i; j < p; ++j) {
-        double s = groups > 1 ? 0.0 : gq[i * p + j];
-        for (int64_t g = 0; g < groups && groups > 1; ++g) s += partial[(g * b + q) * pp + i * p + j];
-        gq[i * p + j] = s;
-        gq[j * p + i] = s;
-      }
-  }
+  add_groups(partial, b, p, groups, out);
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;
