@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import flagcore
+from conftest import make_gradients, require_torch
 from flagcore import _core
 from flagcore._reference import flag_aggregate_reference as reference
-
-from conftest import make_gradients, require_torch
 
 P = 9
 N = 400
@@ -237,8 +236,8 @@ def test_torch_inputs_all_dtypes_and_lists():
 
 def test_torch_device_path_matches_native():
     torch = require_torch()
-    from flagcore.flag import _flag_aggregate_torch
     from flagcore._arrays import as_stack
+    from flagcore.flag import _flag_aggregate_torch
 
     x = make_gradients(9, 3000, byzantine=2, seed=15)
     x[4, 10] = np.nan

@@ -23,9 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import flagcore
-from flagcore.flag import FlagInfo
-
 from _props import RTOL, StackCase, assert_weighted_sum, bounded, stacks
+from flagcore.flag import FlagInfo
 
 
 def _infos(info, case: StackCase) -> list:
@@ -66,8 +65,8 @@ def check_flag_result(
     coefs = []
     for q, d in enumerate(_infos(info, case)):
         np.testing.assert_array_equal(d["excluded"], bad[q])
-        # float32 input: the Gram's products and short partial sums are float32 (gram_kernel_impl.hpp),
-        # so a ratio can pass 1 by a few float32 ulps
+        # float32 input: the Gram's products and short partial sums are float32
+        # (gram_kernel_impl.hpp), so a ratio can pass 1 by a few float32 ulps
         slack = 1e-9 if case.dtype == np.float64 else 1e-5
         assert np.all(d["ratios"] >= -slack) and np.all(d["ratios"] <= 1 + slack)
         assert np.all(d["ratios"][bad[q]] == 0) and np.all(d["weights"][bad[q]] == 0)
@@ -106,10 +105,11 @@ params = st.fixed_dictionaries(
 @bounded(120)
 @given(case=stacks(big_p=True), prm=params, r_frac=st.floats(0.0, 1.0))
 def test_flag_aggregate_properties(case, prm, r_frac):
-    """Any stack, any valid parameters: finite, shaped, excluded = non-finite squared norms, ratios in
-    [0, 1], aggregate = sum c_i g_i, objective non-increasing, median_norm norm, input unchanged.
+    """Any stack, any valid parameters: finite, shaped, excluded = non-finite squared norms,
+    ratios in [0, 1], aggregate = sum c_i g_i, objective non-increasing, median_norm norm, input
+    unchanged.
     """
-    r = max(1, int(round(r_frac * case.p)))
+    r = max(1, round(r_frac * case.p))
     snap = case.snapshot()
     out, info = flagcore.flag_aggregate(case.x, r=r, return_info=True, **prm)
     assert case.unchanged(snap), "flag_aggregate changed its input"

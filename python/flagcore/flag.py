@@ -64,7 +64,7 @@ class FlagInfo:
     rank: Any
 
     @classmethod
-    def _from_native(cls, d: dict, batched: bool) -> "FlagInfo":
+    def _from_native(cls, d: dict[str, Any], batched: bool) -> FlagInfo:
         if batched:
             return cls(
                 weights=d["weights"],
@@ -105,7 +105,8 @@ def _check_params(
     lam = check_float(lam, fn, "lam", low=0.0)
     if lam > MAX_LAM:
         raise ValueError(
-            f"{fn}: lam must be <= {MAX_LAM:g} (mu^2 = (lam / (p (p - 1)))^2 would overflow float64), got {lam!r}"
+            f"{fn}: lam must be <= {MAX_LAM:g} (mu^2 = (lam / (p (p - 1)))^2 would overflow "
+            f"float64), got {lam!r}"
         )
     max_iter = check_int(max_iter, fn, "max_iter", low=1, high=1_000_000)
     eps = check_float(eps, fn, "eps", low=0.0, strict_low=True)
@@ -185,7 +186,7 @@ def flag_aggregate(
     return agg
 
 
-def _flag_aggregate_torch(st: Stack, prm: Any) -> tuple:
+def _flag_aggregate_torch(st: Stack, prm: Any) -> tuple[Any, dict[str, Any]]:
     """p-space FA for tensors on a non-CPU torch device: Gram and weighted sum with torch
     matmuls on the device, IRLS in the native float64 code on the host."""
     import torch
@@ -216,7 +217,7 @@ def torch_weighted_sum(x: Any, coef: Any) -> Any:
     that NaN/Inf rows of excluded workers never enter the sum. Returns float64 (b, n)."""
     import torch
 
-    b, p, n = x.shape
+    b, _p, n = x.shape
     out = torch.zeros((b, n), dtype=torch.float64, device=x.device)
     for q in range(b):
         keep = torch.nonzero(coef[q] != 0).flatten()
@@ -258,13 +259,16 @@ def _native_cuda_ok(x: Any) -> bool:
 def _require_native_cuda(fn: str) -> None:
     if not core.build_info()["cuda_compiled"]:
         raise RuntimeError(
-            f"{fn}: flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)"
+            f"{fn}: flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc "
+            "at build time)"
         )
     if core.cuda_device_count() <= 0:
         raise RuntimeError(f"{fn}: no CUDA device is visible")
 
 
-def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tuple) -> dict:
+def _info_from_workspace(
+    ws: Any, plan: dict[str, Any], per_worker: tuple[int, ...], per_problem: tuple[int, ...]
+) -> dict[str, Any]:
     """Copies the IRLS outputs out of the workspace (one device-to-host copy, which waits for
     the kernels) into the dict layout of the native CPU functions."""
     base = plan["off_coef"]
@@ -291,7 +295,7 @@ def _info_from_workspace(ws: Any, plan: dict, per_worker: tuple, per_problem: tu
 
 def _flag_aggregate_cuda(
     x: Any, prm: Any, return_info: bool, kernel: Any = core.GramKernel.automatic
-) -> tuple:
+) -> tuple[Any, dict[str, Any] | None]:
     """(b, p, n) CUDA tensor -> ((b, n) tensor in x's dtype, info dict or None), on torch's
     current stream of x's device. kernel (tests): a core.GramKernel, automatic or one pinned."""
     import torch
@@ -313,13 +317,13 @@ def _flag_aggregate_cuda(
     return out, d
 
 
-_LAYER_TABLES: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_LAYER_TABLES: collections.OrderedDict[tuple[Any, ...], tuple[Any, ...]] = collections.OrderedDict()
 _LAYER_TABLES_LOCK = threading.Lock()  # calls from several Python threads share the cache
 
 
 def _flag_aggregate_layers_cuda(
-    xs: list, prm: Any, return_info: bool, kernel: Any = core.GramKernel.automatic
-) -> tuple:
+    xs: list[Any], prm: Any, return_info: bool, kernel: Any = core.GramKernel.automatic
+) -> tuple[Any, dict[str, Any] | None]:
     """List of (p_q, n_q) CUDA tensors of one dtype -> (flat [sum n] tensor, info dict or None)."""
     import torch
 
@@ -351,7 +355,8 @@ def _flag_aggregate_layers_cuda(
             table = np.concatenate([plan["meta"].reshape(-1), addrs.astype(np.int64)])
             with torch.cuda.device(dev):
                 table_dev = torch.from_numpy(table).pin_memory().to(dev, non_blocking=True)
-                ready = torch.cuda.Event()
+                event_cls: Any = torch.cuda.Event  # untyped constructor in torch's stubs
+                ready = event_cls()
                 ready.record()  # later calls on other streams wait for the copy
             hit = (plan, aligned, table_dev, ready)
             _LAYER_TABLES[key] = hit
@@ -434,7 +439,8 @@ def flag_aggregate_layers(
         if isinstance(layer, np.ndarray) or _is_tensor(layer):
             if layer.ndim < 2:
                 raise ValueError(
-                    f"{fn}: {arg} must be (p, ...) with one row per worker, got shape {tuple(layer.shape)}"
+                    f"{fn}: {arg} must be (p, ...) with one row per worker, got shape "
+                    f"{tuple(layer.shape)}"
                 )
             layer = layer.reshape(layer.shape[0], -1) if layer.ndim > 2 else layer
             st = as_stack(layer, fn, arg=arg)
@@ -503,7 +509,7 @@ def flag_aggregate_layers(
     return (results, infos) if return_info else results
 
 
-def _concat_layers(outs: list, ds: list) -> tuple:
+def _concat_layers(outs: list[Any], ds: list[Any]) -> tuple[Any, dict[str, Any]]:
     """Per-layer (flat tensor, (1, ...) info dict) results -> one flat tensor and one ragged
     info dict (per-worker arrays over all rows; objective padded with NaN to the longest)."""
     import torch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -25,9 +25,9 @@ LevelsLike = Union[Sequence[SpeedLevel], Sequence[Sequence[float]]]
 
 @dataclass(frozen=True)
 class Levels:
-    rates: tuple
-    powers: tuple
-    probs: tuple
+    rates: tuple[float, ...]
+    powers: tuple[float, ...]
+    probs: tuple[float, ...]
 
     @property
     def m(self) -> int:
@@ -35,7 +35,8 @@ class Levels:
 
     @property
     def max_rate(self) -> float:
-        return max(r for r, p in zip(self.rates, self.probs) if p > 0)
+        fastest: float = max(r for r, p in zip(self.rates, self.probs) if p > 0)
+        return fastest
 
     def as_speed_levels(self) -> list[SpeedLevel]:
         return [SpeedLevel(r, w, p) for r, w, p in zip(self.rates, self.powers, self.probs)]
@@ -141,7 +142,7 @@ class Service:
 
     kind: str = "exponential"
     param: float = 0.0
-    samples: tuple = ()
+    samples: tuple[float, ...] = ()
 
     @property
     def code(self) -> int:
@@ -264,11 +265,11 @@ class SleepState:
     wake_latency: float
     wake_power: float = 0.0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[float]:
         return iter((self.after, self.power, self.wake_latency, self.wake_power))
 
 
-def as_sleep_states(states: Any, fn: str) -> tuple:
+def as_sleep_states(states: Any, fn: str) -> tuple[SleepState, ...]:
     """None / [] -> (); a list of SleepState or (after, power, wake_latency[, wake_power])."""
     if states is None:
         return ()
@@ -313,8 +314,8 @@ class MMPP:
     ``simulate`` scales the rates so that the long-run mean rate is its arrival_rate (pass
     arrival_rate = mean_rate to use them as given)."""
 
-    rates: tuple
-    switch: tuple
+    rates: tuple[float, ...]
+    switch: tuple[tuple[float, ...], ...]
 
     @property
     def generator(self) -> np.ndarray:
@@ -331,7 +332,8 @@ class MMPP:
         A = np.vstack([Q.T, np.ones(P)])
         b = np.zeros(P + 1)
         b[-1] = 1.0
-        return np.linalg.lstsq(A, b, rcond=None)[0]
+        pi: np.ndarray = np.linalg.lstsq(A, b, rcond=None)[0]
+        return pi
 
     @property
     def mean_rate(self) -> float:
@@ -393,7 +395,7 @@ class Trace:
     sizes: Any = None
 
 
-def as_trace(trace: Trace, n: int, fn: str) -> tuple:
+def as_trace(trace: Trace, n: int, fn: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Validated (arrivals, sizes or None) as float64 arrays; sizes broadcast to (R, n)."""
     try:
         a = np.array(trace.arrivals, dtype=np.float64)

@@ -34,6 +34,7 @@ exception; values beyond the float range in the caller's time unit are inf.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations_with_replacement
 from typing import Any
@@ -51,7 +52,7 @@ def harmonic_number(j: int) -> float:
 
 
 # ---------------------------------------------------------------- the race of one request
-def _compositions(total: int, parts: int):
+def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
     """All tuples of `parts` non-negative ints summing to `total`."""
     for bars in combinations_with_replacement(range(total + 1), parts - 1):
         prev, out = 0, []
@@ -62,7 +63,7 @@ def _compositions(total: int, parts: int):
         yield tuple(out)
 
 
-def race_chain(n: int, k: int, rates, probs) -> dict:
+def race_chain(n: int, k: int, rates: Any, probs: Any) -> dict[str, Any]:
     """The isolated request as a Markov chain over c = (cores still running at each level).
 
     Returns tau (expected busy time per level, summed over cores), completion_times
@@ -72,7 +73,7 @@ def race_chain(n: int, k: int, rates, probs) -> dict:
     pr = np.array([probs[s] for s in keep])
     m = len(keep)
     # layer 0: multinomial(n, p)
-    layer: dict = {}
+    layer: dict[tuple[int, ...], float] = {}
     lf = math.lgamma(n + 1)
     for c in _compositions(n, m):
         lp = lf + sum(ci * math.log(pi) - math.lgamma(ci + 1) for ci, pi in zip(c, pr))
@@ -82,7 +83,7 @@ def race_chain(n: int, k: int, rates, probs) -> dict:
     t_acc = 0.0
     states = 0
     for _ in range(k):
-        nxt: dict = {}
+        nxt: dict[tuple[int, ...], float] = {}
         dt = 0.0
         for c, pc in layer.items():
             states += 1
@@ -92,9 +93,9 @@ def race_chain(n: int, k: int, rates, probs) -> dict:
             tau += pc * ca / R
             for s in range(m):
                 if c[s]:
-                    d = list(c)
-                    d[s] -= 1
-                    d = tuple(d)
+                    dl = list(c)
+                    dl[s] -= 1
+                    d = tuple(dl)
                     nxt[d] = nxt.get(d, 0.0) + pc * c[s] * mu[s] / R
         t_acc += dt
         times.append(t_acc)
@@ -138,7 +139,7 @@ def _binom_cdf_below(N: int, k: int, F: np.ndarray) -> np.ndarray:
     return out
 
 
-def race_integral(n: int, k: int, rates, probs) -> dict:
+def race_integral(n: int, k: int, rates: Any, probs: Any) -> dict[str, Any]:
     """The same quantities as race_chain, by one-dimensional quadrature: with F the mixture CDF
     of one core's time, tau_s = n p_s int e^{-mu_s t} P(Bin(n-1, F(t)) < k) dt and
     E[i-th completion] = int P(Bin(n, F(t)) < i) dt. For many levels or cores."""
@@ -174,7 +175,7 @@ def _completion_times(N: int, k: int, F: np.ndarray, wj: np.ndarray) -> np.ndarr
     return times
 
 
-def race_one_speed(n: int, k: int, rates, probs) -> dict:
+def race_one_speed(n: int, k: int, rates: Any, probs: Any) -> dict[str, Any]:
     """race_chain's quantities when every core runs at one rate mu: E[i-th completion] =
     (H_n - H_{n-i}) / mu and k / mu busy time in all (each of the k stages keeps all running
     cores busy for 1 / ((n - i) mu) each)."""
@@ -186,7 +187,7 @@ def race_one_speed(n: int, k: int, rates, probs) -> dict:
     return {"tau": tau, "completion_times": tail / mu, "states": k}
 
 
-def race(n: int, k: int, rates, probs, max_states: int = 20000) -> dict:
+def race(n: int, k: int, rates: Any, probs: Any, max_states: int = 20000) -> dict[str, Any]:
     m = sum(1 for p in probs if p > 0)
     if len({r for r, p in zip(rates, probs) if p > 0}) == 1:
         return race_one_speed(n, k, rates, probs)
@@ -195,7 +196,7 @@ def race(n: int, k: int, rates, probs, max_states: int = 20000) -> dict:
     return race_integral(n, k, rates, probs)
 
 
-def effective_rates(n: int, k: int, lv: Levels) -> dict:
+def effective_rates(n: int, k: int, lv: Levels) -> dict[str, Any]:
     r = race(n, k, lv.rates, lv.probs)
     return {
         "arithmetic": math.fsum(p * m for m, p in zip(lv.rates, lv.probs)),
@@ -245,7 +246,7 @@ class Hypoexponential:
     2e7) a dense scaling-and-squaring exponential up to 400 stages (relative error ~1e-8 after
     its many squarings; ValueError beyond)."""
 
-    def __init__(self, rates):
+    def __init__(self, rates: Any) -> None:
         r = np.sort(np.asarray(rates, dtype=np.float64).ravel())
         if r.size == 0 or not np.all(np.isfinite(r)) or not np.all(r > 0):
             raise ValueError(
@@ -253,7 +254,7 @@ class Hypoexponential:
                 f"got {rates!r}"
             )
         self.rates = r
-        self._arith: tuple | None = None
+        self._arith: tuple[float, float, np.ndarray, np.ndarray] | None = None
         if r.size == 1:
             self._set_arithmetic(float(r[0]), 0.0, 1)
         else:
@@ -371,7 +372,8 @@ def _quantile(dist: Any, q: float) -> float:
             hi = mid
         if hi - lo <= 1e-12 * hi:
             break
-    return 0.5 * (lo + hi)
+    root: float = 0.5 * (lo + hi)
+    return root
 
 
 # ---------------------------------------------------------------- result
@@ -379,12 +381,12 @@ def _quantile(dist: Any, q: float) -> float:
 class ApproxResult(_stats.PercentileShortcuts):
     """Closed-form estimates (fields named as in SimResult where they exist)."""
 
-    params: dict
+    params: dict[str, Any]
     method: str
     mean_method: str
     percentile_method: str
     effective_rate: float
-    effective_rates: dict
+    effective_rates: dict[str, Any]
     stable: bool
     stability_limit: float  # largest stable arrival rate under this method's model
     mean_response_time: float
@@ -396,7 +398,7 @@ class ApproxResult(_stats.PercentileShortcuts):
     upper_bound: (
         float  # one speed with cancellation: split-merge (and H_n/(mu-lam) for k = n); else NaN
     )
-    stage_rates: list
+    stage_rates: list[Any]
     energy_per_request: float
     average_power: float
     utilisation: np.ndarray
@@ -427,7 +429,7 @@ class ApproxResult(_stats.PercentileShortcuts):
             v = self._tail.survival(float(d))
         return v if math.isfinite(v) else 1.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = {
             k: (v.tolist() if isinstance(v, np.ndarray) else v)
             for k, v in self.__dict__.items()
@@ -518,13 +520,15 @@ class _Scaled:
 
     @property
     def mean(self) -> float:
-        return self.dist.mean / self.c
+        m: float = self.dist.mean / self.c
+        return m
 
     def survival(self, t: float) -> float:
-        return self.dist.survival(t * self.c)
+        sf: float = self.dist.survival(t * self.c)
+        return sf
 
 
-def _rescale(r: ApproxResult, c: float, params: dict) -> ApproxResult:
+def _rescale(r: ApproxResult, c: float, params: dict[str, Any]) -> ApproxResult:
     """Times scale by 1/c, rates by c, energies by 1/c; powers, loads and fractions stay."""
     if c == 1.0:
         r.params = params
@@ -536,7 +540,7 @@ def _rescale(r: ApproxResult, c: float, params: dict) -> ApproxResult:
         return _rescaled(r, c, inv, params)
 
 
-def _rescaled(r: ApproxResult, c: float, inv: float, params: dict) -> ApproxResult:
+def _rescaled(r: ApproxResult, c: float, inv: float, params: dict[str, Any]) -> ApproxResult:
     return ApproxResult(
         params=params,
         method=r.method,
@@ -668,7 +672,7 @@ def _approximate_unit(
     if not stable:
         mean = tandem = math.inf
 
-    params: dict = {}
+    params: dict[str, Any] = {}
     return ApproxResult(
         params=params,
         method=method,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,7 +19,7 @@ _EPILOG = (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "energy",
         help="energy and latency of (n, k) fork-join services (simulate, approx, sweep, optimize)",
@@ -167,7 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------- parsing helpers
-def parse_levels(text: str, need_probs: bool = True) -> list:
+def parse_levels(text: str, need_probs: bool = True) -> list[tuple[float, ...]]:
     out = []
     for part in text.split(","):
         f = [x for x in part.strip().split(":") if x != ""]
@@ -189,10 +189,11 @@ def parse_levels(text: str, need_probs: bool = True) -> list:
     return out
 
 
-def parse_values(text: str) -> list:
+def parse_values(text: str) -> list[float]:
     if text.count(":") == 2:
         a, b, c = text.split(":")
-        return np.linspace(float(a), float(b), int(c)).tolist()
+        values: list[float] = np.linspace(float(a), float(b), int(c)).tolist()
+        return values
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -210,7 +211,7 @@ def parse_service(text: str) -> Any:
     return text
 
 
-def _progress_bar(label: str):
+def _progress_bar(label: str) -> tuple[Any, Callable[[int, int], None]]:
     """A rich progress bar when rich is installed, else the plain stderr bar."""
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -233,7 +234,7 @@ def _progress_bar(label: str):
     return prog, report
 
 
-def _sim_kwargs(a: argparse.Namespace) -> dict:
+def _sim_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     return dict(
         requests=a.requests,
         warmup=a.warmup,
@@ -255,7 +256,7 @@ def _dump(path: str | None, obj: Any) -> None:
     print(f"wrote {path}")
 
 
-def _level_rows(res: Any, levels: list) -> list:
+def _level_rows(res: Any, levels: list[tuple[float, ...]]) -> list[list[Any]]:
     rows = []
     for i, lv in enumerate(levels):
         rows.append(
@@ -371,7 +372,7 @@ def _cmd_approx(a: argparse.Namespace) -> int:
         )
         for m in methods
     }
-    names = [
+    names: list[tuple[str, Callable[[Any], Any]]] = [
         ("mean response time E[T]", lambda r: r.mean_response_time),
         ("mean number in system E[N]", lambda r: r.mean_in_system),
         ("p50", lambda r: r.p50),
@@ -435,7 +436,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
         cols += [f"{m} {name}", f"{m} energy"]
     rows = []
     for pt in res.points:
-        row: list = [pt.x]
+        row: list[Any] = [pt.x]
         if a.simulate:
             if pt.sim is None:
                 row += ["unstable", "", "", ""]
@@ -472,7 +473,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
-def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
+def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple[str, ...]) -> list[str]:
     """Latency vs x, energy vs x, and the energy-latency trade-off, simulation (with 95% CI)
     beside the approximations. Returns the files written."""
     import matplotlib
@@ -522,8 +523,8 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple) -> list:
                 else pt.approx[m].energy_per_request
                 for pt in res.points
             ]
-            ys = np.array([v if math.isfinite(v) else np.nan for v in ys])
-            ax.plot(xs, ys, "-", label=f"approximation ({m})")
+            ys_arr = np.array([v if math.isfinite(v) else np.nan for v in ys])
+            ax.plot(xs, ys_arr, "-", label=f"approximation ({m})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(lab)
         if what == "latency":
@@ -597,6 +598,7 @@ def _cmd_optimize(a: argparse.Namespace) -> int:
             "evaluated)"
         )
     else:
+        assert r.probs is not None  # a feasible result carries its probabilities
         rows = [[i, lv[0], lv[1], p] for i, (lv, p) in enumerate(zip(levels, r.probs))]
         print_table(
             f"least {a.objective} with {r.metric} <= {a.target:g} ({a.evaluator})",

@@ -71,7 +71,7 @@ def latency_ci(res: SimResult, metric: Metric) -> float:
     return res.percentile_ci(_q(metric))
 
 
-def _probs_with_high(base: Levels, p: float) -> tuple:
+def _probs_with_high(base: Levels, p: float) -> tuple[float, ...]:
     """p on the last level; 1 - p over the others in proportion to their given probabilities."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"sweep: p values must be in [0, 1], got {p}")
@@ -94,8 +94,9 @@ def _levels_any_probs(levels: Any, fn: str) -> Levels:
     fixed[0] = (fixed[0][0], fixed[0][1], 1.0)
     lv = as_levels(fixed, fn)
     given = [tuple(x)[2] if not hasattr(x, "rate") and len(tuple(x)) > 2 else None for x in levels]
-    if all(g is not None for g in given) and abs(math.fsum(given) - 1.0) <= 1e-9:
-        lv = lv.with_probs(given)
+    known = [g for g in given if g is not None]
+    if len(known) == len(given) and abs(math.fsum(known) - 1.0) <= 1e-9:
+        lv = lv.with_probs(known)
     return lv
 
 
@@ -103,9 +104,9 @@ def _levels_any_probs(levels: Any, fn: str) -> Levels:
 class SweepPoint:
     x: Any
     arrival_rate: float
-    probs: tuple
+    probs: tuple[Any, ...]
     sim: SimResult | None
-    approx: dict  # method -> ApproxResult
+    approx: dict[str, Any]  # method -> ApproxResult
     note: str = ""
 
 
@@ -115,9 +116,9 @@ class SweepResult:
     n: int
     k: int
     levels: Levels
-    points: list = field(default_factory=list)
+    points: list[Any] = field(default_factory=list)
 
-    def rows(self, metric: Metric = "mean") -> list:
+    def rows(self, metric: Metric = "mean") -> list[Any]:
         name = _metric_name(metric)
         out = []
         for pt in self.points:
@@ -138,7 +139,7 @@ class SweepResult:
             out.append(row)
         return out
 
-    def to_dict(self, metric: Metric = "mean") -> dict:
+    def to_dict(self, metric: Metric = "mean") -> dict[str, Any]:
         return {
             "over": self.over,
             "n": self.n,
@@ -156,7 +157,7 @@ def sweep(
     levels: Any,
     *,
     over: str = "p",
-    values: Sequence = (),
+    values: Sequence[Any] = (),
     idle_power: float = 0.0,
     cancel: bool = True,
     run_simulation: bool = True,
@@ -226,7 +227,7 @@ def sweep(
 
 def pareto_front(
     points: Any, *, metric: Metric = "mean", objective: str = "energy", source: str = "sim"
-) -> list:
+) -> list[Any]:
     """Non-dominated (objective, latency) points, sorted by objective: no other point is at
     least as good on both and better on one. ``points``: a SweepResult, or a list of
     SimResult/ApproxResult, or of (objective, latency) pairs. ``source``: 'sim' or an
@@ -267,7 +268,7 @@ class OptimizeResult:
     """The cheapest probability vector found that meets the target, and every evaluation."""
 
     feasible: bool
-    probs: tuple | None
+    probs: tuple[Any, ...] | None
     objective: str
     value: float  # energy per request or average power at the optimum
     latency: float
@@ -275,9 +276,9 @@ class OptimizeResult:
     metric: str
     target: float
     evaluator: str
-    evaluations: list
+    evaluations: list[Any]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -290,14 +291,14 @@ def grid_size(m: int, grid: int) -> int:
     return math.comb(grid - 1 + m - 1, m - 1)
 
 
-def _simplex_grid(m: int, steps: int) -> list:
+def _simplex_grid(m: int, steps: int) -> list[Any]:
     """Probability vectors with entries in multiples of 1/steps, in the lexicographic order of
     their first m - 1 entries; generated directly (never by filtering the (steps+1)^(m-1) cube)."""
     if m == 1:
         return [(1.0,)]
     pts = []
 
-    def rec(prefix: list, left: int) -> None:
+    def rec(prefix: list[Any], left: int) -> None:
         if len(prefix) == m - 1:
             pts.append(tuple(x / steps for x in prefix) + (left / steps,))
             return
@@ -372,16 +373,16 @@ def optimize(
             f"fewer levels, or a larger max_candidates"
         )
     redraw = bool(sim_kwargs.get("redraw_on_arrival", False))
-    evals: list = []
-    seen: dict = {}
+    evals: list[Any] = []
+    seen: dict[tuple[float, ...], dict[str, Any]] = {}
 
-    def evaluate(probs: tuple) -> dict:
+    def evaluate(probs: tuple[float, ...]) -> dict[str, Any]:
         key = tuple(round(p, 12) for p in probs)
         if key in seen:
             return seen[key]
         lv = base.with_probs(probs)
         lvl = list(zip(lv.rates, lv.powers, lv.probs))
-        row: dict = {"probs": list(probs)}
+        row: dict[str, Any] = {"probs": list(probs)}
         if evaluator == "approx":
             a = approximate(n, k, lam, lvl, idle_power=p0, method=method, cancel=cancel)
             row.update(
@@ -415,7 +416,7 @@ def optimize(
         if progress:
             progress(i + 1, len(cands))
 
-    def best_row() -> dict | None:
+    def best_row() -> dict[str, Any] | None:
         feas = [r for r in evals if r["feasible"] and math.isfinite(r["value"])]
         return min(feas, key=lambda r: (r["value"], r["latency"])) if feas else None
 
@@ -462,9 +463,9 @@ class PolicyOptimizeResult:
     latency_ci: float
     metric: str
     target: float
-    evaluations: list
+    evaluations: list[Any]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         p = self.policy
         if isinstance(p, ThresholdPolicy):
@@ -474,7 +475,7 @@ class PolicyOptimizeResult:
         return out
 
 
-def _threshold_candidates(m: int, values: Sequence[int], cap: int, fn: str) -> list:
+def _threshold_candidates(m: int, values: Sequence[int], cap: int, fn: str) -> list[Any]:
     vals = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 0:
@@ -543,7 +544,7 @@ def optimize_policy(
         if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
             raise ValueError(f"{fn}: thresholds must be a sequence of ints, got {thresholds!r}")
         m = _policy_levels_count(levels, n, fn)
-        cands: list = [
+        cands: list[Any] = [
             ThresholdPolicy(c)
             for c in _threshold_candidates(m, list(thresholds), max_candidates, fn)
         ]
@@ -568,9 +569,9 @@ def optimize_policy(
         raise ValueError(f"{fn}: policy must be 'threshold' or 'deadline', got {policy!r}")
     kw = dict(sim_kwargs)
     kw.setdefault("on_unstable", "return")
-    evals: list = []
+    evals: list[Any] = []
     for i, pol in enumerate(cands):
-        row: dict = (
+        row: dict[str, Any] = (
             {"thresholds": list(pol.thresholds)}
             if isinstance(pol, ThresholdPolicy)
             else {"deadline": pol.deadline}

@@ -7,7 +7,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class SimResult(_stats.PercentileShortcuts):
     Time averages cover the window from the first measured arrival to the first arrival after
     the measured ones; per-request means cover the measured requests."""
 
-    params: dict
+    params: dict[str, Any]
     mean_response_time: float
     mean_response_time_ci: float
     mean_in_system: float
@@ -91,10 +91,10 @@ class SimResult(_stats.PercentileShortcuts):
     cpu_seconds: float  # CPU time of all replications together
     replications: int
     histogram: np.ndarray = field(repr=False)
-    _rep_hists: list = field(
+    _rep_hists: list[Any] = field(
         repr=False, default_factory=list
     )  # per replication: (batches, buckets)
-    _minmax: tuple = (0.0, 0.0)
+    _minmax: tuple[float, float] = (0.0, 0.0)
 
     #: relative error of percentile() against the sample percentile (histogram resolution)
     percentile_relative_error: float = _stats.PERCENTILE_RELATIVE_ERROR
@@ -102,9 +102,9 @@ class SimResult(_stats.PercentileShortcuts):
     #: busy (per level, useful work), wasted (busy on cancelled or late tasks), idle (at
     #: idle_power), sleep (per sleep state), wakeup, switching. The parts sum to
     #: total_energy_per_request = average_power / throughput.
-    energy_split: dict = field(default_factory=dict)
+    energy_split: dict[str, Any] = field(default_factory=dict)
     #: The same split as average power (sums to average_power).
-    power_split: dict = field(default_factory=dict)
+    power_split: dict[str, Any] = field(default_factory=dict)
     total_energy_per_request: float = math.nan
     sleep_fraction: np.ndarray = field(
         default_factory=lambda: np.zeros(0)
@@ -120,7 +120,7 @@ class SimResult(_stats.PercentileShortcuts):
         q = _check_q(q)
         return _stats.hist_percentile(self.histogram, q, *self._minmax)
 
-    def _groups(self) -> list:
+    def _groups(self) -> list[Any]:
         """Sparse histograms of the independent estimates: one per replication (several), else
         one per batch."""
         if len(self._rep_hists) >= 2:
@@ -144,9 +144,9 @@ class SimResult(_stats.PercentileShortcuts):
         est = [_stats.sparse_exceed(b, c, float(d)) for b, c in self._groups()]
         return _stats.half_width(np.array(est))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no histogram)."""
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
             if k.startswith("_") or k == "histogram":
                 continue
@@ -359,7 +359,7 @@ def simulate(
             requests = 1_000_000
     pol = None
     per_server = _per_server_levels(levels)
-    sets: list = []
+    sets: list[Any] = []
     if per_server:
         if len(levels) != n:
             raise ValueError(
@@ -425,9 +425,9 @@ def simulate(
         raise ValueError(
             f"{fn}: on_unstable must be 'raise', 'warn' or 'return', got {on_unstable!r}"
         )
-    for name, v in (("cancel", cancel), ("redraw_on_arrival", redraw_on_arrival)):
-        if not isinstance(v, bool):
-            raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
+    for name, flag in (("cancel", cancel), ("redraw_on_arrival", redraw_on_arrival)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
     if redraw_on_arrival and (pol is not None or st_time > 0):
         raise ValueError(
             f"{fn}: redraw_on_arrival works with the random level choice only and switch_time = 0 "
@@ -442,7 +442,7 @@ def simulate(
         if reason:
             raise ValueError(f"{fn}: {reason} (n={n}, k={k}, arrival_rate={lam:g})")
 
-    params = dict(
+    params: dict[str, Any] = dict(
         n=n,
         k=k,
         arrival_rate=lam,
@@ -505,9 +505,10 @@ def simulate(
         cfg.policy = core.SpeedPolicy.deadline
         cfg.deadline, cfg.deadline_known_size = pol.deadline, pol.known_size
     if trace is not None:
-        cfg.trace_arrivals = trace[0]
+        # the setters take any float sequence (the stub says Sequence); arrays convert as before
+        cfg.trace_arrivals = cast(Any, trace[0])
         if trace[1] is not None:
-            cfg.trace_sizes = trace[1].ravel()
+            cfg.trace_sizes = cast(Any, trace[1].ravel())
     if isinstance(mmpp, Renewal):
         d = mmpp.distribution
         cfg.renewal_arrivals = True
@@ -568,7 +569,7 @@ def _per_server_levels(levels: Any) -> bool:
     )
 
 
-def _levels_param(sets: list, policy: bool, per_server: bool) -> list:
+def _levels_param(sets: list[Any], policy: bool, per_server: bool) -> list[Any]:
     rows = [
         [list(t) for t in (zip(s.rates, s.powers) if policy else zip(s.rates, s.powers, s.probs))]
         for s in sets
@@ -577,7 +578,7 @@ def _levels_param(sets: list, policy: bool, per_server: bool) -> list:
 
 
 def _hetero_unstable(
-    k: int, lam: float, sets: list, cancel: bool, redraw: bool, policy: bool
+    k: int, lam: float, sets: list[Any], cancel: bool, redraw: bool, policy: bool
 ) -> str | None:
     """certainly_unstable for per-server levels: k * lam >= the sum of the servers' fastest
     rates always overloads; without cancellation (or k = n) every server serves every task."""
@@ -599,7 +600,7 @@ def _hetero_unstable(
     return None
 
 
-def _run_native(cfg: Any, replications: int, threads: int, progress: Any) -> list:
+def _run_native(cfg: Any, replications: int, threads: int, progress: Any) -> list[Any]:
     """The native call runs on this thread (Ctrl-C reaches it); progress is reported from the
     native call's own signal poll, on this thread too."""
     if not progress:
@@ -635,13 +636,13 @@ def _stderr_bar() -> Callable[[int, int], None]:
 
 
 def _summarise(
-    raw: list,
-    params: dict,
+    raw: list[Any],
+    params: dict[str, Any],
     lv: Levels,
     p0: float,
     n: int,
     cap: int,
-    states: tuple = (),
+    states: tuple[Any, ...] = (),
     switch_energy: float = 0.0,
     svc: Any = None,
     policy: bool = False,
@@ -806,7 +807,9 @@ def _summarise(
     )
 
 
-def simulate_trace(n: int, k: int, arrivals: Any, services: Any, *, cancel: bool = True) -> dict:
+def simulate_trace(
+    n: int, k: int, arrivals: Any, services: Any, *, cancel: bool = True
+) -> dict[str, Any]:
     """Run the simulator's event loop on given arrival times (non-decreasing) and service times
     (``services[r, j]``: request r's task on server j, in time units). Returns departures,
     busy time per request (its tasks' time on the servers) and wasted time (cancelled or late
