@@ -2,6 +2,7 @@
 
 #include "common/cancel.hpp"
 
+#include <cxxabi.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -48,13 +49,20 @@ struct Job {
     if (!error) error = e;
     next.store(n_tasks, std::memory_order_relaxed);  // stop handing out work
   }
-  void work() {
+  // caller: the calling thread, which lets a forced unwind through (a daemon Python thread that
+  // takes the GIL while the interpreter exits is ended by pthread_exit); parallel_for stops the
+  // helpers before it leaves.
+  void work(bool caller) {
     for (;;) {
       std::size_t t = next.fetch_add(1, std::memory_order_relaxed);
       if (t >= n_tasks) return;
       try {
         check_cancel();
         (*fn)(t);
+      } catch (abi::__forced_unwind&) {
+        if (caller) throw;
+        fail(std::make_exception_ptr(std::runtime_error("flagcore: worker thread unwound")));
+        return;
       } catch (...) {
         fail(std::current_exception());
         return;
@@ -102,7 +110,7 @@ void worker_main(Pool* pool, Worker* w) {
     w->job = nullptr;
     lock.unlock();
     set_cancel_scope(job->scope);  // the caller's stop flag (the poll stays with the caller)
-    job->work();
+    job->work(false);
     set_cancel_scope(nullptr);
     lock.lock();
     pool->idle.push_back(w);  // idle before the caller returns: its next call finds it free
@@ -266,9 +274,9 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
     throw std::runtime_error(failure);
   }
   for (Worker* w : helpers) w->wake.notify_one();
-  job.work();
-  // Helpers not yet woken (a busy machine) are taken back: the tasks are all claimed.
-  if (!helpers.empty()) {
+  // Helpers not yet woken (a busy machine) are taken back once the tasks are all claimed.
+  auto take_back = [&] {
+    if (helpers.empty()) return;
     std::lock_guard<std::mutex> pool_lock(pool->mutex);
     std::lock_guard<std::mutex> lock(job.mutex);
     for (Worker* w : helpers)
@@ -277,9 +285,11 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
         pool->idle.push_back(w);
         --job.running;
       }
-  }
-  // Wait for the started helpers, polling for Ctrl-C meanwhile (a helper may run a long task).
-  {
+  };
+  try {
+    job.work(true);
+    take_back();
+    // Wait for the started helpers, polling for Ctrl-C meanwhile (a helper may run a long task).
     std::unique_lock<std::mutex> lock(job.mutex);
     while (job.running > 0) {
       if (job.all_done.wait_for(lock, CancelScope::kPollInterval, [&] { return job.running == 0; })) break;
@@ -287,6 +297,14 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
       if (job.scope != nullptr && cancel_requested()) job.next.store(n_tasks, std::memory_order_relaxed);
       lock.lock();
     }
+  } catch (abi::__forced_unwind&) {
+    // This thread is being ended: the helpers must leave the job (on this stack) first.
+    job.next.store(n_tasks, std::memory_order_relaxed);
+    if (job.scope != nullptr) job.scope->stop.store(true, std::memory_order_relaxed);
+    take_back();
+    std::unique_lock<std::mutex> lock(job.mutex);
+    job.all_done.wait(lock, [&] { return job.running == 0; });
+    throw;
   }
   const bool cancelled = job.scope != nullptr && job.scope->stop.load(std::memory_order_relaxed);
   // After an interrupt, leave no extra thread behind: the parked workers are joined (the next
