@@ -142,3 +142,33 @@ def test_process_exit_with_parked_workers():
         print("OK")                     # exit with two parked workers: joined, no hang
     """)
     assert r.stdout.strip().endswith("OK")
+
+
+def test_concurrent_callers_while_the_thread_count_changes():
+    # Four Python threads call in parallel (the GIL is released) while the main thread resizes
+    # the pool: every result equals the one-thread reference, and nothing hangs.
+    r = _run("""
+        import threading
+        flagcore.set_num_threads(1)
+        ref_i, ref_g = irls(), gram()
+        bad = []
+        def loop():
+            for _ in range(25):
+                if not (np.array_equal(irls(), ref_i) and np.array_equal(gram(), ref_g)):
+                    bad.append(1)
+        ts = [threading.Thread(target=loop) for _ in range(4)]
+        for t in ts:
+            t.start()
+        k = 0
+        while any(t.is_alive() for t in ts):
+            flagcore.set_num_threads(1 + k % 4)
+            k += 1
+            time.sleep(0.002)
+        for t in ts:
+            t.join()
+        flagcore.set_num_threads(2)
+        assert np.array_equal(irls(), ref_i)
+        assert not bad, len(bad)
+        print("OK", k)
+    """)
+    assert "OK" in r.stdout

@@ -309,7 +309,17 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
   const bool cancelled = job.scope != nullptr && job.scope->stop.load(std::memory_order_relaxed);
   // After an interrupt, leave no extra thread behind: the parked workers are joined (the next
   // call recreates them).
-  if (cancelled && !t_pool_worker) reap(pool, 0);
+  if (cancelled && !t_pool_worker) {
+    reap(pool, 0);
+  } else if (!t_pool_worker) {
+    // set_num_threads lowered the count while some workers were busy: join the extra ones now.
+    bool excess = false;
+    {
+      std::lock_guard<std::mutex> lock(pool->mutex);
+      excess = pool->live > std::max(pool_target(), 0);
+    }
+    if (excess) reap(pool, std::max(pool_target(), 0));
+  }
   if (job.error) std::rethrow_exception(job.error);
   if (cancelled) throw Cancelled();
 }
