@@ -1,13 +1,23 @@
-// A minimal fork-join helper over std::thread.
+// A minimal fork-join helper over a persistent pool of std::threads.
 //
 // parallel_for(n_tasks, fn) runs fn(t) for every t in [0, n_tasks) on up to num_threads()
 // threads (the calling thread included) that claim tasks from a shared counter. The result of
 // a computation must never depend on which thread ran which task: callers give each task its
 // own output slot and combine the slots in task order afterwards. An exception thrown by a
-// task is rethrown in the caller after all threads have joined. A thread that cannot be created
-// (resource limits) is reported as std::runtime_error, never std::terminate. Inside a CancelScope
-// (csrc/common/cancel.hpp) the workers share the caller's stop flag and the waiting caller keeps
-// polling for Ctrl-C; tasks should call check_cancel() every few milliseconds of work.
+// task is rethrown in the caller after every helper has left the call. A thread that cannot be
+// created (resource limits) is reported as std::runtime_error, never std::terminate. Inside a
+// CancelScope (csrc/common/cancel.hpp) the helpers share the caller's stop flag and the waiting
+// caller keeps polling for Ctrl-C; tasks should call check_cancel() every few milliseconds of
+// work.
+//
+// The helpers come from a process-wide pool of at most num_threads() - 1 workers, created on
+// demand and parked on a condition variable between calls (no CPU used). A call takes only
+// free workers and never waits for a busy one: nested calls (a task calling parallel_for) and
+// calls from several threads at once run with the free workers, or alone, so they cannot
+// deadlock. set_num_threads joins idle workers above the new count. After a call interrupted
+// by Ctrl-C, or one that failed to start a thread, the idle workers are joined (no flagcore
+// thread stays, running or parked). A forked child starts with an empty pool (pthread_atfork)
+// and never waits for its parent's threads. At exit the parked workers are joined.
 #pragma once
 #include <cstddef>
 #include <functional>

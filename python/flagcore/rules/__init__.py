@@ -73,7 +73,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import fields as _fields
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -224,6 +224,18 @@ def as_reference(ref: Any, st: Any, fn: str) -> Any:
     return r
 
 
+class _LazyRng:
+    """Stands in for a rule's generator and creates it only when a draw is made (bucketing)."""
+
+    __slots__ = ("_rule",)
+
+    def __init__(self, rule: Rule) -> None:
+        self._rule = rule
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rule._rng(), name)
+
+
 class Rule:
     """A configured aggregation rule; call it on a stack of gradients.
 
@@ -259,7 +271,9 @@ class Rule:
         self.pre = parse_pre_steps(pre, self._fn, f=self.f, c=c)
         self.bucket_size = check_int(bucket_size, self._fn, "bucket_size", low=1)
         self.seed = check_int(seed, self._fn, "seed", low=0)
-        self._gen = np.random.default_rng(self.seed)  # one stream: each call draws anew
+        # One stream: each call draws anew. Created on first use (default_rng costs tens of
+        # microseconds, and most rules never draw), from the same seed, so the sequence is the same.
+        self._gen: np.random.Generator | None = None
 
     # ------------------------------------------------------------------ per rule
     def _check(self, p: int) -> None:
@@ -284,7 +298,7 @@ class Rule:
                 f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {st.p}, f = {self.f}"
             )
         self._check(rows_after(self.pre, st.p, self.bucket_size))
-        src = build_source(st, self.f, self.pre, self.bucket_size, self._rng())
+        src = build_source(st, self.f, self.pre, self.bucket_size, cast(Any, _LazyRng(self)))
         out, d = self._run(src)
         agg = st.restore(out)
         if not return_info:
@@ -292,6 +306,8 @@ class Rule:
         return agg, self._info(st, src, d)
 
     def _rng(self) -> np.random.Generator:
+        if self._gen is None:
+            self._gen = np.random.default_rng(self.seed)
         return self._gen
 
     def _info(self, st: Any, src: Source, d: dict[str, Any]) -> RuleInfo:
@@ -752,7 +768,7 @@ class DnC(Rule):
             cols = (
                 np.arange(n)
                 if self.sub_dim >= n
-                else np.sort(self._gen.choice(n, size=self.sub_dim, replace=False))
+                else np.sort(self._rng().choice(n, size=self.sub_dim, replace=False))
             )
             xs = _sel.columns(src, cols)
             for q in range(b):
@@ -813,7 +829,7 @@ class SignGuard(Rule):
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         n = src.n
         k = max(1, int(np.ceil(self.sample * n)))
-        cols = np.sort(self._gen.choice(n, size=k, replace=False))
+        cols = np.sort(self._rng().choice(n, size=k, replace=False))
         xs = _sel.columns(src, cols)
         # only the norms are needed: one O(p n) read instead of the Gram
         d = _sel.per_problem(
