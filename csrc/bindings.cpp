@@ -964,28 +964,40 @@ void bind_forkjoin(py::module_& m) {
     d["buckets"] = sim::LogHistogramLayout::kBuckets;
     return d;
   });
-  m.def("sim_histogram_index", [](const DArray& x) {
-    py::array_t<int64_t> out(x.size());
-    for (py::ssize_t i = 0; i < x.size(); ++i)
-      out.mutable_data()[i] = sim::LogHistogramLayout::index(x.data()[i]);
-    return out;
-  });
-  m.def("sim_philox", [](std::vector<uint32_t> ctr, std::vector<uint32_t> key) {
-    FLAGCORE_CHECK_ARG(ctr.size() == 4 && key.size() == 2, "sim_philox: ctr has 4 words, key 2");
-    uint32_t out[4];
-    sim::philox4x32_10(ctr.data(), key.data(), out);
-    return std::vector<uint32_t>(out, out + 4);
-  });
-  m.def("sim_log", [](const DArray& x) {
-    py::array_t<double> out(x.size());
-    sim::det_log_cpu(x.data(), int64_t(x.size()), out.mutable_data());
-    return out;
-  });
-  m.def("sim_exp", [](const DArray& x) {
-    py::array_t<double> out(x.size());
-    sim::det_exp_cpu(x.data(), int64_t(x.size()), out.mutable_data());
-    return out;
-  });
+  m.def(
+      "sim_histogram_index",
+      [](const DArray& x) {
+        py::array_t<int64_t> out(x.size());
+        for (py::ssize_t i = 0; i < x.size(); ++i)
+          out.mutable_data()[i] = sim::LogHistogramLayout::index(x.data()[i]);
+        return out;
+      },
+      py::arg("x"));
+  m.def(
+      "sim_philox",
+      [](std::vector<uint32_t> ctr, std::vector<uint32_t> key) {
+        FLAGCORE_CHECK_ARG(ctr.size() == 4 && key.size() == 2, "sim_philox: ctr has 4 words, key 2");
+        uint32_t out[4];
+        sim::philox4x32_10(ctr.data(), key.data(), out);
+        return std::vector<uint32_t>(out, out + 4);
+      },
+      py::arg("ctr"), py::arg("key"));
+  m.def(
+      "sim_log",
+      [](const DArray& x) {
+        py::array_t<double> out(x.size());
+        sim::det_log_cpu(x.data(), int64_t(x.size()), out.mutable_data());
+        return out;
+      },
+      py::arg("x"));
+  m.def(
+      "sim_exp",
+      [](const DArray& x) {
+        py::array_t<double> out(x.size());
+        sim::det_exp_cpu(x.data(), int64_t(x.size()), out.mutable_data());
+        return out;
+      },
+      py::arg("x"));
   m.def(
       "sim_sample",
       [](int kind, double param, std::vector<double> table, uint64_t seed, uint64_t stream, int64_t count) {
@@ -1001,7 +1013,9 @@ void bind_forkjoin(py::module_& m) {
         return out;
       },
       "unit-mean service samples (kind: 0 exponential, 1 deterministic, 2 gamma, 3 lognormal, 4 pareto, 5 "
-      "empirical)");
+      "empirical)",
+      py::arg("kind"), py::arg("param"), py::arg("table"), py::arg("seed"), py::arg("stream"),
+      py::arg("count"));
 }
 }  // namespace
 
@@ -1058,23 +1072,28 @@ PYBIND11_MODULE(_core, m) {
 #endif
   });
 
-  m.def("cuda_selftest_saxpy",
-        [](float a, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-           py::array_t<float, py::array::c_style | py::array::forcecast> y) -> py::array_t<float> {
+  m.def(
+      "cuda_selftest_saxpy",
+      [](float a, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+         py::array_t<float, py::array::c_style | py::array::forcecast> y) -> py::array_t<float> {
 #ifdef FLAGCORE_WITH_CUDA
-          FLAGCORE_CHECK_ARG(x.size() == y.size(), "cuda_selftest_saxpy: x and y differ in size");
-          py::array_t<float> out(y.size());
-          std::copy(y.data(), y.data() + y.size(), out.mutable_data());
-          {
-            py::gil_scoped_release release;
-            cuda::selftest_saxpy(a, x.data(), out.mutable_data(), static_cast<int64_t>(x.size()));
-          }
-          return out;
+        FLAGCORE_CHECK_ARG(x.size() == y.size(), "cuda_selftest_saxpy: x and y differ in size");
+        py::array_t<float> out(y.size());
+        std::copy(y.data(), y.data() + y.size(), out.mutable_data());
+        {
+          py::gil_scoped_release release;
+          cuda::selftest_saxpy(a, x.data(), out.mutable_data(), static_cast<int64_t>(x.size()));
+        }
+        return out;
 #else
-          (void)a; (void)x; (void)y;
-          throw std::runtime_error("flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
+        (void)a;
+        (void)x;
+        (void)y;
+        throw std::runtime_error(
+            "flagcore was not compiled with GPU support (FLAGCORE_CUDA=OFF or no nvcc at build time)");
 #endif
-        });
+      },
+      py::arg("a"), py::arg("x"), py::arg("y"));
 
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
