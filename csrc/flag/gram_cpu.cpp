@@ -1,7 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <new>
 #include <utility>
 #include <vector>
 
@@ -121,6 +119,15 @@ constexpr int64_t kChunk = 1024;
 constexpr int64_t kMinChunksPerGroup = 4;
 constexpr int64_t kGroupBytes = int64_t(64) << 20;  // float64 partials of all groups: at most this
 
+// Column groups of a problem cut into `chunks` chunks: at most kMaxParts, at most kGroupBytes of
+// float64 partials for all of them, at least kMinChunksPerGroup chunks each (n and p decide).
+int64_t group_count(int64_t b, int64_t p, int64_t chunks) {
+  const int64_t per_group = b * p * p * int64_t(sizeof(double));
+  const int64_t groups =
+      std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
+  return std::max<int64_t>(1, std::min<int64_t>(groups, chunks / kMinChunksPerGroup));
+}
+
 bool blas_ld(const void* const* rows, int64_t p, int64_t esize, int64_t k, int64_t& ld) {
   // Rows equally spaced (a strided (p, n) view) with a leading dimension BLAS accepts.
   if (p == 1) {
@@ -169,11 +176,8 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
   const int64_t pp = p * p;
   const int64_t tiles = (p + kTile - 1) / kTile;
   const int64_t pairs = tiles * (tiles + 1) / 2;
-  const int64_t per_group = b * pp * int64_t(sizeof(double));
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  int64_t groups =
-      std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
-  groups = std::max<int64_t>(1, std::min<int64_t>(groups, chunks / kMinChunksPerGroup));
+  const int64_t groups = group_count(b, p, chunks);
   // groups == 1: accumulate straight into out
   std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
   if (groups == 1) std::fill(out, out + b * pp, 0.0);
@@ -248,9 +252,9 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 // of about equal work (a strip's work is the number of columns right of its diagonal), more of
 // them as p grows (one up to p = 511, p / 256 up to 16); column groups as in the BLAS path, in
 // whole kGramPackedKC slices (from p = 512 on, gram_packed_shared instead). Both depend on p and n
-// only. Each item writes its rows'
-// upper-triangle entries of its group's float64 partial (gram_packed.hpp: the same operations in
-// the same order whatever the thread count), and the groups are added in order.
+// only. Each item writes its rows' upper-triangle entries of its group's float64 partial
+// (gram_packed.hpp: the same operations in the same order whatever the thread count), and the
+// groups are added in order.
 #if defined(FLAGCORE_X86_DISPATCH)
 // Large p (>= kGramPackedSharedMinP): the row parts would each re-pack the rows right of them
 // (about p * parts / 2 rows per slice), so here a run of up to kSuper slices of all rows is
@@ -260,19 +264,6 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 constexpr int64_t kGramPackedSharedMinP = 512;
 constexpr int64_t kSuperBytes = int64_t(32) << 20;  // packed floats shared by the parts
 
-// 64-byte aligned buffer (the kernel's aligned vector loads and stores).
-template <typename T>
-struct Aligned {
-  T* ptr = nullptr;
-  explicit Aligned(size_t count) {
-    ptr = static_cast<T*>(std::aligned_alloc(64, (std::max<size_t>(1, count) * sizeof(T) + 63) / 64 * 64));
-    if (ptr == nullptr) throw std::bad_alloc();
-  }
-  ~Aligned() { std::free(ptr); }
-  Aligned(const Aligned&) = delete;
-  Aligned& operator=(const Aligned&) = delete;
-};
-
 void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
                         const std::vector<int64_t>& bound) {
   const int64_t pp = p * p;
@@ -281,14 +272,18 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   const int64_t parts = static_cast<int64_t>(bound.size()) - 1;
   const int64_t per_slice = strips * KC * MR;
   const int64_t super = std::max<int64_t>(1, std::min<int64_t>(16, kSuperBytes / (per_slice * 4)));
-  Aligned<float> pk(static_cast<size_t>(super * per_slice));
+  const AlignedArray<float> pk = aligned_array<float>(static_cast<size_t>(super * per_slice));
+  // rows [i0, i1) of part t (empty when the equal-work cut left it no strip)
+  const auto part_rows = [&](size_t t) {
+    return std::make_pair(std::min(p, bound[t] * MR), std::min(p, bound[t + 1] * MR));
+  };
   std::vector<int64_t> off(static_cast<size_t>(parts + 1), 0);
-  for (int64_t k = 0; k < parts; ++k) {
-    const int64_t i0 = std::min(p, bound[size_t(k)] * MR), i1 = std::min(p, bound[size_t(k + 1)] * MR);
-    off[size_t(k + 1)] = off[size_t(k)] + (i0 < i1 ? simd_avx512::gram_packed_acc_size(p, i0, i1) : 0);
+  for (size_t t = 0; t < size_t(parts); ++t) {
+    const auto [i0, i1] = part_rows(t);
+    off[t + 1] = off[t] + (i0 < i1 ? simd_avx512::gram_packed_acc_size(p, i0, i1) : 0);
   }
   const size_t acc_size = static_cast<size_t>(off[size_t(parts)]);
-  Aligned<double> acc(acc_size);
+  const AlignedArray<double> acc = aligned_array<double>(acc_size);
   constexpr int64_t kPackStrips = 8;  // strips per packing task
   const int64_t pack_tasks = (strips + kPackStrips - 1) / kPackStrips;
   for (int64_t q = 0; q < b; ++q) {
@@ -300,24 +295,24 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
         const int64_t j = static_cast<int64_t>(t) / pack_tasks, c = static_cast<int64_t>(t) % pack_tasks;
         const int64_t kj = k + j * KC, kc = std::min(KC, n - kj);
         simd_avx512::gram_packed_pack(rq, p, kj, kc, c * kPackStrips, std::min(strips, (c + 1) * kPackStrips),
-                                      pk.ptr + j * per_slice);
+                                      pk.get() + j * per_slice);
       });
       parallel_for(static_cast<size_t>(parts), [&](size_t t) {
-        const int64_t i0 = std::min(p, bound[t] * MR), i1 = std::min(p, bound[t + 1] * MR);
+        const auto [i0, i1] = part_rows(t);
         if (i0 >= i1) return;
-        if (k == 0) std::fill(acc.ptr + off[t], acc.ptr + off[t + 1], 0.0);
+        if (k == 0) std::fill(acc.get() + off[t], acc.get() + off[t + 1], 0.0);
         for (int64_t j = 0; j < ns; ++j) {
           check_cancel();
           const int64_t kc = std::min(KC, n - (k + j * KC));
-          simd_avx512::gram_packed_slice(pk.ptr + j * per_slice, kc, p, i0, i1, acc.ptr + off[t]);
+          simd_avx512::gram_packed_slice(pk.get() + j * per_slice, kc, p, i0, i1, acc.get() + off[t]);
         }
       });
     }
     double* gq = out + q * pp;
     parallel_for(static_cast<size_t>(parts), [&](size_t t) {
-      const int64_t i0 = std::min(p, bound[t] * MR), i1 = std::min(p, bound[t + 1] * MR);
+      const auto [i0, i1] = part_rows(t);
       if (i0 >= i1) return;
-      simd_avx512::gram_packed_scatter(acc.ptr + off[t], p, i0, i1, gq);
+      simd_avx512::gram_packed_scatter(acc.get() + off[t], p, i0, i1, gq);
       // the mirror entries (j, i), j > i, of this part's rows: written by this part only
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = i + 1; j < p; ++j) gq[j * p + i] = gq[i * p + j];
@@ -350,10 +345,7 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     return true;
   }
   const int64_t slices = (n + kGramPackedKC - 1) / kGramPackedKC;
-  const int64_t per_group = b * pp * int64_t(sizeof(double));
-  int64_t groups =
-      std::min<int64_t>(kMaxParts, std::max<int64_t>(1, kGroupBytes / std::max<int64_t>(1, per_group)));
-  groups = std::max<int64_t>(1, std::min<int64_t>(groups, slices / kMinChunksPerGroup));
+  const int64_t groups = group_count(b, p, slices);
   std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
   if (groups == 1) std::fill(out, out + b * pp, 0.0);
   parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {

@@ -17,11 +17,28 @@
 // position in memory of the data; slices are added in order. Calls check_cancel() once per slice.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
 
 namespace flagcore {
 
 constexpr int64_t kGramPackedMR = 32;
 constexpr int64_t kGramPackedKC = 512;
+
+// 64-byte aligned arrays (the kernel's aligned vector loads and stores go through them).
+struct FreeDeleter {
+  void operator()(void* ptr) const { std::free(ptr); }
+};
+template <typename T>
+using AlignedArray = std::unique_ptr<T[], FreeDeleter>;
+template <typename T>
+AlignedArray<T> aligned_array(size_t count) {
+  const size_t bytes = ((count > 0 ? count : 1) * sizeof(T) + 63) / 64 * 64;
+  T* ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
+  if (ptr == nullptr) throw std::bad_alloc();
+  return AlignedArray<T>(ptr);
+}
 
 namespace simd_avx512 {
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,

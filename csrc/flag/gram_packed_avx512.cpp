@@ -20,21 +20,14 @@ constexpr int NR = 8;                                // columns per register til
 constexpr int64_t KC = kGramPackedKC;
 constexpr int64_t kBlockStrips = 4;  // row strips per L2 block (4 x 32 rows x KC floats = 256 KiB)
 
-struct FreeDeleter {
-  void operator()(void* ptr) const { std::free(ptr); }
-};
-
 // 64-byte aligned scratch that only grows (one per thread).
 template <typename T>
 struct Scratch {
-  std::unique_ptr<T, FreeDeleter> data;
+  AlignedArray<T> data;
   size_t size = 0;
   T* get(size_t count) {
     if (count > size) {
-      const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-      T* ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
-      if (ptr == nullptr) throw std::bad_alloc();
-      data.reset(ptr);
+      data = aligned_array<T>(count);
       size = count;
     }
     return data.get();
