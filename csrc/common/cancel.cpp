@@ -1,5 +1,7 @@
 #include "common/cancel.hpp"
 
+#include "common/parallel.hpp"
+
 namespace flagcore {
 namespace {
 thread_local CancelScope* tls_scope = nullptr;
@@ -16,7 +18,7 @@ CancelScope* set_cancel_scope(CancelScope* scope) noexcept {
   return prev;
 }
 
-CancelScopeGuard::CancelScopeGuard(CancelScope& scope) {
+CancelScopeGuard::CancelScopeGuard(CancelScope& scope) : scope_(&scope) {
   scope.owner = &tls_identity;
   scope.next_poll = std::chrono::steady_clock::now() + CancelScope::kPollInterval;
   prev_ = set_cancel_scope(&scope);
@@ -24,6 +26,7 @@ CancelScopeGuard::CancelScopeGuard(CancelScope& scope) {
 
 CancelScopeGuard::~CancelScopeGuard() {
   set_cancel_scope(prev_);
+  if (scope_->stop.load(std::memory_order_relaxed)) release_idle_threads();
 }
 
 bool cancel_requested() {

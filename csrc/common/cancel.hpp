@@ -39,7 +39,9 @@ struct CancelScope {
 CancelScope* current_cancel_scope() noexcept;
 CancelScope* set_cancel_scope(CancelScope* scope) noexcept;
 
-// Opens `scope` on the calling thread (it becomes the owner) for the lifetime of the guard.
+// Opens `scope` on the calling thread (it becomes the owner) for the lifetime of the guard. A
+// scope that ends cancelled joins flagcore's parked worker threads (release_idle_threads), so
+// after a Ctrl-C no flagcore thread stays, wherever in the call the interrupt was seen.
 class CancelScopeGuard {
  public:
   explicit CancelScopeGuard(CancelScope& scope);
@@ -48,6 +50,7 @@ class CancelScopeGuard {
   CancelScopeGuard& operator=(const CancelScopeGuard&) = delete;
 
  private:
+  CancelScope* scope_;
   CancelScope* prev_;
 };
 

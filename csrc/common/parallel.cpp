@@ -196,6 +196,11 @@ struct ExitReaper {
 
 }  // namespace
 
+void release_idle_threads() {
+  Pool* pool = g_pool.load(std::memory_order_acquire);
+  if (pool != nullptr && !t_pool_worker) reap(pool, 0);
+}
+
 int num_threads() {
   int t = g_threads.load(std::memory_order_relaxed);
   return t > 0 ? t : default_threads();
@@ -307,11 +312,9 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
     throw;
   }
   const bool cancelled = job.scope != nullptr && job.scope->stop.load(std::memory_order_relaxed);
-  // After an interrupt, leave no extra thread behind: the parked workers are joined (the next
-  // call recreates them).
-  if (cancelled && !t_pool_worker) {
-    reap(pool, 0);
-  } else if (!t_pool_worker) {
+  // After an interrupt the parked workers are joined when the CancelScope ends
+  // (release_idle_threads), wherever the interrupt was seen.
+  if (!cancelled && !t_pool_worker) {
     // set_num_threads lowered the count while some workers were busy: join the extra ones now.
     bool excess = false;
     {

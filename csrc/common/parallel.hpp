@@ -15,7 +15,8 @@
 // free workers and never waits for a busy one: nested calls (a task calling parallel_for) and
 // calls from several threads at once run with the free workers, or alone, so they cannot
 // deadlock. set_num_threads joins idle workers above the new count. After a call interrupted
-// by Ctrl-C, or one that failed to start a thread, the idle workers are joined (no flagcore
+// by Ctrl-C (when its CancelScope ends), or one that failed to start a thread, the idle workers
+// are joined (no flagcore
 // thread stays, running or parked). A forked child starts with an empty pool (pthread_atfork)
 // and never waits for its parent's threads. At exit the parked workers are joined.
 #pragma once
@@ -33,5 +34,9 @@ int num_threads();
 void set_num_threads(int n);
 
 void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn, int max_threads = 0);
+
+// Joins the parked workers (busy ones are left alone; a no-op on a pool worker). Called when a
+// CancelScope ends cancelled (cancel.hpp); the next parallel_for recreates them.
+void release_idle_threads();
 
 }  // namespace flagcore
