@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -43,22 +45,50 @@ using namespace flagcore;
 
 namespace {
 
-// Releases the GIL for long native work and makes it interruptible: a CancelScope on this thread
-// whose poll takes the GIL and asks Python for pending signals (Ctrl-C). The native loops throw
-// Cancelled (translated to the pending KeyboardInterrupt) at their next check_cancel().
-class Interruptible {
- public:
-  Interruptible() : guard_(scope_), release_() {}
+// The thread id of Python's main thread (set at import): only there does Python run signal
+// handlers, so only there is polling for Ctrl-C useful.
+unsigned long g_main_thread = 0;
 
- private:
-  static bool poll_signals() {
-    py::gil_scoped_acquire acquire;
-    return PyErr_CheckSignals() != 0;
+bool on_main_thread() {
+  return PyThread_get_thread_ident() == g_main_thread;
+}
+
+// Runs f with the GIL released and takes it back in plain code, never in a destructor: a thread
+// that is not Python's main thread and asks for the GIL while the interpreter finalizes is ended
+// by CPython (< 3.14) with pthread_exit, whose forced unwind may pass through here and through
+// pybind11's dispatcher, but would std::terminate the whole process if it started inside a
+// destructor (py::gil_scoped_release takes the GIL back in its destructor). A forced unwind
+// coming out of f (the thread is being ended) is let through without taking the GIL back.
+template <typename F>
+void without_gil(F&& f) {
+  PyThreadState* state = PyEval_SaveThread();
+  try {
+    f();
+  } catch (abi::__forced_unwind&) {
+    throw;
+  } catch (...) {
+    PyEval_RestoreThread(state);
+    throw;
   }
-  CancelScope scope_{{false}, &poll_signals};
-  CancelScopeGuard guard_;
-  py::gil_scoped_release release_;
-};
+  PyEval_RestoreThread(state);
+}
+
+// Long native work, interruptible: a CancelScope on this thread whose poll (on Python's main
+// thread only) takes the GIL and asks Python for pending signals (Ctrl-C); f runs without the
+// GIL. The native loops throw Cancelled (translated to the pending KeyboardInterrupt) at their
+// next check_cancel().
+bool poll_signals() {
+  if (!on_main_thread()) return false;
+  py::gil_scoped_acquire acquire;
+  return PyErr_CheckSignals() != 0;
+}
+
+template <typename F>
+void interruptibly(F&& f) {
+  CancelScope scope{{false}, &poll_signals};
+  CancelScopeGuard guard(scope);
+  without_gil(std::forward<F>(f));
+}
 
 // A stack of gradient rows: a (b, p, n) array whose last axis is contiguous (any strides on the
 // first two), or a list/tuple of p one-dimensional contiguous arrays (b = 1). The handles keep
@@ -207,10 +237,7 @@ py::array_t<double> gram_impl(const py::object& x) {
   Rows<T> rows = make_rows<T>(x);
   py::array_t<double> out({rows.b, rows.p, rows.p});
   double* o = out.mutable_data();
-  {
-    Interruptible interruptible;
-    gram_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, o);
-  }
+  interruptibly([&] { gram_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, o); });
   return out;
 }
 
@@ -223,10 +250,7 @@ py::array weighted_sum_impl(const py::object& x,
   py::array_t<T> out({rows.b, rows.n});
   T* o = out.mutable_data();
   const double* c = coef.data();
-  {
-    Interruptible interruptible;
-    weighted_sum_cpu<T>(rows.ptr.data(), c, rows.b, rows.p, rows.n, o);
-  }
+  interruptibly([&] { weighted_sum_cpu<T>(rows.ptr.data(), c, rows.b, rows.p, rows.n, o); });
   return out;
 }
 
@@ -238,10 +262,8 @@ py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
   InfoArrays info(rows.b, rows.p);
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
-  {
-    Interruptible interruptible;
-    flag_aggregate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, prm, o, view, info.hist);
-  }
+  interruptibly(
+      [&] { flag_aggregate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, prm, o, view, info.hist); });
   return py::make_tuple(out, info.to_dict());
 }
 
@@ -433,10 +455,7 @@ py::tuple coordinate_impl(const py::object& x, CoordRule rule, int64_t f, int64_
   py::array_t<uint8_t> excl = excluded_in(mask, rows.b, rows.p, "coordinate");
   T* o = out.mutable_data();
   uint8_t* e = excl.mutable_data();
-  {
-    Interruptible interruptible;
-    coordinate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, spec, o, e);
-  }
+  interruptibly([&] { coordinate_cpu<T>(rows.ptr.data(), rows.b, rows.p, rows.n, spec, o, e); });
   return py::make_tuple(out, excl);
 }
 
@@ -454,8 +473,7 @@ py::array mix_rows_impl(const py::object& x, const F64Array& A, const F64Array& 
   T* o = out.mutable_data();
   const double* a = A.data();
   const double* d = div.data();
-  {
-    Interruptible interruptible;
+  interruptibly([&] {
     std::vector<const T*> xs;
     std::vector<T> at, dt;
     std::vector<T*> outs(static_cast<size_t>(po));
@@ -481,7 +499,7 @@ py::array mix_rows_impl(const py::object& x, const F64Array& A, const F64Array& 
       }
       mix_rows_cpu<T>(xs.data(), m, at.data(), dt.data(), po, n, outs.data());
     }
-  }
+  });
   return out;
 }
 
@@ -541,11 +559,10 @@ void register_rules(py::module_& m) {
         const double* g = gram.data();
         double *c = coef.mutable_data(), *sc = scores.mutable_data();
         uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           for (int64_t q = 0; q < b; ++q)
             krum_cpu(g + q * p * p, p, f, mm, c + q * p, sc + q * p, se + q * p, ex + q * p);
-        }
+        });
         py::dict d;
         d["coefficients"] = coef;
         d["scores"] = scores;
@@ -566,11 +583,10 @@ void register_rules(py::module_& m) {
         const double* g = gram.data();
         int64_t* th = theta.mutable_data();
         uint8_t *se = sel.mutable_data(), *ex = excl.mutable_data();
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           for (int64_t q = 0; q < b; ++q)
             th[q] = bulyan_select_cpu(g + q * p * p, p, f, se + q * p, ex + q * p);
-        }
+        });
         py::dict d;
         d["selected"] = sel;
         d["excluded"] = excl;
@@ -589,13 +605,12 @@ void register_rules(py::module_& m) {
         py::array_t<int64_t> iters(b);
         py::array_t<uint8_t> conv(b);
         py::array_t<uint8_t> excl = excluded_in(excluded, b, p, "geometric_median");
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           for (int64_t q = 0; q < b; ++q)
             geometric_median_cpu(gram.data() + q * p * p, p, nu.data()[q], tol, max_iter,
                                  coef.mutable_data() + q * p, excl.mutable_data() + q * p,
                                  iters.mutable_data() + q, conv.mutable_data() + q, obj.mutable_data() + q);
-        }
+        });
         py::dict d;
         d["coefficients"] = coef;
         d["objective"] = obj;
@@ -616,11 +631,10 @@ void register_rules(py::module_& m) {
         const double* g = gram.data();
         double* c = coef.mutable_data();
         uint8_t* ex = excl.mutable_data();
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           for (int64_t q = 0; q < b; ++q)
             centered_clipping_cpu(g + q * q1 * q1, p, tau, iterations, c + q * q1, ex + q * p);
-        }
+        });
         py::dict d;
         d["coefficients"] = coef;
         d["excluded"] = excl;
@@ -638,10 +652,9 @@ void register_rules(py::module_& m) {
         const double* g = gram.data();
         double* mx = mix.mutable_data();
         uint8_t* ex = excl.mutable_data();
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           for (int64_t q = 0; q < b; ++q) nnm_matrix_cpu(g + q * p * p, p, f, mx + q * p * p, ex + q * p);
-        }
+        });
         py::dict d;
         d["matrix"] = mix;
         d["excluded"] = excl;
@@ -674,15 +687,16 @@ void register_rules(py::module_& m) {
         spec.keep = keep;
         const auto* mask = reinterpret_cast<const uint32_t*>(active_mask.data);
         auto* fl = reinterpret_cast<int32_t*>(flags.data);
-        py::gil_scoped_release release;
-        if (x.dtype == cuda::DType::float64)
-          cuda::coordinate_cuda<double>(reinterpret_cast<const double*>(x.data), b, p, n, x.strides[0],
-                                        x.strides[1], spec, reinterpret_cast<double*>(out.data), mask, fl,
-                                        stream);
-        else
-          cuda::coordinate_cuda<float>(reinterpret_cast<const float*>(x.data), b, p, n, x.strides[0],
-                                       x.strides[1], spec, reinterpret_cast<float*>(out.data), mask, fl,
-                                       stream);
+        without_gil([&] {
+          if (x.dtype == cuda::DType::float64)
+            cuda::coordinate_cuda<double>(reinterpret_cast<const double*>(x.data), b, p, n, x.strides[0],
+                                          x.strides[1], spec, reinterpret_cast<double*>(out.data), mask, fl,
+                                          stream);
+          else
+            cuda::coordinate_cuda<float>(reinterpret_cast<const float*>(x.data), b, p, n, x.strides[0],
+                                         x.strides[1], spec, reinterpret_cast<float*>(out.data), mask, fl,
+                                         stream);
+        });
 #else
         (void)keep;
         (void)stream;
@@ -722,11 +736,10 @@ py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& p
   InfoArrays info(rows, b, true);
   FlagIrlsOut view = info.view();
   T* o = out.mutable_data();
-  {
-    Interruptible interruptible;
+  interruptibly([&] {
     flag_aggregate_ragged_cpu<T>(ptr.data(), ps.data(), ns.data(), b, prm, o, view, info.hist,
                                  rs.empty() ? nullptr : rs.data());
-  }
+  });
   return py::make_tuple(out, info.to_dict());
 }
 
@@ -763,9 +776,10 @@ py::dict plan_to_dict(const FlagCudaPlan& pl) {
 // ---------------------------------------------------------------- fork-join simulator
 using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
-// The simulator's Ctrl-C scope: like Interruptible, and its poll (every ~50 ms on the calling
+// The simulator's Ctrl-C scope: like interruptibly(), and its poll (every ~50 ms on the calling
 // thread, with the GIL) also reports progress to an optional Python callable, so the callback
-// runs on the caller's thread and an exception it raises stops the run and propagates.
+// runs on the caller's thread and an exception it raises stops the run and propagates. run(f)
+// runs f without the GIL inside the scope.
 class SimInterruptible {
  public:
   SimInterruptible(py::object callback, const int64_t* counters, int count, int64_t total)
@@ -774,13 +788,19 @@ class SimInterruptible {
         count_(count),
         total_(total),
         scope_{{false}, [this] { return poll(); }},
-        guard_(scope_),
-        release_() {}
+        guard_(scope_) {}
+
+  template <typename F>
+  void run(F&& f) {
+    without_gil(std::forward<F>(f));
+  }
 
  private:
   bool poll() {
+    const bool main = on_main_thread();
+    if (!main && (callback_.is_none() || counters_ == nullptr)) return false;
     py::gil_scoped_acquire acquire;
-    if (PyErr_CheckSignals() != 0) return true;
+    if (main && PyErr_CheckSignals() != 0) return true;
     if (callback_.is_none() || counters_ == nullptr) return false;
     const auto now = std::chrono::steady_clock::now();
     if (now < next_report_) return false;
@@ -802,7 +822,6 @@ class SimInterruptible {
   std::chrono::steady_clock::time_point next_report_{};
   CancelScope scope_;
   CancelScopeGuard guard_;
-  py::gil_scoped_release release_;
 };
 
 template <typename T>
@@ -928,7 +947,9 @@ void bind_forkjoin(py::module_& m) {
         std::vector<sim::ForkJoinResult> res;
         {
           SimInterruptible interruptible(progress, counters.data(), replications, total);
-          res = sim::simulate_forkjoin_replications(config, replications, threads, counters.data());
+          interruptible.run([&] {
+            res = sim::simulate_forkjoin_replications(config, replications, threads, counters.data());
+          });
         }
         return res;
       },
@@ -948,10 +969,7 @@ void bind_forkjoin(py::module_& m) {
         const double* a = arrivals.data();
         const double* s = services.data();
         double *pd = dep.mutable_data(), *pb = busy.mutable_data(), *pw = wasted.mutable_data();
-        {
-          Interruptible interruptible;
-          sim::simulate_forkjoin_trace(n, k, cancel, int64_t(R), a, s, pd, pb, pw);
-        }
+        interruptibly([&] { sim::simulate_forkjoin_trace(n, k, cancel, int64_t(R), a, s, pd, pb, pw); });
         return py::make_tuple(dep, busy, wasted);
       },
       py::arg("n"), py::arg("k"), py::arg("cancel"), py::arg("arrivals"), py::arg("services"));
@@ -1005,11 +1023,10 @@ void bind_forkjoin(py::module_& m) {
         FLAGCORE_CHECK_ARG(kind != 5 || !table.empty(), "sim_sample: empirical needs a table");
         py::array_t<double> out(count);
         double* o = out.mutable_data();
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           sim::sample_service_cpu(static_cast<sim::ServiceKind>(kind), param, table.data(), table.size(),
                                   seed, stream, count, o);
-        }
+        });
         return out;
       },
       "unit-mean service samples (kind: 0 exponential, 1 deterministic, 2 gamma, 3 lognormal, 4 pareto, 5 "
@@ -1021,6 +1038,7 @@ void bind_forkjoin(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "flagcore native core (private: use the flagcore package)";
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   register_cuda_types(m);
 
   // An interrupted native call raises the KeyboardInterrupt that its poll found pending.
@@ -1081,8 +1099,8 @@ PYBIND11_MODULE(_core, m) {
         py::array_t<float> out(y.size());
         std::copy(y.data(), y.data() + y.size(), out.mutable_data());
         {
-          py::gil_scoped_release release;
-          cuda::selftest_saxpy(a, x.data(), out.mutable_data(), static_cast<int64_t>(x.size()));
+          without_gil(
+              [&] { cuda::selftest_saxpy(a, x.data(), out.mutable_data(), static_cast<int64_t>(x.size())); });
         }
         return out;
 #else
@@ -1147,13 +1165,12 @@ PYBIND11_MODULE(_core, m) {
         InfoArrays info(b, p);
         FlagIrlsOut view = info.view();
         const double* g = gram.data();
-        {
-          Interruptible interruptible;
+        interruptibly([&] {
           if (threads <= 1)
             flag_irls_batch_cpu(g, b, p, prm, view, info.hist);
           else  // each problem run by a team of CPU threads with a barrier, as a CUDA block runs it
             flag_irls_team_emulation_cpu(g, b, p, prm, view, info.hist, threads);
-        }
+        });
         return info.to_dict();
       },
       py::arg("gram"), py::arg("params"), py::arg("team_threads") = 1,
@@ -1171,10 +1188,7 @@ PYBIND11_MODULE(_core, m) {
                            "eigh_top: want must be in [1, " << p << "], got " << want);
         py::array_t<double> evals(want), evecs({p, p});
         std::fill(evecs.mutable_data(), evecs.mutable_data() + int64_t(p) * p, 0.0);
-        {
-          Interruptible interruptible;
-          blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data());
-        }
+        interruptibly([&] { blas::eigh_top(a.data(), p, want, evals.mutable_data(), evecs.mutable_data()); });
         py::object top = evecs[py::make_tuple(py::slice(0, p, 1), py::slice(0, want, 1))];
         return py::make_tuple(evals, top);
       },
@@ -1247,9 +1261,10 @@ PYBIND11_MODULE(_core, m) {
         d.parts = plan.parts;
         const int64_t es = cuda::dtype_size(x.dtype);
         d.aligned16 = x.data % 16 == 0 && (d.stride_b * es) % 16 == 0 && (d.stride_p * es) % 16 == 0;
-        py::gil_scoped_release release;
-        cuda::flag_aggregate_cuda(d, x.dtype, plan, prm, reinterpret_cast<void*>(out.data),
-                                  reinterpret_cast<unsigned char*>(ws.data), stream, x.device, kernel);
+        without_gil([&] {
+          cuda::flag_aggregate_cuda(d, x.dtype, plan, prm, reinterpret_cast<void*>(out.data),
+                                    reinterpret_cast<unsigned char*>(ws.data), stream, x.device, kernel);
+        });
 #else
         (void)stream;
         no_cuda();
@@ -1284,9 +1299,10 @@ PYBIND11_MODULE(_core, m) {
         d.rows = plan.rows;
         d.parts = plan.parts;
         d.aligned16 = aligned16;
-        py::gil_scoped_release release;
-        cuda::flag_aggregate_cuda(d, out.dtype, plan, prm, reinterpret_cast<void*>(out.data),
-                                  reinterpret_cast<unsigned char*>(ws.data), stream, table.device, kernel);
+        without_gil([&] {
+          cuda::flag_aggregate_cuda(d, out.dtype, plan, prm, reinterpret_cast<void*>(out.data),
+                                    reinterpret_cast<unsigned char*>(ws.data), stream, table.device, kernel);
+        });
 #else
         (void)aligned16;
         (void)stream;
@@ -1313,9 +1329,10 @@ PYBIND11_MODULE(_core, m) {
         check_workspace(ws, fn, plan, gram.device);
 #ifdef FLAGCORE_WITH_CUDA
         check_cuda_device(gram.device);
-        py::gil_scoped_release release;
-        cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram.data), b, p, plan, prm,
-                                  reinterpret_cast<unsigned char*>(ws.data), stream, gram.device);
+        without_gil([&] {
+          cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram.data), b, p, plan, prm,
+                                    reinterpret_cast<unsigned char*>(ws.data), stream, gram.device);
+        });
 #else
         (void)stream;
         no_cuda();

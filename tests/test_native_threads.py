@@ -124,3 +124,51 @@ def test_long_multithreaded_call_stops_on_sigint():
     assert int(after) <= int(before), f"native threads left running: {before} before, {after} after"
     assert latency < 5.0, f"SIGINT took {latency:.1f} s to stop the call"
     assert proc.returncode == 0
+
+
+# A daemon thread whose native call returns while the interpreter finalizes: CPython (< 3.14)
+# ends such a thread with pthread_exit when it asks for the GIL. That used to happen in
+# pybind11's gil_scoped_release destructor and ended the whole process with "terminate called
+# without an active exception" (once seen in CI: a torchrun rank at exit). A finalizer that
+# sleeps (GIL released) holds finalization open while the daemon's calls return.
+_DAEMON_AT_EXIT = """
+    import threading, time
+    import numpy as np
+    import flagcore
+    import flagcore.energy
+    from flagcore._backend import core
+    x = np.random.default_rng(0).standard_normal((600, 20000)).astype(np.float32)
+    worked = threading.Event()
+    def work():
+        while True:
+            CALL
+            worked.set()
+    threading.Thread(target=work, daemon=True).start()
+    assert worked.wait(30), "the daemon's call never returned"
+    time.sleep(0.1)
+    class SlowTeardown:
+        def __del__(self):
+            time.sleep(1.0)
+    holder = SlowTeardown()
+    print("main done", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "core.gram(x[None])",  # interruptible native call, GIL released
+        "flagcore.aggregate(x[:64, :2000], 'krum', f=5)",  # several native calls per step
+        # the simulator's poll takes the GIL on this thread for the progress callback
+        "flagcore.energy.simulate(4, 2, 1.0, [(1.0, 1.0, 1.0)], requests=3000000, seed=1,"
+        " progress=lambda done, total: None)",
+    ],
+    ids=["gram", "krum", "simulate-progress"],
+)
+def test_daemon_thread_in_native_call_at_exit_does_not_abort(call):
+    for _ in range(3):  # the abort needed the call to return inside the window: try a few times
+        r = _run(_DAEMON_AT_EXIT.replace("CALL", call), timeout=60)
+        assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+        assert "main done" in r.stdout
+        assert "terminate called" not in r.stderr
+        assert "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -172,3 +172,66 @@ def test_concurrent_callers_while_the_thread_count_changes():
         print("OK", k)
     """)
     assert "OK" in r.stdout
+
+
+def _worker_cpu_seconds(body: str, spin: str) -> float:
+    import os
+
+    env = dict(os.environ, FLAGCORE_SPIN_US=spin)
+    code = PRELUDE + textwrap.dedent(body)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+_SPIN_BODY = """
+    me = os.getpid()
+    others = set(os.listdir(f"/proc/{me}/task"))          # numpy's and OpenBLAS's own threads
+    flagcore.set_num_threads(2)
+    ref = gram()
+    workers = set(os.listdir(f"/proc/{me}/task")) - others  # flagcore's pool worker
+    assert len(workers) == 1, workers
+    for _ in range(20):
+        assert np.array_equal(gram(), ref)                # same bits whether a worker spun or slept
+    def cpu_of_workers():
+        total = 0.0
+        for tid in workers:
+            with open(f"/proc/{me}/task/{tid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+    before = cpu_of_workers()
+    time.sleep(1.0)                                      # idle: the worker must not keep spinning
+    print(cpu_of_workers() - before)
+"""
+
+
+@pytest.mark.parametrize("spin", ["0", "200", "1000000"])
+def test_idle_worker_spins_at_most_flagcore_spin_us(spin):
+    # FLAGCORE_SPIN_US bounds the spinning after a call (1 s at most, the largest value):
+    # a second of idleness afterwards costs the worker at most that much CPU, and results are
+    # identical either way.
+    used = _worker_cpu_seconds(_SPIN_BODY, spin)
+    assert used <= int(spin) * 1e-6 + 0.05, used
+    if spin == "1000000":
+        assert used >= 0.3, used  # and it does spin when asked to (the main thread sleeps)
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "2.5", "", " 3", "1000001"])
+def test_malformed_spin_or_thread_env_is_refused(value):
+    from flagcore._backend import check_runtime_env
+
+    for name in ("FLAGCORE_SPIN_US", "FLAGCORE_NUM_THREADS"):
+        with pytest.raises(ValueError, match=name):
+            check_runtime_env({name: value})
+    check_runtime_env({"FLAGCORE_SPIN_US": "0", "FLAGCORE_NUM_THREADS": "2"})
+    r = subprocess.run(
+        [sys.executable, "-c", "import flagcore"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "FLAGCORE_SPIN_US": "x"},
+    )
+    assert r.returncode != 0 and "FLAGCORE_SPIN_US" in r.stderr

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -84,7 +85,50 @@ struct Worker {
   std::condition_variable wake;
   Job* job = nullptr;  // assigned work (guarded by Pool::mutex)
   bool stop = false;   // leave the loop (guarded by Pool::mutex)
+  // A hint that job or stop changed, for the spinning phase (read without the lock; job and
+  // stop, read under the lock, decide).
+  std::atomic<bool> poke{false};
 };
+
+// After a job a worker spins this long (watching its poke flag) before it parks on its
+// condition variable: back-to-back calls (one aggregation per step, a benchmark loop, the
+// several passes of one rule) find it awake instead of paying a futex wake-up, which on a
+// virtual machine costs tens of microseconds, a large part of a sub-millisecond call. The
+// same idea as OpenMP's spin-before-sleep (GOMP_SPINCOUNT, KMP_BLOCKTIME), kept short.
+// FLAGCORE_SPIN_US in the environment sets it (0: park at once, for machines where every core
+// is taken, e.g. several ranks per host); read once, when the pool is created.
+constexpr int kDefaultSpinUs = 200;
+std::chrono::microseconds g_spin{kDefaultSpinUs};
+
+std::chrono::microseconds spin_from_env() {
+  if (const char* env = std::getenv("FLAGCORE_SPIN_US")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 0 && v <= 1000000) return std::chrono::microseconds(v);
+  }
+  return std::chrono::microseconds(kDefaultSpinUs);
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spins until w->poke is set or the spin time has passed; true when poked.
+bool spin_for_poke(Worker* w) {
+  if (g_spin.count() == 0) return false;
+  const auto until = std::chrono::steady_clock::now() + g_spin;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (w->poke.load(std::memory_order_acquire)) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= until) return false;
+  }
+}
 
 thread_local bool t_pool_worker = false;
 
@@ -103,11 +147,19 @@ struct Pool {
 void worker_main(Pool* pool, Worker* w) {
   t_pool_worker = true;
   std::unique_lock<std::mutex> lock(pool->mutex);
+  bool spin = false;  // no spinning before the first job: a new worker has one assigned
   for (;;) {
+    if (spin && w->job == nullptr && !w->stop) {
+      lock.unlock();
+      spin_for_poke(w);
+      lock.lock();
+    }
     while (w->job == nullptr && !w->stop) w->wake.wait(lock);
+    w->poke.store(false, std::memory_order_relaxed);
     if (w->job == nullptr) return;  // stop
     Job* job = w->job;
     w->job = nullptr;
+    spin = true;
     lock.unlock();
     set_cancel_scope(job->scope);  // the caller's stop flag (the poll stays with the caller)
     job->work(false);
@@ -147,6 +199,7 @@ Pool* get_pool() {
       pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
       registered = true;
     }
+    g_spin = spin_from_env();
     p = new Pool();
     g_pool.store(p, std::memory_order_release);
   }
@@ -162,6 +215,7 @@ void reap(Pool* pool, int keep) {
       Worker* w = pool->idle.back();
       pool->idle.pop_back();
       w->stop = true;
+      w->poke.store(true, std::memory_order_release);
       --pool->live;
       gone.push_back(w);
     }
@@ -269,7 +323,10 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
     }
     if (failure.empty()) {
       job.running = static_cast<int>(helpers.size());
-      for (Worker* w : helpers) w->job = &job;
+      for (Worker* w : helpers) {
+        w->job = &job;
+        w->poke.store(true, std::memory_order_release);
+      }
     } else {
       for (Worker* w : helpers) pool->idle.push_back(w);
     }
@@ -287,6 +344,7 @@ void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& f
     for (Worker* w : helpers)
       if (w->job == &job) {
         w->job = nullptr;
+        w->poke.store(false, std::memory_order_relaxed);  // a spinning worker keeps spinning
         pool->idle.push_back(w);
         --job.running;
       }

@@ -11,7 +11,8 @@
 // work.
 //
 // The helpers come from a process-wide pool of at most num_threads() - 1 workers, created on
-// demand and parked on a condition variable between calls (no CPU used). A call takes only
+// demand; between calls a worker spins for up to 200 us (back-to-back calls find it awake),
+// then parks on a condition variable (no CPU used). A call takes only
 // free workers and never waits for a busy one: nested calls (a task calling parallel_for) and
 // calls from several threads at once run with the free workers, or alone, so they cannot
 // deadlock. set_num_threads joins idle workers above the new count. After a call interrupted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -11,6 +12,27 @@ import scipy_openblas32  # type: ignore[import-untyped]  # noqa: F401  (loads th
 from . import _core
 
 core = _core
+
+#: Environment variables the native core reads at run time: (name, smallest, largest value).
+RUNTIME_ENV = (("FLAGCORE_NUM_THREADS", 0, 1024), ("FLAGCORE_SPIN_US", 0, 1_000_000))
+
+
+def check_runtime_env(environ: Any = None) -> None:
+    """Refuse a malformed FLAGCORE_NUM_THREADS or FLAGCORE_SPIN_US (ValueError naming the
+    variable and its value) instead of letting the native core fall back to its default."""
+    env = os.environ if environ is None else environ
+    for name, lo, hi in RUNTIME_ENV:
+        value = env.get(name)
+        if value is None:
+            continue
+        if not (value.isascii() and value.isdigit() and lo <= int(value) <= hi):
+            raise ValueError(
+                f"flagcore: environment variable {name} must be an integer in [{lo}, {hi}], "
+                f"got {value!r}"
+            )
+
+
+check_runtime_env()
 
 
 def torch_module() -> Any | None:
