@@ -13,6 +13,8 @@
 #include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
+#include "common/simd.hpp"
+#include "common/symv_kernel.hpp"
 
 // LAPACK's Fortran entry points of the scipy-openblas32 build (32-bit integers, gfortran hidden
 // string lengths at the end).
@@ -30,6 +32,9 @@ void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, 
                    double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
 void scipy_dstedc_(const char* compz, const int* n, double* d, double* e, double* z, const int* ldz,
                    double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t);
+void scipy_dlarfg_(const int* n, double* alpha, double* x, const int* incx, double* tau);
+void scipy_dsytd2_(const char* uplo, const int* n, double* a, const int* lda, double* d, double* e,
+                   double* tau, int* info, size_t);
 }
 
 #ifndef FLAGCORE_OPENBLAS_VERSION
@@ -91,20 +96,140 @@ int syevd(EighScratch& s, int p) {
   return info;
 }
 
+// Householder tridiagonalisation (LAPACK dsytrd's blocked algorithm, lower triangle), with its
+// two matrix-sized steps on flagcore's threads and Ctrl-C checked between panels; the panel
+// factorisation mirrors LAPACK dlatrd. Why not dsytrd itself: it is one call of seconds at
+// p = 4096 that cannot be interrupted, and it is single-threaded here (a threaded OpenBLAS
+// dsymv sums per-thread partials, so its result would depend on the thread count). Both
+// parallel steps below split their work into blocks fixed by the matrix size, each block one
+// single-threaded BLAS call, and combine the blocks in a fixed order: the same result for any
+// thread count.
+constexpr int kTrdPanel = 32;      // nb: columns per panel (ilaenv's DSYTRD block size)
+constexpr int kTrdCrossover = 32;  // nx: the last columns go unblocked (dsytd2), as in dsytrd
+constexpr int kSymvBlock = 64;     // columns per dsymv block
+constexpr int kSyr2kBlock = 128;   // columns per block of the trailing update
+constexpr int kParallelMin = 256;  // below this order the blocks run on the calling thread
+
+struct TrdScratch {
+  std::vector<double> w;     // the panel's W (m x nb, column-major)
+  std::vector<double> part;  // dsymv: per block, its contribution to the rows below it
+};
+
+// y = A x for the m x m symmetric A whose lower triangle is stored (column-major, lda), in
+// column blocks of kSymvBlock: block b adds its diagonal triangle and the transpose of the
+// rectangle below it into y[its columns], and writes the rectangle times x[its columns] into
+// part[b]; part[0..b) is then added to each row in block order.
+void symv_lower(int m, const double* A, int lda, const double* x, double* y, std::vector<double>& part,
+                int threads) {
+  const int nblk = (m + kSymvBlock - 1) / kSymvBlock;
+  grow(part, static_cast<size_t>(nblk) * static_cast<size_t>(m));
+  auto block = [&](size_t bi) {
+    const int c0 = static_cast<int>(bi) * kSymvBlock;
+    const int w = std::min(kSymvBlock, m - c0);
+    const int c1 = c0 + w, below = m - c1;
+    const double* diag = A + static_cast<size_t>(c0) * lda + c0;
+    scipy_cblas_dsymv(CblasColMajor, CblasLower, w, 1.0, diag, lda, x + c0, 1, 0.0, y + c0, 1);
+    if (below > 0)
+      symv_rect(below, w, diag + w, lda, x + c1, x + c0, y + c0, part.data() + bi * size_t(m) + c1);
+  };
+  parallel_for(static_cast<size_t>(nblk), block, m >= kParallelMin ? threads : 1);
+  for (int b = 0; b + 1 < nblk; ++b) {
+    const int c1 = (b + 1) * kSymvBlock;
+    const double* pb = part.data() + static_cast<size_t>(b) * m;
+    for (int r = c1; r < m; ++r) y[r] += pb[r];
+  }
+}
+
+// C -= V W^T + W V^T on the lower triangle of the m x m C (column-major, ldc); V and W are
+// m x k (ldv, ldw). Column blocks of kSyr2kBlock: the diagonal block by dsyr2k, the rectangle
+// below it by two dgemm.
+void syr2k_lower(int m, int k, const double* V, int ldv, const double* W, int ldw, double* C, int ldc,
+                 int threads) {
+  const int nblk = (m + kSyr2kBlock - 1) / kSyr2kBlock;
+  auto block = [&](size_t bi) {
+    const int c0 = static_cast<int>(bi) * kSyr2kBlock;
+    const int w = std::min(kSyr2kBlock, m - c0);
+    const int c1 = c0 + w, below = m - c1;
+    double* diag = C + static_cast<size_t>(c0) * ldc + c0;
+    scipy_cblas_dsyr2k(CblasColMajor, CblasLower, CblasNoTrans, w, k, -1.0, V + c0, ldv, W + c0, ldw, 1.0,
+                       diag, ldc);
+    if (below > 0) {
+      scipy_cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, below, w, k, -1.0, V + c1, ldv, W + c0, ldw,
+                        1.0, diag + w, ldc);
+      scipy_cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, below, w, k, -1.0, W + c1, ldw, V + c0, ldv,
+                        1.0, diag + w, ldc);
+    }
+  };
+  parallel_for(static_cast<size_t>(nblk), block, m >= kParallelMin ? threads : 1);
+}
+
+// LAPACK dlatrd, lower: reduces the first nb columns of the m x m block A (column-major, lda)
+// and returns W (m x nb, ldw) such that the trailing update is A22 -= V W^T + W V^T.
+void latrd_lower(int m, int nb, double* A, int lda, double* e, double* tau, double* W, int ldw,
+                 std::vector<double>& part, int threads) {
+  auto a = [&](int r, int c) -> double* { return A + static_cast<size_t>(c) * lda + r; };
+  auto wp = [&](int r, int c) -> double* { return W + static_cast<size_t>(c) * ldw + r; };
+  for (int i = 0; i < nb; ++i) {
+    const int len = m - i;
+    if (i > 0) {  // update A(i:m, i) with the panel's previous columns
+      scipy_cblas_dgemv(CblasColMajor, CblasNoTrans, len, i, -1.0, a(i, 0), lda, wp(i, 0), ldw, 1.0, a(i, i),
+                        1);
+      scipy_cblas_dgemv(CblasColMajor, CblasNoTrans, len, i, -1.0, wp(i, 0), ldw, a(i, 0), lda, 1.0, a(i, i),
+                        1);
+    }
+    if (i + 1 >= m) continue;
+    const int nr = m - i - 1;
+    const int one = 1;
+    scipy_dlarfg_(&nr, a(i + 1, i), a(std::min(i + 2, m - 1), i), &one, tau + i);
+    e[i] = *a(i + 1, i);
+    *a(i + 1, i) = 1.0;
+    double* wi = wp(i + 1, i);
+    const double* vi = a(i + 1, i);
+    symv_lower(nr, a(i + 1, i + 1), lda, vi, wi, part, threads);
+    if (i > 0) {
+      double* tmp = wp(0, i);  // W(0:i, i) is scratch
+      scipy_cblas_dgemv(CblasColMajor, CblasTrans, nr, i, 1.0, wp(i + 1, 0), ldw, vi, 1, 0.0, tmp, 1);
+      scipy_cblas_dgemv(CblasColMajor, CblasNoTrans, nr, i, -1.0, a(i + 1, 0), lda, tmp, 1, 1.0, wi, 1);
+      scipy_cblas_dgemv(CblasColMajor, CblasTrans, nr, i, 1.0, a(i + 1, 0), lda, vi, 1, 0.0, tmp, 1);
+      scipy_cblas_dgemv(CblasColMajor, CblasNoTrans, nr, i, -1.0, wp(i + 1, 0), ldw, tmp, 1, 1.0, wi, 1);
+    }
+    scipy_cblas_dscal(nr, tau[i], wi, 1);
+    const double alpha = -0.5 * tau[i] * scipy_cblas_ddot(nr, wi, 1, vi, 1);
+    scipy_cblas_daxpy(nr, alpha, vi, 1, wi, 1);
+  }
+}
+
 // Householder tridiagonalisation of s.a (lower triangle, column-major): d, e, tau; the
-// reflectors stay in s.a.
+// reflectors stay in s.a (LAPACK dsytrd's layout, so dormtr applies them).
 int tridiagonalise(EighScratch& s, int p) {
-  const char uplo = 'L';
   grow(s.d, static_cast<size_t>(p));
   grow(s.e, static_cast<size_t>(p));
   grow(s.tau, static_cast<size_t>(p));
-  int info = 0, lwork = -1;
-  double wq = 0.0;
-  scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), &wq, &lwork, &info, 1);
-  lwork = static_cast<int>(wq) + 1;
-  grow(s.work, static_cast<size_t>(lwork));
-  scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), s.work.data(), &lwork, &info,
-                1);
+  thread_local TrdScratch ts;
+  const int threads = t_inner_threads;
+  double* A = s.a.data();
+  int i = 0;
+  if (p > kTrdCrossover) {
+    grow(ts.w, static_cast<size_t>(p) * kTrdPanel);
+    for (; i < p - kTrdCrossover; i += kTrdPanel) {
+      check_cancel();
+      const int m = p - i;
+      double* Ai = A + static_cast<size_t>(i) * p + i;
+      latrd_lower(m, kTrdPanel, Ai, p, s.e.data() + i, s.tau.data() + i, ts.w.data(), m, ts.part, threads);
+      syr2k_lower(m - kTrdPanel, kTrdPanel, Ai + kTrdPanel, p, ts.w.data() + kTrdPanel, m,
+                  Ai + static_cast<size_t>(kTrdPanel) * p + kTrdPanel, p, threads);
+      for (int j = i; j < i + kTrdPanel; ++j) {
+        A[static_cast<size_t>(j) * p + j + 1] = s.e[j];
+        s.d[j] = A[static_cast<size_t>(j) * p + j];
+      }
+    }
+    if (ts.part.size() > (size_t(4) << 20)) ts = TrdScratch();  // do not keep large buffers
+  }
+  const char uplo = 'L';
+  const int rest = p - i;
+  int info = 0;
+  scipy_dsytd2_(&uplo, &rest, A + static_cast<size_t>(i) * p + i, &p, s.d.data() + i, s.e.data() + i,
+                s.tau.data() + i, &info, 1);
   return info;
 }
 
@@ -289,4 +414,19 @@ const char* library_name() {
 }
 
 }  // namespace blas
+
+void symv_rect(int rows, int w, const double* R, int lda, const double* xb, const double* xc, double* yc,
+               double* part) {
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512:
+      return simd_avx512::symv_rect(rows, w, R, lda, xb, xc, yc, part);
+    case SimdLevel::avx2:
+      return simd_avx2::symv_rect(rows, w, R, lda, xb, xc, yc, part);
+#endif
+    default:
+      return simd_generic::symv_rect(rows, w, R, lda, xb, xc, yc, part);
+  }
+}
+
 }  // namespace flagcore

@@ -2,3 +2,4 @@
 #define FLAGCORE_SIMD_NS simd_avx2
 #define FLAGCORE_VEC_BYTES 32
 #include "rules/coordinate_kernel_impl.hpp"
+#include "common/symv_kernel_impl.hpp"

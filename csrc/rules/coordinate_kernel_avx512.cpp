@@ -2,3 +2,4 @@
 #define FLAGCORE_SIMD_NS simd_avx512
 #define FLAGCORE_VEC_BYTES 64
 #include "rules/coordinate_kernel_impl.hpp"
+#include "common/symv_kernel_impl.hpp"
