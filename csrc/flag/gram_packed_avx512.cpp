@@ -118,12 +118,13 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
     c0[t] = _mm512_setzero_ps();
     c1[t] = _mm512_setzero_ps();
   }
+  int64_t count = pf.count;  // in a register (pf.count in memory cost a load and a store per step)
   for (int64_t k = 0; k < kc; ++k) {
     const float* ak = a + k * MR;
     const float* bk = b + k * MR;
     _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR), _MM_HINT_T0);
-    if (--pf.count == 0) {
-      pf.count = pf.every;
+    if (__builtin_expect(--count == 0, 0)) {
+      count = pf.every;
       pf.one();
     }
     const __m512 a0 = _mm512_load_ps(ak);
@@ -140,6 +141,7 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
       }
     }
   }
+  pf.count = count;
   for (int t = 0; t < NR; ++t) {
     double* g = acc + t * MR;
     _mm512_store_pd(g, _mm512_add_pd(_mm512_load_pd(g), _mm512_cvtps_pd(_mm512_castps512_ps256(c0[t]))));
