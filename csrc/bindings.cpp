@@ -9,11 +9,14 @@
 #include <cxxabi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/blas.hpp"
@@ -53,6 +56,26 @@ bool on_main_thread() {
   return PyThread_get_thread_ident() == g_main_thread;
 }
 
+// Interpreter exit, as seen from other threads. flagcore's atexit hook (_backend.py) sets
+// g_exiting and then waits (GIL released, up to 2 s) until no other thread is inside a Python
+// callback of a native call (the simulator's progress): after it, no such callback starts, so
+// no thread is ended by CPython's finalization while it runs Python inside flagcore's frames
+// (a forced unwind through them touched Python objects without the GIL: a rare crash at exit).
+std::atomic<bool> g_exiting{false};
+std::atomic<int> g_in_callback{0};
+
+struct InCallback {  // counts this thread in g_in_callback while it lives
+  InCallback() { g_in_callback.fetch_add(1); }
+  ~InCallback() { g_in_callback.fetch_sub(1); }
+};
+
+void at_exit() {
+  g_exiting.store(true);
+  py::gil_scoped_release release;  // main thread, before finalization: taken back normally
+  for (int i = 0; i < 2000 && g_in_callback.load() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
 // Runs f with the GIL released and takes it back in plain code, never in a destructor: a thread
 // that is not Python's main thread and asks for the GIL while the interpreter finalizes is ended
 // by CPython (< 3.14) with pthread_exit, whose forced unwind may pass through here and through
@@ -78,7 +101,7 @@ void without_gil(F&& f) {
 // GIL. The native loops throw Cancelled (translated to the pending KeyboardInterrupt) at their
 // next check_cancel().
 bool poll_signals() {
-  if (!on_main_thread()) return false;
+  if (!on_main_thread()) return false;  // the main thread is never ended by finalization
   py::gil_scoped_acquire acquire;
   return PyErr_CheckSignals() != 0;
 }
@@ -798,13 +821,35 @@ class SimInterruptible {
  private:
   bool poll() {
     const bool main = on_main_thread();
-    if (!main && (callback_.is_none() || counters_ == nullptr)) return false;
-    py::gil_scoped_acquire acquire;
+    const bool report =
+        !callback_.is_none() && counters_ != nullptr && std::chrono::steady_clock::now() >= next_report_;
+    if (!main && !report) return false;
+    std::optional<InCallback> counted;
+    if (!main) {
+      counted.emplace();
+      if (g_exiting.load()) return false;  // after this thread counted itself: at_exit waits for it
+    }
+    // The GIL by hand, not by an RAII guard: a thread other than the main one that runs Python
+    // while the interpreter finalizes is ended by pthread_exit, even in the middle of the
+    // callback, and must not then release a GIL it no longer holds (from a destructor, during
+    // that forced unwind).
+    const PyGILState_STATE state = PyGILState_Ensure();
+    bool stop = false;
+    try {
+      stop = poll_with_gil(main, report);
+    } catch (abi::__forced_unwind&) {
+      throw;
+    } catch (...) {
+      PyGILState_Release(state);
+      throw;
+    }
+    PyGILState_Release(state);
+    return stop;
+  }
+  bool poll_with_gil(bool main, bool report) {
     if (main && PyErr_CheckSignals() != 0) return true;
-    if (callback_.is_none() || counters_ == nullptr) return false;
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_report_) return false;
-    next_report_ = now + std::chrono::milliseconds(100);
+    if (!report) return false;
+    next_report_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
     int64_t done = 0;
     for (int i = 0; i < count_; ++i) done += __atomic_load_n(counters_ + i, __ATOMIC_RELAXED);
     try {
@@ -1039,6 +1084,9 @@ void bind_forkjoin(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "flagcore native core (private: use the flagcore package)";
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  m.def("_at_exit", &at_exit,
+        "flagcore's atexit hook: native calls on other threads stop calling into Python (registered by "
+        "flagcore._backend)");
   register_cuda_types(m);
 
   // An interrupted native call raises the KeyboardInterrupt that its poll found pending.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import sys
@@ -33,6 +34,9 @@ def check_runtime_env(environ: Any = None) -> None:
 
 
 check_runtime_env()
+# At exit, native calls running on other threads stop calling back into Python (a progress
+# callback) before the interpreter finalizes (csrc/bindings.cpp, at_exit).
+atexit.register(core._at_exit)
 
 
 def torch_module() -> Any | None:
