@@ -727,19 +727,52 @@ def _approximate_unit(
 
 
 # ---------------------------------------------------------------- heterogeneous servers
-def _pb_pmf_below(F: list[np.ndarray], k: int, skip: int = -1) -> np.ndarray:
-    """P(S = c), c = 0..k-1, of S = the number of successes of independent Bernoulli(F[j])
-    (one per server, each an array over time points), leaving out server ``skip``; the mass of
-    S >= k is dropped (only P(S < k) is ever needed). O(n k) per time point, positive terms."""
-    pmf = np.zeros((k, F[0].size))
-    pmf[0] = 1.0
-    for j, f in enumerate(F):
-        if j == skip:
-            continue
+def _pb_add(pmf: np.ndarray, f: np.ndarray, times: int = 1) -> np.ndarray:
+    """Add ``times`` independent Bernoulli(f) counts to the truncated pmf (rows c = 0..k-1,
+    columns time points), in place; the mass reaching k is dropped. Positive terms only."""
+    for _ in range(times):
         moved = pmf * f
         pmf -= moved
         pmf[1:] += moved[:-1]
     return pmf
+
+
+def _pb_pmf_below(F: list[np.ndarray], k: int) -> np.ndarray:
+    """P(S = c), c = 0..k-1, of S = the number of successes of independent Bernoulli(F[j])
+    (one per server, each an array over time points); the mass of S >= k is dropped (only
+    P(S < k) is ever needed). O(n k) per time point."""
+    pmf = np.zeros((k, F[0].size))
+    pmf[0] = 1.0
+    for f in F:
+        _pb_add(pmf, f)
+    return pmf
+
+
+def _pb_leave_one_out(F: list[np.ndarray], counts: list[int], k: int) -> list[np.ndarray]:
+    """For each class c (F[c] with counts[c] servers): P(S_{-j} < k), the count of the other
+    servers when one server j of class c is left out. Divide and conquer over the classes: each
+    half is added to the pmf passed to the other, so the work is O(n log(classes) k) per time
+    point instead of O(n classes k)."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(F)
+
+    def solve(lo: int, hi: int, pmf: np.ndarray) -> None:
+        if hi - lo == 1:
+            out[lo] = _pb_add(pmf.copy(), F[lo], counts[lo] - 1).sum(axis=0)
+            return
+        mid = (lo + hi) // 2
+        left = pmf.copy()
+        for c in range(mid, hi):
+            _pb_add(left, F[c], counts[c])
+        solve(lo, mid, left)
+        right = pmf  # the caller's pmf is not used again
+        for c in range(lo, mid):
+            _pb_add(right, F[c], counts[c])
+        solve(mid, hi, right)
+
+    base = np.zeros((k, F[0].size))
+    base[0] = 1.0
+    solve(0, len(F), base)
+    return out
 
 
 def _classes(sets: list[Levels]) -> dict[Levels, list[int]]:
@@ -757,7 +790,7 @@ def race_hetero(n: int, k: int, sets: list[Levels]) -> dict[str, Any]:
     the number of the other servers done by t (a Poisson-binomial count),
     tau_{j,s} = p_{j,s} int e^{-r_{j,s} t} P(S_{-j}(t) < k) dt and
     E[i-th completion] = int P(S(t) < i) dt. Gauss-Legendre quadrature over the same mapped
-    grid as race_integral; O((classes + 1) n k) per node, classes = distinct level sets.
+    grid as race_integral; O(n k log(classes)) per node, classes = distinct level sets.
     Returns tau (flattened: server 0's levels, then server 1's, ...) and completion_times."""
     x, w = _GL
     x = 0.5 * (x + 1.0)
@@ -776,9 +809,11 @@ def race_hetero(n: int, k: int, sets: list[Levels]) -> dict[str, Any]:
     F = [np.clip(f, 0.0, 1.0) for f in F]
     cdf = np.minimum(np.cumsum(_pb_pmf_below(F, k), axis=0), 1.0)  # P(S < i), i = 1..k
     times = (cdf * wj[None, :]).sum(axis=1)
+    classes = _classes(sets)
+    reps = [members[0] for members in classes.values()]
+    below = _pb_leave_one_out([F[j] for j in reps], [len(m) for m in classes.values()], k)
     tau_of: dict[Levels, np.ndarray] = {}
-    for st, members in _classes(sets).items():
-        g = _pb_pmf_below(F, k, skip=members[0]).sum(axis=0)  # P(S_{-j} < k)
+    for st, g in zip(classes, below):  # g = P(S_{-j} < k) for a server j of class st
         e = np.exp(-np.asarray(st.rates)[:, None] * t[None, :])
         tau_of[st] = np.asarray(st.probs) * (e * (g * wj)[None, :]).sum(axis=1)
     tau = np.concatenate([tau_of[st] for st in sets])
