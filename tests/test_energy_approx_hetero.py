@@ -304,3 +304,16 @@ def test_bad_per_server_levels_are_refused(levels, match):
     with pytest.raises(ValueError, match=match) as e:
         approximate(3, 2, 0.5, levels)
     assert "approximate" in str(e.value)
+
+
+def test_n1_cancel_with_many_rate_combinations_falls_back_to_an_exponential_tail():
+    # 9 servers with two distinct levels each: 512 summed rates > MAX_RATE_COMBINATIONS
+    sets = [[(0.5 * 1.1**j, 1.0, 0.5), (2.0 * 1.3**j, 4.0, 0.5)] for j in range(9)]
+    a = approximate(9, 1, 8.0, sets)
+    assert a.mean_method == "exact (M/G/1, Pollaczek-Khinchine)"
+    assert "approximation" in a.percentile_method
+    few = approximate(9, 1, 8.0, [[(1.0, 1.0, 1.0)]] * 8 + [sets[0]])
+    assert few.percentile_method.startswith("exact")
+    r = simulate(9, 1, 8.0, sets, requests=300_000, seed=37)
+    assert close(r.mean_response_time, r.mean_response_time_ci, a.mean_response_time)
+    assert close(r.energy_per_request, r.energy_per_request_ci, a.energy_per_request)

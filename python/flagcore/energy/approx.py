@@ -23,6 +23,28 @@ Joshi-Liu-Soljanin below, split-merge above; without cancellation the light-traf
 and NaN where no proven bound exists (several speeds with cancellation; above, without it).
 Energy: the race's sum_s P_s tau_s (exact with one speed, for k = 1 and for k = n; about 1% off
 otherwise), or n sum_s p_s P_s / mu_s without cancellation (exact).
+Heterogeneous servers (``levels`` a list of n level sets, one per server, as simulate takes;
+n equal sets give exactly the single-set answer, with per-(server, level) arrays):
+  (n, 1), cancel     exact: every server works on the head request and all start it together,
+                     so a request's service is Exp(R), R the sum of the servers' drawn rates;
+                     one rate per server: M/M/1 at the summed rate (mean and percentiles);
+                     random levels: M/G/1 with hyperexponential service (mean by
+                     Pollaczek-Khinchine, percentiles from its exponential-mixture sojourn,
+                     mg1_hyperexponential_sojourn; beyond 256 distinct summed rates the tail is
+                     an exponential at rate 1/E[S] - lambda, an approximation),
+  k = n, or no cancel  every server serves every task, so server j is an M/G/1 queue whose
+                     sojourn is exact (an exponential mixture); T ~ the k-th smallest of
+                     independent per-server sojourns (IndependentOrderStatistic). The sojourns
+                     of one request are associated, so for k = n this is an upper bound (mean
+                     and every percentile) and for k = 1 a lower bound; otherwise an
+                     approximation. Stability: lambda < every server's harmonic rate (exact),
+  1 < k < n, cancel  the tandem above at the effective per-server rate of ``method`` over the
+                     heterogeneous servers (race: k / total busy time of an isolated request,
+                     race_hetero; harmonic: n / sum_j 1/h_j; arithmetic: the servers' mean),
+                     an approximation (measured in docs/energy.md).
+  Energy: the heterogeneous race (exact for k = 1 and k = n with cancellation), or
+  sum_j sum_s p_js P_js / r_js without cancellation (exact). ``mean_method`` and
+  ``percentile_method`` say which form (exact, bound or approximation) a result used.
 Percentiles and deadline misses: both tails (the tandem's hypoexponential, the order statistic)
 have stage rates in arithmetic progression, whose survival function is a finite sum of positive
 terms (Hypoexponential), evaluated in logs in O(k) per point: no matrix exponential, any k
@@ -470,8 +492,13 @@ def approximate(
     method: str = "race",
     cancel: bool = True,
 ) -> ApproxResult:
-    """Closed-form estimates for the (n, k) fork-join service (module docstring). Unstable
-    loads are not an error here: the result has stable=False and infinite latencies."""
+    """Closed-form estimates for the (n, k) fork-join service (module docstring).
+
+    ``levels``: [(rate, power, probability), ...] shared by the n servers, or a list of n such
+    sets, one per server (heterogeneous servers; the per-level arrays of the result then run
+    over server 0's levels, then server 1's, ...). ``mean_method`` and ``percentile_method``
+    name the form used and whether it is exact, a bound or an approximation. Unstable loads
+    are not an error here: the result has stable=False and infinite latencies."""
     fn = "approximate"
     n, k = check_nk(n, k, fn)
     lam = check_rate(arrival_rate, fn)
