@@ -883,23 +883,21 @@ def mg1_hyperexponential_sojourn(lam: float, rates: Any, probs: Any) -> Exponent
     if not rho < 1.0:
         raise ValueError(f"mg1_hyperexponential_sojourn: unstable (rho = {rho:g} >= 1)")
 
-    def g(eta: float) -> float:
-        return lam * float((p * r / (r - eta)).sum()) - eta - lam
+    def h(eta: float) -> float:
+        # the pole equation -eta - lambda + lambda B*(-eta) = 0 divided by eta > 0 (no
+        # cancellation near eta = 0): lambda sum_i p_i / (r_i - eta) = 1; h(0) = rho - 1 < 0
+        return lam * float((p / (r - eta)).sum()) - 1.0
 
     etas = []
+    # h -> -inf just above a pole and +inf just below the next, and h(0) < 0: one root in
+    # (0, r_1) and one in each (r_i, r_{i+1})
     bounds = [(0.0, float(r[0]))] + [(float(a), float(b)) for a, b in zip(r[:-1], r[1:])]
     for i, (a, b) in enumerate(bounds):
-        # g -> -inf just above a pole and +inf just below the next; on (0, r_1), g(0) = 0 is
-        # the root s = 0 that the transform cancels, and g < 0 just above it (g'(0) = rho - 1)
-        lo = a + (b - a) * 1e-15
+        lo = a + (b - a) * 1e-15 if i else 0.0
         hi = b - (b - a) * 1e-15
-        if i == 0:
-            lo = (1.0 - rho) * b * 1e-6
-            while g(lo) >= 0.0 and lo > 1e-300:
-                lo *= 0.5
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            if g(mid) < 0.0:
+            if h(mid) < 0.0:
                 lo = mid
             else:
                 hi = mid
