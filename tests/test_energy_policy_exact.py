@@ -169,3 +169,31 @@ def test_percentile_beyond_the_truncation_error_is_refused():
         r.percentile(1 - 1e-7)
     with pytest.raises(ValueError, match="q must be in"):
         r.percentile(1.0)
+
+
+def test_switches_and_switch_energy_against_the_simulator():
+    sets = [[(1.0, 1.0), (2.0, 4.0)], [(0.5, 0.4), (3.0, 7.0)]]
+    ex = exact_threshold(1.8, sets, 2, n=2, idle_power=0.1, switch_energy=0.3)
+    r = simulate(
+        2,
+        1,
+        1.8,
+        sets,
+        policy=ThresholdPolicy(2),
+        idle_power=0.1,
+        switch_energy=0.3,
+        requests=400_000,
+        seed=23,
+    )
+    # every server changes level when q crosses the threshold: n switches per crossing
+    assert r.switches_per_request == pytest.approx(ex.switches_per_request, rel=0.02)
+    assert abs(r.average_power - ex.average_power) < 4 * r.average_power_ci
+    assert ex.energy_per_request == pytest.approx(ex.average_power / 1.8, rel=1e-15)
+
+
+def test_to_dict_is_strict_json():
+    import json
+
+    d = exact_threshold(0.7, [SLOW, FAST], 2).to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["percentiles"]["0.99"] == pytest.approx(5.038974, rel=1e-6)
