@@ -48,8 +48,9 @@ from ._model import (
     check_rate,
 )
 
-#: Largest truncation level N of exact_threshold (the tagged chain has (N + 1)^2 states).
-MAX_TRUNCATION = 3000
+#: Largest truncation level N of exact_threshold (the tagged chain has (N + 1)^2 states and
+#: needs about 2 N uniformisation steps: O(N^3), ~10 s at N = 1000).
+MAX_TRUNCATION = 1000
 #: Most uniformisation steps of exact_threshold.
 MAX_STEPS = 2_000_000
 
