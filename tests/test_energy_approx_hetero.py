@@ -317,3 +317,28 @@ def test_n1_cancel_with_many_rate_combinations_falls_back_to_an_exponential_tail
     r = simulate(9, 1, 8.0, sets, requests=300_000, seed=37)
     assert close(r.mean_response_time, r.mean_response_time_ci, a.mean_response_time)
     assert close(r.energy_per_request, r.energy_per_request_ci, a.energy_per_request)
+
+
+def test_methods_give_their_effective_rates_and_matter_only_for_the_tandem():
+    from flagcore.energy import SpeedLevel
+
+    sets = [A, B, C, D]
+    harm = [1.0, 2.0, 1 / (0.5 / 0.5 + 0.5 / 3.0), 1.5]
+    arith = [1.0, 2.0, 0.5 * 0.5 + 0.5 * 3.0, 1.5]
+    r = {m: approximate(4, 2, 1.0, sets, method=m) for m in ("race", "harmonic", "arithmetic")}
+    assert r["harmonic"].effective_rate == pytest.approx(4 / sum(1 / h for h in harm), rel=1e-12)
+    assert r["arithmetic"].effective_rate == pytest.approx(np.mean(arith), rel=1e-12)
+    tau = race_hetero(4, 2, [lv(s) for s in sets])["tau"]
+    assert r["race"].effective_rate == pytest.approx(2 / tau.sum(), rel=1e-12)
+    for m in r:  # the tandem at each method's rate mu
+        mu = r[m].effective_rate
+        assert r[m].mean_response_time == pytest.approx(
+            sum(1 / ((4 - i) * mu - (2 - i) * 1.0) for i in range(2)), rel=1e-12
+        )
+    # exact or bound forms do not depend on the method
+    for n, k in ((4, 1), (4, 4)):
+        vals = {approximate(n, k, 0.3, sets, method=m).mean_response_time for m in r}
+        assert len(vals) == 1
+    # SpeedLevel objects work per server too
+    sl = [[SpeedLevel(rt, w, p) for rt, w, p in s] for s in sets]
+    assert approximate(4, 2, 1.0, sl).mean_response_time == r["race"].mean_response_time
