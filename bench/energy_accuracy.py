@@ -9,6 +9,7 @@ power a C-state table saves at 30 % load and its p99 cost (bench/results/energy_
     python bench/energy_accuracy.py --cstates [--requests 1000000]
     python bench/energy_accuracy.py --scale [--sizes 10,100,1000,10000] [--baseline REV]
     python bench/energy_accuracy.py --pstates [--requests 400000]
+    python bench/energy_accuracy.py --hetero [--requests 400000]
 
 --scale: approximate() and its p99 at (n, k) = (2k, k), one and two speed levels, against the
 approximate of git revision --baseline (default: the revision before the dense matrix
@@ -16,7 +17,9 @@ exponential was replaced) loaded from git and timed in the same run, up to --bas
 both are checked to agree first (bench/results/energy_approx_scale.json). --pstates: the
 worked example of docs/energy-power.md, speed levels from a CPU's P-state table (a fitted power
 model, a memory-bound fraction) and the least power that meets a p99 target
-(bench/results/energy_pstates.json).
+(bench/results/energy_pstates.json). --hetero: approximate() with heterogeneous servers (exact
+forms, bounds and approximations) and the threshold policy's exact percentiles
+(exact_threshold) against simulate (bench/results/energy_hetero.json).
 """
 
 from __future__ import annotations
@@ -117,6 +120,107 @@ def validation(requests: int) -> list:
         EN / m.mean_rate,
         simulate(1, 1, m.mean_rate, one, arrivals=m, requests=requests, seed=8, batches=20),
     )
+    return rows
+
+
+def hetero(requests: int) -> list:
+    """approximate() with heterogeneous servers, and exact_threshold's percentiles, against
+    simulate: (case, metric, reference, its nature, simulated, 95% half-width, relative error,
+    whether an exact value is within 4 half-widths (+ the histogram's 2^-8 for percentiles) or
+    a bound holds)."""
+    from flagcore.energy import ThresholdPolicy, exact_threshold
+    from flagcore.energy._stats import PERCENTILE_RELATIVE_ERROR
+
+    A, B, D = [(1.0, 1.0, 1.0)], [(2.0, 3.0, 1.0)], [(1.5, 2.0, 1.0)]
+    C = [(0.5, 0.4, 0.5), (3.0, 6.0, 0.5)]
+    E = [(3.0, 9.0, 1.0)]
+    rows = []
+
+    def add(name, metric, ref, nature, s):
+        if metric in ("p50", "p90", "p99"):
+            q = {"p50": 0.5, "p90": 0.9, "p99": 0.99}[metric]
+            est, hw = s.percentile(q), s.percentile_ci(q)
+            slack = 4 * hw + PERCENTILE_RELATIVE_ERROR * ref
+        else:
+            est, hw = getattr(s, metric), getattr(s, metric + "_ci")
+            slack = 4 * hw
+        if nature == "upper bound":
+            ok = est < ref + slack
+        elif nature == "lower bound":
+            ok = est > ref - slack
+        elif nature == "exact":
+            ok = abs(est - ref) < slack
+        else:
+            ok = None
+        rows.append(
+            dict(
+                case=name,
+                metric=metric,
+                reference=ref,
+                nature=nature,
+                sim=est,
+                ci=hw,
+                rel_err=ref / est - 1,
+                ok=ok,
+            )
+        )
+
+    cases = [
+        ("(3,1) cancel, rates 1, 1.5, 2, lam 2", 3, 1, 2.0, [A, D, B], True),
+        ("(3,1) cancel, one server with two levels, lam 2", 3, 1, 2.0, [A, B, C], True),
+        ("(3,3), rates 1, 1.5, 2, lam 0.5", 3, 3, 0.5, [A, D, B], True),
+        ("(3,3), rates 1, 1.5, 2, lam 0.8", 3, 3, 0.8, [A, D, B], True),
+        ("(3,3), one server with two levels, lam 0.4", 3, 3, 0.4, [A, B, C], True),
+        ("(3,1) no cancel, rates 1, 1.5, 2, lam 0.5", 3, 1, 0.5, [A, D, B], False),
+        ("(3,2) no cancel, rates 1, 1.5, 2, lam 0.5", 3, 2, 0.5, [A, D, B], False),
+        ("(4,2) cancel, rates 1, 1, 2, 3, lam 1", 4, 2, 1.0, [A, A, B, E], True),
+        ("(4,2) cancel, rates 1, 1, 2, 3, lam 2", 4, 2, 2.0, [A, A, B, E], True),
+        ("(4,2) cancel, rates 1, 1, 2, 3, lam 2.8", 4, 2, 2.8, [A, A, B, E], True),
+        ("(4,2) cancel, mixed servers, lam 1", 4, 2, 1.0, [A, B, C, D], True),
+        ("(4,3) cancel, mixed servers, lam 0.8", 4, 3, 0.8, [A, B, C, D], True),
+    ]
+    for i, (name, n, k, lam, sets, cancel) in enumerate(cases):
+        a = approximate(n, k, lam, sets, cancel=cancel, idle_power=0.1)
+        s = simulate(n, k, lam, sets, cancel=cancel, idle_power=0.1, requests=requests, seed=40 + i)
+        mm = a.mean_method
+        mean_nature = (
+            "exact"
+            if mm.startswith("exact")
+            else "upper bound"
+            if "upper bound" in mm
+            else "lower bound"
+            if "lower bound" in mm
+            else "approximation"
+        )
+        add(name, "mean_response_time", a.mean_response_time, mean_nature, s)
+        pn = "exact" if a.percentile_method.startswith("exact") else "approximation"
+        if mean_nature in ("upper bound", "lower bound"):
+            pn = mean_nature  # associated sojourns: the bound holds for every quantile
+        add(name, "p99", a.p99, pn, s)
+        en = "exact" if (k == 1 and cancel) or k == n or not cancel else "approximation"
+        add(name, "energy_per_request", a.energy_per_request, en, s)
+    th_cases = [
+        ("M/M/1, threshold T = 2 (rates 1, 2), lam 0.7", 1, 0.7, [(1.0, 1.0), (2.0, 4.0)], [2]),
+        (
+            "M/M/1, three levels, thresholds (1, 4), lam 0.7",
+            1,
+            0.7,
+            [(0.8, 0.5), (1.0, 1.0), (2.5, 6.0)],
+            [1, 4],
+        ),
+        (
+            "(2,1) cancel, heterogeneous, T = 2, lam 1.8",
+            2,
+            1.8,
+            [[(1.0, 1.0), (2.0, 4.0)], [(0.5, 0.4), (3.0, 7.0)]],
+            [2],
+        ),
+    ]
+    for i, (name, n, lam, levels, th) in enumerate(th_cases):
+        ex = exact_threshold(lam, levels, ThresholdPolicy(th), n=n)
+        s = simulate(n, 1, lam, levels, policy=ThresholdPolicy(th), requests=requests, seed=60 + i)
+        for metric, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            add(name + ", tagged chain", metric, ex.percentile(q), "exact", s)
     return rows
 
 
@@ -492,6 +596,11 @@ def main() -> int:
     ap.add_argument(
         "--pstates", action="store_true", help="the worked P-state example of docs/energy-power.md"
     )
+    ap.add_argument(
+        "--hetero",
+        action="store_true",
+        help="approximate() with heterogeneous servers and exact_threshold against simulate",
+    )
     a = ap.parse_args()
     which = (
         "validation"
@@ -502,6 +611,8 @@ def main() -> int:
         if a.scale
         else "pstates"
         if a.pstates
+        else "hetero"
+        if a.hetero
         else "accuracy"
     )
     a.out = a.out or os.path.join(HERE, "results", f"energy_{which}.json")
@@ -531,6 +642,20 @@ def main() -> int:
             strict_dump(res, f, indent=2)
         print(f"wrote {a.out}")
         return 0
+    if a.hetero:
+        rows = hetero(a.requests)
+        print("| case | metric | reference | nature | simulated (± 95 % half-width) | error | ok |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            ok = "" if r["ok"] is None else "yes" if r["ok"] else "NO"
+            print(
+                f"| {r['case']} | {r['metric']} | {r['reference']:.4f} | {r['nature']} | "
+                f"{r['sim']:.4f} ± {r['ci']:.4f} | {r['rel_err']:+.1%} | {ok} |"
+            )
+        with open(a.out, "w") as f:
+            strict_dump({"requests": a.requests, "rows": rows}, f, indent=2)
+        print(f"wrote {a.out}")
+        return 0 if all(r["ok"] is not False for r in rows) else 1
     if a.validation:
         rows = validation(a.requests)
         print(f"{'case':<62} {'exact':>9} {'simulated':>18} ok")

@@ -4,7 +4,9 @@
 ``approximate`` evaluates the closed forms; ``sweep`` runs both over a speed-probability or
 arrival-rate grid; ``pareto_front`` and ``optimize`` answer the design question (the least
 energy, or power, that meets a latency target; ``optimize_policy`` over the parameters of a
-speed policy). See docs/spec_energy.md (the model) and docs/energy-usage.md.
+speed policy); ``exact_threshold`` gives the exact response-time distribution of the
+threshold policy where it is a birth-death chain. See docs/spec_energy.md (the model) and
+docs/energy-usage.md.
 """
 
 from ._model import (
@@ -27,6 +29,7 @@ from .design import (
     pareto_front,
     sweep,
 )
+from .exact import ExactThresholdResult, exact_threshold
 from .power import PowerModel, fit_power_model, levels_from_frequencies, service_rate, service_time
 from .simulate import SimResult, UnstableError, simulate, simulate_trace
 
@@ -34,6 +37,7 @@ __all__ = [
     "MMPP",
     "ApproxResult",
     "DeadlinePolicy",
+    "ExactThresholdResult",
     "OptimizeResult",
     "PolicyOptimizeResult",
     "PowerModel",
@@ -47,6 +51,7 @@ __all__ = [
     "Trace",
     "UnstableError",
     "approximate",
+    "exact_threshold",
     "fit_power_model",
     "levels_from_frequencies",
     "optimize",

@@ -23,6 +23,28 @@ Joshi-Liu-Soljanin below, split-merge above; without cancellation the light-traf
 and NaN where no proven bound exists (several speeds with cancellation; above, without it).
 Energy: the race's sum_s P_s tau_s (exact with one speed, for k = 1 and for k = n; about 1% off
 otherwise), or n sum_s p_s P_s / mu_s without cancellation (exact).
+Heterogeneous servers (``levels`` a list of n level sets, one per server, as simulate takes;
+n equal sets give exactly the single-set answer, with per-(server, level) arrays):
+  (n, 1), cancel     exact: every server works on the head request and all start it together,
+                     so a request's service is Exp(R), R the sum of the servers' drawn rates;
+                     one rate per server: M/M/1 at the summed rate (mean and percentiles);
+                     random levels: M/G/1 with hyperexponential service (mean by
+                     Pollaczek-Khinchine, percentiles from its exponential-mixture sojourn,
+                     mg1_hyperexponential_sojourn; beyond 256 distinct summed rates the tail is
+                     an exponential at rate 1/E[S] - lambda, an approximation),
+  k = n, or no cancel  every server serves every task, so server j is an M/G/1 queue whose
+                     sojourn is exact (an exponential mixture); T ~ the k-th smallest of
+                     independent per-server sojourns (IndependentOrderStatistic). The sojourns
+                     of one request are associated, so for k = n this is an upper bound (mean
+                     and every percentile) and for k = 1 a lower bound; otherwise an
+                     approximation. Stability: lambda < every server's harmonic rate (exact),
+  1 < k < n, cancel  the tandem above at the effective per-server rate of ``method`` over the
+                     heterogeneous servers (race: k / total busy time of an isolated request,
+                     race_hetero; harmonic: n / sum_j 1/h_j; arithmetic: the servers' mean),
+                     an approximation (measured in docs/energy.md).
+  Energy: the heterogeneous race (exact for k = 1 and k = n with cancellation), or
+  sum_j sum_s p_js P_js / r_js without cancellation (exact). ``mean_method`` and
+  ``percentile_method`` say which form (exact, bound or approximation) a result used.
 Percentiles and deadline misses: both tails (the tandem's hypoexponential, the order statistic)
 have stage rates in arithmetic progression, whose survival function is a finite sum of positive
 terms (Hypoexponential), evaluated in logs in O(k) per point: no matrix exponential, any k
@@ -43,6 +65,7 @@ import numpy as np
 
 from . import _stats
 from ._model import Levels, LevelsLike, as_levels, check_nk, check_power, check_rate
+from .simulate import _per_server_levels
 
 METHODS = ("race", "harmonic", "arithmetic")
 
@@ -469,17 +492,33 @@ def approximate(
     method: str = "race",
     cancel: bool = True,
 ) -> ApproxResult:
-    """Closed-form estimates for the (n, k) fork-join service (module docstring). Unstable
-    loads are not an error here: the result has stable=False and infinite latencies."""
+    """Closed-form estimates for the (n, k) fork-join service (module docstring).
+
+    ``levels``: [(rate, power, probability), ...] shared by the n servers, or a list of n such
+    sets, one per server (heterogeneous servers; the per-level arrays of the result then run
+    over server 0's levels, then server 1's, ...). ``mean_method`` and ``percentile_method``
+    name the form used and whether it is exact, a bound or an approximation. Unstable loads
+    are not an error here: the result has stable=False and infinite latencies."""
     fn = "approximate"
     n, k = check_nk(n, k, fn)
     lam = check_rate(arrival_rate, fn)
-    lv = as_levels(levels, fn)
+    sets: list[Levels] = []
+    if _per_server_levels(levels):
+        if len(levels) != n:
+            raise ValueError(
+                f"{fn}: per-server levels must list n = {n} level sets, got {len(levels)}"
+            )
+        sets = [as_levels(one, f"{fn} (levels of server {j})") for j, one in enumerate(levels)]
+        lv = sets[0]
+    else:
+        lv = as_levels(levels, fn)
     p0 = check_power(idle_power, fn)
     if method not in METHODS:
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
     if not isinstance(cancel, bool):
         raise TypeError(f"{fn}: cancel must be a bool, got {type(cancel).__name__}")
+    if sets and any(st != sets[0] for st in sets):
+        return _approximate_hetero(n, k, lam, sets, p0, method, cancel)
     used = [r for r, p in zip(lv.rates, lv.probs) if p > 0]
     if max(used) / min(used) > MAX_RATE_RATIO:
         raise ValueError(
@@ -493,6 +532,12 @@ def approximate(
     unit = Levels(tuple(r / c for r in lv.rates), lv.powers, lv.probs)
     with np.errstate(all="ignore"):
         res = _approximate_unit(n, k, lam / c, unit, p0, method, cancel)
+    if sets:
+        # n identical sets: the per-level arrays run over (server, level) as simulate's do,
+        # each server with an equal share
+        res.busy_cores = np.tile(res.busy_cores / n, n)
+        res.utilisation = np.tile(res.utilisation / n, n)
+        res.busy_time_per_request = np.tile(res.busy_time_per_request / n, n)
     return _rescale(
         res,
         c,
@@ -500,12 +545,20 @@ def approximate(
             n=n,
             k=k,
             arrival_rate=lam,
-            levels=[list(t) for t in zip(lv.rates, lv.powers, lv.probs)],
+            levels=_levels_param(sets) if sets else [list(t) for t in zip(*_level_cols(lv))],
             idle_power=p0,
             cancel=cancel,
             method=method,
         ),
     )
+
+
+def _level_cols(lv: Levels) -> tuple[tuple[float, ...], ...]:
+    return (lv.rates, lv.powers, lv.probs)
+
+
+def _levels_param(sets: list[Levels]) -> list[Any]:
+    return [[list(t) for t in zip(*_level_cols(st))] for st in sets]
 
 
 #: Largest ratio between the fastest and the slowest level in use that approximate accepts.
@@ -698,3 +751,413 @@ def _approximate_unit(
         wasted_time_per_request=float(wasted),
         _tail=tail,
     )
+
+
+# ---------------------------------------------------------------- heterogeneous servers
+def _pb_add(pmf: np.ndarray, f: np.ndarray, times: int = 1) -> np.ndarray:
+    """Add ``times`` independent Bernoulli(f) counts to the truncated pmf (rows c = 0..k-1,
+    columns time points), in place; the mass reaching k is dropped. Positive terms only."""
+    for _ in range(times):
+        moved = pmf * f
+        pmf -= moved
+        pmf[1:] += moved[:-1]
+    return pmf
+
+
+def _pb_pmf_below(F: list[np.ndarray], k: int) -> np.ndarray:
+    """P(S = c), c = 0..k-1, of S = the number of successes of independent Bernoulli(F[j])
+    (one per server, each an array over time points); the mass of S >= k is dropped (only
+    P(S < k) is ever needed). O(n k) per time point."""
+    pmf = np.zeros((k, F[0].size))
+    pmf[0] = 1.0
+    for f in F:
+        _pb_add(pmf, f)
+    return pmf
+
+
+def _pb_leave_one_out(F: list[np.ndarray], counts: list[int], k: int) -> list[np.ndarray]:
+    """For each class c (F[c] with counts[c] servers): P(S_{-j} < k), the count of the other
+    servers when one server j of class c is left out. Divide and conquer over the classes: each
+    half is added to the pmf passed to the other, so the work is O(n log(classes) k) per time
+    point instead of O(n classes k)."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(F)
+
+    def solve(lo: int, hi: int, pmf: np.ndarray) -> None:
+        if hi - lo == 1:
+            out[lo] = _pb_add(pmf.copy(), F[lo], counts[lo] - 1).sum(axis=0)
+            return
+        mid = (lo + hi) // 2
+        left = pmf.copy()
+        for c in range(mid, hi):
+            _pb_add(left, F[c], counts[c])
+        solve(lo, mid, left)
+        right = pmf  # the caller's pmf is not used again
+        for c in range(lo, mid):
+            _pb_add(right, F[c], counts[c])
+        solve(mid, hi, right)
+
+    base = np.zeros((k, F[0].size))
+    base[0] = 1.0
+    solve(0, len(F), base)
+    return out
+
+
+def _classes(sets: list[Levels]) -> dict[Levels, list[int]]:
+    """Servers grouped by their level set (a leave-one-out computation per class, not per
+    server)."""
+    out: dict[Levels, list[int]] = {}
+    for j, st in enumerate(sets):
+        out.setdefault(st, []).append(j)
+    return out
+
+
+def race_hetero(n: int, k: int, sets: list[Levels]) -> dict[str, Any]:
+    """race_integral for heterogeneous servers: server j draws level s with probability
+    p_{j,s} and its task takes Exp(r_{j,s}); with F_j the CDF of server j's time and S_{-j}(t)
+    the number of the other servers done by t (a Poisson-binomial count),
+    tau_{j,s} = p_{j,s} int e^{-r_{j,s} t} P(S_{-j}(t) < k) dt and
+    E[i-th completion] = int P(S(t) < i) dt. Gauss-Legendre quadrature over the same mapped
+    grid as race_integral; O(n k log(classes)) per node, classes = distinct level sets.
+    Returns tau (flattened: server 0's levels, then server 1's, ...) and completion_times."""
+    x, w = _GL
+    x = 0.5 * (x + 1.0)
+    w = 0.5 * w
+    mean_rate = float(np.mean([float(np.asarray(st.probs) @ np.asarray(st.rates)) for st in sets]))
+    scale = (harmonic_number(n) - harmonic_number(n - k)) / mean_rate + 1e-300
+    t = scale * x / (1.0 - x)
+    wj = w * scale / (1.0 - x) ** 2
+    F = [
+        1.0
+        - (np.asarray(st.probs)[:, None] * np.exp(-np.asarray(st.rates)[:, None] * t[None, :])).sum(
+            axis=0
+        )
+        for st in sets
+    ]
+    F = [np.clip(f, 0.0, 1.0) for f in F]
+    cdf = np.minimum(np.cumsum(_pb_pmf_below(F, k), axis=0), 1.0)  # P(S < i), i = 1..k
+    times = (cdf * wj[None, :]).sum(axis=1)
+    classes = _classes(sets)
+    reps = [members[0] for members in classes.values()]
+    below = _pb_leave_one_out([F[j] for j in reps], [len(m) for m in classes.values()], k)
+    tau_of: dict[Levels, np.ndarray] = {}
+    for st, g in zip(classes, below):  # g = P(S_{-j} < k) for a server j of class st
+        e = np.exp(-np.asarray(st.rates)[:, None] * t[None, :])
+        tau_of[st] = np.asarray(st.probs) * (e * (g * wj)[None, :]).sum(axis=1)
+    tau = np.concatenate([tau_of[st] for st in sets])
+    return {"tau": tau, "completion_times": times, "states": 0}
+
+
+class ExponentialMixture:
+    """P(T > t) = sum_i w_i e^{-eta_i t} (weights summing to 1, rates > 0)."""
+
+    def __init__(self, weights: Any, rates: Any) -> None:
+        self.weights = np.asarray(weights, dtype=np.float64).ravel()
+        self.rates = np.asarray(rates, dtype=np.float64).ravel()
+
+    @property
+    def mean(self) -> float:
+        return float((self.weights / self.rates).sum())
+
+    def survival(self, t: float) -> float:
+        t = float(t)
+        if not t > 0:
+            return 1.0
+        return float(min(max((self.weights * np.exp(-self.rates * t)).sum(), 0.0), 1.0))
+
+
+def mg1_hyperexponential_sojourn(lam: float, rates: Any, probs: Any) -> ExponentialMixture:
+    """The exact FCFS sojourn time of an M/G/1 queue whose service is Exp(rates[i]) with
+    probability probs[i]: with B*(s) = sum_i p_i r_i / (r_i + s), the sojourn's transform
+    (1 - rho) s B*(s) / (s - lambda + lambda B*(s)) has m poles -eta, one in (0, r_1) and one
+    in each (r_i, r_{i+1}) (distinct rates sorted; found by bisection, no polynomial roots),
+    so T is a mixture of m exponentials: P(T > t) = sum_i R_i / eta_i e^{-eta_i t} with
+    R_i = -(1 - rho) eta_i (eta_i + lambda) / lambda / (1 - lambda sum_j p_j r_j /
+    (r_j - eta_i)^2). One rate r: Exp(r - lambda). Requires rho < 1."""
+    merged: dict[float, float] = {}
+    for r, p in zip(rates, probs):
+        if p > 0:
+            merged[float(r)] = merged.get(float(r), 0.0) + float(p)
+    r = np.array(sorted(merged))
+    p = np.array([merged[x] for x in r])
+    rho = lam * float((p / r).sum())
+    if not rho < 1.0:
+        raise ValueError(f"mg1_hyperexponential_sojourn: unstable (rho = {rho:g} >= 1)")
+
+    def h(eta: float) -> float:
+        # the pole equation -eta - lambda + lambda B*(-eta) = 0 divided by eta > 0 (no
+        # cancellation near eta = 0): lambda sum_i p_i / (r_i - eta) = 1; h(0) = rho - 1 < 0
+        return lam * float((p / (r - eta)).sum()) - 1.0
+
+    etas = []
+    # h -> -inf just above a pole and +inf just below the next, and h(0) < 0: one root in
+    # (0, r_1) and one in each (r_i, r_{i+1})
+    bounds = [(0.0, float(r[0]))] + [(float(a), float(b)) for a, b in zip(r[:-1], r[1:])]
+    for i, (a, b) in enumerate(bounds):
+        lo = a + (b - a) * 1e-15 if i else 0.0
+        hi = b - (b - a) * 1e-15
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if h(mid) < 0.0:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo <= 4e-16 * hi:
+                break
+        etas.append(0.5 * (lo + hi))
+    eta = np.array(etas)
+    dh = 1.0 - lam * np.array([float((p * r / (r - e) ** 2).sum()) for e in eta])
+    R = -(1.0 - rho) * eta * (eta + lam) / lam / dh
+    return ExponentialMixture(R / eta, eta)
+
+
+class IndependentOrderStatistic:
+    """k-th smallest of independent times, each a mixture of exponentials (ExponentialMixture,
+    or a rate for an exponential): P(T > t) = P(fewer than k are done by t), a
+    Poisson-binomial sum of positive terms, O(n k) per t; the mean by quadrature over
+    race_integral's grid (tested against the exact subset chain)."""
+
+    def __init__(self, parts: Any, k: int) -> None:
+        self.parts = [
+            p if isinstance(p, ExponentialMixture) else ExponentialMixture([1.0], [float(p)])
+            for p in parts
+        ]
+        n = len(self.parts)
+        if not 1 <= k <= n:
+            raise ValueError(f"IndependentOrderStatistic: k must be in [1, {n}], got {k!r}")
+        self.k = int(k)
+        x, w = _GL
+        x = 0.5 * (x + 1.0)
+        w = 0.5 * w
+        scale = (harmonic_number(n) - harmonic_number(n - k)) * float(
+            np.mean([p.mean for p in self.parts])
+        )
+        t = scale * x / (1.0 - x)
+        self._mean = float((self._survival_many(t) * w * scale / (1.0 - x) ** 2).sum())
+
+    def _survival_many(self, t: np.ndarray) -> np.ndarray:
+        F = [
+            np.clip(1.0 - (p.weights[:, None] * np.exp(-np.outer(p.rates, t))).sum(0), 0.0, 1.0)
+            for p in self.parts
+        ]
+        out: np.ndarray = _pb_pmf_below(F, self.k).sum(axis=0)
+        return out
+
+    @property
+    def mean(self) -> float:
+        return self._mean
+
+    def survival(self, t: float) -> float:
+        t = float(t)
+        if not t > 0:
+            return 1.0
+        if math.isinf(t):
+            return 0.0
+        return float(min(max(self._survival_many(np.array([t]))[0], 0.0), 1.0))
+
+
+#: Most distinct values of the summed rate R of the servers' drawn levels for which the
+#: (n, 1) service Exp(R) is treated as an exact hyperexponential (beyond: an exponential tail).
+MAX_RATE_COMBINATIONS = 256
+
+
+def _summed_rate_distribution(sets: list[Levels]) -> dict[float, float] | None:
+    dist: dict[float, float] = {0.0: 1.0}
+    for st in sets:
+        nxt: dict[float, float] = {}
+        for tot, q in dist.items():
+            for r, p in zip(st.rates, st.probs):
+                if p > 0:
+                    key = tot + r
+                    nxt[key] = nxt.get(key, 0.0) + q * p
+        if len(nxt) > MAX_RATE_COMBINATIONS:
+            return None
+        dist = nxt
+    return dist
+
+
+def _approximate_hetero(
+    n: int, k: int, lam: float, sets: list[Levels], p0: float, method: str, cancel: bool
+) -> ApproxResult:
+    """approximate() for per-server level sets (not all equal), in a unit time scale."""
+    fn = "approximate"
+    used = [r for st in sets for r, p in zip(st.rates, st.probs) if p > 0]
+    if max(used) / min(used) > MAX_RATE_RATIO:
+        raise ValueError(
+            f"{fn}: the rates of the levels in use span more than {MAX_RATE_RATIO:g} "
+            f"(from {min(used):g} to {max(used):g}); the slow levels' times are not representable "
+            f"beside the fast ones"
+        )
+    c = max(used)
+    unit = [Levels(tuple(r / c for r in st.rates), st.powers, st.probs) for st in sets]
+    with np.errstate(all="ignore"):
+        res = _approximate_hetero_unit(n, k, lam / c, unit, p0, method, cancel)
+    params = dict(
+        n=n,
+        k=k,
+        arrival_rate=lam,
+        levels=_levels_param(sets),
+        idle_power=p0,
+        cancel=cancel,
+        method=method,
+    )
+    return _rescale(res, c, params)
+
+
+def _approximate_hetero_unit(
+    n: int, k: int, lam: float, sets: list[Levels], p0: float, method: str, cancel: bool
+) -> ApproxResult:
+    rc = race_hetero(n, k, sets)
+    tau_race = rc["tau"]
+    light = float(rc["completion_times"][-1])
+    harm = np.array([1.0 / math.fsum(p / r for r, p in zip(st.rates, st.probs)) for st in sets])
+    arith = np.array([math.fsum(p * r for r, p in zip(st.rates, st.probs)) for st in sets])
+    fastest = [max(r for r, p in zip(st.rates, st.probs) if p > 0) for st in sets]
+    rates = {
+        "arithmetic": float(arith.mean()),
+        "harmonic": n / float((1.0 / harm).sum()),
+        "race": k / float(tau_race.sum()),
+    }
+    mu = rates[method]
+    one_rate = [len({r for r, p in zip(st.rates, st.probs) if p > 0}) == 1 for st in sets]
+    single = all(one_rate)  # every server has one rate in use (the rates differ by server)
+    pr = np.concatenate([np.asarray(st.probs) for st in sets])
+    mus = np.concatenate([np.asarray(st.rates) for st in sets])
+    pw = np.concatenate([np.asarray(st.powers) for st in sets])
+
+    # ------------------------------------------------------------ energy and utilisation
+    if cancel:
+        tau = tau_race  # exact for k = 1 and k = n; the isolated race otherwise
+        wasted = (n - k) * light
+    else:
+        tau = pr / mus  # every task runs to completion: exact
+        wasted = 0.0 if k == n else float(tau.sum()) - float(rc["completion_times"].sum())
+    energy = float(pw @ tau)
+    busy_cores = lam * tau
+    util = busy_cores / n
+    idle_frac = 1.0 - float(util.sum())
+    power = lam * energy + p0 * n * max(idle_frac, 0.0)
+
+    # ------------------------------------------------------------ latency
+    stages = [(n - i) * mu - (k - i) * lam for i in range(k)]
+    lower, upper = light, math.nan  # T >= the request's own k-th task completion
+    tail: Any = None
+    if cancel and k == 1:
+        # every server works on the head request; all start it together (when it reaches the
+        # head), so a request's service is Exp(R), R the sum of the servers' drawn rates
+        if single:
+            total = math.fsum(fastest)
+            limit = total
+            stable = lam < total
+            mean = 1.0 / (total - lam) if stable else math.inf
+            mean_method = "exact (M/M/1 at the summed rate of the servers)"
+            pct_method = "exact (exponential)"
+            if stable:
+                tail = Hypoexponential.arithmetic(total - lam, 0.0, 1)
+            lower = upper = mean
+        else:
+            combos = _summed_rate_distribution(sets)
+            mean_method = "exact (M/G/1, Pollaczek-Khinchine)"
+            if combos is not None:
+                # S ~ Exp(R), R over the combinations of drawn levels: hyperexponential
+                rr = np.array(list(combos))
+                pp = np.array(list(combos.values()))
+                es = float((pp / rr).sum())
+                es2 = float((2.0 * pp / rr**2).sum())
+                pct_method = "exact (M/G/1 with hyperexponential service: exponential mixture)"
+            else:
+                x, w = _GL
+                x = 0.5 * (x + 1.0)
+                w = 0.5 * w
+                scale = 1.0 / float(arith.sum())
+                t = scale * x / (1.0 - x)
+                wj = w * scale / (1.0 - x) ** 2
+                surv = np.ones_like(t)  # P(the race is not over by t) = prod_j E[e^{-r_j t}]
+                for st in sets:
+                    surv *= (np.asarray(st.probs)[:, None] * np.exp(-np.outer(st.rates, t))).sum(0)
+                es = float((surv * wj).sum())
+                es2 = 2.0 * float((t * surv * wj).sum())
+                pct_method = "exponential at rate 1/E[S] - lambda (approximation)"
+            limit = 1.0 / es
+            stable = lam < limit
+            mean = es + lam * es2 / (2.0 * (1.0 - lam * es)) if stable else math.inf
+            if stable:
+                if combos is not None:
+                    tail = mg1_hyperexponential_sojourn(lam, rr, pp)
+                else:
+                    tail = Hypoexponential.arithmetic(limit - lam, 0.0, 1)
+            lower, upper = light, math.nan
+        tandem = math.fsum(1.0 / s for s in stages) if all(s > 0 for s in stages) else math.inf
+    elif k == n or not cancel:
+        # every server serves every task: server j is an M/G/1 queue whose mean sojourn is
+        # exact (Pollaczek-Khinchine; 1 / (r_j - lambda) with one rate, whose sojourn is then
+        # exactly exponential); T ~ the k-th smallest of independent exponential sojourns
+        # with those means
+        limit = float(harm.min())
+        stable = lam < limit
+        tandem = math.fsum(1.0 / s for s in stages) if all(s > 0 for s in stages) else math.inf
+        pk = [_pk_one_server(lam, st) for st in sets]
+        if stable:
+            tail = IndependentOrderStatistic(
+                [mg1_hyperexponential_sojourn(lam, st.rates, st.probs) for st in sets], k
+            )
+            mean = tail.mean
+        else:
+            mean = math.inf
+        if k == n:
+            kind = "an upper bound: the servers' sojourns are associated"
+            upper = mean
+        elif k == 1:
+            kind = "a lower bound: the servers' sojourns are associated"
+            lower = max(light, mean)
+        else:
+            kind = "approximation"
+        mean_method = f"k-th of n independent exact per-server M/G/1 sojourns ({kind})"
+        pct_method = mean_method
+        if k == n and stable:
+            lower = max(light, max(pk))  # E[max_j T_j] >= max_j E[T_j]
+    else:
+        # 1 < k < n with cancellation: the homogeneous tandem at the effective per-server rate
+        # of `method` (race: k / total busy time of an isolated request on these servers)
+        limit = min(n * mu / k, math.fsum(fastest) / k)
+        stable = lam < limit and all(s > 0 for s in stages)
+        tandem = math.fsum(1.0 / s for s in stages) if stable else math.inf
+        mean = tandem
+        mean_method = f"tandem ({method} rate of the heterogeneous servers; approximation)"
+        pct_method = "hypoexponential (tandem stages)"
+        if stable:
+            tail = Hypoexponential.arithmetic(min(stages), abs(mu - lam), k)
+    if not stable:
+        mean = tandem = math.inf
+        tail = None
+    return ApproxResult(
+        params={},
+        method=method,
+        mean_method=mean_method,
+        percentile_method=pct_method,
+        effective_rate=float(mu),
+        effective_rates=rates,
+        stable=bool(stable),
+        stability_limit=float(limit),
+        mean_response_time=float(mean),
+        tandem_response_time=float(tandem),
+        mean_in_system=float(lam * mean),
+        light_traffic_response_time=light,
+        lower_bound=float(lower) if stable else math.inf,
+        upper_bound=float(upper) if stable or math.isnan(upper) else math.inf,
+        stage_rates=[float(s) for s in stages],
+        energy_per_request=energy,
+        average_power=float(power),
+        utilisation=util,
+        busy_cores=busy_cores,
+        busy_time_per_request=tau,
+        idle_fraction=idle_frac,
+        wasted_time_per_request=float(wasted),
+        _tail=tail,
+    )
+
+
+def _pk_one_server(lam: float, st: Levels) -> float:
+    """Mean sojourn of an M/G/1 queue whose service is Exp(r_s) with probability p_s."""
+    es = math.fsum(p / r for r, p in zip(st.rates, st.probs))
+    es2 = math.fsum(2.0 * p / r**2 for r, p in zip(st.rates, st.probs))
+    return es + lam * es2 / (2.0 * (1.0 - lam * es)) if lam * es < 1 else math.inf
