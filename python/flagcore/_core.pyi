@@ -653,6 +653,10 @@ class SimReplication:
     @property
     def wasted_busy_energy(self) -> numpy.typing.NDArray[numpy.float64]:
         ...
+def _at_exit() -> None:
+    """
+    flagcore's atexit hook: native calls on other threads stop calling into Python (registered by flagcore._backend)
+    """
 def build_info() -> dict:
     ...
 def bulyan_select(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], f: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
