@@ -134,7 +134,13 @@ def check(p: int, x: np.ndarray, t: torch.Tensor, f: int, rules: list[str]) -> N
 # each, ~0.8 ms for 800 KB) and what is in the caches. In the round order torch.mean follows
 # torch.sum (whose freed output it reuses) and the mean follows the Gram after the medians, so
 # each is timed right after an untimed call of itself: the steady state of a training loop.
+# Before that pair both wait QUIESCE seconds, so that no other library's threads still spin from
+# the call before (OpenBLAS's idle workers spin ~0.1 s after numpy's eigh, libgomp's ~10 ms after
+# a torch op) and take a core from the pair: each then runs with its own threads just used,
+# nobody else's awake. (Right after torch work, torch's spinning OpenMP threads slow flagcore's
+# threads and help torch's own: OMP_WAIT_POLICY=PASSIVE removes that.)
 BACK_TO_BACK = ("torch.mean", "mean")
+QUIESCE = 0.15
 
 
 def run_case(p: int, n: int, rules: list[str], repeat: int, max_s: float, last: dict) -> list[dict]:
@@ -204,6 +210,7 @@ def run_case(p: int, n: int, rules: list[str], repeat: int, max_s: float, last: 
         for name, fn in fns.items():
             if name in run and run[name] <= 2000.0:
                 if name in BACK_TO_BACK:
+                    time.sleep(QUIESCE)
                     fn()  # untimed: the timed call follows a call of itself
                 t0 = time.perf_counter()
                 fn()

@@ -223,7 +223,7 @@ int tridiagonalise(EighScratch& s, int p) {
         s.d[j] = A[static_cast<size_t>(j) * p + j];
       }
     }
-    if (ts.part.size() > (size_t(4) << 20)) ts = TrdScratch();  // do not keep large buffers
+    if (size_t(p) * size_t(p) > (size_t(4) << 20)) ts = TrdScratch();  // as eigh_top's scratch: not kept
   }
   const char uplo = 'L';
   const int rest = p - i;
