@@ -96,19 +96,24 @@ int syevd(EighScratch& s, int p) {
   return info;
 }
 
-// Householder tridiagonalisation (LAPACK dsytrd's blocked algorithm, lower triangle), with its
-// two matrix-sized steps on flagcore's threads and Ctrl-C checked between panels; the panel
-// factorisation mirrors LAPACK dlatrd. Why not dsytrd itself: it is one call of seconds at
-// p = 4096 that cannot be interrupted, and it is single-threaded here (a threaded OpenBLAS
-// dsymv sums per-thread partials, so its result would depend on the thread count). Both
-// parallel steps below split their work into blocks fixed by the matrix size, each block one
-// single-threaded BLAS call, and combine the blocks in a fixed order: the same result for any
-// thread count.
+// Householder tridiagonalisation from p = kOwnTridiagonalMinP: LAPACK dsytrd's blocked algorithm
+// (lower triangle) run here, with its two matrix-sized steps on flagcore's threads and Ctrl-C
+// checked between panels; the panel factorisation mirrors LAPACK dlatrd. Why not dsytrd itself:
+// it is one call of seconds at p = 4096 that cannot be interrupted, and it is single-threaded
+// here (a threaded OpenBLAS dsymv sums per-thread partials, so its result would depend on the
+// thread count). Both parallel steps split their work into blocks fixed by the matrix size,
+// each block one single-threaded call, and combine the blocks in a fixed order: the same result
+// for any thread count. Below kOwnTridiagonalMinP dsytrd itself (under 0.1 s; on one thread it
+// is 5-10 % faster than this code, and two threads gained nothing at p = 512 here).
+// Measured (quiet, wall time, eigh_top with want = p/2, best of 5; dsytrd vs this code):
+// 1 thread p = 1024 128 vs 140 ms, p = 2048 957 vs 1000 ms; 2 threads p = 1024 113 vs 105 ms,
+// p = 2048 857 vs 660 ms.
+constexpr int kOwnTridiagonalMinP = 1024;
 constexpr int kTrdPanel = 32;      // nb: columns per panel (ilaenv's DSYTRD block size)
 constexpr int kTrdCrossover = 32;  // nx: the last columns go unblocked (dsytd2), as in dsytrd
 constexpr int kSymvBlock = 64;     // columns per dsymv block
 constexpr int kSyr2kBlock = 128;   // columns per block of the trailing update
-constexpr int kParallelMin = 256;  // below this order the blocks run on the calling thread
+constexpr int kParallelMin = 512;  // below this order the blocks run on the calling thread
 
 struct TrdScratch {
   std::vector<double> w;     // the panel's W (m x nb, column-major)
@@ -205,6 +210,17 @@ int tridiagonalise(EighScratch& s, int p) {
   grow(s.d, static_cast<size_t>(p));
   grow(s.e, static_cast<size_t>(p));
   grow(s.tau, static_cast<size_t>(p));
+  if (p < kOwnTridiagonalMinP) {
+    const char uplo = 'L';
+    int info = 0, lwork = -1;
+    double wq = 0.0;
+    scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), &wq, &lwork, &info, 1);
+    lwork = static_cast<int>(wq) + 1;
+    grow(s.work, static_cast<size_t>(lwork));
+    scipy_dsytrd_(&uplo, &p, s.a.data(), &p, s.d.data(), s.e.data(), s.tau.data(), s.work.data(), &lwork,
+                  &info, 1);
+    return info;
+  }
   thread_local TrdScratch ts;
   const int threads = t_inner_threads;
   double* A = s.a.data();

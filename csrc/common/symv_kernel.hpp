@@ -5,7 +5,7 @@
 // triangle below a diagonal block,
 //   yc[c] += sum_r R[r, c] * xb[r]        (the transpose part, c < w)
 //   part[r] = sum_c R[r, c] * xc[c]       (the part, written, r < rows)
-// reading R once (4 columns per pass over the rows). The sums run in a fixed order that
+// reading R once (8 or 4 columns per pass over the rows). The sums run in a fixed order that
 // depends on rows and w only.
 #pragma once
 

@@ -15,7 +15,7 @@ inline double lanes_sum(symv_vec v) {
   return s;
 }
 
-// C columns at once (C = 4, or 1 for the last columns).
+// C columns at once (C = 8 with 32 vector registers, 4, or 1 for the last columns).
 template <int C>
 void symv_columns(int rows, const double* R, int lda, const double* xb, const double* xc, double* yc,
                   double* part, bool first) {
@@ -55,6 +55,10 @@ void symv_columns(int rows, const double* R, int lda, const double* xb, const do
 void symv_rect(int rows, int w, const double* R, int lda, const double* xb, const double* xc, double* yc,
                double* part) {
   int c = 0;
+#if FLAGCORE_VEC_BYTES == 64  // 32 vector registers: 8 columns per pass over part
+  for (; c + 8 <= w; c += 8)
+    symv_columns<8>(rows, R + static_cast<long>(c) * lda, lda, xb, xc + c, yc + c, part, c == 0);
+#endif
   for (; c + 4 <= w; c += 4)
     symv_columns<4>(rows, R + static_cast<long>(c) * lda, lda, xb, xc + c, yc + c, part, c == 0);
   for (; c < w; ++c)
