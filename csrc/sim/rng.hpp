@@ -15,6 +15,8 @@
 #include <cstring>
 #include <vector>
 
+#include "sim/philox_simd.hpp"
+
 namespace flagcore {
 namespace sim {
 
@@ -44,9 +46,12 @@ inline void philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2], ui
 
 // A stream of 64-bit words: Philox blocks (key = seed, counter = (block, stream)) generated
 // kBlocks at a time into a buffer, each block giving two words (out[1]:out[0], out[3]:out[2]).
+// The blocks come from the AVX2 / AVX-512 kernel of philox_simd.hpp where the CPU has one (the
+// same words), else from the portable loop below.
 class Rng {
  public:
-  Rng(uint64_t seed, uint64_t stream) : key_{uint32_t(seed), uint32_t(seed >> 32)}, stream_(stream) {}
+  Rng(uint64_t seed, uint64_t stream)
+      : key_{uint32_t(seed), uint32_t(seed >> 32)}, stream_(stream), batch_(philox_batch_kernel()) {}
 
   uint64_t next_u64() {
     if (pos_ == kWords) refill();
@@ -61,12 +66,18 @@ class Rng {
   uint64_t below(uint64_t m) { return uint64_t((__uint128_t(next_u64()) * m) >> 64); }
 
  private:
-  static constexpr int kBlocks = 32;
+  static constexpr int kBlocks = kPhiloxBatch;
   static constexpr int kWords = 2 * kBlocks;
-  // The blocks are computed lane-wise (one array per counter word, each round over all
-  // blocks) so that the compiler vectorises the 32x32->64 multiplies; same values as
-  // philox4x32_10 block by block.
+  // The portable loop computes the blocks lane-wise (one array per counter word, each round
+  // over all blocks) so that the compiler vectorises the 32x32->64 multiplies (SSE2); same
+  // values as philox4x32_10 block by block.
   void refill() {
+    if (batch_ != nullptr) {
+      batch_(key_, stream_, block_, buf_);
+      block_ += kBlocks;
+      pos_ = 0;
+      return;
+    }
     uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks];
     for (int b = 0; b < kBlocks; ++b) {
       const uint64_t blk = block_ + uint64_t(b);
@@ -102,6 +113,7 @@ class Rng {
   uint32_t key_[2];
   uint64_t stream_;
   uint64_t block_ = 0;
+  PhiloxBatchFn batch_;
   int pos_ = kWords;
   uint64_t buf_[kWords];
 };
@@ -249,8 +261,7 @@ struct ExpZiggurat {
 __attribute__((always_inline))  // the hot path of every run: an out-of-line call costs ~5%
 #endif
 inline double
-sample_exponential(Rng& rng) {
-  const ExpZiggurat& z = ExpZiggurat::get();
+sample_exponential(Rng& rng, const ExpZiggurat& z) {
   for (;;) {
     const uint64_t bits = rng.next_u64();
     const int i = int(bits & 0xff);
@@ -260,6 +271,14 @@ sample_exponential(Rng& rng) {
     if (i == 0) return ExpZiggurat::kR - det_log(rng.uniform_pos());  // memoryless tail
     if (z.f[i] + rng.uniform() * (z.f[i + 1] - z.f[i]) < det_exp(-x)) return x;
   }
+}
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline double
+sample_exponential(Rng& rng) {
+  return sample_exponential(rng, ExpZiggurat::get());
 }
 
 // Marsaglia's polar method (log, sqrt and division only; sqrt is exact in IEEE-754).
