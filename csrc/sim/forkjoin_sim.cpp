@@ -20,6 +20,7 @@ namespace sim {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int kMaxScan = 16;  // most event slots (servers + 1) searched linearly
 
 // Where arrivals, work amounts and levels come from: the seeded generator...
 struct RandomSource {
@@ -122,8 +123,9 @@ struct TraceOut {
 
 // kSleep / kRedraw: sleep states configured / levels redrawn at arrivals; kPolicy: the
 // SpeedPolicy; kStall: switch_time > 0. Compile-time, so that a run without them pays nothing
-// for them.
-template <class Source, bool kSleep, bool kRedraw, int kPolicy, bool kStall>
+// for them. kTree: the event slots in a tournament tree (1), scanned (0), or chosen at run time
+// by the number of slots (-1).
+template <class Source, bool kSleep, bool kRedraw, int kPolicy, bool kStall, int kTree = -1>
 class Engine {
   // a task's level may change while it runs (its remaining work is then tracked)
   static constexpr bool kMid = kRedraw || kPolicy == int(SpeedPolicy::threshold);
@@ -160,7 +162,7 @@ class Engine {
         trace_(trace),
         trace_mode_(trace.departures != nullptr) {
     const int slots = n_ + 1;
-    use_tree_ = slots > 16;
+    use_tree_ = kTree >= 0 ? kTree == 1 : slots > kMaxScan;
     leaves_ = 1;
     while (leaves_ < slots) leaves_ *= 2;
     ev_time_.assign(size_t(leaves_), kInf);
@@ -270,7 +272,7 @@ class Engine {
   void schedule(int slot, double t) {
     ev_time_[size_t(slot)] = t;
     ev_seq_[size_t(slot)] = ++seq_;
-    if (use_tree_ && !dirty_flag_[size_t(slot)]) {  // the tree is brought up to date lazily
+    if (tree() && !dirty_flag_[size_t(slot)]) {  // the tree is brought up to date lazily
       dirty_flag_[size_t(slot)] = 1;
       dirty_[size_t(n_dirty_++)] = slot;
     }
@@ -293,8 +295,14 @@ class Engine {
     for (int d = 0; d < n_dirty_; ++d) dirty_flag_[size_t(dirty_[size_t(d)])] = 0;
     n_dirty_ = 0;
   }
+  bool tree() const {
+    if constexpr (kTree >= 0)
+      return kTree == 1;
+    else
+      return use_tree_;
+  }
   int next_slot() {
-    if (use_tree_) {
+    if (tree()) {
       update_tree();
       return tree_[1];
     }
@@ -646,9 +654,33 @@ class Engine {
         schedule(j, begin + work_left_[size_t(j)] / rates_[size_t(lev)]);
       }
     }
-    for (int j = 0; j < n_; ++j)
-      if (cur_[size_t(j)] == r && !(sleep_ && waking_[size_t(j)])) wake_or_start(j, r, t);
+    for_each_at(r, [&](int j) {
+      if (!(sleep_ && waking_[size_t(j)])) wake_or_start(j, r, t);
+    });
     schedule(n_, src_.next_arrival(r + 1, t));
+  }
+
+  // f(j) for every server j whose current request is r, in ascending j; f(j) may change cur_[j]
+  // but no other server's. With many servers they are selected first, branch-free, then
+  // visited by their bits (one loop exit to predict instead of one random branch per server;
+  // with a few servers the plain loop was as fast).
+  template <class F>
+  void for_each_at(int64_t r, F&& f) {
+    const int64_t* cur = cur_.data();
+    if (!tree()) {
+      for (int j = 0; j < n_; ++j)
+        if (cur[j] == r) f(j);
+      return;
+    }
+    for (int base = 0; base < n_; base += 64) {
+      const int end = std::min(n_, base + 64);
+      uint64_t mask = 0;
+      for (int j = base; j < end; ++j) mask |= uint64_t(cur[j] == r) << (j - base);
+      while (mask != 0) {
+        f(base + __builtin_ctzll(mask));
+        mask &= mask - 1;
+      }
+    }
   }
 
   void on_completion(int j, double t) {
@@ -674,8 +706,7 @@ class Engine {
     Request& q = req(r);
     q.departure = t;
     if (cancel_) {
-      for (int i = 0; i < n_; ++i) {
-        if (cur_[size_t(i)] != r) continue;
+      for_each_at(r, [&](int i) {
         if (sleep_ && waking_[size_t(i)]) {  // the task never started: nothing ran
           task_busy_[size_t(i)] = 0.0;
           task_energy_[size_t(i)] = 0.0;
@@ -686,7 +717,7 @@ class Engine {
         end_task(i, q, true);
         ++res_.events;
         advance(i, r, t);
-      }
+      });
     }
     if (q.ended == n_) finalize(r);
   }
@@ -1070,7 +1101,10 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
       cfg.server_levels.empty() && cfg.sleep_states.empty() && !cfg.redraw_on_arrival &&
       cfg.policy == SpeedPolicy::random && cfg.switch_time == 0.0) {
     PlainSource plain{src.rng, src.inv_rate, &ExpZiggurat::get()};
-    Engine<PlainSource, false, false, 0, false>(cfg, plain, res, progress, TraceOut{}).run();
+    if (cfg.n + 1 > kMaxScan)
+      Engine<PlainSource, false, false, 0, false, 1>(cfg, plain, res, progress, TraceOut{}).run();
+    else
+      Engine<PlainSource, false, false, 0, false, 0>(cfg, plain, res, progress, TraceOut{}).run();
   } else if (!cfg.sleep_states.empty())
     run_engine<true>(cfg, src, res, progress);
   else
