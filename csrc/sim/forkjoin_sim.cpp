@@ -306,8 +306,25 @@ class Engine {
       update_tree();
       return tree_[1];
     }
-    // branch-free scan: the comparisons of random times would mispredict half the time
+    // The earliest time by a scan whose branches the CPU predicts (a branch-free minimum was
+    // slower: it makes every event wait for the whole comparison chain). The sequence numbers
+    // decide only between equal times (deterministic work, equal trace times, tiny work);
+    // +inf slots are idle and all-idle ends the run, whichever slot is returned.
     const double* tm = ev_time_.data();
+    int first = 0;
+    double ft = tm[0];
+    bool tie = false;
+    for (int i = 1; i <= n_; ++i) {
+      const double t = tm[i];
+      if (t < ft) {
+        ft = t;
+        first = i;
+        tie = false;
+      } else if (t == ft) {
+        tie = true;
+      }
+    }
+    if (!tie || ft == kInf) return first;
     const uint64_t* sq = ev_seq_.data();
     int best = 0;
     double bt = tm[0];
