@@ -226,6 +226,7 @@ class Engine {
     if constexpr (kRedraw)
       for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level(j);
     tb_next_ = fb_next_ = batch_start(1);
+    if (!trace_mode_) frow_ = &batch_row(0);
   }
 
   void run() {
@@ -359,13 +360,14 @@ class Engine {
     return w0_ + int64_t((num + batches_ - 1) / batches_);
   }
   BatchRow& batch_row(int64_t b) { return res_.batch[size_t(b)]; }
+  BatchRow& time_row() { return *trow_; }  // batch_row(tb_), kept as a pointer
 
   void integrate(double t) {
     if (window_ != 1) return;
     const double dt = t - last_t_;
     const double area = double(tail_ - head_) * dt;
     res_.integral_in_system += area;
-    BatchRow& row = batch_row(tb_);
+    BatchRow& row = time_row();
     row.integral_in_system += area;
     row.duration += dt;
     last_t_ = t;
@@ -395,7 +397,7 @@ class Engine {
       res_.dynamic_energy_window += p * w;
       task_win_e_[kMid ? size_t(j) * size_t(m_) + size_t(lev - off_[size_t(j)]) : size_t(j)] += p * w;
       if (window_ == 1) {
-        BatchRow& row = batch_row(tb_);
+        BatchRow& row = time_row();
         row.dynamic_energy += p * w;
         row.busy_time += w;
       }
@@ -405,7 +407,7 @@ class Engine {
   void count_switch() {
     if (window_ != 1) return;
     ++res_.switches;
-    batch_row(tb_).other_energy += switch_energy_;
+    time_row().other_energy += switch_energy_;
   }
   // A stall of switch_time for server j from `from` (a change of level); returns its end.
   double stall(int j, double from) {
@@ -416,7 +418,7 @@ class Engine {
       res_.stall_time += w;
       res_.stall_energy += switch_power_ * w;
       if (window_ == 1) {
-        BatchRow& row = batch_row(tb_);
+        BatchRow& row = time_row();
         row.other_energy += switch_power_ * w;
         row.other_time += w;
       }
@@ -542,7 +544,7 @@ class Engine {
         res_.sleep_time[size_t(i)] += w;
         res_.sleep_energy[size_t(i)] += p * w;
         if (window_ == 1) {
-          BatchRow& row = batch_row(tb_);
+          BatchRow& row = time_row();
           row.other_energy += p * w;
           row.other_time += w;
         }
@@ -576,7 +578,7 @@ class Engine {
       res_.wake_time += w;
       res_.wake_energy += p * w;
       if (window_ == 1) {
-        BatchRow& row = batch_row(tb_);
+        BatchRow& row = time_row();
         row.other_energy += p * w;
         row.other_time += w;
       }
@@ -590,7 +592,7 @@ class Engine {
   // Trace replay: the window closes at t, when the system has emptied after the last arrival.
   void close_window(double t) {
     integrate(t);
-    batch_row(tb_).in_system_at_end = double(tail_ - head_);
+    time_row().in_system_at_end = double(tail_ - head_);
     if constexpr (kSleep) close_window_sleep(t);
     window_ = 2;
     res_.t_end = t;
@@ -611,15 +613,17 @@ class Engine {
         res_.t_start = t;
         last_t_ = t;
         tb_ = 0;
+        trow_ = &batch_row(0);
         tb_next_ = batch_start(1);
       } else if (r == w1_) {
-        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        time_row().in_system_at_end = double(tail_ - head_);
         if constexpr (kSleep) close_window_sleep(t);
         window_ = 2;
         res_.t_end = t;
       } else if (window_ == 1 && r >= tb_next_) {
-        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        time_row().in_system_at_end = double(tail_ - head_);
         while (r >= tb_next_) tb_next_ = batch_start(++tb_ + 1);
+        trow_ = &batch_row(tb_);
       }
     }
     if (tail_ - fin_ == int64_t(ring_.size())) grow_ring();
@@ -778,9 +782,10 @@ class Engine {
     res_.sum_wasted_energy += q.wasted_energy;
     if (r >= fb_next_) {  // the next batch of finalised requests
       while (r >= fb_next_) fb_next_ = batch_start(++fb_ + 1);
+      frow_ = &batch_row(fb_);
     }
     const int64_t b = fb_;
-    BatchRow& row = batch_row(b);
+    BatchRow& row = *frow_;
     row.requests += 1.0;
     row.sum_response += T;
     row.sum_energy += q.energy;
@@ -847,6 +852,8 @@ class Engine {
   int64_t tb_ = 0;                // batch of the time window
   int64_t tb_next_ = 0;           // first request of batch tb_ + 1
   int64_t fb_ = 0, fb_next_ = 0;  // batch of the finalised requests, first request of the next
+  BatchRow* trow_ = nullptr;      // &batch_row(tb_) once the window has opened
+  BatchRow* frow_ = nullptr;      // &batch_row(fb_) (set below when not a trace)
   double last_t_ = 0.0;
 };
 
