@@ -233,8 +233,8 @@ class Engine {
     schedule(n_, src_.next_arrival(0, 0.0));
     int64_t countdown = kCheckInterval;
     for (;;) {
-      const int slot = next_slot();
-      const double t = ev_time_[size_t(slot)];
+      double t;
+      const int slot = next_slot(t);
       if (t == kInf) break;  // trace exhausted
       if (slot == n_) {
         on_arrival(t);
@@ -302,9 +302,11 @@ class Engine {
     else
       return use_tree_;
   }
-  int next_slot() {
+  // The next event's slot, and its time in t.
+  int next_slot(double& t_out) {
     if (tree()) {
       update_tree();
+      t_out = ev_time_[size_t(tree_[1])];
       return tree_[1];
     }
     // The earliest time by a scan whose branches the CPU predicts (a branch-free minimum was
@@ -325,6 +327,7 @@ class Engine {
         tie = true;
       }
     }
+    t_out = ft;
     if (!tie || ft == kInf) return first;
     const uint64_t* sq = ev_seq_.data();
     int best = 0;
@@ -338,6 +341,7 @@ class Engine {
       bs = lt ? s : bs;
       best = lt ? i : best;
     }
+    t_out = bt;  // equal to ft, but -0.0 and +0.0 compare equal
     return best;
   }
 

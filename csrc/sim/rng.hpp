@@ -235,6 +235,7 @@ struct ExpZiggurat {
   static constexpr double kV = 3.9496598225815571993e-3;  // area of each layer
   double x[257];  // x[0] = kV / f(kR) (base strip), x[1] = kR > x[2] > ... > x[256] = 0
   double f[257];  // f[i] = exp(-x[i])
+  double xs[257];  // x[i] * 2^-53, exact: u * x[i] with u = m * 2^-53 is m * xs[i], one multiply
   ExpZiggurat() {
     x[1] = kR;
     f[1] = det_exp(-kR);
@@ -246,6 +247,7 @@ struct ExpZiggurat {
     }
     x[256] = 0.0;
     f[256] = 1.0;
+    for (int i = 0; i < 257; ++i) xs[i] = x[i] * 0x1.0p-53;
   }
 #if defined(__GNUC__)
   __attribute__((always_inline))
@@ -265,8 +267,7 @@ sample_exponential(Rng& rng, const ExpZiggurat& z) {
   for (;;) {
     const uint64_t bits = rng.next_u64();
     const int i = int(bits & 0xff);
-    const double u = double(bits >> 11) * 0x1.0p-53;
-    const double x = u * z.x[i];
+    const double x = double(bits >> 11) * z.xs[i];  // = (bits >> 11) * 2^-53 * x[i], rounded once
     if (x < z.x[i + 1]) return x;
     if (i == 0) return ExpZiggurat::kR - det_log(rng.uniform_pos());  // memoryless tail
     if (z.f[i] + rng.uniform() * (z.f[i + 1] - z.f[i]) < det_exp(-x)) return x;
