@@ -259,19 +259,34 @@ struct ExpZiggurat {
   }
 };
 
+// The rest of a draw whose first point (layer i, value x) fell outside the layer's rectangle:
+// the base strip's tail or the wedge test, then new points until one is accepted. Out of line:
+// inlined into the event loop, its constants and branches cost every draw (~1% reach it).
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+inline double
+sample_exponential_edge(Rng& rng, const ExpZiggurat& z, int i, double x) {
+  for (;;) {
+    if (i == 0) return ExpZiggurat::kR - det_log(rng.uniform_pos());  // memoryless tail
+    if (z.f[i] + rng.uniform() * (z.f[i + 1] - z.f[i]) < det_exp(-x)) return x;
+    const uint64_t bits = rng.next_u64();
+    i = int(bits & 0xff);
+    x = double(bits >> 11) * z.xs[i];
+    if (x < z.x[i + 1]) return x;
+  }
+}
+
 #if defined(__GNUC__)
 __attribute__((always_inline))  // the hot path of every run: an out-of-line call costs ~5%
 #endif
 inline double
 sample_exponential(Rng& rng, const ExpZiggurat& z) {
-  for (;;) {
-    const uint64_t bits = rng.next_u64();
-    const int i = int(bits & 0xff);
-    const double x = double(bits >> 11) * z.xs[i];  // = (bits >> 11) * 2^-53 * x[i], rounded once
-    if (x < z.x[i + 1]) return x;
-    if (i == 0) return ExpZiggurat::kR - det_log(rng.uniform_pos());  // memoryless tail
-    if (z.f[i] + rng.uniform() * (z.f[i + 1] - z.f[i]) < det_exp(-x)) return x;
-  }
+  const uint64_t bits = rng.next_u64();
+  const int i = int(bits & 0xff);
+  const double x = double(bits >> 11) * z.xs[i];  // = (bits >> 11) * 2^-53 * x[i], rounded once
+  if (__builtin_expect(x < z.x[i + 1], 1)) return x;
+  return sample_exponential_edge(rng, z, i, x);
 }
 
 #if defined(__GNUC__)
