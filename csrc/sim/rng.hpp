@@ -233,8 +233,8 @@ enum class ServiceKind : int {
 struct ExpZiggurat {
   static constexpr double kR = 7.69711747013104972;       // start of the tail
   static constexpr double kV = 3.9496598225815571993e-3;  // area of each layer
-  double x[257];  // x[0] = kV / f(kR) (base strip), x[1] = kR > x[2] > ... > x[256] = 0
-  double f[257];  // f[i] = exp(-x[i])
+  double x[257];   // x[0] = kV / f(kR) (base strip), x[1] = kR > x[2] > ... > x[256] = 0
+  double f[257];   // f[i] = exp(-x[i])
   double xs[257];  // x[i] * 2^-53, exact: u * x[i] with u = m * 2^-53 is m * xs[i], one multiply
   ExpZiggurat() {
     x[1] = kR;
