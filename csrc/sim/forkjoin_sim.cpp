@@ -635,7 +635,7 @@ class Engine {
         trow_ = &batch_row(tb_);
       }
     }
-    if (tail_ - fin_ == int64_t(ring_.size())) grow_ring();
+    if (tail_ - fin_ > mask_) grow_ring();  // full: mask_ + 1 = ring_.size()
     Request& q = req(r);
     q = Request{t, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0};
     ++tail_;
