@@ -20,12 +20,12 @@ namespace sim {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr int kMaxScan = 16;
+constexpr int kMaxScan = 16;  // most event slots (servers + 1) searched linearly
 #if defined(__GNUC__)
 #define FLAGCORE_SIM_INLINE __attribute__((always_inline)) inline
 #else
 #define FLAGCORE_SIM_INLINE inline
-#endif  // most event slots (servers + 1) searched linearly
+#endif
 
 // Where arrivals, work amounts and levels come from: the seeded generator...
 struct RandomSource {
@@ -877,7 +877,7 @@ class Engine {
   int64_t tb_next_ = 0;           // first request of batch tb_ + 1
   int64_t fb_ = 0, fb_next_ = 0;  // batch of the finalised requests, first request of the next
   BatchRow* trow_ = nullptr;      // &batch_row(tb_) once the window has opened
-  BatchRow* frow_ = nullptr;      // &batch_row(fb_) (set below when not a trace)
+  BatchRow* frow_ = nullptr;      // &batch_row(fb_) (set in the constructor unless a trace)
   double last_t_ = 0.0;
 };
 
