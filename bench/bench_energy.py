@@ -9,7 +9,9 @@ Then requests per second on one thread (best of --repeat), and replications on 1
 Ciw (no fork-join) runs M/M/1, checked against 1/(mu - lam). The feature cases time flagcore's
 event loop with the model options on (two speed levels, sleep states, MMPP arrivals) and off,
 and, with --baseline DIR (a directory holding an older `flagcore` package, e.g. main's build),
-the same plain cases with that build in a subprocess: the new options must cost nothing when off.
+the same cases with that build in a subprocess: the new options must cost nothing when off, and
+results for a seed are the same bits. The goals: (4, 2) with cancellation at >= 10 M requests/s
+and (100, 50) at >= 15 M tasks/s, one thread (printed with the table, stored under "goals").
 
     python bench/bench_energy.py [--requests 1000000] [--simpy-requests 50000]
                                  [--ciw-requests 20000]
@@ -37,6 +39,7 @@ from flagcore.energy._stats import half_width
 
 #: Event-loop speed cases: name, n, k, arrival rate, options (one thread, requests/s and tasks/s)
 FEATURE_CASES = [
+    ("M/M/1", 1, 1, 0.7, {}),
     ("(4,2) cancel", 4, 2, 1.5, {}),
     ("(100,50) cancel", 100, 50, 1.5, {}),
     ("(4,2) two levels", 4, 2, 1.5, {"levels": [(1.0, 1.0, 0.5), (3.0, 9.0, 0.5)]}),
@@ -71,17 +74,18 @@ FEATURE_CASES = [
     ),
     ("(4,2) trace", 4, 2, 1.5, {"trace": True}),
 ]
-PLAIN = ("(4,2) cancel", "(100,50) cancel")
+#: Speed goals (issue 15), one thread, by CPU time: case name -> (measure, minimum)
+GOALS = {"(4,2) cancel": ("requests_per_s_cpu", 10e6), "(100,50) cancel": ("tasks_per_s_cpu", 15e6)}
 
+# The baseline times the same FEATURE_CASES with its own flagcore: this file is loaded as a
+# module in a child process whose path puts the older package first.
 _BASELINE_CHILD = """
-import json, sys
-from flagcore.energy import simulate
-out = {}
-for name, n, k, lam, req, repeat in json.loads(sys.argv[1]):
-    best = min(simulate(n, k, lam, [(1.0, 1.0, 1.0)], requests=req, warmup=0, seed=s,
-                        threads=1).cpu_seconds for s in range(repeat))
-    out[name] = req / best
-print(json.dumps(out))
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("bench_energy_baseline", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+feats = mod.time_features(int(sys.argv[2]), int(sys.argv[3]))
+print(json.dumps({f["name"]: f["requests_per_s_cpu"] for f in feats}))
 """
 
 
@@ -116,14 +120,17 @@ def time_features(requests: int, repeat: int) -> list:
 
 
 def time_baseline(path: str, requests: int, repeat: int) -> dict:
-    cases = [
-        (name, n, k, lam, requests if n < 50 else max(requests // 20, 1000), repeat)
-        for name, n, k, lam, _ in FEATURE_CASES
-        if name in PLAIN
-    ]
+    """Requests/s (CPU time) of every FEATURE_CASES case with the flagcore package in `path`."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
     res = subprocess.run(
-        [sys.executable, "-c", _BASELINE_CHILD, json.dumps(cases)],
+        [
+            sys.executable,
+            "-c",
+            _BASELINE_CHILD,
+            os.path.abspath(__file__),
+            str(requests),
+            str(repeat),
+        ],
         env=env,
         cwd="/",
         capture_output=True,
@@ -377,6 +384,15 @@ def main() -> int:
         "flagcore "
         f"{c['flagcore_speedup_cpu']:.0f}x faster"
     )
+    results["goals"] = {
+        name: dict(
+            measure=measure,
+            minimum=minimum,
+            value=next(f[measure] for f in feats if f["name"] == name),
+            met=next(f[measure] for f in feats if f["name"] == name) >= minimum,
+        )
+        for name, (measure, minimum) in GOALS.items()
+    }
     print("\nevent loop, one thread, by CPU time (best of --repeat):")
     print(f"  {'case':<20} {'requests/s':>12} {'tasks/s':>12} {'baseline req/s':>15} {'ratio':>6}")
     for f_ in feats:
@@ -387,6 +403,11 @@ def main() -> int:
             f"  {f_['name']:<20} {f_['requests_per_s_cpu'] / 1e6:>10.2f} M "
             f"{f_['tasks_per_s_cpu'] / 1e6:>10.2f} M "
             f"{bs:>15} {ratio:>6}"
+        )
+    for name, g in results["goals"].items():
+        print(
+            f"  goal {name}: {g['measure']} >= {g['minimum'] / 1e6:.0f} M: "
+            f"{g['value'] / 1e6:.2f} M, {'met' if g['met'] else 'MISSED'}"
         )
     with open(a.out, "w") as f:
         strict_dump(results, f, indent=2)

@@ -12,6 +12,7 @@
 #include "common/cancel.hpp"
 #include "common/check.hpp"
 #include "common/parallel.hpp"
+#include "common/simd.hpp"
 #include "sim/histogram.hpp"
 
 namespace flagcore {
@@ -19,6 +20,12 @@ namespace sim {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int kMaxScan = 16;  // most event slots (servers + 1) searched linearly
+#if defined(__GNUC__)
+#define FLAGCORE_SIM_INLINE __attribute__((always_inline)) inline
+#else
+#define FLAGCORE_SIM_INLINE inline
+#endif
 
 // Where arrivals, work amounts and levels come from: the seeded generator...
 struct RandomSource {
@@ -83,6 +90,18 @@ struct RandomSource {
   }
 };
 
+// ...or, for the common model (Poisson arrivals, exponential work, one speed level shared by
+// every server), the same draws in the same order without RandomSource's per-draw tests.
+struct PlainSource {
+  Rng rng;
+  double inv_rate;
+  const ExpZiggurat* zig;  // not ExpZiggurat::get() per draw: that tests a guard variable
+  double next_arrival(int64_t /*r*/, double now) { return now + sample_exponential(rng, *zig) * inv_rate; }
+  double work(int64_t /*r*/, int /*j*/) { return sample_exponential(rng, *zig); }
+  int level(int /*j*/) { return 0; }
+  Rng& rng_ref() { return rng; }
+};
+
 // ...or given arrays (the path-wise oracle tests).
 struct TraceSource {
   const double* arrivals;
@@ -109,8 +128,9 @@ struct TraceOut {
 
 // kSleep / kRedraw: sleep states configured / levels redrawn at arrivals; kPolicy: the
 // SpeedPolicy; kStall: switch_time > 0. Compile-time, so that a run without them pays nothing
-// for them.
-template <class Source, bool kSleep, bool kRedraw, int kPolicy, bool kStall>
+// for them. kTree: the event slots in a tournament tree (1), scanned (0), or chosen at run time
+// by the number of slots (-1).
+template <class Source, bool kSleep, bool kRedraw, int kPolicy, bool kStall, int kTree = -1>
 class Engine {
   // a task's level may change while it runs (its remaining work is then tracked)
   static constexpr bool kMid = kRedraw || kPolicy == int(SpeedPolicy::threshold);
@@ -147,7 +167,7 @@ class Engine {
         trace_(trace),
         trace_mode_(trace.departures != nullptr) {
     const int slots = n_ + 1;
-    use_tree_ = slots > 16;
+    use_tree_ = kTree >= 0 ? kTree == 1 : slots > kMaxScan;
     leaves_ = 1;
     while (leaves_ < slots) leaves_ *= 2;
     ev_time_.assign(size_t(leaves_), kInf);
@@ -211,14 +231,15 @@ class Engine {
     if constexpr (kRedraw)
       for (int j = 0; j < n_; ++j) level_[size_t(j)] = src_.level(j);
     tb_next_ = fb_next_ = batch_start(1);
+    if (!trace_mode_) frow_ = &batch_row(0);
   }
 
   void run() {
     schedule(n_, src_.next_arrival(0, 0.0));
     int64_t countdown = kCheckInterval;
     for (;;) {
-      const int slot = next_slot();
-      const double t = ev_time_[size_t(slot)];
+      double t;
+      const int slot = next_slot(t);
       if (t == kInf) break;  // trace exhausted
       if (slot == n_) {
         on_arrival(t);
@@ -257,7 +278,7 @@ class Engine {
   void schedule(int slot, double t) {
     ev_time_[size_t(slot)] = t;
     ev_seq_[size_t(slot)] = ++seq_;
-    if (use_tree_ && !dirty_flag_[size_t(slot)]) {  // the tree is brought up to date lazily
+    if (tree() && !dirty_flag_[size_t(slot)]) {  // the tree is brought up to date lazily
       dirty_flag_[size_t(slot)] = 1;
       dirty_[size_t(n_dirty_++)] = slot;
     }
@@ -280,13 +301,39 @@ class Engine {
     for (int d = 0; d < n_dirty_; ++d) dirty_flag_[size_t(dirty_[size_t(d)])] = 0;
     n_dirty_ = 0;
   }
-  int next_slot() {
-    if (use_tree_) {
+  bool tree() const {
+    if constexpr (kTree >= 0)
+      return kTree == 1;
+    else
+      return use_tree_;
+  }
+  // The next event's slot, and its time in t.
+  int next_slot(double& t_out) {
+    if (tree()) {
       update_tree();
+      t_out = ev_time_[size_t(tree_[1])];
       return tree_[1];
     }
-    // branch-free scan: the comparisons of random times would mispredict half the time
+    // The earliest time by a scan whose branches the CPU predicts (a branch-free minimum was
+    // slower: it makes every event wait for the whole comparison chain). The sequence numbers
+    // decide only between equal times (deterministic work, equal trace times, tiny work);
+    // +inf slots are idle and all-idle ends the run, whichever slot is returned.
     const double* tm = ev_time_.data();
+    int first = 0;
+    double ft = tm[0];
+    bool tie = false;
+    for (int i = 1; i <= n_; ++i) {
+      const double t = tm[i];
+      if (t < ft) {
+        ft = t;
+        first = i;
+        tie = false;
+      } else if (t == ft) {
+        tie = true;
+      }
+    }
+    t_out = ft;
+    if (!tie || ft == kInf) return first;
     const uint64_t* sq = ev_seq_.data();
     int best = 0;
     double bt = tm[0];
@@ -299,6 +346,7 @@ class Engine {
       bs = lt ? s : bs;
       best = lt ? i : best;
     }
+    t_out = bt;  // equal to ft, but -0.0 and +0.0 compare equal
     return best;
   }
 
@@ -321,13 +369,14 @@ class Engine {
     return w0_ + int64_t((num + batches_ - 1) / batches_);
   }
   BatchRow& batch_row(int64_t b) { return res_.batch[size_t(b)]; }
+  BatchRow& time_row() { return *trow_; }  // batch_row(tb_), kept as a pointer
 
   void integrate(double t) {
     if (window_ != 1) return;
     const double dt = t - last_t_;
     const double area = double(tail_ - head_) * dt;
     res_.integral_in_system += area;
-    BatchRow& row = batch_row(tb_);
+    BatchRow& row = time_row();
     row.integral_in_system += area;
     row.duration += dt;
     last_t_ = t;
@@ -357,7 +406,7 @@ class Engine {
       res_.dynamic_energy_window += p * w;
       task_win_e_[kMid ? size_t(j) * size_t(m_) + size_t(lev - off_[size_t(j)]) : size_t(j)] += p * w;
       if (window_ == 1) {
-        BatchRow& row = batch_row(tb_);
+        BatchRow& row = time_row();
         row.dynamic_energy += p * w;
         row.busy_time += w;
       }
@@ -367,7 +416,7 @@ class Engine {
   void count_switch() {
     if (window_ != 1) return;
     ++res_.switches;
-    batch_row(tb_).other_energy += switch_energy_;
+    time_row().other_energy += switch_energy_;
   }
   // A stall of switch_time for server j from `from` (a change of level); returns its end.
   double stall(int j, double from) {
@@ -378,7 +427,7 @@ class Engine {
       res_.stall_time += w;
       res_.stall_energy += switch_power_ * w;
       if (window_ == 1) {
-        BatchRow& row = batch_row(tb_);
+        BatchRow& row = time_row();
         row.other_energy += switch_power_ * w;
         row.other_time += w;
       }
@@ -504,7 +553,7 @@ class Engine {
         res_.sleep_time[size_t(i)] += w;
         res_.sleep_energy[size_t(i)] += p * w;
         if (window_ == 1) {
-          BatchRow& row = batch_row(tb_);
+          BatchRow& row = time_row();
           row.other_energy += p * w;
           row.other_time += w;
         }
@@ -538,7 +587,7 @@ class Engine {
       res_.wake_time += w;
       res_.wake_energy += p * w;
       if (window_ == 1) {
-        BatchRow& row = batch_row(tb_);
+        BatchRow& row = time_row();
         row.other_energy += p * w;
         row.other_time += w;
       }
@@ -552,7 +601,7 @@ class Engine {
   // Trace replay: the window closes at t, when the system has emptied after the last arrival.
   void close_window(double t) {
     integrate(t);
-    batch_row(tb_).in_system_at_end = double(tail_ - head_);
+    time_row().in_system_at_end = double(tail_ - head_);
     if constexpr (kSleep) close_window_sleep(t);
     window_ = 2;
     res_.t_end = t;
@@ -573,18 +622,20 @@ class Engine {
         res_.t_start = t;
         last_t_ = t;
         tb_ = 0;
+        trow_ = &batch_row(0);
         tb_next_ = batch_start(1);
       } else if (r == w1_) {
-        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        time_row().in_system_at_end = double(tail_ - head_);
         if constexpr (kSleep) close_window_sleep(t);
         window_ = 2;
         res_.t_end = t;
       } else if (window_ == 1 && r >= tb_next_) {
-        batch_row(tb_).in_system_at_end = double(tail_ - head_);
+        time_row().in_system_at_end = double(tail_ - head_);
         while (r >= tb_next_) tb_next_ = batch_start(++tb_ + 1);
+        trow_ = &batch_row(tb_);
       }
     }
-    if (tail_ - fin_ == int64_t(ring_.size())) grow_ring();
+    if (tail_ - fin_ > mask_) grow_ring();  // full: mask_ + 1 = ring_.size()
     Request& q = req(r);
     q = Request{t, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0};
     ++tail_;
@@ -633,9 +684,33 @@ class Engine {
         schedule(j, begin + work_left_[size_t(j)] / rates_[size_t(lev)]);
       }
     }
-    for (int j = 0; j < n_; ++j)
-      if (cur_[size_t(j)] == r && !(sleep_ && waking_[size_t(j)])) wake_or_start(j, r, t);
+    for_each_at(r, [&](int j) {
+      if (!(sleep_ && waking_[size_t(j)])) wake_or_start(j, r, t);
+    });
     schedule(n_, src_.next_arrival(r + 1, t));
+  }
+
+  // f(j) for every server j whose current request is r, in ascending j; f(j) may change cur_[j]
+  // but no other server's. With many servers they are selected first, branch-free, then
+  // visited by their bits (one loop exit to predict instead of one random branch per server;
+  // with a few servers the plain loop was as fast).
+  template <class F>
+  void for_each_at(int64_t r, F&& f) {
+    const int64_t* cur = cur_.data();
+    if (!tree()) {
+      for (int j = 0; j < n_; ++j)
+        if (cur[j] == r) f(j);
+      return;
+    }
+    for (int base = 0; base < n_; base += 64) {
+      const int end = std::min(n_, base + 64);
+      uint64_t mask = 0;
+      for (int j = base; j < end; ++j) mask |= uint64_t(cur[j] == r) << (j - base);
+      while (mask != 0) {
+        f(base + __builtin_ctzll(mask));
+        mask &= mask - 1;
+      }
+    }
   }
 
   void on_completion(int j, double t) {
@@ -652,7 +727,7 @@ class Engine {
     if (!late && q.done == k_)
       depart(r, t);
     else if (late && q.ended == n_)
-      finalize(r);
+      finalize_call(r);
   }
 
   void depart(int64_t r, double t) {
@@ -661,8 +736,7 @@ class Engine {
     Request& q = req(r);
     q.departure = t;
     if (cancel_) {
-      for (int i = 0; i < n_; ++i) {
-        if (cur_[size_t(i)] != r) continue;
+      for_each_at(r, [&](int i) {
         if (sleep_ && waking_[size_t(i)]) {  // the task never started: nothing ran
           task_busy_[size_t(i)] = 0.0;
           task_energy_[size_t(i)] = 0.0;
@@ -673,9 +747,9 @@ class Engine {
         end_task(i, q, true);
         ++res_.events;
         advance(i, r, t);
-      }
+      });
     }
-    if (q.ended == n_) finalize(r);
+    if (q.ended == n_) finalize_call(r);
   }
 
   void flush_hist() {
@@ -692,7 +766,22 @@ class Engine {
     hist_hi_ = -1;
   }
 
-  void finalize(int64_t r) {
+  // finalize inlined into its callers with the scan (a few servers: +3 % requests/s at
+  // (4, 2)), out of line with the tree (inlined, (100, 50) ran 3 % slower)
+  void finalize_call(int64_t r) {
+    if constexpr (kTree == 0)
+      finalize(r);
+    else
+      finalize_outline(r);
+  }
+#if defined(__GNUC__)
+  __attribute__((noinline))
+#endif
+  void
+  finalize_outline(int64_t r) {
+    finalize(r);
+  }
+  FLAGCORE_SIM_INLINE void finalize(int64_t r) {
     FLAGCORE_CHECK_STATE(r == fin_, "fork-join: request " << r << " finalised before request " << fin_);
     ++fin_;
     const Request& q = req(r);
@@ -717,9 +806,10 @@ class Engine {
     res_.sum_wasted_energy += q.wasted_energy;
     if (r >= fb_next_) {  // the next batch of finalised requests
       while (r >= fb_next_) fb_next_ = batch_start(++fb_ + 1);
+      frow_ = &batch_row(fb_);
     }
     const int64_t b = fb_;
-    BatchRow& row = batch_row(b);
+    BatchRow& row = *frow_;
     row.requests += 1.0;
     row.sum_response += T;
     row.sum_energy += q.energy;
@@ -786,6 +876,8 @@ class Engine {
   int64_t tb_ = 0;                // batch of the time window
   int64_t tb_next_ = 0;           // first request of batch tb_ + 1
   int64_t fb_ = 0, fb_next_ = 0;  // batch of the finalised requests, first request of the next
+  BatchRow* trow_ = nullptr;      // &batch_row(tb_) once the window has opened
+  BatchRow* frow_ = nullptr;      // &batch_row(fb_) (set in the constructor unless a trace)
   double last_t_ = 0.0;
 };
 
@@ -973,6 +1065,16 @@ void run_engine(const ForkJoinConfig& cfg, RandomSource& src, ForkJoinResult& re
 
 }  // namespace
 
+PhiloxBatchFn philox_batch_kernel() {
+#if defined(FLAGCORE_X86_DISPATCH)
+  // AVX2 on AVX-512 machines too: a 512-bit version (4 blocks per register) ran the whole
+  // event loop 4-5 % slower than the 128-bit portable loop on a Xeon (frequency licence / port
+  // sharing), the 256-bit one 3-5 % faster.
+  if (simd_level() != SimdLevel::generic) return &simd_avx2::philox_batch;
+#endif
+  return nullptr;
+}
+
 ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
   validate(cfg);
   const auto t0 = std::chrono::steady_clock::now();
@@ -1043,7 +1145,15 @@ ForkJoinResult simulate_forkjoin(const ForkJoinConfig& cfg, int64_t* progress) {
     }
   }
   ForkJoinResult res;
-  if (!cfg.sleep_states.empty())
+  if (src.mode == 0 && cfg.service == ServiceKind::exponential && cfg.rates.size() == 1 &&
+      cfg.server_levels.empty() && cfg.sleep_states.empty() && !cfg.redraw_on_arrival &&
+      cfg.policy == SpeedPolicy::random && cfg.switch_time == 0.0) {
+    PlainSource plain{src.rng, src.inv_rate, &ExpZiggurat::get()};
+    if (cfg.n + 1 > kMaxScan)
+      Engine<PlainSource, false, false, 0, false, 1>(cfg, plain, res, progress, TraceOut{}).run();
+    else
+      Engine<PlainSource, false, false, 0, false, 0>(cfg, plain, res, progress, TraceOut{}).run();
+  } else if (!cfg.sleep_states.empty())
     run_engine<true>(cfg, src, res, progress);
   else
     run_engine<false>(cfg, src, res, progress);

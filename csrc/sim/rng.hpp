@@ -15,6 +15,8 @@
 #include <cstring>
 #include <vector>
 
+#include "sim/philox_simd.hpp"
+
 namespace flagcore {
 namespace sim {
 
@@ -44,9 +46,12 @@ inline void philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2], ui
 
 // A stream of 64-bit words: Philox blocks (key = seed, counter = (block, stream)) generated
 // kBlocks at a time into a buffer, each block giving two words (out[1]:out[0], out[3]:out[2]).
+// The blocks come from the AVX2 / AVX-512 kernel of philox_simd.hpp where the CPU has one (the
+// same words), else from the portable loop below.
 class Rng {
  public:
-  Rng(uint64_t seed, uint64_t stream) : key_{uint32_t(seed), uint32_t(seed >> 32)}, stream_(stream) {}
+  Rng(uint64_t seed, uint64_t stream)
+      : key_{uint32_t(seed), uint32_t(seed >> 32)}, stream_(stream), batch_(philox_batch_kernel()) {}
 
   uint64_t next_u64() {
     if (pos_ == kWords) refill();
@@ -61,12 +66,18 @@ class Rng {
   uint64_t below(uint64_t m) { return uint64_t((__uint128_t(next_u64()) * m) >> 64); }
 
  private:
-  static constexpr int kBlocks = 32;
+  static constexpr int kBlocks = kPhiloxBatch;
   static constexpr int kWords = 2 * kBlocks;
-  // The blocks are computed lane-wise (one array per counter word, each round over all
-  // blocks) so that the compiler vectorises the 32x32->64 multiplies; same values as
-  // philox4x32_10 block by block.
+  // The portable loop computes the blocks lane-wise (one array per counter word, each round
+  // over all blocks) so that the compiler vectorises the 32x32->64 multiplies (SSE2); same
+  // values as philox4x32_10 block by block.
   void refill() {
+    if (batch_ != nullptr) {
+      batch_(key_, stream_, block_, buf_);
+      block_ += kBlocks;
+      pos_ = 0;
+      return;
+    }
     uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks];
     for (int b = 0; b < kBlocks; ++b) {
       const uint64_t blk = block_ + uint64_t(b);
@@ -102,6 +113,7 @@ class Rng {
   uint32_t key_[2];
   uint64_t stream_;
   uint64_t block_ = 0;
+  PhiloxBatchFn batch_;
   int pos_ = kWords;
   uint64_t buf_[kWords];
 };
@@ -221,8 +233,9 @@ enum class ServiceKind : int {
 struct ExpZiggurat {
   static constexpr double kR = 7.69711747013104972;       // start of the tail
   static constexpr double kV = 3.9496598225815571993e-3;  // area of each layer
-  double x[257];  // x[0] = kV / f(kR) (base strip), x[1] = kR > x[2] > ... > x[256] = 0
-  double f[257];  // f[i] = exp(-x[i])
+  double x[257];   // x[0] = kV / f(kR) (base strip), x[1] = kR > x[2] > ... > x[256] = 0
+  double f[257];   // f[i] = exp(-x[i])
+  double xs[257];  // x[i] * 2^-53, exact: u * x[i] with u = m * 2^-53 is m * xs[i], one multiply
   ExpZiggurat() {
     x[1] = kR;
     f[1] = det_exp(-kR);
@@ -234,6 +247,7 @@ struct ExpZiggurat {
     }
     x[256] = 0.0;
     f[256] = 1.0;
+    for (int i = 0; i < 257; ++i) xs[i] = x[i] * 0x1.0p-53;
   }
 #if defined(__GNUC__)
   __attribute__((always_inline))
@@ -245,21 +259,42 @@ struct ExpZiggurat {
   }
 };
 
+// The rest of a draw whose first point (layer i, value x) fell outside the layer's rectangle:
+// the base strip's tail or the wedge test, then new points until one is accepted. Out of line:
+// inlined into the event loop, its constants and branches cost every draw (~1% reach it).
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+inline double
+sample_exponential_edge(Rng& rng, const ExpZiggurat& z, int i, double x) {
+  for (;;) {
+    if (i == 0) return ExpZiggurat::kR - det_log(rng.uniform_pos());  // memoryless tail
+    if (z.f[i] + rng.uniform() * (z.f[i + 1] - z.f[i]) < det_exp(-x)) return x;
+    const uint64_t bits = rng.next_u64();
+    i = int(bits & 0xff);
+    x = double(bits >> 11) * z.xs[i];
+    if (x < z.x[i + 1]) return x;
+  }
+}
+
 #if defined(__GNUC__)
 __attribute__((always_inline))  // the hot path of every run: an out-of-line call costs ~5%
 #endif
 inline double
+sample_exponential(Rng& rng, const ExpZiggurat& z) {
+  const uint64_t bits = rng.next_u64();
+  const int i = int(bits & 0xff);
+  const double x = double(bits >> 11) * z.xs[i];  // = (bits >> 11) * 2^-53 * x[i], rounded once
+  if (__builtin_expect(x < z.x[i + 1], 1)) return x;
+  return sample_exponential_edge(rng, z, i, x);
+}
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline double
 sample_exponential(Rng& rng) {
-  const ExpZiggurat& z = ExpZiggurat::get();
-  for (;;) {
-    const uint64_t bits = rng.next_u64();
-    const int i = int(bits & 0xff);
-    const double u = double(bits >> 11) * 0x1.0p-53;
-    const double x = u * z.x[i];
-    if (x < z.x[i + 1]) return x;
-    if (i == 0) return ExpZiggurat::kR - det_log(rng.uniform_pos());  // memoryless tail
-    if (z.f[i] + rng.uniform() * (z.f[i + 1] - z.f[i]) < det_exp(-x)) return x;
-  }
+  return sample_exponential(rng, ExpZiggurat::get());
 }
 
 // Marsaglia's polar method (log, sqrt and division only; sqrt is exact in IEEE-754).
