@@ -19,9 +19,9 @@ namespace blas {
 //   evals  : evals[k] for k < want, descending                                          // [P]
 //   evecs  : p x p row-major, column k (evecs[i * p + k]) the unit eigenvector of evals[k] for
 //            k < want; the other columns are left untouched                           // [P, P]
-// Householder tridiagonalisation (LAPACK dsytrd's blocked algorithm, its matrix-vector and
-// rank-2k steps on fixed blocks run on flagcore's threads, Ctrl-C checked per panel of 32
-// columns), then the wanted pairs of the tridiagonal T:
+// Householder tridiagonalisation (LAPACK dsytrd below p = 1024; from p = 1024 dsytrd's blocked
+// algorithm run here, its matrix-vector and rank-2k steps on fixed blocks on flagcore's threads,
+// Ctrl-C checked per panel of 32 columns), then the wanted pairs of the tridiagonal T:
 // want <= p / 8 by MRRR (dstemr, only those pairs), more by divide and conquer (dstedc, all
 // pairs of T: cheaper than MRRR for many pairs on the FA's spectra); then the back-transformation
 // (dormtr) of the `want` wanted vectors only, on fixed blocks of columns run on flagcore's

@@ -260,9 +260,15 @@ bool sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
 
 // out[i, k] = (sum_j A[i, j] x_j[k]) / div[i] for rows i in [i0, i1) and columns
 // [k0, k0 + len), accumulated in T (the data's precision, as a BLAS GEMM would) in the order
-// j = 0, 1, ..., m - 1. Register tile: MR output rows x 2 vectors of columns (MR = 8 with 32
-// vector registers, else 4); the caller sizes [k0, k0 + len) so that the m row segments stay
-// in L2.
+// j = 0, 1, ..., m - 1. From m = kMixPackMinRows input rows (too many separate streams for the
+// hardware prefetchers), and for a last partial tile, the columns of a register tile of CW
+// columns are first packed into a contiguous j-major panel (zero past len), which the tile
+// then streams instead of m separate row segments (p = 1000, n = 1e4 NNM: 326 -> 240 ms on one
+// thread); the arithmetic is the same. Register tile: MR output rows x 2 vectors of columns
+// (MR = 8 with 32 vector registers, else 4); the caller sizes [k0, k0 + len) so that the
+// segments stay in L2. Ctrl-C is checked every 64 output rows.
+constexpr int64_t kMixPackMinRows = 128;
+
 template <typename T>
 void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t i0, int64_t i1, int64_t k0,
                 int64_t len, T* const* out) {
@@ -271,37 +277,55 @@ void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t
   constexpr int NC = 2;                 // vectors of columns per register tile
   constexpr int MR = VB == 64 ? 8 : 4;  // output rows per register tile
   constexpr int CW = NC * W;            // columns per register tile
+  const int64_t ntiles = (len + CW - 1) / CW;
+  const int64_t full = len / CW;                            // tiles of CW columns
+  const int64_t packed0 = m >= kMixPackMinRows ? 0 : full;  // first packed tile
+  thread_local std::vector<T> pack_buf;
+  const size_t need = static_cast<size_t>((ntiles - packed0) * m * CW);
+  if (pack_buf.size() < need) pack_buf.resize(need);
+  T* pb = pack_buf.data();
+  for (int64_t t = packed0; t < ntiles; ++t) {
+    const int64_t k = t * CW;
+    const int valid = static_cast<int>(std::min<int64_t>(CW, len - k));
+    T* panel = pb + (t - packed0) * m * CW;
+    if (valid == CW) {
+      for (int64_t j = 0; j < m; ++j) std::memcpy(panel + j * CW, xs[j] + k0 + k, sizeof(T) * CW);
+    } else {
+      for (int64_t j = 0; j < m; ++j) {
+        std::memcpy(panel + j * CW, xs[j] + k0 + k, sizeof(T) * static_cast<size_t>(valid));
+        for (int w = valid; w < CW; ++w) panel[j * CW + w] = T(0);
+      }
+    }
+  }
   for (int64_t i = i0; i < i1; i += MR) {
+    if ((i - i0) % 64 == 0) check_cancel();
     const int rows = static_cast<int>(std::min<int64_t>(MR, i1 - i));
     const T* a[MR];
     for (int r = 0; r < MR; ++r) a[r] = A + (i + std::min(r, rows - 1)) * m;
-    for (int64_t k = 0; k < len; k += CW) {
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t k = t * CW;
       const int valid = static_cast<int>(std::min<int64_t>(CW, len - k));
       vec acc[MR][NC];
       for (int r = 0; r < MR; ++r)
         for (int u = 0; u < NC; ++u) acc[r][u] = vec{};
-      if (valid == CW) {
-        for (int64_t j = 0; j < m; ++j) {
-          const T* xj = xs[j] + k0 + k;
-          vec x[NC];
-          for (int u = 0; u < NC; ++u) std::memcpy(&x[u], xj + u * W, sizeof(vec));
-          for (int r = 0; r < MR; ++r) {
-            const vec c = a[r][j] - vec{};  // a broadcast (x - 0 is x: no add is emitted)
-            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
-          }
-        }
+      // one step: the j-th row segment of the tile times the MR coefficients A[i + r][j]
+#define FLAGCORE_MIX_STEP(XJ)                                                 \
+  {                                                                           \
+    const T* xj = (XJ);                                                       \
+    vec x[NC];                                                                \
+    for (int u = 0; u < NC; ++u) std::memcpy(&x[u], xj + u * W, sizeof(vec)); \
+    for (int r = 0; r < MR; ++r) {                                            \
+      const vec c = a[r][j] - vec{}; /* a broadcast (x - 0 is x: no add) */   \
+      for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];                     \
+    }                                                                         \
+  }
+      if (t >= packed0) {
+        const T* panel = pb + (t - packed0) * m * CW;
+        for (int64_t j = 0; j < m; ++j) FLAGCORE_MIX_STEP(panel + j * CW)
       } else {
-        for (int64_t j = 0; j < m; ++j) {
-          alignas(64) T buf[CW] = {};
-          std::memcpy(buf, xs[j] + k0 + k, sizeof(T) * static_cast<size_t>(valid));
-          vec x[NC];
-          std::memcpy(x, buf, sizeof(x));
-          for (int r = 0; r < MR; ++r) {
-            const vec c = a[r][j] - vec{};
-            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
-          }
-        }
+        for (int64_t j = 0; j < m; ++j) FLAGCORE_MIX_STEP(xs[j] + k0 + k)
       }
+#undef FLAGCORE_MIX_STEP
       for (int r = 0; r < rows; ++r) {
         alignas(64) T res[CW];
         std::memcpy(res, acc[r], sizeof(res));

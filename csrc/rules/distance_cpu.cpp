@@ -396,9 +396,9 @@ void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64
       kernel = static_cast<Fn>(&simd_generic::mix_rows);
       break;
   }
-  // Column block: the m row segments take ~512 KiB (L2); a multiple of 192 columns (of every
-  // register tile width). Output rows in groups of 64 per step, so a task polls for Ctrl-C
-  // every few milliseconds.
+  // Column block: its packed panels (m x cols) take ~512 KiB (L2); a multiple of 192 columns (of
+  // every register tile width). The kernel packs the block once and polls for Ctrl-C every 64
+  // output rows.
   const int64_t cols = std::max<int64_t>(
       192, std::min<int64_t>(4032, (int64_t(1) << 19) / (std::max<int64_t>(m, 1) * int64_t(sizeof(T)))) /
                192 * 192);
@@ -406,10 +406,7 @@ void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64
   parallel_for(static_cast<size_t>(tasks), [&](size_t t) {
     const int64_t k0 = static_cast<int64_t>(t) * cols;
     const int64_t len = std::min(cols, n - k0);
-    for (int64_t i0 = 0; i0 < p_out; i0 += 64) {
-      check_cancel();
-      kernel(xs, m, A, div, i0, std::min(p_out, i0 + 64), k0, len, out);
-    }
+    kernel(xs, m, A, div, 0, p_out, k0, len, out);
   });
 }
 
