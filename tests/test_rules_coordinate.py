@@ -252,6 +252,26 @@ def test_means_equal_numpy_bit_for_bit(seed):
         np.testing.assert_array_equal(got, x[info.selected].mean(axis=0))
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_mean_of_negative_zeros_has_numpy_sign(level):
+    # numpy's add.reduce starts from +0.0, so a column of -0.0 has mean +0.0 (compared as bits:
+    # assert_array_equal takes -0.0 == +0.0); p = 1, 3, 9 run the 1-, 4- and 8-row groups.
+    supported = flagcore.build_info()["simd_supported"]
+    if (level == "avx512" and supported != "avx512") or (level == "avx2" and supported == "generic"):
+        pytest.skip(f"this CPU has no {level}")
+    try:
+        core.set_simd_level(level)
+        for p in (1, 3, 9, 33):
+            for dtype, bits in ((np.float64, np.uint64), (np.float32, np.uint32)):
+                x = np.full((p, 40), -0.0, dtype)
+                x[:, 20:] = np.arange(20, dtype=dtype) - 7
+                want = x.astype(np.float64).mean(axis=0).astype(dtype)
+                got = flagcore.aggregate(x, "mean")
+                np.testing.assert_array_equal(got.view(bits), want.view(bits), err_msg=f"p={p} {dtype}")
+    finally:
+        core.set_simd_level("auto")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_closest_means_within_an_ulp_class(seed):
     """MeaMed, Phocas and Bulyan's final step average a window of sorted values in value order

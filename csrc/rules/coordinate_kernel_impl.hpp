@@ -148,7 +148,8 @@ inline uint64_t add_span(const T* const* x, const double* c, int64_t k, int64_t 
                          T* __restrict out, double d) {
   uint64_t nonfinite = 0;
   for (int64_t kk = k; kk < kend; ++kk) {
-    double a = kFirst ? (kOnes ? double(x[0][kk]) : c[0] * double(x[0][kk])) : acc[kk];
+    // kOnes: the sum starts from +0.0 as numpy's add.reduce does (a column of -0.0 sums to +0.0)
+    double a = kFirst ? (kOnes ? double(x[0][kk]) + 0.0 : c[0] * double(x[0][kk])) : acc[kk];
     for (int j = kFirst ? 1 : 0; j < R; ++j) a += kOnes ? double(x[j][kk]) : c[j] * double(x[j][kk]);
     acc[kk] = a;
     if constexpr (kFinish == 1) out[kk] = static_cast<T>(a);
