@@ -55,6 +55,8 @@ thread_local int t_inner_threads = 0;  // InnerThreads: 0 = flagcore's thread co
 struct EighScratch {
   std::vector<double> a, w, z, work, d, e, tau;
   std::vector<int> iwork, isuppz;
+  std::vector<double> trd_w;     // own tridiagonalisation: the panel's W (m x nb, column-major)
+  std::vector<double> trd_part;  // its dsymv: per block, the contribution to the rows below it
 };
 
 EighScratch& scratch() {
@@ -114,11 +116,7 @@ constexpr int kTrdCrossover = 32;  // nx: the last columns go unblocked (dsytd2)
 constexpr int kSymvBlock = 64;     // columns per dsymv block
 constexpr int kSyr2kBlock = 128;   // columns per block of the trailing update
 constexpr int kParallelMin = 512;  // below this order the blocks run on the calling thread
-
-struct TrdScratch {
-  std::vector<double> w;     // the panel's W (m x nb, column-major)
-  std::vector<double> part;  // dsymv: per block, its contribution to the rows below it
-};
+static_assert(kOwnTridiagonalMinP > kTrdCrossover + kTrdPanel, "the own path runs at least one panel");
 
 // y = A x for the m x m symmetric A whose lower triangle is stored (column-major, lda), in
 // column blocks of kSymvBlock: block b adds its diagonal triangle and the transpose of the
@@ -221,25 +219,22 @@ int tridiagonalise(EighScratch& s, int p) {
                   &info, 1);
     return info;
   }
-  thread_local TrdScratch ts;
   const int threads = t_inner_threads;
   double* A = s.a.data();
+  grow(s.trd_w, static_cast<size_t>(p) * kTrdPanel);
   int i = 0;
-  if (p > kTrdCrossover) {
-    grow(ts.w, static_cast<size_t>(p) * kTrdPanel);
-    for (; i < p - kTrdCrossover; i += kTrdPanel) {
-      check_cancel();
-      const int m = p - i;
-      double* Ai = A + static_cast<size_t>(i) * p + i;
-      latrd_lower(m, kTrdPanel, Ai, p, s.e.data() + i, s.tau.data() + i, ts.w.data(), m, ts.part, threads);
-      syr2k_lower(m - kTrdPanel, kTrdPanel, Ai + kTrdPanel, p, ts.w.data() + kTrdPanel, m,
-                  Ai + static_cast<size_t>(kTrdPanel) * p + kTrdPanel, p, threads);
-      for (int j = i; j < i + kTrdPanel; ++j) {
-        A[static_cast<size_t>(j) * p + j + 1] = s.e[j];
-        s.d[j] = A[static_cast<size_t>(j) * p + j];
-      }
+  for (; i < p - kTrdCrossover; i += kTrdPanel) {
+    check_cancel();
+    const int m = p - i;
+    double* Ai = A + static_cast<size_t>(i) * p + i;
+    latrd_lower(m, kTrdPanel, Ai, p, s.e.data() + i, s.tau.data() + i, s.trd_w.data(), m, s.trd_part,
+                threads);
+    syr2k_lower(m - kTrdPanel, kTrdPanel, Ai + kTrdPanel, p, s.trd_w.data() + kTrdPanel, m,
+                Ai + static_cast<size_t>(kTrdPanel) * p + kTrdPanel, p, threads);
+    for (int j = i; j < i + kTrdPanel; ++j) {
+      A[static_cast<size_t>(j) * p + j + 1] = s.e[j];
+      s.d[j] = A[static_cast<size_t>(j) * p + j];
     }
-    if (size_t(p) * size_t(p) > (size_t(4) << 20)) ts = TrdScratch();  // as eigh_top's scratch: not kept
   }
   const char uplo = 'L';
   const int rest = p - i;
