@@ -265,10 +265,11 @@ bool sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
 // hardware prefetchers), and for a last partial tile, the columns of a register tile of CW
 // columns are first packed into a contiguous j-major panel (zero past len), which the tile
 // then streams instead of m separate row segments (p = 1000, n = 1e4 NNM: 326 -> 240 ms on one
-// thread); the arithmetic is the same. Register tile: MR output rows x 2 vectors of columns
+// thread; p = 64, n = 1e5: 17-20 -> 13-15 ms; below 64 rows packing cost more than it saved: at
+// p = 8 3.7 -> 5.3 ms); the arithmetic is the same. Register tile: MR output rows x 2 vectors of columns
 // (MR = 8 with 32 vector registers, else 4); the caller sizes [k0, k0 + len) so that the
 // segments stay in L2. Ctrl-C is checked every 64 output rows.
-constexpr int64_t kMixPackMinRows = 128;
+constexpr int64_t kMixPackMinRows = 64;
 
 template <typename T>
 void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t i0, int64_t i1, int64_t k0,
@@ -309,24 +310,24 @@ void mix_kernel(const T* const* xs, int64_t m, const T* A, const T* div, int64_t
       vec acc[MR][NC];
       for (int r = 0; r < MR; ++r)
         for (int u = 0; u < NC; ++u) acc[r][u] = vec{};
-      // one step: the j-th row segment of the tile times the MR coefficients A[i + r][j]
-#define FLAGCORE_MIX_STEP(XJ)                                                 \
-  {                                                                           \
-    const T* xj = (XJ);                                                       \
-    vec x[NC];                                                                \
-    for (int u = 0; u < NC; ++u) std::memcpy(&x[u], xj + u * W, sizeof(vec)); \
-    for (int r = 0; r < MR; ++r) {                                            \
-      const vec c = a[r][j] - vec{}; /* a broadcast (x - 0 is x: no add) */   \
-      for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];                     \
-    }                                                                         \
-  }
+      // sum over j of the j-th row segment of the tile times the MR coefficients A[i + r][j]
+      auto accumulate = [&](auto segment) {
+        for (int64_t j = 0; j < m; ++j) {
+          const T* xj = segment(j);
+          vec x[NC];
+          for (int u = 0; u < NC; ++u) std::memcpy(&x[u], xj + u * W, sizeof(vec));
+          for (int r = 0; r < MR; ++r) {
+            const vec c = a[r][j] - vec{};  // a broadcast (x - 0 is x: no add is emitted)
+            for (int u = 0; u < NC; ++u) acc[r][u] += c * x[u];
+          }
+        }
+      };
       if (t >= packed0) {
         const T* panel = pb + (t - packed0) * m * CW;
-        for (int64_t j = 0; j < m; ++j) FLAGCORE_MIX_STEP(panel + j * CW)
+        accumulate([&](int64_t j) { return panel + j * CW; });
       } else {
-        for (int64_t j = 0; j < m; ++j) FLAGCORE_MIX_STEP(xs[j] + k0 + k)
+        accumulate([&](int64_t j) { return xs[j] + k0 + k; });
       }
-#undef FLAGCORE_MIX_STEP
       for (int r = 0; r < rows; ++r) {
         alignas(64) T res[CW];
         std::memcpy(res, acc[r], sizeof(res));
