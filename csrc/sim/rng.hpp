@@ -46,8 +46,8 @@ inline void philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2], ui
 
 // A stream of 64-bit words: Philox blocks (key = seed, counter = (block, stream)) generated
 // kBlocks at a time into a buffer, each block giving two words (out[1]:out[0], out[3]:out[2]).
-// The blocks come from the AVX2 / AVX-512 kernel of philox_simd.hpp where the CPU has one (the
-// same words), else from the portable loop below.
+// The blocks come from the AVX2 kernel of philox_simd.hpp where the CPU has AVX2 (AVX-512 CPUs
+// included; the same words), else from the portable loop below.
 class Rng {
  public:
   Rng(uint64_t seed, uint64_t stream)
