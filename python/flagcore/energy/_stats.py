@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -171,6 +172,25 @@ def hist_exceed(counts: np.ndarray, d: float) -> float:
     if math.isfinite(hi) and hi > lo:
         above += counts[i] * (hi - max(d, lo)) / (hi - lo)
     return float(above / total)
+
+
+def survival_quantile(survival: Callable[[float], float], mean: float, q: float) -> float:
+    """The q-quantile of a distribution on [0, inf) given its survival function: the t where
+    survival(t) falls to 1 - q, by doubling from the mean and bisection to a relative 1e-12."""
+    target = 1.0 - q
+    hi = max(mean, 1e-300)
+    while survival(hi) > target:
+        hi *= 2.0
+    lo = 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if survival(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return float(0.5 * (lo + hi))
 
 
 class PercentileShortcuts:

@@ -382,21 +382,7 @@ class OrderStatistic:
 
 
 def _quantile(dist: Any, q: float) -> float:
-    target = 1.0 - q
-    hi = max(dist.mean, 1e-300)
-    while dist.survival(hi) > target:
-        hi *= 2.0
-    lo = 0.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if dist.survival(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    root: float = 0.5 * (lo + hi)
-    return root
+    return _stats.survival_quantile(dist.survival, dist.mean, q)
 
 
 # ---------------------------------------------------------------- result

@@ -115,20 +115,9 @@ class ExactThresholdResult(_stats.PercentileShortcuts):
         return self.survival(float(d))
 
     def _quantile(self, q: float, side: int) -> float:
-        target = 1.0 - q
-        hi = max(self.mean_response_time, 1e-300)
-        while self.survival_bounds(hi)[side] > target:
-            hi *= 2.0
-        lo = 0.0
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if self.survival_bounds(mid)[side] > target:
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo <= 1e-12 * hi:
-                break
-        return float(0.5 * (lo + hi))
+        return _stats.survival_quantile(
+            lambda t: self.survival_bounds(t)[side], self.mean_response_time, q
+        )
 
     def percentile_bounds(self, q: float) -> tuple[float, float]:
         """Bounds on the q-quantile of T from the two sides of the truncation."""
