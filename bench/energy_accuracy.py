@@ -561,6 +561,13 @@ def pstates(requests: int) -> dict:
 TWO = [(1.0, 1.0, 0.5), (3.0, 9.0, 0.5)]
 
 
+def write_json(path: str, obj: object) -> None:
+    """Strict JSON (no NaN/Infinity) to path, and say so."""
+    with open(path, "w") as f:
+        strict_dump(obj, f, indent=2)
+    print(f"wrote {path}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -632,15 +639,11 @@ def main() -> int:
             f"{'base appr s':>10} {'base p99 s':>10} {'x p99':>9} {'x total':>9} {'p99':>10}"
         )
         res = scale(sizes, a.repeat, a.baseline, a.baseline_max_k, max(a.baseline_repeat, 1))
-        with open(a.out, "w") as f:
-            strict_dump(res, f, indent=2)
-        print(f"wrote {a.out}")
+        write_json(a.out, res)
         return 0
     if a.pstates:
         res = pstates(a.requests)
-        with open(a.out, "w") as f:
-            strict_dump(res, f, indent=2)
-        print(f"wrote {a.out}")
+        write_json(a.out, res)
         return 0
     if a.hetero:
         rows = hetero(a.requests)
@@ -652,9 +655,7 @@ def main() -> int:
                 f"| {r['case']} | {r['metric']} | {r['reference']:.4f} | {r['nature']} | "
                 f"{r['sim']:.4f} ± {r['ci']:.4f} | {r['rel_err']:+.1%} | {ok} |"
             )
-        with open(a.out, "w") as f:
-            strict_dump({"requests": a.requests, "rows": rows}, f, indent=2)
-        print(f"wrote {a.out}")
+        write_json(a.out, {"requests": a.requests, "rows": rows})
         return 0 if all(r["ok"] is not False for r in rows) else 1
     if a.validation:
         rows = validation(a.requests)
@@ -664,9 +665,7 @@ def main() -> int:
                 f"{r['case']:<62} {r['exact']:9.4f} {r['sim']:9.4f} "
                 f"± {r['ci']:.4f} {'yes' if r['ok'] else 'NO'}"
             )
-        with open(a.out, "w") as f:
-            strict_dump({"requests": a.requests, "rows": rows}, f, indent=2)
-        print(f"wrote {a.out}")
+        write_json(a.out, {"requests": a.requests, "rows": rows})
         return 0 if all(r["ok"] for r in rows) else 1
     if a.cstates:
         res = cstates(a.requests)
@@ -679,9 +678,7 @@ def main() -> int:
                 f"{r['config']:<34} {r['power_w']:7.3f} ± {r['power_ci']:.3f} {r['saving']:7.1%} "
                 f"{r['p99_ms']:7.3f} ± {r['p99_ci']:.3f} {r['wakeups_per_request']:12.3f}"
             )
-        with open(a.out, "w") as f:
-            strict_dump(res, f, indent=2)
-        print(f"wrote {a.out}")
+        write_json(a.out, res)
         return 0
     out = {"tandem": [], "levels": []}
     print("tandem approximation vs simulation, one speed (mu = 1): E[T], p99")
@@ -744,9 +741,7 @@ def main() -> int:
             f"{s.energy_per_request:9.4f}±{s.energy_per_request_ci:.4f} "
             f"{r['race'].energy_per_request:11.4f}"
         )
-    with open(a.out, "w") as f:
-        strict_dump(out, f, indent=2)
-    print(f"wrote {a.out}")
+    write_json(a.out, out)
     return 0
 
 
