@@ -8,6 +8,7 @@ suite, and thread counts are read from /proc without the test process's own thre
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -175,8 +176,6 @@ def test_concurrent_callers_while_the_thread_count_changes():
 
 
 def _worker_cpu_seconds(body: str, spin: str) -> float:
-    import os
-
     env = dict(os.environ, FLAGCORE_SPIN_US=spin)
     code = PRELUDE + textwrap.dedent(body)
     r = subprocess.run(
@@ -232,6 +231,6 @@ def test_malformed_spin_or_thread_env_is_refused(value):
         capture_output=True,
         text=True,
         timeout=60,
-        env={**__import__("os").environ, "FLAGCORE_SPIN_US": "x"},
+        env={**os.environ, "FLAGCORE_SPIN_US": "x"},
     )
     assert r.returncode != 0 and "FLAGCORE_SPIN_US" in r.stderr
