@@ -40,10 +40,10 @@ def gram():
 """
 
 
-def _run(body: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+def _run(body: str, timeout: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
     code = PRELUDE + textwrap.dedent(body)
     r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
     )
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     return r
@@ -176,12 +176,7 @@ def test_concurrent_callers_while_the_thread_count_changes():
 
 
 def _worker_cpu_seconds(body: str, spin: str) -> float:
-    env = dict(os.environ, FLAGCORE_SPIN_US=spin)
-    code = PRELUDE + textwrap.dedent(body)
-    r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run(body, env=dict(os.environ, FLAGCORE_SPIN_US=spin))
     return float(r.stdout.strip().splitlines()[-1])
 
 
