@@ -65,8 +65,9 @@ def shutdown(process_group: Any = None, *, timeout: float = 60.0, store: Any = N
     "terminate called without an active exception"; a gloo barrier does not help (it is a
     collective itself). This waits through the c10d store instead, so no gloo traffic is in
     flight when any rank leaves; the group's first rank (the store's host under env:// or
-    tcp:// init) leaves last, after every other rank has passed. Missing ranks raise
-    RankFailureError after ``timeout`` seconds.
+    tcp:// init) leaves last, after every other rank has destroyed its group (so no rank is
+    still tearing gloo down when the store's server goes away with the host). Missing ranks
+    raise RankFailureError after ``timeout`` seconds.
     """
     dist = torch_dist()
     limit = check_float(timeout, "shutdown", "timeout", low=0.0, strict_low=True)
@@ -79,6 +80,7 @@ def shutdown(process_group: Any = None, *, timeout: float = 60.0, store: Any = N
     if rank == ranks[0]:
         if done:
             st.wait(done, datetime.timedelta(seconds=limit))
+        dist.destroy_process_group(process_group)
     else:
+        dist.destroy_process_group(process_group)  # `st` keeps the store alive for the next line
         st.set(done[ranks.index(rank) - 1], b"1")
-    dist.destroy_process_group(process_group)
