@@ -1,5 +1,7 @@
 """The FA's subset eigensolver above p = 32 (LAPACK dsytrd, then dstemr for want <= p/8 or
-dstedc above, then dormtr of the wanted vectors only, on fixed column blocks run in parallel)
+divide and conquer above: dstedc below p = 384, from there the two halves by dstedc and a last
+merge that forms the wanted vectors only; then dormtr of the wanted vectors only, on fixed column
+blocks run in parallel)
 against numpy.linalg.eigh on adversarial spectra up to p = 1024, bitwise the same for 1, 2 and 3
 threads; and the IRLS built on it (P = L^(1/2) U^T D^(-1) instead of C^T G) against the float64
 SVD reference, with excluded, zero and duplicate workers. Vectors of repeated eigenvalues are not
@@ -7,6 +9,8 @@ unique, so vectors are checked through residuals, orthonormality and the project
 spectrum has a gap at the cut."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -64,11 +68,25 @@ def _wants(p):
 
 
 @pytest.mark.parametrize("kind", ["fa", "clustered", "repeated", "rank5", "graded"])
-@pytest.mark.parametrize("p", [40, 300])
+@pytest.mark.parametrize("p", [40, 300, 401])  # 401: the own last merge, halves 200 + 201
 def test_subset_eigh_adversarial(kind, p):
     a = _sym(_spectrum(kind, p, seed=p), seed=p + 1)
     ref = np.linalg.eigh(a)
     for want in _wants(p):
+        evals, vecs = _core.eigh_top(a, want)
+        _check(a, want, evals, vecs, ref)
+
+
+@pytest.mark.parametrize("cut", [200, 150])
+def test_subset_eigh_block_diagonal(cut):
+    # two independent blocks: at cut = 200 (= p // 2, where the last merge cuts) the rank-one
+    # term is zero and every value deflates; at 150 the cut lies inside the second block
+    p = 401
+    a = np.zeros((p, p))
+    a[:cut, :cut] = _sym(_spectrum("fa", cut, seed=1), seed=2)
+    a[cut:, cut:] = _sym(_spectrum("fa", p - cut, seed=3), seed=4) * 1.5
+    ref = np.linalg.eigh(a)
+    for want in (60, 200, 201, 401):
         evals, vecs = _core.eigh_top(a, want)
         _check(a, want, evals, vecs, ref)
 
@@ -90,7 +108,7 @@ def _with_threads(n, fn):
         flagcore.set_num_threads(0)
 
 
-@pytest.mark.parametrize("p,want", [(300, 37), (300, 150), (600, 520)])
+@pytest.mark.parametrize("p,want", [(300, 37), (300, 150), (401, 200), (600, 520)])
 def test_subset_eigh_identical_for_any_thread_count(p, want):
     a = _sym(_spectrum("fa", p, seed=p), seed=p + 7)
     out = [_with_threads(t, lambda: _core.eigh_top(a, want)) for t in (1, 2, 3)]
@@ -139,3 +157,26 @@ def test_irls_several_column_blocks_identical_for_any_thread_count_and_batch():
         agg, ref["aggregate"], rtol=0, atol=1e-8 * np.abs(ref["aggregate"]).max()
     )
     np.testing.assert_allclose(one[0]["objective"][0], ref["objective"], rtol=1e-9)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+def test_irls_frees_large_eigensolver_buffers_after_the_call():
+    # the IRLS steps share the eigensolver's buffers (about 8 p^2 doubles from p = 384 on: 280 MB
+    # at p = 2100); they must be gone when flag_irls returns, not kept by the calling thread
+    p = 2100
+    rng = np.random.default_rng(0)
+    small = _gram(rng.standard_normal((400, 64)))
+    prm = _core.FlagParams(r=200, max_iter=2, tol=0.0)
+    _with_threads(1, lambda: _core.flag_irls(small, prm))  # warm-up: pool threads, small buffers
+    g = _gram(rng.standard_normal((p, 64)))
+    before = _rss_bytes()
+    big = _core.FlagParams(r=p // 2, max_iter=2, tol=0.0)
+    out = _with_threads(1, lambda: _core.flag_irls(g, big))
+    after = _rss_bytes()
+    assert out["iterations"][0] == 2
+    assert after - before < 64 << 20, f"RSS grew by {(after - before) >> 20} MiB"

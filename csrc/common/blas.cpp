@@ -35,6 +35,17 @@ void scipy_dstedc_(const char* compz, const int* n, double* d, double* e, double
 void scipy_dlarfg_(const int* n, double* alpha, double* x, const int* incx, double* tau);
 void scipy_dsytd2_(const char* uplo, const int* n, double* a, const int* lda, double* d, double* e,
                    double* tau, int* info, size_t);
+void scipy_dlaed2_(int* k, const int* n, const int* n1, double* d, double* q, const int* ldq, int* indxq,
+                   double* rho, double* z, double* dlamda, double* w, double* q2, int* indx, int* indxc,
+                   int* indxp, int* coltyp, int* info);
+void scipy_dlaed4_(const int* n, const int* i, const double* d, const double* z, double* delta,
+                   const double* rho, double* dlam, int* info);
+void scipy_dlamrg_(const int* n1, const int* n2, const double* a, const int* dtrd1, const int* dtrd2,
+                   int* index);
+double scipy_dlanst_(const char* norm, const int* n, const double* d, const double* e, size_t);
+void scipy_dlascl_(const char* type, const int* kl, const int* ku, const double* cfrom, const double* cto,
+                   const int* m, const int* n, double* a, const int* lda, int* info, size_t);
+double scipy_dnrm2_(const int* n, const double* x, const int* incx);
 }
 
 #ifndef FLAGCORE_OPENBLAS_VERSION
@@ -51,12 +62,20 @@ void single_thread() {
 }
 
 thread_local int t_inner_threads = 0;  // InnerThreads: 0 = flagcore's thread count
+thread_local int t_keep = 0;           // live InnerThreads objects on this thread
+
+using DVec = std::vector<double>;
+using IVec = std::vector<int>;
 
 struct EighScratch {
-  std::vector<double> a, w, z, work, d, e, tau;
-  std::vector<int> iwork, isuppz;
-  std::vector<double> trd_w;     // own tridiagonalisation: the panel's W (m x nb, column-major)
-  std::vector<double> trd_part;  // its dsymv: per block, the contribution to the rows below it
+  DVec a, w, z, work, d, e, tau;
+  IVec iwork, isuppz;
+  DVec trd_w;     // own tridiagonalisation: the panel's W (m x nb, column-major)
+  DVec trd_part;  // its dsymv: per block, the contribution to the rows below it
+  // tridiagonal_dc_top: the scaled tridiagonal, the halves' LAPACK workspaces, dlaed2/dlaed4's
+  // arrays, the secular problem's vectors and the wanted columns in order
+  DVec dc_d, dc_e, dc_z, dc_dlamda, dc_w, dc_q2, dc_delta, dc_vec, dc_top, dc_work[2];
+  IVec dc_iwork[2], dc_indxq, dc_indx, dc_indxc, dc_indxp, dc_coltyp;
 };
 
 EighScratch& scratch() {
@@ -72,10 +91,12 @@ EighScratch& scratch() {
 constexpr int64_t kMrrrMaxFraction = 8;
 
 // The back-transformation (dormtr) works on fixed blocks of at most kBackCols eigenvector
-// columns, run in parallel: a column's result depends only on that column and on the block
-// layout, which is fixed by `want` alone (never by the thread count), so the result is the
-// same for any thread count.
+// columns (at least two blocks from kBackMinSplit columns on, so that p = 256-512 keeps two
+// threads busy), run in parallel: a column's result depends only on that column and on the block
+// layout, which is fixed by `want` alone (never by the thread count), so the result is the same
+// for any thread count.
 constexpr int kBackCols = 256;
+constexpr int kBackMinSplit = 64;
 
 template <class V>
 void grow(V& v, size_t n) {
@@ -122,8 +143,7 @@ static_assert(kOwnTridiagonalMinP > kTrdCrossover + kTrdPanel, "the own path run
 // column blocks of kSymvBlock: block b adds its diagonal triangle and the transpose of the
 // rectangle below it into y[its columns], and writes the rectangle times x[its columns] into
 // part[b]; part[0..b) is then added to each row in block order.
-void symv_lower(int m, const double* A, int lda, const double* x, double* y, std::vector<double>& part,
-                int threads) {
+void symv_lower(int m, const double* A, int lda, const double* x, double* y, DVec& part, int threads) {
   const int nblk = (m + kSymvBlock - 1) / kSymvBlock;
   grow(part, static_cast<size_t>(nblk) * static_cast<size_t>(m));
   auto block = [&](size_t bi) {
@@ -168,8 +188,8 @@ void syr2k_lower(int m, int k, const double* V, int ldv, const double* W, int ld
 
 // LAPACK dlatrd, lower: reduces the first nb columns of the m x m block A (column-major, lda)
 // and returns W (m x nb, ldw) such that the trailing update is A22 -= V W^T + W V^T.
-void latrd_lower(int m, int nb, double* A, int lda, double* e, double* tau, double* W, int ldw,
-                 std::vector<double>& part, int threads) {
+void latrd_lower(int m, int nb, double* A, int lda, double* e, double* tau, double* W, int ldw, DVec& part,
+                 int threads) {
   auto a = [&](int r, int c) -> double* { return A + static_cast<size_t>(c) * lda + r; };
   auto wp = [&](int r, int c) -> double* { return W + static_cast<size_t>(c) * ldw + r; };
   for (int i = 0; i < nb; ++i) {
@@ -286,12 +306,207 @@ int tridiagonal_dc(EighScratch& s, int p) {
   return info;
 }
 
+// Divide and conquer on the tridiagonal for the top `want` pairs only, from p = kTopDcMinP:
+// LAPACK's dstedc, whose cost is mostly the eigenvector products of its merges (the last one, of
+// the two halves, about 3/4 of them), spends half of that last product on vectors FA does not
+// want (want = p/2 by default), and runs on one thread. Here the tridiagonal is cut in the middle
+// as dstedc's own recursion cuts it (T = diag(T1, T2) + rho v v^T, LAPACK dlaed0/dlaed1), the two
+// halves go to dstedc at the same time on two threads, dlaed2 deflates, all roots of the secular
+// equation are found (dlaed4, in parallel) and the eigenvector products run for the wanted
+// columns only, on fixed column blocks in parallel (the steps of LAPACK dlaed3 restricted to
+// those columns; the blocks depend on `want` and p alone, so the result does not depend on the
+// thread count). Output as tridiagonal_dc's for the last `want` columns: s.w[p - want + c]
+// ascending, their vectors in s.z columns p - want + c (column-major, p x p).
+constexpr int kTopDcMinP = 384;
+constexpr int kTopDcCols = 64;  // columns per eigenvector-product block
+
+// Returns 0, or nonzero when a LAPACK step did not converge (the caller falls back to dstedc).
+int tridiagonal_dc_top(EighScratch& s, int p, int want) {
+  const int n1 = p / 2, n2 = p - n1;  // dlaed0's cut: the first half is the smaller
+  grow(s.dc_d, static_cast<size_t>(p));
+  grow(s.dc_e, static_cast<size_t>(p));
+  double* d = s.dc_d.data();
+  double* e = s.dc_e.data();
+  std::copy(s.d.begin(), s.d.begin() + p, d);
+  std::copy(s.e.begin(), s.e.begin() + (p - 1), e);
+  e[p - 1] = 0.0;
+  // scale to unit max-norm as dstedc does (the halves' dstedc scale again, by about 1)
+  const char normm = 'M';
+  const double orgnrm = scipy_dlanst_(&normm, &p, d, e, 1);
+  if (!(orgnrm > 0.0) || !std::isfinite(orgnrm)) return -1;
+  const char gen = 'G';
+  const int zero = 0, one = 1, pm1 = p - 1;
+  const double unit = 1.0;
+  int info = 0;
+  scipy_dlascl_(&gen, &zero, &zero, &orgnrm, &unit, &p, &one, d, &p, &info, 1);
+  if (info != 0) return info;
+  scipy_dlascl_(&gen, &zero, &zero, &orgnrm, &unit, &pm1, &one, e, &pm1, &info, 1);
+  if (info != 0) return info;
+  double rho = e[n1 - 1];
+  d[n1 - 1] -= std::abs(rho);
+  d[n1] -= std::abs(rho);
+  grow(s.z, static_cast<size_t>(p) * static_cast<size_t>(p));
+  double* q = s.z.data();
+  std::fill(q, q + static_cast<size_t>(p) * p, 0.0);
+  // the two halves, one per task
+  int half_info[2] = {0, 0};
+  parallel_for(
+      2,
+      [&](size_t h) {
+        const int m = h == 0 ? n1 : n2, off = h == 0 ? 0 : n1;
+        const char compz = 'I';
+        int lwork = -1, liwork = -1, iw = 0, inf = 0;
+        double wq = 0.0;
+        scipy_dstedc_(&compz, &m, d + off, e + off, q + static_cast<size_t>(off) * p + off, &p, &wq, &lwork,
+                      &iw, &liwork, &inf, 1);
+        lwork = static_cast<int>(wq) + 1;
+        liwork = iw;
+        DVec& work = s.dc_work[h];
+        IVec& iwork = s.dc_iwork[h];
+        grow(work, static_cast<size_t>(lwork));
+        grow(iwork, static_cast<size_t>(liwork));
+        scipy_dstedc_(&compz, &m, d + off, e + off, q + static_cast<size_t>(off) * p + off, &p, work.data(),
+                      &lwork, iwork.data(), &liwork, &inf, 1);
+        half_info[h] = inf;
+      },
+      t_inner_threads);
+  if (half_info[0] != 0) return half_info[0];
+  if (half_info[1] != 0) return half_info[1];
+  check_cancel();
+  // deflation (dlaed1's set-up of dlaed2): z = last row of Q1, first row of Q2
+  const size_t up = static_cast<size_t>(p);
+  for (DVec* v : {&s.dc_z, &s.dc_dlamda, &s.dc_w}) grow(*v, up);
+  grow(s.dc_q2, up * up);  // dlaed1 reserves p^2 for dlaed2's Q2
+  for (IVec* v : {&s.dc_indxq, &s.dc_indx, &s.dc_indxc, &s.dc_indxp, &s.dc_coltyp}) grow(*v, up);
+  double *z = s.dc_z.data(), *dlamda = s.dc_dlamda.data(), *w = s.dc_w.data(), *q2 = s.dc_q2.data();
+  int *indxq = s.dc_indxq.data(), *indx = s.dc_indx.data(), *indxc = s.dc_indxc.data(),
+      *indxp = s.dc_indxp.data(), *coltyp = s.dc_coltyp.data();
+  for (int j = 0; j < n1; ++j) z[j] = q[static_cast<size_t>(j) * p + (n1 - 1)];
+  for (int j = n1; j < p; ++j) z[j] = q[static_cast<size_t>(j) * p + n1];
+  for (int i = 0; i < p; ++i) indxq[i] = i < n1 ? i + 1 : i - n1 + 1;
+  int k = 0;
+  scipy_dlaed2_(&k, &p, &n1, d, q, &p, indxq, &rho, z, dlamda, w, q2, indx, indxc, indxp, coltyp, &info);
+  if (info != 0) return info;
+  // d[0 .. k): the roots (below); d[k .. p): the deflated values, q's columns k .. p their vectors
+  grow(s.dc_delta, static_cast<size_t>(k) * static_cast<size_t>(std::max(k, 1)));
+  double* delta = s.dc_delta.data();
+  if (k > 0) {
+    const int kb = 64, nb = (k + kb - 1) / kb;
+    std::vector<int> root_info(static_cast<size_t>(nb), 0);
+    parallel_for(
+        static_cast<size_t>(nb),
+        [&](size_t b) {
+          for (int j = static_cast<int>(b) * kb; j < std::min(k, static_cast<int>(b + 1) * kb); ++j) {
+            const int jj = j + 1;
+            int inf = 0;
+            scipy_dlaed4_(&k, &jj, dlamda, w, delta + static_cast<size_t>(j) * k, &rho, d + j, &inf);
+            if (inf != 0) root_info[b] = inf;
+          }
+        },
+        t_inner_threads);
+    for (int v : root_info)
+      if (v != 0) return v;
+  }
+  // merged ascending order of all p values (dlaed1's dlamrg), then the wanted ones: the top `want`
+  if (k > 0) {
+    const int n2d = p - k, mone = -1;
+    scipy_dlamrg_(&k, &n2d, d, &one, &mone, indxq);
+  } else {
+    for (int i = 0; i < p; ++i) indxq[i] = i + 1;
+  }
+  // dlamrg merges two lists that rounding may leave out of order by an ulp (a root of a tight
+  // cluster, a value after a deflating rotation): a stable sort makes the order exact
+  std::stable_sort(indxq, indxq + p, [&](int a, int b) { return d[a - 1] < d[b - 1]; });
+  int jlo = k;  // the first root whose vector is wanted
+  for (int c = p - want; c < p; ++c)
+    if (indxq[c] - 1 < k) jlo = std::min(jlo, indxq[c] - 1);
+  check_cancel();
+  if (jlo < k) {
+    // the secular problem's eigenvectors for roots jlo .. k (dlaed3's steps, wanted columns only)
+    const int kr = k - jlo;
+    grow(s.dc_vec, static_cast<size_t>(k) * static_cast<size_t>(kr));
+    double* vec = s.dc_vec.data();  // k x kr, column j - jlo
+    if (k == 1) {
+      vec[0] = delta[0];
+    } else if (k == 2) {
+      for (int j = jlo; j < k; ++j)
+        for (int i = 0; i < 2; ++i)
+          vec[static_cast<size_t>(j - jlo) * k + i] = delta[static_cast<size_t>(j) * k + (indxc[i] - 1)];
+    } else {
+      std::vector<double> wn(static_cast<size_t>(k));
+      const int rb = 64, nrb = (k + rb - 1) / rb;
+      parallel_for(
+          static_cast<size_t>(nrb),
+          [&](size_t b) {
+            for (int i = static_cast<int>(b) * rb; i < std::min(k, static_cast<int>(b + 1) * rb); ++i) {
+              double t = delta[static_cast<size_t>(i) * k + i];
+              for (int j = 0; j < k; ++j)
+                if (j != i) t *= delta[static_cast<size_t>(j) * k + i] / (dlamda[i] - dlamda[j]);
+              wn[i] = std::copysign(std::sqrt(-t), w[i]);
+            }
+          },
+          t_inner_threads);
+      const int nvb = (kr + rb - 1) / rb;
+      parallel_for(
+          static_cast<size_t>(nvb),
+          [&](size_t b) {
+            std::vector<double> sv(static_cast<size_t>(k));
+            for (int c = static_cast<int>(b) * rb; c < std::min(kr, static_cast<int>(b + 1) * rb); ++c) {
+              const double* dj = delta + static_cast<size_t>(jlo + c) * k;
+              for (int i = 0; i < k; ++i) sv[i] = wn[i] / dj[i];
+              const double nrm = scipy_dnrm2_(&k, sv.data(), &one);
+              double* out = vec + static_cast<size_t>(c) * k;
+              for (int i = 0; i < k; ++i) out[i] = sv[indxc[i] - 1] / nrm;
+            }
+          },
+          t_inner_threads);
+    }
+    // q[:, jlo .. k) = Q2 blocks times the vectors (dlaed3's two products), fixed column blocks
+    const int ctot1 = coltyp[0], ctot2 = coltyp[1], ctot3 = coltyp[2];
+    const int n12 = ctot1 + ctot2, n23 = ctot2 + ctot3;
+    const double* q2top = q2;                                  // n1 x n12
+    const double* q2bot = q2 + static_cast<size_t>(n1) * n12;  // n2 x n23
+    const int ncb = (kr + kTopDcCols - 1) / kTopDcCols;
+    parallel_for(
+        static_cast<size_t>(ncb),
+        [&](size_t b) {
+          const int c0 = static_cast<int>(b) * kTopDcCols, nc = std::min(kr - c0, kTopDcCols);
+          double* qc = q + static_cast<size_t>(jlo + c0) * p;
+          const double* v = vec + static_cast<size_t>(c0) * k;
+          if (n12 > 0)
+            scipy_cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n1, nc, n12, 1.0, q2top, n1, v, k,
+                              0.0, qc, p);
+          else
+            for (int c = 0; c < nc; ++c)
+              std::fill(qc + static_cast<size_t>(c) * p, qc + static_cast<size_t>(c) * p + n1, 0.0);
+          if (n23 > 0)
+            scipy_cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n2, nc, n23, 1.0, q2bot, n2,
+                              v + ctot1, k, 0.0, qc + n1, p);
+          else
+            for (int c = 0; c < nc; ++c)
+              std::fill(qc + static_cast<size_t>(c) * p + n1, qc + static_cast<size_t>(c) * p + p, 0.0);
+        },
+        t_inner_threads);
+  }
+  // the wanted pairs, ascending, into the last `want` columns (values scaled back)
+  grow(s.dc_top, up * static_cast<size_t>(want));
+  double* top = s.dc_top.data();
+  for (int c = 0; c < want; ++c) {
+    const int src = indxq[p - want + c] - 1;
+    std::copy(q + static_cast<size_t>(src) * p, q + static_cast<size_t>(src + 1) * p,
+              top + static_cast<size_t>(c) * p);
+    s.w[p - want + c] = d[src] * orgnrm;
+  }
+  std::copy(top, top + up * static_cast<size_t>(want), q + static_cast<size_t>(p - want) * p);
+  return 0;
+}
+
 // Q z for the `want` columns z (column-major, leading dimension p) with Q from tridiagonalise,
 // then the columns written to evecs (row-major p x p) in descending order: column c of z (the
-// c-th smallest of the `want` values) becomes evecs column want - 1 - c. Fixed blocks of
-// kBackCols columns run in parallel (see kBackCols).
+// c-th smallest of the `want` values) becomes evecs column want - 1 - c. Fixed blocks of at
+// most kBackCols columns run in parallel (see kBackCols).
 void back_transform(const EighScratch& s, int p, double* z, int want, double* evecs) {
-  const int nblk = (want + kBackCols - 1) / kBackCols;
+  const int nblk = std::max((want + kBackCols - 1) / kBackCols, want >= kBackMinSplit ? 2 : 1);
   const int width = (want + nblk - 1) / nblk;  // balanced blocks, fixed by `want`
   const char side = 'L', uplo = 'L', trans = 'N';
   int lwork = -1, info = 0;
@@ -325,10 +540,12 @@ void back_transform(const EighScratch& s, int p, double* z, int want, double* ev
 
 InnerThreads::InnerThreads(int n) : prev_(t_inner_threads) {
   t_inner_threads = n < 0 ? 0 : n;
+  ++t_keep;
 }
 
 InnerThreads::~InnerThreads() {
   t_inner_threads = prev_;
+  if (--t_keep == 0 && scratch().a.size() > (size_t(4) << 20)) scratch() = EighScratch();
 }
 
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
@@ -343,11 +560,11 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
       return;
     }
   EighScratch& s = scratch();
-  struct Release {  // a thread-local of the caller's thread: do not keep large buffers
-    EighScratch& s;
+  struct Release {   // a thread-local of the caller's thread: do not keep large buffers (an
+    EighScratch& s;  // InnerThreads object keeps them until it ends: the IRLS steps share them)
     size_t pp;
     ~Release() {
-      if (pp > (size_t(4) << 20)) s = EighScratch();
+      if (pp > (size_t(4) << 20) && t_keep == 0) s = EighScratch();
     }
   } release{s, pp};
   grow(s.a, pp);
@@ -361,7 +578,8 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
       info = tridiagonal_mrrr(s, p, want);  // s.w[0 .. want): the top values, ascending
       z = s.z.data();
     } else {
-      info = tridiagonal_dc(s, p);
+      info = p >= kTopDcMinP ? tridiagonal_dc_top(s, p, want) : 1;
+      if (info != 0) info = tridiagonal_dc(s, p);
       if (info == 0)
         for (int k = 0; k < want; ++k) s.w[k] = s.w[p - want + k];  // the top `want`, ascending
       z = s.z.data() + static_cast<size_t>(p - want) * p;

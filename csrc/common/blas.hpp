@@ -22,20 +22,24 @@ namespace blas {
 // Householder tridiagonalisation (LAPACK dsytrd below p = 1024; from p = 1024 dsytrd's blocked
 // algorithm run here, its matrix-vector and rank-2k steps on fixed blocks on flagcore's threads,
 // Ctrl-C checked per panel of 32 columns), then the wanted pairs of the tridiagonal T:
-// want <= p / 8 by MRRR (dstemr, only those pairs), more by divide and conquer (dstedc, all
-// pairs of T: cheaper than MRRR for many pairs on the FA's spectra); then the back-transformation
+// want <= p / 8 by MRRR (dstemr, only those pairs), more by divide and conquer (cheaper than
+// MRRR for many pairs on the FA's spectra: below p = 384 dstedc, all pairs of T; from p = 384 the
+// two halves of T by dstedc at once on two threads and a last merge, LAPACK's dlaed2/dlaed4 and
+// the products of dlaed3, that forms the wanted vectors only); then the back-transformation
 // (dormtr) of the `want` wanted vectors only, on fixed blocks of columns run on flagcore's
 // threads (InnerThreads); the result does not depend on the thread count. dsyevd on the
 // original matrix if a tridiagonal solver reports a failure.
 // A non-finite entry in `a` gives NaN eigenvalues (the caller's rank test then yields 0).
-// Calls check_cancel() between the panels, the LAPACK calls and the column blocks; the one call
-// that cannot be interrupted is the tridiagonal solver (dstedc / dstemr, O(p^2)-O(p^3) with a
-// small constant: ~0.4 s at p = 2048 here).
+// Calls check_cancel() between the panels, the LAPACK calls and the column blocks; the calls
+// that cannot be interrupted are the tridiagonal solvers (dstedc of T or of its halves, dstemr;
+// O(p^2)-O(p^3) with a small constant: the halves took 12 ms at p = 1024 here).
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs);
 
 // Threads eigh_top may use on the calling thread while this object lives (0: flagcore's thread
 // count, 1: none besides the caller); restores the previous value when destroyed. Callers that
-// already run several problems in parallel pass 1. Results never depend on it.
+// already run several problems in parallel pass 1. Results never depend on it. While one lives,
+// eigh_top also keeps its buffers between calls on this thread (an IRLS's steps reuse them; large
+// ones are freed when the last InnerThreads of the thread ends).
 class InnerThreads {
  public:
   explicit InnerThreads(int n);

@@ -139,11 +139,15 @@ inline int flag_solve_host_diag(const double* G, int p, int r, const double* w, 
     while (q < qmax && ev[q] > kFlagRankTol * ev[0]) ++q;
   }
   double* sq = tmp;
-  for (int k = 0; k < q; ++k) sq[k] = sqrt(ev[k]);
+  double* isq = tmp + p;  // 1 / sq, once per value (the same quotient the loop below took per entry)
+  for (int k = 0; k < q; ++k) {
+    sq[k] = sqrt(ev[k]);
+    isq[k] = 1.0 / sq[k];
+  }
   for (int i = 0; i < p; ++i) {
     const double* u = U + static_cast<int64_t>(i) * p;
     double* c = C + static_cast<int64_t>(i) * p;
-    for (int k = 0; k < q; ++k) c[k] = (rows[i] * u[k]) * (1.0 / sq[k]);
+    for (int k = 0; k < q; ++k) c[k] = (rows[i] * u[k]) * isq[k];
   }
   for (int i0 = 0; i0 < p; i0 += kTile) {
     const int i1 = i0 + kTile < p ? i0 + kTile : p;
