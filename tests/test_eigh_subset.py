@@ -1,5 +1,5 @@
 """The FA's subset eigensolver above p = 32 (LAPACK dsytrd, then dstemr for want <= p/8 or
-divide and conquer above: dstedc below p = 384, from there the two halves by dstedc and a last
+divide and conquer above: dstedc below p = 64, from there the two halves by dstedc and a last
 merge that forms the wanted vectors only; then dormtr of the wanted vectors only, on fixed column
 blocks run in parallel)
 against numpy.linalg.eigh on adversarial spectra up to p = 1024, bitwise the same for 1, 2 and 3
@@ -68,7 +68,7 @@ def _wants(p):
 
 
 @pytest.mark.parametrize("kind", ["fa", "clustered", "repeated", "rank5", "graded"])
-@pytest.mark.parametrize("p", [40, 300, 401])  # 401: the own last merge, halves 200 + 201
+@pytest.mark.parametrize("p", [40, 64, 300, 401])  # from 64 the own last merge; 401 = 200 + 201
 def test_subset_eigh_adversarial(kind, p):
     a = _sym(_spectrum(kind, p, seed=p), seed=p + 1)
     ref = np.linalg.eigh(a)
@@ -166,7 +166,7 @@ def _rss_bytes():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
 def test_irls_frees_large_eigensolver_buffers_after_the_call():
-    # the IRLS steps share the eigensolver's buffers (about 8 p^2 doubles from p = 384 on: 280 MB
+    # the IRLS steps share the eigensolver's buffers (about 8 p^2 doubles from p = 64 on: 280 MB
     # at p = 2100); they must be gone when flag_irls returns, not kept by the calling thread
     p = 2100
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ namespace blas {
 // algorithm run here, its matrix-vector and rank-2k steps on fixed blocks on flagcore's threads,
 // Ctrl-C checked per panel of 32 columns), then the wanted pairs of the tridiagonal T:
 // want <= p / 8 by MRRR (dstemr, only those pairs), more by divide and conquer (cheaper than
-// MRRR for many pairs on the FA's spectra: below p = 384 dstedc, all pairs of T; from p = 384 the
+// MRRR for many pairs on the FA's spectra: below p = 64 dstedc, all pairs of T; from p = 64 the
 // two halves of T by dstedc at once on two threads and a last merge, LAPACK's dlaed2/dlaed4 and
 // the products of dlaed3, that forms the wanted vectors only); then the back-transformation
 // (dormtr) of the `want` wanted vectors only, on fixed blocks of columns run on flagcore's
