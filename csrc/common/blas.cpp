@@ -541,6 +541,10 @@ void back_transform(const EighScratch& s, int p, double* z, int want, double* ev
 
 }  // namespace
 
+void inner_parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn) {
+  parallel_for(n_tasks, fn, t_inner_threads);
+}
+
 InnerThreads::InnerThreads(int n) : prev_(t_inner_threads) {
   t_inner_threads = n < 0 ? 0 : n;
   ++t_keep;
