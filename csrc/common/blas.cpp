@@ -130,11 +130,16 @@ int syevd(EighScratch& s, int p) {
 // is 5-10 % faster than this code, and two threads gained nothing at p = 512 here).
 // Measured (quiet, wall time, eigh_top with want = p/2, best of 5; dsytrd vs this code):
 // 1 thread p = 1024 128 vs 140 ms, p = 2048 957 vs 1000 ms; 2 threads p = 1024 113 vs 105 ms,
-// p = 2048 857 vs 660 ms.
+// p = 2048 857 vs 660 ms. The dsymv blocks are 256 columns wide: each block adds a vector of
+// partial sums that the caller then adds up on one thread, and with 64 columns that serial sum
+// cost more than the blocks gained (tridiagonalisation alone, 2 threads, p = 1024: 60-62 ms with
+// 64 columns, 55-57 with 128, 47-50 with 256, 63-65 with 512; p = 2048: 398 / 382-405 / 407-417
+// ms for 128 / 256 / 512). With 256-column blocks from p = 256 on instead of dsytrd: 1.0 -> 1.8
+// ms at p = 256, 6.4 -> 9.4 ms at 512, equal at 768, so kOwnTridiagonalMinP stays 1024.
 constexpr int kOwnTridiagonalMinP = 1024;
 constexpr int kTrdPanel = 32;      // nb: columns per panel (ilaenv's DSYTRD block size)
 constexpr int kTrdCrossover = 32;  // nx: the last columns go unblocked (dsytd2), as in dsytrd
-constexpr int kSymvBlock = 64;     // columns per dsymv block
+constexpr int kSymvBlock = 256;    // columns per dsymv block
 constexpr int kSyr2kBlock = 128;   // columns per block of the trailing update
 constexpr int kParallelMin = 512;  // below this order the blocks run on the calling thread
 static_assert(kOwnTridiagonalMinP > kTrdCrossover + kTrdPanel, "the own path runs at least one panel");
