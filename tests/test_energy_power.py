@@ -87,7 +87,11 @@ def test_power_and_rate_are_monotone_in_frequency(f, static, coeff, alpha, m, r)
     lv = levels_from_frequencies(fs, model=model, memory_fraction=m, rate_at_max=r)
     rates = np.array([x.rate for x in lv])
     if m < 1.0 - 1e-12:
-        assert np.all(np.diff(rates) > 0)
+        # strictly higher where the frequencies differ by more than rounding (hypothesis 6.170
+        # drew 0.2 and 0.20000000000000004: one ulp apart, the same rate after the division)
+        assert np.all(np.diff(rates) >= 0)
+        apart = np.diff(fs) > 1e-12 * fs[1:]
+        assert np.all(np.diff(rates)[apart] > 0)
     else:
         np.testing.assert_allclose(rates, r, rtol=1e-12)
     ratio = rates / r
