@@ -91,6 +91,23 @@ def test_subset_eigh_block_diagonal(cut):
         _check(a, want, evals, vecs, ref)
 
 
+@pytest.mark.parametrize("kind", ["zero", "diagonal", "identity"])
+def test_subset_eigh_trivial_tridiagonals(kind):
+    # the own last merge on degenerate input: an all-zero T (no scale: the dstedc fallback), a
+    # diagonal matrix (every off-diagonal zero: nothing to merge), all values equal
+    p = 150
+    rng = np.random.default_rng(8)
+    a = {
+        "zero": np.zeros((p, p)),
+        "diagonal": np.diag(rng.permutation(np.linspace(-3.0, 5.0, p))),
+        "identity": np.eye(p) * 2.5,
+    }[kind]
+    ref = np.linalg.eigh(a)
+    for want in (20, 75, 150):
+        evals, vecs = _core.eigh_top(a, want)
+        _check(a, want, evals, vecs, ref)
+
+
 def test_subset_eigh_p1024_fa_spectrum():
     # (tests/test_eig.py covers p = 1024 with clusters and 200 exactly repeated values)
     a = _sym(_spectrum("fa", 1024, seed=3), seed=4)
