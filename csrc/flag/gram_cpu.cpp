@@ -260,9 +260,13 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 // (about p * parts / 2 rows per slice), so here a run of up to kSuper slices of all rows is
 // packed once (strips in parallel) and shared by the parts (in parallel), whose float64
 // accumulators persist over the runs; every part adds its slices in column order, so the sums
-// do not depend on the thread count.
+// do not depend on the thread count. A run is at most kSuperBytes of packed floats (one slice
+// from p = 1024): a run still in L2 when the parts read it. Measured (quiet, 2 threads, best of
+// 5, n = 1e5 / 5e4 / 1e4): 32 MiB runs vs 2 MiB p = 512 127-132 vs 118-127 ms, p = 1024 234-257
+// vs 215-225 ms, p = 4096 839-912 vs 801-826 ms (a standalone one-thread driver at p = 1024: the
+// slice loop 133 GF/s from a 16-slice run, 147 GF/s from a single slice).
 constexpr int64_t kGramPackedSharedMinP = 512;
-constexpr int64_t kSuperBytes = int64_t(32) << 20;  // packed floats shared by the parts
+constexpr int64_t kSuperBytes = int64_t(2) << 20;  // packed floats shared by the parts
 
 void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
                         const std::vector<int64_t>& bound) {
