@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -191,6 +192,15 @@ def survival_quantile(survival: Callable[[float], float], mean: float, q: float)
         if hi - lo <= 1e-12 * hi:
             break
     return float(0.5 * (lo + hi))
+
+
+def check_deadline(d: Any) -> float:
+    """The deadline argument of deadline_miss as a float: a real number, not NaN."""
+    if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
+        raise TypeError(f"deadline_miss: d must be a number, got {type(d).__name__}")
+    if math.isnan(d):
+        raise ValueError(f"deadline_miss: d must be a number, got {d!r}")
+    return float(d)
 
 
 class PercentileShortcuts:

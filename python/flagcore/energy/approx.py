@@ -65,7 +65,7 @@ import numpy as np
 
 from . import _stats
 from ._model import Levels, LevelsLike, as_levels, check_nk, check_power, check_rate
-from .simulate import _per_server_levels
+from .simulate import _levels_param, _per_server_levels
 
 METHODS = ("race", "harmonic", "arithmetic")
 
@@ -428,14 +428,11 @@ class ApproxResult(_stats.PercentileShortcuts):
 
     def deadline_miss(self, d: float) -> float:
         """P(T > d) under this approximation (1 for d <= 0; 1 when unstable)."""
-        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
-            raise TypeError(f"deadline_miss: d must be a number, got {type(d).__name__}")
-        if math.isnan(d):
-            raise ValueError(f"deadline_miss: d must be a number, got {d!r}")
+        d = _stats.check_deadline(d)
         if self._tail is None:
             return 1.0
         with np.errstate(all="ignore"):
-            v = self._tail.survival(float(d))
+            v = self._tail.survival(d)
         return v if math.isfinite(v) else 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -503,9 +500,8 @@ def approximate(
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
     if not isinstance(cancel, bool):
         raise TypeError(f"{fn}: cancel must be a bool, got {type(cancel).__name__}")
-    if sets and any(st != sets[0] for st in sets):
-        return _approximate_hetero(n, k, lam, sets, p0, method, cancel)
-    used = [r for r, p in zip(lv.rates, lv.probs) if p > 0]
+    hetero = bool(sets) and any(st != sets[0] for st in sets)
+    used = [r for st in (sets if hetero else [lv]) for r, p in zip(st.rates, st.probs) if p > 0]
     if max(used) / min(used) > MAX_RATE_RATIO:
         raise ValueError(
             f"{fn}: the rates of the levels in use span more than {MAX_RATE_RATIO:g} "
@@ -515,10 +511,18 @@ def approximate(
     # The model is invariant under a change of time unit: solve it with the fastest rate = 1
     # (no overflow or underflow at extreme absolute rates) and scale the results back.
     c = max(used)
-    unit = Levels(tuple(r / c for r in lv.rates), lv.powers, lv.probs)
+
+    def unit(st: Levels) -> Levels:
+        return Levels(tuple(r / c for r in st.rates), st.powers, st.probs)
+
     with np.errstate(all="ignore"):
-        res = _approximate_unit(n, k, lam / c, unit, p0, method, cancel)
-    if sets:
+        if hetero:
+            res = _approximate_hetero_unit(
+                n, k, lam / c, [unit(st) for st in sets], p0, method, cancel
+            )
+        else:
+            res = _approximate_unit(n, k, lam / c, unit(lv), p0, method, cancel)
+    if sets and not hetero:
         # n identical sets: the per-level arrays run over (server, level) as simulate's do,
         # each server with an equal share
         res.busy_cores = np.tile(res.busy_cores / n, n)
@@ -531,20 +535,12 @@ def approximate(
             n=n,
             k=k,
             arrival_rate=lam,
-            levels=_levels_param(sets) if sets else [list(t) for t in zip(*_level_cols(lv))],
+            levels=_levels_param(sets or [lv], False, bool(sets)),
             idle_power=p0,
             cancel=cancel,
             method=method,
         ),
     )
-
-
-def _level_cols(lv: Levels) -> tuple[tuple[float, ...], ...]:
-    return (lv.rates, lv.powers, lv.probs)
-
-
-def _levels_param(sets: list[Levels]) -> list[Any]:
-    return [[list(t) for t in zip(*_level_cols(st))] for st in sets]
 
 
 #: Largest ratio between the fastest and the slowest level in use that approximate accepts.
@@ -607,6 +603,26 @@ def _rescaled(r: ApproxResult, c: float, inv: float, params: dict[str, Any]) -> 
     )
 
 
+def _energy_fields(
+    n: int, lam: float, p0: float, pw: np.ndarray, tau: np.ndarray, wasted: float
+) -> dict[str, Any]:
+    """ApproxResult's energy and utilisation fields from the busy time per request of each
+    level (tau, summed over the servers) and the levels' powers pw."""
+    energy = float(pw @ tau)
+    busy_cores = lam * tau
+    util = busy_cores / n
+    idle_frac = 1.0 - float(util.sum())
+    return dict(
+        energy_per_request=energy,
+        average_power=float(lam * energy + p0 * n * max(idle_frac, 0.0)),
+        utilisation=util,
+        busy_cores=busy_cores,
+        busy_time_per_request=tau,
+        idle_fraction=idle_frac,
+        wasted_time_per_request=float(wasted),
+    )
+
+
 def _approximate_unit(
     n: int, k: int, lam: float, lv: Levels, p0: float, method: str, cancel: bool
 ) -> ApproxResult:
@@ -634,11 +650,7 @@ def _approximate_unit(
         tau = n * pr / mus
         # late tasks run on after the request left; none are late when k == n
         wasted = 0.0 if k == n else float(tau.sum()) - float(rc["completion_times"].sum())
-    energy = float(pw @ tau)
-    busy_cores = lam * tau
-    util = busy_cores / n
-    idle_frac = 1.0 - float(util.sum())
-    power = lam * energy + p0 * n * max(idle_frac, 0.0)
+    costs = _energy_fields(n, lam, p0, pw, tau, wasted)
 
     # ------------------------------------------------------------ latency
     stages = [(n - i) * mu - (k - i) * lam for i in range(k)]
@@ -728,14 +740,8 @@ def _approximate_unit(
         lower_bound=float(lower),
         upper_bound=float(upper),
         stage_rates=[float(s) for s in stages],
-        energy_per_request=energy,
-        average_power=float(power),
-        utilisation=util,
-        busy_cores=busy_cores,
-        busy_time_per_request=tau,
-        idle_fraction=idle_frac,
-        wasted_time_per_request=float(wasted),
         _tail=tail,
+        **costs,
     )
 
 
@@ -961,34 +967,6 @@ def _summed_rate_distribution(sets: list[Levels]) -> dict[float, float] | None:
     return dist
 
 
-def _approximate_hetero(
-    n: int, k: int, lam: float, sets: list[Levels], p0: float, method: str, cancel: bool
-) -> ApproxResult:
-    """approximate() for per-server level sets (not all equal), in a unit time scale."""
-    fn = "approximate"
-    used = [r for st in sets for r, p in zip(st.rates, st.probs) if p > 0]
-    if max(used) / min(used) > MAX_RATE_RATIO:
-        raise ValueError(
-            f"{fn}: the rates of the levels in use span more than {MAX_RATE_RATIO:g} "
-            f"(from {min(used):g} to {max(used):g}); the slow levels' times are not representable "
-            f"beside the fast ones"
-        )
-    c = max(used)
-    unit = [Levels(tuple(r / c for r in st.rates), st.powers, st.probs) for st in sets]
-    with np.errstate(all="ignore"):
-        res = _approximate_hetero_unit(n, k, lam / c, unit, p0, method, cancel)
-    params = dict(
-        n=n,
-        k=k,
-        arrival_rate=lam,
-        levels=_levels_param(sets),
-        idle_power=p0,
-        cancel=cancel,
-        method=method,
-    )
-    return _rescale(res, c, params)
-
-
 def _approximate_hetero_unit(
     n: int, k: int, lam: float, sets: list[Levels], p0: float, method: str, cancel: bool
 ) -> ApproxResult:
@@ -1017,11 +995,7 @@ def _approximate_hetero_unit(
     else:
         tau = pr / mus  # every task runs to completion: exact
         wasted = 0.0 if k == n else float(tau.sum()) - float(rc["completion_times"].sum())
-    energy = float(pw @ tau)
-    busy_cores = lam * tau
-    util = busy_cores / n
-    idle_frac = 1.0 - float(util.sum())
-    power = lam * energy + p0 * n * max(idle_frac, 0.0)
+    costs = _energy_fields(n, lam, p0, pw, tau, wasted)
 
     # ------------------------------------------------------------ latency
     stages = [(n - i) * mu - (k - i) * lam for i in range(k)]
@@ -1131,14 +1105,8 @@ def _approximate_hetero_unit(
         lower_bound=float(lower) if stable else math.inf,
         upper_bound=float(upper) if stable or math.isnan(upper) else math.inf,
         stage_rates=[float(s) for s in stages],
-        energy_per_request=energy,
-        average_power=float(power),
-        utilisation=util,
-        busy_cores=busy_cores,
-        busy_time_per_request=tau,
-        idle_fraction=idle_frac,
-        wasted_time_per_request=float(wasted),
         _tail=tail,
+        **costs,
     )
 
 

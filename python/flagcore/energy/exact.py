@@ -47,6 +47,7 @@ from ._model import (
     check_power,
     check_rate,
 )
+from .simulate import _levels_param, _per_server_levels
 
 #: Largest truncation level N of exact_threshold (the tagged chain has (N + 1)^2 states and
 #: needs about 2 N uniformisation steps: O(N^3), ~10 s at N = 1000).
@@ -108,11 +109,7 @@ class ExactThresholdResult(_stats.PercentileShortcuts):
 
     def deadline_miss(self, d: float) -> float:
         """P(T > d)."""
-        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
-            raise TypeError(f"deadline_miss: d must be a number, got {type(d).__name__}")
-        if math.isnan(d):
-            raise ValueError(f"deadline_miss: d must be a number, got {d!r}")
-        return self.survival(float(d))
+        return self.survival(_stats.check_deadline(d))
 
     def _quantile(self, q: float, side: int) -> float:
         return _stats.survival_quantile(
@@ -186,7 +183,7 @@ def exact_threshold(
     n = int(n)
     if isinstance(tol, bool) or not isinstance(tol, (float, int)) or not 1e-15 <= tol <= 1e-3:
         raise ValueError(f"{fn}: tol must be a number in [1e-15, 1e-3], got {tol!r}")
-    if _is_per_server(levels):
+    if _per_server_levels(levels):
         if len(levels) != n:
             raise ValueError(
                 f"{fn}: per-server levels must list n = {n} level sets, got {len(levels)}"
@@ -300,9 +297,7 @@ def exact_threshold(
     up = np.asarray(upper)
     params: dict[str, Any] = dict(
         arrival_rate=lam,
-        levels=[[[r, w] for r, w in zip(s.rates, s.powers)] for s in sets]
-        if _is_per_server(levels)
-        else [[r, w] for r, w in zip(sets[0].rates, sets[0].powers)],
+        levels=_levels_param(sets, True, _per_server_levels(levels)),
         thresholds=list(th),
         n=n,
         k=1,
@@ -326,9 +321,3 @@ def exact_threshold(
         _upper=up,
         _lower=low,
     )
-
-
-def _is_per_server(levels: Any) -> bool:
-    from .simulate import _per_server_levels
-
-    return _per_server_levels(levels)
