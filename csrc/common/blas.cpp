@@ -398,17 +398,17 @@ int tridiagonal_dc_top(EighScratch& s, int p, int want) {
   // d[0 .. k): the roots (below); d[k .. p): the deflated values, q's columns k .. p their vectors
   grow(s.dc_delta, static_cast<size_t>(k) * static_cast<size_t>(std::max(k, 1)));
   double* delta = s.dc_delta.data();
+  constexpr int kRootBlock = 64;  // roots, Gu-Eisenstat weights and vectors per task
   if (k > 0) {
-    const int kb = 64, nb = (k + kb - 1) / kb;
-    std::vector<int> root_info(static_cast<size_t>(nb), 0);
-    parallel_for(
-        static_cast<size_t>(nb),
-        [&](size_t b) {
-          for (int j = static_cast<int>(b) * kb; j < std::min(k, static_cast<int>(b + 1) * kb); ++j) {
+    std::vector<int> root_info(static_cast<size_t>((k + kRootBlock - 1) / kRootBlock), 0);
+    parallel_blocks(
+        k, kRootBlock,
+        [&](int64_t j0, int64_t j1) {
+          for (int j = static_cast<int>(j0); j < j1; ++j) {
             const int jj = j + 1;
             int inf = 0;
             scipy_dlaed4_(&k, &jj, dlamda, w, delta + static_cast<size_t>(j) * k, &rho, d + j, &inf);
-            if (inf != 0) root_info[b] = inf;
+            if (inf != 0) root_info[static_cast<size_t>(j0 / kRootBlock)] = inf;
           }
         },
         t_inner_threads);
@@ -442,11 +442,10 @@ int tridiagonal_dc_top(EighScratch& s, int p, int want) {
           vec[static_cast<size_t>(j - jlo) * k + i] = delta[static_cast<size_t>(j) * k + (indxc[i] - 1)];
     } else {
       std::vector<double> wn(static_cast<size_t>(k));
-      const int rb = 64, nrb = (k + rb - 1) / rb;
-      parallel_for(
-          static_cast<size_t>(nrb),
-          [&](size_t b) {
-            for (int i = static_cast<int>(b) * rb; i < std::min(k, static_cast<int>(b + 1) * rb); ++i) {
+      parallel_blocks(
+          k, kRootBlock,
+          [&](int64_t i0, int64_t i1) {
+            for (int i = static_cast<int>(i0); i < i1; ++i) {
               double t = delta[static_cast<size_t>(i) * k + i];
               for (int j = 0; j < k; ++j)
                 if (j != i) t *= delta[static_cast<size_t>(j) * k + i] / (dlamda[i] - dlamda[j]);
@@ -454,12 +453,11 @@ int tridiagonal_dc_top(EighScratch& s, int p, int want) {
             }
           },
           t_inner_threads);
-      const int nvb = (kr + rb - 1) / rb;
-      parallel_for(
-          static_cast<size_t>(nvb),
-          [&](size_t b) {
+      parallel_blocks(
+          kr, kRootBlock,
+          [&](int64_t c0, int64_t c1) {
             std::vector<double> sv(static_cast<size_t>(k));
-            for (int c = static_cast<int>(b) * rb; c < std::min(kr, static_cast<int>(b + 1) * rb); ++c) {
+            for (int c = static_cast<int>(c0); c < c1; ++c) {
               const double* dj = delta + static_cast<size_t>(jlo + c) * k;
               for (int i = 0; i < k; ++i) sv[i] = wn[i] / dj[i];
               const double nrm = scipy_dnrm2_(&k, sv.data(), &one);
@@ -474,11 +472,10 @@ int tridiagonal_dc_top(EighScratch& s, int p, int want) {
     const int n12 = ctot1 + ctot2, n23 = ctot2 + ctot3;
     const double* q2top = q2;                                  // n1 x n12
     const double* q2bot = q2 + static_cast<size_t>(n1) * n12;  // n2 x n23
-    const int ncb = (kr + kTopDcCols - 1) / kTopDcCols;
-    parallel_for(
-        static_cast<size_t>(ncb),
-        [&](size_t b) {
-          const int c0 = static_cast<int>(b) * kTopDcCols, nc = std::min(kr - c0, kTopDcCols);
+    parallel_blocks(
+        kr, kTopDcCols,
+        [&](int64_t cb, int64_t ce) {
+          const int c0 = static_cast<int>(cb), nc = static_cast<int>(ce - cb);
           double* qc = q + static_cast<size_t>(jlo + c0) * p;
           const double* v = vec + static_cast<size_t>(c0) * k;
           if (n12 > 0)
@@ -546,8 +543,8 @@ void back_transform(const EighScratch& s, int p, double* z, int want, double* ev
 
 }  // namespace
 
-void inner_parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn) {
-  parallel_for(n_tasks, fn, t_inner_threads);
+int inner_threads() {
+  return t_inner_threads;
 }
 
 InnerThreads::InnerThreads(int n) : prev_(t_inner_threads) {

@@ -8,9 +8,7 @@
 // break replicas that run with different thread counts. Every function here is host-only, thread-safe and
 // reentrant: scratch lives in thread-local buffers.
 #pragma once
-#include <cstddef>
 #include <cstdint>
-#include <functional>
 
 namespace flagcore {
 namespace blas {
@@ -53,9 +51,9 @@ class InnerThreads {
   int prev_;
 };
 
-// parallel_for (common/parallel.hpp) on the threads the calling thread's InnerThreads allows
-// (flagcore's thread count outside one): for the O(p^2) loops around eigh_top.
-void inner_parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn);
+// The thread count the calling thread's InnerThreads allows (0: flagcore's, as outside one),
+// for parallel_for's max_threads in the O(p^2) loops around eigh_top.
+int inner_threads();
 
 // Row-major C = alpha * op(A) op(B) + beta * C (op = transpose when ta / tb), float64.
 void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,

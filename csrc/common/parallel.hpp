@@ -22,6 +22,7 @@
 // and never waits for its parent's threads. At exit the parked workers are joined.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 
 namespace flagcore {
@@ -35,6 +36,20 @@ int num_threads();
 void set_num_threads(int n);
 
 void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn, int max_threads = 0);
+
+// fn(begin, end) for each fixed block [b * block, min(n, (b + 1) * block)) of [0, n), run by
+// parallel_for: the blocks depend on n and block only, never on the thread count.
+template <typename F>
+void parallel_blocks(int64_t n, int64_t block, F&& fn, int max_threads = 0) {
+  const int64_t blocks = n > 0 ? (n + block - 1) / block : 0;
+  parallel_for(
+      static_cast<std::size_t>(blocks),
+      [&](std::size_t b) {
+        const int64_t begin = static_cast<int64_t>(b) * block;
+        fn(begin, begin + block < n ? begin + block : n);
+      },
+      max_threads);
+}
 
 // Joins the parked workers (busy ones are left alone; a no-op on a pool worker). Called when a
 // CancelScope ends cancelled (cancel.hpp); the next parallel_for recreates them.

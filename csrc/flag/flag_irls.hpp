@@ -34,6 +34,7 @@
 #include "common/check.hpp"
 #if !defined(__CUDA_ARCH__)
 #include "common/blas.hpp"
+#include "common/parallel.hpp"
 #endif
 #include "common/small_linalg.hpp"
 #include "common/team.hpp"
@@ -119,25 +120,27 @@ inline int flag_solve_host_diag(const double* G, int p, int r, const double* w, 
   // one pass over G: tiles of kTile x kTile, the task of row tile i0 writes its rows right of
   // the diagonal and their mirror entries (disjoint between tasks), on the InnerThreads threads
   constexpr int kTile = 32;  // transposed accesses in tiles that stay in cache
-  const int tiles = (p + kTile - 1) / kTile;
-  blas::inner_parallel_for(static_cast<size_t>(tiles), [&](size_t ti) {
-    const int i0 = static_cast<int>(ti) * kTile, i1 = i0 + kTile < p ? i0 + kTile : p;
-    for (int j0 = i0; j0 < p; j0 += kTile) {
-      const int j1 = j0 + kTile < p ? j0 + kTile : p;
-      for (int i = i0; i < i1; ++i) {
-        const double ri = rows[i];
-        const double* gi = G + static_cast<int64_t>(i) * p;
-        double* ki = K + static_cast<int64_t>(i) * p;
-        if (j0 == i0) ki[i] = ri * (gi[i] * ri);
-        for (int j = (j0 > i + 1 ? j0 : i + 1); j < j1; ++j) {
-          const double rj = rows[j];
-          const double s = 0.5 * (ri * (gi[j] * rj) + rj * (G[static_cast<int64_t>(j) * p + i] * ri));
-          ki[j] = s;
-          K[static_cast<int64_t>(j) * p + i] = s;
+  parallel_blocks(
+      p, kTile,
+      [&](int64_t b0, int64_t b1) {
+        const int i0 = static_cast<int>(b0), i1 = static_cast<int>(b1);
+        for (int j0 = i0; j0 < p; j0 += kTile) {
+          const int j1 = j0 + kTile < p ? j0 + kTile : p;
+          for (int i = i0; i < i1; ++i) {
+            const double ri = rows[i];
+            const double* gi = G + static_cast<int64_t>(i) * p;
+            double* ki = K + static_cast<int64_t>(i) * p;
+            if (j0 == i0) ki[i] = ri * (gi[i] * ri);
+            for (int j = (j0 > i + 1 ? j0 : i + 1); j < j1; ++j) {
+              const double rj = rows[j];
+              const double s = 0.5 * (ri * (gi[j] * rj) + rj * (G[static_cast<int64_t>(j) * p + i] * ri));
+              ki[j] = s;
+              K[static_cast<int64_t>(j) * p + i] = s;
+            }
+          }
         }
-      }
-    }
-  });
+      },
+      blas::inner_threads());
   const int qmax = r < p ? r : p;
   blas::eigh_top(K, p, qmax, ev, U);
   int q = 0;
@@ -150,19 +153,20 @@ inline int flag_solve_host_diag(const double* G, int p, int r, const double* w, 
     sq[k] = sqrt(ev[k]);
     isq[k] = 1.0 / sq[k];
   }
-  blas::inner_parallel_for(static_cast<size_t>(tiles), [&](size_t ti) {  // rows of C, columns of P
-    const int i0 = static_cast<int>(ti) * kTile, i1 = i0 + kTile < p ? i0 + kTile : p;
-    for (int i = i0; i < i1; ++i) {
-      const double* u = U + static_cast<int64_t>(i) * p;
-      double* c = C + static_cast<int64_t>(i) * p;
-      for (int k = 0; k < q; ++k) c[k] = (rows[i] * u[k]) * isq[k];
-    }
-    for (int k = 0; k < q; ++k) {
-      double* pk = P + static_cast<int64_t>(k) * p;
-      for (int i = i0; i < i1; ++i)
-        pk[i] = rows[i] > 0.0 ? U[static_cast<int64_t>(i) * p + k] * sq[k] / rows[i] : 0.0;
-    }
-  });
+  parallel_blocks(
+      p, kTile,
+      [&](int64_t i0, int64_t i1) {  // rows of C, columns of P
+        for (int64_t i = i0; i < i1; ++i) {
+          const double* u = U + i * p;
+          double* c = C + i * p;
+          for (int k = 0; k < q; ++k) c[k] = (rows[i] * u[k]) * isq[k];
+        }
+        for (int k = 0; k < q; ++k) {
+          double* pk = P + static_cast<int64_t>(k) * p;
+          for (int64_t i = i0; i < i1; ++i) pk[i] = rows[i] > 0.0 ? U[i * p + k] * sq[k] / rows[i] : 0.0;
+        }
+      },
+      blas::inner_threads());
   return q;
 }
 #endif
@@ -426,11 +430,13 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
 #if !defined(__CUDA_ARCH__)
   if (detail::use_host_blas(t, p)) {  // one host thread: blocks of rows on its InnerThreads
     constexpr int kRows = 32;
-    blas::inner_parallel_for(static_cast<size_t>((p + kRows - 1) / kRows), [&](size_t b) {
-      const int i1 = (static_cast<int>(b) + 1) * kRows < p ? (static_cast<int>(b) + 1) * kRows : p;
-      for (int i = static_cast<int>(b) * kRows; i < i1; ++i)
-        for (int j = 0; j < p; ++j) init(i, j, i * p + j);
-    });
+    parallel_blocks(
+        p, kRows,
+        [&](int64_t i0, int64_t i1) {
+          for (int i = static_cast<int>(i0); i < i1; ++i)
+            for (int j = 0; j < p; ++j) init(i, j, i * p + j);
+        },
+        blas::inner_threads());
   } else
 #endif
     for (int e = r0; e < pp; e += nt) init(e / p, e % p, e);
