@@ -76,24 +76,37 @@ void at_exit() {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
-// Runs f with the GIL released and takes it back in plain code, never in a destructor: a thread
-// that is not Python's main thread and asks for the GIL while the interpreter finalizes is ended
-// by CPython (< 3.14) with pthread_exit, whose forced unwind may pass through here and through
-// pybind11's dispatcher, but would std::terminate the whole process if it started inside a
-// destructor (py::gil_scoped_release takes the GIL back in its destructor). A forced unwind
-// coming out of f (the thread is being ended) is let through without taking the GIL back.
-template <typename F>
-void without_gil(F&& f) {
-  PyThreadState* state = PyEval_SaveThread();
+// Returns f(), running restore() after it in plain code, never in a destructor, also when f
+// throws, except for a forced unwind: a thread that is not Python's main thread and touches the
+// GIL while the interpreter finalizes is ended by CPython (< 3.14) with pthread_exit, whose
+// forced unwind may pass through here and through pybind11's dispatcher, but would
+// std::terminate the whole process if it started inside a destructor (RAII GIL guards release
+// or take the GIL in theirs), and must not give back a GIL state its thread no longer owns.
+template <typename F, typename R>
+auto then_restore(F&& f, R&& restore) {
+  decltype(f()) out{};
   try {
-    f();
+    out = f();
   } catch (abi::__forced_unwind&) {
     throw;
   } catch (...) {
-    PyEval_RestoreThread(state);
+    restore();
     throw;
   }
-  PyEval_RestoreThread(state);
+  restore();
+  return out;
+}
+
+// Runs f with the GIL released and takes it back in plain code (then_restore).
+template <typename F>
+void without_gil(F&& f) {
+  PyThreadState* state = PyEval_SaveThread();
+  then_restore(
+      [&] {
+        f();
+        return true;
+      },
+      [&] { PyEval_RestoreThread(state); });
 }
 
 // Long native work, interruptible: a CancelScope on this thread whose poll (on Python's main
@@ -831,20 +844,9 @@ class SimInterruptible {
     }
     // The GIL by hand, not by an RAII guard: a thread other than the main one that runs Python
     // while the interpreter finalizes is ended by pthread_exit, even in the middle of the
-    // callback, and must not then release a GIL it no longer holds (from a destructor, during
-    // that forced unwind).
+    // callback, and must not then release a GIL it no longer holds (then_restore).
     const PyGILState_STATE state = PyGILState_Ensure();
-    bool stop = false;
-    try {
-      stop = poll_with_gil(main, report);
-    } catch (abi::__forced_unwind&) {
-      throw;
-    } catch (...) {
-      PyGILState_Release(state);
-      throw;
-    }
-    PyGILState_Release(state);
-    return stop;
+    return then_restore([&] { return poll_with_gil(main, report); }, [&] { PyGILState_Release(state); });
   }
   bool poll_with_gil(bool main, bool report) {
     if (main && PyErr_CheckSignals() != 0) return true;
