@@ -293,22 +293,28 @@ int tridiagonal_mrrr(EighScratch& s, int p, int want) {
   return m == want ? 0 : -1000;
 }
 
-// Divide and conquer on the tridiagonal, all p pairs: ascending values in s.w, vectors of T in
-// s.z (column-major, p x p). Returns LAPACK's info.
-int tridiagonal_dc(EighScratch& s, int p) {
+// LAPACK dstedc (COMPZ = 'I') on the m x m tridiagonal (d, e): d becomes the ascending values,
+// z (leading dimension ldz) their vectors; work and iwork grow to the queried sizes. Returns
+// LAPACK's info.
+int dstedc_vectors(int m, double* d, double* e, double* z, int ldz, DVec& work, IVec& iwork) {
   const char compz = 'I';
   int lwork = -1, liwork = -1, iw = 0, info = 0;
   double wq = 0.0;
-  grow(s.z, static_cast<size_t>(p) * static_cast<size_t>(p));
-  std::copy(s.d.begin(), s.d.begin() + p, s.w.begin());  // dstedc overwrites d with the values
-  scipy_dstedc_(&compz, &p, s.w.data(), s.e.data(), s.z.data(), &p, &wq, &lwork, &iw, &liwork, &info, 1);
+  scipy_dstedc_(&compz, &m, d, e, z, &ldz, &wq, &lwork, &iw, &liwork, &info, 1);
   lwork = static_cast<int>(wq) + 1;
   liwork = iw;
-  grow(s.work, static_cast<size_t>(lwork));
-  grow(s.iwork, static_cast<size_t>(liwork));
-  scipy_dstedc_(&compz, &p, s.w.data(), s.e.data(), s.z.data(), &p, s.work.data(), &lwork, s.iwork.data(),
-                &liwork, &info, 1);
+  grow(work, static_cast<size_t>(lwork));
+  grow(iwork, static_cast<size_t>(liwork));
+  scipy_dstedc_(&compz, &m, d, e, z, &ldz, work.data(), &lwork, iwork.data(), &liwork, &info, 1);
   return info;
+}
+
+// Divide and conquer on the tridiagonal, all p pairs: ascending values in s.w, vectors of T in
+// s.z (column-major, p x p). Returns LAPACK's info.
+int tridiagonal_dc(EighScratch& s, int p) {
+  grow(s.z, static_cast<size_t>(p) * static_cast<size_t>(p));
+  std::copy(s.d.begin(), s.d.begin() + p, s.w.begin());  // dstedc overwrites d with the values
+  return dstedc_vectors(p, s.w.data(), s.e.data(), s.z.data(), p, s.work, s.iwork);
 }
 
 // Divide and conquer on the tridiagonal for the top `want` pairs only, from p = kTopDcMinP:
@@ -362,20 +368,8 @@ int tridiagonal_dc_top(EighScratch& s, int p, int want) {
       2,
       [&](size_t h) {
         const int m = h == 0 ? n1 : n2, off = h == 0 ? 0 : n1;
-        const char compz = 'I';
-        int lwork = -1, liwork = -1, iw = 0, inf = 0;
-        double wq = 0.0;
-        scipy_dstedc_(&compz, &m, d + off, e + off, q + static_cast<size_t>(off) * p + off, &p, &wq, &lwork,
-                      &iw, &liwork, &inf, 1);
-        lwork = static_cast<int>(wq) + 1;
-        liwork = iw;
-        DVec& work = s.dc_work[h];
-        IVec& iwork = s.dc_iwork[h];
-        grow(work, static_cast<size_t>(lwork));
-        grow(iwork, static_cast<size_t>(liwork));
-        scipy_dstedc_(&compz, &m, d + off, e + off, q + static_cast<size_t>(off) * p + off, &p, work.data(),
-                      &lwork, iwork.data(), &liwork, &inf, 1);
-        half_info[h] = inf;
+        half_info[h] = dstedc_vectors(m, d + off, e + off, q + static_cast<size_t>(off) * p + off, p,
+                                      s.dc_work[h], s.dc_iwork[h]);
       },
       t_inner_threads);
   if (half_info[0] != 0) return half_info[0];
