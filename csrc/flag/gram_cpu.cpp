@@ -102,6 +102,43 @@ void add_groups(const std::vector<double>& partial, int64_t b, int64_t p, int64_
   }
 }
 
+// The packed path's ending: out (b x p x p) = the sum over the column groups of the lower
+// triangles of partial (groups == 1: out already holds it; gram_packed.hpp's layout, entry
+// (i, j), i <= j, at [j * p + i]), added in group order, then mirrored to the upper triangle.
+// Rows in parallel (each entry's sum is the same whatever the threads), the mirror in 32 x 32
+// blocks (a transposed copy that stays in L1).
+void sum_lower_and_mirror(const double* partial, int64_t b, int64_t p, int64_t groups, double* out) {
+  const int64_t pp = p * p;
+  constexpr int64_t kB = 32;
+  const int64_t nb = (p + kB - 1) / kB;
+  for (int64_t q = 0; q < b; ++q) {
+    check_cancel();
+    double* gq = out + q * pp;
+    if (groups > 1)
+      parallel_for(static_cast<size_t>(nb), [&](size_t t) {
+        for (int64_t j = static_cast<int64_t>(t) * kB; j < std::min(p, (static_cast<int64_t>(t) + 1) * kB);
+             ++j) {
+          double* dst = gq + j * p;
+          const double* src = partial + q * pp + j * p;
+          for (int64_t i = 0; i <= j; ++i) dst[i] = src[i];
+          for (int64_t g = 1; g < groups; ++g) {
+            const double* sg = partial + (g * b + q) * pp + j * p;
+            for (int64_t i = 0; i <= j; ++i) dst[i] += sg[i];
+          }
+        }
+      });
+    // block row bi of the upper triangle: entries (i, j), j > i, from (j, i)
+    parallel_for(static_cast<size_t>(nb), [&](size_t t) {
+      const int64_t i0 = static_cast<int64_t>(t) * kB, i1 = std::min(p, i0 + kB);
+      for (int64_t j0 = i0; j0 < p; j0 += kB) {
+        const int64_t j1 = std::min(p, j0 + kB);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = std::max(j0, i + 1); j < j1; ++j) gq[i * p + j] = gq[j * p + i];
+      }
+    });
+  }
+}
+
 // ---- BLAS path (p > kGramBlasMinP, where the Gram is compute-bound) ----
 // Work items: (problem, tile pair (I <= J) of kTile rows each, column group). The column groups
 // depend on n and p only (never on the thread count); each item walks its columns in chunks of
@@ -281,17 +318,17 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   const auto part_rows = [&](size_t t) {
     return std::make_pair(std::min(p, bound[t] * MR), std::min(p, bound[t + 1] * MR));
   };
-  std::vector<int64_t> off(static_cast<size_t>(parts + 1), 0);
-  for (size_t t = 0; t < size_t(parts); ++t) {
-    const auto [i0, i1] = part_rows(t);
-    off[t + 1] = off[t] + (i0 < i1 ? simd_avx512::gram_packed_acc_size(p, i0, i1) : 0);
-  }
-  const size_t acc_size = static_cast<size_t>(off[size_t(parts)]);
-  const AlignedArray<double> acc = aligned_array<double>(acc_size);
   constexpr int64_t kPackStrips = 8;  // strips per packing task
   const int64_t pack_tasks = (strips + kPackStrips - 1) / kPackStrips;
   for (int64_t q = 0; q < b; ++q) {
     const float* const* rq = rows + q * p;
+    double* gq = out + q * pp;
+    // the parts accumulate straight into gq's lower triangle (gram_packed.hpp), their own
+    // columns of it (and a few entries above the diagonal): zero those first
+    parallel_for(static_cast<size_t>(parts), [&](size_t t) {
+      const auto [i0, i1] = part_rows(t);
+      for (int64_t j = i0; j < p; ++j) std::fill(gq + j * p + i0, gq + j * p + i1, 0.0);
+    });
     for (int64_t k = 0; k < n; k += super * KC) {
       check_cancel();
       const int64_t ns = std::min(super, (n - k + KC - 1) / KC);
@@ -304,24 +341,15 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
       parallel_for(static_cast<size_t>(parts), [&](size_t t) {
         const auto [i0, i1] = part_rows(t);
         if (i0 >= i1) return;
-        if (k == 0) std::fill(acc.get() + off[t], acc.get() + off[t + 1], 0.0);
         for (int64_t j = 0; j < ns; ++j) {
           check_cancel();
           const int64_t kc = std::min(KC, n - (k + j * KC));
-          simd_avx512::gram_packed_slice(pk.get() + j * per_slice, kc, p, i0, i1, acc.get() + off[t]);
+          simd_avx512::gram_packed_slice(pk.get() + j * per_slice, kc, p, i0, i1, gq);
         }
       });
     }
-    double* gq = out + q * pp;
-    parallel_for(static_cast<size_t>(parts), [&](size_t t) {
-      const auto [i0, i1] = part_rows(t);
-      if (i0 >= i1) return;
-      simd_avx512::gram_packed_scatter(acc.get() + off[t], p, i0, i1, gq);
-      // the mirror entries (j, i), j > i, of this part's rows: written by this part only
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = i + 1; j < p; ++j) gq[j * p + i] = gq[i * p + j];
-    });
   }
+  sum_lower_and_mirror(nullptr, b, p, 1, out);
 }
 #endif
 
@@ -364,7 +392,7 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     double* acc = groups > 1 ? partial.data() + (g * b + q) * pp : out + q * pp;
     simd_avx512::gram_packed_rows(rows + q * p, p, i0, i1, k0, k1, acc);
   });
-  add_groups(partial, b, p, groups, out);
+  sum_lower_and_mirror(partial.data(), b, p, groups, out);
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;

@@ -5,15 +5,19 @@
 //   rows  : p pointers, rows[i] -> the n contiguous float32 elements of worker i    // [P] -> [N]
 //   i0,i1 : the item's block of rows, i0 a multiple of kGramPackedMR, i0 < i1 <= p
 //   k0,k1 : the item's columns
-//   g     : p x p row-major float64; the item writes (=, not +=) g[i * p + j] for i0 <= i < i1,
-//           i <= j < p: sum over k in [k0, k1) of rows[i][k] * rows[j][k]          // [P, P]
+//   g     : p x p row-major float64, the Gram's entry (i, j), i <= j, at g[j * p + i] (the lower
+//           triangle holds the upper one, transposed: a register tile's column is a contiguous
+//           run there). The item adds (+=) to g[j * p + i] for i0 <= i < i1, i <= j < p the sum
+//           over k in [k0, k1) of rows[i][k] * rows[j][k]; it may also add the same sums to some
+//           entries g[j * p + i] with i0 <= j < i < i1 (inside its diagonal tiles), which the
+//           caller overwrites when it mirrors the lower triangle.                     // [P, P]
 // Columns go in slices of kGramPackedKC. Per slice, rows i0 .. p are packed into k-major strips of
 // kGramPackedMR rows (a 16 x 16 register transpose; rows past p read as zeros), and a 32 x 8
 // register tile of float32 accumulators multiplies two 16-lane vectors of the row strip by 8
 // broadcast values of the column strip per step; tiles entirely below the diagonal are skipped and
 // tiles whose lower half is below it run on the upper 16 rows only. Each slice's float32 tile
-// (kGramPackedKC products per entry, summed in order) is added into float64 accumulators, so the
-// sum over a slice is the same sequence of operations whatever the thread count, the block or the
+// (kGramPackedKC products per entry, summed in order) is added into g in float64, so the sum over
+// a slice is the same sequence of operations whatever the thread count, the block or the
 // position in memory of the data; slices are added in order. Calls check_cancel() once per slice.
 #pragma once
 #include <cstdint>
@@ -44,18 +48,15 @@ namespace simd_avx512 {
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
                       double* g);
 
-// The same work in three steps, for callers that pack a slice once and share it between row
+// The same work in two steps, for callers that pack a slice once and share it between row
 // parts (gram_cpu at large p):
-//   gram_packed_pack    : strips [s0, s1) of the slice [k0, k0 + kc) of all p rows into out
-//                         (out[s * kc * MR + k * MR + r], rows past p zero)       // [S, KC, MR]
-//   gram_packed_slice   : acc (gram_packed_acc_size doubles, zero before the first slice) +=
-//                         the slice's products for rows [i0, i1) against rows [i0, p)
-//   gram_packed_scatter : acc into g as gram_packed_rows writes it
-int64_t gram_packed_acc_size(int64_t p, int64_t i0, int64_t i1);
+//   gram_packed_pack  : strips [s0, s1) of the slice [k0, k0 + kc) of all p rows into out
+//                       (out[s * kc * MR + k * MR + r], rows past p zero)         // [S, KC, MR]
+//   gram_packed_slice : g += the slice's products for rows [i0, i1) against rows [i0, p), in
+//                       gram_packed_rows's layout
 void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
                       float* out);
-void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* acc);
-void gram_packed_scatter(const double* acc, int64_t p, int64_t i0, int64_t i1, double* g);
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g);
 }  // namespace simd_avx512
 
 }  // namespace flagcore

@@ -108,25 +108,18 @@ struct Prefetch {
   }
 };
 
-// acc[t * MR + r] += sum_k a[k * MR + r] * b[k * MR + t] (float32 over the slice, then float64);
-// Half: rows r < 16 only.
+// g[t * ldg + r] += sum_k a[k * MR + r] * b[k * MR + t] (float32 over the slice, then float64)
+// for t < ncols and r < nrows (nrows <= 16 when Half: the rows r < 16 only).
 template <bool Half>
-inline void tile(int64_t kc, const float* __restrict a, const float* __restrict b, double* __restrict acc,
-                 Prefetch& pf) {
+inline void tile(int64_t kc, const float* __restrict a, const float* __restrict b, double* __restrict g,
+                 int64_t ldg, int nrows, int ncols, Prefetch& pf) {
   __m512 c0[NR], c1[NR];
   for (int t = 0; t < NR; ++t) {
     c0[t] = _mm512_setzero_ps();
     c1[t] = _mm512_setzero_ps();
   }
   int64_t count = pf.count;  // in a register (pf.count in memory cost a load and a store per step)
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* ak = a + k * MR;
-    const float* bk = b + k * MR;
-    _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR), _MM_HINT_T0);
-    if (__builtin_expect(--count == 0, 0)) {
-      count = pf.every;
-      pf.one();
-    }
+  const auto step = [&](const float* ak, const float* bk) {
     const __m512 a0 = _mm512_load_ps(ak);
     if (Half) {
 #pragma GCC unroll 8
@@ -140,18 +133,40 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
         c1[t] = _mm512_fmadd_ps(a1, bt, c1[t]);
       }
     }
+  };
+  // two k-steps per iteration: the loop's own instructions (prefetches, counters) once per two
+  // 16-FMA steps; both lines of the row strip 8 steps ahead are prefetched
+  int64_t k = 0;
+  for (; k + 2 <= kc; k += 2) {
+    const float* ak = a + k * MR;
+    const float* bk = b + k * MR;
+    _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR + 16), _MM_HINT_T0);
+    count -= 2;
+    if (__builtin_expect(count <= 0, 0)) {
+      count = pf.every;
+      pf.one();
+    }
+    step(ak, bk);
+    step(ak + MR, bk + MR);
   }
+  if (k < kc) step(a + k * MR, b + k * MR);
   pf.count = count;
-  for (int t = 0; t < NR; ++t) {
-    double* g = acc + t * MR;
-    _mm512_store_pd(g, _mm512_add_pd(_mm512_load_pd(g), _mm512_cvtps_pd(_mm512_castps512_ps256(c0[t]))));
-    _mm512_store_pd(g + 8,
-                    _mm512_add_pd(_mm512_load_pd(g + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(c0[t], 1))));
+  const auto add = [](double* dst, __m256 v, int lanes) {
+    if (lanes >= 8) {
+      _mm512_storeu_pd(dst, _mm512_add_pd(_mm512_loadu_pd(dst), _mm512_cvtps_pd(v)));
+    } else if (lanes > 0) {
+      const __mmask8 m = static_cast<__mmask8>((1u << lanes) - 1u);
+      _mm512_mask_storeu_pd(dst, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, dst), _mm512_cvtps_pd(v)));
+    }
+  };
+  for (int t = 0; t < ncols; ++t) {
+    double* d = g + t * ldg;
+    add(d, _mm512_castps512_ps256(c0[t]), nrows);
+    add(d + 8, _mm512_extractf32x8_ps(c0[t], 1), nrows - 8);
     if (!Half) {
-      _mm512_store_pd(g + 16,
-                      _mm512_add_pd(_mm512_load_pd(g + 16), _mm512_cvtps_pd(_mm512_castps512_ps256(c1[t]))));
-      _mm512_store_pd(
-          g + 24, _mm512_add_pd(_mm512_load_pd(g + 24), _mm512_cvtps_pd(_mm512_extractf32x8_ps(c1[t], 1))));
+      add(d + 16, _mm512_castps512_ps256(c1[t]), nrows - 16);
+      add(d + 24, _mm512_extractf32x8_ps(c1[t], 1), nrows - 24);
     }
   }
 }
@@ -161,8 +176,9 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
 namespace {
 
 // One slice (kc columns, packed strips from pk) of the tiles of rows [i0, i1) (i0 on a strip
-// boundary; pk's strip 0 holds row i0) into acc (sa x ntj tiles of NR x MR float64).
-void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* acc, Prefetch& pf) {
+// boundary; pk's strip 0 holds row i0) added into g (p x p, the layout of gram_packed.hpp:
+// entry (i, j) at g[j * p + i]).
+void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, Prefetch& pf) {
   const int64_t rest = p - i0;
   const int64_t sa = (i1 - i0 + MR - 1) / MR;
   const int64_t ntj = (rest + NR - 1) / NR;
@@ -173,14 +189,22 @@ void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1,
     for (int64_t jt = sb * MR / NR; jt < ntj; ++jt) {
       const int64_t c0 = jt * NR;  // first column of the tile (relative to i0)
       const float* b = pk + (c0 / MR) * kc * MR + c0 % MR;
+      const int ncols = static_cast<int>(std::min<int64_t>(NR, rest - c0));
       for (int64_t s = sb; s < se; ++s) {
         const int64_t r0 = s * MR;
         if (c0 + NR - 1 < r0) continue;  // every entry below the diagonal
-        double* a = acc + (s * ntj + jt) * NR * MR;
+        const int nrows = static_cast<int>(std::min<int64_t>(MR, i1 - i0 - r0));
+        double* d = g + (i0 + c0) * p + i0 + r0;
+        // the next tile's lines of g into L2 while this one multiplies (its rows of g are far
+        // apart: no hardware prefetcher has them)
+        const double* dn = s + 1 < se ? d + MR : g + std::min(p - 1, i0 + c0 + NR) * p + i0 + sb * MR;
+        for (int t = 0; t < NR; ++t)
+          for (int l = 0; l < MR; l += 8)
+            _mm_prefetch(reinterpret_cast<const char*>(dn + t * p + l), _MM_HINT_T1);
         if (c0 + NR - 1 < r0 + 16)
-          tile<true>(kc, pk + s * kc * MR, b, a, pf);
+          tile<true>(kc, pk + s * kc * MR, b, d, p, std::min(nrows, 16), ncols, pf);
         else
-          tile<false>(kc, pk + s * kc * MR, b, a, pf);
+          tile<false>(kc, pk + s * kc * MR, b, d, p, nrows, ncols, pf);
       }
     }
   }
@@ -188,38 +212,16 @@ void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1,
 
 }  // namespace
 
-int64_t gram_packed_acc_size(int64_t p, int64_t i0, int64_t i1) {
-  return (i1 - i0 + MR - 1) / MR * ((p - i0 + NR - 1) / NR) * NR * MR;
-}
-
 void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
                       float* out) {
   pack(rows + s0 * MR, p - s0 * MR, k0, kc, s1 - s0, out + s0 * kc * MR);
 }
 
-void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* acc) {
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g) {
   Prefetch pf;
   pf.every = int64_t(1) << 62;
   pf.count = pf.every;
-  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, acc, pf);
-}
-
-void gram_packed_scatter(const double* acc, int64_t p, int64_t i0, int64_t i1, double* g) {
-  const int64_t sa = (i1 - i0 + MR - 1) / MR;
-  const int64_t ntj = (p - i0 + NR - 1) / NR;
-  for (int64_t s = 0; s < sa; ++s)
-    for (int64_t jt = 0; jt < ntj; ++jt) {
-      const double* a = acc + (s * ntj + jt) * NR * MR;
-      for (int t = 0; t < NR; ++t) {
-        const int64_t j = i0 + jt * NR + t;
-        if (j >= p) break;
-        for (int r = 0; r < MR; ++r) {
-          const int64_t i = i0 + s * MR + r;
-          if (i >= i1 || i > j) break;
-          g[i * p + j] = a[t * MR + r];
-        }
-      }
-    }
+  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, g, pf);
 }
 
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
@@ -229,11 +231,7 @@ void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i
   const int64_t sa = (i1 - i0 + MR - 1) / MR;   // strips of the item's own rows
   const int64_t ntj = (rest + NR - 1) / NR;     // column tiles
   thread_local Scratch<float> pk_s;
-  thread_local Scratch<double> acc_s;
   float* pk = pk_s.get(static_cast<size_t>(strips * KC * MR));
-  const int64_t acc_size = gram_packed_acc_size(p, i0, i1);
-  double* acc = acc_s.get(static_cast<size_t>(acc_size));
-  std::fill(acc, acc + acc_size, 0.0);
   for (int64_t k = k0; k < k1; k += KC) {
     check_cancel();
     const int64_t kc = std::min(KC, k1 - k);
@@ -248,9 +246,8 @@ void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i
       pf.lines = (std::min(KC, k1 - k - kc) + 15) / 16;
       pf.every = std::max<int64_t>(1, steps / std::max<int64_t>(1, rest * pf.lines));
     }
-    slice_tiles(pk, kc, p, i0, i1, acc, pf);
+    slice_tiles(pk, kc, p, i0, i1, g, pf);
   }
-  gram_packed_scatter(acc, p, i0, i1, g);
 }
 
 }  // namespace simd_avx512
