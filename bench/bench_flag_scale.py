@@ -6,11 +6,13 @@ GEMM), ``numpy.linalg.eigh`` of a p x p float64 matrix (one eigensolve), ``torch
     python bench/bench_flag_scale.py                                   # p in 8 .. 4096
     python bench/bench_flag_scale.py --sizes 256:200000,1024:50000 --repeat 3
 
-Goals (issue 11): Gram <= 0.55x X@X.T at p >= 64; one IRLS step <= 1.5x eigh at p in {256, 1024,
-4096}; five steps <= 4x eigh (eigh: the faster of numpy's default-threaded and one-thread
-eigh), the later steps cheaper than the first ("later/first": the mean of steps 2-5 over
-step 1; "eigh_top": flagcore's eigensolver alone, top r pairs); FA with 1 step <= 0.55x X@X.T +
-1.5x eigh + 1.2x sum at p >= 64; FA <= 2.2x sum at p = 15 and 2.6x at p = 30 (n >= 2e6).
+Goals (issue 11): Gram <= 0.55x X@X.T at p >= 64 (for reference, tuned SYRKs in the same run
+and threads: OpenBLAS `ssyrk` always, MKL `ssyrk` when the `mkl` wheel is installed, see
+bench/_syrk.py); one IRLS step <= 1.5x eigh at p in {256, 1024, 4096}; five steps <= 4x eigh
+(eigh: the faster of numpy's default-threaded and one-thread eigh), the later steps cheaper than
+the first ("later/first": the mean of steps 2-5 over step 1; "eigh_top": flagcore's eigensolver
+alone, top r pairs); FA with 1 step <= 0.55x X@X.T + 1.5x eigh + 1.2x sum at p >= 64; FA <= 2.2x
+sum at p = 15 and 2.6x at p = 30 (n >= 2e6).
 Correctness is checked before timing (the IRLS coefficients against a float64 NumPy p-space
 solve). Writes JSON (default bench/results/flag_scale.json) and prints a table.
 """
@@ -29,6 +31,7 @@ import numpy as np
 
 import flagcore
 from _common import git_commit
+from _syrk import syrk_baselines
 from flagcore import _core
 from flagcore._reference import make_gradients
 from flagcore._table import print_table
@@ -72,11 +75,12 @@ def pspace_coefficients(gram: np.ndarray, r: int) -> np.ndarray:
     return a / np.maximum(s, 1e-12)
 
 
-def time_case(x, xt, gram, gn, r: int, rep: int) -> dict:
-    """Seconds, best of rep: the three baselines and flagcore's parts and wholes."""
+def time_case(x, xt, gram, gn, r: int, rep: int, syrks: dict) -> dict:
+    """Seconds, best of rep: the three baselines, the tuned SYRKs (OpenBLAS, and MKL when
+    installed) and flagcore's parts and wholes."""
     import torch
 
-    return {
+    out = {
         "torch_mm": best_time(lambda: xt @ xt.T, rep),
         "torch_sum": best_time(lambda: torch.sum(xt, 0), rep),
         "numpy_eigh": best_time(lambda: np.linalg.eigh(gn), rep),
@@ -91,6 +95,12 @@ def time_case(x, xt, gram, gn, r: int, rep: int) -> dict:
         "fa1": best_time(lambda: flagcore.flag_aggregate(x, r=r), rep),
         "fa5": best_time(lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep),
     }
+    # last, each followed by a pause: a BLAS's worker threads spin for a while after a call,
+    # which would slow whatever is timed next
+    for name, f in syrks.items():
+        out[f"ssyrk_{name}"] = best_time(lambda f=f: f(x), rep)
+        time.sleep(0.5)
+    return out
 
 
 def main(argv=None) -> int:
@@ -125,6 +135,7 @@ def main(argv=None) -> int:
     threads = args.threads or os.cpu_count() or 1
     flagcore.set_num_threads(threads)
     torch.set_num_threads(threads)
+    syrks = syrk_baselines(threads)
 
     rows, records = [], []
     for p, n in sizes:
@@ -146,7 +157,11 @@ def main(argv=None) -> int:
         assert agg_err < 1e-4, f"p={p}: aggregate differs by {agg_err:.2e}"
         s = np.sqrt(np.diag(gram[0]))
         gn = gram[0] / np.outer(s, s)
-        t = time_case(x, xt, gram, gn, r, rep)
+        for name, f in syrks.items():  # the baselines compute the same Gram (float32 sums)
+            c = np.triu(f(x)).astype(np.float64)
+            syrk_err = float(np.abs(c - np.triu(gram[0])).max() / np.abs(gram[0]).max())
+            assert syrk_err < 1e-3, f"p={p}: {name} ssyrk differs from the Gram by {syrk_err:.2e}"
+        t = time_case(x, xt, gram, gn, r, rep, syrks)
         steps5 = int(
             _core.flag_irls(gram, _core.FlagParams(r=r, max_iter=5, tol=0.0))["iterations"][0]
         )
@@ -186,6 +201,8 @@ def main(argv=None) -> int:
                 ms["torch_mm"],
                 ms["gram"],
                 t["gram"] / t["torch_mm"],
+                t["ssyrk_openblas"] / t["torch_mm"],
+                t["ssyrk_mkl"] / t["torch_mm"] if "ssyrk_mkl" in t else "-",
                 ms["numpy_eigh"],
                 ms["numpy_eigh_1t"],
                 ms["eigh_top"],
@@ -210,6 +227,8 @@ def main(argv=None) -> int:
             "X@X.T",
             "gram",
             "gram/mm",
+            "OpenBLAS ssyrk/mm",
+            "MKL ssyrk/mm",
             "eigh",
             "eigh 1t",
             "eigh_top",
