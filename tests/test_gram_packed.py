@@ -1,4 +1,5 @@
-"""The packed AVX-512 Gram kernel (float32, p > 32; csrc/flag/gram_packed_avx512.cpp):
+"""The packed AVX-512 Gram kernel (float32, p > 48; csrc/flag/gram_packed_avx512.cpp; p = 33 to
+48 run the register-tiled kernel on AVX-512, the OpenBLAS path on other instruction sets):
 against float64 NumPy within the float32 accuracy class, identical for any thread count and
 memory layout, row tails and column tails of every length, batches and column groups, and the
 same accuracy as the OpenBLAS path it replaces (forced with FLAGCORE's other instruction sets)."""
@@ -47,6 +48,7 @@ def level():
         (1, 255, 3000),
         (2, 511, 700),
         (1, 40, 40_000),
+        (1, 50, 40_000),  # the packed kernel with column groups
         (2, 520, 9_001),  # p >= 512: slices packed once, shared by the row parts; 2 runs
         (1, 1100, 300),
     ],
@@ -69,7 +71,7 @@ def test_matches_float64_and_is_layout_and_thread_independent(level, b, p, n):
 
 
 @pytest.mark.skipif(not AVX512, reason="the packed kernel needs AVX-512")
-@pytest.mark.parametrize("p,n", [(48, 20_000), (200, 5_000)])
+@pytest.mark.parametrize("p,n", [(60, 20_000), (200, 5_000)])
 def test_same_accuracy_class_as_the_openblas_path(level, p, n):
     x = _data(1, p, n, seed=7)
     ref = x[0].astype(np.float64) @ x[0].astype(np.float64).T

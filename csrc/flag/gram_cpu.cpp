@@ -21,6 +21,12 @@ constexpr int64_t kMaxParts = 32;
 // (gram_packed.hpp), float64 and other CPUs OpenBLAS; at and below, the register-tiled kernels run
 // at memory speed.
 constexpr int64_t kGramBlasMinP = 32;
+// float32 on AVX-512 keeps the register-tiled kernel up to this p: below it the packed kernel's
+// 32-row strips waste more of their multiply-adds on the diagonal and its packing is a larger
+// share. A/B (alternating processes, 2 threads, n = 1e6, ms, register vs packed): p = 40
+// 11.0-11.5 vs 14.5-16.1, 48 16.4-16.7 vs 18.3-18.5, 56 21.7-22.6 vs 22.0-23.4, 64 28.6 vs
+// 26.5-26.9.
+constexpr int64_t kGramRegisterMaxP32 = 48;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
 
 int64_t parts_for(int64_t n) {
@@ -52,7 +58,8 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
 template <typename T>
 void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
-  if (p > kGramBlasMinP) {
+  const bool register_f32 = sizeof(T) == 4 && p <= kGramRegisterMaxP32 && simd_level() == SimdLevel::avx512;
+  if (p > kGramBlasMinP && !register_f32) {
     if constexpr (sizeof(T) == 4)
       if (gram_packed_impl(rows, b, p, n, out)) return;
     return gram_blas_impl<T>(rows, b, p, n, out);
