@@ -320,13 +320,26 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   const int64_t parts = static_cast<int64_t>(bound.size()) - 1;
   const int64_t per_slice = strips * KC * MR;
   const int64_t super = std::max<int64_t>(1, std::min<int64_t>(16, kSuperBytes / (per_slice * 4)));
-  const AlignedArray<float> pk = aligned_array<float>(static_cast<size_t>(super * per_slice));
+  // two run buffers: while the parts multiply run r from one, the packing tasks of run r + 1
+  // (in the same parallel_for, taken first) fill the other, so its memory reads overlap with the
+  // arithmetic and each run costs one barrier
+  const AlignedArray<float> pk = aligned_array<float>(static_cast<size_t>(2 * super * per_slice));
   // rows [i0, i1) of part t (empty when the equal-work cut left it no strip)
   const auto part_rows = [&](size_t t) {
     return std::make_pair(std::min(p, bound[t] * MR), std::min(p, bound[t + 1] * MR));
   };
   constexpr int64_t kPackStrips = 8;  // strips per packing task
   const int64_t pack_tasks = (strips + kPackStrips - 1) / kPackStrips;
+  const int64_t run_cols = super * KC;
+  const int64_t runs = (n + run_cols - 1) / run_cols;
+  // the slices of run r (ns of them): pack task t of the run into buffer r % 2
+  const auto slices_of = [&](int64_t r) { return std::min(super, (n - r * run_cols + KC - 1) / KC); };
+  const auto pack_task = [&](const float* const* rq, int64_t r, int64_t t) {
+    const int64_t j = t / pack_tasks, c = t % pack_tasks;
+    const int64_t kj = r * run_cols + j * KC, kc = std::min(KC, n - kj);
+    simd_avx512::gram_packed_pack(rq, p, kj, kc, c * kPackStrips, std::min(strips, (c + 1) * kPackStrips),
+                                  pk.get() + ((r % 2) * super + j) * per_slice);
+  };
   for (int64_t q = 0; q < b; ++q) {
     const float* const* rq = rows + q * p;
     double* gq = out + q * pp;
@@ -336,22 +349,22 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
       const auto [i0, i1] = part_rows(t);
       for (int64_t j = i0; j < p; ++j) std::fill(gq + j * p + i0, gq + j * p + i1, 0.0);
     });
-    for (int64_t k = 0; k < n; k += super * KC) {
+    if (runs == 0) continue;
+    parallel_for(static_cast<size_t>(slices_of(0) * pack_tasks),
+                 [&](size_t t) { pack_task(rq, 0, static_cast<int64_t>(t)); });
+    for (int64_t r = 0; r < runs; ++r) {
       check_cancel();
-      const int64_t ns = std::min(super, (n - k + KC - 1) / KC);
-      parallel_for(static_cast<size_t>(ns * pack_tasks), [&](size_t t) {
-        const int64_t j = static_cast<int64_t>(t) / pack_tasks, c = static_cast<int64_t>(t) % pack_tasks;
-        const int64_t kj = k + j * KC, kc = std::min(KC, n - kj);
-        simd_avx512::gram_packed_pack(rq, p, kj, kc, c * kPackStrips, std::min(strips, (c + 1) * kPackStrips),
-                                      pk.get() + j * per_slice);
-      });
-      parallel_for(static_cast<size_t>(parts), [&](size_t t) {
-        const auto [i0, i1] = part_rows(t);
+      const int64_t ns = slices_of(r);
+      const int64_t next = r + 1 < runs ? slices_of(r + 1) * pack_tasks : 0;
+      parallel_for(static_cast<size_t>(next + parts), [&](size_t task) {
+        const int64_t t = static_cast<int64_t>(task);
+        if (t < next) return pack_task(rq, r + 1, t);
+        const auto [i0, i1] = part_rows(static_cast<size_t>(t - next));
         if (i0 >= i1) return;
         for (int64_t j = 0; j < ns; ++j) {
           check_cancel();
-          const int64_t kc = std::min(KC, n - (k + j * KC));
-          simd_avx512::gram_packed_slice(pk.get() + j * per_slice, kc, p, i0, i1, gq);
+          const int64_t kc = std::min(KC, n - (r * run_cols + j * KC));
+          simd_avx512::gram_packed_slice(pk.get() + ((r % 2) * super + j) * per_slice, kc, p, i0, i1, gq);
         }
       });
     }
