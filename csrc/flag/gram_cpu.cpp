@@ -398,8 +398,27 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
   }
   const int64_t slices = (n + kGramPackedKC - 1) / kGramPackedKC;
   const int64_t groups = group_count(b, p, slices);
-  std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
-  if (groups == 1) std::fill(out, out + b * pp, 0.0);
+  // The groups' float64 partials: each item writes (=) its entries in its first slice (every
+  // group has slices when groups > 1), so the buffer needs no zeroing; it is kept for the
+  // calling thread's next call when at most kKeepPartialBytes (fresh pages cost a page fault
+  // and a kernel zeroing each: 16 MiB at p = 256), freed at the end otherwise.
+  constexpr size_t kKeepPartialBytes = size_t(16) << 20;
+  thread_local AlignedArray<double> kept;
+  thread_local size_t kept_size = 0;
+  const size_t need = groups > 1 ? static_cast<size_t>(groups * b * pp) : 0;
+  AlignedArray<double> own;
+  double* partial = nullptr;
+  if (need > 0 && need * sizeof(double) <= kKeepPartialBytes) {
+    if (kept_size < need) {
+      kept = aligned_array<double>(need);
+      kept_size = need;
+    }
+    partial = kept.get();
+  } else if (need > 0) {
+    own = aligned_array<double>(need);
+    partial = own.get();
+  }
+  if (groups == 1) std::fill(out, out + b * pp, 0.0);  // n == 0 writes nothing
   parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
     const int64_t g = static_cast<int64_t>(t) % groups;
     const int64_t part = (static_cast<int64_t>(t) / groups) % parts;
@@ -409,10 +428,10 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     if (i0 >= i1) return;
     const int64_t k0 = std::min(n, slices * g / groups * kGramPackedKC);
     const int64_t k1 = std::min(n, slices * (g + 1) / groups * kGramPackedKC);
-    double* acc = groups > 1 ? partial.data() + (g * b + q) * pp : out + q * pp;
+    double* acc = groups > 1 ? partial + (g * b + q) * pp : out + q * pp;
     simd_avx512::gram_packed_rows(rows + q * p, p, i0, i1, k0, k1, acc);
   });
-  sum_lower_and_mirror(partial.data(), b, p, groups, out);
+  sum_lower_and_mirror(partial, b, p, groups, out);
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;

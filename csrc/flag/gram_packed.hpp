@@ -7,10 +7,11 @@
 //   k0,k1 : the item's columns
 //   g     : p x p row-major float64, the Gram's entry (i, j), i <= j, at g[j * p + i] (the lower
 //           triangle holds the upper one, transposed: a register tile's column is a contiguous
-//           run there). The item adds (+=) to g[j * p + i] for i0 <= i < i1, i <= j < p the sum
-//           over k in [k0, k1) of rows[i][k] * rows[j][k]; it may also add the same sums to some
-//           entries g[j * p + i] with i0 <= j < i < i1 (inside its diagonal tiles), which the
-//           caller overwrites when it mirrors the lower triangle.                     // [P, P]
+//           run there). The item writes (=) g[j * p + i] for i0 <= i < i1, i <= j < p: the sum
+//           over k in [k0, k1) of rows[i][k] * rows[j][k] (nothing when k0 == k1); it may also
+//           write the same sums to some entries g[j * p + i] with i0 <= j < i < i1 (inside its
+//           diagonal tiles), which the caller overwrites when it mirrors the lower triangle.
+//                                                                                     // [P, P]
 // Columns go in slices of kGramPackedKC. Per slice, rows i0 .. p are packed into k-major strips of
 // kGramPackedMR rows (a 16 x 16 register transpose; rows past p read as zeros), and a 32 x 8
 // register tile of float32 accumulators multiplies two 16-lane vectors of the row strip by 8

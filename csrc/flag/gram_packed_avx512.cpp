@@ -112,7 +112,7 @@ struct Prefetch {
 // for t < ncols and r < nrows (nrows <= 16 when Half: the rows r < 16 only).
 template <bool Half>
 inline void tile(int64_t kc, const float* __restrict a, const float* __restrict b, double* __restrict g,
-                 int64_t ldg, int nrows, int ncols, Prefetch& pf) {
+                 int64_t ldg, int nrows, int ncols, bool first, Prefetch& pf) {
   __m512 c0[NR], c1[NR];
   for (int t = 0; t < NR; ++t) {
     c0[t] = _mm512_setzero_ps();
@@ -152,13 +152,12 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
   }
   if (k < kc) step(a + k * MR, b + k * MR);
   pf.count = count;
-  const auto add = [](double* dst, __m256 v, int lanes) {
-    if (lanes >= 8) {
-      _mm512_storeu_pd(dst, _mm512_add_pd(_mm512_loadu_pd(dst), _mm512_cvtps_pd(v)));
-    } else if (lanes > 0) {
-      const __mmask8 m = static_cast<__mmask8>((1u << lanes) - 1u);
-      _mm512_mask_storeu_pd(dst, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, dst), _mm512_cvtps_pd(v)));
-    }
+  // first: the slice's sums are stored (=), later slices add (+=)
+  const auto add = [first](double* dst, __m256 v, int lanes) {
+    if (lanes <= 0) return;
+    const __mmask8 m = lanes >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << lanes) - 1u);
+    const __m512d w = _mm512_cvtps_pd(v);
+    _mm512_mask_storeu_pd(dst, m, first ? w : _mm512_add_pd(_mm512_maskz_loadu_pd(m, dst), w));
   };
   for (int t = 0; t < ncols; ++t) {
     double* d = g + t * ldg;
@@ -178,7 +177,8 @@ namespace {
 // One slice (kc columns, packed strips from pk) of the tiles of rows [i0, i1) (i0 on a strip
 // boundary; pk's strip 0 holds row i0) added into g (p x p, the layout of gram_packed.hpp:
 // entry (i, j) at g[j * p + i]).
-void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, Prefetch& pf) {
+void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first,
+                 Prefetch& pf) {
   const int64_t rest = p - i0;
   const int64_t sa = (i1 - i0 + MR - 1) / MR;
   const int64_t ntj = (rest + NR - 1) / NR;
@@ -202,9 +202,9 @@ void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1,
           for (int l = 0; l < MR; l += 8)
             _mm_prefetch(reinterpret_cast<const char*>(dn + t * p + l), _MM_HINT_T1);
         if (c0 + NR - 1 < r0 + 16)
-          tile<true>(kc, pk + s * kc * MR, b, d, p, std::min(nrows, 16), ncols, pf);
+          tile<true>(kc, pk + s * kc * MR, b, d, p, std::min(nrows, 16), ncols, first, pf);
         else
-          tile<false>(kc, pk + s * kc * MR, b, d, p, nrows, ncols, pf);
+          tile<false>(kc, pk + s * kc * MR, b, d, p, nrows, ncols, first, pf);
       }
     }
   }
@@ -221,7 +221,7 @@ void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64
   Prefetch pf;
   pf.every = int64_t(1) << 62;
   pf.count = pf.every;
-  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, g, pf);
+  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, g, false, pf);
 }
 
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
@@ -246,7 +246,7 @@ void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i
       pf.lines = (std::min(KC, k1 - k - kc) + 15) / 16;
       pf.every = std::max<int64_t>(1, steps / std::max<int64_t>(1, rest * pf.lines));
     }
-    slice_tiles(pk, kc, p, i0, i1, g, pf);
+    slice_tiles(pk, kc, p, i0, i1, g, k == k0, pf);
   }
 }
 
