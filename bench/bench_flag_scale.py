@@ -83,8 +83,6 @@ def time_case(x, xt, gram, gn, r: int, rep: int, syrks: dict) -> dict:
     out = {
         "torch_mm": best_time(lambda: xt @ xt.T, rep),
         "torch_sum": best_time(lambda: torch.sum(xt, 0), rep),
-        "numpy_eigh": best_time(lambda: np.linalg.eigh(gn), rep),
-        "numpy_eigh_1t": best_time(lambda: eigh_one_thread(gn), rep),
         "gram": best_time(lambda: _core.gram(x[None]), rep),
         # flagcore's host eigensolver alone (the IRLS's above p = 32), top r pairs
         "eigh_top": best_time(lambda: _core.eigh_top(gn, r), rep),
@@ -95,8 +93,11 @@ def time_case(x, xt, gram, gn, r: int, rep: int, syrks: dict) -> dict:
         "fa1": best_time(lambda: flagcore.flag_aggregate(x, r=r), rep),
         "fa5": best_time(lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep),
     }
-    # last, each followed by a pause: a BLAS's worker threads spin for a while after a call,
-    # which would slow whatever is timed next
+    # The other BLASes last, each followed by a pause: their worker threads spin for a while
+    # after a call (numpy's OpenBLAS, MKL's OpenMP), which would slow whatever is timed next.
+    out["numpy_eigh"] = best_time(lambda: np.linalg.eigh(gn), rep)
+    out["numpy_eigh_1t"] = best_time(lambda: eigh_one_thread(gn), rep)
+    time.sleep(0.5)
     for name, f in syrks.items():
         out[f"ssyrk_{name}"] = best_time(lambda f=f: f(x), rep)
         time.sleep(0.5)
