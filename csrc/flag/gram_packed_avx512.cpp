@@ -134,14 +134,16 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
       }
     }
   };
-  // two k-steps per iteration: the loop's own instructions (prefetches, counters) once per two
-  // 16-FMA steps; both lines of the row strip 8 steps ahead are prefetched
+  // two k-steps per iteration: the loop's own instructions (counters, branch) once per two
+  // 16-FMA steps; the row strip's two rows 8 steps ahead (4 lines) are prefetched
   int64_t k = 0;
   for (; k + 2 <= kc; k += 2) {
     const float* ak = a + k * MR;
     const float* bk = b + k * MR;
     _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(ak + 8 * MR + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(ak + 9 * MR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(ak + 9 * MR + 16), _MM_HINT_T0);
     count -= 2;
     if (__builtin_expect(count <= 0, 0)) {
       count = pf.every;
