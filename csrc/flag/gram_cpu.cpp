@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -51,6 +52,60 @@ AccumulateFn<T> pick_kernel() {
   }
 }
 
+// The ending of every path: out (b x p x p) = the sum of each problem's `parts` partial matrices
+// on one triangle, added in part order, then mirrored to the other triangle. Part g of problem q
+// is at partial + g * part_stride + q * q_stride; partial == nullptr: out already holds the sums.
+// lower: the sums are on the lower triangle (entry (i, j), i <= j, at [j * p + i]: the packed
+// kernel's layout), else on the upper one. From p = kParallelSumMinP the rows and the mirror's
+// 32 x 32 blocks (a transposed copy that stays in L1) run in parallel; each entry's sum is the
+// same whatever the threads.
+constexpr int64_t kParallelSumMinP = 128;
+
+void sum_and_mirror(const double* partial, int64_t parts, int64_t part_stride, int64_t q_stride, bool lower,
+                    int64_t b, int64_t p, double* out) {
+  const int64_t pp = p * p;
+  constexpr int64_t kB = 32;
+  const int64_t nb = (p + kB - 1) / kB;
+  const auto run = [&](const std::function<void(size_t)>& fn) {
+    if (p >= kParallelSumMinP)
+      parallel_for(static_cast<size_t>(nb), fn);
+    else
+      for (size_t t = 0; t < static_cast<size_t>(nb); ++t) fn(t);
+  };
+  for (int64_t q = 0; q < b; ++q) {
+    check_cancel();
+    double* gq = out + q * pp;
+    if (partial != nullptr)
+      run([&](size_t t) {
+        for (int64_t r = static_cast<int64_t>(t) * kB; r < std::min(p, (static_cast<int64_t>(t) + 1) * kB);
+             ++r) {
+          const int64_t c0 = lower ? 0 : r, c1 = lower ? r + 1 : p;  // row r's entries on the triangle
+          double* dst = gq + r * p;
+          const double* src = partial + q * q_stride + r * p;
+          for (int64_t c = c0; c < c1; ++c) dst[c] = src[c];
+          for (int64_t g = 1; g < parts; ++g) {
+            const double* sg = partial + g * part_stride + q * q_stride + r * p;
+            for (int64_t c = c0; c < c1; ++c) dst[c] += sg[c];
+          }
+        }
+      });
+    // block row t of the mirror: entries (i, j), j > i, of row i from or to (j, i)
+    run([&](size_t t) {
+      const int64_t i0 = static_cast<int64_t>(t) * kB, i1 = std::min(p, i0 + kB);
+      for (int64_t j0 = i0; j0 < p; j0 += kB) {
+        const int64_t j1 = std::min(p, j0 + kB);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = std::max(j0, i + 1); j < j1; ++j) {
+            if (lower)
+              gq[i * p + j] = gq[j * p + i];
+            else
+              gq[j * p + i] = gq[i * p + j];
+          }
+      }
+    });
+  }
+}
+
 template <typename T>
 void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out);
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out);
@@ -80,70 +135,7 @@ void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double
       kernel(rows + q * p, p, k, std::min(k1, k + kCancelColumns), partial.data() + t * pp);
     }
   });
-  for (int64_t q = 0; q < b; ++q) {
-    double* g = out + q * pp;
-    for (int64_t i = 0; i < p; ++i)
-      for (int64_t j = i; j < p; ++j) {
-        double s = 0.0;
-        for (int64_t part = 0; part < parts; ++part) s += partial[(q * parts + part) * pp + i * p + j];
-        g[i * p + j] = s;
-        g[j * p + i] = s;
-      }
-  }
-}
-
-// out (b x p x p) = the sum over the column groups of partial[(g * b + q) * p * p + i * p + j]
-// on the upper triangle (groups == 1: out already holds it), added in group order, mirrored.
-void add_groups(const std::vector<double>& partial, int64_t b, int64_t p, int64_t groups, double* out) {
-  const int64_t pp = p * p;
-  for (int64_t q = 0; q < b; ++q) {
-    check_cancel();
-    double* gq = out + q * pp;
-    for (int64_t i = 0; i < p; ++i)
-      for (int64_t j = i; j < p; ++j) {
-        double s = groups > 1 ? 0.0 : gq[i * p + j];
-        for (int64_t g = 0; g < groups && groups > 1; ++g) s += partial[(g * b + q) * pp + i * p + j];
-        gq[i * p + j] = s;
-        gq[j * p + i] = s;
-      }
-  }
-}
-
-// The packed path's ending: out (b x p x p) = the sum over the column groups of the lower
-// triangles of partial (groups == 1: out already holds it; gram_packed.hpp's layout, entry
-// (i, j), i <= j, at [j * p + i]), added in group order, then mirrored to the upper triangle.
-// Rows in parallel (each entry's sum is the same whatever the threads), the mirror in 32 x 32
-// blocks (a transposed copy that stays in L1).
-void sum_lower_and_mirror(const double* partial, int64_t b, int64_t p, int64_t groups, double* out) {
-  const int64_t pp = p * p;
-  constexpr int64_t kB = 32;
-  const int64_t nb = (p + kB - 1) / kB;
-  for (int64_t q = 0; q < b; ++q) {
-    check_cancel();
-    double* gq = out + q * pp;
-    if (groups > 1)
-      parallel_for(static_cast<size_t>(nb), [&](size_t t) {
-        for (int64_t j = static_cast<int64_t>(t) * kB; j < std::min(p, (static_cast<int64_t>(t) + 1) * kB);
-             ++j) {
-          double* dst = gq + j * p;
-          const double* src = partial + q * pp + j * p;
-          for (int64_t i = 0; i <= j; ++i) dst[i] = src[i];
-          for (int64_t g = 1; g < groups; ++g) {
-            const double* sg = partial + (g * b + q) * pp + j * p;
-            for (int64_t i = 0; i <= j; ++i) dst[i] += sg[i];
-          }
-        }
-      });
-    // block row bi of the upper triangle: entries (i, j), j > i, from (j, i)
-    parallel_for(static_cast<size_t>(nb), [&](size_t t) {
-      const int64_t i0 = static_cast<int64_t>(t) * kB, i1 = std::min(p, i0 + kB);
-      for (int64_t j0 = i0; j0 < p; j0 += kB) {
-        const int64_t j1 = std::min(p, j0 + kB);
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = std::max(j0, i + 1); j < j1; ++j) gq[i * p + j] = gq[j * p + i];
-      }
-    });
-  }
+  sum_and_mirror(partial.data(), parts, pp, parts * pp, false, b, p, out);
 }
 
 // ---- BLAS path (p > kGramBlasMinP, where the Gram is compute-bound) ----
@@ -288,7 +280,7 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
       }
     }
   });
-  add_groups(partial, b, p, groups, out);
+  sum_and_mirror(groups > 1 ? partial.data() : nullptr, groups, b * pp, pp, false, b, p, out);
 }
 
 // ---- Packed AVX-512 path (float32, p > kGramBlasMinP, CPUs with AVX-512) ----
@@ -343,13 +335,12 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   for (int64_t q = 0; q < b; ++q) {
     const float* const* rq = rows + q * p;
     double* gq = out + q * pp;
-    // the parts accumulate straight into gq's lower triangle (gram_packed.hpp), their own
-    // columns of it (and a few entries above the diagonal): zero those first
-    parallel_for(static_cast<size_t>(parts), [&](size_t t) {
-      const auto [i0, i1] = part_rows(t);
-      for (int64_t j = i0; j < p; ++j) std::fill(gq + j * p + i0, gq + j * p + i1, 0.0);
-    });
-    if (runs == 0) continue;
+    // the parts write straight into gq's lower triangle (gram_packed.hpp), their own columns of
+    // it: the first slice stores, the later ones add
+    if (runs == 0) {
+      std::fill(gq, gq + pp, 0.0);
+      continue;
+    }
     parallel_for(static_cast<size_t>(slices_of(0) * pack_tasks),
                  [&](size_t t) { pack_task(rq, 0, static_cast<int64_t>(t)); });
     for (int64_t r = 0; r < runs; ++r) {
@@ -364,12 +355,13 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
         for (int64_t j = 0; j < ns; ++j) {
           check_cancel();
           const int64_t kc = std::min(KC, n - (r * run_cols + j * KC));
-          simd_avx512::gram_packed_slice(pk.get() + ((r % 2) * super + j) * per_slice, kc, p, i0, i1, gq);
+          simd_avx512::gram_packed_slice(pk.get() + ((r % 2) * super + j) * per_slice, kc, p, i0, i1, gq,
+                                         r == 0 && j == 0);
         }
       });
     }
   }
-  sum_lower_and_mirror(nullptr, b, p, 1, out);
+  sum_and_mirror(nullptr, 1, 0, 0, true, b, p, out);
 }
 #endif
 
@@ -431,7 +423,7 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     double* acc = groups > 1 ? partial + (g * b + q) * pp : out + q * pp;
     simd_avx512::gram_packed_rows(rows + q * p, p, i0, i1, k0, k1, acc);
   });
-  sum_lower_and_mirror(partial, b, p, groups, out);
+  sum_and_mirror(partial, groups, b * pp, pp, true, b, p, out);
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;

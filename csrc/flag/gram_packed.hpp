@@ -53,11 +53,11 @@ void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i
 // parts (gram_cpu at large p):
 //   gram_packed_pack  : strips [s0, s1) of the slice [k0, k0 + kc) of all p rows into out
 //                       (out[s * kc * MR + k * MR + r], rows past p zero)         // [S, KC, MR]
-//   gram_packed_slice : g += the slice's products for rows [i0, i1) against rows [i0, p), in
-//                       gram_packed_rows's layout
+//   gram_packed_slice : the slice's products for rows [i0, i1) against rows [i0, p) into g, in
+//                       gram_packed_rows's layout: stored (=) when first, added (+=) otherwise
 void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
                       float* out);
-void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g);
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first);
 }  // namespace simd_avx512
 
 }  // namespace flagcore

@@ -108,8 +108,8 @@ struct Prefetch {
   }
 };
 
-// g[t * ldg + r] += sum_k a[k * MR + r] * b[k * MR + t] (float32 over the slice, then float64)
-// for t < ncols and r < nrows (nrows <= 16 when Half: the rows r < 16 only).
+// g[t * ldg + r] = (first) or += (otherwise) sum_k a[k * MR + r] * b[k * MR + t] (float32 over
+// the slice, then float64) for t < ncols and r < nrows (nrows <= 16 when Half: the rows r < 16).
 template <bool Half>
 inline void tile(int64_t kc, const float* __restrict a, const float* __restrict b, double* __restrict g,
                  int64_t ldg, int nrows, int ncols, bool first, Prefetch& pf) {
@@ -177,8 +177,8 @@ inline void tile(int64_t kc, const float* __restrict a, const float* __restrict 
 namespace {
 
 // One slice (kc columns, packed strips from pk) of the tiles of rows [i0, i1) (i0 on a strip
-// boundary; pk's strip 0 holds row i0) added into g (p x p, the layout of gram_packed.hpp:
-// entry (i, j) at g[j * p + i]).
+// boundary; pk's strip 0 holds row i0) stored (first) or added into g (p x p, the layout of
+// gram_packed.hpp: entry (i, j) at g[j * p + i]).
 void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first,
                  Prefetch& pf) {
   const int64_t rest = p - i0;
@@ -198,11 +198,13 @@ void slice_tiles(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1,
         const int nrows = static_cast<int>(std::min<int64_t>(MR, i1 - i0 - r0));
         double* d = g + (i0 + c0) * p + i0 + r0;
         // the next tile's lines of g into L2 while this one multiplies (its rows of g are far
-        // apart: no hardware prefetcher has them)
-        const double* dn = s + 1 < se ? d + MR : g + std::min(p - 1, i0 + c0 + NR) * p + i0 + sb * MR;
-        for (int t = 0; t < NR; ++t)
-          for (int l = 0; l < MR; l += 8)
-            _mm_prefetch(reinterpret_cast<const char*>(dn + t * p + l), _MM_HINT_T1);
+        // apart: no hardware prefetcher has them); its first row jn and column cn of g, nothing
+        // past g's rows or columns
+        const int64_t jn = s + 1 < se ? i0 + c0 : i0 + c0 + NR;
+        const int64_t cn = s + 1 < se ? i0 + r0 + MR : i0 + sb * MR;
+        for (int64_t t = jn; t < std::min(p, jn + NR); ++t)
+          for (int64_t l = 0; l < std::min<int64_t>(MR, p - cn); l += 8)
+            _mm_prefetch(reinterpret_cast<const char*>(g + t * p + cn + l), _MM_HINT_T1);
         if (c0 + NR - 1 < r0 + 16)
           tile<true>(kc, pk + s * kc * MR, b, d, p, std::min(nrows, 16), ncols, first, pf);
         else
@@ -219,11 +221,12 @@ void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t k
   pack(rows + s0 * MR, p - s0 * MR, k0, kc, s1 - s0, out + s0 * kc * MR);
 }
 
-void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g) {
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g,
+                       bool first) {
   Prefetch pf;
   pf.every = int64_t(1) << 62;
   pf.count = pf.every;
-  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, g, false, pf);
+  slice_tiles(pk + (i0 / MR) * kc * MR, kc, p, i0, i1, g, first, pf);
 }
 
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
