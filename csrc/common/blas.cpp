@@ -546,9 +546,18 @@ InnerThreads::InnerThreads(int n) : prev_(t_inner_threads) {
   ++t_keep;
 }
 
+namespace {
+// The eigensolver's buffers are a thread-local of the caller's thread: large ones (a matrix of more
+// than 4 Mi doubles) are freed once no InnerThreads object keeps them (the IRLS steps share them).
+void release_large_scratch() {
+  if (t_keep == 0 && scratch().a.size() > (size_t(4) << 20)) scratch() = EighScratch();
+}
+}  // namespace
+
 InnerThreads::~InnerThreads() {
   t_inner_threads = prev_;
-  if (--t_keep == 0 && scratch().a.size() > (size_t(4) << 20)) scratch() = EighScratch();
+  --t_keep;
+  release_large_scratch();
 }
 
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
@@ -563,13 +572,9 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
       return;
     }
   EighScratch& s = scratch();
-  struct Release {   // a thread-local of the caller's thread: do not keep large buffers (an
-    EighScratch& s;  // InnerThreads object keeps them until it ends: the IRLS steps share them)
-    size_t pp;
-    ~Release() {
-      if (pp > (size_t(4) << 20) && t_keep == 0) s = EighScratch();
-    }
-  } release{s, pp};
+  struct Release {
+    ~Release() { release_large_scratch(); }
+  } release;
   grow(s.a, pp);
   grow(s.w, static_cast<size_t>(p));
   std::copy(a, a + pp, s.a.begin());
