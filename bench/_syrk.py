@@ -63,8 +63,15 @@ def _mkl(threads: int):
         return None
     # GNU OpenMP (the libgomp torch and the system ship): the intel-openmp wheel is not needed
     os.environ.setdefault("MKL_THREADING_LAYER", "GNU")
-    ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
-    lib = ctypes.CDLL(libs[0])
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(libs[0])
+    except OSError as e:
+        print(
+            f"syrk_baselines: MKL found at {libs[0]} but not loadable, skipped: {e}",
+            file=sys.stderr,
+        )
+        return None
     lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
     lib.MKL_Set_Num_Threads(threads)
     return _wrap(lib.cblas_ssyrk)
