@@ -313,8 +313,15 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   const int64_t per_slice = strips * KC * MR;
   const int64_t super = std::max<int64_t>(1, std::min<int64_t>(16, kSuperBytes / (per_slice * 4)));
   // two run buffers: while the parts multiply run r from one, the packing tasks of run r + 1
-  // (in the same parallel_for, taken first) fill the other, so its memory reads overlap with the
-  // arithmetic and each run costs one barrier
+  // (in the same parallel_for) fill the other, so each run costs one barrier. With two parts
+  // the packing tasks are taken first (their memory reads overlap with the other thread's
+  // arithmetic); from kPacksLastMinParts parts on they are taken last, so the threads that
+  // finish their parts first pack while the others finish theirs (the parts of equal work take
+  // unequal times; the tasks' order changes no result). A/B (alternating processes, 2 threads,
+  // ms, first vs last): p = 512 (2 parts) 105-110 vs 109-114; 1024 194-209 vs 191-206, 2048
+  // 331-345 vs 308-324, 4096 656-692 vs 635-666.
+  constexpr int64_t kPacksLastMinParts = 4;
+  const bool packs_last = parts >= kPacksLastMinParts;
   const AlignedArray<float> pk = aligned_array<float>(static_cast<size_t>(2 * super * per_slice));
   // rows [i0, i1) of part t (empty when the equal-work cut left it no strip)
   const auto part_rows = [&](size_t t) {
@@ -349,8 +356,9 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
       const int64_t next = r + 1 < runs ? slices_of(r + 1) * pack_tasks : 0;
       parallel_for(static_cast<size_t>(next + parts), [&](size_t task) {
         const int64_t t = static_cast<int64_t>(task);
-        if (t < next) return pack_task(rq, r + 1, t);
-        const auto [i0, i1] = part_rows(static_cast<size_t>(t - next));
+        const int64_t part = packs_last ? t : t - next;  // the part of this task, or a packing task
+        if (part < 0 || part >= parts) return pack_task(rq, r + 1, packs_last ? t - parts : t);
+        const auto [i0, i1] = part_rows(static_cast<size_t>(part));
         if (i0 >= i1) return;
         for (int64_t j = 0; j < ns; ++j) {
           check_cancel();
