@@ -418,7 +418,8 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     own = aligned_array<double>(need);
     partial = own.get();
   }
-  if (groups == 1) std::fill(out, out + b * pp, 0.0);  // n == 0 writes nothing
+  // with one group the items store into out on their first slice; no slice (n == 0): zeros
+  if (slices == 0) std::fill(out, out + b * pp, 0.0);
   parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
     const int64_t g = static_cast<int64_t>(t) % groups;
     const int64_t part = (static_cast<int64_t>(t) / groups) % parts;
