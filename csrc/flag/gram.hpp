@@ -9,11 +9,13 @@
 //   and every pair of rows is formed from the chunk while it is in cache. float64 input: products
 //   and sums in float64. float32 input: products and partial sums over at most 32 vector steps
 //   in float32, reduced in float64 (the relative error of an entry stays near 1e-7 of the sum of
-//   |products|); a row whose float32 diagonal is not finite (NaN/Inf data, or values so large
-//   that float32 products overflow) is recomputed against every row in float64, so only real
-//   NaN/Inf data yields a non-finite diagonal. The columns of each problem are cut into a
-//   number of parts that depends on n only, and the parts are added in order, so the result
-//   does not depend on the thread count.
+//   |products|; on CPUs with AMX-BF16, 128 < p < 320, the products are formed from three
+//   bfloat16 parts per value on AMX tiles, in the same accuracy class: gram_amx.hpp); a row
+//   whose float32 diagonal is not finite (NaN/Inf data, or values so large that float32
+//   products overflow) is recomputed against every row in float64, so only real NaN/Inf data
+//   yields a non-finite diagonal. The columns of each problem are cut into a number of parts
+//   that depends on n only, and the parts are added in order, so the result does not depend on
+//   the thread count.
 //
 // weighted_sum_cpu
 //   coef : b * p doubles                                                        // [B, P]

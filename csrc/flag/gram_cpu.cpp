@@ -1,14 +1,25 @@
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
+#if defined(FLAGCORE_X86_DISPATCH) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "common/blas.hpp"
 #include "common/cancel.hpp"
+#include "common/check.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "flag/gram.hpp"
+#include "flag/gram_amx.hpp"
 #include "flag/gram_packed.hpp"
 
 namespace flagcore {
@@ -29,6 +40,18 @@ constexpr int64_t kGramBlasMinP = 32;
 // 26.5-26.9.
 constexpr int64_t kGramRegisterMaxP32 = 48;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
+// float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel for kGramAmxMinP < p <
+// kGramAmxMaxP (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the
+// AVX-512 FMA kernels. Outside, the bf16 splitting and the transposes of the packing (about 0.3 ns
+// per element, against 0.2 ns per element of multiply-adds at p = 64) and, from p ~ 320 on, the
+// per-slice float64 accumulation of the whole p x p Gram (out of L2) cost more than the tiles
+// save. A/B (same process, 2 threads, ms, FMA vs AMX; torch X @ X.T in brackets): p = 64, n = 1e6
+// 21.3 vs 23.2 [31.4]; 128, 5e5 31.4 vs 31.1 [48.5]; 144, 4e5 30.8 vs 26.9 [47.7]; 192, 3e5
+// 37.4 vs 32.7 [60.2]; 224, 2.5e5 41.2 vs 42.5 [66.0]; 256, 2e5 43.0 vs 38.8 [69.1]; 288, 1.5e5
+// 45.5 vs 40.4 [64.0]; 320, 1.5e5 50.5 vs 51.1 [79.2]; 512, 1e5 98.2 vs 130.3; 1024, 5e4 172.4
+// vs 196.2; 4096, 1e4 550.1 vs 711.7.
+constexpr int64_t kGramAmxMinP = 128;
+constexpr int64_t kGramAmxMaxP = 320;
 
 int64_t parts_for(int64_t n) {
   if (n <= 0) return 1;
@@ -109,10 +132,15 @@ void sum_and_mirror(const double* partial, int64_t parts, int64_t part_stride, i
 template <typename T>
 void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out);
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out);
+bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out);
 
 template <typename T>
 void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
+  if constexpr (sizeof(T) == 4)
+    if (p > kGramBlasMinP && (gram_amx_forced_on() || (p > kGramAmxMinP && p < kGramAmxMaxP)) &&
+        gram_amx_impl(rows, b, p, n, out))
+      return;
   const bool register_f32 = sizeof(T) == 4 && p <= kGramRegisterMaxP32 && simd_level() == SimdLevel::avx512;
   if (p > kGramBlasMinP && !register_f32) {
     if constexpr (sizeof(T) == 4)
@@ -304,14 +332,29 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 constexpr int64_t kGramPackedSharedMinP = 512;
 constexpr int64_t kSuperBytes = int64_t(2) << 20;  // packed floats shared by the parts
 
-void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
-                        const std::vector<int64_t>& bound) {
+// The kernel a shared run drives: `units` packed units of rows (strips, tiles), slices of kc columns,
+// slice_elems elements of type E per packed slice of all units; pack(rq, k, kc, u0, u1, dst) packs
+// units [u0, u1) of the slice at column k into the slice buffer dst; slice(pk, kc, u0, u1, g,
+// first) adds (or stores, first) the slice's products of the rows of units [u0, u1) into g, on
+// the triangle `lower` says (sum_and_mirror).
+template <typename E>
+struct SharedKernel {
+  int64_t units, kc, slice_elems;
+  bool lower;
+  std::function<void(const float* const*, int64_t, int64_t, int64_t, int64_t, E*)> pack;
+  std::function<void(const E*, int64_t, int64_t, int64_t, double*, bool)> slice;
+};
+
+template <typename E>
+void gram_shared_runs(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
+                      const std::vector<int64_t>& bound, const SharedKernel<E>& ker) {
   const int64_t pp = p * p;
-  const int64_t KC = kGramPackedKC, MR = kGramPackedMR;
-  const int64_t strips = (p + MR - 1) / MR;
+  const int64_t KC = ker.kc;
+  const int64_t strips = ker.units;
   const int64_t parts = static_cast<int64_t>(bound.size()) - 1;
-  const int64_t per_slice = strips * KC * MR;
-  const int64_t super = std::max<int64_t>(1, std::min<int64_t>(16, kSuperBytes / (per_slice * 4)));
+  const int64_t per_slice = ker.slice_elems;
+  const int64_t super = std::max<int64_t>(
+      1, std::min<int64_t>(16, kSuperBytes / (per_slice * static_cast<int64_t>(sizeof(E)))));
   // two run buffers: while the parts multiply run r from one, the packing tasks of run r + 1
   // (in the same parallel_for) fill the other, so each run costs one barrier. With two parts
   // the packing tasks are taken first (their memory reads overlap with the other thread's
@@ -322,12 +365,10 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   // 331-345 vs 308-324, 4096 656-692 vs 635-666.
   constexpr int64_t kPacksLastMinParts = 4;
   const bool packs_last = parts >= kPacksLastMinParts;
-  const AlignedArray<float> pk = aligned_array<float>(static_cast<size_t>(2 * super * per_slice));
-  // rows [i0, i1) of part t (empty when the equal-work cut left it no strip)
-  const auto part_rows = [&](size_t t) {
-    return std::make_pair(std::min(p, bound[t] * MR), std::min(p, bound[t + 1] * MR));
-  };
-  constexpr int64_t kPackStrips = 8;  // strips per packing task
+  const AlignedArray<E> pk = aligned_array<E>(static_cast<size_t>(2 * super * per_slice));
+  // rows [i0, i1) of part t (empty when the equal-work cut left it no unit)
+  const auto part_rows = [&](size_t t) { return std::make_pair(bound[t], bound[t + 1]); };
+  constexpr int64_t kPackStrips = 8;  // units per packing task
   const int64_t pack_tasks = (strips + kPackStrips - 1) / kPackStrips;
   const int64_t run_cols = super * KC;
   const int64_t runs = (n + run_cols - 1) / run_cols;
@@ -336,14 +377,14 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
   const auto pack_task = [&](const float* const* rq, int64_t r, int64_t t) {
     const int64_t j = t / pack_tasks, c = t % pack_tasks;
     const int64_t kj = r * run_cols + j * KC, kc = std::min(KC, n - kj);
-    simd_avx512::gram_packed_pack(rq, p, kj, kc, c * kPackStrips, std::min(strips, (c + 1) * kPackStrips),
-                                  pk.get() + ((r % 2) * super + j) * per_slice);
+    ker.pack(rq, kj, kc, c * kPackStrips, std::min(strips, (c + 1) * kPackStrips),
+             pk.get() + ((r % 2) * super + j) * per_slice);
   };
   for (int64_t q = 0; q < b; ++q) {
     const float* const* rq = rows + q * p;
     double* gq = out + q * pp;
-    // the parts write straight into gq's lower triangle (gram_packed.hpp), their own columns of
-    // it: the first slice stores, the later ones add
+    // the parts write straight into gq's triangle, their own rows or columns of it: the first
+    // slice stores, the later ones add
     if (runs == 0) {
       std::fill(gq, gq + pp, 0.0);
       continue;
@@ -358,20 +399,72 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
         const int64_t t = static_cast<int64_t>(task);
         const int64_t part = packs_last ? t : t - next;  // the part of this task, or a packing task
         if (part < 0 || part >= parts) return pack_task(rq, r + 1, packs_last ? t - parts : t);
-        const auto [i0, i1] = part_rows(static_cast<size_t>(part));
-        if (i0 >= i1) return;
+        const auto [u0, u1] = part_rows(static_cast<size_t>(part));
+        if (u0 >= u1) return;
         for (int64_t j = 0; j < ns; ++j) {
           check_cancel();
           const int64_t kc = std::min(KC, n - (r * run_cols + j * KC));
-          simd_avx512::gram_packed_slice(pk.get() + ((r % 2) * super + j) * per_slice, kc, p, i0, i1, gq,
-                                         r == 0 && j == 0);
+          ker.slice(pk.get() + ((r % 2) * super + j) * per_slice, kc, u0, u1, gq, r == 0 && j == 0);
         }
       });
     }
   }
-  sum_and_mirror(nullptr, 1, 0, 0, true, b, p, out);
+  sum_and_mirror(nullptr, 1, 0, 0, ker.lower, b, p, out);
+}
+
+void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
+                        const std::vector<int64_t>& bound) {
+  const int64_t KC = kGramPackedKC, MR = kGramPackedMR;
+  const int64_t strips = (p + MR - 1) / MR;
+  SharedKernel<float> ker{strips, KC, strips * KC * MR, true, nullptr, nullptr};
+  ker.pack = [p](const float* const* rq, int64_t k, int64_t kc, int64_t s0, int64_t s1, float* dst) {
+    simd_avx512::gram_packed_pack(rq, p, k, kc, s0, s1, dst);
+  };
+  ker.slice = [p](const float* pk, int64_t kc, int64_t s0, int64_t s1, double* g, bool first) {
+    simd_avx512::gram_packed_slice(pk, kc, p, std::min(p, s0 * kGramPackedMR),
+                                   std::min(p, s1 * kGramPackedMR), g, first);
+  };
+  gram_shared_runs(rows, b, p, n, out, bound, ker);
 }
 #endif
+
+// The column groups' float64 partials of the packed and AMX paths (need doubles; nullptr when 0):
+// each item writes (=) its entries in its first slice (every group has slices when groups > 1),
+// so the buffer needs no zeroing; it is kept for the calling thread's next call when at most
+// kKeepPartialBytes (fresh pages cost a page fault and a kernel zeroing each: 16 MiB at
+// p = 256), else allocated into own and freed with it.
+double* group_partials(size_t need, AlignedArray<double>& own) {
+  constexpr size_t kKeepPartialBytes = size_t(16) << 20;
+  thread_local AlignedArray<double> kept;
+  thread_local size_t kept_size = 0;
+  if (need == 0) return nullptr;
+  if (need * sizeof(double) <= kKeepPartialBytes) {
+    if (kept_size < need) {
+      kept = aligned_array<double>(need);
+      kept_size = need;
+    }
+    return kept.get();
+  }
+  own = aligned_array<double>(need);
+  return own.get();
+}
+
+// Row parts of equal work (a part's first tile in bound[part]; `units` tiles or strips, the work
+// of unit s is the number of units right of its diagonal, units - s); depends on p only.
+std::vector<int64_t> equal_work_bounds(int64_t units, int64_t parts) {
+  std::vector<int64_t> bound(static_cast<size_t>(parts + 1), units);
+  // work before unit s: sum_{t < s} (units - t)
+  const double total = double(units) * double(units + 1) / 2.0;
+  int64_t s = 0;
+  bound[0] = 0;
+  for (int64_t k = 1; k < parts; ++k) {
+    while (s < units &&
+           double(s) * double(units) - double(s) * double(s - 1) / 2.0 < total * double(k) / double(parts))
+      ++s;
+    bound[static_cast<size_t>(k)] = std::max(s, bound[static_cast<size_t>(k - 1)] + 1);
+  }
+  return bound;
+}
 
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH)
@@ -379,45 +472,15 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
   const int64_t pp = p * p;
   const int64_t strips = (p + kGramPackedMR - 1) / kGramPackedMR;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, strips}));
-  std::vector<int64_t> bound(static_cast<size_t>(parts + 1), strips);
-  {
-    // work before strip s: sum_{t < s} (strips - t)
-    const double total = double(strips) * double(strips + 1) / 2.0;
-    int64_t s = 0;
-    bound[0] = 0;
-    for (int64_t k = 1; k < parts; ++k) {
-      while (s < strips &&
-             double(s) * double(strips) - double(s) * double(s - 1) / 2.0 < total * double(k) / double(parts))
-        ++s;
-      bound[static_cast<size_t>(k)] = std::max(s, bound[static_cast<size_t>(k - 1)] + 1);
-    }
-  }
+  const std::vector<int64_t> bound = equal_work_bounds(strips, parts);
   if (p >= kGramPackedSharedMinP) {
     gram_packed_shared(rows, b, p, n, out, bound);
     return true;
   }
   const int64_t slices = (n + kGramPackedKC - 1) / kGramPackedKC;
   const int64_t groups = group_count(b, p, slices);
-  // The groups' float64 partials: each item writes (=) its entries in its first slice (every
-  // group has slices when groups > 1), so the buffer needs no zeroing; it is kept for the
-  // calling thread's next call when at most kKeepPartialBytes (fresh pages cost a page fault
-  // and a kernel zeroing each: 16 MiB at p = 256), freed at the end otherwise.
-  constexpr size_t kKeepPartialBytes = size_t(16) << 20;
-  thread_local AlignedArray<double> kept;
-  thread_local size_t kept_size = 0;
-  const size_t need = groups > 1 ? static_cast<size_t>(groups * b * pp) : 0;
   AlignedArray<double> own;
-  double* partial = nullptr;
-  if (need > 0 && need * sizeof(double) <= kKeepPartialBytes) {
-    if (kept_size < need) {
-      kept = aligned_array<double>(need);
-      kept_size = need;
-    }
-    partial = kept.get();
-  } else if (need > 0) {
-    own = aligned_array<double>(need);
-    partial = own.get();
-  }
+  double* partial = group_partials(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, own);
   // with one group the items store into out on their first slice; no slice (n == 0): zeros
   if (slices == 0) std::fill(out, out + b * pp, 0.0);
   parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
@@ -440,7 +503,105 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
 #endif
 }
 
+// ---- AMX path (float32, p > kGramAmxMinP, CPUs with AMX-BF16; gram_amx.hpp) ----
+// Work items: (problem, row part, column group), as in the packed path: row parts of 16-row tiles
+// of equal work (one up to p = 511, p / 256 up to 16), column groups of whole kGramAmxKC slices;
+// both depend on p and n only, and the groups are added in order.
+bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+#if defined(FLAGCORE_X86_DISPATCH)
+  if (!gram_amx_enabled()) return false;
+  const int64_t pp = p * p;
+  const int64_t tiles = (p + 15) / 16;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, tiles}));
+  const std::vector<int64_t> bound = equal_work_bounds(tiles, parts);
+  if (parts > 1) {  // p >= 512: each slice packed once, shared by the row parts
+    SharedKernel<uint16_t> ker{tiles, kGramAmxKC, tiles * kGramAmxTileElems, false, nullptr, nullptr};
+    ker.pack = [p](const float* const* rq, int64_t k, int64_t kc, int64_t u0, int64_t u1, uint16_t* dst) {
+      amx::gram_amx_pack(rq, p, k, kc, u0, u1, true, dst);
+    };
+    ker.slice = [p](const uint16_t* pk, int64_t kc, int64_t t0, int64_t t1, double* g, bool first) {
+      amx::gram_amx_slice(pk, kc, p, t0, t1, g, first);
+    };
+    gram_shared_runs(rows, b, p, n, out, bound, ker);
+    return true;
+  }
+  const int64_t slices = (n + kGramAmxKC - 1) / kGramAmxKC;
+  const int64_t groups = group_count(b, p, slices);
+  AlignedArray<double> own;
+  double* partial = group_partials(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, own);
+  if (slices == 0) std::fill(out, out + b * pp, 0.0);
+  parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
+    const int64_t g = static_cast<int64_t>(t) % groups;
+    const int64_t part = (static_cast<int64_t>(t) / groups) % parts;
+    const int64_t q = static_cast<int64_t>(t) / (groups * parts);
+    const int64_t k0 = std::min(n, slices * g / groups * kGramAmxKC);
+    const int64_t k1 = std::min(n, slices * (g + 1) / groups * kGramAmxKC);
+    double* acc = groups > 1 ? partial + (g * b + q) * pp : out + q * pp;
+    amx::gram_amx_rows(rows + q * p, p, bound[static_cast<size_t>(part)],
+                       bound[static_cast<size_t>(part + 1)], k0, k1, acc);
+  });
+  sum_and_mirror(partial, groups, b * pp, pp, false, b, p, out);
+  return true;
+#else
+  (void)rows, (void)b, (void)p, (void)n, (void)out;
+  return false;
+#endif
+}
+
 }  // namespace
+
+// ---- AMX availability and the switch (gram_amx.hpp) ----
+namespace {
+bool detect_amx() {
+#if defined(FLAGCORE_X86_DISPATCH) && defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx512bw = (b >> 30) & 1u, amx_bf16 = (d >> 22) & 1u, amx_tile = (d >> 24) & 1u;
+  if (!avx512bw || !amx_bf16 || !amx_tile) return false;
+  __cpuid_count(7, 1, a, b, c, d);
+  const bool avx512_bf16 = (a >> 5) & 1u;
+  if (!avx512_bf16) return false;
+  // Linux >= 5.16 hands the tile state to a process only on request (ARCH_REQ_XCOMP_PERM for
+  // XFEATURE_XTILEDATA); it refuses when the signal stacks in use are too small for it.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+// -1: auto (FLAGCORE_AMX, else on when supported), 0: off, 1: on
+std::atomic<int> g_amx_forced{-1};
+}  // namespace
+
+bool gram_amx_supported() {
+  static const bool supported = detect_amx();
+  return supported;
+}
+
+bool gram_amx_forced_on() {
+  return g_amx_forced.load(std::memory_order_relaxed) == 1;
+}
+
+bool gram_amx_enabled() {
+  if (simd_level() != SimdLevel::avx512 || !gram_amx_supported()) return false;
+  const int forced = g_amx_forced.load(std::memory_order_relaxed);
+  if (forced >= 0) return forced == 1;
+  static const bool from_env = [] {
+    const char* env = std::getenv("FLAGCORE_AMX");
+    return env == nullptr || (std::string(env) != "0" && std::string(env) != "off");
+  }();
+  return from_env;
+}
+
+void set_gram_amx(const std::string& mode) {
+  FLAGCORE_CHECK_ARG(mode == "auto" || mode == "on" || mode == "off",
+                     "set_gram_amx: mode must be 'auto', 'on' or 'off', got '" << mode << "'");
+  FLAGCORE_CHECK_ARG(mode != "on" || gram_amx_supported(),
+                     "set_gram_amx: this CPU or OS does not offer AMX-BF16 tiles (mode 'on' asked)");
+  g_amx_forced.store(mode == "auto" ? -1 : mode == "on" ? 1 : 0);
+}
 
 // Rare path for float32 input: rows whose diagonal came out non-finite are recomputed in float64
 // against every row (finite data whose float32 products overflowed gets its exact value; real

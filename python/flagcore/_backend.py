@@ -58,12 +58,16 @@ def build_info() -> dict[str, Any]:
 
     Keys: ``version``, ``cuda_compiled`` (bool), ``cuda_architectures`` (list of str),
     ``cuda_devices`` (int, 0 without a GPU or driver), ``simd_supported`` (the best CPU
-    instruction set the kernels use here), ``simd_level`` (the one in use), ``num_threads``,
-    ``compiler``, ``torch`` (version string or None).
+    instruction set the kernels use here), ``simd_level`` (the one in use), ``amx_supported``
+    (the CPU and OS offer AMX-BF16 tiles), ``amx`` (the float32 Gram uses them now: on by default
+    where supported; ``FLAGCORE_AMX=0`` or ``_core.set_gram_amx("off")`` turns them off, e.g. to
+    match replicas on CPUs without them), ``num_threads``, ``compiler``, ``torch`` (version
+    string or None).
     """
     info = dict(core.build_info())
     info["cuda_devices"] = core.cuda_device_count()
     info["simd_level"] = core.simd_level()
+    info["amx"] = core.gram_amx()
     info["num_threads"] = core.num_threads()
     torch = torch_module()
     info["torch"] = getattr(torch, "__version__", None) if torch is not None else None

@@ -1,0 +1,241 @@
+// The AMX float32 Gram kernel (contract in gram_amx.hpp). Compiled with AVX-512 (F, DQ, VL, BW,
+// BF16) and AMX (TILE, BF16); called only when gram_amx_supported() (gram_cpu.cpp) says so.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "common/cancel.hpp"
+#include "flag/gram_amx.hpp"
+#include "flag/gram_packed.hpp"
+#include "flag/transpose16_avx512.hpp"
+
+namespace flagcore {
+namespace amx {
+namespace {
+
+constexpr int64_t KC = kGramAmxKC;
+constexpr int64_t kKB = KC / 32;                 // k-blocks of 32 columns per slice
+constexpr int64_t kBlock = 512;                  // bf16 per tile (16 rows x 64 bytes)
+constexpr int64_t kPerKB = 6 * kBlock;           // per k-block of a row tile: A0 B0 A1 B1 A2 B2
+constexpr int64_t kPerTile = kGramAmxTileElems;  // per row tile and slice (48 KiB)
+static_assert(kPerTile == kKB * kPerKB, "gram_amx.hpp's tile size");
+constexpr int64_t kChunkTiles = 32;  // column tiles per pass (their B parts: 768 KiB, in L2)
+
+// The palette-1 configuration: tiles 0-7 of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) {
+      colsb[t] = 64;
+      rows[t] = 16;
+    }
+  }
+};
+
+// Releases the tiles on every exit (check_cancel throws).
+struct TileScope {
+  TileScope() {
+    static const TileConfig cfg;
+    _tile_loadconfig(&cfg);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+template <typename T>
+struct Scratch {
+  AlignedArray<T> data;
+  size_t size = 0;
+  T* get(size_t count) {
+    if (count > size) {
+      data = aligned_array<T>(count);
+      size = count;
+    }
+    return data.get();
+  }
+};
+
+// The 16 bf16 in one half of v, back in float32 (exact).
+inline __m512 widen(__m256i half) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+// Splits 32 floats (lo: columns 0-15, hi: 16-31) into three bf16 vectors of 32, s[0] + s[1] + s[2]
+// equal to the floats (RNE at each step; each residual is exact in float32).
+inline void split3(__m512 lo, __m512 hi, __m512i s[3]) {
+  for (int t = 0; t < 3; ++t) {
+    const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    s[t] = b;
+    if (t < 2) {
+      lo = _mm512_sub_ps(lo, widen(_mm512_castsi512_si256(b)));
+      hi = _mm512_sub_ps(hi, widen(_mm512_extracti64x4_epi64(b, 1)));
+    }
+  }
+}
+
+// Packs columns [k, k + kc) of rows 16 t .. 16 t + 15 (zeros past p and past kc) into dst: per
+// k-block of 32 columns and split s, the A tile (row r: its 32 bf16) when want_a, and the B tile
+// (VNNI: row kk holds, for each of the 16 rows, its bf16 pair at columns 2 kk, 2 kk + 1), which is
+// the A tile's 16 x 16 transpose in 32-bit units.
+void pack_tile(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_t kc, bool want_a,
+               uint16_t* dst) {
+  const float* src[16];
+  for (int r = 0; r < 16; ++r) src[r] = 16 * t + r < p ? rows[16 * t + r] + k : nullptr;
+  const int64_t nkb = (kc + 31) / 32;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t c0 = kb * 32;
+    const int64_t rest = std::min<int64_t>(32, kc - c0);
+    const __mmask16 mlo = static_cast<__mmask16>(rest >= 16 ? 0xFFFFu : (1u << rest) - 1u);
+    const __mmask16 mhi = static_cast<__mmask16>(rest >= 32   ? 0xFFFFu
+                                                 : rest <= 16 ? 0u
+                                                              : (1u << (rest - 16)) - 1u);
+    __m512 v[3][16];
+    uint16_t* blk = dst + kb * kPerKB;
+    for (int r = 0; r < 16; ++r) {
+      __m512i s[3];
+      if (src[r] != nullptr) {
+        // the same row's columns one slice ahead, into L2: the next slice's (or the next item's)
+        // memory reads overlap with this one's work (a prefetch past the data does not fault)
+        _mm_prefetch(reinterpret_cast<const char*>(src[r] + c0 + KC), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(src[r] + c0 + KC + 16), _MM_HINT_T1);
+        const __m512 lo = _mm512_maskz_loadu_ps(mlo, src[r] + c0);
+        const __m512 hi = _mm512_maskz_loadu_ps(mhi, src[r] + c0 + 16);
+        split3(lo, hi, s);
+      } else {
+        s[0] = s[1] = s[2] = _mm512_setzero_si512();
+      }
+      for (int q = 0; q < 3; ++q) {
+        v[q][r] = _mm512_castsi512_ps(s[q]);
+        if (want_a) _mm512_store_si512(blk + (2 * q) * kBlock + r * 32, s[q]);
+      }
+    }
+    for (int q = 0; q < 3; ++q) {
+      transpose16(v[q]);
+      for (int r = 0; r < 16; ++r) _mm512_store_ps(blk + (2 * q + 1) * kBlock + r * 32, v[q][r]);
+    }
+  }
+}
+
+// The slice's products of row tile a against column tiles b0 (and b1 when Two), nkb k-blocks:
+// tiles 0/1 accumulate x0 y0 for b0/b1, tiles 2/3 the five small products; stored to hi and lo
+// (16 x 32 floats, columns 0-15 for b0, 16-31 for b1).
+template <bool Two>
+inline void block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t nkb, float* hi,
+                  float* lo) {
+  _tile_zero(0);
+  _tile_zero(2);
+  if (Two) {
+    _tile_zero(1);
+    _tile_zero(3);
+  }
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const uint16_t* A = a + kb * kPerKB;
+    const uint16_t* B = b0 + kb * kPerKB + kBlock;
+    const uint16_t* C = Two ? b1 + kb * kPerKB + kBlock : B;
+    _tile_loadd(4, A, 64);  // x0
+    _tile_loadd(5, B, 64);  // y0
+    if (Two) _tile_loadd(6, C, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if (Two) _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(7, A + 2 * kBlock, 64);  // x1
+    _tile_dpbf16ps(2, 7, 5);
+    if (Two) _tile_dpbf16ps(3, 7, 6);
+    _tile_loadd(5, B + 2 * kBlock, 64);  // y1
+    if (Two) _tile_loadd(6, C + 2 * kBlock, 64);
+    _tile_dpbf16ps(2, 4, 5);
+    if (Two) _tile_dpbf16ps(3, 4, 6);
+    _tile_dpbf16ps(2, 7, 5);
+    if (Two) _tile_dpbf16ps(3, 7, 6);
+    _tile_loadd(7, A + 4 * kBlock, 64);  // x2
+    _tile_loadd(5, B, 64);               // y0
+    if (Two) _tile_loadd(6, C, 64);
+    _tile_dpbf16ps(2, 7, 5);
+    if (Two) _tile_dpbf16ps(3, 7, 6);
+    _tile_loadd(5, B + 4 * kBlock, 64);  // y2
+    if (Two) _tile_loadd(6, C + 4 * kBlock, 64);
+    _tile_dpbf16ps(2, 4, 5);
+    if (Two) _tile_dpbf16ps(3, 4, 6);
+  }
+  _tile_stored(0, hi, 128);
+  _tile_stored(2, lo, 128);
+  if (Two) {
+    _tile_stored(1, hi + 16, 128);
+    _tile_stored(3, lo + 16, 128);
+  }
+}
+
+// g[i * p + j] (=) or (+=) hi + lo (one more float32 rounding) for the block's rows i < p and
+// ncols columns.
+inline void flush(const float* hi, const float* lo, double* g, int64_t p, int64_t i0, int64_t j0,
+                  int64_t ncols, bool first) {
+  const int64_t nrows = std::min<int64_t>(16, p - i0);
+  for (int64_t r = 0; r < nrows; ++r) {
+    double* dst = g + (i0 + r) * p + j0;
+    for (int64_t c = 0; c < ncols; c += 8) {
+      const int rest = static_cast<int>(std::min<int64_t>(8, ncols - c));
+      const __mmask8 m = static_cast<__mmask8>(rest == 8 ? 0xFFu : (1u << rest) - 1u);
+      const __m512d v =
+          _mm512_cvtps_pd(_mm256_add_ps(_mm256_load_ps(hi + r * 32 + c), _mm256_load_ps(lo + r * 32 + c)));
+      if (first)
+        _mm512_mask_storeu_pd(dst + c, m, v);
+      else
+        _mm512_mask_storeu_pd(dst + c, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, dst + c), v));
+    }
+  }
+}
+
+}  // namespace
+
+void gram_amx_pack(const float* const* rows, int64_t p, int64_t k, int64_t kc, int64_t u0, int64_t u1,
+                   bool want_a, uint16_t* dst) {
+  for (int64_t t = u0; t < u1; ++t) pack_tile(rows, p, t, k, kc, want_a, dst + t * kPerTile);
+}
+
+void gram_amx_slice(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64_t t1, double* g,
+                    bool first) {
+  const int64_t tiles = (p + 15) / 16;
+  const int64_t nkb = (kc + 31) / 32;
+  alignas(64) float hi[16 * 32];
+  alignas(64) float lo[16 * 32];
+  const TileScope scope;
+  for (int64_t jc = t0; jc < tiles; jc += kChunkTiles) {
+    const int64_t jend = std::min(tiles, jc + kChunkTiles);
+    for (int64_t I = t0; I < std::min(t1, jend); ++I) {
+      const uint16_t* a = pk + I * kPerTile;
+      for (int64_t J = std::max(I, jc); J < jend; J += 2) {
+        const uint16_t* b0 = pk + J * kPerTile;
+        const bool two = J + 1 < jend;
+        if (two)
+          block<true>(a, b0, b0 + kPerTile, nkb, hi, lo);
+        else
+          block<false>(a, b0, b0, nkb, hi, lo);
+        flush(hi, lo, g, p, 16 * I, 16 * J, std::min<int64_t>(two ? 32 : 16, p - 16 * J), first);
+      }
+    }
+  }
+}
+
+void gram_amx_rows(const float* const* rows, int64_t p, int64_t t0, int64_t t1, int64_t k0, int64_t k1,
+                   double* g) {
+  if (k0 >= k1 || t0 >= t1) return;
+  const int64_t tiles = (p + 15) / 16;
+  thread_local Scratch<uint16_t> scratch;
+  // the slice buffer holds tiles [t0, tiles) at their places in a buffer of all tiles
+  uint16_t* pk = scratch.get(static_cast<size_t>((tiles - t0) * kPerTile)) - t0 * kPerTile;
+  for (int64_t k = k0; k < k1; k += KC) {
+    check_cancel();
+    const int64_t kc = std::min(KC, k1 - k);
+    gram_amx_pack(rows, p, k, kc, t0, t1, true, pk);
+    gram_amx_pack(rows, p, k, kc, t1, tiles, false, pk);
+    gram_amx_slice(pk, kc, p, t0, t1, g, k == k0);
+  }
+}
+
+}  // namespace amx
+}  // namespace flagcore
