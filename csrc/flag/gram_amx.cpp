@@ -48,19 +48,6 @@ struct TileScope {
   TileScope& operator=(const TileScope&) = delete;
 };
 
-template <typename T>
-struct Scratch {
-  AlignedArray<T> data;
-  size_t size = 0;
-  T* get(size_t count) {
-    if (count > size) {
-      data = aligned_array<T>(count);
-      size = count;
-    }
-    return data.get();
-  }
-};
-
 // The 16 bf16 in one half of v, back in float32 (exact).
 inline __m512 widen(__m256i half) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));

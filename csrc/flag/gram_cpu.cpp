@@ -466,18 +466,18 @@ std::vector<int64_t> equal_work_bounds(int64_t units, int64_t parts) {
   return bound;
 }
 
-bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
-#if defined(FLAGCORE_X86_DISPATCH)
-  if (simd_level() != SimdLevel::avx512) return false;
+// The per-item paths of the packed and AMX kernels. Work items: (problem, row part, column
+// group); parts as `bound` cuts the units (strips, tiles), groups of whole kc-column slices
+// (group_count); both depend on p and n only. item(rows of the problem, u0, u1, k0, k1, acc)
+// writes (=) its rows' entries of acc on its first slice and adds the later ones; the groups'
+// float64 partials are added in order, then mirrored from the triangle `lower` says.
+void gram_items(
+    const float* const* rows, int64_t b, int64_t p, int64_t n, double* out, const std::vector<int64_t>& bound,
+    int64_t kc, bool lower,
+    const std::function<void(const float* const*, int64_t, int64_t, int64_t, int64_t, double*)>& item) {
   const int64_t pp = p * p;
-  const int64_t strips = (p + kGramPackedMR - 1) / kGramPackedMR;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, strips}));
-  const std::vector<int64_t> bound = equal_work_bounds(strips, parts);
-  if (p >= kGramPackedSharedMinP) {
-    gram_packed_shared(rows, b, p, n, out, bound);
-    return true;
-  }
-  const int64_t slices = (n + kGramPackedKC - 1) / kGramPackedKC;
+  const int64_t parts = static_cast<int64_t>(bound.size()) - 1;
+  const int64_t slices = (n + kc - 1) / kc;
   const int64_t groups = group_count(b, p, slices);
   AlignedArray<double> own;
   double* partial = group_partials(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, own);
@@ -487,15 +487,30 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     const int64_t g = static_cast<int64_t>(t) % groups;
     const int64_t part = (static_cast<int64_t>(t) / groups) % parts;
     const int64_t q = static_cast<int64_t>(t) / (groups * parts);
-    const int64_t i0 = bound[static_cast<size_t>(part)] * kGramPackedMR;
-    const int64_t i1 = std::min(p, bound[static_cast<size_t>(part + 1)] * kGramPackedMR);
-    if (i0 >= i1) return;
-    const int64_t k0 = std::min(n, slices * g / groups * kGramPackedKC);
-    const int64_t k1 = std::min(n, slices * (g + 1) / groups * kGramPackedKC);
-    double* acc = groups > 1 ? partial + (g * b + q) * pp : out + q * pp;
-    simd_avx512::gram_packed_rows(rows + q * p, p, i0, i1, k0, k1, acc);
+    const int64_t u0 = bound[static_cast<size_t>(part)], u1 = bound[static_cast<size_t>(part + 1)];
+    if (u0 >= u1) return;
+    const int64_t k0 = std::min(n, slices * g / groups * kc);
+    const int64_t k1 = std::min(n, slices * (g + 1) / groups * kc);
+    item(rows + q * p, u0, u1, k0, k1, groups > 1 ? partial + (g * b + q) * pp : out + q * pp);
   });
-  sum_and_mirror(partial, groups, b * pp, pp, true, b, p, out);
+  sum_and_mirror(partial, groups, b * pp, pp, lower, b, p, out);
+}
+
+bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
+#if defined(FLAGCORE_X86_DISPATCH)
+  if (simd_level() != SimdLevel::avx512) return false;
+  const int64_t strips = (p + kGramPackedMR - 1) / kGramPackedMR;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, strips}));
+  const std::vector<int64_t> bound = equal_work_bounds(strips, parts);
+  if (p >= kGramPackedSharedMinP) {
+    gram_packed_shared(rows, b, p, n, out, bound);
+    return true;
+  }
+  gram_items(rows, b, p, n, out, bound, kGramPackedKC, true,
+             [p](const float* const* rq, int64_t u0, int64_t u1, int64_t k0, int64_t k1, double* acc) {
+               const int64_t i0 = u0 * kGramPackedMR, i1 = std::min(p, u1 * kGramPackedMR);
+               if (i0 < i1) simd_avx512::gram_packed_rows(rq, p, i0, i1, k0, k1, acc);
+             });
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;
@@ -510,7 +525,6 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
 bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH)
   if (!gram_amx_enabled()) return false;
-  const int64_t pp = p * p;
   const int64_t tiles = (p + 15) / 16;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, tiles}));
   const std::vector<int64_t> bound = equal_work_bounds(tiles, parts);
@@ -525,22 +539,10 @@ bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, do
     gram_shared_runs(rows, b, p, n, out, bound, ker);
     return true;
   }
-  const int64_t slices = (n + kGramAmxKC - 1) / kGramAmxKC;
-  const int64_t groups = group_count(b, p, slices);
-  AlignedArray<double> own;
-  double* partial = group_partials(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, own);
-  if (slices == 0) std::fill(out, out + b * pp, 0.0);
-  parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
-    const int64_t g = static_cast<int64_t>(t) % groups;
-    const int64_t part = (static_cast<int64_t>(t) / groups) % parts;
-    const int64_t q = static_cast<int64_t>(t) / (groups * parts);
-    const int64_t k0 = std::min(n, slices * g / groups * kGramAmxKC);
-    const int64_t k1 = std::min(n, slices * (g + 1) / groups * kGramAmxKC);
-    double* acc = groups > 1 ? partial + (g * b + q) * pp : out + q * pp;
-    amx::gram_amx_rows(rows + q * p, p, bound[static_cast<size_t>(part)],
-                       bound[static_cast<size_t>(part + 1)], k0, k1, acc);
-  });
-  sum_and_mirror(partial, groups, b * pp, pp, false, b, p, out);
+  gram_items(rows, b, p, n, out, bound, kGramAmxKC, false,
+             [p](const float* const* rq, int64_t t0, int64_t t1, int64_t k0, int64_t k1, double* acc) {
+               amx::gram_amx_rows(rq, p, t0, t1, k0, k1, acc);
+             });
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;

@@ -45,6 +45,20 @@ AlignedArray<T> aligned_array(size_t count) {
   return AlignedArray<T>(ptr);
 }
 
+// 64-byte aligned scratch that only grows (one per thread).
+template <typename T>
+struct Scratch {
+  AlignedArray<T> data;
+  size_t size = 0;
+  T* get(size_t count) {
+    if (count > size) {
+      data = aligned_array<T>(count);
+      size = count;
+    }
+    return data.get();
+  }
+};
+
 namespace simd_avx512 {
 void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
                       double* g);

@@ -21,20 +21,6 @@ constexpr int NR = 8;                                // columns per register til
 constexpr int64_t KC = kGramPackedKC;
 constexpr int64_t kBlockStrips = 4;  // row strips per L2 block (4 x 32 rows x KC floats = 256 KiB)
 
-// 64-byte aligned scratch that only grows (one per thread).
-template <typename T>
-struct Scratch {
-  AlignedArray<T> data;
-  size_t size = 0;
-  T* get(size_t count) {
-    if (count > size) {
-      data = aligned_array<T>(count);
-      size = count;
-    }
-    return data.get();
-  }
-};
-
 // out[s * kc * MR + k * MR + r] = rows[s * MR + r][k0 + k] for s < strips, k < kc, r < MR
 // (zero for rows at or past nrows).
 void pack(const float* const* rows, int64_t nrows, int64_t k0, int64_t kc, int64_t strips, float* out) {
