@@ -40,18 +40,21 @@ constexpr int64_t kGramBlasMinP = 32;
 // 26.5-26.9.
 constexpr int64_t kGramRegisterMaxP32 = 48;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
-// float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel for kGramAmxMinP < p <
+// float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel for kGramAmxMinP <= p <=
 // kGramAmxMaxP (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the
 // AVX-512 FMA kernels. Outside, the bf16 splitting and the transposes of the packing (about 0.3 ns
-// per element, against 0.2 ns per element of multiply-adds at p = 64) and, from p ~ 320 on, the
-// per-slice float64 accumulation of the whole p x p Gram (out of L2) cost more than the tiles
-// save. A/B (same process, 2 threads, ms, FMA vs AMX; torch X @ X.T in brackets): p = 64, n = 1e6
-// 21.3 vs 23.2 [31.4]; 128, 5e5 31.4 vs 31.1 [48.5]; 144, 4e5 30.8 vs 26.9 [47.7]; 192, 3e5
-// 37.4 vs 32.7 [60.2]; 224, 2.5e5 41.2 vs 42.5 [66.0]; 256, 2e5 43.0 vs 38.8 [69.1]; 288, 1.5e5
-// 45.5 vs 40.4 [64.0]; 320, 1.5e5 50.5 vs 51.1 [79.2]; 512, 1e5 98.2 vs 130.3; 1024, 5e4 172.4
-// vs 196.2; 4096, 1e4 550.1 vs 711.7.
-constexpr int64_t kGramAmxMinP = 128;
-constexpr int64_t kGramAmxMaxP = 320;
+// per element in cache, 0.6 from memory on one core, against 0.2 ns per element of tile work at
+// p = 64) and, from p ~ 384 on, the per-slice float64 update of the whole p x p Gram (out of L2)
+// cost more than the tiles save. A/B (same process, 2 threads, best of 5, two runs each, ms, FMA vs
+// AMX, torch X @ X.T in brackets): p = 80, n = 8e5 24.0-24.4 vs 26.8-26.9 [34.7]; 96, 6e5
+// 22.5-22.6 vs 22.0-22.5 [34.8]; 112, 5.5e5 27.1-27.4 vs 24.9-25.9 [42.0]; 128, 5e5 30.4 vs
+// 29.3-29.7 [47.5]; 224, 2.5e5 40.8 vs 42.0-42.2 [65.9]; 320, 1.5e5 49.7 vs 47.1-47.2 [77.3];
+// 352, 1.5e5 60.0-60.2 vs 58.3-58.8 [94.0]; 384, 1.2e5 64.7-65.6 vs 68.7-69.9 [88.5]; 448, 1e5
+// 78.4-79.2 vs 84.1-84.7 [101.1]; 511, 1e5 103.7-103.9 vs 110.5-119.4 [146.0]; and in an earlier
+// run 144, 4e5 30.8 vs 26.9; 192, 3e5 37.4 vs 32.7; 256, 2e5 43.0 vs 38.8; 1024, 5e4 172.4 vs
+// 196.2; 4096, 1e4 550.1 vs 711.7 (p = 224 stays 3 % slower on AMX, inside the range).
+constexpr int64_t kGramAmxMinP = 112;
+constexpr int64_t kGramAmxMaxP = 352;
 
 int64_t parts_for(int64_t n) {
   if (n <= 0) return 1;
@@ -138,7 +141,7 @@ template <typename T>
 void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
   if constexpr (sizeof(T) == 4)
-    if (p > kGramBlasMinP && (gram_amx_forced_on() || (p > kGramAmxMinP && p < kGramAmxMaxP)) &&
+    if (p > kGramBlasMinP && (gram_amx_forced_on() || (p >= kGramAmxMinP && p <= kGramAmxMaxP)) &&
         gram_amx_impl(rows, b, p, n, out))
       return;
   const bool register_f32 = sizeof(T) == 4 && p <= kGramRegisterMaxP32 && simd_level() == SimdLevel::avx512;
