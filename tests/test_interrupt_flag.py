@@ -26,6 +26,9 @@ CHILD = textwrap.dedent("""
         g = rng.standard_normal((3000, 3000))
         g = g + g.T
         call = lambda: core.eigh_top(g, 1500)
+    elif case == "gram_mid":  # p = 320: the AMX tile Gram where the CPU has it (else packed)
+        a = rng.standard_normal(16_000_000).astype(np.float32)
+        call = lambda: flagcore.flag_aggregate([a] * 320)
     else:                   # 2048 references to one 1e6-element array: the packed BLAS Gram
         a = rng.standard_normal(1_000_000).astype(np.float32)
         call = lambda: flagcore.flag_aggregate([a] * 2048)
@@ -48,7 +51,9 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery is POSIX")
-@pytest.mark.parametrize("case,bound", [("irls", 5.0), ("gram", 5.0), ("eigh", 1.5)])
+@pytest.mark.parametrize(
+    "case,bound", [("irls", 5.0), ("gram", 5.0), ("gram_mid", 5.0), ("eigh", 1.5)]
+)
 def test_sigint_interrupts_long_flag_call(case, bound):
     # eigh: LAPACK's dsytrd was one call of seconds that Ctrl-C could not stop; flagcore's own
     # blocked tridiagonalisation checks between panels of 32 columns.
