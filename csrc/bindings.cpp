@@ -1121,7 +1121,7 @@ PYBIND11_MODULE(_core, m) {
     d["cuda_architectures"] = py::list();
 #endif
     d["simd_supported"] = simd_level_name(simd_level_supported());
-    d["amx_supported"] = gram_amx_supported();
+    d["amx_supported"] = gram_amx_cpu();
     d["blas"] = blas::library_name();
     d["compiler"] =
 #if defined(__clang__)
@@ -1169,8 +1169,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("simd_level", []() { return simd_level_name(simd_level()); });
   m.def("set_simd_level", &set_simd_level, py::arg("name"));
-  m.def("gram_amx", &gram_amx_enabled,
-        "Whether the float32 Gram may use AMX tiles now (supported, simd level avx512, not switched off).");
+  m.def("gram_amx", &gram_amx_wanted,
+        "Whether the float32 Gram is to use AMX tiles (the CPU has them, simd level avx512, not switched "
+        "off); the OS grant is asked at the first Gram that uses them, and the FMA kernels run if refused.");
   m.def("set_gram_amx", &set_gram_amx, py::arg("mode"),
         "The float32 Gram's use of AMX tiles: 'auto' (where it measured faster), 'on' (every p > 32; "
         "ValueError where unsupported) or 'off'.");

@@ -3,10 +3,10 @@
 // x * y is formed as the six bf16 products x0 y0 + (x0 y1 + x1 y0 + x0 y2 + x1 y1 + x2 y0), each
 // exact in float32; the three dropped ones (x1 y2, x2 y1, x2 y2) add up to at most 2^-23 |x y|
 // (|x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|), the size of float32's own rounding of a product (up to
-// 2^-24 |x y|). The tiles accumulate in float32 with
-// round-to-nearest: the leading products x0 y0 in one accumulator (the same number of roundings
-// as the float32 FMA kernels), the five small ones in another (their roundings are 2^-8 smaller),
-// over a slice of kGramAmxKC columns; the two are then added into the float64 result. bf16
+// 2^-24 |x y|). The tiles accumulate in float32 with round-to-nearest, over a slice of kGramAmxKC
+// columns: the leading products x0 y0 in one accumulator (256 roundings per slice, where the
+// packed FMA kernel has 512), the five small ones in another (their roundings are 2^-8 smaller);
+// the two are then added in float32 and the sum into the float64 result. bf16
 // denormals count as zero on AMX, so products below ~2^-110 are lost: gram_cpu recomputes rows
 // that small in float64 (refine_nonfinite_rows).
 //
@@ -30,12 +30,17 @@ constexpr int64_t kGramAmxKC = 256;
 // bf16 elements of one packed tile of one slice: per 32 columns the A and B tiles of 3 parts
 constexpr int64_t kGramAmxTileElems = kGramAmxKC / 32 * 6 * 512;
 
-// True when the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 and the OS lets this process use the
-// tiles (Linux: the one-time arch_prctl request succeeded). Cached; false on other builds.
+// True when the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 (cpuid only, no side effect).
+bool gram_amx_cpu();
+// gram_amx_cpu() and the OS lets this process use the tiles (Linux: the one-time arch_prctl
+// request, made on the first call, succeeded). Cached; false on other builds.
 bool gram_amx_supported();
-// Whether gram_cpu may use the tiles now: supported, simd_level() avx512, and not switched off by
-// set_gram_amx("off") or FLAGCORE_AMX=0|off. "auto" (the default) uses them for float32 in the
-// range of p where they measured faster (gram_cpu.cpp), "on" for every p > 32 (tests, tuning).
+// Whether the float32 Gram is to use the tiles (no OS request): gram_amx_cpu(), simd_level()
+// avx512, and not switched off by set_gram_amx("off") or FLAGCORE_AMX=0|off. "auto" (the
+// default) uses them in the range of p where they measured faster (gram_cpu.cpp), "on" for every
+// p > 32 (tests, tuning).
+bool gram_amx_wanted();
+// gram_amx_wanted() and gram_amx_supported(): checked by each Gram that would use the tiles.
 bool gram_amx_enabled();
 bool gram_amx_forced_on();
 // mode "auto", "on" (std::invalid_argument when unsupported) or "off".

@@ -557,7 +557,7 @@ bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, do
 
 // ---- AMX availability and the switch (gram_amx.hpp) ----
 namespace {
-bool detect_amx() {
+bool detect_amx_cpu() {
 #if defined(FLAGCORE_X86_DISPATCH) && defined(__linux__)
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return false;
@@ -565,12 +565,20 @@ bool detect_amx() {
   const bool avx512bw = (b >> 30) & 1u, amx_bf16 = (d >> 22) & 1u, amx_tile = (d >> 24) & 1u;
   if (!avx512bw || !amx_bf16 || !amx_tile) return false;
   __cpuid_count(7, 1, a, b, c, d);
-  const bool avx512_bf16 = (a >> 5) & 1u;
-  if (!avx512_bf16) return false;
+  return (a >> 5) & 1u;  // AVX512-BF16
+#else
+  return false;
+#endif
+}
+
+bool request_amx() {
+#if defined(FLAGCORE_X86_DISPATCH) && defined(__linux__)
   // Linux >= 5.16 hands the tile state to a process only on request (ARCH_REQ_XCOMP_PERM for
-  // XFEATURE_XTILEDATA); it refuses when the signal stacks in use are too small for it.
+  // XFEATURE_XTILEDATA); it refuses when the signal stacks in use are too small for it, and once
+  // granted, later sigaltstack() calls need room for the tiles (8 KiB more). So it is asked only
+  // when a Gram is about to use the tiles, never at import.
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  return gram_amx_cpu() && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 #else
   return false;
 #endif
@@ -580,17 +588,22 @@ bool detect_amx() {
 std::atomic<int> g_amx_forced{-1};
 }  // namespace
 
+bool gram_amx_cpu() {
+  static const bool cpu = detect_amx_cpu();
+  return cpu;
+}
+
 bool gram_amx_supported() {
-  static const bool supported = detect_amx();
-  return supported;
+  static const bool granted = request_amx();
+  return granted;
 }
 
 bool gram_amx_forced_on() {
   return g_amx_forced.load(std::memory_order_relaxed) == 1;
 }
 
-bool gram_amx_enabled() {
-  if (simd_level() != SimdLevel::avx512 || !gram_amx_supported()) return false;
+bool gram_amx_wanted() {
+  if (simd_level() != SimdLevel::avx512 || !gram_amx_cpu()) return false;
   const int forced = g_amx_forced.load(std::memory_order_relaxed);
   if (forced >= 0) return forced == 1;
   static const bool from_env = [] {
@@ -598,6 +611,10 @@ bool gram_amx_enabled() {
     return env == nullptr || (std::string(env) != "0" && std::string(env) != "off");
   }();
   return from_env;
+}
+
+bool gram_amx_enabled() {
+  return gram_amx_wanted() && gram_amx_supported();
 }
 
 void set_gram_amx(const std::string& mode) {

@@ -59,9 +59,10 @@ def build_info() -> dict[str, Any]:
     Keys: ``version``, ``cuda_compiled`` (bool), ``cuda_architectures`` (list of str),
     ``cuda_devices`` (int, 0 without a GPU or driver), ``simd_supported`` (the best CPU
     instruction set the kernels use here), ``simd_level`` (the one in use), ``amx_supported``
-    (the CPU and OS offer AMX-BF16 tiles), ``amx`` (the float32 Gram uses them now: on by default
-    where supported; ``FLAGCORE_AMX=0`` or ``_core.set_gram_amx("off")`` turns them off, e.g. to
-    match replicas on CPUs without them), ``num_threads``, ``compiler``, ``torch`` (version
+    (the CPU has AMX-BF16 tiles; the OS grant is asked at the first Gram that uses them, and the
+    FMA kernels run if it is refused), ``amx`` (the float32 Gram is to use them: on by default
+    where the CPU has them; ``FLAGCORE_AMX=0`` or ``_core.set_gram_amx("off")`` turns them off,
+    e.g. to match replicas on CPUs without them), ``num_threads``, ``compiler``, ``torch`` (version
     string or None).
     """
     info = dict(core.build_info())

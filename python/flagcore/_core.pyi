@@ -725,7 +725,7 @@ def gram(x: typing.Any) -> numpy.ndarray:
     """
 def gram_amx() -> bool:
     """
-    Whether the float32 Gram may use AMX tiles now (supported, simd level avx512, not switched off).
+    Whether the float32 Gram is to use AMX tiles (the CPU has them, simd level avx512, not switched off); the OS grant is asked at the first Gram that uses them, and the FMA kernels run if refused.
     """
 def krum(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], f: typing.SupportsInt | typing.SupportsIndex, m: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
     ...
