@@ -8,6 +8,7 @@ skipped on CPUs without AMX-BF16."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -151,6 +152,10 @@ def test_switch_and_build_info():
         _core.set_simd_level("auto")
 
 
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"),
+    reason="arch_prctl is syscall 158 on x86-64 Linux",
+)
 def test_no_os_request_before_a_tile_gram():
     # importing flagcore and reading build_info must not ask Linux for the tile state (it makes
     # every later sigaltstack() need 8 KiB more): the request comes with the first AMX Gram
