@@ -171,6 +171,16 @@ def test_no_os_request_before_a_tile_gram():
     assert rc != "0" or granted == "0", out.stdout
 
 
+def test_malformed_environment_value_is_refused():
+    from flagcore._backend import check_runtime_env
+
+    for bad in ("no", "1", "ON", ""):
+        with pytest.raises(ValueError, match="FLAGCORE_AMX must be one of"):
+            check_runtime_env({"FLAGCORE_AMX": bad})
+    for good in ("auto", "off", "0"):
+        check_runtime_env({"FLAGCORE_AMX": good})
+
+
 def test_environment_switch_off():
     code = "import flagcore; print(flagcore.build_info()['amx'])"
     env = dict(os.environ, FLAGCORE_AMX="0")

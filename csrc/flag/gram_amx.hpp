@@ -30,7 +30,8 @@ constexpr int64_t kGramAmxKC = 256;
 // bf16 elements of one packed tile of one slice: per 32 columns the A and B tiles of 3 parts
 constexpr int64_t kGramAmxTileElems = kGramAmxKC / 32 * 6 * 512;
 
-// True when the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 (cpuid only, no side effect).
+// True when this build has the AMX kernel (FLAGCORE_HAVE_AMX: a compiler with -mamx-bf16) and
+// the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16 (cpuid only, no side effect).
 bool gram_amx_cpu();
 // gram_amx_cpu() and the OS lets this process use the tiles (Linux: the one-time arch_prctl
 // request, made on the first call, succeeded). Cached; false on other builds.

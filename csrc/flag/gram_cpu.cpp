@@ -526,7 +526,7 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
 // of equal work (one up to p = 511, p / 256 up to 16), column groups of whole kGramAmxKC slices;
 // both depend on p and n only, and the groups are added in order.
 bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
-#if defined(FLAGCORE_X86_DISPATCH)
+#if defined(FLAGCORE_X86_DISPATCH) && defined(FLAGCORE_HAVE_AMX)
   if (!gram_amx_enabled()) return false;
   const int64_t tiles = (p + 15) / 16;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, tiles}));
@@ -558,7 +558,7 @@ bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, do
 // ---- AMX availability and the switch (gram_amx.hpp) ----
 namespace {
 bool detect_amx_cpu() {
-#if defined(FLAGCORE_X86_DISPATCH) && defined(__linux__)
+#if defined(FLAGCORE_X86_DISPATCH) && defined(FLAGCORE_HAVE_AMX) && defined(__linux__)
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return false;
   __cpuid_count(7, 0, a, b, c, d);
@@ -572,7 +572,7 @@ bool detect_amx_cpu() {
 }
 
 bool request_amx() {
-#if defined(FLAGCORE_X86_DISPATCH) && defined(__linux__)
+#if defined(FLAGCORE_X86_DISPATCH) && defined(FLAGCORE_HAVE_AMX) && defined(__linux__)
   // Linux >= 5.16 hands the tile state to a process only on request (ARCH_REQ_XCOMP_PERM for
   // XFEATURE_XTILEDATA); it refuses when the signal stacks in use are too small for it, and once
   // granted, later sigaltstack() calls need room for the tiles (8 KiB more). So it is asked only
@@ -608,7 +608,7 @@ bool gram_amx_wanted() {
   if (forced >= 0) return forced == 1;
   static const bool from_env = [] {
     const char* env = std::getenv("FLAGCORE_AMX");
-    return env == nullptr || (std::string(env) != "0" && std::string(env) != "off");
+    return env == nullptr || (std::string(env) != "0" && std::string(env) != "off");  // checked at import
   }();
   return from_env;
 }

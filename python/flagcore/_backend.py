@@ -18,10 +18,21 @@ core = _core
 RUNTIME_ENV = (("FLAGCORE_NUM_THREADS", 0, 1024), ("FLAGCORE_SPIN_US", 0, 1_000_000))
 
 
+#: FLAGCORE_AMX: the float32 Gram's AMX tiles, "auto" (default: where they measured faster) or off.
+AMX_ENV_VALUES = ("auto", "off", "0")
+
+
 def check_runtime_env(environ: Any = None) -> None:
-    """Refuse a malformed FLAGCORE_NUM_THREADS or FLAGCORE_SPIN_US (ValueError naming the
-    variable and its value) instead of letting the native core fall back to its default."""
+    """Refuse a malformed FLAGCORE_NUM_THREADS, FLAGCORE_SPIN_US or FLAGCORE_AMX (ValueError
+    naming the variable and its value) instead of letting the native core fall back to its
+    default."""
     env = os.environ if environ is None else environ
+    amx = env.get("FLAGCORE_AMX")
+    if amx is not None and amx not in AMX_ENV_VALUES:
+        raise ValueError(
+            f"flagcore: environment variable FLAGCORE_AMX must be one of {AMX_ENV_VALUES}, "
+            f"got {amx!r}"
+        )
     for name, lo, hi in RUNTIME_ENV:
         value = env.get(name)
         if value is None:
