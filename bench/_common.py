@@ -65,3 +65,53 @@ def git_commit() -> str:
         ).stdout.strip()
     except OSError:
         return "unknown"
+
+
+def best_time(fn, repeat: int, warmup: bool = True) -> float:
+    """Seconds: the fastest of `repeat` calls, after one warm-up call when `warmup`."""
+    import time
+
+    if warmup:
+        fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def run_meta(script: str, argv, threads: int) -> dict:
+    """What a results file records about its run: date, commit, command, machine, versions and
+    flagcore.build_info()."""
+    import datetime
+    import platform
+    import sys
+
+    import numpy as np
+    import torch
+
+    import flagcore
+
+    return dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        commit=git_commit(),
+        command=f"python bench/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        threads=threads,
+        torch=torch.__version__,
+        numpy=np.__version__,
+        build=flagcore.build_info(),
+    )
+
+
+def write_results(path: str, script: str, argv, threads: int, records: list) -> None:
+    """Writes {"meta": run_meta(...), "results": records} as JSON to path and says so."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump(
+            dict(meta=run_meta(script, argv, threads), results=records), f, indent=1, default=str
+        )
+    print(f"wrote {path}")

@@ -16,24 +16,13 @@ import json
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 import flagcore
-from _common import git_commit, svd_flag_torch
+from _common import best_time, git_commit, svd_flag_torch
 from flagcore._reference import make_gradients
 from flagcore._table import print_table
-
-
-def best_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def main(argv=None) -> int:

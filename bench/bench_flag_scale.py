@@ -20,17 +20,14 @@ solve). Writes JSON (default bench/results/flag_scale.json) and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 import flagcore
-from _common import git_commit
+from _common import best_time, write_results
 from _syrk import syrk_baselines
 from flagcore import _core
 from flagcore._reference import make_gradients
@@ -40,17 +37,6 @@ DEFAULT = (
     "8:4000000,15:4000000,30:2000000,64:1000000,128:500000,256:200000,512:100000,"
     "1024:50000,4096:10000"
 )
-
-
-def best_time(fn, repeat: int) -> float:
-    if repeat > 1:
-        fn()  # warm-up (skipped for the single-run large cases: they are seconds long)
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def eigh_one_thread(a: np.ndarray):
@@ -81,25 +67,31 @@ def time_case(x, xt, gram, gn, r: int, rep: int, syrks: dict) -> dict:
     import torch
 
     out = {
-        "torch_mm": best_time(lambda: xt @ xt.T, rep),
-        "torch_sum": best_time(lambda: torch.sum(xt, 0), rep),
-        "gram": best_time(lambda: _core.gram(x[None]), rep),
+        "torch_mm": best_time(lambda: xt @ xt.T, rep, warmup=rep > 1),
+        "torch_sum": best_time(lambda: torch.sum(xt, 0), rep, warmup=rep > 1),
+        "gram": best_time(lambda: _core.gram(x[None]), rep, warmup=rep > 1),
         # flagcore's host eigensolver alone (the IRLS's above p = 32), top r pairs
-        "eigh_top": best_time(lambda: _core.eigh_top(gn, r), rep),
-        "irls1": best_time(lambda: _core.flag_irls(gram, _core.FlagParams(r=r)), rep),
-        "irls5": best_time(
-            lambda: _core.flag_irls(gram, _core.FlagParams(r=r, max_iter=5, tol=0.0)), rep
+        "eigh_top": best_time(lambda: _core.eigh_top(gn, r), rep, warmup=rep > 1),
+        "irls1": best_time(
+            lambda: _core.flag_irls(gram, _core.FlagParams(r=r)), rep, warmup=rep > 1
         ),
-        "fa1": best_time(lambda: flagcore.flag_aggregate(x, r=r), rep),
-        "fa5": best_time(lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep),
+        "irls5": best_time(
+            lambda: _core.flag_irls(gram, _core.FlagParams(r=r, max_iter=5, tol=0.0)),
+            rep,
+            warmup=rep > 1,
+        ),
+        "fa1": best_time(lambda: flagcore.flag_aggregate(x, r=r), rep, warmup=rep > 1),
+        "fa5": best_time(
+            lambda: flagcore.flag_aggregate(x, r=r, max_iter=5, tol=0.0), rep, warmup=rep > 1
+        ),
     }
     # The other BLASes last, each followed by a pause: their worker threads spin for a while
     # after a call (numpy's OpenBLAS, MKL's OpenMP), which would slow whatever is timed next.
-    out["numpy_eigh"] = best_time(lambda: np.linalg.eigh(gn), rep)
-    out["numpy_eigh_1t"] = best_time(lambda: eigh_one_thread(gn), rep)
+    out["numpy_eigh"] = best_time(lambda: np.linalg.eigh(gn), rep, warmup=rep > 1)
+    out["numpy_eigh_1t"] = best_time(lambda: eigh_one_thread(gn), rep, warmup=rep > 1)
     time.sleep(0.5)
     for name, f in syrks.items():
-        out[f"ssyrk_{name}"] = best_time(lambda f=f: f(x), rep)
+        out[f"ssyrk_{name}"] = best_time(lambda f=f: f(x), rep, warmup=rep > 1)
         time.sleep(0.5)
     return out
 
@@ -246,21 +238,7 @@ def main(argv=None) -> int:
         ],
         rows,
     )
-    meta = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        commit=git_commit(),
-        command="python bench/bench_flag_scale.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        machine=platform.machine(),
-        cpus=os.cpu_count(),
-        threads=threads,
-        torch=torch.__version__,
-        numpy=np.__version__,
-        build=flagcore.build_info(),
-    )
-    with open(args.out, "w") as f:
-        json.dump(dict(meta=meta, results=records), f, indent=1, default=str)
-    print(f"wrote {args.out}")
+    write_results(args.out, "bench_flag_scale.py", argv, threads, records)
     return 0
 
 

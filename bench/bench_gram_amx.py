@@ -16,17 +16,12 @@ JSON (default bench/results/gram_amx.json) and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import sys
-import time
 
 import numpy as np
 
 import flagcore
-from _common import git_commit
+from _common import best_time, write_results
 from flagcore import _core
 from flagcore._table import print_table
 
@@ -34,16 +29,6 @@ DEFAULT = (
     "64:1000000,96:600000,112:550000,128:500000,192:300000,224:250000,256:200000,"
     "320:150000,352:150000,384:120000,448:100000,512:100000,1024:50000"
 )
-
-
-def best_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def rel_err(g: np.ndarray, x: np.ndarray) -> float:
@@ -119,21 +104,7 @@ def main(argv=None) -> int:
         ["p", "n", "X@X.T", "FMA", "AMX", "FMA/mm", "AMX/mm", "AMX/FMA", "err FMA", "err AMX"],
         rows,
     )
-    meta = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        commit=git_commit(),
-        command="python bench/bench_gram_amx.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        machine=platform.machine(),
-        cpus=os.cpu_count(),
-        threads=threads,
-        torch=torch.__version__,
-        numpy=np.__version__,
-        build=flagcore.build_info(),
-    )
-    with open(args.out, "w") as f:
-        json.dump(dict(meta=meta, results=records), f, indent=1, default=str)
-    print(f"wrote {args.out}")
+    write_results(args.out, "bench_gram_amx.py", argv, threads, records)
     return 0
 
 
