@@ -62,6 +62,8 @@ def main(argv=None) -> int:
             sizes.append((int(p), int(float(n))))
         except ValueError:
             ap.error(f"--sizes: expected p:n pairs, got {item!r}")
+        if sizes[-1][0] < 1 or sizes[-1][1] < 1:
+            ap.error(f"--sizes: p and n must be >= 1, got {item!r}")
     try:
         _core.set_gram_amx("on")
     except ValueError as e:

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "common/cancel.hpp"
 #include "flag/gram_amx.hpp"
@@ -217,8 +216,8 @@ void gram_amx_rows(const float* const* rows, int64_t p, int64_t t0, int64_t t1, 
   if (k0 >= k1 || t0 >= t1) return;
   const int64_t tiles = (p + 15) / 16;
   thread_local Scratch<uint16_t> scratch;
-  // the slice buffer holds tiles [t0, tiles) at their places in a buffer of all tiles
-  uint16_t* pk = scratch.get(static_cast<size_t>((tiles - t0) * kPerTile)) - t0 * kPerTile;
+  // a buffer of all tiles (the item fills those from t0 on); the per-item path has t0 = 0
+  uint16_t* pk = scratch.get(static_cast<size_t>(tiles * kPerTile));
   for (int64_t k = k0; k < k1; k += KC) {
     check_cancel();
     const int64_t kc = std::min(KC, k1 - k);

@@ -43,16 +43,12 @@ constexpr int64_t kCancelColumns = int64_t(1) << 16;
 // float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel for kGramAmxMinP <= p <=
 // kGramAmxMaxP (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the
 // AVX-512 FMA kernels. Outside, the bf16 splitting and the transposes of the packing (about 0.3 ns
-// per element in cache, 0.6 from memory on one core, against 0.2 ns per element of tile work at
+// per element in cache, 0.43 from memory on one core, against 0.2 ns per element of tile work at
 // p = 64) and, from p ~ 384 on, the per-slice float64 update of the whole p x p Gram (out of L2)
-// cost more than the tiles save. A/B (same process, 2 threads, best of 5, two runs each, ms, FMA vs
-// AMX, torch X @ X.T in brackets): p = 80, n = 8e5 24.0-24.4 vs 26.8-26.9 [34.7]; 96, 6e5
-// 22.5-22.6 vs 22.0-22.5 [34.8]; 112, 5.5e5 27.1-27.4 vs 24.9-25.9 [42.0]; 128, 5e5 30.4 vs
-// 29.3-29.7 [47.5]; 224, 2.5e5 40.8 vs 42.0-42.2 [65.9]; 320, 1.5e5 49.7 vs 47.1-47.2 [77.3];
-// 352, 1.5e5 60.0-60.2 vs 58.3-58.8 [94.0]; 384, 1.2e5 64.7-65.6 vs 68.7-69.9 [88.5]; 448, 1e5
-// 78.4-79.2 vs 84.1-84.7 [101.1]; 511, 1e5 103.7-103.9 vs 110.5-119.4 [146.0]; and in an earlier
-// run 144, 4e5 30.8 vs 26.9; 192, 3e5 37.4 vs 32.7; 256, 2e5 43.0 vs 38.8; 1024, 5e4 172.4 vs
-// 196.2; 4096, 1e4 550.1 vs 711.7 (p = 224 stays 3 % slower on AMX, inside the range).
+// cost more than the tiles save. Measured by bench/bench_gram_amx.py (bench/results/gram_amx.json,
+// 2 threads), AMX / FMA time: p = 64 1.07, 96 1.02, 112 0.93, 128 0.98, 192 0.83, 224 0.98,
+// 256 0.86, 320 0.88, 352 0.93, 384 0.98, 448 0.96, 512 1.31, 1024 1.12; a 3-round run of 384-480
+// gave 1.00-1.04 (ties, left on the FMA kernels).
 constexpr int64_t kGramAmxMinP = 112;
 constexpr int64_t kGramAmxMaxP = 352;
 
@@ -452,9 +448,11 @@ double* group_partials(size_t need, AlignedArray<double>& own) {
   return own.get();
 }
 
-// Row parts of equal work (a part's first tile in bound[part]; `units` tiles or strips, the work
-// of unit s is the number of units right of its diagonal, units - s); depends on p only.
-std::vector<int64_t> equal_work_bounds(int64_t units, int64_t parts) {
+// Row parts of equal work for `units` tiles or strips of the p rows (the work of unit s is the
+// number of units right of its diagonal, units - s): one up to p = 511, then p / 256 up to 16;
+// part t has units [bound[t], bound[t + 1]). Depends on p only.
+std::vector<int64_t> equal_work_bounds(int64_t p, int64_t units) {
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, units}));
   std::vector<int64_t> bound(static_cast<size_t>(parts + 1), units);
   // work before unit s: sum_{t < s} (units - t)
   const double total = double(units) * double(units + 1) / 2.0;
@@ -502,9 +500,7 @@ void gram_items(
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH)
   if (simd_level() != SimdLevel::avx512) return false;
-  const int64_t strips = (p + kGramPackedMR - 1) / kGramPackedMR;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, strips}));
-  const std::vector<int64_t> bound = equal_work_bounds(strips, parts);
+  const std::vector<int64_t> bound = equal_work_bounds(p, (p + kGramPackedMR - 1) / kGramPackedMR);
   if (p >= kGramPackedSharedMinP) {
     gram_packed_shared(rows, b, p, n, out, bound);
     return true;
@@ -529,9 +525,8 @@ bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, do
 #if defined(FLAGCORE_X86_DISPATCH) && defined(FLAGCORE_HAVE_AMX)
   if (!gram_amx_enabled()) return false;
   const int64_t tiles = (p + 15) / 16;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, tiles}));
-  const std::vector<int64_t> bound = equal_work_bounds(tiles, parts);
-  if (parts > 1) {  // p >= 512: each slice packed once, shared by the row parts
+  const std::vector<int64_t> bound = equal_work_bounds(p, tiles);
+  if (bound.size() > 2) {  // several row parts (p >= 512): each slice packed once, shared by them
     SharedKernel<uint16_t> ker{tiles, kGramAmxKC, tiles * kGramAmxTileElems, false, nullptr, nullptr};
     ker.pack = [p](const float* const* rq, int64_t k, int64_t kc, int64_t u0, int64_t u1, uint16_t* dst) {
       amx::gram_amx_pack(rq, p, k, kc, u0, u1, true, dst);
