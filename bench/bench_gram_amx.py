@@ -1,7 +1,7 @@
 """The float32 Gram on AMX tiles against the AVX-512 FMA kernels, per p, in one process on the
 same data and threads, with torch ``X @ X.T`` as the baseline (the issue 11 goal is Gram <= 0.55x
 X @ X.T). This is the measurement behind the AMX range of ``auto`` (csrc/flag/gram_cpu.cpp,
-kGramAmxMinP / kGramAmxMaxP): the tiles are used where they are faster.
+kGramAmxMinP): the tiles are used where they are faster.
 
     python bench/bench_gram_amx.py
     python bench/bench_gram_amx.py --sizes 128:500000,256:200000 --rounds 3
@@ -27,7 +27,7 @@ from flagcore._table import print_table
 
 DEFAULT = (
     "64:1000000,96:600000,112:550000,128:500000,192:300000,224:250000,256:200000,"
-    "320:150000,352:150000,384:120000,448:100000,512:100000,1024:50000"
+    "320:150000,352:150000,384:120000,448:100000,512:100000,1024:50000,2048:20000,4096:10000"
 )
 
 

@@ -1,9 +1,10 @@
 """The AMX float32 Gram (csrc/flag/gram_amx.cpp: each value split into three bfloat16 parts, six
-tile products, float32 tile sums over 256 columns added in float64): against float64 NumPy within
-the float32 accuracy class, at least as accurate as the AVX-512 FMA kernels, identical for any
-thread count and memory layout, on the per-item path (p < 512) and the shared one (p >= 512), and
-the same NaN/Inf, overflow and underflow handling. Forced on for every p with set_gram_amx("on");
-skipped on CPUs without AMX-BF16."""
+tile products, float32 tile sums over slices of 256 columns (p < 224) or 128 (from 224) added in
+float64): against float64 NumPy within the float32 accuracy class, at least as accurate as the
+AVX-512 FMA kernels, identical for any thread count and memory layout, on the per-item path (row
+parts as many as the threads need: 1, 2 or 3 here) and the shared one (one column group and more
+than 4 row parts: 8 threads), and the same NaN/Inf, overflow and underflow handling. Forced on
+for every p with set_gram_amx("on"); skipped on CPUs without AMX-BF16."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _data(b, p, n, seed):
 
 
 def _rel_err(g, x):
-    ref = np.einsum("qik,qjk->qij", x.astype(np.float64), x.astype(np.float64))
+    x64 = x.astype(np.float64)
+    ref = x64 @ np.swapaxes(x64, 1, 2)
     d = np.sqrt(np.einsum("qii->qi", ref))
     bound = d[:, :, None] * d[:, None, :]  # Cauchy-Schwarz: >= sum |x_ik x_jk|
     return float(np.max(np.abs(g - ref) / np.where(bound > 0, bound, 1.0)))
@@ -67,17 +69,19 @@ def amx_on():
         (2, 47, 31),  # a row tile and a column block cut short
         (1, 64, 257),  # one column past a slice
         (3, 65, 513),
-        (1, 200, 5_000),  # the auto range
+        (1, 200, 5_000),  # 256-column slices
+        (1, 230, 129),  # 128-column slices, one column past the first
         (2, 250, 40_000),  # column groups
-        (1, 511, 700),
-        (2, 530, 9_001),  # p >= 512: slices packed once, shared by the row parts
+        (1, 511, 700),  # one group: row parts per thread; shared by 8 threads
+        (2, 530, 9_001),
         (1, 1100, 300),
+        (1, 1500, 2_100),  # a p x p partial over 16 MiB: two groups
     ],
 )
 def test_matches_float64_and_is_thread_and_layout_independent(amx_on, b, p, n):
     x = _data(b, p, n, seed=p + n)
     out = []
-    for threads in (1, 2, 3):
+    for threads in (1, 2, 3, 8):
         flagcore.set_num_threads(threads)
         out.append(_core.gram(x))
     g = out[0]

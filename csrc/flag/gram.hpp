@@ -9,7 +9,7 @@
 //   and every pair of rows is formed from the chunk while it is in cache. float64 input: products
 //   and sums in float64. float32 input: products and partial sums over at most 32 vector steps
 //   in float32, reduced in float64 (the relative error of an entry stays near 1e-7 of the sum of
-//   |products|; on CPUs with AMX-BF16, 112 <= p <= 352, the products are formed from three
+//   |products|; on CPUs with AMX-BF16, from p = 112, the products are formed from three
 //   bfloat16 parts per value on AMX tiles, in the same accuracy class: gram_amx.hpp); a row
 //   whose float32 diagonal is not finite (NaN/Inf data, or values so large that float32
 //   products overflow) is recomputed against every row in float64, so only real NaN/Inf data

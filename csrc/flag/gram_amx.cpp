@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "common/cancel.hpp"
 #include "flag/gram_amx.hpp"
@@ -14,13 +16,18 @@ namespace flagcore {
 namespace amx {
 namespace {
 
-constexpr int64_t KC = kGramAmxKC;
-constexpr int64_t kKB = KC / 32;                 // k-blocks of 32 columns per slice
-constexpr int64_t kBlock = 512;                  // bf16 per tile (16 rows x 64 bytes)
-constexpr int64_t kPerKB = 6 * kBlock;           // per k-block of a row tile: A0 B0 A1 B1 A2 B2
-constexpr int64_t kPerTile = kGramAmxTileElems;  // per row tile and slice (48 KiB)
-static_assert(kPerTile == kKB * kPerKB, "gram_amx.hpp's tile size");
-constexpr int64_t kChunkTiles = 32;  // column tiles per pass (their B parts: 768 KiB, in L2)
+constexpr int64_t kBlock = 512;         // bf16 per tile (16 rows x 64 bytes)
+constexpr int64_t kPerKB = 6 * kBlock;  // per k-block of a row tile: A0 B0 A1 B1 A2 B2
+// bf16 per row tile and slice of KC columns (48 KiB for 256, 24 KiB for 128)
+template <int64_t KC>
+constexpr int64_t kPerTile = KC / 32 * kPerKB;
+static_assert(kPerTile<kGramAmxKCWide> == gram_amx_tile_elems(kGramAmxKCWide), "gram_amx.hpp's tile size");
+constexpr int64_t kChunkTiles = 32;  // column tiles per pass (their B parts: 768 KiB at KC = 256)
+// The packing prefetches the rows of the tile this many tiles ahead (past the last tile: the
+// first ones of the next slice) into L2. One thread, p = 1024, n = 5e4, A/B against the rows of
+// the same tile half a slice ahead: 0 (that) 162.6 ms, 1 152.1, 2 146.7, 4 151.5 (2 threads, the
+// per-item path, KC = 128); p = 64-256 unchanged (within 3 %).
+constexpr int64_t kPrefetchTiles = 2;
 
 // The palette-1 configuration: tiles 0-7 of 16 rows x 64 bytes.
 struct alignas(64) TileConfig {
@@ -69,10 +76,18 @@ inline void split3(__m512 lo, __m512 hi, __m512i s[3]) {
 // k-block of 32 columns and split s, the A tile (row r: its 32 bf16) when want_a, and the B tile
 // (VNNI: row kk holds, for each of the 16 rows, its bf16 pair at columns 2 kk, 2 kk + 1), which is
 // the A tile's 16 x 16 transpose in 32-bit units.
+template <int64_t KC>
 void pack_tile(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_t kc, bool want_a,
                uint16_t* dst) {
   const float* src[16];
-  for (int r = 0; r < 16; ++r) src[r] = 16 * t + r < p ? rows[16 * t + r] + k : nullptr;
+  const float* ahead[16];  // the rows to prefetch (a prefetch past the data does not fault)
+  const int64_t tiles = (p + 15) / 16;
+  int64_t ta = t + kPrefetchTiles, ka = k;
+  while (ta >= tiles) ta -= tiles, ka += KC;
+  for (int r = 0; r < 16; ++r) {
+    src[r] = 16 * t + r < p ? rows[16 * t + r] + k : nullptr;
+    ahead[r] = rows[std::min(p - 1, 16 * ta + r)] + ka;
+  }
   const int64_t nkb = (kc + 31) / 32;
   for (int64_t kb = 0; kb < nkb; ++kb) {
     const int64_t c0 = kb * 32;
@@ -85,15 +100,11 @@ void pack_tile(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_
     uint16_t* blk = dst + kb * kPerKB;
     for (int r = 0; r < 16; ++r) {
       __m512i s[3];
+      // the same columns of the tile kPrefetchTiles ahead, into L2, so that the memory reads
+      // overlap with the packing
+      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c0), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c0 + 16), _MM_HINT_T1);
       if (src[r] != nullptr) {
-        // the same row's columns half a slice ahead, into L2, so the memory reads overlap with
-        // the packing (a prefetch past the data does not fault). Packing alone (one thread,
-        // p = 256, n = 2e5) from memory: 0.58 ns per element one slice ahead, 0.43 half a slice,
-        // 0.45 a quarter, 0.92 without; in cache 0.26-0.33
-        // (A/B in the Gram, 2 threads, ms, one vs half a slice: p = 192 31.5-31.6 vs 30.8-30.9,
-        // 256 37.1-39.1 vs 35.4-36.0, 64 22.4-22.7 vs 21.8-22.6, 128 unchanged)
-        _mm_prefetch(reinterpret_cast<const char*>(src[r] + c0 + KC / 2), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(src[r] + c0 + KC / 2 + 16), _MM_HINT_T1);
         const __m512 lo = _mm512_maskz_loadu_ps(mlo, src[r] + c0);
         const __m512 hi = _mm512_maskz_loadu_ps(mhi, src[r] + c0 + 16);
         split3(lo, hi, s);
@@ -180,14 +191,14 @@ inline void flush(const float* hi, const float* lo, double* g, int64_t p, int64_
   }
 }
 
-}  // namespace
-
-void gram_amx_pack(const float* const* rows, int64_t p, int64_t k, int64_t kc, int64_t u0, int64_t u1,
-                   bool want_a, uint16_t* dst) {
-  for (int64_t t = u0; t < u1; ++t) pack_tile(rows, p, t, k, kc, want_a, dst + t * kPerTile);
+template <int64_t KC>
+void pack_tiles(const float* const* rows, int64_t p, int64_t k, int64_t kc, int64_t u0, int64_t u1,
+                bool want_a, uint16_t* dst) {
+  for (int64_t t = u0; t < u1; ++t) pack_tile<KC>(rows, p, t, k, kc, want_a, dst + t * kPerTile<KC>);
 }
 
-void gram_amx_slice(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64_t t1, double* g,
+template <int64_t KC>
+void slice_products(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64_t t1, double* g,
                     bool first) {
   const int64_t tiles = (p + 15) / 16;
   const int64_t nkb = (kc + 31) / 32;
@@ -197,12 +208,12 @@ void gram_amx_slice(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64
   for (int64_t jc = t0; jc < tiles; jc += kChunkTiles) {
     const int64_t jend = std::min(tiles, jc + kChunkTiles);
     for (int64_t I = t0; I < std::min(t1, jend); ++I) {
-      const uint16_t* a = pk + I * kPerTile;
+      const uint16_t* a = pk + I * kPerTile<KC>;
       for (int64_t J = std::max(I, jc); J < jend; J += 2) {
-        const uint16_t* b0 = pk + J * kPerTile;
+        const uint16_t* b0 = pk + J * kPerTile<KC>;
         const bool two = J + 1 < jend;
         if (two)
-          block<true>(a, b0, b0 + kPerTile, nkb, hi, lo);
+          block<true>(a, b0, b0 + kPerTile<KC>, nkb, hi, lo);
         else
           block<false>(a, b0, b0, nkb, hi, lo);
         flush(hi, lo, g, p, 16 * I, 16 * J, std::min<int64_t>(two ? 32 : 16, p - 16 * J), first);
@@ -211,20 +222,57 @@ void gram_amx_slice(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64
   }
 }
 
-void gram_amx_rows(const float* const* rows, int64_t p, int64_t t0, int64_t t1, int64_t k0, int64_t k1,
+template <int64_t KC>
+void rows_products(const float* const* rows, int64_t p, int64_t t0, int64_t t1, int64_t k0, int64_t k1,
                    double* g) {
   if (k0 >= k1 || t0 >= t1) return;
   const int64_t tiles = (p + 15) / 16;
   thread_local Scratch<uint16_t> scratch;
-  // a buffer of all tiles (the item fills those from t0 on); the per-item path has t0 = 0
-  uint16_t* pk = scratch.get(static_cast<size_t>(tiles * kPerTile));
+  // a buffer of all tiles (the item fills those from t0 on)
+  uint16_t* pk = scratch.get(static_cast<size_t>(tiles * kPerTile<KC>));
   for (int64_t k = k0; k < k1; k += KC) {
     check_cancel();
     const int64_t kc = std::min(KC, k1 - k);
-    gram_amx_pack(rows, p, k, kc, t0, t1, true, pk);
-    gram_amx_pack(rows, p, k, kc, t1, tiles, false, pk);
-    gram_amx_slice(pk, kc, p, t0, t1, g, k == k0);
+    pack_tiles<KC>(rows, p, k, kc, t0, t1, true, pk);
+    pack_tiles<KC>(rows, p, k, kc, t1, tiles, false, pk);
+    slice_products<KC>(pk, kc, p, t0, t1, g, k == k0);
   }
+}
+
+void check_slice_cols(const char* fn, int64_t slice_cols) {
+  if (slice_cols != kGramAmxKCWide && slice_cols != kGramAmxKCNarrow)
+    throw std::invalid_argument(std::string(fn) + ": slice_cols must be " + std::to_string(kGramAmxKCNarrow) +
+                                " or " + std::to_string(kGramAmxKCWide) + ", got " +
+                                std::to_string(slice_cols));
+}
+
+}  // namespace
+
+void gram_amx_pack(const float* const* rows, int64_t p, int64_t slice_cols, int64_t k, int64_t kc, int64_t u0,
+                   int64_t u1, bool want_a, uint16_t* dst) {
+  check_slice_cols("gram_amx_pack", slice_cols);
+  if (slice_cols == kGramAmxKCNarrow)
+    pack_tiles<kGramAmxKCNarrow>(rows, p, k, kc, u0, u1, want_a, dst);
+  else
+    pack_tiles<kGramAmxKCWide>(rows, p, k, kc, u0, u1, want_a, dst);
+}
+
+void gram_amx_slice(const uint16_t* pk, int64_t slice_cols, int64_t kc, int64_t p, int64_t t0, int64_t t1,
+                    double* g, bool first) {
+  check_slice_cols("gram_amx_slice", slice_cols);
+  if (slice_cols == kGramAmxKCNarrow)
+    slice_products<kGramAmxKCNarrow>(pk, kc, p, t0, t1, g, first);
+  else
+    slice_products<kGramAmxKCWide>(pk, kc, p, t0, t1, g, first);
+}
+
+void gram_amx_rows(const float* const* rows, int64_t p, int64_t slice_cols, int64_t t0, int64_t t1,
+                   int64_t k0, int64_t k1, double* g) {
+  check_slice_cols("gram_amx_rows", slice_cols);
+  if (slice_cols == kGramAmxKCNarrow)
+    rows_products<kGramAmxKCNarrow>(rows, p, t0, t1, k0, k1, g);
+  else
+    rows_products<kGramAmxKCWide>(rows, p, t0, t1, k0, k1, g);
 }
 
 }  // namespace amx

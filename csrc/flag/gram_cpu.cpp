@@ -40,17 +40,22 @@ constexpr int64_t kGramBlasMinP = 32;
 // 26.5-26.9.
 constexpr int64_t kGramRegisterMaxP32 = 48;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
-// float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel for kGramAmxMinP <= p <=
-// kGramAmxMaxP (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the
-// AVX-512 FMA kernels. Outside, the bf16 splitting and the transposes of the packing (about 0.3 ns
-// per element in cache, 0.43 from memory on one core, against 0.2 ns per element of tile work at
-// p = 64) and, from p ~ 384 on, the per-slice float64 update of the whole p x p Gram (out of L2)
-// cost more than the tiles save. Measured by bench/bench_gram_amx.py (bench/results/gram_amx.json,
-// 2 threads), AMX / FMA time: p = 64 1.07, 96 1.02, 112 0.93, 128 0.98, 192 0.83, 224 0.98,
-// 256 0.86, 320 0.88, 352 0.93, 384 0.98, 448 0.96, 512 1.31, 1024 1.12; a 3-round run of 384-480
-// gave 1.00-1.04 (ties, left on the FMA kernels).
+// float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel from p = kGramAmxMinP on
+// (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the AVX-512 FMA
+// kernels. Below, the bf16 splitting and the transposes of the packing (about 0.3 ns per element
+// in cache, 0.43 from memory on one core, against 0.2 ns per element of tile work at p = 64) cost
+// more than the tiles save. Measured by bench/bench_gram_amx.py (bench/results/gram_amx.json,
+// 2 threads; docs/scaling.md has the AMX / FMA times per p).
 constexpr int64_t kGramAmxMinP = 112;
-constexpr int64_t kGramAmxMaxP = 352;
+// From this p the AMX slices are kGramAmxKCNarrow columns: a packed slice of all rows (24 KiB
+// per 16-row tile instead of 48) then stays in L2 next to the float64 result, which is updated
+// twice as often. A/B (2 threads, best of 5, ms, 256 vs 128 columns): p = 128 28.5 vs 30.1-30.4,
+// 192 30.0 vs 30.7-31.0, 256 33.1-36.0 vs 34.1-34.5, 320 43.3-43.8 vs 37.3-37.6, 384 63.0 vs 54,
+// 1024 (per-item) 179.1 vs 146.7; 64 columns: slower at 320-1024 (51.7-52.6 at 320).
+constexpr int64_t kGramAmxNarrowMinP = 224;
+[[maybe_unused]] int64_t gram_amx_slice_cols(int64_t p) {
+  return p >= kGramAmxNarrowMinP ? kGramAmxKCNarrow : kGramAmxKCWide;
+}
 
 int64_t parts_for(int64_t n) {
   if (n <= 0) return 1;
@@ -77,6 +82,7 @@ AccumulateFn<T> pick_kernel() {
 // The ending of every path: out (b x p x p) = the sum of each problem's `parts` partial matrices
 // on one triangle, added in part order, then mirrored to the other triangle. Part g of problem q
 // is at partial + g * part_stride + q * q_stride; partial == nullptr: out already holds the sums.
+// first_in_out: out already holds part 0 and partial holds parts 1, 2, ... (from its start).
 // lower: the sums are on the lower triangle (entry (i, j), i <= j, at [j * p + i]: the packed
 // kernel's layout), else on the upper one. From p = kParallelSumMinP the rows and the mirror's
 // 32 x 32 blocks (a transposed copy that stays in L1) run in parallel; each entry's sum is the
@@ -84,7 +90,7 @@ AccumulateFn<T> pick_kernel() {
 constexpr int64_t kParallelSumMinP = 128;
 
 void sum_and_mirror(const double* partial, int64_t parts, int64_t part_stride, int64_t q_stride, bool lower,
-                    int64_t b, int64_t p, double* out) {
+                    int64_t b, int64_t p, double* out, bool first_in_out = false) {
   const int64_t pp = p * p;
   constexpr int64_t kB = 32;
   const int64_t nb = (p + kB - 1) / kB;
@@ -103,10 +109,12 @@ void sum_and_mirror(const double* partial, int64_t parts, int64_t part_stride, i
              ++r) {
           const int64_t c0 = lower ? 0 : r, c1 = lower ? r + 1 : p;  // row r's entries on the triangle
           double* dst = gq + r * p;
-          const double* src = partial + q * q_stride + r * p;
-          for (int64_t c = c0; c < c1; ++c) dst[c] = src[c];
+          if (!first_in_out) {
+            const double* src = partial + q * q_stride + r * p;
+            for (int64_t c = c0; c < c1; ++c) dst[c] = src[c];
+          }
           for (int64_t g = 1; g < parts; ++g) {
-            const double* sg = partial + g * part_stride + q * q_stride + r * p;
+            const double* sg = partial + (first_in_out ? g - 1 : g) * part_stride + q * q_stride + r * p;
             for (int64_t c = c0; c < c1; ++c) dst[c] += sg[c];
           }
         }
@@ -137,8 +145,7 @@ template <typename T>
 void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
   if (b <= 0 || p <= 0) return;
   if constexpr (sizeof(T) == 4)
-    if (p > kGramBlasMinP && (gram_amx_forced_on() || (p >= kGramAmxMinP && p <= kGramAmxMaxP)) &&
-        gram_amx_impl(rows, b, p, n, out))
+    if (p > kGramBlasMinP && (gram_amx_forced_on() || p >= kGramAmxMinP) && gram_amx_impl(rows, b, p, n, out))
       return;
   const bool register_f32 = sizeof(T) == 4 && p <= kGramRegisterMaxP32 && simd_level() == SimdLevel::avx512;
   if (p > kGramBlasMinP && !register_f32) {
@@ -313,8 +320,8 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
 // ---- Packed AVX-512 path (float32, p > kGramBlasMinP, CPUs with AVX-512) ----
 // Work items: (problem, row part, column group). Row parts are runs of kGramPackedMR-row strips
 // of about equal work (a strip's work is the number of columns right of its diagonal), more of
-// them as p grows (one up to p = 511, p / 256 up to 16); column groups as in the BLAS path, in
-// whole kGramPackedKC slices (from p = 512 on, gram_packed_shared instead). Both depend on p and n
+// them as p grows (one up to p = 511, p / 256 up to 16); column groups of whole kGramPackedKC
+// slices (item_group_count; from p = 512 on, gram_packed_shared instead). Both depend on p and n
 // only. Each item writes its rows' upper-triangle entries of its group's float64 partial
 // (gram_packed.hpp: the same operations in the same order whatever the thread count), and the
 // groups are added in order.
@@ -427,13 +434,16 @@ void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t 
 }
 #endif
 
+// The per-item paths keep their column groups' float64 partials (all groups but the first, which
+// writes into the output) for the calling thread's next call when they are at most this many
+// bytes: fresh pages cost a page fault and a kernel zeroing each.
+constexpr size_t kKeepPartialBytes = size_t(16) << 20;
+
 // The column groups' float64 partials of the packed and AMX paths (need doubles; nullptr when 0):
 // each item writes (=) its entries in its first slice (every group has slices when groups > 1),
-// so the buffer needs no zeroing; it is kept for the calling thread's next call when at most
-// kKeepPartialBytes (fresh pages cost a page fault and a kernel zeroing each: 16 MiB at
-// p = 256), else allocated into own and freed with it.
+// so the buffer needs no zeroing; kept for the calling thread's next call when at most
+// kKeepPartialBytes, else allocated into own and freed with it.
 double* group_partials(size_t need, AlignedArray<double>& own) {
-  constexpr size_t kKeepPartialBytes = size_t(16) << 20;
   thread_local AlignedArray<double> kept;
   thread_local size_t kept_size = 0;
   if (need == 0) return nullptr;
@@ -448,11 +458,29 @@ double* group_partials(size_t need, AlignedArray<double>& own) {
   return own.get();
 }
 
-// Row parts of equal work for `units` tiles or strips of the p rows (the work of unit s is the
-// number of units right of its diagonal, units - s): one up to p = 511, then p / 256 up to 16;
-// part t has units [bound[t], bound[t + 1]). Depends on p only.
-std::vector<int64_t> equal_work_bounds(int64_t p, int64_t units) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({16, p / 256, units}));
+// Column groups of the per-item paths for a problem of `slices` slices: a power of two (so the
+// items split evenly over 2, 4, ... threads), at most kMaxParts, at least kMinChunksPerGroup
+// slices each, and the partials of the groups after the first at most kKeepPartialBytes (so they
+// are kept between calls) or, where one p x p partial is larger than that, one of them (two
+// groups); at least 1. Depends on b, p and n only. Measured against the BLAS path's rule (up to
+// 64 MiB of partials in all, any count; 2 threads, best of 5, ms): AMX p = 512 83.7 vs 62.9, 1024
+// 145.4 vs 128.8; the FMA kernels p = 384 64.9 vs 55.5, 448 77.4 vs 63.5 (a p = 768 run with 3
+// groups on 2 threads: 117 ms, one thread did two of them). Two groups against one group in two
+// row parts (AMX): p = 2048 188.0-216.7 vs 229.7-232.6, 4096 452.7-456.6 vs 445.5-456.0.
+int64_t item_group_count(int64_t b, int64_t p, int64_t slices) {
+  const int64_t per_group = std::max<int64_t>(1, b * p * p * int64_t(sizeof(double)));
+  const int64_t kept = std::max<int64_t>(2, 1 + static_cast<int64_t>(kKeepPartialBytes) / per_group);
+  const int64_t cap = std::min<int64_t>({kMaxParts, kept, slices / kMinChunksPerGroup});
+  int64_t groups = 1;
+  while (2 * groups <= cap) groups *= 2;
+  return groups;
+}
+
+// Cuts `units` tiles or strips of rows into `parts` runs of about equal work (the work of unit s
+// is the number of units right of its diagonal, units - s); part t has units [bound[t],
+// bound[t + 1]) (empty ones at the end when parts > units).
+std::vector<int64_t> equal_work_cut(int64_t units, int64_t parts) {
+  parts = std::max<int64_t>(1, parts);
   std::vector<int64_t> bound(static_cast<size_t>(parts + 1), units);
   // work before unit s: sum_{t < s} (units - t)
   const double total = double(units) * double(units + 1) / 2.0;
@@ -462,16 +490,23 @@ std::vector<int64_t> equal_work_bounds(int64_t p, int64_t units) {
     while (s < units &&
            double(s) * double(units) - double(s) * double(s - 1) / 2.0 < total * double(k) / double(parts))
       ++s;
-    bound[static_cast<size_t>(k)] = std::max(s, bound[static_cast<size_t>(k - 1)] + 1);
+    bound[static_cast<size_t>(k)] = std::min(units, std::max(s, bound[static_cast<size_t>(k - 1)] + 1));
   }
   return bound;
 }
 
+// The row parts of the shared paths: one up to p = 511, then p / 256 up to 16. Depends on p only.
+std::vector<int64_t> equal_work_bounds(int64_t p, int64_t units) {
+  return equal_work_cut(units, std::max<int64_t>(1, std::min<int64_t>({16, p / 256, units})));
+}
+
 // The per-item paths of the packed and AMX kernels. Work items: (problem, row part, column
 // group); parts as `bound` cuts the units (strips, tiles), groups of whole kc-column slices
-// (group_count); both depend on p and n only. item(rows of the problem, u0, u1, k0, k1, acc)
-// writes (=) its rows' entries of acc on its first slice and adds the later ones; the groups'
-// float64 partials are added in order, then mirrored from the triangle `lower` says.
+// (item_group_count: p and n decide them). item(rows of the problem, u0, u1, k0, k1, acc) writes
+// (=) its rows' entries of acc on its first slice and adds the later ones; group 0 writes into
+// the output, the others into partials that are added in order, then the result is mirrored
+// from the triangle `lower` says. The row parts change no sum, so `bound` may depend on the
+// thread count.
 void gram_items(
     const float* const* rows, int64_t b, int64_t p, int64_t n, double* out, const std::vector<int64_t>& bound,
     int64_t kc, bool lower,
@@ -479,10 +514,10 @@ void gram_items(
   const int64_t pp = p * p;
   const int64_t parts = static_cast<int64_t>(bound.size()) - 1;
   const int64_t slices = (n + kc - 1) / kc;
-  const int64_t groups = group_count(b, p, slices);
+  const int64_t groups = item_group_count(b, p, slices);
   AlignedArray<double> own;
-  double* partial = group_partials(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, own);
-  // with one group the items store into out on their first slice; no slice (n == 0): zeros
+  double* partial = group_partials(static_cast<size_t>((groups - 1) * b * pp), own);
+  // no slice (n == 0): zeros
   if (slices == 0) std::fill(out, out + b * pp, 0.0);
   parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
     const int64_t g = static_cast<int64_t>(t) % groups;
@@ -492,9 +527,9 @@ void gram_items(
     if (u0 >= u1) return;
     const int64_t k0 = std::min(n, slices * g / groups * kc);
     const int64_t k1 = std::min(n, slices * (g + 1) / groups * kc);
-    item(rows + q * p, u0, u1, k0, k1, groups > 1 ? partial + (g * b + q) * pp : out + q * pp);
+    item(rows + q * p, u0, u1, k0, k1, g > 0 ? partial + ((g - 1) * b + q) * pp : out + q * pp);
   });
-  sum_and_mirror(partial, groups, b * pp, pp, lower, b, p, out);
+  sum_and_mirror(partial, groups, b * pp, pp, lower, b, p, out, true);
 }
 
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
@@ -517,29 +552,40 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
 #endif
 }
 
-// ---- AMX path (float32, p > kGramAmxMinP, CPUs with AMX-BF16; gram_amx.hpp) ----
-// Work items: (problem, row part, column group), as in the packed path: row parts of 16-row tiles
-// of equal work (one up to p = 511, p / 256 up to 16), column groups of whole kGramAmxKC slices;
-// both depend on p and n only, and the groups are added in order.
+// ---- AMX path (float32, p >= kGramAmxMinP, CPUs with AMX-BF16; gram_amx.hpp) ----
+// Work items as in the packed path: (problem, row part, column group), column groups of whole
+// slices (item_group_count, p and n decide), added in order. Each item packs its own slices, so
+// a core's packed tiles stay in its own L2; the row parts (equal work) are only as many as the
+// threads need: ceil(threads / (b * groups)). With one group and more than kAmxItemMaxParts
+// parts (many threads at large p), where the items would re-pack the rows right of them many
+// times over, each slice is packed once and shared by the row parts instead (the same sums: one
+// group, slices in order). Measured (2 threads, best of 5, ms, per-item vs shared; the AMX items
+// with 128-column slices): p = 512 62.9 vs 117.8-127.0, 1024 128.8 vs 173.9-180.8, 2048 (two
+// parts) 217.8 vs 253.4, 4096 (two parts) 454.8 vs 493.4. The shared path is not measured beyond
+// 2 threads (this machine), and neither is this switch.
+constexpr int64_t kAmxItemMaxParts = 4;
+
 bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH) && defined(FLAGCORE_HAVE_AMX)
   if (!gram_amx_enabled()) return false;
   const int64_t tiles = (p + 15) / 16;
-  const std::vector<int64_t> bound = equal_work_bounds(p, tiles);
-  if (bound.size() > 2) {  // several row parts (p >= 512): each slice packed once, shared by them
-    SharedKernel<uint16_t> ker{tiles, kGramAmxKC, tiles * kGramAmxTileElems, false, nullptr, nullptr};
-    ker.pack = [p](const float* const* rq, int64_t k, int64_t kc, int64_t u0, int64_t u1, uint16_t* dst) {
-      amx::gram_amx_pack(rq, p, k, kc, u0, u1, true, dst);
+  const int64_t kc = gram_amx_slice_cols(p);
+  const int64_t groups = item_group_count(b, p, (n + kc - 1) / kc);
+  const int64_t items = b * groups;
+  const int64_t parts = std::min<int64_t>(tiles, (int64_t(num_threads()) + items - 1) / items);
+  if (groups == 1 && parts > kAmxItemMaxParts) {
+    SharedKernel<uint16_t> ker{tiles, kc, tiles * gram_amx_tile_elems(kc), false, nullptr, nullptr};
+    ker.pack = [p, kc](const float* const* rq, int64_t k, int64_t len, int64_t u0, int64_t u1,
+                       uint16_t* dst) { amx::gram_amx_pack(rq, p, kc, k, len, u0, u1, true, dst); };
+    ker.slice = [p, kc](const uint16_t* pk, int64_t len, int64_t t0, int64_t t1, double* g, bool first) {
+      amx::gram_amx_slice(pk, kc, len, p, t0, t1, g, first);
     };
-    ker.slice = [p](const uint16_t* pk, int64_t kc, int64_t t0, int64_t t1, double* g, bool first) {
-      amx::gram_amx_slice(pk, kc, p, t0, t1, g, first);
-    };
-    gram_shared_runs(rows, b, p, n, out, bound, ker);
+    gram_shared_runs(rows, b, p, n, out, equal_work_cut(tiles, parts), ker);
     return true;
   }
-  gram_items(rows, b, p, n, out, bound, kGramAmxKC, false,
-             [p](const float* const* rq, int64_t t0, int64_t t1, int64_t k0, int64_t k1, double* acc) {
-               amx::gram_amx_rows(rq, p, t0, t1, k0, k1, acc);
+  gram_items(rows, b, p, n, out, equal_work_cut(tiles, parts), kc, false,
+             [p, kc](const float* const* rq, int64_t t0, int64_t t1, int64_t k0, int64_t k1, double* acc) {
+               amx::gram_amx_rows(rq, p, kc, t0, t1, k0, k1, acc);
              });
   return true;
 #else
