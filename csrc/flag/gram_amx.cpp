@@ -23,6 +23,12 @@ template <int64_t KC>
 constexpr int64_t kPerTile = KC / 32 * kPerKB;
 static_assert(kPerTile<kGramAmxKCWide> == gram_amx_tile_elems(kGramAmxKCWide), "gram_amx.hpp's tile size");
 constexpr int64_t kChunkTiles = 32;  // column tiles per pass (their B parts: 768 KiB at KC = 256)
+// ... except that up to this many tiles right of the item's first one (p <= 1024 for an item of
+// all rows) they go in one pass (the packed slice, 24 KiB per tile at KC = 128, stays in L2).
+// A/B (2 threads, best of 5, ms, passes of 32 vs one): p = 640 89.9-90.8 vs 82.6-83.7, 768
+// 93.9-100.5 vs 86.3-88.7, 896 126.8-129.2 vs 116.8-119.5, 1024 132.0-141.9 vs 126.2-140.8 (a tie);
+// one pass of 64 from p = 2048 on: slower (205.0-215.2 vs 232.5-248.6 ms at 2048).
+constexpr int64_t kOneChunkMaxTiles = 64;
 // The packing prefetches the rows of the tile this many tiles ahead (past the last tile: the
 // first ones of the next slice) into L2. One thread, p = 1024, n = 5e4, A/B against the rows of
 // the same tile half a slice ahead: 0 (that) 162.6 ms, 1 152.1, 2 146.7, 4 151.5 (2 threads, the
@@ -205,8 +211,9 @@ void slice_products(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64
   alignas(64) float hi[16 * 32];
   alignas(64) float lo[16 * 32];
   const TileScope scope;
-  for (int64_t jc = t0; jc < tiles; jc += kChunkTiles) {
-    const int64_t jend = std::min(tiles, jc + kChunkTiles);
+  const int64_t width = tiles - t0 <= kOneChunkMaxTiles ? tiles - t0 : kChunkTiles;
+  for (int64_t jc = t0; jc < tiles; jc += width) {
+    const int64_t jend = std::min(tiles, jc + width);
     for (int64_t I = t0; I < std::min(t1, jend); ++I) {
       const uint16_t* a = pk + I * kPerTile<KC>;
       for (int64_t J = std::max(I, jc); J < jend; J += 2) {
