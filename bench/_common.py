@@ -67,6 +67,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_out_dir(ap, out: str) -> None:
+    """Stops the run (argparse error) before any work when --out's directory is missing or not
+    writable, so that no measurement is lost at the end."""
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+
+
 def best_time(fn, repeat: int, warmup: bool = True) -> float:
     """Seconds: the fastest of `repeat` calls, after one warm-up call when `warmup`."""
     import time

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 import flagcore
-from _common import best_time, write_results
+from _common import best_time, check_out_dir, write_results
 from _syrk import syrk_baselines
 from flagcore import _core
 from flagcore._reference import make_gradients
@@ -118,9 +118,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+    check_out_dir(ap, args.out)
     sizes = []
     for item in args.sizes.split(","):
         p, n = item.split(":")

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 import flagcore
-from _common import best_time, write_results
+from _common import best_time, check_out_dir, write_results
 from flagcore import _core
 from flagcore._table import print_table
 
@@ -50,9 +50,7 @@ def main(argv=None) -> int:
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "gram_amx.json")
     )
     args = ap.parse_args(argv)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+    check_out_dir(ap, args.out)
     if args.repeat < 1 or args.rounds < 1:
         ap.error(f"--repeat and --rounds must be >= 1, got {args.repeat} and {args.rounds}")
     sizes = []

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import write_results
+from _common import check_out_dir, write_results
 from flagcore._table import print_table
 
 CHILD = r"""
@@ -109,9 +109,7 @@ def main(argv=None) -> int:
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "interrupt.json")
     )
     args = ap.parse_args(argv)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+    check_out_dir(ap, args.out)
     if args.signals < 1 or args.threads < 1:
         ap.error(f"--signals and --threads must be >= 1, got {args.signals} and {args.threads}")
     cases = []
