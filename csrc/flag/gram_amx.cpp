@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/cancel.hpp"
 #include "flag/gram_amx.hpp"
@@ -246,40 +247,35 @@ void rows_products(const float* const* rows, int64_t p, int64_t t0, int64_t t1, 
   }
 }
 
-void check_slice_cols(const char* fn, int64_t slice_cols) {
-  if (slice_cols != kGramAmxKCWide && slice_cols != kGramAmxKCNarrow)
-    throw std::invalid_argument(std::string(fn) + ": slice_cols must be " + std::to_string(kGramAmxKCNarrow) +
-                                " or " + std::to_string(kGramAmxKCWide) + ", got " +
-                                std::to_string(slice_cols));
+// Calls f(std::integral_constant<int64_t, KC>) for KC = slice_cols, one of the two widths the
+// kernel is built for; std::invalid_argument naming fn otherwise.
+template <typename F>
+void with_slice_cols(const char* fn, int64_t slice_cols, F&& f) {
+  if (slice_cols == kGramAmxKCNarrow) return f(std::integral_constant<int64_t, kGramAmxKCNarrow>{});
+  if (slice_cols == kGramAmxKCWide) return f(std::integral_constant<int64_t, kGramAmxKCWide>{});
+  throw std::invalid_argument(std::string(fn) + ": slice_cols must be " + std::to_string(kGramAmxKCNarrow) +
+                              " or " + std::to_string(kGramAmxKCWide) + ", got " +
+                              std::to_string(slice_cols));
 }
 
 }  // namespace
 
 void gram_amx_pack(const float* const* rows, int64_t p, int64_t slice_cols, int64_t k, int64_t kc, int64_t u0,
                    int64_t u1, bool want_a, uint16_t* dst) {
-  check_slice_cols("gram_amx_pack", slice_cols);
-  if (slice_cols == kGramAmxKCNarrow)
-    pack_tiles<kGramAmxKCNarrow>(rows, p, k, kc, u0, u1, want_a, dst);
-  else
-    pack_tiles<kGramAmxKCWide>(rows, p, k, kc, u0, u1, want_a, dst);
+  with_slice_cols("gram_amx_pack", slice_cols,
+                  [&](auto KC) { pack_tiles<KC()>(rows, p, k, kc, u0, u1, want_a, dst); });
 }
 
 void gram_amx_slice(const uint16_t* pk, int64_t slice_cols, int64_t kc, int64_t p, int64_t t0, int64_t t1,
                     double* g, bool first) {
-  check_slice_cols("gram_amx_slice", slice_cols);
-  if (slice_cols == kGramAmxKCNarrow)
-    slice_products<kGramAmxKCNarrow>(pk, kc, p, t0, t1, g, first);
-  else
-    slice_products<kGramAmxKCWide>(pk, kc, p, t0, t1, g, first);
+  with_slice_cols("gram_amx_slice", slice_cols,
+                  [&](auto KC) { slice_products<KC()>(pk, kc, p, t0, t1, g, first); });
 }
 
 void gram_amx_rows(const float* const* rows, int64_t p, int64_t slice_cols, int64_t t0, int64_t t1,
                    int64_t k0, int64_t k1, double* g) {
-  check_slice_cols("gram_amx_rows", slice_cols);
-  if (slice_cols == kGramAmxKCNarrow)
-    rows_products<kGramAmxKCNarrow>(rows, p, t0, t1, k0, k1, g);
-  else
-    rows_products<kGramAmxKCWide>(rows, p, t0, t1, k0, k1, g);
+  with_slice_cols("gram_amx_rows", slice_cols,
+                  [&](auto KC) { rows_products<KC()>(rows, p, t0, t1, k0, k1, g); });
 }
 
 }  // namespace amx
