@@ -98,6 +98,21 @@ def test_matches_float64_and_is_thread_and_layout_independent(amx_on, b, p, n):
 
 
 @needs_amx
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_pack_ahead_path_sums_like_pack_then_multiply(amx_on, threads):
+    # Up to p = 128 an item packs the next slice between the tile instructions of the current
+    # one (a second buffer); above it packs, then multiplies. Both form each entry from the same
+    # operations, so the leading p x p block of a p = 144 Gram (pack, then multiply) equals the
+    # Gram of those p rows (pack ahead), bit for bit: several slices, a last one cut short.
+    flagcore.set_num_threads(threads)
+    x = _data(1, 144, 70_001, seed=11)
+    big = _core.gram(x)[0]
+    for p in (33, 64, 100, 128):
+        small = _core.gram(x[:, :p])[0]
+        np.testing.assert_array_equal(np.triu(small), np.triu(big[:p, :p]))
+
+
+@needs_amx
 @pytest.mark.parametrize("p,n", [(96, 20_000), (200, 5_000), (600, 3_000)])
 def test_at_least_as_accurate_as_the_fma_kernels(p, n):
     x = _data(1, p, n, seed=11)

@@ -35,6 +35,18 @@ constexpr int64_t kOneChunkMaxTiles = 64;
 // the same tile half a slice ahead: 0 (that) 162.6 ms, 1 152.1, 2 146.7, 4 151.5 (2 threads, the
 // per-item path, KC = 128); p = 64-256 unchanged (within 3 %).
 constexpr int64_t kPrefetchTiles = 2;
+// Up to this many tiles (p <= 128) an item packs the next slice while the tiles multiply the
+// current one (PackAhead: one k-block of one tile at a time, spread evenly over the k-block
+// iterations of the blocks), into a second buffer; the sums are the same. A/B (2 threads, best of
+// 5, ms, alternating processes, set_gram_amx("on"), pack-ahead vs pack-then-multiply): p = 33
+// 13.8-14.7 vs 15.4-15.5, 48 14.3-14.8 vs 17.9-18.3, 56 19.2-19.5 vs 23.5-25.5, 64 20.6-20.7 vs
+// 26.1-27.7, 96 22.0-23.3 vs 26.6-27.8, 112 26.8-27.5 vs 29.0-30.0, 128 31.3-31.9 vs 34.7-35.0;
+// 144 29.9-30.9 vs 30.9-32.0, 160 37.6-38.2 vs 37.2-39.0 (a tie), 192 37.8-39.5 vs 32.3-35.7,
+// 224 44.9 vs 38.5-41.8, 512 85.5-86.6 vs 71.9-72.5 (slower: two packed slices and the float64
+// result no longer fit in L2). Packing in smaller pieces (five per unit, three calls per k-block),
+// faster (2x, 4x) at the start of the slice, or deferring each block's float64 update into the
+// next block: slower.
+constexpr int64_t kPackAheadMaxTiles = 8;
 
 // The palette-1 configuration: tiles 0-7 of 16 rows x 64 bytes.
 struct alignas(64) TileConfig {
@@ -83,8 +95,9 @@ inline void split3(__m512 lo, __m512 hi, __m512i s[3]) {
 // k-block of 32 columns and split s, the A tile (row r: its 32 bf16) when want_a, and the B tile
 // (VNNI: row kk holds, for each of the 16 rows, its bf16 pair at columns 2 kk, 2 kk + 1), which is
 // the A tile's 16 x 16 transpose in 32-bit units.
+// One unit of pack_tile: k-block kb (columns k + 32 kb ...) of tile t.
 template <int64_t KC>
-void pack_tile(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_t kc, bool want_a,
+void pack_unit(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_t kc, int64_t kb, bool want_a,
                uint16_t* dst) {
   const float* src[16];
   const float* ahead[16];  // the rows to prefetch (a prefetch past the data does not fault)
@@ -95,47 +108,82 @@ void pack_tile(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_
     src[r] = 16 * t + r < p ? rows[16 * t + r] + k : nullptr;
     ahead[r] = rows[std::min(p - 1, 16 * ta + r)] + ka;
   }
-  const int64_t nkb = (kc + 31) / 32;
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    const int64_t c0 = kb * 32;
-    const int64_t rest = std::min<int64_t>(32, kc - c0);
-    const __mmask16 mlo = static_cast<__mmask16>(rest >= 16 ? 0xFFFFu : (1u << rest) - 1u);
-    const __mmask16 mhi = static_cast<__mmask16>(rest >= 32   ? 0xFFFFu
-                                                 : rest <= 16 ? 0u
-                                                              : (1u << (rest - 16)) - 1u);
-    __m512 v[3][16];
-    uint16_t* blk = dst + kb * kPerKB;
-    for (int r = 0; r < 16; ++r) {
-      __m512i s[3];
-      // the same columns of the tile kPrefetchTiles ahead, into L2, so that the memory reads
-      // overlap with the packing
-      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c0), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c0 + 16), _MM_HINT_T1);
-      if (src[r] != nullptr) {
-        const __m512 lo = _mm512_maskz_loadu_ps(mlo, src[r] + c0);
-        const __m512 hi = _mm512_maskz_loadu_ps(mhi, src[r] + c0 + 16);
-        split3(lo, hi, s);
-      } else {
-        s[0] = s[1] = s[2] = _mm512_setzero_si512();
-      }
-      for (int q = 0; q < 3; ++q) {
-        v[q][r] = _mm512_castsi512_ps(s[q]);
-        if (want_a) _mm512_store_si512(blk + (2 * q) * kBlock + r * 32, s[q]);
-      }
+  const int64_t c0 = kb * 32;
+  const int64_t rest = std::min<int64_t>(32, kc - c0);
+  const __mmask16 mlo = static_cast<__mmask16>(rest >= 16 ? 0xFFFFu : (1u << rest) - 1u);
+  const __mmask16 mhi = static_cast<__mmask16>(rest >= 32   ? 0xFFFFu
+                                               : rest <= 16 ? 0u
+                                                            : (1u << (rest - 16)) - 1u);
+  __m512 v[3][16];
+  uint16_t* blk = dst + kb * kPerKB;
+  for (int r = 0; r < 16; ++r) {
+    __m512i s[3];
+    // the same columns of the tile kPrefetchTiles ahead, into L2, so that the memory reads
+    // overlap with the packing
+    _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c0), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c0 + 16), _MM_HINT_T1);
+    if (src[r] != nullptr) {
+      const __m512 lo = _mm512_maskz_loadu_ps(mlo, src[r] + c0);
+      const __m512 hi = _mm512_maskz_loadu_ps(mhi, src[r] + c0 + 16);
+      split3(lo, hi, s);
+    } else {
+      s[0] = s[1] = s[2] = _mm512_setzero_si512();
     }
     for (int q = 0; q < 3; ++q) {
-      transpose16(v[q]);
-      for (int r = 0; r < 16; ++r) _mm512_store_ps(blk + (2 * q + 1) * kBlock + r * 32, v[q][r]);
+      v[q][r] = _mm512_castsi512_ps(s[q]);
+      if (want_a) _mm512_store_si512(blk + (2 * q) * kBlock + r * 32, s[q]);
     }
   }
+  for (int q = 0; q < 3; ++q) {
+    transpose16(v[q]);
+    for (int r = 0; r < 16; ++r) _mm512_store_ps(blk + (2 * q + 1) * kBlock + r * 32, v[q][r]);
+  }
 }
+
+// Packs columns [k, k + kc) of rows 16 t .. 16 t + 15 (zeros past p and past kc) into dst: per
+// k-block of 32 columns and split s, the A tile (row r: its 32 bf16) when want_a, and the B tile
+// (VNNI: row kk holds, for each of the 16 rows, its bf16 pair at columns 2 kk, 2 kk + 1), which is
+// the A tile's 16 x 16 transpose in 32-bit units.
+template <int64_t KC>
+void pack_tile(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_t kc, bool want_a,
+               uint16_t* dst) {
+  const int64_t nkb = (kc + 31) / 32;
+  for (int64_t kb = 0; kb < nkb; ++kb) pack_unit<KC>(rows, p, t, k, kc, kb, want_a, dst);
+}
+
+// The packing of the next slice, done a unit (one k-block of one tile) at a time between the tile
+// instructions of the current one, so that the vector units pack while the tiles multiply.
+template <int64_t KC>
+struct PackAhead {
+  const float* const* rows = nullptr;
+  int64_t p = 0, k = 0, kc = 0, t1 = 0, tiles = 0, nkb = 0;
+  uint16_t* dst = nullptr;
+  int64_t t = 0, kb = 0;                  // the next unit
+  int64_t units = 0, iters = 1, acc = 0;  // units spread evenly over iters calls of step()
+  void unit() {
+    if (t >= tiles) return;
+    pack_unit<KC>(rows, p, t, k, kc, kb, t < t1, dst + t * kPerTile<KC>);
+    if (++kb == nkb) kb = 0, ++t;
+  }
+  void step() {
+    acc += units;
+    while (acc >= iters) unit(), acc -= iters;
+  }
+  void finish() {
+    while (t < tiles) unit();
+  }
+};
+
+struct NoPack {
+  void step() {}
+};
 
 // The slice's products of row tile a against column tiles b0 (and b1 when Two), nkb k-blocks:
 // tiles 0/1 accumulate x0 y0 for b0/b1, tiles 2/3 the five small products; stored to hi and lo
 // (16 x 32 floats, columns 0-15 for b0, 16-31 for b1).
-template <bool Two>
+template <bool Two, typename Step>
 inline void block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t nkb, float* hi,
-                  float* lo) {
+                  float* lo, Step& step) {
   _tile_zero(0);
   _tile_zero(2);
   if (Two) {
@@ -169,6 +217,7 @@ inline void block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int
     if (Two) _tile_loadd(6, C + 4 * kBlock, 64);
     _tile_dpbf16ps(2, 4, 5);
     if (Two) _tile_dpbf16ps(3, 4, 6);
+    step.step();
   }
   _tile_stored(0, hi, 128);
   _tile_stored(2, lo, 128);
@@ -204,9 +253,21 @@ void pack_tiles(const float* const* rows, int64_t p, int64_t k, int64_t kc, int6
   for (int64_t t = u0; t < u1; ++t) pack_tile<KC>(rows, p, t, k, kc, want_a, dst + t * kPerTile<KC>);
 }
 
-template <int64_t KC>
-void slice_products(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64_t t1, double* g,
-                    bool first) {
+// The number of k-block iterations of slice_products's blocks (the calls of step.step()).
+inline int64_t slice_iterations(int64_t p, int64_t t0, int64_t t1, int64_t nkb) {
+  const int64_t tiles = (p + 15) / 16;
+  const int64_t width = tiles - t0 <= kOneChunkMaxTiles ? tiles - t0 : kChunkTiles;
+  int64_t calls = 0;
+  for (int64_t jc = t0; jc < tiles; jc += width) {
+    const int64_t jend = std::min(tiles, jc + width);
+    for (int64_t I = t0; I < std::min(t1, jend); ++I) calls += (jend - std::max(I, jc) + 1) / 2;
+  }
+  return calls * nkb;
+}
+
+template <int64_t KC, typename Step>
+void slice_products(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64_t t1, double* g, bool first,
+                    Step& step) {
   const int64_t tiles = (p + 15) / 16;
   const int64_t nkb = (kc + 31) / 32;
   alignas(64) float hi[16 * 32];
@@ -221,9 +282,9 @@ void slice_products(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64
         const uint16_t* b0 = pk + J * kPerTile<KC>;
         const bool two = J + 1 < jend;
         if (two)
-          block<true>(a, b0, b0 + kPerTile<KC>, nkb, hi, lo);
+          block<true>(a, b0, b0 + kPerTile<KC>, nkb, hi, lo, step);
         else
-          block<false>(a, b0, b0, nkb, hi, lo);
+          block<false>(a, b0, b0, nkb, hi, lo, step);
         flush(hi, lo, g, p, 16 * I, 16 * J, std::min<int64_t>(two ? 32 : 16, p - 16 * J), first);
       }
     }
@@ -235,15 +296,43 @@ void rows_products(const float* const* rows, int64_t p, int64_t t0, int64_t t1, 
                    double* g) {
   if (k0 >= k1 || t0 >= t1) return;
   const int64_t tiles = (p + 15) / 16;
+  const size_t per_slice = static_cast<size_t>(tiles * kPerTile<KC>);
   thread_local Scratch<uint16_t> scratch;
-  // a buffer of all tiles (the item fills those from t0 on)
-  uint16_t* pk = scratch.get(static_cast<size_t>(tiles * kPerTile<KC>));
-  for (int64_t k = k0; k < k1; k += KC) {
+  NoPack none;
+  if (tiles > kPackAheadMaxTiles) {
+    // a buffer of all tiles (the item fills those from t0 on)
+    uint16_t* pk = scratch.get(per_slice);
+    for (int64_t k = k0; k < k1; k += KC) {
+      check_cancel();
+      const int64_t kc = std::min(KC, k1 - k);
+      pack_tiles<KC>(rows, p, k, kc, t0, t1, true, pk);
+      pack_tiles<KC>(rows, p, k, kc, t1, tiles, false, pk);
+      slice_products<KC>(pk, kc, p, t0, t1, g, k == k0, none);
+    }
+    return;
+  }
+  // two buffers: the slice being multiplied and the next one, packed meanwhile
+  uint16_t* buf[2] = {scratch.get(2 * per_slice), nullptr};
+  buf[1] = buf[0] + per_slice;
+  const int64_t kc0 = std::min(KC, k1 - k0);
+  pack_tiles<KC>(rows, p, k0, kc0, t0, t1, true, buf[0]);
+  pack_tiles<KC>(rows, p, k0, kc0, t1, tiles, false, buf[0]);
+  int cur = 0;
+  for (int64_t k = k0; k < k1; k += KC, cur ^= 1) {
     check_cancel();
     const int64_t kc = std::min(KC, k1 - k);
-    pack_tiles<KC>(rows, p, k, kc, t0, t1, true, pk);
-    pack_tiles<KC>(rows, p, k, kc, t1, tiles, false, pk);
-    slice_products<KC>(pk, kc, p, t0, t1, g, k == k0);
+    const int64_t next = k + KC;
+    if (next >= k1) {
+      slice_products<KC>(buf[cur], kc, p, t0, t1, g, k == k0, none);
+      break;
+    }
+    PackAhead<KC> ahead;
+    ahead.rows = rows, ahead.p = p, ahead.k = next, ahead.kc = std::min(KC, k1 - next), ahead.t1 = t1;
+    ahead.tiles = tiles, ahead.nkb = (ahead.kc + 31) / 32, ahead.dst = buf[cur ^ 1], ahead.t = t0;
+    ahead.units = (tiles - t0) * ahead.nkb;
+    ahead.iters = std::max<int64_t>(1, slice_iterations(p, t0, t1, (kc + 31) / 32));
+    slice_products<KC>(buf[cur], kc, p, t0, t1, g, k == k0, ahead);
+    ahead.finish();
   }
 }
 
@@ -268,8 +357,10 @@ void gram_amx_pack(const float* const* rows, int64_t p, int64_t slice_cols, int6
 
 void gram_amx_slice(const uint16_t* pk, int64_t slice_cols, int64_t kc, int64_t p, int64_t t0, int64_t t1,
                     double* g, bool first) {
-  with_slice_cols("gram_amx_slice", slice_cols,
-                  [&](auto KC) { slice_products<KC()>(pk, kc, p, t0, t1, g, first); });
+  with_slice_cols("gram_amx_slice", slice_cols, [&](auto KC) {
+    NoPack none;
+    slice_products<KC()>(pk, kc, p, t0, t1, g, first, none);
+  });
 }
 
 void gram_amx_rows(const float* const* rows, int64_t p, int64_t slice_cols, int64_t t0, int64_t t1,

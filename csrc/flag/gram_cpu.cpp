@@ -42,11 +42,16 @@ constexpr int64_t kGramRegisterMaxP32 = 48;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
 // float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel from p = kGramAmxMinP on
 // (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the AVX-512 FMA
-// kernels. Below, the bf16 splitting and the transposes of the packing (about 0.3 ns per element
-// in cache, 0.43 from memory on one core, against 0.2 ns per element of tile work at p = 64) cost
-// more than the tiles save. Measured by bench/bench_gram_amx.py (bench/results/gram_amx.json,
-// 2 threads; docs/scaling.md has the AMX / FMA times per p).
-constexpr int64_t kGramAmxMinP = 112;
+// kernels. Below, the bf16 splitting and the transposes of the packing (about 0.3 ns per element,
+// against 0.2 ns per element of tile work at p = 64) cost more than the tiles save; up to p = 128
+// the packing of the next slice runs between the tile instructions (gram_amx.cpp,
+// kPackAheadMaxTiles), which brought the tiles below the FMA kernels from p = 56 on. A/B (2
+// threads, best of 5, ms, alternating processes, FMA vs AMX): p = 48 14.7-14.8 vs 14.3-14.8, 56
+// 19.6-20.7 vs 19.2-19.5, 64 24.2-24.8 vs 20.6-20.7, 80 28.6-29.5 vs 27.3-27.9, 96 26.4 vs
+// 22.0-23.3, 112 31.5-32.0 vs 26.8-27.5, 128 34.3-35.0 vs 31.3-31.9. Measured by
+// bench/bench_gram_amx.py (bench/results/gram_amx.json, 2 threads; docs/scaling.md has the AMX /
+// FMA times per p).
+constexpr int64_t kGramAmxMinP = 56;
 // From this p the AMX slices are kGramAmxKCNarrow columns: a packed slice of all rows (24 KiB
 // per 16-row tile instead of 48) then stays in L2 next to the float64 result, which is updated
 // twice as often. A/B (2 threads, best of 5, ms, 256 vs 128 columns): p = 128 28.5 vs 30.1-30.4,
