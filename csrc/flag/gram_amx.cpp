@@ -43,9 +43,10 @@ constexpr int64_t kPrefetchTiles = 2;
 // 26.1-27.7, 96 22.0-23.3 vs 26.6-27.8, 112 26.8-27.5 vs 29.0-30.0, 128 31.3-31.9 vs 34.7-35.0;
 // 144 29.9-30.9 vs 30.9-32.0, 160 37.6-38.2 vs 37.2-39.0 (a tie), 192 37.8-39.5 vs 32.3-35.7,
 // 224 44.9 vs 38.5-41.8, 512 85.5-86.6 vs 71.9-72.5 (slower: two packed slices and the float64
-// result no longer fit in L2). Packing in smaller pieces (five per unit, three calls per k-block),
-// faster (2x, 4x) at the start of the slice, or deferring each block's float64 update into the
-// next block: slower.
+// result no longer fit in L2). Packing in smaller pieces (2, 4 or 8 rows, or the transposes
+// apart; six calls per k-block iteration), faster (2x, 4x) at the start of the slice, or
+// deferring each block's float64 update into the next block: slower (docs/scaling.md, "Ninth
+// session").
 constexpr int64_t kPackAheadMaxTiles = 8;
 
 // The palette-1 configuration: tiles 0-7 of 16 rows x 64 bytes.
@@ -91,10 +92,6 @@ inline void split3(__m512 lo, __m512 hi, __m512i s[3]) {
   }
 }
 
-// Packs columns [k, k + kc) of rows 16 t .. 16 t + 15 (zeros past p and past kc) into dst: per
-// k-block of 32 columns and split s, the A tile (row r: its 32 bf16) when want_a, and the B tile
-// (VNNI: row kk holds, for each of the 16 rows, its bf16 pair at columns 2 kk, 2 kk + 1), which is
-// the A tile's 16 x 16 transpose in 32-bit units.
 // One unit of pack_tile: k-block kb (columns k + 32 kb ...) of tile t.
 template <int64_t KC>
 void pack_unit(const float* const* rows, int64_t p, int64_t t, int64_t k, int64_t kc, int64_t kb, bool want_a,
