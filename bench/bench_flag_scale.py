@@ -4,7 +4,7 @@ GEMM), ``numpy.linalg.eigh`` of a p x p float64 matrix (one eigensolve), ``torch
 (one read of the data).
 
     python bench/bench_flag_scale.py                                   # p in 8 .. 4096
-    python bench/bench_flag_scale.py --sizes 256:200000,1024:50000 --repeat 3
+    python bench/bench_flag_scale.py --sizes 256:200000,1024:50000 --repeat 3 --rounds 3
 
 Goals (issue 11): Gram <= 0.55x X@X.T at p >= 64 (for reference, tuned SYRKs in the same run
 and threads: OpenBLAS `ssyrk` always, MKL `ssyrk` when the `mkl` wheel is installed, see
@@ -13,7 +13,10 @@ bench/_syrk.py); one IRLS step <= 1.5x eigh at p in {256, 1024, 4096}; five step
 the first ("later/first": the mean of steps 2-5 over step 1; "eigh_top": flagcore's eigensolver
 alone, top r pairs); FA with 1 step <= 0.55x X@X.T + 1.5x eigh + 1.2x sum at p >= 64; FA <= 2.2x
 sum at p = 15 and 2.6x at p = 30 (n >= 2e6).
-Correctness is checked before timing (the IRLS coefficients against a float64 NumPy p-space
+Each case is timed in --rounds rounds (default 2), each round every part and baseline in turn,
+best of --repeat; the table takes each one's fastest round, so that a drift of the machine
+between two timings of one ratio (minutes apart at p = 4096) weighs less; the JSON keeps every
+round. Correctness is checked before timing (the IRLS coefficients against a float64 NumPy p-space
 solve). Writes JSON (default bench/results/flag_scale.json) and prints a table.
 """
 
@@ -110,6 +113,12 @@ def main(argv=None) -> int:
         help="timed runs per case, best taken (default 3; 1 at p >= 2048)",
     )
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of all timings per case, fastest round of each taken (default 2)",
+    )
+    ap.add_argument(
         "--threads", type=int, default=0, help="threads for flagcore and torch (0: all cores)"
     )
     ap.add_argument(
@@ -119,6 +128,8 @@ def main(argv=None) -> int:
     import torch
 
     check_out_dir(ap, args.out)
+    if args.repeat < 1 or args.rounds < 1:
+        ap.error(f"--repeat and --rounds must be >= 1, got {args.repeat} and {args.rounds}")
     sizes = []
     for item in args.sizes.split(","):
         p, n = item.split(":")
@@ -152,7 +163,8 @@ def main(argv=None) -> int:
             c = np.triu(f(x)).astype(np.float64)
             syrk_err = float(np.abs(c - np.triu(gram[0])).max() / np.abs(gram[0]).max())
             assert syrk_err < 1e-3, f"p={p}: {name} ssyrk differs from the Gram by {syrk_err:.2e}"
-        t = time_case(x, xt, gram, gn, r, rep, syrks)
+        rounds = [time_case(x, xt, gram, gn, r, rep, syrks) for _ in range(args.rounds)]
+        t = {k: min(rd[k] for rd in rounds) for k in rounds[0]}
         steps5 = int(
             _core.flag_irls(gram, _core.FlagParams(r=r, max_iter=5, tol=0.0))["iterations"][0]
         )
@@ -176,9 +188,11 @@ def main(argv=None) -> int:
             n=n,
             r=r,
             repeat=rep,
+            rounds=args.rounds,
             irls5_steps=steps5,
             check_rel_err=err,
             times_s=t,
+            round_times_s=rounds,
             fa1_budget_s=budget,
             later_step_s=later,
             goals=goals,
@@ -211,7 +225,7 @@ def main(argv=None) -> int:
         )
         print(f"p={p} n={n} done", file=sys.stderr, flush=True)
     print_table(
-        f"FA scaling in p (float32, {threads} threads; times in ms, best of --repeat)",
+        f"FA scaling in p (float32, {threads} threads; ms, fastest round of best of --repeat)",
         [
             "p",
             "n",
