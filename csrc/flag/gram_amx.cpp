@@ -250,42 +250,44 @@ void pack_tiles(const float* const* rows, int64_t p, int64_t k, int64_t kc, int6
   for (int64_t t = u0; t < u1; ++t) pack_tile<KC>(rows, p, t, k, kc, want_a, dst + t * kPerTile<KC>);
 }
 
-// The number of k-block iterations of slice_products's blocks (the calls of step.step()).
-inline int64_t slice_iterations(int64_t p, int64_t t0, int64_t t1, int64_t nkb) {
-  const int64_t tiles = (p + 15) / 16;
+// Calls f(I, J, two) for the blocks of a slice's products, in order: row tile I in [t0, t1)
+// against column tiles J (and J + 1 when two) from I on, the column tiles in passes of
+// kChunkTiles (one pass when at most kOneChunkMaxTiles lie right of t0).
+template <typename F>
+inline void for_each_block(int64_t tiles, int64_t t0, int64_t t1, F&& f) {
   const int64_t width = tiles - t0 <= kOneChunkMaxTiles ? tiles - t0 : kChunkTiles;
-  int64_t calls = 0;
   for (int64_t jc = t0; jc < tiles; jc += width) {
     const int64_t jend = std::min(tiles, jc + width);
-    for (int64_t I = t0; I < std::min(t1, jend); ++I) calls += (jend - std::max(I, jc) + 1) / 2;
+    for (int64_t I = t0; I < std::min(t1, jend); ++I)
+      for (int64_t J = std::max(I, jc); J < jend; J += 2) f(I, J, J + 1 < jend);
   }
-  return calls * nkb;
 }
 
 template <int64_t KC, typename Step>
 void slice_products(const uint16_t* pk, int64_t kc, int64_t p, int64_t t0, int64_t t1, double* g, bool first,
                     Step& step) {
-  const int64_t tiles = (p + 15) / 16;
   const int64_t nkb = (kc + 31) / 32;
   alignas(64) float hi[16 * 32];
   alignas(64) float lo[16 * 32];
   const TileScope scope;
-  const int64_t width = tiles - t0 <= kOneChunkMaxTiles ? tiles - t0 : kChunkTiles;
-  for (int64_t jc = t0; jc < tiles; jc += width) {
-    const int64_t jend = std::min(tiles, jc + width);
-    for (int64_t I = t0; I < std::min(t1, jend); ++I) {
-      const uint16_t* a = pk + I * kPerTile<KC>;
-      for (int64_t J = std::max(I, jc); J < jend; J += 2) {
-        const uint16_t* b0 = pk + J * kPerTile<KC>;
-        const bool two = J + 1 < jend;
-        if (two)
-          block<true>(a, b0, b0 + kPerTile<KC>, nkb, hi, lo, step);
-        else
-          block<false>(a, b0, b0, nkb, hi, lo, step);
-        flush(hi, lo, g, p, 16 * I, 16 * J, std::min<int64_t>(two ? 32 : 16, p - 16 * J), first);
-      }
-    }
-  }
+  for_each_block((p + 15) / 16, t0, t1, [&](int64_t I, int64_t J, bool two) {
+    const uint16_t* a = pk + I * kPerTile<KC>;
+    const uint16_t* b0 = pk + J * kPerTile<KC>;
+    if (two)
+      block<true>(a, b0, b0 + kPerTile<KC>, nkb, hi, lo, step);
+    else
+      block<false>(a, b0, b0, nkb, hi, lo, step);
+    flush(hi, lo, g, p, 16 * I, 16 * J, std::min<int64_t>(two ? 32 : 16, p - 16 * J), first);
+  });
+}
+
+// Packs the slice [k, k + kc) of the tiles an item needs into dst: A and B tiles of its rows
+// [t0, t1), B tiles only of the tiles right of them.
+template <int64_t KC>
+void pack_slice(const float* const* rows, int64_t p, int64_t k, int64_t kc, int64_t t0, int64_t t1,
+                uint16_t* dst) {
+  pack_tiles<KC>(rows, p, k, kc, t0, t1, true, dst);
+  pack_tiles<KC>(rows, p, k, kc, t1, (p + 15) / 16, false, dst);
 }
 
 template <int64_t KC>
@@ -302,8 +304,7 @@ void rows_products(const float* const* rows, int64_t p, int64_t t0, int64_t t1, 
     for (int64_t k = k0; k < k1; k += KC) {
       check_cancel();
       const int64_t kc = std::min(KC, k1 - k);
-      pack_tiles<KC>(rows, p, k, kc, t0, t1, true, pk);
-      pack_tiles<KC>(rows, p, k, kc, t1, tiles, false, pk);
+      pack_slice<KC>(rows, p, k, kc, t0, t1, pk);
       slice_products<KC>(pk, kc, p, t0, t1, g, k == k0, none);
     }
     return;
@@ -311,9 +312,7 @@ void rows_products(const float* const* rows, int64_t p, int64_t t0, int64_t t1, 
   // two buffers: the slice being multiplied and the next one, packed meanwhile
   uint16_t* buf[2] = {scratch.get(2 * per_slice), nullptr};
   buf[1] = buf[0] + per_slice;
-  const int64_t kc0 = std::min(KC, k1 - k0);
-  pack_tiles<KC>(rows, p, k0, kc0, t0, t1, true, buf[0]);
-  pack_tiles<KC>(rows, p, k0, kc0, t1, tiles, false, buf[0]);
+  pack_slice<KC>(rows, p, k0, std::min(KC, k1 - k0), t0, t1, buf[0]);
   int cur = 0;
   for (int64_t k = k0; k < k1; k += KC, cur ^= 1) {
     check_cancel();
@@ -327,7 +326,9 @@ void rows_products(const float* const* rows, int64_t p, int64_t t0, int64_t t1, 
     ahead.rows = rows, ahead.p = p, ahead.k = next, ahead.kc = std::min(KC, k1 - next), ahead.t1 = t1;
     ahead.tiles = tiles, ahead.nkb = (ahead.kc + 31) / 32, ahead.dst = buf[cur ^ 1], ahead.t = t0;
     ahead.units = (tiles - t0) * ahead.nkb;
-    ahead.iters = std::max<int64_t>(1, slice_iterations(p, t0, t1, (kc + 31) / 32));
+    int64_t blocks = 0;  // slice_products's blocks, each nkb k-block iterations (calls of step())
+    for_each_block(tiles, t0, t1, [&](int64_t, int64_t, bool) { ++blocks; });
+    ahead.iters = std::max<int64_t>(1, blocks * ((kc + 31) / 32));
     slice_products<KC>(buf[cur], kc, p, t0, t1, g, k == k0, ahead);
     ahead.finish();
   }
