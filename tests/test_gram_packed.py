@@ -1,8 +1,9 @@
-"""The packed AVX-512 Gram kernel (float32, p > 48; csrc/flag/gram_packed_avx512.cpp; p = 33 to
-48 run the register-tiled kernel on AVX-512, the OpenBLAS path on other instruction sets):
-against float64 NumPy within the float32 accuracy class, identical for any thread count and
-memory layout, row tails and column tails of every length, batches and column groups, and the
-same accuracy as the OpenBLAS path it replaces (forced with FLAGCORE's other instruction sets)."""
+"""The packed FMA Gram kernels (float32, p > 32): AVX-512 (csrc/flag/gram_packed_avx512.cpp, p > 48;
+p = 33 to 48 run the register-tiled kernel there) and AVX2 (csrc/flag/gram_packed_avx2.cpp, every
+p > 32; forced on AVX-512 CPUs with `set_simd_level("avx2")`): against float64 NumPy within the
+float32 accuracy class, identical for any thread count and memory layout, row tails and column
+tails of every length, batches and column groups, and the same accuracy as the OpenBLAS path they
+replace (the "generic" level keeps it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import pytest
 import flagcore
 from flagcore import _core
 
-AVX512 = flagcore.build_info().get("simd_supported") == "avx512"
+SUPPORTED = flagcore.build_info().get("simd_supported")
+AVX512 = SUPPORTED == "avx512"
+AVX2 = SUPPORTED in ("avx2", "avx512")
+# the levels whose packed kernel this CPU runs ("auto": the best one, AMX tiles where present)
+LEVELS = ["auto"] + (["avx2"] if AVX2 else [])
 
 
 def _data(b, p, n, seed):
@@ -53,7 +58,9 @@ def level():
         (1, 1100, 300),
     ],
 )
-def test_matches_float64_and_is_layout_and_thread_independent(level, b, p, n):
+@pytest.mark.parametrize("simd", LEVELS)
+def test_matches_float64_and_is_layout_and_thread_independent(level, simd, b, p, n):
+    _core.set_simd_level(simd)
     x = _data(b, p, n, seed=p + n)
     out = []
     for threads in (1, 2, 3):
@@ -70,21 +77,25 @@ def test_matches_float64_and_is_layout_and_thread_independent(level, b, p, n):
         np.testing.assert_array_equal(_core.gram(list(x[0]))[0], out[0][0])
 
 
-@pytest.mark.skipif(not AVX512, reason="the packed kernel needs AVX-512")
-@pytest.mark.parametrize("p,n", [(60, 20_000), (200, 5_000)])
+@pytest.mark.skipif(not AVX2, reason="the packed kernels need AVX2 or AVX-512")
+@pytest.mark.parametrize("p,n", [(40, 20_000), (60, 20_000), (200, 5_000), (600, 3_000)])
 def test_same_accuracy_class_as_the_openblas_path(level, p, n):
     x = _data(1, p, n, seed=7)
     ref = x[0].astype(np.float64) @ x[0].astype(np.float64).T
     errs = {}
-    for name in ("avx512", "avx2"):  # avx2: the OpenBLAS path above p = 32
+    # generic: the OpenBLAS path above p = 32
+    for name in ["generic", "avx2"] + (["avx512"] if AVX512 else []):
         _core.set_simd_level(name)
         g = _core.gram(x)
         _check(g, x)
         errs[name] = float(np.abs(g[0] - ref).max() / np.abs(ref).max())
-    assert errs["avx512"] <= 4 * errs["avx2"] + 1e-9
+    for name in errs:
+        assert errs[name] <= 4 * errs["generic"] + 1e-9, errs
 
 
-def test_nonfinite_and_overflowing_rows(level):
+@pytest.mark.parametrize("simd", LEVELS)
+def test_nonfinite_and_overflowing_rows(level, simd):
+    _core.set_simd_level(simd)
     x = _data(1, 70, 2000, seed=9)
     x[0, 5] *= np.float32(1e25)  # float32 products overflow: recomputed in float64
     x[0, 9, 3] = np.inf

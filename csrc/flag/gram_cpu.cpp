@@ -29,9 +29,9 @@ namespace {
 // on any machine with the same instruction set.
 constexpr int64_t kMinPartColumns = 32768;
 constexpr int64_t kMaxParts = 32;
-// Above this p the Gram is compute-bound: float32 on AVX-512 CPUs runs the packed kernel
-// (gram_packed.hpp), float64 and other CPUs OpenBLAS; at and below, the register-tiled kernels run
-// at memory speed.
+// Above this p the Gram is compute-bound: float32 on AVX-512 and AVX2 CPUs runs the packed kernels
+// (gram_packed.hpp; AVX2 up to kGramPackedAvx2MaxP), float64 and other CPUs OpenBLAS; at and
+// below, the register-tiled kernels run at memory speed.
 constexpr int64_t kGramBlasMinP = 32;
 // float32 on AVX-512 keeps the register-tiled kernel up to this p: below it the packed kernel's
 // 32-row strips waste more of their multiply-adds on the diagonal and its packing is a larger
@@ -423,17 +423,40 @@ void gram_shared_runs(const float* const* rows, int64_t b, int64_t p, int64_t n,
   sum_and_mirror(nullptr, 1, 0, 0, ker.lower, b, p, out);
 }
 
+// The packed FMA kernel of this CPU's instruction set (AVX-512: 32-row strips; AVX2: 16-row
+// strips; both 512-column slices), or nullptr (other CPUs: the OpenBLAS path).
+struct PackedKernel {
+  int64_t mr, kc;
+  void (*rows)(const float* const*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);
+  void (*pack)(const float* const*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
+  void (*slice)(const float*, int64_t, int64_t, int64_t, int64_t, double*, bool);
+};
+
+const PackedKernel* packed_kernel() {
+  static const PackedKernel k512{kGramPackedMR, kGramPackedKC, &simd_avx512::gram_packed_rows,
+                                 &simd_avx512::gram_packed_pack, &simd_avx512::gram_packed_slice};
+  static const PackedKernel k2{kGramPackedAvx2MR, kGramPackedAvx2KC, &simd_avx2::gram_packed_rows,
+                               &simd_avx2::gram_packed_pack, &simd_avx2::gram_packed_slice};
+  switch (simd_level()) {
+    case SimdLevel::avx512:
+      return &k512;
+    case SimdLevel::avx2:
+      return &k2;
+    default:
+      return nullptr;
+  }
+}
+
 void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
-                        const std::vector<int64_t>& bound) {
-  const int64_t KC = kGramPackedKC, MR = kGramPackedMR;
+                        const std::vector<int64_t>& bound, const PackedKernel& pk) {
+  const int64_t MR = pk.mr;
   const int64_t strips = (p + MR - 1) / MR;
-  SharedKernel<float> ker{strips, KC, strips * KC * MR, true, nullptr, nullptr};
-  ker.pack = [p](const float* const* rq, int64_t k, int64_t kc, int64_t s0, int64_t s1, float* dst) {
-    simd_avx512::gram_packed_pack(rq, p, k, kc, s0, s1, dst);
+  SharedKernel<float> ker{strips, pk.kc, strips * pk.kc * MR, true, nullptr, nullptr};
+  ker.pack = [p, &pk](const float* const* rq, int64_t k, int64_t kc, int64_t s0, int64_t s1, float* dst) {
+    pk.pack(rq, p, k, kc, s0, s1, dst);
   };
-  ker.slice = [p](const float* pk, int64_t kc, int64_t s0, int64_t s1, double* g, bool first) {
-    simd_avx512::gram_packed_slice(pk, kc, p, std::min(p, s0 * kGramPackedMR),
-                                   std::min(p, s1 * kGramPackedMR), g, first);
+  ker.slice = [p, &pk, MR](const float* buf, int64_t kc, int64_t s0, int64_t s1, double* g, bool first) {
+    pk.slice(buf, kc, p, std::min(p, s0 * MR), std::min(p, s1 * MR), g, first);
   };
   gram_shared_runs(rows, b, p, n, out, bound, ker);
 }
@@ -537,19 +560,49 @@ void gram_items(
   sum_and_mirror(partial, groups, b * pp, pp, lower, b, p, out, true);
 }
 
+// AVX2 CPUs run the packed kernel for kGramBlasMinP < p <= this, OpenBLAS above. Every item packs
+// its own slices: the shared path (gram_packed_shared) was slower there (AMD EPYC Zen 3, L2
+// 512 KiB per core, 2 threads, best of 7, ms, per-item vs shared vs OpenBLAS: p = 512 204.2 vs
+// 250.4 vs 229.2, 1024 414.3 vs 457.9 vs 413.3). Against the OpenBLAS path (best of 5, the same
+// run for every p; the machine's run-to-run spread was 10-30 %): p = 48 28.3 vs 28.4, 64 50.0 vs
+// 46.8, 96 54.0 vs 57.4, 128 76.4 vs 77.3, 192 80.8 vs 85.9, 256 107.2 vs 108.2, 384 136.2 vs
+// 151.8, 512 203.0 vs 208.4, 768 224.0 vs 277.1, 1024 333.0 vs 382.0, 2048 537.5 vs 567.3, and
+// 4096 1299.8 vs 1144.9: there the float64 update of the p x p result per slice (128 MiB, rows
+// 32 KiB apart) costs more than the kernel gains.
+constexpr int64_t kGramPackedAvx2MaxP = 2048;
+
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH)
-  if (simd_level() != SimdLevel::avx512) return false;
-  const std::vector<int64_t> bound = equal_work_bounds(p, (p + kGramPackedMR - 1) / kGramPackedMR);
-  if (p >= kGramPackedSharedMinP) {
-    gram_packed_shared(rows, b, p, n, out, bound);
+  const PackedKernel* pk = packed_kernel();
+  if (pk == nullptr) return false;
+  const int64_t MR = pk->mr;
+  const int64_t strips = (p + MR - 1) / MR;
+  if (pk->mr == kGramPackedAvx2MR) {
+    if (p > kGramPackedAvx2MaxP) return false;
+    // AVX2: every item packs its own slices (row parts only as many as the threads need), as
+    // the AMX path does (gram_amx_impl)
+    const int64_t groups = item_group_count(b, p, (n + pk->kc - 1) / pk->kc);
+    const int64_t items = b * groups;
+    const int64_t parts = std::min<int64_t>(strips, (int64_t(num_threads()) + items - 1) / items);
+    gram_items(
+        rows, b, p, n, out, equal_work_cut(strips, parts), pk->kc, true,
+        [p, pk, MR](const float* const* rq, int64_t u0, int64_t u1, int64_t k0, int64_t k1, double* acc) {
+          const int64_t i0 = u0 * MR, i1 = std::min(p, u1 * MR);
+          if (i0 < i1) pk->rows(rq, p, i0, i1, k0, k1, acc);
+        });
     return true;
   }
-  gram_items(rows, b, p, n, out, bound, kGramPackedKC, true,
-             [p](const float* const* rq, int64_t u0, int64_t u1, int64_t k0, int64_t k1, double* acc) {
-               const int64_t i0 = u0 * kGramPackedMR, i1 = std::min(p, u1 * kGramPackedMR);
-               if (i0 < i1) simd_avx512::gram_packed_rows(rq, p, i0, i1, k0, k1, acc);
-             });
+  const std::vector<int64_t> bound = equal_work_bounds(p, strips);
+  if (p >= kGramPackedSharedMinP) {
+    gram_packed_shared(rows, b, p, n, out, bound, *pk);
+    return true;
+  }
+  gram_items(
+      rows, b, p, n, out, bound, pk->kc, true,
+      [p, pk, MR](const float* const* rq, int64_t u0, int64_t u1, int64_t k0, int64_t k1, double* acc) {
+        const int64_t i0 = u0 * MR, i1 = std::min(p, u1 * MR);
+        if (i0 < i1) pk->rows(rq, p, i0, i1, k0, k1, acc);
+      });
   return true;
 #else
   (void)rows, (void)b, (void)p, (void)n, (void)out;

@@ -30,6 +30,10 @@ namespace flagcore {
 
 constexpr int64_t kGramPackedMR = 32;
 constexpr int64_t kGramPackedKC = 512;
+// The AVX2 kernel (gram_packed_avx2.cpp): the same contract with strips of 16 rows and 16 x 6
+// register tiles.
+constexpr int64_t kGramPackedAvx2MR = 16;
+constexpr int64_t kGramPackedAvx2KC = 512;
 
 // 64-byte aligned arrays (the kernel's aligned vector loads and stores go through them).
 struct FreeDeleter {
@@ -73,5 +77,13 @@ void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t k
                       float* out);
 void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first);
 }  // namespace simd_avx512
+
+namespace simd_avx2 {  // the same functions with kGramPackedAvx2MR, kGramPackedAvx2KC
+void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
+                      double* g);
+void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
+                      float* out);
+void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first);
+}  // namespace simd_avx2
 
 }  // namespace flagcore
