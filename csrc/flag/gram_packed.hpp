@@ -63,27 +63,26 @@ struct Scratch {
   }
 };
 
-namespace simd_avx512 {
-void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
-                      double* g);
-
-// The same work in two steps, for callers that pack a slice once and share it between row
+// Per instruction set (simd_avx512: kGramPackedMR, kGramPackedKC; simd_avx2: kGramPackedAvx2MR,
+// kGramPackedAvx2KC):
+//   gram_packed_rows  : one work item, as above
+// and the same work in two steps, for callers that pack a slice once and share it between row
 // parts (gram_cpu at large p):
 //   gram_packed_pack  : strips [s0, s1) of the slice [k0, k0 + kc) of all p rows into out
 //                       (out[s * kc * MR + k * MR + r], rows past p zero)         // [S, KC, MR]
 //   gram_packed_slice : the slice's products for rows [i0, i1) against rows [i0, p) into g, in
 //                       gram_packed_rows's layout: stored (=) when first, added (+=) otherwise
-void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
-                      float* out);
-void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first);
-}  // namespace simd_avx512
-
-namespace simd_avx2 {  // the same functions with kGramPackedAvx2MR, kGramPackedAvx2KC
-void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1,
-                      double* g);
-void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
-                      float* out);
-void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g, bool first);
-}  // namespace simd_avx2
+#define FLAGCORE_GRAM_PACKED_DECL(NS)                                                                        \
+  namespace NS {                                                                                             \
+  void gram_packed_rows(const float* const* rows, int64_t p, int64_t i0, int64_t i1, int64_t k0, int64_t k1, \
+                        double* g);                                                                          \
+  void gram_packed_pack(const float* const* rows, int64_t p, int64_t k0, int64_t kc, int64_t s0, int64_t s1, \
+                        float* out);                                                                         \
+  void gram_packed_slice(const float* pk, int64_t kc, int64_t p, int64_t i0, int64_t i1, double* g,          \
+                         bool first);                                                                        \
+  }
+FLAGCORE_GRAM_PACKED_DECL(simd_avx512)
+FLAGCORE_GRAM_PACKED_DECL(simd_avx2)
+#undef FLAGCORE_GRAM_PACKED_DECL
 
 }  // namespace flagcore
