@@ -337,7 +337,13 @@ class MMPP:
 
     @property
     def mean_rate(self) -> float:
-        return float(self.stationary @ np.asarray(self.rates, dtype=np.float64))
+        """Long-run mean arrival rate: the stationary average of the rates, written around the
+        smallest one so that equal rates give that rate exactly (the stationary shares come from
+        a least-squares solve whose rounding depends on the LAPACK build)."""
+        r = np.asarray(self.rates, dtype=np.float64)
+        pi = self.stationary
+        lo = float(r.min())
+        return lo + float(pi @ (r - lo)) / float(pi.sum())
 
 
 @dataclass(frozen=True)
