@@ -56,6 +56,7 @@ def level():
         (1, 50, 40_000),  # the packed kernel with column groups
         (2, 520, 9_001),  # p >= 512: slices packed once, shared by the row parts; 2 runs
         (1, 1100, 300),
+        (1, 2048, 257),  # the largest p of the AVX2 kernel (2049 on: the OpenBLAS path)
     ],
 )
 @pytest.mark.parametrize("simd", LEVELS)
