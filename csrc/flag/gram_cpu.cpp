@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -423,20 +424,45 @@ void gram_shared_runs(const float* const* rows, int64_t b, int64_t p, int64_t n,
   sum_and_mirror(nullptr, 1, 0, 0, ker.lower, b, p, out);
 }
 
+// AVX2 CPUs run the packed kernel for kGramBlasMinP < p <= this, OpenBLAS above. Every item packs
+// its own slices: the shared path (gram_packed_shared) was slower there (AMD EPYC Zen 3, L2
+// 512 KiB per core, 2 threads, best of 7, ms, per-item vs shared vs OpenBLAS: p = 512 204.2 vs
+// 250.4 vs 229.2, 1024 414.3 vs 457.9 vs 413.3). Against the OpenBLAS path (best of 5, the same
+// run for every p; the machine's run-to-run spread was 10-30 %): p = 48 28.3 vs 28.4, 64 50.0 vs
+// 46.8, 96 54.0 vs 57.4, 128 76.4 vs 77.3, 192 80.8 vs 85.9, 256 107.2 vs 108.2, 384 136.2 vs
+// 151.8, 512 203.0 vs 208.4, 768 224.0 vs 277.1, 1024 333.0 vs 382.0, 2048 537.5 vs 567.3, and
+// 4096 1299.8 vs 1144.9: there the float64 update of the p x p result per slice (128 MiB, rows
+// 32 KiB apart) costs more than the kernel gains.
+constexpr int64_t kGramPackedAvx2MaxP = 2048;
+
 // The packed FMA kernel of this CPU's instruction set (AVX-512: 32-row strips; AVX2: 16-row
 // strips; both 512-column slices), or nullptr (other CPUs: the OpenBLAS path).
+// own_slices: every item packs its own slices at every p (else from kGramPackedSharedMinP the
+// slices are packed once and shared by the row parts); max_p: OpenBLAS above it.
 struct PackedKernel {
   int64_t mr, kc;
+  bool own_slices;
+  int64_t max_p;
   void (*rows)(const float* const*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);
   void (*pack)(const float* const*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
   void (*slice)(const float*, int64_t, int64_t, int64_t, int64_t, double*, bool);
 };
 
 const PackedKernel* packed_kernel() {
-  static const PackedKernel k512{kGramPackedMR, kGramPackedKC, &simd_avx512::gram_packed_rows,
-                                 &simd_avx512::gram_packed_pack, &simd_avx512::gram_packed_slice};
-  static const PackedKernel k2{kGramPackedAvx2MR, kGramPackedAvx2KC, &simd_avx2::gram_packed_rows,
-                               &simd_avx2::gram_packed_pack, &simd_avx2::gram_packed_slice};
+  static const PackedKernel k512{kGramPackedMR,
+                                 kGramPackedKC,
+                                 false,
+                                 std::numeric_limits<int64_t>::max(),
+                                 &simd_avx512::gram_packed_rows,
+                                 &simd_avx512::gram_packed_pack,
+                                 &simd_avx512::gram_packed_slice};
+  static const PackedKernel k2{kGramPackedAvx2MR,
+                               kGramPackedAvx2KC,
+                               true,
+                               kGramPackedAvx2MaxP,
+                               &simd_avx2::gram_packed_rows,
+                               &simd_avx2::gram_packed_pack,
+                               &simd_avx2::gram_packed_slice};
   switch (simd_level()) {
     case SimdLevel::avx512:
       return &k512;
@@ -560,42 +586,23 @@ void gram_items(
   sum_and_mirror(partial, groups, b * pp, pp, lower, b, p, out, true);
 }
 
-// AVX2 CPUs run the packed kernel for kGramBlasMinP < p <= this, OpenBLAS above. Every item packs
-// its own slices: the shared path (gram_packed_shared) was slower there (AMD EPYC Zen 3, L2
-// 512 KiB per core, 2 threads, best of 7, ms, per-item vs shared vs OpenBLAS: p = 512 204.2 vs
-// 250.4 vs 229.2, 1024 414.3 vs 457.9 vs 413.3). Against the OpenBLAS path (best of 5, the same
-// run for every p; the machine's run-to-run spread was 10-30 %): p = 48 28.3 vs 28.4, 64 50.0 vs
-// 46.8, 96 54.0 vs 57.4, 128 76.4 vs 77.3, 192 80.8 vs 85.9, 256 107.2 vs 108.2, 384 136.2 vs
-// 151.8, 512 203.0 vs 208.4, 768 224.0 vs 277.1, 1024 333.0 vs 382.0, 2048 537.5 vs 567.3, and
-// 4096 1299.8 vs 1144.9: there the float64 update of the p x p result per slice (128 MiB, rows
-// 32 KiB apart) costs more than the kernel gains.
-constexpr int64_t kGramPackedAvx2MaxP = 2048;
-
 bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out) {
 #if defined(FLAGCORE_X86_DISPATCH)
   const PackedKernel* pk = packed_kernel();
-  if (pk == nullptr) return false;
+  if (pk == nullptr || p > pk->max_p) return false;
   const int64_t MR = pk->mr;
   const int64_t strips = (p + MR - 1) / MR;
-  if (pk->mr == kGramPackedAvx2MR) {
-    if (p > kGramPackedAvx2MaxP) return false;
-    // AVX2: every item packs its own slices (row parts only as many as the threads need), as
-    // the AMX path does (gram_amx_impl)
-    const int64_t groups = item_group_count(b, p, (n + pk->kc - 1) / pk->kc);
-    const int64_t items = b * groups;
-    const int64_t parts = std::min<int64_t>(strips, (int64_t(num_threads()) + items - 1) / items);
-    gram_items(
-        rows, b, p, n, out, equal_work_cut(strips, parts), pk->kc, true,
-        [p, pk, MR](const float* const* rq, int64_t u0, int64_t u1, int64_t k0, int64_t k1, double* acc) {
-          const int64_t i0 = u0 * MR, i1 = std::min(p, u1 * MR);
-          if (i0 < i1) pk->rows(rq, p, i0, i1, k0, k1, acc);
-        });
-    return true;
-  }
-  const std::vector<int64_t> bound = equal_work_bounds(p, strips);
-  if (p >= kGramPackedSharedMinP) {
-    gram_packed_shared(rows, b, p, n, out, bound, *pk);
-    return true;
+  std::vector<int64_t> bound;
+  if (pk->own_slices) {
+    // row parts only as many as the threads need, as on the AMX path (gram_amx_impl)
+    const int64_t items = b * item_group_count(b, p, (n + pk->kc - 1) / pk->kc);
+    bound = equal_work_cut(strips, std::min<int64_t>(strips, (int64_t(num_threads()) + items - 1) / items));
+  } else {
+    bound = equal_work_bounds(p, strips);
+    if (p >= kGramPackedSharedMinP) {
+      gram_packed_shared(rows, b, p, n, out, bound, *pk);
+      return true;
+    }
   }
   gram_items(
       rows, b, p, n, out, bound, pk->kc, true,
