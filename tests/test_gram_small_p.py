@@ -1,5 +1,5 @@
 """The register-tiled float32 Gram kernels (p <= 32, every instruction set built here; up to
-p = 48 on AVX-512): against
+p = 48 on AVX-512, 36 on AVX2): against
 float64 NumPy within the documented accuracy class (float32 partial sums of at most 32
 products, reduced in float64), for every tile remainder shape, column counts around the vector
 and chunk widths, rows anywhere in memory (misaligned, separate arrays), and bit-identical for
@@ -52,20 +52,24 @@ def test_every_p_and_level_within_accuracy_class(level, p):
     _check(_gram_at(level, x)[0], list(x[0]))
 
 
-@pytest.mark.skipif("avx512" not in _levels(), reason="above p = 32 only on AVX-512")
-@pytest.mark.parametrize("p", [33, 37, 40, 45, 48])
-def test_avx512_float32_keeps_the_register_kernel_up_to_p_48(p):
-    # p = 33 to 48 on AVX-512: the register kernel's accuracy class (32 products per float32
-    # partial sum) and the same bits on 1 thread as on all
+@pytest.mark.parametrize(
+    "level,p",
+    [("avx512", p) for p in (33, 37, 40, 45, 48)] + [("avx2", p) for p in (33, 35, 36)],
+)
+def test_float32_keeps_the_register_kernel_above_p_32(level, p):
+    # p = 33 to 48 on AVX-512, 33 to 36 on AVX2: the register kernel's accuracy class (32
+    # products per float32 partial sum) and the same bits on 1 thread as on all
+    if level not in _levels():
+        pytest.skip(f"the CPU has no {level}")
     rng = np.random.default_rng(p)
     n = 20_000 + p
     x = rng.standard_normal((1, p, n)).astype(np.float32)
     x[0, : p // 3] *= 1e3
-    g = _gram_at("avx512", x)[0]
+    g = _gram_at(level, x)[0]
     _check(g, list(x[0]))
     flagcore.set_num_threads(1)
     try:
-        np.testing.assert_array_equal(_gram_at("avx512", x)[0], g)
+        np.testing.assert_array_equal(_gram_at(level, x)[0], g)
     finally:
         flagcore.set_num_threads(0)
 
