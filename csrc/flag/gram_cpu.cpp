@@ -431,15 +431,13 @@ void gram_shared_runs(const float* const* rows, int64_t b, int64_t p, int64_t n,
   sum_and_mirror(nullptr, 1, 0, 0, ker.lower, b, p, out);
 }
 
-// AVX2 CPUs run the packed kernel for kGramBlasMinP < p <= this, OpenBLAS above. Every item packs
-// its own slices: the shared path (gram_packed_shared) was slower there (AMD EPYC Zen 3, L2
-// 512 KiB per core, 2 threads, best of 7, ms, per-item vs shared vs OpenBLAS: p = 512 204.2 vs
-// 250.4 vs 229.2, 1024 414.3 vs 457.9 vs 413.3). Against the OpenBLAS path (best of 5, the same
-// run for every p; the machine's run-to-run spread was 10-30 %): p = 48 28.3 vs 28.4, 64 50.0 vs
-// 46.8, 96 54.0 vs 57.4, 128 76.4 vs 77.3, 192 80.8 vs 85.9, 256 107.2 vs 108.2, 384 136.2 vs
-// 151.8, 512 203.0 vs 208.4, 768 224.0 vs 277.1, 1024 333.0 vs 382.0, 2048 537.5 vs 567.3, and
-// 4096 1299.8 vs 1144.9: there the float64 update of the p x p result per slice (128 MiB, rows
-// 32 KiB apart) costs more than the kernel gains.
+// AVX2 CPUs run the packed kernel for kGramRegisterMaxP32Avx2 < p <= this, OpenBLAS above.
+// Every item packs its own slices: the shared path (gram_packed_shared) was slower there (AMD
+// EPYC Zen 3, L2 512 KiB per core, 2 threads, best of 7, ms, per-item vs shared: p = 512 204.2
+// vs 250.4, 1024 414.3 vs 457.9). Packed vs OpenBLAS, the variants alternating in a rotating
+// order (2 threads, best of 6, ms): p = 1024 350.5 vs 384.1, 2048 600.0 vs 591.9, 4096 1201.6
+// vs 1097.9 (there the float64 update of the 128 MiB result per slice costs more than the
+// kernel gains); every p: bench/bench_gram_paths.py (bench/results/gram_paths_avx2.json).
 constexpr int64_t kGramPackedAvx2MaxP = 2048;
 
 // The packed FMA kernel of this CPU's instruction set (AVX-512: 32-row strips; AVX2: 16-row

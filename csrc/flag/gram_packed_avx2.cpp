@@ -8,9 +8,9 @@
 // kernels. A column tile of 6 need not lie inside one 16-row strip, so each of its columns has
 // its own pointer into the packed slice. Slices of 512 columns, as on AVX-512 (float32 partial
 // sums of at most 512 products): 256 columns (a column tile and a row strip then fit a 32 KiB
-// L1 together) measured the same up to p = 512 and slower above, where the float64 update of the
-// result per slice weighs more (AMD EPYC Zen 3, 2 threads, best of 5, ms: p = 1024 347.8 vs
-// 333.0, 2048 628.5 vs 537.5, 4096 1784 vs 1300).
+// L1 together) measured the same up to p = 2048 and slower at 4096, where the float64 update
+// of the result per slice weighs more (AMD EPYC Zen 3, 2 threads, best of 6, rotating order,
+// ms, 256 vs 512: p = 1024 352.9 vs 350.5, 2048 579.8 vs 600.0, 4096 1355.9 vs 1201.6).
 #include <immintrin.h>
 
 #include <algorithm>
