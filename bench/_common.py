@@ -75,6 +75,21 @@ def check_out_dir(ap, out: str) -> None:
         ap.error(f"--out: directory {out_dir} does not exist or is not writable")
 
 
+def parse_sizes(ap, text: str) -> list[tuple[int, int]]:
+    """The (p, n) pairs of a --sizes value "p:n,p:n,..." (n may be written 1e6); an argparse
+    error naming the bad item when one is not a pair of positive numbers."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            p, n = item.split(":")
+            sizes.append((int(p), int(float(n))))
+        except ValueError:
+            ap.error(f"--sizes: expected p:n pairs, got {item!r}")
+        if sizes[-1][0] < 1 or sizes[-1][1] < 1:
+            ap.error(f"--sizes: p and n must be >= 1, got {item!r}")
+    return sizes
+
+
 def best_time(fn, repeat: int, warmup: bool = True) -> float:
     """Seconds: the fastest of `repeat` calls, after one warm-up call when `warmup`."""
     import time

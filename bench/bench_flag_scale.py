@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 import flagcore
-from _common import best_time, check_out_dir, write_results
+from _common import best_time, check_out_dir, parse_sizes, write_results
 from _syrk import syrk_baselines
 from flagcore import _core
 from flagcore._reference import make_gradients
@@ -130,10 +130,7 @@ def main(argv=None) -> int:
     check_out_dir(ap, args.out)
     if args.repeat < 1 or args.rounds < 1:
         ap.error(f"--repeat and --rounds must be >= 1, got {args.repeat} and {args.rounds}")
-    sizes = []
-    for item in args.sizes.split(","):
-        p, n = item.split(":")
-        sizes.append((int(p), int(float(n))))
+    sizes = parse_sizes(ap, args.sizes)
     threads = args.threads or os.cpu_count() or 1
     flagcore.set_num_threads(threads)
     torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 import flagcore
-from _common import best_time, check_out_dir, write_results
+from _common import best_time, check_out_dir, parse_sizes, write_results
 from flagcore import _core
 from flagcore._table import print_table
 
@@ -54,15 +54,7 @@ def main(argv=None) -> int:
     check_out_dir(ap, args.out)
     if args.repeat < 1 or args.rounds < 1:
         ap.error(f"--repeat and --rounds must be >= 1, got {args.repeat} and {args.rounds}")
-    sizes = []
-    for item in args.sizes.split(","):
-        try:
-            p, n = item.split(":")
-            sizes.append((int(p), int(float(n))))
-        except ValueError:
-            ap.error(f"--sizes: expected p:n pairs, got {item!r}")
-        if sizes[-1][0] < 1 or sizes[-1][1] < 1:
-            ap.error(f"--sizes: p and n must be >= 1, got {item!r}")
+    sizes = parse_sizes(ap, args.sizes)
     try:
         _core.set_gram_amx("on")
     except ValueError as e:
