@@ -16,8 +16,9 @@ from flagcore import _core
 SUPPORTED = flagcore.build_info().get("simd_supported")
 AVX512 = SUPPORTED == "avx512"
 AVX2 = SUPPORTED in ("avx2", "avx512")
-# the levels whose packed kernel this CPU runs ("auto": the best one, AMX tiles where present)
-LEVELS = ["auto"] + (["avx2"] if AVX2 else [])
+# the levels whose packed kernel this CPU runs ("auto": the best one, AMX tiles where present);
+# "avx2" forced only where it differs from "auto" (on an AVX2-only CPU they run the same code)
+LEVELS = ["auto"] + (["avx2"] if AVX512 else [])
 
 
 def _data(b, p, n, seed):
