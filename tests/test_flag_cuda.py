@@ -506,6 +506,19 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype):
 
 
 @pytest.mark.cuda
+def test_gpu_large_p_matches_cpu():
+    """p = 2050: tri(p) / 32 upper-triangle chunks pass the 65535 limit of a grid's y dimension
+    (the Gram reduction launched them there until this test's commit); the IRLS runs on the host."""
+    torch = _cuda_torch()
+    p, n = 2050, 3001
+    x = np.random.default_rng(15).standard_normal((p, n)).astype(np.float32)
+    got, info = flagcore.flag_aggregate(torch.from_numpy(x).cuda(), max_iter=1, return_info=True)
+    exp, cinfo = flagcore.flag_aggregate(x.astype(np.float64), max_iter=1, return_info=True)
+    assert _rel(got.double().cpu().numpy(), exp) < 1e-4
+    np.testing.assert_allclose(info.weights, cinfo.weights, rtol=1e-3)
+
+
+@pytest.mark.cuda
 def test_gpu_nonfinite_and_huge_workers():
     torch = _cuda_torch()
     x = make_gradients(8, 50_000, seed=9).astype(np.float32)

@@ -222,15 +222,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// Pass 2: gram[q] = sum over the parts of problem q, in order, both triangles.
+// Pass 2: gram[q] = sum over the parts of problem q, in order, both triangles. Grid: x over the
+// upper-triangle entries (32 per block; tri(p) / 32 passes gridDim.y's 65535 from p = 2048 on),
+// y over problems q0 + blockIdx.y (launched in groups of at most 65535 problems).
 constexpr int kRedX = 32, kRedY = 32;
+constexpr int64_t kMaxGridY = 65535;
 __global__ void __launch_bounds__(kRedX* kRedY)
-    gram_reduce_kernel(DeviceProblems d, const double* __restrict__ partials,
+    gram_reduce_kernel(DeviceProblems d, int64_t q0, const double* __restrict__ partials,
                        double* __restrict__ gram /* [sum p^2] */) {
   __shared__ double s[kRedY][kRedX + 1];
-  const Problem pr = problem_at(d, blockIdx.x);
+  const Problem pr = problem_at(d, q0 + blockIdx.y);
   const int64_t tp = tri(pr.p);
-  const int64_t e = int64_t(blockIdx.y) * kRedX + threadIdx.x;
+  const int64_t e = int64_t(blockIdx.x) * kRedX + threadIdx.x;
   const int64_t parts = gram_parts(pr.n);
   double acc = 0.0;
   if (e < tp)
@@ -323,9 +326,14 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
     gram_partial_kernel<T, 8, false><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
   }
-  const dim3 rgrid(static_cast<unsigned>(d.b), static_cast<unsigned>((tri(plan.p_max) + kRedX - 1) / kRedX));
-  gram_reduce_kernel<<<rgrid, dim3(kRedX, kRedY), 0, st>>>(d, partials, gram);
-  FLAGCORE_CUDA_CHECK_LAUNCH();
+  const int64_t chunks = (tri(plan.p_max) + kRedX - 1) / kRedX;
+  FLAGCORE_CHECK_ARG(chunks <= 2147483647LL, "gram_cuda: p too large for the reduction grid");
+  for (int64_t q0 = 0; q0 < d.b; q0 += kMaxGridY) {
+    const int64_t nq = d.b - q0 < kMaxGridY ? d.b - q0 : kMaxGridY;
+    const dim3 rgrid(static_cast<unsigned>(chunks), static_cast<unsigned>(nq));
+    gram_reduce_kernel<<<rgrid, dim3(kRedX, kRedY), 0, st>>>(d, q0, partials, gram);
+    FLAGCORE_CUDA_CHECK_LAUNCH();
+  }
   gram_refine_kernel<T><<<static_cast<unsigned>(plan.rows), kThreads, 0, st>>>(d, gram);
   FLAGCORE_CUDA_CHECK_LAUNCH();
 }
