@@ -211,12 +211,16 @@ def main(argv=None) -> int:
             t_svd = {1: None, 5: None}
             if n <= args.svd_max_n and p <= args.svd_max_p:
                 for it in (1, 5):
-                    t_svd[it] = time_cuda(
-                        torch,
-                        [lambda it=it, x=x, r=r: svd_flag_torch(x.float(), r, 0.0, it)],
-                        2,
-                        warmup=1,
-                    )
+                    try:
+                        t_svd[it] = time_cuda(
+                            torch,
+                            [lambda it=it, x=x, r=r: svd_flag_torch(x.float(), r, 0.0, it)],
+                            2,
+                            warmup=1,
+                        )
+                    except RuntimeError as exc:  # cuSOLVER refuses some tall shapes
+                        print(f"  SVD baseline p={p} n={n:.0e} failed: {exc}"[:300], flush=True)
+                        break
             bytes_fa = 2 * p * n * es + n * es
             bytes_mean = p * n * es + n * es
             floor_fa, floor_mean = bytes_fa / bw * 1e3, bytes_mean / bw * 1e3

@@ -9,6 +9,8 @@
 4. The IRLS alone at p = 1024 (b = 1): time, to show it is not a one-block bottleneck.
 5. Large p (the scaling issue's GPU rows): FA with 1 step at p in {64, 256, 1024, 2048, 4096}
    against torch `X @ X.T` on the same tensor, and the coordinate median at p = 32 and 64.
+6. Where FA's time goes at p = 15: per-kernel device times (torch.profiler), and the Gram
+   kernel with and without its L2 prefetch.
 
 Every case is checked against flagcore's CPU path on the same values before it is timed; a case
 that fails its check or raises is recorded (its "error") and the run goes on to the next (one GPU
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
         ("median", lambda: case_median(torch, args, g)),
         ("irls_p1024", lambda: case_irls(torch, g)),
         ("large_p", lambda: case_large_p(torch, args, g)),
+        ("breakdown", lambda: case_breakdown(torch, args)),
     ]
     for name, fn in cases:
         try:
@@ -227,6 +230,71 @@ def case_irls(torch, g) -> dict:
     t_gram = time_cuda(torch, [lambda: x @ x.T], 3, warmup=1)
     print(f"4. FA p=1024 n=4096 (IRLS-bound): {t_big:.1f} ms (x @ x.T {t_gram:.2f} ms)", flush=True)
     return dict(p=1024, n=4096, fa_ms=t_big, gram_mm_ms=t_gram, rel_err=err)
+
+
+def _kernel_times(torch, fns: dict, reps: int) -> list:
+    """Per-kernel device time of each labelled callable under torch.profiler (CUPTI): rows of
+    (label, kernel name, calls per call of the callable, microseconds per call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    for label, fn in fns.items():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None)
+            if t is None:
+                t = getattr(e, "cuda_time_total", 0.0)
+            if t and e.count:
+                rows.append(
+                    dict(label=label, kernel=e.key[:120], calls=e.count / reps, us=t / reps)
+                )
+    return rows
+
+
+def case_breakdown(torch, args) -> dict:
+    """6. Where FA's time goes at p = 15 (the bandwidth goal): per-kernel device times under
+    torch.profiler, and the tile-pair Gram kernel with and without its L2 prefetch (A/B, in
+    alternation)."""
+    from flagcore._backend import core
+    from flagcore.flag import _flag_aggregate_cuda
+
+    p, n = 15, (25_000_000 if args.quick else 100_000_000)
+    x = make_input(torch, p, n, torch.float32, seed=3)[None]
+    prm = core.FlagParams(r=8, max_iter=1)
+    ks = {"prefetch": core.GramKernel.tile_pairs, "plain": core.GramKernel.tile_pairs_plain}
+    a = _flag_aggregate_cuda(x, prm, False, ks["prefetch"])[0]
+    b = _flag_aggregate_cuda(x, prm, False, ks["plain"])[0]
+    if not torch.equal(a, b):
+        raise CheckFailed("the prefetching Gram kernel changed the aggregate")
+    out: dict = dict(p=p, n=n)
+    for label, k in ks.items():
+        out[f"fa_{label}_ms"] = time_cuda(
+            torch, [lambda k=k: _flag_aggregate_cuda(x, prm, False, k)], args.repeat
+        )
+    out["mean_ms"] = time_cuda(torch, [lambda: x[0].mean(0)], args.repeat)
+    out["kernels"] = _kernel_times(
+        torch,
+        {
+            "fa_prefetch": lambda: _flag_aggregate_cuda(x, prm, False, ks["prefetch"]),
+            "fa_plain": lambda: _flag_aggregate_cuda(x, prm, False, ks["plain"]),
+            "mean": lambda: x[0].mean(0),
+            "sum": lambda: x[0].sum(0),
+        },
+        5,
+    )
+    print(
+        f"6. FA p={p} n={n:.0e}: prefetch {out['fa_prefetch_ms']:.3f} ms, plain "
+        f"{out['fa_plain_ms']:.3f} ms, mean {out['mean_ms']:.3f} ms",
+        flush=True,
+    )
+    for r in out["kernels"]:
+        print(f"   {r['label']:12s} {r['us']:10.1f} us  x{r['calls']:.0f}  {r['kernel'][:90]}")
+    return out
 
 
 def case_large_p(torch, args, g) -> dict:

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         r=2,
     )
     flat = torch.from_numpy(
-        make_gradients(15, 3 * n + 17, byzantine=3, seed=2).astype(np.float32)
+        make_gradients(15, 3 * n + 40, byzantine=3, seed=2).astype(np.float32)
     ).cuda()
     sizes = [1, 5, n, 16, n + 3, n - 7]
     sizes.append(flat.shape[1] - sum(sizes))
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     if (
         args.rules
     ):  # the coordinate kernel: every rule, a NaN worker, even and odd p, an unaligned view
-        for p in [5, 16] if args.small else [3, 5, 16, 31]:
+        for p in [5, 16, 40] if args.small else [3, 5, 16, 31, 64]:
             x = make_gradients(p, n, byzantine=1, seed=100 + p).astype(np.float32)
             x[0, 3] = np.nan
             xt = torch.from_numpy(x).cuda()

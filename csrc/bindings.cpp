@@ -391,7 +391,7 @@ void check_workspace(const CudaArray& ws, const char* fn, const FlagCudaPlan& pl
 
 void check_gram_kernel(cuda::GramKernel kernel, const char* fn) {
   FLAGCORE_CHECK_ARG(kernel == cuda::GramKernel::automatic || kernel == cuda::GramKernel::registers ||
-                         kernel == cuda::GramKernel::tile_pairs,
+                         kernel == cuda::GramKernel::tile_pairs || kernel == cuda::GramKernel::tile_pairs_plain,
                      fn << ": kernel must be a GramKernel, got the value " << static_cast<int>(kernel));
 }
 
@@ -425,7 +425,8 @@ void register_cuda_types(py::module_& m) {
                               "above) or one pinned (tests)")
       .value("automatic", cuda::GramKernel::automatic)
       .value("registers", cuda::GramKernel::registers)
-      .value("tile_pairs", cuda::GramKernel::tile_pairs);
+      .value("tile_pairs", cuda::GramKernel::tile_pairs)
+      .value("tile_pairs_plain", cuda::GramKernel::tile_pairs_plain);
 
   py::class_<CudaArray>(m, "CudaArray",
                         "a device array for the CUDA entry points: address, dtype, shape, element "
@@ -709,10 +710,11 @@ void register_rules(py::module_& m) {
         FLAGCORE_CHECK_ARG(x.dtype == cuda::DType::float32 || x.dtype == cuda::DType::float64,
                            fn << ": x must be float32 or float64, got " << cuda::dtype_name(x.dtype));
         const int64_t b = x.shape[0], p = x.shape[1], n = x.shape[2];
-        FLAGCORE_CHECK_ARG(p >= 1 && p <= 32, fn << ": p must be in [1, 32], got " << p);
+        FLAGCORE_CHECK_ARG(p >= 1 && p <= cuda::kCoordMaxP,
+                           fn << ": p must be in [1, " << cuda::kCoordMaxP << "], got " << p);
         FLAGCORE_CHECK_ARG(n <= 1 || x.strides[2] == 1, fn << ": x's last axis must be contiguous");
         check_cuda_arg(out, fn, "out", x.dtype, {b, n}, x.device);
-        check_cuda_arg(active_mask, fn, "active_mask", cuda::DType::int32, {b}, x.device);
+        check_cuda_arg(active_mask, fn, "active_mask", cuda::DType::int64, {b}, x.device);
         check_cuda_arg(flags, fn, "flags", cuda::DType::int32, {b, p}, x.device);
         check_coord_rule(rule, fn);
         FLAGCORE_CHECK_ARG(f >= 0, fn << ": f must be >= 0, got " << f);
@@ -722,7 +724,7 @@ void register_rules(py::module_& m) {
         spec.rule = rule;
         spec.f = f;
         spec.keep = keep;
-        const auto* mask = reinterpret_cast<const uint32_t*>(active_mask.data);
+        const auto* mask = reinterpret_cast<const uint64_t*>(active_mask.data);
         auto* fl = reinterpret_cast<int32_t*>(flags.data);
         without_gil([&] {
           if (x.dtype == cuda::DType::float64)
@@ -742,10 +744,10 @@ void register_rules(py::module_& m) {
       },
       py::arg("x"), py::arg("out"), py::arg("active_mask"), py::arg("flags"), py::kw_only(), py::arg("rule"),
       py::arg("f"), py::arg("keep"), py::arg("stream"),
-      "coordinate-wise rule of a (b, p <= 32, n) float32/float64 device array into out (b, n); active_mask "
-      "(b,) int32 bits of the workers taking part; flags (b, p) int32 set to 1 for an active worker holding "
+      "coordinate-wise rule of a (b, p <= 64, n) float32/float64 device array into out (b, n); active_mask "
+      "(b,) int64 bits of the workers taking part; flags (b, p) int32 set to 1 for an active worker holding "
       "NaN/Inf");
-  m.attr("coordinate_cuda_max_p") = 32;
+  m.attr("coordinate_cuda_max_p") = cuda::kCoordMaxP;
 }
 template <typename T>
 py::tuple flag_aggregate_layers_impl(const py::list& layers, const FlagParams& prm,

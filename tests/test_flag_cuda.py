@@ -30,10 +30,14 @@ INFO_KEYS = (
 )
 
 
-def _rel(a, b):
+def _rel(a, b, data_scale=0.0):
+    """max |a - b| / max |b|. data_scale (max |x| of the inputs) floors the denominator at
+    1e-6 of it: an aggregate that small is rounding noise of a cancelling combination (p = 2,
+    one honest and one Byzantine worker: FA's coefficients are ~1e-16, CPU and GPU agree on
+    ~0 but not on its noise)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6 * data_scale, 1e-300))
 
 
 def _assert_info_equal(a: dict, b: dict):
@@ -315,7 +319,7 @@ def test_cuda_entry_points_refuse_cleanly_without_gpu():
         _core.coordinate_cuda(
             _dev([1, 3, 10]),
             _dev([1, 10]),
-            _dev([1], "int32"),
+            _dev([1], "int64"),
             _dev([1, 3], "int32"),
             rule=_core.CoordRule.median,
             f=0,
@@ -370,7 +374,7 @@ def test_cuda_entry_points_check_their_arrays_before_any_device_work():
         _core.coordinate_cuda(
             x,
             out,
-            _dev([2], "int32"),
+            _dev([2], "int64"),
             _dev([2, 3], "uint8"),
             rule=_core.CoordRule.mean,
             f=0,
@@ -444,7 +448,8 @@ def test_gpu_matches_cpu_and_reference(dtype, p, batched):
             x_rounded, r=r, lam=lam, max_iter=max_iter, return_info=True
         )
         cpu = cpu.reshape(b, n)
-        assert _rel(got, cpu) < TOL[dtype], (lam, max_iter)
+        scale = float(np.max(np.abs(x_rounded)))
+        assert _rel(got, cpu, scale) < TOL[dtype], (lam, max_iter)
         w_gpu = np.asarray(info.weights).reshape(b, p)
         np.testing.assert_allclose(w_gpu, np.asarray(cinfo.weights).reshape(b, p), rtol=1e-3)
         assert np.array_equal(
@@ -454,7 +459,7 @@ def test_gpu_matches_cpu_and_reference(dtype, p, batched):
             p <= 15 and max_iter == 1 and lam == 0.0
         ):  # the float64 SVD reference (small enough here)
             ref = reference(x_rounded[0], r, lam, max_iter)["aggregate"]
-            assert _rel(got[0], ref) < TOL[dtype]
+            assert _rel(got[0], ref, scale) < TOL[dtype]
 
 
 @pytest.mark.cuda
@@ -619,7 +624,8 @@ def test_info_decoding_from_a_workspace_buffer():
     d = _info_from_workspace(torch.from_numpy(ws), pl, (b, p), (b,))
     np.testing.assert_array_equal(d["coefficients"], coef.reshape(b, p))
     np.testing.assert_array_equal(d["weights"], 2 * coef.reshape(b, p))
-    np.testing.assert_array_equal(d["objective"], np.arange(b * (it + 1)).reshape(b, it + 1))
+    # trimmed to 1 + the most steps taken (3), as the CPU functions return it
+    np.testing.assert_array_equal(d["objective"], np.arange(b * (it + 1)).reshape(b, it + 1)[:, :4])
     assert d["iterations"].tolist() == [3, 1] and d["rank"].tolist() == [2, 1]
     assert d["excluded"].tolist() == [[False, True, False], [False, False, True]]
     assert d["last_step_rejected"].tolist() == [True, False]

@@ -171,17 +171,24 @@ def test_torch_fallback_matches_native():
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("p", [3, 15, 16, 17, 33, 64])  # each register-sort width (4 .. 64)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_matches_cpu(p, dtype):
     torch = pytest.importorskip("torch")
     if not flagcore.cuda_available():
         pytest.skip("no CUDA device or flagcore built without CUDA")
-    x = np.stack([ref.make_gradients(15, 5000, seed=s) for s in range(2)])
-    x[1, 4, 7] = np.nan
+    assert flagcore._core.coordinate_cuda_max_p == 64
+    x = np.stack([ref.make_gradients(p, 5003, seed=s) for s in range(2)]).astype(dtype)
+    x[1, p - 2, 7] = np.nan
+    x[0, 0, 11] = -np.inf
     t = torch.from_numpy(x).cuda()
+    f = (p - 1) // 3
+    tol = 2e-6 if dtype == np.float32 else 1e-12
     for rule in REFS:
-        got, info = flagcore.aggregate(t, rule, f=3, return_info=True)
-        want, winfo = flagcore.aggregate(x, rule, f=3, return_info=True)
-        np.testing.assert_allclose(got.cpu().numpy(), want, rtol=2e-6, atol=2e-6, err_msg=rule)
+        kw = {} if rule in ("mean", "median") else {"f": f}
+        got, info = flagcore.aggregate(t, rule, return_info=True, **kw)
+        want, winfo = flagcore.aggregate(x, rule, return_info=True, **kw)
+        np.testing.assert_allclose(got.cpu().numpy(), want, rtol=tol, atol=tol, err_msg=rule)
         np.testing.assert_array_equal(info.excluded, winfo.excluded)
 
 

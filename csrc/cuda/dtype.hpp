@@ -64,8 +64,9 @@ inline bool is_fa_dtype(DType dtype) {
 }
 
 // Which Gram kernel the FA's CUDA path runs: automatic (registers for p <= 8, tile pairs above),
-// or one of them pinned (tests and the sanitizer run compare the two).
-enum class GramKernel : int { automatic = 0, registers = 1, tile_pairs = 2 };
+// or one of them pinned (tests and the sanitizer run compare the two); tile_pairs_plain is the
+// tile-pair kernel without its L2 prefetch (the benchmark's A/B).
+enum class GramKernel : int { automatic = 0, registers = 1, tile_pairs = 2, tile_pairs_plain = 3 };
 
 }  // namespace cuda
 }  // namespace flagcore

@@ -100,8 +100,20 @@ __device__ __forceinline__ int64_t tri_index(int64_t p, int64_t i, int64_t j) { 
   return i * p - i * (i - 1) / 2 + (j - i);
 }
 
+// Asks for the 16 bytes at p to be brought into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// How many vector steps ahead the aligned loop prefetches its rows into L2. The loop loads a
+// step's rows, then spends hundreds of FMAs on them with one block of 8 warps per SM (168
+// registers a thread): without a prefetch the next loads wait out the whole DRAM latency.
+constexpr int kPrefetchSteps = 2;
+
 // SYM: one P x P tile covers the whole problem (p <= P). !SYM: one 8 x 8 tile pair (I, J).
-template <typename T, int MI, bool SYM>
+// PREFETCH: the aligned loop prefetches kPrefetchSteps steps ahead (GramKernel::tile_pairs_plain
+// pins the version without, for the benchmark's A/B).
+template <typename T, int MI, bool SYM, bool PREFETCH>
 __global__ void __launch_bounds__(kThreads, 1)
     gram_partial_kernel(DeviceProblems d, int npairs,
                         double* __restrict__ partials /* [parts, tri(p)] per problem */) {
@@ -164,6 +176,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll 1
       for (int f = 0; f < FLUSH_IT; ++f) {
         const int64_t k = base + f * step + int64_t(tid) * VEC;
+        if constexpr (PREFETCH) {
+          const int64_t kp = k + kPrefetchSteps * step;
+          if (kp < kv1) {
+#pragma unroll
+            for (int i = 0; i < NR; ++i) {
+              const T* r = rows_v[i];
+              if (r) prefetch_l2(r + kp);
+            }
+          }
+        }
         if (k < kv1) {
           uint4 v[NR];
 #pragma unroll
@@ -314,16 +336,19 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
     FLAGCORE_CHECK_ARG(plan.p_max <= 8, "gram_cuda: the register kernel takes p <= 8, got " << plan.p_max);
     const dim3 grid(static_cast<unsigned>(plan.parts));
     if (plan.p_max <= 4)
-      gram_partial_kernel<T, 4, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
+      gram_partial_kernel<T, 4, true, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
     else
-      gram_partial_kernel<T, 8, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
+      gram_partial_kernel<T, 8, true, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
   } else {
     const int64_t tiles = (plan.p_max + 7) / 8;
     const int64_t pairs = tiles * (tiles + 1) / 2;
     FLAGCORE_CHECK_ARG(plan.parts * pairs <= 2147483647LL, "gram_cuda: too many blocks (parts x tile pairs)");
     const dim3 grid(static_cast<unsigned>(plan.parts * pairs));
-    gram_partial_kernel<T, 8, false><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
+    if (kernel == GramKernel::tile_pairs_plain)
+      gram_partial_kernel<T, 8, false, false><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
+    else
+      gram_partial_kernel<T, 8, false, true><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
   }
   const int64_t chunks = (tri(plan.p_max) + kRedX - 1) / kRedX;
@@ -346,7 +371,8 @@ void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, d
   FLAGCORE_CHECK_ARG(d.b <= 2147483647LL && plan.parts <= 2147483647LL && plan.rows <= 2147483647LL,
                      "gram_cuda: batch too large");
   FLAGCORE_CHECK_ARG(
-      kernel == GramKernel::automatic || kernel == GramKernel::registers || kernel == GramKernel::tile_pairs,
+      kernel == GramKernel::automatic || kernel == GramKernel::registers || kernel == GramKernel::tile_pairs ||
+          kernel == GramKernel::tile_pairs_plain,
       "gram_cuda: unknown Gram kernel " << static_cast<int>(kernel));
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {

@@ -281,13 +281,19 @@ def _info_from_workspace(
             host[off : off + count * np.dtype(dtype).itemsize].tobytes(), dtype=dtype
         ).copy()
 
+    iterations = take("off_iterations", np.int32, b)
+    # The workspace holds room for every step the plan allows (NaN-padded); the CPU functions
+    # return 1 + the most steps any problem took, and so does this.
+    taken = min(steps, 1 + int(iterations.max(initial=0)))
     return {
         "coefficients": take("off_coef", np.float64, rows).reshape(per_worker),
         "weights": take("off_weights", np.float64, rows).reshape(per_worker),
         "reconstruction_ratios": take("off_ratios", np.float64, rows).reshape(per_worker),
-        "objective": take("off_objective", np.float64, b * steps).reshape(b, steps),
+        "objective": take("off_objective", np.float64, b * steps)
+        .reshape(b, steps)[:, :taken]
+        .copy(),
         "excluded": take("off_excluded", np.uint8, rows).astype(bool).reshape(per_worker),
-        "iterations": take("off_iterations", np.int32, b).reshape(per_problem),
+        "iterations": iterations.reshape(per_problem),
         "last_step_rejected": take("off_rejected", np.uint8, b).astype(bool).reshape(per_problem),
         "rank": take("off_rank", np.int32, b).reshape(per_problem),
     }
