@@ -257,43 +257,48 @@ def _kernel_times(torch, fns: dict, reps: int) -> list:
 
 
 def case_breakdown(torch, args) -> dict:
-    """6. Where FA's time goes at p = 15 (the bandwidth goal): per-kernel device times under
-    torch.profiler, and the tile-pair Gram kernel with and without its L2 prefetch (A/B, in
-    alternation)."""
+    """6. Where FA's time goes: per-kernel device times under torch.profiler, and the Gram /
+    weighted-sum kernels A/B (in alternation) at p = 15 (staged vs tile pairs) and p = 7
+    (registers vs staged)."""
     from flagcore._backend import core
     from flagcore.flag import _flag_aggregate_cuda
 
-    p, n = 15, (25_000_000 if args.quick else 100_000_000)
-    x = make_input(torch, p, n, torch.float32, seed=3)[None]
+    K = core.GramKernel
+    n = 25_000_000 if args.quick else 100_000_000
     prm = core.FlagParams(r=8, max_iter=1)
-    ks = {"prefetch": core.GramKernel.tile_pairs, "plain": core.GramKernel.tile_pairs_plain}
-    a = _flag_aggregate_cuda(x, prm, False, ks["prefetch"])[0]
-    b = _flag_aggregate_cuda(x, prm, False, ks["plain"])[0]
-    if not torch.equal(a, b):
-        raise CheckFailed("the prefetching Gram kernel changed the aggregate")
-    out: dict = dict(p=p, n=n)
-    for label, k in ks.items():
-        out[f"fa_{label}_ms"] = time_cuda(
-            torch, [lambda k=k: _flag_aggregate_cuda(x, prm, False, k)], args.repeat
+    out: dict = dict(n=n, cases=[])
+    for p, ks in ((15, [K.staged, K.tile_pairs]), (7, [K.registers, K.staged])):
+        x = make_input(torch, p, n, torch.float32, seed=3)[None]
+        first = _flag_aggregate_cuda(x, prm, False, ks[0])[0]
+        row: dict = dict(p=p)
+        for k in ks[1:]:
+            other = _flag_aggregate_cuda(x, prm, False, k)[0]
+            row[f"rel_diff_{k.name}"] = rel_err(
+                other.double().cpu().numpy(), first.double().cpu().numpy()
+            )
+        fns = [lambda k=k, x=x: _flag_aggregate_cuda(x, prm, False, k) for k in ks]
+        ts: dict = {k.name: [] for k in ks}
+        for _ in range(3):  # alternate the variants
+            for k, fn in zip(ks, fns):
+                ts[k.name].append(time_cuda(torch, [fn], max(3, args.repeat // 3)))
+        for k in ks:
+            row[f"fa_{k.name}_ms"] = float(np.min(ts[k.name]))
+        row["mean_ms"] = time_cuda(torch, [lambda x=x: x[0].mean(0)], args.repeat)
+        row["bytes_two_reads"] = 2 * p * n * 4
+        prof = {f"fa_{k.name}": fn for k, fn in zip(ks, fns)}
+        prof["mean"] = lambda x=x: x[0].mean(0)
+        row["kernels"] = _kernel_times(torch, prof, 5)
+        print(
+            f"6. FA p={p} n={n:.0e}: "
+            + ", ".join(f"{k.name} {row[f'fa_{k.name}_ms']:.3f} ms" for k in ks)
+            + f", mean {row['mean_ms']:.3f} ms",
+            flush=True,
         )
-    out["mean_ms"] = time_cuda(torch, [lambda: x[0].mean(0)], args.repeat)
-    out["kernels"] = _kernel_times(
-        torch,
-        {
-            "fa_prefetch": lambda: _flag_aggregate_cuda(x, prm, False, ks["prefetch"]),
-            "fa_plain": lambda: _flag_aggregate_cuda(x, prm, False, ks["plain"]),
-            "mean": lambda: x[0].mean(0),
-            "sum": lambda: x[0].sum(0),
-        },
-        5,
-    )
-    print(
-        f"6. FA p={p} n={n:.0e}: prefetch {out['fa_prefetch_ms']:.3f} ms, plain "
-        f"{out['fa_plain_ms']:.3f} ms, mean {out['mean_ms']:.3f} ms",
-        flush=True,
-    )
-    for r in out["kernels"]:
-        print(f"   {r['label']:12s} {r['us']:10.1f} us  x{r['calls']:.0f}  {r['kernel'][:90]}")
+        for r in row["kernels"]:
+            print(f"   {r['label']:16s} {r['us']:10.1f} us  x{r['calls']:.0f}  {r['kernel'][:80]}")
+        out["cases"].append(row)
+        del x, first
+        torch.cuda.empty_cache()
     return out
 
 

@@ -70,8 +70,11 @@ def main(argv=None) -> int:
                 )
                 got = flagcore.flag_aggregate(view, **kw)
                 compare(f"{dt} p={p} {label}", got, view.double().cpu().numpy(), **kw)
-            if p <= 8:
-                for kernel in (core.GramKernel.registers, core.GramKernel.tile_pairs):
+            if p <= 16:
+                kernels = [core.GramKernel.tile_pairs, core.GramKernel.staged]
+                if p <= 8:
+                    kernels.append(core.GramKernel.registers)
+                for kernel in kernels:
                     prm = core.FlagParams(r=max(1, p // 2), max_iter=2)
                     got, _ = _flag_aggregate_cuda(xt[None], prm, False, kernel)
                     compare(

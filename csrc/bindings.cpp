@@ -391,7 +391,7 @@ void check_workspace(const CudaArray& ws, const char* fn, const FlagCudaPlan& pl
 
 void check_gram_kernel(cuda::GramKernel kernel, const char* fn) {
   FLAGCORE_CHECK_ARG(kernel == cuda::GramKernel::automatic || kernel == cuda::GramKernel::registers ||
-                         kernel == cuda::GramKernel::tile_pairs || kernel == cuda::GramKernel::tile_pairs_plain,
+                         kernel == cuda::GramKernel::tile_pairs || kernel == cuda::GramKernel::staged,
                      fn << ": kernel must be a GramKernel, got the value " << static_cast<int>(kernel));
 }
 
@@ -421,12 +421,12 @@ void register_cuda_types(py::module_& m) {
       .value("int64", cuda::DType::int64);
 
   py::enum_<cuda::GramKernel>(m, "GramKernel",
-                              "the FA's CUDA Gram kernel: automatic (registers for p <= 8, tile pairs "
-                              "above) or one pinned (tests)")
+                              "the FA's CUDA Gram kernel: automatic (registers for p <= 8, staged for "
+                              "8 < p <= 16 on aligned rows, tile pairs otherwise) or one pinned (tests)")
       .value("automatic", cuda::GramKernel::automatic)
       .value("registers", cuda::GramKernel::registers)
       .value("tile_pairs", cuda::GramKernel::tile_pairs)
-      .value("tile_pairs_plain", cuda::GramKernel::tile_pairs_plain);
+      .value("staged", cuda::GramKernel::staged);
 
   py::class_<CudaArray>(m, "CudaArray",
                         "a device array for the CUDA entry points: address, dtype, shape, element "

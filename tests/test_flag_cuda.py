@@ -491,23 +491,40 @@ def test_gpu_irls_equals_cpu(p):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gpu_gram_kernels_agree_and_are_deterministic(dtype):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("p", [7, 15, 16])
+def test_gpu_gram_kernels_agree_and_are_deterministic(dtype, p):
+    """Every Gram kernel that takes p (registers: p <= 8; staged: p <= 16, aligned rows; tile
+    pairs: any) gives the same FA to float32 rounding, and each gives the same bits twice."""
     torch = _cuda_torch()
     from flagcore.flag import _flag_aggregate_cuda
 
+    K = _core.GramKernel
+    # n: 3 parts and a ragged tail that is not a whole stage (1024 columns of 16-bit values)
     x = (
-        torch.from_numpy(make_gradients(7, 300_001, byzantine=2, seed=1))
+        torch.from_numpy(make_gradients(p, 70_001, byzantine=2, seed=p))
         .to(getattr(torch, dtype))
         .cuda()[None]
     )
-    prm = _core.FlagParams(r=3, max_iter=3)
-    a1, d1 = _flag_aggregate_cuda(x, prm, True, kernel=_core.GramKernel.registers)
-    a1b, d1b = _flag_aggregate_cuda(x, prm, True, kernel=_core.GramKernel.registers)
-    _a2, d2 = _flag_aggregate_cuda(x, prm, True, kernel=_core.GramKernel.tile_pairs)
-    assert torch.equal(a1, a1b)  # deterministic: no atomics, fixed reduction order
-    np.testing.assert_array_equal(d1["coefficients"], d1b["coefficients"])
-    np.testing.assert_allclose(d1["coefficients"], d2["coefficients"], rtol=1e-5)
+    prm = _core.FlagParams(r=(p + 1) // 2, max_iter=3)
+    kernels = [K.tile_pairs, K.staged, K.automatic] + ([K.registers] if p <= 8 else [])
+    res = {}
+    for k in kernels:
+        a, d = _flag_aggregate_cuda(x, prm, True, kernel=k)
+        a2, d2 = _flag_aggregate_cuda(x, prm, True, kernel=k)
+        assert torch.equal(a, a2), k  # deterministic: no atomics, fixed reduction order
+        np.testing.assert_array_equal(d["coefficients"], d2["coefficients"])
+        res[k] = (a, d)
+    ref_a, ref_d = res[K.tile_pairs]
+    for k in kernels:
+        np.testing.assert_allclose(
+            res[k][1]["coefficients"], ref_d["coefficients"], rtol=1e-5, atol=1e-9, err_msg=str(k)
+        )
+        assert _rel(res[k][0].double().cpu().numpy(), ref_a.double().cpu().numpy()) < TOL[dtype]
+    auto = K.registers if p <= 8 else K.staged  # automatic picks these on aligned rows
+    assert torch.equal(res[K.automatic][0], res[auto][0])
+    with pytest.raises(ValueError, match="staged kernel takes p <= 16 with 16-byte aligned rows"):
+        _flag_aggregate_cuda(x[:, :, 1:], prm, False, kernel=K.staged)  # unaligned rows
 
 
 @pytest.mark.cuda

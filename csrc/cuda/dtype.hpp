@@ -63,10 +63,10 @@ inline bool is_fa_dtype(DType dtype) {
   return dtype == DType::float32 || dtype == DType::float16 || dtype == DType::bfloat16;
 }
 
-// Which Gram kernel the FA's CUDA path runs: automatic (registers for p <= 8, tile pairs above),
-// or one of them pinned (tests and the sanitizer run compare the two); tile_pairs_plain is the
-// tile-pair kernel without its L2 prefetch (the benchmark's A/B).
-enum class GramKernel : int { automatic = 0, registers = 1, tile_pairs = 2, tile_pairs_plain = 3 };
+// Which Gram kernel the FA's CUDA path runs: automatic (registers for p <= 8; staged for
+// 8 < p <= 16 with 16-byte aligned rows; tile pairs otherwise), or one of them pinned (tests,
+// the sanitizer run and the benchmark's A/B compare them).
+enum class GramKernel : int { automatic = 0, registers = 1, tile_pairs = 2, staged = 3 };
 
 }  // namespace cuda
 }  // namespace flagcore

@@ -6,6 +6,8 @@
 // block writes one float64 partial per upper-triangle entry. Pass 2 adds the parts of each
 // problem in a fixed order and writes both triangles. Pass 3 recomputes in float64 the rows
 // whose float32 diagonal overflowed (or holds NaN/Inf): a no-op launch on ordinary data.
+#include <cuda_pipeline.h>
+
 #include "flag/flag_cuda_common.cuh"
 
 namespace flagcore {
@@ -100,20 +102,8 @@ __device__ __forceinline__ int64_t tri_index(int64_t p, int64_t i, int64_t j) { 
   return i * p - i * (i - 1) / 2 + (j - i);
 }
 
-// Asks for the 16 bytes at p to be brought into L2 (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
-// How many vector steps ahead the aligned loop prefetches its rows into L2. The loop loads a
-// step's rows, then spends hundreds of FMAs on them with one block of 8 warps per SM (168
-// registers a thread): without a prefetch the next loads wait out the whole DRAM latency.
-constexpr int kPrefetchSteps = 2;
-
 // SYM: one P x P tile covers the whole problem (p <= P). !SYM: one 8 x 8 tile pair (I, J).
-// PREFETCH: the aligned loop prefetches kPrefetchSteps steps ahead (GramKernel::tile_pairs_plain
-// pins the version without, for the benchmark's A/B).
-template <typename T, int MI, bool SYM, bool PREFETCH>
+template <typename T, int MI, bool SYM>
 __global__ void __launch_bounds__(kThreads, 1)
     gram_partial_kernel(DeviceProblems d, int npairs,
                         double* __restrict__ partials /* [parts, tri(p)] per problem */) {
@@ -176,16 +166,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll 1
       for (int f = 0; f < FLUSH_IT; ++f) {
         const int64_t k = base + f * step + int64_t(tid) * VEC;
-        if constexpr (PREFETCH) {
-          const int64_t kp = k + kPrefetchSteps * step;
-          if (kp < kv1) {
-#pragma unroll
-            for (int i = 0; i < NR; ++i) {
-              const T* r = rows_v[i];
-              if (r) prefetch_l2(r + kp);
-            }
-          }
-        }
         if (k < kv1) {
           uint4 v[NR];
 #pragma unroll
@@ -241,6 +221,141 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) s += s_red[w][e];
     partials[pr.partial_off + local * tp + tri_index(p, i, j)] = s;
+  }
+}
+
+// ---------------------------------------------------------------- staged kernel (8 < p <= 16)
+// One block per part: 3 groups of 4 warps, one per tile pair (0, 0), (0, 1), (1, 1) of the
+// 16 x 16 problem. The part's rows stream through shared memory in stages of one 16-byte vector
+// per group thread and row (cp.async, kStages deep, no registers held by loads in flight), so each
+// element comes from DRAM once and the three tile pairs read it from shared memory. The
+// tile-pair kernel ran one block per tile pair: each read its 16 rows from L2 (48 row reads per
+// column for 15 distinct rows) with one 8-warp block per SM (168 registers), 2.62 ms for the
+// Gram of p = 15, n = 1e8 float32 on an H200 (2.3 TB/s; torch.mean of the same tensor 2.13 ms).
+// Sums: as the tile-pair kernel (float32 over at most kProductsPerFlush products, then float64
+// in a fixed order), so deterministic, in another (fixed) order.
+constexpr int kStagedGroupThreads = 128;
+constexpr int kStagedGroups = 3;
+constexpr int kStagedThreads = kStagedGroupThreads * kStagedGroups;
+constexpr int kStagedWarps = kStagedThreads / 32;
+constexpr int kStagedRows = 16;
+constexpr int kStages = 4;
+constexpr int kStageRowBytes = kStagedGroupThreads * 16;
+constexpr int kStageBytes = kStagedRows * kStageRowBytes;  // 32 KiB
+constexpr size_t kStagedSmem = size_t(kStages) * kStageBytes;
+
+template <typename T>
+__global__ void __launch_bounds__(kStagedThreads, 1)
+    gram_staged_kernel(DeviceProblems d, double* __restrict__ partials /* [parts, tri(p)] per problem */) {
+  using S = TileShape<8, false>;
+  constexpr int E32 = S::E32;
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int64_t W = int64_t(kStagedGroupThreads) * VEC;  // columns per stage
+  constexpr int FLUSH = kProductsPerFlush / VEC;            // stages per flush
+  extern __shared__ __align__(16) unsigned char stage_mem[];  // [kStages][kStagedRows][kStageRowBytes]
+  __shared__ double s_red[kStagedWarps][E32];
+  __shared__ const T* s_rows[kStagedRows];
+
+  const int64_t part = blockIdx.x;
+  const Problem pr = problem_at(d, problem_of_part(d, part));
+  const int64_t p = pr.p;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = tid / kStagedGroupThreads, gt = tid % kStagedGroupThreads;
+  const int RI = g == 2 ? 8 : 0, RJ = g == 0 ? 0 : 8;  // group g -> tile pair (RI / 8, RJ / 8)
+  if (tid < kStagedRows) s_rows[tid] = tid < p ? row_ptr<T>(d, pr, tid) : nullptr;
+  // rows past p read as zeros: cleared once in every stage (the copies never write them)
+  const int zrows = p < kStagedRows ? kStagedRows - static_cast<int>(p) : 0;
+  for (int c = tid; c < kStages * zrows * kStagedGroupThreads; c += kStagedThreads) {
+    const int st = c / (zrows * kStagedGroupThreads), rem = c % (zrows * kStagedGroupThreads);
+    const int r = static_cast<int>(p) + rem / kStagedGroupThreads, v = rem % kStagedGroupThreads;
+    *reinterpret_cast<uint4*>(stage_mem + st * kStageBytes + r * kStageRowBytes + v * 16) =
+        make_uint4(0u, 0u, 0u, 0u);
+  }
+  __syncthreads();
+  const int64_t local = part - pr.part_off;
+  const int64_t k0 = local * kGramPartColumns;
+  const int64_t k1 = min(pr.n, k0 + kGramPartColumns);
+  const int64_t nst = (k1 - k0) / W;  // full stages; the rest of the part is read directly
+
+  auto issue = [&](int64_t st) {
+    if (st < nst) {
+      unsigned char* buf = stage_mem + (st % kStages) * kStageBytes;
+      const int64_t cb = k0 + st * W;
+      for (int c = tid; c < kStagedRows * kStagedGroupThreads; c += kStagedThreads) {
+        const int r = c / kStagedGroupThreads, v = c % kStagedGroupThreads;
+        const T* row = s_rows[r];
+        if (row) __pipeline_memcpy_async(buf + r * kStageRowBytes + v * 16, row + cb + v * VEC, 16);
+      }
+    }
+    __pipeline_commit();  // an empty group past the end keeps the wait counts uniform
+  };
+
+  float acc[E32];
+#pragma unroll
+  for (int i = 0; i < E32; ++i) acc[i] = 0.0f;
+  double dacc[E32 / 32];
+#pragma unroll
+  for (int i = 0; i < E32 / 32; ++i) dacc[i] = 0.0;
+
+  for (int st = 0; st < kStages - 1; ++st) issue(st);
+  int pending = 0;
+  for (int64_t st = 0; st < nst; ++st) {
+    issue(st + kStages - 1);
+    __pipeline_wait_prior(kStages - 1);
+    __syncthreads();
+    const unsigned char* buf = stage_mem + (st % kStages) * kStageBytes + gt * 16;
+    uint4 v[16];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[i] = *reinterpret_cast<const uint4*>(buf + (RI + i) * kStageRowBytes);
+      v[8 + i] = *reinterpret_cast<const uint4*>(buf + (RJ + i) * kStageRowBytes);
+    }
+#pragma unroll
+    for (int c = 0; c < VEC; ++c) {
+      float x[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) x[i] = vec_elem<T>(v[i], c);
+      accumulate<8, false>(x, acc);
+    }
+    if (++pending == FLUSH) {
+      flush<E32>(acc, dacc, lane);
+      pending = 0;
+    }
+    __syncthreads();  // every group is done with this buffer before it is refilled
+  }
+  __pipeline_wait_prior(0);
+  if (pending) flush<E32>(acc, dacc, lane);
+  // the columns after the last full stage, straight from memory
+  for (int64_t base = k0 + nst * W; base < k1; base += int64_t(kStagedGroupThreads) * kProductsPerFlush) {
+#pragma unroll 1
+    for (int f = 0; f < kProductsPerFlush; ++f) {
+      const int64_t k = base + int64_t(f) * kStagedGroupThreads + gt;
+      if (k < k1) {
+        float x[16];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const T* a = s_rows[RI + i];
+          const T* b = s_rows[RJ + i];
+          x[i] = a ? to_float<T>(a[k]) : 0.0f;
+          x[8 + i] = b ? to_float<T>(b[k]) : 0.0f;
+        }
+        accumulate<8, false>(x, acc);
+      }
+    }
+    flush<E32>(acc, dacc, lane);
+  }
+
+#pragma unroll
+  for (int i = 0; i < E32 / 32; ++i) s_red[warp][lane * (E32 / 32) + i] = dacc[i];
+  __syncthreads();
+  const int64_t tp = tri(p);
+  for (int e = gt; e < S::E; e += kStagedGroupThreads) {
+    const int64_t i = RI + e / 8, j = RJ + e % 8;
+    if (i > j || j >= p) continue;  // lower half of a diagonal tile pair, or padding
+    double sum = 0.0;
+#pragma unroll
+    for (int w = 0; w < kStagedGroupThreads / 32; ++w) sum += s_red[g * (kStagedGroupThreads / 32) + w][e];
+    partials[pr.partial_off + local * tp + tri_index(p, i, j)] = sum;
   }
 }
 
@@ -332,23 +447,30 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
   // An all-pairs kernel for P = 16 (136 accumulators) spilled (255 registers, ~550 bytes of
   // local memory under nvcc 13.0), so 8 < p <= 16 goes to the tile pairs: 3 blocks per part.
   const bool regs = kernel == GramKernel::registers || (kernel == GramKernel::automatic && plan.p_max <= 8);
-  if (regs) {
+  const bool staged = kernel == GramKernel::staged ||
+                      (kernel == GramKernel::automatic && plan.p_max > 8 && plan.p_max <= 16 && d.aligned16);
+  if (staged) {
+    FLAGCORE_CHECK_ARG(plan.p_max <= 16 && d.aligned16,
+                       "gram_cuda: the staged kernel takes p <= 16 with 16-byte aligned rows, got p = "
+                           << plan.p_max << (d.aligned16 ? "" : " (unaligned rows)"));
+    FLAGCORE_CUDA_CHECK(cudaFuncSetAttribute(gram_staged_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kStagedSmem)));
+    gram_staged_kernel<T><<<static_cast<unsigned>(plan.parts), kStagedThreads, kStagedSmem, st>>>(d, partials);
+    FLAGCORE_CUDA_CHECK_LAUNCH();
+  } else if (regs) {
     FLAGCORE_CHECK_ARG(plan.p_max <= 8, "gram_cuda: the register kernel takes p <= 8, got " << plan.p_max);
     const dim3 grid(static_cast<unsigned>(plan.parts));
     if (plan.p_max <= 4)
-      gram_partial_kernel<T, 4, true, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
+      gram_partial_kernel<T, 4, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
     else
-      gram_partial_kernel<T, 8, true, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
+      gram_partial_kernel<T, 8, true><<<grid, kThreads, 0, st>>>(d, 1, partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
   } else {
     const int64_t tiles = (plan.p_max + 7) / 8;
     const int64_t pairs = tiles * (tiles + 1) / 2;
     FLAGCORE_CHECK_ARG(plan.parts * pairs <= 2147483647LL, "gram_cuda: too many blocks (parts x tile pairs)");
     const dim3 grid(static_cast<unsigned>(plan.parts * pairs));
-    if (kernel == GramKernel::tile_pairs_plain)
-      gram_partial_kernel<T, 8, false, false><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
-    else
-      gram_partial_kernel<T, 8, false, true><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
+    gram_partial_kernel<T, 8, false><<<grid, kThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
   }
   const int64_t chunks = (tri(plan.p_max) + kRedX - 1) / kRedX;
@@ -372,7 +494,7 @@ void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, d
                      "gram_cuda: batch too large");
   FLAGCORE_CHECK_ARG(
       kernel == GramKernel::automatic || kernel == GramKernel::registers || kernel == GramKernel::tile_pairs ||
-          kernel == GramKernel::tile_pairs_plain,
+          kernel == GramKernel::staged,
       "gram_cuda: unknown Gram kernel " << static_cast<int>(kernel));
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
