@@ -265,9 +265,9 @@ def case_breakdown(torch, args) -> dict:
 
     K = core.GramKernel
     n = 25_000_000 if args.quick else 100_000_000
-    prm = core.FlagParams(r=8, max_iter=1)
     out: dict = dict(n=n, cases=[])
     for p, ks in ((15, [K.staged, K.tile_pairs]), (7, [K.registers, K.staged])):
+        prm = core.FlagParams(r=(p + 1) // 2, max_iter=1)
         x = make_input(torch, p, n, torch.float32, seed=3)[None]
         first = _flag_aggregate_cuda(x, prm, False, ks[0])[0]
         row: dict = dict(p=p)
@@ -276,7 +276,7 @@ def case_breakdown(torch, args) -> dict:
             row[f"rel_diff_{k.name}"] = rel_err(
                 other.double().cpu().numpy(), first.double().cpu().numpy()
             )
-        fns = [lambda k=k, x=x: _flag_aggregate_cuda(x, prm, False, k) for k in ks]
+        fns = [lambda k=k, x=x, prm=prm: _flag_aggregate_cuda(x, prm, False, k) for k in ks]
         ts: dict = {k.name: [] for k in ks}
         for _ in range(3):  # alternate the variants
             for k, fn in zip(ks, fns):

@@ -402,6 +402,23 @@ void check_fa_dtype(cuda::DType dtype, const char* fn, const char* arg) {
 }
 
 #ifdef FLAGCORE_WITH_CUDA
+// Everything the CUDA path would refuse, checked here before any device work: the CUDA
+// translation units then throw only on CUDA errors. (On the H200 an exception thrown inside them
+// -- r > p, a pinned kernel that does not take the shape -- ended the process with SIGSEGV in
+// the third run; see docs/gpu.md.)
+void check_cuda_fa_call(const char* fn, const FlagCudaPlan& plan, const FlagParams& prm,
+                        cuda::GramKernel kernel, bool aligned16) {
+  if (plan.b <= 0) return;  // an empty batch launches nothing
+  FLAGCORE_CHECK_ARG(prm.r >= 1 && prm.r <= plan.p_min,
+                     fn << ": r must be in [1, " << plan.p_min << "] (the smallest p), got " << prm.r);
+  FLAGCORE_CHECK_ARG(prm.max_iter >= 1, fn << ": max_iter must be >= 1, got " << prm.max_iter);
+  FLAGCORE_CHECK_ARG(kernel != cuda::GramKernel::registers || plan.p_max <= 8,
+                     fn << ": the register Gram kernel takes p <= 8, got " << plan.p_max);
+  FLAGCORE_CHECK_ARG(kernel != cuda::GramKernel::staged || (plan.p_max <= 16 && aligned16),
+                     fn << ": the staged Gram kernel takes p <= 16 with 16-byte aligned rows, got p = "
+                        << plan.p_max << (aligned16 ? "" : " (unaligned rows)"));
+}
+
 void check_cuda_device(int device) {
   if (cuda::device_count() <= 0)
     throw std::runtime_error("flagcore: no CUDA device is visible (the CUDA path needs a GPU and a driver)");
@@ -1321,6 +1338,7 @@ PYBIND11_MODULE(_core, m) {
         d.parts = plan.parts;
         const int64_t es = cuda::dtype_size(x.dtype);
         d.aligned16 = x.data % 16 == 0 && (d.stride_b * es) % 16 == 0 && (d.stride_p * es) % 16 == 0;
+        check_cuda_fa_call(fn, plan, prm, kernel, d.aligned16);
         without_gil([&] {
           cuda::flag_aggregate_cuda(d, x.dtype, plan, prm, reinterpret_cast<void*>(out.data),
                                     reinterpret_cast<unsigned char*>(ws.data), stream, x.device, kernel);
@@ -1359,6 +1377,7 @@ PYBIND11_MODULE(_core, m) {
         d.rows = plan.rows;
         d.parts = plan.parts;
         d.aligned16 = aligned16;
+        check_cuda_fa_call(fn, plan, prm, kernel, aligned16);
         without_gil([&] {
           cuda::flag_aggregate_cuda(d, out.dtype, plan, prm, reinterpret_cast<void*>(out.data),
                                     reinterpret_cast<unsigned char*>(ws.data), stream, table.device, kernel);
@@ -1389,6 +1408,8 @@ PYBIND11_MODULE(_core, m) {
         check_workspace(ws, fn, plan, gram.device);
 #ifdef FLAGCORE_WITH_CUDA
         check_cuda_device(gram.device);
+        FLAGCORE_CHECK_ARG(b == 0 || (prm.r >= 1 && prm.r <= p), fn << ": r must be in [1, " << p << "], got " << prm.r);
+        FLAGCORE_CHECK_ARG(prm.max_iter >= 1, fn << ": max_iter must be >= 1, got " << prm.max_iter);
         without_gil([&] {
           cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram.data), b, p, plan, prm,
                                     reinterpret_cast<unsigned char*>(ws.data), stream, gram.device);

@@ -523,8 +523,10 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype, p):
         assert _rel(res[k][0].double().cpu().numpy(), ref_a.double().cpu().numpy()) < TOL[dtype]
     auto = K.registers if p <= 8 else K.staged  # automatic picks these on aligned rows
     assert torch.equal(res[K.automatic][0], res[auto][0])
-    with pytest.raises(ValueError, match="staged kernel takes p <= 16 with 16-byte aligned rows"):
+    with pytest.raises(ValueError, match="staged Gram kernel takes p <= 16 with 16-byte aligned"):
         _flag_aggregate_cuda(x[:, :, 1:], prm, False, kernel=K.staged)  # unaligned rows
+    with pytest.raises(ValueError, match=rf"r must be in \[1, {p}\]"):
+        _flag_aggregate_cuda(x, _core.FlagParams(r=p + 1, max_iter=1), False)
 
 
 @pytest.mark.cuda

@@ -53,10 +53,8 @@ void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, d
                std::uintptr_t stream, GramKernel kernel = GramKernel::automatic);
 void flag_irls_cuda(const double* gram, const DeviceProblems& d, const FlagCudaPlan& plan,
                     const FlagParams& prm, unsigned char* ws, std::uintptr_t stream);
-// kernel: automatic (staged for p <= 16 on aligned rows), GramKernel::staged pinned, or the
-// direct-read kernel for any other value.
 void weighted_sum_cuda(const DeviceProblems& d, DType dtype, const double* coef, void* out,
-                       std::uintptr_t stream, GramKernel kernel = GramKernel::automatic);
+                       std::uintptr_t stream);
 
 // All three on one workspace laid out by `plan`; `device` is the CUDA device of the data (made
 // current for the call and restored after).
