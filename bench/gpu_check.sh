@@ -43,7 +43,7 @@ step() {  # step NAME LIMIT_SECONDS LOGFILE CMD...
 write_summary() {  # rewritten after every step, so a run cut short still reports its steps
   cat >"$out/summary.json" <<EOF
 {"schema": "flagcore.gpu_check/1", "device": "$gpu_name", "driver": "$driver", "gpu_visible": $have_gpu,
- "commit": "$commit", "modified_tracked_files": $dirty, "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+ "commit": "$commit", "modified_tracked_files": $dirty, "source_digest": "$digest", "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
  "host_cores": $(nproc), "total_seconds": $(( $(date +%s) - t_all )),
  "steps": {${steps_json}}}
 EOF
@@ -54,8 +54,14 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then 
 gpu_name=$( [ $have_gpu = 1 ] && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo none)
 driver=$( [ $have_gpu = 1 ] && nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1 || echo none)
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# The device tool's copy of the tree can carry the .git of an older checkout (the 2026-12-04 runs
+# all said 98f65cf): the digest of the sources identifies the code that ran. Here, the same
+# command gives the digest of a commit's tree:
+#   git ls-files csrc python bench tests CMakeLists.txt pyproject.toml | sort | xargs sha256sum | sha256sum
+digest=$(git ls-files csrc python bench tests CMakeLists.txt pyproject.toml 2>/dev/null | sort \
+  | xargs sha256sum 2>/dev/null | sha256sum | cut -c1-16)
 dirty=$(git status --porcelain 2>/dev/null | grep -v '^??' | wc -l)
-echo "gpu_check: device=$gpu_name driver=$driver commit=$commit (modified files: $dirty)"
+echo "gpu_check: device=$gpu_name driver=$driver commit=$commit (modified files: $dirty) sources=$digest"
 
 { [ $have_gpu = 1 ] && nvidia-smi; command -v nvcc >/dev/null && nvcc --version
   "$PY" -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)"

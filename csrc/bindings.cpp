@@ -7,6 +7,9 @@
 #include <pybind11/stl.h>
 
 #include <cxxabi.h>
+#if defined(__linux__)
+#include <dlfcn.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -30,6 +33,7 @@
 #include "flag/gram.hpp"
 #include "flag/gram_amx.hpp"
 #include "rules/coordinate.hpp"
+#include "rules/coordinate_cuda.hpp"  // declarations and kCoordMaxP only: every build
 #include "rules/distance.hpp"
 #include "sim/forkjoin_sim.hpp"
 #include "sim/histogram.hpp"
@@ -37,7 +41,6 @@
 #ifdef FLAGCORE_WITH_CUDA
 #include "cuda/device.hpp"
 #include "flag/flag_cuda.hpp"
-#include "rules/coordinate_cuda.hpp"
 #endif
 
 namespace py = pybind11;
@@ -426,6 +429,24 @@ void check_cuda_device(int device) {
                      "flagcore: CUDA device " << device << " does not exist");
 }
 #endif
+
+// Which libstdc++ the module runs on: "shared" (the process's libstdc++.so, as it must be),
+// "static" (a copy linked into the module: its locale state differs from the process's, and the
+// first formatted error message crashed on the GPU machine; see CMakeLists.txt), or "unknown"
+// (not libstdc++, or not Linux).
+std::string libstdcxx_kind() {
+#if defined(__linux__) && defined(__GLIBCXX__)
+  Dl_info mine{}, lib{};
+  // a function libstdc++ defines out of line, and one of this module's own
+  void (*probe)(const char*) = &std::__throw_logic_error;
+  if (dladdr(reinterpret_cast<void*>(probe), &lib) == 0 ||
+      dladdr(reinterpret_cast<void*>(&libstdcxx_kind), &mine) == 0 || !lib.dli_fname || !mine.dli_fname)
+    return "unknown";
+  return std::string(lib.dli_fname) == mine.dli_fname ? "static" : "shared";
+#else
+  return "unknown";
+#endif
+}
 
 void register_cuda_types(py::module_& m) {
   py::enum_<cuda::DType>(m, "CudaDtype", "element type of a device array (torch's dtype names)")
@@ -1142,6 +1163,7 @@ PYBIND11_MODULE(_core, m) {
     d["simd_supported"] = simd_level_name(simd_level_supported());
     d["amx_supported"] = gram_amx_cpu();
     d["blas"] = blas::library_name();
+    d["libstdcxx"] = libstdcxx_kind();
     d["compiler"] =
 #if defined(__clang__)
         std::string("clang ") + __clang_version__;
@@ -1408,7 +1430,8 @@ PYBIND11_MODULE(_core, m) {
         check_workspace(ws, fn, plan, gram.device);
 #ifdef FLAGCORE_WITH_CUDA
         check_cuda_device(gram.device);
-        FLAGCORE_CHECK_ARG(b == 0 || (prm.r >= 1 && prm.r <= p), fn << ": r must be in [1, " << p << "], got " << prm.r);
+        FLAGCORE_CHECK_ARG(b == 0 || (prm.r >= 1 && prm.r <= p),
+                           fn << ": r must be in [1, " << p << "], got " << prm.r);
         FLAGCORE_CHECK_ARG(prm.max_iter >= 1, fn << ": max_iter must be >= 1, got " << prm.max_iter);
         without_gil([&] {
           cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram.data), b, p, plan, prm,

@@ -25,6 +25,26 @@ def test_build_info_keys():
         assert info["cuda_architectures"], "a CUDA build must say which architectures it targets"
 
 
+def test_module_uses_the_shared_libstdcxx():
+    """A static copy of libstdc++ inside the module crashed the process at the first formatted
+    C++ error message on the GPU machine (its locale state is not the process's); CMakeLists.txt
+    keeps the shared one. The exception path itself is checked here too, in a subprocess."""
+    kind = flagcore.build_info()["libstdcxx"]
+    assert kind in ("shared", "static", "unknown")
+    if sys.platform.startswith("linux") and "gcc" in flagcore.build_info()["compiler"]:
+        assert kind == "shared"
+    code = (
+        "from flagcore import _core\n"
+        "try:\n"
+        "    _core.flag_cuda_plan_uniform(1, 6145, 10, 1)\n"
+        "except ValueError as e:\n"
+        "    print('ok', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok flag_aggregate: the CUDA path takes p <= 6144, got p = 6145")
+
+
 def test_cuda_available_is_bool_and_consistent():
     ok = flagcore.cuda_available()
     assert isinstance(ok, bool)

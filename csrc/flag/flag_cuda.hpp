@@ -18,8 +18,10 @@
 //   gram_cuda         (b, p, n) -> float64 (b, p, p): float32 products summed in float32 over at
 //                     most 32 columns, then float64 (warp reduce-scatter, block sum, part sum in a
 //                     fixed order): deterministic, every input element read once from memory.
-//                     p <= 8: all pairs in registers per thread; p > 8: 8 x 8 tile pairs per
-//                     block (the rows of a part are re-read from L2, once from DRAM).
+//                     p <= 8: all pairs in registers per thread; 8 < p <= 16 with 16-byte
+//                     aligned rows: one block per part, the rows streamed through shared memory
+//                     (cp.async) to three warp groups, one per tile pair ("staged"); otherwise
+//                     8 x 8 tile pairs per block (the rows of a part re-read from L2, once from DRAM).
 //                     Rows whose float32 diagonal is not finite are recomputed in float64.
 //   flag_irls_cuda    p <= 32 (kJacobiMaxP): one block per problem runs flag_irls (flag_irls.hpp,
 //                     the CPU's code, Jacobi) with its scratch in shared memory; above, the Gram

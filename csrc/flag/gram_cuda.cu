@@ -250,8 +250,8 @@ __global__ void __launch_bounds__(kStagedThreads, 1)
   using S = TileShape<8, false>;
   constexpr int E32 = S::E32;
   constexpr int VEC = 16 / sizeof(T);
-  constexpr int64_t W = int64_t(kStagedGroupThreads) * VEC;  // columns per stage
-  constexpr int FLUSH = kProductsPerFlush / VEC;            // stages per flush
+  constexpr int64_t W = int64_t(kStagedGroupThreads) * VEC;   // columns per stage
+  constexpr int FLUSH = kProductsPerFlush / VEC;              // stages per flush
   extern __shared__ __align__(16) unsigned char stage_mem[];  // [kStages][kStagedRows][kStageRowBytes]
   __shared__ double s_red[kStagedWarps][E32];
   __shared__ const T* s_rows[kStagedRows];
@@ -453,9 +453,10 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
     FLAGCORE_CHECK_ARG(plan.p_max <= 16 && d.aligned16,
                        "gram_cuda: the staged kernel takes p <= 16 with 16-byte aligned rows, got p = "
                            << plan.p_max << (d.aligned16 ? "" : " (unaligned rows)"));
-    FLAGCORE_CUDA_CHECK(cudaFuncSetAttribute(gram_staged_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(kStagedSmem)));
-    gram_staged_kernel<T><<<static_cast<unsigned>(plan.parts), kStagedThreads, kStagedSmem, st>>>(d, partials);
+    FLAGCORE_CUDA_CHECK(cudaFuncSetAttribute(
+        gram_staged_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kStagedSmem)));
+    gram_staged_kernel<T>
+        <<<static_cast<unsigned>(plan.parts), kStagedThreads, kStagedSmem, st>>>(d, partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
   } else if (regs) {
     FLAGCORE_CHECK_ARG(plan.p_max <= 8, "gram_cuda: the register kernel takes p <= 8, got " << plan.p_max);
@@ -492,10 +493,9 @@ void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, d
   if (d.b <= 0 || plan.rows <= 0) return;
   FLAGCORE_CHECK_ARG(d.b <= 2147483647LL && plan.parts <= 2147483647LL && plan.rows <= 2147483647LL,
                      "gram_cuda: batch too large");
-  FLAGCORE_CHECK_ARG(
-      kernel == GramKernel::automatic || kernel == GramKernel::registers || kernel == GramKernel::tile_pairs ||
-          kernel == GramKernel::staged,
-      "gram_cuda: unknown Gram kernel " << static_cast<int>(kernel));
+  FLAGCORE_CHECK_ARG(kernel == GramKernel::automatic || kernel == GramKernel::registers ||
+                         kernel == GramKernel::tile_pairs || kernel == GramKernel::staged,
+                     "gram_cuda: unknown Gram kernel " << static_cast<int>(kernel));
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
     case DType::float32:

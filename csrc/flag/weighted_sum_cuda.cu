@@ -16,7 +16,9 @@ constexpr int kThreads = 256;
 // The coefficients in shared memory are padded with zeros to a multiple of 8: compute-sanitizer's
 // memcheck (H200, first run) caught the compiler widening the unrolled reads of s_coef[i] into
 // 16-byte loads that passed the end at odd p (e.g. s_coef[4..5] at p = 5).
-__host__ __device__ constexpr int64_t coef_slots(int64_t p) { return (p + 7) / 8 * 8; }
+__host__ __device__ constexpr int64_t coef_slots(int64_t p) {
+  return (p + 7) / 8 * 8;
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -27,7 +29,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t part = blockIdx.x;
   const Problem pr = problem_at(d, problem_of_part(d, part));
   const int64_t p = pr.p;
-  for (int64_t i = threadIdx.x; i < coef_slots(p); i += kThreads) s_coef[i] = i < p ? coef[pr.row_off + i] : 0.0;
+  for (int64_t i = threadIdx.x; i < coef_slots(p); i += kThreads)
+    s_coef[i] = i < p ? coef[pr.row_off + i] : 0.0;
   __syncthreads();
   const int64_t k0 = (part - pr.part_off) * kGramPartColumns;
   const int64_t k1 = min(pr.n, k0 + kGramPartColumns);

@@ -113,12 +113,14 @@ void launch(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride_b, int64
   const int64_t want = (n + kThreads - 1) / kThreads;
   const dim3 grid(static_cast<unsigned>(want < 8192 ? want : 8192), static_cast<unsigned>(b));
   if (spec.rule == CoordRule::median) {
-    coordinate_kernel<T, N, true><<<grid, kThreads, 0, st>>>(x, p, n, stride_b, stride_p, spec, out, active_mask, flags);
+    coordinate_kernel<T, N, true>
+        <<<grid, kThreads, 0, st>>>(x, p, n, stride_b, stride_p, spec, out, active_mask, flags);
   } else {
     const size_t smem = size_t(N) * kThreads * sizeof(T);
     if (smem > 48 * 1024)
       FLAGCORE_CUDA_CHECK(cudaFuncSetAttribute(coordinate_kernel<T, N, false>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem)));
     coordinate_kernel<T, N, false>
         <<<grid, kThreads, smem, st>>>(x, p, n, stride_b, stride_p, spec, out, active_mask, flags);
   }
@@ -132,7 +134,8 @@ void coordinate_cuda(const T* x, int64_t b, int64_t p, int64_t n, int64_t stride
                      const CoordSpec& spec, T* out, const uint64_t* active_mask, int32_t* flags,
                      std::uintptr_t stream) {
   if (b <= 0 || n <= 0) return;
-  FLAGCORE_CHECK_ARG(p >= 1 && p <= kCoordMaxP, "coordinate_cuda: p must be in [1, " << kCoordMaxP << "], got " << p);
+  FLAGCORE_CHECK_ARG(p >= 1 && p <= kCoordMaxP,
+                     "coordinate_cuda: p must be in [1, " << kCoordMaxP << "], got " << p);
   FLAGCORE_CHECK_ARG(b <= 65535, "coordinate_cuda: at most 65535 problems per call, got " << b);
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   if (p <= 4)

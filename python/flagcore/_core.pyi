@@ -73,7 +73,7 @@ class CudaDtype:
         ...
 class GramKernel:
     """
-    the FA's CUDA Gram kernel: automatic (registers for p <= 8, tile pairs above) or one pinned (tests)
+    the FA's CUDA Gram kernel: automatic (registers for p <= 8, staged for 8 < p <= 16 on aligned rows, tile pairs otherwise) or one pinned (tests)
     
     Members:
     
@@ -82,10 +82,13 @@ class GramKernel:
       registers
     
       tile_pairs
+    
+      staged
     """
     __members__: typing.ClassVar[dict[str, GramKernel]]
     automatic: typing.ClassVar[GramKernel]
     registers: typing.ClassVar[GramKernel]
+    staged: typing.ClassVar[GramKernel]
     tile_pairs: typing.ClassVar[GramKernel]
     @typing.overload
     def __eq__(self, other: GramKernel) -> bool:
@@ -669,7 +672,7 @@ def coordinate(x: typing.Any, rule: CoordRule, f: typing.SupportsInt | typing.Su
     """
 def coordinate_cuda(x: CudaArray, out: CudaArray, active_mask: CudaArray, flags: CudaArray, *, rule: CoordRule, f: typing.SupportsInt | typing.SupportsIndex, keep: typing.SupportsInt | typing.SupportsIndex, stream: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
-    coordinate-wise rule of a (b, p <= 32, n) float32/float64 device array into out (b, n); active_mask (b,) int32 bits of the workers taking part; flags (b, p) int32 set to 1 for an active worker holding NaN/Inf
+    coordinate-wise rule of a (b, p <= 64, n) float32/float64 device array into out (b, n); active_mask (b,) int64 bits of the workers taking part; flags (b, p) int32 set to 1 for an active worker holding NaN/Inf
     """
 def coordinate_network(pe: typing.SupportsInt | typing.SupportsIndex, rule: CoordRule, t: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex) -> list[tuple[int, int]]:
     ...
@@ -765,4 +768,4 @@ def weighted_sum(x: typing.Any, coef: typing.Annotated[numpy.typing.ArrayLike, n
     """
     sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read
     """
-coordinate_cuda_max_p: int = 32
+coordinate_cuda_max_p: int = 64

@@ -25,7 +25,7 @@ Backends: the native CPU kernel (vectorised sorting networks at every p up to 65
 odd-even merge sort over blocks of 8-16 columns, pruned to the positions the rule reads, so the
 cost per value grows like log^2 p with no step at any p; the mean streams the rows through
 float64 accumulators; finiteness is checked in the same read), the CUDA kernel for CUDA tensors
-when flagcore was built with CUDA (p <= 32), and plain torch (sort along the worker axis)
+when flagcore was built with CUDA (p <= 64), and plain torch (sort along the worker axis)
 otherwise.
 """
 
