@@ -500,9 +500,9 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype, p):
     from flagcore.flag import _flag_aggregate_cuda
 
     K = _core.GramKernel
-    # n: 3 parts and a ragged tail that is not a whole stage (1024 columns of 16-bit values)
+    # n: 3 parts, a tail that is not a whole stage (512 / 1024 columns), rows 16-byte aligned
     x = (
-        torch.from_numpy(make_gradients(p, 70_001, byzantine=2, seed=p))
+        torch.from_numpy(make_gradients(p, 70_008, byzantine=2, seed=p))
         .to(getattr(torch, dtype))
         .cuda()[None]
     )
