@@ -1,6 +1,7 @@
-"""Does a C++ exception thrown inside flagcore's CUDA translation units reach Python as an
-exception on this machine? (On the H200 in the third GPU run, three such throws ended the process
-with SIGSEGV instead.) Each case runs in its own subprocess; a crashing case is re-run under
+"""Does a C++ exception raised inside flagcore's module reach Python as an exception on this
+machine? (On the H200, 2026-12-04, every one ended the process with SIGSEGV: the build there had
+linked a static libstdc++ into the module, and its first formatted error message crashed; see
+docs/gpu.md.) Each case runs in its own subprocess; a crashing case is re-run under
 cuda-gdb for a native backtrace where cuda-gdb exists. Part of bench/gpu_check.sh.
 
     python bench/cuda_exception_probe.py            # all cases, a summary line each
@@ -22,8 +23,9 @@ CASES = {
         "import torch\ntorch.zeros(1, device='cuda')\n"
         "from flagcore import _core\n_core.flag_cuda_plan_uniform(1, 6145, 10, 1)"
     ),
-    # thrown inside coordinate_cuda.cu (nvcc-compiled): b > 65535 problems
-    "cuda_tu": (
+    # a CUDA entry point's refusal with device arrays and a CUDA context: b > 65535 problems
+    # (thrown in bindings.cpp since the fourth run; inside coordinate_cuda.cu before)
+    "cuda_call": (
         "import torch\nfrom flagcore import _core\nfrom flagcore._backend import cuda_array\n"
         "b = 65536\nx = torch.zeros((b, 1, 1), device='cuda')\n"
         "out = torch.zeros((b, 1), device='cuda')\n"

@@ -751,6 +751,8 @@ void register_rules(py::module_& m) {
         FLAGCORE_CHECK_ARG(p >= 1 && p <= cuda::kCoordMaxP,
                            fn << ": p must be in [1, " << cuda::kCoordMaxP << "], got " << p);
         FLAGCORE_CHECK_ARG(n <= 1 || x.strides[2] == 1, fn << ": x's last axis must be contiguous");
+        FLAGCORE_CHECK_ARG(b <= 65535,
+                           fn << ": at most 65535 problems per call (one grid row each), got " << b);
         check_cuda_arg(out, fn, "out", x.dtype, {b, n}, x.device);
         check_cuda_arg(active_mask, fn, "active_mask", cuda::DType::int64, {b}, x.device);
         check_cuda_arg(flags, fn, "flags", cuda::DType::int32, {b, p}, x.device);

@@ -381,6 +381,28 @@ def test_cuda_entry_points_check_their_arrays_before_any_device_work():
             keep=-1,
             stream=0,
         )
+    with pytest.raises(ValueError, match=r"at most 65535 problems per call \(one grid row each\)"):
+        _core.coordinate_cuda(
+            _dev([65536, 3, 10]),
+            _dev([65536, 10]),
+            _dev([65536], "int64"),
+            _dev([65536, 3], "int32"),
+            rule=_core.CoordRule.median,
+            f=0,
+            keep=-1,
+            stream=0,
+        )
+    with pytest.raises(ValueError, match=r"coordinate_cuda: p must be in \[1, 64\], got 65"):
+        _core.coordinate_cuda(
+            _dev([1, 65, 10]),
+            _dev([1, 10]),
+            _dev([1], "int64"),
+            _dev([1, 65], "int32"),
+            rule=_core.CoordRule.median,
+            f=0,
+            keep=-1,
+            stream=0,
+        )
 
 
 def test_cuda_array_describes_its_tensor():
