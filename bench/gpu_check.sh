@@ -100,8 +100,8 @@ if [ $build_rc = 0 ]; then
     echo "gpu_check: no GPU or no compute-sanitizer: sanitizer steps skipped" | tee -a "$out/sanitize.log"
     steps_json="${steps_json},\"memcheck\": \"skipped\", \"racecheck\": \"skipped\""
   fi
-  # Whether a C++ exception thrown inside the CUDA translation units reaches Python (the third
-  # run's SIGSEGVs), with a cuda-gdb backtrace of a crashing case.
+  # Whether a C++ error raised inside the module reaches Python (runs 3 and 4 of 2026-12-04
+  # crashed there: a static libstdc++ in the module), with a cuda-gdb backtrace of a crash.
   step probe 120 sanitize.log "$PY" bench/cuda_exception_probe.py
   step bench_flag_cuda 100 bench.log "$PY" bench/bench_flag_cuda.py --quick --repeat 10 --out "$out/flag_cuda.json"
 else

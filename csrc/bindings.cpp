@@ -405,10 +405,9 @@ void check_fa_dtype(cuda::DType dtype, const char* fn, const char* arg) {
 }
 
 #ifdef FLAGCORE_WITH_CUDA
-// Everything the CUDA path would refuse, checked here before any device work: the CUDA
-// translation units then throw only on CUDA errors. (On the H200 an exception thrown inside them
-// -- r > p, a pinned kernel that does not take the shape -- ended the process with SIGSEGV in
-// the third run; see docs/gpu.md.)
+// Everything the CUDA path would refuse, checked here before any device work (the launchers in
+// the CUDA translation units keep their own checks for C++ callers): the FA entry points and
+// flag_irls_cuda (uniform plan, automatic kernel).
 void check_cuda_fa_call(const char* fn, const FlagCudaPlan& plan, const FlagParams& prm,
                         cuda::GramKernel kernel, bool aligned16) {
   if (plan.b <= 0) return;  // an empty batch launches nothing
@@ -1432,9 +1431,7 @@ PYBIND11_MODULE(_core, m) {
         check_workspace(ws, fn, plan, gram.device);
 #ifdef FLAGCORE_WITH_CUDA
         check_cuda_device(gram.device);
-        FLAGCORE_CHECK_ARG(b == 0 || (prm.r >= 1 && prm.r <= p),
-                           fn << ": r must be in [1, " << p << "], got " << prm.r);
-        FLAGCORE_CHECK_ARG(prm.max_iter >= 1, fn << ": max_iter must be >= 1, got " << prm.max_iter);
+        check_cuda_fa_call(fn, plan, prm, cuda::GramKernel::automatic, true);
         without_gil([&] {
           cuda::flag_irls_only_cuda(reinterpret_cast<const double*>(gram.data), b, p, plan, prm,
                                     reinterpret_cast<unsigned char*>(ws.data), stream, gram.device);

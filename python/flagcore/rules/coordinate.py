@@ -96,7 +96,7 @@ def _coordinate_cuda(
         for _ in range(2):  # the second launch only when a non-finite worker turned up
             bits = (~excl).astype(np.uint64) << np.arange(p, dtype=np.uint64)
             # bit i of problem q's uint64 = worker i takes part (p <= 64), passed as int64
-            mask = torch.from_numpy(bits.astype(np.uint64).sum(axis=1).view(np.int64)).to(x.device)
+            mask = torch.from_numpy(bits.sum(axis=1).view(np.int64)).to(x.device)
             core.coordinate_cuda(
                 cuda_array(work),
                 cuda_array(out),
