@@ -1,7 +1,8 @@
 """The FA's subset eigensolver above p = 32 (LAPACK dsytrd, then dstemr for want <= p/8 or
 divide and conquer above: dstedc below p = 64, from there the two halves by dstedc and a last
-merge that forms the wanted vectors only; then dormtr of the wanted vectors only, on fixed column
-blocks run in parallel)
+merge that forms the wanted vectors only; then Q applied to the wanted vectors only, on fixed
+column blocks run in parallel: LAPACK dormtr below p = 512, from there blocks of 64 reflectors by
+dlarfb with their T factors formed once)
 against numpy.linalg.eigh on adversarial spectra up to p = 1024, bitwise the same for 1, 2 and 3
 threads; and the IRLS built on it (P = L^(1/2) U^T D^(-1) instead of C^T G) against the float64
 SVD reference, with excluded, zero and duplicate workers. Vectors of repeated eigenvalues are not
@@ -68,7 +69,9 @@ def _wants(p):
 
 
 @pytest.mark.parametrize("kind", ["fa", "clustered", "repeated", "rank5", "graded"])
-@pytest.mark.parametrize("p", [40, 64, 300, 401])  # from 64 the own last merge; 401 = 200 + 201
+# from 64 the own last merge; 401 = 200 + 201; from 512 the own back-transformation (520: 519
+# reflectors, the last block of 7)
+@pytest.mark.parametrize("p", [40, 64, 300, 401, 520])
 def test_subset_eigh_adversarial(kind, p):
     a = _sym(_spectrum(kind, p, seed=p), seed=p + 1)
     ref = np.linalg.eigh(a)
@@ -125,7 +128,9 @@ def _with_threads(n, fn):
         flagcore.set_num_threads(0)
 
 
-@pytest.mark.parametrize("p,want", [(300, 37), (300, 150), (401, 200), (600, 520)])
+@pytest.mark.parametrize(
+    "p,want", [(300, 37), (300, 150), (401, 200), (513, 300), (600, 520), (700, 64)]
+)
 def test_subset_eigh_identical_for_any_thread_count(p, want):
     a = _sym(_spectrum("fa", p, seed=p), seed=p + 7)
     out = [_with_threads(t, lambda: _core.eigh_top(a, want)) for t in (1, 2, 3)]
