@@ -25,9 +25,8 @@
 //   excluded : b * p bytes, in/out. On entry 1 marks a worker to leave out (it counts as
 //              excluded: f_eff shrinks); on exit also 1 where a worker held a non-finite
 //              value.                                                          // [B, P]
-// A block of columns is sorted with a vectorised sorting network (Batcher's odd-even merge
-// sort on the next power of two, comparators touching the +inf padding dropped, pruned to the
-// positions the rule reads): O(p log^2 p) vector min/max per block of 8-16 columns, no branch,
+// A block of columns is sorted with a vectorised sorting network (Batcher's merge exchange for
+// any number of inputs, Knuth's Algorithm M, pruned to the positions the rule reads): O(p log^2 p) vector min/max per block of 8-16 columns, no branch,
 // at every p (up to kMaxNetwork). Parallel over blocks of columns; results do not depend on
 // the thread count.
 #pragma once

@@ -167,18 +167,26 @@ Problem<T> make_problem(const T* const* rows, int64_t q, int64_t p, const uint8_
 }  // namespace
 
 std::vector<std::pair<int, int>> coordinate_network(int pe, CoordRule rule, CoordCounts c) {
-  int N = 1;
-  while (N < pe) N *= 2;
-  // Batcher's odd-even merge sort on N >= pe inputs; comparators touching a position >= pe
-  // are dropped (think of those inputs as +inf: such a comparator never moves anything).
+  // Batcher's merge exchange for any number of inputs (Knuth, TAOCP vol. 3, 5.2.2, Algorithm M):
+  // for a power of two the odd-even merge sort, otherwise fewer comparators than that network on
+  // the next power of two with the padding's comparators dropped (median networks, pruned as
+  // below: 169 against 198 at pe = 33, 462 against 542 at 65; the same at powers of two), so
+  // the cost per column steps by the log^2 growth only when pe passes a power of two.
   std::vector<std::pair<int, int>> all;
-  if (rule == CoordRule::mean) return all;
-  for (int pp = 1; pp < N; pp *= 2)
-    for (int k = pp; k >= 1; k /= 2)
-      for (int j = k % pp; j <= N - 1 - k; j += 2 * k)
-        for (int i = 0; i <= std::min(k - 1, N - j - k - 1); ++i)
-          if ((i + j) / (2 * pp) == (i + j + k) / (2 * pp) && i + j + k < pe)
-            all.emplace_back(i + j, i + j + k);
+  if (rule == CoordRule::mean || pe < 2) return all;
+  int t = 0;
+  while ((1 << t) < pe) ++t;
+  for (int p = 1 << (t - 1); p > 0; p >>= 1) {
+    int q = 1 << (t - 1), r = 0, d = p;
+    for (;;) {
+      for (int i = 0; i < pe - d; ++i)
+        if ((i & p) == r) all.emplace_back(i, i + d);
+      if (q == p) break;
+      d = q - p;
+      q >>= 1;
+      r = p;
+    }
+  }
   // Keep only the comparators that can influence the positions the rule reads.
   std::vector<char> need(static_cast<size_t>(pe), 0);
   if (rule == CoordRule::median) {
