@@ -26,9 +26,9 @@
 //              excluded: f_eff shrinks); on exit also 1 where a worker held a non-finite
 //              value.                                                          // [B, P]
 // A block of columns is sorted with a vectorised sorting network (Batcher's merge exchange for
-// any number of inputs, Knuth's Algorithm M, pruned to the positions the rule reads): O(p log^2 p) vector min/max per block of 8-16 columns, no branch,
-// at every p (up to kMaxNetwork). Parallel over blocks of columns; results do not depend on
-// the thread count.
+// any number of inputs, Knuth's Algorithm M, pruned to the positions the rule reads):
+// O(p log^2 p) vector min/max per block of 8-16 columns, no branch, at every p (up to
+// kMaxNetwork). Parallel over blocks of columns; results do not depend on the thread count.
 #pragma once
 #include <math.h>  // isfinite in host and device code, as in flag_irls.hpp
 
