@@ -67,14 +67,21 @@ echo "gpu_check: device=$gpu_name driver=$driver commit=$commit (modified files:
   "$PY" -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)"
   "$PY" -c "import pybind11, scikit_build_core; print('pybind11', pybind11.__version__, 'scikit-build-core', scikit_build_core.__version__)"
   c++ --version | head -1; g++ --version | head -1
+  # which libstdc++ files the compiler finds (the module must link the shared one; CMakeLists.txt)
+  for f in libstdc++.so libstdc++.so.6 libstdc++.a; do echo "c++ -print-file-name=$f: $(c++ -print-file-name=$f)"; done
+  ls -la "$(dirname "$(c++ -print-file-name=libstdc++.a)")" | grep -i stdc
+  ls -la /usr/lib/x86_64-linux-gnu/ | grep -i "libstdc"
 } >>"$out/build.log" 2>&1
 if ls .whl/*.whl >/dev/null 2>&1; then
   step wheels 120 build.log "$PY" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
 fi
 # sm_90 only, all cores: the build is the longest step.
 step build 300 build.log env FLAGCORE_CUDA=ON FLAGCORE_CUDA_ARCHITECTURES=90 \
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY" -m pip install --no-build-isolation --no-deps -q .
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY" -m pip install --no-build-isolation --no-deps -q \
+  -C build-dir=build/gpu_check .
 build_rc=$?
+grep -o "[^ ]*libstdc++[^ ]*" build/gpu_check/build.ninja 2>/dev/null | sort | uniq -c \
+  | sed 's/^/build.ninja: /' >>"$out/build.log"
 [ $build_rc = 0 ] || echo "gpu_check: build failed (see $out/build.log)" >&2
 
 if [ $build_rc = 0 ]; then
