@@ -1218,6 +1218,10 @@ PYBIND11_MODULE(_core, m) {
         "The float32 Gram's use of AMX tiles: 'auto' (where it measured faster), 'on' (every p > 32; "
         "ValueError where unsupported) or 'off'.");
 
+  m.def("set_gram_packed_shared", &set_gram_packed_shared, py::arg("mode"),
+        "Tests: 'on' runs the AVX2 packed Gram kernel through the AVX-512 kernel's shared-slice "
+        "driver from p = 512 (as on AVX-512), 'auto' gives each kernel its own driver.");
+
   m.def(
       "gram",
       [](const py::object& x) -> py::array {

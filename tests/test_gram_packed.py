@@ -57,6 +57,11 @@ def level():
         (1, 50, 40_000),  # the packed kernel with column groups
         (2, 520, 9_001),  # p >= 512: slices packed once, shared by the row parts; 2 runs
         (1, 1100, 300),
+        (
+            1,
+            1100,
+            1_100,
+        ),  # 8 threads: 16 row parts in the AVX-512 shared driver (p / 256 = 4 below 3 threads)
         (1, 2048, 257),  # the largest p of the AVX2 kernel (2049 on: the OpenBLAS path)
     ],
 )
@@ -65,7 +70,7 @@ def test_matches_float64_and_is_layout_and_thread_independent(level, simd, b, p,
     _core.set_simd_level(simd)
     x = _data(b, p, n, seed=p + n)
     out = []
-    for threads in (1, 2, 3):
+    for threads in (1, 2, 3) + ((8,) if p >= 512 else ()):
         flagcore.set_num_threads(threads)
         out.append(_core.gram(x))
     _check(out[0], x)
@@ -77,6 +82,47 @@ def test_matches_float64_and_is_layout_and_thread_independent(level, simd, b, p,
     np.testing.assert_array_equal(_core.gram(wide[:, :, 2 : n + 2]), out[0])
     if b == 1:
         np.testing.assert_array_equal(_core.gram(list(x[0]))[0], out[0][0])
+
+
+@pytest.fixture
+def shared():
+    yield
+    _core.set_gram_packed_shared("auto")
+    _core.set_simd_level("auto")
+    flagcore.set_num_threads(0)
+
+
+@pytest.mark.skipif(not AVX2, reason="the packed kernels need AVX2 or AVX-512")
+@pytest.mark.parametrize(
+    "b,p,n",
+    [
+        (1, 512, 700),  # the shared driver's first p
+        (2, 520, 1_500),  # two problems, 3 slices: two run buffers in turn
+        (1, 1030, 513),  # row tails of the last strip, a 1-column last slice
+    ],
+)
+def test_shared_driver_any_split_same_bits(shared, b, p, n):
+    """The shared-slice driver (the AVX-512 kernel's from p = 512; here forced for the AVX2
+    kernel too, so that AVX2-only CIs run it) cuts the rows into more parts with more threads
+    (two per thread from three threads on): every split must give the same bits, within the
+    float32 accuracy class."""
+    _core.set_simd_level("avx2")
+    _core.set_gram_packed_shared("on")
+    x = _data(b, p, n, seed=p + 3 * n)
+    out = []
+    for threads in (1, 2, 3, 8):
+        flagcore.set_num_threads(threads)
+        out.append(_core.gram(x))
+    _check(out[0], x)
+    for g in out[1:]:
+        np.testing.assert_array_equal(g, out[0])
+
+
+def test_set_gram_packed_shared_refuses_unknown_modes():
+    with pytest.raises(
+        ValueError, match="set_gram_packed_shared: mode must be 'auto' or 'on', got 'off'"
+    ):
+        _core.set_gram_packed_shared("off")
 
 
 @pytest.mark.skipif(not AVX2, reason="the packed kernels need AVX2 or AVX-512")

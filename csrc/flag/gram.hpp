@@ -24,6 +24,7 @@
 //          worker excluded for NaN/Inf (coefficient 0) cannot poison the sum.  // [B, N]
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace flagcore {
 
@@ -32,6 +33,12 @@ void gram_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, double* out
 
 template <typename T>
 void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64_t p, int64_t n, T* out);
+
+// Tests: the packed kernels' shared-slice driver (gram_cpu.cpp, gram_packed_shared; the AVX-512
+// kernel's from p = 512) for the AVX2 kernel too, so that CPUs without AVX-512 test that driver.
+// mode "auto" (each kernel its own driver) or "on". The results are the same bits either way
+// only within a driver: the two drivers sum in different orders.
+void set_gram_packed_shared(const std::string& mode);
 
 // The per-instruction-set micro-kernels.
 //   gram_accumulate: acc (p x p, row-major) += X[:, k0:k1] X[:, k0:k1]^T on the upper triangle

@@ -478,6 +478,8 @@ const PackedKernel* packed_kernel() {
   }
 }
 
+std::atomic<bool> g_packed_shared_forced{false};
+
 void gram_packed_shared(const float* const* rows, int64_t b, int64_t p, int64_t n, double* out,
                         const std::vector<int64_t>& bound, const PackedKernel& pk) {
   const int64_t MR = pk.mr;
@@ -554,9 +556,25 @@ std::vector<int64_t> equal_work_cut(int64_t units, int64_t parts) {
   return bound;
 }
 
-// The row parts of the shared paths: one up to p = 511, then p / 256 up to 16. Depends on p only.
+// The row parts of the packed kernels' shared path with up to two threads: one up to p = 511, then
+// p / 256 up to 16 (shared_run_bounds gives more threads more parts).
 std::vector<int64_t> equal_work_bounds(int64_t p, int64_t units) {
   return equal_work_cut(units, std::max<int64_t>(1, std::min<int64_t>({16, p / 256, units})));
+}
+
+// The row parts of a shared run (gram_shared_runs) given `base` parts: with more than two
+// threads, at least two parts per thread (at most one per unit), so that every thread has work
+// and the parts, taken in order (largest first) by whichever thread is free, even out. Any
+// split gives the same bits: each entry belongs to one part, which adds its slices in column
+// order. Why: on the 16-core AVX-512 + AMX host of the GPU machine (2026-12-04, run 6,
+// bench/results/gram_paths_avx512_h200host_16t_2026-12-04.json) the AVX-512 kernel took 269 ms at
+// p = 1024, n = 5e4 against OpenBLAS 105 and the AVX2 kernel (per-item driver) 103: its shared
+// runs had p / 256 = 4 parts, i.e. 4 of 16 threads at work. With 2 threads nothing changes
+// (the tuning of the 2-core machines). Not yet measured on a machine of more cores.
+[[maybe_unused]] std::vector<int64_t> shared_run_bounds(int64_t units, int64_t base) {
+  const int64_t threads = num_threads();
+  const int64_t want = threads > 2 ? 2 * threads : 1;
+  return equal_work_cut(units, std::min<int64_t>(units, std::max<int64_t>(base, want)));
 }
 
 // The per-item paths of the packed and AMX kernels. Work items: (problem, row part, column
@@ -598,14 +616,14 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
   const int64_t MR = pk->mr;
   const int64_t strips = (p + MR - 1) / MR;
   std::vector<int64_t> bound;
-  if (pk->own_slices) {
+  if (pk->own_slices && !g_packed_shared_forced.load(std::memory_order_relaxed)) {
     // row parts only as many as the threads need, as on the AMX path (gram_amx_impl)
     const int64_t items = b * item_group_count(b, p, (n + pk->kc - 1) / pk->kc);
     bound = equal_work_cut(strips, std::min<int64_t>(strips, (int64_t(num_threads()) + items - 1) / items));
   } else {
     bound = equal_work_bounds(p, strips);
     if (p >= kGramPackedSharedMinP) {
-      gram_packed_shared(rows, b, p, n, out, bound, *pk);
+      gram_packed_shared(rows, b, p, n, out, shared_run_bounds(strips, int64_t(bound.size()) - 1), *pk);
       return true;
     }
   }
@@ -650,7 +668,7 @@ bool gram_amx_impl(const float* const* rows, int64_t b, int64_t p, int64_t n, do
     ker.slice = [p, kc](const uint16_t* pk, int64_t len, int64_t t0, int64_t t1, double* g, bool first) {
       amx::gram_amx_slice(pk, kc, len, p, t0, t1, g, first);
     };
-    gram_shared_runs(rows, b, p, n, out, equal_work_cut(tiles, parts), ker);
+    gram_shared_runs(rows, b, p, n, out, shared_run_bounds(tiles, parts), ker);
     return true;
   }
   gram_items(rows, b, p, n, out, equal_work_cut(tiles, parts), kc, false,
@@ -726,6 +744,14 @@ bool gram_amx_wanted() {
 
 bool gram_amx_enabled() {
   return gram_amx_wanted() && gram_amx_supported();
+}
+
+void set_gram_packed_shared(const std::string& mode) {
+  FLAGCORE_CHECK_ARG(mode == "auto" || mode == "on",
+                     "set_gram_packed_shared: mode must be 'auto' or 'on', got '" << mode << "'");
+#if defined(FLAGCORE_X86_DISPATCH)
+  g_packed_shared_forced.store(mode == "on");
+#endif
 }
 
 void set_gram_amx(const std::string& mode) {
