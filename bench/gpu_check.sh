@@ -57,8 +57,10 @@ commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 # The device tool's copy of the tree can carry the .git of an older checkout (the 2026-12-04 runs
 # all said 98f65cf): the digest of the sources identifies the code that ran. Here, the same
 # command gives the digest of a commit's tree:
-#   git ls-files csrc python bench tests CMakeLists.txt pyproject.toml | sort | xargs sha256sum | sha256sum
-digest=$(git ls-files csrc python bench tests CMakeLists.txt pyproject.toml 2>/dev/null | sort \
+#   git ls-files csrc python bench tests CMakeLists.txt pyproject.toml | LC_ALL=C sort | xargs sha256sum | sha256sum
+# (LC_ALL=C: the device's locale sorts the names differently, so the digests of runs 5 and 6 of
+# 2026-12-04 matched this command only with that locale's order: see docs/gpu.md)
+digest=$(git ls-files csrc python bench tests CMakeLists.txt pyproject.toml 2>/dev/null | LC_ALL=C sort \
   | xargs sha256sum 2>/dev/null | sha256sum | cut -c1-16)
 dirty=$(git status --porcelain 2>/dev/null | grep -v '^??' | wc -l)
 echo "gpu_check: device=$gpu_name driver=$driver commit=$commit (modified files: $dirty) sources=$digest"
