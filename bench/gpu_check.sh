@@ -11,8 +11,9 @@
 #
 # Writes at most 8 files into OUTDIR (the device tool brings back 8): summary.json (device, driver,
 # commit, date, each step's exit code and seconds), build.log, tests.log, sanitize.log, bench.log,
-# flag_cuda.json, gpu_goals.json. On a machine without a GPU (the CPU rehearsal) the GPU steps
-# report "skipped" and the script still exits 0 when the build and the (skipped) tests are fine.
+# flag_cuda.json, gpu_goals.json, gram_paths.json (the host CPU's Gram paths). On a machine
+# without a GPU (the CPU rehearsal) the GPU steps report "skipped" and the script still exits 0
+# when the build and the (skipped) tests are fine.
 # If a wheel directory .whl/ exists in the repository root (packages the offline device machine
 # lacks), its wheels are installed first.
 set -uo pipefail
@@ -113,6 +114,11 @@ if [ $build_rc = 0 ]; then
   # crashed there: a static libstdc++ in the module), with a cuda-gdb backtrace of a crash.
   step probe 120 sanitize.log "$PY" bench/cuda_exception_probe.py
   step bench_flag_cuda 100 bench.log "$PY" bench/bench_flag_cuda.py --quick --repeat 10 --out "$out/flag_cuda.json"
+  # The host's CPU Gram paths on all its cores (the GPU machine's host has AVX-512 and AMX, which
+  # the build machines lack): the thirteenth session's shared-run split (gram_cpu.cpp,
+  # shared_run_bounds) is measured here; docs/scaling.md "Thirteenth session" has the run before it.
+  step cpu_gram_paths 120 bench.log "$PY" bench/bench_gram_paths.py \
+    --sizes 64:1000000,256:200000,1024:50000,4096:10000 --repeat 3 --out "$out/gram_paths.json"
 else
   tests_rc=1
 fi
