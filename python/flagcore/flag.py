@@ -166,9 +166,11 @@ def flag_aggregate(
     worker of a problem is excluded its aggregate is zero. Zero gradients are valid (they add
     nothing); p = 1 returns g / (r ||g||) (paper) or g (median_norm).
 
-    Cost (docs/scaling.md): one Gram pass (p(p+1)/2 * n multiply-adds; OpenBLAS ssyrk/sgemm
-    per fixed column part above p = 32, register-tiled kernels below), O(p^3) per IRLS step
-    (LAPACK dsyevr for the top r eigenpairs above p = 32, Jacobi below), one weighted-sum pass.
+    Cost (docs/scaling.md): one Gram pass (p(p+1)/2 * n multiply-adds; register-tiled SIMD
+    kernels up to p = 32-48, above them packed AVX2/AVX-512 kernels or AMX tiles for float32 and
+    OpenBLAS for float64 and other CPUs), O(p^3) per IRLS step (above p = 32 a Householder
+    tridiagonalisation, divide and conquer or MRRR for the top r pairs only and a blocked
+    back-transformation; a Jacobi solver below), one weighted-sum pass.
     The result does not depend on the thread count, and Ctrl-C interrupts a long call.
     """
     fn = "flag_aggregate"
