@@ -168,9 +168,9 @@ def flag_aggregate(
 
     Cost (docs/scaling.md): one Gram pass (p(p+1)/2 * n multiply-adds; register-tiled SIMD
     kernels up to p = 32-48, above them packed AVX-512 kernels, AMX tiles or packed AVX2 kernels
-    (to p = 2048) for float32 and OpenBLAS otherwise), O(p^3) per IRLS step (above p = 32 a Householder
-    tridiagonalisation, divide and conquer or MRRR for the top r pairs only and a blocked
-    back-transformation; a Jacobi solver below), one weighted-sum pass.
+    (to p = 2048) for float32 and OpenBLAS otherwise), O(p^3) per IRLS step (above p = 32 a
+    Householder tridiagonalisation, divide and conquer or MRRR for the top r pairs only and a
+    blocked back-transformation; a Jacobi solver below), one weighted-sum pass.
     The result does not depend on the thread count, and Ctrl-C interrupts a long call.
     """
     fn = "flag_aggregate"
