@@ -36,6 +36,19 @@ def _check(g, x):
     np.testing.assert_array_equal(g, np.swapaxes(g, 1, 2))
 
 
+def _same_bits_for_threads(x, thread_counts):
+    """The Gram of x on each thread count: within the float32 accuracy class and bitwise equal
+    to the first; returns the first."""
+    out = []
+    for threads in thread_counts:
+        flagcore.set_num_threads(threads)
+        out.append(_core.gram(x))
+    _check(out[0], x)
+    for g in out[1:]:
+        np.testing.assert_array_equal(g, out[0])
+    return out[0]
+
+
 @pytest.fixture
 def level():
     yield
@@ -57,11 +70,7 @@ def level():
         (1, 50, 40_000),  # the packed kernel with column groups
         (2, 520, 9_001),  # p >= 512: slices packed once, shared by the row parts; 2 runs
         (1, 1100, 300),
-        (
-            1,
-            1100,
-            1_100,
-        ),  # 8 threads: 16 row parts in the AVX-512 shared driver (p / 256 = 4 below 3 threads)
+        (1, 1100, 1_100),  # 8 threads: 16 row parts in the AVX-512 shared driver (else 4)
         (1, 2048, 257),  # the largest p of the AVX2 kernel (2049 on: the OpenBLAS path)
     ],
 )
@@ -69,19 +78,13 @@ def level():
 def test_matches_float64_and_is_layout_and_thread_independent(level, simd, b, p, n):
     _core.set_simd_level(simd)
     x = _data(b, p, n, seed=p + n)
-    out = []
-    for threads in (1, 2, 3) + ((8,) if p >= 512 else ()):
-        flagcore.set_num_threads(threads)
-        out.append(_core.gram(x))
-    _check(out[0], x)
-    for g in out[1:]:
-        np.testing.assert_array_equal(g, out[0])
+    ref = _same_bits_for_threads(x, (1, 2, 3) + ((8,) if p >= 512 else ()))
     # the same rows anywhere in memory: a list of rows, a strided view
     wide = np.zeros((b, p, n + 5), np.float32)
     wide[:, :, 2 : n + 2] = x
-    np.testing.assert_array_equal(_core.gram(wide[:, :, 2 : n + 2]), out[0])
+    np.testing.assert_array_equal(_core.gram(wide[:, :, 2 : n + 2]), ref)
     if b == 1:
-        np.testing.assert_array_equal(_core.gram(list(x[0]))[0], out[0][0])
+        np.testing.assert_array_equal(_core.gram(list(x[0]))[0], ref[0])
 
 
 @pytest.fixture
@@ -108,14 +111,7 @@ def test_shared_driver_any_split_same_bits(shared, b, p, n):
     float32 accuracy class."""
     _core.set_simd_level("avx2")
     _core.set_gram_packed_shared("on")
-    x = _data(b, p, n, seed=p + 3 * n)
-    out = []
-    for threads in (1, 2, 3, 8):
-        flagcore.set_num_threads(threads)
-        out.append(_core.gram(x))
-    _check(out[0], x)
-    for g in out[1:]:
-        np.testing.assert_array_equal(g, out[0])
+    _same_bits_for_threads(_data(b, p, n, seed=p + 3 * n), (1, 2, 3, 8))
 
 
 def test_set_gram_packed_shared_refuses_unknown_modes():

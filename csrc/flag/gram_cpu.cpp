@@ -556,10 +556,10 @@ std::vector<int64_t> equal_work_cut(int64_t units, int64_t parts) {
   return bound;
 }
 
-// The row parts of the packed kernels' shared path with up to two threads: one up to p = 511, then
-// p / 256 up to 16 (shared_run_bounds gives more threads more parts).
-std::vector<int64_t> equal_work_bounds(int64_t p, int64_t units) {
-  return equal_work_cut(units, std::max<int64_t>(1, std::min<int64_t>({16, p / 256, units})));
+// How many row parts the AVX-512 packed kernel's driver cuts `units` strips into with up to two
+// threads: one up to p = 511, then p / 256 up to 16 (shared_run_bounds gives more threads more).
+[[maybe_unused]] int64_t packed_base_parts(int64_t p, int64_t units) {
+  return std::max<int64_t>(1, std::min<int64_t>({16, p / 256, units}));
 }
 
 // The row parts of a shared run (gram_shared_runs) given `base` parts: with more than two
@@ -621,11 +621,12 @@ bool gram_packed_impl(const float* const* rows, int64_t b, int64_t p, int64_t n,
     const int64_t items = b * item_group_count(b, p, (n + pk->kc - 1) / pk->kc);
     bound = equal_work_cut(strips, std::min<int64_t>(strips, (int64_t(num_threads()) + items - 1) / items));
   } else {
-    bound = equal_work_bounds(p, strips);
+    const int64_t base = packed_base_parts(p, strips);
     if (p >= kGramPackedSharedMinP) {
-      gram_packed_shared(rows, b, p, n, out, shared_run_bounds(strips, int64_t(bound.size()) - 1), *pk);
+      gram_packed_shared(rows, b, p, n, out, shared_run_bounds(strips, base), *pk);
       return true;
     }
+    bound = equal_work_cut(strips, base);
   }
   gram_items(
       rows, b, p, n, out, bound, pk->kc, true,
