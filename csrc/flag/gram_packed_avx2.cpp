@@ -84,12 +84,33 @@ struct Kernel {
   }
 
   // g[t * ldg + r] = (first) or += (otherwise) sum_k a[k * MR + r] * b[t][k * MR] (float32 over the
-  // slice, then float64) for t < ncols and r < nrows (nrows <= 8 when Half: the rows r < 8). The
-  // twelve accumulators are named variables (GCC kept an array of them in memory, storing each
-  // one back on every step); after the loop they go through an aligned buffer.
+  // slice, then float64) for t < ncols and r < nrows (nrows <= 8 when Half: the rows r < 8). A
+  // tile of at most 4 (2) columns, the last one of a row strip when p is not a multiple of 6,
+  // multiplies only 4 (2) of them: at p = 64 and 128 the padding columns were 5 % of the
+  // multiply-adds (ncols = 4 and 2). Measured (both variants in one process, alternating, 12
+  // rounds of 3 calls, 2 threads, ms, min / lower quartile, 6 columns vs narrow): p = 64 14.32 /
+  // 15.53 vs 14.14 / 14.79, 128 25.24 / 28.12 vs 24.14 / 26.33, 130 25.50 / 29.73 vs 24.74 /
+  // 27.99 (n = 4e5, 2e5, 2e5). The sums of the columns kept are the same operations: same bits.
   template <bool Half>
   static void tile(int64_t kc, const float* __restrict a, const float* const* b, double* __restrict g,
                    int64_t ldg, int nrows, int ncols, bool first, packed::Prefetch& pf) {
+    if (ncols > 4)
+      tile_cols<Half, 6>(kc, a, b, g, ldg, nrows, ncols, first, pf);
+    else if (ncols > 2)
+      tile_cols<Half, 4>(kc, a, b, g, ldg, nrows, ncols, first, pf);
+    else
+      tile_cols<Half, 2>(kc, a, b, g, ldg, nrows, ncols, first, pf);
+  }
+
+  // tile for ncols <= NC, multiplying NC columns. The twelve accumulators are named variables
+  // (GCC kept an array of them in memory, storing each one back on every step); after the loop
+  // they go through an aligned buffer. Not inlined: inlined, the six variants in one function
+  // left GCC too few registers, and the 16 x 6 loop read pointers from the stack on every step.
+  template <bool Half, int NC>
+  __attribute__((noinline)) static void tile_cols(int64_t kc, const float* __restrict a,
+                                                  const float* const* b, double* __restrict g, int64_t ldg,
+                                                  int nrows, int ncols, bool first, packed::Prefetch& pf) {
+    static_assert(NC == 2 || NC == 4 || NC == NR, "tile_cols: 2, 4 or NR columns");
     __m256 x0 = _mm256_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0;  // rows 0-7
     __m256 y0 = x0, y1 = x0, y2 = x0, y3 = x0, y4 = x0, y5 = x0;                   // rows 8-15
     const float* const b0 = b[0];
@@ -100,7 +121,7 @@ struct Kernel {
     const float* const b5 = b[5];
     int64_t count = pf.count;  // in a register
 #define FLAGCORE_COL(t)                                \
-  {                                                    \
+  if (t < NC) {                                        \
     const __m256 bt = _mm256_broadcast_ss(b##t + off); \
     x##t = _mm256_fmadd_ps(a0, bt, x##t);              \
     if (!Half) y##t = _mm256_fmadd_ps(a1, bt, y##t);   \
