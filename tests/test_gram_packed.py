@@ -87,6 +87,19 @@ def test_matches_float64_and_is_layout_and_thread_independent(level, simd, b, p,
         np.testing.assert_array_equal(_core.gram(list(x[0]))[0], ref[0])
 
 
+@pytest.mark.skipif(not AVX2, reason="the packed kernels need AVX2 or AVX-512")
+@pytest.mark.parametrize("simd", LEVELS)
+def test_every_last_tile_width_and_strip_phase(level, simd):
+    """The AVX2 kernel's 16-row strips start at r0 = 16 s, whose remainder modulo the 6-column
+    tiles (0, 4 or 2) sets where the strip's column tiles begin, and p modulo 6 sets how many
+    columns its last tile multiplies (6, 4 or 2): p from 37 (the first packed p) to 100 covers
+    every pair, against float64 and bitwise the same on 1, 2 and 3 threads (the row parts, so the
+    first strip of each part, move with the thread count)."""
+    _core.set_simd_level(simd)
+    for p in range(37, 101):
+        _same_bits_for_threads(_data(1, p, 300, seed=p), (1, 2, 3))
+
+
 @pytest.fixture
 def shared():
     yield
