@@ -116,7 +116,7 @@ if [ $build_rc = 0 ]; then
   step bench_flag_cuda 100 bench.log "$PY" bench/bench_flag_cuda.py --quick --repeat 10 --out "$out/flag_cuda.json"
   # The host's CPU Gram paths on all its cores (the GPU machine's host has AVX-512 and AMX, which
   # the build machines lack): the thirteenth session's shared-run split (gram_cpu.cpp,
-  # shared_run_bounds) is measured here; docs/scaling.md "Thirteenth session" has the run before it.
+  # shared_run_bounds) is measured here; docs/scaling_history.md "Thirteenth session" has the run before it.
   step cpu_gram_paths 120 bench.log "$PY" bench/bench_gram_paths.py \
     --sizes 64:1000000,256:200000,1024:50000,4096:10000 --repeat 3 --out "$out/gram_paths.json"
   # The same on 2 threads (the build machines' count, where the kernels' thresholds were tuned):

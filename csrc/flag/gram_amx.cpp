@@ -45,8 +45,8 @@ constexpr int64_t kPrefetchTiles = 2;
 // 224 44.9 vs 38.5-41.8, 512 85.5-86.6 vs 71.9-72.5 (slower: two packed slices and the float64
 // result no longer fit in L2). Packing in smaller pieces (2, 4 or 8 rows, or the transposes
 // apart; six calls per k-block iteration), faster (2x, 4x) at the start of the slice, or
-// deferring each block's float64 update into the next block: slower (docs/scaling.md, "Ninth
-// session").
+// deferring each block's float64 update into the next block: slower (docs/scaling_history.md,
+// "Ninth session").
 constexpr int64_t kPackAheadMaxTiles = 8;
 
 // The palette-1 configuration: tiles 0-7 of 16 rows x 64 bytes.
