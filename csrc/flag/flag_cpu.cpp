@@ -1,12 +1,16 @@
 #include "flag/flag_cpu.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <sstream>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -23,13 +27,16 @@
 namespace flagcore {
 namespace {
 
-void check_params(int64_t p, const FlagParams& prm) {
-  FLAGCORE_CHECK_ARG(p >= 1, "flag_irls: p must be >= 1, got " << p);
-  FLAGCORE_CHECK_ARG(p <= 46340, "flag_irls: p must be <= 46340 (p * p must fit an int), got " << p);
-  FLAGCORE_CHECK_ARG(prm.r >= 1, "flag_irls: r must be >= 1, got " << prm.r);
-  FLAGCORE_CHECK_ARG(prm.max_iter >= 1, "flag_irls: max_iter must be >= 1, got " << prm.max_iter);
+// fn: the entry point named in the error (the caller's).
+void check_params(int64_t p, const FlagParams& prm, const char* fn = "flag_irls") {
+  FLAGCORE_CHECK_ARG(p >= 1, fn << ": p must be >= 1, got " << p);
+  FLAGCORE_CHECK_ARG(p <= 46340, fn << ": p must be <= 46340 (p * p must fit an int), got " << p);
+  FLAGCORE_CHECK_ARG(prm.r >= 1, fn << ": r must be >= 1, got " << prm.r);
+  // the objective history holds max_iter + 1 values (the Python API's bound too)
+  FLAGCORE_CHECK_ARG(prm.max_iter >= 1 && prm.max_iter <= kFlagMaxIter,
+                     fn << ": max_iter must be in [1, " << kFlagMaxIter << "], got " << prm.max_iter);
   FLAGCORE_CHECK_ARG(prm.lam >= 0.0 && prm.lam <= kFlagMaxLam,
-                     "flag_irls: lam must be in [0, " << kFlagMaxLam << "], got " << prm.lam);
+                     fn << ": lam must be in [0, " << kFlagMaxLam << "], got " << prm.lam);
 }
 
 // Per-problem outputs; the objective goes to `obj` (capacity `cap`).
@@ -85,7 +92,7 @@ struct Scratch {
 // the threads left over when there are fewer problems than threads, at least the problem's own.
 int inner_threads(int64_t b) {
   const int nt = num_threads();
-  return b >= nt ? 1 : static_cast<int>(nt / b);
+  return b <= 0 || b >= nt ? 1 : static_cast<int>(nt / b);  // b = 0: an empty batch, no work
 }
 
 // One problem on this thread; its objective history (the steps taken) into hist.
@@ -109,20 +116,33 @@ void run_one(const double* gram, int p, const FlagParams& prm, const FlagIrlsOut
   hist.assign(ob, ob + (used < cap ? used : cap));
 }
 
-// A reusable barrier for the team emulation (C++17 has no std::barrier).
+// A reusable barrier for the team emulation (C++17 has no std::barrier). abort() releases every
+// waiter, now and later, with BarrierAborted: a team that lost a member (a thread that could not
+// be started, an exception, Ctrl-C) must not wait for it forever.
+struct BarrierAborted : std::exception {
+  const char* what() const noexcept override { return "flagcore: team barrier aborted"; }
+};
+
 class Barrier {
  public:
   explicit Barrier(int n) : n_(n) {}
   void wait() {
     std::unique_lock<std::mutex> lock(mu_);
+    if (aborted_) throw BarrierAborted();
     const long gen = gen_;
     if (++count_ == n_) {
       count_ = 0;
       ++gen_;
       cv_.notify_all();
     } else {
-      cv_.wait(lock, [&] { return gen_ != gen; });
+      cv_.wait(lock, [&] { return gen_ != gen || aborted_; });
+      if (gen_ == gen) throw BarrierAborted();
     }
+  }
+  void abort() {
+    std::lock_guard<std::mutex> lock(mu_);
+    aborted_ = true;
+    cv_.notify_all();
   }
 
  private:
@@ -131,6 +151,7 @@ class Barrier {
   int n_;
   int count_ = 0;
   long gen_ = 0;
+  bool aborted_ = false;
 };
 
 // Its threads leave a barrier together only when none throws: poll() is a no-op.
@@ -174,8 +195,11 @@ void flag_irls_planned_cpu(const double* gram, int64_t b, const int64_t* ps, con
 void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, const FlagParams& prm,
                                   FlagIrlsOut info, ObjectiveHistory& hist, int threads) {
   check_params(p, prm);
-  FLAGCORE_CHECK_ARG(threads >= 1 && threads <= 1024,
-                     "flag_irls_team_emulation: threads must be in [1, 1024], got " << threads);
+  // at most a CUDA block's usual size: every member is an OS thread with its own stack, and with
+  // 1024 of them under an address-space limit glibc aborted the process when a started member
+  // could not get its thread-local storage (a failure no caller can catch)
+  FLAGCORE_CHECK_ARG(threads >= 1 && threads <= 256,
+                     "flag_irls_team_emulation: threads must be in [1, 256], got " << threads);
   const int64_t cap = int64_t(prm.max_iter) + 1;
   std::vector<double> work(static_cast<size_t>(flag_irls_workspace(p)));
   std::vector<double> obj(static_cast<size_t>(cap));
@@ -183,13 +207,56 @@ void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, cons
   for (int64_t q = 0; q < b; ++q) {
     check_cancel();
     Barrier bar(threads);
-    std::vector<std::thread> pool;
-    for (int r = 0; r < threads; ++r)
-      pool.emplace_back([&, r] {
+    std::mutex mu;
+    std::condition_variable cv;
+    int done = 0;
+    std::exception_ptr err;  // the first member's exception
+    const auto member = [&](int r) {
+      try {
         flag_irls(ThreadTeam{r, threads, &bar}, gram + q * p * p, static_cast<int>(p), prm, work.data(),
                   slice(info, q * p, q, obj.data(), cap));
-      });
+      } catch (...) {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          if (!err) err = std::current_exception();
+        }
+        bar.abort();
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      ++done;
+      cv.notify_all();
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(threads));
+    // Every exit joins the members started so far: a thread that cannot be started (resource
+    // limits) or a Ctrl-C (polled while the members run) aborts the barrier first.
+    const auto stop_all = [&] {
+      bar.abort();
+      for (auto& th : pool) th.join();
+    };
+    try {
+      for (int r = 0; r < threads; ++r) pool.emplace_back(member, r);
+    } catch (const std::system_error& e) {
+      stop_all();
+      std::ostringstream os;
+      os << "flag_irls_team_emulation: could not start thread " << pool.size() + 1 << " of " << threads
+         << " (" << e.what() << ")";
+      throw std::runtime_error(os.str());
+    }
+    try {
+      std::unique_lock<std::mutex> lock(mu);
+      while (done < threads) {
+        cv.wait_for(lock, std::chrono::milliseconds(20));
+        lock.unlock();
+        check_cancel();
+        lock.lock();
+      }
+    } catch (...) {
+      stop_all();
+      throw;
+    }
     for (auto& th : pool) th.join();
+    if (err) std::rethrow_exception(err);
     hist[static_cast<size_t>(q)].assign(obj.begin(), obj.begin() + (info.iterations[q] + 1));
   }
 }
@@ -197,10 +264,11 @@ void flag_irls_team_emulation_cpu(const double* gram, int64_t b, int64_t p, cons
 template <typename T>
 void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const FlagParams& prm, T* out,
                         FlagIrlsOut info, ObjectiveHistory& hist) {
-  check_params(p, prm);
-  std::vector<double> gram(static_cast<size_t>(b * p * p));
-  gram_cpu<T>(rows, b, p, n, gram.data());
-  flag_irls_batch_cpu(gram.data(), b, p, prm, info, hist);
+  check_params(p, prm, "flag_aggregate");
+  const auto gram = uninit_array<double>(b * p * p);
+  fill_parallel(gram.get(), b * p * p, 0.0);
+  gram_cpu<T>(rows, b, p, n, gram.get());
+  flag_irls_batch_cpu(gram.get(), b, p, prm, info, hist);
   weighted_sum_cpu<T>(rows, info.coef, b, p, n, out);
 }
 
@@ -218,21 +286,23 @@ void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const in
     col0[q + 1] = col0[q] + ns[q];
     g0[q + 1] = g0[q] + ps[q] * ps[q];
   }
-  std::vector<double> gram(static_cast<size_t>(g0[b]));
-  // Each problem's Gram is itself parallel over column parts; the problems go in order.
+  // every layer's parameters are checked before the Grams' memory is taken
   for (int64_t q = 0; q < b; ++q) {
     FlagParams pq = prm;
     if (rs != nullptr) pq.r = rs[q];
-    check_params(ps[q], pq);
+    check_params(ps[q], pq, "flag_aggregate_layers");
   }
-  for (int64_t q = 0; q < b; ++q) gram_cpu<T>(rows + row0[q], 1, ps[q], ns[q], gram.data() + g0[q]);
+  const auto gram_buf = uninit_array<double>(g0[b]);
+  fill_parallel(gram_buf.get(), g0[b], 0.0);
+  // Each problem's Gram is itself parallel over column parts; the problems go in order.
+  for (int64_t q = 0; q < b; ++q) gram_cpu<T>(rows + row0[q], 1, ps[q], ns[q], gram_buf.get() + g0[q]);
   hist.assign(static_cast<size_t>(b), {});
   const int inner = inner_threads(b);
   parallel_for(static_cast<size_t>(b), [&](size_t qi) {
     const int64_t q = static_cast<int64_t>(qi);
     FlagParams pq = prm;
     if (rs != nullptr) pq.r = rs[q];
-    run_one(gram.data() + g0[q], static_cast<int>(ps[q]), pq, info, row0[q], q, hist[qi], inner);
+    run_one(gram_buf.get() + g0[q], static_cast<int>(ps[q]), pq, info, row0[q], q, hist[qi], inner);
   });
   for (int64_t q = 0; q < b; ++q)
     weighted_sum_cpu<T>(rows + row0[q], info.coef + row0[q], 1, ps[q], ns[q], out + col0[q]);

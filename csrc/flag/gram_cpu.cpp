@@ -106,10 +106,14 @@ void sum_and_mirror(const double* partial, int64_t parts, int64_t part_stride, i
   constexpr int64_t kB = 32;
   const int64_t nb = (p + kB - 1) / kB;
   const auto run = [&](const std::function<void(size_t)>& fn) {
+    const auto task = [&](size_t t) {
+      check_cancel();
+      fn(t);
+    };
     if (p >= kParallelSumMinP)
-      parallel_for(static_cast<size_t>(nb), fn);
+      parallel_for(static_cast<size_t>(nb), task);
     else
-      for (size_t t = 0; t < static_cast<size_t>(nb); ++t) fn(t);
+      for (size_t t = 0; t < static_cast<size_t>(nb); ++t) task(t);
   };
   for (int64_t q = 0; q < b; ++q) {
     check_cancel();
@@ -262,8 +266,10 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int64_t groups = group_count(b, p, chunks);
   // groups == 1: accumulate straight into out
-  std::vector<double> partial(groups > 1 ? static_cast<size_t>(groups * b * pp) : 0, 0.0);
-  if (groups == 1) std::fill(out, out + b * pp, 0.0);
+  const int64_t partial_n = groups > 1 ? groups * b * pp : 0;
+  const auto partial = uninit_array<double>(partial_n);
+  fill_parallel(partial.get(), partial_n, 0.0);
+  if (groups == 1) fill_parallel(out, b * pp, 0.0);
   std::vector<int64_t> ld(static_cast<size_t>(b));
   std::vector<char> direct(static_cast<size_t>(b));
   for (int64_t q = 0; q < b; ++q)
@@ -280,7 +286,7 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
     const int ni = static_cast<int>(std::min<int64_t>(kTile, p - i0));
     const int nj = static_cast<int>(std::min<int64_t>(kTile, p - j0));
     const bool diag = i0 == j0;
-    double* acc = groups > 1 ? partial.data() + (g * b + q) * pp : out + q * pp;
+    double* acc = groups > 1 ? partial.get() + (g * b + q) * pp : out + q * pp;
     const T* const* rq = rows + q * p;
     thread_local BlasScratch<T> sc;
     if (sc.c.size() < size_t(kTile) * kTile) sc.c.resize(size_t(kTile) * kTile);
@@ -327,7 +333,7 @@ void gram_blas_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, doubl
       }
     }
   });
-  sum_and_mirror(groups > 1 ? partial.data() : nullptr, groups, b * pp, pp, false, b, p, out);
+  sum_and_mirror(groups > 1 ? partial.get() : nullptr, groups, b * pp, pp, false, b, p, out);
 }
 
 // ---- Packed AVX-512 path (float32, p > kGramBlasMinP, CPUs with AVX-512) ----
@@ -405,7 +411,7 @@ void gram_shared_runs(const float* const* rows, int64_t b, int64_t p, int64_t n,
     // the parts write straight into gq's triangle, their own rows or columns of it: the first
     // slice stores, the later ones add
     if (runs == 0) {
-      std::fill(gq, gq + pp, 0.0);
+      fill_parallel(gq, pp, 0.0);
       continue;
     }
     parallel_for(static_cast<size_t>(slices_of(0) * pack_tasks),
@@ -595,7 +601,7 @@ void gram_items(
   AlignedArray<double> own;
   double* partial = group_partials(static_cast<size_t>((groups - 1) * b * pp), own);
   // no slice (n == 0): zeros
-  if (slices == 0) std::fill(out, out + b * pp, 0.0);
+  if (slices == 0) fill_parallel(out, b * pp, 0.0);
   parallel_for(static_cast<size_t>(b * parts * groups), [&](size_t t) {
     const int64_t g = static_cast<int64_t>(t) % groups;
     const int64_t part = (static_cast<int64_t>(t) / groups) % parts;

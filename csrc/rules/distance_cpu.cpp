@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/cancel.hpp"
+#include "common/check.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "rules/coordinate.hpp"
@@ -66,7 +67,7 @@ struct Exact {
 
 // Krum scores of the workers in `cand` against the other workers in `cand`: the sum of the nb
 // smallest squared distances (rounded once).
-void krum_scores(const std::vector<double>& D, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff,
+void krum_scores(const double* D, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff,
                  std::vector<double>& score) {
   const int64_t c = static_cast<int64_t>(cand.size());
   const int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
@@ -95,12 +96,15 @@ int64_t mark_nonfinite(const double* G, int64_t p, uint8_t* excluded) {
   return pe;
 }
 
+// Rows on flagcore's threads (each entry its own, so any thread count gives the same D), Ctrl-C
+// polled between row blocks: on one thread, without polling, p = 12000 took seconds.
 void squared_distances(const double* G, int64_t p, double* D) {
-  for (int64_t i = 0; i < p; ++i)
+  for_rows(p, p, [&](int64_t i) {
     for (int64_t j = 0; j < p; ++j) {
       const double d = G[i * p + i] + G[j * p + j] - 2.0 * G[i * p + j];
       D[i * p + j] = i == j ? 0.0 : (d > 0.0 ? d : 0.0);
     }
+  });
 }
 
 void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, double* scores,
@@ -110,11 +114,11 @@ void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, do
   std::fill(selected, selected + p, uint8_t(0));
   std::fill(scores, scores + p, std::nan(""));
   if (pe == 0) return;
-  std::vector<double> D(static_cast<size_t>(p * p));
-  squared_distances(G, p, D.data());
+  const auto D = uninit_array<double>(p * p);  // written in full
+  squared_distances(G, p, D.get());
   const std::vector<int64_t> act = active_list(excluded, p);
   std::vector<double> sc;
-  krum_scores(D, p, act, f_effective(f, p, pe), sc);
+  krum_scores(D.get(), p, act, f_effective(f, p, pe), sc);
   std::vector<int64_t> order(act.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sc[a] < sc[b]; });
@@ -132,8 +136,8 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
   if (pe == 0) return 0;
   const int64_t f_eff = f_effective(f, p, pe);
   const int64_t theta = std::max<int64_t>(1, pe - 2 * f_eff);
-  std::vector<double> D(static_cast<size_t>(p * p));
-  squared_distances(G, p, D.data());
+  const auto D = uninit_array<double>(p * p);  // written in full
+  squared_distances(G, p, D.get());
   const std::vector<int64_t> act = active_list(excluded, p);
   const int64_t c = pe;
   // ord[a]: the other active workers (local indices) by ascending distance to a (ties: lower
@@ -142,15 +146,16 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
   // the place of the last of them. Removing a worker r and shrinking nb by one changes the
   // score by one term: r's own if r was counted, else the last counted one; `last` only moves
   // towards the front, so all the updates cost O(c^2) in total.
-  const int64_t w = c - 1;  // list length
-  std::vector<int32_t> ord(static_cast<size_t>(c * std::max<int64_t>(w, 1)));
-  std::vector<int32_t> pos(static_cast<size_t>(c * c), -1);
+  const int64_t w = c - 1;                                              // list length
+  const auto ord = uninit_array<int32_t>(c * std::max<int64_t>(w, 1));  // each row written in full
+  const auto pos = uninit_array<int32_t>(c * c);
+  fill_parallel(pos.get(), c * c, int32_t(-1));
   std::vector<Exact> score(static_cast<size_t>(c));
   std::vector<int64_t> last(static_cast<size_t>(c));
   int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
   for_rows(c, c * 16, [&](int64_t a) {
-    const double* Da = D.data() + act[a] * p;
-    int32_t* o = ord.data() + a * w;
+    const double* Da = D.get() + act[a] * p;
+    int32_t* o = ord.get() + a * w;
     int64_t j = 0;
     for (int64_t b = 0; b < c; ++b)
       if (b != a) o[j++] = static_cast<int32_t>(b);
@@ -181,8 +186,8 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
     nb = nb_new;
     for (int64_t a = 0; a < c; ++a) {
       if (gone[a]) continue;
-      const int32_t* o = ord.data() + a * w;
-      const double* Da = D.data() + act[a] * p;
+      const int32_t* o = ord.get() + a * w;
+      const double* Da = D.get() + act[a] * p;
       const int64_t pr = pos[a * c + best];
       int64_t& l = last[a];
       if (pr <= l) {
@@ -202,6 +207,8 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
 
 void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter, double* coef,
                           uint8_t* excluded, int64_t* iterations, uint8_t* converged, double* objective) {
+  FLAGCORE_CHECK_ARG(nu > 0.0, "geometric_median: nu must be > 0, got " << nu);  // NaN fails too
+  FLAGCORE_CHECK_ARG(tol >= 0.0, "geometric_median: tol must be >= 0, got " << tol);
   const int64_t pe = mark_nonfinite(G, p, excluded);
   std::fill(coef, coef + p, 0.0);
   *iterations = 0;
@@ -314,6 +321,8 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
 
 void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t iterations, double* coef,
                            uint8_t* excluded) {
+  FLAGCORE_CHECK_ARG(tau > 0.0, "centered_clipping: tau must be > 0, got " << tau);  // NaN fails too
+  FLAGCORE_CHECK_ARG(iterations >= 0, "centered_clipping: iterations must be >= 0, got " << iterations);
   const int64_t q = p + 1;  // the reference is row p
   int64_t pe = 0;
   for (int64_t i = 0; i < p; ++i) {
@@ -355,12 +364,14 @@ void centered_clipping_cpu(const double* G, int64_t p, double tau, int64_t itera
 }
 
 void nnm_matrix_cpu(const double* G, int64_t p, int64_t f, double* M, uint8_t* excluded) {
+  // f >= p would leave a worker no neighbour to average (k = p - f <= 0)
+  FLAGCORE_CHECK_ARG(f >= 0 && f < p, "nnm_matrix: f must be in [0, p - 1 = " << p - 1 << "], got " << f);
   const int64_t pe = mark_nonfinite(G, p, excluded);
-  std::fill(M, M + p * p, 0.0);
+  fill_parallel(M, p * p, 0.0);
   if (pe == 0) return;
   const int64_t k = pe - f_effective(f, p, pe);
-  std::vector<double> D(static_cast<size_t>(p * p));
-  squared_distances(G, p, D.data());
+  const auto D = uninit_array<double>(p * p);  // written in full
+  squared_distances(G, p, D.get());
   const std::vector<int64_t> act = active_list(excluded, p);
   // The k nearest as a set (their order does not matter): a selection by (distance, index),
   // i.e. the first k of a stable sort, in O(pe) per row.
