@@ -202,7 +202,8 @@ Rows<T> make_rows(const py::object& x) {
 FlagParams make_params(int64_t r, double lam, int max_iter, double eps, double tol,
                        const std::string& scale) {
   FLAGCORE_CHECK_ARG(r >= 1, "FlagParams: r must be >= 1, got " << r);
-  FLAGCORE_CHECK_ARG(max_iter >= 1, "FlagParams: max_iter must be >= 1, got " << max_iter);
+  FLAGCORE_CHECK_ARG(max_iter >= 1 && max_iter <= kFlagMaxIter,
+                     "FlagParams: max_iter must be in [1, " << kFlagMaxIter << "], got " << max_iter);
   FLAGCORE_CHECK_ARG(lam >= 0.0 && lam <= kFlagMaxLam,
                      "FlagParams: lam must be in [0, " << kFlagMaxLam << "], got " << lam);
   FLAGCORE_CHECK_ARG(eps > 0.0, "FlagParams: eps must be > 0, got " << eps);
@@ -615,6 +616,10 @@ void register_rules(py::module_& m) {
         FLAGCORE_CHECK_ARG(pe >= 1 && pe <= kMaxNetwork,
                            "coordinate_network: pe must be in [1, " << kMaxNetwork << "], got " << pe);
         check_coord_rule(rule, "coordinate_network");
+        FLAGCORE_CHECK_ARG(t >= 0 && t <= pe,
+                           "coordinate_network: t must be in [0, pe = " << pe << "], got " << t);
+        FLAGCORE_CHECK_ARG(k >= 0 && k <= pe,
+                           "coordinate_network: k must be in [0, pe = " << pe << "], got " << k);
         CoordCounts c;
         c.pe = pe;
         c.t = t;

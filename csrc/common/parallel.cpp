@@ -23,13 +23,21 @@
 namespace flagcore {
 namespace {
 
+// FLAGCORE_NUM_THREADS, read once (the first call), as `import flagcore` checked it
+// (python/flagcore/_backend.py: an integer in [0, 1024], else a ValueError at import): a value set
+// later, or one that is not such an integer, changes nothing (it used to be re-read by every call,
+// and "5000" became 1024, "7xyz" 7). Unset or 0: the hardware's threads, at most kMaxThreads.
 int default_threads() {
-  if (const char* env = std::getenv("FLAGCORE_NUM_THREADS")) {
-    int v = std::atoi(env);
-    if (v > 0) return std::min(v, kMaxThreads);
-  }
-  unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : std::min(static_cast<int>(hc), kMaxThreads);
+  static const int threads = [] {
+    if (const char* env = std::getenv("FLAGCORE_NUM_THREADS")) {
+      char* end = nullptr;
+      const long v = std::strtol(env, &end, 10);
+      if (end != env && *end == '\0' && v > 0 && v <= kMaxThreads) return static_cast<int>(v);
+    }
+    const unsigned hc = std::thread::hardware_concurrency();
+    return hc == 0 ? 1 : std::min(static_cast<int>(hc), kMaxThreads);
+  }();
+  return threads;
 }
 
 std::atomic<int> g_threads{0};

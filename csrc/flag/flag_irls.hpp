@@ -70,6 +70,9 @@ constexpr int kJacobiMaxP = 32;
 // Largest lam accepted: mu^2 = (lam / (p (p - 1)))^2 and the pair weights mu^2 / sqrt(eps) must
 // stay finite in float64 (above ~1e155 mu^2 overflows and every weight becomes Inf).
 constexpr double kFlagMaxLam = 1e150;
+// Largest max_iter accepted (the Python API's bound): the objective history holds max_iter + 1
+// values, and a larger cap would only reserve memory that no run of steps reaches.
+constexpr int kFlagMaxIter = 1000000;
 
 // Scratch doubles for one problem: 10 p x p matrices, 4 vectors, the Jacobi scratch, one vector
 // of per-row partial sums and a few scalars.

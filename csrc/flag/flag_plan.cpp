@@ -6,13 +6,32 @@
 namespace flagcore {
 namespace {
 
+// Sizes in int64 with overflow refused (2^62 workers gave negative byte counts, and a
+// 1-byte workspace was then accepted).
+int64_t mul(int64_t a, int64_t b) {
+  int64_t r = 0;
+  FLAGCORE_CHECK_ARG(!__builtin_mul_overflow(a, b, &r),
+                     "flag_cuda_plan: sizes too large (" << a << " * " << b << " overflows int64)");
+  return r;
+}
+int64_t add(int64_t a, int64_t b) {
+  int64_t r = 0;
+  FLAGCORE_CHECK_ARG(!__builtin_add_overflow(a, b, &r),
+                     "flag_cuda_plan: sizes too large (" << a << " + " << b << " overflows int64)");
+  return r;
+}
+
 int64_t align256(int64_t x) {
-  return (x + 255) / 256 * 256;
+  return add(x, 255) / 256 * 256;
+}
+
+void check_p(int64_t p) {
+  FLAGCORE_CHECK_ARG(p <= kCudaMaxP,
+                     "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << p);
 }
 
 void finish(FlagCudaPlan& pl) {
-  FLAGCORE_CHECK_ARG(pl.p_max <= kCudaMaxP,
-                     "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << pl.p_max);
+  check_p(pl.p_max);
   pl.irls_on_host = pl.p_max > kJacobiMaxP;
   pl.irls_ws_each = pl.irls_on_host ? 0 : flag_irls_workspace(pl.p_max);
   pl.irls_smem = !pl.irls_on_host && pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;
@@ -20,18 +39,18 @@ void finish(FlagCudaPlan& pl) {
   int64_t o = 0;
   auto take = [&](int64_t bytes) {
     const int64_t at = o;
-    o = align256(o + bytes);
+    o = align256(add(o, bytes));
     return at;
   };
-  pl.off_gram = take(pl.gram * 8);
-  pl.off_partials = take(pl.partials * 8);
-  pl.off_irls = take(pl.irls_smem ? 0 : pl.b * pl.irls_ws_each * 8);
-  pl.off_coef = take(pl.rows * 8);
-  pl.off_weights = take(pl.rows * 8);
-  pl.off_ratios = take(pl.rows * 8);
-  pl.off_objective = take(pl.b * pl.objective_steps * 8);
-  pl.off_iterations = take(pl.b * 4);
-  pl.off_rank = take(pl.b * 4);
+  pl.off_gram = take(mul(pl.gram, 8));
+  pl.off_partials = take(mul(pl.partials, 8));
+  pl.off_irls = take(pl.irls_smem ? 0 : mul(mul(pl.b, pl.irls_ws_each), 8));
+  pl.off_coef = take(mul(pl.rows, 8));
+  pl.off_weights = take(mul(pl.rows, 8));
+  pl.off_ratios = take(mul(pl.rows, 8));
+  pl.off_objective = take(mul(mul(pl.b, pl.objective_steps), 8));
+  pl.off_iterations = take(mul(pl.b, 4));
+  pl.off_rank = take(mul(pl.b, 4));
   pl.off_excluded = take(pl.rows);
   pl.off_rejected = take(pl.b);
   pl.bytes = o;
@@ -60,11 +79,12 @@ FlagCudaPlan flag_cuda_plan(const int64_t* ps, const int64_t* ns, int64_t b, int
       m[5] = pl.partials;
       m[6] = pl.cols;
     }
-    pl.rows += p;
-    pl.cols += n;
-    pl.gram += p * p;
-    pl.parts += gram_parts(n);
-    pl.partials += gram_parts(n) * tri(p);
+    check_p(p);
+    pl.rows = add(pl.rows, p);
+    pl.cols = add(pl.cols, n);
+    pl.gram = add(pl.gram, p * p);
+    pl.parts = add(pl.parts, gram_parts(n));
+    pl.partials = add(pl.partials, mul(gram_parts(n), tri(p)));
     if (p > pl.p_max) pl.p_max = p;
     if (p < pl.p_min) pl.p_min = p;
   }
@@ -80,11 +100,12 @@ FlagCudaPlan flag_cuda_plan_uniform(int64_t b, int64_t p, int64_t n, int max_ite
   pl.b = b;
   pl.max_iter = max_iter;
   pl.p_max = pl.p_min = p;
-  pl.rows = b * p;
-  pl.cols = b * n;
-  pl.gram = b * p * p;
-  pl.parts = b * gram_parts(n);
-  pl.partials = pl.parts * tri(p);
+  check_p(p);
+  pl.rows = mul(b, p);
+  pl.cols = mul(b, n);
+  pl.gram = mul(b, p * p);
+  pl.parts = mul(b, gram_parts(n));
+  pl.partials = mul(pl.parts, tri(p));
   finish(pl);
   return pl;
 }

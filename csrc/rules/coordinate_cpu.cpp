@@ -192,7 +192,7 @@ std::vector<std::pair<int, int>> coordinate_network(int pe, CoordRule rule, Coor
   if (rule == CoordRule::median) {
     need[(pe - 1) / 2] = need[pe / 2] = 1;
   } else if (rule == CoordRule::trimmed_mean) {
-    for (int i = c.t; i < pe - c.t; ++i) need[i] = 1;
+    for (int i = std::max(c.t, 0); i < std::min(pe, pe - c.t); ++i) need[i] = 1;  // inside [0, pe) always
   } else {
     std::fill(need.begin(), need.end(), 1);
   }

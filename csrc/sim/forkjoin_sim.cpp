@@ -1032,6 +1032,9 @@ void validate(const ForkJoinConfig& c) {
       break;
     case ServiceKind::empirical:
       FLAGCORE_CHECK_ARG(!c.empirical.empty(), "simulate: empirical service needs at least one value");
+      for (const double v : c.empirical)
+        FLAGCORE_CHECK_ARG(std::isfinite(v) && v >= 0.0,
+                           "simulate: empirical service times must be finite and >= 0, got " << v);
       break;
     default:
       FLAGCORE_CHECK_ARG(false, "simulate: unknown service kind " << int(c.service));
@@ -1209,9 +1212,38 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
 
 void sample_service_cpu(ServiceKind kind, double param, const double* table, uint64_t table_size,
                         uint64_t seed, uint64_t stream, int64_t count, double* out) {
+  // the parameters simulate() accepts (validate above): a Pareto alpha <= 1 gave negative
+  // "unit-mean" samples, a gamma shape <= 0 NaN
+  switch (kind) {
+    case ServiceKind::gamma:
+    case ServiceKind::lognormal:
+      FLAGCORE_CHECK_ARG(param > 0 && std::isfinite(param),
+                         "sim_sample: parameter must be positive, got " << param);
+      break;
+    case ServiceKind::pareto:
+      FLAGCORE_CHECK_ARG(param > 1 && std::isfinite(param),
+                         "sim_sample: Pareto alpha must be > 1, got " << param);
+      break;
+    case ServiceKind::empirical:
+      FLAGCORE_CHECK_ARG(table_size > 0, "sim_sample: empirical needs a table");
+      for (uint64_t i = 0; i < table_size; ++i)
+        FLAGCORE_CHECK_ARG(std::isfinite(table[i]) && table[i] >= 0.0,
+                           "sim_sample: table values must be finite and >= 0, got " << table[i]);
+      break;
+    default:
+      break;
+  }
+  FLAGCORE_CHECK_ARG(count >= 0, "sim_sample: count must be >= 0, got " << count);
   Rng rng(seed, stream);
   const ServiceSampler sampler{kind, param, table, table_size};
-  for (int64_t i = 0; i < count; ++i) out[i] = sampler(rng);
+  // Ctrl-C every 2^16 samples (4e8 samples ran 48 s without a check); the draws are those of one
+  // uninterrupted loop
+  constexpr int64_t kCheck = int64_t(1) << 16;
+  for (int64_t i0 = 0; i0 < count; i0 += kCheck) {
+    check_cancel();
+    const int64_t i1 = std::min(count, i0 + kCheck);
+    for (int64_t i = i0; i < i1; ++i) out[i] = sampler(rng);
+  }
 }
 
 void det_log_cpu(const double* x, int64_t count, double* out) {
