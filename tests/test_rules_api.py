@@ -114,6 +114,35 @@ def test_pre_aggregation_excludes_nonfinite_before_mixing():
     assert np.isfinite(got).all()
 
 
+@pytest.mark.parametrize("pre", ["clipping", "arc"])
+@pytest.mark.parametrize("rule", ["mean", "median", "trimmed_mean", "bulyan", "flag"])
+def test_clipping_first_excludes_nonfinite_workers(pre, rule):
+    # A NaN worker kept factor 1 in the clipping step (its norm from the zeroed Gram is 0), so its
+    # row entered every mixed row and 0 * NaN made the aggregate all zeros. The rule must see the
+    # finite workers only, clipped; the NaN worker's column of the mixing matrix is 0.
+    x = ref.make_gradients(7, 30, seed=21, dtype=np.float64)
+    bad = x.copy()
+    bad[3, 5] = np.nan
+    kw: dict = {"f": 1} if rule in ("trimmed_mean", "bulyan") else {}
+    if rule == "flag":
+        kw["r"] = 3  # the default r follows p (7 here, 6 below)
+    if pre == "clipping":
+        kw["c"] = float(np.median(np.linalg.norm(x, axis=1)))
+    else:
+        kw["f"] = 1
+    got, info = flagcore.aggregate(bad, rule, pre=pre, return_info=True, **kw)
+    assert info.excluded.tolist() == [i == 3 for i in range(7)]
+    assert np.isfinite(got).all() and np.abs(got).max() > 0
+    assert not np.asarray(info.mixing)[..., 3].any()
+    # the same as the rule on the six finite workers (f counts the excluded worker)
+    rest = np.delete(x, 3, axis=0)
+    kw_rest = dict(kw)
+    if "f" in kw_rest:
+        kw_rest["f"] = kw["f"] - 1
+    want = flagcore.aggregate(rest, rule, pre=pre, **kw_rest)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
 def test_errors_name_the_function_and_argument():
     x = np.ones((7, 4))
     with pytest.raises(ValueError, match=r"aggregate: rule must be one of .*got 'krumm'"):
@@ -142,6 +171,27 @@ def test_errors_name_the_function_and_argument():
         ValueError, match=r"aggregate: pre-aggregation 'nnm' needs p > 2f, got p = 7, f = 4"
     ):
         flagcore.aggregate(x, "mean", f=4, pre="nnm")
+
+
+def test_more_bad_inputs_get_named_errors():
+    x = np.ones((7, 4))
+    # c without pre used to be ignored silently (with pre="nnm" it was refused)
+    with pytest.raises(TypeError, match=r"aggregate: c \(the clipping threshold\) is only used"):
+        flagcore.aggregate(x, "mean", c=1e-3)
+    # a reference that is no number: numpy's bare conversion error before
+    for rule, kw in (("fltrust", {}), ("centered_clipping", {"tau": 1.0})):
+        with pytest.raises(ValueError, match=r"aggregate: reference must be a numeric array"):
+            flagcore.aggregate(x, rule, reference=np.array(["a"] * 4), **kw)
+    # more workers than the coordinate-wise rules take: named by the rule, not the native call
+    with pytest.raises(ValueError, match=r"median: gradients may hold at most 65536 workers"):
+        flagcore.aggregate(np.zeros((65537, 1), np.float32), "median")
+
+
+def test_signguard_on_no_coordinates_returns_an_empty_aggregate():
+    # n = 0 is an empty aggregate for every rule; signguard raised numpy's sampling error
+    x = np.zeros((7, 0))
+    assert flagcore.aggregate(x, "signguard", f=1).shape == (0,)
+    assert flagcore.aggregate(x, "mean").shape == (0,)
 
 
 def test_device_path_matches_native(monkeypatch):

@@ -202,14 +202,19 @@ def as_reference(ref: Any, st: Any, fn: str) -> Any:
     """A reference vector ((n,) / (b, n), or one gradient's shape for list input) as a (b, n)
     float64 numpy array, or a float64 torch tensor on the stack's device; must be finite."""
     r: Any
-    if st.on_cpu:
-        if is_torch_tensor(ref):
-            ref = ref.detach().cpu().numpy()
-        r = np.asarray(ref, dtype=np.float64)
-    else:
-        import torch
+    try:
+        if st.on_cpu:
+            if is_torch_tensor(ref):
+                ref = ref.detach().cpu().numpy()
+            r = np.asarray(ref, dtype=np.float64)
+        else:
+            import torch
 
-        r = torch.as_tensor(ref).to(device=st.torch_data.device, dtype=torch.float64)
+            r = torch.as_tensor(ref).to(device=st.torch_data.device, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"{fn}: reference must be a numeric array, got {type(ref).__name__} ({e})"
+        ) from None
     if tuple(r.shape) == (st.n,) or (
         st.from_list and int(np.prod(r.shape)) == st.n and r.ndim == len(st.item_shape)
     ):
@@ -828,7 +833,7 @@ class SignGuard(Rule):
 
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         n = src.n
-        k = max(1, int(np.ceil(self.sample * n)))
+        k = min(n, max(1, int(np.ceil(self.sample * n))))  # n = 0: no column, as every rule
         cols = np.sort(self._rng().choice(n, size=k, replace=False))
         xs = _sel.columns(src, cols)
         # only the norms are needed: one O(p n) read instead of the Gram

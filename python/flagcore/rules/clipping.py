@@ -105,6 +105,11 @@ def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple[Any, ...]:
     them), "clipping" / "arc" become step objects (preagg.build_source asks their `factors` for the
     current mixing matrix and applies them as a diagonal step)."""
     if pre is None:
+        if c is not None:
+            raise TypeError(
+                f"{fn}: c (the clipping threshold) is only used with pre='clipping', "
+                f"got c = {c!r} with pre = None"
+            )
         return ()
     steps = (
         (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None

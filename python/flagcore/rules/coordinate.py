@@ -40,6 +40,10 @@ from ._source import Source
 
 CoordRule = core.CoordRule
 
+#: Most workers per problem of the coordinate-wise rules (the sorting networks' bound,
+#: kMaxNetwork in csrc/rules/coordinate.hpp).
+MAX_WORKERS = 65536
+
 RULE_IDS: dict[str, CoordRule] = {
     "median": CoordRule.median,
     "trimmed_mean": CoordRule.trimmed_mean,
@@ -53,6 +57,11 @@ def run_coordinate(src: Source, rule: str, f: int, keep: int = -1) -> tuple[Any,
     """Apply a coordinate-wise rule to the rows ``src`` exposes. Returns ((b, n) result as numpy
     in the compute dtype or torch on the caller's device, excluded (b, p') bool)."""
     rid = RULE_IDS[rule]
+    if src.p > MAX_WORKERS:
+        raise ValueError(
+            f"{rule}: gradients may hold at most {MAX_WORKERS} workers per problem for the "
+            f"coordinate-wise rules, got p = {src.p}"
+        )
     rows = src.rows()
     if src.st.on_cpu:
         out, excl = core.coordinate(rows, rid, int(f), int(keep), src.excluded_u8())

@@ -80,7 +80,9 @@ def build_source(
             step, str
         ):  # row scaling (rules/clipping.py: clipping, arc): Y <- diag(s) Y
             cur = mix if mix is not None else _identity_mix(b, p, excl0)
-            s = step.factors(cur, excl, g0)  # (b, p')
+            # excluded rows get factor 0, not 1: their norm from the zeroed Gram is 0, and a
+            # factor of 1 kept a NaN worker's row in the mix (0 * NaN poisoned every output)
+            s = np.where(excl, 0.0, step.factors(cur, excl, g0))  # (b, p')
             pc = s.shape[1]
             a = np.zeros((b, pc, pc))
             a[:, np.arange(pc), np.arange(pc)] = s
