@@ -1,4 +1,5 @@
-"""Ctrl-C reaches the long native loops of the rules: a subprocess starts a call that would run
+"""Ctrl-C reaches the long native loops of the rules (and of the team IRLS and the service
+sampler): a subprocess starts a call that would run
 for many seconds, gets SIGINT about 1 s later, and must raise KeyboardInterrupt within a few
 seconds (the natives poll for signals at a bounded interval: csrc/common/cancel.hpp)."""
 
@@ -38,6 +39,18 @@ CASES = {
         g = core.gram(x[None])
         print("ready", flush=True)
         core.geometric_median(g, np.array([1e-6]), -1.0, 10**9)
+    """,
+    # The IRLS run by a team of threads with a barrier (the CUDA block's code on the CPU), many
+    # steps: the team used to run to the end (a 4.4 s call ignored Ctrl-C for all of it).
+    "team_irls": """
+        g = core.gram(np.random.default_rng(0).standard_normal((1, 32, 64)))
+        print("ready", flush=True)
+        core.flag_irls(g, core.FlagParams(r=16, max_iter=1_000_000, tol=0.0), 4)
+    """,
+    # 2e8 unit-mean service draws (the simulator's sampler): one loop without a poll before.
+    "sim_sample": """
+        print("ready", flush=True)
+        core.sim_sample(0, 0.0, [], 1, 0, 200_000_000)
     """,
     # Centered clipping with a huge iteration count.
     "centered_clipping": """

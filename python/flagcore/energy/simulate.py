@@ -312,9 +312,10 @@ def simulate(
     after the last arrival; the stability checks are skipped).
 
     ``requests`` (default 1,000,000) are measured after ``warmup`` discarded ones (default
-    requests // 10), per replication; replications run on ``threads`` threads (default: as
-    many as useful) with independent Philox streams of ``seed``; the result does not depend on
-    ``threads``.
+    requests // 10), per replication; replications run on up to ``threads`` threads (default: as
+    many as useful; never more than ``flagcore.get_num_threads()``, the native pool's size, which
+    ``flagcore.set_num_threads`` changes; ``params["threads"]`` is the number asked for) with
+    independent Philox streams of ``seed``; the result does not depend on ``threads``.
 
     Inputs that are certainly unstable raise ValueError. If the run's number in system keeps
     growing, or the run spans too few relaxation times to have converged (near the stability
