@@ -208,7 +208,6 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
 void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter, double* coef,
                           uint8_t* excluded, int64_t* iterations, uint8_t* converged, double* objective) {
   FLAGCORE_CHECK_ARG(nu > 0.0, "geometric_median: nu must be > 0, got " << nu);  // NaN fails too
-  FLAGCORE_CHECK_ARG(tol >= 0.0, "geometric_median: tol must be >= 0, got " << tol);
   const int64_t pe = mark_nonfinite(G, p, excluded);
   std::fill(coef, coef + p, 0.0);
   *iterations = 0;
