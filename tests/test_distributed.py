@@ -365,6 +365,26 @@ def test_parameter_server_argument_errors(world_of_one: object) -> None:
         ps.step()
 
 
+def test_parameter_server_rejects_a_gradient_of_another_dtype(world_of_one: object) -> None:
+    # it was converted to the parameters' dtype first: a complex gradient lost its imaginary
+    # part and a float64 1e300 became Inf (reported as non-finite); now the wire format sends
+    # NaN and every rank gets the reason, as for another rank's malformed contribution
+    from flagcore.distributed import ParameterServer
+
+    model = torch.nn.Linear(3, 1)  # 4 float32 parameters
+    ps = ParameterServer(model, rule="mean")
+    for bad in (
+        torch.full((4,), 1e300, dtype=torch.float64),
+        torch.ones(4, dtype=torch.complex64),
+        torch.ones(4, dtype=torch.int64),
+    ):
+        out = ps.aggregate(bad)
+        assert out.dtype == torch.float32 and not out.any()  # the only row excluded: zeros
+        want = f"rank 0 sent a gradient of 4 {str(bad.dtype).replace('torch.', '')} values"
+        assert ps.stats.last_rejected == {0: f"{want}, expected 4 float32"}
+    assert torch.equal(ps.aggregate(torch.ones(4)), torch.ones(4))  # a float32 one is used
+
+
 @pytest.mark.parametrize("mode", ["gradients", "parameters"])
 def test_parameter_server_world_of_one_steps_like_plain_sgd(
     world_of_one: object, mode: str

@@ -315,6 +315,38 @@ def test_hostile_count_against_f_keeps_krum_running():
     assert metrics["agg-excluded"] == 3
 
 
+def test_a_node_replying_several_times_is_excluded_with_all_its_replies(caplog):
+    # six copies of one node's +10 update took over the median and Krum (a row per reply)
+    g = model(31)
+    honest = honest_replies(g, 5, seed=32)
+    evil = {k: (v + 10.0).astype(v.dtype) for k, v in g.items()}
+    reps = honest + [reply(500, evil) for _ in range(6)]
+    for rule, kw in (("median", {}), ("krum", {"f": 1})):
+        s = strategy_with(rule, g, **kw)
+        with caplog.at_level(logging.INFO, logger="flwr"):
+            arrays, metrics = s.aggregate_train(1, reps)
+        assert metrics["agg-nodes"] == [100, 101, 102, 103, 104]
+        assert metrics["agg-excluded-nodes"] == [500]
+        # the result is the rule on the honest replies alone
+        want, _ = strategy_with(rule, g, **kw).aggregate_train(1, honest)
+        assert np.array_equal(flat(arrays, g), flat(want, g))
+        assert any("node 500 (replied 6 times" in r.getMessage() for r in caplog.records)
+
+
+def test_integer_arrays_stay_exact_and_never_wrap():
+    # through float64 an untouched 2^62 + 1 came back as 2^62, and int64 max wrapped around
+    big = np.array(2**62 + 1, dtype=np.int64)
+    g = {"w": np.zeros(3, np.float32), "count": big}
+    reps = [reply(i, {"w": np.full(3, 0.1 * i, np.float32), "count": big}) for i in range(5)]
+    arrays, _ = strategy_with("median", g).aggregate_train(1, reps)
+    assert int(arrays["count"].numpy()) == 2**62 + 1
+    top = np.array(np.iinfo(np.int64).max, dtype=np.int64)
+    g0 = {"w": np.zeros(3, np.float32), "count": np.array(0, dtype=np.int64)}
+    reps = [reply(i, {"w": np.zeros(3, np.float32), "count": top}) for i in range(5)]
+    arrays, _ = strategy_with("median", g0).aggregate_train(1, reps)
+    assert arrays is None  # the round is skipped (logged), the model unchanged
+
+
 def test_round_with_too_few_valid_replies_is_skipped(caplog):
     g = model(15)
     s = strategy_with("krum", g, f=2)

@@ -302,7 +302,11 @@ class ParameterServer:
                     f"{fn}: flat_gradient must have {self.numel} elements, got "
                     f"{flat_gradient.numel()}"
                 )
-            flat_gradient = flat_gradient.to(dtype=self.dtype, device=self.device)
+            # the device only: a gradient of another dtype goes to the wire format as it is,
+            # which sends NaN and says so (every rank then has the reason in last_rejected);
+            # converting it here hid it (a complex gradient lost its imaginary part, a float64
+            # 1e300 became Inf and was reported as non-finite)
+            flat_gradient = flat_gradient.to(device=self.device)
         st = self.stats
         st.calls += 1
         st.elements += self.numel

@@ -27,8 +27,9 @@ class Layout:
 
     keys, shapes, dtypes, sizes, offsets: per array, in the global record's order.
     n: total number of values. dtype: the stack's dtype (float32 when every array is
-    float32 or float16, float64 otherwise: float64 arrays keep their precision and
-    integer buffers such as BatchNorm's ``num_batches_tracked`` are represented exactly).
+    float32 or float16, float64 otherwise: float64 arrays keep their precision; integer buffers
+    such as BatchNorm's ``num_batches_tracked`` get the rounded aggregate of their updates
+    added to their exact global value, see ``apply``).
     """
 
     keys: tuple[Any, ...]
@@ -90,6 +91,48 @@ class Layout:
             np.copyto(
                 out[o : o + s].reshape(self.shapes[k]), global_arrays[key].numpy(), casting="unsafe"
             )
+        return out
+
+    def apply(
+        self, delta: np.ndarray, g: np.ndarray, global_arrays: Mapping[str, Any]
+    ) -> list[Any]:
+        """Per key, the new global array: ``g + delta`` in the array's dtype; for integer arrays
+        the global value itself plus the rounded update, in integer arithmetic, so a buffer the
+        clients leave unchanged stays exact at any size (through float64 it was exact only up
+        to 2^53). ValueError when an integer array's result leaves its dtype's range or its
+        update is not finite (no wrap-around)."""
+        out = []
+        for k, key in enumerate(self.keys):
+            o, s = self.offsets[k], self.sizes[k]
+            dt = self.dtypes[k]
+            if dt.kind not in "iu":
+                v = delta[o : o + s] + g[o : o + s]
+                out.append(v.astype(dt).reshape(self.shapes[k]))
+                continue
+            d = np.rint(delta[o : o + s].astype(np.float64))
+            info = np.iinfo(dt)
+            base = np.asarray(global_arrays[key].numpy()).reshape(-1)
+            res = None
+            if np.isfinite(d).all() and (s == 0 or np.abs(d).max() < 2.0**63):
+                di = d.astype(np.int64)
+                if s == 0:
+                    res = base.astype(dt)
+                elif dt != np.uint64 and (
+                    info.min <= int(base.min()) + int(di.min())
+                    and int(base.max()) + int(di.max()) <= info.max
+                ):  # no sum can leave the range: int64 arithmetic is exact
+                    res = (base.astype(np.int64) + di).astype(dt)
+                else:  # exactly, in Python integers, then checked
+                    exact = base.astype(object) + di.astype(object)
+                    if info.min <= min(exact) and max(exact) <= info.max:
+                        res = exact.astype(dt)
+            if res is None:
+                raise ValueError(
+                    f"RobustStrategy.aggregate_train: the aggregate update of integer array "
+                    f"{key!r} ({dt}) is not finite or takes it out of {dt}'s range "
+                    f"[{info.min}, {info.max}]: the round is skipped"
+                )
+            out.append(res.reshape(self.shapes[k]))
         return out
 
     def unflatten(self, vec: np.ndarray) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any, cast
@@ -142,8 +143,11 @@ class RobustStrategy(FedAvg):
             )
         except ValueError as exc:  # the rule's precondition on the valid replies
             return self._skip(server_round, metrics, invalid, str(exc))
-        np.add(update, g, out=update)
-        arrays = ArrayRecord({k: Array(a) for k, a in zip(layout.keys, layout.unflatten(update))})
+        try:  # integer arrays: exact global + rounded update, refused out of range
+            new = layout.apply(update, g, self.current_arrays)
+        except ValueError as exc:
+            return self._skip(server_round, metrics, invalid, str(exc))
+        arrays = ArrayRecord({k: Array(a) for k, a in zip(layout.keys, new)})
         excluded = [(node, why) for node, why in invalid] + [
             (nodes[i], "non-finite values") for i in excluded_rows
         ]
@@ -195,6 +199,19 @@ class RobustStrategy(FedAvg):
                 invalid.append((node, why))
             else:
                 valid.append((node, msg, views))
+        # A node answers once per round: one that replied several times (a replay, or a node
+        # trying to weigh more) would get a row per reply and could take over the aggregate.
+        # Which reply is genuine cannot be told, so all of them are excluded and named.
+        count = Counter(node for node, _, _ in valid)
+        count.update(node for node, _ in invalid)
+        dup = {node for node, c in count.items() if c > 1}
+        if dup:
+            invalid = [(n, w) for n, w in invalid if n not in dup]
+            invalid += [
+                (node, f"replied {count[node]} times in this round (all its replies excluded)")
+                for node in sorted(dup)
+            ]
+            valid = [t for t in valid if t[0] not in dup]
         valid.sort(key=lambda t: t[0])
         return valid, invalid
 
