@@ -66,6 +66,27 @@ def test_geometric_median_of_collinear_points_is_their_median():
     np.testing.assert_allclose(got, [2.0, 2.0], atol=1e-5)
 
 
+@pytest.mark.parametrize("val", [3e38, 1e20])
+def test_geometric_median_is_not_moved_by_huge_finite_workers(val):
+    # Weiszfeld started at the mean: with two workers at +/-3e38 the p-space distances to it
+    # summed terms of ~1e78, the honest ones were rounding noise, and the aggregate moved by
+    # 1.6e21 (191 at +/-1e20). From the medoid's modified step the honest distances are exact.
+    rng = np.random.default_rng(2)
+    honest = (0.1 * rng.standard_normal((11, 47))).astype(np.float32)
+    x = np.concatenate(
+        [honest, np.full((1, 47), val, np.float32), np.full((1, 47), -val, np.float32)]
+    )
+    got = flagcore.aggregate(x, "geometric_median")
+    xs = x.astype(np.float64)  # n-space Weiszfeld in float64 from the honest median
+    z = np.median(honest.astype(np.float64), axis=0)
+    for _ in range(3000):
+        w = 1.0 / np.maximum(np.linalg.norm(xs - z, axis=1), 1e-12)
+        z = (w @ xs) / w.sum()
+    # the objective is ~2e39 here, so its relative change stops the iteration after the first
+    # step: near the median of the honest workers, not at it (docs/rules.md)
+    assert np.abs(got - z).max() < 0.05 and np.abs(got).max() < 0.5
+
+
 @pytest.mark.parametrize("tau,iters", [(0.5, 1), (3.0, 3), (1e6, 2)])
 def test_centered_clipping(tau, iters):
     x = ref.make_gradients(12, 300, seed=7, byzantine=2, dtype=np.float64)

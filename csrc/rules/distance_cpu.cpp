@@ -269,7 +269,23 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
       }
     }
   }
+  // The start: one Weiszfeld step from the data point of least F (the medoid), over the other
+  // points (Vardi and Zhang's modified step: the medoid's own term left out, so the iteration does
+  // not stall there), from the data-point distances, which the Gram gives accurately. The mean,
+  // the textbook start, put weight 1/c on every worker: with finite but huge workers (two of 13
+  // at +/-3e38) a'Ga - 2 (Ga)_i + G_ii then summed terms of ~1e78, the honest workers' distances
+  // were rounding noise, and the aggregate moved by 1e21. The mean stays the start when every
+  // other point coincides with the medoid.
   std::vector<double> a(c, 1.0 / double(c)), ga(c), dist(c), w(c);
+  {
+    const size_t k0 = static_cast<size_t>(std::min_element(Fk.begin(), Fk.end()) - Fk.begin());
+    std::vector<double> dk(c);
+    dist_k(k0, dk);
+    double sw = 0.0;
+    for (size_t i = 0; i < c; ++i) sw += dk[i] > 0.0 ? 1.0 / dk[i] : 0.0;
+    if (sw > 0.0 && std::isfinite(sw))
+      for (size_t i = 0; i < c; ++i) a[i] = dk[i] > 0.0 ? (1.0 / dk[i]) / sw : 0.0;
+  }
   auto eval = [&](const std::vector<double>& al) {  // distances ||z - x_i|| and F
     for_rows(static_cast<int64_t>(c), static_cast<int64_t>(c), [&](int64_t i) {
       const double* gi = g.data() + i * c;
