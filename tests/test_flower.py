@@ -395,6 +395,18 @@ def test_weighted_mean_is_fedavg():
     assert om["loss"] == pytest.approx(tm["loss"])
 
 
+def test_weighted_mean_with_weights_whose_sum_overflows():
+    # two clients claiming 1e308 examples overflowed sum w: every coefficient 0, a zero update
+    g = model(40)
+    reps = honest_replies(g, 4, seed=41)
+    for i in (0, 1):
+        reps[i].content["metrics"]["num-examples"] = 1e308
+    arrays, _ = strategy_with("mean", g, weighted=True).aggregate_train(1, reps)
+    st, gflat = stack_of(g, reps)
+    want = gflat + (st[0] + st[1]) / 2  # the other weights are negligible next to 1e308
+    np.testing.assert_allclose(flat(arrays, g), want, rtol=1e-5, atol=1e-6)
+
+
 def test_weighted_mean_excludes_replies_without_a_usable_weight():
     g = model(20)
     reps = honest_replies(g, 4, seed=21)

@@ -332,6 +332,12 @@ def _weight(msg: Any, key: str) -> float | None:
 
 def _weighted_mean(stack: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, list[Any]]:
     """FedAvg's sum_i (w_i / sum w) x_i in one pass; rows with non-finite values excluded."""
+    with np.errstate(over="ignore"):
+        total = w.sum()
+    if not np.isfinite(total):
+        # finite weights whose sum overflows (two clients claiming 1e308 examples made every
+        # coefficient 0 and the round's update silently zero): the same mean from w / max w
+        w = w / w.max()
     c = (w / w.sum()).astype(stack.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         out = c @ stack
