@@ -91,9 +91,11 @@ def test_service_samples_refuse_parameters_without_a_unit_mean():
     # Pareto alpha 0.5 returned negative "unit-mean" samples, gamma shape 0 NaN
     with pytest.raises(ValueError, match=r"sim_sample: Pareto alpha must be > 1, got 0.5"):
         core.sim_sample(kinds["pareto"], 0.5, [], 1, 0, 10)
-    with pytest.raises(ValueError, match=r"sim_sample: parameter must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"sim_sample: service parameter must be positive, got 0"):
         core.sim_sample(kinds["gamma"], 0.0, [], 1, 0, 10)
-    with pytest.raises(ValueError, match=r"sim_sample: table values must be finite and >= 0"):
+    with pytest.raises(
+        ValueError, match=r"sim_sample: empirical service times must be finite and >= 0"
+    ):
         core.sim_sample(kinds["empirical"], 0.0, [1.0, -1.0], 1, 0, 10)
     # the draws do not depend on the chunks Ctrl-C is polled between
     a = core.sim_sample(kinds["exponential"], 0.0, [], 7, 3, 200_000)

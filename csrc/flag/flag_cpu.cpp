@@ -265,8 +265,7 @@ template <typename T>
 void flag_aggregate_cpu(const T* const* rows, int64_t b, int64_t p, int64_t n, const FlagParams& prm, T* out,
                         FlagIrlsOut info, ObjectiveHistory& hist) {
   check_params(p, prm, "flag_aggregate");
-  const auto gram = uninit_array<double>(b * p * p);
-  fill_parallel(gram.get(), b * p * p, 0.0);
+  const auto gram = uninit_array<double>(b * p * p);  // gram_cpu writes every entry (gram.hpp)
   gram_cpu<T>(rows, b, p, n, gram.get());
   flag_irls_batch_cpu(gram.get(), b, p, prm, info, hist);
   weighted_sum_cpu<T>(rows, info.coef, b, p, n, out);
@@ -292,8 +291,7 @@ void flag_aggregate_ragged_cpu(const T* const* rows, const int64_t* ps, const in
     if (rs != nullptr) pq.r = rs[q];
     check_params(ps[q], pq, "flag_aggregate_layers");
   }
-  const auto gram_buf = uninit_array<double>(g0[b]);
-  fill_parallel(gram_buf.get(), g0[b], 0.0);
+  const auto gram_buf = uninit_array<double>(g0[b]);  // gram_cpu writes every entry (gram.hpp)
   // Each problem's Gram is itself parallel over column parts; the problems go in order.
   for (int64_t q = 0; q < b; ++q) gram_cpu<T>(rows + row0[q], 1, ps[q], ns[q], gram_buf.get() + g0[q]);
   hist.assign(static_cast<size_t>(b), {});

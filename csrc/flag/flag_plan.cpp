@@ -30,8 +30,8 @@ void check_p(int64_t p) {
                      "flag_aggregate: the CUDA path takes p <= " << kCudaMaxP << ", got p = " << p);
 }
 
+// Every p was checked (check_p) by the caller, before its p * p.
 void finish(FlagCudaPlan& pl) {
-  check_p(pl.p_max);
   pl.irls_on_host = pl.p_max > kJacobiMaxP;
   pl.irls_ws_each = pl.irls_on_host ? 0 : flag_irls_workspace(pl.p_max);
   pl.irls_smem = !pl.irls_on_host && pl.irls_ws_each * 8 <= kIrlsSmemMaxBytes;

@@ -891,6 +891,33 @@ double thread_cpu_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The service distribution's parameters that give unit-mean samples (simulate() and
+// sample_service_cpu): fn names the caller in the error.
+void check_service(ServiceKind kind, double param, const double* table, size_t size, const char* fn) {
+  switch (kind) {
+    case ServiceKind::exponential:
+    case ServiceKind::deterministic:
+      break;
+    case ServiceKind::gamma:
+    case ServiceKind::lognormal:
+      FLAGCORE_CHECK_ARG(param > 0 && std::isfinite(param),
+                         fn << ": service parameter must be positive, got " << param);
+      break;
+    case ServiceKind::pareto:
+      FLAGCORE_CHECK_ARG(param > 1 && std::isfinite(param),
+                         fn << ": Pareto alpha must be > 1, got " << param);
+      break;
+    case ServiceKind::empirical:
+      FLAGCORE_CHECK_ARG(size > 0, fn << ": empirical service needs at least one value");
+      for (size_t i = 0; i < size; ++i)
+        FLAGCORE_CHECK_ARG(std::isfinite(table[i]) && table[i] >= 0.0,
+                           fn << ": empirical service times must be finite and >= 0, got " << table[i]);
+      break;
+    default:
+      FLAGCORE_CHECK_ARG(false, fn << ": unknown service kind " << int(kind));
+  }
+}
+
 void validate(const ForkJoinConfig& c) {
   FLAGCORE_CHECK_ARG(c.n >= 1, "simulate: n must be >= 1, got " << c.n);
   FLAGCORE_CHECK_ARG(c.k >= 1 && c.k <= c.n, "simulate: k must be in [1, n=" << c.n << "], got " << c.k);
@@ -1017,28 +1044,7 @@ void validate(const ForkJoinConfig& c) {
                            (c.arrival_param > 0 && std::isfinite(c.arrival_param)),
                        "simulate: inter-arrival parameter must be positive");
   }
-  switch (c.service) {
-    case ServiceKind::exponential:
-    case ServiceKind::deterministic:
-      break;
-    case ServiceKind::gamma:
-    case ServiceKind::lognormal:
-      FLAGCORE_CHECK_ARG(c.service_param > 0 && std::isfinite(c.service_param),
-                         "simulate: service parameter must be positive");
-      break;
-    case ServiceKind::pareto:
-      FLAGCORE_CHECK_ARG(c.service_param > 1 && std::isfinite(c.service_param),
-                         "simulate: Pareto alpha must be > 1");
-      break;
-    case ServiceKind::empirical:
-      FLAGCORE_CHECK_ARG(!c.empirical.empty(), "simulate: empirical service needs at least one value");
-      for (const double v : c.empirical)
-        FLAGCORE_CHECK_ARG(std::isfinite(v) && v >= 0.0,
-                           "simulate: empirical service times must be finite and >= 0, got " << v);
-      break;
-    default:
-      FLAGCORE_CHECK_ARG(false, "simulate: unknown service kind " << int(c.service));
-  }
+  check_service(c.service, c.service_param, c.empirical.data(), c.empirical.size(), "simulate");
 }
 
 template <bool kSleep, bool kStall>
@@ -1212,27 +1218,9 @@ void simulate_forkjoin_trace(int n, int k, bool cancel, int64_t requests, const 
 
 void sample_service_cpu(ServiceKind kind, double param, const double* table, uint64_t table_size,
                         uint64_t seed, uint64_t stream, int64_t count, double* out) {
-  // the parameters simulate() accepts (validate above): a Pareto alpha <= 1 gave negative
-  // "unit-mean" samples, a gamma shape <= 0 NaN
-  switch (kind) {
-    case ServiceKind::gamma:
-    case ServiceKind::lognormal:
-      FLAGCORE_CHECK_ARG(param > 0 && std::isfinite(param),
-                         "sim_sample: parameter must be positive, got " << param);
-      break;
-    case ServiceKind::pareto:
-      FLAGCORE_CHECK_ARG(param > 1 && std::isfinite(param),
-                         "sim_sample: Pareto alpha must be > 1, got " << param);
-      break;
-    case ServiceKind::empirical:
-      FLAGCORE_CHECK_ARG(table_size > 0, "sim_sample: empirical needs a table");
-      for (uint64_t i = 0; i < table_size; ++i)
-        FLAGCORE_CHECK_ARG(std::isfinite(table[i]) && table[i] >= 0.0,
-                           "sim_sample: table values must be finite and >= 0, got " << table[i]);
-      break;
-    default:
-      break;
-  }
+  // the parameters simulate() accepts: a Pareto alpha <= 1 gave negative "unit-mean" samples, a
+  // gamma shape <= 0 NaN
+  check_service(kind, param, table, static_cast<size_t>(table_size), "sim_sample");
   FLAGCORE_CHECK_ARG(count >= 0, "sim_sample: count must be >= 0, got " << count);
   Rng rng(seed, stream);
   const ServiceSampler sampler{kind, param, table, table_size};

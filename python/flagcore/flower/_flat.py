@@ -135,18 +135,6 @@ class Layout:
             out.append(res.reshape(self.shapes[k]))
         return out
 
-    def unflatten(self, vec: np.ndarray) -> list[Any]:
-        """Per key, an array of the global dtype and shape from an (n,) vector (integers
-        rounded)."""
-        out = []
-        for k in range(len(self.keys)):
-            o, s = self.offsets[k], self.sizes[k]
-            v = vec[o : o + s]
-            if self.dtypes[k].kind in "iu":
-                v = np.rint(v)
-            out.append(v.astype(self.dtypes[k]).reshape(self.shapes[k]))
-        return out
-
     # ------------------------------------------------------------------ reading replies
     def views(self, arrays: Any) -> tuple[list[Any] | None, str]:
         """Zero-copy views of a reply's arrays, checked against this layout.

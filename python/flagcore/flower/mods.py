@@ -149,7 +149,8 @@ def attack_mod(
 
 
 def _cast(layout: Layout, vec: np.ndarray) -> list[Any]:
-    """Like Layout.unflatten, but without rounding a non-finite attack into an integer error."""
+    """Per key, the (n,) model vector's values in the array's dtype and shape; integer arrays
+    rounded, a non-finite attack value made finite first (no casting error)."""
     out = []
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(len(layout.keys)):

@@ -104,15 +104,14 @@ def parse_pre_steps(pre: Any, fn: str, *, f: int, c: Any) -> tuple[Any, ...]:
     """The pre-aggregation steps of a rule: "nnm" / "bucketing" stay strings (preagg.py runs
     them), "clipping" / "arc" become step objects (preagg.build_source asks their `factors` for the
     current mixing matrix and applies them as a diagonal step)."""
-    if pre is None:
-        if c is not None:
-            raise TypeError(
-                f"{fn}: c (the clipping threshold) is only used with pre='clipping', "
-                f"got c = {c!r} with pre = None"
-            )
-        return ()
     steps = (
-        (pre,) if isinstance(pre, str) else tuple(pre) if isinstance(pre, (list, tuple)) else None
+        ()
+        if pre is None
+        else (pre,)
+        if isinstance(pre, str)
+        else tuple(pre)
+        if isinstance(pre, (list, tuple))
+        else None
     )
     if steps is None or not all(isinstance(s, str) and s in ALL_PRE_STEPS for s in steps):
         raise ValueError(
