@@ -7,6 +7,7 @@ deadline enforced here, so a hang fails the test instead of blocking the suite.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -361,6 +362,15 @@ def test_parameter_server_argument_errors(world_of_one: object) -> None:
         ValueError, match=r"ParameterServer.aggregate: flat_gradient must have 4 elements, got 3"
     ):
         ps.aggregate(torch.ones(3))
+    # a tensor of the right size but not flat was flattened silently (a (2, 2) gradient of a
+    # 4-parameter model was taken as the flat gradient)
+    for bad in (torch.ones(2, 2), torch.ones(4, 1), torch.tensor(1.0)):
+        with pytest.raises(
+            ValueError,
+            match=r"ParameterServer.aggregate: flat_gradient must be 1-D \(the flattened "
+            rf"gradient\), got shape {re.escape(str(tuple(bad.shape)))}",
+        ):
+            ps.aggregate(bad)
     with pytest.raises(ValueError, match=r"ParameterServer.step: no optimizer was given"):
         ps.step()
 

@@ -296,7 +296,14 @@ class ParameterServer:
                     f"{fn}: flat_gradient must be a torch tensor, got "
                     f"{type(flat_gradient).__name__}"
                 )
-            flat_gradient = flat_gradient.detach().reshape(-1)
+            if flat_gradient.dim() != 1:
+                # not flattened here: a (2, n/2) tensor of the right size is almost always the
+                # wrong tensor (a parameter's gradient, a batch), and reshaping it hid that
+                raise ValueError(
+                    f"{fn}: flat_gradient must be 1-D (the flattened gradient), got shape "
+                    f"{tuple(flat_gradient.shape)}"
+                )
+            flat_gradient = flat_gradient.detach()
             if flat_gradient.numel() != self.numel:
                 raise ValueError(
                     f"{fn}: flat_gradient must have {self.numel} elements, got "
