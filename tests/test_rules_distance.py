@@ -76,15 +76,16 @@ def test_geometric_median_is_not_moved_by_huge_finite_workers(val):
     x = np.concatenate(
         [honest, np.full((1, 47), val, np.float32), np.full((1, 47), -val, np.float32)]
     )
-    got = flagcore.aggregate(x, "geometric_median")
+    got, info = flagcore.aggregate(x, "geometric_median", return_info=True)
     xs = x.astype(np.float64)  # n-space Weiszfeld in float64 from the honest median
     z = np.median(honest.astype(np.float64), axis=0)
     for _ in range(3000):
         w = 1.0 / np.maximum(np.linalg.norm(xs - z, axis=1), 1e-12)
         z = (w @ xs) / w.sum()
-    # the objective is ~2e39 here, so its relative change stops the iteration after the first
-    # step: near the median of the honest workers, not at it (docs/rules.md)
-    assert np.abs(got - z).max() < 0.05 and np.abs(got).max() < 0.5
+    # the objective is ~4e39 here, so its relative change alone stopped the iteration after the
+    # first step, 0.02 from the minimiser; the step-length test goes on (docs/scaling_rules.md)
+    assert info.converged and info.iterations > 1
+    np.testing.assert_allclose(got, z, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("tau,iters", [(0.5, 1), (3.0, 3), (1e6, 2)])

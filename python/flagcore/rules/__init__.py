@@ -22,7 +22,8 @@ Rules (``RULES``) and their parameters:
                     mean of the p - 4f selected values closest to their median (p >= 4f + 3)
 "geometric_median"  nu = 1e-6, tol = 1e-12, max_iter = 1000: smoothed Weiszfeld in p-space;
                     nu is the smoothing relative to the median worker norm; stops when the
-                    objective sum_i ||z - g_i|| decreases by at most tol relative (p > 2f)
+                    objective sum_i ||z - g_i|| decreases by at most tol relative and the
+                    step is short, ||dz||^2 / 2 <= tol H^2, H = c / sum_i w_i (p > 2f)
 "centered_clipping" tau = 10.0, iterations = 3, reference = None: v <- v + mean_i
                     (g_i - v) min(1, tau / ||g_i - v||) from v = reference (None: the zero
                     vector; or an (n,)/(b, n) array/tensor; the ``CenteredClipping`` class
@@ -481,7 +482,10 @@ class Bulyan(Rule):
 class GeometricMedian(Rule):
     """Geometric median by smoothed Weiszfeld iterations, all in p-space (one Gram, one
     weighted sum). nu: smoothing, relative to the median worker norm; tol: stop when the
-    objective decreases by at most tol relative; reports iterations and convergence."""
+    objective decreases by at most tol relative and the step dz is short, ||dz||^2 / 2 <= tol
+    H^2 with H = c / sum_i w_i the weighted (harmonic) mean distance of the c workers (the first
+    test alone cannot see the honest workers when a few are huge); reports iterations and
+    convergence."""
 
     name = "geometric_median"
 
