@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -139,6 +140,23 @@ def test_sweep_pareto_and_optimize():
         (1, 2, 4),
         (3, 3, 1),
     ]
+    assert [i for i, _, _ in pareto_front(res, source="race")]  # a method of the sweep
+    # an unknown source returned [] and string pairs were read as numbers
+    for bad in ("harmonc", "arithmetic", None):
+        with pytest.raises(
+            ValueError,
+            match=r"pareto_front: source must be one of \['harmonic', 'race', 'sim'\] for this "
+            rf"sweep, got {re.escape(repr(bad))}",
+        ):
+            pareto_front(res, source=bad)
+    with pytest.raises(
+        TypeError,
+        match=r"pareto_front: points\[1\] must be an \(objective, latency\) pair of numbers, got "
+        r"\('2', '4'\)",
+    ):
+        pareto_front([(1, 5), ("2", "4")])
+    with pytest.raises(ValueError, match=r"pareto_front: metric quantile must be in \(0, 1\)"):
+        pareto_front(res, metric="p100")
     # optimise the high-level probability: feasible, meets the target, nothing cheaper evaluated
     o = optimize(4, 2, 2.0, [(1.0, 1.0), (3.0, 9.0)], target=0.8)
     assert o.feasible and o.latency <= 0.8
@@ -147,6 +165,13 @@ def test_sweep_pareto_and_optimize():
     p = o.probs[1]
     assert approximate(4, 2, 2.0, [(1, 1, 1 - p + 0.01), (3, 9, p - 0.01)]).mean_response_time > 0.8
     assert not optimize(4, 2, 2.0, [(1.0, 1.0), (3.0, 9.0)], target=0.01).feasible
+    # the metric's errors name the function (they did not)
+    with pytest.raises(
+        ValueError, match=r"^optimize: metric quantile must be in \(0, 1\), got 'p100'"
+    ):
+        optimize(4, 2, 2.0, [(1.0, 1.0), (3.0, 9.0)], target=0.8, metric="p100")
+    with pytest.raises(ValueError, match=r"^optimize: metric must be 'mean', 'mean_in_system'"):
+        optimize(4, 2, 2.0, [(1.0, 1.0), (3.0, 9.0)], target=0.8, metric="median")
     o = optimize(
         4,
         2,
@@ -493,3 +518,66 @@ def test_approximate_deadline_miss_refuses_what_is_not_a_deadline():
         a.deadline_miss("2")
     with pytest.raises(ValueError, match=r"percentile: q must be in \(0, 1\), got nan"):
         a.percentile(math.nan)
+
+
+# ---------------------------------------------------------------- rates far apart, random speeds
+@pytest.mark.parametrize("n,ratio", [(2, 1e6), (2, 1e8), (40, 1e4), (300, 1e6), (300, 1e3)])
+def test_n1_random_speeds_exact_for_rates_far_apart(n, ratio):
+    # (n, 1): M/G/1 with service Exp(R), R = the sum of the n drawn rates; the reference
+    # enumerates R's binomial distribution. The quadrature grid scaled by the mean rate cut the
+    # slow level's tail off: the mean 84 % low and the stability limit 1.9x too high at 1e6
+    lam = 1e-9
+    j = np.arange(n + 1)
+    pj = np.array([math.comb(n, int(i)) for i in j], dtype=np.float64) * 0.5**n
+    R = j / ratio + (n - j)
+    es, es2 = (pj / R).sum(), (2 * pj / R**2).sum()
+    r = approximate(n, 1, lam, [(1 / ratio, 1, 0.5), (1, 1, 0.5)])
+    assert r.mean_response_time == pytest.approx(es + lam * es2 / (2 * (1 - lam * es)), rel=1e-11)
+    assert r.stability_limit == pytest.approx(1 / es, rel=1e-11)
+
+
+def test_race_for_rates_far_apart_matches_the_chain():
+    # race_integral (many cores) against the exact Markov chain at a rate ratio of 1e6; the
+    # k = n energy is n sum_s p_s P_s / mu_s (it was 26 % high at n = 200)
+    for k in (60, 30, 3):
+        a = race_chain(60, k, [1e-6, 1.0], [0.5, 0.5])
+        b = race_integral(60, k, [1e-6, 1.0], [0.5, 0.5])
+        np.testing.assert_allclose(b["tau"], a["tau"], rtol=1e-10)
+        np.testing.assert_allclose(b["completion_times"], a["completion_times"], rtol=1e-10)
+    for n in (200, 1000):
+        r = approximate(n, n, 1e-12, [(1e-6, 2.0, 0.5), (1, 3.0, 0.5)])
+        assert r.energy_per_request == pytest.approx(n * (0.5 * 2.0 / 1e-6 + 0.5 * 3.0), rel=1e-12)
+
+
+def test_nn_random_speeds_respects_light_traffic_and_the_simulator():
+    # Nelson-Tantawi at the race rate was 10-19 % below the exact light-traffic limit (the
+    # expected largest of n service times) and 16 % below the simulator at (4, 4), lam = 0.5
+    lv = [(0.1, 1, 0.5), (1, 1, 0.5)]
+    for n in (2, 3, 8):
+        r = approximate(n, n, 1e-4, lv)
+        light = r.light_traffic_response_time
+        assert light <= r.mean_response_time <= light * 1.002
+        assert r.lower_bound <= r.mean_response_time <= r.upper_bound
+    r = approximate(4, 4, 0.5, [(1, 1, 0.5), (3, 9, 0.5)])
+    s = simulate(4, 4, 0.5, [(1, 1, 0.5), (3, 9, 0.5)], requests=200_000, seed=3)
+    assert abs(r.mean_response_time / s.mean_response_time - 1) < 0.04
+    assert r.lower_bound <= s.mean_response_time <= r.upper_bound
+    assert r.percentile(0.5) < r.percentile(0.99)
+
+
+def test_n1_random_speeds_percentiles_are_the_exact_mixture():
+    # the same servers as one level set used the tandem's tail (p99 1.039); given per server
+    # with one rate moved by 1e-9 they got the exact M/G/1 mixture (1.221): now both exact
+    from flagcore.energy.approx import mg1_hyperexponential_sojourn
+
+    lv = [(1, 1, 0.5), (3, 9, 0.5)]
+    r = approximate(3, 1, 1.0, lv)
+    assert r.percentile_method.startswith("exact")
+    R = np.array([3.0, 5.0, 7.0, 9.0])  # 0..3 cores at rate 3
+    p = np.array([1, 3, 3, 1]) / 8.0
+    ref = mg1_hyperexponential_sojourn(1.0, R, p)
+    for q in (0.5, 0.99):
+        t = r.percentile(q)
+        assert ref.survival(t) == pytest.approx(1 - q, rel=1e-9)
+    moved = approximate(3, 1, 1.0, [lv, lv, [(1, 1, 0.5), (3 + 1e-9, 9, 0.5)]])
+    assert moved.percentile(0.99) == pytest.approx(r.percentile(0.99), rel=1e-8)

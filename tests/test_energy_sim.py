@@ -416,6 +416,17 @@ def test_bad_input_raises_value_error():
         simulate(3, 3, 1.7, TWO)  # k = n: lam * E[service] = 1.02
     with pytest.raises(ValueError, match="Pareto alpha"):
         simulate(1, 1, 0.5, ONE, service=("pareto", 1.0))
+    # alpha near 1 ran and reported energy 0.0016 for an exact 1 (alpha = 1.0001), 0.75 at 1.1:
+    # the mean work lies in draws rarer than any run takes (the lognormal / gamma rule)
+    for alpha in (1.0001, 1.1, 1.45):
+        with pytest.raises(
+            ValueError,
+            match=rf"simulate: Pareto alpha must be >= 1\.456, got {alpha}: .* of the mean work "
+            r"lies in draws rarer than 1 in 1e\+09",
+        ):
+            simulate(1, 1, 0.5, ONE, service=("pareto", alpha))
+    r = simulate(1, 1, 0.5, ONE, service=("pareto", 1.46), requests=2000)  # the limit: accepted
+    assert r.requests == 2000
     with pytest.raises(TypeError, match=r"levels\[0\]\.rate"):
         simulate(1, 1, 0.5, [("fast", 1, 1)])
     assert simulate(1, 1, 0.5, [SpeedLevel(1.0, 1.0, 1.0)], requests=1000).requests == 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Union
 
 import numpy as np
@@ -120,6 +121,14 @@ def check_power(x: Any, fn: str, what: str = "idle_power") -> float:
 #: appear in any feasible run.
 MAX_SCV = 1e4
 MAX_LOGNORMAL_SIGMA = math.sqrt(math.log1p(MAX_SCV))
+#: Share of the mean work that lies in draws rarer than 1 in 1e9 at the lognormal limit above
+#: (0.15 %), and the smallest Pareto alpha with no larger share: a Pareto(alpha) draw beyond
+#: its (1 - q) quantile carries q^(1 - 1/alpha) of the mean, so alpha >= 1.456. Nearer to 1 the
+#: runs miss most of the work (alpha = 1.0001: energy per request 0.0016 for an exact 1, with a
+#: confidence interval that did not cover it; alpha = 1.1: 0.75).
+_RARE = 1e-9
+MAX_RARE_SHARE = 1.0 - NormalDist().cdf(NormalDist().inv_cdf(1.0 - _RARE) - MAX_LOGNORMAL_SIGMA)
+MIN_PARETO_ALPHA = 1.0 / (1.0 - math.log(MAX_RARE_SHARE) / math.log(_RARE))
 _KINDS = {
     "exponential": 0,
     "deterministic": 1,
@@ -136,7 +145,7 @@ class Service:
     """A unit-mean work distribution; a task at level s takes work / rate_s.
 
     kind: exponential | deterministic | erlang (param: integer shape) | gamma (param: shape) |
-    lognormal (param: sigma of the underlying normal) | pareto (param: alpha > 1) | empirical
+    lognormal (param: sigma of the underlying normal) | pareto (param: alpha >= 1.456) | empirical
     (samples, rescaled to mean 1: the sample gives the shape, the level rates the scale).
     """
 
@@ -250,6 +259,13 @@ def as_service(service: Any, fn: str) -> Service:
         )
     if name == "pareto" and not (v > 1 and math.isfinite(v)):
         raise ValueError(f"{fn}: Pareto alpha must be > 1 (finite mean), got {v}")
+    if name == "pareto" and v < MIN_PARETO_ALPHA:
+        raise ValueError(
+            f"{fn}: Pareto alpha must be >= {MIN_PARETO_ALPHA:.4g}, got {v}: "
+            f"{_RARE ** (1.0 - 1.0 / v):.3g} of the mean work lies in draws rarer than 1 in "
+            f"{1 / _RARE:.0e} (at most {MAX_RARE_SHARE:.2g} is accepted, as for lognormal and "
+            "gamma work), so a run would miss it and report too little energy and latency"
+        )
     return Service(name, v)
 
 

@@ -28,27 +28,32 @@ from .simulate import SimResult, certainly_unstable, simulate
 Metric = Union[str, float]
 
 
-def _metric_name(metric: Metric) -> str:
+def _metric_name(metric: Metric, fn: str = "latency_of") -> str:
     if metric in ("mean", "mean_in_system"):
         return str(metric)
-    return f"p{_q(metric) * 100:g}"
+    return f"p{_q(metric, fn) * 100:g}"
 
 
-def _q(metric: Metric) -> float:
+def _q(metric: Metric, fn: str = "latency_of") -> float:
+    if isinstance(metric, bool) or not isinstance(metric, (str, int, float)):
+        raise TypeError(
+            f"{fn}: metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or "
+            f"'p99'-style, got {type(metric).__name__}"
+        )
     if isinstance(metric, str):
         s = metric.lower().lstrip("p")
         try:
             v = float(s)
         except ValueError:
             raise ValueError(
-                "metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or 'p99'-style, "
-                f"got {metric!r}"
+                f"{fn}: metric must be 'mean', 'mean_in_system', a quantile in (0, 1) or "
+                f"'p99'-style, got {metric!r}"
             ) from None
         q = v / 100.0 if metric.lower().startswith("p") else v
     else:
         q = float(metric)
     if not 0.0 < q < 1.0:
-        raise ValueError(f"metric quantile must be in (0, 1), got {metric!r}")
+        raise ValueError(f"{fn}: metric quantile must be in (0, 1), got {metric!r}")
     return q
 
 
@@ -232,13 +237,19 @@ def pareto_front(
     least as good on both and better on one. ``points``: a SweepResult, or a list of
     SimResult/ApproxResult, or of (objective, latency) pairs. ``source``: 'sim' or an
     approximation method, for a SweepResult. Returns [(index, objective, latency)]."""
+    fn = "pareto_front"
     if objective not in ("energy", "power"):
-        raise ValueError(f"pareto_front: objective must be 'energy' or 'power', got {objective!r}")
+        raise ValueError(f"{fn}: objective must be 'energy' or 'power', got {objective!r}")
+    _metric_name(metric, fn)
     if isinstance(points, SweepResult):
-        items = []
-        for pt in points.points:
-            r = pt.sim if source == "sim" else pt.approx.get(source)
-            items.append(r)
+        # an unknown source returned [] (a typo read as "no point is stable")
+        have = {m for pt in points.points for m in pt.approx}
+        have |= {"sim"} if any(pt.sim is not None for pt in points.points) else set()
+        if points.points and (not isinstance(source, str) or source not in have):
+            raise ValueError(
+                f"{fn}: source must be one of {sorted(have)} for this sweep, got {source!r}"
+            )
+        items = [pt.sim if source == "sim" else pt.approx.get(source) for pt in points.points]
     else:
         items = list(points)
     pairs = []
@@ -246,6 +257,14 @@ def pareto_front(
         if r is None:
             continue
         if isinstance(r, (tuple, list)):
+            # numbers only: ("1", "2") was read as (1.0, 2.0)
+            if len(r) != 2 or not all(
+                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                for v in r
+            ):
+                raise TypeError(
+                    f"{fn}: points[{i}] must be an (objective, latency) pair of numbers, got {r!r}"
+                )
             e, lat = float(r[0]), float(r[1])
         else:
             if hasattr(r, "stable") and not r.stable:
@@ -347,7 +366,7 @@ def optimize(
     lam = check_rate(arrival_rate, fn)
     p0 = check_power(idle_power, fn)
     tgt = check_rate(target, fn, "target")
-    name = _metric_name(metric)
+    name = _metric_name(metric, fn)
     if objective not in ("energy", "power"):
         raise ValueError(f"{fn}: objective must be 'energy' or 'power', got {objective!r}")
     if evaluator not in ("approx", "simulate"):
@@ -525,7 +544,7 @@ def optimize_policy(
     n, k = check_nk(n, k, fn)
     lam = check_rate(arrival_rate, fn)
     tgt = check_rate(target, fn, "target")
-    name = _metric_name(metric)
+    name = _metric_name(metric, fn)
     if objective not in ("energy", "power"):
         raise ValueError(f"{fn}: objective must be 'energy' or 'power', got {objective!r}")
     if (
