@@ -83,6 +83,26 @@ def test_alie_matches_paper(honest):
         attack("alie", honest[:1], 2)
 
 
+def test_alie_f_zero_and_f_too_large_for_z_max(honest):
+    # f = 0 sends nothing, as every attack does, even where z_max is undefined (p = 2, f = 0)
+    assert attack("alie", honest[:2], 0).shape == (0, 400)
+    assert attack("alie", honest[:2], 0, z=1.0).shape == (0, 400)
+    # z_max needs f < floor(p / 2 + 1): p = 82, f = 70; the error names the caller and the attack
+    with pytest.raises(
+        ValueError,
+        match=r"^attack: attack 'alie': f is too large for ALIE's z_max, which needs "
+        r"f < floor\(p / 2 \+ 1\) = 42; got p = 82 \(honest \+ f\), f = 70; pass z explicitly$",
+    ):
+        attack("alie", honest, 70)
+    out = attack("alie", honest, 70, z=1.5)  # an explicit z needs no z_max
+    assert out.shape == (70, 400) and np.isfinite(out).all()
+    # alie_z itself keeps its own message
+    with pytest.raises(ValueError, match=r"alie_z: \(p - s\) / p must be in \(0, 1\)"):
+        alie_z(2, 0)
+    with pytest.raises(ValueError, match=r"alie_z: \(p - s\) / p must be in \(0, 1\)"):
+        alie_z(82, 70)
+
+
 def test_mimic(honest):
     np.testing.assert_array_equal(attack("mimic", honest, 3, target=4), np.stack([honest[4]] * 3))
     with pytest.raises(ValueError, match=r"attack: target must be in \[0, 11\], got 12"):

@@ -356,7 +356,92 @@ def test_list_input_errors_name_the_argument():
 
 def test_optimal_alie_runs_where_alie_z_max_is_undefined():
     h = honest_stack(13, h=3, n=20)
-    with pytest.raises(ValueError, match="alie_z"):
+    with pytest.raises(ValueError, match="attack: attack 'alie': f is too large for ALIE's z_max"):
         attack("alie", h, 4)  # p = 7, f = 4: s = 0, (p - s) / p = 1
     out, info = attack("optimal_alie", h, 4, rule="mean", return_info=True)
     assert np.isfinite(out).all() and info.evaluations == 16 + 1
+
+
+def test_optimal_alie_fallback_f_zero_and_f_too_large():
+    # f = 0: nothing to send, as for every attack (z_max is undefined for p = 2, f = 0)
+    h = honest_stack(14, h=2, n=20)
+    assert attack("optimal_alie", h, 0, rule="median").shape == (0, 20)
+    # fewer than 2 finite honest rows: plain ALIE at z_max, which f = 4 of p = 7 leaves undefined
+    bad = honest_stack(14, h=3, n=20)
+    bad[1:, 0] = np.nan
+    with pytest.raises(
+        ValueError,
+        match=r"attack: attack 'optimal_alie': f is too large for ALIE's z_max, which needs "
+        r"f < floor\(p / 2 \+ 1\) = 4; got p = 7 \(honest \+ f\), f = 4; .*z explicitly",
+    ):
+        attack("optimal_alie", bad, 4, rule="median")
+
+
+# ------------------------------------------------------------------ scale equivariance
+# Norms and squared distances of finite float64 gradients overflow beyond ~1e154 and underflow
+# below ~1e-162; the attacks' maths is scale-equivariant over the whole finite range. The run at
+# s = 1 is the reference.
+SCALES = [1e-170, 1e-100, 1.0, 1e100, 1e155, 1e160, 1e300]
+
+
+def scale_honest():
+    return np.random.default_rng(0).standard_normal((7, 20))
+
+
+def assert_scaled(out, ref, s):
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out / s, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("s", SCALES)
+@pytest.mark.parametrize("rule", [None, "median"])
+@pytest.mark.parametrize("pert", ["unit_vec", "std", "sign"])
+@pytest.mark.parametrize("name", ["min_max", "min_sum"])
+def test_min_max_min_sum_are_scale_equivariant(name, pert, rule, s):
+    h = scale_honest()
+    ref, ri = attack(name, h, 3, perturbation=pert, rule=rule, return_info=True)
+    out, info = attack(name, h * s, 3, perturbation=pert, rule=rule, return_info=True)
+    unit = 1.0 if pert == "std" else s  # gamma multiplies d: std scales with s, the others not
+    assert ri.parameter > 0 and info.parameter / unit == pytest.approx(ri.parameter, rel=1e-9)
+    assert info.agnostic_parameter / unit == pytest.approx(ri.agnostic_parameter, rel=1e-9)
+    assert_scaled(out, ref, s)
+    if rule is not None:
+        assert math.isfinite(info.deviation)
+        assert info.deviation == pytest.approx(s * ri.deviation, rel=1e-9)
+        assert info.evaluations == ri.evaluations
+
+
+@pytest.mark.parametrize("s", SCALES)
+@pytest.mark.parametrize("name", ["optimal_ipm", "optimal_alie"])
+def test_optimal_ipm_alie_are_scale_equivariant(name, s):
+    h = scale_honest()
+    ref, ri = attack(name, h, 3, rule="median", return_info=True)
+    out, info = attack(name, h * s, 3, rule="median", return_info=True)
+    assert info.parameter == pytest.approx(ri.parameter, rel=1e-9)  # eps and z are invariant
+    assert math.isfinite(info.deviation) and ri.deviation > 0
+    assert info.deviation == pytest.approx(s * ri.deviation, rel=1e-9)
+    assert_scaled(out, ref, s)
+
+
+@pytest.mark.parametrize("s", SCALES)
+def test_fa_aware_choice_is_scale_invariant(s):
+    # FA's ratios are invariant to a common scale; D on median scales with it
+    h = scale_honest()
+    ref, ri = attack("fa_aware", h, 3, rule="median", return_info=True)
+    out, info = attack("fa_aware", h * s, 3, rule="median", return_info=True)
+    assert info.parameter == ri.parameter and info.feasible == ri.feasible
+    assert info.byzantine_ratio == pytest.approx(ri.byzantine_ratio, rel=1e-9)
+    assert info.honest_ratio == pytest.approx(ri.honest_ratio, rel=1e-9)
+    assert math.isfinite(info.deviation) and ri.deviation > 0
+    assert info.deviation == pytest.approx(s * ri.deviation, rel=1e-9)
+    assert_scaled(out, ref, s)
+
+
+@pytest.mark.parametrize("s", [2.0**-560, 2.0**-100, 2.0**100, 2.0**560])
+def test_min_max_min_sum_gamma_exact_under_powers_of_two(s):
+    # dividing by powers of two is exact: the closed forms give the same gamma up to s
+    h = honest_stack(15, h=9, n=50)
+    d = np.sign(h.mean(axis=0))
+    assert min_max_gamma(h * s, d) == min_max_gamma(h, d) * s
+    assert min_sum_gamma(h * s, d) == min_sum_gamma(h, d) * s
+    assert min_max_gamma(h * s, d * s) == min_max_gamma(h, d)

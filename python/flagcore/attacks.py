@@ -24,7 +24,8 @@ Non-adaptive attacks (``ATTACKS``):
 "alie"                 "A little is enough" (Baruch et al. 2019): mean - z * std per coordinate
                        (std with ddof = 1, needs h >= 2); by default z = z_max of the paper:
                        s = floor(p / 2 + 1) - f, z = Phi^{-1}((p - s) / p), p = h + f
-                       (param z overrides it)
+                       (param z overrides it). z_max needs f < floor(p / 2 + 1): a larger f
+                       without z is a ValueError; f = 0 returns no rows, as for every attack
 "ipm"                  inner product manipulation (Xie et al. 2020): -eps * (honest mean);
                        eps = 0.1
 "mimic"                every attacker copies one honest worker, honest[target]; target = 0
@@ -81,6 +82,11 @@ Non-adaptive attacks accept ``rule``/``rule_params`` and ignore them (so a harne
 rule under test to any attack). Adaptive attacks ignore honest rows holding NaN/Inf (the rules
 exclude them too); with fewer finite rows than the statistics need they send the non-adaptive
 attack's vector of the full input (non-finite, as that attack's would be).
+
+Norms, distances and statistics are taken on the gradients divided by a power of two (exact), so
+the adaptive attacks are scale-equivariant over the whole finite float64 range (gamma, the
+deviations and the vectors scale with the gradients; z, eps and fa_aware's choice do not); the
+targeted rule always gets the gradients at the caller's scale.
 
 ``return_info=True`` also returns an ``AttackInfo`` (the parameter chosen, its deviation, the
 rule evaluations spent, and for fa_aware the ratios).
@@ -336,9 +342,69 @@ def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple[Any, ...]:
     return (mean, u.std(axis=0, ddof=1) * s) if std else (mean, None)
 
 
+def _pow2_exponent(a: np.ndarray) -> int:
+    """e with max|a| = m 2^e, 0.5 <= m < 1, over the finite entries of a (0 when there are none
+    or all are 0): dividing by 2^e (np.ldexp(a, -e)) is exact and brings a to magnitude ~1."""
+    fin = np.abs(a[np.isfinite(a)])
+    if fin.size == 0:
+        return 0
+    return int(np.frexp(np.max(fin))[1])
+
+
+def _row_norms(a: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the rows of a 2-D array, each row divided by a power of two near its
+    largest magnitude first (exact): sqrt(sum(x * x)) overflows beyond ~1e154 and underflows to
+    0 below ~1e-162 although the norm does not. Equal to it in between (the scaling is exact);
+    rows holding Inf or NaN give Inf or NaN."""
+    m = np.max(np.abs(a), axis=1) if a.shape[1] else np.zeros(a.shape[0])
+    e = np.frexp(m)[1]  # 0 for 0, Inf and NaN: those rows go through unscaled
+    u = np.ldexp(a, -e[:, None])
+    return cast(np.ndarray, np.ldexp(np.sqrt(np.sum(u * u, axis=1)), e))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    """v / ||v|| (zeros for a zero vector), computed on v divided by a power of two (exact) so
+    that a norm beyond DBL_MAX (n coordinates near it) does not make it 0."""
+    vs = np.ldexp(v, -_pow2_exponent(v))
+    nrm = _norm(vs)
+    return cast(np.ndarray, vs / nrm) if nrm > 0 else np.zeros_like(v)
+
+
+def _norm(v: np.ndarray) -> float:
+    """||v|| without overflow or underflow of the squares (see _row_norms). Not np.linalg.norm:
+    BLAS threads stall on busy cores."""
+    return float(_row_norms(np.reshape(v, (1, -1)))[0])
+
+
+def _alie_z_max(p: int, f: int, fn: str, name: str) -> float:
+    """ALIE's z_max for the attack ``name`` called by ``fn``, with an error that says why it is
+    undefined: for f >= 1 only when f >= floor(p / 2 + 1) (s <= 0); f = 0 never asks for it."""
+    bound = math.floor(p / 2 + 1)
+    if f >= bound:
+        how = (
+            "pass z explicitly"
+            if name == "alie"
+            else f"attack {name!r} falls back to plain ALIE at z_max when fewer than 2 honest "
+            "gradients are finite; attack 'alie' takes z explicitly"
+        )
+        raise ValueError(
+            f"{fn}: attack {name!r}: f is too large for ALIE's z_max, which needs "
+            f"f < floor(p / 2 + 1) = {bound}; got p = {p} (honest + f), f = {f}; {how}"
+        )
+    return alie_z(p, f)
+
+
 def _make(
-    name: str, h: np.ndarray, f: int, rng: np.random.Generator, prm: dict[str, Any], fn: str
+    name: str,
+    h: np.ndarray,
+    f: int,
+    rng: np.random.Generator,
+    prm: dict[str, Any],
+    fn: str,
+    caller: str | None = None,
 ) -> np.ndarray:
+    """The f rows of non-adaptive attack ``name``; ``caller``: the attack named in errors (an
+    adaptive attack falling back to this one), default ``name``."""
     nh, n = h.shape
     if name == "random":
         return rng.random((f, n))
@@ -368,7 +434,12 @@ def _make(
                 f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, "
                 f"got {nh}"
             )
-        z = alie_z(nh + f, f) if prm["z"] is None else check_float(prm["z"], fn, "z")
+        if prm["z"] is not None:
+            z = check_float(prm["z"], fn, "z")
+        elif f == 0:  # nothing to send: z_max is not needed (and undefined for p <= 2)
+            return np.zeros((0, n))
+        else:
+            z = _alie_z_max(nh + f, f, fn, caller or name)
         mean, sd = _scaled_mean_std(h, std=True)
         row = mean - z * sd
         return np.repeat(row[None], f, axis=0)
@@ -398,8 +469,7 @@ class _Deviation:
     def __call__(self, b: np.ndarray) -> float:
         if not np.isfinite(b).all():
             return -math.inf
-        e = self._agg(b) - self.ref
-        d = math.sqrt(float(np.sum(e * e)))  # not np.linalg.norm: BLAS threads stall on busy cores
+        d = _norm(self._agg(b) - self.ref)  # no overflow/underflow of the squares
         return d if math.isfinite(d) else -math.inf
 
 
@@ -459,42 +529,62 @@ def _search_params(prm: dict[str, Any], fn: str, with_start: bool = True) -> dic
 
 def _perturbation(kind: str, mu: np.ndarray, sd: np.ndarray | None) -> np.ndarray:
     if kind == "unit_vec":
-        nrm = math.sqrt(float(np.sum(mu * mu)))
-        return mu / nrm if nrm > 0 else np.zeros_like(mu)
+        return _unit(mu)
     if kind == "std":
         assert sd is not None  # callers compute std whenever this perturbation is asked for
         return sd
     return cast(np.ndarray, np.sign(mu))
 
 
+def _scaled_centred(h: np.ndarray, d: np.ndarray) -> tuple[Any, ...]:
+    """The honest rows centred on their mean and d, each divided by a power of two (exact) that
+    brings it to magnitude ~1, and the exponent e with gamma = 2^e gamma' where gamma' is the
+    gamma of the scaled pair: both conditions depend on h only through the centred rows, and
+    their squared distances overflow beyond ~1e154 (underflow below ~1e-162) unscaled."""
+    e0 = _pow2_exponent(h)
+    hs = np.ldexp(h, -e0)
+    c0 = hs - hs.mean(axis=0)
+    e1 = _pow2_exponent(c0)
+    e2 = _pow2_exponent(d)
+    return np.ldexp(c0, -e1), np.ldexp(d, -e2), e0 + e1 - e2
+
+
+def _ldexp(x: float, e: int) -> float:
+    """x 2^e, +-Inf beyond the float64 range (math.ldexp raises there)."""
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def min_max_gamma(h: np.ndarray, d: np.ndarray) -> float:
     """The largest gamma with max_i ||mu - gamma d - g_i|| <= max_{i,j} ||g_i - g_j||
     (Shejwalkar and Houmansadr's min-max condition) in closed form: each ||mu - g_i - gamma d||^2
     is a convex quadratic in gamma, at most D^2 at gamma = 0, so the feasible set is [0, min_i
-    of the positive roots]. 0 when d = 0 or all honest rows coincide."""
-    mu = h.mean(axis=0)
-    c0 = (
-        h - mu
-    )  # centred rows: pairwise distances from their Gram lose no precision to a common offset
+    of the positive roots]. 0 when d = 0 or all honest rows coincide. Computed on h and d divided
+    by powers of two (exact), so any finite scale gives the same gamma up to that power of two."""
+    # centred rows: pairwise distances from their Gram lose no precision to a common offset
+    c0, d, ex = _scaled_centred(h, d)
     sq = np.sum(c0 * c0, axis=1)
     dmax2 = float(max(np.max(sq[:, None] + sq[None, :] - 2 * (c0 @ c0.T)), 0.0))
     a = float(d @ d)
     if a == 0.0 or dmax2 == 0.0:
         return 0.0
-    e = mu[None, :] - h  # (h, n)
+    e = -c0  # mu - g_i, (h, n)
     b = -2.0 * (e @ d)
     c = np.sum(e * e, axis=1) - dmax2
     disc = np.maximum(b * b - 4 * a * c, 0.0)
     roots = (-b + np.sqrt(disc)) / (2 * a)
-    return float(max(np.min(roots), 0.0))
+    return _ldexp(float(max(np.min(roots), 0.0)), ex)
 
 
 def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
     """The largest gamma with sum_i ||mu - gamma d - g_i||^2 <= max_j sum_i ||g_j - g_i||^2 (the
     min-sum condition): the left side is k gamma^2 ||d||^2 + sum_i ||mu - g_i||^2 (mu is the
-    mean, cross terms vanish), so gamma = sqrt((S_max - S_mu) / (k ||d||^2))."""
+    mean, cross terms vanish), so gamma = sqrt((S_max - S_mu) / (k ||d||^2)). Scaled as in
+    min_max_gamma."""
     k = h.shape[0]
-    c0 = h - h.mean(axis=0)
+    c0, d, ex = _scaled_centred(h, d)
     sq = np.sum(c0 * c0, axis=1)
     s_mu = float(np.sum(sq))
     # sum_i ||g_j - g_i||^2 = k ||c_j||^2 + sum_i ||c_i||^2 (the centred rows sum to zero)
@@ -502,7 +592,7 @@ def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
     a = float(d @ d)
     if a == 0.0:
         return 0.0
-    return math.sqrt(max(s_max - s_mu, 0.0) / (k * a))
+    return _ldexp(math.sqrt(max(s_max - s_mu, 0.0) / (k * a)), ex)
 
 
 def _adaptive(
@@ -542,7 +632,8 @@ def _adaptive(
                 f"got {h_all.shape[0]}"
             )
         _validate_only(name, prm, fn)
-        return _make(fallback, h_all, f, rng, _PARAMS[fallback], fn), AttackInfo(name)
+        out = _make(fallback, h_all, f, rng, _PARAMS[fallback], fn, caller=name)
+        return out, AttackInfo(name)
     mu, sd = _scaled_mean_std(h, std=h.shape[0] >= 2)
 
     def rep(b: np.ndarray) -> np.ndarray:
@@ -591,11 +682,13 @@ def _adaptive(
     if name in ("min_max", "min_sum"):
         sp = _search_params(prm, fn, with_start=False)
         y0 = dev(mu - g0 * d)
-        scale = (
-            g0 if g0 > 0 else math.sqrt(float(np.sum(mu * mu)) / max(float(np.sum(d * d)), 1e-300))
-        )
+        if g0 > 0:
+            scale = g0
+        else:  # ||mu|| / ||d||, from norms that neither overflow nor underflow
+            nd = _norm(d)
+            scale = _norm(mu) / nd if nd > 0 else _norm(mu) * 1e150
         x, y = line_maximize(
-            lambda g: dev(mu - g * d), start=g0, delta=max(scale, 1e-300) * 0.5, **sp
+            lambda g: dev(mu - g * d), start=g0, delta=(scale if scale > 0 else 1e-300) * 0.5, **sp
         )
         if y0 >= y:
             x, y = g0, y0
@@ -649,13 +742,12 @@ def _fa_aware(
     if bad:
         raise TypeError(f"{fn}: flag_params takes no parameter {sorted(bad)[0]!r}")
     k = h.shape[0]
-    norms = np.sqrt(np.sum(h * h, axis=1))
+    norms = _row_norms(h)  # scaled: squares overflow beyond ~1e154 and underflow below ~1e-162
     g_med = float(np.median(norms))
-    nmu = math.sqrt(float(np.sum(mu * mu)))
-    u = mu / nmu if nmu > 0 else np.zeros(n)
+    u = _unit(mu)
     # w: the honest normalised gradients' main direction of spread, orthogonal to u (the
     # direction FA's subspace captures after u); a seeded random direction when there is none.
-    xs = h / np.maximum(norms, 1e-300)[:, None]
+    xs = h / np.where(norms > 0, norms, 1.0)[:, None]
     xc = xs - xs.mean(axis=0)
     xc = xc - np.outer(xc @ u, u)
     w = np.zeros(n)
@@ -667,7 +759,7 @@ def _fa_aware(
     if not np.any(w):
         w = rng.standard_normal(n)
         w -= (w @ u) * u
-    w /= max(math.sqrt(float(np.sum(w * w))), 1e-300)
+    w /= max(_norm(w), 1e-300)
     cands: list[Any] = []
     for i in range(angles):
         th = 2 * math.pi * i / angles
@@ -679,10 +771,16 @@ def _fa_aware(
     # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio,
     # threshold)
     records: list[Any] = []
+    # FA's ratios are ratios of norms of normalised gradients: invariant to a common scale of
+    # the stack. They are taken on the stack divided by a power of two (exact, so bitwise the
+    # same result at ordinary scales) that brings the honest rows to magnitude ~1, where the
+    # native FA's squares neither overflow nor underflow. The targeted rule (dev) gets the
+    # caller's scale.
+    ex = _pow2_exponent(h)
     stack = np.empty((k + f, n))
-    stack[:k] = h
+    stack[:k] = np.ldexp(h, -ex)
     for label, b in cands:
-        stack[k:] = b
+        stack[k:] = np.ldexp(b, -ex)
         _, info = flag_aggregate(stack, return_info=True, **fparams)
         v = np.asarray(info.reconstruction_ratios, dtype=np.float64)
         thr = float(np.quantile(v[:k], q)) - slack
