@@ -70,6 +70,31 @@ def test_median_norm_scale_has_median_norm_and_same_direction():
     assert cos == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_norm_of_cancelling_workers_is_zero(dtype):
+    # two anti-correlated workers: the top eigenvector of their normalised Gram is x1 - x2,
+    # orthogonal to x1 + x2, so the paper aggregate is exactly 0; its rounding noise (norm
+    # ~1e-15) was rescaled to the median norm, a full-size step that changed with the order of
+    # the coordinates in 160 of 300 cases (and the DDP hook, summing the Gram by buckets, got
+    # a different one); now 0, as the float64 reference says
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        x = rng.standard_normal((2, 200))
+        if x[0] @ x[1] >= 0:
+            x[1] = -x[1]
+        x = x.astype(dtype)
+        perm = rng.permutation(200)
+        a = flagcore.flag_aggregate(x, scale="median_norm")
+        b = flagcore.flag_aggregate(x[:, perm], scale="median_norm")
+        assert not a.any() and not b.any()
+        assert not reference(x.astype(np.float64), r=1, scale="median_norm")["aggregate"].any()
+    # workers that agree keep the median norm
+    x = rng.standard_normal((2, 200))
+    x[1] = x[0] + 0.5 * x[1]
+    got = flagcore.flag_aggregate(x, scale="median_norm")
+    assert np.linalg.norm(got) == pytest.approx(np.median(np.linalg.norm(x, axis=1)), rel=1e-10)
+
+
 def test_batched_equals_per_problem():
     xs = np.stack([make_gradients(7, 300, byzantine=b % 3, seed=b) for b in range(5)])
     agg, info = flagcore.flag_aggregate(xs, r=3, lam=0.5, max_iter=4, return_info=True)

@@ -64,6 +64,9 @@ struct FlagIrlsOut {
 
 constexpr double kFlagNormFloor = 1e-12;  // as torch.nn.functional.normalize
 constexpr double kFlagRankTol = 1e-12;    // eigenvalues of K below this * largest are dropped
+// scale = "median_norm": an aggregate whose norm is at most this fraction of ||sum_i x_i|| / r
+// (normalised x_i) is taken as 0 instead of being rescaled to the median norm
+constexpr double kFlagMedianNormFloor = 1e-3;
 // Largest p solved by the team-parallel Jacobi eigensolver (CPU and GPU alike, so both agree
 // bitwise); above it the host LAPACK (common/blas.hpp), and the GPU hands the IRLS to the host.
 constexpr int kJacobiMaxP = 32;
@@ -513,15 +516,24 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
   }
   t.sync();
   if (prm.scale == 1) {
+    // rows: a_i (G a)_i, summing to ||agg||^2; w (free now): the row sums of G, summing to
+    // ||s||^2, s = sum_i x_i the sum of the normalised gradients (excluded rows of G are 0)
     for (int i = r0; i < p; i += nt) {
-      double ri = 0.0;
-      for (int j = 0; j < p; ++j) ri += a[i] * G[i * p + j] * a[j];
+      double ri = 0.0, gi = 0.0;
+      for (int j = 0; j < p; ++j) {
+        ri += a[i] * G[i * p + j] * a[j];
+        gi += G[i * p + j];
+      }
       rows[i] = ri;
+      w[i] = gi;
     }
     t.sync();
     if (r0 == 0) {
-      double n2 = 0.0;
-      for (int i = 0; i < p; ++i) n2 += rows[i];
+      double n2 = 0.0, s2 = 0.0;
+      for (int i = 0; i < p; ++i) {
+        n2 += rows[i];
+        s2 += w[i];
+      }
       // median of the finite workers' norms (midpoint for an even count); tmp as scratch
       int m = 0;
       for (int i = 0; i < p; ++i)
@@ -536,7 +548,14 @@ FLAGCORE_HD inline void flag_irls(const Team& t, const double* graw, int p, cons
         tmp[j + 1] = x;
       }
       const double med = m == 0 ? 0.0 : (m % 2 ? tmp[m / 2] : 0.5 * (tmp[m / 2 - 1] + tmp[m / 2]));
-      scal[0] = (n2 > 0.0 && isfinite(n2)) ? med / sqrt(n2) : 0.0;
+      // agg = Y Y^T s / r: when it keeps less than kFlagMedianNormFloor of s / r the workers'
+      // normalised gradients cancel inside the subspace (two anti-correlated workers: exactly
+      // 0), what is left is rounding noise (float32 Gram entries carry ~1e-7), and rescaling it
+      // to the median norm made a full-size step of noise that changed with the order of the
+      // coordinates: the aggregate is 0 then, as for an exact 0
+      const double floor2 = kFlagMedianNormFloor * kFlagMedianNormFloor * (s2 > 0.0 ? s2 : 0.0) /
+                            (double(prm.r) * double(prm.r));
+      scal[0] = (n2 > floor2 && n2 > 0.0 && isfinite(n2)) ? med / sqrt(n2) : 0.0;
     }
     t.sync();
     const double factor = scal[0];

@@ -87,7 +87,10 @@ def flag_aggregate_reference(
         agg = y @ proj.sum(axis=0) / r
         if scale == "median_norm":
             nrm = np.linalg.norm(agg)
-            agg = agg * (np.median(norms[valid]) / nrm) if nrm > 0 else agg * 0.0
+            # at most 1e-3 of ||sum_i x_i|| / r: the normalised workers cancel inside the
+            # subspace, the rest is rounding noise: 0 (csrc/flag/flag_irls.hpp)
+            floor = 1e-3 * np.linalg.norm(xh.sum(axis=0)) / r
+            agg = agg * (np.median(norms[valid]) / nrm) if nrm > floor and nrm > 0 else agg * 0.0
     v_full = np.zeros(p)
     w_full = np.zeros(p)
     if y is not None:
