@@ -269,6 +269,16 @@ def test_rule_specs():
         (dict(flag_history="some"), "flag_history must be one of"),
         (dict(device="tpu"), "device must be 'cpu', 'cuda' or 'cuda:N'"),
         (dict(batch_size=1000), "batch_size must be at most the shard size"),
+        # bounds checked before training (the run is never started: a crash after minutes)
+        (dict(lr=1e39), r"lr must be at most 3.40282\d*e\+38 .*got 1e\+39"),
+        (dict(weight_decay=1e40), r"weight_decay must be at most 3.40282\d*e\+38"),
+        (dict(momentum=1e40), r"momentum must be in \[0, 1\), got 1e\+40"),
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1"),
+        (dict(seed=18446688733643, seeds=2), r"seed must be at most 9223344366820, got "),
+        (dict(seed=2**64 - 1), "seed must be at most"),
+        (dict(model="cnn"), "model 'cnn' needs images"),  # FAST's dataset is blobs
+        (dict(attack="label_flip", attack_params={"foo": 1}), "'label_flip' takes no param"),
+        (dict(attack="none", attack_params={"scale": 2}), "'none' takes no parameters"),
     ],
 )
 def test_bad_options_raise_clear_errors(kw, match):
@@ -276,6 +286,14 @@ def test_bad_options_raise_clear_errors(kw, match):
     opts.update(kw)
     with pytest.raises(ValueError, match=match):
         run_robustness(**opts)
+
+
+def test_largest_seed_and_float32_lr_still_run():
+    from flagcore.experiments.harness import FLOAT32_MAX, SEED_MAX
+
+    opts = dict(FAST, rules=["mean"], attack="none", steps=1, seeds=2)
+    res = run_robustness(**dict(opts, seed=SEED_MAX - 1, lr=FLOAT32_MAX, weight_decay=FLOAT32_MAX))
+    assert res["seeds"] == [SEED_MAX - 1, SEED_MAX]
 
 
 def test_bad_option_types_and_unknown_override():
@@ -331,14 +349,34 @@ def test_cli_robustness(tmp_path, capsys, monkeypatch):
         (["--attack", "teleport"], "attack must be one of"),
         (["--rules", "flag,krum_typo"], "unknown rule 'krum_typo'"),
         (["--attack-param", "scale"], "--attack-param must be KEY=VALUE"),
+        # messages name the option (not the config field) and the command once
+        (["--weight-decay", "-1"], "error: --weight-decay must be >= 0.0, got -1.0"),
+        (["--eval-every", "0"], "error: --eval-every must be in [1, inf], got 0"),
+        (["--lr", "1e39"], "error: --lr must be at most 3.40282"),
+        (["--momentum", "1e40"], "error: --momentum must be in [0, 1), got 1e+40"),
+        (["--seeds", "2", "--seed", "18446688733643"], "error: --seed must be at most "),
+        (["--model", "cnn"], "error: --model 'cnn' needs images (--dataset digits), got --dataset"),
+        (
+            ["--attack", "label_flip", "--attack-param", "foo=1"],
+            "error: attack 'label_flip' takes no parameters, got --attack-param foo=1",
+        ),
+        (["--heterogeneity", "x"], "error: --heterogeneity must be 'iid'"),
+        (["--threads", "-1"], "error: --threads must be >= 0, got -1"),
     ],
 )
-def test_cli_bad_options(argv, match, capsys, tmp_path):
+def test_cli_bad_options(argv, match, capsys, tmp_path, monkeypatch):
+    from flagcore.experiments import harness
+
+    ran = []
+    monkeypatch.setattr(harness, "_run_all", lambda *a, **k: ran.append(1))
     rc = cli.main(
         ["robustness", "--dataset", "blobs", "--steps", "1", "--out", str(tmp_path), *argv]
     )
-    assert rc == 2
-    assert match.replace("\\", "") in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and ran == [], err
+    assert match.replace("\\", "") in err
+    assert err.startswith("flagcore robustness: error: ") and "robustness: robustness" not in err
+    assert "error: robustness:" not in err and "Traceback" not in err
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -346,6 +384,12 @@ def test_demo_quick(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "Wrote to " + str(tmp_path) in text
+    # a second run into the same folder is refused (before any work) unless --force
+    before = {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()}
+    rc = cli.main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds the results of an earlier run" in err and "--force" in err
+    assert {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == before
     d = _strict_load(tmp_path / "results.json")
     assert set(d["rules"]) == {"flag", "median", "mean"} and d["dataset"]["name"] == "digits"
     assert (tmp_path / "flag_workers.png").exists()

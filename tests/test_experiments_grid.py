@@ -258,6 +258,14 @@ def test_worst_case_counts_a_diverged_run_as_the_worst():
             "attack_params names attacks not in the grid",
         ),
         ([1, 2], TypeError, "must be a JSON object"),
+        (dict(TINY, lr=[1e308]), ValueError, r"lr must be at most 3.40282\d*e\+38"),
+        (dict(TINY, base={"momentum": 1.5}), ValueError, r"momentum must be in \[0, 1\)"),
+        (dict(TINY, base={"seed": 2**63}), ValueError, "seed must be at most"),
+        (
+            dict(TINY, attacks=["label_flip"], attack_params={"label_flip": {"foo": 1}}),
+            ValueError,
+            "attack 'label_flip' takes no parameters, got attack_params foo=1",
+        ),
     ],
 )
 def test_grid_config_errors(d, exc, msg):
@@ -275,6 +283,70 @@ def test_load_grid_errors(tmp_path):
         xgrid.load_grid(str(bad))
     with pytest.raises(ValueError, match="cannot read --grid"):
         xgrid.load_grid(str(tmp_path / "missing.json"))
+    bad.write_bytes(b'{"rules": ["m\xe9an"]}')  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"--grid '.*bad.json' is not UTF-8 text \(byte 13"):
+        xgrid.load_grid(str(bad))
+    bad.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=r"--grid '.*bad.json' is not a grid config: .*nested"):
+        xgrid.load_grid(str(bad))
+    bad.write_text(json.dumps(dict(TINY, lr=[1e308])))
+    with pytest.raises(ValueError, match=r"^robustness: --grid '.*bad.json': lr must be at most"):
+        xgrid.load_grid(str(bad))
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b"[" * 100_000, "is not a grid config: its JSON is nested too deeply"),
+        (json.dumps(dict(TINY, lr=[1e308])).encode(), ": lr must be at most 3.40282"),
+        (
+            json.dumps(dict(TINY, attacks=["noise"], attack_params={"noise": {"sd": 2}})).encode(),
+            ": attack 'noise' takes no parameters, got attack_params sd=2",
+        ),
+    ],
+)
+def test_cli_grid_file_errors_name_the_option_and_file(content, match, tmp_path, capsys):
+    cfg = tmp_path / "g.json"
+    cfg.write_bytes(content)
+    rc = cli.main(["robustness", "--grid", str(cfg), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"flagcore robustness: error: --grid {str(cfg)!r}"), err
+    assert match in err and "Traceback" not in err and err.count("robustness") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", [["--quick"], ["--grid", "GRID"], ["--grid", "GRID", "--quick"]])
+def test_training_flags_are_refused_with_grid_or_quick(mode, tmp_path, capsys, monkeypatch):
+    class Started(Exception):
+        pass
+
+    def started(*a, **k):
+        raise Started
+
+    monkeypatch.setattr(xgrid, "run_grid", started)
+    cfg = tmp_path / "g.json"
+    cfg.write_text(json.dumps(TINY))
+    mode = [str(cfg) if m == "GRID" else m for m in mode]
+    out = ["--out", str(tmp_path / "o")]
+    # even a value equal to the default is refused: it would be ignored all the same
+    for flags, named in (
+        (
+            ["--rules", "krum", "--workers", "99", "--attack", "nosuch"],
+            "--rules, --workers, --attack",
+        ),
+        (["--steps", "200"], "--steps"),
+        (["--attack-param", "a=1", "--seed", "0"], "--attack-param, --seed"),
+        (["--device", "cpu"], "--device"),
+    ):
+        rc = cli.main(["robustness", *mode, *flags, *out])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert f"error: {named} cannot be combined with --" in err, err
+    # the output options are not training flags: this one starts the work
+    with pytest.raises(Started):
+        cli.main(["robustness", *mode, *out, "--no-plots", "--no-progress", "--force"])
 
 
 def test_cli_grid_and_quick(tmp_path, capsys, monkeypatch):
@@ -364,8 +436,9 @@ def test_cli_single_run_with_heterogeneity_and_adaptive_attack(tmp_path, capsys,
     assert d["config"]["heterogeneity"] == "gamma:0.5" and d["config"]["attack"] == "min_sum"
     rc = cli.main(
         ["robustness", "--dataset", "blobs", "--heterogeneity", "dirichlet", "--out", str(out)]
+        + ["--force"]  # out holds the run above: without --force that is refused first
     )
-    assert rc == 2 and "heterogeneity must be 'iid'" in capsys.readouterr().err
+    assert rc == 2 and "--heterogeneity must be 'iid'" in capsys.readouterr().err
 
 
 def test_bad_attack_parameters_fail_before_training(monkeypatch):

@@ -4,7 +4,13 @@ Each area registers its own sub-command from its own module (``register(subparse
 file only lists them, and applies what every command shares before it runs:
 
 - output paths: every ``--out`` (a folder) and ``--json`` (a file) is checked before the work
-  starts (``_paths``), so a long run never ends in a traceback about its output path;
+  starts (``_paths``), so a long run never ends in a traceback about its output path; an
+  existing ``--json`` file, or an ``--out`` folder that holds an earlier run's results, is
+  refused unless ``--force`` is given (every command with an output gets that flag here); with
+  ``--force`` the earlier run's files that this run did not rewrite are removed after it
+  succeeded, so the folder holds one run. Outputs are written atomically (``_paths.atomic_open``);
+- abbreviations: no parser accepts a prefix of an option (``--no-plot`` for ``--no-plots``);
+- Ctrl-C: one line, ``flagcore COMMAND: interrupted``, and exit status 130;
 - plots: without matplotlib a command that plots writes its JSON and says how to get plots;
 - errors: ValueError/TypeError (bad options, bad input) exit with status 2 and one line naming
   the command; OSError while writing exits with status 1.
@@ -28,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagcore",
         description="Robust gradient aggregation and energy/latency models of fork-join services.",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -44,9 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     energy_cli.register(sub)
 
-    info = sub.add_parser("info", help="print what this build contains (CUDA, SIMD, threads)")
+    info = sub.add_parser(
+        "info", help="print what this build contains (CUDA, SIMD, threads)", allow_abbrev=False
+    )
     info.set_defaults(func=_cmd_info)
+    _finish_parsers(parser)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                out.append(child)
+                out += _subparsers(child)
+    return out
+
+
+def _finish_parsers(parser: argparse.ArgumentParser) -> None:
+    """What every command shares, whichever module registered it: no abbreviated options, and
+    --force on every command that writes an --out folder or a --json file."""
+    for p in [parser, *_subparsers(parser)]:
+        p.allow_abbrev = False
+        dests = {a.dest for a in p._actions}
+        if dests & set(OUTPUT_OPTIONS) and "force" not in dests:
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="replace an existing --json file, or the earlier results in --out "
+                "(otherwise refused)",
+            )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -69,16 +104,17 @@ def command_name(args: argparse.Namespace) -> str:
 
 def check_outputs(args: argparse.Namespace, where: str) -> None:
     """Raise ValueError (naming the command and the option) for an output path that cannot be
-    written; creates nothing."""
+    written, or (without --force) that holds an earlier run's results; creates nothing."""
+    refuse = not getattr(args, "force", False)
     for attr, kind in OUTPUT_OPTIONS.items():
         value = getattr(args, attr, None)
         if value is None:
             continue
         option = "--" + attr.replace("_", "-")
         if kind == "folder":
-            _paths.check_output_dir(value, where, option)
+            _paths.check_output_dir(value, where, option, refuse_existing=refuse)
         else:
-            _paths.check_output_file(value, where, option)
+            _paths.check_output_file(value, where, option, refuse_existing=refuse)
 
 
 def _is_matplotlib_missing(exc: ImportError) -> bool:
@@ -123,19 +159,33 @@ def prepare_plots(args: argparse.Namespace, where: str) -> None:
         args.func = _skip_plots_on_missing_matplotlib(args.func, where)
 
 
+def _strip_prefix(msg: str, args: argparse.Namespace | None, where: str) -> str:
+    """'flagcore robustness: robustness: x' -> 'x': the command is named once."""
+    for prefix in (where, str(getattr(args, "command", where))):
+        if msg.startswith(prefix + ": "):
+            return msg[len(prefix) + 2 :]
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    where = command_name(args)
+    where = "flagcore"
+    args: argparse.Namespace | None = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        where = command_name(args)
         check_outputs(args, where)
         prepare_plots(args, where)
-        return int(args.func(args) or 0)
+        _paths.begin_outputs()
+        rc = int(args.func(args) or 0)
+        if getattr(args, "force", False) and getattr(args, "out", None) and rc == 0:
+            _paths.remove_stale_outputs(args.out, where)
+        return rc
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError) as exc:
-        msg = str(exc)
-        if msg.startswith(where + ": "):
-            msg = msg[len(where) + 2 :]
-        print(f"{where}: error: {msg}", file=sys.stderr)
+        print(f"{where}: error: {_strip_prefix(str(exc), args, where)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"{where}: error: {exc}", file=sys.stderr)

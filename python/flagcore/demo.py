@@ -10,7 +10,10 @@ Part 2 (when flagcore.energy is installed): a short energy/latency trade-off of 
 fork-join service as the probability of the high-speed level varies.
 
 Without matplotlib both parts write their JSON and say how to get the plots; the output folder
-is checked before part 1 starts.
+and the options are checked before part 1 starts, and the folder is created when the first file
+is written (an interrupted or failed demo leaves none behind). A folder that already holds an
+earlier run's results (a second plain ``flagcore demo``, say) is refused unless ``--force`` is
+given: results are never replaced unasked.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ _WHERE = "flagcore demo"
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "demo", help="run the built-in demonstration (tables on the terminal, plots in --out)"
+        "demo",
+        help="run the built-in demonstration (tables on the terminal, plots in --out)",
+        allow_abbrev=False,
     )
     p.add_argument(
         "--out",
         default="flagcore_demo",
-        help="folder for plots and JSON (default: ./flagcore_demo)",
+        help="folder for plots and JSON (default: ./flagcore_demo; refused if it holds an "
+        "earlier run's results, unless --force)",
     )
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
@@ -42,13 +48,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def robustness_part(
-    out: str, seed: int = 0, quick: bool = False, progress: bool = True
-) -> list[str]:
-    """FA vs mean vs median under the random attack on digits; returns the files written."""
-    from .experiments import RobustnessConfig, print_summary, run_robustness, write_outputs
+def robustness_config(seed: int = 0, quick: bool = False) -> Any:
+    """The demo's RobustnessConfig; ``run`` validates it before any work (e.g. --seed)."""
+    from .experiments import RobustnessConfig
 
-    cfg = RobustnessConfig(
+    return RobustnessConfig(
         rules=["flag", "median", "mean"],
         attack="random",
         workers=15,
@@ -62,6 +66,15 @@ def robustness_part(
         seed=seed,
         eval_every=5 if quick else 15,
     )
+
+
+def robustness_part(
+    out: str, seed: int = 0, quick: bool = False, progress: bool = True
+) -> list[str]:
+    """FA vs mean vs median under the random attack on digits; returns the files written."""
+    from .experiments import print_summary, run_robustness, write_outputs
+
+    cfg = robustness_config(seed, quick)
     print(
         f"Part 1: robustness. {cfg.workers} workers on scikit-learn's digits (MLP), "
         f"the last {cfg.byzantine} send uniform [0, 1) vectors; SGD lr {cfg.lr}, "
@@ -137,7 +150,7 @@ def energy_part(out: str, quick: bool = False) -> list[str]:
         rows,
     )
     path = os.path.join(out, "energy_tradeoff.json")
-    with open(path, "w") as fh:
+    with _paths.atomic_open(path) as fh:  # a failed write keeps a previous file
         json.dump(
             {
                 "columns": [
@@ -168,8 +181,10 @@ def energy_part(out: str, quick: bool = False) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = os.path.join(out, "energy_tradeoff.png")
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    try:
+        _paths.atomic_savefig(fig, png, dpi=120)
+    finally:
+        plt.close(fig)
     written.append(png)
     return written
 
@@ -182,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
             "demo: needs torch (install the torch build for your machine first)"
         ) from exc
     t0 = time.perf_counter()
-    _paths.check_output_dir(args.out, _WHERE)  # before minutes of training, not after
-    os.makedirs(args.out, exist_ok=True)
+    # Before minutes of training, not after: the options, then the output folder (created by
+    # the first write, so a demo that stops early leaves no empty folder).
+    robustness_config(args.seed, args.quick).validate(options=True, where="demo")
+    _paths.check_output_dir(args.out, _WHERE, refuse_existing=not getattr(args, "force", False))
     written = robustness_part(
         args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress
     )

@@ -4,6 +4,7 @@ terminal (tables), in JSON (--json) and as PNG plots (sweep --out)."""
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 from typing import Any, Callable
@@ -12,6 +13,13 @@ import numpy as np
 
 from .._table import print_table
 from . import _json
+
+#: Default --requests of the simulating commands.
+_DEFAULT_REQUESTS = 1_000_000
+#: Most points a sweep --values may ask for (like optimize's MAX_CANDIDATES).
+MAX_SWEEP_POINTS = 100_000
+#: Largest --n of every energy command (the simulator's limit; approximate() takes ~20 s there).
+MAX_N = 1 << 20
 
 _EPILOG = (
     "levels are rate:power[:probability] separated by commas, e.g. 1:1:0.5,3:9:0.5 "
@@ -28,7 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     esub.required = True
 
     def common(q: argparse.ArgumentParser, probs_needed: bool = True) -> None:
-        q.add_argument("--n", type=int, required=True, help="servers (tasks per request)")
+        q.add_argument(
+            "--n", type=int, required=True, help=f"servers (tasks per request), at most {MAX_N:,}"
+        )
         q.add_argument("--k", type=int, required=True, help="completions that finish a request")
         q.add_argument(
             "--arrival-rate",
@@ -57,26 +67,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
     def simopts(q: argparse.ArgumentParser) -> None:
+        # simulation options default to None so that an option given where nothing is
+        # simulated can be told from its default and refused (_sim_options)
         q.add_argument(
             "--service",
-            default="exponential",
-            help="exponential | deterministic | erlang:M | gamma:SHAPE | lognormal:SIGMA | "
-            "pareto:ALPHA | empirical:FILE",
+            default=None,
+            help="exponential (default) | deterministic | erlang:M | gamma:SHAPE | "
+            "lognormal:SIGMA | pareto:ALPHA | empirical:FILE (FILE: numbers separated by "
+            "spaces or newlines, the same count on every line, # comments)",
         )
         q.add_argument(
             "--redraw-on-arrival",
             action="store_true",
+            default=None,
             help="every core redraws its level at every arrival",
         )
         q.add_argument(
-            "--requests", type=int, default=1_000_000, help="measured requests per replication"
+            "--requests",
+            type=int,
+            default=None,
+            help=f"measured requests per replication (default {_DEFAULT_REQUESTS:,})",
         )
         q.add_argument(
             "--warmup", type=int, default=None, help="discarded requests (default requests/10)"
         )
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--replications", type=int, default=1)
-        q.add_argument("--threads", type=int, default=None)
+        q.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+        q.add_argument(
+            "--replications", type=int, default=None, help="independent runs (default 1)"
+        )
+        q.add_argument("--threads", type=int, default=None, help="threads for the replications")
         q.add_argument(
             "--no-progress", dest="progress", action="store_false", help="no progress bar"
         )
@@ -85,7 +104,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common(q)
     simopts(q)
     q.add_argument(
-        "--deadline", type=float, action="append", default=[], help="report P(T > D) (repeatable)"
+        "--deadline",
+        type=float,
+        action="append",
+        default=[],
+        help="report P(T > D), D > 0 (repeatable; --json: under deadline_miss)",
     )
     pol = q.add_mutually_exclusive_group()
     pol.add_argument(
@@ -116,7 +139,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = esub.add_parser("approx", help="closed forms and approximations", epilog=_EPILOG)
     common(q)
     q.add_argument("--method", default="all", choices=["all", "race", "harmonic", "arithmetic"])
-    q.add_argument("--deadline", type=float, action="append", default=[])
+    q.add_argument(
+        "--deadline",
+        type=float,
+        action="append",
+        default=[],
+        help="report P(T > D), D > 0 (repeatable; --json: under deadline_miss)",
+    )
     q.set_defaults(func=_cmd_approx)
 
     q = esub.add_parser(
@@ -136,7 +165,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument(
         "--values",
         default="0:1:11",
-        help="START:STOP:COUNT or comma-separated values (default 0:1:11)",
+        help="START:STOP:COUNT or comma-separated values (default 0:1:11; at most "
+        f"{MAX_SWEEP_POINTS:,} points)",
     )
     q.add_argument(
         "--methods",
@@ -161,22 +191,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--metric", default="mean", help="mean | mean_in_system | p99 | 0.999 ...")
     q.add_argument("--objective", choices=["energy", "power"], default="energy")
     q.add_argument("--evaluator", choices=["approx", "simulate"], default="approx")
-    q.add_argument("--method", choices=["race", "harmonic", "arithmetic"], default="race")
+    q.add_argument(
+        "--method",
+        choices=["race", "harmonic", "arithmetic"],
+        default=None,
+        help="approximation of --evaluator approx (default race)",
+    )
     q.add_argument("--grid", type=int, default=11, help="grid points per probability axis")
     q.set_defaults(func=_cmd_optimize)
 
 
 # ---------------------------------------------------------------- parsing helpers
-def parse_levels(text: str, need_probs: bool = True) -> list[tuple[float, ...]]:
+def parse_levels(
+    text: str, need_probs: bool = True, no_probs_because: str | None = None
+) -> list[tuple[float, ...]]:
+    """rate:power[:probability],... as tuples. ``no_probs_because``: the probabilities have no
+    effect (the caller says why, e.g. "with --threshold"), so a level that gives one is refused.
+    """
     out = []
     for part in text.split(","):
-        f = [x for x in part.strip().split(":") if x != ""]
+        f = [x.strip() for x in part.strip().split(":")]
+        if "" in f:
+            # an empty field was dropped, which shifted the others: 3::0.5 read as power 0.5
+            raise ValueError(
+                f"--levels: empty field in level {part.strip()!r} (of {text!r}); each level is "
+                "rate:power[:probability]"
+            )
         try:
             nums = [float(x) for x in f]
         except ValueError:
             raise ValueError(
                 f"--levels: expected numbers rate:power[:probability], got {part!r}"
             ) from None
+        if len(nums) == 3 and no_probs_because:
+            raise ValueError(
+                f"--levels: probabilities have no effect {no_probs_because}; give every level "
+                f"as rate:power, got {part.strip()!r}"
+            )
         if len(nums) == 2:
             nums.append(1.0 if (need_probs and len(text.split(",")) == 1) else math.nan)
         if len(nums) != 3:
@@ -190,24 +241,118 @@ def parse_levels(text: str, need_probs: bool = True) -> list[tuple[float, ...]]:
 
 
 def parse_values(text: str) -> list[float]:
+    """START:STOP:COUNT (COUNT an int in [1, MAX_SWEEP_POINTS]) or a comma-separated list of
+    at most MAX_SWEEP_POINTS finite numbers."""
+    form = "START:STOP:COUNT or a comma-separated list of numbers"
     if text.count(":") == 2:
-        a, b, c = text.split(":")
-        values: list[float] = np.linspace(float(a), float(b), int(c)).tolist()
+        a, b, c = (x.strip() for x in text.split(":"))
+        try:
+            start, stop = float(a), float(b)
+        except ValueError:
+            raise ValueError(f"--values: START and STOP must be numbers, got {text!r}") from None
+        if not (math.isfinite(start) and math.isfinite(stop)):
+            raise ValueError(f"--values: START and STOP must be finite, got {text!r}")
+        try:
+            count = int(c)
+        except ValueError:
+            raise ValueError(
+                f"--values: COUNT must be a whole number of points, got {c!r} in {text!r}"
+            ) from None
+        if not 1 <= count <= MAX_SWEEP_POINTS:
+            raise ValueError(
+                f"--values: COUNT must be in [1, {MAX_SWEEP_POINTS:,}] (at most "
+                f"{MAX_SWEEP_POINTS:,} sweep points), got {count:,} in {text!r}"
+            )
+        values: list[float] = np.linspace(start, stop, count).tolist()
         return values
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
+    parts = text.split(",")
+    if len(parts) > MAX_SWEEP_POINTS:
         raise ValueError(
-            f"--values: expected START:STOP:COUNT or a comma-separated list, got {text!r}"
-        ) from None
+            f"--values: at most {MAX_SWEEP_POINTS:,} sweep points, got {len(parts):,} values"
+        )
+    out = []
+    for i, x in enumerate(parts):
+        if not x.strip():
+            raise ValueError(f"--values: empty item {i + 1} in {text!r}; expected {form}")
+        try:
+            v = float(x)
+        except ValueError:
+            raise ValueError(f"--values: expected {form}, got {x.strip()!r} in {text!r}") from None
+        if not math.isfinite(v):
+            raise ValueError(f"--values: values must be finite, got {x.strip()!r}")
+        out.append(v)
+    return out
+
+
+_EMPIRICAL_FORM = "numbers separated by spaces or newlines, the same count on every line"
+
+
+def _empirical_problem(text: str) -> str:
+    """Why the text of an empirical service file is not a table of numbers (for the message)."""
+    ncol = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        for x in fields:
+            try:
+                float(x)
+            except ValueError:
+                return f"line {lineno}: {x[:40]!r} is not a number"
+        if ncol is None:
+            ncol = len(fields)
+        elif len(fields) != ncol:
+            return f"line {lineno} has {len(fields)} number(s) where the first line had {ncol}"
+    return "it could not be read as numbers"
 
 
 def parse_service(text: str) -> Any:
     if text.startswith("empirical:"):
         path = text.split(":", 1)[1]
+        where = f"--service: empirical file {path!r}"
+        if not path:
+            raise ValueError(f"--service: empirical needs a file, as empirical:FILE, got {text!r}")
         if not os.path.exists(path):
-            raise ValueError(f"--service: no such file {path!r}")
-        return ("empirical", np.loadtxt(path, dtype=np.float64).ravel())
+            raise ValueError(f"{where} does not exist")
+        if os.path.isdir(path):
+            raise ValueError(f"{where} is a directory, not a file of samples")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{where} is not a text file (byte {exc.start} is not UTF-8); "
+                f"expected {_EMPIRICAL_FORM}"
+            ) from None
+        if "\x00" in body:
+            raise ValueError(f"{where} is not a text file (it holds NUL bytes)")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # loadtxt warns (only) on a file without data
+            try:
+                samples = np.loadtxt(io.StringIO(body), dtype=np.float64, ndmin=1).ravel()
+            except (ValueError, UserWarning):
+                samples = None
+        if samples is None:
+            if not any(ln.split("#", 1)[0].strip() for ln in body.splitlines()):
+                raise ValueError(f"{where} holds no samples; expected {_EMPIRICAL_FORM}")
+            raise ValueError(f"{where}: {_empirical_problem(body)}; expected {_EMPIRICAL_FORM}")
+        if samples.size == 0:
+            raise ValueError(f"{where} holds no samples; expected {_EMPIRICAL_FORM}")
+        bad = ~np.isfinite(samples) | (samples < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{where}: samples must be finite and >= 0, got {samples[i]!r} (sample {i + 1})"
+            )
+        if not (samples > 0).any():
+            raise ValueError(f"{where}: the samples are all 0 (the work must have a mean > 0)")
+        return ("empirical", samples)
     return text
 
 
@@ -234,24 +379,90 @@ def _progress_bar(label: str) -> tuple[Any, Callable[[int, int], None]]:
     return prog, report
 
 
-def _sim_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+#: The simulation options (simopts) as (attribute, option); all default to None.
+_SIM_OPTIONS = (
+    ("service", "--service"),
+    ("redraw_on_arrival", "--redraw-on-arrival"),
+    ("requests", "--requests"),
+    ("warmup", "--warmup"),
+    ("seed", "--seed"),
+    ("replications", "--replications"),
+    ("threads", "--threads"),
+)
+
+
+def _int_option(v: int | None, option: str, lo: int, hi: int) -> None:
+    if v is not None and not lo <= v <= hi:
+        raise ValueError(f"{option} must be an integer in [{lo:,}, {hi:,}], got {v}")
+
+
+def _sim_kwargs(a: argparse.Namespace, no_sim_because: str | None = None) -> dict[str, Any]:
+    """The simulator's keyword arguments from the simulation options, checked whether or not
+    anything is simulated. ``no_sim_because`` (e.g. "with --no-sim"): nothing is simulated, so
+    an option given explicitly has no effect and is refused; returns {}."""
+    from .simulate import MAX_REPLICATIONS, MAX_REQUESTS, MAX_THREADS
+
+    service = parse_service(a.service) if a.service is not None else "exponential"
+    if a.service is not None:
+        from ._model import as_service
+
+        try:
+            as_service(service, "--service")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(str(exc).replace("--service: service ", "--service: ", 1)) from None
+    _int_option(a.requests, "--requests", 1, MAX_REQUESTS)
+    _int_option(a.warmup, "--warmup", 0, MAX_REQUESTS)
+    _int_option(a.seed, "--seed", 0, 2**64 - 1)
+    _int_option(a.replications, "--replications", 1, MAX_REPLICATIONS)
+    _int_option(a.threads, "--threads", 1, MAX_THREADS)
+    requests = _DEFAULT_REQUESTS if a.requests is None else a.requests
+    warmup = requests // 10 if a.warmup is None else a.warmup
+    if requests + warmup > MAX_REQUESTS:
+        raise ValueError(f"--requests + --warmup must be <= 2^53, got {requests:,} + {warmup:,}")
+    if no_sim_because:
+        given = [opt for attr, opt in _SIM_OPTIONS if getattr(a, attr) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect "
+                f"{no_sim_because} (nothing is simulated)"
+            )
+        return {}
     return dict(
-        requests=a.requests,
+        requests=requests,
         warmup=a.warmup,
-        seed=a.seed,
-        replications=a.replications,
+        seed=0 if a.seed is None else a.seed,
+        replications=1 if a.replications is None else a.replications,
         threads=a.threads,
-        service=parse_service(a.service),
-        redraw_on_arrival=a.redraw_on_arrival,
+        service=service,
+        redraw_on_arrival=bool(a.redraw_on_arrival),
     )
+
+
+def _check_n(a: argparse.Namespace) -> None:
+    """--n within the simulator's limit for every command (approximate() takes ~20 s at
+    n = 2^20 and grows with n, without progress)."""
+    if a.n > MAX_N:
+        raise ValueError(f"--n must be <= {MAX_N:,} (2^20), got {a.n:,}")
+
+
+def _check_deadlines(deadlines: list[float]) -> None:
+    for d in deadlines:
+        if not (math.isfinite(d) and d > 0):
+            raise ValueError(f"--deadline must be a finite number > 0, got {d!r}")
+
+
+def _deadline_key(d: float) -> str:
+    """The JSON key of deadline d: 2.0 -> "2", 0.5 -> "0.5" (round-trips, unlike :g)."""
+    s = repr(float(d))
+    return s[:-2] if s.endswith(".0") else s
 
 
 def _dump(path: str | None, obj: Any) -> None:
     if not path:
         return
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    with open(path, "w") as f:
+    from .._paths import atomic_open  # a failed write keeps the previous file and names the path
+
+    with atomic_open(path) as f:  # creates the folder
         _json.dump(obj, f, indent=2)
     print(f"wrote {path}")
 
@@ -277,6 +488,11 @@ def _policy_of(a: argparse.Namespace) -> Any:
     from ._model import DeadlinePolicy, ThresholdPolicy
 
     if a.threshold is not None:
+        if a.known_size:
+            raise ValueError(
+                "--known-size has no effect with --threshold (only --deadline-policy uses the "
+                "task's size)"
+            )
         try:
             th = [int(x) for x in a.threshold.split(",") if x.strip()]
         except ValueError:
@@ -287,15 +503,24 @@ def _policy_of(a: argparse.Namespace) -> Any:
     if a.deadline_policy is not None:
         return DeadlinePolicy(a.deadline_policy, a.known_size)
     if a.known_size:
-        raise ValueError("--known-size needs --deadline-policy")
+        raise ValueError(
+            "--known-size has no effect without --deadline-policy (only that policy uses the "
+            "task's size)"
+        )
     return None
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from .simulate import simulate
 
+    _check_n(a)
+    _check_deadlines(a.deadline)
     policy = _policy_of(a)
-    levels = parse_levels(a.levels, need_probs=policy is None)
+    why = None
+    if policy is not None:
+        why = "with --threshold" if a.threshold is not None else "with --deadline-policy"
+        why += " (the policy picks the level)"
+    levels = parse_levels(a.levels, need_probs=policy is None, no_probs_because=why)
     kw = _sim_kwargs(a)
     kw.update(
         policy=policy,
@@ -304,7 +529,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         switch_power=a.switch_power,
     )
     prog, report = (None, None)
-    if a.progress and (a.requests + (a.warmup or a.requests // 10)) * a.replications >= 2_000_000:
+    warmup = kw["requests"] // 10 if kw["warmup"] is None else kw["warmup"]
+    if a.progress and (kw["requests"] + warmup) * kw["replications"] >= 2_000_000:
         prog, report = _progress_bar("simulating")
     if prog is not None:
         with prog:
@@ -342,6 +568,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         ["wasted busy time per request", r.wasted_time_per_request, r.wasted_time_per_request_ci],
         ["idle fraction of core-time", r.idle_fraction, ""],
     ]
+    out = r.to_dict()
+    if a.deadline:
+        out["deadline_miss"] = {_deadline_key(d): r.deadline_miss(d) for d in a.deadline}
+        out["deadline_miss_ci"] = {_deadline_key(d): r.deadline_miss_ci(d) for d in a.deadline}
     print_table(
         f"simulation: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}, "
         f"{r.requests:,} requests{'' if a.cancel else ', no cancellation'}",
@@ -357,13 +587,15 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         f"stable: {r.stable} ({r.stability_note}); {r.events_per_second / 1e6:.2f} M events/s, "
         f"{r.requests_per_second / 1e6:.2f} M requests/s per thread, wall {r.wall_seconds:.2f}s"
     )
-    _dump(a.json, r.to_dict())
+    _dump(a.json, out)
     return 0
 
 
 def _cmd_approx(a: argparse.Namespace) -> int:
     from .approx import METHODS, approximate
 
+    _check_n(a)
+    _check_deadlines(a.deadline)
     levels = parse_levels(a.levels)
     methods = METHODS if a.method == "all" else (a.method,)
     res = {
@@ -398,18 +630,44 @@ def _cmd_approx(a: argparse.Namespace) -> int:
             f"{m}: mean from {res[m].mean_method}; percentiles from {res[m].percentile_method}; "
             f"stable={res[m].stable}"
         )
-    _dump(a.json, {m: r.to_dict() for m, r in res.items()})
+    out = {m: r.to_dict() for m, r in res.items()}
+    if a.deadline:
+        for m, r in res.items():
+            out[m]["deadline_miss"] = {_deadline_key(d): r.deadline_miss(d) for d in a.deadline}
+    _dump(a.json, out)
     return 0
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
+    from .approx import METHODS
     from .design import _metric_name, latency_ci, latency_of, pareto_front, sweep
 
+    _check_n(a)
     over = "p" if a.over == "p" else "arrival_rate"
     levels = parse_levels(a.levels, need_probs=(over == "arrival_rate"))
     values = parse_values(a.values)
-    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
-    kw = _sim_kwargs(a) if a.simulate else {}
+    for v in values:
+        if over == "p" and not 0.0 <= v <= 1.0:
+            raise ValueError(
+                f"--values: with --over p the values are probabilities in [0, 1], got {v:g}"
+            )
+        if over == "arrival_rate" and not v > 0.0:
+            raise ValueError(
+                f"--values: with --over arrival-rate the values must be > 0, got {v:g}"
+            )
+    methods = tuple(m.strip() for m in a.methods.split(","))
+    if not all(methods):
+        raise ValueError(
+            f"--methods: expected a comma-separated list of {', '.join(METHODS)} without empty "
+            f"items, got {a.methods!r}"
+        )
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"--methods: unknown method {m!r}; choose among {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods: a method is listed twice in {a.methods!r}")
+    _metric_name(a.metric, "--metric")  # a bad --metric fails now, not after the sweep
+    kw = _sim_kwargs(a, None if a.simulate else "with --no-sim")
     prog, report = _progress_bar("sweep") if a.progress else (None, None)
     args = (a.n, a.k, a.arrival_rate, levels)
     skw = dict(
@@ -482,6 +740,7 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple[str, ...]) ->
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    from .._paths import atomic_savefig
     from .design import _metric_name, latency_ci, latency_of
 
     short = FuncFormatter(lambda v, _: f"{v:g}")  # log-axis labels without 3x10^-1 clutter
@@ -535,7 +794,7 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple[str, ...]) ->
         ax.legend()
         fig.tight_layout()
         path = os.path.join(out_dir, fname)
-        fig.savefig(path, dpi=120)
+        atomic_savefig(fig, path, dpi=120)  # a failed write keeps the previous plot
         plt.close(fig)
         files.append(path)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -565,7 +824,7 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple[str, ...]) ->
     ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, "tradeoff.png")
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     files.append(path)
     return files
@@ -574,24 +833,34 @@ def plot_sweep(res: Any, metric: Any, out_dir: str, methods: tuple[str, ...]) ->
 def _cmd_optimize(a: argparse.Namespace) -> int:
     from .design import optimize
 
-    levels = parse_levels(a.levels, need_probs=False)
-    kw = _sim_kwargs(a) if a.evaluator == "simulate" else {}
+    _check_n(a)
+    levels = parse_levels(
+        a.levels, need_probs=False, no_probs_because="in optimize (it chooses the probabilities)"
+    )
+    kw = _sim_kwargs(a, None if a.evaluator == "simulate" else "with --evaluator approx")
+    if a.evaluator == "simulate" and a.method is not None:
+        raise ValueError(
+            "--method has no effect with --evaluator simulate (it picks the approximation)"
+        )
     metric: Any = a.metric
-    r = optimize(
-        a.n,
-        a.k,
-        a.arrival_rate,
-        levels,
+    prog, report = _progress_bar("optimize") if a.progress else (None, None)
+    okw: dict[str, Any] = dict(
         target=a.target,
         metric=metric,
         objective=a.objective,
         idle_power=a.idle_power,
         cancel=a.cancel,
         evaluator=a.evaluator,
-        method=a.method,
+        method=a.method or "race",
         grid=a.grid,
+        progress=report,
         **kw,
     )
+    if prog is not None:
+        with prog:
+            r = optimize(a.n, a.k, a.arrival_rate, levels, **okw)
+    else:
+        r = optimize(a.n, a.k, a.arrival_rate, levels, **okw)
     if not r.feasible:
         print(
             f"no probability vector meets {r.metric} <= {a.target:g} ({len(r.evaluations)} "

@@ -80,11 +80,14 @@ def _clean(v: Any) -> Any:
 
 def write_outputs(res: dict[str, Any], out_dir: str, plots: bool = True) -> list[Any]:
     """results.json (+ accuracy.png, flag_workers.png, agg_time.png) into out_dir; returns the
-    paths written. Without matplotlib only the JSON is written (and a note printed)."""
-    os.makedirs(out_dir, exist_ok=True)
+    paths written. Without matplotlib only the JSON is written (and a note printed). Every file
+    is written atomically (flagcore._paths.atomic_open): a failed write keeps a previous file."""
+    from .._paths import atomic_open
+
     path = os.path.join(out_dir, "results.json")
-    with open(path, "w") as fh:
-        json.dump(_clean(res), fh, allow_nan=False)
+    text = json.dumps(_clean(res), allow_nan=False)  # a serialisation error writes nothing
+    with atomic_open(path) as fh:  # creates out_dir
+        fh.write(text)
     written = [path]
     if plots:
         from .grid import have_matplotlib

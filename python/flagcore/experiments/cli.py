@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a command runs
     from .harness import RobustnessConfig
+
+# Options that are not training settings: they go with a single run, --grid and --quick alike.
+# Every other option sets one run's training and is refused together with --grid or --quick.
+_RUN_OPTIONS = {"grid", "quick", "out", "no_plots", "no_progress", "force", "help"}
+
+
+def _record_given(action: argparse.Action) -> None:
+    """Make ``action`` add its option to ``namespace.given_options`` when the command line
+    gives it (a default is not "given"), so --grid/--quick can refuse training options."""
+    base = type(action)
+
+    def __call__(
+        self: argparse.Action,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        base.__call__(self, parser, namespace, values, option_string)
+        given = getattr(namespace, "given_options", ())
+        if self.option_strings[0] not in given:
+            namespace.given_options = (*given, self.option_strings[0])
+
+    action.__class__ = type(f"_Given{base.__name__}", (base,), {"__call__": __call__})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "worst-case accuracy over the attacks (flagcore.experiments.grid documents the config)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument(
         "--rules",
@@ -73,13 +98,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         metavar="CONFIG.json",
         help="run a grid from this JSON config (rules, attacks, byzantine, heterogeneity, lr, "
-        "attack_params, base); the other training flags are ignored",
+        "attack_params, base); training flags (--rules, --steps, ...) are refused with it: "
+        "the config sets them",
     )
     p.add_argument(
         "--quick",
         action="store_true",
         help="without --grid: a built-in grid that runs in seconds; with --grid: cap it at 30 "
-        "steps, 1 seed",
+        "steps, 1 seed; training flags are refused with it",
     )
     p.add_argument(
         "--dataset",
@@ -115,7 +141,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default="flagcore_robustness", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_cli)
+    for action in p._actions:
+        if action.dest not in _RUN_OPTIONS:
+            _record_given(action)
+    p.set_defaults(func=run_cli, given_options=())
 
 
 def config_from_args(args: argparse.Namespace) -> RobustnessConfig:
@@ -131,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> RobustnessConfig:
         k, v = item.split("=", 1)
         attack_params[k.strip()] = harness._parse_value(v.strip())
     if args.threads < 0:
-        raise ValueError(f"robustness: threads must be >= 0, got {args.threads}")
+        raise ValueError(f"robustness: --threads must be >= 0, got {args.threads}")
     return harness.RobustnessConfig(
         rules=rules,
         attack=args.attack,
@@ -172,8 +201,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.grid is not None or args.quick:
         return run_grid_cli(args)
     cfg = config_from_args(args)
-    cfg.validate()
-    check_out_dir(args.out)  # before the work, so a bad path loses nothing
+    cfg.validate(options=True)
+    # before the work, so a bad path loses nothing (and, without --force, replaces nothing)
+    check_out_dir(args.out, refuse_existing=not getattr(args, "force", False))
     res = run_robustness(cfg, progress=not args.no_progress)
     print_summary(res)
     written = write_outputs(res, args.out, plots=not args.no_plots)
@@ -195,11 +225,25 @@ def run_grid_cli(args: argparse.Namespace) -> int:
         write_grid_outputs,
     )
 
-    grid = load_grid(args.grid) if args.grid is not None else quick_grid()
-    if args.grid is not None and args.quick:
-        grid = make_quick(grid)
-    grid.validate()
-    check_out_dir(args.out)
+    given = list(getattr(args, "given_options", ()))
+    if given:
+        what = f"--grid {args.grid!r}" if args.grid is not None else "--quick (the built-in grid)"
+        raise ValueError(
+            f"robustness: {', '.join(given)} cannot be combined with {what}: the grid sets "
+            "every training option (in a --grid config: its lists and its 'base'); "
+            "drop them, or run without --grid/--quick"
+        )
+    if args.grid is not None:
+        grid = load_grid(args.grid)  # messages name --grid and the file
+        if args.quick:
+            grid = make_quick(grid)
+    else:
+        grid = quick_grid()
+    try:
+        grid.validate()
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(_grid_message(str(exc), args.grid)) from None
+    check_out_dir(args.out, refuse_existing=not getattr(args, "force", False))
     n = len(grid.combinations())
     print(
         f"robustness grid: {n} runs of {len(grid.rules)} rules "
@@ -214,3 +258,13 @@ def run_grid_cli(args: argparse.Namespace) -> int:
         + ", ".join(os.path.basename(w) for w in written)
     )
     return 0
+
+
+def _grid_message(msg: str, path: str | None) -> str:
+    """'robustness grid: lr ...' -> "robustness: --grid 'g.json': lr ...": the option named."""
+    for prefix in ("robustness grid: ", "robustness: "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+            break
+    where = f"--grid {path!r}" if path is not None else "--quick"
+    return f"robustness: {where}: {msg}"

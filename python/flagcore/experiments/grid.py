@@ -145,15 +145,36 @@ def grid_from_dict(d: Any) -> GridConfig:
 
 
 def load_grid(path: str) -> GridConfig:
-    """Read and validate a grid config file (strict JSON)."""
+    """Read and validate a grid config file (strict JSON, UTF-8). Every error names --grid and
+    the file."""
+    where = f"robustness: --grid {path!r}"
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             d = json.load(fh, parse_constant=_no_constant)
     except OSError as exc:
         raise ValueError(f"robustness: cannot read --grid {path!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{where} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "a grid config is a UTF-8 JSON file"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"robustness: --grid {path!r} is not valid JSON: {exc}") from exc
-    return grid_from_dict(d)
+        raise ValueError(f"{where} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{where} is not a grid config: its JSON is nested too deeply") from None
+    except ValueError as exc:  # _no_constant: NaN, Infinity
+        raise ValueError(f"{where}: {_unprefixed(str(exc))}") from None
+    try:
+        return grid_from_dict(d)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{where}: {_unprefixed(str(exc))}") from None
+
+
+def _unprefixed(msg: str) -> str:
+    for prefix in ("robustness grid: ", "robustness: "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
 
 
 def _no_constant(name: str) -> Any:
@@ -286,12 +307,14 @@ def worst_case(cells: list[Any], labels: list[Any], grid: GridConfig) -> list[An
     return out
 
 
-def check_out_dir(out_dir: str, fn: str = "robustness") -> str:
+def check_out_dir(out_dir: str, fn: str = "robustness", *, refuse_existing: bool = False) -> str:
     """Check, before any work, that ``out_dir`` is or can become a writable folder (a bad path
-    must not lose a finished run); flagcore._paths.check_output_dir, which creates nothing."""
+    must not lose a finished run); flagcore._paths.check_output_dir, which creates nothing.
+    ``refuse_existing``: also refuse a folder that holds an earlier run's results (the command
+    line without --force)."""
     from .._paths import check_output_dir
 
-    return check_output_dir(out_dir, fn, "--out")
+    return check_output_dir(out_dir, fn, "--out", refuse_existing=refuse_existing)
 
 
 def have_matplotlib() -> bool:
@@ -305,12 +328,13 @@ def write_grid_outputs(
 ) -> list[Any]:
     """``{prefix}results.json`` and the heat maps into out_dir; returns the paths written.
     Without matplotlib only the JSON is written, and a note says how to get the plots."""
+    from .._paths import atomic_open
     from . import _clean
 
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{prefix}results.json")
-    with open(path, "w") as fh:
-        json.dump(_clean(res), fh, allow_nan=False, indent=1)
+    text = json.dumps(_clean(res), allow_nan=False, indent=1)
+    with atomic_open(path) as fh:  # creates out_dir; a failed write keeps a previous file
+        fh.write(text)
     written = [path]
     if plots:
         if not have_matplotlib():

@@ -46,6 +46,16 @@ RULES_TAKING_F = _rules.RULES_NEEDING_F
 
 FLAG_HISTORY = ("all", "first_seed", "none")
 
+# The largest first seed + seeds - 1: every run seeds torch generators with seed * 1_000_003 +
+# 17 (and smaller), which torch takes as a signed 64-bit integer.
+SEED_MAX = (2**63 - 1 - 17) // 1_000_003
+# lr and weight_decay at most this: torch's SGD turns them into float32 (larger ones overflow).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Built-in data sets of images (the cnn model needs (channels, height, width) inputs).
+IMAGE_DATASETS = ("digits",)
+# How validate(options=True) names a field: the option of `flagcore robustness` that sets it.
+OPTION_OF = {"attack_params": "--attack-param"}
+
 _SPEC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(.*)\])?$")
 
 
@@ -178,56 +188,108 @@ class RobustnessConfig:
     attack_params: dict[str, Any] = field(default_factory=dict)
     heterogeneity: str = "iid"
 
-    def validate(self, custom_data: bool = False, custom_model: bool = False) -> list[Any]:
-        fn = "robustness"
-        p = check_int(self.workers, fn, "workers", low=1, high=100_000)
-        check_int(self.byzantine, fn, "byzantine", low=0, high=p - 1)
-        check_int(self.steps, fn, "steps", low=1)
-        check_int(self.batch_size, fn, "batch_size", low=1)
-        check_float(self.lr, fn, "lr", low=0.0, strict_low=True)
-        check_float(self.momentum, fn, "momentum", low=0.0)
-        check_float(self.weight_decay, fn, "weight_decay", low=0.0)
-        check_int(self.seeds, fn, "seeds", low=1, high=1000)
-        check_int(self.seed, fn, "seed", low=0)
-        check_int(self.eval_every, fn, "eval_every", low=1)
+    def validate(
+        self,
+        custom_data: bool = False,
+        custom_model: bool = False,
+        *,
+        options: bool = False,
+        where: str = "robustness",
+    ) -> list[Any]:
+        """Check every field before any work; return the parsed rule specs. Messages start with
+        ``where`` and name the field, or with ``options=True`` the command-line option
+        (``--weight-decay``, ``OPTION_OF``)."""
+        fn = where
+
+        def n(name: str) -> str:
+            return OPTION_OF.get(name, "--" + name.replace("_", "-")) if options else name
+
+        p = check_int(self.workers, fn, n("workers"), low=1, high=100_000)
+        check_int(self.byzantine, fn, n("byzantine"), low=0, high=p - 1)
+        check_int(self.steps, fn, n("steps"), low=1)
+        check_int(self.batch_size, fn, n("batch_size"), low=1)
+        for name, strict in (("lr", True), ("weight_decay", False)):
+            v = check_float(getattr(self, name), fn, n(name), low=0.0, strict_low=strict)
+            if v > FLOAT32_MAX:
+                raise ValueError(
+                    f"{fn}: {n(name)} must be at most {FLOAT32_MAX:.7g} (the largest float32: "
+                    f"the optimiser computes in float32), got {v:g}"
+                )
+        m = check_float(self.momentum, fn, n("momentum"), low=0.0)
+        if m >= 1.0:
+            raise ValueError(f"{fn}: {n('momentum')} must be in [0, 1), got {m:g}")
+        seeds = check_int(self.seeds, fn, n("seeds"), low=1, high=1000)
+        seed = check_int(self.seed, fn, n("seed"), low=0)
+        if seed > SEED_MAX - (seeds - 1):
+            raise ValueError(
+                f"{fn}: {n('seed')} must be at most {SEED_MAX - (seeds - 1)}, got {seed} (with "
+                f"{seeds} seed(s) the last one, {n('seed')} + {seeds - 1}, must be at most "
+                f"{SEED_MAX}: torch takes the seeds derived from it as signed 64-bit integers)"
+            )
+        check_int(self.eval_every, fn, n("eval_every"), low=1)
         if self.threads is not None:
-            check_int(self.threads, fn, "threads", low=1, high=1024)
+            check_int(self.threads, fn, n("threads"), low=1, high=1024)
         if not isinstance(self.attack_params, dict):
-            raise TypeError(f"{fn}: attack_params must be a dict, got {self.attack_params!r}")
+            raise TypeError(
+                f"{fn}: {n('attack_params')} must be a dict, got {self.attack_params!r}"
+            )
         if self.r is not None:
-            check_int(self.r, fn, "r", low=1, high=p)
-        check_float(self.lam, fn, "lam", low=0.0)
-        check_int(self.max_iter, fn, "max_iter", low=1, high=1_000_000)
-        check_choice(self.scale, fn, "scale", SCALES)
-        check_choice(self.flag_history, fn, "flag_history", FLAG_HISTORY)
-        check_choice(self.attack, fn, "attack", all_attacks())
-        _data.parse_heterogeneity(self.heterogeneity, fn)
+            check_int(self.r, fn, n("r"), low=1, high=p)
+        check_float(self.lam, fn, n("lam"), low=0.0)
+        check_int(self.max_iter, fn, n("max_iter"), low=1, high=1_000_000)
+        check_choice(self.scale, fn, n("scale"), SCALES)
+        check_choice(self.flag_history, fn, n("flag_history"), FLAG_HISTORY)
+        check_choice(self.attack, fn, n("attack"), all_attacks())
+        if self.attack_params and self.attack not in gradient_attacks():
+            raise ValueError(
+                f"{fn}: attack {self.attack!r} takes no parameters, got {n('attack_params')} "
+                + ", ".join(f"{k}={v!r}" for k, v in self.attack_params.items())
+            )
+        try:
+            _data.parse_heterogeneity(self.heterogeneity, fn)
+        except (ValueError, TypeError) as exc:
+            msg = str(exc).replace(f"{fn}: heterogeneity", f"{fn}: {n('heterogeneity')}", 1)
+            raise type(exc)(msg) from None
         if not custom_data:
-            check_choice(self.dataset, fn, "dataset", _data.DATASETS)
+            check_choice(self.dataset, fn, n("dataset"), _data.DATASETS)
         if not custom_model:
-            check_choice(self.model, fn, "model", _models.MODELS)
+            check_choice(self.model, fn, n("model"), _models.MODELS)
+        if (
+            not custom_data
+            and not custom_model
+            and self.model == "cnn"
+            and self.dataset not in IMAGE_DATASETS
+        ):
+            raise ValueError(
+                f"{fn}: {n('model')} 'cnn' needs images ({n('dataset')} "
+                f"{' or '.join(IMAGE_DATASETS)}), got {n('dataset')} {self.dataset!r}"
+            )
         if not isinstance(self.device, str) or not re.match(r"^(cpu|cuda(:\d+)?)$", self.device):
-            raise ValueError(f"{fn}: device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+            raise ValueError(
+                f"{fn}: {n('device')} must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
         if self.device.startswith("cuda"):
             import torch
 
             if not torch.cuda.is_available():
                 raise ValueError(
-                    f"{fn}: device {self.device!r} requested but torch sees no CUDA GPU "
+                    f"{fn}: {n('device')} {self.device!r} requested but torch sees no CUDA GPU "
                     f"(torch {torch.__version__})"
                 )
         if isinstance(self.rules, str) or len(self.rules) == 0:
             raise ValueError(
-                f"{fn}: rules must be a non-empty list of rule names, got {self.rules!r}"
+                f"{fn}: {n('rules')} must be a non-empty list of rule names, got {self.rules!r}"
             )
         specs = [s if isinstance(s, RuleSpec) else parse_rule_spec(s) for s in self.rules]
         known = available_rules()
         for s in specs:
             if s.name not in known:
-                raise ValueError(f"{fn}: unknown rule {s.name!r}; available: {', '.join(known)}")
+                raise ValueError(
+                    f"{fn}: {n('rules')}: unknown rule {s.name!r}; available: {', '.join(known)}"
+                )
         labels = [s.label for s in specs]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"{fn}: rules must be distinct, got {', '.join(labels)}")
+            raise ValueError(f"{fn}: {n('rules')} must be distinct, got {', '.join(labels)}")
         return specs
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._paths import atomic_savefig  # a failed write keeps a previous PNG and names the path
+
 
 def _plt() -> Any:
     import matplotlib
@@ -45,7 +47,7 @@ def plot_accuracy(res: dict[str, Any], path: str) -> str:
     ax.legend(fontsize=8, loc="lower right", title="rule (final mean)", title_fontsize=8)
     ax.set_title(_title(res), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -96,7 +98,7 @@ def plot_flag_heatmap(res: dict[str, Any], label: str, path: str, seed_index: in
         color="red",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -120,7 +122,7 @@ def plot_agg_time(res: dict[str, Any], path: str) -> str:
     )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -200,7 +202,7 @@ def write_grid_heatmaps(res: dict[str, Any], out_dir: str, prefix: str = "") -> 
             ax.set_title(f"Accuracy, rule x attack: f = {f}, {het}\n{sub}", fontsize=9)
             fig.tight_layout()
             path = os.path.join(out_dir, f"{prefix}heatmap_attack_f{f}_{_safe(het)}.png")
-            fig.savefig(path, dpi=120)
+            atomic_savefig(fig, path, dpi=120)
             plt.close(fig)
             paths.append(path)
         hets = g["heterogeneity"]
@@ -210,7 +212,7 @@ def write_grid_heatmaps(res: dict[str, Any], out_dir: str, prefix: str = "") -> 
         ax.set_title(f"Worst-case accuracy over attacks: f = {f}\n{sub}", fontsize=9)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{prefix}heatmap_heterogeneity_f{f}.png")
-        fig.savefig(path, dpi=120)
+        atomic_savefig(fig, path, dpi=120)
         plt.close(fig)
         paths.append(path)
     return paths
