@@ -284,7 +284,9 @@ def test_hook_argument_errors(world_of_one: object) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     with pytest.raises(ValueError, match="rule must be one of"):
         register_robust_hook(ddp, "no_such_rule")
-    with pytest.raises(ValueError, match="attack: name must be one of"):
+    with pytest.raises(
+        ValueError, match="register_robust_hook: attack must be None, a callable or"
+    ):
         register_robust_hook(ddp, "mean", "no_such_attack")
     with pytest.raises(ValueError, match=r"register_robust_hook: timeout must be > 0.0, got 0.0"):
         register_robust_hook(ddp, "mean", timeout=0.0)

@@ -4,8 +4,8 @@ c10d store, argument checks, Byzantine contributions, and timing counters."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,10 +44,75 @@ def all_gather_flat(dist: Any, out: Any, tensor: Any, group: Any, async_op: bool
     return fn(out, tensor, group=group, async_op=async_op)
 
 
-def check_timeout(fn: str, timeout: Any) -> float | None:
-    if timeout is None:
+# the longest timeout accepted (seconds, about 116 days): far below what datetime.timedelta,
+# the c10d store and threading accept (2.9e11 s, 8.6e13 s, 9.2e9 s), so a valid timeout never
+# overflows later inside a wait
+MAX_TIMEOUT = 1e7
+
+
+def check_timeout(fn: str, timeout: Any, name: str = "timeout", *, allow_none: bool = True) -> Any:
+    """A timeout in seconds: a real number in (0, MAX_TIMEOUT], or None ("no timeout") where
+    ``allow_none``."""
+    if timeout is None and allow_none:
         return None
-    return check_float(timeout, fn, "timeout", low=0.0, strict_low=True)
+    if timeout is None:
+        raise TypeError(f"{fn}: {name} must be a real number of seconds, got None")
+    v = check_float(timeout, fn, name, low=0.0, strict_low=True)
+    if v > MAX_TIMEOUT:
+        hint = " (None waits without a limit)" if allow_none else ""
+        raise ValueError(
+            f"{fn}: {name} must be at most {MAX_TIMEOUT:g} s (about 116 days){hint}, got {v:g}"
+        )
+    return v
+
+
+def check_process_group(fn: str, dist: Any, group: Any) -> tuple[int, ...]:
+    """The global ranks of ``group`` (None: the default group), refusing what is not a
+    torch.distributed ProcessGroup this process belongs to."""
+    if group is not None and group is getattr(dist.GroupMember, "NON_GROUP_MEMBER", object()):
+        raise ValueError(
+            f"{fn}: this process (rank {dist.get_rank()}) is not a member of process_group (call "
+            f"{fn} only on the group's ranks)"
+        )
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"{fn}: process_group must be None or a torch.distributed ProcessGroup (from "
+            f"dist.new_group), got {group!r} ({type(group).__name__})"
+        )
+    try:
+        ranks = group_ranks(dist, group)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"{fn}: process_group {group!r} is not a group this process knows ({exc})"
+        ) from None
+    if dist.get_rank() not in ranks:
+        raise ValueError(
+            f"{fn}: this process (rank {dist.get_rank()}) is not in process_group's ranks "
+            f"{list(ranks)}"
+        )
+    return ranks
+
+
+def check_store(fn: str, dist: Any, store: Any) -> Any:
+    """``store`` if it is None or a c10d Store."""
+    if store is not None and not isinstance(store, dist.Store):
+        raise TypeError(
+            f"{fn}: store must be None or a torch.distributed Store (e.g. dist.TCPStore), got "
+            f"{store!r} ({type(store).__name__})"
+        )
+    return store
+
+
+def check_attack_params(fn: str, attack_params: Any) -> dict[str, Any]:
+    """A copy of ``attack_params`` (None: empty), which must be a dict with str keys."""
+    if attack_params is None:
+        return {}
+    if not isinstance(attack_params, dict) or not all(isinstance(k, str) for k in attack_params):
+        raise TypeError(
+            f"{fn}: attack_params must be None or a dict of parameter names to values, got "
+            f"{attack_params!r} ({type(attack_params).__name__})"
+        )
+    return dict(attack_params)
 
 
 def derive_seed(*parts: int) -> int:
@@ -71,13 +136,19 @@ def rule_params_with_defaults(rule: str, params: dict[str, Any]) -> dict[str, An
 
 def validate_rule(fn: str, rule: Any, params: dict[str, Any], p: int) -> None:
     """Run the rule once on a tiny stack so that a bad name or parameter raises now, on every
-    rank, with flagcore's own message, instead of inside the first backward pass."""
-    from .. import aggregate
+    rank, with flagcore's own message naming ``fn``, instead of inside the first backward
+    pass."""
+    from ..rules import make_rule
 
     if not isinstance(rule, str):
         raise TypeError(f"{fn}: rule must be a str, got {rule!r} ({type(rule).__name__})")
+    if isinstance(params.get("reference"), str):
+        raise ValueError(
+            f"{fn}: reference={params['reference']!r} is not supported here (pass an array or "
+            "tensor, or no reference)"
+        )
     probe = np.arange(p * 3, dtype=np.float64).reshape(p, 3) + 1.0
-    aggregate(probe, rule, **params)
+    make_rule(rule, _fn=fn, **params)(probe)
 
 
 def validate_attack(fn: str, attack: Any, params: dict[str, Any]) -> None:
@@ -97,7 +168,17 @@ def validate_attack(fn: str, attack: Any, params: dict[str, Any]) -> None:
         raise TypeError(
             f"{fn}: attack must be None, an attack name (str) or a callable, got {attack!r}"
         )
-    out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
+    if attack not in attacks.ALL_ATTACKS:
+        raise ValueError(
+            f"{fn}: attack must be None, a callable or one of {', '.join(attacks.ALL_ATTACKS)}, "
+            f"got {attack!r}"
+        )
+    try:
+        out = attacks.attack(attack, np.ones((1, 3)), 1, seed=0, **params)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(
+            f"{fn}: attack_params {params!r} do not suit attack {attack!r}: {exc}"
+        ) from None
     if tuple(out.shape) != (1, 3):
         raise ValueError(
             f"{fn}: attack {attack!r} returned shape {tuple(out.shape)} for f=1, n=3; expected (1, "
@@ -193,6 +274,103 @@ def default_store(dist: Any) -> Any:
     return distributed_c10d._get_default_store()
 
 
+def fingerprint(tensors: Any) -> int:
+    """A 32-bit fingerprint of the bytes of ``tensors`` (an iterable of tensors, in order):
+    the same on every rank whose tensors are bitwise equal, almost surely another one when
+    they differ. Sent in the headers of the hook and the parameter server, so that a rank
+    whose parameters forked (an extra or a missed step) is detected at its next message.
+    Per tensor the wrapping sum of its bytes read as int64 words (exact in any order, so the
+    thread count does not matter; one pass at memory speed: 7.5 ms for 50M float32 on the
+    2-core build machine, where a sum of squares of int32 words promoted to int64 took 350 ms)
+    plus its trailing bytes and its position; one host synchronisation."""
+    import torch
+
+    sums = []
+    for i, t in enumerate(tensors):
+        t = t.detach()
+        if t.numel() == 0:
+            continue
+        b = t.reshape(-1).contiguous().view(torch.uint8)
+        n8 = b.numel() // 8
+        words = b[: 8 * n8].view(torch.int64).sum() if n8 else torch.zeros((), dtype=torch.int64)
+        tail = b[8 * n8 :].to(torch.int64)
+        tail_word = (tail * (256 ** torch.arange(tail.numel(), device=b.device))).sum()
+        sums += [words, tail_word, torch.tensor(i + 1, device=b.device)]
+    if not sums:
+        return 0
+    h = 0
+    for v in torch.stack(sums).tolist():
+        h = (h * 1000003 + (int(v) & 0xFFFFFFFFFFFFFFFF)) % 4294967291
+    return h
+
+
+# the longest a wait blocks in C++ (or on a lock) before Python gets to handle signals: a
+# Ctrl-C (SIGINT -> KeyboardInterrupt) is honoured within about this time while a rank waits
+WAIT_SLICE_S = 0.05
+
+
+def wait_event(event: threading.Event, deadline: float | None) -> bool:
+    """Wait for ``event`` until ``deadline`` (a time.monotonic() value; None: no limit) in
+    slices of WAIT_SLICE_S, so that signals are handled while waiting; True if it was set."""
+    while True:
+        if deadline is None:
+            step = WAIT_SLICE_S
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return event.is_set()
+            step = min(WAIT_SLICE_S, left)
+        if event.wait(step):
+            return True
+
+
+class Completion:
+    """The completion of a c10d work (or a torch future) as a threading.Event that the main
+    thread can wait on in slices (``wait``): a blocking ``work.wait()`` runs in C++ and delays
+    a Ctrl-C until it returns. Works with a future get a done-callback; gloo's point-to-point
+    works have none and report completion only through wait() (a wait with a short timeout
+    closes the connection), so one daemon thread waits for them (blocked, not busy, if this
+    rank gives up first). ``error``: the work's exception, re-raised by ``wait``."""
+
+    def __init__(self, work: Any = None, future: Any = None) -> None:
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+        fut = future
+        if fut is None:
+            try:
+                fut = work.get_future()
+            except RuntimeError:  # "Work::getFuture not implemented" (gloo send / recv)
+                fut = None
+        if fut is not None:
+            fut.add_done_callback(self._future_done)
+        else:
+            threading.Thread(
+                target=self._wait_work, args=(work,), daemon=True, name="flagcore-wait"
+            ).start()
+
+    def _future_done(self, fut: Any) -> None:
+        try:
+            fut.wait()  # done: returns at once, or raises the collective's error
+        except BaseException as exc:  # handed to the waiting thread
+            self.error = exc
+        self.event.set()
+
+    def _wait_work(self, work: Any) -> None:
+        try:
+            work.wait()
+        except BaseException as exc:  # handed to the waiting thread
+            self.error = exc
+        self.event.set()
+
+    def wait(self, deadline: float | None) -> bool:
+        """True once the work completed (its error re-raised), False at ``deadline``."""
+        if not wait_event(self.event, deadline):
+            return False
+        if self.error is not None:
+            raise self.error
+        return True
+
+
 class ArrivalBarrier:
     """Names the ranks that do not reach a collective within ``timeout`` seconds.
 
@@ -227,9 +405,17 @@ class ArrivalBarrier:
         keys = [self._key(tag, k, r) for r in self.ranks]
         try:
             store.set(keys[self.ranks.index(self.rank)], b"1")
-            store.wait(keys, datetime.timedelta(seconds=self.timeout))
+            # polled rather than store.wait(keys, timeout), which blocks in C++ (no Ctrl-C)
+            deadline = time.monotonic() + self.timeout
+            pause = 1e-3
+            while not store.check(keys):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{where}: the store keys of call {k} did not all appear")
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, WAIT_SLICE_S)
             return
-        except RuntimeError as exc:  # DistStoreError (timeout) or a lost store connection
+        except (RuntimeError, TimeoutError) as exc:  # a timeout or a lost store connection
             cause = exc
         try:
             missing = [r for r, key in zip(self.ranks, keys) if not store.check([key])]
@@ -281,18 +467,27 @@ class ArrivalBarrier:
                 out.append(r)
         return out
 
-    def wait_work(self, work: Any, k: int, where: str, deadline: float | None) -> None:
+    def wait_work(
+        self,
+        work: Any,
+        k: int,
+        where: str,
+        deadline: float | None,
+        completion: Completion | None = None,
+    ) -> None:
         """Wait for an asynchronous collective (number k) until ``deadline`` (a
-        time.monotonic() value; None: no limit). On a timeout or a failed collective raise
-        RankFailureError naming the ranks that never launched it (dead, or stalled after their
-        previous collective); if every rank launched it, probe which ranks still answer."""
+        time.monotonic() value; None: no limit), in slices (a Ctrl-C is honoured within
+        WAIT_SLICE_S; ``completion``: a Completion of ``work`` made earlier). On a timeout or
+        a failed collective raise RankFailureError naming the ranks that never launched it
+        (dead, or stalled after their previous collective); if every rank launched it, probe
+        which ranks still answer."""
+        done = completion if completion is not None else Completion(work)
         try:
-            if deadline is None:
-                work.wait()
-            else:
-                remaining = max(deadline - time.monotonic(), 1e-3)
-                work.wait(timeout=datetime.timedelta(seconds=remaining))
-            return
+            if done.wait(deadline):
+                return
+            cause: BaseException = TimeoutError(
+                f"{where}: not completed within {self.timeout:g} s on rank {self.rank}"
+            )
         except RuntimeError as exc:
             cause = exc
         try:

@@ -6,10 +6,9 @@ import datetime
 import hashlib
 from typing import Any
 
-from .._arrays import check_float
 from ._common import (
     ArrivalBarrier,
-    all_gather_flat,
+    check_timeout,
     default_store,
     group_ranks,
     torch_dist,
@@ -21,6 +20,11 @@ def parameter_digest(module: Any) -> str:
     and values, in state_dict order): equal digests mean bitwise-equal replicas."""
     import torch
 
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            f"parameter_digest: module must be a torch.nn.Module, got {type(module).__name__}"
+        )
+
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -30,23 +34,43 @@ def parameter_digest(module: Any) -> str:
     return h.hexdigest()
 
 
-def assert_replicas_identical(module: Any, process_group: Any = None) -> str:
+def assert_replicas_identical(
+    module: Any, process_group: Any = None, *, timeout: float = 300.0, store: Any = None
+) -> str:
     """Collective: raise RuntimeError naming the ranks whose parameters differ from the group's
-    first rank (bitwise); returns the common digest."""
+    first rank (bitwise); returns the common digest.
+
+    The digests are exchanged through the c10d store (``store``, default: the default group's),
+    not through a collective of the process group: a rank left with a collective in flight (a
+    rank that ran an extra backward pass is one gradient gather ahead) would otherwise meet
+    this exchange inside gloo with another message size, and gloo aborts the process on that.
+    Ranks that do not arrive within ``timeout`` seconds are named in a RankFailureError.
+    """
     import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            "assert_replicas_identical: module must be a torch.nn.Module, got "
+            f"{type(module).__name__}"
+        )
 
     dist = torch_dist()
     ranks = group_ranks(dist, process_group)
+    limit = check_timeout("assert_replicas_identical", timeout, allow_none=False)
     mine = parameter_digest(module)
-    # a plain all_gather of the 32 digest bytes (all_gather_object pickles through extra
-    # collectives); on the device the parameters live on, as NCCL needs
-    dev = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
-    if dev.type == "cpu" or dist.get_backend(process_group) == "gloo":
-        dev = torch.device("cpu")
-    own = torch.tensor(list(bytes.fromhex(mine)), dtype=torch.uint8, device=dev)
-    out = torch.empty(len(ranks) * own.numel(), dtype=torch.uint8, device=dev)
-    all_gather_flat(dist, out, own, process_group)
-    digests = [bytes(row.tolist()).hex() for row in out.view(len(ranks), -1).cpu()]
+    rank = dist.get_rank()
+    st = store if store is not None else default_store(dist)
+    barrier = ArrivalBarrier(st, "replicas", rank, ranks, limit)
+    # fixed-size values in the store (64 hex digits each), set before this rank's arrival key
+    st.set(f"{barrier.prefix}/digest/{rank}", mine.encode())
+    barrier.arrive("assert_replicas_identical")
+    digests = [st.get(f"{barrier.prefix}/digest/{r}").decode() for r in ranks]
+    # the group's first rank (the store's host under env:// or tcp:// init) returns last, once
+    # every rank has read the digests: its exit must not take the store away from a reader
+    if rank == ranks[0]:
+        barrier._wait_all("read", 0, "assert_replicas_identical (reading the digests)")
+    else:
+        st.set(barrier._key("read", 0, rank), b"1")
     differ = [r for r, d in zip(ranks, digests) if d != digests[0]]
     if differ:
         raise RuntimeError(
@@ -70,7 +94,7 @@ def shutdown(process_group: Any = None, *, timeout: float = 60.0, store: Any = N
     raise RankFailureError after ``timeout`` seconds.
     """
     dist = torch_dist()
-    limit = check_float(timeout, "shutdown", "timeout", low=0.0, strict_low=True)
+    limit = check_timeout("shutdown", timeout, allow_none=False)
     ranks = group_ranks(dist, process_group)
     rank = dist.get_rank()
     st = store if store is not None else default_store(dist)

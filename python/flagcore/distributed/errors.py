@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 
@@ -28,6 +29,13 @@ class RankFailureError(RuntimeError):
         timeout: float | None = None,
     ) -> None:
         super().__init__(message)
+        if isinstance(missing_ranks, (str, bytes)) or not all(
+            isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in missing_ranks
+        ):
+            raise TypeError(
+                f"RankFailureError: missing_ranks must be a sequence of int ranks, got "
+                f"{missing_ranks!r}"
+            )
         self.missing_ranks = tuple(int(r) for r in missing_ranks)
         self.where = where
         self.timeout = timeout

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +35,16 @@ import numpy as np
 from ._common import (
     ArrivalBarrier,
     CommStats,
+    Completion,
     all_gather_flat,
+    check_attack_params,
+    check_process_group,
+    check_store,
     check_timeout,
     contribution_of,
     default_store,
     derive_seed,
-    group_ranks,
+    fingerprint,
     record_nonfinite_mask,
     rule_params_with_defaults,
     timed,
@@ -47,7 +52,7 @@ from ._common import (
     validate_attack,
     validate_rule,
 )
-from ._wire import pack, unpack
+from ._wire import HEADER_BYTES, pack, payload_bytes, unpack
 
 log = logging.getLogger("flagcore.distributed")
 
@@ -181,7 +186,8 @@ def register_robust_hook(
     if not isinstance(whole_model, bool):
         raise TypeError(f"{fn}: whole_model must be a bool, got {whole_model!r}")
     timeout = check_timeout(fn, timeout)
-    ranks = group_ranks(dist, process_group)
+    ranks = check_process_group(fn, dist, process_group)
+    check_store(fn, dist, store)
     params = rule_params_with_defaults(rule, rule_params)
     if params.get("reference") is not None:
         raise ValueError(
@@ -189,7 +195,7 @@ def register_robust_hook(
             f"whole-model vector); got a {type(params['reference']).__name__}"
         )
     validate_rule(fn, rule, params, len(ranks))
-    attack_params = dict(attack_params or {})
+    attack_params = check_attack_params(fn, attack_params)
     validate_attack(fn, attack, attack_params)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
@@ -239,7 +245,10 @@ def _hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
         state.attack, state.attack_params, buf, derive_seed(state.seed, state.rank, idx, call)
     )
     p, n = len(state.ranks), buf.numel()
-    msg = pack(own, n, buf.dtype, buf.device, (idx, call))
+    # the header's tag: the bucket, this rank's call of it and a fingerprint of the bucket's
+    # parameters; the receivers check it against the majority's (see _majority_tag)
+    tag_b = (call << 32) | fingerprint(bucket.parameters())
+    msg = pack(own, n, buf.dtype, buf.device, (idx, tag_b))
     gathered = torch.empty(p * msg.numel(), dtype=torch.uint8, device=buf.device)
     st = state.stats
     st.calls += 1
@@ -268,9 +277,12 @@ def _hook(state: RobustHookState, bucket):  # type: ignore[no-untyped-def]
         if state.whole_model:
             timed(st, "aggregate_s", lambda: _finish_whole_model(state, pending))
     except BaseException as exc:
+        # torch futures accept only an Exception: a KeyboardInterrupt (Ctrl-C while waiting)
+        # is handed to them wrapped, and itself re-raised to the caller of backward()
+        err = exc if isinstance(exc, Exception) else RuntimeError(f"{entry.where}: {exc!r}")
         for e in pending:
             if e.result is not None and not e.result.done():
-                e.result.set_exception(exc)
+                e.result.set_exception(err)
         raise
     return entry.result if state.whole_model else entry.done
 
@@ -284,7 +296,10 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     st = state.stats
     buf = e.buf
     rows = e.gathered.view(len(state.ranks), -1)
-    stack, bad = unpack(rows, buf.numel(), buf.dtype, (e.index, e.call), state.ranks, "a bucket")
+    tag, steps = _majority_tag(rows, buf, state.ranks)
+    stack, bad = unpack(rows, buf.numel(), buf.dtype, tag, state.ranks, "a bucket")
+    for r, m in steps.items():
+        bad[r] = m  # unpack's message has the raw tag words
     e.stack, e.bad = stack, bad
     out = None
     if state.whole_model:
@@ -318,6 +333,44 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     return out
 
 
+def _majority_tag(rows: Any, buf: Any, ranks: Any) -> tuple[tuple[int, int], dict[int, str]]:
+    """The tag (bucket, call << 32 | parameter fingerprint) most of the gathered headers carry
+    (a tie: the one of the lowest group rank) and {rank: message} for the rows tagged
+    otherwise. Every rank sees the same headers, so every rank takes the same tag and rejects
+    the same rows, the out-of-step rank its own: a rank that ran an extra or skipped a
+    backward pass (its call counts differ) or whose parameters forked (an extra or missed
+    optimizer step) is excluded and named on every rank, and the replicas keep agreeing."""
+    import torch
+
+    nb = payload_bytes(buf.numel(), buf.dtype)
+    head = torch.empty((rows.shape[0], HEADER_BYTES), dtype=torch.uint8).copy_(rows[:, nb:])
+    tags = [(int(h[0]), int(h[1])) for h in head.view(torch.int64).tolist()]
+    want = Counter(tags).most_common(1)[0][0]
+    out = {}
+    for r, t in zip(ranks, tags):
+        if t == want:
+            continue
+        call, fp = t[1] >> 32, t[1] & 0xFFFFFFFF
+        w_call, w_fp = want[1] >> 32, want[1] & 0xFFFFFFFF
+        if t[0] != want[0]:
+            out[r] = (
+                f"rank {r} is out of step: it sent bucket {t[0]} where most ranks sent bucket "
+                f"{want[0]} (its buckets differ)"
+            )
+        elif call != w_call:
+            out[r] = (
+                f"rank {r} is out of step: it sent call {call} of bucket {t[0]}, most ranks "
+                f"call {w_call} (it ran an extra or skipped a backward pass)"
+            )
+        else:
+            out[r] = (
+                f"rank {r} is out of step: its parameters differ from most ranks' (fingerprint "
+                f"{fp:08x}, most ranks {w_fp:08x}; an extra or missed optimizer step forked "
+                f"its replica)"
+            )
+    return want, out
+
+
 def _wait_step(state: RobustHookState, pending: list[Any]) -> None:
     """Wait for the step's gathers (at most ``timeout`` in all) and their callbacks."""
     # the first step may wait longer: ranks reach it at different times (start-up, first batch)
@@ -328,12 +381,14 @@ def _wait_step(state: RobustHookState, pending: list[Any]) -> None:
     )
     state.steps += 1
     deadline = None if wait is None else time.monotonic() + wait
+    # every wait is sliced (Completion): a blocking work.wait() would hold a Ctrl-C until the
+    # gather completes or the timeout runs out
     for e in pending:
         if state.barrier is not None:
             state.barrier.wait_work(e.work, e.k, e.where, deadline)
         else:
-            e.work.wait()
-        e.done.wait()  # the callback's own work (re-raises its error)
+            Completion(e.work).wait(None)
+        Completion(future=e.done).wait(None)  # the callback's own work (re-raises its error)
 
 
 def _finish_whole_model(state: RobustHookState, pending: list[Any]) -> None:

@@ -25,23 +25,37 @@ import numpy as np
 
 from .._arrays import check_choice, check_int
 from ._common import (
+    WAIT_SLICE_S,
     ArrivalBarrier,
     CommStats,
+    Completion,
     _instance_ids,
+    check_attack_params,
+    check_process_group,
     check_rank,
+    check_store,
     check_timeout,
     contribution_of,
     default_store,
     derive_seed,
-    group_ranks,
+    fingerprint,
     record_nonfinite_mask,
     rule_params_with_defaults,
     timed,
     torch_dist,
     validate_attack,
     validate_rule,
+    wait_event,
 )
-from ._wire import HEADER_BYTES, dtype_code, dtype_name, pack, payload_bytes, unpack
+from ._wire import (
+    HEADER_BYTES,
+    describe_mismatch,
+    dtype_code,
+    dtype_name,
+    pack,
+    payload_bytes,
+    unpack,
+)
 from .errors import RankFailureError
 
 MODES = ("gradients", "parameters")
@@ -93,12 +107,16 @@ class ParameterServer:
         liveness check (default: the default group's store). Every rank must create its
         parameter servers and hooks in the same order (the store keys are numbered by it).
 
-    Malformed contributions (another size or dtype than the parameters, or not a tensor) are
-    never put on the wire (``flagcore.distributed._wire``): the server replaces the row by NaN,
-    the rule excludes it and counts it against f, and every rank gets
-    ``stats.last_rejected`` = {rank: "rank 2 sent a gradient of 1005 float64 values, expected
-    1000 float32"} with the result. Messages are sent point to point (isend/irecv) with
-    a tag per step, so a late gradient never mixes with the next step's.
+    Malformed gradients: a rank's own ``flat_gradient`` argument that is not a 1-D tensor of
+    the model's number of values raises (TypeError / ValueError, on that rank, before anything
+    is sent or counted; the other ranks then wait for it and time out). A gradient of another
+    dtype, and whatever a callable ``attack`` returns that is not a 1-D tensor of the model's
+    size and dtype (another size, dtype or shape, or not a tensor), is never put on the wire
+    (``flagcore.distributed._wire``): that rank sends NaN with a header saying what it had, the
+    server excludes the row (counted against f), and every rank gets ``stats.last_rejected`` =
+    {rank: "rank 2 sent a gradient of 1005 float64 values, expected 1000 float32"} (or "... of
+    shape (1000, 1), expected (1000,)") with the result. Messages are sent point to point
+    (isend/irecv) with a tag per step, so a late gradient never mixes with the next step's.
     """
 
     def __init__(
@@ -121,17 +139,13 @@ class ParameterServer:
     ) -> None:
         fn = "ParameterServer"
         dist = torch_dist()
-        import torch
-
         from ..rules import make_rule
 
         if not dist.is_initialized():
             raise ValueError(
                 f"{fn}: torch.distributed is not initialised (call init_process_group first)"
             )
-        if isinstance(params, torch.nn.Module):
-            params = params.parameters()
-        self.params = [p for p in params if p.requires_grad]
+        self.params = _check_params(fn, params)
         if not self.params:
             raise ValueError(f"{fn}: params holds no parameter that requires grad")
         dtypes = {p.dtype for p in self.params}
@@ -142,13 +156,21 @@ class ParameterServer:
                 f"{sorted(map(str, dtypes))} "
                 f"and devices {sorted(map(str, devices))}"
             )
+        if optimizer is not None and not all(
+            callable(getattr(optimizer, a, None)) for a in ("step", "zero_grad")
+        ):
+            raise TypeError(
+                f"{fn}: optimizer must be None or a torch optimizer (with step() and zero_grad()), "
+                f"got {optimizer!r} ({type(optimizer).__name__})"
+            )
         self.optimizer = optimizer
         self.mode = check_choice(mode, fn, "mode", MODES)
         if not isinstance(include_server, bool):
             raise TypeError(f"{fn}: include_server must be a bool, got {include_server!r}")
         self.timeout = check_timeout(fn, timeout)
         self.group = process_group
-        self.ranks = group_ranks(dist, process_group)
+        self.ranks = check_process_group(fn, dist, process_group)
+        check_store(fn, dist, store)
         self.rank = dist.get_rank()
         self.server_rank = check_rank(fn, "server_rank", server_rank, self.ranks)
         self.include_server = include_server
@@ -173,7 +195,7 @@ class ParameterServer:
         validate_rule(fn, rule, self.rule_params, self.quorum)
         self.rule_obj = make_rule(rule, _fn=fn, **self.rule_params)
         self.attack = attack
-        self.attack_params = dict(attack_params or {})
+        self.attack_params = check_attack_params(fn, attack_params)
         validate_attack(fn, attack, self.attack_params)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
@@ -228,7 +250,7 @@ class ParameterServer:
                     raise
                 raise self.barrier.after_failure(where, exc) from exc
             if self.barrier is None:
-                work.wait()
+                Completion(work).wait(None)  # sliced: a Ctrl-C is honoured while waiting
             else:
                 assert k is not None and self.timeout is not None  # a barrier implies both
                 self.barrier.wait_work(
@@ -275,7 +297,12 @@ class ParameterServer:
         """Collective (every rank of the group calls it): the server receives the workers' flat
         gradients (n,) (the first ``quorum`` to arrive), aggregates them with the rule (rows in
         rank order) and sends the result to every rank; returns it (n,) on every rank. A
-        non-worker server may pass None. A Byzantine rank's attack is applied here."""
+        non-worker server may pass None. A Byzantine rank's attack is applied here.
+
+        ``flat_gradient`` must be a 1-D tensor of the model's n values (TypeError / ValueError
+        otherwise, raised here before anything is sent, so this rank stays in step: fix the
+        argument and call again); another dtype is sent as NaN and rejected on every rank (see
+        the class docstring), as is a malformed output of a callable attack."""
         return self._step(flat_gradient, "gradients")
 
     def _step(self, flat_gradient: Any, mode: str) -> Any:
@@ -285,8 +312,8 @@ class ParameterServer:
         fn = "ParameterServer.aggregate"
         t_call = time.perf_counter()
         t_start = self._t_prev if self._t_prev is not None else t_call
-        step = self.steps
-        self.steps += 1
+        # the caller's own argument is checked before any state changes: a malformed one raises
+        # here, on this rank, and the server stays in step with the other ranks
         if flat_gradient is None:
             if self.is_worker:
                 raise ValueError(f"{fn}: rank {self.rank} is a worker and must pass its gradient")
@@ -314,6 +341,8 @@ class ParameterServer:
             # converting it here hid it (a complex gradient lost its imaginary part, a float64
             # 1e300 became Inf and was reported as non-finite)
             flat_gradient = flat_gradient.to(device=self.device)
+        step = self.steps
+        self.steps += 1
         st = self.stats
         st.calls += 1
         st.elements += self.numel
@@ -331,7 +360,10 @@ class ParameterServer:
                 flat_gradient,
                 derive_seed(self.seed, self.rank, step),
             )
-            msg = pack(own, self.numel, self.dtype, self.device, (step, 0))
+            # the header's second word: a fingerprint of this rank's parameters, which the
+            # server compares with its own: a worker whose replica forked (it called aggregate
+            # twice in a step, or skipped an optimizer step) is rejected and named on every rank
+            msg = pack(own, self.numel, self.dtype, self.device, (step, fingerprint(self.params)))
         if self.is_server:
             result = timed(
                 st, "comm_s", lambda: self._serve(step, tag, msg, res_bytes, where, k, mode)
@@ -344,11 +376,11 @@ class ParameterServer:
                 else None
             )
             if send is not None:
-                self._outstanding.append(_Waiter(send, msg))
+                self._outstanding.append(_Waiter(send, msg, key=self.server_rank))
             result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
             recv = dist.irecv(result, self.server_rank, group=self.group, tag=tag + 1)
             if self.barrier is None:
-                recv.wait()
+                Completion(recv).wait(None)  # sliced: a Ctrl-C is honoured while waiting
             else:
                 assert k is not None and self.timeout is not None  # a barrier implies both
                 self.barrier.wait_work(recv, k, where, time.monotonic() + 2 * self.timeout)
@@ -393,19 +425,18 @@ class ParameterServer:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         waiting = [r for r in self.workers if r != self.rank]
         while len(arrived) < self.quorum:
-            try:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                r, err = arrivals.get(timeout=left)
-            except queue.Empty:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 self._abort(step, tag, res_bytes, waiting, where)
+            try:  # in slices, so that a Ctrl-C is honoured while waiting
+                r, err = arrivals.get(
+                    timeout=WAIT_SLICE_S if left is None else min(left, WAIT_SLICE_S)
+                )
+            except queue.Empty:
+                continue
             if err is not None:
-                raise RankFailureError(
-                    f"flagcore.distributed: {where}: receiving rank {r}'s gradient failed "
-                    f"on the server (rank {self.rank}): {err}",
-                    missing_ranks=[r],
-                    where=where,
-                    timeout=self.timeout,
-                ) from err
+                # tell the other ranks first (they wait for this step's result), then raise
+                self._abort(step, tag, res_bytes, [r], where, failed=err)
             arrived.append(r)
             waiting.remove(r)
         used = sorted(arrived, key=self.ranks.index)
@@ -413,7 +444,8 @@ class ParameterServer:
         for r in late:  # dropped: its waiting thread finishes when the gradient comes
             self.stats.late_calls[r] = self.stats.late_calls.get(r, 0) + 1
         rows = torch.stack([recvs[r][1] for r in used])
-        stack, bad = unpack(rows, self.numel, self.dtype, (step, 0), used, "a gradient")
+        fp = fingerprint(self.params)  # the workers' replicas must equal the server's
+        stack, bad = unpack(rows, self.numel, self.dtype, (step, fp), used, "a gradient")
         t0 = time.perf_counter()
         agg, info = self.rule_obj(
             stack, return_info=True
@@ -439,7 +471,12 @@ class ParameterServer:
             else:
                 status.append(NOT_WORKER)
         heads = _heads(
-            self, step, 0, len(used), status, {r: _claimed(rows, used, r, self) for r in bad}
+            self,
+            step,
+            0,
+            len(used),
+            status,
+            {r: _claimed(rows, used, r, self, step, fp) for r in bad},
         )
         result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
         nb = payload_bytes(self.numel, self.dtype)
@@ -452,28 +489,59 @@ class ParameterServer:
             # and exits with results undelivered; with a quorum, ``finish`` does it at the end
             end = None if self.timeout is None else time.monotonic() + self.timeout
             for w in sends:
-                w.done.wait(None if end is None else max(end - time.monotonic(), 0.0))
+                wait_event(w.done, end)
         return result
 
-    def _send_all(self, result: Any, tag: int) -> list[Any]:
+    def _send_all(self, result: Any, tag: int, tolerant: bool = False) -> list[Any]:
+        """Send ``result`` to every other rank; ``tolerant`` (an abort): a send that fails at
+        once (the connection to a dead rank is closed) is skipped, the others still go out."""
         dist = torch_dist()
-        sends = [
-            _Waiter(dist.isend(result, r, group=self.group, tag=tag + 1), result)
-            for r in self.ranks
-            if r != self.rank
-        ]
+        sends = []
+        for r in self.ranks:
+            if r == self.rank:
+                continue
+            try:
+                work = dist.isend(result, r, group=self.group, tag=tag + 1)
+            except RuntimeError:
+                if not tolerant:
+                    raise
+                continue
+            sends.append(_Waiter(work, result, key=r))
         self._outstanding.extend(sends)
         return sends
 
-    def _abort(self, step: int, tag: int, res_bytes: int, missing: list[Any], where: str) -> None:
-        """The quorum did not arrive in time: tell every rank who is missing, then raise."""
+    def _abort(
+        self,
+        step: int,
+        tag: int,
+        res_bytes: int,
+        missing: list[Any],
+        where: str,
+        failed: BaseException | None = None,
+    ) -> None:
+        """The quorum did not arrive in time (or receiving from a worker failed: ``failed``):
+        tell every rank who is missing, then raise the same error here."""
         import torch
 
         status = [MISSING if r in missing else USED for r in self.ranks]
-        heads = _heads(self, step, 1, 0, status, {})
+        heads = _heads(self, step, 1 if failed is None else 2, 0, status, {})
         result = torch.zeros(res_bytes, dtype=torch.uint8, device=self.device)
         result[payload_bytes(self.numel, self.dtype) :].copy_(heads.to(self.device))
-        self._send_all(result, tag)
+        sends = self._send_all(result, tag, tolerant=True)
+        # give the error a moment to reach the living workers before this rank goes on
+        end = time.monotonic() + min(self.timeout or 5.0, 5.0)
+        for w in sends:
+            if w.key not in missing:
+                wait_event(w.done, end)
+        if failed is not None:
+            raise RankFailureError(
+                f"flagcore.distributed: {where}: receiving rank(s) {missing}'s gradient failed "
+                f"(the rank died or its connection broke); seen from rank {self.rank} (the "
+                f"server): {failed}",
+                missing_ranks=missing,
+                where=where,
+                timeout=self.timeout,
+            ) from failed
         raise RankFailureError(
             f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
             f"{self.timeout:g} s "
@@ -505,6 +573,15 @@ class ParameterServer:
         status = dict(zip(self.ranks, heads[1:]))
         if abort:
             missing = [r for r, h in status.items() if h[0] == MISSING]
+            if abort == 2:
+                raise RankFailureError(
+                    f"flagcore.distributed: {where}: receiving rank(s) {missing}'s gradient "
+                    f"failed (the rank died or its connection broke); reported by the server "
+                    f"(rank {self.server_rank}) to rank {self.rank}",
+                    missing_ranks=missing,
+                    where=where,
+                    timeout=self.timeout,
+                )
             raise RankFailureError(
                 f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
                 f"{self.timeout:g} s "
@@ -517,17 +594,17 @@ class ParameterServer:
         bad = {}
         for r, h in status.items():
             if h[0] == REJECTED:
-                got = (
-                    "something that is not a tensor"
-                    if h[1] < 0
-                    else f"{h[1]} {dtype_name(h[2])} values"
-                )
-                bad[r] = (
-                    f"rank {r} sent a gradient of {got}, expected {self.numel} "
-                    f"{dtype_name(dtype_code(self.dtype))}"
+                bad[r] = describe_mismatch(
+                    f"rank {r} sent a gradient", h[1], h[2], self.numel, self.dtype
                 )
                 if h[1] == -2:
                     bad[r] = f"rank {r} sent a gradient out of step (for another step than {step})"
+                elif h[1] == -3:
+                    bad[r] = (
+                        f"rank {r} is out of step: its parameters differ from the server's "
+                        f"(rank {self.server_rank}) at step {step} (an extra aggregate call or a "
+                        f"missed optimizer step forked its replica)"
+                    )
         st = self.stats
         if bad:
             st.last_rejected = bad
@@ -612,13 +689,63 @@ class ParameterServer:
             self._write(flat, "param")
 
     def finish(self, timeout: float = 60.0) -> None:
-        """Wait (at most ``timeout`` s) until this rank's outstanding messages are delivered:
-        the results sent to late workers, their dropped gradients. Call it on every rank after
-        the last step (before ``shutdown``) when a quorum is used."""
-        end = time.monotonic() + timeout
+        """Wait (at most ``timeout`` s, a real number in (0, 1e7]) until this rank's outstanding
+        messages are delivered: the results sent to late workers, a late worker's gradient.
+        Call it on every rank after the last step (before ``shutdown``) when a quorum is used.
+
+        Raises RankFailureError (``missing_ranks``: the ranks they were sent to) when messages
+        are still undelivered at the deadline: those ranks did not receive them (dead, stalled,
+        or not calling ``finish`` / their step), and leaving silently would hide it."""
+        limit = check_timeout("ParameterServer.finish", timeout, allow_none=False)
+        end = time.monotonic() + limit
         for w in self._outstanding:
             w.done.wait(max(end - time.monotonic(), 0.0))
         self._reap()
+        if self._outstanding:
+            to = sorted({w.key for w in self._outstanding if w.key is not None})
+            raise RankFailureError(
+                f"flagcore.distributed: ParameterServer.finish: {len(self._outstanding)} "
+                f"message(s) from rank {self.rank} to rank(s) {to} still undelivered after "
+                f"{limit:g} s (dead or stalled)",
+                missing_ranks=to,
+                where="ParameterServer.finish",
+                timeout=limit,
+            )
+
+
+def _check_params(fn: str, params: Any) -> list[Any]:
+    """The parameters that require grad of ``params``: a torch.nn.Module or an iterable of leaf
+    tensors (Parameters). A single tensor is refused: iterating it gives its rows, views whose
+    .grad autograd never fills, so the aggregate would be written where no optimizer reads it."""
+    import torch
+
+    if isinstance(params, torch.Tensor):
+        raise TypeError(
+            f"{fn}: params must be a torch.nn.Module or an iterable of Parameters, got a single "
+            f"{type(params).__name__} of shape {tuple(params.shape)} (iterating it would give "
+            "its rows); pass [w]"
+        )
+    if isinstance(params, torch.nn.Module):
+        items = list(params.parameters())
+    else:
+        if isinstance(params, (str, bytes, dict)) or not hasattr(params, "__iter__"):
+            raise TypeError(
+                f"{fn}: params must be a torch.nn.Module or an iterable of Parameters, got "
+                f"{params!r} ({type(params).__name__})"
+            )
+        items = list(params)
+        for i, q in enumerate(items):
+            if not isinstance(q, torch.Tensor):
+                raise TypeError(
+                    f"{fn}: params[{i}] must be a torch Parameter (a leaf tensor), got "
+                    f"{type(q).__name__}"
+                )
+            if q.requires_grad and not q.is_leaf:
+                raise ValueError(
+                    f"{fn}: params[{i}] is not a leaf tensor (a view or the result of an "
+                    "operation): autograd never fills its .grad; pass the Parameters themselves"
+                )
+    return [q for q in items if q.requires_grad]
 
 
 class _Waiter:
@@ -647,8 +774,11 @@ def _all_gather(dist: Any, out: Any, own: Any, group: Any) -> Any:
     return fn(out, own, group=group, async_op=True)
 
 
-def _claimed(rows: Any, used: list[Any], r: int, ps: ParameterServer) -> tuple[Any, ...]:
-    """(numel, dtype code) rank r's header claimed (-2 when its tag was another step's)."""
+def _claimed(
+    rows: Any, used: list[Any], r: int, ps: ParameterServer, step: int, fp: int
+) -> tuple[Any, ...]:
+    """(numel, dtype code) rank r's header claimed (-2 when its tag was another step's, -3
+    when its parameter fingerprint was not the server's ``fp``)."""
     import torch
 
     nb = payload_bytes(ps.numel, ps.dtype)
@@ -658,8 +788,10 @@ def _claimed(rows: Any, used: list[Any], r: int, ps: ParameterServer) -> tuple[A
         .view(torch.int64)
         .tolist()
     )
-    if h[0] != ps.steps - 1:
+    if h[0] != step:
         return (-2, -2)
+    if h[1] != fp:
+        return (-3, -3)
     return (h[2], h[3])
 
 
