@@ -87,6 +87,10 @@ def test_alie_f_zero_and_f_too_large_for_z_max(honest):
     # f = 0 sends nothing, as every attack does, even where z_max is undefined (p = 2, f = 0)
     assert attack("alie", honest[:2], 0).shape == (0, 400)
     assert attack("alie", honest[:2], 0, z=1.0).shape == (0, 400)
+    assert attack("alie", honest[:1], 0).shape == (0, 400)  # one honest row: no std needed
+    assert attack("optimal_alie", honest[:1], 0, rule="median").shape == (0, 400)
+    with pytest.raises(ValueError, match="needs at least 2 honest gradients"):
+        attack("alie", honest[:1], 1)
     # z_max needs f < floor(p / 2 + 1): p = 82, f = 70; the error names the caller and the attack
     with pytest.raises(
         ValueError,

@@ -429,16 +429,15 @@ def _make(
     if name == "inf":
         return np.full((f, n), np.inf)
     if name == "alie":
+        z = None if prm["z"] is None else check_float(prm["z"], fn, "z")
+        if f == 0:  # nothing to send: no statistics needed (z_max is undefined for p <= 2)
+            return np.zeros((0, n))
         if nh < 2:
             raise ValueError(
                 f"{fn}: attack 'alie' needs at least 2 honest gradients for a standard deviation, "
                 f"got {nh}"
             )
-        if prm["z"] is not None:
-            z = check_float(prm["z"], fn, "z")
-        elif f == 0:  # nothing to send: z_max is not needed (and undefined for p <= 2)
-            return np.zeros((0, n))
-        else:
+        if z is None:
             z = _alie_z_max(nh + f, f, fn, caller or name)
         mean, sd = _scaled_mean_std(h, std=True)
         row = mean - z * sd
@@ -625,7 +624,7 @@ def _adaptive(
             "min_sum": "ipm",
             "fa_aware": "sign_flip",
         }[name]
-        if fallback == "alie" and h_all.shape[0] < 2:
+        if fallback == "alie" and h_all.shape[0] < 2 and f > 0:
             raise ValueError(
                 f"{fn}: attack {name!r} needs at least 2 honest gradients for a standard "
                 "deviation, "
