@@ -145,6 +145,9 @@ def hook_out_of_step(rank: int, world: int) -> dict:
         except RankFailureError as exc:
             out["raised"] = {"step": s, "missing": list(exc.missing_ranks)}
             break
+        except RuntimeError as exc:  # ReplicaDivergenceError (DDP may re-raise it as such)
+            out["diverged"] = {"step": s, "message": str(exc)}
+            break
         opt.step()
         out["steps"][s] = {
             "rejected": {str(k): v for k, v in state.stats.last_rejected.items()},

@@ -343,3 +343,36 @@ def test_predict_step_time_refuses_instead_of_correcting() -> None:
     # what is right still works: numbers, 1-D arrays, samplers returning (m,)
     res = predict_step_time([1, np.array([2.0, 2.0]), lambda rng, m: np.full(m, 3.0)], 3, steps=4)
     assert res["mean"] == pytest.approx(3.0)
+
+
+def test_fingerprint_takes_views_at_any_offset_and_many_tensors() -> None:
+    # a Parameter viewing a flat buffer at a byte offset not divisible by 8 (and fp16 at an odd
+    # element) made the int64 view raise inside the hook and ps.step on every rank
+    from flagcore.distributed._common import fingerprint
+
+    flat = torch.randn(45)
+    views = [flat[15:45].view(6, 5), torch.randn(31, dtype=torch.float16)[1:], flat[1:2]]
+    copies = [v.clone() for v in views]  # the same bytes at offset 0
+    assert fingerprint(views) == fingerprint(copies)
+    big = torch.randn(1 << 19)  # 2 MiB: summed where it is
+    many = [torch.randn(8, 8) for _ in range(400)]
+    base = fingerprint([big, *many, *views])
+    assert base == fingerprint([big.clone(), *[m.clone() for m in many], *copies])
+    for k in (0, 5, 401):  # one ulp anywhere moves it
+        ts = [big.clone(), *[m.clone() for m in many], *[v.clone() for v in views]]
+        t = ts[k].view(-1)
+        t[0] = torch.nextafter(t[0], torch.tensor(float("inf"), dtype=t.dtype))
+        assert fingerprint(ts) != base, k
+    assert fingerprint([torch.zeros(0)]) == 0
+
+
+def test_instance_ids_are_counted_per_group() -> None:
+    # one process-wide counter, advanced only by the members of a subgroup (an
+    # assert_replicas_identical on it), gave the next barrier of the whole group another store
+    # prefix on those ranks: they waited for keys the others wrote elsewhere
+    from flagcore.distributed._common import instance_id
+
+    a0 = instance_id("t-kind", [0, 1, 2])
+    instance_id("t-kind", [0, 1])  # a subgroup's check on ranks 0 and 1 only
+    assert instance_id("t-kind", [0, 1, 2]) == a0 + 1
+    assert instance_id("t-other", [0, 1, 2]) == 0

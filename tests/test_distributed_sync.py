@@ -142,6 +142,23 @@ def test_hook_rank_with_an_extra_backward_is_named_and_excluded(tmp_path: Path) 
     assert res[1]["raised"] == {"step": 4, "missing": [0, 2]}  # its surplus backward
 
 
+def test_hook_two_ranks_that_disagree_stop_on_both(tmp_path: Path) -> None:
+    # with two ranks a fork is a 1-1 tie: the majority rule excluded the higher rank and named
+    # it, whichever forked (rank 0 forking gave the same messages as rank 1 forking); now both
+    # ranks raise ReplicaDivergenceError at the same collective, naming both groups
+    res = launch(
+        "hook_out_of_step", tmp_path, 2, wait_for=(0, 1), deadline=90,
+        FC_CASE="extra", FC_TIMEOUT="4",
+    )  # fmt: skip
+    assert res[0]["diverged"]["step"] == 3 and res[1]["diverged"]["step"] == 2
+    for r in (0, 1):
+        msg = res[r]["diverged"]["message"]
+        assert "robust DDP hook: the ranks disagree with no majority (ranks [0]: " in msg, msg
+        assert "ranks [1]: " in msg and "cannot tell which replica forked" in msg, msg
+        assert all(v["rejected"] == {} for v in res[r]["steps"].values())
+        assert "rank(s) [1] hold parameters that differ" in res[r]["replicas"]["message"]
+
+
 def test_hook_rank_that_skips_a_whole_step_is_named_at_the_end(tmp_path: Path) -> None:
     # rank 1 skips step 2 entirely (no backward, no optimizer step): its later passes meet the
     # others' previous ones with the same parameters and call counts, which is harmless (its

@@ -10,6 +10,8 @@ on GPUs; launch with torchrun).
 - ``predict_step_time(worker_times, quorum)``: the parameter server's step-time distribution
   with backup workers, from flagcore.energy's (n, k) fork-join model.
 - ``RankFailureError``: raised when ranks do not arrive within the timeout; names them.
+  ``ReplicaDivergenceError``: the replicas differ with no majority (the hook cannot tell which
+  rank forked).
 - ``assert_replicas_identical(module)``: check that every rank holds bitwise the same
   parameters; ``shutdown()``: leave without gloo's teardown race.
 
@@ -18,7 +20,7 @@ torch is needed here (flagcore itself imports without it).
 
 from ._common import CommStats
 from ._tools import assert_replicas_identical, parameter_digest, shutdown
-from .errors import RankFailureError
+from .errors import RankFailureError, ReplicaDivergenceError
 from .hook import RobustHookState, register_robust_hook, robust_hook
 from .quorum import lognormal_times, predict_step_time
 from .server import ParameterServer
@@ -27,6 +29,7 @@ __all__ = [
     "CommStats",
     "ParameterServer",
     "RankFailureError",
+    "ReplicaDivergenceError",
     "RobustHookState",
     "assert_replicas_identical",
     "lognormal_times",

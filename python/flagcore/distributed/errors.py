@@ -39,3 +39,16 @@ class RankFailureError(RuntimeError):
         self.missing_ranks = tuple(int(r) for r in missing_ranks)
         self.where = where
         self.timeout = timeout
+
+
+class ReplicaDivergenceError(RuntimeError):
+    """The ranks' replicas differ and no majority says which is right: with a tie (two ranks
+    that disagree, or two groups of equal size) flagcore cannot tell which replica forked (an
+    extra or a missed step), so it stops on every rank rather than blame one. ``groups`` maps
+    each header tag seen to the ranks that sent it; ``where`` names the operation. Like
+    RankFailureError, exit and restart from a checkpoint (the replicas cannot be merged)."""
+
+    def __init__(self, message: str, *, groups: dict[str, list[int]], where: str = "") -> None:
+        super().__init__(message)
+        self.groups = {str(k): [int(r) for r in v] for k, v in groups.items()}
+        self.where = where

@@ -53,6 +53,7 @@ from ._common import (
     validate_rule,
 )
 from ._wire import HEADER_BYTES, pack, payload_bytes, unpack
+from .errors import ReplicaDivergenceError
 
 log = logging.getLogger("flagcore.distributed")
 
@@ -335,8 +336,8 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
 
 def _majority_tag(rows: Any, buf: Any, ranks: Any) -> tuple[tuple[int, int], dict[int, str]]:
     """The tag (bucket, call << 32 | parameter fingerprint) most of the gathered headers carry
-    (a tie: the one of the lowest group rank) and {rank: message} for the rows tagged
-    otherwise. Every rank sees the same headers, so every rank takes the same tag and rejects
+    and {rank: message} for the rows tagged otherwise (a tie for the most: ReplicaDivergenceError
+    on every rank). Every rank sees the same headers, so every rank takes the same tag and rejects
     the same rows, the out-of-step rank its own: a rank that ran an extra or skipped a
     backward pass (its call counts differ) or whose parameters forked (an extra or missed
     optimizer step) is excluded and named on every rank, and the replicas keep agreeing."""
@@ -345,7 +346,24 @@ def _majority_tag(rows: Any, buf: Any, ranks: Any) -> tuple[tuple[int, int], dic
     nb = payload_bytes(buf.numel(), buf.dtype)
     head = torch.empty((rows.shape[0], HEADER_BYTES), dtype=torch.uint8).copy_(rows[:, nb:])
     tags = [(int(h[0]), int(h[1])) for h in head.view(torch.int64).tolist()]
-    want = Counter(tags).most_common(1)[0][0]
+    top = Counter(tags).most_common()
+    if len(top) > 1 and top[0][1] == top[1][1]:
+        # no majority (two ranks that disagree, or groups of equal size): which replica forked
+        # cannot be told, and excluding the group of the higher ranks blamed an honest rank
+        groups: dict[str, list[int]] = {}
+        for r, t in zip(ranks, tags):
+            groups.setdefault(
+                f"bucket {t[0]}, call {t[1] >> 32}, fingerprint {t[1] & 0xFFFFFFFF:08x}", []
+            ).append(int(r))
+        said = "; ".join(f"ranks {v}: {k}" for k, v in groups.items())
+        raise ReplicaDivergenceError(
+            f"robust DDP hook: the ranks disagree with no majority ({said}): flagcore cannot "
+            "tell which replica forked (an extra or a missed backward or optimizer step); "
+            "restart from a checkpoint",
+            groups=groups,
+            where="robust DDP hook",
+        )
+    want = top[0][0]
     out = {}
     for r, t in zip(ranks, tags):
         if t == want:

@@ -29,7 +29,6 @@ from ._common import (
     ArrivalBarrier,
     CommStats,
     Completion,
-    _instance_ids,
     check_attack_params,
     check_process_group,
     check_rank,
@@ -39,6 +38,7 @@ from ._common import (
     default_store,
     derive_seed,
     fingerprint,
+    instance_id,
     record_nonfinite_mask,
     rule_params_with_defaults,
     timed,
@@ -216,7 +216,7 @@ class ParameterServer:
             )
         # tags of this instance's messages: its creation number (the same on every rank, like
         # the store keys) and the step, so messages of instances and steps never mix
-        self._tag_base = (next(_instance_ids) % 256) << 21
+        self._tag_base = (instance_id("ps-tags", self.ranks) % 256) << 21
         self._outstanding: list[
             Any
         ] = []  # (work, buffer) of sends and dropped receives still in flight
