@@ -286,13 +286,16 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
     if (sw > 0.0 && std::isfinite(sw))
       for (size_t i = 0; i < c; ++i) a[i] = dk[i] > 0.0 ? (1.0 / dk[i]) / sw : 0.0;
   }
-  auto eval = [&](const std::vector<double>& al) {  // distances ||z - x_i|| and F
+  auto g_times = [&](const std::vector<double>& v, std::vector<double>& out) {  // out = g v
     for_rows(static_cast<int64_t>(c), static_cast<int64_t>(c), [&](int64_t i) {
       const double* gi = g.data() + i * c;
       double s = 0.0;
-      for (size_t j = 0; j < c; ++j) s += gi[j] * al[j];
-      ga[i] = s;
+      for (size_t j = 0; j < c; ++j) s += gi[j] * v[j];
+      out[i] = s;
     });
+  };
+  auto eval = [&](const std::vector<double>& al) {  // distances ||z - x_i|| and F
+    g_times(al, ga);
     double aga = 0.0;
     for (size_t i = 0; i < c; ++i) aga += al[i] * ga[i];
     double F = 0.0;
@@ -329,12 +332,7 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
     // decrease of F, cannot see the honest workers when a few are huge (two of 13 at 3e38 make
     // F ~ 4e39, whose rounding is 1e23): it stopped such runs after one step, 0.05 from the
     // minimiser; H is a mean of the near distances, so the second test goes on there.
-    for_rows(static_cast<int64_t>(c), static_cast<int64_t>(c), [&](int64_t i) {
-      const double* gi = g.data() + i * c;
-      double s = 0.0;
-      for (size_t j = 0; j < c; ++j) s += gi[j] * da[j];
-      gda[i] = s;
-    });
+    g_times(da, gda);
     double step2 = 0.0;
     for (size_t i = 0; i < c; ++i) step2 += da[i] * gda[i];
     const double H = double(c) / sw;

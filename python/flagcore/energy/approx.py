@@ -978,7 +978,29 @@ def mg1_hyperexponential_sojourn(lam: float, rates: Any, probs: Any) -> Exponent
     return ExponentialMixture(R / eta, eta)
 
 
-class _MaxOfIid:
+class _VectorSurvival:
+    """A time distribution given by ``_survival_many(t)`` on arrays (set by the subclass, with
+    ``_mean``): P(T > t) for one t, and the mean."""
+
+    _mean: float
+
+    def _survival_many(self, t: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> float:
+        return self._mean
+
+    def survival(self, t: float) -> float:
+        t = float(t)
+        if not t > 0:
+            return 1.0
+        if math.isinf(t):
+            return 0.0
+        return float(min(max(self._survival_many(np.array([t]))[0], 0.0), 1.0))
+
+
+class _MaxOfIid(_VectorSurvival):
     """The largest of n independent copies of an ExponentialMixture: P(T > t) = 1 - F(t)^n."""
 
     def __init__(self, part: ExponentialMixture, n: int) -> None:
@@ -994,20 +1016,8 @@ class _MaxOfIid:
             out: np.ndarray = -np.expm1(self.n * np.log1p(-sf))
         return np.where(sf >= 1.0, 1.0, out)
 
-    @property
-    def mean(self) -> float:
-        return self._mean
 
-    def survival(self, t: float) -> float:
-        t = float(t)
-        if not t > 0:
-            return 1.0
-        if math.isinf(t):
-            return 0.0
-        return float(min(max(self._survival_many(np.array([t]))[0], 0.0), 1.0))
-
-
-class IndependentOrderStatistic:
+class IndependentOrderStatistic(_VectorSurvival):
     """k-th smallest of independent times, each a mixture of exponentials (ExponentialMixture,
     or a rate for an exponential): P(T > t) = P(fewer than k are done by t), a
     Poisson-binomial sum of positive terms, O(n k) per t; the mean by quadrature over
@@ -1036,18 +1046,6 @@ class IndependentOrderStatistic:
         ]
         out: np.ndarray = _pb_pmf_below(F, self.k).sum(axis=0)
         return out
-
-    @property
-    def mean(self) -> float:
-        return self._mean
-
-    def survival(self, t: float) -> float:
-        t = float(t)
-        if not t > 0:
-            return 1.0
-        if math.isinf(t):
-            return 0.0
-        return float(min(max(self._survival_many(np.array([t]))[0], 0.0), 1.0))
 
 
 #: Most distinct values of the summed rate R of the servers' drawn levels for which the
