@@ -24,3 +24,15 @@ def require_torch():
     if torch is None:
         pytest.skip("torch is not installed")
     return torch
+
+
+@pytest.fixture
+def world_of_one() -> object:
+    """A gloo process group of one rank (this process) for single-process distributed tests."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield dist
+    finally:
+        dist.destroy_process_group()

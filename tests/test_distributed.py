@@ -193,17 +193,6 @@ def test_example_runs_under_torchrun(tmp_path: Path, mode: str) -> None:
 # -- single-process checks (a world of one, in this process) ---------------------------------
 
 
-@pytest.fixture
-def world_of_one() -> object:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield dist
-    finally:
-        dist.destroy_process_group()
-
-
 def test_arrival_barrier_names_missing_rank() -> None:
     import torch.distributed as dist
 

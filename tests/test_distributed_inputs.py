@@ -26,17 +26,6 @@ from flagcore.distributed import (  # noqa: E402 - after the torch check
 from flagcore.distributed._wire import HEADER_BYTES, pack, unpack  # noqa: E402
 
 
-@pytest.fixture
-def world_of_one() -> object:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield dist
-    finally:
-        dist.destroy_process_group()
-
-
 def _ddp(n: int = 3) -> object:
     torch.manual_seed(0)
     return torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(n, 1))
