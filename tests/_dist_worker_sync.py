@@ -144,6 +144,8 @@ def hook_out_of_step(rank: int, world: int) -> dict:
             torch.nn.functional.mse_loss(ddp(x), y).backward()
         except RankFailureError as exc:
             out["raised"] = {"step": s, "missing": list(exc.missing_ranks)}
+            if "this rank was itself rejected as out of step" in str(exc):
+                out["raised"]["forked_self"] = True
             break
         except RuntimeError as exc:  # ReplicaDivergenceError (DDP may re-raise it as such)
             out["diverged"] = {"step": s, "message": str(exc)}

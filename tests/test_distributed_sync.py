@@ -139,7 +139,9 @@ def test_hook_rank_with_an_extra_backward_is_named_and_excluded(tmp_path: Path) 
     assert res[0]["steps"]["4"]["digest"] == res[2]["steps"]["4"]["digest"]
     assert res[1]["steps"]["3"]["digest"] != res[0]["steps"]["4"]["digest"]  # same collective
     assert "raised" not in res[0] and "raised" not in res[2]
-    assert res[1]["raised"] == {"step": 4, "missing": [0, 2]}  # its surplus backward
+    # its surplus backward: the others are named missing, and the error says they are probably
+    # alive (this rank was rejected as out of step before)
+    assert res[1]["raised"] == {"step": 4, "missing": [0, 2], "forked_self": True}
 
 
 def test_hook_two_ranks_that_disagree_stop_on_both(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ from ._common import (
     validate_rule,
 )
 from ._wire import HEADER_BYTES, pack, payload_bytes, unpack
-from .errors import ReplicaDivergenceError
+from .errors import RankFailureError, ReplicaDivergenceError
 
 log = logging.getLogger("flagcore.distributed")
 
@@ -82,6 +82,8 @@ class RobustHookState:
     rule_obj: Any = None  # the configured flagcore rule, built once
     last_plan: Any = None
     steps: int = 0  # steps completed (last buckets seen)
+    # why the last gathered bucket rejected this rank's own row as out of step ("" if it did not)
+    self_out_of_step: str = ""
     _pending: list[Any] = field(default_factory=list)
     _lock: Any = field(default_factory=threading.Lock)
 
@@ -298,6 +300,7 @@ def _received(state: RobustHookState, e: _Bucket, fut: Any) -> Any:
     buf = e.buf
     rows = e.gathered.view(len(state.ranks), -1)
     tag, steps = _majority_tag(rows, buf, state.ranks)
+    state.self_out_of_step = steps.get(state.rank, "")
     stack, bad = unpack(rows, buf.numel(), buf.dtype, tag, state.ranks, "a bucket")
     for r, m in steps.items():
         bad[r] = m  # unpack's message has the raw tag words
@@ -403,7 +406,20 @@ def _wait_step(state: RobustHookState, pending: list[Any]) -> None:
     # gather completes or the timeout runs out
     for e in pending:
         if state.barrier is not None:
-            state.barrier.wait_work(e.work, e.k, e.where, deadline)
+            try:
+                state.barrier.wait_work(e.work, e.k, e.where, deadline)
+            except RankFailureError as err:
+                own = state.self_out_of_step
+                if not own:
+                    raise
+                # the others did not "die": this rank forked and ran a pass they never run
+                raise RankFailureError(
+                    f"{err} (the others are probably alive: this rank was itself rejected as out "
+                    f"of step before: {own})",
+                    missing_ranks=err.missing_ranks,
+                    where=err.where,
+                    timeout=err.timeout,
+                ) from err
         else:
             Completion(e.work).wait(None)
         Completion(future=e.done).wait(None)  # the callback's own work (re-raises its error)
