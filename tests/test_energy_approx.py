@@ -581,3 +581,20 @@ def test_n1_random_speeds_percentiles_are_the_exact_mixture():
         assert ref.survival(t) == pytest.approx(1 - q, rel=1e-9)
     moved = approximate(3, 1, 1.0, [lv, lv, [(1, 1, 0.5), (3 + 1e-9, 9, 0.5)]])
     assert moved.percentile(0.99) == pytest.approx(r.percentile(0.99), rel=1e-8)
+
+
+def test_sweep_over_p_splits_the_rest_by_the_given_probabilities():
+    # the docstring said so, but the given probabilities were dropped: 1 - p always went to
+    # the first level
+    lv = [(1.0, 1.0, 0.25), (2.0, 3.0, 0.75), (3.0, 9.0)]
+    res = sweep(4, 2, 1.0, lv, values=[0.2, 0.6], run_simulation=False, methods=("race",))
+    assert [pt.probs for pt in res.points] == [
+        pytest.approx((0.2, 0.6, 0.2)),
+        pytest.approx((0.1, 0.3, 0.6)),
+    ]
+    res = sweep(4, 2, 1.0, [(1.0, 1.0), (2.0, 3.0), (3.0, 9.0)], values=[0.2],
+                run_simulation=False, methods=("race",))  # fmt: skip
+    assert res.points[0].probs == pytest.approx((0.8, 0.0, 0.2))  # none given: the first
+    with pytest.raises(ValueError, match=r"sweep: with over='p' give probabilities"):
+        sweep(4, 2, 1.0, [(1.0, 1.0, 0.5), (2.0, 3.0), (3.0, 9.0)], values=[0.2],
+              run_simulation=False)  # fmt: skip

@@ -202,3 +202,27 @@ def test_known_size_needs_deadline_policy(capsys):
     _err(capsys, [*argv, "--threshold", "2"], "--known-size has no effect with --threshold")
     _err(capsys, [*argv[:-1], "--levels", "1:1:1", "--known-size"], "--known-size", "without")
     assert main([*argv, "--deadline-policy", "2"]) == 0
+
+
+# sweep --over p replaced the last level's probability (and with two levels the other's too)
+# by p without a word
+@pytest.mark.parametrize("levels,which", [("1:1:0.4,3:9:0.6", "1"), ("1:1,3:9:0.6", "2"),
+                                          ("1:1:0.5,2:3:0.5,3:9:0.2", "3")])  # fmt: skip
+def test_sweep_over_p_refuses_probabilities_it_replaces(capsys, levels, which):
+    argv = ["energy", "sweep", *BASE, "--levels", levels, "--no-sim", "--values", "0,0.5"]
+    line = _err(capsys, argv, "--levels", f"probability of level {which} has no effect")
+    assert "give it as rate:power" in line
+
+
+def test_sweep_over_p_uses_the_other_levels_shares(capsys, tmp_path):
+    # three levels: the first two share 1 - p as their given probabilities say (1:3)
+    from flagcore.cli import main
+
+    js = tmp_path / "s.json"
+    argv = ["energy", "sweep", *BASE, "--levels", "1:1:0.25,2:3:0.75,3:9", "--no-sim",
+            "--values", "0.2", "--json", str(js)]  # fmt: skip
+    assert main(argv) == 0
+    import json
+
+    probs = json.loads(js.read_text())["points"][0]["probs"]
+    assert probs == pytest.approx([0.2, 0.6, 0.2])

@@ -159,8 +159,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--over",
         choices=["p", "arrival-rate"],
         default="p",
-        help="p: probability of the last (high) level; arrival-rate: the load (levels need "
-        "probabilities)",
+        help="p: probability of the last (high) level, the others share 1 - p in proportion "
+        "to their given probabilities (none given: all to the first); arrival-rate: the load "
+        "(levels need probabilities)",
     )
     q.add_argument(
         "--values",
@@ -645,6 +646,18 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     _check_n(a)
     over = "p" if a.over == "p" else "arrival_rate"
     levels = parse_levels(a.levels, need_probs=(over == "arrival_rate"))
+    if over == "p":
+        # p replaces the last (high) level's probability, and the others share 1 - p in
+        # proportion to theirs: a probability on the last level, or on the one other level of
+        # two, had no effect (it was replaced without a word)
+        given = [i for i, lv in enumerate(levels) if len(lv) == 3]
+        idle = [i for i in given if i == len(levels) - 1 or len(levels) == 2]
+        if idle:
+            raise ValueError(
+                f"--levels: with --over p the probability of level {idle[0] + 1} has no effect "
+                "(p is the last level's, the others share 1 - p in proportion to their given "
+                "probabilities); give it as rate:power"
+            )
     values = parse_values(a.values)
     for v in values:
         if over == "p" and not 0.0 <= v <= 1.0:

@@ -76,16 +76,38 @@ def latency_ci(res: SimResult, metric: Metric) -> float:
     return res.percentile_ci(_q(metric))
 
 
-def _probs_with_high(base: Levels, p: float) -> tuple[float, ...]:
-    """p on the last level; 1 - p over the others in proportion to their given probabilities."""
+def _probs_with_high(base: Levels, p: float, shares: Any = None) -> tuple[float, ...]:
+    """p on the last level; 1 - p over the others in proportion to ``shares`` (their given
+    probabilities; None: all to the first)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"sweep: p values must be in [0, 1], got {p}")
     m = base.m
     if m == 1:
         return (1.0,)
-    rest = np.array(base.probs[:-1], dtype=np.float64)
+    rest = np.array(shares if shares is not None else base.probs[:-1], dtype=np.float64)
     rest = rest / rest.sum() if rest.sum() > 0 else np.eye(m - 1)[0]
     return tuple((rest * (1.0 - p)).tolist()) + (p,)
+
+
+def _given_shares(levels: Any, fn: str) -> list[float] | None:
+    """The probabilities given for all but the last level (over='p' splits 1 - p in their
+    proportion), or None when none is given. _levels_any_probs drops them, so they had no
+    effect: 1 - p always went to the first level."""
+    got = []
+    for lv in list(levels)[:-1]:
+        if hasattr(lv, "rate"):
+            got.append(float(lv.probability))
+        else:
+            t = tuple(lv)
+            got.append(float(t[2]) if len(t) >= 3 else math.nan)
+    if all(math.isnan(x) for x in got):
+        return None
+    if any(math.isnan(x) for x in got) or not all(x >= 0 for x in got) or not sum(got) > 0:
+        raise ValueError(
+            f"{fn}: with over='p' give probabilities (>= 0, not all 0) to all the levels but "
+            f"the last, or to none (1 - p then goes to the first), got {got}"
+        )
+    return got
 
 
 def _levels_any_probs(levels: Any, fn: str) -> Levels:
@@ -198,11 +220,12 @@ def sweep(
     base = as_levels(levels, fn) if over == "arrival_rate" else _levels_any_probs(levels, fn)
     if over == "p" and base.m < 2:
         raise ValueError(f"{fn}: over='p' needs at least two levels, got {base.m}")
+    shares = _given_shares(levels, fn) if over == "p" else None
     redraw = bool(sim_kwargs.get("redraw_on_arrival", False))
     out = SweepResult(over, n, k, base)
     for i, v in enumerate(values):
         if over == "p":
-            probs, lam = _probs_with_high(base, float(v)), lam0
+            probs, lam = _probs_with_high(base, float(v), shares), lam0
         elif over == "probs":
             probs, lam = tuple(float(x) for x in v), lam0
             as_levels(list(zip(base.rates, base.powers, probs)), fn)
