@@ -493,21 +493,14 @@ class ArrivalBarrier:
                 out.append(r)
         return out
 
-    def wait_work(
-        self,
-        work: Any,
-        k: int,
-        where: str,
-        deadline: float | None,
-        completion: Completion | None = None,
-    ) -> None:
+    def wait_work(self, work: Any, k: int, where: str, deadline: float | None) -> None:
         """Wait for an asynchronous collective (number k) until ``deadline`` (a
         time.monotonic() value; None: no limit), in slices (a Ctrl-C is honoured within
-        WAIT_SLICE_S; ``completion``: a Completion of ``work`` made earlier). On a timeout or
+        WAIT_SLICE_S). On a timeout or
         a failed collective raise RankFailureError naming the ranks that never launched it
         (dead, or stalled after their previous collective); if every rank launched it, probe
         which ranks still answer."""
-        done = completion if completion is not None else Completion(work)
+        done = Completion(work)
         try:
             if done.wait(deadline):
                 return

@@ -353,6 +353,9 @@ class ParameterServer:
         p = len(self.ranks)
         res_bytes = payload_bytes(self.numel, self.dtype) + HEADER_BYTES * (p + 1)
         msg = None
+        # a fingerprint of this rank's parameters, once per step: a worker sends it in its
+        # header, the server compares the workers' with it (see _serve)
+        fp = fingerprint(self.params)
         if self.is_worker:
             own = contribution_of(
                 self.attack,
@@ -360,13 +363,13 @@ class ParameterServer:
                 flat_gradient,
                 derive_seed(self.seed, self.rank, step),
             )
-            # the header's second word: a fingerprint of this rank's parameters, which the
-            # server compares with its own: a worker whose replica forked (it called aggregate
-            # twice in a step, or skipped an optimizer step) is rejected and named on every rank
-            msg = pack(own, self.numel, self.dtype, self.device, (step, fingerprint(self.params)))
+            # the header's second word: the fingerprint, which the server compares with its
+            # own: a worker whose replica forked (it called aggregate twice in a step, or
+            # skipped an optimizer step) is rejected and named on every rank
+            msg = pack(own, self.numel, self.dtype, self.device, (step, fp))
         if self.is_server:
             result = timed(
-                st, "comm_s", lambda: self._serve(step, tag, msg, res_bytes, where, k, mode)
+                st, "comm_s", lambda: self._serve(step, tag, msg, res_bytes, where, k, mode, fp)
             )
         else:
             t0 = time.perf_counter()
@@ -400,8 +403,10 @@ class ParameterServer:
         where: str,
         k: int | None,
         mode: str,
+        fp: int,
     ) -> Any:
-        """Server side of one step: receive the quorum, aggregate, send the result."""
+        """Server side of one step: receive the quorum, aggregate, send the result. ``fp``: the
+        fingerprint of the server's parameters, which every worker's must equal."""
         import torch
 
         dist = torch_dist()
@@ -444,7 +449,6 @@ class ParameterServer:
         for r in late:  # dropped: its waiting thread finishes when the gradient comes
             self.stats.late_calls[r] = self.stats.late_calls.get(r, 0) + 1
         rows = torch.stack([recvs[r][1] for r in used])
-        fp = fingerprint(self.params)  # the workers' replicas must equal the server's
         stack, bad = unpack(rows, self.numel, self.dtype, (step, fp), used, "a gradient")
         t0 = time.perf_counter()
         agg, info = self.rule_obj(
@@ -699,7 +703,7 @@ class ParameterServer:
         limit = check_timeout("ParameterServer.finish", timeout, allow_none=False)
         end = time.monotonic() + limit
         for w in self._outstanding:
-            w.done.wait(max(end - time.monotonic(), 0.0))
+            wait_event(w.done, end)  # sliced: a Ctrl-C is honoured while waiting
         self._reap()
         if self._outstanding:
             to = sorted({w.key for w in self._outstanding if w.key is not None})
