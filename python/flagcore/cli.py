@@ -34,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagcore",
         description="Robust gradient aggregation and energy/latency models of fork-join services.",
-        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -51,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     energy_cli.register(sub)
 
-    info = sub.add_parser(
-        "info", help="print what this build contains (CUDA, SIMD, threads)", allow_abbrev=False
-    )
+    info = sub.add_parser("info", help="print what this build contains (CUDA, SIMD, threads)")
     info.set_defaults(func=_cmd_info)
     _finish_parsers(parser)
     return parser

@@ -34,7 +34,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="run the built-in demonstration (tables on the terminal, plots in --out)",
-        allow_abbrev=False,
     )
     p.add_argument(
         "--out",

@@ -66,6 +66,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
+    def deadline_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--deadline",
+            type=float,
+            action="append",
+            default=[],
+            help="report P(T > D), D > 0 (repeatable; --json: under deadline_miss)",
+        )
+
     def simopts(q: argparse.ArgumentParser) -> None:
         # simulation options default to None so that an option given where nothing is
         # simulated can be told from its default and refused (_sim_options)
@@ -103,13 +112,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = esub.add_parser("simulate", help="run the event-driven simulator", epilog=_EPILOG)
     common(q)
     simopts(q)
-    q.add_argument(
-        "--deadline",
-        type=float,
-        action="append",
-        default=[],
-        help="report P(T > D), D > 0 (repeatable; --json: under deadline_miss)",
-    )
+    deadline_option(q)
     pol = q.add_mutually_exclusive_group()
     pol.add_argument(
         "--threshold",
@@ -139,13 +142,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = esub.add_parser("approx", help="closed forms and approximations", epilog=_EPILOG)
     common(q)
     q.add_argument("--method", default="all", choices=["all", "race", "harmonic", "arithmetic"])
-    q.add_argument(
-        "--deadline",
-        type=float,
-        action="append",
-        default=[],
-        help="report P(T > D), D > 0 (repeatable; --json: under deadline_miss)",
-    )
+    deadline_option(q)
     q.set_defaults(func=_cmd_approx)
 
     q = esub.add_parser(
@@ -430,7 +427,7 @@ def _sim_kwargs(a: argparse.Namespace, no_sim_because: str | None = None) -> dic
         return {}
     return dict(
         requests=requests,
-        warmup=a.warmup,
+        warmup=warmup,  # requests // 10 unless given: the simulator's own default
         seed=0 if a.seed is None else a.seed,
         replications=1 if a.replications is None else a.replications,
         threads=a.threads,
@@ -456,6 +453,11 @@ def _deadline_key(d: float) -> str:
     """The JSON key of deadline d: 2.0 -> "2", 0.5 -> "0.5" (round-trips, unlike :g)."""
     s = repr(float(d))
     return s[:-2] if s.endswith(".0") else s
+
+
+def _by_deadline(f: Callable[[float], Any], deadlines: list[float]) -> dict[str, Any]:
+    """{deadline key: f(deadline)} for the --json output."""
+    return {_deadline_key(d): f(d) for d in deadlines}
 
 
 def _dump(path: str | None, obj: Any) -> None:
@@ -530,8 +532,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         switch_power=a.switch_power,
     )
     prog, report = (None, None)
-    warmup = kw["requests"] // 10 if kw["warmup"] is None else kw["warmup"]
-    if a.progress and (kw["requests"] + warmup) * kw["replications"] >= 2_000_000:
+    if a.progress and (kw["requests"] + kw["warmup"]) * kw["replications"] >= 2_000_000:
         prog, report = _progress_bar("simulating")
     if prog is not None:
         with prog:
@@ -571,8 +572,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     ]
     out = r.to_dict()
     if a.deadline:
-        out["deadline_miss"] = {_deadline_key(d): r.deadline_miss(d) for d in a.deadline}
-        out["deadline_miss_ci"] = {_deadline_key(d): r.deadline_miss_ci(d) for d in a.deadline}
+        out["deadline_miss"] = _by_deadline(r.deadline_miss, a.deadline)
+        out["deadline_miss_ci"] = _by_deadline(r.deadline_miss_ci, a.deadline)
     print_table(
         f"simulation: ({a.n}, {a.k}) fork-join, arrival rate {a.arrival_rate:g}, "
         f"{r.requests:,} requests{'' if a.cancel else ', no cancellation'}",
@@ -634,7 +635,7 @@ def _cmd_approx(a: argparse.Namespace) -> int:
     out = {m: r.to_dict() for m, r in res.items()}
     if a.deadline:
         for m, r in res.items():
-            out[m]["deadline_miss"] = {_deadline_key(d): r.deadline_miss(d) for d in a.deadline}
+            out[m]["deadline_miss"] = _by_deadline(r.deadline_miss, a.deadline)
     _dump(a.json, out)
     return 0
 

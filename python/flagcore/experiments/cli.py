@@ -57,7 +57,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "worst-case accuracy over the attacks (flagcore.experiments.grid documents the config)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
     )
     p.add_argument(
         "--rules",
@@ -262,9 +261,7 @@ def run_grid_cli(args: argparse.Namespace) -> int:
 
 def _grid_message(msg: str, path: str | None) -> str:
     """'robustness grid: lr ...' -> "robustness: --grid 'g.json': lr ...": the option named."""
-    for prefix in ("robustness grid: ", "robustness: "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-            break
+    from .grid import _unprefixed
+
     where = f"--grid {path!r}" if path is not None else "--quick"
-    return f"robustness: {where}: {msg}"
+    return f"robustness: {where}: {_unprefixed(msg)}"
