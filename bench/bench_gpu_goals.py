@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 import flagcore
+from flagcore._backend import core
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import git_commit
@@ -261,7 +262,6 @@ def case_breakdown(torch, args) -> dict:
     """6. Where FA's time goes: per-kernel device times under torch.profiler, and the Gram /
     weighted-sum kernels A/B (in alternation) at p = 15 (staged vs tile pairs) and p = 7
     (registers vs staged)."""
-    from flagcore._backend import core
     from flagcore.flag import _flag_aggregate_cuda
 
     K = core.GramKernel
@@ -315,6 +315,41 @@ def _host_eigh_ms(p: int, reps: int) -> float:
     return best * 1e3
 
 
+def _blocked_ab(torch, row: dict, x, p: int) -> None:
+    """FA with 1 step, the automatic Gram kernel (tile pairs above p = 16) against the blocked
+    one (64 x 64 tile pairs through shared memory; pinned: not chosen automatically until this
+    measurement says so), timed in alternation; the blocked kernel's FA against the budget and
+    its difference to the automatic one's aggregate."""
+    from flagcore.flag import _flag_aggregate_cuda
+
+    K = core.GramKernel
+    prm = core.FlagParams(r=(p + 1) // 2, max_iter=1)
+    auto = _flag_aggregate_cuda(x[None], prm, False, K.automatic)[0]
+    blk = _flag_aggregate_cuda(x[None], prm, False, K.blocked)[0]
+    row["blocked_rel_diff"] = rel_err(blk.double().cpu().numpy(), auto.double().cpu().numpy())
+    _check(f"FA p = {p}: blocked vs automatic Gram kernel", row["blocked_rel_diff"], 1e-4)
+    ts: dict = {"automatic": [], "blocked": []}
+    for _ in range(3):  # alternate the variants
+        for k in (K.automatic, K.blocked):
+            ts[k.name].append(
+                time_cuda(
+                    torch,
+                    [lambda k=k: _flag_aggregate_cuda(x[None], prm, False, k)],
+                    3,
+                    warmup=1,
+                )
+            )
+    row["fa1_auto_kernel_ms"] = float(np.min(ts["automatic"]))
+    row["fa1_blocked_ms"] = float(np.min(ts["blocked"]))
+    row["fa1_blocked_over_budget"] = row["fa1_blocked_ms"] / row["budget_ms"]
+    print(
+        f"5. FA1 p={p}: automatic Gram kernel {row['fa1_auto_kernel_ms']:.2f} ms, blocked "
+        f"{row['fa1_blocked_ms']:.2f} ms (FA1 / budget {row['fa1_blocked_over_budget']:.2f}), "
+        f"rel diff {row['blocked_rel_diff']:.1e}",
+        flush=True,
+    )
+
+
 def case_large_p(torch, args, g) -> dict:
     """5. FA with 1 step at large p vs torch X @ X.T (float32, full fp32: TF32 off), and the
     coordinate median above the CUDA kernel's p <= 32."""
@@ -348,9 +383,21 @@ def case_large_p(torch, args, g) -> dict:
             row["host_eigh_ms"] = _host_eigh_ms(p, 3 if p <= 1024 else 1)
             row["budget_ms"] = 0.55 * row["mm_ms"] + 1.5 * row["host_eigh_ms"] + 1.2 * row["sum_ms"]
             row["fa1_over_budget"] = row["fa1_ms"] / row["budget_ms"]
+            if p <= 1024:
+                _blocked_ab(torch, row, x, p)
             if p <= 256:  # where the device Gram misses the budget: its kernels' share
+                from flagcore.flag import _flag_aggregate_cuda
+
+                prm = core.FlagParams(r=(p + 1) // 2, max_iter=1)
                 row["kernels"] = _kernel_times(
-                    torch, {"fa1": lambda x=x: flagcore.flag_aggregate(x, max_iter=1)}, 3
+                    torch,
+                    {
+                        "fa1": lambda x=x: flagcore.flag_aggregate(x, max_iter=1),
+                        "fa1_blocked": lambda x=x, prm=prm: _flag_aggregate_cuda(
+                            x[None], prm, False, core.GramKernel.blocked
+                        ),
+                    },
+                    3,
                 )
             print(
                 f"5. FA1 p={p} n={n}: {row['fa1_ms']:.2f} ms, X @ X.T {row['mm_ms']:.2f} ms "

@@ -5,7 +5,8 @@
     compute-sanitizer --tool racecheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
     compute-sanitizer --tool synccheck --error-exitcode 9 python bench/sanitize_flag_cuda.py --small
 
-Paths: register and tile-pair Gram kernels, float32/float16/bfloat16, aligned and unaligned
+Paths: register, staged, tile-pair and blocked Gram kernels (blocked at every p, aligned and
+unaligned), float32/float16/bfloat16, aligned and unaligned
 rows, the float64 refinement of overflowing rows, NaN workers, the IRLS with its scratch in
 shared memory (p <= 44) and in global memory (p > 44), pairwise terms, both scalings, and a
 ragged per-layer batch. Each result is checked against the CPU path. Exits 0 with a message
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     from flagcore.flag import _flag_aggregate_cuda
 
     n = 20_003 if args.small else 70_001
-    ps = [3, 15, 50] if args.small else [3, 7, 15, 64]
+    ps = [3, 15, 50, 70] if args.small else [3, 7, 15, 64, 130]
     tol = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 2e-2}
     bad = 0
 
@@ -70,22 +71,26 @@ def main(argv=None) -> int:
                 )
                 got = flagcore.flag_aggregate(view, **kw)
                 compare(f"{dt} p={p} {label}", got, view.double().cpu().numpy(), **kw)
+            # every pinned kernel that takes p, on 16-byte aligned rows (the staged kernel
+            # takes no other); the blocked one (any p) on the unaligned view as well
+            kernels = [core.GramKernel.blocked]
             if p <= 16:
-                kernels = [core.GramKernel.tile_pairs, core.GramKernel.staged]
-                if p <= 8:
-                    kernels.append(core.GramKernel.registers)
-                # rows 16-byte aligned (the staged kernel takes no other)
-                xa = xt[:, : n - n % 8].contiguous()
-                for kernel in kernels:
-                    prm = core.FlagParams(r=max(1, p // 2), max_iter=2)
-                    got, _ = _flag_aggregate_cuda(xa[None], prm, False, kernel)
-                    compare(
-                        f"{dt} p={p} kernel {kernel.name}",
-                        got[0],
-                        xa.double().cpu().numpy(),
-                        r=max(1, p // 2),
-                        max_iter=2,
-                    )
+                kernels += [core.GramKernel.tile_pairs, core.GramKernel.staged]
+            if p <= 8:
+                kernels.append(core.GramKernel.registers)
+            xa = xt[:, : n - n % 8].contiguous()
+            runs = [(k, xa, "aligned") for k in kernels]
+            runs.append((core.GramKernel.blocked, xt[:, 1:], "unaligned"))
+            for kernel, view, label in runs:
+                prm = core.FlagParams(r=max(1, p // 2), max_iter=2)
+                got, _ = _flag_aggregate_cuda(view[None], prm, False, kernel)
+                compare(
+                    f"{dt} p={p} kernel {kernel.name} {label}",
+                    got[0],
+                    view.double().cpu().numpy(),
+                    r=max(1, p // 2),
+                    max_iter=2,
+                )
     huge = make_gradients(5, n, seed=1).astype(np.float32)
     huge[0] *= np.float32(1e25)
     compare(

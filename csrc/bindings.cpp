@@ -395,7 +395,8 @@ void check_workspace(const CudaArray& ws, const char* fn, const FlagCudaPlan& pl
 
 void check_gram_kernel(cuda::GramKernel kernel, const char* fn) {
   FLAGCORE_CHECK_ARG(kernel == cuda::GramKernel::automatic || kernel == cuda::GramKernel::registers ||
-                         kernel == cuda::GramKernel::tile_pairs || kernel == cuda::GramKernel::staged,
+                         kernel == cuda::GramKernel::tile_pairs || kernel == cuda::GramKernel::staged ||
+                         kernel == cuda::GramKernel::blocked,
                      fn << ": kernel must be a GramKernel, got the value " << static_cast<int>(kernel));
 }
 
@@ -460,11 +461,14 @@ void register_cuda_types(py::module_& m) {
 
   py::enum_<cuda::GramKernel>(m, "GramKernel",
                               "the FA's CUDA Gram kernel: automatic (registers for p <= 8, staged for "
-                              "8 < p <= 16 on aligned rows, tile pairs otherwise) or one pinned (tests)")
+                              "8 < p <= 16 on aligned rows, tile pairs otherwise) or one pinned (tests; "
+                              "blocked: 64 x 64 tile pairs through shared memory, any p, not yet chosen "
+                              "automatically)")
       .value("automatic", cuda::GramKernel::automatic)
       .value("registers", cuda::GramKernel::registers)
       .value("tile_pairs", cuda::GramKernel::tile_pairs)
-      .value("staged", cuda::GramKernel::staged);
+      .value("staged", cuda::GramKernel::staged)
+      .value("blocked", cuda::GramKernel::blocked);
 
   py::class_<CudaArray>(m, "CudaArray",
                         "a device array for the CUDA entry points: address, dtype, shape, element "

@@ -529,7 +529,7 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype, p):
         .cuda()[None]
     )
     prm = _core.FlagParams(r=(p + 1) // 2, max_iter=3)
-    kernels = [K.tile_pairs, K.staged, K.automatic] + ([K.registers] if p <= 8 else [])
+    kernels = [K.tile_pairs, K.staged, K.blocked, K.automatic] + ([K.registers] if p <= 8 else [])
     res = {}
     for k in kernels:
         a, d = _flag_aggregate_cuda(x, prm, True, kernel=k)
@@ -549,6 +549,98 @@ def test_gpu_gram_kernels_agree_and_are_deterministic(dtype, p):
         _flag_aggregate_cuda(x[:, :, 1:], prm, False, kernel=K.staged)  # unaligned rows
     with pytest.raises(ValueError, match=rf"r must be in \[1, {p}\]"):
         _flag_aggregate_cuda(x, _core.FlagParams(r=p + 1, max_iter=1), False)
+
+
+def _pinned_fa_and_gram(torch, x, kernel, prm):
+    """The uniform CUDA FA of x (b, p, n) with the Gram kernel pinned: (aggregates, the float64
+    Gram matrices it left in its workspace as a (b, p, p) NumPy array, info dict)."""
+    from flagcore.flag import _info_from_workspace
+
+    b, p, n = x.shape
+    plan = _core.flag_cuda_plan_uniform(b, p, n, prm.max_iter)
+    out = torch.empty((b, n), dtype=x.dtype, device=x.device)
+    ws = torch.empty(plan["bytes"], dtype=torch.uint8, device=x.device)
+    _core.flag_aggregate_cuda_uniform(
+        cuda_array(x),
+        cuda_array(out),
+        cuda_array(ws),
+        prm,
+        stream=torch.cuda.current_stream().cuda_stream,
+        kernel=kernel,
+    )
+    off = plan["off_gram"]
+    gram = ws[off : off + 8 * b * p * p].view(torch.float64).reshape(b, p, p).cpu().numpy()
+    return out, gram, _info_from_workspace(ws, plan, (b, p), (b,))
+
+
+def _gram_bound(x64, products=32):
+    """Entry-wise bound on a Gram whose float32 products are summed in float32 over at most
+    `products` columns and then in float64: (products + 2) u sum_k |x_ik x_jk| <= that times
+    sqrt(G_ii G_jj) (Cauchy-Schwarz), u = 2^-24; plus the float64 part, negligible."""
+    d = np.sqrt(np.einsum("bpn,bpn->bp", x64, x64))
+    return (products + 2) * 2.0**-24 * d[:, :, None] * d[:, None, :] + 1e-300
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("p", [5, 40, 64, 65, 130, 300])
+def test_gpu_blocked_gram_matches_float64(dtype, p):
+    """The blocked kernel (64 x 64 tile pairs, slabs of 32 columns through shared memory, two
+    groups of 256 threads on alternate slabs; any p): its Gram within the float32-then-float64
+    bound of float64 NumPy on the same (rounded) data, for a partial single tile (p = 5, 40), one
+    whole tile (64), a second tile row (65, 130) and 5 x 5 tiles (300); a batch of two; aligned
+    and unaligned rows; three parts with a ragged last slab (n = 70007) or one part (p = 300);
+    bitwise the same twice; its FA equal to the tile-pair kernel's to the data type's rounding."""
+    torch = _cuda_torch()
+    K = _core.GramKernel
+    n = 70_007 if p <= 130 else 20_007
+    xs = [make_gradients(p, n + 1, byzantine=max(1, p // 5), seed=p * 7 + q) for q in range(2)]
+    x = torch.from_numpy(np.stack(xs)).to(getattr(torch, dtype)).cuda()  # rows of n + 1 = 8 k
+    prm = _core.FlagParams(r=max(1, p // 2), max_iter=2)
+    for view in (x[:, :, :n], x[:, :, 1:]):  # 16-byte aligned rows, then unaligned
+        a, g, info = _pinned_fa_and_gram(torch, view, K.blocked, prm)
+        a2, g2, _ = _pinned_fa_and_gram(torch, view, K.blocked, prm)
+        assert torch.equal(a, a2) and np.array_equal(g, g2)  # deterministic
+        x64 = view.double().cpu().numpy()
+        exact = np.einsum("bpn,bqn->bpq", x64, x64)
+        assert np.all(np.abs(g - exact) <= _gram_bound(x64)), np.max(np.abs(g - exact))
+        np.testing.assert_array_equal(g, np.transpose(g, (0, 2, 1)))  # both triangles written
+        at, gt, info_t = _pinned_fa_and_gram(torch, view, K.tile_pairs, prm)
+        assert np.all(np.abs(g - gt) <= 2 * _gram_bound(x64))
+        np.testing.assert_allclose(info["weights"], info_t["weights"], rtol=1e-5)
+        assert _rel(a.double().cpu().numpy(), at.double().cpu().numpy()) < TOL[dtype]
+
+
+@pytest.mark.cuda
+def test_gpu_blocked_nonfinite_huge_and_ragged_layers():
+    """The blocked kernel on a NaN worker (excluded), a float32 row whose products overflow (the
+    float64 refinement recomputes it), and a ragged batch of layers (p = 70 and 130, one launch),
+    against the CPU path in float64."""
+    torch = _cuda_torch()
+    from flagcore.flag import _flag_aggregate_cuda, _flag_aggregate_layers_cuda
+
+    K = _core.GramKernel
+    p = 70
+    x = make_gradients(p, 50_001, seed=21).astype(np.float32)
+    x[3, 17] = np.nan
+    x[5] *= np.float32(1e25)  # squares ~1e50: float32 overflow
+    prm = _core.FlagParams(r=20, max_iter=3)
+    got, info = _flag_aggregate_cuda(torch.from_numpy(x).cuda()[None], prm, True, kernel=K.blocked)
+    exp, cinfo = flagcore.flag_aggregate(x.astype(np.float64), r=20, max_iter=3, return_info=True)
+    assert info["excluded"][0].tolist() == [i == 3 for i in range(p)]
+    np.testing.assert_array_equal(info["excluded"][0], cinfo.excluded)
+    assert _rel(got[0].double().cpu().numpy(), exp) < 1e-4
+    layers = [
+        torch.from_numpy(make_gradients(pq, nq, byzantine=3, seed=pq + nq).astype(np.float32))
+        for pq, nq in ((70, 40_000), (70, 33), (130, 5000), (70, 70_001))
+    ]
+    flat, _ = _flag_aggregate_layers_cuda(
+        [t.cuda() for t in layers], _core.FlagParams(r=20, max_iter=2), False, kernel=K.blocked
+    )
+    outs = torch.split(flat, [t.shape[1] for t in layers])
+    for t, out in zip(layers, outs):
+        exp = flagcore.flag_aggregate(t.double().numpy(), r=20, max_iter=2)
+        assert _rel(out.double().cpu().numpy(), exp) < 1e-4
 
 
 @pytest.mark.cuda

@@ -65,8 +65,9 @@ inline bool is_fa_dtype(DType dtype) {
 
 // Which Gram kernel the FA's CUDA path runs: automatic (registers for p <= 8; staged for
 // 8 < p <= 16 with 16-byte aligned rows; tile pairs otherwise), or one of them pinned (tests,
-// the sanitizer run and the benchmark's A/B compare them).
-enum class GramKernel : int { automatic = 0, registers = 1, tile_pairs = 2, staged = 3 };
+// the sanitizer run and the benchmark's A/B compare them). blocked (64 x 64 tile pairs through
+// shared memory, gram_cuda.cu) takes any p and is not chosen automatically until measured on a GPU.
+enum class GramKernel : int { automatic = 0, registers = 1, tile_pairs = 2, staged = 3, blocked = 4 };
 
 }  // namespace cuda
 }  // namespace flagcore

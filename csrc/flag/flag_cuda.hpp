@@ -22,6 +22,8 @@
 //                     aligned rows: one block per part, the rows streamed through shared memory
 //                     (cp.async) to three warp groups, one per tile pair ("staged"); otherwise
 //                     8 x 8 tile pairs per block (the rows of a part re-read from L2, once from DRAM).
+//                     Pinned only (kernel = blocked, any p; not yet run on a GPU): 64 x 64 tile
+//                     pairs, 32-column slabs through shared memory, 4 x 4 register tiles.
 //                     Rows whose float32 diagonal is not finite are recomputed in float64.
 //   flag_irls_cuda    p <= 32 (kJacobiMaxP): one block per problem runs flag_irls (flag_irls.hpp,
 //                     the CPU's code, Jacobi) with its scratch in shared memory; above, the Gram

@@ -359,6 +359,176 @@ __global__ void __launch_bounds__(kStagedThreads, 1)
   }
 }
 
+// ---------------------------------------------------------------- blocked kernel (any p; for p >= 64)
+// SGEMM-style tiling. One block per (part, 64 x 64 tile pair I <= J): the slabs of 32 columns of
+// rows I*64.. and J*64.. are loaded through registers into shared memory (k-major, so each
+// thread reads its 4 rows and 4 columns of a column as two float4), and each thread updates a
+// 4 x 4 register tile: 16 fused multiply-adds per 8 values read from shared memory, where the
+// tile-pair kernel loads 16 rows from L2 per 64 products and re-reads each row p / 8 times.
+// Two groups of 256 threads take alternate slabs (more warps per SM when a part has one tile
+// pair, p <= 64); each group has its own buffers. The next slab's global loads are in flight
+// while the current one is multiplied. Sums: float32 over one slab (32 products), then float64
+// per thread; at the end group 1's float64 sums are added to group 0's (a fixed order), so the
+// result is deterministic. A diagonal tile pair (I == J) loads its rows once.
+constexpr int kBlkRows = 64;           // rows per side of a tile pair
+constexpr int kBlkK = 32;              // columns per slab (= kProductsPerFlush)
+constexpr int kBlkGroupThreads = 256;  // 16 x 16 threads, 4 x 4 entries each
+constexpr int kBlkGroups = 2;
+constexpr int kBlkThreads = kBlkGroupThreads * kBlkGroups;
+static_assert(kBlkK == kProductsPerFlush, "a slab is one float32 flush");
+static_assert(kBlkGroups * 2 * kBlkK * kBlkRows * sizeof(float) >= kBlkRows * kBlkRows * sizeof(double),
+              "group 1's float64 tile fits in the slab buffers");
+
+// Elements k .. k + 3 of a row as floats; zeros past k1 or for a missing row (nullptr). vec:
+// the row is 16-byte aligned (k is a multiple of 4, so the 4 elements are 16 or 8 aligned bytes).
+template <typename T>
+__device__ __forceinline__ float4 load4(const T* row, int64_t k, int64_t k1, bool vec) {
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (row == nullptr) return v;
+  if (vec && k + 3 < k1) {
+    if constexpr (sizeof(T) == 4) {
+      const uint4 u = load16(row + k);
+      v = make_float4(__uint_as_float(u.x), __uint_as_float(u.y), __uint_as_float(u.z), __uint_as_float(u.w));
+    } else {
+      const uint2 h = __ldg(reinterpret_cast<const uint2*>(row + k));
+      const uint4 u = make_uint4(h.x, h.y, 0u, 0u);
+      v = make_float4(vec_elem<T>(u, 0), vec_elem<T>(u, 1), vec_elem<T>(u, 2), vec_elem<T>(u, 3));
+    }
+    return v;
+  }
+  if (k < k1) v.x = to_float<T>(row[k]);
+  if (k + 1 < k1) v.y = to_float<T>(row[k + 1]);
+  if (k + 2 < k1) v.z = to_float<T>(row[k + 2]);
+  if (k + 3 < k1) v.w = to_float<T>(row[k + 3]);
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlkThreads, 1)
+    gram_blocked_kernel(DeviceProblems d, int npairs,
+                        double* __restrict__ partials /* [parts, tri(p)] per problem */) {
+  // [group][0: rows I, 1: rows J][column of the slab][row of the side]
+  __shared__ __align__(16) float s_slab[kBlkGroups][2][kBlkK][kBlkRows];
+  __shared__ const T* s_rows[2 * kBlkRows];
+
+  const int64_t part = int64_t(blockIdx.x) / npairs;
+  const Problem pr = problem_at(d, problem_of_part(d, part));
+  const int64_t p = pr.p;
+  const int64_t tiles = (p + kBlkRows - 1) / kBlkRows;
+  int64_t t = int64_t(blockIdx.x) % npairs;
+  if (t >= tiles * (tiles + 1) / 2) return;  // uniform for the block (a smaller problem of a batch)
+  int64_t I = 0;
+  while (t >= tiles - I) {
+    t -= tiles - I;
+    ++I;
+  }
+  const int64_t RI = I * kBlkRows, RJ = (I + t) * kBlkRows;
+  const bool diag = RI == RJ;
+
+  const int tid = threadIdx.x, g = tid / kBlkGroupThreads, gt = tid % kBlkGroupThreads;
+  if (tid < 2 * kBlkRows) {
+    const int64_t row = (tid < kBlkRows ? RI : RJ - kBlkRows) + tid;
+    s_rows[tid] = row < p ? row_ptr<T>(d, pr, row) : nullptr;
+  }
+  __syncthreads();
+
+  const int64_t local = part - pr.part_off;
+  const int64_t k0 = local * kGramPartColumns;
+  const int64_t k1 = min(pr.n, k0 + kGramPartColumns);
+  const int64_t slabs = (k1 - k0 + kBlkK - 1) / kBlkK;
+  const int64_t rounds = (slabs + kBlkGroups - 1) / kBlkGroups;  // the same for both groups
+  const bool vec = d.aligned16;
+
+  // loader: rows lr and lr + 32 of each side, columns lc .. lc + 3 of the slab (a warp reads one
+  // 16-byte piece of 32 rows; the eight warps of a group cover the slab's 128 bytes per row)
+  const int lr = gt % 32, lc = (gt / 32) * 4;
+  // compute: rows ty * 4 .. of side I, rows tx * 4 .. of side J
+  const int ty = gt / 16, tx = gt % 16;
+
+  float4 ra[2], rb[2];
+  auto load = [&](int64_t slab) {
+    const int64_t k = k0 + slab * kBlkK + lc;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      ra[h] = load4<T>(s_rows[lr + 32 * h], k, k1, vec);
+      rb[h] = diag ? ra[h] : load4<T>(s_rows[kBlkRows + lr + 32 * h], k, k1, vec);
+    }
+  };
+
+  float acc[4][4];
+  double dacc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      acc[i][j] = 0.0f;
+      dacc[i][j] = 0.0;
+    }
+
+  float (*sa)[kBlkRows] = s_slab[g][0];
+  float (*sb)[kBlkRows] = diag ? s_slab[g][0] : s_slab[g][1];
+  load(g);  // a slab index past the end loads zeros (k >= k1)
+  for (int64_t rd = 0; rd < rounds; ++rd) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = lr + 32 * h;
+      sa[lc + 0][r] = ra[h].x;
+      sa[lc + 1][r] = ra[h].y;
+      sa[lc + 2][r] = ra[h].z;
+      sa[lc + 3][r] = ra[h].w;
+      if (!diag) {
+        sb[lc + 0][r] = rb[h].x;
+        sb[lc + 1][r] = rb[h].y;
+        sb[lc + 2][r] = rb[h].z;
+        sb[lc + 3][r] = rb[h].w;
+      }
+    }
+    __syncthreads();
+    if (rd + 1 < rounds) load((rd + 1) * kBlkGroups + g);  // in flight during the products
+#pragma unroll 8
+    for (int k = 0; k < kBlkK; ++k) {
+      const float4 a = *reinterpret_cast<const float4*>(&sa[k][ty * 4]);
+      const float4 b = *reinterpret_cast<const float4*>(&sb[k][tx * 4]);
+      const float av[4] = {a.x, a.y, a.z, a.w};
+      const float bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        dacc[i][j] += static_cast<double>(acc[i][j]);
+        acc[i][j] = 0.0f;
+      }
+    __syncthreads();  // every thread is done with the slab before it is overwritten
+  }
+
+  // group 1's float64 tile -> shared memory (over the slab buffers), group 0 adds and writes
+  double* red = reinterpret_cast<double*>(&s_slab[0][0][0][0]);  // [64][64]
+  if (g == 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) red[(ty * 4 + i) * kBlkRows + tx * 4 + j] = dacc[i][j];
+  }
+  __syncthreads();
+  if (g == 0) {
+    const int64_t tp = tri(p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t row = RI + ty * 4 + i, col = RJ + tx * 4 + j;
+        if (row > col || col >= p) continue;  // lower half of a diagonal tile pair, or padding
+        partials[pr.partial_off + local * tp + tri_index(p, row, col)] =
+            dacc[i][j] + red[(ty * 4 + i) * kBlkRows + tx * 4 + j];
+      }
+  }
+}
+
 // Pass 2: gram[q] = sum over the parts of problem q, in order, both triangles. Grid: x over the
 // upper-triangle entries (32 per block; tri(p) / 32 passes gridDim.y's 65535 from p = 2048 on),
 // y over problems q0 + blockIdx.y (launched in groups of at most 65535 problems).
@@ -458,6 +628,13 @@ void launch_gram(const DeviceProblems& d, const FlagCudaPlan& plan, double* part
     gram_staged_kernel<T>
         <<<static_cast<unsigned>(plan.parts), kStagedThreads, kStagedSmem, st>>>(d, partials);
     FLAGCORE_CUDA_CHECK_LAUNCH();
+  } else if (kernel == GramKernel::blocked) {
+    const int64_t tiles = (plan.p_max + kBlkRows - 1) / kBlkRows;
+    const int64_t pairs = tiles * (tiles + 1) / 2;
+    FLAGCORE_CHECK_ARG(plan.parts * pairs <= 2147483647LL, "gram_cuda: too many blocks (parts x tile pairs)");
+    const dim3 grid(static_cast<unsigned>(plan.parts * pairs));
+    gram_blocked_kernel<T><<<grid, kBlkThreads, 0, st>>>(d, static_cast<int>(pairs), partials);
+    FLAGCORE_CUDA_CHECK_LAUNCH();
   } else if (regs) {
     FLAGCORE_CHECK_ARG(plan.p_max <= 8, "gram_cuda: the register kernel takes p <= 8, got " << plan.p_max);
     const dim3 grid(static_cast<unsigned>(plan.parts));
@@ -494,7 +671,8 @@ void gram_cuda(const DeviceProblems& d, DType dtype, const FlagCudaPlan& plan, d
   FLAGCORE_CHECK_ARG(d.b <= 2147483647LL && plan.parts <= 2147483647LL && plan.rows <= 2147483647LL,
                      "gram_cuda: batch too large");
   FLAGCORE_CHECK_ARG(kernel == GramKernel::automatic || kernel == GramKernel::registers ||
-                         kernel == GramKernel::tile_pairs || kernel == GramKernel::staged,
+                         kernel == GramKernel::tile_pairs || kernel == GramKernel::staged ||
+                         kernel == GramKernel::blocked,
                      "gram_cuda: unknown Gram kernel " << static_cast<int>(kernel));
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {

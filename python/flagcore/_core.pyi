@@ -73,7 +73,7 @@ class CudaDtype:
         ...
 class GramKernel:
     """
-    the FA's CUDA Gram kernel: automatic (registers for p <= 8, staged for 8 < p <= 16 on aligned rows, tile pairs otherwise) or one pinned (tests)
+    the FA's CUDA Gram kernel: automatic (registers for p <= 8, staged for 8 < p <= 16 on aligned rows, tile pairs otherwise) or one pinned (tests; blocked: 64 x 64 tile pairs through shared memory, any p, not yet chosen automatically)
     
     Members:
     
@@ -84,9 +84,12 @@ class GramKernel:
       tile_pairs
     
       staged
+    
+      blocked
     """
     __members__: typing.ClassVar[dict[str, GramKernel]]
     automatic: typing.ClassVar[GramKernel]
+    blocked: typing.ClassVar[GramKernel]
     registers: typing.ClassVar[GramKernel]
     staged: typing.ClassVar[GramKernel]
     tile_pairs: typing.ClassVar[GramKernel]
