@@ -237,6 +237,29 @@ def test_a_failed_forced_run_removes_nothing(tmp_path, monkeypatch, capsys):
     assert (out / "results.json").read_text() == "old"
 
 
+def test_a_forced_run_failing_after_its_first_file_leaves_only_its_own(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while the plots are written, after this run's results.json: the earlier run's
+    plots (which would no longer match that JSON) are removed as after a success."""
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    import flagcore.experiments.plots as plots
+
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("results.json", "accuracy.png", "heatmap_a.png"):
+        (out / name).write_text("old")
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(plots, "write_plots", _raise_interrupt)
+    rc = cli.main([*_TINY_RUN, "--out", str(out), "--force"])
+    cap = capsys.readouterr()
+    assert rc == 130 and cap.err == "flagcore robustness: interrupted\n"
+    assert sorted(os.listdir(out)) == ["notes.txt", "results.json"]
+    assert json.loads((out / "results.json").read_text())["schema"] == "flagcore.robustness/1"
+    assert "--force: removed the earlier run's" in cap.out
+
+
 # ---------------------------------------------------------------- a --json that names a folder
 
 

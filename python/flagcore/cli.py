@@ -8,7 +8,8 @@ file only lists them, and applies what every command shares before it runs:
   existing ``--json`` file, or an ``--out`` folder that holds an earlier run's results, is
   refused unless ``--force`` is given (every command with an output gets that flag here); with
   ``--force`` the earlier run's files that this run did not rewrite are removed after it
-  succeeded, so the folder holds one run. Outputs are written atomically (``_paths.atomic_open``);
+  succeeded, or after it failed (or was interrupted) once it had written any of its own files,
+  so the folder holds one run. Outputs are written atomically (``_paths.atomic_open``);
 - abbreviations: no parser accepts a prefix of an option (``--no-plot`` for ``--no-plots``);
 - Ctrl-C: one line, ``flagcore COMMAND: interrupted``, and exit status 130;
 - plots: without matplotlib a command that plots writes its JSON and says how to get plots;
@@ -167,6 +168,8 @@ def _strip_prefix(msg: str, args: argparse.Namespace | None, where: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     where = "flagcore"
     args: argparse.Namespace | None = None
+    ran = False  # the command's work started (outputs may have been written)
+    rc: int | None = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -174,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs(args, where)
         prepare_plots(args, where)
         _paths.begin_outputs()
+        ran = True
         rc = int(args.func(args) or 0)
-        if getattr(args, "force", False) and getattr(args, "out", None) and rc == 0:
-            _paths.remove_stale_outputs(args.out, where)
         return rc
     except KeyboardInterrupt:
         print(f"{where}: interrupted", file=sys.stderr)
@@ -187,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"{where}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # --force: the folder holds this run's results only: after a success, and after a
+        # failure or Ctrl-C that came once this run had written some of its files (the earlier
+        # run's other files would no longer match them); a run that wrote nothing keeps them.
+        forced_out = getattr(args, "out", None) if getattr(args, "force", False) else None
+        if ran and forced_out and (rc == 0 or _paths.written_outputs()):
+            _paths.remove_stale_outputs(forced_out, where)
 
 
 if __name__ == "__main__":  # pragma: no cover
