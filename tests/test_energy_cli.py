@@ -35,6 +35,27 @@ def test_levels_empty_field_refused(capsys, levels):
     assert "empty field" in line or "got ''" in line
 
 
+# 1b. out-of-range level values are said in the option's words (they carried the library's
+# "approximate: levels[0].rate ..." prefix)
+@pytest.mark.parametrize(
+    "levels,needle",
+    [
+        ("0:1", "the rate must be positive and finite, got '0:1'"),
+        ("nan:1", "the rate must be positive and finite"),
+        ("1e400:1", "the rate must be positive and finite"),
+        ("1:-1", "the power must be >= 0 and finite, got '1:-1'"),
+        ("1:inf:1", "the power must be >= 0 and finite"),
+        ("1:1:1.5,2:1:-0.5", "the probability must be in [0, 1], got '1:1:1.5'"),
+        ("1:1:0.7,2:1:0.7", "the probabilities must sum to 1, got 1.4"),
+    ],
+)
+@pytest.mark.parametrize("cmd", ["approx", "simulate"])
+def test_levels_values_refused_in_the_options_words(capsys, levels, needle, cmd):
+    extra = FAST_SIM if cmd == "simulate" else []
+    line = _err(capsys, ["energy", cmd, *BASE, "--levels", levels, *extra], "--levels")
+    assert needle in line and "levels[" not in line, line
+
+
 # 2. simulation options where nothing is simulated: validated, and refused when given
 def test_optimize_approx_refuses_sim_options(capsys):
     argv = ["energy", "optimize", *BASE, "--levels", "1:1,3:9", "--target", "2"]

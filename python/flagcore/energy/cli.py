@@ -230,12 +230,29 @@ def parse_levels(
             nums.append(1.0 if (need_probs and len(text.split(",")) == 1) else math.nan)
         if len(nums) != 3:
             raise ValueError(f"--levels: each level is rate:power[:probability], got {part!r}")
+        _check_level(nums, part.strip())
         out.append(tuple(nums))
     if need_probs and any(math.isnan(t[2]) for t in out):
         raise ValueError("--levels: give every level a probability (rate:power:probability)")
+    if need_probs and abs(math.fsum(t[2] for t in out) - 1.0) > 1e-9:  # as_levels' tolerance
+        raise ValueError(
+            f"--levels: the probabilities must sum to 1, got {math.fsum(t[2] for t in out)!r} "
+            f"from {text!r}"
+        )
     if not need_probs:
         out = [t if not math.isnan(t[2]) else (t[0], t[1]) for t in out]
     return out
+
+
+def _check_level(nums: list[float], part: str) -> None:
+    """The ranges the models check (energy._model.as_levels), said in the option's words."""
+    rate, power, prob = nums
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"--levels: the rate must be positive and finite, got {part!r}")
+    if not (power >= 0 and math.isfinite(power)):
+        raise ValueError(f"--levels: the power must be >= 0 and finite, got {part!r}")
+    if not (math.isnan(prob) or 0.0 <= prob <= 1.0):
+        raise ValueError(f"--levels: the probability must be in [0, 1], got {part!r}")
 
 
 def parse_values(text: str) -> list[float]:
