@@ -174,15 +174,40 @@ def test_finish_raises_when_messages_stay_undelivered(world_of_one: object) -> N
         done = threading.Event()
         key = 3
         arrivals = None
+        error = None
 
-    ps._outstanding.append(Stuck())
+    ps._outstanding.append(Stuck())  # type: ignore[arg-type]
     with pytest.raises(
         RankFailureError,
-        match=r"ParameterServer.finish: 1 message\(s\) from rank 0 to rank\(s\) \[3\] still "
-        r"undelivered after 0.05 s",
+        match=r"ParameterServer.finish: message\(s\) from rank 0 to rank\(s\) \[3\] not "
+        r"delivered: 1 still undelivered after 0.05 s \(to rank\(s\) \[3\]\)",
     ) as ei:
         ps.finish(0.05)
     assert ei.value.missing_ranks == (3,)
+
+
+def test_finish_reports_a_send_that_failed(world_of_one: object) -> None:
+    """A result send whose connection broke (the late worker died) completes with an error:
+    finish() treated it as delivered and returned, and the run then hung in the next collective."""
+    ps = ParameterServer(torch.nn.Linear(3, 1), rule="mean")
+
+    class Failed:  # a send to rank 2 that completed with an error
+        done = threading.Event()
+        key = 2
+        arrivals = None
+        error = RuntimeError("Connection closed by peer")
+
+    Failed.done.set()
+    ps._outstanding.append(Failed())  # type: ignore[arg-type]
+    ps._reap()  # as every step does: the completed send leaves the list, its failure is kept
+    assert ps._outstanding == []
+    with pytest.raises(
+        RankFailureError,
+        match=r"to rank\(s\) \[2\] not delivered: 1 failed \(to rank\(s\) \[2\]; first: "
+        r"RuntimeError: Connection closed by peer\)",
+    ) as ei:
+        ps.finish(0.05)
+    assert ei.value.missing_ranks == (2,)
 
 
 # -- 10: timeouts have an upper bound --------------------------------------------------------

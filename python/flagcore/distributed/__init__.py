@@ -6,7 +6,8 @@ on GPUs; launch with torchrun).
   aggregates the whole model with the rule, one p-space solve per step (see
   ``flagcore.distributed.hook``; ``whole_model=False``: per bucket).
 - ``ParameterServer``: a synchronous parameter server over the whole flattened model, with
-  backup workers (``quorum=k``: the first k gradients of a step).
+  backup workers (``quorum=k``: the first k gradients of a step; ``max_staleness=s``: no
+  worker more than s steps behind).
 - ``predict_step_time(worker_times, quorum)``: the parameter server's step-time distribution
   with backup workers, from flagcore.energy's (n, k) fork-join model.
 - ``RankFailureError``: raised when ranks do not arrive within the timeout; names them.

@@ -234,6 +234,11 @@ class CommStats:
     and counted against f; last_rejected: {rank: message} of the last call that rejected one.
     step_times: (parameter server) seconds per step, see ``ParameterServer``; late_calls:
     (parameter server with a quorum) global rank -> steps whose quorum closed without it.
+    max_lag: (parameter server with a quorum, every rank) global rank -> the most steps whose
+    gradient from it had not yet arrived when the server aggregated a step (0: never behind;
+    at most ``max_staleness``); stale_waits, stale_wait_s: (the server, with ``max_staleness``)
+    global rank -> steps at which the server waited for that rank's older gradients before
+    aggregating, and the seconds it waited in all.
     """
 
     calls: int = 0
@@ -247,6 +252,9 @@ class CommStats:
     last_rejected: dict[int, str] = field(default_factory=dict)
     step_times: list[Any] = field(default_factory=list)
     late_calls: dict[int, int] = field(default_factory=dict)
+    max_lag: dict[int, int] = field(default_factory=dict)
+    stale_waits: dict[int, int] = field(default_factory=dict)
+    stale_wait_s: float = 0.0
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -264,6 +272,9 @@ class CommStats:
             "last_rejected": {int(k): v for k, v in self.last_rejected.items()},
             "step_times": list(self.step_times),
             "late_calls": dict(self.late_calls),
+            "max_lag": dict(self.max_lag),
+            "stale_waits": dict(self.stale_waits),
+            "stale_wait_s": self.stale_wait_s,
         }
 
 

@@ -95,11 +95,30 @@ class ParameterServer:
         here). Call ``finish()`` after the last step. Needs gloo. ``stats.step_times`` holds
         each step's time on each rank (the server's is the PS step time;
         ``predict_step_time`` models it).
+    max_staleness : None (default: unbounded) or s >= 0, with a quorum only: a bound on how far
+        a worker left out of the quorum may fall behind, as in stale synchronous parallel (Ho
+        et al., NIPS 2013). Before the server aggregates step t, every worker's gradient of
+        step t - s and earlier must have arrived (it is still dropped, not aggregated); the
+        server waits for it within the step's ``timeout``, and a worker that does not deliver
+        it is a failed rank (RankFailureError naming it, on every rank, as for a worker missing
+        from the quorum). So no worker is ever more than s steps behind the server, and the
+        server holds at most about s + 1 receives and s + 1 result sends in flight per worker
+        (a waiting thread and a buffer each). The cost: once a slow worker is s steps behind,
+        the server goes at its pace. s = 0 waits for every gradient of the step and still
+        aggregates only the first k. None keeps a worker that is slower than the quorum at
+        every step falling further behind, with one receive, one send, two threads and a
+        result buffer more per step it is behind (for transient stragglers, the purpose of
+        backup workers, the lag stays small; ``stats.max_lag`` shows it). Refused (ValueError)
+        without a quorum below the number of workers, where no worker can fall behind.
+        ``ps.last_lag`` ({worker rank: steps whose gradient had not arrived when the last
+        step was aggregated}), ``stats.max_lag`` (every rank), ``stats.stale_waits`` and
+        ``stats.stale_wait_s`` (the server's waits for stale workers) report it.
     attack, attack_params, seed : make THIS rank Byzantine (experiments): it sends
         ``flagcore.attacks.attack(attack, own[None], 1, seed=s, **attack_params)`` instead of its
         flattened gradient, s derived from (seed, rank, step), or ``attack(own, s)`` for a
         callable attack; its own gradient is the only "honest" input the attack sees.
-    timeout : seconds a rank waits for a step's messages: the server for the quorum, a worker
+    timeout : seconds a rank waits for a step's messages: the server for the quorum (and the
+        older gradients ``max_staleness`` waits for, within the same deadline), a worker
         for the result (2 x timeout: the server itself may wait ``timeout`` for a slow worker).
         On expiry RankFailureError names the ranks that did not arrive (the server tells every
         worker which ones, so every rank raises the same error); None: wait forever.
@@ -129,6 +148,7 @@ class ParameterServer:
         include_server: bool = True,
         mode: str = "gradients",
         quorum: int | None = None,
+        max_staleness: int | None = None,
         attack: Any = None,
         attack_params: dict[str, Any] | None = None,
         seed: int = 0,
@@ -184,6 +204,7 @@ class ParameterServer:
             if quorum is None
             else check_int(quorum, fn, "quorum", low=1, high=len(self.workers))
         )
+        self.max_staleness = _check_max_staleness(fn, max_staleness, quorum, len(self.workers))
         if self.quorum < len(self.workers) and dist.get_backend(process_group) != "gloo":
             raise ValueError(
                 f"{fn}: quorum needs the gloo backend (it finds the first arrivals by waiting on "
@@ -217,9 +238,16 @@ class ParameterServer:
         # tags of this instance's messages: its creation number (the same on every rank, like
         # the store keys) and the step, so messages of instances and steps never mix
         self._tag_base = (instance_id("ps-tags", self.ranks) % 256) << 21
-        self._outstanding: list[
-            Any
-        ] = []  # (work, buffer) of sends and dropped receives still in flight
+        # this rank's sends still in flight (a _Waiter each, key = the destination rank), and
+        # those that failed (reported by finish(): a failed send was never delivered)
+        self._outstanding: list[_Waiter] = []
+        self._send_failures: list[_Waiter] = []
+        # the server's dropped receives still in flight, (step, rank, waiter) in step order, and
+        # each rank's first dropped receive that failed (step, error): a worker's lag, and what
+        # max_staleness waits for
+        self._dropped: list[tuple[int, int, _Waiter]] = []
+        self._dropped_failed: dict[int, tuple[int, BaseException]] = {}
+        self.last_lag: dict[int, int] = {}
         self._t_prev: float | None = None
         self._check_signatures(fn)
 
@@ -289,6 +317,8 @@ class ParameterServer:
             )
 
     def _reap(self) -> None:
+        """Forget the sends that completed; keep the failed ones for finish()."""
+        self._send_failures += [w for w in self._outstanding if w.done.is_set() and w.error]
         self._outstanding = [w for w in self._outstanding if not w.done.is_set()]
 
     # -- one step ----------------------------------------------------------------------------
@@ -448,6 +478,9 @@ class ParameterServer:
         late = [r for r in self.workers if r not in used]
         for r in late:  # dropped: its waiting thread finishes when the gradient comes
             self.stats.late_calls[r] = self.stats.late_calls.get(r, 0) + 1
+            self._dropped.append((step, r, recvs[r][0]))
+        self._wait_stale(step, tag, res_bytes, where, deadline)
+        lags = self._lags(step)
         rows = torch.stack([recvs[r][1] for r in used])
         stack, bad = unpack(rows, self.numel, self.dtype, (step, fp), used, "a gradient")
         t0 = time.perf_counter()
@@ -481,6 +514,7 @@ class ParameterServer:
             len(used),
             status,
             {r: _claimed(rows, used, r, self, step, fp) for r in bad},
+            lags,
         )
         result = torch.empty(res_bytes, dtype=torch.uint8, device=self.device)
         nb = payload_bytes(self.numel, self.dtype)
@@ -495,6 +529,66 @@ class ParameterServer:
             for w in sends:
                 wait_event(w.done, end)
         return result
+
+    def _prune_dropped(self) -> None:
+        """Forget the dropped receives that completed; keep each rank's first failed one."""
+        pending = []
+        for t, r, w in self._dropped:
+            if not w.done.is_set():
+                pending.append((t, r, w))
+            elif w.error is not None and r not in self._dropped_failed:
+                self._dropped_failed[r] = (t, w.error)
+        self._dropped = pending
+
+    def _wait_stale(
+        self, step: int, tag: int, res_bytes: int, where: str, deadline: float | None
+    ) -> None:
+        """``max_staleness`` s: wait (until the step's ``deadline``, in slices) until every
+        worker's gradient of step ``step - s`` and earlier has arrived; a worker whose receive
+        failed or that does not deliver in time gets the missing-worker abort (``_abort``)."""
+        s = self.max_staleness
+        if s is None:
+            return
+        oldest = step - s  # the newest step whose gradients must all have arrived
+        t0 = time.perf_counter()
+        waited: set[int] = set()
+        while True:
+            self._prune_dropped()
+            for r, (t, err) in self._dropped_failed.items():
+                if t <= oldest:
+                    self._abort(step, tag, res_bytes, [r], where, failed=err)
+            due = [(t, r, w) for t, r, w in self._dropped if t <= oldest]
+            if not due:
+                break
+            waited.update(r for _, r, _ in due)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                missing = sorted({r for _, r, _ in due}, key=self.ranks.index)
+                whose = "its gradient" if len(missing) == 1 else "their gradients"
+                self._abort(
+                    step,
+                    tag,
+                    res_bytes,
+                    missing,
+                    where,
+                    detail=f"{whose} of step {oldest}, max_staleness {s}",
+                )
+            # one slice at most, then the failures and the deadline are checked again
+            slice_s = WAIT_SLICE_S if left is None else min(left, WAIT_SLICE_S)
+            wait_event(due[0][2].done, time.monotonic() + slice_s)
+        if waited:
+            st = self.stats
+            st.stale_wait_s += time.perf_counter() - t0
+            for r in waited:
+                st.stale_waits[r] = st.stale_waits.get(r, 0) + 1
+
+    def _lags(self, step: int) -> dict[int, int]:
+        """{worker: steps up to ``step`` whose gradient from it has not arrived} (0: none)."""
+        self._prune_dropped()
+        first = {r: t for r, (t, _) in self._dropped_failed.items()}
+        for t, r, _ in self._dropped:
+            first[r] = min(first.get(r, t), t)
+        return {r: step + 1 - first[r] if r in first else 0 for r in self.workers}
 
     def _send_all(self, result: Any, tag: int, tolerant: bool = False) -> list[Any]:
         """Send ``result`` to every other rank; ``tolerant`` (an abort): a send that fails at
@@ -522,9 +616,11 @@ class ParameterServer:
         missing: list[Any],
         where: str,
         failed: BaseException | None = None,
+        detail: str = "",
     ) -> None:
-        """The quorum did not arrive in time (or receiving from a worker failed: ``failed``):
-        tell every rank who is missing, then raise the same error here."""
+        """The quorum did not arrive in time (or receiving from a worker failed: ``failed``), or
+        a stale worker's older gradient (``detail`` says which, in the server's message): tell
+        every rank who is missing, then raise the same error here."""
         import torch
 
         status = [MISSING if r in missing else USED for r in self.ranks]
@@ -548,8 +644,8 @@ class ParameterServer:
             ) from failed
         raise RankFailureError(
             f"flagcore.distributed: {where}: rank(s) {missing} did not arrive within "
-            f"{self.timeout:g} s "
-            f"(dead or stalled); seen from rank {self.rank} (the server, quorum {self.quorum})",
+            f"{self.timeout:g} s (dead or stalled{'; waiting for ' + detail if detail else ''}); "
+            f"seen from rank {self.rank} (the server, quorum {self.quorum})",
             missing_ranks=missing,
             where=where,
             timeout=self.timeout,
@@ -623,6 +719,10 @@ class ParameterServer:
                     st.late_calls[r] = st.late_calls.get(r, 0) + 1
             record_nonfinite_mask(st, [h[0] == NONFINITE for h in status.values()], self.ranks)
         self.last_status = {r: _STATUS_NAMES[h[0]] for r, h in status.items()}
+        self.last_lag = {r: int(status[r][3]) for r in self.workers}
+        for r, lag in self.last_lag.items():
+            if lag > st.max_lag.get(r, 0):
+                st.max_lag[r] = lag
         return result[:nb].view(self.dtype)
 
     def flat_gradient(self) -> Any:
@@ -698,23 +798,59 @@ class ParameterServer:
         Call it on every rank after the last step (before ``shutdown``) when a quorum is used.
 
         Raises RankFailureError (``missing_ranks``: the ranks they were sent to) when messages
-        are still undelivered at the deadline: those ranks did not receive them (dead, stalled,
-        or not calling ``finish`` / their step), and leaving silently would hide it."""
+        are still undelivered at the deadline, or when a send failed (its connection broke: the
+        rank died) at any time since the start: those ranks did not receive them (dead,
+        stalled, or not calling ``finish`` / their step), and leaving silently would hide it."""
         limit = check_timeout("ParameterServer.finish", timeout, allow_none=False)
         end = time.monotonic() + limit
         for w in self._outstanding:
             wait_event(w.done, end)  # sliced: a Ctrl-C is honoured while waiting
         self._reap()
-        if self._outstanding:
-            to = sorted({w.key for w in self._outstanding if w.key is not None})
+        pending, failed = self._outstanding, self._send_failures
+        if pending or failed:
+            to = sorted({w.key for w in pending + failed if w.key is not None})
+            what = []
+            if failed:
+                first = failed[0].error
+                what.append(
+                    f"{len(failed)} failed (to rank(s) "
+                    f"{sorted({w.key for w in failed if w.key is not None})}; first: "
+                    f"{type(first).__name__}: {first})"
+                )
+            if pending:
+                what.append(
+                    f"{len(pending)} still undelivered after {limit:g} s (to rank(s) "
+                    f"{sorted({w.key for w in pending if w.key is not None})})"
+                )
             raise RankFailureError(
-                f"flagcore.distributed: ParameterServer.finish: {len(self._outstanding)} "
-                f"message(s) from rank {self.rank} to rank(s) {to} still undelivered after "
-                f"{limit:g} s (dead or stalled)",
+                f"flagcore.distributed: ParameterServer.finish: message(s) from rank "
+                f"{self.rank} to rank(s) {to} not delivered: {'; '.join(what)} (dead or stalled)",
                 missing_ranks=to,
                 where="ParameterServer.finish",
                 timeout=limit,
             )
+
+
+def _check_max_staleness(fn: str, value: Any, quorum: Any, workers: int) -> int | None:
+    """``max_staleness``: None or an int >= 0, and only with a quorum below ``workers`` (without
+    one every step waits for every worker, so a bound would be ignored: refused instead)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{fn}: max_staleness must be None or an int >= 0 (steps), got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if value < 0:
+        raise ValueError(f"{fn}: max_staleness must be None or an int >= 0 (steps), got {value}")
+    if quorum is None or quorum == workers:
+        given = "quorum is None" if quorum is None else f"quorum={quorum} is every worker"
+        raise ValueError(
+            f"{fn}: max_staleness={int(value)} bounds how far a worker left out of the quorum "
+            f"may fall behind, but {given} (every step waits for all {workers} workers, so it "
+            f"would be ignored); pass a quorum below {workers} or leave max_staleness None"
+        )
+    return int(value)
 
 
 def _check_params(fn: str, params: Any) -> list[Any]:
@@ -754,11 +890,12 @@ def _check_params(fn: str, params: Any) -> list[Any]:
 
 class _Waiter:
     """Waits for a point-to-point work in a daemon thread (gloo's isend/irecv report completion
-    only through wait()); keeps the buffer alive until then. On completion puts (key, error or
-    None) on ``arrivals``."""
+    only through wait()); keeps the buffer alive until then. On completion sets ``error`` (the
+    work's exception or None), then ``done``, and puts (key, error) on ``arrivals``."""
 
     def __init__(self, work: Any, buf: Any, arrivals: Any = None, key: Any = None) -> None:
         self.work, self.buf, self.arrivals, self.key = work, buf, arrivals, key
+        self.error: BaseException | None = None
         self.done = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -768,6 +905,7 @@ class _Waiter:
             self.work.wait()
         except BaseException as exc:
             err = exc
+        self.error = err
         self.done.set()
         if self.arrivals is not None:
             self.arrivals.put((self.key, err))
@@ -806,11 +944,14 @@ def _heads(
     used: int,
     status: list[Any],
     claimed: dict[int, tuple[int, int]],
+    lags: dict[int, int] | None = None,
 ) -> Any:
+    """The result's header: [step, abort, rows used, 0], then per rank [status, the numel and
+    dtype code its header claimed (when rejected), its lag (``ParameterServer.last_lag``)]."""
     import torch
 
     h = [[step, abort, used, 0]]
     for r, s in zip(ps.ranks, status):
         c = claimed.get(r, (0, 0))
-        h.append([s, c[0], c[1], 0])
+        h.append([s, c[0], c[1], (lags or {}).get(r, 0)])
     return torch.tensor(h, dtype=torch.int64).reshape(-1).view(torch.uint8)
