@@ -390,3 +390,26 @@ def test_instance_ids_are_counted_per_group() -> None:
     instance_id("t-kind", [0, 1])  # a subgroup's check on ranks 0 and 1 only
     assert instance_id("t-kind", [0, 1, 2]) == a0 + 1
     assert instance_id("t-other", [0, 1, 2]) == 0
+
+
+# -- 11: the end-of-run points (assert_replicas_identical, shutdown) -------------------------
+
+
+def test_wait_marked_names_the_ranks_that_never_mark() -> None:
+    """The store's host waits, polled, for the others' marks (shutdown waited in a blocking
+    store.wait that ignored Ctrl-C and named nobody on timeout)."""
+    import time
+
+    from flagcore.distributed._common import ArrivalBarrier
+
+    store = torch.distributed.HashStore()
+    first = ArrivalBarrier(store, "t-marks", 0, [0, 4, 7], 0.2)
+    t0 = time.monotonic()
+    with pytest.raises(RankFailureError, match=r"end: rank\(s\) \[4, 7\] did not arrive") as ei:
+        first.wait_marked("done", "end")
+    assert ei.value.missing_ranks == (4, 7) and time.monotonic() - t0 < 2.0
+    for r in (4, 7):
+        other = ArrivalBarrier(store, "t-marks", r, [0, 4, 7], 0.2)
+        other.prefix = first.prefix  # in one process each instance gets a new number
+        other.mark("done")
+    first.wait_marked("done", "end")  # returns at once

@@ -475,6 +475,17 @@ class ArrivalBarrier:
             timeout=self.timeout,
         ) from cause
 
+    # -- one-off points (the end of a run): ``mark`` on the ranks that go on, ``wait_marked`` on
+    # the one that must leave last (the store's host), named by ``tag``
+    def mark(self, tag: str) -> None:
+        """Record (one store request, no waiting) that this rank has reached point ``tag``."""
+        self.store.set(self._key(tag, 0, self.rank), b"1")
+
+    def wait_marked(self, tag: str, where: str) -> None:
+        """Mark ``tag`` here and wait (polled: Ctrl-C works) until every rank has marked it, or
+        raise RankFailureError naming the ranks that did not within ``timeout``."""
+        self._wait_all(tag, 0, where)
+
     def arrive(self, where: str) -> None:
         """Block until every rank has arrived at this call, or raise RankFailureError."""
         k = self._k

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 from typing import Any
 
@@ -35,7 +34,7 @@ def parameter_digest(module: Any) -> str:
 
 
 def assert_replicas_identical(
-    module: Any, process_group: Any = None, *, timeout: float = 300.0, store: Any = None
+    module: Any, process_group: Any = None, *, timeout: float = 60.0, store: Any = None
 ) -> str:
     """Collective: raise RuntimeError naming the ranks whose parameters differ from the group's
     first rank (bitwise); returns the common digest.
@@ -68,9 +67,9 @@ def assert_replicas_identical(
     # the group's first rank (the store's host under env:// or tcp:// init) returns last, once
     # every rank has read the digests: its exit must not take the store away from a reader
     if rank == ranks[0]:
-        barrier._wait_all("read", 0, "assert_replicas_identical (reading the digests)")
+        barrier.wait_marked("read", "assert_replicas_identical (reading the digests)")
     else:
-        st.set(barrier._key("read", 0, rank), b"1")
+        barrier.mark("read")
     differ = [r for r, d in zip(ranks, digests) if d != digests[0]]
     if differ:
         raise RuntimeError(
@@ -100,11 +99,10 @@ def shutdown(process_group: Any = None, *, timeout: float = 60.0, store: Any = N
     st = store if store is not None else default_store(dist)
     barrier = ArrivalBarrier(st, "shutdown", rank, ranks, limit)
     barrier.arrive("shutdown")
-    done = [f"{barrier.prefix}/done/{r}" for r in ranks[1:]]
     if rank == ranks[0]:
-        if done:
-            st.wait(done, datetime.timedelta(seconds=limit))
+        # polled, not store.wait (which blocks in C++: no Ctrl-C, and its timeout named nobody)
+        barrier.wait_marked("done", "shutdown (the other ranks destroying their groups)")
         dist.destroy_process_group(process_group)
     else:
         dist.destroy_process_group(process_group)  # `st` keeps the store alive for the next line
-        st.set(done[ranks.index(rank) - 1], b"1")
+        barrier.mark("done")
