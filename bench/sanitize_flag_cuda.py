@@ -79,8 +79,11 @@ def main(argv=None) -> int:
             if p <= 8:
                 kernels.append(core.GramKernel.registers)
             xa = xt[:, : n - n % 8].contiguous()
-            runs = [(k, xa, "aligned") for k in kernels]
-            runs.append((core.GramKernel.blocked, xt[:, 1:], "unaligned"))
+            # the blocked kernel on 4104 / 4101 columns (129 slabs, a partial last one): its
+            # shared-memory traffic is what racecheck instruments, and the step has a time limit
+            runs = [(k, xa, "aligned") for k in kernels if k != core.GramKernel.blocked]
+            runs.append((core.GramKernel.blocked, xa[:, :4104], "aligned"))
+            runs.append((core.GramKernel.blocked, xt[:, 1:4102], "unaligned"))
             for kernel, view, label in runs:
                 prm = core.FlagParams(r=max(1, p // 2), max_iter=2)
                 got, _ = _flag_aggregate_cuda(view[None], prm, False, kernel)

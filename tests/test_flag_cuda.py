@@ -602,12 +602,13 @@ def test_gpu_blocked_gram_matches_float64(dtype, p):
         a2, g2, _ = _pinned_fa_and_gram(torch, view, K.blocked, prm)
         assert torch.equal(a, a2) and np.array_equal(g, g2)  # deterministic
         x64 = view.double().cpu().numpy()
-        exact = np.einsum("bpn,bqn->bpq", x64, x64)
+        exact = x64 @ x64.transpose(0, 2, 1)
         assert np.all(np.abs(g - exact) <= _gram_bound(x64)), np.max(np.abs(g - exact))
         np.testing.assert_array_equal(g, np.transpose(g, (0, 2, 1)))  # both triangles written
         at, gt, info_t = _pinned_fa_and_gram(torch, view, K.tile_pairs, prm)
         assert np.all(np.abs(g - gt) <= 2 * _gram_bound(x64))
-        np.testing.assert_allclose(info["weights"], info_t["weights"], rtol=1e-5)
+        # IRLS weights react to the Gram's float32 rounding 10-100x more than the aggregate
+        np.testing.assert_allclose(info["weights"], info_t["weights"], rtol=1e-3)
         assert _rel(a.double().cpu().numpy(), at.double().cpu().numpy()) < TOL[dtype]
 
 
@@ -630,17 +631,22 @@ def test_gpu_blocked_nonfinite_huge_and_ragged_layers():
     assert info["excluded"][0].tolist() == [i == 3 for i in range(p)]
     np.testing.assert_array_equal(info["excluded"][0], cinfo.excluded)
     assert _rel(got[0].double().cpu().numpy(), exp) < 1e-4
-    layers = [
-        torch.from_numpy(make_gradients(pq, nq, byzantine=3, seed=pq + nq).astype(np.float32))
-        for pq, nq in ((70, 40_000), (70, 33), (130, 5000), (70, 70_001))
-    ]
-    flat, _ = _flag_aggregate_layers_cuda(
-        [t.cuda() for t in layers], _core.FlagParams(r=20, max_iter=2), False, kernel=K.blocked
-    )
-    outs = torch.split(flat, [t.shape[1] for t in layers])
-    for t, out in zip(layers, outs):
-        exp = flagcore.flag_aggregate(t.double().numpy(), r=20, max_iter=2)
-        assert _rel(out.double().cpu().numpy(), exp) < 1e-4
+    # unaligned rows (scalar loads: some n odd), then every row 16-byte aligned (n % 4 == 0)
+    for sizes in (
+        ((70, 40_000), (70, 33), (130, 5000), (70, 70_001)),
+        ((70, 40_000), (70, 36), (130, 5000), (70, 70_004)),
+    ):
+        layers = [
+            torch.from_numpy(make_gradients(pq, nq, byzantine=3, seed=pq + nq).astype(np.float32))
+            for pq, nq in sizes
+        ]
+        flat, _ = _flag_aggregate_layers_cuda(
+            [t.cuda() for t in layers], _core.FlagParams(r=20, max_iter=2), False, kernel=K.blocked
+        )
+        outs = torch.split(flat, [t.shape[1] for t in layers])
+        for t, out in zip(layers, outs):
+            exp = flagcore.flag_aggregate(t.double().numpy(), r=20, max_iter=2)
+            assert _rel(out.double().cpu().numpy(), exp) < 1e-4
 
 
 @pytest.mark.cuda

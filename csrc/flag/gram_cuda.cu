@@ -361,22 +361,26 @@ __global__ void __launch_bounds__(kStagedThreads, 1)
 
 // ---------------------------------------------------------------- blocked kernel (any p; for p >= 64)
 // SGEMM-style tiling. One block per (part, 64 x 64 tile pair I <= J): the slabs of 32 columns of
-// rows I*64.. and J*64.. are loaded through registers into shared memory (k-major, so each
-// thread reads its 4 rows and 4 columns of a column as two float4), and each thread updates a
-// 4 x 4 register tile: 16 fused multiply-adds per 8 values read from shared memory, where the
-// tile-pair kernel loads 16 rows from L2 per 64 products and re-reads each row p / 8 times.
-// Two groups of 256 threads take alternate slabs (more warps per SM when a part has one tile
-// pair, p <= 64); each group has its own buffers. The next slab's global loads are in flight
-// while the current one is multiplied. Sums: float32 over one slab (32 products), then float64
-// per thread; at the end group 1's float64 sums are added to group 0's (a fixed order), so the
-// result is deterministic. A diagonal tile pair (I == J) loads its rows once.
+// rows I*64.. and J*64.. are loaded through registers into shared memory (k-major, rows padded
+// to kBlkLd so the transposed stores hit 32 banks; each thread reads its 4 rows and 4 columns of
+// a column as two float4, one wavefront each per warp: a warp holds 4 x 8 register tiles), and
+// each thread updates a 4 x 4 register tile: 16 fused multiply-adds per 8 values read from
+// shared memory, where the tile-pair kernel loads 16 rows from L2 per 64 products and re-reads
+// each row p / 8 times. Two groups of 256 threads take alternate slabs (more warps per SM when a
+// part has one tile pair, p <= 64); each group has its own buffers. The next slab's global loads
+// are in flight while the current one is multiplied. Sums: float32 over one slab (32 products),
+// then float64 per thread; at the end group 1's float64 sums are added to group 0's (a fixed
+// order), so the result is deterministic. A diagonal tile pair (I == J) loads its rows once, and
+// its warps whose entries all lie below the diagonal skip the products. Not yet run on a GPU:
+// pinned only (GramKernel::blocked), never chosen by `automatic` (docs/gpu.md).
 constexpr int kBlkRows = 64;           // rows per side of a tile pair
+constexpr int kBlkLd = kBlkRows + 4;   // a slab row in shared memory: padded, conflict-free stores
 constexpr int kBlkK = 32;              // columns per slab (= kProductsPerFlush)
 constexpr int kBlkGroupThreads = 256;  // 16 x 16 threads, 4 x 4 entries each
 constexpr int kBlkGroups = 2;
 constexpr int kBlkThreads = kBlkGroupThreads * kBlkGroups;
 static_assert(kBlkK == kProductsPerFlush, "a slab is one float32 flush");
-static_assert(kBlkGroups * 2 * kBlkK * kBlkRows * sizeof(float) >= kBlkRows * kBlkRows * sizeof(double),
+static_assert(kBlkGroups * 2 * kBlkK * kBlkLd * sizeof(float) >= kBlkRows * kBlkRows * sizeof(double),
               "group 1's float64 tile fits in the slab buffers");
 
 // Elements k .. k + 3 of a row as floats; zeros past k1 or for a missing row (nullptr). vec:
@@ -408,7 +412,7 @@ __global__ void __launch_bounds__(kBlkThreads, 1)
     gram_blocked_kernel(DeviceProblems d, int npairs,
                         double* __restrict__ partials /* [parts, tri(p)] per problem */) {
   // [group][0: rows I, 1: rows J][column of the slab][row of the side]
-  __shared__ __align__(16) float s_slab[kBlkGroups][2][kBlkK][kBlkRows];
+  __shared__ __align__(16) float s_slab[kBlkGroups][2][kBlkK][kBlkLd];
   __shared__ const T* s_rows[2 * kBlkRows];
 
   const int64_t part = int64_t(blockIdx.x) / npairs;
@@ -439,11 +443,16 @@ __global__ void __launch_bounds__(kBlkThreads, 1)
   const int64_t rounds = (slabs + kBlkGroups - 1) / kBlkGroups;  // the same for both groups
   const bool vec = d.aligned16;
 
-  // loader: rows lr and lr + 32 of each side, columns lc .. lc + 3 of the slab (a warp reads one
-  // 16-byte piece of 32 rows; the eight warps of a group cover the slab's 128 bytes per row)
-  const int lr = gt % 32, lc = (gt / 32) * 4;
-  // compute: rows ty * 4 .. of side I, rows tx * 4 .. of side J
-  const int ty = gt / 16, tx = gt % 16;
+  const int w = gt / 32, l = gt % 32;  // warp and lane within the group
+  // loader: rows lr and lr + 32 of each side, columns lc .. lc + 3 of the slab: a warp reads 16
+  // rows x 32 bytes (two lanes per 32-byte sector); its transposed stores hit 32 banks (kBlkLd)
+  const int lr = (w / 4) * 16 + l / 2, lc = (w % 4) * 8 + (l % 2) * 4;
+  // compute: rows ty * 4 .. of side I, rows tx * 4 .. of side J; a warp holds 4 ty x 8 tx, so
+  // its two float4 reads per column take one shared-memory wavefront each
+  const int ty = (w / 2) * 4 + l / 8, tx = (w % 2) * 8 + l % 8;
+  // on a diagonal tile pair, warps 4 and 6 own entries below the diagonal only (rows 32.. of
+  // columns ..31): they skip the products (uniform per warp) and still load and store slabs
+  const bool idle = diag && w % 2 == 0 && w >= 4;
 
   float4 ra[2], rb[2];
   auto load = [&](int64_t slab) {
@@ -465,8 +474,8 @@ __global__ void __launch_bounds__(kBlkThreads, 1)
       dacc[i][j] = 0.0;
     }
 
-  float (*sa)[kBlkRows] = s_slab[g][0];
-  float (*sb)[kBlkRows] = diag ? s_slab[g][0] : s_slab[g][1];
+  float (*sa)[kBlkLd] = s_slab[g][0];
+  float (*sb)[kBlkLd] = diag ? s_slab[g][0] : s_slab[g][1];
   load(g);  // a slab index past the end loads zeros (k >= k1)
   for (int64_t rd = 0; rd < rounds; ++rd) {
 #pragma unroll
@@ -485,16 +494,18 @@ __global__ void __launch_bounds__(kBlkThreads, 1)
     }
     __syncthreads();
     if (rd + 1 < rounds) load((rd + 1) * kBlkGroups + g);  // in flight during the products
+    if (!idle) {
 #pragma unroll 8
-    for (int k = 0; k < kBlkK; ++k) {
-      const float4 a = *reinterpret_cast<const float4*>(&sa[k][ty * 4]);
-      const float4 b = *reinterpret_cast<const float4*>(&sb[k][tx * 4]);
-      const float av[4] = {a.x, a.y, a.z, a.w};
-      const float bv[4] = {b.x, b.y, b.z, b.w};
+      for (int k = 0; k < kBlkK; ++k) {
+        const float4 a = *reinterpret_cast<const float4*>(&sa[k][ty * 4]);
+        const float4 b = *reinterpret_cast<const float4*>(&sb[k][tx * 4]);
+        const float av[4] = {a.x, a.y, a.z, a.w};
+        const float bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+      }
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i)
