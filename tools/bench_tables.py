@@ -259,51 +259,53 @@ def distributed() -> list[str]:
     d = _load("distributed.json")
     c = d["config"]
     ddp = d["ddp"]
+    la = d.get("loadavg_before")
     lines = [
-        f"{c['world']} processes, {c['threads']} thread each, "
-        f"median ms per step over {c['repeat']} steps, rank 0, liveness check on.",
+        f"{c['world']} processes, {c['threads']} thread each, median ms per step over "
+        f"{c['repeat']} steps after {c['warmup']} warm-up, rank 0"
+        + (f"; load average before the run {la[0]:.1f}" if la else "")
+        + (f"; {_machine(d.get('build'))}" if d.get("build") else "")
+        + ". x DDP: the step time over plain DDP's in the same run; MiB: sent by all ranks per "
+        "step; gather / agg: the hook's all_gather (launch to completion, overlapping the "
+        "backward) and aggregation ms per step.",
         "",
     ]
     rows = []
     for n in c["sizes"]:
-        at = [r for r in ddp if r["target"] == n]
-
-        def step(rule: str, at: list = at) -> dict | None:
-            return next(
-                (
-                    r
-                    for r in at
-                    if r["rule"] == rule and r.get("liveness", False) == (rule != "ddp")
-                ),
-                None,
+        at = [r for r in ddp if r["target"] == n and "kind" in r]
+        base = next((r for r in at if r["kind"] == "ddp"), None)
+        for r in at:
+            rows.append(
+                [
+                    f"{r['n']:,}",
+                    r["kind"],
+                    r["rule"],
+                    _num(r["step_ms"], 3),
+                    _num(r["step_ms"] / base["step_ms"], 3) if base else "-",
+                    _num(r["bytes_per_step"] / 2**20, 3),
+                    _num(r.get("comm_ms"), 3),
+                    _num(r.get("aggregate_ms"), 3),
+                    str(r.get("buckets", "")),
+                ]
             )
-
-        plain = step("ddp")
-        row = [_sci(n), _num(plain["step_ms"], 2) if plain else "-"]
-        for rule in c["rules"]:
-            e = step(rule)
-            row.append(_num(e["step_ms"], 2) if e else "-")
-        fl = step("flag")
-        row.append(
-            " / ".join(_num(fl[k], 2) for k in ("barrier_ms", "comm_ms", "aggregate_ms"))
-            if fl
-            else "-"
-        )
-        coll = next((r for r in at if r["rule"] == "collectives"), None)
-        row.append(
-            f"{_num(coll['allreduce_ms'], 2)} / {_num(coll['all_gather_ms'], 2)}" if coll else "-"
-        )
-        rows.append(row)
     lines += _table(
-        [
-            "n",
-            "DDP allreduce",
-            *[f"hook {r}" for r in c["rules"]],
-            "flag: check / all_gather / aggregation",
-            "allreduce / all_gather alone",
-        ],
-        rows,
+        ["params", "config", "rule", "step ms", "x DDP", "MiB", "gather", "agg", "buckets"], rows
     )
+    coll = [r for r in ddp if r.get("rule") == "collectives"]
+    if coll:
+        lines += ["", "One collective of the whole gradient alone (float32, median ms):", ""]
+        lines += _table(
+            ["n", "allreduce", "all_gather", "ratio"],
+            [
+                [
+                    _sci(r["n"]),
+                    _num(r["allreduce_ms"], 3),
+                    _num(r["all_gather_ms"], 3),
+                    _num(r["all_gather_ms"] / r["allreduce_ms"], 3),
+                ]
+                for r in coll
+            ],
+        )
     gpu = d.get("gpu_aggregation") or []
     lines += [
         "",
