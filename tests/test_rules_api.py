@@ -182,8 +182,11 @@ def test_more_bad_inputs_get_named_errors():
     for rule, kw in (("fltrust", {}), ("centered_clipping", {"tau": 1.0})):
         with pytest.raises(ValueError, match=r"aggregate: reference must be a numeric array"):
             flagcore.aggregate(x, rule, reference=np.array(["a"] * 4), **kw)
-    # more workers than the coordinate-wise rules take: named by the rule, not the native call
-    with pytest.raises(ValueError, match=r"median: gradients may hold at most 65536 workers"):
+    # more workers than the sorting networks take: named by the function and the rule, not the
+    # native call (the mean takes any p: tests/test_api_edges.py)
+    with pytest.raises(
+        ValueError, match=r"aggregate: rule 'median': gradients may hold at most 65536 workers"
+    ):
         flagcore.aggregate(np.zeros((65537, 1), np.float32), "median")
 
 

@@ -53,6 +53,7 @@ class Stack:
     item_shape: tuple[int, ...] = ()  # shape of one gradient for list input
     data: Any = None
     torch_data: Any = None
+    fn: str = ""  # the public function that received the stack, for error messages
 
     @property
     def on_cpu(self) -> bool:
@@ -69,14 +70,38 @@ class Stack:
                 if isinstance(out, torch.Tensor)
                 else torch.from_numpy(np.ascontiguousarray(out))
             )
-            t = t.to(device=self.device, dtype=self.dtype)
+            if t.dtype != self.dtype:
+                wide = t
+                t = t.to(dtype=self.dtype)
+                if not bool(torch.isfinite(t).all()):
+                    self._check_cast(wide.cpu().numpy(), t.to(torch.float64).cpu().numpy())
+            t = t.to(device=self.device)
         else:
             t = np.asarray(out)
             if t.dtype != self.dtype:
-                t = t.astype(self.dtype)
+                wide = t
+                with np.errstate(over="ignore"):  # an overflow is reported below
+                    t = t.astype(self.dtype)
+                if not np.isfinite(t).all():
+                    self._check_cast(wide, t)
         if self.from_list:
             return t.reshape(self.item_shape)
         return t if self.batched else t.reshape(self.n)
+
+    def _check_cast(self, wide: np.ndarray, narrow: np.ndarray) -> None:
+        """The aggregate was computed in a wider dtype than the caller's (float16/bfloat16 input,
+        or a float64 step): a finite value beyond the caller's dtype's range would come back as
+        Inf, so it is refused with the function named."""
+        over = (np.isfinite(wide) & ~np.isfinite(narrow)).reshape(-1)
+        if over.any():
+            flat = int(np.argmax(over))
+            big = float(np.asarray(wide).reshape(-1)[flat])
+            wider = "float64" if "float32" in str(self.dtype) else "float32 or float64"
+            raise ValueError(
+                f"{self.fn or 'flagcore'}: the aggregate does not fit in the gradients' dtype "
+                f"{self.dtype}: it holds {big:.6g} (coordinate {flat % max(self.n, 1)}), beyond "
+                f"that dtype's range; pass the gradients as {wider} or rescale them"
+            )
 
 
 def _numpy_float(a: np.ndarray, fn: str, what: str) -> np.ndarray:
@@ -125,17 +150,33 @@ def _torch_to_numpy(t: Any, fn: str, what: str) -> np.ndarray:
     return np.asarray(t.numpy())
 
 
+def plain_ndarray(a: np.ndarray, fn: str, what: str) -> np.ndarray:
+    """A numpy array as a base-class ndarray. A masked array is refused (the kernels read the
+    data under the mask: its masked values would be used); other subclasses (np.matrix, memmap)
+    are viewed as plain arrays, whose values they hold."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{fn}: {what} must not be a numpy masked array (the masked values would be "
+            "aggregated); fill it (a.filled(...)) or drop the masked workers first"
+        )
+    return a if type(a) is np.ndarray else np.asarray(a)
+
+
 def as_stack(gradients: Any, fn: str, *, arg: str = "gradients") -> Stack:
+    st: Stack
     if isinstance(gradients, (list, tuple)):
-        return _list_stack(gradients, fn, arg)
-    if isinstance(gradients, np.ndarray):
-        return _array_stack(gradients, fn, arg, "numpy")
-    if is_torch_tensor(gradients):
-        return _array_stack(gradients, fn, arg, "torch")
-    raise TypeError(
-        f"{fn}: {arg} must be a numpy array, a torch tensor, or a list/tuple of them, "
-        f"got {_describe(gradients)}"
-    )
+        st = _list_stack(gradients, fn, arg)
+    elif isinstance(gradients, np.ndarray):
+        st = _array_stack(plain_ndarray(gradients, fn, arg), fn, arg, "numpy")
+    elif is_torch_tensor(gradients):
+        st = _array_stack(gradients, fn, arg, "torch")
+    else:
+        raise TypeError(
+            f"{fn}: {arg} must be a numpy array, a torch tensor, or a list/tuple of them, "
+            f"got {_describe(gradients)}"
+        )
+    st.fn = fn
+    return st
 
 
 def _array_stack(x: Any, fn: str, arg: str, framework: str) -> Stack:
@@ -173,6 +214,10 @@ def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
             f"{fn}: {arg} must hold at least one worker (p >= 1), "
             f"got an empty {type(items).__name__}"
         )
+    items = [
+        plain_ndarray(g, fn, f"{arg}[{i}]") if isinstance(g, np.ndarray) else g
+        for i, g in enumerate(items)
+    ]
     first = items[0]
     if isinstance(first, np.ndarray):
         framework = "numpy"
@@ -236,7 +281,9 @@ def check_int(
     if (low is not None and v < low) or (high is not None and v > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}], got {v}")
+        # str() of an int above 4300 digits raises: name such a value by its size
+        got = str(v) if v.bit_length() <= 256 else f"an int of {v.bit_length()} bits"
+        raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}], got {got}")
     return v
 
 
@@ -247,7 +294,14 @@ def check_float(
         raise TypeError(
             f"{fn}: {name} must be a real number, got {value!r} ({type(value).__name__})"
         )
-    v = float(value)
+    try:
+        with np.errstate(over="ignore"):  # np.longdouble beyond float64: Inf, refused below
+            v = float(value)
+    except OverflowError:  # an int beyond float64's range (about 1.8e308)
+        raise ValueError(
+            f"{fn}: {name} must be finite, got an int of {int(value).bit_length()} bits, "
+            "beyond float64's range (about 1.8e308)"
+        ) from None
     if not np.isfinite(v):
         raise ValueError(f"{fn}: {name} must be finite, got {v}")
     if low is not None and (v < low or (strict_low and v == low)):

@@ -14,8 +14,12 @@ from . import _core
 
 core = _core
 
+#: Most threads the native CPU kernels take (kMaxThreads in csrc/common/parallel.hpp; the native
+#: set_num_threads refuses more).
+MAX_THREADS = 1024
+
 #: Environment variables the native core reads at run time: (name, smallest, largest value).
-RUNTIME_ENV = (("FLAGCORE_NUM_THREADS", 0, 1024), ("FLAGCORE_SPIN_US", 0, 1_000_000))
+RUNTIME_ENV = (("FLAGCORE_NUM_THREADS", 0, MAX_THREADS), ("FLAGCORE_SPIN_US", 0, 1_000_000))
 
 
 #: FLAGCORE_AMX: the float32 Gram's AMX tiles, "auto" (default: where they measured faster) or off.
@@ -95,10 +99,20 @@ def cuda_available() -> bool:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the native CPU kernels (0 restores the default: all cores, or
-    FLAGCORE_NUM_THREADS from the environment)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
+    """Threads used by the native CPU kernels, an int in [0, MAX_THREADS = 1024] (numpy integers
+    too); 0 restores the default: all cores (at most 1024), or FLAGCORE_NUM_THREADS from the
+    environment. A bool or a non-integer is a TypeError, a value out of range a ValueError."""
+    from ._arrays import check_int  # _arrays imports this module
+
+    n = check_int(n, "set_num_threads", "n")
+    if n < 0:
+        raise ValueError(f"set_num_threads: n must be an int >= 0, got {n}")
+    if n > MAX_THREADS:
+        got = str(n) if n.bit_length() <= 256 else f"an int of {n.bit_length()} bits"
+        raise ValueError(
+            f"set_num_threads: n must be at most {MAX_THREADS} (the native thread pool's bound), "
+            f"got {got}"
+        )
     core.set_num_threads(n)
 
 

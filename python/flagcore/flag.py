@@ -160,7 +160,10 @@ def flag_aggregate(
     Returns
     -------
     The aggregate, in the caller's framework, dtype and device: (n,), (b, n), or the shape of
-    one gradient for list input; with return_info, (aggregate, FlagInfo).
+    one gradient for list input; with return_info, (aggregate, FlagInfo). It is computed in
+    float32/float64 and rounded once to that dtype; a value beyond the dtype's range (float16:
+    65504, reachable from finite float16 input with scale="median_norm", whose direction can
+    put the whole median norm on one coordinate) raises a ValueError instead of becoming Inf.
 
     Workers with NaN or Inf get weight 0 and are reported in ``info.excluded``; when every
     worker of a problem is excluded its aggregate is zero. Zero gradients are valid (they add
@@ -450,7 +453,13 @@ def flag_aggregate_layers(
                     f"{fn}: {arg} must be (p, ...) with one row per worker, got shape "
                     f"{tuple(layer.shape)}"
                 )
-            layer = layer.reshape(layer.shape[0], -1) if layer.ndim > 2 else layer
+            if layer.shape[0] == 0:  # as flag_aggregate: p = 0 has no aggregate
+                raise ValueError(
+                    f"{fn}: {arg} must hold at least one worker (p >= 1), got shape "
+                    f"{tuple(layer.shape)}"
+                )
+            if layer.ndim > 2:
+                layer = layer.reshape(layer.shape[0], int(np.prod(layer.shape[1:], dtype=np.int64)))
             st = as_stack(layer, fn, arg=arg)
             st.item_shape = tuple(layers[i].shape[1:])
             st.from_list = True

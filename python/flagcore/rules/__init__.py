@@ -52,11 +52,12 @@ rule's paper and its conventions against ByzFL, ByzPy and Flower.
 Every rule also takes ``f`` (default 0 where it is not required: it then only matters for
 pre-aggregation and for counting excluded workers) and the pre-aggregation options
 ``pre`` (None, "nnm", "bucketing", "clipping" (with ``c``), "arc", or a sequence applied in
-order), ``bucket_size`` (2), ``c`` (the static clipping threshold) and ``seed`` (0: the
-bucketing shuffle and the random coordinates of dnc / signguard). A rule object draws from one
-generator seeded once, so each call reshuffles, and the sequence of calls is reproducible from
-the seed. Preconditions are checked on the number of rows the rule sees (after bucketing) and
-raise ValueError naming the rule, p and f.
+order), ``bucket_size`` (2; only with bucketing), ``c`` (the static clipping threshold; only
+with clipping) and ``seed`` (0: the bucketing shuffle and the random coordinates of dnc /
+signguard). A rule object draws from one generator seeded once, so each call reshuffles, and
+the sequence of calls is reproducible from the seed. Preconditions are checked on the number of
+rows the rule sees (after bucketing), NNM's p > 2f on the rows NNM sees (after the bucketing
+steps before it), and raise ValueError naming the rule, p and f.
 
 Every rule returns, with ``return_info=True``, one ``RuleInfo`` (a subclass of ``FlagInfo``,
 whose fields it keeps: the Flag Aggregator's weights and reconstruction ratios survive
@@ -81,6 +82,7 @@ import numpy as np
 from .._arrays import as_stack, check_choice, check_float, check_int
 from .._backend import is_torch_tensor
 from ..flag import FlagInfo, flag_aggregate
+from ..flag import _check_params as _check_flag_params
 from . import clustering as _clu
 from . import selection as _sel
 from ._source import Source
@@ -88,7 +90,7 @@ from .clipping import ALL_PRE_STEPS as PRE_STEPS
 from .clipping import arc_clip_count, parse_pre_steps
 from .coordinate import run_coordinate
 from .distance import run_bulyan, run_centered_clipping, run_geometric_median, run_krum
-from .preagg import bucketing, build_source, nnm, rows_after
+from .preagg import bucketing, build_source, check_pre_rows, nnm
 
 RULES = (
     "mean",
@@ -167,8 +169,10 @@ class RuleInfo(FlagInfo):
     selected: rows chosen (over the rows the rule saw): krum, multi_krum, bulyan, mda, smea,
         monna, cge, dnc, signguard, clipped_clustering; None otherwise.
     scores: the per-row score the rule ranks by (over the rows the rule saw; NaN for excluded
-        rows): Krum scores (krum, multi_krum), the distance to the centre (monna), the norm (cge,
-        signguard, clipped_clustering), the last outlier score (dnc), the trust score (fltrust).
+        rows), in the caller's units: Krum scores (krum, multi_krum; sums of squared
+        distances), the distance to worker idx (monna), the norm (cge, signguard,
+        clipped_clustering), the last outlier score (dnc; a squared projection), the trust score
+        (fltrust; a cosine).
     iterations, converged, objective: geometric_median's Weiszfeld steps, whether the relative
         tolerance was met, and sum_i ||z - g_i|| at the result; caf's filter steps and the
         largest covariance eigenvalue at its result; mda's diameter and smea's largest
@@ -201,8 +205,19 @@ class RuleInfo(FlagInfo):
 
 def as_reference(ref: Any, st: Any, fn: str) -> Any:
     """A reference vector ((n,) / (b, n), or one gradient's shape for list input) as a (b, n)
-    float64 numpy array, or a float64 torch tensor on the stack's device; must be finite."""
+    float64 numpy array, or a float64 torch tensor on the stack's device; must be real and
+    finite, and of one of those shapes exactly (a reference of another shape with the same
+    number of elements is refused, not reshaped)."""
     r: Any
+    if is_torch_tensor(ref):
+        complex_ref = bool(ref.is_complex())
+    else:
+        try:
+            complex_ref = bool(np.iscomplexobj(ref))
+        except (TypeError, ValueError):  # not array-like: the conversion below says so
+            complex_ref = False
+    if complex_ref:  # a cast would drop the imaginary part with only a warning
+        raise TypeError(f"{fn}: reference must be real, got a complex {type(ref).__name__}")
     try:
         if st.on_cpu:
             if is_torch_tensor(ref):
@@ -216,14 +231,14 @@ def as_reference(ref: Any, st: Any, fn: str) -> Any:
         raise ValueError(
             f"{fn}: reference must be a numeric array, got {type(ref).__name__} ({e})"
         ) from None
-    if tuple(r.shape) == (st.n,) or (
-        st.from_list and int(np.prod(r.shape)) == st.n and r.ndim == len(st.item_shape)
-    ):
+    shape = tuple(r.shape)
+    if shape == (st.n,) or (st.from_list and shape == tuple(st.item_shape)):
         r = r.reshape(1, st.n).repeat(st.b, 0) if st.on_cpu else r.reshape(1, st.n).repeat(st.b, 1)
-    elif tuple(r.shape) != (st.b, st.n):
-        raise ValueError(
-            f"{fn}: reference must have shape ({st.n},) or ({st.b}, {st.n}), got {tuple(r.shape)}"
-        )
+    elif shape != (st.b, st.n):
+        forms = f"({st.n},) or ({st.b}, {st.n})"
+        if st.from_list:
+            forms = f"({st.n},), ({st.b}, {st.n}) or {tuple(st.item_shape)} (one gradient's shape)"
+        raise ValueError(f"{fn}: reference must have shape {forms}, got {shape}")
     finite = np.isfinite(r).all() if st.on_cpu else bool(r.isfinite().all())
     if not finite:
         raise ValueError(f"{fn}: reference must be finite")
@@ -261,7 +276,7 @@ class Rule:
         *,
         f: int | None = None,
         pre: Any = None,
-        bucket_size: int = 2,
+        bucket_size: int | None = None,
         c: float | None = None,
         seed: int = 0,
         _fn: str | None = None,
@@ -275,7 +290,16 @@ class Rule:
             f = 0
         self.f = check_int(f, self._fn, "f", low=0)
         self.pre = parse_pre_steps(pre, self._fn, f=self.f, c=c)
-        self.bucket_size = check_int(bucket_size, self._fn, "bucket_size", low=1)
+        # None: the default 2; a value given without bucketing would be ignored, so it is refused
+        # (as c without clipping)
+        self.bucket_size = (
+            2 if bucket_size is None else check_int(bucket_size, self._fn, "bucket_size", low=1)
+        )
+        if bucket_size is not None and "bucketing" not in self.pre:
+            raise TypeError(
+                f"{self._fn}: bucket_size is only used with pre='bucketing', got bucket_size = "
+                f"{bucket_size!r} with pre = {pre!r}"
+            )
         self.seed = check_int(seed, self._fn, "seed", low=0)
         # One stream: each call draws anew. Created on first use (default_rng costs tens of
         # microseconds, and most rules never draw), from the same seed, so the sequence is the same.
@@ -299,11 +323,8 @@ class Rule:
         if not isinstance(return_info, bool):
             raise TypeError(f"{fn}: return_info must be a bool, got {return_info!r}")
         st = as_stack(gradients, fn)
-        if "nnm" in self.pre and not st.p > 2 * self.f:
-            raise ValueError(
-                f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {st.p}, f = {self.f}"
-            )
-        self._check(rows_after(self.pre, st.p, self.bucket_size))
+        # each "nnm" step is checked on the rows it sees (after the bucketing steps before it)
+        self._check(check_pre_rows(fn, self.pre, st.p, self.f, self.bucket_size))
         src = build_source(st, self.f, self.pre, self.bucket_size, cast(Any, _LazyRng(self)))
         out, d = self._run(src)
         agg = st.restore(out)
@@ -430,7 +451,9 @@ class Krum(Rule):
         d = _sel.per_problem(
             src,
             self.f,
-            lambda g, f, q, keep: _sel.krum_peer_solve(g, f, self._m_survivors(g.shape[0], f)),
+            lambda g, f, q, keep, scale: _sel.krum_peer_solve(
+                g, f, self._m_survivors(g.shape[0], f)
+            ),
         )
         return _sel.finish(src, d)
 
@@ -555,14 +578,21 @@ class Flag(Rule):
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        # validated here, with this API's name (r <= p waits for the call, see _check)
+        r = None if r is None else check_int(r, self._fn, "r", low=1)
+        prm = _check_flag_params(self._fn, 1, 1, lam, max_iter, eps, tol, scale, False)
         self.params: dict[str, Any] = dict(
-            r=r, lam=lam, max_iter=max_iter, eps=eps, tol=tol, scale=scale
+            r=r, lam=prm.lam, max_iter=prm.max_iter, eps=prm.eps, tol=prm.tol, scale=prm.scale
         )
-        check_choice(scale, self._fn, "scale", ("paper", "median_norm"))
 
     def _check(self, p: int) -> None:
         if not self.f < p:
             self._fail("f < p", p)
+        r = self.params["r"]
+        if r is not None and r > p:
+            raise ValueError(
+                f"{self._fn}: rule 'flag' needs r <= p (the rows it sees), got r = {r}, p = {p}"
+            )
 
     def __call__(self, gradients: Any, *, return_info: bool = False) -> Any:
         if not self.pre:
@@ -613,7 +643,7 @@ class MDA(Rule):
 
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
-            src, _sel.per_problem(src, self.f, lambda g, f, q, keep: self._solve(g, f))
+            src, _sel.per_problem(src, self.f, lambda g, f, q, keep, scale: self._solve(g, f))
         )
 
 
@@ -637,7 +667,8 @@ class MoNNA(Rule):
     neighbours of worker ``idx`` (a worker known to be correct, e.g. the node itself in
     peer-to-peer learning), itself included. idx indexes the rows the rule sees (after
     pre-aggregation). Needs p > 2f. If worker idx itself is excluded (non-finite) the aggregate
-    is 0 (no step) and ``RuleInfo.excluded`` says so."""
+    is 0 (no step) and ``RuleInfo.excluded`` says so. Scores: each row's distance to worker idx
+    (not squared)."""
 
     name = "monna"
     needs_f = True
@@ -653,7 +684,9 @@ class MoNNA(Rule):
                 f"{self._fn}: rule 'monna' needs idx < p, got idx = {self.idx}, p = {p}"
             )
 
-    def _solve(self, g: np.ndarray, f: int, q: int, keep: np.ndarray) -> dict[str, Any]:
+    def _solve(
+        self, g: np.ndarray, f: int, q: int, keep: np.ndarray, scale: float
+    ) -> dict[str, Any]:
         pos = np.flatnonzero(keep == self.idx)
         if pos.size == 0:  # the trusted worker itself is broken: no step (reported in excluded)
             return dict(unit=np.zeros(keep.size), count=0, selected=np.zeros(keep.size, bool))
@@ -680,7 +713,10 @@ class CGE(Rule):
         return _sel.finish(
             src,
             _sel.per_problem(
-                src, self.f, lambda g, f, q, keep: _sel.cge_solve(g, f), g=_sel.norms_gram(src)
+                src,
+                self.f,
+                lambda g, f, q, keep, scale: _sel.cge_solve(g, f),
+                g=_sel.norms_gram(src),
             ),
         )  # norms only: O(p n)
 
@@ -699,14 +735,15 @@ class CAF(Rule):
 
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         return _sel.finish(
-            src, _sel.per_problem(src, self.f, lambda g, f, q, keep: _sel.caf_solve(g, f))
+            src, _sel.per_problem(src, self.f, lambda g, f, q, keep, scale: _sel.caf_solve(g, f))
         )
 
 
 class FLTrust(Rule):
     """FLTrust (Cao, Fang, Liu and Gong, "FLTrust: Byzantine-robust Federated Learning via Trust
-    Bootstrapping", NDSS 2021). reference: the server's gradient on its root data set, an (n,) /
-    (b, n) array or tensor (required; pass the new one each round, e.g. ``FLTrust(reference=g0)``
+    Bootstrapping", NDSS 2021). reference: the server's gradient on its root data set, a real
+    (n,) / (b, n) array or tensor, or one gradient's shape for list input (any other shape is
+    refused) (required; pass the new one each round, e.g. ``FLTrust(reference=g0)``
     per round or ``aggregate(x, "fltrust", reference=g0)``). Trust TS_i = ReLU(cos(g_i, g_0));
     aggregate = sum_i TS_i (||g_0|| / ||g_i||) g_i / sum_i TS_i, 0 when every trust is 0. f only
     counts excluded workers (f < p)."""
@@ -732,7 +769,7 @@ class FLTrust(Rule):
         d = _sel.per_problem(
             src,
             self.f,
-            lambda g, f, q, keep: _sel.fltrust_solve(
+            lambda g, f, q, keep, scale: _sel.fltrust_solve(
                 ga[q][np.ix_(np.append(keep, p), np.append(keep, p))]
             ),
             g=np.ascontiguousarray(ga[:, :p, :p]),
@@ -844,7 +881,9 @@ class SignGuard(Rule):
         d = _sel.per_problem(
             src,
             self.f,
-            lambda g, f, q, keep: _clu.signguard_solve(g, xs[q, keep], self.lower, self.upper),
+            lambda g, f, q, keep, scale: _clu.signguard_solve(
+                g, xs[q, keep], self.lower, self.upper
+            ),
             g=_sel.norms_gram(src),
         )
         return _sel.finish(src, d)
@@ -852,9 +891,10 @@ class SignGuard(Rule):
 
 class ClippedClustering(Rule):
     """Clipped clustering (Li, Ngai and Voigt, IEEE Trans. Big Data 2023): clip every gradient to
-    tau (None: the median norm of this call's workers; Blades keeps the median of all norms seen
-    so far), split the workers in two by average-linkage clustering of the cosine distances,
-    and average the clipped members of the larger cluster. Entirely in p-space."""
+    tau (a norm in the caller's units; None: the median norm of this call's workers; Blades
+    keeps the median of all norms seen so far), split the workers in two by average-linkage
+    clustering of the cosine distances, and average the clipped members of the larger cluster.
+    Entirely in p-space."""
 
     name = "clipped_clustering"
 
@@ -872,7 +912,9 @@ class ClippedClustering(Rule):
         return _sel.finish(
             src,
             _sel.per_problem(
-                src, self.f, lambda g, f, q, keep: _clu.clipped_clustering_solve(g, self.tau)
+                src,
+                self.f,
+                lambda g, f, q, keep, scale: _clu.clipped_clustering_solve(g, self.tau, scale),
             ),
         )
 
@@ -933,8 +975,15 @@ def aggregate(gradients: Any, rule: str, *, return_info: bool = False, **params:
     one gradient's shape for list input); with return_info, (aggregate, RuleInfo) for every
     rule and pre-aggregation (RuleInfo subclasses FlagInfo and keeps FA's fields).
     """
-    if isinstance(params.get("reference"), str):
+    ref = params.get("reference")
+    if rule == "centered_clipping" and isinstance(ref, str):
+        # (fltrust refuses a string itself; a rule without a reference says it takes none)
+        if ref == "previous":
+            raise ValueError(
+                "aggregate: reference='previous' needs state: use the CenteredClipping class"
+            )
         raise ValueError(
-            "aggregate: reference='previous' needs state: use the CenteredClipping class"
+            "aggregate: reference must be None or an (n,) / (b, n) array or tensor "
+            f"('previous' needs the CenteredClipping class), got {ref!r}"
         )
     return make_rule(rule, _fn="aggregate", **params)(gradients, return_info=return_info)

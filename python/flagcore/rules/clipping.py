@@ -21,13 +21,13 @@ already 0).
 
 from __future__ import annotations
 
-import math
 from typing import Any, cast
 
 import numpy as np
 
 from .._arrays import check_float
 from .preagg import PRE_STEPS
+from .selection import pow2_scale
 
 CLIP_STEPS = ("clipping", "arc")
 ALL_PRE_STEPS = PRE_STEPS + CLIP_STEPS
@@ -38,7 +38,7 @@ def _row_norms(mix: np.ndarray, g0: np.ndarray) -> np.ndarray:
     diag = np.diagonal(g0, axis1=1, axis2=2)
     top = np.max(np.where(np.isfinite(diag), diag, 0.0), axis=1, initial=0.0)
     # a power of two (exact division) per problem: mixed norms of huge rows stay finite
-    scale = np.array([math.ldexp(1.0, math.frexp(float(t))[1]) if t > 0 else 1.0 for t in top])
+    scale = np.array([pow2_scale(float(t)) for t in top])  # capped at 2^1023: no overflow
     sq = np.einsum("qij,qjk,qik->qi", mix, g0 / scale[:, None, None], mix)
     return cast(np.ndarray, np.sqrt(np.maximum(sq, 0.0)) * np.sqrt(scale)[:, None])
 

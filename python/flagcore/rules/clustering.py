@@ -18,6 +18,7 @@ closest pair of clusters is merged first, ties to the lowest (i, j).
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import numpy as np
@@ -66,15 +67,20 @@ def clip_factors(norms: np.ndarray, tau: float) -> np.ndarray:
         return np.where(norms > tau, tau / norms, 1.0)
 
 
-def clipped_clustering_solve(g: np.ndarray, tau: float | None) -> dict[str, Any]:
+def clipped_clustering_solve(g: np.ndarray, tau: float | None, scale: float) -> dict[str, Any]:
+    """g: the Gram divided by ``scale`` (rules.selection.per_problem), so its norms are the
+    workers' divided by sqrt(scale); an explicit tau (the caller's units) is divided likewise.
+    The median norm (tau None) needs no conversion."""
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
-    t = float(np.median(norms)) if tau is None else tau
+    with np.errstate(over="ignore"):  # tau far above every norm: inf, nothing is clipped
+        t = float(np.median(norms)) if tau is None else tau / math.sqrt(scale)
     sel = majority(two_clusters(cosine_distances(g)))
     return dict(
         unit=np.where(sel, clip_factors(norms, t), 0.0),
         count=int(sel.sum()),
         selected=sel,
         scores=norms,
+        score_power=0.5,
     )
 
 
@@ -101,4 +107,5 @@ def signguard_solve(g: np.ndarray, xs: np.ndarray, lower: float, upper: float) -
         count=int(sel.sum()),
         selected=sel,
         scores=norms,
+        score_power=0.5,
     )

@@ -24,7 +24,8 @@ preconditions still hold for the survivors. A problem whose workers are all excl
 Backends: the native CPU kernel (vectorised sorting networks at every p up to 65536: Batcher's
 odd-even merge sort over blocks of 8-16 columns, pruned to the positions the rule reads, so the
 cost per value grows like log^2 p with no step at any p; the mean streams the rows through
-float64 accumulators; finiteness is checked in the same read), the CUDA kernel for CUDA tensors
+float64 accumulators, at any p: above 65536 workers it is formed from native weighted sums with
+the same conventions; finiteness is checked in the same read), the CUDA kernel for CUDA tensors
 when flagcore was built with CUDA (p <= 64), and plain torch (sort along the worker axis)
 otherwise.
 """
@@ -40,8 +41,8 @@ from ._source import Source
 
 CoordRule = core.CoordRule
 
-#: Most workers per problem of the coordinate-wise rules (the sorting networks' bound,
-#: kMaxNetwork in csrc/rules/coordinate.hpp).
+#: Most workers per problem of the sorting-based coordinate-wise rules (the sorting networks'
+#: bound, kMaxNetwork in csrc/rules/coordinate.hpp); the mean takes any p.
 MAX_WORKERS = 65536
 
 RULE_IDS: dict[str, CoordRule] = {
@@ -57,16 +58,59 @@ def run_coordinate(src: Source, rule: str, f: int, keep: int = -1) -> tuple[Any,
     """Apply a coordinate-wise rule to the rows ``src`` exposes. Returns ((b, n) result as numpy
     in the compute dtype or torch on the caller's device, excluded (b, p') bool)."""
     rid = RULE_IDS[rule]
-    if src.p > MAX_WORKERS:
+    if src.p > MAX_WORKERS and rid != CoordRule.mean:
         raise ValueError(
-            f"{rule}: gradients may hold at most {MAX_WORKERS} workers per problem for the "
-            f"coordinate-wise rules, got p = {src.p}"
+            f"{src.st.fn or 'aggregate'}: rule {rule!r}: gradients may hold at most "
+            f"{MAX_WORKERS} workers per problem for the sorting-based coordinate-wise rules "
+            f"(median, trimmed_mean, meamed, phocas), got p = {src.p}"
         )
     rows = src.rows()
     if src.st.on_cpu:
+        if src.p > MAX_WORKERS:  # the mean needs no sorting network
+            return _mean_many(rows, src.b, src.p, src.excluded)
         out, excl = core.coordinate(rows, rid, int(f), int(keep), src.excluded_u8())
         return out, excl.astype(bool)
     return _coordinate_device(rows, rid, f, keep, src.excluded)
+
+
+def _mean_many(rows: Any, b: int, p: int, excluded: np.ndarray | None) -> tuple[Any, np.ndarray]:
+    """The mean of more workers than the native coordinate kernel takes (p > MAX_WORKERS), with
+    its conventions, from native weighted sums (float64 accumulation, rows added in order,
+    independent of the thread count; rows with coefficient 0 are not read).
+
+    float64: the sum, then divided by the count (numpy's ``mean(axis=0)`` bit for bit); where
+    that overflows, the sum of the pre-divided rows x_i / count (finite inputs give finite
+    means), as the native kernel does. float32: the float64 sum of the pre-divided rows, rounded
+    once (the weighted sum's float32 output would round a plain sum before the division). A
+    worker with a NaN/Inf value makes its coordinates' sums non-finite: those coordinates are
+    then read for every worker, the workers with a non-finite value there are excluded, and the
+    mean is taken again without them. A problem whose workers are all excluded gives 0."""
+    excl = np.zeros((b, p), bool) if excluded is None else excluded.copy()
+    is64 = (rows[0] if isinstance(rows, list) else rows).dtype == np.float64
+    while True:
+        keep = ~excl
+        count = keep.sum(axis=1).astype(np.float64)[:, None]
+        scaled = np.divide(keep, count, out=np.zeros((b, p)), where=count > 0)
+        if is64:
+            total = core.weighted_sum(rows, keep.astype(np.float64))
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+            if not np.isfinite(out).all():
+                out = np.where(np.isfinite(out), out, core.weighted_sum(rows, scaled))
+        else:
+            out = core.weighted_sum(rows, scaled)
+        bad = ~np.isfinite(out)
+        if not bad.any():
+            return out, excl
+        found = False
+        for q in np.flatnonzero(bad.any(axis=1)):
+            cols = np.flatnonzero(bad[q])
+            for i in np.flatnonzero(keep[q]):
+                row = rows[i] if isinstance(rows, list) else rows[q, i]
+                if not np.isfinite(row[cols]).all():
+                    excl[q, i] = found = True
+        if not found:  # an overflow of finite values (sums within rounding of the largest)
+            return out, excl
 
 
 def _coordinate_device(

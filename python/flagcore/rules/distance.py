@@ -8,9 +8,17 @@ step needs only G and the current coefficients. The output is one weighted sum o
 (a second read), or for Bulyan a coordinate-wise pass over the selected rows.
 
 Precision: distances from a Gram matrix suffer cancellation when gradients are nearly equal;
-the absolute error of a squared distance is about 1e-16 (G_ii + G_jj). Negative values are
-clamped to 0. Rules only compare distances, so this can only reorder workers whose distance is
-below ~1e-8 of their norms.
+the absolute error of a squared distance is the Gram's error on G_ii + G_jj. Negative values
+are clamped to 0. Rules only compare distances, so only workers whose distance is small next to
+their norms can be reordered:
+- float64 data (and any tensor on a non-CPU device: torch_gram multiplies in float64): about
+  1e-16 (G_ii + G_jj); distances below ~1e-8 of the norms;
+- float32 (and float16/bfloat16) data on the CPU: the native Gram accumulates in float32, one
+  rounding per step, over up to 512 columns per partial sum (csrc/flag/gram.hpp; AMX: three
+  bfloat16 parts per value, same class) before the float64 sum: up to ~512 x 6e-8 = 3e-5
+  (G_ii + G_jj) in the worst case, typically 1e-9 to 1e-7 of it; distances below ~1e-3 of the
+  norms. A common component of norm 100 with a spread of 0.01 (a ratio of 1e-4) can change
+  Krum's pick from the exact one; pass float64 gradients when the workers differ that little.
 
 Cost after the Gram (c active workers): Krum, Multi-Krum and NNM O(c^2 log c); Bulyan
 O(c^2 log c) (each worker's neighbours sorted once, Krum scores updated as workers are removed,
@@ -25,13 +33,12 @@ Non-finite workers (a NaN/Inf value makes G_ii non-finite) are excluded, reporte
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from .._backend import core
-from ..flag import torch_gram
-from ._source import Source
+from ._source import Source, mix_matrix
 from .coordinate import run_coordinate
 
 
@@ -124,16 +131,16 @@ def run_centered_clipping(
     coef = d["coefficients"]
     out = src.combine(np.ascontiguousarray(coef[:, :p]))
     if reference is not None:
+        # v = sum_i c_i x_i + c_p v0, added in float64 and rounded once to the caller's dtype by
+        # Stack.restore (which refuses a value beyond that dtype's range instead of an Inf)
         c = coef[:, p]
         if src.st.on_cpu:
-            out = (out.astype(np.float64) + c[:, None] * reference).astype(out.dtype)
+            out = out.astype(np.float64) + c[:, None] * reference
         else:
             import torch
 
-            out = (
-                out.to(torch.float64)
-                + torch.from_numpy(c).to(out.device)[:, None] * reference.to(torch.float64)
-            ).to(out.dtype)
+            cw = torch.from_numpy(c).to(out.device)[:, None]
+            out = out.to(torch.float64) + cw * reference.to(torch.float64)
     return out, dict(
         coefficients=coef[:, :p],
         reference_coefficient=coef[:, p],
@@ -142,18 +149,99 @@ def run_centered_clipping(
 
 
 def _augmented_gram(src: Source, ref: Any) -> np.ndarray:
-    """Gram of the rows the rule sees plus the reference as row p (one read of the data)."""
-    rows = src.rows()
-    if not src.st.on_cpu:
-        import torch
+    """(b, p' + 1, p' + 1) Gram of the rows the rule sees plus the reference as row p'.
 
-        return cast(
-            np.ndarray,
-            torch_gram(torch.cat([rows, ref.to(rows.dtype)[:, None, :]], dim=1)).cpu().numpy(),
+    The reference is a float64 array/tensor and stays one: it is never rounded to the data's
+    dtype (a float32 stack with a reference beyond float32's range would otherwise meet an Inf
+    row and lose its reference). On the CPU without pre-aggregation, with float64 data or a
+    reference exactly representable in the data's dtype: one native Gram of the rows and the
+    reference (one read). Otherwise the rows' block is ``src.gram()``
+    (the float32 Gram, or M G M^T from the Gram pre-aggregation holds) and the products x_i . v0
+    of the caller's rows are formed in float64 (one more read, no float64 copy of the data),
+    then mixed like the rows. A reference whose squared norm overflows float64 is refused."""
+    st = src.st
+    dt = _compute_dtype(st) if st.on_cpu else None
+    if st.on_cpu and src.mix is None and (dt == np.float64 or _exact_in(ref, dt)):
+        # one native Gram of the rows and the reference (one read): the reference is exactly
+        # representable in the data's dtype (always for "previous", the last aggregate)
+        rows = st.data
+        out = []
+        for q in range(src.b):
+            lst = list(rows) if isinstance(rows, list) else [rows[q, i] for i in range(st.p)]
+            lst.append(np.ascontiguousarray(ref[q], dtype=dt))
+            out.append(core.gram(lst)[0])
+        ga = np.stack(out)
+    else:
+        g = src.gram()
+        cross, r2 = _reference_products(st, ref)
+        if src.mix is not None:
+            # as the Gram: excluded workers' products zeroed (their columns of M are 0; a NaN
+            # must not meet that 0), then each linear step applied
+            if src.excluded_orig is not None:
+                cross = np.where(src.excluded_orig, 0.0, cross)
+            for a, d in src.steps:
+                cross = mix_matrix(cross[:, :, None], a, d)[:, :, 0]
+        b, p = g.shape[0], g.shape[1]
+        ga = np.empty((b, p + 1, p + 1))
+        ga[:, :p, :p] = g
+        ga[:, :p, p] = cross
+        ga[:, p, :p] = cross
+        ga[:, p, p] = r2
+    p = ga.shape[1] - 1
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(ga[:, p, p])
+    if bad.any():
+        q = int(np.argmax(bad))
+        big = float(np.max(np.abs(ref[q].cpu().numpy() if hasattr(ref, "cpu") else ref[q])))
+        raise ValueError(
+            f"{st.fn or 'centered_clipping'}: reference is too large for the float64 Gram "
+            f"(its squared norm overflows float64; largest |value| {big:.6g}): the distance "
+            "rules take norms up to ~1e154"
         )
-    out = []
-    for q in range(src.b):
-        lst = list(rows) if isinstance(rows, list) else [rows[q, i] for i in range(rows.shape[1])]
-        lst.append(np.ascontiguousarray(ref[q], dtype=lst[0].dtype))
-        out.append(core.gram(lst)[0])
-    return np.stack(out)
+    return ga
+
+
+def _exact_in(ref: Any, dt: Any) -> bool:
+    """Every value of the float64 reference is finite and exactly a value of dtype ``dt``."""
+    r = np.asarray(ref, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.array_equal(r.astype(dt).astype(np.float64), r) and np.isfinite(r).all())
+
+
+def _compute_dtype(st: Any) -> Any:
+    """The dtype the native code reads (float32 for float16 input)."""
+    data = st.data
+    return (data[0] if isinstance(data, list) else data).dtype
+
+
+def _reference_products(st: Any, ref: Any) -> tuple[np.ndarray, np.ndarray]:
+    """((b, p) x_i . v0, (b,) v0 . v0) in float64 for the caller's rows: float64 products and
+    sums (numpy's einsum, single-threaded, or torch's matmul on column chunks), the same
+    whatever flagcore's thread count."""
+    b, p, n = st.b, st.p, st.n
+    cross = np.empty((b, p))
+    r2 = np.empty(b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if st.on_cpu:
+            data = st.data
+            for q in range(b):
+                rq = np.asarray(ref[q], dtype=np.float64)
+                r2[q] = float(np.square(rq).sum())
+                if isinstance(data, list):
+                    for i in range(p):
+                        cross[q, i] = float(np.einsum("k,k->", data[i], rq))
+                else:  # einsum casts in buffered blocks: no float64 copy of the rows
+                    cross[q] = np.einsum("ik,k->i", data[q], rq)
+        else:
+            import torch
+
+            x = st.torch_data
+            ref64 = ref.to(torch.float64)
+            acc = torch.zeros((b, p), dtype=torch.float64, device=x.device)
+            step = max(1, (1 << 22) // max(1, b * p))  # column chunks: no (p, n) float64 copy
+            for k0 in range(0, n, step):
+                xc = x[:, :, k0 : k0 + step].to(torch.float64)
+                acc += (xc @ ref64[:, k0 : k0 + step, None])[:, :, 0]
+            cross[:] = acc.cpu().numpy()
+            r2[:] = (ref64 * ref64).sum(dim=1).cpu().numpy()
+    return cross, r2

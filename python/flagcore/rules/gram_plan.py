@@ -41,7 +41,7 @@ from .._backend import core
 from ..flag import _check_params
 from ._source import Source, stack_gram, stack_weighted_sum
 from .coordinate import RULE_IDS, run_coordinate
-from .preagg import build_source, rows_after
+from .preagg import build_source, check_pre_rows
 
 __all__ = [
     "GramPlan",
@@ -141,17 +141,17 @@ def _gram_factor(g: np.ndarray) -> np.ndarray:
     if finite.any():
         sub = g[np.ix_(finite, finite)]
         sub = 0.5 * (sub + sub.T)
-        w, v = np.linalg.eigh(sub)
+        # the native solver: bitwise the same on any thread count (numpy's eigh runs on numpy's
+        # multithreaded BLAS, and ranks on machines with other core counts would plan apart)
+        w, v = core.eigh_top(np.ascontiguousarray(sub), sub.shape[0])
         x[finite] = 0.0
         x[np.ix_(finite, np.arange(int(finite.sum())))] = v * np.sqrt(np.clip(w, 0.0, None))
     return x
 
 
 def _check_rows(rule: Any, p: int) -> None:
-    fn = rule._fn
-    if "nnm" in rule.pre and not p > 2 * rule.f:
-        raise ValueError(f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {p}, f = {rule.f}")
-    rule._check(rows_after(rule.pre, p, rule.bucket_size))
+    # NNM's p > 2f on the rows it sees (after a bucketing step before it), as the rule's call
+    rule._check(check_pre_rows(rule._fn, rule.pre, p, rule.f, rule.bucket_size))
 
 
 def plan_coordinate(rule: Any, p: int, excluded: Any) -> GramPlan:

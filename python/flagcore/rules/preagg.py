@@ -55,6 +55,23 @@ def rows_after(steps: Sequence[str], p: int, bucket_size: int) -> int:
     return p
 
 
+def check_pre_rows(fn: str, steps: Sequence[Any], p: int, f: int, bucket_size: int) -> int:
+    """The number of rows after the steps; raises ValueError if an "nnm" step would see p' <= 2f
+    rows (p' counted after the bucketing steps before it, as the rule's own precondition)."""
+    rows = p
+    for s in steps:
+        if s == "nnm" and not rows > 2 * f:
+            seen = (
+                f"{rows}"
+                if rows == p
+                else f"{rows} (the {p} workers after bucketing with bucket_size = {bucket_size})"
+            )
+            raise ValueError(f"{fn}: pre-aggregation 'nnm' needs p > 2f, got p = {seen}, f = {f}")
+        if s == "bucketing":
+            rows = math.ceil(rows / bucket_size)
+    return rows
+
+
 def _identity_mix(b: int, p: int, excluded: np.ndarray) -> np.ndarray:
     """The (b, p, p) identity with the rows of excluded workers zeroed (mix None stands for it)."""
     m = np.repeat(np.eye(p)[None], b, axis=0)

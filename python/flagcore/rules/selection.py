@@ -26,6 +26,7 @@ from typing import Any, Callable, cast
 
 import numpy as np
 
+from .._backend import core
 from ._source import Source
 
 # ---------------------------------------------------------------- shared machinery
@@ -48,11 +49,11 @@ def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
 
 
 def pow2_scale(v: float) -> float:
-    """The power of two nearest above v (1 for 0, NaN or Inf): dividing by it is exact, so
-    rescaling keeps exact ties exact."""
+    """The power of two nearest above v (1 for 0, NaN or Inf; 2^1023 for v >= 2^1023, where the
+    next one would overflow): dividing by it is exact, so rescaling keeps exact ties exact."""
     if not (v > 0.0 and math.isfinite(v)):
         return 1.0
-    return math.ldexp(1.0, math.frexp(v)[1])
+    return math.ldexp(1.0, min(math.frexp(v)[1], 1023))
 
 
 def _f64_output(src: Source) -> bool:
@@ -82,16 +83,21 @@ def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
 def per_problem(
     src: Source,
     f: int,
-    solve: Callable[[np.ndarray, int, int, np.ndarray], dict[str, Any]],
+    solve: Callable[[np.ndarray, int, int, np.ndarray, float], dict[str, Any]],
     g: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Run ``solve(G_survivors, f_eff, q, keep)`` per problem on the Gram of the surviving rows
-    (``keep``: their indices among the rows the rule sees).
+    """Run ``solve(G_survivors / scale, f_eff, q, keep, scale)`` per problem on the Gram of the
+    surviving rows (``keep``: their indices among the rows the rule sees), divided by ``scale``,
+    a power of two near its largest diagonal entry (``pow2_scale``). A solver that compares
+    with a threshold given in the caller's units (a norm) divides it by sqrt(scale).
 
     solve returns a dict with ``unit`` (per-survivor coefficients before division) and
     ``count`` (the divisor), or ``coef`` (final coefficients); optional ``selected`` (bool),
-    ``scores`` (float), ``objective``, ``iterations``. Returns the info dict over the rows the
-    rule sees, with the (b, p') ``unit`` and (b,) ``count`` that ``finish`` combines."""
+    ``scores`` (float, with ``score_power``: scores ~ G ** score_power, e.g. 0.5 for norms and
+    distances, 1 for squared distances, 0 for cosines), ``objective`` (with
+    ``objective_power``, default 1), ``iterations``. Scores and objective are returned in the
+    caller's units. Returns the info dict over the rows the rule sees, with the (b, p') ``unit``
+    and (b,) ``count`` that ``finish`` combines."""
     g = src.gram() if g is None else g
     b, p = g.shape[0], g.shape[1]
     excl = excluded_rows(src, g)
@@ -111,10 +117,12 @@ def per_problem(
         # that distances and centred Grams of huge (or subnormal) gradients stay finite
         gs = g[q][np.ix_(keep, keep)]
         scale = pow2_scale(float(np.max(np.diag(gs))))
-        r = solve(gs / scale, f_eff, q, keep)
-        if "objective" in r:  # back to the caller's units: objective ~ G ** objective_power
-            with np.errstate(over="ignore"):
+        r = solve(gs / scale, f_eff, q, keep, scale)
+        with np.errstate(over="ignore"):  # back to the caller's units: x ~ G ** power
+            if "objective" in r:
                 r["objective"] = r["objective"] * scale ** r.get("objective_power", 1.0)
+            if "scores" in r:  # every solver that reports scores says their units
+                r["scores"] = np.asarray(r["scores"], np.float64) * scale ** r["score_power"]
         if "coef" in r:
             unit[q, keep] = r["coef"]
             count[q] = 1.0
@@ -208,15 +216,15 @@ def mda_solve(g: np.ndarray, f: int) -> dict[str, Any]:
 
 def centred_top_eigenvalues(gs: np.ndarray) -> np.ndarray:
     """Largest eigenvalue of the empirical covariance (1/k) sum (x_i - mu)(x_i - mu)^T of each
-    (.., k, k) Gram block, from the doubly centred Gram (same nonzero spectrum, times k)."""
+    (m, k, k) stack of Gram blocks, from the doubly centred Gram (same nonzero spectrum, times
+    k). The centred blocks are exactly symmetric (the Gram blocks are) and their top
+    eigenvalue comes from the native eigensolver, one block at a time: numpy's batched
+    eigvalsh runs on numpy's BLAS, whose result depends on its thread count from k ~ 300."""
     k = gs.shape[-1]
-    c = (
-        gs
-        - gs.mean(axis=-1, keepdims=True)
-        - gs.mean(axis=-2, keepdims=True)
-        + gs.mean(axis=(-1, -2), keepdims=True)
-    )
-    return cast(np.ndarray, np.linalg.eigvalsh(c)[..., -1] / k)
+    rm = gs.mean(axis=-1)
+    c = gs - (rm[:, :, None] + rm[:, None, :]) + gs.mean(axis=(-1, -2))[:, None, None]
+    top = np.array([core.eigh_top(c[j], 1)[0][0] for j in range(c.shape[0])], np.float64)
+    return cast(np.ndarray, top / k)
 
 
 def smea_solve(g: np.ndarray, f: int) -> dict[str, Any]:
@@ -241,14 +249,14 @@ def smea_solve(g: np.ndarray, f: int) -> dict[str, Any]:
 
 def monna_solve(g: np.ndarray, f: int, centre: int) -> dict[str, Any]:
     """Mean of the p - f nearest neighbours of worker ``centre`` (itself included; ties to the
-    lower index)."""
+    lower index). Scores: the distances to worker ``centre`` (0 for itself)."""
     p = g.shape[0]
     d = np.maximum(g[centre, centre] + np.diag(g) - 2.0 * g[centre], 0.0)
     d[centre] = -1.0  # itself first even when a duplicate has a lower index
     sel = np.zeros(p, bool)
     sel[np.argsort(d, kind="stable")[: p - f]] = True
     d[centre] = 0.0
-    return dict(select_mean(sel), scores=d)
+    return dict(select_mean(sel), scores=np.sqrt(d), score_power=0.5)
 
 
 def cge_solve(g: np.ndarray, f: int) -> dict[str, Any]:
@@ -258,7 +266,7 @@ def cge_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     sel = np.zeros(p, bool)
     sel[np.argsort(norms, kind="stable")[: p - f]] = True
-    return dict(select_mean(sel), scores=norms)
+    return dict(select_mean(sel), scores=norms, score_power=0.5)
 
 
 def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
@@ -272,10 +280,16 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
     scores = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
     sel = np.zeros(p, bool)
     sel[np.argsort(scores, kind="stable")[: min(m, p)]] = True
-    return dict(select_mean(sel), scores=scores)
+    return dict(select_mean(sel), scores=scores, score_power=1.0)
 
 
 # ---------------------------------------------------------------- CAF
+
+
+def _matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """a @ v for a (p, p) float64 matrix, each entry summed along its row by numpy's reduction
+    (a fixed order, one thread), never by BLAS."""
+    return cast(np.ndarray, (a * v[None, :]).sum(axis=1))
 
 
 def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
@@ -286,7 +300,12 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     C^1/2 D D^T C^1/2 / sum c with D the centred rows), tau_i = ((x_i - mu) . v)^2 and
     c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a ratio within 1e-12 of 1). Returns
     the mu with the smallest lam seen.
-    Each step zeroes at least one weight, so it stops after at most 2f + 1 steps."""
+    Each step zeroes at least one weight, so it stops after at most 2f + 1 steps.
+
+    No numpy BLAS/LAPACK (their result depends on numpy's BLAS thread count, and replicas must
+    agree): the centred Gram and the products are O(p^2) elementwise sums in a fixed order,
+    the top eigenpair comes from the native eigensolver (core.eigh_top, bitwise the same for
+    every thread count)."""
     p = g.shape[0]
     c = np.ones(p)
     best_lam, best_c, best_s = np.inf, np.ones(p), float(p)
@@ -295,16 +314,18 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
         steps += 1
         s = c.sum()
         w = c / s
-        a = np.eye(p) - w[None, :]
-        k = a @ g @ a.T  # D D^T, D = rows - mu
+        # D D^T = (I - 1 w^T) G (I - w 1^T): K_ij = G_ij - (Gw)_i - (Gw)_j + w^T G w, written so
+        # that K is exactly symmetric (G is)
+        gw = _matvec(g, w)
+        k = g - (gw[:, None] + gw[None, :]) + float((w * gw).sum())
         sq = np.sqrt(c)
-        lam_all, u_all = np.linalg.eigh(sq[:, None] * k * sq[None, :] / s)
-        lam, u = float(lam_all[-1]), u_all[:, -1]
+        lam_top, u_top = core.eigh_top(k * (sq[:, None] * sq[None, :]) / s, 1)
+        lam, u = float(lam_top[0]), np.asarray(u_top[:, 0])
         if lam < best_lam:
             best_lam, best_c, best_s = lam, c, s
         if not lam > 0.0:
             break
-        proj = k @ (sq * u) / math.sqrt(s * lam)
+        proj = _matvec(k, sq * u) / math.sqrt(s * lam)
         tau = proj * proj
         tmax = tau[c > 0].max()
         if not tmax > 0.0:
@@ -335,10 +356,10 @@ def fltrust_solve(ga: np.ndarray) -> dict[str, Any]:
     ts = np.maximum(cos, 0.0)
     total = ts.sum()
     if not total > 0:
-        return dict(coef=np.zeros(p), scores=ts)
+        return dict(coef=np.zeros(p), scores=ts, score_power=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         coef = np.where(ts > 0, ts * n0 / norms, 0.0) / total
-    return dict(coef=coef, scores=ts)
+    return dict(coef=coef, scores=ts, score_power=0.0)
 
 
 def norms_gram(src: Source) -> np.ndarray:
@@ -407,15 +428,11 @@ def reference_gram(src: Source, ref: Any) -> np.ndarray:
         ga[:, np.arange(p), np.arange(p)] = diag
     else:
         b, pp, p = src.mix.shape
-        excl0 = _excluded_orig(src)
-        g0 = np.where(
-            excl0[:, :, None] | excl0[:, None, :],
-            0.0,
-            src.gram_orig if src.gram_orig is not None else np.zeros((b, p, p)),
-        )
-        cross = np.where(excl0, 0.0, cross)
+        cross = np.where(_excluded_orig(src), 0.0, cross)
         ga = np.zeros((b, pp + 1, pp + 1))
-        ga[:, :pp, :pp] = np.einsum("qij,qjk,qlk->qil", src.mix, g0, src.mix)
+        # M G0 M^T step by step (O(p^3), as every rule's mixed Gram); the three-operand einsum it
+        # replaces was an unordered O(p'^2 p^2) contraction
+        ga[:, :pp, :pp] = src.gram()
         cross = np.einsum("qij,qj->qi", src.mix, cross)
         p = pp
     ga[:, :p, p] = cross
@@ -450,13 +467,17 @@ def columns(src: Source, cols: np.ndarray) -> np.ndarray:
 
 def dnc_scores(xs: np.ndarray) -> np.ndarray:
     """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
-    centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T."""
-    top = pow2_scale(float(np.max(np.abs(xs)))) if xs.size else 1.0
+    centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T. D D^T is the
+    native Gram and the eigenpair the native eigensolver: no numpy BLAS/LAPACK, whose result
+    depends on numpy's thread count."""
+    if xs.shape[1] == 0:  # no coordinate: every centred row is empty
+        return np.zeros(xs.shape[0])
+    top = pow2_scale(float(np.max(np.abs(xs))))
     xs = xs / top  # scale-free selection: no overflow for huge gradients
-    d = xs - xs.mean(axis=0, keepdims=True)
-    lam, u = np.linalg.eigh(d @ d.T)
+    d = np.ascontiguousarray(xs - xs.mean(axis=0, keepdims=True))
+    lam, u = core.eigh_top(core.gram(d[None])[0], 1)
     with np.errstate(over="ignore"):
-        return max(float(lam[-1]), 0.0) * top * top * u[:, -1] ** 2
+        return cast(np.ndarray, max(float(lam[0]), 0.0) * top * top * np.asarray(u[:, 0]) ** 2)
 
 
 def dnc_keep(p: int, f: int, fraction: float) -> int:
