@@ -413,3 +413,25 @@ def test_wait_marked_names_the_ranks_that_never_mark() -> None:
         other.prefix = first.prefix  # in one process each instance gets a new number
         other.mark("done")
     first.wait_marked("done", "end")  # returns at once
+
+
+def test_parameter_server_takes_a_whole_model_reference(world_of_one: object) -> None:
+    """A centered_clipping reference of the model's size was refused at construction ("reference
+    must have shape (3,)": the rule was probed on a (p, 3) stack); one of another size is
+    refused naming the model's size."""
+    import flagcore
+
+    m = torch.nn.Linear(3, 1)  # 4 parameters
+    ref = np.array([0.5, -0.5, 0.25, 1.0])
+    ps = ParameterServer(m, rule="centered_clipping", reference=ref, tau=10.0, iterations=1)
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    want = flagcore.aggregate(
+        g[None].double().numpy(), "centered_clipping", reference=ref, tau=10.0, iterations=1
+    )
+    np.testing.assert_allclose(ps.aggregate(g).double().numpy(), want, rtol=1e-6)
+    with pytest.raises(
+        ValueError,
+        match=r"ParameterServer: reference must hold the model's 4 values \(one flattened "
+        r"gradient\), got shape \(5,\)",
+    ):
+        ParameterServer(m, rule="centered_clipping", reference=np.zeros(5))

@@ -146,21 +146,32 @@ def rule_params_with_defaults(rule: str, params: dict[str, Any]) -> dict[str, An
     return out
 
 
-def validate_rule(fn: str, rule: Any, params: dict[str, Any], p: int) -> None:
+def validate_rule(fn: str, rule: Any, params: dict[str, Any], p: int, n: int | None = None) -> None:
     """Run the rule once on a tiny stack so that a bad name or parameter raises now, on every
     rank, with flagcore's own message naming ``fn``, instead of inside the first backward
-    pass."""
+    pass. A ``reference`` must hold the model's ``n`` values (the probe runs with a reference
+    of its own size: the model's would not fit the tiny stack)."""
     from ..rules import make_rule
 
     if not isinstance(rule, str):
         raise TypeError(f"{fn}: rule must be a str, got {rule!r} ({type(rule).__name__})")
-    if isinstance(params.get("reference"), str):
+    ref = params.get("reference")
+    if isinstance(ref, str):
         raise ValueError(
-            f"{fn}: reference={params['reference']!r} is not supported here (pass an array or "
-            "tensor, or no reference)"
+            f"{fn}: reference={ref!r} is not supported here (pass an array or tensor, or no "
+            "reference)"
         )
+    probe_params = dict(params)
+    if ref is not None:
+        shape = tuple(getattr(ref, "shape", np.shape(ref)))
+        if n is not None and int(np.prod(shape)) != n:
+            raise ValueError(
+                f"{fn}: reference must hold the model's {n} values (one flattened gradient), "
+                f"got shape {shape}"
+            )
+        probe_params["reference"] = np.zeros(3)
     probe = np.arange(p * 3, dtype=np.float64).reshape(p, 3) + 1.0
-    make_rule(rule, _fn=fn, **params)(probe)
+    make_rule(rule, _fn=fn, **probe_params)(probe)
 
 
 def validate_attack(fn: str, attack: Any, params: dict[str, Any]) -> None:

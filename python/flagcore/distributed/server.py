@@ -213,7 +213,7 @@ class ParameterServer:
             )
         self.rule = rule
         self.rule_params = rule_params_with_defaults(rule, rule_params)
-        validate_rule(fn, rule, self.rule_params, self.quorum)
+        validate_rule(fn, rule, self.rule_params, self.quorum, sum(p.numel() for p in self.params))
         self.rule_obj = make_rule(rule, _fn=fn, **self.rule_params)
         self.attack = attack
         self.attack_params = check_attack_params(fn, attack_params)
