@@ -79,11 +79,13 @@ def test_hostile_supernodes_are_excluded_and_named(tmp_path):
         assert len(r["train-metrics"]) == 2
         for m in r["train-metrics"].values():
             assert m["agg-replies"] == NUM_NODES
-            # NaN, missing array, crash (error reply), float64: 4 nodes named, every round
+            # NaN, missing array, crash (error reply), float64: 4 nodes named, every round,
+            # none of them in the stack
             assert m["agg-excluded"] == 4 and len(set(m["agg-excluded-nodes"])) == 4
-            # the NaN reply is well formed: it is in the stack and the rule excludes it
-            assert len(m["agg-nodes"]) == NUM_NODES - 3
-            assert len(set(m["agg-excluded-nodes"]) & set(m["agg-nodes"])) == 1
+            assert len(m["agg-nodes"]) == NUM_NODES - 4
+            assert not set(m["agg-excluded-nodes"]) & set(m["agg-nodes"])
+            # 3 faulty nodes (NaN, missing array, float64) count against f = 3; the crash not
+            assert m["agg-f-eff"] == 0
     for why in (
         "non-finite values",
         "missing array",

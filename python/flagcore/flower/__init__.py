@@ -7,8 +7,10 @@
                                      num_nodes=10, num_byzantine=3)])
 
 ``RobustStrategy`` is Flower's message-API ``FedAvg`` with ``aggregate_train`` done by any rule
-of ``flagcore.aggregate``; ``attack_mod`` is a client ``Mod`` running a ``flagcore.attacks``
-attack. Needs ``pip install 'flagcore[flower]'`` (flwr, pinned to the tested release).
+of ``flagcore.aggregate`` but "monna" and "fltrust" (they trust a worker or a server gradient
+the strategy cannot name), and hostile or broken replies screened out of training and
+evaluation; ``attack_mod`` is a client ``Mod`` running a ``flagcore.attacks`` attack. Needs
+``pip install 'flagcore[flower]'`` (flwr, pinned to the tested release).
 ``import flagcore`` never imports this module or flwr.
 """
 

@@ -26,10 +26,13 @@ class Layout:
     """Where each named array of the global model lives in a flattened model vector.
 
     keys, shapes, dtypes, sizes, offsets: per array, in the global record's order.
-    n: total number of values. dtype: the stack's dtype (float32 when every array is
-    float32 or float16, float64 otherwise: float64 arrays keep their precision; integer buffers
-    such as BatchNorm's ``num_batches_tracked`` get the rounded aggregate of their updates
-    added to their exact global value, see ``apply``).
+    n: total number of values. dtype: the stack's dtype: float32 when every floating array is
+    float32 or float16, float64 otherwise (float64 arrays keep their precision). Integer
+    buffers such as BatchNorm's ``num_batches_tracked`` do not decide it (one int64 counter
+    made the whole stack float64, twice the memory): their updates are computed in float64
+    from the exact values (``fill_row`` with ``integer_bases``) and stored in the stack's dtype
+    (in float32, exact up to 2^24 per update), and their new value is the exact global value
+    plus the rounded aggregate of the updates, see ``apply``.
     """
 
     keys: tuple[Any, ...]
@@ -58,7 +61,8 @@ class Layout:
             off += size
         if not keys:
             raise ValueError(f"{fn}: the global ArrayRecord holds no arrays")
-        small = all(d.kind == "f" and d.itemsize <= 4 for d in dtypes)
+        floats = [d for d in dtypes if d.kind == "f"]
+        small = bool(floats) and all(d.itemsize <= 4 for d in floats)
         return cls(
             tuple(keys),
             tuple(shapes),
@@ -84,14 +88,28 @@ class Layout:
         return buf[p * o : p * (o + s)].reshape(p, s)
 
     def flat_global(self, global_arrays: Mapping[str, Any]) -> np.ndarray:
-        """The global model as one (n,) vector in the stack's dtype."""
+        """The global model as one (n,) vector in the stack's dtype, with 0 for the integer
+        arrays (``fill_row`` writes their updates, not their values: see ``integer_bases``)."""
         out = np.empty(self.n, dtype=self.dtype)
         for k, key in enumerate(self.keys):
             o, s = self.offsets[k], self.sizes[k]
+            if self.dtypes[k].kind in "iu":
+                out[o : o + s] = 0
+                continue
             np.copyto(
                 out[o : o + s].reshape(self.shapes[k]), global_arrays[key].numpy(), casting="unsafe"
             )
         return out
+
+    def integer_bases(self, global_arrays: Mapping[str, Any]) -> dict[int, np.ndarray]:
+        """Per integer array k, its global values in float64: ``fill_row`` subtracts them before
+        the cast to the stack's dtype, so an integer update is computed from the exact values
+        (a float32 stack rounds values above 2^24)."""
+        return {
+            k: np.asarray(global_arrays[key].numpy(), dtype=np.float64).reshape(self.shapes[k])
+            for k, key in enumerate(self.keys)
+            if self.dtypes[k].kind in "iu"
+        }
 
     def apply(
         self, delta: np.ndarray, g: np.ndarray, global_arrays: Mapping[str, Any]
@@ -161,8 +179,18 @@ class Layout:
             out.append(v)
         return out, ""
 
-    def fill_row(self, buf: np.ndarray, p: int, i: int, views: list[Any], per_array: bool) -> None:
-        """Copy one reply's views into row i of the buffer (casting to the stack's dtype)."""
+    def fill_row(
+        self,
+        buf: np.ndarray,
+        p: int,
+        i: int,
+        views: list[Any],
+        per_array: bool,
+        bases: dict[int, np.ndarray] | None = None,
+    ) -> None:
+        """Copy one reply's views into row i of the buffer (casting to the stack's dtype). For
+        the arrays k in ``bases`` (``integer_bases``) the row gets value - bases[k], computed
+        in float64 before the cast."""
         whole = None if per_array else self.whole(buf, p)
         for k, (view, fortran) in enumerate(views):
             dst = (
@@ -171,17 +199,44 @@ class Layout:
                 else cast(np.ndarray, whole)[i, self.offsets[k] : self.offsets[k] + self.sizes[k]]
             )
             src = view.reshape(self.shapes[k], order="F" if fortran else "C")
+            if bases is not None and k in bases:
+                src = src.astype(np.float64) - bases[k]
             np.copyto(dst.reshape(self.shapes[k]), src, casting="unsafe")
 
     def subtract_global(self, buf: np.ndarray, p: int, g: np.ndarray, per_array: bool) -> None:
-        """In place: every row minus the global model (client model -> update)."""
-        if not per_array:
-            w = self.whole(buf, p)
-            np.subtract(w, g, out=w)
-            return
+        """In place: every row minus the global model (client model -> update). Finite values
+        whose difference overflows give an infinite update, silently: the rule excludes that
+        row (a hostile client must not make the server warn, or raise under -W error)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not per_array:
+                w = self.whole(buf, p)
+                np.subtract(w, g, out=w)
+                return
+            for k in range(len(self.keys)):
+                b = self.block(buf, p, k)
+                np.subtract(b, g[self.offsets[k] : self.offsets[k] + self.sizes[k]], out=b)
+
+    def compact(self, buf: np.ndarray, p: int, keep: np.ndarray) -> int:
+        """Per-array layout, in place: keep only the rows where ``keep`` is True (in order), so
+        that ``block(buf, q, k)`` holds them; returns q. Block k moves to a lower offset than
+        block k + 1 starts at, so moving the blocks in order overwrites only what has moved."""
+        idx = np.flatnonzero(keep)
+        q = int(idx.size)
         for k in range(len(self.keys)):
-            b = self.block(buf, p, k)
-            np.subtract(b, g[self.offsets[k] : self.offsets[k] + self.sizes[k]], out=b)
+            rows = self.block(buf, p, k)[idx]  # a copy: the new block may overlap the old one
+            self.block(buf, q, k)[...] = rows
+        return q
+
+
+def all_finite(views: list[Any]) -> bool:
+    """Whether every value of a reply's payload views (from ``Layout.views``) is finite: min
+    and max propagate NaN and show an infinity, without a temporary the size of the model."""
+    for view, _ in views:
+        if view.dtype.kind == "f" and view.size:
+            with np.errstate(invalid="ignore"):
+                if not (np.isfinite(view.min()) and np.isfinite(view.max())):
+                    return False
+    return True
 
 
 def _payload(arr: Any, shape: tuple[Any, ...], dtype: np.dtype) -> tuple[Any, Any]:

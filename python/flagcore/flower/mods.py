@@ -54,7 +54,10 @@ def attack_mod(
         wrapped app runs ``samples`` times with ``config["flagcore-sample"] = k`` (k = 0, 1, ...),
         which an app can use to draw a different subsample (the example app trains on a
         bootstrap resample); the first run's metrics are sent. Default 3 for "alie", else 1.
-    seed : the attack's random stream is ``default_rng([seed, node id, round])``.
+    seed : the attack's own seed is ``SeedSequence([seed, node & 0xFFFFFFFF, node >> 32,
+        round]).generate_state(1)[0]`` (node: the 64-bit node id; round: the message's
+        ``config["server-round"]``, 0 without it), so every node and round draws its own
+        reproducible stream.
     num_nodes, num_byzantine : for "alie" without ``z``: z = ``flagcore.attacks.alie_z(num_nodes,
         num_byzantine)``, the paper's z_max for the whole federation.
     params : the attack's own parameters (``z``, ``scale``, ``eps``, ``sigma``, ...).
