@@ -1,5 +1,7 @@
 """Launching the ranks of a multi-process test (one process per rank, gloo on 127.0.0.1) with
-a hard deadline, shared by test_distributed.py and test_distributed_production.py."""
+a hard deadline, shared by the test_distributed*.py files; and, inside a rank script
+(tests/_dist_worker*.py), joining the group (``init_rank``) and leaving with the rank's result
+(``exit_with``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,36 @@ from pathlib import Path
 import pytest
 
 WORLD = 4
+
+
+def init_rank(seconds: float) -> tuple[int, int]:
+    """In a rank process: join the gloo group the launcher set up, through the store the test
+    process hosts (FC_STORE_PORT, as torchrun's agent does) or env:// (rank 0 hosts it at
+    MASTER_ADDR:MASTER_PORT); one torch thread. Returns (rank, world size)."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=seconds)
+    if "FC_STORE_PORT" in os.environ:
+        port = int(os.environ["FC_STORE_PORT"])
+        store = dist.TCPStore("127.0.0.1", port, world, False, timeout)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
+    return rank, world
+
+
+def exit_with(out_dir: str, rank: int, out: dict) -> None:
+    """Write OUT_DIR/rank<r>.json and leave with os._exit(0), so that no teardown can hang."""
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(out, f)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:

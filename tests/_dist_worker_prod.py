@@ -10,16 +10,14 @@ launching its first bucket), quorum (a parameter server with backup workers and 
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import sys
 import time
 import traceback
 
 import torch
-import torch.distributed as dist
 
+import _dist_launch
 import flagcore
 from flagcore.distributed import (
     ParameterServer,
@@ -228,19 +226,7 @@ def quorum(rank: int, world: int) -> dict:
 
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
-    torch.set_num_threads(1)
-    pg_timeout = datetime.timedelta(seconds=120)
-    if "FC_STORE_PORT" in os.environ:
-        store = dist.TCPStore(
-            "127.0.0.1", int(os.environ["FC_STORE_PORT"]), world, False, pg_timeout
-        )
-        dist.init_process_group(
-            "gloo", store=store, rank=rank, world_size=world, timeout=pg_timeout
-        )
-    else:
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=pg_timeout)
+    rank, world = _dist_launch.init_rank(120)
     out: dict = {"rank": rank}
     t0 = time.perf_counter()
     try:
@@ -260,11 +246,7 @@ def main() -> None:
     except BaseException as exc:
         out["error"] = {"type": type(exc).__name__, "message": traceback.format_exc()}
     out["elapsed_s"] = time.perf_counter() - t0
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(out, f)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _dist_launch.exit_with(out_dir, rank, out)
 
 
 if __name__ == "__main__":

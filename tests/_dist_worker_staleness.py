@@ -10,8 +10,6 @@ tests/_dist_worker_staleness.py measure OUT_DIR``).
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import sys
 import threading
@@ -19,6 +17,8 @@ import time
 import traceback
 
 import torch
+
+import _dist_launch
 
 WORLD = 4  # _dist_launch.WORLD: server 0, workers 1-3
 SLOW = 3  # the slowed worker
@@ -151,23 +151,11 @@ def _first_k(rank: int) -> dict:
 
 
 def main() -> None:
-    import torch.distributed as dist
 
     from flagcore.distributed import RankFailureError
 
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    rank = int(os.environ["RANK"])
-    torch.set_num_threads(1)
-    pg_timeout = datetime.timedelta(seconds=60)
-    if "FC_STORE_PORT" in os.environ:  # a store hosted by the test process, as torchrun's agent
-        store = dist.TCPStore(
-            "127.0.0.1", int(os.environ["FC_STORE_PORT"]), WORLD, False, pg_timeout
-        )
-        dist.init_process_group(
-            "gloo", store=store, rank=rank, world_size=WORLD, timeout=pg_timeout
-        )
-    else:
-        dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=pg_timeout)
+    rank, _ = _dist_launch.init_rank(60)
     out: dict = {"rank": rank}
     try:
         if scenario == "runs":
@@ -190,11 +178,7 @@ def main() -> None:
         }
     except BaseException as exc:
         out["error"] = {"type": type(exc).__name__, "message": traceback.format_exc()}
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(out, f)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _dist_launch.exit_with(out_dir, rank, out)
 
 
 if __name__ == "__main__":

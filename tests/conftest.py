@@ -36,3 +36,15 @@ def world_of_one() -> object:
         yield dist
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture
+def task_identity():
+    """(Flower tests) What a running ServerApp has: Message() reads the run and node id of
+    its process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved

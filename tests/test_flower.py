@@ -21,57 +21,28 @@ flwr = pytest.importorskip("flwr", reason="flwr not installed (pip install 'flag
 
 from flwr.app import (  # noqa: E402
     Array,
-    ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MessageType,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
 from flwr.serverapp.exception import AggregationError  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
+from _flower_msgs import (  # noqa: E402
+    _md,
+    _record,
+    error_reply,
+    flat,
+    reply,
+    stack_of,
+    strategy_with,
+)
 from flagcore.flower import SAMPLE_KEY, RobustStrategy, attack_mod  # noqa: E402
 
-
 # ----------------------------------------------------------------------------------------- helpers
-def _md(
-    node: int, mtype: str = MessageType.TRAIN, src: int | None = None, dst: int = 0
-) -> Metadata:
-    return Metadata(
-        run_id=1,
-        message_id="",
-        src_node_id=node if src is None else src,
-        dst_node_id=dst,
-        reply_to_message_id="",
-        group_id="",
-        created_at=0.0,
-        ttl=600.0,
-        message_type=mtype,
-    )
-
-
-def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord(
-        {k: (v if isinstance(v, Array) else Array(np.asarray(v))) for k, v in arrays.items()}
-    )
-
-
-def reply(node: int, arrays: dict, num_examples: float = 10, **metrics) -> Message:
-    content = RecordDict(
-        {
-            "arrays": _record(arrays),
-            "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
-        }
-    )
-    return Message(content, metadata=_md(node))
-
-
-def error_reply(node: int, reason: str = "client crashed") -> Message:
-    return Message(Error(code=0, reason=reason), metadata=_md(node))
 
 
 def model(seed: int = 0, dtype=np.float32) -> dict:
@@ -94,26 +65,6 @@ def honest_replies(g: dict, p: int, seed: int = 1, first_node: int = 100) -> lis
         )
         for i in range(p)
     ]
-
-
-def stack_of(g: dict, replies: list) -> np.ndarray:
-    """The reference (p, n) update stack: rows in ascending node id, arrays in the global order."""
-    rows = sorted(replies, key=lambda m: m.metadata.src_node_id)
-    gflat = np.concatenate([v.ravel() for v in g.values()]).astype(np.float32)
-    st = np.stack(
-        [np.concatenate([m.content["arrays"][k].numpy().ravel() for k in g]) for m in rows]
-    )
-    return st.astype(np.float32) - gflat, gflat
-
-
-def strategy_with(rule: str, g: dict, **kw) -> RobustStrategy:
-    s = RobustStrategy(rule, **kw)
-    s.current_arrays = _record(g)
-    return s
-
-
-def flat(arrays: ArrayRecord, keys) -> np.ndarray:
-    return np.concatenate([arrays[k].numpy().ravel() for k in keys])
 
 
 # ------------------------------------------------------------------------------------------ import
@@ -454,15 +405,6 @@ def test_parameters_are_routed_and_checked():
 
 
 # ------------------------------------------------------------------------- Flower's side untouched
-@pytest.fixture
-def task_identity():
-    """What a running ServerApp has: Message() reads the run and node id of its process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 def _grid(n: int = 10) -> Mock:

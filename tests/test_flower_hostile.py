@@ -19,19 +19,24 @@ import flagcore
 flwr = pytest.importorskip("flwr", reason="flwr not installed (pip install 'flagcore[flower]')")
 
 from flwr.app import (  # noqa: E402
-    Array,
-    ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MessageType,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
+from _flower_msgs import (  # noqa: E402
+    _md,
+    _record,
+    error_reply,
+    flat,
+    reply,
+    stack_of,
+    strategy_with,
+)
 from flagcore.flower import RobustStrategy, attack_mod  # noqa: E402
 from flagcore.rules import CenteredClipping  # noqa: E402
 
@@ -39,42 +44,10 @@ TRAIN, EVALUATE = MessageType.TRAIN, MessageType.EVALUATE
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _md(node: int, mtype: str = TRAIN, reply_to: str = "", dst: int = 0) -> Metadata:
-    return Metadata(
-        run_id=1,
-        message_id="",
-        src_node_id=node,
-        dst_node_id=dst,
-        reply_to_message_id=reply_to,
-        group_id="",
-        created_at=0.0,
-        ttl=600.0,
-        message_type=mtype,
-    )
-
-
-def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord(
-        {k: (v if isinstance(v, Array) else Array(np.asarray(v))) for k, v in arrays.items()}
-    )
-
-
-def reply(node: int, arrays: dict, num_examples: float = 10, reply_to: str = "", **metrics):
-    content = RecordDict(
-        {
-            "arrays": _record(arrays),
-            "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
-        }
-    )
-    return Message(content, metadata=_md(node, reply_to=reply_to))
 
 
 def metrics_reply(node: int, mtype: str = EVALUATE, **metrics) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), metadata=_md(node, mtype))
-
-
-def error_reply(node: int, reason: str = "ClientAppException: CUDA out of memory") -> Message:
-    return Message(Error(code=0, reason=reason), metadata=_md(node))
 
 
 def model(seed: int = 0) -> dict:
@@ -102,39 +75,8 @@ def shifted(node: int, g: dict, by: float) -> Message:
     return reply(node, {k: (v + by).astype(v.dtype) for k, v in g.items()})
 
 
-def stack_of(g: dict, replies: list) -> tuple[np.ndarray, np.ndarray]:
-    """The reference (p, n) update stack: rows in ascending node id, arrays in the global order."""
-    rows = sorted(replies, key=lambda m: m.metadata.src_node_id)
-    gflat = np.concatenate([v.ravel() for v in g.values()]).astype(np.float32)
-    st = np.stack(
-        [np.concatenate([m.content["arrays"][k].numpy().ravel() for k in g]) for m in rows]
-    )
-    return st.astype(np.float32) - gflat, gflat
-
-
-def strategy_with(rule: str, g: dict, **kw) -> RobustStrategy:
-    s = RobustStrategy(rule, **kw)
-    s.current_arrays = _record(g)
-    return s
-
-
-def flat(arrays: ArrayRecord, keys) -> np.ndarray:
-    return np.concatenate([arrays[k].numpy().ravel() for k in keys])
-
-
 def log_lines(caplog, fragment: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if fragment in r.getMessage()]
-
-
-@pytest.fixture
-def task_identity():
-    """What a running ServerApp has: Message() reads the run and node id of its process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 class FakeGrid:
