@@ -74,11 +74,15 @@ def _finish_parsers(parser: argparse.ArgumentParser) -> None:
         p.allow_abbrev = False
         dests = {a.dest for a in p._actions}
         if dests & set(OUTPUT_OPTIONS) and "force" not in dests:
+            what = []  # the outputs this command has
+            if "json" in dests:
+                what.append("an existing --json file")
+            if "out" in dests:
+                what.append("the earlier results in --out")
             p.add_argument(
                 "--force",
                 action="store_true",
-                help="replace an existing --json file, or the earlier results in --out "
-                "(otherwise refused)",
+                help=f"replace {', or '.join(what)} (otherwise refused)",
             )
 
 
