@@ -40,12 +40,15 @@ void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, do
 int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* selected, uint8_t* excluded);
 
 // Geometric median by smoothed Weiszfeld iterations (Weiszfeld 1937; the smoothing of
-// Pillutla et al. 2022): z = sum_i a_i x_i, starting from the mean of the active workers;
-// a <- w / sum(w), w_i = 1 / max(||z - x_i||, nu). Stops when the objective
+// Pillutla et al. 2022): z = sum_i a_i x_i, starting from one Weiszfeld step from the medoid
+// (the active worker of least F) with the medoid's own term left out (Vardi and Zhang), or the
+// mean when every other worker coincides with the medoid; a <- w / sum(w),
+// w_i = 1 / max(||z - x_i||, nu). Stops when the objective
 // F(z) = sum_i ||z - x_i|| decreases by at most tol * F (converged) or after max_iter steps.
 // Before iterating, each worker is tested exactly for being a minimiser (the unit vectors to
 // the other points sum to a norm at most its multiplicity); if one is, it is returned with 0
-// iterations (Weiszfeld only creeps towards a data point that is the minimiser).
+// iterations (Weiszfeld only creeps towards a data point that is the minimiser); when several
+// are (a minimiser that is not unique, e.g. two workers), the lowest index, as every tie.
 // objective: F at the returned z.
 void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int64_t max_iter, double* coef,
                           uint8_t* excluded, int64_t* iterations, uint8_t* converged, double* objective);
