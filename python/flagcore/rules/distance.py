@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import core
-from ._source import Source, mix_matrix
+from ._source import Source, mix_matrix, reference_products
 from .coordinate import run_coordinate
 
 
@@ -173,7 +173,7 @@ def _augmented_gram(src: Source, ref: Any) -> np.ndarray:
         ga = np.stack(out)
     else:
         g = src.gram()
-        cross, r2 = _reference_products(st, ref)
+        cross, r2, _ = reference_products(st, ref)
         if src.mix is not None:
             # as the Gram: excluded workers' products zeroed (their columns of M are 0; a NaN
             # must not meet that 0), then each linear step applied
@@ -212,36 +212,3 @@ def _compute_dtype(st: Any) -> Any:
     """The dtype the native code reads (float32 for float16 input)."""
     data = st.data
     return (data[0] if isinstance(data, list) else data).dtype
-
-
-def _reference_products(st: Any, ref: Any) -> tuple[np.ndarray, np.ndarray]:
-    """((b, p) x_i . v0, (b,) v0 . v0) in float64 for the caller's rows: float64 products and
-    sums (numpy's einsum, single-threaded, or torch's matmul on column chunks), the same
-    whatever flagcore's thread count."""
-    b, p, n = st.b, st.p, st.n
-    cross = np.empty((b, p))
-    r2 = np.empty(b)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if st.on_cpu:
-            data = st.data
-            for q in range(b):
-                rq = np.asarray(ref[q], dtype=np.float64)
-                r2[q] = float(np.square(rq).sum())
-                if isinstance(data, list):
-                    for i in range(p):
-                        cross[q, i] = float(np.einsum("k,k->", data[i], rq))
-                else:  # einsum casts in buffered blocks: no float64 copy of the rows
-                    cross[q] = np.einsum("ik,k->i", data[q], rq)
-        else:
-            import torch
-
-            x = st.torch_data
-            ref64 = ref.to(torch.float64)
-            acc = torch.zeros((b, p), dtype=torch.float64, device=x.device)
-            step = max(1, (1 << 22) // max(1, b * p))  # column chunks: no (p, n) float64 copy
-            for k0 in range(0, n, step):
-                xc = x[:, :, k0 : k0 + step].to(torch.float64)
-                acc += (xc @ ref64[:, k0 : k0 + step, None])[:, :, 0]
-            cross[:] = acc.cpu().numpy()
-            r2[:] = (ref64 * ref64).sum(dim=1).cpu().numpy()
-    return cross, r2

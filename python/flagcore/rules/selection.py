@@ -27,7 +27,7 @@ from typing import Any, Callable, cast
 import numpy as np
 
 from .._backend import core
-from ._source import Source
+from ._source import Source, reference_products
 
 # ---------------------------------------------------------------- shared machinery
 
@@ -399,30 +399,7 @@ def reference_gram(src: Source, ref: Any) -> np.ndarray:
     pre-aggregation already holds. ``ref`` is a (b, n) float64 array / tensor."""
     st = src.st
     b, p = st.b, st.p
-    diag = np.empty((b, p))
-    cross = np.empty((b, p))
-    r2 = np.empty(b)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if st.on_cpu:
-            data = st.data
-            for q in range(b):
-                rq = np.asarray(ref[q], dtype=np.float64)
-                r2[q] = float(np.square(rq).sum())
-                rows = data if isinstance(data, list) else data[q]
-                for i in range(p):
-                    diag[q, i] = np.square(rows[i], dtype=np.float64).sum()
-                    cross[q, i] = np.multiply(rows[i], rq, dtype=np.float64).sum()
-        else:
-            import torch
-
-            x = st.torch_data
-            for q in range(b):
-                rq = ref[q].to(torch.float64)
-                r2[q] = float((rq * rq).sum())
-                for i in range(p):  # one row at a time: no (p, n) float64 temporary
-                    xi = x[q, i].to(torch.float64)
-                    diag[q, i] = float((xi * xi).sum())
-                    cross[q, i] = float((xi * rq).sum())
+    cross, r2, diag = reference_products(st, ref, diag=True)
     if src.mix is None:
         ga = np.zeros((b, p + 1, p + 1))
         ga[:, np.arange(p), np.arange(p)] = diag
