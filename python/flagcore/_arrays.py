@@ -59,6 +59,13 @@ class Stack:
     def on_cpu(self) -> bool:
         return self.torch_data is None
 
+    @property
+    def data_dtype(self) -> Any:
+        """The numpy dtype of ``data``, what the native code reads (float32 for float16 input);
+        CPU stacks only."""
+        d = self.data
+        return (d[0] if isinstance(d, list) else d).dtype
+
     def restore(self, out: Any) -> Any:
         """(b, n) float result (numpy or torch) -> the caller's type, dtype, device and shape."""
         t: Any

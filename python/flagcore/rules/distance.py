@@ -160,7 +160,7 @@ def _augmented_gram(src: Source, ref: Any) -> np.ndarray:
     of the caller's rows are formed in float64 (one more read, no float64 copy of the data),
     then mixed like the rows. A reference whose squared norm overflows float64 is refused."""
     st = src.st
-    dt = _compute_dtype(st) if st.on_cpu else None
+    dt = st.data_dtype if st.on_cpu else None
     if st.on_cpu and src.mix is None and (dt == np.float64 or _exact_in(ref, dt)):
         # one native Gram of the rows and the reference (one read): the reference is exactly
         # representable in the data's dtype (always for "previous", the last aggregate)
@@ -206,9 +206,3 @@ def _exact_in(ref: Any, dt: Any) -> bool:
     r = np.asarray(ref, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.array_equal(r.astype(dt).astype(np.float64), r) and np.isfinite(r).all())
-
-
-def _compute_dtype(st: Any) -> Any:
-    """The dtype the native code reads (float32 for float16 input)."""
-    data = st.data
-    return (data[0] if isinstance(data, list) else data).dtype

@@ -48,13 +48,6 @@ def parse_pre(pre: Any, fn: str) -> tuple[Any, ...]:
     return steps
 
 
-def rows_after(steps: Sequence[str], p: int, bucket_size: int) -> int:
-    for s in steps:
-        if s == "bucketing":
-            p = math.ceil(p / bucket_size)
-    return p
-
-
 def check_pre_rows(fn: str, steps: Sequence[Any], p: int, f: int, bucket_size: int) -> int:
     """The number of rows after the steps; raises ValueError if an "nnm" step would see p' <= 2f
     rows (p' counted after the bucketing steps before it, as the rule's own precondition)."""

@@ -60,8 +60,7 @@ def _f64_output(src: Source) -> bool:
     st = src.st
     if not st.on_cpu:
         return True  # torch_weighted_sum returns float64
-    data = st.data
-    return bool((data[0] if isinstance(data, list) else data).dtype == np.float64)
+    return bool(st.data_dtype == np.float64)
 
 
 def weighted_mean(src: Source, unit: np.ndarray, count: np.ndarray) -> Any:
