@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,11 @@ def init_rank(seconds: float) -> tuple[int, int]:
     return rank, world
 
 
+def rank_failure(exc: Any) -> dict:
+    """A rank's result "error" entry for a RankFailureError: its message and missing ranks."""
+    return {"type": "RankFailureError", "message": str(exc), "missing": list(exc.missing_ranks)}
+
+
 def exit_with(out_dir: str, rank: int, out: dict) -> None:
     """Write OUT_DIR/rank<r>.json and leave with os._exit(0), so that no teardown can hang."""
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -62,16 +68,17 @@ def launch(
     deadline: float,
     env: dict | None = None,
     expect_exit: dict | None = None,
+    world: int = WORLD,
 ) -> dict:
-    """Run the 4 ranks of ``scenario``; wait for at most ``deadline`` seconds for the ranks not
-    listed in ``expect_exit`` (rank -> "killed"/"stalled"), kill everything left, return
-    {rank: result json} for the ranks that wrote one."""
+    """Run the ``world`` ranks of ``scenario``; wait for at most ``deadline`` seconds for the
+    ranks not listed in ``expect_exit`` (rank -> "killed"/"stalled"/why it is not waited for),
+    kill everything left, return {rank: result json} for the ranks that wrote one."""
     port = free_port()
     base = dict(
         os.environ,
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
+        WORLD_SIZE=str(world),
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
         FLAGCORE_NUM_THREADS="1",
@@ -79,7 +86,7 @@ def launch(
         **(env or {}),
     )
     procs = []
-    for r in range(WORLD):
+    for r in range(world):
         log = open(out_dir / f"rank{r}.log", "w")  # noqa: SIM115 - closed by the caller after wait()
         procs.append(
             (
@@ -102,7 +109,7 @@ def launch(
                 p.wait(timeout=max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logs = "\n".join(
-                    (out_dir / f"rank{q}.log").read_text()[-2000:] for q in range(WORLD)
+                    (out_dir / f"rank{q}.log").read_text()[-2000:] for q in range(world)
                 )
                 pytest.fail(
                     f"scenario {scenario}: rank {r} still running after {deadline} s (hang)\n{logs}"
@@ -114,7 +121,7 @@ def launch(
                 p.wait()
             log.close()
     results = {}
-    for r in range(WORLD):
+    for r in range(world):
         f = out_dir / f"rank{r}.json"
         if f.exists():
             results[r] = json.loads(f.read_text())

@@ -183,11 +183,7 @@ def main() -> None:
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
     except RankFailureError as exc:
-        out["error"] = {
-            "type": "RankFailureError",
-            "message": str(exc),
-            "missing": list(exc.missing_ranks),
-        }
+        out["error"] = _dist_launch.rank_failure(exc)
     except RuntimeError as exc:  # DDP re-raises a hook's error as RuntimeError
         out["error"] = {"type": type(exc).__name__, "message": str(exc)}
     except BaseException as exc:

@@ -238,9 +238,7 @@ def main() -> None:
         }[scenario](rank, world)
     except RankFailureError as exc:
         out["error"] = {
-            "type": "RankFailureError",
-            "message": str(exc),
-            "missing": list(exc.missing_ranks),
+            **_dist_launch.rank_failure(exc),
             "after_step_start_s": time.monotonic() - STEP_START[0],
         }
     except BaseException as exc:

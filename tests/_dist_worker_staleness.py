@@ -171,11 +171,7 @@ def main() -> None:
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
     except RankFailureError as exc:
-        out["error"] = {
-            "type": "RankFailureError",
-            "message": str(exc),
-            "missing": list(exc.missing_ranks),
-        }
+        out["error"] = _dist_launch.rank_failure(exc)
     except BaseException as exc:
         out["error"] = {"type": type(exc).__name__, "message": traceback.format_exc()}
     _dist_launch.exit_with(out_dir, rank, out)

@@ -48,3 +48,14 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     yield
     TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def tiny_robustness_argv(rules: str = "mean", steps: int = 2, batch_size: int | None = 8) -> list:
+    """``flagcore robustness`` on the built-in blobs task, 5 workers (1 Byzantine), one seed:
+    a run of a second or two for the command-line tests, which append the options they test
+    (``batch_size=None`` leaves the command's default)."""
+    argv = ["robustness", "--dataset", "blobs", "--workers", "5", "--byzantine", "1"]
+    argv += ["--steps", str(steps)]
+    if batch_size is not None:
+        argv += ["--batch-size", str(batch_size)]
+    return argv + ["--seeds", "1", "--rules", rules]

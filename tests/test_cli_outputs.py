@@ -11,29 +11,13 @@ import sys
 
 import pytest
 
+from conftest import tiny_robustness_argv
 from flagcore import _paths, cli
 
 _ENERGY = ["--n", "4", "--k", "2", "--lam", "1"]
 _APPROX = ["energy", "approx", *_ENERGY, "--levels", "1:1:0.5,3:9:0.5"]
 _SWEEP = ["energy", "sweep", *_ENERGY, "--levels", "1:1,3:9", "--no-sim", "--values", "0:1:3"]
-_TINY_RUN = [
-    "robustness",
-    "--dataset",
-    "blobs",
-    "--workers",
-    "5",
-    "--byzantine",
-    "1",
-    "--steps",
-    "2",
-    "--batch-size",
-    "8",
-    "--seeds",
-    "1",
-    "--rules",
-    "mean",
-    "--no-progress",
-]
+_TINY_RUN = [*tiny_robustness_argv(), "--no-progress"]
 
 
 class _Started(Exception):

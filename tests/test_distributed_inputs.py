@@ -166,17 +166,22 @@ def test_finish_checks_its_timeout(
         ps.finish(timeout)  # type: ignore[arg-type]
 
 
+class _FakeSend:
+    """A send in ParameterServer._outstanding (a _Waiter's interface) to rank ``key``: still
+    pending, or completed (``done``) with ``error``."""
+
+    arrivals = None
+
+    def __init__(self, key: int, error: BaseException | None = None, done: bool = False):
+        self.key, self.error, self.done = key, error, threading.Event()
+        if done:
+            self.done.set()
+
+
 def test_finish_raises_when_messages_stay_undelivered(world_of_one: object) -> None:
     ps = ParameterServer(torch.nn.Linear(3, 1), rule="mean")
     ps.finish(0.01)  # nothing outstanding: returns
-
-    class Stuck:  # a send to rank 3 that never completes
-        done = threading.Event()
-        key = 3
-        arrivals = None
-        error = None
-
-    ps._outstanding.append(Stuck())  # type: ignore[arg-type]
+    ps._outstanding.append(_FakeSend(3))  # type: ignore[arg-type]  # never completes
     with pytest.raises(
         RankFailureError,
         match=r"ParameterServer.finish: message\(s\) from rank 0 to rank\(s\) \[3\] not "
@@ -190,15 +195,8 @@ def test_finish_reports_a_send_that_failed(world_of_one: object) -> None:
     """A result send whose connection broke (the late worker died) completes with an error:
     finish() treated it as delivered and returned, and the run then hung in the next collective."""
     ps = ParameterServer(torch.nn.Linear(3, 1), rule="mean")
-
-    class Failed:  # a send to rank 2 that completed with an error
-        done = threading.Event()
-        key = 2
-        arrivals = None
-        error = RuntimeError("Connection closed by peer")
-
-    Failed.done.set()
-    ps._outstanding.append(Failed())  # type: ignore[arg-type]
+    failed = _FakeSend(2, RuntimeError("Connection closed by peer"), done=True)
+    ps._outstanding.append(failed)  # type: ignore[arg-type]
     ps._reap()  # as every step does: the completed send leaves the list, its failure is kept
     assert ps._outstanding == []
     with pytest.raises(

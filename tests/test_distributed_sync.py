@@ -6,11 +6,6 @@ gloo), and a parameter-server worker that dies is reported to every other rank."
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,44 +22,23 @@ WORKER = Path(__file__).with_name("_dist_worker_sync.py")
 def launch(
     scenario: str, out: Path, world: int, *, wait_for: tuple, deadline: float, **env: str
 ) -> dict:
-    """Run ``world`` ranks of ``scenario``; wait at most ``deadline`` s for the ranks in
-    ``wait_for``, kill the others, return {rank: result} of the ranks in ``wait_for``."""
+    """Run ``world`` ranks of ``scenario`` (the store hosted here, as torchrun's agent does);
+    wait at most ``deadline`` s for the ranks in ``wait_for``, kill the others, return
+    {rank: result} of the ranks in ``wait_for``."""
     store = _dist_launch.host_store()
-    base = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        WORLD_SIZE=str(world),
-        OMP_NUM_THREADS="1",
-        FLAGCORE_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        FC_STORE_PORT=str(store.port),  # type: ignore[attr-defined]
-        **env,
+    got = _dist_launch.launch(
+        WORKER,
+        scenario,
+        out,
+        deadline=deadline,
+        world=world,
+        env={"FC_STORE_PORT": str(store.port), **env},  # type: ignore[attr-defined]
+        expect_exit={r: "not waited for" for r in range(world) if r not in wait_for},
     )
-    procs = []
-    for r in range(world):
-        log = open(out / f"rank{r}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, str(WORKER), scenario, str(out)]
-        p = subprocess.Popen(cmd, env=dict(base, RANK=str(r)), stdout=log, stderr=subprocess.STDOUT)
-        procs.append((p, log))
-    end = time.monotonic() + deadline
-    try:
-        for r in wait_for:
-            try:
-                procs[r][0].wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logs = "\n".join((out / f"rank{q}.log").read_text()[-2000:] for q in range(world))
-                pytest.fail(f"{scenario}: rank {r} still running after {deadline} s\n{logs}")
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
     res = {}
     for r in wait_for:
-        f = out / f"rank{r}.json"
-        assert f.exists(), (out / f"rank{r}.log").read_text()[-3000:]
-        v = json.loads(f.read_text())
+        assert r in got, (out / f"rank{r}.log").read_text()[-3000:]
+        v = got[r]
         assert "error" not in v, f"rank {r}: {v['error']['message']}"
         # the ranks run the flagcore under test (an overlay on PYTHONPATH included)
         import flagcore

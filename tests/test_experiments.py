@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
+from conftest import tiny_robustness_argv  # noqa: E402
 from flagcore import cli  # noqa: E402
 from flagcore.experiments import data as xdata  # noqa: E402
 from flagcore.experiments import (  # noqa: E402
@@ -314,21 +315,7 @@ def test_cli_robustness(tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
     rc = cli.main(
         [
-            "robustness",
-            "--dataset",
-            "blobs",
-            "--workers",
-            "5",
-            "--byzantine",
-            "1",
-            "--steps",
-            "3",
-            "--batch-size",
-            "8",
-            "--seeds",
-            "1",
-            "--rules",
-            "flag[max_iter=3],mean",
+            *tiny_robustness_argv("flag[max_iter=3],mean", steps=3),
             "--out",
             str(out),
             "--no-progress",

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
+from conftest import tiny_robustness_argv  # noqa: E402
 from flagcore import cli  # noqa: E402
 from flagcore.experiments import data as xdata  # noqa: E402
 from flagcore.experiments import grid as xgrid  # noqa: E402
@@ -406,21 +407,7 @@ def test_cli_single_run_with_heterogeneity_and_adaptive_attack(tmp_path, capsys,
     out = tmp_path / "o"
     rc = cli.main(
         [
-            "robustness",
-            "--dataset",
-            "blobs",
-            "--workers",
-            "5",
-            "--byzantine",
-            "1",
-            "--steps",
-            "2",
-            "--batch-size",
-            "8",
-            "--seeds",
-            "1",
-            "--rules",
-            "median,flag",
+            *tiny_robustness_argv("median,flag"),
             "--attack",
             "min_sum",
             "--heterogeneity",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import flagcore
+from conftest import tiny_robustness_argv
 from flagcore import _paths, cli
 
 # ---------------------------------------------------------------- output paths
@@ -171,19 +172,7 @@ def test_robustness_without_matplotlib_writes_json(tmp_path, capsys, no_matplotl
     pytest.importorskip("torch")
     rc = cli.main(
         [
-            "robustness",
-            "--dataset",
-            "blobs",
-            "--workers",
-            "5",
-            "--byzantine",
-            "1",
-            "--steps",
-            "2",
-            "--seeds",
-            "1",
-            "--rules",
-            "mean",
+            *tiny_robustness_argv(batch_size=None),
             "--out",
             str(tmp_path),
             "--no-progress",
