@@ -278,12 +278,9 @@ def case_breakdown(torch, args) -> dict:
                 other.double().cpu().numpy(), first.double().cpu().numpy()
             )
         fns = [lambda k=k, x=x, prm=prm: _flag_aggregate_cuda(x, prm, False, k) for k in ks]
-        ts: dict = {k.name: [] for k in ks}
-        for _ in range(3):  # alternate the variants
-            for k, fn in zip(ks, fns):
-                ts[k.name].append(time_cuda(torch, [fn], max(3, args.repeat // 3)))
+        best = _alternating(torch, {k.name: fn for k, fn in zip(ks, fns)}, max(3, args.repeat // 3))
         for k in ks:
-            row[f"fa_{k.name}_ms"] = float(np.min(ts[k.name]))
+            row[f"fa_{k.name}_ms"] = best[k.name]
         row["mean_ms"] = time_cuda(torch, [lambda x=x: x[0].mean(0)], args.repeat)
         row["bytes_two_reads"] = 2 * p * n * 4
         prof = {f"fa_{k.name}": fn for k, fn in zip(ks, fns)}
@@ -315,6 +312,16 @@ def _host_eigh_ms(p: int, reps: int) -> float:
     return best * 1e3
 
 
+def _alternating(torch, fns: dict, reps: int, rounds: int = 3, **kw) -> dict:
+    """{name: best ms} of each variant timed with time_cuda, the variants in alternation over
+    ``rounds`` rounds (so a drift of the machine hits them alike)."""
+    ts: dict = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            ts[name].append(time_cuda(torch, [fn], reps, **kw))
+    return {name: float(np.min(v)) for name, v in ts.items()}
+
+
 def _blocked_ab(torch, row: dict, x, p: int) -> None:
     """FA with 1 step, the automatic Gram kernel (tile pairs above p = 16) against the blocked
     one (64 x 64 tile pairs through shared memory; pinned: not chosen automatically until this
@@ -328,19 +335,13 @@ def _blocked_ab(torch, row: dict, x, p: int) -> None:
     blk = _flag_aggregate_cuda(x[None], prm, False, K.blocked)[0]
     row["blocked_rel_diff"] = rel_err(blk.double().cpu().numpy(), auto.double().cpu().numpy())
     _check(f"FA p = {p}: blocked vs automatic Gram kernel", row["blocked_rel_diff"], 1e-4)
-    ts: dict = {"automatic": [], "blocked": []}
-    for _ in range(3):  # alternate the variants
-        for k in (K.automatic, K.blocked):
-            ts[k.name].append(
-                time_cuda(
-                    torch,
-                    [lambda k=k: _flag_aggregate_cuda(x[None], prm, False, k)],
-                    3,
-                    warmup=1,
-                )
-            )
-    row["fa1_auto_kernel_ms"] = float(np.min(ts["automatic"]))
-    row["fa1_blocked_ms"] = float(np.min(ts["blocked"]))
+    fns = {
+        k.name: lambda k=k: _flag_aggregate_cuda(x[None], prm, False, k)
+        for k in (K.automatic, K.blocked)
+    }
+    best = _alternating(torch, fns, 3, warmup=1)
+    row["fa1_auto_kernel_ms"] = best["automatic"]
+    row["fa1_blocked_ms"] = best["blocked"]
     row["fa1_blocked_over_budget"] = row["fa1_blocked_ms"] / row["budget_ms"]
     print(
         f"5. FA1 p={p}: automatic Gram kernel {row['fa1_auto_kernel_ms']:.2f} ms, blocked "
