@@ -127,6 +127,24 @@ def check_attack_params(fn: str, attack_params: Any) -> dict[str, Any]:
     return dict(attack_params)
 
 
+def check_resume_state(fn: str, state: Any, keys: tuple[str, ...], started: bool) -> None:
+    """A hook's or parameter server's ``state_dict()`` given to ``load_state_dict``: a dict
+    with exactly ``keys`` ("steps" a count >= 0; "rule_state" is checked by the rule when it
+    loads it), loaded only before the first step (``started`` False). Raises naming fn and
+    the argument."""
+    if started:
+        raise RuntimeError(
+            f"{fn}: load_state_dict resumes a run in a freshly built object, before its first "
+            f"step; this one has already run (build a new one, load, then step)"
+        )
+    if not isinstance(state, dict) or set(state) != set(keys):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got {got}"
+        )
+    check_int(state["steps"], fn, "state['steps']", low=0)
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (base seed, rank, step, bucket): the same on every run and
     independent between ranks, steps and buckets."""

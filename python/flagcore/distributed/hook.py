@@ -39,6 +39,7 @@ from ._common import (
     all_gather_flat,
     check_attack_params,
     check_process_group,
+    check_resume_state,
     check_store,
     check_timeout,
     contribution_of,
@@ -86,6 +87,43 @@ class RobustHookState:
     self_out_of_step: str = ""
     _pending: list[Any] = field(default_factory=list)
     _lock: Any = field(default_factory=threading.Lock)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the steps so far changed in the hook, to resume a run from a checkpoint:
+        ``{"steps", "bucket_calls" (bucket index -> calls), "rule_state" (the rule's
+        Rule.state_dict())}``. The model and the optimizer are the caller's to save, as
+        always. Take it between steps (after ``optimizer.step()``). A resumed run aggregates
+        as the uninterrupted one bit for bit, except with a drawing ``attack``: the same seeds
+        then, but the attack draws in the bucket's flat layout, and DDP rebuilds its buckets
+        after a fresh model's first step, so in that step the noise lands on other
+        coordinates and the runs part."""
+        return {
+            "steps": self.steps,
+            "bucket_calls": dict(self.bucket_calls),
+            "rule_state": self.rule_obj.state_dict(),
+        }
+
+    def load_state_dict(self, state: Any) -> None:
+        """Resume: every rank loads the ``state_dict()`` it saved into the state of a freshly
+        registered hook (same arguments, the restored model), before the first backward pass.
+        The call counts go on from there (attack seeds and the buckets' message tags depend on
+        them), the rule's state as the rule's ``load_state_dict``. Checked first (RuntimeError
+        after the first step; ValueError / TypeError naming the key): a refused state changes
+        nothing."""
+        fn = "RobustHookState.load_state_dict"
+        keys = ("steps", "bucket_calls", "rule_state")
+        check_resume_state(fn, state, keys, self.steps > 0 or bool(self.bucket_calls))
+        calls = state["bucket_calls"]
+        if not isinstance(calls, dict) or not all(
+            type(k) is int and k >= 0 and type(v) is int and v >= 0 for k, v in calls.items()
+        ):
+            raise ValueError(
+                f"{fn}: state['bucket_calls'] must map bucket indices (int >= 0) to call counts "
+                f"(int >= 0), got {calls!r:.200}"
+            )
+        self.rule_obj._load_state(state["rule_state"], fn, "state['rule_state']")
+        self.steps = int(state["steps"])
+        self.bucket_calls = dict(calls)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ._common import (
     check_attack_params,
     check_process_group,
     check_rank,
+    check_resume_state,
     check_store,
     check_timeout,
     contribution_of,
@@ -250,6 +251,28 @@ class ParameterServer:
         self.last_lag: dict[int, int] = {}
         self._t_prev: float | None = None
         self._check_signatures(fn)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the steps so far changed here, to resume a run from a checkpoint:
+        ``{"steps": steps taken, "rule_state": the rule's Rule.state_dict()}`` (the server's
+        holds the rule's generator and centered clipping's previous aggregate; the workers'
+        never run the rule). The model and the optimizer are the caller's to save, as
+        always. Each rank saves its own (take it between steps, after ``aggregate`` /
+        ``step`` returned)."""
+        return {"steps": self.steps, "rule_state": self.rule_obj.state_dict()}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Resume: every rank loads the ``state_dict()`` it saved into a freshly built
+        ParameterServer (same arguments, the restored model), before its first step. The step
+        count goes on from there (attack seeds and message tags depend on it), the rule's
+        state as the rule's ``load_state_dict``. Checked first (RuntimeError after the first
+        step; ValueError / TypeError naming the key): a refused state changes nothing."""
+        fn = "ParameterServer.load_state_dict"
+        check_resume_state(fn, state, ("steps", "rule_state"), self.steps > 0)
+        self.rule_obj._load_state(state["rule_state"], fn, "state['rule_state']")
+        self.steps = int(state["steps"])
 
     @property
     def is_server(self) -> bool:

@@ -41,11 +41,6 @@ _REFUSED = {
 # refused (a client could otherwise report e.g. agg-coefficients of its choosing).
 _RESERVED = ("agg-", "flag-")
 
-# What calling a flagcore rule object changes in it: its generator (bucketing, dnc, signguard)
-# and centered clipping's last output (reference="previous"). The strategy keeps one rule object
-# per f it has run with, and one copy of this state that every one of them uses.
-_STATE = ("_gen", "_previous")
-
 
 class RobustStrategy(FedAvg):
     """Flower's FedAvg with ``aggregate_train`` replaced by a flagcore rule.
@@ -155,7 +150,10 @@ class RobustStrategy(FedAvg):
         self.weighted = weighted
         self.f = built.f
         self._rules = {self.f: built}
-        self._state = {k: built.__dict__[k] for k in _STATE if k in built.__dict__}
+        # What calling a rule changes in it (its generator; centered clipping's last output with
+        # reference="previous"): the strategy keeps one rule object per f it has run with and
+        # one state (Rule.state_dict) that every one of them loads before it runs.
+        self._rule_state = built.state_dict()
         self.current_arrays: ArrayRecord | None = None
         # The messages of the round, to name each reply by the node it was sent to.
         self._sent_train: list[Message] = []
@@ -173,6 +171,29 @@ class RobustStrategy(FedAvg):
             self.weighted,
         )
         super().summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the rounds so far changed in the strategy, to checkpoint a federation and
+        resume it after a ServerApp restart: ``{"rule_state": ...}``, the rule's
+        ``Rule.state_dict()`` (its generator's state; centered clipping's last aggregate with
+        ``reference="previous"``). The global model is not in it: save the ArrayRecord, as for
+        FedAvg. Picklable; a strategy built with the same arguments that loads it aggregates
+        the next rounds as the uninterrupted one would."""
+        return {"rule_state": dict(self._rule_state)}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Take a ``state_dict()`` of a strategy with the same rule and seed (checked: a refused
+        state changes nothing)."""
+        fn = "RobustStrategy.load_state_dict"
+        if not isinstance(state, dict) or set(state) != {"rule_state"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"{fn}: state must be the dict state_dict() returned ({{'rule_state': ...}}), "
+                f"got {got}"
+            )
+        probe = self._rule_for(self.f)
+        probe._load_state(state["rule_state"], fn, "state['rule_state']")  # checks it
+        self._rule_state = probe.state_dict()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -407,15 +428,11 @@ class RobustStrategy(FedAvg):
             return f, why
         return None, why
 
-    def _save_state(self) -> tuple[dict[str, Any], Any]:
-        gen = self._state.get("_gen")
-        return dict(self._state), (None if gen is None else gen.bit_generator.state)
+    def _save_state(self) -> dict[str, Any]:
+        return self._rule_state  # never changed in place: a rule loads a copy of it
 
-    def _restore_state(self, saved: tuple[dict[str, Any], Any]) -> None:
-        state, gen_state = saved
-        self._state = dict(state)
-        if gen_state is not None:  # the generator draws in place: rewind it
-            state["_gen"].bit_generator.state = gen_state
+    def _restore_state(self, saved: dict[str, Any]) -> None:
+        self._rule_state = saved
 
     def _aggregate(
         self,
@@ -431,7 +448,7 @@ class RobustStrategy(FedAvg):
             w = np.array([_weight(m, self.weighted_by_key) for m in msgs], dtype=np.float64)
             return _weighted_mean(layout.whole(buf, p), w)
         rule = self._rule_for(f)
-        rule.__dict__.update(self._state)  # one state whatever f this round runs with
+        rule.load_state_dict(self._rule_state)  # one state whatever f this round runs with
         try:
             if not self.per_array:
                 out, info = rule(layout.whole(buf, p), return_info=True)
@@ -449,7 +466,7 @@ class RobustStrategy(FedAvg):
                 bad |= np.asarray(info.excluded, bool)
             return update, _rows(bad)
         finally:
-            self._state = {k: rule.__dict__[k] for k in _STATE if k in rule.__dict__}
+            self._rule_state = rule.state_dict()
 
     def _check_reference(self, layout: Layout) -> None:
         ref = self.rule_params.get("reference") if self.rule == "centered_clipping" else None

@@ -245,6 +245,9 @@ def as_reference(ref: Any, st: Any, fn: str) -> Any:
     return r
 
 
+_BASE_STATE_KEYS = frozenset({"rule", "seed", "generator"})
+
+
 class _LazyRng:
     """Stands in for a rule's generator and creates it only when a draw is made (bucketing)."""
 
@@ -265,7 +268,9 @@ class Rule:
 
     Build a rule once and call it every step: its generator (seeded by ``seed``) advances at
     each call, so bucketing reshuffles and dnc / signguard draw new coordinates every call,
-    while the whole sequence is reproducible from the seed.
+    while the whole sequence is reproducible from the seed. ``state_dict()`` /
+    ``load_state_dict()`` checkpoint that state (the generator's, and centered clipping's last
+    output with ``reference="previous"``), so a resumed run continues the same sequence.
     """
 
     name = ""
@@ -336,6 +341,97 @@ class Rule:
         if self._gen is None:
             self._gen = np.random.default_rng(self.seed)
         return self._gen
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What calling the rule has changed in it, to checkpoint a run and resume it.
+
+        ``{"rule": name, "seed": seed, "generator": state}``: the generator's state is numpy's
+        ``bit_generator.state`` (a dict), or None while the rule has not drawn yet.
+        ``centered_clipping`` adds ``"previous"``: its last output with
+        ``reference="previous"`` (a copy: an array or tensor, None before the first call or
+        with another reference). Plain Python and NumPy objects (a torch tensor for a torch
+        "previous"): save it with pickle or ``torch.save``. A rule built with the same
+        arguments that loads it (``load_state_dict``) continues the sequence bit for bit:
+        the same bucketing shuffles and drawn coordinates, the same reference."""
+        gen = None if self._gen is None else self._gen.bit_generator.state
+        return {"rule": self.name, "seed": self.seed, "generator": gen}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Take the state ``state_dict()`` returned (from a rule of the same name and seed).
+        Checked first, then taken whole: a refused state changes nothing."""
+        self._load_state(state, f"{type(self).__name__}.load_state_dict", "state")
+
+    def _load_state(self, state: Any, fn: str, what: str) -> None:
+        """load_state_dict, its errors naming the function fn and the argument what."""
+        keys = self._checked_state_keys(state, fn, what)
+        if state["rule"] != self.name:
+            raise ValueError(
+                f"{fn}: {what} is of rule {state['rule']!r}, this rule is {self.name!r}"
+            )
+        if state["seed"] != self.seed or isinstance(state["seed"], bool):
+            raise ValueError(
+                f"{fn}: {what} was saved from a rule with seed = {state['seed']!r}, this rule "
+                f"has seed = {self.seed} (build it with the seed of the run it resumes)"
+            )
+        gen = self._generator_from(state["generator"], fn, what)
+        extra = self._load_extra({k: state[k] for k in keys - _BASE_STATE_KEYS}, fn, what)
+        self._gen = gen
+        for k, v in extra.items():
+            setattr(self, k, v)
+
+    def _state_keys(self) -> frozenset[str]:
+        return _BASE_STATE_KEYS
+
+    def _checked_state_keys(self, state: Any, fn: str, what: str) -> frozenset[str]:
+        if not isinstance(state, dict):
+            raise TypeError(
+                f"{fn}: {what} must be the dict state_dict() returned, got {type(state).__name__}"
+            )
+        want, got = self._state_keys(), frozenset(state)
+        if got != want:
+            missing, unknown = sorted(want - got), sorted(map(repr, got - want))
+            raise ValueError(
+                f"{fn}: {what} must have the keys {sorted(want)} (rule {self.name!r}); "
+                + "; ".join(
+                    s
+                    for s in (
+                        f"missing {missing}" if missing else "",
+                        f"unknown {', '.join(unknown)}" if unknown else "",
+                    )
+                    if s
+                )
+            )
+        return want
+
+    @staticmethod
+    def _generator_from(gen_state: Any, fn: str, what: str) -> np.random.Generator | None:
+        if gen_state is None:
+            return None
+        if not isinstance(gen_state, dict):
+            raise TypeError(
+                f"{fn}: {what}['generator'] must be None or numpy's bit_generator.state (a "
+                f"dict), got {type(gen_state).__name__}"
+            )
+        gen = np.random.default_rng(0)
+        kind = gen_state.get("bit_generator")
+        if kind != type(gen.bit_generator).__name__:
+            raise ValueError(
+                f"{fn}: {what}['generator'] must be the state of a "
+                f"{type(gen.bit_generator).__name__} generator (numpy.random.default_rng), got "
+                f"bit_generator = {kind!r}"
+            )
+        try:
+            gen.bit_generator.state = gen_state
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise ValueError(
+                f"{fn}: {what}['generator'] is not a valid generator state ({e})"
+            ) from None
+        return gen
+
+    def _load_extra(self, extra: dict[str, Any], fn: str, what: str) -> dict[str, Any]:
+        """The attributes the rule-specific keys of a state set (checked)."""
+        return {}
 
     def _info(self, st: Any, src: Source, d: dict[str, Any]) -> RuleInfo:
         batched = bool(st.batched)
@@ -559,6 +655,58 @@ class CenteredClipping(Rule):
             if src.b == 1:
                 self._previous = self._previous[0]
         return out, d
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["previous"] = _copy_array(self._previous)
+        return state
+
+    def _state_keys(self) -> frozenset[str]:
+        return _BASE_STATE_KEYS | {"previous"}
+
+    def _load_extra(self, extra: dict[str, Any], fn: str, what: str) -> dict[str, Any]:
+        prev = extra["previous"]
+        if prev is None:
+            return {"_previous": None}
+        if not isinstance(self.reference, str):
+            raise ValueError(
+                f"{fn}: {what}['previous'] is an aggregate, but this rule's reference is not "
+                f"'previous' (got reference = {_short_ref(self.reference)})"
+            )
+        if not (isinstance(prev, np.ndarray) or is_torch_tensor(prev)):
+            raise TypeError(
+                f"{fn}: {what}['previous'] must be None, a numpy array or a torch tensor, got "
+                f"{type(prev).__name__}"
+            )
+        kind = (
+            prev.dtype.kind
+            if isinstance(prev, np.ndarray)
+            else ("f" if prev.is_floating_point() else "other")
+        )
+        if kind != "f" or prev.ndim not in (1, 2) or prev.shape[-1] == 0:
+            raise ValueError(
+                f"{fn}: {what}['previous'] must be a real floating (n,) or (b, n) aggregate, got "
+                f"dtype {prev.dtype} and shape {tuple(prev.shape)}"
+            )
+        if isinstance(prev, np.ndarray):
+            finite = bool(np.isfinite(prev).all())
+        else:
+            finite = bool(prev.isfinite().all())
+        if not finite:
+            raise ValueError(f"{fn}: {what}['previous'] must be finite")
+        return {"_previous": _copy_array(prev)}
+
+
+def _copy_array(a: Any) -> Any:
+    if a is None:
+        return None
+    return a.copy() if isinstance(a, np.ndarray) else a.detach().clone()
+
+
+def _short_ref(ref: Any) -> str:
+    if ref is None:
+        return "None"
+    return f"{type(ref).__name__} of shape {tuple(getattr(ref, 'shape', np.shape(ref)))}"
 
 
 class Flag(Rule):
