@@ -2,8 +2,9 @@
 per rank): ``python _dist_worker_resume.py SCENARIO OUT_DIR``. Writes OUT_DIR/rank<r>.json and
 exits with os._exit so that no teardown can hang.
 
-Scenarios: "hook" (the robust DDP hook) and "ps" (the parameter server, with a drawing attack
-on the last rank). Each trains the same model three times from the same start, with a rule
+Scenarios: "hook" (the robust DDP hook), "hook_gram" (the hook with the geometric median, which
+weights rows by the Gram) and "ps" (the parameter server, with a drawing attack on the last
+rank). Each trains the same model three times from the same start, with a rule
 that draws (the median after bucketing): six steps straight; three steps, a checkpoint (model,
 optimizer and the hook's / server's state_dict through torch.save), then a freshly built
 model, optimizer and hook / server that load it and take three more; and the same without
@@ -24,7 +25,10 @@ from _dist_launch import exit_with, init_rank
 from flagcore.distributed import ParameterServer, parameter_digest, register_robust_hook
 
 STEPS, SPLIT = 6, 3
-RULE = dict(rule="median", pre="bucketing", seed=5)  # reference="previous" is refused there
+# 4 rows in buckets of 3 and 1: which row is alone matters (buckets of 2 would give the
+# mean of the bucket means, the same for any draw). reference="previous" is refused there.
+RULE = dict(rule="median", pre="bucketing", bucket_size=3, seed=5)
+GRAM_RULE = dict(rule="geometric_median", pre="bucketing", bucket_size=3, seed=5)
 
 
 def new_model() -> torch.nn.Module:
@@ -35,6 +39,10 @@ def new_model() -> torch.nn.Module:
 def batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 * rank + step)
     return torch.randn(16, 6, generator=g), torch.randn(16, 1, generator=g)
+
+
+def flat(model: torch.nn.Module) -> list[float]:
+    return torch.cat([q.detach().reshape(-1) for q in model.parameters()]).double().tolist()
 
 
 class Run:
@@ -49,9 +57,10 @@ class Run:
         byz = {}
         if rank == world - 1 and scenario == "ps":
             byz = dict(attack="gaussian", attack_params={"sigma": 3.0})
-        if scenario == "hook":
+        if scenario.startswith("hook"):
+            rule = GRAM_RULE if scenario == "hook_gram" else RULE
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
-            self.agg: Any = register_robust_hook(self.ddp, **RULE, **byz, timeout=60.0)
+            self.agg: Any = register_robust_hook(self.ddp, **rule, **byz, timeout=60.0)
         else:
             self.ddp = self.model
             self.agg = ParameterServer(self.model, self.opt, **RULE, **byz, timeout=60.0)
@@ -60,7 +69,7 @@ class Run:
         x, y = batch(self.rank, step)
         self.opt.zero_grad()
         torch.nn.functional.mse_loss(self.ddp(x), y).backward()
-        if self.scenario == "hook":
+        if self.scenario.startswith("hook"):
             self.opt.step()
         else:
             self.agg.step()
@@ -91,6 +100,7 @@ def main() -> None:
         for t in range(STEPS):
             straight.step(t)
         out["straight"] = parameter_digest(straight.model)
+        out["straight_values"] = flat(straight.model)
         first = Run(scenario, rank, world)
         for t in range(SPLIT):
             first.step(t)
@@ -101,9 +111,9 @@ def main() -> None:
             resumed.restore(blob, with_agg)
             for t in range(SPLIT, STEPS):
                 resumed.step(t)
-            out["resumed" if with_agg else "resumed_without_state"] = parameter_digest(
-                resumed.model
-            )
+            key = "resumed" if with_agg else "resumed_without_state"
+            out[key] = parameter_digest(resumed.model)
+            out[key + "_values"] = flat(resumed.model)
         try:  # loading after a step is refused and changes nothing
             resumed.agg.load_state_dict(first.agg.state_dict())
             out["late_load"] = "accepted"

@@ -137,10 +137,15 @@ def check_resume_state(fn: str, state: Any, keys: tuple[str, ...], started: bool
             f"{fn}: load_state_dict resumes a run in a freshly built object, before its first "
             f"step; this one has already run (build a new one, load, then step)"
         )
-    if not isinstance(state, dict) or set(state) != set(keys):
-        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+    if not isinstance(state, dict):
+        raise TypeError(
+            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got "
+            f"{type(state).__name__}"
+        )
+    if set(state) != set(keys):
         raise ValueError(
-            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got {got}"
+            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got "
+            f"the keys {', '.join(sorted(map(repr, state)))}"
         )
     check_int(state["steps"], fn, "state['steps']", low=0)
 

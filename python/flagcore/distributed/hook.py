@@ -92,11 +92,17 @@ class RobustHookState:
         """What the steps so far changed in the hook, to resume a run from a checkpoint:
         ``{"steps", "bucket_calls" (bucket index -> calls), "rule_state" (the rule's
         Rule.state_dict())}``. The model and the optimizer are the caller's to save, as
-        always. Take it between steps (after ``optimizer.step()``). A resumed run aggregates
-        as the uninterrupted one bit for bit, except with a drawing ``attack``: the same seeds
-        then, but the attack draws in the bucket's flat layout, and DDP rebuilds its buckets
-        after a fresh model's first step, so in that step the noise lands on other
-        coordinates and the runs part."""
+        always. Take it between steps (after ``optimizer.step()``).
+
+        A resumed run goes on with the same rule state and call counts, but its first step
+        runs on DDP's initial bucket layout (DDP rebuilds its buckets after a fresh model's
+        first step; the uninterrupted run had the rebuilt ones). Coordinate-wise rules are
+        bitwise the same (tested); rules that weight the rows by the Gram (geometric median,
+        centered clipping, the Flag Aggregator, ...) add the whole-model Gram in another order
+        there and differ at rounding level from then on (tested: within 1e-6 relative after
+        three steps); and a drawing ``attack`` draws in the bucket's flat layout, so in that
+        step its noise lands on other coordinates. The parameter server, whose flat gradient
+        has one fixed order, resumes bit for bit."""
         return {
             "steps": self.steps,
             "bucket_calls": dict(self.bucket_calls),

@@ -151,9 +151,9 @@ class RobustStrategy(FedAvg):
         self.f = built.f
         self._rules = {self.f: built}
         # What calling a rule changes in it (its generator; centered clipping's last output with
-        # reference="previous"): the strategy keeps one rule object per f it has run with and
-        # one state (Rule.state_dict) that every one of them loads before it runs.
-        self._rule_state = built.state_dict()
+        # reference="previous"), by reference: the strategy keeps one rule object per f it has
+        # run with and one such state that every one of them takes before it runs.
+        self._live = built._live_state()
         self.current_arrays: ArrayRecord | None = None
         # The messages of the round, to name each reply by the node it was sent to.
         self._sent_train: list[Message] = []
@@ -179,21 +179,27 @@ class RobustStrategy(FedAvg):
         ``reference="previous"``). The global model is not in it: save the ArrayRecord, as for
         FedAvg. Picklable; a strategy built with the same arguments that loads it aggregates
         the next rounds as the uninterrupted one would."""
-        return {"rule_state": dict(self._rule_state)}
+        probe = self._rule_for(self.f)
+        probe._set_live_state(self._live)
+        return {"rule_state": probe.state_dict()}  # copies
 
     def load_state_dict(self, state: Any) -> None:
         """Take a ``state_dict()`` of a strategy with the same rule and seed (checked: a refused
         state changes nothing)."""
         fn = "RobustStrategy.load_state_dict"
-        if not isinstance(state, dict) or set(state) != {"rule_state"}:
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        if not isinstance(state, dict):
+            raise TypeError(
+                f"{fn}: state must be the dict state_dict() returned ({{'rule_state': ...}}), "
+                f"got {type(state).__name__}"
+            )
+        if set(state) != {"rule_state"}:
             raise ValueError(
                 f"{fn}: state must be the dict state_dict() returned ({{'rule_state': ...}}), "
-                f"got {got}"
+                f"got the keys {', '.join(sorted(map(repr, state)))}"
             )
         probe = self._rule_for(self.f)
-        probe._load_state(state["rule_state"], fn, "state['rule_state']")  # checks it
-        self._rule_state = probe.state_dict()
+        probe._load_state(state["rule_state"], fn, "state['rule_state']")  # checks, copies
+        self._live = probe._live_state()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -428,11 +434,15 @@ class RobustStrategy(FedAvg):
             return f, why
         return None, why
 
-    def _save_state(self) -> dict[str, Any]:
-        return self._rule_state  # never changed in place: a rule loads a copy of it
+    def _save_state(self) -> tuple[dict[str, Any], Any]:
+        gen = self._live["_gen"]
+        return dict(self._live), (None if gen is None else gen.bit_generator.state)
 
-    def _restore_state(self, saved: dict[str, Any]) -> None:
-        self._rule_state = saved
+    def _restore_state(self, saved: tuple[dict[str, Any], Any]) -> None:
+        live, gen_state = saved
+        self._live = dict(live)
+        if gen_state is not None:  # the generator draws in place: rewind it
+            live["_gen"].bit_generator.state = gen_state
 
     def _aggregate(
         self,
@@ -448,7 +458,7 @@ class RobustStrategy(FedAvg):
             w = np.array([_weight(m, self.weighted_by_key) for m in msgs], dtype=np.float64)
             return _weighted_mean(layout.whole(buf, p), w)
         rule = self._rule_for(f)
-        rule.load_state_dict(self._rule_state)  # one state whatever f this round runs with
+        rule._set_live_state(self._live)  # one state whatever f this round runs with
         try:
             if not self.per_array:
                 out, info = rule(layout.whole(buf, p), return_info=True)
@@ -466,11 +476,21 @@ class RobustStrategy(FedAvg):
                 bad |= np.asarray(info.excluded, bool)
             return update, _rows(bad)
         finally:
-            self._rule_state = rule.state_dict()
+            self._live = rule._live_state()
 
     def _check_reference(self, layout: Layout) -> None:
         ref = self.rule_params.get("reference") if self.rule == "centered_clipping" else None
-        if ref is None or isinstance(ref, str):
+        if isinstance(ref, str):  # "previous": the last aggregate, or a loaded state's
+            prev = self._live.get("_previous")
+            size = None if prev is None else int(np.prod(prev.shape))
+            if size is not None and size != layout.n:
+                raise ValueError(
+                    f"RobustStrategy.configure_train: centered_clipping's previous aggregate "
+                    f"(the last round's, or state['rule_state']['previous'] from "
+                    f"load_state_dict) has {size} values, the flattened model has {layout.n}"
+                )
+            return
+        if ref is None:
             return
         shape = tuple(int(s) for s in getattr(ref, "shape", np.shape(ref)))
         if shape not in ((layout.n,), (1, layout.n)):

@@ -350,8 +350,10 @@ class Rule:
         ``bit_generator.state`` (a dict), or None while the rule has not drawn yet.
         ``centered_clipping`` adds ``"previous"``: its last output with
         ``reference="previous"`` (a copy: an array or tensor, None before the first call or
-        with another reference). Plain Python and NumPy objects (a torch tensor for a torch
-        "previous"): save it with pickle or ``torch.save``. A rule built with the same
+        with another reference). Plain Python and NumPy objects (a CUDA tensor for a
+        "previous" of a rule called on CUDA tensors; a NumPy array for CPU inputs, torch ones
+        too): save it with pickle, or ``torch.save`` and ``torch.load(..., weights_only=False)``
+        (the default weights_only=True loads no NumPy array). A rule built with the same
         arguments that loads it (``load_state_dict``) continues the sequence bit for bit:
         the same bucketing shuffles and drawn coordinates, the same reference."""
         gen = None if self._gen is None else self._gen.bit_generator.state
@@ -365,13 +367,12 @@ class Rule:
     def _load_state(self, state: Any, fn: str, what: str) -> None:
         """load_state_dict, its errors naming the function fn and the argument what."""
         keys = self._checked_state_keys(state, fn, what)
-        if state["rule"] != self.name:
+        rule, seed = state["rule"], state["seed"]
+        if not isinstance(rule, str) or rule != self.name:
+            raise ValueError(f"{fn}: {what} is of rule {rule!r}, this rule is {self.name!r}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed != self.seed:
             raise ValueError(
-                f"{fn}: {what} is of rule {state['rule']!r}, this rule is {self.name!r}"
-            )
-        if state["seed"] != self.seed or isinstance(state["seed"], bool):
-            raise ValueError(
-                f"{fn}: {what} was saved from a rule with seed = {state['seed']!r}, this rule "
+                f"{fn}: {what} was saved from a rule with seed = {seed!r}, this rule "
                 f"has seed = {self.seed} (build it with the seed of the run it resumes)"
             )
         gen = self._generator_from(state["generator"], fn, what)
@@ -379,6 +380,17 @@ class Rule:
         self._gen = gen
         for k, v in extra.items():
             setattr(self, k, v)
+
+    # What a call changes in the rule, by reference (no copy): the Flower strategy shares it
+    # between its rule objects (one per f) and rewinds the generator when it redoes a round.
+    _LIVE: tuple[str, ...] = ("_gen",)
+
+    def _live_state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._LIVE}
+
+    def _set_live_state(self, live: dict[str, Any]) -> None:
+        for k in self._LIVE:
+            setattr(self, k, live[k])
 
     def _state_keys(self) -> frozenset[str]:
         return _BASE_STATE_KEYS
@@ -406,27 +418,54 @@ class Rule:
 
     @staticmethod
     def _generator_from(gen_state: Any, fn: str, what: str) -> np.random.Generator | None:
+        """A generator in the saved state, which must be exactly what numpy's PCG64
+        ``bit_generator.state`` holds (a state that went through a float, e.g. a JSON tool
+        without big integers, is refused rather than silently drawing another sequence)."""
         if gen_state is None:
             return None
+        where = f"{fn}: {what}['generator']"
         if not isinstance(gen_state, dict):
             raise TypeError(
-                f"{fn}: {what}['generator'] must be None or numpy's bit_generator.state (a "
-                f"dict), got {type(gen_state).__name__}"
+                f"{where} must be None or numpy's bit_generator.state (a dict), got "
+                f"{type(gen_state).__name__}"
             )
-        gen = np.random.default_rng(0)
         kind = gen_state.get("bit_generator")
-        if kind != type(gen.bit_generator).__name__:
+        if kind != "PCG64":
             raise ValueError(
-                f"{fn}: {what}['generator'] must be the state of a "
-                f"{type(gen.bit_generator).__name__} generator (numpy.random.default_rng), got "
-                f"bit_generator = {kind!r}"
+                f"{where} must be the state of a PCG64 generator (numpy.random.default_rng), "
+                f"got bit_generator = {kind!r}"
             )
-        try:
-            gen.bit_generator.state = gen_state
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
+
+        def is_int(v: Any, low: int, high: int) -> bool:
+            return bool(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and low <= v < high
+            )
+
+        inner = gen_state.get("state")
+        fields_ok: bool = (
+            set(gen_state) == {"bit_generator", "state", "has_uint32", "uinteger"}
+            and isinstance(inner, dict)
+            and set(inner) == {"state", "inc"}
+            and is_int(inner["state"], 0, 1 << 128)
+            and is_int(inner["inc"], 0, 1 << 128)
+            and int(inner["inc"]) % 2 == 1  # PCG64's increment is odd
+            and is_int(gen_state["has_uint32"], 0, 2)
+            and is_int(gen_state["uinteger"], 0, 1 << 32)
+        )
+        if not fields_ok:
             raise ValueError(
-                f"{fn}: {what}['generator'] is not a valid generator state ({e})"
-            ) from None
+                f"{where} is not a PCG64 state as bit_generator.state gives it ({{'bit_generator',"
+                f" 'state': {{'state', 'inc' (odd)}}: ints below 2**128, 'has_uint32': 0 or 1, "
+                f"'uinteger': int below 2**32}}), got {gen_state!r:.300}"
+            )
+        assert isinstance(inner, dict)  # fields_ok
+        gen = np.random.default_rng(0)
+        gen.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": int(inner["state"]), "inc": int(inner["inc"])},
+            "has_uint32": int(gen_state["has_uint32"]),
+            "uinteger": int(gen_state["uinteger"]),
+        }
         return gen
 
     def _load_extra(self, extra: dict[str, Any], fn: str, what: str) -> dict[str, Any]:
@@ -645,8 +684,22 @@ class CenteredClipping(Rule):
         self._previous: Any = None
 
     def _reference_for(self, src: Source) -> Any:
-        ref = self._previous if isinstance(self.reference, str) else self.reference
-        return None if ref is None else as_reference(ref, src.st, self._fn)
+        if not isinstance(self.reference, str):
+            ref = self.reference
+            return None if ref is None else as_reference(ref, src.st, self._fn)
+        if self._previous is None:
+            return None
+        try:
+            return as_reference(self._previous, src.st, self._fn)
+        except ValueError as e:  # name where it came from: the last output or a loaded state
+            raise ValueError(
+                str(e).replace(
+                    "reference must",
+                    "reference='previous' (the last call's output, or the 'previous' of a "
+                    "state given to load_state_dict) must",
+                    1,
+                )
+            ) from None
 
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         out, d = run_centered_clipping(src, self.tau, self.iterations, self._reference_for(src))
@@ -660,6 +713,8 @@ class CenteredClipping(Rule):
         state = super().state_dict()
         state["previous"] = _copy_array(self._previous)
         return state
+
+    _LIVE = ("_gen", "_previous")
 
     def _state_keys(self) -> frozenset[str]:
         return _BASE_STATE_KEYS | {"previous"}
@@ -688,10 +743,16 @@ class CenteredClipping(Rule):
                 f"{fn}: {what}['previous'] must be a real floating (n,) or (b, n) aggregate, got "
                 f"dtype {prev.dtype} and shape {tuple(prev.shape)}"
             )
-        if isinstance(prev, np.ndarray):
-            finite = bool(np.isfinite(prev).all())
-        else:
-            finite = bool(prev.isfinite().all())
+        try:
+            if isinstance(prev, np.ndarray):
+                finite = bool(np.isfinite(prev).all())
+            else:
+                finite = bool(prev.isfinite().all())
+        except (RuntimeError, NotImplementedError) as e:  # e.g. a tensor on the meta device
+            raise ValueError(
+                f"{fn}: {what}['previous'] must hold values (a CPU or GPU tensor), got a "
+                f"tensor on {prev.device} ({e})"
+            ) from None
         if not finite:
             raise ValueError(f"{fn}: {what}['previous'] must be finite")
         return {"_previous": _copy_array(prev)}
