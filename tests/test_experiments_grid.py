@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
+import shlex
 
 import numpy as np
 import pytest
@@ -452,3 +455,197 @@ def test_attack_params_rule_makes_a_transfer_attack():
     assert isinstance(
         harness._attack_kwargs(cfg, spec, {"r": 8})["rule"], harness.make_rule("flag").__class__
     )
+
+
+# ------------------------------------------------------------------ resuming an interrupted grid
+RESUMABLE = dict(
+    rules=["mean", "median"],
+    attacks=["sign_flip", "optimal_ipm"],
+    byzantine=[1],
+    heterogeneity=["iid", "gamma:0.0"],  # the data (the last combination's) differs per setting
+    lr=[0.05],
+    attack_params={},
+    base=TINY["base"],
+)  # 4 combinations of a fraction of a second each
+COMBOS = [(1, h, 0.05, a) for h in ("iid", "gamma:0.0") for a in ("sign_flip", "optimal_ipm")]
+
+
+def _count_runs(monkeypatch, interrupt_at=None):
+    """The grid's run_robustness calls, as (f, heterogeneity, lr, attack); the call number
+    ``interrupt_at`` raises KeyboardInterrupt (Ctrl-C while that combination trains)."""
+    calls = []
+
+    def counting(cfg, **kw):
+        calls.append((cfg.byzantine, cfg.heterogeneity, cfg.lr, cfg.attack))
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return run_robustness(cfg, **kw)
+
+    monkeypatch.setattr(xgrid, "run_robustness", counting)
+    return calls
+
+
+def _grid_argv(cfg, out, *extra):
+    return ["robustness", "--grid", str(cfg), "--out", str(out), "--no-plots", "--no-progress"] + [
+        *extra
+    ]
+
+
+def test_an_interrupted_grid_resumes_to_the_uninterrupted_results(tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "g.json"
+    cfg.write_text(json.dumps(RESUMABLE))
+    straight, out = tmp_path / "straight", tmp_path / "o"
+    progress = out / xgrid.PROGRESS_FILE
+    assert cli.main(_grid_argv(cfg, straight)) == 0
+    assert os.listdir(straight) == ["results.json"]  # no progress file left behind
+    # Ctrl-C while the second combination trains: the first is kept, the hint says how to go on
+    calls = _count_runs(monkeypatch, interrupt_at=2)
+    capsys.readouterr()
+    assert cli.main(_grid_argv(cfg, out)) == 130
+    hint = shlex.join(["flagcore", *_grid_argv(cfg, out, "--resume")])
+    assert capsys.readouterr().err == (
+        f"flagcore robustness: 1 of 4 grid combinations are done and kept in {progress}; "
+        f"continue with: {hint}\nflagcore robustness: interrupted\n"
+    )
+    assert calls == COMBOS[:2] and os.listdir(out) == [xgrid.PROGRESS_FILE]
+    kept = _strict_load(progress)
+    assert kept["schema"] == xgrid.PROGRESS_SCHEMA and kept["grid"] == RESUMABLE
+    assert [e["combination"] for e in kept["done"]] == [list(COMBOS[0])]
+    # --resume runs the other three only, and ends where the uninterrupted run ended
+    calls = _count_runs(monkeypatch)
+    assert cli.main(_grid_argv(cfg, out, "--resume")) == 0
+    assert calls == COMBOS[1:]
+    assert "resuming from" in capsys.readouterr().out
+    assert os.listdir(out) == ["results.json"]  # the progress file is gone
+    a, b = _strict_load(straight / "results.json"), _strict_load(out / "results.json")
+    assert a["resumed_combinations"] == 0 and b["resumed_combinations"] == 1
+    assert list(a) == list(b)
+    for key in set(a) - {"cells", "elapsed_s", "resumed_combinations", "environment"}:
+        assert b[key] == a[key], key  # worst_case, grid, rules, dataset (the last one), ...
+    assert [list(c) for c in b["cells"]] == [list(c) for c in a["cells"]]  # same fields, order
+
+    def untimed(cells):
+        return [{k: v for k, v in c.items() if k != "agg_time_ms_mean"} for c in cells]
+
+    assert untimed(b["cells"]) == untimed(a["cells"])
+
+
+def test_resume_and_the_progress_file_are_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "g.json"
+    cfg.write_text(json.dumps(RESUMABLE))
+    out = tmp_path / "o"
+    progress = out / xgrid.PROGRESS_FILE
+    calls = _count_runs(monkeypatch)
+
+    def refused(argv, *messages):
+        rc = cli.main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        for m in messages:
+            assert m in err, err
+        assert calls == []
+
+    refused(
+        _grid_argv(cfg, out, "--resume"),
+        f"robustness: error: --resume: there is no progress file {str(progress)!r} to continue",
+    )
+    refused(
+        [*tiny_robustness_argv(), "--out", str(out), "--resume"],
+        "error: --resume continues an interrupted grid (--grid or --quick)",
+    )
+    calls = _count_runs(monkeypatch, interrupt_at=2)  # a progress file with one combination
+    assert cli.main(_grid_argv(cfg, out)) == 130 and progress.exists()
+    calls = _count_runs(monkeypatch)
+    refused(
+        _grid_argv(cfg, out),
+        f"error: --out {str(out)!r} holds an interrupted grid's progress (grid_progress.json: "
+        "1 of 4 combinations done); add --resume to continue it, or --force to discard it",
+    )
+    cfg.write_text(json.dumps(dict(RESUMABLE, base=dict(RESUMABLE["base"], steps=4))))
+    refused(
+        _grid_argv(cfg, out, "--resume"),
+        f"error: --resume: {str(progress)!r} holds the progress of another grid config "
+        "(base.steps: 3 in the progress file, 4 in this grid); to start the grid over instead, "
+        "drop --resume and add --force",
+    )
+    cfg.write_text(json.dumps(dict(RESUMABLE, lr=[0.05, 0.1])))
+    refused(_grid_argv(cfg, out, "--resume"), "(lr: [0.05] in the progress file, [0.05, 0.1] in")
+    assert len(_strict_load(progress)["done"]) == 1  # every refusal kept it
+    # --force discards it (and says so) and runs the whole grid
+    cfg.write_text(json.dumps(RESUMABLE))
+    assert cli.main(_grid_argv(cfg, out, "--force")) == 0
+    assert calls == COMBOS
+    text = capsys.readouterr().out
+    assert f"--force: discarded the interrupted grid's progress {progress}: 1 of 4" in text
+    assert _strict_load(out / "results.json")["resumed_combinations"] == 0
+    assert not progress.exists()
+
+
+def _progress_entry(combo, rules=("mean", "median"), **cell):
+    return {
+        "combination": list(combo),
+        "cells": [
+            dict(
+                zip(["byzantine", "heterogeneity", "lr", "attack"], combo),
+                rule=r,
+                **{k: cell.get(k, 0.5) for k in ("accuracy_mean", "accuracy_std")},
+                **{k: cell.get(k, [0.5]) for k in ("accuracy", "final_loss")},
+                agg_time_ms_mean=0.1,
+            )
+            for r in rules
+        ],
+        "meta": {"dataset": {"name": "blobs"}, "model": {"name": "mlp"}, "seeds": [0]},
+        "elapsed_s": 1.5,
+    }
+
+
+def test_progress_file_is_strict_json_and_checked(tmp_path, monkeypatch):
+    g = xgrid.grid_from_dict(RESUMABLE)
+    path = str(tmp_path / "p.json")
+    # NaN/Inf (a diverged run) come back as they were; the file stays strict JSON
+    nan = _progress_entry(COMBOS[1], accuracy_mean=math.nan, final_loss=[math.inf])
+    xgrid._write_progress(path, g, [nan])
+    done = xgrid.load_progress(path, g)
+    (cells,) = [e["cells"] for e in done.values()]
+    assert math.isnan(cells[0]["accuracy_mean"]) and cells[1]["final_loss"] == [math.inf]
+    assert _strict_load(path)["done"][0]["cells"][0]["accuracy_mean"] == "NaN"
+    for entries, match in (
+        ([_progress_entry((1, "iid", 0.05, "min_max"))], r"done\[0\] is \[1, 'iid', 0.05, "),
+        ([_progress_entry(COMBOS[0])] * 2, r"done\[1\] repeats the combination"),
+        ([_progress_entry(COMBOS[0], rules=["mean"])], r"done\[0\] must hold one cell per rule"),
+        ([dict(_progress_entry(COMBOS[0]), elapsed_s=-1)], r"elapsed_s must be a number"),
+    ):
+        xgrid._write_progress(path, g, entries)
+        with pytest.raises(ValueError, match=r"^where: '.*p.json' is not a grid progress file: "):
+            xgrid.load_progress(path, g, "where")
+        with pytest.raises(ValueError, match=match):
+            xgrid.load_progress(path, g, "where")
+    for text, match in (
+        ("{", r"is not a grid progress file \(Expecting property name"),
+        ('{"schema": "x"}', "schema 'x', expected 'flagcore.robustness_grid_progress/1'"),
+        ("[NaN]", r"\(NaN is not strict JSON\)"),
+    ):
+        (tmp_path / "p.json").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            xgrid.load_progress(path, g, "where")
+    # every combination done (in any order in the file): nothing runs, cells in the grid's order,
+    # data and model from the grid's last combination, as an uninterrupted run
+    entries = [_progress_entry(c, accuracy_mean=i / 10) for i, c in enumerate(COMBOS)]
+    for i, e in enumerate(entries):
+        e["meta"]["dataset"] = {"name": f"data {i}"}
+    xgrid._write_progress(path, g, entries[::-1])
+    monkeypatch.setattr(xgrid, "run_robustness", None)  # calling it would fail
+    res = xgrid.run_grid(g, progress=False, progress_file=path, resume=True)
+    assert [c["accuracy_mean"] for c in res["cells"]] == [0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3]
+    assert res["dataset"] == {"name": "data 3"} and res["resumed_combinations"] == 4
+    assert res["elapsed_s"] >= 4 * 1.5
+    assert [w["accuracy"] for w in res["worst_case"]] == [0.0, 0.2, 0.0, 0.2]
+    # run_grid: resume needs the file; without resume an existing file is refused, not replaced
+    with pytest.raises(ValueError, match="run_grid: resume=True needs the progress_file"):
+        xgrid.run_grid(g, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"run_grid: resume: cannot read '.*missing.json'"):
+        xgrid.run_grid(g, progress=False, progress_file=str(tmp_path / "missing.json"), resume=True)
+    with pytest.raises(ValueError, match=r"run_grid: progress_file '.*p.json' already exists"):
+        xgrid.run_grid(g, progress=False, progress_file=path)
+    with pytest.raises(TypeError, match="run_grid: resume must be True or False, got 'yes'"):
+        xgrid.run_grid(g, progress=False, progress_file=path, resume="yes")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a command runs
@@ -11,7 +13,7 @@ if TYPE_CHECKING:  # the harness imports numpy and more: only load it when a com
 
 # Options that are not training settings: they go with a single run, --grid and --quick alike.
 # Every other option sets one run's training and is refused together with --grid or --quick.
-_RUN_OPTIONS = {"grid", "quick", "out", "no_plots", "no_progress", "force", "help"}
+_RUN_OPTIONS = {"grid", "quick", "resume", "out", "no_plots", "no_progress", "force", "help"}
 
 
 def _record_given(action: argparse.Action) -> None:
@@ -107,6 +109,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "steps, 1 seed; training flags are refused with it",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --grid/--quick: continue the interrupted grid whose progress is in "
+        "--out/grid_progress.json (same config, --quick as before), running only the "
+        "combinations it does not hold",
+    )
+    p.add_argument(
         "--dataset",
         default="digits",
         help="digits (sklearn's bundled 8x8 digits) or blobs (generated)",
@@ -199,6 +208,11 @@ def run_cli(args: argparse.Namespace) -> int:
 
     if args.grid is not None or args.quick:
         return run_grid_cli(args)
+    if getattr(args, "resume", False):
+        raise ValueError(
+            "robustness: --resume continues an interrupted grid (--grid or --quick); "
+            "a single run keeps no progress to resume"
+        )
     cfg = config_from_args(args)
     cfg.validate(options=True)
     # before the work, so a bad path loses nothing (and, without --force, replaces nothing)
@@ -215,10 +229,13 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def run_grid_cli(args: argparse.Namespace) -> int:
     from .grid import (
+        PROGRESS_FILE,
         check_out_dir,
         load_grid,
+        load_progress,
         make_quick,
         print_grid_summary,
+        progress_counts,
         quick_grid,
         run_grid,
         write_grid_outputs,
@@ -242,21 +259,95 @@ def run_grid_cli(args: argparse.Namespace) -> int:
         grid.validate()
     except (ValueError, TypeError) as exc:
         raise type(exc)(_grid_message(str(exc), args.grid)) from None
-    check_out_dir(args.out, refuse_existing=not getattr(args, "force", False))
+    force = getattr(args, "force", False)
+    resume = getattr(args, "resume", False)
+    check_out_dir(args.out, refuse_existing=not force)
     n = len(grid.combinations())
+    progress_file = os.path.join(args.out, PROGRESS_FILE)
+    # The progress file, checked (and with --force discarded) before the work starts.
+    if resume:
+        if not os.path.lexists(progress_file):
+            raise ValueError(
+                f"robustness: --resume: there is no progress file {progress_file!r} to continue "
+                "(a grid writes it after each finished combination and removes it once "
+                "results.json is written); run without --resume to start the grid"
+            )
+        try:
+            done = load_progress(progress_file, grid, "robustness: --resume")
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; to start the grid over instead, drop --resume and add --force"
+            ) from None
+        print(
+            f"robustness grid: resuming from {progress_file}: {len(done)} of {n} combinations "
+            f"done, {n - len(done)} to run"
+        )
+    elif os.path.lexists(progress_file):
+        what = _progress_note(progress_file)
+        if not force:
+            raise ValueError(
+                f"robustness: --out {args.out!r} holds an interrupted grid's progress "
+                f"({PROGRESS_FILE}{what}); add --resume to continue it, or --force to discard "
+                "it and start over"
+            )
+        os.remove(progress_file)
+        print(f"--force: discarded the interrupted grid's progress {progress_file}{what}")
     print(
         f"robustness grid: {n} runs of {len(grid.rules)} rules "
         f"({len(grid.byzantine)} f x {len(grid.heterogeneity)} heterogeneity x {len(grid.lr)} lr x "
         f"{len(grid.attacks)} attacks)"
     )
-    res = run_grid(grid, progress=not args.no_progress, log=print)
-    print_grid_summary(res)
-    written = write_grid_outputs(res, args.out, plots=not args.no_plots)
+    try:
+        res = run_grid(
+            grid,
+            progress=not args.no_progress,
+            log=print,
+            progress_file=progress_file,
+            resume=resume,
+        )
+        print_grid_summary(res)
+        written = write_grid_outputs(
+            res, args.out, plots=not args.no_plots, progress_file=progress_file
+        )
+    except BaseException:  # Ctrl-C or an error before results.json was written (the progress
+        # file is removed then): say what is kept and how to go on, then let it propagate
+        if os.path.lexists(progress_file):
+            counts = progress_counts(progress_file)
+            what = f"{counts[0]} of {counts[1]}" if counts else "the finished"
+            print(
+                f"flagcore robustness: {what} grid combinations are done and kept in "
+                f"{progress_file}; continue with: {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        raise
     print(
         f"wrote {len(written)} files to {os.path.abspath(args.out)}: "
         + ", ".join(os.path.basename(w) for w in written)
     )
     return 0
+
+
+def _progress_note(path: str) -> str:
+    """': 3 of 8 combinations done' for a readable progress file, '' otherwise."""
+    from .grid import progress_counts
+
+    counts = progress_counts(path)
+    return f": {counts[0]} of {counts[1]} combinations done" if counts else ""
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this grid (its outputs as given, plus --resume)."""
+    argv = ["flagcore", "robustness"]
+    if args.grid is not None:
+        argv += ["--grid", args.grid]
+    if args.quick:
+        argv.append("--quick")
+    argv += ["--out", args.out]
+    if args.no_plots:
+        argv.append("--no-plots")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return shlex.join([*argv, "--resume"])
 
 
 def _grid_message(msg: str, path: str | None) -> str:

@@ -23,6 +23,15 @@ The config (strict JSON; unknown keys are an error)::
 
 ``run_grid`` returns the results dict; ``write_grid_outputs`` writes results.json (strict JSON:
 NaN/Inf become null) and the heat maps (rule x attack per setting, rule x heterogeneity per f).
+
+A long grid survives an interruption: given ``progress_file`` (the command line's
+``--out/grid_progress.json``), ``run_grid`` rewrites that file atomically after every finished
+combination with the grid config and the cells of the combinations done so far, and with
+``resume=True`` it reads the file back, checks that it was written by the same config, and runs
+only the other combinations. The result is the uninterrupted run's, cell for cell and in the same
+order (floats are stored at full precision, NaN/Inf as the strings "NaN"/"Infinity"/"-Infinity"
+so the file is strict JSON), plus ``resumed_combinations``. ``write_grid_outputs`` removes the
+progress file once results.json is written.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -49,6 +59,9 @@ from .harness import (
 )
 
 GRID_SCHEMA = "flagcore.robustness_grid/1"
+PROGRESS_SCHEMA = "flagcore.robustness_grid_progress/1"
+# The progress file's name in the command line's --out folder.
+PROGRESS_FILE = "grid_progress.json"
 # Fields of RobustnessConfig that the grid itself sweeps or sets (not allowed in "base").
 _SWEPT = ("rules", "attack", "byzantine", "heterogeneity", "lr", "attack_params")
 
@@ -213,21 +226,54 @@ def make_quick(grid: GridConfig, steps: int = 30, seeds: int = 1) -> GridConfig:
     return g
 
 
-def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict[str, Any]:
+def run_grid(
+    grid: GridConfig,
+    progress: bool = True,
+    log: Any = None,
+    *,
+    progress_file: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Run every combination (rules share one run per combination) and return results.json's
-    content. ``log``: a callable taking one line of text per finished combination."""
+    content. ``log``: a callable taking one line of text per finished combination.
+
+    ``progress_file``: after each finished combination, (re)write this file atomically with the
+    grid config and the combinations done so far (before ``log`` is called), so an interruption
+    loses at most the combination that was running. It must not exist unless ``resume``.
+    ``resume``: read ``progress_file`` (``load_progress``: same config or an error) and run only
+    the combinations it does not hold. ``resumed_combinations`` in the result counts the
+    combinations taken from the file; ``elapsed_s`` adds the time they took when they ran."""
     import torch
 
+    fn = "run_grid"
+    if progress_file is not None and not isinstance(progress_file, (str, os.PathLike)):
+        raise TypeError(
+            f"{fn}: progress_file must be a path or None, got {type(progress_file).__name__}"
+        )
+    if not isinstance(resume, bool):
+        raise TypeError(f"{fn}: resume must be True or False, got {resume!r}")
     grid.validate()
     labels = [parse_rule_spec(r).label for r in grid.rules]
-    cells: list[Any] = []
-    meta: dict[str, Any] = {}
-    t0 = time.perf_counter()
     combos = grid.combinations()
+    done: dict[str, Any] = {}  # combination key -> {"combination", "cells", "meta", "elapsed_s"}
+    if resume:
+        if progress_file is None:
+            raise ValueError(f"{fn}: resume=True needs the progress_file to resume from")
+        done = load_progress(os.fspath(progress_file), grid, f"{fn}: resume")
+    elif progress_file is not None and os.path.lexists(progress_file):
+        raise ValueError(
+            f"{fn}: progress_file {os.fspath(progress_file)!r} already exists (an interrupted "
+            "grid's progress): pass resume=True to continue it, or remove it to start over"
+        )
+    resumed = set(done)
+    t0 = time.perf_counter()
     for i, (f, het, lr, att) in enumerate(combos):
+        key = _combo_key((f, het, lr, att))
+        if key in done:
+            continue
         t1 = time.perf_counter()
         res = run_robustness(grid.config_for(f, het, lr, att), progress=progress)
-        meta = {"dataset": res["dataset"], "model": res["model"], "seeds": res["seeds"]}
+        cells = []
         for lab in labels:
             e = res["rules"][lab]
             cells.append(
@@ -244,6 +290,15 @@ def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict[s
                     "agg_time_ms_mean": e["agg_time_ms_mean"],
                 }
             )
+        done[key] = {
+            "combination": [f, het, lr, att],
+            "cells": cells,
+            "meta": {"dataset": res["dataset"], "model": res["model"], "seeds": res["seeds"]},
+            "elapsed_s": time.perf_counter() - t1,
+        }
+        if progress_file is not None:
+            in_order = [done[k] for k in map(_combo_key, combos) if k in done]
+            _write_progress(os.fspath(progress_file), grid, in_order)
         if log is not None:
             accs = ", ".join(
                 f"{lab} {res['rules'][lab]['final_accuracy_mean']:.3f}" for lab in labels
@@ -252,14 +307,18 @@ def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict[s
                 f"[{i + 1}/{len(combos)}] f={f} {het} lr={lr} {att}: {accs} "
                 f"({time.perf_counter() - t1:.0f} s)"
             )
+    entries = [done[_combo_key(c)] for c in combos]
+    cells = [c for e in entries for c in e["cells"]]
+    earlier_s = sum(done[k]["elapsed_s"] for k in resumed)
     return {
         "schema": GRID_SCHEMA,
         "grid": asdict(grid),
         "rules": labels,
-        **meta,
+        **entries[-1]["meta"],  # as an uninterrupted run: the last combination's data and model
         "cells": cells,
         "worst_case": worst_case(cells, labels, grid),
-        "elapsed_s": time.perf_counter() - t0,
+        "elapsed_s": time.perf_counter() - t0 + earlier_s,
+        "resumed_combinations": len(resumed),
         "environment": {
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
@@ -267,6 +326,176 @@ def run_grid(grid: GridConfig, progress: bool = True, log: Any = None) -> dict[s
             "machine": platform.machine(),
         },
     }
+
+
+# ---------------------------------------------------------------- the progress file
+# Cell fields that hold floats (or lists of floats): NaN/Inf are stored as strings there.
+_CELL_FLOATS = ("accuracy_mean", "accuracy_std", "accuracy", "final_loss", "agg_time_ms_mean")
+_CELL_KEYS = ("rule", "attack", "byzantine", "heterogeneity", "lr", *_CELL_FLOATS)
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _combo_key(combo: Any) -> str:
+    """A combination (f, heterogeneity, lr, attack) as the progress file identifies it."""
+    return json.dumps(list(combo))
+
+
+def _encode(v: Any) -> Any:
+    """JSON-ready, exactly: floats at full precision (json writes repr), NaN/Inf as strings,
+    tuples as lists (what the file reads back)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    return v
+
+
+def _decode_float(v: Any) -> Any:
+    if isinstance(v, str) and v in _NONFINITE:
+        return _NONFINITE[v]
+    if isinstance(v, list):
+        return [_decode_float(x) for x in v]
+    return v
+
+
+def _write_progress(path: str, grid: GridConfig, entries: list[Any]) -> None:
+    from .._paths import atomic_open
+
+    doc = {
+        "schema": PROGRESS_SCHEMA,
+        "grid": _encode(asdict(grid)),
+        "combinations_total": len(grid.combinations()),
+        "done": _encode(entries),
+    }
+    text = json.dumps(doc, allow_nan=False, indent=1)  # a serialisation error writes nothing
+    with atomic_open(path) as fh:  # creates the folder; a failed write keeps the previous file
+        fh.write(text)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included (1 is not 1.0, True is not 1)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """Where two grid configs (as JSON) first differ, as 'base.steps: 30 in the progress
+    file, 3 in this grid'; None when they are the same."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:
+            where = f"{path}.{k}" if path else str(k)
+            if k not in old:
+                return f"{where}: not set in the progress file, {new[k]!r} in this grid"
+            if k not in new:
+                return f"{where}: {old[k]!r} in the progress file, not set in this grid"
+            diff = _first_difference(old[k], new[k], where)
+            if diff is not None:
+                return diff
+        return None
+    if _same(old, new):
+        return None
+    return f"{path or 'the config'}: {old!r} in the progress file, {new!r} in this grid"
+
+
+def load_progress(path: str, grid: GridConfig, where: str = "load_progress") -> dict[str, Any]:
+    """The finished combinations of a progress file that ``run_grid`` wrote for ``grid``:
+    {combination key: {"combination", "cells", "meta", "elapsed_s"}}. Raises ValueError naming
+    ``where`` and the file when it cannot be read, is not a progress file, or was written by
+    another grid config (the message names the first setting that differs)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh, parse_constant=_no_constant)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise ValueError(
+            f"{where}: {path!r} is not a grid progress file (its JSON is nested too deeply)"
+        ) from None
+    except ValueError as exc:  # not UTF-8, not JSON, NaN/Infinity
+        raise ValueError(
+            f"{where}: {path!r} is not a grid progress file ({_unprefixed(str(exc))})"
+        ) from None
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{where}: {path!r} is not a grid progress file: {why}")
+
+    if not isinstance(d, dict) or d.get("schema") != PROGRESS_SCHEMA:
+        got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+        raise bad(f"schema {got!r}, expected {PROGRESS_SCHEMA!r}")
+    current = json.loads(json.dumps(_encode(asdict(grid))))
+    diff = _first_difference(d.get("grid"), current)
+    if diff is not None:
+        raise ValueError(f"{where}: {path!r} holds the progress of another grid config ({diff})")
+    labels = [parse_rule_spec(r).label for r in grid.rules]
+    combos = {_combo_key(c) for c in grid.combinations()}
+    entries = d.get("done")
+    if not isinstance(entries, list):
+        raise bad(f"'done' must be a list, got {type(entries).__name__}")
+    done: dict[str, Any] = {}
+    for j, e in enumerate(entries):
+        why = _bad_entry(e, labels)
+        if why is not None:
+            raise bad(f"done[{j}] {why}")
+        key = _combo_key(e["combination"])
+        if key not in combos:
+            raise bad(f"done[{j}] is {e['combination']!r}, not a combination of this grid")
+        if key in done:
+            raise bad(f"done[{j}] repeats the combination {e['combination']!r}")
+        cells = [
+            {k: _decode_float(c[k]) if k in _CELL_FLOATS else c[k] for k in _CELL_KEYS}
+            for c in e["cells"]
+        ]
+        done[key] = {
+            "combination": e["combination"],
+            "cells": cells,
+            "meta": e["meta"],
+            "elapsed_s": e["elapsed_s"],
+        }
+    return done
+
+
+def _bad_entry(e: Any, labels: list[str]) -> str | None:
+    """What is wrong with one entry of a progress file's "done" list (None: nothing)."""
+    need = ("combination", "cells", "meta", "elapsed_s")
+    if not isinstance(e, dict) or set(e) != set(need):
+        return f"must be an object with {', '.join(need)}"
+    combo, cells, meta, elapsed = (e[k] for k in need)
+    if not isinstance(combo, list) or len(combo) != 4:
+        return f"combination must be [f, heterogeneity, lr, attack], got {combo!r}"
+    if not isinstance(meta, dict) or any(k not in meta for k in ("dataset", "model", "seeds")):
+        return "meta must be an object with dataset, model, seeds"
+    if (
+        isinstance(elapsed, bool)
+        or not isinstance(elapsed, (int, float))
+        or not 0 <= elapsed < math.inf
+    ):
+        return f"elapsed_s must be a number of seconds, got {elapsed!r}"
+    if not (
+        isinstance(cells, list)
+        and [c.get("rule") if isinstance(c, dict) else None for c in cells] == labels
+        and all(set(c) == set(_CELL_KEYS) for c in cells)
+        and all(
+            _same([c["byzantine"], c["heterogeneity"], c["lr"], c["attack"]], combo) for c in cells
+        )
+    ):
+        return f"must hold one cell per rule ({', '.join(labels)}) of {combo!r}"
+    return None
+
+
+def progress_counts(path: str) -> tuple[int, int] | None:
+    """(combinations done, combinations in the grid) of a progress file, or None when it cannot
+    be read as one (for messages only: ``load_progress`` checks it)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+        return len(d["done"]), int(d["combinations_total"])
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
 
 
 def _nan_min(values: list[Any]) -> tuple[Any, ...]:
@@ -324,10 +553,17 @@ def have_matplotlib() -> bool:
 
 
 def write_grid_outputs(
-    res: dict[str, Any], out_dir: str, plots: bool = True, prefix: str = ""
+    res: dict[str, Any],
+    out_dir: str,
+    plots: bool = True,
+    prefix: str = "",
+    *,
+    progress_file: str | None = None,
 ) -> list[Any]:
     """``{prefix}results.json`` and the heat maps into out_dir; returns the paths written.
-    Without matplotlib only the JSON is written, and a note says how to get the plots."""
+    Without matplotlib only the JSON is written, and a note says how to get the plots.
+    ``progress_file``: run_grid's progress file, removed once results.json is written (it
+    holds everything the file held); a failure to remove it is reported on stderr."""
     from .._paths import atomic_open
     from . import _clean
 
@@ -336,6 +572,15 @@ def write_grid_outputs(
     with atomic_open(path) as fh:  # creates out_dir; a failed write keeps a previous file
         fh.write(text)
     written = [path]
+    if progress_file is not None and os.path.lexists(progress_file):
+        try:
+            os.remove(progress_file)
+        except OSError as exc:
+            print(
+                f"robustness grid: could not remove the progress file {progress_file!r} "
+                f"({exc.strerror or exc}); {path} holds all it held, so it can be deleted",
+                file=sys.stderr,
+            )
     if plots:
         if not have_matplotlib():
             print(
