@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ._arrays import Stack, as_stack, check_choice, check_float, check_int
-from ._backend import core, cuda_array, cuda_available, cuda_dtype
+from ._backend import core, cuda_array, cuda_available, cuda_dtype, get_num_threads
+from ._memory import check_pspace_memory, flag_factor
 
 SCALES = ("paper", "median_norm")
 # Largest lam accepted (kFlagMaxLam in csrc/flag/flag_irls.hpp): the pair weights carry
@@ -179,6 +180,7 @@ def flag_aggregate(
     fn = "flag_aggregate"
     st = as_stack(gradients, fn)
     prm = _check_params(fn, st.p, r, lam, max_iter, eps, tol, scale, return_info)
+    check_pspace_memory(fn, "the Flag Aggregator", st.b, st.p, flag_factor(st.b, get_num_threads()))
     if st.on_cpu:
         out, d = core.flag_aggregate(st.data, prm)
     elif _native_cuda_ok(st.torch_data):
@@ -484,6 +486,8 @@ def flag_aggregate_layers(
     r_given = r
     prm = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
     rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [prm.r] * len(stacks)
+    L, p_max = len(stacks), max(st.p for st in stacks)
+    check_pspace_memory(fn, "the Flag Aggregator", L, p_max, flag_factor(L, get_num_threads()))
     if first.on_cpu:
         out, d = core.flag_aggregate_layers([st.data for st in stacks], rs, prm)
     elif _native_cuda_ok(first.torch_data) and len(set(rs)) > 1:  # one r per launch: layer by layer
