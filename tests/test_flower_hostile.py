@@ -226,6 +226,24 @@ def test_evaluate_a_node_replying_twice_is_left_out():
     assert dict(ours) == dict(FedAvg().aggregate_evaluate(1, _good_evaluations()))
 
 
+def test_evaluate_an_unreadable_reply_counts_toward_a_repeated_node(caplog):
+    # training and evaluation screen replies alike (RobustStrategy._split): a node that sends an
+    # unreadable reply and a valid one replied twice, and both are left out
+    class Unreadable:
+        metadata = metrics_reply(777, **{"num-examples": 1, "accuracy": 0.0}).metadata
+
+        def has_error(self):
+            raise RuntimeError("corrupt message")
+
+    good = _good_evaluations()
+    valid = metrics_reply(777, **{"num-examples": 10**6, "accuracy": 0.0})
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        ours = RobustStrategy("median").aggregate_evaluate(1, [*good, Unreadable(), valid])
+    assert dict(ours) == dict(FedAvg().aggregate_evaluate(1, _good_evaluations()))
+    line = log_lines(caplog, "aggregate_evaluate: round 1")
+    assert len(line) == 1 and "node 777 (replied 2 times" in line[0], line
+
+
 # ------------------------------------------------------------------------ 2. honest failures and f
 @pytest.mark.parametrize("rule", ["trimmed_mean", "meamed", "multi_krum", "cge"])
 def test_honest_crashes_do_not_lower_f(rule):

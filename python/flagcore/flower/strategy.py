@@ -7,7 +7,7 @@ import math
 import numbers
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
@@ -317,25 +317,8 @@ class RobustStrategy(FedAvg):
         finite positive weight, a non-finite value or a key set other than most replies' is
         left out and named in the log; nothing a client sends stops the run."""
         replies = list(replies)
-        sent = _sent_map(self._sent_evaluate)
-        items, out = [], []
-        for j, msg in enumerate(replies):
-            node, label = _origin(msg, j, sent)
-            try:
-                err = msg.has_error()
-                why = f"error reply ({_first_line(msg.error.reason)})" if err else ""
-            except Exception as exc:  # a reply that cannot even be inspected is just left out
-                err, why = False, f"unreadable reply ({type(exc).__name__}: {exc})"
-            if why:
-                out.append((node, label, why, not err))
-            else:
-                items.append((node, label, msg))
-        count = Counter(node for node, _, _ in items)
-        dup = {node for node, c in count.items() if c > 1}
-        if dup:
-            out += [(node, f"node {node}", _repeated(count[node]), True) for node in sorted(dup)]
-            items = [t for t in items if t[0] not in dup]
-        contents, dropped = self._screen_metrics([(label, msg) for _, label, msg in items], False)
+        rows, out = self._split(replies, self._sent_evaluate, lambda msg: (msg, ""))
+        contents, dropped = self._screen_metrics([(label, msg) for _, label, msg, _ in rows], False)
         excluded = [(label, why) for _, label, why, _ in out] + dropped
         if not contents:
             log(
@@ -362,10 +345,19 @@ class RobustStrategy(FedAvg):
 
     # ------------------------------------------------------------------ pieces
     def _screen(self, replies: list[Any], layout: Layout) -> tuple[list[Any], list[Any]]:
-        """Split replies into rows (node, label, message, views), sorted by node id, and
-        excluded (node, label, reason, faulty): faulty is False for an error reply (an honest
-        node can crash or go offline), True for a reply only a faulty node sends."""
-        sent = _sent_map(self._sent_train)
+        """Split training replies into rows (node, label, message, views), sorted by node id,
+        and excluded (node, label, reason, faulty)."""
+        return self._split(replies, self._sent_train, lambda msg: self._read(msg, layout))
+
+    @staticmethod
+    def _split(
+        replies: list[Any], sent_msgs: list[Any], read: Callable[[Any], tuple[Any, str]]
+    ) -> tuple[list[Any], list[Any]]:
+        """Split replies (training or evaluation) into rows (node, label, message, what
+        ``read`` made of it), sorted by node id, and excluded (node, label, reason, faulty):
+        faulty is False for an error reply (an honest node can crash or go offline), True for
+        a reply only a faulty node sends (unreadable, or refused by ``read``: (None, why))."""
+        sent = _sent_map(sent_msgs)
         rows, out = [], []
         for j, msg in enumerate(replies):
             node, label = _origin(msg, j, sent)
@@ -374,17 +366,18 @@ class RobustStrategy(FedAvg):
                     why = f"error reply ({_first_line(msg.error.reason)})"
                     out.append((node, label, why, False))
                     continue
-                views, why = self._read(msg, layout)
+                got, why = read(msg)
             except Exception as exc:  # a reply that cannot even be inspected is just invalid
-                views, why = None, f"unreadable reply ({type(exc).__name__}: {exc})"
+                got, why = None, f"unreadable reply ({type(exc).__name__}: {exc})"
             if why:
                 out.append((node, label, why, True))
             else:
-                rows.append((node, label, msg, views))
+                rows.append((node, label, msg, got))
         # A node answers once per round: one that replied several times (a replay, or a node
         # trying to weigh more) would get a row per reply and could take over the aggregate.
-        # Which reply is genuine cannot be told, so all of them are excluded and named. Error
-        # replies are not counted: they come from the SuperLink as often as from the node.
+        # Which reply is genuine cannot be told, so all of them are excluded and named; an
+        # invalid reply counts among them. Error replies are not counted: they come from the
+        # SuperLink as often as from the node.
         count = Counter(r[0] for r in rows)
         count.update(e[0] for e in out if e[3])
         dup = {node for node, c in count.items() if c > 1}
