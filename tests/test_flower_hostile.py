@@ -644,3 +644,40 @@ def test_attack_mod_seed_is_the_documented_one():
     s = int(np.random.SeedSequence([seed, node & 0xFFFFFFFF, node >> 32, rnd]).generate_state(1)[0])
     want = flagcore.attacks.attack("gaussian", np.zeros((1, 6)), 1, seed=s, sigma=1.0)[0]
     np.testing.assert_allclose(out.content["arrays"]["w"].numpy(), want.astype(np.float32))
+
+
+# ----------------------------------------------------------------- median_metrics (client metrics)
+def test_median_metrics_is_numpys_median_and_ignores_the_claimed_counts():
+    from flagcore.flower import median_metrics
+
+    rng = np.random.default_rng(5)
+    acc, loss = rng.uniform(0.5, 0.9, 7), rng.uniform(0.1, 2.0, (7, 3))
+    reps = [
+        metrics_reply(100 + i, **{"num-examples": 10 + i, "acc": acc[i], "loss": list(loss[i])})
+        for i in range(7)
+    ]
+    got = median_metrics([m.content for m in reps], "num-examples")
+    assert set(got) == {"acc", "loss"} and got["acc"] == np.median(acc)
+    assert got["loss"] == list(np.median(loss, axis=0))
+    # three hostile clients claiming 1e9 examples each move the median within the honest range,
+    # where the weighted average follows them
+    byz = [metrics_reply(900 + i, **{"num-examples": 1e9, "acc": 0.0, "loss": [9.0] * 3})
+           for i in range(3)]  # fmt: skip
+    s = RobustStrategy("median", evaluate_metrics_aggr_fn=median_metrics)
+    robust = s.aggregate_evaluate(1, reps + byz)
+    plain = RobustStrategy("median").aggregate_evaluate(1, reps + byz)
+    assert acc.min() <= robust["acc"] <= acc.max() and plain["acc"] < 1e-6
+
+
+def test_median_metrics_refuses_mismatched_replies():
+    from flagcore.flower import median_metrics
+
+    a = metrics_reply(1, **{"num-examples": 1, "acc": 0.5}).content
+    b = metrics_reply(2, **{"num-examples": 1, "acc": 0.5, "x": 1.0}).content
+    c = metrics_reply(3, **{"num-examples": 1, "acc": float("nan")}).content
+    with pytest.raises(ValueError, match=r"^median_metrics: records\[1\] has the metrics"):
+        median_metrics([a, b], "num-examples")
+    with pytest.raises(ValueError, match=r"^median_metrics: records\[1\] has a non-finite value"):
+        median_metrics([a, c], "num-examples")
+    with pytest.raises(ValueError, match=r"^median_metrics: records must be a non-empty list"):
+        median_metrics([], "num-examples")

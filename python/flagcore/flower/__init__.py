@@ -9,7 +9,9 @@
 ``RobustStrategy`` is Flower's message-API ``FedAvg`` with ``aggregate_train`` done by any rule
 of ``flagcore.aggregate`` but "monna" and "fltrust" (they trust a worker or a server gradient
 the strategy cannot name), and hostile or broken replies screened out of training and
-evaluation; ``attack_mod`` is a client ``Mod`` running a ``flagcore.attacks`` attack. Needs
+evaluation; ``attack_mod`` is a client ``Mod`` running a ``flagcore.attacks`` attack;
+``median_metrics`` aggregates client metrics by their median, not weighted by the counts the
+clients report. Needs
 ``pip install 'flagcore[flower]'`` (flwr, pinned to the tested release).
 ``import flagcore`` never imports this module or flwr.
 """
@@ -23,7 +25,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without flwr
         "flagcore.flower needs Flower: pip install 'flagcore[flower]' (flwr==1.42.0)"
     ) from exc
 
+from .metrics import median_metrics
 from .mods import SAMPLE_KEY, attack_mod
 from .strategy import RobustStrategy
 
-__all__ = ["SAMPLE_KEY", "RobustStrategy", "attack_mod"]
+__all__ = ["SAMPLE_KEY", "RobustStrategy", "attack_mod", "median_metrics"]
