@@ -140,6 +140,26 @@ def test_seeds_make_runs_reproducible():
     assert _curves(a) != _curves(c)
 
 
+def test_the_run_seed_seeds_the_rules_draws_unless_the_spec_sets_one(monkeypatch):
+    # a config's seeds must vary every random choice of a run, the rule's draws included
+    # (bucketing drew the same buckets for every seed when the rule kept its default seed 0)
+    from flagcore.experiments import harness
+
+    seen = []
+    real = harness.make_rule
+
+    def spy(name, **kw):
+        rule = real(name, **kw)
+        seen.append((name, rule.seed))
+        return rule
+
+    monkeypatch.setattr(harness, "make_rule", spy)
+    kw = dict(FAST, attack="random", seeds=2)
+    run_robustness(rules=["median[pre=bucketing]", "dnc[seed=11]"], seed=3, **kw)
+    runs = seen[-4:]  # the 4 training runs (2 rules x 2 seeds), after the checks
+    assert sorted(runs) == [("dnc", 11), ("dnc", 11), ("median", 3), ("median", 4)]
+
+
 def test_data_attack_is_reproducible_and_recorded():
     kw = dict(FAST, rules=["median"], attack="distorted", byzantine=3, seeds=1)
     a = run_robustness(**kw)

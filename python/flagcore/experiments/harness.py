@@ -7,7 +7,8 @@ replace theirs with an attack from ``flagcore.attacks`` or train honestly on a d
 (label flipping, warps, noise, shuffled labels); the server aggregates the stack with one rule
 (built once per run with ``flagcore.rules.make_rule`` and reused every step) and steps SGD with
 momentum and weight decay (the FA paper's optimiser). Each (rule, seed) run starts from the same
-initial model and draws the same mini-batches and attack seeds.
+initial model and draws the same mini-batches and attack seeds; the run's seed also seeds the
+rule's own draws (bucketing, dnc, signguard) unless the rule spec gives a seed.
 
 Byzantine workers are the last f (indices p - f .. p - 1); results say so. Adaptive attacks
 (``flagcore.attacks.ADAPTIVE_ATTACKS``) target the rule under test: the attacker gets its own
@@ -609,7 +610,9 @@ def _train_one(
     honest = [w for w in range(p) if w not in set(byz)]
     honest_idx = torch.tensor(honest, device=dev)
     is_flag = spec.name == "flag"
-    rule = make_rule(spec.name, _fn="robustness", **params)  # built once, reused every step
+    # built once, reused every step; the run's seed seeds its draws (bucketing, dnc, signguard)
+    # unless the rule spec sets one, so the seeds of a config vary them too
+    rule = make_rule(spec.name, _fn="robustness", **{"seed": seed, **params})
     attack_kw = _attack_kwargs(cfg, spec, params) if grad_attack else {}
     equal = bool((sizes == m).all())
     short = sizes < B  # shards smaller than a batch: drawn with replacement
