@@ -11,6 +11,19 @@ of their gradients. --mode ddp uses DistributedDataParallel with flagcore's comm
 own); --mode ps uses flagcore's synchronous parameter server (rank 0
 aggregates the whole flattened gradient). Compare --rule mean (breaks) with --rule median or
 --rule flag (trains). CPU processes use gloo; with one GPU per process, NCCL.
+
+--checkpoint DIR saves each rank's model, optimizer, data stream and robust aggregation state
+(``state_dict()`` of the hook or the parameter server) to DIR/rank<r>.pt every
+--checkpoint-every steps and at the end (written to a temporary file, then renamed), and a
+start that finds them resumes from there. With torchrun's restarts a rank that fails (a
+RankFailureError ends every process) is restarted with the others and they go on from the last
+checkpoint:
+
+    torchrun --standalone --nproc_per_node=4 --max-restarts=3 \
+        examples/train_ddp_byzantine.py --mode ps --checkpoint ckpt --checkpoint-every 50
+
+The parameter server resumes bit for bit; the DDP hook does for coordinate-wise rules
+without a drawing attack (see docs/distributed.md, "Checkpoint and resume").
 """
 
 from __future__ import annotations
@@ -80,7 +93,43 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--checkpoint", default=None, metavar="DIR", help="save to / resume from DIR/rank<r>.pt"
+    )
+    ap.add_argument("--checkpoint-every", type=int, default=50, metavar="K")
     return ap
+
+
+def checkpoint_path(directory: str, rank: int) -> str:
+    """DIR/rank<r>.pt, the directory created and checked writable before any training."""
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise SystemExit(f"--checkpoint {directory!r}: the directory is not writable")
+    return os.path.join(directory, f"rank{rank}.pt")
+
+
+def save(path: str, step: int, model, opt, agg, gen: torch.Generator) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "agg": agg.state_dict(),
+            "data": gen.get_state(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)  # a crash while writing keeps the previous checkpoint
+
+
+def agree(value: int, device: torch.device) -> tuple[int, int]:
+    """(min, max) of an int over the ranks."""
+    lo = torch.tensor([value], device=device)
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return int(lo.item()), int(hi.item())
 
 
 def batch(gen: torch.Generator, centers: torch.Tensor, n: int, device: torch.device) -> tuple:
@@ -153,6 +202,25 @@ def main() -> None:
         )
         stats = ps.stats
 
+    agg = state if args.mode == "ddp" else ps
+    path = checkpoint_path(args.checkpoint, rank) if args.checkpoint else None
+    first = 1
+    if path is not None:
+        ck = torch.load(path, map_location=device) if os.path.exists(path) else None
+        lo, hi = agree(ck["step"] if ck else 0, device)
+        if lo != hi:
+            raise SystemExit(
+                f"rank {rank}: the ranks' checkpoints in {args.checkpoint!r} are of steps "
+                f"{lo} to {hi}; every rank must resume from the same step"
+            )
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            agg.load_state_dict(ck["agg"])
+            gen.set_state(ck["data"])
+            first = ck["step"] + 1
+            if rank == 0:
+                print(f"resumed from {args.checkpoint}/rank*.pt at step {ck['step']}", flush=True)
     if rank == 0:
         shown = args.rule + (f" {rule_params}" if rule_params else "")
         print(
@@ -161,7 +229,7 @@ def main() -> None:
             flush=True,
         )
     t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    for step in range(first, args.steps + 1):
         x, y = batch(gen, centers, args.batch, device)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x), y)
@@ -180,6 +248,8 @@ def main() -> None:
                 f"test accuracy {acc:6.3f}",
                 flush=True,
             )
+        if path is not None and (step % args.checkpoint_every == 0 or step == args.steps):
+            save(path, step, model, opt, agg, gen)
     wall = time.perf_counter() - t0
     digest = assert_replicas_identical(model)
     if rank == 0:

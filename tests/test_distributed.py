@@ -190,6 +190,35 @@ def test_example_runs_under_torchrun(tmp_path: Path, mode: str) -> None:
     assert "replicas bitwise identical on all 4 ranks" in out.stdout
 
 
+def test_example_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path) -> None:
+    # 8 steps straight against 4 steps with checkpoints, then a new launch that resumes from
+    # them and takes the other 4: the same final parameters (the digest the example prints).
+    # The parameter server with FA and a drawing attack (the hook's resume: test_rules_state.py)
+    args = ["--mode", "ps", "--rule", "flag", "--attack", "random"]
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_ddp_byzantine.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", FLAGCORE_NUM_THREADS="1")
+
+    def run(*extra: str) -> str:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=4", str(example), *args, "--log-every", "100", *extra]  # fmt: skip
+        try:
+            out = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path
+            )
+        except subprocess.TimeoutExpired as exc:  # pragma: no cover - a hang
+            pytest.fail(f"example hung: {exc}")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+
+    digest = re.compile(r"sha256 ([0-9a-f]{16})")
+    straight = digest.findall(run("--steps", "8"))
+    first = run("--steps", "4", "--checkpoint", "ck", "--checkpoint-every", "2")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [f"rank{r}.pt" for r in range(4)]
+    resumed = run("--steps", "8", "--checkpoint", "ck")
+    assert "resumed from ck/rank*.pt at step 4" in resumed
+    assert digest.findall(resumed) == straight and digest.findall(first) != straight
+
+
 # -- single-process checks (a world of one, in this process) ---------------------------------
 
 
