@@ -4,6 +4,8 @@ train replies, error replies, the reference update stack. Import it after
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 from flwr.app import (
     Array,
@@ -78,3 +80,27 @@ def strategy_with(rule: str, g: dict, **kw) -> RobustStrategy:
 
 def flat(arrays: ArrayRecord, keys) -> np.ndarray:
     return np.concatenate([arrays[k].numpy().ravel() for k in keys])
+
+
+class FakeGrid:
+    """Enough of flwr's Grid for Strategy.start. Like Flower's grids it sets each message's id
+    when it pushes it, on the message object itself, and replies carry reply_to_message_id.
+    clients: node id -> fn(message) -> RecordDict | Error | None (None: the node never answers)."""
+
+    def __init__(self, clients: dict):
+        self.clients = clients
+
+    def get_node_ids(self):
+        return list(self.clients)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as InMemoryGrid.push_messages
+            node = m.metadata.dst_node_id
+            res = self.clients[node](m)
+            if res is None:
+                continue
+            md = _md(node, m.metadata.message_type, reply_to=m.metadata.message_id)
+            out.append(Message(res, metadata=md))
+        return out

@@ -29,6 +29,7 @@ from flwr.app import (  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
 from _flower_msgs import (  # noqa: E402
+    FakeGrid,
     _md,
     _record,
     error_reply,
@@ -77,30 +78,6 @@ def shifted(node: int, g: dict, by: float) -> Message:
 
 def log_lines(caplog, fragment: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if fragment in r.getMessage()]
-
-
-class FakeGrid:
-    """Enough of flwr's Grid for Strategy.start. Like Flower's grids it sets each message's id
-    when it pushes it, on the message object itself, and replies carry reply_to_message_id.
-    clients: node id -> fn(message) -> RecordDict | Error | None (None: the node never answers)."""
-
-    def __init__(self, clients: dict):
-        self.clients = clients
-
-    def get_node_ids(self):
-        return list(self.clients)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        out = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as InMemoryGrid.push_messages
-            node = m.metadata.dst_node_id
-            res = self.clients[node](m)
-            if res is None:
-                continue
-            md = _md(node, m.metadata.message_type, reply_to=m.metadata.message_id)
-            out.append(Message(res, metadata=md))
-        return out
 
 
 def honest_client(seed: int, delta: float = 0.01):
