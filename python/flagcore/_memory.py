@@ -3,13 +3,8 @@ Flag Aggregator build grow as p^2 (12.8 GB each at p = 40000), and an allocation
 lazily then ends in the OOM killer, not a MemoryError. So a call whose estimated peak exceeds
 the memory available to this process (MemAvailable, and the cgroup's limit in a container) is
 refused with a MemoryError naming the function, p and both amounts, before anything is
-allocated. ``FLAGCORE_MEMORY_CHECK=0`` turns the check off (the estimate is a model, see below).
-
-The estimates are peak resident memory over (b p^2 8 bytes), measured (2 threads, p = 3000,
-n = 2, one process per case, ru_maxrss before and after the call):
-``PYTHONPATH=... python mem.py RULE 3000 "{params}"`` (the script is in the session record of
-2026-12-05). Pre-aggregation steps add theirs (an over-estimate by up to ~30 %: steps and rule
-share the Gram).
+allocated. ``FLAGCORE_MEMORY_CHECK=0`` (or false/no/off) turns the check off: the estimate is a
+model (below), and it does not count work the data's size n adds (dnc's sampled columns).
 """
 
 from __future__ import annotations
@@ -17,96 +12,185 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-# peak / (p^2 * 8 bytes) of one problem, per rule (0: no p-space matrix: coordinate rules)
-RULE_FACTORS = {
+# The model, in float64 (p, p) matrices (p^2 * 8 bytes), fitted to peaks measured (2 threads,
+# n = 2, fresh processes, VmHWM; p = 1500-6000, b = 1 and 8, layers of p = 4096): the Gram of
+# every problem (1 each), each pre-aggregation step's matrices (per problem), and the rule's
+# other temporaries once per call (it runs the problems one after the other) on the rows it
+# sees (after bucketing).
+# RULE_EXTRA: the rule's temporaries besides the Gram (0: no p-space work at all)
+RULE_EXTRA = {
     "mean": 0.0,
     "median": 0.0,
     "trimmed_mean": 0.0,
     "meamed": 0.0,
     "phocas": 0.0,
-    "krum": 2.2,
-    "multi_krum": 2.2,
-    "geometric_median": 2.2,
-    "centered_clipping": 2.2,
-    "bulyan": 3.2,
-    "monna": 3.2,
-    "cge": 3.0,
-    "dnc": 3.2,
-    "mda": 5.2,
-    "smea": 5.2,
-    "fltrust": 6.0,
-    "caf": 7.2,
-    "clipped_clustering": 7.3,
-    "signguard": 10.1,
-    "flag": 11.0,
+    "krum": 1.2,
+    "multi_krum": 1.2,
+    "geometric_median": 1.2,
+    "centered_clipping": 1.2,
+    "bulyan": 2.2,
+    "monna": 2.2,
+    "cge": 2.0,
+    "dnc": 2.2,
+    "mda": 4.2,
+    "smea": 4.2,
+    "fltrust": 5.0,
+    "caf": 6.2,
+    "clipped_clustering": 6.3,
+    "signguard": 9.1,
+    "flag": 0.0,  # flag_factor
 }
-# what a pre-aggregation step adds (clipping and arc: measured with the mean)
-PRE_FACTORS = {"bucketing": 3.1, "nnm": 5.2, "clipping": 5.1, "arc": 5.1}
-# the Flag Aggregator over b problems (a batch or layers): about 3.4 per problem plus the
-# eigensolver's work space of the problems solved at once (2 threads: 11.0 for b = 1, 5.3 per
-# problem for b = 4 and 3.5 for 8 layers of p = 1500)
-FLAG_PER_PROBLEM, FLAG_PER_THREAD, FLAG_FIXED = 3.4, 4.0, 4.0
+COORDINATE = frozenset(k for k, v in RULE_EXTRA.items() if v == 0.0 and k != "flag")
+# what a pre-aggregation step adds per problem besides the Gram (clipping and arc: measured
+# with the mean)
+PRE_EXTRA = {"bucketing": 2.1, "nnm": 4.2, "clipping": 4.1, "arc": 4.1}
+# the Flag Aggregator: 1 per problem (its Gram) + 9 per problem solved at once (the
+# eigensolver's work space; up to the thread count) + 1 (b = 1: 11, as measured)
+FLAG_PER_SOLVE, FLAG_FIXED = 9.0, 1.0
+# below this the check is skipped (it reads /proc): far less than any machine's headroom
+MIN_CHECKED = 64 << 20
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _cgroup_room(d: str, limit_f: str, usage_f: str, inactive_key: str) -> int | None:
+    """limit - (usage - inactive file cache) of one cgroup directory, None if unlimited or
+    unreadable (page cache the kernel can reclaim does not count as used)."""
+    limit, usage = _read(os.path.join(d, limit_f)), _read(os.path.join(d, usage_f))
+    if limit is None or usage is None or limit.strip() == "max":
+        return None
+    try:
+        lim, used = int(limit), int(usage)
+    except ValueError:
+        return None
+    if lim >= 1 << 60:  # cgroup v1's "unlimited" (a page-rounded 2^63 - 1)
+        return None
+    inactive = 0
+    for line in (_read(os.path.join(d, "memory.stat")) or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == inactive_key and value.strip().isdigit():
+            inactive = int(value)
+    return max(lim - max(used - inactive, 0), 0)
+
+
+def _cgroup_headroom() -> int | None:
+    """The least headroom over this process's memory cgroup and its ancestors, cgroup v2 and
+    v1 (/proc/self/cgroup names them; a namespaced container sees its own as the root)."""
+    text = _read("/proc/self/cgroup")
+    if text is None:
+        return None
+    best = None
+    for line in text.splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if hid == "0" and ctrls == "":
+            base, files = "/sys/fs/cgroup", ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in ctrls.split(","):
+            base = "/sys/fs/cgroup/memory"
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        parts = [q for q in path.split("/") if q and q != ".."]
+        for k in range(len(parts), -1, -1):
+            room = _cgroup_room(os.path.join(base, *parts[:k]), *files)
+            if room is not None:
+                best = room if best is None else min(best, room)
+    return best
 
 
 def available_bytes() -> int | None:
     """Memory this process may still take: /proc/meminfo's MemAvailable, lowered to the
-    cgroup v2 limit's headroom (memory.max - memory.current) in a container; None where
-    neither can be read (other systems: no check)."""
+    headroom of its memory cgroup and their ancestors (v2 or v1; a container's or a batch
+    job's limit); None where neither can be read (other systems: no check)."""
     avail = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        return None
-    try:
-        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
-            limit = fh.read().strip()
-        if limit != "max":
-            with open("/sys/fs/cgroup/memory.current", encoding="ascii") as fh:
-                used = int(fh.read().strip())
-            room = max(int(limit) - used, 0)
-            avail = room if avail is None else min(avail, room)
-    except (OSError, ValueError):
-        pass
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            try:
+                avail = int(line.split()[1]) * 1024
+            except (IndexError, ValueError):
+                avail = None
+            break
+    room = _cgroup_headroom()
+    if room is not None:
+        avail = room if avail is None else min(avail, room)
     return avail
 
 
 def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.1f} GiB"
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
-def check_pspace_memory(fn: str, what: str, b: int, p: int, factor: float) -> None:
-    """Raise MemoryError (naming fn, what, p and the amounts) when ``factor`` (p, p) float64
-    matrices per problem, b problems, exceed the memory available."""
-    if factor <= 0 or os.environ.get("FLAGCORE_MEMORY_CHECK", "1") == "0":
-        return
-    need = factor * b * p * p * 8.0
-    if need < 2**30:  # below 1 GiB: not worth reading /proc
+def _enabled() -> bool:
+    v = os.environ.get("FLAGCORE_MEMORY_CHECK", "1").strip().lower()
+    return v not in ("0", "false", "no", "off")
+
+
+def check_memory(fn: str, what: str, need_bytes: float, advice: str) -> None:
+    """Raise MemoryError (naming fn, what and the amounts) when need_bytes exceed the memory
+    available to this process."""
+    if need_bytes < MIN_CHECKED or not _enabled():
         return
     avail = available_bytes()
-    if avail is not None and need > avail:
-        problems = "" if b == 1 else f" for {b} problems"
+    if avail is not None and need_bytes > avail:
         raise MemoryError(
-            f"{fn}: {what} at p = {p} needs about {_gib(need)}{problems} (the equivalent of "
-            f"{factor:.1f} float64 (p, p) matrices per problem, estimated), more than the "
-            f"{_gib(avail)} available; use fewer workers per call, a rule without p x p "
-            f"matrices (mean, median, trimmed_mean, meamed, phocas) or a machine with more "
-            f"memory (FLAGCORE_MEMORY_CHECK=0 skips this estimate)"
+            f"{fn}: {what} needs about {_gib(need_bytes)} (estimated), more than the "
+            f"{_gib(avail)} available; {advice} (FLAGCORE_MEMORY_CHECK=0 skips this estimate)"
         )
 
 
-def rule_factor(name: str, pre: Sequence[object]) -> float:
-    """The estimate for a rule and its pre-aggregation steps (names, or clipping objects)."""
-    total = RULE_FACTORS.get(name, 0.0)
-    for s in pre:
-        key = s if isinstance(s, str) else getattr(s, "name", "clipping")
-        total += PRE_FACTORS.get(str(key), 5.1)
-    return total
+def _mat(p: int) -> float:
+    return float(p) * float(p) * 8.0
 
 
-def flag_factor(b: int, threads: int) -> float:
-    """Per problem, for the Flag Aggregator over b problems on ``threads`` threads."""
-    return FLAG_PER_PROBLEM + (FLAG_PER_THREAD * min(b, threads) + FLAG_FIXED) / b
+def flag_need(sizes: Sequence[int], threads: int) -> float:
+    """Bytes for the Flag Aggregator over problems of sizes p_l (a batch: b equal ones)."""
+    pm = max(sizes)
+    solves = min(len(sizes), max(threads, 1))
+    return sum(_mat(p) for p in sizes) + (FLAG_PER_SOLVE * solves + FLAG_FIXED) * _mat(pm)
+
+
+def rule_need(name: str, pre: Sequence[object], b: int, p: int, p_rule: int, threads: int) -> float:
+    """Bytes for rule ``name`` after the steps ``pre`` on b problems of p rows (p_rule rows
+    after the steps: what the Flag Aggregator solves on; the other rules' temporaries are
+    counted at p, which their mixing with the steps' (p', p) matrices comes to)."""
+    steps = _step_names(pre)
+    if not steps and name in COORDINATE:
+        return 0.0
+    pre_part = b * _mat(p) * (1.0 + sum(PRE_EXTRA.get(s, 4.2) for s in steps))
+    if name == "flag":
+        return (pre_part if steps else 0.0) + flag_need([p_rule] * b, threads)
+    return pre_part + RULE_EXTRA.get(name, 0.0) * _mat(p)
+
+
+def _step_names(pre: Sequence[object]) -> list[str]:
+    return [s if isinstance(s, str) else str(getattr(s, "name", "clipping")) for s in pre]
+
+
+def check_rule_memory(
+    fn: str,
+    rule: str,
+    pre: Sequence[object],
+    b: int,
+    p: int,
+    p_rule: int,
+    threads: int,
+    label: str | None = None,
+) -> None:
+    """check_memory for a rule call; the message names the rule and its pre steps (or
+    ``label``)."""
+    need = rule_need(rule, pre, b, p, p_rule, threads)
+    steps = _step_names(pre)
+    what = label or (f"rule {rule!r}" + (f" with pre={steps}" if steps else ""))
+    what += f" at p = {p}" + (f" on {b} problems" if b > 1 else "")
+    advice = (
+        "aggregate fewer workers (or problems) per call, a rule and pre-aggregation without "
+        "p x p matrices (mean, median, trimmed_mean, meamed, phocas without pre), or a machine "
+        "with more memory"
+    )
+    check_memory(fn, what, need, advice)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._arrays import Stack, as_stack, check_choice, check_float, check_int
 from ._backend import core, cuda_array, cuda_available, cuda_dtype, get_num_threads
-from ._memory import check_pspace_memory, flag_factor
+from ._memory import check_memory, flag_need
 
 SCALES = ("paper", "median_norm")
 # Largest lam accepted (kFlagMaxLam in csrc/flag/flag_irls.hpp): the pair weights carry
@@ -180,7 +180,8 @@ def flag_aggregate(
     fn = "flag_aggregate"
     st = as_stack(gradients, fn)
     prm = _check_params(fn, st.p, r, lam, max_iter, eps, tol, scale, return_info)
-    check_pspace_memory(fn, "the Flag Aggregator", st.b, st.p, flag_factor(st.b, get_num_threads()))
+    if st.on_cpu or not _native_cuda_ok(st.torch_data):  # the native CUDA path: on the GPU
+        _check_flag_memory(fn, [st.p] * st.b, "problems")
     if st.on_cpu:
         out, d = core.flag_aggregate(st.data, prm)
     elif _native_cuda_ok(st.torch_data):
@@ -191,6 +192,17 @@ def flag_aggregate(
     if return_info:
         return agg, FlagInfo._from_native(d, st.batched)
     return agg
+
+
+def _check_flag_memory(fn: str, sizes: list[int], unit: str) -> None:
+    """The host memory check (flagcore._memory) for FA over problems (a batch) or layers of
+    these sizes."""
+    p = max(sizes)
+    what = f"the Flag Aggregator at p = {p}" + (
+        f" on {len(sizes)} {unit}" if len(sizes) > 1 else ""
+    )
+    advice = f"aggregate fewer workers (or {unit}) per call, or use a machine with more memory"
+    check_memory(fn, what, flag_need(sizes, get_num_threads()), advice)
 
 
 def _flag_aggregate_torch(st: Stack, prm: Any) -> tuple[Any, dict[str, Any]]:
@@ -486,8 +498,8 @@ def flag_aggregate_layers(
     r_given = r
     prm = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
     rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [prm.r] * len(stacks)
-    L, p_max = len(stacks), max(st.p for st in stacks)
-    check_pspace_memory(fn, "the Flag Aggregator", L, p_max, flag_factor(L, get_num_threads()))
+    if first.on_cpu or not _native_cuda_ok(first.torch_data):
+        _check_flag_memory(fn, [st.p for st in stacks], "layers")
     if first.on_cpu:
         out, d = core.flag_aggregate_layers([st.data for st in stacks], rs, prm)
     elif _native_cuda_ok(first.torch_data) and len(set(rs)) > 1:  # one r per launch: layer by layer

@@ -81,7 +81,7 @@ import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
 from .._backend import get_num_threads, is_torch_tensor
-from .._memory import check_pspace_memory, flag_factor, rule_factor
+from .._memory import check_rule_memory
 from ..flag import FlagInfo, flag_aggregate
 from ..flag import _check_params as _check_flag_params
 from . import clustering as _clu
@@ -329,12 +329,12 @@ class Rule:
         if not isinstance(return_info, bool):
             raise TypeError(f"{fn}: return_info must be a bool, got {return_info!r}")
         st = as_stack(gradients, fn)
-        factor = rule_factor("" if self.name == "flag" else self.name, self.pre)
-        if self.name == "flag":
-            factor += flag_factor(st.b, get_num_threads())
-        check_pspace_memory(fn, f"rule {self.name!r}", st.b, st.p, factor)
         # each "nnm" step is checked on the rows it sees (after the bucketing steps before it)
-        self._check(check_pre_rows(fn, self.pre, st.p, self.f, self.bucket_size))
+        rows = check_pre_rows(fn, self.pre, st.p, self.f, self.bucket_size)
+        self._check(rows)
+        # then the memory the p-space work needs (the Flag Aggregator on a GPU: its own check)
+        if st.on_cpu or self.name != "flag" or self.pre:
+            check_rule_memory(fn, self.name, self.pre, st.b, st.p, rows, get_num_threads())
         src = build_source(st, self.f, self.pre, self.bucket_size, cast(Any, _LazyRng(self)))
         out, d = self._run(src)
         agg = st.restore(out)

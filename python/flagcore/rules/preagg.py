@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .._arrays import Stack, as_stack, check_int
-from .._backend import core
+from .._backend import core, get_num_threads
+from .._memory import check_rule_memory
 from ._source import Source, _zero_excluded, mix_matrix, mixed_gram, stack_gram
 
 PRE_STEPS = ("nnm", "bucketing")
@@ -137,6 +138,7 @@ def nnm(gradients: Any, f: int) -> Any:
     f = check_int(f, fn, "f", low=0)
     if not st.p > 2 * f:
         raise ValueError(f"{fn}: needs p > 2f, got p = {st.p}, f = {f}")
+    check_rule_memory(fn, "mean", ("nnm",), st.b, st.p, st.p, get_num_threads(), label="nnm")
     src = build_source(st, f, ("nnm",), 1, np.random.default_rng(0))
     return _restore_rows(st, src.rows())
 
@@ -147,6 +149,9 @@ def bucketing(gradients: Any, bucket_size: int, *, seed: int = 0) -> Any:
     fn = "bucketing"
     st = as_stack(gradients, fn)
     s = check_int(bucket_size, fn, "bucket_size", low=1)
+    check_rule_memory(
+        fn, "mean", ("bucketing",), st.b, st.p, st.p, get_num_threads(), label="bucketing"
+    )
     src = build_source(
         st, 0, ("bucketing",), s, np.random.default_rng(check_int(seed, fn, "seed", low=0))
     )
