@@ -189,6 +189,26 @@ def test_other_files_in_out_are_no_earlier_results(tmp_path):
     assert _paths.check_output_dir(str(tmp_path), "f", refuse_existing=True) == str(tmp_path)
 
 
+def test_an_interrupted_grids_progress_is_refused_and_no_recorded_output(tmp_path, capsys):
+    """grid_progress.json is an interrupted grid: refused without --force, by every command
+    with an --out (its message says --resume continues the grid); it is written with
+    record=False, so a --force run that wrote only it leaves the earlier run's files."""
+    (tmp_path / _paths.GRID_PROGRESS_FILE).write_text("{}")
+    with pytest.raises(ValueError, match=r"holds an interrupted robustness grid's progress "):
+        _paths.check_output_dir(str(tmp_path), "f", refuse_existing=True)
+    rc = cli.main([*_SWEEP, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "(grid_progress.json); continue that grid with its command plus" in err
+    assert "--resume" in err and "add --force to discard it" in err
+    _paths.begin_outputs()
+    with _paths.atomic_open(str(tmp_path / "p.json"), record=False) as fh:
+        fh.write("x")
+    with _paths.atomic_open(str(tmp_path / "r.json")) as fh:
+        fh.write("x")
+    assert _paths.written_outputs() == {os.path.realpath(tmp_path / "r.json")}
+    assert (tmp_path / "p.json").read_text() == "x"
+
+
 def test_force_leaves_one_run_in_the_folder(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "o"

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shlex
+import sys
 
 import numpy as np
 import pytest
@@ -501,6 +502,7 @@ def test_an_interrupted_grid_resumes_to_the_uninterrupted_results(tmp_path, caps
     # Ctrl-C while the second combination trains: the first is kept, the hint says how to go on
     calls = _count_runs(monkeypatch, interrupt_at=2)
     capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/flagcore"])  # started as the console script
     assert cli.main(_grid_argv(cfg, out)) == 130
     hint = shlex.join(["flagcore", *_grid_argv(cfg, out, "--resume")])
     assert capsys.readouterr().err == (
@@ -579,6 +581,123 @@ def test_resume_and_the_progress_file_are_checked_before_the_work(tmp_path, caps
     assert f"--force: discarded the interrupted grid's progress {progress}: 1 of 4" in text
     assert _strict_load(out / "results.json")["resumed_combinations"] == 0
     assert not progress.exists()
+
+
+def test_an_interrupted_forced_grid_keeps_the_earlier_run_and_resumes_as_hinted(
+    tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C in a --force grid over a finished run's folder, after combination 1: the progress
+    file is no result, so the earlier run's files stay (nothing of theirs was replaced); the hint
+    (python -m flagcore here, absolute paths) works as printed, from another folder, and the
+    resumed grid replaces the earlier files when it finishes, as --force does."""
+    cfg = tmp_path / "g.json"
+    cfg.write_text(json.dumps(RESUMABLE))
+    out = tmp_path / "o"
+    progress = out / xgrid.PROGRESS_FILE
+    assert cli.main(_grid_argv(cfg, out)) == 0
+    (out / "heatmap_old.png").write_text("old")  # a plot of the earlier run
+    earlier = (out / "results.json").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [os.path.join("pkg", "flagcore", "__main__.py")])
+    calls = _count_runs(monkeypatch, interrupt_at=2)
+    capsys.readouterr()
+    assert cli.main(_grid_argv("g.json", "o", "--force")) == 130  # relative paths
+    cap = capsys.readouterr()
+    assert calls == COMBOS[:2] and "removed" not in cap.out, cap.out
+    assert sorted(os.listdir(out)) == ["grid_progress.json", "heatmap_old.png", "results.json"]
+    assert (out / "results.json").read_text() == earlier
+    hint = cap.err.split("continue with: ")[1].split("\n")[0]
+    argv = shlex.split(hint)
+    assert argv[:3] == [sys.executable, "-m", "flagcore"]
+    assert argv[3:] == [*_grid_argv(cfg, out), "--resume"]  # absolute paths
+    # the folder holds the earlier results.json too: --resume does not refuse it
+    monkeypatch.chdir(out)
+    calls = _count_runs(monkeypatch)
+    assert cli.main(argv[3:]) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert calls == COMBOS[1:]
+    assert f"the earlier run's heatmap_old.png, results.json in {out} will be replaced" in text
+    assert "--force: removed the earlier run's heatmap_old.png" in text
+    assert sorted(os.listdir(out)) == ["results.json"]
+    assert _strict_load(out / "results.json")["resumed_combinations"] == 1
+    assert not progress.exists()
+
+
+def test_a_single_run_or_demo_refuses_an_interrupted_grids_folder(tmp_path, capsys, monkeypatch):
+    import flagcore.demo as demo
+    import flagcore.experiments as experiments
+
+    out = tmp_path / "o"
+    out.mkdir()
+    g = xgrid.grid_from_dict(RESUMABLE)
+    xgrid._write_progress(str(out / xgrid.PROGRESS_FILE), g, [_progress_entry(COMBOS[0])])
+    before = (out / xgrid.PROGRESS_FILE).read_text()
+
+    def started(*a, **k):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(demo, "robustness_part", started)
+    monkeypatch.setattr(experiments, "run_robustness", started)
+    for argv, where in (
+        (["demo"], "flagcore demo"),
+        ([*tiny_robustness_argv(), "--no-progress"], "flagcore robustness"),
+    ):
+        assert cli.main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"{where}: error: --out {str(out)!r} holds an interrupted robustness grid's progress "
+            "(grid_progress.json); continue that grid with its command plus --resume "
+            f"(flagcore robustness --grid CONFIG.json --out {out} --resume), add --force to "
+            "discard it, or choose another folder"
+        ), err
+    (out / "results.json").write_text("{}")  # and an earlier run's results: both are named
+    assert cli.main(["demo", "--out", str(out)]) == 2
+    assert "(grid_progress.json, and an earlier run's results.json)" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["grid_progress.json", "results.json"]
+    assert (out / xgrid.PROGRESS_FILE).read_text() == before
+    # a grid run gets the grid's own answer (the combinations done; --resume continues it)
+    cfg = tmp_path / "g.json"
+    cfg.write_text(json.dumps(RESUMABLE))
+    assert cli.main(_grid_argv(cfg, out)) == 2
+    assert "holds an interrupted grid's progress (grid_progress.json: 1 of 4 combinations " in (
+        capsys.readouterr().err
+    )
+    # --force discards it: the run's outputs replace the interrupted grid
+    monkeypatch.setattr(experiments, "run_robustness", run_robustness)
+    single = [*tiny_robustness_argv(), "--no-progress", "--no-plots"]
+    assert cli.main([*single, "--out", str(out), "--force"]) == 0
+    assert "--force: removed the earlier run's grid_progress.json" in capsys.readouterr().out
+    assert os.listdir(out) == ["results.json"]
+    # --resume where there is no progress: that is the answer, not "add --force"
+    assert cli.main(_grid_argv(cfg, out, "--resume")) == 2
+    assert "error: --resume: there is no progress file" in capsys.readouterr().err
+    assert os.listdir(out) == ["results.json"]
+
+
+def test_a_progress_file_of_another_flagcore_version_is_refused(tmp_path, capsys, monkeypatch):
+    from flagcore import __version__
+
+    cfg = tmp_path / "g.json"
+    cfg.write_text(json.dumps(RESUMABLE))
+    out = tmp_path / "o"
+    progress = out / xgrid.PROGRESS_FILE
+    xgrid._write_progress(str(progress), xgrid.grid_from_dict(RESUMABLE), [])
+    assert _strict_load(progress)["flagcore"] == __version__
+    doc = _strict_load(progress)
+    progress.write_text(json.dumps(dict(doc, flagcore="0.0.1")))
+    calls = _count_runs(monkeypatch)
+    assert cli.main(_grid_argv(cfg, out, "--resume")) == 2
+    assert capsys.readouterr().err == (
+        f"flagcore robustness: error: --resume: {str(progress)!r} was written by flagcore 0.0.1, "
+        f"this is flagcore {__version__} (the runs of one grid come from one version): finish "
+        "that grid with flagcore 0.0.1; to start the grid over instead, drop --resume and add "
+        "--force\n"
+    )
+    del doc["flagcore"]
+    progress.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="by a flagcore of unknown version, this is flagcore"):
+        xgrid.load_progress(str(progress), xgrid.grid_from_dict(RESUMABLE), "where")
+    assert calls == []
 
 
 def _progress_entry(combo, rules=("mean", "median"), **cell):

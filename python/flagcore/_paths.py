@@ -16,7 +16,13 @@ same folder, flushed and fsynced, then renamed over the final name. A write that
 disk, Ctrl-C) removes the temporary file, leaves any previous file untouched and raises
 ``OutputWriteError``, whose message names the path. The paths written are recorded
 (``begin_outputs`` / ``written_outputs``) so that ``remove_stale_outputs`` can clear, after a
-``--force`` run succeeded, the earlier run's files that this run did not rewrite.
+``--force`` run succeeded, the earlier run's files that this run did not rewrite. A run's
+bookkeeping (a grid's progress file) is written with ``record=False``: it is not a result, so a
+``--force`` run interrupted after writing only that removes none of the earlier run's files.
+
+A robustness grid's progress file (``GRID_PROGRESS_FILE``) in an ``--out`` folder is an
+interrupted grid: without ``--force`` it is refused like results, with its own message (its
+grid's command plus ``--resume`` continues it, ``--force`` discards it).
 
 ``pyplot_or_none`` returns matplotlib's pyplot (Agg backend) or None with the reason printed
 once, so a command without matplotlib still writes its JSON and says how to get plots.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -53,7 +60,10 @@ OUTPUT_PATTERNS = (
     "latency_vs_x.png",
     "energy_vs_x.png",
     "tradeoff.png",
+    "grid_progress.json",  # GRID_PROGRESS_FILE: an interrupted grid (see check_output_dir)
 )
+# The progress file of an interrupted robustness grid (flagcore.experiments.grid.PROGRESS_FILE).
+GRID_PROGRESS_FILE = "grid_progress.json"
 
 
 def _nearest_existing(path: str) -> str:
@@ -98,13 +108,25 @@ def check_output_dir(
     folder = _check_dir(_as_path(path, where, option, "folder"), where, option)
     if refuse_existing:
         found = previous_outputs(folder)
+        if GRID_PROGRESS_FILE in found:
+            others = [n for n in found if n != GRID_PROGRESS_FILE]
+            also = f", and an earlier run's {_shown(others)}" if others else ""
+            raise ValueError(
+                f"{where}: {option} {folder!r} holds an interrupted robustness grid's progress "
+                f"({GRID_PROGRESS_FILE}{also}); continue that grid with its command plus "
+                f"--resume (flagcore robustness --grid CONFIG.json --out {shlex.quote(folder)} "
+                "--resume), add --force to discard it, or choose another folder"
+            )
         if found:
-            shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
             raise ValueError(
                 f"{where}: {option} {folder!r} already holds the results of an earlier run "
-                f"({shown}); choose another folder, or add --force to replace them"
+                f"({_shown(found)}); choose another folder, or add --force to replace them"
             )
     return folder
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def previous_outputs(folder: str) -> list[str]:
@@ -222,11 +244,15 @@ def _new_file_mode(final: str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str, mode: str = "w", encoding: str | None = "utf-8", *, record: bool = True
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; when the block ends without an error,
     flush and fsync it and rename it to ``path`` (creating the folder if needed). On any error,
     or Ctrl-C, the temporary file is removed and ``path`` keeps its previous content; an OSError
-    becomes an ``OutputWriteError`` naming ``path``."""
+    becomes an ``OutputWriteError`` naming ``path``. ``record``: add ``path`` to
+    ``written_outputs`` (False for bookkeeping that is no result of the run, such as a grid's
+    progress file: writing it must not make a failed ``--force`` run clear the earlier one)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
@@ -254,7 +280,7 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-    if _written is not None:
+    if record and _written is not None:
         _written.add(final)
 
 

@@ -106,7 +106,13 @@ def command_name(args: argparse.Namespace) -> str:
 
 def check_outputs(args: argparse.Namespace, where: str) -> None:
     """Raise ValueError (naming the command and the option) for an output path that cannot be
-    written, or (without --force) that holds an earlier run's results; creates nothing."""
+    written, or (without --force) that holds an earlier run's results; creates nothing. A command
+    whose parser sets a ``check_outputs(args, where)`` default checks its outputs itself
+    (robustness: a grid's --resume, and its progress file, have their own answers)."""
+    own = getattr(args, "check_outputs", None)
+    if callable(own):
+        own(args, where)
+        return
     refuse = not getattr(args, "force", False)
     for attr, kind in OUTPUT_OPTIONS.items():
         value = getattr(args, attr, None)

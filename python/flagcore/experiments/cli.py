@@ -152,7 +152,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for action in p._actions:
         if action.dest not in _RUN_OPTIONS:
             _record_given(action)
-    p.set_defaults(func=run_cli, given_options=())
+    p.set_defaults(func=run_cli, given_options=(), check_outputs=check_outputs)
+
+
+def check_outputs(args: argparse.Namespace, where: str = "robustness") -> None:
+    """The --out check (flagcore.cli runs it before the command; run_cli again): a writable
+    folder that, without --force, holds no earlier results. A grid run into a folder holding an
+    interrupted grid's progress file gets the grid's own answer: without --resume or --force it
+    is refused with the combinations done named; with --resume the earlier run's other outputs
+    there (a --force grid that was killed leaves its predecessor's results.json) are not refused:
+    they are replaced when the grid finishes, as with --force (``args.force`` is set, so the
+    files this run does not rewrite are then removed)."""
+    from .._paths import check_output_dir
+    from .grid import PROGRESS_FILE
+
+    force = bool(getattr(args, "force", False))
+    progress_file = os.path.join(args.out, PROGRESS_FILE)
+    grid_run = args.grid is not None or args.quick
+    if grid_run and not force:
+        has_progress = os.path.isfile(progress_file)
+        if getattr(args, "resume", False):
+            # without a progress file run_grid_cli says there is nothing to resume
+            check_output_dir(args.out, where, "--out")
+            if has_progress:
+                args.force = True  # the earlier outputs are replaced when the grid finishes
+            return
+        if has_progress:
+            check_output_dir(args.out, where, "--out")  # a file at --out: its own message
+            raise ValueError(
+                f"robustness: --out {args.out!r} holds an interrupted grid's progress "
+                f"({PROGRESS_FILE}{_progress_note(progress_file)}); add --resume to continue it, "
+                "or --force to discard it and start over"
+            )
+    check_output_dir(args.out, where, "--out", refuse_existing=not force)
 
 
 def config_from_args(args: argparse.Namespace) -> RobustnessConfig:
@@ -204,7 +236,6 @@ def run_cli(args: argparse.Namespace) -> int:
             "robustness: needs torch (install the torch build for your machine first)"
         ) from exc
     from . import print_summary, run_robustness, write_outputs
-    from .grid import check_out_dir
 
     if args.grid is not None or args.quick:
         return run_grid_cli(args)
@@ -215,8 +246,9 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     cfg = config_from_args(args)
     cfg.validate(options=True)
-    # before the work, so a bad path loses nothing (and, without --force, replaces nothing)
-    check_out_dir(args.out, refuse_existing=not getattr(args, "force", False))
+    # before the work, so a bad path loses nothing (and, without --force, replaces nothing,
+    # nor mixes with an interrupted grid's progress)
+    check_outputs(args)
     res = run_robustness(cfg, progress=not args.no_progress)
     print_summary(res)
     written = write_outputs(res, args.out, plots=not args.no_plots)
@@ -228,9 +260,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def run_grid_cli(args: argparse.Namespace) -> int:
+    from .._paths import previous_outputs
     from .grid import (
         PROGRESS_FILE,
-        check_out_dir,
         load_grid,
         load_progress,
         make_quick,
@@ -259,9 +291,9 @@ def run_grid_cli(args: argparse.Namespace) -> int:
         grid.validate()
     except (ValueError, TypeError) as exc:
         raise type(exc)(_grid_message(str(exc), args.grid)) from None
-    force = getattr(args, "force", False)
     resume = getattr(args, "resume", False)
-    check_out_dir(args.out, refuse_existing=not force)
+    check_outputs(args)  # (flagcore.cli checked it too); with --resume it may set args.force
+    force = getattr(args, "force", False)
     n = len(grid.combinations())
     progress_file = os.path.join(args.out, PROGRESS_FILE)
     # The progress file, checked (and with --force discarded) before the work starts.
@@ -282,6 +314,12 @@ def run_grid_cli(args: argparse.Namespace) -> int:
             f"robustness grid: resuming from {progress_file}: {len(done)} of {n} combinations "
             f"done, {n - len(done)} to run"
         )
+        replaced = [f for f in previous_outputs(args.out) if f != PROGRESS_FILE]
+        if replaced:
+            print(
+                f"robustness grid: the earlier run's {', '.join(replaced)} in {args.out} will be "
+                "replaced when the grid finishes (as with --force)"
+            )
     elif os.path.lexists(progress_file):
         what = _progress_note(progress_file)
         if not force:
@@ -335,14 +373,28 @@ def _progress_note(path: str) -> str:
     return f": {counts[0]} of {counts[1]} combinations done" if counts else ""
 
 
+def _program() -> list[str]:
+    """How to start flagcore again as this process was started: ``flagcore`` when it runs as the
+    console script, otherwise (``python -m flagcore``, or flagcore.cli.main called from Python)
+    this interpreter, by its absolute path, with ``-m flagcore``: that works whatever PATH or
+    virtual environment the shell has."""
+    name = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "")
+    for ext in ("-script.pyw", "-script.py", ".exe"):  # Windows console-script launchers
+        name = name.removesuffix(ext)
+    if name == "flagcore":
+        return ["flagcore"]
+    return [sys.executable or "python", "-m", "flagcore"]
+
+
 def _resume_command(args: argparse.Namespace) -> str:
-    """The command line that continues this grid (its outputs as given, plus --resume)."""
-    argv = ["flagcore", "robustness"]
+    """The command line that continues this grid (its outputs as given, plus --resume), with
+    absolute paths (it works from any folder) and shell-quoted."""
+    argv = [*_program(), "robustness"]
     if args.grid is not None:
-        argv += ["--grid", args.grid]
+        argv += ["--grid", os.path.abspath(args.grid)]
     if args.quick:
         argv.append("--quick")
-    argv += ["--out", args.out]
+    argv += ["--out", os.path.abspath(args.out)]
     if args.no_plots:
         argv.append("--no-plots")
     if args.no_progress:

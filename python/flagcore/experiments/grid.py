@@ -31,7 +31,11 @@ combination with the grid config and the cells of the combinations done so far, 
 only the other combinations. The result is the uninterrupted run's, cell for cell and in the same
 order (floats are stored at full precision, NaN/Inf as the strings "NaN"/"Infinity"/"-Infinity"
 so the file is strict JSON), plus ``resumed_combinations``. ``write_grid_outputs`` removes the
-progress file once results.json is written.
+progress file once results.json is written. The file records the flagcore version that wrote it,
+and a resume by another version is refused (its runs need not match this version's). It is
+bookkeeping, not a result: it is written without being recorded among the run's outputs
+(``_paths.atomic_open(record=False)``), so a ``--force`` run interrupted before results.json
+keeps the earlier run's files.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from .._paths import GRID_PROGRESS_FILE
 from . import data as _data
 from .harness import (
     RobustnessConfig,
@@ -60,8 +65,8 @@ from .harness import (
 
 GRID_SCHEMA = "flagcore.robustness_grid/1"
 PROGRESS_SCHEMA = "flagcore.robustness_grid_progress/1"
-# The progress file's name in the command line's --out folder.
-PROGRESS_FILE = "grid_progress.json"
+# The progress file's name in the command line's --out folder (_paths refuses a folder holding it).
+PROGRESS_FILE = GRID_PROGRESS_FILE
 # Fields of RobustnessConfig that the grid itself sweeps or sets (not allowed in "base").
 _SWEPT = ("rules", "attack", "byzantine", "heterogeneity", "lr", "attack_params")
 
@@ -365,13 +370,22 @@ def _write_progress(path: str, grid: GridConfig, entries: list[Any]) -> None:
 
     doc = {
         "schema": PROGRESS_SCHEMA,
+        "flagcore": _flagcore_version(),
         "grid": _encode(asdict(grid)),
         "combinations_total": len(grid.combinations()),
         "done": _encode(entries),
     }
     text = json.dumps(doc, allow_nan=False, indent=1)  # a serialisation error writes nothing
-    with atomic_open(path) as fh:  # creates the folder; a failed write keeps the previous file
+    # creates the folder; a failed write keeps the previous file; not recorded as an output of
+    # the run (a --force run that wrote only this must not clear the earlier run's results)
+    with atomic_open(path, record=False) as fh:
         fh.write(text)
+
+
+def _flagcore_version() -> str:
+    from .. import __version__
+
+    return str(__version__)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -405,8 +419,9 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
 def load_progress(path: str, grid: GridConfig, where: str = "load_progress") -> dict[str, Any]:
     """The finished combinations of a progress file that ``run_grid`` wrote for ``grid``:
     {combination key: {"combination", "cells", "meta", "elapsed_s"}}. Raises ValueError naming
-    ``where`` and the file when it cannot be read, is not a progress file, or was written by
-    another grid config (the message names the first setting that differs)."""
+    ``where`` and the file when it cannot be read, is not a progress file, was written by another
+    flagcore version (both named), or by another grid config (the message names the first
+    setting that differs)."""
     try:
         with open(path, encoding="utf-8") as fh:
             d = json.load(fh, parse_constant=_no_constant)
@@ -427,6 +442,13 @@ def load_progress(path: str, grid: GridConfig, where: str = "load_progress") -> 
     if not isinstance(d, dict) or d.get("schema") != PROGRESS_SCHEMA:
         got = d.get("schema") if isinstance(d, dict) else type(d).__name__
         raise bad(f"schema {got!r}, expected {PROGRESS_SCHEMA!r}")
+    version, theirs = _flagcore_version(), d.get("flagcore")
+    if not _same(theirs, version):
+        by = f"flagcore {theirs}" if isinstance(theirs, str) else "a flagcore of unknown version"
+        raise ValueError(
+            f"{where}: {path!r} was written by {by}, this is flagcore {version} (the runs of one "
+            f"grid come from one version): finish that grid with {by}"
+        )
     current = json.loads(json.dumps(_encode(asdict(grid))))
     diff = _first_difference(d.get("grid"), current)
     if diff is not None:
