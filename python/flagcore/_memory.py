@@ -47,6 +47,7 @@ PRE_EXTRA = {"bucketing": 2.1, "nnm": 4.2, "clipping": 4.1, "arc": 4.1}
 # the Flag Aggregator: 1 per problem (its Gram) + 9 per problem solved at once (the
 # eigensolver's work space; up to the thread count) + 1 (b = 1: 11, as measured)
 FLAG_PER_SOLVE, FLAG_FIXED = 9.0, 1.0
+FLAG_MAX_P = 46340  # p * p must fit an int (csrc/flag/flag_cpu.cpp)
 # below this the check is skipped (it reads /proc): far less than any machine's headroom
 MIN_CHECKED = 64 << 20
 
@@ -149,8 +150,11 @@ def _mat(p: int) -> float:
 
 
 def flag_need(sizes: Sequence[int], threads: int) -> float:
-    """Bytes for the Flag Aggregator over problems of sizes p_l (a batch: b equal ones)."""
+    """Bytes for the Flag Aggregator over problems of sizes p_l (a batch: b equal ones); 0
+    above FLAG_MAX_P, which the native code refuses itself (naming p) before allocating."""
     pm = max(sizes)
+    if pm > FLAG_MAX_P:
+        return 0.0
     solves = min(len(sizes), max(threads, 1))
     return sum(_mat(p) for p in sizes) + (FLAG_PER_SOLVE * solves + FLAG_FIXED) * _mat(pm)
 
