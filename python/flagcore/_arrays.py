@@ -279,6 +279,21 @@ def _list_stack(items: Sequence[Any], fn: str, arg: str) -> Stack:
     return st
 
 
+def check_state_keys(fn: str, state: Any, keys: Sequence[str]) -> None:
+    """A ``state_dict()`` given back to ``load_state_dict``: a dict with exactly ``keys``
+    (TypeError for another type, ValueError for other keys; both name fn)."""
+    if not isinstance(state, dict):
+        raise TypeError(
+            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got "
+            f"{type(state).__name__}"
+        )
+    if set(state) != set(keys):
+        raise ValueError(
+            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got "
+            f"the keys {', '.join(sorted(map(repr, state)))}"
+        )
+
+
 def check_int(
     value: Any, fn: str, name: str, *, low: int | None = None, high: int | None = None
 ) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._arrays import check_float, check_int
+from .._arrays import check_float, check_int, check_state_keys
 from .errors import RankFailureError
 
 _instance_counters: dict[tuple[Any, ...], Any] = {}
@@ -137,16 +137,7 @@ def check_resume_state(fn: str, state: Any, keys: tuple[str, ...], started: bool
             f"{fn}: load_state_dict resumes a run in a freshly built object, before its first "
             f"step; this one has already run (build a new one, load, then step)"
         )
-    if not isinstance(state, dict):
-        raise TypeError(
-            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got "
-            f"{type(state).__name__}"
-        )
-    if set(state) != set(keys):
-        raise ValueError(
-            f"{fn}: state must be the dict state_dict() returned (keys {sorted(keys)}), got "
-            f"the keys {', '.join(sorted(map(repr, state)))}"
-        )
+    check_state_keys(fn, state, keys)
     check_int(state["steps"], fn, "state['steps']", low=0)
 
 

@@ -293,7 +293,6 @@ def run_grid_cli(args: argparse.Namespace) -> int:
         raise type(exc)(_grid_message(str(exc), args.grid)) from None
     resume = getattr(args, "resume", False)
     check_outputs(args)  # (flagcore.cli checked it too); with --resume it may set args.force
-    force = getattr(args, "force", False)
     n = len(grid.combinations())
     progress_file = os.path.join(args.out, PROGRESS_FILE)
     # The progress file, checked (and with --force discarded) before the work starts.
@@ -320,14 +319,8 @@ def run_grid_cli(args: argparse.Namespace) -> int:
                 f"robustness grid: the earlier run's {', '.join(replaced)} in {args.out} will be "
                 "replaced when the grid finishes (as with --force)"
             )
-    elif os.path.lexists(progress_file):
+    elif os.path.lexists(progress_file):  # with --force only: check_outputs refused it otherwise
         what = _progress_note(progress_file)
-        if not force:
-            raise ValueError(
-                f"robustness: --out {args.out!r} holds an interrupted grid's progress "
-                f"({PROGRESS_FILE}{what}); add --resume to continue it, or --force to discard "
-                "it and start over"
-            )
         os.remove(progress_file)
         print(f"--force: discarded the interrupted grid's progress {progress_file}{what}")
     print(

@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .. import rules as _rules
+from .._arrays import check_state_keys
 from ..flag import FlagInfo, flag_aggregate_layers
 from ..rules import RULES, make_rule
 from ..rules.preagg import check_pre_rows
@@ -187,16 +188,7 @@ class RobustStrategy(FedAvg):
         """Take a ``state_dict()`` of a strategy with the same rule and seed (checked: a refused
         state changes nothing)."""
         fn = "RobustStrategy.load_state_dict"
-        if not isinstance(state, dict):
-            raise TypeError(
-                f"{fn}: state must be the dict state_dict() returned ({{'rule_state': ...}}), "
-                f"got {type(state).__name__}"
-            )
-        if set(state) != {"rule_state"}:
-            raise ValueError(
-                f"{fn}: state must be the dict state_dict() returned ({{'rule_state': ...}}), "
-                f"got the keys {', '.join(sorted(map(repr, state)))}"
-            )
+        check_state_keys(fn, state, ("rule_state",))
         probe = self._rule_for(self.f)
         probe._load_state(state["rule_state"], fn, "state['rule_state']")  # checks, copies
         self._live = probe._live_state()

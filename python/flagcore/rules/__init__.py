@@ -332,9 +332,9 @@ class Rule:
         # each "nnm" step is checked on the rows it sees (after the bucketing steps before it)
         rows = check_pre_rows(fn, self.pre, st.p, self.f, self.bucket_size)
         self._check(rows)
-        # then the memory the p-space work needs (the Flag Aggregator on a GPU: its own check)
-        if st.on_cpu or self.name != "flag" or self.pre:
-            check_rule_memory(fn, self.name, self.pre, st.b, st.p, rows, get_num_threads())
+        # then the memory the p-space work needs (Flag without pre never gets here: its
+        # __call__ goes to flag_aggregate, which checks its own)
+        check_rule_memory(fn, self.name, self.pre, st.b, st.p, rows, get_num_threads())
         src = build_source(st, self.f, self.pre, self.bucket_size, cast(Any, _LazyRng(self)))
         out, d = self._run(src)
         agg = st.restore(out)
@@ -709,7 +709,7 @@ class CenteredClipping(Rule):
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         out, d = run_centered_clipping(src, self.tau, self.iterations, self._reference_for(src))
         if isinstance(self.reference, str):
-            self._previous = out.copy() if isinstance(out, np.ndarray) else out.clone()
+            self._previous = _copy_array(out)
             if src.b == 1:
                 self._previous = self._previous[0]
         return out, d
