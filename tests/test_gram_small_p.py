@@ -1,6 +1,6 @@
 """The register-tiled float32 Gram kernels (p <= 32, every instruction set built here; up to
 p = 48 on AVX-512, 36 on AVX2): against
-float64 NumPy within the documented accuracy class (float32 partial sums of at most 32
+float64 NumPy within the documented accuracy class (float32 partial sums of at most 128
 products, reduced in float64), for every tile remainder shape, column counts around the vector
 and chunk widths, rows anywhere in memory (misaligned, separate arrays), and bit-identical for
 1 and 2 threads."""
@@ -14,9 +14,10 @@ import flagcore
 from flagcore import _core
 
 LEVELS = ["generic", "avx2", "avx512"]
-# At most 32 products per float32 partial sum: each rounding is a relative 2^-24 of a partial
-# sum bounded by the sum of |products|; the float64 reduction adds nothing visible.
-FLUSH_STEPS = 32
+# At most 128 products per float32 partial sum (kFlushSteps in csrc/flag/gram_kernel_impl.hpp):
+# each rounding is a relative 2^-24 of a partial sum bounded by the sum of |products|; the
+# float64 reduction adds nothing visible.
+FLUSH_STEPS = 128
 BOUND = (FLUSH_STEPS + 2) * 2.0**-24
 
 
@@ -57,7 +58,7 @@ def test_every_p_and_level_within_accuracy_class(level, p):
     [("avx512", p) for p in (33, 37, 40, 45, 48)] + [("avx2", p) for p in (33, 35, 36)],
 )
 def test_float32_keeps_the_register_kernel_above_p_32(level, p):
-    # p = 33 to 48 on AVX-512, 33 to 36 on AVX2: the register kernel's accuracy class (32
+    # p = 33 to 48 on AVX-512, 33 to 36 on AVX2: the register kernel's accuracy class (128
     # products per float32 partial sum) and the same bits on 1 thread as on all
     if level not in _levels():
         pytest.skip(f"the CPU has no {level}")
@@ -75,7 +76,9 @@ def test_float32_keeps_the_register_kernel_above_p_32(level, p):
 
 
 @pytest.mark.parametrize("level", _levels())
-@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 255, 256, 511, 512, 513, 1024, 1025, 4099])
+@pytest.mark.parametrize(
+    "n", [0, 1, 15, 16, 17, 255, 256, 511, 512, 513, 1023, 1024, 1025, 2047, 2048, 2049, 4099, 8193]
+)
 def test_column_counts_around_vector_and_chunk_widths(level, n):
     rng = np.random.default_rng(n)
     for p in (5, 16, 30):

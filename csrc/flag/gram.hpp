@@ -7,9 +7,10 @@
 //          both triangles filled.                                               // [B, P, P]
 //   Every input element is read once from memory: columns are processed in cache-sized chunks
 //   and every pair of rows is formed from the chunk while it is in cache. float64 input: products
-//   and sums in float64. float32 input: products and partial sums over at most 32 vector steps
-//   in float32, reduced in float64 (the relative error of an entry stays near 1e-7 of the sum of
-//   |products|; on CPUs with AMX-BF16, from p = 112, the products are formed from three
+//   and sums in float64. float32 input: products and partial sums over at most 128 vector steps
+//   (the register kernels of small p; 512 columns in the packed kernels) in float32, reduced in
+//   float64 (the relative error of an entry stays near 1e-6 of the sum of |products|; on CPUs
+//   with AMX-BF16, from p = 56, the products are formed from three
 //   bfloat16 parts per value on AMX tiles, in the same accuracy class: gram_amx.hpp); a row
 //   whose float32 diagonal is not finite (NaN/Inf data, or values so large that float32
 //   products overflow) is recomputed against every row in float64, so only real NaN/Inf data
@@ -43,7 +44,7 @@ void set_gram_packed_shared(const std::string& mode);
 // The per-instruction-set micro-kernels.
 //   gram_accumulate: acc (p x p, row-major) += X[:, k0:k1] X[:, k0:k1]^T on the upper triangle
 //     (i <= j; entries below the diagonal are scratch). float64 inputs: float64 products and
-//     sums; float32 inputs: float32 products summed in float32 over at most 32 vector steps,
+//     sums; float32 inputs: float32 products summed in float32 over at most 128 vector steps,
 //     then in float64.
 //   weighted_sum_accumulate: acc[0:len] += sum_i coef[i] * rows[i][k0:k0+len] in float64,
 //     skipping rows with coef 0.

@@ -62,17 +62,18 @@ inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
 
 // float32 inputs: products and short partial sums in float32 vectors of VF lanes, flushed into
 // float64 every kFlushSteps vector steps, so each float32 partial sum holds at most kFlushSteps
-// products (relative error ~ kFlushSteps * 2^-24 in the worst case, ~1e-7 typical).
+// products (relative error ~ kFlushSteps * 2^-24 of the sum of |products| in the worst case,
+// ~1e-6 typical; the packed kernels above this range hold 512).
 // A product that overflows float32 (|x| > ~1e19) shows up as a non-finite diagonal, and
 // gram_cpu recomputes such rows in float64.
 //
 // The columns go in chunks of exactly one flush block (kFlushSteps * VF columns): the rows of a
-// tile pair (2 * TF rows, a few KiB each) stay in L1 while the tile runs, and all p rows of the
-// chunk (p * 2 KiB with 16 lanes) stay in L2 while every tile pair of the triangle passes over
-// them. Each tile keeps MR x NR float32 accumulators in registers; at the end of the block they
-// are widened and added to float64 vector accumulators in memory (one per pair of rows, lanes
-// reduced once per call), so the float64 work is 1/kFlushSteps of the multiply-adds. Diagonal
-// tiles form only the pairs i <= j. While a chunk is computed, the next chunk of every row is
+// tile pair (2 * TF rows, 4-8 KiB each) stay in L1/L2 while the tile runs, and all p rows of the
+// chunk (p * 8 KiB with 16 lanes, p * 4 KiB with 8) stay in L2 while every tile pair of the
+// triangle passes over them. Each tile keeps MR x NR float32 accumulators in registers; at the
+// end of the block they are widened and added to float64 vector accumulators in memory (one per
+// pair of rows, lanes reduced once per call), so the float64 work is 1/kFlushSteps of the multiply-adds.
+// Diagonal tiles form only the pairs i <= j. While a chunk is computed, the next chunk of every row is
 // prefetched (one cache line per row and vector step, spread over the tile pairs), because the
 // hardware prefetchers follow few of the p concurrent row streams across page boundaries.
 // Chunks, blocks and tiles depend on p and the column range only, never on the thread count.
@@ -86,7 +87,13 @@ constexpr int VF = FLAGCORE_VF32;
 constexpr int VH = VF / 2;  // float64 lanes of one widened half
 constexpr int TF = FLAGCORE_TILE32;
 static_assert(TF >= 1 && TF <= 6, "the float32 tile table covers tiles up to 6 x 6");
-constexpr int kFlushSteps = 32;
+// 128 vector steps (2048 columns with 16 lanes, 1024 with 8). With 32 (the first choice) the
+// flushes and the short prefetch lead cost up to a fifth of the time: A/B in alternating
+// processes on an AMD EPYC (Zen 4, AVX-512), 2 threads, n = 6e7 / p, best of 5, two rounds, ms,
+// 32 vs 128 steps: AVX-512 p = 15 9.9 vs 8.1, 30 13.9-14.4 vs 11.4-11.6, 48 21.0-21.1 vs
+// 17.4-17.6; AVX2 p = 15 11.8 vs 9.0, 30 16.2 vs 13.1, 36 21.2-21.4 vs 15.7-15.9 (256 steps: no
+// better at p >= 20, slower on AVX2 at 30-36; 512: slower). Not measured on Intel.
+constexpr int kFlushSteps = 128;
 constexpr int64_t kChunk32 = int64_t(kFlushSteps) * VF;
 constexpr int kMaxPrefetchRows = 8;
 typedef float vf2 __attribute__((vector_size(VF * 4)));

@@ -123,10 +123,14 @@ inline uint64_t exponent_all_ones(double v) {
 // one after another in the order given, in float64. The accumulators (len <= a few thousand)
 // stay in L1; R rows at a time are streamed through them, so the memory system sees R
 // contiguous streams and the accumulators are loaded and stored once per R rows (the first
-// group writes them without reading), without changing the order of the additions. The groups
-// of 4 and 1 rows of a count that is not a multiple of 8 go first, so the last group is a full
-// one: it also writes the caller's output (kFinish: 1 the sum, 2 the sum times 1/d for a
-// power-of-two d, 3 the sum divided by d) and checks the sums for NaN/Inf, so the conversion
+// group writes them without reading), without changing the order of the additions. The m % 8
+// rows of a count that is not a multiple of 8 go first, as one group (before the nineteenth
+// session: groups of 4 and 1, so p = 15 took five passes over the accumulators, now two; the
+// same additions in the same order, so the same bits; A/B in alternating processes, AMD EPYC
+// Zen 4, 2 threads, n = 6e7 / p, `aggregate(x, "mean")` over torch.mean in the same process:
+// p = 5 0.58-0.60 vs 0.50-0.51, 7 0.66-0.78 vs 0.51-0.53, 9-16 within the noise), so the last
+// group is a full one: it also writes the caller's output (kFinish: 1 the sum, 2 the sum times
+// 1/d for a power-of-two d, 3 the sum divided by d) and checks the sums for NaN/Inf, so the conversion
 // and the divisions overlap that group's loads instead of taking a pass of their own. While a
 // group streams, the next group's rows (after the last group: the first rows of the next chunk)
 // are prefetched into L2, one cache line per row and line of columns: the hardware prefetchers
@@ -172,8 +176,8 @@ inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0
   }
   uint64_t nonfinite = 0;
   int64_t k = 0;
-  // A group of fewer than 4 rows (at most 3 of a count that is not a multiple of 8) has a body
-  // so small that GCC unrolls the line loop below into scalar code: one plain loop instead
+  // A group of fewer than 4 rows (a remainder of 1-3 rows of a count not a multiple of 8) has a
+  // body so small that GCC unrolls the line loop below into scalar code: one plain loop instead
   // (vectorised), without the prefetch.
   if constexpr (R >= 4)
     for (; k + kLine <= len; k += kLine) {
@@ -253,8 +257,32 @@ bool sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
 #undef FLAGCORE_ADD_ROWS
     r += R;
   };
-  if (m % kSumGroup >= 4) group(std::integral_constant<int, 4>{});
-  while (r < m && (m - r) % kSumGroup != 0) group(std::integral_constant<int, 1>{});
+  switch (m % kSumGroup) {  // the rows of a count that is not a multiple of 8: one group first
+    case 1:
+      group(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      group(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      group(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      group(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      group(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      group(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      group(std::integral_constant<int, 7>{});
+      break;
+    default:
+      break;
+  }
+  static_assert(kSumGroup == 8, "the switch above covers the remainders of 8");
   while (r < m) group(std::integral_constant<int, kSumGroup>{});
   return fin.nonfinite == 0;
 }
