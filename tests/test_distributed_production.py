@@ -46,10 +46,13 @@ CAPS = ["0.001", "0.01", "25.0"]  # 4, 2 and 1 buckets
 @pytest.mark.parametrize("cap", CAPS)
 def test_hook_equals_whole_model_aggregate(whole: dict, rule: str, cap: str) -> None:
     # every rank rebuilds every rank's gradient and compares the hook's result with
-    # flagcore.aggregate(whole_model_stack, rule) (float32: the Gram is summed per bucket)
+    # flagcore.aggregate(whole_model_stack, rule) (float32: the Gram is summed per bucket, each
+    # a float32-class Gram: float32 partial sums of up to 128 products, ~1e-6 of an entry; the
+    # geometric median's weights pass that on: 1.26e-6 on an AMD Zen 4 with the 128-step
+    # flush; CI stayed below 1e-6 with the earlier 32-step one)
     key = f"{rule}/{cap}"
     for r in range(WORLD):
-        assert whole[r][key]["relerr"] < 1e-6, (r, whole[r][key])
+        assert whole[r][key]["relerr"] < 4e-6, (r, whole[r][key])
     assert len({whole[r][key]["digest"] for r in range(WORLD)}) == 1  # bitwise replicas
     want_buckets = {"0.001": 4, "0.01": 2, "25.0": 1}[cap]
     assert whole[0][key]["buckets"] == want_buckets
