@@ -180,11 +180,12 @@ def flag_aggregate(
     fn = "flag_aggregate"
     st = as_stack(gradients, fn)
     prm = _check_params(fn, st.p, r, lam, max_iter, eps, tol, scale, return_info)
-    if st.on_cpu or not _native_cuda_ok(st.torch_data):  # the native CUDA path: on the GPU
+    native_cuda = not st.on_cpu and _native_cuda_ok(st.torch_data)
+    if not native_cuda:  # the native CUDA path works in GPU memory, not the host's
         _check_flag_memory(fn, [st.p] * st.b, "problems")
     if st.on_cpu:
         out, d = core.flag_aggregate(st.data, prm)
-    elif _native_cuda_ok(st.torch_data):
+    elif native_cuda:
         out, d = _flag_aggregate_cuda(st.torch_data, prm, return_info)
     else:
         out, d = _flag_aggregate_torch(st, prm)
@@ -498,18 +499,19 @@ def flag_aggregate_layers(
     r_given = r
     prm = _check_params(fn, p_min, r, lam, max_iter, eps, tol, scale, return_info)
     rs = [(st.p + 1) // 2 for st in stacks] if r_given is None else [prm.r] * len(stacks)
-    if first.on_cpu or not _native_cuda_ok(first.torch_data):
+    native_cuda = not first.on_cpu and _native_cuda_ok(first.torch_data)
+    if not native_cuda:  # the native CUDA path works in GPU memory, not the host's
         _check_flag_memory(fn, [st.p for st in stacks], "layers")
     if first.on_cpu:
         out, d = core.flag_aggregate_layers([st.data for st in stacks], rs, prm)
-    elif _native_cuda_ok(first.torch_data) and len(set(rs)) > 1:  # one r per launch: layer by layer
+    elif native_cuda and len(set(rs)) > 1:  # one r per launch: layer by layer
         outs, ds = [], []
         for st, rl in zip(stacks, rs):
             o, dd = _flag_aggregate_cuda(st.torch_data, _with_r(prm, rl), True)
             outs.append(o.reshape(-1))
             ds.append(dd)
         out, d = _concat_layers(outs, ds)
-    elif _native_cuda_ok(first.torch_data):
+    elif native_cuda:
         out, d = _flag_aggregate_layers_cuda(
             [st.torch_data[0] for st in stacks], _with_r(prm, rs[0]), return_info
         )
