@@ -35,8 +35,11 @@ inline vd load(const float* p) {
   return __builtin_convertvector(v, vd);
 }
 
-template <int MR, int NR, typename T>
+// Diag: a tile on the diagonal (ri == rj, MR == NR): only the pairs i <= j, and the rows are
+// loaded once (the upper triangle is all the callers read).
+template <int MR, int NR, bool Diag, typename T>
 inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc, int64_t ld) {
+  static_assert(!Diag || MR == NR, "a diagonal tile is square");
   vd s[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) s[i][j] = vd{0};
@@ -44,16 +47,19 @@ inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
   for (; k + V <= k1; k += V) {
     vd a[MR], b[NR];
     for (int i = 0; i < MR; ++i) a[i] = load(ri[i] + k);
-    for (int j = 0; j < NR; ++j) b[j] = load(rj[j] + k);
+    for (int j = 0; j < NR; ++j) b[j] = Diag ? a[j] : load(rj[j] + k);
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) s[i][j] += a[i] * b[j];
+      for (int j = 0; j < NR; ++j)
+        if (!Diag || i <= j) s[i][j] += a[i] * b[j];
   }
   double t[MR][NR] = {};
   for (; k < k1; ++k)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) t[i][j] += double(ri[i][k]) * double(rj[j][k]);
+      for (int j = 0; j < NR; ++j)
+        if (!Diag || i <= j) t[i][j] += double(ri[i][k]) * double(rj[j][k]);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
+      if (Diag && i > j) continue;
       double sum = t[i][j];
       for (int l = 0; l < V; ++l) sum += s[i][j][l];
       acc[i * ld + j] += sum;
@@ -73,7 +79,10 @@ inline void tile(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
 // triangle passes over them. Each tile keeps MR x NR float32 accumulators in registers; at the
 // end of the block they are widened and added to float64 vector accumulators in memory (one per
 // pair of rows, lanes reduced once per call), so the float64 work is 1/kFlushSteps of the multiply-adds.
-// Diagonal tiles form only the pairs i <= j. While a chunk is computed, the next chunk of every row is
+// Diagonal tiles form only the pairs i <= j and load their rows once (loading them again as the
+// "other" rows, as before, made p = 15 up to a fifth slower on numpy's arrays, whose rows start
+// 16 bytes past a cache line: every 64-byte load spans two lines, and loads, not multiply-adds,
+// were the limit there; same bits). While a chunk is computed, the next chunk of every row is
 // prefetched (one cache line per row and vector step, spread over the tile pairs), because the
 // hardware prefetchers follow few of the p concurrent row streams across page boundaries.
 // Chunks, blocks and tiles depend on p and the column range only, never on the thread count.
@@ -132,6 +141,7 @@ inline vdh widen_sum(const vf2& s) {
 template <int MR, int NR, bool Diag>
 inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0, int64_t k1, vdh* dv,
                      int64_t ldv, double* tail, int64_t ldt, const float* const* pf, int npf) {
+  static_assert(!Diag || MR == NR, "a diagonal tile is square");
   vf2 s[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) s[i][j] = vf2{0};
@@ -141,7 +151,7 @@ inline void tile_f32(const float* const* ri, const float* const* rj, int64_t k0,
     vf2 a[MR];
     for (int i = 0; i < MR; ++i) a[i] = loadf(ri[i] + k);
     for (int j = 0; j < NR; ++j) {
-      const vf2 b = loadf(rj[j] + k);
+      const vf2 b = Diag ? a[j] : loadf(rj[j] + k);
       for (int i = 0; i < MR; ++i)
         if (!Diag || i <= j) s[i][j] += a[i] * b;
     }
@@ -162,8 +172,8 @@ inline void tile_f32_any(int mi, int nj, bool diag, const float* const* ri, cons
 #define FLAGCORE_TILE_CASE(M, N)                                                                         \
   case M * 8 + N:                                                                                        \
     if constexpr (M <= TF && N <= TF) {                                                                  \
-      if (diag) tile_f32<M, N, true>(ri, rj, k0, k1, dv, ldv, tail, ldt, pf, npf);                      \
-      else tile_f32<M, N, false>(ri, rj, k0, k1, dv, ldv, tail, ldt, pf, npf);                          \
+      if (!diag) tile_f32<M, N, false>(ri, rj, k0, k1, dv, ldv, tail, ldt, pf, npf);                    \
+      else if constexpr (M == N) tile_f32<M, N, true>(ri, rj, k0, k1, dv, ldv, tail, ldt, pf, npf);     \
     }                                                                                                    \
     return;
   switch (mi * 8 + nj) {
@@ -230,19 +240,16 @@ void accumulate_f32(const float* const* rows, int64_t p, int64_t k0, int64_t k1,
     }
 }
 
-template <int MR, int NR, typename T>
-inline void tile_dispatch(const T* const* ri, const T* const* rj, int64_t k0, int64_t k1, double* acc,
-                          int64_t ld) {
-  tile<MR, NR, T>(ri, rj, k0, k1, acc, ld);
-}
-
 template <typename T>
-inline void tile_any(int mi, int nj, const T* const* ri, const T* const* rj, int64_t k0, int64_t k1,
-                     double* acc, int64_t ld) {
+inline void tile_any(int mi, int nj, bool diag, const T* const* ri, const T* const* rj, int64_t k0,
+                     int64_t k1, double* acc, int64_t ld) {
   // clang-format off: one row of the 4 x 4 tile table per line
-#define FLAGCORE_TILE_CASE(M, N) \
-  case M * 8 + N:                \
-    if constexpr (M <= TL && N <= TL) tile_dispatch<M, N, T>(ri, rj, k0, k1, acc, ld); \
+#define FLAGCORE_TILE_CASE(M, N)                                                        \
+  case M * 8 + N:                                                                       \
+    if constexpr (M <= TL && N <= TL) {                                                 \
+      if (!diag) tile<M, N, false, T>(ri, rj, k0, k1, acc, ld);                         \
+      else if constexpr (M == N) tile<M, N, true, T>(ri, rj, k0, k1, acc, ld);          \
+    }                                                                                   \
     return;
   switch (mi * 8 + nj) {
     FLAGCORE_TILE_CASE(1, 1) FLAGCORE_TILE_CASE(1, 2) FLAGCORE_TILE_CASE(1, 3) FLAGCORE_TILE_CASE(1, 4)
@@ -272,7 +279,7 @@ void accumulate(const T* const* rows, int64_t p, int64_t k0, int64_t k1, double*
       const int mi = static_cast<int>(std::min<int64_t>(TL, p - I));
       for (int64_t J = I; J < p; J += TL) {
         const int nj = static_cast<int>(std::min<int64_t>(TL, p - J));
-        tile_any<T>(mi, nj, rows + I, rows + J, c0, c1, acc + I * p + J, p);
+        tile_any<T>(mi, nj, I == J, rows + I, rows + J, c0, c1, acc + I * p + J, p);
       }
     }
   }
