@@ -7,7 +7,9 @@ honest: an (h, n) numpy array or torch tensor, or a list/tuple of h arrays/tenso
 dtype and device, or, for list input, a list of f arrays/tensors of the items' shape. Stack (or
 concatenate) it with the honest gradients to get the p = h + f inputs of a rule. Random attacks
 draw from ``numpy.random.default_rng(seed)``; statistics of the honest gradients are taken in
-float64.
+float64, over blocks of columns (no float64 copy of the whole stack for the non-adaptive
+attacks). An attack whose estimated peak memory exceeds what the process may still use raises
+MemoryError before it allocates (``_attack_need``; ``FLAGCORE_MEMORY_CHECK=0`` skips the check).
 
 Non-adaptive attacks (``ATTACKS``):
 
@@ -107,6 +109,7 @@ import numpy as np
 
 from ._arrays import as_stack, check_choice, check_float, check_int
 from ._backend import is_torch_tensor
+from ._memory import check_memory
 
 ATTACKS = ("random", "sign_flip", "gaussian", "zero", "drop", "nan", "inf", "alie", "ipm", "mimic")
 ADAPTIVE_ATTACKS = ("optimal_alie", "optimal_ipm", "min_max", "min_sum", "fa_aware")
@@ -205,9 +208,16 @@ def attack(
     h, restore = _honest_rows(honest, fn)
     target = None
     if name in ADAPTIVE_ATTACKS:
-        target = _target(name, rule, rule_params, f, h.shape[0] + f, fn)
+        target = _target(name, rule, rule_params, f, h.nh + f, fn)
     elif rule_params is not None and not isinstance(rule_params, dict):
         raise TypeError(f"{fn}: rule_params must be a dict, got {rule_params!r}")
+    check_memory(
+        fn,
+        f"attack {name!r} on {h.nh} honest rows of n = {h.n} with f = {f}",
+        _attack_need(name, h, f, target is not None),
+        "attack fewer coordinates per call (a layer or a slice of the gradient at a time), "
+        "fewer workers, a non-adaptive attack, or a machine with more memory",
+    )
     rng = np.random.default_rng(seed)
     with np.errstate(
         over="ignore", invalid="ignore"
@@ -221,24 +231,158 @@ def attack(
 
 
 # ---------------------------------------------------------------------- input / output
+# Column blocks of the honest rows are converted to float64 one at a time (about this many bytes
+# each), so that statistics of a float32 stack do not hold a float64 copy of all of it.
+_BLOCK_BYTES = 1 << 25
+
+
+class _Honest:
+    """The honest gradients as given, read in float64 on demand: one row, a block of columns,
+    or (the adaptive attacks) all of them at once. Nothing here writes to them."""
+
+    def __init__(
+        self,
+        nh: int,
+        n: int,
+        block: Callable[[int, int], np.ndarray],
+        row: Callable[[int], np.ndarray],
+        copies: bool = True,
+        itemsize: int = 8,
+    ) -> None:
+        self.nh, self.n, self._block, self._row = nh, n, block, row
+        # copies: full() makes a float64 copy (it is a view of a float64 CPU input otherwise);
+        # itemsize: bytes per value of the caller's dtype (what the result is returned in)
+        self.copies, self.itemsize = copies, itemsize
+
+    @classmethod
+    def of_array(cls, h: np.ndarray) -> _Honest:
+        return cls(
+            h.shape[0],
+            h.shape[1],
+            lambda c0, c1: np.asarray(h[:, c0:c1], dtype=np.float64),
+            lambda j: np.asarray(h[j], dtype=np.float64),
+            copies=h.dtype != np.float64,
+            itemsize=h.dtype.itemsize,
+        )
+
+    def block(self, c0: int, c1: int) -> np.ndarray:
+        return self._block(c0, c1)
+
+    def row(self, j: int) -> np.ndarray:
+        return self._row(j)
+
+    def full(self) -> np.ndarray:
+        return self._block(0, self.n)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Column ranges of about _BLOCK_BYTES of float64 each; none one column wide unless
+        n = 1 (NumPy sums a single column pairwise, wider blocks row after row, as it does the
+        whole stack: the statistics are the same bits for any block width)."""
+        w = max(2, _BLOCK_BYTES // (8 * max(self.nh, 1)))
+        edges = list(range(0, self.n, w)) + [self.n]
+        if len(edges) > 2 and edges[-1] - edges[-2] == 1:
+            del edges[-2]
+        return list(zip(edges[:-1], edges[1:]))
+
+
+# Peak memory of an attack beyond its input, in float64 rows of n (8 n bytes each), fitted to
+# VmHWM in fresh processes (h = 12 and 32 honest rows, f = 3-12, n = 2e6-4e6, float32 and
+# float64 inputs; the float64 copy of the honest rows counted where the input is not already
+# float64 on the CPU): (rows per honest row when copied, per honest row, per worker p = h + f,
+# per attacker, fixed). The result in the caller's dtype adds f * itemsize / 8, the column
+# blocks of the statistics 3 * _BLOCK_BYTES. An adaptive attack's targeted rule sees the
+# (p, n) float64 stack: its own temporaries are counted as p / 4 rows (the largest measured,
+# signguard's), its p x p work it checks itself when called.
+_ATTACK_ROWS: dict[str, tuple[float, float, float, float, float]] = {
+    "random": (0, 0, 0, 1, 0),
+    "gaussian": (0, 0, 0, 1, 0),
+    "nan": (0, 0, 0, 1, 0),
+    "inf": (0, 0, 0, 1, 0),
+    "zero": (0, 0, 0, 1, 2),
+    "drop": (0, 0, 0, 1, 2),
+    "sign_flip": (0, 0, 0, 0, 2),
+    "ipm": (0, 0, 0, 0, 2),
+    "alie": (0, 0, 0, 0, 3),
+    "mimic": (0, 0, 0, 0, 1),
+    "optimal_alie": (1, 0, 1.25, 0, 4),
+    "optimal_ipm": (1, 0, 1.25, 0, 4),
+    "min_max": (1, 1, 0, 0, 4),  # + the (p, n) stack and the rule when a rule is targeted
+    "min_sum": (1, 1, 0, 0, 4),
+    "fa_aware": (1, 0, 2.25, 0, 4),
+}
+
+
+def _attack_need(name: str, h: _Honest, f: int, targeted: bool) -> float:
+    """Estimated peak bytes of attack ``name`` (the model above)."""
+    per_copy, per_h, per_p, per_f, fixed = _ATTACK_ROWS[name]
+    p = h.nh + f
+    rows = per_copy * h.nh * h.copies + per_h * h.nh + per_p * p + per_f * f + fixed
+    if name in ("min_max", "min_sum") and targeted:
+        rows = per_copy * h.nh * h.copies + max(h.nh, 1.25 * p) + fixed
+    rows += f * h.itemsize / 8
+    return rows * 8.0 * h.n + 3 * _BLOCK_BYTES
+
+
+def _torch_rows(t: Any) -> _Honest:
+    """An (h, n) tensor (any device and floating dtype): blocks copied to the CPU in float64."""
+    import torch
+
+    return _Honest(
+        int(t.shape[0]),
+        int(t.shape[1]),
+        lambda c0, c1: t[:, c0:c1].detach().cpu().double().numpy(),
+        lambda j: t[j].detach().cpu().double().numpy(),
+        copies=t.dtype != torch.float64 or t.device.type != "cpu",
+        itemsize=t.element_size(),
+    )
+
+
+def _list_rows(rows: list[np.ndarray], n: int, itemsize: int) -> _Honest:
+    def block(c0: int, c1: int) -> np.ndarray:
+        out = np.empty((len(rows), c1 - c0))
+        for i, r in enumerate(rows):
+            out[i] = r[c0:c1]
+        return out
+
+    return _Honest(
+        len(rows), n, block, lambda j: np.asarray(rows[j], dtype=np.float64), itemsize=itemsize
+    )
+
+
+def _repeated(out: np.ndarray) -> bool:
+    """An (f, n) result that is one row broadcast f times (no copy made yet)."""
+    return out.ndim == 2 and out.shape[0] > 1 and out.strides[0] == 0
+
+
+def _fresh(out: np.ndarray) -> np.ndarray:
+    """out as a contiguous array of its own: a read-only broadcast view (one row, perhaps an
+    honest row of the caller's float64 input) is copied, so that no result shares the input's
+    memory."""
+    return np.ascontiguousarray(out) if out.flags.writeable else np.array(out)
+
+
 def _honest_rows(honest: Any, fn: str) -> tuple[Any, ...]:
-    """(h, n) float64 rows and a function that puts an (f, n) float64 result back into the
-    caller's framework, dtype, device and form."""
+    """The honest rows (an _Honest) and a function that puts an (f, n) float64 result (or one
+    row broadcast f times) back into the caller's framework, dtype, device and form."""
     if isinstance(honest, (list, tuple)):
         st = as_stack(honest, fn, arg="honest")
-        if st.on_cpu:
-            h = np.stack([np.asarray(r, dtype=np.float64) for r in st.data])
-        else:
-            h = st.torch_data[0].detach().cpu().double().numpy()
         first = honest[0]
+        if st.on_cpu:
+            isz = first.element_size() if st.framework == "torch" else first.dtype.itemsize
+            h = _list_rows(st.data, st.n, isz)
+        else:
+            h = _torch_rows(st.torch_data[0])
 
         def restore_list(out: np.ndarray) -> list[Any]:
             if st.framework == "torch":
                 import torch
 
-                t = torch.from_numpy(np.ascontiguousarray(out)).to(
-                    dtype=first.dtype, device=first.device
-                )
+                if _repeated(out):
+                    row = torch.from_numpy(np.array(out[0])).to(
+                        dtype=first.dtype, device=first.device
+                    )
+                    return [row.clone().reshape(st.item_shape) for _ in range(out.shape[0])]
+                t = torch.from_numpy(_fresh(out)).to(dtype=first.dtype, device=first.device)
                 return [t[j].reshape(st.item_shape) for j in range(out.shape[0])]
             return [out[j].astype(first.dtype).reshape(st.item_shape) for j in range(out.shape[0])]
 
@@ -256,20 +400,23 @@ def _honest_rows(honest: Any, fn: str) -> tuple[Any, ...]:
     if torch_in:
         if not honest.dtype.is_floating_point:
             raise TypeError(f"{fn}: honest must have a floating dtype, got {honest.dtype}")
-        h = honest.detach().cpu().double().numpy()
+        h = _torch_rows(honest)
     else:
         if not np.issubdtype(honest.dtype, np.floating):
             raise TypeError(f"{fn}: honest must have a floating dtype, got {honest.dtype}")
-        h = np.asarray(honest, dtype=np.float64)
+        h = _Honest.of_array(honest)
 
     def restore(out: np.ndarray) -> Any:
         if torch_in:
             import torch
 
-            return torch.from_numpy(np.ascontiguousarray(out)).to(
-                dtype=honest.dtype, device=honest.device
-            )
-        return out.astype(honest.dtype)
+            if _repeated(out):
+                row = torch.from_numpy(np.array(out[0])).to(
+                    dtype=honest.dtype, device=honest.device
+                )
+                return row.expand(out.shape[0], -1).contiguous()
+            return torch.from_numpy(_fresh(out)).to(dtype=honest.dtype, device=honest.device)
+        return out.astype(honest.dtype, order="C")
 
     return h, restore
 
@@ -331,24 +478,37 @@ def _target(
 
 
 # ---------------------------------------------------------------------- non-adaptive
-def _scaled_mean_std(h: np.ndarray, std: bool = False) -> tuple[Any, ...]:
+def _scaled_mean_std(h: _Honest | np.ndarray, std: bool = False) -> tuple[Any, ...]:
     """Per-coordinate mean (and std, ddof = 1) of the honest rows, computed on the rows divided
     by their largest magnitude per coordinate: plain sums and squares overflow for finite float64
-    values beyond ~1e154 (squares) or near DBL_MAX (sums) although the statistics do not."""
-    s = np.max(np.abs(h), axis=0)
-    s = np.where(np.isfinite(s) & (s > 0), s, 1.0)
-    u = h / s
-    mean = u.mean(axis=0) * s
-    return (mean, u.std(axis=0, ddof=1) * s) if std else (mean, None)
+    values beyond ~1e154 (squares) or near DBL_MAX (sums) although the statistics do not. Block
+    of columns by block (the statistics are per coordinate)."""
+    rows = _Honest.of_array(h) if isinstance(h, np.ndarray) else h
+    mean = np.empty(rows.n)
+    sd = np.empty(rows.n) if std else None
+    for c0, c1 in rows.blocks():
+        b = rows.block(c0, c1)
+        s = np.max(np.abs(b), axis=0)
+        s = np.where(np.isfinite(s) & (s > 0), s, 1.0)
+        u = b / s
+        mean[c0:c1] = u.mean(axis=0) * s
+        if sd is not None:
+            sd[c0:c1] = u.std(axis=0, ddof=1) * s
+    return mean, sd
 
 
 def _pow2_exponent(a: np.ndarray) -> int:
     """e with max|a| = m 2^e, 0.5 <= m < 1, over the finite entries of a (0 when there are none
     or all are 0): dividing by 2^e (np.ldexp(a, -e)) is exact and brings a to magnitude ~1."""
-    fin = np.abs(a[np.isfinite(a)])
-    if fin.size == 0:
-        return 0
-    return int(np.frexp(np.max(fin))[1])
+    flat = np.ravel(a)  # a view of a contiguous array; taken in blocks (no (h, n) temporaries)
+    step = max(1, _BLOCK_BYTES // 8)
+    m = 0.0
+    for i in range(0, flat.size, step):
+        blk = flat[i : i + step]
+        fin = np.abs(blk[np.isfinite(blk)])
+        if fin.size:
+            m = max(m, float(np.max(fin)))
+    return int(np.frexp(m)[1])
 
 
 def _row_norms(a: np.ndarray) -> np.ndarray:
@@ -356,10 +516,15 @@ def _row_norms(a: np.ndarray) -> np.ndarray:
     largest magnitude first (exact): sqrt(sum(x * x)) overflows beyond ~1e154 and underflows to
     0 below ~1e-162 although the norm does not. Equal to it in between (the scaling is exact);
     rows holding Inf or NaN give Inf or NaN."""
-    m = np.max(np.abs(a), axis=1) if a.shape[1] else np.zeros(a.shape[0])
+    m = np.array([np.max(np.abs(r)) for r in a]) if a.shape[1] else np.zeros(a.shape[0])
     e = np.frexp(m)[1]  # 0 for 0, Inf and NaN: those rows go through unscaled
-    u = np.ldexp(a, -e[:, None])
-    return cast(np.ndarray, np.ldexp(np.sqrt(np.sum(u * u, axis=1)), e))
+    # a row at a time: the same pairwise sums as np.sum(u * u, axis=1), no (h, n) temporaries
+    sq = np.array([_sq_sum(np.ldexp(r, -ei)) for r, ei in zip(a, e)], dtype=np.float64)
+    return np.ldexp(np.sqrt(sq.reshape(a.shape[0])), e)
+
+
+def _sq_sum(r: np.ndarray) -> float:
+    return float(np.sum(r * r))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -396,21 +561,22 @@ def _alie_z_max(p: int, f: int, fn: str, name: str) -> float:
 
 def _make(
     name: str,
-    h: np.ndarray,
+    h: _Honest,
     f: int,
     rng: np.random.Generator,
     prm: dict[str, Any],
     fn: str,
     caller: str | None = None,
 ) -> np.ndarray:
-    """The f rows of non-adaptive attack ``name``; ``caller``: the attack named in errors (an
-    adaptive attack falling back to this one), default ``name``."""
-    nh, n = h.shape
+    """The f rows of non-adaptive attack ``name`` (float64; one row broadcast f times where
+    they are equal); ``caller``: the attack named in errors (an adaptive attack falling back to
+    this one), default ``name``."""
+    nh, n = h.nh, h.n
     if name == "random":
         return rng.random((f, n))
     if name == "sign_flip":
         scale = check_float(prm["scale"], fn, "scale")
-        return np.repeat(-scale * _scaled_mean_std(h)[0][None], f, axis=0)
+        return np.broadcast_to(-scale * _scaled_mean_std(h)[0], (f, n))
     if name == "gaussian":
         mu = check_float(prm["mu"], fn, "mu")
         sigma = check_float(prm["sigma"], fn, "sigma", low=0.0)
@@ -420,7 +586,9 @@ def _make(
         if frac > 1.0:
             raise ValueError(f"{fn}: fraction must be in [0, 1], got {frac}")
         k = round(float(frac * n))
-        out = np.stack([h[j % nh] for j in range(f)]) if f else np.zeros((0, n))
+        out = np.empty((f, n))
+        for j in range(f):
+            out[j] = h.row(j % nh)
         for j in range(f):
             out[j, rng.choice(n, size=k, replace=False)] = 0.0
         return out
@@ -440,13 +608,12 @@ def _make(
         if z is None:
             z = _alie_z_max(nh + f, f, fn, caller or name)
         mean, sd = _scaled_mean_std(h, std=True)
-        row = mean - z * sd
-        return np.repeat(row[None], f, axis=0)
+        return np.broadcast_to(mean - z * sd, (f, n))
     if name == "ipm":
         eps = check_float(prm["eps"], fn, "eps")
-        return np.repeat(-eps * _scaled_mean_std(h)[0][None], f, axis=0)
+        return np.broadcast_to(-eps * _scaled_mean_std(h)[0], (f, n))
     target = check_int(prm["target"], fn, "target", low=0, high=nh - 1)  # mimic
-    return np.repeat(h[target][None], f, axis=0)
+    return np.broadcast_to(h.row(target), (f, n))
 
 
 # ---------------------------------------------------------------------- adaptive
@@ -541,11 +708,16 @@ def _scaled_centred(h: np.ndarray, d: np.ndarray) -> tuple[Any, ...]:
     gamma of the scaled pair: both conditions depend on h only through the centred rows, and
     their squared distances overflow beyond ~1e154 (underflow below ~1e-162) unscaled."""
     e0 = _pow2_exponent(h)
-    hs = np.ldexp(h, -e0)
-    c0 = hs - hs.mean(axis=0)
+    c0 = np.ldexp(h, -e0)  # one (h, n) array, transformed in place
+    c0 -= c0.mean(axis=0)
     e1 = _pow2_exponent(c0)
     e2 = _pow2_exponent(d)
-    return np.ldexp(c0, -e1), np.ldexp(d, -e2), e0 + e1 - e2
+    return np.ldexp(c0, -e1, out=c0), np.ldexp(d, -e2), e0 + e1 - e2
+
+
+def _row_sq(c: np.ndarray) -> np.ndarray:
+    """np.sum(c * c, axis=1), one row at a time (the same pairwise sums, no (h, n) temporary)."""
+    return np.array([_sq_sum(r) for r in c], dtype=np.float64).reshape(c.shape[0])
 
 
 def _ldexp(x: float, e: int) -> float:
@@ -564,14 +736,14 @@ def min_max_gamma(h: np.ndarray, d: np.ndarray) -> float:
     by powers of two (exact), so any finite scale gives the same gamma up to that power of two."""
     # centred rows: pairwise distances from their Gram lose no precision to a common offset
     c0, d, ex = _scaled_centred(h, d)
-    sq = np.sum(c0 * c0, axis=1)
+    sq = _row_sq(c0)
     dmax2 = float(max(np.max(sq[:, None] + sq[None, :] - 2 * (c0 @ c0.T)), 0.0))
     a = float(d @ d)
     if a == 0.0 or dmax2 == 0.0:
         return 0.0
-    e = -c0  # mu - g_i, (h, n)
-    b = -2.0 * (e @ d)
-    c = np.sum(e * e, axis=1) - dmax2
+    # with e_i = mu - g_i = -c0_i: b = -2 (e @ d) = 2 (c0 @ d) and sum(e * e) = sq, exactly
+    b = 2.0 * (c0 @ d)
+    c = sq - dmax2
     disc = np.maximum(b * b - 4 * a * c, 0.0)
     roots = (-b + np.sqrt(disc)) / (2 * a)
     return _ldexp(float(max(np.min(roots), 0.0)), ex)
@@ -584,7 +756,7 @@ def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
     min_max_gamma."""
     k = h.shape[0]
     c0, d, ex = _scaled_centred(h, d)
-    sq = np.sum(c0 * c0, axis=1)
+    sq = _row_sq(c0)
     s_mu = float(np.sum(sq))
     # sum_i ||g_j - g_i||^2 = k ||c_j||^2 + sum_i ||c_i||^2 (the centred rows sum to zero)
     s_max = float(np.max(k * sq + s_mu))
@@ -596,7 +768,7 @@ def min_sum_gamma(h: np.ndarray, d: np.ndarray) -> float:
 
 def _adaptive(
     name: str,
-    h_all: np.ndarray,
+    rows: _Honest,
     f: int,
     rng: np.random.Generator,
     prm: dict[str, Any],
@@ -605,9 +777,10 @@ def _adaptive(
     rule_params: Any,
     fn: str,
 ) -> tuple[Any, ...]:
+    h_all = rows.full()  # float64 (a copy for other dtypes): the rule sees H + B in float64
     n = h_all.shape[1]
     finite = np.isfinite(h_all).all(axis=1)
-    h = h_all[finite]
+    h = h_all if finite.all() else h_all[finite]
     need = (
         1
         if name == "optimal_ipm"
@@ -631,12 +804,12 @@ def _adaptive(
                 f"got {h_all.shape[0]}"
             )
         _validate_only(name, prm, fn)
-        out = _make(fallback, h_all, f, rng, _PARAMS[fallback], fn, caller=name)
+        out = _make(fallback, _Honest.of_array(h_all), f, rng, _PARAMS[fallback], fn, caller=name)
         return out, AttackInfo(name)
     mu, sd = _scaled_mean_std(h, std=h.shape[0] >= 2)
 
     def rep(b: np.ndarray) -> np.ndarray:
-        return np.repeat(b[None], f, axis=0)
+        return np.broadcast_to(b, (f, n))
 
     g0 = 0.0
     d = mu
@@ -746,28 +919,43 @@ def _fa_aware(
     u = _unit(mu)
     # w: the honest normalised gradients' main direction of spread, orthogonal to u (the
     # direction FA's subspace captures after u); a seeded random direction when there is none.
-    xs = h / np.where(norms > 0, norms, 1.0)[:, None]
-    xc = xs - xs.mean(axis=0)
-    xc = xc - np.outer(xc @ u, u)
+    xc = h / np.where(norms > 0, norms, 1.0)[:, None]  # one (k, n) array, changed in place
+    xc -= xc.mean(axis=0)
+    t = xc @ u
+    for i in range(k):  # xc -= np.outer(t, u), a row at a time
+        xc[i] -= t[i] * u
     w = np.zeros(n)
     if k >= 2 and np.any(xc):
         # top right singular vector of xc from its k x k Gram (no n x k SVD)
         _, evec = np.linalg.eigh(xc @ xc.T)
         w = evec[:, -1] @ xc
         w = w - (w @ u) * u
+    del xc  # before the (k + f, n) stack below
     if not np.any(w):
         w = rng.standard_normal(n)
         w -= (w @ u) * u
     w /= max(_norm(w), 1e-300)
+    # the candidates as (label, recipe): each vector is made when it is needed (again, the same
+    # bits) rather than all held at once (angles + 2 vectors of n float64)
     cands: list[Any] = []
     for i in range(angles):
         th = 2 * math.pi * i / angles
-        cands.append((th, g_med * (-math.cos(th) * u + math.sin(th) * w)))
+        cands.append((th, (g_med, -math.cos(th), math.sin(th))))
     if sd is not None:
         with contextlib.suppress(ValueError):  # z_max is undefined for some (p, f)
-            cands.append(("alie", mu - alie_z(k + f, f) * sd))
-    cands.append(("ipm", -_PARAMS["ipm"]["eps"] * mu))
-    # per candidate: (margin over the honest threshold, label, vector, attackers' min ratio,
+            cands.append(("alie", alie_z(k + f, f)))
+    cands.append(("ipm", _PARAMS["ipm"]["eps"]))
+
+    def vector(label: Any, recipe: Any) -> np.ndarray:
+        if label == "alie":
+            assert sd is not None
+            return cast(np.ndarray, mu - recipe * sd)
+        if label == "ipm":
+            return cast(np.ndarray, -recipe * mu)
+        g, c, s_ = recipe
+        return cast(np.ndarray, g * (c * u + s_ * w))
+
+    # per candidate: (margin over the honest threshold, label, recipe, attackers' min ratio,
     # threshold)
     records: list[Any] = []
     # FA's ratios are ratios of norms of normalised gradients: invariant to a common scale of
@@ -777,23 +965,26 @@ def _fa_aware(
     # caller's scale.
     ex = _pow2_exponent(h)
     stack = np.empty((k + f, n))
-    stack[:k] = np.ldexp(h, -ex)
-    for label, b in cands:
-        stack[k:] = np.ldexp(b, -ex)
+    np.ldexp(h, -ex, out=stack[:k])
+    for label, recipe in cands:
+        np.ldexp(vector(label, recipe), -ex, out=stack[k:])
         _, info = flag_aggregate(stack, return_info=True, **fparams)
         v = np.asarray(info.reconstruction_ratios, dtype=np.float64)
         thr = float(np.quantile(v[:k], q)) - slack
         vb = float(np.min(v[k:]))
-        records.append((vb - thr, label, b, vb, thr))
-    ok = [(dev(r[2]), r) for r in records if r[0] >= 0]
+        records.append((vb - thr, label, recipe, vb, thr))
+    del stack
+    ok = [(dev(vector(r[1], r[2])), r) for r in records if r[0] >= 0]
     feasible = bool(ok)
     if feasible:
-        d, (_, label, b, vb, thr) = max(ok, key=lambda t: t[0])  # first of equal deviations
+        d, (_, label, recipe, vb, thr) = max(ok, key=lambda t: t[0])  # first of equal deviations
+        b = vector(label, recipe)
     else:  # nothing FA trusts enough: the most trusted candidate
-        _, label, b, vb, thr = max(records, key=lambda r: r[0])
+        _, label, recipe, vb, thr = max(records, key=lambda r: r[0])
+        b = vector(label, recipe)
         d = dev(b)
     return (
-        np.repeat(b[None], f, axis=0),
+        np.broadcast_to(b, (f, n)),
         AttackInfo(
             "fa_aware",
             parameter=label,
