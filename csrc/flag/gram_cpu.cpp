@@ -39,12 +39,20 @@ constexpr int64_t kGramBlasMinP = 32;
 // share. A/B (alternating processes, 2 threads, n = 1e6, ms, register vs packed): p = 40
 // 11.0-11.5 vs 14.5-16.1, 48 16.4-16.7 vs 18.3-18.5, 56 21.7-22.6 vs 22.0-23.4, 64 28.6 vs
 // 26.5-26.9.
-constexpr int64_t kGramRegisterMaxP32 = 48;
+// (FLAGCORE_REGISTER_MAX_P_AVX512 / _AVX2: compile-time knobs for A/B experiments,
+// tools/kernel_ab.py; a threshold decides the bits of every Gram in its range)
+#ifndef FLAGCORE_REGISTER_MAX_P_AVX512
+#define FLAGCORE_REGISTER_MAX_P_AVX512 48
+#endif
+#ifndef FLAGCORE_REGISTER_MAX_P_AVX2
+#define FLAGCORE_REGISTER_MAX_P_AVX2 36
+#endif
+constexpr int64_t kGramRegisterMaxP32 = FLAGCORE_REGISTER_MAX_P_AVX512;
 // float32 on AVX2 (3 x 3 tiles of 8-lane vectors) keeps it up to this p. A/B (one process,
 // variants alternating, 2 threads, n = 1e6, best of 9, ms, AMD EPYC Zen 3, register vs packed vs
 // OpenBLAS): p = 33 12.7 vs 16.4 vs 18.2, 36 16.3 vs 18.8 vs 20.3, 38 19.9 vs 19.5 vs 24.1, 40
 // 24.8 vs 20.2 vs 22.1, 42 23.6 vs 20.2 vs 25.7.
-constexpr int64_t kGramRegisterMaxP32Avx2 = 36;
+constexpr int64_t kGramRegisterMaxP32Avx2 = FLAGCORE_REGISTER_MAX_P_AVX2;
 constexpr int64_t kCancelColumns = int64_t(1) << 16;
 // float32 on CPUs with AMX (gram_amx.hpp) runs the tile kernel from p = kGramAmxMinP on
 // (set_gram_amx("on"): every p > kGramBlasMinP), where it measured faster than the AVX-512 FMA

@@ -102,9 +102,19 @@ static_assert(TF >= 1 && TF <= 6, "the float32 tile table covers tiles up to 6 x
 // 32 vs 128 steps: AVX-512 p = 15 9.9 vs 8.1, 30 13.9-14.4 vs 11.4-11.6, 48 21.0-21.1 vs
 // 17.4-17.6; AVX2 p = 15 11.8 vs 9.0, 30 16.2 vs 13.1, 36 21.2-21.4 vs 15.7-15.9 (256 steps: no
 // better at p >= 20, slower on AVX2 at 30-36; 512: slower). Not measured on Intel.
-constexpr int kFlushSteps = 128;
+// FLAGCORE_FLUSH_STEPS and FLAGCORE_PREFETCH_ROWS (like FLAGCORE_VF32 and FLAGCORE_TILE32) are
+// compile-time knobs for A/B experiments (tools/kernel_ab.py); builds use the defaults.
+#ifndef FLAGCORE_FLUSH_STEPS
+#define FLAGCORE_FLUSH_STEPS 128
+#endif
+#ifndef FLAGCORE_PREFETCH_ROWS
+#define FLAGCORE_PREFETCH_ROWS 8
+#endif
+constexpr int kFlushSteps = FLAGCORE_FLUSH_STEPS;
+static_assert(kFlushSteps >= 1, "FLAGCORE_FLUSH_STEPS must be positive");
 constexpr int64_t kChunk32 = int64_t(kFlushSteps) * VF;
-constexpr int kMaxPrefetchRows = 8;
+constexpr int kMaxPrefetchRows = FLAGCORE_PREFETCH_ROWS;
+static_assert(kMaxPrefetchRows >= 1, "FLAGCORE_PREFETCH_ROWS must be positive");
 typedef float vf2 __attribute__((vector_size(VF * 4)));
 typedef float vfh __attribute__((vector_size(VH * 4)));
 typedef double vdh __attribute__((vector_size(VH * 8)));

@@ -1,0 +1,326 @@
+"""A/B of compile-time variants of flagcore's CPU kernels, the way the Gram kernels' numbers in
+docs/scaling_history.md were measured: each variant is a build of the same sources with its own
+preprocessor defines, the variants run in alternating processes on the same data (the machine's
+memory speed and clock drift between runs, so only variants measured side by side compare), and
+every variant's Gram bits are checked against the first one's.
+
+    python tools/kernel_ab.py --variant base= --variant f256=-DFLAGCORE_FLUSH_STEPS=256
+    python tools/kernel_ab.py --variant base= \\
+        --variant r64=-DFLAGCORE_REGISTER_MAX_P_AVX512=64 --sizes 52:1000000,64:1000000
+
+A variant is NAME=DEFINES (DEFINES: compiler flags, usually -D knobs, empty for the sources as
+they are). The knobs: FLAGCORE_FLUSH_STEPS (float32 register kernels: vector steps per float32
+partial sum, 128), FLAGCORE_PREFETCH_ROWS (8), FLAGCORE_VF32 / FLAGCORE_TILE32 (float32 lanes
+and tile rows), FLAGCORE_REGISTER_MAX_P_AVX512 / _AVX2 (the largest p of the float32 register
+kernel, 48 / 36). The sources are ``git archive REV`` of this repository (--rev, default HEAD;
+``--rev WORKTREE`` takes the working tree as it is, uncommitted changes included). Builds need
+the build requirements in this Python (scikit-build-core, pybind11, cmake, ninja): they run
+``pip install --no-build-isolation --no-deps --target`` with FLAGCORE_CUDA=OFF, one folder per
+variant under --workdir (about a minute each on 2 cores; kept, and reused with --reuse).
+
+Timed: ``_core.gram`` of a (p, n) float32 stack, for each --sizes pair, each --levels SIMD level
+and each layout ("numpy": the array numpy allocates, whose large rows start 16 bytes past a
+cache line; "line": rows on a cache line), best of --repeat in each process; --rounds rounds,
+the variants' order rotating from one round to the next. Bits: a sha256 over float32 and
+float64 Grams (p 1-48, n around the chunk widths, three alignments) at every SIMD level the CPU
+runs; a variant whose bits differ from the first is marked (a knob may change bits on purpose:
+then the table says so, it does not fail). Writes JSON (raw times of every round, the digests,
+the commands, the CPU) and prints a table of each variant's fastest round and its ratio to the
+first variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run in each variant's process (PYTHONPATH = its build): prints one JSON line.
+TIMING = r"""
+import json, sys, time
+import numpy as np
+import flagcore
+from flagcore import _core
+sizes, levels, layouts, threads, repeat = json.loads(sys.argv[1])
+flagcore.set_num_threads(threads)
+out = {}
+for p, n in sizes:
+    for layout in layouts:
+        if layout == "numpy":
+            x = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
+        else:  # rows on a cache line (n a multiple of 16 keeps every row there)
+            buf = np.empty(p * n + 16, dtype=np.float32)
+            s = ((-buf.ctypes.data) % 64) // 4
+            x = buf[s : s + p * n].reshape(p, n)
+            x[...] = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
+        for level in levels:
+            _core.set_simd_level(level)
+            _core.gram(x[None])
+            ts = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                _core.gram(x[None])
+                ts.append(time.perf_counter() - t0)
+            out[f"{p}:{n}:{layout}:{level}"] = min(ts) * 1e3
+    _core.set_simd_level("auto")
+print(json.dumps(out))
+"""
+
+BITS = r"""
+import hashlib, json
+import numpy as np
+import flagcore
+from flagcore import _core
+supported = flagcore.build_info()["simd_supported"]
+levels = {"generic": ["generic"], "avx2": ["generic", "avx2"],
+          "avx512": ["generic", "avx2", "avx512"]}.get(supported, ["generic"])
+out = {}
+for level in levels:
+    _core.set_simd_level(level)
+    h = hashlib.sha256()
+    for dtype in (np.float32, np.float64):
+        for p in (1, 2, 3, 5, 7, 11, 15, 16, 20, 30, 33, 40, 48):
+            for n in (1, 17, 1023, 1025, 2047, 2049, 8193, 70001):
+                for off in (0, 1, 4):
+                    rng = np.random.default_rng(p * n + off)
+                    buf = rng.standard_normal(p * n + 64).astype(dtype)
+                    x = buf[off : off + p * n].reshape(p, n)
+                    h.update(np.ascontiguousarray(_core.gram(x[None])).tobytes())
+    out[level] = h.hexdigest()
+_core.set_simd_level("auto")
+print(json.dumps(out))
+"""
+
+
+def parse_variant(ap: argparse.ArgumentParser, text: str) -> tuple[str, str]:
+    name, sep, flags = text.partition("=")
+    if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
+        ap.error(f"--variant: expected NAME=DEFINES (NAME letters, digits, - or _), got {text!r}")
+    return name, flags.strip()
+
+
+def parse_sizes(ap: argparse.ArgumentParser, text: str) -> list[list[int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            p, n = (int(float(v)) for v in item.split(":"))
+        except ValueError:
+            ap.error(f"--sizes: expected p:n pairs, got {item!r}")
+        if p < 1 or n < 1:
+            ap.error(f"--sizes: p and n must be >= 1, got {item!r}")
+        sizes.append([p, n])
+    return sizes
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def export_sources(rev: str, dest: str) -> str:
+    """The sources of rev (or the working tree, rev == "WORKTREE") under dest/src."""
+    src = os.path.join(dest, "src")
+    if os.path.isdir(src):
+        subprocess.run(["rm", "-rf", src], check=True)
+    os.makedirs(src)
+    if rev == "WORKTREE":
+        files = (
+            subprocess.run(
+                ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
+        for f in filter(None, files):
+            if os.path.isfile(os.path.join(ROOT, f)):
+                os.makedirs(os.path.dirname(os.path.join(src, f)) or src, exist_ok=True)
+                subprocess.run(
+                    ["cp", "-p", os.path.join(ROOT, f), os.path.join(src, f)], check=True
+                )
+        return src
+    with tempfile.TemporaryFile() as tmp:
+        subprocess.run(["git", "archive", rev], cwd=ROOT, stdout=tmp, check=True)
+        tmp.seek(0)
+        with tarfile.open(fileobj=tmp) as tar:
+            try:
+                tar.extractall(src, filter="data")
+            except TypeError:  # Python without extraction filters: a git archive of this repo
+                tar.extractall(src)
+    return src
+
+
+def build(src: str, workdir: str, name: str, flags: str) -> tuple[str, list[str]]:
+    target = os.path.join(workdir, f"v_{name}")
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
+        "--target", target, "--upgrade",
+        "-C", f"build-dir={os.path.join(workdir, f'b_{name}')}",
+        "-C", f"cmake.define.CMAKE_CXX_FLAGS={flags}",
+        src,
+    ]  # fmt: skip
+    env = dict(os.environ, FLAGCORE_CUDA="OFF", CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(
+            f"kernel_ab: building variant {name!r} failed:\n"
+            f"{res.stdout[-3000:]}{res.stderr[-3000:]}"
+        )
+    return target, cmd
+
+
+def run_in(target: str, code: str, *args: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=target)
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
+    if res.returncode != 0:
+        sys.exit(f"kernel_ab: a run in {target} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--variant", action="append", required=True, help="NAME=DEFINES (repeat)")
+    ap.add_argument("--rev", default="HEAD", help="git revision of the sources, or WORKTREE")
+    ap.add_argument("--sizes", default="15:4000000,30:2000000,48:1250000")
+    ap.add_argument("--levels", default="auto", help="SIMD levels to time, comma-separated")
+    ap.add_argument("--layouts", default="numpy,line")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "flagcore_kernel_ab"))
+    ap.add_argument("--reuse", action="store_true", help="reuse the variants' builds in --workdir")
+    ap.add_argument(
+        "--out", default=None, help="JSON path (default bench/results/kernel_ab_<date>.json)"
+    )
+    args = ap.parse_args(argv)
+    variants = [parse_variant(ap, v) for v in args.variant]
+    if len({n for n, _ in variants}) != len(variants):
+        ap.error("--variant: names must differ")
+    sizes = parse_sizes(ap, args.sizes)
+    levels = [v for v in args.levels.split(",") if v]
+    layouts = [v for v in args.layouts.split(",") if v]
+    bad = [v for v in layouts if v not in ("numpy", "line")]
+    if bad:
+        ap.error(f"--layouts: numpy and/or line, got {bad[0]!r}")
+    for opt in ("threads", "repeat", "rounds"):
+        if getattr(args, opt) < 1:
+            ap.error(f"--{opt}: must be >= 1, got {getattr(args, opt)}")
+    date = datetime.datetime.now(datetime.timezone.utc)
+    out = args.out or os.path.join(ROOT, "bench", "results", f"kernel_ab_{date:%Y-%m-%d_%H%M}.json")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+    os.makedirs(args.workdir, exist_ok=True)
+    rev = args.rev
+    if rev != "WORKTREE":
+        res = subprocess.run(
+            ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True
+        )
+        if res.returncode != 0:
+            ap.error(f"--rev: git does not know {rev!r} here ({res.stderr.strip()})")
+        rev = res.stdout.strip()
+
+    targets, commands = {}, {}
+    src = None
+    for name, flags in variants:
+        target = os.path.join(args.workdir, f"v_{name}")
+        if args.reuse and os.path.isdir(os.path.join(target, "flagcore")):
+            targets[name], commands[name] = target, "(reused)"
+            continue
+        src = src or export_sources(rev, args.workdir)
+        print(f"building {name} ({flags or 'no defines'}) ...", flush=True)
+        targets[name], cmd = build(src, args.workdir, name, flags)
+        commands[name] = "FLAGCORE_CUDA=OFF " + shlex.join(cmd)
+
+    digests = {name: run_in(targets[name], BITS) for name, _ in variants}
+    first = variants[0][0]
+    same_bits = {name: digests[name] == digests[first] for name, _ in variants}
+
+    rounds: list[dict] = []
+    payload = json.dumps([sizes, levels, layouts, args.threads, args.repeat])
+    for r in range(args.rounds):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for name, _ in order:
+            times = run_in(targets[name], TIMING, payload)
+            rounds.append({"round": r, "variant": name, "times_ms": times})
+            print(f"round {r + 1}/{args.rounds} {name} done", flush=True)
+
+    best: dict[str, dict[str, float]] = {}
+    for rec in rounds:
+        b = best.setdefault(rec["variant"], {})
+        for k, v in rec["times_ms"].items():
+            b[k] = min(v, b.get(k, float("inf")))
+    record = {
+        "meta": {
+            "date": date.isoformat(timespec="seconds"),
+            "rev": rev,
+            "command": "python tools/kernel_ab.py "
+            + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "variants": dict(variants),
+            "builds": commands,
+            "method": "alternating processes, best of --repeat per process; rounds rotate the "
+            "order",
+        },
+        "bits": {"digests": digests, "same_as_first": same_bits},
+        "rounds": rounds,
+        "best_ms": best,
+    }
+    with open(out, "w") as fh:
+        json.dump(record, fh, indent=1)
+    print(f"wrote {out}")
+    print(table(best, [n for n, _ in variants], same_bits, args.rounds))
+
+
+def table(
+    best: dict[str, dict[str, float]], names: list[str], same_bits: dict[str, bool], rounds: int
+) -> str:
+    """Plain-text table: each variant's fastest round (ms) and its ratio to the first."""
+    first = names[0]
+    cols = ["p:n:layout:level", *names, *(f"{n}/{first}" for n in names[1:])]
+    rows = [
+        [
+            k,
+            *(f"{best[n][k]:.3f}" for n in names),
+            *(f"{best[n][k] / best[first][k]:.3f}" for n in names[1:]),
+        ]
+        for k in best[first]
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    notes = ", ".join(f"{n}: {'same bits' if same_bits[n] else 'OTHER BITS'}" for n in names[1:])
+    lines = [f"kernel A/B, ms, fastest of {rounds} rounds ({notes or 'one variant'})"]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [cols, *rows]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
