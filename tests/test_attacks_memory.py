@@ -165,3 +165,30 @@ def test_estimate_bounds_the_measured_peak(name, dtype, f, rule) -> None:
     call = "attacks.attack(a[0], a[1], a[2], rule=a[3])"
     ratio = _measured_over_estimated(setup, call)
     assert 0.5 <= ratio <= 1.0, ratio
+
+
+@pytest.mark.parametrize("kind", ["numpy64", "numpy32", "torch64", "list64"])
+def test_adaptive_attacks_leave_the_input_as_it_was(kind) -> None:
+    # the finite rows are moved up in place only in flagcore's own float64 copies
+    x = _stack(7, 50, 1)
+    x[4, 0] = np.inf
+    for name in ("optimal_alie", "optimal_ipm", "min_max", "min_sum", "fa_aware"):
+        for kw in ({}, {"rule": "mean"}) if name != "optimal_alie" else ({"rule": "mean"},):
+            if kind == "numpy64":
+                inp: object = x.copy()
+            elif kind == "numpy32":
+                inp = x.astype(np.float32)
+            elif kind == "torch64":
+                inp = torch.from_numpy(x.copy())
+            else:
+                inp = [r.copy() for r in x]
+
+            def arr(v: object) -> np.ndarray:
+                if isinstance(v, list):
+                    return np.stack(v)
+                return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+            keep = arr(inp).copy()
+            kw = dict(kw, rule="mean") if name == "optimal_ipm" else kw
+            attack(name, inp, 2, **kw)
+            np.testing.assert_array_equal(arr(inp), keep, err_msg=name)

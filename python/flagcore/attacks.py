@@ -287,12 +287,13 @@ class _Honest:
 
 # Peak memory of an attack beyond its input, in float64 rows of n (8 n bytes each), fitted to
 # VmHWM in fresh processes (h = 12 and 32 honest rows, f = 3-12, n = 2e6-4e6, float32 and
-# float64 inputs; the float64 copy of the honest rows counted where the input is not already
-# float64 on the CPU): (rows per honest row when copied, per honest row, per worker p = h + f,
-# per attacker, fixed). The result in the caller's dtype adds f * itemsize / 8, the column
-# blocks of the statistics 3 * _BLOCK_BYTES. An adaptive attack's targeted rule sees the
-# (p, n) float64 stack: its own temporaries are counted as p / 4 rows (the largest measured,
-# signguard's), its p x p work it checks itself when called.
+# float64 inputs): (per honest row when the input is copied to float64, per honest row, per
+# worker p = h + f, per attacker, fixed). The result in the caller's dtype adds
+# f * itemsize / 8, the column blocks of the statistics 3 * _BLOCK_BYTES. An adaptive attack
+# with a rule holds the (p, n) float64 stack the rule is evaluated on, the honest rows in its
+# top rows (no other float64 copy of them); the rule's own temporaries are counted as p / 4
+# rows (the largest measured, signguard's), its p x p work it checks itself when called.
+# min_max / min_sum without a rule: a float64 copy of the honest rows and their centred copy.
 _ATTACK_ROWS: dict[str, tuple[float, float, float, float, float]] = {
     "random": (0, 0, 0, 1, 0),
     "gaussian": (0, 0, 0, 1, 0),
@@ -304,11 +305,11 @@ _ATTACK_ROWS: dict[str, tuple[float, float, float, float, float]] = {
     "ipm": (0, 0, 0, 0, 2),
     "alie": (0, 0, 0, 0, 3),
     "mimic": (0, 0, 0, 0, 1),
-    "optimal_alie": (1, 0, 1.25, 0, 4),
-    "optimal_ipm": (1, 0, 1.25, 0, 4),
-    "min_max": (1, 1, 0, 0, 4),  # + the (p, n) stack and the rule when a rule is targeted
-    "min_sum": (1, 1, 0, 0, 4),
-    "fa_aware": (1, 0, 2.25, 0, 4),
+    "optimal_alie": (0, 0, 1.25, 0, 4),
+    "optimal_ipm": (0, 0, 1.25, 0, 4),
+    "min_max": (0, 2, 0, 0, 4),  # with a rule: the stack, the centred rows or the rule's work
+    "min_sum": (0, 2, 0, 0, 4),
+    "fa_aware": (0, 0, 2.25, 0, 4),
 }
 
 
@@ -318,7 +319,7 @@ def _attack_need(name: str, h: _Honest, f: int, targeted: bool) -> float:
     p = h.nh + f
     rows = per_copy * h.nh * h.copies + per_h * h.nh + per_p * p + per_f * f + fixed
     if name in ("min_max", "min_sum") and targeted:
-        rows = per_copy * h.nh * h.copies + max(h.nh, 1.25 * p) + fixed
+        rows = max(p + h.nh, 1.25 * p) + fixed
     rows += f * h.itemsize / 8
     return rows * 8.0 * h.n + 3 * _BLOCK_BYTES
 
@@ -620,10 +621,19 @@ def _make(
 class _Deviation:
     """D(b) = ||rule(H + f copies of b) - rule(H + f copies of mu)||, counting evaluations."""
 
-    def __init__(self, target: Callable[..., Any], h: np.ndarray, f: int, mu: np.ndarray) -> None:
+    def __init__(
+        self,
+        target: Callable[..., Any],
+        h: np.ndarray,
+        f: int,
+        mu: np.ndarray,
+        buf: np.ndarray | None = None,
+    ) -> None:
         self.target, self.f, self.k = target, f, h.shape[0]
-        self.buf = np.empty((h.shape[0] + f, h.shape[1]))  # honest rows once, attackers rewritten
-        self.buf[: self.k] = h
+        if buf is None:  # honest rows once, attackers rewritten
+            buf = np.empty((h.shape[0] + f, h.shape[1]))
+            buf[: self.k] = h
+        self.buf = buf  # (k + f, n), its first k rows the honest ones (h may be a view of them)
         self.evaluations = 0
         self.ref = self._agg(mu)
 
@@ -777,10 +787,21 @@ def _adaptive(
     rule_params: Any,
     fn: str,
 ) -> tuple[Any, ...]:
-    h_all = rows.full()  # float64 (a copy for other dtypes): the rule sees H + B in float64
-    n = h_all.shape[1]
-    finite = np.isfinite(h_all).all(axis=1)
-    h = h_all if finite.all() else h_all[finite]
+    n, k_all = rows.n, rows.nh
+    buf = None
+    if target is not None and f > 0:
+        # the honest rows go straight into the top of the (k + f, n) float64 stack the rule is
+        # evaluated on: no second float64 copy of them
+        buf = np.empty((k_all + f, n))
+        for c0, c1 in rows.blocks():
+            buf[:k_all, c0:c1] = rows.block(c0, c1)
+        h_all = buf[:k_all]
+    else:
+        h_all = rows.full()  # float64 (a copy for other dtypes)
+    finite = np.ones(k_all, dtype=bool)
+    for c0, c1 in rows.blocks():
+        finite &= np.isfinite(h_all[:, c0:c1]).all(axis=1)
+    k_fin = int(np.count_nonzero(finite))
     need = (
         1
         if name == "optimal_ipm"
@@ -789,7 +810,7 @@ def _adaptive(
     )
     if name in ("min_max", "min_sum"):
         check_choice(prm["perturbation"], fn, "perturbation", PERTURBATIONS)
-    if h.shape[0] < need or f == 0:
+    if k_fin < need or f == 0:
         fallback = {
             "optimal_alie": "alie",
             "optimal_ipm": "ipm",
@@ -806,6 +827,18 @@ def _adaptive(
         _validate_only(name, prm, fn)
         out = _make(fallback, _Honest.of_array(h_all), f, rng, _PARAMS[fallback], fn, caller=name)
         return out, AttackInfo(name)
+    if k_fin == k_all:
+        h = h_all
+    elif buf is not None or rows.copies:
+        # the finite rows moved up in place (each to a lower or equal index), no copy
+        for dst, src in enumerate(np.flatnonzero(finite)):
+            if dst != src:
+                h_all[dst] = h_all[src]
+        h = h_all[:k_fin]
+        if buf is not None:
+            buf = buf[: k_fin + f]
+    else:  # h_all is the caller's float64 array: left as it is
+        h = h_all[finite]
     mu, sd = _scaled_mean_std(h, std=h.shape[0] >= 2)
 
     def rep(b: np.ndarray) -> np.ndarray:
@@ -821,7 +854,7 @@ def _adaptive(
         ):  # AGR-agnostic: the paper's attack; the only adaptive case without a rule
             _search_params(prm, fn, with_start=False)
             return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
-    dev = _Deviation(target, h, f, mu)
+    dev = _Deviation(target, h, f, mu, buf)
 
     if name in ("optimal_alie", "optimal_ipm"):
         sp = _search_params(prm, fn)
