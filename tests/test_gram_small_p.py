@@ -1,5 +1,5 @@
 """The register-tiled float32 Gram kernels (p <= 32, every instruction set built here; up to
-p = 48 on AVX-512, 36 on AVX2): against
+p = 64 on AVX-512, 36 on AVX2): against
 float64 NumPy within the documented accuracy class (float32 partial sums of at most 128
 products, reduced in float64), for every tile remainder shape, column counts around the vector
 and chunk widths, rows anywhere in memory (misaligned, separate arrays), and bit-identical for
@@ -55,10 +55,10 @@ def test_every_p_and_level_within_accuracy_class(level, p):
 
 @pytest.mark.parametrize(
     "level,p",
-    [("avx512", p) for p in (33, 37, 40, 45, 48)] + [("avx2", p) for p in (33, 35, 36)],
+    [("avx512", p) for p in (33, 37, 40, 45, 48, 49, 57, 64)] + [("avx2", p) for p in (33, 35, 36)],
 )
 def test_float32_keeps_the_register_kernel_above_p_32(level, p):
-    # p = 33 to 48 on AVX-512, 33 to 36 on AVX2: the register kernel's accuracy class (128
+    # p = 33 to 64 on AVX-512, 33 to 36 on AVX2: the register kernel's accuracy class (128
     # products per float32 partial sum) and the same bits on 1 thread as on all
     if level not in _levels():
         pytest.skip(f"the CPU has no {level}")

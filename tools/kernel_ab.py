@@ -12,7 +12,7 @@ A variant is NAME=DEFINES (DEFINES: compiler flags, usually -D knobs, empty for 
 they are). The knobs: FLAGCORE_FLUSH_STEPS (float32 register kernels: vector steps per float32
 partial sum, 128), FLAGCORE_PREFETCH_ROWS (8), FLAGCORE_VF32 / FLAGCORE_TILE32 (float32 lanes
 and tile rows), FLAGCORE_REGISTER_MAX_P_AVX512 / _AVX2 (the largest p of the float32 register
-kernel, 48 / 36). The sources are ``git archive REV`` of this repository (--rev, default HEAD;
+kernel, 64 / 36). The sources are ``git archive REV`` of this repository (--rev, default HEAD;
 ``--rev WORKTREE`` takes the working tree as it is, uncommitted changes included). Builds need
 the build requirements in this Python (scikit-build-core, pybind11, cmake, ninja): they run
 ``pip install --no-build-isolation --no-deps --target`` with FLAGCORE_CUDA=OFF, one folder per
@@ -22,7 +22,7 @@ Timed: ``_core.gram`` of a (p, n) float32 stack, for each --sizes pair, each --l
 and each layout ("numpy": the array numpy allocates, whose large rows start 16 bytes past a
 cache line; "line": rows on a cache line), best of --repeat in each process; --rounds rounds,
 the variants' order rotating from one round to the next. Bits: a sha256 over float32 and
-float64 Grams (p 1-48, n around the chunk widths, three alignments) at every SIMD level the CPU
+float64 Grams (p 1-80, n around the chunk widths, three alignments) at every SIMD level the CPU
 runs; a variant whose bits differ from the first is marked (a knob may change bits on purpose:
 then the table says so, it does not fail). Writes JSON (raw times of every round, the digests,
 the commands, the CPU) and prints a table of each variant's fastest round and its ratio to the
@@ -88,7 +88,7 @@ for level in levels:
     _core.set_simd_level(level)
     h = hashlib.sha256()
     for dtype in (np.float32, np.float64):
-        for p in (1, 2, 3, 5, 7, 11, 15, 16, 20, 30, 33, 40, 48):
+        for p in (1, 2, 3, 5, 7, 11, 15, 16, 20, 30, 33, 40, 48, 49, 64, 80):
             for n in (1, 17, 1023, 1025, 2047, 2049, 8193, 70001):
                 for off in (0, 1, 4):
                     rng = np.random.default_rng(p * n + off)
