@@ -295,10 +295,10 @@ class _Honest:
 # rows (the largest measured, signguard's), its p x p work it checks itself when called.
 # min_max / min_sum without a rule: a float64 copy of the honest rows and their centred copy.
 _ATTACK_ROWS: dict[str, tuple[float, float, float, float, float]] = {
-    "random": (0, 0, 0, 1, 0),
-    "gaussian": (0, 0, 0, 1, 0),
-    "nan": (0, 0, 0, 1, 0),
-    "inf": (0, 0, 0, 1, 0),
+    "random": (0, 0, 0, 1, 1),
+    "gaussian": (0, 0, 0, 1, 1),
+    "nan": (0, 0, 0, 1, 1),
+    "inf": (0, 0, 0, 1, 1),
     "zero": (0, 0, 0, 1, 2),
     "drop": (0, 0, 0, 1, 2),
     "sign_flip": (0, 0, 0, 0, 2),
@@ -307,9 +307,12 @@ _ATTACK_ROWS: dict[str, tuple[float, float, float, float, float]] = {
     "mimic": (0, 0, 0, 0, 1),
     "optimal_alie": (0, 0, 1.25, 0, 4),
     "optimal_ipm": (0, 0, 1.25, 0, 4),
-    "min_max": (0, 2, 0, 0, 4),  # with a rule: the stack, the centred rows or the rule's work
-    "min_sum": (0, 2, 0, 0, 4),
-    "fa_aware": (0, 0, 2.25, 0, 4),
+    # min_max / min_sum without a rule; with one: the stack and the centred rows or the rule's
+    # work. The fixed rows (mean, perturbation, their scaled copies) are counted generously here
+    # and in fa_aware: with 4, the measured peaks came to 0.97-0.98 of the estimate at large n
+    "min_max": (0, 2, 0, 0, 8),
+    "min_sum": (0, 2, 0, 0, 8),
+    "fa_aware": (0, 0, 2.25, 0, 8),
 }
 
 
