@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cancel.hpp"
@@ -188,6 +189,13 @@ inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0
   fin.nonfinite |= nonfinite;
 }
 
+// group(std::integral_constant<int, rem>{}) for the remainder rem in 1 .. sizeof...(I) (nothing
+// for 0): a run-time row count to the compile-time group size it needs.
+template <typename G, int... I>
+inline void group_for_remainder(G& group, int64_t rem, std::integer_sequence<int, I...>) {
+  ((rem == I + 1 ? group(std::integral_constant<int, I + 1>{}) : void()), ...);
+}
+
 // out (when not null) gets T(acc / d) (d > 0: the rounded quotient as numpy forms it; for a
 // power-of-two d the product with 1/d, the same rounded quotient) or T(acc) (d == 0), at
 // out[0:len]. Returns whether every sum is finite (true when out is null).
@@ -257,32 +265,8 @@ bool sum_rows_kernel(const T* const* xs, const double* cs, int64_t m, int64_t k0
 #undef FLAGCORE_ADD_ROWS
     r += R;
   };
-  switch (m % kSumGroup) {  // the rows of a count that is not a multiple of 8: one group first
-    case 1:
-      group(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      group(std::integral_constant<int, 2>{});
-      break;
-    case 3:
-      group(std::integral_constant<int, 3>{});
-      break;
-    case 4:
-      group(std::integral_constant<int, 4>{});
-      break;
-    case 5:
-      group(std::integral_constant<int, 5>{});
-      break;
-    case 6:
-      group(std::integral_constant<int, 6>{});
-      break;
-    case 7:
-      group(std::integral_constant<int, 7>{});
-      break;
-    default:
-      break;
-  }
-  static_assert(kSumGroup == 8, "the switch above covers the remainders of 8");
+  // the rows of a count that is not a multiple of kSumGroup: one group first
+  group_for_remainder(group, m % kSumGroup, std::make_integer_sequence<int, kSumGroup - 1>{});
   while (r < m) group(std::integral_constant<int, kSumGroup>{});
   return fin.nonfinite == 0;
 }
