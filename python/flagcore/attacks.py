@@ -624,19 +624,10 @@ def _make(
 class _Deviation:
     """D(b) = ||rule(H + f copies of b) - rule(H + f copies of mu)||, counting evaluations."""
 
-    def __init__(
-        self,
-        target: Callable[..., Any],
-        h: np.ndarray,
-        f: int,
-        mu: np.ndarray,
-        buf: np.ndarray | None = None,
-    ) -> None:
-        self.target, self.f, self.k = target, f, h.shape[0]
-        if buf is None:  # honest rows once, attackers rewritten
-            buf = np.empty((h.shape[0] + f, h.shape[1]))
-            buf[: self.k] = h
-        self.buf = buf  # (k + f, n), its first k rows the honest ones (h may be a view of them)
+    def __init__(self, target: Callable[..., Any], buf: np.ndarray, k: int, mu: np.ndarray) -> None:
+        # buf: the (k + f, n) float64 stack the rule sees, its first k rows the honest ones
+        # (written once), the f attacker rows rewritten per evaluation
+        self.target, self.buf, self.k = target, buf, k
         self.evaluations = 0
         self.ref = self._agg(mu)
 
@@ -857,7 +848,8 @@ def _adaptive(
         ):  # AGR-agnostic: the paper's attack; the only adaptive case without a rule
             _search_params(prm, fn, with_start=False)
             return rep(mu - g0 * d), AttackInfo(name, parameter=g0, agnostic_parameter=g0)
-    dev = _Deviation(target, h, f, mu, buf)
+    assert buf is not None  # a rule and f > 0: _adaptive built the stack above
+    dev = _Deviation(target, buf, h.shape[0], mu)
 
     if name in ("optimal_alie", "optimal_ipm"):
         sp = _search_params(prm, fn)
