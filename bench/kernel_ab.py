@@ -4,8 +4,8 @@ preprocessor defines, the variants run in alternating processes on the same data
 memory speed and clock drift between runs, so only variants measured side by side compare), and
 every variant's Gram bits are checked against the first one's.
 
-    python tools/kernel_ab.py --variant base= --variant f256=-DFLAGCORE_FLUSH_STEPS=256
-    python tools/kernel_ab.py --variant base= \\
+    python bench/kernel_ab.py --variant base= --variant f256=-DFLAGCORE_FLUSH_STEPS=256
+    python bench/kernel_ab.py --variant base= \\
         --variant r64=-DFLAGCORE_REGISTER_MAX_P_AVX512=64 --sizes 52:1000000,64:1000000
 
 A variant is NAME=DEFINES (DEFINES: compiler flags, usually -D knobs, empty for the sources as
@@ -41,6 +41,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+
+from _common import check_out_dir, parse_sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,19 +108,6 @@ def parse_variant(ap: argparse.ArgumentParser, text: str) -> tuple[str, str]:
     if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
         ap.error(f"--variant: expected NAME=DEFINES (NAME letters, digits, - or _), got {text!r}")
     return name, flags.strip()
-
-
-def parse_sizes(ap: argparse.ArgumentParser, text: str) -> list[list[int]]:
-    sizes = []
-    for item in text.split(","):
-        try:
-            p, n = (int(float(v)) for v in item.split(":"))
-        except ValueError:
-            ap.error(f"--sizes: expected p:n pairs, got {item!r}")
-        if p < 1 or n < 1:
-            ap.error(f"--sizes: p and n must be >= 1, got {item!r}")
-        sizes.append([p, n])
-    return sizes
 
 
 def cpu_model() -> str:
@@ -234,9 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"--{opt}: must be >= 1, got {getattr(args, opt)}")
     date = datetime.datetime.now(datetime.timezone.utc)
     out = args.out or os.path.join(ROOT, "bench", "results", f"kernel_ab_{date:%Y-%m-%d_%H%M}.json")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        ap.error(f"--out: directory {out_dir} does not exist or is not writable")
+    check_out_dir(ap, out)
     os.makedirs(args.workdir, exist_ok=True)
     rev = args.rev
     if rev != "WORKTREE":
@@ -281,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "meta": {
             "date": date.isoformat(timespec="seconds"),
             "rev": rev,
-            "command": "python tools/kernel_ab.py "
+            "command": "python bench/kernel_ab.py "
             + shlex.join(argv if argv is not None else sys.argv[1:]),
             "cpu": cpu_model(),
             "cpus": os.cpu_count(),

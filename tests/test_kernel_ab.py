@@ -1,4 +1,4 @@
-"""tools/kernel_ab.py, the A/B harness for compile-time kernel variants: its arguments are
+"""bench/kernel_ab.py, the A/B harness for compile-time kernel variants: its arguments are
 checked before any build, and a whole run (bits, alternating timings, JSON, table) works on
 prebuilt variants (--reuse; here two links to the installed package, so no build runs)."""
 
@@ -13,10 +13,12 @@ import pytest
 
 import flagcore
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "kernel_ab.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TOOL = BENCH / "kernel_ab.py"
 
 
-def _tool():
+def _tool(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # its `from _common import ...`, as when run
     spec = importlib.util.spec_from_file_location("kernel_ab", TOOL)
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
@@ -38,15 +40,15 @@ def _tool():
         (["--variant", "a=", "--rev", "no-such-rev-x"], "--rev: git does not know"),
     ],
 )
-def test_bad_arguments_stop_before_any_build(tmp_path, capsys, argv, words) -> None:
+def test_bad_arguments_stop_before_any_build(tmp_path, capsys, monkeypatch, argv, words) -> None:
     with pytest.raises(SystemExit) as e:
-        _tool().main([*argv, "--workdir", str(tmp_path)])
+        _tool(monkeypatch).main([*argv, "--workdir", str(tmp_path)])
     assert e.value.code == 2
     assert words in capsys.readouterr().err
     assert not any(p.name.startswith(("v_", "b_", "src")) for p in tmp_path.iterdir())
 
 
-def test_a_run_on_prebuilt_variants(tmp_path, capsys) -> None:
+def test_a_run_on_prebuilt_variants(tmp_path, capsys, monkeypatch) -> None:
     pkg = os.path.dirname(flagcore.__file__)
     for name in ("a", "b"):
         (tmp_path / f"v_{name}").mkdir()
@@ -55,7 +57,7 @@ def test_a_run_on_prebuilt_variants(tmp_path, capsys) -> None:
     argv = ["--variant", "a=", "--variant", "b=-DFLAGCORE_FLUSH_STEPS=64", "--reuse"]
     argv += ["--workdir", str(tmp_path), "--sizes", "5:4096,17:1000", "--rounds", "2"]
     argv += ["--repeat", "1", "--threads", "1", "--out", str(out)]
-    _tool().main(argv)
+    _tool(monkeypatch).main(argv)
     rec = json.loads(out.read_text())
     # the same package twice: the same bits at every SIMD level, all rounds, both layouts
     assert rec["bits"]["same_as_first"] == {"a": True, "b": True}

@@ -40,13 +40,13 @@ constexpr int64_t kGramBlasMinP = 32;
 // ms, register vs packed): p = 40 11.0-11.5 vs 14.5-16.1, 48 16.4-16.7 vs 18.3-18.5, 56 21.7-22.6
 // vs 22.0-23.4, 64 28.6 vs 26.5-26.9. 64 since the register kernel's 128-step flush and its
 // diagonal tiles' single loads (both 2026-12-05) made it 25-35 % faster: AMD EPYC Zen 4,
-// tools/kernel_ab.py, 2 threads, n = 1e6, fastest of 3 rounds, numpy's rows / rows on a cache
+// bench/kernel_ab.py, 2 threads, n = 1e6, fastest of 3 rounds, numpy's rows / rows on a cache
 // line, 48 vs 64 (packed vs register at these p): p = 49 22.0 / 21.5 vs 13.7 / 13.7, 56
 // 22.6 / 21.6 vs 18.7 / 18.6, 64 27.7 / 26.4 vs 22.8 / 22.9 (72 and 80: register 15 % faster
 // too; bench/results/kernel_ab_register_max_p*_zen4_2026-12-05.json). Not re-measured on
 // Intel; CPUs with AMX run the tiles from kGramAmxMinP = 56 whatever this says.
 // (FLAGCORE_REGISTER_MAX_P_AVX512 / _AVX2: compile-time knobs for A/B experiments,
-// tools/kernel_ab.py; a threshold decides the bits of every Gram in its range)
+// bench/kernel_ab.py; a threshold decides the bits of every Gram in its range)
 #ifndef FLAGCORE_REGISTER_MAX_P_AVX512
 #define FLAGCORE_REGISTER_MAX_P_AVX512 64
 #endif

@@ -103,7 +103,7 @@ static_assert(TF >= 1 && TF <= 6, "the float32 tile table covers tiles up to 6 x
 // 17.4-17.6; AVX2 p = 15 11.8 vs 9.0, 30 16.2 vs 13.1, 36 21.2-21.4 vs 15.7-15.9 (256 steps: no
 // better at p >= 20, slower on AVX2 at 30-36; 512: slower). Not measured on Intel.
 // FLAGCORE_FLUSH_STEPS and FLAGCORE_PREFETCH_ROWS (like FLAGCORE_VF32 and FLAGCORE_TILE32) are
-// compile-time knobs for A/B experiments (tools/kernel_ab.py); builds use the defaults.
+// compile-time knobs for A/B experiments (bench/kernel_ab.py); builds use the defaults.
 #ifndef FLAGCORE_FLUSH_STEPS
 #define FLAGCORE_FLUSH_STEPS 128
 #endif
