@@ -16,6 +16,10 @@
 #include <utility>
 #include <vector>
 
+#if FLAGCORE_VEC_BYTES == 64
+#include <immintrin.h>
+#endif
+
 #include "common/cancel.hpp"
 #include "rules/coordinate.hpp"
 
@@ -165,6 +169,68 @@ inline uint64_t add_span(const T* const* x, const double* c, int64_t k, int64_t 
   return nonfinite;
 }
 
+// float32 rows at the AVX-512 level: the same additions as add_span, one cache line (16
+// columns) per step as two vectors of 8 float64, each converted straight from memory
+// (vcvtps2pd zmm, m256), the line's two accumulator vectors chains of their own. GCC vectorises
+// add_span by loading the line as one 64-byte vector and extracting its upper half before
+// converting it (a shuffle more per row and line, on the units the conversions and additions
+// need), and lowers __builtin_convertvector of 8 floats to two 4-lane conversions and an insert.
+// Same operations per column in the same order (fused multiply-adds where add_span's are
+// contracted too), so the same bits (sha256 over mean, weighted sums, FA at every SIMD level).
+// A/B in alternating processes (AMD Zen 4, one thread, data in L2, best of 300 calls, us): mean
+// p = 8 x 131072 139 -> 108, 15 x 65536 114 -> 94, 64 x 16384 106 -> 91; weighted sum 127 -> 93,
+// 101 -> 80, 91 -> 77 (bench/results/rowsum_line_ab_zen4_2026-12-05.json); out of cache the
+// difference is inside this VM's noise. Not at the AVX2 level: there the same form (four 4-lane
+// vectors per line) ran slower than GCC's (in cache, p = 15: 7.6 -> 5.7 floats/ns).
+#if FLAGCORE_VEC_BYTES == 64
+constexpr int kLineDW = 8;  // float64 lanes per vector
+constexpr int kLineNV = 2;  // vectors per line of 16 float32 columns
+typedef double LineD __attribute__((vector_size(64)));
+typedef float LineF __attribute__((vector_size(32)));
+typedef long long LineI __attribute__((vector_size(64)));
+struct LineFlags {
+  LineI v;  // all ones in a lane where some sum had an all-ones exponent (Inf or NaN)
+};
+
+inline LineD load_line_f32(const float* p) {
+  return _mm512_cvtps_pd(_mm256_loadu_ps(p));
+}
+
+template <bool kOnes, int R, bool kFirst, int kFinish>
+inline void add_line_f32(const float* const* x, const double* c, int64_t k, double* __restrict acc,
+                         float* __restrict out, double d, LineFlags& flags) {
+  LineD a[kLineNV];
+  for (int h = 0; h < kLineNV; ++h) {
+    if constexpr (kFirst) {
+      const LineD v = load_line_f32(x[0] + k + h * kLineDW);
+      a[h] = kOnes ? v + LineD{} : c[0] * v;  // + 0.0: a column of -0.0 sums to +0.0
+    } else {
+      std::memcpy(&a[h], acc + k + h * kLineDW, sizeof(LineD));
+    }
+  }
+  for (int j = kFirst ? 1 : 0; j < R; ++j)
+    for (int h = 0; h < kLineNV; ++h) {
+      const LineD v = load_line_f32(x[j] + k + h * kLineDW);
+      if constexpr (kOnes)
+        a[h] += v;
+      else
+        a[h] += c[j] * v;
+    }
+  for (int h = 0; h < kLineNV; ++h) {
+    std::memcpy(acc + k + h * kLineDW, &a[h], sizeof(LineD));
+    if constexpr (kFinish != 0) {
+      LineF o;
+      if constexpr (kFinish == 1) o = __builtin_convertvector(a[h], LineF);
+      if constexpr (kFinish == 2) o = __builtin_convertvector(a[h] * d, LineF);
+      if constexpr (kFinish == 3) o = __builtin_convertvector(a[h] / d, LineF);
+      std::memcpy(out + k + h * kLineDW, &o, sizeof(o));
+      constexpr long long kExp = 0x7ff0000000000000LL;
+      flags.v |= ((LineI)a[h] & kExp) == kExp;
+    }
+  }
+}
+#endif
+
 template <typename T, bool kOnes, int R, bool kFirst, int kFinish>
 inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0, int64_t len, double* acc,
                      [[maybe_unused]] const T* const* pf, [[maybe_unused]] int npf, SumOut<T>& fin) {
@@ -180,7 +246,17 @@ inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0
   // A group of fewer than 4 rows (a remainder of 1-3 rows of a count not a multiple of 8) has a
   // body so small that GCC unrolls the line loop below into scalar code: one plain loop instead
   // (vectorised), without the prefetch.
-  if constexpr (R >= 4)
+#if FLAGCORE_VEC_BYTES == 64
+  if constexpr (R >= 4 && std::is_same_v<T, float>) {
+    LineFlags flags{LineI{}};
+    for (; k + kLine <= len; k += kLine) {
+      for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
+      add_line_f32<kOnes, R, kFirst, kFinish>(x, c, k, acc, fin.out, fin.d, flags);
+    }
+    for (int w = 0; w < kLineDW; ++w) nonfinite |= uint64_t(flags.v[w] != 0);
+  } else
+#endif
+      if constexpr (R >= 4)
     for (; k + kLine <= len; k += kLine) {
       for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
       nonfinite |= add_span<T, kOnes, R, kFirst, kFinish>(x, c, k, k + kLine, acc, fin.out, fin.d);
