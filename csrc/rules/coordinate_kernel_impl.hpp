@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#if FLAGCORE_VEC_BYTES == 64
+#if FLAGCORE_VEC_BYTES >= 32
 #include <immintrin.h>
 #endif
 
@@ -169,63 +169,74 @@ inline uint64_t add_span(const T* const* x, const double* c, int64_t k, int64_t 
   return nonfinite;
 }
 
-// float32 rows at the AVX-512 level: the same additions as add_span, one cache line (16
-// columns) per step as two vectors of 8 float64, each converted straight from memory
-// (vcvtps2pd zmm, m256), the line's two accumulator vectors chains of their own. GCC vectorises
-// add_span by loading the line as one 64-byte vector and extracting its upper half before
-// converting it (a shuffle more per row and line, on the units the conversions and additions
-// need), and lowers __builtin_convertvector of 8 floats to two 4-lane conversions and an insert.
-// Same operations per column in the same order (fused multiply-adds where add_span's are
-// contracted too), so the same bits (sha256 over mean, weighted sums, FA at every SIMD level).
-// A/B in alternating processes (AMD Zen 4, one thread, data in L2, best of 300 calls, us): mean
+// float32 rows at the AVX2 and AVX-512 levels: the same additions as add_span, a cache line (16
+// columns) per step, in pieces of two vectors of float64 (one piece of 2 x 8 lanes at AVX-512,
+// two of 2 x 4 at AVX2), each vector converted straight from memory (vcvtps2pd zmm, m256 or
+// ymm, m128), the piece's two accumulator vectors chains of their own. GCC vectorises add_span
+// by loading a whole vector of floats and extracting its upper half before converting it (a
+// shuffle more per conversion, on the units the conversions and additions need), and lowers
+// __builtin_convertvector of 8 floats to two 4-lane conversions and an insert. Same operations
+// per column in the same order (fused multiply-adds where add_span's are contracted too), so
+// the same bits (sha256 over mean, weighted sums, FA at every SIMD level). A/B in alternating
+// processes (AMD Zen 4, one thread, data in L2, best of 300 calls, us), AVX-512: mean
 // p = 8 x 131072 139 -> 108, 15 x 65536 114 -> 94, 64 x 16384 106 -> 91; weighted sum 127 -> 93,
-// 101 -> 80, 91 -> 77 (bench/results/rowsum_line_ab_zen4_2026-12-05.json); out of cache the
-// difference is inside this VM's noise. Not at the AVX2 level: there the same form (four 4-lane
-// vectors per line) ran slower than GCC's (in cache, p = 15: 7.6 -> 5.7 floats/ns).
-#if FLAGCORE_VEC_BYTES == 64
-constexpr int kLineDW = 8;  // float64 lanes per vector
-constexpr int kLineNV = 2;  // vectors per line of 16 float32 columns
-typedef double LineD __attribute__((vector_size(64)));
-typedef float LineF __attribute__((vector_size(32)));
-typedef long long LineI __attribute__((vector_size(64)));
+// 101 -> 80, 91 -> 77 (bench/results/rowsum_line_ab_zen4_2026-12-05.json); the AVX2 build on
+// the same CPU: mean 145 -> 113, 125 -> 98, 119 -> 96, weighted sum 156 -> 92, 126 -> 80,
+// 119 -> 83 (rowsum_line_ab2_zen4_2026-12-05.json; an AVX2-only CPU is not measured); out of
+// cache the difference is inside this VM's noise. (A first AVX2 form, four vector chains per
+// step, was slower than GCC's: the conversions hoisted ahead of the additions spilled.)
+#if FLAGCORE_VEC_BYTES >= 32
+constexpr int kLineDW = VB / 8;                         // float64 lanes per vector
+constexpr int kPieceNV = 2;                             // vectors (accumulator chains) per piece
+constexpr int kLinePieces = 16 / (kLineDW * kPieceNV);  // pieces per line of 16 columns
+typedef double LineD __attribute__((vector_size(VB)));
+typedef float LineF __attribute__((vector_size(VB / 2)));
+typedef long long LineI __attribute__((vector_size(VB)));
 struct LineFlags {
   LineI v;  // all ones in a lane where some sum had an all-ones exponent (Inf or NaN)
 };
 
 inline LineD load_line_f32(const float* p) {
+#if FLAGCORE_VEC_BYTES == 64
   return _mm512_cvtps_pd(_mm256_loadu_ps(p));
+#else
+  return _mm256_cvtps_pd(_mm_loadu_ps(p));
+#endif
 }
 
 template <bool kOnes, int R, bool kFirst, int kFinish>
 inline void add_line_f32(const float* const* x, const double* c, int64_t k, double* __restrict acc,
                          float* __restrict out, double d, LineFlags& flags) {
-  LineD a[kLineNV];
-  for (int h = 0; h < kLineNV; ++h) {
-    if constexpr (kFirst) {
-      const LineD v = load_line_f32(x[0] + k + h * kLineDW);
-      a[h] = kOnes ? v + LineD{} : c[0] * v;  // + 0.0: a column of -0.0 sums to +0.0
-    } else {
-      std::memcpy(&a[h], acc + k + h * kLineDW, sizeof(LineD));
+  for (int piece = 0; piece < kLinePieces; ++piece) {
+    const int64_t kp = k + piece * kPieceNV * kLineDW;
+    LineD a[kPieceNV];
+    for (int h = 0; h < kPieceNV; ++h) {
+      if constexpr (kFirst) {
+        const LineD v = load_line_f32(x[0] + kp + h * kLineDW);
+        a[h] = kOnes ? v + LineD{} : c[0] * v;  // + 0.0: a column of -0.0 sums to +0.0
+      } else {
+        std::memcpy(&a[h], acc + kp + h * kLineDW, sizeof(LineD));
+      }
     }
-  }
-  for (int j = kFirst ? 1 : 0; j < R; ++j)
-    for (int h = 0; h < kLineNV; ++h) {
-      const LineD v = load_line_f32(x[j] + k + h * kLineDW);
-      if constexpr (kOnes)
-        a[h] += v;
-      else
-        a[h] += c[j] * v;
-    }
-  for (int h = 0; h < kLineNV; ++h) {
-    std::memcpy(acc + k + h * kLineDW, &a[h], sizeof(LineD));
-    if constexpr (kFinish != 0) {
-      LineF o;
-      if constexpr (kFinish == 1) o = __builtin_convertvector(a[h], LineF);
-      if constexpr (kFinish == 2) o = __builtin_convertvector(a[h] * d, LineF);
-      if constexpr (kFinish == 3) o = __builtin_convertvector(a[h] / d, LineF);
-      std::memcpy(out + k + h * kLineDW, &o, sizeof(o));
-      constexpr long long kExp = 0x7ff0000000000000LL;
-      flags.v |= ((LineI)a[h] & kExp) == kExp;
+    for (int j = kFirst ? 1 : 0; j < R; ++j)
+      for (int h = 0; h < kPieceNV; ++h) {
+        const LineD v = load_line_f32(x[j] + kp + h * kLineDW);
+        if constexpr (kOnes)
+          a[h] += v;
+        else
+          a[h] += c[j] * v;
+      }
+    for (int h = 0; h < kPieceNV; ++h) {
+      std::memcpy(acc + kp + h * kLineDW, &a[h], sizeof(LineD));
+      if constexpr (kFinish != 0) {
+        LineF o;
+        if constexpr (kFinish == 1) o = __builtin_convertvector(a[h], LineF);
+        if constexpr (kFinish == 2) o = __builtin_convertvector(a[h] * d, LineF);
+        if constexpr (kFinish == 3) o = __builtin_convertvector(a[h] / d, LineF);
+        std::memcpy(out + kp + h * kLineDW, &o, sizeof(o));
+        constexpr long long kExp = 0x7ff0000000000000LL;
+        flags.v |= ((LineI)a[h] & kExp) == kExp;
+      }
     }
   }
 }
@@ -246,7 +257,7 @@ inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0
   // A group of fewer than 4 rows (a remainder of 1-3 rows of a count not a multiple of 8) has a
   // body so small that GCC unrolls the line loop below into scalar code: one plain loop instead
   // (vectorised), without the prefetch.
-#if FLAGCORE_VEC_BYTES == 64
+#if FLAGCORE_VEC_BYTES >= 32
   if constexpr (R >= 4 && std::is_same_v<T, float>) {
     LineFlags flags{LineI{}};
     for (; k + kLine <= len; k += kLine) {
