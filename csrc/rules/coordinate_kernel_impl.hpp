@@ -255,13 +255,16 @@ inline void add_rows(const T* const* xs, const double* cs, int64_t r, int64_t k0
   uint64_t nonfinite = 0;
   int64_t k = 0;
   // A group of fewer than 4 rows (a remainder of 1-3 rows of a count not a multiple of 8) has a
-  // body so small that GCC unrolls the line loop below into scalar code: one plain loop instead
-  // (vectorised), without the prefetch.
+  // body so small that GCC unrolls add_span's line loop below into scalar code: one plain loop
+  // instead (vectorised), without the prefetch. add_line_f32's explicit vectors serve every R;
+  // the prefetch only from R = 4 (up to 8 prefetches per line cost a 1-row group more than
+  // they save).
 #if FLAGCORE_VEC_BYTES >= 32
-  if constexpr (R >= 4 && std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float>) {
     LineFlags flags{LineI{}};
     for (; k + kLine <= len; k += kLine) {
-      for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
+      if constexpr (R >= 4)
+        for (int q = 0; q < npf; ++q) __builtin_prefetch(pf[q] + k, 0, 2);
       add_line_f32<kOnes, R, kFirst, kFinish>(x, c, k, acc, fin.out, fin.d, flags);
     }
     for (int w = 0; w < kLineDW; ++w) nonfinite |= uint64_t(flags.v[w] != 0);
