@@ -46,30 +46,17 @@ void set_gram_packed_shared(const std::string& mode);
 //     (i <= j; entries below the diagonal are scratch). float64 inputs: float64 products and
 //     sums; float32 inputs: float32 products summed in float32 over at most 128 vector steps,
 //     then in float64.
-//   weighted_sum_accumulate: acc[0:len] += sum_i coef[i] * rows[i][k0:k0+len] in float64,
-//     skipping rows with coef 0.
+// (FA's weighted sum runs on the row-sum kernel of rules/coordinate.hpp, sum_rows.)
 namespace simd_generic {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
-                             double* acc);
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
-                             int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_generic
 namespace simd_avx2 {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
-                             double* acc);
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
-                             int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_avx2
 namespace simd_avx512 {
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
-                             double* acc);
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
-                             int64_t len, double* acc);
 void gram_accumulate(const double* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc);
 }  // namespace simd_avx512
 

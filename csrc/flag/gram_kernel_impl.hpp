@@ -22,17 +22,11 @@ namespace {
 constexpr int V = FLAGCORE_VLEN;
 constexpr int TL = FLAGCORE_TILE;
 typedef double vd __attribute__((vector_size(V * 8)));
-typedef float vf __attribute__((vector_size(V * 4)));
 
 inline vd load(const double* p) {
   vd v;
   std::memcpy(&v, p, sizeof v);
   return v;
-}
-inline vd load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, vd);
 }
 
 // Diag: a tile on the diagonal (ri == rj, MR == NR): only the pairs i <= j, and the rows are
@@ -295,51 +289,7 @@ void accumulate(const T* const* rows, int64_t p, int64_t k0, int64_t k1, double*
   }
 }
 
-// Column-vector outer loop, rows inner: each group of U vectors of columns is accumulated in
-// registers over all contributing rows (U independent FMA chains), so the float64
-// accumulators never travel to memory until they are final.
-template <typename T>
-void wsum(const T* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len, double* acc) {
-  constexpr int U = 4;
-  const T* xs[256];
-  double cs[256];
-  for (int64_t base = 0; base < p; base += 256) {
-    int m = 0;
-    for (int64_t i = base; i < std::min<int64_t>(p, base + 256); ++i)
-      if (coef[i] != 0.0) {
-        xs[m] = rows[i] + k0;
-        cs[m] = coef[i];
-        ++m;
-      }
-    if (m == 0) continue;
-    int64_t k = 0;
-    for (; k + U * V <= len; k += U * V) {
-      vd a[U];
-      for (int u = 0; u < U; ++u) a[u] = load(acc + k + u * V);
-      for (int r = 0; r < m; ++r) {
-        const vd c = vd{0} + cs[r];
-        for (int u = 0; u < U; ++u) a[u] += c * load(xs[r] + k + u * V);
-      }
-      for (int u = 0; u < U; ++u) std::memcpy(acc + k + u * V, &a[u], sizeof(vd));
-    }
-    for (; k < len; ++k) {
-      double a = acc[k];
-      for (int r = 0; r < m; ++r) a += cs[r] * double(xs[r][k]);
-      acc[k] = a;
-    }
-  }
-}
-
 }  // namespace
-
-void weighted_sum_accumulate(const float* const* rows, const double* coef, int64_t p, int64_t k0, int64_t len,
-                             double* acc) {
-  wsum<float>(rows, coef, p, k0, len, acc);
-}
-void weighted_sum_accumulate(const double* const* rows, const double* coef, int64_t p, int64_t k0,
-                             int64_t len, double* acc) {
-  wsum<double>(rows, coef, p, k0, len, acc);
-}
 
 void gram_accumulate(const float* const* rows, int64_t p, int64_t k0, int64_t k1, double* acc) {
   accumulate_f32(rows, p, k0, k1, acc);
