@@ -20,6 +20,29 @@ except ImportError:  # torch is optional
     torch = None
 
 
+SIMD_ORDER = ("generic", "avx2", "avx512")
+
+
+def simd_levels() -> list[str]:
+    """The SIMD levels this CPU runs, generic first (build_info's simd_supported is the best)."""
+    import flagcore
+
+    best = flagcore.build_info()["simd_supported"]
+    return list(SIMD_ORDER[: SIMD_ORDER.index(best) + 1])
+
+
+@pytest.fixture(params=simd_levels())
+def simd_level(request):
+    """The test once at each SIMD level this CPU runs; automatic detection restored after."""
+    from flagcore import _core
+
+    _core.set_simd_level(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_simd_level("auto")
+
+
 def require_torch():
     if torch is None:
         pytest.skip("torch is not installed")

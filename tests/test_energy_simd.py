@@ -14,6 +14,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from conftest import simd_levels
 from flagcore import _core
 from flagcore.energy import simulate
 
@@ -48,26 +49,6 @@ PINNED = {
 EXP_SHA = "852901ba0a07226c02353fd13e725764f47d69f87c8311507a34b80511b37e74"
 
 
-def _levels() -> list[str]:
-    """The SIMD levels this CPU runs (generic always)."""
-    out = []
-    for name in ("generic", "avx2", "avx512"):
-        try:
-            _core.set_simd_level(name)
-        except ValueError:
-            continue
-        out.append(name)
-    _core.set_simd_level("auto")
-    return out
-
-
-@pytest.fixture(params=_levels())
-def simd_level(request):
-    _core.set_simd_level(request.param)
-    yield request.param
-    _core.set_simd_level("auto")
-
-
 @pytest.mark.parametrize("case", sorted(PINNED))
 def test_results_are_bit_identical_to_main_before_the_speedups(case, simd_level):
     kw, (t_hex, p_hex, p99_hex) = PINNED[case]
@@ -100,7 +81,7 @@ def test_general_engine_matches_across_simd_levels():
     )
     got = {}
     try:
-        for name in _levels():
+        for name in simd_levels():
             _core.set_simd_level(name)
             r = simulate(**kw)
             got[name] = (r.mean_response_time, r.average_power, r.p99, r.energy_per_request)

@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 
 import flagcore
+from conftest import simd_levels
 from flagcore import _core
 
-LEVELS = ["generic", "avx2", "avx512"]
 # At most 128 products per float32 partial sum (kFlushSteps in csrc/flag/gram_kernel_impl.hpp):
 # each rounding is a relative 2^-24 of a partial sum bounded by the sum of |products|; the
 # float64 reduction adds nothing visible.
 FLUSH_STEPS = 128
 BOUND = (FLUSH_STEPS + 2) * 2.0**-24
-
-
-def _levels() -> list[str]:
-    supported = flagcore.build_info()["simd_supported"]
-    return LEVELS[: LEVELS.index(supported) + 1]
 
 
 def _gram_at(level: str, x) -> np.ndarray:
@@ -43,7 +38,7 @@ def _check(g: np.ndarray, rows: list[np.ndarray]) -> None:
     np.testing.assert_array_equal(g, g.T)
 
 
-@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("level", simd_levels())
 @pytest.mark.parametrize("p", list(range(1, 33)))
 def test_every_p_and_level_within_accuracy_class(level, p):
     rng = np.random.default_rng(p)
@@ -60,7 +55,7 @@ def test_every_p_and_level_within_accuracy_class(level, p):
 def test_float32_keeps_the_register_kernel_above_p_32(level, p):
     # p = 33 to 64 on AVX-512, 33 to 36 on AVX2: the register kernel's accuracy class (128
     # products per float32 partial sum) and the same bits on 1 thread as on all
-    if level not in _levels():
+    if level not in simd_levels():
         pytest.skip(f"the CPU has no {level}")
     rng = np.random.default_rng(p)
     n = 20_000 + p
@@ -75,7 +70,7 @@ def test_float32_keeps_the_register_kernel_above_p_32(level, p):
         flagcore.set_num_threads(0)
 
 
-@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("level", simd_levels())
 @pytest.mark.parametrize(
     "n", [0, 1, 15, 16, 17, 255, 256, 511, 512, 513, 1023, 1024, 1025, 2047, 2048, 2049, 4099, 8193]
 )
@@ -90,7 +85,7 @@ def test_column_counts_around_vector_and_chunk_widths(level, n):
             _check(g, list(x[0]))
 
 
-@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("level", simd_levels())
 def test_rows_anywhere_in_memory(level):
     # separate arrays, each starting one float past an aligned address, of a list input
     rng = np.random.default_rng(7)

@@ -76,34 +76,24 @@ def test_thread_count_does_not_change_a_bit():
     np.testing.assert_array_equal(a1, a2)
 
 
-_LEVELS = ["generic", "avx2", "avx512"]
-# the SIMD levels this CPU runs (generic always)
-SIMD_LEVELS = _LEVELS[: _LEVELS.index(flagcore.build_info()["simd_supported"]) + 1]
-
-
-@pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_float32_sums_exact_at_every_simd_level(level):
+def test_float32_sums_exact_at_every_simd_level(simd_level):
     # Each level has its own float32 line kernel (AVX2 / AVX-512: explicit vectors converted
     # from memory): the mean and a weighted sum whose coefficients are powers of two (so the
     # products are exact and a fused multiply-add rounds like an add) must equal the float64 sum
     # in row order, rounded once, bit for bit, for row groups of 1-8 rows, rows that start off a
     # cache line, and every tail of a line.
     rng = np.random.default_rng(11)
-    try:
-        _core.set_simd_level(level)
-        for p in PS + [15, 16, 19]:
-            for n in (16, 31, 48, 2048 + 17, 4099):
-                # magnitudes 2^-40 .. 2^40 apart, so that the float64 sums round and their order
-                # shows (sums of float32 values of similar size are exact in float64)
-                scale = np.exp2(rng.integers(-40, 41, size=p * n + 3))
-                base = (rng.standard_normal(p * n + 3) * scale).astype(np.float32)
-                x = base[3:].reshape(p, n)  # rows start 12 bytes into the buffer: off alignment
-                x64 = x.astype(np.float64)
-                np.testing.assert_array_equal(
-                    flagcore.aggregate(x, "mean"), x64.mean(axis=0).astype(np.float32)
-                )
-                c = rng.choice([-2.0, -0.5, 0.0, 0.25, 1.0, 4.0], size=p)
-                got = _core.weighted_sum(x[None], c[None])[0]
-                np.testing.assert_array_equal(got, _ordered_weighted_sum(x64, c).astype(np.float32))
-    finally:
-        _core.set_simd_level("auto")
+    for p in PS + [15, 16, 19]:
+        for n in (16, 31, 48, 2048 + 17, 4099):
+            # magnitudes 2^-40 .. 2^40 apart, so that the float64 sums round and their order
+            # shows (sums of float32 values of similar size are exact in float64)
+            scale = np.exp2(rng.integers(-40, 41, size=p * n + 3))
+            base = (rng.standard_normal(p * n + 3) * scale).astype(np.float32)
+            x = base[3:].reshape(p, n)  # rows start 12 bytes into the buffer: off alignment
+            x64 = x.astype(np.float64)
+            np.testing.assert_array_equal(
+                flagcore.aggregate(x, "mean"), x64.mean(axis=0).astype(np.float32)
+            )
+            c = rng.choice([-2.0, -0.5, 0.0, 0.25, 1.0, 4.0], size=p)
+            got = _core.weighted_sum(x[None], c[None])[0]
+            np.testing.assert_array_equal(got, _ordered_weighted_sum(x64, c).astype(np.float32))
