@@ -8,25 +8,37 @@ every variant's Gram bits are checked against the first one's.
     python bench/kernel_ab.py --variant base= \\
         --variant r64=-DFLAGCORE_REGISTER_MAX_P_AVX512=64 --sizes 52:1000000,64:1000000
 
-A variant is NAME=DEFINES (DEFINES: compiler flags, usually -D knobs, empty for the sources as
-they are). The knobs: FLAGCORE_FLUSH_STEPS (float32 register kernels: vector steps per float32
-partial sum, 128), FLAGCORE_PREFETCH_ROWS (8), FLAGCORE_VF32 / FLAGCORE_TILE32 (float32 lanes
-and tile rows), FLAGCORE_REGISTER_MAX_P_AVX512 / _AVX2 (the largest p of the float32 register
-kernel, 64 / 36). The sources are ``git archive REV`` of this repository (--rev, default HEAD;
-``--rev WORKTREE`` takes the working tree as it is, uncommitted changes included). Builds need
-the build requirements in this Python (scikit-build-core, pybind11, cmake, ninja): they run
-``pip install --no-build-isolation --no-deps --target`` with FLAGCORE_CUDA=OFF, one folder per
-variant under --workdir (about a minute each on 2 cores; kept, and reused with --reuse).
+A variant is NAME=DEFINES or NAME@REV=DEFINES (DEFINES: compiler flags, usually -D knobs, empty
+for the sources as they are; REV: the git revision of that variant's sources, default --rev, so
+that two commits compare: ``--variant base@321ee5b= --variant new@HEAD=``). The knobs:
+FLAGCORE_FLUSH_STEPS (float32 register kernels: vector steps per float32 partial sum, 128),
+FLAGCORE_PREFETCH_ROWS (8), FLAGCORE_VF32 / FLAGCORE_TILE32 (float32 lanes and tile rows),
+FLAGCORE_REGISTER_MAX_P_AVX512 / _AVX2 (the largest p of the float32 register kernel, 64 / 36).
+The sources are ``git archive REV`` of this repository (--rev, default HEAD; ``--rev WORKTREE``
+takes the working tree as it is, uncommitted changes included). Builds need the build
+requirements in this Python (scikit-build-core, pybind11, cmake, ninja): they run ``pip install
+--no-build-isolation --no-deps --target`` with FLAGCORE_CUDA=OFF, one folder per variant under
+--workdir (about a minute each on 2 cores; kept, and reused with --reuse).
 
-Timed: ``_core.gram`` of a (p, n) float32 stack, for each --sizes pair, each --levels SIMD level
-and each layout ("numpy": the array numpy allocates, whose large rows start 16 bytes past a
-cache line; "line": rows on a cache line), best of --repeat in each process; --rounds rounds,
-the variants' order rotating from one round to the next. Bits: a sha256 over float32 and
-float64 Grams (p 1-80, n around the chunk widths, three alignments) at every SIMD level the CPU
-runs; a variant whose bits differ from the first is marked (a knob may change bits on purpose:
-then the table says so, it does not fail). Writes JSON (raw times of every round, the digests,
-the commands, the CPU) and prints a table of each variant's fastest round and its ratio to the
-first variant.
+``--kernel rowsum`` times the row sums instead: ``_core.weighted_sum`` of a (1, p, n) float32
+stack with coefficients in (0, 1) ("wsum") and ``flagcore.aggregate(x, "mean")`` ("mean"), the
+kernels of csrc/rules/coordinate_kernel_impl.hpp driven by csrc/flag/weighted_sum_cpu.cpp and
+csrc/rules/coordinate_cpu.cpp, at each of the --threads counts; its bits are a sha256 per SIMD
+level over mean, weighted sums (zero and signed coefficients), trimmed mean, Multi-Krum and FA
+(p 1-100, n 1-70001, three row offsets, NaN and Inf rows, float32 and float64):
+
+    python bench/kernel_ab.py --kernel rowsum --variant base@321ee5b= --variant new@HEAD= \\
+        --sizes 8:131072,64:16384,1000:1000,4096:2048 --threads 1,2 --repeat 100 --rounds 3
+
+Timed with ``--kernel gram`` (the default): ``_core.gram`` of a (p, n) float32 stack, for each
+--sizes pair, each --levels SIMD level and each layout ("numpy": the array numpy allocates, whose
+large rows start 16 bytes past a cache line; "line": rows on a cache line), best of --repeat in
+each process; --rounds rounds, the variants' order rotating from one round to the next. Bits: a
+sha256 over float32 and float64 Grams (p 1-80, n around the chunk widths, three alignments) at
+every SIMD level the CPU runs. A variant whose bits differ from the first is marked (a knob may
+change bits on purpose: then the table says so, it does not fail). Writes JSON (raw times of
+every round, the digests, the commands, the CPU) and prints a table of each variant's fastest
+round and its ratio to the first variant.
 """
 
 from __future__ import annotations
@@ -46,14 +58,32 @@ from _common import check_out_dir, parse_sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Run in each variant's process (PYTHONPATH = its build): prints one JSON line.
-TIMING = r"""
+# Run in each variant's process (PYTHONPATH = its build): prints one JSON line. Each thread
+# count starts with ~0.3 s of two-thread work, so that the pool's workers are up and spread over
+# the cores before anything is timed (a worker just created shares its parent's core for a while,
+# and a short parallel call then runs on one core).
+_WARM = r"""
+def warm(threads):
+    flagcore.set_num_threads(threads)
+    xw = np.ones((8, 1 << 18), dtype=np.float32)
+    ww = np.ones((1, 8))
+    t_end = time.perf_counter() + 0.3
+    while time.perf_counter() < t_end:
+        _core.weighted_sum(xw[None], ww)
+"""
+
+TIMING = (
+    r"""
 import json, sys, time
 import numpy as np
 import flagcore
 from flagcore import _core
+"""
+    + _WARM
+    + r"""
 sizes, levels, layouts, threads, repeat = json.loads(sys.argv[1])
-flagcore.set_num_threads(threads)
+threads = threads[0]
+warm(threads)
 out = {}
 for p, n in sizes:
     for layout in layouts:
@@ -74,6 +104,90 @@ for p, n in sizes:
                 ts.append(time.perf_counter() - t0)
             out[f"{p}:{n}:{layout}:{level}"] = min(ts) * 1e3
     _core.set_simd_level("auto")
+print(json.dumps(out))
+"""
+)
+
+TIMING_ROWSUM = (
+    r"""
+import json, sys, time
+import numpy as np
+import flagcore
+from flagcore import _core
+"""
+    + _WARM
+    + r"""
+sizes, levels, layouts, thread_counts, repeat = json.loads(sys.argv[1])
+out = {}
+for threads in thread_counts:
+    warm(threads)
+    for p, n in sizes:
+        for layout in layouts:
+            if layout == "numpy":
+                x = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
+            else:  # rows on a cache line (n a multiple of 16 keeps every row there)
+                buf = np.empty(p * n + 16, dtype=np.float32)
+                s = ((-buf.ctypes.data) % 64) // 4
+                x = buf[s : s + p * n].reshape(p, n)
+                x[...] = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
+            w = np.random.default_rng(p + 1).random((1, p))
+            calls = {"wsum": lambda: _core.weighted_sum(x[None], w),
+                     "mean": lambda: flagcore.aggregate(x, "mean")}
+            for level in levels:
+                _core.set_simd_level(level)
+                for what, fn in calls.items():
+                    fn()
+                    ts = []
+                    for _ in range(repeat):
+                        t0 = time.perf_counter()
+                        fn()
+                        ts.append(time.perf_counter() - t0)
+                    out[f"{p}:{n}:{layout}:{level}:{threads}t:{what}"] = min(ts) * 1e3
+        _core.set_simd_level("auto")
+print(json.dumps(out))
+"""
+)
+
+BITS_ROWSUM = r"""
+import hashlib, json
+import numpy as np
+import flagcore
+from flagcore import _core
+supported = flagcore.build_info()["simd_supported"]
+levels = {"generic": ["generic"], "avx2": ["generic", "avx2"],
+          "avx512": ["generic", "avx2", "avx512"]}.get(supported, ["generic"])
+out = {}
+for level in levels:
+    _core.set_simd_level(level)
+    h = hashlib.sha256()
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for p in list(range(1, 26)) + [31, 33, 64, 100]:
+            ns = [1, 7, 15, 16, 17, 31, 33, 2047, 2048, 2049, 4100, 70001]
+            for n in ns if p <= 25 else [17, 2049, 40003]:
+                for off in (0, 1, 4):
+                    scale = rng.choice([1e-3, 1.0, 1e30], size=p * n + off)
+                    buf = rng.standard_normal(p * n + off) * scale
+                    x = buf.astype(dtype)[off:].reshape(p, n)
+                    if p > 3 and n > 5 and off == 1:
+                        x[1, 3] = np.nan
+                    if p > 3 and n > 40 and off == 4:
+                        x[2, n // 2] = np.inf
+                        x[p - 1, n - 20] = np.nan
+                    outs = [flagcore.aggregate(x, "mean")]
+                    w = rng.standard_normal((1, p))
+                    w[0, 0] = 0.0
+                    outs.append(_core.weighted_sum(x[None], w))
+                    outs.append(_core.weighted_sum(x[None], np.abs(w)))
+                    if p >= 5 and n >= 2:
+                        outs.append(flagcore.aggregate(x, "trimmed_mean", f=1))
+                        outs.append(flagcore.aggregate(x, "multi_krum", f=1))
+                    if p >= 2 and off == 0 and np.all(np.isfinite(x)):
+                        outs.append(flagcore.flag_aggregate(x, max_iter=2))
+                    for o in outs:
+                        h.update(np.ascontiguousarray(np.asarray(o)).tobytes())
+    out[level] = h.hexdigest()
+_core.set_simd_level("auto")
 print(json.dumps(out))
 """
 
@@ -103,11 +217,21 @@ print(json.dumps(out))
 """
 
 
-def parse_variant(ap: argparse.ArgumentParser, text: str) -> tuple[str, str]:
-    name, sep, flags = text.partition("=")
-    if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
-        ap.error(f"--variant: expected NAME=DEFINES (NAME letters, digits, - or _), got {text!r}")
-    return name, flags.strip()
+def parse_variant(ap: argparse.ArgumentParser, text: str) -> tuple[str, str, str | None]:
+    """NAME[@REV]=DEFINES -> (NAME, DEFINES, REV or None)."""
+    head, sep, flags = text.partition("=")
+    name, at, rev = head.partition("@")
+    if (
+        not sep
+        or not name
+        or not name.replace("_", "").replace("-", "").isalnum()
+        or (at and not rev)
+    ):
+        ap.error(
+            "--variant: expected NAME=DEFINES or NAME@REV=DEFINES (NAME letters, digits, - or _), "
+            f"got {text!r}"
+        )
+    return name, flags.strip(), rev or None
 
 
 def cpu_model() -> str:
@@ -122,8 +246,8 @@ def cpu_model() -> str:
 
 
 def export_sources(rev: str, dest: str) -> str:
-    """The sources of rev (or the working tree, rev == "WORKTREE") under dest/src."""
-    src = os.path.join(dest, "src")
+    """The sources of rev (or the working tree, rev == "WORKTREE") under dest/src_<rev>."""
+    src = os.path.join(dest, f"src_{rev}")
     if os.path.isdir(src):
         subprocess.run(["rm", "-rf", src], check=True)
     os.makedirs(src)
@@ -195,12 +319,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--variant", action="append", required=True, help="NAME=DEFINES (repeat)")
+    ap.add_argument("--variant", action="append", required=True, help="NAME[@REV]=DEFINES (repeat)")
+    ap.add_argument(
+        "--kernel", choices=("gram", "rowsum"), default="gram", help="what to time (default gram)"
+    )
     ap.add_argument("--rev", default="HEAD", help="git revision of the sources, or WORKTREE")
     ap.add_argument("--sizes", default="15:4000000,30:2000000,48:1250000")
     ap.add_argument("--levels", default="auto", help="SIMD levels to time, comma-separated")
     ap.add_argument("--layouts", default="numpy,line")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", default="2", help="thread count (rowsum: comma-separated counts, e.g. 1,2)"
+    )
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "flagcore_kernel_ab"))
@@ -210,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     variants = [parse_variant(ap, v) for v in args.variant]
-    if len({n for n, _ in variants}) != len(variants):
+    if len({n for n, _, _ in variants}) != len(variants):
         ap.error("--variant: names must differ")
     sizes = parse_sizes(ap, args.sizes)
     levels = [v for v in args.levels.split(",") if v]
@@ -218,44 +347,59 @@ def main(argv: list[str] | None = None) -> None:
     bad = [v for v in layouts if v not in ("numpy", "line")]
     if bad:
         ap.error(f"--layouts: numpy and/or line, got {bad[0]!r}")
-    for opt in ("threads", "repeat", "rounds"):
+    for opt in ("repeat", "rounds"):
         if getattr(args, opt) < 1:
             ap.error(f"--{opt}: must be >= 1, got {getattr(args, opt)}")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads: expected a count or counts like 1,2, got {args.threads!r}")
+    if not threads or min(threads) < 1 or (args.kernel == "gram" and len(threads) != 1):
+        ap.error(f"--threads: counts >= 1 (one count for --kernel gram), got {args.threads!r}")
     date = datetime.datetime.now(datetime.timezone.utc)
     out = args.out or os.path.join(ROOT, "bench", "results", f"kernel_ab_{date:%Y-%m-%d_%H%M}.json")
     check_out_dir(ap, out)
     os.makedirs(args.workdir, exist_ok=True)
-    rev = args.rev
-    if rev != "WORKTREE":
+
+    def resolve(rev: str, opt: str) -> str:
+        if rev == "WORKTREE":
+            return rev
         res = subprocess.run(
             ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True
         )
         if res.returncode != 0:
-            ap.error(f"--rev: git does not know {rev!r} here ({res.stderr.strip()})")
-        rev = res.stdout.strip()
+            ap.error(f"{opt}: git does not know {rev!r} here ({res.stderr.strip()})")
+        return res.stdout.strip()
+
+    rev = resolve(args.rev, "--rev")
+    revs = {name: resolve(v_rev, "--variant") if v_rev else rev for name, _, v_rev in variants}
 
     targets, commands = {}, {}
-    src = None
-    for name, flags in variants:
+    srcs: dict[str, str] = {}
+    for name, flags, _ in variants:
         target = os.path.join(args.workdir, f"v_{name}")
         if args.reuse and os.path.isdir(os.path.join(target, "flagcore")):
             targets[name], commands[name] = target, "(reused)"
             continue
-        src = src or export_sources(rev, args.workdir)
-        print(f"building {name} ({flags or 'no defines'}) ...", flush=True)
-        targets[name], cmd = build(src, args.workdir, name, flags)
+        if revs[name] not in srcs:
+            srcs[revs[name]] = export_sources(revs[name], args.workdir)
+        print(f"building {name} ({revs[name]}, {flags or 'no defines'}) ...", flush=True)
+        targets[name], cmd = build(srcs[revs[name]], args.workdir, name, flags)
         commands[name] = "FLAGCORE_CUDA=OFF " + shlex.join(cmd)
 
-    digests = {name: run_in(targets[name], BITS) for name, _ in variants}
+    bits_code, timing_code = (
+        (BITS_ROWSUM, TIMING_ROWSUM) if args.kernel == "rowsum" else (BITS, TIMING)
+    )
+    digests = {name: run_in(targets[name], bits_code) for name, _, _ in variants}
     first = variants[0][0]
-    same_bits = {name: digests[name] == digests[first] for name, _ in variants}
+    same_bits = {name: digests[name] == digests[first] for name, _, _ in variants}
 
     rounds: list[dict] = []
-    payload = json.dumps([sizes, levels, layouts, args.threads, args.repeat])
+    payload = json.dumps([sizes, levels, layouts, threads, args.repeat])
     for r in range(args.rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
-        for name, _ in order:
-            times = run_in(targets[name], TIMING, payload)
+        for name, _, _ in order:
+            times = run_in(targets[name], timing_code, payload)
             rounds.append({"round": r, "variant": name, "times_ms": times})
             print(f"round {r + 1}/{args.rounds} {name} done", flush=True)
 
@@ -268,12 +412,14 @@ def main(argv: list[str] | None = None) -> None:
         "meta": {
             "date": date.isoformat(timespec="seconds"),
             "rev": rev,
+            "kernel": args.kernel,
+            "revs": revs,
             "command": "python bench/kernel_ab.py "
             + shlex.join(argv if argv is not None else sys.argv[1:]),
             "cpu": cpu_model(),
             "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "variants": dict(variants),
+            "threads": threads,
+            "variants": {name: flags for name, flags, _ in variants},
             "builds": commands,
             "method": "alternating processes, best of --repeat per process; rounds rotate the "
             "order",
@@ -285,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(out, "w") as fh:
         json.dump(record, fh, indent=1)
     print(f"wrote {out}")
-    print(table(best, [n for n, _ in variants], same_bits, args.rounds))
+    print(table(best, [n for n, _, _ in variants], same_bits, args.rounds))
 
 
 def table(
@@ -293,7 +439,7 @@ def table(
 ) -> str:
     """Plain-text table: each variant's fastest round (ms) and its ratio to the first."""
     first = names[0]
-    cols = ["p:n:layout:level", *names, *(f"{n}/{first}" for n in names[1:])]
+    cols = ["case", *names, *(f"{n}/{first}" for n in names[1:])]
     rows = [
         [
             k,

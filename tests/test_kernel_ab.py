@@ -38,6 +38,12 @@ def _tool(monkeypatch: pytest.MonkeyPatch):
         (["--variant", "a=", "--rounds", "0"], "--rounds: must be >= 1"),
         (["--variant", "a=", "--out", "/nonexistent/dir/x.json"], "does not exist or is not"),
         (["--variant", "a=", "--rev", "no-such-rev-x"], "--rev: git does not know"),
+        (["--variant", "a@no-such-rev-x="], "--variant: git does not know"),
+        (["--variant", "a@=-DX"], "expected NAME=DEFINES"),
+        (["--variant", "a=", "--threads", "1,2"], "one count for --kernel gram"),
+        (["--variant", "a=", "--kernel", "rowsum", "--threads", "1,x"], "--threads: expected"),
+        (["--variant", "a=", "--kernel", "rowsum", "--threads", "0"], "--threads: counts >= 1"),
+        (["--variant", "a=", "--kernel", "nope"], "invalid choice"),
     ],
 )
 def test_bad_arguments_stop_before_any_build(tmp_path, capsys, monkeypatch, argv, words) -> None:
@@ -75,3 +81,33 @@ def test_a_run_on_prebuilt_variants(tmp_path, capsys, monkeypatch) -> None:
     assert rec["meta"]["variants"] == {"a": "", "b": "-DFLAGCORE_FLUSH_STEPS=64"}
     text = capsys.readouterr().out
     assert "b: same bits" in text and "b/a" in text
+
+
+def test_a_rowsum_run_on_prebuilt_variants_of_two_revisions(tmp_path, capsys, monkeypatch) -> None:
+    pkg = os.path.dirname(flagcore.__file__)
+    for name in ("old", "new"):
+        (tmp_path / f"v_{name}").mkdir()
+        os.symlink(pkg, tmp_path / f"v_{name}" / "flagcore")
+    tool = _tool(monkeypatch)
+    # the harness's mechanics with a small bit set (the full one takes ~20 s per variant)
+    tool.BITS_ROWSUM = tool.BITS_ROWSUM.replace(
+        "list(range(1, 26)) + [31, 33, 64, 100]", "[3, 9]"
+    ).replace("70001]", "]")
+    out = tmp_path / "ab.json"
+    argv = ["--kernel", "rowsum", "--variant", "old@HEAD=", "--variant", "new@WORKTREE=", "--reuse"]
+    argv += ["--workdir", str(tmp_path), "--sizes", "9:4096,300:100", "--rounds", "1"]
+    argv += ["--repeat", "2", "--threads", "1,2", "--layouts", "numpy", "--out", str(out)]
+    tool.main(argv)
+    rec = json.loads(out.read_text())
+    assert rec["bits"]["same_as_first"] == {"old": True, "new": True}
+    assert rec["meta"]["kernel"] == "rowsum"
+    assert rec["meta"]["revs"]["old"] != rec["meta"]["revs"]["new"]
+    keys = {
+        f"{p}:{n}:numpy:auto:{t}t:{what}"
+        for p, n in ((9, 4096), (300, 100))
+        for t in (1, 2)
+        for what in ("wsum", "mean")
+    }
+    assert set(rec["best_ms"]["old"]) == keys and set(rec["best_ms"]["new"]) == keys
+    assert all(0 < t < 1e4 for r in rec["rounds"] for t in r["times_ms"].values())
+    assert "new/old" in capsys.readouterr().out
