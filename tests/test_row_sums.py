@@ -76,6 +76,43 @@ def test_thread_count_does_not_change_a_bit():
     np.testing.assert_array_equal(a1, a2)
 
 
+@pytest.mark.parametrize(
+    ("p", "n"), [(64, 65), (64, 16_384), (300, 1000), (1000, 300), (2000, 257)]
+)
+def test_problems_of_one_task_are_split_and_stay_exact(p, n):
+    # Shapes that the weighted sum and the coordinate rules now cut into two column tasks (one
+    # task of a problem's whole width before): every column, on both sides of the cut, equals
+    # the reference, and one thread gives the same bits as two.
+    rng = np.random.default_rng(p + n)
+    x64 = rng.standard_normal((p, n))
+    x32 = x64.astype(np.float32)
+    c = rng.standard_normal(p)
+    c[::3] = 0.0
+    out = {}
+    try:
+        for threads in (1, 2):
+            flagcore.set_num_threads(threads)
+            out[threads] = (
+                _core.weighted_sum(x32[None], c[None])[0],
+                flagcore.aggregate(x64, "mean"),
+                flagcore.aggregate(x32, "median"),
+                flagcore.aggregate(x32, "trimmed_mean", f=p // 4),
+            )
+    finally:
+        flagcore.set_num_threads(0)
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(a, b)
+    wsum, mean, median, trimmed = out[2]
+    want = _ordered_weighted_sum(x32.astype(np.float64), c)
+    np.testing.assert_allclose(wsum, want.astype(np.float32), rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(mean, x64.mean(axis=0))
+    np.testing.assert_array_equal(
+        median, np.median(x32.astype(np.float64), axis=0).astype(np.float32)
+    )
+    s = np.sort(x32.astype(np.float64), axis=0)[p // 4 : p - p // 4]
+    np.testing.assert_allclose(trimmed, s.mean(axis=0), rtol=2e-6, atol=1e-6)
+
+
 def test_float32_sums_exact_at_every_simd_level(simd_level):
     # Each level has its own float32 line kernel (AVX2 / AVX-512: explicit vectors converted
     # from memory): the mean and a weighted sum whose coefficients are powers of two (so the

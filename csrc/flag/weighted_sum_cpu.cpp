@@ -33,9 +33,21 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
       }
     most = std::max<int64_t>(most, static_cast<int64_t>(xs[q].size()));
   }
-  // About 2^20 values per task, in whole multiples of 256 columns.
-  const int64_t cols =
-      std::max<int64_t>(256, std::min<int64_t>(8 * kChunk, (int64_t(1) << 20) / most) / 256 * 256);
+  // About 2^18 values per task (tens of tasks from ~1e7 values, so two or three threads finish
+  // within a few percent of each other), in whole multiples of 256 columns: at least 1024
+  // columns (row segments of 4 KiB of float32 and more keep the prefetchers ahead at large p),
+  // at most 8 chunks, and at least two tasks per problem where n allows (n > 256). Before
+  // (2^20 values, at least 256 columns) every problem of up to ~1e6 values ran as one task on
+  // one thread, and p >= 2048 streamed 256- or 512-column segments. A/B against that, AMD Zen 4,
+  // float32, AVX-512, ms (bench/results/kernel_ab_rowsum_zen4_2026-12-05.json): p = 64,
+  // n = 16384 on two threads 0.082 -> 0.041; p = 256, n = 4096 0.077 -> 0.043; p = 4096,
+  // n = 2048 1.23 -> 0.89 on one thread, 0.66 -> 0.45 on two; p = 1000, n = 1000 0.074 -> 0.047
+  // on two, 0.073 -> 0.079 on one; out of cache (p = 15, 30) no difference. Each column's sum
+  // adds its rows in row order whatever the width, so the width changes no bit.
+  constexpr int64_t kMinTasks = 2;
+  int64_t cols = std::clamp<int64_t>((int64_t(1) << 18) / most / 256 * 256, 1024, 8 * kChunk);
+  if ((n + cols - 1) / cols < kMinTasks)
+    cols = std::max<int64_t>(256, (n + kMinTasks * 256 - 1) / (kMinTasks * 256) * 256);
   const int64_t tasks_per_problem = (n + cols - 1) / cols;
   const int64_t tasks = b * tasks_per_problem;
   // Last columns first: the Gram pass that precedes this one in flag_aggregate reads the columns
