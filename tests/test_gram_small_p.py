@@ -112,6 +112,27 @@ def test_batch_and_thread_count_give_the_same_bits():
         _check(g1[q], list(x[q]))
 
 
+@pytest.mark.parametrize("level", simd_levels())
+@pytest.mark.parametrize(("p", "n"), [(16, 32768), (32, 8192), (48, 4097), (64, 4096), (64, 30001)])
+def test_problems_of_one_part_split_by_work_keep_the_bits_and_the_class(level, p, n):
+    # At most 32768 columns and at least 2 * 2^22 multiply-adds: cut into 2-4 column parts (by n
+    # and p, never by the thread count), so 1, 2 and 3 threads give the same bits, and every
+    # part boundary stays within the accuracy class.
+    rng = np.random.default_rng(p * n)
+    x = rng.standard_normal((1, p, n)).astype(np.float32)
+    x[0, : p // 4] *= 1e3
+    out = []
+    try:
+        for threads in (1, 2, 3):
+            flagcore.set_num_threads(threads)
+            out.append(_gram_at(level, x)[0])
+    finally:
+        flagcore.set_num_threads(0)
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+    _check(out[0], list(x[0]))
+
+
 def test_overflow_and_underflow_rows_recomputed_in_float64():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 30, 3001)).astype(np.float32)

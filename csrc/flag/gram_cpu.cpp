@@ -82,9 +82,28 @@ constexpr int64_t kGramAmxNarrowMinP = 224;
   return p >= kGramAmxNarrowMinP ? kGramAmxKCNarrow : kGramAmxKCWide;
 }
 
-int64_t parts_for(int64_t n) {
+// Column parts of the register / small-p paths: one per kMinPartColumns columns (at most
+// kMaxParts). A problem of at most kMinPartColumns columns is cut into min(kSplitParts,
+// work / 2^kSplitWorkShift, n / kSplitMinColumns) parts (work: its p (p + 1) / 2 * n
+// multiply-adds; two parts from p = 23 at n = 32768, from n = 4096 at p = 64), so that a Gram of
+// a fraction of a millisecond runs on more than one thread: before, one part on one thread.
+// A/B, AMD Zen 4, float32, two threads, ms (bench/results/kernel_ab_gram_split_zen4_2026-12-05.json):
+// p = 64, n = 16384 0.86 -> 0.45; p = 32, n = 32768 0.38 -> 0.20; p = 64, n = 32768 1.76 -> 0.90;
+// one thread within 2 % (kernel_ab_gram_split_1t_zen4_2026-12-05.json). Like every part count it depends on n
+// and p only, never on the thread count, so results stay identical on any thread count; the problems it cuts
+// get other float32 partial sums than before (the same accuracy class).
+constexpr int64_t kSplitWorkShift = 22;
+constexpr int64_t kSplitMinColumns = 2048;
+constexpr int64_t kSplitParts = 4;
+
+int64_t parts_for(int64_t n, int64_t p) {
   if (n <= 0) return 1;
-  return std::max<int64_t>(1, std::min<int64_t>(kMaxParts, (n + kMinPartColumns - 1) / kMinPartColumns));
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>(kMaxParts, (n + kMinPartColumns - 1) / kMinPartColumns));
+  if (parts > 1) return parts;
+  const int64_t work = p * (p + 1) / 2 * n;
+  return std::max<int64_t>(1,
+                           std::min<int64_t>({kSplitParts, work >> kSplitWorkShift, n / kSplitMinColumns}));
 }
 
 template <typename T>
@@ -184,7 +203,7 @@ void gram_cpu_impl(const T* const* rows, int64_t b, int64_t p, int64_t n, double
       if (gram_packed_impl(rows, b, p, n, out)) return;
     return gram_blas_impl<T>(rows, b, p, n, out);
   }
-  const int64_t parts = parts_for(n);
+  const int64_t parts = parts_for(n, p);
   const int64_t pp = p * p;
   const AccumulateFn<T> kernel = pick_kernel<T>();
   std::vector<double> partial(static_cast<size_t>(b * parts * pp), 0.0);
