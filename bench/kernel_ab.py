@@ -58,11 +58,18 @@ from _common import check_out_dir, parse_sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Run in each variant's process (PYTHONPATH = its build): prints one JSON line. Each thread
-# count starts with ~0.3 s of two-thread work, so that the pool's workers are up and spread over
-# the cores before anything is timed (a worker just created shares its parent's core for a while,
-# and a short parallel call then runs on one core).
-_WARM = r"""
+# Run in each variant's process (PYTHONPATH = its build, then bench/ for _common): prints one
+# JSON line. `warm` starts each thread count with ~0.3 s of two-thread work, so that the pool's
+# workers are up and spread over the cores before anything is timed (a worker just created shares
+# its parent's core for a while, and a short parallel call then runs on one core).
+_PRELUDE = r"""
+import hashlib, json, sys, time
+import numpy as np
+import flagcore
+from flagcore import _core
+from _common import best_time
+
+
 def warm(threads):
     flagcore.set_num_threads(threads)
     xw = np.ones((8, 1 << 18), dtype=np.float32)
@@ -70,96 +77,63 @@ def warm(threads):
     t_end = time.perf_counter() + 0.3
     while time.perf_counter() < t_end:
         _core.weighted_sum(xw[None], ww)
-"""
 
-TIMING = (
-    r"""
-import json, sys, time
-import numpy as np
-import flagcore
-from flagcore import _core
-"""
-    + _WARM
-    + r"""
-sizes, levels, layouts, threads, repeat = json.loads(sys.argv[1])
-threads = threads[0]
-warm(threads)
-out = {}
-for p, n in sizes:
-    for layout in layouts:
-        if layout == "numpy":
-            x = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
-        else:  # rows on a cache line (n a multiple of 16 keeps every row there)
-            buf = np.empty(p * n + 16, dtype=np.float32)
-            s = ((-buf.ctypes.data) % 64) // 4
-            x = buf[s : s + p * n].reshape(p, n)
-            x[...] = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
-        for level in levels:
-            _core.set_simd_level(level)
-            _core.gram(x[None])
-            ts = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                _core.gram(x[None])
-                ts.append(time.perf_counter() - t0)
-            out[f"{p}:{n}:{layout}:{level}"] = min(ts) * 1e3
+
+def stack(p, n, layout):
+    if layout == "numpy":
+        return np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
+    # rows on a cache line (n a multiple of 16 keeps every row there)
+    buf = np.empty(p * n + 16, dtype=np.float32)
+    s = ((-buf.ctypes.data) % 64) // 4
+    x = buf[s : s + p * n].reshape(p, n)
+    x[...] = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
+    return x
+
+
+def digests(feed):  # {level: sha256 of what feed(h) adds} for every SIMD level the CPU runs
+    supported = flagcore.build_info()["simd_supported"]
+    out = {}
+    for level in {"generic": ["generic"], "avx2": ["generic", "avx2"],
+                  "avx512": ["generic", "avx2", "avx512"]}.get(supported, ["generic"]):
+        _core.set_simd_level(level)
+        h = hashlib.sha256()
+        feed(h)
+        out[level] = h.hexdigest()
     _core.set_simd_level("auto")
-print(json.dumps(out))
+    return out
 """
-)
 
-TIMING_ROWSUM = (
-    r"""
-import json, sys, time
-import numpy as np
-import flagcore
-from flagcore import _core
-"""
-    + _WARM
+# sys.argv[1]: [kernel, sizes, levels, layouts, thread counts, repeat]. Keys: p:n:layout:level
+# (gram), p:n:layout:level:<threads>t:wsum|mean (rowsum).
+TIMING = (
+    _PRELUDE
     + r"""
-sizes, levels, layouts, thread_counts, repeat = json.loads(sys.argv[1])
+kernel, sizes, levels, layouts, thread_counts, repeat = json.loads(sys.argv[1])
 out = {}
 for threads in thread_counts:
     warm(threads)
     for p, n in sizes:
         for layout in layouts:
-            if layout == "numpy":
-                x = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
-            else:  # rows on a cache line (n a multiple of 16 keeps every row there)
-                buf = np.empty(p * n + 16, dtype=np.float32)
-                s = ((-buf.ctypes.data) % 64) // 4
-                x = buf[s : s + p * n].reshape(p, n)
-                x[...] = np.random.default_rng(p).standard_normal((p, n), dtype=np.float32)
-            w = np.random.default_rng(p + 1).random((1, p))
-            calls = {"wsum": lambda: _core.weighted_sum(x[None], w),
-                     "mean": lambda: flagcore.aggregate(x, "mean")}
+            x = stack(p, n, layout)
+            if kernel == "gram":
+                calls = {"": lambda: _core.gram(x[None])}
+            else:
+                w = np.random.default_rng(p + 1).random((1, p))
+                calls = {f":{threads}t:wsum": lambda: _core.weighted_sum(x[None], w),
+                         f":{threads}t:mean": lambda: flagcore.aggregate(x, "mean")}
             for level in levels:
                 _core.set_simd_level(level)
-                for what, fn in calls.items():
-                    fn()
-                    ts = []
-                    for _ in range(repeat):
-                        t0 = time.perf_counter()
-                        fn()
-                        ts.append(time.perf_counter() - t0)
-                    out[f"{p}:{n}:{layout}:{level}:{threads}t:{what}"] = min(ts) * 1e3
+                for suffix, fn in calls.items():
+                    out[f"{p}:{n}:{layout}:{level}{suffix}"] = best_time(fn, repeat) * 1e3
         _core.set_simd_level("auto")
 print(json.dumps(out))
 """
 )
 
-BITS_ROWSUM = r"""
-import hashlib, json
-import numpy as np
-import flagcore
-from flagcore import _core
-supported = flagcore.build_info()["simd_supported"]
-levels = {"generic": ["generic"], "avx2": ["generic", "avx2"],
-          "avx512": ["generic", "avx2", "avx512"]}.get(supported, ["generic"])
-out = {}
-for level in levels:
-    _core.set_simd_level(level)
-    h = hashlib.sha256()
+BITS_ROWSUM = (
+    _PRELUDE
+    + r"""
+def feed(h):
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         for p in list(range(1, 26)) + [31, 33, 64, 100]:
@@ -186,23 +160,16 @@ for level in levels:
                         outs.append(flagcore.flag_aggregate(x, max_iter=2))
                     for o in outs:
                         h.update(np.ascontiguousarray(np.asarray(o)).tobytes())
-    out[level] = h.hexdigest()
-_core.set_simd_level("auto")
-print(json.dumps(out))
-"""
 
-BITS = r"""
-import hashlib, json
-import numpy as np
-import flagcore
-from flagcore import _core
-supported = flagcore.build_info()["simd_supported"]
-levels = {"generic": ["generic"], "avx2": ["generic", "avx2"],
-          "avx512": ["generic", "avx2", "avx512"]}.get(supported, ["generic"])
-out = {}
-for level in levels:
-    _core.set_simd_level(level)
-    h = hashlib.sha256()
+
+print(json.dumps(digests(feed)))
+"""
+)
+
+BITS = (
+    _PRELUDE
+    + r"""
+def feed(h):
     for dtype in (np.float32, np.float64):
         for p in (1, 2, 3, 5, 7, 11, 15, 16, 20, 30, 33, 40, 48, 49, 64, 80):
             for n in (1, 17, 1023, 1025, 2047, 2049, 8193, 70001):
@@ -211,10 +178,11 @@ for level in levels:
                     buf = rng.standard_normal(p * n + 64).astype(dtype)
                     x = buf[off : off + p * n].reshape(p, n)
                     h.update(np.ascontiguousarray(_core.gram(x[None])).tobytes())
-    out[level] = h.hexdigest()
-_core.set_simd_level("auto")
-print(json.dumps(out))
+
+
+print(json.dumps(digests(feed)))
 """
+)
 
 
 def parse_variant(ap: argparse.ArgumentParser, text: str) -> tuple[str, str, str | None]:
@@ -302,7 +270,7 @@ def build(src: str, workdir: str, name: str, flags: str) -> tuple[str, list[str]
 
 
 def run_in(target: str, code: str, *args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=target)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([target, os.path.join(ROOT, "bench")]))
     res = subprocess.run(
         [sys.executable, "-c", code, *args],
         env=env,
@@ -387,19 +355,17 @@ def main(argv: list[str] | None = None) -> None:
         targets[name], cmd = build(srcs[revs[name]], args.workdir, name, flags)
         commands[name] = "FLAGCORE_CUDA=OFF " + shlex.join(cmd)
 
-    bits_code, timing_code = (
-        (BITS_ROWSUM, TIMING_ROWSUM) if args.kernel == "rowsum" else (BITS, TIMING)
-    )
+    bits_code = BITS_ROWSUM if args.kernel == "rowsum" else BITS
     digests = {name: run_in(targets[name], bits_code) for name, _, _ in variants}
     first = variants[0][0]
     same_bits = {name: digests[name] == digests[first] for name, _, _ in variants}
 
     rounds: list[dict] = []
-    payload = json.dumps([sizes, levels, layouts, threads, args.repeat])
+    payload = json.dumps([args.kernel, sizes, levels, layouts, threads, args.repeat])
     for r in range(args.rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for name, _, _ in order:
-            times = run_in(targets[name], timing_code, payload)
+            times = run_in(targets[name], TIMING, payload)
             rounds.append({"round": r, "variant": name, "times_ms": times})
             print(f"round {r + 1}/{args.rounds} {name} done", flush=True)
 
