@@ -35,6 +35,7 @@
 #include "rules/coordinate.hpp"
 #include "rules/coordinate_cuda.hpp"  // declarations and kCoordMaxP only: every build
 #include "rules/distance.hpp"
+#include "rules/reference.hpp"
 #include "sim/forkjoin_sim.hpp"
 #include "sim/histogram.hpp"
 #include "sim/rng.hpp"
@@ -293,6 +294,29 @@ py::array weighted_sum_impl(const py::object& x,
   const double* c = coef.data();
   interruptibly([&] { weighted_sum_cpu<T>(rows.ptr.data(), c, rows.b, rows.p, rows.n, o); });
   return out;
+}
+
+template <typename T>
+py::tuple reference_products_impl(const py::object& x,
+                                  const py::array_t<double, py::array::c_style | py::array::forcecast>& ref,
+                                  bool diag) {
+  Rows<T> rows = make_rows<T>(x);
+  FLAGCORE_CHECK_ARG(ref.ndim() == 2 && ref.shape(0) == rows.b && ref.shape(1) == rows.n,
+                     "reference_products: ref must be (b, n) = (" << rows.b << ", " << rows.n << ")");
+  py::array_t<double> cross({rows.b, rows.p});
+  py::array_t<double> r2(rows.b);
+  py::object sq = py::none();
+  double* sq_ptr = nullptr;
+  if (diag) {
+    py::array_t<double> s({rows.b, rows.p});
+    sq_ptr = s.mutable_data();
+    sq = s;
+  }
+  double* c = cross.mutable_data();
+  double* r = r2.mutable_data();
+  const double* v = ref.data();
+  interruptibly([&] { reference_products_cpu<T>(rows.ptr.data(), v, rows.b, rows.p, rows.n, c, r, sq_ptr); });
+  return py::make_tuple(cross, r2, sq);
 }
 
 template <typename T>
@@ -1246,6 +1270,17 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("x"), py::arg("coef"),
       "sum_i coef[q, i] * x[q, i, :] in float64, output in x's dtype; rows with coef 0 are not read");
+
+  m.def(
+      "reference_products",
+      [](const py::object& x, const py::array_t<double, py::array::c_style | py::array::forcecast>& ref,
+         bool diag) -> py::tuple {
+        return dtype_code(x) == 'f' ? reference_products_impl<float>(x, ref, diag)
+                                    : reference_products_impl<double>(x, ref, diag);
+      },
+      py::arg("x"), py::arg("ref"), py::arg("diag") = false,
+      "(b, p, n) or list of p (n,) float32/float64 and a (b, n) float64 reference -> ((b, p) x_i . ref, (b,) "
+      "ref . ref, (b, p) x_i . x_i or None without diag), float64 products and sums in an order fixed by n");
 
   py::class_<FlagParams>(m, "FlagParams",
                          "The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, "

@@ -138,44 +138,29 @@ def reference_products(
     st: Stack, ref: Any, diag: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """((b, p) x_i . v0, (b,) v0 . v0, and with ``diag`` (b, p) x_i . x_i) in float64 for the
-    caller's rows and a (b, n) float64 reference v0: float64 products and sums (numpy's einsum,
-    which casts in buffered blocks: no float64 copy of the rows and no BLAS; or torch on column
-    chunks for a device tensor), the same whatever flagcore's thread count. Used by
-    centered_clipping (a reference outside the data's dtype) and FLTrust."""
+    caller's rows and a (b, n) float64 reference v0: float64 products and sums (natively,
+    core.reference_products: one pass on flagcore's threads, no float64 copy of the rows, the
+    sums in an order fixed by n; or torch on column chunks for a device tensor), the same
+    whatever flagcore's thread count. Used by centered_clipping (a reference outside the data's
+    dtype) and FLTrust."""
     b, p, n = st.b, st.p, st.n
-    cross = np.empty((b, p))
-    r2 = np.empty(b)
-    sq = np.empty((b, p)) if diag else None
-    with np.errstate(over="ignore", invalid="ignore"):
-        if st.on_cpu:
-            data = st.data
-            for q in range(b):
-                rq = np.asarray(ref[q], dtype=np.float64)
-                r2[q] = float(np.square(rq).sum())
-                if isinstance(data, list):
-                    for i in range(p):
-                        cross[q, i] = float(np.einsum("k,k->", data[i], rq))
-                        if sq is not None:
-                            sq[q, i] = float(np.einsum("k,k->", data[i], data[i], dtype=np.float64))
-                else:
-                    cross[q] = np.einsum("ik,k->i", data[q], rq)
-                    if sq is not None:
-                        sq[q] = np.einsum("ik,ik->i", data[q], data[q], dtype=np.float64)
-        else:
-            import torch
+    if st.on_cpu:
+        ref64 = np.ascontiguousarray(np.asarray(ref, dtype=np.float64).reshape(b, n))
+        cross, r2, sq = core.reference_products(st.data, ref64, diag)
+        return cross, r2, sq
+    import torch
 
-            x = st.torch_data
-            ref64 = ref.to(torch.float64)
-            acc = torch.zeros((b, p), dtype=torch.float64, device=x.device)
-            acc2 = torch.zeros((b, p), dtype=torch.float64, device=x.device)
-            step = max(1, (1 << 22) // max(1, b * p))  # column chunks: no (p, n) float64 copy
-            for k0 in range(0, n, step):
-                xc = x[:, :, k0 : k0 + step].to(torch.float64)
-                acc += (xc @ ref64[:, k0 : k0 + step, None])[:, :, 0]
-                if sq is not None:
-                    acc2 += (xc * xc).sum(dim=2)
-            cross[:] = acc.cpu().numpy()
-            r2[:] = (ref64 * ref64).sum(dim=1).cpu().numpy()
-            if sq is not None:
-                sq[:] = acc2.cpu().numpy()
+    x = st.torch_data
+    ref64 = ref.to(torch.float64)
+    acc = torch.zeros((b, p), dtype=torch.float64, device=x.device)
+    acc2 = torch.zeros((b, p), dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 22) // max(1, b * p))  # column chunks: no (p, n) float64 copy
+    for k0 in range(0, n, step):
+        xc = x[:, :, k0 : k0 + step].to(torch.float64)
+        acc += (xc @ ref64[:, k0 : k0 + step, None])[:, :, 0]
+        if diag:
+            acc2 += (xc * xc).sum(dim=2)
+    cross = acc.cpu().numpy()
+    r2 = (ref64 * ref64).sum(dim=1).cpu().numpy()
+    sq = acc2.cpu().numpy() if diag else None
     return cross, r2, sq

@@ -1,0 +1,19 @@
+// Inner products of each gradient with a float64 reference vector (the server's gradient of
+// FLTrust, centered clipping's reference outside the data's dtype), CPU.
+#pragma once
+#include <cstdint>
+
+namespace flagcore {
+
+// For every problem q and row i of rows (b * p pointers to n values of T, problem q's rows at
+// q * p): cross[q * p + i] = sum_k x[k] ref[q * n + k], sq[q * p + i] = sum_k x[k]^2 (sq may be
+// null), r2[q] = sum_k ref[q * n + k]^2, products and sums in float64. Columns are cut in blocks
+// of a fixed width; within a block each sum runs in 8 interleaved lanes (column k in lane k % 8),
+// added in a fixed order at the block's end, and the blocks are added in order: the result
+// depends on n only, never on the thread count. NaN / Inf values propagate as in any sum.
+// Ctrl-C is checked once per block.
+template <typename T>
+void reference_products_cpu(const T* const* rows, const double* ref, int64_t b, int64_t p, int64_t n,
+                            double* cross, double* r2, double* sq);
+
+}  // namespace flagcore

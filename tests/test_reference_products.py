@@ -1,0 +1,80 @@
+"""core.reference_products, the inner products of each gradient with a float64 reference (FLTrust,
+centered clipping with a reference outside the data's dtype): against float64 numpy, for
+float32 and float64 rows, (b, p, n) arrays and lists of rows, column counts around the block
+width; the same bits on any thread count; NaN kept to its row; a bad reference refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flagcore
+from flagcore import _core
+
+
+def _want(x64: np.ndarray, ref: np.ndarray):
+    cross = np.einsum("qik,qk->qi", x64, ref)
+    scale = np.einsum("qik,qk->qi", np.abs(x64), np.abs(ref))
+    return cross, scale, np.einsum("qik,qik->qi", x64, x64), np.einsum("qk,qk->q", ref, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 9, 2047, 2048, 2049, 10_001])
+def test_matches_float64_numpy(dtype, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((2, 5, n)) * rng.choice([1e-3, 1.0, 1e3], size=(2, 5, 1))).astype(
+        dtype
+    )
+    ref = rng.standard_normal((2, n))
+    cross, r2, sq = _core.reference_products(x, ref, True)
+    want, scale, want_sq, want_r2 = _want(x.astype(np.float64), ref)
+    assert cross.shape == (2, 5) and r2.shape == (2,) and sq.shape == (2, 5)
+    tol = 4 * n * 2.0**-53
+    assert np.all(np.abs(cross - want) <= tol * scale)
+    np.testing.assert_allclose(sq, want_sq, rtol=tol)
+    np.testing.assert_allclose(r2, want_r2, rtol=tol)
+    c2, r22, none = _core.reference_products(x, ref, False)
+    assert none is None
+    np.testing.assert_array_equal(c2, cross)
+    np.testing.assert_array_equal(r22, r2)
+
+
+def test_list_of_rows_equals_the_array():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 5000)).astype(np.float32)
+    ref = rng.standard_normal((1, 5000))
+    a = _core.reference_products(x[None], ref, True)
+    b = _core.reference_products([r.copy() for r in x], ref, True)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_thread_count_does_not_change_a_bit():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 9, 50_001)).astype(np.float32)
+    ref = rng.standard_normal((3, 50_001))
+    out = []
+    try:
+        for threads in (1, 2, 3):
+            flagcore.set_num_threads(threads)
+            out.append(_core.reference_products(x, ref, True))
+    finally:
+        flagcore.set_num_threads(0)
+    for other in out[1:]:
+        for u, v in zip(out[0], other):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_a_nan_stays_in_its_row():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 4, 3000))
+    x[0, 2, 1234] = np.nan
+    cross, r2, sq = _core.reference_products(x, rng.standard_normal((1, 3000)), True)
+    assert np.isnan(cross[0, 2]) and np.isnan(sq[0, 2])
+    assert np.all(np.isfinite(np.delete(cross[0], 2))) and np.isfinite(r2[0])
+
+
+def test_a_reference_of_another_shape_is_refused():
+    x = np.zeros((2, 3, 10), np.float32)
+    with pytest.raises(ValueError, match=r"reference_products: ref must be \(b, n\) = \(2, 10\)"):
+        _core.reference_products(x, np.zeros((2, 11)), True)
