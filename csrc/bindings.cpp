@@ -320,6 +320,17 @@ py::tuple reference_products_impl(const py::object& x,
 }
 
 template <typename T>
+py::array_t<double> row_squares_impl(const py::object& x) {
+  Rows<T> rows = make_rows<T>(x);
+  py::array_t<double> sq({rows.b, rows.p});
+  double* s = sq.mutable_data();
+  interruptibly([&] {
+    reference_products_cpu<T>(rows.ptr.data(), nullptr, rows.b, rows.p, rows.n, nullptr, nullptr, s);
+  });
+  return sq;
+}
+
+template <typename T>
 py::tuple flag_aggregate_impl(const py::object& x, const FlagParams& prm) {
   Rows<T> rows = make_rows<T>(x);
   FLAGCORE_CHECK_ARG(rows.p >= 1, "flag_aggregate: p must be >= 1");
@@ -1281,6 +1292,16 @@ PYBIND11_MODULE(_core, m) {
       py::arg("x"), py::arg("ref"), py::arg("diag") = false,
       "(b, p, n) or list of p (n,) float32/float64 and a (b, n) float64 reference -> ((b, p) x_i . ref, (b,) "
       "ref . ref, (b, p) x_i . x_i or None without diag), float64 products and sums in an order fixed by n");
+
+  m.def(
+      "row_squares",
+      [](const py::object& x) -> py::array {
+        return dtype_code(x) == 'f' ? row_squares_impl<float>(x) : row_squares_impl<double>(x);
+      },
+      py::arg("x"),
+      "(b, p, n) or list of p (n,) float32/float64 -> (b, p) squared norms x_i . x_i, float64 products and "
+      "sums "
+      "in the order of reference_products");
 
   py::class_<FlagParams>(m, "FlagParams",
                          "The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, "

@@ -78,3 +78,18 @@ def test_a_reference_of_another_shape_is_refused():
     x = np.zeros((2, 3, 10), np.float32)
     with pytest.raises(ValueError, match=r"reference_products: ref must be \(b, n\) = \(2, 10\)"):
         _core.reference_products(x, np.zeros((2, 11)), True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_squares_are_reference_products_squares(dtype):
+    # CGE's and SignGuard's norms: the same sums, without a reference
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 20_001)).astype(dtype)
+    x[1, 3, 7] = np.inf
+    sq = _core.row_squares(x)
+    want = _core.reference_products(x, rng.standard_normal((2, 20_001)), True)[2]
+    np.testing.assert_array_equal(sq, want)
+    assert np.isinf(sq[1, 3])
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(sq[0], np.einsum("ik,ik->i", x64[0], x64[0]), rtol=1e-12)

@@ -11,6 +11,7 @@ namespace flagcore {
 // of a fixed width; within a block each sum runs in 8 interleaved lanes (column k in lane k % 8),
 // added in a fixed order at the block's end, and the blocks are added in order: the result
 // depends on n only, never on the thread count. NaN / Inf values propagate as in any sum.
+// ref == nullptr: the squares only (cross and r2 are not written; sq must be given).
 // Ctrl-C is checked once per block.
 template <typename T>
 void reference_products_cpu(const T* const* rows, const double* ref, int64_t b, int64_t p, int64_t n,

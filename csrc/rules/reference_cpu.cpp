@@ -37,21 +37,22 @@ Lanes load_lanes(const float* x) {
   return __builtin_convertvector(v, Lanes);
 }
 
-template <typename T, bool kSq>
+// kCross: the products with v (v unread without); kSq: the squares.
+template <typename T, bool kCross, bool kSq>
 void block_products(const T* x, const double* v, int64_t k0, int64_t k1, double& cross, double& sq) {
   Lanes c = {}, s = {};
   int64_t k = k0;
   for (; k + kLanes <= k1; k += kLanes) {
     const Lanes xv = load_lanes(x + k);
-    c += xv * load_lanes(v + k);
+    if constexpr (kCross) c += xv * load_lanes(v + k);
     if constexpr (kSq) s += xv * xv;
   }
   for (int l = 0; k < k1; ++k, ++l) {
     const double xv = static_cast<double>(x[k]);
-    c[l] += xv * v[k];
+    if constexpr (kCross) c[l] += xv * v[k];
     if constexpr (kSq) s[l] += xv * xv;
   }
-  cross = lanes_sum(c);
+  if constexpr (kCross) cross = lanes_sum(c);
   if constexpr (kSq) sq = lanes_sum(s);
 }
 
@@ -71,15 +72,20 @@ void reference_products_cpu(const T* const* rows, const double* ref, int64_t b, 
     const int64_t k0 = (static_cast<int64_t>(t) % blocks) * kBlock;
     const int64_t k1 = std::min(n, k0 + kBlock);
     double* o = part.data() + static_cast<int64_t>(t) * stride;
-    const double* v = ref + q * n;
+    const double* v = ref != nullptr ? ref + q * n : nullptr;
     for (int64_t i = 0; i < p; ++i) {
-      if (sq != nullptr)
-        block_products<T, true>(rows[q * p + i], v, k0, k1, o[i], o[p + i]);
+      const T* x = rows[q * p + i];
+      if (v == nullptr)
+        block_products<T, false, true>(x, v, k0, k1, o[i], o[p + i]);
+      else if (sq != nullptr)
+        block_products<T, true, true>(x, v, k0, k1, o[i], o[p + i]);
       else
-        block_products<T, false>(rows[q * p + i], v, k0, k1, o[i], o[p + i]);
+        block_products<T, true, false>(x, v, k0, k1, o[i], o[p + i]);
     }
-    double dummy = 0.0;
-    block_products<double, true>(v, v, k0, k1, dummy, o[2 * p]);
+    if (v != nullptr) {
+      double dummy = 0.0;
+      block_products<double, false, true>(v, v, k0, k1, dummy, o[2 * p]);
+    }
   });
   for (int64_t q = 0; q < b; ++q) {
     for (int64_t i = 0; i < p; ++i) {
@@ -88,12 +94,12 @@ void reference_products_cpu(const T* const* rows, const double* ref, int64_t b, 
         c += part[(q * blocks + blk) * stride + i];
         s += part[(q * blocks + blk) * stride + p + i];
       }
-      cross[q * p + i] = c;
+      if (cross != nullptr) cross[q * p + i] = c;
       if (sq != nullptr) sq[q * p + i] = s;
     }
     double r = 0.0;
     for (int64_t blk = 0; blk < blocks; ++blk) r += part[(q * blocks + blk) * stride + 2 * p];
-    r2[q] = r;
+    if (r2 != nullptr) r2[q] = r;
   }
 }
 

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'gram_amx', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'reference_products', 'set_gram_amx', 'set_gram_packed_shared', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'gram_amx', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'reference_products', 'row_squares', 'set_gram_amx', 'set_gram_packed_shared', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
 class CudaDtype:
     """
     element type of a device array (torch's dtype names)
@@ -746,6 +746,10 @@ def num_threads() -> int:
 def reference_products(x: typing.Any, ref: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], diag: bool = False) -> tuple:
     """
     (b, p, n) or list of p (n,) float32/float64 and a (b, n) float64 reference -> ((b, p) x_i . ref, (b,) ref . ref, (b, p) x_i . x_i or None without diag), float64 products and sums in an order fixed by n
+    """
+def row_squares(x: typing.Any) -> numpy.ndarray:
+    """
+    (b, p, n) or list of p (n,) float32/float64 -> (b, p) squared norms x_i . x_i, float64 products and sums in the order of reference_products
     """
 def set_gram_amx(mode: str) -> None:
     """

@@ -369,22 +369,17 @@ def norms_gram(src: Source) -> np.ndarray:
         return src.gram()
     st = src.st
     b, p = st.b, st.p
-    diag = np.empty((b, p))
-    with np.errstate(over="ignore", invalid="ignore"):
-        if st.on_cpu:
-            data = st.data
-            for q in range(b):
-                rows = data if isinstance(data, list) else data[q]
-                for i in range(p):
-                    diag[q, i] = np.square(rows[i], dtype=np.float64).sum()
-        else:
-            import torch
+    if st.on_cpu:  # one native pass on flagcore's threads (core.reference_products' squares)
+        diag = core.row_squares(st.data)
+    else:
+        import torch
 
-            x = st.torch_data
-            for q in range(b):
-                for i in range(p):
-                    xi = x[q, i].to(torch.float64)
-                    diag[q, i] = float((xi * xi).sum())
+        diag = np.empty((b, p))
+        x = st.torch_data
+        for q in range(b):
+            for i in range(p):
+                xi = x[q, i].to(torch.float64)
+                diag[q, i] = float((xi * xi).sum())
     g = np.zeros((b, p, p))
     g[:, np.arange(p), np.arange(p)] = diag
     return g
