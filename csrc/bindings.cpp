@@ -1299,9 +1299,8 @@ PYBIND11_MODULE(_core, m) {
         return dtype_code(x) == 'f' ? row_squares_impl<float>(x) : row_squares_impl<double>(x);
       },
       py::arg("x"),
-      "(b, p, n) or list of p (n,) float32/float64 -> (b, p) squared norms x_i . x_i, float64 products and "
-      "sums "
-      "in the order of reference_products");
+      "(b, p, n) or list of p (n,) float32/float64 -> (b, p) squared norms x_i . x_i, float64 "
+      "products and sums in the order of reference_products");
 
   py::class_<FlagParams>(m, "FlagParams",
                          "The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, "

@@ -41,6 +41,14 @@ void set_num_threads(int n);
 
 void parallel_for(std::size_t n_tasks, const std::function<void(std::size_t)>& fn, int max_threads = 0);
 
+// The column width of a problem's tasks: `cols`, or, where that would leave the problem's n
+// columns one task, about half of n rounded up to a multiple of `unit` (two tasks where
+// n > unit), so that a problem of one task's width still runs on two threads. Depends on n, cols
+// and unit only, never on the thread count.
+inline int64_t at_least_two_tasks(int64_t n, int64_t cols, int64_t unit) {
+  return cols < n ? cols : std::max(unit, ((n + 1) / 2 + unit - 1) / unit * unit);
+}
+
 // fn(begin, end) for each fixed block [b * block, min(n, (b + 1) * block)) of [0, n), run by
 // parallel_for: the blocks depend on n and block only, never on the thread count.
 template <typename F>

@@ -44,10 +44,8 @@ void weighted_sum_cpu(const T* const* rows, const double* coef, int64_t b, int64
   // n = 2048 1.23 -> 0.89 on one thread, 0.66 -> 0.45 on two; p = 1000, n = 1000 0.074 -> 0.047
   // on two, 0.073 -> 0.079 on one; out of cache (p = 15, 30) no difference. Each column's sum
   // adds its rows in row order whatever the width, so the width changes no bit.
-  constexpr int64_t kMinTasks = 2;
-  int64_t cols = std::clamp<int64_t>((int64_t(1) << 18) / most / 256 * 256, 1024, 8 * kChunk);
-  if ((n + cols - 1) / cols < kMinTasks)
-    cols = std::max<int64_t>(256, (n + kMinTasks * 256 - 1) / (kMinTasks * 256) * 256);
+  const int64_t cols = at_least_two_tasks(
+      n, std::clamp<int64_t>((int64_t(1) << 18) / most / 256 * 256, 1024, 8 * kChunk), 256);
   const int64_t tasks_per_problem = (n + cols - 1) / cols;
   const int64_t tasks = b * tasks_per_problem;
   // Last columns first: the Gram pass that precedes this one in flag_aggregate reads the columns

@@ -31,7 +31,7 @@ int64_t task_columns(int64_t pe, int64_t ncomp, CoordRule rule, int64_t n) {
                 1024, std::min(kMaxTaskColumns, (int64_t(1) << 18) / std::max<int64_t>(1, pe)) / 64 * 64)
           : std::max<int64_t>(
                 64, std::min(kMaxTaskColumns, kTaskWork / std::max<int64_t>(1, ncomp + pe)) / 64 * 64);
-  return cols >= n && n > 64 ? (n + 127) / 128 * 64 : cols;
+  return at_least_two_tasks(n, cols, 64);
 }
 
 template <typename T>

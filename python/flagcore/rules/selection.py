@@ -458,7 +458,7 @@ def dnc_keep(p: int, f: int, fraction: float) -> int:
 def nonfinite_rows(src: Source) -> np.ndarray:
     """(b, p') rows to leave out without forming the Gram: the rows pre-aggregation excluded,
     or the caller's rows whose float64 squared norm is not finite (a NaN/Inf value or overflow:
-    the same rows as a Gram diagonal flags), one read, row by row."""
+    the same rows as a Gram diagonal flags), one read (core.row_squares on the CPU)."""
     if src.mix is not None:
         return np.array(src.excluded, dtype=bool)  # set with mix by build_source
     st = src.st
@@ -469,11 +469,4 @@ def nonfinite_rows(src: Source) -> np.ndarray:
         sq = torch.stack([(x[q].to(torch.float64) ** 2).sum(dim=1) for q in range(st.b)])
         return (~sq.isfinite()).cpu().numpy()
 
-    def bad(r: np.ndarray) -> bool:
-        with np.errstate(over="ignore", invalid="ignore"):  # no BLAS: its threads stall under load
-            return not np.isfinite(np.square(r, dtype=np.float64).sum())
-
-    data = st.data
-    if isinstance(data, list):
-        return np.array([[bad(r) for r in data]])
-    return np.array([[bad(data[q, i]) for i in range(st.p)] for q in range(st.b)])
+    return cast(np.ndarray, ~np.isfinite(core.row_squares(st.data)))
