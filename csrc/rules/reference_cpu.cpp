@@ -2,58 +2,49 @@
 //
 // Before this kernel the products were numpy einsums on the caller's rows (float32 cast to
 // float64 in buffered blocks, one thread, two passes). FLTrust at p = 64, n = 2e5, ms, one / two
-// threads: 27.9 / 27.1 then, 13.5 / 7.9 now (bench/results/reference_products_ab_zen4_2026-12-05.json).
-// Compiled for the baseline instruction set: the 8-lane vectors below are lowered to SSE2 there.
+// threads: 27.9 / 27.1 then, 13.5 / 7.9 with the first form of this file: blocks of 2048
+// columns, 8 lanes in GCC vectors lowered to the baseline SSE2
+// (bench/results/reference_products_ab_zen4_2026-12-05.json). The blocks now run in a kernel
+// per instruction set (rules/reference_kernel_impl.hpp: 16 lanes, the next row prefetched; the
+// same bits at every level), 16384 columns wide, in tasks of up to 32 rows
+// (bench/results/reference_products_ab_zen4_2026-12-05_s23.json).
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "common/cancel.hpp"
 #include "common/parallel.hpp"
+#include "common/simd.hpp"
 #include "rules/reference.hpp"
 
 namespace flagcore {
 namespace {
 
-constexpr int64_t kBlock = 2048;  // columns per block: 16 KiB of reference, read once per row from L1
-constexpr int kLanes = 8;
+// Columns per block: 128 KiB of a float64 reference, read once per row from L2. Blocks of 2048
+// columns (8 KiB of a float32 row) kept the rows' streams short: 2-2.5x the time of a weighted
+// sum over the same rows out of cache, where 16384 reach it (p = 16, n = 1e6, two threads,
+// row_squares 2.2-2.3 -> 1.25 ms, weighted sum 1.25;
+// bench/results/reference_products_ab_zen4_2026-12-05_s23.json).
+constexpr int64_t kBlock = 16384;
+// Rows per task: about 2^19 values of a block (32 rows), so that large p with few blocks still
+// spreads over the threads; rows are independent sums, so the split never changes a bit.
+constexpr int64_t kTaskValues = int64_t(1) << 19;
 
-typedef double Lanes __attribute__((vector_size(8 * kLanes)));  // lowered to the build's vectors
-typedef float LanesF __attribute__((vector_size(4 * kLanes)));
+template <typename T>
+using BlockFn = void (*)(const T* const*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, bool,
+                         double*);
 
-double lanes_sum(const Lanes& a) {
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-Lanes load_lanes(const double* x) {
-  Lanes v;
-  std::memcpy(&v, x, sizeof(v));
-  return v;
-}
-
-Lanes load_lanes(const float* x) {
-  LanesF v;
-  std::memcpy(&v, x, sizeof(v));
-  return __builtin_convertvector(v, Lanes);
-}
-
-// kCross: the products with v (v unread without); kSq: the squares.
-template <typename T, bool kCross, bool kSq>
-void block_products(const T* x, const double* v, int64_t k0, int64_t k1, double& cross, double& sq) {
-  Lanes c = {}, s = {};
-  int64_t k = k0;
-  for (; k + kLanes <= k1; k += kLanes) {
-    const Lanes xv = load_lanes(x + k);
-    if constexpr (kCross) c += xv * load_lanes(v + k);
-    if constexpr (kSq) s += xv * xv;
+template <typename T>
+BlockFn<T> pick_block() {
+  switch (simd_level()) {
+#if defined(FLAGCORE_X86_DISPATCH)
+    case SimdLevel::avx512:
+      return static_cast<BlockFn<T>>(&simd_avx512::reference_block);
+    case SimdLevel::avx2:
+      return static_cast<BlockFn<T>>(&simd_avx2::reference_block);
+#endif
+    default:
+      return static_cast<BlockFn<T>>(&simd_generic::reference_block);
   }
-  for (int l = 0; k < k1; ++k, ++l) {
-    const double xv = static_cast<double>(x[k]);
-    if constexpr (kCross) c[l] += xv * v[k];
-    if constexpr (kSq) s[l] += xv * xv;
-  }
-  if constexpr (kCross) cross = lanes_sum(c);
-  if constexpr (kSq) sq = lanes_sum(s);
 }
 
 }  // namespace
@@ -66,26 +57,19 @@ void reference_products_cpu(const T* const* rows, const double* ref, int64_t b, 
   // partial sums of every (problem, block): p cross, p squares, 1 reference square
   const int64_t stride = 2 * p + 1;
   std::vector<double> part(static_cast<size_t>(b * blocks * stride), 0.0);
-  parallel_for(static_cast<size_t>(b * blocks), [&](size_t t) {
+  const BlockFn<T> block = pick_block<T>();
+  const int64_t group = std::max<int64_t>(1, kTaskValues / kBlock);
+  const int64_t groups = (p + group - 1) / group;
+  parallel_for(static_cast<size_t>(b * blocks * groups), [&](size_t t) {
     check_cancel();
-    const int64_t q = static_cast<int64_t>(t) / blocks;
-    const int64_t k0 = (static_cast<int64_t>(t) % blocks) * kBlock;
+    const int64_t g = static_cast<int64_t>(t) % groups;
+    const int64_t qb = static_cast<int64_t>(t) / groups;
+    const int64_t q = qb / blocks;
+    const int64_t k0 = (qb % blocks) * kBlock;
     const int64_t k1 = std::min(n, k0 + kBlock);
-    double* o = part.data() + static_cast<int64_t>(t) * stride;
+    double* o = part.data() + qb * stride;
     const double* v = ref != nullptr ? ref + q * n : nullptr;
-    for (int64_t i = 0; i < p; ++i) {
-      const T* x = rows[q * p + i];
-      if (v == nullptr)
-        block_products<T, false, true>(x, v, k0, k1, o[i], o[p + i]);
-      else if (sq != nullptr)
-        block_products<T, true, true>(x, v, k0, k1, o[i], o[p + i]);
-      else
-        block_products<T, true, false>(x, v, k0, k1, o[i], o[p + i]);
-    }
-    if (v != nullptr) {
-      double dummy = 0.0;
-      block_products<double, false, true>(v, v, k0, k1, dummy, o[2 * p]);
-    }
+    block(rows + q * p, p, g * group, std::min(p, (g + 1) * group), v, k0, k1, sq != nullptr, o);
   });
   for (int64_t q = 0; q < b; ++q) {
     for (int64_t i = 0; i < p; ++i) {
