@@ -32,6 +32,7 @@
 #include "flag/flag_plan.hpp"
 #include "flag/gram.hpp"
 #include "flag/gram_amx.hpp"
+#include "rules/columns.hpp"
 #include "rules/coordinate.hpp"
 #include "rules/coordinate_cuda.hpp"  // declarations and kCoordMaxP only: every build
 #include "rules/distance.hpp"
@@ -317,6 +318,24 @@ py::tuple reference_products_impl(const py::object& x,
   const double* v = ref.data();
   interruptibly([&] { reference_products_cpu<T>(rows.ptr.data(), v, rows.b, rows.p, rows.n, c, r, sq_ptr); });
   return py::make_tuple(cross, r2, sq);
+}
+
+template <typename T>
+py::array_t<double> gather_columns_impl(
+    const py::object& x, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& cols) {
+  Rows<T> rows = make_rows<T>(x);
+  FLAGCORE_CHECK_ARG(cols.ndim() == 1,
+                     "gather_columns: cols must be one-dimensional, got " << cols.ndim() << " dimensions");
+  const int64_t k = cols.shape(0);
+  const int64_t* c = cols.data();
+  for (int64_t j = 0; j < k; ++j)
+    FLAGCORE_CHECK_ARG(c[j] >= 0 && c[j] < rows.n, "gather_columns: cols must lie in [0, "
+                                                       << rows.n << "), got " << c[j] << " at position "
+                                                       << j);
+  py::array_t<double> out({rows.b, rows.p, k});
+  double* o = out.mutable_data();
+  interruptibly([&] { gather_columns_cpu<T>(rows.ptr.data(), rows.b, rows.p, c, k, o); });
+  return out;
 }
 
 template <typename T>
@@ -1301,6 +1320,17 @@ PYBIND11_MODULE(_core, m) {
       py::arg("x"),
       "(b, p, n) or list of p (n,) float32/float64 -> (b, p) squared norms x_i . x_i, float64 "
       "products and sums in the order of reference_products");
+
+  m.def(
+      "gather_columns",
+      [](const py::object& x,
+         const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& cols) -> py::array {
+        return dtype_code(x) == 'f' ? gather_columns_impl<float>(x, cols)
+                                    : gather_columns_impl<double>(x, cols);
+      },
+      py::arg("x"), py::arg("cols"),
+      "(b, p, n) or list of p (n,) float32/float64 and (k,) column indices in [0, n) -> (b, p, k) float64 "
+      "x[:, :, cols], on flagcore's threads");
 
   py::class_<FlagParams>(m, "FlagParams",
                          "The Flag Aggregator's parameters, validated once: r, lam, max_iter, eps, tol, "

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'geometric_median', 'gram', 'gram_amx', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'reference_products', 'row_squares', 'set_gram_amx', 'set_gram_packed_shared', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
+__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'gather_columns', 'geometric_median', 'gram', 'gram_amx', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'reference_products', 'row_squares', 'set_gram_amx', 'set_gram_packed_shared', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'weighted_sum']
 class CudaDtype:
     """
     element type of a device array (torch's dtype names)
@@ -723,6 +723,10 @@ def forkjoin_simulate(config: SimConfig, replications: typing.SupportsInt | typi
     """
 def forkjoin_trace(n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, cancel: bool, arrivals: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], services: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> tuple[numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.float64]]:
     ...
+def gather_columns(x: typing.Any, cols: typing.Annotated[numpy.typing.ArrayLike, numpy.int64]) -> numpy.ndarray:
+    """
+    (b, p, n) or list of p (n,) float32/float64 and (k,) column indices in [0, n) -> (b, p, k) float64 x[:, :, cols], on flagcore's threads
+    """
 def geometric_median(gram: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], nu: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], tol: typing.SupportsFloat | typing.SupportsIndex, max_iter: typing.SupportsInt | typing.SupportsIndex, excluded: typing.Any = None) -> dict:
     ...
 def gram(x: typing.Any) -> numpy.ndarray:

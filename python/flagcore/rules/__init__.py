@@ -1028,7 +1028,7 @@ class DnC(Rule):
             cols = (
                 np.arange(n)
                 if self.sub_dim >= n
-                else np.sort(self._rng().choice(n, size=self.sub_dim, replace=False))
+                else _sel.sorted_sample(self._rng(), n, self.sub_dim)
             )
             xs = _sel.columns(src, cols)
             for q in range(b):
@@ -1036,7 +1036,7 @@ class DnC(Rule):
                 if keep.size == 0:
                     continue
                 f_eff = max(self.f - (p - keep.size), 0)
-                s = _sel.dnc_scores(xs[q, keep])
+                s = _sel.dnc_scores(_sel.kept_rows(xs[q], keep))
                 scores[q] = np.nan
                 scores[q, keep] = s
                 low = keep[
@@ -1089,14 +1089,14 @@ class SignGuard(Rule):
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         n = src.n
         k = min(n, max(1, int(np.ceil(self.sample * n))))  # n = 0: no column, as every rule
-        cols = np.sort(self._rng().choice(n, size=k, replace=False))
+        cols = _sel.sorted_sample(self._rng(), n, k)
         xs = _sel.columns(src, cols)
         # only the norms are needed: one O(p n) read instead of the Gram
         d = _sel.per_problem(
             src,
             self.f,
             lambda g, f, q, keep, scale: _clu.signguard_solve(
-                g, xs[q, keep], self.lower, self.upper
+                g, _sel.kept_rows(xs[q], keep), self.lower, self.upper
             ),
             g=_sel.norms_gram(src),
         )

@@ -420,11 +420,9 @@ def columns(src: Source, cols: np.ndarray) -> np.ndarray:
     (non-finite rows are read as they are; callers leave excluded rows out)."""
     st = src.st
     if st.on_cpu:
-        data = st.data
-        if isinstance(data, list):
-            x = np.stack([r[cols] for r in data])[None].astype(np.float64)
-        else:
-            x = data[:, :, cols].astype(np.float64)
+        # one native pass on flagcore's threads (numpy's fancy index and float64 cast: two
+        # passes on one thread, 2-3.5x the time on two threads)
+        x = core.gather_columns(st.data, np.asarray(cols, dtype=np.int64))
     else:
         import torch
 
@@ -436,6 +434,25 @@ def columns(src: Source, cols: np.ndarray) -> np.ndarray:
     return cast(np.ndarray, np.einsum("qjp,qpc->qjc", src.mix, x))
 
 
+def sorted_sample(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """np.sort(rng.choice(n, size=k, replace=False)), the same draw and the same array: where
+    n <= 32 k through a mask of the n coordinates (the indices are distinct), O(n) instead of
+    numpy's sort (at k = 1e5 of n = 1e6: 1.5 instead of 3.9 ms here)."""
+    cols = rng.choice(n, size=k, replace=False)
+    if n > 32 * k:
+        return np.sort(cols)
+    mask = np.zeros(n, bool)
+    mask[cols] = True
+    return np.flatnonzero(mask)
+
+
+def kept_rows(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """a[keep] along the first axis, a itself (no copy) when keep is every row in order."""
+    if keep.size == a.shape[0] and (keep.size == 0 or keep[-1] == keep.size - 1):
+        return a  # keep is sorted and distinct (flatnonzero): 0 .. size - 1
+    return cast(np.ndarray, a[keep])
+
+
 def dnc_scores(xs: np.ndarray) -> np.ndarray:
     """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
     centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T. D D^T is the
@@ -443,9 +460,9 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
     depends on numpy's thread count."""
     if xs.shape[1] == 0:  # no coordinate: every centred row is empty
         return np.zeros(xs.shape[0])
-    top = pow2_scale(float(np.max(np.abs(xs))))
-    xs = xs / top  # scale-free selection: no overflow for huge gradients
-    d = np.ascontiguousarray(xs - xs.mean(axis=0, keepdims=True))
+    top = pow2_scale(max(float(np.max(xs)), -float(np.min(xs))))  # max |x| without a temporary
+    d = np.ascontiguousarray(xs / top)  # scale-free selection: no overflow for huge gradients
+    d -= d.mean(axis=0, keepdims=True)  # centred in place: one fresh array, not three
     lam, u = core.eigh_top(core.gram(d[None])[0], 1)
     with np.errstate(over="ignore"):
         return cast(np.ndarray, max(float(lam[0]), 0.0) * top * top * np.asarray(u[:, 0]) ** 2)
