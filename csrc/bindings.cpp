@@ -32,6 +32,7 @@
 #include "flag/flag_plan.hpp"
 #include "flag/gram.hpp"
 #include "flag/gram_amx.hpp"
+#include "rules/cluster.hpp"
 #include "rules/columns.hpp"
 #include "rules/coordinate.hpp"
 #include "rules/coordinate_cuda.hpp"  // declarations and kCoordMaxP only: every build
@@ -685,6 +686,27 @@ void register_rules(py::module_& m) {
         return coordinate_network(pe, rule, c);
       },
       py::arg("pe"), py::arg("rule"), py::arg("t"), py::arg("k"));
+
+  m.def(
+      "two_clusters",
+      [](const F64Array& dist) -> py::array_t<int64_t> {
+        FLAGCORE_CHECK_ARG(
+            dist.ndim() == 2 && dist.shape(0) == dist.shape(1),
+            "two_clusters: dist must be a square (p, p) matrix, got " << dist.ndim() << " dimensions");
+        const int64_t p = dist.shape(0);
+        const double* dd = dist.data();
+        for (int64_t k = 0; k < p * p; ++k)
+          FLAGCORE_CHECK_ARG(std::isfinite(dd[k]), "two_clusters: dist must be finite, got "
+                                                       << dd[k] << " at (" << k / p << ", " << k % p << ")");
+        py::array_t<int64_t> labels(p);
+        int64_t* l = labels.mutable_data();
+        interruptibly([&] { two_clusters_average(dd, p, l); });
+        return labels;
+      },
+      py::arg("dist"),
+      "average-linkage agglomerative clustering of a symmetric (p, p) float64 distance matrix stopped at two "
+      "clusters -> (p,) int64 labels (the cluster of row 0 is 0); closest pair first, ties to the lowest (i, "
+      "j)");
 
   m.def(
       "krum",

@@ -59,10 +59,17 @@ def test_preconditions_come_before_the_memory_check(one_gib) -> None:
         flagcore.aggregate(np.zeros((12000, 2)), "krum", f=6000)
 
 
-def test_coordinate_rules_are_not_checked(one_gib) -> None:
+def test_rules_without_p_space_matrices_are_not_checked(one_gib) -> None:
     x = np.random.default_rng(0).standard_normal((12000, 3)).astype(np.float32)
     np.testing.assert_allclose(flagcore.aggregate(x, "median"), np.median(x, axis=0), rtol=1e-6)
     assert _memory.rule_need("trimmed_mean", (), 4, 12000, 12000, 2) == 0.0
+    # CGE needs the norms only (it built a diagonal p x p matrix before)
+    x64 = x.astype(np.float64)
+    keep = np.argsort(np.einsum("ij,ij->i", x64, x64), kind="stable")[: 12000 - 100]
+    np.testing.assert_allclose(
+        flagcore.aggregate(x, "cge", f=100), x64[np.sort(keep)].mean(axis=0), rtol=1e-5, atol=1e-6
+    )
+    assert _memory.rule_need("cge", (), 4, 12000, 12000, 2) == 0.0
 
 
 def test_every_rule_has_an_estimate() -> None:
@@ -159,8 +166,15 @@ def hwm():
          "flagcore.flag_aggregate(x)", "_memory.flag_need([2500], 2)"),
         ("xs = [np.random.default_rng(i).standard_normal((1200, 2)) for i in range(6)]",
          "flagcore.flag_aggregate_layers(xs)", "_memory.flag_need([1200] * 6, 2)"),
+        ("x = np.random.default_rng(0).standard_normal((3000, 50)).astype(np.float32)",
+         'flagcore.aggregate(x, "signguard", f=1)',
+         '_memory.rule_need("signguard", (), 1, 3000, 3000, 2)'),
+        ("x = np.random.default_rng(0).standard_normal((3000, 50)).astype(np.float32)",
+         'flagcore.aggregate(x, "clipped_clustering")',
+         '_memory.rule_need("clipped_clustering", (), 1, 3000, 3000, 2)'),
     ],
-    ids=["krum", "bucketing", "krum-batch-8", "flag", "flag-6-layers"],
+    ids=["krum", "bucketing", "krum-batch-8", "flag", "flag-6-layers", "signguard",
+         "clipped-clustering"],
 )  # fmt: skip
 def test_estimate_is_near_the_measured_peak(setup: str, call: str, need: str) -> None:
     # within -20 % / +40 % of the measured peak on 2 threads

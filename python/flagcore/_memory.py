@@ -30,17 +30,18 @@ RULE_EXTRA = {
     "centered_clipping": 1.2,
     "bulyan": 2.2,
     "monna": 2.2,
-    "cge": 2.0,
+    "cge": 0.0,  # the squared norms alone: O(p)
     "dnc": 2.2,
     "mda": 4.2,
     "smea": 4.2,
     "fltrust": 5.0,
     "caf": 6.2,
-    "clipped_clustering": 6.3,
-    "signguard": 9.1,
+    "clipped_clustering": 3.3,  # cosine distances, the clustering's copy (6.3 before it was native)
+    "signguard": 2.1,  # feature distances, a temporary, the clustering copy (no Gram; was 9.1)
     "flag": 0.0,  # flag_factor
 }
-COORDINATE = frozenset(k for k, v in RULE_EXTRA.items() if v == 0.0 and k != "flag")
+# the rules without p x p matrices (no Gram): the coordinate-wise ones and cge
+NO_P_SPACE = frozenset(k for k, v in RULE_EXTRA.items() if v == 0.0 and k != "flag")
 # what a pre-aggregation step adds per problem besides the Gram (clipping and arc: measured
 # with the mean)
 PRE_EXTRA = {"bucketing": 2.1, "nnm": 4.2, "clipping": 4.1, "arc": 4.1}
@@ -164,7 +165,7 @@ def rule_need(name: str, pre: Sequence[object], b: int, p: int, p_rule: int, thr
     after the steps: what the Flag Aggregator solves on; the other rules' temporaries are
     counted at p, which their mixing with the steps' (p', p) matrices comes to)."""
     steps = _step_names(pre)
-    if not steps and name in COORDINATE:
+    if not steps and name in NO_P_SPACE:
         return 0.0
     pre_part = b * _mat(p) * (1.0 + sum(PRE_EXTRA.get(s, 4.2) for s in steps))
     if name == "flag":

@@ -930,7 +930,7 @@ class CGE(Rule):
                 src,
                 self.f,
                 lambda g, f, q, keep, scale: _sel.cge_solve(g, f),
-                g=_sel.norms_gram(src),
+                g=_sel.squared_norms(src),
             ),
         )  # norms only: O(p n)
 
@@ -1098,7 +1098,7 @@ class SignGuard(Rule):
             lambda g, f, q, keep, scale: _clu.signguard_solve(
                 g, _sel.kept_rows(xs[q], keep), self.lower, self.upper
             ),
-            g=_sel.norms_gram(src),
+            g=_sel.squared_norms(src),
         )
         return _sel.finish(src, d)
 

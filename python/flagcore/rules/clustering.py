@@ -23,29 +23,15 @@ from typing import Any, cast
 
 import numpy as np
 
+from .._backend import core
+
 
 def two_clusters(dist: np.ndarray) -> np.ndarray:
     """Labels (0/1, the cluster of row 0 is 0) of average-linkage agglomerative clustering of a
-    symmetric (p, p) distance matrix stopped at two clusters (Lance-Williams updates, O(p^3))."""
-    p = dist.shape[0]
-    if p <= 1:
-        return np.zeros(p, np.int64)
-    d = np.array(dist, dtype=np.float64, copy=True)
-    np.fill_diagonal(d, np.inf)
-    size = np.ones(p)
-    active = np.ones(p, bool)
-    owner = np.arange(p)
-    for _ in range(p - 2):
-        masked = np.where(active[:, None] & active[None, :], d, np.inf)
-        i, j = divmod(int(np.argmin(masked)), p)
-        i, j = min(i, j), max(i, j)
-        row = (size[i] * d[i] + size[j] * d[j]) / (size[i] + size[j])
-        d[i], d[:, i] = row, row
-        d[i, i] = np.inf
-        size[i] += size[j]
-        active[j] = False
-        owner[owner == j] = i
-    return cast(np.ndarray, (owner != owner[0]).astype(np.int64))
+    symmetric (p, p) distance matrix stopped at two clusters: core.two_clusters (Lance-Williams
+    updates; each row keeps its nearest neighbour, so O(p^2) typical time instead of a search of
+    the whole matrix per merge; the same merges, ties included)."""
+    return cast(np.ndarray, core.two_clusters(np.ascontiguousarray(dist, dtype=np.float64)))
 
 
 def majority(labels: np.ndarray) -> np.ndarray:
@@ -55,11 +41,13 @@ def majority(labels: np.ndarray) -> np.ndarray:
 
 
 def cosine_distances(g: np.ndarray) -> np.ndarray:
+    """1 - clip(G_ij / (|g_i| |g_j|), -1, 1), with 0 for the cosine where a norm is 0; in place
+    on one (p, p) array (the norms are >= 0, so den is 0 exactly where it is not > 0)."""
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
-    den = norms[:, None] * norms[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(den > 0, g / den, 0.0)
-    return 1.0 - np.clip(cos, -1.0, 1.0)
+    den = np.multiply.outer(norms, norms)
+    np.divide(g, den, out=den, where=den > 0)
+    np.clip(den, -1.0, 1.0, out=den)
+    return np.subtract(1.0, den, out=den)
 
 
 def clip_factors(norms: np.ndarray, tau: float) -> np.ndarray:
@@ -94,16 +82,23 @@ def sign_features(xs: np.ndarray) -> np.ndarray:
     return cast(np.ndarray, counts / max(k, 1))
 
 
-def signguard_solve(g: np.ndarray, xs: np.ndarray, lower: float, upper: float) -> dict[str, Any]:
-    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+def signguard_solve(sq: np.ndarray, xs: np.ndarray, lower: float, upper: float) -> dict[str, Any]:
+    """sq: the (p,) squared norms (per_problem's scaled ones); xs: the rows' sampled values."""
+    norms = np.sqrt(np.maximum(sq, 0.0))
     m = float(np.median(norms))
     if m > 0:
         s1 = (norms / m >= lower) & (norms / m <= upper)
     else:
         s1 = np.ones(norms.size, bool)
     feats = sign_features(xs)
-    diff = feats[:, None, :] - feats[None, :, :]
-    s2 = majority(two_clusters(np.sqrt((diff * diff).sum(axis=2))))
+    # the Euclidean distances feature by feature: p x p temporaries, not a (p, p, 3) one (400 MB
+    # at p = 4096); (d0 + d1) + d2 is numpy's sum over the last axis of three, bit for bit
+    d2 = np.zeros((feats.shape[0], feats.shape[0]))
+    diff = np.empty_like(d2)
+    for c in range(feats.shape[1]):
+        np.subtract(feats[:, c, None], feats[None, :, c], out=diff)
+        d2 += np.multiply(diff, diff, out=diff)
+    s2 = majority(two_clusters(np.sqrt(d2, out=d2)))
     sel = s1 & s2
     return dict(
         unit=np.where(sel, clip_factors(norms, m), 0.0),

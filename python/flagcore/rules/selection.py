@@ -40,8 +40,9 @@ def sq_distances(g: np.ndarray) -> np.ndarray:
 
 def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
     """(b, p') rows the rule leaves out: those pre-aggregation excluded, and any row whose
-    squared norm is not finite (a NaN/Inf value, or overflow)."""
-    diag = np.diagonal(g, axis1=1, axis2=2)
+    squared norm is not finite (a NaN/Inf value, or overflow). g: the (b, p', p') Gram, or the
+    (b, p') squared norms alone."""
+    diag = g if g.ndim == 2 else np.diagonal(g, axis1=1, axis2=2)
     excl = ~np.isfinite(diag)
     if src.excluded is not None:
         excl = excl | src.excluded
@@ -88,7 +89,9 @@ def per_problem(
     """Run ``solve(G_survivors / scale, f_eff, q, keep, scale)`` per problem on the Gram of the
     surviving rows (``keep``: their indices among the rows the rule sees), divided by ``scale``,
     a power of two near its largest diagonal entry (``pow2_scale``). A solver that compares
-    with a threshold given in the caller's units (a norm) divides it by sqrt(scale).
+    with a threshold given in the caller's units (a norm) divides it by sqrt(scale). A (b, p')
+    ``g`` is the squared norms alone (rules that need nothing else: ``squared_norms``), and the
+    solver gets the survivors' squared norms / scale: O(p) memory, not O(p^2).
 
     solve returns a dict with ``unit`` (per-survivor coefficients before division) and
     ``count`` (the divisor), or ``coef`` (final coefficients); optional ``selected`` (bool),
@@ -114,8 +117,12 @@ def per_problem(
         f_eff = max(f - (p - keep.size), 0)
         # every rule here is invariant to a common scale of the workers: work on G / max G_ii so
         # that distances and centred Grams of huge (or subnormal) gradients stay finite
-        gs = g[q][np.ix_(keep, keep)]
-        scale = pow2_scale(float(np.max(np.diag(gs))))
+        if g.ndim == 2:  # squared norms only
+            gs = g[q][keep]
+            scale = pow2_scale(float(np.max(gs)))
+        else:
+            gs = g[q] if keep.size == p else g[q][np.ix_(keep, keep)]  # no copy when all are kept
+            scale = pow2_scale(float(np.max(np.diag(gs))))
         r = solve(gs / scale, f_eff, q, keep, scale)
         with np.errstate(over="ignore"):  # back to the caller's units: x ~ G ** power
             if "objective" in r:
@@ -258,11 +265,11 @@ def monna_solve(g: np.ndarray, f: int, centre: int) -> dict[str, Any]:
     return dict(select_mean(sel), scores=np.sqrt(d), score_power=0.5)
 
 
-def cge_solve(g: np.ndarray, f: int) -> dict[str, Any]:
-    """Comparative gradient elimination (Gupta and Vaidya 2020): drop the f largest norms,
-    average the p - f others (ties: the lower index is kept)."""
-    p = g.shape[0]
-    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+def cge_solve(sq: np.ndarray, f: int) -> dict[str, Any]:
+    """Comparative gradient elimination (Gupta and Vaidya 2020) on the (p,) squared norms: drop
+    the f largest norms, average the p - f others (ties: the lower index is kept)."""
+    p = sq.shape[0]
+    norms = np.sqrt(np.maximum(sq, 0.0))
     sel = np.zeros(p, bool)
     sel[np.argsort(norms, kind="stable")[: p - f]] = True
     return dict(select_mean(sel), scores=norms, score_power=0.5)
@@ -361,12 +368,12 @@ def fltrust_solve(ga: np.ndarray) -> dict[str, Any]:
     return dict(coef=coef, scores=ts, score_power=0.0)
 
 
-def norms_gram(src: Source) -> np.ndarray:
-    """A (b, p', p') matrix whose diagonal holds the squared norms of the rows the rule sees, for
-    rules that need only the norms (one O(p n) read; off-diagonal entries are 0). With
-    pre-aggregation it is the full mixed Gram (already known)."""
+def squared_norms(src: Source) -> np.ndarray:
+    """(b, p') squared norms of the rows the rule sees, for rules that need only the norms (one
+    O(p n) read, O(p) memory; per_problem takes them in place of a Gram). With pre-aggregation
+    they are the mixed Gram's diagonal (that Gram is already known)."""
     if src.mix is not None:
-        return src.gram()
+        return np.ascontiguousarray(np.diagonal(src.gram(), axis1=1, axis2=2))
     st = src.st
     b, p = st.b, st.p
     if st.on_cpu:  # one native pass on flagcore's threads (core.reference_products' squares)
@@ -380,9 +387,7 @@ def norms_gram(src: Source) -> np.ndarray:
             for i in range(p):
                 xi = x[q, i].to(torch.float64)
                 diag[q, i] = float((xi * xi).sum())
-    g = np.zeros((b, p, p))
-    g[:, np.arange(p), np.arange(p)] = diag
-    return g
+    return np.asarray(diag, dtype=np.float64)
 
 
 def reference_gram(src: Source, ref: Any) -> np.ndarray:
