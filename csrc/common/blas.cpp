@@ -714,16 +714,8 @@ const char* library_name() {
 
 void symv_rect(int rows, int w, const double* R, int lda, const double* xb, const double* xc, double* yc,
                double* part) {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      return simd_avx512::symv_rect(rows, w, R, lda, xb, xc, yc, part);
-    case SimdLevel::avx2:
-      return simd_avx2::symv_rect(rows, w, R, lda, xb, xc, yc, part);
-#endif
-    default:
-      return simd_generic::symv_rect(rows, w, R, lda, xb, xc, yc, part);
-  }
+  using Fn = void (*)(int, int, const double*, int, const double*, const double*, double*, double*);
+  FLAGCORE_SIMD_PICK(Fn, symv_rect)(rows, w, R, lda, xb, xc, yc, part);
 }
 
 }  // namespace flagcore

@@ -15,4 +15,28 @@ SimdLevel simd_level_supported();  // the best level this CPU runs
 void set_simd_level(const std::string& name);  // "auto" restores detection
 std::string simd_level_name(SimdLevel level);
 
+// One of three variants of a kernel by the current level (simd_level()).
+template <typename Fn>
+Fn simd_pick(Fn generic, Fn avx2, Fn avx512) {
+  switch (simd_level()) {
+    case SimdLevel::avx512:
+      return avx512;
+    case SimdLevel::avx2:
+      return avx2;
+    default:
+      return generic;
+  }
+}
+
 }  // namespace flagcore
+
+// The function pointer of type Fn (which picks the overload) to NS::name for the current level,
+// NS = simd_generic, simd_avx2 or simd_avx512 in namespace flagcore: x86-64 builds compile all
+// three variants, other builds the generic one only.
+#if defined(FLAGCORE_X86_DISPATCH)
+#define FLAGCORE_SIMD_PICK(Fn, name)                                                       \
+  ::flagcore::simd_pick<Fn>(&::flagcore::simd_generic::name, &::flagcore::simd_avx2::name, \
+                            &::flagcore::simd_avx512::name)
+#else
+#define FLAGCORE_SIMD_PICK(Fn, name) static_cast<Fn>(&::flagcore::simd_generic::name)
+#endif

@@ -111,16 +111,7 @@ using AccumulateFn = void (*)(const T* const*, int64_t, int64_t, int64_t, double
 
 template <typename T>
 AccumulateFn<T> pick_kernel() {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      return static_cast<AccumulateFn<T>>(&simd_avx512::gram_accumulate);
-    case SimdLevel::avx2:
-      return static_cast<AccumulateFn<T>>(&simd_avx2::gram_accumulate);
-#endif
-    default:
-      return static_cast<AccumulateFn<T>>(&simd_generic::gram_accumulate);
-  }
+  return FLAGCORE_SIMD_PICK(AccumulateFn<T>, gram_accumulate);
 }
 
 // The ending of every path: out (b x p x p) = the sum of each problem's `parts` partial matrices

@@ -39,16 +39,7 @@ using SumFn = bool (*)(const T* const*, const double*, int64_t, int64_t, int64_t
 
 template <typename T>
 SumFn<T> pick_sum() {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      return static_cast<SumFn<T>>(&simd_avx512::sum_rows);
-    case SimdLevel::avx2:
-      return static_cast<SumFn<T>>(&simd_avx2::sum_rows);
-#endif
-    default:
-      return static_cast<SumFn<T>>(&simd_generic::sum_rows);
-  }
+  return FLAGCORE_SIMD_PICK(SumFn<T>, sum_rows);
 }
 
 // The mean of columns [k0, k1) of the pe rows: their sum in row order, divided by pe (numpy's
@@ -89,16 +80,7 @@ using BlockFn = void (*)(const T* const*, int, const int*, int, CoordRule, Coord
 
 template <typename T>
 BlockFn<T> pick_kernel() {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      return static_cast<BlockFn<T>>(&simd_avx512::coordinate_block);
-    case SimdLevel::avx2:
-      return static_cast<BlockFn<T>>(&simd_avx2::coordinate_block);
-#endif
-    default:
-      return static_cast<BlockFn<T>>(&simd_generic::coordinate_block);
-  }
+  return FLAGCORE_SIMD_PICK(BlockFn<T>, coordinate_block);
 }
 
 // One problem's state for a pass: its active rows and the network for their count.

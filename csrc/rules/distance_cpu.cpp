@@ -427,20 +427,7 @@ void mix_rows_cpu(const T* const* xs, int64_t m, const T* A, const T* div, int64
   if (p_out <= 0 || n <= 0) return;
   using Fn =
       void (*)(const T* const*, int64_t, const T*, const T*, int64_t, int64_t, int64_t, int64_t, T* const*);
-  Fn kernel;
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      kernel = static_cast<Fn>(&simd_avx512::mix_rows);
-      break;
-    case SimdLevel::avx2:
-      kernel = static_cast<Fn>(&simd_avx2::mix_rows);
-      break;
-#endif
-    default:
-      kernel = static_cast<Fn>(&simd_generic::mix_rows);
-      break;
-  }
+  const Fn kernel = FLAGCORE_SIMD_PICK(Fn, mix_rows);
   // Column block: its packed panels (m x cols) take ~512 KiB (L2); a multiple of 192 columns (of
   // every register tile width). The kernel packs the block once and polls for Ctrl-C every 64
   // output rows.

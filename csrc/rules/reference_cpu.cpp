@@ -35,16 +35,7 @@ using BlockFn = void (*)(const T* const*, int64_t, int64_t, int64_t, const doubl
 
 template <typename T>
 BlockFn<T> pick_block() {
-  switch (simd_level()) {
-#if defined(FLAGCORE_X86_DISPATCH)
-    case SimdLevel::avx512:
-      return static_cast<BlockFn<T>>(&simd_avx512::reference_block);
-    case SimdLevel::avx2:
-      return static_cast<BlockFn<T>>(&simd_avx2::reference_block);
-#endif
-    default:
-      return static_cast<BlockFn<T>>(&simd_generic::reference_block);
-  }
+  return FLAGCORE_SIMD_PICK(BlockFn<T>, reference_block);
 }
 
 }  // namespace
