@@ -70,6 +70,13 @@ def test_rules_without_p_space_matrices_are_not_checked(one_gib) -> None:
         flagcore.aggregate(x, "cge", f=100), x64[np.sort(keep)].mean(axis=0), rtol=1e-5, atol=1e-6
     )
     assert _memory.rule_need("cge", (), 4, 12000, 12000, 2) == 0.0
+    # FLTrust needs the norms and the products with the reference (it built a (p+1)^2 Gram)
+    g0 = np.array([1.0, -0.5, 0.25])
+    norms = np.linalg.norm(x64, axis=1)
+    ts = np.maximum(x64 @ g0 / (norms * np.linalg.norm(g0)), 0.0)
+    want = (ts * np.linalg.norm(g0) / norms) @ x64 / ts.sum()
+    np.testing.assert_allclose(flagcore.aggregate(x, "fltrust", reference=g0), want, rtol=1e-5)
+    assert _memory.rule_need("fltrust", (), 4, 12000, 12000, 2) == 0.0
 
 
 def test_every_rule_has_an_estimate() -> None:

@@ -398,8 +398,8 @@ def test_complex_references_are_refused(rule):
 
 # ---------------------------------------------------------------- FLTrust through pre-aggregation
 def test_fltrust_through_nnm_matches_the_reference():
-    """reference_gram's mixed block now comes from the mixed Gram (O(p^3), not an unordered
-    O(p^4) contraction)."""
+    """reference_stats' mixed norms come from the mixed Gram (O(p^3), not an unordered O(p^4)
+    contraction), and its products with the reference are mixed like the rows."""
     x = _x(p=11)
     out = flagcore.aggregate(x, "fltrust", f=2, pre="nnm", reference=G0)
     _close(out, ref.fltrust_ref(ref.nnm_ref(x, 2), G0))

@@ -34,13 +34,13 @@ RULE_EXTRA = {
     "dnc": 2.2,
     "mda": 4.2,
     "smea": 4.2,
-    "fltrust": 5.0,
+    "fltrust": 0.0,  # norms and products with the reference: O(p) (5.0 with its (p+1)^2 Gram)
     "caf": 6.2,
     "clipped_clustering": 3.3,  # cosine distances, the clustering's copy (6.3 before it was native)
     "signguard": 2.1,  # feature distances, a temporary, the clustering copy (no Gram; was 9.1)
     "flag": 0.0,  # flag_factor
 }
-# the rules without p x p matrices (no Gram): the coordinate-wise ones and cge
+# the rules without p x p matrices (no Gram): the coordinate-wise ones, cge and fltrust
 NO_P_SPACE = frozenset(k for k, v in RULE_EXTRA.items() if v == 0.0 and k != "flag")
 # what a pre-aggregation step adds per problem besides the Gram (clipping and arc: measured
 # with the mean)

@@ -978,15 +978,12 @@ class FLTrust(Rule):
             self._fail("f < p", p)
 
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
-        ga = _sel.reference_gram(src, as_reference(self.reference, src.st, self._fn))
-        p = ga.shape[1] - 1
+        sq, cross, r2 = _sel.reference_stats(src, as_reference(self.reference, src.st, self._fn))
         d = _sel.per_problem(
             src,
             self.f,
-            lambda g, f, q, keep, scale: _sel.fltrust_solve(
-                ga[q][np.ix_(np.append(keep, p), np.append(keep, p))]
-            ),
-            g=np.ascontiguousarray(ga[:, :p, :p]),
+            lambda g, f, q, keep, scale: _sel.fltrust_solve(sq[q][keep], cross[q][keep], r2[q]),
+            g=sq,  # the norms alone: O(p)
         )
         return _sel.finish(src, d)
 

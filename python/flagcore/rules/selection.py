@@ -347,18 +347,18 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- FLTrust
 
 
-def fltrust_solve(ga: np.ndarray) -> dict[str, Any]:
-    """FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) from the Gram of the workers plus the
-    server's reference g_0 as the last row: trust TS_i = ReLU(cos(g_i, g_0)), each g_i rescaled
-    to ||g_0||, aggregate = sum_i TS_i ||g_0|| / ||g_i|| g_i / sum_i TS_i (0 when every trust
-    score is 0; a zero gradient gets trust 0)."""
-    p = ga.shape[0] - 1
-    ga = ga / pow2_scale(float(np.max(np.diag(ga))))  # scale-free: no overflow
-    g = ga[:p, :p]
-    n0 = math.sqrt(max(ga[p, p], 0.0))
-    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+def fltrust_solve(sq: np.ndarray, cross: np.ndarray, r2: float) -> dict[str, Any]:
+    """FLTrust (Cao, Fang, Liu and Gong, NDSS 2021) from the workers' squared norms ``sq``, their
+    products with the server's reference g_0 (``cross``) and ||g_0||^2 (``r2``): trust
+    TS_i = ReLU(cos(g_i, g_0)), each g_i rescaled to ||g_0||, aggregate = sum_i TS_i ||g_0|| /
+    ||g_i|| g_i / sum_i TS_i (0 when every trust score is 0; a zero gradient gets trust 0).
+    O(p): the three are the only entries of the Gram with the reference that it reads."""
+    p = sq.shape[0]
+    s = pow2_scale(float(np.max(np.append(sq, r2))))  # scale-free: no overflow
+    n0 = math.sqrt(max(r2 / s, 0.0))
+    norms = np.sqrt(np.maximum(sq / s, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where((norms > 0) & (n0 > 0), ga[:p, p] / (norms * n0), 0.0)
+        cos = np.where((norms > 0) & (n0 > 0), (cross / s) / (norms * n0), 0.0)
     ts = np.maximum(cos, 0.0)
     total = ts.sum()
     if not total > 0:
@@ -390,31 +390,18 @@ def squared_norms(src: Source) -> np.ndarray:
     return np.asarray(diag, dtype=np.float64)
 
 
-def reference_gram(src: Source, ref: Any) -> np.ndarray:
-    """(b, p'+1, p'+1) inner products of the rows the rule sees and the reference (the last
-    row), from one O(p n) read: the squared norms, the products with the reference and
-    ||ref||^2. Without pre-aggregation only the diagonal and the last row/column are filled
-    (FLTrust needs nothing else); with it, the rows block is M G M^T from the Gram that
-    pre-aggregation already holds. ``ref`` is a (b, n) float64 array / tensor."""
+def reference_stats(src: Source, ref: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(b, p') squared norms of the rows the rule sees, (b, p') their products with the
+    reference and (b,) ||ref||^2, from one O(p n) read: O(p) memory. With pre-aggregation the
+    norms are the mixed Gram's diagonal (that Gram is already known) and the products are mixed
+    with the same matrix. ``ref`` is a (b, n) float64 array / tensor."""
     st = src.st
-    b, p = st.b, st.p
     cross, r2, diag = reference_products(st, ref, diag=True)
-    if src.mix is None:
-        ga = np.zeros((b, p + 1, p + 1))
-        ga[:, np.arange(p), np.arange(p)] = diag
-    else:
-        b, pp, p = src.mix.shape
+    if src.mix is not None:
         cross = np.where(_excluded_orig(src), 0.0, cross)
-        ga = np.zeros((b, pp + 1, pp + 1))
-        # M G0 M^T step by step (O(p^3), as every rule's mixed Gram); the three-operand einsum it
-        # replaces was an unordered O(p'^2 p^2) contraction
-        ga[:, :pp, :pp] = src.gram()
         cross = np.einsum("qij,qj->qi", src.mix, cross)
-        p = pp
-    ga[:, :p, p] = cross
-    ga[:, p, :p] = cross
-    ga[:, p, p] = r2
-    return ga
+        diag = np.ascontiguousarray(np.diagonal(src.gram(), axis1=1, axis2=2))
+    return np.asarray(diag, dtype=np.float64), np.asarray(cross), np.asarray(r2)
 
 
 # ---------------------------------------------------------------- DnC
