@@ -189,6 +189,9 @@ _SPIN_BODY = """
     assert len(workers) == 1, workers
     for _ in range(20):
         assert np.array_equal(gram(), ref)                # same bits whether a worker spun or slept
+    for _ in range(3):
+        irls()  # 200 tasks: the worker surely takes part in the last call (a gram of a few tasks
+                # may finish on the calling thread before a parked worker wakes: then nothing spins)
     def cpu_of_workers():
         total = 0.0
         for tid in workers:
