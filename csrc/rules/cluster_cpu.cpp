@@ -51,7 +51,8 @@ void two_clusters_average(const double* dist, int64_t p, int64_t* labels) {
         g = mind[k];
         i = k;
       }
-    if (i < 0) {  // distances of +inf only (the caller passes finite ones): the lowest pair
+    // every distance left +inf (an average overflowed near the float64 maximum): the lowest pair
+    if (i < 0) {
       for (int64_t k = 0; k < p && i < 0; ++k)
         if (active[k]) i = k;
       for (int64_t k = i + 1; k < p; ++k)

@@ -368,26 +368,25 @@ def fltrust_solve(sq: np.ndarray, cross: np.ndarray, r2: float) -> dict[str, Any
     return dict(coef=coef, scores=ts, score_power=0.0)
 
 
+def _caller_row_squares(st: Any) -> np.ndarray:
+    """(b, p) float64 squared norms of the caller's rows, one read: core.row_squares on the CPU,
+    one float64 reduction per problem for a device tensor."""
+    if st.on_cpu:
+        return np.asarray(core.row_squares(st.data), dtype=np.float64)
+    import torch
+
+    x = st.torch_data
+    sq = torch.stack([(x[q].to(torch.float64) ** 2).sum(dim=1) for q in range(st.b)])
+    return np.asarray(sq.cpu().numpy(), dtype=np.float64)
+
+
 def squared_norms(src: Source) -> np.ndarray:
     """(b, p') squared norms of the rows the rule sees, for rules that need only the norms (one
     O(p n) read, O(p) memory; per_problem takes them in place of a Gram). With pre-aggregation
     they are the mixed Gram's diagonal (that Gram is already known)."""
     if src.mix is not None:
         return np.ascontiguousarray(np.diagonal(src.gram(), axis1=1, axis2=2))
-    st = src.st
-    b, p = st.b, st.p
-    if st.on_cpu:  # one native pass on flagcore's threads (core.reference_products' squares)
-        diag = core.row_squares(st.data)
-    else:
-        import torch
-
-        diag = np.empty((b, p))
-        x = st.torch_data
-        for q in range(b):
-            for i in range(p):
-                xi = x[q, i].to(torch.float64)
-                diag[q, i] = float((xi * xi).sum())
-    return np.asarray(diag, dtype=np.float64)
+    return _caller_row_squares(src.st)
 
 
 def reference_stats(src: Source, ref: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -395,12 +394,12 @@ def reference_stats(src: Source, ref: Any) -> tuple[np.ndarray, np.ndarray, np.n
     reference and (b,) ||ref||^2, from one O(p n) read: O(p) memory. With pre-aggregation the
     norms are the mixed Gram's diagonal (that Gram is already known) and the products are mixed
     with the same matrix. ``ref`` is a (b, n) float64 array / tensor."""
-    st = src.st
-    cross, r2, diag = reference_products(st, ref, diag=True)
+    # the caller's squares in the same pass when they are the rows the rule sees
+    cross, r2, diag = reference_products(src.st, ref, diag=src.mix is None)
     if src.mix is not None:
         cross = np.where(_excluded_orig(src), 0.0, cross)
         cross = np.einsum("qij,qj->qi", src.mix, cross)
-        diag = np.ascontiguousarray(np.diagonal(src.gram(), axis1=1, axis2=2))
+        diag = squared_norms(src)
     return np.asarray(diag, dtype=np.float64), np.asarray(cross), np.asarray(r2)
 
 
@@ -470,12 +469,4 @@ def nonfinite_rows(src: Source) -> np.ndarray:
     the same rows as a Gram diagonal flags), one read (core.row_squares on the CPU)."""
     if src.mix is not None:
         return np.array(src.excluded, dtype=bool)  # set with mix by build_source
-    st = src.st
-    if not st.on_cpu:
-        import torch
-
-        x = st.torch_data
-        sq = torch.stack([(x[q].to(torch.float64) ** 2).sum(dim=1) for q in range(st.b)])
-        return (~sq.isfinite()).cpu().numpy()
-
-    return cast(np.ndarray, ~np.isfinite(core.row_squares(st.data)))
+    return cast(np.ndarray, ~np.isfinite(_caller_row_squares(src.st)))
