@@ -79,6 +79,17 @@ def test_rules_without_p_space_matrices_are_not_checked(one_gib) -> None:
     assert _memory.rule_need("fltrust", (), 4, 12000, 12000, 2) == 0.0
 
 
+def test_dnc_counts_its_sampled_columns_not_p_x_p_matrices(one_gib) -> None:
+    """Fewer sampled coordinates than workers: DnC works on the cols x cols matrix, so p = 12000
+    with 3 coordinates fits 1 GiB; many coordinates count their (p, cols) copies."""
+    x = np.random.default_rng(0).standard_normal((12000, 3)).astype(np.float32)
+    out = flagcore.aggregate(x, "dnc", f=100)
+    assert out.shape == (3,) and np.all(np.isfinite(out))
+    assert _memory.rule_need("dnc", (), 1, 12000, 12000, 2, cols=3) < 2**20
+    with pytest.raises(MemoryError, match=r"aggregate: rule 'dnc' at p = 12000 needs about"):
+        flagcore.aggregate(np.zeros((12000, 6000), np.float32), "dnc", f=100)
+
+
 def test_every_rule_has_an_estimate() -> None:
     assert set(RULES) == set(_memory.RULE_EXTRA)
 
@@ -179,9 +190,15 @@ def hwm():
         ("x = np.random.default_rng(0).standard_normal((3000, 50)).astype(np.float32)",
          'flagcore.aggregate(x, "clipped_clustering")',
          '_memory.rule_need("clipped_clustering", (), 1, 3000, 3000, 2)'),
+        ("x = np.random.default_rng(0).standard_normal((4000, 1000), dtype=np.float32)",
+         'flagcore.aggregate(x, "dnc", f=1)',
+         '_memory.rule_need("dnc", (), 1, 4000, 4000, 2, cols=1000)'),
+        ("x = np.random.default_rng(0).standard_normal((1000, 20000), dtype=np.float32)",
+         'flagcore.aggregate(x, "dnc", f=1)',
+         '_memory.rule_need("dnc", (), 1, 1000, 1000, 2, cols=10000)'),
     ],
     ids=["krum", "bucketing", "krum-batch-8", "flag", "flag-6-layers", "signguard",
-         "clipped-clustering"],
+         "clipped-clustering", "dnc-fewer-coordinates", "dnc-sampled"],
 )  # fmt: skip
 def test_estimate_is_near_the_measured_peak(setup: str, call: str, need: str) -> None:
     # within -20 % / +40 % of the measured peak on 2 threads

@@ -282,6 +282,30 @@ def test_dnc_draws_coordinates_from_the_seeded_generator():
         np.testing.assert_allclose(rule(x), ref.dnc_ref(x, 3, cols)[0], rtol=1e-12)
 
 
+@pytest.mark.parametrize(("p", "n", "sub_dim"), [(60, 20, 20), (120, 400, 50), (33, 32, 32)])
+def test_dnc_with_fewer_coordinates_than_workers_matches_the_reference(p, n, sub_dim):
+    """m < p coordinates: the top singular vector comes from the m x m matrix D^T D (not the
+    p x p D D^T); outputs and scores against numpy's float64 SVD of the centred rows."""
+    x = _x(p, n, seed=p, byz=p // 5)
+    f = p // 5
+    rule = flagcore.rules.DnC(f=f, sub_dim=sub_dim, seed=7)
+    out, info = rule(x, return_info=True)
+    rng = np.random.default_rng(7)
+    cols = np.arange(n) if sub_dim >= n else np.sort(rng.choice(n, size=sub_dim, replace=False))
+    np.testing.assert_allclose(out, ref.dnc_ref(x, f, [cols])[0], rtol=1e-12)
+    d = x[:, cols] - x[:, cols].mean(axis=0)
+    v = np.linalg.svd(d, full_matrices=False)[2][0]
+    want = (d @ v) ** 2
+    np.testing.assert_allclose(info.scores, want, rtol=1e-9, atol=1e-12 * want.max())
+    # rank-deficient: every worker equal (all scores 0) and two distinct values (rank one)
+    for y in (np.ones((p, sub_dim)), np.repeat(x[:2, :sub_dim], [p - 3, 3], axis=0)):
+        out, info = flagcore.aggregate(y, "dnc", f=f, return_info=True)
+        d = y - y.mean(axis=0)
+        v = np.linalg.svd(d, full_matrices=False)[2][0]
+        tol = 1e-12 * max(1.0, info.scores.max())
+        np.testing.assert_allclose(info.scores, (d @ v) ** 2, atol=tol)
+
+
 def test_signguard_draws_coordinates_from_the_seeded_generator():
     x = _x(10, 300, seed=13, byz=2)
     x[8:] *= -1.0  # sign-flipped attackers

@@ -4,7 +4,7 @@ lazily then ends in the OOM killer, not a MemoryError. So a call whose estimated
 the memory available to this process (MemAvailable, and the cgroup's limit in a container) is
 refused with a MemoryError naming the function, p and both amounts, before anything is
 allocated. ``FLAGCORE_MEMORY_CHECK=0`` (or false/no/off) turns the check off: the estimate is a
-model (below), and it does not count work the data's size n adds (dnc's sampled columns).
+model (below); of the work the data's size n adds it counts DnC's sampled columns alone.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ RULE_EXTRA = {
     "bulyan": 2.2,
     "monna": 2.2,
     "cge": 0.0,  # the squared norms alone: O(p)
-    "dnc": 2.2,
+    "dnc": 2.2,  # at cols >= p without cols; with them: dnc_need
     "mda": 4.2,
     "smea": 4.2,
     "fltrust": 0.0,  # norms and products with the reference: O(p) (5.0 with its (p+1)^2 Gram)
@@ -160,16 +160,39 @@ def flag_need(sizes: Sequence[int], threads: int) -> float:
     return sum(_mat(p) for p in sizes) + (FLAG_PER_SOLVE * solves + FLAG_FIXED) * _mat(pm)
 
 
-def rule_need(name: str, pre: Sequence[object], b: int, p: int, p_rule: int, threads: int) -> float:
+def dnc_need(b: int, p: int, cols: int) -> float:
+    """Bytes for DnC's scores on b problems of p rows and ``cols`` sampled coordinates: the
+    gathered float64 columns of every problem, then per problem the scaled and centred rows
+    (and, for cols < p, their transpose) and q = min(p, cols) square matrices (the Gram of
+    the smaller side and the eigensolver's work); measured (2 threads, VmHWM growth, float32
+    p = 1000-4000, cols = 500-10000): 0.87-1.04 of this."""
+    q = float(min(p, cols))
+    rows = float(p) * float(cols) * 8.0
+    return b * rows + (2.0 if cols < p else 1.5) * rows + 3.2 * q * q * 8.0
+
+
+def rule_need(
+    name: str,
+    pre: Sequence[object],
+    b: int,
+    p: int,
+    p_rule: int,
+    threads: int,
+    cols: int | None = None,
+) -> float:
     """Bytes for rule ``name`` after the steps ``pre`` on b problems of p rows (p_rule rows
     after the steps: what the Flag Aggregator solves on; the other rules' temporaries are
-    counted at p, which their mixing with the steps' (p', p) matrices comes to)."""
+    counted at p, which their mixing with the steps' (p', p) matrices comes to). ``cols``:
+    the coordinates DnC samples (its memory grows with them; without it, DnC counts p x p
+    matrices alone)."""
     steps = _step_names(pre)
     if not steps and name in NO_P_SPACE:
         return 0.0
     pre_part = b * _mat(p) * (1.0 + sum(PRE_EXTRA.get(s, 4.2) for s in steps))
     if name == "flag":
         return (pre_part if steps else 0.0) + flag_need([p_rule] * b, threads)
+    if name == "dnc" and cols is not None:
+        return (pre_part if steps else 0.0) + dnc_need(b, p_rule, cols)
     return pre_part + RULE_EXTRA.get(name, 0.0) * _mat(p)
 
 
@@ -186,10 +209,11 @@ def check_rule_memory(
     p_rule: int,
     threads: int,
     label: str | None = None,
+    cols: int | None = None,
 ) -> None:
     """check_memory for a rule call; the message names the rule and its pre steps (or
     ``label``)."""
-    need = rule_need(rule, pre, b, p, p_rule, threads)
+    need = rule_need(rule, pre, b, p, p_rule, threads, cols)
     steps = _step_names(pre)
     what = label or (f"rule {rule!r}" + (f" with pre={steps}" if steps else ""))
     what += f" at p = {p}" + (f" on {b} problems" if b > 1 else "")

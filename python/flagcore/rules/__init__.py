@@ -323,6 +323,11 @@ class Rule:
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
+    def _cols(self, n: int) -> int | None:
+        """The coordinates a rule copies out of n for its p-space work (DnC's sample; None:
+        the memory model counts p x p matrices alone)."""
+        return None
+
     # ------------------------------------------------------------------ call
     def __call__(self, gradients: Any, *, return_info: bool = False) -> Any:
         fn = self._fn
@@ -334,7 +339,9 @@ class Rule:
         self._check(rows)
         # then the memory the p-space work needs (Flag without pre never gets here: its
         # __call__ goes to flag_aggregate, which checks its own)
-        check_rule_memory(fn, self.name, self.pre, st.b, st.p, rows, get_num_threads())
+        check_rule_memory(
+            fn, self.name, self.pre, st.b, st.p, rows, get_num_threads(), cols=self._cols(st.n)
+        )
         src = build_source(st, self.f, self.pre, self.bucket_size, cast(Any, _LazyRng(self)))
         out, d = self._run(src)
         agg = st.restore(out)
@@ -1010,6 +1017,9 @@ class DnC(Rule):
         self.sub_dim = check_int(sub_dim, self._fn, "sub_dim", low=1)
         self.iterations = check_int(iterations, self._fn, "iterations", low=1, high=10_000)
         self.filter_fraction = check_float(filter_fraction, self._fn, "filter_fraction", low=0.0)
+
+    def _cols(self, n: int) -> int | None:
+        return min(self.sub_dim, n)
 
     def _check(self, p: int) -> None:
         super()._check(p)

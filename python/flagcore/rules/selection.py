@@ -446,14 +446,23 @@ def kept_rows(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def dnc_scores(xs: np.ndarray) -> np.ndarray:
     """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
-    centred rows, in p-space: s = lam u^2 for the top eigenpair (lam, u) of D D^T. D D^T is the
-    native Gram and the eigenpair the native eigensolver: no numpy BLAS/LAPACK, whose result
-    depends on numpy's thread count."""
-    if xs.shape[1] == 0:  # no coordinate: every centred row is empty
-        return np.zeros(xs.shape[0])
+    (p, m) centred rows D, in the smaller of the two spaces: for m >= p, s = lam u^2 for the top
+    eigenpair (lam, u) of the p x p matrix D D^T; for m < p, v is the top eigenvector of the
+    m x m matrix D^T D and s = (D v)^2 (the same numbers: D v = sqrt(lam) u), O(p m^2 + m^3)
+    instead of O(p^2 m + p^3). The matrices are native Grams, the eigenpair the native
+    eigensolver and D v native row products: no numpy BLAS/LAPACK, whose result depends on
+    numpy's thread count."""
+    p, m = xs.shape
+    if m == 0:  # no coordinate: every centred row is empty
+        return np.zeros(p)
     top = pow2_scale(max(float(np.max(xs)), -float(np.min(xs))))  # max |x| without a temporary
     d = np.ascontiguousarray(xs / top)  # scale-free selection: no overflow for huge gradients
     d -= d.mean(axis=0, keepdims=True)  # centred in place: one fresh array, not three
+    if m < p:
+        _, v = core.eigh_top(core.gram(np.ascontiguousarray(d.T)[None])[0], 1)
+        dv = core.reference_products(d[None], np.ascontiguousarray(v[:, 0])[None])[0][0]
+        with np.errstate(over="ignore"):
+            return cast(np.ndarray, dv * dv * top * top)
     lam, u = core.eigh_top(core.gram(d[None])[0], 1)
     with np.errstate(over="ignore"):
         return cast(np.ndarray, max(float(lam[0]), 0.0) * top * top * np.asarray(u[:, 0]) ** 2)
