@@ -289,33 +289,130 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
     return dict(select_mean(sel), scores=scores, score_power=1.0)
 
 
-# ---------------------------------------------------------------- CAF
+# ---------------------------------------------------------------- top eigenpair
 
 
 def _matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """a @ v for a (p, p) float64 matrix, each entry summed along its row by numpy's reduction
-    (a fixed order, one thread), never by BLAS."""
-    return cast(np.ndarray, (a * v[None, :]).sum(axis=1))
+    """a @ v for a (p, p) float64 matrix: native row products (core.reference_products: an
+    order fixed by p, the same for every thread count), never numpy's BLAS."""
+    return cast(np.ndarray, core.reference_products(np.ascontiguousarray(a)[None], v[None])[0][0])
+
+
+# From this size the top eigenpair of a p x p matrix comes from a Lanczos iteration (a p x p
+# eigensolve costs ~600-770 of its matrix-vector products there: docs/scaling_rules.md)
+LANCZOS_MIN_P = 1000
+_LANCZOS_TOL = 1e-13  # Ritz residual |beta_k s_k| relative to the Ritz value
+_LANCZOS_CHECK_TOL = 1e-10  # the true residual ||A u - theta u|| / |theta| it must then meet
+_LANCZOS_SEED = 0x5EED  # the fixed start direction (numpy's PCG64: the same on every machine)
+
+
+def _fixed_dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum())  # numpy's pairwise sum: a fixed order, one thread
+
+
+def lanczos_top(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    p: int,
+    start: np.ndarray | None = None,
+    max_iter: int | None = None,
+) -> tuple[float, np.ndarray] | None:
+    """Top (algebraically largest) eigenpair of a symmetric p x p float64 operator (``matvec``:
+    v -> A v, in a fixed order) by Lanczos with full reorthogonalisation (twice, classical
+    Gram-Schmidt), or None when it does not converge in ``max_iter`` steps (default
+    min(p, max(64, min(p // 8, 300)))) or meets a non-finite value. Start: ``start`` (a warm
+    start, e.g. the previous step's vector) plus 1e-3 of a fixed random direction, or that
+    direction alone. Converged when the Ritz residual is at most 1e-13 of the Ritz value
+    (checked every 4 steps up to 64, then every 8); the true residual ||A u - theta u|| must
+    then be at most 1e-10 of max(|theta|, the norm estimate), else None. The basis products
+    are native (core.reference_products for V w, core.weighted_sum for V^T h: fixed orders,
+    the same bits for every thread count) and the small tridiagonal problem goes to
+    core.eigh_top: no numpy BLAS, whose result depends on numpy's thread count."""
+    m = min(p, max_iter if max_iter is not None else max(64, min(p // 8, 300)))
+    r = np.random.default_rng(_LANCZOS_SEED).standard_normal(p)
+    r /= math.sqrt(_fixed_dot(r, r))
+    v = r
+    if start is not None:
+        sn = math.sqrt(_fixed_dot(start, start))
+        if sn > 0.0 and math.isfinite(sn):
+            v = start / sn + 1e-3 * r
+            v /= math.sqrt(_fixed_dot(v, v))
+    basis = np.empty((m + 1, p))
+    basis[0] = v
+    alpha, beta = np.zeros(m), np.zeros(m)
+    scale = 0.0
+    for k in range(m):
+        w = np.array(matvec(basis[k]), dtype=np.float64)  # a fresh array: updated in place
+        vk = basis[None, : k + 1]
+        for _ in range(2):  # the three-term recurrence and the reorthogonalisation in one
+            h = core.reference_products(vk, w[None])[0][0]
+            alpha[k] += h[k]
+            w -= core.weighted_sum(vk, h[None])[0]
+        b = math.sqrt(_fixed_dot(w, w))
+        if not (math.isfinite(b) and math.isfinite(alpha[k])):
+            return None
+        beta[k] = b
+        scale = max(scale, abs(alpha[k]) + b)
+        invariant = b <= 1e-15 * scale  # the Krylov space is invariant: its pairs are exact
+        if invariant or (k + 1) % (4 if k < 64 else 8) == 0 or k + 1 == m:
+            t = np.diag(alpha[: k + 1]) + np.diag(beta[:k], 1) + np.diag(beta[:k], -1)
+            theta_a, s_a = core.eigh_top(t, 1)
+            theta, s = float(theta_a[0]), np.asarray(s_a[:, 0])
+            if invariant or b * abs(s[-1]) <= _LANCZOS_TOL * abs(theta):
+                u = core.weighted_sum(vk, s[None])[0]
+                u /= math.sqrt(_fixed_dot(u, u))
+                res = matvec(u) - theta * u
+                ok = math.sqrt(_fixed_dot(res, res)) <= _LANCZOS_CHECK_TOL * max(abs(theta), scale)
+                return (theta, u) if ok else None
+        basis[k + 1] = w / b
+    return None
+
+
+def top_eigenpair(a: np.ndarray, start: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(lam, u): the top eigenpair of a symmetric (p, p) float64 matrix; from p = LANCZOS_MIN_P
+    by lanczos_top (warm-started from ``start`` when given), below it or when that does not
+    converge by the native eigensolver (core.eigh_top). Either way the result does not depend
+    on the thread count."""
+    if a.shape[0] >= LANCZOS_MIN_P:
+        got = lanczos_top(lambda v: _matvec(a, v), a.shape[0], start)
+        if got is not None:
+            return got
+    return _eigh_top_pair(a)
+
+
+def _eigh_top_pair(a: np.ndarray) -> tuple[float, np.ndarray]:
+    lam, u = core.eigh_top(a, 1)
+    return float(lam[0]), np.asarray(u[:, 0])
+
+
+# ---------------------------------------------------------------- CAF
+
+
+def _scaled_operator(k: np.ndarray, sq: np.ndarray, s: float) -> Callable[[np.ndarray], np.ndarray]:
+    """v -> C^1/2 K C^1/2 v / s (sq = diag C^1/2) without forming that p x p matrix."""
+    return lambda v: cast(np.ndarray, sq * _matvec(k, sq * v) / s)
 
 
 def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     """Covariance-bound agnostic filter (Allouah, Guerraoui and Stephan 2025), in p-space.
 
     Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
-    (x_i - mu)^T / sum c, (lam, v) its top eigenpair (exact, from the p x p matrix
-    C^1/2 D D^T C^1/2 / sum c with D the centred rows), tau_i = ((x_i - mu) . v)^2 and
+    (x_i - mu)^T / sum c, (lam, v) its top eigenpair (from the p x p matrix
+    C^1/2 D D^T C^1/2 / sum c with D the centred rows: top_eigenpair, to float64 accuracy),
+    tau_i = ((x_i - mu) . v)^2 and
     c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a ratio within 1e-12 of 1). Returns
     the mu with the smallest lam seen.
     Each step zeroes at least one weight, so it stops after at most 2f + 1 steps.
 
     No numpy BLAS/LAPACK (their result depends on numpy's BLAS thread count, and replicas must
-    agree): the centred Gram and the products are O(p^2) elementwise sums in a fixed order,
-    the top eigenpair comes from the native eigensolver (core.eigh_top, bitwise the same for
-    every thread count)."""
+    agree): the centred Gram is O(p^2) elementwise work, its products with vectors native row
+    products in a fixed order, and the top eigenpair comes from top_eigenpair (the native
+    eigensolver below p = 1024, Lanczos from there, warm-started from the previous step's
+    vector; bitwise the same for every thread count)."""
     p = g.shape[0]
     c = np.ones(p)
     best_lam, best_c, best_s = np.inf, np.ones(p), float(p)
     steps = 0
+    u: np.ndarray | None = None
     while c.sum() > p - 2 * f:
         steps += 1
         s = c.sum()
@@ -323,10 +420,16 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
         # D D^T = (I - 1 w^T) G (I - w 1^T): K_ij = G_ij - (Gw)_i - (Gw)_j + w^T G w, written so
         # that K is exactly symmetric (G is)
         gw = _matvec(g, w)
-        k = g - (gw[:, None] + gw[None, :]) + float((w * gw).sum())
+        k = np.add(gw[:, None], gw[None, :])  # K = G - (gw_i + gw_j) + w'Gw, one p x p array
+        np.subtract(g, k, out=k)
+        k += float((w * gw).sum())
         sq = np.sqrt(c)
-        lam_top, u_top = core.eigh_top(k * (sq[:, None] * sq[None, :]) / s, 1)
-        lam, u = float(lam_top[0]), np.asarray(u_top[:, 0])
+        got = None
+        if p >= LANCZOS_MIN_P:  # on K_c v = C^1/2 K C^1/2 v / s, warm-started from the last u
+            got = lanczos_top(_scaled_operator(k, sq, s), p, u)
+        if got is None:  # the matrix K_c itself, to the native eigensolver
+            got = _eigh_top_pair(k * (sq[:, None] * sq[None, :]) / s)
+        lam, u = got
         if lam < best_lam:
             best_lam, best_c, best_s = lam, c, s
         if not lam > 0.0:
@@ -449,9 +552,9 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
     (p, m) centred rows D, in the smaller of the two spaces: for m >= p, s = lam u^2 for the top
     eigenpair (lam, u) of the p x p matrix D D^T; for m < p, v is the top eigenvector of the
     m x m matrix D^T D and s = (D v)^2 (the same numbers: D v = sqrt(lam) u), O(p m^2 + m^3)
-    instead of O(p^2 m + p^3). The matrices are native Grams, the eigenpair the native
-    eigensolver and D v native row products: no numpy BLAS/LAPACK, whose result depends on
-    numpy's thread count."""
+    instead of O(p^2 m + p^3). The matrices are native Grams, the eigenpair top_eigenpair's
+    (Lanczos from LANCZOS_MIN_P, the native eigensolver below) and D v native row products: no
+    numpy BLAS/LAPACK, whose result depends on numpy's thread count."""
     p, m = xs.shape
     if m == 0:  # no coordinate: every centred row is empty
         return np.zeros(p)
@@ -459,13 +562,13 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
     d = np.ascontiguousarray(xs / top)  # scale-free selection: no overflow for huge gradients
     d -= d.mean(axis=0, keepdims=True)  # centred in place: one fresh array, not three
     if m < p:
-        _, v = core.eigh_top(core.gram(np.ascontiguousarray(d.T)[None])[0], 1)
-        dv = core.reference_products(d[None], np.ascontiguousarray(v[:, 0])[None])[0][0]
+        _, v = top_eigenpair(core.gram(np.ascontiguousarray(d.T)[None])[0])
+        dv = core.reference_products(d[None], v[None])[0][0]
         with np.errstate(over="ignore"):
             return cast(np.ndarray, dv * dv * top * top)
-    lam, u = core.eigh_top(core.gram(d[None])[0], 1)
+    lam, u = top_eigenpair(core.gram(d[None])[0])
     with np.errstate(over="ignore"):
-        return cast(np.ndarray, max(float(lam[0]), 0.0) * top * top * np.asarray(u[:, 0]) ** 2)
+        return cast(np.ndarray, max(lam, 0.0) * top * top * u**2)
 
 
 def dnc_keep(p: int, f: int, fraction: float) -> int:
