@@ -1417,6 +1417,26 @@ PYBIND11_MODULE(_core, m) {
       "FA's host LAPACK path (tests)");
 
   m.def(
+      "symv",
+      [](const F64Array& a, const F64Array& x) -> py::array_t<double> {
+        FLAGCORE_CHECK_ARG(
+            a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
+            "symv: a must be a square (p, p) float64 matrix with 1 <= p <= 46340");
+        const int p = static_cast<int>(a.shape(0));
+        FLAGCORE_CHECK_ARG(x.ndim() == 1 && x.shape(0) == p, "symv: x must be a ("
+                                                                 << p << ",) vector, got " << x.ndim()
+                                                                 << " dimensions of size "
+                                                                 << (x.ndim() >= 1 ? x.shape(0) : 0));
+        py::array_t<double> y(p);
+        interruptibly([&] { blas::symv(a.data(), p, x.data(), y.mutable_data()); });
+        return y;
+      },
+      py::arg("a"), py::arg("x"),
+      "A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order "
+      "fixed "
+      "by p: the same bits for every thread count");
+
+  m.def(
       "flag_aggregate_layers",
       [](const py::list& layers, const std::vector<int64_t>& r, const FlagParams& params) {
         FLAGCORE_CHECK_ARG(!r.empty(), "flag_aggregate_layers: r must hold one value per layer");

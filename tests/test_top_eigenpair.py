@@ -3,7 +3,7 @@ top_eigenpair: Lanczos with full reorthogonalisation from p = LANCZOS_MIN_P, the
 eigensolver below it or when Lanczos does not converge), against numpy.linalg.eigh in float64:
 adversarial spectra, exact and near multiplicities, rank deficiency, indefinite matrices,
 non-finite entries; thread-count independence; CAF and DnC at p >= LANCZOS_MIN_P against their
-n-space references."""
+n-space references; the native symmetric product (core.symv) they run on."""
 
 from __future__ import annotations
 
@@ -108,3 +108,33 @@ def test_caf_and_dnc_from_lanczos_match_their_references() -> None:
     # DnC's p x p side (n >= p) at p = 1100
     out = flagcore.aggregate(x, "dnc", f=f)
     np.testing.assert_allclose(out, ref.dnc_ref(x, f, [np.arange(n)])[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 7, 256, 257, 511, 512, 1000])
+def test_symv_matches_numpy_and_reads_one_triangle(p: int) -> None:
+    from flagcore._backend import core
+
+    rng = np.random.default_rng(p)
+    a = rng.standard_normal((p, p))
+    a = (a + a.T) / 2
+    x = rng.standard_normal(p)
+    want = a @ x
+    got = []
+    for t in (1, 2, 3):
+        flagcore.set_num_threads(t)
+        got.append(core.symv(a, x))
+    flagcore.set_num_threads(2)
+    assert got[0].tobytes() == got[1].tobytes() == got[2].tobytes()
+    np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=1e-12 * np.abs(a).sum(axis=1).max())
+    lower_nan = a.copy()
+    lower_nan[np.tril_indices(p, -1)] = np.nan  # the strict lower triangle is never read
+    assert core.symv(lower_nan, x).tobytes() == got[0].tobytes()
+
+
+def test_symv_refuses_bad_shapes() -> None:
+    from flagcore._backend import core
+
+    with pytest.raises(ValueError, match=r"symv: a must be a square \(p, p\) float64 matrix"):
+        core.symv(np.zeros((3, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"symv: x must be a \(3,\) vector, got 1 dimensions of"):
+        core.symv(np.zeros((3, 3)), np.zeros(4))

@@ -673,6 +673,15 @@ void eigh_top(const double* a, int p, int want, double* evals, double* evecs) {
   }
 }
 
+void symv(const double* a, int p, const double* x, double* y) {
+  FLAGCORE_CHECK_ARG(p >= 1, "symv: need p >= 1, got p = " << p);
+  single_thread();
+  check_cancel();
+  thread_local DVec part;
+  symv_lower(p, a, p, x, y, part, t_inner_threads);
+  if (part.size() > (size_t(4) << 20)) DVec().swap(part);  // p > ~8000: not kept between calls
+}
+
 void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,
               int ldb, double beta, double* C, int ldc) {
   single_thread();

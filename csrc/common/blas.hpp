@@ -35,6 +35,13 @@ namespace blas {
 // O(p^2)-O(p^3) with a small constant: the halves took 12 ms at p = 1024 here).
 void eigh_top(const double* a, int p, int want, double* evals, double* evecs);
 
+// y = A x for a symmetric p x p float64 matrix, reading one triangle (the upper of row-major a:
+// the lower of its column-major view; the other is not read): flagcore's blocked dsymv (columns
+// in blocks of 256, each block one single-threaded call, the blocks' partial sums added in block
+// order), on the threads the calling thread's InnerThreads allows from p = 512: the result does
+// not depend on the thread count. Half the memory traffic of a full matrix-vector product.
+void symv(const double* a, int p, const double* x, double* y);
+
 // Threads eigh_top may use on the calling thread while this object lives (0: flagcore's thread
 // count, 1: none besides the caller); restores the previous value when destroyed. Callers that
 // already run several problems in parallel pass 1. Results never depend on it. While one lives,

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'gather_columns', 'geometric_median', 'gram', 'gram_amx', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'reference_products', 'row_squares', 'set_gram_amx', 'set_gram_packed_shared', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'two_clusters', 'weighted_sum']
+__all__: list[str] = ['CoordRule', 'CudaArray', 'CudaDtype', 'FlagParams', 'GramKernel', 'ServiceKind', 'SimConfig', 'SimReplication', 'SleepState', 'SpeedPolicy', 'build_info', 'bulyan_select', 'centered_clipping', 'coordinate', 'coordinate_cuda', 'coordinate_cuda_max_p', 'coordinate_network', 'cuda_device_count', 'cuda_selftest_saxpy', 'eigh_top', 'flag_aggregate', 'flag_aggregate_cuda_ragged', 'flag_aggregate_cuda_uniform', 'flag_aggregate_layers', 'flag_cuda_plan', 'flag_cuda_plan_uniform', 'flag_irls', 'flag_irls_cuda', 'forkjoin_simulate', 'forkjoin_trace', 'gather_columns', 'geometric_median', 'gram', 'gram_amx', 'krum', 'mix_rows', 'nnm_matrix', 'num_threads', 'reference_products', 'row_squares', 'set_gram_amx', 'set_gram_packed_shared', 'set_num_threads', 'set_simd_level', 'sim_exp', 'sim_histogram_index', 'sim_histogram_layout', 'sim_log', 'sim_philox', 'sim_sample', 'simd_level', 'symv', 'two_clusters', 'weighted_sum']
 class CudaDtype:
     """
     element type of a device array (torch's dtype names)
@@ -783,6 +783,10 @@ def sim_sample(kind: typing.SupportsInt | typing.SupportsIndex, param: typing.Su
     """
 def simd_level() -> str:
     ...
+def symv(a: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order fixed by p: the same bits for every thread count
+    """
 def two_clusters(dist: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.int64]:
     """
     average-linkage agglomerative clustering of a symmetric (p, p) float64 distance matrix stopped at two clusters -> (p,) int64 labels (the cluster of row 0 is 0); closest pair first, ties to the lowest (i, j)

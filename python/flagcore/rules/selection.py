@@ -293,9 +293,10 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
 
 
 def _matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """a @ v for a (p, p) float64 matrix: native row products (core.reference_products: an
-    order fixed by p, the same for every thread count), never numpy's BLAS."""
-    return cast(np.ndarray, core.reference_products(np.ascontiguousarray(a)[None], v[None])[0][0])
+    """a @ v for a symmetric (p, p) float64 matrix (a Gram, a centred Gram): the native
+    symmetric product (core.symv: one triangle read, an order fixed by p, the same for every
+    thread count), never numpy's BLAS."""
+    return cast(np.ndarray, core.symv(np.ascontiguousarray(a), np.ascontiguousarray(v)))
 
 
 # From this size the top eigenpair of a p x p matrix comes from a Lanczos iteration (a p x p
@@ -398,16 +399,15 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
     (x_i - mu)^T / sum c, (lam, v) its top eigenpair (from the p x p matrix
     C^1/2 D D^T C^1/2 / sum c with D the centred rows: top_eigenpair, to float64 accuracy),
-    tau_i = ((x_i - mu) . v)^2 and
-    c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a ratio within 1e-12 of 1). Returns
-    the mu with the smallest lam seen.
+    tau_i = ((x_i - mu) . v)^2 and c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a
+    ratio within 1e-12 of 1). Returns the mu with the smallest lam seen.
     Each step zeroes at least one weight, so it stops after at most 2f + 1 steps.
 
     No numpy BLAS/LAPACK (their result depends on numpy's BLAS thread count, and replicas must
-    agree): the centred Gram is O(p^2) elementwise work, its products with vectors native row
-    products in a fixed order, and the top eigenpair comes from top_eigenpair (the native
-    eigensolver below p = 1024, Lanczos from there, warm-started from the previous step's
-    vector; bitwise the same for every thread count)."""
+    agree): the centred Gram is O(p^2) elementwise work, its products with vectors native
+    symmetric products in a fixed order, and the top eigenpair comes from top_eigenpair (the
+    native eigensolver below p = LANCZOS_MIN_P, Lanczos from there, warm-started from the
+    previous step's vector; bitwise the same for every thread count)."""
     p = g.shape[0]
     c = np.ones(p)
     best_lam, best_c, best_s = np.inf, np.ones(p), float(p)
