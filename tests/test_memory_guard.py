@@ -104,8 +104,8 @@ def test_the_check_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, one_gib, v
 
 def test_small_containers_are_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_memory, "available_bytes", lambda: 512 << 20)
-    with pytest.raises(MemoryError, match=r"needs about 1\.0 GiB .* than the 512 MiB available"):
-        _memory.check_rule_memory("aggregate", "krum", (), 1, 8000, 8000, 2)
+    with pytest.raises(MemoryError, match=r"needs about 1\.1 GiB .* than the 512 MiB available"):
+        _memory.check_rule_memory("aggregate", "krum", (), 1, 12000, 12000, 2)
 
 
 def test_available_bytes_is_at_most_the_machine_memory() -> None:

@@ -65,9 +65,16 @@ struct Exact {
   double value() const { return hi + lo; }
 };
 
+// The squared distance of workers i != j from the Gram (squared_distances' entry, clamped at 0).
+inline double squared_distance(const double* G, int64_t p, int64_t i, int64_t j) {
+  const double d = G[i * p + i] + G[j * p + j] - 2.0 * G[i * p + j];
+  return d > 0.0 ? d : 0.0;
+}
+
 // Krum scores of the workers in `cand` against the other workers in `cand`: the sum of the nb
-// smallest squared distances (rounded once).
-void krum_scores(const double* D, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff,
+// smallest squared distances (rounded once). Each row's distances are formed from the Gram G
+// as they are needed: no p x p distance matrix (it doubled Krum's memory).
+void krum_scores(const double* G, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff,
                  std::vector<double>& score) {
   const int64_t c = static_cast<int64_t>(cand.size());
   const int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
@@ -76,7 +83,7 @@ void krum_scores(const double* D, int64_t p, const std::vector<int64_t>& cand, i
     std::vector<double> d;
     d.reserve(static_cast<size_t>(c));
     for (int64_t b = 0; b < c; ++b)
-      if (b != a) d.push_back(D[cand[a] * p + cand[b]]);
+      if (b != a) d.push_back(squared_distance(G, p, cand[a], cand[b]));
     const int64_t k = std::min<int64_t>(nb, static_cast<int64_t>(d.size()));
     std::nth_element(d.begin(), d.begin() + k, d.end());
     Exact s;
@@ -100,10 +107,7 @@ int64_t mark_nonfinite(const double* G, int64_t p, uint8_t* excluded) {
 // polled between row blocks: on one thread, without polling, p = 12000 took seconds.
 void squared_distances(const double* G, int64_t p, double* D) {
   for_rows(p, p, [&](int64_t i) {
-    for (int64_t j = 0; j < p; ++j) {
-      const double d = G[i * p + i] + G[j * p + j] - 2.0 * G[i * p + j];
-      D[i * p + j] = i == j ? 0.0 : (d > 0.0 ? d : 0.0);
-    }
+    for (int64_t j = 0; j < p; ++j) D[i * p + j] = i == j ? 0.0 : squared_distance(G, p, i, j);
   });
 }
 
@@ -114,11 +118,9 @@ void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, do
   std::fill(selected, selected + p, uint8_t(0));
   std::fill(scores, scores + p, std::nan(""));
   if (pe == 0) return;
-  const auto D = uninit_array<double>(p * p);  // written in full
-  squared_distances(G, p, D.get());
   const std::vector<int64_t> act = active_list(excluded, p);
   std::vector<double> sc;
-  krum_scores(D.get(), p, act, f_effective(f, p, pe), sc);
+  krum_scores(G, p, act, f_effective(f, p, pe), sc);
   std::vector<int64_t> order(act.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sc[a] < sc[b]; });

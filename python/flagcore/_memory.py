@@ -24,8 +24,8 @@ RULE_EXTRA = {
     "trimmed_mean": 0.0,
     "meamed": 0.0,
     "phocas": 0.0,
-    "krum": 1.2,
-    "multi_krum": 1.2,
+    "krum": 0.05,  # per-row distance buffers (1.2 with its p x p distance matrix)
+    "multi_krum": 0.05,
     "geometric_median": 1.2,
     "centered_clipping": 1.2,
     "bulyan": 2.2,
