@@ -54,6 +54,24 @@ def test_geometric_median_converges_to_reference():
     np.testing.assert_allclose(got, z, rtol=1e-5, atol=1e-5 * np.abs(z).max())
 
 
+def test_geometric_median_at_large_p_matches_the_reference_on_any_thread_count():
+    # p = 700 runs the blocked symmetric product on the threads (from p = 512) and the
+    # row-wise data-point test; the same bits for 1, 2 and 3 threads
+    x = ref.make_gradients(700, 60, seed=7, byzantine=70, dtype=np.float64)
+    outs = []
+    for t in (1, 2, 3):
+        flagcore.set_num_threads(t)
+        outs.append(flagcore.aggregate(x, "geometric_median", return_info=True))
+    flagcore.set_num_threads(2)
+    assert outs[0][0].tobytes() == outs[1][0].tobytes() == outs[2][0].tobytes()
+    assert outs[0][1].objective == outs[1][1].objective == outs[2][1].objective
+    got, info = outs[0]
+    z, obj = ref.geometric_median_ref(x)
+    assert info.converged
+    assert np.linalg.norm(x - got, axis=1).sum() <= obj * (1 + 1e-8)
+    np.testing.assert_allclose(got, z, rtol=1e-4, atol=1e-4 * np.abs(z).max())
+
+
 def test_geometric_median_reports_non_convergence():
     x = ref.make_gradients(9, 300, seed=6, dtype=np.float64)
     _, info = flagcore.aggregate(x, "geometric_median", max_iter=1, tol=0.0, return_info=True)
