@@ -159,10 +159,19 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
   for_rows(c, c * 16, [&](int64_t a) {
     const double* Da = D.get() + act[a] * p;
     int32_t* o = ord.get() + a * w;
-    int64_t j = 0;
+    // (distance, index) pairs sorted in place: the order of a stable sort of the indices by
+    // distance (ties: the lower index), without an indirect load per comparison
+    struct Key {
+      double d;
+      int32_t b;
+    };
+    std::vector<Key> keys;
+    keys.reserve(static_cast<size_t>(w));
     for (int64_t b = 0; b < c; ++b)
-      if (b != a) o[j++] = static_cast<int32_t>(b);
-    std::stable_sort(o, o + w, [&](int32_t x, int32_t y) { return Da[act[x]] < Da[act[y]]; });
+      if (b != a) keys.push_back({Da[act[b]], static_cast<int32_t>(b)});
+    std::sort(keys.begin(), keys.end(),
+              [](const Key& x, const Key& y) { return x.d < y.d || (x.d == y.d && x.b < y.b); });
+    for (int64_t t = 0; t < w; ++t) o[t] = keys[static_cast<size_t>(t)].b;
     for (int64_t t = 0; t < w; ++t) pos[a * c + o[t]] = static_cast<int32_t>(t);
     for (int64_t t = 0; t < nb; ++t) score[a].add(Da[act[o[t]]]);  // as krum_scores
     last[a] = nb - 1;
