@@ -312,33 +312,27 @@ def _fixed_dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def lanczos_top(
-    matvec: Callable[[np.ndarray], np.ndarray],
-    p: int,
-    start: np.ndarray | None = None,
-    max_iter: int | None = None,
+    matvec: Callable[[np.ndarray], np.ndarray], p: int, max_iter: int | None = None
 ) -> tuple[float, np.ndarray] | None:
     """Top (algebraically largest) eigenpair of a symmetric p x p float64 operator (``matvec``:
     v -> A v, in a fixed order) by Lanczos with full reorthogonalisation (twice, classical
     Gram-Schmidt), or None when it does not converge in ``max_iter`` steps (default
-    min(p, max(64, min(p // 8, 300)))) or meets a non-finite value. Start: ``start`` (a warm
-    start, e.g. the previous step's vector) plus 1e-3 of a fixed random direction, or that
-    direction alone. Converged when the Ritz residual is at most 1e-13 of the Ritz value
-    (checked every 4 steps up to 64, then every 8); the true residual ||A u - theta u|| must
-    then be at most 1e-10 of max(|theta|, the norm estimate), else None. The basis products
+    min(p, max(64, min(p // 8, 300)))) or meets a non-finite value. Start: a fixed random
+    direction (seeded: the same on every machine), never a warm start: a start close to an
+    eigenvector that is no longer the top one (CAF's previous step) would leave the top
+    pair a tiny component, and Lanczos could converge to the second first; on CAF's steps a
+    warm start saved nothing (docs/scaling_rules.md). Converged when the Ritz residual is at
+    most 1e-13 of the Ritz value (checked every 4 steps up to 64, then every 8); the true
+    residual ||A u - theta u|| must then be at most 1e-10 of max(|theta|, the norm estimate),
+    else None. The basis products
     are native (core.reference_products for V w, core.weighted_sum for V^T h: fixed orders,
     the same bits for every thread count) and the small tridiagonal problem goes to
     core.eigh_top: no numpy BLAS, whose result depends on numpy's thread count."""
     m = min(p, max_iter if max_iter is not None else max(64, min(p // 8, 300)))
     r = np.random.default_rng(_LANCZOS_SEED).standard_normal(p)
     r /= math.sqrt(_fixed_dot(r, r))
-    v = r
-    if start is not None:
-        sn = math.sqrt(_fixed_dot(start, start))
-        if sn > 0.0 and math.isfinite(sn):
-            v = start / sn + 1e-3 * r
-            v /= math.sqrt(_fixed_dot(v, v))
     basis = np.empty((m + 1, p))
-    basis[0] = v
+    basis[0] = r
     alpha, beta = np.zeros(m), np.zeros(m)
     scale = 0.0
     for k in range(m):
@@ -368,13 +362,12 @@ def lanczos_top(
     return None
 
 
-def top_eigenpair(a: np.ndarray, start: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def top_eigenpair(a: np.ndarray) -> tuple[float, np.ndarray]:
     """(lam, u): the top eigenpair of a symmetric (p, p) float64 matrix; from p = LANCZOS_MIN_P
-    by lanczos_top (warm-started from ``start`` when given), below it or when that does not
-    converge by the native eigensolver (core.eigh_top). Either way the result does not depend
-    on the thread count."""
+    by lanczos_top, below it or when that does not converge by the native eigensolver
+    (core.eigh_top). Either way the result does not depend on the thread count."""
     if a.shape[0] >= LANCZOS_MIN_P:
-        got = lanczos_top(lambda v: _matvec(a, v), a.shape[0], start)
+        got = lanczos_top(lambda v: _matvec(a, v), a.shape[0])
         if got is not None:
             return got
     return _eigh_top_pair(a)
@@ -406,13 +399,12 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
     No numpy BLAS/LAPACK (their result depends on numpy's BLAS thread count, and replicas must
     agree): the centred Gram is O(p^2) elementwise work, its products with vectors native
     symmetric products in a fixed order, and the top eigenpair comes from top_eigenpair (the
-    native eigensolver below p = LANCZOS_MIN_P, Lanczos from there, warm-started from the
-    previous step's vector; bitwise the same for every thread count)."""
+    native eigensolver below p = LANCZOS_MIN_P, Lanczos from there; bitwise the same for every
+    thread count)."""
     p = g.shape[0]
     c = np.ones(p)
     best_lam, best_c, best_s = np.inf, np.ones(p), float(p)
     steps = 0
-    u: np.ndarray | None = None
     while c.sum() > p - 2 * f:
         steps += 1
         s = c.sum()
@@ -425,8 +417,8 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
         k += float((w * gw).sum())
         sq = np.sqrt(c)
         got = None
-        if p >= LANCZOS_MIN_P:  # on K_c v = C^1/2 K C^1/2 v / s, warm-started from the last u
-            got = lanczos_top(_scaled_operator(k, sq, s), p, u)
+        if p >= LANCZOS_MIN_P:  # on K_c v = C^1/2 K C^1/2 v / s, without forming K_c
+            got = lanczos_top(_scaled_operator(k, sq, s), p)
         if got is None:  # the matrix K_c itself, to the native eigensolver
             got = _eigh_top_pair(k * (sq[:, None] * sq[None, :]) / s)
         lam, u = got
