@@ -321,7 +321,7 @@ def lanczos_top(
     direction (seeded: the same on every machine), never a warm start: a start close to an
     eigenvector that is no longer the top one (CAF's previous step) would leave the top
     pair a tiny component, and Lanczos could converge to the second first; on CAF's steps a
-    warm start saved nothing (docs/scaling_rules.md). Converged when the Ritz residual is at
+    warm start saved nothing (within 12 %: docs/scaling_rules.md). Converged when the Ritz residual is at
     most 1e-13 of the Ritz value (checked every 4 steps up to 64, then every 8); the true
     residual ||A u - theta u|| must then be at most 1e-10 of max(|theta|, the norm estimate),
     else None. The basis products
