@@ -317,17 +317,18 @@ def lanczos_top(
     """Top (algebraically largest) eigenpair of a symmetric p x p float64 operator (``matvec``:
     v -> A v, in a fixed order) by Lanczos with full reorthogonalisation (twice, classical
     Gram-Schmidt), or None when it does not converge in ``max_iter`` steps (default
-    min(p, max(64, min(p // 8, 300)))) or meets a non-finite value. Start: a fixed random
-    direction (seeded: the same on every machine), never a warm start: a start close to an
-    eigenvector that is no longer the top one (CAF's previous step) would leave the top
-    pair a tiny component, and Lanczos could converge to the second first; on CAF's steps a
-    warm start saved nothing (within 12 %: docs/scaling_rules.md). Converged when the Ritz residual is at
-    most 1e-13 of the Ritz value (checked every 4 steps up to 64, then every 8); the true
-    residual ||A u - theta u|| must then be at most 1e-10 of max(|theta|, the norm estimate),
-    else None. The basis products
-    are native (core.reference_products for V w, core.weighted_sum for V^T h: fixed orders,
-    the same bits for every thread count) and the small tridiagonal problem goes to
-    core.eigh_top: no numpy BLAS, whose result depends on numpy's thread count."""
+    min(p, max(64, min(p // 8, 300)))) or meets a non-finite value.
+
+    Start: a fixed random direction (seeded: the same on every machine), never a warm start: a
+    start close to an eigenvector that is no longer the top one (CAF's previous step) would
+    leave the top pair a tiny component, and Lanczos could converge to the second first; on
+    CAF's steps a warm start saved nothing (within 12 %: docs/scaling_rules.md). Converged
+    when the Ritz residual is at most 1e-13 of the Ritz value (checked every 4 steps up to 64,
+    then every 8); the true residual ||A u - theta u|| must then be at most 1e-10 of
+    max(|theta|, the norm estimate), else None. The basis products are native
+    (core.reference_products for V w, core.weighted_sum for V^T h: fixed orders, the same bits
+    for every thread count) and the small tridiagonal problem goes to core.eigh_top: no numpy
+    BLAS, whose result depends on numpy's thread count."""
     m = min(p, max_iter if max_iter is not None else max(64, min(p // 8, 300)))
     r = np.random.default_rng(_LANCZOS_SEED).standard_normal(p)
     r /= math.sqrt(_fixed_dot(r, r))
