@@ -689,7 +689,7 @@ void register_rules(py::module_& m) {
 
   m.def(
       "two_clusters",
-      [](const F64Array& dist) -> py::array_t<int64_t> {
+      [](F64Array dist, bool overwrite) -> py::array_t<int64_t> {
         FLAGCORE_CHECK_ARG(
             dist.ndim() == 2 && dist.shape(0) == dist.shape(1),
             "two_clusters: dist must be a square (p, p) matrix, got " << dist.ndim() << " dimensions");
@@ -700,13 +700,19 @@ void register_rules(py::module_& m) {
                                                        << dd[k] << " at (" << k / p << ", " << k % p << ")");
         py::array_t<int64_t> labels(p);
         int64_t* l = labels.mutable_data();
-        interruptibly([&] { two_clusters_average(dd, p, l); });
+        if (overwrite && dist.writeable()) {
+          double* work = dist.mutable_data();
+          interruptibly([&] { two_clusters_average_in_place(work, p, l); });
+        } else {
+          interruptibly([&] { two_clusters_average(dd, p, l); });
+        }
         return labels;
       },
-      py::arg("dist"),
+      py::arg("dist"), py::arg("overwrite") = false,
       "average-linkage agglomerative clustering of a symmetric (p, p) float64 distance matrix stopped at two "
       "clusters -> (p,) int64 labels (the cluster of row 0 is 0); closest pair first, ties to the lowest (i, "
-      "j)");
+      "j); overwrite=True lets it work in dist itself (its contents are then lost) when dist is a writable "
+      "C-contiguous float64 array (else it works on a copy)");
 
   m.def(
       "krum",

@@ -55,6 +55,16 @@ def test_same_labels_as_the_greedy_search(p, kind):
     assert got.dtype == np.int64 and got[0] == 0
     np.testing.assert_array_equal(got, greedy_reference(d))
     np.testing.assert_array_equal(two_clusters(d), got)
+    # in place: the same labels, the matrix itself used as the work space
+    work = d.copy()
+    np.testing.assert_array_equal(_core.two_clusters(work, overwrite=True), got)
+    if p > 2:
+        assert not np.array_equal(work, d)  # it was overwritten, not copied
+    # overwrite on a read-only array works on a copy and leaves it intact
+    ro = d.copy()
+    ro.setflags(write=False)
+    np.testing.assert_array_equal(_core.two_clusters(ro, overwrite=True), got)
+    np.testing.assert_array_equal(ro, d)
 
 
 def test_small_cases():

@@ -16,5 +16,7 @@ namespace flagcore {
 // (an average is never below the smaller of the two distances it replaces; a rounded one that
 // is, or that ties at a lower index, is taken directly). Ctrl-C is checked every 64 merges.
 void two_clusters_average(const double* dist, int64_t p, int64_t* labels);
+// The same on `work`, which it overwrites (no p x p copy).
+void two_clusters_average_in_place(double* work, int64_t p, int64_t* labels);
 
 }  // namespace flagcore

@@ -16,13 +16,18 @@
 namespace flagcore {
 
 void two_clusters_average(const double* dist, int64_t p, int64_t* labels) {
+  std::vector<double> d(dist, dist + (p > 2 ? p * p : 0));
+  two_clusters_average_in_place(d.data(), p, labels);
+}
+
+void two_clusters_average_in_place(double* work, int64_t p, int64_t* labels) {
   for (int64_t k = 0; k < p; ++k) labels[k] = 0;
   if (p <= 2) {
     if (p == 2) labels[1] = 1;
     return;
   }
   constexpr double kInf = std::numeric_limits<double>::infinity();
-  std::vector<double> d(dist, dist + p * p);
+  double* const d = work;
   std::vector<double> size(static_cast<size_t>(p), 1.0);
   std::vector<uint8_t> active(static_cast<size_t>(p), 1);
   std::vector<int64_t> owner(static_cast<size_t>(p));
@@ -30,7 +35,7 @@ void two_clusters_average(const double* dist, int64_t p, int64_t* labels) {
   std::vector<int64_t> nn(static_cast<size_t>(p), -1);  // nearest active higher row, -1: none
   std::vector<double> mind(static_cast<size_t>(p), kInf);
   auto scan = [&](int64_t k) {  // first minimum: the lowest index on ties
-    const double* r = d.data() + k * p;
+    const double* r = d + k * p;
     double best = kInf;
     int64_t arg = -1;
     for (int64_t m = k + 1; m < p; ++m)
@@ -63,8 +68,8 @@ void two_clusters_average(const double* dist, int64_t p, int64_t* labels) {
     }
     const int64_t j = nn[i];
     const double si = size[i], sj = size[j], s = si + sj;
-    double* ri = d.data() + i * p;
-    const double* rj = d.data() + j * p;
+    double* ri = d + i * p;
+    const double* rj = d + j * p;
     for (int64_t k = 0; k < p; ++k) {
       if (!active[k] || k == i || k == j) continue;
       const double a = si * ri[k];

@@ -787,9 +787,9 @@ def symv(a: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], x: typing.A
     """
     A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order fixed by p: the same bits for every thread count
     """
-def two_clusters(dist: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.int64]:
+def two_clusters(dist: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], overwrite: bool = False) -> numpy.typing.NDArray[numpy.int64]:
     """
-    average-linkage agglomerative clustering of a symmetric (p, p) float64 distance matrix stopped at two clusters -> (p,) int64 labels (the cluster of row 0 is 0); closest pair first, ties to the lowest (i, j)
+    average-linkage agglomerative clustering of a symmetric (p, p) float64 distance matrix stopped at two clusters -> (p,) int64 labels (the cluster of row 0 is 0); closest pair first, ties to the lowest (i, j); overwrite=True lets it work in dist itself (its contents are then lost) when dist is a writable C-contiguous float64 array (else it works on a copy)
     """
 def weighted_sum(x: typing.Any, coef: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.ndarray:
     """

@@ -36,8 +36,8 @@ RULE_EXTRA = {
     "smea": 4.2,
     "fltrust": 0.0,  # norms and products with the reference: O(p) (5.0 with its (p+1)^2 Gram)
     "caf": 6.2,
-    "clipped_clustering": 3.3,  # cosine distances, the clustering's copy (6.3 before it was native)
-    "signguard": 2.1,  # feature distances, a temporary, the clustering copy (no Gram; was 9.1)
+    "clipped_clustering": 2.2,  # cosine distances, clustered in place (3.3 with a copy; 6.3 numpy)
+    "signguard": 1.0,  # feature distances, a temporary (clustered in place; no Gram; was 2.1, 9.1)
     "flag": 0.0,  # flag_factor
 }
 # the rules without p x p matrices (no Gram): the coordinate-wise ones, cge and fltrust

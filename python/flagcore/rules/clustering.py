@@ -26,12 +26,15 @@ import numpy as np
 from .._backend import core
 
 
-def two_clusters(dist: np.ndarray) -> np.ndarray:
+def two_clusters(dist: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """Labels (0/1, the cluster of row 0 is 0) of average-linkage agglomerative clustering of a
     symmetric (p, p) distance matrix stopped at two clusters: core.two_clusters (Lance-Williams
     updates; each row keeps its nearest neighbour, so O(p^2) typical time instead of a search of
-    the whole matrix per merge; the same merges, ties included)."""
-    return cast(np.ndarray, core.two_clusters(np.ascontiguousarray(dist, dtype=np.float64)))
+    the whole matrix per merge; the same merges, ties included). ``overwrite``: the clustering
+    works in ``dist`` itself (a float64 C-contiguous array the caller no longer needs; its
+    contents are lost) instead of a p x p copy."""
+    d = np.ascontiguousarray(dist, dtype=np.float64)
+    return cast(np.ndarray, core.two_clusters(d, overwrite=overwrite))
 
 
 def majority(labels: np.ndarray) -> np.ndarray:
@@ -62,7 +65,7 @@ def clipped_clustering_solve(g: np.ndarray, tau: float | None, scale: float) -> 
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     with np.errstate(over="ignore"):  # tau far above every norm: inf, nothing is clipped
         t = float(np.median(norms)) if tau is None else tau / math.sqrt(scale)
-    sel = majority(two_clusters(cosine_distances(g)))
+    sel = majority(two_clusters(cosine_distances(g), overwrite=True))  # a fresh array
     return dict(
         unit=np.where(sel, clip_factors(norms, t), 0.0),
         count=int(sel.sum()),
@@ -98,7 +101,8 @@ def signguard_solve(sq: np.ndarray, xs: np.ndarray, lower: float, upper: float) 
     for c in range(feats.shape[1]):
         np.subtract(feats[:, c, None], feats[None, :, c], out=diff)
         d2 += np.multiply(diff, diff, out=diff)
-    s2 = majority(two_clusters(np.sqrt(d2, out=d2)))
+    del diff
+    s2 = majority(two_clusters(np.sqrt(d2, out=d2), overwrite=True))  # d2 is not needed after
     sel = s1 & s2
     return dict(
         unit=np.where(sel, clip_factors(norms, m), 0.0),
