@@ -43,6 +43,18 @@ def test_bulyan(p, f):
     assert np.flatnonzero(info.selected).tolist() == sel.tolist()
 
 
+@pytest.mark.parametrize("p", [23, 60])
+def test_bulyan_with_many_equal_distances(p):
+    # small-integer workers: most pairwise distances tie, so the neighbour lists' order (ties
+    # to the lower index) decides which workers Bulyan keeps
+    x = np.random.default_rng(p).integers(0, 3, (p, 4)).astype(np.float64)
+    f = (p - 3) // 4
+    got, info = flagcore.aggregate(x, "bulyan", f=f, return_info=True)
+    want, sel = ref.bulyan_ref(x, f)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.flatnonzero(info.selected).tolist() == sel.tolist()
+
+
 def test_geometric_median_converges_to_reference():
     x = ref.make_gradients(15, 2000, seed=5, byzantine=3, dtype=np.float64)
     got, info = flagcore.aggregate(x, "geometric_median", return_info=True)

@@ -6,6 +6,7 @@
 // thread count; long loops call check_cancel() (Ctrl-C).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -70,6 +71,42 @@ struct Exact {
 inline double squared_distance(const double* G, int64_t p, int64_t i, int64_t j) {
   const double d = G[i * p + i] + G[j * p + j] - 2.0 * G[i * p + j];
   return d > 0.0 ? d : 0.0;
+}
+
+struct DistKey {
+  uint64_t k;  // the bits of a distance >= 0 (or +inf)
+  int32_t b;   // the worker
+};
+
+inline uint64_t bits_of(double d) {
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  return u;
+}
+
+// Stable LSD radix sort by k, 11-bit digits (6 passes, a pass skipped where every key has the
+// same digit); `tmp` is scratch. Equal keys keep their order.
+void radix_sort_stable(std::vector<DistKey>& keys, std::vector<DistKey>& tmp) {
+  constexpr int kBits = 11, kPasses = 6;
+  constexpr size_t kBuckets = size_t(1) << kBits;
+  const size_t n = keys.size();
+  if (n < 2) return;
+  std::vector<uint32_t> count(kBuckets * kPasses, 0);
+  for (const DistKey& e : keys)
+    for (int s = 0; s < kPasses; ++s) ++count[size_t(s) * kBuckets + ((e.k >> (s * kBits)) & (kBuckets - 1))];
+  tmp.resize(n);
+  for (int s = 0; s < kPasses; ++s) {
+    uint32_t* cs = count.data() + size_t(s) * kBuckets;
+    if (cs[(keys[0].k >> (s * kBits)) & (kBuckets - 1)] == n) continue;  // one bucket: nothing moves
+    uint32_t sum = 0;
+    for (size_t d = 0; d < kBuckets; ++d) {
+      const uint32_t v = cs[d];
+      cs[d] = sum;
+      sum += v;
+    }
+    for (const DistKey& e : keys) tmp[cs[(e.k >> (s * kBits)) & (kBuckets - 1)]++] = e;
+    keys.swap(tmp);
+  }
 }
 
 // Krum scores of the workers in `cand` against the other workers in `cand`: the sum of the nb
@@ -159,18 +196,14 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
   for_rows(c, c * 16, [&](int64_t a) {
     const double* Da = D.get() + act[a] * p;
     int32_t* o = ord.get() + a * w;
-    // (distance, index) pairs sorted in place: the order of a stable sort of the indices by
-    // distance (ties: the lower index), without an indirect load per comparison
-    struct Key {
-      double d;
-      int32_t b;
-    };
-    std::vector<Key> keys;
+    // the other workers by ascending distance, ties in ascending index: a stable radix sort of
+    // (distance bits, index) pairs entered in index order (the distances are >= 0 or +inf, whose
+    // bit patterns order as the values do)
+    std::vector<DistKey> keys, tmp;
     keys.reserve(static_cast<size_t>(w));
     for (int64_t b = 0; b < c; ++b)
-      if (b != a) keys.push_back({Da[act[b]], static_cast<int32_t>(b)});
-    std::sort(keys.begin(), keys.end(),
-              [](const Key& x, const Key& y) { return x.d < y.d || (x.d == y.d && x.b < y.b); });
+      if (b != a) keys.push_back({bits_of(Da[act[b]]), static_cast<int32_t>(b)});
+    radix_sort_stable(keys, tmp);
     for (int64_t t = 0; t < w; ++t) o[t] = keys[static_cast<size_t>(t)].b;
     for (int64_t t = 0; t < w; ++t) pos[a * c + o[t]] = static_cast<int32_t>(t);
     for (int64_t t = 0; t < nb; ++t) score[a].add(Da[act[o[t]]]);  // as krum_scores
