@@ -1439,8 +1439,7 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("a"), py::arg("x"),
       "A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order "
-      "fixed "
-      "by p: the same bits for every thread count");
+      "fixed by p: the same bits for every thread count");
 
   m.def(
       "flag_aggregate_layers",

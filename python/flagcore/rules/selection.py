@@ -303,7 +303,7 @@ def _matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
 # eigensolve costs ~600-770 of its matrix-vector products there: docs/scaling_rules.md)
 LANCZOS_MIN_P = 1000
 _LANCZOS_TOL = 1e-13  # Ritz residual |beta_k s_k| relative to the Ritz value
-_LANCZOS_CHECK_TOL = 1e-10  # the true residual ||A u - theta u|| / |theta| it must then meet
+_LANCZOS_CHECK_TOL = 1e-10  # bound on ||A u - theta u|| / max(|theta|, the norm estimate)
 _LANCZOS_SEED = 0x5EED  # the fixed start direction (numpy's PCG64: the same on every machine)
 
 
