@@ -363,28 +363,38 @@ def lanczos_top(
     return None
 
 
-def top_eigenpair(a: np.ndarray) -> tuple[float, np.ndarray]:
-    """(lam, u): the top eigenpair of a symmetric (p, p) float64 matrix; from p = LANCZOS_MIN_P
-    by lanczos_top, below it or when that does not converge by the native eigensolver
-    (core.eigh_top). Either way the result does not depend on the thread count."""
-    if a.shape[0] >= LANCZOS_MIN_P:
-        got = lanczos_top(lambda v: _matvec(a, v), a.shape[0])
+def top_eigenpair_of(
+    p: int, matvec: Callable[[np.ndarray], np.ndarray], dense: Callable[[], np.ndarray]
+) -> tuple[float, np.ndarray]:
+    """(lam, u): the top eigenpair of a symmetric p x p float64 operator; from p = LANCZOS_MIN_P
+    by lanczos_top on ``matvec``, below it or when that does not converge by the native
+    eigensolver (core.eigh_top) on the matrix ``dense()`` (built only then). Either way the
+    result does not depend on the thread count."""
+    if p >= LANCZOS_MIN_P:
+        got = lanczos_top(matvec, p)
         if got is not None:
             return got
-    return _eigh_top_pair(a)
-
-
-def _eigh_top_pair(a: np.ndarray) -> tuple[float, np.ndarray]:
-    lam, u = core.eigh_top(a, 1)
+    lam, u = core.eigh_top(dense(), 1)
     return float(lam[0]), np.asarray(u[:, 0])
+
+
+def top_eigenpair(a: np.ndarray) -> tuple[float, np.ndarray]:
+    """top_eigenpair_of a symmetric (p, p) float64 matrix."""
+    return top_eigenpair_of(a.shape[0], lambda v: _matvec(a, v), lambda: a)
 
 
 # ---------------------------------------------------------------- CAF
 
 
-def _scaled_operator(k: np.ndarray, sq: np.ndarray, s: float) -> Callable[[np.ndarray], np.ndarray]:
-    """v -> C^1/2 K C^1/2 v / s (sq = diag C^1/2) without forming that p x p matrix."""
-    return lambda v: cast(np.ndarray, sq * _matvec(k, sq * v) / s)
+def _scaled(
+    k: np.ndarray, sq: np.ndarray, s: float
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[], np.ndarray]]:
+    """K_c = C^1/2 K C^1/2 / s (sq = diag C^1/2) for top_eigenpair_of: its products without
+    forming it, and the matrix itself (for the native eigensolver only)."""
+    return (
+        lambda v: cast(np.ndarray, sq * _matvec(k, sq * v) / s),
+        lambda: cast(np.ndarray, k * (sq[:, None] * sq[None, :]) / s),
+    )
 
 
 def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
@@ -399,7 +409,7 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
 
     No numpy BLAS/LAPACK (their result depends on numpy's BLAS thread count, and replicas must
     agree): the centred Gram is O(p^2) elementwise work, its products with vectors native
-    symmetric products in a fixed order, and the top eigenpair comes from top_eigenpair (the
+    symmetric products in a fixed order, and the top eigenpair comes from top_eigenpair_of (the
     native eigensolver below p = LANCZOS_MIN_P, Lanczos from there; bitwise the same for every
     thread count)."""
     p = g.shape[0]
@@ -417,12 +427,7 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
         np.subtract(g, k, out=k)
         k += float((w * gw).sum())
         sq = np.sqrt(c)
-        got = None
-        if p >= LANCZOS_MIN_P:  # on K_c v = C^1/2 K C^1/2 v / s, without forming K_c
-            got = lanczos_top(_scaled_operator(k, sq, s), p)
-        if got is None:  # the matrix K_c itself, to the native eigensolver
-            got = _eigh_top_pair(k * (sq[:, None] * sq[None, :]) / s)
-        lam, u = got
+        lam, u = top_eigenpair_of(p, *_scaled(k, sq, s))
         if lam < best_lam:
             best_lam, best_c, best_s = lam, c, s
         if not lam > 0.0:
