@@ -388,6 +388,10 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return os.str();
 }
 
+std::string shape_str(const py::array& a) {
+  return shape_str(std::vector<int64_t>(a.shape(), a.shape() + a.ndim()));
+}
+
 CudaArray make_cuda_array(std::uintptr_t data, cuda::DType dtype, const std::vector<int64_t>& shape,
                           const std::vector<int64_t>& strides, int device) {
   FLAGCORE_CHECK_ARG(cuda::dtype_size(dtype) > 0,
@@ -692,7 +696,7 @@ void register_rules(py::module_& m) {
       [](F64Array dist, bool overwrite) -> py::array_t<int64_t> {
         FLAGCORE_CHECK_ARG(
             dist.ndim() == 2 && dist.shape(0) == dist.shape(1),
-            "two_clusters: dist must be a square (p, p) matrix, got " << dist.ndim() << " dimensions");
+            "two_clusters: dist must be a square (p, p) matrix, got shape " << shape_str(dist));
         const int64_t p = dist.shape(0);
         const double* dd = dist.data();
         for (int64_t k = 0; k < p * p; ++k)
@@ -1408,7 +1412,7 @@ PYBIND11_MODULE(_core, m) {
       [](const F64Array& a, int want) -> py::tuple {
         FLAGCORE_CHECK_ARG(
             a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
-            "eigh_top: a must be a square (p, p) matrix");
+            "eigh_top: a must be a square (p, p) matrix with 1 <= p <= 46340, got shape " << shape_str(a));
         const int p = static_cast<int>(a.shape(0));
         FLAGCORE_CHECK_ARG(want >= 1 && want <= p,
                            "eigh_top: want must be in [1, " << p << "], got " << want);
@@ -1427,12 +1431,11 @@ PYBIND11_MODULE(_core, m) {
       [](const F64Array& a, const F64Array& x) -> py::array_t<double> {
         FLAGCORE_CHECK_ARG(
             a.ndim() == 2 && a.shape(0) == a.shape(1) && a.shape(0) >= 1 && a.shape(0) <= 46340,
-            "symv: a must be a square (p, p) float64 matrix with 1 <= p <= 46340");
+            "symv: a must be a square (p, p) float64 matrix with 1 <= p <= 46340, got shape "
+                << shape_str(a));
         const int p = static_cast<int>(a.shape(0));
-        FLAGCORE_CHECK_ARG(x.ndim() == 1 && x.shape(0) == p, "symv: x must be a ("
-                                                                 << p << ",) vector, got " << x.ndim()
-                                                                 << " dimensions of size "
-                                                                 << (x.ndim() >= 1 ? x.shape(0) : 0));
+        FLAGCORE_CHECK_ARG(x.ndim() == 1 && x.shape(0) == p,
+                           "symv: x must be a (" << p << ",) vector, got shape " << shape_str(x));
         py::array_t<double> y(p);
         interruptibly([&] { blas::symv(a.data(), p, x.data(), y.mutable_data()); });
         return y;

@@ -77,7 +77,9 @@ def test_small_cases():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match=r"two_clusters: dist must be a square \(p, p\) matrix"):
+    with pytest.raises(
+        ValueError, match=r"two_clusters: dist must be a square \(p, p\) matrix, got shape \(3, 4\)"
+    ):
         _core.two_clusters(np.zeros((3, 4)))
     d = np.zeros((3, 3))
     d[1, 2] = np.nan
