@@ -118,6 +118,36 @@ def test_geometric_median_is_not_moved_by_huge_finite_workers(val):
     np.testing.assert_allclose(got, z, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize(
+    "attack", [[[1e154, 0, 0], [-1e154, 0, 0]], [[1e154, 0, 0], [1e154, 1e150, 0]]]
+)
+def test_huge_finite_workers_get_infinite_krum_scores_and_are_never_chosen(first, attack):
+    # norm ~1e154: G_ii = 1e308 is finite (not excluded), but two such distances summed
+    # overflowed, Krum's exact sum gave inf - inf = NaN, and a NaN score at row 0 won Krum and
+    # Bulyan's selection (review, 2026-12-05). The distances are now those of G scaled by a
+    # power of two (distance_scale): the honest scores are the float64 reference's, the
+    # attackers' are inf, and where the attackers sit changes nothing.
+    rng = np.random.default_rng(3)
+    honest = rng.standard_normal((9, 3))
+    bad = np.array(attack, dtype=np.float64)
+    x = np.concatenate([bad, honest] if first else [honest, bad])
+    h = slice(2, 11) if first else slice(0, 9)
+    f = 2
+    out, info = flagcore.aggregate(x, "krum", f=f, return_info=True)
+    scores = np.asarray(info.scores)
+    assert np.all(np.isinf(np.delete(scores, np.arange(11)[h])))
+    d2 = ((honest[:, None, :] - honest[None, :, :]) ** 2).sum(-1)  # n-space, float64
+    nb = 11 - f - 2  # every honest worker's nearest nb others are honest
+    want = np.sort(d2 + np.diag(np.full(9, np.inf)), axis=1)[:, :nb].sum(axis=1)
+    np.testing.assert_allclose(scores[h], want, rtol=1e-12)
+    np.testing.assert_array_equal(out, honest[np.argmin(want)])
+    multi = flagcore.aggregate(x, "multi_krum", f=f)
+    np.testing.assert_allclose(multi, honest[np.argsort(want, kind="stable")[: 11 - f]].mean(0))
+    bulyan = flagcore.aggregate(x, "bulyan", f=f)
+    assert np.all(np.abs(bulyan) <= np.abs(honest).max(axis=0))
+
+
 @pytest.mark.parametrize("tau,iters", [(0.5, 1), (3.0, 3), (1e6, 2)])
 def test_centered_clipping(tau, iters):
     x = ref.make_gradients(12, 300, seed=7, byzantine=2, dtype=np.float64)

@@ -23,13 +23,21 @@ namespace flagcore {
 // Marks workers with a non-finite G_ii in `excluded`; returns the number of active workers.
 int64_t mark_nonfinite(const double* G, int64_t p, uint8_t* excluded);
 
-// D[i*p+j] = max(G_ii + G_jj - 2 G_ij, 0); 0 on the diagonal.
-void squared_distances(const double* G, int64_t p, double* D);
+// A power of two s with s * max G_ii over the active workers in [0.5, 1) (1 when that maximum is
+// 0; at most 2^1000). Krum, Bulyan and NNM compare the distances of s G, exactly s times those
+// of G (a power of two changes no rounding), which neither overflow nor underflow: with finite
+// workers of norm ~1e154, G_ii + G_jj overflowed, a sum of two such distances gave inf - inf =
+// NaN in Krum's exact sum, and the NaN score won the selection.
+double distance_scale(const double* G, int64_t p, const uint8_t* excluded);
+
+// D[i*p+j] = max(s G_ii + s G_jj - 2 s G_ij, 0); 0 on the diagonal.
+void squared_distances(const double* G, int64_t p, double s, double* D);
 
 // Krum / Multi-Krum (Blanchard et al. 2017), textbook form: score_i = sum of the squared
 // distances from i to its max(pe - f_eff - 2, 0) nearest other active workers; the m workers
 // with the lowest scores (ties: lower index) are selected and averaged (m = 1: Krum).
-// m is clamped to pe. scores: p doubles (NaN for excluded workers); selected: p bytes.
+// m is clamped to pe. scores: p doubles in the units of G (inf past float64's range, NaN for
+// excluded workers), ranked on the scaled distances (distance_scale); selected: p bytes.
 void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, double* scores,
               uint8_t* selected, uint8_t* excluded);
 

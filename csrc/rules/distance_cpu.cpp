@@ -1,9 +1,9 @@
 // Distance rules in p-space (contract in rules/distance.hpp). Costs after the Gram, with c
-// active workers: Krum O(c^2 log c); Bulyan O(c^2 log c) (sorted neighbour lists built once,
-// Krum scores maintained as workers are removed); NNM O(c^2 log c); geometric median O(c^2)
-// per Weiszfeld step plus O(c^2) for the data-point test; centered clipping O(c^2) per step.
-// Work over rows is split into fixed tasks (parallel_for) whose results do not depend on the
-// thread count; long loops call check_cancel() (Ctrl-C).
+// active workers: Krum O(c^2) (a selection per row); Bulyan O(c^2) (neighbour lists radix-sorted
+// once, Krum scores maintained as workers are removed); NNM O(c^2) (a selection per row); geometric median
+// O(c^2) per Weiszfeld step plus O(c^2) for the data-point test; centered clipping O(c^2) per step. Work over
+// rows is split into fixed tasks (parallel_for) whose results do not depend on the thread count; long loops
+// call check_cancel() (Ctrl-C).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -67,9 +67,12 @@ struct Exact {
   double value() const { return hi + lo; }
 };
 
-// The squared distance of workers i != j from the Gram (squared_distances' entry, clamped at 0).
-inline double squared_distance(const double* G, int64_t p, int64_t i, int64_t j) {
-  const double d = G[i * p + i] + G[j * p + j] - 2.0 * G[i * p + j];
+// The squared distance of workers i != j from the Gram times s (squared_distances' entry, clamped
+// at 0). s is a power of two (distance_scale), so each product is exact and the result is
+// exactly s times the distance computed from G itself, wherever that one neither overflows nor
+// underflows.
+inline double squared_distance(const double* G, int64_t p, int64_t i, int64_t j, double s) {
+  const double d = G[i * p + i] * s + G[j * p + j] * s - 2.0 * (G[i * p + j] * s);
   return d > 0.0 ? d : 0.0;
 }
 
@@ -110,9 +113,10 @@ void radix_sort_stable(std::vector<DistKey>& keys, std::vector<DistKey>& tmp) {
 }
 
 // Krum scores of the workers in `cand` against the other workers in `cand`: the sum of the nb
-// smallest squared distances (rounded once). Each row's distances are formed from the Gram G
-// as they are needed: no p x p distance matrix (it doubled Krum's memory).
-void krum_scores(const double* G, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff,
+// smallest squared distances (rounded once), of the Gram times s (distance_scale). Each row's
+// distances are formed from the Gram G as they are needed: no p x p distance matrix (it doubled
+// Krum's memory).
+void krum_scores(const double* G, int64_t p, const std::vector<int64_t>& cand, int64_t f_eff, double s,
                  std::vector<double>& score) {
   const int64_t c = static_cast<int64_t>(cand.size());
   const int64_t nb = std::max<int64_t>(0, c - f_eff - 2);
@@ -121,7 +125,7 @@ void krum_scores(const double* G, int64_t p, const std::vector<int64_t>& cand, i
     std::vector<double> d;
     d.reserve(static_cast<size_t>(c));
     for (int64_t b = 0; b < c; ++b)
-      if (b != a) d.push_back(squared_distance(G, p, cand[a], cand[b]));
+      if (b != a) d.push_back(squared_distance(G, p, cand[a], cand[b], s));
     const int64_t k = std::min<int64_t>(nb, static_cast<int64_t>(d.size()));
     std::nth_element(d.begin(), d.begin() + k, d.end());
     Exact s;
@@ -131,6 +135,16 @@ void krum_scores(const double* G, int64_t p, const std::vector<int64_t>& cand, i
 }
 
 }  // namespace
+
+double distance_scale(const double* G, int64_t p, const uint8_t* excluded) {
+  double m = 0.0;
+  for (int64_t i = 0; i < p; ++i)
+    if (!excluded[i]) m = std::max(m, G[i * p + i]);
+  if (!(m > 0.0 && std::isfinite(m))) return 1.0;
+  int e = 0;
+  std::frexp(m, &e);                            // m = f 2^e, f in [0.5, 1)
+  return std::ldexp(1.0, -std::max(e, -1000));  // 2^-e; at most 2^1000 (finite) for tiny Grams
+}
 
 int64_t mark_nonfinite(const double* G, int64_t p, uint8_t* excluded) {
   int64_t pe = 0;
@@ -143,9 +157,9 @@ int64_t mark_nonfinite(const double* G, int64_t p, uint8_t* excluded) {
 
 // Rows on flagcore's threads (each entry its own, so any thread count gives the same D), Ctrl-C
 // polled between row blocks: on one thread, without polling, p = 12000 took seconds.
-void squared_distances(const double* G, int64_t p, double* D) {
+void squared_distances(const double* G, int64_t p, double s, double* D) {
   for_rows(p, p, [&](int64_t i) {
-    for (int64_t j = 0; j < p; ++j) D[i * p + j] = i == j ? 0.0 : squared_distance(G, p, i, j);
+    for (int64_t j = 0; j < p; ++j) D[i * p + j] = i == j ? 0.0 : squared_distance(G, p, i, j, s);
   });
 }
 
@@ -158,12 +172,13 @@ void krum_cpu(const double* G, int64_t p, int64_t f, int64_t m, double* coef, do
   if (pe == 0) return;
   const std::vector<int64_t> act = active_list(excluded, p);
   std::vector<double> sc;
-  krum_scores(G, p, act, f_effective(f, p, pe), sc);
+  const double s = distance_scale(G, p, excluded);
+  krum_scores(G, p, act, f_effective(f, p, pe), s, sc);
   std::vector<int64_t> order(act.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sc[a] < sc[b]; });
   const int64_t mm = std::max<int64_t>(1, std::min<int64_t>(m, pe));
-  for (size_t a = 0; a < act.size(); ++a) scores[act[a]] = sc[a];
+  for (size_t a = 0; a < act.size(); ++a) scores[act[a]] = sc[a] / s;  // the caller's units (inf past them)
   for (int64_t j = 0; j < mm; ++j) {
     selected[act[order[j]]] = 1;
     coef[act[order[j]]] = 1.0 / double(mm);
@@ -177,7 +192,7 @@ int64_t bulyan_select_cpu(const double* G, int64_t p, int64_t f, uint8_t* select
   const int64_t f_eff = f_effective(f, p, pe);
   const int64_t theta = std::max<int64_t>(1, pe - 2 * f_eff);
   const auto D = uninit_array<double>(p * p);  // written in full
-  squared_distances(G, p, D.get());
+  squared_distances(G, p, distance_scale(G, p, excluded), D.get());
   const std::vector<int64_t> act = active_list(excluded, p);
   const int64_t c = pe;
   // ord[a]: the other active workers (local indices) by ascending distance to a (ties: lower
@@ -452,7 +467,7 @@ void nnm_matrix_cpu(const double* G, int64_t p, int64_t f, double* M, uint8_t* e
   if (pe == 0) return;
   const int64_t k = pe - f_effective(f, p, pe);
   const auto D = uninit_array<double>(p * p);  // written in full
-  squared_distances(G, p, D.get());
+  squared_distances(G, p, distance_scale(G, p, excluded), D.get());
   const std::vector<int64_t> act = active_list(excluded, p);
   // The k nearest as a set (their order does not matter): a selection by (distance, index),
   // i.e. the first k of a stable sort, in O(pe) per row.
