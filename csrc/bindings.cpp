@@ -644,7 +644,7 @@ py::array mix_rows_impl(const py::object& x, const F64Array& A, const F64Array& 
 
 void check_gram(const F64Array& g, int64_t extra, const char* fn) {
   FLAGCORE_CHECK_ARG(g.ndim() == 3 && g.shape(1) == g.shape(2) && g.shape(1) >= extra,
-                     fn << ": gram must be (b, p, p)");
+                     fn << ": gram must be (b, p, p), got shape " << shape_str(g));
 }
 
 void register_rules(py::module_& m) {
@@ -770,7 +770,8 @@ void register_rules(py::module_& m) {
       [](const F64Array& gram, const F64Array& nu, double tol, int64_t max_iter, const py::object& excluded) {
         check_gram(gram, 0, "geometric_median");
         const int64_t b = gram.shape(0), p = gram.shape(1);
-        FLAGCORE_CHECK_ARG(nu.ndim() == 1 && nu.shape(0) == b, "geometric_median: nu must be (b,)");
+        FLAGCORE_CHECK_ARG(nu.ndim() == 1 && nu.shape(0) == b,
+                           "geometric_median: nu must be (b,) = (" << b << ",), got shape " << shape_str(nu));
         py::array_t<double> coef({b, p}), obj(b);
         py::array_t<int64_t> iters(b);
         py::array_t<uint8_t> conv(b);
@@ -1437,12 +1438,14 @@ PYBIND11_MODULE(_core, m) {
         FLAGCORE_CHECK_ARG(x.ndim() == 1 && x.shape(0) == p,
                            "symv: x must be a (" << p << ",) vector, got shape " << shape_str(x));
         py::array_t<double> y(p);
+        std::fill_n(y.mutable_data(), p, 0.0);  // dsymv with beta = 0 must not see garbage (some
+                                                // OpenBLAS scal kernels kept a NaN times 0)
         interruptibly([&] { blas::symv(a.data(), p, x.data(), y.mutable_data()); });
         return y;
       },
       py::arg("a"), py::arg("x"),
       "A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order "
-      "fixed by p: the same bits for every thread count");
+      "fixed by p (and the SIMD level and OpenBLAS's CPU kernel): the same bits for every thread count");
 
   m.def(
       "flag_aggregate_layers",

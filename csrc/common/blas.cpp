@@ -62,9 +62,17 @@ namespace flagcore {
 namespace blas {
 namespace {
 
+// flagcore's OpenBLAS runs on one thread (its threaded kernels sum in an order that depends on
+// their thread count; flagcore's own threads run the blocks). Checked at every entry, not once:
+// threadpoolctl finds this private library too, and `threadpool_limits(2)` (or leaving a
+// `threadpool_limits` block entered before flagcore's first call, which restores the count it
+// saw) raised its count for the rest of the process, and CAF, DnC, the geometric median and
+// eigh_top changed their bits (found by review, 2026-12-05; tests/test_threadpoolctl.py).
 void single_thread() {
-  static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+  if (scipy_openblas_get_num_threads() == 1) return;
+  static std::mutex m;
+  const std::lock_guard<std::mutex> lock(m);
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 thread_local int t_inner_threads = 0;  // InnerThreads: 0 = flagcore's thread count
@@ -679,7 +687,8 @@ void symv(const double* a, int p, const double* x, double* y) {
   check_cancel();
   thread_local DVec part;
   symv_lower(p, a, p, x, y, part, t_inner_threads);
-  if (part.size() > (size_t(4) << 20)) DVec().swap(part);  // p > ~8000: not kept between calls
+  // (p / 256 blocks) x p doubles: more than 32 MiB (p > ~32768) is not kept between calls
+  if (part.size() > (size_t(4) << 20)) DVec().swap(part);
 }
 
 void dgemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,

@@ -785,7 +785,7 @@ def simd_level() -> str:
     ...
 def symv(a: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], x: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.float64]:
     """
-    A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order fixed by p: the same bits for every thread count
+    A x for a symmetric (p, p) float64 matrix, reading its upper triangle only (row-major), in an order fixed by p (and the SIMD level and OpenBLAS's CPU kernel): the same bits for every thread count
     """
 def two_clusters(dist: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], overwrite: bool = False) -> numpy.typing.NDArray[numpy.int64]:
     """
