@@ -180,6 +180,9 @@ def hwm():
          '_memory.rule_need("median", ("bucketing",), 1, 4000, 2000, 2)'),
         ("x = np.ones((8, 1500, 2), np.float32)", 'flagcore.aggregate(x, "krum", f=1)',
          '_memory.rule_need("krum", (), 8, 1500, 1500, 2)'),
+        ("x = np.random.default_rng(0).standard_normal((3000, 4)).astype(np.float32)",
+         'flagcore.aggregate(x, "multi_krum", f=300, neighbours="byzfl")',
+         '_memory.rule_need("multi_krum", (), 1, 3000, 3000, 2, extra=_memory.KRUM_BYZFL_EXTRA)'),
         ("x = np.random.default_rng(0).standard_normal((2500, 2)).astype(np.float32)",
          "flagcore.flag_aggregate(x)", "_memory.flag_need([2500], 2)"),
         ("xs = [np.random.default_rng(i).standard_normal((1200, 2)) for i in range(6)]",
@@ -197,8 +200,8 @@ def hwm():
          'flagcore.aggregate(x, "dnc", f=1)',
          '_memory.rule_need("dnc", (), 1, 1000, 1000, 2, cols=10000)'),
     ],
-    ids=["krum", "bucketing", "krum-batch-8", "flag", "flag-6-layers", "signguard",
-         "clipped-clustering", "dnc-fewer-coordinates", "dnc-sampled"],
+    ids=["krum", "bucketing", "krum-batch-8", "multi-krum-byzfl", "flag", "flag-6-layers",
+         "signguard", "clipped-clustering", "dnc-fewer-coordinates", "dnc-sampled"],
 )  # fmt: skip
 def test_estimate_is_near_the_measured_peak(setup: str, call: str, need: str) -> None:
     # within -20 % / +40 % of the measured peak on 2 threads

@@ -83,6 +83,47 @@ def test_zero_and_non_finite_matrices() -> None:
     assert np.isnan(lam)
 
 
+def _start(p: int) -> np.ndarray:
+    r = np.random.default_rng(sel._LANCZOS_SEED).standard_normal(p)
+    return r / np.linalg.norm(r)
+
+
+@pytest.mark.parametrize("case", ["start-is-an-eigenvector", "low-rank-top-orthogonal-to-start"])
+def test_a_top_eigenvector_orthogonal_to_the_start_is_still_found(case: str) -> None:
+    # the start's Krylov space is invariant without the top pair: its pairs are exact, and
+    # before the restart lanczos_top returned the space's top (1.0) as the operator's (review,
+    # 2026-12-05); a restart from a second direction orthogonal to that space finds 2.0
+    r = _start(P)
+    q, _ = np.linalg.qr(np.column_stack([r, np.random.default_rng(4).standard_normal((P, 4))]))
+    if case == "start-is-an-eigenvector":
+        ev = np.concatenate([[1.0, 2.0], np.linspace(0.0, 0.5, P - 2)])  # r's eigenvalue 1
+        rest = np.random.default_rng(5).standard_normal((P, P - 5))
+        q, _ = np.linalg.qr(np.column_stack([q, rest]))
+        a = (q * ev) @ q.T
+    else:  # rank 4: the top vector q[:, 1] is orthogonal to r, the others are not
+        v = q[:, 1:5].copy()
+        v[:, 1:] += 0.3 * r[:, None]
+        v, _ = np.linalg.qr(v)
+        a = (v * np.array([2.0, 1.0, 0.7, 0.4])) @ v.T
+    a = (a + a.T) / 2
+    w, vec = np.linalg.eigh(a)
+    assert abs(vec[:, -1] @ r) < 1e-12 and w[-1] > w[-2] + 0.5
+    lam, u = sel.lanczos_top(_op(a), P)
+    assert abs(lam - w[-1]) <= 1e-12
+    assert np.linalg.norm(a @ u - lam * u) < 1e-12
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-170, 1e150, 1e250])
+def test_tiny_and_huge_operators_give_the_scaled_pair(scale: float) -> None:
+    # below ~1e-154 the squares of the products underflowed: beta read 0, the start's Krylov
+    # space passed for invariant, and its Rayleigh quotient came back (review, 2026-12-05)
+    a = _with_spectrum(np.concatenate([[2.0, 1.0], np.linspace(0.0, 0.5, P - 2)]), 6)
+    w, v = np.linalg.eigh(a)
+    lam, u = sel.lanczos_top(_op(a * scale), P)
+    assert abs(lam / scale - w[-1]) <= 1e-12
+    assert min(np.abs(u - v[:, -1]).max(), np.abs(u + v[:, -1]).max()) < 1e-10
+
+
 def test_top_eigenpair_does_not_depend_on_the_thread_count() -> None:
     x = np.random.default_rng(5).standard_normal((1100, 300))
     from flagcore._backend import core
@@ -97,6 +138,21 @@ def test_top_eigenpair_does_not_depend_on_the_thread_count() -> None:
     assert out[0] == out[1] == out[2]
     w = np.linalg.eigvalsh(g)
     assert abs(out[0][0] - w[-1]) <= 1e-12 * w[-1]
+
+
+def test_dnc_selection_ignores_a_coordinate_shared_by_every_worker() -> None:
+    # a coordinate ~1e90 times the workers' spread, the same on every worker, changes no centred
+    # row; DnC divided by the largest |x| before centring, so the centred Gram was ~1e-196, its
+    # Lanczos pair the start's Rayleigh quotient, and 92 of 100 attackers were kept (review,
+    # 2026-12-05)
+    p, n, f = 1000, 1000, 100  # n >= p: the p x p side, Lanczos
+    x = ref.make_gradients(p, n, seed=8, byzantine=f, dtype=np.float64)
+    shifted = x.copy()
+    shifted[:, 0] = 2.0**300  # one constant column
+    a = flagcore.aggregate(x, "dnc", f=f, sub_dim=n, return_info=True)[1]
+    b = flagcore.aggregate(shifted, "dnc", f=f, sub_dim=n, return_info=True)[1]
+    np.testing.assert_array_equal(a.selected, b.selected)
+    assert not np.any(np.asarray(b.selected)[p - f :])  # the attackers (the last f rows) are out
 
 
 def test_caf_and_dnc_from_lanczos_match_their_references() -> None:

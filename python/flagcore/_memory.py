@@ -24,7 +24,7 @@ RULE_EXTRA = {
     "trimmed_mean": 0.0,
     "meamed": 0.0,
     "phocas": 0.0,
-    "krum": 0.05,  # per-row distance buffers (1.2 with its p x p distance matrix)
+    "krum": 0.05,  # per-row distance buffers (1.2 with its p x p distance matrix); byzfl: below
     "multi_krum": 0.05,
     "geometric_median": 1.2,
     "centered_clipping": 1.2,
@@ -40,6 +40,10 @@ RULE_EXTRA = {
     "signguard": 1.0,  # feature distances, a temporary (clustered in place; no Gram; was 2.1, 9.1)
     "flag": 0.0,  # flag_factor
 }
+# Krum and Multi-Krum with neighbours="byzfl" (numpy, per_problem): the scaled copy of the Gram
+# and blocks of p / 64 distance rows (measured 2.0 with the Gram at p = 2000; was 3.8 with the
+# whole distance matrix and its sorted copy)
+KRUM_BYZFL_EXTRA = 1.1
 # the rules without p x p matrices (no Gram): the coordinate-wise ones, cge and fltrust
 NO_P_SPACE = frozenset(k for k, v in RULE_EXTRA.items() if v == 0.0 and k != "flag")
 # what a pre-aggregation step adds per problem besides the Gram (clipping and arc: measured
@@ -179,12 +183,14 @@ def rule_need(
     p_rule: int,
     threads: int,
     cols: int | None = None,
+    extra: float | None = None,
 ) -> float:
     """Bytes for rule ``name`` after the steps ``pre`` on b problems of p rows (p_rule rows
     after the steps: what the Flag Aggregator solves on; the other rules' temporaries are
     counted at p, which their mixing with the steps' (p', p) matrices comes to). ``cols``:
     the coordinates DnC samples (its memory grows with them; without it, DnC counts p x p
-    matrices alone)."""
+    matrices alone). ``extra``: the rule's temporaries in p x p matrices when its options
+    change them (RULE_EXTRA's otherwise)."""
     steps = _step_names(pre)
     if not steps and name in NO_P_SPACE:
         return 0.0
@@ -193,7 +199,7 @@ def rule_need(
         return (pre_part if steps else 0.0) + flag_need([p_rule] * b, threads)
     if name == "dnc" and cols is not None:
         return (pre_part if steps else 0.0) + dnc_need(b, p_rule, cols)
-    return pre_part + RULE_EXTRA.get(name, 0.0) * _mat(p)
+    return pre_part + (RULE_EXTRA.get(name, 0.0) if extra is None else extra) * _mat(p)
 
 
 def _step_names(pre: Sequence[object]) -> list[str]:
@@ -210,10 +216,11 @@ def check_rule_memory(
     threads: int,
     label: str | None = None,
     cols: int | None = None,
+    extra: float | None = None,
 ) -> None:
     """check_memory for a rule call; the message names the rule and its pre steps (or
     ``label``)."""
-    need = rule_need(rule, pre, b, p, p_rule, threads, cols)
+    need = rule_need(rule, pre, b, p, p_rule, threads, cols, extra)
     steps = _step_names(pre)
     what = label or (f"rule {rule!r}" + (f" with pre={steps}" if steps else ""))
     what += f" at p = {p}" + (f" on {b} problems" if b > 1 else "")

@@ -35,7 +35,7 @@ Rules (``RULES``) and their parameters:
                     the smallest largest eigenvalue (C(p, f) subsets, as mda) (p > 2f)
 "monna"             f, idx = 0: mean of the p - f nearest neighbours of worker idx (p > 2f)
 "cge"               f: mean of the p - f workers of smallest norm (f < p)
-"caf"               f: covariance-bound agnostic filter (exact eigenpairs, p-space) (p > 2f)
+"caf"               f: covariance-bound agnostic filter (converged eigenpairs, p-space) (p > 2f)
 "dnc"               f, sub_dim = 10000, iterations = 1, filter_fraction = 1.0: divide and
                     conquer on random coordinate subsets (p > 2f)
 "signguard"         lower = 0.1, upper = 3.0, sample = 0.1: norm filter + sign clustering,
@@ -81,7 +81,7 @@ import numpy as np
 
 from .._arrays import as_stack, check_choice, check_float, check_int
 from .._backend import get_num_threads, is_torch_tensor
-from .._memory import check_rule_memory
+from .._memory import KRUM_BYZFL_EXTRA, check_rule_memory
 from ..flag import FlagInfo, flag_aggregate
 from ..flag import _check_params as _check_flag_params
 from . import clustering as _clu
@@ -328,6 +328,11 @@ class Rule:
         the memory model counts p x p matrices alone)."""
         return None
 
+    def _memory_extra(self) -> float | None:
+        """The rule's temporaries in p x p matrices when its options change them (None: the
+        memory model's figure for the rule)."""
+        return None
+
     # ------------------------------------------------------------------ call
     def __call__(self, gradients: Any, *, return_info: bool = False) -> Any:
         fn = self._fn
@@ -340,7 +345,15 @@ class Rule:
         # then the memory the p-space work needs (Flag without pre never gets here: its
         # __call__ goes to flag_aggregate, which checks its own)
         check_rule_memory(
-            fn, self.name, self.pre, st.b, st.p, rows, get_num_threads(), cols=self._cols(st.n)
+            fn,
+            self.name,
+            self.pre,
+            st.b,
+            st.p,
+            rows,
+            get_num_threads(),
+            cols=self._cols(st.n),
+            extra=self._memory_extra(),
         )
         src = build_source(st, self.f, self.pre, self.bucket_size, cast(Any, _LazyRng(self)))
         out, d = self._run(src)
@@ -590,6 +603,9 @@ class Krum(Rule):
 
     def _m(self, p: int) -> int:
         return 1
+
+    def _memory_extra(self) -> float | None:
+        return KRUM_BYZFL_EXTRA if self.neighbours == "byzfl" else None
 
     def _run(self, src: Source) -> tuple[Any, dict[str, Any]]:
         if self.neighbours == "textbook":
@@ -946,9 +962,12 @@ class CAF(Rule):
     """Covariance-bound agnostic filter (Allouah, Guerraoui and Stephan, "Towards Trustworthy
     Federated Learning with Untrusted Participants", ICML 2025): iterative filtering of the
     workers along the top eigenvector of their weighted covariance, returning the weighted mean
-    with the smallest top eigenvalue seen. Computed in p-space with exact eigenpairs (ByzFL and
-    ByzPy use 1 or 3 power iterations from a random vector) and the maximum projection taken
-    over the workers still weighted (ByzFL: over all); stops after at most 2f + 1 steps.
+    with the smallest top eigenvalue seen. Computed in p-space with converged top eigenpairs
+    (the native eigensolver below p = 1000, Lanczos to a 1e-13 Ritz residual from there: the
+    same values to ~1e-12; for a repeated top eigenvalue the two may pick different vectors of
+    its eigenspace; ByzFL and ByzPy use 1 or 3 power iterations from a random vector) and the
+    maximum projection taken over the workers still weighted (ByzFL: over all); stops after at
+    most 2f + 1 steps.
     Needs p > 2f."""
 
     name = "caf"

@@ -280,10 +280,18 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
     to its p - f - 1 nearest others (the textbook takes p - f - 2); the m lowest scores are
     averaged (ties: the lower index)."""
     p = g.shape[0]
-    d2 = sq_distances(g)
-    np.fill_diagonal(d2, np.inf)
     nb = max(p - f - 1, 0)
-    scores = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
+    d = np.diag(g)
+    scores = np.empty(p)
+    # in blocks of rows, about p / 64 of them (~0.05 p x p matrices in all, not the 3-4 of the
+    # whole distance matrix and its sorted copy; the same bits: each row is formed and summed
+    # alone either way)
+    step = max(1, min(p, max(-(-p // 64), (1 << 16) // max(p, 1))))
+    for i0 in range(0, p, step):
+        i1 = min(p, i0 + step)
+        d2 = np.maximum(d[i0:i1, None] + d[None, :] - 2.0 * g[i0:i1], 0.0)
+        d2[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf
+        scores[i0:i1] = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
     sel = np.zeros(p, bool)
     sel[np.argsort(scores, kind="stable")[: min(m, p)]] = True
     return dict(select_mean(sel), scores=scores, score_power=1.0)
@@ -305,6 +313,9 @@ LANCZOS_MIN_P = 1000
 _LANCZOS_TOL = 1e-13  # Ritz residual |beta_k s_k| relative to the Ritz value
 _LANCZOS_CHECK_TOL = 1e-10  # bound on ||A u - theta u|| / max(|theta|, the norm estimate)
 _LANCZOS_SEED = 0x5EED  # the fixed start direction (numpy's PCG64: the same on every machine)
+_LANCZOS_RANGE = 2.0**300  # first products outside [1 / this, this] rescale the operator
+_LANCZOS_NEAR_INVARIANT = 1e-8  # a block converged with beta_k below this of the norm estimate
+_LANCZOS_HIDDEN = 1e-6  # the restart's ||A r|| below this * top / sqrt(p): nothing above the top
 
 
 def _fixed_dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -319,26 +330,61 @@ def lanczos_top(
     Gram-Schmidt), or None when it does not converge in ``max_iter`` steps (default
     min(p, max(64, min(p // 8, 300)))) or meets a non-finite value.
 
-    Start: a fixed random direction (seeded: the same on every machine), never a warm start: a
-    start close to an eigenvector that is no longer the top one (CAF's previous step) would
-    leave the top pair a tiny component, and Lanczos could converge to the second first; on
-    CAF's steps a warm start saved nothing (within 12 %: docs/scaling_rules.md). Converged
-    when the Ritz residual is at most 1e-13 of the Ritz value (checked every 4 steps up to 64,
-    then every 8); the true residual ||A u - theta u|| must then be at most 1e-10 of
-    max(|theta|, the norm estimate), else None. The basis products are native
-    (core.reference_products for V w, core.weighted_sum for V^T h: fixed orders, the same bits
-    for every thread count) and the small tridiagonal problem goes to core.eigh_top: no numpy
-    BLAS, whose result depends on numpy's thread count."""
+    Start: a fixed random direction (seeded: the same on every machine with the same numpy),
+    never a warm start: a start close to an eigenvector that is no longer the top one (CAF's
+    previous step) would leave the top pair a tiny component, and Lanczos could converge to the
+    second first; on CAF's steps a warm start saved nothing (within 12 %:
+    docs/scaling_rules.md). Converged when the Ritz residual is at most 1e-13 of the Ritz value
+    (checked every 4 steps of a block up to 64, then every 8); the true residual
+    ||A u - theta u|| must then be at most 1e-10 of max(|theta|, the norm estimate), else None.
+
+    When the Krylov space of the start becomes invariant (or nearly: converged with beta_k at
+    most 1e-8 of the norm estimate) before it spans the space (an operator of low rank, or a
+    start orthogonal to some eigenvectors), its pairs are exact but the top one may lie outside
+    it: the iteration restarts once from a second seeded direction r orthogonal to that space
+    and returns the larger of the two blocks' top pairs, or the first block's at once when
+    ||A r|| <= 1e-6 theta / sqrt(p) for its top Ritz value theta > 0 (an eigenvalue above theta
+    outside the first block would need |<v, r>| < 1e-6 / sqrt(p): probability ~1e-6).
+    An operator whose first nonzero product lies outside [2^-300, 2^300] in magnitude runs as
+    A / c (c a power of two, so every value is exactly scaled), so squares neither underflow
+    nor overflow (a centred Gram of entries ~1e-196 took its start's Rayleigh quotient for an
+    invariant space).
+
+    The basis products are native (core.reference_products for V w, core.weighted_sum for
+    V^T h: fixed orders, the same bits for every thread count) and the small tridiagonal
+    problem goes to core.eigh_top: no numpy BLAS, whose result depends on numpy's thread count."""
     m = min(p, max_iter if max_iter is not None else max(64, min(p // 8, 300)))
-    r = np.random.default_rng(_LANCZOS_SEED).standard_normal(p)
+    rng = np.random.default_rng(_LANCZOS_SEED)
+    r = rng.standard_normal(p)
     r /= math.sqrt(_fixed_dot(r, r))
     basis = np.empty((m + 1, p))
     basis[0] = r
     alpha, beta = np.zeros(m), np.zeros(m)
     scale = 0.0
+    c = 0.0  # the operator runs as A / c; 0 until a nonzero product sets it
+    k0 = 0  # the current block's first basis vector
+    first: tuple[float, np.ndarray] | None = None  # the first block's top pair, after a restart
     for k in range(m):
         w = np.array(matvec(basis[k]), dtype=np.float64)  # a fresh array: updated in place
-        vk = basis[None, : k + 1]
+        if c == 0.0:
+            big = float(np.max(np.abs(w)))
+            if not math.isfinite(big):
+                return None
+            if big > 0.0:
+                c = 1.0 if _LANCZOS_RANGE**-1 <= big <= _LANCZOS_RANGE else pow2_scale(big)
+        if c > 0.0 and c != 1.0:
+            w /= c
+        if (
+            first is not None
+            and k == k0
+            and first[0] > 0.0
+            and math.sqrt(_fixed_dot(w, w)) <= _LANCZOS_HIDDEN * first[0] / math.sqrt(p)
+        ):
+            # ||A r|| >= lam |<v, r>| for an eigenpair (lam, v) outside the first block, and a
+            # random unit r has |<v, r>| below 1e-6 / sqrt(p) with probability ~1e-6: none
+            # above the first block's top (a low-rank operator plus rounding noise lands here)
+            return first[0] * (c or 1.0), first[1]
+        vk = basis[None, : k + 1]  # both blocks after a restart
         for _ in range(2):  # the three-term recurrence and the reorthogonalisation in one
             h = core.reference_products(vk, w[None])[0][0]
             alpha[k] += h[k]
@@ -349,16 +395,37 @@ def lanczos_top(
         beta[k] = b
         scale = max(scale, abs(alpha[k]) + b)
         invariant = b <= 1e-15 * scale  # the Krylov space is invariant: its pairs are exact
-        if invariant or (k + 1) % (4 if k < 64 else 8) == 0 or k + 1 == m:
-            t = np.diag(alpha[: k + 1]) + np.diag(beta[:k], 1) + np.diag(beta[:k], -1)
+        j = k + 1 - k0  # steps of this block
+        if invariant or j % (4 if j <= 64 else 8) == 0 or k + 1 == m:
+            a_b, b_b = alpha[k0 : k + 1], beta[k0:k]
+            t = np.diag(a_b) + np.diag(b_b, 1) + np.diag(b_b, -1)
             theta_a, s_a = core.eigh_top(t, 1)
             theta, s = float(theta_a[0]), np.asarray(s_a[:, 0])
             if invariant or b * abs(s[-1]) <= _LANCZOS_TOL * abs(theta):
-                u = core.weighted_sum(vk, s[None])[0]
+                u = core.weighted_sum(basis[None, k0 : k + 1], s[None])[0]
                 u /= math.sqrt(_fixed_dot(u, u))
-                res = matvec(u) - theta * u
-                ok = math.sqrt(_fixed_dot(res, res)) <= _LANCZOS_CHECK_TOL * max(abs(theta), scale)
-                return (theta, u) if ok else None
+                res = np.asarray(matvec(u), dtype=np.float64) / (c or 1.0) - theta * u
+                bound = _LANCZOS_CHECK_TOL * max(abs(theta), scale)
+                if not math.sqrt(_fixed_dot(res, res)) <= bound:
+                    return None
+                if b <= _LANCZOS_NEAR_INVARIANT * scale and first is None and k + 1 < p:
+                    if k + 1 >= m:
+                        return None  # no room to look outside the invariant space
+                    first = (theta, u)
+                    r = rng.standard_normal(p)  # the restart: orthogonal to the first block
+                    vk = basis[None, : k + 1]
+                    for _ in range(2):
+                        hr = core.reference_products(vk, r[None])[0][0]
+                        r -= core.weighted_sum(vk, hr[None])[0]
+                    nr = math.sqrt(_fixed_dot(r, r))
+                    if not nr > 0.0:
+                        return theta * (c or 1.0), u
+                    basis[k + 1] = r / nr
+                    k0 = k + 1
+                    continue
+                if first is not None and first[0] >= theta:
+                    theta, u = first
+                return theta * (c or 1.0), u
         basis[k + 1] = w / b
     return None
 
@@ -402,7 +469,7 @@ def caf_solve(g: np.ndarray, f: int) -> dict[str, Any]:
 
     Weights c = 1; while sum c > p - 2f: mu = sum c_i x_i / sum c, Sigma = sum c_i (x_i - mu)
     (x_i - mu)^T / sum c, (lam, v) its top eigenpair (from the p x p matrix
-    C^1/2 D D^T C^1/2 / sum c with D the centred rows: top_eigenpair, to float64 accuracy),
+    C^1/2 D D^T C^1/2 / sum c with D the centred rows: top_eigenpair, converged to ~1e-13),
     tau_i = ((x_i - mu) . v)^2 and c_i <- c_i (1 - tau_i / max_{c_j > 0} tau_j) (0 for a
     ratio within 1e-12 of 1). Returns the mu with the smallest lam seen.
     Each step zeroes at least one weight, so it stops after at most 2f + 1 steps.
@@ -550,7 +617,10 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
     (p, m) centred rows D, in the smaller of the two spaces: for m >= p, s = lam u^2 for the top
     eigenpair (lam, u) of the p x p matrix D D^T; for m < p, v is the top eigenvector of the
     m x m matrix D^T D and s = (D v)^2 (the same numbers: D v = sqrt(lam) u), O(p m^2 + m^3)
-    instead of O(p^2 m + p^3). The matrices are native Grams, the eigenpair top_eigenpair's
+    instead of O(p^2 m + p^3). D is the rows divided by the power of two above their largest
+    |x|, centred, and divided again by the power of two above its own largest |entry| when
+    centring left that below 1/2 (exact scalings). The matrices are native Grams, the
+    eigenpair top_eigenpair's
     (Lanczos from LANCZOS_MIN_P, the native eigensolver below) and D v native row products: no
     numpy BLAS/LAPACK, whose result depends on numpy's thread count."""
     p, m = xs.shape
@@ -559,6 +629,13 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
     top = pow2_scale(max(float(np.max(xs)), -float(np.min(xs))))  # max |x| without a temporary
     d = np.ascontiguousarray(xs / top)  # scale-free selection: no overflow for huge gradients
     d -= d.mean(axis=0, keepdims=True)  # centred in place: one fresh array, not three
+    # and free of a common offset: rows sharing a coordinate ~1e90 times their spread left
+    # entries ~1e-98, a Gram ~1e-196, whose squares underflow in the eigensolvers (review,
+    # 2026-12-05); powers of two, so every value is exactly scaled
+    spread = pow2_scale(max(float(np.max(d)), -float(np.min(d))))
+    if spread < 1.0:
+        d /= spread
+        top *= spread
     if m < p:
         _, v = top_eigenpair(core.gram(np.ascontiguousarray(d.T)[None])[0])
         dv = core.reference_products(d[None], v[None])[0][0]
