@@ -699,9 +699,15 @@ void register_rules(py::module_& m) {
             "two_clusters: dist must be a square (p, p) matrix, got shape " << shape_str(dist));
         const int64_t p = dist.shape(0);
         const double* dd = dist.data();
-        for (int64_t k = 0; k < p * p; ++k)
-          FLAGCORE_CHECK_ARG(std::isfinite(dd[k]), "two_clusters: dist must be finite, got "
-                                                       << dd[k] << " at (" << k / p << ", " << k % p << ")");
+        interruptibly([&] {  // p^2 reads: without the GIL, Ctrl-C polled every 256 rows
+          for (int64_t i = 0; i < p; ++i) {
+            if ((i & 255) == 0) check_cancel();
+            for (int64_t j = 0; j < p; ++j)
+              FLAGCORE_CHECK_ARG(std::isfinite(dd[i * p + j]), "two_clusters: dist must be finite, got "
+                                                                   << dd[i * p + j] << " at (" << i << ", "
+                                                                   << j << ")");
+          }
+        });
         py::array_t<int64_t> labels(p);
         int64_t* l = labels.mutable_data();
         if (overwrite && dist.writeable()) {

@@ -46,7 +46,10 @@ void two_clusters_average_in_place(double* work, int64_t p, int64_t* labels) {
     mind[k] = best;
     nn[k] = arg;
   };
-  for (int64_t k = 0; k < p; ++k) scan(k);
+  for (int64_t k = 0; k < p; ++k) {
+    if ((k & 255) == 0) check_cancel();  // p^2 / 2 reads in all
+    scan(k);
+  }
   for (int64_t step = 0; step < p - 2; ++step) {
     if ((step & 63) == 0) check_cancel();
     int64_t i = -1;

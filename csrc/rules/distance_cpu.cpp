@@ -321,6 +321,7 @@ void geometric_median_cpu(const double* G, int64_t p, double nu, double tol, int
       // sum_ij u_i u_j (g_ij - g_ik - g_jk + g_kk): the cancellation stays local to each term.
       double r2 = 0.0;
       for (size_t i = 0; i < c; ++i) {
+        if ((i & 255) == 0) check_cancel();  // c^2 terms per candidate
         if (u[i] == 0.0) continue;
         double s = 0.0;
         for (size_t j = 0; j < c; ++j)
