@@ -32,10 +32,11 @@ from ._source import Source, reference_products
 # ---------------------------------------------------------------- shared machinery
 
 
-def sq_distances(g: np.ndarray) -> np.ndarray:
-    """Squared distances from a Gram matrix, clamped at 0."""
+def sq_distances(g: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    """Squared distances from a Gram matrix, clamped at 0 (the rows ``rows`` of them: all by
+    default; each entry is formed alone, so a block of rows holds the same bits)."""
     d = np.diag(g)
-    return np.maximum(d[:, None] + d[None, :] - 2.0 * g, 0.0)
+    return np.maximum(d[rows, None] + d[None, :] - 2.0 * g[rows], 0.0)
 
 
 def excluded_rows(src: Source, g: np.ndarray) -> np.ndarray:
@@ -281,7 +282,6 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
     averaged (ties: the lower index)."""
     p = g.shape[0]
     nb = max(p - f - 1, 0)
-    d = np.diag(g)
     scores = np.empty(p)
     # in blocks of rows, about p / 64 of them (~0.05 p x p matrices in all, not the 3-4 of the
     # whole distance matrix and its sorted copy; the same bits: each row is formed and summed
@@ -289,7 +289,7 @@ def krum_peer_solve(g: np.ndarray, f: int, m: int) -> dict[str, Any]:
     step = max(1, min(p, max(-(-p // 64), (1 << 16) // max(p, 1))))
     for i0 in range(0, p, step):
         i1 = min(p, i0 + step)
-        d2 = np.maximum(d[i0:i1, None] + d[None, :] - 2.0 * g[i0:i1], 0.0)
+        d2 = sq_distances(g, slice(i0, i1))
         d2[np.arange(i1 - i0), np.arange(i0, i1)] = np.inf
         scores[i0:i1] = np.sort(d2, axis=1)[:, :nb].sum(axis=1)
     sel = np.zeros(p, bool)
@@ -320,6 +320,16 @@ _LANCZOS_HIDDEN = 1e-6  # the restart's ||A r|| below this * top / sqrt(p): noth
 
 def _fixed_dot(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum())  # numpy's pairwise sum: a fixed order, one thread
+
+
+def _orthogonalise(vk: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """w minus its components along the rows of vk ((1, k, p)), in place, by classical
+    Gram-Schmidt twice (native products in fixed orders); returns the summed coefficients."""
+    h = core.reference_products(vk, w[None])[0][0]
+    w -= core.weighted_sum(vk, h[None])[0]
+    h2 = core.reference_products(vk, w[None])[0][0]
+    w -= core.weighted_sum(vk, h2[None])[0]
+    return cast(np.ndarray, h + h2)
 
 
 def lanczos_top(
@@ -361,18 +371,20 @@ def lanczos_top(
     basis[0] = r
     alpha, beta = np.zeros(m), np.zeros(m)
     scale = 0.0
-    c = 0.0  # the operator runs as A / c; 0 until a nonzero product sets it
+    c, c_known = 1.0, False  # the operator runs as A / c, c set by the first nonzero product
     k0 = 0  # the current block's first basis vector
     first: tuple[float, np.ndarray] | None = None  # the first block's top pair, after a restart
     for k in range(m):
         w = np.array(matvec(basis[k]), dtype=np.float64)  # a fresh array: updated in place
-        if c == 0.0:
+        if not c_known:
             big = float(np.max(np.abs(w)))
             if not math.isfinite(big):
                 return None
             if big > 0.0:
-                c = 1.0 if _LANCZOS_RANGE**-1 <= big <= _LANCZOS_RANGE else pow2_scale(big)
-        if c > 0.0 and c != 1.0:
+                c_known = True
+                if not _LANCZOS_RANGE**-1 <= big <= _LANCZOS_RANGE:
+                    c = pow2_scale(big)
+        if c != 1.0:
             w /= c
         if (
             first is not None
@@ -383,12 +395,10 @@ def lanczos_top(
             # ||A r|| >= lam |<v, r>| for an eigenpair (lam, v) outside the first block, and a
             # random unit r has |<v, r>| below 1e-6 / sqrt(p) with probability ~1e-6: none
             # above the first block's top (a low-rank operator plus rounding noise lands here)
-            return first[0] * (c or 1.0), first[1]
+            return first[0] * c, first[1]
         vk = basis[None, : k + 1]  # both blocks after a restart
-        for _ in range(2):  # the three-term recurrence and the reorthogonalisation in one
-            h = core.reference_products(vk, w[None])[0][0]
-            alpha[k] += h[k]
-            w -= core.weighted_sum(vk, h[None])[0]
+        # the three-term recurrence and the reorthogonalisation in one
+        alpha[k] += _orthogonalise(vk, w)[k]  # 0 + (h1 + h2): the bits of (0 + h1) + h2
         b = math.sqrt(_fixed_dot(w, w))
         if not (math.isfinite(b) and math.isfinite(alpha[k])):
             return None
@@ -404,7 +414,7 @@ def lanczos_top(
             if invariant or b * abs(s[-1]) <= _LANCZOS_TOL * abs(theta):
                 u = core.weighted_sum(basis[None, k0 : k + 1], s[None])[0]
                 u /= math.sqrt(_fixed_dot(u, u))
-                res = np.asarray(matvec(u), dtype=np.float64) / (c or 1.0) - theta * u
+                res = np.asarray(matvec(u), dtype=np.float64) / c - theta * u
                 bound = _LANCZOS_CHECK_TOL * max(abs(theta), scale)
                 if not math.sqrt(_fixed_dot(res, res)) <= bound:
                     return None
@@ -413,19 +423,16 @@ def lanczos_top(
                         return None  # no room to look outside the invariant space
                     first = (theta, u)
                     r = rng.standard_normal(p)  # the restart: orthogonal to the first block
-                    vk = basis[None, : k + 1]
-                    for _ in range(2):
-                        hr = core.reference_products(vk, r[None])[0][0]
-                        r -= core.weighted_sum(vk, hr[None])[0]
+                    _orthogonalise(vk, r)
                     nr = math.sqrt(_fixed_dot(r, r))
                     if not nr > 0.0:
-                        return theta * (c or 1.0), u
+                        return theta * c, u
                     basis[k + 1] = r / nr
                     k0 = k + 1
                     continue
                 if first is not None and first[0] >= theta:
                     theta, u = first
-                return theta * (c or 1.0), u
+                return theta * c, u
         basis[k + 1] = w / b
     return None
 
@@ -612,6 +619,11 @@ def kept_rows(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return cast(np.ndarray, a[keep])
 
 
+def _pow2_above_max_abs(a: np.ndarray) -> float:
+    """pow2_scale of max |a| (without a temporary array)."""
+    return pow2_scale(max(float(np.max(a)), -float(np.min(a))))
+
+
 def dnc_scores(xs: np.ndarray) -> np.ndarray:
     """Outlier scores s_i = ((x_i - mu) . v)^2 with v the top right singular vector of the
     (p, m) centred rows D, in the smaller of the two spaces: for m >= p, s = lam u^2 for the top
@@ -620,19 +632,19 @@ def dnc_scores(xs: np.ndarray) -> np.ndarray:
     instead of O(p^2 m + p^3). D is the rows divided by the power of two above their largest
     |x|, centred, and divided again by the power of two above its own largest |entry| when
     centring left that below 1/2 (exact scalings). The matrices are native Grams, the
-    eigenpair top_eigenpair's
-    (Lanczos from LANCZOS_MIN_P, the native eigensolver below) and D v native row products: no
-    numpy BLAS/LAPACK, whose result depends on numpy's thread count."""
+    eigenpair top_eigenpair's (Lanczos from LANCZOS_MIN_P, the native eigensolver below) and
+    D v native row products: no numpy BLAS/LAPACK, whose result depends on numpy's thread
+    count."""
     p, m = xs.shape
     if m == 0:  # no coordinate: every centred row is empty
         return np.zeros(p)
-    top = pow2_scale(max(float(np.max(xs)), -float(np.min(xs))))  # max |x| without a temporary
+    top = _pow2_above_max_abs(xs)
     d = np.ascontiguousarray(xs / top)  # scale-free selection: no overflow for huge gradients
     d -= d.mean(axis=0, keepdims=True)  # centred in place: one fresh array, not three
     # and free of a common offset: rows sharing a coordinate ~1e90 times their spread left
     # entries ~1e-98, a Gram ~1e-196, whose squares underflow in the eigensolvers (review,
     # 2026-12-05); powers of two, so every value is exactly scaled
-    spread = pow2_scale(max(float(np.max(d)), -float(np.min(d))))
+    spread = _pow2_above_max_abs(d)
     if spread < 1.0:
         d /= spread
         top *= spread
