@@ -699,7 +699,11 @@ void register_rules(py::module_& m) {
             "two_clusters: dist must be a square (p, p) matrix, got shape " << shape_str(dist));
         const int64_t p = dist.shape(0);
         const double* dd = dist.data();
-        interruptibly([&] {  // p^2 reads: without the GIL, Ctrl-C polled every 256 rows
+        double* work = overwrite && dist.writeable() ? dist.mutable_data() : nullptr;
+        py::array_t<int64_t> labels(p);
+        int64_t* l = labels.mutable_data();
+        interruptibly([&] {
+          // p^2 reads, Ctrl-C polled every 256 rows; refused before anything is written
           for (int64_t i = 0; i < p; ++i) {
             if ((i & 255) == 0) check_cancel();
             for (int64_t j = 0; j < p; ++j)
@@ -707,15 +711,11 @@ void register_rules(py::module_& m) {
                                                                    << dd[i * p + j] << " at (" << i << ", "
                                                                    << j << ")");
           }
+          if (work != nullptr)
+            two_clusters_average_in_place(work, p, l);
+          else
+            two_clusters_average(dd, p, l);
         });
-        py::array_t<int64_t> labels(p);
-        int64_t* l = labels.mutable_data();
-        if (overwrite && dist.writeable()) {
-          double* work = dist.mutable_data();
-          interruptibly([&] { two_clusters_average_in_place(work, p, l); });
-        } else {
-          interruptibly([&] { two_clusters_average(dd, p, l); });
-        }
         return labels;
       },
       py::arg("dist"), py::arg("overwrite") = false,
@@ -1444,8 +1444,6 @@ PYBIND11_MODULE(_core, m) {
         FLAGCORE_CHECK_ARG(x.ndim() == 1 && x.shape(0) == p,
                            "symv: x must be a (" << p << ",) vector, got shape " << shape_str(x));
         py::array_t<double> y(p);
-        std::fill_n(y.mutable_data(), p, 0.0);  // dsymv with beta = 0 must not see garbage (some
-                                                // OpenBLAS scal kernels kept a NaN times 0)
         interruptibly([&] { blas::symv(a.data(), p, x.data(), y.mutable_data()); });
         return y;
       },

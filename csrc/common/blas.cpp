@@ -171,6 +171,9 @@ void symv_lower(int m, const double* A, int lda, const double* x, double* y, DVe
     const int w = std::min(kSymvBlock, m - c0);
     const int c1 = c0 + w, below = m - c1;
     const double* diag = A + static_cast<size_t>(c0) * lda + c0;
+    // y's block zeroed first: with beta = 0 some OpenBLAS scal kernels kept a NaN (or inf) of
+    // what y held before times 0 (the callers pass reused buffers)
+    std::fill_n(y + c0, w, 0.0);
     scipy_cblas_dsymv(CblasColMajor, CblasLower, w, 1.0, diag, lda, x + c0, 1, 0.0, y + c0, 1);
     if (below > 0)
       symv_rect(below, w, diag + w, lda, x + c1, x + c0, y + c0, part.data() + bi * size_t(m) + c1);
